@@ -1,0 +1,16 @@
+//! The dataset engine of lorakit: everything between a folder of images and
+//! the batches a training run sees, matching kohya-ss/sd-scripts.
+//!
+//! - [`folders`]: DreamBooth `N_name` folders and the images in them.
+//! - [`config`]: sd-scripts' dataset TOML (`[general]`, `[[datasets]]`, `[[datasets.subsets]]`).
+//! - [`caption`]: caption files, read as sd-scripts reads them.
+//! - [`probe`]: image size and EXIF orientation from headers; full decode and fingerprints.
+//! - [`bucket`]: aspect-ratio buckets identical to sd-scripts'.
+//! - [`dataset`]: loading a dataset: subsets → images → reg balancing → buckets.
+//! - [`steps`]: steps per epoch, epochs and total steps.
+//! - [`doctor`]: the `lorakit dataset check` report.
+//! - [`tags`]: tag captions: statistics and bulk editing.
+
+pub mod bucket;
+pub mod caption;
+pub mod fs_atomic;

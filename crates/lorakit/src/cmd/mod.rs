@@ -1,0 +1,4 @@
+//! One module per subcommand group.
+
+pub mod dataset;
+pub mod tags;

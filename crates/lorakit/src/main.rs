@@ -1,0 +1,53 @@
+//! The `lorakit` command line. It only parses arguments and calls the library crates.
+
+mod cmd;
+
+use clap::{Parser, Subcommand};
+
+/// lorakit: Stable Diffusion LoRA training in one binary.
+#[derive(Parser, Debug)]
+#[command(name = "lorakit", version, about, long_about = None, propagate_version = true)]
+struct Cli {
+    /// More log output (-v: debug, -vv: trace). RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Check a dataset: what training will see, and what is wrong with it.
+    #[command(subcommand)]
+    Dataset(cmd::dataset::DatasetCommand),
+    /// Edit and count the tags of tag-style captions (like TagGUI, for a whole folder).
+    #[command(subcommand)]
+    Tags(cmd::tags::TagsCommand),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.verbose);
+    let result = match cli.command {
+        Command::Dataset(c) => cmd::dataset::run(c),
+        Command::Tags(c) => cmd::tags::run(c),
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            std::process::ExitCode::from(2)
+        }
+    }
+}
+
+fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+}
