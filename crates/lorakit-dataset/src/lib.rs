@@ -14,3 +14,4 @@
 pub mod bucket;
 pub mod caption;
 pub mod fs_atomic;
+pub mod tags;

@@ -1,0 +1,1 @@
+//! Tag captions: parsing, statistics and bulk editing (TagGUI-style).
