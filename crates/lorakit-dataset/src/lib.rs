@@ -13,5 +13,12 @@
 
 pub mod bucket;
 pub mod caption;
+pub mod config;
+pub mod dataset;
+pub mod doctor;
+pub mod duplicates;
+pub mod folders;
 pub mod fs_atomic;
+pub mod probe;
+pub mod steps;
 pub mod tags;

@@ -1,0 +1,300 @@
+//! Reading what an image file really is: its format from magic bytes, its size
+//! from the header (no pixel decoding), its EXIF orientation; and, for the
+//! deep check, a full decode with a content hash and a perceptual hash.
+//!
+//! Difference from sd-scripts, on purpose: sd-scripts reads the stored size
+//! (`imagesize`) and loads pixels without applying EXIF orientation, so a phone
+//! photo tagged "rotate 90°" is bucketed and trained sideways there. lorakit
+//! applies the orientation: such an image's size is reported with width and
+//! height swapped, and it is trained upright. The doctor flags every image
+//! where this matters.
+
+use image::metadata::Orientation;
+use image::{ImageDecoder, ImageFormat, ImageReader};
+use serde::Serialize;
+use std::io::{BufReader, Cursor, Read, Seek};
+use std::path::Path;
+
+/// What the header of an image says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct ImageProbe {
+    /// Detected format from the file's magic bytes (lower-case name: "png", "jpeg", "webp", "bmp").
+    pub format: &'static str,
+    /// Width and height as stored in the file.
+    pub stored_size: (u32, u32),
+    /// EXIF orientation, 1..=8 (1 = as stored).
+    pub orientation: u8,
+    /// Width and height as trained: the stored size, swapped for orientations 5–8.
+    pub size: (u32, u32),
+    /// File size in bytes.
+    pub file_len: u64,
+}
+
+/// Why an image cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize)]
+#[serde(tag = "kind", content = "detail", rename_all = "snake_case")]
+pub enum ProbeError {
+    #[error("cannot read the file: {0}")]
+    Unreadable(String),
+    #[error("the file is empty (0 bytes)")]
+    Empty,
+    #[error("not an image{0}")]
+    NotAnImage(String),
+    #[error("{0} images are not supported: convert it to PNG, JPEG or WebP")]
+    Unsupported(String),
+    #[error("corrupt {format} image: {reason}")]
+    Corrupt { format: String, reason: String },
+    #[error("the image has a zero side ({0}x{1})")]
+    ZeroSize(u32, u32),
+}
+
+/// Lower-case name of a format, as reported.
+fn format_name(format: ImageFormat) -> &'static str {
+    match format {
+        ImageFormat::Png => "png",
+        ImageFormat::Jpeg => "jpeg",
+        ImageFormat::WebP => "webp",
+        ImageFormat::Bmp => "bmp",
+        ImageFormat::Gif => "gif",
+        ImageFormat::Tiff => "tiff",
+        ImageFormat::Avif => "avif",
+        ImageFormat::Ico => "ico",
+        ImageFormat::Hdr => "hdr",
+        ImageFormat::OpenExr => "exr",
+        ImageFormat::Qoi => "qoi",
+        ImageFormat::Tga => "tga",
+        ImageFormat::Pnm => "pnm",
+        ImageFormat::Dds => "dds",
+        ImageFormat::Farbfeld => "farbfeld",
+        _ => "unknown",
+    }
+}
+
+/// Whether training can decode this format.
+fn is_trainable(format: ImageFormat) -> bool {
+    matches!(format, ImageFormat::Png | ImageFormat::Jpeg | ImageFormat::WebP | ImageFormat::Bmp)
+}
+
+/// A short, printable description of the first bytes of a non-image file.
+fn describe_non_image(head: &[u8]) -> String {
+    let text: String = head.iter().take(48).map(|&b| if (0x20..0x7f).contains(&b) { b as char } else { '.' }).collect();
+    let lower = text.to_ascii_lowercase();
+    let hint = if lower.contains("<!doctype html") || lower.contains("<html") {
+        " (it is a web page: probably a failed download)"
+    } else if lower.starts_with("<?xml") || lower.contains("<svg") {
+        " (it is XML/SVG text)"
+    } else if head.starts_with(b"PK\x03\x04") {
+        " (it is a ZIP archive)"
+    } else if head.len() >= 12 && &head[4..8] == b"ftyp" {
+        " (it is an ISO media file such as HEIC/AVIF or MP4)"
+    } else {
+        ""
+    };
+    format!(": the file starts with \"{text}\"{hint}")
+}
+
+fn exif_number(o: Orientation) -> u8 {
+    o.to_exif()
+}
+
+fn oriented(size: (u32, u32), orientation: u8) -> (u32, u32) {
+    if (5..=8).contains(&orientation) {
+        (size.1, size.0)
+    } else {
+        size
+    }
+}
+
+/// Opens a reader, detects the format and reads the header.
+fn header<'a, R: std::io::BufRead + Seek + 'a>(
+    mut reader: R,
+    file_len: u64,
+) -> Result<(ImageFormat, ImageProbe, impl ImageDecoder + 'a), ProbeError> {
+    if file_len == 0 {
+        return Err(ProbeError::Empty);
+    }
+    let mut head = [0u8; 64];
+    let n = read_up_to(&mut reader, &mut head).map_err(|e| ProbeError::Unreadable(e.to_string()))?;
+    reader.rewind().map_err(|e| ProbeError::Unreadable(e.to_string()))?;
+    let format = image::guess_format(&head[..n]).map_err(|_| ProbeError::NotAnImage(describe_non_image(&head[..n])))?;
+    if !is_trainable(format) {
+        return Err(ProbeError::Unsupported(format_name(format).to_uppercase()));
+    }
+    let corrupt =
+        |e: image::ImageError| ProbeError::Corrupt { format: format_name(format).into(), reason: e.to_string() };
+    let mut decoder = ImageReader::with_format(reader, format).into_decoder().map_err(corrupt)?;
+    let stored_size = decoder.dimensions();
+    // A damaged EXIF block must not make the image unusable: treat it as "no rotation".
+    let orientation = decoder.orientation().map(exif_number).unwrap_or(1);
+    if stored_size.0 == 0 || stored_size.1 == 0 {
+        return Err(ProbeError::ZeroSize(stored_size.0, stored_size.1));
+    }
+    let probe = ImageProbe {
+        format: format_name(format),
+        stored_size,
+        orientation,
+        size: oriented(stored_size, orientation),
+        file_len,
+    };
+    Ok((format, probe, decoder))
+}
+
+fn read_up_to(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match r.read(&mut buf[filled..])? {
+            0 => break,
+            n => filled += n,
+        }
+    }
+    Ok(filled)
+}
+
+/// Reads the format, size and orientation from the file header without decoding pixels.
+pub fn probe_header(path: &Path) -> Result<ImageProbe, ProbeError> {
+    let file = std::fs::File::open(path).map_err(|e| ProbeError::Unreadable(e.to_string()))?;
+    let len = file.metadata().map_err(|e| ProbeError::Unreadable(e.to_string()))?.len();
+    header(BufReader::new(file), len).map(|(_, probe, _)| probe)
+}
+
+/// The result of fully decoding an image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct DecodedImage {
+    /// Header facts.
+    pub probe: ImageProbe,
+    /// Hash of the file bytes (exact duplicates have equal hashes).
+    pub content_hash: u128,
+    /// 64-bit perceptual hash of the upright image (near duplicates differ in few bits).
+    pub phash: u64,
+}
+
+/// Reads the whole file, decodes every pixel (catching truncated and corrupt
+/// data that a header read cannot), and fingerprints the image.
+pub fn decode_and_fingerprint(path: &Path) -> Result<DecodedImage, ProbeError> {
+    let bytes = std::fs::read(path).map_err(|e| ProbeError::Unreadable(e.to_string()))?;
+    let (format, probe, decoder) = header(Cursor::new(&bytes[..]), bytes.len() as u64)?;
+    let corrupt = |reason: String| ProbeError::Corrupt { format: probe.format.into(), reason };
+    if format == ImageFormat::Jpeg && !jpeg_has_end_marker(&bytes) {
+        // The JPEG decoder pads a cut-off file with gray instead of failing.
+        return Err(corrupt("the file ends before the end-of-image marker: it is truncated".into()));
+    }
+    let image = image::DynamicImage::from_decoder(decoder).map_err(|e| corrupt(e.to_string()))?;
+    let content_hash = xxhash_rust::xxh3::xxh3_128(&bytes);
+    let phash = perceptual_hash(&image, probe.orientation);
+    Ok(DecodedImage { probe, content_hash, phash })
+}
+
+/// A JPEG ends with FF D9; allow a little trailing padding some writers add.
+fn jpeg_has_end_marker(bytes: &[u8]) -> bool {
+    let tail = &bytes[bytes.len().saturating_sub(1024)..];
+    tail.windows(2).any(|w| w == [0xFF, 0xD9])
+}
+
+/// Side of the downscaled grayscale image the hash is computed from.
+const HASH_GRID: usize = 32;
+
+/// pHash: box-downscale to 32×32 gray, 2-D DCT, keep the 8×8 lowest
+/// frequencies, one bit per coefficient above their median (DC excluded from
+/// the median). Robust to re-encoding, resizing and small edits.
+pub fn perceptual_hash(image: &image::DynamicImage, orientation: u8) -> u64 {
+    let gray = image.to_luma8();
+    let (w, h) = (gray.width() as usize, gray.height() as usize);
+    let mut grid = [[0f64; HASH_GRID]; HASH_GRID];
+    let mut counts = [[0u32; HASH_GRID]; HASH_GRID];
+    for (y, row) in gray.as_raw().chunks_exact(w.max(1)).enumerate().take(h) {
+        let gy = y * HASH_GRID / h;
+        for (x, &v) in row.iter().enumerate() {
+            let gx = x * HASH_GRID / w;
+            grid[gy][gx] += f64::from(v);
+            counts[gy][gx] += 1;
+        }
+    }
+    for (g, c) in grid.iter_mut().flatten().zip(counts.iter().flatten()) {
+        if *c > 0 {
+            *g /= f64::from(*c);
+        }
+    }
+    let grid = orient_grid(grid, orientation);
+    let dct = dct_low_8x8(&grid);
+    let mut sorted: Vec<f64> = dct.iter().flatten().skip(1).copied().collect();
+    sorted.sort_by(f64::total_cmp);
+    let median = (sorted[31] + sorted[32]) / 2.0;
+    dct.iter().flatten().enumerate().fold(0u64, |acc, (i, &v)| if v > median { acc | (1 << i) } else { acc })
+}
+
+/// Applies an EXIF orientation to the small square grid so hashes describe the upright image.
+fn orient_grid(g: [[f64; HASH_GRID]; HASH_GRID], orientation: u8) -> [[f64; HASH_GRID]; HASH_GRID] {
+    let n = HASH_GRID - 1;
+    let mut out = [[0f64; HASH_GRID]; HASH_GRID];
+    for (y, row) in out.iter_mut().enumerate() {
+        for (x, v) in row.iter_mut().enumerate() {
+            // Source coordinates of output pixel (x, y) for each EXIF orientation.
+            let (sx, sy) = match orientation {
+                2 => (n - x, y),
+                3 => (n - x, n - y),
+                4 => (x, n - y),
+                5 => (y, x),
+                6 => (y, n - x),
+                7 => (n - y, n - x),
+                8 => (n - y, x),
+                _ => (x, y),
+            };
+            *v = g[sy][sx];
+        }
+    }
+    out
+}
+
+/// The 8×8 lowest-frequency coefficients of the 2-D DCT-II of a 32×32 grid.
+fn dct_low_8x8(g: &[[f64; HASH_GRID]; HASH_GRID]) -> [[f64; 8]; 8] {
+    let mut basis = [[0f64; HASH_GRID]; 8];
+    for (k, row) in basis.iter_mut().enumerate() {
+        for (n, b) in row.iter_mut().enumerate() {
+            *b = (std::f64::consts::PI * (n as f64 + 0.5) * k as f64 / HASH_GRID as f64).cos();
+        }
+    }
+    // Rows first: tmp[y][v] = Σ_x g[y][x] · basis[v][x]
+    let mut tmp = [[0f64; 8]; HASH_GRID];
+    for (y, trow) in tmp.iter_mut().enumerate() {
+        for (v, t) in trow.iter_mut().enumerate() {
+            *t = g[y].iter().zip(&basis[v]).map(|(a, b)| a * b).sum();
+        }
+    }
+    let mut out = [[0f64; 8]; 8];
+    for (u, orow) in out.iter_mut().enumerate() {
+        for (v, o) in orow.iter_mut().enumerate() {
+            *o = (0..HASH_GRID).map(|y| tmp[y][v] * basis[u][y]).sum();
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use image::{DynamicImage, RgbImage};
+
+    fn gradient(w: u32, h: u32) -> DynamicImage {
+        DynamicImage::ImageRgb8(RgbImage::from_fn(w, h, |x, y| {
+            image::Rgb([(x * 255 / w) as u8, (y * 255 / h) as u8, ((x * y) % 251) as u8])
+        }))
+    }
+
+    #[test]
+    fn phash_survives_resize_and_differs_for_other_images() {
+        let a = gradient(320, 192);
+        let b = a.resize_exact(160, 96, image::imageops::FilterType::Triangle);
+        let c = gradient(320, 192).rotate180();
+        let (ha, hb, hc) = (perceptual_hash(&a, 1), perceptual_hash(&b, 1), perceptual_hash(&c, 1));
+        assert!((ha ^ hb).count_ones() <= 4, "resized copy differs by {}", (ha ^ hb).count_ones());
+        assert!((ha ^ hc).count_ones() > 16, "rotated image too similar: {}", (ha ^ hc).count_ones());
+        // Orientation 3 (rotate 180) makes the rotated copy hash like the original.
+        assert_eq!(perceptual_hash(&c, 3), ha);
+    }
+
+    #[test]
+    fn non_image_is_described() {
+        let d = describe_non_image(b"<!DOCTYPE html><html>");
+        assert!(d.contains("failed download"), "{d}");
+    }
+}
