@@ -453,7 +453,10 @@ fn image_findings(r: &ImageRecord, trigger: &Option<String>, ds: &LoadedDataset)
             "not used: there are more regularisation samples than train samples (as in sd-scripts)",
         ));
     }
-    // Captions.
+    // Caption findings only matter for images training can use.
+    if !r.usable() {
+        return out;
+    }
     if let Some(e) = &r.caption_error {
         out.push(finding(Severity::Warning, "caption_unreadable", format!("cannot read its caption file: {e}")));
     }
