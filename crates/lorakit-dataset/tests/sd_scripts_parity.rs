@@ -17,7 +17,7 @@ fn compare(fixture: &str, layer: OptionLayer) {
             .unwrap();
     let plan = plan_from_dirs(&dataset.join("img"), Some(&dataset.join("reg")), &layer).unwrap();
     // Paths relative to examples/dataset, as in the fixture.
-    let report = check(&plan, &[dataset.clone()], &CheckOptions::default());
+    let report = check(&plan, std::slice::from_ref(&dataset), &CheckOptions::default());
     assert!(report.usable);
     let ds = &report.datasets[0];
     let want_images = want["images"].as_array().unwrap();
@@ -88,8 +88,8 @@ fn dataset_toml_gives_the_same_buckets_as_folders() {
         &OptionLayer { batch_size: Some(2), ..Default::default() },
     )
     .unwrap();
-    let a = check(&from_toml, &[dataset.clone()], &CheckOptions::default());
-    let b = check(&from_dirs, &[dataset.clone()], &CheckOptions::default());
+    let a = check(&from_toml, std::slice::from_ref(&dataset), &CheckOptions::default());
+    let b = check(&from_dirs, std::slice::from_ref(&dataset), &CheckOptions::default());
     let key = |r: &lorakit_dataset::doctor::Report| {
         let mut v: Vec<_> = r.datasets[0]
             .images

@@ -1,1 +1,0 @@
-//! Tag captions: parsing, statistics and bulk editing (TagGUI-style).
