@@ -165,10 +165,13 @@ pub fn read_caption(
     enable_wildcard: bool,
 ) -> std::io::Result<Option<CaptionFile>> {
     for cand in caption_candidates(image, caption_extension) {
-        if !cand.is_file() {
-            continue;
-        }
-        let bytes = std::fs::read(&cand)?;
+        // Try to read directly instead of checking first: one system call per image, not two.
+        let bytes = match std::fs::read(&cand) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(_) if !cand.is_file() => continue, // a folder with a caption-like name
+            Err(e) => return Err(e),
+        };
         let decoded = decode_text(&bytes);
         let lines = universal_lines(&decoded.text);
         let text = if enable_wildcard {

@@ -148,8 +148,26 @@ fn caption_of(file: &ImageFile, subset: &SubsetSpec) -> (String, CaptionSource, 
     }
 }
 
+/// Progress of a long load, for a progress bar.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoadProgress {
+    /// The folders are listed: this many images will be examined.
+    Found(u64),
+    /// One more image was examined.
+    Examined,
+}
+
 /// Loads one dataset: every subset's images, captions, sizes and buckets.
 pub fn load_dataset(spec: &DatasetSpec, mode: ProbeMode) -> LoadedDataset {
+    load_dataset_with_progress(spec, mode, &|_| {})
+}
+
+/// [`load_dataset`], reporting progress to `progress` (called from several threads).
+pub fn load_dataset_with_progress(
+    spec: &DatasetSpec,
+    mode: ProbeMode,
+    progress: &(dyn Fn(LoadProgress) + Sync),
+) -> LoadedDataset {
     let manager = BucketManager::new(&spec.buckets);
 
     // Train subsets first, then regularisation, as sd-scripts registers them.
@@ -173,6 +191,7 @@ pub fn load_dataset(spec: &DatasetSpec, mode: ProbeMode) -> LoadedDataset {
         });
     }
 
+    progress(LoadProgress::Found(jobs.len() as u64));
     let mut images: Vec<ImageRecord> = jobs
         .into_par_iter()
         .map(|(si, file)| {
@@ -186,6 +205,7 @@ pub fn load_dataset(spec: &DatasetSpec, mode: ProbeMode) -> LoadedDataset {
                 },
             };
             let bucket = probe.as_ref().ok().map(|p| manager.select(p.size.0, p.size.1));
+            progress(LoadProgress::Examined);
             ImageRecord {
                 file,
                 subset: si,

@@ -5,7 +5,7 @@
 use crate::bucket::BucketError;
 use crate::caption::TextNote;
 use crate::config::{ConfigNote, DatasetPlan};
-use crate::dataset::{load_dataset, CaptionSource, ImageRecord, LoadedDataset, ProbeMode};
+use crate::dataset::{load_dataset_with_progress, CaptionSource, ImageRecord, LoadProgress, LoadedDataset, ProbeMode};
 use crate::duplicates::find_duplicates;
 use crate::folders::{sd_scripts_matches_extension, IgnoredFolder};
 use crate::probe::ProbeError;
@@ -200,7 +200,18 @@ pub struct Report {
 /// Runs the doctor on a resolved plan. `roots` are the folders the user named
 /// (train dir, reg dir or the config's folder); image paths are shown relative to them.
 pub fn check(plan: &DatasetPlan, roots: &[PathBuf], options: &CheckOptions) -> Report {
-    let loaded: Vec<LoadedDataset> = plan.datasets.iter().map(|d| load_dataset(d, options.mode)).collect();
+    check_with_progress(plan, roots, options, &|_| {})
+}
+
+/// [`check`], reporting progress while images are examined.
+pub fn check_with_progress(
+    plan: &DatasetPlan,
+    roots: &[PathBuf],
+    options: &CheckOptions,
+    progress: &(dyn Fn(LoadProgress) + Sync),
+) -> Report {
+    let loaded: Vec<LoadedDataset> =
+        plan.datasets.iter().map(|d| load_dataset_with_progress(d, options.mode, progress)).collect();
     let mut findings = folder_findings(plan, roots);
 
     // Duplicates are looked for across every dataset.

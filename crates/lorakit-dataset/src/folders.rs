@@ -168,9 +168,15 @@ pub fn list_images(dir: &Path) -> std::io::Result<FolderListing> {
         let path = entry.path();
         let file_type = entry.file_type()?;
         let is_symlink = file_type.is_symlink();
-        // `metadata` follows links; an error or a non-file target means a broken link.
-        let target = std::fs::metadata(&path);
-        if target.as_ref().map(|m| m.is_dir()).unwrap_or(false) {
+        // Only links need a second look (`metadata` follows them); the directory
+        // entry already says what everything else is, which saves a stat per image.
+        let (is_dir, is_file) = if is_symlink {
+            let target = std::fs::metadata(&path);
+            (target.as_ref().is_ok_and(|m| m.is_dir()), target.is_ok_and(|m| m.is_file()))
+        } else {
+            (file_type.is_dir(), file_type.is_file())
+        };
+        if is_dir {
             if !is_hidden(&entry.file_name()) {
                 listing.subfolders.push(path);
             }
@@ -182,8 +188,7 @@ pub fn list_images(dir: &Path) -> std::io::Result<FolderListing> {
                     listing.hidden.push(path);
                     continue;
                 }
-                let broken_link = !target.map(|m| m.is_file()).unwrap_or(false);
-                listing.images.push(ImageFile { path, is_symlink, broken_link });
+                listing.images.push(ImageFile { path, is_symlink, broken_link: is_symlink && !is_file });
             }
             ExtensionKind::UnsupportedImage => listing.unsupported.push(path),
             ExtensionKind::Other => {}

@@ -19,6 +19,7 @@ pub mod doctor;
 pub mod duplicates;
 pub mod folders;
 pub mod fs_atomic;
+pub mod headers;
 pub mod probe;
 pub mod steps;
 pub mod tags;

@@ -152,9 +152,23 @@ fn read_up_to(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
 
 /// Reads the format, size and orientation from the file header without decoding pixels.
 pub fn probe_header(path: &Path) -> Result<ImageProbe, ProbeError> {
-    let file = std::fs::File::open(path).map_err(|e| ProbeError::Unreadable(e.to_string()))?;
-    let len = file.metadata().map_err(|e| ProbeError::Unreadable(e.to_string()))?.len();
-    header(BufReader::new(file), len).map(|(_, probe, _)| probe)
+    let unreadable = |e: std::io::Error| ProbeError::Unreadable(e.to_string());
+    let mut file = std::fs::File::open(path).map_err(unreadable)?;
+    let file_len = file.metadata().map_err(unreadable)?.len();
+    if let Some((format, stored_size, orientation)) = crate::headers::read_header(&mut file, file_len) {
+        if stored_size.0 > 0 && stored_size.1 > 0 {
+            let size = oriented(stored_size, orientation);
+            return Ok(ImageProbe { format, stored_size, orientation, size, file_len });
+        }
+    }
+    // Anything unusual: let the image crate read it and explain what is wrong.
+    file.rewind().map_err(unreadable)?;
+    header(BufReader::new(file), file_len).map(|(_, probe, _)| probe)
+}
+
+/// [`probe_header`] on bytes already in memory.
+pub fn probe_header_bytes(bytes: &[u8]) -> Result<ImageProbe, ProbeError> {
+    header(Cursor::new(bytes), bytes.len() as u64).map(|(_, probe, _)| probe)
 }
 
 /// The result of fully decoding an image.
@@ -172,14 +186,19 @@ pub struct DecodedImage {
 /// data that a header read cannot), and fingerprints the image.
 pub fn decode_and_fingerprint(path: &Path) -> Result<DecodedImage, ProbeError> {
     let bytes = std::fs::read(path).map_err(|e| ProbeError::Unreadable(e.to_string()))?;
-    let (format, probe, decoder) = header(Cursor::new(&bytes[..]), bytes.len() as u64)?;
+    decode_bytes(&bytes)
+}
+
+/// [`decode_and_fingerprint`] on a file already in memory.
+pub fn decode_bytes(bytes: &[u8]) -> Result<DecodedImage, ProbeError> {
+    let (format, probe, decoder) = header(Cursor::new(bytes), bytes.len() as u64)?;
     let corrupt = |reason: String| ProbeError::Corrupt { format: probe.format.into(), reason };
-    if format == ImageFormat::Jpeg && !jpeg_has_end_marker(&bytes) {
+    if format == ImageFormat::Jpeg && !jpeg_has_end_marker(bytes) {
         // The JPEG decoder pads a cut-off file with gray instead of failing.
         return Err(corrupt("the file ends before the end-of-image marker: it is truncated".into()));
     }
     let image = image::DynamicImage::from_decoder(decoder).map_err(|e| corrupt(e.to_string()))?;
-    let content_hash = xxhash_rust::xxh3::xxh3_128(&bytes);
+    let content_hash = xxhash_rust::xxh3::xxh3_128(bytes);
     let phash = perceptual_hash(&image, probe.orientation);
     Ok(DecodedImage { probe, content_hash, phash })
 }
@@ -273,6 +292,7 @@ fn dct_low_8x8(g: &[[f64; HASH_GRID]; HASH_GRID]) -> [[f64; 8]; 8] {
 mod tests {
     use super::*;
     use image::{DynamicImage, RgbImage};
+    use std::path::Path;
 
     fn gradient(w: u32, h: u32) -> DynamicImage {
         DynamicImage::ImageRgb8(RgbImage::from_fn(w, h, |x, y| {
@@ -290,6 +310,77 @@ mod tests {
         assert!((ha ^ hc).count_ones() > 16, "rotated image too similar: {}", (ha ^ hc).count_ones());
         // Orientation 3 (rotate 180) makes the rotated copy hash like the original.
         assert_eq!(perceptual_hash(&c, 3), ha);
+    }
+
+    /// Wraps an encoded VP8L WebP into an extended (VP8X) file with an EXIF orientation chunk.
+    fn webp_with_exif(vp8l_file: &[u8], w: u32, h: u32, orientation: u16) -> Vec<u8> {
+        let vp8l = &vp8l_file[12..]; // the VP8L chunk with its header
+        let mut exif = b"II*\0\x08\0\0\0\x01\0\x12\x01\x03\0\x01\0\0\0".to_vec();
+        exif.extend_from_slice(&orientation.to_le_bytes());
+        exif.extend_from_slice(&[0; 6]);
+        let mut body = b"WEBP".to_vec();
+        body.extend_from_slice(b"VP8X");
+        body.extend_from_slice(&10u32.to_le_bytes());
+        body.push(0x08);
+        body.extend_from_slice(&[0, 0, 0]);
+        body.extend_from_slice(&(w - 1).to_le_bytes()[..3]);
+        body.extend_from_slice(&(h - 1).to_le_bytes()[..3]);
+        body.extend_from_slice(vp8l);
+        body.extend_from_slice(b"EXIF");
+        body.extend_from_slice(&(exif.len() as u32).to_le_bytes());
+        body.extend_from_slice(&exif);
+        let mut out = b"RIFF".to_vec();
+        out.extend_from_slice(&(body.len() as u32).to_le_bytes());
+        out.extend_from_slice(&body);
+        out
+    }
+
+    #[test]
+    fn fast_header_agrees_with_image_crate() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut files = Vec::new();
+        for (i, (w, h)) in [(64u32, 48u32), (33, 97), (300, 1)].into_iter().enumerate() {
+            let img = gradient(w, h);
+            for (fmt, ext) in [
+                (ImageFormat::Png, "png"),
+                (ImageFormat::Jpeg, "jpg"),
+                (ImageFormat::WebP, "webp"),
+                (ImageFormat::Bmp, "bmp"),
+            ] {
+                let p = dir.path().join(format!("{i}.{ext}"));
+                img.save_with_format(&p, fmt).unwrap();
+                files.push(p);
+            }
+            let gray = image::DynamicImage::ImageLuma16(img.to_luma16());
+            let p = dir.path().join(format!("{i}-16.png"));
+            gray.save_with_format(&p, ImageFormat::Png).unwrap();
+            files.push(p);
+            let mut webp = Vec::new();
+            img.write_to(&mut Cursor::new(&mut webp), ImageFormat::WebP).unwrap();
+            let p = dir.path().join(format!("{i}-exif.webp"));
+            std::fs::write(&p, webp_with_exif(&webp, w, h, 6)).unwrap();
+            files.push(p);
+        }
+        for f in &files {
+            let bytes = std::fs::read(f).unwrap();
+            let fast = crate::headers::read_header(&mut Cursor::new(&bytes), bytes.len() as u64)
+                .unwrap_or_else(|| panic!("fast header failed on {}", f.display()));
+            let (_, slow, _) = header(Cursor::new(&bytes[..]), bytes.len() as u64).unwrap();
+            assert_eq!(fast, (slow.format, slow.stored_size, slow.orientation), "{}", f.display());
+            if f.to_string_lossy().contains("exif") {
+                assert_eq!(fast.2, 6);
+                assert_eq!(probe_header(f).unwrap().size, (slow.stored_size.1, slow.stored_size.0));
+            }
+        }
+        for name in
+            ["img/8_chessboard/left01.jpg", "img/2_misc/fruits.webp", "img/2_misc/cell.png", "reg/1_texture/text.png"]
+        {
+            let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/dataset").join(name);
+            let bytes = std::fs::read(&p).unwrap();
+            let fast = crate::headers::read_header(&mut Cursor::new(&bytes), bytes.len() as u64).unwrap();
+            let (_, slow, _) = header(Cursor::new(&bytes[..]), bytes.len() as u64).unwrap();
+            assert_eq!(fast, (slow.format, slow.stored_size, slow.orientation), "{name}");
+        }
     }
 
     #[test]

@@ -3,8 +3,8 @@
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use lorakit_dataset::config::{plan_from_dirs, plan_from_toml, OptionLayer, ResolutionValue};
-use lorakit_dataset::dataset::ProbeMode;
-use lorakit_dataset::doctor::{check, CheckOptions};
+use lorakit_dataset::dataset::{LoadProgress, ProbeMode};
+use lorakit_dataset::doctor::{check_with_progress, CheckOptions};
 use lorakit_dataset::duplicates::MAX_NEAR_DISTANCE;
 use lorakit_dataset::steps::StepRequest;
 use std::path::PathBuf;
@@ -142,11 +142,29 @@ fn run_check(args: CheckArgs) -> anyhow::Result<ExitCode> {
         },
         near_duplicate_distance: args.near_duplicate_distance,
     };
-    let report = check(&plan, &roots, &options);
+    let bar = progress_bar(if args.quick { "reading headers" } else { "decoding images" });
+    let report = check_with_progress(&plan, &roots, &options, &|event| match event {
+        LoadProgress::Found(n) => bar.inc_length(n),
+        LoadProgress::Examined => bar.inc(1),
+    });
+    bar.finish_and_clear();
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         print!("{}", report.render_text());
     }
     Ok(if report.usable { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+/// A progress bar on stderr when it is a terminal (hidden otherwise, e.g. in scripts and CI).
+fn progress_bar(what: &str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::with_draw_target(Some(0), indicatif::ProgressDrawTarget::stderr());
+    if !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    let style = indicatif::ProgressStyle::with_template("{msg} {bar:30} {pos}/{len} images, {per_sec}, ETA {eta}")
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+    bar.set_style(style);
+    bar.set_message(what.to_owned());
+    bar
 }
