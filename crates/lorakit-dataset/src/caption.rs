@@ -114,8 +114,10 @@ pub struct CaptionFile {
     pub path: PathBuf,
     /// The caption as training reads it (first line stripped; all non-empty lines with wildcards).
     pub text: String,
-    /// Number of lines in the file (extra lines are ignored without wildcards).
+    /// Number of lines in the file.
     pub lines: usize,
+    /// Non-empty lines after the first, which training ignores (without wildcards).
+    pub ignored_lines: usize,
     /// The file had no bytes at all (sd-scripts stops with "caption file is empty").
     pub zero_bytes: bool,
     /// Encoding and line-ending problems.
@@ -179,10 +181,13 @@ pub fn read_caption(
         } else {
             lines.first().map(|l| l.trim().to_owned()).unwrap_or_default()
         };
+        let ignored_lines =
+            if enable_wildcard { 0 } else { lines.iter().skip(1).filter(|l| !l.trim().is_empty()).count() };
         return Ok(Some(CaptionFile {
             path: cand,
             text,
             lines: lines.len(),
+            ignored_lines,
             zero_bytes: bytes.is_empty(),
             notes: decoded.notes,
         }));
@@ -253,7 +258,7 @@ mod tests {
         std::fs::write(dir.path().join("a.txt"), "  first, tag \n\n second \n").unwrap();
         let c = read_caption(&img, ".txt", false).unwrap().unwrap();
         assert_eq!(c.text, "first, tag");
-        assert_eq!(c.lines, 3);
+        assert_eq!((c.lines, c.ignored_lines), (3, 1));
         let c = read_caption(&img, ".txt", true).unwrap().unwrap();
         assert_eq!(c.text, "first, tag\nsecond");
         assert!(read_caption(&dir.path().join("b.png"), ".txt", false).unwrap().is_none());

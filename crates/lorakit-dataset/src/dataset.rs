@@ -8,6 +8,7 @@
 use crate::bucket::{BucketChoice, BucketError, BucketHistogram, BucketManager};
 use crate::caption::{count_tags, read_caption, CaptionFile};
 use crate::config::{DatasetSpec, SubsetSpec};
+use crate::fingerprint_cache::FingerprintCache;
 use crate::folders::{list_images, FolderListing, ImageFile};
 use crate::probe::{decode_and_fingerprint, probe_header, ImageProbe, ProbeError};
 use rayon::prelude::*;
@@ -159,13 +160,15 @@ pub enum LoadProgress {
 
 /// Loads one dataset: every subset's images, captions, sizes and buckets.
 pub fn load_dataset(spec: &DatasetSpec, mode: ProbeMode) -> LoadedDataset {
-    load_dataset_with_progress(spec, mode, &|_| {})
+    load_dataset_with(spec, mode, &FingerprintCache::disabled(), &|_| {})
 }
 
-/// [`load_dataset`], reporting progress to `progress` (called from several threads).
-pub fn load_dataset_with_progress(
+/// [`load_dataset`] with a cache of decode results (full mode) and progress
+/// reports (`progress` is called from several threads).
+pub fn load_dataset_with(
     spec: &DatasetSpec,
     mode: ProbeMode,
+    cache: &FingerprintCache,
     progress: &(dyn Fn(LoadProgress) + Sync),
 ) -> LoadedDataset {
     let manager = BucketManager::new(&spec.buckets);
@@ -181,6 +184,16 @@ pub fn load_dataset_with_progress(
             Ok(l) => (l, None),
             Err(e) => (FolderListing::default(), Some(e.to_string())),
         };
+        match &read_error {
+            None => tracing::debug!(
+                dir = %subset.image_dir.display(),
+                images = listing.images.len(),
+                repeats = subset.num_repeats,
+                is_reg = subset.is_reg,
+                "subset listed"
+            ),
+            Some(e) => tracing::warn!(dir = %subset.image_dir.display(), error = %e, "cannot list subset folder"),
+        }
         jobs.extend(listing.images.iter().cloned().map(|f| (si, f)));
         subsets.push(LoadedSubset {
             spec: (*subset).clone(),
@@ -192,6 +205,7 @@ pub fn load_dataset_with_progress(
     }
 
     progress(LoadProgress::Found(jobs.len() as u64));
+    let started = std::time::Instant::now();
     let mut images: Vec<ImageRecord> = jobs
         .into_par_iter()
         .map(|(si, file)| {
@@ -199,7 +213,11 @@ pub fn load_dataset_with_progress(
             let (caption, caption_source, caption_file, caption_error) = caption_of(&file, subset);
             let (probe, fingerprint) = match mode {
                 ProbeMode::Header => (probe_header(&file.path), None),
-                ProbeMode::Full => match decode_and_fingerprint(&file.path) {
+                ProbeMode::Full => match cache.get(&file.path).unwrap_or_else(|| {
+                    let decoded = decode_and_fingerprint(&file.path);
+                    cache.put(&file.path, &decoded);
+                    decoded
+                }) {
                     Ok(d) => (Ok(d.probe), Some((d.content_hash, d.phash))),
                     Err(e) => (Err(e), None),
                 },
@@ -222,6 +240,7 @@ pub fn load_dataset_with_progress(
         })
         .collect();
 
+    tracing::debug!(images = images.len(), elapsed = ?started.elapsed(), ?mode, "images examined");
     for r in &images {
         if r.usable() {
             subsets[r.subset].usable += 1;

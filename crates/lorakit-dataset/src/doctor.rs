@@ -5,8 +5,9 @@
 use crate::bucket::BucketError;
 use crate::caption::TextNote;
 use crate::config::{ConfigNote, DatasetPlan};
-use crate::dataset::{load_dataset_with_progress, CaptionSource, ImageRecord, LoadProgress, LoadedDataset, ProbeMode};
+use crate::dataset::{load_dataset_with, CaptionSource, ImageRecord, LoadProgress, LoadedDataset, ProbeMode};
 use crate::duplicates::find_duplicates;
+use crate::fingerprint_cache::FingerprintCache;
 use crate::folders::{sd_scripts_matches_extension, IgnoredFolder};
 use crate::probe::ProbeError;
 use crate::steps::{StepPlan, StepRequest};
@@ -200,18 +201,19 @@ pub struct Report {
 /// Runs the doctor on a resolved plan. `roots` are the folders the user named
 /// (train dir, reg dir or the config's folder); image paths are shown relative to them.
 pub fn check(plan: &DatasetPlan, roots: &[PathBuf], options: &CheckOptions) -> Report {
-    check_with_progress(plan, roots, options, &|_| {})
+    check_with(plan, roots, options, &FingerprintCache::disabled(), &|_| {})
 }
 
-/// [`check`], reporting progress while images are examined.
-pub fn check_with_progress(
+/// [`check`] with a cache of decode results, reporting progress while images are examined.
+pub fn check_with(
     plan: &DatasetPlan,
     roots: &[PathBuf],
     options: &CheckOptions,
+    cache: &FingerprintCache,
     progress: &(dyn Fn(LoadProgress) + Sync),
 ) -> Report {
     let loaded: Vec<LoadedDataset> =
-        plan.datasets.iter().map(|d| load_dataset_with_progress(d, options.mode, progress)).collect();
+        plan.datasets.iter().map(|d| load_dataset_with(d, options.mode, cache, progress)).collect();
     let mut findings = folder_findings(plan, roots);
 
     // Duplicates are looked for across every dataset.
@@ -457,13 +459,6 @@ fn image_findings(r: &ImageRecord, trigger: &Option<String>, ds: &LoadedDataset)
         }
         None => {}
     }
-    if r.usable() && r.is_reg && r.repeats == 0 {
-        out.push(finding(
-            Severity::Info,
-            "reg_unused",
-            "not used: there are more regularisation samples than train samples (as in sd-scripts)",
-        ));
-    }
     // Caption findings only matter for images training can use.
     if !r.usable() {
         return out;
@@ -509,21 +504,16 @@ fn image_findings(r: &ImageRecord, trigger: &Option<String>, ds: &LoadedDataset)
                 };
                 out.push(finding(severity, code, format!("caption file {name} {}", note.describe())));
             }
-            if !subset.caption.enable_wildcard && cf.lines > 1 {
-                let ignored = std::fs::read(&cf.path)
-                    .map(|b| {
-                        crate::caption::universal_lines(&crate::caption::decode_text(&b).text)[1..]
-                            .iter()
-                            .any(|l| !l.trim().is_empty())
-                    })
-                    .unwrap_or(false);
-                if ignored {
-                    out.push(finding(
-                        Severity::Warning,
-                        "caption_extra_lines",
-                        format!("caption file {name} has {} lines: only the first is used (enable_wildcard picks a random line)", cf.lines),
-                    ));
-                }
+            if cf.ignored_lines > 0 {
+                out.push(finding(
+                    Severity::Warning,
+                    "caption_extra_lines",
+                    format!(
+                        "caption file {name} has {} more non-empty line(s) after the first: only the first is used \
+                         (enable_wildcard picks a random line)",
+                        cf.ignored_lines
+                    ),
+                ));
             }
         }
     }
@@ -769,13 +759,22 @@ impl Report {
             let tags: Vec<String> = self.top_tags.iter().take(15).map(|(t, n)| format!("{t} ({n})")).collect();
             let _ = writeln!(s, "  {}", tags.join(", "));
         }
-        let mut lines = Vec::new();
-        for f in &self.findings {
-            lines.push((f.severity, format!("{}: {}", label(f.severity), f.message)));
-        }
+        let mut lines: Vec<(Severity, String)> =
+            self.findings.iter().map(|f| (f.severity, format!("{}: {}", label(f.severity), f.message))).collect();
+        // Per-image findings, grouped by kind so a big dataset does not flood the terminal.
+        let mut by_code: BTreeMap<(Severity, &str), Vec<String>> = BTreeMap::new();
         for img in self.datasets.iter().flat_map(|d| &d.images) {
             for f in &img.warnings {
-                lines.push((f.severity, format!("{}: {}: {}", label(f.severity), img.path, f.message)));
+                let line = format!("{}: {}: {}", label(f.severity), img.path, f.message);
+                by_code.entry((f.severity, f.code)).or_default().push(line);
+            }
+        }
+        for ((severity, code), group) in by_code {
+            let shown = group.len().min(TEXT_FINDINGS_PER_KIND);
+            lines.extend(group[..shown].iter().map(|l| (severity, l.clone())));
+            if group.len() > shown {
+                let more = format!("  … and {} more `{code}` (see --json for all)", group.len() - shown);
+                lines.push((severity, more));
             }
         }
         lines.sort_by_key(|(sev, _)| *sev);
@@ -799,6 +798,9 @@ impl Report {
         s
     }
 }
+
+/// Images listed per kind of finding in the text report.
+const TEXT_FINDINGS_PER_KIND: usize = 8;
 
 fn label(s: Severity) -> &'static str {
     match s {

@@ -17,6 +17,7 @@ pub mod config;
 pub mod dataset;
 pub mod doctor;
 pub mod duplicates;
+pub mod fingerprint_cache;
 pub mod folders;
 pub mod fs_atomic;
 pub mod headers;

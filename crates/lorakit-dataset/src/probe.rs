@@ -30,8 +30,16 @@ pub struct ImageProbe {
     pub file_len: u64,
 }
 
+impl ImageProbe {
+    /// Rebuilds a probe from stored facts (e.g. a cache); `None` for an unknown format name.
+    pub fn from_parts(format: &str, stored_size: (u32, u32), orientation: u8, file_len: u64) -> Option<ImageProbe> {
+        let format = ["png", "jpeg", "webp", "bmp"].into_iter().find(|f| *f == format)?;
+        Some(ImageProbe { format, stored_size, orientation, size: oriented(stored_size, orientation), file_len })
+    }
+}
+
 /// Why an image cannot be used.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, serde::Deserialize)]
 #[serde(tag = "kind", content = "detail", rename_all = "snake_case")]
 pub enum ProbeError {
     #[error("cannot read the file: {0}")]

@@ -8,7 +8,13 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 fn lorakit(args: &[&std::ffi::OsStr]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_lorakit")).args(args).output().expect("run lorakit")
+    // Keep the decode cache out of the real home folder.
+    let cache = std::env::temp_dir().join("lorakit-test-cache");
+    Command::new(env!("CARGO_BIN_EXE_lorakit"))
+        .env("LORAKIT_CACHE_DIR", cache)
+        .args(args)
+        .output()
+        .expect("run lorakit")
 }
 
 fn check_json(dir: &Path, extra: &[&str]) -> (i32, Value, String) {
@@ -336,4 +342,38 @@ fn caption_extension_flag_and_reg_balancing() {
     assert_eq!(reg_used.iter().sum::<u64>(), 15);
     assert_eq!(reg_used.iter().filter(|&&n| n == 0).count(), 5);
     assert_eq!(r["datasets"][0]["num_reg_images"], 20);
+}
+
+#[test]
+fn decode_cache_is_reused_and_follows_file_changes() {
+    let t = tempfile::tempdir().unwrap();
+    let cache = t.path().join("cache");
+    let data = t.path().join("data");
+    let img = data.join("2_x/a.png");
+    save(&picture(320, 256, 1), &img, ImageFormat::Png);
+    save(&picture(320, 256, 2), &data.join("2_x/b.png"), ImageFormat::Png);
+    let run = || {
+        let out = Command::new(env!("CARGO_BIN_EXE_lorakit"))
+            .env("LORAKIT_CACHE_DIR", &cache)
+            .args(["dataset".as_ref(), "check".as_ref(), data.as_os_str(), "--json".as_ref()])
+            .output()
+            .unwrap();
+        serde_json::from_slice::<Value>(&out.stdout).unwrap()
+    };
+    let first = run();
+    let cache_file = cache.join("image-fingerprints-v1.json");
+    let stored = std::fs::read_to_string(&cache_file).expect("cache written");
+    assert!(stored.contains("a.png") && stored.contains("b.png"));
+    assert_eq!(images(&run()), images(&first), "a cached run reports the same");
+
+    // Replace a.png with a truncated copy of itself: the cache must not hide it.
+    let bytes = std::fs::read(&img).unwrap();
+    std::fs::write(&img, &bytes[..bytes.len() / 3]).unwrap();
+    let after = run();
+    assert_eq!(codes(image(&images(&after), "2_x/a.png")), ["corrupt_image"]);
+
+    // A damaged cache file is ignored and rewritten.
+    std::fs::write(&cache_file, b"\0garbage").unwrap();
+    assert_eq!(images(&run()), images(&after));
+    assert!(std::fs::read_to_string(&cache_file).unwrap().starts_with('{'));
 }

@@ -4,8 +4,9 @@ use anyhow::Context;
 use clap::{Args, Subcommand};
 use lorakit_dataset::config::{plan_from_dirs, plan_from_toml, OptionLayer, ResolutionValue};
 use lorakit_dataset::dataset::{LoadProgress, ProbeMode};
-use lorakit_dataset::doctor::{check_with_progress, CheckOptions};
+use lorakit_dataset::doctor::{check_with, CheckOptions};
 use lorakit_dataset::duplicates::MAX_NEAR_DISTANCE;
+use lorakit_dataset::fingerprint_cache::{default_cache_dir, FingerprintCache};
 use lorakit_dataset::steps::StepRequest;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -80,6 +81,10 @@ pub struct CheckArgs {
     /// Read headers only: much faster, but truncated images and duplicates are not detected.
     #[arg(long)]
     pub quick: bool,
+    /// Decode every image again instead of reusing results of earlier checks for unchanged
+    /// files (the cache lives in $LORAKIT_CACHE_DIR, else ~/.cache/lorakit).
+    #[arg(long)]
+    pub no_cache: bool,
     /// Largest perceptual-hash distance (0–7 of 64 bits) reported as a near duplicate.
     #[arg(long, value_name = "BITS", default_value_t = 5, value_parser = clap::value_parser!(u32).range(0..=(MAX_NEAR_DISTANCE as i64)))]
     pub near_duplicate_distance: u32,
@@ -143,11 +148,18 @@ fn run_check(args: CheckArgs) -> anyhow::Result<ExitCode> {
         near_duplicate_distance: args.near_duplicate_distance,
     };
     let bar = progress_bar(if args.quick { "reading headers" } else { "decoding images" });
-    let report = check_with_progress(&plan, &roots, &options, &|event| match event {
+    let cache = match default_cache_dir() {
+        Some(dir) if !args.no_cache && !args.quick => FingerprintCache::open(&dir),
+        _ => FingerprintCache::disabled(),
+    };
+    let report = check_with(&plan, &roots, &options, &cache, &|event| match event {
         LoadProgress::Found(n) => bar.inc_length(n),
         LoadProgress::Examined => bar.inc(1),
     });
     bar.finish_and_clear();
+    if let Err(e) = cache.save() {
+        tracing::warn!("could not save the image cache (the next check decodes everything again): {e}");
+    }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
