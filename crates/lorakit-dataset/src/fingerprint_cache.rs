@@ -16,10 +16,10 @@ use std::sync::Mutex;
 use std::time::UNIX_EPOCH;
 
 /// Bumped whenever decoding or hashing changes, so old entries are dropped.
-const CACHE_VERSION: u32 = 1;
+const CACHE_VERSION: u32 = 2;
 
 /// File name of the cache inside the cache folder.
-pub const CACHE_FILE_NAME: &str = "image-fingerprints-v1.json";
+pub const CACHE_FILE_NAME: &str = "image-fingerprints-v2.json";
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Entry {

@@ -224,29 +224,64 @@ const HASH_GRID: usize = 32;
 /// frequencies, one bit per coefficient above their median (DC excluded from
 /// the median). Robust to re-encoding, resizing and small edits.
 pub fn perceptual_hash(image: &image::DynamicImage, orientation: u8) -> u64 {
-    let gray = image.to_luma8();
-    let (w, h) = (gray.width() as usize, gray.height() as usize);
-    let mut grid = [[0f64; HASH_GRID]; HASH_GRID];
-    let mut counts = [[0u32; HASH_GRID]; HASH_GRID];
-    for (y, row) in gray.as_raw().chunks_exact(w.max(1)).enumerate().take(h) {
-        let gy = y * HASH_GRID / h;
-        for (x, &v) in row.iter().enumerate() {
-            let gx = x * HASH_GRID / w;
-            grid[gy][gx] += f64::from(v);
-            counts[gy][gx] += 1;
-        }
-    }
-    for (g, c) in grid.iter_mut().flatten().zip(counts.iter().flatten()) {
-        if *c > 0 {
-            *g /= f64::from(*c);
-        }
-    }
-    let grid = orient_grid(grid, orientation);
+    let grid = orient_grid(gray_grid(image), orientation);
     let dct = dct_low_8x8(&grid);
     let mut sorted: Vec<f64> = dct.iter().flatten().skip(1).copied().collect();
     sorted.sort_by(f64::total_cmp);
     let median = (sorted[31] + sorted[32]) / 2.0;
     dct.iter().flatten().enumerate().fold(0u64, |acc, (i, &v)| if v > median { acc | (1 << i) } else { acc })
+}
+
+/// Mean luma (Rec. 709 weights) of each cell of a 32×32 grid over the image.
+/// Reads 8-bit RGB, RGBA and gray pixels in place (the hot path of a full
+/// check); other pixel types are converted first.
+fn gray_grid(image: &image::DynamicImage) -> [[f64; HASH_GRID]; HASH_GRID] {
+    use image::DynamicImage as D;
+    let (w, h) = (image.width() as usize, image.height() as usize);
+    let mut grid = [[0f64; HASH_GRID]; HASH_GRID];
+    if w == 0 || h == 0 {
+        return grid;
+    }
+    let converted;
+    let (raw, channels): (&[u8], usize) = match image {
+        D::ImageRgb8(b) => (b.as_raw(), 3),
+        D::ImageRgba8(b) => (b.as_raw(), 4),
+        D::ImageLuma8(b) => (b.as_raw(), 1),
+        other => {
+            converted = other.to_rgb8();
+            (converted.as_raw(), 3)
+        }
+    };
+    let cell_of_col: Vec<usize> = (0..w).map(|x| x * HASH_GRID / w).collect();
+    let mut cols_per_cell = [0u64; HASH_GRID];
+    cell_of_col.iter().for_each(|&c| cols_per_cell[c] += 1);
+    let mut rows_per_cell = [0u64; HASH_GRID];
+    // Sums of luma × 10000, in integers: exact and fast.
+    let mut sums = [[0u64; HASH_GRID]; HASH_GRID];
+    for (y, row) in raw.chunks_exact(w * channels).enumerate().take(h) {
+        let gy = y * HASH_GRID / h;
+        rows_per_cell[gy] += 1;
+        let acc = &mut sums[gy];
+        if channels == 1 {
+            for (x, &v) in row.iter().enumerate() {
+                acc[cell_of_col[x]] += u64::from(v) * 10_000;
+            }
+        } else {
+            for (x, px) in row.chunks_exact(channels).enumerate() {
+                let luma = 2126 * u64::from(px[0]) + 7152 * u64::from(px[1]) + 722 * u64::from(px[2]);
+                acc[cell_of_col[x]] += luma;
+            }
+        }
+    }
+    for (gy, row) in grid.iter_mut().enumerate() {
+        for (gx, cell) in row.iter_mut().enumerate() {
+            let n = cols_per_cell[gx] * rows_per_cell[gy];
+            if n > 0 {
+                *cell = sums[gy][gx] as f64 / (n as f64 * 10_000.0);
+            }
+        }
+    }
+    grid
 }
 
 /// Applies an EXIF orientation to the small square grid so hashes describe the upright image.

@@ -361,7 +361,7 @@ fn decode_cache_is_reused_and_follows_file_changes() {
         serde_json::from_slice::<Value>(&out.stdout).unwrap()
     };
     let first = run();
-    let cache_file = cache.join("image-fingerprints-v1.json");
+    let cache_file = cache.join("image-fingerprints-v2.json");
     let stored = std::fs::read_to_string(&cache_file).expect("cache written");
     assert!(stored.contains("a.png") && stored.contains("b.png"));
     assert_eq!(images(&run()), images(&first), "a cached run reports the same");
