@@ -7,7 +7,6 @@
 //! images of zero size get [`BucketError`] instead of a `ZeroDivisionError`.
 
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
 
 /// A `(width, height)` pair in pixels, as sd-scripts writes resolutions.
 pub type Reso = (u32, u32);
@@ -164,11 +163,6 @@ impl BucketChoice {
         }
         1.0 - f64::from(self.bucket.0) * f64::from(self.bucket.1) / resized
     }
-
-    /// Whether the image is enlarged to reach its bucket.
-    pub fn upscales(&self, original: Reso) -> bool {
-        self.resized.0 > original.0 || self.resized.1 > original.1
-    }
 }
 
 /// Why an image cannot be put in any bucket (sd-scripts would crash on these).
@@ -311,11 +305,6 @@ impl BucketHistogram {
     /// Total samples over all buckets.
     pub fn samples(&self) -> u64 {
         self.buckets.iter().map(|(_, n)| n).sum()
-    }
-
-    /// Map form, for quick lookups.
-    pub fn as_map(&self) -> HashMap<Reso, u64> {
-        self.buckets.iter().copied().collect()
     }
 }
 

@@ -101,10 +101,6 @@ fn describe_non_image(head: &[u8]) -> String {
     format!(": the file starts with \"{text}\"{hint}")
 }
 
-fn exif_number(o: Orientation) -> u8 {
-    o.to_exif()
-}
-
 fn oriented(size: (u32, u32), orientation: u8) -> (u32, u32) {
     if (5..=8).contains(&orientation) {
         (size.1, size.0)
@@ -133,7 +129,7 @@ fn header<'a, R: std::io::BufRead + Seek + 'a>(
     let mut decoder = ImageReader::with_format(reader, format).into_decoder().map_err(corrupt)?;
     let stored_size = decoder.dimensions();
     // A damaged EXIF block must not make the image unusable: treat it as "no rotation".
-    let orientation = decoder.orientation().map(exif_number).unwrap_or(1);
+    let orientation = decoder.orientation().map(Orientation::to_exif).unwrap_or(1);
     if stored_size.0 == 0 || stored_size.1 == 0 {
         return Err(ProbeError::ZeroSize(stored_size.0, stored_size.1));
     }
@@ -335,7 +331,6 @@ fn dct_low_8x8(g: &[[f64; HASH_GRID]; HASH_GRID]) -> [[f64; 8]; 8] {
 mod tests {
     use super::*;
     use image::{DynamicImage, RgbImage};
-    use std::path::Path;
 
     fn gradient(w: u32, h: u32) -> DynamicImage {
         DynamicImage::ImageRgb8(RgbImage::from_fn(w, h, |x, y| {

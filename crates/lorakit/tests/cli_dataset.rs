@@ -134,9 +134,10 @@ fn every_image_broken_or_no_images_is_not_usable() {
     let t = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(t.path().join("5_x")).unwrap();
     std::fs::write(t.path().join("5_x/a.png"), b"").unwrap();
-    let (code, r, _) = check_json(t.path(), &[]);
+    let (code, r, stderr) = check_json(t.path(), &[]);
     assert_eq!(code, 1);
     assert_eq!(r["usable"], false);
+    assert!(stderr.contains("not usable") && stderr.contains("no usable train images"), "{stderr}");
     let f: Vec<_> = r["findings"].as_array().unwrap().iter().map(|f| f["code"].as_str().unwrap()).collect();
     assert!(f.contains(&"no_data"), "{f:?}");
 

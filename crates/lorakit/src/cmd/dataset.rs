@@ -162,6 +162,16 @@ fn run_check(args: CheckArgs) -> anyhow::Result<ExitCode> {
     }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
+        if !report.usable {
+            // The JSON says so too; a script that only checks the exit code still gets a reason.
+            let reasons: Vec<&str> = report
+                .findings
+                .iter()
+                .filter(|f| f.severity == lorakit_dataset::doctor::Severity::Error)
+                .map(|f| f.message.as_str())
+                .collect();
+            eprintln!("error: the dataset is not usable: {}", reasons.join("; "));
+        }
     } else {
         print!("{}", report.render_text());
     }
