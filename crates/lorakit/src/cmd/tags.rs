@@ -266,16 +266,20 @@ fn print_diff(out: &mut impl Write, plan: &EditPlan) -> anyhow::Result<()> {
             FileOutcome::Unchanged | FileOutcome::Failed(_) => {}
         }
     }
+    writeln!(out, "{}", summary_line(plan, "would change"))?;
+    Ok(())
+}
+
+/// `N files <verb>, M unchanged, K skipped (natural language)[, F failed]`.
+fn summary_line(plan: &EditPlan, verb: &str) -> String {
     let c = plan.counts();
-    writeln!(
-        out,
-        "{} would change, {} unchanged, {} skipped (natural language){}",
+    format!(
+        "{} {verb}, {} unchanged, {} skipped (natural language){}",
         files(c.changed),
         c.unchanged,
         c.skipped_natural_language,
         failed_suffix(c.failed)
-    )?;
-    Ok(())
+    )
 }
 
 fn print_written(out: &mut impl Write, plan: &EditPlan) -> anyhow::Result<()> {
@@ -290,15 +294,7 @@ fn print_written(out: &mut impl Write, plan: &EditPlan) -> anyhow::Result<()> {
             }
         }
     }
-    let c = plan.counts();
-    writeln!(
-        out,
-        "{} changed, {} unchanged, {} skipped (natural language){}",
-        files(c.changed),
-        c.unchanged,
-        c.skipped_natural_language,
-        failed_suffix(c.failed)
-    )?;
+    writeln!(out, "{}", summary_line(plan, "changed"))?;
     Ok(())
 }
 
