@@ -1,0 +1,188 @@
+//! Which block of the model a LoRA module belongs to, named the way users
+//! read LoRA block weights: SD1.x/SD2.x `IN01`–`IN11`, `M00`, `OUT00`–`OUT11`
+//! (sd-scripts' `get_block_index`, spec §2.5, i.e. LDM `input_blocks.k` /
+//! `output_blocks.k` numbering); SDXL `IN00`–`IN08`, `M00`–`M02`,
+//! `OUT00`–`OUT08`; Flux `D00`–`D18` (double blocks) and `S00`–`S37` (single
+//! blocks); SD3 `J00`… (joint blocks); text encoders `TE`, `TE1`, `TE2`, `TE3`.
+
+use std::fmt;
+
+/// A block label, ordered as the model runs: text encoders, input, middle, output.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Block {
+    /// A text encoder: "TE" (SD1/SD2), "TE1"/"TE2" (SDXL, SD3 CLIP), "TE3" (T5).
+    TextEncoder(&'static str),
+    /// Time/label embeddings and other inputs (SDXL `time_embed`, Flux `img_in`, …).
+    Base,
+    /// U-Net input block k.
+    In(u32),
+    /// U-Net middle block k.
+    Mid(u32),
+    /// U-Net output block k.
+    Out(u32),
+    /// SD3 joint block k.
+    Joint(u32),
+    /// Flux double-stream block k.
+    Double(u32),
+    /// Flux single-stream block k.
+    Single(u32),
+    /// Final layers (SDXL `out`, Flux `final_layer`).
+    Final,
+    /// A module whose block is not known.
+    Other,
+}
+
+impl fmt::Display for Block {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Block::TextEncoder(te) => write!(f, "{te}"),
+            Block::Base => write!(f, "BASE"),
+            Block::In(k) => write!(f, "IN{k:02}"),
+            Block::Mid(k) => write!(f, "M{k:02}"),
+            Block::Out(k) => write!(f, "OUT{k:02}"),
+            Block::Joint(k) => write!(f, "J{k:02}"),
+            Block::Double(k) => write!(f, "D{k:02}"),
+            Block::Single(k) => write!(f, "S{k:02}"),
+            Block::Final => write!(f, "FINAL"),
+            Block::Other => write!(f, "OTHER"),
+        }
+    }
+}
+
+/// The number right after `prefix` in `name` (`"down_blocks_2_x"`, `"down_blocks_"` → 2).
+fn index_after(name: &str, prefix: &str) -> Option<u32> {
+    let at = name.find(prefix)? + prefix.len();
+    let digits: String = name[at..].chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().ok()
+}
+
+/// The block of a kohya module name (`lora_unet_…`, `lora_te1_…`; no `.lora_down.weight` suffix).
+pub fn block_of(module: &str) -> Block {
+    for (prefix, te) in [("lora_te1_", "TE1"), ("lora_te2_", "TE2"), ("lora_te3_", "TE3"), ("lora_te_", "TE")] {
+        if module.starts_with(prefix) {
+            return Block::TextEncoder(te);
+        }
+    }
+    let Some(rest) = module.strip_prefix("lora_unet_") else {
+        return Block::Other;
+    };
+    // SD1.x / SD2.x (diffusers layout): sd-scripts' get_block_index.
+    for (prefix, is_down) in [("down_blocks_", true), ("up_blocks_", false)] {
+        if let Some(i) = rest.strip_prefix(prefix).and_then(|_| index_after(rest, prefix)) {
+            let tail = &rest[prefix.len() + i.to_string().len()..];
+            let j = ["_resnets_", "_attentions_"]
+                .iter()
+                .find_map(|p| tail.strip_prefix(p).and_then(|_| index_after(tail, p)));
+            let idx = match j {
+                Some(j) => 3 * i + j,
+                None if tail.starts_with("_downsamplers_") || tail.starts_with("_upsamplers_") => 3 * i + 2,
+                None => return Block::Other,
+            };
+            return if is_down { Block::In(1 + idx) } else { Block::Out(idx) };
+        }
+    }
+    if rest.starts_with("mid_block_") {
+        return Block::Mid(0);
+    }
+    // SDXL (original SGM layout).
+    if let Some(k) = rest.strip_prefix("input_blocks_").and_then(|_| index_after(rest, "input_blocks_")) {
+        return Block::In(k);
+    }
+    if let Some(k) = rest.strip_prefix("middle_block_").and_then(|_| index_after(rest, "middle_block_")) {
+        return Block::Mid(k);
+    }
+    if let Some(k) = rest.strip_prefix("output_blocks_").and_then(|_| index_after(rest, "output_blocks_")) {
+        return Block::Out(k);
+    }
+    if rest.starts_with("time_embed_") || rest.starts_with("label_emb_") {
+        return Block::Base;
+    }
+    if rest.starts_with("out_") {
+        return Block::Final;
+    }
+    // Flux and SD3 transformers.
+    if let Some(k) = rest.strip_prefix("double_blocks_").and_then(|_| index_after(rest, "double_blocks_")) {
+        return Block::Double(k);
+    }
+    if let Some(k) = rest.strip_prefix("single_blocks_").and_then(|_| index_after(rest, "single_blocks_")) {
+        return Block::Single(k);
+    }
+    if let Some(k) = rest.strip_prefix("joint_blocks_").and_then(|_| index_after(rest, "joint_blocks_")) {
+        return Block::Joint(k);
+    }
+    if [
+        "img_in",
+        "txt_in",
+        "time_in_",
+        "vector_in_",
+        "guidance_in_",
+        "x_embedder",
+        "context_embedder",
+        "t_embedder_",
+        "y_embedder_",
+    ]
+    .iter()
+    .any(|p| rest.starts_with(p))
+    {
+        return Block::Base;
+    }
+    if rest.starts_with("final_layer") {
+        return Block::Final;
+    }
+    Block::Other
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sd15_blocks_follow_sd_scripts_slots() {
+        let cases = [
+            ("lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q", "IN01"),
+            ("lora_unet_down_blocks_0_attentions_1_proj_in", "IN02"),
+            ("lora_unet_down_blocks_0_downsamplers_0_conv", "IN03"),
+            ("lora_unet_down_blocks_1_resnets_0_conv1", "IN04"),
+            ("lora_unet_down_blocks_2_attentions_1_transformer_blocks_0_ff_net_2", "IN08"),
+            ("lora_unet_down_blocks_3_resnets_1_conv2", "IN11"),
+            ("lora_unet_mid_block_attentions_0_proj_out", "M00"),
+            ("lora_unet_up_blocks_0_resnets_0_conv1", "OUT00"),
+            ("lora_unet_up_blocks_0_upsamplers_0_conv", "OUT02"),
+            ("lora_unet_up_blocks_1_attentions_0_transformer_blocks_0_attn2_to_k", "OUT03"),
+            ("lora_unet_up_blocks_3_attentions_2_transformer_blocks_0_attn1_to_out_0", "OUT11"),
+            ("lora_te_text_model_encoder_layers_11_mlp_fc2", "TE"),
+            ("lora_unet_conv_in", "OTHER"),
+        ];
+        for (name, want) in cases {
+            assert_eq!(block_of(name).to_string(), want, "{name}");
+        }
+    }
+
+    #[test]
+    fn sdxl_flux_sd3_blocks() {
+        let cases = [
+            ("lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q", "IN04"),
+            ("lora_unet_input_blocks_3_0_op", "IN03"),
+            ("lora_unet_middle_block_1_transformer_blocks_3_attn2_to_out_0", "M01"),
+            ("lora_unet_output_blocks_2_2_conv", "OUT02"),
+            ("lora_unet_time_embed_0", "BASE"),
+            ("lora_te2_text_model_encoder_layers_31_self_attn_out_proj", "TE2"),
+            ("lora_unet_double_blocks_18_txt_mlp_2", "D18"),
+            ("lora_unet_single_blocks_37_linear1", "S37"),
+            ("lora_unet_img_in", "BASE"),
+            ("lora_te3_encoder_block_0_layer_0_SelfAttention_q", "TE3"),
+            ("lora_unet_joint_blocks_5_x_block_attn_qkv", "J05"),
+        ];
+        for (name, want) in cases {
+            assert_eq!(block_of(name).to_string(), want, "{name}");
+        }
+    }
+
+    #[test]
+    fn blocks_sort_in_model_order() {
+        let mut v = [Block::Out(0), Block::Mid(0), Block::In(11), Block::TextEncoder("TE"), Block::In(2)];
+        v.sort();
+        let names: Vec<String> = v.iter().map(|b| b.to_string()).collect();
+        assert_eq!(names, ["TE", "IN02", "IN11", "M00", "OUT00"]);
+    }
+}

@@ -1,0 +1,9 @@
+//! LoRA files: one format layer (safetensors, key schemes, metadata, hashes)
+//! under every tool that reads or writes LoRAs — inspect, resize, merge,
+//! convert, and the trainer's own saves.
+
+pub mod blocks;
+pub mod keys;
+pub mod metadata;
+pub mod resize;
+pub mod safetensors_file;
