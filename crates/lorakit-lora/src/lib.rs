@@ -3,7 +3,9 @@
 //! convert, and the trainer's own saves.
 
 pub mod blocks;
+pub mod inspect;
 pub mod keys;
 pub mod metadata;
 pub mod resize;
+pub mod resize_file;
 pub mod safetensors_file;

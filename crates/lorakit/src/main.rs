@@ -9,8 +9,8 @@ use clap::{Parser, Subcommand};
 #[command(name = "lorakit", version, about, long_about = None, propagate_version = true)]
 struct Cli {
     /// More log output (-v: debug, -vv: trace). RUST_LOG overrides.
-    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
-    verbose: u8,
+    #[arg(short = 'v', long = "log-verbose", action = clap::ArgAction::Count, global = true)]
+    log_verbose: u8,
     #[command(subcommand)]
     command: Command,
 }
@@ -23,14 +23,20 @@ enum Command {
     /// Edit and count the tags of tag-style captions (like TagGUI, for a whole folder).
     #[command(subcommand)]
     Tags(cmd::tags::TagsCommand),
+    /// Show what a LoRA file holds: metadata, modules, ranks, block-by-block weight norms.
+    Inspect(cmd::inspect::InspectArgs),
+    /// Shrink a LoRA by SVD (fixed rank or sd-scripts' dynamic methods).
+    Resize(cmd::resize::ResizeArgs),
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.verbose);
+    init_logging(cli.log_verbose);
     let result = match cli.command {
         Command::Dataset(c) => cmd::dataset::run(c),
         Command::Tags(c) => cmd::tags::run(c),
+        Command::Inspect(a) => cmd::inspect::run(a),
+        Command::Resize(a) => cmd::resize::run(a),
     };
     match result {
         Ok(code) => code,

@@ -1,0 +1,114 @@
+//! Resizing a whole LoRA file (`lorakit resize`): read every module through the
+//! format layer, resize them with [`crate::resize`], and write the result with
+//! sd-scripts' metadata updates and freshly computed `sshs_*` hashes.
+
+use crate::keys::{modules, ModuleError, Scheme};
+use crate::resize::{
+    average_fro_line, metadata_updates, resize_modules, verbose_line, ModuleWeights, ResizeError, ResizeSettings,
+    ResizedModule,
+};
+use crate::safetensors_file::{write_lora, LoraFile, LoraFileError, Precision, Tensor};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// Why a file could not be resized.
+#[derive(Debug, thiserror::Error)]
+pub enum ResizeFileError {
+    #[error(transparent)]
+    File(#[from] LoraFileError),
+    #[error(transparent)]
+    Modules(#[from] ModuleError),
+    #[error("{path}: {0}", path = .1.display())]
+    Resize(ResizeError, PathBuf),
+    #[error(
+        "{path}: this is a {scheme}; resize works on plain LoRA/LoCon files (kohya or PEFT up/down pairs)",
+        path = path.display()
+    )]
+    Unsupported { path: PathBuf, scheme: Scheme },
+    #[error(
+        "{path}: module {module} stores a LoCon Tucker `lora_mid` weight, which resize does not support yet",
+        path = path.display()
+    )]
+    Tucker { path: PathBuf, module: String },
+    #[error("{path}: the input and output are the same file; write the resized LoRA to a new file", path = .0.display())]
+    SameFile(PathBuf),
+}
+
+/// What a resize did, for the report.
+#[derive(Debug, Clone)]
+pub struct ResizeOutcome {
+    /// The resized modules in file order.
+    pub modules: Vec<ResizedModule>,
+    /// One sd-scripts style verbose line per module.
+    pub verbose_lines: Vec<String>,
+    /// sd-scripts' closing "Average Frobenius norm retention" line.
+    pub average_line: String,
+}
+
+/// Resizes `input` into `output` (written atomically, `precision` for every float tensor).
+pub fn resize_file(
+    input: &Path,
+    output: &Path,
+    settings: &ResizeSettings,
+    precision: Precision,
+) -> Result<ResizeOutcome, ResizeFileError> {
+    if std::fs::canonicalize(input).ok().is_some_and(|a| std::fs::canonicalize(output).ok() == Some(a)) {
+        return Err(ResizeFileError::SameFile(output.to_path_buf()));
+    }
+    let file = LoraFile::open(input)?;
+    let set = modules(&file)?;
+    if !set.scheme.is_plain_lora() {
+        return Err(ResizeFileError::Unsupported { path: input.to_path_buf(), scheme: set.scheme });
+    }
+    let mut ordered = set.modules.clone();
+    // sd-scripts walks a loaded state dict in key order; its report and "last alpha" follow it.
+    ordered.sort_by(|a, b| a.name.cmp(&b.name));
+
+    let mut loaded = Vec::with_capacity(ordered.len());
+    for m in &ordered {
+        if m.mid_key.is_some() {
+            return Err(ResizeFileError::Tucker { path: input.to_path_buf(), module: m.name.clone() });
+        }
+        let shape = |key: &str| file.info(key).map(|i| i.shape.clone()).unwrap_or_default();
+        loaded.push((file.tensor_f32(&m.up_key)?, shape(&m.up_key), file.tensor_f32(&m.down_key)?, shape(&m.down_key)));
+    }
+    let weights: Vec<ModuleWeights<'_>> = ordered
+        .iter()
+        .zip(&loaded)
+        .map(|(m, (up, up_shape, down, down_shape))| ModuleWeights {
+            name: &m.name,
+            up,
+            up_shape,
+            down,
+            down_shape,
+            alpha: Some(m.alpha),
+        })
+        .collect();
+    let resized = resize_modules(&weights, settings).map_err(|e| ResizeFileError::Resize(e, input.to_path_buf()))?;
+
+    let mut tensors: BTreeMap<String, Tensor> = BTreeMap::new();
+    for name in &set.other_tensors {
+        let shape = file.info(name).map(|i| i.shape.clone()).unwrap_or_default();
+        tensors.insert(name.clone(), Tensor::new(shape, file.tensor_f32(name)?));
+    }
+    for (m, r) in ordered.iter().zip(&resized) {
+        tensors.insert(m.down_key.clone(), Tensor::new(r.down_shape.clone(), r.down.clone()));
+        tensors.insert(m.up_key.clone(), Tensor::new(r.up_shape.clone(), r.up.clone()));
+        // A file without alpha means alpha = rank; keep that form only while it still holds.
+        let alpha_key = m.alpha_key.clone().unwrap_or_else(|| format!("{}.alpha", m.name));
+        if m.alpha_key.is_some() || (r.alpha - r.rank as f64).abs() > 1e-6 {
+            tensors.insert(alpha_key, Tensor::scalar(r.alpha as f32));
+        }
+    }
+
+    let mut metadata = file.metadata().clone();
+    let old_comment = metadata.get("ss_training_comment").cloned();
+    for (key, value) in metadata_updates(settings, &resized, old_comment.as_deref()) {
+        metadata.insert(key, value);
+    }
+    write_lora(output, &tensors, &metadata, precision)?;
+
+    let verbose_lines = resized.iter().map(|r| verbose_line(r, settings.method())).collect();
+    let average_line = average_fro_line(&resized);
+    Ok(ResizeOutcome { modules: resized, verbose_lines, average_line })
+}
