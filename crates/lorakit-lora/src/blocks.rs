@@ -49,10 +49,10 @@ impl fmt::Display for Block {
     }
 }
 
-/// The number right after `prefix` in `name` (`"down_blocks_2_x"`, `"down_blocks_"` → 2).
-fn index_after(name: &str, prefix: &str) -> Option<u32> {
-    let at = name.find(prefix)? + prefix.len();
-    let digits: String = name[at..].chars().take_while(char::is_ascii_digit).collect();
+/// The number that follows `prefix` at the start of `name` (`"down_blocks_2_x"`, `"down_blocks_"` → 2).
+fn numbered(name: &str, prefix: &str) -> Option<u32> {
+    let tail = name.strip_prefix(prefix)?;
+    let digits = &tail[..tail.find(|c: char| !c.is_ascii_digit()).unwrap_or(tail.len())];
     digits.parse().ok()
 }
 
@@ -68,11 +68,9 @@ pub fn block_of(module: &str) -> Block {
     };
     // SD1.x / SD2.x (diffusers layout): sd-scripts' get_block_index.
     for (prefix, is_down) in [("down_blocks_", true), ("up_blocks_", false)] {
-        if let Some(i) = rest.strip_prefix(prefix).and_then(|_| index_after(rest, prefix)) {
+        if let Some(i) = numbered(rest, prefix) {
             let tail = &rest[prefix.len() + i.to_string().len()..];
-            let j = ["_resnets_", "_attentions_"]
-                .iter()
-                .find_map(|p| tail.strip_prefix(p).and_then(|_| index_after(tail, p)));
+            let j = ["_resnets_", "_attentions_"].iter().find_map(|p| numbered(tail, p));
             let idx = match j {
                 Some(j) => 3 * i + j,
                 None if tail.starts_with("_downsamplers_") || tail.starts_with("_upsamplers_") => 3 * i + 2,
@@ -85,13 +83,13 @@ pub fn block_of(module: &str) -> Block {
         return Block::Mid(0);
     }
     // SDXL (original SGM layout).
-    if let Some(k) = rest.strip_prefix("input_blocks_").and_then(|_| index_after(rest, "input_blocks_")) {
+    if let Some(k) = numbered(rest, "input_blocks_") {
         return Block::In(k);
     }
-    if let Some(k) = rest.strip_prefix("middle_block_").and_then(|_| index_after(rest, "middle_block_")) {
+    if let Some(k) = numbered(rest, "middle_block_") {
         return Block::Mid(k);
     }
-    if let Some(k) = rest.strip_prefix("output_blocks_").and_then(|_| index_after(rest, "output_blocks_")) {
+    if let Some(k) = numbered(rest, "output_blocks_") {
         return Block::Out(k);
     }
     if rest.starts_with("time_embed_") || rest.starts_with("label_emb_") {
@@ -101,13 +99,13 @@ pub fn block_of(module: &str) -> Block {
         return Block::Final;
     }
     // Flux and SD3 transformers.
-    if let Some(k) = rest.strip_prefix("double_blocks_").and_then(|_| index_after(rest, "double_blocks_")) {
+    if let Some(k) = numbered(rest, "double_blocks_") {
         return Block::Double(k);
     }
-    if let Some(k) = rest.strip_prefix("single_blocks_").and_then(|_| index_after(rest, "single_blocks_")) {
+    if let Some(k) = numbered(rest, "single_blocks_") {
         return Block::Single(k);
     }
-    if let Some(k) = rest.strip_prefix("joint_blocks_").and_then(|_| index_after(rest, "joint_blocks_")) {
+    if let Some(k) = numbered(rest, "joint_blocks_") {
         return Block::Joint(k);
     }
     if [
