@@ -6,7 +6,8 @@
 //! product, so inspecting an SDXL LoRA takes milliseconds, not minutes.
 
 use crate::blocks::{block_of, Block};
-use crate::keys::{detect_scheme, guess_family, modules, ModuleError};
+use crate::convert::NameMap;
+use crate::keys::{detect_scheme, guess_family, modules, ModuleError, Scheme};
 use crate::metadata::{DimValue, LoraMetadata};
 use crate::safetensors_file::{LoraFile, LoraFileError};
 use rayon::prelude::*;
@@ -208,6 +209,8 @@ pub fn inspect_file(path: &Path) -> Result<FileReport, InspectError> {
         return Ok(report);
     }
     let set = modules(&file)?;
+    // PEFT names are diffusers paths: label their blocks through the kohya name map.
+    let names = if scheme == Scheme::Peft { NameMap::new(family.family) } else { None };
     let module_reports: Vec<ModuleReport> = set
         .modules
         .par_iter()
@@ -221,7 +224,7 @@ pub fn inspect_file(path: &Path) -> Result<FileReport, InspectError> {
             ModuleReport {
                 name: m.name.clone(),
                 component: m.component.label(),
-                block: block_of(&m.name).to_string(),
+                block: block_label(&m.name, &names).to_string(),
                 kind: m.kind.to_string(),
                 in_features: m.in_features,
                 out_features: m.out_features,
@@ -238,11 +241,18 @@ pub fn inspect_file(path: &Path) -> Result<FileReport, InspectError> {
         *report.ranks.entry(m.rank).or_default() += 1;
         *report.alphas.entry(trim_float(m.alpha)).or_default() += 1;
     }
-    let blocks: Vec<(Block, f64)> =
-        set.modules.iter().zip(&module_reports).map(|(m, r)| (block_of(&m.name), r.norm)).collect();
+    let blocks: Vec<(Block, f64)> = module_reports.iter().map(|r| (block_label(&r.name, &names), r.norm)).collect();
     report.blocks = block_stats(blocks.iter().map(|(b, n)| (b, *n)));
     report.modules = module_reports;
     Ok(report)
+}
+
+/// The block of a module, via its kohya name when `names` maps PEFT names.
+fn block_label(name: &str, names: &Option<NameMap>) -> Block {
+    match names.as_ref().and_then(|m| m.to_kohya(name)) {
+        Some(kohya) => block_of(kohya),
+        None => block_of(name),
+    }
 }
 
 fn human_size(bytes: u64) -> String {

@@ -3,8 +3,10 @@
 //! convert, and the trainer's own saves.
 
 pub mod blocks;
+pub mod convert;
 pub mod inspect;
 pub mod keys;
+pub mod merge;
 pub mod metadata;
 pub mod resize;
 pub mod resize_file;

@@ -27,6 +27,10 @@ enum Command {
     Inspect(cmd::inspect::InspectArgs),
     /// Shrink a LoRA by SVD (fixed rank or sd-scripts' dynamic methods).
     Resize(cmd::resize::ResizeArgs),
+    /// Merge weighted LoRAs into one of a chosen rank (sd-scripts' svd_merge_lora).
+    Merge(cmd::merge::MergeArgs),
+    /// Convert a LoRA between kohya and PEFT/diffusers key names (SD1.5, SDXL).
+    Convert(cmd::convert::ConvertArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -37,14 +41,29 @@ fn main() -> std::process::ExitCode {
         Command::Tags(c) => cmd::tags::run(c),
         Command::Inspect(a) => cmd::inspect::run(a),
         Command::Resize(a) => cmd::resize::run(a),
+        Command::Merge(a) => cmd::merge::run(a),
+        Command::Convert(a) => cmd::convert::run(a),
     };
     match result {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            eprintln!("error: {}", error_text(&err));
             std::process::ExitCode::from(2)
         }
     }
+}
+
+/// The error and its causes on one line, skipping causes whose text the
+/// message already quotes (our error types print their source themselves).
+fn error_text(err: &anyhow::Error) -> String {
+    let mut text = err.to_string();
+    for cause in err.chain().skip(1) {
+        let cause = cause.to_string();
+        if !text.contains(&cause) {
+            text = format!("{text}: {cause}");
+        }
+    }
+    text
 }
 
 fn init_logging(verbose: u8) {

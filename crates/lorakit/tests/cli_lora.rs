@@ -183,3 +183,35 @@ fn bad_lora_inputs_get_one_line_errors() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("same file"));
     assert_eq!(std::fs::read(&copy).unwrap(), std::fs::read(&fx).unwrap(), "input untouched");
 }
+
+#[test]
+fn inspect_labels_peft_blocks_like_kohya_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let peft = dir.path().join("peft.safetensors");
+    let fx = fixture("sd15-r8-fp32.safetensors");
+    let out = lorakit(&["convert".as_ref(), fx.as_os_str(), peft.as_os_str(), "--to".as_ref(), "peft".as_ref()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (a, b) = (inspect_json(&fx), inspect_json(&peft));
+    assert_eq!(b[0]["format"], "PEFT/diffusers LoRA");
+    let blocks = |v: &Value| -> Vec<(String, u64, f64)> {
+        v[0]["blocks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| {
+                (
+                    b["block"].as_str().unwrap().to_owned(),
+                    b["modules"].as_u64().unwrap(),
+                    b["mean_norm"].as_f64().unwrap(),
+                )
+            })
+            .collect()
+    };
+    let (ka, kb) = (blocks(&a), blocks(&b));
+    assert_eq!(ka.len(), kb.len());
+    assert!(!kb.iter().any(|(name, _, _)| name == "OTHER"));
+    for ((na, ma, xa), (nb, mb, xb)) in ka.iter().zip(&kb) {
+        assert_eq!((na, ma), (nb, mb));
+        assert!((xa - xb).abs() <= 1e-6 * xa.max(1e-9), "{na}: {xa} vs {xb}");
+    }
+}

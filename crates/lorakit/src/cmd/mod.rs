@@ -1,6 +1,8 @@
 //! One module per subcommand group.
 
+pub mod convert;
 pub mod dataset;
 pub mod inspect;
+pub mod merge;
 pub mod resize;
 pub mod tags;

@@ -1,0 +1,92 @@
+//! `lorakit convert`: rename a LoRA's keys between kohya (ComfyUI/A1111/Forge)
+//! and PEFT/diffusers naming for SD1.5 and SDXL.
+
+use clap::{Args, ValueEnum};
+use lorakit_lora::convert::{convert_file, Target};
+use lorakit_lora::keys::Family;
+use lorakit_lora::safetensors_file::Precision;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// The naming to write.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum ToNaming {
+    /// kohya / sd-scripts names (`lora_unet_…`, `lora_te…`), for ComfyUI, A1111, Forge.
+    Kohya,
+    /// PEFT / diffusers names (`unet.….lora_A.weight`), for diffusers' `load_lora_weights`.
+    Peft,
+}
+
+/// Save precision.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum SavePrecision {
+    Fp32,
+    Fp16,
+    Bf16,
+}
+
+/// Base model, when the file cannot tell.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum FamilyArg {
+    /// Stable Diffusion 1.x.
+    #[value(alias = "sd1")]
+    Sd15,
+    /// Stable Diffusion XL.
+    Sdxl,
+}
+
+/// Arguments of `lorakit convert`.
+#[derive(Args, Debug)]
+#[command(after_help = "Going to PEFT folds each module's alpha/rank into lora_B (diffusers ignores alpha keys); \
+going to kohya writes alpha = the PEFT alpha, or the rank when the file has none. The effective weights are unchanged.\n\n\
+Examples:\n  \
+    lorakit convert my.safetensors my-diffusers.safetensors --to peft\n  \
+    lorakit convert diffusers.safetensors comfy.safetensors --to kohya --precision fp16")]
+pub struct ConvertArgs {
+    /// The LoRA to convert (kohya or PEFT names, SD1.5 or SDXL).
+    pub input: PathBuf,
+    /// Where to write the converted LoRA (written atomically; never the input).
+    pub output: PathBuf,
+    /// The key naming to write.
+    #[arg(long, value_enum)]
+    pub to: ToNaming,
+    /// Save precision [default: the input's].
+    #[arg(long, value_enum)]
+    pub precision: Option<SavePrecision>,
+    /// Base model, overriding detection from keys and metadata.
+    #[arg(long, value_enum)]
+    pub family: Option<FamilyArg>,
+}
+
+/// Runs `lorakit convert`.
+pub fn run(args: ConvertArgs) -> anyhow::Result<ExitCode> {
+    let to = match args.to {
+        ToNaming::Kohya => Target::Kohya,
+        ToNaming::Peft => Target::Peft,
+    };
+    let precision = args.precision.map(|p| match p {
+        SavePrecision::Fp32 => Precision::F32,
+        SavePrecision::Fp16 => Precision::F16,
+        SavePrecision::Bf16 => Precision::BF16,
+    });
+    let family = args.family.map(|f| match f {
+        FamilyArg::Sd15 => Family::Sd1,
+        FamilyArg::Sdxl => Family::Sdxl,
+    });
+    let outcome = convert_file(&args.input, &args.output, to, precision, family)?;
+    let folded = if outcome.folded > 0 {
+        format!("; alpha/rank folded into lora_B for {} modules", outcome.folded)
+    } else {
+        String::new()
+    };
+    eprintln!(
+        "converted {} modules ({}, {} → {}, {}) → {}{folded}",
+        outcome.renamed.len(),
+        outcome.family,
+        outcome.from.describe(),
+        outcome.to,
+        outcome.precision.dtype(),
+        args.output.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
