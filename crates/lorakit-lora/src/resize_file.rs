@@ -2,7 +2,7 @@
 //! format layer, resize them with [`crate::resize`], and write the result with
 //! sd-scripts' metadata updates and freshly computed `sshs_*` hashes.
 
-use crate::keys::{modules, ModuleError, Scheme};
+use crate::keys::{modules, ModuleError};
 use crate::resize::{
     average_fro_line, metadata_updates, resize_modules, verbose_line, ModuleWeights, ResizeError, ResizeSettings,
     ResizedModule,
@@ -20,11 +20,6 @@ pub enum ResizeFileError {
     Modules(#[from] ModuleError),
     #[error("{path}: {0}", path = .1.display())]
     Resize(ResizeError, PathBuf),
-    #[error(
-        "{path}: this is a {scheme}; resize works on plain LoRA/LoCon files (kohya or PEFT up/down pairs)",
-        path = path.display()
-    )]
-    Unsupported { path: PathBuf, scheme: Scheme },
     #[error(
         "{path}: module {module} stores a LoCon Tucker `lora_mid` weight, which resize does not support yet",
         path = path.display()
@@ -56,10 +51,8 @@ pub fn resize_file(
         return Err(ResizeFileError::SameFile(output.to_path_buf()));
     }
     let file = LoraFile::open(input)?;
+    // `modules` refuses every scheme that is not plain up/down pairs (LoHa, LoKr, DoRA, checkpoints).
     let set = modules(&file)?;
-    if !set.scheme.is_plain_lora() {
-        return Err(ResizeFileError::Unsupported { path: input.to_path_buf(), scheme: set.scheme });
-    }
     let mut ordered = set.modules.clone();
     // sd-scripts walks a loaded state dict in key order; its report and "last alpha" follow it.
     ordered.sort_by(|a, b| a.name.cmp(&b.name));

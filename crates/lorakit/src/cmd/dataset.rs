@@ -46,7 +46,7 @@ pub struct CheckArgs {
     #[arg(long, value_name = "FILE", conflicts_with = "dir")]
     pub config: Option<PathBuf>,
     /// Training resolution: SIZE or WIDTH,HEIGHT [default: 512].
-    #[arg(long, value_name = "W[,H]", value_parser = parse_resolution)]
+    #[arg(long, value_name = "W[,H]", value_parser = ResolutionValue::parse)]
     pub resolution: Option<ResolutionValue>,
     /// Smallest bucket side, rounded down to --bucket-reso-steps [default: 256].
     #[arg(long, value_name = "PX")]
@@ -91,10 +91,6 @@ pub struct CheckArgs {
     /// Print the report as JSON (every image with path, repeats, is_reg, size, bucket, caption, warnings).
     #[arg(long)]
     pub json: bool,
-}
-
-fn parse_resolution(text: &str) -> Result<ResolutionValue, String> {
-    ResolutionValue::parse(text)
 }
 
 /// Runs a dataset command.
