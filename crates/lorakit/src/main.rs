@@ -31,6 +31,8 @@ enum Command {
     Merge(cmd::merge::MergeArgs),
     /// Convert a LoRA between kohya and PEFT/diffusers key names (SD1.5, SDXL).
     Convert(cmd::convert::ConvertArgs),
+    /// Generate images with LoRAs; --grid renders LoRA files × prompts as one labelled PNG.
+    Generate(cmd::generate::GenerateArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -43,6 +45,7 @@ fn main() -> std::process::ExitCode {
         Command::Resize(a) => cmd::resize::run(a),
         Command::Merge(a) => cmd::merge::run(a),
         Command::Convert(a) => cmd::convert::run(a),
+        Command::Generate(a) => cmd::generate::run(a),
     };
     match result {
         Ok(code) => code,

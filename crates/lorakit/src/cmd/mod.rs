@@ -2,6 +2,7 @@
 
 pub mod convert;
 pub mod dataset;
+pub mod generate;
 pub mod inspect;
 pub mod merge;
 pub mod resize;

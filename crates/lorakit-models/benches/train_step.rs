@@ -1,0 +1,88 @@
+//! One LoRA training step of the full-size SD1.5 UNet (random weights), the benchmark:
+//! rank 16 on attention and conv layers, batch 1, 64×64 latent, f32, forward + MSE loss +
+//! backward. Prints one JSON line per measured step; `tools/bench/train_step/run.sh`
+//! interleaves it with the PyTorch equivalent and reports both.
+//!
+//! `cargo bench -p lorakit-models --bench train_step -- [steps] [--checkpointing]`
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor};
+use lorakit_models::lora_inject::{create_network, NetworkSpec, UNET_PREFIX};
+use lorakit_models::unet_2d::{UNet2DConditionModel, UNet2DConditionModelConfig};
+use lorakit_models::Weights;
+use lorakit_nn::ForwardCtx;
+
+fn peak_rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .map(|l| l.split_whitespace().nth(1).unwrap_or("0").parse::<f64>().unwrap_or(0.0))
+        })
+        .unwrap_or(0.0)
+        / 1024.0
+}
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
+    let steps: usize = args.iter().find_map(|a| a.parse().ok()).unwrap_or(3);
+    let checkpointing = args.iter().any(|a| a == "--checkpointing");
+    let device = Device::Cpu;
+    let cfg = UNet2DConditionModelConfig::sd15();
+    let t0 = Instant::now();
+    let mut tensors = HashMap::new();
+    let mut params = 0usize;
+    for (name, shape) in cfg.parameter_shapes() {
+        params += shape.iter().product::<usize>();
+        let t = if name.contains("norm") && name.ends_with("weight") {
+            Tensor::ones(shape.as_slice(), DType::F32, &device)?
+        } else {
+            Tensor::randn(0f32, 0.02, shape.as_slice(), &device)?
+        };
+        tensors.insert(name, t);
+    }
+    let weights = Weights::new(tensors, "random SD1.5 UNet");
+    let unet = UNet2DConditionModel::new(weights.view(""), &cfg)?;
+    weights.check_complete()?;
+    drop(weights);
+    let spec = NetworkSpec { rank: 16, alpha: 16.0, conv_rank: Some(16), conv_alpha: 16.0, ..Default::default() };
+    let lora = Arc::new(create_network(&unet.lora_targets(), UNET_PREFIX, &spec, DType::F32, &device, 0)?);
+    // Non-zero up weights so every LoRA branch carries gradient as in a running training.
+    for m in lora.modules() {
+        m.up().set(&Tensor::randn(0f32, 0.01, m.up().dims(), &device)?)?;
+    }
+    eprintln!("setup {:.1}s, {params} UNet parameters, {} LoRA modules", t0.elapsed().as_secs_f64(), lora.len());
+    let ctx = ForwardCtx { lora: Some(lora.clone()), train: true, gradient_checkpointing: checkpointing };
+    let latents = Tensor::randn(0f32, 1.0, (1, 4, 64, 64), &device)?;
+    let target = Tensor::randn(0f32, 1.0, (1, 4, 64, 64), &device)?;
+    let context = Tensor::randn(0f32, 1.0, (1, 77, 768), &device)?;
+    let timesteps = Tensor::new(&[500u32], &device)?;
+    for step in 0..=steps {
+        let t = Instant::now();
+        let pred = unet.forward(&latents, &timesteps, &context, &ctx)?;
+        let loss = (pred - &target)?.sqr()?.mean_all()?;
+        let grads = loss.backward()?;
+        let mut norm = 0f32;
+        for var in lora.trainable_vars() {
+            if let Some(g) = lora.grad(&grads, &var)? {
+                norm += g.sqr()?.sum_all()?.to_scalar::<f32>()?;
+            }
+        }
+        lora.clear_side_grads();
+        let secs = t.elapsed().as_secs_f64();
+        if step > 0 {
+            // Step 0 is warm-up (allocator, page faults).
+            println!(
+                "{{\"impl\":\"lorakit\",\"step\":{step},\"seconds\":{secs:.3},\"loss\":{:.5},\"grad_norm\":{:.5},\"peak_rss_mb\":{:.0},\"checkpointing\":{checkpointing}}}",
+                loss.to_scalar::<f32>()?,
+                norm.sqrt(),
+                peak_rss_mb()
+            );
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,723 @@
+//! Loading SD 1.x/2.x base models (spec §14): single-file LDM `.safetensors` checkpoints and
+//! diffusers folders, both delivered as three [`Weights`] stores with diffusers tensor names,
+//! so the model constructors never see the LDM layout.
+//!
+//! Files are memory-mapped and every tensor is converted on its own, so peak memory is the
+//! converted model plus one tensor. Pickles (`.ckpt`, `.pt`, `.bin`) are refused: unpickling
+//! can run arbitrary code. Families this version cannot train (SDXL, SD3, Flux) are recognised
+//! from their keys or folder layout and refused by name rather than failing on missing tensors.
+
+pub mod ldm_keys;
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+use lorakit_lora::keys::{detect_scheme, Scheme};
+use lorakit_lora::safetensors_file::{Dtype, LoraFile, LoraFileError};
+use serde_json::Value;
+
+pub use ldm_keys::{Component, KeyFate, LdmKeyMap, Target, Transform};
+
+use crate::{Error, Result, Weights};
+
+/// A base-model family, as far as the weights tell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ModelFamily {
+    /// Stable Diffusion 1.x (OpenAI CLIP-L text encoder, 768-wide cross-attention).
+    Sd1,
+    /// Stable Diffusion 2.x (OpenCLIP-H text encoder, 1024-wide cross-attention).
+    Sd2,
+    /// SDXL (two text encoders, size/crop conditioning).
+    Sdxl,
+    /// Stable Diffusion 3 / 3.5 (MMDiT).
+    Sd3,
+    /// FLUX.1 (double/single-stream DiT).
+    Flux,
+    /// Nothing the detector recognises.
+    Unknown,
+}
+
+impl ModelFamily {
+    /// Whether this version can load and train the family.
+    pub fn is_supported(self) -> bool {
+        matches!(self, ModelFamily::Sd1 | ModelFamily::Sd2)
+    }
+}
+
+impl fmt::Display for ModelFamily {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ModelFamily::Sd1 => "SD 1.x",
+            ModelFamily::Sd2 => "SD 2.x",
+            ModelFamily::Sdxl => "SDXL",
+            ModelFamily::Sd3 => "SD 3",
+            ModelFamily::Flux => "Flux",
+            ModelFamily::Unknown => "unknown model family",
+        })
+    }
+}
+
+/// The family of a checkpoint from its tensor names (spec §14.1): `double_blocks.*` ⇒ Flux,
+/// `joint_blocks.*` ⇒ SD3, `conditioner.embedders.*` / `label_emb.*` ⇒ SDXL,
+/// `cond_stage_model.model.*` (OpenCLIP) ⇒ SD 2.x, `cond_stage_model.transformer.*` ⇒ SD 1.x.
+/// SD 1.x and 2.x U-Nets share every key name, so a U-Net-only file reads as `Unknown`; the
+/// text encoder tells them apart. Diffusers folders: see [`detect_family_at`].
+pub fn detect_family<'a>(keys: impl Iterator<Item = &'a str>) -> ModelFamily {
+    detect_from_keys(keys).0
+}
+
+/// The family of a checkpoint file (from its header, without reading tensors) or of a
+/// diffusers folder (from `model_index.json`, the subfolders and their `config.json`).
+pub fn detect_family_at(path: &Path) -> Result<ModelFamily> {
+    let meta = std::fs::metadata(path).map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
+    if meta.is_dir() {
+        return Ok(DiffusersFolder::read(path)?.family().0);
+    }
+    refuse_pickle_extension(path)?;
+    let file = open_safetensors(path)?;
+    Ok(detect_family(file.tensor_names()))
+}
+
+/// An SD 1.x/2.x checkpoint split into its three components, every tensor renamed to its
+/// diffusers key (`down_blocks.0.resnets.0.conv1.weight`, `encoder.mid_block.attentions.0.to_q.weight`
+/// as a linear `[C, C]`, `text_model.encoder.layers.0.self_attn.q_proj.weight`) and converted
+/// to the requested dtype and device.
+pub struct SdCheckpoint {
+    /// The file or folder loaded.
+    pub path: PathBuf,
+    /// SD 1.x or SD 2.x (`Unknown` only for a diffusers folder whose configs and text encoder
+    /// match neither).
+    pub family: ModelFamily,
+    /// U-Net tensors (`UNet2DConditionModel` names).
+    pub unet: Weights,
+    /// VAE tensors (`AutoencoderKL` names).
+    pub vae: Weights,
+    /// Text encoder tensors (`CLIPTextModel` names, `position_ids` dropped; SD 2.x: 23 layers,
+    /// the penultimate-layer encoder SD 2.x conditions on, as in diffusers' SD 2 folders).
+    pub text_encoder: Weights,
+    /// `unet/config.json` of a diffusers folder; `None` for single files.
+    pub unet_config: Option<Value>,
+    /// `vae/config.json` of a diffusers folder; `None` for single files.
+    pub vae_config: Option<Value>,
+    /// `text_encoder/config.json` of a diffusers folder; `None` for single files.
+    pub text_encoder_config: Option<Value>,
+}
+
+/// Loads an SD 1.x/2.x base model: a file is read as a single-file LDM `.safetensors`
+/// checkpoint, a directory as a diffusers folder. Tensors stored as F32/F16/BF16 are converted
+/// to `dtype` (a float type). Errors are one line naming the file and what to do.
+pub fn load_sd_checkpoint(path: &Path, dtype: DType, device: &Device) -> Result<SdCheckpoint> {
+    if !matches!(dtype, DType::F32 | DType::F16 | DType::BF16 | DType::F64) {
+        return Err(Error::Invalid(format!("checkpoints load as f32, f16 or bf16, not {}", dtype.as_str())));
+    }
+    let meta = std::fs::metadata(path).map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
+    if meta.is_dir() {
+        load_diffusers_folder(path, dtype, device)
+    } else {
+        load_single_file(path, dtype, device)
+    }
+}
+
+/// Reads every tensor of a `.safetensors` file, converted to `dtype` on `device`.
+pub fn read_safetensors(path: &Path, dtype: DType, device: &Device) -> Result<HashMap<String, Tensor>, Error> {
+    refuse_pickle_extension(path)?;
+    let file = open_safetensors(path)?;
+    file.tensor_names().map(|name| Ok((name.to_string(), load_tensor(&file, name, dtype, device)?))).collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Family detection
+
+/// The family and the key prefix that gave it away (for messages).
+fn detect_from_keys<'a>(keys: impl Iterator<Item = &'a str>) -> (ModelFamily, Option<&'static str>) {
+    let mut seen: [Option<&'static str>; 5] = [None; 5];
+    let mut mark = |family: ModelFamily, evidence: &'static str| {
+        let slot = match family {
+            ModelFamily::Flux => 0,
+            ModelFamily::Sd3 => 1,
+            ModelFamily::Sdxl => 2,
+            ModelFamily::Sd2 => 3,
+            _ => 4,
+        };
+        seen[slot].get_or_insert(evidence);
+    };
+    for key in keys {
+        let bare = key.strip_prefix(ldm_keys::UNET_PREFIX).unwrap_or(key);
+        if bare.starts_with("double_blocks.") || bare.starts_with("single_blocks.") {
+            mark(ModelFamily::Flux, "double_blocks.*");
+        } else if bare.starts_with("single_transformer_blocks.") {
+            mark(ModelFamily::Flux, "single_transformer_blocks.*");
+        } else if bare.starts_with("joint_blocks.") {
+            mark(ModelFamily::Sd3, "joint_blocks.*");
+        } else if bare.starts_with("pos_embed.proj.") || bare.starts_with("context_embedder.") {
+            // Diffusers MMDiT (SD3); Flux also has a context embedder but is caught above.
+            mark(ModelFamily::Sd3, "context_embedder.* / pos_embed.*");
+        } else if key.starts_with("conditioner.embedders.") {
+            mark(ModelFamily::Sdxl, "conditioner.embedders.*");
+        } else if bare.starts_with("label_emb.") || key.starts_with("add_embedding.") {
+            mark(ModelFamily::Sdxl, "label_emb.* (size/crop conditioning)");
+        } else if key.starts_with(ldm_keys::OPEN_CLIP_PREFIX) {
+            mark(ModelFamily::Sd2, "cond_stage_model.model.* (OpenCLIP)");
+        } else if key.starts_with(ldm_keys::CLIP_PREFIX) {
+            mark(ModelFamily::Sd1, "cond_stage_model.transformer.* (CLIP-L)");
+        }
+    }
+    let families = [ModelFamily::Flux, ModelFamily::Sd3, ModelFamily::Sdxl, ModelFamily::Sd2, ModelFamily::Sd1];
+    families
+        .into_iter()
+        .zip(seen)
+        .find_map(|(family, evidence)| evidence.map(|e| (family, Some(e))))
+        .unwrap_or((ModelFamily::Unknown, None))
+}
+
+fn unsupported(path: &Path, family: ModelFamily, evidence: &str) -> Error {
+    Error::UnsupportedFamily {
+        path: path.to_path_buf(),
+        message: format!(
+            "this is {} {family} model (it has {evidence}); this version of lorakit loads SD 1.x and SD 2.x models only — pick an SD 1.5 or SD 2.x base model",
+            if family == ModelFamily::Flux { "a" } else { "an" }
+        ),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Single files
+
+/// Extensions of PyTorch pickle files.
+const PICKLE_EXTENSIONS: [&str; 6] = ["ckpt", "pt", "pth", "bin", "pkl", "pickle"];
+
+fn pickle_advice(what: &str) -> String {
+    format!(
+        "{what}; lorakit does not load pickles because unpickling can run arbitrary code — convert it to .safetensors with a tool you trust, e.g. sd-scripts' `python tools/convert_diffusers20_original_sd.py --v1 model.ckpt model.safetensors` (--v2 for SD 2.x), and pass the .safetensors file"
+    )
+}
+
+fn refuse_pickle_extension(path: &Path) -> Result<()> {
+    let ext = path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).unwrap_or_default();
+    if PICKLE_EXTENSIONS.contains(&ext.as_str()) {
+        return Err(Error::Checkpoint {
+            path: path.to_path_buf(),
+            message: pickle_advice(&format!("a .{ext} file is a PyTorch pickle")),
+        });
+    }
+    Ok(())
+}
+
+/// Opens and validates a safetensors file, turning format errors into one-line advice.
+fn open_safetensors(path: &Path) -> Result<LoraFile> {
+    LoraFile::open(path).map_err(|e| match e {
+        LoraFileError::Io { path, source, .. } => Error::Io { path, source },
+        LoraFileError::Invalid { path, problem } => {
+            let message = match sniff(&path) {
+                Some(kind) => kind,
+                None => {
+                    let mut message = problem.to_string();
+                    if path.extension().and_then(|e| e.to_str()).is_none_or(|e| !e.eq_ignore_ascii_case("safetensors"))
+                    {
+                        message.push_str(" (lorakit loads .safetensors checkpoints and diffusers folders)");
+                    }
+                    message
+                }
+            };
+            Error::Checkpoint { path, message }
+        }
+        other => file_error(other),
+    })
+}
+
+/// What the first bytes of an unreadable file say it is, when that explains the failure.
+fn sniff(path: &Path) -> Option<String> {
+    let mut head = [0u8; 4];
+    let mut file = std::fs::File::open(path).ok()?;
+    file.read_exact(&mut head).ok()?;
+    match head {
+        [b'P', b'K', 3, 4] => Some(pickle_advice("this is a PyTorch (zip) pickle checkpoint, not safetensors")),
+        [0x80, 2..=5, ..] => Some(pickle_advice("this is a PyTorch pickle checkpoint, not safetensors")),
+        [b'G', b'G', b'U', b'F'] => Some(
+            "this is a GGUF (quantized) model; lorakit trains on full-precision .safetensors checkpoints — use the original F16/F32 model"
+                .to_string(),
+        ),
+        _ => None,
+    }
+}
+
+/// A `LoraFileError` as this crate's error, without repeating the path in the message.
+fn file_error(e: LoraFileError) -> Error {
+    let path = match &e {
+        LoraFileError::Io { path, .. }
+        | LoraFileError::IsDirectory { path }
+        | LoraFileError::Invalid { path, .. }
+        | LoraFileError::NoSuchTensor { path, .. }
+        | LoraFileError::UnsupportedDtype { path, .. }
+        | LoraFileError::BadTensor { path, .. } => path.clone(),
+    };
+    match e {
+        LoraFileError::Io { path, source, .. } => return Error::Io { path, source },
+        LoraFileError::IsDirectory { path } => {
+            let message = "is a directory, not a .safetensors file".to_string();
+            return Error::Checkpoint { path, message };
+        }
+        _ => {}
+    }
+    let text = e.to_string();
+    let prefix = format!("{}: ", path.display());
+    let message = text.strip_prefix(&prefix).unwrap_or(&text).to_string();
+    Error::Checkpoint { path, message }
+}
+
+/// The candle dtype of a stored dtype, where candle has one.
+fn candle_dtype(dtype: Dtype) -> Option<DType> {
+    Some(match dtype {
+        Dtype::F32 => DType::F32,
+        Dtype::F16 => DType::F16,
+        Dtype::BF16 => DType::BF16,
+        Dtype::F64 => DType::F64,
+        Dtype::F8E4M3 => DType::F8E4M3,
+        Dtype::U8 => DType::U8,
+        Dtype::U32 => DType::U32,
+        Dtype::I16 => DType::I16,
+        Dtype::I32 => DType::I32,
+        Dtype::I64 => DType::I64,
+        _ => return None,
+    })
+}
+
+/// One tensor from the mapped file, converted to `dtype` on `device`.
+fn load_tensor(file: &LoraFile, name: &str, dtype: DType, device: &Device) -> Result<Tensor> {
+    let info = file.info(name).ok_or_else(|| Error::Checkpoint {
+        path: file.path().to_path_buf(),
+        message: format!("tensor `{name}` vanished from the header"),
+    })?;
+    let stored = candle_dtype(info.dtype).ok_or_else(|| Error::Checkpoint {
+        path: file.path().to_path_buf(),
+        message: format!(
+            "tensor `{name}` is stored as {}, which lorakit cannot read; re-save the checkpoint in F32, F16 or BF16",
+            info.dtype.as_str()
+        ),
+    })?;
+    let bytes = file.tensor_bytes(name).map_err(file_error)?;
+    let tensor = Tensor::from_raw_buffer(bytes, stored, &info.shape, device)?;
+    Ok(if stored == dtype { tensor } else { tensor.to_dtype(dtype)? })
+}
+
+/// Refuses LoRA/LyCORIS files passed where a base model belongs.
+fn refuse_lora<'a>(path: &Path, names: impl IntoIterator<Item = &'a str>) -> Result<()> {
+    let scheme = detect_scheme(names);
+    if matches!(scheme, Scheme::Kohya | Scheme::Peft | Scheme::LoHa | Scheme::LoKr | Scheme::Dora) {
+        return Err(Error::Checkpoint {
+            path: path.to_path_buf(),
+            message: format!(
+                "this is a {scheme} file, not a base model; pass an SD 1.x/2.x checkpoint (e.g. v1-5-pruned-emaonly.safetensors) as the model and give the LoRA where LoRA weights are expected"
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Tensors per component while a checkpoint is assembled, plus what was left out.
+#[derive(Default)]
+struct Assembly {
+    parts: BTreeMap<Component, HashMap<String, Tensor>>,
+    /// Diffusers key → the stored key it came from (to report collisions).
+    origin: HashMap<(Component, String), String>,
+    ignored: BTreeMap<&'static str, Vec<String>>,
+    unmapped: BTreeMap<Component, Vec<String>>,
+}
+
+impl Assembly {
+    /// Loads `name` from `file` and files it under each of its targets.
+    fn add(&mut self, file: &LoraFile, name: &str, targets: &[Target], dtype: DType, device: &Device) -> Result<()> {
+        let tensor = load_tensor(file, name, dtype, device)?;
+        for target in targets {
+            let key = (target.component, target.name.clone());
+            if let Some(first) = self.origin.insert(key, name.to_string()) {
+                return Err(Error::Checkpoint {
+                    path: file.path().to_path_buf(),
+                    message: format!(
+                        "tensors `{first}` and `{name}` both map to {} tensor `{}`; the checkpoint holds two copies of one weight — re-save it",
+                        target.component, target.name
+                    ),
+                });
+            }
+            let value = target.transform.apply(&tensor)?;
+            self.parts.entry(target.component).or_default().insert(target.name.clone(), value);
+        }
+        Ok(())
+    }
+
+    fn ignore(&mut self, reason: &'static str, name: &str) {
+        self.ignored.entry(reason).or_default().push(name.to_string());
+    }
+
+    /// Logs what was left out: stray keys at debug, unmapped component keys at warn.
+    fn log(&self, path: &Path) {
+        for (reason, names) in &self.ignored {
+            tracing::debug!(
+                path = %path.display(),
+                "ignored {} tensor(s), {reason}: {}",
+                names.len(),
+                sample(names)
+            );
+        }
+        for (component, names) in &self.unmapped {
+            tracing::warn!(
+                path = %path.display(),
+                "{} {component} tensor(s) match no known SD 1.x/2.x layout and were skipped: {}",
+                names.len(),
+                sample(names)
+            );
+        }
+    }
+
+    /// The three stores; `source` names a component's origin in later errors.
+    fn finish(mut self, source: impl Fn(Component) -> String) -> (Weights, Weights, Weights) {
+        let mut take = |c: Component| Weights::new(self.parts.remove(&c).unwrap_or_default(), source(c));
+        (take(Component::Unet), take(Component::Vae), take(Component::TextEncoder))
+    }
+}
+
+/// The first few names of a list, for messages.
+fn sample(names: &[String]) -> String {
+    let mut out = names.iter().take(4).map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ");
+    if names.len() > 4 {
+        out.push_str(", …");
+    }
+    out
+}
+
+fn load_single_file(path: &Path, dtype: DType, device: &Device) -> Result<SdCheckpoint> {
+    refuse_pickle_extension(path)?;
+    let file = open_safetensors(path)?;
+    let checkpoint_error = |message: String| Error::Checkpoint { path: path.to_path_buf(), message };
+    if file.is_empty() {
+        return Err(checkpoint_error(
+            "the file holds no tensors; it is not a model checkpoint — pass an SD 1.x/2.x .safetensors checkpoint"
+                .into(),
+        ));
+    }
+    refuse_lora(path, file.tensor_names())?;
+    let (family, evidence) = detect_from_keys(file.tensor_names());
+    if !family.is_supported() {
+        if let (false, Some(evidence)) = (family == ModelFamily::Unknown, evidence) {
+            return Err(unsupported(path, family, evidence));
+        }
+        let ldm_prefixes =
+            [ldm_keys::UNET_PREFIX, ldm_keys::VAE_PREFIX, ldm_keys::CLIP_PREFIX, ldm_keys::OPEN_CLIP_PREFIX];
+        if !file.tensor_names().any(|n| ldm_prefixes.iter().any(|p| n.starts_with(p))) {
+            return Err(checkpoint_error(describe_foreign_file(&file)));
+        }
+    }
+
+    let map = LdmKeyMap::new(file.tensor_names());
+    let mut plan: Vec<(&str, Vec<Target>)> = Vec::with_capacity(file.len());
+    let mut assembly = Assembly::default();
+    for name in file.tensor_names() {
+        match map.map(name) {
+            KeyFate::Renamed(targets) => plan.push((name, targets)),
+            KeyFate::Ignored(reason) => assembly.ignore(reason, name),
+            KeyFate::Unmapped(component) => assembly.unmapped.entry(component).or_default().push(name.to_string()),
+        }
+    }
+    let missing: Vec<&str> = [
+        (Component::Unet, "no U-Net (`model.diffusion_model.*`)"),
+        (Component::Vae, "no VAE (`first_stage_model.*`)"),
+        (Component::TextEncoder, "no text encoder (`cond_stage_model.*`)"),
+    ]
+    .into_iter()
+    .filter(|(c, _)| !plan.iter().any(|(_, targets)| targets.iter().any(|t| t.component == *c)))
+    .map(|(_, what)| what)
+    .collect();
+    if !missing.is_empty() {
+        return Err(checkpoint_error(format!(
+            "the checkpoint has {}; lorakit needs a full SD 1.x/2.x checkpoint with U-Net, VAE and text encoder (or a diffusers folder)",
+            missing.join(" and ")
+        )));
+    }
+
+    for (name, targets) in &plan {
+        assembly.add(&file, name, targets, dtype, device)?;
+    }
+    assembly.log(path);
+    let (unet, vae, text_encoder) = assembly.finish(|c| format!("{} ({c})", path.display()));
+    Ok(SdCheckpoint {
+        path: path.to_path_buf(),
+        family,
+        unet,
+        vae,
+        text_encoder,
+        unet_config: None,
+        vae_config: None,
+        text_encoder_config: None,
+    })
+}
+
+/// Explains a safetensors file that holds no SD single-file layout.
+fn describe_foreign_file(file: &LoraFile) -> String {
+    let has = |prefixes: &[&str]| file.tensor_names().any(|n| prefixes.iter().any(|p| n.starts_with(p)));
+    if has(&["down_blocks.", "mid_block.", "conv_in."]) {
+        return "this holds a diffusers U-Net alone (`down_blocks.*` keys), not a full checkpoint; pass the diffusers model folder (with unet/, vae/, text_encoder/) or a single-file SD 1.x/2.x checkpoint".into();
+    }
+    if has(&["encoder.down", "decoder.up", "decoder.mid", "quant_conv."]) {
+        return "this holds a VAE alone, not a full checkpoint; pass a single-file SD 1.x/2.x checkpoint or a diffusers folder".into();
+    }
+    if has(&["text_model.", "transformer.resblocks."]) {
+        return "this holds a text encoder alone, not a full checkpoint; pass a single-file SD 1.x/2.x checkpoint or a diffusers folder".into();
+    }
+    let names: Vec<String> = file.tensor_names().take(3).map(str::to_string).collect();
+    format!(
+        "no Stable Diffusion weights found ({} tensor(s), e.g. {}); expected a single-file SD 1.x/2.x checkpoint (`model.diffusion_model.*`, `first_stage_model.*`, `cond_stage_model.*`) or a diffusers folder",
+        file.len(),
+        sample(&names)
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// Diffusers folders
+
+/// The three SD components of a diffusers folder: (component, subfolder, weights file stem).
+const DIFFUSERS_PARTS: [(Component, &str, &str); 3] = [
+    (Component::Unet, "unet", "diffusion_pytorch_model"),
+    (Component::Vae, "vae", "diffusion_pytorch_model"),
+    (Component::TextEncoder, "text_encoder", "model"),
+];
+
+/// What a diffusers folder's JSON files say, read once.
+struct DiffusersFolder {
+    dir: PathBuf,
+    model_index: Option<Value>,
+    configs: BTreeMap<Component, Value>,
+    transformer_config: Option<Value>,
+    has_text_encoder_2: bool,
+}
+
+impl DiffusersFolder {
+    fn read(dir: &Path) -> Result<Self> {
+        let mut configs = BTreeMap::new();
+        for (component, sub, _) in DIFFUSERS_PARTS {
+            if let Some(config) = read_json(&dir.join(sub).join("config.json"))? {
+                configs.insert(component, config);
+            }
+        }
+        Ok(DiffusersFolder {
+            dir: dir.to_path_buf(),
+            model_index: read_json(&dir.join("model_index.json"))?,
+            configs,
+            transformer_config: read_json(&dir.join("transformer").join("config.json"))?,
+            has_text_encoder_2: dir.join("text_encoder_2").is_dir(),
+        })
+    }
+
+    fn config_str(&self, component: Component, key: &str) -> Option<&str> {
+        self.configs.get(&component)?.get(key)?.as_str()
+    }
+
+    fn config_u64(&self, component: Component, key: &str) -> Option<u64> {
+        self.configs.get(&component)?.get(key)?.as_u64()
+    }
+
+    /// The family and, for families other than SD 1.x/2.x, what gave it away.
+    fn family(&self) -> (ModelFamily, &'static str) {
+        let class = self.model_index.as_ref().and_then(|m| m.get("_class_name")).and_then(Value::as_str).unwrap_or("");
+        if class.contains("Flux") {
+            return (ModelFamily::Flux, "a Flux pipeline in model_index.json");
+        }
+        if class.contains("StableDiffusion3") {
+            return (ModelFamily::Sd3, "an SD3 pipeline in model_index.json");
+        }
+        if class.contains("XL") {
+            return (ModelFamily::Sdxl, "an SDXL pipeline in model_index.json");
+        }
+        if let Some(config) = &self.transformer_config {
+            let class = config.get("_class_name").and_then(Value::as_str).unwrap_or("");
+            if class.contains("Flux") {
+                return (ModelFamily::Flux, "a Flux transformer/ folder");
+            }
+            if class.contains("SD3") {
+                return (ModelFamily::Sd3, "an SD3 transformer/ folder");
+            }
+        }
+        if self.has_text_encoder_2 || self.config_str(Component::Unet, "addition_embed_type") == Some("text_time") {
+            return (ModelFamily::Sdxl, "a second text encoder (text_encoder_2/)");
+        }
+        // OpenAI CLIP (SD 1.x) uses quick_gelu, OpenCLIP (SD 2.x) gelu: true at any size.
+        match self.config_str(Component::TextEncoder, "hidden_act") {
+            Some("quick_gelu") => return (ModelFamily::Sd1, ""),
+            Some("gelu") => return (ModelFamily::Sd2, ""),
+            _ => {}
+        }
+        match self.config_u64(Component::Unet, "cross_attention_dim") {
+            Some(768) => (ModelFamily::Sd1, ""),
+            Some(1024) => (ModelFamily::Sd2, ""),
+            Some(2048) => (ModelFamily::Sdxl, "2048-wide cross-attention in unet/config.json"),
+            _ => (ModelFamily::Unknown, ""),
+        }
+    }
+
+    /// Explains a directory without the SD subfolders.
+    fn not_a_model_folder(&self) -> Error {
+        let dir = &self.dir;
+        let component_file = ["diffusion_pytorch_model.safetensors", "model.safetensors", "config.json"]
+            .iter()
+            .any(|f| dir.join(f).is_file());
+        let message = if component_file {
+            "this is a single diffusers component folder; pass the model folder above it (the one with model_index.json, unet/, vae/ and text_encoder/)".to_string()
+        } else {
+            "not a diffusers model folder (no unet/, vae/ or text_encoder/ subfolders); pass a single-file .safetensors checkpoint or a diffusers folder".to_string()
+        };
+        Error::Checkpoint { path: dir.clone(), message }
+    }
+}
+
+/// A JSON file, or `None` when it does not exist.
+fn read_json(path: &Path) -> Result<Option<Value>> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => return Err(Error::Io { path: path.to_path_buf(), source }),
+    };
+    serde_json::from_str(&text).map(Some).map_err(|e| Error::Checkpoint {
+        path: path.to_path_buf(),
+        message: format!("not valid JSON ({e}); the download is damaged — fetch the file again"),
+    })
+}
+
+fn load_diffusers_folder(dir: &Path, dtype: DType, device: &Device) -> Result<SdCheckpoint> {
+    let folder = DiffusersFolder::read(dir)?;
+    let (mut family, evidence) = folder.family();
+    if matches!(family, ModelFamily::Sdxl | ModelFamily::Sd3 | ModelFamily::Flux) {
+        return Err(unsupported(dir, family, evidence));
+    }
+    let missing: Vec<&str> =
+        DIFFUSERS_PARTS.iter().filter(|(_, sub, _)| !dir.join(sub).is_dir()).map(|p| p.1).collect();
+    if missing.len() == DIFFUSERS_PARTS.len() {
+        return Err(folder.not_a_model_folder());
+    }
+    if !missing.is_empty() {
+        let list = missing.iter().map(|m| format!("{m}/")).collect::<Vec<_>>().join(", ");
+        return Err(Error::Checkpoint {
+            path: dir.to_path_buf(),
+            message: format!(
+                "the diffusers folder lacks {list}; an SD model folder needs unet/, vae/ and text_encoder/ — the download is incomplete, fetch the missing subfolder(s)"
+            ),
+        });
+    }
+
+    let mut assembly = Assembly::default();
+    let mut sources: BTreeMap<Component, String> = BTreeMap::new();
+    for (component, sub, stem) in DIFFUSERS_PARTS {
+        let files = component_files(&dir.join(sub), stem, dtype)?;
+        sources.insert(component, files.first().map(|f| f.display().to_string()).unwrap_or_default());
+        let before = assembly.parts.get(&component).map_or(0, HashMap::len);
+        for path in &files {
+            let file = open_safetensors(path)?;
+            for name in file.tensor_names() {
+                match ldm_keys::diffusers_fate(component, name) {
+                    KeyFate::Renamed(targets) => assembly.add(&file, name, &targets, dtype, device)?,
+                    KeyFate::Ignored(reason) => assembly.ignore(reason, name),
+                    KeyFate::Unmapped(c) => assembly.unmapped.entry(c).or_default().push(name.to_string()),
+                }
+            }
+            assembly.log(path);
+            assembly.ignored.clear();
+            assembly.unmapped.clear();
+        }
+        if assembly.parts.get(&component).map_or(0, HashMap::len) == before {
+            return Err(Error::Checkpoint {
+                path: files.first().cloned().unwrap_or_else(|| dir.join(sub)),
+                message: format!("the {component} weights file holds no tensors; fetch {sub}/ again"),
+            });
+        }
+    }
+    if family == ModelFamily::Unknown {
+        // No usable config: the text encoder's width tells CLIP-L from OpenCLIP-H.
+        let width = assembly
+            .parts
+            .get(&Component::TextEncoder)
+            .and_then(|te| te.get("text_model.embeddings.token_embedding.weight"))
+            .and_then(|t| t.dims().get(1).copied());
+        family = match width {
+            Some(768) => ModelFamily::Sd1,
+            Some(1024) => ModelFamily::Sd2,
+            _ => ModelFamily::Unknown,
+        };
+    }
+    let (unet, vae, text_encoder) = assembly.finish(|c| sources.get(&c).cloned().unwrap_or_default());
+    let mut configs = folder.configs;
+    Ok(SdCheckpoint {
+        path: dir.to_path_buf(),
+        family,
+        unet,
+        vae,
+        text_encoder,
+        unet_config: configs.remove(&Component::Unet),
+        vae_config: configs.remove(&Component::Vae),
+        text_encoder_config: configs.remove(&Component::TextEncoder),
+    })
+}
+
+/// The safetensors file(s) of one component folder: `<stem>.safetensors`, the `.fp16` variant
+/// (preferred when loading as f16, else only the fallback), or the shards of an index.
+fn component_files(dir: &Path, stem: &str, dtype: DType) -> Result<Vec<PathBuf>> {
+    let variants: [&str; 2] = if dtype == DType::F16 { [".fp16", ""] } else { ["", ".fp16"] };
+    for variant in variants {
+        let single = dir.join(format!("{stem}{variant}.safetensors"));
+        if single.is_file() {
+            return Ok(vec![single]);
+        }
+        let index = dir.join(format!("{stem}{variant}.safetensors.index.json"));
+        if index.is_file() {
+            return shard_files(&index);
+        }
+    }
+    // transformers names the text encoder's pickle `pytorch_model.bin`.
+    for pickle in [format!("{stem}.bin"), format!("{stem}.fp16.bin"), "pytorch_model.bin".to_string()] {
+        let pickle = dir.join(pickle);
+        if pickle.is_file() {
+            return Err(Error::Checkpoint {
+                path: pickle,
+                message: "this diffusers folder stores weights as PyTorch pickles (.bin); lorakit does not load pickles because unpickling can run arbitrary code — re-save the folder with safetensors (diffusers: `pipe.save_pretrained(dir, safe_serialization=True)`) or download its .safetensors files".to_string(),
+            });
+        }
+    }
+    Err(Error::Checkpoint {
+        path: dir.to_path_buf(),
+        message: format!(
+            "no weights file: expected {stem}.safetensors (or {stem}.fp16.safetensors); the download is incomplete — fetch it again"
+        ),
+    })
+}
+
+/// The shard files listed by a `*.safetensors.index.json`, in name order.
+fn shard_files(index: &Path) -> Result<Vec<PathBuf>> {
+    let bad = |message: String| Error::Checkpoint { path: index.to_path_buf(), message };
+    let json = read_json(index)?.unwrap_or(Value::Null);
+    let map = json
+        .get("weight_map")
+        .and_then(Value::as_object)
+        .ok_or_else(|| bad("has no `weight_map` object; fetch the index file again".into()))?;
+    let mut names: Vec<&str> = Vec::new();
+    for value in map.values() {
+        let name = value.as_str().ok_or_else(|| bad("`weight_map` holds a non-string file name".into()))?;
+        if Path::new(name).file_name().and_then(|f| f.to_str()) != Some(name) {
+            return Err(bad(format!("`weight_map` names `{name}`, which is not a file in the same folder")));
+        }
+        names.push(name);
+    }
+    names.sort_unstable();
+    names.dedup();
+    let dir = index.parent().unwrap_or(Path::new("."));
+    let files: Vec<PathBuf> = names.iter().map(|n| dir.join(n)).collect();
+    if let Some(absent) = files.iter().find(|f| !f.is_file()) {
+        return Err(Error::Checkpoint {
+            path: absent.clone(),
+            message: format!("shard listed in {} is missing; fetch it again", index.display()),
+        });
+    }
+    if files.is_empty() {
+        return Err(bad("`weight_map` lists no files; fetch the index file again".into()));
+    }
+    Ok(files)
+}

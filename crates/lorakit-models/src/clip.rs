@@ -1,0 +1,565 @@
+//! The CLIP text encoder of Stable Diffusion (HF transformers' `CLIPTextModel`), trainable
+//! through LoRA.
+//!
+//! Structure and weight keys follow transformers: `text_model.embeddings.{token,position}_embedding`,
+//! `text_model.encoder.layers.N.{self_attn.{q,k,v,out}_proj, layer_norm1, mlp.fc1, mlp.fc2,
+//! layer_norm2}`, `text_model.final_layer_norm`. Every linear is a `lorakit_nn::Linear` named by
+//! that key path, so a LoRA module attaches by path and its kohya name is
+//! `lora_te_text_model_encoder_layers_0_self_attn_q_proj` (sd-scripts spec §2.2/§2.3).
+//!
+//! Attention is causal (CLIP's text transformer is autoregressive). `lorakit_nn::attention` has
+//! no mask, so the attention here is composed from tracked ops — `softmax(q·kᵀ·s + M)·v` with
+//! M = −∞ above the diagonal — and candle's autograd differentiates it. The score matrix is
+//! (batch·heads, 77, 77), a few MB even for SD1.5 at batch 16, so the memory-efficient kernel
+//! would buy nothing here. Scores and softmax run in f32 (f64 for f64 models), as transformers'
+//! eager attention does (`softmax(…, dtype=float32)`).
+//!
+//! On top of the model: sd-scripts' SD1 text conditioning with `clip_skip` and its long-prompt
+//! path (spec §6.1: 75-token chunks encoded separately and stitched back together).
+
+use std::path::Path;
+use std::sync::Arc;
+
+use candle_core::{DType, Device, Result, Tensor, D};
+use lorakit_nn::activation::{gelu, quick_gelu, softmax_last_dim};
+use lorakit_nn::checkpoint::{checkpoint, BlockFn};
+use lorakit_nn::lora::{LoraTarget, TargetGroup};
+use lorakit_nn::{ForwardCtx, LayerNorm, Linear};
+use serde::{Deserialize, Serialize};
+
+use crate::clip_tokenizer::{chunk_for_clip, sd_scripts_max_length, ClipTokenizer, CLIP_CHUNK_LEN};
+use crate::weights::WeightsView;
+use crate::Error;
+
+/// The MLP activation (`hidden_act` in config.json).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClipActivation {
+    /// `x·sigmoid(1.702x)`: OpenAI CLIP ViT-L/14 (SD1, SDXL text encoder 1).
+    QuickGelu,
+    /// Exact (erf) GELU: OpenCLIP ViT-H / bigG (SD2, SDXL text encoder 2).
+    Gelu,
+    /// tanh-approximated GELU (`gelu_new`, `gelu_pytorch_tanh`).
+    #[serde(alias = "gelu_pytorch_tanh")]
+    GeluNew,
+}
+
+impl ClipActivation {
+    fn forward(self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            ClipActivation::QuickGelu => quick_gelu(x),
+            ClipActivation::Gelu => gelu(x),
+            ClipActivation::GeluNew => x.gelu(),
+        }
+    }
+}
+
+/// A CLIP text encoder's configuration, read from (and writable as) a transformers `config.json`
+/// (field names as there; missing fields take transformers' `CLIPTextConfig` defaults, unknown
+/// ones are ignored).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ClipTextConfig {
+    /// Token embedding rows; ids at or above it are rejected.
+    pub vocab_size: usize,
+    /// Width of the residual stream.
+    pub hidden_size: usize,
+    /// Width of the MLP's hidden layer.
+    pub intermediate_size: usize,
+    /// Encoder layers.
+    pub num_hidden_layers: usize,
+    /// Attention heads (must divide `hidden_size`).
+    pub num_attention_heads: usize,
+    /// Position embedding rows: the longest sequence one pass takes (77).
+    pub max_position_embeddings: usize,
+    /// MLP activation.
+    pub hidden_act: ClipActivation,
+    /// LayerNorm epsilon.
+    pub layer_norm_eps: f64,
+    /// Start-of-text id (informational; the tokenizer adds it).
+    pub bos_token_id: Option<u32>,
+    /// End-of-text id: the pooled output is taken at its first occurrence (transformers' rule;
+    /// when it is 2, legacy configs, at the largest id instead).
+    pub eos_token_id: u32,
+    /// Padding id (informational; SD1 pads with EOS).
+    pub pad_token_id: Option<u32>,
+    /// Projection width of the full CLIP model (not used by the text model itself).
+    pub projection_dim: Option<usize>,
+}
+
+impl Default for ClipTextConfig {
+    /// transformers' `CLIPTextConfig()` defaults.
+    fn default() -> Self {
+        ClipTextConfig {
+            vocab_size: 49408,
+            hidden_size: 512,
+            intermediate_size: 2048,
+            num_hidden_layers: 12,
+            num_attention_heads: 8,
+            max_position_embeddings: 77,
+            hidden_act: ClipActivation::QuickGelu,
+            layer_norm_eps: 1e-5,
+            bos_token_id: Some(49406),
+            eos_token_id: 49407,
+            pad_token_id: Some(1),
+            projection_dim: Some(512),
+        }
+    }
+}
+
+impl ClipTextConfig {
+    /// SD1.x's text encoder: OpenAI CLIP ViT-L/14's text tower (`openai/clip-vit-large-patch14`).
+    pub fn sd15() -> Self {
+        ClipTextConfig {
+            vocab_size: 49408,
+            hidden_size: 768,
+            intermediate_size: 3072,
+            num_hidden_layers: 12,
+            num_attention_heads: 12,
+            max_position_embeddings: 77,
+            hidden_act: ClipActivation::QuickGelu,
+            layer_norm_eps: 1e-5,
+            bos_token_id: Some(49406),
+            eos_token_id: 49407,
+            pad_token_id: Some(49407),
+            projection_dim: Some(768),
+        }
+    }
+
+    /// Reads a transformers `config.json` (e.g. `text_encoder/config.json` of a diffusers
+    /// folder).
+    pub fn from_json_file(path: &Path) -> crate::Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
+        let cfg: ClipTextConfig = serde_json::from_str(&text).map_err(|e| Error::Checkpoint {
+            path: path.to_path_buf(),
+            message: format!("not a CLIP text config: {e}"),
+        })?;
+        cfg.validate().map_err(|e| Error::Checkpoint { path: path.to_path_buf(), message: e.to_string() })?;
+        Ok(cfg)
+    }
+
+    /// Width of one attention head.
+    pub fn head_dim(&self) -> usize {
+        self.hidden_size / self.num_attention_heads.max(1)
+    }
+
+    /// Rejects configurations the model cannot be built from (zero sizes, heads that do not
+    /// divide the width).
+    pub fn validate(&self) -> Result<()> {
+        let sizes = [
+            ("vocab_size", self.vocab_size),
+            ("hidden_size", self.hidden_size),
+            ("intermediate_size", self.intermediate_size),
+            ("num_attention_heads", self.num_attention_heads),
+            ("max_position_embeddings", self.max_position_embeddings),
+        ];
+        if let Some((name, _)) = sizes.iter().find(|(_, v)| *v == 0) {
+            candle_core::bail!("CLIP text config: {name} must be positive")
+        }
+        if self.hidden_size % self.num_attention_heads != 0 {
+            candle_core::bail!(
+                "CLIP text config: hidden_size {} is not divisible by num_attention_heads {}",
+                self.hidden_size,
+                self.num_attention_heads
+            )
+        }
+        Ok(())
+    }
+}
+
+/// What one text-encoder pass returns (transformers' `BaseModelOutputWithPooling` with
+/// `output_hidden_states=True`).
+#[derive(Clone, Debug)]
+pub struct ClipTextOutput {
+    /// The last layer's output through `final_layer_norm`, (B, L, D).
+    pub last_hidden_state: Tensor,
+    /// The embeddings, then every layer's output (no final LayerNorm): `num_hidden_layers + 1`
+    /// tensors of (B, L, D). SDXL conditions on one of these directly.
+    pub hidden_states: Vec<Tensor>,
+    /// `last_hidden_state` at each row's EOS position, (B, D).
+    pub pooler_output: Tensor,
+}
+
+/// `self_attn`: causal multi-head self-attention.
+#[derive(Debug)]
+struct ClipAttention {
+    q_proj: Linear,
+    k_proj: Linear,
+    v_proj: Linear,
+    out_proj: Linear,
+    num_heads: usize,
+    head_dim: usize,
+}
+
+impl ClipAttention {
+    fn new(vb: WeightsView, cfg: &ClipTextConfig) -> Result<Self> {
+        let d = cfg.hidden_size;
+        Ok(ClipAttention {
+            q_proj: vb.pp("q_proj").linear(d, d, true)?,
+            k_proj: vb.pp("k_proj").linear(d, d, true)?,
+            v_proj: vb.pp("v_proj").linear(d, d, true)?,
+            out_proj: vb.pp("out_proj").linear(d, d, true)?,
+            num_heads: cfg.num_attention_heads,
+            head_dim: cfg.head_dim(),
+        })
+    }
+
+    fn forward(&self, x: &Tensor, mask: &Tensor, ctx: &ForwardCtx) -> Result<Tensor> {
+        let (b, l, d) = x.dims3()?;
+        let (h, hd) = (self.num_heads, self.head_dim);
+        let heads = |t: Tensor| t.reshape((b, l, h, hd))?.transpose(1, 2)?.reshape((b * h, l, hd));
+        let q = heads(self.q_proj.forward(x, ctx)?)?;
+        let k = heads(self.k_proj.forward(x, ctx)?)?;
+        let v = heads(self.v_proj.forward(x, ctx)?)?;
+        let o = masked_attention(&q, &k, &v, mask, (hd as f64).powf(-0.5))?;
+        let o = o.reshape((b, h, l, hd))?.transpose(1, 2)?.reshape((b, l, d))?;
+        self.out_proj.forward(&o, ctx)
+    }
+}
+
+/// `softmax(q·kᵀ·scale + mask)·v` on (N, L, d) tensors, all tracked ops; `mask` (L, L) is
+/// additive in the statistics dtype (0 or −∞).
+fn masked_attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, scale: f64) -> Result<Tensor> {
+    let scores = (q.matmul(&k.t()?)? * scale)?.to_dtype(mask.dtype())?.broadcast_add(mask)?;
+    softmax_last_dim(&scores)?.to_dtype(v.dtype())?.matmul(v)
+}
+
+/// The dtype softmax statistics are computed in for activations of `dtype`.
+fn stat_dtype(dtype: DType) -> DType {
+    if dtype == DType::F64 {
+        DType::F64
+    } else {
+        DType::F32
+    }
+}
+
+/// The additive causal mask (L, L): 0 on and below the diagonal, −∞ above (query i sees keys
+/// 0..=i). −∞ rather than transformers' `finfo.min`: exp gives exactly 0 either way, and the
+/// diagonal keeps every row's max finite, so no NaN appears in forward or backward.
+fn causal_mask(len: usize, dtype: DType, device: &Device) -> Result<Tensor> {
+    let values: Vec<f32> =
+        (0..len).flat_map(|i| (0..len).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 })).collect();
+    Tensor::from_vec(values, (len, len), device)?.to_dtype(stat_dtype(dtype))
+}
+
+/// `mlp`: fc1 → activation → fc2.
+#[derive(Debug)]
+struct ClipMlp {
+    fc1: Linear,
+    fc2: Linear,
+    act: ClipActivation,
+}
+
+impl ClipMlp {
+    fn forward(&self, x: &Tensor, ctx: &ForwardCtx) -> Result<Tensor> {
+        self.fc2.forward(&self.act.forward(&self.fc1.forward(x, ctx)?)?, ctx)
+    }
+}
+
+/// One pre-LayerNorm transformer layer: `x + attn(ln1(x))`, then `x + mlp(ln2(x))`.
+#[derive(Debug)]
+pub struct ClipEncoderLayer {
+    self_attn: ClipAttention,
+    layer_norm1: LayerNorm,
+    mlp: ClipMlp,
+    layer_norm2: LayerNorm,
+}
+
+impl ClipEncoderLayer {
+    fn new(vb: WeightsView, cfg: &ClipTextConfig) -> Result<Self> {
+        let d = cfg.hidden_size;
+        Ok(ClipEncoderLayer {
+            self_attn: ClipAttention::new(vb.pp("self_attn"), cfg)?,
+            layer_norm1: vb.pp("layer_norm1").layer_norm(d, cfg.layer_norm_eps)?,
+            mlp: ClipMlp {
+                fc1: vb.pp("mlp").pp("fc1").linear(d, cfg.intermediate_size, true)?,
+                fc2: vb.pp("mlp").pp("fc2").linear(cfg.intermediate_size, d, true)?,
+                act: cfg.hidden_act,
+            },
+            layer_norm2: vb.pp("layer_norm2").layer_norm(d, cfg.layer_norm_eps)?,
+        })
+    }
+
+    /// Applies the layer to hidden states (B, L, D) with the causal mask for L; exposed for
+    /// gradient checks and layer-wise use (the model builds the mask once per pass instead).
+    pub fn forward(&self, x: &Tensor, ctx: &ForwardCtx) -> Result<Tensor> {
+        let (_, l, _) = x.dims3()?;
+        self.forward_masked(x, &causal_mask(l, x.dtype(), x.device())?, ctx)
+    }
+
+    fn forward_masked(&self, x: &Tensor, mask: &Tensor, ctx: &ForwardCtx) -> Result<Tensor> {
+        let h = self.self_attn.forward(&self.layer_norm1.forward(x)?, mask, ctx)?;
+        let x = (x + h)?;
+        let h = self.mlp.forward(&self.layer_norm2.forward(&x)?, ctx)?;
+        x + h
+    }
+
+    /// The layer's LoRA targets in transformers' module order (sd-scripts walks
+    /// `named_modules()`): `k_proj, v_proj, q_proj, out_proj, fc1, fc2`.
+    pub fn linears(&self) -> [&Linear; 6] {
+        let a = &self.self_attn;
+        [&a.k_proj, &a.v_proj, &a.q_proj, &a.out_proj, &self.mlp.fc1, &self.mlp.fc2]
+    }
+}
+
+/// Token ids read back to the host and checked: (batch, length, row-major ids).
+struct TokenIds {
+    batch: usize,
+    len: usize,
+    ids: Vec<u32>,
+}
+
+/// The CLIP text transformer (`CLIPTextModel`); weights are plain tensors, LoRA modules come in
+/// through the [`ForwardCtx`].
+pub struct ClipTextModel {
+    config: ClipTextConfig,
+    token_embedding: Tensor,
+    position_embedding: Tensor,
+    layers: Vec<Arc<ClipEncoderLayer>>,
+    final_layer_norm: LayerNorm,
+}
+
+impl std::fmt::Debug for ClipTextModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClipTextModel").field("config", &self.config).finish_non_exhaustive()
+    }
+}
+
+impl ClipTextModel {
+    /// Builds the model from the tensors under `text_model.` of `vb` (the root of a
+    /// transformers/diffusers text-encoder store). The view's path prefixes every layer path,
+    /// and LoRA names are made from those paths, so pass the store's root. Missing or
+    /// mis-shaped tensors are recorded in the store (see `Weights::check_complete`), not
+    /// reported here.
+    pub fn new(vb: WeightsView, cfg: &ClipTextConfig) -> Result<Self> {
+        cfg.validate()?;
+        let tm = vb.pp("text_model");
+        let emb = tm.pp("embeddings");
+        let d = cfg.hidden_size;
+        let token_embedding = emb.pp("token_embedding").get("weight", &[cfg.vocab_size, d])?;
+        let position_embedding = emb.pp("position_embedding").get("weight", &[cfg.max_position_embeddings, d])?;
+        let layers = (0..cfg.num_hidden_layers)
+            .map(|i| ClipEncoderLayer::new(tm.pp("encoder").pp("layers").pp(i), cfg).map(Arc::new))
+            .collect::<Result<Vec<_>>>()?;
+        let final_layer_norm = tm.pp("final_layer_norm").layer_norm(d, cfg.layer_norm_eps)?;
+        Ok(ClipTextModel { config: cfg.clone(), token_embedding, position_embedding, layers, final_layer_norm })
+    }
+
+    /// The configuration the model was built with.
+    pub fn config(&self) -> &ClipTextConfig {
+        &self.config
+    }
+
+    /// The device the weights live on (outputs are produced there).
+    pub fn device(&self) -> &Device {
+        self.token_embedding.device()
+    }
+
+    /// The weights' dtype (outputs have it).
+    pub fn dtype(&self) -> DType {
+        self.token_embedding.dtype()
+    }
+
+    /// The encoder layers, in order.
+    pub fn layers(&self) -> &[Arc<ClipEncoderLayer>] {
+        &self.layers
+    }
+
+    /// `text_model.final_layer_norm`.
+    pub fn final_layer_norm(&self) -> &LayerNorm {
+        &self.final_layer_norm
+    }
+
+    /// Token plus position embeddings for `input_ids` (B, L): the encoder's input and
+    /// `hidden_states[0]`.
+    pub fn embed(&self, input_ids: &Tensor) -> Result<Tensor> {
+        let ids = self.read_ids(input_ids)?;
+        self.embed_ids(&ids)
+    }
+
+    /// Runs the model: every hidden state, the final one through `final_layer_norm`, and the
+    /// pooled EOS vector (transformers' rule: first position equal to `eos_token_id`, position
+    /// 0 when a row has none; largest id when `eos_token_id` is 2).
+    pub fn forward(&self, input_ids: &Tensor, ctx: &ForwardCtx) -> Result<ClipTextOutput> {
+        let ids = self.read_ids(input_ids)?;
+        let hidden_states = self.run(&ids, self.layers.len(), ctx)?;
+        let last = hidden_states.last().expect("embeddings are always present");
+        let last_hidden_state = self.final_layer_norm.forward(last)?;
+        let positions: Vec<u32> = (0..ids.batch)
+            .map(|b| (b * ids.len + self.pooled_position(&ids.ids[b * ids.len..(b + 1) * ids.len])) as u32)
+            .collect();
+        let index = Tensor::from_vec(positions, ids.batch, self.device())?;
+        let d = self.config.hidden_size;
+        let pooler_output = last_hidden_state.reshape((ids.batch * ids.len, d))?.index_select(&index, 0)?;
+        Ok(ClipTextOutput { last_hidden_state, hidden_states, pooler_output })
+    }
+
+    /// sd-scripts' SD1/SD2 conditioning for `input_ids` (B, L): `clip_skip` None or 1 →
+    /// `last_hidden_state`; k ≥ 2 → `final_layer_norm(hidden_states[-k])`. The last k − 1
+    /// layers are not run (their output is unused, and so their LoRA modules get no gradient,
+    /// as in sd-scripts).
+    pub fn encode_hidden(&self, input_ids: &Tensor, clip_skip: Option<usize>, ctx: &ForwardCtx) -> Result<Tensor> {
+        let skip = clip_skip.unwrap_or(1);
+        let n = self.layers.len();
+        if skip == 0 || skip > n + 1 {
+            candle_core::bail!("clip_skip must be between 1 and {} for this {n}-layer text encoder, got {skip}", n + 1)
+        }
+        let ids = self.read_ids(input_ids)?;
+        let hidden = self.run(&ids, n + 1 - skip, ctx)?;
+        self.final_layer_norm.forward(hidden.last().expect("embeddings are always present"))
+    }
+
+    /// sd-scripts' long-prompt encoding (spec §6.1, `SdTextEncodingStrategy.encode_tokens`):
+    /// `chunks` (B, n, L) are encoded as B·n separate sequences (with `clip_skip` as in
+    /// [`Self::encode_hidden`]) and stitched into (B, 1 + n·(L − 2) + 1, D): position 0 of
+    /// chunk 0, positions 1..L−1 of every chunk, then position L − 1 of the last chunk —
+    /// 77, 152, 227 positions for 1, 2, 3 chunks of 77. With n = 1 this is `encode_hidden`.
+    ///
+    /// sd-scripts' SD2 branch would also rewrite a chunk's first position, but its test
+    /// compares an id with the EOS token's *string* and never fires, so this stitching is what
+    /// sd-scripts computes for SD2 too.
+    pub fn encode_chunked(&self, chunks: &Tensor, clip_skip: Option<usize>, ctx: &ForwardCtx) -> Result<Tensor> {
+        let (b, n, l) = match chunks.dims() {
+            &[b, n, l] => (b, n, l),
+            dims => candle_core::bail!("chunked token ids must be (batch, chunks, length), got shape {dims:?}"),
+        };
+        if b == 0 || n == 0 || l < 2 {
+            candle_core::bail!("chunked token ids of shape {:?} hold no chunk of at least 2 tokens", chunks.dims())
+        }
+        let h = self.encode_hidden(&chunks.reshape((b * n, l))?, clip_skip, ctx)?;
+        let d = h.dim(D::Minus1)?;
+        let h = h.reshape((b, n * l, d))?;
+        let mut parts = Vec::with_capacity(n + 2);
+        parts.push(h.narrow(1, 0, 1)?);
+        for i in 0..n {
+            parts.push(h.narrow(1, i * l + 1, l - 2)?);
+        }
+        parts.push(h.narrow(1, n * l - 1, 1)?);
+        Tensor::cat(&parts, 1)
+    }
+
+    /// Every linear sd-scripts gives a LoRA in this encoder (children of `CLIPAttention` and
+    /// `CLIPMLP`, group Attention): per layer `k_proj, v_proj, q_proj, out_proj, fc1, fc2`, in
+    /// sd-scripts' creation order. SD1.5: 72 targets.
+    pub fn lora_targets(&self) -> Vec<LoraTarget> {
+        self.layers.iter().flat_map(|l| l.linears().map(|lin| lin.lora_target(TargetGroup::Attention))).collect()
+    }
+
+    /// Embeddings then the first `n_layers` layers; returns every hidden state.
+    fn run(&self, ids: &TokenIds, n_layers: usize, ctx: &ForwardCtx) -> Result<Vec<Tensor>> {
+        let mut h = self.embed_ids(ids)?;
+        let mask = causal_mask(ids.len, h.dtype(), h.device())?;
+        let mut hidden = Vec::with_capacity(n_layers + 1);
+        hidden.push(h.clone());
+        for layer in &self.layers[..n_layers] {
+            h = if ctx.gradient_checkpointing {
+                let (layer, mask) = (Arc::clone(layer), mask.clone());
+                let block: BlockFn =
+                    Arc::new(move |xs: &[Tensor], ctx: &ForwardCtx| layer.forward_masked(&xs[0], &mask, ctx));
+                checkpoint(&[&h], ctx, block)?
+            } else {
+                layer.forward_masked(&h, &mask, ctx)?
+            };
+            hidden.push(h.clone());
+        }
+        Ok(hidden)
+    }
+
+    fn embed_ids(&self, ids: &TokenIds) -> Result<Tensor> {
+        let d = self.config.hidden_size;
+        let index = Tensor::from_slice(&ids.ids, ids.ids.len(), self.device())?;
+        let tokens = self.token_embedding.index_select(&index, 0)?.reshape((ids.batch, ids.len, d))?;
+        tokens.broadcast_add(&self.position_embedding.narrow(0, 0, ids.len)?.unsqueeze(0)?)
+    }
+
+    /// The row's pooled position (see [`Self::forward`]).
+    fn pooled_position(&self, row: &[u32]) -> usize {
+        let eos = self.config.eos_token_id;
+        if eos == 2 {
+            // torch's argmax: the first maximum.
+            let max = row.iter().copied().max().unwrap_or(0);
+            row.iter().position(|&t| t == max).unwrap_or(0)
+        } else {
+            row.iter().position(|&t| t == eos).unwrap_or(0)
+        }
+    }
+
+    /// Reads (B, L) ids of an integer dtype to the host and checks them against the vocabulary
+    /// and the position table.
+    fn read_ids(&self, input_ids: &Tensor) -> Result<TokenIds> {
+        let (batch, len) = match input_ids.dims() {
+            &[b, l] => (b, l),
+            dims => candle_core::bail!("token ids must be (batch, length), got shape {dims:?}"),
+        };
+        if batch == 0 || len == 0 {
+            candle_core::bail!("token ids of shape {:?} are empty", input_ids.dims())
+        }
+        let max_len = self.config.max_position_embeddings;
+        if len > max_len {
+            candle_core::bail!(
+                "{len} tokens per sequence, the text encoder takes at most {max_len} (longer prompts go through encode_chunked)"
+            )
+        }
+        let flat = input_ids.flatten_all()?;
+        let wide: Vec<i64> = match input_ids.dtype() {
+            DType::U8 => flat.to_vec1::<u8>()?.into_iter().map(i64::from).collect(),
+            DType::U32 => flat.to_vec1::<u32>()?.into_iter().map(i64::from).collect(),
+            DType::I16 => flat.to_vec1::<i16>()?.into_iter().map(i64::from).collect(),
+            DType::I32 => flat.to_vec1::<i32>()?.into_iter().map(i64::from).collect(),
+            DType::I64 => flat.to_vec1::<i64>()?,
+            other => candle_core::bail!("token ids must have an integer dtype, got {other:?}"),
+        };
+        let vocab = self.config.vocab_size;
+        let mut ids = Vec::with_capacity(wide.len());
+        for (i, &id) in wide.iter().enumerate() {
+            if id < 0 || id >= vocab as i64 {
+                candle_core::bail!(
+                    "token id {id} (sequence {}, position {}) is outside the text encoder's vocabulary of {vocab} ids",
+                    i / len,
+                    i % len
+                )
+            }
+            ids.push(id as u32);
+        }
+        Ok(TokenIds { batch, len, ids })
+    }
+}
+
+/// Tokenises, chunks and encodes prompts as sd-scripts does for SD1 (spec §6.1): each prompt is
+/// padded/truncated to 77, 152 or 227 ids (`max_token_length` None or 75, 150, 225) with the
+/// tokenizer's pad id, cut into 77-id chunks, and encoded with [`ClipTextModel::encode_chunked`]
+/// → (B, 77 | 152 | 227, D). A truncated prompt is logged as a warning naming the dropped
+/// token count, because the model never sees those words.
+pub fn encode_prompts(
+    model: &ClipTextModel,
+    tokenizer: &ClipTokenizer,
+    prompts: &[&str],
+    max_token_length: Option<usize>,
+    clip_skip: Option<usize>,
+    ctx: &ForwardCtx,
+) -> crate::Result<Tensor> {
+    if prompts.is_empty() {
+        return Err(Error::Invalid("encode_prompts: no prompts given".into()));
+    }
+    let max_length = sd_scripts_max_length(max_token_length.filter(|&n| n != 75))?;
+    let pad = tokenizer.pad_id();
+    let sd2_style = pad != ClipTokenizer::EOS;
+    let mut flat = Vec::new();
+    let mut n_chunks = 0;
+    for prompt in prompts {
+        let (ids, dropped) = tokenizer.encode_padded(prompt, max_length, pad);
+        if dropped > 0 {
+            tracing::warn!(
+                dropped,
+                max_tokens = max_length - 2,
+                "prompt truncated: {dropped} token(s) beyond the {} the text encoder takes were dropped: {prompt:?}",
+                max_length - 2
+            );
+        }
+        let chunks = chunk_for_clip(&ids, sd2_style, pad);
+        n_chunks = chunks.len();
+        flat.extend(chunks.iter().flatten().copied());
+    }
+    let ids = Tensor::from_vec(flat, (prompts.len(), n_chunks, CLIP_CHUNK_LEN), model.device())?;
+    Ok(model.encode_chunked(&ids, clip_skip, ctx)?)
+}

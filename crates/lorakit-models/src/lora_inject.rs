@@ -1,0 +1,270 @@
+//! LoRA networks on our models: creating a trainable network the way sd-scripts'
+//! `networks/lora.py` does, and loading existing kohya files onto a model (applied on the fly
+//! or merged into the base weights).
+//!
+//! Models list their targets ([`LoraTarget`]: diffusers module path, kind, dims, which
+//! sd-scripts search finds them); kohya's names are `prefix_` + path with `.` → `_`, so the
+//! names a run saves and the names a file is matched by are the same function of the model.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::Arc;
+
+use candle_core::{DType, Device, Tensor};
+use lorakit_lora::keys::Scheme;
+use lorakit_lora::safetensors_file::LoraFile;
+use lorakit_nn::lora::{LoraDropout, LoraKind, LoraModule, LoraSet, LoraTarget, TargetGroup};
+use rand::{rngs::StdRng, SeedableRng};
+
+use crate::{Error, Result, Weights};
+
+/// kohya's prefix for SD1/SD2 U-Net modules.
+pub const UNET_PREFIX: &str = "lora_unet";
+/// kohya's prefix for the SD1/SD2 text encoder.
+pub const TEXT_ENCODER_PREFIX: &str = "lora_te";
+
+/// The shape of a network to train (sd-scripts' `network_dim`, `network_alpha`, `conv_dim`,
+/// `conv_alpha` and the dropout arguments).
+#[derive(Clone, Debug, PartialEq)]
+pub struct NetworkSpec {
+    /// Rank of linear and 1×1 modules (`network_dim`).
+    pub rank: usize,
+    /// Their alpha (`network_alpha`; sd-scripts' default is 1).
+    pub alpha: f64,
+    /// Rank of k×k conv modules; `None` leaves ResnetBlock2D/Downsample2D/Upsample2D alone.
+    pub conv_rank: Option<usize>,
+    /// Their alpha (`conv_alpha`, default 1).
+    pub conv_alpha: f64,
+    /// Dropout hooks applied to every module.
+    pub dropout: LoraDropout,
+}
+
+impl Default for NetworkSpec {
+    fn default() -> Self {
+        NetworkSpec { rank: 4, alpha: 1.0, conv_rank: None, conv_alpha: 1.0, dropout: LoraDropout::default() }
+    }
+}
+
+impl NetworkSpec {
+    /// The (rank, alpha) sd-scripts gives `target`, or `None` when it gets no module: attention
+    /// targets always use `rank`; conv-block targets only when `conv_rank` is set, linears and
+    /// 1×1 convs there with `rank`, k×k convs with `conv_rank`.
+    pub fn rank_for(&self, target: &LoraTarget) -> Option<(usize, f64)> {
+        let pick = match target.group {
+            TargetGroup::Attention => Some((self.rank, self.alpha)),
+            TargetGroup::ConvBlock => match self.conv_rank {
+                None => None,
+                Some(conv_rank) if target.is_spatial_conv() => Some((conv_rank, self.conv_alpha)),
+                Some(_) => Some((self.rank, self.alpha)),
+            },
+        };
+        pick.filter(|(rank, _)| *rank > 0)
+    }
+}
+
+/// Creates fresh trainable modules for `targets` with sd-scripts' initialisation.
+pub fn create_network(
+    targets: &[LoraTarget],
+    prefix: &str,
+    spec: &NetworkSpec,
+    dtype: DType,
+    device: &Device,
+    seed: u64,
+) -> Result<LoraSet> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut set = LoraSet::new(seed, device)?;
+    for target in targets {
+        if let Some((rank, alpha)) = spec.rank_for(target) {
+            let module =
+                LoraModule::new_trainable(target.kohya_name(prefix), target, rank, alpha, dtype, device, &mut rng)?
+                    .with_dropout(spec.dropout);
+            set.insert(target.path.clone(), module);
+        }
+    }
+    Ok(set)
+}
+
+/// The tensors of a network as kohya saves them: `<name>.lora_down.weight`,
+/// `<name>.lora_up.weight` and `<name>.alpha` (f32 scalar), ready for `lorakit_lora::write_lora`.
+pub fn state_dict(sets: &[&LoraSet]) -> Result<BTreeMap<String, lorakit_lora::safetensors_file::Tensor>> {
+    let mut out = BTreeMap::new();
+    for set in sets {
+        for module in set.modules() {
+            let as_file_tensor = |t: &Tensor| -> Result<lorakit_lora::safetensors_file::Tensor> {
+                let t = t.to_dtype(DType::F32)?.to_device(&Device::Cpu)?;
+                Ok(lorakit_lora::safetensors_file::Tensor::new(t.dims().to_vec(), t.flatten_all()?.to_vec1::<f32>()?))
+            };
+            out.insert(format!("{}.lora_down.weight", module.name()), as_file_tensor(module.down().as_tensor())?);
+            out.insert(format!("{}.lora_up.weight", module.name()), as_file_tensor(module.up().as_tensor())?);
+            out.insert(
+                format!("{}.alpha", module.name()),
+                lorakit_lora::safetensors_file::Tensor::scalar(module.alpha() as f32),
+            );
+        }
+    }
+    Ok(out)
+}
+
+/// A model component's LoRA targets with the kohya prefix its modules are named with.
+#[derive(Clone, Copy)]
+pub struct ComponentTargets<'a> {
+    /// `lora_unet`, `lora_te`, …
+    pub prefix: &'a str,
+    /// The component's targets (from its `lora_targets()`).
+    pub targets: &'a [LoraTarget],
+}
+
+/// A LoRA file's modules, matched to model layers: for each component (in the order given to
+/// [`load_lora_file`]), `(layer path, module)` pairs.
+pub struct LoadedLora {
+    /// Per component, the matched modules.
+    pub components: Vec<Vec<(String, LoraModule)>>,
+    /// The file's module count.
+    pub module_count: usize,
+}
+
+impl LoadedLora {
+    /// Adds this file's modules to per-component sets (several files may share one set).
+    pub fn add_to(self, sets: &mut [LoraSet]) {
+        for (modules, set) in self.components.into_iter().zip(sets.iter_mut()) {
+            for (path, module) in modules {
+                set.insert(path, module);
+            }
+        }
+    }
+
+    /// Merges every module (at its multiplier) into the component weights, as sd-scripts'
+    /// `merge_lora.py` does: `W += multiplier · alpha/rank · up·down`.
+    pub fn merge_into(&self, weights: &mut [&mut Weights]) -> Result<()> {
+        for (modules, weights) in self.components.iter().zip(weights.iter_mut()) {
+            for (path, module) in modules {
+                let key = format!("{path}.weight");
+                let base = weights
+                    .tensor(&key)
+                    .ok_or_else(|| {
+                        Error::Invalid(format!("LoRA module {} targets {key}, which the model lacks", module.name()))
+                    })?
+                    .clone();
+                let delta = module.delta_weight()?.to_device(base.device())?;
+                let delta = if delta.dims() != base.dims() { delta.reshape(base.dims())? } else { delta };
+                let merged = (base.to_dtype(DType::F32)? + delta)?.to_dtype(base.dtype())?;
+                weights.insert(key, merged);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Reads a kohya LoRA file and matches every module to a layer of the given components by
+/// name; `trainable` makes its weights `Var`s that receive gradients (resuming or continuing
+/// a training), otherwise they are constants. Modules that match no layer, or whose shapes differ from the layer's, are an error
+/// naming them — usually the file was trained for another base model (the message says which
+/// family the file looks like).
+pub fn load_lora_file(
+    path: &Path,
+    multiplier: f64,
+    trainable: bool,
+    components: &[ComponentTargets<'_>],
+    dtype: DType,
+    device: &Device,
+) -> Result<LoadedLora> {
+    let lora_err = |message: String| Error::Lora { path: path.to_path_buf(), message };
+    let file = LoraFile::open(path).map_err(|e| lora_err(e.to_string()))?;
+    let set = lorakit_lora::keys::modules(&file).map_err(|e| lora_err(e.to_string()))?;
+    if set.scheme != Scheme::Kohya {
+        return Err(lora_err(format!(
+            "{} files cannot be applied yet; only kohya LoRA/LoCon files (lora_unet_…/lora_te_… keys) can (convert PEFT files with `lorakit convert --to kohya`)",
+            set.scheme.describe()
+        )));
+    }
+    let mut by_name: HashMap<String, (usize, &LoraTarget)> = HashMap::new();
+    for (index, component) in components.iter().enumerate() {
+        for target in component.targets {
+            by_name.insert(target.kohya_name(component.prefix), (index, target));
+        }
+    }
+    let mut matched: Vec<Vec<(String, LoraModule)>> = components.iter().map(|_| Vec::new()).collect();
+    let mut unmatched = Vec::new();
+    for info in &set.modules {
+        let Some(&(index, target)) = by_name.get(&info.name) else {
+            unmatched.push(info.name.clone());
+            continue;
+        };
+        if info.mid_key.is_some() {
+            return Err(lora_err(format!(
+                "{}: Tucker-decomposed (lora_mid) conv modules are not supported yet",
+                info.name
+            )));
+        }
+        let load = |key: &str| -> Result<Tensor> {
+            let t = file.tensor_f32(key).map_err(|e| lora_err(e.to_string()))?;
+            let shape = file.info(key).map(|i| i.shape.clone()).unwrap_or_default();
+            Ok(Tensor::from_vec(t, shape.as_slice(), device)?.to_dtype(dtype)?)
+        };
+        let (down, up) = (load(&info.down_key)?, load(&info.up_key)?);
+        check_factor_shapes(info, target, &down, &up).map_err(lora_err)?;
+        // kohya stores a 1×1-conv target's factors 4-D; a linear target may still get 4-D
+        // factors (SD2 proj_in/proj_out), which LoraModule flattens.
+        let kind = target.kind;
+        let (down, up) = match target.kind {
+            LoraKind::Conv { .. } if down.rank() == 2 => {
+                (down.unsqueeze(2)?.unsqueeze(3)?, up.unsqueeze(2)?.unsqueeze(3)?)
+            }
+            _ => (down, up),
+        };
+        let module = LoraModule::from_weights(info.name.clone(), kind, down, up, Some(info.alpha as f64), trainable)?;
+        module.set_multiplier(multiplier);
+        matched[index].push((target.path.clone(), module));
+    }
+    if !unmatched.is_empty() {
+        unmatched.sort();
+        let family = lorakit_lora::keys::guess_family(&file);
+        return Err(lora_err(format!(
+            "{} of {} modules match no layer of this model (first: {}); the file looks like a {} LoRA — was it trained for another base model?",
+            unmatched.len(),
+            set.modules.len(),
+            unmatched.iter().take(3).cloned().collect::<Vec<_>>().join(", "),
+            family.family
+        )));
+    }
+    Ok(LoadedLora { components: matched, module_count: set.modules.len() })
+}
+
+fn check_factor_shapes(
+    info: &lorakit_lora::keys::LoraModule,
+    target: &LoraTarget,
+    down: &Tensor,
+    up: &Tensor,
+) -> std::result::Result<(), String> {
+    let expected_in = match target.kind {
+        LoraKind::Linear => target.in_dim,
+        LoraKind::Conv { kernel, .. } => target.in_dim * kernel * kernel,
+    };
+    let down_in: usize = down.dims()[1..].iter().product();
+    let kernel_ok = match target.kind {
+        LoraKind::Conv { kernel, .. } if kernel > 1 => down.dims().get(2..) == Some(&[kernel, kernel][..]),
+        _ => true,
+    };
+    if down_in != expected_in || up.dims()[0] != target.out_dim || !kernel_ok {
+        return Err(format!(
+            "{}: lora_down {:?} / lora_up {:?} do not fit the model's layer {} ({} → {}) — was the file trained for another base model?",
+            info.name,
+            down.dims(),
+            up.dims(),
+            target.path,
+            target.in_dim,
+            target.out_dim
+        ));
+    }
+    Ok(())
+}
+
+/// Builds an `Arc<LoraSet>` per component from several loaded files (applied together).
+pub fn sets_from_files(files: Vec<LoadedLora>, components: usize, device: &Device) -> Result<Vec<Arc<LoraSet>>> {
+    let mut sets: Vec<LoraSet> =
+        (0..components).map(|_| LoraSet::new(0, device)).collect::<candle_core::Result<_>>()?;
+    for file in files {
+        file.add_to(&mut sets);
+    }
+    Ok(sets.into_iter().map(Arc::new).collect())
+}

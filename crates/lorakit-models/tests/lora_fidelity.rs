@@ -1,0 +1,183 @@
+//! LoRA on the tiny SD1.5 model against sd-scripts + PyTorch (tools/reference/make_sd15_tiny.py):
+//! module names, gradients of every lora_down/lora_up after one loss through text encoder and
+//! UNet, and outputs with a LoRA merged into the weights or applied on the fly.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use candle_core::{DType, Device, Tensor};
+use lorakit_models::checkpoint::load_sd_checkpoint;
+use lorakit_models::clip::{ClipTextConfig, ClipTextModel};
+use lorakit_models::lora_inject::{
+    create_network, load_lora_file, sets_from_files, ComponentTargets, NetworkSpec, TEXT_ENCODER_PREFIX, UNET_PREFIX,
+};
+use lorakit_models::unet_2d::{UNet2DConditionModel, UNet2DConditionModelConfig};
+use lorakit_models::Weights;
+use lorakit_nn::ForwardCtx;
+
+fn fixture(rel: &str) -> PathBuf {
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/reference/sd15_tiny")).join(rel)
+}
+
+fn load(rel: &str) -> std::collections::HashMap<String, Tensor> {
+    candle_core::safetensors::load(fixture(rel), &Device::Cpu).unwrap()
+}
+
+struct Tiny {
+    unet: UNet2DConditionModel,
+    te: ClipTextModel,
+    unet_weights: Weights,
+    te_weights: Weights,
+    unet_cfg: UNet2DConditionModelConfig,
+    te_cfg: ClipTextConfig,
+}
+
+fn tiny() -> Tiny {
+    let ckpt = load_sd_checkpoint(&fixture("diffusers"), DType::F32, &Device::Cpu).unwrap();
+    let unet_cfg: UNet2DConditionModelConfig = serde_json::from_value(ckpt.unet_config.clone().unwrap()).unwrap();
+    let te_cfg: ClipTextConfig = serde_json::from_value(ckpt.text_encoder_config.clone().unwrap()).unwrap();
+    let unet = UNet2DConditionModel::new(ckpt.unet.view(""), &unet_cfg).unwrap();
+    ckpt.unet.check_complete().unwrap();
+    let te = ClipTextModel::new(ckpt.text_encoder.view(""), &te_cfg).unwrap();
+    ckpt.text_encoder.check_complete().unwrap();
+    Tiny { unet, te, unet_weights: ckpt.unet, te_weights: ckpt.text_encoder, unet_cfg, te_cfg }
+}
+
+fn rel_err(a: &Tensor, b: &Tensor) -> f32 {
+    let d = (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    d / b.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap().max(1e-12)
+}
+
+#[test]
+fn created_network_has_sd_scripts_names_and_shapes() {
+    let m = tiny();
+    let spec = NetworkSpec { rank: 4, alpha: 2.0, conv_rank: Some(4), conv_alpha: 1.0, ..Default::default() };
+    let unet = create_network(&m.unet.lora_targets(), UNET_PREFIX, &spec, DType::F32, &Device::Cpu, 0).unwrap();
+    let te = create_network(&m.te.lora_targets(), TEXT_ENCODER_PREFIX, &spec, DType::F32, &Device::Cpu, 0).unwrap();
+    let ours = lorakit_models::lora_inject::state_dict(&[&unet, &te]).unwrap();
+    let reference = load("lora/lora.safetensors");
+    let ours_keys: BTreeSet<&String> = ours.keys().collect();
+    let ref_keys: BTreeSet<&String> = reference.keys().collect();
+    assert_eq!(ours_keys, ref_keys);
+    for (k, t) in &ours {
+        assert_eq!(t.shape, reference[k].dims(), "{k}");
+        if k.ends_with(".alpha") {
+            let a = reference[k].to_dtype(DType::F32).unwrap().to_scalar::<f32>().unwrap();
+            assert_eq!(t.data, vec![a], "{k}");
+        }
+    }
+    // Without conv_dim, only the attention group (sd-scripts: 192 of 278 at full size).
+    let plain =
+        create_network(&m.unet.lora_targets(), UNET_PREFIX, &NetworkSpec::default(), DType::F32, &Device::Cpu, 0)
+            .unwrap();
+    let attention = reference
+        .keys()
+        .filter(|k| k.ends_with(".alpha") && k.starts_with("lora_unet") && (k.contains("attentions")))
+        .count();
+    assert_eq!(plain.len(), attention);
+}
+
+#[test]
+fn lora_gradients_match_pytorch() {
+    let m = tiny();
+    let lora_path = fixture("lora/lora.safetensors");
+    let components = [
+        ComponentTargets { prefix: UNET_PREFIX, targets: &m.unet.lora_targets() },
+        ComponentTargets { prefix: TEXT_ENCODER_PREFIX, targets: &m.te.lora_targets() },
+    ];
+    let loaded = load_lora_file(&lora_path, 1.0, true, &components, DType::F32, &Device::Cpu).unwrap();
+    let sets = sets_from_files(vec![loaded], 2, &Device::Cpu).unwrap();
+    let io = load("lora/io.safetensors");
+    let unet_ctx = ForwardCtx { lora: Some(sets[0].clone()), train: true, gradient_checkpointing: false };
+    let te_ctx = ForwardCtx { lora: Some(sets[1].clone()), train: true, gradient_checkpointing: false };
+    let ehs = m.te.forward(&io["input_ids"], &te_ctx).unwrap().last_hidden_state;
+    assert!(rel_err(&ehs, &io["ehs"]) < 1e-4, "ehs {}", rel_err(&ehs, &io["ehs"]));
+    let pred = m.unet.forward(&io["noisy"], &io["timestep"], &ehs, &unet_ctx).unwrap();
+    assert!(rel_err(&pred, &io["pred"]) < 1e-4, "pred {}", rel_err(&pred, &io["pred"]));
+    let loss = (pred - &io["target"]).unwrap().sqr().unwrap().mean_all().unwrap();
+    let ref_loss = io["loss"].to_scalar::<f32>().unwrap();
+    assert!((loss.to_scalar::<f32>().unwrap() - ref_loss).abs() < 1e-4 * ref_loss.abs());
+    let grads = loss.backward().unwrap();
+    let reference = load("lora/grads.safetensors");
+    let mut checked = 0;
+    for set in &sets {
+        for module in set.modules() {
+            for (suffix, var) in [("lora_down.weight", module.down()), ("lora_up.weight", module.up())] {
+                let key = format!("{}.{suffix}", module.name());
+                let ours = set.grad(&grads, var).unwrap().unwrap_or_else(|| panic!("{key}: no gradient"));
+                let theirs = reference[&key].reshape(ours.dims()).unwrap();
+                let e = rel_err(&ours, &theirs);
+                assert!(e < 1e-4, "{key}: relative error {e}");
+                checked += 1;
+            }
+        }
+    }
+    assert_eq!(checked, reference.len());
+}
+
+#[test]
+fn merged_and_on_the_fly_lora_match_sd_scripts_merge() {
+    let mut m = tiny();
+    let lora_path = fixture("lora/lora.safetensors");
+    let io = load("io_unet.safetensors");
+    let te_io = load("io_text_encoder.safetensors");
+    let expected = load("lora/unet_out_merged_0p7.safetensors");
+    let unet_targets = m.unet.lora_targets();
+    let te_targets = m.te.lora_targets();
+    let components = [
+        ComponentTargets { prefix: UNET_PREFIX, targets: &unet_targets },
+        ComponentTargets { prefix: TEXT_ENCODER_PREFIX, targets: &te_targets },
+    ];
+
+    // On the fly.
+    let loaded = load_lora_file(&lora_path, 0.7, false, &components, DType::F32, &Device::Cpu).unwrap();
+    let sets = sets_from_files(vec![loaded], 2, &Device::Cpu).unwrap();
+    let out = m
+        .unet
+        .forward(&io["sample"], &io["timestep"], &io["encoder_hidden_states"], &ForwardCtx::with_lora(sets[0].clone()))
+        .unwrap();
+    assert!(rel_err(&out, &expected["out"]) < 1e-4, "on the fly: {}", rel_err(&out, &expected["out"]));
+    let te_out =
+        m.te.forward(&te_io["input_ids"], &ForwardCtx::with_lora(Arc::clone(&sets[1]))).unwrap().last_hidden_state;
+    assert!(rel_err(&te_out, &expected["te_out_merged_0p7"]) < 1e-4);
+
+    // Merged into the weights, model rebuilt.
+    let loaded = load_lora_file(&lora_path, 0.7, false, &components, DType::F32, &Device::Cpu).unwrap();
+    loaded.merge_into(&mut [&mut m.unet_weights, &mut m.te_weights]).unwrap();
+    let unet = UNet2DConditionModel::new(m.unet_weights.view(""), &m.unet_cfg).unwrap();
+    let te = ClipTextModel::new(m.te_weights.view(""), &m.te_cfg).unwrap();
+    let out =
+        unet.forward(&io["sample"], &io["timestep"], &io["encoder_hidden_states"], &ForwardCtx::default()).unwrap();
+    assert!(rel_err(&out, &expected["out"]) < 1e-4, "merged: {}", rel_err(&out, &expected["out"]));
+    let te_out = te.forward(&te_io["input_ids"], &ForwardCtx::default()).unwrap().last_hidden_state;
+    assert!(rel_err(&te_out, &expected["te_out_merged_0p7"]) < 1e-4);
+}
+
+#[test]
+fn lora_for_another_model_is_refused_with_the_keys() {
+    let m = tiny();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sdxl.safetensors");
+    let mut tensors = std::collections::BTreeMap::new();
+    let name = "lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q";
+    tensors.insert(
+        format!("{name}.lora_down.weight"),
+        lorakit_lora::safetensors_file::Tensor::new(vec![4, 640], vec![0.0; 2560]),
+    );
+    tensors.insert(
+        format!("{name}.lora_up.weight"),
+        lorakit_lora::safetensors_file::Tensor::new(vec![640, 4], vec![0.0; 2560]),
+    );
+    lorakit_lora::safetensors_file::write_lora(
+        &path,
+        &tensors,
+        &Default::default(),
+        lorakit_lora::safetensors_file::Precision::F32,
+    )
+    .unwrap();
+    let targets = m.unet.lora_targets();
+    let components = [ComponentTargets { prefix: UNET_PREFIX, targets: &targets }];
+    let err = load_lora_file(&path, 1.0, false, &components, DType::F32, &Device::Cpu).err().unwrap().to_string();
+    assert!(err.contains("sdxl.safetensors") && err.contains(name) && err.contains("another base model"), "{err}");
+}

@@ -1,0 +1,111 @@
+//! Scaled dot-product attention that never keeps the full attention matrix for backward.
+//!
+//! The composed `softmax(q·kᵀ)·v` graph stores the (N, Lq, Lk) matrix and several temporaries of
+//! that size per layer — 512 MB each for SD1.5's 64×64 self-attention at batch 1. Here the
+//! forward walks query chunks and keeps only the output and one log-sum-exp per query row; the
+//! backward recomputes each chunk's probabilities (the FlashAttention recipe, chunked over
+//! queries only), so peak memory is one chunk of the matrix.
+
+use std::sync::Arc;
+
+use candle_core::{DType, Result, Tensor, D};
+
+use crate::custom_backward::attach_many;
+
+/// Upper bound on the elements of one chunk's score matrix (128 MiB of f32).
+const CHUNK_ELEMENTS: usize = 32 << 20;
+
+/// `softmax(q·kᵀ·scale)·v` for q (N, Lq, D), k (N, Lk, D), v (N, Lk, Dv) → (N, Lq, Dv), where N
+/// is batch × heads. Gradients flow to q, k and v.
+pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tensor> {
+    let (n, lq, d) = q.dims3()?;
+    let (nk, lk, dk) = k.dims3()?;
+    let (nv, lv, _) = v.dims3()?;
+    if nk != n || nv != n || dk != d || lv != lk {
+        candle_core::bail!("attention: q {:?}, k {:?}, v {:?} do not fit together", q.dims(), k.dims(), v.dims())
+    }
+    let stat = stat_dtype(q.dtype());
+    let chunk = (CHUNK_ELEMENTS / (n * lk).max(1)).clamp(1, lq);
+    let (qd, kd, vd) = (q.detach().contiguous()?, k.detach().contiguous()?, v.detach().contiguous()?);
+    let mut outs = Vec::new();
+    let mut lses = Vec::new();
+    let mut start = 0;
+    while start < lq {
+        let len = chunk.min(lq - start);
+        let q_c = qd.narrow(1, start, len)?;
+        let scores = (q_c.matmul(&kd.t()?)? * scale)?.to_dtype(stat)?;
+        let max = scores.max_keepdim(D::Minus1)?;
+        let p = scores.broadcast_sub(&max)?.exp()?;
+        let sum = p.sum_keepdim(D::Minus1)?;
+        let o = p.to_dtype(vd.dtype())?.matmul(&vd)?.broadcast_div(&sum.to_dtype(vd.dtype())?)?;
+        outs.push(o);
+        lses.push((max + sum.log()?)?);
+        start += len;
+    }
+    let out = Tensor::cat(&outs, 1)?;
+    if !(q.track_op() || k.track_op() || v.track_op()) {
+        return Ok(out);
+    }
+    let lse = Tensor::cat(&lses, 1)?;
+    let saved_out = out.clone();
+    attach_many(
+        &[q, k, v],
+        &out,
+        Arc::new(move |g: &Tensor| attention_backward(&qd, &kd, &vd, &saved_out, &lse, g, scale, chunk)),
+    )
+}
+
+/// Gradients of q, k, v from the saved output and per-row log-sum-exp, one query chunk at a
+/// time: with P = exp(S − lse), dV = Pᵀ·dO, dS = P ∘ (dO·vᵀ − rowsum(dO ∘ O)), dQ = dS·k·scale,
+/// dK = dSᵀ·q·scale.
+#[allow(clippy::too_many_arguments)]
+fn attention_backward(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    out: &Tensor,
+    lse: &Tensor,
+    grad_out: &Tensor,
+    scale: f64,
+    chunk: usize,
+) -> Result<Vec<Tensor>> {
+    let lq = q.dim(1)?;
+    let dtype = q.dtype();
+    let stat = stat_dtype(dtype);
+    let grad_out = grad_out.contiguous()?;
+    let row_dot = (&grad_out * out)?.to_dtype(stat)?.sum_keepdim(D::Minus1)?;
+    let mut dq_parts = Vec::new();
+    let mut dk = k.zeros_like()?;
+    let mut dv = v.zeros_like()?;
+    let mut start = 0;
+    while start < lq {
+        let len = chunk.min(lq - start);
+        let q_c = q.narrow(1, start, len)?;
+        let do_c = grad_out.narrow(1, start, len)?;
+        let scores = (q_c.matmul(&k.t()?)? * scale)?.to_dtype(stat)?;
+        let p = scores.broadcast_sub(&lse.narrow(1, start, len)?)?.exp()?;
+        dv = (dv + p.to_dtype(dtype)?.t()?.matmul(&do_c)?)?;
+        let dp = do_c.matmul(&v.t()?)?.to_dtype(stat)?;
+        let ds = (p * dp.broadcast_sub(&row_dot.narrow(1, start, len)?)?)?.to_dtype(dtype)?;
+        dq_parts.push((ds.matmul(k)? * scale)?);
+        dk = (dk + (ds.t()?.matmul(&q_c)? * scale)?)?;
+        start += len;
+    }
+    Ok(vec![Tensor::cat(&dq_parts, 1)?, dk, dv])
+}
+
+/// Softmax statistics are kept in f32 (f64 for f64 inputs) whatever the activation dtype.
+fn stat_dtype(dtype: DType) -> DType {
+    if dtype == DType::F64 {
+        DType::F64
+    } else {
+        DType::F32
+    }
+}
+
+/// The plain composed attention (full matrix, candle's own backward); the reference the chunked
+/// version is tested against.
+pub fn attention_composed(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tensor> {
+    let scores = (q.matmul(&k.t()?)? * scale)?;
+    crate::activation::softmax_last_dim(&scores)?.matmul(v)
+}

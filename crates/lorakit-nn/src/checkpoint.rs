@@ -1,0 +1,76 @@
+//! Block-level gradient checkpointing.
+//!
+//! The block runs once without a graph; during backward it runs again on fresh copies of its
+//! inputs, with tracking, and its own `backward()` yields the input gradients (returned to the
+//! outer graph) and the LoRA weight gradients (added to the [`LoraSet`]'s side store, since
+//! they cannot enter the outer `GradStore`). The dropout RNG is rewound so the recomputation
+//! draws the same masks.
+
+use std::sync::Arc;
+
+use candle_core::{Result, Tensor, Var};
+
+use crate::custom_backward::attach_many;
+use crate::layers::ForwardCtx;
+
+/// A block's forward as a shareable function of its inputs.
+pub type BlockFn = Arc<dyn Fn(&[Tensor], &ForwardCtx) -> Result<Tensor> + Send + Sync>;
+
+/// Runs `block(inputs)`, checkpointed when `ctx.gradient_checkpointing` is on and something
+/// inside or upstream needs gradients; otherwise a plain call.
+pub fn checkpoint(inputs: &[&Tensor], ctx: &ForwardCtx, block: BlockFn) -> Result<Tensor> {
+    let trainable = ctx.lora.as_ref().is_some_and(|l| l.has_trainable());
+    let any_tracked = inputs.iter().any(|t| t.track_op());
+    if !ctx.gradient_checkpointing || !(trainable || any_tracked) {
+        let owned: Vec<Tensor> = inputs.iter().map(|t| (*t).clone()).collect();
+        return block(&owned, ctx);
+    }
+    let detached: Vec<Tensor> = inputs.iter().map(|t| t.detach()).collect();
+    let rng_before = ctx.lora.as_ref().map(|l| l.rng().lock().unwrap_or_else(|p| p.into_inner()).clone());
+    let y = block(&detached, ctx)?.detach();
+
+    let mut all_inputs: Vec<Tensor> = inputs.iter().map(|t| (*t).clone()).collect();
+    let anchor = match &ctx.lora {
+        Some(l) => l.anchor().as_tensor().to_dtype(y.dtype())?,
+        None => Tensor::zeros((), y.dtype(), y.device())?,
+    };
+    all_inputs.push(anchor);
+    let refs: Vec<&Tensor> = all_inputs.iter().collect();
+    let ctx2 = ctx.clone();
+    attach_many(
+        &refs,
+        &y,
+        Arc::new(move |grad: &Tensor| {
+            let vars: Vec<Var> = detached.iter().map(Var::from_tensor).collect::<Result<_>>()?;
+            let tensors: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
+            let rng_after = match (&ctx2.lora, &rng_before) {
+                (Some(l), Some(before)) => {
+                    let mut rng = l.rng().lock().unwrap_or_else(|p| p.into_inner());
+                    Some(std::mem::replace(&mut *rng, before.clone()))
+                }
+                _ => None,
+            };
+            let y2 = block(&tensors, &ctx2)?;
+            if let (Some(l), Some(after)) = (&ctx2.lora, rng_after) {
+                *l.rng().lock().unwrap_or_else(|p| p.into_inner()) = after;
+            }
+            let grads = (y2 * grad)?.sum_all()?.backward()?;
+            if let Some(lora) = &ctx2.lora {
+                for var in lora.trainable_vars() {
+                    if let Some(g) = grads.get(&var) {
+                        lora.accumulate_side_grad(var.id(), g)?;
+                    }
+                }
+            }
+            let mut out: Vec<Tensor> = vars
+                .iter()
+                .map(|v| match grads.get(v) {
+                    Some(g) => Ok(g.clone()),
+                    None => v.as_tensor().zeros_like(),
+                })
+                .collect::<Result<_>>()?;
+            out.push(Tensor::zeros((), grad.dtype(), grad.device())?);
+            Ok(out)
+        }),
+    )
+}

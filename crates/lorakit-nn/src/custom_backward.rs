@@ -1,0 +1,110 @@
+//! The custom-backward primitive: a value computed off the graph plus a closure for its
+//! input gradient.
+//!
+//! Built from candle's public `CustomOp2`: the op's forward returns the precomputed output
+//! unchanged and its `bwd` calls the closure. The output therefore costs no graph of its own
+//! (no stored intermediates, no gradients for frozen weights) while gradients still reach `x`.
+
+use std::sync::Arc;
+
+use candle_core::{backend::BackendStorage, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
+
+/// Computes the gradient of the op's input from the gradient of its output.
+pub type BackwardFn = Arc<dyn Fn(&Tensor) -> Result<Tensor> + Send + Sync>;
+
+/// Computes the gradients of several inputs from the gradient of the output, in input order.
+pub type BackwardManyFn = Arc<dyn Fn(&Tensor) -> Result<Vec<Tensor>> + Send + Sync>;
+
+struct Attach(BackwardFn);
+
+fn passthrough_check(layout: &Layout) -> Result<()> {
+    if !layout.is_contiguous() || layout.start_offset() != 0 {
+        candle_core::bail!("attach: the precomputed output must be contiguous from offset 0")
+    }
+    Ok(())
+}
+
+impl CustomOp2 for Attach {
+    fn name(&self) -> &'static str {
+        "lorakit-attach"
+    }
+
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout, y: &CpuStorage, y_layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        passthrough_check(y_layout)?;
+        Ok((y.try_clone(y_layout)?, y_layout.shape().clone()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        _: &candle_core::CudaStorage,
+        _: &Layout,
+        y: &candle_core::CudaStorage,
+        y_layout: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        passthrough_check(y_layout)?;
+        Ok((y.try_clone(y_layout)?, y_layout.shape().clone()))
+    }
+
+    #[cfg(feature = "metal")]
+    fn metal_fwd(
+        &self,
+        _: &candle_core::MetalStorage,
+        _: &Layout,
+        y: &candle_core::MetalStorage,
+        y_layout: &Layout,
+    ) -> Result<(candle_core::MetalStorage, Shape)> {
+        passthrough_check(y_layout)?;
+        Ok((y.try_clone(y_layout)?, y_layout.shape().clone()))
+    }
+
+    fn bwd(&self, _x: &Tensor, _y: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        Ok((Some((self.0)(grad)?), None))
+    }
+}
+
+/// Returns `y` (computed by the caller on `x.detach()`), recorded in the graph as a function of
+/// `x` whose input gradient is `backward(grad_y)`.
+///
+/// When `x` is not tracked (inference, or an input nothing upstream needs gradients for) `y` is
+/// returned as is and `backward` is dropped.
+pub fn attach(x: &Tensor, y: &Tensor, backward: BackwardFn) -> Result<Tensor> {
+    if !x.track_op() {
+        return Ok(y.clone());
+    }
+    let y = y.detach().contiguous()?;
+    let y = if y.layout().start_offset() != 0 { y.copy()? } else { y };
+    x.apply_op2_arc(&y, Arc::new(Box::new(Attach(backward))))
+}
+
+/// [`attach`] for an output that depends on several inputs: `backward(grad_y)` returns one
+/// gradient per input, each of that input's shape.
+///
+/// The inputs are flattened and concatenated (a differentiable copy), so candle routes each
+/// slice of the packed gradient back to its input.
+pub fn attach_many(inputs: &[&Tensor], y: &Tensor, backward: BackwardManyFn) -> Result<Tensor> {
+    if !inputs.iter().any(|t| t.track_op()) {
+        return Ok(y.clone());
+    }
+    let flat: Vec<Tensor> = inputs.iter().map(|t| t.flatten_all()).collect::<Result<_>>()?;
+    let packed = Tensor::cat(&flat, 0)?;
+    let shapes: Vec<Shape> = inputs.iter().map(|t| t.shape().clone()).collect();
+    let pack_grads: BackwardFn = Arc::new(move |grad: &Tensor| {
+        let grads = backward(grad)?;
+        if grads.len() != shapes.len() {
+            candle_core::bail!("attach_many: backward returned {} gradients for {} inputs", grads.len(), shapes.len())
+        }
+        let flat: Vec<Tensor> = grads
+            .iter()
+            .zip(&shapes)
+            .map(|(g, s)| {
+                if g.shape() != s {
+                    candle_core::bail!("attach_many: gradient shape {:?} for an input of shape {:?}", g.shape(), s)
+                }
+                g.flatten_all()
+            })
+            .collect::<Result<_>>()?;
+        Tensor::cat(&flat, 0)
+    });
+    attach(&packed, y, pack_grads)
+}

@@ -1,0 +1,135 @@
+//! Named frozen layers that LoRA modules attach to.
+//!
+//! A layer knows its module path (`down_blocks.0.attentions.0.proj_in`); at forward time it asks
+//! the [`ForwardCtx`]'s [`LoraSet`] for modules attached to that path. The model's weights stay
+//! immutable and shareable, any number of LoRA sets can be tried against one loaded model, and
+//! kohya's key names are the paths with `.` → `_`.
+
+use std::sync::Arc;
+
+use candle_core::{Result, Tensor};
+
+use crate::frozen::{FrozenConv2d, FrozenLinear};
+use crate::lora::{LoraKind, LoraSet, LoraTarget, TargetGroup};
+
+/// What a forward pass needs besides its inputs.
+#[derive(Clone, Default)]
+pub struct ForwardCtx {
+    /// LoRA modules to apply, by layer path (none: the plain model).
+    pub lora: Option<Arc<LoraSet>>,
+    /// Training mode: enables LoRA dropout hooks.
+    pub train: bool,
+    /// Recompute blocks during backward instead of keeping their activations.
+    pub gradient_checkpointing: bool,
+}
+
+impl ForwardCtx {
+    /// A context that applies `lora` (inference, no checkpointing).
+    pub fn with_lora(lora: Arc<LoraSet>) -> Self {
+        ForwardCtx { lora: Some(lora), ..Default::default() }
+    }
+
+    fn add_lora(&self, path: &str, x: &Tensor, mut y: Tensor) -> Result<Tensor> {
+        if let Some(set) = &self.lora {
+            for module in set.for_path(path) {
+                if let Some(delta) = module.forward(x, self.train, set.rng())? {
+                    y = (y + delta)?;
+                }
+            }
+        }
+        Ok(y)
+    }
+}
+
+/// A frozen linear layer with a module path.
+#[derive(Clone, Debug)]
+pub struct Linear {
+    path: String,
+    inner: FrozenLinear,
+}
+
+impl Linear {
+    /// Wraps a weight (out, in) and optional bias for the layer at `path`.
+    pub fn new(path: impl Into<String>, weight: Tensor, bias: Option<Tensor>) -> Result<Self> {
+        Ok(Linear { path: path.into(), inner: FrozenLinear::new(weight, bias)? })
+    }
+
+    /// The module path.
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    /// The frozen layer.
+    pub fn frozen(&self) -> &FrozenLinear {
+        &self.inner
+    }
+
+    /// This layer as a LoRA target found by the given sd-scripts search.
+    pub fn lora_target(&self, group: TargetGroup) -> LoraTarget {
+        LoraTarget {
+            path: self.path.clone(),
+            kind: LoraKind::Linear,
+            in_dim: self.inner.in_features(),
+            out_dim: self.inner.out_features(),
+            group,
+        }
+    }
+
+    /// Applies the layer and any LoRA modules attached to its path.
+    pub fn forward(&self, x: &Tensor, ctx: &ForwardCtx) -> Result<Tensor> {
+        let y = self.inner.forward(x)?;
+        ctx.add_lora(&self.path, x, y)
+    }
+}
+
+/// A frozen 2-D convolution with a module path.
+#[derive(Clone, Debug)]
+pub struct Conv2d {
+    path: String,
+    inner: FrozenConv2d,
+}
+
+impl Conv2d {
+    /// Wraps a kernel (out, in, k, k), optional bias, stride and padding for the layer at `path`.
+    pub fn new(
+        path: impl Into<String>,
+        weight: Tensor,
+        bias: Option<Tensor>,
+        stride: usize,
+        padding: usize,
+    ) -> Result<Self> {
+        Ok(Conv2d { path: path.into(), inner: FrozenConv2d::new(weight, bias, stride, padding)? })
+    }
+
+    /// The module path.
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    /// The frozen layer.
+    pub fn frozen(&self) -> &FrozenConv2d {
+        &self.inner
+    }
+
+    /// This layer as a LoRA target found by the given sd-scripts search.
+    pub fn lora_target(&self, group: TargetGroup) -> LoraTarget {
+        let w = self.inner.weight().dims();
+        LoraTarget {
+            path: self.path.clone(),
+            kind: LoraKind::Conv {
+                kernel: self.inner.kernel_size(),
+                stride: self.inner.stride(),
+                padding: self.inner.padding(),
+            },
+            in_dim: w[1],
+            out_dim: w[0],
+            group,
+        }
+    }
+
+    /// Applies the convolution and any LoRA modules attached to its path.
+    pub fn forward(&self, x: &Tensor, ctx: &ForwardCtx) -> Result<Tensor> {
+        let y = self.inner.forward(x)?;
+        ctx.add_lora(&self.path, x, y)
+    }
+}

@@ -1,0 +1,25 @@
+//! candle extensions that make LoRA training correct and affordable.
+//!
+//! candle records a backward pass for every op and computes gradients for every weight it
+//! touches, frozen or not, and several of its fused ops silently record none. This crate keeps
+//! the frozen model out of the autograd graph except for what a LoRA run needs — the gradient
+//! with respect to activations — through one primitive, [`custom_backward::attach`]: a forward
+//! value computed without tracking, paired with a closure that produces the input gradient.
+//! Frozen linears and convs, memory-efficient attention and block-level gradient checkpointing
+//! are built on it; LoRA adapters are ordinary candle `Var`s hooked into named layers.
+
+pub mod activation;
+pub mod attention;
+pub mod checkpoint;
+pub mod custom_backward;
+pub mod frozen;
+pub mod gradcheck;
+pub mod layers;
+pub mod lora;
+pub mod norm;
+
+pub use custom_backward::{attach, attach_many};
+pub use frozen::{FrozenConv2d, FrozenLinear};
+pub use layers::{Conv2d, ForwardCtx, Linear};
+pub use lora::{LoraDropout, LoraKind, LoraModule, LoraSet};
+pub use norm::{GroupNorm, LayerNorm};

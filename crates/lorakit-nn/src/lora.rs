@@ -1,0 +1,421 @@
+//! LoRA adapters (kohya sd-scripts' `LoRAModule`) and the set of them a model consults.
+//!
+//! A module adds `multiplier · alpha/rank · up(down(x))` to the output of the layer it targets.
+//! For linears `down`: in→r and `up`: r→out; for convs `down` keeps the target's kernel, stride
+//! and padding and `up` is 1×1 — so a 3×3 conv LoRA (LoCon) is "3×3 down, 1×1 up", and the
+//! tensors have exactly the shapes kohya files store.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use candle_core::{backprop::GradStore, DType, Device, Result, Tensor, TensorId, Var};
+use rand::{rngs::StdRng, Rng, SeedableRng};
+
+/// The layer kind a LoRA module targets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LoraKind {
+    /// A linear layer (or a 1×1 conv stored as a linear).
+    Linear,
+    /// A 2-D convolution with a square kernel.
+    Conv { kernel: usize, stride: usize, padding: usize },
+}
+
+/// Which part of sd-scripts' target search found a layer: it decides whether the layer gets a
+/// LoRA with `network_dim` or only when `conv_dim` is set.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TargetGroup {
+    /// Inside a Transformer2DModel, CLIPAttention or CLIPMLP: always targeted.
+    Attention,
+    /// Inside a ResnetBlock2D, Downsample2D or Upsample2D: targeted when conv_dim is set
+    /// (1×1 convs and linears there use network_dim, k×k convs conv_dim).
+    ConvBlock,
+}
+
+/// A layer a LoRA module can attach to, as enumerated by a model.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LoraTarget {
+    /// The layer's module path in diffusers naming (`down_blocks.0.attentions.0.proj_in`).
+    pub path: String,
+    /// Linear or conv, with the conv geometry.
+    pub kind: LoraKind,
+    /// Input features or channels.
+    pub in_dim: usize,
+    /// Output features or channels.
+    pub out_dim: usize,
+    /// Which sd-scripts search found it.
+    pub group: TargetGroup,
+}
+
+impl LoraTarget {
+    /// kohya's module name: `prefix` + `_` + the path with every `.` replaced by `_`.
+    pub fn kohya_name(&self, prefix: &str) -> String {
+        format!("{prefix}_{}", self.path.replace('.', "_"))
+    }
+
+    /// Whether the target is a k×k conv with k > 1 (rank from conv_dim in sd-scripts).
+    pub fn is_spatial_conv(&self) -> bool {
+        matches!(self.kind, LoraKind::Conv { kernel, .. } if kernel > 1)
+    }
+}
+
+/// sd-scripts' three dropout hooks (spec §2.1); all zero by default.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct LoraDropout {
+    /// Inverted dropout on `down(x)` (`network_dropout`).
+    pub neuron: f64,
+    /// Per-sample, per-rank keep mask on `down(x)`, scale divided by 1 − p (`rank_dropout`).
+    pub rank: f64,
+    /// Probability of skipping the whole module for one call (`module_dropout`).
+    pub module: f64,
+}
+
+/// One LoRA module: `down`/`up` weights (trainable `Var`s, or plain tensors of a loaded file),
+/// alpha and multiplier.
+pub struct LoraModule {
+    name: String,
+    kind: LoraKind,
+    rank: usize,
+    alpha: f64,
+    down: Var,
+    up: Var,
+    trainable: bool,
+    multiplier_bits: AtomicU64,
+    dropout: LoraDropout,
+}
+
+impl LoraModule {
+    /// A fresh trainable module initialised as sd-scripts: `down` Kaiming-uniform (a = √5, i.e.
+    /// U(−1/√fan_in, 1/√fan_in)), `up` zero — the model's output is unchanged at step 0.
+    pub fn new_trainable(
+        name: impl Into<String>,
+        target: &LoraTarget,
+        rank: usize,
+        alpha: f64,
+        dtype: DType,
+        device: &Device,
+        rng: &mut StdRng,
+    ) -> Result<Self> {
+        if rank == 0 {
+            candle_core::bail!("LoRA rank must be at least 1")
+        }
+        let (down_shape, up_shape) = factor_shapes(target, rank);
+        let fan_in: usize = down_shape[1..].iter().product();
+        let bound = 1.0 / (fan_in as f64).sqrt();
+        let n: usize = down_shape.iter().product();
+        let values: Vec<f32> = (0..n).map(|_| rng.random_range(-bound..bound) as f32).collect();
+        let down = Tensor::from_vec(values, down_shape.as_slice(), device)?.to_dtype(dtype)?;
+        let up = Tensor::zeros(up_shape.as_slice(), dtype, device)?;
+        Self::build(name.into(), target.kind, rank, alpha, down, up, true)
+    }
+
+    /// A module from stored weights (a kohya file): `down` (r, in[, k, k]), `up` (out, r[, 1, 1]).
+    /// `alpha` of `None` or 0 means alpha = rank, as in sd-scripts.
+    pub fn from_weights(
+        name: impl Into<String>,
+        kind: LoraKind,
+        down: Tensor,
+        up: Tensor,
+        alpha: Option<f64>,
+        trainable: bool,
+    ) -> Result<Self> {
+        let rank = down.dims()[0];
+        if up.dims().len() < 2 || up.dims()[1] != rank {
+            candle_core::bail!("lora_up {:?} does not match lora_down {:?}", up.dims(), down.dims())
+        }
+        let alpha = alpha.filter(|a| *a != 0.0).unwrap_or(rank as f64);
+        // Linear targets may come with 4-D (…,1,1) factors (SD2-style files): keep them 2-D.
+        let (down, up) = match kind {
+            LoraKind::Linear if down.rank() == 4 => (down.flatten_from(1)?, up.flatten_from(1)?),
+            _ => (down, up),
+        };
+        Self::build(name.into(), kind, rank, alpha, down, up, trainable)
+    }
+
+    fn build(
+        name: String,
+        kind: LoraKind,
+        rank: usize,
+        alpha: f64,
+        down: Tensor,
+        up: Tensor,
+        trainable: bool,
+    ) -> Result<Self> {
+        Ok(LoraModule {
+            name,
+            kind,
+            rank,
+            alpha,
+            down: Var::from_tensor(&down)?,
+            up: Var::from_tensor(&up)?,
+            trainable,
+            multiplier_bits: AtomicU64::new(1f64.to_bits()),
+            dropout: LoraDropout::default(),
+        })
+    }
+
+    /// Sets the dropout hooks (used in training only).
+    pub fn with_dropout(mut self, dropout: LoraDropout) -> Self {
+        self.dropout = dropout;
+        self
+    }
+
+    /// kohya's module name (`lora_unet_…`).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The target kind.
+    pub fn kind(&self) -> LoraKind {
+        self.kind
+    }
+
+    /// The rank r.
+    pub fn rank(&self) -> usize {
+        self.rank
+    }
+
+    /// Alpha (scale = alpha / rank).
+    pub fn alpha(&self) -> f64 {
+        self.alpha
+    }
+
+    /// `alpha / rank`.
+    pub fn scale(&self) -> f64 {
+        self.alpha / self.rank as f64
+    }
+
+    /// The `lora_down` weight (trainable when the module is).
+    pub fn down(&self) -> &Var {
+        &self.down
+    }
+
+    /// The `lora_up` weight.
+    pub fn up(&self) -> &Var {
+        &self.up
+    }
+
+    /// Whether gradients are wanted for this module's weights.
+    pub fn is_trainable(&self) -> bool {
+        self.trainable
+    }
+
+    /// The strength this module is applied with (1 by default).
+    pub fn multiplier(&self) -> f64 {
+        f64::from_bits(self.multiplier_bits.load(Ordering::Relaxed))
+    }
+
+    /// Changes the strength (sd-scripts' `set_multiplier`).
+    pub fn set_multiplier(&self, multiplier: f64) {
+        self.multiplier_bits.store(multiplier.to_bits(), Ordering::Relaxed)
+    }
+
+    fn weights(&self) -> (Tensor, Tensor) {
+        if self.trainable {
+            (self.down.as_tensor().clone(), self.up.as_tensor().clone())
+        } else {
+            (self.down.as_detached_tensor(), self.up.as_detached_tensor())
+        }
+    }
+
+    /// The module's contribution for input `x` (the target layer's input), or `None` when
+    /// module dropout skipped it. `train` enables the dropout hooks.
+    pub fn forward(&self, x: &Tensor, train: bool, rng: &Mutex<StdRng>) -> Result<Option<Tensor>> {
+        let mut scale = self.multiplier() * self.scale();
+        if train && self.dropout.module > 0.0 && lock(rng).random::<f64>() < self.dropout.module {
+            return Ok(None);
+        }
+        let (down, up) = self.weights();
+        let (down, up) = (down.to_dtype(x.dtype())?, up.to_dtype(x.dtype())?);
+        let mut h = match self.kind {
+            LoraKind::Linear => x.broadcast_matmul(&down.t()?)?,
+            LoraKind::Conv { stride, padding, .. } => x.conv2d(&down, padding, stride, 1, 1)?,
+        };
+        if train && self.dropout.neuron > 0.0 {
+            let keep = 1.0 - self.dropout.neuron;
+            let mask = bernoulli_mask(h.dims(), keep, h.dtype(), h.device(), rng)?;
+            h = (h * mask)?.affine(1.0 / keep, 0.0)?;
+        }
+        if train && self.dropout.rank > 0.0 {
+            let keep = 1.0 - self.dropout.rank;
+            let batch = h.dims()[0];
+            let mut mask_shape = vec![1usize; h.rank()];
+            mask_shape[0] = batch;
+            match self.kind {
+                LoraKind::Linear => *mask_shape.last_mut().expect("rank ≥ 1") = self.rank,
+                LoraKind::Conv { .. } => mask_shape[1] = self.rank,
+            }
+            let mask = bernoulli_mask(&mask_shape, keep, h.dtype(), h.device(), rng)?;
+            h = h.broadcast_mul(&mask)?;
+            scale /= keep;
+        }
+        let y = match self.kind {
+            LoraKind::Linear => h.broadcast_matmul(&up.t()?)?,
+            LoraKind::Conv { .. } => {
+                // 1×1 up as one batched matmul: (out, r) · (B, r, H·W).
+                let (b, r, hh, ww) = h.dims4()?;
+                let out = up.dims()[0];
+                up.reshape((out, r))?.broadcast_matmul(&h.reshape((b, r, hh * ww))?)?.reshape((b, out, hh, ww))?
+            }
+        };
+        Ok(Some((y * scale)?))
+    }
+
+    /// The dense weight change `multiplier · scale · up·down`, shaped like the target's weight
+    /// ((out, in) or (out, in, k, k)); used to merge a LoRA into base weights.
+    pub fn delta_weight(&self) -> Result<Tensor> {
+        let (down, up) =
+            (self.down.as_detached_tensor().to_dtype(DType::F32)?, self.up.as_detached_tensor().to_dtype(DType::F32)?);
+        let out = up.dims()[0];
+        let up2 = up.reshape((out, self.rank))?;
+        let down2 = down.reshape((self.rank, ()))?;
+        let delta = (up2.matmul(&down2)? * (self.multiplier() * self.scale()))?;
+        match self.kind {
+            LoraKind::Linear => Ok(delta),
+            LoraKind::Conv { .. } => {
+                let mut shape = vec![out];
+                shape.extend_from_slice(&down.dims()[1..]);
+                delta.reshape(shape.as_slice())
+            }
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The `down` and `up` shapes for a target and rank.
+fn factor_shapes(target: &LoraTarget, rank: usize) -> (Vec<usize>, Vec<usize>) {
+    match target.kind {
+        LoraKind::Linear => (vec![rank, target.in_dim], vec![target.out_dim, rank]),
+        LoraKind::Conv { kernel, .. } => (vec![rank, target.in_dim, kernel, kernel], vec![target.out_dim, rank, 1, 1]),
+    }
+}
+
+fn bernoulli_mask(shape: &[usize], keep: f64, dtype: DType, device: &Device, rng: &Mutex<StdRng>) -> Result<Tensor> {
+    let n: usize = shape.iter().product();
+    let mut rng = lock(rng);
+    let values: Vec<f32> = (0..n).map(|_| if rng.random::<f64>() < keep { 1.0 } else { 0.0 }).collect();
+    Tensor::from_vec(values, shape, device)?.to_dtype(dtype)
+}
+
+/// The LoRA modules of one model (e.g. the UNet), looked up by the target layer's path.
+///
+/// Also holds what training needs around them: the dropout RNG (snapshotted by gradient
+/// checkpointing so a recomputed block draws the same masks) and the gradients that
+/// checkpointed blocks produce during backward (they never reach the outer `GradStore`).
+pub struct LoraSet {
+    modules: Vec<Arc<LoraModule>>,
+    by_path: HashMap<String, Vec<usize>>,
+    rng: Mutex<StdRng>,
+    side_grads: Mutex<HashMap<TensorId, Tensor>>,
+    /// A scalar that checkpointed blocks take as an extra input so their backward runs even
+    /// when none of their real inputs needs a gradient (the LoRA weights inside still do).
+    anchor: Var,
+}
+
+impl LoraSet {
+    /// An empty set for a model on `device`; `seed` drives the dropout masks.
+    pub fn new(seed: u64, device: &Device) -> Result<Self> {
+        Ok(LoraSet {
+            modules: Vec::new(),
+            by_path: HashMap::new(),
+            rng: Mutex::new(StdRng::seed_from_u64(seed)),
+            side_grads: Mutex::default(),
+            anchor: Var::zeros((), DType::F32, device)?,
+        })
+    }
+
+    /// Attaches `module` to the layer at `path` (several modules may share a layer, e.g. two
+    /// LoRA files applied at once).
+    pub fn insert(&mut self, path: impl Into<String>, module: LoraModule) {
+        let index = self.modules.len();
+        self.modules.push(Arc::new(module));
+        self.by_path.entry(path.into()).or_default().push(index);
+    }
+
+    /// Every module, in insertion order.
+    pub fn modules(&self) -> &[Arc<LoraModule>] {
+        &self.modules
+    }
+
+    /// Target paths with their modules, in insertion order of first module.
+    pub fn paths(&self) -> impl Iterator<Item = (&str, &[usize])> {
+        self.by_path.iter().map(|(p, v)| (p.as_str(), v.as_slice()))
+    }
+
+    /// Number of modules.
+    pub fn len(&self) -> usize {
+        self.modules.len()
+    }
+
+    /// Whether the set has no modules.
+    pub fn is_empty(&self) -> bool {
+        self.modules.is_empty()
+    }
+
+    /// The modules attached to the layer at `path`.
+    pub fn for_path(&self, path: &str) -> impl Iterator<Item = &LoraModule> {
+        self.by_path.get(path).into_iter().flatten().map(|&i| self.modules[i].as_ref())
+    }
+
+    /// Whether any module is attached to `path`.
+    pub fn has_path(&self, path: &str) -> bool {
+        self.by_path.contains_key(path)
+    }
+
+    /// The trainable `Var`s (down and up of every trainable module).
+    pub fn trainable_vars(&self) -> Vec<Var> {
+        self.modules.iter().filter(|m| m.trainable).flat_map(|m| [m.down.clone(), m.up.clone()]).collect()
+    }
+
+    /// Whether any module is trainable.
+    pub fn has_trainable(&self) -> bool {
+        self.modules.iter().any(|m| m.trainable)
+    }
+
+    /// Sets every module's multiplier.
+    pub fn set_multiplier(&self, multiplier: f64) {
+        for m in &self.modules {
+            m.set_multiplier(multiplier);
+        }
+    }
+
+    /// The dropout RNG.
+    pub fn rng(&self) -> &Mutex<StdRng> {
+        &self.rng
+    }
+
+    pub(crate) fn anchor(&self) -> &Var {
+        &self.anchor
+    }
+
+    /// Adds gradients computed inside a checkpointed block.
+    pub(crate) fn accumulate_side_grad(&self, id: TensorId, grad: &Tensor) -> Result<()> {
+        let mut side = lock(&self.side_grads);
+        match side.get_mut(&id) {
+            Some(existing) => *existing = (&*existing + grad)?,
+            None => {
+                side.insert(id, grad.clone());
+            }
+        }
+        Ok(())
+    }
+
+    /// The full gradient of `var` after `backward()`: what the outer graph recorded plus what
+    /// checkpointed blocks accumulated. Call [`LoraSet::clear_side_grads`] before the next step.
+    pub fn grad(&self, grads: &GradStore, var: &Var) -> Result<Option<Tensor>> {
+        let outer = grads.get(var).cloned();
+        let side = lock(&self.side_grads).get(&var.id()).cloned();
+        Ok(match (outer, side) {
+            (Some(a), Some(b)) => Some((a + b)?),
+            (a, b) => a.or(b),
+        })
+    }
+
+    /// Forgets the gradients checkpointed blocks accumulated.
+    pub fn clear_side_grads(&self) {
+        lock(&self.side_grads).clear();
+    }
+}

@@ -1,0 +1,308 @@
+//! Every op's backward against f64 central differences, and the custom-backward ops against
+//! candle's own composed versions.
+
+use std::sync::{Arc, Mutex};
+
+use candle_core::{DType, Device, Result, Tensor, Var};
+use lorakit_nn::activation::{geglu, gelu, quick_gelu, silu, softmax_last_dim};
+use lorakit_nn::attention::{attention, attention_composed};
+use lorakit_nn::checkpoint::checkpoint;
+use lorakit_nn::gradcheck::{check, pseudo_random};
+use lorakit_nn::lora::{LoraDropout, LoraKind, LoraModule, LoraSet, LoraTarget, TargetGroup};
+use lorakit_nn::{Conv2d, ForwardCtx, FrozenConv2d, FrozenLinear, GroupNorm, LayerNorm, Linear};
+use rand::{rngs::StdRng, SeedableRng};
+
+const EPS: f64 = 1e-6;
+const TOL: f64 = 1e-6;
+
+fn rnd(shape: &[usize], seed: u64) -> Tensor {
+    pseudo_random(shape, seed).unwrap()
+}
+
+fn assert_grad_ok(name: &str, f: impl Fn(&[Tensor]) -> Result<Tensor>, inputs: &[Tensor]) {
+    let report = check(f, inputs, EPS).unwrap();
+    assert!(report.max_magnitude > 1e-3, "{name}: gradient is (nearly) zero, the check proves nothing");
+    assert!(report.relative_error() < TOL, "{name}: {report:?}");
+}
+
+#[test]
+fn frozen_linear_input_gradient() {
+    let lin = FrozenLinear::new(rnd(&[5, 4], 1), Some(rnd(&[5], 2))).unwrap();
+    assert_grad_ok("linear 2-D", |x| lin.forward(&x[0]), &[rnd(&[3, 4], 3)]);
+    assert_grad_ok("linear 3-D", |x| lin.forward(&x[0]), &[rnd(&[2, 3, 4], 4)]);
+}
+
+#[test]
+fn frozen_linear_does_not_track_its_weight() {
+    let w = Var::from_tensor(&rnd(&[5, 4], 1)).unwrap();
+    let lin = FrozenLinear::new(w.as_tensor().clone(), None).unwrap();
+    let x = Var::from_tensor(&rnd(&[3, 4], 3)).unwrap();
+    let grads = lin.forward(x.as_tensor()).unwrap().sum_all().unwrap().backward().unwrap();
+    assert!(grads.get(&w).is_none(), "frozen weight received a gradient");
+    assert!(grads.get(&x).is_some());
+}
+
+#[test]
+fn frozen_conv_input_gradient_all_geometries() {
+    // (kernel, stride, padding, input size): SD's 3×3/1, 1×1 shortcuts, strided downsamplers on
+    // even and odd sizes (odd: the last row is never reached by the strided forward).
+    for (k, s, p, hw) in [(3, 1, 1, 5), (1, 1, 0, 4), (3, 2, 1, 6), (3, 2, 1, 7), (3, 2, 0, 7), (3, 1, 0, 5)] {
+        let conv = FrozenConv2d::new(rnd(&[3, 2, k, k], 10), Some(rnd(&[3], 11)), s, p).unwrap();
+        let x = rnd(&[2, 2, hw, hw], 12);
+        assert_grad_ok(&format!("conv k{k} s{s} p{p} {hw}x{hw}"), |x| conv.forward(&x[0]), std::slice::from_ref(&x));
+        // Same values as candle's own conv.
+        let reference = x
+            .conv2d(conv.weight(), p, s, 1, 1)
+            .unwrap()
+            .broadcast_add(&conv.bias().unwrap().reshape((1, 3, 1, 1)).unwrap())
+            .unwrap();
+        let diff = (conv.forward(&x).unwrap() - reference)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap();
+        assert!(diff < 1e-12, "forward differs by {diff}");
+    }
+}
+
+#[test]
+fn norms_and_activations() {
+    let ln = LayerNorm::new(rnd(&[6], 20).affine(0.3, 1.0).unwrap(), Some(rnd(&[6], 21)), 1e-5);
+    assert_grad_ok("layer_norm", |x| ln.forward(&x[0]), &[rnd(&[2, 3, 6], 22)]);
+    let gn = GroupNorm::new(rnd(&[6], 23).affine(0.3, 1.0).unwrap(), rnd(&[6], 24), 3, 1e-5).unwrap();
+    assert_grad_ok("group_norm", |x| gn.forward(&x[0]), &[rnd(&[2, 6, 3, 2], 25)]);
+    assert_grad_ok("softmax", |x| softmax_last_dim(&x[0]), &[rnd(&[2, 3, 5], 26).affine(3.0, 0.0).unwrap()]);
+    assert_grad_ok("gelu", |x| gelu(&x[0]), &[rnd(&[4, 5], 27).affine(3.0, 0.0).unwrap()]);
+    assert_grad_ok("quick_gelu", |x| quick_gelu(&x[0]), &[rnd(&[4, 5], 28).affine(3.0, 0.0).unwrap()]);
+    assert_grad_ok("silu", |x| silu(&x[0]), &[rnd(&[4, 5], 29).affine(3.0, 0.0).unwrap()]);
+    assert_grad_ok("geglu", |x| geglu(&x[0]), &[rnd(&[3, 8], 30).affine(2.0, 0.0).unwrap()]);
+}
+
+#[test]
+fn group_norm_matches_definition() {
+    // Two groups of two channels: normalise each group over channels and positions.
+    let x = Tensor::new(&[[[[1.0f64, 2.0]], [[3.0, 4.0]], [[10.0, 10.0]], [[10.0, 14.0]]]], &Device::Cpu).unwrap();
+    let gn = GroupNorm::new(
+        Tensor::ones(4, DType::F64, &Device::Cpu).unwrap(),
+        Tensor::zeros(4, DType::F64, &Device::Cpu).unwrap(),
+        2,
+        0.0,
+    )
+    .unwrap();
+    let y: Vec<f64> = gn.forward(&x).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+    let s = 1.25f64.sqrt();
+    let expected = [
+        -1.5 / s,
+        -0.5 / s,
+        0.5 / s,
+        1.5 / s,
+        -1.0 / 3f64.sqrt(),
+        -1.0 / 3f64.sqrt(),
+        -1.0 / 3f64.sqrt(),
+        3.0 / 3f64.sqrt(),
+    ];
+    for (a, b) in y.iter().zip(expected) {
+        assert!((a - b).abs() < 1e-9, "{y:?} vs {expected:?}");
+    }
+}
+
+#[test]
+fn chunked_attention_gradients() {
+    let (q, k, v) = (
+        rnd(&[2, 5, 3], 40).affine(2.0, 0.0).unwrap(),
+        rnd(&[2, 7, 3], 41).affine(2.0, 0.0).unwrap(),
+        rnd(&[2, 7, 4], 42),
+    );
+    assert_grad_ok("attention", |t| attention(&t[0], &t[1], &t[2], 0.6), &[q, k, v]);
+}
+
+#[test]
+fn chunked_attention_matches_composed_over_many_chunks() {
+    // Large enough for several query chunks: 2 × 700 × 24000 scores > the chunk budget.
+    let dev = Device::Cpu;
+    let q = Var::from_tensor(&Tensor::randn(0f32, 1.0, (2, 1400, 8), &dev).unwrap()).unwrap();
+    let k = Var::from_tensor(&Tensor::randn(0f32, 1.0, (2, 12000, 8), &dev).unwrap()).unwrap();
+    let v = Var::from_tensor(&Tensor::randn(0f32, 1.0, (2, 12000, 4), &dev).unwrap()).unwrap();
+    let w = Tensor::randn(0f32, 1.0, (2, 1400, 4), &dev).unwrap();
+    let run = |f: &dyn Fn(&Tensor, &Tensor, &Tensor, f64) -> Result<Tensor>| {
+        let out = f(q.as_tensor(), k.as_tensor(), v.as_tensor(), 0.35).unwrap();
+        let g = (&out * &w).unwrap().sum_all().unwrap().backward().unwrap();
+        (out, [g.get(&q).unwrap().clone(), g.get(&k).unwrap().clone(), g.get(&v).unwrap().clone()])
+    };
+    let (o1, g1) = run(&attention);
+    let (o2, g2) = run(&attention_composed);
+    let rel = |a: &Tensor, b: &Tensor| -> f32 {
+        let d = (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        d / b.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap()
+    };
+    assert!(rel(&o1, &o2) < 1e-5, "output {}", rel(&o1, &o2));
+    for (i, (a, b)) in g1.iter().zip(&g2).enumerate() {
+        assert!(rel(a, b) < 1e-4, "grad {i}: {}", rel(a, b));
+    }
+}
+
+fn linear_target(in_dim: usize, out_dim: usize) -> LoraTarget {
+    LoraTarget { path: "blk.proj".into(), kind: LoraKind::Linear, in_dim, out_dim, group: TargetGroup::Attention }
+}
+
+#[test]
+fn lora_init_matches_sd_scripts() {
+    let mut rng = StdRng::seed_from_u64(0);
+    let m = LoraModule::new_trainable(
+        "lora_unet_blk_proj",
+        &linear_target(64, 10),
+        4,
+        2.0,
+        DType::F32,
+        &Device::Cpu,
+        &mut rng,
+    )
+    .unwrap();
+    let down: Vec<f32> = m.down().as_tensor().flatten_all().unwrap().to_vec1().unwrap();
+    let bound = 1.0 / 8.0;
+    assert!(down.iter().all(|v| v.abs() <= bound) && down.iter().any(|v| v.abs() > bound * 0.9));
+    assert_eq!(m.up().as_tensor().abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap(), 0.0);
+    assert_eq!(m.down().as_tensor().dims(), [4, 64]);
+    assert_eq!(m.up().as_tensor().dims(), [10, 4]);
+    assert_eq!(m.scale(), 0.5);
+}
+
+#[test]
+fn lora_linear_and_conv_gradients() {
+    let rng = Mutex::new(StdRng::seed_from_u64(0));
+    for kind in [
+        LoraKind::Linear,
+        LoraKind::Conv { kernel: 3, stride: 1, padding: 1 },
+        LoraKind::Conv { kernel: 3, stride: 2, padding: 1 },
+    ] {
+        let (down_shape, up_shape, x_shape): (Vec<usize>, Vec<usize>, Vec<usize>) = match kind {
+            LoraKind::Linear => (vec![2, 4], vec![3, 2], vec![2, 5, 4]),
+            LoraKind::Conv { .. } => (vec![2, 4, 3, 3], vec![3, 2, 1, 1], vec![2, 4, 5, 5]),
+        };
+        let f = |t: &[Tensor]| -> Result<Tensor> {
+            let m = LoraModule::from_weights("m", kind, t[1].clone(), t[2].clone(), Some(1.5), true)?;
+            m.set_multiplier(0.7);
+            Ok(m.forward(&t[0], false, &rng)?.expect("no module dropout"))
+        };
+        assert_grad_ok(&format!("lora {kind:?}"), f, &[rnd(&x_shape, 50), rnd(&down_shape, 51), rnd(&up_shape, 52)]);
+    }
+}
+
+#[test]
+fn lora_delta_weight_equals_forward_difference() {
+    // For a linear target: (W + ΔW)x = Wx + lora(x).
+    let rng = Mutex::new(StdRng::seed_from_u64(0));
+    let m =
+        LoraModule::from_weights("m", LoraKind::Linear, rnd(&[2, 4], 60), rnd(&[3, 2], 61), Some(1.0), false).unwrap();
+    m.set_multiplier(0.8);
+    let x = rnd(&[5, 4], 62);
+    let via_delta = x.matmul(&m.delta_weight().unwrap().to_dtype(DType::F64).unwrap().t().unwrap()).unwrap();
+    let via_forward = m.forward(&x, false, &rng).unwrap().unwrap();
+    let diff = (via_delta - via_forward).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f64>().unwrap();
+    assert!(diff < 1e-6, "{diff}");
+}
+
+#[test]
+fn lora_dropouts_behave() {
+    let rng = Mutex::new(StdRng::seed_from_u64(1));
+    let mk = |d: LoraDropout| {
+        LoraModule::from_weights(
+            "m",
+            LoraKind::Linear,
+            Tensor::ones((4, 8), DType::F32, &Device::Cpu).unwrap(),
+            Tensor::ones((8, 4), DType::F32, &Device::Cpu).unwrap(),
+            Some(4.0),
+            true,
+        )
+        .unwrap()
+        .with_dropout(d)
+    };
+    let x = Tensor::ones((2, 3, 8), DType::F32, &Device::Cpu).unwrap();
+    // Module dropout 1.0 skips always; in eval mode never.
+    let m = mk(LoraDropout { module: 1.0, ..Default::default() });
+    assert!(m.forward(&x, true, &rng).unwrap().is_none());
+    assert!(m.forward(&x, false, &rng).unwrap().is_some());
+    // Rank dropout keeps the expectation: mean over many draws ≈ the undropped output (32).
+    let m = mk(LoraDropout { rank: 0.5, ..Default::default() });
+    let mut total = 0.0;
+    for _ in 0..200 {
+        total += m.forward(&x, true, &rng).unwrap().unwrap().mean_all().unwrap().to_scalar::<f32>().unwrap();
+    }
+    let mean = total / 200.0;
+    assert!((mean - 32.0).abs() < 2.0, "mean {mean}");
+}
+
+fn tiny_block_ctx(checkpointing: bool) -> (ForwardCtx, Arc<LoraSet>, Linear, Conv2d) {
+    let mut set = LoraSet::new(3, &Device::Cpu).unwrap();
+    let lin = Linear::new("a.lin", rnd(&[6, 6], 70), Some(rnd(&[6], 71))).unwrap();
+    let conv = Conv2d::new("a.conv", rnd(&[6, 6, 3, 3], 72), Some(rnd(&[6], 73)), 1, 1).unwrap();
+    set.insert(
+        "a.lin",
+        LoraModule::from_weights(
+            "lora_unet_a_lin",
+            LoraKind::Linear,
+            rnd(&[2, 6], 74),
+            rnd(&[6, 2], 75),
+            Some(1.0),
+            true,
+        )
+        .unwrap(),
+    );
+    let ck = LoraKind::Conv { kernel: 3, stride: 1, padding: 1 };
+    set.insert(
+        "a.conv",
+        LoraModule::from_weights(
+            "lora_unet_a_conv",
+            ck,
+            rnd(&[2, 6, 3, 3], 76),
+            rnd(&[6, 2, 1, 1], 77),
+            Some(1.0),
+            true,
+        )
+        .unwrap(),
+    );
+    let set = Arc::new(set);
+    let ctx = ForwardCtx { lora: Some(set.clone()), train: true, gradient_checkpointing: checkpointing };
+    (ctx, set, lin, conv)
+}
+
+#[test]
+fn gradient_checkpointing_gives_identical_gradients() {
+    let mut results = Vec::new();
+    for checkpointing in [false, true] {
+        let (ctx, set, lin, conv) = tiny_block_ctx(checkpointing);
+        let (lin, conv) = (Arc::new(lin), Arc::new(conv));
+        let block: lorakit_nn::checkpoint::BlockFn = Arc::new(move |x: &[Tensor], ctx: &ForwardCtx| {
+            let h = silu(&conv.forward(&x[0], ctx)?)?;
+            let h = lin.forward(&h.permute((0, 2, 3, 1))?, ctx)?.permute((0, 3, 1, 2))?;
+            h + &x[0]
+        });
+        // Two chained blocks; the input itself needs no gradient (as for the UNet's latents).
+        let x = rnd(&[1, 6, 4, 4], 80);
+        let h = checkpoint(&[&x], &ctx, block.clone()).unwrap();
+        let y = checkpoint(&[&h], &ctx, block).unwrap();
+        let grads = (y.sqr().unwrap().sum_all().unwrap()).backward().unwrap();
+        let g: Vec<Vec<f64>> = set
+            .trainable_vars()
+            .iter()
+            .map(|v| {
+                set.grad(&grads, v)
+                    .unwrap()
+                    .expect("lora weight got no gradient")
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1()
+                    .unwrap()
+            })
+            .collect();
+        results.push((y.flatten_all().unwrap().to_vec1::<f64>().unwrap(), g));
+    }
+    assert_eq!(results[0].0, results[1].0);
+    for (a, b) in results[0].1.iter().zip(&results[1].1) {
+        let d = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max);
+        assert!(d < 1e-9, "checkpointed gradient differs by {d}");
+    }
+}

@@ -1,0 +1,61 @@
+"""PyTorch side of the training-step benchmark: the same step as
+crates/lorakit-models/benches/train_step.rs — full-size SD1.5 UNet (diffusers, random weights),
+sd-scripts' LoRA network (rank 16, alpha 16, conv_dim 16, conv_alpha 16), batch 1, 64x64 latent,
+77x768 context, f32, forward + MSE + backward. One JSON line per measured step.
+
+usage: PYTHONPATH=/path/to/sd-scripts python torch_step.py [steps] [--checkpointing] [--threads N]
+"""
+import json, resource, sys, time
+
+import torch
+from diffusers import UNet2DConditionModel
+
+args = sys.argv[1:]
+steps = next((int(a) for a in args if a.isdigit()), 3)
+checkpointing = "--checkpointing" in args
+threads = int(args[args.index("--threads") + 1]) if "--threads" in args else torch.get_num_threads()
+torch.set_num_threads(threads)
+torch.manual_seed(0)
+
+cfg = dict(sample_size=64, in_channels=4, out_channels=4, down_block_types=["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"],
+           up_block_types=["UpBlock2D"] + ["CrossAttnUpBlock2D"] * 3, block_out_channels=[320, 640, 1280, 1280],
+           layers_per_block=2, attention_head_dim=8, cross_attention_dim=768, norm_num_groups=32)
+t0 = time.perf_counter()
+unet = UNet2DConditionModel(**cfg)
+unet.requires_grad_(False)
+if checkpointing:
+    unet.enable_gradient_checkpointing()
+    unet.train()
+
+from networks import lora  # sd-scripts
+
+class NoTE(torch.nn.Module):
+    pass
+
+net = lora.create_network(1.0, 16, 16.0, None, [], unet, conv_dim=16, conv_alpha=16.0)
+net.apply_to([], unet, apply_text_encoder=False, apply_unet=True)
+for m in net.unet_loras:
+    torch.nn.init.normal_(m.lora_up.weight, std=0.01)
+params = [p for p in net.parameters()]
+for p in params:
+    p.requires_grad_(True)
+print(f"setup {time.perf_counter() - t0:.1f}s, {sum(p.numel() for p in unet.parameters())} UNet parameters, "
+      f"{len(net.unet_loras)} LoRA modules, {threads} threads", file=sys.stderr)
+
+latents = torch.randn(1, 4, 64, 64)
+target = torch.randn(1, 4, 64, 64)
+context = torch.randn(1, 77, 768)
+timesteps = torch.tensor([500])
+for step in range(steps + 1):
+    t = time.perf_counter()
+    pred = unet(latents, timesteps, context).sample
+    loss = torch.nn.functional.mse_loss(pred, target)
+    loss.backward()
+    norm = sum(float(p.grad.pow(2).sum()) for p in params if p.grad is not None) ** 0.5
+    for p in params:
+        p.grad = None
+    secs = time.perf_counter() - t
+    if step > 0:
+        print(json.dumps({"impl": "pytorch", "step": step, "seconds": round(secs, 3), "loss": round(float(loss), 5),
+                          "grad_norm": round(norm, 5), "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+                          "checkpointing": checkpointing}), flush=True)
