@@ -28,7 +28,10 @@ fn peak_rss_mb() -> f64 {
 }
 
 fn main() -> anyhow::Result<()> {
-    let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
+    if std::env::args().all(|a| a != "--default-allocator") {
+        lorakit_nn::runtime::init_cpu_runtime();
+    }
+    let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench" && a != "--default-allocator").collect();
     let steps: usize = args.iter().find_map(|a| a.parse().ok()).unwrap_or(3);
     let checkpointing = args.iter().any(|a| a == "--checkpointing");
     let device = Device::Cpu;
@@ -49,7 +52,9 @@ fn main() -> anyhow::Result<()> {
     let unet = UNet2DConditionModel::new(weights.view(""), &cfg)?;
     weights.check_complete()?;
     drop(weights);
-    let spec = NetworkSpec { rank: 16, alpha: 16.0, conv_rank: Some(16), conv_alpha: 16.0, ..Default::default() };
+    // --attention-only: no conv LoRA (sd-scripts without conv_dim), to see what LoCon costs.
+    let conv_rank = if args.iter().any(|a| a == "--attention-only") { None } else { Some(16) };
+    let spec = NetworkSpec { rank: 16, alpha: 16.0, conv_rank, conv_alpha: 16.0, ..Default::default() };
     let lora = Arc::new(create_network(&unet.lora_targets(), UNET_PREFIX, &spec, DType::F32, &device, 0)?);
     // Non-zero up weights so every LoRA branch carries gradient as in a running training.
     for m in lora.modules() {

@@ -85,7 +85,8 @@ impl StableDiffusion {
             unet,
             vae,
             text_encoder,
-            tokenizer: ClipTokenizer::new()?,
+            // SD2's tokenizer pads with "!" (id 0) and treats a literal "!" as that token.
+            tokenizer: if ckpt.family == ModelFamily::Sd2 { ClipTokenizer::new_sd2()? } else { ClipTokenizer::new()? },
             schedule: NoiseSchedule::sd_default(),
             prediction: Prediction::Epsilon,
             family: ckpt.family,
@@ -121,7 +122,7 @@ impl StableDiffusion {
         let max_length = chunks * 75 + 2;
         let mut out = Vec::with_capacity(prompts.len());
         for prompt in prompts {
-            let (ids, dropped) = self.tokenizer.encode_padded(prompt, max_length, ClipTokenizer::EOS);
+            let (ids, dropped) = self.tokenizer.encode_padded(prompt, max_length, self.tokenizer.pad_id());
             if dropped > 0 {
                 tracing::warn!(
                     "prompt is longer than {MAX_PROMPT_TOKENS} tokens; the last {dropped} token(s) are ignored: {:?}",
@@ -138,7 +139,7 @@ impl StableDiffusion {
         let device = self.unet_device();
         let mut rows = Vec::new();
         for ids in self.tokenize(prompts)? {
-            let chunks = chunk_for_clip(&ids, false, ClipTokenizer::EOS);
+            let chunks = chunk_for_clip(&ids, self.family == ModelFamily::Sd2, self.tokenizer.pad_id());
             let flat: Vec<u32> = chunks.iter().flat_map(|c| c.iter().copied()).collect();
             rows.push(Tensor::from_vec(flat, (1, chunks.len(), 77), &device)?);
         }

@@ -17,6 +17,7 @@ pub mod gradcheck;
 pub mod layers;
 pub mod lora;
 pub mod norm;
+pub mod runtime;
 
 pub use custom_backward::{attach, attach_many};
 pub use frozen::{FrozenConv2d, FrozenLinear};

@@ -1,11 +1,46 @@
-//! LayerNorm and GroupNorm composed from differentiable ops.
+//! LayerNorm and GroupNorm with their own backward.
 //!
-//! candle's fused `layer_norm`/`LayerNorm` record no backward (gradients silently stop), so both
-//! norms are written out; statistics are computed in f32 whatever the activation dtype.
+//! candle's fused `layer_norm`/`LayerNorm` record no backward (gradients silently stop), and
+//! the composed version keeps five or six full-size intermediates per norm for backward —
+//! gigabytes over SD1.5's 61 GroupNorms at 64×64. Here the forward runs off the graph and saves
+//! only its input and the per-group mean and 1/σ; the backward recomputes x̂ and applies the
+//! usual formula `dx = (dx̂ − mean(dx̂) − x̂·mean(dx̂·x̂)) / σ` with `dx̂ = dy·γ`. The affine
+//! weights are frozen (no gradients). Statistics are computed in f32 (f64 for f64 inputs).
+
+use std::sync::Arc;
 
 use candle_core::{DType, Result, Tensor, D};
 
-/// Layer normalisation over the last dimension with an affine weight and bias (plain tensors).
+use crate::custom_backward::attach;
+
+/// Normalises `x3` (…, n) over its last dimension; returns (x̂, mean, 1/σ) in `stat` dtype.
+fn normalise_last(x3: &Tensor, eps: f64) -> Result<(Tensor, Tensor, Tensor)> {
+    let mean = x3.mean_keepdim(D::Minus1)?;
+    let centred = x3.broadcast_sub(&mean)?;
+    let var = centred.sqr()?.mean_keepdim(D::Minus1)?;
+    let rstd = (var + eps)?.sqrt()?.recip()?;
+    Ok((centred.broadcast_mul(&rstd)?, mean, rstd))
+}
+
+/// The input gradient of `x̂ = (x − μ)/σ` over the last dimension of `x3`, given `dx̂` (same
+/// shape), the input and the saved statistics.
+fn normalise_last_backward(dxhat: &Tensor, x3: &Tensor, mean: &Tensor, rstd: &Tensor) -> Result<Tensor> {
+    let xhat = x3.broadcast_sub(mean)?.broadcast_mul(rstd)?;
+    let m1 = dxhat.mean_keepdim(D::Minus1)?;
+    let m2 = (dxhat * &xhat)?.mean_keepdim(D::Minus1)?;
+    dxhat.broadcast_sub(&m1)?.sub(&xhat.broadcast_mul(&m2)?)?.broadcast_mul(rstd)
+}
+
+fn stat_dtype(dtype: DType) -> DType {
+    if dtype == DType::F64 {
+        DType::F64
+    } else {
+        DType::F32
+    }
+}
+
+/// Layer normalisation over the last dimension with an affine weight and optional bias (plain
+/// tensors).
 #[derive(Clone, Debug)]
 pub struct LayerNorm {
     weight: Tensor,
@@ -19,19 +54,29 @@ impl LayerNorm {
         LayerNorm { weight: weight.detach(), bias: bias.map(|b| b.detach()), eps }
     }
 
-    /// Normalises `x` over its last dimension.
+    /// Normalises `x` over its last dimension; gradients flow to `x`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let dtype = x.dtype();
-        let xf = x.to_dtype(DType::F32.max_precision(dtype))?;
-        let mean = xf.mean_keepdim(D::Minus1)?;
-        let centred = xf.broadcast_sub(&mean)?;
-        let var = centred.sqr()?.mean_keepdim(D::Minus1)?;
-        let normed = centred.broadcast_div(&(var + self.eps)?.sqrt()?)?.to_dtype(dtype)?;
-        let y = normed.broadcast_mul(&self.weight)?;
-        match &self.bias {
-            Some(b) => y.broadcast_add(b),
-            None => Ok(y),
+        let stat = stat_dtype(dtype);
+        let xs = x.detach().to_dtype(stat)?;
+        let (xhat, mean, rstd) = normalise_last(&xs, self.eps)?;
+        let gamma = self.weight.to_dtype(stat)?;
+        let mut y = xhat.broadcast_mul(&gamma)?;
+        if let Some(b) = &self.bias {
+            y = y.broadcast_add(&b.to_dtype(stat)?)?;
         }
+        let y = y.to_dtype(dtype)?;
+        if !x.track_op() {
+            return Ok(y);
+        }
+        attach(
+            x,
+            &y,
+            Arc::new(move |g: &Tensor| {
+                let dxhat = g.to_dtype(stat)?.broadcast_mul(&gamma)?;
+                normalise_last_backward(&dxhat, &xs, &mean, &rstd)?.to_dtype(dtype)
+            }),
+        )
     }
 }
 
@@ -54,37 +99,33 @@ impl GroupNorm {
         Ok(GroupNorm { weight: weight.detach(), bias: bias.detach(), num_groups, eps })
     }
 
-    /// Normalises each group of channels over the channels and all spatial positions.
+    /// Normalises each group of channels over the channels and all spatial positions;
+    /// gradients flow to `x`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let dims = x.dims().to_vec();
         if dims.len() < 2 || dims[1] != self.weight.dims()[0] {
             candle_core::bail!("GroupNorm over {} channels got input of shape {dims:?}", self.weight.dims()[0])
         }
         let dtype = x.dtype();
-        let xf = x.to_dtype(DType::F32.max_precision(dtype))?.reshape((dims[0], self.num_groups, ()))?;
-        let mean = xf.mean_keepdim(D::Minus1)?;
-        let centred = xf.broadcast_sub(&mean)?;
-        let var = centred.sqr()?.mean_keepdim(D::Minus1)?;
-        let normed = centred.broadcast_div(&(var + self.eps)?.sqrt()?)?.to_dtype(dtype)?.reshape(dims.as_slice())?;
+        let stat = stat_dtype(dtype);
         let mut affine_shape = vec![1usize; dims.len()];
         affine_shape[1] = dims[1];
-        normed
-            .broadcast_mul(&self.weight.reshape(affine_shape.as_slice())?)?
-            .broadcast_add(&self.bias.reshape(affine_shape.as_slice())?)
-    }
-}
-
-/// Picks the wider of two float dtypes (f64 stays f64, everything else computes in f32).
-trait MaxPrecision {
-    fn max_precision(self, other: DType) -> DType;
-}
-
-impl MaxPrecision for DType {
-    fn max_precision(self, other: DType) -> DType {
-        if other == DType::F64 {
-            DType::F64
-        } else {
-            self
+        let gamma = self.weight.to_dtype(stat)?.reshape(affine_shape.as_slice())?;
+        let beta = self.bias.to_dtype(stat)?.reshape(affine_shape.as_slice())?;
+        let grouped = (dims[0], self.num_groups, ());
+        let xs = x.detach().to_dtype(stat)?.reshape(grouped)?;
+        let (xhat, mean, rstd) = normalise_last(&xs, self.eps)?;
+        let y = xhat.reshape(dims.as_slice())?.broadcast_mul(&gamma)?.broadcast_add(&beta)?.to_dtype(dtype)?;
+        if !x.track_op() {
+            return Ok(y);
         }
+        attach(
+            x,
+            &y,
+            Arc::new(move |g: &Tensor| {
+                let dxhat = g.to_dtype(stat)?.broadcast_mul(&gamma)?.reshape(grouped)?;
+                normalise_last_backward(&dxhat, &xs, &mean, &rstd)?.reshape(dims.as_slice())?.to_dtype(dtype)
+            }),
+        )
     }
 }

@@ -36,6 +36,7 @@ enum Command {
 }
 
 fn main() -> std::process::ExitCode {
+    lorakit_nn::runtime::init_cpu_runtime();
     let cli = Cli::parse();
     init_logging(cli.log_verbose);
     let result = match cli.command {

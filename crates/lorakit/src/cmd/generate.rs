@@ -53,6 +53,9 @@ pub struct GenerateArgs {
     /// CLIP skip (2 = penultimate layer, as most anime models expect).
     #[arg(long)]
     clip_skip: Option<usize>,
+    /// The model predicts v (SD 2.x 768-v models) instead of noise.
+    #[arg(long)]
+    v_prediction: bool,
     /// Render an XY grid: rows = LoRA files (e.g. the epochs of one run), columns = prompts.
     #[arg(long)]
     grid: bool,
@@ -129,7 +132,10 @@ pub fn run(args: GenerateArgs) -> Result<ExitCode> {
     let device = device(args.device)?;
     let dtype = DType::F32;
     eprintln!("loading {}", args.model.display());
-    let model = StableDiffusion::load(&args.model, dtype, &device)?;
+    let mut model = StableDiffusion::load(&args.model, dtype, &device)?;
+    if args.v_prediction {
+        model.prediction = lorakit_models::schedule::Prediction::VPrediction;
+    }
 
     let load = |(path, weight): &(PathBuf, f64)| -> Result<LoadedLora> {
         Ok(load_lora_file(path, *weight, false, &model.lora_components(), dtype, &device)?)

@@ -1,0 +1,26 @@
+//! Process-wide settings that make candle's CPU backend fast; call once at startup, before
+//! any thread is spawned.
+//!
+//! Measured on the SD1.5 training-step benchmark (BENCHMARKS.md): ~25% of the step went to page
+//! faults and `munmap`, because glibc serves every allocation above its (dynamic) mmap
+//! threshold with a fresh mapping and unmaps it on free, so each activation tensor is faulted in
+//! page by page, every step. And candle asks for the thread count on every op, which without
+//! `RAYON_NUM_THREADS` re-reads `/proc/cpuinfo` each time.
+
+/// Applies the settings: a fixed rayon thread count (unless the user set one) and, on glibc,
+/// heap reuse for allocations up to 32 MiB with no trimming (freed activation memory is kept
+/// for the next step, as PyTorch's caching allocator does).
+pub fn init_cpu_runtime() {
+    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        // Single-threaded at this point (documented precondition), so setting the variable
+        // cannot race with a reader.
+        std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
+    }
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator tunables; it is called before other threads exist.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
+    }
+}
