@@ -60,7 +60,12 @@ fn main() -> anyhow::Result<()> {
     for m in lora.modules() {
         m.up().set(&Tensor::randn(0f32, 0.01, m.up().dims(), &device)?)?;
     }
-    eprintln!("setup {:.1}s, {params} UNet parameters, {} LoRA modules", t0.elapsed().as_secs_f64(), lora.len());
+    eprintln!(
+        "setup {:.1}s, {params} UNet parameters, {} LoRA modules, peak RSS after setup {:.0} MB",
+        t0.elapsed().as_secs_f64(),
+        lora.len(),
+        peak_rss_mb()
+    );
     let ctx = ForwardCtx { lora: Some(lora.clone()), train: true, gradient_checkpointing: checkpointing };
     let latents = Tensor::randn(0f32, 1.0, (1, 4, 64, 64), &device)?;
     let target = Tensor::randn(0f32, 1.0, (1, 4, 64, 64), &device)?;
