@@ -552,7 +552,7 @@ pub fn encode_prompts(
             tracing::warn!(
                 dropped,
                 max_tokens = max_length - 2,
-                "prompt truncated: {dropped} token(s) beyond the {} the text encoder takes were dropped: {prompt:?}",
+                "prompt truncated: {dropped} token(s) beyond the {} tokens the text encoder takes were dropped: {prompt:?}",
                 max_length - 2
             );
         }

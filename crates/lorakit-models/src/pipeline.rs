@@ -13,8 +13,8 @@ use rand::{rngs::StdRng, SeedableRng};
 use rand_distr::{Distribution, StandardNormal};
 
 use crate::checkpoint::{load_sd_checkpoint, ModelFamily, SdCheckpoint};
-use crate::clip::{ClipTextConfig, ClipTextModel};
-use crate::clip_tokenizer::{chunk_for_clip, ClipTokenizer};
+use crate::clip::{encode_prompts, ClipTextConfig, ClipTextModel};
+use crate::clip_tokenizer::ClipTokenizer;
 use crate::lora_inject::{ComponentTargets, TEXT_ENCODER_PREFIX, UNET_PREFIX};
 use crate::samplers::{sample, SamplerConfig, SamplerKind};
 use crate::schedule::{NoiseSchedule, Prediction};
@@ -114,37 +114,13 @@ impl StableDiffusion {
         ]
     }
 
-    /// Tokenises prompts to padded id sequences of one common length (77, 152 or 227: the
-    /// longest prompt's chunk count), truncating past 225 tokens with a warning as sd-scripts.
-    pub fn tokenize(&self, prompts: &[&str]) -> Result<Vec<Vec<u32>>> {
+    /// CLIP conditioning for prompts, (B, 77 | 152 | 227, D): as many 75-token chunks as the
+    /// longest prompt needs (at most three; longer prompts are truncated with a warning, as
+    /// sd-scripts does), encoded by [`crate::clip::encode_prompts`].
+    pub fn encode_prompts(&self, prompts: &[&str], clip_skip: Option<usize>, ctx: &ForwardCtx) -> Result<Tensor> {
         let longest = prompts.iter().map(|p| self.tokenizer.encode(p).len()).max().unwrap_or(0);
         let chunks = longest.div_ceil(75).clamp(1, MAX_PROMPT_TOKENS / 75);
-        let max_length = chunks * 75 + 2;
-        let mut out = Vec::with_capacity(prompts.len());
-        for prompt in prompts {
-            let (ids, dropped) = self.tokenizer.encode_padded(prompt, max_length, self.tokenizer.pad_id());
-            if dropped > 0 {
-                tracing::warn!(
-                    "prompt is longer than {MAX_PROMPT_TOKENS} tokens; the last {dropped} token(s) are ignored: {:?}",
-                    truncate_for_log(prompt)
-                );
-            }
-            out.push(ids);
-        }
-        Ok(out)
-    }
-
-    /// CLIP conditioning for prompts: (B, 77·n − 2(n−1), 768) with sd-scripts' chunking.
-    pub fn encode_prompts(&self, prompts: &[&str], clip_skip: Option<usize>, ctx: &ForwardCtx) -> Result<Tensor> {
-        let device = self.unet_device();
-        let mut rows = Vec::new();
-        for ids in self.tokenize(prompts)? {
-            let chunks = chunk_for_clip(&ids, self.family == ModelFamily::Sd2, self.tokenizer.pad_id());
-            let flat: Vec<u32> = chunks.iter().flat_map(|c| c.iter().copied()).collect();
-            rows.push(Tensor::from_vec(flat, (1, chunks.len(), 77), &device)?);
-        }
-        let ids = Tensor::cat(&rows, 0)?;
-        Ok(self.text_encoder.encode_chunked(&ids, clip_skip, ctx)?)
+        encode_prompts(&self.text_encoder, &self.tokenizer, prompts, Some(chunks * 75), clip_skip, ctx)
     }
 
     fn unet_device(&self) -> Device {
@@ -205,14 +181,6 @@ impl StableDiffusion {
 fn from_config<T: serde::de::DeserializeOwned>(value: serde_json::Value, path: &Path, component: &str) -> Result<T> {
     serde_json::from_value(value)
         .map_err(|e| Error::Invalid(format!("{}: {component}/config.json: {e}", path.display())))
-}
-
-fn truncate_for_log(prompt: &str) -> String {
-    let mut s: String = prompt.chars().take(60).collect();
-    if s.len() < prompt.len() {
-        s.push('…');
-    }
-    s
 }
 
 /// Standard normal noise drawn on the CPU from `rng`, so a seed gives the same image on every

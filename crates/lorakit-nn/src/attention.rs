@@ -8,9 +8,10 @@
 
 use std::sync::Arc;
 
-use candle_core::{DType, Result, Tensor, D};
+use candle_core::{Result, Tensor, D};
 
 use crate::custom_backward::attach_many;
+use crate::stat_dtype;
 
 /// Upper bound on the elements of one chunk's score matrix (128 MiB of f32).
 const CHUNK_ELEMENTS: usize = 32 << 20;
@@ -92,15 +93,6 @@ fn attention_backward(
         start += len;
     }
     Ok(vec![Tensor::cat(&dq_parts, 1)?, dk, dv])
-}
-
-/// Softmax statistics are kept in f32 (f64 for f64 inputs) whatever the activation dtype.
-fn stat_dtype(dtype: DType) -> DType {
-    if dtype == DType::F64 {
-        DType::F64
-    } else {
-        DType::F32
-    }
 }
 
 /// The plain composed attention (full matrix, candle's own backward); the reference the chunked

@@ -12,6 +12,7 @@ use candle_core::{Result, Tensor, Var};
 
 use crate::custom_backward::attach_many;
 use crate::layers::ForwardCtx;
+use crate::lock;
 
 /// A block's forward as a shareable function of its inputs.
 pub type BlockFn = Arc<dyn Fn(&[Tensor], &ForwardCtx) -> Result<Tensor> + Send + Sync>;
@@ -26,7 +27,7 @@ pub fn checkpoint(inputs: &[&Tensor], ctx: &ForwardCtx, block: BlockFn) -> Resul
         return block(&owned, ctx);
     }
     let detached: Vec<Tensor> = inputs.iter().map(|t| t.detach()).collect();
-    let rng_before = ctx.lora.as_ref().map(|l| l.rng().lock().unwrap_or_else(|p| p.into_inner()).clone());
+    let rng_before = ctx.lora.as_ref().map(|l| lock(l.rng()).clone());
     let y = block(&detached, ctx)?.detach();
 
     let mut all_inputs: Vec<Tensor> = inputs.iter().map(|t| (*t).clone()).collect();
@@ -45,14 +46,14 @@ pub fn checkpoint(inputs: &[&Tensor], ctx: &ForwardCtx, block: BlockFn) -> Resul
             let tensors: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
             let rng_after = match (&ctx2.lora, &rng_before) {
                 (Some(l), Some(before)) => {
-                    let mut rng = l.rng().lock().unwrap_or_else(|p| p.into_inner());
+                    let mut rng = lock(l.rng());
                     Some(std::mem::replace(&mut *rng, before.clone()))
                 }
                 _ => None,
             };
             let y2 = block(&tensors, &ctx2)?;
             if let (Some(l), Some(after)) = (&ctx2.lora, rng_after) {
-                *l.rng().lock().unwrap_or_else(|p| p.into_inner()) = after;
+                *lock(l.rng()) = after;
             }
             let grads = (y2 * grad)?.sum_all()?.backward()?;
             if let Some(lora) = &ctx2.lora {

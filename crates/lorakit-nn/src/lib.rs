@@ -24,3 +24,19 @@ pub use frozen::{FrozenConv2d, FrozenLinear};
 pub use layers::{Conv2d, ForwardCtx, Linear};
 pub use lora::{LoraDropout, LoraKind, LoraModule, LoraSet};
 pub use norm::{GroupNorm, LayerNorm};
+
+/// The dtype reductions (softmax, norm statistics) run in: f32 for f32/f16/bf16 activations,
+/// f64 for f64 ones (gradient checks), so low-precision activations never lose the statistics.
+pub(crate) fn stat_dtype(dtype: candle_core::DType) -> candle_core::DType {
+    if dtype == candle_core::DType::F64 {
+        candle_core::DType::F64
+    } else {
+        candle_core::DType::F32
+    }
+}
+
+/// Locks a mutex, recovering the data after a panic elsewhere (the RNG and gradient maps stay
+/// usable; a poisoned lock must not turn into a second panic).
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}

@@ -12,6 +12,8 @@ use std::sync::{Arc, Mutex};
 use candle_core::{backprop::GradStore, DType, Device, Result, Tensor, TensorId, Var};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
+use crate::lock;
+
 /// The layer kind a LoRA module targets.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LoraKind {
@@ -279,10 +281,6 @@ impl LoraModule {
             }
         }
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// The `down` and `up` shapes for a target and rank.

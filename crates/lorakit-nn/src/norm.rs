@@ -9,9 +9,10 @@
 
 use std::sync::Arc;
 
-use candle_core::{DType, Result, Tensor, D};
+use candle_core::{Result, Tensor, D};
 
 use crate::custom_backward::attach;
+use crate::stat_dtype;
 
 /// Normalises `x3` (…, n) over its last dimension; returns (x̂, mean, 1/σ) in `stat` dtype.
 fn normalise_last(x3: &Tensor, eps: f64) -> Result<(Tensor, Tensor, Tensor)> {
@@ -29,14 +30,6 @@ fn normalise_last_backward(dxhat: &Tensor, x3: &Tensor, mean: &Tensor, rstd: &Te
     let m1 = dxhat.mean_keepdim(D::Minus1)?;
     let m2 = (dxhat * &xhat)?.mean_keepdim(D::Minus1)?;
     dxhat.broadcast_sub(&m1)?.sub(&xhat.broadcast_mul(&m2)?)?.broadcast_mul(rstd)
-}
-
-fn stat_dtype(dtype: DType) -> DType {
-    if dtype == DType::F64 {
-        DType::F64
-    } else {
-        DType::F32
-    }
 }
 
 /// Layer normalisation over the last dimension with an affine weight and optional bias (plain
