@@ -13,7 +13,7 @@ pub fn write_atomic(path: &Path, contents: &[u8]) -> std::io::Result<()> {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
     };
-    let mut tmp = tempfile::Builder::new().prefix(".lorakit-").suffix(".tmp").tempfile_in(dir)?;
+    let mut tmp = new_file_builder(".tmp").tempfile_in(dir)?;
     tmp.write_all(contents)?;
     tmp.as_file().sync_all()?;
     if let Ok(meta) = std::fs::metadata(path) {
@@ -22,6 +22,20 @@ pub fn write_atomic(path: &Path, contents: &[u8]) -> std::io::Result<()> {
     }
     tmp.persist(path).map_err(|e| e.error)?;
     Ok(())
+}
+
+/// A temporary-file builder whose files end up readable like any new file (0644 before the
+/// umask), not tempfile's private 0600: a LoRA or caption written by lorakit must be readable by
+/// the web UI or a ComfyUI running as another user.
+fn new_file_builder<'s>(suffix: &'s str) -> tempfile::Builder<'static, 's> {
+    let mut builder = tempfile::Builder::new();
+    builder.prefix(".lorakit-").suffix(suffix);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        builder.permissions(std::fs::Permissions::from_mode(0o644));
+    }
+    builder
 }
 
 #[cfg(test)]
@@ -45,5 +59,21 @@ mod tests {
         let p = dir.path().join("b.txt");
         write_atomic(&p, b"x").unwrap();
         assert_eq!(std::fs::read(&p).unwrap(), b"x");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode & 0o044, 0o044 & !current_umask(), "new files are readable by others: {mode:o}");
+        }
+    }
+
+    #[cfg(unix)]
+    fn current_umask() -> u32 {
+        // The umask of the test process, read from /proc (no libc call that changes it).
+        std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|s| s.lines().find(|l| l.starts_with("Umask:")).map(|l| l[6..].trim().to_string()))
+            .and_then(|v| u32::from_str_radix(&v, 8).ok())
+            .unwrap_or(0o022)
     }
 }

@@ -21,6 +21,7 @@ pub mod fingerprint_cache;
 pub mod folders;
 pub mod fs_atomic;
 pub mod headers;
+pub mod preprocess;
 pub mod probe;
 pub mod steps;
 pub mod tags;

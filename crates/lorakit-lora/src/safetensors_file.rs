@@ -1050,11 +1050,15 @@ fn write_atomic(
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
     };
-    let tmp = tempfile::Builder::new()
-        .prefix(".lorakit-")
-        .suffix(".safetensors.tmp")
-        .tempfile_in(dir)
-        .map_err(|e| io("create a temporary file for", e))?;
+    let mut builder = tempfile::Builder::new();
+    builder.prefix(".lorakit-").suffix(".safetensors.tmp");
+    #[cfg(unix)]
+    {
+        // Readable like any new file (0644 before the umask), not tempfile's private 0600.
+        use std::os::unix::fs::PermissionsExt;
+        builder.permissions(std::fs::Permissions::from_mode(0o644));
+    }
+    let tmp = builder.tempfile_in(dir).map_err(|e| io("create a temporary file for", e))?;
     {
         let mut w = BufWriter::with_capacity(1 << 20, tmp.as_file());
         fill(&mut w).map_err(|e| io("write", e))?;

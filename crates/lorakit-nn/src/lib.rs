@@ -16,7 +16,9 @@ pub mod frozen;
 pub mod gradcheck;
 pub mod layers;
 pub mod lora;
+pub mod lr_scheduler;
 pub mod norm;
+pub mod optim;
 pub mod runtime;
 
 pub use custom_backward::{attach, attach_many};

@@ -385,6 +385,13 @@ impl LoraSet {
         &self.rng
     }
 
+    /// Restarts the dropout RNG from `seed`. Training reseeds it from (run seed, step) before
+    /// every forward pass, so the masks of a step never depend on how the run got there (an
+    /// interrupted and resumed run draws the same masks as an uninterrupted one).
+    pub fn reseed(&self, seed: u64) {
+        *lock(&self.rng) = StdRng::seed_from_u64(seed);
+    }
+
     pub(crate) fn anchor(&self) -> &Var {
         &self.anchor
     }

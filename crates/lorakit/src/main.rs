@@ -33,6 +33,11 @@ enum Command {
     Convert(cmd::convert::ConvertArgs),
     /// Generate images with LoRAs; --grid renders LoRA files × prompts as one labelled PNG.
     Generate(cmd::generate::GenerateArgs),
+    /// Train a LoRA from a TOML config (see `lorakit config new`).
+    Train(cmd::train::TrainArgs),
+    /// Write a commented starting training config.
+    #[command(subcommand)]
+    Config(cmd::train::ConfigCommand),
 }
 
 fn main() -> std::process::ExitCode {
@@ -47,6 +52,8 @@ fn main() -> std::process::ExitCode {
         Command::Merge(a) => cmd::merge::run(a),
         Command::Convert(a) => cmd::convert::run(a),
         Command::Generate(a) => cmd::generate::run(a),
+        Command::Train(a) => cmd::train::run(a),
+        Command::Config(c) => cmd::train::run_config(c),
     };
     match result {
         Ok(code) => code,

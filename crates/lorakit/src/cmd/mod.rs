@@ -7,3 +7,4 @@ pub mod inspect;
 pub mod merge;
 pub mod resize;
 pub mod tags;
+pub mod train;

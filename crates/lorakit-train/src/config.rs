@@ -1,0 +1,764 @@
+//! The training configuration: one TOML file whose sections follow the guide (accelerate, model,
+//! folders, metadata, dataset, network, training, optimizer, save, samples, logging). Keys are
+//! named like sd-scripts' arguments so a kohya user recognises every one of them.
+//!
+//! Loading is layered: built-in defaults ← the file ← `--set section.key=value` overrides. Unknown
+//! keys are errors that name the key and its section (a misspelt `learning_rate` must never be
+//! silently ignored, as sd-scripts does).
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::TrainError;
+
+/// `[accelerate]`: precision and compute resources.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AccelerateSection {
+    /// `no`, `fp16` or `bf16`: the dtype of the frozen models and of the computation; LoRA
+    /// weights and optimizer state stay f32.
+    pub mixed_precision: String,
+    /// CPU threads (0 = all cores).
+    pub cpu_threads: usize,
+    /// `cpu`, `cuda` or `metal` (GPU backends need a build with that cargo feature).
+    pub device: String,
+}
+
+impl Default for AccelerateSection {
+    fn default() -> Self {
+        AccelerateSection { mixed_precision: "no".into(), cpu_threads: 0, device: "cpu".into() }
+    }
+}
+
+/// `[model]`: the base checkpoint.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ModelSection {
+    /// Single-file `.safetensors` checkpoint or diffusers folder.
+    pub pretrained_model_name_or_path: Option<PathBuf>,
+    /// SD2.x (detected from the checkpoint anyway; kept for sd-scripts configs).
+    pub v2: bool,
+    /// Train with the v-prediction target (SD2 768-v models).
+    pub v_parameterization: bool,
+    /// Use the n-th last CLIP layer (1 = last; anime models use 2).
+    pub clip_skip: Option<usize>,
+}
+
+/// `[folders]`: where outputs go.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FoldersSection {
+    /// Where LoRA files, states and samples are written.
+    pub output_dir: PathBuf,
+    /// Base name of the LoRA files (`<name>-000001.safetensors`, `<name>.safetensors`).
+    pub output_name: String,
+    /// TensorBoard and plain logs (unset: `<output_dir>/logs`).
+    pub logging_dir: Option<PathBuf>,
+}
+
+impl Default for FoldersSection {
+    fn default() -> Self {
+        FoldersSection { output_dir: PathBuf::from("output"), output_name: "last".into(), logging_dir: None }
+    }
+}
+
+/// `[metadata]`: what the LoRA file says about itself (modelspec.*).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetadataSection {
+    /// `modelspec.title` (default: the output name).
+    pub metadata_title: Option<String>,
+    /// `modelspec.author`.
+    pub metadata_author: Option<String>,
+    /// `modelspec.description`.
+    pub metadata_description: Option<String>,
+    /// `modelspec.license`.
+    pub metadata_license: Option<String>,
+    /// `modelspec.tags` (comma-separated).
+    pub metadata_tags: Option<String>,
+    /// `modelspec.trigger_phrase`: the words that call up the concept.
+    pub metadata_trigger_phrase: Option<String>,
+    /// `ss_training_comment`.
+    pub training_comment: Option<String>,
+}
+
+/// `[dataset]`: what to train on. Either DreamBooth folders (`train_data_dir` with `N_name`
+/// subfolders, optional `reg_data_dir`) or an sd-scripts dataset TOML (`dataset_config`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatasetSection {
+    /// Parent of the `N_name` image folders.
+    pub train_data_dir: Option<PathBuf>,
+    /// Parent of regularisation `N_name` folders.
+    pub reg_data_dir: Option<PathBuf>,
+    /// sd-scripts dataset TOML (overrides the folders).
+    pub dataset_config: Option<PathBuf>,
+    /// `"512"` or `"768,512"` (W,H).
+    pub resolution: String,
+    /// Aspect-ratio buckets.
+    pub enable_bucket: bool,
+    /// Smallest bucket side.
+    pub min_bucket_reso: u32,
+    /// Largest bucket side.
+    pub max_bucket_reso: u32,
+    /// Bucket side granularity.
+    pub bucket_reso_steps: u32,
+    /// One bucket per image size, never upscale.
+    pub bucket_no_upscale: bool,
+    /// Caption file extension.
+    pub caption_extension: String,
+    /// Resize filter (`lanczos`, `area`, …; unset: area when shrinking, else lanczos).
+    pub resize_interpolation: Option<String>,
+    /// 50% horizontal flips.
+    pub flip_aug: bool,
+    /// Random instead of center crop (cannot be combined with latent caching).
+    pub random_crop: bool,
+    /// Text put before every caption (e.g. the trigger word).
+    pub caption_prefix: Option<String>,
+    /// Text put after every caption.
+    pub caption_suffix: Option<String>,
+    /// Loss weight of regularisation images.
+    pub prior_loss_weight: f64,
+}
+
+impl Default for DatasetSection {
+    fn default() -> Self {
+        DatasetSection {
+            train_data_dir: None,
+            reg_data_dir: None,
+            dataset_config: None,
+            resolution: "512".into(),
+            enable_bucket: true,
+            min_bucket_reso: 256,
+            max_bucket_reso: 1024,
+            bucket_reso_steps: 64,
+            bucket_no_upscale: false,
+            caption_extension: ".txt".into(),
+            resize_interpolation: None,
+            flip_aug: false,
+            random_crop: false,
+            caption_prefix: None,
+            caption_suffix: None,
+            prior_loss_weight: 1.0,
+        }
+    }
+}
+
+/// `[network]`: the LoRA's shape.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NetworkSection {
+    /// `networks.lora` (the only module so far).
+    pub network_module: String,
+    /// Rank of linear and 1×1 modules.
+    pub network_dim: usize,
+    /// Alpha (scale = alpha / rank).
+    pub network_alpha: f64,
+    /// Rank of 3×3 conv modules (LoCon); unset: attention and linear layers only.
+    pub conv_dim: Option<usize>,
+    /// Alpha of the conv modules.
+    pub conv_alpha: Option<f64>,
+    /// Neuron dropout on the LoRA bottleneck.
+    pub network_dropout: Option<f64>,
+    /// Train only the UNet's LoRA.
+    pub network_train_unet_only: bool,
+    /// Train only the text encoder's LoRA.
+    pub network_train_text_encoder_only: bool,
+    /// Start from these LoRA weights.
+    pub network_weights: Option<PathBuf>,
+}
+
+impl Default for NetworkSection {
+    fn default() -> Self {
+        NetworkSection {
+            network_module: "networks.lora".into(),
+            network_dim: 4,
+            network_alpha: 1.0,
+            conv_dim: None,
+            conv_alpha: None,
+            network_dropout: None,
+            network_train_unet_only: false,
+            network_train_text_encoder_only: false,
+            network_weights: None,
+        }
+    }
+}
+
+/// `[training]`: length, batching and the step itself.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainingSection {
+    /// Images per batch.
+    pub train_batch_size: u32,
+    /// Epochs (wins over `max_train_steps`; 0 = decided by steps).
+    pub max_train_epochs: u64,
+    /// Optimizer steps (0 = from epochs; both 0 = sd-scripts' 1600).
+    pub max_train_steps: u64,
+    /// Micro-batches per optimizer step.
+    pub gradient_accumulation_steps: u64,
+    /// Seed of everything random (noise, timesteps, order, dropout, flips).
+    pub seed: u64,
+    /// Recompute activations in backward instead of keeping them (less memory, slower).
+    pub gradient_checkpointing: bool,
+    /// Encode every image with the VAE once before training.
+    pub cache_latents: bool,
+    /// Keep those latents on disk next to the images (reused while image, size and VAE match).
+    pub cache_latents_to_disk: bool,
+    /// VAE batch size while caching.
+    pub vae_batch_size: usize,
+    /// Longest caption in tokens: 75, 150 or 225.
+    pub max_token_length: usize,
+    /// Clip the gradient norm to this (0 = off).
+    pub max_grad_norm: f64,
+    /// Smallest timestep sampled.
+    pub min_timestep: usize,
+    /// One past the largest timestep sampled.
+    pub max_timestep: usize,
+}
+
+impl Default for TrainingSection {
+    fn default() -> Self {
+        TrainingSection {
+            train_batch_size: 1,
+            max_train_epochs: 0,
+            max_train_steps: 0,
+            gradient_accumulation_steps: 1,
+            seed: 42,
+            gradient_checkpointing: false,
+            cache_latents: true,
+            cache_latents_to_disk: false,
+            vae_batch_size: 1,
+            max_token_length: 75,
+            max_grad_norm: 1.0,
+            min_timestep: 0,
+            max_timestep: 1000,
+        }
+    }
+}
+
+/// `[optimizer]`: optimizer, learning rates and schedule.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OptimizerSection {
+    /// Optimizer name (AdamW).
+    pub optimizer_type: String,
+    /// sd-scripts' `key=value` arguments (`weight_decay=0.01`, `betas=0.9,0.999`).
+    pub optimizer_args: Vec<String>,
+    /// Learning rate of groups without their own.
+    pub learning_rate: f64,
+    /// UNet LoRA learning rate (unset: `learning_rate`).
+    pub unet_lr: Option<f64>,
+    /// Text-encoder LoRA learning rate (unset: `learning_rate`).
+    pub text_encoder_lr: Option<f64>,
+    /// Scheduler name (constant, constant_with_warmup, linear, cosine, …).
+    pub lr_scheduler: String,
+    /// Warmup: steps (≥ 1) or a fraction of the total steps (< 1).
+    pub lr_warmup_steps: f64,
+    /// Cycles of cosine_with_restarts.
+    pub lr_scheduler_num_cycles: u64,
+    /// Power of the polynomial scheduler.
+    pub lr_scheduler_power: f64,
+}
+
+impl Default for OptimizerSection {
+    fn default() -> Self {
+        OptimizerSection {
+            optimizer_type: "AdamW".into(),
+            optimizer_args: Vec::new(),
+            learning_rate: 1e-4,
+            unet_lr: None,
+            text_encoder_lr: None,
+            lr_scheduler: "constant".into(),
+            lr_warmup_steps: 0.0,
+            lr_scheduler_num_cycles: 1,
+            lr_scheduler_power: 1.0,
+        }
+    }
+}
+
+/// `[save]`: LoRA files and training states.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SaveSection {
+    /// Save a LoRA every N epochs (0 = only at the end).
+    pub save_every_n_epochs: u64,
+    /// Save a LoRA every N optimizer steps (0 = off).
+    pub save_every_n_steps: u64,
+    /// Keep only the last N epoch saves (0 = keep all).
+    pub save_last_n_epochs: u64,
+    /// `float`, `fp16` or `bf16` (the file's tensor dtype).
+    pub save_precision: String,
+    /// Also write a resumable state with every save.
+    pub save_state: bool,
+    /// Write a state at the end of training.
+    pub save_state_on_train_end: bool,
+    /// Resume from this state folder.
+    pub resume: Option<PathBuf>,
+    /// Only `safetensors` is written (pickles are unsafe to load).
+    pub save_model_as: String,
+}
+
+impl Default for SaveSection {
+    fn default() -> Self {
+        SaveSection {
+            save_every_n_epochs: 1,
+            save_every_n_steps: 0,
+            save_last_n_epochs: 0,
+            save_precision: "fp16".into(),
+            save_state: false,
+            save_state_on_train_end: false,
+            resume: None,
+            save_model_as: "safetensors".into(),
+        }
+    }
+}
+
+/// `[samples]`: images generated while training.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SamplesSection {
+    /// Prompt file (.txt with `--n --w --h --d --l --s`, .toml or .json).
+    pub sample_prompts: Option<PathBuf>,
+    /// Sample every N epochs (0 = off; wins over steps).
+    pub sample_every_n_epochs: u64,
+    /// Sample every N optimizer steps (0 = off).
+    pub sample_every_n_steps: u64,
+    /// Also sample before the first step.
+    pub sample_at_first: bool,
+    /// Sampler: euler, euler_a, ddim, dpmsolver++ (k_ names accepted).
+    pub sample_sampler: String,
+}
+
+impl Default for SamplesSection {
+    fn default() -> Self {
+        SamplesSection {
+            sample_prompts: None,
+            sample_every_n_epochs: 0,
+            sample_every_n_steps: 0,
+            sample_at_first: false,
+            sample_sampler: "euler_a".into(),
+        }
+    }
+}
+
+/// `[logging]`: TensorBoard and the plain log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LoggingSection {
+    /// `tensorboard` or `none` (the JSONL/CSV log is always written).
+    pub log_with: String,
+    /// Prefix of the timestamped run folder.
+    pub log_prefix: Option<String>,
+    /// Tracker sub-folder (sd-scripts: `network_train`).
+    pub log_tracker_name: String,
+}
+
+impl Default for LoggingSection {
+    fn default() -> Self {
+        LoggingSection { log_with: "tensorboard".into(), log_prefix: None, log_tracker_name: "network_train".into() }
+    }
+}
+
+/// A whole training configuration.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainConfig {
+    pub accelerate: AccelerateSection,
+    pub model: ModelSection,
+    pub folders: FoldersSection,
+    pub metadata: MetadataSection,
+    pub dataset: DatasetSection,
+    pub network: NetworkSection,
+    pub training: TrainingSection,
+    pub optimizer: OptimizerSection,
+    pub save: SaveSection,
+    pub samples: SamplesSection,
+    pub logging: LoggingSection,
+}
+
+/// Every section name with its keys, from the defaults (used to place bare `--set` keys and
+/// sd-scripts keys).
+pub fn known_keys() -> Vec<(String, Vec<String>)> {
+    // Serialising the defaults drops `None` fields; list them by deserialising an empty table's
+    // field names instead would need a schema — so collect from a config with every option set.
+    let value = toml::Value::try_from(TrainConfig::every_key_set()).expect("config serialises");
+    let mut out = Vec::new();
+    if let toml::Value::Table(sections) = value {
+        for (name, section) in sections {
+            if let toml::Value::Table(keys) = section {
+                out.push((name, keys.keys().cloned().collect()));
+            }
+        }
+    }
+    out
+}
+
+/// Finds the section that holds `key` (bare sd-scripts name).
+pub fn section_of(key: &str) -> Option<String> {
+    known_keys().into_iter().find(|(_, keys)| keys.iter().any(|k| k == key)).map(|(s, _)| s)
+}
+
+impl TrainConfig {
+    /// Every optional field set, so serialisation lists every key.
+    pub(crate) fn every_key_set() -> TrainConfig {
+        let mut c = TrainConfig::default();
+        c.model.pretrained_model_name_or_path = Some(PathBuf::new());
+        c.model.clip_skip = Some(1);
+        c.folders.logging_dir = Some(PathBuf::new());
+        c.metadata = MetadataSection {
+            metadata_title: Some(String::new()),
+            metadata_author: Some(String::new()),
+            metadata_description: Some(String::new()),
+            metadata_license: Some(String::new()),
+            metadata_tags: Some(String::new()),
+            metadata_trigger_phrase: Some(String::new()),
+            training_comment: Some(String::new()),
+        };
+        c.dataset.train_data_dir = Some(PathBuf::new());
+        c.dataset.reg_data_dir = Some(PathBuf::new());
+        c.dataset.dataset_config = Some(PathBuf::new());
+        c.dataset.resize_interpolation = Some(String::new());
+        c.dataset.caption_prefix = Some(String::new());
+        c.dataset.caption_suffix = Some(String::new());
+        c.network.conv_dim = Some(1);
+        c.network.conv_alpha = Some(1.0);
+        c.network.network_dropout = Some(0.0);
+        c.network.network_weights = Some(PathBuf::new());
+        c.optimizer.unet_lr = Some(0.0);
+        c.optimizer.text_encoder_lr = Some(0.0);
+        c.save.resume = Some(PathBuf::new());
+        c.samples.sample_prompts = Some(PathBuf::new());
+        c.logging.log_prefix = Some(String::new());
+        c
+    }
+
+    /// Loads a config file with `--set` overrides applied on top. Relative paths in the file
+    /// are taken from the file's folder.
+    pub fn load(path: &Path, overrides: &[String]) -> Result<TrainConfig, TrainError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| TrainError::config(path, format!("cannot read the config file: {e}")))?;
+        let mut table: toml::Table =
+            text.parse().map_err(|e| TrainError::config(path, format!("not valid TOML: {e}")))?;
+        apply_overrides(&mut table, overrides).map_err(|m| TrainError::config(path, m))?;
+        let mut config: TrainConfig =
+            toml::Value::Table(table).try_into().map_err(|e| TrainError::config(path, describe_toml_error(&e)))?;
+        config.resolve_paths(path.parent().unwrap_or(Path::new(".")));
+        config.validate().map_err(|m| TrainError::config(path, m))?;
+        Ok(config)
+    }
+
+    /// Parses config text (no file; relative paths stay relative to the current directory).
+    pub fn from_toml_str(text: &str, overrides: &[String]) -> Result<TrainConfig, String> {
+        let mut table: toml::Table = text.parse().map_err(|e| format!("not valid TOML: {e}"))?;
+        apply_overrides(&mut table, overrides)?;
+        let config: TrainConfig = toml::Value::Table(table).try_into().map_err(|e| describe_toml_error(&e))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Makes relative paths relative to `base` (the config file's folder).
+    pub fn resolve_paths(&mut self, base: &Path) {
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() && !p.as_os_str().is_empty() {
+                *p = normalize(&base.join(&*p));
+            }
+        };
+        let fix_opt = |p: &mut Option<PathBuf>| {
+            if let Some(p) = p {
+                if p.is_relative() && !p.as_os_str().is_empty() {
+                    *p = normalize(&base.join(&*p));
+                }
+            }
+        };
+        fix_opt(&mut self.model.pretrained_model_name_or_path);
+        fix(&mut self.folders.output_dir);
+        fix_opt(&mut self.folders.logging_dir);
+        fix_opt(&mut self.dataset.train_data_dir);
+        fix_opt(&mut self.dataset.reg_data_dir);
+        fix_opt(&mut self.dataset.dataset_config);
+        fix_opt(&mut self.network.network_weights);
+        fix_opt(&mut self.save.resume);
+        fix_opt(&mut self.samples.sample_prompts);
+    }
+
+    /// Checks values that the types alone do not.
+    pub fn validate(&self) -> Result<(), String> {
+        let mut problems = Vec::new();
+        if !["no", "fp16", "bf16"].contains(&self.accelerate.mixed_precision.as_str()) {
+            problems.push(format!(
+                "accelerate.mixed_precision = {:?}: use \"no\", \"fp16\" or \"bf16\"",
+                self.accelerate.mixed_precision
+            ));
+        }
+        if !["cpu", "cuda", "metal"].contains(&self.accelerate.device.as_str()) {
+            problems
+                .push(format!("accelerate.device = {:?}: use \"cpu\", \"cuda\" or \"metal\"", self.accelerate.device));
+        }
+        if self.network.network_module != "networks.lora" {
+            problems.push(format!(
+                "network.network_module = {:?}: only \"networks.lora\" (LoRA/LoCon) is supported",
+                self.network.network_module
+            ));
+        }
+        if self.network.network_dim == 0 {
+            problems.push("network.network_dim must be at least 1".into());
+        }
+        if self.network.network_train_unet_only && self.network.network_train_text_encoder_only {
+            problems.push(
+                "network.network_train_unet_only and network_train_text_encoder_only are both set: nothing would be trained"
+                    .into(),
+            );
+        }
+        if self.training.train_batch_size == 0 {
+            problems.push("training.train_batch_size must be at least 1".into());
+        }
+        if self.training.gradient_accumulation_steps == 0 {
+            problems.push("training.gradient_accumulation_steps must be at least 1".into());
+        }
+        if ![75, 150, 225].contains(&self.training.max_token_length) {
+            problems
+                .push(format!("training.max_token_length = {}: use 75, 150 or 225", self.training.max_token_length));
+        }
+        if self.training.min_timestep >= self.training.max_timestep || self.training.max_timestep > 1000 {
+            problems.push(format!(
+                "training.min_timestep = {} / max_timestep = {}: need 0 ≤ min < max ≤ 1000",
+                self.training.min_timestep, self.training.max_timestep
+            ));
+        }
+        if !(self.optimizer.learning_rate.is_finite() && self.optimizer.learning_rate >= 0.0) {
+            problems.push("optimizer.learning_rate must be a non-negative number".into());
+        }
+        if !["float", "fp32", "fp16", "bf16"].contains(&self.save.save_precision.as_str()) {
+            problems.push(format!(
+                "save.save_precision = {:?}: use \"float\", \"fp16\" or \"bf16\"",
+                self.save.save_precision
+            ));
+        }
+        if self.save.save_model_as != "safetensors" {
+            problems.push(format!(
+                "save.save_model_as = {:?}: only \"safetensors\" is written (ckpt/pt are pickles that can run code when loaded)",
+                self.save.save_model_as
+            ));
+        }
+        if !["tensorboard", "none"].contains(&self.logging.log_with.as_str()) {
+            problems.push(format!("logging.log_with = {:?}: use \"tensorboard\" or \"none\"", self.logging.log_with));
+        }
+        if self.folders.output_name.is_empty()
+            || self.folders.output_name.contains(['/', '\\'])
+            || self.folders.output_name.starts_with('.')
+        {
+            problems.push(format!(
+                "folders.output_name = {:?}: use a plain file name without slashes",
+                self.folders.output_name
+            ));
+        }
+        if self.dataset.random_crop && self.training.cache_latents {
+            problems.push(
+                "dataset.random_crop cannot be combined with training.cache_latents (a cached latent has one fixed crop): turn one off"
+                    .into(),
+            );
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems.join("\n"))
+        }
+    }
+
+    /// The resolved config as TOML (every default shown; unset options listed as comments).
+    pub fn to_toml_string(&self) -> String {
+        let set = toml::Value::try_from(self).expect("config serialises");
+        let mut out = String::new();
+        for (section, keys) in known_keys() {
+            out.push_str(&format!("[{section}]\n"));
+            let table = set.get(&section).and_then(|v| v.as_table());
+            for key in keys {
+                match table.and_then(|t| t.get(&key)) {
+                    Some(v) => out.push_str(&format!("{key} = {v}\n")),
+                    None => out.push_str(&format!("# {key} = (unset)\n")),
+                }
+            }
+            out.push('\n');
+        }
+        out
+    }
+
+    /// The learning rate of the UNet group.
+    pub fn unet_lr(&self) -> f64 {
+        self.optimizer.unet_lr.unwrap_or(self.optimizer.learning_rate)
+    }
+
+    /// The learning rate of the text-encoder group.
+    pub fn text_encoder_lr(&self) -> f64 {
+        self.optimizer.text_encoder_lr.unwrap_or(self.optimizer.learning_rate)
+    }
+
+    /// Whether the UNet LoRA is trained.
+    pub fn trains_unet(&self) -> bool {
+        !self.network.network_train_text_encoder_only
+    }
+
+    /// Whether the text-encoder LoRA is trained.
+    pub fn trains_text_encoder(&self) -> bool {
+        !self.network.network_train_unet_only
+    }
+}
+
+/// Removes `.` and `name/..` pairs lexically (`examples/../output` → `output`), so paths print
+/// the way the user thinks of them. Leading `..` stay.
+fn normalize(path: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out: Vec<Component> = Vec::new();
+    for c in path.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir if matches!(out.last(), Some(Component::Normal(_))) => {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    if out.is_empty() {
+        PathBuf::from(".")
+    } else {
+        out.iter().collect()
+    }
+}
+
+/// Applies `key=value` overrides. `key` is `section.key` or a bare key that names its section
+/// unambiguously; `value` is a TOML value (`3`, `true`, `"text"`, `[1, 2]`) or else a string.
+pub fn apply_overrides(table: &mut toml::Table, overrides: &[String]) -> Result<(), String> {
+    for item in overrides {
+        let (key, raw) = item
+            .split_once('=')
+            .ok_or_else(|| format!("--set {item:?}: expected key=value, e.g. --set training.max_train_epochs=5"))?;
+        let key = key.trim();
+        let (section, name) = match key.split_once('.') {
+            Some((s, n)) => (s.to_string(), n.to_string()),
+            None => (
+                section_of(key).ok_or_else(|| {
+                    format!("--set {key}: no config section has this key (see `lorakit train --print-config`)")
+                })?,
+                key.to_string(),
+            ),
+        };
+        let value = parse_value(raw.trim());
+        let entry = table.entry(section.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        let section_table = entry
+            .as_table_mut()
+            .ok_or_else(|| format!("--set {key}: `{section}` is not a section in the config file"))?;
+        section_table.insert(name, value);
+    }
+    Ok(())
+}
+
+/// A TOML value from override text: numbers, booleans, arrays and quoted strings as TOML reads
+/// them, anything else as a plain string.
+fn parse_value(raw: &str) -> toml::Value {
+    let doc = format!("v = {raw}");
+    match doc.parse::<toml::Table>() {
+        Ok(mut t) => t.remove("v").unwrap_or_else(|| toml::Value::String(raw.to_string())),
+        Err(_) => toml::Value::String(raw.to_string()),
+    }
+}
+
+/// Makes serde's messages about the config read well ("unknown field `x`, expected one of …"
+/// already names the key; add the hint where to look).
+fn describe_toml_error(e: &toml::de::Error) -> String {
+    let msg = e.to_string();
+    if msg.contains("unknown field") {
+        format!("{msg}\n(see `lorakit train --print-config` for every key and its section)")
+    } else {
+        msg
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_validate_and_round_trip_through_toml() {
+        let c = TrainConfig::default();
+        c.validate().unwrap_or_else(|e| panic!("{e}"));
+        let text = c.to_toml_string();
+        let back = TrainConfig::from_toml_str(&text, &[]).unwrap();
+        assert_eq!(back, c);
+        assert!(text.contains("# pretrained_model_name_or_path = (unset)"), "{text}");
+    }
+
+    #[test]
+    fn unknown_keys_are_errors_naming_the_key() {
+        let err = TrainConfig::from_toml_str("[optimizer]\nlearning_rat = 1e-4\n", &[]).unwrap_err();
+        assert!(err.contains("learning_rat"), "{err}");
+        let err = TrainConfig::from_toml_str("[optimiser]\nlearning_rate = 1e-4\n", &[]).unwrap_err();
+        assert!(err.contains("optimiser"), "{err}");
+    }
+
+    #[test]
+    fn overrides_take_section_keys_and_bare_keys() {
+        let c = TrainConfig::from_toml_str(
+            "[training]\nmax_train_epochs = 2\n",
+            &["training.max_train_epochs=5".into(), "learning_rate=3e-4".into(), "output_name=my lora".into()],
+        )
+        .unwrap();
+        assert_eq!(c.training.max_train_epochs, 5);
+        assert_eq!(c.optimizer.learning_rate, 3e-4);
+        assert_eq!(c.folders.output_name, "my lora");
+        let err = TrainConfig::from_toml_str("", &["no_such_key=1".into()]).unwrap_err();
+        assert!(err.contains("no_such_key"), "{err}");
+        let err = TrainConfig::from_toml_str("", &["max_train_epochs".into()]).unwrap_err();
+        assert!(err.contains("key=value"), "{err}");
+    }
+
+    #[test]
+    fn validation_lists_every_problem() {
+        let err = TrainConfig::from_toml_str(
+            "[accelerate]\nmixed_precision = \"fp8\"\n[training]\nmax_token_length = 100\n[save]\nsave_model_as = \"ckpt\"\n",
+            &[],
+        )
+        .unwrap_err();
+        assert!(
+            err.contains("mixed_precision") && err.contains("max_token_length") && err.contains("pickles"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn relative_paths_are_taken_from_the_config_folder() {
+        let mut c = TrainConfig::from_toml_str(
+            "[folders]\noutput_dir = \"../out\"\n[dataset]\ntrain_data_dir = \"./img\"\n",
+            &[],
+        )
+        .unwrap();
+        c.resolve_paths(Path::new("examples"));
+        assert_eq!(c.folders.output_dir, PathBuf::from("out"));
+        assert_eq!(c.dataset.train_data_dir, Some(PathBuf::from("examples/img")));
+        assert_eq!(normalize(Path::new("../a/./b/../c")), PathBuf::from("../a/c"));
+    }
+
+    #[test]
+    fn every_section_key_is_known() {
+        let keys = known_keys();
+        let names: Vec<&str> = keys.iter().map(|(s, _)| s.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "accelerate",
+                "dataset",
+                "folders",
+                "logging",
+                "metadata",
+                "model",
+                "network",
+                "optimizer",
+                "samples",
+                "save",
+                "training"
+            ]
+        );
+        assert_eq!(section_of("network_dim").as_deref(), Some("network"));
+        assert_eq!(section_of("pretrained_model_name_or_path").as_deref(), Some("model"));
+    }
+}

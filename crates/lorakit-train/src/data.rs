@@ -1,0 +1,324 @@
+//! From the `[dataset]` settings to the batches of each epoch.
+//!
+//! Batches follow sd-scripts' rules (spec §4.7): every image enters its bucket once per repeat
+//! (regularisation images with their balanced repeats), each bucket is cut into batches of
+//! `batch_size` (the last one may be short; batches never mix buckets), and each epoch the images
+//! inside every bucket and the list of batches are shuffled. The shuffles are seeded by
+//! `(seed, epoch)` only — never by a running RNG — so an epoch's order is the same whether the
+//! run was interrupted or not, which is what makes resume exact.
+
+use std::path::{Path, PathBuf};
+
+use lorakit_dataset::bucket::{BucketChoice, Reso};
+use lorakit_dataset::config::{plan_from_dirs, plan_from_toml, DatasetPlan, OptionLayer, ResolutionValue};
+use lorakit_dataset::dataset::{load_dataset, LoadedDataset, ProbeMode};
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rand::{rngs::StdRng, Rng};
+use serde::Serialize;
+
+use crate::config::TrainConfig;
+use crate::error::{Result, TrainError};
+
+/// A deterministic RNG for one purpose at one point of the run: the same inputs always give
+/// the same stream (SplitMix64-style mixing of the parts into a seed).
+pub fn rng_for(parts: &[u64]) -> StdRng {
+    let mut h: u64 = 0x9E37_79B9_7F4A_7C15;
+    for &p in parts {
+        h ^= p.wrapping_add(0x9E37_79B9_7F4A_7C15).wrapping_add(h << 6).wrapping_add(h >> 2);
+        h = splitmix(h);
+    }
+    StdRng::seed_from_u64(h)
+}
+
+fn splitmix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// Purposes of [`rng_for`] streams (kept distinct so adding one never shifts another).
+pub mod stream {
+    /// Order of images within buckets.
+    pub const BUCKET_ORDER: u64 = 1;
+    /// Order of batches.
+    pub const BATCH_ORDER: u64 = 2;
+    /// Horizontal flips.
+    pub const FLIP: u64 = 3;
+    /// Noise and timesteps of one micro-step.
+    pub const NOISE: u64 = 4;
+    /// LoRA dropout masks of one micro-step.
+    pub const DROPOUT: u64 = 5;
+    /// VAE sampling of one image's latent.
+    pub const LATENT: u64 = 6;
+}
+
+/// One image as training uses it.
+#[derive(Debug, Clone, Serialize)]
+pub struct TrainImage {
+    /// The image file.
+    pub path: PathBuf,
+    /// Its caption, with the subset's prefix/suffix applied.
+    pub caption: String,
+    /// Its bucket and the size it is resized to before cropping.
+    pub choice: BucketChoice,
+    /// Times it is seen per epoch.
+    pub repeats: u32,
+    /// A regularisation image (loss weighted by `prior_loss_weight`).
+    pub is_reg: bool,
+    /// Flip augmentation applies.
+    pub flip_aug: bool,
+    /// Resize filter.
+    pub interpolation: Option<String>,
+}
+
+/// One entry of a batch: an image and whether it is flipped this time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SampleRef {
+    /// Index into [`TrainData::images`].
+    pub image: usize,
+    /// Flipped horizontally.
+    pub flip: bool,
+}
+
+/// One batch: images of one bucket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Batch {
+    /// The bucket (W, H).
+    pub bucket: Reso,
+    /// Its samples.
+    pub samples: Vec<SampleRef>,
+}
+
+/// One dataset's batching: its batch size and, per bucket, the image indices (with repeats).
+struct BatchGroup {
+    batch_size: u32,
+    buckets: Vec<(Reso, Vec<usize>)>,
+}
+
+/// Everything training needs from the dataset.
+pub struct TrainData {
+    /// The usable images.
+    pub images: Vec<TrainImage>,
+    /// Per dataset: how its images are batched.
+    groups: Vec<BatchGroup>,
+    /// The loaded datasets (for metadata).
+    pub datasets: Vec<LoadedDataset>,
+    /// Notes from resolving the config.
+    pub notes: Vec<String>,
+    /// Whether the dataset came from a dataset TOML.
+    pub from_dataset_config: bool,
+}
+
+impl TrainData {
+    /// Loads the dataset the config describes.
+    pub fn load(config: &TrainConfig) -> Result<TrainData> {
+        let plan = plan_for(config)?;
+        let notes: Vec<String> = plan.notes.iter().map(|n| n.message.clone()).collect();
+        let datasets: Vec<LoadedDataset> = plan.datasets.iter().map(|d| load_dataset(d, ProbeMode::Header)).collect();
+        Self::from_loaded(datasets, notes, config.dataset.dataset_config.is_some())
+    }
+
+    /// Builds the training view of already loaded datasets.
+    pub fn from_loaded(
+        datasets: Vec<LoadedDataset>,
+        notes: Vec<String>,
+        from_dataset_config: bool,
+    ) -> Result<TrainData> {
+        let mut images = Vec::new();
+        let mut groups = Vec::new();
+        let mut problems = Vec::new();
+        for ds in &datasets {
+            let mut buckets: Vec<(Reso, Vec<usize>)> = Vec::new();
+            for record in &ds.images {
+                if let Some(Err(e)) = &record.bucket {
+                    problems.push(format!("{}: {e}", record.file.path.display()));
+                }
+                if let Err(e) = &record.probe {
+                    problems.push(format!("{}: {e}", record.file.path.display()));
+                }
+                if !record.trained() {
+                    continue;
+                }
+                let Some(Ok(choice)) = &record.bucket else { continue };
+                let subset = &ds.subsets[record.subset].spec;
+                let caption = decorate_caption(
+                    &record.caption,
+                    subset.caption.caption_prefix.as_deref(),
+                    subset.caption.caption_suffix.as_deref(),
+                );
+                let index = images.len();
+                images.push(TrainImage {
+                    path: record.file.path.clone(),
+                    caption,
+                    choice: *choice,
+                    repeats: record.repeats,
+                    is_reg: record.is_reg,
+                    flip_aug: subset.augment.flip_aug,
+                    interpolation: subset.resize_interpolation.clone(),
+                });
+                let slot = match buckets.iter().position(|(b, _)| *b == choice.bucket) {
+                    Some(i) => i,
+                    None => {
+                        buckets.push((choice.bucket, Vec::new()));
+                        buckets.len() - 1
+                    }
+                };
+                for _ in 0..record.repeats {
+                    buckets[slot].1.push(index);
+                }
+            }
+            // Buckets in a fixed order (by size) so the epoch order does not depend on file order
+            // quirks beyond what the shuffles decide.
+            buckets.sort_by_key(|(b, _)| *b);
+            groups.push(BatchGroup { batch_size: ds.spec.batch_size, buckets });
+        }
+        if images.iter().all(|i| i.is_reg) {
+            let mut msg = String::from(
+                "no trainable images found. Put images (png, jpg, webp) in folders named like `10_mychar` \
+                 inside the train folder (10 = repeats per epoch); `lorakit dataset check <folder>` shows what was found",
+            );
+            if !problems.is_empty() {
+                msg.push_str("\nproblems:\n");
+                msg.push_str(&problems.iter().take(10).cloned().collect::<Vec<_>>().join("\n"));
+            }
+            return Err(TrainError::Dataset(msg));
+        }
+        for p in problems.iter().take(20) {
+            tracing::warn!("left out of training: {p}");
+        }
+        Ok(TrainData { images, groups, datasets, notes, from_dataset_config })
+    }
+
+    /// Batches per epoch (Σ over datasets and buckets of ceil(samples / batch size)).
+    pub fn batches_per_epoch(&self) -> u64 {
+        self.groups
+            .iter()
+            .map(|g| g.buckets.iter().map(|(_, v)| (v.len() as u64).div_ceil(u64::from(g.batch_size))).sum::<u64>())
+            .sum()
+    }
+
+    /// Σ train images × repeats.
+    pub fn num_train_images(&self) -> u64 {
+        self.images.iter().filter(|i| !i.is_reg).map(|i| u64::from(i.repeats)).sum()
+    }
+
+    /// Σ regularisation images × repeats used.
+    pub fn num_reg_images(&self) -> u64 {
+        self.images.iter().filter(|i| i.is_reg).map(|i| u64::from(i.repeats)).sum()
+    }
+
+    /// The batches of epoch `epoch` (0-based) for run seed `seed`.
+    pub fn epoch_batches(&self, seed: u64, epoch: u64) -> Vec<Batch> {
+        let mut order_rng = rng_for(&[seed, stream::BUCKET_ORDER, epoch]);
+        let mut flip_rng = rng_for(&[seed, stream::FLIP, epoch]);
+        let mut batches = Vec::new();
+        for group in &self.groups {
+            for (bucket, members) in &group.buckets {
+                let mut members = members.clone();
+                members.shuffle(&mut order_rng);
+                for chunk in members.chunks(group.batch_size as usize) {
+                    let samples = chunk
+                        .iter()
+                        .map(|&image| SampleRef {
+                            image,
+                            flip: self.images[image].flip_aug && flip_rng.random::<bool>(),
+                        })
+                        .collect();
+                    batches.push(Batch { bucket: *bucket, samples });
+                }
+            }
+        }
+        batches.shuffle(&mut rng_for(&[seed, stream::BATCH_ORDER, epoch]));
+        batches
+    }
+
+    /// Whether any image can be flipped (latent caching then encodes both orientations).
+    pub fn any_flip(&self) -> bool {
+        self.images.iter().any(|i| i.flip_aug)
+    }
+}
+
+/// Joins prefix, caption and suffix with single spaces, as sd-scripts does.
+fn decorate_caption(caption: &str, prefix: Option<&str>, suffix: Option<&str>) -> String {
+    let mut parts = Vec::new();
+    if let Some(p) = prefix.filter(|p| !p.is_empty()) {
+        parts.push(p);
+    }
+    if !caption.is_empty() {
+        parts.push(caption);
+    }
+    if let Some(s) = suffix.filter(|s| !s.is_empty()) {
+        parts.push(s);
+    }
+    parts.join(" ")
+}
+
+/// The dataset plan for the config: the dataset TOML, or the DreamBooth folders.
+fn plan_for(config: &TrainConfig) -> Result<DatasetPlan> {
+    let d = &config.dataset;
+    let resolution = ResolutionValue::parse(&d.resolution)
+        .map_err(|e| TrainError::Dataset(format!("dataset.resolution = {:?}: {e}", d.resolution)))?;
+    let layer = OptionLayer {
+        batch_size: Some(config.training.train_batch_size),
+        resolution: Some(resolution),
+        enable_bucket: Some(d.enable_bucket),
+        min_bucket_reso: Some(d.min_bucket_reso),
+        max_bucket_reso: Some(d.max_bucket_reso),
+        bucket_reso_steps: Some(d.bucket_reso_steps),
+        bucket_no_upscale: Some(d.bucket_no_upscale),
+        caption_extension: Some(d.caption_extension.clone()),
+        resize_interpolation: d.resize_interpolation.clone(),
+        flip_aug: Some(d.flip_aug),
+        random_crop: Some(d.random_crop),
+        caption_prefix: d.caption_prefix.clone(),
+        caption_suffix: d.caption_suffix.clone(),
+        ..Default::default()
+    };
+    if let Some(toml_path) = &d.dataset_config {
+        return plan_from_toml(toml_path, &layer).map_err(|e| TrainError::Dataset(e.to_string()));
+    }
+    let train_dir = d.train_data_dir.as_deref().ok_or_else(|| {
+        TrainError::Dataset(
+            "no images to train on: set dataset.train_data_dir (the folder holding `N_name` subfolders) or dataset.dataset_config"
+                .into(),
+        )
+    })?;
+    check_dir(train_dir, "dataset.train_data_dir")?;
+    if let Some(reg) = &d.reg_data_dir {
+        check_dir(reg, "dataset.reg_data_dir")?;
+    }
+    plan_from_dirs(train_dir, d.reg_data_dir.as_deref(), &layer).map_err(|e| TrainError::Dataset(e.to_string()))
+}
+
+fn check_dir(dir: &Path, key: &str) -> Result<()> {
+    if dir.is_dir() {
+        Ok(())
+    } else {
+        Err(TrainError::Dataset(format!("{key} = {}: no such folder", dir.display())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn captions_are_decorated_like_sd_scripts() {
+        assert_eq!(decorate_caption("a cat", Some("sks"), Some("best quality")), "sks a cat best quality");
+        assert_eq!(decorate_caption("", Some("sks"), None), "sks");
+        assert_eq!(decorate_caption("a cat", None, Some("")), "a cat");
+    }
+
+    #[test]
+    fn rng_streams_differ_and_repeat() {
+        let a: u64 = rng_for(&[1, 2, 3]).random();
+        let b: u64 = rng_for(&[1, 2, 3]).random();
+        let c: u64 = rng_for(&[1, 2, 4]).random();
+        let d: u64 = rng_for(&[1, 3, 2]).random();
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+        assert_ne!(a, d);
+    }
+}

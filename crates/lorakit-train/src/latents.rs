@@ -1,0 +1,177 @@
+//! Latents: encoding training images with the VAE, in memory or cached on disk.
+//!
+//! A disk cache file sits next to its image (`photo.png` → `photo.lorakit-latent.safetensors`,
+//! like sd-scripts' `.npz` files) and records what it was made from: a hash of the image bytes,
+//! the bucket and resize size, the resize filter and a fingerprint of the VAE. It is reused only
+//! when all of them match, so editing an image, changing the resolution or switching the VAE can
+//! never feed stale latents to training. The VAE's posterior is sampled with noise seeded by the
+//! image hash: the same image always gives the same latent, cached or not.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+use lorakit_dataset::preprocess::{load_training_image, Crop};
+
+use crate::data::{rng_for, stream, TrainData, TrainImage};
+use crate::error::{Result, TrainError};
+use crate::model::TrainableModel;
+
+/// Version of the cache file layout (bumped when the meaning of a file changes).
+const CACHE_FORMAT: &str = "1";
+
+/// Loads one image, resized and cropped to its bucket, as a `(1, 3, H, W)` tensor in [-1, 1].
+pub fn image_tensor(image: &TrainImage, flip: bool, device: &Device) -> Result<Tensor> {
+    let loaded = load_training_image(&image.path, &image.choice, image.interpolation.as_deref(), Crop::Center, flip)
+        .map_err(|e| {
+            TrainError::Dataset(format!(
+                "{e}\n(fix or remove the image; `lorakit dataset check` lists every unreadable file)"
+            ))
+        })?;
+    let (w, h) = (loaded.width as usize, loaded.height as usize);
+    Ok(Tensor::from_vec(loaded.pixels, (1, 3, h, w), &Device::Cpu)?.to_device(device)?)
+}
+
+/// A hash of the image file's bytes (what the latent depends on).
+fn file_hash(path: &Path) -> Result<u64> {
+    let bytes = std::fs::read(path).map_err(|e| TrainError::io(path, e))?;
+    Ok(xxhash_rust::xxh3::xxh3_64(&bytes))
+}
+
+/// Encodes one image (both orientations when `flips`) — deterministic per image content.
+fn encode_one(model: &dyn TrainableModel, image: &TrainImage, flip: bool, hash: u64) -> Result<Tensor> {
+    let pixels = image_tensor(image, flip, model.device())?;
+    let mut rng = rng_for(&[stream::LATENT, hash, u64::from(flip)]);
+    Ok(model.encode_images(&pixels, &mut rng)?.squeeze(0)?.to_device(&Device::Cpu)?)
+}
+
+/// Encodes the latents of a batch on the fly (no cache): `(B, 4, h, w)` on the model's device.
+pub fn encode_batch(
+    model: &dyn TrainableModel,
+    data: &TrainData,
+    samples: &[crate::data::SampleRef],
+) -> Result<Tensor> {
+    let mut out = Vec::with_capacity(samples.len());
+    for s in samples {
+        let image = &data.images[s.image];
+        let hash = file_hash(&image.path)?;
+        out.push(encode_one(model, image, s.flip, hash)?);
+    }
+    Ok(Tensor::stack(&out, 0)?.to_device(model.device())?)
+}
+
+/// The path of an image's disk cache file.
+pub fn cache_path(image: &Path) -> PathBuf {
+    let stem = image.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    image.with_file_name(format!("{stem}.lorakit-latent.safetensors"))
+}
+
+/// What a cache file must match to be reused.
+fn cache_key(image: &TrainImage, hash: u64, vae: &str) -> BTreeMap<String, String> {
+    let mut m = BTreeMap::new();
+    m.insert("lorakit.latent_format".into(), CACHE_FORMAT.into());
+    m.insert("lorakit.image_xxh3".into(), format!("{hash:016x}"));
+    m.insert("lorakit.bucket".into(), format!("{}x{}", image.choice.bucket.0, image.choice.bucket.1));
+    m.insert("lorakit.resized".into(), format!("{}x{}", image.choice.resized.0, image.choice.resized.1));
+    m.insert("lorakit.interpolation".into(), image.interpolation.clone().unwrap_or_else(|| "auto".into()));
+    m.insert("lorakit.vae".into(), vae.to_string());
+    m
+}
+
+/// Reads a cache file if it matches `key` and holds every orientation needed.
+fn read_cache(path: &Path, key: &BTreeMap<String, String>, need_flip: bool) -> Option<(Tensor, Option<Tensor>)> {
+    let file = lorakit_lora::safetensors_file::LoraFile::open(path).ok()?;
+    if key.iter().any(|(k, v)| file.metadata().get(k) != Some(v)) {
+        return None;
+    }
+    let read = |name: &str| -> Option<Tensor> {
+        let info = file.info(name)?;
+        let values = file.tensor_f32(name).ok()?;
+        Tensor::from_vec(values, info.shape.as_slice(), &Device::Cpu).ok()
+    };
+    let plain = read("latent")?;
+    let flipped = if need_flip { Some(read("latent_flipped")?) } else { read("latent_flipped") };
+    Some((plain, flipped))
+}
+
+/// Writes a cache file atomically.
+fn write_cache(path: &Path, key: &BTreeMap<String, String>, plain: &Tensor, flipped: Option<&Tensor>) -> Result<()> {
+    let as_file = |t: &Tensor| -> Result<lorakit_lora::safetensors_file::Tensor> {
+        Ok(lorakit_lora::safetensors_file::Tensor::new(
+            t.dims().to_vec(),
+            t.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?,
+        ))
+    };
+    let mut tensors = BTreeMap::new();
+    tensors.insert("latent".to_string(), as_file(plain)?);
+    if let Some(f) = flipped {
+        tensors.insert("latent_flipped".to_string(), as_file(f)?);
+    }
+    let bytes =
+        lorakit_lora::safetensors_file::serialize(&tensors, key, lorakit_lora::safetensors_file::Precision::F32)?;
+    lorakit_dataset::fs_atomic::write_atomic(path, &bytes).map_err(|e| TrainError::io(path, e))
+}
+
+/// Latents of every image (both orientations when flip augmentation is on), kept on the CPU.
+pub struct LatentCache {
+    latents: HashMap<(usize, bool), Tensor>,
+    /// Images whose disk cache was reused.
+    pub reused: usize,
+}
+
+impl LatentCache {
+    /// Encodes (or loads from disk) every image; `progress(done, total)` after each image.
+    pub fn build(
+        model: &dyn TrainableModel,
+        data: &TrainData,
+        to_disk: bool,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<LatentCache> {
+        let vae = model.vae_fingerprint();
+        let mut latents = HashMap::new();
+        let mut reused = 0;
+        let total = data.images.len();
+        for (index, image) in data.images.iter().enumerate() {
+            let hash = file_hash(&image.path)?;
+            let need_flip = image.flip_aug;
+            let key = cache_key(image, hash, &vae);
+            let path = cache_path(&image.path);
+            let cached = if to_disk { read_cache(&path, &key, need_flip) } else { None };
+            let (plain, flipped) = match cached {
+                Some(found) => {
+                    reused += 1;
+                    found
+                }
+                None => {
+                    let plain = encode_one(model, image, false, hash)?;
+                    let flipped = if need_flip { Some(encode_one(model, image, true, hash)?) } else { None };
+                    if to_disk {
+                        if let Err(e) = write_cache(&path, &key, &plain, flipped.as_ref()) {
+                            tracing::warn!("cannot write the latent cache (training goes on without it): {e}");
+                        }
+                    }
+                    (plain, flipped)
+                }
+            };
+            latents.insert((index, false), plain);
+            if let Some(f) = flipped {
+                latents.insert((index, true), f);
+            }
+            progress(index + 1, total);
+        }
+        Ok(LatentCache { latents, reused })
+    }
+
+    /// The latents of a batch, `(B, 4, h, w)` on `device`.
+    pub fn batch(&self, samples: &[crate::data::SampleRef], device: &Device) -> Result<Tensor> {
+        let mut out = Vec::with_capacity(samples.len());
+        for s in samples {
+            let t = self
+                .latents
+                .get(&(s.image, s.flip))
+                .ok_or_else(|| TrainError::Other(format!("internal: no cached latent for image {}", s.image)))?;
+            out.push(t.clone());
+        }
+        Ok(Tensor::stack(&out, 0)?.to_device(device)?)
+    }
+}

@@ -1,0 +1,65 @@
+//! The LoRA training run: a TOML config → dataset batches → latents and text conditioning →
+//! noise, UNet with LoRA, loss, backward, optimizer → kohya-compatible LoRA files, resumable
+//! state, sample images and logs.
+//!
+//! - [`config`] — the TOML config, defaults, `--set` overrides, validation.
+//! - [`presets`] — commented starting configs (`lorakit config new`).
+//! - [`data`] — dataset → images, captions, buckets, the batches of each epoch.
+//! - [`latents`] — VAE encoding, in memory or cached on disk.
+//! - [`model`] — the trait a model family implements to be trained ([`model::TrainableModel`]).
+//! - [`trainer`] — the loop.
+//! - [`mod@state`] — save and resume.
+//! - [`metadata`] — `ss_*` and `modelspec.*` keys.
+//! - [`samples`] and [`sample_prompts`] — preview images.
+//! - [`tensorboard`] and [`run_log`] — logs.
+
+pub mod config;
+pub mod data;
+pub mod error;
+pub mod kohya_import;
+pub mod latents;
+pub mod metadata;
+pub mod model;
+pub mod presets;
+pub mod run_log;
+pub mod sample_prompts;
+pub mod samples;
+pub mod state;
+pub mod tensorboard;
+pub mod time;
+pub mod trainer;
+
+use std::sync::atomic::AtomicBool;
+
+pub use config::TrainConfig;
+pub use error::{Result, TrainError};
+pub use trainer::{RunSummary, TrainEvent, Trainer};
+
+/// Runs a whole training from a config: loads the dataset and the model, trains, saves.
+pub fn train(config: TrainConfig, stop: &AtomicBool, events: &mut dyn FnMut(TrainEvent)) -> Result<RunSummary> {
+    let model_path = config.model.pretrained_model_name_or_path.clone().ok_or_else(|| {
+        TrainError::Other(
+            "no base model: set model.pretrained_model_name_or_path to an SD1.5 checkpoint (.safetensors) or diffusers folder"
+                .into(),
+        )
+    })?;
+    if !model_path.exists() {
+        return Err(TrainError::Other(format!(
+            "model.pretrained_model_name_or_path = {}: no such file or folder",
+            model_path.display()
+        )));
+    }
+    let data = data::TrainData::load(&config)?;
+    for note in &data.notes {
+        events(TrainEvent::Note(note.clone()));
+    }
+    let device = trainer::device_for(&config)?;
+    let model = model::StableDiffusionModel::load(
+        &model_path,
+        trainer::model_dtype(&config),
+        &device,
+        config.model.v_parameterization,
+    )?;
+    let trainer = Trainer::new(config, &model, data)?;
+    trainer.run(stop, events)
+}

@@ -1,0 +1,229 @@
+//! The seam between the training loop and a model family. The loop only needs: encode images to
+//! latents, encode captions, predict from noisy latents, the noise schedule, the LoRA targets of
+//! each component, and sampling for preview images. SD1.x/SD2.x implement it here; SDXL, SD3 and
+//! Flux plug in by implementing the same trait, so there is one training loop for all of them.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use candle_core::{DType, Device, Tensor};
+use lorakit_models::checkpoint::ModelFamily;
+use lorakit_models::pipeline::{GenerateRequest, LoraSets, RgbImage, StableDiffusion};
+use lorakit_models::schedule::{NoiseSchedule, Prediction};
+use lorakit_nn::lora::{LoraSet, LoraTarget};
+use lorakit_nn::ForwardCtx;
+use rand::rngs::StdRng;
+use rand_distr::{Distribution, StandardNormal};
+
+use crate::error::{Result, TrainError};
+
+/// What a LoRA file for this model says about its base (sd-scripts' `ss_base_model_version`,
+/// modelspec architecture and implementation).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FamilyInfo {
+    /// `ss_base_model_version` (`sd_v1`, `sd_v2_v`, …).
+    pub base_model_version: String,
+    /// `modelspec.architecture` without the `/lora` suffix.
+    pub architecture: String,
+    /// `modelspec.implementation`.
+    pub implementation: String,
+    /// `ss_v2`.
+    pub v2: bool,
+    /// Resolution modelspec assumes when none is configured.
+    pub default_resolution: (u32, u32),
+}
+
+/// One component that can carry LoRA modules (the denoiser, a text encoder).
+#[derive(Debug, Clone)]
+pub struct Component {
+    /// kohya prefix of its modules (`lora_unet`, `lora_te`).
+    pub prefix: &'static str,
+    /// Whether it is a text encoder (trained with the text-encoder learning rate).
+    pub is_text_encoder: bool,
+    /// Its LoRA targets.
+    pub targets: Vec<LoraTarget>,
+}
+
+/// A model the training loop can train a LoRA on.
+pub trait TrainableModel {
+    /// The family's metadata.
+    fn info(&self) -> FamilyInfo;
+    /// Device the model runs on.
+    fn device(&self) -> &Device;
+    /// Dtype of the frozen weights and activations.
+    fn dtype(&self) -> DType;
+    /// The training noise schedule.
+    fn schedule(&self) -> &NoiseSchedule;
+    /// What the denoiser predicts.
+    fn prediction(&self) -> Prediction;
+    /// The components, in the order their LoRA sets are passed around.
+    fn components(&self) -> Vec<Component>;
+    /// Pixels `(B, 3, H, W)` in [-1, 1] → latents as the denoiser sees them (sampled from the
+    /// VAE posterior with `rng`, scaled).
+    fn encode_images(&self, pixels: &Tensor, rng: &mut StdRng) -> Result<Tensor>;
+    /// Captions → conditioning. `ctxs[i]` is the forward context of component `i` (LoRA and
+    /// training mode for trained text encoders).
+    fn encode_text(
+        &self,
+        captions: &[&str],
+        max_token_length: usize,
+        clip_skip: Option<usize>,
+        ctxs: &[ForwardCtx],
+    ) -> Result<Tensor>;
+    /// The denoiser's prediction for `noisy` at `timesteps` (f32, `[B]`).
+    fn denoise(&self, noisy: &Tensor, timesteps: &Tensor, cond: &Tensor, ctxs: &[ForwardCtx]) -> Result<Tensor>;
+    /// One preview image with the LoRA sets applied (one per component).
+    fn sample(&self, request: &GenerateRequest, sets: &[Arc<LoraSet>]) -> Result<RgbImage>;
+    /// Identifies the VAE weights (latent caches are reused only for the same VAE).
+    fn vae_fingerprint(&self) -> String;
+}
+
+/// SD1.x / SD2.x: CLIP text encoder, UNet2DConditionModel, AutoencoderKL.
+pub struct StableDiffusionModel {
+    sd: StableDiffusion,
+    vae_fingerprint: String,
+}
+
+impl StableDiffusionModel {
+    /// Loads a checkpoint in `dtype` on `device`; `v_parameterization` switches the target.
+    pub fn load(path: &Path, dtype: DType, device: &Device, v_parameterization: bool) -> Result<Self> {
+        let mut sd = StableDiffusion::load(path, dtype, device)?;
+        match sd.family {
+            ModelFamily::Sd1 | ModelFamily::Sd2 => {}
+            other => {
+                return Err(TrainError::Other(format!(
+                    "{}: a {other} checkpoint; training supports SD 1.x and SD 2.x so far",
+                    path.display()
+                )))
+            }
+        }
+        if v_parameterization {
+            sd.prediction = Prediction::VPrediction;
+        }
+        let vae_fingerprint = fingerprint_vae(&sd)?;
+        Ok(StableDiffusionModel { sd, vae_fingerprint })
+    }
+
+    /// The wrapped pipeline.
+    pub fn pipeline(&self) -> &StableDiffusion {
+        &self.sd
+    }
+}
+
+/// A short hash of a few VAE encoder weights: cheap, and different for any other VAE.
+fn fingerprint_vae(sd: &StableDiffusion) -> Result<String> {
+    use sha2::{Digest, Sha256};
+    let probe = Tensor::ones((1, 3, 8, 8), DType::F32, sd.vae.device())?.to_dtype(sd.vae.dtype())?;
+    let dist = sd.vae.encode(&probe)?;
+    let values: Vec<f32> = dist.mean().to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+    let mut h = Sha256::new();
+    for v in values {
+        h.update(v.to_le_bytes());
+    }
+    h.update(format!("{:?}", sd.vae.dtype()).as_bytes());
+    Ok(h.finalize().iter().take(8).map(|b| format!("{b:02x}")).collect())
+}
+
+impl TrainableModel for StableDiffusionModel {
+    fn info(&self) -> FamilyInfo {
+        let v = self.sd.prediction == Prediction::VPrediction;
+        let v2 = self.sd.family == ModelFamily::Sd2;
+        let (base, arch, res) = match (v2, v) {
+            (false, false) => ("sd_v1", "stable-diffusion-v1", (512, 512)),
+            (false, true) => ("sd_v1_v", "stable-diffusion-v1", (512, 512)),
+            (true, false) => ("sd_v2", "stable-diffusion-v2-512", (512, 512)),
+            (true, true) => ("sd_v2_v", "stable-diffusion-v2-768-v", (768, 768)),
+        };
+        FamilyInfo {
+            base_model_version: base.into(),
+            architecture: arch.into(),
+            implementation: "diffusers".into(),
+            v2,
+            default_resolution: res,
+        }
+    }
+
+    fn device(&self) -> &Device {
+        self.sd.unet.device()
+    }
+
+    fn dtype(&self) -> DType {
+        self.sd.unet.dtype()
+    }
+
+    fn schedule(&self) -> &NoiseSchedule {
+        &self.sd.schedule
+    }
+
+    fn prediction(&self) -> Prediction {
+        self.sd.prediction
+    }
+
+    fn components(&self) -> Vec<Component> {
+        vec![
+            Component {
+                prefix: lorakit_models::lora_inject::UNET_PREFIX,
+                is_text_encoder: false,
+                targets: self.sd.unet_targets().to_vec(),
+            },
+            Component {
+                prefix: lorakit_models::lora_inject::TEXT_ENCODER_PREFIX,
+                is_text_encoder: true,
+                targets: self.sd.text_encoder_targets().to_vec(),
+            },
+        ]
+    }
+
+    fn encode_images(&self, pixels: &Tensor, rng: &mut StdRng) -> Result<Tensor> {
+        let vae = &self.sd.vae;
+        let dist = vae.encode(&pixels.to_dtype(vae.dtype())?)?;
+        let shape = dist.mean().dims().to_vec();
+        let n: usize = shape.iter().product();
+        let noise: Vec<f32> = (0..n).map(|_| StandardNormal.sample(rng)).collect();
+        let noise =
+            Tensor::from_vec(noise, shape.as_slice(), &Device::Cpu)?.to_device(vae.device())?.to_dtype(vae.dtype())?;
+        let latents = dist.sample_with_noise(&noise)?;
+        Ok((latents.to_dtype(DType::F32)? * vae.config().scaling_factor)?)
+    }
+
+    fn encode_text(
+        &self,
+        captions: &[&str],
+        max_token_length: usize,
+        clip_skip: Option<usize>,
+        ctxs: &[ForwardCtx],
+    ) -> Result<Tensor> {
+        let ctx = ctxs.get(1).cloned().unwrap_or_default();
+        Ok(lorakit_models::clip::encode_prompts(
+            &self.sd.text_encoder,
+            &self.sd.tokenizer,
+            captions,
+            Some(max_token_length),
+            clip_skip,
+            &ctx,
+        )?)
+    }
+
+    fn denoise(&self, noisy: &Tensor, timesteps: &Tensor, cond: &Tensor, ctxs: &[ForwardCtx]) -> Result<Tensor> {
+        let ctx = ctxs.first().cloned().unwrap_or_default();
+        let dtype = self.dtype();
+        Ok(self.sd.unet.forward(&noisy.to_dtype(dtype)?, timesteps, &cond.to_dtype(dtype)?, &ctx)?)
+    }
+
+    fn sample(&self, request: &GenerateRequest, sets: &[Arc<LoraSet>]) -> Result<RgbImage> {
+        let empty = || -> Result<Arc<LoraSet>> { Ok(Arc::new(LoraSet::new(0, self.device())?)) };
+        let unet = match sets.first() {
+            Some(s) => s.clone(),
+            None => empty()?,
+        };
+        let text_encoder = match sets.get(1) {
+            Some(s) => s.clone(),
+            None => empty()?,
+        };
+        Ok(self.sd.generate(request, Some(&LoraSets { unet, text_encoder }), &mut |_, _| {})?)
+    }
+
+    fn vae_fingerprint(&self) -> String {
+        self.vae_fingerprint.clone()
+    }
+}

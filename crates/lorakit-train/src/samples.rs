@@ -1,0 +1,150 @@
+//! Preview images during training: every prompt of the prompt file rendered with the LoRA as it
+//! is at that moment, saved as `<output_dir>/sample/<name>_<tag>_<idx>_<time>[_<seed>].png` (sd-scripts'
+//! naming) plus one labelled grid per save point. Sampling uses its own seeded RNG (the prompt's
+//! `--d` seed, or one derived from the run seed and prompt index), so it never shifts training's
+//! random draws.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use lorakit_models::grid::compose_grid;
+use lorakit_models::pipeline::{GenerateRequest, RgbImage};
+use lorakit_models::samplers::SamplerKind;
+use lorakit_nn::lora::LoraSet;
+
+use crate::config::TrainConfig;
+use crate::error::{Result, TrainError};
+use crate::model::TrainableModel;
+use crate::sample_prompts::{parse_prompt_file, sample_file_name, SampleDefaults, SamplePrompt};
+use crate::time::compact_timestamp;
+
+pub use crate::sample_prompts::SampleTag;
+
+/// Renders the prompt file's prompts at save points.
+pub struct SampleRunner {
+    prompts: Vec<SamplePrompt>,
+    dir: PathBuf,
+    output_name: String,
+    run_seed: u64,
+    clip_skip: Option<usize>,
+}
+
+impl SampleRunner {
+    /// Reads the prompt file (errors name the file and line).
+    pub fn new(config: &TrainConfig, prompt_file: &Path) -> Result<Self> {
+        let defaults = SampleDefaults {
+            width: 512,
+            height: 512,
+            steps: 30,
+            cfg_scale: 7.5,
+            sampler: config.samples.sample_sampler.clone(),
+        };
+        let (prompts, warnings) =
+            parse_prompt_file(prompt_file, &defaults).map_err(|e| TrainError::Other(format!("samples: {e}")))?;
+        for w in warnings {
+            tracing::warn!("{w}");
+        }
+        for p in &prompts {
+            let name = p.sampler.clone().unwrap_or_else(|| defaults.sampler.clone());
+            sampler_kind(&name)?;
+        }
+        if prompts.is_empty() {
+            return Err(TrainError::Other(format!("samples: {} has no prompts", prompt_file.display())));
+        }
+        Ok(SampleRunner {
+            prompts,
+            dir: config.folders.output_dir.join("sample"),
+            output_name: config.folders.output_name.clone(),
+            run_seed: config.training.seed,
+            clip_skip: config.model.clip_skip,
+        })
+    }
+
+    /// Renders every prompt; returns the files written (images, then the grid).
+    pub fn run(&mut self, model: &dyn TrainableModel, sets: &[Arc<LoraSet>], tag: SampleTag) -> Result<Vec<PathBuf>> {
+        std::fs::create_dir_all(&self.dir).map_err(|e| TrainError::io(&self.dir, e))?;
+        let timestamp = compact_timestamp();
+        let mut written = Vec::new();
+        let mut images = Vec::new();
+        for p in &self.prompts {
+            let sampler = sampler_kind(p.sampler.as_deref().unwrap_or("euler_a"))?;
+            let seed = p.seed.unwrap_or_else(|| self.run_seed.wrapping_mul(1_000_003).wrapping_add(p.index as u64));
+            let request = GenerateRequest {
+                prompt: p.prompt.clone(),
+                negative: p.negative.clone(),
+                steps: p.steps as usize,
+                cfg_scale: p.cfg_scale,
+                seed,
+                width: p.width as usize,
+                height: p.height as usize,
+                sampler,
+                clip_skip: self.clip_skip,
+            };
+            let image = model.sample(&request, sets)?;
+            let name = sample_file_name(Some(&self.output_name), tag, p.index, &timestamp, p.seed);
+            let path = self.dir.join(name);
+            write_png(&path, &image)?;
+            written.push(path);
+            images.push(image);
+        }
+        let same_size = images.iter().all(|i| i.width == images[0].width && i.height == images[0].height);
+        if images.len() > 1 && same_size {
+            let labels: Vec<String> = self.prompts.iter().map(|p| truncate(&p.prompt, 24)).collect();
+            let row = match tag {
+                SampleTag::Epoch(e) => format!("epoch {e}"),
+                SampleTag::Step(s) => format!("step {s}"),
+            };
+            let grid = compose_grid(&[images], &[row], &labels)?;
+            let tag_text = match tag {
+                SampleTag::Epoch(e) => format!("e{e:06}"),
+                SampleTag::Step(s) => format!("{s:06}"),
+            };
+            let path = self.dir.join(format!("{}_{tag_text}_grid.png", self.output_name));
+            write_png(&path, &grid)?;
+            written.push(path);
+        }
+        Ok(written)
+    }
+}
+
+fn truncate(text: &str, n: usize) -> String {
+    if text.chars().count() <= n {
+        text.to_string()
+    } else {
+        format!("{}…", text.chars().take(n - 1).collect::<String>())
+    }
+}
+
+/// sd-scripts' sampler names → ours (the ones without an implementation fall back to a
+/// similar one with a warning, so an imported prompt file still renders).
+fn sampler_kind(name: &str) -> Result<SamplerKind> {
+    match name.parse::<SamplerKind>() {
+        Ok(k) => Ok(k),
+        Err(_) => {
+            let fallback = match name.to_ascii_lowercase().as_str() {
+                "pndm" | "lms" | "k_lms" | "heun" | "dpm_2" | "k_dpm_2" | "dpmsolver" | "dpmsingle" => {
+                    SamplerKind::Euler
+                }
+                "dpm_2_a" | "k_dpm_2_a" => SamplerKind::EulerAncestral,
+                _ => {
+                    return Err(TrainError::Other(format!(
+                        "samples: unknown sampler {name:?}; use euler, euler_a, ddim, dpmpp_2m, dpmpp_2m_karras"
+                    )))
+                }
+            };
+            tracing::warn!("sample sampler {name:?} is not implemented; using {fallback} instead");
+            Ok(fallback)
+        }
+    }
+}
+
+/// Writes an RGB image as PNG, atomically.
+pub fn write_png(path: &Path, image: &RgbImage) -> Result<()> {
+    let buffer = image::RgbImage::from_raw(image.width as u32, image.height as u32, image.pixels.clone())
+        .ok_or_else(|| TrainError::Other("internal: image buffer size mismatch".into()))?;
+    let mut bytes = Vec::new();
+    buffer
+        .write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Png)
+        .map_err(|e| TrainError::Other(format!("{}: cannot encode PNG: {e}", path.display())))?;
+    lorakit_dataset::fs_atomic::write_atomic(path, &bytes).map_err(|e| TrainError::io(path, e))
+}

@@ -1,0 +1,795 @@
+//! The training loop: epochs of batches → latents and conditioning → noise and timesteps →
+//! denoiser with LoRA → loss → backward → (accumulate) → clip → optimizer and scheduler →
+//! logs, saves, samples. One loop for every model family ([`TrainableModel`]).
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use candle_core::{DType, Device, Tensor};
+use lorakit_dataset::steps::{StepPlan, StepRequest};
+use lorakit_lora::safetensors_file::{write_lora, Precision};
+use lorakit_models::lora_inject::{create_network, NetworkSpec};
+use lorakit_nn::lora::{LoraDropout, LoraSet};
+use lorakit_nn::lr_scheduler::{warmup_steps_from, LrScheduler, SchedulerKind, SchedulerParams};
+use lorakit_nn::optim::{clip_grad_norm, AdamW, Optimizer, OptimizerArgs, ParamGroup};
+use lorakit_nn::ForwardCtx;
+use rand::Rng;
+use rand_distr::{Distribution, StandardNormal};
+
+use crate::config::TrainConfig;
+use crate::data::{rng_for, stream, Batch, TrainData};
+use crate::error::{Result, TrainError};
+use crate::latents::{encode_batch, LatentCache};
+use crate::metadata::{RunMetadata, SaveProgress};
+use crate::model::TrainableModel;
+use crate::run_log::RunLog;
+use crate::samples::SampleRunner;
+use crate::state::{load_network_tensors, load_state, save_state, ProgressState, STATE_FORMAT};
+use crate::tensorboard::TensorBoardWriter;
+use crate::time::{compact_timestamp, unix_seconds};
+
+/// What the run reports as it goes (the CLI draws progress bars from these).
+#[derive(Debug, Clone)]
+pub enum TrainEvent {
+    /// The plan is known.
+    Planned {
+        /// Optimizer steps in total.
+        total_steps: u64,
+        /// Epochs.
+        epochs: u64,
+        /// Batches per epoch.
+        batches_per_epoch: u64,
+        /// Trainable parameters.
+        parameters: usize,
+        /// Where the run continues from (0 for a fresh run).
+        start_step: u64,
+    },
+    /// Latent caching progress.
+    Caching {
+        /// Images done.
+        done: usize,
+        /// Images in all.
+        total: usize,
+    },
+    /// One optimizer step finished.
+    Step {
+        /// Steps done.
+        step: u64,
+        /// Total steps.
+        total: u64,
+        /// Current epoch (1-based).
+        epoch: u64,
+        /// This step's loss.
+        loss: f64,
+        /// Moving average loss.
+        average_loss: f64,
+        /// Learning rate of the first group.
+        lr: f64,
+    },
+    /// A file was written.
+    Saved(PathBuf),
+    /// A sample image was written.
+    Sampled(PathBuf),
+    /// A note for the user.
+    Note(String),
+}
+
+/// What a finished (or interrupted) run produced.
+#[derive(Debug, Clone)]
+pub struct RunSummary {
+    /// The final LoRA file (None when interrupted).
+    pub final_lora: Option<PathBuf>,
+    /// Every LoRA file written.
+    pub saved: Vec<PathBuf>,
+    /// State folder written on interruption.
+    pub interrupted_state: Option<PathBuf>,
+    /// Optimizer steps done.
+    pub steps: u64,
+    /// Loss of every optimizer step, in order.
+    pub losses: Vec<f64>,
+    /// The run's log folder.
+    pub log_dir: PathBuf,
+}
+
+/// fp16 dynamic loss scaling (as torch's GradScaler: start 2^16, halve on overflow, double
+/// after 2000 clean steps).
+#[derive(Debug, Clone, Copy)]
+struct LossScaler {
+    scale: f64,
+    good_steps: u64,
+}
+
+impl LossScaler {
+    fn update(&mut self, overflow: bool) {
+        if overflow {
+            self.scale = (self.scale / 2.0).max(1.0);
+            self.good_steps = 0;
+        } else {
+            self.good_steps += 1;
+            if self.good_steps >= 2000 {
+                self.scale *= 2.0;
+                self.good_steps = 0;
+            }
+        }
+    }
+}
+
+/// The dtype the frozen model runs in.
+pub fn model_dtype(config: &TrainConfig) -> DType {
+    match config.accelerate.mixed_precision.as_str() {
+        "fp16" => DType::F16,
+        "bf16" => DType::BF16,
+        _ => DType::F32,
+    }
+}
+
+/// The device the config asks for.
+pub fn device_for(config: &TrainConfig) -> Result<Device> {
+    match config.accelerate.device.as_str() {
+        "cpu" => Ok(Device::Cpu),
+        "cuda" => Device::new_cuda(0).map_err(|e| {
+            TrainError::Other(format!("accelerate.device = \"cuda\": {e} (build lorakit with `--features cuda`)"))
+        }),
+        "metal" => Device::new_metal(0).map_err(|e| {
+            TrainError::Other(format!("accelerate.device = \"metal\": {e} (build lorakit with `--features metal`)"))
+        }),
+        other => Err(TrainError::Other(format!("unknown device {other:?}"))),
+    }
+}
+
+fn save_precision(config: &TrainConfig) -> Precision {
+    match config.save.save_precision.as_str() {
+        "fp16" => Precision::F16,
+        "bf16" => Precision::BF16,
+        _ => Precision::F32,
+    }
+}
+
+/// One training run, set up and ready to go.
+pub struct Trainer<'m> {
+    config: TrainConfig,
+    model: &'m dyn TrainableModel,
+    data: TrainData,
+    /// LoRA sets per model component (None: that component is not trained).
+    sets: Vec<Option<Arc<LoraSet>>>,
+    /// (component index) of each optimizer group.
+    group_components: Vec<usize>,
+    optimizer: AdamW,
+    scheduler: LrScheduler,
+    plan: StepPlan,
+    warmup_steps: u64,
+    metadata: RunMetadata,
+}
+
+impl<'m> Trainer<'m> {
+    /// Builds the network, optimizer, scheduler and metadata for `config` on `model`.
+    pub fn new(config: TrainConfig, model: &'m dyn TrainableModel, data: TrainData) -> Result<Self> {
+        let device = model.device().clone();
+        let spec = NetworkSpec {
+            rank: config.network.network_dim,
+            alpha: config.network.network_alpha,
+            conv_rank: config.network.conv_dim,
+            conv_alpha: config.network.conv_alpha.unwrap_or(1.0),
+            dropout: LoraDropout { neuron: config.network.network_dropout.unwrap_or(0.0), ..Default::default() },
+        };
+        let mut sets = Vec::new();
+        let mut groups = Vec::new();
+        let mut group_components = Vec::new();
+        for (i, component) in model.components().iter().enumerate() {
+            let trained = if component.is_text_encoder { config.trains_text_encoder() } else { config.trains_unet() };
+            if !trained {
+                sets.push(None);
+                continue;
+            }
+            // Each component's modules get their own init stream so adding a component never
+            // changes another's initial weights.
+            let seed = rng_for(&[config.training.seed, 100 + i as u64]).random::<u64>();
+            let set = create_network(&component.targets, component.prefix, &spec, DType::F32, &device, seed)?;
+            let vars = set.trainable_vars();
+            if !vars.is_empty() {
+                let (name, lr) = if component.is_text_encoder {
+                    ("textencoder", config.text_encoder_lr())
+                } else {
+                    ("unet", config.unet_lr())
+                };
+                groups.push(ParamGroup { name: name.into(), vars, lr });
+                group_components.push(i);
+            }
+            sets.push(Some(Arc::new(set)));
+        }
+        if groups.is_empty() {
+            return Err(TrainError::Other("the network has no trainable modules".into()));
+        }
+        // sd-scripts orders groups text encoder first.
+        let mut order: Vec<usize> = (0..groups.len()).collect();
+        order.sort_by_key(|&g| !model.components()[group_components[g]].is_text_encoder);
+        let groups: Vec<ParamGroup> = order.iter().map(|&g| groups[g].clone()).collect();
+        let group_components: Vec<usize> = order.iter().map(|&g| group_components[g]).collect();
+
+        if let Some(weights) = &config.network.network_weights {
+            let tensors = candle_core::safetensors::load(weights, &device)
+                .map_err(|e| TrainError::Other(format!("network.network_weights = {}: {e}", weights.display())))?;
+            let live: Vec<Arc<LoraSet>> = sets.iter().flatten().cloned().collect();
+            let missing = load_network_tensors(&live, &tensors, false, weights)?;
+            if !missing.is_empty() {
+                tracing::warn!("{} module tensors were not in {}; they start fresh", missing.len(), weights.display());
+            }
+        }
+
+        let optimizer_kind = config.optimizer.optimizer_type.to_ascii_lowercase();
+        if optimizer_kind != "adamw" {
+            return Err(TrainError::Other(format!(
+                "optimizer.optimizer_type = {:?}: only AdamW is available so far",
+                config.optimizer.optimizer_type
+            )));
+        }
+        let args = OptimizerArgs::parse(&config.optimizer.optimizer_args)
+            .map_err(|e| TrainError::Other(format!("optimizer.optimizer_args: {e}")))?;
+        let optimizer = AdamW::from_args(groups, &args).map_err(|e| TrainError::Other(format!("optimizer: {e}")))?;
+
+        let plan = StepPlan::new(
+            data.batches_per_epoch(),
+            StepRequest {
+                max_train_epochs: (config.training.max_train_epochs > 0).then_some(config.training.max_train_epochs),
+                max_train_steps: (config.training.max_train_steps > 0).then_some(config.training.max_train_steps),
+                gradient_accumulation_steps: config.training.gradient_accumulation_steps,
+            },
+        );
+        if plan.max_train_steps == 0 {
+            return Err(TrainError::Dataset("the run has zero steps (no batches in an epoch)".into()));
+        }
+        let warmup_steps = warmup_steps_from(config.optimizer.lr_warmup_steps, plan.max_train_steps);
+        let kind = SchedulerKind::parse(&config.optimizer.lr_scheduler)
+            .map_err(|e| TrainError::Other(format!("optimizer.lr_scheduler: {e}")))?;
+        let scheduler = LrScheduler::new(
+            kind,
+            SchedulerParams {
+                warmup_steps,
+                total_steps: plan.max_train_steps,
+                num_cycles: config.optimizer.lr_scheduler_num_cycles,
+                power: config.optimizer.lr_scheduler_power,
+                base_lr: config.optimizer.learning_rate,
+                ..Default::default()
+            },
+        )
+        .map_err(|e| TrainError::Other(format!("optimizer.lr_scheduler: {e}")))?;
+
+        let session_id = rng_for(&[unix_seconds().to_bits()]).random::<u32>();
+        let metadata = RunMetadata::new(
+            &config,
+            &data,
+            &model.info(),
+            session_id,
+            unix_seconds(),
+            plan.max_train_steps,
+            plan.epochs,
+            warmup_steps,
+            &optimizer.description(),
+        );
+        Ok(Trainer { config, model, data, sets, group_components, optimizer, scheduler, plan, warmup_steps, metadata })
+    }
+
+    /// The planned length.
+    pub fn plan(&self) -> StepPlan {
+        self.plan
+    }
+
+    /// Warmup steps resolved from the config.
+    pub fn warmup_steps(&self) -> u64 {
+        self.warmup_steps
+    }
+
+    fn live_sets(&self) -> Vec<Arc<LoraSet>> {
+        self.sets.iter().flatten().cloned().collect()
+    }
+
+    /// Sets for sampling: one per component (empty sets for untrained ones).
+    fn sample_sets(&self) -> Result<Vec<Arc<LoraSet>>> {
+        self.sets
+            .iter()
+            .map(|s| match s {
+                Some(s) => Ok(s.clone()),
+                None => Ok(Arc::new(LoraSet::new(0, self.model.device())?)),
+            })
+            .collect()
+    }
+
+    fn lora_path(&self, suffix: &str) -> PathBuf {
+        self.config.folders.output_dir.join(format!("{}{suffix}.safetensors", self.config.folders.output_name))
+    }
+
+    fn state_dir(&self, suffix: &str) -> PathBuf {
+        self.config.folders.output_dir.join(format!("{}{suffix}-state", self.config.folders.output_name))
+    }
+
+    /// Writes a LoRA file (atomically) with metadata for `progress`.
+    fn save_lora(&self, path: &Path, progress: SaveProgress) -> Result<()> {
+        let live = self.live_sets();
+        let refs: Vec<&LoraSet> = live.iter().map(|s| s.as_ref()).collect();
+        let tensors = lorakit_models::lora_inject::state_dict(&refs)?;
+        write_lora(path, &tensors, &self.metadata.for_save(progress), save_precision(&self.config))?;
+        Ok(())
+    }
+
+    /// Runs training to the end, an error, or `stop` (Ctrl-C: saves a state and returns).
+    pub fn run(mut self, stop: &AtomicBool, events: &mut dyn FnMut(TrainEvent)) -> Result<RunSummary> {
+        let config = self.config.clone();
+        let device = self.model.device().clone();
+        std::fs::create_dir_all(&config.folders.output_dir)
+            .map_err(|e| TrainError::io(&config.folders.output_dir, e))?;
+
+        // Resume before anything is written, so a bad state folder changes nothing.
+        let mut global_step = 0u64;
+        let mut start_epoch = 0u64;
+        let mut skip_batches = 0u64;
+        let mut loss_window: Vec<f64> = Vec::new();
+        let mut epoch_losses: Vec<f64> = Vec::new();
+        let mut scaler = (self.model.dtype() == DType::F16).then_some(LossScaler { scale: 65536.0, good_steps: 0 });
+        if let Some(resume) = &config.save.resume {
+            let state = load_state(resume, &device)?;
+            let live = self.live_sets();
+            load_network_tensors(&live, &state.network, true, resume)?;
+            self.optimizer
+                .load_state(&state.optimizer)
+                .map_err(|e| TrainError::Resume { path: resume.clone(), message: format!("optimizer state: {e}") })?;
+            let p = &state.progress;
+            if p.seed != config.training.seed || p.batches_per_epoch != self.plan.batches_per_epoch {
+                events(TrainEvent::Note(format!(
+                    "the state was saved with seed {} and {} batches per epoch; this config has seed {} and {}: the data order differs from the interrupted run",
+                    p.seed, p.batches_per_epoch, config.training.seed, self.plan.batches_per_epoch
+                )));
+            }
+            if p.global_step >= self.plan.max_train_steps {
+                return Err(TrainError::Resume {
+                    path: resume.clone(),
+                    message: format!(
+                        "the state is at step {} but the run has only {} steps: raise max_train_epochs/max_train_steps to train further",
+                        p.global_step, self.plan.max_train_steps
+                    ),
+                });
+            }
+            global_step = p.global_step;
+            start_epoch = p.epoch;
+            skip_batches = p.next_batch;
+            loss_window = p.loss_window.clone();
+            epoch_losses = p.epoch_losses.clone();
+            if let (Some(s), Some((scale, good))) = (scaler.as_mut(), p.loss_scale) {
+                s.scale = scale;
+                s.good_steps = good;
+            }
+            events(TrainEvent::Note(format!(
+                "resuming from {} at step {global_step} (epoch {}, batch {skip_batches})",
+                resume.display(),
+                start_epoch + 1
+            )));
+        }
+
+        let parameters: usize =
+            self.optimizer.groups().iter().flat_map(|g| g.vars.iter()).map(|v| v.elem_count()).sum();
+        events(TrainEvent::Planned {
+            total_steps: self.plan.max_train_steps,
+            epochs: self.plan.epochs,
+            batches_per_epoch: self.plan.batches_per_epoch,
+            parameters,
+            start_step: global_step,
+        });
+
+        // Logs: <logging_dir>/<prefix><timestamp>/ with TensorBoard under the tracker name.
+        let log_root = config.folders.logging_dir.clone().unwrap_or_else(|| config.folders.output_dir.join("logs"));
+        let log_dir =
+            log_root.join(format!("{}{}", config.logging.log_prefix.clone().unwrap_or_default(), compact_timestamp()));
+        let mut tensorboard = if config.logging.log_with == "tensorboard" {
+            let dir = log_dir.join(&config.logging.log_tracker_name);
+            Some(TensorBoardWriter::create(&dir).map_err(|e| TrainError::io(&dir, e))?)
+        } else {
+            None
+        };
+        let mut run_log = RunLog::create(&log_dir, false).map_err(|e| TrainError::io(&log_dir, e))?;
+
+        let cache = if config.training.cache_latents {
+            let mut report = |done, total| events(TrainEvent::Caching { done, total });
+            let cache = LatentCache::build(self.model, &self.data, config.training.cache_latents_to_disk, &mut report)?;
+            if cache.reused > 0 {
+                events(TrainEvent::Note(format!("{} latents reused from the disk cache", cache.reused)));
+            }
+            Some(cache)
+        } else {
+            None
+        };
+
+        let mut samples = match &config.samples.sample_prompts {
+            Some(path) => Some(SampleRunner::new(&config, path)?),
+            None => None,
+        };
+        if let Some(s) = samples.as_mut() {
+            if config.samples.sample_at_first && global_step == 0 {
+                for path in s.run(self.model, &self.sample_sets()?, crate::samples::SampleTag::Step(0))? {
+                    events(TrainEvent::Sampled(path));
+                }
+            }
+        }
+
+        let ga = config.training.gradient_accumulation_steps.max(1);
+        let total_steps = self.plan.max_train_steps;
+        let mut saved = Vec::new();
+        let mut losses = Vec::new();
+        let mut accumulated: Vec<Vec<Option<Tensor>>> = Vec::new();
+        let mut micro_in_step = 0u64;
+        let mut step_loss_sum = 0.0f64;
+
+        let mut finished = false;
+        for epoch in start_epoch..self.plan.epochs {
+            let batches = self.data.epoch_batches(config.training.seed, epoch);
+            let last_batch = batches.len() as u64 - 1;
+            if epoch != start_epoch || skip_batches == 0 {
+                epoch_losses.clear();
+            }
+            for (bi, batch) in batches.iter().enumerate() {
+                let bi = bi as u64;
+                if epoch == start_epoch && bi < skip_batches {
+                    continue;
+                }
+                let loss =
+                    self.micro_step(batch, cache.as_ref(), global_step, micro_in_step, ga, scaler, &mut accumulated)?;
+                if !loss.is_finite() {
+                    return Err(TrainError::NonFinite(format!(
+                        "the loss became {loss} at step {} (epoch {}). Training stopped; the files saved so far are intact. \
+                         Likely causes: {}; a learning rate too high for this network (try lower optimizer.learning_rate or a warmup).",
+                        global_step + 1,
+                        epoch + 1,
+                        if self.model.dtype() == DType::F16 {
+                            "fp16 overflow (use accelerate.mixed_precision = \"bf16\" or \"no\")"
+                        } else {
+                            "a corrupt image or latent"
+                        }
+                    )));
+                }
+                // sd-scripts' moving-average window: one slot per batch of the epoch.
+                if (bi as usize) < loss_window.len() {
+                    loss_window[bi as usize] = loss;
+                } else {
+                    loss_window.push(loss);
+                }
+                epoch_losses.push(loss);
+                step_loss_sum += loss;
+                micro_in_step += 1;
+                if micro_in_step < ga && bi != last_batch {
+                    continue;
+                }
+
+                // Optimizer step.
+                let factor = self.scheduler.factor(global_step);
+                let lrs: Vec<f64> = self.optimizer.groups().iter().map(|g| g.lr * factor).collect();
+                let mut grads = std::mem::take(&mut accumulated);
+                let mut overflow = false;
+                if let Some(s) = scaler.as_mut() {
+                    let inv = 1.0 / s.scale;
+                    for group in grads.iter_mut() {
+                        for g in group.iter_mut().flatten() {
+                            *g = (&*g * inv)?;
+                        }
+                    }
+                    overflow = !grads_finite(&grads)?;
+                    s.update(overflow);
+                }
+                if !overflow {
+                    if config.training.max_grad_norm > 0.0 {
+                        clip_grad_norm(&mut grads, config.training.max_grad_norm)?;
+                    }
+                    self.optimizer.step(&grads, &lrs)?;
+                } else {
+                    events(TrainEvent::Note(format!(
+                        "fp16 overflow at step {}: step skipped, loss scale lowered",
+                        global_step + 1
+                    )));
+                }
+                global_step += 1;
+                let step_loss = step_loss_sum / micro_in_step as f64;
+                micro_in_step = 0;
+                step_loss_sum = 0.0;
+                losses.push(step_loss);
+                let average = loss_window.iter().sum::<f64>() / loss_window.len() as f64;
+
+                let mut scalars: Vec<(String, f64)> =
+                    vec![("loss/current".into(), step_loss), ("loss/average".into(), average)];
+                for (g, lr) in self.optimizer.groups().iter().zip(&lrs) {
+                    scalars.push((format!("lr/{}", g.name), *lr));
+                }
+                self.log(&mut tensorboard, &mut run_log, global_step, epoch + 1, &scalars)?;
+                events(TrainEvent::Step {
+                    step: global_step,
+                    total: total_steps,
+                    epoch: epoch + 1,
+                    loss: step_loss,
+                    average_loss: average,
+                    lr: lrs[0],
+                });
+
+                let progress_state = |next_epoch: u64, next_batch: u64| ProgressState {
+                    format: STATE_FORMAT,
+                    lorakit_version: env!("CARGO_PKG_VERSION").into(),
+                    global_step,
+                    epoch: next_epoch,
+                    next_batch,
+                    batches_per_epoch: self.plan.batches_per_epoch,
+                    seed: config.training.seed,
+                    loss_window: loss_window.clone(),
+                    epoch_losses: epoch_losses.clone(),
+                    loss_scale: scaler.map(|s| (s.scale, s.good_steps)),
+                    optimizer_scalars: serde_json::Value::Null,
+                    current_epoch: next_epoch + 1,
+                    current_step: global_step,
+                };
+                let (next_epoch, next_batch) = if bi == last_batch { (epoch + 1, 0) } else { (epoch, bi + 1) };
+
+                let n = config.save.save_every_n_steps;
+                if n > 0 && global_step % n == 0 && global_step < total_steps {
+                    let suffix = format!("-step{global_step:08}");
+                    let path = self.lora_path(&suffix);
+                    self.save_lora(&path, SaveProgress { steps: global_step, epoch })?;
+                    events(TrainEvent::Saved(path.clone()));
+                    saved.push(path);
+                    if config.save.save_state {
+                        let dir = self.state_dir(&suffix);
+                        save_state(&dir, &self.live_sets(), &self.optimizer, &progress_state(next_epoch, next_batch))?;
+                        events(TrainEvent::Saved(dir));
+                    }
+                }
+                if config.samples.sample_every_n_epochs == 0
+                    && config.samples.sample_every_n_steps > 0
+                    && global_step % config.samples.sample_every_n_steps == 0
+                {
+                    if let Some(s) = samples.as_mut() {
+                        for path in
+                            s.run(self.model, &self.sample_sets()?, crate::samples::SampleTag::Step(global_step))?
+                        {
+                            events(TrainEvent::Sampled(path));
+                        }
+                    }
+                }
+                if stop.load(Ordering::SeqCst) && global_step < total_steps {
+                    let dir = self.state_dir(&format!("-step{global_step:08}"));
+                    save_state(&dir, &self.live_sets(), &self.optimizer, &progress_state(next_epoch, next_batch))?;
+                    events(TrainEvent::Saved(dir.clone()));
+                    if let Some(tb) = tensorboard.as_mut() {
+                        tb.flush().map_err(|e| TrainError::io(&log_dir, e))?;
+                    }
+                    return Ok(RunSummary {
+                        final_lora: None,
+                        saved,
+                        interrupted_state: Some(dir),
+                        steps: global_step,
+                        losses,
+                        log_dir,
+                    });
+                }
+                if global_step >= total_steps {
+                    finished = true;
+                    break;
+                }
+            }
+
+            // End of epoch.
+            let epoch_avg = epoch_losses.iter().sum::<f64>() / epoch_losses.len().max(1) as f64;
+            // TensorBoard plots it against the epoch number, as sd-scripts does; the plain log keeps
+            // its step axis (the value lands in the JSONL; the CSV columns are fixed by step rows).
+            if let Some(tb) = tensorboard.as_mut() {
+                tb.add_scalars((epoch + 1) as i64, &[("loss/epoch_average", epoch_avg as f32)])
+                    .map_err(|e| TrainError::Other(format!("TensorBoard log: {e}")))?;
+            }
+            run_log
+                .log(global_step, epoch + 1, &[("loss/epoch_average", epoch_avg)])
+                .map_err(|e| TrainError::Other(format!("run log: {e}")))?;
+            let is_last = epoch + 1 >= self.plan.epochs;
+            let every = config.save.save_every_n_epochs;
+            if every > 0 && (epoch + 1) % every == 0 && !is_last {
+                let suffix = format!("-{:06}", epoch + 1);
+                let path = self.lora_path(&suffix);
+                self.save_lora(&path, SaveProgress { steps: global_step, epoch: epoch + 1 })?;
+                events(TrainEvent::Saved(path.clone()));
+                saved.push(path);
+                if config.save.save_state {
+                    let dir = self.state_dir(&suffix);
+                    let p = ProgressState {
+                        format: STATE_FORMAT,
+                        lorakit_version: env!("CARGO_PKG_VERSION").into(),
+                        global_step,
+                        epoch: epoch + 1,
+                        next_batch: 0,
+                        batches_per_epoch: self.plan.batches_per_epoch,
+                        seed: config.training.seed,
+                        loss_window: loss_window.clone(),
+                        epoch_losses: Vec::new(),
+                        loss_scale: scaler.map(|s| (s.scale, s.good_steps)),
+                        optimizer_scalars: serde_json::Value::Null,
+                        current_epoch: epoch + 2,
+                        current_step: global_step,
+                    };
+                    save_state(&dir, &self.live_sets(), &self.optimizer, &p)?;
+                    events(TrainEvent::Saved(dir));
+                }
+                let keep = config.save.save_last_n_epochs;
+                if keep > 0 && epoch + 1 > every * keep {
+                    let old_epoch = epoch + 1 - every * keep;
+                    let old = self.lora_path(&format!("-{old_epoch:06}"));
+                    if old.exists() {
+                        let _ = std::fs::remove_file(&old);
+                    }
+                    let old_state = self.state_dir(&format!("-{old_epoch:06}"));
+                    if old_state.is_dir() {
+                        let _ = std::fs::remove_dir_all(&old_state);
+                    }
+                }
+            }
+            if config.samples.sample_every_n_epochs > 0 && (epoch + 1) % config.samples.sample_every_n_epochs == 0 {
+                if let Some(s) = samples.as_mut() {
+                    for path in s.run(self.model, &self.sample_sets()?, crate::samples::SampleTag::Epoch(epoch + 1))? {
+                        events(TrainEvent::Sampled(path));
+                    }
+                }
+            }
+            if finished {
+                break;
+            }
+        }
+
+        // Final save.
+        let final_path = self.lora_path("");
+        self.save_lora(&final_path, SaveProgress { steps: global_step, epoch: self.plan.epochs })?;
+        events(TrainEvent::Saved(final_path.clone()));
+        saved.push(final_path.clone());
+        if config.save.save_state_on_train_end {
+            let dir = self.state_dir("");
+            let p = ProgressState {
+                format: STATE_FORMAT,
+                lorakit_version: env!("CARGO_PKG_VERSION").into(),
+                global_step,
+                epoch: self.plan.epochs,
+                next_batch: 0,
+                batches_per_epoch: self.plan.batches_per_epoch,
+                seed: config.training.seed,
+                loss_window: loss_window.clone(),
+                epoch_losses: Vec::new(),
+                loss_scale: scaler.map(|s| (s.scale, s.good_steps)),
+                optimizer_scalars: serde_json::Value::Null,
+                current_epoch: self.plan.epochs,
+                current_step: global_step,
+            };
+            save_state(&dir, &self.live_sets(), &self.optimizer, &p)?;
+            events(TrainEvent::Saved(dir));
+        }
+        if let Some(tb) = tensorboard.as_mut() {
+            tb.flush().map_err(|e| TrainError::io(&log_dir, e))?;
+        }
+        Ok(RunSummary {
+            final_lora: Some(final_path),
+            saved,
+            interrupted_state: None,
+            steps: global_step,
+            losses,
+            log_dir,
+        })
+    }
+
+    fn log(
+        &self,
+        tensorboard: &mut Option<TensorBoardWriter>,
+        run_log: &mut RunLog,
+        step: u64,
+        epoch: u64,
+        scalars: &[(String, f64)],
+    ) -> Result<()> {
+        if let Some(tb) = tensorboard.as_mut() {
+            let values: Vec<(&str, f32)> = scalars.iter().map(|(k, v)| (k.as_str(), *v as f32)).collect();
+            tb.add_scalars(step as i64, &values).map_err(|e| TrainError::Other(format!("TensorBoard log: {e}")))?;
+        }
+        let values: Vec<(&str, f64)> = scalars.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+        run_log.log(step, epoch, &values).map_err(|e| TrainError::Other(format!("run log: {e}")))?;
+        Ok(())
+    }
+
+    /// One micro-batch: forward, loss, backward; gradients added to `accumulated`. Returns the
+    /// batch's loss (before division by the accumulation steps).
+    #[allow(clippy::too_many_arguments)]
+    fn micro_step(
+        &self,
+        batch: &Batch,
+        cache: Option<&LatentCache>,
+        global_step: u64,
+        micro: u64,
+        ga: u64,
+        scaler: Option<LossScaler>,
+        accumulated: &mut Vec<Vec<Option<Tensor>>>,
+    ) -> Result<f64> {
+        let config = &self.config;
+        let device = self.model.device();
+        let latents = match cache {
+            Some(c) => c.batch(&batch.samples, device)?,
+            None => encode_batch(self.model, &self.data, &batch.samples)?,
+        };
+        let b = batch.samples.len();
+
+        // Every random draw of this micro-step comes from (seed, step, micro).
+        let seed = config.training.seed;
+        let mut rng = rng_for(&[seed, stream::NOISE, global_step, micro]);
+        let n = latents.elem_count();
+        let noise: Vec<f32> = (0..n).map(|_| StandardNormal.sample(&mut rng)).collect();
+        let noise = Tensor::from_vec(noise, latents.dims(), &Device::Cpu)?.to_device(device)?;
+        let (lo, hi) = (config.training.min_timestep as u32, config.training.max_timestep as u32);
+        let timesteps: Vec<u32> = (0..b).map(|_| rng.random_range(lo..hi)).collect();
+        let t_int = Tensor::from_vec(timesteps.clone(), b, device)?;
+        let t_float = Tensor::from_vec(timesteps.iter().map(|&t| t as f32).collect::<Vec<_>>(), b, device)?;
+
+        let schedule = self.model.schedule();
+        let noisy = schedule.add_noise(&latents, &noise, &t_int)?;
+        let target = schedule.target(self.model.prediction(), &latents, &noise, &t_int)?;
+
+        let ctxs: Vec<ForwardCtx> = self
+            .sets
+            .iter()
+            .enumerate()
+            .map(|(i, s)| match s {
+                Some(set) => {
+                    set.reseed(rng_for(&[seed, stream::DROPOUT, global_step, micro, i as u64]).random());
+                    ForwardCtx {
+                        lora: Some(set.clone()),
+                        train: true,
+                        gradient_checkpointing: config.training.gradient_checkpointing,
+                    }
+                }
+                None => ForwardCtx::default(),
+            })
+            .collect();
+        let captions: Vec<&str> = batch.samples.iter().map(|s| self.data.images[s.image].caption.as_str()).collect();
+        let cond =
+            self.model.encode_text(&captions, config.training.max_token_length, config.model.clip_skip, &ctxs)?;
+        let pred = self.model.denoise(&noisy, &t_float, &cond, &ctxs)?.to_dtype(DType::F32)?;
+
+        // Per-sample MSE, regularisation images weighted by prior_loss_weight.
+        let per_sample = (pred - target.to_dtype(DType::F32)?)?.sqr()?.flatten_from(1)?.mean(1)?;
+        let weights: Vec<f32> = batch
+            .samples
+            .iter()
+            .map(|s| if self.data.images[s.image].is_reg { config.dataset.prior_loss_weight as f32 } else { 1.0 })
+            .collect();
+        let weights = Tensor::from_vec(weights, b, device)?;
+        let loss = (per_sample * weights)?.mean_all()?;
+        let loss_value = f64::from(loss.to_scalar::<f32>()?);
+        if !loss_value.is_finite() {
+            return Ok(loss_value);
+        }
+        let scale = scaler.map_or(1.0, |s| s.scale);
+        let grads = (loss * (scale / ga as f64))?.backward()?;
+
+        if accumulated.is_empty() {
+            *accumulated = self.optimizer.groups().iter().map(|g| vec![None; g.vars.len()]).collect();
+        }
+        for (g, group) in self.optimizer.groups().iter().enumerate() {
+            let set = self.sets[self.group_components[g]].as_ref().expect("trained component has a set");
+            for (i, var) in group.vars.iter().enumerate() {
+                if let Some(grad) = set.grad(&grads, var)? {
+                    accumulated[g][i] = Some(match accumulated[g][i].take() {
+                        Some(acc) => (acc + grad)?,
+                        None => grad,
+                    });
+                }
+            }
+        }
+        for set in self.sets.iter().flatten() {
+            set.clear_side_grads();
+        }
+        Ok(loss_value)
+    }
+}
+
+/// Whether every gradient is finite.
+fn grads_finite(grads: &[Vec<Option<Tensor>>]) -> Result<bool> {
+    for g in grads.iter().flatten().flatten() {
+        let s = g.to_dtype(DType::F32)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        if !s.is_finite() {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}

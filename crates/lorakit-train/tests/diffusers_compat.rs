@@ -1,0 +1,54 @@
+//! A LoRA trained by lorakit, loaded by diffusers (`pipe.load_lora_weights`, see
+//! tools/reference/diffusers_lora_compat.py, which also checks that no key was missing or
+//! unexpected), gives the same text-encoder and UNet outputs as lorakit with that LoRA applied.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+use lorakit_models::lora_inject::{load_lora_file, sets_from_files, ComponentTargets};
+use lorakit_models::pipeline::StableDiffusion;
+use lorakit_nn::ForwardCtx;
+
+fn repo(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").join(rel)
+}
+
+fn rel_err(ours: &Tensor, theirs: &Tensor) -> f32 {
+    let diff = (ours - theirs).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    let scale = theirs.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    diff / scale
+}
+
+#[test]
+fn lorakit_lora_in_diffusers_matches_lorakit() {
+    let sd = StableDiffusion::load(&repo("examples/quickstart/tiny-sd15"), DType::F32, &Device::Cpu).unwrap();
+    let io = candle_core::safetensors::load(
+        repo("tests/fixtures/reference/trained_lora/diffusers_io.safetensors"),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let components = [
+        ComponentTargets { prefix: "lora_unet", targets: sd.unet_targets() },
+        ComponentTargets { prefix: "lora_te", targets: sd.text_encoder_targets() },
+    ];
+    let lora = repo("tests/fixtures/reference/trained_lora/tiny_trained.safetensors");
+    let loaded = load_lora_file(&lora, 1.0, false, &components, DType::F32, &Device::Cpu).unwrap();
+    let sets = sets_from_files(vec![loaded], 2, &Device::Cpu).unwrap();
+
+    let ids = io["input_ids"].to_dtype(DType::U32).unwrap();
+    let te = sd.text_encoder.forward(&ids, &ForwardCtx::with_lora(sets[1].clone())).unwrap().last_hidden_state;
+    let te_err = rel_err(&te, &io["text_encoder_out"]);
+    assert!(te_err <= 1e-4, "text encoder: relative error {te_err}");
+
+    let unet = sd
+        .unet
+        .forward(&io["sample"], &io["timestep"], &io["text_encoder_out"], &ForwardCtx::with_lora(sets[0].clone()))
+        .unwrap();
+    let unet_err = rel_err(&unet, &io["unet_out"]);
+    assert!(unet_err <= 1e-4, "UNet: relative error {unet_err}");
+
+    // The LoRA matters: without it the outputs differ clearly.
+    let plain =
+        sd.unet.forward(&io["sample"], &io["timestep"], &io["text_encoder_out"], &ForwardCtx::default()).unwrap();
+    assert!(rel_err(&plain, &io["unet_out"]) > 1e-3);
+}

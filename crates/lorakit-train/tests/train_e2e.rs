@@ -1,0 +1,351 @@
+//! Training end to end on the tiny SD1.5-shaped model bundled for the quickstart
+//! (examples/quickstart/tiny-sd15, random weights) and the sample dataset (examples/dataset):
+//! files, metadata, logs, samples, exact resume, and a LoRA that learns.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use candle_core::{DType, Device, Tensor};
+use lorakit_models::lora_inject::load_lora_file;
+use lorakit_models::lora_inject::ComponentTargets;
+use lorakit_nn::ForwardCtx;
+use lorakit_train::data::TrainData;
+use lorakit_train::model::{StableDiffusionModel, TrainableModel};
+use lorakit_train::{TrainConfig, TrainEvent, Trainer};
+
+fn repo(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").join(rel)
+}
+
+fn model() -> StableDiffusionModel {
+    StableDiffusionModel::load(&repo("examples/quickstart/tiny-sd15"), DType::F32, &Device::Cpu, false).unwrap()
+}
+
+/// A small run: the 8_chessboard folder only (9 images × 8 repeats would be long) — copied with
+/// fewer repeats so an epoch is a handful of steps.
+fn dataset(dir: &Path, repeats: u32, images: usize) -> PathBuf {
+    let src = repo("examples/dataset/img/8_chessboard");
+    let dst = dir.join("data").join(format!("{repeats}_chessboard"));
+    std::fs::create_dir_all(&dst).unwrap();
+    let mut names: Vec<_> = std::fs::read_dir(&src).unwrap().map(|e| e.unwrap().path()).collect();
+    names.sort();
+    let jpgs: Vec<_> = names.iter().filter(|p| p.extension().is_some_and(|e| e == "jpg")).take(images).collect();
+    for jpg in jpgs {
+        std::fs::copy(jpg, dst.join(jpg.file_name().unwrap())).unwrap();
+        let txt = jpg.with_extension("txt");
+        if txt.exists() {
+            std::fs::copy(&txt, dst.join(txt.file_name().unwrap())).unwrap();
+        }
+    }
+    dir.join("data")
+}
+
+fn config(dir: &Path, data: &Path, extra: &str) -> TrainConfig {
+    let text = format!(
+        r#"
+[model]
+pretrained_model_name_or_path = "{model}"
+[folders]
+output_dir = "{out}"
+output_name = "tiny"
+[metadata]
+metadata_author = "tester"
+metadata_trigger_phrase = "chkbrd"
+[dataset]
+train_data_dir = "{data}"
+resolution = "64"
+min_bucket_reso = 64
+max_bucket_reso = 128
+bucket_reso_steps = 64
+[network]
+network_dim = 4
+network_alpha = 2
+conv_dim = 2
+[training]
+train_batch_size = 2
+max_train_epochs = 2
+seed = 7
+[optimizer]
+learning_rate = 2e-3
+lr_scheduler = "cosine"
+lr_warmup_steps = 1
+[save]
+save_every_n_epochs = 1
+save_precision = "float"
+{extra}
+"#,
+        model = repo("examples/quickstart/tiny-sd15").display(),
+        out = dir.join("out").display(),
+        data = data.display(),
+    );
+    TrainConfig::from_toml_str(&text, &[]).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn train(config: TrainConfig, model: &StableDiffusionModel, stop_after: Option<u64>) -> lorakit_train::RunSummary {
+    let data = TrainData::load(&config).unwrap();
+    let trainer = Trainer::new(config, model, data).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    let mut events = move |e: TrainEvent| {
+        if let (TrainEvent::Step { step, .. }, Some(n)) = (&e, stop_after) {
+            if *step == n {
+                flag.store(true, Ordering::SeqCst);
+            }
+        }
+    };
+    trainer.run(&stop, &mut events).unwrap()
+}
+
+fn tensors(path: &Path) -> HashMap<String, Vec<f32>> {
+    let file = lorakit_lora::safetensors_file::LoraFile::open(path).unwrap();
+    file.tensor_names().map(|n| (n.to_string(), file.tensor_f32(n).unwrap())).collect()
+}
+
+#[test]
+fn two_epochs_write_kohya_files_logs_samples_and_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dataset(dir.path(), 2, 4);
+    std::fs::write(
+        dir.path().join("prompts.txt"),
+        "chkbrd, a board --w 64 --h 64 --d 3 --s 3\nchkbrd --w 64 --h 64 --s 2\n",
+    )
+    .unwrap();
+    let extra = format!(
+        "save_state = true\n[samples]\nsample_prompts = \"{}\"\nsample_every_n_epochs = 1\n",
+        dir.path().join("prompts.txt").display()
+    );
+    let model = model();
+    let summary = train(config(dir.path(), &data, &extra), &model, None);
+    let out = dir.path().join("out");
+
+    // 4 images × 2 repeats in one 64×64 bucket, batch 2 → 4 steps per epoch.
+    assert_eq!(summary.steps, 8);
+    assert!(summary.losses.iter().all(|l| l.is_finite()));
+    for f in ["tiny-000001.safetensors", "tiny.safetensors"] {
+        assert!(out.join(f).is_file(), "{f} missing");
+    }
+    assert!(!out.join("tiny-000002.safetensors").exists(), "the last epoch is the final save");
+    for f in ["network.safetensors", "optimizer.safetensors", "train_state.json"] {
+        assert!(out.join("tiny-000001-state").join(f).is_file(), "state {f} missing");
+    }
+
+    // kohya keys and metadata.
+    let file = lorakit_lora::safetensors_file::LoraFile::open(out.join("tiny.safetensors")).unwrap();
+    let names: Vec<&str> = file.tensor_names().collect();
+    assert!(names.contains(&"lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q.lora_down.weight"));
+    assert!(names.contains(&"lora_te_text_model_encoder_layers_0_self_attn_q_proj.alpha"));
+    assert!(
+        names.iter().any(|n| n.starts_with("lora_unet_down_blocks_0_resnets_0_conv1.")),
+        "conv_dim adds resnet convs"
+    );
+    let m = file.metadata();
+    for (k, v) in [
+        ("ss_network_module", "networks.lora"),
+        ("ss_network_dim", "4"),
+        ("ss_network_alpha", "2.0"),
+        ("ss_base_model_version", "sd_v1"),
+        ("ss_v2", "False"),
+        ("ss_steps", "8"),
+        ("ss_epoch", "2"),
+        ("ss_num_train_images", "8"),
+        ("ss_num_batches_per_epoch", "4"),
+        ("ss_max_train_steps", "8"),
+        ("ss_lr_scheduler", "cosine"),
+        ("ss_seed", "7"),
+        ("ss_resolution", "(64, 64)"),
+        ("modelspec.sai_model_spec", "1.0.1"),
+        ("modelspec.architecture", "stable-diffusion-v1/lora"),
+        ("modelspec.implementation", "diffusers"),
+        ("modelspec.title", "tiny"),
+        ("modelspec.author", "tester"),
+        ("modelspec.trigger_phrase", "chkbrd"),
+        ("modelspec.resolution", "64x64"),
+        ("modelspec.prediction_type", "epsilon"),
+    ] {
+        assert_eq!(m.get(k).map(String::as_str), Some(v), "{k}");
+    }
+    let tags: serde_json::Value = serde_json::from_str(&m["ss_tag_frequency"]).unwrap();
+    assert!(tags["2_chessboard"]["chkbrd"].as_u64().unwrap() >= 3, "{tags}");
+    let dirs: serde_json::Value = serde_json::from_str(&m["ss_dataset_dirs"]).unwrap();
+    assert_eq!(dirs["2_chessboard"]["n_repeats"], 2);
+    assert_eq!(dirs["2_chessboard"]["img_count"], 4);
+    let buckets: serde_json::Value = serde_json::from_str(&m["ss_bucket_info"]).unwrap();
+    assert_eq!(buckets["buckets"]["0"]["resolution"], serde_json::json!([64, 64]));
+    assert!(m.contains_key("sshs_model_hash") && m.contains_key("ss_network_args"));
+    assert_eq!(
+        lorakit_lora::safetensors_file::LoraFile::open(out.join("tiny-000001.safetensors")).unwrap().metadata()
+            ["ss_epoch"],
+        "1"
+    );
+
+    // The file loads back into the model with every key matched, and changes its output.
+    let sd = model.pipeline();
+    let components = [
+        ComponentTargets { prefix: "lora_unet", targets: sd.unet_targets() },
+        ComponentTargets { prefix: "lora_te", targets: sd.text_encoder_targets() },
+    ];
+    let loaded =
+        load_lora_file(&out.join("tiny.safetensors"), 1.0, false, &components, DType::F32, &Device::Cpu).unwrap();
+    assert_eq!(loaded.module_count * 3, names.len());
+
+    // Logs: TensorBoard with sd-scripts' scalar names, and the plain JSONL log.
+    let tb_dir = summary.log_dir.join("network_train");
+    let event_file = std::fs::read_dir(&tb_dir).unwrap().next().unwrap().unwrap().path();
+    let scalars = lorakit_train::tensorboard::read_scalars(&event_file).unwrap();
+    for tag in ["loss/current", "loss/average", "lr/unet", "lr/textencoder", "loss/epoch_average"] {
+        assert!(scalars.iter().any(|s| s.tag == tag), "no {tag} in TensorBoard log");
+    }
+    let lr: Vec<f32> = scalars.iter().filter(|s| s.tag == "lr/unet").map(|s| s.value).collect();
+    assert_eq!(lr.len(), 8);
+    // torch's LambdaLR semantics, as sd-scripts: the first update runs at warmup factor 0/1.
+    assert!(
+        lr[0] == 0.0 && (lr[1] - 2e-3).abs() < 1e-6 && lr[7] < lr[2] && lr[2] < lr[1],
+        "warmup then cosine: {lr:?}"
+    );
+    let jsonl = std::fs::read_to_string(summary.log_dir.join("log.jsonl")).unwrap();
+    assert!(jsonl.lines().count() >= 8);
+
+    // Samples: two prompts per epoch, plus a grid each epoch.
+    let samples: Vec<String> = std::fs::read_dir(out.join("sample"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(samples.iter().filter(|s| s.starts_with("tiny_e000001_")).count(), 3, "{samples:?}");
+    assert!(samples.iter().any(|s| s.starts_with("tiny_e000002_00_") && s.ends_with("_3.png")), "{samples:?}");
+}
+
+#[test]
+fn a_resumed_run_continues_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dataset(dir.path(), 3, 3);
+    let model = model();
+    // Uninterrupted: 2 epochs of ceil(9/2) = 5 batches, accumulation 2 → 3 steps per epoch.
+    let full_cfg = config(dir.path(), &data, "save_state = true\n");
+    let mut full_cfg = full_cfg;
+    full_cfg.training.gradient_accumulation_steps = 2;
+    full_cfg.training.cache_latents = false;
+    let full = train(full_cfg.clone(), &model, None);
+    assert_eq!(full.steps, 6);
+
+    // Interrupted mid-epoch (Ctrl-C after step 2), then resumed.
+    let mut part_cfg = full_cfg.clone();
+    part_cfg.folders.output_dir = dir.path().join("part");
+    let part = train(part_cfg.clone(), &model, Some(2));
+    let state = part.interrupted_state.clone().expect("stop saves a state");
+    assert_eq!(part.steps, 2);
+    assert_eq!(part.losses, full.losses[..2]);
+    let mut resume_cfg = part_cfg.clone();
+    resume_cfg.save.resume = Some(state);
+    let resumed = train(resume_cfg, &model, None);
+    assert_eq!(resumed.losses, full.losses[2..], "bitwise-identical loss curve after resume");
+    assert_eq!(
+        tensors(&dir.path().join("part/tiny.safetensors")),
+        tensors(&dir.path().join("out/tiny.safetensors")),
+        "identical final weights"
+    );
+
+    // And from the epoch-end state.
+    let mut epoch_cfg = full_cfg.clone();
+    epoch_cfg.folders.output_dir = dir.path().join("epoch");
+    epoch_cfg.save.resume = Some(dir.path().join("out/tiny-000001-state"));
+    let from_epoch = train(epoch_cfg, &model, None);
+    assert_eq!(from_epoch.losses, full.losses[3..]);
+    assert_eq!(tensors(&dir.path().join("epoch/tiny.safetensors")), tensors(&dir.path().join("out/tiny.safetensors")));
+
+    // A state from a different network is refused with the reason.
+    let mut wrong = full_cfg.clone();
+    wrong.network.network_dim = 8;
+    wrong.folders.output_dir = dir.path().join("wrong");
+    wrong.save.resume = Some(dir.path().join("out/tiny-000001-state"));
+    let data2 = TrainData::load(&wrong).unwrap();
+    let trainer = Trainer::new(wrong, &model, data2).unwrap();
+    let err = trainer.run(&AtomicBool::new(false), &mut |_| {}).unwrap_err().to_string();
+    assert!(err.contains("network_dim") && err.contains("tiny-000001-state"), "{err}");
+}
+
+/// The model's denoising error on one image at fixed noise and timesteps, with and without LoRA.
+fn denoise_error(model: &StableDiffusionModel, latents: &Tensor, caption: &str, lora: Option<&Path>) -> f32 {
+    let sd = model.pipeline();
+    let sets = match lora {
+        Some(p) => {
+            let components = [
+                ComponentTargets { prefix: "lora_unet", targets: sd.unet_targets() },
+                ComponentTargets { prefix: "lora_te", targets: sd.text_encoder_targets() },
+            ];
+            let loaded = load_lora_file(p, 1.0, false, &components, DType::F32, &Device::Cpu).unwrap();
+            lorakit_models::lora_inject::sets_from_files(vec![loaded], 2, &Device::Cpu).unwrap()
+        }
+        None => Vec::new(),
+    };
+    let ctxs: Vec<ForwardCtx> = sets.iter().map(|s| ForwardCtx::with_lora(s.clone())).collect();
+    let cond = model.encode_text(&[caption], 75, None, &ctxs).unwrap();
+    let mut total = 0.0;
+    let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(11);
+    for t in [100u32, 300, 500, 700, 900] {
+        let values: Vec<f32> = (0..latents.elem_count())
+            .map(|_| rand_distr::Distribution::sample(&rand_distr::StandardNormal, &mut rng))
+            .collect();
+        let noise = Tensor::from_vec(values, latents.dims(), &Device::Cpu).unwrap();
+        let t_int = Tensor::new(&[t], &Device::Cpu).unwrap();
+        let noisy = model.schedule().add_noise(latents, &noise, &t_int).unwrap();
+        let pred = model.denoise(&noisy, &Tensor::new(&[t as f32], &Device::Cpu).unwrap(), &cond, &ctxs).unwrap();
+        total += (pred - noise).unwrap().sqr().unwrap().mean_all().unwrap().to_scalar::<f32>().unwrap();
+    }
+    total / 5.0
+}
+
+#[test]
+fn overfitting_one_image_lowers_its_denoising_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dataset(dir.path(), 1, 1);
+    let model = model();
+    let mut cfg = config(dir.path(), &data, "");
+    cfg.training.train_batch_size = 1;
+    cfg.training.max_train_epochs = 60;
+    cfg.save.save_every_n_epochs = 0;
+    cfg.optimizer.lr_scheduler = "constant".into();
+    cfg.optimizer.lr_warmup_steps = 0.0;
+    cfg.optimizer.learning_rate = 3e-3;
+    let summary = train(cfg.clone(), &model, None);
+    let lora = summary.final_lora.unwrap();
+
+    let training = TrainData::load(&cfg).unwrap();
+    let image = &training.images[0];
+    let pixels = lorakit_train::latents::image_tensor(image, false, &Device::Cpu).unwrap();
+    let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(0);
+    let latents = model.encode_images(&pixels, &mut rng).unwrap();
+    // Same noise draws for both measurements (seeded inside).
+    let without = denoise_error(&model, &latents, &image.caption, None);
+    let with = denoise_error(&model, &latents, &image.caption, Some(&lora));
+    assert!(with < 0.8 * without, "error with LoRA {with} vs without {without}");
+    let first: f64 = summary.losses[..10].iter().sum::<f64>() / 10.0;
+    let last: f64 = summary.losses[summary.losses.len() - 10..].iter().sum::<f64>() / 10.0;
+    assert!(last < first, "loss falls: first {first}, last {last}");
+}
+
+#[test]
+fn configuration_and_dataset_errors_are_clear() {
+    let dir = tempfile::tempdir().unwrap();
+    let empty = dir.path().join("empty");
+    std::fs::create_dir_all(empty.join("10_nothing")).unwrap();
+    let cfg = config(dir.path(), &empty, "");
+    let err = match TrainData::load(&cfg) {
+        Ok(_) => panic!("an empty dataset must be refused"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains("no trainable images") && err.contains("10_mychar"), "{err}");
+
+    let missing = config(dir.path(), &dir.path().join("nope"), "");
+    let err = match TrainData::load(&missing) {
+        Ok(_) => panic!("a missing folder must be refused"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains("nope") && err.contains("no such folder"), "{err}");
+
+    let mut no_model = config(dir.path(), &empty, "");
+    no_model.model.pretrained_model_name_or_path = Some(dir.path().join("missing.safetensors"));
+    let err = lorakit_train::train(no_model, &AtomicBool::new(false), &mut |_| {}).unwrap_err().to_string();
+    assert!(err.contains("missing.safetensors"), "{err}");
+}

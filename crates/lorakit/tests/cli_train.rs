@@ -1,0 +1,162 @@
+//! `lorakit train` and `lorakit config new` end to end: presets, overrides, sd-scripts import,
+//! a real (tiny) run, and kill -9 in the middle of saving.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn repo(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").join(rel)
+}
+
+fn lorakit<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_lorakit")).args(args).output().expect("run lorakit")
+}
+
+fn text(o: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+/// A tiny run's config: 4 chessboard images at 64 px on the bundled tiny model.
+fn tiny_config(dir: &Path, extra: &str) -> PathBuf {
+    let data = dir.join("data/2_chessboard");
+    std::fs::create_dir_all(&data).unwrap();
+    for name in ["left01", "left02", "left03", "left04"] {
+        let src = repo(&format!("examples/dataset/img/8_chessboard/{name}"));
+        std::fs::copy(src.with_extension("jpg"), data.join(format!("{name}.jpg"))).unwrap();
+        std::fs::copy(src.with_extension("txt"), data.join(format!("{name}.txt"))).unwrap();
+    }
+    let path = dir.join("run.toml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"[model]
+pretrained_model_name_or_path = "{model}"
+[folders]
+output_dir = "out"
+output_name = "tiny"
+[dataset]
+train_data_dir = "data"
+resolution = "64"
+min_bucket_reso = 64
+max_bucket_reso = 128
+[network]
+network_dim = 2
+network_alpha = 1
+[training]
+train_batch_size = 2
+max_train_epochs = 2
+[optimizer]
+learning_rate = 1e-3
+{extra}
+"#,
+            model = repo("examples/quickstart/tiny-sd15").display()
+        ),
+    )
+    .unwrap();
+    path
+}
+
+#[test]
+fn presets_are_written_and_read_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("char.toml");
+    let o = lorakit(&["config", "new", "--preset", "sd15-character", "-o", out.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+    let written = std::fs::read_to_string(&out).unwrap();
+    assert!(written.contains("text_encoder_lr") && written.contains("25–50%"), "the guide's advice is in the file");
+    let o = lorakit(&["config", "new", "--preset", "sd15-character", "-o", out.to_str().unwrap()]);
+    assert!(!o.status.success() && text(&o).contains("--force"), "{}", text(&o));
+    let o = lorakit(&["train", out.to_str().unwrap(), "--print-config", "--set", "training.max_train_epochs=3"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let printed = String::from_utf8_lossy(&o.stdout);
+    assert!(printed.contains("max_train_epochs = 3") && printed.contains("network_dim = 16"), "{printed}");
+    let o = lorakit(&["config", "new", "--preset", "sdxl-pony", "-o", "-"]);
+    assert!(!o.status.success() && text(&o).contains("sd15-style"), "{}", text(&o));
+}
+
+#[test]
+fn sd_scripts_configs_are_imported_with_a_list_of_what_was_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let kohya = dir.path().join("args.toml");
+    std::fs::write(
+        &kohya,
+        "[model_arguments]\npretrained_model_name_or_path = \"/m/sd15.safetensors\"\n[training]\nnetwork_dim = 32\nnetwork_alpha = 16\nmax_train_epochs = 6\nxformers = true\nlearning_rate = 1e-4\n",
+    )
+    .unwrap();
+    let o = lorakit(&["train", "--from-kohya", kohya.to_str().unwrap(), "--print-config"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(stdout.contains("network_dim = 32") && stdout.contains("max_train_epochs = 6"), "{stdout}");
+    assert!(stdout.contains("caption_extension = \".caption\""), "sd-scripts' default for silent keys: {stdout}");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("`xformers`"), "{}", text(&o));
+}
+
+#[test]
+fn a_tiny_run_trains_and_bad_configs_are_explained() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = tiny_config(dir.path(), "");
+    let o = lorakit(&["train", cfg.to_str().unwrap(), "--set", "save.save_every_n_epochs=1"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("done: 8 steps"), "{}", text(&o));
+    for f in ["out/tiny-000001.safetensors", "out/tiny.safetensors"] {
+        assert!(dir.path().join(f).is_file(), "{f}: {}", text(&o));
+    }
+
+    let o = lorakit(&["train", cfg.to_str().unwrap(), "--set", "learnig_rate=1"]);
+    assert!(!o.status.success() && text(&o).contains("learnig_rate"), "{}", text(&o));
+    let o = lorakit(&["train", cfg.to_str().unwrap(), "--set", "optimizer.learnig_rate=1"]);
+    assert!(!o.status.success() && text(&o).contains("learnig_rate"), "{}", text(&o));
+    let o = lorakit(&["train", dir.path().join("missing.toml").to_str().unwrap()]);
+    assert!(!o.status.success() && text(&o).contains("missing.toml"), "{}", text(&o));
+}
+
+/// Every `.safetensors` under `dir` is a complete, readable LoRA.
+fn all_complete(dir: &Path) -> usize {
+    let mut n = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let p = entry.unwrap().path();
+        if p.extension().is_some_and(|e| e == "safetensors") {
+            let f =
+                lorakit_lora::safetensors_file::LoraFile::open(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+            assert!(!f.is_empty());
+            n += 1;
+        }
+    }
+    n
+}
+
+#[test]
+fn kill_9_while_saving_leaves_earlier_files_intact() {
+    let dir = tempfile::tempdir().unwrap();
+    // A save after every step: the process spends much of its time writing files.
+    let cfg = tiny_config(dir.path(), "[save]\nsave_every_n_steps = 1\nsave_state = true\n");
+    let out = dir.path().join("out");
+    for delay_ms in [700u64, 1100, 1600] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_lorakit"))
+            .args(["train", cfg.to_str().unwrap(), "--set", "training.max_train_epochs=20"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        // Wait for the first save, then kill at a moment that falls into later saves.
+        let start = Instant::now();
+        while !out.join("tiny-step00000001.safetensors").exists() && start.elapsed() < Duration::from_secs(60) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        assert!(all_complete(&out) >= 1, "earlier saves survive");
+        // Every state folder that exists under its final name is complete.
+        for entry in std::fs::read_dir(&out).unwrap() {
+            let p = entry.unwrap().path();
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            if p.is_dir() && name.ends_with("-state") && !name.starts_with('.') {
+                for f in ["network.safetensors", "optimizer.safetensors", "train_state.json"] {
+                    assert!(p.join(f).is_file(), "{name}/{f} missing after kill -9");
+                }
+            }
+        }
+    }
+}
