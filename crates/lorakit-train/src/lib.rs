@@ -54,6 +54,13 @@ pub fn train(config: TrainConfig, stop: &AtomicBool, events: &mut dyn FnMut(Trai
         events(TrainEvent::Note(note.clone()));
     }
     let device = trainer::device_for(&config)?;
+    if device.is_cpu() && config.accelerate.mixed_precision == "bf16" {
+        return Err(TrainError::Other(
+            "accelerate.mixed_precision = \"bf16\" needs a GPU: candle has no bf16 matrix multiply on the CPU. \
+             Use \"no\" (f32) on the CPU, or accelerate.device = \"cuda\""
+                .into(),
+        ));
+    }
     let model = model::StableDiffusionModel::load(
         &model_path,
         trainer::model_dtype(&config),

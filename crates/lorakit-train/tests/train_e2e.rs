@@ -349,3 +349,93 @@ fn configuration_and_dataset_errors_are_clear() {
     let err = lorakit_train::train(no_model, &AtomicBool::new(false), &mut |_| {}).unwrap_err().to_string();
     assert!(err.contains("missing.safetensors"), "{err}");
 }
+
+#[test]
+fn disk_latent_cache_is_reused_only_while_the_image_matches() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dataset(dir.path(), 1, 2);
+    let model = model();
+    let mut cfg = config(dir.path(), &data, "");
+    cfg.training.cache_latents_to_disk = true;
+    cfg.training.max_train_epochs = 1;
+    let notes = |cfg: TrainConfig| {
+        let data = TrainData::load(&cfg).unwrap();
+        let trainer = Trainer::new(cfg, &model, data).unwrap();
+        let mut notes = Vec::new();
+        trainer
+            .run(&AtomicBool::new(false), &mut |e| {
+                if let TrainEvent::Note(n) = e {
+                    notes.push(n)
+                }
+            })
+            .unwrap();
+        notes.join("\n")
+    };
+    let first = notes(cfg.clone());
+    assert!(!first.contains("reused"), "{first}");
+    let caches: Vec<_> = std::fs::read_dir(data.join("1_chessboard"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".lorakit-latent.safetensors"))
+        .collect();
+    assert_eq!(caches.len(), 2, "one cache file per image: {caches:?}");
+    assert!(notes(cfg.clone()).contains("2 latents reused"));
+    // A changed image (here: another photo under the same name) is re-encoded.
+    let folder = data.join("1_chessboard");
+    let mut jpgs: Vec<_> = std::fs::read_dir(&folder)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "jpg"))
+        .collect();
+    jpgs.sort();
+    std::fs::copy(repo("examples/dataset/img/8_chessboard/left08.jpg"), &jpgs[0]).unwrap();
+    assert!(notes(cfg.clone()).contains("1 latents reused"));
+    // Another resolution means other buckets: nothing is reused.
+    let mut bigger = cfg.clone();
+    bigger.dataset.resolution = "128".into();
+    assert!(!notes(bigger).contains("reused"));
+}
+
+#[test]
+fn fp16_trains_on_cpu_and_bf16_is_refused_there() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dataset(dir.path(), 1, 2);
+    let model =
+        StableDiffusionModel::load(&repo("examples/quickstart/tiny-sd15"), DType::F16, &Device::Cpu, false).unwrap();
+    let mut cfg = config(dir.path(), &data, "");
+    cfg.accelerate.mixed_precision = "fp16".into();
+    let summary = train(cfg.clone(), &model, None);
+    assert!(summary.losses.iter().all(|l| l.is_finite()), "{:?}", summary.losses);
+    let t = tensors(&summary.final_lora.unwrap());
+    let up = t.iter().find(|(k, _)| k.ends_with("attn1_to_q.lora_up.weight")).unwrap().1;
+    assert!(up.iter().any(|v| *v != 0.0), "the LoRA learned something");
+
+    cfg.accelerate.mixed_precision = "bf16".into();
+    let err = lorakit_train::train(cfg, &AtomicBool::new(false), &mut |_| {}).unwrap_err().to_string();
+    assert!(err.contains("bf16") && err.contains("CPU"), "{err}");
+}
+
+#[test]
+fn a_diverging_run_stops_and_keeps_earlier_saves() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dataset(dir.path(), 2, 4);
+    let model = model();
+    let mut cfg = config(dir.path(), &data, "");
+    cfg.optimizer.learning_rate = 1e9;
+    cfg.optimizer.lr_warmup_steps = 0.0;
+    cfg.training.max_grad_norm = 0.0;
+    cfg.training.max_train_epochs = 30;
+    let data = TrainData::load(&cfg).unwrap();
+    let trainer = Trainer::new(cfg, &model, data).unwrap();
+    let err = trainer.run(&AtomicBool::new(false), &mut |_| {}).unwrap_err().to_string();
+    assert!(err.contains("the loss became") && err.contains("learning rate"), "{err}");
+    let out = dir.path().join("out");
+    assert!(!out.join("tiny.safetensors").exists(), "no final save after a NaN");
+    for entry in std::fs::read_dir(&out).unwrap() {
+        let p = entry.unwrap().path();
+        if p.extension().is_some_and(|e| e == "safetensors") {
+            let t = tensors(&p);
+            assert!(t.values().flatten().all(|v| v.is_finite()), "{} holds NaN", p.display());
+        }
+    }
+}
