@@ -188,6 +188,8 @@ impl TrainData {
         for p in problems.iter().take(20) {
             tracing::warn!("left out of training: {p}");
         }
+        let mut notes = notes;
+        notes.extend(not_yet_applied(&datasets));
         Ok(TrainData { images, groups, datasets, notes, from_dataset_config })
     }
 
@@ -238,6 +240,40 @@ impl TrainData {
     pub fn any_flip(&self) -> bool {
         self.images.iter().any(|i| i.flip_aug)
     }
+}
+
+/// Subset options that training does not apply yet, named so nobody believes they took effect.
+fn not_yet_applied(datasets: &[LoadedDataset]) -> Vec<String> {
+    let mut found = std::collections::BTreeSet::new();
+    for ds in datasets {
+        for subset in &ds.subsets {
+            let c = &subset.spec.caption;
+            let a = &subset.spec.augment;
+            for (on, name) in [
+                (c.shuffle_caption, "shuffle_caption"),
+                (c.keep_tokens > 0, "keep_tokens"),
+                (c.caption_dropout_rate > 0.0, "caption_dropout_rate"),
+                (c.caption_dropout_every_n_epochs > 0, "caption_dropout_every_n_epochs"),
+                (c.caption_tag_dropout_rate > 0.0, "caption_tag_dropout_rate"),
+                (c.token_warmup_step > 0.0, "token_warmup_step"),
+                (c.enable_wildcard, "enable_wildcard"),
+                (a.color_aug, "color_aug"),
+                (a.random_crop, "random_crop"),
+                (a.face_crop_aug_range.is_some(), "face_crop_aug_range"),
+                (a.alpha_mask, "alpha_mask"),
+            ] {
+                if on {
+                    found.insert(name);
+                }
+            }
+        }
+    }
+    found
+        .into_iter()
+        .map(|name| {
+            format!("dataset option `{name}` is not applied by this version of lorakit yet (training runs without it)")
+        })
+        .collect()
 }
 
 /// Joins prefix, caption and suffix with single spaces, as sd-scripts does.

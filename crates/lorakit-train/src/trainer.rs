@@ -202,8 +202,9 @@ impl<'m> Trainer<'m> {
             return Err(TrainError::Other("the network has no trainable modules".into()));
         }
         // sd-scripts orders groups text encoder first.
+        let is_text_encoder: Vec<bool> = model.components().iter().map(|c| c.is_text_encoder).collect();
         let mut order: Vec<usize> = (0..groups.len()).collect();
-        order.sort_by_key(|&g| !model.components()[group_components[g]].is_text_encoder);
+        order.sort_by_key(|&g| !is_text_encoder[group_components[g]]);
         let groups: Vec<ParamGroup> = order.iter().map(|&g| groups[g].clone()).collect();
         let group_components: Vec<usize> = order.iter().map(|&g| group_components[g]).collect();
 

@@ -439,3 +439,28 @@ fn a_diverging_run_stops_and_keeps_earlier_saves() {
         }
     }
 }
+
+#[test]
+fn checkpointing_gives_the_same_run_and_unet_only_skips_the_text_encoder() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dataset(dir.path(), 1, 4);
+    let model = model();
+    let mut plain = config(dir.path(), &data, "");
+    plain.training.max_train_epochs = 1;
+    plain.network.network_dropout = Some(0.1);
+    let a = train(plain.clone(), &model, None);
+    let mut ckpt = plain.clone();
+    ckpt.training.gradient_checkpointing = true;
+    ckpt.folders.output_dir = dir.path().join("ckpt");
+    let b = train(ckpt, &model, None);
+    for (x, y) in a.losses.iter().zip(&b.losses) {
+        assert!((x - y).abs() <= 1e-6 * x.abs(), "checkpointed run differs: {:?} vs {:?}", a.losses, b.losses);
+    }
+
+    let mut unet_only = plain.clone();
+    unet_only.network.network_train_unet_only = true;
+    unet_only.folders.output_dir = dir.path().join("unet_only");
+    let c = train(unet_only, &model, None);
+    let names: Vec<String> = tensors(&c.final_lora.unwrap()).into_keys().collect();
+    assert!(!names.is_empty() && names.iter().all(|n| n.starts_with("lora_unet_")), "{names:?}");
+}

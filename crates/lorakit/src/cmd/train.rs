@@ -106,6 +106,11 @@ pub fn run(args: TrainArgs) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
 
+    if config.accelerate.cpu_threads > 0 {
+        // Read by rayon when its pool starts (nothing has used it yet) and by candle per op.
+        std::env::set_var("RAYON_NUM_THREADS", config.accelerate.cpu_threads.to_string());
+    }
+
     let stop = Arc::new(AtomicBool::new(false));
     install_ctrl_c(stop.clone());
 
