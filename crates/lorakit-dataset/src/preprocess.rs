@@ -177,7 +177,7 @@ fn decode_upright_rgb_bytes(bytes: &[u8]) -> Result<RgbImage, DecodeFailure> {
     let probe = probe::probe_header_bytes(bytes).map_err(DecodeFailure::Probe)?;
     let corrupt = |reason: String| DecodeFailure::Probe(ProbeError::Corrupt { format: probe.format.into(), reason });
     let format = ImageFormat::from_extension(probe.format).ok_or_else(|| corrupt("unknown format".into()))?;
-    if format == ImageFormat::Jpeg && !jpeg_has_end_marker(bytes) {
+    if format == ImageFormat::Jpeg && !probe::jpeg_has_end_marker(bytes) {
         // The JPEG decoder pads a cut-off file with gray instead of failing.
         return Err(corrupt("the file ends before the end-of-image marker: it is truncated".into()));
     }
@@ -190,12 +190,6 @@ fn decode_upright_rgb_bytes(bytes: &[u8]) -> Result<RgbImage, DecodeFailure> {
         rgb.apply_orientation(orientation);
     }
     Ok(rgb.into_rgb8())
-}
-
-/// A JPEG ends with FF D9; allow a little trailing padding some writers add (as `probe` does).
-fn jpeg_has_end_marker(bytes: &[u8]) -> bool {
-    let tail = &bytes[bytes.len().saturating_sub(1024)..];
-    tail.windows(2).any(|w| w == [0xFF, 0xD9])
 }
 
 /// PIL `convert("RGB")`: alpha dropped (not composited), gray replicated; 16-bit samples keep

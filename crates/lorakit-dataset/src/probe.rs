@@ -208,7 +208,7 @@ pub fn decode_bytes(bytes: &[u8]) -> Result<DecodedImage, ProbeError> {
 }
 
 /// A JPEG ends with FF D9; allow a little trailing padding some writers add.
-fn jpeg_has_end_marker(bytes: &[u8]) -> bool {
+pub(crate) fn jpeg_has_end_marker(bytes: &[u8]) -> bool {
     let tail = &bytes[bytes.len().saturating_sub(1024)..];
     tail.windows(2).any(|w| w == [0xFF, 0xD9])
 }
