@@ -123,6 +123,8 @@ fn two_epochs_write_kohya_files_logs_samples_and_state() {
     // 4 images × 2 repeats in one 64×64 bucket, batch 2 → 4 steps per epoch.
     assert_eq!(summary.steps, 8);
     assert!(summary.losses.iter().all(|l| l.is_finite()));
+    let epoch_mean = |e: usize| summary.losses[e * 4..e * 4 + 4].iter().sum::<f64>() / 4.0;
+    assert!(epoch_mean(1) < epoch_mean(0), "loss falls from epoch 1 to 2: {:?}", summary.losses);
     for f in ["tiny-000001.safetensors", "tiny.safetensors"] {
         assert!(out.join(f).is_file(), "{f} missing");
     }
