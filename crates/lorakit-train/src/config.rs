@@ -237,6 +237,96 @@ impl Default for TrainingSection {
     }
 }
 
+/// `[loss]`: the loss and the training noise (sd-scripts' names; spec §7).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LossSection {
+    /// `l2`, `l1`, `huber` or `smooth_l1`.
+    pub loss_type: crate::loss::LossType,
+    /// Huber threshold schedule: `snr`, `exponential` or `constant`.
+    pub huber_schedule: crate::loss::HuberSchedule,
+    /// Huber parameter.
+    pub huber_c: f64,
+    /// Huber multiplier (constant / exponential schedules).
+    pub huber_scale: f64,
+    /// Min-SNR-γ weighting (5 is the usual value).
+    pub min_snr_gamma: Option<f64>,
+    /// Scale a v-prediction loss like an ε-prediction loss (needs v_parameterization).
+    pub scale_v_pred_loss_like_noise_pred: bool,
+    /// Add a v-prediction-like loss term of this weight (ε-prediction models only).
+    pub v_pred_like_loss: Option<f64>,
+    /// Debiased estimation weighting (1/√SNR).
+    pub debiased_estimation_loss: bool,
+    /// Offset noise strength (≈0.05–0.1 helps very dark/bright images).
+    pub noise_offset: Option<f64>,
+    /// Offset strength ~ U(0, noise_offset) per batch.
+    pub noise_offset_random_strength: bool,
+    /// Add this × |mean latent| to the offset (needs noise_offset).
+    pub adaptive_noise_scale: Option<f64>,
+    /// Multi-resolution (pyramid) noise iterations (6–10 typical).
+    pub multires_noise_iterations: Option<usize>,
+    /// Pyramid noise discount.
+    pub multires_noise_discount: f64,
+    /// Input-perturbation noise γ (≈0.1).
+    pub ip_noise_gamma: Option<f64>,
+    /// γ ~ U(0, ip_noise_gamma) per batch.
+    pub ip_noise_gamma_random_strength: bool,
+    /// Rescale the noise schedule to zero terminal SNR (meant for v-prediction).
+    pub zero_terminal_snr: bool,
+}
+
+impl Default for LossSection {
+    fn default() -> Self {
+        LossSection {
+            loss_type: crate::loss::LossType::L2,
+            huber_schedule: crate::loss::HuberSchedule::Snr,
+            huber_c: 0.1,
+            huber_scale: 1.0,
+            min_snr_gamma: None,
+            scale_v_pred_loss_like_noise_pred: false,
+            v_pred_like_loss: None,
+            debiased_estimation_loss: false,
+            noise_offset: None,
+            noise_offset_random_strength: false,
+            adaptive_noise_scale: None,
+            multires_noise_iterations: None,
+            multires_noise_discount: 0.3,
+            ip_noise_gamma: None,
+            ip_noise_gamma_random_strength: false,
+            zero_terminal_snr: false,
+        }
+    }
+}
+
+impl LossSection {
+    /// The loss options.
+    pub fn loss_options(&self) -> crate::loss::LossOptions {
+        crate::loss::LossOptions {
+            loss_type: self.loss_type,
+            huber_schedule: self.huber_schedule,
+            huber_c: self.huber_c,
+            huber_scale: self.huber_scale,
+            min_snr_gamma: self.min_snr_gamma,
+            scale_v_pred_loss_like_noise_pred: self.scale_v_pred_loss_like_noise_pred,
+            v_pred_like_loss: self.v_pred_like_loss,
+            debiased_estimation_loss: self.debiased_estimation_loss,
+        }
+    }
+
+    /// The noise options.
+    pub fn noise_options(&self) -> crate::noise::NoiseOptions {
+        crate::noise::NoiseOptions {
+            noise_offset: self.noise_offset,
+            noise_offset_random_strength: self.noise_offset_random_strength,
+            adaptive_noise_scale: self.adaptive_noise_scale,
+            multires_noise_iterations: self.multires_noise_iterations,
+            multires_noise_discount: self.multires_noise_discount,
+            ip_noise_gamma: self.ip_noise_gamma,
+            ip_noise_gamma_random_strength: self.ip_noise_gamma_random_strength,
+        }
+    }
+}
+
 /// `[optimizer]`: optimizer, learning rates and schedule.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -371,6 +461,7 @@ pub struct TrainConfig {
     pub dataset: DatasetSection,
     pub network: NetworkSection,
     pub training: TrainingSection,
+    pub loss: LossSection,
     pub optimizer: OptimizerSection,
     pub save: SaveSection,
     pub samples: SamplesSection,
@@ -425,6 +516,12 @@ impl TrainConfig {
         c.network.conv_alpha = Some(1.0);
         c.network.network_dropout = Some(0.0);
         c.network.network_weights = Some(PathBuf::new());
+        c.loss.min_snr_gamma = Some(0.0);
+        c.loss.v_pred_like_loss = Some(0.0);
+        c.loss.noise_offset = Some(0.0);
+        c.loss.adaptive_noise_scale = Some(0.0);
+        c.loss.multires_noise_iterations = Some(0);
+        c.loss.ip_noise_gamma = Some(0.0);
         c.optimizer.unet_lr = Some(0.0);
         c.optimizer.text_encoder_lr = Some(0.0);
         c.save.resume = Some(PathBuf::new());
@@ -558,6 +655,26 @@ impl TrainConfig {
                 "dataset.random_crop cannot be combined with training.cache_latents (a cached latent has one fixed crop): turn one off"
                     .into(),
             );
+        }
+        let l = &self.loss;
+        if l.adaptive_noise_scale.is_some() && l.noise_offset.is_none() {
+            problems.push("loss.adaptive_noise_scale needs loss.noise_offset".into());
+        }
+        if l.scale_v_pred_loss_like_noise_pred && !self.model.v_parameterization {
+            problems.push("loss.scale_v_pred_loss_like_noise_pred needs model.v_parameterization".into());
+        }
+        if l.v_pred_like_loss.is_some() && self.model.v_parameterization {
+            problems.push(
+                "loss.v_pred_like_loss is for ε-prediction models; remove it with model.v_parameterization".into(),
+            );
+        }
+        // The exponential and snr schedules need 0 < c < 1 (ln c, 1 − c); constant only c > 0.
+        let huber_c_ok = match l.huber_schedule {
+            crate::loss::HuberSchedule::Constant => l.huber_c > 0.0,
+            _ => l.huber_c > 0.0 && l.huber_c < 1.0,
+        };
+        if matches!(l.loss_type, crate::loss::LossType::Huber | crate::loss::LossType::SmoothL1) && !huber_c_ok {
+            problems.push(format!("loss.huber_c = {}: use a value in (0, 1)", l.huber_c));
         }
         if problems.is_empty() {
             Ok(())
@@ -749,6 +866,7 @@ mod tests {
                 "dataset",
                 "folders",
                 "logging",
+                "loss",
                 "metadata",
                 "model",
                 "network",

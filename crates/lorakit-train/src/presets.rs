@@ -91,6 +91,10 @@ gradient_checkpointing = false
 max_token_length = 75       # 150 or 225 for long captions
 max_grad_norm = 1.0
 
+[loss]
+# min_snr_gamma = 5         # steadier training, fewer wasted steps at extreme timesteps (the guide suggests 5)
+# noise_offset = 0.05       # lets the model learn very dark or very bright images
+
 [optimizer]
 optimizer_type = "AdamW"
 learning_rate = {lr}

@@ -10,19 +10,21 @@ use candle_core::{DType, Device, Tensor};
 use lorakit_dataset::steps::{StepPlan, StepRequest};
 use lorakit_lora::safetensors_file::{write_lora, Precision};
 use lorakit_models::lora_inject::{create_network, NetworkSpec};
+use lorakit_models::schedule::NoiseSchedule;
 use lorakit_nn::lora::{LoraDropout, LoraSet};
 use lorakit_nn::lr_scheduler::{warmup_steps_from, LrScheduler, SchedulerKind, SchedulerParams};
 use lorakit_nn::optim::{clip_grad_norm, AdamW, Optimizer, OptimizerArgs, ParamGroup};
 use lorakit_nn::ForwardCtx;
 use rand::Rng;
-use rand_distr::{Distribution, StandardNormal};
 
 use crate::config::TrainConfig;
 use crate::data::{rng_for, stream, Batch, TrainData};
 use crate::error::{Result, TrainError};
 use crate::latents::{encode_batch, LatentCache};
+use crate::loss::{batch_loss, LossOptions};
 use crate::metadata::{RunMetadata, SaveProgress};
 use crate::model::TrainableModel;
+use crate::noise::{sample_noise, NoiseOptions};
 use crate::run_log::RunLog;
 use crate::samples::SampleRunner;
 use crate::state::{load_network_tensors, load_state, save_state, ProgressState, STATE_FORMAT};
@@ -160,6 +162,10 @@ pub struct Trainer<'m> {
     plan: StepPlan,
     warmup_steps: u64,
     metadata: RunMetadata,
+    /// The training noise schedule (zero-terminal-SNR rescaled when asked).
+    schedule: NoiseSchedule,
+    loss_options: LossOptions,
+    noise_options: NoiseOptions,
 }
 
 impl<'m> Trainer<'m> {
@@ -268,7 +274,28 @@ impl<'m> Trainer<'m> {
             warmup_steps,
             &optimizer.description(),
         );
-        Ok(Trainer { config, model, data, sets, group_components, optimizer, scheduler, plan, warmup_steps, metadata })
+        let schedule = if config.loss.zero_terminal_snr {
+            model.schedule().clone().with_zero_terminal_snr()
+        } else {
+            model.schedule().clone()
+        };
+        let loss_options = config.loss.loss_options();
+        let noise_options = config.loss.noise_options();
+        Ok(Trainer {
+            config,
+            model,
+            data,
+            sets,
+            group_components,
+            optimizer,
+            scheduler,
+            plan,
+            warmup_steps,
+            metadata,
+            schedule,
+            loss_options,
+            noise_options,
+        })
     }
 
     /// The planned length.
@@ -366,6 +393,11 @@ impl<'m> Trainer<'m> {
             )));
         }
 
+        if config.loss.zero_terminal_snr && !config.model.v_parameterization {
+            events(TrainEvent::Note(
+                "loss.zero_terminal_snr without model.v_parameterization: an ε-prediction model cannot predict at the last timestep (sd-scripts warns the same)".into(),
+            ));
+        }
         let parameters: usize =
             self.optimizer.groups().iter().flat_map(|g| g.vars.iter()).map(|v| v.elem_count()).sum();
         events(TrainEvent::Planned {
@@ -714,16 +746,14 @@ impl<'m> Trainer<'m> {
         // Every random draw of this micro-step comes from (seed, step, micro).
         let seed = config.training.seed;
         let mut rng = rng_for(&[seed, stream::NOISE, global_step, micro]);
-        let n = latents.elem_count();
-        let noise: Vec<f32> = (0..n).map(|_| StandardNormal.sample(&mut rng)).collect();
-        let noise = Tensor::from_vec(noise, latents.dims(), &Device::Cpu)?.to_device(device)?;
         let (lo, hi) = (config.training.min_timestep as u32, config.training.max_timestep as u32);
         let timesteps: Vec<u32> = (0..b).map(|_| rng.random_range(lo..hi)).collect();
+        let (noise, input_noise) = sample_noise(&latents, &self.noise_options, &mut rng)?;
         let t_int = Tensor::from_vec(timesteps.clone(), b, device)?;
         let t_float = Tensor::from_vec(timesteps.iter().map(|&t| t as f32).collect::<Vec<_>>(), b, device)?;
 
-        let schedule = self.model.schedule();
-        let noisy = schedule.add_noise(&latents, &noise, &t_int)?;
+        let schedule = &self.schedule;
+        let noisy = schedule.add_noise(&latents, &input_noise, &t_int)?;
         let target = schedule.target(self.model.prediction(), &latents, &noise, &t_int)?;
 
         let ctxs: Vec<ForwardCtx> = self
@@ -747,15 +777,15 @@ impl<'m> Trainer<'m> {
             self.model.encode_text(&captions, config.training.max_token_length, config.model.clip_skip, &ctxs)?;
         let pred = self.model.denoise(&noisy, &t_float, &cond, &ctxs)?.to_dtype(DType::F32)?;
 
-        // Per-sample MSE, regularisation images weighted by prior_loss_weight.
-        let per_sample = (pred - target.to_dtype(DType::F32)?)?.sqr()?.flatten_from(1)?.mean(1)?;
-        let weights: Vec<f32> = batch
+        // sd-scripts' loss assembly (§7.2): element-wise loss, per-sample mean, prior weight for
+        // regularisation images, SNR weightings, batch mean.
+        let weights: Vec<f64> = batch
             .samples
             .iter()
-            .map(|s| if self.data.images[s.image].is_reg { config.dataset.prior_loss_weight as f32 } else { 1.0 })
+            .map(|s| if self.data.images[s.image].is_reg { config.dataset.prior_loss_weight } else { 1.0 })
             .collect();
-        let weights = Tensor::from_vec(weights, b, device)?;
-        let loss = (per_sample * weights)?.mean_all()?;
+        let loss =
+            batch_loss(&pred, &target, &timesteps, &weights, &self.loss_options, schedule, self.model.prediction())?;
         let loss_value = f64::from(loss.to_scalar::<f32>()?);
         if !loss_value.is_finite() {
             return Ok(loss_value);

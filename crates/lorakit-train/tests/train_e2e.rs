@@ -466,3 +466,43 @@ fn checkpointing_gives_the_same_run_and_unet_only_skips_the_text_encoder() {
     let names: Vec<String> = tensors(&c.final_lora.unwrap()).into_keys().collect();
     assert!(!names.is_empty() && names.iter().all(|n| n.starts_with("lora_unet_")), "{names:?}");
 }
+
+#[test]
+fn loss_and_noise_options_reach_the_run_and_the_metadata() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dataset(dir.path(), 1, 2);
+    let model = model();
+    let extra = "[loss]\nloss_type = \"huber\"\nhuber_schedule = \"exponential\"\nmin_snr_gamma = 5\nnoise_offset = 0.05\n\
+                 adaptive_noise_scale = 0.01\nmultires_noise_iterations = 3\nip_noise_gamma = 0.1\ndebiased_estimation_loss = true\n\
+                 zero_terminal_snr = true\n";
+    let mut cfg = config(dir.path(), &data, extra);
+    cfg.training.max_train_epochs = 1;
+    let plain = {
+        let mut c = config(dir.path(), &data, "");
+        c.training.max_train_epochs = 1;
+        c.folders.output_dir = dir.path().join("plain");
+        train(c, &model, None)
+    };
+    let summary = train(cfg, &model, None);
+    assert!(summary.losses.iter().all(|l| l.is_finite()));
+    assert_ne!(summary.losses, plain.losses, "the options change the loss");
+    let file = lorakit_lora::safetensors_file::LoraFile::open(summary.final_lora.unwrap()).unwrap();
+    let m = file.metadata();
+    for (k, v) in [
+        ("ss_loss_type", "huber"),
+        ("ss_huber_schedule", "exponential"),
+        ("ss_min_snr_gamma", "5.0"),
+        ("ss_noise_offset", "0.05"),
+        ("ss_adaptive_noise_scale", "0.01"),
+        ("ss_multires_noise_iterations", "3"),
+        ("ss_ip_noise_gamma", "0.1"),
+        ("ss_debiased_estimation", "True"),
+        ("ss_zero_terminal_snr", "True"),
+    ] {
+        assert_eq!(m.get(k).map(String::as_str), Some(v), "{k}");
+    }
+    let err = TrainConfig::from_toml_str("[loss]\nadaptive_noise_scale = 0.1\n", &[]).unwrap_err();
+    assert!(err.contains("noise_offset"), "{err}");
+    let err = TrainConfig::from_toml_str("[loss]\nloss_type = \"l3\"\n", &[]).unwrap_err();
+    assert!(err.contains("l3") && err.contains("huber"), "{err}");
+}

@@ -12,7 +12,7 @@ skip = int(sys.argv[7]) if len(sys.argv) > 7 else 2
 
 if impl == "lorakit":
     path = sorted(glob.glob(os.path.join(log_dir, "**", "log.jsonl"), recursive=True))[-1]
-    rows = [json.loads(l) for l in open(path)]
+    rows = [r for r in map(json.loads, open(path)) if "loss/current" in r]  # not the epoch-summary row
     walls = {r["step"]: r["wall_time"] for r in rows}
     losses = {r["step"]: r.get("loss/current") for r in rows}
 else:
