@@ -4,6 +4,7 @@
 //! - [`folders`]: DreamBooth `N_name` folders and the images in them.
 //! - [`config`]: sd-scripts' dataset TOML (`[general]`, `[[datasets]]`, `[[datasets.subsets]]`).
 //! - [`caption`]: caption files, read as sd-scripts reads them.
+//! - [`caption_process`]: what a caption becomes each time training loads it (shuffle, dropout, …).
 //! - [`probe`]: image size and EXIF orientation from headers; full decode and fingerprints.
 //! - [`bucket`]: aspect-ratio buckets identical to sd-scripts'.
 //! - [`dataset`]: loading a dataset: subsets → images → reg balancing → buckets.
@@ -13,6 +14,7 @@
 
 pub mod bucket;
 pub mod caption;
+pub mod caption_process;
 pub mod config;
 pub mod dataset;
 pub mod doctor;

@@ -120,6 +120,28 @@ pub struct DatasetSection {
     pub caption_suffix: Option<String>,
     /// Loss weight of regularisation images.
     pub prior_loss_weight: f64,
+    /// Shuffle the caption's tags each time (the first `keep_tokens` stay in place).
+    pub shuffle_caption: bool,
+    /// Tags at the start that are never shuffled or dropped.
+    pub keep_tokens: u32,
+    /// Marker splitting fixed / shuffled / fixed-suffix parts (overrides keep_tokens).
+    pub keep_tokens_separator: String,
+    /// Separator inside a tag group that moves as one (replaced by caption_separator).
+    pub secondary_separator: Option<String>,
+    /// Tag separator.
+    pub caption_separator: String,
+    /// `{a|b}` alternatives and a random caption line.
+    pub enable_wildcard: bool,
+    /// Tags used at step 0 of token warmup.
+    pub token_warmup_min: u32,
+    /// Step (or fraction of all steps, < 1) at which all tags are used (0 = off).
+    pub token_warmup_step: f64,
+    /// Probability of training a sample with an empty caption.
+    pub caption_dropout_rate: f64,
+    /// Empty captions in every epoch divisible by N (0 = off).
+    pub caption_dropout_every_n_epochs: u32,
+    /// Probability of dropping each (non-fixed) tag.
+    pub caption_tag_dropout_rate: f64,
 }
 
 impl Default for DatasetSection {
@@ -141,6 +163,17 @@ impl Default for DatasetSection {
             caption_prefix: None,
             caption_suffix: None,
             prior_loss_weight: 1.0,
+            shuffle_caption: false,
+            keep_tokens: 0,
+            keep_tokens_separator: String::new(),
+            secondary_separator: None,
+            caption_separator: ",".into(),
+            enable_wildcard: false,
+            token_warmup_min: 1,
+            token_warmup_step: 0.0,
+            caption_dropout_rate: 0.0,
+            caption_dropout_every_n_epochs: 0,
+            caption_tag_dropout_rate: 0.0,
         }
     }
 }
@@ -512,6 +545,7 @@ impl TrainConfig {
         c.dataset.resize_interpolation = Some(String::new());
         c.dataset.caption_prefix = Some(String::new());
         c.dataset.caption_suffix = Some(String::new());
+        c.dataset.secondary_separator = Some(String::new());
         c.network.conv_dim = Some(1);
         c.network.conv_alpha = Some(1.0);
         c.network.network_dropout = Some(0.0);

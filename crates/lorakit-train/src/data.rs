@@ -10,7 +10,9 @@
 use std::path::{Path, PathBuf};
 
 use lorakit_dataset::bucket::{BucketChoice, Reso};
-use lorakit_dataset::config::{plan_from_dirs, plan_from_toml, DatasetPlan, OptionLayer, ResolutionValue};
+use lorakit_dataset::config::{
+    plan_from_dirs, plan_from_toml, CaptionOptions, DatasetPlan, OptionLayer, ResolutionValue,
+};
 use lorakit_dataset::dataset::{load_dataset, LoadedDataset, ProbeMode};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -52,6 +54,8 @@ pub mod stream {
     pub const DROPOUT: u64 = 5;
     /// VAE sampling of one image's latent.
     pub const LATENT: u64 = 6;
+    /// Caption shuffling and dropout of one sample.
+    pub const CAPTION: u64 = 7;
 }
 
 /// One image as training uses it.
@@ -59,8 +63,10 @@ pub mod stream {
 pub struct TrainImage {
     /// The image file.
     pub path: PathBuf,
-    /// Its caption, with the subset's prefix/suffix applied.
+    /// Its caption as read (prefix/suffix, shuffling and dropout are applied per sample).
     pub caption: String,
+    /// Its subset's caption handling.
+    pub caption_options: CaptionOptions,
     /// Its bucket and the size it is resized to before cropping.
     pub choice: BucketChoice,
     /// Times it is seen per epoch.
@@ -143,15 +149,11 @@ impl TrainData {
                 }
                 let Some(Ok(choice)) = &record.bucket else { continue };
                 let subset = &ds.subsets[record.subset].spec;
-                let caption = decorate_caption(
-                    &record.caption,
-                    subset.caption.caption_prefix.as_deref(),
-                    subset.caption.caption_suffix.as_deref(),
-                );
                 let index = images.len();
                 images.push(TrainImage {
                     path: record.file.path.clone(),
-                    caption,
+                    caption: record.caption.clone(),
+                    caption_options: subset.caption.clone(),
                     choice: *choice,
                     repeats: record.repeats,
                     is_reg: record.is_reg,
@@ -247,16 +249,8 @@ fn not_yet_applied(datasets: &[LoadedDataset]) -> Vec<String> {
     let mut found = std::collections::BTreeSet::new();
     for ds in datasets {
         for subset in &ds.subsets {
-            let c = &subset.spec.caption;
             let a = &subset.spec.augment;
             for (on, name) in [
-                (c.shuffle_caption, "shuffle_caption"),
-                (c.keep_tokens > 0, "keep_tokens"),
-                (c.caption_dropout_rate > 0.0, "caption_dropout_rate"),
-                (c.caption_dropout_every_n_epochs > 0, "caption_dropout_every_n_epochs"),
-                (c.caption_tag_dropout_rate > 0.0, "caption_tag_dropout_rate"),
-                (c.token_warmup_step > 0.0, "token_warmup_step"),
-                (c.enable_wildcard, "enable_wildcard"),
                 (a.color_aug, "color_aug"),
                 (a.random_crop, "random_crop"),
                 (a.face_crop_aug_range.is_some(), "face_crop_aug_range"),
@@ -274,21 +268,6 @@ fn not_yet_applied(datasets: &[LoadedDataset]) -> Vec<String> {
             format!("dataset option `{name}` is not applied by this version of lorakit yet (training runs without it)")
         })
         .collect()
-}
-
-/// Joins prefix, caption and suffix with single spaces, as sd-scripts does.
-fn decorate_caption(caption: &str, prefix: Option<&str>, suffix: Option<&str>) -> String {
-    let mut parts = Vec::new();
-    if let Some(p) = prefix.filter(|p| !p.is_empty()) {
-        parts.push(p);
-    }
-    if !caption.is_empty() {
-        parts.push(caption);
-    }
-    if let Some(s) = suffix.filter(|s| !s.is_empty()) {
-        parts.push(s);
-    }
-    parts.join(" ")
 }
 
 /// The dataset plan for the config: the dataset TOML, or the DreamBooth folders.
@@ -310,6 +289,17 @@ fn plan_for(config: &TrainConfig) -> Result<DatasetPlan> {
         random_crop: Some(d.random_crop),
         caption_prefix: d.caption_prefix.clone(),
         caption_suffix: d.caption_suffix.clone(),
+        shuffle_caption: Some(d.shuffle_caption),
+        keep_tokens: Some(d.keep_tokens),
+        keep_tokens_separator: Some(d.keep_tokens_separator.clone()),
+        secondary_separator: d.secondary_separator.clone(),
+        caption_separator: Some(d.caption_separator.clone()),
+        enable_wildcard: Some(d.enable_wildcard),
+        token_warmup_min: Some(d.token_warmup_min),
+        token_warmup_step: Some(d.token_warmup_step),
+        caption_dropout_rate: Some(d.caption_dropout_rate),
+        caption_dropout_every_n_epochs: Some(d.caption_dropout_every_n_epochs),
+        caption_tag_dropout_rate: Some(d.caption_tag_dropout_rate),
         ..Default::default()
     };
     if let Some(toml_path) = &d.dataset_config {
@@ -339,13 +329,6 @@ fn check_dir(dir: &Path, key: &str) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn captions_are_decorated_like_sd_scripts() {
-        assert_eq!(decorate_caption("a cat", Some("sks"), Some("best quality")), "sks a cat best quality");
-        assert_eq!(decorate_caption("", Some("sks"), None), "sks");
-        assert_eq!(decorate_caption("a cat", None, Some("")), "a cat");
-    }
 
     #[test]
     fn rng_streams_differ_and_repeat() {

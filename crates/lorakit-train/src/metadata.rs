@@ -125,9 +125,9 @@ impl RunMetadata {
         put("ss_sd_scripts_commit_hash", format!("lorakit {}", env!("CARGO_PKG_VERSION")));
         put("ss_optimizer", optimizer_description.to_string());
         put("ss_max_grad_norm", py_float(c.training.max_grad_norm));
-        put("ss_caption_dropout_rate", py_float(0.0));
-        put("ss_caption_dropout_every_n_epochs", "0".into());
-        put("ss_caption_tag_dropout_rate", py_float(0.0));
+        put("ss_caption_dropout_rate", py_float(c.dataset.caption_dropout_rate));
+        put("ss_caption_dropout_every_n_epochs", c.dataset.caption_dropout_every_n_epochs.to_string());
+        put("ss_caption_tag_dropout_rate", py_float(c.dataset.caption_tag_dropout_rate));
         put("ss_face_crop_aug_range", "None".into());
         put("ss_prior_loss_weight", py_float(c.dataset.prior_loss_weight));
         put("ss_min_snr_gamma", py_opt_float(c.loss.min_snr_gamma));
@@ -251,12 +251,12 @@ fn dataset_keys(c: &TrainConfig, data: &TrainData, put: &mut impl FnMut(&str, St
     put("ss_color_aug", py_bool(false));
     put("ss_flip_aug", py_bool(c.dataset.flip_aug));
     put("ss_random_crop", py_bool(c.dataset.random_crop));
-    put("ss_shuffle_caption", py_bool(false));
+    put("ss_shuffle_caption", py_bool(c.dataset.shuffle_caption));
     put("ss_enable_bucket", py_bool(b.enable_bucket));
     put("ss_bucket_no_upscale", py_bool(b.bucket_no_upscale));
     put("ss_min_bucket_reso", b.min_bucket_reso.to_string());
     put("ss_max_bucket_reso", b.max_bucket_reso.to_string());
-    put("ss_keep_tokens", "0".into());
+    put("ss_keep_tokens", c.dataset.keep_tokens.to_string());
     put("ss_dataset_dirs", serde_json::Value::Object(dataset_dirs).to_string());
     put("ss_reg_dataset_dirs", serde_json::Value::Object(reg_dirs).to_string());
     if let Some(ds) = first {

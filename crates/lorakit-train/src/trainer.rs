@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
+use lorakit_dataset::caption_process::{process_caption, CaptionMoment};
 use lorakit_dataset::steps::{StepPlan, StepRequest};
 use lorakit_lora::safetensors_file::{write_lora, Precision};
 use lorakit_models::lora_inject::{create_network, NetworkSpec};
@@ -463,8 +464,16 @@ impl<'m> Trainer<'m> {
                 if epoch == start_epoch && bi < skip_batches {
                     continue;
                 }
-                let loss =
-                    self.micro_step(batch, cache.as_ref(), global_step, micro_in_step, ga, scaler, &mut accumulated)?;
+                let loss = self.micro_step(
+                    batch,
+                    cache.as_ref(),
+                    epoch,
+                    global_step,
+                    micro_in_step,
+                    ga,
+                    scaler,
+                    &mut accumulated,
+                )?;
                 if !loss.is_finite() {
                     return Err(TrainError::NonFinite(format!(
                         "the loss became {loss} at step {} (epoch {}). Training stopped; the files saved so far are intact. \
@@ -729,6 +738,7 @@ impl<'m> Trainer<'m> {
         &self,
         batch: &Batch,
         cache: Option<&LatentCache>,
+        epoch: u64,
         global_step: u64,
         micro: u64,
         ga: u64,
@@ -772,7 +782,18 @@ impl<'m> Trainer<'m> {
                 None => ForwardCtx::default(),
             })
             .collect();
-        let captions: Vec<&str> = batch.samples.iter().map(|s| self.data.images[s.image].caption.as_str()).collect();
+        let moment = CaptionMoment { epoch: epoch + 1, step: global_step, max_train_steps: self.plan.max_train_steps };
+        let captions: Vec<String> = batch
+            .samples
+            .iter()
+            .enumerate()
+            .map(|(k, s)| {
+                let image = &self.data.images[s.image];
+                let mut rng = rng_for(&[seed, stream::CAPTION, global_step, micro, k as u64]);
+                process_caption(&image.caption, &image.caption_options, moment, &mut rng)
+            })
+            .collect();
+        let captions: Vec<&str> = captions.iter().map(String::as_str).collect();
         let cond =
             self.model.encode_text(&captions, config.training.max_token_length, config.model.clip_skip, &ctxs)?;
         let pred = self.model.denoise(&noisy, &t_float, &cond, &ctxs)?.to_dtype(DType::F32)?;
