@@ -194,6 +194,10 @@ pub struct NetworkSection {
     pub conv_alpha: Option<f64>,
     /// Neuron dropout on the LoRA bottleneck.
     pub network_dropout: Option<f64>,
+    /// Per-rank dropout (sd-scripts' `network_args = ["rank_dropout=…"]`).
+    pub rank_dropout: Option<f64>,
+    /// Probability of skipping a whole module for a step (`module_dropout`).
+    pub module_dropout: Option<f64>,
     /// Train only the UNet's LoRA.
     pub network_train_unet_only: bool,
     /// Train only the text encoder's LoRA.
@@ -211,6 +215,8 @@ impl Default for NetworkSection {
             conv_dim: None,
             conv_alpha: None,
             network_dropout: None,
+            rank_dropout: None,
+            module_dropout: None,
             network_train_unet_only: false,
             network_train_text_encoder_only: false,
             network_weights: None,
@@ -382,6 +388,14 @@ pub struct OptimizerSection {
     pub lr_scheduler_num_cycles: u64,
     /// Power of the polynomial scheduler.
     pub lr_scheduler_power: f64,
+    /// Decay steps (or fraction, < 1) of warmup_stable_decay.
+    pub lr_decay_steps: f64,
+    /// inverse_sqrt timescale.
+    pub lr_scheduler_timescale: Option<u64>,
+    /// Floor of cosine_with_min_lr / warmup_stable_decay, as a fraction of the LR.
+    pub lr_scheduler_min_lr_ratio: Option<f64>,
+    /// Extra scheduler arguments, `key=value` as sd-scripts' `lr_scheduler_args`.
+    pub lr_scheduler_args: Vec<String>,
 }
 
 impl Default for OptimizerSection {
@@ -396,6 +410,10 @@ impl Default for OptimizerSection {
             lr_warmup_steps: 0.0,
             lr_scheduler_num_cycles: 1,
             lr_scheduler_power: 1.0,
+            lr_decay_steps: 0.0,
+            lr_scheduler_timescale: None,
+            lr_scheduler_min_lr_ratio: None,
+            lr_scheduler_args: Vec::new(),
         }
     }
 }
@@ -556,6 +574,10 @@ impl TrainConfig {
         c.loss.adaptive_noise_scale = Some(0.0);
         c.loss.multires_noise_iterations = Some(0);
         c.loss.ip_noise_gamma = Some(0.0);
+        c.optimizer.lr_scheduler_timescale = Some(0);
+        c.optimizer.lr_scheduler_min_lr_ratio = Some(0.0);
+        c.network.rank_dropout = Some(0.0);
+        c.network.module_dropout = Some(0.0);
         c.optimizer.unet_lr = Some(0.0);
         c.optimizer.text_encoder_lr = Some(0.0);
         c.save.resume = Some(PathBuf::new());
@@ -631,6 +653,15 @@ impl TrainConfig {
                 "network.network_module = {:?}: only \"networks.lora\" (LoRA/LoCon) is supported",
                 self.network.network_module
             ));
+        }
+        for (name, v) in [
+            ("network_dropout", self.network.network_dropout),
+            ("rank_dropout", self.network.rank_dropout),
+            ("module_dropout", self.network.module_dropout),
+        ] {
+            if let Some(v) = v.filter(|v| !(0.0..1.0).contains(v)) {
+                problems.push(format!("network.{name} = {v}: use a probability in [0, 1)"));
+            }
         }
         if self.network.network_dim == 0 {
             problems.push("network.network_dim must be at least 1".into());

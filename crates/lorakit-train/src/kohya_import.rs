@@ -208,6 +208,10 @@ pub fn import_pairs(pairs: Vec<(String, toml::Value)>) -> std::result::Result<Im
                             let v = v.trim().parse::<f64>().map_err(|_| format!("network_args conv_alpha={v}"))?;
                             put(&mut table, "network", "conv_alpha", toml::Value::Float(v));
                         }
+                        Some((key @ ("rank_dropout" | "module_dropout"), v)) => {
+                            let v = v.trim().parse::<f64>().map_err(|_| format!("network_args {key}={v}"))?;
+                            put(&mut table, "network", key, toml::Value::Float(v));
+                        }
                         _ => unmapped.push(format!("network_args {text}")),
                     }
                 }

@@ -148,12 +148,20 @@ impl RunMetadata {
         put("ss_validate_every_n_epochs", "None".into());
         put("ss_validate_every_n_steps", "None".into());
         put("ss_resize_interpolation", py_opt(&c.dataset.resize_interpolation));
+        // sd-scripts writes the network_args it was given, values as strings.
+        let mut args = serde_json::Map::new();
         if let Some(conv) = c.network.conv_dim {
-            let args = json!({
-                "conv_dim": conv.to_string(),
-                "conv_alpha": py_float(c.network.conv_alpha.unwrap_or(1.0)),
-            });
-            put("ss_network_args", args.to_string());
+            args.insert("conv_dim".into(), json!(conv.to_string()));
+            args.insert("conv_alpha".into(), json!(py_float(c.network.conv_alpha.unwrap_or(1.0))));
+        }
+        if let Some(v) = c.network.rank_dropout {
+            args.insert("rank_dropout".into(), json!(py_float(v)));
+        }
+        if let Some(v) = c.network.module_dropout {
+            args.insert("module_dropout".into(), json!(py_float(v)));
+        }
+        if !args.is_empty() {
+            put("ss_network_args", serde_json::Value::Object(args).to_string());
         }
         dataset_keys(c, data, &mut put);
         if let Some(model) = &c.model.pretrained_model_name_or_path {

@@ -178,7 +178,11 @@ impl<'m> Trainer<'m> {
             alpha: config.network.network_alpha,
             conv_rank: config.network.conv_dim,
             conv_alpha: config.network.conv_alpha.unwrap_or(1.0),
-            dropout: LoraDropout { neuron: config.network.network_dropout.unwrap_or(0.0), ..Default::default() },
+            dropout: LoraDropout {
+                neuron: config.network.network_dropout.unwrap_or(0.0),
+                rank: config.network.rank_dropout.unwrap_or(0.0),
+                module: config.network.module_dropout.unwrap_or(0.0),
+            },
         };
         let mut sets = Vec::new();
         let mut groups = Vec::new();
@@ -258,6 +262,11 @@ impl<'m> Trainer<'m> {
                 num_cycles: config.optimizer.lr_scheduler_num_cycles,
                 power: config.optimizer.lr_scheduler_power,
                 base_lr: config.optimizer.learning_rate,
+                decay_steps: warmup_steps_from(config.optimizer.lr_decay_steps, plan.max_train_steps),
+                timescale: config.optimizer.lr_scheduler_timescale,
+                min_lr_ratio: config.optimizer.lr_scheduler_min_lr_ratio,
+                args: lorakit_nn::optim::parse_optimizer_args(&config.optimizer.lr_scheduler_args)
+                    .map_err(|e| TrainError::Other(format!("optimizer.lr_scheduler_args: {e}")))?,
                 ..Default::default()
             },
         )

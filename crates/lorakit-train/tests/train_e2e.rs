@@ -506,3 +506,27 @@ fn loss_and_noise_options_reach_the_run_and_the_metadata() {
     let err = TrainConfig::from_toml_str("[loss]\nloss_type = \"l3\"\n", &[]).unwrap_err();
     assert!(err.contains("l3") && err.contains("huber"), "{err}");
 }
+
+#[test]
+fn rank_and_module_dropout_change_training_and_are_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dataset(dir.path(), 1, 2);
+    let model = model();
+    let mut base = config(dir.path(), &data, "");
+    base.training.max_train_epochs = 4;
+    base.optimizer.lr_warmup_steps = 0.0;
+    let plain = train(base.clone(), &model, None);
+    let mut dropped = base.clone();
+    dropped.network.rank_dropout = Some(0.3);
+    dropped.network.module_dropout = Some(0.2);
+    dropped.folders.output_dir = dir.path().join("dropout");
+    let with = train(dropped, &model, None);
+    assert_eq!(plain.losses[0], with.losses[0], "the first step's loss is before any update (up weights are zero)");
+    assert_ne!(plain.losses, with.losses);
+    let m = lorakit_lora::safetensors_file::LoraFile::open(with.final_lora.unwrap()).unwrap().metadata().clone();
+    let args: serde_json::Value = serde_json::from_str(&m["ss_network_args"]).unwrap();
+    assert_eq!(args["rank_dropout"], "0.3");
+    assert_eq!(args["module_dropout"], "0.2");
+    let err = TrainConfig::from_toml_str("[network]\nrank_dropout = 1.5\n", &[]).unwrap_err();
+    assert!(err.contains("rank_dropout"), "{err}");
+}
