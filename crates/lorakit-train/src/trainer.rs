@@ -267,7 +267,6 @@ impl<'m> Trainer<'m> {
                 min_lr_ratio: config.optimizer.lr_scheduler_min_lr_ratio,
                 args: lorakit_nn::optim::parse_optimizer_args(&config.optimizer.lr_scheduler_args)
                     .map_err(|e| TrainError::Other(format!("optimizer.lr_scheduler_args: {e}")))?,
-                ..Default::default()
             },
         )
         .map_err(|e| TrainError::Other(format!("optimizer.lr_scheduler: {e}")))?;
