@@ -24,6 +24,24 @@ pub fn write_atomic(path: &Path, contents: &[u8]) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Encodes 8-bit RGB pixels (`width × height × 3` bytes, rows top to bottom) as PNG and writes
+/// them atomically.
+pub fn write_png_atomic(path: &Path, width: u32, height: u32, rgb: &[u8]) -> std::io::Result<()> {
+    let invalid = |msg: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, msg);
+    let buffer = image::RgbImage::from_raw(width, height, rgb.to_vec()).ok_or_else(|| {
+        invalid(format!(
+            "{width}×{height} RGB image needs {} bytes, got {}",
+            width as usize * height as usize * 3,
+            rgb.len()
+        ))
+    })?;
+    let mut bytes = Vec::new();
+    buffer
+        .write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Png)
+        .map_err(|e| invalid(format!("cannot encode PNG: {e}")))?;
+    write_atomic(path, &bytes)
+}
+
 /// A temporary-file builder whose files end up readable like any new file (0644 before the
 /// umask), not tempfile's private 0600: a LoRA or caption written by lorakit must be readable by
 /// the web UI or a ComfyUI running as another user.

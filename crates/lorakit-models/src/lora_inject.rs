@@ -84,18 +84,20 @@ pub fn create_network(
     Ok(set)
 }
 
+/// A candle tensor as the `lorakit-lora` writer takes it (f32 values on the host).
+pub fn to_file_tensor(t: &Tensor) -> Result<lorakit_lora::safetensors_file::Tensor> {
+    let t = t.to_dtype(DType::F32)?.to_device(&Device::Cpu)?;
+    Ok(lorakit_lora::safetensors_file::Tensor::new(t.dims().to_vec(), t.flatten_all()?.to_vec1::<f32>()?))
+}
+
 /// The tensors of a network as kohya saves them: `<name>.lora_down.weight`,
 /// `<name>.lora_up.weight` and `<name>.alpha` (f32 scalar), ready for `lorakit_lora::write_lora`.
 pub fn state_dict(sets: &[&LoraSet]) -> Result<BTreeMap<String, lorakit_lora::safetensors_file::Tensor>> {
     let mut out = BTreeMap::new();
-    let as_file_tensor = |t: &Tensor| -> Result<lorakit_lora::safetensors_file::Tensor> {
-        let t = t.to_dtype(DType::F32)?.to_device(&Device::Cpu)?;
-        Ok(lorakit_lora::safetensors_file::Tensor::new(t.dims().to_vec(), t.flatten_all()?.to_vec1::<f32>()?))
-    };
     for set in sets {
         for module in set.modules() {
-            out.insert(format!("{}.lora_down.weight", module.name()), as_file_tensor(module.down().as_tensor())?);
-            out.insert(format!("{}.lora_up.weight", module.name()), as_file_tensor(module.up().as_tensor())?);
+            out.insert(format!("{}.lora_down.weight", module.name()), to_file_tensor(module.down().as_tensor())?);
+            out.insert(format!("{}.lora_up.weight", module.name()), to_file_tensor(module.up().as_tensor())?);
             out.insert(
                 format!("{}.alpha", module.name()),
                 lorakit_lora::safetensors_file::Tensor::scalar(module.alpha() as f32),

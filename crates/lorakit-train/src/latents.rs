@@ -10,8 +10,9 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 use lorakit_dataset::preprocess::{load_training_image, Crop};
+use lorakit_models::lora_inject::to_file_tensor;
 
 use crate::data::{rng_for, stream, TrainData, TrainImage};
 use crate::error::{Result, TrainError};
@@ -96,16 +97,10 @@ fn read_cache(path: &Path, key: &BTreeMap<String, String>, need_flip: bool) -> O
 
 /// Writes a cache file atomically.
 fn write_cache(path: &Path, key: &BTreeMap<String, String>, plain: &Tensor, flipped: Option<&Tensor>) -> Result<()> {
-    let as_file = |t: &Tensor| -> Result<lorakit_lora::safetensors_file::Tensor> {
-        Ok(lorakit_lora::safetensors_file::Tensor::new(
-            t.dims().to_vec(),
-            t.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?,
-        ))
-    };
     let mut tensors = BTreeMap::new();
-    tensors.insert("latent".to_string(), as_file(plain)?);
+    tensors.insert("latent".to_string(), to_file_tensor(plain)?);
     if let Some(f) = flipped {
-        tensors.insert("latent_flipped".to_string(), as_file(f)?);
+        tensors.insert("latent_flipped".to_string(), to_file_tensor(f)?);
     }
     let bytes =
         lorakit_lora::safetensors_file::serialize(&tensors, key, lorakit_lora::safetensors_file::Precision::F32)?;

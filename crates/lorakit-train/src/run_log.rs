@@ -11,10 +11,10 @@
 //!   once rows follow it). Numbers use the same text as the JSONL; NaN is `nan`, infinities `inf`
 //!   and `-inf`. Names containing `,`, `"` or line breaks are quoted.
 
+use crate::time::unix_seconds;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 /// File name of the JSON-lines log.
 pub const JSONL_FILE: &str = "log.jsonl";
@@ -79,7 +79,7 @@ impl RunLog {
     /// order after `step`, `epoch` and `wall_time`; a name repeated, or equal to one of those three,
     /// is an `InvalidInput` error and nothing is written.
     pub fn log(&mut self, step: u64, epoch: u64, values: &[(&str, f64)]) -> io::Result<()> {
-        let wall_time = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0);
+        let wall_time = unix_seconds();
         for (i, (name, _)) in values.iter().enumerate() {
             if FIXED_KEYS.contains(name) || values[..i].iter().any(|(n, _)| n == name) {
                 return Err(io::Error::new(

@@ -140,11 +140,6 @@ fn sampler_kind(name: &str) -> Result<SamplerKind> {
 
 /// Writes an RGB image as PNG, atomically.
 pub fn write_png(path: &Path, image: &RgbImage) -> Result<()> {
-    let buffer = image::RgbImage::from_raw(image.width as u32, image.height as u32, image.pixels.clone())
-        .ok_or_else(|| TrainError::Other("internal: image buffer size mismatch".into()))?;
-    let mut bytes = Vec::new();
-    buffer
-        .write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Png)
-        .map_err(|e| TrainError::Other(format!("{}: cannot encode PNG: {e}", path.display())))?;
-    lorakit_dataset::fs_atomic::write_atomic(path, &bytes).map_err(|e| TrainError::io(path, e))
+    lorakit_dataset::fs_atomic::write_png_atomic(path, image.width as u32, image.height as u32, &image.pixels)
+        .map_err(|e| TrainError::io(path, e))
 }

@@ -11,7 +11,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use candle_core::{DType, Device, Tensor, Var};
+use candle_core::{Device, Tensor, Var};
+use lorakit_models::lora_inject::to_file_tensor;
 use lorakit_nn::lora::LoraSet;
 use lorakit_nn::optim::{Optimizer, OptimizerState};
 use serde::{Deserialize, Serialize};
@@ -50,11 +51,6 @@ pub struct ProgressState {
     pub current_epoch: u64,
     /// Same as `global_step`.
     pub current_step: u64,
-}
-
-fn to_file_tensor(t: &Tensor) -> Result<lorakit_lora::safetensors_file::Tensor> {
-    let t = t.to_dtype(DType::F32)?.to_device(&Device::Cpu)?;
-    Ok(lorakit_lora::safetensors_file::Tensor::new(t.dims().to_vec(), t.flatten_all()?.to_vec1()?))
 }
 
 fn write_tensors(path: &Path, tensors: &BTreeMap<String, Tensor>) -> Result<()> {

@@ -13,10 +13,10 @@
 //! [`TensorBoardWriter`] writes such a file (first record: `file_version: "brain.Event:2"`), and
 //! [`read_events`] / [`read_scalars`] read one back, verifying every CRC.
 
+use crate::time::unix_seconds;
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 /// The `file_version` string of the first event of every file.
 pub const FILE_VERSION: &str = "brain.Event:2";
@@ -128,10 +128,6 @@ pub fn encode_file_version_event(wall_time: f64) -> Vec<u8> {
     event
 }
 
-fn now_unix() -> f64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
-}
-
 /// Host name for the file name: `/etc/hostname`, else `$HOSTNAME`, else `localhost`; characters
 /// other than `[A-Za-z0-9._-]` become `_`.
 fn hostname() -> String {
@@ -164,7 +160,7 @@ impl TensorBoardWriter {
     /// A resumed run simply creates another file in the same directory: TensorBoard merges them.
     pub fn create(dir: &Path) -> io::Result<Self> {
         std::fs::create_dir_all(dir).map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", dir.display())))?;
-        let wall_time = now_unix();
+        let wall_time = unix_seconds();
         let base = format!("events.out.tfevents.{}.{}", wall_time as u64, hostname());
         let mut suffix = 0u32;
         let (path, file) = loop {
@@ -197,7 +193,7 @@ impl TensorBoardWriter {
         if values.is_empty() {
             return Ok(());
         }
-        self.write_record(&encode_scalar_event(now_unix(), step, values))
+        self.write_record(&encode_scalar_event(unix_seconds(), step, values))
     }
 
     /// Writes buffered records to the file.

@@ -2,6 +2,8 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use lorakit_lora::metadata::civil_from_unix;
+
 /// Seconds since the Unix epoch, with fractions (sd-scripts' `time.time()`).
 pub fn unix_seconds() -> f64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
@@ -26,23 +28,7 @@ fn local_parts() -> (i64, u32, u32, u32, u32, u32) {
             );
         }
     }
-    utc_parts(secs)
-}
-
-/// UTC civil time from Unix seconds (Howard Hinnant's days-to-civil algorithm).
-fn utc_parts(secs: i64) -> (i64, u32, u32, u32, u32, u32) {
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day, (rem / 3600) as u32, ((rem % 3600) / 60) as u32, (rem % 60) as u32)
+    civil_from_unix(secs)
 }
 
 /// `2026-02-16T08:07:29` (modelspec.date).
@@ -63,8 +49,8 @@ mod tests {
 
     #[test]
     fn civil_dates() {
-        assert_eq!(utc_parts(0), (1970, 1, 1, 0, 0, 0));
-        assert_eq!(utc_parts(1_771_229_249), (2026, 2, 16, 8, 7, 29));
-        assert_eq!(utc_parts(951_782_400), (2000, 2, 29, 0, 0, 0));
+        assert_eq!(civil_from_unix(0), (1970, 1, 1, 0, 0, 0));
+        assert_eq!(civil_from_unix(1_771_229_249), (2026, 2, 16, 8, 7, 29));
+        assert_eq!(civil_from_unix(951_782_400), (2000, 2, 29, 0, 0, 0));
     }
 }

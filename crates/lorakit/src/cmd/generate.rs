@@ -190,13 +190,8 @@ pub fn run(args: GenerateArgs) -> Result<ExitCode> {
 }
 
 fn write_png(path: &std::path::Path, image: &RgbImage) -> Result<()> {
-    let mut bytes = Vec::new();
-    let buffer = image::RgbImage::from_raw(image.width as u32, image.height as u32, image.pixels.clone())
-        .context("image buffer has the wrong size")?;
-    buffer
-        .write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Png)
-        .with_context(|| format!("encoding {}", path.display()))?;
-    lorakit_dataset::fs_atomic::write_atomic(path, &bytes).with_context(|| format!("writing {}", path.display()))
+    lorakit_dataset::fs_atomic::write_png_atomic(path, image.width as u32, image.height as u32, &image.pixels)
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 #[cfg(test)]
