@@ -556,21 +556,6 @@ impl<'m> Trainer<'m> {
                     lr: lrs[0],
                 });
 
-                let progress_state = |next_epoch: u64, next_batch: u64| ProgressState {
-                    format: STATE_FORMAT,
-                    lorakit_version: env!("CARGO_PKG_VERSION").into(),
-                    global_step,
-                    epoch: next_epoch,
-                    next_batch,
-                    batches_per_epoch: self.plan.batches_per_epoch,
-                    seed: config.training.seed,
-                    loss_window: loss_window.clone(),
-                    epoch_losses: epoch_losses.clone(),
-                    loss_scale: scaler.map(|s| (s.scale, s.good_steps)),
-                    optimizer_scalars: serde_json::Value::Null,
-                    current_epoch: next_epoch + 1,
-                    current_step: global_step,
-                };
                 let (next_epoch, next_batch) = if bi == last_batch { (epoch + 1, 0) } else { (epoch, bi + 1) };
 
                 let n = config.save.save_every_n_steps;
@@ -582,7 +567,19 @@ impl<'m> Trainer<'m> {
                     saved.push(path);
                     if config.save.save_state {
                         let dir = self.state_dir(&suffix);
-                        save_state(&dir, &self.live_sets(), &self.optimizer, &progress_state(next_epoch, next_batch))?;
+                        save_state(
+                            &dir,
+                            &self.live_sets(),
+                            &self.optimizer,
+                            &self.progress_state(
+                                global_step,
+                                next_epoch,
+                                next_batch,
+                                &loss_window,
+                                &epoch_losses,
+                                scaler,
+                            ),
+                        )?;
                         events(TrainEvent::Saved(dir));
                     }
                 }
@@ -600,7 +597,12 @@ impl<'m> Trainer<'m> {
                 }
                 if stop.load(Ordering::SeqCst) && global_step < total_steps {
                     let dir = self.state_dir(&format!("-step{global_step:08}"));
-                    save_state(&dir, &self.live_sets(), &self.optimizer, &progress_state(next_epoch, next_batch))?;
+                    save_state(
+                        &dir,
+                        &self.live_sets(),
+                        &self.optimizer,
+                        &self.progress_state(global_step, next_epoch, next_batch, &loss_window, &epoch_losses, scaler),
+                    )?;
                     events(TrainEvent::Saved(dir.clone()));
                     if let Some(tb) = tensorboard.as_mut() {
                         tb.flush().map_err(|e| TrainError::io(&log_dir, e))?;
@@ -641,21 +643,7 @@ impl<'m> Trainer<'m> {
                 saved.push(path);
                 if config.save.save_state {
                     let dir = self.state_dir(&suffix);
-                    let p = ProgressState {
-                        format: STATE_FORMAT,
-                        lorakit_version: env!("CARGO_PKG_VERSION").into(),
-                        global_step,
-                        epoch: epoch + 1,
-                        next_batch: 0,
-                        batches_per_epoch: self.plan.batches_per_epoch,
-                        seed: config.training.seed,
-                        loss_window: loss_window.clone(),
-                        epoch_losses: Vec::new(),
-                        loss_scale: scaler.map(|s| (s.scale, s.good_steps)),
-                        optimizer_scalars: serde_json::Value::Null,
-                        current_epoch: epoch + 2,
-                        current_step: global_step,
-                    };
+                    let p = self.progress_state(global_step, epoch + 1, 0, &loss_window, &[], scaler);
                     save_state(&dir, &self.live_sets(), &self.optimizer, &p)?;
                     events(TrainEvent::Saved(dir));
                 }
@@ -691,21 +679,7 @@ impl<'m> Trainer<'m> {
         saved.push(final_path.clone());
         if config.save.save_state_on_train_end {
             let dir = self.state_dir("");
-            let p = ProgressState {
-                format: STATE_FORMAT,
-                lorakit_version: env!("CARGO_PKG_VERSION").into(),
-                global_step,
-                epoch: self.plan.epochs,
-                next_batch: 0,
-                batches_per_epoch: self.plan.batches_per_epoch,
-                seed: config.training.seed,
-                loss_window: loss_window.clone(),
-                epoch_losses: Vec::new(),
-                loss_scale: scaler.map(|s| (s.scale, s.good_steps)),
-                optimizer_scalars: serde_json::Value::Null,
-                current_epoch: self.plan.epochs,
-                current_step: global_step,
-            };
+            let p = self.progress_state(global_step, self.plan.epochs, 0, &loss_window, &[], scaler);
             save_state(&dir, &self.live_sets(), &self.optimizer, &p)?;
             events(TrainEvent::Saved(dir));
         }
@@ -720,6 +694,36 @@ impl<'m> Trainer<'m> {
             losses,
             log_dir,
         })
+    }
+
+    /// What a state saved now records: training continues at batch `next_batch` of epoch
+    /// `next_epoch` (0-based).
+    fn progress_state(
+        &self,
+        global_step: u64,
+        next_epoch: u64,
+        next_batch: u64,
+        loss_window: &[f64],
+        epoch_losses: &[f64],
+        scaler: Option<LossScaler>,
+    ) -> ProgressState {
+        // sd-scripts' marker: the 1-based epoch the save happened in.
+        let current_epoch = if next_batch == 0 { next_epoch } else { next_epoch + 1 };
+        ProgressState {
+            format: STATE_FORMAT,
+            lorakit_version: env!("CARGO_PKG_VERSION").into(),
+            global_step,
+            epoch: next_epoch,
+            next_batch,
+            batches_per_epoch: self.plan.batches_per_epoch,
+            seed: self.config.training.seed,
+            loss_window: loss_window.to_vec(),
+            epoch_losses: epoch_losses.to_vec(),
+            loss_scale: scaler.map(|s| (s.scale, s.good_steps)),
+            optimizer_scalars: serde_json::Value::Null,
+            current_epoch,
+            current_step: global_step,
+        }
     }
 
     fn log(
