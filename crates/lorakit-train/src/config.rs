@@ -315,23 +315,26 @@ pub struct LossSection {
 }
 
 impl Default for LossSection {
+    /// sd-scripts' defaults, as the loss and noise modules define them.
     fn default() -> Self {
+        let l = crate::loss::LossOptions::default();
+        let n = crate::noise::NoiseOptions::default();
         LossSection {
-            loss_type: crate::loss::LossType::L2,
-            huber_schedule: crate::loss::HuberSchedule::Snr,
-            huber_c: 0.1,
-            huber_scale: 1.0,
-            min_snr_gamma: None,
-            scale_v_pred_loss_like_noise_pred: false,
-            v_pred_like_loss: None,
-            debiased_estimation_loss: false,
-            noise_offset: None,
-            noise_offset_random_strength: false,
-            adaptive_noise_scale: None,
-            multires_noise_iterations: None,
-            multires_noise_discount: 0.3,
-            ip_noise_gamma: None,
-            ip_noise_gamma_random_strength: false,
+            loss_type: l.loss_type,
+            huber_schedule: l.huber_schedule,
+            huber_c: l.huber_c,
+            huber_scale: l.huber_scale,
+            min_snr_gamma: l.min_snr_gamma,
+            scale_v_pred_loss_like_noise_pred: l.scale_v_pred_loss_like_noise_pred,
+            v_pred_like_loss: l.v_pred_like_loss,
+            debiased_estimation_loss: l.debiased_estimation_loss,
+            noise_offset: n.noise_offset,
+            noise_offset_random_strength: n.noise_offset_random_strength,
+            adaptive_noise_scale: n.adaptive_noise_scale,
+            multires_noise_iterations: n.multires_noise_iterations,
+            multires_noise_discount: n.multires_noise_discount,
+            ip_noise_gamma: n.ip_noise_gamma,
+            ip_noise_gamma_random_strength: n.ip_noise_gamma_random_strength,
             zero_terminal_snr: false,
         }
     }

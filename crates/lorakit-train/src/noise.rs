@@ -10,8 +10,8 @@ use rand::rngs::StdRng;
 use rand::Rng;
 use rand_distr::{Distribution, StandardNormal};
 
-/// Every noise option of sd-scripts' LoRA training.
-#[derive(Debug, Clone, PartialEq, Default)]
+/// Every noise option of sd-scripts' LoRA training (defaults: all off, discount 0.3 as sd-scripts).
+#[derive(Debug, Clone, PartialEq)]
 pub struct NoiseOptions {
     /// Offset noise strength.
     pub noise_offset: Option<f64>,
@@ -27,6 +27,20 @@ pub struct NoiseOptions {
     pub ip_noise_gamma: Option<f64>,
     /// γ ~ U(0, ip_noise_gamma) per batch.
     pub ip_noise_gamma_random_strength: bool,
+}
+
+impl Default for NoiseOptions {
+    fn default() -> Self {
+        NoiseOptions {
+            noise_offset: None,
+            noise_offset_random_strength: false,
+            adaptive_noise_scale: None,
+            multires_noise_iterations: None,
+            multires_noise_discount: 0.3,
+            ip_noise_gamma: None,
+            ip_noise_gamma_random_strength: false,
+        }
+    }
 }
 
 /// `noise + off·n` with `off = offset` or, with `adaptive`, `max(0, offset + adaptive·|mean_HW(latents)|)`
