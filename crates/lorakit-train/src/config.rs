@@ -594,12 +594,19 @@ impl TrainConfig {
     pub fn load(path: &Path, overrides: &[String]) -> Result<TrainConfig, TrainError> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| TrainError::config(path, format!("cannot read the config file: {e}")))?;
-        let mut table: toml::Table =
-            text.parse().map_err(|e| TrainError::config(path, format!("not valid TOML: {e}")))?;
-        apply_overrides(&mut table, overrides).map_err(|m| TrainError::config(path, m))?;
-        let mut config: TrainConfig =
+        let table: toml::Table = text.parse().map_err(|e| TrainError::config(path, format!("not valid TOML: {e}")))?;
+        let mut from_file: TrainConfig =
             toml::Value::Table(table).try_into().map_err(|e| TrainError::config(path, describe_toml_error(&e)))?;
-        config.resolve_paths(path.parent().unwrap_or(Path::new(".")));
+        // Paths written in the file are relative to the file; paths given with --set are
+        // relative to where the command runs, like any other command-line path.
+        from_file.resolve_paths(path.parent().unwrap_or(Path::new(".")));
+        let mut table = match toml::Value::try_from(&from_file) {
+            Ok(toml::Value::Table(t)) => t,
+            _ => return Err(TrainError::config(path, "internal: the config does not serialise")),
+        };
+        apply_overrides(&mut table, overrides).map_err(|m| TrainError::config(path, m))?;
+        let config: TrainConfig =
+            toml::Value::Table(table).try_into().map_err(|e| TrainError::config(path, describe_toml_error(&e)))?;
         config.validate().map_err(|m| TrainError::config(path, m))?;
         Ok(config)
     }
@@ -921,6 +928,17 @@ mod tests {
         assert_eq!(c.folders.output_dir, PathBuf::from("out"));
         assert_eq!(c.dataset.train_data_dir, Some(PathBuf::from("examples/img")));
         assert_eq!(normalize(Path::new("../a/./b/../c")), PathBuf::from("../a/c"));
+    }
+
+    #[test]
+    fn set_paths_are_relative_to_the_working_directory_file_paths_to_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("sub").join("run.toml");
+        std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+        std::fs::write(&file, "[dataset]\ntrain_data_dir = \"img\"\n").unwrap();
+        let c = TrainConfig::load(&file, &["save.resume=out/x-state".into()]).unwrap();
+        assert_eq!(c.dataset.train_data_dir, Some(dir.path().join("sub/img")));
+        assert_eq!(c.save.resume, Some(PathBuf::from("out/x-state")));
     }
 
     #[test]
