@@ -148,9 +148,9 @@ pub fn run(args: TrainArgs) -> Result<ExitCode> {
             bar.set_position(step);
             bar.set_message(format!("epoch {epoch}  loss {loss:.4} (avg {average_loss:.4})  lr {lr:.2e}"));
         }
-        TrainEvent::Saved(path) => bar.println(format!("saved {}", path.display())),
-        TrainEvent::Sampled(path) => bar.println(format!("sample {}", path.display())),
-        TrainEvent::Note(text) => bar.println(format!("note: {text}")),
+        TrainEvent::Saved(path) => say(&bar, format!("saved {}", path.display())),
+        TrainEvent::Sampled(path) => say(&bar, format!("sample {}", path.display())),
+        TrainEvent::Note(text) => say(&bar, format!("note: {text}")),
     };
     let result = lorakit_train::train(config, &stop, &mut events);
     bar.finish_and_clear();
@@ -179,6 +179,16 @@ pub fn run(args: TrainArgs) -> Result<ExitCode> {
             Ok(ExitCode::from(3))
         }
         Err(e) => Err(e.into()),
+    }
+}
+
+/// Prints a line above the progress bar, or plainly before the bar is shown (a hidden bar
+/// drops `println`, and notes such as "resuming from …" come before training starts).
+fn say(bar: &ProgressBar, line: String) {
+    if bar.is_hidden() {
+        eprintln!("{line}");
+    } else {
+        bar.println(line);
     }
 }
 
