@@ -130,6 +130,69 @@ pub fn block_of(module: &str) -> Block {
     Block::Other
 }
 
+/// The slot numbering of sd-scripts' block-wise dims and learning-rate weights (spec §2.5):
+/// SD1.x/SD2.x 25 slots (0 = never used, IN01–IN11 = 1–11, M00 = 12, OUT00–OUT11 = 13–24),
+/// SDXL 23 slots (BASE = 0, IN00–IN08 = 1–9, M00–M02 = 10–12, OUT00–OUT08 = 13–21, FINAL = 22).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BlockLayout {
+    Sd,
+    Sdxl,
+}
+
+impl BlockLayout {
+    /// The layout of a U-Net's module names, as sd-scripts decides it: SDXL when any module
+    /// name has `input_blocks` or `output_blocks`.
+    pub fn detect<'a>(unet_modules: impl IntoIterator<Item = &'a str>) -> Self {
+        let sdxl = unet_modules.into_iter().any(|n| n.contains("input_blocks") || n.contains("output_blocks"));
+        if sdxl {
+            BlockLayout::Sdxl
+        } else {
+            BlockLayout::Sd
+        }
+    }
+
+    /// Number of slots of `block_dims`-style lists.
+    pub fn slots(self) -> usize {
+        match self {
+            BlockLayout::Sd => 25,
+            BlockLayout::Sdxl => 23,
+        }
+    }
+
+    /// Length of the `down_lr_weight` / `up_lr_weight` lists.
+    pub fn down_up_len(self) -> usize {
+        match self {
+            BlockLayout::Sd => 12,
+            BlockLayout::Sdxl => 9,
+        }
+    }
+
+    /// Length of the `mid_lr_weight` list.
+    pub fn mid_len(self) -> usize {
+        match self {
+            BlockLayout::Sd => 1,
+            BlockLayout::Sdxl => 3,
+        }
+    }
+
+    /// The slot of a U-Net module (`lora_unet_…`), `None` for modules outside the numbered blocks
+    /// (text encoders, SD `conv_in`) — sd-scripts' `get_block_index` returning −1.
+    pub fn slot(self, module: &str) -> Option<usize> {
+        let slot = match (self, block_of(module)) {
+            (BlockLayout::Sd, Block::In(k)) if (1..=11).contains(&k) => k,
+            (BlockLayout::Sd, Block::Mid(0)) => 12,
+            (BlockLayout::Sd, Block::Out(k)) if k <= 11 => 13 + k,
+            (BlockLayout::Sdxl, Block::Base) => 0,
+            (BlockLayout::Sdxl, Block::In(k)) if k <= 8 => 1 + k,
+            (BlockLayout::Sdxl, Block::Mid(k)) if k <= 2 => 10 + k,
+            (BlockLayout::Sdxl, Block::Out(k)) if k <= 8 => 13 + k,
+            (BlockLayout::Sdxl, Block::Final) => 22,
+            _ => return None,
+        };
+        Some(slot as usize)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -174,6 +237,36 @@ mod tests {
         for (name, want) in cases {
             assert_eq!(block_of(name).to_string(), want, "{name}");
         }
+    }
+
+    #[test]
+    fn slots_follow_sd_scripts_get_block_index() {
+        let sd = [
+            ("lora_unet_down_blocks_0_attentions_0_proj_in", Some(1)),
+            ("lora_unet_down_blocks_0_downsamplers_0_conv", Some(3)),
+            ("lora_unet_down_blocks_3_resnets_1_conv2", Some(11)),
+            ("lora_unet_mid_block_attentions_0_proj_out", Some(12)),
+            ("lora_unet_up_blocks_0_resnets_0_conv1", Some(13)),
+            ("lora_unet_up_blocks_0_upsamplers_0_conv", Some(15)),
+            ("lora_unet_up_blocks_3_attentions_2_proj_out", Some(24)),
+            ("lora_te_text_model_encoder_layers_0_mlp_fc1", None),
+        ];
+        for (name, want) in sd {
+            assert_eq!(BlockLayout::Sd.slot(name), want, "{name}");
+        }
+        let sdxl = [
+            ("lora_unet_time_embed_0", Some(0)),
+            ("lora_unet_input_blocks_0_0", Some(1)),
+            ("lora_unet_input_blocks_8_1_proj_in", Some(9)),
+            ("lora_unet_middle_block_2_out_layers_3", Some(12)),
+            ("lora_unet_output_blocks_8_1_proj_out", Some(21)),
+            ("lora_unet_out_2", Some(22)),
+        ];
+        for (name, want) in sdxl {
+            assert_eq!(BlockLayout::Sdxl.slot(name), want, "{name}");
+        }
+        assert_eq!(BlockLayout::detect(["lora_unet_down_blocks_0_attentions_0_proj_in"]), BlockLayout::Sd);
+        assert_eq!(BlockLayout::detect(["lora_unet_input_blocks_4_1_proj_in"]), BlockLayout::Sdxl);
     }
 
     #[test]

@@ -11,6 +11,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
+use lorakit_lora::blocks::BlockLayout;
 use lorakit_lora::keys::Scheme;
 use lorakit_lora::safetensors_file::LoraFile;
 use lorakit_nn::lora::{LoraDropout, LoraKind, LoraModule, LoraSet, LoraTarget, TargetGroup};
@@ -37,19 +38,54 @@ pub struct NetworkSpec {
     pub conv_alpha: f64,
     /// Dropout hooks applied to every module.
     pub dropout: LoraDropout,
+    /// Per-block ranks and alphas (sd-scripts' `block_dims` & co.); U-Net networks only.
+    pub block_ranks: Option<BlockRanks>,
+}
+
+/// sd-scripts' per-block ranks (spec §2.5), indexed by [`BlockLayout`] slot: linear and 1×1
+/// modules take `dims`/`alphas`, k×k convs `conv_dims`/`conv_alphas` (none without them); a
+/// rank of 0 means no module.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BlockRanks {
+    pub layout: BlockLayout,
+    pub dims: Vec<usize>,
+    pub alphas: Vec<f64>,
+    pub conv_dims: Option<Vec<usize>>,
+    pub conv_alphas: Option<Vec<f64>>,
 }
 
 impl Default for NetworkSpec {
     fn default() -> Self {
-        NetworkSpec { rank: 4, alpha: 1.0, conv_rank: None, conv_alpha: 1.0, dropout: LoraDropout::default() }
+        NetworkSpec {
+            rank: 4,
+            alpha: 1.0,
+            conv_rank: None,
+            conv_alpha: 1.0,
+            dropout: LoraDropout::default(),
+            block_ranks: None,
+        }
     }
 }
 
 impl NetworkSpec {
-    /// The (rank, alpha) sd-scripts gives `target`, or `None` when it gets no module: attention
-    /// targets always use `rank`; conv-block targets only when `conv_rank` is set, linears and
-    /// 1×1 convs there with `rank`, k×k convs with `conv_rank`.
-    pub fn rank_for(&self, target: &LoraTarget) -> Option<(usize, f64)> {
+    /// The (rank, alpha) sd-scripts gives `target` (kohya module name `name`), or `None` when it
+    /// gets no module: attention targets always use `rank`; conv-block targets only when
+    /// `conv_rank` is set, linears and 1×1 convs there with `rank`, k×k convs with `conv_rank`.
+    /// With block ranks, the target's block slot picks them instead (conv-block targets only when
+    /// conv ranks exist, as sd-scripts adds those modules only then).
+    pub fn rank_for(&self, target: &LoraTarget, name: &str) -> Option<(usize, f64)> {
+        if let Some(b) = &self.block_ranks {
+            if target.group == TargetGroup::ConvBlock && b.conv_dims.is_none() {
+                return None;
+            }
+            let slot = b.layout.slot(name)?;
+            let pick = if target.is_spatial_conv() {
+                b.conv_dims.as_ref().zip(b.conv_alphas.as_ref()).map(|(d, a)| (d[slot], a[slot]))
+            } else {
+                Some((b.dims[slot], b.alphas[slot]))
+            };
+            return pick.filter(|(rank, _)| *rank > 0);
+        }
         let pick = match target.group {
             TargetGroup::Attention => Some((self.rank, self.alpha)),
             TargetGroup::ConvBlock => match self.conv_rank {
@@ -74,10 +110,10 @@ pub fn create_network(
     let mut rng = StdRng::seed_from_u64(seed);
     let mut set = LoraSet::new(seed, device)?;
     for target in targets {
-        if let Some((rank, alpha)) = spec.rank_for(target) {
-            let module =
-                LoraModule::new_trainable(target.kohya_name(prefix), target, rank, alpha, dtype, device, &mut rng)?
-                    .with_dropout(spec.dropout);
+        let name = target.kohya_name(prefix);
+        if let Some((rank, alpha)) = spec.rank_for(target, &name) {
+            let module = LoraModule::new_trainable(name, target, rank, alpha, dtype, device, &mut rng)?
+                .with_dropout(spec.dropout);
             set.insert(target.path.clone(), module);
         }
     }

@@ -424,3 +424,51 @@ impl LoraSet {
         lock(&self.side_grads).clear();
     }
 }
+
+/// What [`apply_max_norm`] did: sd-scripts' `(keys_scaled, mean norm, max norm)`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MaxNormStats {
+    /// Modules whose weights were scaled down.
+    pub keys_scaled: usize,
+    /// Mean of the modules' weight-change norms after scaling.
+    pub average_norm: f64,
+    /// Largest of them.
+    pub max_norm: f64,
+}
+
+/// sd-scripts' max-norm regularisation (`--scale_weight_norms`, spec §2.7) over the trainable
+/// modules of `sets`: for each, `ΔW = up·down·(alpha/rank)` (multiplier left out, as sd-scripts);
+/// when `‖ΔW‖_F > max_norm`, `up` and `down` are both multiplied by `√(max_norm/‖ΔW‖)` so the
+/// product's norm becomes `max_norm`. Computed in f32 like torch. `None` when no module is
+/// trainable.
+pub fn apply_max_norm(sets: &[&LoraSet], max_norm: f64) -> Result<Option<MaxNormStats>> {
+    let mut keys_scaled = 0usize;
+    let mut norms = Vec::new();
+    for module in sets.iter().flat_map(|s| s.modules.iter()).filter(|m| m.trainable) {
+        let down = module.down.as_detached_tensor().to_dtype(DType::F32)?;
+        let up = module.up.as_detached_tensor().to_dtype(DType::F32)?;
+        let r = module.rank;
+        let delta = up.reshape((up.dims()[0], r))?.matmul(&down.reshape((r, ()))?)?;
+        let scale = (module.alpha / r as f64) as f32;
+        let norm = ((delta * scale as f64)?.sqr()?.sum_all()?.to_scalar::<f32>()?).sqrt();
+        // torch: norm.clamp(min = m/2), desired = clamp(norm, max = m), ratio = desired / norm.
+        let m = max_norm as f32;
+        let clamped = norm.max(m / 2.0);
+        let ratio = clamped.min(m) / clamped;
+        if ratio != 1.0 {
+            keys_scaled += 1;
+            let sqrt_ratio = f64::from(ratio.sqrt());
+            module.up.set(&module.up.as_detached_tensor().affine(sqrt_ratio, 0.0)?)?;
+            module.down.set(&module.down.as_detached_tensor().affine(sqrt_ratio, 0.0)?)?;
+        }
+        norms.push(f64::from(norm * ratio));
+    }
+    if norms.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(MaxNormStats {
+        keys_scaled,
+        average_norm: norms.iter().sum::<f64>() / norms.len() as f64,
+        max_norm: norms.iter().cloned().fold(f64::MIN, f64::max),
+    }))
+}

@@ -204,6 +204,36 @@ pub struct NetworkSection {
     pub network_train_text_encoder_only: bool,
     /// Start from these LoRA weights.
     pub network_weights: Option<PathBuf>,
+    /// Strength of the LoRA while training (sd-scripts' `network_multiplier`; saved files are
+    /// unaffected).
+    pub network_multiplier: f64,
+    /// U-Net down-block LR weights: 12 comma-separated values (SDXL 9) or a preset `cosine`,
+    /// `sine`, `linear`, `reverse_linear`, `zeros`, optionally `+base` (`network_args`
+    /// `down_lr_weight`). A block whose weight is 0 gets no LoRA.
+    pub down_lr_weight: Option<String>,
+    /// Mid-block LR weight(s): 1 value (SDXL 3).
+    pub mid_lr_weight: Option<String>,
+    /// Up-block LR weights, like `down_lr_weight`.
+    pub up_lr_weight: Option<String>,
+    /// Block LR weights at or below this become 0.
+    pub block_lr_zero_threshold: f64,
+    /// Rank per U-Net block slot: 25 comma-separated values (SDXL 23), sd-scripts' `block_dims`.
+    pub block_dims: Option<String>,
+    /// Alpha per block slot (default `network_alpha`).
+    pub block_alphas: Option<String>,
+    /// Rank of 3×3 conv modules per block slot (default `conv_dim`).
+    pub conv_block_dims: Option<String>,
+    /// Alpha of 3×3 conv modules per block slot (default `conv_alpha`).
+    pub conv_block_alphas: Option<String>,
+    /// LoRA+: the `up` matrices learn this many times faster (both networks).
+    pub loraplus_lr_ratio: Option<f64>,
+    /// LoRA+ ratio for the U-Net (wins over `loraplus_lr_ratio`).
+    pub loraplus_unet_lr_ratio: Option<f64>,
+    /// LoRA+ ratio for the text encoder (wins over `loraplus_lr_ratio`).
+    pub loraplus_text_encoder_lr_ratio: Option<f64>,
+    /// Max-norm regularisation: scales down every module whose weight change has a Frobenius
+    /// norm above this (sd-scripts' `scale_weight_norms`; 1.0 is common).
+    pub scale_weight_norms: Option<f64>,
 }
 
 impl Default for NetworkSection {
@@ -220,6 +250,19 @@ impl Default for NetworkSection {
             network_train_unet_only: false,
             network_train_text_encoder_only: false,
             network_weights: None,
+            network_multiplier: 1.0,
+            down_lr_weight: None,
+            mid_lr_weight: None,
+            up_lr_weight: None,
+            block_lr_zero_threshold: 0.0,
+            block_dims: None,
+            block_alphas: None,
+            conv_block_dims: None,
+            conv_block_alphas: None,
+            loraplus_lr_ratio: None,
+            loraplus_unet_lr_ratio: None,
+            loraplus_text_encoder_lr_ratio: None,
+            scale_weight_norms: None,
         }
     }
 }
@@ -581,6 +624,17 @@ impl TrainConfig {
         c.optimizer.lr_scheduler_min_lr_ratio = Some(0.0);
         c.network.rank_dropout = Some(0.0);
         c.network.module_dropout = Some(0.0);
+        c.network.down_lr_weight = Some(String::new());
+        c.network.mid_lr_weight = Some(String::new());
+        c.network.up_lr_weight = Some(String::new());
+        c.network.block_dims = Some(String::new());
+        c.network.block_alphas = Some(String::new());
+        c.network.conv_block_dims = Some(String::new());
+        c.network.conv_block_alphas = Some(String::new());
+        c.network.loraplus_lr_ratio = Some(0.0);
+        c.network.loraplus_unet_lr_ratio = Some(0.0);
+        c.network.loraplus_text_encoder_lr_ratio = Some(0.0);
+        c.network.scale_weight_norms = Some(0.0);
         c.optimizer.unet_lr = Some(0.0);
         c.optimizer.text_encoder_lr = Some(0.0);
         c.save.resume = Some(PathBuf::new());
@@ -672,6 +726,31 @@ impl TrainConfig {
             if let Some(v) = v.filter(|v| !(0.0..1.0).contains(v)) {
                 problems.push(format!("network.{name} = {v}: use a probability in [0, 1)"));
             }
+        }
+        for (name, v) in [
+            ("loraplus_lr_ratio", self.network.loraplus_lr_ratio),
+            ("loraplus_unet_lr_ratio", self.network.loraplus_unet_lr_ratio),
+            ("loraplus_text_encoder_lr_ratio", self.network.loraplus_text_encoder_lr_ratio),
+            ("scale_weight_norms", self.network.scale_weight_norms),
+        ] {
+            if let Some(v) = v.filter(|v| !(*v > 0.0 && v.is_finite())) {
+                problems.push(format!("network.{name} = {v}: use a number > 0 (or leave it unset)"));
+            }
+        }
+        if !self.network.network_multiplier.is_finite() {
+            problems.push("network.network_multiplier must be a finite number".into());
+        }
+        // Parse the block lists now so a typo is reported before the model loads (the U-Net
+        // layout is not known yet: SD1.x lengths are checked, SDXL ones when it arrives).
+        if let Err(e) = crate::block_weights::block_plan(
+            lorakit_lora::blocks::BlockLayout::Sd,
+            &self.block_args(),
+            self.network.network_dim,
+            self.network.network_alpha,
+            self.network.conv_dim,
+            self.network.conv_alpha.unwrap_or(1.0),
+        ) {
+            problems.push(e);
         }
         if self.network.network_dim == 0 {
             problems.push("network.network_dim must be at least 1".into());
@@ -784,6 +863,21 @@ impl TrainConfig {
     /// The learning rate of the text-encoder group.
     pub fn text_encoder_lr(&self) -> f64 {
         self.optimizer.text_encoder_lr.unwrap_or(self.optimizer.learning_rate)
+    }
+
+    /// The block-wise network arguments as [`crate::block_weights`] takes them.
+    pub fn block_args(&self) -> crate::block_weights::BlockArgs<'_> {
+        let n = &self.network;
+        crate::block_weights::BlockArgs {
+            down_lr_weight: n.down_lr_weight.as_deref(),
+            mid_lr_weight: n.mid_lr_weight.as_deref(),
+            up_lr_weight: n.up_lr_weight.as_deref(),
+            block_lr_zero_threshold: n.block_lr_zero_threshold,
+            block_dims: n.block_dims.as_deref(),
+            block_alphas: n.block_alphas.as_deref(),
+            conv_block_dims: n.conv_block_dims.as_deref(),
+            conv_block_alphas: n.conv_block_alphas.as_deref(),
+        }
     }
 
     /// Whether the UNet LoRA is trained.

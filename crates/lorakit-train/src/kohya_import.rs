@@ -208,9 +208,25 @@ pub fn import_pairs(pairs: Vec<(String, toml::Value)>) -> std::result::Result<Im
                             let v = v.trim().parse::<f64>().map_err(|_| format!("network_args conv_alpha={v}"))?;
                             put(&mut table, "network", "conv_alpha", toml::Value::Float(v));
                         }
-                        Some((key @ ("rank_dropout" | "module_dropout"), v)) => {
+                        Some((
+                            key @ ("rank_dropout"
+                            | "module_dropout"
+                            | "block_lr_zero_threshold"
+                            | "loraplus_lr_ratio"
+                            | "loraplus_unet_lr_ratio"
+                            | "loraplus_text_encoder_lr_ratio"),
+                            v,
+                        )) => {
                             let v = v.trim().parse::<f64>().map_err(|_| format!("network_args {key}={v}"))?;
                             put(&mut table, "network", key, toml::Value::Float(v));
+                        }
+                        // Block lists stay strings, parsed as sd-scripts parses them.
+                        Some((
+                            key @ ("down_lr_weight" | "mid_lr_weight" | "up_lr_weight" | "block_dims" | "block_alphas"
+                            | "conv_block_dims" | "conv_block_alphas"),
+                            v,
+                        )) => {
+                            put(&mut table, "network", key, toml::Value::String(v.to_string()));
                         }
                         _ => unmapped.push(format!("network_args {text}")),
                     }
@@ -298,7 +314,9 @@ v_parameterization = false
 network_module = "networks.lora"
 network_dim = 32
 network_alpha = 16
-network_args = ["conv_dim=8", "conv_alpha=4", "algo=locon"]
+network_args = ["conv_dim=8", "conv_alpha=4", "algo=locon", "down_lr_weight=sine+0.5", "block_dims=8,8,8,8,8,8,8,8,8,8,8,8,8,8,8,8,8,8,8,8,8,8,8,8,8", "loraplus_lr_ratio=16"]
+scale_weight_norms = 1.0
+network_multiplier = 0.8
 unet_lr = 1e-4
 text_encoder_lr = 5e-5
 [optimizer_arguments]
@@ -335,6 +353,11 @@ shuffle_caption = true
         assert!(!c.training.cache_latents);
         assert!(c.dataset.shuffle_caption);
         assert_eq!(imp.unmapped, vec!["network_args algo=locon", "xformers"]);
+        assert_eq!(c.network.down_lr_weight.as_deref(), Some("sine+0.5"));
+        assert_eq!(c.network.block_dims.as_deref().map(|d| d.split(',').count()), Some(25));
+        assert_eq!(c.network.loraplus_lr_ratio, Some(16.0));
+        assert_eq!(c.network.scale_weight_norms, Some(1.0));
+        assert_eq!(c.network.network_multiplier, 0.8);
     }
 
     #[test]

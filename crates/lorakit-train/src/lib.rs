@@ -13,6 +13,7 @@
 //! - [`samples`] and [`sample_prompts`] — preview images.
 //! - [`tensorboard`] and [`run_log`] — logs.
 
+pub mod block_weights;
 pub mod config;
 pub mod data;
 pub mod error;
@@ -22,6 +23,7 @@ pub mod loss;
 pub mod metadata;
 pub mod model;
 pub mod noise;
+pub mod param_groups;
 pub mod presets;
 pub mod run_log;
 pub mod sample_prompts;

@@ -131,7 +131,7 @@ impl RunMetadata {
         put("ss_face_crop_aug_range", "None".into());
         put("ss_prior_loss_weight", py_float(c.dataset.prior_loss_weight));
         put("ss_min_snr_gamma", py_opt_float(c.loss.min_snr_gamma));
-        put("ss_scale_weight_norms", "None".into());
+        put("ss_scale_weight_norms", py_opt_float(c.network.scale_weight_norms));
         put("ss_ip_noise_gamma", py_opt_float(c.loss.ip_noise_gamma));
         put("ss_debiased_estimation", py_bool(c.loss.debiased_estimation_loss));
         put("ss_noise_offset_random_strength", py_bool(c.loss.noise_offset_random_strength));
@@ -159,6 +159,32 @@ impl RunMetadata {
         }
         if let Some(v) = c.network.module_dropout {
             args.insert("module_dropout".into(), json!(py_float(v)));
+        }
+        let n = &c.network;
+        for (key, v) in [
+            ("down_lr_weight", &n.down_lr_weight),
+            ("mid_lr_weight", &n.mid_lr_weight),
+            ("up_lr_weight", &n.up_lr_weight),
+            ("block_dims", &n.block_dims),
+            ("block_alphas", &n.block_alphas),
+            ("conv_block_dims", &n.conv_block_dims),
+            ("conv_block_alphas", &n.conv_block_alphas),
+        ] {
+            if let Some(v) = v {
+                args.insert(key.into(), json!(v));
+            }
+        }
+        if n.block_lr_zero_threshold != 0.0 {
+            args.insert("block_lr_zero_threshold".into(), json!(py_float(n.block_lr_zero_threshold)));
+        }
+        for (key, v) in [
+            ("loraplus_lr_ratio", n.loraplus_lr_ratio),
+            ("loraplus_unet_lr_ratio", n.loraplus_unet_lr_ratio),
+            ("loraplus_text_encoder_lr_ratio", n.loraplus_text_encoder_lr_ratio),
+        ] {
+            if let Some(v) = v {
+                args.insert(key.into(), json!(py_float(v)));
+            }
         }
         if !args.is_empty() {
             put("ss_network_args", serde_json::Value::Object(args).to_string());

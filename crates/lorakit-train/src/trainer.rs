@@ -9,15 +9,17 @@ use std::sync::Arc;
 use candle_core::{DType, Device, Tensor};
 use lorakit_dataset::caption_process::{process_caption, CaptionMoment};
 use lorakit_dataset::steps::{StepPlan, StepRequest};
+use lorakit_lora::blocks::BlockLayout;
 use lorakit_lora::safetensors_file::{write_lora, Precision};
 use lorakit_models::lora_inject::{create_network, NetworkSpec};
 use lorakit_models::schedule::NoiseSchedule;
-use lorakit_nn::lora::{LoraDropout, LoraSet};
+use lorakit_nn::lora::{apply_max_norm, LoraDropout, LoraSet};
 use lorakit_nn::lr_scheduler::{warmup_steps_from, LrScheduler, SchedulerKind, SchedulerParams};
-use lorakit_nn::optim::{clip_grad_norm, AdamW, Optimizer, OptimizerArgs, ParamGroup};
+use lorakit_nn::optim::{clip_grad_norm, Optimizer, OptimizerArgs, OptimizerKind, ParamGroup};
 use lorakit_nn::ForwardCtx;
 use rand::Rng;
 
+use crate::block_weights::block_plan;
 use crate::config::TrainConfig;
 use crate::data::{rng_for, stream, Batch, TrainData};
 use crate::error::{Result, TrainError};
@@ -26,6 +28,7 @@ use crate::loss::{batch_loss, LossOptions};
 use crate::metadata::{RunMetadata, SaveProgress};
 use crate::model::TrainableModel;
 use crate::noise::{sample_noise, NoiseOptions};
+use crate::param_groups::{plan_groups, ComponentNetwork, GroupRates};
 use crate::run_log::RunLog;
 use crate::samples::SampleRunner;
 use crate::state::{load_network_tensors, load_state, save_state, ProgressState, STATE_FORMAT};
@@ -156,9 +159,9 @@ pub struct Trainer<'m> {
     data: TrainData,
     /// LoRA sets per model component (None: that component is not trained).
     sets: Vec<Option<Arc<LoraSet>>>,
-    /// (component index) of each optimizer group.
-    group_components: Vec<usize>,
-    optimizer: AdamW,
+    /// The component index of each parameter of each optimizer group.
+    group_components: Vec<Vec<usize>>,
+    optimizer: Box<dyn Optimizer>,
     scheduler: LrScheduler,
     plan: StepPlan,
     warmup_steps: u64,
@@ -167,57 +170,96 @@ pub struct Trainer<'m> {
     schedule: NoiseSchedule,
     loss_options: LossOptions,
     noise_options: NoiseOptions,
+    /// Notices about the setup, shown when the run starts.
+    setup_notes: Vec<String>,
 }
 
 impl<'m> Trainer<'m> {
     /// Builds the network, optimizer, scheduler and metadata for `config` on `model`.
     pub fn new(config: TrainConfig, model: &'m dyn TrainableModel, data: TrainData) -> Result<Self> {
         let device = model.device().clone();
+        let layout = BlockLayout::detect(
+            model
+                .components()
+                .iter()
+                .filter(|c| !c.is_text_encoder)
+                .flat_map(|c| c.targets.iter().map(move |t| t.kohya_name(c.prefix)))
+                .collect::<Vec<_>>()
+                .iter()
+                .map(String::as_str),
+        );
+        let conv_alpha = config.network.conv_alpha.unwrap_or(1.0);
+        let blocks = block_plan(
+            layout,
+            &config.block_args(),
+            config.network.network_dim,
+            config.network.network_alpha,
+            config.network.conv_dim,
+            conv_alpha,
+        )
+        .map_err(TrainError::Other)?;
+        let mut setup_notes = blocks.notes.clone();
         let spec = NetworkSpec {
             rank: config.network.network_dim,
             alpha: config.network.network_alpha,
             conv_rank: config.network.conv_dim,
-            conv_alpha: config.network.conv_alpha.unwrap_or(1.0),
+            conv_alpha,
             dropout: LoraDropout {
                 neuron: config.network.network_dropout.unwrap_or(0.0),
                 rank: config.network.rank_dropout.unwrap_or(0.0),
                 module: config.network.module_dropout.unwrap_or(0.0),
             },
+            block_ranks: None,
         };
         let mut sets = Vec::new();
-        let mut groups = Vec::new();
-        let mut group_components = Vec::new();
         for (i, component) in model.components().iter().enumerate() {
             let trained = if component.is_text_encoder { config.trains_text_encoder() } else { config.trains_unet() };
             if !trained {
                 sets.push(None);
                 continue;
             }
+            // Block ranks shape the U-Net only; text encoders always use network_dim.
+            let spec = if component.is_text_encoder {
+                spec.clone()
+            } else {
+                NetworkSpec { block_ranks: blocks.ranks.clone(), ..spec.clone() }
+            };
             // Each component's modules get their own init stream so adding a component never
             // changes another's initial weights.
             let seed = rng_for(&[config.training.seed, 100 + i as u64]).random::<u64>();
             let set = create_network(&component.targets, component.prefix, &spec, DType::F32, &device, seed)?;
-            let vars = set.trainable_vars();
-            if !vars.is_empty() {
-                let (name, lr) = if component.is_text_encoder {
-                    ("textencoder", config.text_encoder_lr())
-                } else {
-                    ("unet", config.unet_lr())
-                };
-                groups.push(ParamGroup { name: name.into(), vars, lr });
-                group_components.push(i);
-            }
+            set.set_multiplier(config.network.network_multiplier);
             sets.push(Some(Arc::new(set)));
         }
-        if groups.is_empty() {
-            return Err(TrainError::Other("the network has no trainable modules".into()));
+        let networks: Vec<ComponentNetwork> = sets
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| {
+                s.as_ref().map(|set| ComponentNetwork {
+                    component: i,
+                    is_text_encoder: model.components()[i].is_text_encoder,
+                    set,
+                })
+            })
+            .collect();
+        let n = &config.network;
+        let planned = plan_groups(
+            &networks,
+            &GroupRates {
+                text_encoder_lr: config.text_encoder_lr(),
+                unet_lr: config.unet_lr(),
+                text_encoder_plus_ratio: n.loraplus_text_encoder_lr_ratio.or(n.loraplus_lr_ratio),
+                unet_plus_ratio: n.loraplus_unet_lr_ratio.or(n.loraplus_lr_ratio),
+                block_lr_weights: blocks.lr_weights.clone().map(|w| (layout, w)),
+            },
+        );
+        if planned.is_empty() {
+            return Err(TrainError::Other(
+                "nothing to train: the network has no trainable modules, or every learning rate is 0".into(),
+            ));
         }
-        // sd-scripts orders groups text encoder first.
-        let is_text_encoder: Vec<bool> = model.components().iter().map(|c| c.is_text_encoder).collect();
-        let mut order: Vec<usize> = (0..groups.len()).collect();
-        order.sort_by_key(|&g| !is_text_encoder[group_components[g]]);
-        let groups: Vec<ParamGroup> = order.iter().map(|&g| groups[g].clone()).collect();
-        let group_components: Vec<usize> = order.iter().map(|&g| group_components[g]).collect();
+        let groups: Vec<ParamGroup> = planned.iter().map(|p| p.group.clone()).collect();
+        let group_components: Vec<Vec<usize>> = planned.into_iter().map(|p| p.components).collect();
 
         if let Some(weights) = &config.network.network_weights {
             let tensors = candle_core::safetensors::load(weights, &device)
@@ -229,16 +271,20 @@ impl<'m> Trainer<'m> {
             }
         }
 
-        let optimizer_kind = config.optimizer.optimizer_type.to_ascii_lowercase();
-        if optimizer_kind != "adamw" {
-            return Err(TrainError::Other(format!(
-                "optimizer.optimizer_type = {:?}: only AdamW is available so far",
-                config.optimizer.optimizer_type
-            )));
-        }
+        let optimizer_kind = OptimizerKind::parse(&config.optimizer.optimizer_type)
+            .map_err(|e| TrainError::Other(format!("optimizer.optimizer_type: {e}")))?;
         let args = OptimizerArgs::parse(&config.optimizer.optimizer_args)
             .map_err(|e| TrainError::Other(format!("optimizer.optimizer_args: {e}")))?;
-        let optimizer = AdamW::from_args(groups, &args).map_err(|e| TrainError::Other(format!("optimizer: {e}")))?;
+        let optimizer = optimizer_kind
+            .build(groups, &args)
+            .map_err(|e| TrainError::Other(format!("optimizer ({}): {e}", optimizer_kind.name())))?;
+        if optimizer.is_schedule_free() && config.optimizer.lr_scheduler != "constant" {
+            setup_notes.push(format!(
+                "optimizer.lr_scheduler = {:?} is ignored: {} schedules the learning rate itself (as in sd-scripts)",
+                config.optimizer.lr_scheduler,
+                optimizer_kind.name()
+            ));
+        }
 
         let plan = StepPlan::new(
             data.batches_per_epoch(),
@@ -304,6 +350,7 @@ impl<'m> Trainer<'m> {
             schedule,
             loss_options,
             noise_options,
+            setup_notes,
         })
     }
 
@@ -341,12 +388,26 @@ impl<'m> Trainer<'m> {
     }
 
     /// Writes a LoRA file (atomically) with metadata for `progress`.
-    fn save_lora(&self, path: &Path, progress: SaveProgress) -> Result<()> {
+    /// Writes the LoRA file at the optimizer's evaluation point (schedule-free optimizers keep
+    /// it apart from the training point, as sd-scripts' `optimizer.eval()` before saving).
+    fn save_lora(&mut self, path: &Path, progress: SaveProgress) -> Result<()> {
+        self.optimizer.set_train_mode(false)?;
         let live = self.live_sets();
         let refs: Vec<&LoraSet> = live.iter().map(|s| s.as_ref()).collect();
-        let tensors = lorakit_models::lora_inject::state_dict(&refs)?;
-        write_lora(path, &tensors, &self.metadata.for_save(progress), save_precision(&self.config))?;
-        Ok(())
+        let written = lorakit_models::lora_inject::state_dict(&refs).map_err(TrainError::from).and_then(|tensors| {
+            write_lora(path, &tensors, &self.metadata.for_save(progress), save_precision(&self.config))
+                .map_err(TrainError::from)
+        });
+        self.optimizer.set_train_mode(true)?;
+        written.map(|_| ())
+    }
+
+    /// Renders sample images at the optimizer's evaluation point (see [`Trainer::save_lora`]).
+    fn render_samples(&mut self, runner: &mut SampleRunner, tag: crate::samples::SampleTag) -> Result<Vec<PathBuf>> {
+        self.optimizer.set_train_mode(false)?;
+        let rendered = self.sample_sets().and_then(|sets| runner.run(self.model, &sets, tag));
+        self.optimizer.set_train_mode(true)?;
+        rendered
     }
 
     /// Runs training to the end, an error, or `stop` (Ctrl-C: saves a state and returns).
@@ -402,6 +463,9 @@ impl<'m> Trainer<'m> {
             )));
         }
 
+        for note in &self.setup_notes {
+            events(TrainEvent::Note(note.clone()));
+        }
         if config.loss.zero_terminal_snr && !config.model.v_parameterization {
             events(TrainEvent::Note(
                 "loss.zero_terminal_snr without model.v_parameterization: an ε-prediction model cannot predict at the last timestep (sd-scripts warns the same)".into(),
@@ -446,7 +510,7 @@ impl<'m> Trainer<'m> {
         };
         if let Some(s) = samples.as_mut() {
             if config.samples.sample_at_first && global_step == 0 {
-                for path in s.run(self.model, &self.sample_sets()?, crate::samples::SampleTag::Step(0))? {
+                for path in self.render_samples(s, crate::samples::SampleTag::Step(0))? {
                     events(TrainEvent::Sampled(path));
                 }
             }
@@ -509,7 +573,8 @@ impl<'m> Trainer<'m> {
                 }
 
                 // Optimizer step.
-                let factor = self.scheduler.factor(global_step);
+                // Schedule-free optimizers get their base lrs (sd-scripts' dummy scheduler).
+                let factor = if self.optimizer.is_schedule_free() { 1.0 } else { self.scheduler.factor(global_step) };
                 let lrs: Vec<f64> = self.optimizer.groups().iter().map(|g| g.lr * factor).collect();
                 let mut grads = std::mem::take(&mut accumulated);
                 let mut overflow = false;
@@ -534,6 +599,14 @@ impl<'m> Trainer<'m> {
                         global_step + 1
                     )));
                 }
+                let max_norm = match config.network.scale_weight_norms {
+                    Some(m) => {
+                        let live = self.live_sets();
+                        let refs: Vec<&LoraSet> = live.iter().map(|s| s.as_ref()).collect();
+                        apply_max_norm(&refs, m)?
+                    }
+                    None => None,
+                };
                 global_step += 1;
                 let step_loss = step_loss_sum / micro_in_step as f64;
                 micro_in_step = 0;
@@ -545,6 +618,16 @@ impl<'m> Trainer<'m> {
                     vec![("loss/current".into(), step_loss), ("loss/average".into(), average)];
                 for (g, lr) in self.optimizer.groups().iter().zip(&lrs) {
                     scalars.push((format!("lr/{}", g.name), *lr));
+                }
+                if let Some(m) = max_norm {
+                    scalars.push(("max_norm/keys_scaled".into(), m.keys_scaled as f64));
+                    scalars.push(("max_norm/max_key_norm".into(), m.max_norm));
+                    scalars.push(("norm/avg_key_norm".into(), m.average_norm));
+                }
+                if let Some(effective) = self.optimizer.effective_lrs() {
+                    for (g, lr) in self.optimizer.groups().iter().zip(effective) {
+                        scalars.push((format!("lr/d*lr/{}", g.name), lr));
+                    }
                 }
                 self.log(&mut tensorboard, &mut run_log, global_step, epoch + 1, &scalars)?;
                 events(TrainEvent::Step {
@@ -570,7 +653,7 @@ impl<'m> Trainer<'m> {
                         save_state(
                             &dir,
                             &self.live_sets(),
-                            &self.optimizer,
+                            self.optimizer.as_ref(),
                             &self.progress_state(
                                 global_step,
                                 next_epoch,
@@ -588,9 +671,7 @@ impl<'m> Trainer<'m> {
                     && global_step % config.samples.sample_every_n_steps == 0
                 {
                     if let Some(s) = samples.as_mut() {
-                        for path in
-                            s.run(self.model, &self.sample_sets()?, crate::samples::SampleTag::Step(global_step))?
-                        {
+                        for path in self.render_samples(s, crate::samples::SampleTag::Step(global_step))? {
                             events(TrainEvent::Sampled(path));
                         }
                     }
@@ -600,7 +681,7 @@ impl<'m> Trainer<'m> {
                     save_state(
                         &dir,
                         &self.live_sets(),
-                        &self.optimizer,
+                        self.optimizer.as_ref(),
                         &self.progress_state(global_step, next_epoch, next_batch, &loss_window, &epoch_losses, scaler),
                     )?;
                     events(TrainEvent::Saved(dir.clone()));
@@ -644,7 +725,7 @@ impl<'m> Trainer<'m> {
                 if config.save.save_state {
                     let dir = self.state_dir(&suffix);
                     let p = self.progress_state(global_step, epoch + 1, 0, &loss_window, &[], scaler);
-                    save_state(&dir, &self.live_sets(), &self.optimizer, &p)?;
+                    save_state(&dir, &self.live_sets(), self.optimizer.as_ref(), &p)?;
                     events(TrainEvent::Saved(dir));
                 }
                 let keep = config.save.save_last_n_epochs;
@@ -662,7 +743,7 @@ impl<'m> Trainer<'m> {
             }
             if config.samples.sample_every_n_epochs > 0 && (epoch + 1) % config.samples.sample_every_n_epochs == 0 {
                 if let Some(s) = samples.as_mut() {
-                    for path in s.run(self.model, &self.sample_sets()?, crate::samples::SampleTag::Epoch(epoch + 1))? {
+                    for path in self.render_samples(s, crate::samples::SampleTag::Epoch(epoch + 1))? {
                         events(TrainEvent::Sampled(path));
                     }
                 }
@@ -680,7 +761,7 @@ impl<'m> Trainer<'m> {
         if config.save.save_state_on_train_end {
             let dir = self.state_dir("");
             let p = self.progress_state(global_step, self.plan.epochs, 0, &loss_window, &[], scaler);
-            save_state(&dir, &self.live_sets(), &self.optimizer, &p)?;
+            save_state(&dir, &self.live_sets(), self.optimizer.as_ref(), &p)?;
             events(TrainEvent::Saved(dir));
         }
         if let Some(tb) = tensorboard.as_mut() {
@@ -830,8 +911,8 @@ impl<'m> Trainer<'m> {
             *accumulated = self.optimizer.groups().iter().map(|g| vec![None; g.vars.len()]).collect();
         }
         for (g, group) in self.optimizer.groups().iter().enumerate() {
-            let set = self.sets[self.group_components[g]].as_ref().expect("trained component has a set");
             for (i, var) in group.vars.iter().enumerate() {
+                let set = self.sets[self.group_components[g][i]].as_ref().expect("trained component has a set");
                 if let Some(grad) = set.grad(&grads, var)? {
                     accumulated[g][i] = Some(match accumulated[g][i].take() {
                         Some(acc) => (acc + grad)?,

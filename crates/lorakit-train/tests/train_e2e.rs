@@ -42,8 +42,8 @@ fn dataset(dir: &Path, repeats: u32, images: usize) -> PathBuf {
     dir.join("data")
 }
 
-fn config(dir: &Path, data: &Path, extra: &str) -> TrainConfig {
-    let text = format!(
+fn base_text(dir: &Path, data: &Path) -> String {
+    format!(
         r#"
 [model]
 pretrained_model_name_or_path = "{model}"
@@ -74,12 +74,15 @@ lr_warmup_steps = 1
 [save]
 save_every_n_epochs = 1
 save_precision = "float"
-{extra}
 "#,
         model = repo("examples/quickstart/tiny-sd15").display(),
         out = dir.join("out").display(),
         data = data.display(),
-    );
+    )
+}
+
+fn config(dir: &Path, data: &Path, extra: &str) -> TrainConfig {
+    let text = format!("{}\n{extra}", base_text(dir, data));
     TrainConfig::from_toml_str(&text, &[]).unwrap_or_else(|e| panic!("{e}"))
 }
 
@@ -529,4 +532,84 @@ fn rank_and_module_dropout_change_training_and_are_recorded() {
     assert_eq!(args["module_dropout"], "0.2");
     let err = TrainConfig::from_toml_str("[network]\nrank_dropout = 1.5\n", &[]).unwrap_err();
     assert!(err.contains("rank_dropout"), "{err}");
+}
+
+#[test]
+fn block_weights_lora_plus_max_norm_and_multiplier_shape_the_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dataset(dir.path(), 1, 2);
+    let model = model();
+    // Slot 1 (IN01) rank 2, slot 2 (IN02) LR weight 0 → no modules; everything else rank 4.
+    let dims: Vec<String> = (0..25).map(|slot| if slot == 1 { "2".into() } else { "4".into() }).collect();
+    let extra = format!(
+        "[network]\nnetwork_dim = 4\nnetwork_alpha = 2\nconv_dim = 2\nblock_dims = \"{}\"\n\
+         down_lr_weight = \"1,1,0,1,1,1,1,1,1,1,1,0.5\"\nloraplus_unet_lr_ratio = 4\nscale_weight_norms = 0.02\n",
+        dims.join(",")
+    );
+    // The [network] table replaces the base one: build from the extra text alone.
+    let text = format!(
+        "{}\n{extra}",
+        base_text(dir.path(), &data).replace("[network]\nnetwork_dim = 4\nnetwork_alpha = 2\nconv_dim = 2\n", "")
+    );
+    let mut cfg = TrainConfig::from_toml_str(&text, &[]).unwrap_or_else(|e| panic!("{e}"));
+    cfg.training.max_train_epochs = 2;
+    let summary = train(cfg, &model, None);
+    let file = lorakit_lora::safetensors_file::LoraFile::open(summary.final_lora.as_ref().unwrap()).unwrap();
+    let rank_of = |module: &str| file.info(&format!("{module}.lora_down.weight")).map(|i| i.shape[0]);
+    assert_eq!(rank_of("lora_unet_down_blocks_0_attentions_0_proj_in"), Some(2), "IN01 has block rank 2");
+    assert_eq!(rank_of("lora_unet_down_blocks_0_resnets_0_conv1"), Some(2), "IN01 conv uses conv_dim");
+    assert_eq!(rank_of("lora_unet_down_blocks_0_attentions_1_proj_in"), None, "IN02 (weight 0) has no module");
+    assert_eq!(rank_of("lora_unet_down_blocks_1_attentions_0_proj_in"), Some(4));
+    assert_eq!(rank_of("lora_te_text_model_encoder_layers_0_self_attn_q_proj"), Some(4), "TE ignores block dims");
+
+    // Max-norm: every saved module's ΔW = up·down·alpha/rank has a Frobenius norm ≤ 0.02.
+    let names: Vec<String> =
+        file.tensor_names().filter(|n| n.ends_with(".lora_down.weight")).map(String::from).collect();
+    for down_name in &names {
+        let module = down_name.trim_end_matches(".lora_down.weight");
+        let down_info = file.info(down_name).unwrap();
+        let up_name = format!("{module}.lora_up.weight");
+        let r = down_info.shape[0];
+        let down =
+            Tensor::from_vec(file.tensor_f32(down_name).unwrap(), (r, down_info.numel() / r), &Device::Cpu).unwrap();
+        let up_values = file.tensor_f32(&up_name).unwrap();
+        let up = Tensor::from_vec(up_values.clone(), (up_values.len() / r, r), &Device::Cpu).unwrap();
+        let alpha = file.scalar_f32(&format!("{module}.alpha")).unwrap().unwrap();
+        let norm = (up.matmul(&down).unwrap() * (alpha as f64 / r as f64)).unwrap().sqr().unwrap().sum_all().unwrap();
+        let norm = norm.to_scalar::<f32>().unwrap().sqrt();
+        assert!(norm <= 0.02 * (1.0 + 1e-4), "{module}: ‖ΔW‖ = {norm}");
+    }
+
+    // Logs: one group per block, LoRA+ groups at 4× the lr, IN11 at half, max-norm keys.
+    let tb_dir = summary.log_dir.join("network_train");
+    let event_file = std::fs::read_dir(&tb_dir).unwrap().next().unwrap().unwrap().path();
+    let scalars = lorakit_train::tensorboard::read_scalars(&event_file).unwrap();
+    let last = |tag: &str| scalars.iter().rev().find(|s| s.tag == tag).map(|s| s.value);
+    let base = last("lr/unet_block1").expect("per-block groups");
+    assert!((last("lr/unet_block1 plus").unwrap() - 4.0 * base).abs() < 1e-9);
+    assert!((last("lr/unet_block11").unwrap() - 0.5 * base).abs() < 1e-9);
+    assert!(last("lr/unet_block2").is_none());
+    assert!(last("lr/textencoder").is_some() && last("lr/unet").is_none());
+    assert!(last("max_norm/keys_scaled").unwrap() > 0.0, "the small max norm scales modules");
+    assert!(last("max_norm/max_key_norm").unwrap() <= 0.02 * (1.0 + 1e-4));
+    assert!(last("norm/avg_key_norm").is_some());
+
+    let m = file.metadata();
+    assert_eq!(m["ss_scale_weight_norms"], "0.02");
+    let args: serde_json::Value = serde_json::from_str(&m["ss_network_args"]).unwrap();
+    assert_eq!(args["block_dims"], dims.join(","));
+    assert_eq!(args["down_lr_weight"], "1,1,0,1,1,1,1,1,1,1,1,0.5");
+    assert_eq!(args["loraplus_unet_lr_ratio"], "4.0");
+
+    // The multiplier scales the LoRA while training: same first loss (up = 0), then a different run.
+    let mut plain = config(dir.path(), &data, "");
+    plain.training.max_train_epochs = 3;
+    plain.optimizer.lr_warmup_steps = 0.0;
+    plain.folders.output_dir = dir.path().join("plain");
+    let mut half = plain.clone();
+    half.network.network_multiplier = 0.5;
+    half.folders.output_dir = dir.path().join("half");
+    let (a, b) = (train(plain, &model, None), train(half, &model, None));
+    assert_eq!(a.losses[0], b.losses[0]);
+    assert_ne!(a.losses, b.losses);
 }

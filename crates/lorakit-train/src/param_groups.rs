@@ -1,0 +1,103 @@
+//! The optimizer's parameter groups, formed as sd-scripts' `LoRANetwork.prepare_optimizer_params`
+//! forms them (spec §8.3, §2.5, §2.6): text-encoder modules first, then the U-Net's — one group
+//! per U-Net block slot when block LR weights are set — each split into a LoRA+ `plus` group of
+//! `up` matrices when a LoRA+ ratio applies; groups whose learning rate is 0 are dropped (their
+//! modules stay in the network and are saved unchanged).
+
+use candle_core::Var;
+use lorakit_lora::blocks::BlockLayout;
+use lorakit_nn::lora::LoraSet;
+use lorakit_nn::optim::ParamGroup;
+
+/// One model component's trained LoRA modules.
+pub struct ComponentNetwork<'a> {
+    /// The component's index in the model (what gradients are looked up through).
+    pub component: usize,
+    pub is_text_encoder: bool,
+    pub set: &'a LoraSet,
+}
+
+/// Learning rates and ratios the groups are formed with.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GroupRates {
+    pub text_encoder_lr: f64,
+    pub unet_lr: f64,
+    /// LoRA+ ratio of the text encoder's `up` matrices (`None`: no plus group).
+    pub text_encoder_plus_ratio: Option<f64>,
+    pub unet_plus_ratio: Option<f64>,
+    /// Block LR weights per slot with the layout they are indexed by.
+    pub block_lr_weights: Option<(BlockLayout, Vec<f64>)>,
+}
+
+/// A group plus, for each of its parameters, the component whose graph holds its gradient.
+#[derive(Debug, Clone)]
+pub struct PlannedGroup {
+    pub group: ParamGroup,
+    pub components: Vec<usize>,
+}
+
+/// Groups for `networks` (in model order) with sd-scripts' names: `textencoder`, `unet`,
+/// `unet_block{slot}`, each optionally followed by a `… plus` group.
+pub fn plan_groups(networks: &[ComponentNetwork], rates: &GroupRates) -> Vec<PlannedGroup> {
+    let mut out = Vec::new();
+    // Modules with their component, text encoders first.
+    type Entry<'a> = (usize, &'a lorakit_nn::lora::LoraModule);
+    let modules = |te: bool| -> Vec<Entry> {
+        networks
+            .iter()
+            .filter(|n| n.is_text_encoder == te)
+            .flat_map(|n| n.set.modules().iter().filter(|m| m.is_trainable()).map(move |m| (n.component, m.as_ref())))
+            .collect()
+    };
+    let mut assemble = |name: &str, entries: &[Entry], lr: f64, ratio: Option<f64>| {
+        let mut lora = (Vec::<Var>::new(), Vec::new());
+        let mut plus = (Vec::<Var>::new(), Vec::new());
+        for (component, m) in entries {
+            lora.0.push(m.down().clone());
+            lora.1.push(*component);
+            let up_target = if ratio.is_some() { &mut plus } else { &mut lora };
+            up_target.0.push(m.up().clone());
+            up_target.1.push(*component);
+        }
+        for (suffix, (vars, components), group_lr) in [("", lora, lr), (" plus", plus, lr * ratio.unwrap_or(1.0))] {
+            if vars.is_empty() || group_lr == 0.0 {
+                continue;
+            }
+            out.push(PlannedGroup {
+                group: ParamGroup { name: format!("{name}{suffix}"), vars, lr: group_lr },
+                components,
+            });
+        }
+    };
+    let te = modules(true);
+    if !te.is_empty() {
+        assemble("textencoder", &te, rates.text_encoder_lr, rates.text_encoder_plus_ratio);
+    }
+    let unet = modules(false);
+    if !unet.is_empty() {
+        match &rates.block_lr_weights {
+            None => assemble("unet", &unet, rates.unet_lr, rates.unet_plus_ratio),
+            Some((layout, weights)) => {
+                // Slots in order of first appearance, as sd-scripts' dict of blocks.
+                let mut slots: Vec<(Option<usize>, Vec<Entry>)> = Vec::new();
+                for e in &unet {
+                    let slot = layout.slot(e.1.name());
+                    match slots.iter_mut().find(|(s, _)| *s == slot) {
+                        Some((_, list)) => list.push(*e),
+                        None => slots.push((slot, vec![*e])),
+                    }
+                }
+                for (slot, entries) in slots {
+                    // sd-scripts indexes the weight list with −1 (its last entry) for a module
+                    // outside the numbered blocks.
+                    let (label, weight) = match slot {
+                        Some(s) => (s.to_string(), weights[s]),
+                        None => ("-1".to_string(), *weights.last().unwrap_or(&1.0)),
+                    };
+                    assemble(&format!("unet_block{label}"), &entries, rates.unet_lr * weight, rates.unet_plus_ratio);
+                }
+            }
+        }
+    }
+    out
+}
