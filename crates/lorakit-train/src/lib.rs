@@ -24,6 +24,7 @@ pub mod metadata;
 pub mod model;
 pub mod noise;
 pub mod param_groups;
+pub mod plan;
 pub mod presets;
 pub mod run_log;
 pub mod sample_prompts;
@@ -41,6 +42,23 @@ pub use trainer::{RunSummary, TrainEvent, Trainer};
 
 /// Runs a whole training from a config: loads the dataset and the model, trains, saves.
 pub fn train(config: TrainConfig, stop: &AtomicBool, events: &mut dyn FnMut(TrainEvent)) -> Result<RunSummary> {
+    let (data, model) = load_inputs(&config, events)?;
+    let trainer = Trainer::new(config, &model, data)?;
+    trainer.run(stop, events)
+}
+
+/// Loads the dataset and the model and sets the run up without training: the plan
+/// `lorakit train --dry-run` prints.
+pub fn dry_run(config: TrainConfig, events: &mut dyn FnMut(TrainEvent)) -> Result<plan::RunPlan> {
+    let (data, model) = load_inputs(&config, events)?;
+    let trainer = Trainer::new(config, &model, data)?;
+    Ok(trainer.run_plan())
+}
+
+fn load_inputs(
+    config: &TrainConfig,
+    events: &mut dyn FnMut(TrainEvent),
+) -> Result<(data::TrainData, model::StableDiffusionModel)> {
     let model_path = config.model.pretrained_model_name_or_path.clone().ok_or_else(|| {
         TrainError::Other(
             "no base model: set model.pretrained_model_name_or_path to an SD1.5 checkpoint (.safetensors) or diffusers folder"
@@ -53,11 +71,11 @@ pub fn train(config: TrainConfig, stop: &AtomicBool, events: &mut dyn FnMut(Trai
             model_path.display()
         )));
     }
-    let data = data::TrainData::load(&config)?;
+    let data = data::TrainData::load(config)?;
     for note in &data.notes {
         events(TrainEvent::Note(note.clone()));
     }
-    let device = trainer::device_for(&config)?;
+    let device = trainer::device_for(config)?;
     if device.is_cpu() && config.accelerate.mixed_precision == "bf16" {
         return Err(TrainError::Other(
             "accelerate.mixed_precision = \"bf16\" needs a GPU: candle has no bf16 matrix multiply on the CPU. \
@@ -67,10 +85,9 @@ pub fn train(config: TrainConfig, stop: &AtomicBool, events: &mut dyn FnMut(Trai
     }
     let model = model::StableDiffusionModel::load(
         &model_path,
-        trainer::model_dtype(&config),
+        trainer::model_dtype(config),
         &device,
         config.model.v_parameterization,
     )?;
-    let trainer = Trainer::new(config, &model, data)?;
-    trainer.run(stop, events)
+    Ok((data, model))
 }

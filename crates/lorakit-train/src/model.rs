@@ -76,6 +76,9 @@ pub trait TrainableModel {
     fn sample(&self, request: &GenerateRequest, sets: &[Arc<LoraSet>]) -> Result<RgbImage>;
     /// Identifies the VAE weights (latent caches are reused only for the same VAE).
     fn vae_fingerprint(&self) -> String;
+    /// Frozen parameters of every component together, and of the denoiser alone (for the
+    /// memory estimate).
+    fn parameter_counts(&self) -> (usize, usize);
 }
 
 /// SD1.x / SD2.x: CLIP text encoder, UNet2DConditionModel, AutoencoderKL.
@@ -221,6 +224,19 @@ impl TrainableModel for StableDiffusionModel {
             None => empty()?,
         };
         Ok(self.sd.generate(request, Some(&LoraSets { unet, text_encoder }), &mut |_, _| {})?)
+    }
+
+    fn parameter_counts(&self) -> (usize, usize) {
+        let unet: usize =
+            self.sd.unet.config().parameter_shapes().iter().map(|(_, s)| s.iter().product::<usize>()).sum();
+        let c = self.sd.text_encoder.config();
+        let (h, i) = (c.hidden_size, c.intermediate_size);
+        let layer = 4 * (h * h + h) + 4 * h + (h * i + i) + (i * h + h);
+        let clip = (c.vocab_size + c.max_position_embeddings) * h + c.num_hidden_layers * layer + 2 * h;
+        // The SD autoencoder has 83,653,863 parameters at 512 channels; other widths scale ~quadratically.
+        let width = self.sd.vae.config().block_out_channels.last().copied().unwrap_or(512) as f64;
+        let vae = (83_653_863.0 * (width / 512.0).powi(2)) as usize;
+        (unet + clip + vae, unet)
     }
 
     fn vae_fingerprint(&self) -> String {

@@ -29,6 +29,7 @@ use crate::metadata::{RunMetadata, SaveProgress};
 use crate::model::TrainableModel;
 use crate::noise::{sample_noise, NoiseOptions};
 use crate::param_groups::{plan_groups, ComponentNetwork, GroupRates};
+use crate::plan::{config_warnings, estimate_memory, MemoryInputs, RunPlan};
 use crate::run_log::RunLog;
 use crate::samples::SampleRunner;
 use crate::state::{load_network_tensors, load_state, save_state, ProgressState, STATE_FORMAT};
@@ -172,6 +173,7 @@ pub struct Trainer<'m> {
     noise_options: NoiseOptions,
     /// Notices about the setup, shown when the run starts.
     setup_notes: Vec<String>,
+    optimizer_kind: OptimizerKind,
 }
 
 impl<'m> Trainer<'m> {
@@ -298,6 +300,9 @@ impl<'m> Trainer<'m> {
             return Err(TrainError::Dataset("the run has zero steps (no batches in an epoch)".into()));
         }
         let warmup_steps = warmup_steps_from(config.optimizer.lr_warmup_steps, plan.max_train_steps);
+        setup_notes.extend(
+            config_warnings(&config, plan.max_train_steps, warmup_steps).into_iter().map(|w| format!("warning: {w}")),
+        );
         let kind = SchedulerKind::parse(&config.optimizer.lr_scheduler)
             .map_err(|e| TrainError::Other(format!("optimizer.lr_scheduler: {e}")))?;
         let scheduler = LrScheduler::new(
@@ -351,12 +356,64 @@ impl<'m> Trainer<'m> {
             loss_options,
             noise_options,
             setup_notes,
+            optimizer_kind,
         })
     }
 
     /// The planned length.
     pub fn plan(&self) -> StepPlan {
         self.plan
+    }
+
+    /// What the run will do: data, length, groups, LR curve, memory estimate and warnings
+    /// (`lorakit train --dry-run`).
+    pub fn run_plan(&self) -> RunPlan {
+        let total = self.plan.max_train_steps;
+        let mut points: Vec<u64> = vec![1, self.warmup_steps + 1, total / 4, total / 2, 3 * total / 4, total];
+        points.retain(|s| *s >= 1 && *s <= total);
+        points.sort_unstable();
+        points.dedup();
+        let schedule_free = self.optimizer.is_schedule_free();
+        let lr_points =
+            points.iter().map(|&s| (s, if schedule_free { 1.0 } else { self.scheduler.factor(s - 1) })).collect();
+        let groups: Vec<(String, f64, usize)> = self
+            .optimizer
+            .groups()
+            .iter()
+            .map(|g| (g.name.clone(), g.lr, g.vars.iter().map(|v| v.elem_count()).sum()))
+            .collect();
+        let max_batch_latent_pixels = self
+            .data
+            .epoch_batches(self.config.training.seed, 0)
+            .iter()
+            .map(|b| b.samples.len() as u64 * u64::from(b.bucket.0 / 8) * u64::from(b.bucket.1 / 8))
+            .max()
+            .unwrap_or(0);
+        let (frozen_parameters, denoiser_parameters) = self.model.parameter_counts();
+        let memory = estimate_memory(&MemoryInputs {
+            frozen_parameters,
+            denoiser_parameters,
+            model_dtype: self.model.dtype(),
+            trainable_parameters: groups.iter().map(|g| g.2).sum(),
+            optimizer: self.optimizer_kind,
+            gradient_accumulation_steps: self.plan.gradient_accumulation_steps,
+            max_batch_latent_pixels,
+            gradient_checkpointing: self.config.training.gradient_checkpointing,
+        });
+        RunPlan {
+            images: self.data.num_train_images(),
+            reg_images: self.data.num_reg_images(),
+            batches_per_epoch: self.plan.batches_per_epoch,
+            gradient_accumulation_steps: self.plan.gradient_accumulation_steps,
+            steps: total,
+            epochs: self.plan.epochs,
+            warmup_steps: self.warmup_steps,
+            optimizer: self.optimizer.description(),
+            groups,
+            lr_points,
+            memory,
+            warnings: config_warnings(&self.config, total, self.warmup_steps),
+        }
     }
 
     /// Warmup steps resolved from the config.

@@ -160,3 +160,19 @@ fn kill_9_while_saving_leaves_earlier_files_intact() {
         }
     }
 }
+
+#[test]
+fn dry_run_prints_the_plan_without_training() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = tiny_config(dir.path(), "lr_scheduler = \"cosine\"\nlr_warmup_steps = 6\noptimizer_type = \"AdamW\"");
+    let o = lorakit(&["train", cfg.to_str().unwrap(), "--dry-run", "--set", "network.loraplus_lr_ratio=8"]);
+    let out = text(&o);
+    assert!(o.status.success(), "{out}");
+    // 4 images × 2 repeats = 8 samples, batch 2 → 4 steps per epoch, 2 epochs.
+    assert!(out.contains("length: 8 steps in 2 epochs, 6 warmup steps"), "{out}");
+    assert!(out.contains("group unet plus") && out.contains("group textencoder"), "{out}");
+    assert!(out.contains("lr schedule: step 1: ×0.0000") && out.contains("step 8:"), "{out}");
+    assert!(out.contains("memory: this run needs about"), "{out}");
+    assert!(out.contains("warning: optimizer.lr_warmup_steps: 6 of the run's 8 steps"), "{out}");
+    assert!(!dir.path().join("out").exists(), "a dry run writes nothing");
+}

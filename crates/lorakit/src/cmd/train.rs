@@ -18,6 +18,7 @@ use lorakit_train::{TrainConfig, TrainError, TrainEvent};
     lorakit train examples/quickstart.toml\n  \
     lorakit train my.toml --set training.max_train_epochs=4 --set learning_rate=5e-5\n  \
     lorakit train my.toml --print-config\n  \
+    lorakit train my.toml --dry-run\n  \
     lorakit train --from-kohya sd-scripts-args.toml --print-config > my.toml\n  \
     lorakit train my.toml --set save.resume=output/mychar-000004-state")]
 pub struct TrainArgs {
@@ -30,6 +31,10 @@ pub struct TrainArgs {
     /// Print the resolved config (every key, defaults included) and exit.
     #[arg(long)]
     print_config: bool,
+    /// Load the dataset and model, print the plan (steps, param groups, LR curve, memory
+    /// estimate, warnings) and exit without training.
+    #[arg(long)]
+    dry_run: bool,
     /// Read an sd-scripts `--config_file` TOML or a kohya_ss GUI JSON instead of a lorakit config.
     #[arg(long, value_name = "FILE", conflicts_with = "config")]
     from_kohya: Option<PathBuf>,
@@ -103,6 +108,17 @@ pub fn run(args: TrainArgs) -> Result<ExitCode> {
     };
     if args.print_config {
         print!("{}", config.to_toml_string());
+        return Ok(ExitCode::SUCCESS);
+    }
+
+    if args.dry_run {
+        let mut notes = |event: TrainEvent| {
+            if let TrainEvent::Note(n) = event {
+                eprintln!("note: {n}");
+            }
+        };
+        let plan = lorakit_train::dry_run(config, &mut notes)?;
+        print!("{plan}");
         return Ok(ExitCode::SUCCESS);
     }
 

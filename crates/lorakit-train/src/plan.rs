@@ -1,0 +1,246 @@
+//! What a run will do before it does it: `lorakit train --dry-run`'s plan (steps, param groups,
+//! learning-rate curve, memory estimate) and the warnings for settings that are allowed but
+//! probably not meant (spec §7.10's "W" checks plus the guide's rules of thumb).
+
+use std::fmt;
+
+use candle_core::DType;
+use lorakit_nn::optim::OptimizerKind;
+
+use crate::config::TrainConfig;
+
+/// The plan of a run, as printed by `--dry-run`.
+#[derive(Debug, Clone)]
+pub struct RunPlan {
+    pub images: u64,
+    pub reg_images: u64,
+    pub batches_per_epoch: u64,
+    pub gradient_accumulation_steps: u64,
+    pub steps: u64,
+    pub epochs: u64,
+    pub warmup_steps: u64,
+    /// `ss_optimizer` text.
+    pub optimizer: String,
+    /// (name, base lr, trainable parameters) per optimizer group.
+    pub groups: Vec<(String, f64, usize)>,
+    /// Scheduler factor at a few points: (step 1-based, factor).
+    pub lr_points: Vec<(u64, f64)>,
+    pub memory: MemoryEstimate,
+    pub warnings: Vec<String>,
+}
+
+/// A rough peak-memory estimate of the training step (bytes).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MemoryEstimate {
+    /// Frozen model weights in their compute dtype (text encoder, denoiser, VAE).
+    pub weights: f64,
+    /// LoRA master weights, gradients (and accumulation buffers) and optimizer state.
+    pub network: f64,
+    /// Activations kept for backward at the largest batch.
+    pub activations: f64,
+}
+
+impl MemoryEstimate {
+    pub fn total(&self) -> f64 {
+        self.weights + self.network + self.activations
+    }
+}
+
+/// Bytes of optimizer state per trainable parameter (moments; 8-bit ones as 1 byte plus block
+/// scales; Adafactor's factored second moment counted as ~nothing).
+pub fn optimizer_state_bytes(kind: OptimizerKind) -> f64 {
+    match kind {
+        OptimizerKind::AdamW | OptimizerKind::AdamWScheduleFree => 8.0,
+        OptimizerKind::AdamW8bit | OptimizerKind::AdEMAMix8bit => 2.1,
+        OptimizerKind::Lion | OptimizerKind::SgdNesterov => 4.0,
+        OptimizerKind::Lion8bit | OptimizerKind::SgdNesterov8bit => 1.05,
+        OptimizerKind::Prodigy => 16.0,
+        OptimizerKind::ProdigyPlusScheduleFree => 12.0,
+        OptimizerKind::Adafactor => 0.5,
+        OptimizerKind::AdEMAMix => 12.0,
+    }
+}
+
+/// Activation bytes per latent pixel per image for an SD1.5-sized UNet in f32 without
+/// gradient checkpointing: measured on the whole-step benchmark (BENCHMARKS.md, "Whole training
+/// run": 11.6 GB peak at 512², batch 1, of which 4.3 GB weights → 7.3 GB / 4096 latent pixels).
+const SD15_ACTIVATION_BYTES_PER_LATENT_PIXEL: f64 = 1.78e6;
+const SD15_UNET_PARAMETERS: f64 = 859_520_964.0;
+/// Gradient checkpointing keeps block inputs only; assumed to cut activations to a third (not
+/// yet measured on the full model).
+const CHECKPOINTING_FACTOR: f64 = 1.0 / 3.0;
+
+/// Inputs of [`estimate_memory`].
+#[derive(Debug, Clone, Copy)]
+pub struct MemoryInputs {
+    /// Frozen parameters (all components).
+    pub frozen_parameters: usize,
+    /// Denoiser parameters (scales the activation size).
+    pub denoiser_parameters: usize,
+    pub model_dtype: DType,
+    pub trainable_parameters: usize,
+    pub optimizer: OptimizerKind,
+    pub gradient_accumulation_steps: u64,
+    /// Largest batch in latent pixels (batch size × latent H × latent W).
+    pub max_batch_latent_pixels: u64,
+    pub gradient_checkpointing: bool,
+}
+
+/// The estimate printed before training ("this run needs about N GB"): weights by dtype, the
+/// network with its optimizer, and activations scaled from the measured SD1.5 step.
+pub fn estimate_memory(m: &MemoryInputs) -> MemoryEstimate {
+    let dtype_bytes = m.model_dtype.size_in_bytes() as f64;
+    let weights = m.frozen_parameters as f64 * dtype_bytes;
+    let per_param =
+        4.0 + 4.0 + optimizer_state_bytes(m.optimizer) + if m.gradient_accumulation_steps > 1 { 4.0 } else { 0.0 };
+    let network = m.trainable_parameters as f64 * per_param;
+    let scale = m.denoiser_parameters as f64 / SD15_UNET_PARAMETERS;
+    let mut activations =
+        SD15_ACTIVATION_BYTES_PER_LATENT_PIXEL * m.max_batch_latent_pixels as f64 * scale * dtype_bytes / 4.0;
+    if m.gradient_checkpointing {
+        activations *= CHECKPOINTING_FACTOR;
+    }
+    MemoryEstimate { weights, network, activations }
+}
+
+/// Settings that are allowed but usually a mistake; each names the keys.
+pub fn config_warnings(c: &TrainConfig, steps: u64, warmup_steps: u64) -> Vec<String> {
+    let mut w = Vec::new();
+    let n = &c.network;
+    if n.network_alpha > n.network_dim as f64 {
+        w.push(format!(
+            "network.network_alpha = {} is larger than network_dim = {}: the LoRA's output is scaled up by {:.2}, which \
+             usually needs a much lower learning rate (alpha = rank/2 … rank is common)",
+            n.network_alpha,
+            n.network_dim,
+            n.network_alpha / n.network_dim as f64
+        ));
+    }
+    if let (Some(conv), Some(alpha)) = (n.conv_dim, n.conv_alpha) {
+        if alpha > conv as f64 {
+            w.push(format!("network.conv_alpha = {alpha} is larger than conv_dim = {conv}"));
+        }
+    }
+    if c.trains_text_encoder() && c.trains_unet() && c.text_encoder_lr() > c.unet_lr() {
+        w.push(format!(
+            "the text encoder learns faster than the UNet (text_encoder_lr {} > unet_lr {}): it overfits quickly; \
+             25–50% of the UNet's rate is usual",
+            c.text_encoder_lr(),
+            c.unet_lr()
+        ));
+    }
+    if let Ok(kind) = OptimizerKind::parse(&c.optimizer.optimizer_type) {
+        let lr = c.optimizer.learning_rate.max(c.unet_lr()).max(c.text_encoder_lr());
+        if kind.is_8bit() && lr > 1e-3 {
+            w.push(format!(
+                "optimizer.optimizer_type = {:?} with a learning rate of {lr}: 8-bit moments lose precision at high \
+                 rates; use ≤ 1e-3 or the 32-bit optimizer",
+                c.optimizer.optimizer_type
+            ));
+        }
+        if matches!(kind, OptimizerKind::Prodigy | OptimizerKind::ProdigyPlusScheduleFree) && lr <= 0.1 {
+            w.push(format!(
+                "optimizer.optimizer_type = {:?} adapts the step size itself: learning_rate is a multiplier and ~1.0 is \
+                 usual (it is {lr}); sd-scripts warns the same",
+                c.optimizer.optimizer_type
+            ));
+        }
+    }
+    if steps > 0 && warmup_steps * 2 > steps {
+        w.push(format!(
+            "optimizer.lr_warmup_steps: {warmup_steps} of the run's {steps} steps are warmup — more than half the run \
+             at a reduced learning rate"
+        ));
+    }
+    w
+}
+
+fn gb(bytes: f64) -> String {
+    if bytes >= 1e9 {
+        format!("{:.1} GB", bytes / 1e9)
+    } else {
+        format!("{:.0} MB", (bytes / 1e6).ceil())
+    }
+}
+
+impl fmt::Display for RunPlan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "data: {} training images{}, {} batches per epoch, gradient accumulation {}",
+            self.images,
+            if self.reg_images > 0 { format!(" + {} regularisation", self.reg_images) } else { String::new() },
+            self.batches_per_epoch,
+            self.gradient_accumulation_steps
+        )?;
+        writeln!(f, "length: {} steps in {} epochs, {} warmup steps", self.steps, self.epochs, self.warmup_steps)?;
+        writeln!(f, "optimizer: {}", self.optimizer)?;
+        for (name, lr, params) in &self.groups {
+            writeln!(f, "  group {name:<20} base lr {lr:<10e} {params} parameters")?;
+        }
+        let curve: Vec<String> = self.lr_points.iter().map(|(s, x)| format!("step {s}: ×{x:.4}")).collect();
+        writeln!(f, "lr schedule: {}", curve.join(", "))?;
+        let m = &self.memory;
+        writeln!(
+            f,
+            "memory: this run needs about {} (model weights {}, LoRA + optimizer {}, activations {})",
+            gb(m.total()),
+            gb(m.weights),
+            gb(m.network),
+            gb(m.activations)
+        )?;
+        for w in &self.warnings {
+            writeln!(f, "warning: {w}")?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sd15(dtype: DType, optimizer: OptimizerKind, ga: u64, checkpointing: bool) -> MemoryEstimate {
+        estimate_memory(&MemoryInputs {
+            frozen_parameters: 1_066_235_307,
+            denoiser_parameters: 859_520_964,
+            model_dtype: dtype,
+            trainable_parameters: 12_000_000,
+            optimizer,
+            gradient_accumulation_steps: ga,
+            max_batch_latent_pixels: 64 * 64,
+            gradient_checkpointing: checkpointing,
+        })
+    }
+
+    #[test]
+    fn memory_estimate_follows_dtype_optimizer_accumulation_and_checkpointing() {
+        let base = sd15(DType::F32, OptimizerKind::AdamW, 1, false);
+        // The calibration point: SD1.5 f32 at 512², batch 1 peaked at 11.6 GB (BENCHMARKS.md).
+        assert!((base.total() / 1e9 - 11.6).abs() < 0.5, "{base:?}");
+        let half = sd15(DType::F16, OptimizerKind::AdamW, 1, false);
+        assert!((half.weights * 2.0 - base.weights).abs() < 1.0 && half.activations < base.activations);
+        assert!(sd15(DType::F32, OptimizerKind::AdamW8bit, 1, false).network < base.network);
+        assert!(sd15(DType::F32, OptimizerKind::AdamW, 4, false).network > base.network);
+        assert!(sd15(DType::F32, OptimizerKind::AdamW, 1, true).activations < base.activations / 2.0);
+    }
+
+    #[test]
+    fn suspicious_settings_are_warned_with_their_keys() {
+        let mut c = TrainConfig::default();
+        assert!(config_warnings(&c, 100, 10).is_empty(), "{:?}", config_warnings(&c, 100, 10));
+        c.network.network_dim = 8;
+        c.network.network_alpha = 16.0;
+        c.optimizer.text_encoder_lr = Some(1e-3);
+        c.optimizer.unet_lr = Some(1e-4);
+        let w = config_warnings(&c, 100, 60).join("\n");
+        assert!(w.contains("network_alpha") && w.contains("text_encoder_lr") && w.contains("lr_warmup_steps"), "{w}");
+        let mut c = TrainConfig::default();
+        c.optimizer.optimizer_type = "AdamW8bit".into();
+        c.optimizer.learning_rate = 5e-3;
+        assert!(config_warnings(&c, 100, 0).join("").contains("8-bit"));
+        c.optimizer.optimizer_type = "Prodigy".into();
+        c.optimizer.learning_rate = 1e-4;
+        assert!(config_warnings(&c, 100, 0).join("").contains("~1.0"));
+    }
+}
