@@ -268,13 +268,16 @@ fn fresh_copy(vars: &[Var]) -> Vec<Var> {
     vars.iter().map(|v| Var::from_tensor(&v.as_tensor().copy().unwrap()).unwrap()).collect()
 }
 
-/// What a resume goes through: tensors to plain data and back, scalars to JSON text and back.
+/// What a resume goes through: tensors through a safetensors file (the 0-d `RMS` entries included),
+/// scalars to JSON text and back.
 fn via_disk(state: &OptimizerState) -> OptimizerState {
-    let tensors: BTreeMap<String, Tensor> = state
-        .tensors
-        .iter()
-        .map(|(k, t)| (k.clone(), Tensor::from_vec(flat(t), t.dims(), &Device::Cpu).unwrap()))
-        .collect();
+    let path = std::env::temp_dir().join(format!("lorakit-adafactor-state-{}.safetensors", std::process::id()));
+    let tensors: std::collections::HashMap<String, Tensor> =
+        state.tensors.iter().map(|(k, t)| (k.clone(), t.clone())).collect();
+    candle_core::safetensors::save(&tensors, &path).unwrap();
+    let tensors: BTreeMap<String, Tensor> =
+        candle_core::safetensors::load(&path, &Device::Cpu).unwrap().into_iter().collect();
+    std::fs::remove_file(&path).unwrap();
     let scalars = serde_json::from_str(&serde_json::to_string(&state.scalars).unwrap()).unwrap();
     OptimizerState { tensors, scalars }
 }
@@ -408,6 +411,22 @@ fn step_checks_its_inputs_before_touching_anything() {
     let after: Vec<Vec<f32>> = vars.iter().map(|v| flat(v.as_tensor())).collect();
     assert_eq!(before, after, "a rejected step changed parameters");
     assert_eq!(opt.state().unwrap().tensors.len(), 0);
+}
+
+#[test]
+fn non_f32_vars_are_updated_through_f32() {
+    let v = Var::from_tensor(&pseudo_random(&[3, 2], 7).unwrap()).unwrap(); // f64
+    let v32 = Var::from_tensor(&v.as_tensor().to_dtype(DType::F32).unwrap()).unwrap();
+    let g = pseudo_random(&[3, 2], 8).unwrap();
+    let cfg = AdafactorConfig { beta1: Some(0.9), weight_decay: 0.1, ..AdafactorConfig::default() };
+    let group = |v: &Var| vec![ParamGroup { name: "unet".into(), vars: vec![v.clone()], lr: 0.1 }];
+    let mut a = Adafactor::new(group(&v), cfg).unwrap();
+    let mut b = Adafactor::new(group(&v32), cfg).unwrap();
+    a.step(&[vec![Some(g.clone())]], &[0.1]).unwrap();
+    b.step(&[vec![Some(g.to_dtype(DType::F32).unwrap())]], &[0.1]).unwrap();
+    assert_eq!(v.dtype(), DType::F64);
+    assert_eq!(flat(&v.as_tensor().to_dtype(DType::F32).unwrap()), flat(v32.as_tensor()));
+    assert_eq!(a.state().unwrap().tensors["unet.0.exp_avg_sq_row"].dtype(), DType::F32);
 }
 
 #[test]

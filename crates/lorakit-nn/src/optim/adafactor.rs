@@ -161,29 +161,17 @@ fn with_arg(args: &OptimizerArgs, key: &str, value: &ArgValue) -> std::result::R
 /// The keyword arguments sd-scripts hands transformers for `--optimizer_args args`: `relative_step`
 /// is added as True when absent, and set to True when False but `warmup_init` is True (in place, so
 /// the `ss_optimizer` text keeps the user's order). The bool says whether warmup_init forced it.
-/// Keys and value types are checked first (errors name the key).
+/// Unknown keys and wrong value types are errors naming the key.
 pub fn sd_scripts_adafactor_args(args: &OptimizerArgs) -> std::result::Result<(OptimizerArgs, bool), String> {
-    AdafactorConfig::from_args(&without_warmup_conflict(args)?)?;
-    let relative = match args.get("relative_step") {
-        None => return with_arg(args, "relative_step", &ArgValue::Bool(true)).map(|a| (a, false)),
-        Some(v) => flag("relative_step", v)?,
-    };
+    let relative = args.get("relative_step").map(|v| flag("relative_step", v)).transpose()?;
     let warmup = args.get("warmup_init").map(|v| flag("warmup_init", v)).transpose()?.unwrap_or(false);
-    if !relative && warmup {
-        return with_arg(args, "relative_step", &ArgValue::Bool(true)).map(|a| (a, true));
-    }
-    Ok((args.clone(), false))
-}
-
-/// `args` minus the one combination sd-scripts repairs (warmup_init without relative_step), so the
-/// key/type checks of [`AdafactorConfig::from_args`] can run before the repair.
-fn without_warmup_conflict(args: &OptimizerArgs) -> std::result::Result<OptimizerArgs, String> {
-    match args.get("relative_step") {
-        Some(ArgValue::Bool(false)) if args.get("warmup_init") == Some(&ArgValue::Bool(true)) => {
-            with_arg(args, "relative_step", &ArgValue::Bool(true))
-        }
-        _ => Ok(args.clone()),
-    }
+    let (out, forced) = match relative {
+        None => (with_arg(args, "relative_step", &ArgValue::Bool(true))?, false),
+        Some(false) if warmup => (with_arg(args, "relative_step", &ArgValue::Bool(true))?, true),
+        Some(_) => (args.clone(), false),
+    };
+    AdafactorConfig::from_args(&out)?;
+    Ok((out, forced))
 }
 
 /// A message sd-scripts' `get_optimizer` logs while setting Adafactor up (in its order).
