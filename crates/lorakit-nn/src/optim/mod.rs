@@ -17,10 +17,12 @@ use std::collections::BTreeMap;
 
 use candle_core::{DType, Device, Error, Result, Tensor, Var};
 
+mod adafactor;
 mod adamw;
 mod args;
 mod slots;
 
+pub use adafactor::*;
 pub use adamw::*;
 pub use args::*;
 pub use slots::*;
@@ -246,6 +248,7 @@ impl OptimizerKind {
     pub fn build(self, groups: Vec<ParamGroup>, args: &OptimizerArgs) -> Result<Box<dyn Optimizer>> {
         match self {
             OptimizerKind::AdamW => Ok(Box::new(AdamW::from_args(groups, args)?)),
+            OptimizerKind::Adafactor => Ok(Box::new(Adafactor::from_args(groups, args)?)),
             other => Err(msg(format!("optimizer_type `{}` is not available yet", other.name()))),
         }
     }
