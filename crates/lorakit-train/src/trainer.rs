@@ -15,7 +15,7 @@ use lorakit_models::lora_inject::{create_network, NetworkSpec};
 use lorakit_models::schedule::NoiseSchedule;
 use lorakit_nn::lora::{apply_max_norm, LoraDropout, LoraSet};
 use lorakit_nn::lr_scheduler::{warmup_steps_from, LrScheduler, SchedulerKind, SchedulerParams};
-use lorakit_nn::optim::{clip_grad_norm, Optimizer, OptimizerArgs, OptimizerKind, ParamGroup};
+use lorakit_nn::optim::{clip_grad_norm, AdafactorSetup, Optimizer, OptimizerArgs, OptimizerKind, ParamGroup};
 use lorakit_nn::ForwardCtx;
 use rand::Rng;
 
@@ -178,7 +178,7 @@ pub struct Trainer<'m> {
 
 impl<'m> Trainer<'m> {
     /// Builds the network, optimizer, scheduler and metadata for `config` on `model`.
-    pub fn new(config: TrainConfig, model: &'m dyn TrainableModel, data: TrainData) -> Result<Self> {
+    pub fn new(mut config: TrainConfig, model: &'m dyn TrainableModel, data: TrainData) -> Result<Self> {
         let device = model.device().clone();
         let layout = BlockLayout::detect(
             model
@@ -275,8 +275,34 @@ impl<'m> Trainer<'m> {
 
         let optimizer_kind = OptimizerKind::parse(&config.optimizer.optimizer_type)
             .map_err(|e| TrainError::Other(format!("optimizer.optimizer_type: {e}")))?;
-        let args = OptimizerArgs::parse(&config.optimizer.optimizer_args)
+        let mut args = OptimizerArgs::parse(&config.optimizer.optimizer_args)
             .map_err(|e| TrainError::Other(format!("optimizer.optimizer_args: {e}")))?;
+        let mut groups = groups;
+        if optimizer_kind == OptimizerKind::Adafactor {
+            // sd-scripts' Adafactor rules: relative_step by default, one lr for every group, the
+            // adafactor scheduler.
+            let setup = AdafactorSetup::resolve(
+                &args,
+                config.optimizer.learning_rate,
+                &config.optimizer.lr_scheduler,
+                config.training.max_grad_norm,
+            )
+            .map_err(|e| TrainError::Other(format!("optimizer (Adafactor): {e}")))?;
+            if let Some(lr) = setup.group_lr {
+                for g in groups.iter_mut() {
+                    g.lr = lr;
+                }
+            }
+            config.optimizer.lr_scheduler = setup.lr_scheduler.clone();
+            setup_notes.extend(setup.notices.iter().map(|n| {
+                if n.is_warning() {
+                    format!("warning: {n}")
+                } else {
+                    n.to_string()
+                }
+            }));
+            args = setup.args;
+        }
         let optimizer = optimizer_kind
             .build(groups, &args)
             .map_err(|e| TrainError::Other(format!("optimizer ({}): {e}", optimizer_kind.name())))?;
@@ -673,7 +699,14 @@ impl<'m> Trainer<'m> {
 
                 let mut scalars: Vec<(String, f64)> =
                     vec![("loss/current".into(), step_loss), ("loss/average".into(), average)];
-                for (g, lr) in self.optimizer.groups().iter().zip(&lrs) {
+                // Adafactor's relative step replaces the lr (sd-scripts logs its AdafactorSchedule);
+                // Prodigy-style optimizers add `lr/d*lr/…`.
+                let effective = self.optimizer.effective_lrs();
+                let logged = match (&effective, self.optimizer_kind) {
+                    (Some(e), OptimizerKind::Adafactor) => e.clone(),
+                    _ => lrs.clone(),
+                };
+                for (g, lr) in self.optimizer.groups().iter().zip(&logged) {
                     scalars.push((format!("lr/{}", g.name), *lr));
                 }
                 if let Some(m) = max_norm {
@@ -681,7 +714,7 @@ impl<'m> Trainer<'m> {
                     scalars.push(("max_norm/max_key_norm".into(), m.max_norm));
                     scalars.push(("norm/avg_key_norm".into(), m.average_norm));
                 }
-                if let Some(effective) = self.optimizer.effective_lrs() {
+                if let (Some(effective), false) = (effective, self.optimizer_kind == OptimizerKind::Adafactor) {
                     for (g, lr) in self.optimizer.groups().iter().zip(effective) {
                         scalars.push((format!("lr/d*lr/{}", g.name), lr));
                     }

@@ -114,7 +114,7 @@ pub fn run(args: TrainArgs) -> Result<ExitCode> {
     if args.dry_run {
         let mut notes = |event: TrainEvent| {
             if let TrainEvent::Note(n) = event {
-                eprintln!("note: {n}");
+                eprintln!("{}", note_line(&n));
             }
         };
         let plan = lorakit_train::dry_run(config, &mut notes)?;
@@ -166,7 +166,7 @@ pub fn run(args: TrainArgs) -> Result<ExitCode> {
         }
         TrainEvent::Saved(path) => say(&bar, format!("saved {}", path.display())),
         TrainEvent::Sampled(path) => say(&bar, format!("sample {}", path.display())),
-        TrainEvent::Note(text) => say(&bar, format!("note: {text}")),
+        TrainEvent::Note(text) => say(&bar, note_line(&text)),
     };
     let result = lorakit_train::train(config, &stop, &mut events);
     bar.finish_and_clear();
@@ -219,5 +219,14 @@ fn install_ctrl_c(stop: Arc<AtomicBool>) {
     });
     if let Err(e) = result {
         tracing::warn!("cannot install the Ctrl-C handler: {e}");
+    }
+}
+
+/// A training note as printed: warnings keep their own `warning:` label, the rest get `note:`.
+fn note_line(text: &str) -> String {
+    if text.starts_with("warning: ") {
+        text.to_string()
+    } else {
+        format!("note: {text}")
     }
 }
