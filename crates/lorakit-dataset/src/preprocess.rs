@@ -155,6 +155,196 @@ pub fn load_training_image(
     prepare_rgb(&image, choice, interp, crop, flip).map_err(|_| bad_bucket(path, choice))
 }
 
+/// [`load_training_image`] plus sd-scripts' `color_aug` on the resized 8-bit image (applied
+/// before normalising; flipping and cropping do not change which pixels it sees).
+pub fn load_training_image_with_color(
+    path: &Path,
+    choice: &BucketChoice,
+    interpolation: Option<&str>,
+    crop: Crop,
+    flip: bool,
+    color: Option<ColorAug>,
+) -> Result<TrainingImage, PreprocessError> {
+    let Some(color) = color else {
+        return load_training_image(path, choice, interpolation, crop, flip);
+    };
+    let interp = match interpolation {
+        None => None,
+        Some(name) => Some(Interpolation::from_name(name).ok_or_else(|| PreprocessError::UnknownInterpolation {
+            path: path.to_path_buf(),
+            name: name.to_string(),
+        })?),
+    };
+    check_choice(path, choice)?;
+    let image = decode_upright_rgb(path)?;
+    let original_size = image.dimensions();
+    let mut resized = if original_size == choice.resized {
+        image
+    } else {
+        resize_rgb8(
+            &image,
+            choice.resized,
+            interp.unwrap_or_else(|| Interpolation::auto(original_size, choice.resized)),
+        )
+    };
+    color.apply(&mut resized);
+    let resized_choice = BucketChoice { resized: choice.resized, ..choice.clone() };
+    let mut out = prepare_rgb(&resized, &resized_choice, None, crop, flip).map_err(|_| bad_bucket(path, choice))?;
+    // The crop box and original size describe the file, not the intermediate image.
+    out.original_size = original_size;
+    out.crop_ltrb = crop_ltrb(choice.bucket, original_size, flip);
+    Ok(out)
+}
+
+/// The alpha channel of an image file, resized, cropped and flipped exactly as its pixels are
+/// (sd-scripts' `alpha_mask`), as `height × width` values in [0, 1]; an image without alpha gives
+/// all ones.
+pub fn load_alpha_mask(
+    path: &Path,
+    choice: &BucketChoice,
+    interpolation: Option<&str>,
+    crop: Crop,
+    flip: bool,
+) -> Result<Vec<f32>, PreprocessError> {
+    let interp = match interpolation {
+        None => None,
+        Some(name) => Some(Interpolation::from_name(name).ok_or_else(|| PreprocessError::UnknownInterpolation {
+            path: path.to_path_buf(),
+            name: name.to_string(),
+        })?),
+    };
+    check_choice(path, choice)?;
+    let image_err = |source: ProbeError| PreprocessError::Image { path: path.to_path_buf(), source };
+    let bytes = std::fs::read(path).map_err(|e| image_err(ProbeError::Unreadable(e.to_string())))?;
+    let probe = probe::probe_header_bytes(&bytes).map_err(image_err)?;
+    let format = ImageFormat::from_extension(probe.format).ok_or_else(|| {
+        image_err(ProbeError::Corrupt { format: probe.format.into(), reason: "unknown format".into() })
+    })?;
+    let decoded = ImageReader::with_format(Cursor::new(&bytes), format)
+        .decode()
+        .map_err(|e| image_err(ProbeError::Corrupt { format: probe.format.into(), reason: e.to_string() }))?;
+    let (bw, bh) = choice.bucket;
+    if !decoded.color().has_alpha() {
+        return Ok(vec![1.0; bw as usize * bh as usize]);
+    }
+    // The alpha plane as a gray RGB image, so it goes through the very same resize and crop.
+    let rgba = decoded.to_rgba8();
+    let mut alpha = DynamicImage::ImageRgb8(RgbImage::from_fn(rgba.width(), rgba.height(), |x, y| {
+        let a = rgba.get_pixel(x, y).0[3];
+        image::Rgb([a, a, a])
+    }));
+    if let Some(orientation) = Orientation::from_exif(probe.orientation) {
+        alpha.apply_orientation(orientation);
+    }
+    let prepared = prepare_rgb(&alpha.into_rgb8(), choice, interp, crop, flip).map_err(|_| bad_bucket(path, choice))?;
+    let plane = bw as usize * bh as usize;
+    // Back from [-1, 1] to bytes, then /255 as sd-scripts.
+    Ok(prepared.pixels[..plane].iter().map(|v| ((v + 1.0) * 127.5).round() / 255.0).collect())
+}
+
+/// One draw of sd-scripts' `color_aug` (its `AugHelper.color_aug`): a hue shift in OpenCV's
+/// 0–180 hue units or a gamma on 0–255 values.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ColorAug {
+    /// Added to the 8-bit hue modulo 180 (a negative draw is stored as `180 + shift`).
+    HueShift(f64),
+    /// `x^gamma` on 0–255 values, clipped and truncated to 8 bits.
+    Gamma(f64),
+}
+
+impl ColorAug {
+    /// sd-scripts' draw: nothing with probability 0.67; otherwise a hue shift uniform in
+    /// [−8, 8] or (each half the time) a gamma uniform in [0.95, 1.05].
+    pub fn draw(rng: &mut impl rand::Rng) -> Option<ColorAug> {
+        if rng.random::<f64>() > 0.33 {
+            return None;
+        }
+        if rng.random::<f64>() > 0.5 {
+            let shift = rng.random_range(-8.0..8.0);
+            Some(ColorAug::HueShift(if shift < 0.0 { 180.0 + shift } else { shift }))
+        } else {
+            Some(ColorAug::Gamma(rng.random_range(0.95..1.05)))
+        }
+    }
+
+    /// Applies the augmentation in place, with OpenCV's 8-bit BGR↔HSV arithmetic (sd-scripts
+    /// hands its RGB array to `COLOR_BGR2HSV`; the channel order is kept the same way).
+    pub fn apply(&self, image: &mut RgbImage) {
+        match *self {
+            ColorAug::Gamma(g) => {
+                let lut: Vec<u8> = (0..256).map(|v| (v as f64).powf(g).clamp(0.0, 255.0) as u8).collect();
+                for p in image.pixels_mut() {
+                    for c in p.0.iter_mut() {
+                        *c = lut[*c as usize];
+                    }
+                }
+            }
+            ColorAug::HueShift(shift) => {
+                for p in image.pixels_mut() {
+                    let [h, s, v] = bgr_to_hsv8(p.0);
+                    // numpy: (uint8 + float) % 180 assigned back into uint8 truncates.
+                    let h = ((f64::from(h) + shift) % 180.0) as u8;
+                    p.0 = hsv8_to_bgr([h, s, v]);
+                }
+            }
+        }
+    }
+}
+
+/// OpenCV's `RGB2HSV_b` (8-bit, hue 0–180) on `[b, g, r]`: fixed-point tables with a 12-bit shift.
+fn bgr_to_hsv8([b, g, r]: [u8; 3]) -> [u8; 3] {
+    const SHIFT: i32 = 12;
+    let (b, g, r) = (i32::from(b), i32::from(g), i32::from(r));
+    let v = b.max(g).max(r);
+    let vmin = b.min(g).min(r);
+    let diff = v - vmin;
+    let sdiv = |i: i32| if i == 0 { 0 } else { ((255 << SHIFT) as f64 / i as f64).round() as i32 };
+    let hdiv = |i: i32| if i == 0 { 0 } else { ((180 << SHIFT) as f64 / (6.0 * i as f64)).round() as i32 };
+    let s = (diff * sdiv(v) + (1 << (SHIFT - 1))) >> SHIFT;
+    let h = if v == r {
+        g - b
+    } else if v == g {
+        b - r + 2 * diff
+    } else {
+        r - g + 4 * diff
+    };
+    let mut h = (h * hdiv(diff) + (1 << (SHIFT - 1))) >> SHIFT;
+    if h < 0 {
+        h += 180;
+    }
+    [h as u8, s as u8, v as u8]
+}
+
+/// OpenCV's `HSV2RGB_b` (8-bit, hue 0–180) back to `[b, g, r]`, in f32 (OpenCV 4.10).
+fn hsv8_to_bgr([h, s, v]: [u8; 3]) -> [u8; 3] {
+    let (mut h, s, v) = (f32::from(h) * (6.0 / 180.0), f32::from(s) * (1.0 / 255.0), f32::from(v) * (1.0 / 255.0));
+    let (b, g, r) = if s == 0.0 {
+        (v, v, v)
+    } else {
+        const SECTORS: [[usize; 3]; 6] = [[1, 3, 0], [1, 0, 2], [3, 0, 1], [0, 2, 1], [0, 1, 3], [2, 1, 0]];
+        while h < 0.0 {
+            h += 6.0;
+        }
+        while h >= 6.0 {
+            h -= 6.0;
+        }
+        let mut sector = h.floor() as usize;
+        h -= sector as f32;
+        if sector >= 6 {
+            sector = 0;
+            h = 0.0;
+        }
+        // OpenCV's build contracts `1 − s·x` into a fused multiply-add.
+        let tab = [v, v * (1.0 - s), v * (-s).mul_add(h, 1.0), v * (-s).mul_add(1.0 - h, 1.0)];
+        let d = SECTORS[sector];
+        (tab[d[0]], tab[d[1]], tab[d[2]])
+    };
+    // OpenCV's vector path (all but the last few pixels of an image) truncates `x·255`; its scalar
+    // tail rounds. The vector path is what nearly every pixel sees.
+    let to8 = |x: f32| (x * 255.0).clamp(0.0, 255.0) as u8;
+    [to8(b), to8(g), to8(r)]
+}
+
 /// Decodes an image file into upright 8-bit RGB, as sd-scripts' `load_image` (PIL
 /// `convert("RGB")`) sees it plus the EXIF orientation.
 pub fn decode_upright_rgb(path: &Path) -> Result<RgbImage, PreprocessError> {
