@@ -19,10 +19,12 @@ use candle_core::{DType, Device, Error, Result, Tensor, Var};
 
 mod adamw;
 mod args;
+mod prodigy;
 mod slots;
 
 pub use adamw::*;
 pub use args::*;
+pub use prodigy::*;
 pub use slots::*;
 
 /// Parameters that share a learning rate, like one entry of a torch optimizer's `param_groups`.
@@ -246,6 +248,7 @@ impl OptimizerKind {
     pub fn build(self, groups: Vec<ParamGroup>, args: &OptimizerArgs) -> Result<Box<dyn Optimizer>> {
         match self {
             OptimizerKind::AdamW => Ok(Box::new(AdamW::from_args(groups, args)?)),
+            OptimizerKind::Prodigy => Ok(Box::new(Prodigy::from_args(groups, args)?)),
             other => Err(msg(format!("optimizer_type `{}` is not available yet", other.name()))),
         }
     }
