@@ -488,3 +488,57 @@ fn prodigy_step_lr_rule_and_input_checks() {
     assert_eq!(before, after, "a rejected step changed parameters");
     assert!(opt.state().unwrap().tensors.is_empty());
 }
+
+// ------------------------------------------------------------------------------ AdamWScheduleFree
+
+#[test]
+fn adamw_schedule_free_matches_schedulefree() {
+    let s = check_fixture("adamw_schedule_free.json", 1e-6, 1e-12);
+    eprintln!("AdamWScheduleFree: worst relative error {:e} (params), {:e} (scalars)", s.worst_param, s.worst_scalar);
+}
+
+#[test]
+fn adamw_schedule_free_resume_is_bitwise_identical() {
+    // in train mode mid-run, right after eval() (state taken at the x point), after eval → train
+    check_resume("adamw_schedule_free.json", "defaults_toggle", 2);
+    check_resume("adamw_schedule_free.json", "defaults_toggle", 4);
+    check_resume("adamw_schedule_free.json", "all_args", 5);
+    check_resume("adamw_schedule_free.json", "all_args", 6);
+}
+
+#[test]
+fn adamw_schedule_free_load_state_rejects_mismatches() {
+    check_load_rejections("adamw_schedule_free.json", "defaults_toggle", 3, "unet.1.z", "Prodigy");
+    let (run, mut state) = state_after("adamw_schedule_free.json", "defaults_toggle", 3);
+    state.scalars["group_scalars"].as_array_mut().unwrap().pop();
+    let e = load_error(&run, fresh_vars(&run).1, &state);
+    assert!(e.contains("group_scalars"), "{e}");
+}
+
+#[test]
+fn adamw_schedule_free_modes_and_arguments() {
+    let fx = fixture("adamw_schedule_free.json");
+    let run = setup(&fx["runs"][0]);
+    let mut opt = run.kind.build(run.groups.clone(), &run.args).unwrap();
+    assert!(opt.is_schedule_free());
+    assert_eq!(opt.effective_lrs(), Some(vec![0.0, 0.0]), "the library's scheduled_lr before a step");
+    // eval/train before any step: no state, nothing moves
+    let before: Vec<Vec<f32>> = run.vars.iter().map(|v| flat(v.as_tensor())).collect();
+    opt.set_train_mode(false).unwrap();
+    let e = opt.step(&step_grads(&run, &fx["runs"][0]["ops"][0]), &[1e-3, 2e-3]).unwrap_err().to_string();
+    assert!(e.contains("not in train mode"), "{e}");
+    opt.set_train_mode(true).unwrap();
+    assert_eq!(before, run.vars.iter().map(|v| flat(v.as_tensor())).collect::<Vec<_>>());
+    opt.step(&step_grads(&run, &fx["runs"][0]["ops"][0]), &[1e-3, 2e-3]).unwrap();
+    assert_eq!(opt.effective_lrs(), Some(vec![1e-3, 2e-3]));
+
+    let k = OptimizerKind::AdamWScheduleFree;
+    assert_eq!(OptimizerKind::parse("adamwschedulefree").unwrap(), k);
+    let e = build_error(k, one_group(1e-3), &["betas=(0.0,0.999)"]);
+    assert!(e.contains("beta1"), "{e}");
+    let e = build_error(k, one_group(1e-3), &["momentum=0.9"]);
+    assert!(e.contains("`momentum`") && e.contains("warmup_steps"), "{e}");
+    let e = build_error(k, one_group(1e-3), &["warmup_steps='10'"]);
+    assert!(e.contains("warmup_steps"), "{e}");
+    assert!(k.build(one_group(1e-3), &args(&["foreach=None", "warmup_steps=100"])).is_ok());
+}

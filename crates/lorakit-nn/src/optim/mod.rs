@@ -20,11 +20,13 @@ use candle_core::{DType, Device, Error, Result, Tensor, Var};
 mod adamw;
 mod args;
 mod prodigy;
+mod schedule_free;
 mod slots;
 
 pub use adamw::*;
 pub use args::*;
 pub use prodigy::*;
+pub use schedule_free::*;
 pub use slots::*;
 
 /// Parameters that share a learning rate, like one entry of a torch optimizer's `param_groups`.
@@ -249,6 +251,7 @@ impl OptimizerKind {
         match self {
             OptimizerKind::AdamW => Ok(Box::new(AdamW::from_args(groups, args)?)),
             OptimizerKind::Prodigy => Ok(Box::new(Prodigy::from_args(groups, args)?)),
+            OptimizerKind::AdamWScheduleFree => Ok(Box::new(AdamWScheduleFree::from_args(groups, args)?)),
             other => Err(msg(format!("optimizer_type `{}` is not available yet", other.name()))),
         }
     }

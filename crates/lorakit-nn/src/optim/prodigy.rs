@@ -9,6 +9,11 @@ use serde_json::{json, Value};
 use super::*;
 
 // ------------------------------------------------------------------------- torch's f32 arithmetic
+//
+// The reference libraries are torch code: f32 tensors, Python-float (f64) scalars. These helpers
+// reproduce torch's roundings where they are deterministic (fused multiply-adds). Not reproduced:
+// the order of torch's reductions (sums and dot products are computed exactly here and rounded
+// once) and torch-CPU's MKL `sqrt`, which is not correctly rounded (candle's, like CUDA's, is).
 
 /// torch's `a.add_(b, alpha=α)` / `a.sub_(b, alpha=-α)` on f32: `a + f32(α)·b` rounded once, because
 /// torch's CPU (AVX2/AVX512) and CUDA kernels fuse it into one multiply-add. Prodigy's distance
