@@ -21,7 +21,8 @@ step to step (so Prodigy's distance estimate actually grows) and a per-step nois
 Writes tests/fixtures/reference/optim/{prodigy,adamw_schedule_free,prodigy_plus_schedule_free}.json,
 read by crates/lorakit-nn/tests/optim_adaptive.rs. Deterministic (float32 CPU, one thread).
 
-Run:  /work/bench/venv/bin/python tools/reference/optim_adaptive_fixture.py
+Run:  /work/bench/venv/bin/python tools/reference/optim_adaptive_fixture.py   (about 20 s; needs
+      `pip install prodigyopt==1.1.2 schedulefree==1.4.1 prodigy-plus-schedule-free==2.0.1`)
 Versions: torch 2.6.0 (CPU), prodigyopt 1.1.2, schedulefree 1.4.1, prodigy-plus-schedule-free 2.0.1,
 numpy 2.4.6, sd-scripts 48d368fa (from /work/bench/sd-scripts, or $SD_SCRIPTS). Note that torch's CPU
 kernels fuse `a + alpha*b` (add/sub with alpha, addcmul, lerp) into one FMA on AVX2/AVX512 machines
@@ -31,26 +32,21 @@ dot products / sums use MKL's summation order: the Rust test allows for these la
 """
 
 import argparse
-import ast
+import contextlib
+import io
 import json
 import logging
 import os
 import sys
 import warnings
-import contextlib
-import io
+from importlib.metadata import version
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, os.environ.get("SD_SCRIPTS", "/work/bench/sd-scripts"))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from library import train_util  # noqa: E402
-
-import prodigyopt  # noqa: E402
-import prodigyplus  # noqa: E402
-import schedulefree  # noqa: E402
-from importlib.metadata import version  # noqa: E402
+from library import train_util  # noqa: E402  (it imports prodigyopt / schedulefree / prodigyplus itself)
 
 warnings.filterwarnings("ignore")
 logging.disable(logging.CRITICAL)

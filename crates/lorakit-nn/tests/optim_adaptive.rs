@@ -164,8 +164,8 @@ struct Stats {
 }
 
 /// Runs every fixture run of `file`: construction (or its error), each op (or its error), the
-/// parameters (relative `param_rel` + absolute `param_abs` × the parameter's largest magnitude) and
-/// the group scalars (relative `scalar_rel`).
+/// parameters (relative `param_rel` to |value| + the distance the library moved the parameter so
+/// far) and the group scalars (relative `scalar_rel` to the scalar's largest magnitude so far).
 fn check_fixture(file: &str, param_rel: f64, scalar_rel: f64) -> Stats {
     let fx = fixture(file);
     let mut stats = Stats { worst_param: 0.0, worst_scalar: 0.0 };
@@ -189,6 +189,7 @@ fn check_fixture(file: &str, param_rel: f64, scalar_rel: f64) -> Stats {
             (Ok(opt), None) => opt,
         };
         let init: Vec<Vec<f32>> = run.vars.iter().map(|v| flat(v.as_tensor())).collect();
+        let mut scales: BTreeMap<(usize, String), f64> = BTreeMap::new();
         assert_eq!(opt.description(), rv["ss_optimizer"].as_str().unwrap(), "{name}: ss_optimizer");
         assert_eq!(opt.is_schedule_free(), rv["is_schedule_free"].as_bool().unwrap(), "{name}: schedule-free");
         for (n, op) in rv["ops"].as_array().unwrap().iter().enumerate() {
@@ -236,11 +237,16 @@ fn check_fixture(file: &str, param_rel: f64, scalar_rel: f64) -> Stats {
                                 .as_ref()
                                 .and_then(number)
                                 .unwrap_or_else(|| panic!("{what}: group {gi} `{key}` missing ({got:?})"));
+                            // Relative to the largest magnitude the scalar had so far: Prodigy's
+                            // running numerator crosses zero, and near zero its value is the
+                            // cancellation of terms as large as before.
+                            let scale = scales.entry((gi, key.clone())).or_insert(0f64);
+                            *scale = scale.max(w.abs());
                             let err = (g - w).abs();
-                            if w != 0.0 {
-                                stats.worst_scalar = stats.worst_scalar.max(err / w.abs());
+                            if *scale != 0.0 {
+                                stats.worst_scalar = stats.worst_scalar.max(err / *scale);
                             }
-                            assert!(err <= scalar_rel * w.abs(), "{what}: group {gi} `{key}` = {g}, library {w}");
+                            assert!(err <= scalar_rel * *scale, "{what}: group {gi} `{key}` = {g}, library {w}");
                         }
                         _ => panic!("{what}: bad fixture scalar {key}"),
                     }
@@ -541,4 +547,120 @@ fn adamw_schedule_free_modes_and_arguments() {
     let e = build_error(k, one_group(1e-3), &["warmup_steps='10'"]);
     assert!(e.contains("warmup_steps"), "{e}");
     assert!(k.build(one_group(1e-3), &args(&["foreach=None", "warmup_steps=100"])).is_ok());
+}
+
+// ------------------------------------------------------------------------ ProdigyPlusScheduleFree
+
+#[test]
+fn prodigy_plus_matches_prodigyplus() {
+    let s = check_fixture("prodigy_plus_schedule_free.json", 1e-6, 1e-6);
+    eprintln!(
+        "ProdigyPlusScheduleFree: worst relative error {:e} (params), {:e} (scalars)",
+        s.worst_param, s.worst_scalar
+    );
+}
+
+#[test]
+fn prodigy_plus_resume_is_bitwise_identical() {
+    let f = "prodigy_plus_schedule_free.json";
+    check_resume(f, "defaults_two_groups", 2);
+    check_resume(f, "defaults_two_groups", 3); // taken in eval mode (x point)
+    check_resume(f, "prodigy_steps_d_coef", 6); // after the freeze: no p0/s any more
+    check_resume(f, "bias_correction_split_mean", 4); // shared (harmonic-mean) d
+    check_resume(f, "no_schedulefree_shared_d", 3);
+}
+
+#[test]
+fn prodigy_plus_load_state_rejects_mismatches() {
+    let f = "prodigy_plus_schedule_free.json";
+    check_load_rejections(f, "defaults_two_groups", 2, "textencoder.1.exp_avg_sq_col", "AdamWScheduleFree");
+    let (run, state) = state_after(f, "defaults_two_groups", 2);
+    // a factored statistic of the wrong shape ([4, 32]: rows [4, 1], columns [1, 32])
+    let mut bad = state.clone();
+    bad.tensors
+        .insert("textencoder.1.exp_avg_sq_row".into(), Tensor::zeros((1, 32), DType::F32, &Device::Cpu).unwrap());
+    let e = load_error(&run, fresh_vars(&run).1, &bad);
+    assert!(e.contains("textencoder.1.exp_avg_sq_row"), "{e}");
+    // p0 without s
+    let mut bad = state.clone();
+    bad.tensors.remove("unet.0.s");
+    let e = load_error(&run, fresh_vars(&run).1, &bad);
+    assert!(e.contains("unet.0.s"), "{e}");
+    // the state of a schedule-free run into a Prodigy-mode optimizer: z is not expected there
+    let mut prodigy_mode = state.clone();
+    prodigy_mode.scalars["use_schedulefree"] = false.into();
+    let e = load_error(&run, fresh_vars(&run).1, &prodigy_mode);
+    assert!(e.contains("exp_avg"), "{e}");
+    // p0 / s are bf16 like the library's (f32 gradients)
+    assert_eq!(state.tensors["unet.0.p0"].dtype(), DType::BF16);
+    assert_eq!(state.tensors["unet.2.p0"].dims(), &[] as &[usize], "all-zero parameter: 0-d p0");
+    assert_eq!(state.tensors["unet.0.s"].dims(), &[4], "every 11th of 36 elements");
+}
+
+#[test]
+fn prodigy_plus_modes_and_arguments() {
+    let fx = fixture("prodigy_plus_schedule_free.json");
+    let rv = &fx["runs"][0];
+    let run = setup(rv);
+    let mut opt = run.kind.build(run.groups.clone(), &run.args).unwrap();
+    assert!(opt.is_schedule_free());
+    assert_eq!(opt.effective_lrs(), Some(vec![1e-6, 1e-6]), "d0 · lr");
+    opt.set_train_mode(false).unwrap();
+    let e = opt.step(&step_grads(&run, &rv["ops"][0]), &[1.0, 1.0]).unwrap_err().to_string();
+    assert!(e.contains("Not in train mode"), "{e}");
+    opt.set_train_mode(true).unwrap();
+    opt.step(&step_grads(&run, &rv["ops"][0]), &[1.0, 1.0]).unwrap();
+    let d: Vec<f64> = (0..2).map(|g| number(&rv["ops"][0]["scalars"][g]["d"]).unwrap()).collect();
+    assert_eq!(opt.effective_lrs(), Some(d));
+
+    // Prodigy mode: train/eval move nothing
+    let (vars, groups) = fresh_vars(&run);
+    let mut p = run.kind.build(groups, &args(&["use_schedulefree=False", "betas=(0.0,0.99)"])).unwrap();
+    p.step(&step_grads(&run, &rv["ops"][0]), &[1.0, 1.0]).unwrap();
+    let before: Vec<Vec<f32>> = vars.iter().map(|v| flat(v.as_tensor())).collect();
+    p.set_train_mode(false).unwrap();
+    assert_eq!(before, vars.iter().map(|v| flat(v.as_tensor())).collect::<Vec<_>>());
+    p.step(&step_grads(&run, &rv["ops"][1]), &[1.0, 1.0]).unwrap();
+
+    let k = OptimizerKind::ProdigyPlusScheduleFree;
+    for name in ["prodigyplus.ProdigyPlusScheduleFree", "ProdigyPlusScheduleFree"] {
+        assert_eq!(OptimizerKind::parse(name).unwrap(), k);
+    }
+    for unsupported in [
+        "use_speed=True",
+        "use_cautious=True",
+        "use_grams=True",
+        "use_adopt=True",
+        "use_orthograd=True",
+        "use_focus=True",
+        "fused_back_pass=True",
+    ] {
+        let key = unsupported.split('=').next().unwrap();
+        let e = build_error(k, one_group(1.0), &[unsupported]);
+        assert!(e.contains(&format!("`{key}=True`")) && e.contains("not supported"), "{e}");
+    }
+    let e = build_error(k, one_group(1.0), &["eps=None"]);
+    assert!(e.contains("eps=None") && e.contains("Adam-atan2"), "{e}");
+    let e = build_error(k, one_group(1.0), &["betas=(0.0,0.99)"]);
+    assert!(e.contains("beta1"), "{e}");
+    let e = build_error(k, one_group(1.0), &["betas=(0.9,1)"]);
+    assert!(e.contains("Invalid beta parameter at index 1: 1"), "{e}");
+    let e = build_error(k, one_group(1.0), &["slice_p=11"]);
+    assert!(e.contains("`slice_p`") && e.contains("prodigy_steps"), "{e}");
+    let e = build_error(k, one_group(1.0), &["prodigy_steps=-1"]);
+    assert!(e.contains("Invalid Prodigy steps: -1"), "{e}");
+    let e = build_error(k, one_group(0.0), &[]);
+    assert!(e.contains("Invalid learning rate"), "{e}");
+    let ok = [
+        "use_speed=False",
+        "use_orthograd=False",
+        "stochastic_rounding=False",
+        "factored_fp32=False",
+        "prodigy_steps=100",
+    ];
+    assert!(k.build(one_group(1.0), &args(&ok)).is_ok());
+    assert_eq!(
+        k.build(one_group(1.0), &args(&[])).unwrap().description(),
+        "prodigyplus.prodigy_plus_schedulefree.ProdigyPlusScheduleFree"
+    );
 }
