@@ -12,7 +12,7 @@ use super::*;
 //
 // The reference libraries are torch code: f32 tensors, Python-float (f64) scalars. These helpers
 // reproduce torch's roundings where they are deterministic (fused multiply-adds). Not reproduced:
-// the order of torch's reductions (sums and dot products are computed exactly here and rounded
+// the order of torch's reductions (sums and dot products are accumulated in f64 here and rounded
 // once) and torch-CPU's MKL `sqrt`, which is not correctly rounded (candle's, like CUDA's, is).
 
 /// torch's `a.add_(b, alpha=α)` / `a.sub_(b, alpha=-α)` on f32: `a + f32(α)·b` rounded once, because
@@ -37,9 +37,9 @@ pub(super) fn add_product(a: &Tensor, x: &Tensor, y: &Tensor) -> Result<Tensor> 
     (a.to_dtype(DType::F64)? + (x.to_dtype(DType::F64)? * y.to_dtype(DType::F64)?)?)?.to_dtype(DType::F32)
 }
 
-/// Sum of all elements as torch returns it for an f32 tensor (an f32), computed in f64 where the
-/// device has it (torch's own summation order is not reproduced; this is the correctly rounded
-/// sum, within an ulp or two of torch's).
+/// Sum of all elements as torch returns it for an f32 tensor (an f32), accumulated in f64 where the
+/// device has it (torch's own summation order is not reproduced; this is the nearly exact sum,
+/// within an ulp or two of torch's).
 pub(super) fn sum_f32(t: &Tensor) -> Result<f32> {
     if t.device().is_metal() {
         return t.to_dtype(DType::F32)?.sum_all()?.to_scalar::<f32>();
@@ -77,7 +77,8 @@ pub(super) fn any_nonzero(t: &Tensor) -> Result<bool> {
     if t.elem_count() == 0 {
         return Ok(false);
     }
-    Ok(t.ne(0f32)?.flatten_all()?.max(0)?.to_scalar::<u8>()? != 0)
+    // the u8 mask as f32: every backend reduces f32
+    Ok(t.ne(0f32)?.to_dtype(DType::F32)?.max_all()?.to_scalar::<f32>()? > 0.0)
 }
 
 /// `x > 0` (false for NaN): the libraries' `if not 0.0 < x: raise`.
