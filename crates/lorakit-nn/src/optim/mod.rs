@@ -20,11 +20,17 @@ use candle_core::{DType, Device, Error, Result, Tensor, Var};
 mod adafactor;
 mod adamw;
 mod args;
+mod prodigy;
+mod prodigy_plus;
+mod schedule_free;
 mod slots;
 
 pub use adafactor::*;
 pub use adamw::*;
 pub use args::*;
+pub use prodigy::*;
+pub use prodigy_plus::*;
+pub use schedule_free::*;
 pub use slots::*;
 
 /// Parameters that share a learning rate, like one entry of a torch optimizer's `param_groups`.
@@ -249,6 +255,9 @@ impl OptimizerKind {
         match self {
             OptimizerKind::AdamW => Ok(Box::new(AdamW::from_args(groups, args)?)),
             OptimizerKind::Adafactor => Ok(Box::new(Adafactor::from_args(groups, args)?)),
+            OptimizerKind::Prodigy => Ok(Box::new(Prodigy::from_args(groups, args)?)),
+            OptimizerKind::AdamWScheduleFree => Ok(Box::new(AdamWScheduleFree::from_args(groups, args)?)),
+            OptimizerKind::ProdigyPlusScheduleFree => Ok(Box::new(ProdigyPlusScheduleFree::from_args(groups, args)?)),
             other => Err(msg(format!("optimizer_type `{}` is not available yet", other.name()))),
         }
     }
