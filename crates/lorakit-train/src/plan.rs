@@ -26,7 +26,8 @@ pub struct RunPlan {
     /// Scheduler factor at a few points: (step 1-based, factor).
     pub lr_points: Vec<(u64, f64)>,
     pub memory: MemoryEstimate,
-    pub warnings: Vec<String>,
+    /// Setup notices and warnings (`warning: …`), as a run prints them at its start.
+    pub notes: Vec<String>,
 }
 
 /// A rough peak-memory estimate of the training step (bytes).
@@ -138,13 +139,6 @@ pub fn config_warnings(c: &TrainConfig, steps: u64, warmup_steps: u64) -> Vec<St
                 c.optimizer.optimizer_type
             ));
         }
-        if matches!(kind, OptimizerKind::Prodigy | OptimizerKind::ProdigyPlusScheduleFree) && lr <= 0.1 {
-            w.push(format!(
-                "optimizer.optimizer_type = {:?} adapts the step size itself: learning_rate is a multiplier and ~1.0 is \
-                 usual (it is {lr}); sd-scripts warns the same",
-                c.optimizer.optimizer_type
-            ));
-        }
     }
     if steps > 0 && warmup_steps * 2 > steps {
         w.push(format!(
@@ -189,8 +183,12 @@ impl fmt::Display for RunPlan {
             gb(m.network),
             gb(m.activations)
         )?;
-        for w in &self.warnings {
-            writeln!(f, "warning: {w}")?;
+        for note in &self.notes {
+            if note.starts_with("warning: ") {
+                writeln!(f, "{note}")?;
+            } else {
+                writeln!(f, "note: {note}")?;
+            }
         }
         Ok(())
     }
@@ -239,8 +237,5 @@ mod tests {
         c.optimizer.optimizer_type = "AdamW8bit".into();
         c.optimizer.learning_rate = 5e-3;
         assert!(config_warnings(&c, 100, 0).join("").contains("8-bit"));
-        c.optimizer.optimizer_type = "Prodigy".into();
-        c.optimizer.learning_rate = 1e-4;
-        assert!(config_warnings(&c, 100, 0).join("").contains("~1.0"));
     }
 }

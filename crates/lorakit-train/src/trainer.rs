@@ -15,7 +15,9 @@ use lorakit_models::lora_inject::{create_network, NetworkSpec};
 use lorakit_models::schedule::NoiseSchedule;
 use lorakit_nn::lora::{apply_max_norm, LoraDropout, LoraSet};
 use lorakit_nn::lr_scheduler::{warmup_steps_from, LrScheduler, SchedulerKind, SchedulerParams};
-use lorakit_nn::optim::{clip_grad_norm, AdafactorSetup, Optimizer, OptimizerArgs, OptimizerKind, ParamGroup};
+use lorakit_nn::optim::{
+    clip_grad_norm, prodigy_lr_warnings, AdafactorSetup, Optimizer, OptimizerArgs, OptimizerKind, ParamGroup,
+};
 use lorakit_nn::ForwardCtx;
 use rand::Rng;
 
@@ -306,6 +308,9 @@ impl<'m> Trainer<'m> {
         let optimizer = optimizer_kind
             .build(groups, &args)
             .map_err(|e| TrainError::Other(format!("optimizer ({}): {e}", optimizer_kind.name())))?;
+        if matches!(optimizer_kind, OptimizerKind::Prodigy | OptimizerKind::ProdigyPlusScheduleFree) {
+            setup_notes.extend(prodigy_lr_warnings(optimizer.groups()).into_iter().map(|w| format!("warning: {w}")));
+        }
         if optimizer.is_schedule_free() && config.optimizer.lr_scheduler != "constant" {
             setup_notes.push(format!(
                 "optimizer.lr_scheduler = {:?} is ignored: {} schedules the learning rate itself (as in sd-scripts)",
@@ -438,7 +443,7 @@ impl<'m> Trainer<'m> {
             groups,
             lr_points,
             memory,
-            warnings: config_warnings(&self.config, total, self.warmup_steps),
+            notes: self.setup_notes.clone(),
         }
     }
 
