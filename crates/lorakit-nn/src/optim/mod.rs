@@ -18,11 +18,22 @@ use std::collections::BTreeMap;
 use candle_core::{DType, Device, Error, Result, Tensor, Var};
 
 mod adamw;
+mod adamw8bit;
+mod ademamix;
 mod args;
+mod bnb;
+mod lion;
+pub mod quant8;
+mod sgd;
 mod slots;
 
 pub use adamw::*;
+pub use adamw8bit::*;
+pub use ademamix::*;
 pub use args::*;
+pub use bnb::*;
+pub use lion::*;
+pub use sgd::*;
 pub use slots::*;
 
 /// Parameters that share a learning rate, like one entry of a torch optimizer's `param_groups`.
@@ -246,6 +257,13 @@ impl OptimizerKind {
     pub fn build(self, groups: Vec<ParamGroup>, args: &OptimizerArgs) -> Result<Box<dyn Optimizer>> {
         match self {
             OptimizerKind::AdamW => Ok(Box::new(AdamW::from_args(groups, args)?)),
+            OptimizerKind::AdamW8bit => Ok(Box::new(BnbOptimizer::adamw8bit(groups, args)?)),
+            OptimizerKind::Lion => Ok(Box::new(Lion::from_args(groups, args)?)),
+            OptimizerKind::Lion8bit => Ok(Box::new(BnbOptimizer::lion8bit(groups, args)?)),
+            OptimizerKind::SgdNesterov => Ok(Box::new(SgdNesterov::from_args(groups, args)?)),
+            OptimizerKind::SgdNesterov8bit => Ok(Box::new(BnbOptimizer::sgd8bit(groups, args)?)),
+            OptimizerKind::AdEMAMix => Ok(Box::new(BnbOptimizer::ademamix(groups, args, false)?)),
+            OptimizerKind::AdEMAMix8bit => Ok(Box::new(BnbOptimizer::ademamix(groups, args, true)?)),
             other => Err(msg(format!("optimizer_type `{}` is not available yet", other.name()))),
         }
     }
