@@ -19,18 +19,29 @@ use candle_core::{DType, Device, Error, Result, Tensor, Var};
 
 mod adafactor;
 mod adamw;
+mod adamw8bit;
+mod ademamix;
 mod args;
+mod bnb;
+mod lion;
 mod prodigy;
 mod prodigy_plus;
+pub mod quant8;
 mod schedule_free;
+mod sgd;
 mod slots;
 
 pub use adafactor::*;
 pub use adamw::*;
+pub use adamw8bit::*;
+pub use ademamix::*;
 pub use args::*;
+pub use bnb::*;
+pub use lion::*;
 pub use prodigy::*;
 pub use prodigy_plus::*;
 pub use schedule_free::*;
+pub use sgd::*;
 pub use slots::*;
 
 /// Parameters that share a learning rate, like one entry of a torch optimizer's `param_groups`.
@@ -258,7 +269,13 @@ impl OptimizerKind {
             OptimizerKind::Prodigy => Ok(Box::new(Prodigy::from_args(groups, args)?)),
             OptimizerKind::AdamWScheduleFree => Ok(Box::new(AdamWScheduleFree::from_args(groups, args)?)),
             OptimizerKind::ProdigyPlusScheduleFree => Ok(Box::new(ProdigyPlusScheduleFree::from_args(groups, args)?)),
-            other => Err(msg(format!("optimizer_type `{}` is not available yet", other.name()))),
+            OptimizerKind::AdamW8bit => Ok(Box::new(BnbOptimizer::adamw8bit(groups, args)?)),
+            OptimizerKind::Lion => Ok(Box::new(Lion::from_args(groups, args)?)),
+            OptimizerKind::Lion8bit => Ok(Box::new(BnbOptimizer::lion8bit(groups, args)?)),
+            OptimizerKind::SgdNesterov => Ok(Box::new(SgdNesterov::from_args(groups, args)?)),
+            OptimizerKind::SgdNesterov8bit => Ok(Box::new(BnbOptimizer::sgd8bit(groups, args)?)),
+            OptimizerKind::AdEMAMix => Ok(Box::new(BnbOptimizer::ademamix(groups, args, false)?)),
+            OptimizerKind::AdEMAMix8bit => Ok(Box::new(BnbOptimizer::ademamix(groups, args, true)?)),
         }
     }
 }
