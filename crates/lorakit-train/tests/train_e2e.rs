@@ -613,3 +613,47 @@ fn block_weights_lora_plus_max_norm_and_multiplier_shape_the_run() {
     assert_eq!(a.losses[0], b.losses[0]);
     assert_ne!(a.losses, b.losses);
 }
+
+#[test]
+fn every_optimizer_trains_and_resumes_bitwise() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dataset(dir.path(), 1, 2);
+    let model = model();
+    for (kind, names) in lorakit_nn::optim::OptimizerKind::NAMES {
+        let name = names[0];
+        let adaptive = matches!(
+            kind,
+            lorakit_nn::optim::OptimizerKind::Prodigy | lorakit_nn::optim::OptimizerKind::ProdigyPlusScheduleFree
+        );
+        let mut cfg = config(dir.path(), &data, "save_state = true\n");
+        cfg.training.train_batch_size = 1;
+        cfg.training.cache_latents = false;
+        cfg.optimizer.optimizer_type = name.to_string();
+        cfg.optimizer.lr_warmup_steps = 0.0;
+        // D-adaptation wants lr ≈ 1 and one lr for every group.
+        cfg.optimizer.learning_rate = if adaptive { 1.0 } else { 1e-3 };
+        cfg.optimizer.text_encoder_lr = None;
+        cfg.optimizer.unet_lr = None;
+        cfg.folders.output_dir = dir.path().join(name).join("full");
+        let full = train(cfg.clone(), &model, None);
+        assert_eq!(full.steps, 4, "{name}");
+        assert!(full.losses.iter().all(|l| l.is_finite()), "{name}: {:?}", full.losses);
+        let out = cfg.folders.output_dir.join("tiny.safetensors");
+        let file = lorakit_lora::safetensors_file::LoraFile::open(&out).unwrap();
+        let trained = tensors(&out);
+        assert!(
+            trained.iter().any(|(k, v)| k.ends_with("lora_up.weight") && v.iter().any(|x| *x != 0.0)),
+            "{name}: the up weights moved"
+        );
+        let ss_optimizer = &file.metadata()["ss_optimizer"];
+        // The class name (SGDNesterov is torch's SGD with nesterov=True, bitsandbytes' SGD8bit).
+        assert!(ss_optimizer.contains(&name.replace("Nesterov", "")), "{name}: {ss_optimizer}");
+
+        let mut resume = cfg.clone();
+        resume.folders.output_dir = dir.path().join(name).join("resumed");
+        resume.save.resume = Some(cfg.folders.output_dir.join("tiny-000001-state"));
+        let resumed = train(resume.clone(), &model, None);
+        assert_eq!(resumed.losses, full.losses[2..], "{name}: same losses after resume");
+        assert_eq!(tensors(&resume.folders.output_dir.join("tiny.safetensors")), trained, "{name}: same final weights");
+    }
+}
