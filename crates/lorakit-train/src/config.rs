@@ -114,6 +114,11 @@ pub struct DatasetSection {
     pub flip_aug: bool,
     /// Random instead of center crop (cannot be combined with latent caching).
     pub random_crop: bool,
+    /// sd-scripts' colour augmentation: a third of the samples get a small hue shift or gamma
+    /// (cannot be combined with latent caching).
+    pub color_aug: bool,
+    /// Mask the loss with each image's alpha channel (transparent parts are not learned).
+    pub alpha_mask: bool,
     /// Text put before every caption (e.g. the trigger word).
     pub caption_prefix: Option<String>,
     /// Text put after every caption.
@@ -160,6 +165,8 @@ impl Default for DatasetSection {
             resize_interpolation: None,
             flip_aug: false,
             random_crop: false,
+            color_aug: false,
+            alpha_mask: false,
             caption_prefix: None,
             caption_suffix: None,
             prior_loss_weight: 1.0,
@@ -807,6 +814,12 @@ impl TrainConfig {
         if self.dataset.random_crop && self.training.cache_latents {
             problems.push(
                 "dataset.random_crop cannot be combined with training.cache_latents (a cached latent has one fixed crop): turn one off"
+                    .into(),
+            );
+        }
+        if self.dataset.color_aug && self.training.cache_latents {
+            problems.push(
+                "dataset.color_aug cannot be combined with training.cache_latents (a cached latent has one fixed colour): turn one off"
                     .into(),
             );
         }

@@ -56,6 +56,8 @@ pub mod stream {
     pub const LATENT: u64 = 6;
     /// Caption shuffling and dropout of one sample.
     pub const CAPTION: u64 = 7;
+    /// Random crop and colour augmentation of one sample.
+    pub const AUGMENT: u64 = 8;
 }
 
 /// One image as training uses it.
@@ -75,6 +77,12 @@ pub struct TrainImage {
     pub is_reg: bool,
     /// Flip augmentation applies.
     pub flip_aug: bool,
+    /// A random crop instead of the centre one (sd-scripts' `random_crop`; no latent caching).
+    pub random_crop: bool,
+    /// sd-scripts' `color_aug` (no latent caching).
+    pub color_aug: bool,
+    /// The image's alpha channel masks the loss (`alpha_mask`).
+    pub alpha_mask: bool,
     /// Resize filter.
     pub interpolation: Option<String>,
 }
@@ -123,7 +131,19 @@ impl TrainData {
         let plan = plan_for(config)?;
         let notes: Vec<String> = plan.notes.iter().map(|n| n.message.clone()).collect();
         let datasets: Vec<LoadedDataset> = plan.datasets.iter().map(|d| load_dataset(d, ProbeMode::Header)).collect();
-        Self::from_loaded(datasets, notes, config.dataset.dataset_config.is_some())
+        let data = Self::from_loaded(datasets, notes, config.dataset.dataset_config.is_some())?;
+        if config.training.cache_latents {
+            // sd-scripts' rule: a cached latent has one crop and one colour.
+            if let Some(image) = data.images.iter().find(|i| i.random_crop || i.color_aug) {
+                return Err(TrainError::Dataset(format!(
+                    "{}: its subset uses {} but training.cache_latents is on (a cached latent has one fixed crop and \
+                     colour); turn caching off or the option off",
+                    image.path.display(),
+                    if image.random_crop { "random_crop" } else { "color_aug" }
+                )));
+            }
+        }
+        Ok(data)
     }
 
     /// Builds the training view of already loaded datasets.
@@ -158,6 +178,9 @@ impl TrainData {
                     repeats: record.repeats,
                     is_reg: record.is_reg,
                     flip_aug: subset.augment.flip_aug,
+                    random_crop: subset.augment.random_crop,
+                    color_aug: subset.augment.color_aug,
+                    alpha_mask: subset.augment.alpha_mask,
                     interpolation: subset.resize_interpolation.clone(),
                 });
                 let slot = match buckets.iter().position(|(b, _)| *b == choice.bucket) {
@@ -250,12 +273,7 @@ fn not_yet_applied(datasets: &[LoadedDataset]) -> Vec<String> {
     for ds in datasets {
         for subset in &ds.subsets {
             let a = &subset.spec.augment;
-            for (on, name) in [
-                (a.color_aug, "color_aug"),
-                (a.random_crop, "random_crop"),
-                (a.face_crop_aug_range.is_some(), "face_crop_aug_range"),
-                (a.alpha_mask, "alpha_mask"),
-            ] {
+            for (on, name) in [(a.face_crop_aug_range.is_some(), "face_crop_aug_range")] {
                 if on {
                     found.insert(name);
                 }
@@ -287,6 +305,8 @@ fn plan_for(config: &TrainConfig) -> Result<DatasetPlan> {
         resize_interpolation: d.resize_interpolation.clone(),
         flip_aug: Some(d.flip_aug),
         random_crop: Some(d.random_crop),
+        color_aug: Some(d.color_aug),
+        alpha_mask: Some(d.alpha_mask),
         caption_prefix: d.caption_prefix.clone(),
         caption_suffix: d.caption_suffix.clone(),
         shuffle_caption: Some(d.shuffle_caption),

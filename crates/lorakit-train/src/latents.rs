@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
-use lorakit_dataset::preprocess::{load_training_image, Crop};
+use lorakit_dataset::preprocess::{load_alpha_mask, load_training_image_with_color, ColorAug, Crop};
 use lorakit_models::lora_inject::to_file_tensor;
 
 use crate::data::{rng_for, stream, TrainData, TrainImage};
@@ -21,14 +21,34 @@ use crate::model::TrainableModel;
 /// Version of the cache file layout (bumped when the meaning of a file changes).
 const CACHE_FORMAT: &str = "1";
 
+/// How one sample is cropped and coloured this time (drawn per step when the subset asks for
+/// `random_crop` / `color_aug`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SampleAugment {
+    pub crop: Crop,
+    pub color: Option<ColorAug>,
+}
+
+impl SampleAugment {
+    /// Centre crop, original colours (what cached latents hold).
+    pub const NONE: SampleAugment = SampleAugment { crop: Crop::Center, color: None };
+}
+
 /// Loads one image, resized and cropped to its bucket, as a `(1, 3, H, W)` tensor in [-1, 1].
-pub fn image_tensor(image: &TrainImage, flip: bool, device: &Device) -> Result<Tensor> {
-    let loaded = load_training_image(&image.path, &image.choice, image.interpolation.as_deref(), Crop::Center, flip)
-        .map_err(|e| {
-            TrainError::Dataset(format!(
-                "{e}\n(fix or remove the image; `lorakit dataset check` lists every unreadable file)"
-            ))
-        })?;
+pub fn image_tensor(image: &TrainImage, flip: bool, augment: SampleAugment, device: &Device) -> Result<Tensor> {
+    let loaded = load_training_image_with_color(
+        &image.path,
+        &image.choice,
+        image.interpolation.as_deref(),
+        augment.crop,
+        flip,
+        augment.color,
+    )
+    .map_err(|e| {
+        TrainError::Dataset(format!(
+            "{e}\n(fix or remove the image; `lorakit dataset check` lists every unreadable file)"
+        ))
+    })?;
     let (w, h) = (loaded.width as usize, loaded.height as usize);
     Ok(Tensor::from_vec(loaded.pixels, (1, 3, h, w), &Device::Cpu)?.to_device(device)?)
 }
@@ -39,9 +59,15 @@ fn file_hash(path: &Path) -> Result<u64> {
     Ok(xxhash_rust::xxh3::xxh3_64(&bytes))
 }
 
-/// Encodes one image (both orientations when `flips`) — deterministic per image content.
-fn encode_one(model: &dyn TrainableModel, image: &TrainImage, flip: bool, hash: u64) -> Result<Tensor> {
-    let pixels = image_tensor(image, flip, model.device())?;
+/// Encodes one image — deterministic per image content and augmentation.
+fn encode_one(
+    model: &dyn TrainableModel,
+    image: &TrainImage,
+    flip: bool,
+    augment: SampleAugment,
+    hash: u64,
+) -> Result<Tensor> {
+    let pixels = image_tensor(image, flip, augment, model.device())?;
     let mut rng = rng_for(&[stream::LATENT, hash, u64::from(flip)]);
     Ok(model.encode_images(&pixels, &mut rng)?.squeeze(0)?.to_device(&Device::Cpu)?)
 }
@@ -51,14 +77,54 @@ pub fn encode_batch(
     model: &dyn TrainableModel,
     data: &TrainData,
     samples: &[crate::data::SampleRef],
+    augments: &[SampleAugment],
 ) -> Result<Tensor> {
     let mut out = Vec::with_capacity(samples.len());
-    for s in samples {
+    for (s, augment) in samples.iter().zip(augments) {
         let image = &data.images[s.image];
         let hash = file_hash(&image.path)?;
-        out.push(encode_one(model, image, s.flip, hash)?);
+        out.push(encode_one(model, image, s.flip, *augment, hash)?);
     }
     Ok(Tensor::stack(&out, 0)?.to_device(model.device())?)
+}
+
+/// The loss mask of a batch from the images' alpha channels (all ones for images whose subset
+/// has no `alpha_mask`), area-resized to the latent size as sd-scripts' `apply_masked_loss`:
+/// `(B, 1, h, w)`. `None` when no image of the batch uses a mask.
+pub fn alpha_masks(
+    data: &TrainData,
+    samples: &[crate::data::SampleRef],
+    augments: &[SampleAugment],
+    latent_hw: (usize, usize),
+    device: &Device,
+) -> Result<Option<Tensor>> {
+    if samples.iter().all(|s| !data.images[s.image].alpha_mask) {
+        return Ok(None);
+    }
+    let mut masks = Vec::with_capacity(samples.len());
+    for (s, augment) in samples.iter().zip(augments) {
+        let image = &data.images[s.image];
+        let (w, h) = (image.choice.bucket.0 as usize, image.choice.bucket.1 as usize);
+        let values = if image.alpha_mask {
+            load_alpha_mask(&image.path, &image.choice, image.interpolation.as_deref(), augment.crop, s.flip)
+                .map_err(|e| TrainError::Dataset(e.to_string()))?
+        } else {
+            vec![1.0; w * h]
+        };
+        let mask = Tensor::from_vec(values, (1, 1, h, w), &Device::Cpu)?;
+        // torch's interpolate(mode="area") to an exact divisor is average pooling.
+        let (lh, lw) = latent_hw;
+        let pooled = if h % lh == 0 && w % lw == 0 {
+            mask.avg_pool2d((h / lh, w / lw))?
+        } else {
+            return Err(TrainError::Other(format!(
+                "alpha mask of {}: the bucket {w}×{h} is not a multiple of the latent {lw}×{lh}",
+                image.path.display()
+            )));
+        };
+        masks.push(pooled.squeeze(0)?);
+    }
+    Ok(Some(Tensor::stack(&masks, 0)?.to_device(device)?))
 }
 
 /// The path of an image's disk cache file.
@@ -138,8 +204,9 @@ impl LatentCache {
                     found
                 }
                 None => {
-                    let plain = encode_one(model, image, false, hash)?;
-                    let flipped = if need_flip { Some(encode_one(model, image, true, hash)?) } else { None };
+                    let plain = encode_one(model, image, false, SampleAugment::NONE, hash)?;
+                    let flipped =
+                        if need_flip { Some(encode_one(model, image, true, SampleAugment::NONE, hash)?) } else { None };
                     if to_disk {
                         if let Err(e) = write_cache(&path, &key, &plain, flipped.as_ref()) {
                             tracing::warn!("cannot write the latent cache (training goes on without it): {e}");

@@ -172,8 +172,10 @@ pub fn snr_factor(opts: &LossOptions, t: u32, schedule: &NoiseSchedule, predicti
     factor
 }
 
-/// The batch loss (a scalar): element-wise loss → mean per sample → × `sample_weights` → × SNR
-/// factors → mean over the batch.
+/// The batch loss (a scalar): element-wise loss → × `mask` (alpha mask, `(B, 1, h, w)`, not
+/// renormalised, as sd-scripts) → mean per sample → × `sample_weights` → × SNR factors → mean
+/// over the batch.
+#[allow(clippy::too_many_arguments)]
 pub fn batch_loss(
     pred: &Tensor,
     target: &Tensor,
@@ -182,9 +184,14 @@ pub fn batch_loss(
     opts: &LossOptions,
     schedule: &NoiseSchedule,
     prediction: Prediction,
+    mask: Option<&Tensor>,
 ) -> Result<Tensor> {
     let c = huber_thresholds(opts, timesteps, schedule);
     let per_element = elementwise_loss(pred, target, opts.loss_type, c.as_deref())?;
+    let per_element = match mask {
+        Some(m) => per_element.broadcast_mul(&m.to_dtype(per_element.dtype())?)?,
+        None => per_element,
+    };
     let per_sample = per_element.flatten_from(1)?.mean(1)?;
     let weights: Vec<f32> = timesteps
         .iter()
@@ -205,9 +212,17 @@ mod tests {
         let dev = candle_core::Device::Cpu;
         let p = Tensor::new(&[[1f32, 2.0], [3.0, 4.0]], &dev).unwrap();
         let t = Tensor::new(&[[0f32, 0.0], [0.0, 0.0]], &dev).unwrap();
-        let l = batch_loss(&p, &t, &[10, 20], &[1.0, 1.0], &LossOptions::default(), &s, Prediction::Epsilon).unwrap();
+        let l =
+            batch_loss(&p, &t, &[10, 20], &[1.0, 1.0], &LossOptions::default(), &s, Prediction::Epsilon, None).unwrap();
         assert!((l.to_scalar::<f32>().unwrap() - 7.5).abs() < 1e-6);
-        let w = batch_loss(&p, &t, &[10, 20], &[1.0, 0.5], &LossOptions::default(), &s, Prediction::Epsilon).unwrap();
+        let w =
+            batch_loss(&p, &t, &[10, 20], &[1.0, 0.5], &LossOptions::default(), &s, Prediction::Epsilon, None).unwrap();
         assert!((w.to_scalar::<f32>().unwrap() - (2.5 + 12.5 * 0.5) / 2.0).abs() < 1e-6);
+        // A mask zeroes elements without renormalising: sample 0 keeps only its first element.
+        let mask = Tensor::new(&[[1f32, 0.0], [1.0, 1.0]], &dev).unwrap();
+        let m =
+            batch_loss(&p, &t, &[10, 20], &[1.0, 1.0], &LossOptions::default(), &s, Prediction::Epsilon, Some(&mask))
+                .unwrap();
+        assert!((m.to_scalar::<f32>().unwrap() - (0.5 + 12.5) / 2.0).abs() < 1e-6);
     }
 }

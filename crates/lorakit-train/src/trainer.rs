@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
 use lorakit_dataset::caption_process::{process_caption, CaptionMoment};
+use lorakit_dataset::preprocess::{ColorAug, Crop};
 use lorakit_dataset::steps::{StepPlan, StepRequest};
 use lorakit_lora::blocks::BlockLayout;
 use lorakit_lora::safetensors_file::{write_lora, Precision};
@@ -25,7 +26,7 @@ use crate::block_weights::block_plan;
 use crate::config::TrainConfig;
 use crate::data::{rng_for, stream, Batch, TrainData};
 use crate::error::{Result, TrainError};
-use crate::latents::{encode_batch, LatentCache};
+use crate::latents::{alpha_masks, encode_batch, LatentCache, SampleAugment};
 use crate::loss::{batch_loss, LossOptions};
 use crate::metadata::{RunMetadata, SaveProgress};
 use crate::model::TrainableModel;
@@ -935,14 +936,29 @@ impl<'m> Trainer<'m> {
     ) -> Result<f64> {
         let config = &self.config;
         let device = self.model.device();
-        let latents = match cache {
-            Some(c) => c.batch(&batch.samples, device)?,
-            None => encode_batch(self.model, &self.data, &batch.samples)?,
-        };
-        let b = batch.samples.len();
-
         // Every random draw of this micro-step comes from (seed, step, micro).
         let seed = config.training.seed;
+        let augments: Vec<SampleAugment> = batch
+            .samples
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let image = &self.data.images[s.image];
+                let mut rng = rng_for(&[seed, stream::AUGMENT, global_step, micro, i as u64]);
+                SampleAugment {
+                    crop: if image.random_crop { Crop::Random(rng.random()) } else { Crop::Center },
+                    color: if image.color_aug { ColorAug::draw(&mut rng) } else { None },
+                }
+            })
+            .collect();
+        let latents = match cache {
+            Some(c) => c.batch(&batch.samples, device)?,
+            None => encode_batch(self.model, &self.data, &batch.samples, &augments)?,
+        };
+        let b = batch.samples.len();
+        let (lh, lw) = (latents.dims()[2], latents.dims()[3]);
+        let mask = alpha_masks(&self.data, &batch.samples, &augments, (lh, lw), device)?;
+
         let mut rng = rng_for(&[seed, stream::NOISE, global_step, micro]);
         let (lo, hi) = (config.training.min_timestep as u32, config.training.max_timestep as u32);
         let timesteps: Vec<u32> = (0..b).map(|_| rng.random_range(lo..hi)).collect();
@@ -993,8 +1009,16 @@ impl<'m> Trainer<'m> {
             .iter()
             .map(|s| if self.data.images[s.image].is_reg { config.dataset.prior_loss_weight } else { 1.0 })
             .collect();
-        let loss =
-            batch_loss(&pred, &target, &timesteps, &weights, &self.loss_options, schedule, self.model.prediction())?;
+        let loss = batch_loss(
+            &pred,
+            &target,
+            &timesteps,
+            &weights,
+            &self.loss_options,
+            schedule,
+            self.model.prediction(),
+            mask.as_ref(),
+        )?;
         let loss_value = f64::from(loss.to_scalar::<f32>()?);
         if !loss_value.is_finite() {
             return Ok(loss_value);

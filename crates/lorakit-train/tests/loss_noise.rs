@@ -51,7 +51,7 @@ fn every_loss_option_matches_sd_scripts() {
                 assert!((g - w).abs() <= 1e-6 * w.abs().max(1e-3), "{name}: c {g} vs {w}");
             }
         }
-        let loss = batch_loss(&t["pred"], &t["target"], &timesteps, &weights, &opts, &schedule, prediction)
+        let loss = batch_loss(&t["pred"], &t["target"], &timesteps, &weights, &opts, &schedule, prediction, None)
             .unwrap()
             .to_scalar::<f32>()
             .unwrap();

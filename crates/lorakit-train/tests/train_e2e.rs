@@ -318,7 +318,9 @@ fn overfitting_one_image_lowers_its_denoising_error() {
 
     let training = TrainData::load(&cfg).unwrap();
     let image = &training.images[0];
-    let pixels = lorakit_train::latents::image_tensor(image, false, &Device::Cpu).unwrap();
+    let pixels =
+        lorakit_train::latents::image_tensor(image, false, lorakit_train::latents::SampleAugment::NONE, &Device::Cpu)
+            .unwrap();
     let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(0);
     let latents = model.encode_images(&pixels, &mut rng).unwrap();
     // Same noise draws for both measurements (seeded inside).
@@ -656,4 +658,56 @@ fn every_optimizer_trains_and_resumes_bitwise() {
         assert_eq!(resumed.losses, full.losses[2..], "{name}: same losses after resume");
         assert_eq!(tensors(&resume.folders.output_dir.join("tiny.safetensors")), trained, "{name}: same final weights");
     }
+}
+
+#[test]
+fn random_crop_color_aug_and_alpha_masks_reach_the_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dataset(dir.path(), 1, 2);
+    let model = model();
+    let mut base = config(dir.path(), &data, "");
+    base.training.cache_latents = false;
+    // 12 samples: a third of them get a colour augmentation.
+    base.training.max_train_epochs = 6;
+    base.optimizer.lr_warmup_steps = 0.0;
+    base.folders.output_dir = dir.path().join("plain");
+    let plain = train(base.clone(), &model, None);
+    for (option, set) in [
+        ("random_crop", (|c: &mut TrainConfig| c.dataset.random_crop = true) as fn(&mut TrainConfig)),
+        ("color_aug", |c: &mut TrainConfig| c.dataset.color_aug = true),
+    ] {
+        let mut cfg = base.clone();
+        set(&mut cfg);
+        cfg.folders.output_dir = dir.path().join(option);
+        let run = train(cfg.clone(), &model, None);
+        assert_ne!(run.losses, plain.losses, "{option} changes what the model sees");
+        assert_eq!(train(cfg, &model, None).losses, run.losses, "{option} is seeded: runs repeat exactly");
+        // Latent caching keeps one crop and one colour: refused, naming both keys.
+        let mut cached = base.clone();
+        set(&mut cached);
+        cached.training.cache_latents = true;
+        let err = cached.validate().unwrap_err();
+        assert!(err.contains(option) && err.contains("cache_latents"), "{err}");
+    }
+
+    // Fully transparent images: the alpha mask zeroes the loss, so nothing is learned.
+    let alpha_dir = dir.path().join("alpha/1_ghost");
+    std::fs::create_dir_all(&alpha_dir).unwrap();
+    for i in 0..2u8 {
+        let img = image::RgbaImage::from_fn(96, 64, |x, y| image::Rgba([(x * 2) as u8, (y * 3) as u8, 40 * i, 0]));
+        img.save(alpha_dir.join(format!("g{i}.png"))).unwrap();
+        std::fs::write(alpha_dir.join(format!("g{i}.txt")), "a ghost").unwrap();
+    }
+    let mut masked = base.clone();
+    masked.dataset.train_data_dir = Some(dir.path().join("alpha"));
+    masked.dataset.alpha_mask = true;
+    masked.folders.output_dir = dir.path().join("masked");
+    let run = train(masked.clone(), &model, None);
+    assert!(run.losses.iter().all(|l| *l == 0.0), "{:?}", run.losses);
+    let weights = tensors(&dir.path().join("masked/tiny.safetensors"));
+    assert!(weights.iter().filter(|(k, _)| k.ends_with("lora_up.weight")).all(|(_, v)| v.iter().all(|x| *x == 0.0)));
+    // Without the mask the same images are learned.
+    masked.dataset.alpha_mask = false;
+    masked.folders.output_dir = dir.path().join("unmasked");
+    assert!(train(masked, &model, None).losses.iter().all(|l| *l > 0.0));
 }
