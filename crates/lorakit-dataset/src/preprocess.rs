@@ -188,8 +188,8 @@ pub fn load_training_image_with_color(
         )
     };
     color.apply(&mut resized);
-    let resized_choice = BucketChoice { resized: choice.resized, ..choice.clone() };
-    let mut out = prepare_rgb(&resized, &resized_choice, None, crop, flip).map_err(|_| bad_bucket(path, choice))?;
+    // Already at `choice.resized`: prepare_rgb only crops, flips and normalises.
+    let mut out = prepare_rgb(&resized, choice, None, crop, flip).map_err(|_| bad_bucket(path, choice))?;
     // The crop box and original size describe the file, not the intermediate image.
     out.original_size = original_size;
     out.crop_ltrb = crop_ltrb(choice.bucket, original_size, flip);

@@ -211,8 +211,8 @@ pub struct NetworkSection {
     pub network_train_text_encoder_only: bool,
     /// Start from these LoRA weights.
     pub network_weights: Option<PathBuf>,
-    /// Strength of the LoRA while training (sd-scripts' `network_multiplier`; saved files are
-    /// unaffected).
+    /// Strength of the LoRA while training (the multiplier sd-scripts' `create_network` takes;
+    /// its trainer always passes 1.0). Saved files are unaffected.
     pub network_multiplier: f64,
     /// U-Net down-block LR weights: 12 comma-separated values (SDXL 9) or a preset `cosine`,
     /// `sine`, `linear`, `reverse_linear`, `zeros`, optionally `+base` (`network_args`
