@@ -169,7 +169,7 @@ impl StableDiffusion {
     /// Decodes SD latents (scaled by the VAE's scaling factor) to 8-bit RGB.
     pub fn decode_to_rgb(&self, latents: &Tensor) -> Result<RgbImage> {
         let scaled = (latents.to_dtype(DType::F32)? / self.vae.config().scaling_factor)?;
-        let image = self.vae.decode(&scaled.to_dtype(self.unet.dtype())?)?;
+        let image = self.vae.decode(&scaled.to_dtype(self.vae.dtype())?)?;
         let image = ((image.to_dtype(DType::F32)? / 2.0)? + 0.5)?.clamp(0f32, 1f32)?;
         let (_, _, height, width) = image.dims4()?;
         let hwc = (image.squeeze(0)?.permute((1, 2, 0))? * 255.0)?.round()?.to_dtype(DType::U8)?;

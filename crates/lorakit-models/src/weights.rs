@@ -101,6 +101,19 @@ impl Weights {
         self.tensors.remove(name)
     }
 
+    /// Casts every tensor `select(name, tensor)` picks to `dtype` (fp8 base weights, an f32 VAE
+    /// beside an f16 model); returns how many were cast.
+    pub fn cast_where(&mut self, dtype: DType, select: impl Fn(&str, &Tensor) -> bool) -> Result<usize, Error> {
+        let mut n = 0;
+        for (name, t) in self.tensors.iter_mut() {
+            if t.dtype() != dtype && select(name, t) {
+                *t = t.to_dtype(dtype).map_err(|e| Error::Invalid(format!("{}: casting {name}: {e}", self.source)))?;
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
     /// Consumes the store, returning its tensors.
     pub fn into_tensors(self) -> HashMap<String, Tensor> {
         self.tensors

@@ -50,14 +50,24 @@ impl FrozenLinear {
         self.weight.dims()[0]
     }
 
-    /// Applies the layer; gradients flow to `x` only.
+    /// Applies the layer; gradients flow to `x` only. A weight stored in another dtype (fp8
+    /// base weights) is cast to `x`'s dtype for each use and never kept cast.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = linear_untracked(&x.detach(), &self.weight, self.bias.as_ref())?;
+        let y = linear_untracked(&x.detach(), &as_compute(&self.weight, x.dtype())?, self.bias.as_ref())?;
         if !x.track_op() {
             return Ok(y);
         }
         let w = self.weight.clone();
-        attach(x, &y, Arc::new(move |g: &Tensor| g.broadcast_matmul(&w)))
+        attach(x, &y, Arc::new(move |g: &Tensor| g.broadcast_matmul(&as_compute(&w, g.dtype())?)))
+    }
+}
+
+/// `w` in `dtype`: itself when it already is, else a cast copy (frozen weights stored in fp8).
+fn as_compute(w: &Tensor, dtype: DType) -> Result<Tensor> {
+    if w.dtype() == dtype {
+        Ok(w.clone())
+    } else {
+        w.to_dtype(dtype)
     }
 }
 
@@ -129,7 +139,13 @@ impl FrozenConv2d {
 
     /// Applies the convolution; gradients flow to `x` only.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = conv2d_untracked(&x.detach(), &self.weight, self.bias.as_ref(), self.stride, self.padding)?;
+        let y = conv2d_untracked(
+            &x.detach(),
+            &as_compute(&self.weight, x.dtype())?,
+            self.bias.as_ref(),
+            self.stride,
+            self.padding,
+        )?;
         if !x.track_op() {
             return Ok(y);
         }
@@ -143,7 +159,7 @@ impl FrozenConv2d {
                 // The input gradient is a convolution with the kernel flipped in H and W and
                 // in/out swapped. Built per backward call and dropped right after: keeping it
                 // would double the conv weights' memory (2.4 GB for SD1.5 in f32) for ~1% speed.
-                let flipped = flip_hw(&weight)?.transpose(0, 1)?.contiguous()?;
+                let flipped = flip_hw(&as_compute(&weight, g.dtype())?)?.transpose(0, 1)?.contiguous()?;
                 conv2d_input_grad(g, &flipped, k, s, p, (h, w))
             }),
         )

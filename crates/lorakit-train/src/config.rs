@@ -17,8 +17,18 @@ use crate::error::TrainError;
 #[serde(default, deny_unknown_fields)]
 pub struct AccelerateSection {
     /// `no`, `fp16` or `bf16`: the dtype of the frozen models and of the computation; LoRA
-    /// weights and optimizer state stay f32.
+    /// weights and optimizer state stay f32 (unless `full_fp16` / `full_bf16`).
     pub mixed_precision: String,
+    /// LoRA weights and gradients in fp16 too (needs `mixed_precision = "fp16"`; less memory,
+    /// less precise updates).
+    pub full_fp16: bool,
+    /// LoRA weights and gradients in bf16 (needs `mixed_precision = "bf16"`).
+    pub full_bf16: bool,
+    /// Store the frozen U-Net and text encoder linear/conv weights in fp8 (e4m3), cast to the
+    /// compute dtype layer by layer (needs `mixed_precision` fp16 or bf16).
+    pub fp8_base: bool,
+    /// Keep the VAE in f32 under fp16/bf16 (for VAEs that overflow in half precision).
+    pub no_half_vae: bool,
     /// CPU threads (0 = all cores).
     pub cpu_threads: usize,
     /// `cpu`, `cuda` or `metal` (GPU backends need a build with that cargo feature).
@@ -27,7 +37,15 @@ pub struct AccelerateSection {
 
 impl Default for AccelerateSection {
     fn default() -> Self {
-        AccelerateSection { mixed_precision: "no".into(), cpu_threads: 0, device: "cpu".into() }
+        AccelerateSection {
+            mixed_precision: "no".into(),
+            full_fp16: false,
+            full_bf16: false,
+            fp8_base: false,
+            no_half_vae: false,
+            cpu_threads: 0,
+            device: "cpu".into(),
+        }
     }
 }
 
@@ -714,6 +732,25 @@ impl TrainConfig {
                 "accelerate.mixed_precision = {:?}: use \"no\", \"fp16\" or \"bf16\"",
                 self.accelerate.mixed_precision
             ));
+        }
+        let a = &self.accelerate;
+        if a.full_fp16 && a.mixed_precision != "fp16" {
+            problems.push(format!(
+                "accelerate.full_fp16 needs accelerate.mixed_precision = \"fp16\" (it is {:?}), as in sd-scripts",
+                a.mixed_precision
+            ));
+        }
+        if a.full_bf16 && a.mixed_precision != "bf16" {
+            problems.push(format!(
+                "accelerate.full_bf16 needs accelerate.mixed_precision = \"bf16\" (it is {:?}), as in sd-scripts",
+                a.mixed_precision
+            ));
+        }
+        if a.fp8_base && a.mixed_precision == "no" {
+            problems.push(
+                "accelerate.fp8_base needs accelerate.mixed_precision = \"fp16\" or \"bf16\" (fp8 weights are computed in half precision), as in sd-scripts"
+                    .into(),
+            );
         }
         if !["cpu", "cuda", "metal"].contains(&self.accelerate.device.as_str()) {
             problems

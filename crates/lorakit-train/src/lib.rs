@@ -83,11 +83,12 @@ fn load_inputs(
                 .into(),
         ));
     }
-    let model = model::StableDiffusionModel::load(
+    let model = model::StableDiffusionModel::load_with(
         &model_path,
         trainer::model_dtype(config),
         &device,
         config.model.v_parameterization,
+        model::WeightStorage { no_half_vae: config.accelerate.no_half_vae, fp8_base: config.accelerate.fp8_base },
     )?;
     Ok((data, model))
 }

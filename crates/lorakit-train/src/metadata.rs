@@ -105,7 +105,7 @@ impl RunMetadata {
         put("ss_network_alpha", py_float(c.network.network_alpha));
         put("ss_network_dropout", py_opt_float(c.network.network_dropout));
         put("ss_mixed_precision", c.accelerate.mixed_precision.clone());
-        put("ss_full_fp16", py_bool(false));
+        put("ss_full_fp16", py_bool(c.accelerate.full_fp16));
         put("ss_v2", py_bool(info.v2));
         put("ss_base_model_version", info.base_model_version.clone());
         put("ss_clip_skip", py_opt(&c.model.clip_skip));
@@ -140,7 +140,7 @@ impl RunMetadata {
         put("ss_huber_schedule", c.loss.huber_schedule.name().into());
         put("ss_huber_scale", py_float(c.loss.huber_scale));
         put("ss_huber_c", py_float(c.loss.huber_c));
-        put("ss_fp8_base", py_bool(false));
+        put("ss_fp8_base", py_bool(c.accelerate.fp8_base));
         put("ss_fp8_base_unet", py_bool(false));
         put("ss_validation_seed", "None".into());
         put("ss_validation_split", py_float(0.0));

@@ -87,10 +87,46 @@ pub struct StableDiffusionModel {
     vae_fingerprint: String,
 }
 
+/// How the frozen model is held in memory (sd-scripts' `--no_half_vae`, `--fp8_base`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct WeightStorage {
+    /// Keep the VAE in f32 when the model computes in f16/bf16.
+    pub no_half_vae: bool,
+    /// Store the U-Net's and text encoder's linear and conv weights in f8 (e4m3); each layer
+    /// casts its weight to the compute dtype when it runs. Norms, biases, embeddings and the
+    /// first conv stay in the compute dtype.
+    pub fp8_base: bool,
+}
+
 impl StableDiffusionModel {
     /// Loads a checkpoint in `dtype` on `device`; `v_parameterization` switches the target.
     pub fn load(path: &Path, dtype: DType, device: &Device, v_parameterization: bool) -> Result<Self> {
-        let mut sd = StableDiffusion::load(path, dtype, device)?;
+        Self::load_with(path, dtype, device, v_parameterization, WeightStorage::default())
+    }
+
+    /// [`StableDiffusionModel::load`] with the weights stored as `storage` asks.
+    pub fn load_with(
+        path: &Path,
+        dtype: DType,
+        device: &Device,
+        v_parameterization: bool,
+        storage: WeightStorage,
+    ) -> Result<Self> {
+        let mut ckpt = lorakit_models::checkpoint::load_sd_checkpoint(path, dtype, device)?;
+        if storage.no_half_vae {
+            ckpt.vae.cast_where(DType::F32, |_, _| true)?;
+        }
+        if storage.fp8_base {
+            let fp8 = |name: &str, t: &Tensor| {
+                name.ends_with(".weight")
+                    && matches!(t.rank(), 2 | 4)
+                    && !name.contains("embedding")
+                    && !name.starts_with("conv_in.")
+            };
+            ckpt.unet.cast_where(DType::F8E4M3, fp8)?;
+            ckpt.text_encoder.cast_where(DType::F8E4M3, fp8)?;
+        }
+        let mut sd = StableDiffusion::from_checkpoint(ckpt)?;
         match sd.family {
             ModelFamily::Sd1 | ModelFamily::Sd2 => {}
             other => {

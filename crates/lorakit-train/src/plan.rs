@@ -79,6 +79,10 @@ pub struct MemoryInputs {
     /// Denoiser parameters (scales the activation size).
     pub denoiser_parameters: usize,
     pub model_dtype: DType,
+    /// Linear/conv weights of the denoiser and text encoder stored in fp8.
+    pub fp8_base: bool,
+    /// Dtype of the trained LoRA weights and their gradients.
+    pub lora_dtype: DType,
     pub trainable_parameters: usize,
     pub optimizer: OptimizerKind,
     pub gradient_accumulation_steps: u64,
@@ -91,9 +95,11 @@ pub struct MemoryInputs {
 /// network with its optimizer, and activations scaled from the measured SD1.5 step.
 pub fn estimate_memory(m: &MemoryInputs) -> MemoryEstimate {
     let dtype_bytes = m.model_dtype.size_in_bytes() as f64;
-    let weights = m.frozen_parameters as f64 * dtype_bytes;
+    // fp8: nearly all of the denoiser and text encoder is linear/conv weights (1 byte each).
+    let weights = m.frozen_parameters as f64 * if m.fp8_base { 1.0 } else { dtype_bytes };
+    let lora = m.lora_dtype.size_in_bytes() as f64;
     let per_param =
-        4.0 + 4.0 + optimizer_state_bytes(m.optimizer) + if m.gradient_accumulation_steps > 1 { 4.0 } else { 0.0 };
+        lora + lora + optimizer_state_bytes(m.optimizer) + if m.gradient_accumulation_steps > 1 { lora } else { 0.0 };
     let network = m.trainable_parameters as f64 * per_param;
     let scale = m.denoiser_parameters as f64 / SD15_UNET_PARAMETERS;
     let mut activations =
@@ -203,6 +209,8 @@ mod tests {
             frozen_parameters: 1_066_235_307,
             denoiser_parameters: 859_520_964,
             model_dtype: dtype,
+            fp8_base: false,
+            lora_dtype: DType::F32,
             trainable_parameters: 12_000_000,
             optimizer,
             gradient_accumulation_steps: ga,

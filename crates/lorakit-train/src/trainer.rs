@@ -134,6 +134,17 @@ pub fn model_dtype(config: &TrainConfig) -> DType {
     }
 }
 
+/// The dtype of the trained LoRA weights: f32 master weights unless `full_fp16` / `full_bf16`.
+pub fn lora_dtype(config: &TrainConfig) -> DType {
+    if config.accelerate.full_fp16 {
+        DType::F16
+    } else if config.accelerate.full_bf16 {
+        DType::BF16
+    } else {
+        DType::F32
+    }
+}
+
 /// The device the config asks for.
 pub fn device_for(config: &TrainConfig) -> Result<Device> {
     match config.accelerate.device.as_str() {
@@ -232,7 +243,7 @@ impl<'m> Trainer<'m> {
             // Each component's modules get their own init stream so adding a component never
             // changes another's initial weights.
             let seed = rng_for(&[config.training.seed, 100 + i as u64]).random::<u64>();
-            let set = create_network(&component.targets, component.prefix, &spec, DType::F32, &device, seed)?;
+            let set = create_network(&component.targets, component.prefix, &spec, lora_dtype(&config), &device, seed)?;
             set.set_multiplier(config.network.network_multiplier);
             sets.push(Some(Arc::new(set)));
         }
@@ -426,6 +437,8 @@ impl<'m> Trainer<'m> {
             frozen_parameters,
             denoiser_parameters,
             model_dtype: self.model.dtype(),
+            fp8_base: self.config.accelerate.fp8_base,
+            lora_dtype: lora_dtype(&self.config),
             trainable_parameters: groups.iter().map(|g| g.2).sum(),
             optimizer: self.optimizer_kind,
             gradient_accumulation_steps: self.plan.gradient_accumulation_steps,

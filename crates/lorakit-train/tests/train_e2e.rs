@@ -711,3 +711,62 @@ fn random_crop_color_aug_and_alpha_masks_reach_the_step() {
     masked.folders.output_dir = dir.path().join("unmasked");
     assert!(train(masked, &model, None).losses.iter().all(|l| *l > 0.0));
 }
+
+#[test]
+fn full_fp16_fp8_base_and_no_half_vae_train_on_cpu() {
+    use lorakit_train::model::{TrainableModel, WeightStorage};
+    let dir = tempfile::tempdir().unwrap();
+    let data = dataset(dir.path(), 1, 2);
+    let path = repo("examples/quickstart/tiny-sd15");
+    let load = |storage: WeightStorage| {
+        StableDiffusionModel::load_with(&path, DType::F16, &Device::Cpu, false, storage).unwrap()
+    };
+    let mut base = config(dir.path(), &data, "");
+    base.accelerate.mixed_precision = "fp16".into();
+    base.optimizer.lr_warmup_steps = 0.0;
+    base.training.cache_latents = false;
+    base.folders.output_dir = dir.path().join("fp16");
+    let half = load(WeightStorage::default());
+    let plain = train(base.clone(), &half, None);
+
+    // full_fp16: the LoRA itself is f16; it still learns and saves.
+    let mut full = base.clone();
+    full.accelerate.full_fp16 = true;
+    full.folders.output_dir = dir.path().join("full");
+    let run = train(full, &half, None);
+    assert!(run.losses.iter().all(|l| l.is_finite()), "{:?}", run.losses);
+    let file = lorakit_lora::safetensors_file::LoraFile::open(run.final_lora.as_ref().unwrap()).unwrap();
+    assert_eq!(file.metadata()["ss_full_fp16"], "True");
+    assert!(tensors(run.final_lora.as_ref().unwrap())
+        .iter()
+        .any(|(k, v)| k.ends_with("lora_up.weight") && v.iter().any(|x| *x != 0.0)));
+
+    // fp8_base: 1-byte U-Net/TE weights, computed in f16: close to the f16 run, not identical.
+    let fp8 = load(WeightStorage { fp8_base: true, ..Default::default() });
+    assert_eq!(fp8.pipeline().unet.dtype(), DType::F16, "conv_in stays in the compute dtype");
+    let mut cfg = base.clone();
+    cfg.accelerate.fp8_base = true;
+    cfg.folders.output_dir = dir.path().join("fp8");
+    let run = train(cfg, &fp8, None);
+    assert_ne!(run.losses, plain.losses);
+    for (a, b) in run.losses.iter().zip(&plain.losses) {
+        assert!((a - b).abs() < 0.1 * b.abs(), "fp8 {a} vs f16 {b}");
+    }
+
+    // no_half_vae: an f32 VAE under an f16 model; latents match the f32 model's encoder.
+    let vae32 = load(WeightStorage { no_half_vae: true, ..Default::default() });
+    assert_eq!(vae32.pipeline().vae.dtype(), DType::F32);
+    assert_eq!(vae32.dtype(), DType::F16);
+    let mut cfg = base.clone();
+    cfg.accelerate.no_half_vae = true;
+    cfg.folders.output_dir = dir.path().join("vae32");
+    assert!(train(cfg, &vae32, None).losses.iter().all(|l| l.is_finite()));
+
+    // sd-scripts' precision cross-checks.
+    let mut bad = base.clone();
+    bad.accelerate.mixed_precision = "no".into();
+    bad.accelerate.full_fp16 = true;
+    bad.accelerate.fp8_base = true;
+    let err = bad.validate().unwrap_err();
+    assert!(err.contains("full_fp16") && err.contains("fp8_base"), "{err}");
+}
