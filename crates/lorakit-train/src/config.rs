@@ -380,6 +380,9 @@ pub struct LossSection {
     pub ip_noise_gamma_random_strength: bool,
     /// Rescale the noise schedule to zero terminal SNR (meant for v-prediction).
     pub zero_terminal_snr: bool,
+    /// Mask the loss (sd-scripts' `--masked_loss`): with the alpha masks of subsets that use
+    /// `alpha_mask` (masks from a `conditioning_data_dir` are not supported yet).
+    pub masked_loss: bool,
 }
 
 impl Default for LossSection {
@@ -404,6 +407,7 @@ impl Default for LossSection {
             ip_noise_gamma: n.ip_noise_gamma,
             ip_noise_gamma_random_strength: n.ip_noise_gamma_random_strength,
             zero_terminal_snr: false,
+            masked_loss: false,
         }
     }
 }

@@ -132,6 +132,13 @@ impl TrainData {
         let notes: Vec<String> = plan.notes.iter().map(|n| n.message.clone()).collect();
         let datasets: Vec<LoadedDataset> = plan.datasets.iter().map(|d| load_dataset(d, ProbeMode::Header)).collect();
         let data = Self::from_loaded(datasets, notes, config.dataset.dataset_config.is_some())?;
+        if config.loss.masked_loss && !data.images.iter().any(|i| i.alpha_mask) {
+            return Err(TrainError::Dataset(
+                "loss.masked_loss is on but no subset uses alpha_mask: set dataset.alpha_mask = true (or alpha_mask in \
+                 the dataset TOML) for images with transparency; masks from a conditioning_data_dir are not supported yet"
+                    .into(),
+            ));
+        }
         if config.training.cache_latents {
             // sd-scripts' rule: a cached latent has one crop and one colour.
             if let Some(image) = data.images.iter().find(|i| i.random_crop || i.color_aug) {

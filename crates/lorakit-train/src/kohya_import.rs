@@ -361,6 +361,69 @@ shuffle_caption = true
     }
 
     #[test]
+    fn the_whole_training_surface_imports_without_loss() {
+        let (c, imp) = import_toml(
+            r#"
+pretrained_model_name_or_path = "/m.safetensors"
+network_module = "networks.lora"
+network_args = ["conv_dim=4", "conv_alpha=2", "rank_dropout=0.1", "module_dropout=0.05", "down_lr_weight=cosine", "mid_lr_weight=0.5", "up_lr_weight=sine+0.25", "block_lr_zero_threshold=0.1", "loraplus_unet_lr_ratio=8", "loraplus_text_encoder_lr_ratio=2"]
+network_dropout = 0.1
+scale_weight_norms = 1.5
+optimizer_type = "Prodigy"
+optimizer_args = ["decouple=True", "weight_decay=0.01", "d_coef=2", "use_bias_correction=True", "safeguard_warmup=True", "betas=0.9,0.99"]
+learning_rate = 1.0
+lr_scheduler = "cosine_with_restarts"
+lr_scheduler_num_cycles = 3
+lr_warmup_steps = 0.05
+loss_type = "huber"
+huber_schedule = "snr"
+huber_c = 0.2
+min_snr_gamma = 5
+debiased_estimation_loss = true
+noise_offset = 0.05
+noise_offset_random_strength = true
+adaptive_noise_scale = 0.01
+multires_noise_iterations = 6
+multires_noise_discount = 0.3
+ip_noise_gamma = 0.1
+min_timestep = 100
+max_timestep = 900
+shuffle_caption = true
+keep_tokens = 1
+keep_tokens_separator = "|||"
+caption_dropout_rate = 0.05
+caption_dropout_every_n_epochs = 3
+caption_tag_dropout_rate = 0.1
+token_warmup_min = 2
+token_warmup_step = 0.2
+max_token_length = 225
+flip_aug = true
+color_aug = true
+random_crop = true
+alpha_mask = true
+masked_loss = true
+cache_latents = false
+mixed_precision = "fp16"
+full_fp16 = true
+fp8_base = true
+no_half_vae = true
+gradient_checkpointing = true
+"#,
+        );
+        assert!(imp.unmapped.is_empty(), "unmapped: {:?}", imp.unmapped);
+        assert_eq!(c.optimizer.optimizer_type, "Prodigy");
+        assert_eq!(c.optimizer.optimizer_args.len(), 6);
+        assert_eq!(c.network.up_lr_weight.as_deref(), Some("sine+0.25"));
+        assert_eq!(c.network.loraplus_unet_lr_ratio, Some(8.0));
+        assert_eq!(c.network.scale_weight_norms, Some(1.5));
+        assert_eq!(c.loss.huber_c, 0.2);
+        assert!(c.loss.masked_loss && c.dataset.alpha_mask && c.dataset.color_aug && c.dataset.random_crop);
+        assert!(c.accelerate.full_fp16 && c.accelerate.fp8_base && c.accelerate.no_half_vae);
+        assert_eq!(c.training.max_token_length, 225);
+        c.validate().unwrap();
+    }
+
+    #[test]
     fn kohya_gui_json_is_mapped_with_its_aliases() {
         let json = r#"{
             "pretrained_model_name_or_path": "/m/sd15.safetensors",
