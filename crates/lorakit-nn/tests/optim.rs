@@ -449,3 +449,18 @@ fn optimizer_args_order_errors_and_map() {
     assert_eq!(value_of("x=('it''s', \"q\\\"\", 1e-5, -0.0, None)").to_string(), "('its', 'q\"', 1e-05, -0.0, None)");
     assert_eq!(value_of("x=[\"it's\"]").to_string(), "[\"it's\"]");
 }
+
+#[test]
+fn paged_aliases_keep_their_class_in_ss_optimizer() {
+    use lorakit_nn::optim::OptimizerKind;
+    assert_eq!(OptimizerKind::parse("PagedAdamW8bit").unwrap(), OptimizerKind::AdamW8bit);
+    assert_eq!(
+        OptimizerKind::description_as_named("PagedAdamW8bit", "bitsandbytes.optim.adamw.AdamW8bit(weight_decay=0.1)"),
+        "bitsandbytes.optim.adamw.PagedAdamW8bit(weight_decay=0.1)"
+    );
+    assert_eq!(
+        OptimizerKind::description_as_named("pagedlion8bit", "bitsandbytes.optim.lion.Lion8bit"),
+        "bitsandbytes.optim.lion.PagedLion8bit"
+    );
+    assert_eq!(OptimizerKind::description_as_named("AdamW", "torch.optim.adamw.AdamW"), "torch.optim.adamw.AdamW");
+}

@@ -375,7 +375,7 @@ impl<'m> Trainer<'m> {
             plan.max_train_steps,
             plan.epochs,
             warmup_steps,
-            &optimizer.description(),
+            &OptimizerKind::description_as_named(&config.optimizer.optimizer_type, &optimizer.description()),
         );
         let schedule = if config.loss.zero_terminal_snr {
             model.schedule().clone().with_zero_terminal_snr()
@@ -453,7 +453,10 @@ impl<'m> Trainer<'m> {
             steps: total,
             epochs: self.plan.epochs,
             warmup_steps: self.warmup_steps,
-            optimizer: self.optimizer.description(),
+            optimizer: OptimizerKind::description_as_named(
+                &self.config.optimizer.optimizer_type,
+                &self.optimizer.description(),
+            ),
             groups,
             lr_points,
             memory,

@@ -244,6 +244,28 @@ impl OptimizerKind {
         ))
     }
 
+    /// sd-scripts' `ss_optimizer` for an optimizer selected as `name`: `description` (what the
+    /// built optimizer reports), with the class path of the alias when `name` is one that runs the
+    /// same update under another class (bitsandbytes' paged variants only move state memory).
+    pub fn description_as_named(name: &str, description: &str) -> String {
+        const ALIASES: &[(&str, &str)] = &[
+            ("pagedadamw", "bitsandbytes.optim.adamw.PagedAdamW"),
+            ("pagedadamw32bit", "bitsandbytes.optim.adamw.PagedAdamW32bit"),
+            ("pagedadamw8bit", "bitsandbytes.optim.adamw.PagedAdamW8bit"),
+            ("pagedlion8bit", "bitsandbytes.optim.lion.PagedLion8bit"),
+            ("bitsandbytes.optim.pagedademamix8bit", "bitsandbytes.optim.ademamix.PagedAdEMAMix8bit"),
+            ("bitsandbytes.optim.ademamix32bit", "bitsandbytes.optim.ademamix.AdEMAMix32bit"),
+        ];
+        let wanted = name.trim().to_ascii_lowercase();
+        match ALIASES.iter().find(|(alias, _)| *alias == wanted) {
+            Some((_, class)) => {
+                let args = description.find('(').map_or("", |i| &description[i..]);
+                format!("{class}{args}")
+            }
+            None => description.to_string(),
+        }
+    }
+
     /// The canonical `optimizer_type` name.
     pub fn name(self) -> &'static str {
         Self::NAMES.iter().find(|(k, _)| *k == self).map(|(_, n)| n[0]).unwrap_or("?")
