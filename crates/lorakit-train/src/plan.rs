@@ -67,9 +67,10 @@ pub fn optimizer_state_bytes(kind: OptimizerKind) -> f64 {
 /// run": 11.6 GB peak at 512², batch 1, of which 4.3 GB weights → 7.3 GB / 4096 latent pixels).
 const SD15_ACTIVATION_BYTES_PER_LATENT_PIXEL: f64 = 1.78e6;
 const SD15_UNET_PARAMETERS: f64 = 859_520_964.0;
-/// Gradient checkpointing keeps block inputs only; assumed to cut activations to a third (not
-/// yet measured on the full model).
-const CHECKPOINTING_FACTOR: f64 = 1.0 / 3.0;
+/// Gradient checkpointing as measured on the same benchmark (BENCHMARKS.md, "One SD1.5 LoRA
+/// training step"): 10.8 GB peak against 11.1 GB, i.e. it barely saves memory yet — something
+/// still holds per-block activations (an open item of the SD1.5 stack). Update with the fix.
+const CHECKPOINTING_FACTOR: f64 = 0.96;
 
 /// Inputs of [`estimate_memory`].
 #[derive(Debug, Clone, Copy)]
@@ -228,7 +229,7 @@ mod tests {
         assert!((half.weights * 2.0 - base.weights).abs() < 1.0 && half.activations < base.activations);
         assert!(sd15(DType::F32, OptimizerKind::AdamW8bit, 1, false).network < base.network);
         assert!(sd15(DType::F32, OptimizerKind::AdamW, 4, false).network > base.network);
-        assert!(sd15(DType::F32, OptimizerKind::AdamW, 1, true).activations < base.activations / 2.0);
+        assert!(sd15(DType::F32, OptimizerKind::AdamW, 1, true).activations < base.activations);
     }
 
     #[test]
