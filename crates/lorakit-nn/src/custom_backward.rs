@@ -1,13 +1,13 @@
 //! The custom-backward primitive: a value computed off the graph plus a closure for its
 //! input gradient.
 //!
-//! Built from candle's public `CustomOp2`: the op's forward returns the precomputed output
+//! Built from candle's public `CustomOp1`: the op's forward returns the precomputed output
 //! unchanged and its `bwd` calls the closure. The output therefore costs no graph of its own
 //! (no stored intermediates, no gradients for frozen weights) while gradients still reach `x`.
 
 use std::sync::Arc;
 
-use candle_core::{backend::BackendStorage, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
+use candle_core::{backend::BackendStorage, CpuStorage, CustomOp1, Layout, Result, Shape, Storage, Tensor};
 
 /// Computes the gradient of the op's input from the gradient of its output.
 pub type BackwardFn = Arc<dyn Fn(&Tensor) -> Result<Tensor> + Send + Sync>;
@@ -15,7 +15,24 @@ pub type BackwardFn = Arc<dyn Fn(&Tensor) -> Result<Tensor> + Send + Sync>;
 /// Computes the gradients of several inputs from the gradient of the output, in input order.
 pub type BackwardManyFn = Arc<dyn Fn(&Tensor) -> Result<Vec<Tensor>> + Send + Sync>;
 
-struct Attach(BackwardFn);
+/// The op holds the precomputed output only until candle runs its forward (which copies it into
+/// the result): the graph then keeps `x` and the result, not a second copy of `y` — as a
+/// `CustomOp2(x, y)` operand it would stay alive until backward, doubling every frozen layer's
+/// activation memory.
+struct Attach {
+    y: std::sync::Mutex<Option<Tensor>>,
+    backward: BackwardFn,
+}
+
+impl Attach {
+    fn take_y(&self) -> Result<Tensor> {
+        self.y
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("attach: poisoned lock".into()))?
+            .take()
+            .ok_or_else(|| candle_core::Error::Msg("attach: forward ran twice".into()))
+    }
+}
 
 fn passthrough_check(layout: &Layout) -> Result<()> {
     if !layout.is_contiguous() || layout.start_offset() != 0 {
@@ -24,42 +41,45 @@ fn passthrough_check(layout: &Layout) -> Result<()> {
     Ok(())
 }
 
-impl CustomOp2 for Attach {
+impl CustomOp1 for Attach {
     fn name(&self) -> &'static str {
         "lorakit-attach"
     }
 
-    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout, y: &CpuStorage, y_layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        passthrough_check(y_layout)?;
-        Ok((y.try_clone(y_layout)?, y_layout.shape().clone()))
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
+        let y = self.take_y()?;
+        let (storage, layout) = y.storage_and_layout();
+        passthrough_check(layout)?;
+        match &*storage {
+            Storage::Cpu(s) => Ok((s.try_clone(layout)?, layout.shape().clone())),
+            _ => candle_core::bail!("attach: the output is not on the CPU like its input"),
+        }
     }
 
     #[cfg(feature = "cuda")]
-    fn cuda_fwd(
-        &self,
-        _: &candle_core::CudaStorage,
-        _: &Layout,
-        y: &candle_core::CudaStorage,
-        y_layout: &Layout,
-    ) -> Result<(candle_core::CudaStorage, Shape)> {
-        passthrough_check(y_layout)?;
-        Ok((y.try_clone(y_layout)?, y_layout.shape().clone()))
+    fn cuda_fwd(&self, _: &candle_core::CudaStorage, _: &Layout) -> Result<(candle_core::CudaStorage, Shape)> {
+        let y = self.take_y()?;
+        let (storage, layout) = y.storage_and_layout();
+        passthrough_check(layout)?;
+        match &*storage {
+            Storage::Cuda(s) => Ok((s.try_clone(layout)?, layout.shape().clone())),
+            _ => candle_core::bail!("attach: the output is not on the GPU like its input"),
+        }
     }
 
     #[cfg(feature = "metal")]
-    fn metal_fwd(
-        &self,
-        _: &candle_core::MetalStorage,
-        _: &Layout,
-        y: &candle_core::MetalStorage,
-        y_layout: &Layout,
-    ) -> Result<(candle_core::MetalStorage, Shape)> {
-        passthrough_check(y_layout)?;
-        Ok((y.try_clone(y_layout)?, y_layout.shape().clone()))
+    fn metal_fwd(&self, _: &candle_core::MetalStorage, _: &Layout) -> Result<(candle_core::MetalStorage, Shape)> {
+        let y = self.take_y()?;
+        let (storage, layout) = y.storage_and_layout();
+        passthrough_check(layout)?;
+        match &*storage {
+            Storage::Metal(s) => Ok((s.try_clone(layout)?, layout.shape().clone())),
+            _ => candle_core::bail!("attach: the output is not on the Metal device like its input"),
+        }
     }
 
-    fn bwd(&self, _x: &Tensor, _y: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        Ok((Some((self.0)(grad)?), None))
+    fn bwd(&self, _x: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some((self.backward)(grad)?))
     }
 }
 
@@ -74,7 +94,11 @@ pub fn attach(x: &Tensor, y: &Tensor, backward: BackwardFn) -> Result<Tensor> {
     }
     let y = y.detach().contiguous()?;
     let y = if y.layout().start_offset() != 0 { y.copy()? } else { y };
-    x.apply_op2_arc(&y, Arc::new(Box::new(Attach(backward))))
+    if !y.device().same_device(x.device()) {
+        // candle runs the op on x's device; the output's storage must live there too.
+        candle_core::bail!("attach: output on {:?} for an input on {:?}", y.device(), x.device())
+    }
+    x.apply_op1_arc(Arc::new(Box::new(Attach { y: std::sync::Mutex::new(Some(y)), backward })))
 }
 
 /// [`attach`] for an output that depends on several inputs: `backward(grad_y)` returns one
