@@ -467,7 +467,7 @@ impl ClipTextModel {
         let h = self.encode_chunked(chunks, clip_skip, ctx)?;
         let (b, n, l) = chunks.dims3()?;
         let compute = stat_dtype(h.dtype());
-        let w = weights.to_dtype(compute)?;
+        let w = weights.to_device(h.device())?.to_dtype(compute)?;
         let w = if n == 1 {
             w.reshape((b, l))?
         } else {
