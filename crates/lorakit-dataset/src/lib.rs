@@ -5,6 +5,7 @@
 //! - [`config`]: sd-scripts' dataset TOML (`[general]`, `[[datasets]]`, `[[datasets.subsets]]`).
 //! - [`caption`]: caption files, read as sd-scripts reads them.
 //! - [`caption_process`]: what a caption becomes each time training loads it (shuffle, dropout, …).
+//! - [`prompt_weights`]: A1111 attention weights in captions (`--weighted_captions`).
 //! - [`probe`]: image size and EXIF orientation from headers; full decode and fingerprints.
 //! - [`bucket`]: aspect-ratio buckets identical to sd-scripts'.
 //! - [`dataset`]: loading a dataset: subsets → images → reg balancing → buckets.
@@ -25,5 +26,6 @@ pub mod fs_atomic;
 pub mod headers;
 pub mod preprocess;
 pub mod probe;
+pub mod prompt_weights;
 pub mod steps;
 pub mod tags;

@@ -15,7 +15,8 @@
 //! eager attention does (`softmax(…, dtype=float32)`).
 //!
 //! On top of the model: sd-scripts' SD1 text conditioning with `clip_skip` and its long-prompt
-//! path (spec §6.1: 75-token chunks encoded separately and stitched back together).
+//! path (spec §6.1: 75-token chunks encoded separately and stitched back together), and its
+//! weighted captions (spec §6.2: each position's output times its token's weight).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -27,7 +28,9 @@ use lorakit_nn::lora::{LoraTarget, TargetGroup};
 use lorakit_nn::{ForwardCtx, LayerNorm, Linear};
 use serde::{Deserialize, Serialize};
 
-use crate::clip_tokenizer::{chunk_for_clip, sd_scripts_max_length, ClipTokenizer, CLIP_CHUNK_LEN};
+use crate::clip_tokenizer::{
+    chunk_for_clip, chunk_weights_for_clip, sd_scripts_max_length, ClipTokenizer, CLIP_CHUNK_LEN,
+};
 use crate::weights::WeightsView;
 use crate::Error;
 
@@ -438,6 +441,48 @@ impl ClipTextModel {
         Tensor::cat(&parts, 1)
     }
 
+    /// sd-scripts' `SdTextEncodingStrategy.encode_tokens_with_weights` (spec §6.2):
+    /// [`Self::encode_chunked`] of `chunks` (B, n, L), each output position multiplied by its
+    /// token's weight from `weights` (B, n, L) (rows of `chunk_weights_for_clip`). One chunk:
+    /// all L positions by their weights; n chunks: positions 1..L−1 of chunk k by that
+    /// chunk's weights there, the stitched BOS and last position unchanged. No mean
+    /// renormalisation (A1111 and sd-scripts' sampling pipeline rescale; training does not).
+    /// The product is taken in f32 (f64 for f64 models) and rounded once to the model's dtype,
+    /// as PyTorch promotes fp16 states times f32 weights. It stays in the autograd graph, so
+    /// text-encoder LoRA modules get the weighted gradient.
+    pub fn encode_chunked_weighted(
+        &self,
+        chunks: &Tensor,
+        weights: &Tensor,
+        clip_skip: Option<usize>,
+        ctx: &ForwardCtx,
+    ) -> Result<Tensor> {
+        if weights.dims() != chunks.dims() {
+            candle_core::bail!(
+                "token weights of shape {:?} do not match the chunked token ids of shape {:?}",
+                weights.dims(),
+                chunks.dims()
+            )
+        }
+        let h = self.encode_chunked(chunks, clip_skip, ctx)?;
+        let (b, n, l) = chunks.dims3()?;
+        let compute = stat_dtype(h.dtype());
+        let w = weights.to_device(h.device())?.to_dtype(compute)?;
+        let w = if n == 1 {
+            w.reshape((b, l))?
+        } else {
+            let one = Tensor::ones((b, 1), compute, w.device())?;
+            let mut parts = Vec::with_capacity(n + 2);
+            parts.push(one.clone());
+            for k in 0..n {
+                parts.push(w.narrow(1, k, 1)?.squeeze(1)?.narrow(1, 1, l - 2)?);
+            }
+            parts.push(one);
+            Tensor::cat(&parts, 1)?
+        };
+        h.to_dtype(compute)?.broadcast_mul(&w.unsqueeze(2)?)?.to_dtype(h.dtype())
+    }
+
     /// Every linear sd-scripts gives a LoRA in this encoder (children of `CLIPAttention` and
     /// `CLIPMLP`, group Attention): per layer `k_proj, v_proj, q_proj, out_proj, fc1, fc2`, in
     /// sd-scripts' creation order. SD1.5: 72 targets.
@@ -538,28 +583,86 @@ pub fn encode_prompts(
     clip_skip: Option<usize>,
     ctx: &ForwardCtx,
 ) -> crate::Result<Tensor> {
-    if prompts.is_empty() {
-        return Err(Error::Invalid("encode_prompts: no prompts given".into()));
-    }
-    let max_length = sd_scripts_max_length(max_token_length.filter(|&n| n != 75))?;
-    let pad = tokenizer.pad_id();
-    let sd2_style = pad != ClipTokenizer::EOS;
+    let layout = PromptLayout::new("encode_prompts", prompts.len(), tokenizer, max_token_length)?;
     let mut flat = Vec::new();
     let mut n_chunks = 0;
     for prompt in prompts {
-        let (ids, dropped) = tokenizer.encode_padded(prompt, max_length, pad);
-        if dropped > 0 {
-            tracing::warn!(
-                dropped,
-                max_tokens = max_length - 2,
-                "prompt truncated: {dropped} token(s) beyond the {} tokens the text encoder takes were dropped: {prompt:?}",
-                max_length - 2
-            );
-        }
-        let chunks = chunk_for_clip(&ids, sd2_style, pad);
+        let (ids, dropped) = tokenizer.encode_padded(prompt, layout.max_length, layout.pad);
+        layout.warn_truncated(dropped, prompt);
+        let chunks = layout.chunk(&ids);
         n_chunks = chunks.len();
         flat.extend(chunks.iter().flatten().copied());
     }
     let ids = Tensor::from_vec(flat, (prompts.len(), n_chunks, CLIP_CHUNK_LEN), model.device())?;
     Ok(model.encode_chunked(&ids, clip_skip, ctx)?)
+}
+
+/// [`encode_prompts`] for captions with attention weights (sd-scripts' `--weighted_captions`,
+/// spec §6.2): each prompt is its (text, weight) pieces from
+/// `lorakit_dataset::prompt_weights::parse_prompt_attention`, tokenised with
+/// [`ClipTokenizer::encode_weighted_padded`], chunked with the same rows for ids and weights,
+/// and encoded with [`ClipTextModel::encode_chunked_weighted`]. A prompt of one piece of
+/// weight 1.0 gives exactly what [`encode_prompts`] gives.
+pub fn encode_weighted_prompts<S: AsRef<str>>(
+    model: &ClipTextModel,
+    tokenizer: &ClipTokenizer,
+    prompts: &[Vec<(S, f64)>],
+    max_token_length: Option<usize>,
+    clip_skip: Option<usize>,
+    ctx: &ForwardCtx,
+) -> crate::Result<Tensor> {
+    let layout = PromptLayout::new("encode_weighted_prompts", prompts.len(), tokenizer, max_token_length)?;
+    let (mut flat_ids, mut flat_weights) = (Vec::new(), Vec::new());
+    let mut n_chunks = 0;
+    for pieces in prompts {
+        let (ids, weights, dropped) = tokenizer.encode_weighted_padded(pieces, layout.max_length, layout.pad);
+        if dropped > 0 {
+            let text: String = pieces.iter().map(|(t, _)| t.as_ref()).collect();
+            layout.warn_truncated(dropped, &text);
+        }
+        let chunks = layout.chunk(&ids);
+        n_chunks = chunks.len();
+        flat_ids.extend(chunks.iter().flatten().copied());
+        flat_weights.extend(chunk_weights_for_clip(&weights).iter().flatten().copied());
+    }
+    let shape = (prompts.len(), n_chunks, CLIP_CHUNK_LEN);
+    let ids = Tensor::from_vec(flat_ids, shape, model.device())?;
+    let weights = Tensor::from_vec(flat_weights, shape, model.device())?;
+    Ok(model.encode_chunked_weighted(&ids, &weights, clip_skip, ctx)?)
+}
+
+/// What sd-scripts' SD tokenize strategy fixes per run: padded length and pad id.
+struct PromptLayout {
+    max_length: usize,
+    pad: u32,
+}
+
+impl PromptLayout {
+    fn new(
+        caller: &str,
+        n_prompts: usize,
+        tokenizer: &ClipTokenizer,
+        max_token_length: Option<usize>,
+    ) -> crate::Result<Self> {
+        if n_prompts == 0 {
+            return Err(Error::Invalid(format!("{caller}: no prompts given")));
+        }
+        let max_length = sd_scripts_max_length(max_token_length.filter(|&n| n != 75))?;
+        Ok(PromptLayout { max_length, pad: tokenizer.pad_id() })
+    }
+
+    fn chunk(&self, ids: &[u32]) -> Vec<[u32; CLIP_CHUNK_LEN]> {
+        chunk_for_clip(ids, self.pad != ClipTokenizer::EOS, self.pad)
+    }
+
+    fn warn_truncated(&self, dropped: usize, prompt: &str) {
+        if dropped > 0 {
+            let max_tokens = self.max_length - 2;
+            tracing::warn!(
+                dropped,
+                max_tokens,
+                "prompt truncated: {dropped} token(s) beyond the {max_tokens} tokens the text encoder takes were dropped: {prompt:?}"
+            );
+        }
+    }
 }

@@ -148,16 +148,35 @@ impl ClipTokenizer {
     /// `[BOS, EOS]` cut to that length.
     pub fn encode_padded(&self, text: &str, max_length: usize, pad_id: u32) -> (Vec<u32>, usize) {
         let tokens = self.encode(text);
-        let room = max_length.saturating_sub(2);
-        let kept = tokens.len().min(room);
-        let dropped = tokens.len() - kept;
-        let mut ids = Vec::with_capacity(max_length.max(2));
-        ids.push(Self::BOS);
-        ids.extend_from_slice(&tokens[..kept]);
-        ids.push(Self::EOS);
-        ids.resize(max_length.max(ids.len()), pad_id);
-        ids.truncate(max_length);
-        (ids, dropped)
+        let (ids, kept) = frame(&tokens, max_length, pad_id);
+        (ids, tokens.len() - kept)
+    }
+
+    /// sd-scripts' `_get_weighted_input_ids` (spec §6.2): every (text, weight) piece of a parsed
+    /// caption (`lorakit_dataset::prompt_weights::parse_prompt_attention`) is tokenised on its
+    /// own without BOS/EOS, so a word split by a bracket tokenises as two words, as there. Each
+    /// token gets its piece's weight as f32 (`torch.tensor` of Python floats); then, as
+    /// [`Self::encode_padded`], truncation to `max_length − 2` tokens, BOS, EOS and `pad_id`
+    /// padding, all three with weight 1.0. Returns ids, weights (both `max_length` long) and
+    /// the number of tokens dropped.
+    pub fn encode_weighted_padded<S: AsRef<str>>(
+        &self,
+        pieces: &[(S, f64)],
+        max_length: usize,
+        pad_id: u32,
+    ) -> (Vec<u32>, Vec<f32>, usize) {
+        let mut tokens = Vec::new();
+        let mut weights = Vec::new();
+        for (text, weight) in pieces {
+            tokens.extend(self.encode(text.as_ref()));
+            weights.resize(tokens.len(), *weight as f32);
+        }
+        let (ids, kept) = frame(&tokens, max_length, pad_id);
+        let mut w = Vec::with_capacity(ids.len());
+        w.push(1.0);
+        w.extend_from_slice(&weights[..kept]);
+        w.resize(ids.len(), 1.0);
+        (ids, w, tokens.len() - kept)
     }
 
     /// Turns ids back into text for logs and debugging: `</w>` becomes a space, bytes that are
@@ -223,6 +242,19 @@ impl ClipTokenizer {
     }
 }
 
+/// `[BOS] + tokens + [EOS]`, the tokens truncated to `max_length − 2`, padded with `pad_id` and
+/// cut to `max_length`; also returns how many tokens were kept.
+fn frame(tokens: &[u32], max_length: usize, pad_id: u32) -> (Vec<u32>, usize) {
+    let kept = tokens.len().min(max_length.saturating_sub(2));
+    let mut ids = Vec::with_capacity(max_length.max(2));
+    ids.push(ClipTokenizer::BOS);
+    ids.extend_from_slice(&tokens[..kept]);
+    ids.push(ClipTokenizer::EOS);
+    ids.resize(max_length.max(ids.len()), pad_id);
+    ids.truncate(max_length);
+    (ids, kept)
+}
+
 /// kohya sd-scripts' 75-token chunking (`TokenizeStrategy._get_input_ids`): a padded sequence
 /// from [`ClipTokenizer::encode_padded`] of length L = 2 + 75·n becomes n rows of 77 ids, each
 /// `[ids[0]] + ids[1 + 75·k .. 76 + 75·k] + [ids[L - 1]]`, because the text encoder only takes
@@ -265,6 +297,30 @@ pub fn chunk_for_clip(ids: &[u32], sd2_style: bool, pad_id: u32) -> Vec<[u32; CL
                     row[1] = eos;
                 }
             }
+            row
+        })
+        .collect()
+}
+
+/// The per-token weights of [`ClipTokenizer::encode_weighted_padded`] cut into the rows
+/// [`chunk_for_clip`] makes of its ids (sd-scripts' `new_weights` in `_get_input_ids`): a row
+/// of a chunked sequence is 1.0 at BOS and at the last position and `weights[1 + 75·k ..
+/// 76 + 75·k]` between; a sequence of at most 77 is one row as is (1.0-padded to 77).
+pub fn chunk_weights_for_clip(weights: &[f32]) -> Vec<[f32; CLIP_CHUNK_LEN]> {
+    let len = weights.len();
+    if len == 0 {
+        return Vec::new();
+    }
+    if len <= CLIP_CHUNK_LEN {
+        let mut row = [1.0; CLIP_CHUNK_LEN];
+        row[..len].copy_from_slice(weights);
+        return vec![row];
+    }
+    (1..len - CLIP_CHUNK_LEN + 2)
+        .step_by(CHUNK_TEXT)
+        .map(|start| {
+            let mut row = [1.0; CLIP_CHUNK_LEN];
+            row[1..=CHUNK_TEXT].copy_from_slice(&weights[start..start + CHUNK_TEXT]);
             row
         })
         .collect()

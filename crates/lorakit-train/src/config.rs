@@ -316,6 +316,10 @@ pub struct TrainingSection {
     pub vae_batch_size: usize,
     /// Longest caption in tokens: 75, 150 or 225.
     pub max_token_length: usize,
+    /// Read A1111 attention weights in captions: `(word)` ×1.1, `[word]` ÷1.1, `(word:1.5)`,
+    /// `\(` for a literal bracket; each token's text-encoder output is multiplied by its weight.
+    /// Keep commas out of brackets when shuffling or dropping tags.
+    pub weighted_captions: bool,
     /// Clip the gradient norm to this (0 = off).
     pub max_grad_norm: f64,
     /// Smallest timestep sampled.
@@ -337,6 +341,7 @@ impl Default for TrainingSection {
             cache_latents_to_disk: false,
             vae_batch_size: 1,
             max_token_length: 75,
+            weighted_captions: false,
             max_grad_norm: 1.0,
             min_timestep: 0,
             max_timestep: 1000,

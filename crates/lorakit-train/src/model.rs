@@ -7,6 +7,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
+use lorakit_dataset::prompt_weights::parse_prompt_attention;
 use lorakit_models::checkpoint::ModelFamily;
 use lorakit_models::pipeline::{GenerateRequest, LoraSets, RgbImage, StableDiffusion};
 use lorakit_models::schedule::{NoiseSchedule, Prediction};
@@ -70,6 +71,21 @@ pub trait TrainableModel {
         clip_skip: Option<usize>,
         ctxs: &[ForwardCtx],
     ) -> Result<Tensor>;
+    /// [`Self::encode_text`] for captions with A1111 attention weights (`training.weighted_captions`,
+    /// sd-scripts' `--weighted_captions`, spec §6.2). Families that do not support them say so.
+    fn encode_text_weighted(
+        &self,
+        captions: &[&str],
+        max_token_length: usize,
+        clip_skip: Option<usize>,
+        ctxs: &[ForwardCtx],
+    ) -> Result<Tensor> {
+        let _ = (captions, max_token_length, clip_skip, ctxs);
+        Err(TrainError::Other(format!(
+            "training.weighted_captions: not supported for {} models; turn it off",
+            self.info().base_model_version
+        )))
+    }
     /// The denoiser's prediction for `noisy` at `timesteps` (f32, `[B]`).
     fn denoise(&self, noisy: &Tensor, timesteps: &Tensor, cond: &Tensor, ctxs: &[ForwardCtx]) -> Result<Tensor>;
     /// One preview image with the LoRA sets applied (one per component).
@@ -237,6 +253,30 @@ impl TrainableModel for StableDiffusionModel {
             &self.sd.text_encoder,
             &self.sd.tokenizer,
             captions,
+            Some(max_token_length),
+            clip_skip,
+            &ctx,
+        )?)
+    }
+
+    fn encode_text_weighted(
+        &self,
+        captions: &[&str],
+        max_token_length: usize,
+        clip_skip: Option<usize>,
+        ctxs: &[ForwardCtx],
+    ) -> Result<Tensor> {
+        let ctx = ctxs.get(1).cloned().unwrap_or_default();
+        let prompts = captions
+            .iter()
+            .map(|c| {
+                parse_prompt_attention(c).map_err(|e| TrainError::Other(format!("training.weighted_captions: {e}")))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(lorakit_models::clip::encode_weighted_prompts(
+            &self.sd.text_encoder,
+            &self.sd.tokenizer,
+            &prompts,
             Some(max_token_length),
             clip_skip,
             &ctx,

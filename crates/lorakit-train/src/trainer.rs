@@ -193,6 +193,13 @@ pub struct Trainer<'m> {
 impl<'m> Trainer<'m> {
     /// Builds the network, optimizer, scheduler and metadata for `config` on `model`.
     pub fn new(mut config: TrainConfig, model: &'m dyn TrainableModel, data: TrainData) -> Result<Self> {
+        if config.training.weighted_captions {
+            // A weight sd-scripts cannot read stops its run at that caption; stop before starting.
+            for image in &data.images {
+                lorakit_dataset::prompt_weights::parse_prompt_attention(&image.caption)
+                    .map_err(|e| TrainError::Other(format!("{}: {e}", image.path.display())))?;
+            }
+        }
         let device = model.device().clone();
         let layout = BlockLayout::detect(
             model
@@ -1014,8 +1021,12 @@ impl<'m> Trainer<'m> {
             })
             .collect();
         let captions: Vec<&str> = captions.iter().map(String::as_str).collect();
-        let cond =
-            self.model.encode_text(&captions, config.training.max_token_length, config.model.clip_skip, &ctxs)?;
+        let (max_tokens, clip_skip) = (config.training.max_token_length, config.model.clip_skip);
+        let cond = if config.training.weighted_captions {
+            self.model.encode_text_weighted(&captions, max_tokens, clip_skip, &ctxs)?
+        } else {
+            self.model.encode_text(&captions, max_tokens, clip_skip, &ctxs)?
+        };
         let pred = self.model.denoise(&noisy, &t_float, &cond, &ctxs)?.to_dtype(DType::F32)?;
 
         // sd-scripts' loss assembly (§7.2): element-wise loss, per-sample mean, prior weight for
