@@ -16,11 +16,20 @@ use lorakit_models::Weights;
 use lorakit_nn::ForwardCtx;
 
 fn peak_rss_mb() -> f64 {
+    status_mb("VmHWM:")
+}
+
+/// Resident memory now (not the peak), in MB.
+fn rss_mb() -> f64 {
+    status_mb("VmRSS:")
+}
+
+fn status_mb(field: &str) -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
             s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
+                .find(|l| l.starts_with(field))
                 .map(|l| l.split_whitespace().nth(1).unwrap_or("0").parse::<f64>().unwrap_or(0.0))
         })
         .unwrap_or(0.0)
@@ -75,6 +84,8 @@ fn main() -> anyhow::Result<()> {
         let t = Instant::now();
         let pred = unet.forward(&latents, &timesteps, &context, &ctx)?;
         let loss = (pred - &target)?.sqr()?.mean_all()?;
+        lorakit_nn::runtime::release_free_memory();
+        let after_forward = rss_mb();
         let grads = loss.backward()?;
         let mut norm = 0f32;
         for var in lora.trainable_vars() {
@@ -87,7 +98,7 @@ fn main() -> anyhow::Result<()> {
         if step > 0 {
             // Step 0 is warm-up (allocator, page faults).
             println!(
-                "{{\"impl\":\"lorakit\",\"step\":{step},\"seconds\":{secs:.3},\"loss\":{:.5},\"grad_norm\":{:.5},\"peak_rss_mb\":{:.0},\"checkpointing\":{checkpointing}}}",
+                "{{\"impl\":\"lorakit\",\"step\":{step},\"seconds\":{secs:.3},\"loss\":{:.5},\"grad_norm\":{:.5},\"peak_rss_mb\":{:.0},\"rss_after_forward_mb\":{after_forward:.0},\"checkpointing\":{checkpointing}}}",
                 loss.to_scalar::<f32>()?,
                 norm.sqrt(),
                 peak_rss_mb()

@@ -410,8 +410,9 @@ impl LoraSet {
 
     /// The full gradient of `var` after `backward()`: what the outer graph recorded plus what
     /// checkpointed blocks accumulated. Call [`LoraSet::clear_side_grads`] before the next step.
+    /// Detached: candle's gradient tensors keep a graph back to the forward activations.
     pub fn grad(&self, grads: &GradStore, var: &Var) -> Result<Option<Tensor>> {
-        let outer = grads.get(var).cloned();
+        let outer = grads.get(var).map(|g| g.detach());
         let side = lock(&self.side_grads).get(&var.id()).cloned();
         Ok(match (outer, side) {
             (Some(a), Some(b)) => Some((a + b)?),
@@ -471,4 +472,38 @@ pub fn apply_max_norm(sets: &[&LoraSet], max_norm: f64) -> Result<Option<MaxNorm
         average_norm: norms.iter().sum::<f64>() / norms.len() as f64,
         max_norm: norms.iter().cloned().fold(f64::MIN, f64::max),
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checkpoint::{checkpoint, BlockFn};
+    use crate::layers::{Conv2d, ForwardCtx};
+
+    /// A checkpointed block's LoRA gradients must not keep its recomputed graph alive (candle's
+    /// variable gradients are built from the forward activations): the side store holds
+    /// detached tensors only. Before this was ensured, SD1.5's checkpointed step peaked at 9.6 GB
+    /// instead of 5.3 GB.
+    #[test]
+    fn checkpointed_side_gradients_are_detached() {
+        let dev = Device::Cpu;
+        let mut set = LoraSet::new(1, &dev).unwrap();
+        let w = Tensor::randn(0f32, 0.5, (4, 4, 3, 3), &dev).unwrap();
+        let conv = Arc::new(Conv2d::new("c", w, None, 1, 1).unwrap());
+        // A LoCon module: candle computes a conv kernel's gradient straight from the (tracked)
+        // activations, so without detaching it would reference the recomputed graph.
+        let down = Tensor::randn(0f32, 0.5, (2, 4, 3, 3), &dev).unwrap();
+        let up = Tensor::randn(0f32, 0.5, (4, 2, 1, 1), &dev).unwrap();
+        let kind = LoraKind::Conv { kernel: 3, stride: 1, padding: 1 };
+        set.insert("c", LoraModule::from_weights("lora_c", kind, down, up, Some(1.0), true).unwrap());
+        let set = Arc::new(set);
+        let ctx = ForwardCtx { lora: Some(set.clone()), train: true, gradient_checkpointing: true };
+        let block: BlockFn = Arc::new(move |x: &[Tensor], ctx: &ForwardCtx| conv.forward(&x[0], ctx)?.tanh());
+        let x = Tensor::randn(0f32, 1.0, (1, 4, 5, 5), &dev).unwrap();
+        let y = checkpoint(&[&x], &ctx, block).unwrap();
+        let _grads = y.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+        let side = lock(&set.side_grads);
+        assert_eq!(side.len(), 2, "down and up got gradients through the checkpoint");
+        assert!(side.values().all(|g| !g.track_op()), "a side gradient still references its graph");
+    }
 }
