@@ -7,10 +7,13 @@
 
 use std::sync::Arc;
 
-use candle_core::{backend::BackendStorage, CpuStorage, CustomOp1, Layout, Result, Shape, Storage, Tensor};
+use candle_core::{backend::BackendStorage, CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Storage, Tensor};
 
 /// Computes the gradient of the op's input from the gradient of its output.
 pub type BackwardFn = Arc<dyn Fn(&Tensor) -> Result<Tensor> + Send + Sync>;
+
+/// Computes the gradients of two inputs from the gradient of the output (`None`: not needed).
+pub type Backward2Fn = Arc<dyn Fn(&Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> + Send + Sync>;
 
 /// Computes the gradients of several inputs from the gradient of the output, in input order.
 pub type BackwardManyFn = Arc<dyn Fn(&Tensor) -> Result<Vec<Tensor>> + Send + Sync>;
@@ -81,6 +84,88 @@ impl CustomOp1 for Attach {
     fn bwd(&self, _x: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
         Ok(Some((self.backward)(grad)?))
     }
+}
+
+/// [`Attach`] for two inputs (an activation and a trainable weight): no packing copy of either.
+struct Attach2 {
+    y: std::sync::Mutex<Option<Tensor>>,
+    backward: Backward2Fn,
+}
+
+impl CustomOp2 for Attach2 {
+    fn name(&self) -> &'static str {
+        "lorakit-attach2"
+    }
+
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
+        let y = take(&self.y)?;
+        let (storage, layout) = y.storage_and_layout();
+        passthrough_check(layout)?;
+        match &*storage {
+            Storage::Cpu(s) => Ok((s.try_clone(layout)?, layout.shape().clone())),
+            _ => candle_core::bail!("attach2: the output is not on the CPU like its inputs"),
+        }
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        _: &candle_core::CudaStorage,
+        _: &Layout,
+        _: &candle_core::CudaStorage,
+        _: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let y = take(&self.y)?;
+        let (storage, layout) = y.storage_and_layout();
+        passthrough_check(layout)?;
+        match &*storage {
+            Storage::Cuda(s) => Ok((s.try_clone(layout)?, layout.shape().clone())),
+            _ => candle_core::bail!("attach2: the output is not on the GPU like its inputs"),
+        }
+    }
+
+    #[cfg(feature = "metal")]
+    fn metal_fwd(
+        &self,
+        _: &candle_core::MetalStorage,
+        _: &Layout,
+        _: &candle_core::MetalStorage,
+        _: &Layout,
+    ) -> Result<(candle_core::MetalStorage, Shape)> {
+        let y = take(&self.y)?;
+        let (storage, layout) = y.storage_and_layout();
+        passthrough_check(layout)?;
+        match &*storage {
+            Storage::Metal(s) => Ok((s.try_clone(layout)?, layout.shape().clone())),
+            _ => candle_core::bail!("attach2: the output is not on the Metal device like its inputs"),
+        }
+    }
+
+    fn bwd(&self, _a: &Tensor, _b: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        (self.backward)(grad)
+    }
+}
+
+fn take(slot: &std::sync::Mutex<Option<Tensor>>) -> Result<Tensor> {
+    slot.lock()
+        .map_err(|_| candle_core::Error::Msg("attach: poisoned lock".into()))?
+        .take()
+        .ok_or_else(|| candle_core::Error::Msg("attach: forward ran twice".into()))
+}
+
+/// Returns `y` (computed by the caller from `a.detach()` and `b.detach()`), recorded in the graph
+/// as a function of `a` and `b` whose gradients are `backward(grad_y)`. `y` as is when neither
+/// input is tracked.
+pub fn attach2(a: &Tensor, b: &Tensor, y: &Tensor, backward: Backward2Fn) -> Result<Tensor> {
+    if !a.track_op() && !b.track_op() {
+        return Ok(y.clone());
+    }
+    let y = y.detach().contiguous()?;
+    let y = if y.layout().start_offset() != 0 { y.copy()? } else { y };
+    if !y.device().same_device(a.device()) {
+        candle_core::bail!("attach2: output on {:?} for inputs on {:?}", y.device(), a.device())
+    }
+    a.apply_op2_arc(b, Arc::new(Box::new(Attach2 { y: std::sync::Mutex::new(Some(y)), backward })))
 }
 
 /// Returns `y` (computed by the caller on `x.detach()`), recorded in the graph as a function of

@@ -184,7 +184,7 @@ fn conv2d_untracked(x: &Tensor, w: &Tensor, b: Option<&Tensor>, stride: usize, p
 /// The input gradient of a convolution with kernel size `k`, `stride` and `padding` over an
 /// input of spatial size `input_hw`, as a stride-1 convolution of the (zero-dilated) output
 /// gradient with the flipped, transposed kernel `w_flip_t`.
-fn conv2d_input_grad(
+pub(crate) fn conv2d_input_grad(
     g: &Tensor,
     w_flip_t: &Tensor,
     k: usize,
@@ -225,4 +225,49 @@ fn dilate_hw(g: &Tensor, stride: usize) -> Result<Tensor> {
     parts.extend(std::iter::repeat_n(zeros.unsqueeze(3)?, stride - 1));
     let tall = Tensor::cat(&parts, 3)?.reshape((b, c, h * stride, w * stride))?;
     tall.narrow(2, 0, stride * (h - 1) + 1)?.narrow(3, 0, stride * (w - 1) + 1)
+}
+
+/// `conv2d(x, w)` for a trainable kernel `w` (a LoCon `down`): forward off the graph, backward
+/// with the input gradient as one ordinary convolution (as for frozen kernels; candle's own
+/// backward takes the slow `conv_transpose2d` path) and the kernel gradient as candle computes it.
+/// Each gradient only when its input is tracked.
+pub fn conv2d_trainable(x: &Tensor, w: &Tensor, stride: usize, padding: usize) -> Result<Tensor> {
+    let y = conv2d_untracked(&x.detach(), &w.detach(), None, stride, padding)?;
+    let (x_tracked, w_tracked) = (x.track_op(), w.track_op());
+    let (_, _, h, wd) = x.dims4()?;
+    let k = w.dims()[2];
+    let (xs, ws) = (x.detach(), w.detach());
+    crate::custom_backward::attach2(
+        x,
+        w,
+        &y,
+        Arc::new(move |g: &Tensor| {
+            let dx = if x_tracked {
+                let flipped = flip_hw(&ws)?.transpose(0, 1)?.contiguous()?;
+                Some(conv2d_input_grad(g, &flipped, k, stride, padding, (h, wd))?)
+            } else {
+                None
+            };
+            let dw = if w_tracked {
+                // candle's Conv2D backward: the kernel gradient is a convolution of the input with
+                // the output gradient, batch and channels swapped, stride and dilation exchanged.
+                let gk = conv2d_dilated(&xs.transpose(0, 1)?, &g.transpose(0, 1)?, padding, stride)?.transpose(0, 1)?;
+                let (_, _, gk0, gk1) = gk.dims4()?;
+                Some(if gk0 != k || gk1 != k { gk.narrow(2, 0, k)?.narrow(3, 0, k)? } else { gk })
+            } else {
+                None
+            };
+            Ok((dx, dw))
+        }),
+    )
+}
+
+/// `x.conv2d(w, padding, stride = 1, dilation)` computed in f32 on the CPU for half types.
+fn conv2d_dilated(x: &Tensor, w: &Tensor, padding: usize, dilation: usize) -> Result<Tensor> {
+    let (xc, wc) = if matches!(x.dtype(), DType::BF16 | DType::F16) && x.device().is_cpu() {
+        (x.to_dtype(DType::F32)?, w.to_dtype(DType::F32)?)
+    } else {
+        (x.contiguous()?, w.contiguous()?)
+    };
+    xc.conv2d(&wc, padding, 1, dilation, 1)?.to_dtype(x.dtype())
 }

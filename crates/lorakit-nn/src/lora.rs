@@ -231,7 +231,7 @@ impl LoraModule {
         let (down, up) = (down.to_dtype(x.dtype())?, up.to_dtype(x.dtype())?);
         let mut h = match self.kind {
             LoraKind::Linear => x.broadcast_matmul(&down.t()?)?,
-            LoraKind::Conv { stride, padding, .. } => x.conv2d(&down, padding, stride, 1, 1)?,
+            LoraKind::Conv { stride, padding, .. } => crate::frozen::conv2d_trainable(x, &down, stride, padding)?,
         };
         if train && self.dropout.neuron > 0.0 {
             let keep = 1.0 - self.dropout.neuron;

@@ -69,6 +69,21 @@ fn frozen_conv_input_gradient_all_geometries() {
 }
 
 #[test]
+fn trainable_conv_gradients_all_geometries() {
+    // The LoCon `down` conv: gradients for both the input and the kernel, checked against f64
+    // central differences, and the same values as candle's own conv.
+    for (k, s, p, hw) in [(3, 1, 1, 5), (1, 1, 0, 4), (3, 2, 1, 6), (3, 2, 1, 7), (3, 2, 0, 7)] {
+        let x = rnd(&[2, 3, hw, hw], 20);
+        let w = rnd(&[2, 3, k, k], 21);
+        let name = format!("trainable conv k{k} s{s} p{p} {hw}x{hw}");
+        assert_grad_ok(&name, |t| lorakit_nn::frozen::conv2d_trainable(&t[0], &t[1], s, p), &[x.clone(), w.clone()]);
+        let ours = lorakit_nn::frozen::conv2d_trainable(&x, &w, s, p).unwrap();
+        let diff = (ours - x.conv2d(&w, p, s, 1, 1).unwrap()).unwrap().abs().unwrap().max_all().unwrap();
+        assert!(diff.to_scalar::<f64>().unwrap() < 1e-12, "{name}: forward differs");
+    }
+}
+
+#[test]
 fn norms_and_activations() {
     let ln = LayerNorm::new(rnd(&[6], 20).affine(0.3, 1.0).unwrap(), Some(rnd(&[6], 21)), 1e-5);
     assert_grad_ok("layer_norm", |x| ln.forward(&x[0]), &[rnd(&[2, 3, 6], 22)]);
