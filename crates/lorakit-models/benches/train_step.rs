@@ -3,7 +3,7 @@
 //! backward. Prints one JSON line per measured step; `tools/bench/train_step/run.sh`
 //! interleaves it with the PyTorch equivalent and reports both.
 //!
-//! `cargo bench -p lorakit-models --bench train_step -- [steps] [--checkpointing]`
+//! `cargo bench -p lorakit-models --bench train_step -- [steps] [--checkpointing] [--live-memory]`
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -43,6 +43,7 @@ fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench" && a != "--default-allocator").collect();
     let steps: usize = args.iter().find_map(|a| a.parse().ok()).unwrap_or(3);
     let checkpointing = args.iter().any(|a| a == "--checkpointing");
+    let live_memory = args.iter().any(|a| a == "--live-memory");
     let device = Device::Cpu;
     let cfg = UNet2DConditionModelConfig::sd15();
     let t0 = Instant::now();
@@ -84,7 +85,11 @@ fn main() -> anyhow::Result<()> {
         let t = Instant::now();
         let pred = unet.forward(&latents, &timesteps, &context, &ctx)?;
         let loss = (pred - &target)?.sqr()?.mean_all()?;
-        lorakit_nn::runtime::release_free_memory();
+        // --live-memory: return freed heap pages first so the number is live memory (costs the
+        // next step page faults, so timings are not comparable with it on).
+        if live_memory {
+            lorakit_nn::runtime::release_free_memory();
+        }
         let after_forward = rss_mb();
         let grads = loss.backward()?;
         let mut norm = 0f32;
