@@ -454,8 +454,13 @@ impl Adafactor {
         }
     }
 
-    fn update(&self, var: &Var, grad: &Tensor, external_lr: f64, slot: Option<&ParamSlot>) -> Result<ParamSlot> {
-        let cfg = &self.config;
+    fn update(
+        cfg: &AdafactorConfig,
+        var: &Var,
+        grad: &Tensor,
+        external_lr: f64,
+        slot: Option<&ParamSlot>,
+    ) -> Result<ParamSlot> {
         let dev = var.device();
         let p = var.as_detached_tensor().to_dtype(DType::F32)?;
         let g = grad.detach().to_device(dev)?.to_dtype(DType::F32)?;
@@ -532,16 +537,10 @@ impl Adafactor {
 impl Optimizer for Adafactor {
     /// `lrs` are the external learning rates; with relative_step they are not used.
     fn step(&mut self, grads: &[Vec<Option<Tensor>>], lrs: &[f64]) -> Result<()> {
-        check_step_inputs(&self.groups, grads, lrs)?;
-        check_grad_shapes("Adafactor", &self.groups, grads)?;
-        for (gi, group) in self.groups.iter().enumerate() {
-            for (i, var) in group.vars.iter().enumerate() {
-                let Some(grad) = &grads[gi][i] else { continue };
-                let new = self.update(var, grad, lrs[gi], self.slots.get(gi, i))?;
-                self.slots.set(gi, i, new);
-            }
-        }
-        Ok(())
+        let cfg = &self.config;
+        self.slots.step_each("Adafactor", &self.groups, grads, lrs, |var, grad, lr, slot| {
+            Self::update(cfg, var, grad, lr, slot)
+        })
     }
 
     fn groups(&self) -> &[ParamGroup] {

@@ -113,8 +113,7 @@ impl AdamW {
         &self.config
     }
 
-    fn update(&self, var: &Var, grad: &Tensor, lr: f64, slot: Option<&ParamSlot>) -> Result<ParamSlot> {
-        let cfg = &self.config;
+    fn update(cfg: &AdamWConfig, var: &Var, grad: &Tensor, lr: f64, slot: Option<&ParamSlot>) -> Result<ParamSlot> {
         let dev = var.device();
         let p = var.as_detached_tensor().to_dtype(DType::F32)?;
         let g = grad.detach().to_device(dev)?.to_dtype(DType::F32)?;
@@ -150,16 +149,9 @@ impl AdamW {
 
 impl Optimizer for AdamW {
     fn step(&mut self, grads: &[Vec<Option<Tensor>>], lrs: &[f64]) -> Result<()> {
-        check_step_inputs(&self.groups, grads, lrs)?;
-        check_grad_shapes("AdamW", &self.groups, grads)?;
-        for (gi, group) in self.groups.iter().enumerate() {
-            for (i, var) in group.vars.iter().enumerate() {
-                let Some(grad) = &grads[gi][i] else { continue };
-                let new = self.update(var, grad, lrs[gi], self.slots.get(gi, i))?;
-                self.slots.set(gi, i, new);
-            }
-        }
-        Ok(())
+        let cfg = &self.config;
+        self.slots
+            .step_each("AdamW", &self.groups, grads, lrs, |var, grad, lr, slot| Self::update(cfg, var, grad, lr, slot))
     }
 
     fn groups(&self) -> &[ParamGroup] {

@@ -475,16 +475,16 @@ impl BnbOptimizer {
         &self.config
     }
 
-    fn update(&self, var: &Var, grad: &Tensor, lr: f64, slot: Option<&ParamSlot>) -> Result<ParamSlot> {
-        let rule = &self.config.rule;
+    fn update(cfg: &BnbConfig, var: &Var, grad: &Tensor, lr: f64, slot: Option<&ParamSlot>) -> Result<ParamSlot> {
+        let rule = &cfg.rule;
         let n = var.elem_count();
         let eight_bit = match slot {
             Some(s) => s.tensor("state1")?.dtype() == DType::U8,
-            None => self.config.optim_bits == 8 && n as u64 >= self.config.min_8bit_size,
+            None => cfg.optim_bits == 8 && n as u64 >= cfg.min_8bit_size,
         };
         let shapes = state_shapes(rule, var, eight_bit);
         let step = slot.map_or(0, |s| s.step) + 1;
-        let h = Hyper::new(&self.config, lr, step);
+        let h = Hyper::new(cfg, lr, step);
         let mut p = cpu_f32(var.as_tensor())?;
         let g = cpu_f32(grad)?;
         let (ademamix, lion) = (matches!(rule, BnbRule::AdEMAMix { .. }), matches!(rule, BnbRule::Lion { .. }));
@@ -554,16 +554,10 @@ impl BnbOptimizer {
 
 impl Optimizer for BnbOptimizer {
     fn step(&mut self, grads: &[Vec<Option<Tensor>>], lrs: &[f64]) -> Result<()> {
-        check_step_inputs(&self.groups, grads, lrs)?;
-        check_grad_shapes(self.name, &self.groups, grads)?;
-        for (gi, group) in self.groups.iter().enumerate() {
-            for (i, var) in group.vars.iter().enumerate() {
-                let Some(grad) = &grads[gi][i] else { continue };
-                let new = self.update(var, grad, lrs[gi], self.slots.get(gi, i))?;
-                self.slots.set(gi, i, new);
-            }
-        }
-        Ok(())
+        let cfg = &self.config;
+        self.slots.step_each(self.name, &self.groups, grads, lrs, |var, grad, lr, slot| {
+            Self::update(cfg, var, grad, lr, slot)
+        })
     }
 
     fn groups(&self) -> &[ParamGroup] {

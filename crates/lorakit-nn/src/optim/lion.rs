@@ -102,9 +102,9 @@ impl Lion {
         &self.config
     }
 
-    fn update(&self, var: &Var, grad: &Tensor, lr: f64, slot: Option<&ParamSlot>) -> Result<ParamSlot> {
-        let (b1, b2) = self.config.betas;
-        let wd = self.config.weight_decay;
+    fn update(cfg: &LionConfig, var: &Var, grad: &Tensor, lr: f64, slot: Option<&ParamSlot>) -> Result<ParamSlot> {
+        let (b1, b2) = cfg.betas;
+        let wd = cfg.weight_decay;
         let p = var.as_detached_tensor().to_dtype(DType::F32)?;
         let g = grad.detach().to_device(var.device())?.to_dtype(DType::F32)?;
         let (m, step) = match slot {
@@ -125,16 +125,9 @@ impl Lion {
 
 impl Optimizer for Lion {
     fn step(&mut self, grads: &[Vec<Option<Tensor>>], lrs: &[f64]) -> Result<()> {
-        check_step_inputs(&self.groups, grads, lrs)?;
-        check_grad_shapes("Lion", &self.groups, grads)?;
-        for (gi, group) in self.groups.iter().enumerate() {
-            for (i, var) in group.vars.iter().enumerate() {
-                let Some(grad) = &grads[gi][i] else { continue };
-                let new = self.update(var, grad, lrs[gi], self.slots.get(gi, i))?;
-                self.slots.set(gi, i, new);
-            }
-        }
-        Ok(())
+        let cfg = &self.config;
+        self.slots
+            .step_each("Lion", &self.groups, grads, lrs, |var, grad, lr, slot| Self::update(cfg, var, grad, lr, slot))
     }
 
     fn groups(&self) -> &[ParamGroup] {

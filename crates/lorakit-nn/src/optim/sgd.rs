@@ -116,8 +116,8 @@ impl SgdNesterov {
         &self.config
     }
 
-    fn update(&self, var: &Var, grad: &Tensor, lr: f64, slot: Option<&ParamSlot>) -> Result<ParamSlot> {
-        let SgdConfig { momentum, dampening, weight_decay } = self.config;
+    fn update(cfg: &SgdConfig, var: &Var, grad: &Tensor, lr: f64, slot: Option<&ParamSlot>) -> Result<ParamSlot> {
+        let SgdConfig { momentum, dampening, weight_decay } = *cfg;
         let p = var.as_detached_tensor().to_dtype(DType::F32)?;
         let g = grad.detach().to_device(var.device())?.to_dtype(DType::F32)?;
         // grad.add(param, alpha = weight_decay)
@@ -139,16 +139,10 @@ impl SgdNesterov {
 
 impl Optimizer for SgdNesterov {
     fn step(&mut self, grads: &[Vec<Option<Tensor>>], lrs: &[f64]) -> Result<()> {
-        check_step_inputs(&self.groups, grads, lrs)?;
-        check_grad_shapes("SGDNesterov", &self.groups, grads)?;
-        for (gi, group) in self.groups.iter().enumerate() {
-            for (i, var) in group.vars.iter().enumerate() {
-                let Some(grad) = &grads[gi][i] else { continue };
-                let new = self.update(var, grad, lrs[gi], self.slots.get(gi, i))?;
-                self.slots.set(gi, i, new);
-            }
-        }
-        Ok(())
+        let cfg = &self.config;
+        self.slots.step_each("SGDNesterov", &self.groups, grads, lrs, |var, grad, lr, slot| {
+            Self::update(cfg, var, grad, lr, slot)
+        })
     }
 
     fn groups(&self) -> &[ParamGroup] {

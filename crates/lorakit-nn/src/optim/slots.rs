@@ -7,10 +7,10 @@
 
 use std::collections::BTreeMap;
 
-use candle_core::{Result, Tensor};
+use candle_core::{Result, Tensor, Var};
 use serde_json::json;
 
-use super::{msg, OptimizerState, ParamGroup};
+use super::{check_step_inputs, msg, OptimizerState, ParamGroup};
 
 /// One parameter's state: its update count and named tensors (moments, quantised codes, …).
 #[derive(Debug, Clone)]
@@ -54,6 +54,30 @@ impl SlotTable {
             .iter()
             .enumerate()
             .flat_map(|(g, s)| s.iter().enumerate().filter_map(move |(i, slot)| slot.as_ref().map(|s| (g, i, s))))
+    }
+
+    /// One step of an optimizer whose parameters update independently: checks the inputs (every
+    /// shape before the first update, so a bad gradient never leaves a step half applied), then
+    /// replaces the slot of each parameter that has a gradient with `update(var, grad, lr, old
+    /// slot)`.
+    pub fn step_each(
+        &mut self,
+        optimizer: &str,
+        groups: &[ParamGroup],
+        grads: &[Vec<Option<Tensor>>],
+        lrs: &[f64],
+        mut update: impl FnMut(&Var, &Tensor, f64, Option<&ParamSlot>) -> Result<ParamSlot>,
+    ) -> Result<()> {
+        check_step_inputs(groups, grads, lrs)?;
+        check_grad_shapes(optimizer, groups, grads)?;
+        for (gi, group) in groups.iter().enumerate() {
+            for (i, var) in group.vars.iter().enumerate() {
+                let Some(grad) = &grads[gi][i] else { continue };
+                let new = update(var, grad, lrs[gi], self.get(gi, i))?;
+                self.set(gi, i, new);
+            }
+        }
+        Ok(())
     }
 
     /// Writes every slot's tensors as `{group}.{index}.{name}` into `tensors` and returns the
