@@ -426,15 +426,7 @@ impl Prodigy {
     pub fn new(groups: Vec<ParamGroup>, config: ProdigyConfig) -> Result<Self> {
         config.validate().map_err(msg)?;
         check_groups(&groups)?;
-        for g in &groups {
-            if !is_positive(g.lr) {
-                return Err(msg(format!(
-                    "param group `{}`: Invalid learning rate: {}",
-                    g.name,
-                    python_float_repr(g.lr)
-                )));
-            }
-        }
+        check_positive_lrs(&groups)?;
         if let Some(g) = groups.iter().find(|g| g.lr != groups[0].lr) {
             return Err(msg(format!(
                 "Setting different lr values in different parameter groups is only supported for values of 0 \

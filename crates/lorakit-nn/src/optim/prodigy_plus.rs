@@ -447,14 +447,8 @@ impl ProdigyPlusScheduleFree {
     pub fn new(groups: Vec<ParamGroup>, config: ProdigyPlusConfig) -> Result<Self> {
         config.validate().map_err(msg)?;
         check_groups(&groups)?;
+        check_positive_lrs(&groups)?;
         for g in &groups {
-            if !is_positive(g.lr) {
-                return Err(msg(format!(
-                    "param group `{}`: Invalid learning rate: {}",
-                    g.name,
-                    python_float_repr(g.lr)
-                )));
-            }
             if g.vars.is_empty() {
                 return Err(msg(format!("{NAME}: param group `{}` has no parameters", g.name)));
             }
@@ -784,11 +778,7 @@ impl Optimizer for ProdigyPlusScheduleFree {
             sc.k += 1;
         }
 
-        for (gi, i, y, slot) in updates {
-            let var = &self.groups[gi].vars[i];
-            var.set(&y.to_dtype(var.dtype())?)?;
-            self.slots.set(gi, i, slot);
-        }
+        self.slots.commit(&self.groups, updates)?;
         self.scalars = scalars;
         self.lrs = lrs.to_vec();
         Ok(())

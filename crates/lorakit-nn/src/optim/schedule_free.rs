@@ -245,11 +245,7 @@ impl Optimizer for AdamWScheduleFree {
                 updates.push((gi, i, y, ParamSlot { step, tensors }));
             }
         }
-        for (gi, i, y, slot) in updates {
-            let var = &self.groups[gi].vars[i];
-            var.set(&y.to_dtype(var.dtype())?)?;
-            self.slots.set(gi, i, slot);
-        }
+        self.slots.commit(&self.groups, updates)?;
         self.scalars = new_scalars;
         self.lrs = lrs.to_vec();
         Ok(())

@@ -80,6 +80,18 @@ impl SlotTable {
         Ok(())
     }
 
+    /// Applies updates computed for a whole step before any was applied (optimizers with
+    /// step-wide statistics): each `(group, index, new parameter value, new slot)` is stored,
+    /// the value cast to the parameter's dtype.
+    pub fn commit(&mut self, groups: &[ParamGroup], updates: Vec<(usize, usize, Tensor, ParamSlot)>) -> Result<()> {
+        for (gi, i, value, slot) in updates {
+            let var = &groups[gi].vars[i];
+            var.set(&value.to_dtype(var.dtype())?)?;
+            self.set(gi, i, slot);
+        }
+        Ok(())
+    }
+
     /// Writes every slot's tensors as `{group}.{index}.{name}` into `tensors` and returns the
     /// `"groups"` JSON list.
     pub fn save(&self, groups: &[ParamGroup], tensors: &mut BTreeMap<String, Tensor>) -> serde_json::Value {
@@ -227,6 +239,16 @@ pub fn check_groups(groups: &[ParamGroup]) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Base lrs must be > 0 (D-adaptation and schedule-free libraries refuse 0 with this message).
+pub fn check_positive_lrs(groups: &[ParamGroup]) -> Result<()> {
+    match groups.iter().find(|g| !super::prodigy::is_positive(g.lr)) {
+        Some(g) => {
+            Err(msg(format!("param group `{}`: Invalid learning rate: {}", g.name, super::python_float_repr(g.lr))))
+        }
+        None => Ok(()),
+    }
 }
 
 /// Every gradient's shape equals its parameter's (checked for all before any update, so a bad
