@@ -13,26 +13,13 @@ use lorakit_nn::optim::{
 };
 use serde_json::Value;
 
+mod common;
+use common::{f32s, fresh_copy, shapes, strings, tensor};
+
 fn fixture(name: &str) -> Value {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/reference/optim").join(name);
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     serde_json::from_str(&text).unwrap()
-}
-
-fn f32s(v: &Value) -> Vec<f32> {
-    v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect()
-}
-
-fn shapes(v: &Value) -> Vec<Vec<usize>> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s.as_array().unwrap().iter().map(|d| d.as_u64().unwrap() as usize).collect())
-        .collect()
-}
-
-fn tensor(values: &Value, shape: &[usize]) -> Tensor {
-    Tensor::from_vec(f32s(values), shape, &Device::Cpu).unwrap()
 }
 
 fn flat(t: &Tensor) -> Vec<f32> {
@@ -46,10 +33,6 @@ fn assert_close(what: &str, got: &[f32], want: &[f32], rel: f64, abs: f64) {
         let (g, w) = (g as f64, w as f64);
         assert!((g - w).abs() <= rel * w.abs() + abs, "{what}[{i}]: got {g}, want {w} (diff {:e})", (g - w).abs());
     }
-}
-
-fn strings(v: &Value) -> Vec<String> {
-    v.as_array().unwrap().iter().map(|s| s.as_str().unwrap().to_string()).collect()
 }
 
 // ------------------------------------------------------------------------------------------ AdamW
@@ -160,10 +143,6 @@ fn groups_for(vars: &[Var]) -> Vec<ParamGroup> {
         ParamGroup { name: "textencoder".into(), vars: vec![vars[0].clone()], lr: 5e-3 },
         ParamGroup { name: "unet".into(), vars: vec![vars[1].clone(), vars[2].clone()], lr: 1e-2 },
     ]
-}
-
-fn fresh_copy(vars: &[Var]) -> Vec<Var> {
-    vars.iter().map(|v| Var::from_tensor(&v.as_tensor().copy().unwrap()).unwrap()).collect()
 }
 
 /// What a resume goes through: tensors to plain data and back, scalars to JSON text and back.

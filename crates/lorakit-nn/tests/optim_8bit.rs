@@ -14,14 +14,13 @@ use lorakit_nn::optim::{
 };
 use serde_json::Value;
 
+mod common;
+use common::{args, f32s, shapes, strings};
+
 fn fixture(name: &str) -> Value {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/reference/optim").join(name);
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     serde_json::from_str(&text).unwrap()
-}
-
-fn f32s(v: &Value) -> Vec<f32> {
-    v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect()
 }
 
 fn hex_bytes(v: &Value) -> Vec<u8> {
@@ -31,22 +30,6 @@ fn hex_bytes(v: &Value) -> Vec<u8> {
 
 fn hex_f32s(v: &Value) -> Vec<f32> {
     hex_bytes(v).chunks(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
-}
-
-fn shapes(v: &Value) -> Vec<Vec<usize>> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s.as_array().unwrap().iter().map(|d| d.as_u64().unwrap() as usize).collect())
-        .collect()
-}
-
-fn strings(v: &Value) -> Vec<String> {
-    v.as_array().unwrap().iter().map(|s| s.as_str().unwrap().to_string()).collect()
-}
-
-fn args(items: &[&str]) -> OptimizerArgs {
-    OptimizerArgs::parse(&items.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap()
 }
 
 fn flat(t: &Tensor) -> Vec<f32> {

@@ -12,14 +12,13 @@ use lorakit_nn::optim::{
 };
 use serde_json::Value;
 
+mod common;
+use common::{args, f32s, fresh_copy, strings, tensor};
+
 fn fixture() -> Value {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/reference/optim/adafactor.json");
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     serde_json::from_str(&text).unwrap()
-}
-
-fn f32s(v: &Value) -> Vec<f32> {
-    v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect()
 }
 
 fn f64s(v: &Value) -> Vec<f64> {
@@ -28,10 +27,6 @@ fn f64s(v: &Value) -> Vec<f64> {
 
 fn usizes(v: &Value) -> Vec<usize> {
     v.as_array().unwrap().iter().map(|d| d.as_u64().unwrap() as usize).collect()
-}
-
-fn tensor(values: &Value, shape: &[usize]) -> Tensor {
-    Tensor::from_vec(f32s(values), shape, &Device::Cpu).unwrap()
 }
 
 fn flat(t: &Tensor) -> Vec<f32> {
@@ -44,14 +39,6 @@ fn flat(t: &Tensor) -> Vec<f32> {
 fn assert_tensor_close(what: &str, got: &[f32], want: &[f32]) {
     let scale = want.iter().fold(0f64, |m, &x| m.max(x.abs() as f64));
     assert_close(what, got, want, 1e-6, 1e-6 * scale);
-}
-
-fn strings(v: &Value) -> Vec<String> {
-    v.as_array().unwrap().iter().map(|s| s.as_str().unwrap().to_string()).collect()
-}
-
-fn args(items: &[&str]) -> OptimizerArgs {
-    OptimizerArgs::parse(&items.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap()
 }
 
 /// |got − want| ≤ rel·|want| + abs, element-wise.
@@ -262,10 +249,6 @@ fn groups_for(vars: &[Var]) -> Vec<ParamGroup> {
         ParamGroup { name: "textencoder".into(), vars: vec![vars[0].clone(), vars[3].clone()], lr: 5e-3 },
         ParamGroup { name: "unet".into(), vars: vec![vars[1].clone(), vars[2].clone()], lr: 1e-2 },
     ]
-}
-
-fn fresh_copy(vars: &[Var]) -> Vec<Var> {
-    vars.iter().map(|v| Var::from_tensor(&v.as_tensor().copy().unwrap()).unwrap()).collect()
 }
 
 /// What a resume goes through: tensors through a safetensors file (the 0-d `RMS` entries included),

@@ -10,6 +10,9 @@ use candle_core::{DType, Device, Tensor, Var};
 use lorakit_nn::optim::{Optimizer, OptimizerArgs, OptimizerKind, OptimizerState, ParamGroup};
 use serde_json::Value;
 
+mod common;
+use common::{args, shapes, strings};
+
 fn fixture(name: &str) -> Value {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/reference/optim").join(name);
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
@@ -61,18 +64,6 @@ fn generator_matches_the_fixture_script() {
 
 fn flat(t: &Tensor) -> Vec<f32> {
     t.flatten_all().unwrap().to_dtype(DType::F32).unwrap().to_vec1::<f32>().unwrap()
-}
-
-fn strings(v: &Value) -> Vec<String> {
-    v.as_array().unwrap().iter().map(|s| s.as_str().unwrap().to_string()).collect()
-}
-
-fn shapes(v: &Value) -> Vec<Vec<usize>> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s.as_array().unwrap().iter().map(|d| d.as_u64().unwrap() as usize).collect())
-        .collect()
 }
 
 /// A fixture number: a JSON number or the exact decimal text the script writes for group scalars.
@@ -396,10 +387,6 @@ fn check_load_rejections(file: &str, run_name: &str, n: usize, tensor: &str, oth
     let before = o.state().unwrap();
     assert!(o.load_state(&missing).is_err());
     assert_eq!(before.scalars, o.state().unwrap().scalars);
-}
-
-fn args(items: &[&str]) -> OptimizerArgs {
-    OptimizerArgs::parse(&items.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap()
 }
 
 fn one_group(lr: f64) -> Vec<ParamGroup> {
