@@ -143,13 +143,7 @@ pub fn load_training_image(
     crop: Crop,
     flip: bool,
 ) -> Result<TrainingImage, PreprocessError> {
-    let interp = match interpolation {
-        None => None,
-        Some(name) => Some(Interpolation::from_name(name).ok_or_else(|| PreprocessError::UnknownInterpolation {
-            path: path.to_path_buf(),
-            name: name.to_string(),
-        })?),
-    };
+    let interp = interpolation_named(path, interpolation)?;
     check_choice(path, choice)?;
     let image = decode_upright_rgb(path)?;
     prepare_rgb(&image, choice, interp, crop, flip).map_err(|_| bad_bucket(path, choice))
@@ -168,13 +162,7 @@ pub fn load_training_image_with_color(
     let Some(color) = color else {
         return load_training_image(path, choice, interpolation, crop, flip);
     };
-    let interp = match interpolation {
-        None => None,
-        Some(name) => Some(Interpolation::from_name(name).ok_or_else(|| PreprocessError::UnknownInterpolation {
-            path: path.to_path_buf(),
-            name: name.to_string(),
-        })?),
-    };
+    let interp = interpolation_named(path, interpolation)?;
     check_choice(path, choice)?;
     let image = decode_upright_rgb(path)?;
     let original_size = image.dimensions();
@@ -206,13 +194,7 @@ pub fn load_alpha_mask(
     crop: Crop,
     flip: bool,
 ) -> Result<Vec<f32>, PreprocessError> {
-    let interp = match interpolation {
-        None => None,
-        Some(name) => Some(Interpolation::from_name(name).ok_or_else(|| PreprocessError::UnknownInterpolation {
-            path: path.to_path_buf(),
-            name: name.to_string(),
-        })?),
-    };
+    let interp = interpolation_named(path, interpolation)?;
     check_choice(path, choice)?;
     let image_err = |source: ProbeError| PreprocessError::Image { path: path.to_path_buf(), source };
     let bytes = std::fs::read(path).map_err(|e| image_err(ProbeError::Unreadable(e.to_string())))?;
@@ -343,6 +325,15 @@ fn hsv8_to_bgr([h, s, v]: [u8; 3]) -> [u8; 3] {
     // tail rounds. The vector path is what nearly every pixel sees.
     let to8 = |x: f32| (x * 255.0).clamp(0.0, 255.0) as u8;
     [to8(b), to8(g), to8(r)]
+}
+
+/// The resize filter a subset names (`None` = automatic), or an error naming the file.
+fn interpolation_named(path: &Path, name: Option<&str>) -> Result<Option<Interpolation>, PreprocessError> {
+    name.map(|name| {
+        Interpolation::from_name(name)
+            .ok_or_else(|| PreprocessError::UnknownInterpolation { path: path.to_path_buf(), name: name.to_string() })
+    })
+    .transpose()
 }
 
 /// Decodes an image file into upright 8-bit RGB, as sd-scripts' `load_image` (PIL
