@@ -27,16 +27,6 @@ struct Attach {
     backward: BackwardFn,
 }
 
-impl Attach {
-    fn take_y(&self) -> Result<Tensor> {
-        self.y
-            .lock()
-            .map_err(|_| candle_core::Error::Msg("attach: poisoned lock".into()))?
-            .take()
-            .ok_or_else(|| candle_core::Error::Msg("attach: forward ran twice".into()))
-    }
-}
-
 fn passthrough_check(layout: &Layout) -> Result<()> {
     if !layout.is_contiguous() || layout.start_offset() != 0 {
         candle_core::bail!("attach: the precomputed output must be contiguous from offset 0")
@@ -50,7 +40,7 @@ impl CustomOp1 for Attach {
     }
 
     fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
-        let y = self.take_y()?;
+        let y = take(&self.y)?;
         let (storage, layout) = y.storage_and_layout();
         passthrough_check(layout)?;
         match &*storage {
@@ -61,7 +51,7 @@ impl CustomOp1 for Attach {
 
     #[cfg(feature = "cuda")]
     fn cuda_fwd(&self, _: &candle_core::CudaStorage, _: &Layout) -> Result<(candle_core::CudaStorage, Shape)> {
-        let y = self.take_y()?;
+        let y = take(&self.y)?;
         let (storage, layout) = y.storage_and_layout();
         passthrough_check(layout)?;
         match &*storage {
@@ -72,7 +62,7 @@ impl CustomOp1 for Attach {
 
     #[cfg(feature = "metal")]
     fn metal_fwd(&self, _: &candle_core::MetalStorage, _: &Layout) -> Result<(candle_core::MetalStorage, Shape)> {
-        let y = self.take_y()?;
+        let y = take(&self.y)?;
         let (storage, layout) = y.storage_and_layout();
         passthrough_check(layout)?;
         match &*storage {
