@@ -742,6 +742,10 @@ impl TrainConfig {
                 self.accelerate.mixed_precision
             ));
         }
+        // Before anything loads: a misspelt optimizer should not cost a model load.
+        if let Err(e) = lorakit_nn::optim::OptimizerKind::parse(&self.optimizer.optimizer_type) {
+            problems.push(format!("optimizer.optimizer_type: {e}"));
+        }
         let a = &self.accelerate;
         if a.full_fp16 && a.mixed_precision != "fp16" {
             problems.push(format!(
