@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use candle_core::{DType, Result, Tensor, D};
 
+use crate::cpu_conv;
 use crate::custom_backward::attach;
 
 /// `y = x·Wᵀ + b` with frozen `W` (out, in) and optional `b` (out); `x` is (…, in).
@@ -152,33 +153,53 @@ impl FrozenConv2d {
         let (_, _, h, w) = x.dims4()?;
         let (k, p, s) = (self.kernel_size(), self.padding, self.stride);
         let weight = self.weight.clone();
-        attach(
-            x,
-            &y,
-            Arc::new(move |g: &Tensor| {
-                // The input gradient is a convolution with the kernel flipped in H and W and
-                // in/out swapped. Built per backward call and dropped right after: keeping it
-                // would double the conv weights' memory (2.4 GB for SD1.5 in f32) for ~1% speed.
-                let flipped = flip_hw(&as_compute(&weight, g.dtype())?)?.transpose(0, 1)?.contiguous()?;
-                conv2d_input_grad(g, &flipped, k, s, p, (h, w))
-            }),
-        )
+        attach(x, &y, Arc::new(move |g: &Tensor| input_grad(g, &as_compute(&weight, g.dtype())?, k, s, p, (h, w))))
+    }
+}
+
+/// Both tensors in f32 when they are half-precision CPU tensors (candle has no CPU bf16/f16
+/// conv, nor do our CPU kernels); unchanged otherwise.
+fn f32_on_cpu(x: &Tensor, w: &Tensor) -> Result<(Tensor, Tensor)> {
+    if matches!(x.dtype(), DType::BF16 | DType::F16) && x.device().is_cpu() {
+        Ok((x.to_dtype(DType::F32)?, w.to_dtype(DType::F32)?))
+    } else {
+        Ok((x.clone(), w.clone()))
     }
 }
 
 /// `conv2d(x, w) + b` without a graph for `w`.
 fn conv2d_untracked(x: &Tensor, w: &Tensor, b: Option<&Tensor>, stride: usize, padding: usize) -> Result<Tensor> {
-    // candle has no CPU bf16/f16 conv; compute in f32 and cast back.
-    let (xc, wc) = if matches!(x.dtype(), DType::BF16 | DType::F16) && x.device().is_cpu() {
-        (x.to_dtype(DType::F32)?, w.to_dtype(DType::F32)?)
-    } else {
-        (x.clone(), w.clone())
-    };
+    let (xc, wc) = f32_on_cpu(x, w)?;
+    if cpu_conv::handles(&xc) {
+        let bias = b.map(|b| b.to_dtype(DType::F32)).transpose()?;
+        return cpu_conv::conv2d(&xc, &wc, bias.as_ref(), stride, padding)?.to_dtype(x.dtype());
+    }
     let y = xc.conv2d(&wc, padding, stride, 1, 1)?.to_dtype(x.dtype())?;
     match b {
         Some(b) => y.broadcast_add(&b.reshape((1, (), 1, 1))?),
         None => Ok(y),
     }
+}
+
+/// The input gradient of a convolution with kernel `w` (out, in, k, k), `stride` and `padding`
+/// over an input of spatial size `input_hw`, from the output gradient `g`.
+fn input_grad(
+    g: &Tensor,
+    w: &Tensor,
+    k: usize,
+    stride: usize,
+    padding: usize,
+    input_hw: (usize, usize),
+) -> Result<Tensor> {
+    let (gc, wc) = f32_on_cpu(g, w)?;
+    if cpu_conv::handles(&gc) {
+        return cpu_conv::conv2d_input_grad(&gc, &wc, stride, padding, input_hw)?.to_dtype(g.dtype());
+    }
+    // Elsewhere: a convolution with the kernel flipped in H and W and in/out swapped. Built per
+    // backward call and dropped right after: keeping it would double the conv weights' memory
+    // (2.4 GB for SD1.5 in f32) for ~1% speed.
+    let flipped = flip_hw(w)?.transpose(0, 1)?.contiguous()?;
+    conv2d_input_grad(g, &flipped, k, stride, padding, input_hw)
 }
 
 /// The input gradient of a convolution with kernel size `k`, `stride` and `padding` over an
@@ -242,13 +263,10 @@ pub fn conv2d_trainable(x: &Tensor, w: &Tensor, stride: usize, padding: usize) -
         w,
         &y,
         Arc::new(move |g: &Tensor| {
-            let dx = if x_tracked {
-                let flipped = flip_hw(&ws)?.transpose(0, 1)?.contiguous()?;
-                Some(conv2d_input_grad(g, &flipped, k, stride, padding, (h, wd))?)
-            } else {
-                None
-            };
-            let dw = if w_tracked {
+            let dx = if x_tracked { Some(input_grad(g, &ws, k, stride, padding, (h, wd))?) } else { None };
+            let dw = if w_tracked && cpu_conv::handles(&xs) && g.dtype() == xs.dtype() {
+                Some(cpu_conv::conv2d_kernel_grad(&xs, g, k, stride, padding)?)
+            } else if w_tracked {
                 // candle's Conv2D backward: the kernel gradient is a convolution of the input with
                 // the output gradient, batch and channels swapped, stride and dilation exchanged.
                 let gk = conv2d_dilated(&xs.transpose(0, 1)?, &g.transpose(0, 1)?, padding, stride)?.transpose(0, 1)?;

@@ -11,6 +11,7 @@
 pub mod activation;
 pub mod attention;
 pub mod checkpoint;
+mod cpu_conv;
 pub mod custom_backward;
 pub mod frozen;
 pub mod gradcheck;

@@ -83,6 +83,53 @@ fn trainable_conv_gradients_all_geometries() {
     }
 }
 
+/// Largest |a − b| relative to the largest |b|.
+fn relative_diff(a: &Tensor, b: &Tensor) -> f32 {
+    let scale = b.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap().max(1e-30);
+    (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap() / scale
+}
+
+#[test]
+fn f32_cpu_conv_kernels_match_candle_conv_and_its_gradients() {
+    // The f32 CPU path (our im2col/GEMM/col2im kernels; the f64 checks above take candle's
+    // path) against candle's own conv2d and its autograd, on non-square inputs, strides and
+    // paddings SD uses plus odd cases; batch 2 so per-image offsets are exercised.
+    for (k, s, p, h, w) in [
+        (3, 1, 1, 5, 7),
+        (1, 1, 0, 4, 3),
+        (3, 2, 1, 6, 8),
+        (3, 2, 1, 7, 5),
+        (3, 2, 0, 7, 9),
+        (3, 1, 0, 5, 6),
+        (1, 2, 0, 5, 5),
+    ] {
+        let name = format!("f32 conv k{k} s{s} p{p} {h}x{w}");
+        let f32t = |shape: &[usize], seed| rnd(shape, seed).to_dtype(DType::F32).unwrap();
+        let x = Var::from_tensor(&f32t(&[2, 5, h, w], 40)).unwrap();
+        let kernel = Var::from_tensor(&f32t(&[4, 5, k, k], 41)).unwrap();
+        let bias = f32t(&[4], 42);
+        let (oh, ow) = ((h + 2 * p - k) / s + 1, (w + 2 * p - k) / s + 1);
+        let upstream = f32t(&[2, 4, oh, ow], 43);
+
+        let reference = x.conv2d(&kernel, p, s, 1, 1).unwrap();
+        let ref_grads = (&reference * &upstream).unwrap().sum_all().unwrap().backward().unwrap();
+        let reference = reference.broadcast_add(&bias.reshape((1, 4, 1, 1)).unwrap()).unwrap();
+
+        let frozen = FrozenConv2d::new(kernel.as_tensor().clone(), Some(bias.clone()), s, p).unwrap();
+        let ours = frozen.forward(x.as_tensor()).unwrap();
+        assert!(relative_diff(&ours, &reference) < 1e-5, "{name}: frozen forward");
+        let grads = (&ours * &upstream).unwrap().sum_all().unwrap().backward().unwrap();
+        let dx = grads.get(&x).unwrap();
+        assert!(relative_diff(dx, ref_grads.get(&x).unwrap()) < 1e-5, "{name}: frozen input gradient");
+
+        let trained = lorakit_nn::frozen::conv2d_trainable(x.as_tensor(), kernel.as_tensor(), s, p).unwrap();
+        let grads = (&trained * &upstream).unwrap().sum_all().unwrap().backward().unwrap();
+        assert!(relative_diff(grads.get(&x).unwrap(), ref_grads.get(&x).unwrap()) < 1e-5, "{name}: trainable dx");
+        let dw = grads.get(&kernel).unwrap();
+        assert!(relative_diff(dw, ref_grads.get(&kernel).unwrap()) < 1e-5, "{name}: trainable kernel gradient");
+    }
+}
+
 #[test]
 fn norms_and_activations() {
     let ln = LayerNorm::new(rnd(&[6], 20).affine(0.3, 1.0).unwrap(), Some(rnd(&[6], 21)), 1e-5);

@@ -1,0 +1,386 @@
+//! CPU f32 convolution kernels for the frozen and LoCon convs: one GEMM per image over
+//! im2col rows copied straight from NCHW, so the product is already NCHW.
+//!
+//! candle 0.11's CPU conv2d transposes the input to NHWC, re-flattens the kernel on every call
+//! (a 59 MB scattered copy for SD1.5's largest), builds its im2col tiles with strided writes
+//! and scatters the result back to NCHW, all single-threaded outside the GEMM. Here the kernel
+//! (out, in, k, k) is used as it lies — it already is the (out, in·k·k) GEMM operand — each
+//! im2col row is a run of contiguous copies, and the input gradient is `Wᵀ·g` folded back by
+//! col2im, which handles stride and padding without building a flipped kernel or a
+//! zero-dilated gradient.
+
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
+use gemm::Parallelism;
+use rayon::prelude::*;
+
+/// Geometry of one square-kernel convolution (groups 1, dilation 1).
+#[derive(Clone, Copy, Debug)]
+struct Geometry {
+    channels: usize,
+    height: usize,
+    width: usize,
+    kernel: usize,
+    stride: usize,
+    padding: usize,
+}
+
+impl Geometry {
+    fn out_hw(&self) -> (usize, usize) {
+        let out = |n: usize| (n + 2 * self.padding - self.kernel) / self.stride + 1;
+        (out(self.height), out(self.width))
+    }
+
+    /// Rows of the im2col matrix: one per (channel, kernel row, kernel column).
+    fn col_rows(&self) -> usize {
+        self.channels * self.kernel * self.kernel
+    }
+
+    /// A 1×1, stride-1, unpadded conv needs no im2col: the image is the matrix.
+    fn is_pointwise(&self) -> bool {
+        self.kernel == 1 && self.stride == 1 && self.padding == 0
+    }
+
+    /// For output row `oh` and kernel row `kh`, the input row, if inside the image.
+    fn input_row(&self, oh: usize, kh: usize) -> Option<usize> {
+        (oh * self.stride + kh).checked_sub(self.padding).filter(|&i| i < self.height)
+    }
+
+    /// The range of output columns whose input column is inside the image, for kernel column `kw`.
+    fn valid_out_cols(&self, kw: usize, out_w: usize) -> std::ops::Range<usize> {
+        let first = self.padding.saturating_sub(kw).div_ceil(self.stride);
+        let last = (self.width + self.padding).saturating_sub(kw).div_ceil(self.stride).min(out_w);
+        first..last.max(first)
+    }
+}
+
+fn threads() -> Parallelism {
+    match rayon::current_num_threads() {
+        0 | 1 => Parallelism::None,
+        n => Parallelism::Rayon(n),
+    }
+}
+
+/// Fills `col` (C·k·k, Ho·Wo) from one image `x` (C, H, W).
+fn im2col(x: &[f32], g: &Geometry, col: &mut [f32]) {
+    let (out_h, out_w) = g.out_hw();
+    let plane = g.height * g.width;
+    let k = g.kernel;
+    col.par_chunks_mut(out_h * out_w).enumerate().for_each(|(row, dst)| {
+        let (c, kh, kw) = (row / (k * k), (row / k) % k, row % k);
+        let src = &x[c * plane..(c + 1) * plane];
+        let valid = g.valid_out_cols(kw, out_w);
+        for (oh, dst_row) in dst.chunks_exact_mut(out_w).enumerate() {
+            let Some(ih) = g.input_row(oh, kh) else {
+                dst_row.fill(0.0);
+                continue;
+            };
+            let src_row = &src[ih * g.width..(ih + 1) * g.width];
+            dst_row[..valid.start].fill(0.0);
+            dst_row[valid.end..].fill(0.0);
+            if g.stride == 1 {
+                let first_in = valid.start + kw - g.padding;
+                dst_row[valid.clone()].copy_from_slice(&src_row[first_in..first_in + valid.len()]);
+            } else {
+                for ow in valid.clone() {
+                    dst_row[ow] = src_row[ow * g.stride + kw - g.padding];
+                }
+            }
+        }
+    });
+}
+
+/// Adds the columns `col` (C·k·k, Ho·Wo) back into an image gradient `dx` (C, H, W), which it
+/// overwrites.
+fn col2im(col: &[f32], g: &Geometry, dx: &mut [f32]) {
+    let (out_h, out_w) = g.out_hw();
+    let k = g.kernel;
+    let rows_per_channel = k * k * out_h * out_w;
+    dx.par_chunks_mut(g.height * g.width).enumerate().for_each(|(c, plane)| {
+        plane.fill(0.0);
+        let channel_cols = &col[c * rows_per_channel..(c + 1) * rows_per_channel];
+        for (r, src) in channel_cols.chunks_exact(out_h * out_w).enumerate() {
+            let (kh, kw) = (r / k, r % k);
+            let valid = g.valid_out_cols(kw, out_w);
+            for (oh, src_row) in src.chunks_exact(out_w).enumerate() {
+                let Some(ih) = g.input_row(oh, kh) else { continue };
+                let dst_row = &mut plane[ih * g.width..(ih + 1) * g.width];
+                if g.stride == 1 {
+                    let first_in = valid.start + kw - g.padding;
+                    for (d, s) in dst_row[first_in..first_in + valid.len()].iter_mut().zip(&src_row[valid.clone()]) {
+                        *d += s;
+                    }
+                } else {
+                    for ow in valid.clone() {
+                        dst_row[ow * g.stride + kw - g.padding] += src_row[ow];
+                    }
+                }
+            }
+        }
+    });
+}
+
+/// `dst (m, n) = lhs (m, k) · rhs (k, n)` (plus `dst` when `accumulate`), every matrix
+/// row-major except `lhs`, given by its row and column strides.
+#[allow(clippy::too_many_arguments)]
+fn matmul(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: &mut [f32],
+    accumulate: bool,
+    lhs: &[f32],
+    lhs_strides: (usize, usize),
+    rhs: &[f32],
+) {
+    debug_assert!(dst.len() >= m * n && rhs.len() >= k * n);
+    // SAFETY: the slices cover every index the strides reach (checked by the callers' shapes
+    // and the debug assertion above); dst does not alias lhs or rhs.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            lhs.as_ptr(),
+            lhs_strides.1 as isize,
+            lhs_strides.0 as isize,
+            rhs.as_ptr(),
+            1,
+            n as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            threads(),
+        )
+    }
+}
+
+/// The f32 slice of a contiguous CPU storage, or an error naming `what`.
+fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
+    let data = s.as_slice::<f32>()?;
+    match l.contiguous_offsets() {
+        Some((start, end)) => Ok(&data[start..end]),
+        None => candle_core::bail!("cpu conv: {what} must be contiguous"),
+    }
+}
+
+/// Forward convolution `x (B, C, H, W) ⊛ w (O, C, k, k) [+ b (O)]`.
+struct Forward {
+    stride: usize,
+    padding: usize,
+}
+
+impl Forward {
+    fn run(&self, x: &[f32], xl: &Layout, w: &[f32], wl: &Layout, bias: Option<&[f32]>) -> Result<(CpuStorage, Shape)> {
+        let (b, c, h, wd) = xl.shape().dims4()?;
+        let (o, _, k, _) = wl.shape().dims4()?;
+        let g = Geometry { channels: c, height: h, width: wd, kernel: k, stride: self.stride, padding: self.padding };
+        let (out_h, out_w) = g.out_hw();
+        let n = out_h * out_w;
+        let mut out = vec![0f32; b * o * n];
+        let mut col = if g.is_pointwise() { Vec::new() } else { vec![0f32; g.col_rows() * n] };
+        for (img, dst) in x.chunks_exact(c * h * wd).zip(out.chunks_exact_mut(o * n)) {
+            if let Some(bias) = bias {
+                for (row, &v) in dst.chunks_exact_mut(n).zip(bias) {
+                    row.fill(v);
+                }
+            }
+            let rhs = if g.is_pointwise() {
+                img
+            } else {
+                im2col(img, &g, &mut col);
+                &col
+            };
+            matmul(o, n, g.col_rows(), dst, bias.is_some(), w, (g.col_rows(), 1), rhs);
+        }
+        Ok((CpuStorage::F32(out), Shape::from((b, o, out_h, out_w))))
+    }
+}
+
+impl CustomOp2 for Forward {
+    fn name(&self) -> &'static str {
+        "lorakit-conv2d"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        self.run(contiguous_f32(s1, l1, "input")?, l1, contiguous_f32(s2, l2, "kernel")?, l2, None)
+    }
+}
+
+impl CustomOp3 for Forward {
+    fn name(&self) -> &'static str {
+        "lorakit-conv2d-bias"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let bias = contiguous_f32(s3, l3, "bias")?;
+        self.run(contiguous_f32(s1, l1, "input")?, l1, contiguous_f32(s2, l2, "kernel")?, l2, Some(bias))
+    }
+}
+
+/// Input gradient of a convolution: `dx = col2im(Wᵀ · g)` for g (B, O, Ho, Wo), w (O, C, k, k).
+struct InputGrad {
+    stride: usize,
+    padding: usize,
+    input_hw: (usize, usize),
+}
+
+impl CustomOp2 for InputGrad {
+    fn name(&self) -> &'static str {
+        "lorakit-conv2d-input-grad"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let grad = contiguous_f32(s1, l1, "output gradient")?;
+        let w = contiguous_f32(s2, l2, "kernel")?;
+        let (b, o, gh, gw) = l1.shape().dims4()?;
+        let (_, c, k, _) = l2.shape().dims4()?;
+        let (h, wd) = self.input_hw;
+        let g = Geometry { channels: c, height: h, width: wd, kernel: k, stride: self.stride, padding: self.padding };
+        if g.out_hw() != (gh, gw) {
+            candle_core::bail!("conv input gradient: gradient {gh}×{gw} does not fit input {h}×{wd}")
+        }
+        let n = gh * gw;
+        let rows = g.col_rows();
+        let mut dx = vec![0f32; b * c * h * wd];
+        let mut col = if g.is_pointwise() { Vec::new() } else { vec![0f32; rows * n] };
+        for (gi, dxi) in grad.chunks_exact(o * n).zip(dx.chunks_exact_mut(c * h * wd)) {
+            // Wᵀ: (C·k·k, O), read from the (O, C·k·k) kernel with swapped strides.
+            if g.is_pointwise() {
+                matmul(rows, n, o, dxi, false, w, (1, rows), gi);
+            } else {
+                matmul(rows, n, o, &mut col, false, w, (1, rows), gi);
+                col2im(&col, &g, dxi);
+            }
+        }
+        Ok((CpuStorage::F32(dx), Shape::from((b, c, h, wd))))
+    }
+}
+
+/// Kernel gradient of a convolution: `dW = Σ_b g_b · im2col(x_b)ᵀ` for x (B, C, H, W),
+/// g (B, O, Ho, Wo) → (O, C, k, k).
+struct KernelGrad {
+    kernel: usize,
+    stride: usize,
+    padding: usize,
+}
+
+impl CustomOp2 for KernelGrad {
+    fn name(&self) -> &'static str {
+        "lorakit-conv2d-kernel-grad"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(s1, l1, "input")?;
+        let grad = contiguous_f32(s2, l2, "output gradient")?;
+        let (_, c, h, wd) = l1.shape().dims4()?;
+        let (_, o, gh, gw) = l2.shape().dims4()?;
+        let g = Geometry {
+            channels: c,
+            height: h,
+            width: wd,
+            kernel: self.kernel,
+            stride: self.stride,
+            padding: self.padding,
+        };
+        if g.out_hw() != (gh, gw) {
+            candle_core::bail!("conv kernel gradient: gradient {gh}×{gw} does not fit input {h}×{wd}")
+        }
+        let n = gh * gw;
+        let rows = g.col_rows();
+        let mut dw = vec![0f32; o * rows];
+        let mut col = if g.is_pointwise() { Vec::new() } else { vec![0f32; rows * n] };
+        for (i, (xi, gi)) in x.chunks_exact(c * h * wd).zip(grad.chunks_exact(o * n)).enumerate() {
+            let cols = if g.is_pointwise() {
+                xi
+            } else {
+                im2col(xi, &g, &mut col);
+                &col
+            };
+            // dW (O, C·k·k) += g (O, n) · colsᵀ (n, C·k·k): the product's rhs is cols transposed,
+            // so compute dWᵀ-free by treating g as lhs and cols as a column-major rhs.
+            gemm_rhs_transposed(o, rows, n, &mut dw, i > 0, gi, cols);
+        }
+        Ok((CpuStorage::F32(dw), Shape::from((o, c, self.kernel, self.kernel))))
+    }
+}
+
+/// `dst (m, n) [+]= lhs (m, k) · rhsᵀ` with `rhs` stored row-major as (n, k).
+fn gemm_rhs_transposed(m: usize, n: usize, k: usize, dst: &mut [f32], accumulate: bool, lhs: &[f32], rhs: &[f32]) {
+    debug_assert!(dst.len() >= m * n && lhs.len() >= m * k && rhs.len() >= n * k);
+    // SAFETY: as in `matmul`; rhsᵀ element (i, j) is rhs[j·k + i].
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            lhs.as_ptr(),
+            1,
+            k as isize,
+            rhs.as_ptr(),
+            k as isize,
+            1,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            threads(),
+        )
+    }
+}
+
+/// Whether these kernels handle `x`: contiguous-able f32 on the CPU.
+pub(crate) fn handles(x: &Tensor) -> bool {
+    x.device().is_cpu() && x.dtype() == candle_core::DType::F32
+}
+
+/// `conv2d(x, w) + b` on the CPU in f32; no graph is recorded.
+pub(crate) fn conv2d(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, stride: usize, padding: usize) -> Result<Tensor> {
+    let (x, w) = (x.contiguous()?, w.contiguous()?);
+    let op = Forward { stride, padding };
+    match bias {
+        Some(b) => x.apply_op3_no_bwd(&w, &b.contiguous()?, &op),
+        None => x.apply_op2_no_bwd(&w, &op),
+    }
+}
+
+/// The input gradient of `conv2d(x, w)` for x of spatial size `input_hw`, from the output
+/// gradient `grad`.
+pub(crate) fn conv2d_input_grad(
+    grad: &Tensor,
+    w: &Tensor,
+    stride: usize,
+    padding: usize,
+    input_hw: (usize, usize),
+) -> Result<Tensor> {
+    grad.contiguous()?.apply_op2_no_bwd(&w.contiguous()?, &InputGrad { stride, padding, input_hw })
+}
+
+/// The kernel gradient of `conv2d(x, w)` for a square kernel of size `kernel`.
+pub(crate) fn conv2d_kernel_grad(
+    x: &Tensor,
+    grad: &Tensor,
+    kernel: usize,
+    stride: usize,
+    padding: usize,
+) -> Result<Tensor> {
+    x.contiguous()?.apply_op2_no_bwd(&grad.contiguous()?, &KernelGrad { kernel, stride, padding })
+}
