@@ -85,6 +85,7 @@ fn main() -> anyhow::Result<()> {
         let t = Instant::now();
         let pred = unet.forward(&latents, &timesteps, &context, &ctx)?;
         let loss = (pred - &target)?.sqr()?.mean_all()?;
+        let forward_secs = t.elapsed().as_secs_f64();
         // --live-memory: return freed heap pages first so the number is live memory (costs the
         // next step page faults, so timings are not comparable with it on).
         if live_memory {
@@ -103,7 +104,7 @@ fn main() -> anyhow::Result<()> {
         if step > 0 {
             // Step 0 is warm-up (allocator, page faults).
             println!(
-                "{{\"impl\":\"lorakit\",\"step\":{step},\"seconds\":{secs:.3},\"loss\":{:.5},\"grad_norm\":{:.5},\"peak_rss_mb\":{:.0},\"rss_after_forward_mb\":{after_forward:.0},\"checkpointing\":{checkpointing}}}",
+                "{{\"impl\":\"lorakit\",\"step\":{step},\"seconds\":{secs:.3},\"forward_seconds\":{forward_secs:.3},\"loss\":{:.5},\"grad_norm\":{:.5},\"peak_rss_mb\":{:.0},\"rss_after_forward_mb\":{after_forward:.0},\"checkpointing\":{checkpointing}}}",
                 loss.to_scalar::<f32>()?,
                 norm.sqrt(),
                 peak_rss_mb()

@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use candle_core::{Result, Tensor, D};
 
+use crate::cpu;
 use crate::custom_backward::attach_many;
 use crate::stat_dtype;
 
@@ -25,9 +26,12 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tenso
     if nk != n || nv != n || dk != d || lv != lk {
         candle_core::bail!("attention: q {:?}, k {:?}, v {:?} do not fit together", q.dims(), k.dims(), v.dims())
     }
+    let (qd, kd, vd) = (q.detach().contiguous()?, k.detach().contiguous()?, v.detach().contiguous()?);
+    if cpu::handles(q) && cpu::handles(k) && cpu::handles(v) {
+        return fused_cpu(q, k, v, (qd, kd, vd), scale);
+    }
     let stat = stat_dtype(q.dtype());
     let chunk = (CHUNK_ELEMENTS / (n * lk).max(1)).clamp(1, lq);
-    let (qd, kd, vd) = (q.detach().contiguous()?, k.detach().contiguous()?, v.detach().contiguous()?);
     let mut outs = Vec::new();
     let mut lses = Vec::new();
     let mut start = 0;
@@ -53,6 +57,45 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tenso
         &[q, k, v],
         &out,
         Arc::new(move |g: &Tensor| attention_backward(&qd, &kd, &vd, &saved_out, &lse, g, scale, chunk)),
+    )
+}
+
+/// [`attention`] through the fused f32 CPU kernels; `detached` are q, k, v detached and
+/// contiguous.
+fn fused_cpu(q: &Tensor, k: &Tensor, v: &Tensor, detached: (Tensor, Tensor, Tensor), scale: f64) -> Result<Tensor> {
+    let (qd, kd, vd) = detached;
+    let (heads, lq, d) = qd.dims3()?;
+    let (lk, dv) = (kd.dim(1)?, vd.dim(2)?);
+    let dims = cpu::attention::Dims { heads, lq, lk, d, dv };
+    let scale = scale as f32;
+    let (out, lse) = cpu::with_f32(&qd, |q| {
+        cpu::with_f32(&kd, |k| cpu::with_f32(&vd, |v| cpu::attention::forward(q, k, v, dims, scale)))
+    })???;
+    let out = Tensor::from_vec(out, (heads, lq, dv), q.device())?;
+    if !(q.track_op() || k.track_op() || v.track_op()) {
+        return Ok(out);
+    }
+    let saved_out = out.clone();
+    attach_many(
+        &[q, k, v],
+        &out,
+        Arc::new(move |g: &Tensor| {
+            let device = g.device().clone();
+            let (dq, dk, dv_grad) = cpu::with_f32(&qd, |q| {
+                cpu::with_f32(&kd, |k| {
+                    cpu::with_f32(&vd, |v| {
+                        cpu::with_f32(&saved_out, |o| {
+                            cpu::with_f32(g, |g| cpu::attention::backward(q, k, v, o, &lse, g, dims, scale))
+                        })
+                    })
+                })
+            })?????;
+            Ok(vec![
+                Tensor::from_vec(dq, (heads, lq, d), &device)?,
+                Tensor::from_vec(dk, (heads, lk, d), &device)?,
+                Tensor::from_vec(dv_grad, (heads, lk, dv), &device)?,
+            ])
+        }),
     )
 }
 

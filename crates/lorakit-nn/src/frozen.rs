@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use candle_core::{DType, Result, Tensor, D};
 
-use crate::cpu_conv;
+use crate::cpu::{self, conv as cpu_conv};
 use crate::custom_backward::attach;
 
 /// `y = x·Wᵀ + b` with frozen `W` (out, in) and optional `b` (out); `x` is (…, in).
@@ -170,7 +170,7 @@ fn f32_on_cpu(x: &Tensor, w: &Tensor) -> Result<(Tensor, Tensor)> {
 /// `conv2d(x, w) + b` without a graph for `w`.
 fn conv2d_untracked(x: &Tensor, w: &Tensor, b: Option<&Tensor>, stride: usize, padding: usize) -> Result<Tensor> {
     let (xc, wc) = f32_on_cpu(x, w)?;
-    if cpu_conv::handles(&xc) {
+    if cpu::handles(&xc) {
         let bias = b.map(|b| b.to_dtype(DType::F32)).transpose()?;
         return cpu_conv::conv2d(&xc, &wc, bias.as_ref(), stride, padding)?.to_dtype(x.dtype());
     }
@@ -192,7 +192,7 @@ fn input_grad(
     input_hw: (usize, usize),
 ) -> Result<Tensor> {
     let (gc, wc) = f32_on_cpu(g, w)?;
-    if cpu_conv::handles(&gc) {
+    if cpu::handles(&gc) {
         return cpu_conv::conv2d_input_grad(&gc, &wc, stride, padding, input_hw)?.to_dtype(g.dtype());
     }
     // Elsewhere: a convolution with the kernel flipped in H and W and in/out swapped. Built per
@@ -264,7 +264,7 @@ pub fn conv2d_trainable(x: &Tensor, w: &Tensor, stride: usize, padding: usize) -
         &y,
         Arc::new(move |g: &Tensor| {
             let dx = if x_tracked { Some(input_grad(g, &ws, k, stride, padding, (h, wd))?) } else { None };
-            let dw = if w_tracked && cpu_conv::handles(&xs) && g.dtype() == xs.dtype() {
+            let dw = if w_tracked && cpu::handles(&xs) && g.dtype() == xs.dtype() {
                 Some(cpu_conv::conv2d_kernel_grad(&xs, g, k, stride, padding)?)
             } else if w_tracked {
                 // candle's Conv2D backward: the kernel gradient is a convolution of the input with

@@ -11,7 +11,7 @@
 pub mod activation;
 pub mod attention;
 pub mod checkpoint;
-mod cpu_conv;
+mod cpu;
 pub mod custom_backward;
 pub mod frozen;
 pub mod gradcheck;

@@ -181,14 +181,14 @@ fn chunked_attention_gradients() {
     assert_grad_ok("attention", |t| attention(&t[0], &t[1], &t[2], 0.6), &[q, k, v]);
 }
 
-#[test]
-fn chunked_attention_matches_composed_over_many_chunks() {
-    // Large enough for several query chunks: 2 × 700 × 24000 scores > the chunk budget.
+/// `attention` against the composed full-matrix version: output and the three gradients.
+fn attention_matches_composed(dtype: DType, heads: usize, lq: usize, lk: usize, d: usize, dv: usize) {
     let dev = Device::Cpu;
-    let q = Var::from_tensor(&Tensor::randn(0f32, 1.0, (2, 1400, 8), &dev).unwrap()).unwrap();
-    let k = Var::from_tensor(&Tensor::randn(0f32, 1.0, (2, 12000, 8), &dev).unwrap()).unwrap();
-    let v = Var::from_tensor(&Tensor::randn(0f32, 1.0, (2, 12000, 4), &dev).unwrap()).unwrap();
-    let w = Tensor::randn(0f32, 1.0, (2, 1400, 4), &dev).unwrap();
+    let randn = |shape: (usize, usize, usize)| Tensor::randn(0f32, 1.0, shape, &dev).unwrap().to_dtype(dtype).unwrap();
+    let q = Var::from_tensor(&randn((heads, lq, d))).unwrap();
+    let k = Var::from_tensor(&randn((heads, lk, d))).unwrap();
+    let v = Var::from_tensor(&randn((heads, lk, dv))).unwrap();
+    let w = randn((heads, lq, dv));
     let run = |f: &dyn Fn(&Tensor, &Tensor, &Tensor, f64) -> Result<Tensor>| {
         let out = f(q.as_tensor(), k.as_tensor(), v.as_tensor(), 0.35).unwrap();
         let g = (&out * &w).unwrap().sum_all().unwrap().backward().unwrap();
@@ -196,14 +196,31 @@ fn chunked_attention_matches_composed_over_many_chunks() {
     };
     let (o1, g1) = run(&attention);
     let (o2, g2) = run(&attention_composed);
-    let rel = |a: &Tensor, b: &Tensor| -> f32 {
-        let d = (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
-        d / b.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap()
+    let rel = |a: &Tensor, b: &Tensor| -> f64 {
+        let d = (a - b).unwrap().abs().unwrap().max_all().unwrap().to_dtype(DType::F64).unwrap();
+        let scale = b.abs().unwrap().max_all().unwrap().to_dtype(DType::F64).unwrap();
+        d.to_scalar::<f64>().unwrap() / scale.to_scalar::<f64>().unwrap()
     };
-    assert!(rel(&o1, &o2) < 1e-5, "output {}", rel(&o1, &o2));
+    let name = format!("{dtype:?} {heads}×{lq}×{lk}, d {d}, dv {dv}");
+    assert!(rel(&o1, &o2) < 1e-5, "{name}: output {}", rel(&o1, &o2));
     for (i, (a, b)) in g1.iter().zip(&g2).enumerate() {
-        assert!(rel(a, b) < 1e-4, "grad {i}: {}", rel(a, b));
+        assert!(rel(a, b) < 1e-4, "{name}: grad {i}: {}", rel(a, b));
     }
+}
+
+#[test]
+fn fused_cpu_attention_matches_composed() {
+    // f32 on the CPU takes the fused kernels: several 128-row query blocks with a partial last
+    // one, self-attention as in SD (d = dv = 40), cross-attention over 77 tokens, dv ≠ d.
+    attention_matches_composed(DType::F32, 2, 1400, 12000, 8, 4);
+    attention_matches_composed(DType::F32, 3, 300, 300, 40, 40);
+    attention_matches_composed(DType::F32, 2, 257, 77, 16, 24);
+}
+
+#[test]
+fn chunked_attention_matches_composed_over_many_chunks() {
+    // Other dtypes take the composed chunked path; 2 × 1400 × 12000 scores exceed one chunk.
+    attention_matches_composed(DType::F64, 2, 1400, 12000, 8, 4);
 }
 
 fn linear_target(in_dim: usize, out_dim: usize) -> LoraTarget {

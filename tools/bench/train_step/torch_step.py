@@ -50,12 +50,13 @@ for step in range(steps + 1):
     t = time.perf_counter()
     pred = unet(latents, timesteps, context).sample
     loss = torch.nn.functional.mse_loss(pred, target)
+    forward_secs = time.perf_counter() - t
     loss.backward()
     norm = sum(float(p.grad.pow(2).sum()) for p in params if p.grad is not None) ** 0.5
     for p in params:
         p.grad = None
     secs = time.perf_counter() - t
     if step > 0:
-        print(json.dumps({"impl": "pytorch", "step": step, "seconds": round(secs, 3), "loss": round(float(loss), 5),
+        print(json.dumps({"impl": "pytorch", "step": step, "seconds": round(secs, 3), "forward_seconds": round(forward_secs, 3), "loss": round(float(loss), 5),
                           "grad_norm": round(norm, 5), "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
                           "checkpointing": checkpointing}), flush=True)

@@ -10,8 +10,9 @@
 //! zero-dilated gradient.
 
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
-use gemm::Parallelism;
 use rayon::prelude::*;
+
+use super::gemm::{all_threads, matmul, MatRef};
 
 /// Geometry of one square-kernel convolution (groups 1, dilation 1).
 #[derive(Clone, Copy, Debug)]
@@ -50,13 +51,6 @@ impl Geometry {
         let first = self.padding.saturating_sub(kw).div_ceil(self.stride);
         let last = (self.width + self.padding).saturating_sub(kw).div_ceil(self.stride).min(out_w);
         first..last.max(first)
-    }
-}
-
-fn threads() -> Parallelism {
-    match rayon::current_num_threads() {
-        0 | 1 => Parallelism::None,
-        n => Parallelism::Rayon(n),
     }
 }
 
@@ -119,47 +113,6 @@ fn col2im(col: &[f32], g: &Geometry, dx: &mut [f32]) {
     });
 }
 
-/// `dst (m, n) = lhs (m, k) · rhs (k, n)` (plus `dst` when `accumulate`), every matrix
-/// row-major except `lhs`, given by its row and column strides.
-#[allow(clippy::too_many_arguments)]
-fn matmul(
-    m: usize,
-    n: usize,
-    k: usize,
-    dst: &mut [f32],
-    accumulate: bool,
-    lhs: &[f32],
-    lhs_strides: (usize, usize),
-    rhs: &[f32],
-) {
-    debug_assert!(dst.len() >= m * n && rhs.len() >= k * n);
-    // SAFETY: the slices cover every index the strides reach (checked by the callers' shapes
-    // and the debug assertion above); dst does not alias lhs or rhs.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            n as isize,
-            accumulate,
-            lhs.as_ptr(),
-            lhs_strides.1 as isize,
-            lhs_strides.0 as isize,
-            rhs.as_ptr(),
-            1,
-            n as isize,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            threads(),
-        )
-    }
-}
-
 /// The f32 slice of a contiguous CPU storage, or an error naming `what`.
 fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
     let data = s.as_slice::<f32>()?;
@@ -196,7 +149,8 @@ impl Forward {
                 im2col(img, &g, &mut col);
                 &col
             };
-            matmul(o, n, g.col_rows(), dst, bias.is_some(), w, (g.col_rows(), 1), rhs);
+            let (w, rhs) = (MatRef::row_major(w, o, g.col_rows()), MatRef::row_major(rhs, g.col_rows(), n));
+            matmul(dst, bias.is_some(), 1.0, w, rhs, all_threads());
         }
         Ok((CpuStorage::F32(out), Shape::from((b, o, out_h, out_w))))
     }
@@ -258,11 +212,11 @@ impl CustomOp2 for InputGrad {
         let mut dx = vec![0f32; b * c * h * wd];
         let mut col = if g.is_pointwise() { Vec::new() } else { vec![0f32; rows * n] };
         for (gi, dxi) in grad.chunks_exact(o * n).zip(dx.chunks_exact_mut(c * h * wd)) {
-            // Wᵀ: (C·k·k, O), read from the (O, C·k·k) kernel with swapped strides.
+            let (wt, gi) = (MatRef::row_major(w, o, rows).t(), MatRef::row_major(gi, o, n));
             if g.is_pointwise() {
-                matmul(rows, n, o, dxi, false, w, (1, rows), gi);
+                matmul(dxi, false, 1.0, wt, gi, all_threads());
             } else {
-                matmul(rows, n, o, &mut col, false, w, (1, rows), gi);
+                matmul(&mut col, false, 1.0, wt, gi, all_threads());
                 col2im(&col, &g, dxi);
             }
         }
@@ -310,46 +264,12 @@ impl CustomOp2 for KernelGrad {
                 im2col(xi, &g, &mut col);
                 &col
             };
-            // dW (O, C·k·k) += g (O, n) · colsᵀ (n, C·k·k): the product's rhs is cols transposed,
-            // so compute dWᵀ-free by treating g as lhs and cols as a column-major rhs.
-            gemm_rhs_transposed(o, rows, n, &mut dw, i > 0, gi, cols);
+            // dW (O, C·k·k) += g (O, n) · colsᵀ (n, C·k·k).
+            let (gi, cols_t) = (MatRef::row_major(gi, o, n), MatRef::row_major(cols, rows, n).t());
+            matmul(&mut dw, i > 0, 1.0, gi, cols_t, all_threads());
         }
         Ok((CpuStorage::F32(dw), Shape::from((o, c, self.kernel, self.kernel))))
     }
-}
-
-/// `dst (m, n) [+]= lhs (m, k) · rhsᵀ` with `rhs` stored row-major as (n, k).
-fn gemm_rhs_transposed(m: usize, n: usize, k: usize, dst: &mut [f32], accumulate: bool, lhs: &[f32], rhs: &[f32]) {
-    debug_assert!(dst.len() >= m * n && lhs.len() >= m * k && rhs.len() >= n * k);
-    // SAFETY: as in `matmul`; rhsᵀ element (i, j) is rhs[j·k + i].
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            n as isize,
-            accumulate,
-            lhs.as_ptr(),
-            1,
-            k as isize,
-            rhs.as_ptr(),
-            k as isize,
-            1,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            threads(),
-        )
-    }
-}
-
-/// Whether these kernels handle `x`: contiguous-able f32 on the CPU.
-pub(crate) fn handles(x: &Tensor) -> bool {
-    x.device().is_cpu() && x.dtype() == candle_core::DType::F32
 }
 
 /// `conv2d(x, w) + b` on the CPU in f32; no graph is recorded.
