@@ -1,6 +1,11 @@
 //! Activations with a recorded backward (candle's fused softmax records none).
 
+use std::sync::Arc;
+
 use candle_core::{Result, Tensor, D};
+
+use crate::cpu;
+use crate::custom_backward::attach;
 
 /// Softmax over the last dimension, max-subtracted for stability, composed from tracked ops.
 pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
@@ -22,7 +27,22 @@ pub fn quick_gelu(x: &Tensor) -> Result<Tensor> {
 
 /// `x · sigmoid(x)`.
 pub fn silu(x: &Tensor) -> Result<Tensor> {
-    x.silu()
+    if !cpu::handles(x) {
+        return x.silu();
+    }
+    let xs = x.detach().contiguous()?;
+    let y = Tensor::from_vec(cpu::with_f32(&xs, cpu::activation::silu)?, x.shape(), x.device())?;
+    if !x.track_op() {
+        return Ok(y);
+    }
+    attach(
+        x,
+        &y,
+        Arc::new(move |g: &Tensor| {
+            let dx = cpu::with_f32(&xs, |x| cpu::with_f32(g, |g| cpu::activation::silu_backward(x, g)))??;
+            Tensor::from_vec(dx, xs.shape(), xs.device())
+        }),
+    )
 }
 
 /// GEGLU's gate: splits the last dimension in halves `(h, g)` and returns `h · gelu(g)`.
@@ -31,7 +51,29 @@ pub fn geglu(x: &Tensor) -> Result<Tensor> {
     if n % 2 != 0 {
         candle_core::bail!("GEGLU needs an even last dimension, got {n}")
     }
+    if cpu::handles(x) {
+        return geglu_cpu(x, n / 2);
+    }
     let h = x.narrow(D::Minus1, 0, n / 2)?;
     let g = x.narrow(D::Minus1, n / 2, n / 2)?;
     h * gelu(&g)?
+}
+
+/// [`geglu`] through the fused f32 CPU kernels.
+fn geglu_cpu(x: &Tensor, half: usize) -> Result<Tensor> {
+    let xs = x.detach().contiguous()?;
+    let mut out_shape = x.dims().to_vec();
+    *out_shape.last_mut().expect("geglu input has a last dimension") = half;
+    let y = Tensor::from_vec(cpu::with_f32(&xs, |x| cpu::activation::geglu(x, half))?, out_shape, x.device())?;
+    if !x.track_op() {
+        return Ok(y);
+    }
+    attach(
+        x,
+        &y,
+        Arc::new(move |g: &Tensor| {
+            let dx = cpu::with_f32(&xs, |x| cpu::with_f32(g, |g| cpu::activation::geglu_backward(x, g, half)))??;
+            Tensor::from_vec(dx, xs.shape(), xs.device())
+        }),
+    )
 }

@@ -128,6 +128,34 @@ fn f32_cpu_conv_kernels_match_candle_conv_and_its_gradients() {
         let dw = grads.get(&kernel).unwrap();
         assert!(relative_diff(dw, ref_grads.get(&kernel).unwrap()) < 1e-5, "{name}: trainable kernel gradient");
     }
+    // Shapes that do not fit are errors, not panics: wrong channel count, input smaller than
+    // the kernel.
+    let conv = FrozenConv2d::new(rnd(&[4, 5, 3, 3], 44).to_dtype(DType::F32).unwrap(), None, 1, 0).unwrap();
+    assert!(conv.forward(&Tensor::zeros((1, 3, 8, 8), DType::F32, &Device::Cpu).unwrap()).is_err());
+    assert!(conv.forward(&Tensor::zeros((1, 5, 2, 8), DType::F32, &Device::Cpu).unwrap()).is_err());
+}
+
+#[test]
+fn f32_cpu_activations_match_candle_and_its_gradients() {
+    // f32 on the CPU takes the fused SiLU/GEGLU kernels (vectorised exp and erf); candle's own
+    // ops are the reference, on values out to ±12 so both tails are exercised.
+    let dev = Device::Cpu;
+    let x = Var::from_tensor(&(Tensor::randn(0f32, 4.0, (2, 300, 70), &dev).unwrap())).unwrap();
+    let upstream = Tensor::randn(0f32, 1.0, (2, 300, 70), &dev).unwrap();
+    let grad_of =
+        |y: &Tensor, w: &Tensor| (y * w).unwrap().sum_all().unwrap().backward().unwrap().get(&x).unwrap().clone();
+
+    let ours = silu(x.as_tensor()).unwrap();
+    let reference = x.as_tensor().silu().unwrap();
+    assert!(relative_diff(&ours, &reference) < 1e-6, "silu forward");
+    assert!(relative_diff(&grad_of(&ours, &upstream), &grad_of(&reference, &upstream)) < 1e-6, "silu gradient");
+
+    let ours = geglu(x.as_tensor()).unwrap();
+    let (h, g) = (x.as_tensor().narrow(2, 0, 35).unwrap(), x.as_tensor().narrow(2, 35, 35).unwrap());
+    let reference = (h * g.gelu_erf().unwrap()).unwrap();
+    let w = upstream.narrow(2, 0, 35).unwrap();
+    assert!(relative_diff(&ours, &reference) < 1e-6, "geglu forward");
+    assert!(relative_diff(&grad_of(&ours, &w), &grad_of(&reference, &w)) < 1e-6, "geglu gradient");
 }
 
 #[test]

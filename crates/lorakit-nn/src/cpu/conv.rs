@@ -26,6 +26,15 @@ struct Geometry {
 }
 
 impl Geometry {
+    fn new(channels: usize, height: usize, width: usize, kernel: usize, stride: usize, padding: usize) -> Result<Self> {
+        if kernel == 0 || stride == 0 || height + 2 * padding < kernel || width + 2 * padding < kernel {
+            candle_core::bail!(
+                "conv2d: a {kernel}×{kernel} kernel with stride {stride} and padding {padding} does not fit a {height}×{width} input"
+            )
+        }
+        Ok(Geometry { channels, height, width, kernel, stride, padding })
+    }
+
     fn out_hw(&self) -> (usize, usize) {
         let out = |n: usize| (n + 2 * self.padding - self.kernel) / self.stride + 1;
         (out(self.height), out(self.width))
@@ -131,8 +140,18 @@ struct Forward {
 impl Forward {
     fn run(&self, x: &[f32], xl: &Layout, w: &[f32], wl: &Layout, bias: Option<&[f32]>) -> Result<(CpuStorage, Shape)> {
         let (b, c, h, wd) = xl.shape().dims4()?;
-        let (o, _, k, _) = wl.shape().dims4()?;
-        let g = Geometry { channels: c, height: h, width: wd, kernel: k, stride: self.stride, padding: self.padding };
+        let (o, kc, k, kw) = wl.shape().dims4()?;
+        if kc != c || kw != k {
+            candle_core::bail!(
+                "conv2d: input {:?} does not fit kernel {:?} (channels or kernel shape)",
+                xl.dims(),
+                wl.dims()
+            )
+        }
+        if bias.is_some_and(|b| b.len() != o) {
+            candle_core::bail!("conv2d: bias does not have {o} elements")
+        }
+        let g = Geometry::new(c, h, wd, k, self.stride, self.padding)?;
         let (out_h, out_w) = g.out_hw();
         let n = out_h * out_w;
         let mut out = vec![0f32; b * o * n];
@@ -201,9 +220,12 @@ impl CustomOp2 for InputGrad {
         let grad = contiguous_f32(s1, l1, "output gradient")?;
         let w = contiguous_f32(s2, l2, "kernel")?;
         let (b, o, gh, gw) = l1.shape().dims4()?;
-        let (_, c, k, _) = l2.shape().dims4()?;
+        let (ko, c, k, _) = l2.shape().dims4()?;
+        if ko != o {
+            candle_core::bail!("conv input gradient: gradient {:?} does not fit kernel {:?}", l1.dims(), l2.dims())
+        }
         let (h, wd) = self.input_hw;
-        let g = Geometry { channels: c, height: h, width: wd, kernel: k, stride: self.stride, padding: self.padding };
+        let g = Geometry::new(c, h, wd, k, self.stride, self.padding)?;
         if g.out_hw() != (gh, gw) {
             candle_core::bail!("conv input gradient: gradient {gh}×{gw} does not fit input {h}×{wd}")
         }
@@ -240,16 +262,12 @@ impl CustomOp2 for KernelGrad {
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = contiguous_f32(s1, l1, "input")?;
         let grad = contiguous_f32(s2, l2, "output gradient")?;
-        let (_, c, h, wd) = l1.shape().dims4()?;
-        let (_, o, gh, gw) = l2.shape().dims4()?;
-        let g = Geometry {
-            channels: c,
-            height: h,
-            width: wd,
-            kernel: self.kernel,
-            stride: self.stride,
-            padding: self.padding,
-        };
+        let (b, c, h, wd) = l1.shape().dims4()?;
+        let (gb, o, gh, gw) = l2.shape().dims4()?;
+        if gb != b {
+            candle_core::bail!("conv kernel gradient: input batch {b} but gradient batch {gb}")
+        }
+        let g = Geometry::new(c, h, wd, self.kernel, self.stride, self.padding)?;
         if g.out_hw() != (gh, gw) {
             candle_core::bail!("conv kernel gradient: gradient {gh}×{gw} does not fit input {h}×{wd}")
         }

@@ -13,7 +13,7 @@ const LN2_LO: f32 = -2.121_944_4e-4;
 const ROUND_MAGIC: f32 = 12_582_912.0;
 
 #[inline(always)]
-fn exp_one(x: f32) -> f32 {
+pub(crate) fn exp_one(x: f32) -> f32 {
     // Below −87.3 the result is under f32's normal range; softmax weights that small are zero
     // for every purpose, and clamping keeps 2ⁿ's exponent field valid.
     let x = x.clamp(-87.3, 88.3);

@@ -2,6 +2,7 @@
 //! used when a tensor lives on the CPU in f32; other devices and dtypes take candle's ops.
 //! Each is checked against candle's composed ops in `tests/gradients.rs`.
 
+pub(crate) mod activation;
 pub(crate) mod attention;
 pub(crate) mod conv;
 mod exp;
