@@ -5,7 +5,7 @@ use std::sync::Arc;
 use candle_core::{Result, Tensor, D};
 
 use crate::cpu;
-use crate::custom_backward::attach;
+use crate::custom_backward::attach_cpu;
 
 /// Softmax over the last dimension, max-subtracted for stability, composed from tracked ops.
 pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
@@ -31,13 +31,11 @@ pub fn silu(x: &Tensor) -> Result<Tensor> {
         return x.silu();
     }
     let xs = x.detach().contiguous()?;
-    let y = Tensor::from_vec(cpu::with_f32(&xs, cpu::activation::silu)?, x.shape(), x.device())?;
-    if !x.track_op() {
-        return Ok(y);
-    }
-    attach(
+    let y = cpu::with_f32(&xs, cpu::activation::silu)?;
+    attach_cpu(
         x,
-        &y,
+        y,
+        x.shape().clone(),
         Arc::new(move |g: &Tensor| {
             let dx = cpu::with_f32(&xs, |x| cpu::with_f32(g, |g| cpu::activation::silu_backward(x, g)))??;
             Tensor::from_vec(dx, xs.shape(), xs.device())
@@ -64,13 +62,11 @@ fn geglu_cpu(x: &Tensor, half: usize) -> Result<Tensor> {
     let xs = x.detach().contiguous()?;
     let mut out_shape = x.dims().to_vec();
     *out_shape.last_mut().expect("geglu input has a last dimension") = half;
-    let y = Tensor::from_vec(cpu::with_f32(&xs, |x| cpu::activation::geglu(x, half))?, out_shape, x.device())?;
-    if !x.track_op() {
-        return Ok(y);
-    }
-    attach(
+    let y = cpu::with_f32(&xs, |x| cpu::activation::geglu(x, half))?;
+    attach_cpu(
         x,
-        &y,
+        y,
+        out_shape.into(),
         Arc::new(move |g: &Tensor| {
             let dx = cpu::with_f32(&xs, |x| cpu::with_f32(g, |g| cpu::activation::geglu_backward(x, g, half)))??;
             Tensor::from_vec(dx, xs.shape(), xs.device())

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use candle_core::{Result, Tensor, D};
 
 use crate::cpu;
-use crate::custom_backward::attach_many;
+use crate::custom_backward::{attach3_cpu, attach_many};
 use crate::stat_dtype;
 
 /// Upper bound on the elements of one chunk's score matrix (128 MiB of f32).
@@ -71,20 +71,16 @@ fn fused_cpu(q: &Tensor, k: &Tensor, v: &Tensor, detached: (Tensor, Tensor, Tens
     let (out, lse) = cpu::with_f32(&qd, |q| {
         cpu::with_f32(&kd, |k| cpu::with_f32(&vd, |v| cpu::attention::forward(q, k, v, dims, scale)))
     })???;
-    let out = Tensor::from_vec(out, (heads, lq, dv), q.device())?;
-    if !(q.track_op() || k.track_op() || v.track_op()) {
-        return Ok(out);
-    }
-    let saved_out = out.clone();
-    attach_many(
-        &[q, k, v],
-        &out,
-        Arc::new(move |g: &Tensor| {
+    attach3_cpu(
+        [q, k, v],
+        out,
+        (heads, lq, dv).into(),
+        Arc::new(move |saved_out: &Tensor, g: &Tensor| {
             let device = g.device().clone();
             let (dq, dk, dv_grad) = cpu::with_f32(&qd, |q| {
                 cpu::with_f32(&kd, |k| {
                     cpu::with_f32(&vd, |v| {
-                        cpu::with_f32(&saved_out, |o| {
+                        cpu::with_f32(saved_out, |o| {
                             cpu::with_f32(g, |g| cpu::attention::backward(q, k, v, o, &lse, g, dims, scale))
                         })
                     })

@@ -18,12 +18,45 @@ pub type Backward2Fn = Arc<dyn Fn(&Tensor) -> Result<(Option<Tensor>, Option<Ten
 /// Computes the gradients of several inputs from the gradient of the output, in input order.
 pub type BackwardManyFn = Arc<dyn Fn(&Tensor) -> Result<Vec<Tensor>> + Send + Sync>;
 
+/// A precomputed output: a tensor, or CPU data made by our kernels, which the op's forward
+/// hands to candle without a copy.
+enum Output {
+    Tensor(Tensor),
+    Cpu(CpuStorage, Shape),
+}
+
+impl Output {
+    /// The CPU storage candle's forward must return: moved out for kernel output, else a copy.
+    fn into_cpu(self, op: &str) -> Result<(CpuStorage, Shape)> {
+        match self {
+            Output::Cpu(storage, shape) => Ok((storage, shape)),
+            Output::Tensor(y) => {
+                let (storage, layout) = y.storage_and_layout();
+                passthrough_check(layout)?;
+                match &*storage {
+                    Storage::Cpu(s) => Ok((s.try_clone(layout)?, layout.shape().clone())),
+                    _ => candle_core::bail!("{op}: the output is not on the CPU like its input"),
+                }
+            }
+        }
+    }
+
+    /// The tensor for a GPU forward (kernel output lives on the CPU only).
+    #[cfg(any(feature = "cuda", feature = "metal"))]
+    fn into_tensor(self, op: &str) -> Result<Tensor> {
+        match self {
+            Output::Tensor(y) => Ok(y),
+            Output::Cpu(..) => candle_core::bail!("{op}: CPU output for an input on another device"),
+        }
+    }
+}
+
 /// The op holds the precomputed output only until candle runs its forward (which copies it into
 /// the result): the graph then keeps `x` and the result, not a second copy of `y` — as a
 /// `CustomOp2(x, y)` operand it would stay alive until backward, doubling every frozen layer's
 /// activation memory.
 struct Attach {
-    y: std::sync::Mutex<Option<Tensor>>,
+    y: std::sync::Mutex<Option<Output>>,
     backward: BackwardFn,
 }
 
@@ -40,18 +73,12 @@ impl CustomOp1 for Attach {
     }
 
     fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
-        let y = take(&self.y)?;
-        let (storage, layout) = y.storage_and_layout();
-        passthrough_check(layout)?;
-        match &*storage {
-            Storage::Cpu(s) => Ok((s.try_clone(layout)?, layout.shape().clone())),
-            _ => candle_core::bail!("attach: the output is not on the CPU like its input"),
-        }
+        take(&self.y)?.into_cpu("attach")
     }
 
     #[cfg(feature = "cuda")]
     fn cuda_fwd(&self, _: &candle_core::CudaStorage, _: &Layout) -> Result<(candle_core::CudaStorage, Shape)> {
-        let y = take(&self.y)?;
+        let y = take(&self.y)?.into_tensor(self.name())?;
         let (storage, layout) = y.storage_and_layout();
         passthrough_check(layout)?;
         match &*storage {
@@ -62,7 +89,7 @@ impl CustomOp1 for Attach {
 
     #[cfg(feature = "metal")]
     fn metal_fwd(&self, _: &candle_core::MetalStorage, _: &Layout) -> Result<(candle_core::MetalStorage, Shape)> {
-        let y = take(&self.y)?;
+        let y = take(&self.y)?.into_tensor(self.name())?;
         let (storage, layout) = y.storage_and_layout();
         passthrough_check(layout)?;
         match &*storage {
@@ -78,7 +105,7 @@ impl CustomOp1 for Attach {
 
 /// [`Attach`] for two inputs (an activation and a trainable weight): no packing copy of either.
 struct Attach2 {
-    y: std::sync::Mutex<Option<Tensor>>,
+    y: std::sync::Mutex<Option<Output>>,
     backward: Backward2Fn,
 }
 
@@ -88,13 +115,7 @@ impl CustomOp2 for Attach2 {
     }
 
     fn cpu_fwd(&self, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
-        let y = take(&self.y)?;
-        let (storage, layout) = y.storage_and_layout();
-        passthrough_check(layout)?;
-        match &*storage {
-            Storage::Cpu(s) => Ok((s.try_clone(layout)?, layout.shape().clone())),
-            _ => candle_core::bail!("attach2: the output is not on the CPU like its inputs"),
-        }
+        take(&self.y)?.into_cpu("attach2")
     }
 
     #[cfg(feature = "cuda")]
@@ -105,7 +126,7 @@ impl CustomOp2 for Attach2 {
         _: &candle_core::CudaStorage,
         _: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
-        let y = take(&self.y)?;
+        let y = take(&self.y)?.into_tensor(self.name())?;
         let (storage, layout) = y.storage_and_layout();
         passthrough_check(layout)?;
         match &*storage {
@@ -122,7 +143,7 @@ impl CustomOp2 for Attach2 {
         _: &candle_core::MetalStorage,
         _: &Layout,
     ) -> Result<(candle_core::MetalStorage, Shape)> {
-        let y = take(&self.y)?;
+        let y = take(&self.y)?.into_tensor(self.name())?;
         let (storage, layout) = y.storage_and_layout();
         passthrough_check(layout)?;
         match &*storage {
@@ -136,7 +157,7 @@ impl CustomOp2 for Attach2 {
     }
 }
 
-fn take(slot: &std::sync::Mutex<Option<Tensor>>) -> Result<Tensor> {
+fn take(slot: &std::sync::Mutex<Option<Output>>) -> Result<Output> {
     slot.lock()
         .map_err(|_| candle_core::Error::Msg("attach: poisoned lock".into()))?
         .take()
@@ -155,7 +176,7 @@ pub fn attach2(a: &Tensor, b: &Tensor, y: &Tensor, backward: Backward2Fn) -> Res
     if !y.device().same_device(a.device()) {
         candle_core::bail!("attach2: output on {:?} for inputs on {:?}", y.device(), a.device())
     }
-    a.apply_op2_arc(b, Arc::new(Box::new(Attach2 { y: std::sync::Mutex::new(Some(y)), backward })))
+    a.apply_op2_arc(b, Arc::new(Box::new(Attach2 { y: std::sync::Mutex::new(Some(Output::Tensor(y))), backward })))
 }
 
 /// Returns `y` (computed by the caller on `x.detach()`), recorded in the graph as a function of
@@ -173,7 +194,100 @@ pub fn attach(x: &Tensor, y: &Tensor, backward: BackwardFn) -> Result<Tensor> {
         // candle runs the op on x's device; the output's storage must live there too.
         candle_core::bail!("attach: output on {:?} for an input on {:?}", y.device(), x.device())
     }
+    x.apply_op1_arc(Arc::new(Box::new(Attach { y: std::sync::Mutex::new(Some(Output::Tensor(y))), backward })))
+}
+
+/// [`attach`] for an output our CPU kernels computed into `data` (row-major, `shape`): handed
+/// to candle without a copy. `x` must be on the CPU.
+pub(crate) fn attach_cpu(x: &Tensor, data: Vec<f32>, shape: Shape, backward: BackwardFn) -> Result<Tensor> {
+    if !x.track_op() {
+        return Tensor::from_vec(data, shape, x.device());
+    }
+    if shape.elem_count() != data.len() {
+        candle_core::bail!("attach: {} values for shape {shape:?}", data.len())
+    }
+    let y = Output::Cpu(CpuStorage::F32(data), shape);
     x.apply_op1_arc(Arc::new(Box::new(Attach { y: std::sync::Mutex::new(Some(y)), backward })))
+}
+
+/// [`attach2`] for CPU kernel output, as [`attach_cpu`].
+pub(crate) fn attach2_cpu(
+    a: &Tensor,
+    b: &Tensor,
+    data: Vec<f32>,
+    shape: Shape,
+    backward: Backward2Fn,
+) -> Result<Tensor> {
+    if !a.track_op() && !b.track_op() {
+        return Tensor::from_vec(data, shape, a.device());
+    }
+    if shape.elem_count() != data.len() {
+        candle_core::bail!("attach2: {} values for shape {shape:?}", data.len())
+    }
+    let y = Output::Cpu(CpuStorage::F32(data), shape);
+    a.apply_op2_arc(b, Arc::new(Box::new(Attach2 { y: std::sync::Mutex::new(Some(y)), backward })))
+}
+
+/// Three-input CPU kernel output (attention's q, k, v): gradients for each from
+/// `backward(grad_y)`, no packing copy of the inputs.
+struct Attach3Cpu {
+    y: std::sync::Mutex<Option<Output>>,
+    backward: BackwardWithOutputFn,
+}
+
+/// Gradients of several inputs from the op's output (first) and the output's gradient.
+pub(crate) type BackwardWithOutputFn = Arc<dyn Fn(&Tensor, &Tensor) -> Result<Vec<Tensor>> + Send + Sync>;
+
+impl candle_core::CustomOp3 for Attach3Cpu {
+    fn name(&self) -> &'static str {
+        "lorakit-attach3"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        take(&self.y)?.into_cpu("attach3")
+    }
+
+    fn bwd(
+        &self,
+        _: &Tensor,
+        _: &Tensor,
+        _: &Tensor,
+        res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let mut grads = (self.backward)(res, grad)?.into_iter();
+        match (grads.next(), grads.next(), grads.next(), grads.next()) {
+            (Some(a), Some(b), Some(c), None) => Ok((Some(a), Some(b), Some(c))),
+            _ => candle_core::bail!("attach3: backward must return three gradients"),
+        }
+    }
+}
+
+/// Records CPU kernel output `data` (`shape`) as a function of `a`, `b` and `c` whose gradients
+/// `backward(y, grad_y)` returns in that order (the graph keeps `y`; no copy is needed for it).
+pub(crate) fn attach3_cpu(
+    inputs: [&Tensor; 3],
+    data: Vec<f32>,
+    shape: Shape,
+    backward: BackwardWithOutputFn,
+) -> Result<Tensor> {
+    let [a, b, c] = inputs;
+    if !(a.track_op() || b.track_op() || c.track_op()) {
+        return Tensor::from_vec(data, shape, a.device());
+    }
+    if shape.elem_count() != data.len() {
+        candle_core::bail!("attach3: {} values for shape {shape:?}", data.len())
+    }
+    let y = Output::Cpu(CpuStorage::F32(data), shape);
+    a.apply_op3_arc(b, c, Arc::new(Box::new(Attach3Cpu { y: std::sync::Mutex::new(Some(y)), backward })))
 }
 
 /// [`attach`] for an output that depends on several inputs: `backward(grad_y)` returns one

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use candle_core::{DType, Result, Tensor, D};
 
 use crate::cpu::{self, conv as cpu_conv};
-use crate::custom_backward::attach;
+use crate::custom_backward::{attach, attach2_cpu, attach_cpu, Backward2Fn, BackwardFn};
 
 /// `y = x·Wᵀ + b` with frozen `W` (out, in) and optional `b` (out); `x` is (…, in).
 #[derive(Clone, Debug)]
@@ -54,12 +54,25 @@ impl FrozenLinear {
     /// Applies the layer; gradients flow to `x` only. A weight stored in another dtype (fp8
     /// base weights) is cast to `x`'s dtype for each use and never kept cast.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = linear_untracked(&x.detach(), &as_compute(&self.weight, x.dtype())?, self.bias.as_ref())?;
+        let w = self.weight.clone();
+        let backward: BackwardFn = Arc::new(move |g: &Tensor| {
+            let w = as_compute(&w, g.dtype())?;
+            if cpu::handles(g) && cpu::handles(&w) {
+                return cpu::linear::input_grad(g, &w);
+            }
+            g.broadcast_matmul(&w)
+        });
+        let w = as_compute(&self.weight, x.dtype())?;
+        if cpu::handles(x) && cpu::handles(&w) {
+            let bias = self.bias.as_ref().map(|b| b.to_dtype(DType::F32)).transpose()?;
+            let (data, shape) = cpu::linear::forward(&x.detach(), &w, bias.as_ref())?;
+            return attach_cpu(x, data, shape, backward);
+        }
+        let y = linear_untracked(&x.detach(), &w, self.bias.as_ref())?;
         if !x.track_op() {
             return Ok(y);
         }
-        let w = self.weight.clone();
-        attach(x, &y, Arc::new(move |g: &Tensor| g.broadcast_matmul(&as_compute(&w, g.dtype())?)))
+        attach(x, &y, backward)
     }
 }
 
@@ -140,6 +153,17 @@ impl FrozenConv2d {
 
     /// Applies the convolution; gradients flow to `x` only.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let (_, _, h, w) = x.dims4()?;
+        let (k, p, s) = (self.kernel_size(), self.padding, self.stride);
+        let weight = self.weight.clone();
+        let backward: BackwardFn =
+            Arc::new(move |g: &Tensor| input_grad(g, &as_compute(&weight, g.dtype())?, k, s, p, (h, w)));
+        if cpu::handles(x) {
+            let bias = self.bias.as_ref().map(|b| b.to_dtype(DType::F32)).transpose()?;
+            let weight = as_compute(&self.weight, DType::F32)?;
+            let (data, shape) = cpu_conv::conv2d(&x.detach(), &weight, bias.as_ref(), s, p)?;
+            return attach_cpu(x, data, shape, backward);
+        }
         let y = conv2d_untracked(
             &x.detach(),
             &as_compute(&self.weight, x.dtype())?,
@@ -150,10 +174,7 @@ impl FrozenConv2d {
         if !x.track_op() {
             return Ok(y);
         }
-        let (_, _, h, w) = x.dims4()?;
-        let (k, p, s) = (self.kernel_size(), self.padding, self.stride);
-        let weight = self.weight.clone();
-        attach(x, &y, Arc::new(move |g: &Tensor| input_grad(g, &as_compute(&weight, g.dtype())?, k, s, p, (h, w))))
+        attach(x, &y, backward)
     }
 }
 
@@ -172,7 +193,8 @@ fn conv2d_untracked(x: &Tensor, w: &Tensor, b: Option<&Tensor>, stride: usize, p
     let (xc, wc) = f32_on_cpu(x, w)?;
     if cpu::handles(&xc) {
         let bias = b.map(|b| b.to_dtype(DType::F32)).transpose()?;
-        return cpu_conv::conv2d(&xc, &wc, bias.as_ref(), stride, padding)?.to_dtype(x.dtype());
+        let (data, shape) = cpu_conv::conv2d(&xc, &wc, bias.as_ref(), stride, padding)?;
+        return Tensor::from_vec(data, shape, x.device())?.to_dtype(x.dtype());
     }
     let y = xc.conv2d(&wc, padding, stride, 1, 1)?.to_dtype(x.dtype())?;
     match b {
@@ -253,16 +275,13 @@ fn dilate_hw(g: &Tensor, stride: usize) -> Result<Tensor> {
 /// backward takes the slow `conv_transpose2d` path) and the kernel gradient as candle computes it.
 /// Each gradient only when its input is tracked.
 pub fn conv2d_trainable(x: &Tensor, w: &Tensor, stride: usize, padding: usize) -> Result<Tensor> {
-    let y = conv2d_untracked(&x.detach(), &w.detach(), None, stride, padding)?;
     let (x_tracked, w_tracked) = (x.track_op(), w.track_op());
     let (_, _, h, wd) = x.dims4()?;
     let k = w.dims()[2];
     let (xs, ws) = (x.detach(), w.detach());
-    crate::custom_backward::attach2(
-        x,
-        w,
-        &y,
-        Arc::new(move |g: &Tensor| {
+    let backward: Backward2Fn = Arc::new({
+        let (xs, ws) = (xs.clone(), ws.clone());
+        move |g: &Tensor| {
             let dx = if x_tracked { Some(input_grad(g, &ws, k, stride, padding, (h, wd))?) } else { None };
             let dw = if w_tracked && cpu::handles(&xs) && g.dtype() == xs.dtype() {
                 Some(cpu_conv::conv2d_kernel_grad(&xs, g, k, stride, padding)?)
@@ -276,8 +295,14 @@ pub fn conv2d_trainable(x: &Tensor, w: &Tensor, stride: usize, padding: usize) -
                 None
             };
             Ok((dx, dw))
-        }),
-    )
+        }
+    });
+    if cpu::handles(x) && cpu::handles(w) {
+        let (data, shape) = cpu_conv::conv2d(&xs, &ws, None, stride, padding)?;
+        return attach2_cpu(x, w, data, shape, backward);
+    }
+    let y = conv2d_untracked(&xs, &ws, None, stride, padding)?;
+    crate::custom_backward::attach2(x, w, &y, backward)
 }
 
 /// `x.conv2d(w, padding, stride = 1, dilation)` computed in f32 on the CPU for half types.

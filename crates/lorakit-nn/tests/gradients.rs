@@ -136,6 +136,29 @@ fn f32_cpu_conv_kernels_match_candle_conv_and_its_gradients() {
 }
 
 #[test]
+fn f32_cpu_linear_matches_candle_and_its_gradient() {
+    let f32t = |shape: &[usize], seed| rnd(shape, seed).to_dtype(DType::F32).unwrap();
+    let x = Var::from_tensor(&f32t(&[2, 7, 6], 50)).unwrap();
+    let (w, b) = (f32t(&[5, 6], 51), f32t(&[5], 52));
+    let upstream = f32t(&[2, 7, 5], 53);
+    let reference = x.as_tensor().broadcast_matmul(&w.t().unwrap()).unwrap().broadcast_add(&b).unwrap();
+    let ref_dx = (&reference * &upstream).unwrap().sum_all().unwrap().backward().unwrap().get(&x).unwrap().clone();
+    let ours = FrozenLinear::new(w.clone(), Some(b)).unwrap().forward(x.as_tensor()).unwrap();
+    assert!(relative_diff(&ours, &reference) < 1e-6, "linear forward");
+    let dx = (&ours * &upstream).unwrap().sum_all().unwrap().backward().unwrap().get(&x).unwrap().clone();
+    assert!(relative_diff(&dx, &ref_dx) < 1e-6, "linear input gradient");
+    // Without a bias, and an input whose features do not fit: an error.
+    let plain = FrozenLinear::new(w, None).unwrap();
+    assert!(
+        relative_diff(
+            &plain.forward(x.as_tensor()).unwrap(),
+            &x.as_tensor().broadcast_matmul(&f32t(&[5, 6], 51).t().unwrap()).unwrap()
+        ) < 1e-6
+    );
+    assert!(plain.forward(&f32t(&[2, 7, 4], 54)).is_err());
+}
+
+#[test]
 fn f32_cpu_activations_match_candle_and_its_gradients() {
     // f32 on the CPU takes the fused SiLU/GEGLU kernels (vectorised exp and erf); candle's own
     // ops are the reference, on values out to ±12 so both tails are exercised.

@@ -32,7 +32,9 @@ from networks import lora  # sd-scripts
 class NoTE(torch.nn.Module):
     pass
 
-net = lora.create_network(1.0, 16, 16.0, None, [], unet, conv_dim=16, conv_alpha=16.0)
+# --attention-only: no conv LoRA (sd-scripts without conv_dim), to see what LoCon costs.
+conv_dim = None if "--attention-only" in args else 16
+net = lora.create_network(1.0, 16, 16.0, None, [], unet, conv_dim=conv_dim, conv_alpha=16.0)
 net.apply_to([], unet, apply_text_encoder=False, apply_unet=True)
 for m in net.unet_loras:
     torch.nn.init.normal_(m.lora_up.weight, std=0.01)

@@ -9,10 +9,11 @@
 //! col2im, which handles stride and padding without building a flipped kernel or a
 //! zero-dilated gradient.
 
-use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::gemm::{all_threads, matmul, MatRef};
+use super::with_f32;
 
 /// Geometry of one square-kernel convolution (groups 1, dilation 1).
 #[derive(Clone, Copy, Debug)]
@@ -131,77 +132,46 @@ fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [
     }
 }
 
-/// Forward convolution `x (B, C, H, W) ⊛ w (O, C, k, k) [+ b (O)]`.
-struct Forward {
+/// Forward convolution `x (B, C, H, W) ⊛ w (O, C, k, k) [+ b (O)]`, row-major output.
+fn forward(
+    x: &[f32],
+    x_dims: &[usize],
+    w: &[f32],
+    w_dims: &[usize],
+    bias: Option<&[f32]>,
     stride: usize,
     padding: usize,
-}
-
-impl Forward {
-    fn run(&self, x: &[f32], xl: &Layout, w: &[f32], wl: &Layout, bias: Option<&[f32]>) -> Result<(CpuStorage, Shape)> {
-        let (b, c, h, wd) = xl.shape().dims4()?;
-        let (o, kc, k, kw) = wl.shape().dims4()?;
-        if kc != c || kw != k {
-            candle_core::bail!(
-                "conv2d: input {:?} does not fit kernel {:?} (channels or kernel shape)",
-                xl.dims(),
-                wl.dims()
-            )
-        }
-        if bias.is_some_and(|b| b.len() != o) {
-            candle_core::bail!("conv2d: bias does not have {o} elements")
-        }
-        let g = Geometry::new(c, h, wd, k, self.stride, self.padding)?;
-        let (out_h, out_w) = g.out_hw();
-        let n = out_h * out_w;
-        let mut out = vec![0f32; b * o * n];
-        let mut col = if g.is_pointwise() { Vec::new() } else { vec![0f32; g.col_rows() * n] };
-        for (img, dst) in x.chunks_exact(c * h * wd).zip(out.chunks_exact_mut(o * n)) {
-            if let Some(bias) = bias {
-                for (row, &v) in dst.chunks_exact_mut(n).zip(bias) {
-                    row.fill(v);
-                }
+) -> Result<(Vec<f32>, Shape)> {
+    let (&[b, c, h, wd], &[o, kc, k, kw]) = (x_dims, w_dims) else {
+        candle_core::bail!("conv2d: input {x_dims:?} and kernel {w_dims:?} must both be 4-D")
+    };
+    if kc != c || kw != k {
+        candle_core::bail!("conv2d: input {x_dims:?} does not fit kernel {w_dims:?} (channels or kernel shape)")
+    }
+    if bias.is_some_and(|b| b.len() != o) {
+        candle_core::bail!("conv2d: bias does not have {o} elements")
+    }
+    let g = Geometry::new(c, h, wd, k, stride, padding)?;
+    let (out_h, out_w) = g.out_hw();
+    let n = out_h * out_w;
+    let mut out = vec![0f32; b * o * n];
+    let mut col = if g.is_pointwise() { Vec::new() } else { vec![0f32; g.col_rows() * n] };
+    for (img, dst) in x.chunks_exact(c * h * wd).zip(out.chunks_exact_mut(o * n)) {
+        if let Some(bias) = bias {
+            for (row, &v) in dst.chunks_exact_mut(n).zip(bias) {
+                row.fill(v);
             }
-            let rhs = if g.is_pointwise() {
-                img
-            } else {
-                im2col(img, &g, &mut col);
-                &col
-            };
-            let (w, rhs) = (MatRef::row_major(w, o, g.col_rows()), MatRef::row_major(rhs, g.col_rows(), n));
-            matmul(dst, bias.is_some(), 1.0, w, rhs, all_threads());
         }
-        Ok((CpuStorage::F32(out), Shape::from((b, o, out_h, out_w))))
+        let rhs = if g.is_pointwise() {
+            img
+        } else {
+            im2col(img, &g, &mut col);
+            &col
+        };
+        let (w, rhs) = (MatRef::row_major(w, o, g.col_rows()), MatRef::row_major(rhs, g.col_rows(), n));
+        matmul(dst, bias.is_some(), 1.0, w, rhs, all_threads());
     }
-}
-
-impl CustomOp2 for Forward {
-    fn name(&self) -> &'static str {
-        "lorakit-conv2d"
-    }
-
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
-        self.run(contiguous_f32(s1, l1, "input")?, l1, contiguous_f32(s2, l2, "kernel")?, l2, None)
-    }
-}
-
-impl CustomOp3 for Forward {
-    fn name(&self) -> &'static str {
-        "lorakit-conv2d-bias"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let bias = contiguous_f32(s3, l3, "bias")?;
-        self.run(contiguous_f32(s1, l1, "input")?, l1, contiguous_f32(s2, l2, "kernel")?, l2, Some(bias))
-    }
+    Ok((out, Shape::from((b, o, out_h, out_w))))
 }
 
 /// Input gradient of a convolution: `dx = col2im(Wᵀ · g)` for g (B, O, Ho, Wo), w (O, C, k, k).
@@ -290,14 +260,20 @@ impl CustomOp2 for KernelGrad {
     }
 }
 
-/// `conv2d(x, w) + b` on the CPU in f32; no graph is recorded.
-pub(crate) fn conv2d(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, stride: usize, padding: usize) -> Result<Tensor> {
-    let (x, w) = (x.contiguous()?, w.contiguous()?);
-    let op = Forward { stride, padding };
-    match bias {
-        Some(b) => x.apply_op3_no_bwd(&w, &b.contiguous()?, &op),
-        None => x.apply_op2_no_bwd(&w, &op),
-    }
+/// `conv2d(x, w) + b` on the CPU in f32, as row-major data and its shape; no graph is recorded.
+pub(crate) fn conv2d(
+    x: &Tensor,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    stride: usize,
+    padding: usize,
+) -> Result<(Vec<f32>, Shape)> {
+    with_f32(x, |xs| {
+        with_f32(w, |ws| match bias {
+            Some(b) => with_f32(b, |bs| forward(xs, x.dims(), ws, w.dims(), Some(bs), stride, padding))?,
+            None => forward(xs, x.dims(), ws, w.dims(), None, stride, padding),
+        })?
+    })?
 }
 
 /// The input gradient of `conv2d(x, w)` for x of spatial size `input_hw`, from the output

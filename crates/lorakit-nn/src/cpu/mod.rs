@@ -7,6 +7,7 @@ pub(crate) mod attention;
 pub(crate) mod conv;
 mod exp;
 pub(crate) mod gemm;
+pub(crate) mod linear;
 
 use candle_core::{DType, Result, Storage, Tensor};
 
