@@ -86,10 +86,10 @@ fn fused_cpu(q: &Tensor, k: &Tensor, v: &Tensor, detached: (Tensor, Tensor, Tens
                     })
                 })
             })?????;
-            Ok(vec![
-                Tensor::from_vec(dq, (heads, lq, d), &device)?,
-                Tensor::from_vec(dk, (heads, lk, d), &device)?,
-                Tensor::from_vec(dv_grad, (heads, lk, dv), &device)?,
+            Ok([
+                Some(Tensor::from_vec(dq, (heads, lq, d), &device)?),
+                Some(Tensor::from_vec(dk, (heads, lk, d), &device)?),
+                Some(Tensor::from_vec(dv_grad, (heads, lk, dv), &device)?),
             ])
         }),
     )

@@ -232,11 +232,12 @@ pub(crate) fn attach2_cpu(
 /// `backward(grad_y)`, no packing copy of the inputs.
 struct Attach3Cpu {
     y: std::sync::Mutex<Option<Output>>,
-    backward: BackwardWithOutputFn,
+    backward: Backward3Fn,
 }
 
-/// Gradients of several inputs from the op's output (first) and the output's gradient.
-pub(crate) type BackwardWithOutputFn = Arc<dyn Fn(&Tensor, &Tensor) -> Result<Vec<Tensor>> + Send + Sync>;
+/// Gradients of three inputs (each `None` when not needed) from the op's output (first) and
+/// the output's gradient.
+pub(crate) type Backward3Fn = Arc<dyn Fn(&Tensor, &Tensor) -> Result<[Option<Tensor>; 3]> + Send + Sync>;
 
 impl candle_core::CustomOp3 for Attach3Cpu {
     fn name(&self) -> &'static str {
@@ -263,22 +264,14 @@ impl candle_core::CustomOp3 for Attach3Cpu {
         res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let mut grads = (self.backward)(res, grad)?.into_iter();
-        match (grads.next(), grads.next(), grads.next(), grads.next()) {
-            (Some(a), Some(b), Some(c), None) => Ok((Some(a), Some(b), Some(c))),
-            _ => candle_core::bail!("attach3: backward must return three gradients"),
-        }
+        let [a, b, c] = (self.backward)(res, grad)?;
+        Ok((a, b, c))
     }
 }
 
 /// Records CPU kernel output `data` (`shape`) as a function of `a`, `b` and `c` whose gradients
 /// `backward(y, grad_y)` returns in that order (the graph keeps `y`; no copy is needed for it).
-pub(crate) fn attach3_cpu(
-    inputs: [&Tensor; 3],
-    data: Vec<f32>,
-    shape: Shape,
-    backward: BackwardWithOutputFn,
-) -> Result<Tensor> {
+pub(crate) fn attach3_cpu(inputs: [&Tensor; 3], data: Vec<f32>, shape: Shape, backward: Backward3Fn) -> Result<Tensor> {
     let [a, b, c] = inputs;
     if !(a.track_op() || b.track_op() || c.track_op()) {
         return Tensor::from_vec(data, shape, a.device());

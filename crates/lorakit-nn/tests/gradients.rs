@@ -322,6 +322,37 @@ fn lora_linear_and_conv_gradients() {
 }
 
 #[test]
+fn f32_cpu_lora_linear_branch_matches_composed_and_its_gradients() {
+    // f32 on the CPU takes the fused branch; the reference is the composed candle graph.
+    let rng = Mutex::new(StdRng::seed_from_u64(0));
+    let f32t = |shape: &[usize], seed| rnd(shape, seed).to_dtype(DType::F32).unwrap();
+    let x = Var::from_tensor(&f32t(&[2, 9, 6], 70)).unwrap();
+    let upstream = f32t(&[2, 9, 5], 71);
+    let m =
+        LoraModule::from_weights("m", LoraKind::Linear, f32t(&[3, 6], 72), f32t(&[5, 3], 73), Some(1.5), true).unwrap();
+    m.set_multiplier(0.7);
+    let scale = 0.7 * 1.5 / 3.0;
+    let ours = m.forward(x.as_tensor(), true, &rng).unwrap().unwrap();
+    let (down, up) = (m.down().as_tensor(), m.up().as_tensor());
+    let reference =
+        (x.as_tensor().broadcast_matmul(&down.t().unwrap()).unwrap().broadcast_matmul(&up.t().unwrap()).unwrap()
+            * scale)
+            .unwrap();
+    assert!(relative_diff(&ours, &reference) < 1e-6, "forward");
+    let g_ours = (&ours * &upstream).unwrap().sum_all().unwrap().backward().unwrap();
+    let g_ref = (&reference * &upstream).unwrap().sum_all().unwrap().backward().unwrap();
+    for (name, t) in [("x", x.as_tensor()), ("down", down), ("up", up)] {
+        let (a, b) = (g_ours.get(t).unwrap(), g_ref.get(t).unwrap());
+        assert!(relative_diff(a, b) < 1e-6, "{name} gradient");
+    }
+    // A frozen (not trained) module gives no gradients to its factors.
+    let frozen =
+        LoraModule::from_weights("m", LoraKind::Linear, f32t(&[3, 6], 72), f32t(&[5, 3], 73), None, false).unwrap();
+    let g = frozen.forward(x.as_tensor(), false, &rng).unwrap().unwrap().sum_all().unwrap().backward().unwrap();
+    assert!(g.get(frozen.down()).is_none() && g.get(frozen.up()).is_none() && g.get(&x).is_some());
+}
+
+#[test]
 fn lora_delta_weight_equals_forward_difference() {
     // For a linear target: (W + ΔW)x = Wx + lora(x).
     let rng = Mutex::new(StdRng::seed_from_u64(0));

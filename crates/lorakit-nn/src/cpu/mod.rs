@@ -8,6 +8,7 @@ pub(crate) mod conv;
 mod exp;
 pub(crate) mod gemm;
 pub(crate) mod linear;
+pub(crate) mod lora;
 
 use candle_core::{DType, Result, Storage, Tensor};
 
