@@ -230,8 +230,14 @@ impl LoraModule {
         let (down, up) = self.weights();
         let (down, up) = (down.to_dtype(x.dtype())?, up.to_dtype(x.dtype())?);
         let plain = !train || (self.dropout.neuron <= 0.0 && self.dropout.rank <= 0.0);
-        if plain && matches!(self.kind, LoraKind::Linear) && crate::cpu::handles(x) && crate::cpu::handles(&down) {
-            return crate::cpu::lora::linear_branch(x, &down, &up, scale as f32).map(Some);
+        if plain && crate::cpu::handles(x) && crate::cpu::handles(&down) {
+            return match self.kind {
+                LoraKind::Linear => crate::cpu::lora::linear_branch(x, &down, &up, scale as f32),
+                LoraKind::Conv { stride, padding, .. } => {
+                    crate::cpu::lora::conv_branch(x, &down, &up, stride, padding, scale as f32)
+                }
+            }
+            .map(Some);
         }
         let mut h = match self.kind {
             LoraKind::Linear => x.broadcast_matmul(&down.t()?)?,

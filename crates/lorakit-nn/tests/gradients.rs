@@ -353,6 +353,32 @@ fn f32_cpu_lora_linear_branch_matches_composed_and_its_gradients() {
 }
 
 #[test]
+fn f32_cpu_locon_branch_matches_composed_and_its_gradients() {
+    // The fused LoCon branch (down conv + 1×1 up) against candle's own conv and matmul graph,
+    // for the 3×3 convs and the strided downsamplers; batch 2.
+    let rng = Mutex::new(StdRng::seed_from_u64(0));
+    let f32t = |shape: &[usize], seed| rnd(shape, seed).to_dtype(DType::F32).unwrap();
+    for (stride, padding, hw) in [(1, 1, 6), (2, 1, 7)] {
+        let x = Var::from_tensor(&f32t(&[2, 4, hw, hw], 80)).unwrap();
+        let kind = LoraKind::Conv { kernel: 3, stride, padding };
+        let m = LoraModule::from_weights("m", kind, f32t(&[3, 4, 3, 3], 81), f32t(&[5, 3, 1, 1], 82), Some(1.5), true)
+            .unwrap();
+        let ours = m.forward(x.as_tensor(), true, &rng).unwrap().unwrap();
+        let (down, up) = (m.down().as_tensor(), m.up().as_tensor());
+        let h = x.as_tensor().conv2d(down, padding, stride, 1, 1).unwrap();
+        let reference = (h.conv2d(up, 0, 1, 1, 1).unwrap() * 0.5).unwrap();
+        let name = format!("LoCon stride {stride}");
+        assert!(relative_diff(&ours, &reference) < 1e-5, "{name}: forward");
+        let upstream = f32t(ours.dims(), 83);
+        let g_ours = (&ours * &upstream).unwrap().sum_all().unwrap().backward().unwrap();
+        let g_ref = (&reference * &upstream).unwrap().sum_all().unwrap().backward().unwrap();
+        for (what, t) in [("x", x.as_tensor()), ("down", down), ("up", up)] {
+            assert!(relative_diff(g_ours.get(t).unwrap(), g_ref.get(t).unwrap()) < 1e-5, "{name}: {what} gradient");
+        }
+    }
+}
+
+#[test]
 fn lora_delta_weight_equals_forward_difference() {
     // For a linear target: (W + ΔW)x = Wx + lora(x).
     let rng = Mutex::new(StdRng::seed_from_u64(0));

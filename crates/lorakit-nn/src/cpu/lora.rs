@@ -106,3 +106,75 @@ pub(crate) fn linear_branch(x: &Tensor, down: &Tensor, up: &Tensor, scale: f32) 
         }),
     )
 }
+
+/// The LoCon branch `scale·up ⊛ (down ⊛ x)` for x (B, C, H, W), down (r, C, k, k) with
+/// `stride`/`padding`, up (out, r, 1, 1): the down conv through our conv kernels, the 1×1 up
+/// as one GEMM per image, and a backward that reuses the saved rank-sized `h`.
+pub(crate) fn conv_branch(
+    x: &Tensor,
+    down: &Tensor,
+    up: &Tensor,
+    stride: usize,
+    padding: usize,
+    scale: f32,
+) -> Result<Tensor> {
+    let (out_dim, rank, uk, uk2) = up.dims4()?;
+    if down.dims4()?.0 != rank || (uk, uk2) != (1, 1) {
+        candle_core::bail!("LoCon: down {:?} and up {:?} do not fit together", down.dims(), up.dims())
+    }
+    let (xs, ds, us) = (x.detach().contiguous()?, down.detach().contiguous()?, up.detach().contiguous()?);
+    let (h, h_shape) = super::conv::conv2d(&xs, &ds, None, stride, padding)?;
+    let (batch, _, oh, ow) = h_shape.dims4()?;
+    let n = oh * ow;
+    let mut y = vec![0f32; batch * out_dim * n];
+    with_f32(&us, |u| {
+        let u = MatRef::row_major(u, out_dim, rank);
+        for (y_b, h_b) in y.chunks_exact_mut(out_dim * n).zip(h.chunks_exact(rank * n)) {
+            matmul(y_b, false, scale, u, MatRef::row_major(h_b, rank, n), all_threads());
+        }
+    })?;
+    let tracked = [x.track_op(), down.track_op(), up.track_op()];
+    let device = x.device().clone();
+    let kernel = ds.dims()[2];
+    attach3_cpu(
+        [x, down, up],
+        y,
+        (batch, out_dim, oh, ow).into(),
+        Arc::new(move |_, g: &Tensor| {
+            let (gh, du) = with_f32(g, |g| {
+                with_f32(&us, |u| {
+                    let u = MatRef::row_major(u, out_dim, rank);
+                    let mut gh = vec![0f32; batch * rank * n];
+                    let mut du = vec![0f32; out_dim * rank];
+                    for (i, ((gh_b, g_b), h_b)) in gh
+                        .chunks_exact_mut(rank * n)
+                        .zip(g.chunks_exact(out_dim * n))
+                        .zip(h.chunks_exact(rank * n))
+                        .enumerate()
+                    {
+                        let g_b = MatRef::row_major(g_b, out_dim, n);
+                        matmul(gh_b, false, scale, u.t(), g_b, all_threads());
+                        if tracked[2] {
+                            matmul(&mut du, i > 0, scale, g_b, MatRef::row_major(h_b, rank, n).t(), all_threads());
+                        }
+                    }
+                    (gh, du)
+                })
+            })??;
+            let gh = Tensor::from_vec(gh, (batch, rank, oh, ow), &device)?;
+            let (_, _, in_h, in_w) = xs.dims4()?;
+            let dx = if tracked[0] {
+                Some(super::conv::conv2d_input_grad(&gh, &ds, stride, padding, (in_h, in_w))?)
+            } else {
+                None
+            };
+            let dd = if tracked[1] {
+                Some(super::conv::conv2d_kernel_grad(&xs, &gh, kernel, stride, padding)?)
+            } else {
+                None
+            };
+            let du = if tracked[2] { Some(Tensor::from_vec(du, (out_dim, rank, 1, 1), &device)?) } else { None };
+            Ok([dx, dd, du])
+        }),
+    )
+}
