@@ -1,15 +1,15 @@
 //! The spatial transformer of the SD UNet and the attention layer it shares with the VAE
 //! (diffusers `transformers/transformer_2d.py`, `attention.py`, `attention_processor.py`).
 //!
-//! Attention runs through `lorakit_nn::attention::attention` with heads folded into the batch
-//! dimension: it keeps no attention matrix for backward, and it records a backward pass (candle's
-//! fused softmax / sdpa do not).
+//! Attention runs through `lorakit_nn::attention::attention_heads` on the (B, L, heads·dim)
+//! projections: it keeps no attention matrix for backward, and it records a backward pass
+//! (candle's fused softmax / sdpa do not).
 
 use std::sync::Arc;
 
 use candle_core::{DType, Result, Tensor};
 use lorakit_nn::activation::geglu;
-use lorakit_nn::attention::attention;
+use lorakit_nn::attention::attention_heads;
 use lorakit_nn::lora::{LoraTarget, TargetGroup};
 use lorakit_nn::{Conv2d, ForwardCtx, GroupNorm, LayerNorm, Linear};
 
@@ -175,8 +175,7 @@ impl Attention {
             (q, k, v)
         };
         let scale = 1.0 / (self.dim_head as f64).sqrt();
-        let o = attention(&self.fold_heads(&q)?, &self.fold_heads(&k)?, &self.fold_heads(&v)?, scale)?;
-        let o = self.unfold_heads(&o, tokens.dim(0)?)?.to_dtype(dtype)?;
+        let o = attention_heads(&q, &k, &v, self.heads, scale)?.to_dtype(dtype)?;
         let mut y = self.to_out.forward(&o, ctx)?;
         if let Some((b, c, h, w)) = spatial {
             y = y.transpose(1, 2)?.reshape((b, c, h, w))?;
@@ -188,18 +187,6 @@ impl Attention {
             y = (y / self.rescale_output_factor)?;
         }
         Ok(y)
-    }
-
-    /// (B, L, H·d) → (B·H, L, d).
-    fn fold_heads(&self, t: &Tensor) -> Result<Tensor> {
-        let (b, l, _) = t.dims3()?;
-        t.reshape((b, l, self.heads, self.dim_head))?.transpose(1, 2)?.reshape((b * self.heads, l, self.dim_head))
-    }
-
-    /// (B·H, L, d) → (B, L, H·d).
-    fn unfold_heads(&self, t: &Tensor, batch: usize) -> Result<Tensor> {
-        let (_, l, d) = t.dims3()?;
-        t.reshape((batch, self.heads, l, d))?.transpose(1, 2)?.reshape((batch, l, self.heads * d))
     }
 
     /// The four projections as sd-scripts attention targets (to_q, to_k, to_v, to_out.0).

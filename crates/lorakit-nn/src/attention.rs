@@ -26,10 +26,10 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tenso
     if nk != n || nv != n || dk != d || lv != lk {
         candle_core::bail!("attention: q {:?}, k {:?}, v {:?} do not fit together", q.dims(), k.dims(), v.dims())
     }
-    let (qd, kd, vd) = (q.detach().contiguous()?, k.detach().contiguous()?, v.detach().contiguous()?);
     if cpu::handles(q) && cpu::handles(k) && cpu::handles(v) {
-        return fused_cpu(q, k, v, (qd, kd, vd), scale);
+        return fused_cpu(q, k, v, 1, scale);
     }
+    let (qd, kd, vd) = (q.detach().contiguous()?, k.detach().contiguous()?, v.detach().contiguous()?);
     let stat = stat_dtype(q.dtype());
     let chunk = (CHUNK_ELEMENTS / (n * lk).max(1)).clamp(1, lq);
     let mut outs = Vec::new();
@@ -60,13 +60,36 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tenso
     )
 }
 
-/// [`attention`] through the fused f32 CPU kernels; `detached` are q, k, v detached and
-/// contiguous.
-fn fused_cpu(q: &Tensor, k: &Tensor, v: &Tensor, detached: (Tensor, Tensor, Tensor), scale: f64) -> Result<Tensor> {
-    let (qd, kd, vd) = detached;
-    let (heads, lq, d) = qd.dims3()?;
-    let (lk, dv) = (kd.dim(1)?, vd.dim(2)?);
-    let dims = cpu::attention::Dims { heads, lq, lk, d, dv };
+/// Multi-head attention over projections laid out (B, L, heads·d), as attention layers produce
+/// them: q (B, Lq, H·d), k (B, Lk, H·d), v (B, Lk, H·dv) → (B, Lq, H·dv). On the CPU in f32
+/// the heads are read in place; elsewhere they are split into (B·H, L, d) for [`attention`].
+pub fn attention_heads(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize, scale: f64) -> Result<Tensor> {
+    let ((b, lq, qw), (bk, lk, kw), (bv, lv, vw)) = (q.dims3()?, k.dims3()?, v.dims3()?);
+    if heads == 0 || qw % heads != 0 || vw % heads != 0 || kw != qw || bk != b || bv != b || lv != lk {
+        candle_core::bail!(
+            "attention: q {:?}, k {:?}, v {:?} do not fit together with {heads} heads",
+            q.dims(),
+            k.dims(),
+            v.dims()
+        )
+    }
+    if cpu::handles(q) && cpu::handles(k) && cpu::handles(v) {
+        return fused_cpu(q, k, v, heads, scale);
+    }
+    let fold = |t: &Tensor, len: usize, width: usize| {
+        t.reshape((b, len, heads, width / heads))?.transpose(1, 2)?.reshape((b * heads, len, width / heads))
+    };
+    let o = attention(&fold(q, lq, qw)?, &fold(k, lk, kw)?, &fold(v, lk, vw)?, scale)?;
+    o.reshape((b, heads, lq, vw / heads))?.transpose(1, 2)?.reshape((b, lq, vw))
+}
+
+/// Attention through the fused f32 CPU kernels, q (B, Lq, H·d), k (B, Lk, H·d), v (B, Lk, H·dv).
+fn fused_cpu(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize, scale: f64) -> Result<Tensor> {
+    let (qd, kd, vd) = (q.detach().contiguous()?, k.detach().contiguous()?, v.detach().contiguous()?);
+    let (batch, lq, qw) = qd.dims3()?;
+    let (lk, vw) = (kd.dim(1)?, vd.dim(2)?);
+    let (d, dv) = (qw / heads, vw / heads);
+    let dims = cpu::attention::Dims { batch, heads, lq, lk, d, dv };
     let scale = scale as f32;
     let (out, lse) = cpu::with_f32(&qd, |q| {
         cpu::with_f32(&kd, |k| cpu::with_f32(&vd, |v| cpu::attention::forward(q, k, v, dims, scale)))
@@ -74,7 +97,7 @@ fn fused_cpu(q: &Tensor, k: &Tensor, v: &Tensor, detached: (Tensor, Tensor, Tens
     attach3_cpu(
         [q, k, v],
         out,
-        (heads, lq, dv).into(),
+        (batch, lq, vw).into(),
         Arc::new(move |saved_out: &Tensor, g: &Tensor| {
             let device = g.device().clone();
             let (dq, dk, dv_grad) = cpu::with_f32(&qd, |q| {
@@ -87,9 +110,9 @@ fn fused_cpu(q: &Tensor, k: &Tensor, v: &Tensor, detached: (Tensor, Tensor, Tens
                 })
             })?????;
             Ok([
-                Some(Tensor::from_vec(dq, (heads, lq, d), &device)?),
-                Some(Tensor::from_vec(dk, (heads, lk, d), &device)?),
-                Some(Tensor::from_vec(dv_grad, (heads, lk, dv), &device)?),
+                Some(Tensor::from_vec(dq, (batch, lq, qw), &device)?),
+                Some(Tensor::from_vec(dk, (batch, lk, qw), &device)?),
+                Some(Tensor::from_vec(dv_grad, (batch, lk, vw), &device)?),
             ])
         }),
     )

@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 
 use candle_core::{DType, Device, Result, Tensor, Var};
 use lorakit_nn::activation::{geglu, gelu, quick_gelu, silu, softmax_last_dim};
-use lorakit_nn::attention::{attention, attention_composed};
+use lorakit_nn::attention::{attention, attention_composed, attention_heads};
 use lorakit_nn::checkpoint::checkpoint;
 use lorakit_nn::gradcheck::{check, pseudo_random};
 use lorakit_nn::lora::{LoraDropout, LoraKind, LoraModule, LoraSet, LoraTarget, TargetGroup};
@@ -266,6 +266,48 @@ fn fused_cpu_attention_matches_composed() {
     attention_matches_composed(DType::F32, 2, 1400, 12000, 8, 4);
     attention_matches_composed(DType::F32, 3, 300, 300, 40, 40);
     attention_matches_composed(DType::F32, 2, 257, 77, 16, 24);
+}
+
+#[test]
+fn multi_head_attention_matches_folded_heads() {
+    // attention_heads reads heads in place from (B, L, H·d) on the CPU in f32 and folds them
+    // into the batch elsewhere (f64 here); both against the composed attention on folded heads.
+    let dev = Device::Cpu;
+    for dtype in [DType::F32, DType::F64] {
+        let (b, heads, lq, lk, d) = (2, 3, 200, 77, 8);
+        let randn =
+            |shape: (usize, usize, usize)| Tensor::randn(0f32, 1.0, shape, &dev).unwrap().to_dtype(dtype).unwrap();
+        let q = Var::from_tensor(&randn((b, lq, heads * d))).unwrap();
+        let k = Var::from_tensor(&randn((b, lk, heads * d))).unwrap();
+        let v = Var::from_tensor(&randn((b, lk, heads * d))).unwrap();
+        let w = randn((b, lq, heads * d));
+        let fold =
+            |t: &Tensor, len: usize| t.reshape((b, len, heads, d))?.transpose(1, 2)?.reshape((b * heads, len, d));
+        let reference = attention_composed(
+            &fold(q.as_tensor(), lq).unwrap(),
+            &fold(k.as_tensor(), lk).unwrap(),
+            &fold(v.as_tensor(), lk).unwrap(),
+            0.3,
+        )
+        .unwrap()
+        .reshape((b, heads, lq, d))
+        .unwrap()
+        .transpose(1, 2)
+        .unwrap()
+        .reshape((b, lq, heads * d))
+        .unwrap();
+        let ours = attention_heads(q.as_tensor(), k.as_tensor(), v.as_tensor(), heads, 0.3).unwrap();
+        let rel =
+            |a: &Tensor, r: &Tensor| relative_diff(&a.to_dtype(DType::F32).unwrap(), &r.to_dtype(DType::F32).unwrap());
+        assert!(rel(&ours, &reference) < 1e-5, "{dtype:?} output");
+        let g1 = (&ours * &w).unwrap().sum_all().unwrap().backward().unwrap();
+        let g2 = (&reference * &w).unwrap().sum_all().unwrap().backward().unwrap();
+        for t in [&q, &k, &v] {
+            assert!(rel(g1.get(t).unwrap(), g2.get(t).unwrap()) < 1e-4, "{dtype:?} gradient");
+        }
+    }
+    let x = Tensor::zeros((1, 4, 6), DType::F32, &dev).unwrap();
+    assert!(attention_heads(&x, &x, &x, 4, 1.0).is_err(), "6 features do not split into 4 heads");
 }
 
 #[test]

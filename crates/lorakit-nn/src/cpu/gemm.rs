@@ -20,9 +20,19 @@ impl<'a> MatRef<'a> {
         MatRef { data, rows, cols, row_stride: cols, col_stride: 1 }
     }
 
+    /// A `rows × cols` matrix whose rows are `row_stride` apart (a slice of wider rows).
+    pub(crate) fn strided(data: &'a [f32], rows: usize, cols: usize, row_stride: usize) -> Self {
+        MatRef { data, rows, cols, row_stride, col_stride: 1 }
+    }
+
     /// The transpose (no copy).
     pub(crate) fn t(self) -> Self {
         MatRef { rows: self.cols, cols: self.rows, row_stride: self.col_stride, col_stride: self.row_stride, ..self }
+    }
+
+    /// Element (i, j).
+    pub(crate) fn get(&self, i: usize, j: usize) -> f32 {
+        self.data[i * self.row_stride + j * self.col_stride]
     }
 
     /// Panics unless every element the strides reach lies in `data`: this check is what
