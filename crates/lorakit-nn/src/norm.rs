@@ -9,9 +9,10 @@
 
 use std::sync::Arc;
 
-use candle_core::{Result, Tensor, D};
+use candle_core::{DType, Result, Tensor, D};
 
-use crate::custom_backward::attach;
+use crate::cpu;
+use crate::custom_backward::{attach, attach_cpu};
 use crate::stat_dtype;
 
 /// Normalises `x3` (…, n) over its last dimension; returns (x̂, mean, 1/σ) in `stat` dtype.
@@ -49,6 +50,14 @@ impl LayerNorm {
 
     /// Normalises `x` over its last dimension; gradients flow to `x`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let width = x.dims().last().copied().unwrap_or(0);
+        if width != self.weight.elem_count() {
+            candle_core::bail!("LayerNorm over {} features got input of shape {:?}", self.weight.elem_count(), x.dims())
+        }
+        if cpu::handles(x) && width > 0 {
+            let layout = cpu::norm::RowLayout { len: width, positions: 1, groups_per_item: 1 };
+            return norm_cpu(x, layout, &self.weight, self.bias.as_ref(), self.eps);
+        }
         let dtype = x.dtype();
         let stat = stat_dtype(dtype);
         let xs = x.detach().to_dtype(stat)?;
@@ -99,6 +108,15 @@ impl GroupNorm {
         if dims.len() < 2 || dims[1] != self.weight.dims()[0] {
             candle_core::bail!("GroupNorm over {} channels got input of shape {dims:?}", self.weight.dims()[0])
         }
+        let positions: usize = dims[2..].iter().product();
+        if cpu::handles(x) && positions > 0 {
+            let layout = cpu::norm::RowLayout {
+                len: dims[1] / self.num_groups * positions,
+                positions,
+                groups_per_item: self.num_groups,
+            };
+            return norm_cpu(x, layout, &self.weight, Some(&self.bias), self.eps);
+        }
         let dtype = x.dtype();
         let stat = stat_dtype(dtype);
         let mut affine_shape = vec![1usize; dims.len()];
@@ -121,4 +139,28 @@ impl GroupNorm {
             }),
         )
     }
+}
+
+/// A norm through the fused f32 CPU kernels, rows as `layout` says.
+fn norm_cpu(
+    x: &Tensor,
+    layout: cpu::norm::RowLayout,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    eps: f64,
+) -> Result<Tensor> {
+    let xs = x.detach().contiguous()?;
+    let gamma = weight.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+    let beta = bias.map(|b| b.to_dtype(DType::F32)?.to_vec1::<f32>()).transpose()?;
+    let (y, row_stats) = cpu::with_f32(&xs, |x| cpu::norm::forward(x, layout, &gamma, beta.as_deref(), eps))?;
+    attach_cpu(
+        x,
+        y,
+        x.shape().clone(),
+        Arc::new(move |g: &Tensor| {
+            let dx =
+                cpu::with_f32(&xs, |x| cpu::with_f32(g, |g| cpu::norm::backward(x, g, layout, &gamma, &row_stats)))??;
+            Tensor::from_vec(dx, xs.shape(), xs.device())
+        }),
+    )
 }

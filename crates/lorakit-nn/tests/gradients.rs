@@ -182,6 +182,50 @@ fn f32_cpu_activations_match_candle_and_its_gradients() {
 }
 
 #[test]
+fn f32_cpu_norms_match_the_f64_composed_norms_and_their_gradients() {
+    // f32 on the CPU takes the fused norm kernels, f64 the composed ops (gradient-checked
+    // above): same values and input gradients, for LayerNorm with and without bias and
+    // GroupNorm over 4-D and 3-D inputs.
+    let dev = Device::Cpu;
+    let ln = |bias: bool, dtype: DType| {
+        LayerNorm::new(
+            rnd(&[6], 90).affine(0.3, 1.0).unwrap().to_dtype(dtype).unwrap(),
+            bias.then(|| rnd(&[6], 91).to_dtype(dtype).unwrap()),
+            1e-5,
+        )
+    };
+    let gn = |dtype: DType| {
+        GroupNorm::new(
+            rnd(&[6], 92).affine(0.3, 1.0).unwrap().to_dtype(dtype).unwrap(),
+            rnd(&[6], 93).to_dtype(dtype).unwrap(),
+            3,
+            1e-5,
+        )
+        .unwrap()
+    };
+    type Norm = Box<dyn Fn(DType, &Tensor) -> Tensor>;
+    let cases: Vec<(&str, Vec<usize>, Norm)> = vec![
+        ("layer_norm", vec![2, 5, 6], Box::new(move |dt, x| ln(true, dt).forward(x).unwrap())),
+        ("layer_norm without bias", vec![3, 6], Box::new(move |dt, x| ln(false, dt).forward(x).unwrap())),
+        ("group_norm 4-D", vec![2, 6, 3, 4], Box::new(move |dt, x| gn(dt).forward(x).unwrap())),
+        ("group_norm 3-D", vec![2, 6, 5], Box::new(move |dt, x| gn(dt).forward(x).unwrap())),
+    ];
+    for (name, shape, norm) in cases {
+        let x64 = Var::from_tensor(&rnd(&shape, 94).affine(3.0, 0.5).unwrap()).unwrap();
+        let x32 = Var::from_tensor(&x64.as_tensor().to_dtype(DType::F32).unwrap()).unwrap();
+        let w = Tensor::randn(0f32, 1.0, shape.as_slice(), &dev).unwrap();
+        let y32 = norm(DType::F32, x32.as_tensor());
+        let y64 = norm(DType::F64, x64.as_tensor());
+        let y64_as32 = y64.to_dtype(DType::F32).unwrap();
+        assert!(relative_diff(&y32, &y64_as32) < 1e-6, "{name}: forward");
+        let g32 = (&y32 * &w).unwrap().sum_all().unwrap().backward().unwrap();
+        let g64 = (&y64 * &w.to_dtype(DType::F64).unwrap()).unwrap().sum_all().unwrap().backward().unwrap();
+        let (a, b) = (g32.get(&x32).unwrap(), g64.get(&x64).unwrap().to_dtype(DType::F32).unwrap());
+        assert!(relative_diff(a, &b) < 1e-5, "{name}: input gradient");
+    }
+}
+
+#[test]
 fn norms_and_activations() {
     let ln = LayerNorm::new(rnd(&[6], 20).affine(0.3, 1.0).unwrap(), Some(rnd(&[6], 21)), 1e-5);
     assert_grad_ok("layer_norm", |x| ln.forward(&x[0]), &[rnd(&[2, 3, 6], 22)]);

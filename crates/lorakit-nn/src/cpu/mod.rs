@@ -9,6 +9,7 @@ mod exp;
 pub(crate) mod gemm;
 pub(crate) mod linear;
 pub(crate) mod lora;
+pub(crate) mod norm;
 
 use candle_core::{DType, Result, Storage, Tensor};
 
