@@ -10,7 +10,7 @@ STEPS=${2:-3}
 PYTHON=${PYTHON:-/work/bench/venv/bin/python}
 SD_SCRIPTS=${SD_SCRIPTS:-/work/bench/sd-scripts}
 cargo build --release -p lorakit-models --bench train_step 2>/dev/null
-BIN=$(ls -t target/release/deps/train_step-* | grep -v '\.d$' | head -1)
+BIN=$(ls -t "${CARGO_TARGET_DIR:-target}"/release/deps/train_step-* | grep -v "\.d$" | head -1)
 OUT=${OUT:-/tmp/train_step_results.jsonl}
 : > "$OUT"
 for round in $(seq "$ROUNDS"); do
