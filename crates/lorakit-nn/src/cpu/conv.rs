@@ -9,7 +9,7 @@
 //! col2im, which handles stride and padding without building a flipped kernel or a
 //! zero-dilated gradient.
 
-use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
+use candle_core::{Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::gemm::{all_threads, matmul, MatRef};
@@ -123,15 +123,6 @@ fn col2im(col: &[f32], g: &Geometry, dx: &mut [f32]) {
     });
 }
 
-/// The f32 slice of a contiguous CPU storage, or an error naming `what`.
-fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
-    let data = s.as_slice::<f32>()?;
-    match l.contiguous_offsets() {
-        Some((start, end)) => Ok(&data[start..end]),
-        None => candle_core::bail!("cpu conv: {what} must be contiguous"),
-    }
-}
-
 /// Forward convolution `x (B, C, H, W) ⊛ w (O, C, k, k) [+ b (O)]`, row-major output.
 fn forward(
     x: &[f32],
@@ -175,89 +166,79 @@ fn forward(
 }
 
 /// Input gradient of a convolution: `dx = col2im(Wᵀ · g)` for g (B, O, Ho, Wo), w (O, C, k, k).
-struct InputGrad {
+fn input_grad(
+    grad: &[f32],
+    g_dims: &[usize],
+    w: &[f32],
+    w_dims: &[usize],
     stride: usize,
     padding: usize,
     input_hw: (usize, usize),
-}
-
-impl CustomOp2 for InputGrad {
-    fn name(&self) -> &'static str {
-        "lorakit-conv2d-input-grad"
+) -> Result<(Vec<f32>, Shape)> {
+    let (&[b, o, gh, gw], &[ko, c, k, _]) = (g_dims, w_dims) else {
+        candle_core::bail!("conv input gradient: gradient {g_dims:?} and kernel {w_dims:?} must both be 4-D")
+    };
+    if ko != o {
+        candle_core::bail!("conv input gradient: gradient {g_dims:?} does not fit kernel {w_dims:?}")
     }
-
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
-        let grad = contiguous_f32(s1, l1, "output gradient")?;
-        let w = contiguous_f32(s2, l2, "kernel")?;
-        let (b, o, gh, gw) = l1.shape().dims4()?;
-        let (ko, c, k, _) = l2.shape().dims4()?;
-        if ko != o {
-            candle_core::bail!("conv input gradient: gradient {:?} does not fit kernel {:?}", l1.dims(), l2.dims())
-        }
-        let (h, wd) = self.input_hw;
-        let g = Geometry::new(c, h, wd, k, self.stride, self.padding)?;
-        if g.out_hw() != (gh, gw) {
-            candle_core::bail!("conv input gradient: gradient {gh}×{gw} does not fit input {h}×{wd}")
-        }
-        let n = gh * gw;
-        let rows = g.col_rows();
-        let mut dx = vec![0f32; b * c * h * wd];
-        let mut col = if g.is_pointwise() { Vec::new() } else { vec![0f32; rows * n] };
-        for (gi, dxi) in grad.chunks_exact(o * n).zip(dx.chunks_exact_mut(c * h * wd)) {
-            let (wt, gi) = (MatRef::row_major(w, o, rows).t(), MatRef::row_major(gi, o, n));
-            if g.is_pointwise() {
-                matmul(dxi, false, 1.0, wt, gi, all_threads());
-            } else {
-                matmul(&mut col, false, 1.0, wt, gi, all_threads());
-                col2im(&col, &g, dxi);
-            }
-        }
-        Ok((CpuStorage::F32(dx), Shape::from((b, c, h, wd))))
+    let (h, wd) = input_hw;
+    let g = Geometry::new(c, h, wd, k, stride, padding)?;
+    if g.out_hw() != (gh, gw) {
+        candle_core::bail!("conv input gradient: gradient {gh}×{gw} does not fit input {h}×{wd}")
     }
+    let n = gh * gw;
+    let rows = g.col_rows();
+    let mut dx = vec![0f32; b * c * h * wd];
+    let mut col = if g.is_pointwise() { Vec::new() } else { vec![0f32; rows * n] };
+    for (gi, dxi) in grad.chunks_exact(o * n).zip(dx.chunks_exact_mut(c * h * wd)) {
+        let (wt, gi) = (MatRef::row_major(w, o, rows).t(), MatRef::row_major(gi, o, n));
+        if g.is_pointwise() {
+            matmul(dxi, false, 1.0, wt, gi, all_threads());
+        } else {
+            matmul(&mut col, false, 1.0, wt, gi, all_threads());
+            col2im(&col, &g, dxi);
+        }
+    }
+    Ok((dx, Shape::from((b, c, h, wd))))
 }
 
 /// Kernel gradient of a convolution: `dW = Σ_b g_b · im2col(x_b)ᵀ` for x (B, C, H, W),
 /// g (B, O, Ho, Wo) → (O, C, k, k).
-struct KernelGrad {
+fn kernel_grad(
+    x: &[f32],
+    x_dims: &[usize],
+    grad: &[f32],
+    g_dims: &[usize],
     kernel: usize,
     stride: usize,
     padding: usize,
-}
-
-impl CustomOp2 for KernelGrad {
-    fn name(&self) -> &'static str {
-        "lorakit-conv2d-kernel-grad"
+) -> Result<(Vec<f32>, Shape)> {
+    let (&[b, c, h, wd], &[gb, o, gh, gw]) = (x_dims, g_dims) else {
+        candle_core::bail!("conv kernel gradient: input {x_dims:?} and gradient {g_dims:?} must both be 4-D")
+    };
+    if gb != b {
+        candle_core::bail!("conv kernel gradient: input batch {b} but gradient batch {gb}")
     }
-
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = contiguous_f32(s1, l1, "input")?;
-        let grad = contiguous_f32(s2, l2, "output gradient")?;
-        let (b, c, h, wd) = l1.shape().dims4()?;
-        let (gb, o, gh, gw) = l2.shape().dims4()?;
-        if gb != b {
-            candle_core::bail!("conv kernel gradient: input batch {b} but gradient batch {gb}")
-        }
-        let g = Geometry::new(c, h, wd, self.kernel, self.stride, self.padding)?;
-        if g.out_hw() != (gh, gw) {
-            candle_core::bail!("conv kernel gradient: gradient {gh}×{gw} does not fit input {h}×{wd}")
-        }
-        let n = gh * gw;
-        let rows = g.col_rows();
-        let mut dw = vec![0f32; o * rows];
-        let mut col = if g.is_pointwise() { Vec::new() } else { vec![0f32; rows * n] };
-        for (i, (xi, gi)) in x.chunks_exact(c * h * wd).zip(grad.chunks_exact(o * n)).enumerate() {
-            let cols = if g.is_pointwise() {
-                xi
-            } else {
-                im2col(xi, &g, &mut col);
-                &col
-            };
-            // dW (O, C·k·k) += g (O, n) · colsᵀ (n, C·k·k).
-            let (gi, cols_t) = (MatRef::row_major(gi, o, n), MatRef::row_major(cols, rows, n).t());
-            matmul(&mut dw, i > 0, 1.0, gi, cols_t, all_threads());
-        }
-        Ok((CpuStorage::F32(dw), Shape::from((o, c, self.kernel, self.kernel))))
+    let g = Geometry::new(c, h, wd, kernel, stride, padding)?;
+    if g.out_hw() != (gh, gw) {
+        candle_core::bail!("conv kernel gradient: gradient {gh}×{gw} does not fit input {h}×{wd}")
     }
+    let n = gh * gw;
+    let rows = g.col_rows();
+    let mut dw = vec![0f32; o * rows];
+    let mut col = if g.is_pointwise() { Vec::new() } else { vec![0f32; rows * n] };
+    for (i, (xi, gi)) in x.chunks_exact(c * h * wd).zip(grad.chunks_exact(o * n)).enumerate() {
+        let cols = if g.is_pointwise() {
+            xi
+        } else {
+            im2col(xi, &g, &mut col);
+            &col
+        };
+        // dW (O, C·k·k) += g (O, n) · colsᵀ (n, C·k·k).
+        let (gi, cols_t) = (MatRef::row_major(gi, o, n), MatRef::row_major(cols, rows, n).t());
+        matmul(&mut dw, i > 0, 1.0, gi, cols_t, all_threads());
+    }
+    Ok((dw, Shape::from((o, c, kernel, kernel))))
 }
 
 /// `conv2d(x, w) + b` on the CPU in f32, as row-major data and its shape; no graph is recorded.
@@ -285,7 +266,9 @@ pub(crate) fn conv2d_input_grad(
     padding: usize,
     input_hw: (usize, usize),
 ) -> Result<Tensor> {
-    grad.contiguous()?.apply_op2_no_bwd(&w.contiguous()?, &InputGrad { stride, padding, input_hw })
+    let (dx, shape) =
+        with_f32(grad, |gs| with_f32(w, |ws| input_grad(gs, grad.dims(), ws, w.dims(), stride, padding, input_hw)))???;
+    Tensor::from_vec(dx, shape, grad.device())
 }
 
 /// The kernel gradient of `conv2d(x, w)` for a square kernel of size `kernel`.
@@ -296,5 +279,7 @@ pub(crate) fn conv2d_kernel_grad(
     stride: usize,
     padding: usize,
 ) -> Result<Tensor> {
-    x.contiguous()?.apply_op2_no_bwd(&grad.contiguous()?, &KernelGrad { kernel, stride, padding })
+    let (dw, shape) =
+        with_f32(x, |xs| with_f32(grad, |gs| kernel_grad(xs, x.dims(), gs, grad.dims(), kernel, stride, padding)))???;
+    Tensor::from_vec(dw, shape, x.device())
 }
