@@ -32,14 +32,13 @@ pub(crate) struct Dims {
 }
 
 impl Dims {
-    /// Head `h` of batch item `b` of a (B, L, H·width) tensor, from row `start`, `rows` rows.
+    /// Head `h` of batch item `b` of a (B, len, H·width) tensor, from row `start`, `rows` rows.
     fn head<'a>(
         &self,
         t: &'a [f32],
         b: usize,
         h: usize,
-        len: usize,
-        width: usize,
+        (len, width): (usize, usize),
         start: usize,
         rows: usize,
     ) -> MatRef<'a> {
@@ -77,9 +76,9 @@ pub(crate) fn forward(q: &[f32], k: &[f32], v: &[f32], dims: Dims, scale: f32) -
             |scores, (unit, start)| {
                 let (b, h) = (unit / dims.heads, unit % dims.heads);
                 let rows = BLOCK_ROWS.min(lq - start);
-                let q_b = dims.head(q, b, h, lq, d, start, rows);
-                let k_h = dims.head(k, b, h, lk, d, 0, lk);
-                let v_h = dims.head(v, b, h, lk, dv, 0, lk);
+                let q_b = dims.head(q, b, h, (lq, d), start, rows);
+                let k_h = dims.head(k, b, h, (lk, d), 0, lk);
+                let v_h = dims.head(v, b, h, (lk, dv), 0, lk);
                 let scores = &mut scores[..rows * lk];
                 matmul(scores, false, scale, q_b, k_h.t(), Parallelism::None);
                 let mut lse = vec![0f32; rows];
@@ -108,6 +107,9 @@ pub(crate) fn forward(q: &[f32], k: &[f32], v: &[f32], dims: Dims, scale: f32) -
     (out, lse)
 }
 
+/// One head's (unit index, dq, dk, dv), each (L, width) row-major.
+type HeadGrads = (usize, Vec<f32>, Vec<f32>, Vec<f32>);
+
 /// Backward: (dq, dk, dv), laid out as q, k, v, from the forward's inputs, output, log-sum-exp
 /// and the output gradient `grad`. With P = exp(S − lse): dV = Pᵀ·dO,
 /// dS = P ∘ (dO·Vᵀ − rowsum(dO ∘ O)), dQ = scale·dS·K, dK = scale·dSᵀ·Q.
@@ -123,21 +125,21 @@ pub(crate) fn backward(
     scale: f32,
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let Dims { lq, lk, d, dv, heads, .. } = dims;
-    let per_unit: Vec<(usize, Vec<f32>, Vec<f32>, Vec<f32>)> = (0..dims.units())
+    let per_unit: Vec<HeadGrads> = (0..dims.units())
         .into_par_iter()
         .map_init(
             || (vec![0f32; BLOCK_ROWS * lk], vec![0f32; BLOCK_ROWS * lk]),
             |(probs, dprobs), unit| {
                 let (b, h) = (unit / heads, unit % heads);
-                let k_h = dims.head(k, b, h, lk, d, 0, lk);
-                let v_h = dims.head(v, b, h, lk, dv, 0, lk);
+                let k_h = dims.head(k, b, h, (lk, d), 0, lk);
+                let v_h = dims.head(v, b, h, (lk, dv), 0, lk);
                 let (mut dq, mut dk, mut dv_h) = (vec![0f32; lq * d], vec![0f32; lk * d], vec![0f32; lk * dv]);
                 let mut start = 0;
                 while start < lq {
                     let rows = BLOCK_ROWS.min(lq - start);
-                    let q_b = dims.head(q, b, h, lq, d, start, rows);
-                    let do_b = dims.head(grad, b, h, lq, dv, start, rows);
-                    let o_b = dims.head(out, b, h, lq, dv, start, rows);
+                    let q_b = dims.head(q, b, h, (lq, d), start, rows);
+                    let do_b = dims.head(grad, b, h, (lq, dv), start, rows);
+                    let o_b = dims.head(out, b, h, (lq, dv), start, rows);
                     let (p, dp) = (&mut probs[..rows * lk], &mut dprobs[..rows * lk]);
                     matmul(p, false, scale, q_b, k_h.t(), Parallelism::None);
                     for (i, row) in p.chunks_exact_mut(lk).enumerate() {
