@@ -10,7 +10,7 @@ use std::sync::Arc;
 use candle_core::{Result, Tensor};
 
 use crate::frozen::{FrozenConv2d, FrozenLinear};
-use crate::lora::{LoraKind, LoraSet, LoraTarget, TargetGroup};
+use crate::lora::{Branch, LoraDropout, LoraKind, LoraSet, LoraTarget, TargetGroup};
 
 /// What a forward pass needs besides its inputs.
 #[derive(Clone, Default)]
@@ -75,8 +75,22 @@ impl Linear {
         }
     }
 
-    /// Applies the layer and any LoRA modules attached to its path.
+    /// Applies the layer and any LoRA modules attached to its path. One linear module on f32
+    /// CPU data runs fused with the frozen layer (one op: no separate branch output, add, or
+    /// per-node gradient accumulation).
     pub fn forward(&self, x: &Tensor, ctx: &ForwardCtx) -> Result<Tensor> {
+        if let Some(set) = &ctx.lora {
+            let mut modules = set.for_path(&self.path);
+            if let (Some(module), None) = (modules.next(), modules.next()) {
+                let no_dropout = !ctx.train || module.dropout() == LoraDropout::default();
+                if no_dropout && crate::cpu::handles(x) && matches!(module.kind(), LoraKind::Linear) {
+                    // Without dropout `branch` draws nothing and cannot skip.
+                    if let Branch::Fusable { down, up, scale } = module.branch(x, ctx.train, set.rng())? {
+                        return crate::cpu::lora::linear_with_branch(x, &self.inner, &down, &up, scale);
+                    }
+                }
+            }
+        }
         let y = self.inner.forward(x)?;
         ctx.add_lora(&self.path, x, y)
     }
@@ -127,8 +141,22 @@ impl Conv2d {
         }
     }
 
-    /// Applies the convolution and any LoRA modules attached to its path.
+    /// Applies the convolution and any LoRA modules attached to its path; one LoCon module with
+    /// the conv's stride and padding on f32 CPU data runs fused with it, as for [`Linear`].
     pub fn forward(&self, x: &Tensor, ctx: &ForwardCtx) -> Result<Tensor> {
+        if let Some(set) = &ctx.lora {
+            let mut modules = set.for_path(&self.path);
+            if let (Some(module), None) = (modules.next(), modules.next()) {
+                let no_dropout = !ctx.train || module.dropout() == LoraDropout::default();
+                let same_geometry = matches!(module.kind(), LoraKind::Conv { stride, padding, .. }
+                    if stride == self.inner.stride() && padding == self.inner.padding());
+                if no_dropout && same_geometry && crate::cpu::handles(x) {
+                    if let Branch::Fusable { down, up, scale } = module.branch(x, ctx.train, set.rng())? {
+                        return crate::cpu::lora::conv_with_branch(x, &self.inner, &down, &up, scale);
+                    }
+                }
+            }
+        }
         let y = self.inner.forward(x)?;
         ctx.add_lora(&self.path, x, y)
     }

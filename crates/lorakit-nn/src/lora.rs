@@ -162,6 +162,11 @@ impl LoraModule {
         self
     }
 
+    /// The dropout hooks.
+    pub fn dropout(&self) -> LoraDropout {
+        self.dropout
+    }
+
     /// kohya's module name (`lora_unet_…`).
     pub fn name(&self) -> &str {
         &self.name
@@ -223,22 +228,19 @@ impl LoraModule {
     /// The module's contribution for input `x` (the target layer's input), or `None` when
     /// module dropout skipped it. `train` enables the dropout hooks.
     pub fn forward(&self, x: &Tensor, train: bool, rng: &Mutex<StdRng>) -> Result<Option<Tensor>> {
-        let mut scale = self.multiplier() * self.scale();
-        if train && self.dropout.module > 0.0 && lock(rng).random::<f64>() < self.dropout.module {
-            return Ok(None);
-        }
-        let (down, up) = self.weights();
-        let (down, up) = (down.to_dtype(x.dtype())?, up.to_dtype(x.dtype())?);
-        let plain = !train || (self.dropout.neuron <= 0.0 && self.dropout.rank <= 0.0);
-        if plain && crate::cpu::handles(x) && crate::cpu::handles(&down) {
-            return match self.kind {
-                LoraKind::Linear => crate::cpu::lora::linear_branch(x, &down, &up, scale as f32),
-                LoraKind::Conv { stride, padding, .. } => {
-                    crate::cpu::lora::conv_branch(x, &down, &up, stride, padding, scale as f32)
+        let (down, up, mut scale) = match self.branch(x, train, rng)? {
+            Branch::Skipped => return Ok(None),
+            Branch::Fusable { down, up, scale } => {
+                return match self.kind {
+                    LoraKind::Linear => crate::cpu::lora::linear_branch(x, &down, &up, scale),
+                    LoraKind::Conv { stride, padding, .. } => {
+                        crate::cpu::lora::conv_branch(x, &down, &up, stride, padding, scale)
+                    }
                 }
+                .map(Some)
             }
-            .map(Some);
-        }
+            Branch::Composed { down, up, scale } => (down, up, scale),
+        };
         let mut h = match self.kind {
             LoraKind::Linear => x.broadcast_matmul(&down.t()?)?,
             LoraKind::Conv { stride, padding, .. } => crate::frozen::conv2d_trainable(x, &down, stride, padding)?,
@@ -273,6 +275,22 @@ impl LoraModule {
         Ok(Some((y * scale)?))
     }
 
+    /// How this call applies the module: skipped by module dropout (which this draws), as one
+    /// fused CPU op (f32 on the CPU, no neuron or rank dropout), or composed from candle ops.
+    pub(crate) fn branch(&self, x: &Tensor, train: bool, rng: &Mutex<StdRng>) -> Result<Branch> {
+        let scale = self.multiplier() * self.scale();
+        if train && self.dropout.module > 0.0 && lock(rng).random::<f64>() < self.dropout.module {
+            return Ok(Branch::Skipped);
+        }
+        let (down, up) = self.weights();
+        let (down, up) = (down.to_dtype(x.dtype())?, up.to_dtype(x.dtype())?);
+        let plain = !train || (self.dropout.neuron <= 0.0 && self.dropout.rank <= 0.0);
+        if plain && crate::cpu::handles(x) && crate::cpu::handles(&down) {
+            return Ok(Branch::Fusable { down, up, scale: scale as f32 });
+        }
+        Ok(Branch::Composed { down, up, scale })
+    }
+
     /// The dense weight change `multiplier · scale · up·down`, shaped like the target's weight
     /// ((out, in) or (out, in, k, k)); used to merge a LoRA into base weights.
     pub fn delta_weight(&self) -> Result<Tensor> {
@@ -291,6 +309,16 @@ impl LoraModule {
             }
         }
     }
+}
+
+/// How one call applies a module (see [`LoraModule::branch`]); factors in the input's dtype.
+pub(crate) enum Branch {
+    /// Module dropout skipped it.
+    Skipped,
+    /// f32 on the CPU without neuron/rank dropout: one fused op.
+    Fusable { down: Tensor, up: Tensor, scale: f32 },
+    /// Anything else: candle ops, dropout masks applied.
+    Composed { down: Tensor, up: Tensor, scale: f64 },
 }
 
 /// The `down` and `up` shapes for a target and rank.

@@ -118,6 +118,31 @@ pub(crate) fn conv_branch(
     padding: usize,
     scale: f32,
 ) -> Result<Tensor> {
+    conv_with_optional_frozen(x, None, down, up, stride, padding, scale)
+}
+
+/// A frozen conv and its one LoCon module (same stride and padding) as a single op:
+/// `y = W ⊛ x + b + scale·up ⊛ (down ⊛ x)`, the branch accumulated onto the frozen output;
+/// `dx` sums both input gradients in one buffer.
+pub(crate) fn conv_with_branch(
+    x: &Tensor,
+    frozen: &crate::frozen::FrozenConv2d,
+    down: &Tensor,
+    up: &Tensor,
+    scale: f32,
+) -> Result<Tensor> {
+    conv_with_optional_frozen(x, Some(frozen), down, up, frozen.stride(), frozen.padding(), scale)
+}
+
+fn conv_with_optional_frozen(
+    x: &Tensor,
+    frozen: Option<&crate::frozen::FrozenConv2d>,
+    down: &Tensor,
+    up: &Tensor,
+    stride: usize,
+    padding: usize,
+    scale: f32,
+) -> Result<Tensor> {
     let (out_dim, rank, uk, uk2) = up.dims4()?;
     if down.dims4()?.0 != rank || (uk, uk2) != (1, 1) {
         candle_core::bail!("LoCon: down {:?} and up {:?} do not fit together", down.dims(), up.dims())
@@ -126,11 +151,23 @@ pub(crate) fn conv_branch(
     let (h, h_shape) = super::conv::conv2d(&xs, &ds, None, stride, padding)?;
     let (batch, _, oh, ow) = h_shape.dims4()?;
     let n = oh * ow;
-    let mut y = vec![0f32; batch * out_dim * n];
+    // The frozen conv's output (with its bias) is the buffer the branch accumulates onto.
+    let frozen_weight = frozen.map(|f| f.weight().to_dtype(candle_core::DType::F32)).transpose()?;
+    let (mut y, accumulate) = match (frozen, &frozen_weight) {
+        (Some(f), Some(w)) => {
+            let bias = f.bias().map(|b| b.to_dtype(candle_core::DType::F32)).transpose()?;
+            let (y, y_shape) = super::conv::conv2d(&xs, w, bias.as_ref(), stride, padding)?;
+            if y_shape.dims() != [batch, out_dim, oh, ow] {
+                candle_core::bail!("LoCon: up {:?} does not fit the frozen conv's output {y_shape:?}", up.dims())
+            }
+            (y, true)
+        }
+        _ => (vec![0f32; batch * out_dim * n], false),
+    };
     with_f32(&us, |u| {
         let u = MatRef::row_major(u, out_dim, rank);
         for (y_b, h_b) in y.chunks_exact_mut(out_dim * n).zip(h.chunks_exact(rank * n)) {
-            matmul(y_b, false, scale, u, MatRef::row_major(h_b, rank, n), all_threads());
+            matmul(y_b, accumulate, scale, u, MatRef::row_major(h_b, rank, n), all_threads());
         }
     })?;
     let tracked = [x.track_op(), down.track_op(), up.track_op()];
@@ -164,7 +201,11 @@ pub(crate) fn conv_branch(
             let gh = Tensor::from_vec(gh, (batch, rank, oh, ow), &device)?;
             let (_, _, in_h, in_w) = xs.dims4()?;
             let dx = if tracked[0] {
-                Some(super::conv::conv2d_input_grad(&gh, &ds, stride, padding, (in_h, in_w))?)
+                let branch = super::conv::conv2d_input_grad(&gh, &ds, stride, padding, (in_h, in_w))?;
+                Some(match &frozen_weight {
+                    Some(w) => (super::conv::conv2d_input_grad(g, w, stride, padding, (in_h, in_w))? + branch)?,
+                    None => branch,
+                })
             } else {
                 None
             };
@@ -175,6 +216,114 @@ pub(crate) fn conv_branch(
             };
             let du = if tracked[2] { Some(Tensor::from_vec(du, (out_dim, rank, 1, 1), &device)?) } else { None };
             Ok([dx, dd, du])
+        }),
+    )
+}
+
+/// A frozen linear layer and its one LoRA module as a single op:
+/// `y = x·Wᵀ + b + scale·(x·downᵀ)·upᵀ`, all three accumulated into one buffer; the backward
+/// writes `dx = g·W + gh·down` into one buffer too. Gradients reach x, down and up where
+/// tracked.
+pub(crate) fn linear_with_branch(
+    x: &Tensor,
+    frozen: &crate::frozen::FrozenLinear,
+    down: &Tensor,
+    up: &Tensor,
+    scale: f32,
+) -> Result<Tensor> {
+    let w = frozen.weight().to_dtype(candle_core::DType::F32)?;
+    let (out_dim, in_dim) = w.dims2()?;
+    let (rank, down_in) = down.dims2()?;
+    if up.dims() != [out_dim, rank] || down_in != in_dim || x.dims().last() != Some(&in_dim) {
+        candle_core::bail!(
+            "LoRA: input {:?}, weight {:?}, down {:?} and up {:?} do not fit together",
+            x.dims(),
+            w.dims(),
+            down.dims(),
+            up.dims()
+        )
+    }
+    let bias = frozen.bias().map(|b| b.to_dtype(candle_core::DType::F32)).transpose()?;
+    let rows = x.elem_count() / in_dim.max(1);
+    let (xs, ds, us) = (x.detach().contiguous()?, down.detach().contiguous()?, up.detach().contiguous()?);
+    let mut y = vec![0f32; rows * out_dim];
+    let mut h = vec![0f32; rows * rank];
+    if let Some(b) = &bias {
+        with_f32(b, |b| y.chunks_exact_mut(out_dim).for_each(|row| row.copy_from_slice(b)))?;
+    }
+    with_f32(&xs, |xv| {
+        with_f32(&w, |wv| {
+            with_f32(&ds, |dv| {
+                with_f32(&us, |uv| {
+                    let xm = MatRef::row_major(xv, rows, in_dim);
+                    matmul(&mut y, bias.is_some(), 1.0, xm, MatRef::row_major(wv, out_dim, in_dim).t(), all_threads());
+                    matmul(&mut h, false, 1.0, xm, MatRef::row_major(dv, rank, in_dim).t(), all_threads());
+                    let (hm, ut) = (MatRef::row_major(&h, rows, rank), MatRef::row_major(uv, out_dim, rank).t());
+                    matmul(&mut y, true, scale, hm, ut, all_threads());
+                })
+            })
+        })
+    })????;
+    let mut shape = x.dims().to_vec();
+    *shape.last_mut().expect("checked above") = out_dim;
+    let tracked = [x.track_op(), down.track_op(), up.track_op()];
+    let device = x.device().clone();
+    attach3_cpu(
+        [x, down, up],
+        y,
+        shape.into(),
+        Arc::new(move |_, g: &Tensor| {
+            let h = MatRef::row_major(&h, rows, rank);
+            let (dx, dd, du) = with_f32(g, |g| {
+                with_f32(&xs, |x| {
+                    with_f32(&w, |wv| {
+                        with_f32(&ds, |d| {
+                            with_f32(&us, |u| {
+                                let g = MatRef::row_major(g, rows, out_dim);
+                                let mut gh = vec![0f32; rows * rank];
+                                matmul(&mut gh, false, scale, g, MatRef::row_major(u, out_dim, rank), all_threads());
+                                let gh_m = MatRef::row_major(&gh, rows, rank);
+                                let dx = tracked[0].then(|| {
+                                    let mut dx = vec![0f32; rows * in_dim];
+                                    matmul(
+                                        &mut dx,
+                                        false,
+                                        1.0,
+                                        g,
+                                        MatRef::row_major(wv, out_dim, in_dim),
+                                        all_threads(),
+                                    );
+                                    matmul(&mut dx, true, 1.0, gh_m, MatRef::row_major(d, rank, in_dim), all_threads());
+                                    dx
+                                });
+                                let dd = tracked[1].then(|| {
+                                    let mut dd = vec![0f32; rank * in_dim];
+                                    matmul(
+                                        &mut dd,
+                                        false,
+                                        1.0,
+                                        gh_m.t(),
+                                        MatRef::row_major(x, rows, in_dim),
+                                        all_threads(),
+                                    );
+                                    dd
+                                });
+                                let du = tracked[2].then(|| {
+                                    let mut du = vec![0f32; out_dim * rank];
+                                    matmul(&mut du, false, scale, g.t(), h, all_threads());
+                                    du
+                                });
+                                (dx, dd, du)
+                            })
+                        })
+                    })
+                })
+            })?????;
+            Ok([
+                dx.map(|v| Tensor::from_vec(v, xs.shape(), &device)).transpose()?,
+                dd.map(|v| Tensor::from_vec(v, (rank, in_dim), &device)).transpose()?,
+                du.map(|v| Tensor::from_vec(v, (out_dim, rank), &device)).transpose()?,
+            ])
         }),
     )
 }
