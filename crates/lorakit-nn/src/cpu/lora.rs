@@ -1,13 +1,14 @@
-//! A linear LoRA branch `scale·(x·downᵀ)·upᵀ` as one op on the CPU in f32.
+//! LoRA branches as one op on the CPU in f32: linear `scale·(x·downᵀ)·upᵀ` and LoCon
+//! `scale·up ⊛ (down ⊛ x)`, each alone or fused onto its frozen layer's output.
 //!
-//! Composed from candle ops it is four graph nodes whose backward broadcasts and sums the
-//! factors over the batch, scales the full-size gradient in a separate pass and zero-fills
-//! every gradient before adding to it. Here the backward is four small GEMMs from the saved
-//! rank-sized `h = x·downᵀ`.
+//! Composed from candle ops a branch is four graph nodes (five with its add onto the frozen
+//! output) whose backward broadcasts and sums the factors over the batch, scales the full-size
+//! gradient in a separate pass and zero-fills every gradient before adding to it. Here the
+//! backward is a few GEMMs from the saved rank-sized `h = down(x)`.
 
 use std::sync::Arc;
 
-use candle_core::{Result, Tensor};
+use candle_core::{DType, Result, Tensor};
 
 use super::gemm::{all_threads, matmul, MatRef};
 use super::with_f32;
@@ -16,41 +17,72 @@ use crate::custom_backward::attach3_cpu;
 /// `scale·(x·downᵀ)·upᵀ` for x (…, in), down (r, in), up (out, r); gradients reach x, down
 /// and up where tracked.
 pub(crate) fn linear_branch(x: &Tensor, down: &Tensor, up: &Tensor, scale: f32) -> Result<Tensor> {
+    linear_with_optional_frozen(x, None, down, up, scale)
+}
+
+/// A frozen linear layer and its one LoRA module as a single op:
+/// `y = x·Wᵀ + b + scale·(x·downᵀ)·upᵀ`, all three accumulated into one buffer; the backward
+/// writes `dx = g·W + gh·down` into one buffer too.
+pub(crate) fn linear_with_branch(
+    x: &Tensor,
+    frozen: &crate::frozen::FrozenLinear,
+    down: &Tensor,
+    up: &Tensor,
+    scale: f32,
+) -> Result<Tensor> {
+    linear_with_optional_frozen(x, Some(frozen), down, up, scale)
+}
+
+/// The linear branch, on top of the frozen layer's output when there is one.
+fn linear_with_optional_frozen(
+    x: &Tensor,
+    frozen: Option<&crate::frozen::FrozenLinear>,
+    down: &Tensor,
+    up: &Tensor,
+    scale: f32,
+) -> Result<Tensor> {
     let (rank, in_dim) = down.dims2()?;
     let (out_dim, up_rank) = up.dims2()?;
-    if up_rank != rank || x.dims().last() != Some(&in_dim) {
+    let w = frozen.map(|f| f.weight().to_dtype(DType::F32)).transpose()?;
+    let w_fits = w.as_ref().is_none_or(|w| w.dims() == [out_dim, in_dim]);
+    if up_rank != rank || !w_fits || x.dims().last() != Some(&in_dim) {
         candle_core::bail!(
-            "LoRA: input {:?}, down {:?} and up {:?} do not fit together",
+            "LoRA: input {:?}, weight {:?}, down {:?} and up {:?} do not fit together",
             x.dims(),
+            w.as_ref().map(|w| w.dims()),
             down.dims(),
             up.dims()
         )
     }
+    let bias = frozen.and_then(|f| f.bias()).map(|b| b.to_dtype(DType::F32)).transpose()?;
     let rows = x.elem_count() / in_dim.max(1);
     let (xs, ds, us) = (x.detach().contiguous()?, down.detach().contiguous()?, up.detach().contiguous()?);
+    // y starts as the bias rows (if any), gets x·Wᵀ (if frozen) and then the branch.
+    let mut y = vec![0f32; rows * out_dim];
+    let mut accumulate = false;
+    if let Some(b) = &bias {
+        with_f32(b, |b| y.chunks_exact_mut(out_dim).for_each(|row| row.copy_from_slice(b)))?;
+        accumulate = true;
+    }
+    if let Some(w) = &w {
+        with_f32(&xs, |xv| {
+            with_f32(w, |wv| {
+                let (xm, wt) = (MatRef::row_major(xv, rows, in_dim), MatRef::row_major(wv, out_dim, in_dim).t());
+                matmul(&mut y, accumulate, 1.0, xm, wt, all_threads());
+            })
+        })??;
+        accumulate = true;
+    }
     let mut h = vec![0f32; rows * rank];
-    with_f32(&xs, |x| {
-        with_f32(&ds, |d| {
-            matmul(
-                &mut h,
-                false,
-                1.0,
-                MatRef::row_major(x, rows, in_dim),
-                MatRef::row_major(d, rank, in_dim).t(),
-                all_threads(),
-            )
+    with_f32(&xs, |xv| {
+        with_f32(&ds, |dv| {
+            let (xm, dt) = (MatRef::row_major(xv, rows, in_dim), MatRef::row_major(dv, rank, in_dim).t());
+            matmul(&mut h, false, 1.0, xm, dt, all_threads());
         })
     })??;
-    let mut y = vec![0f32; rows * out_dim];
-    with_f32(&us, |u| {
-        matmul(
-            &mut y,
-            false,
-            scale,
-            MatRef::row_major(&h, rows, rank),
-            MatRef::row_major(u, out_dim, rank).t(),
-            all_threads(),
-        )
+    with_f32(&us, |uv| {
+        let (hm, ut) = (MatRef::row_major(&h, rows, rank), MatRef::row_major(uv, out_dim, rank).t());
+        matmul(&mut y, accumulate, scale, hm, ut, all_threads());
     })?;
     let mut shape = x.dims().to_vec();
     *shape.last_mut().expect("checked above") = out_dim;
@@ -62,47 +94,51 @@ pub(crate) fn linear_branch(x: &Tensor, down: &Tensor, up: &Tensor, scale: f32) 
         shape.into(),
         Arc::new(move |_, g: &Tensor| {
             let h = MatRef::row_major(&h, rows, rank);
-            let (dx, dd, du) = with_f32(g, |g| {
-                with_f32(&xs, |x| {
-                    with_f32(&ds, |d| {
-                        with_f32(&us, |u| {
-                            let g = MatRef::row_major(g, rows, out_dim);
-                            // gh = scale·g·up (rows × r): the gradient reaching h.
-                            let mut gh = vec![0f32; rows * rank];
-                            matmul(&mut gh, false, scale, g, MatRef::row_major(u, out_dim, rank), all_threads());
-                            let gh_m = MatRef::row_major(&gh, rows, rank);
-                            let dx = tracked[0].then(|| {
-                                let mut dx = vec![0f32; rows * in_dim];
-                                matmul(&mut dx, false, 1.0, gh_m, MatRef::row_major(d, rank, in_dim), all_threads());
-                                dx
-                            });
-                            let dd = tracked[1].then(|| {
-                                let mut dd = vec![0f32; rank * in_dim];
-                                matmul(
-                                    &mut dd,
-                                    false,
-                                    1.0,
-                                    gh_m.t(),
-                                    MatRef::row_major(x, rows, in_dim),
-                                    all_threads(),
-                                );
-                                dd
-                            });
-                            let du = tracked[2].then(|| {
-                                let mut du = vec![0f32; out_dim * rank];
-                                matmul(&mut du, false, scale, g.t(), h, all_threads());
-                                du
-                            });
-                            (dx, dd, du)
-                        })
-                    })
+            let (gh, du) = with_f32(g, |gv| {
+                with_f32(&us, |uv| {
+                    let (g, u) = (MatRef::row_major(gv, rows, out_dim), MatRef::row_major(uv, out_dim, rank));
+                    // gh = scale·g·up (rows × r): the gradient reaching h.
+                    let mut gh = vec![0f32; rows * rank];
+                    matmul(&mut gh, false, scale, g, u, all_threads());
+                    let du = tracked[2].then(|| {
+                        let mut du = vec![0f32; out_dim * rank];
+                        matmul(&mut du, false, scale, g.t(), h, all_threads());
+                        du
+                    });
+                    (gh, du)
                 })
-            })????;
-            Ok([
-                dx.map(|v| Tensor::from_vec(v, xs.shape(), &device)).transpose()?,
-                dd.map(|v| Tensor::from_vec(v, (rank, in_dim), &device)).transpose()?,
-                du.map(|v| Tensor::from_vec(v, (out_dim, rank), &device)).transpose()?,
-            ])
+            })??;
+            let gh_m = MatRef::row_major(&gh, rows, rank);
+            let dx = if tracked[0] {
+                // dx = g·W (frozen) + gh·down, in one buffer.
+                let mut dx = vec![0f32; rows * in_dim];
+                if let Some(w) = &w {
+                    with_f32(g, |gv| {
+                        with_f32(w, |wv| {
+                            let (g, wm) =
+                                (MatRef::row_major(gv, rows, out_dim), MatRef::row_major(wv, out_dim, in_dim));
+                            matmul(&mut dx, false, 1.0, g, wm, all_threads());
+                        })
+                    })??;
+                }
+                with_f32(&ds, |dv| {
+                    matmul(&mut dx, w.is_some(), 1.0, gh_m, MatRef::row_major(dv, rank, in_dim), all_threads());
+                })?;
+                Some(Tensor::from_vec(dx, xs.shape(), &device)?)
+            } else {
+                None
+            };
+            let dd = if tracked[1] {
+                let mut dd = vec![0f32; rank * in_dim];
+                with_f32(&xs, |xv| {
+                    matmul(&mut dd, false, 1.0, gh_m.t(), MatRef::row_major(xv, rows, in_dim), all_threads());
+                })?;
+                Some(Tensor::from_vec(dd, (rank, in_dim), &device)?)
+            } else {
+                None
+            };
+            let du = du.map(|v| Tensor::from_vec(v, (out_dim, rank), &device)).transpose()?;
+            Ok([dx, dd, du])
         }),
     )
 }
@@ -152,10 +188,10 @@ fn conv_with_optional_frozen(
     let (batch, _, oh, ow) = h_shape.dims4()?;
     let n = oh * ow;
     // The frozen conv's output (with its bias) is the buffer the branch accumulates onto.
-    let frozen_weight = frozen.map(|f| f.weight().to_dtype(candle_core::DType::F32)).transpose()?;
+    let frozen_weight = frozen.map(|f| f.weight().to_dtype(DType::F32)).transpose()?;
     let (mut y, accumulate) = match (frozen, &frozen_weight) {
         (Some(f), Some(w)) => {
-            let bias = f.bias().map(|b| b.to_dtype(candle_core::DType::F32)).transpose()?;
+            let bias = f.bias().map(|b| b.to_dtype(DType::F32)).transpose()?;
             let (y, y_shape) = super::conv::conv2d(&xs, w, bias.as_ref(), stride, padding)?;
             if y_shape.dims() != [batch, out_dim, oh, ow] {
                 candle_core::bail!("LoCon: up {:?} does not fit the frozen conv's output {y_shape:?}", up.dims())
@@ -216,114 +252,6 @@ fn conv_with_optional_frozen(
             };
             let du = if tracked[2] { Some(Tensor::from_vec(du, (out_dim, rank, 1, 1), &device)?) } else { None };
             Ok([dx, dd, du])
-        }),
-    )
-}
-
-/// A frozen linear layer and its one LoRA module as a single op:
-/// `y = x·Wᵀ + b + scale·(x·downᵀ)·upᵀ`, all three accumulated into one buffer; the backward
-/// writes `dx = g·W + gh·down` into one buffer too. Gradients reach x, down and up where
-/// tracked.
-pub(crate) fn linear_with_branch(
-    x: &Tensor,
-    frozen: &crate::frozen::FrozenLinear,
-    down: &Tensor,
-    up: &Tensor,
-    scale: f32,
-) -> Result<Tensor> {
-    let w = frozen.weight().to_dtype(candle_core::DType::F32)?;
-    let (out_dim, in_dim) = w.dims2()?;
-    let (rank, down_in) = down.dims2()?;
-    if up.dims() != [out_dim, rank] || down_in != in_dim || x.dims().last() != Some(&in_dim) {
-        candle_core::bail!(
-            "LoRA: input {:?}, weight {:?}, down {:?} and up {:?} do not fit together",
-            x.dims(),
-            w.dims(),
-            down.dims(),
-            up.dims()
-        )
-    }
-    let bias = frozen.bias().map(|b| b.to_dtype(candle_core::DType::F32)).transpose()?;
-    let rows = x.elem_count() / in_dim.max(1);
-    let (xs, ds, us) = (x.detach().contiguous()?, down.detach().contiguous()?, up.detach().contiguous()?);
-    let mut y = vec![0f32; rows * out_dim];
-    let mut h = vec![0f32; rows * rank];
-    if let Some(b) = &bias {
-        with_f32(b, |b| y.chunks_exact_mut(out_dim).for_each(|row| row.copy_from_slice(b)))?;
-    }
-    with_f32(&xs, |xv| {
-        with_f32(&w, |wv| {
-            with_f32(&ds, |dv| {
-                with_f32(&us, |uv| {
-                    let xm = MatRef::row_major(xv, rows, in_dim);
-                    matmul(&mut y, bias.is_some(), 1.0, xm, MatRef::row_major(wv, out_dim, in_dim).t(), all_threads());
-                    matmul(&mut h, false, 1.0, xm, MatRef::row_major(dv, rank, in_dim).t(), all_threads());
-                    let (hm, ut) = (MatRef::row_major(&h, rows, rank), MatRef::row_major(uv, out_dim, rank).t());
-                    matmul(&mut y, true, scale, hm, ut, all_threads());
-                })
-            })
-        })
-    })????;
-    let mut shape = x.dims().to_vec();
-    *shape.last_mut().expect("checked above") = out_dim;
-    let tracked = [x.track_op(), down.track_op(), up.track_op()];
-    let device = x.device().clone();
-    attach3_cpu(
-        [x, down, up],
-        y,
-        shape.into(),
-        Arc::new(move |_, g: &Tensor| {
-            let h = MatRef::row_major(&h, rows, rank);
-            let (dx, dd, du) = with_f32(g, |g| {
-                with_f32(&xs, |x| {
-                    with_f32(&w, |wv| {
-                        with_f32(&ds, |d| {
-                            with_f32(&us, |u| {
-                                let g = MatRef::row_major(g, rows, out_dim);
-                                let mut gh = vec![0f32; rows * rank];
-                                matmul(&mut gh, false, scale, g, MatRef::row_major(u, out_dim, rank), all_threads());
-                                let gh_m = MatRef::row_major(&gh, rows, rank);
-                                let dx = tracked[0].then(|| {
-                                    let mut dx = vec![0f32; rows * in_dim];
-                                    matmul(
-                                        &mut dx,
-                                        false,
-                                        1.0,
-                                        g,
-                                        MatRef::row_major(wv, out_dim, in_dim),
-                                        all_threads(),
-                                    );
-                                    matmul(&mut dx, true, 1.0, gh_m, MatRef::row_major(d, rank, in_dim), all_threads());
-                                    dx
-                                });
-                                let dd = tracked[1].then(|| {
-                                    let mut dd = vec![0f32; rank * in_dim];
-                                    matmul(
-                                        &mut dd,
-                                        false,
-                                        1.0,
-                                        gh_m.t(),
-                                        MatRef::row_major(x, rows, in_dim),
-                                        all_threads(),
-                                    );
-                                    dd
-                                });
-                                let du = tracked[2].then(|| {
-                                    let mut du = vec![0f32; out_dim * rank];
-                                    matmul(&mut du, false, scale, g.t(), h, all_threads());
-                                    du
-                                });
-                                (dx, dd, du)
-                            })
-                        })
-                    })
-                })
-            })?????;
-            Ok([
-                dx.map(|v| Tensor::from_vec(v, xs.shape(), &device)).transpose()?,
-                dd.map(|v| Tensor::from_vec(v, (rank, in_dim), &device)).transpose()?,
-                du.map(|v| Tensor::from_vec(v, (out_dim, rank), &device)).transpose()?,
-            ])
         }),
     )
 }
