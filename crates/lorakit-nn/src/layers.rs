@@ -29,6 +29,28 @@ impl ForwardCtx {
         ForwardCtx { lora: Some(lora), ..Default::default() }
     }
 
+    /// The factors and scale of the one LoRA module at `path` when it can run fused with its
+    /// frozen layer: f32 CPU input, no dropout hook in use (so choosing draws no random number)
+    /// and a kind the layer accepts (`fits`). `None`: apply modules with [`Self::add_lora`].
+    fn fusable_lora(
+        &self,
+        path: &str,
+        x: &Tensor,
+        fits: impl Fn(LoraKind) -> bool,
+    ) -> Result<Option<(Tensor, Tensor, f32)>> {
+        let Some(set) = &self.lora else { return Ok(None) };
+        let mut modules = set.for_path(path);
+        let (Some(module), None) = (modules.next(), modules.next()) else { return Ok(None) };
+        let no_dropout = !self.train || module.dropout() == LoraDropout::default();
+        if !(no_dropout && fits(module.kind()) && crate::cpu::handles(x)) {
+            return Ok(None);
+        }
+        match module.branch(x, self.train, set.rng())? {
+            Branch::Fusable { down, up, scale } => Ok(Some((down, up, scale))),
+            Branch::Skipped | Branch::Composed { .. } => Ok(None),
+        }
+    }
+
     fn add_lora(&self, path: &str, x: &Tensor, mut y: Tensor) -> Result<Tensor> {
         if let Some(set) = &self.lora {
             for module in set.for_path(path) {
@@ -79,17 +101,8 @@ impl Linear {
     /// CPU data runs fused with the frozen layer (one op: no separate branch output, add, or
     /// per-node gradient accumulation).
     pub fn forward(&self, x: &Tensor, ctx: &ForwardCtx) -> Result<Tensor> {
-        if let Some(set) = &ctx.lora {
-            let mut modules = set.for_path(&self.path);
-            if let (Some(module), None) = (modules.next(), modules.next()) {
-                let no_dropout = !ctx.train || module.dropout() == LoraDropout::default();
-                if no_dropout && crate::cpu::handles(x) && matches!(module.kind(), LoraKind::Linear) {
-                    // Without dropout `branch` draws nothing and cannot skip.
-                    if let Branch::Fusable { down, up, scale } = module.branch(x, ctx.train, set.rng())? {
-                        return crate::cpu::lora::linear_with_branch(x, &self.inner, &down, &up, scale);
-                    }
-                }
-            }
+        if let Some((down, up, scale)) = ctx.fusable_lora(&self.path, x, |k| matches!(k, LoraKind::Linear))? {
+            return crate::cpu::lora::linear_with_branch(x, &self.inner, &down, &up, scale);
         }
         let y = self.inner.forward(x)?;
         ctx.add_lora(&self.path, x, y)
@@ -144,18 +157,12 @@ impl Conv2d {
     /// Applies the convolution and any LoRA modules attached to its path; one LoCon module with
     /// the conv's stride and padding on f32 CPU data runs fused with it, as for [`Linear`].
     pub fn forward(&self, x: &Tensor, ctx: &ForwardCtx) -> Result<Tensor> {
-        if let Some(set) = &ctx.lora {
-            let mut modules = set.for_path(&self.path);
-            if let (Some(module), None) = (modules.next(), modules.next()) {
-                let no_dropout = !ctx.train || module.dropout() == LoraDropout::default();
-                let same_geometry = matches!(module.kind(), LoraKind::Conv { stride, padding, .. }
-                    if stride == self.inner.stride() && padding == self.inner.padding());
-                if no_dropout && same_geometry && crate::cpu::handles(x) {
-                    if let Branch::Fusable { down, up, scale } = module.branch(x, ctx.train, set.rng())? {
-                        return crate::cpu::lora::conv_with_branch(x, &self.inner, &down, &up, scale);
-                    }
-                }
-            }
+        let same_geometry = |k| {
+            matches!(k, LoraKind::Conv { stride, padding, .. }
+                if stride == self.inner.stride() && padding == self.inner.padding())
+        };
+        if let Some((down, up, scale)) = ctx.fusable_lora(&self.path, x, same_geometry)? {
+            return crate::cpu::lora::conv_with_branch(x, &self.inner, &down, &up, scale);
         }
         let y = self.inner.forward(x)?;
         ctx.add_lora(&self.path, x, y)
