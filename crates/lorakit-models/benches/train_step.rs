@@ -3,7 +3,9 @@
 //! backward. Prints one JSON line per measured step; `tools/bench/train_step/run.sh`
 //! interleaves it with the PyTorch equivalent and reports both.
 //!
-//! `cargo bench -p lorakit-models --bench train_step -- [steps] [--checkpointing] [--live-memory]`
+//! `cargo bench -p lorakit-models --bench train_step -- [steps] [--checkpointing] [--live-memory] [--profile]`
+//!
+//! `--profile` prints where the last step's time went, kernel by kernel (`lorakit_nn::profile`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -44,6 +46,10 @@ fn main() -> anyhow::Result<()> {
     let steps: usize = args.iter().find_map(|a| a.parse().ok()).unwrap_or(3);
     let checkpointing = args.iter().any(|a| a == "--checkpointing");
     let live_memory = args.iter().any(|a| a == "--live-memory");
+    let profile = args.iter().any(|a| a == "--profile");
+    if profile {
+        lorakit_nn::profile::enable();
+    }
     let device = Device::Cpu;
     let cfg = UNet2DConditionModelConfig::sd15();
     let t0 = Instant::now();
@@ -82,8 +88,12 @@ fn main() -> anyhow::Result<()> {
     let context = Tensor::randn(0f32, 1.0, (1, 77, 768), &device)?;
     let timesteps = Tensor::new(&[500u32], &device)?;
     for step in 0..=steps {
+        // Only the last step's profile is printed.
+        lorakit_nn::profile::take();
         let t = Instant::now();
+        let forward_scope = lorakit_nn::profile::scope("model forward outside the kernels");
         let pred = unet.forward(&latents, &timesteps, &context, &ctx)?;
+        drop(forward_scope);
         let loss = (pred - &target)?.sqr()?.mean_all()?;
         let forward_secs = t.elapsed().as_secs_f64();
         // --live-memory: return freed heap pages first so the number is live memory (costs the
@@ -92,7 +102,9 @@ fn main() -> anyhow::Result<()> {
             lorakit_nn::runtime::release_free_memory();
         }
         let after_forward = rss_mb();
+        let backward_scope = lorakit_nn::profile::scope("candle backprop outside the kernels");
         let grads = loss.backward()?;
+        drop(backward_scope);
         let mut norm = 0f32;
         for var in lora.trainable_vars() {
             if let Some(g) = lora.grad(&grads, &var)? {
@@ -109,6 +121,17 @@ fn main() -> anyhow::Result<()> {
                 norm.sqrt(),
                 peak_rss_mb()
             );
+        }
+        if profile && step == steps {
+            for e in lorakit_nn::profile::take() {
+                eprintln!(
+                    "{:40} {:6} calls {:7.3} s  {:5.1}%",
+                    e.label,
+                    e.calls,
+                    e.self_seconds,
+                    100.0 * e.self_seconds / secs
+                );
+            }
         }
     }
     Ok(())

@@ -20,6 +20,7 @@ pub mod lora;
 pub mod lr_scheduler;
 pub mod norm;
 pub mod optim;
+pub mod profile;
 pub mod runtime;
 
 pub use custom_backward::{attach, attach_many};

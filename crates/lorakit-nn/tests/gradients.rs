@@ -496,16 +496,22 @@ fn f32_cpu_linear_fused_with_its_lora_module_matches_composed() {
 
 #[test]
 fn f32_cpu_conv_fused_with_its_locon_module_matches_composed() {
-    // A Conv2d with one LoCon module on f32 CPU data runs as one op, for a 3×3 and a strided
-    // conv; the reference is candle's own convs and graph.
+    // A Conv2d with one LoCon module on f32 CPU data runs as one op, for a 3×3, a strided and
+    // a pointwise conv; the reference is candle's own convs and graph.
     let f32t = |shape: &[usize], seed| rnd(shape, seed).to_dtype(DType::F32).unwrap();
-    for (stride, hw) in [(1, 6), (2, 7)] {
+    for (kernel, stride, padding, hw) in [(3, 1, 1, 6), (3, 2, 1, 7), (1, 1, 0, 5)] {
         let mut set = LoraSet::new(3, &Device::Cpu).unwrap();
-        let (w, b) = (f32t(&[5, 4, 3, 3], 110), f32t(&[5], 111));
-        let conv = Conv2d::new("a.conv", w.clone(), Some(b.clone()), stride, 1).unwrap();
-        let kind = LoraKind::Conv { kernel: 3, stride, padding: 1 };
-        let module =
-            LoraModule::from_weights("m", kind, f32t(&[2, 4, 3, 3], 112), f32t(&[5, 2, 1, 1], 113), Some(1.5), true);
+        let (w, b) = (f32t(&[5, 4, kernel, kernel], 110), f32t(&[5], 111));
+        let conv = Conv2d::new("a.conv", w.clone(), Some(b.clone()), stride, padding).unwrap();
+        let kind = LoraKind::Conv { kernel, stride, padding };
+        let module = LoraModule::from_weights(
+            "m",
+            kind,
+            f32t(&[2, 4, kernel, kernel], 112),
+            f32t(&[5, 2, 1, 1], 113),
+            Some(1.5),
+            true,
+        );
         set.insert("a.conv", module.unwrap());
         let set = Arc::new(set);
         let ctx = ForwardCtx { lora: Some(set.clone()), train: true, gradient_checkpointing: false };
@@ -513,22 +519,22 @@ fn f32_cpu_conv_fused_with_its_locon_module_matches_composed() {
         let ours = conv.forward(x.as_tensor(), &ctx).unwrap();
         let m = &set.modules()[0];
         let (down, up) = (m.down().as_tensor(), m.up().as_tensor());
-        let branch = x.as_tensor().conv2d(down, 1, stride, 1, 1).unwrap().conv2d(up, 0, 1, 1, 1).unwrap();
+        let branch = x.as_tensor().conv2d(down, padding, stride, 1, 1).unwrap().conv2d(up, 0, 1, 1, 1).unwrap();
         let frozen = x
             .as_tensor()
-            .conv2d(&w, 1, stride, 1, 1)
+            .conv2d(&w, padding, stride, 1, 1)
             .unwrap()
             .broadcast_add(&b.reshape((1, 5, 1, 1)).unwrap())
             .unwrap();
         let reference = (frozen + (branch * 0.75).unwrap()).unwrap();
-        assert!(relative_diff(&ours, &reference) < 1e-5, "stride {stride}: forward");
+        assert!(relative_diff(&ours, &reference) < 1e-5, "{kernel}×{kernel} stride {stride}: forward");
         let upstream = f32t(ours.dims(), 115);
         let g_ours = (&ours * &upstream).unwrap().sum_all().unwrap().backward().unwrap();
         let g_ref = (&reference * &upstream).unwrap().sum_all().unwrap().backward().unwrap();
         for (name, t) in [("x", x.as_tensor()), ("down", down), ("up", up)] {
             assert!(
                 relative_diff(g_ours.get(t).unwrap(), g_ref.get(t).unwrap()) < 1e-5,
-                "stride {stride}: {name} gradient"
+                "{kernel}×{kernel} stride {stride}: {name} gradient"
             );
         }
     }

@@ -41,6 +41,7 @@ fn gelu_and_slope(z: f32) -> (f32, f32) {
 
 /// `x·σ(x)`.
 pub(crate) fn silu(x: &[f32]) -> Vec<f32> {
+    let _profile = crate::profile::scope("SiLU forward");
     let mut y = vec![0f32; x.len()];
     y.par_chunks_mut(TASK).zip(x.par_chunks(TASK)).for_each(|(y, x)| {
         for (y, &x) in y.iter_mut().zip(x) {
@@ -52,6 +53,7 @@ pub(crate) fn silu(x: &[f32]) -> Vec<f32> {
 
 /// The input gradient of SiLU: `g·σ(x)·(1 + x·(1 − σ(x)))`.
 pub(crate) fn silu_backward(x: &[f32], grad: &[f32]) -> Vec<f32> {
+    let _profile = crate::profile::scope("SiLU backward");
     let mut dx = vec![0f32; x.len()];
     dx.par_chunks_mut(TASK).zip(x.par_chunks(TASK).zip(grad.par_chunks(TASK))).for_each(|(dx, (x, g))| {
         for ((dx, &x), &g) in dx.iter_mut().zip(x).zip(g) {
@@ -70,6 +72,7 @@ fn rows_per_task(width: usize) -> usize {
 /// GEGLU over rows of `2·half` elements: `h · gelu(gate)` with h the first half of each row
 /// and gate the second; rows of `half` elements out.
 pub(crate) fn geglu(x: &[f32], half: usize) -> Vec<f32> {
+    let _profile = crate::profile::scope("GEGLU forward");
     let rows = x.len() / (2 * half);
     let mut y = vec![0f32; rows * half];
     let per = rows_per_task(2 * half);
@@ -87,6 +90,7 @@ pub(crate) fn geglu(x: &[f32], half: usize) -> Vec<f32> {
 /// The input gradient of [`geglu`]: rows of `2·half` elements, `g·gelu(gate)` for the first
 /// half and `g·h·gelu′(gate)` for the second.
 pub(crate) fn geglu_backward(x: &[f32], grad: &[f32], half: usize) -> Vec<f32> {
+    let _profile = crate::profile::scope("GEGLU backward");
     let mut dx = vec![0f32; x.len()];
     let per = rows_per_task(2 * half);
     dx.par_chunks_mut(per * 2 * half).zip(x.par_chunks(per * 2 * half).zip(grad.par_chunks(per * half))).for_each(

@@ -65,6 +65,7 @@ impl Dims {
 /// Forward: returns the output (B, Lq, H·dv) and the log-sum-exp of every score row
 /// (B·H, Lq).
 pub(crate) fn forward(q: &[f32], k: &[f32], v: &[f32], dims: Dims, scale: f32) -> (Vec<f32>, Vec<f32>) {
+    let _profile = crate::profile::scope("attention forward");
     let Dims { lq, lk, d, dv, .. } = dims;
     let blocks_per_head = lq.div_ceil(BLOCK_ROWS);
     let tasks: Vec<(usize, usize)> =
@@ -124,6 +125,7 @@ pub(crate) fn backward(
     dims: Dims,
     scale: f32,
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let _profile = crate::profile::scope("attention backward");
     let Dims { lq, lk, d, dv, heads, .. } = dims;
     let per_unit: Vec<HeadGrads> = (0..dims.units())
         .into_par_iter()

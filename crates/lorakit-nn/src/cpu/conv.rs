@@ -17,7 +17,7 @@ use super::with_f32;
 
 /// Geometry of one square-kernel convolution (groups 1, dilation 1).
 #[derive(Clone, Copy, Debug)]
-struct Geometry {
+pub(crate) struct Geometry {
     channels: usize,
     height: usize,
     width: usize,
@@ -27,7 +27,14 @@ struct Geometry {
 }
 
 impl Geometry {
-    fn new(channels: usize, height: usize, width: usize, kernel: usize, stride: usize, padding: usize) -> Result<Self> {
+    pub(crate) fn new(
+        channels: usize,
+        height: usize,
+        width: usize,
+        kernel: usize,
+        stride: usize,
+        padding: usize,
+    ) -> Result<Self> {
         if kernel == 0 || stride == 0 || height + 2 * padding < kernel || width + 2 * padding < kernel {
             candle_core::bail!(
                 "conv2d: a {kernel}×{kernel} kernel with stride {stride} and padding {padding} does not fit a {height}×{width} input"
@@ -36,13 +43,14 @@ impl Geometry {
         Ok(Geometry { channels, height, width, kernel, stride, padding })
     }
 
-    fn out_hw(&self) -> (usize, usize) {
+    /// Output height and width.
+    pub(crate) fn out_hw(&self) -> (usize, usize) {
         let out = |n: usize| (n + 2 * self.padding - self.kernel) / self.stride + 1;
         (out(self.height), out(self.width))
     }
 
     /// Rows of the im2col matrix: one per (channel, kernel row, kernel column).
-    fn col_rows(&self) -> usize {
+    pub(crate) fn col_rows(&self) -> usize {
         self.channels * self.kernel * self.kernel
     }
 
@@ -66,6 +74,7 @@ impl Geometry {
 
 /// Fills `col` (C·k·k, Ho·Wo) from one image `x` (C, H, W).
 fn im2col(x: &[f32], g: &Geometry, col: &mut [f32]) {
+    let _profile = crate::profile::scope("conv im2col");
     let (out_h, out_w) = g.out_hw();
     let plane = g.height * g.width;
     let k = g.kernel;
@@ -96,6 +105,7 @@ fn im2col(x: &[f32], g: &Geometry, col: &mut [f32]) {
 /// Adds the columns `col` (C·k·k, Ho·Wo) back into an image gradient `dx` (C, H, W), which it
 /// overwrites.
 fn col2im(col: &[f32], g: &Geometry, dx: &mut [f32]) {
+    let _profile = crate::profile::scope("conv col2im");
     let (out_h, out_w) = g.out_hw();
     let k = g.kernel;
     let rows_per_channel = k * k * out_h * out_w;
@@ -123,6 +133,84 @@ fn col2im(col: &[f32], g: &Geometry, dx: &mut [f32]) {
     });
 }
 
+/// The im2col matrix of one image (or the image itself for a pointwise conv), handed to `f`.
+/// The buffer is reused between calls on a thread: it is fully overwritten each time, and
+/// allocating and zero-filling it anew (up to 141 MB per SD1.5 conv) cost more than its copy.
+fn with_columns<R>(image: &[f32], g: &Geometry, f: impl FnOnce(&[f32]) -> R) -> R {
+    if g.is_pointwise() {
+        return f(image);
+    }
+    with_scratch(g.col_rows() * g.out_hw().0 * g.out_hw().1, |col| {
+        im2col(image, g, col);
+        f(col)
+    })
+}
+
+/// Buffers up to this size are kept for reuse; a larger one (a VAE at high resolution) is
+/// freed after use rather than held for the rest of the process.
+const SCRATCH_KEPT_BYTES: usize = 256 << 20;
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` on a buffer of `len` elements whose contents are unspecified (the caller
+/// overwrites it): the thread's kept scratch when free and small enough, else a new one.
+fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    if len * std::mem::size_of::<f32>() > SCRATCH_KEPT_BYTES {
+        return f(&mut vec![0f32; len]);
+    }
+    SCRATCH.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut buf) => {
+            if buf.len() < len {
+                buf.resize(len, 0.0);
+            }
+            f(&mut buf[..len])
+        }
+        Err(_) => f(&mut vec![0f32; len]),
+    })
+}
+
+/// One weight applied to a conv's im2col matrix: `out_b (+)= weight · cols(x_b)` for every
+/// image b, with weight (rows, C·k·k) and out (B, rows, Ho·Wo) row-major.
+pub(crate) struct ForwardTerm<'a> {
+    pub weight: &'a [f32],
+    pub out: &'a mut [f32],
+    /// Add to `out` (holding a bias, say) instead of overwriting it.
+    pub accumulate: bool,
+}
+
+/// Applies every term's weight to the im2col matrix of each image of x (B, C, H, W), built
+/// once per image and shared: a frozen conv and its LoCon down conv read the same columns.
+pub(crate) fn apply_weights(x: &[f32], batch: usize, g: &Geometry, terms: &mut [ForwardTerm]) -> Result<()> {
+    let (out_h, out_w) = g.out_hw();
+    let (n, k, image_len) = (out_h * out_w, g.col_rows(), g.channels * g.height * g.width);
+    if x.len() != batch * image_len {
+        candle_core::bail!("conv2d: input has {} elements, not {batch} images of {image_len}", x.len())
+    }
+    for term in terms.iter() {
+        let rows = term.weight.len() / k.max(1);
+        if rows * k != term.weight.len() || term.out.len() != batch * rows * n {
+            candle_core::bail!(
+                "conv2d: a weight of {} elements and an output of {} do not fit {k} im2col rows and {batch}×{n} positions",
+                term.weight.len(),
+                term.out.len()
+            )
+        }
+    }
+    for (b, image) in x.chunks_exact(image_len).enumerate() {
+        with_columns(image, g, |cols| {
+            for term in terms.iter_mut() {
+                let rows = term.weight.len() / k.max(1);
+                let dst = &mut term.out[b * rows * n..(b + 1) * rows * n];
+                let (w, cols) = (MatRef::row_major(term.weight, rows, k), MatRef::row_major(cols, k, n));
+                matmul(dst, term.accumulate, 1.0, w, cols, all_threads());
+            }
+        });
+    }
+    Ok(())
+}
+
 /// Forward convolution `x (B, C, H, W) ⊛ w (O, C, k, k) [+ b (O)]`, row-major output.
 fn forward(
     x: &[f32],
@@ -133,6 +221,7 @@ fn forward(
     stride: usize,
     padding: usize,
 ) -> Result<(Vec<f32>, Shape)> {
+    let _profile = crate::profile::scope("frozen conv forward");
     let (&[b, c, h, wd], &[o, kc, k, kw]) = (x_dims, w_dims) else {
         candle_core::bail!("conv2d: input {x_dims:?} and kernel {w_dims:?} must both be 4-D")
     };
@@ -144,25 +233,63 @@ fn forward(
     }
     let g = Geometry::new(c, h, wd, k, stride, padding)?;
     let (out_h, out_w) = g.out_hw();
-    let n = out_h * out_w;
-    let mut out = vec![0f32; b * o * n];
-    let mut col = if g.is_pointwise() { Vec::new() } else { vec![0f32; g.col_rows() * n] };
-    for (img, dst) in x.chunks_exact(c * h * wd).zip(out.chunks_exact_mut(o * n)) {
-        if let Some(bias) = bias {
-            for (row, &v) in dst.chunks_exact_mut(n).zip(bias) {
-                row.fill(v);
-            }
-        }
-        let rhs = if g.is_pointwise() {
-            img
-        } else {
-            im2col(img, &g, &mut col);
-            &col
-        };
-        let (w, rhs) = (MatRef::row_major(w, o, g.col_rows()), MatRef::row_major(rhs, g.col_rows(), n));
-        matmul(dst, bias.is_some(), 1.0, w, rhs, all_threads());
+    let mut out = vec![0f32; b * o * out_h * out_w];
+    if let Some(bias) = bias {
+        fill_bias(&mut out, bias, out_h * out_w);
     }
+    apply_weights(x, b, &g, &mut [ForwardTerm { weight: w, out: &mut out, accumulate: bias.is_some() }])?;
     Ok((out, Shape::from((b, o, out_h, out_w))))
+}
+
+/// Writes the bias of each channel into every position of an NCHW buffer.
+pub(crate) fn fill_bias(out: &mut [f32], bias: &[f32], positions: usize) {
+    for (plane, &v) in out.chunks_exact_mut(positions).zip(bias.iter().cycle()) {
+        plane.fill(v);
+    }
+}
+
+/// One weight's share of a conv input gradient: `weight (rows, C·k·k)ᵀ · grad_b` with grad
+/// (B, rows, Ho·Wo).
+pub(crate) struct GradTerm<'a> {
+    pub weight: &'a [f32],
+    pub grad: &'a [f32],
+}
+
+/// Input gradient (B, C, H, W) of convs sharing an input: `dx_b = col2im(Σ_i W_iᵀ·g_ib)`, the
+/// terms summed in the column buffer so there is one fold and one dx for all of them.
+pub(crate) fn input_grad_sum(terms: &[GradTerm], batch: usize, g: &Geometry) -> Result<Vec<f32>> {
+    let (out_h, out_w) = g.out_hw();
+    let (n, k, image_len) = (out_h * out_w, g.col_rows(), g.channels * g.height * g.width);
+    for term in terms {
+        let rows = term.weight.len() / k.max(1);
+        if rows * k != term.weight.len() || term.grad.len() != batch * rows * n {
+            candle_core::bail!(
+                "conv input gradient: a weight of {} elements and a gradient of {} do not fit {k} im2col rows and {batch}×{n} positions",
+                term.weight.len(),
+                term.grad.len()
+            )
+        }
+    }
+    let mut dx = vec![0f32; batch * image_len];
+    for (b, dx_b) in dx.chunks_exact_mut(image_len).enumerate() {
+        let sum_into = |cols: &mut [f32]| {
+            for (i, term) in terms.iter().enumerate() {
+                let rows = term.weight.len() / k.max(1);
+                let wt = MatRef::row_major(term.weight, rows, k).t();
+                let grad = MatRef::row_major(&term.grad[b * rows * n..(b + 1) * rows * n], rows, n);
+                matmul(cols, i > 0, 1.0, wt, grad, all_threads());
+            }
+        };
+        if g.is_pointwise() {
+            sum_into(dx_b);
+        } else {
+            with_scratch(k * n, |cols| {
+                sum_into(cols);
+                col2im(cols, g, dx_b);
+            });
+        }
+    }
+    Ok(dx)
 }
 
 /// Input gradient of a convolution: `dx = col2im(Wᵀ · g)` for g (B, O, Ho, Wo), w (O, C, k, k).
@@ -175,6 +302,7 @@ fn input_grad(
     padding: usize,
     input_hw: (usize, usize),
 ) -> Result<(Vec<f32>, Shape)> {
+    let _profile = crate::profile::scope("frozen conv backward");
     let (&[b, o, gh, gw], &[ko, c, k, _]) = (g_dims, w_dims) else {
         candle_core::bail!("conv input gradient: gradient {g_dims:?} and kernel {w_dims:?} must both be 4-D")
     };
@@ -186,25 +314,13 @@ fn input_grad(
     if g.out_hw() != (gh, gw) {
         candle_core::bail!("conv input gradient: gradient {gh}×{gw} does not fit input {h}×{wd}")
     }
-    let n = gh * gw;
-    let rows = g.col_rows();
-    let mut dx = vec![0f32; b * c * h * wd];
-    let mut col = if g.is_pointwise() { Vec::new() } else { vec![0f32; rows * n] };
-    for (gi, dxi) in grad.chunks_exact(o * n).zip(dx.chunks_exact_mut(c * h * wd)) {
-        let (wt, gi) = (MatRef::row_major(w, o, rows).t(), MatRef::row_major(gi, o, n));
-        if g.is_pointwise() {
-            matmul(dxi, false, 1.0, wt, gi, all_threads());
-        } else {
-            matmul(&mut col, false, 1.0, wt, gi, all_threads());
-            col2im(&col, &g, dxi);
-        }
-    }
+    let dx = input_grad_sum(&[GradTerm { weight: w, grad }], b, &g)?;
     Ok((dx, Shape::from((b, c, h, wd))))
 }
 
 /// Kernel gradient of a convolution: `dW = Σ_b g_b · im2col(x_b)ᵀ` for x (B, C, H, W),
 /// g (B, O, Ho, Wo) → (O, C, k, k).
-fn kernel_grad(
+pub(crate) fn kernel_grad(
     x: &[f32],
     x_dims: &[usize],
     grad: &[f32],
@@ -213,6 +329,7 @@ fn kernel_grad(
     stride: usize,
     padding: usize,
 ) -> Result<(Vec<f32>, Shape)> {
+    let _profile = crate::profile::scope("conv kernel gradient");
     let (&[b, c, h, wd], &[gb, o, gh, gw]) = (x_dims, g_dims) else {
         candle_core::bail!("conv kernel gradient: input {x_dims:?} and gradient {g_dims:?} must both be 4-D")
     };
@@ -226,17 +343,12 @@ fn kernel_grad(
     let n = gh * gw;
     let rows = g.col_rows();
     let mut dw = vec![0f32; o * rows];
-    let mut col = if g.is_pointwise() { Vec::new() } else { vec![0f32; rows * n] };
     for (i, (xi, gi)) in x.chunks_exact(c * h * wd).zip(grad.chunks_exact(o * n)).enumerate() {
-        let cols = if g.is_pointwise() {
-            xi
-        } else {
-            im2col(xi, &g, &mut col);
-            &col
-        };
-        // dW (O, C·k·k) += g (O, n) · colsᵀ (n, C·k·k).
-        let (gi, cols_t) = (MatRef::row_major(gi, o, n), MatRef::row_major(cols, rows, n).t());
-        matmul(&mut dw, i > 0, 1.0, gi, cols_t, all_threads());
+        with_columns(xi, &g, |cols| {
+            // dW (O, C·k·k) += g (O, n) · colsᵀ (n, C·k·k).
+            let (gi, cols_t) = (MatRef::row_major(gi, o, n), MatRef::row_major(cols, rows, n).t());
+            matmul(&mut dw, i > 0, 1.0, gi, cols_t, all_threads());
+        });
     }
     Ok((dw, Shape::from((o, c, kernel, kernel))))
 }

@@ -159,7 +159,11 @@ mod tests {
                     for j in 0..n {
                         let dot: f32 = (0..k).map(|l| lhs.get(i, l) * rhs.get(l, j)).sum();
                         let want = 0.5 * dot + if accumulate { start[i * n + j] } else { 0.0 };
-                        assert_eq!(dst[i * n + j], want, "{m}×{n}×{k} a_rm={a_rm} b_rm={b_rm} acc={accumulate} at ({i},{j})");
+                        assert_eq!(
+                            dst[i * n + j],
+                            want,
+                            "{m}×{n}×{k} a_rm={a_rm} b_rm={b_rm} acc={accumulate} at ({i},{j})"
+                        );
                     }
                 }
             }

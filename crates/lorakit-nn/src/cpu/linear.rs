@@ -9,6 +9,7 @@ use super::with_f32;
 
 /// `x·Wᵀ + b` for x (…, in), w (out, in), b (out): row-major data and its shape.
 pub(crate) fn forward(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<(Vec<f32>, Shape)> {
+    let _profile = crate::profile::scope("frozen linear forward");
     let (out_dim, in_dim) = w.dims2()?;
     let x_dims = x.dims();
     if x_dims.last() != Some(&in_dim) {
@@ -35,6 +36,7 @@ pub(crate) fn forward(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<(
 
 /// The input gradient `g·W` for g (…, out), w (out, in).
 pub(crate) fn input_grad(g: &Tensor, w: &Tensor) -> Result<Tensor> {
+    let _profile = crate::profile::scope("frozen linear backward");
     let (out_dim, in_dim) = w.dims2()?;
     if g.dims().last() != Some(&out_dim) {
         candle_core::bail!("linear backward: gradient {:?} does not end in {out_dim} features", g.dims())

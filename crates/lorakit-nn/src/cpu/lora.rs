@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use candle_core::{DType, Result, Tensor};
 
+use super::conv::{apply_weights, fill_bias, input_grad_sum, kernel_grad, ForwardTerm, Geometry, GradTerm};
 use super::gemm::{all_threads, matmul, MatRef};
 use super::with_f32;
 use crate::custom_backward::attach3_cpu;
@@ -41,6 +42,7 @@ fn linear_with_optional_frozen(
     up: &Tensor,
     scale: f32,
 ) -> Result<Tensor> {
+    let _profile = crate::profile::scope("linear + LoRA forward");
     let (rank, in_dim) = down.dims2()?;
     let (out_dim, up_rank) = up.dims2()?;
     let w = frozen.map(|f| f.weight().to_dtype(DType::F32)).transpose()?;
@@ -93,6 +95,7 @@ fn linear_with_optional_frozen(
         y,
         shape.into(),
         Arc::new(move |_, g: &Tensor| {
+            let _profile = crate::profile::scope("linear + LoRA backward");
             let h = MatRef::row_major(&h, rows, rank);
             let (gh, du) = with_f32(g, |gv| {
                 with_f32(&us, |uv| {
@@ -179,42 +182,62 @@ fn conv_with_optional_frozen(
     padding: usize,
     scale: f32,
 ) -> Result<Tensor> {
+    let _profile = crate::profile::scope("conv + LoCon forward");
     let (out_dim, rank, uk, uk2) = up.dims4()?;
-    if down.dims4()?.0 != rank || (uk, uk2) != (1, 1) {
-        candle_core::bail!("LoCon: down {:?} and up {:?} do not fit together", down.dims(), up.dims())
-    }
-    let (xs, ds, us) = (x.detach().contiguous()?, down.detach().contiguous()?, up.detach().contiguous()?);
-    let (h, h_shape) = super::conv::conv2d(&xs, &ds, None, stride, padding)?;
-    let (batch, _, oh, ow) = h_shape.dims4()?;
-    let n = oh * ow;
-    // The frozen conv's output (with its bias) is the buffer the branch accumulates onto.
+    let (down_rank, down_in, kernel, kernel_w) = down.dims4()?;
+    let (batch, channels, in_h, in_w) = x.dims4()?;
     let frozen_weight = frozen.map(|f| f.weight().to_dtype(DType::F32)).transpose()?;
-    let (mut y, accumulate) = match (frozen, &frozen_weight) {
-        (Some(f), Some(w)) => {
-            let bias = f.bias().map(|b| b.to_dtype(DType::F32)).transpose()?;
-            let (y, y_shape) = super::conv::conv2d(&xs, w, bias.as_ref(), stride, padding)?;
-            if y_shape.dims() != [batch, out_dim, oh, ow] {
-                candle_core::bail!("LoCon: up {:?} does not fit the frozen conv's output {y_shape:?}", up.dims())
+    let frozen_fits = frozen_weight.as_ref().is_none_or(|w| w.dims() == [out_dim, channels, kernel, kernel]);
+    if down_rank != rank || (uk, uk2) != (1, 1) || kernel != kernel_w || down_in != channels || !frozen_fits {
+        candle_core::bail!(
+            "LoCon: input {:?}, frozen kernel {:?}, down {:?} and up {:?} do not fit together",
+            x.dims(),
+            frozen_weight.as_ref().map(|w| w.dims()),
+            down.dims(),
+            up.dims()
+        )
+    }
+    let geometry = Geometry::new(channels, in_h, in_w, kernel, stride, padding)?;
+    let (oh, ow) = geometry.out_hw();
+    let n = oh * ow;
+    let bias = frozen.and_then(|f| f.bias()).map(|b| b.to_dtype(DType::F32)).transpose()?;
+    let (xs, ds, us) = (x.detach().contiguous()?, down.detach().contiguous()?, up.detach().contiguous()?);
+    // h = down ⊛ x and the frozen output (bias first) from one im2col per image; then the
+    // branch scale·up·h is accumulated onto the frozen output.
+    let mut h = vec![0f32; batch * rank * n];
+    let mut y = vec![0f32; batch * out_dim * n];
+    if let Some(b) = &bias {
+        with_f32(b, |b| fill_bias(&mut y, b, n))?;
+    }
+    with_f32(&xs, |xv| {
+        with_f32(&ds, |dv| {
+            let down_term = ForwardTerm { weight: dv, out: &mut h, accumulate: false };
+            match &frozen_weight {
+                Some(w) => with_f32(w, |wv| {
+                    let frozen_term = ForwardTerm { weight: wv, out: &mut y, accumulate: bias.is_some() };
+                    apply_weights(xv, batch, &geometry, &mut [down_term, frozen_term])
+                })?,
+                None => apply_weights(xv, batch, &geometry, &mut [down_term]),
             }
-            (y, true)
-        }
-        _ => (vec![0f32; batch * out_dim * n], false),
-    };
+        })?
+    })??;
     with_f32(&us, |u| {
         let u = MatRef::row_major(u, out_dim, rank);
         for (y_b, h_b) in y.chunks_exact_mut(out_dim * n).zip(h.chunks_exact(rank * n)) {
-            matmul(y_b, accumulate, scale, u, MatRef::row_major(h_b, rank, n), all_threads());
+            matmul(y_b, frozen.is_some(), scale, u, MatRef::row_major(h_b, rank, n), all_threads());
         }
     })?;
     let tracked = [x.track_op(), down.track_op(), up.track_op()];
     let device = x.device().clone();
-    let kernel = ds.dims()[2];
     attach3_cpu(
         [x, down, up],
         y,
         (batch, out_dim, oh, ow).into(),
         Arc::new(move |_, g: &Tensor| {
-            let (gh, du) = with_f32(g, |g| {
+            let _profile = crate::profile::scope("conv + LoCon backward");
+            let g = g.contiguous()?;
+            // gh = scale·upᵀ·g (the gradient reaching h) and dup = scale·Σ_b g_b·h_bᵀ.
+            let (gh, du) = with_f32(&g, |g| {
                 with_f32(&us, |u| {
                     let u = MatRef::row_major(u, out_dim, rank);
                     let mut gh = vec![0f32; batch * rank * n];
@@ -234,19 +257,28 @@ fn conv_with_optional_frozen(
                     (gh, du)
                 })
             })??;
-            let gh = Tensor::from_vec(gh, (batch, rank, oh, ow), &device)?;
-            let (_, _, in_h, in_w) = xs.dims4()?;
+            // dx = col2im(Wᵀ·g + downᵀ·gh): both terms summed before one fold.
             let dx = if tracked[0] {
-                let branch = super::conv::conv2d_input_grad(&gh, &ds, stride, padding, (in_h, in_w))?;
-                Some(match &frozen_weight {
-                    Some(w) => (super::conv::conv2d_input_grad(g, w, stride, padding, (in_h, in_w))? + branch)?,
-                    None => branch,
-                })
+                let dx = with_f32(&ds, |dv| {
+                    let branch = GradTerm { weight: dv, grad: &gh };
+                    match &frozen_weight {
+                        Some(w) => with_f32(w, |wv| {
+                            with_f32(&g, |gv| {
+                                input_grad_sum(&[GradTerm { weight: wv, grad: gv }, branch], batch, &geometry)
+                            })
+                        })??,
+                        None => input_grad_sum(&[branch], batch, &geometry),
+                    }
+                })??;
+                Some(Tensor::from_vec(dx, (batch, channels, in_h, in_w), &device)?)
             } else {
                 None
             };
             let dd = if tracked[1] {
-                Some(super::conv::conv2d_kernel_grad(&xs, &gh, kernel, stride, padding)?)
+                let (dd, shape) = with_f32(&xs, |xv| {
+                    kernel_grad(xv, xs.dims(), &gh, &[batch, rank, oh, ow], kernel, stride, padding)
+                })??;
+                Some(Tensor::from_vec(dd, shape, &device)?)
             } else {
                 None
             };

@@ -6,7 +6,7 @@ pub(crate) mod activation;
 pub(crate) mod attention;
 pub(crate) mod conv;
 mod exp;
-pub(crate) mod gemm;
+pub mod gemm;
 pub(crate) mod linear;
 pub(crate) mod lora;
 pub(crate) mod norm;

@@ -40,6 +40,7 @@ pub(crate) fn forward(
     beta: Option<&[f32]>,
     eps: f64,
 ) -> (Vec<f32>, Vec<(f32, f32)>) {
+    let _profile = crate::profile::scope("norm forward");
     let mut y = vec![0f32; x.len()];
     let row_stats: Vec<(f32, f32)> = y
         .par_chunks_mut(layout.len)
@@ -72,6 +73,7 @@ pub(crate) fn backward(
     gamma: &[f32],
     row_stats: &[(f32, f32)],
 ) -> Vec<f32> {
+    let _profile = crate::profile::scope("norm backward");
     let mut dx = vec![0f32; x.len()];
     dx.par_chunks_mut(layout.len).zip(x.par_chunks(layout.len).zip(grad.par_chunks(layout.len))).enumerate().for_each(
         |(r, (dx_row, (x_row, g_row)))| {
