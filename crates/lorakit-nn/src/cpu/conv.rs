@@ -13,6 +13,7 @@ use candle_core::{Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::gemm::{all_threads, matmul, MatRef};
+use super::winograd;
 use super::with_f32;
 
 /// Geometry of one square-kernel convolution (groups 1, dilation 1).
@@ -140,7 +141,7 @@ fn with_columns<R>(image: &[f32], g: &Geometry, f: impl FnOnce(&[f32]) -> R) -> 
     if g.is_pointwise() {
         return f(image);
     }
-    with_scratch(g.col_rows() * g.out_hw().0 * g.out_hw().1, |col| {
+    with_scratch(Slot::First, g.col_rows() * g.out_hw().0 * g.out_hw().1, |col| {
         im2col(image, g, col);
         f(col)
     })
@@ -150,17 +151,26 @@ fn with_columns<R>(image: &[f32], g: &Geometry, f: impl FnOnce(&[f32]) -> R) -> 
 /// freed after use rather than held for the rest of the process.
 const SCRATCH_KEPT_BYTES: usize = 256 << 20;
 
+/// The two reusable buffers of a thread: an op may hold one of each at once (the Winograd
+/// input transform and its products).
+#[derive(Clone, Copy)]
+enum Slot {
+    First,
+    Second,
+}
+
 thread_local! {
-    static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    static SCRATCH: [std::cell::RefCell<Vec<f32>>; 2] =
+        const { [std::cell::RefCell::new(Vec::new()), std::cell::RefCell::new(Vec::new())] };
 }
 
 /// Runs `f` on a buffer of `len` elements whose contents are unspecified (the caller
-/// overwrites it): the thread's kept scratch when free and small enough, else a new one.
-fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+/// overwrites it): the thread's kept buffer in `slot` when free and small enough, else a new one.
+fn with_scratch<R>(slot: Slot, len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
     if len * std::mem::size_of::<f32>() > SCRATCH_KEPT_BYTES {
         return f(&mut vec![0f32; len]);
     }
-    SCRATCH.with(|cell| match cell.try_borrow_mut() {
+    SCRATCH.with(|cells| match cells[slot as usize].try_borrow_mut() {
         Ok(mut buf) => {
             if buf.len() < len {
                 buf.resize(len, 0.0);
@@ -197,6 +207,27 @@ pub(crate) fn apply_weights(x: &[f32], batch: usize, g: &Geometry, terms: &mut [
                 term.out.len()
             )
         }
+    }
+    if winograd::applies(g.kernel, g.stride, g.padding, g.height, g.width) {
+        let tiles = winograd::tile_count(g.height, g.width);
+        let weights: Vec<winograd::Weights> = terms
+            .iter()
+            .map(|term| winograd::Weights::forward(term.weight, term.weight.len() / k, g.channels))
+            .collect();
+        for (b, image) in x.chunks_exact(image_len).enumerate() {
+            with_scratch(Slot::First, 16 * g.channels * tiles, |v| {
+                winograd::transform_input(image, g.channels, g.height, g.width, v);
+                for (term, u) in terms.iter_mut().zip(&weights) {
+                    let rows = term.weight.len() / k;
+                    with_scratch(Slot::Second, 16 * rows * tiles, |m| {
+                        winograd::multiply(m, false, u, v, tiles);
+                        let dst = &mut term.out[b * rows * n..(b + 1) * rows * n];
+                        winograd::transform_output(m, rows, dst, g.height, g.width, term.accumulate);
+                    });
+                }
+            });
+        }
+        return Ok(());
     }
     for (b, image) in x.chunks_exact(image_len).enumerate() {
         with_columns(image, g, |cols| {
@@ -271,6 +302,29 @@ pub(crate) fn input_grad_sum(terms: &[GradTerm], batch: usize, g: &Geometry) -> 
         }
     }
     let mut dx = vec![0f32; batch * image_len];
+    if winograd::applies(g.kernel, g.stride, g.padding, g.height, g.width) {
+        // Stride 1, padding 1: dx is the 3×3 convolution of g with the rotated, transposed
+        // kernel, the terms summed in the transformed domain before one output transform.
+        let tiles = winograd::tile_count(g.height, g.width);
+        let weights: Vec<winograd::Weights> = terms
+            .iter()
+            .map(|term| winograd::Weights::input_grad(term.weight, term.weight.len() / k, g.channels))
+            .collect();
+        for (b, dx_b) in dx.chunks_exact_mut(image_len).enumerate() {
+            with_scratch(Slot::Second, 16 * g.channels * tiles, |m| {
+                for (i, (term, u)) in terms.iter().zip(&weights).enumerate() {
+                    let rows = term.weight.len() / k;
+                    let grad = &term.grad[b * rows * n..(b + 1) * rows * n];
+                    with_scratch(Slot::First, 16 * rows * tiles, |v| {
+                        winograd::transform_input(grad, rows, g.height, g.width, v);
+                        winograd::multiply(m, i > 0, u, v, tiles);
+                    });
+                }
+                winograd::transform_output(m, g.channels, dx_b, g.height, g.width, false);
+            });
+        }
+        return Ok(dx);
+    }
     for (b, dx_b) in dx.chunks_exact_mut(image_len).enumerate() {
         let sum_into = |cols: &mut [f32]| {
             for (i, term) in terms.iter().enumerate() {
@@ -283,7 +337,7 @@ pub(crate) fn input_grad_sum(terms: &[GradTerm], batch: usize, g: &Geometry) -> 
         if g.is_pointwise() {
             sum_into(dx_b);
         } else {
-            with_scratch(k * n, |cols| {
+            with_scratch(Slot::First, k * n, |cols| {
                 sum_into(cols);
                 col2im(cols, g, dx_b);
             });

@@ -6,10 +6,11 @@ pub(crate) mod activation;
 pub(crate) mod attention;
 pub(crate) mod conv;
 mod exp;
-pub mod gemm;
+pub(crate) mod gemm;
 pub(crate) mod linear;
 pub(crate) mod lora;
 pub(crate) mod norm;
+mod winograd;
 
 use candle_core::{DType, Result, Storage, Tensor};
 
