@@ -7,7 +7,7 @@
 
 use rayon::prelude::*;
 
-use super::exp::exp_one;
+use super::exp::{exp_one, with_avx2};
 
 /// Elements per parallel task (256 KiB of f32).
 const TASK: usize = 1 << 16;
@@ -44,9 +44,11 @@ pub(crate) fn silu(x: &[f32]) -> Vec<f32> {
     let _profile = crate::profile::scope("SiLU forward");
     let mut y = vec![0f32; x.len()];
     y.par_chunks_mut(TASK).zip(x.par_chunks(TASK)).for_each(|(y, x)| {
-        for (y, &x) in y.iter_mut().zip(x) {
-            *y = x * sigmoid(x);
-        }
+        with_avx2(|| {
+            for (y, &x) in y.iter_mut().zip(x) {
+                *y = x * sigmoid(x);
+            }
+        })
     });
     y
 }
@@ -56,10 +58,12 @@ pub(crate) fn silu_backward(x: &[f32], grad: &[f32]) -> Vec<f32> {
     let _profile = crate::profile::scope("SiLU backward");
     let mut dx = vec![0f32; x.len()];
     dx.par_chunks_mut(TASK).zip(x.par_chunks(TASK).zip(grad.par_chunks(TASK))).for_each(|(dx, (x, g))| {
-        for ((dx, &x), &g) in dx.iter_mut().zip(x).zip(g) {
-            let s = sigmoid(x);
-            *dx = g * s * (1.0 + x * (1.0 - s));
-        }
+        with_avx2(|| {
+            for ((dx, &x), &g) in dx.iter_mut().zip(x).zip(g) {
+                let s = sigmoid(x);
+                *dx = g * s * (1.0 + x * (1.0 - s));
+            }
+        })
     });
     dx
 }
@@ -77,12 +81,14 @@ pub(crate) fn geglu(x: &[f32], half: usize) -> Vec<f32> {
     let mut y = vec![0f32; rows * half];
     let per = rows_per_task(2 * half);
     y.par_chunks_mut(per * half).zip(x.par_chunks(per * 2 * half)).for_each(|(y, x)| {
-        for (y_row, x_row) in y.chunks_exact_mut(half).zip(x.chunks_exact(2 * half)) {
-            let (h, gate) = x_row.split_at(half);
-            for ((y, &h), &z) in y_row.iter_mut().zip(h).zip(gate) {
-                *y = h * gelu_and_slope(z).0;
+        with_avx2(|| {
+            for (y_row, x_row) in y.chunks_exact_mut(half).zip(x.chunks_exact(2 * half)) {
+                let (h, gate) = x_row.split_at(half);
+                for ((y, &h), &z) in y_row.iter_mut().zip(h).zip(gate) {
+                    *y = h * gelu_and_slope(z).0;
+                }
             }
-        }
+        })
     });
     y
 }
@@ -95,17 +101,19 @@ pub(crate) fn geglu_backward(x: &[f32], grad: &[f32], half: usize) -> Vec<f32> {
     let per = rows_per_task(2 * half);
     dx.par_chunks_mut(per * 2 * half).zip(x.par_chunks(per * 2 * half).zip(grad.par_chunks(per * half))).for_each(
         |(dx, (x, g))| {
-            for ((dx_row, x_row), g_row) in
-                dx.chunks_exact_mut(2 * half).zip(x.chunks_exact(2 * half)).zip(g.chunks_exact(half))
-            {
-                let (h, gate) = x_row.split_at(half);
-                let (dh, dgate) = dx_row.split_at_mut(half);
-                for i in 0..half {
-                    let (gelu, slope) = gelu_and_slope(gate[i]);
-                    dh[i] = g_row[i] * gelu;
-                    dgate[i] = g_row[i] * h[i] * slope;
+            with_avx2(|| {
+                for ((dx_row, x_row), g_row) in
+                    dx.chunks_exact_mut(2 * half).zip(x.chunks_exact(2 * half)).zip(g.chunks_exact(half))
+                {
+                    let (h, gate) = x_row.split_at(half);
+                    let (dh, dgate) = dx_row.split_at_mut(half);
+                    for i in 0..half {
+                        let (gelu, slope) = gelu_and_slope(gate[i]);
+                        dh[i] = g_row[i] * gelu;
+                        dgate[i] = g_row[i] * h[i] * slope;
+                    }
                 }
-            }
+            })
         },
     );
     dx

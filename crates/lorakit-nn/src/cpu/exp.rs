@@ -67,6 +67,23 @@ pub(crate) fn exp_sub_sum(row: &mut [f32], shift: f32) -> f32 {
     exp_sub_sum_generic(row, shift)
 }
 
+/// Runs `f` compiled for AVX2 + FMA when the CPU has them (the closure is inlined into a
+/// function with those features enabled), else as built for the baseline target: elementwise
+/// loops around [`exp_one`] run twice as wide that way.
+#[inline(always)]
+pub(crate) fn with_avx2<R>(f: impl FnOnce() -> R) -> R {
+    #[cfg(target_arch = "x86_64")]
+    if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn run<R>(f: impl FnOnce() -> R) -> R {
+            f()
+        }
+        // SAFETY: the CPU has the features `run` is compiled for (checked just above).
+        return unsafe { run(f) };
+    }
+    f()
+}
+
 /// The largest element (−∞ for an empty row).
 pub(crate) fn max(row: &[f32]) -> f32 {
     row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v))
