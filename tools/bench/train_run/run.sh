@@ -11,7 +11,7 @@
 #        data and outputs, ~5 GB), RESULTS (this folder's results-<date>.jsonl, date at start), STEPS (6),
 #        THREADS (2), IMPLS ("lorakit sd-scripts"), FIRST_ROUND (1), SD_EXTRA (extra sd-scripts
 #        arguments, e.g. --sdpa; such runs are recorded as variant "<variant>+sdpa"),
-#        LORAKIT (a lorakit binary to use instead of building target/release/lorakit)
+#        LORAKIT (a lorakit binary to use instead of building ${CARGO_TARGET_DIR:-target}/release/lorakit)
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 REPO=$(cd "$HERE/../../.." && pwd)
@@ -37,7 +37,7 @@ export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYTHONUNBUFFERED=1
 [ -d "$DATA/img/1_bench" ] || "$PYTHON" "$HERE/make_data.py" "$DATA"
 if [ -z "${LORAKIT:-}" ]; then
   (cd "$REPO" && cargo build --release -p lorakit)
-  LORAKIT=$REPO/target/release/lorakit
+  LORAKIT=${CARGO_TARGET_DIR:-$REPO/target}/release/lorakit
 fi
 [ -x /usr/bin/time ] || { echo "needs GNU time (apt-get install -y time)" >&2; exit 1; }
 
