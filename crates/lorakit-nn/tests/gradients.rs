@@ -93,8 +93,10 @@ fn relative_diff(a: &Tensor, b: &Tensor) -> f32 {
 fn f32_cpu_conv_kernels_match_candle_conv_and_its_gradients() {
     // The f32 CPU path (our im2col/GEMM/col2im kernels; the f64 checks above take candle's
     // path) against candle's own conv2d and its autograd, on non-square inputs, strides and
-    // paddings SD uses plus odd cases; batch 2 so per-image offsets are exercised.
+    // paddings SD uses plus odd cases; batch 2 so per-image offsets are exercised. 17×15 has
+    // enough 2×2 tiles for the Winograd path (with partial edge tiles).
     for (k, s, p, h, w) in [
+        (3, 1, 1, 17, 15),
         (3, 1, 1, 5, 7),
         (1, 1, 0, 4, 3),
         (3, 2, 1, 6, 8),
