@@ -21,6 +21,7 @@ use serde_json::Value;
 
 pub use ldm_keys::{Component, KeyFate, LdmKeyMap, Target, Transform};
 
+use crate::schedule::Prediction;
 use crate::{Error, Result, Weights};
 
 /// A base-model family, as far as the weights tell.
@@ -104,6 +105,11 @@ pub struct SdCheckpoint {
     pub vae_config: Option<Value>,
     /// `text_encoder/config.json` of a diffusers folder; `None` for single files.
     pub text_encoder_config: Option<Value>,
+    /// What the model says it predicts, with where it says so: a diffusers folder's
+    /// `scheduler/scheduler_config.json` `prediction_type`, or a single file's
+    /// `modelspec.prediction_type` metadata. `None` when it does not say (most single files: SD 2
+    /// 768-v and 512-base files look alike, so v-prediction must then be asked for).
+    pub declared_prediction: Option<(Prediction, String)>,
 }
 
 /// Loads an SD 1.x/2.x base model: a file is read as a single-file LDM `.safetensors`
@@ -441,6 +447,13 @@ fn load_single_file(path: &Path, dtype: DType, device: &Device) -> Result<SdChec
         assembly.add(&file, name, targets, dtype, device)?;
     }
     assembly.log(path);
+    let declared_prediction = match file.metadata().get("modelspec.prediction_type") {
+        Some(value) => Some((
+            parse_prediction(value).map_err(checkpoint_error)?,
+            format!("modelspec.prediction_type = {value:?} in the file's metadata"),
+        )),
+        None => None,
+    };
     let (unet, vae, text_encoder) = assembly.finish(|c| format!("{} ({c})", path.display()));
     Ok(SdCheckpoint {
         path: path.to_path_buf(),
@@ -451,6 +464,7 @@ fn load_single_file(path: &Path, dtype: DType, device: &Device) -> Result<SdChec
         unet_config: None,
         vae_config: None,
         text_encoder_config: None,
+        declared_prediction,
     })
 }
 
@@ -490,6 +504,7 @@ struct DiffusersFolder {
     model_index: Option<Value>,
     configs: BTreeMap<Component, Value>,
     transformer_config: Option<Value>,
+    scheduler_config: Option<Value>,
     has_text_encoder_2: bool,
 }
 
@@ -506,6 +521,7 @@ impl DiffusersFolder {
             model_index: read_json(&dir.join("model_index.json"))?,
             configs,
             transformer_config: read_json(&dir.join("transformer").join("config.json"))?,
+            scheduler_config: read_json(&dir.join("scheduler").join("scheduler_config.json"))?,
             has_text_encoder_2: dir.join("text_encoder_2").is_dir(),
         })
     }
@@ -645,6 +661,14 @@ fn load_diffusers_folder(dir: &Path, dtype: DType, device: &Device) -> Result<Sd
         };
     }
     let (unet, vae, text_encoder) = assembly.finish(|c| sources.get(&c).cloned().unwrap_or_default());
+    let scheduler_config = dir.join("scheduler").join("scheduler_config.json");
+    let declared_prediction = match folder.scheduler_config.as_ref().and_then(|c| c.get("prediction_type")) {
+        Some(Value::String(value)) => Some((
+            parse_prediction(value).map_err(|message| Error::Checkpoint { path: scheduler_config.clone(), message })?,
+            format!("prediction_type = {value:?} in {}", scheduler_config.display()),
+        )),
+        _ => None,
+    };
     let mut configs = folder.configs;
     Ok(SdCheckpoint {
         path: dir.to_path_buf(),
@@ -655,7 +679,20 @@ fn load_diffusers_folder(dir: &Path, dtype: DType, device: &Device) -> Result<Sd
         unet_config: configs.remove(&Component::Unet),
         vae_config: configs.remove(&Component::Vae),
         text_encoder_config: configs.remove(&Component::TextEncoder),
+        declared_prediction,
     })
+}
+
+/// A prediction type as diffusers' scheduler configs (`epsilon`, `v_prediction`) or modelspec
+/// metadata (`epsilon`, `v`) spell it.
+fn parse_prediction(value: &str) -> std::result::Result<Prediction, String> {
+    match value {
+        "epsilon" | "eps" => Ok(Prediction::Epsilon),
+        "v_prediction" | "v" => Ok(Prediction::VPrediction),
+        other => Err(format!(
+            "prediction type {other:?} is not supported (lorakit trains and samples epsilon- and v-prediction models)"
+        )),
+    }
 }
 
 /// The safetensors file(s) of one component folder: `<stem>.safetensors`, the `.fp16` variant

@@ -129,6 +129,26 @@ impl ClipTextConfig {
         }
     }
 
+    /// SD 2.x's text encoder: OpenCLIP ViT-H/14's text tower cut to the 23 layers SD 2 conditions
+    /// on, exactly as `stabilityai/stable-diffusion-2-1/text_encoder/config.json` gives it (its
+    /// token ids are transformers' placeholders; `eos_token_id = 2` selects the largest-id rule).
+    pub fn sd2() -> Self {
+        ClipTextConfig {
+            vocab_size: 49408,
+            hidden_size: 1024,
+            intermediate_size: 4096,
+            num_hidden_layers: 23,
+            num_attention_heads: 16,
+            max_position_embeddings: 77,
+            hidden_act: ClipActivation::Gelu,
+            layer_norm_eps: 1e-5,
+            bos_token_id: Some(0),
+            eos_token_id: 2,
+            pad_token_id: Some(1),
+            projection_dim: Some(512),
+        }
+    }
+
     /// Reads a transformers `config.json` (e.g. `text_encoder/config.json` of a diffusers
     /// folder).
     pub fn from_json_file(path: &Path) -> crate::Result<Self> {

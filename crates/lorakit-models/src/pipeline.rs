@@ -37,8 +37,11 @@ pub struct StableDiffusion {
     pub tokenizer: ClipTokenizer,
     /// The DDPM training schedule the samplers derive their steps from.
     pub schedule: NoiseSchedule,
-    /// What the UNet predicts.
+    /// What the UNet predicts: what the model declares (see
+    /// [`SdCheckpoint::declared_prediction`]), else ε; callers may override it (`--v-prediction`).
     pub prediction: Prediction,
+    /// What the checkpoint itself says it predicts, and where it says so.
+    pub declared_prediction: Option<(Prediction, String)>,
     /// The family the checkpoint was detected as.
     pub family: ModelFamily,
     /// Where it was loaded from.
@@ -61,11 +64,13 @@ impl StableDiffusion {
         Self::from_checkpoint(checkpoint)
     }
 
-    /// Builds the networks from loaded weights (configs from the folder's config.json files,
-    /// SD1.5's otherwise).
+    /// Builds the networks from loaded weights (configs from the folder's config.json files;
+    /// for single files, SD 1.5's or SD 2.x's by the detected family).
     pub fn from_checkpoint(ckpt: SdCheckpoint) -> Result<Self> {
+        let sd2 = ckpt.family == ModelFamily::Sd2;
         let unet_cfg = match ckpt.unet_config.clone() {
             Some(v) => from_config(v, &ckpt.path, "unet")?,
+            None if sd2 => UNet2DConditionModelConfig::sd2(),
             None => UNet2DConditionModelConfig::sd15(),
         };
         let vae_cfg = match ckpt.vae_config.clone() {
@@ -74,6 +79,7 @@ impl StableDiffusion {
         };
         let te_cfg = match ckpt.text_encoder_config.clone() {
             Some(v) => from_config(v, &ckpt.path, "text_encoder")?,
+            None if sd2 => ClipTextConfig::sd2(),
             None => ClipTextConfig::sd15(),
         };
         let unet = build(&ckpt.unet, |w| UNet2DConditionModel::new(w.view(""), &unet_cfg))?;
@@ -88,7 +94,8 @@ impl StableDiffusion {
             // SD2's tokenizer pads with "!" (id 0) and treats a literal "!" as that token.
             tokenizer: if ckpt.family == ModelFamily::Sd2 { ClipTokenizer::new_sd2()? } else { ClipTokenizer::new()? },
             schedule: NoiseSchedule::sd_default(),
-            prediction: Prediction::Epsilon,
+            prediction: ckpt.declared_prediction.as_ref().map_or(Prediction::Epsilon, |(p, _)| *p),
+            declared_prediction: ckpt.declared_prediction,
             family: ckpt.family,
             source: ckpt.path,
             unet_targets,

@@ -152,9 +152,24 @@ impl StableDiffusionModel {
                 )))
             }
         }
-        if v_parameterization {
-            sd.prediction = Prediction::VPrediction;
+        // An ε-target on a v-prediction model trains a LoRA that ruins every image, and a model
+        // that declares v-prediction means it (SD 2.x 768-v folders). "epsilon" is only
+        // diffusers' default value, written into folders converted from v-prediction files by
+        // older tools too, so there the config wins, with a warning.
+        match &sd.declared_prediction {
+            Some((Prediction::VPrediction, source)) if !v_parameterization => {
+                return Err(TrainError::Other(format!(
+                    "{}: a v-prediction model ({source}), but model.v_parameterization = false; set model.v_parameterization = true",
+                    path.display()
+                )));
+            }
+            Some((Prediction::Epsilon, source)) if v_parameterization => tracing::warn!(
+                "{}: the model declares epsilon-prediction ({source}); training with v-prediction as model.v_parameterization asks",
+                path.display()
+            ),
+            _ => {}
         }
+        sd.prediction = if v_parameterization { Prediction::VPrediction } else { Prediction::Epsilon };
         let vae_fingerprint = fingerprint_vae(&sd)?;
         Ok(StableDiffusionModel { sd, vae_fingerprint })
     }

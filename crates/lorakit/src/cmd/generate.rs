@@ -133,8 +133,16 @@ pub fn run(args: GenerateArgs) -> Result<ExitCode> {
     let dtype = DType::F32;
     eprintln!("loading {}", args.model.display());
     let mut model = StableDiffusion::load(&args.model, dtype, &device)?;
+    use lorakit_models::schedule::Prediction;
+    match (&model.declared_prediction, args.v_prediction) {
+        (Some((Prediction::VPrediction, source)), _) => eprintln!("v-prediction model ({source})"),
+        (Some((Prediction::Epsilon, source)), true) => {
+            eprintln!("note: the model declares epsilon-prediction ({source}); sampling with v-prediction as --v-prediction asks")
+        }
+        _ => {}
+    }
     if args.v_prediction {
-        model.prediction = lorakit_models::schedule::Prediction::VPrediction;
+        model.prediction = Prediction::VPrediction;
     }
 
     let load = |(path, weight): &(PathBuf, f64)| -> Result<LoadedLora> {
