@@ -3,9 +3,13 @@
 //! backward. Prints one JSON line per measured step; `tools/bench/train_step/run.sh`
 //! interleaves it with the PyTorch equivalent and reports both.
 //!
-//! `cargo bench -p lorakit-models --bench train_step -- [steps] [--checkpointing] [--live-memory] [--profile]`
+//! `cargo bench -p lorakit-models --bench train_step -- [steps] [--checkpointing] [--live-memory] [--profile]
+//!  [--device cpu|cuda] [--dtype f32|bf16|f16]`
 //!
 //! `--profile` prints where the last step's time went, kernel by kernel (`lorakit_nn::profile`).
+//! `--device cuda` needs a `--features cuda` build (`tools/bench/train_step/gpu.sh`); `--dtype`
+//! is the frozen UNet's dtype (as `mixed_precision`), the LoRA keeps f32 master weights as in
+//! training. GPU memory is measured from outside (nvidia-smi), not here.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -43,6 +47,7 @@ fn main() -> anyhow::Result<()> {
         lorakit_nn::runtime::init_cpu_runtime();
     }
     let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench" && a != "--default-allocator").collect();
+    // The first bare number (an option's value such as `--dtype f32` never parses as one).
     let steps: usize = args.iter().find_map(|a| a.parse().ok()).unwrap_or(3);
     let checkpointing = args.iter().any(|a| a == "--checkpointing");
     let live_memory = args.iter().any(|a| a == "--live-memory");
@@ -50,7 +55,19 @@ fn main() -> anyhow::Result<()> {
     if profile {
         lorakit_nn::profile::enable();
     }
-    let device = Device::Cpu;
+    let option = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).map(String::as_str);
+    let device = match option("--device").unwrap_or("cpu") {
+        "cpu" => Device::Cpu,
+        "cuda" => Device::new_cuda(0)?,
+        other => anyhow::bail!("--device {other}: expected cpu or cuda"),
+    };
+    let dtype_name = option("--dtype").unwrap_or("f32");
+    let dtype = match dtype_name {
+        "f32" => DType::F32,
+        "bf16" => DType::BF16,
+        "f16" => DType::F16,
+        other => anyhow::bail!("--dtype {other}: expected f32, bf16 or f16"),
+    };
     let cfg = UNet2DConditionModelConfig::sd15();
     let t0 = Instant::now();
     let mut tensors = HashMap::new();
@@ -58,9 +75,9 @@ fn main() -> anyhow::Result<()> {
     for (name, shape) in cfg.parameter_shapes() {
         params += shape.iter().product::<usize>();
         let t = if name.contains("norm") && name.ends_with("weight") {
-            Tensor::ones(shape.as_slice(), DType::F32, &device)?
+            Tensor::ones(shape.as_slice(), dtype, &device)?
         } else {
-            Tensor::randn(0f32, 0.02, shape.as_slice(), &device)?
+            Tensor::randn(0f32, 0.02, shape.as_slice(), &device)?.to_dtype(dtype)?
         };
         tensors.insert(name, t);
     }
@@ -83,9 +100,9 @@ fn main() -> anyhow::Result<()> {
         peak_rss_mb()
     );
     let ctx = ForwardCtx { lora: Some(lora.clone()), train: true, gradient_checkpointing: checkpointing };
-    let latents = Tensor::randn(0f32, 1.0, (1, 4, 64, 64), &device)?;
+    let latents = Tensor::randn(0f32, 1.0, (1, 4, 64, 64), &device)?.to_dtype(dtype)?;
     let target = Tensor::randn(0f32, 1.0, (1, 4, 64, 64), &device)?;
-    let context = Tensor::randn(0f32, 1.0, (1, 77, 768), &device)?;
+    let context = Tensor::randn(0f32, 1.0, (1, 77, 768), &device)?.to_dtype(dtype)?;
     let timesteps = Tensor::new(&[500u32], &device)?;
     for step in 0..=steps {
         // Only the last step's profile is printed.
@@ -94,7 +111,9 @@ fn main() -> anyhow::Result<()> {
         let forward_scope = lorakit_nn::profile::scope("model forward outside the kernels");
         let pred = unet.forward(&latents, &timesteps, &context, &ctx)?;
         drop(forward_scope);
-        let loss = (pred - &target)?.sqr()?.mean_all()?;
+        // The loss in f32, as training computes it.
+        let loss = (pred.to_dtype(DType::F32)? - &target)?.sqr()?.mean_all()?;
+        device.synchronize()?;
         let forward_secs = t.elapsed().as_secs_f64();
         // --live-memory: return freed heap pages first so the number is live memory (costs the
         // next step page faults, so timings are not comparable with it on).
@@ -112,14 +131,16 @@ fn main() -> anyhow::Result<()> {
             }
         }
         lora.clear_side_grads();
+        device.synchronize()?;
         let secs = t.elapsed().as_secs_f64();
         if step > 0 {
             // Step 0 is warm-up (allocator, page faults).
             println!(
-                "{{\"impl\":\"lorakit\",\"step\":{step},\"seconds\":{secs:.3},\"forward_seconds\":{forward_secs:.3},\"loss\":{:.5},\"grad_norm\":{:.5},\"peak_rss_mb\":{:.0},\"rss_after_forward_mb\":{after_forward:.0},\"checkpointing\":{checkpointing}}}",
+                "{{\"impl\":\"lorakit\",\"step\":{step},\"seconds\":{secs:.3},\"forward_seconds\":{forward_secs:.3},\"loss\":{:.5},\"grad_norm\":{:.5},\"peak_rss_mb\":{:.0},\"rss_after_forward_mb\":{after_forward:.0},\"checkpointing\":{checkpointing},\"device\":\"{}\",\"dtype\":\"{dtype_name}\"}}",
                 loss.to_scalar::<f32>()?,
                 norm.sqrt(),
-                peak_rss_mb()
+                peak_rss_mb(),
+                if device.is_cpu() { "cpu" } else { "cuda" }
             );
         }
         if profile && step == steps {

@@ -1,0 +1,138 @@
+#!/usr/bin/env bash
+# The SD1.5 LoRA-step benchmark on a GPU: lorakit (candle, `--features cuda`) against PyTorch +
+# sd-scripts' LoRA network, f32 and bf16, plain and with gradient checkpointing, interleaved on
+# the same card. Two halves, because the GPU machine has no Rust toolchain and the build machine
+# has no GPU:
+#
+#   tools/bench/train_step/gpu.sh build
+#       Here (no GPU, no system CUDA): nvcc from PyPI (CUDA 13.0, what the GPU machine's driver
+#       and PyTorch use), link stubs for the CUDA libraries (resolved on the GPU machine at run
+#       time), a release build of the bench, then everything the run needs in
+#       tools/bench/train_step/gpu/ (git-ignored, ~8 MB): the binary (xz), sd-scripts' files the
+#       PyTorch side imports, and the wheels the GPU machine lacks (diffusers). First build ~15 min
+#       on 2 cores. Needs SD_SCRIPTS (default /work/bench/sd-scripts, commit 48d368f).
+#
+#   tools/bench/train_step/gpu.sh run [rounds] [steps]
+#       On the GPU machine (device tool: carry ["tools/bench/train_step/gpu"]). Writes JSON lines to
+#       $OUT/train_step_gpu.jsonl (or ./train_step_gpu.jsonl), the peak GPU memory of each
+#       process as nvidia-smi saw it, and a summary. Not yet run on a GPU: 1 round × 3 steps is
+#       8 processes, each mostly start-up and weight setup (estimate: a few minutes on an H100).
+#       Smoke-tested here with a stand-in nvidia-smi: a side that fails is recorded as failed and
+#       the rest still runs.
+set -euo pipefail
+cd "$(dirname "$0")/../../.."
+HERE=tools/bench/train_step
+PACK=$HERE/gpu
+
+build() {
+  local cuda_pip=${CUDA_PIP_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/cuda-pip-cu130}
+  if [ ! -x "$cuda_pip/nvidia/cu13/bin/nvcc" ]; then
+    # Pinned to 13.0 so the PTX ISA is one a CUDA-13.0 driver can JIT.
+    pip install --target "$cuda_pip" "nvidia-cuda-nvcc==13.0.88" "nvidia-nvvm==13.0.88" \
+      "nvidia-cuda-crt==13.0.88" "nvidia-cuda-runtime==13.0.96" "nvidia-cuda-cccl<13.1"
+  fi
+  export CUDA_HOME="$cuda_pip/nvidia/cu13"
+  export CUDA_ROOT="$CUDA_HOME" CUDA_PATH="$CUDA_HOME" PATH="$CUDA_HOME/bin:$PATH"
+  export CUDA_COMPUTE_CAP=${CUDA_COMPUTE_CAP:-90} # H100/H200; there is no GPU here to ask
+  ln -sf libcudart.so.13 "$CUDA_HOME/lib/libcudart.so"
+  local target=${CARGO_TARGET_DIR:-target}-cuda
+  local cargo_build=(cargo build --release --locked -p lorakit-models --features cuda --bench train_step)
+  # candle links the CUDA libraries dynamically; the linker only needs their names and symbols.
+  # The symbols are read from cudarc's bindings (every `pub unsafe fn cu…` wraps one), not from
+  # the compiled rlib: with the release profile's LTO its objects are bitcode nm cannot read.
+  cargo fetch --locked
+  local cudarc work
+  cudarc=$(awk '/^name = "cudarc"/{getline; gsub(/[" ]/, "", $0); sub("version=", "", $0); print; exit}' Cargo.lock)
+  cudarc=$(ls -d "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/cudarc-"$cudarc" | head -1)
+  work=$(mktemp -d)
+  grep -rhoE 'pub unsafe fn [A-Za-z0-9_]+' "$cudarc/src" | awk '{print $4}' | sort -u > "$work/undefined.txt"
+  stub() { # library soname symbol-regex [exclude-regex]
+    { grep -E "$3" "$work/undefined.txt" || true; } | { if [ -n "${4:-}" ]; then grep -vE "$4" || true; else cat; fi; } \
+      | awk '{print "void " $1 "(void) {}"}' > "$work/$1.c"
+    gcc -shared -fPIC -o "$CUDA_HOME/lib/lib$1.so" -Wl,-soname,"$2" "$work/$1.c"
+  }
+  stub cuda libcuda.so.1 '^cu[A-Z]'
+  stub cublas libcublas.so.13 '^cublas[A-Z]' '^cublasLt'
+  stub cublasLt libcublasLt.so.13 '^cublasLt'
+  stub curand libcurand.so.10 '^curand'
+  stub nvrtc libnvrtc.so.13 '^nvrtc'
+  CARGO_TARGET_DIR=$target "${cargo_build[@]}"
+  local bin
+  bin=$(ls -t "$target"/release/deps/train_step-* | grep -v '\.d$' | head -1)
+  rm -rf "$PACK" && mkdir -p "$PACK/wheels" "$PACK/sd-scripts/networks" "$PACK/sd-scripts/library"
+  xz -T0 -6 -c "$bin" > "$PACK/train_step.xz"
+  local sd=${SD_SCRIPTS:-/work/bench/sd-scripts}
+  cp "$sd/networks/lora.py" "$PACK/sd-scripts/networks/"
+  cp "$sd/library/__init__.py" "$sd/library/utils.py" "$sd/library/sdxl_original_unet.py" "$PACK/sd-scripts/library/"
+  # The GPU image has torch 2.11, transformers, huggingface-hub 1.x and safetensors 0.8 but no
+  # diffusers (KINDS.md); diffusers 0.42 is the release that works with those.
+  pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 -d "$PACK/wheels" \
+    "diffusers==0.42.1" "importlib_metadata==8.7.0"
+  du -sh "$PACK"
+}
+
+run() {
+  local rounds=${1:-1} steps=${2:-3}
+  local out=${OUT:-.}/train_step_gpu.jsonl
+  local site=/tmp/lorakit-bench-site
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$site" "$PACK"/wheels/*.whl
+  # The CUDA libraries candle opens at run time: those of PyTorch's wheels.
+  local nvidia
+  nvidia=$(python3 -c 'import nvidia; print(list(nvidia.__path__)[0])')
+  export LD_LIBRARY_PATH="$nvidia/cu13/lib:$nvidia/cublas/lib:$nvidia/cuda_runtime/lib:$nvidia/curand/lib:$nvidia/cuda_nvrtc/lib:${LD_LIBRARY_PATH:-}"
+  xz -dc "$PACK/train_step.xz" > /tmp/train_step && chmod +x /tmp/train_step
+  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "${OUT:-.}/gpu.txt"
+  PYTHONPATH=$site python3 -c 'import torch, diffusers; print("torch", torch.__version__, "diffusers", diffusers.__version__)' \
+    | tee -a "${OUT:-.}/gpu.txt" || true
+  : > "$out"
+  # Peak GPU memory of one process: nvidia-smi's used memory, sampled every 50 ms, minus the idle
+  # reading (the same measure for both sides; PyTorch's own counters are in its lines too).
+  measured() { # impl command...
+    local impl=$1; shift
+    local idle samples
+    idle=$(nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits | head -1)
+    samples=$(mktemp)
+    nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 50 > "$samples" &
+    local smi=$!
+    # A failed side is recorded and the rest still runs.
+    "$@" | tee -a "$out" || echo "{\"impl\":\"$impl\",\"failed\":true,\"args\":\"$*\"}" | tee -a "$out"
+    kill "$smi" 2>/dev/null || true
+    wait "$smi" 2>/dev/null || true
+    local peak
+    peak=$(sort -n "$samples" | tail -1)
+    echo "{\"impl\":\"$impl\",\"gpu_peak_used_mb\":$((peak - idle)),\"args\":\"$*\"}" | tee -a "$out"
+  }
+  for round in $(seq "$rounds"); do
+    for dtype in bf16 f32; do
+      for mode in "" --checkpointing; do
+        measured lorakit /tmp/train_step "$steps" --device cuda --dtype "$dtype" $mode
+        PYTHONPATH="$site:$PACK/sd-scripts" measured pytorch \
+          python3 "$HERE/torch_step.py" "$steps" --device cuda --dtype "$dtype" $mode
+      done
+    done
+  done
+  python3 - "$out" <<'PY'
+import json, sys, statistics as st
+rows = [json.loads(l) for l in open(sys.argv[1])]
+steps = [r for r in rows if "seconds" in r]
+for dtype in ("bf16", "f32"):
+    for ck in (False, True):
+        m = {}
+        for impl in ("lorakit", "pytorch"):
+            s = [r["seconds"] for r in steps if r["impl"] == impl and r["dtype"] == dtype and r["checkpointing"] == ck]
+            if s:
+                m[impl] = st.median(s)
+        if len(m) == 2:
+            print(f"{dtype} checkpointing={ck}: lorakit {m['lorakit']:.3f} s/step, pytorch {m['pytorch']:.3f} s/step, "
+                  f"ratio {m['lorakit'] / m['pytorch']:.2f}")
+for r in rows:
+    if "gpu_peak_used_mb" in r:
+        print(r["impl"], r["args"], "peak GPU memory", r["gpu_peak_used_mb"], "MB")
+PY
+}
+
+case "${1:-}" in
+  build) build ;;
+  run) shift; run "$@" ;;
+  *) echo "usage: $0 build | run [rounds] [steps]" >&2; exit 2 ;;
+esac
