@@ -190,6 +190,13 @@ pub(crate) struct ForwardTerm<'a> {
     pub accumulate: bool,
 }
 
+/// The output rows of a weight of `weight_len` elements over `k` im2col rows, when it divides
+/// evenly and its (batch, rows, n) output or gradient buffer has `buffer_len` elements.
+fn term_rows(weight_len: usize, buffer_len: usize, k: usize, batch: usize, n: usize) -> Option<usize> {
+    let rows = weight_len / k.max(1);
+    (rows * k == weight_len && buffer_len == batch * rows * n).then_some(rows)
+}
+
 /// Applies every term's weight to the im2col matrix of each image of x (B, C, H, W), built
 /// once per image and shared: a frozen conv and its LoCon down conv read the same columns.
 pub(crate) fn apply_weights(x: &[f32], batch: usize, g: &Geometry, terms: &mut [ForwardTerm]) -> Result<()> {
@@ -199,8 +206,7 @@ pub(crate) fn apply_weights(x: &[f32], batch: usize, g: &Geometry, terms: &mut [
         candle_core::bail!("conv2d: input has {} elements, not {batch} images of {image_len}", x.len())
     }
     for term in terms.iter() {
-        let rows = term.weight.len() / k.max(1);
-        if rows * k != term.weight.len() || term.out.len() != batch * rows * n {
+        if term_rows(term.weight.len(), term.out.len(), k, batch, n).is_none() {
             candle_core::bail!(
                 "conv2d: a weight of {} elements and an output of {} do not fit {k} im2col rows and {batch}×{n} positions",
                 term.weight.len(),
@@ -292,8 +298,7 @@ pub(crate) fn input_grad_sum(terms: &[GradTerm], batch: usize, g: &Geometry) -> 
     let (out_h, out_w) = g.out_hw();
     let (n, k, image_len) = (out_h * out_w, g.col_rows(), g.channels * g.height * g.width);
     for term in terms {
-        let rows = term.weight.len() / k.max(1);
-        if rows * k != term.weight.len() || term.grad.len() != batch * rows * n {
+        if term_rows(term.weight.len(), term.grad.len(), k, batch, n).is_none() {
             candle_core::bail!(
                 "conv input gradient: a weight of {} elements and a gradient of {} do not fit {k} im2col rows and {batch}×{n} positions",
                 term.weight.len(),
