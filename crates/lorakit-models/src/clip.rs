@@ -651,6 +651,107 @@ pub fn encode_weighted_prompts<S: AsRef<str>>(
     Ok(model.encode_chunked_weighted(&ids, &weights, clip_skip, ctx)?)
 }
 
+/// The most 75-token chunks a prompt gets at sampling time (sd-scripts' sample images and
+/// A1111: 225 tokens).
+const EMPHASIS_MAX_CHUNKS: usize = 3;
+
+/// A prompt and its negative encoded as sd-scripts' sample images and A1111 do
+/// (`lpw_stable_diffusion.get_weighted_text_embeddings` with `max_embeddings_multiples = 3`,
+/// `no_boseos_middle = False`). Each is its (text, weight) pieces from
+/// `lorakit_dataset::prompt_weights::parse_prompt_attention`; every piece is tokenised on its
+/// own and truncated to 225 tokens in all (with a warning). Both get the chunk count of the
+/// longer, are padded with EOS, and every 75-token chunk is encoded with its own BOS and EOS
+/// and kept whole, so the result is (1, 77·n, D) — not training's stitched 2 + 75·n. Each
+/// position is then multiplied by its token's weight (BOS, EOS and padding: 1.0) and the whole
+/// rescaled to the unweighted mean, so emphasis shifts attention without changing the overall
+/// magnitude. Returns (prompt, negative).
+pub fn encode_emphasis_pair<S: AsRef<str>>(
+    model: &ClipTextModel,
+    tokenizer: &ClipTokenizer,
+    prompt: &[(S, f64)],
+    negative: &[(S, f64)],
+    clip_skip: Option<usize>,
+    ctx: &ForwardCtx,
+) -> crate::Result<(Tensor, Tensor)> {
+    let max_tokens = EMPHASIS_MAX_CHUNKS * (CLIP_CHUNK_LEN - 2);
+    let tokens = |pieces: &[(S, f64)]| {
+        let (mut ids, mut weights) = (Vec::new(), Vec::new());
+        for (text, weight) in pieces {
+            ids.extend(tokenizer.encode(text.as_ref()));
+            weights.resize(ids.len(), *weight as f32);
+        }
+        if ids.len() > max_tokens {
+            let dropped = ids.len() - max_tokens;
+            let text: String = pieces.iter().map(|(t, _)| t.as_ref()).collect();
+            tracing::warn!(
+                dropped,
+                max_tokens,
+                "prompt truncated: {dropped} token(s) beyond the {max_tokens} tokens the text encoder takes were dropped: {text:?}"
+            );
+            ids.truncate(max_tokens);
+            weights.truncate(max_tokens);
+        }
+        (ids, weights)
+    };
+    let (prompt, negative) = (tokens(prompt), tokens(negative));
+    let longest = prompt.0.len().max(negative.0.len());
+    let chunks = if longest == 0 { 1 } else { ((longest - 1) / (CLIP_CHUNK_LEN - 2) + 1).min(EMPHASIS_MAX_CHUNKS) };
+    let encode = |(ids, weights): &(Vec<u32>, Vec<f32>)| -> crate::Result<Tensor> {
+        let (ids, weights) = emphasis_rows(ids, weights, chunks, tokenizer.pad_id());
+        let ids = Tensor::from_vec(ids, (chunks, CLIP_CHUNK_LEN), model.device())?;
+        let hidden = model.encode_hidden(&ids, clip_skip, ctx)?;
+        let d = hidden.dim(2)?;
+        let hidden = hidden.reshape((1, chunks * CLIP_CHUNK_LEN, d))?;
+        let compute = stat_dtype(hidden.dtype());
+        let h = hidden.to_dtype(compute)?;
+        let w = Tensor::from_vec(weights, (1, chunks * CLIP_CHUNK_LEN, 1), model.device())?.to_dtype(compute)?;
+        let before = h.mean_all()?;
+        let weighted = h.broadcast_mul(&w)?;
+        let after = weighted.mean_all()?;
+        Ok(weighted.broadcast_mul(&(before / after)?)?.to_dtype(hidden.dtype())?)
+    };
+    Ok((encode(&prompt)?, encode(&negative)?))
+}
+
+/// The (n, 77) chunk ids and n·77 position weights of one prompt for [`encode_emphasis_pair`]
+/// (lpw's `pad_tokens_and_weights` and its chunk loop): BOS, the tokens, EOS up to n·75 + 2;
+/// chunk i is ids[75i .. 75i + 77] with BOS first and EOS last — for a tokenizer whose pad is
+/// not EOS (SD 2) a last position that is a text token becomes EOS and a chunk of BOS then pad
+/// gets EOS second, as there.
+fn emphasis_rows(tokens: &[u32], weights: &[f32], chunks: usize, pad: u32) -> (Vec<u32>, Vec<f32>) {
+    let (bos, eos, text_len) = (ClipTokenizer::BOS, ClipTokenizer::EOS, CLIP_CHUNK_LEN - 2);
+    let mut full = Vec::with_capacity(chunks * text_len + 2);
+    full.push(bos);
+    full.extend_from_slice(tokens);
+    full.resize(chunks * text_len + 2, eos);
+    let mut ids = Vec::with_capacity(chunks * CLIP_CHUNK_LEN);
+    let mut w = Vec::with_capacity(chunks * CLIP_CHUNK_LEN);
+    for i in 0..chunks {
+        let mut chunk = full[i * text_len..i * text_len + CLIP_CHUNK_LEN].to_vec();
+        chunk[0] = bos;
+        if pad == eos {
+            chunk[CLIP_CHUNK_LEN - 1] = eos;
+        } else {
+            if chunk[CLIP_CHUNK_LEN - 1] != eos && chunk[CLIP_CHUNK_LEN - 1] != pad {
+                chunk[CLIP_CHUNK_LEN - 1] = eos;
+            }
+            if chunk[1] == pad {
+                chunk[1] = eos;
+            }
+        }
+        ids.extend(chunk);
+        if !weights.is_empty() {
+            let start = (i * text_len).min(weights.len());
+            let end = ((i + 1) * text_len).min(weights.len());
+            w.push(1.0);
+            w.extend_from_slice(&weights[start..end]);
+            w.push(1.0);
+        }
+    }
+    w.resize(chunks * CLIP_CHUNK_LEN, 1.0);
+    (ids, w)
+}
+
 /// What sd-scripts' SD tokenize strategy fixes per run: padded length and pad id.
 struct PromptLayout {
     max_length: usize,

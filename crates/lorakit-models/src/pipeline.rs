@@ -13,7 +13,7 @@ use rand::{rngs::StdRng, SeedableRng};
 use rand_distr::{Distribution, StandardNormal};
 
 use crate::checkpoint::{load_sd_checkpoint, ModelFamily, SdCheckpoint};
-use crate::clip::{encode_prompts, ClipTextConfig, ClipTextModel};
+use crate::clip::{encode_emphasis_pair, encode_prompts, ClipTextConfig, ClipTextModel};
 use crate::clip_tokenizer::ClipTokenizer;
 use crate::lora_inject::{ComponentTargets, TEXT_ENCODER_PREFIX, UNET_PREFIX};
 use crate::samplers::{sample, SamplerConfig, SamplerKind};
@@ -130,6 +130,23 @@ impl StableDiffusion {
         encode_prompts(&self.text_encoder, &self.tokenizer, prompts, Some(chunks * 75), clip_skip, ctx)
     }
 
+    /// A prompt and its negative as sampling conditions them, A1111 emphasis included
+    /// (`(word:1.2)`, `(word)`, `[word]`, `\(` for a literal bracket): see
+    /// [`crate::clip::encode_emphasis_pair`]. Returns (prompt, negative), each (1, 77·n, D).
+    pub fn encode_prompt_pair(
+        &self,
+        prompt: &str,
+        negative: &str,
+        clip_skip: Option<usize>,
+        ctx: &ForwardCtx,
+    ) -> Result<(Tensor, Tensor)> {
+        let parse = |text: &str| {
+            lorakit_dataset::prompt_weights::parse_prompt_attention(text)
+                .map_err(|e| Error::Invalid(format!("prompt {text:?}: {e}")))
+        };
+        encode_emphasis_pair(&self.text_encoder, &self.tokenizer, &parse(prompt)?, &parse(negative)?, clip_skip, ctx)
+    }
+
     fn unet_device(&self) -> Device {
         self.unet.device().clone()
     }
@@ -150,7 +167,8 @@ impl StableDiffusion {
             None => (ForwardCtx::default(), ForwardCtx::default()),
         };
         let negative = request.negative.as_deref().unwrap_or("");
-        let cond = self.encode_prompts(&[negative, &request.prompt], request.clip_skip, &te_ctx)?.to_dtype(dtype)?;
+        let (text, uncond) = self.encode_prompt_pair(&request.prompt, negative, request.clip_skip, &te_ctx)?;
+        let cond = Tensor::cat(&[uncond, text], 0)?.to_dtype(dtype)?;
 
         let (h, w) = (request.height / 8, request.width / 8);
         let mut rng = StdRng::seed_from_u64(request.seed);

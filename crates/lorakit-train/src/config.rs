@@ -539,7 +539,8 @@ impl Default for SaveSection {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SamplesSection {
-    /// Prompt file (.txt with `--n --w --h --d --l --s`, .toml or .json).
+    /// Prompt file (.txt with `--n --w --h --d --l --s`, .toml or .json); prompts take A1111
+    /// emphasis (`(word:1.2)`) as sd-scripts' sample images do.
     pub sample_prompts: Option<PathBuf>,
     /// Sample every N epochs (0 = off; wins over steps).
     pub sample_every_n_epochs: u64,

@@ -26,7 +26,8 @@ pub struct GenerateArgs {
     /// --grid each one is a row, otherwise they are applied together.
     #[arg(long, value_name = "FILE[:WEIGHT]")]
     lora: Vec<String>,
-    /// The prompt. Repeat for several (with --grid each one is a column).
+    /// The prompt, with A1111 emphasis: `(word:1.2)`, `(word)` ×1.1, `[word]` ÷1.1, `\(` for a
+    /// literal bracket. Repeat for several (with --grid each one is a column).
     #[arg(long, required = true)]
     prompt: Vec<String>,
     /// Negative prompt.
