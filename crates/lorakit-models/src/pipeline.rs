@@ -13,7 +13,7 @@ use rand::{rngs::StdRng, SeedableRng};
 use rand_distr::{Distribution, StandardNormal};
 
 use crate::checkpoint::{load_sd_checkpoint, ModelFamily, SdCheckpoint};
-use crate::clip::{encode_emphasis_pair, encode_prompts, ClipTextConfig, ClipTextModel};
+use crate::clip::{encode_emphasis_pair, ClipTextConfig, ClipTextModel};
 use crate::clip_tokenizer::ClipTokenizer;
 use crate::lora_inject::{ComponentTargets, TEXT_ENCODER_PREFIX, UNET_PREFIX};
 use crate::samplers::{sample, SamplerConfig, SamplerKind};
@@ -22,10 +22,7 @@ use crate::unet_2d::{UNet2DConditionModel, UNet2DConditionModelConfig};
 use crate::vae::{AutoencoderKL, AutoencoderKLConfig};
 use crate::{Error, Result, Weights};
 
-/// The longest prompt sd-scripts encodes: three 75-token chunks.
-pub const MAX_PROMPT_TOKENS: usize = 225;
-
-/// A loaded SD1.x model: the three networks, the tokenizer and the noise schedule.
+/// A loaded SD1.x/2.x model: the three networks, the tokenizer and the noise schedule.
 pub struct StableDiffusion {
     /// The denoiser.
     pub unet: UNet2DConditionModel,
@@ -119,15 +116,6 @@ impl StableDiffusion {
             ComponentTargets { prefix: UNET_PREFIX, targets: &self.unet_targets },
             ComponentTargets { prefix: TEXT_ENCODER_PREFIX, targets: &self.text_encoder_targets },
         ]
-    }
-
-    /// CLIP conditioning for prompts, (B, 77 | 152 | 227, D): as many 75-token chunks as the
-    /// longest prompt needs (at most three; longer prompts are truncated with a warning, as
-    /// sd-scripts does), encoded by [`crate::clip::encode_prompts`].
-    pub fn encode_prompts(&self, prompts: &[&str], clip_skip: Option<usize>, ctx: &ForwardCtx) -> Result<Tensor> {
-        let longest = prompts.iter().map(|p| self.tokenizer.encode(p).len()).max().unwrap_or(0);
-        let chunks = longest.div_ceil(75).clamp(1, MAX_PROMPT_TOKENS / 75);
-        encode_prompts(&self.text_encoder, &self.tokenizer, prompts, Some(chunks * 75), clip_skip, ctx)
     }
 
     /// A prompt and its negative as sampling conditions them, A1111 emphasis included
