@@ -1,0 +1,135 @@
+//! Training end to end on a tiny SD 2.x v-prediction model: the SD 2 fixture's diffusers folder
+//! (tests/fixtures/reference/sd2_tiny, linear projections, GELU text encoder, scheduler
+//! `prediction_type = "v_prediction"`) with its token embedding widened to CLIP's full
+//! vocabulary, so real captions tokenise. Checks the run, the SD 2 v-prediction metadata and
+//! a sample image.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+
+use candle_core::{DType, Device, Tensor};
+use lorakit_train::data::TrainData;
+use lorakit_train::model::StableDiffusionModel;
+use lorakit_train::{TrainConfig, Trainer};
+
+fn repo(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").join(rel)
+}
+
+/// The fixture folder, its text encoder's 1,000-row token embedding grown to 49,408 rows
+/// (the new rows deterministic pseudo-random values).
+fn sd2_model_folder(dir: &Path) -> PathBuf {
+    let src = repo("tests/fixtures/reference/sd2_tiny/diffusers");
+    let dst = dir.join("sd2-tiny");
+    for sub in ["unet", "vae", "scheduler", "text_encoder"] {
+        std::fs::create_dir_all(dst.join(sub)).unwrap();
+        for entry in std::fs::read_dir(src.join(sub)).unwrap() {
+            let path = entry.unwrap().path();
+            std::fs::copy(&path, dst.join(sub).join(path.file_name().unwrap())).unwrap();
+        }
+    }
+    std::fs::copy(src.join("model_index.json"), dst.join("model_index.json")).unwrap();
+
+    let te = dst.join("text_encoder");
+    let mut tensors = candle_core::safetensors::load(te.join("model.safetensors"), &Device::Cpu).unwrap();
+    let key = "text_model.embeddings.token_embedding.weight";
+    let small = tensors[key].to_dtype(DType::F32).unwrap();
+    let width = small.dim(1).unwrap();
+    let extra = lorakit_nn::gradcheck::pseudo_random(&[49408 - small.dim(0).unwrap(), width], 11).unwrap();
+    let grown = Tensor::cat(&[small, extra.to_dtype(DType::F32).unwrap()], 0).unwrap();
+    tensors.insert(key.to_string(), grown.to_dtype(DType::F16).unwrap());
+    candle_core::safetensors::save(&tensors, te.join("model.safetensors")).unwrap();
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(te.join("config.json")).unwrap()).unwrap();
+    config["vocab_size"] = 49408.into();
+    config["eos_token_id"] = 2.into(); // as SD 2's published config: pool at the largest id
+    std::fs::write(te.join("config.json"), config.to_string()).unwrap();
+    dst
+}
+
+fn dataset(dir: &Path) -> PathBuf {
+    let src = repo("examples/dataset/img/8_chessboard");
+    let dst = dir.join("data").join("1_chessboard");
+    std::fs::create_dir_all(&dst).unwrap();
+    let mut names: Vec<_> = std::fs::read_dir(&src).unwrap().map(|e| e.unwrap().path()).collect();
+    names.sort();
+    for jpg in names.iter().filter(|p| p.extension().is_some_and(|e| e == "jpg")).take(4) {
+        std::fs::copy(jpg, dst.join(jpg.file_name().unwrap())).unwrap();
+        let txt = jpg.with_extension("txt");
+        if txt.exists() {
+            std::fs::copy(&txt, dst.join(txt.file_name().unwrap())).unwrap();
+        }
+    }
+    dir.join("data")
+}
+
+#[test]
+fn sd2_v_prediction_model_trains_and_writes_sd2_metadata() {
+    let dir = tempfile::tempdir().unwrap();
+    let model_dir = sd2_model_folder(dir.path());
+    let data = dataset(dir.path());
+    let prompts = dir.path().join("prompts.txt");
+    std::fs::write(&prompts, "chkbrd, (a board:1.3) --w 64 --h 64 --s 2 --d 1\n").unwrap();
+    let text = format!(
+        r#"
+[model]
+pretrained_model_name_or_path = "{model}"
+v_parameterization = true
+[folders]
+output_dir = "{out}"
+output_name = "sd2"
+[dataset]
+train_data_dir = "{data}"
+resolution = "64"
+min_bucket_reso = 64
+max_bucket_reso = 128
+bucket_reso_steps = 64
+[network]
+network_dim = 4
+network_alpha = 4
+[training]
+train_batch_size = 2
+max_train_epochs = 1
+seed = 3
+[optimizer]
+learning_rate = 1e-3
+[samples]
+sample_prompts = "{prompts}"
+sample_every_n_epochs = 1
+"#,
+        model = model_dir.display(),
+        out = dir.path().join("out").display(),
+        data = data.display(),
+        prompts = prompts.display(),
+    );
+    let config = TrainConfig::from_toml_str(&text, &[]).unwrap_or_else(|e| panic!("{e}"));
+    let model = StableDiffusionModel::load(&model_dir, DType::F32, &Device::Cpu, true).unwrap();
+    let data = TrainData::load(&config).unwrap();
+    let summary = Trainer::new(config, &model, data).unwrap().run(&AtomicBool::new(false), &mut |_| {}).unwrap();
+    assert_eq!(summary.steps, 2);
+    assert!(summary.losses.iter().all(|l| l.is_finite()), "{:?}", summary.losses);
+
+    let out = dir.path().join("out");
+    let file = lorakit_lora::safetensors_file::LoraFile::open(out.join("sd2.safetensors")).unwrap();
+    let names: Vec<&str> = file.tensor_names().collect();
+    // The diffusers folder's encoder is already cut to the layers SD 2 conditions on (3 here).
+    assert!(names.contains(&"lora_te_text_model_encoder_layers_2_mlp_fc2.lora_up.weight"));
+    assert!(!names.iter().any(|n| n.starts_with("lora_te_text_model_encoder_layers_3_")));
+    // SD 2's transformers project in and out with linears: sd-scripts targets them.
+    assert!(names.contains(&"lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight"));
+    let m = file.metadata();
+    for (k, v) in [
+        ("ss_v2", "True"),
+        ("ss_base_model_version", "sd_v2_v"),
+        ("modelspec.architecture", "stable-diffusion-v2-768-v/lora"),
+        ("modelspec.prediction_type", "v"),
+    ] {
+        assert_eq!(m.get(k).map(String::as_str), Some(v), "{k}");
+    }
+    let samples: Vec<_> = std::fs::read_dir(out.join("sample"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "png"))
+        .collect();
+    assert!(!samples.is_empty(), "a sample image per save point");
+}
