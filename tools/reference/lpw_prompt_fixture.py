@@ -4,7 +4,7 @@ emphasis) go through `library/lpw_stable_diffusion.get_weighted_text_embeddings`
 max_embeddings_multiples = 3 and no_boseos_middle = False: `(word:1.2)` weights parsed, every
 75-token chunk encoded with its own BOS/EOS and kept whole (77 positions a chunk), prompt and
 negative padded with EOS to the same chunk count, each position multiplied by its token's weight
-and the result rescaled to the unweighted mean. For crates/lorakit-models/tests/prompt_emphasis.rs.
+and the result rescaled to the unweighted mean. For crates/lorakit-models/tests/weighted_captions.rs.
 
 Computed by sd-scripts' own function (48d368fa) on the tiny SD1.5-shaped text encoder of
 examples/quickstart/tiny-sd15 (CLIP's 49,408-token vocabulary, float32) with the HF

@@ -3,7 +3,7 @@
 //! files, metadata, logs, samples, exact resume, and a LoRA that learns.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -15,31 +15,13 @@ use lorakit_train::data::TrainData;
 use lorakit_train::model::{StableDiffusionModel, TrainableModel};
 use lorakit_train::{TrainConfig, TrainEvent, Trainer};
 
-fn repo(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").join(rel)
-}
+mod common;
+// Small runs: the 8_chessboard folder only (9 images × 8 repeats would be long), with fewer
+// repeats so an epoch is a handful of steps.
+use common::{chessboard_dataset, repo};
 
 fn model() -> StableDiffusionModel {
     StableDiffusionModel::load(&repo("examples/quickstart/tiny-sd15"), DType::F32, &Device::Cpu, false).unwrap()
-}
-
-/// A small run: the 8_chessboard folder only (9 images × 8 repeats would be long) — copied with
-/// fewer repeats so an epoch is a handful of steps.
-fn dataset(dir: &Path, repeats: u32, images: usize) -> PathBuf {
-    let src = repo("examples/dataset/img/8_chessboard");
-    let dst = dir.join("data").join(format!("{repeats}_chessboard"));
-    std::fs::create_dir_all(&dst).unwrap();
-    let mut names: Vec<_> = std::fs::read_dir(&src).unwrap().map(|e| e.unwrap().path()).collect();
-    names.sort();
-    let jpgs: Vec<_> = names.iter().filter(|p| p.extension().is_some_and(|e| e == "jpg")).take(images).collect();
-    for jpg in jpgs {
-        std::fs::copy(jpg, dst.join(jpg.file_name().unwrap())).unwrap();
-        let txt = jpg.with_extension("txt");
-        if txt.exists() {
-            std::fs::copy(&txt, dst.join(txt.file_name().unwrap())).unwrap();
-        }
-    }
-    dir.join("data")
 }
 
 fn base_text(dir: &Path, data: &Path) -> String {
@@ -109,7 +91,7 @@ fn tensors(path: &Path) -> HashMap<String, Vec<f32>> {
 #[test]
 fn two_epochs_write_kohya_files_logs_samples_and_state() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dataset(dir.path(), 2, 4);
+    let data = chessboard_dataset(dir.path(), 2, 4);
     std::fs::write(
         dir.path().join("prompts.txt"),
         "chkbrd, a board --w 64 --h 64 --d 3 --s 3\nchkbrd --w 64 --h 64 --s 2\n",
@@ -224,7 +206,7 @@ fn two_epochs_write_kohya_files_logs_samples_and_state() {
 #[test]
 fn a_resumed_run_continues_exactly() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dataset(dir.path(), 3, 3);
+    let data = chessboard_dataset(dir.path(), 3, 3);
     let model = model();
     // Uninterrupted: 2 epochs of ceil(9/2) = 5 batches, accumulation 2 → 3 steps per epoch.
     let full_cfg = config(dir.path(), &data, "save_state = true\n");
@@ -304,7 +286,7 @@ fn denoise_error(model: &StableDiffusionModel, latents: &Tensor, caption: &str, 
 #[test]
 fn overfitting_one_image_lowers_its_denoising_error() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dataset(dir.path(), 1, 1);
+    let data = chessboard_dataset(dir.path(), 1, 1);
     let model = model();
     let mut cfg = config(dir.path(), &data, "");
     cfg.training.train_batch_size = 1;
@@ -360,7 +342,7 @@ fn configuration_and_dataset_errors_are_clear() {
 #[test]
 fn disk_latent_cache_is_reused_only_while_the_image_matches() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dataset(dir.path(), 1, 2);
+    let data = chessboard_dataset(dir.path(), 1, 2);
     let model = model();
     let mut cfg = config(dir.path(), &data, "");
     cfg.training.cache_latents_to_disk = true;
@@ -406,7 +388,7 @@ fn disk_latent_cache_is_reused_only_while_the_image_matches() {
 #[test]
 fn fp16_trains_on_cpu_and_bf16_is_refused_there() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dataset(dir.path(), 1, 2);
+    let data = chessboard_dataset(dir.path(), 1, 2);
     let model =
         StableDiffusionModel::load(&repo("examples/quickstart/tiny-sd15"), DType::F16, &Device::Cpu, false).unwrap();
     let mut cfg = config(dir.path(), &data, "");
@@ -425,7 +407,7 @@ fn fp16_trains_on_cpu_and_bf16_is_refused_there() {
 #[test]
 fn a_diverging_run_stops_and_keeps_earlier_saves() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dataset(dir.path(), 2, 4);
+    let data = chessboard_dataset(dir.path(), 2, 4);
     let model = model();
     let mut cfg = config(dir.path(), &data, "");
     cfg.optimizer.learning_rate = 1e9;
@@ -450,7 +432,7 @@ fn a_diverging_run_stops_and_keeps_earlier_saves() {
 #[test]
 fn checkpointing_gives_the_same_run_and_unet_only_skips_the_text_encoder() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dataset(dir.path(), 1, 4);
+    let data = chessboard_dataset(dir.path(), 1, 4);
     let model = model();
     let mut plain = config(dir.path(), &data, "");
     plain.training.max_train_epochs = 1;
@@ -475,7 +457,7 @@ fn checkpointing_gives_the_same_run_and_unet_only_skips_the_text_encoder() {
 #[test]
 fn loss_and_noise_options_reach_the_run_and_the_metadata() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dataset(dir.path(), 1, 2);
+    let data = chessboard_dataset(dir.path(), 1, 2);
     let model = model();
     let extra = "[loss]\nloss_type = \"huber\"\nhuber_schedule = \"exponential\"\nmin_snr_gamma = 5\nnoise_offset = 0.05\n\
                  adaptive_noise_scale = 0.01\nmultires_noise_iterations = 3\nip_noise_gamma = 0.1\ndebiased_estimation_loss = true\n\
@@ -515,7 +497,7 @@ fn loss_and_noise_options_reach_the_run_and_the_metadata() {
 #[test]
 fn rank_and_module_dropout_change_training_and_are_recorded() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dataset(dir.path(), 1, 2);
+    let data = chessboard_dataset(dir.path(), 1, 2);
     let model = model();
     let mut base = config(dir.path(), &data, "");
     base.training.max_train_epochs = 4;
@@ -539,7 +521,7 @@ fn rank_and_module_dropout_change_training_and_are_recorded() {
 #[test]
 fn block_weights_lora_plus_max_norm_and_multiplier_shape_the_run() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dataset(dir.path(), 1, 2);
+    let data = chessboard_dataset(dir.path(), 1, 2);
     let model = model();
     // Slot 1 (IN01) rank 2, slot 2 (IN02) LR weight 0 → no modules; everything else rank 4.
     let dims: Vec<String> = (0..25).map(|slot| if slot == 1 { "2".into() } else { "4".into() }).collect();
@@ -619,7 +601,7 @@ fn block_weights_lora_plus_max_norm_and_multiplier_shape_the_run() {
 #[test]
 fn every_optimizer_trains_and_resumes_bitwise() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dataset(dir.path(), 1, 2);
+    let data = chessboard_dataset(dir.path(), 1, 2);
     let model = model();
     for (kind, names) in lorakit_nn::optim::OptimizerKind::NAMES {
         let name = names[0];
@@ -663,7 +645,7 @@ fn every_optimizer_trains_and_resumes_bitwise() {
 #[test]
 fn random_crop_color_aug_and_alpha_masks_reach_the_step() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dataset(dir.path(), 1, 2);
+    let data = chessboard_dataset(dir.path(), 1, 2);
     let model = model();
     let mut base = config(dir.path(), &data, "");
     base.training.cache_latents = false;
@@ -716,7 +698,7 @@ fn random_crop_color_aug_and_alpha_masks_reach_the_step() {
 fn full_fp16_fp8_base_and_no_half_vae_train_on_cpu() {
     use lorakit_train::model::{TrainableModel, WeightStorage};
     let dir = tempfile::tempdir().unwrap();
-    let data = dataset(dir.path(), 1, 2);
+    let data = chessboard_dataset(dir.path(), 1, 2);
     let path = repo("examples/quickstart/tiny-sd15");
     let load = |storage: WeightStorage| {
         StableDiffusionModel::load_with(&path, DType::F16, &Device::Cpu, false, storage).unwrap()

@@ -12,9 +12,8 @@ use lorakit_train::data::TrainData;
 use lorakit_train::model::StableDiffusionModel;
 use lorakit_train::{TrainConfig, Trainer};
 
-fn repo(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").join(rel)
-}
+mod common;
+use common::{chessboard_dataset, repo};
 
 /// The fixture folder, its text encoder's 1,000-row token embedding grown to 49,408 rows
 /// (the new rows deterministic pseudo-random values).
@@ -47,27 +46,11 @@ fn sd2_model_folder(dir: &Path) -> PathBuf {
     dst
 }
 
-fn dataset(dir: &Path) -> PathBuf {
-    let src = repo("examples/dataset/img/8_chessboard");
-    let dst = dir.join("data").join("1_chessboard");
-    std::fs::create_dir_all(&dst).unwrap();
-    let mut names: Vec<_> = std::fs::read_dir(&src).unwrap().map(|e| e.unwrap().path()).collect();
-    names.sort();
-    for jpg in names.iter().filter(|p| p.extension().is_some_and(|e| e == "jpg")).take(4) {
-        std::fs::copy(jpg, dst.join(jpg.file_name().unwrap())).unwrap();
-        let txt = jpg.with_extension("txt");
-        if txt.exists() {
-            std::fs::copy(&txt, dst.join(txt.file_name().unwrap())).unwrap();
-        }
-    }
-    dir.join("data")
-}
-
 #[test]
 fn sd2_v_prediction_model_trains_and_writes_sd2_metadata() {
     let dir = tempfile::tempdir().unwrap();
     let model_dir = sd2_model_folder(dir.path());
-    let data = dataset(dir.path());
+    let data = chessboard_dataset(dir.path(), 1, 4);
     let prompts = dir.path().join("prompts.txt");
     std::fs::write(&prompts, "chkbrd, (a board:1.3) --w 64 --h 64 --s 2 --d 1\n").unwrap();
     let text = format!(
