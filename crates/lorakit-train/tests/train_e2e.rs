@@ -18,49 +18,14 @@ use lorakit_train::{TrainConfig, TrainEvent, Trainer};
 mod common;
 // Small runs: the 8_chessboard folder only (9 images × 8 repeats would be long), with fewer
 // repeats so an epoch is a handful of steps.
-use common::{chessboard_dataset, repo};
+use common::{chessboard_dataset, repo, small_run_toml};
 
 fn model() -> StableDiffusionModel {
     StableDiffusionModel::load(&repo("examples/quickstart/tiny-sd15"), DType::F32, &Device::Cpu, false).unwrap()
 }
 
 fn base_text(dir: &Path, data: &Path) -> String {
-    format!(
-        r#"
-[model]
-pretrained_model_name_or_path = "{model}"
-[folders]
-output_dir = "{out}"
-output_name = "tiny"
-[metadata]
-metadata_author = "tester"
-metadata_trigger_phrase = "chkbrd"
-[dataset]
-train_data_dir = "{data}"
-resolution = "64"
-min_bucket_reso = 64
-max_bucket_reso = 128
-bucket_reso_steps = 64
-[network]
-network_dim = 4
-network_alpha = 2
-conv_dim = 2
-[training]
-train_batch_size = 2
-max_train_epochs = 2
-seed = 7
-[optimizer]
-learning_rate = 2e-3
-lr_scheduler = "cosine"
-lr_warmup_steps = 1
-[save]
-save_every_n_epochs = 1
-save_precision = "float"
-"#,
-        model = repo("examples/quickstart/tiny-sd15").display(),
-        out = dir.join("out").display(),
-        data = data.display(),
-    )
+    small_run_toml(dir, data, &repo("examples/quickstart/tiny-sd15"))
 }
 
 fn config(dir: &Path, data: &Path, extra: &str) -> TrainConfig {

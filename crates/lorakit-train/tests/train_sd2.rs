@@ -13,7 +13,7 @@ use lorakit_train::model::StableDiffusionModel;
 use lorakit_train::{TrainConfig, Trainer};
 
 mod common;
-use common::{chessboard_dataset, repo};
+use common::{chessboard_dataset, repo, small_run_toml};
 
 /// The fixture folder, its text encoder's 1,000-row token embedding grown to 49,408 rows
 /// (the new rows deterministic pseudo-random values).
@@ -54,46 +54,20 @@ fn sd2_v_prediction_model_trains_and_writes_sd2_metadata() {
     let prompts = dir.path().join("prompts.txt");
     std::fs::write(&prompts, "chkbrd, (a board:1.3) --w 64 --h 64 --s 2 --d 1\n").unwrap();
     let text = format!(
-        r#"
-[model]
-pretrained_model_name_or_path = "{model}"
-v_parameterization = true
-[folders]
-output_dir = "{out}"
-output_name = "sd2"
-[dataset]
-train_data_dir = "{data}"
-resolution = "64"
-min_bucket_reso = 64
-max_bucket_reso = 128
-bucket_reso_steps = 64
-[network]
-network_dim = 4
-network_alpha = 4
-[training]
-train_batch_size = 2
-max_train_epochs = 1
-seed = 3
-[optimizer]
-learning_rate = 1e-3
-[samples]
-sample_prompts = "{prompts}"
-sample_every_n_epochs = 1
-"#,
-        model = model_dir.display(),
-        out = dir.path().join("out").display(),
-        data = data.display(),
-        prompts = prompts.display(),
+        "{}\n[samples]\nsample_prompts = \"{}\"\nsample_every_n_epochs = 1\n",
+        small_run_toml(dir.path(), &data, &model_dir),
+        prompts.display()
     );
-    let config = TrainConfig::from_toml_str(&text, &[]).unwrap_or_else(|e| panic!("{e}"));
+    let config = TrainConfig::from_toml_str(&text, &["model.v_parameterization=true".to_string()])
+        .unwrap_or_else(|e| panic!("{e}"));
     let model = StableDiffusionModel::load(&model_dir, DType::F32, &Device::Cpu, true).unwrap();
     let data = TrainData::load(&config).unwrap();
     let summary = Trainer::new(config, &model, data).unwrap().run(&AtomicBool::new(false), &mut |_| {}).unwrap();
-    assert_eq!(summary.steps, 2);
+    assert_eq!(summary.steps, 4, "4 images, batch 2, 2 epochs");
     assert!(summary.losses.iter().all(|l| l.is_finite()), "{:?}", summary.losses);
 
     let out = dir.path().join("out");
-    let file = lorakit_lora::safetensors_file::LoraFile::open(out.join("sd2.safetensors")).unwrap();
+    let file = lorakit_lora::safetensors_file::LoraFile::open(out.join("tiny.safetensors")).unwrap();
     let names: Vec<&str> = file.tensor_names().collect();
     // The diffusers folder's encoder is already cut to the layers SD 2 conditions on (3 here).
     assert!(names.contains(&"lora_te_text_model_encoder_layers_2_mlp_fc2.lora_up.weight"));

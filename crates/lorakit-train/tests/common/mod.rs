@@ -24,3 +24,44 @@ pub fn chessboard_dataset(dir: &Path, repeats: u32, images: usize) -> PathBuf {
     }
     dir.join("data")
 }
+
+/// The config of a short run (2 epochs, batch 2, rank 4 + conv rank 2, a save per epoch)
+/// of `model` on `data`, writing `<dir>/out/tiny*.safetensors`.
+pub fn small_run_toml(dir: &Path, data: &Path, model: &Path) -> String {
+    format!(
+        r#"
+[model]
+pretrained_model_name_or_path = "{model}"
+[folders]
+output_dir = "{out}"
+output_name = "tiny"
+[metadata]
+metadata_author = "tester"
+metadata_trigger_phrase = "chkbrd"
+[dataset]
+train_data_dir = "{data}"
+resolution = "64"
+min_bucket_reso = 64
+max_bucket_reso = 128
+bucket_reso_steps = 64
+[network]
+network_dim = 4
+network_alpha = 2
+conv_dim = 2
+[training]
+train_batch_size = 2
+max_train_epochs = 2
+seed = 7
+[optimizer]
+learning_rate = 2e-3
+lr_scheduler = "cosine"
+lr_warmup_steps = 1
+[save]
+save_every_n_epochs = 1
+save_precision = "float"
+"#,
+        model = model.display(),
+        out = dir.join("out").display(),
+        data = data.display(),
+    )
+}
