@@ -16,7 +16,7 @@
 //! the rank, i.e. scale 1). `scale · up · down` is unchanged either way.
 
 use crate::keys::{guess_family, modules, Family, ModuleError, Scheme};
-use crate::safetensors_file::{write_lora, Dtype, LoraFile, LoraFileError, Precision, Tensor};
+use crate::safetensors_file::{serialize, write_lora, Dtype, LoraFile, LoraFileError, Precision, Tensor};
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -400,9 +400,43 @@ pub fn convert_file(
     if std::fs::canonicalize(input).ok().is_some_and(|a| std::fs::canonicalize(output).ok() == Some(a)) {
         return Err(ConvertError::SameFile(output.to_path_buf()));
     }
-    let path = || input.to_path_buf();
     let file = LoraFile::open(input)?;
-    let set = modules(&file)?;
+    let converted = convert(&file, to, precision, family)?;
+    write_lora(output, &converted.tensors, &converted.metadata, converted.outcome.precision)?;
+    Ok(converted.outcome)
+}
+
+/// A LoRA converted in memory by [`convert_lora`].
+pub struct Converted {
+    /// The renamed tensors (f32; written at `outcome.precision`).
+    pub tensors: BTreeMap<String, Tensor>,
+    /// The input's metadata with the `lorakit_convert` note.
+    pub metadata: BTreeMap<String, String>,
+    /// What was done.
+    pub outcome: ConvertOutcome,
+}
+
+/// [`convert_file`] without the write: the converted file as safetensors bytes (no `sshs_*`
+/// hashes), e.g. to apply a PEFT/diffusers LoRA as a kohya one without a file on disk.
+pub fn convert_lora(
+    file: &LoraFile,
+    to: Target,
+    family: Option<Family>,
+) -> Result<(Vec<u8>, ConvertOutcome), ConvertError> {
+    let converted = convert(file, to, None, family)?;
+    let bytes = serialize(&converted.tensors, &converted.metadata, converted.outcome.precision)?;
+    Ok((bytes, converted.outcome))
+}
+
+fn convert(
+    file: &LoraFile,
+    to: Target,
+    precision: Option<Precision>,
+    family: Option<Family>,
+) -> Result<Converted, ConvertError> {
+    let input = file.path();
+    let path = || input.to_path_buf();
+    let set = modules(file)?;
     if set.scheme == to.scheme() {
         return Err(ConvertError::AlreadyTarget { path: path(), scheme: set.scheme });
     }
@@ -411,7 +445,7 @@ pub fn convert_file(
     }
     let family = match family {
         Some(f) => f,
-        None => detect_family(&file)?,
+        None => detect_family(file)?,
     };
     let Some(map) = NameMap::new(family) else {
         return Err(ConvertError::UnsupportedFamily { path: path(), family, evidence: "chosen with --family".into() });
@@ -475,8 +509,11 @@ pub fn convert_file(
         "lorakit_convert".into(),
         format!("{} -> {to} ({family}) from {source}; {alpha_note}", set.scheme.describe()),
     );
-    write_lora(output, &tensors, &metadata, precision)?;
-    Ok(ConvertOutcome { family, from: set.scheme, to, precision, renamed, folded })
+    Ok(Converted {
+        tensors,
+        metadata,
+        outcome: ConvertOutcome { family, from: set.scheme, to, precision, renamed, folded },
+    })
 }
 
 /// SD1 or SDXL from the keys, falling back to metadata when keys say nothing.

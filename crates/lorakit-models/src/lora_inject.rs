@@ -12,7 +12,8 @@ use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
 use lorakit_lora::blocks::BlockLayout;
-use lorakit_lora::keys::Scheme;
+use lorakit_lora::convert::{convert_lora, ConvertError, Target as ConvertTarget};
+use lorakit_lora::keys::{Family, Scheme};
 use lorakit_lora::safetensors_file::LoraFile;
 use lorakit_nn::lora::{LoraDropout, LoraKind, LoraModule, LoraSet, LoraTarget, TargetGroup};
 use rand::{rngs::StdRng, SeedableRng};
@@ -209,9 +210,33 @@ pub fn load_lora_file(
     let lora_err = |message: String| Error::Lora { path: path.to_path_buf(), message };
     let file = LoraFile::open(path).map_err(|e| lora_err(e.to_string()))?;
     let set = lorakit_lora::keys::modules(&file).map_err(|e| lora_err(e.to_string()))?;
+    // PEFT/diffusers files (HF's training scripts) get kohya names in memory, exactly as
+    // `lorakit convert --to kohya` would write them, and load as one.
+    let (file, set) = if set.scheme == Scheme::Peft {
+        // Small or partial files may not show their family: then the first map that names
+        // every module wins (matching against the model below still checks every name).
+        let (bytes, outcome) = match convert_lora(&file, ConvertTarget::Kohya, None) {
+            Err(ConvertError::UnknownFamily { .. }) => convert_lora(&file, ConvertTarget::Kohya, Some(Family::Sd1))
+                .or_else(|_| convert_lora(&file, ConvertTarget::Kohya, Some(Family::Sdxl))),
+            other => other,
+        }
+        .map_err(|e| lora_err(e.to_string()))?;
+        let file = LoraFile::from_bytes(bytes, path).map_err(|e| lora_err(e.to_string()))?;
+        let set = lorakit_lora::keys::modules(&file).map_err(|e| lora_err(e.to_string()))?;
+        tracing::info!(
+            "{}: {} modules of a {} {} file applied under kohya names",
+            path.display(),
+            outcome.renamed.len(),
+            outcome.family,
+            outcome.from.describe()
+        );
+        (file, set)
+    } else {
+        (file, set)
+    };
     if set.scheme != Scheme::Kohya {
         return Err(lora_err(format!(
-            "{} files cannot be applied yet; only kohya LoRA/LoCon files (lora_unet_…/lora_te_… keys) can (convert PEFT files with `lorakit convert --to kohya`)",
+            "{} files cannot be applied yet; kohya LoRA/LoCon files (lora_unet_…/lora_te_… keys) and PEFT/diffusers LoRA files can",
             set.scheme.describe()
         )));
     }

@@ -155,6 +155,42 @@ fn merged_and_on_the_fly_lora_match_sd_scripts_merge() {
 }
 
 #[test]
+fn peft_lora_applies_like_its_kohya_original() {
+    // The sd-scripts LoRA (with conv modules) rewritten as a PEFT/diffusers file (alpha/rank
+    // folded into lora_B), then applied by load_lora_file, which converts it back in memory.
+    let m = tiny();
+    let dir = tempfile::tempdir().unwrap();
+    let peft = dir.path().join("peft.safetensors");
+    let outcome = lorakit_lora::convert::convert_file(
+        &fixture("lora/lora.safetensors"),
+        &peft,
+        lorakit_lora::convert::Target::Peft,
+        None,
+        Some(lorakit_lora::keys::Family::Sd1), // the tiny file's shapes do not show it
+    )
+    .unwrap();
+    assert!(outcome.folded > 0, "the fixture's alpha differs from its rank, so scales were folded");
+    let io = load("io_unet.safetensors");
+    let te_io = load("io_text_encoder.safetensors");
+    let expected = load("lora/unet_out_merged_0p7.safetensors");
+    let (unet_targets, te_targets) = (m.unet.lora_targets(), m.te.lora_targets());
+    let components = [
+        ComponentTargets { prefix: UNET_PREFIX, targets: &unet_targets },
+        ComponentTargets { prefix: TEXT_ENCODER_PREFIX, targets: &te_targets },
+    ];
+    let loaded = load_lora_file(&peft, 0.7, false, &components, DType::F32, &Device::Cpu).unwrap();
+    let sets = sets_from_files(vec![loaded], 2, &Device::Cpu).unwrap();
+    let out = m
+        .unet
+        .forward(&io["sample"], &io["timestep"], &io["encoder_hidden_states"], &ForwardCtx::with_lora(sets[0].clone()))
+        .unwrap();
+    assert!(rel_err(&out, &expected["out"]) < 1e-4, "PEFT on the fly: {}", rel_err(&out, &expected["out"]));
+    let te_out =
+        m.te.forward(&te_io["input_ids"], &ForwardCtx::with_lora(Arc::clone(&sets[1]))).unwrap().last_hidden_state;
+    assert!(rel_err(&te_out, &expected["te_out_merged_0p7"]) < 1e-4);
+}
+
+#[test]
 fn lora_for_another_model_is_refused_with_the_keys() {
     let m = tiny();
     let dir = tempfile::tempdir().unwrap();
