@@ -167,6 +167,10 @@ impl StableDiffusionModel {
                 "{}: the model declares epsilon-prediction ({source}); training with v-prediction as model.v_parameterization asks",
                 path.display()
             ),
+            None if sd.family == ModelFamily::Sd2 && !v_parameterization => tracing::warn!(
+                "{}: an SD 2.x model that does not say what it predicts; training with epsilon-prediction — for a 768-v model set model.v_parameterization = true",
+                path.display()
+            ),
             _ => {}
         }
         sd.prediction = if v_parameterization { Prediction::VPrediction } else { Prediction::Epsilon };

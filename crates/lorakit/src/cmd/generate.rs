@@ -140,6 +140,9 @@ pub fn run(args: GenerateArgs) -> Result<ExitCode> {
         (Some((Prediction::Epsilon, source)), true) => {
             eprintln!("note: the model declares epsilon-prediction ({source}); sampling with v-prediction as --v-prediction asks")
         }
+        (None, false) if model.family == lorakit_models::checkpoint::ModelFamily::Sd2 => eprintln!(
+            "note: an SD 2.x file that does not say what it predicts; sampling with epsilon-prediction — for a 768-v model add --v-prediction (its images are noise without it)"
+        ),
         _ => {}
     }
     if args.v_prediction {
