@@ -8,6 +8,7 @@
 use crate::blocks::{block_of, Block};
 use crate::convert::NameMap;
 use crate::keys::{detect_scheme, guess_family, modules, ModuleError, Scheme};
+use crate::lycoris::lycoris_modules;
 use crate::metadata::{DimValue, LoraMetadata};
 use crate::safetensors_file::{LoraFile, LoraFileError};
 use rayon::prelude::*;
@@ -105,13 +106,14 @@ pub struct ModuleReport {
     pub in_features: usize,
     /// Output features.
     pub out_features: usize,
-    /// Rank.
+    /// Rank (0: a LyCORIS LoKr module whose factors are both stored whole).
     pub rank: usize,
     /// Alpha (missing alpha = rank).
     pub alpha: f32,
     /// alpha / rank.
     pub scale: f32,
-    /// ‖scale · up · down‖_F (NaN when the weights hold NaN/Inf).
+    /// ‖ΔW‖_F: ‖scale · up · down‖_F for LoRA, the LoHa/LoKr product for LyCORIS (NaN when the
+    /// weights hold NaN/Inf, or for LyCORIS' Tucker form).
     pub norm: f64,
 }
 
@@ -201,6 +203,31 @@ pub fn inspect_file(path: &Path) -> Result<FileReport, InspectError> {
         blocks: Vec::new(),
         modules: Vec::new(),
     };
+    if matches!(scheme, Scheme::LoHa | Scheme::LoKr) {
+        let lycoris = lycoris_modules(&file)?;
+        let none = None;
+        let module_reports: Vec<ModuleReport> = lycoris
+            .par_iter()
+            .map(|m| ModuleReport {
+                name: m.name.clone(),
+                component: m.component.label(),
+                block: block_label(&m.name, &none).to_string(),
+                kind: if m.tucker { format!("{} (Tucker)", m.kind) } else { m.kind.to_string() },
+                in_features: m.in_features,
+                out_features: m.out_features,
+                rank: m.rank.unwrap_or(0),
+                alpha: m.alpha,
+                scale: m.scale(),
+                norm: m.norm(&file),
+            })
+            .collect();
+        if lycoris.iter().any(|m| m.tucker) {
+            report.unsupported =
+                Some("modules in LyCORIS' Tucker form (hada_t1/t2, lokr_t2) have no norm yet (shown as NaN)".into());
+        }
+        finish_report(&mut report, module_reports, &none);
+        return Ok(report);
+    }
     if !scheme.is_plain_lora() {
         report.unsupported = Some(format!(
             "{} files are recognised but not decomposed into modules yet: block norms are not available",
@@ -235,16 +262,21 @@ pub fn inspect_file(path: &Path) -> Result<FileReport, InspectError> {
             }
         })
         .collect();
+    finish_report(&mut report, module_reports, &names);
+    Ok(report)
+}
+
+/// Counts, block statistics and the module list of a report.
+fn finish_report(report: &mut FileReport, module_reports: Vec<ModuleReport>, names: &Option<NameMap>) {
     for m in &module_reports {
         *report.modules_per_component.entry(m.component.to_owned()).or_default() += 1;
         *report.modules_per_kind.entry(m.kind.clone()).or_default() += 1;
         *report.ranks.entry(m.rank).or_default() += 1;
         *report.alphas.entry(trim_float(m.alpha)).or_default() += 1;
     }
-    let blocks: Vec<(Block, f64)> = module_reports.iter().map(|r| (block_label(&r.name, &names), r.norm)).collect();
+    let blocks: Vec<(Block, f64)> = module_reports.iter().map(|r| (block_label(&r.name, names), r.norm)).collect();
     report.blocks = block_stats(blocks.iter().map(|(b, n)| (b, *n)));
     report.modules = module_reports;
-    Ok(report)
 }
 
 /// The block of a module, via its kohya name when `names` maps PEFT names.
@@ -375,7 +407,7 @@ fn render_block_table(s: &mut String, reports: &[FileReport]) {
     let rank_of =
         |label: &str| reports.iter().find_map(|r| r.blocks.iter().position(|b| b.block == label)).unwrap_or(usize::MAX);
     order.sort_by_key(|b| rank_of(b));
-    let _ = writeln!(s, "Block norms ‖scale·up·down‖_F, mean / max over the block's modules");
+    let _ = writeln!(s, "Block norms ‖ΔW‖_F (LoRA: scale·up·down), mean / max over the block's modules");
     let names: Vec<String> = reports
         .iter()
         .map(|r| Path::new(&r.path).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default())

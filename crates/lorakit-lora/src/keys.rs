@@ -334,6 +334,16 @@ pub enum ModuleError {
         /// What it is.
         scheme: Scheme,
     },
+    /// A LyCORIS module lacks one of its factors.
+    #[error("{}: LyCORIS module `{module}` has no {missing}; the file is incomplete — re-save it", path.display())]
+    Incomplete {
+        /// File involved.
+        path: PathBuf,
+        /// Module name.
+        module: String,
+        /// The tensors it lacks.
+        missing: String,
+    },
     /// A module has a down weight but no up weight.
     #[error("{}: module `{module}` has no up weight; the file is incomplete — re-save it", path.display())]
     MissingUp {

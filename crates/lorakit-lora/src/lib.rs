@@ -6,6 +6,7 @@ pub mod blocks;
 pub mod convert;
 pub mod inspect;
 pub mod keys;
+pub mod lycoris;
 pub mod merge;
 pub mod metadata;
 pub mod resize;
