@@ -4,11 +4,11 @@ crates/lorakit-lora/tests/lycoris.rs): LoHa and LoKr modules built by LyCORIS' o
 classes (lycoris-lora 3.1.0, the last release that runs on torch 2.6) around small Linear and
 Conv2d layers, every parameter set to random values, saved under kohya module names with
 LyCORIS' `custom_state_dict` keys (`hada_w1_a`, `lokr_w1`, `lokr_w2_a`, `alpha`, …), plus each
-module's ‖ΔW‖_F from LyCORIS' `get_weight` — the weight change with alpha/rank applied once, as
+module's ΔW (deltas.safetensors, out × in·k·k) and ‖ΔW‖_F from LyCORIS' `get_weight` — the weight change with alpha/rank applied once, as
 A1111, Forge and ComfyUI apply these files. (LyCORIS' `get_diff_weight` multiplies by the scale a
 second time; loaders do not.)
 
-Writes tests/fixtures/reference/lycoris/{lycoris.safetensors, modules.json}. Run from the
+Writes tests/fixtures/reference/lycoris/{lycoris.safetensors, deltas.safetensors, modules.json}. Run from the
 repository root (seconds, no network):
 
     /work/bench/venv/bin/python tools/reference/lycoris_fixture.py
@@ -38,7 +38,7 @@ CASES = [
 
 def main():
     torch.manual_seed(0)
-    tensors, modules = {}, {}
+    tensors, deltas, modules = {}, {}, {}
     for name, cls, layer, kwargs in CASES:
         module = cls(name, layer(), **kwargs)
         with torch.no_grad():
@@ -48,6 +48,7 @@ def main():
             delta = module.get_weight(module.shape)
             state = module.custom_state_dict()
         keys = sorted(state)
+        deltas[name] = delta.detach().float().reshape(delta.shape[0], -1).contiguous()
         for k in keys:
             tensors[f"{name}.{k}"] = state[k].detach().float().contiguous()
         modules[name] = dict(algo=cls.__name__, keys=keys, shape=list(module.shape), scale=float(module.scale),
@@ -55,6 +56,7 @@ def main():
         print(name, cls.__name__, keys, round(float(module.scale), 4), modules[name]["norm"])
     os.makedirs(OUT, exist_ok=True)
     save_file(tensors, os.path.join(OUT, "lycoris.safetensors"), metadata={"ss_network_module": "lycoris.kohya"})
+    save_file(deltas, os.path.join(OUT, "deltas.safetensors"))
     with open(os.path.join(OUT, "modules.json"), "w") as f:
         json.dump(modules, f, indent=1)
         f.write("\n")

@@ -74,6 +74,88 @@ impl LycorisModule {
         result.map_or(f64::NAN, |n| n * f64::from(self.scale()))
     }
 
+    /// The dense weight change, scale applied, as (out, in·k·k) row-major — what a loader adds
+    /// to the layer's weight. `None` for the Tucker form or factors whose shapes do not chain.
+    pub fn delta_weight(&self, file: &LoraFile) -> Option<Vec<f32>> {
+        if self.tucker {
+            return None;
+        }
+        let (out, inn) = (self.out_features, self.in_features);
+        let mut delta = match self.kind {
+            LycorisKind::LoHa => {
+                let w1 = self.product(file, "w1_a", "w1_b")?;
+                let w2 = self.product(file, "w2_a", "w2_b")?;
+                if w1.len() != out * inn || w2.len() != out * inn {
+                    return None;
+                }
+                w1.iter().zip(&w2).map(|(a, b)| a * b).collect::<Vec<f32>>()
+            }
+            LycorisKind::LoKr => {
+                let (w1, (a, b)) = self.lokr_factor(file, "w1")?;
+                let (w2, (c, d)) = self.lokr_factor(file, "w2")?;
+                if a * c != out || b * d != inn {
+                    return None;
+                }
+                // kron(w1, w2)[(i·c + p), (j·d + q)] = w1[i, j] · w2[p, q] (w2's kernel taps
+                // stay inside q, as torch.kron of w1[..., None, None] with a 4-D w2 leaves them).
+                let mut delta = vec![0f32; out * inn];
+                for i in 0..a {
+                    for p in 0..c {
+                        let row = &mut delta[(i * c + p) * inn..(i * c + p + 1) * inn];
+                        for j in 0..b {
+                            let w = w1[i * b + j];
+                            for (dst, &v) in row[j * d..(j + 1) * d].iter_mut().zip(&w2[p * d..(p + 1) * d]) {
+                                *dst = w * v;
+                            }
+                        }
+                    }
+                }
+                delta
+            }
+        };
+        let scale = self.scale();
+        if scale != 1.0 {
+            delta.iter_mut().for_each(|v| *v *= scale);
+        }
+        Some(delta)
+    }
+
+    /// `a · b` of two stored factors (b flattened past its first axis), row-major.
+    fn product(&self, file: &LoraFile, a: &str, b: &str) -> Option<Vec<f32>> {
+        Some(self.product_with_shape(file, a, b)?.0)
+    }
+
+    fn product_with_shape(&self, file: &LoraFile, a: &str, b: &str) -> Option<(Vec<f32>, (usize, usize))> {
+        let (a, sa) = self.tensor(file, a)?;
+        let (b, sb) = self.tensor(file, b)?;
+        let (rows, rank) = (sa.first().copied()?, sa.get(1).copied()?);
+        let cols: usize = sb.iter().skip(1).product();
+        if sb.first() != Some(&rank) || a.len() != rows * rank || b.len() != rank * cols {
+            return None;
+        }
+        let mut out = vec![0f32; rows * cols];
+        for (i, row) in out.chunks_exact_mut(cols).enumerate() {
+            for r in 0..rank {
+                let x = a[i * rank + r];
+                for (dst, &v) in row.iter_mut().zip(&b[r * cols..(r + 1) * cols]) {
+                    *dst += x * v;
+                }
+            }
+        }
+        Some((out, (rows, cols)))
+    }
+
+    /// A LoKr factor (`w1` or `w2`), whole or as the product of its two parts, with its
+    /// (rows, columns) — columns flattened past the first axis.
+    fn lokr_factor(&self, file: &LoraFile, factor: &str) -> Option<(Vec<f32>, (usize, usize))> {
+        if let Some((w, shape)) = self.tensor(file, factor) {
+            let rows = shape.first().copied()?;
+            let cols = shape.iter().skip(1).product();
+            return (w.len() == rows * cols).then_some((w, (rows, cols)));
+        }
+        self.product_with_shape(file, &format!("{factor}_a"), &format!("{factor}_b"))
+    }
+
     fn tensor(&self, file: &LoraFile, role: &str) -> Option<(Vec<f32>, Vec<usize>)> {
         let key = self.tensors.get(role)?;
         Some((file.tensor_f32(key).ok()?, file.info(key)?.shape.clone()))

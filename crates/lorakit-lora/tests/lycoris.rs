@@ -56,3 +56,20 @@ fn a_lycoris_module_missing_a_factor_is_an_error_naming_it() {
     let msg = inspect_file(&path).unwrap_err().to_string();
     assert!(msg.contains("lora_unet_a"), "{msg}");
 }
+
+#[test]
+fn dense_weight_changes_equal_lycoris_get_weight() {
+    let file = LoraFile::open(fixture("lycoris.safetensors")).unwrap();
+    let deltas = LoraFile::open(fixture("deltas.safetensors")).unwrap();
+    let modules = lycoris_modules(&file).unwrap();
+    assert_eq!(modules.len(), 7);
+    for m in &modules {
+        let ours = m.delta_weight(&file).unwrap();
+        let want = deltas.tensor_f32(&m.name).unwrap();
+        assert_eq!(ours.len(), want.len(), "{}", m.name);
+        let scale = want.iter().fold(0f32, |s, v| s.max(v.abs()));
+        for (i, (a, b)) in ours.iter().zip(&want).enumerate() {
+            assert!((a - b).abs() <= 1e-5 * scale, "{} element {i}: {a} vs {b}", m.name);
+        }
+    }
+}
