@@ -209,6 +209,12 @@ pub fn load_lora_file(
 ) -> Result<LoadedLora> {
     let lora_err = |message: String| Error::Lora { path: path.to_path_buf(), message };
     let file = LoraFile::open(path).map_err(|e| lora_err(e.to_string()))?;
+    if matches!(lorakit_lora::keys::detect_scheme(file.tensor_names()), Scheme::LoHa | Scheme::LoKr) {
+        if trainable {
+            return Err(lora_err("LyCORIS LoHa/LoKr files can be applied but not trained further".into()));
+        }
+        return load_lycoris(&file, multiplier, components, dtype, device).map_err(lora_err);
+    }
     let set = lorakit_lora::keys::modules(&file).map_err(|e| lora_err(e.to_string()))?;
     // PEFT/diffusers files (HF's training scripts) get kohya names in memory, exactly as
     // `lorakit convert --to kohya` would write them, and load as one.
@@ -236,16 +242,11 @@ pub fn load_lora_file(
     };
     if set.scheme != Scheme::Kohya {
         return Err(lora_err(format!(
-            "{} files cannot be applied yet; kohya LoRA/LoCon files (lora_unet_…/lora_te_… keys) and PEFT/diffusers LoRA files can",
+            "{} files cannot be applied yet; kohya LoRA/LoCon, PEFT/diffusers LoRA and LyCORIS LoHa/LoKr files can",
             set.scheme.describe()
         )));
     }
-    let mut by_name: HashMap<String, (usize, &LoraTarget)> = HashMap::new();
-    for (index, component) in components.iter().enumerate() {
-        for target in component.targets {
-            by_name.insert(target.kohya_name(component.prefix), (index, target));
-        }
-    }
+    let by_name = targets_by_kohya_name(components);
     let mut matched: Vec<Vec<(String, LoraModule)>> = components.iter().map(|_| Vec::new()).collect();
     let mut unmatched = Vec::new();
     for info in &set.modules {
@@ -280,17 +281,90 @@ pub fn load_lora_file(
         matched[index].push((target.path.clone(), module));
     }
     if !unmatched.is_empty() {
-        unmatched.sort();
-        let family = lorakit_lora::keys::guess_family(&file);
-        return Err(lora_err(format!(
-            "{} of {} modules match no layer of this model (first: {}); the file looks like a {} LoRA — was it trained for another base model?",
-            unmatched.len(),
-            set.modules.len(),
-            unmatched.iter().take(3).cloned().collect::<Vec<_>>().join(", "),
-            family.family
-        )));
+        return Err(lora_err(unmatched_message(&file, unmatched, set.modules.len())));
     }
     Ok(LoadedLora { components: matched, module_count: set.modules.len() })
+}
+
+/// Every target of the components by its kohya module name, with its component's index.
+fn targets_by_kohya_name<'a>(components: &'a [ComponentTargets<'a>]) -> HashMap<String, (usize, &'a LoraTarget)> {
+    let mut by_name = HashMap::new();
+    for (index, component) in components.iter().enumerate() {
+        for target in component.targets {
+            by_name.insert(target.kohya_name(component.prefix), (index, target));
+        }
+    }
+    by_name
+}
+
+fn unmatched_message(file: &LoraFile, mut unmatched: Vec<String>, total: usize) -> String {
+    unmatched.sort();
+    let family = lorakit_lora::keys::guess_family(file);
+    format!(
+        "{} of {total} modules match no layer of this model (first: {}); the file looks like a {} LoRA — was it trained for another base model?",
+        unmatched.len(),
+        unmatched.iter().take(3).cloned().collect::<Vec<_>>().join(", "),
+        family.family
+    )
+}
+
+/// LyCORIS LoHa/LoKr modules, applied on the fly as A1111/ComfyUI apply them: each module's
+/// weight change ΔW (alpha/rank applied once, `lorakit_lora::lycoris`) becomes a LoRA module
+/// whose down weight is ΔW itself (a full linear or conv) and whose up weight is the identity,
+/// so `multiplier · up(down(x)) = multiplier · ΔW x`. That holds a dense copy of every adapted
+/// weight: memory as large as those layers' weights.
+fn load_lycoris(
+    file: &LoraFile,
+    multiplier: f64,
+    components: &[ComponentTargets<'_>],
+    dtype: DType,
+    device: &Device,
+) -> std::result::Result<LoadedLora, String> {
+    let modules = lorakit_lora::lycoris::lycoris_modules(file).map_err(|e| e.to_string())?;
+    let by_name = targets_by_kohya_name(components);
+    let mut matched: Vec<Vec<(String, LoraModule)>> = components.iter().map(|_| Vec::new()).collect();
+    let mut unmatched = Vec::new();
+    for m in &modules {
+        let Some(&(index, target)) = by_name.get(&m.name) else {
+            unmatched.push(m.name.clone());
+            continue;
+        };
+        if m.tucker {
+            return Err(format!("{}: LyCORIS' Tucker form (hada_t1/t2, lokr_t2) is not supported yet", m.name));
+        }
+        let (out, kernel) = (
+            target.out_dim,
+            match target.kind {
+                LoraKind::Linear => 1,
+                LoraKind::Conv { kernel, .. } => kernel,
+            },
+        );
+        if m.out_features != out || m.in_features != target.in_dim * kernel * kernel {
+            return Err(format!(
+                "{}: a {} of {} → {} does not fit the model's layer {} ({} → {}) — was the file trained for another base model?",
+                m.name, m.kind, m.in_features, m.out_features, target.path, target.in_dim, out
+            ));
+        }
+        let delta = m.delta_weight(file).ok_or_else(|| format!("{}: its factors do not chain", m.name))?;
+        let build = || -> candle_core::Result<LoraModule> {
+            let down = Tensor::from_vec(delta, (out, m.in_features), device)?.to_dtype(dtype)?;
+            let up = Tensor::eye(out, dtype, device)?;
+            let (down, up) = match target.kind {
+                LoraKind::Linear => (down, up),
+                LoraKind::Conv { kernel, .. } => {
+                    (down.reshape((out, target.in_dim, kernel, kernel))?, up.reshape((out, out, 1, 1))?)
+                }
+            };
+            let module = LoraModule::from_weights(m.name.clone(), target.kind, down, up, Some(out as f64), false)?;
+            module.set_multiplier(multiplier);
+            Ok(module)
+        };
+        matched[index].push((target.path.clone(), build().map_err(|e| format!("{}: {e}", m.name))?));
+    }
+    if !unmatched.is_empty() {
+        return Err(unmatched_message(file, unmatched, modules.len()));
+    }
+    Ok(LoadedLora { components: matched, module_count: modules.len() })
 }
 
 fn check_factor_shapes(

@@ -191,6 +191,88 @@ fn peft_lora_applies_like_its_kohya_original() {
 }
 
 #[test]
+fn lycoris_file_applies_its_weight_change() {
+    // A LoHa module on a linear, a LoKr module with a decomposed 3×3 factor on a conv and a
+    // whole-factor LoKr module on the text encoder, applied on the fly at 0.7, against the same
+    // ΔW (lorakit_lora::lycoris, checked against LyCORIS itself) merged into the weights.
+    use lorakit_lora::safetensors_file::{write_lora, LoraFile, Precision, Tensor as FileTensor};
+    let mut m = tiny();
+    let (unet_targets, te_targets) = (m.unet.lora_targets(), m.te.lora_targets());
+    let find = |targets: &[lorakit_nn::lora::LoraTarget], prefix: &str, name: &str| {
+        targets.iter().find(|t| t.kohya_name(prefix) == name).cloned().unwrap_or_else(|| panic!("no target {name}"))
+    };
+    let linear =
+        find(&unet_targets, UNET_PREFIX, "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q");
+    let conv = find(&unet_targets, UNET_PREFIX, "lora_unet_down_blocks_0_resnets_0_conv1");
+    let te_q = find(&te_targets, TEXT_ENCODER_PREFIX, "lora_te_text_model_encoder_layers_0_self_attn_q_proj");
+    assert_eq!((conv.in_dim, conv.out_dim, te_q.in_dim, te_q.out_dim), (32, 32, 32, 32));
+    let mut seed = 0u64;
+    let mut values = |shape: Vec<usize>| {
+        seed += 1;
+        let n: usize = shape.iter().product();
+        let t = lorakit_nn::gradcheck::pseudo_random(&[n], seed).unwrap().to_dtype(DType::F32).unwrap();
+        FileTensor::new(shape, t.to_vec1::<f32>().unwrap().iter().map(|v| v * 0.3).collect())
+    };
+    let mut t = std::collections::BTreeMap::new();
+    let loha = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q";
+    for (k, shape) in [("hada_w1_a", vec![linear.out_dim, 2]), ("hada_w1_b", vec![2, linear.in_dim])] {
+        t.insert(format!("{loha}.{k}"), values(shape.clone()));
+        t.insert(format!("{loha}.{}", k.replace("w1", "w2")), values(shape));
+    }
+    t.insert(format!("{loha}.alpha"), FileTensor::scalar(1.0));
+    let lokr = "lora_unet_down_blocks_0_resnets_0_conv1";
+    t.insert(format!("{lokr}.lokr_w1"), values(vec![4, 4]));
+    t.insert(format!("{lokr}.lokr_w2_a"), values(vec![8, 2]));
+    t.insert(format!("{lokr}.lokr_w2_b"), values(vec![2, 8, 3, 3]));
+    t.insert(format!("{lokr}.alpha"), FileTensor::scalar(1.0));
+    let te = "lora_te_text_model_encoder_layers_0_self_attn_q_proj";
+    t.insert(format!("{te}.lokr_w1"), values(vec![4, 4]));
+    t.insert(format!("{te}.lokr_w2"), values(vec![8, 8]));
+    t.insert(format!("{te}.alpha"), FileTensor::scalar(8.0));
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("lycoris.safetensors");
+    write_lora(&path, &t, &Default::default(), Precision::F32).unwrap();
+
+    let components = [
+        ComponentTargets { prefix: UNET_PREFIX, targets: &unet_targets },
+        ComponentTargets { prefix: TEXT_ENCODER_PREFIX, targets: &te_targets },
+    ];
+    let loaded = load_lora_file(&path, 0.7, false, &components, DType::F32, &Device::Cpu).unwrap();
+    let sets = sets_from_files(vec![loaded], 2, &Device::Cpu).unwrap();
+    let io = load("io_unet.safetensors");
+    let te_io = load("io_text_encoder.safetensors");
+    let on_the_fly = m
+        .unet
+        .forward(&io["sample"], &io["timestep"], &io["encoder_hidden_states"], &ForwardCtx::with_lora(sets[0].clone()))
+        .unwrap();
+    let te_on_the_fly =
+        m.te.forward(&te_io["input_ids"], &ForwardCtx::with_lora(Arc::clone(&sets[1]))).unwrap().last_hidden_state;
+
+    let file = LoraFile::open(&path).unwrap();
+    for module in lorakit_lora::lycoris::lycoris_modules(&file).unwrap() {
+        let (weights, target) = match module.name.as_str() {
+            n if n == loha => (&mut m.unet_weights, &linear),
+            n if n == lokr => (&mut m.unet_weights, &conv),
+            _ => (&mut m.te_weights, &te_q),
+        };
+        let key = format!("{}.weight", target.path);
+        let base = weights.tensor(&key).unwrap().clone();
+        let delta = Tensor::from_vec(module.delta_weight(&file).unwrap(), base.dims(), &Device::Cpu).unwrap();
+        weights.insert(key, (base + (delta * 0.7).unwrap()).unwrap());
+    }
+    let unet = UNet2DConditionModel::new(m.unet_weights.view(""), &m.unet_cfg).unwrap();
+    let te_model = ClipTextModel::new(m.te_weights.view(""), &m.te_cfg).unwrap();
+    let merged =
+        unet.forward(&io["sample"], &io["timestep"], &io["encoder_hidden_states"], &ForwardCtx::default()).unwrap();
+    let te_merged = te_model.forward(&te_io["input_ids"], &ForwardCtx::default()).unwrap().last_hidden_state;
+    assert!(rel_err(&on_the_fly, &merged) < 1e-4, "UNet: {}", rel_err(&on_the_fly, &merged));
+    assert!(rel_err(&te_on_the_fly, &te_merged) < 1e-4, "TE: {}", rel_err(&te_on_the_fly, &te_merged));
+    let base =
+        m.unet.forward(&io["sample"], &io["timestep"], &io["encoder_hidden_states"], &ForwardCtx::default()).unwrap();
+    assert!(rel_err(&on_the_fly, &base) > 1e-3, "the modules change the output");
+}
+
+#[test]
 fn lora_for_another_model_is_refused_with_the_keys() {
     let m = tiny();
     let dir = tempfile::tempdir().unwrap();

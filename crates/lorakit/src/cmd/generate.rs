@@ -22,8 +22,9 @@ pub struct GenerateArgs {
     /// Base model: a single-file .safetensors checkpoint or a diffusers folder (SD 1.x / 2.x).
     #[arg(long, value_name = "CKPT")]
     model: PathBuf,
-    /// A kohya (or PEFT/diffusers) LoRA file, optionally with a strength (FILE:0.8). Repeat
-    /// for several; with --grid each one is a row, otherwise they are applied together.
+    /// A LoRA file (kohya LoRA/LoCon, PEFT/diffusers, LyCORIS LoHa/LoKr), optionally with a
+    /// strength (FILE:0.8). Repeat for several; with --grid each one is a row, otherwise they
+    /// are applied together.
     #[arg(long, value_name = "FILE[:WEIGHT]")]
     lora: Vec<String>,
     /// The prompt, with A1111 emphasis: `(word:1.2)`, `(word)` ×1.1, `[word]` ÷1.1, `\(` for a
