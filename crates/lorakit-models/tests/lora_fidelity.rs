@@ -116,6 +116,27 @@ fn lora_gradients_match_pytorch() {
     assert_eq!(checked, reference.len());
 }
 
+/// UNet and text-encoder outputs of the tiny model on the fixture inputs with the LoRA file at
+/// `path` applied on the fly at `multiplier`.
+fn on_the_fly_outputs(m: &Tiny, path: &std::path::Path, multiplier: f64) -> (Tensor, Tensor) {
+    let (unet_targets, te_targets) = (m.unet.lora_targets(), m.te.lora_targets());
+    let components = [
+        ComponentTargets { prefix: UNET_PREFIX, targets: &unet_targets },
+        ComponentTargets { prefix: TEXT_ENCODER_PREFIX, targets: &te_targets },
+    ];
+    let loaded = load_lora_file(path, multiplier, false, &components, DType::F32, &Device::Cpu).unwrap();
+    let sets = sets_from_files(vec![loaded], 2, &Device::Cpu).unwrap();
+    let io = load("io_unet.safetensors");
+    let te_io = load("io_text_encoder.safetensors");
+    let out = m
+        .unet
+        .forward(&io["sample"], &io["timestep"], &io["encoder_hidden_states"], &ForwardCtx::with_lora(sets[0].clone()))
+        .unwrap();
+    let te_out =
+        m.te.forward(&te_io["input_ids"], &ForwardCtx::with_lora(Arc::clone(&sets[1]))).unwrap().last_hidden_state;
+    (out, te_out)
+}
+
 #[test]
 fn merged_and_on_the_fly_lora_match_sd_scripts_merge() {
     let mut m = tiny();
@@ -131,15 +152,8 @@ fn merged_and_on_the_fly_lora_match_sd_scripts_merge() {
     ];
 
     // On the fly.
-    let loaded = load_lora_file(&lora_path, 0.7, false, &components, DType::F32, &Device::Cpu).unwrap();
-    let sets = sets_from_files(vec![loaded], 2, &Device::Cpu).unwrap();
-    let out = m
-        .unet
-        .forward(&io["sample"], &io["timestep"], &io["encoder_hidden_states"], &ForwardCtx::with_lora(sets[0].clone()))
-        .unwrap();
+    let (out, te_out) = on_the_fly_outputs(&m, &lora_path, 0.7);
     assert!(rel_err(&out, &expected["out"]) < 1e-4, "on the fly: {}", rel_err(&out, &expected["out"]));
-    let te_out =
-        m.te.forward(&te_io["input_ids"], &ForwardCtx::with_lora(Arc::clone(&sets[1]))).unwrap().last_hidden_state;
     assert!(rel_err(&te_out, &expected["te_out_merged_0p7"]) < 1e-4);
 
     // Merged into the weights, model rebuilt.
@@ -170,23 +184,9 @@ fn peft_lora_applies_like_its_kohya_original() {
     )
     .unwrap();
     assert!(outcome.folded > 0, "the fixture's alpha differs from its rank, so scales were folded");
-    let io = load("io_unet.safetensors");
-    let te_io = load("io_text_encoder.safetensors");
     let expected = load("lora/unet_out_merged_0p7.safetensors");
-    let (unet_targets, te_targets) = (m.unet.lora_targets(), m.te.lora_targets());
-    let components = [
-        ComponentTargets { prefix: UNET_PREFIX, targets: &unet_targets },
-        ComponentTargets { prefix: TEXT_ENCODER_PREFIX, targets: &te_targets },
-    ];
-    let loaded = load_lora_file(&peft, 0.7, false, &components, DType::F32, &Device::Cpu).unwrap();
-    let sets = sets_from_files(vec![loaded], 2, &Device::Cpu).unwrap();
-    let out = m
-        .unet
-        .forward(&io["sample"], &io["timestep"], &io["encoder_hidden_states"], &ForwardCtx::with_lora(sets[0].clone()))
-        .unwrap();
+    let (out, te_out) = on_the_fly_outputs(&m, &peft, 0.7);
     assert!(rel_err(&out, &expected["out"]) < 1e-4, "PEFT on the fly: {}", rel_err(&out, &expected["out"]));
-    let te_out =
-        m.te.forward(&te_io["input_ids"], &ForwardCtx::with_lora(Arc::clone(&sets[1]))).unwrap().last_hidden_state;
     assert!(rel_err(&te_out, &expected["te_out_merged_0p7"]) < 1e-4);
 }
 
@@ -233,20 +233,9 @@ fn lycoris_file_applies_its_weight_change() {
     let path = dir.path().join("lycoris.safetensors");
     write_lora(&path, &t, &Default::default(), Precision::F32).unwrap();
 
-    let components = [
-        ComponentTargets { prefix: UNET_PREFIX, targets: &unet_targets },
-        ComponentTargets { prefix: TEXT_ENCODER_PREFIX, targets: &te_targets },
-    ];
-    let loaded = load_lora_file(&path, 0.7, false, &components, DType::F32, &Device::Cpu).unwrap();
-    let sets = sets_from_files(vec![loaded], 2, &Device::Cpu).unwrap();
+    let (on_the_fly, te_on_the_fly) = on_the_fly_outputs(&m, &path, 0.7);
     let io = load("io_unet.safetensors");
     let te_io = load("io_text_encoder.safetensors");
-    let on_the_fly = m
-        .unet
-        .forward(&io["sample"], &io["timestep"], &io["encoder_hidden_states"], &ForwardCtx::with_lora(sets[0].clone()))
-        .unwrap();
-    let te_on_the_fly =
-        m.te.forward(&te_io["input_ids"], &ForwardCtx::with_lora(Arc::clone(&sets[1]))).unwrap().last_hidden_state;
 
     let file = LoraFile::open(&path).unwrap();
     for module in lorakit_lora::lycoris::lycoris_modules(&file).unwrap() {
