@@ -83,8 +83,8 @@ impl LycorisModule {
         let (out, inn) = (self.out_features, self.in_features);
         let mut delta = match self.kind {
             LycorisKind::LoHa => {
-                let w1 = self.product(file, "w1_a", "w1_b")?;
-                let w2 = self.product(file, "w2_a", "w2_b")?;
+                let (w1, _) = self.product(file, "w1_a", "w1_b")?;
+                let (w2, _) = self.product(file, "w2_a", "w2_b")?;
                 if w1.len() != out * inn || w2.len() != out * inn {
                     return None;
                 }
@@ -120,19 +120,25 @@ impl LycorisModule {
         Some(delta)
     }
 
-    /// `a · b` of two stored factors (b flattened past its first axis), row-major.
-    fn product(&self, file: &LoraFile, a: &str, b: &str) -> Option<Vec<f32>> {
-        Some(self.product_with_shape(file, a, b)?.0)
-    }
-
-    fn product_with_shape(&self, file: &LoraFile, a: &str, b: &str) -> Option<(Vec<f32>, (usize, usize))> {
+    /// Two stored factors `a` (rows × rank) and `b` (rank × …, flattened past its first axis)
+    /// with their (rows, rank, cols), when their shapes chain.
+    fn factors(&self, file: &LoraFile, a: &str, b: &str) -> Option<Factors> {
         let (a, sa) = self.tensor(file, a)?;
         let (b, sb) = self.tensor(file, b)?;
         let (rows, rank) = (sa.first().copied()?, sa.get(1).copied()?);
         let cols: usize = sb.iter().skip(1).product();
-        if sb.first() != Some(&rank) || a.len() != rows * rank || b.len() != rank * cols {
-            return None;
-        }
+        (sb.first() == Some(&rank) && a.len() == rows * rank && b.len() == rank * cols).then_some(Factors {
+            a,
+            b,
+            rows,
+            rank,
+            cols,
+        })
+    }
+
+    /// `a · b` of two stored factors, row-major, with its (rows, cols).
+    fn product(&self, file: &LoraFile, a: &str, b: &str) -> Option<(Vec<f32>, (usize, usize))> {
+        let Factors { a, b, rows, rank, cols } = self.factors(file, a, b)?;
         let mut out = vec![0f32; rows * cols];
         for (i, row) in out.chunks_exact_mut(cols).enumerate() {
             for r in 0..rank {
@@ -153,7 +159,7 @@ impl LycorisModule {
             let cols = shape.iter().skip(1).product();
             return (w.len() == rows * cols).then_some((w, (rows, cols)));
         }
-        self.product_with_shape(file, &format!("{factor}_a"), &format!("{factor}_b"))
+        self.product(file, &format!("{factor}_a"), &format!("{factor}_b"))
     }
 
     fn tensor(&self, file: &LoraFile, role: &str) -> Option<(Vec<f32>, Vec<usize>)> {
@@ -211,15 +217,18 @@ impl LycorisModule {
         if let Some((w, _)) = self.tensor(file, factor) {
             return Some(w.iter().map(|&v| f64::from(v) * f64::from(v)).sum::<f64>().sqrt());
         }
-        let (a, sa) = self.tensor(file, &format!("{factor}_a"))?;
-        let (b, sb) = self.tensor(file, &format!("{factor}_b"))?;
-        let (rows, rank) = (sa.first().copied()?, sa.get(1).copied()?);
-        let cols: usize = sb.iter().skip(1).product();
-        if sb.first() != Some(&rank) || a.len() != rows * rank || b.len() != rank * cols {
-            return None;
-        }
+        let Factors { a, b, rows, rank, cols } = self.factors(file, &format!("{factor}_a"), &format!("{factor}_b"))?;
         Some(product_norm(&a, &b, rows, rank, cols))
     }
+}
+
+/// Two chained factors read from a file: `a` (rows × rank) and `b` (rank × cols), row-major.
+struct Factors {
+    a: Vec<f32>,
+    b: Vec<f32>,
+    rows: usize,
+    rank: usize,
+    cols: usize,
 }
 
 /// Tensor roles by key suffix.
