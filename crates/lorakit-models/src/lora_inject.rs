@@ -332,14 +332,8 @@ fn load_lycoris(
         if m.tucker {
             return Err(format!("{}: LyCORIS' Tucker form (hada_t1/t2, lokr_t2) is not supported yet", m.name));
         }
-        let (out, kernel) = (
-            target.out_dim,
-            match target.kind {
-                LoraKind::Linear => 1,
-                LoraKind::Conv { kernel, .. } => kernel,
-            },
-        );
-        if m.out_features != out || m.in_features != target.in_dim * kernel * kernel {
+        let out = target.out_dim;
+        if m.out_features != out || m.in_features != flat_in_features(target) {
             return Err(format!(
                 "{}: a {} of {} → {} does not fit the model's layer {} ({} → {}) — was the file trained for another base model?",
                 m.name, m.kind, m.in_features, m.out_features, target.path, target.in_dim, out
@@ -367,16 +361,21 @@ fn load_lycoris(
     Ok(LoadedLora { components: matched, module_count: modules.len() })
 }
 
+/// A target's input features as LoRA factors flatten them: in_channels × k × k for convs.
+fn flat_in_features(target: &LoraTarget) -> usize {
+    match target.kind {
+        LoraKind::Linear => target.in_dim,
+        LoraKind::Conv { kernel, .. } => target.in_dim * kernel * kernel,
+    }
+}
+
 fn check_factor_shapes(
     info: &lorakit_lora::keys::LoraModule,
     target: &LoraTarget,
     down: &Tensor,
     up: &Tensor,
 ) -> std::result::Result<(), String> {
-    let expected_in = match target.kind {
-        LoraKind::Linear => target.in_dim,
-        LoraKind::Conv { kernel, .. } => target.in_dim * kernel * kernel,
-    };
+    let expected_in = flat_in_features(target);
     let down_in: usize = down.dims()[1..].iter().product();
     let kernel_ok = match target.kind {
         LoraKind::Conv { kernel, .. } if kernel > 1 => down.dims().get(2..) == Some(&[kernel, kernel][..]),
