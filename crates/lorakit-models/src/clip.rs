@@ -681,13 +681,8 @@ pub fn encode_emphasis_pair<S: AsRef<str>>(
             weights.resize(ids.len(), *weight as f32);
         }
         if ids.len() > max_tokens {
-            let dropped = ids.len() - max_tokens;
             let text: String = pieces.iter().map(|(t, _)| t.as_ref()).collect();
-            tracing::warn!(
-                dropped,
-                max_tokens,
-                "prompt truncated: {dropped} token(s) beyond the {max_tokens} tokens the text encoder takes were dropped: {text:?}"
-            );
+            warn_truncated(ids.len() - max_tokens, max_tokens, &text);
             ids.truncate(max_tokens);
             weights.truncate(max_tokens);
         }
@@ -777,13 +772,18 @@ impl PromptLayout {
     }
 
     fn warn_truncated(&self, dropped: usize, prompt: &str) {
-        if dropped > 0 {
-            let max_tokens = self.max_length - 2;
-            tracing::warn!(
-                dropped,
-                max_tokens,
-                "prompt truncated: {dropped} token(s) beyond the {max_tokens} tokens the text encoder takes were dropped: {prompt:?}"
-            );
-        }
+        warn_truncated(dropped, self.max_length - 2, prompt);
+    }
+}
+
+/// Logs a prompt that lost `dropped` tokens beyond `max_tokens`, because the model never sees
+/// those words (nothing when none were dropped).
+fn warn_truncated(dropped: usize, max_tokens: usize, prompt: &str) {
+    if dropped > 0 {
+        tracing::warn!(
+            dropped,
+            max_tokens,
+            "prompt truncated: {dropped} token(s) beyond the {max_tokens} tokens the text encoder takes were dropped: {prompt:?}"
+        );
     }
 }
