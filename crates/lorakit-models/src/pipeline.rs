@@ -89,7 +89,7 @@ impl StableDiffusion {
             vae,
             text_encoder,
             // SD2's tokenizer pads with "!" (id 0) and treats a literal "!" as that token.
-            tokenizer: if ckpt.family == ModelFamily::Sd2 { ClipTokenizer::new_sd2()? } else { ClipTokenizer::new()? },
+            tokenizer: if sd2 { ClipTokenizer::new_sd2()? } else { ClipTokenizer::new()? },
             schedule: NoiseSchedule::sd_default(),
             prediction: ckpt.declared_prediction.as_ref().map_or(Prediction::Epsilon, |(p, _)| *p),
             declared_prediction: ckpt.declared_prediction,
