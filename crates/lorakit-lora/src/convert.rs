@@ -406,14 +406,15 @@ pub fn convert_file(
     Ok(converted.outcome)
 }
 
-/// A LoRA converted in memory by [`convert_lora`].
-pub struct Converted {
-    /// The renamed tensors (f32; written at `outcome.precision`).
-    pub tensors: BTreeMap<String, Tensor>,
+/// A LoRA converted in memory, before [`convert_file`] writes it or [`convert_lora`]
+/// serialises it.
+struct Converted {
+    /// The renamed tensors (f32; saved at `outcome.precision`).
+    tensors: BTreeMap<String, Tensor>,
     /// The input's metadata with the `lorakit_convert` note.
-    pub metadata: BTreeMap<String, String>,
+    metadata: BTreeMap<String, String>,
     /// What was done.
-    pub outcome: ConvertOutcome,
+    outcome: ConvertOutcome,
 }
 
 /// [`convert_file`] without the write: the converted file as safetensors bytes (no `sshs_*`
