@@ -61,6 +61,10 @@ pub struct ModelSection {
     pub v_parameterization: bool,
     /// Use the n-th last CLIP layer (1 = last; anime models use 2).
     pub clip_skip: Option<usize>,
+    /// The family this config is written for (`sd1`, `sd2`); the checkpoint must be of it.
+    /// Unset: whatever family the checkpoint is. `--from-kohya` sets it from the GUI's model
+    /// checkboxes and `v2`, so a config for one family never trains another.
+    pub model_family: Option<String>,
 }
 
 /// `[folders]`: where outputs go.
@@ -600,6 +604,9 @@ pub struct TrainConfig {
     pub logging: LoggingSection,
 }
 
+/// The values of `model.model_family` lorakit trains.
+pub const MODEL_FAMILIES: &[&str] = &["sd1", "sd2"];
+
 /// Every section name with its keys, from the defaults (used to place bare `--set` keys and
 /// sd-scripts keys).
 pub fn known_keys() -> Vec<(String, Vec<String>)> {
@@ -628,6 +635,7 @@ impl TrainConfig {
         let mut c = TrainConfig::default();
         c.model.pretrained_model_name_or_path = Some(PathBuf::new());
         c.model.clip_skip = Some(1);
+        c.model.model_family = Some(String::new());
         c.folders.logging_dir = Some(PathBuf::new());
         c.metadata = MetadataSection {
             metadata_title: Some(String::new()),
@@ -736,7 +744,15 @@ impl TrainConfig {
 
     /// Checks values that the types alone do not.
     pub fn validate(&self) -> Result<(), String> {
-        let mut problems = Vec::new();
+        let mut problems = self.non_finite_values();
+        if let Some(family) = &self.model.model_family {
+            if !MODEL_FAMILIES.contains(&family.as_str()) {
+                problems.push(format!(
+                    "model.model_family = {family:?}: lorakit trains {} so far (or leave it unset)",
+                    MODEL_FAMILIES.join(", ")
+                ));
+            }
+        }
         if !["no", "fp16", "bf16"].contains(&self.accelerate.mixed_precision.as_str()) {
             problems.push(format!(
                 "accelerate.mixed_precision = {:?}: use \"no\", \"fp16\" or \"bf16\"",
@@ -899,6 +915,24 @@ impl TrainConfig {
         } else {
             Err(problems.join("\n"))
         }
+    }
+
+    /// Every float key holding NaN or ±infinity (TOML reads `nan` and `inf`): such a value would
+    /// be accepted by the types and then surface as a NaN loss blamed on the data.
+    fn non_finite_values(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if let Ok(toml::Value::Table(sections)) = toml::Value::try_from(self) {
+            for (section, keys) in &sections {
+                for (key, value) in keys.as_table().into_iter().flatten() {
+                    if let toml::Value::Float(f) = value {
+                        if !f.is_finite() {
+                            problems.push(format!("{section}.{key} = {f}: use a finite number"));
+                        }
+                    }
+                }
+            }
+        }
+        problems
     }
 
     /// The resolved config as TOML (every default shown; unset options listed as comments).
@@ -1073,6 +1107,22 @@ mod tests {
             err.contains("mixed_precision") && err.contains("max_token_length") && err.contains("pickles"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn non_finite_numbers_are_refused_in_every_float_key() {
+        let err = TrainConfig::from_toml_str(
+            "[optimizer]\nlearning_rate = nan\n[loss]\nnoise_offset = inf\nhuber_c = -inf\n[network]\nnetwork_alpha = nan\n",
+            &[],
+        )
+        .unwrap_err();
+        for key in ["optimizer.learning_rate", "loss.noise_offset", "loss.huber_c", "network.network_alpha"] {
+            assert!(err.contains(&format!("{key} = ")), "{key}: {err}");
+        }
+        let err = TrainConfig::from_toml_str("", &["network_multiplier=inf".into()]).unwrap_err();
+        assert!(err.contains("network.network_multiplier = inf"), "{err}");
+        let err = TrainConfig::from_toml_str("[model]\nmodel_family = \"sdxl\"\n", &[]).unwrap_err();
+        assert!(err.contains("model_family") && err.contains("sd1, sd2"), "{err}");
     }
 
     #[test]

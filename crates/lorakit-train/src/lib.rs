@@ -90,5 +90,6 @@ fn load_inputs(
         config.model.v_parameterization,
         model::WeightStorage { no_half_vae: config.accelerate.no_half_vae, fp8_base: config.accelerate.fp8_base },
     )?;
+    model.check_family(config.model.model_family.as_deref(), &model_path)?;
     Ok((data, model))
 }

@@ -178,6 +178,25 @@ impl StableDiffusionModel {
         Ok(StableDiffusionModel { sd, vae_fingerprint })
     }
 
+    /// Refuses a checkpoint of another family than the config is for (`model.model_family`,
+    /// which `--from-kohya` sets from the GUI's checkboxes and `v2`), naming both.
+    pub fn check_family(&self, expected: Option<&str>, path: &Path) -> Result<()> {
+        let actual = match self.sd.family {
+            ModelFamily::Sd2 => ("sd2", "SD 2.x"),
+            _ => ("sd1", "SD 1.x"),
+        };
+        match expected {
+            Some(expected) if expected != actual.0 => Err(TrainError::Other(format!(
+                "{}: an {} checkpoint, but the config is for {} (model.model_family = {expected:?}{}); use a checkpoint of that family or fix the config",
+                path.display(),
+                actual.1,
+                if expected == "sd2" { "SD 2.x" } else { "SD 1.x" },
+                if expected == "sd2" { ", from v2 = true" } else { "" }
+            ))),
+            _ => Ok(()),
+        }
+    }
+
     /// The wrapped pipeline.
     pub fn pipeline(&self) -> &StableDiffusion {
         &self.sd

@@ -9,7 +9,7 @@ use std::sync::atomic::AtomicBool;
 
 use candle_core::{DType, Device, Tensor};
 use lorakit_train::data::TrainData;
-use lorakit_train::kohya_import::import_pairs;
+use lorakit_train::kohya_import::import_sd_scripts_args;
 use lorakit_train::model::{StableDiffusionModel, TrainableModel};
 use lorakit_train::{TrainConfig, Trainer};
 
@@ -80,8 +80,12 @@ fn config_key_and_kohya_import() {
     assert!(!TrainConfig::default().training.weighted_captions);
     let c: TrainConfig = toml::from_str("[training]\nweighted_captions = true\n").unwrap();
     assert!(c.training.weighted_captions);
-    let imp = import_pairs(vec![("weighted_captions".into(), toml::Value::Boolean(true))]).unwrap();
-    assert!(imp.unmapped.is_empty(), "{:?}", imp.unmapped);
+    let imp = import_sd_scripts_args(vec![
+        ("weighted_captions".into(), toml::Value::Boolean(true)),
+        ("seed".into(), toml::Value::Integer(1)),
+    ])
+    .unwrap();
+    assert!(imp.notes.is_empty(), "{:?}", imp.notes);
     let c: TrainConfig = toml::Value::Table(imp.table).try_into().unwrap();
     assert!(c.training.weighted_captions);
 }

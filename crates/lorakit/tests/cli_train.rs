@@ -89,7 +89,7 @@ fn sd_scripts_configs_are_imported_with_a_list_of_what_was_not() {
     let stdout = String::from_utf8_lossy(&o.stdout);
     assert!(stdout.contains("network_dim = 32") && stdout.contains("max_train_epochs = 6"), "{stdout}");
     assert!(stdout.contains("caption_extension = \".caption\""), "sd-scripts' default for silent keys: {stdout}");
-    assert!(String::from_utf8_lossy(&o.stderr).contains("`xformers`"), "{}", text(&o));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("ignored: xformers"), "{}", text(&o));
 }
 
 #[test]
@@ -175,4 +175,96 @@ fn dry_run_prints_the_plan_without_training() {
     assert!(out.contains("memory: this run needs about"), "{out}");
     assert!(out.contains("warning: optimizer.lr_warmup_steps: 6 of the run's 8 steps"), "{out}");
     assert!(!dir.path().join("out").exists(), "a dry run writes nothing");
+}
+
+#[test]
+fn sigterm_and_sighup_save_a_state_like_ctrl_c() {
+    for signal in ["-TERM", "-HUP"] {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = tiny_config(dir.path(), "[save]\nsave_every_n_steps = 1\n");
+        let out = dir.path().join("out");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_lorakit"))
+            .args(["train", cfg.to_str().unwrap(), "--set", "training.max_train_epochs=200"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let start = Instant::now();
+        while !out.join("tiny-step00000001.safetensors").exists() && start.elapsed() < Duration::from_secs(120) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let kill = Command::new("kill").args([signal, &child.id().to_string()]).status().unwrap();
+        assert!(kill.success());
+        let o = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(130), "{signal}: {stderr}");
+        assert!(stderr.contains("resume with: --set save.resume="), "{signal}: {stderr}");
+        let state = std::fs::read_dir(&out)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.is_dir() && p.file_name().unwrap().to_string_lossy().ends_with("-state"))
+            .unwrap_or_else(|| panic!("{signal}: no state folder: {stderr}"));
+        assert!(state.join("train_state.json").is_file(), "{signal}");
+    }
+}
+
+/// A kohya_ss GUI config as the GUI saves it (a subset of its fields).
+fn gui_json(dir: &Path, extra: &str) -> String {
+    format!(
+        r#"{{"LoRA_type": "Standard", "pretrained_model_name_or_path": "{model}", "train_data_dir": "{data}",
+  "output_dir": "{out}", "output_name": "gui", "max_resolution": "64,64", "min_bucket_reso": 64,
+  "max_bucket_reso": 128, "epoch": 1, "max_train_steps": "", "train_batch_size": 2, "network_dim": 2,
+  "network_alpha": 1, "learning_rate": 0.001, "text_encoder_lr": 0, "unet_lr": 0, "optimizer": "AdamW",
+  "optimizer_args": "", "lr_warmup": 0, "seed": 5, "xformers": "xformers", "num_cpu_threads_per_process": 2,
+  "mixed_precision": "no", "save_precision": "fp16", "caption_extension": ".txt", "enable_bucket": true,
+  "noise_offset_type": "Original", "noise_offset": 0, "sample_prompts": "chessboard --w 64 --h 64 --s 2",
+  "sample_every_n_epochs": 0, "vae": "/somewhere/vae.safetensors", "flux1_checkbox": false,
+  "guidance_scale": 3.5{extra}}}"#,
+        model = repo("examples/quickstart/tiny-sd15").display(),
+        data = dir.join("data").display(),
+        out = dir.join("out").display(),
+    )
+}
+
+#[test]
+fn kohya_gui_configs_import_by_content_with_ranked_notes() {
+    let dir = tempfile::tempdir().unwrap();
+    tiny_config(dir.path(), "");
+    // A .txt name and a BOM: JSON is told by its content.
+    let file = dir.path().join("saved config.txt");
+    let mut bytes = vec![0xEF, 0xBB, 0xBF];
+    bytes.extend_from_slice(gui_json(dir.path(), "").as_bytes());
+    std::fs::write(&file, bytes).unwrap();
+    let o = lorakit(&["train", "--from-kohya", file.to_str().unwrap(), "--print-config"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(stdout.contains("model_family = \"sd1\"") && stdout.contains("seed = 5"), "{stdout}");
+    assert!(stdout.contains("# conv_dim = (unset)"), "Standard has no conv modules: {stdout}");
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert!(lines[0].starts_with("warning: ") && lines[0].contains("`vae`"), "loud first: {stderr}");
+    assert!(stderr.contains("ignored: num_cpu_threads_per_process, xformers"), "{stderr}");
+    // The GUI's prompt text becomes the file the GUI would write.
+    let prompts = dir.path().join("out/sample/prompt.txt");
+    assert_eq!(std::fs::read_to_string(&prompts).unwrap(), "chessboard --w 64 --h 64 --s 2");
+
+    // A config for SD 2.x with an SD 1.x checkpoint: an error naming both.
+    std::fs::write(&file, gui_json(dir.path(), ", \"v2\": true")).unwrap();
+    let o = lorakit(&["train", "--from-kohya", file.to_str().unwrap(), "--dry-run"]);
+    assert!(!o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("SD 1.x checkpoint") && text(&o).contains("SD 2.x"), "{}", text(&o));
+
+    // Refusals exit non-zero and say why.
+    for (content, says) in [
+        (gui_json(dir.path(), ", \"sdxl\": true"), "SDXL"),
+        (gui_json(dir.path(), ", \"LoRA_type\": \"LyCORIS/iA3\"").replace("\"LoRA_type\": \"Standard\", ", ""), "iA3"),
+        ("[general]\nresolution = 512\n[[datasets]]\n".to_string(), "dataset config"),
+        (String::new(), "empty"),
+        ("{\"pretrained_model_name_or_path\": \"m\", \"token_string\": \"x\"}".into(), "textual-inversion"),
+    ] {
+        std::fs::write(&file, content).unwrap();
+        let o = lorakit(&["train", "--from-kohya", file.to_str().unwrap(), "--print-config"]);
+        assert!(!o.status.success() && text(&o).contains(says), "{says}: {}", text(&o));
+        assert!(text(&o).contains("saved config.txt"), "the file is named: {}", text(&o));
+    }
 }

@@ -90,17 +90,23 @@ pub fn run_config(cmd: ConfigCommand) -> Result<ExitCode> {
 pub fn run(args: TrainArgs) -> Result<ExitCode> {
     let config = if let Some(kohya) = &args.from_kohya {
         let imported = lorakit_train::kohya_import::import_file(kohya)?;
-        for key in &imported.unmapped {
-            eprintln!("note: {}: `{key}` has no lorakit equivalent yet; ignored", kohya.display());
-        }
-        for note in &imported.notes {
-            eprintln!("note: {note}");
+        for line in imported.report(kohya) {
+            eprintln!("{line}");
         }
         let mut table = imported.table;
         lorakit_train::config::apply_overrides(&mut table, &args.set).map_err(anyhow::Error::msg)?;
         let config: TrainConfig =
             toml::Value::Table(table).try_into().map_err(|e| anyhow::anyhow!("{}: {e}", kohya.display()))?;
         config.validate().map_err(|e| anyhow::anyhow!("{}: {e}", kohya.display()))?;
+        if let Some((path, prompts)) = &imported.prompt_file {
+            // The kohya_ss GUI keeps sample prompts as text and writes this file when it starts.
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+            }
+            lorakit_dataset::fs_atomic::write_atomic(path, prompts.as_bytes())
+                .with_context(|| format!("cannot write the sample prompts to {}", path.display()))?;
+            eprintln!("note: {}: sample prompts written to {}", kohya.display(), path.display());
+        }
         config
     } else {
         let path = args.config.as_ref().expect("clap requires CONFIG");
@@ -208,17 +214,20 @@ fn say(bar: &ProgressBar, line: String) {
     }
 }
 
-/// First Ctrl-C: finish the current step, save a state, exit. Second: exit at once.
+/// First Ctrl-C (SIGINT), SIGTERM or SIGHUP — a closed terminal, `kill`, a job scheduler's
+/// stop: finish the current step, save a state, exit. A second one: exit at once.
 fn install_ctrl_c(stop: Arc<AtomicBool>) {
     let result = ctrlc::set_handler(move || {
         if stop.swap(true, Ordering::SeqCst) {
-            eprintln!("\nsecond Ctrl-C: exiting without saving");
+            eprintln!("\nsecond interrupt: exiting without saving");
             std::process::exit(130);
         }
-        eprintln!("\nCtrl-C: finishing this step and saving a resumable state (Ctrl-C again to quit at once)");
+        eprintln!(
+            "\ninterrupted (Ctrl-C, SIGTERM or SIGHUP): finishing this step and saving a resumable state (interrupt again to quit at once)"
+        );
     });
     if let Err(e) = result {
-        tracing::warn!("cannot install the Ctrl-C handler: {e}");
+        tracing::warn!("cannot install the interrupt handler: {e}");
     }
 }
 

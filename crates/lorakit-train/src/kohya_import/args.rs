@@ -1,0 +1,906 @@
+//! sd-scripts arguments (a `--config_file` TOML, flattened as sd-scripts flattens it, or what the
+//! kohya_ss GUI passes) → a lorakit config table. Every argument with a lorakit equivalent is
+//! mapped and converted to the type lorakit expects; arguments that are absent get sd-scripts'
+//! default rather than lorakit's (so the imported run trains what the original would have);
+//! network types and model families lorakit cannot train are refused with the reason; everything
+//! else is listed as an [`ImportNote`], ranked by whether it changes the run.
+
+use std::collections::BTreeMap;
+
+use super::key_lists::{is_cosmetic, is_sd_scripts_arg, is_unset};
+use super::{ImportNote, Imported};
+use crate::config::TrainConfig;
+
+/// sd-scripts defaults that differ from lorakit's, applied when the imported file is silent.
+fn sd_scripts_defaults() -> Vec<(&'static str, toml::Value)> {
+    use toml::Value::{Boolean, Float, Integer, String as S};
+    vec![
+        ("learning_rate", Float(2e-6)),
+        ("caption_extension", S(".caption".into())),
+        ("save_every_n_epochs", Integer(0)),
+        ("save_precision", S("float".into())),
+        ("cache_latents", Boolean(false)),
+        ("enable_bucket", Boolean(false)),
+        ("sample_sampler", S("ddim".into())),
+        ("log_with", S("none".into())),
+        ("output_name", S("last".into())),
+    ]
+}
+
+/// Model families sd-scripts trains LoRAs for, as a config shows them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    /// Stable Diffusion 1.x.
+    Sd1,
+    /// Stable Diffusion 2.x (`v2`).
+    Sd2,
+    /// SDXL and its descendants (Pony, Illustrious, NoobAI).
+    Sdxl,
+    /// Flux.1.
+    Flux1,
+    /// SD3 / SD3.5.
+    Sd3,
+    /// HunyuanImage 2.1.
+    HunyuanImage,
+    /// Anima.
+    Anima,
+    /// Lumina Image 2.0.
+    Lumina,
+}
+
+impl Family {
+    /// The name users know.
+    pub fn name(self) -> &'static str {
+        match self {
+            Family::Sd1 => "SD 1.x",
+            Family::Sd2 => "SD 2.x",
+            Family::Sdxl => "SDXL",
+            Family::Flux1 => "Flux.1",
+            Family::Sd3 => "SD3",
+            Family::HunyuanImage => "HunyuanImage-2.1",
+            Family::Anima => "Anima",
+            Family::Lumina => "Lumina",
+        }
+    }
+
+    /// lorakit's `model.model_family` value, for the families lorakit trains.
+    pub fn config_value(self) -> Option<&'static str> {
+        match self {
+            Family::Sd1 => Some("sd1"),
+            Family::Sd2 => Some("sd2"),
+            _ => None,
+        }
+    }
+}
+
+/// Refuses a family lorakit cannot train yet, naming what in the file showed it.
+pub fn refuse_unsupported_family(family: Family, shown_by: &str) -> Result<(), String> {
+    if family.config_value().is_some() {
+        return Ok(());
+    }
+    Err(format!(
+        "this is a {} LoRA config ({shown_by}); lorakit trains SD 1.x and SD 2.x LoRAs so far, {} support is planned — it will not train it as another family",
+        family.name(),
+        family.name()
+    ))
+}
+
+/// sd-scripts network modules lorakit has no trainer for, with what they are.
+const UNSUPPORTED_NETWORK_MODULES: &[(&str, &str)] = &[
+    ("networks.dylora", "DyLoRA"),
+    ("networks.lora_fa", "LoRA-FA"),
+    ("networks.oft", "OFT"),
+    ("networks.oft_flux", "Flux OFT"),
+    ("networks.loha", "sd-scripts' native LoHa (SDXL/Anima only; for SD 1.x/2.x use LyCORIS' LoHa: network_module = \"lycoris.kohya\", algo=loha)"),
+    ("networks.lokr", "sd-scripts' native LoKr (SDXL/Anima only; for SD 1.x/2.x use LyCORIS' LoKr: network_module = \"lycoris.kohya\", algo=lokr)"),
+];
+
+/// sd-scripts network modules that mark a model family.
+const FAMILY_NETWORK_MODULES: &[(&str, Family)] = &[
+    ("networks.lora_flux", Family::Flux1),
+    ("networks.oft_flux", Family::Flux1),
+    ("networks.lora_sd3", Family::Sd3),
+    ("networks.lora_hunyuan_image", Family::HunyuanImage),
+    ("networks.lora_anima", Family::Anima),
+    ("networks.lora_lumina", Family::Lumina),
+];
+
+/// Arguments only Flux.1 or SD3 training scripts take (a set value marks the family).
+const FAMILY_KEYS: &[(&str, Family)] = &[
+    ("ae", Family::Flux1),
+    ("guidance_scale", Family::Flux1),
+    ("t5xxl_max_token_length", Family::Flux1),
+    ("apply_t5_attn_mask", Family::Flux1),
+    ("model_prediction_type", Family::Flux1),
+    ("discrete_flow_shift", Family::Flux1),
+    ("split_mode", Family::Flux1),
+    ("clip_g", Family::Sd3),
+    ("save_clip", Family::Sd3),
+    ("save_t5xxl", Family::Sd3),
+    ("t5_dropout_rate", Family::Sd3),
+    ("clip_g_dropout_rate", Family::Sd3),
+    ("clip_l_dropout_rate", Family::Sd3),
+    ("weighting_scheme", Family::Sd3),
+    ("enable_scaled_pos_embed", Family::Sd3),
+    ("logit_mean", Family::Sd3),
+    ("logit_std", Family::Sd3),
+    ("mode_scale", Family::Sd3),
+    ("apply_lg_attn_mask", Family::Sd3),
+    ("pos_emb_random_crop_rate", Family::Sd3),
+    ("t5xxl", Family::Flux1),
+    ("clip_l", Family::Flux1),
+];
+
+/// `network_args` lorakit maps for kohya's `networks.lora`, to `[network]` keys of the same name.
+const LORA_NUMBER_ARGS: &[&str] = &[
+    "conv_dim",
+    "conv_alpha",
+    "rank_dropout",
+    "module_dropout",
+    "block_lr_zero_threshold",
+    "loraplus_lr_ratio",
+    "loraplus_unet_lr_ratio",
+    "loraplus_text_encoder_lr_ratio",
+];
+/// Block lists stay strings, parsed as sd-scripts parses them.
+const LORA_LIST_ARGS: &[&str] = &[
+    "down_lr_weight",
+    "mid_lr_weight",
+    "up_lr_weight",
+    "block_dims",
+    "block_alphas",
+    "conv_block_dims",
+    "conv_block_alphas",
+];
+/// LyCORIS `network_args` lorakit maps (to `[network]` keys; `dropout` is `network_dropout`).
+const LYCORIS_ARGS: &[&str] = &[
+    "algo",
+    "preset",
+    "conv_dim",
+    "conv_alpha",
+    "factor",
+    "decompose_both",
+    "full_matrix",
+    "rank_dropout",
+    "module_dropout",
+    "dropout",
+];
+/// LyCORIS options lorakit does not implement: accepted only when off.
+const LYCORIS_UNSUPPORTED: &[&str] = &[
+    "use_tucker",
+    "use_cp",
+    "use_scalar",
+    "dora_wd",
+    "weight_decompose",
+    "train_norm",
+    "rank_dropout_scale",
+    "rs_lora",
+    "unbalanced_factorization",
+    "wd_on_out",
+    "constraint",
+    "constrain",
+    "rescaled",
+    "block_size",
+    "train_on_input",
+];
+
+/// Settings sd-scripts supports that lorakit does not, with what ignoring them means.
+const UNSUPPORTED_WITH_REASON: &[(&str, &str)] = &[
+    ("vae", "the checkpoint's own VAE is used instead of this external VAE (latents differ)"),
+    ("face_crop_aug_range", "face-centred random crops are not applied"),
+    ("conditioning_data_dir", "loss masks from a conditioning folder are not applied"),
+    ("base_weights", "these LoRAs are not merged into the base model before training"),
+    ("base_weights_multiplier", "base weights are not merged"),
+    ("dim_from_weights", "the rank is not taken from network_weights: network_dim is used"),
+    ("in_json", "fine-tuning metadata is not read: use DreamBooth folders or a dataset config"),
+    ("dataset_repeats", "fine-tuning repeats are not used"),
+    ("validation_split", "no validation split is held out: every image is trained on"),
+    ("validate_every_n_steps", "no validation loss is computed"),
+    ("validate_every_n_epochs", "no validation loss is computed"),
+    ("max_validation_steps", "no validation loss is computed"),
+    ("validation_seed", "no validation loss is computed"),
+    ("initial_epoch", "training starts at epoch 1"),
+    ("initial_step", "training starts at step 0"),
+    ("skip_until_initial_step", "no steps are skipped"),
+    ("fp16_master_weights_and_gradients", "LoRA weights keep f32 master copies"),
+    ("fp8_base_unet", "fp8_base_unet is a Flux option"),
+    ("cache_text_encoder_outputs", "text encoder outputs are not cached (an SDXL option)"),
+    ("cache_text_encoder_outputs_to_disk", "text encoder outputs are not cached (an SDXL option)"),
+    ("enable_wildcard", "enable_wildcard is handled per dataset"),
+];
+
+/// Settings that change which files are kept or how they are labelled, not the weights.
+const INFO_WITH_REASON: &[(&str, &str)] = &[
+    ("save_last_n_steps", "step saves are not rotated: every step save is kept"),
+    ("save_last_n_epochs_state", "states are not rotated separately from LoRA files"),
+    ("save_last_n_steps_state", "states are not rotated separately from LoRA files"),
+    ("save_n_epoch_ratio", "use save_every_n_epochs"),
+    ("no_metadata", "lorakit always writes ss_*/modelspec metadata (loaders need it)"),
+    ("metadata_usage_hint", "not written"),
+    ("log_prefix", "logs go to a folder named with the run's start time"),
+];
+
+/// What `put` needs to place a key.
+struct Table<'t> {
+    table: toml::Table,
+    types: &'t [(String, String, toml::Value)],
+    seen: std::collections::BTreeSet<String>,
+}
+
+impl Table<'_> {
+    fn put(&mut self, section: &str, key: &str, value: toml::Value) {
+        self.table
+            .entry(section.to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+            .as_table_mut()
+            .expect("section is a table")
+            .insert(key.to_string(), value);
+        self.seen.insert(key.to_string());
+    }
+
+    /// Puts `value` under lorakit key `key` (its section found from the config), converted to
+    /// the key's type; `source` names it in errors.
+    fn put_typed(&mut self, key: &str, value: &toml::Value, source: &str) -> Result<(), String> {
+        let (section, example) = match self.types.iter().find(|(_, k, _)| k == key) {
+            Some((s, _, e)) => (s.clone(), e.clone()),
+            None => return Err(format!("{source}: internal: lorakit has no key {key}")),
+        };
+        let v = coerce(value, &example).map_err(|e| format!("{source}: {e}"))?;
+        self.put(&section, key, v);
+        Ok(())
+    }
+}
+
+/// What type each lorakit key holds (from a config with every option set).
+fn key_types() -> Vec<(String, String, toml::Value)> {
+    let full = toml::Value::try_from(TrainConfig::every_key_set()).expect("config serialises");
+    let mut out = Vec::new();
+    if let toml::Value::Table(sections) = full {
+        for (section, keys) in sections {
+            if let toml::Value::Table(keys) = keys {
+                for (k, v) in keys {
+                    out.push((section.clone(), k, v));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Converts `value` to the type of `example`, or explains why not. Whole numbers must fit
+/// exactly: a value that would overflow or lose digits is an error, never clamped.
+pub(super) fn coerce(value: &toml::Value, example: &toml::Value) -> Result<toml::Value, String> {
+    use toml::Value as V;
+    let text = || match value {
+        V::String(s) => s.trim().trim_matches('"').to_string(),
+        other => other.to_string(),
+    };
+    Ok(match example {
+        V::String(_) => match value {
+            V::String(s) => V::String(s.clone()),
+            V::Array(items) => V::String(
+                items
+                    .iter()
+                    .map(|i| i.as_str().map_or_else(|| i.to_string(), str::to_string))
+                    .collect::<Vec<_>>()
+                    .join(","),
+            ),
+            other => V::String(other.to_string()),
+        },
+        V::Integer(_) => match value {
+            V::Integer(i) => V::Integer(*i),
+            V::Float(f) => V::Integer(whole(*f).ok_or_else(|| format!("expected a whole number, got {value}"))?),
+            _ => {
+                let t = text();
+                match t.parse::<i64>() {
+                    Ok(i) => V::Integer(i),
+                    Err(_) => V::Integer(
+                        t.parse::<f64>()
+                            .ok()
+                            .and_then(whole)
+                            .ok_or_else(|| format!("expected a whole number that fits in 64 bits, got {value}"))?,
+                    ),
+                }
+            }
+        },
+        V::Float(_) => {
+            let f = match value {
+                V::Float(f) => *f,
+                V::Integer(i) => *i as f64,
+                _ => text().parse::<f64>().map_err(|_| format!("expected a number, got {value}"))?,
+            };
+            if !f.is_finite() {
+                return Err(format!("expected a finite number, got {value}"));
+            }
+            V::Float(f)
+        }
+        V::Boolean(_) => match value {
+            V::Boolean(b) => V::Boolean(*b),
+            _ => match text().to_ascii_lowercase().as_str() {
+                "true" | "1" | "yes" => V::Boolean(true),
+                "false" | "0" | "no" | "" => V::Boolean(false),
+                _ => return Err(format!("expected true or false, got {value}")),
+            },
+        },
+        V::Array(_) => match value {
+            V::Array(a) => V::Array(
+                a.iter()
+                    .map(|i| V::String(unquote(&i.as_str().map_or_else(|| i.to_string(), str::to_string))))
+                    .collect(),
+            ),
+            V::String(s) => V::Array(split_args(s).into_iter().map(V::String).collect()),
+            other => V::Array(vec![V::String(other.to_string())]),
+        },
+        _ => value.clone(),
+    })
+}
+
+/// `f` as an integer when it is one and fits exactly.
+fn whole(f: f64) -> Option<i64> {
+    (f.is_finite() && f.fract() == 0.0 && f.abs() < 9.007_199_254_740_992e15).then_some(f as i64)
+}
+
+/// Strips one pair of surrounding quotes (`"weight_decay=0.1"` as the GUI writes it).
+fn unquote(s: &str) -> String {
+    let t = s.trim();
+    t.strip_prefix('"').and_then(|r| r.strip_suffix('"')).unwrap_or(t).replace('"', "")
+}
+
+/// Splits a GUI argument string as the GUI does (`str(x).replace('"', "").split()`).
+pub(super) fn split_args(s: &str) -> Vec<String> {
+    s.replace('"', "").split_whitespace().map(str::to_string).collect()
+}
+
+/// The value of a `key=value` network argument as text (quotes removed).
+fn arg_text(v: &str) -> String {
+    unquote(v)
+}
+
+/// Whether a network-argument value means "on" (Python's `True`, `true`, a non-zero number).
+fn arg_truthy(v: &str) -> bool {
+    let t = arg_text(v).to_ascii_lowercase();
+    !(t.is_empty() || t == "false" || t == "none" || t.parse::<f64>().is_ok_and(|f| f == 0.0))
+}
+
+/// Maps sd-scripts arguments (later pairs win, as in sd-scripts' namespace) to a lorakit table.
+pub fn import_sd_scripts_args(pairs: Vec<(String, toml::Value)>) -> Result<Imported, String> {
+    let mut args: BTreeMap<String, toml::Value> = BTreeMap::new();
+    for (k, v) in pairs {
+        args.insert(k, v);
+    }
+    let types = key_types();
+    let mut t = Table { table: toml::Table::new(), types: &types, seen: Default::default() };
+    let mut notes = Vec::new();
+
+    family_of(&args, &mut t)?;
+    network_of(&args, &mut t, &mut notes)?;
+
+    for (raw_key, value) in &args {
+        let key = match raw_key.as_str() {
+            "caption_extention" => "caption_extension",
+            k => k,
+        };
+        match key {
+            // Handled above.
+            "network_module" | "network_args" | "v2" => continue,
+            "text_encoder_lr" => {
+                text_encoder_lr(value, &mut t, &mut notes)?;
+                continue;
+            }
+            "lr_scheduler_type" | "dataset_class" if !is_unset(value) => {
+                return Err(format!(
+                    "{key} = {value}: a custom Python class replaces sd-scripts' own {} — lorakit cannot run it; remove it to use lr_scheduler / the built-in dataset",
+                    if key == "dataset_class" { "dataset" } else { "scheduler" }
+                ));
+            }
+            "log_with" => {
+                let v = value.as_str().unwrap_or_default().trim().to_ascii_lowercase();
+                if v == "wandb" || v == "all" {
+                    notes.push(ImportNote::info(
+                        key,
+                        format!("{v:?}: Weights & Biases is not supported; logging to TensorBoard (and log.jsonl/csv)"),
+                    ));
+                    t.put("logging", "log_with", toml::Value::String("tensorboard".into()));
+                    continue;
+                }
+            }
+            "use_8bit_adam" | "use_lion_optimizer" => {
+                if value.as_bool() == Some(true) {
+                    let name = if key == "use_8bit_adam" { "AdamW8bit" } else { "Lion" };
+                    if args.get("optimizer_type").is_none_or(is_unset) {
+                        t.put("optimizer", "optimizer_type", toml::Value::String(name.into()));
+                    }
+                }
+                continue;
+            }
+            "max_token_length" if matches!(value, toml::Value::String(s) if s.trim() == "75") => {
+                t.put("training", "max_token_length", toml::Value::Integer(75));
+                continue;
+            }
+            _ => {}
+        }
+        if FAMILY_KEYS.iter().any(|(k, _)| *k == key) {
+            continue; // checked by family_of: unset here
+        }
+        if t.types.iter().any(|(_, k, _)| k == key) {
+            t.put_typed(key, value, raw_key)?;
+            continue;
+        }
+        if is_unset(value) {
+            // An option left off (GUI-written files list many): nothing to carry over.
+            continue;
+        }
+        if is_cosmetic(key) {
+            notes.push(ImportNote::cosmetic(raw_key.clone()));
+        } else if let Some((_, why)) = UNSUPPORTED_WITH_REASON.iter().find(|(k, _)| *k == key) {
+            notes.push(ImportNote::changes_run(raw_key.clone(), format!("{value} is not supported: {why}")));
+        } else if let Some((_, why)) = INFO_WITH_REASON.iter().find(|(k, _)| *k == key) {
+            notes.push(ImportNote::info(raw_key.clone(), format!("{value}: {why}")));
+        } else if is_sd_scripts_arg(key) {
+            notes.push(ImportNote::changes_run(
+                raw_key.clone(),
+                format!("{value} is not supported by lorakit yet; ignored"),
+            ));
+        } else {
+            notes.push(ImportNote::info(
+                raw_key.clone(),
+                "not an sd-scripts argument: sd-scripts ignores it, and so does lorakit".to_string(),
+            ));
+        }
+    }
+
+    for (key, value) in sd_scripts_defaults() {
+        if !t.seen.contains(key) {
+            if let Some((section, _, _)) = types.iter().find(|(_, k, _)| k == key) {
+                let section = section.clone();
+                t.put(&section, key, value);
+            }
+        }
+    }
+    if !t.seen.contains("seed") {
+        // sd-scripts draws a random seed when none is given; draw one too, but write it down so
+        // the run can be repeated.
+        let seed = rand::random::<u32>() as i64;
+        t.put("training", "seed", toml::Value::Integer(seed));
+        notes.push(ImportNote::info(
+            "seed",
+            format!("no seed in the file (sd-scripts draws a random one): drew training.seed = {seed}; it is in the printed config"),
+        ));
+    }
+    if t.seen.contains("logging_dir") && !t.seen.contains("log_with") {
+        t.put("logging", "log_with", toml::Value::String("tensorboard".into()));
+    }
+    Ok(Imported { table: t.table, notes, prompt_file: None })
+}
+
+/// The model family the arguments are for: refuses families lorakit cannot train, records SD 2.x.
+fn family_of(args: &BTreeMap<String, toml::Value>, t: &mut Table) -> Result<(), String> {
+    if let Some(module) = args.get("network_module").and_then(toml::Value::as_str) {
+        if let Some((m, family)) = FAMILY_NETWORK_MODULES.iter().find(|(m, _)| *m == module.trim()) {
+            refuse_unsupported_family(*family, &format!("network_module = \"{m}\""))?;
+        }
+    }
+    if let Some((key, family)) = FAMILY_KEYS.iter().find(|(k, _)| args.get(*k).is_some_and(|v| !is_unset(v))) {
+        // clip_l + t5xxl without Flux's own keys is SD3's text encoders.
+        let family = if *family == Family::Flux1 && args.get("clip_g").is_some_and(|v| !is_unset(v)) {
+            Family::Sd3
+        } else {
+            *family
+        };
+        refuse_unsupported_family(family, &format!("it sets {key}"))?;
+    }
+    if let Some(v2) = args.get("v2") {
+        let v2 = coerce(v2, &toml::Value::Boolean(false)).map_err(|e| format!("v2: {e}"))?;
+        t.put("model", "v2", v2.clone());
+        if v2.as_bool() == Some(true) {
+            t.put("model", "model_family", toml::Value::String("sd2".into()));
+        }
+    }
+    Ok(())
+}
+
+/// `network_module` + `network_args` → the network keys; unsupported network types are refused.
+fn network_of(args: &BTreeMap<String, toml::Value>, t: &mut Table, notes: &mut Vec<ImportNote>) -> Result<(), String> {
+    let module = args.get("network_module").and_then(toml::Value::as_str).map(str::trim).unwrap_or("networks.lora");
+    let module = if module.is_empty() { "networks.lora" } else { module };
+    if let Some((m, what)) = UNSUPPORTED_NETWORK_MODULES.iter().find(|(m, _)| *m == module) {
+        return Err(format!(
+            "network_module = \"{m}\" is {what}: lorakit does not train it; it would not train it as a LoRA instead"
+        ));
+    }
+    if module != "networks.lora" && module != "lycoris.kohya" {
+        return Err(format!(
+            "network_module = \"{module}\": lorakit trains networks.lora (LoRA, LoCon) and lycoris.kohya (LoHa, LoKr)"
+        ));
+    }
+    let lycoris = module == "lycoris.kohya";
+    t.put("network", "network_module", toml::Value::String(module.to_string()));
+    let items = match args.get("network_args") {
+        None => Vec::new(),
+        Some(v) => coerce(v, &toml::Value::Array(Vec::new()))?
+            .as_array()
+            .map(|a| a.iter().filter_map(|i| i.as_str().map(str::to_string)).collect())
+            .unwrap_or_default(),
+    };
+    let mut algo = None;
+    for item in items {
+        let Some((key, raw)) = item.split_once('=') else {
+            notes.push(ImportNote::changes_run(
+                format!("network_args {item}"),
+                "not a key=value network argument; ignored",
+            ));
+            continue;
+        };
+        let key = key.trim();
+        let value = arg_text(raw);
+        let source = format!("network_args {key}={value}");
+        if lycoris {
+            if LYCORIS_UNSUPPORTED.contains(&key) {
+                if arg_truthy(&value) {
+                    return Err(format!(
+                        "{source}: this LyCORIS option is not supported by lorakit; turn it off to train without it"
+                    ));
+                }
+                continue;
+            }
+            if key == "bypass_mode" {
+                if arg_truthy(&value) {
+                    notes.push(ImportNote::info(
+                        source,
+                        "bypass mode computes the same weights; lorakit always applies modules in the forward pass",
+                    ));
+                }
+                continue;
+            }
+            if LYCORIS_ARGS.contains(&key) {
+                let to = if key == "dropout" { "network_dropout" } else { key };
+                if key == "algo" {
+                    algo = Some(value.to_ascii_lowercase());
+                    t.put("network", "algo", toml::Value::String(value.to_ascii_lowercase()));
+                } else if key == "preset" {
+                    t.put("network", "preset", toml::Value::String(value.clone()));
+                } else if key == "factor" {
+                    let v = coerce(&toml::Value::String(value.clone()), &toml::Value::Integer(0))
+                        .map_err(|e| format!("{source}: {e}"))?;
+                    t.put("network", "factor", v);
+                } else if key == "decompose_both" || key == "full_matrix" {
+                    t.put("network", key, toml::Value::Boolean(arg_truthy(&value)));
+                } else if matches!(key, "conv_dim") && value.parse::<f64>().is_ok_and(|v| v == 0.0) {
+                    // LyCORIS: conv_dim 0 leaves conv layers alone, as an unset conv_dim does here.
+                } else {
+                    t.put_typed(to, &toml::Value::String(value.clone()), &source)?;
+                }
+                continue;
+            }
+        } else {
+            if LORA_NUMBER_ARGS.contains(&key) {
+                t.put_typed(key, &toml::Value::String(value.clone()), &source)?;
+                continue;
+            }
+            if LORA_LIST_ARGS.contains(&key) {
+                t.put("network", key, toml::Value::String(value));
+                continue;
+            }
+            if key == "algo" || key == "preset" {
+                notes.push(ImportNote::changes_run(
+                    source,
+                    "a LyCORIS argument with network_module = \"networks.lora\": sd-scripts ignores it too; set network_module = \"lycoris.kohya\" for LyCORIS",
+                ));
+                continue;
+            }
+        }
+        notes.push(ImportNote::changes_run(source, "not supported by lorakit; ignored"));
+    }
+    if lycoris {
+        match algo.as_deref() {
+            Some("loha" | "lokr" | "locon" | "lora") => {}
+            None => {
+                // LyCORIS' default algorithm is its LoCon ("lora").
+                t.put("network", "algo", toml::Value::String("locon".into()));
+                notes.push(ImportNote::info("network_args", "no algo: LyCORIS' default (locon)"));
+            }
+            Some(other) => {
+                return Err(format!(
+                    "network_args algo={other}: LyCORIS' {other} is not supported by lorakit (LoHa, LoKr and LoCon are); it will not train it as something else"
+                ))
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `text_encoder_lr`: one number, or sd-scripts' list (one per text encoder; an empty list is
+/// unset). SD 1.x/2.x have one text encoder: the first value.
+fn text_encoder_lr(value: &toml::Value, t: &mut Table, notes: &mut Vec<ImportNote>) -> Result<(), String> {
+    let first = match value {
+        toml::Value::Array(items) => {
+            if items.len() > 1 && items.iter().any(|i| i != &items[0]) {
+                notes.push(ImportNote::info(
+                    "text_encoder_lr",
+                    format!("{value}: one value per text encoder; SD 1.x/2.x have one, so {} is used", items[0]),
+                ));
+            }
+            match items.first() {
+                None => return Ok(()),
+                Some(v) => v.clone(),
+            }
+        }
+        toml::Value::String(s) if s.trim().is_empty() => return Ok(()),
+        other => other.clone(),
+    };
+    t.put_typed("text_encoder_lr", &first, "text_encoder_lr")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kohya_import::detect::{parse, Parsed};
+    use crate::kohya_import::NoteLevel;
+
+    pub(crate) fn import_toml(text: &str) -> Result<Imported, String> {
+        match parse(text.as_bytes())? {
+            Parsed::SdScriptsArgs(pairs) => import_sd_scripts_args(pairs),
+            Parsed::GuiJson(_) => panic!("not TOML"),
+        }
+    }
+
+    fn config(imported: &Imported) -> TrainConfig {
+        let c: TrainConfig = toml::Value::Table(imported.table.clone()).try_into().unwrap();
+        c.validate().unwrap_or_else(|e| panic!("{e}"));
+        c
+    }
+
+    fn level_of<'a>(imported: &'a Imported, key: &str) -> Option<NoteLevel> {
+        imported.notes.iter().find(|n| n.key == key).map(|n| n.level)
+    }
+
+    #[test]
+    fn sd_scripts_toml_sections_are_flattened_and_mapped() {
+        let imp = import_toml(
+            r#"
+[model_arguments]
+pretrained_model_name_or_path = "/models/sd15.safetensors"
+v_parameterization = false
+[additional_network_arguments]
+network_module = "networks.lora"
+network_dim = 32
+network_alpha = 16
+network_args = ["conv_dim=8", "conv_alpha=4", "down_lr_weight=sine+0.5", "block_dims=8,8,8,8,8,8,8,8,8,8,8,8,8,8,8,8,8,8,8,8,8,8,8,8,8", "loraplus_lr_ratio=16"]
+scale_weight_norms = 1.0
+network_multiplier = 0.8
+unet_lr = 1e-4
+text_encoder_lr = 5e-5
+[optimizer_arguments]
+optimizer_type = "AdamW"
+learning_rate = 1e-4
+lr_scheduler = "cosine"
+lr_warmup_steps = 100
+optimizer_args = ["weight_decay=0.1"]
+[training_arguments]
+max_train_epochs = 10
+train_batch_size = 2
+seed = 7
+mixed_precision = "bf16"
+xformers = true
+save_every_n_epochs = 2
+epoch = 4
+[dataset_arguments]
+resolution = "768,512"
+enable_bucket = true
+shuffle_caption = true
+"#,
+        )
+        .unwrap();
+        let c = config(&imp);
+        assert_eq!(c.network.network_dim, 32);
+        assert_eq!(c.network.network_alpha, 16.0);
+        assert_eq!(c.network.conv_dim, Some(8));
+        assert_eq!(c.network.conv_alpha, Some(4.0));
+        assert_eq!(c.optimizer.lr_warmup_steps, 100.0);
+        assert_eq!(c.optimizer.optimizer_args, vec!["weight_decay=0.1".to_string()]);
+        assert_eq!(c.training.train_batch_size, 2);
+        assert_eq!(c.training.seed, 7);
+        assert_eq!(c.accelerate.mixed_precision, "bf16");
+        assert_eq!(c.dataset.resolution, "768,512");
+        assert_eq!(c.save.save_every_n_epochs, 2);
+        // Silent keys get sd-scripts' defaults, not lorakit's.
+        assert_eq!(c.dataset.caption_extension, ".caption");
+        assert!(!c.training.cache_latents);
+        assert!(c.dataset.shuffle_caption);
+        assert_eq!(c.network.down_lr_weight.as_deref(), Some("sine+0.5"));
+        assert_eq!(c.network.block_dims.as_deref().map(|d| d.split(',').count()), Some(25));
+        assert_eq!(c.network.loraplus_lr_ratio, Some(16.0));
+        assert_eq!(c.network.scale_weight_norms, Some(1.0));
+        assert_eq!(c.network.network_multiplier, 0.8);
+        // `epoch` is not an sd-scripts argument: listed, and the epochs stay max_train_epochs'.
+        assert_eq!(c.training.max_train_epochs, 10);
+        assert_eq!(level_of(&imp, "epoch"), Some(NoteLevel::Info));
+        assert_eq!(level_of(&imp, "xformers"), Some(NoteLevel::Cosmetic));
+        assert_eq!(imp.unmapped_keys(), vec!["epoch", "xformers"]);
+    }
+
+    #[test]
+    fn the_whole_training_surface_imports_without_loss() {
+        let imp = import_toml(
+            r#"
+pretrained_model_name_or_path = "/m.safetensors"
+network_module = "networks.lora"
+network_args = ["conv_dim=4", "conv_alpha=2", "rank_dropout=0.1", "module_dropout=0.05", "down_lr_weight=cosine", "mid_lr_weight=0.5", "up_lr_weight=sine+0.25", "block_lr_zero_threshold=0.1", "loraplus_unet_lr_ratio=8", "loraplus_text_encoder_lr_ratio=2"]
+network_dropout = 0.1
+scale_weight_norms = 1.5
+optimizer_type = "Prodigy"
+optimizer_args = ["decouple=True", "weight_decay=0.01", "d_coef=2", "use_bias_correction=True", "safeguard_warmup=True", "betas=0.9,0.99"]
+learning_rate = 1.0
+lr_scheduler = "cosine_with_restarts"
+lr_scheduler_num_cycles = 3
+lr_warmup_steps = 0.05
+loss_type = "huber"
+huber_schedule = "snr"
+huber_c = 0.2
+min_snr_gamma = 5
+debiased_estimation_loss = true
+noise_offset = 0.05
+noise_offset_random_strength = true
+adaptive_noise_scale = 0.01
+multires_noise_iterations = 6
+multires_noise_discount = 0.3
+ip_noise_gamma = 0.1
+min_timestep = 100
+max_timestep = 900
+shuffle_caption = true
+keep_tokens = 1
+keep_tokens_separator = "|||"
+caption_dropout_rate = 0.05
+caption_dropout_every_n_epochs = 3
+caption_tag_dropout_rate = 0.1
+token_warmup_min = 2
+token_warmup_step = 0.2
+max_token_length = 225
+flip_aug = true
+color_aug = true
+random_crop = true
+alpha_mask = true
+masked_loss = true
+cache_latents = false
+mixed_precision = "fp16"
+full_fp16 = true
+fp8_base = true
+no_half_vae = true
+gradient_checkpointing = true
+seed = 1
+"#,
+        )
+        .unwrap();
+        assert!(imp.notes.is_empty(), "notes: {:?}", imp.notes);
+        let c = config(&imp);
+        assert_eq!(c.optimizer.optimizer_type, "Prodigy");
+        assert_eq!(c.optimizer.optimizer_args.len(), 6);
+        assert_eq!(c.network.up_lr_weight.as_deref(), Some("sine+0.25"));
+        assert_eq!(c.network.loraplus_unet_lr_ratio, Some(8.0));
+        assert_eq!(c.network.scale_weight_norms, Some(1.5));
+        assert_eq!(c.loss.huber_c, 0.2);
+        assert!(c.loss.masked_loss && c.dataset.alpha_mask && c.dataset.color_aug && c.dataset.random_crop);
+        assert!(c.accelerate.full_fp16 && c.accelerate.fp8_base && c.accelerate.no_half_vae);
+        assert_eq!(c.training.max_token_length, 225);
+    }
+
+    #[test]
+    fn text_encoder_lr_lists_and_quoted_optimizer_args() {
+        let imp = import_toml(
+            "network_module = \"networks.lora\"\ntext_encoder_lr = [5e-5, 5e-5]\noptimizer_args = ['\"weight_decay=0.1\"', '\"betas=0.9,0.99\"']\nseed = 1\n",
+        )
+        .unwrap();
+        let c = config(&imp);
+        assert_eq!(c.optimizer.text_encoder_lr, Some(5e-5));
+        assert_eq!(c.optimizer.optimizer_args, vec!["weight_decay=0.1", "betas=0.9,0.99"]);
+        assert!(imp.notes.is_empty(), "{:?}", imp.notes);
+        // An empty list is sd-scripts' "not set": the text encoder trains at learning_rate.
+        let c = config(&import_toml("network_dim = 4\ntext_encoder_lr = []\nseed = 1\n").unwrap());
+        assert_eq!(c.optimizer.text_encoder_lr, None);
+        let imp = import_toml("network_dim = 4\ntext_encoder_lr = [1e-5, 2e-5]\nseed = 1\n").unwrap();
+        assert_eq!(config(&imp).optimizer.text_encoder_lr, Some(1e-5));
+        assert_eq!(level_of(&imp, "text_encoder_lr"), Some(NoteLevel::Info));
+    }
+
+    #[test]
+    fn unsupported_network_types_and_families_are_refused_by_name() {
+        for (toml, says) in [
+            ("network_module = \"networks.dylora\"\n", "DyLoRA"),
+            ("network_module = \"networks.lora_fa\"\n", "LoRA-FA"),
+            ("network_module = \"networks.loha\"\nnetwork_dim = 8\n", "native LoHa"),
+            ("network_module = \"networks.lora_flux\"\n", "Flux.1"),
+            ("network_module = \"networks.lora_sd3\"\n", "SD3"),
+            ("network_module = \"networks.lora\"\nae = \"ae.safetensors\"\n", "Flux.1"),
+            ("network_module = \"networks.lora\"\nclip_l = \"l\"\nclip_g = \"g\"\nt5xxl = \"t\"\n", "SD3"),
+            ("network_module = \"networks.lora_anima\"\n", "Anima"),
+            ("network_module = \"my.own.module\"\n", "my.own.module"),
+            ("network_module = \"lycoris.kohya\"\nnetwork_args = [\"algo=ia3\"]\n", "ia3"),
+            ("network_module = \"lycoris.kohya\"\nnetwork_args = [\"algo=diag-oft\"]\n", "diag-oft"),
+            ("network_module = \"lycoris.kohya\"\nnetwork_args = [\"algo=loha\", \"use_tucker=True\"]\n", "use_tucker"),
+            ("network_module = \"lycoris.kohya\"\nnetwork_args = [\"algo=lokr\", \"dora_wd=True\"]\n", "dora_wd"),
+            ("network_dim = 4\nlr_scheduler_type = \"CosineAnnealingLR\"\n", "lr_scheduler_type"),
+        ] {
+            let err = import_toml(toml).unwrap_err();
+            assert!(err.contains(says), "{toml}: {err}");
+        }
+    }
+
+    #[test]
+    fn lycoris_arguments_map_to_the_network_keys() {
+        let imp = import_toml(
+            "network_module = \"lycoris.kohya\"\nnetwork_dim = 100000\nnetwork_alpha = 1\nnetwork_args = [\"preset=full\", \"conv_dim=100000\", \"conv_alpha=1\", \"use_tucker=False\", \"rank_dropout=0\", \"bypass_mode=False\", \"dora_wd=False\", \"module_dropout=0\", \"factor=6\", \"use_cp=False\", \"use_scalar=False\", \"decompose_both=False\", \"rank_dropout_scale=False\", \"algo=lokr\", \"train_norm=False\"]\nseed = 1\n",
+        )
+        .unwrap();
+        let n = imp.table["network"].as_table().unwrap();
+        assert_eq!(n["network_module"].as_str(), Some("lycoris.kohya"));
+        assert_eq!(n["algo"].as_str(), Some("lokr"));
+        assert_eq!(n["preset"].as_str(), Some("full"));
+        assert_eq!(n["factor"].as_integer(), Some(6));
+        assert_eq!(n["decompose_both"].as_bool(), Some(false));
+        assert_eq!(n["conv_dim"].as_integer(), Some(100000));
+        assert_eq!(n["network_dim"].as_integer(), Some(100000));
+        assert!(imp.notes.is_empty(), "{:?}", imp.notes);
+    }
+
+    #[test]
+    fn numbers_that_do_not_fit_are_errors_not_clamps() {
+        for toml in [
+            "network_dim = 1e30\n",
+            "network_dim = \"99999999999999999999999\"\n",
+            "network_dim = -1\n",
+            "train_batch_size = 5000000000\n",
+            "network_dim = 2.5\n",
+            "learning_rate = \"nan\"\n",
+            "learning_rate = \"inf\"\n",
+        ] {
+            let imp = import_toml(&format!("network_module = \"networks.lora\"\n{toml}"));
+            let err = match imp {
+                Err(e) => e,
+                Ok(imp) => match toml::Value::Table(imp.table).try_into::<TrainConfig>() {
+                    Err(e) => e.to_string(),
+                    Ok(c) => c.validate().err().unwrap_or_else(|| panic!("{toml}: accepted")),
+                },
+            };
+            let key = toml.split(' ').next().unwrap();
+            assert!(err.contains(key), "{toml}: {err}");
+        }
+    }
+
+    #[test]
+    fn unsupported_settings_are_ranked_by_whether_they_change_the_run() {
+        let imp = import_toml(
+            "network_dim = 4\nvae = \"/m/vae.safetensors\"\nface_crop_aug_range = \"2.0,4.0\"\nsdpa = true\nsave_last_n_steps = 3\nnoise_offset_type = \"Original\"\nlog_with = \"wandb\"\nvae_batch_size = 4\nseed = 1\nxformers = false\n",
+        )
+        .unwrap();
+        assert_eq!(level_of(&imp, "vae"), Some(NoteLevel::ChangesRun));
+        assert_eq!(level_of(&imp, "face_crop_aug_range"), Some(NoteLevel::ChangesRun));
+        assert_eq!(level_of(&imp, "sdpa"), Some(NoteLevel::Cosmetic));
+        assert_eq!(level_of(&imp, "save_last_n_steps"), Some(NoteLevel::Info));
+        assert_eq!(level_of(&imp, "noise_offset_type"), Some(NoteLevel::Info));
+        assert_eq!(level_of(&imp, "log_with"), Some(NoteLevel::Info));
+        assert_eq!(level_of(&imp, "xformers"), None, "an option that is off is not worth a note");
+        assert_eq!(config(&imp).logging.log_with, "tensorboard");
+        let report = imp.report(std::path::Path::new("cfg.toml"));
+        assert!(report[0].starts_with("warning: cfg.toml: `face_crop_aug_range`"), "{report:?}");
+        assert!(report[1].starts_with("warning: cfg.toml: `vae`"), "{report:?}");
+        assert!(report.last().unwrap().ends_with("ignored: sdpa"), "{report:?}");
+        assert_eq!(report.iter().filter(|l| l.starts_with("warning")).count(), 2, "{report:?}");
+    }
+
+    #[test]
+    fn a_missing_seed_is_drawn_and_written_down() {
+        let imp = import_toml("network_dim = 4\n").unwrap();
+        let seed = imp.table["training"]["seed"].as_integer().unwrap();
+        let note = imp.notes.iter().find(|n| n.key == "seed").unwrap();
+        assert!(note.text.contains(&seed.to_string()), "{note:?}");
+    }
+
+    #[test]
+    fn v2_configs_ask_for_an_sd2_checkpoint() {
+        let c = config(&import_toml("network_dim = 4\nv2 = true\nv_parameterization = true\nseed = 1\n").unwrap());
+        assert!(c.model.v2 && c.model.v_parameterization);
+        assert_eq!(c.model.model_family.as_deref(), Some("sd2"));
+        let c = config(&import_toml("network_dim = 4\nseed = 1\n").unwrap());
+        assert_eq!(c.model.model_family, None, "an sd-scripts TOML does not say SD 1.x or SDXL");
+    }
+}
