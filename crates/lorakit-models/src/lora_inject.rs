@@ -16,6 +16,7 @@ use lorakit_lora::convert::{convert_lora, ConvertError, Target as ConvertTarget}
 use lorakit_lora::keys::{Family, Scheme};
 use lorakit_lora::safetensors_file::LoraFile;
 use lorakit_nn::lora::{LoraDropout, LoraKind, LoraModule, LoraSet, LoraTarget, TargetGroup};
+use lorakit_nn::lycoris::{LycorisAlgo, LycorisModule};
 use rand::{rngs::StdRng, SeedableRng};
 
 use crate::{Error, Result, Weights};
@@ -25,15 +26,73 @@ pub const UNET_PREFIX: &str = "lora_unet";
 /// kohya's prefix for the SD1/SD2 text encoder.
 pub const TEXT_ENCODER_PREFIX: &str = "lora_te";
 
+/// What a network's modules are: sd-scripts' `networks.lora` (LoRA, LoCon with conv ranks) or
+/// LyCORIS' `lycoris.kohya` with an algorithm and a preset.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum NetworkKind {
+    /// `networks.lora`.
+    Lora,
+    /// `lycoris.kohya` with `algo=loha|lokr` and `preset`.
+    Lycoris { algo: LycorisAlgo, preset: LycorisPreset },
+}
+
+/// The LyCORIS presets lorakit supports (LyCORIS' `config.PRESET`): which model parts get
+/// modules.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LycorisPreset {
+    /// `full` (LyCORIS' default): every Linear/Conv2d in Transformer2DModel, ResnetBlock2D,
+    /// Downsample2D, Upsample2D and the text encoder's CLIPAttention/CLIPMLP; k×k convs with
+    /// the conv dim.
+    Full,
+    /// `full-lin`: Transformer2DModel and ResnetBlock2D without k×k convs.
+    FullLin,
+    /// `attn-mlp`: Transformer2DModel only (and the text encoder).
+    AttnMlp,
+}
+
+impl LycorisPreset {
+    /// The preset named `name` (LyCORIS' spelling).
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "full" => Some(LycorisPreset::Full),
+            "full-lin" => Some(LycorisPreset::FullLin),
+            "attn-mlp" => Some(LycorisPreset::AttnMlp),
+            _ => None,
+        }
+    }
+
+    /// LyCORIS' name of the preset.
+    pub fn name(&self) -> &'static str {
+        match self {
+            LycorisPreset::Full => "full",
+            LycorisPreset::FullLin => "full-lin",
+            LycorisPreset::AttnMlp => "attn-mlp",
+        }
+    }
+
+    /// Whether the preset adapts layers found by this search, and k×k convs at all
+    /// (LyCORIS' `enable_conv`).
+    fn covers(&self, group: TargetGroup, spatial_conv: bool) -> bool {
+        let group_ok = match self {
+            LycorisPreset::Full | LycorisPreset::FullLin => true,
+            LycorisPreset::AttnMlp => group == TargetGroup::Attention,
+        };
+        group_ok && (!spatial_conv || *self == LycorisPreset::Full)
+    }
+}
+
 /// The shape of a network to train (sd-scripts' `network_dim`, `network_alpha`, `conv_dim`,
-/// `conv_alpha` and the dropout arguments).
+/// `conv_alpha` and the dropout arguments; LyCORIS' algorithm and preset).
 #[derive(Clone, Debug, PartialEq)]
 pub struct NetworkSpec {
+    /// LoRA/LoCon or LyCORIS LoHa/LoKr.
+    pub kind: NetworkKind,
     /// Rank of linear and 1×1 modules (`network_dim`).
     pub rank: usize,
     /// Their alpha (`network_alpha`; sd-scripts' default is 1).
     pub alpha: f64,
-    /// Rank of k×k conv modules; `None` leaves ResnetBlock2D/Downsample2D/Upsample2D alone.
+    /// Rank of k×k conv modules; `None` leaves ResnetBlock2D/Downsample2D/Upsample2D alone
+    /// (LoRA), or uses `rank` (LyCORIS, whose `conv_dim` defaults to `network_dim`).
     pub conv_rank: Option<usize>,
     /// Their alpha (`conv_alpha`, default 1).
     pub conv_alpha: f64,
@@ -58,6 +117,7 @@ pub struct BlockRanks {
 impl Default for NetworkSpec {
     fn default() -> Self {
         NetworkSpec {
+            kind: NetworkKind::Lora,
             rank: 4,
             alpha: 1.0,
             conv_rank: None,
@@ -74,7 +134,22 @@ impl NetworkSpec {
     /// `conv_rank` is set, linears and 1×1 convs there with `rank`, k×k convs with `conv_rank`.
     /// With block ranks, the target's block slot picks them instead (conv-block targets only when
     /// conv ranks exist, as sd-scripts adds those modules only then).
+    ///
+    /// LyCORIS networks follow LyCORIS' `create_single_module`: the preset picks the layers,
+    /// k×k convs take `conv_rank` (default `rank`) and `conv_alpha`, the rest `rank`/`alpha`.
     pub fn rank_for(&self, target: &LoraTarget, name: &str) -> Option<(usize, f64)> {
+        if let NetworkKind::Lycoris { preset, .. } = self.kind {
+            let spatial = target.is_spatial_conv();
+            if !preset.covers(target.group, spatial) {
+                return None;
+            }
+            let pick = if spatial {
+                (self.conv_rank.filter(|r| *r > 0).unwrap_or(self.rank), self.conv_alpha)
+            } else {
+                (self.rank, self.alpha)
+            };
+            return Some(pick).filter(|(rank, _)| *rank > 0);
+        }
         if let Some(b) = &self.block_ranks {
             if target.group == TargetGroup::ConvBlock && b.conv_dims.is_none() {
                 return None;
@@ -99,7 +174,12 @@ impl NetworkSpec {
     }
 }
 
-/// Creates fresh trainable modules for `targets` with sd-scripts' initialisation.
+/// Creates fresh trainable modules for `targets` with sd-scripts' initialisation (LyCORIS'
+/// for LoHa/LoKr). Every rank is checked before anything is allocated: a LoRA/LoCon rank above
+/// the smaller of the layer's dimensions (out, in·k·k), or a LoHa rank above the larger, is an
+/// error naming the module, its dimensions and the key to change. LoKr ranks are not limited:
+/// a rank at or above half a factor's side makes that factor a full matrix (LyCORIS' "full
+/// dimension" network_dim = 100000 makes both full).
 pub fn create_network(
     targets: &[LoraTarget],
     prefix: &str,
@@ -108,17 +188,60 @@ pub fn create_network(
     device: &Device,
     seed: u64,
 ) -> Result<LoraSet> {
+    let planned: Vec<(&LoraTarget, String, usize, f64)> = targets
+        .iter()
+        .filter_map(|t| {
+            let name = t.kohya_name(prefix);
+            spec.rank_for(t, &name).map(|(rank, alpha)| (t, name, rank, alpha))
+        })
+        .collect();
+    for (target, name, rank, _) in &planned {
+        check_rank(spec, target, name, *rank)?;
+    }
     let mut rng = StdRng::seed_from_u64(seed);
     let mut set = LoraSet::new(seed, device)?;
-    for target in targets {
-        let name = target.kohya_name(prefix);
-        if let Some((rank, alpha)) = spec.rank_for(target, &name) {
-            let module = LoraModule::new_trainable(name, target, rank, alpha, dtype, device, &mut rng)?
-                .with_dropout(spec.dropout);
-            set.insert(target.path.clone(), module);
+    for (target, name, rank, alpha) in planned {
+        match spec.kind {
+            NetworkKind::Lora => {
+                let module = LoraModule::new_trainable(name, target, rank, alpha, dtype, device, &mut rng)?
+                    .with_dropout(spec.dropout);
+                set.insert(target.path.clone(), module);
+            }
+            NetworkKind::Lycoris { algo, .. } => {
+                let module = LycorisModule::new_trainable(name, target, algo, rank, alpha, dtype, device, &mut rng)?
+                    .with_dropout(spec.dropout);
+                set.insert_lycoris(target.path.clone(), module);
+            }
         }
     }
     Ok(set)
+}
+
+/// The rank limit of [`create_network`] for one module.
+fn check_rank(spec: &NetworkSpec, target: &LoraTarget, name: &str, rank: usize) -> Result<()> {
+    let (out, flat_in) = (target.out_dim, flat_in_features(target));
+    let (limit, what) = match spec.kind {
+        NetworkKind::Lora => (out.min(flat_in), "a LoRA of this layer has rank at most the smaller dimension"),
+        NetworkKind::Lycoris { algo: LycorisAlgo::LoHa, .. } => (
+            out.max(flat_in),
+            "a LoHa reaches full rank at rank² ≥ the smaller dimension; above the larger one it only costs memory",
+        ),
+        NetworkKind::Lycoris { algo: LycorisAlgo::LoKr(_), .. } => return Ok(()),
+    };
+    if rank <= limit {
+        return Ok(());
+    }
+    let spatial = target.is_spatial_conv();
+    let key = match (&spec.block_ranks, spatial) {
+        (Some(_), false) => "network.block_dims",
+        (Some(_), true) => "network.conv_block_dims",
+        (None, false) => "network.network_dim",
+        (None, true) => "network.conv_dim",
+    };
+    Err(Error::Invalid(format!(
+        "{name}: rank {rank} is above the dimensions of its layer {} ({} → {out}, {flat_in} inputs per output): {what} ({limit}); lower {key}",
+        target.path, target.in_dim
+    )))
 }
 
 /// A candle tensor as the `lorakit-lora` writer takes it (f32 values on the host).
@@ -128,10 +251,21 @@ pub fn to_file_tensor(t: &Tensor) -> Result<lorakit_lora::safetensors_file::Tens
 }
 
 /// The tensors of a network as kohya saves them: `<name>.lora_down.weight`,
-/// `<name>.lora_up.weight` and `<name>.alpha` (f32 scalar), ready for `lorakit_lora::write_lora`.
+/// `<name>.lora_up.weight` and `<name>.alpha` (f32 scalar), ready for `lorakit_lora::write_lora`;
+/// LoHa/LoKr modules as LyCORIS saves them (`custom_state_dict`): `<name>.hada_w1_a` … or
+/// `<name>.lokr_w1` …, with `hada_w1_a`/`lokr_w1(_a)` times LoHa's max-norm scalar, and `alpha`.
 pub fn state_dict(sets: &[&LoraSet]) -> Result<BTreeMap<String, lorakit_lora::safetensors_file::Tensor>> {
     let mut out = BTreeMap::new();
     for set in sets {
+        for module in set.lycoris_modules() {
+            for (suffix, t) in module.saved_factors()? {
+                out.insert(format!("{}.{suffix}", module.name()), to_file_tensor(&t)?);
+            }
+            out.insert(
+                format!("{}.alpha", module.name()),
+                lorakit_lora::safetensors_file::Tensor::scalar(module.alpha() as f32),
+            );
+        }
         for module in set.modules() {
             out.insert(format!("{}.lora_down.weight", module.name()), to_file_tensor(module.down().as_tensor())?);
             out.insert(format!("{}.lora_up.weight", module.name()), to_file_tensor(module.up().as_tensor())?);

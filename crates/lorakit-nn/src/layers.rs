@@ -39,6 +39,9 @@ impl ForwardCtx {
         fits: impl Fn(LoraKind) -> bool,
     ) -> Result<Option<(Tensor, Tensor, f32)>> {
         let Some(set) = &self.lora else { return Ok(None) };
+        if set.lycoris_for_path(path).next().is_some() {
+            return Ok(None);
+        }
         let mut modules = set.for_path(path);
         let (Some(module), None) = (modules.next(), modules.next()) else { return Ok(None) };
         let no_dropout = !self.train || module.dropout() == LoraDropout::default();
@@ -53,8 +56,10 @@ impl ForwardCtx {
 
     fn add_lora(&self, path: &str, x: &Tensor, mut y: Tensor) -> Result<Tensor> {
         if let Some(set) = &self.lora {
-            for module in set.for_path(path) {
-                if let Some(delta) = module.forward(x, self.train, set.rng())? {
+            let lora = set.for_path(path).map(|m| m.forward(x, self.train, set.rng()));
+            let lycoris = set.lycoris_for_path(path).map(|m| m.forward(x, self.train, set.rng()));
+            for delta in lora.chain(lycoris) {
+                if let Some(delta) = delta? {
                     y = (y + delta)?;
                 }
             }

@@ -18,6 +18,7 @@ pub mod gradcheck;
 pub mod layers;
 pub mod lora;
 pub mod lr_scheduler;
+pub mod lycoris;
 pub mod norm;
 pub mod optim;
 pub mod profile;
@@ -27,6 +28,7 @@ pub use custom_backward::{attach, attach_many};
 pub use frozen::{FrozenConv2d, FrozenLinear};
 pub use layers::{Conv2d, ForwardCtx, Linear};
 pub use lora::{LoraDropout, LoraKind, LoraModule, LoraSet};
+pub use lycoris::{LokrOptions, LycorisAlgo, LycorisModule};
 pub use norm::{GroupNorm, LayerNorm};
 
 /// The dtype reductions (softmax, norm statistics) run in: f32 for f32/f16/bf16 activations,

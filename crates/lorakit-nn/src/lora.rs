@@ -13,6 +13,7 @@ use candle_core::{backprop::GradStore, DType, Device, Result, Tensor, TensorId, 
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
 use crate::lock;
+use crate::lycoris::LycorisModule;
 
 /// The layer kind a LoRA module targets.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -344,6 +345,9 @@ fn bernoulli_mask(shape: &[usize], keep: f64, dtype: DType, device: &Device, rng
 pub struct LoraSet {
     modules: Vec<Arc<LoraModule>>,
     by_path: HashMap<String, Vec<usize>>,
+    /// LyCORIS LoHa/LoKr modules (trained ones; loaded LyCORIS files become LoRA modules).
+    lycoris: Vec<Arc<LycorisModule>>,
+    lycoris_by_path: HashMap<String, Vec<usize>>,
     rng: Mutex<StdRng>,
     side_grads: Mutex<HashMap<TensorId, Tensor>>,
     /// A scalar that checkpointed blocks take as an extra input so their backward runs even
@@ -357,6 +361,8 @@ impl LoraSet {
         Ok(LoraSet {
             modules: Vec::new(),
             by_path: HashMap::new(),
+            lycoris: Vec::new(),
+            lycoris_by_path: HashMap::new(),
             rng: Mutex::new(StdRng::seed_from_u64(seed)),
             side_grads: Mutex::default(),
             anchor: Var::zeros((), DType::F32, device)?,
@@ -371,9 +377,48 @@ impl LoraSet {
         self.by_path.entry(path.into()).or_default().push(index);
     }
 
-    /// Every module, in insertion order.
+    /// Attaches a LyCORIS LoHa/LoKr module to the layer at `path`.
+    pub fn insert_lycoris(&mut self, path: impl Into<String>, module: LycorisModule) {
+        let index = self.lycoris.len();
+        self.lycoris.push(Arc::new(module));
+        self.lycoris_by_path.entry(path.into()).or_default().push(index);
+    }
+
+    /// Every LoRA/LoCon module, in insertion order (LoHa/LoKr ones: [`Self::lycoris_modules`]).
     pub fn modules(&self) -> &[Arc<LoraModule>] {
         &self.modules
+    }
+
+    /// Every LoHa/LoKr module, in insertion order.
+    pub fn lycoris_modules(&self) -> &[Arc<LycorisModule>] {
+        &self.lycoris
+    }
+
+    /// The LoHa/LoKr modules attached to the layer at `path`.
+    pub fn lycoris_for_path(&self, path: &str) -> impl Iterator<Item = &LycorisModule> {
+        self.lycoris_by_path.get(path).into_iter().flatten().map(|&i| self.lycoris[i].as_ref())
+    }
+
+    /// Every trained tensor by the name a state stores it under: `<module>.lora_down.weight` /
+    /// `.lora_up.weight` for LoRA modules, `<module>.hada_w1_a`, `.lokr_w1`, … for LoHa/LoKr
+    /// ones plus LoHa's max-norm `<module>.scalar` (optional: a LyCORIS file has none, and
+    /// LyCORIS then starts it at 1). Trainable modules only.
+    pub fn named_vars(&self) -> Vec<NamedVar> {
+        let mut out = Vec::new();
+        for m in self.modules.iter().filter(|m| m.trainable) {
+            for (suffix, var) in [("lora_down.weight", &m.down), ("lora_up.weight", &m.up)] {
+                out.push(NamedVar { name: format!("{}.{suffix}", m.name), var: var.clone(), optional: false });
+            }
+        }
+        for m in self.lycoris.iter().filter(|m| m.is_trainable()) {
+            for (suffix, var) in m.factors() {
+                out.push(NamedVar { name: format!("{}.{suffix}", m.name()), var: var.clone(), optional: false });
+            }
+            if matches!(m.algo(), crate::lycoris::LycorisAlgo::LoHa) {
+                out.push(NamedVar { name: format!("{}.scalar", m.name()), var: m.scalar().clone(), optional: true });
+            }
+        }
+        out
     }
 
     /// Target paths with their modules, in insertion order of first module.
@@ -381,14 +426,14 @@ impl LoraSet {
         self.by_path.iter().map(|(p, v)| (p.as_str(), v.as_slice()))
     }
 
-    /// Number of modules.
+    /// Number of modules (LoRA and LoHa/LoKr).
     pub fn len(&self) -> usize {
-        self.modules.len()
+        self.modules.len() + self.lycoris.len()
     }
 
     /// Whether the set has no modules.
     pub fn is_empty(&self) -> bool {
-        self.modules.is_empty()
+        self.len() == 0
     }
 
     /// The modules attached to the layer at `path`.
@@ -398,22 +443,29 @@ impl LoraSet {
 
     /// Whether any module is attached to `path`.
     pub fn has_path(&self, path: &str) -> bool {
-        self.by_path.contains_key(path)
+        self.by_path.contains_key(path) || self.lycoris_by_path.contains_key(path)
     }
 
-    /// The trainable `Var`s (down and up of every trainable module).
+    /// The trainable `Var`s (down and up of every trainable LoRA module, the factors of every
+    /// trainable LoHa/LoKr module).
     pub fn trainable_vars(&self) -> Vec<Var> {
-        self.modules.iter().filter(|m| m.trainable).flat_map(|m| [m.down.clone(), m.up.clone()]).collect()
+        let lora = self.modules.iter().filter(|m| m.trainable).flat_map(|m| [m.down.clone(), m.up.clone()]);
+        let lycoris =
+            self.lycoris.iter().filter(|m| m.is_trainable()).flat_map(|m| m.factors().iter().map(|(_, v)| v.clone()));
+        lora.chain(lycoris).collect()
     }
 
     /// Whether any module is trainable.
     pub fn has_trainable(&self) -> bool {
-        self.modules.iter().any(|m| m.trainable)
+        self.modules.iter().any(|m| m.trainable) || self.lycoris.iter().any(|m| m.is_trainable())
     }
 
     /// Sets every module's multiplier.
     pub fn set_multiplier(&self, multiplier: f64) {
         for m in &self.modules {
+            m.set_multiplier(multiplier);
+        }
+        for m in &self.lycoris {
             m.set_multiplier(multiplier);
         }
     }
@@ -464,6 +516,17 @@ impl LoraSet {
     }
 }
 
+/// A trained tensor with the name a state stores it under ([`LoraSet::named_vars`]).
+#[derive(Clone)]
+pub struct NamedVar {
+    /// `<module>.<suffix>`.
+    pub name: String,
+    /// The tensor.
+    pub var: Var,
+    /// Whether a file may lack it (the value then stays as initialised).
+    pub optional: bool,
+}
+
 /// What [`apply_max_norm`] did: sd-scripts' `(keys_scaled, mean norm, max norm)`.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct MaxNormStats {
@@ -479,10 +542,22 @@ pub struct MaxNormStats {
 /// modules of `sets`: for each, `ΔW = up·down·(alpha/rank)` (multiplier left out, as sd-scripts);
 /// when `‖ΔW‖_F > max_norm`, `up` and `down` are both multiplied by `√(max_norm/‖ΔW‖)` so the
 /// product's norm becomes `max_norm`. Computed in f32 like torch. `None` when no module is
-/// trainable.
+/// trainable. LoHa/LoKr modules follow LyCORIS' `apply_max_norm` (see
+/// [`LycorisModule::apply_max_norm`]) and, as LyCORIS' network reports it, mean and max are 0
+/// when no module was scaled.
 pub fn apply_max_norm(sets: &[&LoraSet], max_norm: f64) -> Result<Option<MaxNormStats>> {
     let mut keys_scaled = 0usize;
     let mut norms = Vec::new();
+    let lycoris: Vec<&Arc<LycorisModule>> =
+        sets.iter().flat_map(|s| s.lycoris.iter()).filter(|m| m.is_trainable()).collect();
+    for module in &lycoris {
+        let (scaled, norm) = module.apply_max_norm(max_norm)?;
+        keys_scaled += usize::from(scaled);
+        norms.push(norm);
+    }
+    if !lycoris.is_empty() && keys_scaled == 0 {
+        return Ok(Some(MaxNormStats { keys_scaled: 0, average_norm: 0.0, max_norm: 0.0 }));
+    }
     for module in sets.iter().flat_map(|s| s.modules.iter()).filter(|m| m.trainable) {
         let down = module.down.as_detached_tensor().to_dtype(DType::F32)?;
         let up = module.up.as_detached_tensor().to_dtype(DType::F32)?;
