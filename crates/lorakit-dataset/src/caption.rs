@@ -168,11 +168,11 @@ pub fn read_caption(
 ) -> std::io::Result<Option<CaptionFile>> {
     for cand in caption_candidates(image, caption_extension) {
         // Try to read directly instead of checking first: one system call per image, not two.
-        let bytes = match std::fs::read(&cand) {
+        let bytes = match crate::regular_file::read_regular(&cand) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(_) if !cand.is_file() => continue, // a folder with a caption-like name
-            Err(e) => return Err(e),
+            Err(_) if cand.is_dir() => continue, // a folder with a caption-like name
+            Err(e) => return Err(std::io::Error::new(e.kind(), format!("{}: {e}", cand.display()))),
         };
         let decoded = decode_text(&bytes);
         let lines = universal_lines(&decoded.text);

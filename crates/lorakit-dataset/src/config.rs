@@ -8,7 +8,7 @@
 //! was probably meant.
 
 use crate::bucket::{BucketSettings, Reso};
-use crate::folders::{parse_repeat_folder_name, scan_data_dir, FolderScan};
+use crate::folders::{parse_repeat_folder_name, scan_data_dir, FolderScan, IgnoredFolder};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -392,7 +392,14 @@ fn resolve_subset(l: &OptionLayer, at: &str, source_name: &str) -> Result<Subset
         Ok(v)
     };
     let num_repeats = l.num_repeats.unwrap_or(1);
-    let num_repeats = u32::try_from(num_repeats.max(0)).unwrap_or(u32::MAX);
+    let num_repeats = u32::try_from(num_repeats.max(0)).map_err(|_| {
+        err(format!(
+            "`num_repeats` in {at} is {num_repeats}: at most {} repeats are possible (and an epoch of at most {} \
+             samples, see `lorakit dataset check`); use a repeat count that fits the run",
+            crate::folders::MAX_FOLDER_REPEATS,
+            crate::steps::MAX_SAMPLES_PER_EPOCH
+        ))
+    })?;
     let face_crop_aug_range = match l.face_crop_aug_range {
         Some([lo, hi]) if !(lo > 0.0 && lo <= hi) => {
             return Err(err(format!("`face_crop_aug_range` in {at} must be [low, high] with 0 < low <= high")))
@@ -596,7 +603,9 @@ pub fn plan_from_toml_str(
             }
             if !explicit_repeats {
                 if let Some(name) = subset.image_dir.file_name().and_then(|n| n.to_str()) {
-                    if let Some((n, _)) = parse_repeat_folder_name(name).filter(|(n, _)| *n > 1) {
+                    if let Some((Ok(n), _)) =
+                        parse_repeat_folder_name(name).filter(|(n, _)| n.as_ref().is_ok_and(|n| *n > 1))
+                    {
                         plan.notes.push(ConfigNote {
                             message: format!(
                                 "{sat}: folder `{name}` looks like a repeats folder ({n}_…), but in a dataset config \
@@ -646,6 +655,19 @@ pub fn plan_from_dirs(
             source_name: dir.display().to_string(),
             message: format!("cannot read the {role} folder: {e}"),
         })?;
+        if let Some(IgnoredFolder::TooManyRepeats { dir, num_repeats }) =
+            scan.ignored.iter().find(|i| matches!(i, IgnoredFolder::TooManyRepeats { .. }))
+        {
+            return Err(ConfigError {
+                source_name: dir.display().to_string(),
+                message: format!(
+                    "the folder name's repeat count {num_repeats} is too large (at most {}, and an epoch holds at \
+                     most {} samples): rename the folder with the repeat count you mean, e.g. 10_name",
+                    crate::folders::MAX_FOLDER_REPEATS,
+                    crate::steps::MAX_SAMPLES_PER_EPOCH
+                ),
+            });
+        }
         for folder in &scan.subsets {
             let subset_layer = OptionLayer {
                 image_dir: Some(folder.dir.clone()),

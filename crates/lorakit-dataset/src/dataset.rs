@@ -11,6 +11,7 @@ use crate::config::{DatasetSpec, SubsetSpec};
 use crate::fingerprint_cache::FingerprintCache;
 use crate::folders::{list_images, FolderListing, ImageFile};
 use crate::probe::{decode_and_fingerprint, probe_header, ImageProbe, ProbeError};
+use crate::steps::MAX_SAMPLES_PER_EPOCH;
 use rayon::prelude::*;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -123,6 +124,36 @@ impl LoadedDataset {
     /// Regularisation images that training never uses (more reg images than train samples).
     pub fn unused_reg_images(&self) -> usize {
         self.images.iter().filter(|r| r.is_reg && r.usable() && r.repeats == 0).count()
+    }
+
+    /// Samples in one epoch: Σ repeats of the trained images (regularisation included).
+    pub fn samples_per_epoch(&self) -> u64 {
+        self.histogram.buckets.iter().map(|&(_, n)| n).sum()
+    }
+
+    /// Refuses an epoch of more than [`MAX_SAMPLES_PER_EPOCH`] samples (training lays one epoch
+    /// out in memory), naming the subset with the most samples and its repeat count.
+    pub fn check_epoch_size(&self) -> Result<(), String> {
+        let samples = self.samples_per_epoch();
+        if samples <= MAX_SAMPLES_PER_EPOCH {
+            return Ok(());
+        }
+        let mut per_subset = vec![(0u64, 0usize); self.subsets.len()];
+        for r in self.images.iter().filter(|r| r.trained()) {
+            per_subset[r.subset].0 += u64::from(r.repeats);
+            per_subset[r.subset].1 += 1;
+        }
+        let (si, &(largest, images)) =
+            per_subset.iter().enumerate().max_by_key(|(_, (n, _))| *n).expect("a non-empty epoch has a subset");
+        let spec = &self.subsets[si].spec;
+        let key = if spec.is_reg { "regularisation repeats (balanced to the train samples)" } else { "num_repeats" };
+        Err(format!(
+            "one epoch would hold {samples} samples, more than the {MAX_SAMPLES_PER_EPOCH} lorakit supports; most come \
+             from {} ({images} image(s) × {key} {} = {largest} samples): lower its repeat count (the number in the \
+             folder name, or num_repeats in the dataset config)",
+            spec.image_dir.display(),
+            spec.num_repeats,
+        ))
     }
 }
 
@@ -304,6 +335,8 @@ fn balance_reg_repeats(images: &mut [ImageRecord], target: u64) {
         }
     }
     for (k, &i) in reg.iter().enumerate() {
+        // Above u32 only when the train samples are far above MAX_SAMPLES_PER_EPOCH, a dataset
+        // `check_epoch_size` refuses (so this bound is never trained with).
         images[i].repeats = u32::try_from(repeats[k]).unwrap_or(u32::MAX);
     }
 }

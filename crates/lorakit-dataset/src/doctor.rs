@@ -244,6 +244,7 @@ pub fn check_with(
     }
 
     let mut datasets = Vec::new();
+    let mut epoch_fits = true;
     let mut total_tags: BTreeMap<String, u64> = BTreeMap::new();
     let mut tag_frequency: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
     for (d, ds) in loaded.iter().enumerate() {
@@ -267,12 +268,20 @@ pub fn check_with(
             crate::caption::count_tags(&r.caption, &mut total_tags);
         }
         findings.extend(dataset_findings(ds, roots));
+        if let Err(message) = ds.check_epoch_size() {
+            epoch_fits = false;
+            findings.push(finding(Severity::Error, "epoch_too_large", message));
+        }
         datasets.push(dataset_report(ds, roots, &triggers, images));
     }
 
     let batches: u64 = datasets.iter().map(|d| d.batches_per_epoch).sum();
-    let steps = StepPlan::new(batches, options.steps);
-    if steps.max_train_steps == 0 && batches > 0 {
+    let steps = StepPlan::try_new(batches, options.steps).unwrap_or_else(|e| {
+        epoch_fits = false;
+        findings.push(finding(Severity::Error, "run_too_long", format!("--epochs: {e}")));
+        StepPlan::new(batches, options.steps)
+    });
+    if epoch_fits && steps.max_train_steps == 0 && batches > 0 {
         findings.push(finding(
             Severity::Warning,
             "zero_steps",
@@ -310,7 +319,7 @@ pub fn check_with(
         tag_frequency,
         findings,
         totals,
-        usable: used_train > 0,
+        usable: used_train > 0 && epoch_fits,
     }
 }
 
@@ -354,6 +363,7 @@ fn describe_probe_error(e: &ProbeError) -> (&'static str, String) {
         ProbeError::Unsupported(_) => ("unsupported_format", e.to_string()),
         ProbeError::Corrupt { .. } => ("corrupt_image", format!("{e}; re-export or delete it")),
         ProbeError::ZeroSize(..) => ("zero_size", format!("{e}; delete it")),
+        ProbeError::TooManyPixels { .. } => ("too_many_pixels", e.to_string()),
     }
 }
 
@@ -613,6 +623,9 @@ fn folder_findings(plan: &DatasetPlan, roots: &[PathBuf]) -> Vec<Finding> {
                 IgnoredFolder::ZeroRepeats { dir, num_repeats } => {
                     (dir, format!("its repeat count {num_repeats} is below 1"))
                 }
+                IgnoredFolder::TooManyRepeats { dir, num_repeats } => {
+                    (dir, format!("its repeat count {num_repeats} is too large"))
+                }
             };
             out.push(finding(
                 Severity::Warning,
@@ -675,6 +688,17 @@ fn dataset_findings(ds: &LoadedDataset, roots: &[PathBuf]) -> Vec<Finding> {
                     "{} image(s) in formats lorakit cannot train on (e.g. {}): convert them to PNG, JPEG or WebP",
                     s.listing.unsupported.len(),
                     names.join(", ")
+                ),
+            ));
+        }
+        for (path, kind) in &s.listing.not_regular {
+            out.push(finding(
+                Severity::Error,
+                "not_regular_file",
+                format!(
+                    "{} is {kind}, not a regular file: it is skipped without being read (reading it could hang); \
+                     move or delete it",
+                    display_path(path, roots)
                 ),
             ));
         }

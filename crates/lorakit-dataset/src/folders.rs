@@ -37,7 +37,13 @@ pub enum IgnoredFolder {
     NoRepeats { dir: PathBuf },
     /// The repeat count is below 1 (e.g. `0_dog`).
     ZeroRepeats { dir: PathBuf, num_repeats: i64 },
+    /// The repeat count does not fit (above [`MAX_FOLDER_REPEATS`], e.g. `99999999999_dog`):
+    /// an error, never clamped ([`crate::config::plan_from_dirs`] refuses the folder).
+    TooManyRepeats { dir: PathBuf, num_repeats: String },
 }
+
+/// The largest repeat count a folder name (or `num_repeats`) may hold.
+pub const MAX_FOLDER_REPEATS: u32 = u32::MAX;
 
 /// The result of reading a DreamBooth data directory.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -53,8 +59,9 @@ pub struct FolderScan {
 /// Parses a DreamBooth folder name as sd-scripts does: the text before the
 /// first `_` must be an integer (Python `int()`: surrounding whitespace and a
 /// sign allowed); the rest, with its underscores, is the class token.
-/// Returns `None` when there is no leading integer.
-pub fn parse_repeat_folder_name(name: &str) -> Option<(i64, String)> {
+/// Returns `None` when there is no leading integer, and the number's text as
+/// the error when it does not fit in 64 bits (never a clamped value).
+pub fn parse_repeat_folder_name(name: &str) -> Option<(Result<i64, String>, String)> {
     let (head, rest) = match name.split_once('_') {
         Some((h, r)) => (h, r),
         None => (name, ""),
@@ -64,9 +71,7 @@ pub fn parse_repeat_folder_name(name: &str) -> Option<(i64, String)> {
     if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
-    // Saturate absurd values instead of failing: they are caught as "too many repeats" later.
-    let n = head.parse::<i64>().unwrap_or(if head.starts_with('-') { i64::MIN } else { i64::MAX });
-    Some((n, rest.to_owned()))
+    Some((head.parse::<i64>().map_err(|_| head.to_owned()), rest.to_owned()))
 }
 
 fn is_hidden(name: &OsStr) -> bool {
@@ -87,12 +92,17 @@ pub fn scan_data_dir(base: &Path) -> std::io::Result<FolderScan> {
             }
             match parse_repeat_folder_name(&name.to_string_lossy()) {
                 None => scan.ignored.push(IgnoredFolder::NoRepeats { dir: path }),
-                Some((n, _)) if n < 1 => scan.ignored.push(IgnoredFolder::ZeroRepeats { dir: path, num_repeats: n }),
-                Some((n, class_tokens)) => scan.subsets.push(RepeatFolder {
-                    dir: path,
-                    num_repeats: u32::try_from(n).unwrap_or(u32::MAX),
-                    class_tokens,
-                }),
+                Some((Ok(n), _)) if n < 1 => {
+                    scan.ignored.push(IgnoredFolder::ZeroRepeats { dir: path, num_repeats: n })
+                }
+                Some((n, class_tokens)) => match n.map(u32::try_from) {
+                    Ok(Ok(num_repeats)) => scan.subsets.push(RepeatFolder { dir: path, num_repeats, class_tokens }),
+                    Ok(Err(_)) | Err(_) => {
+                        let num_repeats =
+                            name.to_string_lossy().split('_').next().unwrap_or_default().trim().to_owned();
+                        scan.ignored.push(IgnoredFolder::TooManyRepeats { dir: path, num_repeats })
+                    }
+                },
             }
         } else if image_extension_kind(&path) == ExtensionKind::Image {
             scan.loose_images.push(path);
@@ -158,6 +168,9 @@ pub struct FolderListing {
     pub hidden: Vec<PathBuf>,
     /// Subfolders: their images are not used (folders are not searched recursively).
     pub subfolders: Vec<PathBuf>,
+    /// Entries named like images that are FIFOs, sockets or devices (directly or through a
+    /// link), with what they are: never opened (reading one would hang or never end).
+    pub not_regular: Vec<(PathBuf, &'static str)>,
 }
 
 /// Lists the images directly inside `dir` (not recursive, as sd-scripts).
@@ -168,10 +181,16 @@ pub fn list_images(dir: &Path) -> std::io::Result<FolderListing> {
         let path = entry.path();
         let file_type = entry.file_type()?;
         let is_symlink = file_type.is_symlink();
-        // Only links need a second look (`metadata` follows them); the directory
-        // entry already says what everything else is, which saves a stat per image.
-        let (is_dir, is_file) = if is_symlink {
+        // Only links and unusual entries need a second look (`metadata` follows links); the
+        // directory entry already says what a plain file or folder is, which saves a stat per image.
+        let (is_dir, is_file) = if is_symlink || !(file_type.is_dir() || file_type.is_file()) {
             let target = std::fs::metadata(&path);
+            if let Some(kind) = target.as_ref().ok().and_then(crate::regular_file::special_kind) {
+                if image_extension_kind(&path) != ExtensionKind::Other {
+                    listing.not_regular.push((path, kind));
+                }
+                continue;
+            }
             (target.as_ref().is_ok_and(|m| m.is_dir()), target.is_ok_and(|m| m.is_file()))
         } else {
             (file_type.is_dir(), file_type.is_file())
@@ -198,6 +217,7 @@ pub fn list_images(dir: &Path) -> std::io::Result<FolderListing> {
     listing.unsupported.sort();
     listing.hidden.sort();
     listing.subfolders.sort();
+    listing.not_regular.sort();
     Ok(listing)
 }
 
@@ -207,18 +227,39 @@ mod tests {
 
     #[test]
     fn folder_names_parse_like_python_int() {
-        assert_eq!(parse_repeat_folder_name("10_sks_dog"), Some((10, "sks_dog".into())));
-        assert_eq!(parse_repeat_folder_name("10_sks dog"), Some((10, "sks dog".into())));
-        assert_eq!(parse_repeat_folder_name("3"), Some((3, String::new())));
-        assert_eq!(parse_repeat_folder_name(" 4 _x"), Some((4, "x".into())));
-        assert_eq!(parse_repeat_folder_name("+2_x"), Some((2, "x".into())));
-        assert_eq!(parse_repeat_folder_name("0_x"), Some((0, "x".into())));
-        assert_eq!(parse_repeat_folder_name("-1_x"), Some((-1, "x".into())));
+        assert_eq!(parse_repeat_folder_name("10_sks_dog"), Some((Ok(10), "sks_dog".into())));
+        assert_eq!(parse_repeat_folder_name("10_sks dog"), Some((Ok(10), "sks dog".into())));
+        assert_eq!(parse_repeat_folder_name("3"), Some((Ok(3), String::new())));
+        assert_eq!(parse_repeat_folder_name(" 4 _x"), Some((Ok(4), "x".into())));
+        assert_eq!(parse_repeat_folder_name("+2_x"), Some((Ok(2), "x".into())));
+        assert_eq!(parse_repeat_folder_name("0_x"), Some((Ok(0), "x".into())));
+        assert_eq!(parse_repeat_folder_name("-1_x"), Some((Ok(-1), "x".into())));
         assert_eq!(parse_repeat_folder_name("dog"), None);
         assert_eq!(parse_repeat_folder_name("x10_dog"), None);
         assert_eq!(parse_repeat_folder_name("_dog"), None);
         assert_eq!(parse_repeat_folder_name("1.5_dog"), None);
-        assert_eq!(parse_repeat_folder_name("99999999999999999999_x").unwrap().0, i64::MAX);
+        // Too large for any integer type: the text, never a clamped number.
+        assert_eq!(parse_repeat_folder_name("99999999999999999999_x").unwrap().0, Err("99999999999999999999".into()));
+    }
+
+    #[test]
+    fn repeat_counts_that_do_not_fit_are_reported_not_clamped() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in ["99999999999_big", "99999999999999999999999_huge", "4294967295_max", "2_ok"] {
+            std::fs::create_dir(dir.path().join(name)).unwrap();
+        }
+        let scan = scan_data_dir(dir.path()).unwrap();
+        let repeats: Vec<u32> = scan.subsets.iter().map(|s| s.num_repeats).collect();
+        assert_eq!(repeats, [2, MAX_FOLDER_REPEATS]);
+        let too_many: Vec<String> = scan
+            .ignored
+            .iter()
+            .filter_map(|i| match i {
+                IgnoredFolder::TooManyRepeats { num_repeats, .. } => Some(num_repeats.clone()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(too_many, ["99999999999999999999999", "99999999999"]); // in name order
     }
 
     #[test]

@@ -12,6 +12,7 @@
 //! - [`steps`]: steps per epoch, epochs and total steps.
 //! - [`doctor`]: the `lorakit dataset check` report.
 //! - [`tags`]: tag captions: statistics and bulk editing.
+//! - [`regular_file`]: reads that refuse FIFOs, sockets and devices (which would hang or never end).
 
 pub mod bucket;
 pub mod caption;
@@ -27,5 +28,6 @@ pub mod headers;
 pub mod preprocess;
 pub mod probe;
 pub mod prompt_weights;
+pub mod regular_file;
 pub mod steps;
 pub mod tags;

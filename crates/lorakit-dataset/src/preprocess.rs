@@ -17,7 +17,7 @@
 use crate::bucket::{BucketChoice, Reso};
 use crate::probe::{self, ProbeError};
 use image::metadata::Orientation;
-use image::{DynamicImage, ImageFormat, ImageReader, RgbImage};
+use image::{DynamicImage, ImageFormat, RgbImage};
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
 
@@ -197,12 +197,13 @@ pub fn load_alpha_mask(
     let interp = interpolation_named(path, interpolation)?;
     check_choice(path, choice)?;
     let image_err = |source: ProbeError| PreprocessError::Image { path: path.to_path_buf(), source };
-    let bytes = std::fs::read(path).map_err(|e| image_err(ProbeError::Unreadable(e.to_string())))?;
+    let bytes =
+        crate::regular_file::read_regular(path).map_err(|e| image_err(ProbeError::Unreadable(e.to_string())))?;
     let probe = probe::probe_header_bytes(&bytes).map_err(image_err)?;
     let format = ImageFormat::from_extension(probe.format).ok_or_else(|| {
         image_err(ProbeError::Corrupt { format: probe.format.into(), reason: "unknown format".into() })
     })?;
-    let decoded = ImageReader::with_format(Cursor::new(&bytes), format)
+    let decoded = probe::limited_reader(Cursor::new(&bytes), format)
         .decode()
         .map_err(|e| image_err(ProbeError::Corrupt { format: probe.format.into(), reason: e.to_string() }))?;
     let (bw, bh) = choice.bucket;
@@ -340,7 +341,8 @@ fn interpolation_named(path: &Path, name: Option<&str>) -> Result<Option<Interpo
 /// `convert("RGB")`) sees it plus the EXIF orientation.
 pub fn decode_upright_rgb(path: &Path) -> Result<RgbImage, PreprocessError> {
     let image_err = |source: ProbeError| PreprocessError::Image { path: path.to_path_buf(), source };
-    let bytes = std::fs::read(path).map_err(|e| image_err(ProbeError::Unreadable(e.to_string())))?;
+    let bytes =
+        crate::regular_file::read_regular(path).map_err(|e| image_err(ProbeError::Unreadable(e.to_string())))?;
     decode_upright_rgb_bytes(&bytes).map_err(|e| match e {
         DecodeFailure::Probe(source) => image_err(source),
         DecodeFailure::TooLarge(reason) => PreprocessError::TooLarge { path: path.to_path_buf(), reason },
@@ -362,7 +364,7 @@ fn decode_upright_rgb_bytes(bytes: &[u8]) -> Result<RgbImage, DecodeFailure> {
         // The JPEG decoder pads a cut-off file with gray instead of failing.
         return Err(corrupt("the file ends before the end-of-image marker: it is truncated".into()));
     }
-    let image = ImageReader::with_format(Cursor::new(bytes), format).decode().map_err(|e| match e {
+    let image = probe::limited_reader(Cursor::new(bytes), format).decode().map_err(|e| match e {
         image::ImageError::Limits(l) => DecodeFailure::TooLarge(l.to_string()),
         other => corrupt(other.to_string()),
     })?;

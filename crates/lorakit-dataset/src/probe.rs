@@ -54,6 +54,44 @@ pub enum ProbeError {
     Corrupt { format: String, reason: String },
     #[error("the image has a zero side ({0}x{1})")]
     ZeroSize(u32, u32),
+    /// The header declares more pixels than [`MAX_IMAGE_PIXELS`]; nothing was decoded.
+    #[error(
+        "its header declares {width}x{height} pixels ({:.1} megapixels), above lorakit's limit of {:.2} megapixels \
+         (a decompression bomb or a mis-sized export): nothing was decoded; downscale the image or delete it",
+        *width as f64 * *height as f64 / 1e6, *limit as f64 / 1e6
+    )]
+    TooManyPixels { width: u32, height: u32, limit: u64 },
+}
+
+/// The largest image lorakit decodes: width × height, checked against the header before any
+/// pixel memory is allocated (probe, fingerprint, duplicate hash and training load all check it).
+///
+/// Why this number: it is PIL's own `DecompressionBombError` threshold (2 × 89,478,485 px), so
+/// every image sd-scripts can open, lorakit opens too — including 150-megapixel medium-format
+/// photos (14204 × 10652) — while a header claiming 60000 × 60000 (3.6 gigapixels, 10+ GB
+/// decoded) is refused. At the limit a 16-bit RGBA decode needs about 1.4 GB.
+pub const MAX_IMAGE_PIXELS: u64 = 2 * 89_478_485;
+
+/// Bytes the image crate may allocate for one decode: the largest image at 8 bytes per pixel
+/// (16-bit RGBA), so a decoder that allocates beyond what the checked header declares stops.
+const MAX_DECODE_BYTES: u64 = MAX_IMAGE_PIXELS * 8;
+
+/// Refuses a declared size above [`MAX_IMAGE_PIXELS`] (the one place the limit is checked).
+pub fn check_pixel_limit((width, height): (u32, u32)) -> Result<(), ProbeError> {
+    if u64::from(width) * u64::from(height) > MAX_IMAGE_PIXELS {
+        return Err(ProbeError::TooManyPixels { width, height, limit: MAX_IMAGE_PIXELS });
+    }
+    Ok(())
+}
+
+/// An image crate reader for `format` with limits matching [`MAX_IMAGE_PIXELS`]: every decoder
+/// lorakit creates comes from here.
+pub fn limited_reader<R: std::io::BufRead + Seek>(reader: R, format: ImageFormat) -> ImageReader<R> {
+    let mut limits = image::Limits::default();
+    limits.max_alloc = Some(MAX_DECODE_BYTES);
+    let mut image_reader = ImageReader::with_format(reader, format);
+    image_reader.limits(limits);
+    image_reader
 }
 
 /// Lower-case name of a format, as reported.
@@ -126,8 +164,9 @@ fn header<'a, R: std::io::BufRead + Seek + 'a>(
     }
     let corrupt =
         |e: image::ImageError| ProbeError::Corrupt { format: format_name(format).into(), reason: e.to_string() };
-    let mut decoder = ImageReader::with_format(reader, format).into_decoder().map_err(corrupt)?;
+    let mut decoder = limited_reader(reader, format).into_decoder().map_err(corrupt)?;
     let stored_size = decoder.dimensions();
+    check_pixel_limit(stored_size)?;
     // A damaged EXIF block must not make the image unusable: treat it as "no rotation".
     let orientation = decoder.orientation().map(Orientation::to_exif).unwrap_or(1);
     if stored_size.0 == 0 || stored_size.1 == 0 {
@@ -157,10 +196,11 @@ fn read_up_to(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
 /// Reads the format, size and orientation from the file header without decoding pixels.
 pub fn probe_header(path: &Path) -> Result<ImageProbe, ProbeError> {
     let unreadable = |e: std::io::Error| ProbeError::Unreadable(e.to_string());
-    let mut file = std::fs::File::open(path).map_err(unreadable)?;
+    let mut file = crate::regular_file::open_regular(path).map_err(unreadable)?;
     let file_len = file.metadata().map_err(unreadable)?.len();
     if let Some((format, stored_size, orientation)) = crate::headers::read_header(&mut file, file_len) {
         if stored_size.0 > 0 && stored_size.1 > 0 {
+            check_pixel_limit(stored_size)?;
             let size = oriented(stored_size, orientation);
             return Ok(ImageProbe { format, stored_size, orientation, size, file_len });
         }
@@ -189,7 +229,7 @@ pub struct DecodedImage {
 /// Reads the whole file, decodes every pixel (catching truncated and corrupt
 /// data that a header read cannot), and fingerprints the image.
 pub fn decode_and_fingerprint(path: &Path) -> Result<DecodedImage, ProbeError> {
-    let bytes = std::fs::read(path).map_err(|e| ProbeError::Unreadable(e.to_string()))?;
+    let bytes = crate::regular_file::read_regular(path).map_err(|e| ProbeError::Unreadable(e.to_string()))?;
     decode_bytes(&bytes)
 }
 
@@ -419,6 +459,59 @@ mod tests {
             let (_, slow, _) = header(Cursor::new(&bytes[..]), bytes.len() as u64).unwrap();
             assert_eq!(fast, (slow.format, slow.stored_size, slow.orientation), "{name}");
         }
+    }
+
+    /// CRC-32 (PNG's), bit by bit: enough for one patched chunk.
+    fn crc32(bytes: &[u8]) -> u32 {
+        let mut crc = !0u32;
+        for &b in bytes {
+            crc ^= u32::from(b);
+            for _ in 0..8 {
+                crc = if crc & 1 != 0 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
+            }
+        }
+        !crc
+    }
+
+    fn encoded(format: ImageFormat) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        gradient(8, 8).write_to(&mut Cursor::new(&mut bytes), format).unwrap();
+        bytes
+    }
+
+    /// Tiny valid files whose headers claim 60000x60000 pixels: PNG, JPEG and (extended) WebP.
+    fn pixel_bombs() -> Vec<(&'static str, Vec<u8>, (u32, u32))> {
+        let mut png = encoded(ImageFormat::Png);
+        png[16..20].copy_from_slice(&60000u32.to_be_bytes());
+        png[20..24].copy_from_slice(&60000u32.to_be_bytes());
+        let crc = crc32(&png[12..29]);
+        png[29..33].copy_from_slice(&crc.to_be_bytes());
+        let mut jpeg = encoded(ImageFormat::Jpeg);
+        let sof = jpeg.windows(2).position(|w| w == [0xFF, 0xC0]).expect("baseline JPEG frame header");
+        jpeg[sof + 5..sof + 7].copy_from_slice(&60000u16.to_be_bytes());
+        jpeg[sof + 7..sof + 9].copy_from_slice(&60000u16.to_be_bytes());
+        let webp = webp_with_exif(&encoded(ImageFormat::WebP), 60000, 60000, 1);
+        vec![("png", png, (60000, 60000)), ("jpg", jpeg, (60000, 60000)), ("webp", webp, (60000, 60000))]
+    }
+
+    #[test]
+    fn declared_size_above_the_pixel_limit_is_refused_before_decoding() {
+        let dir = tempfile::tempdir().unwrap();
+        for (i, (ext, bytes, (w, h))) in pixel_bombs().into_iter().enumerate() {
+            let path = dir.path().join(format!("bomb{i}.{ext}"));
+            std::fs::write(&path, &bytes).unwrap();
+            let want = ProbeError::TooManyPixels { width: w, height: h, limit: MAX_IMAGE_PIXELS };
+            assert_eq!(probe_header(&path), Err(want.clone()), "{}", path.display());
+            assert_eq!(probe_header_bytes(&bytes), Err(want.clone()), "{}", path.display());
+            assert_eq!(decode_and_fingerprint(&path).unwrap_err(), want, "{}", path.display());
+            let err = crate::preprocess::decode_upright_rgb(&path).unwrap_err().to_string();
+            for part in [path.display().to_string(), format!("{w}x{h}"), "178.96 megapixels".into()] {
+                assert!(err.contains(&part), "{err} lacks {part}");
+            }
+        }
+        // The limit itself still decodes as far as the size check goes.
+        assert!(check_pixel_limit((14204, 10652)).is_ok());
+        assert!(check_pixel_limit((u32::MAX, u32::MAX)).is_err());
     }
 
     #[test]

@@ -7,6 +7,32 @@ use serde::Serialize;
 /// sd-scripts' default `--max_train_steps` when neither steps nor epochs are given.
 pub const SD_SCRIPTS_DEFAULT_MAX_TRAIN_STEPS: u64 = 1600;
 
+/// The most samples (images × repeats, regularisation included) one epoch may hold.
+///
+/// Training lays out one epoch's order in memory (about 64 bytes a sample at batch size 1), so
+/// this bounds that to well under a gigabyte; it is far beyond real datasets (100,000 images ×
+/// 10 repeats is 1,000,000) and beyond what can be trained (10 million samples at one second
+/// each is four months per epoch). Larger counts are typos such as `99999999_name` folders, and
+/// are refused by name instead of exhausting memory.
+pub const MAX_SAMPLES_PER_EPOCH: u64 = 10_000_000;
+
+/// A run length that cannot be represented.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StepError {
+    /// `max_train_epochs × steps per epoch` does not fit in 64 bits.
+    #[error(
+        "max_train_epochs = {epochs} with {steps_per_epoch} steps per epoch is more than {} optimizer steps: \
+         set a realistic number of epochs",
+        u64::MAX
+    )]
+    Overflow {
+        /// The requested epochs.
+        epochs: u64,
+        /// Optimizer steps per epoch.
+        steps_per_epoch: u64,
+    },
+}
+
 /// What the user asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct StepRequest {
@@ -50,18 +76,22 @@ pub struct StepPlan {
 }
 
 impl StepPlan {
-    /// Computes the plan for `batches_per_epoch` batches (one process).
-    pub fn new(batches_per_epoch: u64, request: StepRequest) -> StepPlan {
+    /// Computes the plan for `batches_per_epoch` batches (one process), refusing an epoch count
+    /// whose step total does not fit in 64 bits.
+    pub fn try_new(batches_per_epoch: u64, request: StepRequest) -> Result<StepPlan, StepError> {
         let ga = request.gradient_accumulation_steps.max(1);
         let steps_per_epoch = batches_per_epoch.div_ceil(ga);
         let (max_train_steps, source) = match (request.max_train_epochs, request.max_train_steps) {
-            (Some(e), _) => (e * steps_per_epoch, LengthSource::Epochs),
+            (Some(epochs), _) => (
+                epochs.checked_mul(steps_per_epoch).ok_or(StepError::Overflow { epochs, steps_per_epoch })?,
+                LengthSource::Epochs,
+            ),
             (None, Some(s)) => (s, LengthSource::Steps),
             (None, None) => (SD_SCRIPTS_DEFAULT_MAX_TRAIN_STEPS, LengthSource::DefaultSteps),
         };
         let epochs = if steps_per_epoch == 0 { 0 } else { max_train_steps.div_ceil(steps_per_epoch) };
         let last_epoch_steps = if epochs == 0 { 0 } else { max_train_steps - (epochs - 1) * steps_per_epoch };
-        StepPlan {
+        Ok(StepPlan {
             batches_per_epoch,
             gradient_accumulation_steps: ga,
             steps_per_epoch,
@@ -69,7 +99,16 @@ impl StepPlan {
             epochs,
             last_epoch_steps,
             source,
-        }
+        })
+    }
+
+    /// [`StepPlan::try_new`] for a request already checked by it (training checks it when the
+    /// dataset is loaded: `lorakit_train::data::TrainData::load`). Should it overflow anyway,
+    /// the plan has zero steps, which every caller refuses as "nothing to train" — never a
+    /// clamped or wrapped length.
+    pub fn new(batches_per_epoch: u64, request: StepRequest) -> StepPlan {
+        Self::try_new(batches_per_epoch, request)
+            .unwrap_or_else(|_| Self::try_new(0, request).expect("no epoch of zero steps overflows"))
     }
 }
 
@@ -97,6 +136,18 @@ mod tests {
             StepRequest { max_train_epochs: None, max_train_steps: Some(100), gradient_accumulation_steps: 1 },
         );
         assert_eq!((p.epochs, p.last_epoch_steps), (2, 18));
+    }
+
+    #[test]
+    fn step_totals_that_overflow_are_errors() {
+        let request =
+            StepRequest { max_train_epochs: Some(u64::MAX / 2), gradient_accumulation_steps: 1, ..Default::default() };
+        let err = StepPlan::try_new(3, request).unwrap_err();
+        assert_eq!(err, StepError::Overflow { epochs: u64::MAX / 2, steps_per_epoch: 3 });
+        assert!(err.to_string().contains("max_train_epochs"), "{err}");
+        // Never a wrapped length: the unchecked constructor plans nothing instead.
+        assert_eq!(StepPlan::new(3, request).max_train_steps, 0);
+        assert_eq!(StepPlan::try_new(1, request).unwrap().max_train_steps, u64::MAX / 2);
     }
 
     #[test]

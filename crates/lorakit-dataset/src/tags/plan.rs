@@ -121,11 +121,24 @@ impl EditPlan {
         counts
     }
 
-    /// Writes every planned change atomically (temporary file + rename). A file
-    /// that changed on disk since it was planned is not overwritten. Returns
-    /// the files that could not be written; the others are done.
+    /// Writes every planned change atomically (temporary file + rename), keeping each file's
+    /// permissions and owner. A file that changed on disk since it was planned is not
+    /// overwritten. Returns the files that could not be written (each left exactly as it was);
+    /// the other changes are done. Leftover temporary files of interrupted earlier runs are
+    /// removed from the folders written to first (`fs_atomic::clean_stale_temp_files`).
     pub fn write(&self) -> Vec<WriteFailure> {
         let mut failures = Vec::new();
+        let folders: std::collections::BTreeSet<PathBuf> = self
+            .files
+            .iter()
+            .filter(|f| matches!(f.outcome, FileOutcome::Change(_)))
+            .filter_map(|f| std::fs::canonicalize(&f.path).ok()?.parent().map(Path::to_path_buf))
+            .collect();
+        for folder in folders {
+            if let Err(e) = crate::fs_atomic::clean_stale_temp_files(&folder) {
+                tracing::debug!(folder = %folder.display(), error = %e, "cannot look for stale temporary files");
+            }
+        }
         for file in &self.files {
             if let FileOutcome::Change(change) = &file.outcome {
                 if let Err(message) = write_change(&file.path, change) {
@@ -140,11 +153,11 @@ impl EditPlan {
 fn write_change(path: &Path, change: &CaptionChange) -> Result<(), String> {
     // Write through symlinks: replacing the link itself would leave its target stale.
     let target = std::fs::canonicalize(path).map_err(|e| e.to_string())?;
-    let current = std::fs::read(&target).map_err(|e| e.to_string())?;
+    let current = crate::regular_file::read_regular(&target).map_err(|e| e.to_string())?;
     if current != change.original_bytes {
         return Err("changed on disk since it was read; not overwritten".to_owned());
     }
-    write_atomic(&target, &change.new_bytes).map_err(|e| e.to_string())
+    write_atomic(&target, &change.new_bytes).map_err(|e| format!("{e}; the file is unchanged"))
 }
 
 struct ReadCaption {
@@ -154,7 +167,7 @@ struct ReadCaption {
 }
 
 fn read_caption(path: &Path) -> Result<ReadCaption, String> {
-    let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
+    let bytes = crate::regular_file::read_regular(path).map_err(|e| e.to_string())?;
     let decoded = decode_text(&bytes);
     if decoded.notes.contains(&TextNote::InvalidUtf8) {
         return Err("not valid UTF-8 text; re-save it as UTF-8 (lorakit will not rewrite it and lose bytes)".into());

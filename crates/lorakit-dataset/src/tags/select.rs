@@ -4,7 +4,9 @@
 //! - a file: taken as is, whatever its extension;
 //! - a folder: walked recursively for files ending in the caption extension;
 //!   hidden entries (name starting with `.`) are skipped, symlinked files are
-//!   followed, symlinked folders are not (no loops);
+//!   followed, symlinked folders are not (no loops); FIFOs, sockets and devices
+//!   with the extension are selected so that reading them fails by name (they
+//!   are never opened for reading);
 //! - a glob pattern such as `data/**/*.txt` (quote it so the shell leaves it
 //!   alone): the files it matches, whatever their extension, so end it with the
 //!   caption extension. `*` stays inside one folder, `**` crosses folders.
@@ -69,7 +71,9 @@ fn walk(dir: &Path, found: &mut dyn FnMut(&Path)) -> Result<(), TagsError> {
         let file_type = entry.file_type().map_err(io_error)?;
         if file_type.is_dir() {
             walk(&path, found)?;
-        } else if file_type.is_file() || (file_type.is_symlink() && path.is_file()) {
+        } else if !file_type.is_symlink() || std::fs::metadata(&path).is_ok_and(|m| !m.is_dir()) {
+            // FIFOs, sockets and devices are listed too: reading refuses them by name
+            // (`regular_file`), so they are reported instead of silently left out.
             found(&path);
         }
     }

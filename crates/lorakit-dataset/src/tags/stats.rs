@@ -72,7 +72,7 @@ pub fn tag_stats_per_folder(files: &[PathBuf], matching: &TagMatching) -> Vec<Fo
 }
 
 fn read_first_line(path: &Path) -> Result<String, String> {
-    let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
+    let bytes = crate::regular_file::read_regular(path).map_err(|e| e.to_string())?;
     let text = decode_text(&bytes).text;
     Ok(split_first_line(&text).0.to_owned())
 }
