@@ -2,7 +2,7 @@
 //! format layer, resize them with [`crate::resize`], and write the result with
 //! sd-scripts' metadata updates and freshly computed `sshs_*` hashes.
 
-use crate::keys::{modules, ModuleError};
+use crate::keys::{detect_scheme, modules, ModuleError, Scheme};
 use crate::resize::{
     average_fro_line, metadata_updates, resize_modules, verbose_line, ModuleWeights, ResizeError, ResizeSettings,
     ResizedModule,
@@ -27,6 +27,15 @@ pub enum ResizeFileError {
     Tucker { path: PathBuf, module: String },
     #[error("{path}: the input and output are the same file; write the resized LoRA to a new file", path = .0.display())]
     SameFile(PathBuf),
+    #[error(
+        "{path}: this is a {} file, which resize does not support: its weight change is a {} product, not the \
+         up·down pair of a LoRA/LoCon that resize truncates by SVD; \
+         resize LoRA/LoCon files, or train the LoHa/LoKr with a smaller network_dim",
+        scheme.describe(),
+        if *scheme == Scheme::LoHa { "Hadamard" } else { "Kronecker" },
+        path = path.display()
+    )]
+    Lycoris { path: PathBuf, scheme: Scheme },
 }
 
 /// What a resize did, for the report.
@@ -51,6 +60,10 @@ pub fn resize_file(
         return Err(ResizeFileError::SameFile(output.to_path_buf()));
     }
     let file = LoraFile::open(input)?;
+    let scheme = detect_scheme(file.tensor_names());
+    if matches!(scheme, Scheme::LoHa | Scheme::LoKr) {
+        return Err(ResizeFileError::Lycoris { path: input.to_path_buf(), scheme });
+    }
     // `modules` refuses every scheme that is not plain up/down pairs (LoHa, LoKr, DoRA, checkpoints).
     let set = modules(&file)?;
     let mut ordered = set.modules.clone();
