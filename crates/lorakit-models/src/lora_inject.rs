@@ -36,6 +36,36 @@ pub enum NetworkKind {
     Lycoris { algo: LycorisAlgo, preset: LycorisPreset },
 }
 
+impl NetworkKind {
+    /// The kind a config names: `network_module` with LyCORIS' `algo`, `preset` (unset:
+    /// `full`) and LoKr's `factor`, `decompose_both`, `full_matrix`. Unknown names are an error
+    /// naming the key.
+    pub fn from_config(
+        network_module: &str,
+        algo: Option<&str>,
+        preset: Option<&str>,
+        lokr: lorakit_nn::lycoris::LokrOptions,
+    ) -> std::result::Result<Self, String> {
+        match network_module {
+            "networks.lora" => Ok(NetworkKind::Lora),
+            "lycoris.kohya" => {
+                let algo = match algo {
+                    Some("loha") => LycorisAlgo::LoHa,
+                    Some("lokr") => LycorisAlgo::LoKr(lokr),
+                    other => return Err(format!("network.algo = {other:?}: use \"loha\" or \"lokr\"")),
+                };
+                let preset = match preset {
+                    None => LycorisPreset::Full,
+                    Some(p) => LycorisPreset::parse(p)
+                        .ok_or_else(|| format!("network.preset = {p:?}: use \"full\", \"full-lin\" or \"attn-mlp\""))?,
+                };
+                Ok(NetworkKind::Lycoris { algo, preset })
+            }
+            other => Err(format!("network.network_module = {other:?}: use \"networks.lora\" or \"lycoris.kohya\"")),
+        }
+    }
+}
+
 /// The LyCORIS presets lorakit supports (LyCORIS' `config.PRESET`): which model parts get
 /// modules.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -211,8 +211,26 @@ impl Default for DatasetSection {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct NetworkSection {
-    /// `networks.lora` (the only module so far).
+    /// `networks.lora` (kohya LoRA; LoCon with `conv_dim`) or `lycoris.kohya` (LyCORIS: `algo`
+    /// picks LoHa or LoKr).
     pub network_module: String,
+    /// LyCORIS algorithm (`network_args` `algo=…`), only with `network_module = "lycoris.kohya"`:
+    /// `loha` (Hadamard product of two low-rank products) or `lokr` (Kronecker product).
+    pub algo: Option<String>,
+    /// LyCORIS preset (`network_args` `preset=…`): `full` (LyCORIS' default: attention, ResNet and
+    /// resampler layers, k×k convs with `conv_dim`, which defaults to `network_dim`), `full-lin`
+    /// (no k×k convs) or `attn-mlp` (transformer blocks only).
+    pub preset: Option<String>,
+    /// LoKr: the preferred size of the smaller Kronecker factor (LyCORIS' `factor`; −1: as
+    /// balanced as each layer's dimensions allow).
+    pub factor: i64,
+    /// LoKr: also split the smaller Kronecker factor into a low-rank product (when the rank is
+    /// below half its larger side).
+    pub decompose_both: bool,
+    /// LoKr: both Kronecker factors full matrices whatever the rank (LyCORIS' `full_matrix`; a
+    /// rank of at least half a factor's side, e.g. the presets' network_dim = 100000, makes that
+    /// factor full anyway).
+    pub full_matrix: bool,
     /// Rank of linear and 1×1 modules.
     pub network_dim: usize,
     /// Alpha (scale = alpha / rank).
@@ -265,10 +283,118 @@ pub struct NetworkSection {
     pub scale_weight_norms: Option<f64>,
 }
 
+/// The LyCORIS presets `network.preset` accepts.
+pub const LYCORIS_PRESETS: &[&str] = &["full", "full-lin", "attn-mlp"];
+
+impl NetworkSection {
+    /// Whether this is a LyCORIS (`lycoris.kohya`) network.
+    pub fn is_lycoris(&self) -> bool {
+        self.network_module == "lycoris.kohya"
+    }
+
+    /// Checks `network_module`, `algo`, `preset` and the LoKr options, and refuses what a
+    /// LyCORIS LoHa/LoKr network cannot do as LyCORIS does it.
+    fn validate_module(&self, problems: &mut Vec<String>) {
+        let lokr_options_set = self.factor != -1 || self.decompose_both || self.full_matrix;
+        match self.network_module.as_str() {
+            "networks.lora" => {
+                for (key, set) in [
+                    ("algo", self.algo.is_some()),
+                    ("preset", self.preset.is_some()),
+                    ("factor, decompose_both, full_matrix", lokr_options_set),
+                ] {
+                    if set {
+                        problems.push(format!(
+                            "network.{key}: LyCORIS options, but network.network_module = \"networks.lora\"; set network_module = \"lycoris.kohya\" (with algo = \"loha\" or \"lokr\") or remove them"
+                        ));
+                    }
+                }
+                return;
+            }
+            "lycoris.kohya" => {}
+            other => {
+                problems.push(format!(
+                    "network.network_module = {other:?}: use \"networks.lora\" (LoRA/LoCon) or \"lycoris.kohya\" (LyCORIS LoHa/LoKr)"
+                ));
+                return;
+            }
+        }
+        match self.algo.as_deref() {
+            Some("loha") if lokr_options_set => problems.push(
+                "network.factor/decompose_both/full_matrix are LoKr options; LyCORIS ignores them for algo = \"loha\": remove them".into(),
+            ),
+            Some("loha" | "lokr") => {}
+            Some(a @ ("locon" | "lora")) => problems.push(format!(
+                "network.algo = {a:?}: LyCORIS' LoCon is not supported yet (it adapts other layers and applies rank dropout and max-norm differently from networks.lora); for a kohya LoCon use network_module = \"networks.lora\" with conv_dim"
+            )),
+            Some(other) => problems.push(format!(
+                "network.algo = {other:?}: lorakit trains LyCORIS' \"loha\" and \"lokr\" only"
+            )),
+            None => problems.push(
+                "network.algo: network_module = \"lycoris.kohya\" needs an algorithm: \"loha\" or \"lokr\"".into(),
+            ),
+        }
+        if let Some(p) = self.preset.as_deref().filter(|p| !LYCORIS_PRESETS.contains(p)) {
+            problems.push(format!(
+                "network.preset = {p:?}: lorakit supports LyCORIS' presets {} (or leave it unset for \"full\")",
+                LYCORIS_PRESETS.join(", ")
+            ));
+        }
+        let refuse = |problems: &mut Vec<String>, key: &str, why: &str| {
+            problems.push(format!("network.{key} with network_module = \"lycoris.kohya\": {why}; remove it"))
+        };
+        if self.network_dropout.is_some_and(|p| p > 0.0) {
+            refuse(
+                problems,
+                "network_dropout",
+                "LyCORIS' LoHa/LoKr modules ignore it (\"haven't implemented normal dropout yet\")",
+            );
+        }
+        for (key, set) in [
+            ("loraplus_lr_ratio", self.loraplus_lr_ratio.is_some()),
+            ("loraplus_unet_lr_ratio", self.loraplus_unet_lr_ratio.is_some()),
+            ("loraplus_text_encoder_lr_ratio", self.loraplus_text_encoder_lr_ratio.is_some()),
+        ] {
+            if set {
+                refuse(problems, key, "LyCORIS' network has no LoRA+ groups (LoHa/LoKr factors have no up matrices)");
+            }
+        }
+        for (key, set) in [
+            ("block_dims", self.block_dims.is_some()),
+            ("block_alphas", self.block_alphas.is_some()),
+            ("conv_block_dims", self.conv_block_dims.is_some()),
+            ("conv_block_alphas", self.conv_block_alphas.is_some()),
+            ("down_lr_weight", self.down_lr_weight.is_some()),
+            ("mid_lr_weight", self.mid_lr_weight.is_some()),
+            ("up_lr_weight", self.up_lr_weight.is_some()),
+        ] {
+            if set {
+                refuse(
+                    problems,
+                    key,
+                    "block-wise dims and LR weights are networks.lora arguments, which LyCORIS' network ignores",
+                );
+            }
+        }
+        if self.scale_weight_norms.is_some() && self.rank_dropout.is_some_and(|p| p > 0.0) {
+            refuse(
+                problems,
+                "scale_weight_norms together with rank_dropout",
+                "LyCORIS computes the max-norm from a randomly rank-dropped weight change in training mode, which lorakit does not reproduce",
+            );
+        }
+    }
+}
+
 impl Default for NetworkSection {
     fn default() -> Self {
         NetworkSection {
             network_module: "networks.lora".into(),
+            algo: None,
+            preset: None,
+            factor: -1,
+            decompose_both: false,
+            full_matrix: false,
             network_dim: 4,
             network_alpha: 1.0,
             conv_dim: None,
@@ -678,6 +804,8 @@ impl TrainConfig {
         c.network.loraplus_unet_lr_ratio = Some(0.0);
         c.network.loraplus_text_encoder_lr_ratio = Some(0.0);
         c.network.scale_weight_norms = Some(0.0);
+        c.network.algo = Some(String::new());
+        c.network.preset = Some(String::new());
         c.optimizer.unet_lr = Some(0.0);
         c.optimizer.text_encoder_lr = Some(0.0);
         c.save.resume = Some(PathBuf::new());
@@ -786,12 +914,7 @@ impl TrainConfig {
             problems
                 .push(format!("accelerate.device = {:?}: use \"cpu\", \"cuda\" or \"metal\"", self.accelerate.device));
         }
-        if self.network.network_module != "networks.lora" {
-            problems.push(format!(
-                "network.network_module = {:?}: only \"networks.lora\" (LoRA/LoCon) is supported",
-                self.network.network_module
-            ));
-        }
+        self.network.validate_module(&mut problems);
         for (name, v) in [
             ("network_dropout", self.network.network_dropout),
             ("rank_dropout", self.network.rank_dropout),

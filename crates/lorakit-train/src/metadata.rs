@@ -154,6 +154,22 @@ impl RunMetadata {
             args.insert("conv_dim".into(), json!(conv.to_string()));
             args.insert("conv_alpha".into(), json!(py_float(c.network.conv_alpha.unwrap_or(1.0))));
         }
+        // LyCORIS' arguments as a kohya_ss/sd-scripts user passes them (`algo=loha`, `factor=8`,
+        // `decompose_both=True`, …): defaults left out, as the GUI leaves them out.
+        if c.network.is_lycoris() {
+            let n = &c.network;
+            for (key, value) in [
+                ("algo", n.algo.clone()),
+                ("preset", n.preset.clone()),
+                ("factor", (n.factor != -1).then(|| n.factor.to_string())),
+                ("decompose_both", n.decompose_both.then(|| "True".to_string())),
+                ("full_matrix", n.full_matrix.then(|| "True".to_string())),
+            ] {
+                if let Some(value) = value {
+                    args.insert(key.into(), json!(value));
+                }
+            }
+        }
         if let Some(v) = c.network.rank_dropout {
             args.insert("rank_dropout".into(), json!(py_float(v)));
         }

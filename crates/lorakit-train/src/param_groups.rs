@@ -2,7 +2,8 @@
 //! forms them (spec §8.3, §2.5, §2.6): text-encoder modules first, then the U-Net's — one group
 //! per U-Net block slot when block LR weights are set — each split into a LoRA+ `plus` group of
 //! `up` matrices when a LoRA+ ratio applies; groups whose learning rate is 0 are dropped (their
-//! modules stay in the network and are saved unchanged).
+//! modules stay in the network and are saved unchanged). LyCORIS LoHa/LoKr modules put every
+//! factor in their component's group, as LyCORIS' `prepare_optimizer_params` (no LoRA+).
 
 use candle_core::Var;
 use lorakit_lora::blocks::BlockLayout;
@@ -40,24 +41,34 @@ pub struct PlannedGroup {
 /// `unet_block{slot}`, each optionally followed by a `… plus` group.
 pub fn plan_groups(networks: &[ComponentNetwork], rates: &GroupRates) -> Vec<PlannedGroup> {
     let mut out = Vec::new();
-    // Modules with their component, text encoders first.
-    type Entry<'a> = (usize, &'a lorakit_nn::lora::LoraModule);
+    // Modules with their component, text encoders first: (component, module name, the
+    // parameters of the main group, the LoRA+ `up` matrix).
+    type Entry<'a> = (usize, &'a str, Vec<Var>, Option<Var>);
     let modules = |te: bool| -> Vec<Entry> {
-        networks
-            .iter()
-            .filter(|n| n.is_text_encoder == te)
-            .flat_map(|n| n.set.modules().iter().filter(|m| m.is_trainable()).map(move |m| (n.component, m.as_ref())))
-            .collect()
+        let mut out = Vec::new();
+        for n in networks.iter().filter(|n| n.is_text_encoder == te) {
+            for m in n.set.modules().iter().filter(|m| m.is_trainable()) {
+                out.push((n.component, m.name(), vec![m.down().clone()], Some(m.up().clone())));
+            }
+            for m in n.set.lycoris_modules().iter().filter(|m| m.is_trainable()) {
+                out.push((n.component, m.name(), m.factors().iter().map(|(_, v)| v.clone()).collect(), None));
+            }
+        }
+        out
     };
     let mut assemble = |name: &str, entries: &[Entry], lr: f64, ratio: Option<f64>| {
         let mut lora = (Vec::<Var>::new(), Vec::new());
         let mut plus = (Vec::<Var>::new(), Vec::new());
-        for (component, m) in entries {
-            lora.0.push(m.down().clone());
-            lora.1.push(*component);
-            let up_target = if ratio.is_some() { &mut plus } else { &mut lora };
-            up_target.0.push(m.up().clone());
-            up_target.1.push(*component);
+        for (component, _, main, up) in entries {
+            for v in main {
+                lora.0.push(v.clone());
+                lora.1.push(*component);
+            }
+            if let Some(up) = up {
+                let up_target = if ratio.is_some() { &mut plus } else { &mut lora };
+                up_target.0.push(up.clone());
+                up_target.1.push(*component);
+            }
         }
         for (suffix, (vars, components), group_lr) in [("", lora, lr), (" plus", plus, lr * ratio.unwrap_or(1.0))] {
             if vars.is_empty() || group_lr == 0.0 {
@@ -81,10 +92,10 @@ pub fn plan_groups(networks: &[ComponentNetwork], rates: &GroupRates) -> Vec<Pla
                 // Slots in order of first appearance, as sd-scripts' dict of blocks.
                 let mut slots: Vec<(Option<usize>, Vec<Entry>)> = Vec::new();
                 for e in &unet {
-                    let slot = layout.slot(e.1.name());
+                    let slot = layout.slot(e.1);
                     match slots.iter_mut().find(|(s, _)| *s == slot) {
-                        Some((_, list)) => list.push(*e),
-                        None => slots.push((slot, vec![*e])),
+                        Some((_, list)) => list.push(e.clone()),
+                        None => slots.push((slot, vec![e.clone()])),
                     }
                 }
                 for (slot, entries) in slots {

@@ -69,14 +69,7 @@ fn write_tensors(path: &Path, tensors: &BTreeMap<String, Tensor>) -> Result<()> 
 
 /// The network's trainable tensors by kohya name (`<module>.lora_down.weight`, …), f32.
 pub fn network_tensors(sets: &[Arc<LoraSet>]) -> BTreeMap<String, Tensor> {
-    let mut out = BTreeMap::new();
-    for set in sets {
-        for m in set.modules() {
-            out.insert(format!("{}.lora_down.weight", m.name()), m.down().as_tensor().clone());
-            out.insert(format!("{}.lora_up.weight", m.name()), m.up().as_tensor().clone());
-        }
-    }
-    out
+    sets.iter().flat_map(|s| s.named_vars()).map(|v| (v.name, v.var.as_tensor().clone())).collect()
 }
 
 /// Sets the network's `Var`s from `tensors` (by kohya name). Strict: every module must be
@@ -91,20 +84,18 @@ pub fn load_network_tensors(
     let mut problems = Vec::new();
     let mut used = 0;
     for set in sets {
-        for m in set.modules() {
-            for (suffix, var) in [("lora_down.weight", m.down()), ("lora_up.weight", m.up())] {
-                let name = format!("{}.{suffix}", m.name());
-                match tensors.get(&name) {
-                    None => missing.push(name),
-                    Some(t) if t.dims() != var.dims() => problems.push(format!(
-                        "{name}: shape {:?} in the file, {:?} in this network (different network_dim/conv_dim?)",
-                        t.dims(),
-                        var.dims()
-                    )),
-                    Some(t) => {
-                        set_var(var, t)?;
-                        used += 1;
-                    }
+        for lorakit_nn::lora::NamedVar { name, var, optional } in set.named_vars() {
+            match tensors.get(&name) {
+                None if optional => {}
+                None => missing.push(name),
+                Some(t) if t.dims() != var.dims() => problems.push(format!(
+                    "{name}: shape {:?} in the file, {:?} in this network (different network_dim/conv_dim?)",
+                    t.dims(),
+                    var.dims()
+                )),
+                Some(t) => {
+                    set_var(&var, t)?;
+                    used += 1;
                 }
             }
         }

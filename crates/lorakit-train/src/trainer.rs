@@ -211,7 +211,20 @@ impl<'m> Trainer<'m> {
                 .iter()
                 .map(String::as_str),
         );
-        let conv_alpha = config.network.conv_alpha.unwrap_or(1.0);
+        let n = &config.network;
+        let kind = lorakit_models::lora_inject::NetworkKind::from_config(
+            &n.network_module,
+            n.algo.as_deref(),
+            n.preset.as_deref(),
+            lorakit_nn::lycoris::LokrOptions {
+                factor: n.factor,
+                decompose_both: n.decompose_both,
+                full_matrix: n.full_matrix,
+            },
+        )
+        .map_err(TrainError::Other)?;
+        // LyCORIS' conv_alpha defaults to network_alpha (sd-scripts' LoCon: 1).
+        let conv_alpha = n.conv_alpha.unwrap_or(if n.is_lycoris() { n.network_alpha } else { 1.0 });
         let blocks = block_plan(
             layout,
             &config.block_args(),
@@ -223,6 +236,7 @@ impl<'m> Trainer<'m> {
         .map_err(TrainError::Other)?;
         let mut setup_notes = blocks.notes.clone();
         let spec = NetworkSpec {
+            kind,
             rank: config.network.network_dim,
             alpha: config.network.network_alpha,
             conv_rank: config.network.conv_dim,

@@ -1,0 +1,213 @@
+//! LyCORIS LoHa/LoKr training end to end on the bundled tiny SD1.5-shaped model: the run trains,
+//! saves files in LyCORIS' layout and metadata, the files read back through the LyCORIS reader
+//! (what `generate` and `inspect` use) with the trained network's outputs, a resumed LoHa run
+//! repeats the uninterrupted one bit for bit, and what LyCORIS cannot do is refused by name.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use candle_core::{DType, Device, Tensor};
+use lorakit_models::lora_inject::{create_network, load_lora_file, sets_from_files, ComponentTargets, NetworkKind};
+use lorakit_models::lora_inject::{LycorisPreset, NetworkSpec};
+use lorakit_nn::lycoris::{LokrOptions, LycorisAlgo};
+use lorakit_nn::ForwardCtx;
+use lorakit_train::data::TrainData;
+use lorakit_train::model::{StableDiffusionModel, TrainableModel};
+use lorakit_train::{TrainConfig, TrainEvent, Trainer};
+
+mod common;
+use common::{chessboard_dataset, repo, small_run_toml};
+
+fn model() -> StableDiffusionModel {
+    StableDiffusionModel::load(&repo("examples/quickstart/tiny-sd15"), DType::F32, &Device::Cpu, false).unwrap()
+}
+
+/// The e2e tests' small run with these `[network]` lines added.
+fn config(dir: &Path, data: &Path, network: &str) -> TrainConfig {
+    let text = small_run_toml(dir, data, &repo("examples/quickstart/tiny-sd15")).replacen(
+        "[network]\n",
+        &format!("[network]\n{network}\n"),
+        1,
+    );
+    TrainConfig::from_toml_str(&text, &[]).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn train(config: TrainConfig, model: &StableDiffusionModel, stop_after: Option<u64>) -> lorakit_train::RunSummary {
+    let data = TrainData::load(&config).unwrap();
+    let trainer = Trainer::new(config, model, data).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    let mut events = move |e: TrainEvent| {
+        if let (TrainEvent::Step { step, .. }, Some(n)) = (&e, stop_after) {
+            if *step == n {
+                flag.store(true, Ordering::SeqCst);
+            }
+        }
+    };
+    trainer.run(&stop, &mut events).unwrap()
+}
+
+fn tensors(path: &Path) -> HashMap<String, Vec<f32>> {
+    let file = lorakit_lora::safetensors_file::LoraFile::open(path).unwrap();
+    file.tensor_names().map(|n| (n.to_string(), file.tensor_f32(n).unwrap())).collect()
+}
+
+/// The UNet's prediction for fixed inputs with the given LoRA sets (UNet, text encoder).
+fn prediction(model: &StableDiffusionModel, sets: &[Arc<lorakit_nn::LoraSet>]) -> Tensor {
+    let ctxs: Vec<ForwardCtx> = sets.iter().map(|s| ForwardCtx::with_lora(s.clone())).collect();
+    let cond = model.encode_text(&["chkbrd, a chessboard"], 75, None, &ctxs).unwrap();
+    let latents = lorakit_nn::gradcheck::pseudo_random(&[1, 4, 8, 8], 3).unwrap().to_dtype(DType::F32).unwrap();
+    let t = Tensor::new(&[500f32], &Device::Cpu).unwrap();
+    model.denoise(&latents, &t, &cond, &ctxs).unwrap()
+}
+
+/// Trains `network`, then checks the final file: LyCORIS keys only, metadata, every module
+/// trained, and the file applied through the LyCORIS reader (as `generate` applies it) predicts
+/// what the trained modules predict when loaded back into a fresh network of the same spec.
+fn train_and_check(network: &str, spec: NetworkSpec, factor_keys: &[&str], args: &[(&str, &str)]) {
+    let dir = tempfile::tempdir().unwrap();
+    let data = chessboard_dataset(dir.path(), 1, 2);
+    let model = model();
+    let summary = train(config(dir.path(), &data, network), &model, None);
+    assert!(summary.losses.iter().all(|l| l.is_finite()));
+    let path = summary.final_lora.expect("a final file");
+    let file = lorakit_lora::safetensors_file::LoraFile::open(&path).unwrap();
+    let meta = file.metadata().clone();
+    assert_eq!(meta["ss_network_module"], "lycoris.kohya");
+    let network_args: serde_json::Value = serde_json::from_str(&meta["ss_network_args"]).unwrap();
+    for (k, v) in args {
+        assert_eq!(network_args[k], *v, "ss_network_args {k}");
+    }
+    for name in file.tensor_names() {
+        let suffix = name.split_once('.').unwrap().1;
+        assert!(suffix == "alpha" || factor_keys.contains(&suffix), "{name}: not a {factor_keys:?} key");
+    }
+    let modules = lorakit_lora::lycoris::lycoris_modules(&file).unwrap();
+    let sd = model.pipeline();
+    let (unet_targets, te_targets) = (sd.unet_targets(), sd.text_encoder_targets());
+    let unet = create_network(unet_targets, "lora_unet", &spec, DType::F32, &Device::Cpu, 0).unwrap();
+    let te = create_network(te_targets, "lora_te", &spec, DType::F32, &Device::Cpu, 0).unwrap();
+    assert_eq!(modules.len(), unet.len() + te.len(), "the file has a module for every planned target");
+    for m in &modules {
+        let delta = m.delta_weight(&file).unwrap();
+        assert!(delta.iter().any(|v| *v != 0.0), "{}: untrained (ΔW = 0)", m.name);
+    }
+    // Ours, loaded back from the file (as network_weights would).
+    let ours: Vec<Arc<lorakit_nn::LoraSet>> = vec![Arc::new(unet), Arc::new(te)];
+    let file_tensors = candle_core::safetensors::load(&path, &Device::Cpu).unwrap();
+    let missing = lorakit_train::state::load_network_tensors(&ours, &file_tensors, false, &path).unwrap();
+    assert!(missing.is_empty(), "{missing:?}");
+    // The LyCORIS reader's dense ΔW on the fly, as generate applies the file.
+    let components = [
+        ComponentTargets { prefix: "lora_unet", targets: unet_targets },
+        ComponentTargets { prefix: "lora_te", targets: te_targets },
+    ];
+    let loaded = load_lora_file(&path, 1.0, false, &components, DType::F32, &Device::Cpu).unwrap();
+    let applied = sets_from_files(vec![loaded], 2, &Device::Cpu).unwrap();
+    let (a, b, base) = (prediction(&model, &ours), prediction(&model, &applied), prediction(&model, &[]));
+    let diff = |x: &Tensor, y: &Tensor| (x - y).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    assert!(diff(&a, &base) > 1e-4, "the trained network changes the prediction");
+    assert!(diff(&a, &b) < 1e-4, "file applied as generate does vs the trained modules: {}", diff(&a, &b));
+}
+
+#[test]
+fn a_loha_trains_saves_lycoris_keys_and_applies_as_generate_does() {
+    let spec = NetworkSpec {
+        kind: NetworkKind::Lycoris { algo: LycorisAlgo::LoHa, preset: LycorisPreset::Full },
+        rank: 4,
+        alpha: 2.0,
+        conv_rank: Some(2),
+        conv_alpha: 2.0,
+        ..Default::default()
+    };
+    train_and_check(
+        "network_module = \"lycoris.kohya\"\nalgo = \"loha\"\n",
+        spec,
+        &["hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b"],
+        &[("algo", "loha")],
+    );
+}
+
+#[test]
+fn a_lokr_trains_saves_lycoris_keys_and_applies_as_generate_does() {
+    let opts = LokrOptions { factor: 4, decompose_both: true, full_matrix: false };
+    let spec = NetworkSpec {
+        kind: NetworkKind::Lycoris { algo: LycorisAlgo::LoKr(opts), preset: LycorisPreset::Full },
+        rank: 4,
+        alpha: 2.0,
+        conv_rank: Some(2),
+        conv_alpha: 2.0,
+        ..Default::default()
+    };
+    train_and_check(
+        "network_module = \"lycoris.kohya\"\nalgo = \"lokr\"\nfactor = 4\ndecompose_both = true\n",
+        spec,
+        &["lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b"],
+        &[("algo", "lokr"), ("factor", "4"), ("decompose_both", "True")],
+    );
+}
+
+#[test]
+fn a_resumed_loha_run_with_max_norm_continues_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = chessboard_dataset(dir.path(), 3, 3);
+    let model = model();
+    // A max-norm low enough to scale LoHa's scalar, which the state must carry.
+    let network = "network_module = \"lycoris.kohya\"\nalgo = \"loha\"\nscale_weight_norms = 0.01\n";
+    let mut full_cfg = config(dir.path(), &data, network);
+    full_cfg.save.save_state = true;
+    full_cfg.training.gradient_accumulation_steps = 2;
+    let full = train(full_cfg.clone(), &model, None);
+    assert_eq!(full.steps, 6);
+    let mut part_cfg = full_cfg.clone();
+    part_cfg.folders.output_dir = dir.path().join("part");
+    let part = train(part_cfg.clone(), &model, Some(2));
+    let state = part.interrupted_state.clone().expect("stop saves a state");
+    let saved = tensors(&state.join("network.safetensors"));
+    let scalars: Vec<f32> = saved.iter().filter(|(k, _)| k.ends_with(".scalar")).map(|(_, v)| v[0]).collect();
+    assert!(!scalars.is_empty() && scalars.iter().any(|s| *s < 1.0), "max-norm scaled some LoHa scalars: {scalars:?}");
+    let mut resume_cfg = part_cfg;
+    resume_cfg.save.resume = Some(state);
+    let resumed = train(resume_cfg, &model, None);
+    assert_eq!(resumed.losses, full.losses[2..], "bitwise-identical loss curve after resume");
+    assert_eq!(
+        tensors(&dir.path().join("part/tiny.safetensors")),
+        tensors(&dir.path().join("out/tiny.safetensors")),
+        "identical final weights"
+    );
+}
+
+#[test]
+fn what_lycoris_does_not_do_is_refused_by_name() {
+    let refused = [
+        ("network_module = \"lycoris.kohya\"\n", "network.algo"),
+        ("network_module = \"lycoris.kohya\"\nalgo = \"ia3\"\n", "\"ia3\""),
+        ("network_module = \"lycoris.kohya\"\nalgo = \"locon\"\n", "LoCon"),
+        (
+            "network_module = \"lycoris.kohya\"\nalgo = \"loha\"\npreset = \"unet-transformer-only\"\n",
+            "unet-transformer-only",
+        ),
+        ("network_module = \"lycoris.kohya\"\nalgo = \"loha\"\nnetwork_dropout = 0.1\n", "network_dropout"),
+        ("network_module = \"lycoris.kohya\"\nalgo = \"loha\"\nloraplus_lr_ratio = 16\n", "loraplus_lr_ratio"),
+        ("network_module = \"lycoris.kohya\"\nalgo = \"lokr\"\nblock_dims = \"4\"\n", "block_dims"),
+        ("network_module = \"lycoris.kohya\"\nalgo = \"loha\"\nfactor = 8\n", "LoKr options"),
+        (
+            "network_module = \"lycoris.kohya\"\nalgo = \"lokr\"\nrank_dropout = 0.1\nscale_weight_norms = 1\n",
+            "rank_dropout",
+        ),
+        ("algo = \"loha\"\n", "networks.lora"),
+        ("network_module = \"networks.lokr\"\n", "networks.lokr"),
+    ];
+    for (network, needle) in refused {
+        let err = TrainConfig::from_toml_str(&format!("[network]\n{network}"), &[]).unwrap_err();
+        assert!(err.contains(needle), "{network:?}: {err}");
+    }
+    for ok in [
+        "network_module = \"lycoris.kohya\"\nalgo = \"lokr\"\nnetwork_dim = 100000\nfactor = 8\nfull_matrix = true\npreset = \"full\"\n",
+        "network_module = \"lycoris.kohya\"\nalgo = \"loha\"\nrank_dropout = 0.1\nmodule_dropout = 0.1\npreset = \"attn-mlp\"\n",
+    ] {
+        TrainConfig::from_toml_str(&format!("[network]\n{ok}"), &[]).unwrap_or_else(|e| panic!("{ok:?}: {e}"));
+    }
+}
