@@ -181,6 +181,16 @@ pub fn clean_stale_temp_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     Ok(removed)
 }
 
+/// [`clean_stale_temp_files`] in the folder that will hold `output` (a file about to be written),
+/// before a command writes it. Best effort: a folder that cannot be read is left for the write
+/// itself to report.
+pub fn clean_stale_temp_files_beside(output: &Path) {
+    let dir = output.parent().unwrap_or(Path::new(""));
+    if let Err(e) = clean_stale_temp_files(dir) {
+        tracing::debug!(folder = %dir.display(), error = %e, "cannot look for stale temporary files");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

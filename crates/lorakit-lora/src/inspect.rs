@@ -57,6 +57,75 @@ pub fn count_non_finite(values: &[f32]) -> usize {
     values.iter().filter(|v| !v.is_finite()).count()
 }
 
+/// The tensors of `file` holding NaN or ±Inf values, with their counts (tensors of dtypes with
+/// no float reading are skipped). Reads every tensor, in parallel.
+pub fn non_finite_tensors(file: &LoraFile) -> BTreeMap<String, usize> {
+    file.tensor_names()
+        .collect::<Vec<_>>()
+        .par_iter()
+        .filter_map(|name| {
+            let n = file.tensor_f32(name).map(|v| count_non_finite(&v)).unwrap_or(0);
+            (n > 0).then(|| (name.to_string(), n))
+        })
+        .collect()
+}
+
+/// The module a tensor belongs to: its name without the `.weight` ending and the part after
+/// the last dot (`lora_unet_x.lora_up.weight`, `lora_unet_x.alpha`, `lora_unet_x.hada_w1_a`
+/// → `lora_unet_x`; PEFT's `unet.a.b.lora_A.weight` → `unet.a.b`).
+pub fn module_of_tensor(name: &str) -> &str {
+    let base = name.strip_suffix(".weight").unwrap_or(name);
+    base.rsplit_once('.').map_or(base, |(module, _)| module)
+}
+
+/// The modules of a LoRA file whose tensors hold NaN or ±Inf, in name order, with how many
+/// such values each has: a module listed here turns whatever it is applied to into NaN.
+pub fn non_finite_modules(path: &Path) -> Result<Vec<(String, usize)>, LoraFileError> {
+    let file = LoraFile::open(path)?;
+    let mut modules: BTreeMap<String, usize> = BTreeMap::new();
+    for (tensor, n) in non_finite_tensors(&file) {
+        *modules.entry(module_of_tensor(&tensor).to_owned()).or_default() += n;
+    }
+    Ok(modules.into_iter().collect())
+}
+
+/// `Some("FILE: 3 modules hold NaN/Inf values: a (4), …")` when the LoRA at `path` has
+/// non-finite weights (the first five modules named), `None` when every value is finite. The
+/// one check `generate`, `merge`, `resize` and `convert` make before using a file.
+pub fn non_finite_summary(path: &Path) -> Result<Option<String>, LoraFileError> {
+    let modules = non_finite_modules(path)?;
+    Ok((!modules.is_empty()).then(|| format!("{}: {}", path.display(), describe_non_finite(&modules, 5))))
+}
+
+/// Refuses a LoRA with NaN/Inf weights: `Err` names the file and its first modules and says
+/// that `consequence` (e.g. "generating with it would give a black image") is why nothing was
+/// done, and what to do. File errors are returned as their message.
+pub fn ensure_finite(path: &Path, consequence: &str) -> Result<(), String> {
+    match non_finite_summary(path) {
+        Ok(None) => Ok(()),
+        Ok(Some(problem)) => Err(format!(
+            "{problem}. {consequence}, so nothing was done; the file is broken (often a training run whose loss \
+             diverged): use an earlier epoch's file (`lorakit inspect` lists every such tensor)"
+        )),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// One line naming non-finite modules, the first `shown` with their counts, then how many more:
+/// `3 modules hold NaN/Inf values: a (4), b (1), … and 1 more`.
+pub fn describe_non_finite(modules: &[(String, usize)], shown: usize) -> String {
+    let listed: Vec<String> = modules.iter().take(shown).map(|(m, n)| format!("{m} ({n})")).collect();
+    let more = modules.len().saturating_sub(shown);
+    format!(
+        "{} module{} hold{} NaN/Inf values: {}{}",
+        modules.len(),
+        if modules.len() == 1 { "" } else { "s" },
+        if modules.len() == 1 { "s" } else { "" },
+        listed.join(", "),
+        if more > 0 { format!(" and {more} more") } else { String::new() }
+    )
+}
+
 /// Norm statistics of one block.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct BlockStat {
@@ -175,15 +244,7 @@ pub fn inspect_file(path: &Path) -> Result<FileReport, InspectError> {
             *dtypes.entry(info.dtype.to_string()).or_default() += 1;
         }
     }
-    let non_finite: BTreeMap<String, usize> = file
-        .tensor_names()
-        .collect::<Vec<_>>()
-        .par_iter()
-        .filter_map(|name| {
-            let n = file.tensor_f32(name).map(|v| count_non_finite(&v)).unwrap_or(0);
-            (n > 0).then(|| (name.to_string(), n))
-        })
-        .collect();
+    let non_finite = non_finite_tensors(&file);
     let family = guess_family(&file);
     let scheme = detect_scheme(file.tensor_names());
     let mut report = FileReport {

@@ -474,7 +474,7 @@ fn build_module(file: &LoraFile, base: &str, parts: Parts, has_second_te: bool) 
         return Err(bad("rank is 0".into()));
     }
     let stored = match &parts.alpha {
-        Some(key) => file.scalar_f32(key)?,
+        Some(key) => Some(file.alpha_f32(key)?),
         None => None,
     };
     let alpha = match stored {

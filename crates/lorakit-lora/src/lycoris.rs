@@ -276,33 +276,59 @@ pub fn lycoris_modules(file: &LoraFile) -> Result<Vec<LycorisModule>, ModuleErro
         let Some(kind) = kind else { continue }; // an alpha alone: not a LyCORIS module
         let tucker = tensors.contains_key("t1") || tensors.contains_key("t2");
         let dims = |role: &str| tensors.get(role).map(shape);
+        let bad_shape = |reason: String| ModuleError::BadShape {
+            path: file.path().to_path_buf(),
+            module: module.to_string(),
+            reason: format!("{kind} {reason}; the file is damaged or not a LyCORIS file — re-save it"),
+        };
+        // `prefix_a · prefix_b` as (rows, cols) when the stored shapes chain (checked for
+        // every non-Tucker module here, so norms and weight changes never meet a mismatch).
+        let chained = |prefix: &str, a: &[usize], b: &[usize]| -> Result<(usize, usize), ModuleError> {
+            match (a, b.first()) {
+                (&[rows, rank], Some(&b_rank)) if rank == b_rank || tucker => Ok((rows, b.iter().skip(1).product())),
+                _ => Err(bad_shape(format!(
+                    "factors do not chain: {prefix}_a {a:?} · {prefix}_b {b:?} (the columns of _a must equal the \
+                     rows of _b)"
+                ))),
+            }
+        };
         let (out_features, in_features, rank) = match kind {
             LycorisKind::LoHa => {
                 let (Some(a), Some(b)) = (dims("w1_a"), dims("w1_b")) else {
                     return Err(incomplete(module, "hada_w1_a/hada_w1_b"));
                 };
-                if dims("w2_a").is_none() || dims("w2_b").is_none() {
+                let (Some(a2), Some(b2)) = (dims("w2_a"), dims("w2_b")) else {
                     return Err(incomplete(module, "hada_w2_a/hada_w2_b"));
+                };
+                let first = chained("hada_w1", &a, &b)?;
+                let second = chained("hada_w2", &a2, &b2)?;
+                if first != second && !tucker {
+                    return Err(bad_shape(format!(
+                        "products differ in shape: hada_w1_a·hada_w1_b is {}x{} but hada_w2_a·hada_w2_b is {}x{} \
+                         (they are multiplied element by element)",
+                        first.0, first.1, second.0, second.1
+                    )));
                 }
                 let rank = b.first().copied().unwrap_or(0);
-                (a.first().copied().unwrap_or(0), b.iter().skip(1).product(), Some(rank))
+                (first.0, first.1, Some(rank))
             }
             LycorisKind::LoKr => {
-                let factor = |f: &str| -> Option<(usize, usize)> {
+                let factor = |f: &str| -> Option<Result<(usize, usize), ModuleError>> {
                     if let Some(w) = dims(f) {
-                        return Some((w.first().copied()?, w.iter().skip(1).product()));
+                        return Some(Ok((w.first().copied()?, w.iter().skip(1).product())));
                     }
                     let (a, b) = (dims(&format!("{f}_a"))?, dims(&format!("{f}_b"))?);
-                    Some((a.first().copied()?, b.iter().skip(1).product()))
+                    Some(chained(&format!("lokr_{f}"), &a, &b))
                 };
-                let (Some((o1, i1)), Some((o2, i2))) = (factor("w1"), factor("w2")) else {
+                let (Some(w1), Some(w2)) = (factor("w1"), factor("w2")) else {
                     return Err(incomplete(module, "lokr_w1 (or _a/_b) and lokr_w2 (or _a/_b)"));
                 };
+                let ((o1, i1), (o2, i2)) = (w1?, w2?);
                 let rank = dims("w1_b").or_else(|| dims("w2_b")).and_then(|b| b.first().copied());
                 (o1 * o2, i1 * i2, rank)
             }
         };
-        let stored_alpha = tensors.get("alpha").and_then(|k| file.tensor_f32(k).ok()).and_then(|v| v.first().copied());
+        let stored_alpha = tensors.get("alpha").map(|k| file.alpha_f32(k)).transpose()?;
         let alpha = match (stored_alpha, rank) {
             (Some(a), _) if a != 0.0 => a,
             (_, Some(r)) => r as f32,

@@ -361,6 +361,16 @@ pub enum HeaderError {
 /// An error reading or writing a LoRA file; Display is one line naming the file.
 #[derive(Debug, thiserror::Error)]
 pub enum LoraFileError {
+    /// A module's `alpha` is not one finite number.
+    #[error("{}: `{name}` (the module's alpha) {reason}; re-save the file with alpha as one float number", path.display())]
+    BadAlpha {
+        /// File involved.
+        path: PathBuf,
+        /// The alpha tensor (module name + `.alpha`).
+        name: String,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// The OS refused to open, map, or write the file.
     #[error("{}: {action} failed: {source}", path.display())]
     Io {
@@ -413,6 +423,21 @@ pub enum LoraFileError {
         /// What is wrong.
         reason: String,
     },
+}
+
+impl LoraFileError {
+    /// The file the error is about.
+    pub fn path(&self) -> &Path {
+        match self {
+            LoraFileError::BadAlpha { path, .. }
+            | LoraFileError::Io { path, .. }
+            | LoraFileError::IsDirectory { path }
+            | LoraFileError::Invalid { path, .. }
+            | LoraFileError::NoSuchTensor { path, .. }
+            | LoraFileError::UnsupportedDtype { path, .. }
+            | LoraFileError::BadTensor { path, .. } => path,
+        }
+    }
 }
 
 /// A validated safetensors header: tensor entries and string metadata.
@@ -793,6 +818,31 @@ impl LoraFile {
         Ok(self.tensor_f32(name)?.first().copied())
     }
 
+    /// A module's alpha: exactly one finite number (a 0-dim or one-element tensor of any
+    /// numeric dtype, integers included). Anything else — several elements (e.g. the text
+    /// "8.0" stored as U8 bytes), no element, NaN/Inf, a dtype with no number reading — is an
+    /// error naming the tensor, never a misread first byte.
+    pub fn alpha_f32(&self, name: &str) -> Result<f32, LoraFileError> {
+        let info = self.require(name)?;
+        let bad = |reason: String| LoraFileError::BadAlpha { path: self.path.clone(), name: name.to_string(), reason };
+        if info.numel() != 1 {
+            let bytes = self.tensor_bytes(name)?;
+            let text =
+                std::str::from_utf8(bytes).ok().filter(|t| !t.is_empty() && t.bytes().all(|b| b.is_ascii_graphic()));
+            return Err(bad(match text {
+                Some(text) if matches!(info.dtype, Dtype::U8 | Dtype::I8) => {
+                    format!("holds the text {text:?} as {:?} bytes instead of a number", info.dtype)
+                }
+                _ => format!("is a {:?} tensor of shape {:?}, not a single number", info.dtype, info.shape),
+            }));
+        }
+        let value = self.scalar_f32(name)?.expect("one element");
+        if !value.is_finite() {
+            return Err(bad(format!("is {value}")));
+        }
+        Ok(value)
+    }
+
     fn require(&self, name: &str) -> Result<&TensorInfo, LoraFileError> {
         self.header
             .tensors
@@ -1035,46 +1085,22 @@ pub fn write_lora(
     Ok(hashes)
 }
 
-/// Replaces `path` atomically: write a temporary file in the same directory,
-/// flush and fsync it, rename it over the target, then fsync the directory.
-/// A crash leaves the old file or the new one, never half of each.
+/// Replaces `path` atomically through `lorakit_dataset::fs_atomic` (temporary file
+/// `.lorakit-tmp-<pid>-<random>.tmp` beside it, fsync, rename, directory fsync): a crash leaves
+/// the old file or the new one, never half of each, and the leftover temporary file is
+/// recognisably ours for `fs_atomic::clean_stale_temp_files`.
 fn write_atomic(
     path: &Path,
     fill: impl FnOnce(&mut BufWriter<&File>) -> std::io::Result<()>,
 ) -> Result<(), LoraFileError> {
-    let io = |action, source| LoraFileError::Io { path: path.to_path_buf(), action, source };
     if path.is_dir() {
         return Err(LoraFileError::IsDirectory { path: path.to_path_buf() });
     }
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    let mut builder = tempfile::Builder::new();
-    builder.prefix(".lorakit-").suffix(".safetensors.tmp");
-    #[cfg(unix)]
-    {
-        // Readable like any new file (0644 before the umask), not tempfile's private 0600.
-        use std::os::unix::fs::PermissionsExt;
-        builder.permissions(std::fs::Permissions::from_mode(0o644));
-    }
-    let tmp = builder.tempfile_in(dir).map_err(|e| io("create a temporary file for", e))?;
-    {
-        let mut w = BufWriter::with_capacity(1 << 20, tmp.as_file());
-        fill(&mut w).map_err(|e| io("write", e))?;
-        w.flush().map_err(|e| io("write", e))?;
-    }
-    tmp.as_file().sync_all().map_err(|e| io("fsync", e))?;
-    if let Ok(meta) = std::fs::metadata(path) {
-        // Best effort: keep the mode of a file being replaced.
-        let _ = std::fs::set_permissions(tmp.path(), meta.permissions());
-    }
-    tmp.persist(path).map_err(|e| io("rename the temporary file onto", e.error))?;
-    if let Ok(d) = File::open(dir) {
-        // Best effort: makes the rename durable on Unix; not possible on every platform.
-        let _ = d.sync_all();
-    }
-    Ok(())
+    lorakit_dataset::fs_atomic::write_atomic_with(path, fill).map_err(|source| LoraFileError::Io {
+        path: path.to_path_buf(),
+        action: "save",
+        source,
+    })
 }
 
 #[cfg(test)]

@@ -452,6 +452,39 @@ fn int64_and_missing_alpha() {
     assert_eq!(m["lora_unet_c"].alpha, 2.0, "alpha 0 = rank, as sd-scripts");
 }
 
+/// An alpha that is not one finite number is an error naming the module's alpha tensor; any
+/// one-element numeric alpha is read as its value.
+#[test]
+fn alpha_as_text_bytes_or_odd_tensors_is_refused_by_name() {
+    let module = |alpha: (&'static str, &'static [usize], Vec<u8>)| {
+        build(&[
+            ("lora_unet_a.alpha", alpha.0, alpha.1, alpha.2),
+            ("lora_unet_a.lora_down.weight", "F32", &[2, 3], f32_bytes(&[0.1; 6])),
+            ("lora_unet_a.lora_up.weight", "F32", &[2, 2], f32_bytes(&[0.1; 4])),
+        ])
+    };
+    for (alpha, why) in [
+        (("U8", &[3][..], b"8.0".to_vec()), "\"8.0\""),
+        (("F32", &[2][..], f32_bytes(&[8.0, 8.0])), "shape [2]"),
+        (("F32", &[0][..], Vec::new()), "shape [0]"),
+        (("F32", &[][..], f32_bytes(&[f32::NAN])), "NaN"),
+        (("F16", &[1][..], vec![0x00, 0x7C]), "inf"),
+    ] {
+        let f = open_bytes(module(alpha)).unwrap();
+        let err = keys::modules(&f).unwrap_err().to_string();
+        assert!(err.contains("mem.safetensors") && err.contains("lora_unet_a.alpha") && err.contains(why), "{err}");
+    }
+    for (alpha, value) in [
+        (("U8", &[][..], vec![8u8]), 8.0),
+        (("I32", &[1][..], 4i32.to_le_bytes().to_vec()), 4.0),
+        (("F64", &[1, 1][..], 1.5f64.to_le_bytes().to_vec()), 1.5),
+        (("BF16", &[][..], vec![0x00, 0x40]), 2.0),
+    ] {
+        let f = open_bytes(module(alpha)).unwrap();
+        assert_eq!(keys::modules(&f).unwrap().modules[0].alpha, value);
+    }
+}
+
 #[test]
 fn conv_kinds_and_tucker_mid() {
     let mut t = BTreeMap::new();

@@ -57,6 +57,45 @@ fn a_lycoris_module_missing_a_factor_is_an_error_naming_it() {
     assert!(msg.contains("lora_unet_a"), "{msg}");
 }
 
+/// LoHa/LoKr factors whose shapes do not chain are an error naming the module and the shapes
+/// (inspect used to report a NaN norm).
+#[test]
+fn lycoris_factors_that_do_not_chain_are_an_error_naming_module_and_shapes() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = |shape: &[usize]| Tensor::new(shape.to_vec(), vec![0.5; shape.iter().product()]);
+    type Shapes<'a> = &'a [(&'a str, &'a [usize])];
+    let cases: [(Shapes, &str); 4] = [
+        // hada_w1_a's 2 columns meet hada_w1_b's 3 rows.
+        (
+            &[("hada_w1_a", &[4, 2]), ("hada_w1_b", &[3, 5]), ("hada_w2_a", &[4, 2]), ("hada_w2_b", &[2, 5])],
+            "hada_w1_a [4, 2] · hada_w1_b [3, 5]",
+        ),
+        // Both products chain but are 4x5 and 4x6: no element-wise product.
+        (
+            &[("hada_w1_a", &[4, 2]), ("hada_w1_b", &[2, 5]), ("hada_w2_a", &[4, 2]), ("hada_w2_b", &[2, 6])],
+            "4x5 but hada_w2_a·hada_w2_b is 4x6",
+        ),
+        (
+            &[("lokr_w1", &[2, 2]), ("lokr_w2_a", &[3, 4]), ("lokr_w2_b", &[2, 3])],
+            "lokr_w2_a [3, 4] · lokr_w2_b [2, 3]",
+        ),
+        (
+            &[("lokr_w1_a", &[2, 1]), ("lokr_w1_b", &[3, 2]), ("lokr_w2", &[3, 3])],
+            "lokr_w1_a [2, 1] · lokr_w1_b [3, 2]",
+        ),
+    ];
+    for (i, (tensors, shapes)) in cases.into_iter().enumerate() {
+        let path = dir.path().join(format!("unchained{i}.safetensors"));
+        let map: BTreeMap<String, Tensor> =
+            tensors.iter().map(|(role, shape)| (format!("lora_unet_m.{role}"), t(shape))).collect();
+        write_lora(&path, &map, &BTreeMap::new(), Precision::F32).unwrap();
+        let err = lycoris_modules(&LoraFile::open(&path).unwrap()).unwrap_err();
+        assert!(matches!(err, ModuleError::BadShape { .. }), "{err}");
+        let msg = inspect_file(&path).unwrap_err().to_string();
+        assert!(msg.contains("lora_unet_m") && msg.contains(shapes), "{msg}");
+    }
+}
+
 #[test]
 fn dense_weight_changes_equal_lycoris_get_weight() {
     let file = LoraFile::open(fixture("lycoris.safetensors")).unwrap();

@@ -252,14 +252,7 @@ fn sniff(path: &Path) -> Option<String> {
 
 /// A `LoraFileError` as this crate's error, without repeating the path in the message.
 fn file_error(e: LoraFileError) -> Error {
-    let path = match &e {
-        LoraFileError::Io { path, .. }
-        | LoraFileError::IsDirectory { path }
-        | LoraFileError::Invalid { path, .. }
-        | LoraFileError::NoSuchTensor { path, .. }
-        | LoraFileError::UnsupportedDtype { path, .. }
-        | LoraFileError::BadTensor { path, .. } => path.clone(),
-    };
+    let path = e.path().to_path_buf();
     match e {
         LoraFileError::Io { path, source, .. } => return Error::Io { path, source },
         LoraFileError::IsDirectory { path } => {

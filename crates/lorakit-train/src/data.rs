@@ -14,6 +14,7 @@ use lorakit_dataset::config::{
     plan_from_dirs, plan_from_toml, CaptionOptions, DatasetPlan, OptionLayer, ResolutionValue,
 };
 use lorakit_dataset::dataset::{load_dataset, LoadedDataset, ProbeMode};
+use lorakit_dataset::steps::{StepPlan, StepRequest};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand::{rngs::StdRng, Rng};
@@ -105,10 +106,30 @@ pub struct Batch {
     pub samples: Vec<SampleRef>,
 }
 
-/// One dataset's batching: its batch size and, per bucket, the image indices (with repeats).
+/// One dataset's batching: its batch size and, per bucket, its images with their repeats
+/// (repeats are counts, laid out as samples only for the epoch being built, so memory does not
+/// grow with the repeat count beyond one epoch, nor with the number of epochs).
 struct BatchGroup {
     batch_size: u32,
-    buckets: Vec<(Reso, Vec<usize>)>,
+    buckets: Vec<BucketMembers>,
+}
+
+/// The images of one bucket: `(image index, repeats)` in file order, and their sample total.
+struct BucketMembers {
+    bucket: Reso,
+    images: Vec<(usize, u32)>,
+    samples: u64,
+}
+
+impl BucketMembers {
+    /// Every sample of an epoch in file order: each image once per repeat.
+    fn samples(&self) -> Vec<usize> {
+        let mut out = Vec::with_capacity(self.samples as usize);
+        for &(image, repeats) in &self.images {
+            out.extend(std::iter::repeat_n(image, repeats as usize));
+        }
+        out
+    }
 }
 
 /// Everything training needs from the dataset.
@@ -132,6 +153,17 @@ impl TrainData {
         let notes: Vec<String> = plan.notes.iter().map(|n| n.message.clone()).collect();
         let datasets: Vec<LoadedDataset> = plan.datasets.iter().map(|d| load_dataset(d, ProbeMode::Header)).collect();
         let data = Self::from_loaded(datasets, notes, config.dataset.dataset_config.is_some())?;
+        // The run length must be representable before anything is planned from it (the trainer
+        // plans with exactly this request).
+        StepPlan::try_new(
+            data.batches_per_epoch(),
+            StepRequest {
+                max_train_epochs: (config.training.max_train_epochs > 0).then_some(config.training.max_train_epochs),
+                max_train_steps: (config.training.max_train_steps > 0).then_some(config.training.max_train_steps),
+                gradient_accumulation_steps: config.training.gradient_accumulation_steps,
+            },
+        )
+        .map_err(|e| TrainError::Dataset(format!("training.{e}")))?;
         if config.loss.masked_loss && !data.images.iter().any(|i| i.alpha_mask) {
             return Err(TrainError::Dataset(
                 "loss.masked_loss is on but no subset uses alpha_mask: set dataset.alpha_mask = true (or alpha_mask in \
@@ -163,7 +195,8 @@ impl TrainData {
         let mut groups = Vec::new();
         let mut problems = Vec::new();
         for ds in &datasets {
-            let mut buckets: Vec<(Reso, Vec<usize>)> = Vec::new();
+            ds.check_epoch_size().map_err(TrainError::Dataset)?;
+            let mut buckets: Vec<BucketMembers> = Vec::new();
             for record in &ds.images {
                 if let Some(Err(e)) = &record.bucket {
                     problems.push(format!("{}: {e}", record.file.path.display()));
@@ -190,20 +223,19 @@ impl TrainData {
                     alpha_mask: subset.augment.alpha_mask,
                     interpolation: subset.resize_interpolation.clone(),
                 });
-                let slot = match buckets.iter().position(|(b, _)| *b == choice.bucket) {
+                let slot = match buckets.iter().position(|b| b.bucket == choice.bucket) {
                     Some(i) => i,
                     None => {
-                        buckets.push((choice.bucket, Vec::new()));
+                        buckets.push(BucketMembers { bucket: choice.bucket, images: Vec::new(), samples: 0 });
                         buckets.len() - 1
                     }
                 };
-                for _ in 0..record.repeats {
-                    buckets[slot].1.push(index);
-                }
+                buckets[slot].images.push((index, record.repeats));
+                buckets[slot].samples += u64::from(record.repeats);
             }
             // Buckets in a fixed order (by size) so the epoch order does not depend on file order
             // quirks beyond what the shuffles decide.
-            buckets.sort_by_key(|(b, _)| *b);
+            buckets.sort_by_key(|b| b.bucket);
             groups.push(BatchGroup { batch_size: ds.spec.batch_size, buckets });
         }
         if images.iter().all(|i| i.is_reg) {
@@ -229,7 +261,7 @@ impl TrainData {
     pub fn batches_per_epoch(&self) -> u64 {
         self.groups
             .iter()
-            .map(|g| g.buckets.iter().map(|(_, v)| (v.len() as u64).div_ceil(u64::from(g.batch_size))).sum::<u64>())
+            .map(|g| g.buckets.iter().map(|b| b.samples.div_ceil(u64::from(g.batch_size))).sum::<u64>())
             .sum()
     }
 
@@ -243,14 +275,16 @@ impl TrainData {
         self.images.iter().filter(|i| i.is_reg).map(|i| u64::from(i.repeats)).sum()
     }
 
-    /// The batches of epoch `epoch` (0-based) for run seed `seed`.
+    /// The batches of epoch `epoch` (0-based) for run seed `seed`. Memory: one epoch's samples
+    /// (at most `MAX_SAMPLES_PER_EPOCH`, checked when the data is loaded), whatever the epoch.
     pub fn epoch_batches(&self, seed: u64, epoch: u64) -> Vec<Batch> {
         let mut order_rng = rng_for(&[seed, stream::BUCKET_ORDER, epoch]);
         let mut flip_rng = rng_for(&[seed, stream::FLIP, epoch]);
         let mut batches = Vec::new();
         for group in &self.groups {
-            for (bucket, members) in &group.buckets {
-                let mut members = members.clone();
+            for members in &group.buckets {
+                let bucket = &members.bucket;
+                let mut members = members.samples();
                 members.shuffle(&mut order_rng);
                 for chunk in members.chunks(group.batch_size as usize) {
                     let samples = chunk
@@ -356,6 +390,56 @@ fn check_dir(dir: &Path, key: &str) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Loads DreamBooth folders (`name`, images) of 64×64 PNGs from a temp dir.
+    fn load(folders: &[(&str, usize)]) -> (tempfile::TempDir, Result<TrainData>) {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, images) in folders {
+            let sub = dir.path().join(name);
+            std::fs::create_dir(&sub).unwrap();
+            for i in 0..*images {
+                image::RgbImage::new(64, 64).save(sub.join(format!("{i}.png"))).unwrap();
+            }
+        }
+        let layer = OptionLayer {
+            resolution: Some(ResolutionValue::Square(64)),
+            min_bucket_reso: Some(64),
+            max_bucket_reso: Some(64),
+            batch_size: Some(2),
+            ..Default::default()
+        };
+        let plan = plan_from_dirs(dir.path(), None, &layer).unwrap();
+        let loaded = plan.datasets.iter().map(|d| load_dataset(d, ProbeMode::Header)).collect();
+        let data = TrainData::from_loaded(loaded, Vec::new(), false);
+        (dir, data)
+    }
+
+    #[test]
+    fn repeats_are_counts_laid_out_per_epoch() {
+        let (_dir, data) = load(&[("3_a", 2), ("2_b", 1)]);
+        let data = data.unwrap();
+        assert_eq!(data.batches_per_epoch(), 4); // 8 samples of one bucket, 2 per batch
+        for epoch in 0..3 {
+            let batches = data.epoch_batches(7, epoch);
+            let mut seen = vec![0; data.images.len()];
+            batches.iter().flat_map(|b| &b.samples).for_each(|s| seen[s.image] += 1);
+            let want: Vec<u32> = data.images.iter().map(|i| i.repeats).collect();
+            assert_eq!(seen, want.iter().map(|&r| r as usize).collect::<Vec<_>>(), "epoch {epoch}");
+            assert_eq!(batches, data.epoch_batches(7, epoch), "an epoch's order depends only on (seed, epoch)");
+        }
+    }
+
+    #[test]
+    fn an_absurd_epoch_is_refused_by_folder_before_any_sample_is_laid_out() {
+        // 4,294,967,295 repeats fit the folder name, but one epoch would need ~270 GB of samples.
+        let (_dir, data) = load(&[("4294967295_huge", 1), ("2_fine", 1)]);
+        let message = match data {
+            Err(TrainError::Dataset(m)) => m,
+            Err(e) => panic!("{e}"),
+            Ok(_) => panic!("an epoch of 4294967297 samples was accepted"),
+        };
+        assert!(message.contains("4294967295_huge") && message.contains("4294967297 samples"), "{message}");
+    }
 
     #[test]
     fn rng_streams_differ_and_repeat() {

@@ -378,3 +378,111 @@ fn decode_cache_is_reused_and_follows_file_changes() {
     assert_eq!(images(&run()), images(&after));
     assert!(std::fs::read_to_string(&cache_file).unwrap().starts_with('{'));
 }
+
+mod common;
+
+/// `dataset check` with a deadline, as JSON.
+fn check_json_within(dir: &Path, extra: &[&str]) -> (i32, Value, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_lorakit"));
+    cmd.env("LORAKIT_CACHE_DIR", std::env::temp_dir().join("lorakit-test-cache"));
+    cmd.args(["dataset", "check"]).arg(dir).args(extra).arg("--json");
+    let out = common::output_within(cmd, 60);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let json = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("not JSON ({e}); stderr: {stderr}"));
+    (out.status.code().expect("exited, not killed by a signal"), json, stderr)
+}
+
+#[test]
+fn pixel_bombs_and_fifos_are_reported_never_an_abort_or_a_hang() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path().join("3_subject");
+    save(&picture(640, 480, 1), &d.join("good.png"), ImageFormat::Png);
+    // A 1 KB JPEG whose frame header claims 60000x60000 pixels (10+ GB decoded).
+    let mut jpeg = Vec::new();
+    picture(16, 16, 2).write_to(&mut std::io::Cursor::new(&mut jpeg), ImageFormat::Jpeg).unwrap();
+    let sof = jpeg.windows(2).position(|w| w == [0xFF, 0xC0]).unwrap();
+    jpeg[sof + 5..sof + 9].copy_from_slice(&[0xEA, 0x60, 0xEA, 0x60]);
+    std::fs::write(d.join("bomb.jpg"), &jpeg).unwrap();
+    common::mkfifo(&d.join("pipe.png"));
+    common::mkfifo(&d.join("good.txt")); // the caption of good.png is a FIFO too
+    std::os::unix::fs::symlink(d.join("pipe.png"), d.join("link_to_pipe.webp")).unwrap();
+
+    for extra in [&[][..], &["--quick"][..]] {
+        let (code, r, stderr) = check_json_within(t.path(), extra);
+        assert_eq!(code, 0, "the good image keeps the dataset usable: {stderr}");
+        let list = images(&r);
+        let bomb = image(&list, "3_subject/bomb.jpg");
+        assert_eq!(codes(bomb), ["too_many_pixels"], "{extra:?}");
+        let message = bomb["warnings"][0]["message"].as_str().unwrap();
+        assert!(message.contains("60000x60000") && message.contains("megapixels"), "{message}");
+        assert_eq!(bomb["used"], false);
+        // FIFOs are never images of the dataset; they are findings naming them.
+        assert!(list.iter().all(|i| !i["path"].as_str().unwrap().contains("pipe")), "{list:?}");
+        let findings: Vec<&str> = r["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|f| f["code"] == "not_regular_file")
+            .map(|f| f["message"].as_str().unwrap())
+            .collect();
+        assert_eq!(findings.len(), 2, "{findings:?}");
+        assert!(findings.iter().any(|m| m.contains("pipe.png") && m.contains("FIFO")), "{findings:?}");
+        assert!(findings.iter().any(|m| m.contains("link_to_pipe.webp")), "{findings:?}");
+        let good = image(&list, "3_subject/good.png");
+        assert_eq!(good["used"], true);
+        assert!(codes(good).contains(&"caption_unreadable".to_owned()), "{good}");
+        assert!(good["warnings"].to_string().contains("FIFO"), "{good}");
+    }
+}
+
+/// Repeat counts and epoch counts that do not fit are errors naming the folder, key or flag —
+/// never clamped, never laid out in memory.
+#[test]
+fn huge_repeat_and_epoch_counts_are_errors_not_clamps() {
+    let check = |args: &[&std::ffi::OsStr]| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_lorakit"));
+        cmd.env("LORAKIT_CACHE_DIR", std::env::temp_dir().join("lorakit-test-cache"));
+        cmd.args(["dataset", "check", "--quick"]).args(args);
+        let out = common::output_within(cmd, 60);
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        (out.status.code().expect("exited, not killed"), text)
+    };
+    // A folder name whose count does not fit in 32 bits.
+    let t = tempfile::tempdir().unwrap();
+    save(&picture(64, 64, 1), &t.path().join("99999999999_x/a.png"), ImageFormat::Png);
+    let (code, text) = check(&[t.path().as_os_str()]);
+    assert_eq!(code, 2, "{text}");
+    assert!(text.contains("99999999999_x") && text.contains("too large"), "{text}");
+
+    // A count that fits but makes an absurd epoch.
+    let t = tempfile::tempdir().unwrap();
+    save(&picture(64, 64, 1), &t.path().join("4294967295_x/a.png"), ImageFormat::Png);
+    let (code, text) = check(&[t.path().as_os_str(), "--json".as_ref()]);
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains("epoch_too_large") && text.contains("4294967295_x"), "{text}");
+
+    // The same through a dataset config's num_repeats.
+    let cfg = t.path().join("dataset.toml");
+    let dir = t.path().join("4294967295_x");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[[datasets]]\n[[datasets.subsets]]\nimage_dir = {:?}\nnum_repeats = 99999999999\n",
+            dir.to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let (code, text) = check(&["--config".as_ref(), cfg.as_os_str()]);
+    assert_eq!(code, 2, "{text}");
+    assert!(text.contains("`num_repeats`") && text.contains("99999999999"), "{text}");
+
+    // Epochs × steps that overflow 64 bits.
+    let t = tempfile::tempdir().unwrap();
+    for i in 0..3 {
+        save(&picture(64, 64, i), &t.path().join(format!("1_x/{i}.png")), ImageFormat::Png);
+    }
+    let (code, text) =
+        check(&[t.path().as_os_str(), "--epochs".as_ref(), "9223372036854775807".as_ref(), "--json".as_ref()]);
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains("run_too_long") && text.contains("max_train_epochs"), "{text}");
+}

@@ -185,3 +185,25 @@ fn overlong_prompt_warns_and_still_generates() {
     assert!(err.contains("225 tokens"), "{err}");
     assert_eq!(png_size(&out), (64, 48));
 }
+
+mod common;
+
+/// A LoRA with NaN/Inf weights would make a black image: generate refuses it before sampling,
+/// naming the modules, exit ≠ 0, no PNG.
+#[test]
+fn non_finite_lora_is_refused_naming_its_modules() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model(dir.path());
+    let bad = dir.path().join("nan.safetensors");
+    let modules = common::poisoned_lora(&fixture("lora/lora.safetensors"), &bad, 1);
+    let out = dir.path().join("x.png");
+    let o = generate(&model, &["--prompt", "x", "--lora", &format!("{}:0.8", bad.display())], &out);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_ne!(o.status.code(), Some(0), "{err}");
+    assert!(
+        err.contains("nan.safetensors") && err.contains("1 module holds NaN/Inf") && err.contains(&modules[0]),
+        "{err}"
+    );
+    assert!(err.contains("black image"), "{err}");
+    assert!(!out.exists(), "no PNG is written");
+}

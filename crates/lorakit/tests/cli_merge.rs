@@ -102,3 +102,32 @@ fn bad_inputs_fail_with_one_line() {
     assert_one_line_error(&run, "--rank must be at least 1");
     assert!(!out.exists());
 }
+
+mod common;
+
+/// A LoRA holding NaN/Inf is refused by merge and resize (their output would be NaN), naming
+/// the first modules and the count, and converted with a warning naming them.
+#[test]
+fn non_finite_inputs_are_refused_by_merge_and_resize_and_named_by_convert() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("diverged.safetensors");
+    let modules = common::poisoned_lora(&fixture("sd15-r8-fp32.safetensors"), &bad, 7);
+    let out = dir.path().join("out.safetensors");
+    let named = |err: &str| {
+        assert!(err.contains("diverged.safetensors") && err.contains("7 modules hold NaN/Inf"), "{err}");
+        assert!(err.contains(&format!("{} (2)", modules[0])) && err.contains("and 2 more"), "{err}");
+    };
+    let good = fixture("sd15-r8-fp32.safetensors");
+    let merge = lorakit(&["merge", &arg(&good, "0.5"), &arg(&bad, "0.5"), "-o", out.to_str().unwrap(), "--rank", "4"]);
+    assert_one_line_error(&merge, "merged LoRA would be NaN");
+    named(&String::from_utf8_lossy(&merge.stderr));
+    let resize = lorakit(&["resize", bad.to_str().unwrap(), out.to_str().unwrap(), "--rank", "4"]);
+    assert_one_line_error(&resize, "resized LoRA would be NaN");
+    named(&String::from_utf8_lossy(&resize.stderr));
+    assert!(!out.exists(), "nothing is written");
+    let convert = lorakit(&["convert", bad.to_str().unwrap(), out.to_str().unwrap(), "--to", "peft"]);
+    let err = String::from_utf8_lossy(&convert.stderr);
+    assert!(convert.status.success(), "{err}");
+    assert!(err.contains("warning:"), "{err}");
+    named(&err);
+}

@@ -294,3 +294,78 @@ fn stats_table() {
     assert!(text.contains("3 files: 2 tag captions (0 empty), 1 natural language"), "{text}");
     assert!(text.lines().any(|l| l.split_whitespace().collect::<Vec<_>>() == ["2", "100.0%", "sks"]), "{text}");
 }
+
+mod common;
+
+/// A failed write (here: the file-size limit, as a full disk would fail it) is reported as
+/// not written, with the reason; only the files really written count as changed; exit 1.
+#[test]
+fn failed_writes_are_reported_exactly_and_leave_the_file_as_it_was() {
+    let dir = tempfile::tempdir().unwrap();
+    let small = write(dir.path(), "1_x/small.txt", b"dog, sks\n");
+    // Over 512 bytes after the edit: refused by `ulimit -f 1` (one 512-byte block).
+    let long_tags: String = (0..80).map(|i| format!("tag{i}, ")).collect();
+    let big_text = format!("dog, {long_tags}end\n");
+    let big = write(dir.path(), "1_x/big.txt", big_text.as_bytes());
+    let mut cmd = Command::new("sh");
+    // Ignore SIGXFSZ so the write fails with EFBIG instead of killing the process.
+    cmd.args(["-c", "ulimit -f 1; trap '' XFSZ; exec \"$0\" \"$@\"", env!("CARGO_BIN_EXE_lorakit")])
+        .args(["tags", "add", "new"])
+        .arg(dir.path())
+        .env_remove("RUST_LOG");
+    let out = common::output_within(cmd, 60);
+    let (text, err) = (stdout(&out), stderr(&out));
+    assert_eq!(out.status.code(), Some(1), "{text}{err}");
+    assert!(err.contains("big.txt") && err.contains("not written") && err.contains("unchanged"), "{err}");
+    assert!(text.contains(&format!("changed: {}", small.display())), "{text}");
+    assert!(!text.contains(&format!("changed: {}", big.display())), "{text}");
+    assert!(text.contains("1 file changed, 0 unchanged, 0 skipped (natural language), 1 not written"), "{text}");
+    assert_eq!(read(&small), b"new, dog, sks\n");
+    assert_eq!(read(&big), big_text.as_bytes(), "the failed file is untouched");
+    let names: Vec<String> = std::fs::read_dir(dir.path().join("1_x"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(names.len(), 2, "no temporary file is left: {names:?}");
+}
+
+/// An edited caption keeps its mode (and, when lorakit runs as root, its owner and group).
+#[cfg(unix)]
+#[test]
+fn edited_caption_keeps_permissions_and_owner() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let dir = tempfile::tempdir().unwrap();
+    let caption = write(dir.path(), "a.txt", b"dog, sks\n");
+    std::fs::set_permissions(&caption, std::fs::Permissions::from_mode(0o604)).unwrap();
+    // Succeeds only with the privilege to give files away (root): then the owner must stay.
+    let chowned = std::os::unix::fs::chown(&caption, Some(4321), Some(4322)).is_ok();
+    let out = run(&["tags", "add", "new", caption.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(read(&caption), b"new, dog, sks\n");
+    let meta = std::fs::metadata(&caption).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o7777, 0o604);
+    if chowned {
+        assert_eq!((meta.uid(), meta.gid()), (4321, 4322));
+    }
+}
+
+/// A FIFO named like a caption (in a folder, or given by name) is reported, never opened for
+/// reading; the other files are still done.
+#[cfg(unix)]
+#[test]
+fn fifo_caption_is_reported_not_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let caption = write(dir.path(), "1_x/a.txt", b"dog\n");
+    let fifo = dir.path().join("1_x/pipe.txt");
+    common::mkfifo(&fifo);
+    for target in [dir.path().to_path_buf(), fifo.clone()] {
+        for sub in [&["add", "new"][..], &["stats"][..]] {
+            let mut cmd = Command::new(env!("CARGO_BIN_EXE_lorakit"));
+            cmd.arg("tags").args(sub).arg(&target).env_remove("RUST_LOG");
+            let out = common::output_within(cmd, 60);
+            assert_eq!(out.status.code(), Some(1), "{sub:?} {}", stderr(&out));
+            assert!(stderr(&out).contains("pipe.txt") && stderr(&out).contains("FIFO"), "{}", stderr(&out));
+        }
+    }
+    assert_eq!(read(&caption), b"new, dog\n");
+}

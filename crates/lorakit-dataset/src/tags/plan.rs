@@ -128,16 +128,17 @@ impl EditPlan {
     /// removed from the folders written to first (`fs_atomic::clean_stale_temp_files`).
     pub fn write(&self) -> Vec<WriteFailure> {
         let mut failures = Vec::new();
-        let folders: std::collections::BTreeSet<PathBuf> = self
+        let folders: std::collections::BTreeMap<PathBuf, PathBuf> = self
             .files
             .iter()
             .filter(|f| matches!(f.outcome, FileOutcome::Change(_)))
-            .filter_map(|f| std::fs::canonicalize(&f.path).ok()?.parent().map(Path::to_path_buf))
+            .filter_map(|f| {
+                let target = std::fs::canonicalize(&f.path).ok()?;
+                Some((target.parent()?.to_path_buf(), target))
+            })
             .collect();
-        for folder in folders {
-            if let Err(e) = crate::fs_atomic::clean_stale_temp_files(&folder) {
-                tracing::debug!(folder = %folder.display(), error = %e, "cannot look for stale temporary files");
-            }
+        for target in folders.values() {
+            crate::fs_atomic::clean_stale_temp_files_beside(target);
         }
         for file in &self.files {
             if let FileOutcome::Change(change) = &file.outcome {

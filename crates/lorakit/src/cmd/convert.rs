@@ -39,6 +39,7 @@ pub enum FamilyArg {
 #[derive(Args, Debug)]
 #[command(after_help = "Going to PEFT folds each module's alpha/rank into lora_B (diffusers ignores alpha keys); \
 going to kohya writes alpha = the PEFT alpha, or the rank when the file has none. The effective weights are unchanged.\n\n\
+A file holding NaN/Inf weights is converted as it is (a faithful copy), with a warning naming its modules.\n\n\
 Examples:\n  \
     lorakit convert my.safetensors my-diffusers.safetensors --to peft\n  \
     lorakit convert diffusers.safetensors comfy.safetensors --to kohya --precision fp16")]
@@ -73,6 +74,10 @@ pub fn run(args: ConvertArgs) -> anyhow::Result<ExitCode> {
         FamilyArg::Sd15 => Family::Sd1,
         FamilyArg::Sdxl => Family::Sdxl,
     });
+    if let Some(problem) = lorakit_lora::inspect::non_finite_summary(&args.input)? {
+        eprintln!("warning: {problem}; the converted file keeps them (applying it gives NaN/black images)");
+    }
+    lorakit_dataset::fs_atomic::clean_stale_temp_files_beside(&args.output);
     let outcome = convert_file(&args.input, &args.output, to, precision, family)?;
     let folded = if outcome.folded > 0 {
         format!("; alpha/rank folded into lora_B for {} modules", outcome.folded)

@@ -24,7 +24,7 @@ pub struct GenerateArgs {
     model: PathBuf,
     /// A LoRA file (kohya LoRA/LoCon, PEFT/diffusers, LyCORIS LoHa/LoKr), optionally with a
     /// strength (FILE:0.8). Repeat for several; with --grid each one is a row, otherwise they
-    /// are applied together.
+    /// are applied together. A file holding NaN/Inf weights is refused (the image would be black).
     #[arg(long, value_name = "FILE[:WEIGHT]")]
     lora: Vec<String>,
     /// The prompt, with A1111 emphasis: `(word:1.2)`, `(word)` ×1.1, `[word]` ÷1.1, `\(` for a
@@ -131,6 +131,12 @@ pub fn run(args: GenerateArgs) -> Result<ExitCode> {
     };
     request.validate()?;
     let loras: Vec<(PathBuf, f64)> = args.lora.iter().map(|s| parse_lora_spec(s)).collect::<Result<_>>()?;
+    for (path, _) in &loras {
+        // NaN/Inf in any applied module turns every pixel NaN: the PNG would be black.
+        lorakit_lora::inspect::ensure_finite(path, "Generating with it would give a black image")
+            .map_err(anyhow::Error::msg)?;
+    }
+    lorakit_dataset::fs_atomic::clean_stale_temp_files_beside(&args.output);
     let device = device(args.device)?;
     let dtype = DType::F32;
     eprintln!("loading {}", args.model.display());

@@ -46,7 +46,9 @@ pub fn parse_weighted(text: &str) -> Result<WeightedInput, String> {
 
 /// Arguments of `lorakit merge`.
 #[derive(Args, Debug)]
-#[command(after_help = "Examples:\n  \
+#[command(after_help = "An input holding NaN/Inf weights is refused, naming its modules: the merged modules would be \
+NaN (use an earlier epoch's file instead).\n\n\
+Examples:\n  \
     lorakit merge style.safetensors:0.7 character.safetensors:0.5 -o merged.safetensors --rank 32\n  \
     lorakit merge a.safetensors b.safetensors:-1 -o diff.safetensors --rank 8 --precision fp16")]
 pub struct MergeArgs {
@@ -76,6 +78,11 @@ pub fn run(args: MergeArgs) -> anyhow::Result<ExitCode> {
         SavePrecision::Bf16 => Precision::BF16,
     };
     let inputs: Vec<(PathBuf, f32)> = args.inputs.iter().map(|i| (i.path.clone(), i.ratio)).collect();
+    for (path, _) in &inputs {
+        lorakit_lora::inspect::ensure_finite(path, "The merged LoRA would be NaN in those modules")
+            .map_err(anyhow::Error::msg)?;
+    }
+    lorakit_dataset::fs_atomic::clean_stale_temp_files_beside(&args.output);
     let started = std::time::Instant::now();
     let outcome = merge_files(&inputs, &args.output, &settings, precision)?;
     let mut ranks = std::collections::BTreeMap::<usize, usize>::new();

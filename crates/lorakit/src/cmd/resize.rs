@@ -33,7 +33,9 @@ pub enum SavePrecision {
 
 /// Arguments of `lorakit resize`.
 #[derive(Args, Debug)]
-#[command(after_help = "Examples:\n  \
+#[command(after_help = "An input holding NaN/Inf weights is refused, naming its modules: their SVD would be NaN \
+(use an earlier epoch's file instead).\n\n\
+Examples:\n  \
     lorakit resize my.safetensors my-r16.safetensors --rank 16\n  \
     lorakit resize my.safetensors my-dyn.safetensors --rank 32 --dynamic sv-fro --param 0.9 --verbose")]
 pub struct ResizeArgs {
@@ -75,6 +77,9 @@ pub fn run(args: ResizeArgs) -> anyhow::Result<ExitCode> {
         SavePrecision::Fp16 => Precision::F16,
         SavePrecision::Bf16 => Precision::BF16,
     };
+    lorakit_lora::inspect::ensure_finite(&args.input, "The resized LoRA would be NaN in those modules")
+        .map_err(anyhow::Error::msg)?;
+    lorakit_dataset::fs_atomic::clean_stale_temp_files_beside(&args.output);
     let started = std::time::Instant::now();
     let outcome = resize_file(&args.input, &args.output, &settings, precision)?;
     if args.verbose {

@@ -239,11 +239,13 @@ fn run_edit(edit: &TagEdit, args: &EditArgs) -> anyhow::Result<ExitCode> {
     if args.dry_run {
         print_diff(&mut out, &plan)?;
     } else {
-        for failure in plan.write() {
-            eprintln!("warning: {}: not written: {}", failure.path.display(), failure.message);
-            failed = true;
+        let failures = plan.write();
+        for failure in &failures {
+            eprintln!("error: {}: not written: {}", failure.path.display(), failure.message);
         }
-        print_written(&mut out, &plan)?;
+        failed |= !failures.is_empty();
+        let not_written: std::collections::HashSet<&PathBuf> = failures.iter().map(|f| &f.path).collect();
+        print_written(&mut out, &plan, &not_written)?;
     }
     out.flush()?;
     Ok(if failed { ExitCode::from(1) } else { ExitCode::SUCCESS })
@@ -266,35 +268,44 @@ fn print_diff(out: &mut impl Write, plan: &EditPlan) -> anyhow::Result<()> {
             FileOutcome::Unchanged | FileOutcome::Failed(_) => {}
         }
     }
-    writeln!(out, "{}", summary_line(plan, "would change"))?;
+    writeln!(out, "{}", summary_line(plan, "would change", 0))?;
     Ok(())
 }
 
-/// `N files <verb>, M unchanged, K skipped (natural language)[, F failed]`.
-fn summary_line(plan: &EditPlan, verb: &str) -> String {
+/// `N files <verb>, M unchanged, K skipped (natural language)[, F failed][, W not written]`,
+/// where the changed count holds only files that were (or, in a dry run, would be) written.
+fn summary_line(plan: &EditPlan, verb: &str, not_written: usize) -> String {
     let c = plan.counts();
     format!(
-        "{} {verb}, {} unchanged, {} skipped (natural language){}",
-        files(c.changed),
+        "{} {verb}, {} unchanged, {} skipped (natural language){}{}",
+        files(c.changed - not_written),
         c.unchanged,
         c.skipped_natural_language,
-        failed_suffix(c.failed)
+        failed_suffix(c.failed),
+        if not_written == 0 { String::new() } else { format!(", {not_written} not written (see the errors above)") }
     )
 }
 
-fn print_written(out: &mut impl Write, plan: &EditPlan) -> anyhow::Result<()> {
-    if verbose() {
+/// What a real run did: the files written (always listed when some write failed, so nothing
+/// is claimed that did not happen; otherwise with `-v`), then the summary.
+fn print_written(
+    out: &mut impl Write,
+    plan: &EditPlan,
+    not_written: &std::collections::HashSet<&PathBuf>,
+) -> anyhow::Result<()> {
+    if verbose() || !not_written.is_empty() {
         for file in &plan.files {
             match &file.outcome {
+                FileOutcome::Change(_) if not_written.contains(&file.path) => {}
                 FileOutcome::Change(_) => writeln!(out, "changed: {}", file.path.display())?,
-                FileOutcome::SkippedNaturalLanguage => {
+                FileOutcome::SkippedNaturalLanguage if verbose() => {
                     writeln!(out, "skipped (natural language): {}", file.path.display())?
                 }
-                FileOutcome::Unchanged | FileOutcome::Failed(_) => {}
+                _ => {}
             }
         }
     }
-    writeln!(out, "{}", summary_line(plan, "changed"))?;
+    writeln!(out, "{}", summary_line(plan, "changed", not_written.len()))?;
     Ok(())
 }
 

@@ -1,0 +1,65 @@
+//! Helpers shared by the CLI tests: running the binary with a deadline (so a hang fails the
+//! test instead of stalling the suite) and making special files.
+
+#![allow(dead_code)] // each test file uses a part
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// Runs `cmd` to completion, or kills it and panics after `seconds`.
+pub fn output_within(mut cmd: Command, seconds: u64) -> Output {
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("start lorakit");
+    // Read the pipes on threads so a chatty child cannot block on a full pipe.
+    let mut out = child.stdout.take().unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let out_reader = std::thread::spawn(move || {
+        let mut b = Vec::new();
+        std::io::Read::read_to_end(&mut out, &mut b).ok();
+        b
+    });
+    let err_reader = std::thread::spawn(move || {
+        let mut b = Vec::new();
+        std::io::Read::read_to_end(&mut err, &mut b).ok();
+        b
+    });
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            child.kill().ok();
+            child.wait().ok();
+            panic!("lorakit did not finish within {seconds} s (it hangs)");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Output { status, stdout: out_reader.join().unwrap(), stderr: err_reader.join().unwrap() }
+}
+
+/// Creates a FIFO (named pipe) at `path` with the system's `mkfifo`.
+pub fn mkfifo(path: &Path) {
+    let status = Command::new("mkfifo").arg(path).status().expect("run mkfifo");
+    assert!(status.success(), "mkfifo {}", path.display());
+}
+
+/// Copies the LoRA `src` to `dst` with the first `modules` modules' up weights poisoned: one
+/// NaN and one +Inf each. Returns the poisoned module names, in name order.
+pub fn poisoned_lora(src: &Path, dst: &Path, modules: usize) -> Vec<String> {
+    use lorakit_lora::safetensors_file::{write_lora, LoraFile, Precision, Tensor};
+    let file = LoraFile::open(src).unwrap();
+    let ups: Vec<String> = file.tensor_names().filter(|n| n.ends_with(".lora_up.weight")).map(String::from).collect();
+    let poisoned: Vec<String> = ups.iter().take(modules).cloned().collect();
+    let mut tensors = std::collections::BTreeMap::new();
+    for name in file.tensor_names() {
+        let mut data = file.tensor_f32(name).unwrap();
+        if poisoned.iter().any(|p| p == name) {
+            data[0] = f32::NAN;
+            *data.last_mut().unwrap() = f32::INFINITY;
+        }
+        tensors.insert(name.to_string(), Tensor::new(file.info(name).unwrap().shape.clone(), data));
+    }
+    write_lora(dst, &tensors, file.metadata(), Precision::F32).unwrap();
+    poisoned.iter().map(|n| n.trim_end_matches(".lora_up.weight").to_string()).collect()
+}
