@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
-"""Reference data for training LyCORIS LoHa/LoKr modules (crates/lorakit-nn/src/lycoris.rs,
-crates/lorakit-models/src/lora_inject.rs; tested by crates/lorakit-models/tests/lycoris_train.rs).
+"""Reference data for training LyCORIS LoHa/LoKr modules and LyCORIS' own LoCon
+(crates/lorakit-nn/src/lycoris.rs, crates/lorakit-models/src/lora_inject.rs; tested by
+crates/lorakit-models/tests/lycoris_train.rs).
 
 For small Linear and Conv2d layers, LyCORIS' own module classes (lycoris-lora 3.1.0, default
 rebuild mode, module.train(), no dropout) with every factor set to random values give:
@@ -27,6 +28,7 @@ import torch
 from safetensors.torch import save_file
 from lycoris.modules.loha import LohaModule
 from lycoris.modules.lokr import LokrModule
+from lycoris.modules.locon import LoConModule
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 OUT = os.path.join(ROOT, "tests/fixtures/reference/lycoris_train")
@@ -45,6 +47,10 @@ CASES = [
     ("lokr_linear_fullmatrix", LokrModule, ("linear", 16, 16), dict(lora_dim=2, alpha=1.0, factor=4, full_matrix=True), 0.05),
     ("lokr_conv3_f4", LokrModule, ("conv", 16, 8, 3, 1, 1), dict(lora_dim=1, alpha=1.0, factor=4), 0.05),
     ("lokr_conv3_full", LokrModule, ("conv", 8, 4, 3, 1, 1), dict(lora_dim=100000, alpha=1.0, factor=2), 0.05),
+    ("lokr_conv1_full", LokrModule, ("conv", 8, 6, 1, 1, 0), dict(lora_dim=100000, alpha=1.0), 0.05),
+    ("locon_linear", LoConModule, ("linear", 12, 10), dict(lora_dim=3, alpha=1.5), 0.05),
+    ("locon_conv3_s2", LoConModule, ("conv", 6, 5, 3, 2, 1), dict(lora_dim=2, alpha=1.0), 0.05),
+    ("locon_conv1", LoConModule, ("conv", 8, 6, 1, 1, 0), dict(lora_dim=2, alpha=0.0), 0.05),
 ]
 
 
@@ -80,9 +86,9 @@ def main():
     for name, cls, spec, kwargs, max_norm in CASES:
         layer = make_layer(spec)
         module = cls(name, layer, multiplier=MULTIPLIER, **kwargs)
-        factors = [n for n, _ in module.named_parameters(recurse=False)]
+        factors = [n for n, _ in module.named_parameters()]
         with torch.no_grad():
-            for p in module.parameters(recurse=False):
+            for p in module.parameters():
                 p.copy_(0.3 * torch.randn_like(p))
         module.apply_to()
         module.train()
@@ -96,7 +102,7 @@ def main():
         tensors[f"{name}.grad.x"] = x.grad.clone()
         tensors[f"{name}.weight"] = layer.weight.detach().clone()
         tensors[f"{name}.bias"] = layer.bias.detach().clone()
-        for n, p in module.named_parameters(recurse=False):
+        for n, p in module.named_parameters():
             tensors[f"{name}.p.{n}"] = p.detach().clone()
             tensors[f"{name}.grad.{n}"] = p.grad.clone()
         sd = module.state_dict()

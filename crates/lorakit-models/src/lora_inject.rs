@@ -52,7 +52,8 @@ impl NetworkKind {
                 let algo = match algo {
                     Some("loha") => LycorisAlgo::LoHa,
                     Some("lokr") => LycorisAlgo::LoKr(lokr),
-                    other => return Err(format!("network.algo = {other:?}: use \"loha\" or \"lokr\"")),
+                    Some("locon" | "lora") => LycorisAlgo::LoCon,
+                    other => return Err(format!("network.algo = {other:?}: use \"loha\", \"lokr\" or \"locon\"")),
                 };
                 let preset = match preset {
                     None => LycorisPreset::Full,
@@ -251,7 +252,9 @@ pub fn create_network(
 fn check_rank(spec: &NetworkSpec, target: &LoraTarget, name: &str, rank: usize) -> Result<()> {
     let (out, flat_in) = (target.out_dim, flat_in_features(target));
     let (limit, what) = match spec.kind {
-        NetworkKind::Lora => (out.min(flat_in), "a LoRA of this layer has rank at most the smaller dimension"),
+        NetworkKind::Lora | NetworkKind::Lycoris { algo: LycorisAlgo::LoCon, .. } => {
+            (out.min(flat_in), "a LoRA of this layer has rank at most the smaller dimension")
+        }
         NetworkKind::Lycoris { algo: LycorisAlgo::LoHa, .. } => (
             out.max(flat_in),
             "a LoHa reaches full rank at rank² ≥ the smaller dimension; above the larger one it only costs memory",

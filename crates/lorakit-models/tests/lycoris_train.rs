@@ -1,4 +1,4 @@
-//! Trainable LyCORIS LoHa/LoKr modules against LyCORIS 3.1.0's own modules
+//! Trainable LyCORIS LoHa/LoKr/LoCon modules against LyCORIS 3.1.0's own modules
 //! (tools/reference/lycoris_train_fixture.py → tests/fixtures/reference/lycoris_train/): factor
 //! names and shapes of a fresh module, the layer's output with the module applied, the gradient
 //! of every factor and of the input, the saved tensors (keys, values, alpha) and max-norm.
@@ -56,6 +56,7 @@ fn case_setup(case: &Value) -> (LoraTarget, LycorisAlgo, usize, f64) {
             decompose_both: args["decompose_both"].as_bool().unwrap_or(false),
             full_matrix: args["full_matrix"].as_bool().unwrap_or(false),
         }),
+        "locon" => LycorisAlgo::LoCon,
         other => panic!("unknown algo {other}"),
     };
     (target, algo, args["lora_dim"].as_u64().unwrap() as usize, args["alpha"].as_f64().unwrap())
@@ -260,10 +261,11 @@ fn saved_tensors_and_max_norm_match_lycoris() {
 }
 
 #[test]
-fn loha_and_lokr_gradients_pass_f64_gradcheck() {
+fn loha_lokr_and_locon_gradients_pass_f64_gradcheck() {
     let rnd = |shape: &[usize], seed| pseudo_random(shape, seed).unwrap();
     let rng = std::sync::Mutex::new(StdRng::seed_from_u64(0));
-    let cases: [(LoraKind, LycorisAlgo, usize); 4] = [
+    let cases: [(LoraKind, LycorisAlgo, usize); 5] = [
+        (LoraKind::Conv { kernel: 3, stride: 2, padding: 1 }, LycorisAlgo::LoCon, 2),
         (LoraKind::Linear, LycorisAlgo::LoHa, 2),
         (LoraKind::Conv { kernel: 3, stride: 2, padding: 1 }, LycorisAlgo::LoHa, 2),
         (LoraKind::Linear, LycorisAlgo::LoKr(LokrOptions { factor: 2, decompose_both: true, full_matrix: false }), 1),

@@ -401,7 +401,7 @@ impl LoraSet {
 
     /// Every trained tensor by the name a state stores it under: `<module>.lora_down.weight` /
     /// `.lora_up.weight` for LoRA modules, `<module>.hada_w1_a`, `.lokr_w1`, … for LoHa/LoKr
-    /// ones plus LoHa's max-norm `<module>.scalar` (optional: a LyCORIS file has none, and
+    /// ones plus LoHa's/LoCon's max-norm `<module>.scalar` (optional: a LyCORIS file has none, and
     /// LyCORIS then starts it at 1). Trainable modules only.
     pub fn named_vars(&self) -> Vec<NamedVar> {
         let mut out = Vec::new();
@@ -414,7 +414,7 @@ impl LoraSet {
             for (suffix, var) in m.factors() {
                 out.push(NamedVar { name: format!("{}.{suffix}", m.name()), var: var.clone(), optional: false });
             }
-            if matches!(m.algo(), crate::lycoris::LycorisAlgo::LoHa) {
+            if matches!(m.algo(), crate::lycoris::LycorisAlgo::LoHa | crate::lycoris::LycorisAlgo::LoCon) {
                 out.push(NamedVar { name: format!("{}.scalar", m.name()), var: m.scalar().clone(), optional: true });
             }
         }

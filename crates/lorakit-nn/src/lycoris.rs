@@ -1,5 +1,5 @@
-//! LyCORIS' LoHa and LoKr modules (lycoris-lora 3.1.0, `modules/loha.py`, `modules/lokr.py`)
-//! as trainable adapters, in LyCORIS' default "rebuild" mode: each call forms the dense weight
+//! LyCORIS' LoHa, LoKr and LoCon modules (lycoris-lora 3.1.0, `modules/loha.py`,
+//! `modules/lokr.py`, `modules/locon.py`) as trainable adapters, in LyCORIS' default "rebuild" mode: each call forms the dense weight
 //! change ΔW (out, in·k·k) from the factors with ordinary candle ops (so every factor gets its
 //! gradient) and applies it as `x·ΔWᵀ` (linear) or a convolution with ΔW as kernel (conv, with
 //! the target's stride and padding), added to the frozen layer's output.
@@ -10,6 +10,9 @@
 //!   `w1` (a, c) full or `w1_a·w1_b` (decompose_both), `w2` (b, d·k·k) full or `w2_a·w2_b`;
 //!   full `w1`/`w1_a`/`w1_b`/`w2_a` Kaiming-uniform, `w2`/`w2_b` zero. With both factors full
 //!   (e.g. LyCORIS' "full dimension" network_dim = 100000) alpha is the dim: scale 1.
+//! - LoCon (`algo=locon` or `lora`): `ΔW = scale · lora_up·lora_down` with kohya's shapes
+//!   (`lora_down` (r, in[, k, k]) Kaiming-uniform, `lora_up` (out, r[, 1, 1]) zero) — the same
+//!   file layout as sd-scripts' LoCon, but LyCORIS' module set, rank dropout and max-norm.
 //!
 //! Dropouts as LyCORIS applies them there: module dropout skips the module for a call; rank
 //! dropout zeroes whole output rows of ΔW (each kept with probability 1 − p, no rescaling —
@@ -33,6 +36,8 @@ pub enum LycorisAlgo {
     LoHa,
     /// Kronecker product (`algo=lokr`).
     LoKr(LokrOptions),
+    /// LyCORIS' own LoRA/LoCon (`algo=locon` or `algo=lora`).
+    LoCon,
 }
 
 impl LycorisAlgo {
@@ -41,7 +46,13 @@ impl LycorisAlgo {
         match self {
             LycorisAlgo::LoHa => "loha",
             LycorisAlgo::LoKr(_) => "lokr",
+            LycorisAlgo::LoCon => "locon",
         }
+    }
+
+    /// Whether max-norm scales LyCORIS' `scalar` buffer (LoHa, LoCon) rather than the factors.
+    fn has_scalar(&self) -> bool {
+        matches!(self, LycorisAlgo::LoHa | LycorisAlgo::LoCon)
     }
 }
 
@@ -103,23 +114,36 @@ enum Init {
 
 /// The factors of a module: file-key suffix, shape, initialisation.
 ///
-/// Shapes as LyCORIS' modules create them: 2-D, except a conv LoKr's full `w2`, which keeps the
-/// kernel (b, d, k, k).
+/// Shapes as LyCORIS' modules create them: 2-D, except that a conv target (1×1 too) keeps the
+/// kernel dims on a LoKr's full `w2` (b, d, k, k) and on LoCon's `nn.Conv2d` weights.
 fn factor_plan(
     algo: LycorisAlgo,
+    kind: LoraKind,
     out: usize,
     in_dim: usize,
-    kernel: usize,
     rank: usize,
 ) -> Vec<(&'static str, Vec<usize>, Init)> {
-    let kk = kernel * kernel;
+    let kernel = match kind {
+        LoraKind::Linear => None,
+        LoraKind::Conv { kernel, .. } => Some(kernel),
+    };
+    let kk = kernel.map_or(1, |k| k * k);
     let flat_in = in_dim * kk;
+    // `shape` with the kernel dims `k` appended for conv targets.
+    let with_kernel = |shape: Vec<usize>, k: usize| match kernel {
+        Some(_) => [shape, vec![k, k]].concat(),
+        None => shape,
+    };
     match algo {
         LycorisAlgo::LoHa => vec![
             ("hada_w1_a", vec![out, rank], Init::Normal(0.1)),
             ("hada_w1_b", vec![rank, flat_in], Init::Normal(1.0)),
             ("hada_w2_a", vec![out, rank], Init::Zero),
             ("hada_w2_b", vec![rank, flat_in], Init::Normal(1.0)),
+        ],
+        LycorisAlgo::LoCon => vec![
+            ("lora_down.weight", with_kernel(vec![rank, in_dim], kernel.unwrap_or(1)), Init::KaimingUniform),
+            ("lora_up.weight", with_kernel(vec![out, rank], 1), Init::Zero),
         ],
         LycorisAlgo::LoKr(o) => {
             let (a, b) = factorization(out, o.factor);
@@ -134,10 +158,8 @@ fn factor_plan(
             if 2 * rank < b.max(d) && !o.full_matrix {
                 plan.push(("lokr_w2_a", vec![b, rank], Init::KaimingUniform));
                 plan.push(("lokr_w2_b", vec![rank, d * kk], Init::Zero));
-            } else if kernel > 1 {
-                plan.push(("lokr_w2", vec![b, d, kernel, kernel], Init::Zero));
             } else {
-                plan.push(("lokr_w2", vec![b, d], Init::Zero));
+                plan.push(("lokr_w2", with_kernel(vec![b, d], kernel.unwrap_or(1)), Init::Zero));
             }
             plan
         }
@@ -171,8 +193,8 @@ pub struct LycorisModule {
     out_dim: usize,
     in_dim: usize,
     factors: Vec<(&'static str, Var)>,
-    /// LyCORIS' `scalar` buffer: 1, multiplied down by max-norm (LoHa only; saved files hold
-    /// `hada_w1_a · scalar`, as LyCORIS' `custom_state_dict`).
+    /// LyCORIS' `scalar` buffer: 1, multiplied down by max-norm (LoHa and LoCon; saved files
+    /// hold `hada_w1_a · scalar` / `lora_up.weight · scalar`, as LyCORIS' `custom_state_dict`).
     scalar: Var,
     trainable: bool,
     multiplier_bits: AtomicU64,
@@ -198,7 +220,7 @@ impl LycorisModule {
             candle_core::bail!("{name}: LyCORIS dim must be at least 1")
         }
         let mut factors = Vec::new();
-        for (key, shape, init) in factor_plan(algo, target.out_dim, target.in_dim, kernel(target.kind), dim) {
+        for (key, shape, init) in factor_plan(algo, target.kind, target.out_dim, target.in_dim, dim) {
             let values = init_values(&shape, init, rng)?;
             factors.push((key, Tensor::from_vec(values, shape.as_slice(), device)?.to_dtype(dtype)?));
         }
@@ -248,10 +270,7 @@ impl LycorisModule {
     /// The factor key suffixes a fresh module of these options has for `target`, with shapes
     /// (what a state or file must hold).
     pub fn factor_names(algo: LycorisAlgo, target: &LoraTarget, dim: usize) -> Vec<(&'static str, Vec<usize>)> {
-        factor_plan(algo, target.out_dim, target.in_dim, kernel(target.kind), dim)
-            .into_iter()
-            .map(|(k, s, _)| (k, s))
-            .collect()
+        factor_plan(algo, target.kind, target.out_dim, target.in_dim, dim).into_iter().map(|(k, s, _)| (k, s)).collect()
     }
 
     /// Sets the dropout hooks (neuron dropout is ignored, as in LyCORIS).
@@ -300,7 +319,7 @@ impl LycorisModule {
         &self.factors
     }
 
-    /// LoHa's max-norm scalar (1 until max-norm scales the module down).
+    /// LoHa's and LoCon's max-norm scalar (1 until max-norm scales the module down).
     pub fn scalar(&self) -> &Var {
         &self.scalar
     }
@@ -362,14 +381,19 @@ impl LycorisModule {
                 let w2 = self.lokr_factor("lokr_w2")?.flatten_from(1)?;
                 kron(&w1, &w2)?
             }
+            LycorisAlgo::LoCon => {
+                let get = |k: &str| {
+                    self.factor(k).ok_or_else(|| candle_core::Error::Msg(format!("{}: {k} missing", self.name)))
+                };
+                get("lora_up.weight")?.flatten_from(1)?.matmul(&get("lora_down.weight")?.flatten_from(1)?)?
+            }
         };
         let delta = (delta * self.scale())?;
-        match self.algo {
-            LycorisAlgo::LoHa => {
-                // The scalar is a buffer in LyCORIS (no gradient).
-                delta.broadcast_mul(&self.scalar.as_detached_tensor())
-            }
-            LycorisAlgo::LoKr(_) => Ok(delta),
+        if self.algo.has_scalar() {
+            // The scalar is a buffer in LyCORIS (no gradient).
+            delta.broadcast_mul(&self.scalar.as_detached_tensor())
+        } else {
+            Ok(delta)
         }
     }
 
@@ -416,7 +440,11 @@ impl LycorisModule {
         let mut out = Vec::new();
         for (key, var) in &self.factors {
             let t = var.as_detached_tensor().to_dtype(DType::F32)?;
-            let t = if matches!(*key, "hada_w1_a" | "lokr_w1" | "lokr_w1_a") { t.broadcast_mul(&scalar)? } else { t };
+            let t = if matches!(*key, "hada_w1_a" | "lokr_w1" | "lokr_w1_a" | "lora_up.weight") {
+                t.broadcast_mul(&scalar)?
+            } else {
+                t
+            };
             out.push((*key, t));
         }
         Ok(out)
@@ -424,7 +452,7 @@ impl LycorisModule {
 
     /// LyCORIS' `apply_max_norm`: `‖ΔW‖_F` (ΔW with alpha/dim and the scalar), clamped as torch
     /// does; when it exceeds `max_norm` LoHa multiplies its scalar by the ratio, LoKr each of
-    /// its n factors by `ratio^(1/n)`. Returns (scaled, norm after scaling).
+    /// its n factors by `ratio^(1/n)`, LoCon its scalar. Returns (scaled, norm after scaling).
     pub fn apply_max_norm(&self, max_norm: f64) -> Result<(bool, f64)> {
         let delta = self.weight_change()?.detach().to_dtype(DType::F32)?;
         let orig = delta.sqr()?.sum_all()?.to_scalar::<f32>()?.sqrt();
@@ -434,16 +462,13 @@ impl LycorisModule {
         let ratio = desired / norm;
         let scaled = norm != desired;
         if scaled {
-            match self.algo {
-                LycorisAlgo::LoHa => {
-                    let s = self.scalar.as_detached_tensor();
-                    self.scalar.set(&s.affine(f64::from(ratio), 0.0)?)?;
-                }
-                LycorisAlgo::LoKr(_) => {
-                    let per = f64::from(ratio.powf(1.0 / self.factors.len() as f32));
-                    for (_, var) in &self.factors {
-                        var.set(&var.as_detached_tensor().affine(per, 0.0)?)?;
-                    }
+            if self.algo.has_scalar() {
+                let s = self.scalar.as_detached_tensor();
+                self.scalar.set(&s.affine(f64::from(ratio), 0.0)?)?;
+            } else {
+                let per = f64::from(ratio.powf(1.0 / self.factors.len() as f32));
+                for (_, var) in &self.factors {
+                    var.set(&var.as_detached_tensor().affine(per, 0.0)?)?;
                 }
             }
         }
@@ -456,11 +481,4 @@ pub fn kron(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     let (ra, ca) = a.dims2()?;
     let (rb, cb) = b.dims2()?;
     a.reshape((ra, 1, ca, 1))?.broadcast_mul(&b.reshape((1, rb, 1, cb))?)?.reshape((ra * rb, ca * cb))
-}
-
-fn kernel(kind: LoraKind) -> usize {
-    match kind {
-        LoraKind::Linear => 1,
-        LoraKind::Conv { kernel, .. } => kernel,
-    }
 }

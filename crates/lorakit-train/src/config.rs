@@ -215,7 +215,9 @@ pub struct NetworkSection {
     /// picks LoHa or LoKr).
     pub network_module: String,
     /// LyCORIS algorithm (`network_args` `algo=…`), only with `network_module = "lycoris.kohya"`:
-    /// `loha` (Hadamard product of two low-rank products) or `lokr` (Kronecker product).
+    /// `loha` (Hadamard product of two low-rank products), `lokr` (Kronecker product) or
+    /// `locon` / `lora` (LyCORIS' own LoRA/LoCon: kohya's file layout, LyCORIS' layers, rank
+    /// dropout and max-norm).
     pub algo: Option<String>,
     /// LyCORIS preset (`network_args` `preset=…`): `full` (LyCORIS' default: attention, ResNet and
     /// resampler layers, k×k convs with `conv_dim`, which defaults to `network_dim`), `full-lin`
@@ -305,7 +307,7 @@ impl NetworkSection {
                 ] {
                     if set {
                         problems.push(format!(
-                            "network.{key}: LyCORIS options, but network.network_module = \"networks.lora\"; set network_module = \"lycoris.kohya\" (with algo = \"loha\" or \"lokr\") or remove them"
+                            "network.{key}: LyCORIS options, but network.network_module = \"networks.lora\"; set network_module = \"lycoris.kohya\" (with an algo) or remove them"
                         ));
                     }
                 }
@@ -314,24 +316,21 @@ impl NetworkSection {
             "lycoris.kohya" => {}
             other => {
                 problems.push(format!(
-                    "network.network_module = {other:?}: use \"networks.lora\" (LoRA/LoCon) or \"lycoris.kohya\" (LyCORIS LoHa/LoKr)"
+                    "network.network_module = {other:?}: use \"networks.lora\" (LoRA/LoCon) or \"lycoris.kohya\" (LyCORIS LoHa/LoKr/LoCon)"
                 ));
                 return;
             }
         }
         match self.algo.as_deref() {
-            Some("loha") if lokr_options_set => problems.push(
-                "network.factor/decompose_both/full_matrix are LoKr options; LyCORIS ignores them for algo = \"loha\": remove them".into(),
-            ),
-            Some("loha" | "lokr") => {}
-            Some(a @ ("locon" | "lora")) => problems.push(format!(
-                "network.algo = {a:?}: LyCORIS' LoCon is not supported yet (it adapts other layers and applies rank dropout and max-norm differently from networks.lora); for a kohya LoCon use network_module = \"networks.lora\" with conv_dim"
+            Some(a @ ("loha" | "locon" | "lora")) if lokr_options_set => problems.push(format!(
+                "network.factor/decompose_both/full_matrix are LoKr options; LyCORIS ignores them for algo = {a:?}: remove them"
             )),
+            Some("loha" | "lokr" | "locon" | "lora") => {}
             Some(other) => problems.push(format!(
-                "network.algo = {other:?}: lorakit trains LyCORIS' \"loha\" and \"lokr\" only"
+                "network.algo = {other:?}: lorakit trains LyCORIS' \"loha\", \"lokr\" and \"locon\" (\"lora\") only"
             )),
             None => problems.push(
-                "network.algo: network_module = \"lycoris.kohya\" needs an algorithm: \"loha\" or \"lokr\"".into(),
+                "network.algo: network_module = \"lycoris.kohya\" needs an algorithm: \"loha\", \"lokr\" or \"locon\"".into(),
             ),
         }
         if let Some(p) = self.preset.as_deref().filter(|p| !LYCORIS_PRESETS.contains(p)) {
@@ -347,7 +346,7 @@ impl NetworkSection {
             refuse(
                 problems,
                 "network_dropout",
-                "LyCORIS' LoHa/LoKr modules ignore it (\"haven't implemented normal dropout yet\")",
+                "LyCORIS' modules ignore it outside bypass mode (LoHa/LoKr: \"haven't implemented normal dropout yet\")",
             );
         }
         for (key, set) in [
@@ -356,7 +355,11 @@ impl NetworkSection {
             ("loraplus_text_encoder_lr_ratio", self.loraplus_text_encoder_lr_ratio.is_some()),
         ] {
             if set {
-                refuse(problems, key, "LyCORIS' network has no LoRA+ groups (LoHa/LoKr factors have no up matrices)");
+                refuse(
+                    problems,
+                    key,
+                    "LyCORIS' network has no LoRA+ groups (its prepare_optimizer_params takes no ratios)",
+                );
             }
         }
         for (key, set) in [

@@ -2,10 +2,8 @@
 //! (examples/quickstart/tiny-sd15, random weights) and the sample dataset (examples/dataset):
 //! files, metadata, logs, samples, exact resume, and a LoRA that learns.
 
-use std::collections::HashMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 
 use candle_core::{DType, Device, Tensor};
 use lorakit_models::lora_inject::load_lora_file;
@@ -18,7 +16,7 @@ use lorakit_train::{TrainConfig, TrainEvent, Trainer};
 mod common;
 // Small runs: the 8_chessboard folder only (9 images × 8 repeats would be long), with fewer
 // repeats so an epoch is a handful of steps.
-use common::{chessboard_dataset, repo, small_run_toml};
+use common::{chessboard_dataset, repo, small_run_toml, tensors, train};
 
 fn model() -> StableDiffusionModel {
     StableDiffusionModel::load(&repo("examples/quickstart/tiny-sd15"), DType::F32, &Device::Cpu, false).unwrap()
@@ -31,26 +29,6 @@ fn base_text(dir: &Path, data: &Path) -> String {
 fn config(dir: &Path, data: &Path, extra: &str) -> TrainConfig {
     let text = format!("{}\n{extra}", base_text(dir, data));
     TrainConfig::from_toml_str(&text, &[]).unwrap_or_else(|e| panic!("{e}"))
-}
-
-fn train(config: TrainConfig, model: &StableDiffusionModel, stop_after: Option<u64>) -> lorakit_train::RunSummary {
-    let data = TrainData::load(&config).unwrap();
-    let trainer = Trainer::new(config, model, data).unwrap();
-    let stop = Arc::new(AtomicBool::new(false));
-    let flag = stop.clone();
-    let mut events = move |e: TrainEvent| {
-        if let (TrainEvent::Step { step, .. }, Some(n)) = (&e, stop_after) {
-            if *step == n {
-                flag.store(true, Ordering::SeqCst);
-            }
-        }
-    };
-    trainer.run(&stop, &mut events).unwrap()
-}
-
-fn tensors(path: &Path) -> HashMap<String, Vec<f32>> {
-    let file = lorakit_lora::safetensors_file::LoraFile::open(path).unwrap();
-    file.tensor_names().map(|n| (n.to_string(), file.tensor_f32(n).unwrap())).collect()
 }
 
 #[test]

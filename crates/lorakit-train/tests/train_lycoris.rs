@@ -1,11 +1,9 @@
-//! LyCORIS LoHa/LoKr training end to end on the bundled tiny SD1.5-shaped model: the run trains,
+//! LyCORIS LoHa/LoKr/LoCon training end to end on the bundled tiny SD1.5-shaped model: the run trains,
 //! saves files in LyCORIS' layout and metadata, the files read back through the LyCORIS reader
 //! (what `generate` and `inspect` use) with the trained network's outputs, a resumed LoHa run
 //! repeats the uninterrupted one bit for bit, and what LyCORIS cannot do is refused by name.
 
-use std::collections::HashMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
@@ -13,12 +11,11 @@ use lorakit_models::lora_inject::{create_network, load_lora_file, sets_from_file
 use lorakit_models::lora_inject::{LycorisPreset, NetworkSpec};
 use lorakit_nn::lycoris::{LokrOptions, LycorisAlgo};
 use lorakit_nn::ForwardCtx;
-use lorakit_train::data::TrainData;
 use lorakit_train::model::{StableDiffusionModel, TrainableModel};
-use lorakit_train::{TrainConfig, TrainEvent, Trainer};
+use lorakit_train::TrainConfig;
 
 mod common;
-use common::{chessboard_dataset, repo, small_run_toml};
+use common::{chessboard_dataset, repo, small_run_toml, tensors, train};
 
 fn model() -> StableDiffusionModel {
     StableDiffusionModel::load(&repo("examples/quickstart/tiny-sd15"), DType::F32, &Device::Cpu, false).unwrap()
@@ -32,26 +29,6 @@ fn config(dir: &Path, data: &Path, network: &str) -> TrainConfig {
         1,
     );
     TrainConfig::from_toml_str(&text, &[]).unwrap_or_else(|e| panic!("{e}"))
-}
-
-fn train(config: TrainConfig, model: &StableDiffusionModel, stop_after: Option<u64>) -> lorakit_train::RunSummary {
-    let data = TrainData::load(&config).unwrap();
-    let trainer = Trainer::new(config, model, data).unwrap();
-    let stop = Arc::new(AtomicBool::new(false));
-    let flag = stop.clone();
-    let mut events = move |e: TrainEvent| {
-        if let (TrainEvent::Step { step, .. }, Some(n)) = (&e, stop_after) {
-            if *step == n {
-                flag.store(true, Ordering::SeqCst);
-            }
-        }
-    };
-    trainer.run(&stop, &mut events).unwrap()
-}
-
-fn tensors(path: &Path) -> HashMap<String, Vec<f32>> {
-    let file = lorakit_lora::safetensors_file::LoraFile::open(path).unwrap();
-    file.tensor_names().map(|n| (n.to_string(), file.tensor_f32(n).unwrap())).collect()
 }
 
 /// The UNet's prediction for fixed inputs with the given LoRA sets (UNet, text encoder).
@@ -84,22 +61,35 @@ fn train_and_check(network: &str, spec: NetworkSpec, factor_keys: &[&str], args:
         let suffix = name.split_once('.').unwrap().1;
         assert!(suffix == "alpha" || factor_keys.contains(&suffix), "{name}: not a {factor_keys:?} key");
     }
-    let modules = lorakit_lora::lycoris::lycoris_modules(&file).unwrap();
+    // Every module trained: ΔW ≠ 0 (LoHa/LoKr through the LyCORIS reader; LyCORIS' LoCon has
+    // kohya's layout, and an untrained one has lora_up = 0).
+    let trained: Vec<(String, bool)> = match lorakit_lora::keys::detect_scheme(file.tensor_names()) {
+        lorakit_lora::keys::Scheme::Kohya => lorakit_lora::keys::modules(&file)
+            .unwrap()
+            .modules
+            .iter()
+            .map(|m| (m.name.clone(), file.tensor_f32(&m.up_key).unwrap().iter().any(|v| *v != 0.0)))
+            .collect(),
+        _ => lorakit_lora::lycoris::lycoris_modules(&file)
+            .unwrap()
+            .iter()
+            .map(|m| (m.name.clone(), m.delta_weight(&file).unwrap().iter().any(|v| *v != 0.0)))
+            .collect(),
+    };
     let sd = model.pipeline();
     let (unet_targets, te_targets) = (sd.unet_targets(), sd.text_encoder_targets());
     let unet = create_network(unet_targets, "lora_unet", &spec, DType::F32, &Device::Cpu, 0).unwrap();
     let te = create_network(te_targets, "lora_te", &spec, DType::F32, &Device::Cpu, 0).unwrap();
-    assert_eq!(modules.len(), unet.len() + te.len(), "the file has a module for every planned target");
-    for m in &modules {
-        let delta = m.delta_weight(&file).unwrap();
-        assert!(delta.iter().any(|v| *v != 0.0), "{}: untrained (ΔW = 0)", m.name);
+    assert_eq!(trained.len(), unet.len() + te.len(), "the file has a module for every planned target");
+    for (name, changed) in &trained {
+        assert!(changed, "{name}: untrained (ΔW = 0)");
     }
     // Ours, loaded back from the file (as network_weights would).
     let ours: Vec<Arc<lorakit_nn::LoraSet>> = vec![Arc::new(unet), Arc::new(te)];
     let file_tensors = candle_core::safetensors::load(&path, &Device::Cpu).unwrap();
     let missing = lorakit_train::state::load_network_tensors(&ours, &file_tensors, false, &path).unwrap();
     assert!(missing.is_empty(), "{missing:?}");
-    // The LyCORIS reader's dense ΔW on the fly, as generate applies the file.
+    // The file on the fly as generate applies it (LoHa/LoKr: the LyCORIS reader's dense ΔW).
     let components = [
         ComponentTargets { prefix: "lora_unet", targets: unet_targets },
         ComponentTargets { prefix: "lora_te", targets: te_targets },
@@ -112,19 +102,23 @@ fn train_and_check(network: &str, spec: NetworkSpec, factor_keys: &[&str], args:
     assert!(diff(&a, &b) < 1e-4, "file applied as generate does vs the trained modules: {}", diff(&a, &b));
 }
 
-#[test]
-fn a_loha_trains_saves_lycoris_keys_and_applies_as_generate_does() {
-    let spec = NetworkSpec {
-        kind: NetworkKind::Lycoris { algo: LycorisAlgo::LoHa, preset: LycorisPreset::Full },
+/// The spec of the small run's network (network_dim 4, alpha 2, conv_dim 2) as `algo`.
+fn small_run_spec(algo: LycorisAlgo) -> NetworkSpec {
+    NetworkSpec {
+        kind: NetworkKind::Lycoris { algo, preset: LycorisPreset::Full },
         rank: 4,
         alpha: 2.0,
         conv_rank: Some(2),
         conv_alpha: 2.0,
         ..Default::default()
-    };
+    }
+}
+
+#[test]
+fn a_loha_trains_saves_lycoris_keys_and_applies_as_generate_does() {
     train_and_check(
         "network_module = \"lycoris.kohya\"\nalgo = \"loha\"\n",
-        spec,
+        small_run_spec(LycorisAlgo::LoHa),
         &["hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b"],
         &[("algo", "loha")],
     );
@@ -133,19 +127,24 @@ fn a_loha_trains_saves_lycoris_keys_and_applies_as_generate_does() {
 #[test]
 fn a_lokr_trains_saves_lycoris_keys_and_applies_as_generate_does() {
     let opts = LokrOptions { factor: 4, decompose_both: true, full_matrix: false };
-    let spec = NetworkSpec {
-        kind: NetworkKind::Lycoris { algo: LycorisAlgo::LoKr(opts), preset: LycorisPreset::Full },
-        rank: 4,
-        alpha: 2.0,
-        conv_rank: Some(2),
-        conv_alpha: 2.0,
-        ..Default::default()
-    };
     train_and_check(
         "network_module = \"lycoris.kohya\"\nalgo = \"lokr\"\nfactor = 4\ndecompose_both = true\n",
-        spec,
+        small_run_spec(LycorisAlgo::LoKr(opts)),
         &["lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b"],
         &[("algo", "lokr"), ("factor", "4"), ("decompose_both", "True")],
+    );
+}
+
+#[test]
+fn lycoris_locon_trains_with_kohya_keys_and_applies_as_generate_does() {
+    train_and_check(
+        "network_module = \"lycoris.kohya\"\nalgo = \"lora\"\npreset = \"full-lin\"\n",
+        NetworkSpec {
+            kind: NetworkKind::Lycoris { algo: LycorisAlgo::LoCon, preset: LycorisPreset::FullLin },
+            ..small_run_spec(LycorisAlgo::LoCon)
+        },
+        &["lora_down.weight", "lora_up.weight"],
+        &[("algo", "lora"), ("preset", "full-lin")],
     );
 }
 
@@ -184,7 +183,8 @@ fn what_lycoris_does_not_do_is_refused_by_name() {
     let refused = [
         ("network_module = \"lycoris.kohya\"\n", "network.algo"),
         ("network_module = \"lycoris.kohya\"\nalgo = \"ia3\"\n", "\"ia3\""),
-        ("network_module = \"lycoris.kohya\"\nalgo = \"locon\"\n", "LoCon"),
+        ("network_module = \"lycoris.kohya\"\nalgo = \"dylora\"\n", "\"dylora\""),
+        ("network_module = \"lycoris.kohya\"\nalgo = \"locon\"\ndecompose_both = true\n", "LoKr options"),
         (
             "network_module = \"lycoris.kohya\"\nalgo = \"loha\"\npreset = \"unet-transformer-only\"\n",
             "unet-transformer-only",

@@ -1,6 +1,13 @@
 //! Helpers shared by the end-to-end training tests.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use lorakit_train::data::TrainData;
+use lorakit_train::model::StableDiffusionModel;
+use lorakit_train::{TrainConfig, TrainEvent, Trainer};
 
 /// A path in the repository.
 pub fn repo(rel: &str) -> PathBuf {
@@ -64,4 +71,28 @@ save_precision = "float"
         out = dir.join("out").display(),
         data = data.display(),
     )
+}
+
+/// Runs `config` on `model`; with `stop_after`, stops (as Ctrl-C does) after that step.
+#[allow(dead_code)] // not every test binary trains
+pub fn train(config: TrainConfig, model: &StableDiffusionModel, stop_after: Option<u64>) -> lorakit_train::RunSummary {
+    let data = TrainData::load(&config).unwrap();
+    let trainer = Trainer::new(config, model, data).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    let mut events = move |e: TrainEvent| {
+        if let (TrainEvent::Step { step, .. }, Some(n)) = (&e, stop_after) {
+            if *step == n {
+                flag.store(true, Ordering::SeqCst);
+            }
+        }
+    };
+    trainer.run(&stop, &mut events).unwrap()
+}
+
+/// Every tensor of a safetensors file, as f32 values by name.
+#[allow(dead_code)]
+pub fn tensors(path: &Path) -> HashMap<String, Vec<f32>> {
+    let file = lorakit_lora::safetensors_file::LoraFile::open(path).unwrap();
+    file.tensor_names().map(|n| (n.to_string(), file.tensor_f32(n).unwrap())).collect()
 }
