@@ -1,14 +1,4 @@
 //! Any text as a dataset config: an error or a plan, never a panic.
+//! The body lives in `lorakit_fuzz_targets::dataset_toml`, shared with the stable-Rust harness.
 #![no_main]
-use libfuzzer_sys::fuzz_target;
-
-fuzz_target!(|data: &[u8]| {
-    if let Ok(text) = std::str::from_utf8(data) {
-        let _ = lorakit_dataset::config::plan_from_toml_str(
-            text,
-            std::path::Path::new("."),
-            "fuzz.toml",
-            &lorakit_dataset::config::OptionLayer::default(),
-        );
-    }
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| lorakit_fuzz_targets::dataset_toml(data));

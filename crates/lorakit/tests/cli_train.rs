@@ -183,7 +183,7 @@ fn sigterm_and_sighup_save_a_state_like_ctrl_c() {
         let dir = tempfile::tempdir().unwrap();
         let cfg = tiny_config(dir.path(), "[save]\nsave_every_n_steps = 1\n");
         let out = dir.path().join("out");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_lorakit"))
+        let child = Command::new(env!("CARGO_BIN_EXE_lorakit"))
             .args(["train", cfg.to_str().unwrap(), "--set", "training.max_train_epochs=200"])
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

@@ -79,7 +79,7 @@ pub fn refuse_unsupported_family(family: Family, shown_by: &str) -> Result<(), S
         return Ok(());
     }
     Err(format!(
-        "this is a {} LoRA config ({shown_by}); lorakit trains SD 1.x and SD 2.x LoRAs so far, {} support is planned — it will not train it as another family",
+        "this is a LoRA config for {} ({shown_by}); lorakit trains SD 1.x and SD 2.x LoRAs so far, {} support is planned — it will not train it as another family",
         family.name(),
         family.name()
     ))
@@ -388,9 +388,13 @@ pub fn import_sd_scripts_args(pairs: Vec<(String, toml::Value)>) -> Result<Impor
                 continue;
             }
             "lr_scheduler_type" | "dataset_class" if !is_unset(value) => {
+                let (what, instead) = if key == "dataset_class" {
+                    ("dataset", "the built-in dataset")
+                } else {
+                    ("scheduler", "lr_scheduler")
+                };
                 return Err(format!(
-                    "{key} = {value}: a custom Python class replaces sd-scripts' own {} — lorakit cannot run it; remove it to use lr_scheduler / the built-in dataset",
-                    if key == "dataset_class" { "dataset" } else { "scheduler" }
+                    "{key} = {value}: a custom Python class replaces sd-scripts' own {what} — lorakit cannot run it; remove it to use {instead}"
                 ));
             }
             "log_with" => {
@@ -449,6 +453,10 @@ pub fn import_sd_scripts_args(pairs: Vec<(String, toml::Value)>) -> Result<Impor
         }
     }
 
+    // sd-scripts logs to TensorBoard when a logging_dir is given without log_with.
+    if t.seen.contains("logging_dir") && !t.seen.contains("log_with") {
+        t.put("logging", "log_with", toml::Value::String("tensorboard".into()));
+    }
     for (key, value) in sd_scripts_defaults() {
         if !t.seen.contains(key) {
             if let Some((section, _, _)) = types.iter().find(|(_, k, _)| k == key) {
@@ -466,9 +474,6 @@ pub fn import_sd_scripts_args(pairs: Vec<(String, toml::Value)>) -> Result<Impor
             "seed",
             format!("no seed in the file (sd-scripts draws a random one): drew training.seed = {seed}; it is in the printed config"),
         ));
-    }
-    if t.seen.contains("logging_dir") && !t.seen.contains("log_with") {
-        t.put("logging", "log_with", toml::Value::String("tensorboard".into()));
     }
     Ok(Imported { table: t.table, notes, prompt_file: None })
 }
@@ -523,6 +528,8 @@ fn network_of(args: &BTreeMap<String, toml::Value>, t: &mut Table, notes: &mut V
             .unwrap_or_default(),
     };
     let mut algo = None;
+    let rank_dropout_set =
+        items.iter().any(|i| i.split_once('=').is_some_and(|(k, v)| k.trim() == "rank_dropout" && arg_truthy(v)));
     for item in items {
         let Some((key, raw)) = item.split_once('=') else {
             notes.push(ImportNote::changes_run(
@@ -536,7 +543,9 @@ fn network_of(args: &BTreeMap<String, toml::Value>, t: &mut Table, notes: &mut V
         let source = format!("network_args {key}={value}");
         if lycoris {
             if LYCORIS_UNSUPPORTED.contains(&key) {
-                if arg_truthy(&value) {
+                // rank_dropout_scale only rescales what rank dropout drops: without it, no effect.
+                let inert = key == "rank_dropout_scale" && !rank_dropout_set;
+                if arg_truthy(&value) && !inert {
                     return Err(format!(
                         "{source}: this LyCORIS option is not supported by lorakit; turn it off to train without it"
                     ));
@@ -650,7 +659,7 @@ mod tests {
         c
     }
 
-    fn level_of<'a>(imported: &'a Imported, key: &str) -> Option<NoteLevel> {
+    fn level_of(imported: &Imported, key: &str) -> Option<NoteLevel> {
         imported.notes.iter().find(|n| n.key == key).map(|n| n.level)
     }
 
@@ -818,6 +827,7 @@ seed = 1
             ("network_module = \"lycoris.kohya\"\nnetwork_args = [\"algo=diag-oft\"]\n", "diag-oft"),
             ("network_module = \"lycoris.kohya\"\nnetwork_args = [\"algo=loha\", \"use_tucker=True\"]\n", "use_tucker"),
             ("network_module = \"lycoris.kohya\"\nnetwork_args = [\"algo=lokr\", \"dora_wd=True\"]\n", "dora_wd"),
+            ("network_module = \"lycoris.kohya\"\nnetwork_args = [\"algo=lokr\", \"rank_dropout=0.1\", \"rank_dropout_scale=True\"]\n", "rank_dropout_scale"),
             ("network_dim = 4\nlr_scheduler_type = \"CosineAnnealingLR\"\n", "lr_scheduler_type"),
         ] {
             let err = import_toml(toml).unwrap_err();
@@ -828,7 +838,7 @@ seed = 1
     #[test]
     fn lycoris_arguments_map_to_the_network_keys() {
         let imp = import_toml(
-            "network_module = \"lycoris.kohya\"\nnetwork_dim = 100000\nnetwork_alpha = 1\nnetwork_args = [\"preset=full\", \"conv_dim=100000\", \"conv_alpha=1\", \"use_tucker=False\", \"rank_dropout=0\", \"bypass_mode=False\", \"dora_wd=False\", \"module_dropout=0\", \"factor=6\", \"use_cp=False\", \"use_scalar=False\", \"decompose_both=False\", \"rank_dropout_scale=False\", \"algo=lokr\", \"train_norm=False\"]\nseed = 1\n",
+            "network_module = \"lycoris.kohya\"\nnetwork_dim = 100000\nnetwork_alpha = 1\nnetwork_args = [\"preset=full\", \"conv_dim=100000\", \"conv_alpha=1\", \"use_tucker=False\", \"rank_dropout=0\", \"rank_dropout_scale=True\", \"bypass_mode=False\", \"dora_wd=False\", \"module_dropout=0\", \"factor=6\", \"use_cp=False\", \"use_scalar=False\", \"decompose_both=False\", \"rank_dropout_scale=False\", \"algo=lokr\", \"train_norm=False\"]\nseed = 1\n",
         )
         .unwrap();
         let n = imp.table["network"].as_table().unwrap();
@@ -869,7 +879,7 @@ seed = 1
     #[test]
     fn unsupported_settings_are_ranked_by_whether_they_change_the_run() {
         let imp = import_toml(
-            "network_dim = 4\nvae = \"/m/vae.safetensors\"\nface_crop_aug_range = \"2.0,4.0\"\nsdpa = true\nsave_last_n_steps = 3\nnoise_offset_type = \"Original\"\nlog_with = \"wandb\"\nvae_batch_size = 4\nseed = 1\nxformers = false\n",
+            "network_dim = 4\nvae = \"/m/vae.safetensors\"\nface_crop_aug_range = \"2.0,4.0\"\nsdpa = true\nsave_last_n_steps = 3\nnoise_offset_type = \"Original\"\nlog_with = \"wandb\"\nvae_batch_size = 4\nseed = 1\nxformers = false\nlogging_dir = \"logs\"\n",
         )
         .unwrap();
         assert_eq!(level_of(&imp, "vae"), Some(NoteLevel::ChangesRun));
@@ -885,6 +895,14 @@ seed = 1
         assert!(report[1].starts_with("warning: cfg.toml: `vae`"), "{report:?}");
         assert!(report.last().unwrap().ends_with("ignored: sdpa"), "{report:?}");
         assert_eq!(report.iter().filter(|l| l.starts_with("warning")).count(), 2, "{report:?}");
+    }
+
+    #[test]
+    fn a_logging_dir_without_log_with_logs_to_tensorboard() {
+        let c = config(&import_toml("network_dim = 4\nlogging_dir = \"logs\"\nseed = 1\n").unwrap());
+        assert_eq!(c.logging.log_with, "tensorboard");
+        let c = config(&import_toml("network_dim = 4\nseed = 1\n").unwrap());
+        assert_eq!(c.logging.log_with, "none");
     }
 
     #[test]

@@ -473,15 +473,17 @@ fn network(g: &Gui) -> Result<(&'static str, String), String> {
         }
         Ok(s)
     };
+    // Read for every type: the GUI saves them all, but passes each only for some types.
+    let conv = (num("conv_dim")?, num("conv_alpha")?);
+    let blocks: Vec<(&str, String)> = BLOCK_ARGS.iter().map(|k| (*k, g.text(k))).collect();
     let (module, mut network_args) = match lora_type.as_str() {
         "Standard" | "Kohya LoCon" => {
             let mut s = String::new();
             if lora_type == "Kohya LoCon" {
-                s += &format!(" conv_dim={} conv_alpha={}", num("conv_dim")?, num("conv_alpha")?);
+                s += &format!(" conv_dim={} conv_alpha={}", conv.0, conv.1);
             }
-            for key in BLOCK_ARGS {
-                let value = g.text(key);
-                if !value.trim().is_empty() && value.trim().parse::<f64>().map_or(true, |v| v != 0.0) {
+            for (key, value) in &blocks {
+                if !value.trim().is_empty() && !value.trim().parse::<f64>().is_ok_and(|v| v == 0.0) {
                     s += &format!(" {key}={value}");
                 }
             }
@@ -566,7 +568,8 @@ fn length(g: &Gui, put: &mut impl FnMut(&str, toml::Value), notes: &mut Vec<Impo
                 warmup = (warmup_pct * max_train_steps as f64 / 100.0).round();
             }
         } else {
-            warmup = if warmup_steps > 0.0 { warmup_steps.trunc() } else { 0.0 };
+            // The GUI zeroes lr_warmup_steps here, so only the percentage is left.
+            warmup = if warmup_pct != 0.0 { warmup_pct / 100.0 } else { 0.0 };
             if max_train_epochs == 0 && epoch > 0 {
                 notes.push(ImportNote::changes_run(
                     "epoch",
@@ -589,7 +592,7 @@ fn length(g: &Gui, put: &mut impl FnMut(&str, toml::Value), notes: &mut Vec<Impo
                 put("max_train_epochs", toml::Value::Integer(epoch));
                 notes.push(ImportNote::info(
                     "epoch",
-                    format!("{epoch}: the train_data_dir cannot be read here, so the GUI's step count (images × repeats ÷ batch × epochs) is not known; training {epoch} epochs instead"),
+                    format!("{epoch}: the train_data_dir cannot be read here, so the GUI's step count (images × repeats ÷ batch × epochs) is not known; training {epoch} epoch(s) instead"),
                 ));
             }
         }
@@ -812,6 +815,12 @@ mod tests {
         assert_eq!(c.optimizer.lr_scheduler_num_cycles, 1, "empty cycles: the GUI passes epoch");
         // Flux fields with values in an SD 1.5 config are not mistaken for a Flux config.
         assert!(imp.notes.iter().all(|n| n.level != NoteLevel::ChangesRun), "{:?}", imp.notes);
+        // Fields the GUI saves for other types are known, not "unknown fields".
+        let keys = imp.unmapped_keys();
+        assert!(
+            !keys.contains(&"conv_dim") && !keys.contains(&"factor") && !keys.contains(&"guidance_scale"),
+            "{keys:?}"
+        );
     }
 
     #[test]
@@ -889,6 +898,16 @@ mod tests {
         let c = config(&imp);
         assert_eq!((c.training.max_train_steps, c.training.max_train_epochs), (0, 0));
         assert_eq!(level_of(&imp, "epoch"), Some(NoteLevel::ChangesRun));
+        // There the GUI zeroes lr_warmup_steps: only the percentage counts.
+        let c = config(
+            &import(&gui(&[
+                ("dataset_config", "/d.toml".into()),
+                ("lr_warmup", 10.into()),
+                ("lr_warmup_steps", 30.into()),
+            ]))
+            .unwrap(),
+        );
+        assert_eq!(c.optimizer.lr_warmup_steps, 0.1);
         // max_train_epochs (its own GUI field) is passed as is.
         let c = config(&import(&gui(&[("max_train_epochs", 3.into()), ("epoch", 10.into())])).unwrap());
         assert_eq!(c.training.max_train_epochs, 3);
