@@ -248,6 +248,18 @@ fn kohya_gui_configs_import_by_content_with_ranked_notes() {
     let prompts = dir.path().join("out/sample/prompt.txt");
     assert_eq!(std::fs::read_to_string(&prompts).unwrap(), "chessboard --w 64 --h 64 --s 2");
 
+    // The GUI's LoKr preset style (network_dim 100000 = LyCORIS' full matrices) plans as LoKr.
+    let lokr = gui_json(dir.path(), "")
+        .replace("\"LoRA_type\": \"Standard\"", "\"LoRA_type\": \"LyCORIS/LoKr\", \"LyCORIS_preset\": \"full\", \"factor\": 4")
+        .replace("\"network_dim\": 2,", "\"network_dim\": 100000, \"conv_dim\": 100000, \"conv_alpha\": 1,");
+    std::fs::write(&file, lokr).unwrap();
+    let o = lorakit(&["train", "--from-kohya", file.to_str().unwrap(), "--print-config"]);
+    let printed = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(printed.contains("algo = \"lokr\"") && printed.contains("factor = 4"), "{printed}");
+    let o = lorakit(&["train", "--from-kohya", file.to_str().unwrap(), "--dry-run"]);
+    assert!(o.status.success() && text(&o).contains("group unet"), "{}", text(&o));
+
     // A config for SD 2.x with an SD 1.x checkpoint: an error naming both.
     std::fs::write(&file, gui_json(dir.path(), ", \"v2\": true")).unwrap();
     let o = lorakit(&["train", "--from-kohya", file.to_str().unwrap(), "--dry-run"]);
