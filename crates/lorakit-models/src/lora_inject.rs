@@ -102,7 +102,8 @@ impl LycorisPreset {
     }
 
     /// Whether the preset adapts layers found by this search, and k×k convs at all
-    /// (LyCORIS' `enable_conv`).
+    /// (LyCORIS' `enable_conv`): `full` every group, `full-lin` all but k×k convs (of the named
+    /// layers: the time embedding's linears), `attn-mlp` the transformers.
     fn covers(&self, group: TargetGroup, spatial_conv: bool) -> bool {
         let group_ok = match self {
             LycorisPreset::Full | LycorisPreset::FullLin => true,
@@ -181,6 +182,9 @@ impl NetworkSpec {
             };
             return Some(pick).filter(|(rank, _)| *rank > 0);
         }
+        if target.group == TargetGroup::Named {
+            return None;
+        }
         if let Some(b) = &self.block_ranks {
             if target.group == TargetGroup::ConvBlock && b.conv_dims.is_none() {
                 return None;
@@ -195,6 +199,7 @@ impl NetworkSpec {
         }
         let pick = match target.group {
             TargetGroup::Attention => Some((self.rank, self.alpha)),
+            TargetGroup::Named => None,
             TargetGroup::ConvBlock => match self.conv_rank {
                 None => None,
                 Some(conv_rank) if target.is_spatial_conv() => Some((conv_rank, self.conv_alpha)),

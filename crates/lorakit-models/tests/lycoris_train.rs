@@ -346,6 +346,8 @@ fn targets() -> Vec<LoraTarget> {
         t("down_blocks.0.resnets.0.time_emb_proj", LoraKind::Linear, 128, 32, TargetGroup::ConvBlock),
         t("down_blocks.0.resnets.0.conv_shortcut", conv1, 32, 64, TargetGroup::ConvBlock),
         t("down_blocks.0.downsamplers.0.conv", conv3, 32, 32, TargetGroup::ConvBlock),
+        t("conv_in", conv3, 4, 32, TargetGroup::Named),
+        t("time_embedding.linear_1", LoraKind::Linear, 32, 128, TargetGroup::Named),
     ]
 }
 
@@ -370,35 +372,52 @@ fn lycoris_presets_pick_lycoris_modules_and_conv_dim_defaults_to_network_dim() {
     let build =
         |s: &NetworkSpec| names(&create_network(&targets(), "lora_unet", s, DType::F32, &Device::Cpu, 0).unwrap());
     let p = "lora_unet_down_blocks_0_";
+    let named = |mut v: Vec<String>, extra: &[&str]| {
+        v.extend(extra.iter().map(|n| n.to_string()));
+        v.sort();
+        v
+    };
     // full: every target; k×k convs with network_dim when conv_dim is unset (LyCORIS' default).
     assert_eq!(
         build(&spec(LycorisPreset::Full, None)),
-        [
-            "attentions_0_proj_in:4",
-            "attentions_0_transformer_blocks_0_attn1_to_q:4",
-            "downsamplers_0_conv:4",
-            "resnets_0_conv1:4",
-            "resnets_0_conv_shortcut:4",
-            "resnets_0_time_emb_proj:4"
-        ]
-        .map(|n| format!("{p}{n}"))
+        named(
+            [
+                "attentions_0_proj_in:4",
+                "attentions_0_transformer_blocks_0_attn1_to_q:4",
+                "downsamplers_0_conv:4",
+                "resnets_0_conv1:4",
+                "resnets_0_conv_shortcut:4",
+                "resnets_0_time_emb_proj:4"
+            ]
+            .map(|n| format!("{p}{n}"))
+            .to_vec(),
+            &["lora_unet_conv_in:4", "lora_unet_time_embedding_linear_1:4"]
+        )
     );
     let with_conv = build(&spec(LycorisPreset::Full, Some(2)));
     assert!(
         with_conv.contains(&format!("{p}resnets_0_conv1:2"))
             && with_conv.contains(&format!("{p}resnets_0_conv_shortcut:4"))
     );
+    assert!(with_conv.contains(&"lora_unet_conv_in:2".to_string()), "{with_conv:?}");
     // full-lin: no k×k conv; attn-mlp: the transformer only.
     assert_eq!(
         build(&spec(LycorisPreset::FullLin, Some(2))),
-        [
-            "attentions_0_proj_in:4",
-            "attentions_0_transformer_blocks_0_attn1_to_q:4",
-            "resnets_0_conv_shortcut:4",
-            "resnets_0_time_emb_proj:4"
-        ]
-        .map(|n| format!("{p}{n}"))
+        named(
+            [
+                "attentions_0_proj_in:4",
+                "attentions_0_transformer_blocks_0_attn1_to_q:4",
+                "resnets_0_conv_shortcut:4",
+                "resnets_0_time_emb_proj:4"
+            ]
+            .map(|n| format!("{p}{n}"))
+            .to_vec(),
+            &["lora_unet_time_embedding_linear_1:4"]
+        )
     );
+    // networks.lora never adapts the named layers.
+    let lora = NetworkSpec { rank: 4, conv_rank: Some(2), ..Default::default() };
+    assert!(build(&lora).iter().all(|n| !n.contains("conv_in") && !n.contains("time_embedding")));
     assert_eq!(
         build(&spec(LycorisPreset::AttnMlp, Some(2))),
         ["attentions_0_proj_in:4", "attentions_0_transformer_blocks_0_attn1_to_q:4"].map(|n| format!("{p}{n}"))

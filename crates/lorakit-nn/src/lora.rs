@@ -33,6 +33,9 @@ pub enum TargetGroup {
     /// Inside a ResnetBlock2D, Downsample2D or Upsample2D: targeted when conv_dim is set
     /// (1×1 convs and linears there use network_dim, k×k convs conv_dim).
     ConvBlock,
+    /// A layer LyCORIS' presets name directly (the U-Net's `conv_in`, `conv_out`,
+    /// `time_embedding.linear_1/2` in preset `full`): never an sd-scripts LoRA target.
+    Named,
 }
 
 /// A layer a LoRA module can attach to, as enumerated by a model.
