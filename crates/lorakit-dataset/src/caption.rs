@@ -195,6 +195,34 @@ pub fn read_caption(
     Ok(None)
 }
 
+/// Caption text (or any text read from a user's files) made safe to print on a terminal: C0
+/// controls (ESC, `\r`, `\n`, `\t`, …), DEL, C1 controls (U+0080–U+009F) and the Unicode
+/// bidirectional overrides and line separators become visible escapes (`\r`, `\u{1b}`), so a
+/// caption can neither move the cursor, recolour, retitle or clear the terminal, nor reorder or
+/// hide text. Everything else is unchanged; text without such characters is not copied. Every
+/// place that prints caption text (the dataset doctor's text report, `lorakit tags`, training's
+/// prompt warnings) goes through this function.
+pub fn escape_controls(text: &str) -> std::borrow::Cow<'_, str> {
+    let needs = |c: char| {
+        c.is_control()
+            || matches!(c, '\u{2028}' | '\u{2029}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+    };
+    if !text.chars().any(needs) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if needs(c) => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 /// Adds a caption's tags to a frequency table as sd-scripts' `set_tag_frequency`
 /// does for `ss_tag_frequency`: split on `,`, strip, lower-case, skip empties.
 pub fn count_tags(caption: &str, freq: &mut std::collections::BTreeMap<String, u64>) {
@@ -209,6 +237,14 @@ pub fn count_tags(caption: &str, freq: &mut std::collections::BTreeMap<String, u
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn control_characters_are_escaped_for_terminals() {
+        assert!(matches!(escape_controls("1girl, café, 日本"), std::borrow::Cow::Borrowed(_)));
+        assert_eq!(escape_controls("a\x1b[2J\x1b]0;pwned\x07b"), "a\\u{1b}[2J\\u{1b}]0;pwned\\u{7}b");
+        assert_eq!(escape_controls("x\ry\nz\t\u{7f}\u{9b}"), "x\\ry\\nz\\t\\u{7f}\\u{9b}");
+        assert_eq!(escape_controls("abc\u{202e}fed"), "abc\\u{202e}fed");
+    }
 
     #[test]
     fn bom_and_crlf_are_noted_and_stripped() {

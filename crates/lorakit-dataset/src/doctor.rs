@@ -3,7 +3,7 @@
 //! repeats, buckets, steps, captions) and everything that looks wrong.
 
 use crate::bucket::BucketError;
-use crate::caption::TextNote;
+use crate::caption::{escape_controls, TextNote};
 use crate::config::{ConfigNote, DatasetPlan};
 use crate::dataset::{load_dataset_with, CaptionSource, ImageRecord, LoadProgress, LoadedDataset, ProbeMode};
 use crate::duplicates::find_duplicates;
@@ -781,7 +781,7 @@ impl Report {
         if !self.top_tags.is_empty() {
             let _ = writeln!(s, "\nTop tags (train captions, one count per image)");
             let tags: Vec<String> = self.top_tags.iter().take(15).map(|(t, n)| format!("{t} ({n})")).collect();
-            let _ = writeln!(s, "  {}", tags.join(", "));
+            let _ = writeln!(s, "  {}", escape_controls(&tags.join(", ")));
         }
         let mut lines: Vec<(Severity, String)> =
             self.findings.iter().map(|f| (f.severity, format!("{}: {}", label(f.severity), f.message))).collect();
@@ -805,7 +805,8 @@ impl Report {
         if !lines.is_empty() {
             let _ = writeln!(s, "\nFindings");
             for (_, l) in &lines {
-                let _ = writeln!(s, "  {l}");
+                // Messages quote captions and file names: never let their control bytes through.
+                let _ = writeln!(s, "  {}", escape_controls(l));
             }
         }
         let t = &self.totals;
@@ -857,13 +858,13 @@ fn render_dataset(s: &mut String, di: usize, d: &DatasetReport) {
         let _ = writeln!(
             s,
             "  {:<width$}  {:<5}  {:>7}  {:>6}  {:>6}  {:>13}  {}",
-            x.dir,
+            escape_controls(&x.dir),
             if x.is_reg { "reg" } else { "train" },
             repeats,
             x.images,
             x.usable,
             x.samples_per_epoch,
-            x.trigger_word.as_deref().unwrap_or("-")
+            escape_controls(x.trigger_word.as_deref().unwrap_or("-"))
         );
     }
     if d.subsets.iter().any(|x| x.is_reg && x.usable > 0) {

@@ -38,7 +38,8 @@ impl fmt::Display for PromptWeightError {
         write!(
             f,
             "caption {:?}: `:{})` is not a number; write the weight like `(word:1.2)`, or escape the bracket as `\\)`",
-            self.text, self.weight
+            self.text,
+            crate::caption::escape_controls(&self.weight)
         )
     }
 }

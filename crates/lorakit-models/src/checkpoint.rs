@@ -613,6 +613,18 @@ fn load_diffusers_folder(dir: &Path, dtype: DType, device: &Device) -> Result<Sd
             ),
         });
     }
+    // Each part's config.json gives its layer sizes: without it the model would be built with
+    // SD 1.5's and fail with a misleading shape error far from the cause.
+    if let Some((_, sub, _)) = DIFFUSERS_PARTS.iter().find(|(component, _, _)| !folder.configs.contains_key(component))
+    {
+        return Err(Error::Checkpoint {
+            path: dir.join(sub).join("config.json"),
+            message: format!(
+                "missing: every part of a diffusers folder needs its config.json (it holds the {sub} layer sizes); \
+                 the download is incomplete — fetch {sub}/config.json from the model's repository"
+            ),
+        });
+    }
 
     let mut assembly = Assembly::default();
     let mut sources: BTreeMap<Component, String> = BTreeMap::new();

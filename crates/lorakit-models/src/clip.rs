@@ -608,7 +608,7 @@ pub fn encode_prompts(
     let mut n_chunks = 0;
     for prompt in prompts {
         let (ids, dropped) = tokenizer.encode_padded(prompt, layout.max_length, layout.pad);
-        layout.warn_truncated(dropped, prompt);
+        layout.warn_truncated(tokenizer, dropped, prompt);
         let chunks = layout.chunk(&ids);
         n_chunks = chunks.len();
         flat.extend(chunks.iter().flatten().copied());
@@ -638,7 +638,7 @@ pub fn encode_weighted_prompts<S: AsRef<str>>(
         let (ids, weights, dropped) = tokenizer.encode_weighted_padded(pieces, layout.max_length, layout.pad);
         if dropped > 0 {
             let text: String = pieces.iter().map(|(t, _)| t.as_ref()).collect();
-            layout.warn_truncated(dropped, &text);
+            layout.warn_truncated(tokenizer, dropped, &text);
         }
         let chunks = layout.chunk(&ids);
         n_chunks = chunks.len();
@@ -682,7 +682,7 @@ pub fn encode_emphasis_pair<S: AsRef<str>>(
         }
         if ids.len() > max_tokens {
             let text: String = pieces.iter().map(|(t, _)| t.as_ref()).collect();
-            warn_truncated(ids.len() - max_tokens, max_tokens, &text);
+            warn_truncated(tokenizer, ids.len() - max_tokens, max_tokens, &text);
             ids.truncate(max_tokens);
             weights.truncate(max_tokens);
         }
@@ -771,19 +771,67 @@ impl PromptLayout {
         chunk_for_clip(ids, self.pad != ClipTokenizer::EOS, self.pad)
     }
 
-    fn warn_truncated(&self, dropped: usize, prompt: &str) {
-        warn_truncated(dropped, self.max_length - 2, prompt);
+    fn warn_truncated(&self, tokenizer: &ClipTokenizer, dropped: usize, prompt: &str) {
+        warn_truncated(tokenizer, dropped, self.max_length - 2, prompt);
     }
 }
 
 /// Logs a prompt that lost `dropped` tokens beyond `max_tokens`, because the model never sees
 /// those words (nothing when none were dropped).
-fn warn_truncated(dropped: usize, max_tokens: usize, prompt: &str) {
-    if dropped > 0 {
-        tracing::warn!(
-            dropped,
-            max_tokens,
-            "prompt truncated: {dropped} token(s) beyond the {max_tokens} tokens the text encoder takes were dropped: {prompt:?}"
-        );
+fn warn_truncated(tokenizer: &ClipTokenizer, dropped: usize, max_tokens: usize, prompt: &str) {
+    if let Some(message) = truncation_message(tokenizer, dropped, max_tokens, prompt) {
+        tracing::warn!(dropped, max_tokens, "{message}");
+    }
+}
+
+/// Characters of the cut-off text quoted in the truncation warning.
+const TRUNCATION_EXCERPT_CHARS: usize = 40;
+
+/// The truncation warning: the token counts and a short excerpt of the part that was cut (its
+/// first words, shortened with `…`; control characters escaped) — not the whole prompt, which
+/// can be hundreds of words in every line of a training log.
+fn truncation_message(tokenizer: &ClipTokenizer, dropped: usize, max_tokens: usize, prompt: &str) -> Option<String> {
+    if dropped == 0 {
+        return None;
+    }
+    let ids = tokenizer.encode(prompt);
+    let cut = tokenizer.decode(&ids[ids.len().saturating_sub(dropped)..]);
+    let cut = cut.trim();
+    let mut excerpt: String = cut.chars().take(TRUNCATION_EXCERPT_CHARS).collect();
+    if cut.chars().count() > TRUNCATION_EXCERPT_CHARS {
+        excerpt.push('…');
+    }
+    Some(format!(
+        "prompt truncated: {dropped} token(s) beyond the {max_tokens} tokens the text encoder takes were dropped, \
+         from \"{}\"",
+        lorakit_dataset::caption::escape_controls(&excerpt)
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn truncation_warning_quotes_a_short_excerpt_of_the_cut_part() {
+        let tokenizer = ClipTokenizer::new().unwrap();
+        let words: Vec<String> = (0..120).map(|i| format!("tag{i}")).collect();
+        let prompt = format!("beginning of the prompt, {}, \x1b[2J final words", words.join(", "));
+        let (_, dropped) = tokenizer.encode_padded(&prompt, 77, ClipTokenizer::EOS);
+        assert!(dropped > 100);
+        let message = truncation_message(&tokenizer, dropped, 75, &prompt).unwrap();
+        assert!(message.contains(&format!("{dropped} token(s)")), "{message}");
+        assert!(!message.contains("beginning") && !message.contains("final words"), "the whole prompt: {message}");
+        assert!(message.ends_with("…\"") && message.chars().count() < 200, "{message}");
+        // The excerpt starts where the cut starts: the first dropped token.
+        let ids = tokenizer.encode(&prompt);
+        let first_cut = tokenizer.decode(&ids[ids.len() - dropped..][..1]);
+        assert!(message.contains(&format!("from \"{}", first_cut.trim())), "{first_cut:?}: {message}");
+        // A short cut with a control character: quoted whole, escaped.
+        let tail = "x ".repeat(80) + "\x1b[31mred";
+        let (_, dropped) = tokenizer.encode_padded(&tail, 77, ClipTokenizer::EOS);
+        let message = truncation_message(&tokenizer, dropped, 75, &tail).unwrap();
+        assert!(!message.contains('\x1b'), "{message}");
+        assert_eq!(truncation_message(&tokenizer, 0, 75, "short"), None);
     }
 }

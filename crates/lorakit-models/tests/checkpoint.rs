@@ -545,6 +545,15 @@ fn incomplete_or_foreign_folders_are_explained() -> TestResult {
     assert!(matches!(load(&sdxl), Err(Error::UnsupportedFamily { .. })));
     assert_eq!(detect_family_at(&sdxl)?, ModelFamily::Sdxl);
 
+    // A part without its config.json: the error names that file, not a shape far away.
+    for sub in ["unet", "vae", "text_encoder"] {
+        let no_config = tmp.path().join(format!("no_{sub}_config"));
+        write_folder(&no_config);
+        std::fs::remove_file(no_config.join(sub).join("config.json"))?;
+        let text = error_text(load(&no_config), &no_config.join(sub).join("config.json"));
+        assert!(text.contains("missing") && text.contains(&format!("fetch {sub}/config.json")), "{text}");
+    }
+
     let bad_json = tmp.path().join("bad_json");
     write_folder(&bad_json);
     write_json(&bad_json.join("unet/config.json"), "{ not json");

@@ -486,3 +486,20 @@ fn huge_repeat_and_epoch_counts_are_errors_not_clamps() {
     assert_eq!(code, 1, "{text}");
     assert!(text.contains("run_too_long") && text.contains("max_train_epochs"), "{text}");
 }
+
+/// Control bytes in captions (terminal escapes, carriage returns) are printed escaped.
+#[test]
+fn caption_control_bytes_are_escaped_in_the_text_report() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path().join("2_x");
+    for i in 0..3 {
+        save(&picture(64, 64, i), &d.join(format!("{i}.png")), ImageFormat::Png);
+        // The first tag (the trigger word) hides a screen clear and a carriage return.
+        std::fs::write(d.join(format!("{i}.txt")), "sks\x1b[2J\x1b]0;pwned\x07\r, tag\u{9b}31m").unwrap();
+    }
+    let out = lorakit(&["dataset".as_ref(), "check".as_ref(), t.path().as_os_str()]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(!text.contains(['\x1b', '\r', '\x07', '\u{9b}']), "raw control bytes printed: {text:?}");
+    assert!(text.contains("sks\\u{1b}[2"), "{text}");
+}

@@ -369,3 +369,18 @@ fn fifo_caption_is_reported_not_read() {
     }
     assert_eq!(read(&caption), b"new, dog\n");
 }
+
+/// Control bytes in captions are escaped in diffs and tables, never sent to the terminal raw.
+#[test]
+fn caption_control_bytes_are_escaped_in_diffs_and_stats() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "a.txt", b"dog\x1b[2J, cat\x1b]0;title\x07\n");
+    for args in [&["tags", "add", "new", "--dry-run"][..], &["tags", "stats"][..]] {
+        let mut args = args.to_vec();
+        args.push(dir.path().to_str().unwrap());
+        let out = run(&args);
+        let text = stdout(&out);
+        assert!(!text.contains(['\x1b', '\x07']), "{args:?}: {text:?}");
+        assert!(text.contains("dog\\u{1b}[2J"), "{args:?}: {text}");
+    }
+}

@@ -166,7 +166,10 @@ fn run_check(args: CheckArgs) -> anyhow::Result<ExitCode> {
                 .filter(|f| f.severity == lorakit_dataset::doctor::Severity::Error)
                 .map(|f| f.message.as_str())
                 .collect();
-            eprintln!("error: the dataset is not usable: {}", reasons.join("; "));
+            eprintln!(
+                "error: the dataset is not usable: {}",
+                lorakit_dataset::caption::escape_controls(&reasons.join("; "))
+            );
         }
     } else {
         print!("{}", report.render_text());

@@ -3,6 +3,7 @@
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
+use lorakit_dataset::caption::escape_controls;
 use lorakit_dataset::tags::{
     plan_edit, select_caption_files, tag_stats, tag_stats_per_folder, AddPosition, EditOptions, EditPlan, FileOutcome,
     SortOrder, TagEdit, TagMatching, TagStats,
@@ -256,8 +257,8 @@ fn print_diff(out: &mut impl Write, plan: &EditPlan) -> anyhow::Result<()> {
         match &file.outcome {
             FileOutcome::Change(change) => {
                 writeln!(out, "{}:", file.path.display())?;
-                writeln!(out, "- {}", change.old_line)?;
-                writeln!(out, "+ {}", change.new_line)?;
+                writeln!(out, "- {}", escape_controls(&change.old_line))?;
+                writeln!(out, "+ {}", escape_controls(&change.new_line))?;
                 if !change.converted.is_empty() {
                     writeln!(out, "  (will be saved as UTF-8 without byte-order mark)")?;
                 }
@@ -369,7 +370,7 @@ fn print_table(out: &mut impl Write, stats: &TagStats) -> anyhow::Result<()> {
     )?;
     let width = stats.tags.iter().map(|t| t.count.to_string().len()).max().unwrap_or(1);
     for tag in &stats.tags {
-        writeln!(out, "{:>width$}  {:>5.1}%  {}", tag.count, tag.percent, tag.tag)?;
+        writeln!(out, "{:>width$}  {:>5.1}%  {}", tag.count, tag.percent, escape_controls(&tag.tag))?;
     }
     Ok(())
 }
