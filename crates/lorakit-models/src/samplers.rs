@@ -166,7 +166,8 @@ pub fn init_noise_sigma(cfg: &SamplerConfig, schedule: &NoiseSchedule) -> Result
 /// `init_noise_sigma` itself) and returns the denoised latent in float32.
 ///
 /// `model(x_in, t)` returns the model output (ε or v, per `cfg.prediction`) for the scaled model
-/// input `x_in` (float32, the shape of `init_noise`) at timestep `t` (f64; fractional for
+/// input `x_in` (in `init_noise`'s dtype — the model's compute dtype, so an f16 model gets f16
+/// input while the sampler's own arithmetic stays float32 — with `init_noise`'s shape) at timestep `t` (f64; fractional for
 /// Euler/Euler a exactly as diffusers passes it). CFG is done by the caller inside `model`; its
 /// output may be any float dtype and is used in float32. `noise(shape)` supplies fresh N(0,1)
 /// noise for ancestral steps (Euler a only, and not on the last step, whose noise scale is 0);
@@ -185,7 +186,7 @@ pub fn sample(
 ) -> candle_core::Result<Tensor> {
     let plan = plan(cfg, schedule).map_err(candle_core::Error::msg)?;
     let x = init_noise.to_dtype(DType::F32)?;
-    let mut run = Run { model, dims: x.dims().to_vec(), prediction: cfg.prediction };
+    let mut run = Run { model, dims: x.dims().to_vec(), model_dtype: init_noise.dtype(), prediction: cfg.prediction };
     match plan {
         Plan::K { timesteps, sigmas, init_sigma } => {
             if cfg.kind.is_ancestral() {
@@ -354,12 +355,15 @@ fn alpha_sigma(sigma: f32) -> (f32, f32) {
 struct Run<'a> {
     model: &'a mut dyn FnMut(&Tensor, f64) -> candle_core::Result<Tensor>,
     dims: Vec<usize>,
+    /// The dtype the model computes in (`init_noise`'s): its input is cast to it, as diffusers
+    /// feeds an f16 UNet f16 latents while the scheduler works in float32.
+    model_dtype: DType,
     prediction: Prediction,
 }
 
 impl Run<'_> {
     fn call(&mut self, x_in: &Tensor, t: f64) -> candle_core::Result<Tensor> {
-        let out = (self.model)(x_in, t)?;
+        let out = (self.model)(&x_in.to_dtype(self.model_dtype)?, t)?;
         if out.dims() != self.dims.as_slice() {
             candle_core::bail!(
                 "sampler: the model returned shape {:?} for a latent of shape {:?}",
@@ -520,6 +524,33 @@ mod tests {
         assert_eq!(np_linspace(0.0, 999.0, 1), vec![0.0]);
         assert_eq!(np_linspace(0.0, 999.0, 2), vec![0.0, 999.0]);
         assert_eq!(np_linspace(0.0, 1.0, 5), vec![0.0, 0.25, 0.5, 0.75, 1.0]);
+    }
+
+    #[test]
+    fn every_sampler_feeds_the_model_its_own_dtype_and_returns_f32() {
+        // An f16 model (training's mixed_precision = "fp16" samples) gets f16 input from every
+        // sampler; the sampler's latent stays f32.
+        let schedule = NoiseSchedule::sd_default();
+        for dtype in [DType::F16, DType::F32] {
+            for kind in SamplerKind::ALL {
+                let init = Tensor::ones((1, 4, 2, 2), dtype, &candle_core::Device::Cpu).unwrap();
+                let mut seen = Vec::new();
+                let mut model = |x: &Tensor, _t: f64| {
+                    seen.push(x.dtype());
+                    // A model in `dtype` fails on any other input dtype, as the UNet's matmuls do.
+                    if x.dtype() != dtype {
+                        candle_core::bail!("dtype mismatch: {:?} input for a {dtype:?} model", x.dtype());
+                    }
+                    x * 0.1
+                };
+                let mut noise = |shape: &candle_core::Shape| Tensor::zeros(shape, dtype, &candle_core::Device::Cpu);
+                let cfg = SamplerConfig::new(kind, 3, Prediction::Epsilon).unwrap();
+                let out = sample(&cfg, &schedule, &init, &mut model, &mut noise, &mut |_, _| {})
+                    .unwrap_or_else(|e| panic!("{kind} with a {dtype:?} model: {e}"));
+                assert_eq!(out.dtype(), DType::F32, "{kind}");
+                assert_eq!(seen, vec![dtype; 3], "{kind}");
+            }
+        }
     }
 
     #[test]

@@ -44,13 +44,57 @@ pub fn image_tensor(image: &TrainImage, flip: bool, augment: SampleAugment, devi
         flip,
         augment.color,
     )
-    .map_err(|e| {
-        TrainError::Dataset(format!(
-            "{e}\n(fix or remove the image; `lorakit dataset check` lists every unreadable file)"
-        ))
-    })?;
+    .map_err(unreadable)?;
     let (w, h) = (loaded.width as usize, loaded.height as usize);
     Ok(Tensor::from_vec(loaded.pixels, (1, 3, h, w), &Device::Cpu)?.to_device(device)?)
+}
+
+/// The error for a training image that cannot be loaded (the run's and the preflight's).
+fn unreadable(e: impl std::fmt::Display) -> TrainError {
+    TrainError::Dataset(format!("{e}\n(fix or remove the image; `lorakit dataset check` lists every unreadable file)"))
+}
+
+/// Decodes every training image as the run loads it (resized and cropped to its bucket), so an
+/// image whose header reads but whose data does not fails before training, not at the step or
+/// the caching that first meets it. In parallel; the first failure in dataset order is reported.
+pub fn check_images_decode(data: &TrainData) -> Result<()> {
+    let images = &data.images;
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, images.len().max(1));
+    let chunk = images.len().div_ceil(threads).max(1);
+    let failures: Vec<(usize, TrainError)> = std::thread::scope(|scope| {
+        let workers: Vec<_> = images
+            .chunks(chunk)
+            .enumerate()
+            .map(|(c, part)| {
+                scope.spawn(move || {
+                    part.iter().enumerate().find_map(|(i, image)| {
+                        load_training_image_with_color(
+                            &image.path,
+                            &image.choice,
+                            image.interpolation.as_deref(),
+                            Crop::Center,
+                            false,
+                            None,
+                        )
+                        .err()
+                        .map(|e| (c * chunk + i, unreadable(e)))
+                    })
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .filter_map(|w| {
+                w.join().unwrap_or_else(|_| {
+                    Some((usize::MAX, TrainError::Dataset("an image decoder crashed while checking the images".into())))
+                })
+            })
+            .collect()
+    });
+    match failures.into_iter().min_by_key(|(i, _)| *i) {
+        Some((_, e)) => Err(e),
+        None => Ok(()),
+    }
 }
 
 /// A hash of the image file's bytes (what the latent depends on).

@@ -47,11 +47,15 @@ pub fn train(config: TrainConfig, stop: &AtomicBool, events: &mut dyn FnMut(Trai
     trainer.run(stop, events)
 }
 
-/// Loads the dataset and the model and sets the run up without training: the plan
-/// `lorakit train --dry-run` prints.
+/// Loads the dataset and the model, sets the run up and makes every check the run makes before
+/// training ([`Trainer::preflight`]), without training or writing anything: the plan
+/// `lorakit train --dry-run` prints. A config the run would refuse is refused here with the
+/// same message.
 pub fn dry_run(config: TrainConfig, events: &mut dyn FnMut(TrainEvent)) -> Result<plan::RunPlan> {
     let (data, model) = load_inputs(&config, events)?;
-    let trainer = Trainer::new(config, &model, data)?;
+    let mut trainer = Trainer::new(config, &model, data)?;
+    // The same checks the run makes before training (Trainer::run starts with them).
+    trainer.preflight()?;
     Ok(trainer.run_plan())
 }
 

@@ -5,6 +5,9 @@
 use std::fmt;
 
 use candle_core::DType;
+use lorakit_models::lora_inject::{NetworkKind, NetworkSpec};
+use lorakit_nn::lora::{LoraKind, LoraTarget};
+use lorakit_nn::lycoris::LycorisModule;
 use lorakit_nn::optim::OptimizerKind;
 
 use crate::config::TrainConfig;
@@ -110,6 +113,58 @@ pub fn estimate_memory(m: &MemoryInputs) -> MemoryEstimate {
         activations *= CHECKPOINTING_FACTOR;
     }
     MemoryEstimate { weights, network, activations }
+}
+
+/// The trainable parameters `spec` gives `targets` (kohya names with `prefix`), counted from
+/// the module shapes without allocating anything (what `create_network` will make).
+pub fn planned_parameters(targets: &[LoraTarget], prefix: &str, spec: &NetworkSpec) -> usize {
+    targets
+        .iter()
+        .filter_map(|t| spec.rank_for(t, &t.kohya_name(prefix)).map(|(rank, _)| (t, rank)))
+        .map(|(t, rank)| match spec.kind {
+            NetworkKind::Lora => {
+                let flat_in = match t.kind {
+                    LoraKind::Linear => t.in_dim,
+                    LoraKind::Conv { kernel, .. } => t.in_dim * kernel * kernel,
+                };
+                rank.saturating_mul(flat_in + t.out_dim)
+            }
+            NetworkKind::Lycoris { algo, .. } => LycorisModule::factor_names(algo, t, rank)
+                .iter()
+                .map(|(_, shape)| shape.iter().fold(1usize, |n, d| n.saturating_mul(*d)))
+                .fold(0usize, usize::saturating_add),
+        })
+        .fold(0, usize::saturating_add)
+}
+
+/// Bytes the system can still give a run: Linux's `MemAvailable` plus free swap from
+/// `/proc/meminfo` (`None` elsewhere, or when it cannot be read).
+pub fn available_memory() -> Option<f64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kib = |key: &str| -> Option<f64> {
+        let line = text.lines().find(|l| l.starts_with(key))?;
+        line[key.len()..].trim().trim_end_matches("kB").trim().parse::<f64>().ok().map(|k| k * 1024.0)
+    };
+    Some(kib("MemAvailable:")? + kib("SwapFree:").unwrap_or(0.0))
+}
+
+/// Refuses a run whose estimate does not fit: what it still has to allocate once the model is
+/// loaded (the network with its gradients and optimizer state, and the activations) against
+/// `available` bytes (see [`available_memory`]; `None`: not checked). The message names the
+/// keys that shrink each part.
+pub fn check_memory(estimate: &MemoryEstimate, available: Option<f64>) -> Result<(), String> {
+    let Some(available) = available else { return Ok(()) };
+    let needed = estimate.network + estimate.activations;
+    if needed <= available {
+        return Ok(());
+    }
+    Err(format!(
+        "this run needs about {} more memory than its loaded model (LoRA + gradients + optimizer state {},          activations {}), but only {} is available: lower network.network_dim / network.conv_dim (LoRA) or          training.train_batch_size / dataset.resolution (activations), or set training.gradient_checkpointing = true",
+        gb(needed),
+        gb(estimate.network),
+        gb(estimate.activations),
+        gb(available)
+    ))
 }
 
 /// Settings that are allowed but usually a mistake; each names the keys.
@@ -231,6 +286,62 @@ mod tests {
         assert!(sd15(DType::F32, OptimizerKind::AdamW8bit, 1, false).network < base.network);
         assert!(sd15(DType::F32, OptimizerKind::AdamW, 4, false).network > base.network);
         assert!(sd15(DType::F32, OptimizerKind::AdamW, 1, true).activations < base.activations / 2.0);
+    }
+
+    #[test]
+    fn a_run_that_does_not_fit_the_available_memory_is_refused_naming_the_keys() {
+        let estimate = MemoryEstimate { weights: 4e9, network: 3e9, activations: 6e9 };
+        // The loaded weights are not counted again.
+        assert!(check_memory(&estimate, Some(9.5e9)).is_ok());
+        assert!(check_memory(&estimate, None).is_ok());
+        let err = check_memory(&estimate, Some(8e9)).unwrap_err();
+        for part in
+            ["9.0 GB", "3.0 GB", "6.0 GB", "8.0 GB", "network_dim", "train_batch_size", "gradient_checkpointing"]
+        {
+            assert!(err.contains(part), "{part}: {err}");
+        }
+        let available = available_memory();
+        if cfg!(target_os = "linux") {
+            assert!(available.is_some_and(|b| b > 1e6), "{available:?}");
+        }
+    }
+
+    #[test]
+    fn planned_parameters_count_lora_locon_and_lycoris_shapes() {
+        use lorakit_nn::lora::TargetGroup;
+        let linear = LoraTarget {
+            path: "a.to_q".into(),
+            kind: LoraKind::Linear,
+            in_dim: 320,
+            out_dim: 640,
+            group: TargetGroup::Attention,
+        };
+        let conv = LoraTarget {
+            path: "b.conv1".into(),
+            kind: LoraKind::Conv { kernel: 3, stride: 1, padding: 1 },
+            in_dim: 64,
+            out_dim: 32,
+            group: TargetGroup::ConvBlock,
+        };
+        let targets = [linear, conv];
+        let lora = NetworkSpec { rank: 4, conv_rank: None, ..NetworkSpec::default() };
+        assert_eq!(planned_parameters(&targets, "lora_unet", &lora), 4 * (320 + 640));
+        let locon = NetworkSpec { rank: 4, conv_rank: Some(2), ..NetworkSpec::default() };
+        assert_eq!(planned_parameters(&targets, "lora_unet", &locon), 4 * (320 + 640) + 2 * (64 * 9 + 32));
+        let loha = NetworkSpec {
+            kind: NetworkKind::from_config(
+                "lycoris.kohya",
+                Some("loha"),
+                None,
+                lorakit_nn::lycoris::LokrOptions { factor: -1, decompose_both: false, full_matrix: false },
+            )
+            .unwrap(),
+            rank: 4,
+            conv_rank: Some(2),
+            ..NetworkSpec::default()
+        };
+        // Two low-rank pairs per module; a conv's pairs are (out × r) and (r × in·k·k).
+        assert_eq!(planned_parameters(&targets, "lora_unet", &loha), 2 * 4 * (320 + 640) + 2 * 2 * (64 * 9 + 32));
     }
 
     #[test]

@@ -23,6 +23,8 @@ pub use crate::sample_prompts::SampleTag;
 /// Renders the prompt file's prompts at save points.
 pub struct SampleRunner {
     prompts: Vec<SamplePrompt>,
+    /// Each prompt's sampler (its `--ss`, else `samples.sample_sampler`), resolved once.
+    samplers: Vec<SamplerKind>,
     dir: PathBuf,
     output_name: String,
     run_seed: u64,
@@ -30,7 +32,9 @@ pub struct SampleRunner {
 }
 
 impl SampleRunner {
-    /// Reads the prompt file (errors name the file and line).
+    /// Reads the prompt file and checks what rendering would refuse — samplers, emphasis
+    /// weights of prompts and negative prompts — so a bad file stops the run before training,
+    /// not at its first sample (errors name the file and line or prompt).
     pub fn new(config: &TrainConfig, prompt_file: &Path) -> Result<Self> {
         let defaults = SampleDefaults {
             width: 512,
@@ -44,15 +48,21 @@ impl SampleRunner {
         for w in warnings {
             tracing::warn!("{w}");
         }
+        let mut samplers = Vec::with_capacity(prompts.len());
         for p in &prompts {
-            let name = p.sampler.clone().unwrap_or_else(|| defaults.sampler.clone());
-            sampler_kind(&name)?;
+            samplers.push(sampler_kind(p.sampler.as_deref().unwrap_or(&defaults.sampler))?);
+            for text in std::iter::once(&p.prompt).chain(p.negative.as_ref()) {
+                lorakit_dataset::prompt_weights::parse_prompt_attention(text).map_err(|e| {
+                    TrainError::Other(format!("samples: {}: prompt {}: {e}", prompt_file.display(), p.index + 1))
+                })?;
+            }
         }
         if prompts.is_empty() {
             return Err(TrainError::Other(format!("samples: {} has no prompts", prompt_file.display())));
         }
         Ok(SampleRunner {
             prompts,
+            samplers,
             dir: config.folders.output_dir.join("sample"),
             output_name: config.folders.output_name.clone(),
             run_seed: config.training.seed,
@@ -66,8 +76,7 @@ impl SampleRunner {
         let timestamp = compact_timestamp();
         let mut written = Vec::new();
         let mut images = Vec::new();
-        for p in &self.prompts {
-            let sampler = sampler_kind(p.sampler.as_deref().unwrap_or("euler_a"))?;
+        for (p, &sampler) in self.prompts.iter().zip(&self.samplers) {
             let seed = p.seed.unwrap_or_else(|| self.run_seed.wrapping_mul(1_000_003).wrapping_add(p.index as u64));
             let request = GenerateRequest {
                 prompt: p.prompt.clone(),

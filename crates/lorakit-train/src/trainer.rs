@@ -32,10 +32,15 @@ use crate::metadata::{RunMetadata, SaveProgress};
 use crate::model::TrainableModel;
 use crate::noise::{sample_noise, NoiseOptions};
 use crate::param_groups::{plan_groups, ComponentNetwork, GroupRates};
-use crate::plan::{config_warnings, estimate_memory, MemoryInputs, RunPlan};
+use crate::plan::{
+    available_memory, check_memory, config_warnings, estimate_memory, planned_parameters, MemoryInputs, RunPlan,
+};
 use crate::run_log::RunLog;
 use crate::samples::SampleRunner;
-use crate::state::{load_network_tensors, load_state, save_state, ProgressState, STATE_FORMAT};
+use crate::state::{
+    check_network_settings, clean_stale_state_folders, load_network_tensors, load_state, network_settings, save_state,
+    LoadedState, ProgressState, STATE_FORMAT,
+};
 use crate::tensorboard::TensorBoardWriter;
 use crate::time::{compact_timestamp, unix_seconds};
 
@@ -100,6 +105,15 @@ pub struct RunSummary {
     pub losses: Vec<f64>,
     /// The run's log folder.
     pub log_dir: PathBuf,
+}
+
+/// What [`Trainer::preflight`] checked and the run goes on with: the resumed state (already
+/// applied to the network and optimizer) and the sample prompts.
+pub struct Preflight {
+    /// The state `save.resume` names, validated and applied.
+    resumed: Option<LoadedState>,
+    /// The sample prompt file, read and checked.
+    samples: Option<SampleRunner>,
 }
 
 /// fp16 dynamic loss scaling (as torch's GradScaler: start 2^16, halve on overflow, double
@@ -248,6 +262,34 @@ impl<'m> Trainer<'m> {
             },
             block_ranks: None,
         };
+        // The memory estimate from shapes alone, checked before the network, its optimizer state
+        // or any activation is allocated.
+        let trained = |c: &crate::model::Component| {
+            if c.is_text_encoder {
+                config.trains_text_encoder()
+            } else {
+                config.trains_unet()
+            }
+        };
+        let planned_trainable: usize = model
+            .components()
+            .iter()
+            .filter(|c| trained(c))
+            .map(|c| {
+                let spec = if c.is_text_encoder {
+                    spec.clone()
+                } else {
+                    NetworkSpec { block_ranks: blocks.ranks.clone(), ..spec.clone() }
+                };
+                planned_parameters(&c.targets, c.prefix, &spec)
+            })
+            .sum();
+        if device.is_cpu() {
+            // The optimizer is checked by name further down; the estimate takes AdamW until then.
+            let optimizer = OptimizerKind::parse(&config.optimizer.optimizer_type).unwrap_or(OptimizerKind::AdamW);
+            let memory = memory_estimate(&config, model, &data, planned_trainable, optimizer);
+            check_memory(&memory, available_memory()).map_err(TrainError::Other)?;
+        }
         let mut sets = Vec::new();
         for (i, component) in model.components().iter().enumerate() {
             let trained = if component.is_text_encoder { config.trains_text_encoder() } else { config.trains_unet() };
@@ -268,6 +310,11 @@ impl<'m> Trainer<'m> {
             set.set_multiplier(config.network.network_multiplier);
             sets.push(Some(Arc::new(set)));
         }
+        debug_assert_eq!(
+            planned_trainable,
+            sets.iter().flatten().flat_map(|s| s.trainable_vars()).map(|v| v.elem_count()).sum::<usize>(),
+            "the memory check's parameter count is what create_network made"
+        );
         let networks: Vec<ComponentNetwork> = sets
             .iter()
             .enumerate()
@@ -446,26 +493,13 @@ impl<'m> Trainer<'m> {
             .iter()
             .map(|g| (g.name.clone(), g.lr, g.vars.iter().map(|v| v.elem_count()).sum()))
             .collect();
-        let max_batch_latent_pixels = self
-            .data
-            .epoch_batches(self.config.training.seed, 0)
-            .iter()
-            .map(|b| b.samples.len() as u64 * u64::from(b.bucket.0 / 8) * u64::from(b.bucket.1 / 8))
-            .max()
-            .unwrap_or(0);
-        let (frozen_parameters, denoiser_parameters) = self.model.parameter_counts();
-        let memory = estimate_memory(&MemoryInputs {
-            frozen_parameters,
-            denoiser_parameters,
-            model_dtype: self.model.dtype(),
-            fp8_base: self.config.accelerate.fp8_base,
-            lora_dtype: lora_dtype(&self.config),
-            trainable_parameters: groups.iter().map(|g| g.2).sum(),
-            optimizer: self.optimizer_kind,
-            gradient_accumulation_steps: self.plan.gradient_accumulation_steps,
-            max_batch_latent_pixels,
-            gradient_checkpointing: self.config.training.gradient_checkpointing,
-        });
+        let memory = memory_estimate(
+            &self.config,
+            self.model,
+            &self.data,
+            groups.iter().map(|g| g.2).sum(),
+            self.optimizer_kind,
+        );
         RunPlan {
             images: self.data.num_train_images(),
             reg_images: self.data.num_reg_images(),
@@ -488,6 +522,28 @@ impl<'m> Trainer<'m> {
     /// Warmup steps resolved from the config.
     pub fn warmup_steps(&self) -> u64 {
         self.warmup_steps
+    }
+
+    /// Creates the output folder and removes what interrupted saves left there and in its
+    /// `sample` folder: hidden temporary state folders (a previous state left by a crash between
+    /// renames is restored) and temporary LoRA/PNG files (`fs_atomic`'s, of exited processes).
+    fn prepare_output_dir(&self, events: &mut dyn FnMut(TrainEvent)) -> Result<()> {
+        let out = &self.config.folders.output_dir;
+        std::fs::create_dir_all(out).map_err(|e| TrainError::io(out, e))?;
+        for note in clean_stale_state_folders(out)? {
+            events(TrainEvent::Note(note));
+        }
+        for dir in [out.clone(), out.join("sample")] {
+            if !dir.is_dir() {
+                continue;
+            }
+            let removed =
+                lorakit_dataset::fs_atomic::clean_stale_temp_files(&dir).map_err(|e| TrainError::io(&dir, e))?;
+            for path in removed {
+                events(TrainEvent::Note(format!("removed {}, left by an interrupted write", path.display())));
+            }
+        }
+        Ok(())
     }
 
     fn live_sets(&self) -> Vec<Arc<LoraSet>> {
@@ -536,42 +592,93 @@ impl<'m> Trainer<'m> {
         rendered
     }
 
-    /// Runs training to the end, an error, or `stop` (Ctrl-C: saves a state and returns).
-    pub fn run(mut self, stop: &AtomicBool, events: &mut dyn FnMut(TrainEvent)) -> Result<RunSummary> {
-        let config = self.config.clone();
-        let device = self.model.device().clone();
-        std::fs::create_dir_all(&config.folders.output_dir)
-            .map_err(|e| TrainError::io(&config.folders.output_dir, e))?;
+    /// Every check the run makes before it trains, with nothing written: output names and
+    /// folders, the resumed state (read, checked against the config and applied to the network
+    /// and optimizer), the sample prompts, `clip_skip` against the text encoder, and every image
+    /// decoded. `--dry-run` runs exactly this, so it refuses whatever the run would refuse, with
+    /// the same message. [`Trainer::run`] calls it first.
+    pub fn preflight(&mut self) -> Result<Preflight> {
+        check_output_paths(&self.config)?;
+        let resumed = match self.config.save.resume.clone() {
+            Some(resume) => Some(self.load_resume(&resume)?),
+            None => None,
+        };
+        let samples = match &self.config.samples.sample_prompts {
+            Some(path) => Some(SampleRunner::new(&self.config, path)?),
+            None => None,
+        };
+        if let Some(skip) = self.config.model.clip_skip {
+            // The text encoder itself says which values it can take (its layer count).
+            let ctxs: Vec<ForwardCtx> = self.model.components().iter().map(|_| ForwardCtx::default()).collect();
+            self.model.encode_text(&[""], self.config.training.max_token_length, Some(skip), &ctxs).map_err(|e| {
+                // The first line is the reason (candle may append a backtrace).
+                let reason = e.to_string();
+                TrainError::Other(format!("model.clip_skip = {skip}: {}", reason.lines().next().unwrap_or("")))
+            })?;
+        }
+        crate::latents::check_images_decode(&self.data)?;
+        Ok(Preflight { resumed, samples })
+    }
 
-        // Resume before anything is written, so a bad state folder changes nothing.
+    /// Reads the state `save.resume` names, checks it against this run (network settings,
+    /// progress against the plan, every tensor's name and shape) and applies it to the network
+    /// and the optimizer.
+    fn load_resume(&mut self, resume: &Path) -> Result<LoadedState> {
+        let state = load_state(resume, self.model.device())?;
+        let err = |message: String| TrainError::Resume { path: resume.to_path_buf(), message };
+        let p = &state.progress;
+        if !p.network_settings.is_empty() {
+            check_network_settings(&p.network_settings, &network_settings(&self.config)).map_err(err)?;
+        }
+        if p.global_step >= self.plan.max_train_steps {
+            return Err(err(format!(
+                "the state is at step {} but the run has only {} steps: raise max_train_epochs/max_train_steps to train further",
+                p.global_step, self.plan.max_train_steps
+            )));
+        }
+        if p.epoch >= self.plan.epochs {
+            return Err(err(format!(
+                "the state continues in epoch {} but the run has only {} epochs: raise training.max_train_epochs to train further",
+                p.epoch + 1,
+                self.plan.epochs
+            )));
+        }
+        load_network_tensors(&self.live_sets(), &state.network, true, resume)?;
+        self.optimizer
+            .load_state(&state.optimizer)
+            .map_err(|e| err(format!("optimizer state: {e} (was it saved with another optimizer_type?)")))?;
+        Ok(state)
+    }
+
+    /// Runs training to the end, an error, or `stop` (Ctrl-C: saves a state and returns).
+    /// Phases: [`Trainer::preflight`] (every check, nothing written) → output folder (stale
+    /// temporary state folders cleaned) → resume position → logs → latent cache → samples
+    /// before training → epochs (steps, saves, samples) → final save.
+    pub fn run(mut self, stop: &AtomicBool, events: &mut dyn FnMut(TrainEvent)) -> Result<RunSummary> {
+        let preflight = self.preflight()?;
+        let config = self.config.clone();
+        self.prepare_output_dir(events)?;
+
         let mut global_step = 0u64;
         let mut start_epoch = 0u64;
         let mut skip_batches = 0u64;
         let mut loss_window: Vec<f64> = Vec::new();
         let mut epoch_losses: Vec<f64> = Vec::new();
         let mut scaler = (self.model.dtype() == DType::F16).then_some(LossScaler { scale: 65536.0, good_steps: 0 });
-        if let Some(resume) = &config.save.resume {
-            let state = load_state(resume, &device)?;
-            let live = self.live_sets();
-            load_network_tensors(&live, &state.network, true, resume)?;
-            self.optimizer
-                .load_state(&state.optimizer)
-                .map_err(|e| TrainError::Resume { path: resume.clone(), message: format!("optimizer state: {e}") })?;
+        if let (Some(state), Some(resume)) = (&preflight.resumed, &config.save.resume) {
             let p = &state.progress;
+            if state.dir != *resume {
+                events(TrainEvent::Note(format!(
+                    "{} is missing (a save was interrupted between its renames): resuming from the previous state, {}",
+                    resume.display(),
+                    state.dir.display()
+                )));
+            }
             if p.seed != config.training.seed || p.batches_per_epoch != self.plan.batches_per_epoch {
                 events(TrainEvent::Note(format!(
                     "the state was saved with seed {} and {} batches per epoch; this config has seed {} and {}: the data order differs from the interrupted run",
                     p.seed, p.batches_per_epoch, config.training.seed, self.plan.batches_per_epoch
                 )));
-            }
-            if p.global_step >= self.plan.max_train_steps {
-                return Err(TrainError::Resume {
-                    path: resume.clone(),
-                    message: format!(
-                        "the state is at step {} but the run has only {} steps: raise max_train_epochs/max_train_steps to train further",
-                        p.global_step, self.plan.max_train_steps
-                    ),
-                });
             }
             global_step = p.global_step;
             start_epoch = p.epoch;
@@ -630,10 +737,7 @@ impl<'m> Trainer<'m> {
             None
         };
 
-        let mut samples = match &config.samples.sample_prompts {
-            Some(path) => Some(SampleRunner::new(&config, path)?),
-            None => None,
-        };
+        let mut samples = preflight.samples;
         if let Some(s) = samples.as_mut() {
             if config.samples.sample_at_first && global_step == 0 {
                 for path in self.render_samples(s, crate::samples::SampleTag::Step(0))? {
@@ -937,6 +1041,8 @@ impl<'m> Trainer<'m> {
             optimizer_scalars: serde_json::Value::Null,
             current_epoch,
             current_step: global_step,
+            gradient_accumulation_steps: Some(self.plan.gradient_accumulation_steps),
+            network_settings: network_settings(&self.config),
         }
     }
 
@@ -1085,6 +1191,117 @@ impl<'m> Trainer<'m> {
             set.clear_side_grads();
         }
         Ok(loss_value)
+    }
+}
+
+/// The run's memory estimate ([`estimate_memory`]) with `trainable` LoRA parameters.
+fn memory_estimate(
+    config: &TrainConfig,
+    model: &dyn TrainableModel,
+    data: &TrainData,
+    trainable: usize,
+    optimizer: OptimizerKind,
+) -> crate::plan::MemoryEstimate {
+    let max_batch_latent_pixels = data
+        .epoch_batches(config.training.seed, 0)
+        .iter()
+        .map(|b| b.samples.len() as u64 * u64::from(b.bucket.0 / 8) * u64::from(b.bucket.1 / 8))
+        .max()
+        .unwrap_or(0);
+    let (frozen_parameters, denoiser_parameters) = model.parameter_counts();
+    estimate_memory(&MemoryInputs {
+        frozen_parameters,
+        denoiser_parameters,
+        model_dtype: model.dtype(),
+        fp8_base: config.accelerate.fp8_base,
+        lora_dtype: lora_dtype(config),
+        trainable_parameters: trainable,
+        optimizer,
+        gradient_accumulation_steps: config.training.gradient_accumulation_steps.max(1),
+        max_batch_latent_pixels,
+        gradient_checkpointing: config.training.gradient_checkpointing,
+    })
+}
+
+/// The longest file name the run writes, less the output name: `.<name>-step00000001-state.tmp-<pid>`.
+const LONGEST_NAME_SUFFIX: usize = ".-step00000001-state.tmp-4294967295".len();
+
+/// Checks that the run can write its files: `folders.output_name` makes valid file names, and
+/// `folders.output_dir` (and `folders.logging_dir`) exist as writable folders or can be
+/// created. Nothing is created: the nearest existing folder is probed with a hidden folder
+/// made and removed at once.
+pub fn check_output_paths(config: &TrainConfig) -> Result<()> {
+    let name = &config.folders.output_name;
+    let bad = |why: String| {
+        TrainError::Other(format!(
+            "folders.output_name = {name:?}: {why}; use letters, digits, spaces, '-', '_' or '.'"
+        ))
+    };
+    if let Some(c) = name.chars().find(|c| c.is_control()) {
+        return Err(bad(format!(
+            "it contains the control character {:?}, which {} file name",
+            c,
+            if c == '\0' { "no" } else { "is not allowed in a portable" }
+        )));
+    }
+    if cfg!(windows) {
+        if let Some(c) = name.chars().find(|c| "<>:\"|?*".contains(*c)) {
+            return Err(bad(format!("{c:?} is not allowed in a Windows file name")));
+        }
+    }
+    if name.len() + LONGEST_NAME_SUFFIX > 255 {
+        return Err(bad(format!(
+            "{} bytes long; with the run's suffixes (e.g. -step00000001-state) file names must stay under 255 bytes",
+            name.len()
+        )));
+    }
+    check_writable_dir(&config.folders.output_dir, "folders.output_dir")?;
+    if let Some(logs) = &config.folders.logging_dir {
+        check_writable_dir(logs, "folders.logging_dir")?;
+    }
+    Ok(())
+}
+
+/// Whether folder `dir` (config key `key`) exists and is writable or can be created.
+fn check_writable_dir(dir: &Path, key: &str) -> Result<()> {
+    let bad = |why: String| TrainError::Other(format!("{key} = {}: {why}", dir.display()));
+    let mut existing = dir;
+    loop {
+        match std::fs::metadata(existing) {
+            Ok(meta) if meta.is_dir() => break,
+            Ok(_) => {
+                return Err(bad(if existing == dir {
+                    "it is a file, not a folder; choose a folder".into()
+                } else {
+                    format!(
+                        "{} is a file, so the folder cannot be created there; choose another folder",
+                        existing.display()
+                    )
+                }))
+            }
+            // Missing, or under a file (ENOTDIR): look at the folder above.
+            Err(e) if e.kind() != std::io::ErrorKind::PermissionDenied => match existing.parent() {
+                Some(parent) if !parent.as_os_str().is_empty() => existing = parent,
+                _ => {
+                    existing = Path::new(".");
+                    break;
+                }
+            },
+            Err(e) => return Err(bad(format!("cannot read {}: {e}", existing.display()))),
+        }
+    }
+    let probe = existing.join(format!(".lorakit-write-check-{}", std::process::id()));
+    match std::fs::create_dir(&probe) {
+        Ok(()) => {
+            let _ = std::fs::remove_dir(&probe);
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(bad(format!(
+            "cannot {} in {}: {e}; choose a folder you can write to",
+            if existing == dir { "write" } else { "create the folder" },
+            existing.display()
+        ))),
     }
 }
 

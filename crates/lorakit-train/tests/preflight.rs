@@ -1,0 +1,307 @@
+//! `--dry-run` refuses every config the run refuses, with the same message, and a refused run
+//! writes nothing: both go through `Trainer::preflight` (output names and folders, the resumed
+//! state, sample prompts, clip_skip, every image decoded).
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+
+use lorakit_train::{TrainConfig, TrainEvent};
+
+mod common;
+use common::{chessboard_dataset, repo, small_run_toml};
+
+/// The tiny model's run on two chessboard images, with `extra` TOML appended (it lands in the
+/// `[save]` section unless it opens another).
+fn config(dir: &Path, extra: &str) -> TrainConfig {
+    let data = chessboard_dataset(dir, 1, 2);
+    let text = format!("{}\n{extra}", small_run_toml(dir, &data, &repo("examples/quickstart/tiny-sd15")));
+    TrainConfig::from_toml_str(&text, &[]).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// The dry run's and the run's errors for `cfg`, asserted equal; the run must not have written
+/// into its output folder.
+fn refused(cfg: TrainConfig) -> String {
+    let out = cfg.folders.output_dir.clone();
+    let dry = match lorakit_train::dry_run(cfg.clone(), &mut |_| {}) {
+        Ok(_) => panic!("the dry run accepted a config the run refuses"),
+        Err(e) => e.to_string(),
+    };
+    let run = match lorakit_train::train(cfg, &AtomicBool::new(false), &mut |_| {}) {
+        Ok(_) => panic!("the run accepted it (dry run: {dry})"),
+        Err(e) => e.to_string(),
+    };
+    assert_eq!(dry, run, "the dry run and the run disagree");
+    assert!(!out.is_dir() || std::fs::read_dir(&out).unwrap().next().is_none(), "a refused run wrote into {out:?}");
+    run
+}
+
+fn prompts(dir: &Path, text: &str) -> String {
+    let path = dir.join("prompts.txt");
+    std::fs::write(&path, text).unwrap();
+    format!("[samples]\nsample_prompts = \"{}\"\n", path.display())
+}
+
+#[test]
+fn sample_settings_the_run_refuses_are_refused_by_the_dry_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+
+    let cfg = config(d, &format!("{}sample_sampler = \"bogus\"\n", prompts(d, "chkbrd --w 64 --h 64\n")));
+    let err = refused(cfg);
+    assert!(err.contains("bogus") && err.contains("euler_a"), "{err}");
+
+    let cfg = config(d, &format!("[samples]\nsample_prompts = \"{}\"\n", d.join("missing.txt").display()));
+    let err = refused(cfg);
+    assert!(err.contains("missing.txt"), "{err}");
+
+    let cfg = config(d, &prompts(d, "chkbrd --w abc\n"));
+    let err = refused(cfg);
+    assert!(err.contains("prompts.txt") && err.contains("abc"), "{err}");
+
+    // An emphasis weight sd-scripts cannot read stops sampling: refused before training.
+    let cfg = config(d, &prompts(d, "chkbrd, (board:1.2.3) --w 64 --h 64\n"));
+    let err = refused(cfg);
+    assert!(err.contains("prompts.txt") && err.contains("1.2.3"), "{err}");
+
+    let cfg = config(d, &prompts(d, "chkbrd --n (bad:1..2) --w 64 --h 64\n"));
+    let err = refused(cfg);
+    assert!(err.contains("1..2") && err.contains("prompt 1"), "{err}");
+}
+
+#[test]
+fn clip_skip_beyond_the_text_encoder_is_refused_by_both() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path(), "");
+    cfg.model.clip_skip = Some(40);
+    let err = refused(cfg);
+    assert!(err.contains("model.clip_skip = 40") && err.contains("between 1 and"), "{err}");
+}
+
+#[test]
+fn output_names_and_folders_the_run_cannot_write_are_refused_by_both() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    for (name, expected) in [("ti\0ny", "'\\0'"), ("tab\there", "'\\t'"), (&"x".repeat(250) as &str, "250 bytes long")]
+    {
+        let mut cfg = config(d, "");
+        cfg.folders.output_name = name.to_string();
+        let err = refused(cfg);
+        assert!(err.contains("folders.output_name") && err.contains(expected), "{err}");
+    }
+
+    // Under a regular file.
+    let file = d.join("a-file");
+    std::fs::write(&file, "x").unwrap();
+    let mut cfg = config(d, "");
+    cfg.folders.output_dir = file.join("out");
+    let err = refused(cfg);
+    assert!(err.contains("folders.output_dir") && err.contains("a-file is a file"), "{err}");
+    let mut cfg = config(d, "");
+    cfg.folders.output_dir = file.clone();
+    let err = refused(cfg);
+    assert!(err.contains("folders.output_dir") && err.contains("is a file, not a folder"), "{err}");
+    let mut cfg = config(d, "");
+    cfg.folders.logging_dir = Some(file.join("logs"));
+    let err = refused(cfg);
+    assert!(err.contains("folders.logging_dir"), "{err}");
+
+    // Under a read-only folder (meaningless for root, who may write anywhere).
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let locked = d.join("locked");
+        std::fs::create_dir(&locked).unwrap();
+        std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o555)).unwrap();
+        let root = std::fs::create_dir(locked.join("probe")).is_ok();
+        if !root {
+            let mut cfg = config(d, "");
+            cfg.folders.output_dir = locked.join("deeper").join("out");
+            let err = refused(cfg);
+            assert!(err.contains("folders.output_dir") && err.contains("locked"), "{err}");
+        }
+        std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+}
+
+#[test]
+fn a_missing_resume_folder_is_refused_by_both() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), &format!("resume = \"{}\"\n", dir.path().join("gone-state").display()));
+    let err = refused(cfg);
+    assert!(err.contains("gone-state") && err.contains("no such folder") && err.contains("save_state"), "{err}");
+}
+
+#[test]
+fn an_image_whose_data_does_not_decode_is_refused_before_training() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // A PNG with an intact header and damaged pixel data: the dataset's header probe accepts it,
+    // decoding does not.
+    let image = image::RgbImage::from_fn(64, 64, |x, y| image::Rgb([(x * 4) as u8, (y * 4) as u8, 7]));
+    let mut bytes = Vec::new();
+    image.write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Png).unwrap();
+    let idat = bytes.windows(4).position(|w| w == b"IDAT").unwrap();
+    for b in &mut bytes[idat + 8..idat + 40] {
+        *b ^= 0x5a;
+    }
+    for cache in [true, false] {
+        let mut cfg = config(d, "");
+        cfg.training.cache_latents = cache;
+        let broken = d.join("data/1_chessboard/broken.png");
+        std::fs::write(&broken, &bytes).unwrap();
+        let err = refused(cfg);
+        assert!(err.contains("broken.png") && err.contains("lorakit dataset check"), "{err}");
+    }
+}
+
+/// A finished run (LoRA 4/2 + LoCon 2/1, 2 epochs of one step) that saved a state after epoch 1;
+/// returns the config resuming from it into `<dir>/resumed`, and the state folder.
+fn saved_state(dir: &Path) -> (TrainConfig, PathBuf) {
+    let cfg = config(dir, "save_state = true\n");
+    lorakit_train::train(cfg.clone(), &AtomicBool::new(false), &mut |_| {}).unwrap();
+    let state = dir.join("out/tiny-000001-state");
+    let mut resume = cfg;
+    resume.save.resume = Some(state.clone());
+    resume.folders.output_dir = dir.join("resumed");
+    (resume, state)
+}
+
+#[test]
+fn resuming_with_other_network_settings_is_refused_naming_keys_and_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let (resume, state) = saved_state(dir.path());
+    type Change = fn(&mut TrainConfig);
+    let cases: [(Change, &[&str]); 6] = [
+        (|c| c.network.network_alpha = 3.0, &["network.network_alpha: 2 in the state, 3 in this config"]),
+        (|c| c.network.conv_alpha = Some(0.5), &["network.conv_alpha: 1 in the state, 0.5 in this config"]),
+        (|c| c.network.network_dim = 8, &["network.network_dim: 4 in the state, 8 in this config"]),
+        (|c| c.network.conv_dim = Some(3), &["network.conv_dim: 2 in the state, 3 in this config"]),
+        (|c| c.network.network_train_unet_only = true, &["network.network_train_unet_only: false in the state"]),
+        (|c| c.network.conv_dim = Some(0), &["network.conv_dim: 2 in the state, none", "LoCon", "conv_dim = 2"]),
+    ];
+    for (change, expected) in cases {
+        let mut cfg = resume.clone();
+        change(&mut cfg);
+        let err = refused(cfg);
+        for e in expected {
+            assert!(err.contains(e) && err.contains("tiny-000001-state") && err.contains("fresh run"), "{e}: {err}");
+        }
+    }
+    let mut cfg = resume.clone();
+    cfg.network.conv_dim = None;
+    assert!(refused(cfg).contains("LoCon"));
+
+    // A state from before the settings were recorded: its tensors still tell a LoCon apart.
+    let json = state.join("train_state.json");
+    let mut value: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    value.as_object_mut().unwrap().remove("network_settings");
+    std::fs::write(&json, serde_json::to_string(&value).unwrap()).unwrap();
+    let mut cfg = resume.clone();
+    cfg.network.conv_dim = None;
+    let err = refused(cfg);
+    assert!(err.contains("not in this config's") && err.contains("LoCon") && err.contains("conv_dim"), "{err}");
+
+    // The unchanged config resumes and finishes the run.
+    let summary = lorakit_train::train(resume, &AtomicBool::new(false), &mut |_| {}).unwrap();
+    assert_eq!(summary.steps, 2);
+}
+
+#[test]
+fn a_lora_file_or_a_file_inside_a_state_given_as_the_state_is_explained() {
+    let dir = tempfile::tempdir().unwrap();
+    let (resume, state) = saved_state(dir.path());
+    let mut cfg = resume.clone();
+    cfg.save.resume = Some(dir.path().join("out/tiny.safetensors"));
+    let err = refused(cfg);
+    assert!(
+        err.contains("a LoRA file, not a state folder")
+            && err.contains("network.network_weights")
+            && err.contains("-state"),
+        "{err}"
+    );
+    let mut cfg = resume;
+    cfg.save.resume = Some(state.join("network.safetensors"));
+    let err = refused(cfg);
+    assert!(err.contains("give the folder itself") && err.contains("tiny-000001-state"), "{err}");
+}
+
+#[test]
+fn tampered_progress_fields_are_refused_naming_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let (resume, state) = saved_state(dir.path());
+    let json = state.join("train_state.json");
+    let original = std::fs::read_to_string(&json).unwrap();
+    let cases: [(&str, serde_json::Value, &str); 7] = [
+        ("global_step", serde_json::json!(-1), "global_step = -1"),
+        ("global_step", serde_json::json!(1_000_000_000_000u64), "global_step = 1000000000000"),
+        ("global_step", serde_json::json!("1"), "global_step = \"1\""),
+        ("global_step", serde_json::json!(0), "global_step = 0"),
+        ("epoch", serde_json::json!(99), "current_epoch"),
+        ("next_batch", serde_json::json!(5), "next_batch = 5"),
+        ("loss_scale", serde_json::json!([0.0, 1]), "loss_scale"),
+    ];
+    for (key, value, expected) in cases {
+        let mut state_value: serde_json::Value = serde_json::from_str(&original).unwrap();
+        state_value[key] = value;
+        std::fs::write(&json, serde_json::to_string(&state_value).unwrap()).unwrap();
+        let err = refused(resume.clone());
+        assert!(
+            err.contains(expected) && err.contains("train_state.json") && err.contains("edited"),
+            "{expected}: {err}"
+        );
+    }
+
+    // Consistent but beyond this run: at epoch 99 of a 2-epoch run.
+    let mut state_value: serde_json::Value = serde_json::from_str(&original).unwrap();
+    for key in ["epoch", "current_epoch", "global_step", "current_step"] {
+        state_value[key] = serde_json::json!(99);
+    }
+    std::fs::write(&json, serde_json::to_string(&state_value).unwrap()).unwrap();
+    let err = refused(resume);
+    assert!(err.contains("step 99") && err.contains("only 2 steps"), "{err}");
+}
+
+#[test]
+fn interrupted_state_saves_are_cleaned_and_a_crash_between_renames_resumes_from_the_previous_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut resume, state) = saved_state(dir.path());
+    let out = dir.path().join("out");
+    let uninterrupted = lorakit_train::train(resume.clone(), &AtomicBool::new(false), &mut |_| {}).unwrap();
+
+    // On disk after a kill between the renames of a save replacing tiny-000001-state: the
+    // previous state under `.old-`, the new one half-written under `.tmp-` (4294967 is above
+    // every pid_max, so that process is gone); plus another save's leftover, and things that are
+    // not ours.
+    std::fs::rename(&state, out.join(".tiny-000001-state.old-4294967")).unwrap();
+    std::fs::create_dir(out.join(".tiny-000001-state.tmp-4294967")).unwrap();
+    std::fs::create_dir_all(out.join(".tiny-step00000007-state.tmp-4294967/x")).unwrap();
+    std::fs::create_dir(out.join(".photos.tmp-4294967")).unwrap();
+    std::fs::write(out.join(".tiny-state.tmp-4294967"), "a file").unwrap();
+    // An interrupted LoRA write (fs_atomic's temporary file of an exited process).
+    std::fs::write(out.join(".lorakit-tmp-4294967-abc123.tmp"), "half a LoRA").unwrap();
+
+    // The dry run finds the previous state and changes nothing.
+    lorakit_train::dry_run(resume.clone(), &mut |_| {}).unwrap();
+    assert!(!state.exists() && out.join(".tiny-000001-state.old-4294967").is_dir());
+
+    resume.folders.output_dir = out.clone();
+    let mut notes = Vec::new();
+    let summary = lorakit_train::train(resume, &AtomicBool::new(false), &mut |e| {
+        if let TrainEvent::Note(n) = e {
+            notes.push(n)
+        }
+    })
+    .unwrap();
+    assert_eq!(summary.losses, uninterrupted.losses, "resumed from the previous state");
+    assert!(notes.iter().any(|n| n.contains("interrupted between its renames")), "{notes:?}");
+    assert!(notes.iter().any(|n| n.contains("restored the previous state")), "{notes:?}");
+    assert!(notes.iter().any(|n| n.contains(".lorakit-tmp-4294967-abc123.tmp")), "{notes:?}");
+    assert!(state.join("train_state.json").is_file(), "the previous state is back under its name");
+    let mut hidden: Vec<String> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with('.'))
+        .collect();
+    hidden.sort();
+    assert_eq!(hidden, [".photos.tmp-4294967", ".tiny-state.tmp-4294967"], "only what is not ours is left");
+}
