@@ -349,16 +349,18 @@ impl NetworkSection {
                 "LyCORIS' modules ignore it outside bypass mode (LoHa/LoKr: \"haven't implemented normal dropout yet\")",
             );
         }
+        // LyCORIS 3.2 applies LoRA+ ratios to `lora_up` weights only: LoCon has them, LoHa/LoKr none.
+        let no_up = matches!(self.algo.as_deref(), Some("loha" | "lokr"));
         for (key, set) in [
             ("loraplus_lr_ratio", self.loraplus_lr_ratio.is_some()),
             ("loraplus_unet_lr_ratio", self.loraplus_unet_lr_ratio.is_some()),
             ("loraplus_text_encoder_lr_ratio", self.loraplus_text_encoder_lr_ratio.is_some()),
         ] {
-            if set {
+            if set && no_up {
                 refuse(
                     problems,
                     key,
-                    "LyCORIS' network has no LoRA+ groups (its prepare_optimizer_params takes no ratios)",
+                    "LyCORIS applies LoRA+ ratios to lora_up weights, which LoHa/LoKr do not have (the ratio would change nothing)",
                 );
             }
         }

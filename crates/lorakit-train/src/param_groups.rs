@@ -2,8 +2,9 @@
 //! forms them (spec §8.3, §2.5, §2.6): text-encoder modules first, then the U-Net's — one group
 //! per U-Net block slot when block LR weights are set — each split into a LoRA+ `plus` group of
 //! `up` matrices when a LoRA+ ratio applies; groups whose learning rate is 0 are dropped (their
-//! modules stay in the network and are saved unchanged). LyCORIS LoHa/LoKr modules put every
-//! factor in their component's group, as LyCORIS' `prepare_optimizer_params` (no LoRA+).
+//! modules stay in the network and are saved unchanged). LyCORIS modules are grouped as LyCORIS
+//! 3.2's `prepare_optimizer_params` groups them: every factor in its component's group, except
+//! that a LoRA+ ratio moves `lora_up` weights (LyCORIS' LoCon) to the `plus` group.
 
 use candle_core::Var;
 use lorakit_lora::blocks::BlockLayout;
@@ -51,7 +52,9 @@ pub fn plan_groups(networks: &[ComponentNetwork], rates: &GroupRates) -> Vec<Pla
                 out.push((n.component, m.name(), vec![m.down().clone()], Some(m.up().clone())));
             }
             for m in n.set.lycoris_modules().iter().filter(|m| m.is_trainable()) {
-                out.push((n.component, m.name(), m.factors().iter().map(|(_, v)| v.clone()).collect(), None));
+                let (up, main): (Vec<_>, Vec<_>) = m.factors().iter().partition(|(k, _)| k.starts_with("lora_up"));
+                let main = main.into_iter().map(|(_, v)| v.clone()).collect();
+                out.push((n.component, m.name(), main, up.first().map(|(_, v)| v.clone())));
             }
         }
         out

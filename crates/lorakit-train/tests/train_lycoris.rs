@@ -191,6 +191,7 @@ fn what_lycoris_does_not_do_is_refused_by_name() {
         ),
         ("network_module = \"lycoris.kohya\"\nalgo = \"loha\"\nnetwork_dropout = 0.1\n", "network_dropout"),
         ("network_module = \"lycoris.kohya\"\nalgo = \"loha\"\nloraplus_lr_ratio = 16\n", "loraplus_lr_ratio"),
+        ("network_module = \"lycoris.kohya\"\nalgo = \"lokr\"\nloraplus_unet_lr_ratio = 16\n", "lora_up"),
         ("network_module = \"lycoris.kohya\"\nalgo = \"lokr\"\nblock_dims = \"4\"\n", "block_dims"),
         ("network_module = \"lycoris.kohya\"\nalgo = \"loha\"\nfactor = 8\n", "LoKr options"),
         (
@@ -207,7 +208,38 @@ fn what_lycoris_does_not_do_is_refused_by_name() {
     for ok in [
         "network_module = \"lycoris.kohya\"\nalgo = \"lokr\"\nnetwork_dim = 100000\nfactor = 8\nfull_matrix = true\npreset = \"full\"\n",
         "network_module = \"lycoris.kohya\"\nalgo = \"loha\"\nrank_dropout = 0.1\nmodule_dropout = 0.1\npreset = \"attn-mlp\"\n",
+        "network_module = \"lycoris.kohya\"\nalgo = \"locon\"\nloraplus_lr_ratio = 16\n",
     ] {
         TrainConfig::from_toml_str(&format!("[network]\n{ok}"), &[]).unwrap_or_else(|e| panic!("{ok:?}: {e}"));
+    }
+}
+
+#[test]
+fn param_groups_follow_lycoris_with_lora_plus_on_lycoris_locon_up_weights_only() {
+    use lorakit_train::param_groups::{plan_groups, ComponentNetwork, GroupRates};
+    let model = model();
+    let targets = model.pipeline().text_encoder_targets();
+    let rates = GroupRates {
+        text_encoder_lr: 1e-4,
+        unet_lr: 1e-3,
+        text_encoder_plus_ratio: Some(16.0),
+        unet_plus_ratio: None,
+        block_lr_weights: None,
+    };
+    for (algo, plus) in [(LycorisAlgo::LoCon, true), (LycorisAlgo::LoHa, false)] {
+        let set = create_network(targets, "lora_te", &small_run_spec(algo), DType::F32, &Device::Cpu, 0).unwrap();
+        let networks = [ComponentNetwork { component: 1, is_text_encoder: true, set: &set }];
+        let groups = plan_groups(&networks, &rates);
+        let names: Vec<&str> = groups.iter().map(|g| g.group.name.as_str()).collect();
+        let count = |i: usize| groups[i].group.vars.len();
+        let modules = set.lycoris_modules().len();
+        if plus {
+            assert_eq!(names, ["textencoder", "textencoder plus"]);
+            assert_eq!((count(0), count(1)), (modules, modules), "down weights / up weights");
+            assert_eq!(groups[1].group.lr, 16e-4);
+        } else {
+            assert_eq!(names, ["textencoder"]);
+            assert_eq!(count(0), 4 * modules, "every LoHa factor in the component's group");
+        }
     }
 }
