@@ -130,8 +130,9 @@ fn temp_file_writer(name: &str) -> Option<Option<u32>> {
     (random.len() == 6 && alphanumeric(random)).then_some(None)
 }
 
-/// Whether process `pid` is running (true when it cannot be told).
-fn process_alive(pid: u32) -> bool {
+/// Whether process `pid` is running (true when it cannot be told, e.g. off Unix): what makes a
+/// leftover temporary file or folder provably abandoned.
+pub fn process_alive(pid: u32) -> bool {
     #[cfg(unix)]
     {
         let Ok(pid) = libc::pid_t::try_from(pid) else { return false };

@@ -163,7 +163,7 @@ impl TrainData {
                 gradient_accumulation_steps: config.training.gradient_accumulation_steps,
             },
         )
-        .map_err(|e| TrainError::Dataset(format!("training.{e}")))?;
+        .map_err(|e| TrainError::Other(format!("training.{e}")))?;
         if config.loss.masked_loss && !data.images.iter().any(|i| i.alpha_mask) {
             return Err(TrainError::Dataset(
                 "loss.masked_loss is on but no subset uses alpha_mask: set dataset.alpha_mask = true (or alpha_mask in \

@@ -381,15 +381,24 @@ fn decode_cache_is_reused_and_follows_file_changes() {
 
 mod common;
 
-/// `dataset check` with a deadline, as JSON.
-fn check_json_within(dir: &Path, extra: &[&str]) -> (i32, Value, String) {
+/// `dataset check ARGS` with a deadline: exit code (never killed by a signal), stdout, stderr.
+fn check_within<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> (i32, String, String) {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_lorakit"));
     cmd.env("LORAKIT_CACHE_DIR", std::env::temp_dir().join("lorakit-test-cache"));
-    cmd.args(["dataset", "check"]).arg(dir).args(extra).arg("--json");
+    cmd.args(["dataset", "check"]).args(args);
     let out = common::output_within(cmd, 60);
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    let json = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("not JSON ({e}); stderr: {stderr}"));
-    (out.status.code().expect("exited, not killed by a signal"), json, stderr)
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    (out.status.code().expect("exited, not killed by a signal"), text(&out.stdout), text(&out.stderr))
+}
+
+/// [`check_within`] on `dir` with `--json`.
+fn check_json_within(dir: &Path, extra: &[&str]) -> (i32, Value, String) {
+    let mut args = vec![dir.as_os_str()];
+    args.extend(extra.iter().map(std::ffi::OsStr::new));
+    args.push("--json".as_ref());
+    let (code, stdout, stderr) = check_within(&args);
+    let json = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("not JSON ({e}); stderr: {stderr}"));
+    (code, json, stderr)
 }
 
 #[test]
@@ -440,12 +449,8 @@ fn pixel_bombs_and_fifos_are_reported_never_an_abort_or_a_hang() {
 #[test]
 fn huge_repeat_and_epoch_counts_are_errors_not_clamps() {
     let check = |args: &[&std::ffi::OsStr]| {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_lorakit"));
-        cmd.env("LORAKIT_CACHE_DIR", std::env::temp_dir().join("lorakit-test-cache"));
-        cmd.args(["dataset", "check", "--quick"]).args(args);
-        let out = common::output_within(cmd, 60);
-        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-        (out.status.code().expect("exited, not killed"), text)
+        let (code, stdout, stderr) = check_within(&[&["--quick".as_ref()], args].concat());
+        (code, stdout + &stderr)
     };
     // A folder name whose count does not fit in 32 bits.
     let t = tempfile::tempdir().unwrap();
