@@ -14,9 +14,12 @@ rebuild mode, module.train(), no dropout) with every factor set to random values
 * LyCORIS' `apply_max_norm(max_norm)` result: the state dict afterwards (`<case>.maxnorm.<key>`)
   and the returned (scaled, norm) in cases.json;
 * for a fresh module (LyCORIS' initialisation, seeded): the keys, shapes, alpha and dtype of
-  its state dict (cases.json "fresh").
+  its state dict (cases.json "fresh");
+* the modules LyCORIS' `kohya.create_network` makes for the tiny SD1.5 model
+  (tests/fixtures/reference/sd15_tiny/diffusers) with algo=loha, network_dim 4, for the presets
+  full, full-lin and attn-mlp, with conv_dim 2 and without (network.json: name → dim).
 
-Writes tests/fixtures/reference/lycoris_train/{cases.safetensors, cases.json}. Run from the
+Writes tests/fixtures/reference/lycoris_train/{cases.safetensors, cases.json, network.json}. Run from the
 repository root (seconds, no network; versions in tools/reference/requirements.txt):
 
     python tools/reference/lycoris_train_fixture.py
@@ -80,7 +83,30 @@ def fresh_info(cls, spec, kwargs):
     )
 
 
+def network_modules():
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextModel
+    from lycoris import kohya
+
+    tiny = os.path.join(ROOT, "tests/fixtures/reference/sd15_tiny/diffusers")
+    unet = UNet2DConditionModel.from_pretrained(tiny, subfolder="unet")
+    te = CLIPTextModel.from_pretrained(tiny, subfolder="text_encoder")
+    out = {}
+    for preset in ["full", "full-lin", "attn-mlp"]:
+        for conv in [None, 2]:
+            extra = {} if conv is None else {"conv_dim": str(conv)}
+            # As sd-scripts passes network_args: strings; bypass_mode as 3.2's default.
+            net = kohya.create_network(1.0, 4, 1.0, None, te, unet, algo="loha", preset=preset, bypass_mode="False", **extra)
+            out[f"{preset}/conv_dim={conv}"] = {m.lora_name: m.lora_dim for m in net.loras}
+    return out
+
+
 def main():
+    network = network_modules()
+    with open(os.path.join(OUT, "network.json"), "w") as f:
+        json.dump(network, f, indent=1, sort_keys=True)
+        f.write("\n")
     torch.manual_seed(0)
     tensors, cases = {}, {}
     for name, cls, spec, kwargs, max_norm in CASES:

@@ -243,3 +243,60 @@ fn param_groups_follow_lycoris_with_lora_plus_on_lycoris_locon_up_weights_only()
         }
     }
 }
+
+/// The U-Net layers LyCORIS' preset `full` names directly (`conv_in`, `conv_out`,
+/// `time_embedding.linear_1/2`): adapted by lorakit once the model lists them as
+/// `TargetGroup::Named` targets, which the SD U-Net does not do yet.
+const NAMED_LAYERS: [&str; 4] = [
+    "lora_unet_conv_in",
+    "lora_unet_conv_out",
+    "lora_unet_time_embedding_linear_1",
+    "lora_unet_time_embedding_linear_2",
+];
+
+#[test]
+fn lycoris_presets_adapt_the_modules_lycoris_creates_on_the_tiny_model() {
+    let expected: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(repo("tests/fixtures/reference/lycoris_train/network.json")).unwrap(),
+    )
+    .unwrap();
+    let model = StableDiffusionModel::load(
+        &repo("tests/fixtures/reference/sd15_tiny/diffusers"),
+        DType::F32,
+        &Device::Cpu,
+        false,
+    )
+    .unwrap();
+    let sd = model.pipeline();
+    for (preset, name) in
+        [(LycorisPreset::Full, "full"), (LycorisPreset::FullLin, "full-lin"), (LycorisPreset::AttnMlp, "attn-mlp")]
+    {
+        for conv in [None, Some(2)] {
+            let key = format!("{name}/conv_dim={}", conv.map_or("None".to_string(), |c| c.to_string()));
+            let want: std::collections::BTreeMap<String, usize> = expected[&key]
+                .as_object()
+                .unwrap()
+                .iter()
+                .map(|(k, v)| (k.clone(), v.as_u64().unwrap() as usize))
+                .collect();
+            let spec = NetworkSpec {
+                kind: NetworkKind::Lycoris { algo: LycorisAlgo::LoHa, preset },
+                rank: 4,
+                alpha: 1.0,
+                conv_rank: conv,
+                conv_alpha: 1.0,
+                ..Default::default()
+            };
+            let mut ours = std::collections::BTreeMap::new();
+            for (targets, prefix) in [(sd.unet_targets(), "lora_unet"), (sd.text_encoder_targets(), "lora_te")] {
+                let set = create_network(targets, prefix, &spec, DType::F32, &Device::Cpu, 0).unwrap();
+                ours.extend(set.lycoris_modules().iter().map(|m| (m.name().to_string(), m.dim())));
+            }
+            let missing: Vec<&String> = want.keys().filter(|k| !ours.contains_key(*k)).collect();
+            assert!(missing.iter().all(|k| NAMED_LAYERS.contains(&k.as_str())), "{key}: missing {missing:?}");
+            for (name, dim) in &ours {
+                assert_eq!(want.get(name), Some(dim), "{key}: {name}");
+            }
+        }
+    }
+}
