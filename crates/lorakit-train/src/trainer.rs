@@ -116,6 +116,17 @@ pub struct Preflight {
     samples: Option<SampleRunner>,
 }
 
+/// Where a run starts ([`Trainer::run`]'s resume phase).
+struct StartPosition {
+    global_step: u64,
+    /// The epoch (0-based) training continues in, and the batches of it already done.
+    start_epoch: u64,
+    skip_batches: u64,
+    loss_window: Vec<f64>,
+    epoch_losses: Vec<f64>,
+    scaler: Option<LossScaler>,
+}
+
 /// fp16 dynamic loss scaling (as torch's GradScaler: start 2^16, halve on overflow, double
 /// after 2000 clean steps).
 #[derive(Debug, Clone, Copy)]
@@ -650,52 +661,55 @@ impl<'m> Trainer<'m> {
         Ok(state)
     }
 
-    /// Runs training to the end, an error, or `stop` (Ctrl-C: saves a state and returns).
-    /// Phases: [`Trainer::preflight`] (every check, nothing written) → output folder (stale
-    /// temporary state folders cleaned) → resume position → logs → latent cache → samples
-    /// before training → epochs (steps, saves, samples) → final save.
-    pub fn run(mut self, stop: &AtomicBool, events: &mut dyn FnMut(TrainEvent)) -> Result<RunSummary> {
-        let preflight = self.preflight()?;
-        let config = self.config.clone();
-        self.prepare_output_dir(events)?;
-
-        let mut global_step = 0u64;
-        let mut start_epoch = 0u64;
-        let mut skip_batches = 0u64;
-        let mut loss_window: Vec<f64> = Vec::new();
-        let mut epoch_losses: Vec<f64> = Vec::new();
-        let mut scaler = (self.model.dtype() == DType::F16).then_some(LossScaler { scale: 65536.0, good_steps: 0 });
-        if let (Some(state), Some(resume)) = (&preflight.resumed, &config.save.resume) {
-            let p = &state.progress;
-            if state.dir != *resume {
-                events(TrainEvent::Note(format!(
-                    "{} is missing (a save was interrupted between its renames): resuming from the previous state, {}",
-                    resume.display(),
-                    state.dir.display()
-                )));
-            }
-            if p.seed != config.training.seed || p.batches_per_epoch != self.plan.batches_per_epoch {
-                events(TrainEvent::Note(format!(
-                    "the state was saved with seed {} and {} batches per epoch; this config has seed {} and {}: the data order differs from the interrupted run",
-                    p.seed, p.batches_per_epoch, config.training.seed, self.plan.batches_per_epoch
-                )));
-            }
-            global_step = p.global_step;
-            start_epoch = p.epoch;
-            skip_batches = p.next_batch;
-            loss_window = p.loss_window.clone();
-            epoch_losses = p.epoch_losses.clone();
-            if let (Some(s), Some((scale, good))) = (scaler.as_mut(), p.loss_scale) {
-                s.scale = scale;
-                s.good_steps = good;
-            }
+    /// Where the run starts: the resumed state's position, loss history and loss scale (with
+    /// notes on what differs from the interrupted run), or the beginning.
+    fn start_position(&self, resumed: Option<&LoadedState>, events: &mut dyn FnMut(TrainEvent)) -> StartPosition {
+        let config = &self.config;
+        let mut start = StartPosition {
+            global_step: 0,
+            start_epoch: 0,
+            skip_batches: 0,
+            loss_window: Vec::new(),
+            epoch_losses: Vec::new(),
+            scaler: (self.model.dtype() == DType::F16).then_some(LossScaler { scale: 65536.0, good_steps: 0 }),
+        };
+        let (Some(state), Some(resume)) = (resumed, &config.save.resume) else { return start };
+        let p = &state.progress;
+        if state.dir != *resume {
             events(TrainEvent::Note(format!(
-                "resuming from {} at step {global_step} (epoch {}, batch {skip_batches})",
+                "{} is missing (a save was interrupted between its renames): resuming from the previous state, {}",
                 resume.display(),
-                start_epoch + 1
+                state.dir.display()
             )));
         }
+        if p.seed != config.training.seed || p.batches_per_epoch != self.plan.batches_per_epoch {
+            events(TrainEvent::Note(format!(
+                "the state was saved with seed {} and {} batches per epoch; this config has seed {} and {}: the data order differs from the interrupted run",
+                p.seed, p.batches_per_epoch, config.training.seed, self.plan.batches_per_epoch
+            )));
+        }
+        start.global_step = p.global_step;
+        start.start_epoch = p.epoch;
+        start.skip_batches = p.next_batch;
+        start.loss_window = p.loss_window.clone();
+        start.epoch_losses = p.epoch_losses.clone();
+        if let (Some(s), Some((scale, good))) = (start.scaler.as_mut(), p.loss_scale) {
+            s.scale = scale;
+            s.good_steps = good;
+        }
+        events(TrainEvent::Note(format!(
+            "resuming from {} at step {} (epoch {}, batch {})",
+            resume.display(),
+            start.global_step,
+            start.start_epoch + 1,
+            start.skip_batches
+        )));
+        start
+    }
 
+    /// The setup notes and the plan (`Planned`), as the run starts at `start_step`.
+    fn announce(&self, start_step: u64, events: &mut dyn FnMut(TrainEvent)) {
+        let config = &self.config;
         for note in &self.setup_notes {
             events(TrainEvent::Note(note.clone()));
         }
@@ -711,31 +725,55 @@ impl<'m> Trainer<'m> {
             epochs: self.plan.epochs,
             batches_per_epoch: self.plan.batches_per_epoch,
             parameters,
-            start_step: global_step,
+            start_step,
         });
+    }
 
-        // Logs: <logging_dir>/<prefix><timestamp>/ with TensorBoard under the tracker name.
+    /// The run's log folder `<logging_dir>/<prefix><timestamp>/`, with TensorBoard under the
+    /// tracker name and the JSONL/CSV log.
+    fn open_logs(&self) -> Result<(PathBuf, Option<TensorBoardWriter>, RunLog)> {
+        let config = &self.config;
         let log_root = config.folders.logging_dir.clone().unwrap_or_else(|| config.folders.output_dir.join("logs"));
         let log_dir =
             log_root.join(format!("{}{}", config.logging.log_prefix.clone().unwrap_or_default(), compact_timestamp()));
-        let mut tensorboard = if config.logging.log_with == "tensorboard" {
+        let tensorboard = if config.logging.log_with == "tensorboard" {
             let dir = log_dir.join(&config.logging.log_tracker_name);
             Some(TensorBoardWriter::create(&dir).map_err(|e| TrainError::io(&dir, e))?)
         } else {
             None
         };
-        let mut run_log = RunLog::create(&log_dir, false).map_err(|e| TrainError::io(&log_dir, e))?;
+        let run_log = RunLog::create(&log_dir, false).map_err(|e| TrainError::io(&log_dir, e))?;
+        Ok((log_dir, tensorboard, run_log))
+    }
 
-        let cache = if config.training.cache_latents {
-            let mut report = |done, total| events(TrainEvent::Caching { done, total });
-            let cache = LatentCache::build(self.model, &self.data, config.training.cache_latents_to_disk, &mut report)?;
-            if cache.reused > 0 {
-                events(TrainEvent::Note(format!("{} latents reused from the disk cache", cache.reused)));
-            }
-            Some(cache)
-        } else {
-            None
-        };
+    /// The latent cache (`training.cache_latents`), built or reused from disk.
+    fn cache_latents(&self, events: &mut dyn FnMut(TrainEvent)) -> Result<Option<LatentCache>> {
+        if !self.config.training.cache_latents {
+            return Ok(None);
+        }
+        let mut report = |done, total| events(TrainEvent::Caching { done, total });
+        let cache =
+            LatentCache::build(self.model, &self.data, self.config.training.cache_latents_to_disk, &mut report)?;
+        if cache.reused > 0 {
+            events(TrainEvent::Note(format!("{} latents reused from the disk cache", cache.reused)));
+        }
+        Ok(Some(cache))
+    }
+
+    /// Runs training to the end, an error, or `stop` (Ctrl-C: saves a state and returns).
+    /// Phases: [`Trainer::preflight`] (every check, nothing written) → output folder (stale
+    /// temporary state folders cleaned) → resume position → logs → latent cache → samples
+    /// before training → epochs (steps, saves, samples) → final save.
+    pub fn run(mut self, stop: &AtomicBool, events: &mut dyn FnMut(TrainEvent)) -> Result<RunSummary> {
+        let preflight = self.preflight()?;
+        let config = self.config.clone();
+        self.prepare_output_dir(events)?;
+
+        let StartPosition { mut global_step, start_epoch, skip_batches, mut loss_window, mut epoch_losses, mut scaler } =
+            self.start_position(preflight.resumed.as_ref(), events);
+        self.announce(global_step, events);
+        let (log_dir, mut tensorboard, mut run_log) = self.open_logs()?;
+        let cache = self.cache_latents(events)?;
 
         let mut samples = preflight.samples;
         if let Some(s) = samples.as_mut() {
