@@ -524,7 +524,8 @@ fn resolve_dataset(
 pub fn plan_from_toml(path: &Path, args: &OptionLayer) -> Result<DatasetPlan, ConfigError> {
     let source_name = path.display().to_string();
     let err = |message: String| ConfigError { source_name: source_name.clone(), message };
-    let text = std::fs::read_to_string(path).map_err(|e| err(format!("cannot read the file: {e}")))?;
+    let bytes = crate::regular_file::read_regular(path).map_err(|e| err(format!("cannot read the file: {e}")))?;
+    let text = String::from_utf8(bytes).map_err(|_| err("not UTF-8 text: save the dataset config as UTF-8".into()))?;
     plan_from_toml_str(&text, path.parent().unwrap_or(Path::new(".")), &source_name, args)
 }
 

@@ -254,6 +254,7 @@ impl TrainData {
         }
         let mut notes = notes;
         notes.extend(not_yet_applied(&datasets));
+        notes.extend(skipped_files(&datasets));
         Ok(TrainData { images, groups, datasets, notes, from_dataset_config })
     }
 
@@ -306,6 +307,30 @@ impl TrainData {
     pub fn any_flip(&self) -> bool {
         self.images.iter().any(|i| i.flip_aug)
     }
+}
+
+/// Files training leaves out or reads differently without it being an error, each named:
+/// FIFOs, sockets and devices named like images (never opened), and unreadable caption files
+/// of trained images (such as a FIFO caption: the class caption is used instead).
+fn skipped_files(datasets: &[LoadedDataset]) -> Vec<String> {
+    let mut notes = Vec::new();
+    for ds in datasets {
+        for subset in &ds.subsets {
+            for (path, kind) in &subset.listing.not_regular {
+                notes.push(format!("{} is {kind}, not a regular file: left out without being read", path.display()));
+            }
+        }
+        for record in ds.images.iter().filter(|r| r.trained()) {
+            if let Some(e) = &record.caption_error {
+                notes.push(format!(
+                    "the caption of {} cannot be read ({e}); it is trained with {:?}",
+                    record.file.path.display(),
+                    record.caption
+                ));
+            }
+        }
+    }
+    notes
 }
 
 /// Subset options that training does not apply yet, named so nobody believes they took effect.
@@ -391,8 +416,8 @@ fn check_dir(dir: &Path, key: &str) -> Result<()> {
 mod tests {
     use super::*;
 
-    /// Loads DreamBooth folders (`name`, images) of 64×64 PNGs from a temp dir.
-    fn load(folders: &[(&str, usize)]) -> (tempfile::TempDir, Result<TrainData>) {
+    /// DreamBooth folders (`name`, images) of 64×64 PNGs in a temp dir.
+    fn folders(folders: &[(&str, usize)]) -> tempfile::TempDir {
         let dir = tempfile::tempdir().unwrap();
         for (name, images) in folders {
             let sub = dir.path().join(name);
@@ -401,6 +426,11 @@ mod tests {
                 image::RgbImage::new(64, 64).save(sub.join(format!("{i}.png"))).unwrap();
             }
         }
+        dir
+    }
+
+    /// The training view of the DreamBooth folders in `dir` (64 px buckets, batch size 2).
+    fn train_data(dir: &Path) -> Result<TrainData> {
         let layer = OptionLayer {
             resolution: Some(ResolutionValue::Square(64)),
             min_bucket_reso: Some(64),
@@ -408,10 +438,35 @@ mod tests {
             batch_size: Some(2),
             ..Default::default()
         };
-        let plan = plan_from_dirs(dir.path(), None, &layer).unwrap();
+        let plan = plan_from_dirs(dir, None, &layer).unwrap();
         let loaded = plan.datasets.iter().map(|d| load_dataset(d, ProbeMode::Header)).collect();
-        let data = TrainData::from_loaded(loaded, Vec::new(), false);
+        TrainData::from_loaded(loaded, Vec::new(), false)
+    }
+
+    fn load(spec: &[(&str, usize)]) -> (tempfile::TempDir, Result<TrainData>) {
+        let dir = folders(spec);
+        let data = train_data(dir.path());
         (dir, data)
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn fifos_named_like_images_or_captions_are_noted_not_read() {
+        let dir = folders(&[("1_a", 1)]);
+        let sub = dir.path().join("1_a");
+        for name in ["pipe.png", "0.txt"] {
+            let c = std::ffi::CString::new(sub.join(name).into_os_string().into_encoded_bytes()).unwrap();
+            assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+        }
+        let (tx, rx) = std::sync::mpsc::channel();
+        let path = dir.path().to_path_buf();
+        std::thread::spawn(move || tx.send(train_data(&path).map(|d| (d.images.len(), d.notes))).ok());
+        let result = rx.recv_timeout(std::time::Duration::from_secs(30)).expect("loading a dataset with FIFOs hung");
+        let (images, notes) = result.unwrap();
+        assert_eq!(images, 1);
+        let notes = notes.join("\n");
+        assert!(notes.contains("pipe.png is a FIFO"), "{notes}");
+        assert!(notes.contains("0.txt") && notes.contains("FIFO") && notes.contains("trained with \"a\""), "{notes}");
     }
 
     #[test]
