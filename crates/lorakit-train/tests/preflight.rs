@@ -305,3 +305,25 @@ fn interrupted_state_saves_are_cleaned_and_a_crash_between_renames_resumes_from_
     hidden.sort();
     assert_eq!(hidden, [".photos.tmp-4294967", ".tiny-state.tmp-4294967"], "only what is not ours is left");
 }
+
+#[test]
+fn a_run_whose_memory_estimate_exceeds_the_available_memory_is_refused_by_both() {
+    // The check runs where the available memory is known (Linux).
+    let Some(available) = lorakit_train::plan::available_memory() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let base = config(dir.path(), "");
+    // The tiny model's activations at 64² (batch 2, 8×8 latents), scaled to a resolution
+    // whose estimate is four times what is available.
+    let plan = lorakit_train::dry_run(base.clone(), &mut |_| {}).unwrap();
+    let per_latent_pixel = plan.memory.activations / (2.0 * 64.0);
+    let latent_side = (4.0 * available / per_latent_pixel / 2.0).sqrt().ceil() as u32;
+    let side = (latent_side * 8).div_ceil(64) * 64;
+    let mut cfg = base;
+    cfg.dataset.resolution = side.to_string();
+    cfg.dataset.max_bucket_reso = side;
+    let err = refused(cfg);
+    assert!(
+        err.contains("more memory") && err.contains("is available") && err.contains("train_batch_size"),
+        "{side}: {err}"
+    );
+}
