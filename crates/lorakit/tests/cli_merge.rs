@@ -131,3 +131,20 @@ fn non_finite_inputs_are_refused_by_merge_and_resize_and_named_by_convert() {
     assert!(err.contains("warning:"), "{err}");
     named(&err);
 }
+
+/// The LoRA commands remove temporary files of interrupted earlier writes beside their output.
+#[test]
+fn stale_temp_files_beside_the_output_are_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let stale = common::abandoned_temp_file(dir.path());
+    let out = dir.path().join("peft.safetensors");
+    let o = lorakit(&[
+        "convert",
+        fixture("sd15-r8-fp32.safetensors").to_str().unwrap(),
+        out.to_str().unwrap(),
+        "--to",
+        "peft",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(out.exists() && !stale.exists());
+}

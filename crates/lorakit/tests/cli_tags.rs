@@ -384,3 +384,18 @@ fn caption_control_bytes_are_escaped_in_diffs_and_stats() {
         assert!(text.contains("dog\\u{1b}[2J"), "{args:?}: {text}");
     }
 }
+
+/// Temporary files left by an interrupted earlier write are removed from the folder written to;
+/// other files that merely look alike stay.
+#[test]
+fn stale_temp_files_are_removed_before_writing() {
+    let dir = tempfile::tempdir().unwrap();
+    let caption = write(dir.path(), "a.txt", b"dog\n");
+    let stale = common::abandoned_temp_file(dir.path());
+    let lookalike = write(dir.path(), "notes.tmp", b"mine");
+    let out = run(&["tags", "add", "new", caption.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(!stale.exists(), "the abandoned temporary file is still there");
+    assert_eq!(read(&lookalike), b"mine");
+    assert_eq!(read(&caption), b"new, dog\n");
+}

@@ -63,3 +63,14 @@ pub fn poisoned_lora(src: &Path, dst: &Path, modules: usize) -> Vec<String> {
     write_lora(dst, &tensors, file.metadata(), Precision::F32).unwrap();
     poisoned.iter().map(|n| n.trim_end_matches(".lora_up.weight").to_string()).collect()
 }
+
+/// A temporary file named as an interrupted lorakit write by a process that has ended, in
+/// `dir`; returns its path.
+pub fn abandoned_temp_file(dir: &Path) -> std::path::PathBuf {
+    let mut child = Command::new("true").spawn().expect("run true");
+    let pid = child.id();
+    child.wait().unwrap();
+    let path = dir.join(format!(".lorakit-tmp-{pid}-Ab12Cd.tmp"));
+    std::fs::write(&path, b"half a file").unwrap();
+    path
+}
