@@ -233,6 +233,17 @@ impl LatentCache {
         progress: &mut dyn FnMut(usize, usize),
     ) -> Result<LatentCache> {
         let vae = model.vae_fingerprint();
+        if to_disk {
+            // Cache files are written atomically beside the images: remove the temporary files
+            // that interrupted writes (of processes that have exited) left there.
+            let folders: std::collections::BTreeSet<&Path> =
+                data.images.iter().filter_map(|i| i.path.parent()).collect();
+            for folder in folders {
+                if let Err(e) = lorakit_dataset::fs_atomic::clean_stale_temp_files(folder) {
+                    tracing::warn!("cannot clean stale temporary files in {}: {e}", folder.display());
+                }
+            }
+        }
         let mut latents = HashMap::new();
         let mut reused = 0;
         let total = data.images.len();

@@ -277,8 +277,12 @@ fn interrupted_state_saves_are_cleaned_and_a_crash_between_renames_resumes_from_
     std::fs::create_dir_all(out.join(".tiny-step00000007-state.tmp-4294967/x")).unwrap();
     std::fs::create_dir(out.join(".photos.tmp-4294967")).unwrap();
     std::fs::write(out.join(".tiny-state.tmp-4294967"), "a file").unwrap();
-    // An interrupted LoRA write (fs_atomic's temporary file of an exited process).
+    // Interrupted atomic writes (fs_atomic's temporary files of an exited process): a LoRA, and
+    // a latent cache file beside the images.
     std::fs::write(out.join(".lorakit-tmp-4294967-abc123.tmp"), "half a LoRA").unwrap();
+    let half_latent = dir.path().join("data/1_chessboard/.lorakit-tmp-4294967-def456.tmp");
+    std::fs::write(&half_latent, "half a latent").unwrap();
+    resume.training.cache_latents_to_disk = true;
 
     // The dry run finds the previous state and changes nothing.
     lorakit_train::dry_run(resume.clone(), &mut |_| {}).unwrap();
@@ -297,6 +301,7 @@ fn interrupted_state_saves_are_cleaned_and_a_crash_between_renames_resumes_from_
     assert!(notes.iter().any(|n| n.contains("restored the previous state")), "{notes:?}");
     assert!(notes.iter().any(|n| n.contains(".lorakit-tmp-4294967-abc123.tmp")), "{notes:?}");
     assert!(state.join("train_state.json").is_file(), "the previous state is back under its name");
+    assert!(!half_latent.exists(), "the latent cache's stale temporary file is removed");
     let mut hidden: Vec<String> = std::fs::read_dir(&out)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
