@@ -23,18 +23,18 @@ pub use crate::sample_prompts::SampleTag;
 /// Renders the prompt file's prompts at save points.
 pub struct SampleRunner {
     prompts: Vec<SamplePrompt>,
-    /// Each prompt's sampler (its `--ss`, else `samples.sample_sampler`), resolved once.
-    samplers: Vec<SamplerKind>,
+    /// Each prompt's generation request (sampler from its `--ss`, else `samples.sample_sampler`;
+    /// seed from its `--d`, else derived from the run seed), built and validated once.
+    requests: Vec<GenerateRequest>,
     dir: PathBuf,
     output_name: String,
-    run_seed: u64,
-    clip_skip: Option<usize>,
 }
 
 impl SampleRunner {
     /// Reads the prompt file and checks what rendering would refuse — samplers, emphasis
-    /// weights of prompts and negative prompts — so a bad file stops the run before training,
-    /// not at its first sample (errors name the file and line or prompt).
+    /// weights of prompts and negative prompts, sizes, steps and scales the pipeline takes — so a
+    /// bad file stops the run before training, not at its first sample (errors name the file and
+    /// line or prompt).
     pub fn new(config: &TrainConfig, prompt_file: &Path) -> Result<Self> {
         let defaults = SampleDefaults {
             width: 512,
@@ -48,25 +48,38 @@ impl SampleRunner {
         for w in warnings {
             tracing::warn!("{w}");
         }
-        let mut samplers = Vec::with_capacity(prompts.len());
+        let mut requests = Vec::with_capacity(prompts.len());
         for p in &prompts {
-            samplers.push(sampler_kind(p.sampler.as_deref().unwrap_or(&defaults.sampler))?);
+            let bad = |e: &dyn std::fmt::Display| {
+                TrainError::Other(format!("samples: {}: prompt {}: {e}", prompt_file.display(), p.index + 1))
+            };
             for text in std::iter::once(&p.prompt).chain(p.negative.as_ref()) {
-                lorakit_dataset::prompt_weights::parse_prompt_attention(text).map_err(|e| {
-                    TrainError::Other(format!("samples: {}: prompt {}: {e}", prompt_file.display(), p.index + 1))
-                })?;
+                lorakit_dataset::prompt_weights::parse_prompt_attention(text).map_err(|e| bad(&e))?;
             }
+            let seed =
+                p.seed.unwrap_or_else(|| config.training.seed.wrapping_mul(1_000_003).wrapping_add(p.index as u64));
+            let request = GenerateRequest {
+                prompt: p.prompt.clone(),
+                negative: p.negative.clone(),
+                steps: p.steps as usize,
+                cfg_scale: p.cfg_scale,
+                seed,
+                width: p.width as usize,
+                height: p.height as usize,
+                sampler: sampler_kind(p.sampler.as_deref().unwrap_or(&defaults.sampler))?,
+                clip_skip: config.model.clip_skip,
+            };
+            request.validate().map_err(|e| bad(&e))?;
+            requests.push(request);
         }
         if prompts.is_empty() {
             return Err(TrainError::Other(format!("samples: {} has no prompts", prompt_file.display())));
         }
         Ok(SampleRunner {
             prompts,
-            samplers,
+            requests,
             dir: config.folders.output_dir.join("sample"),
             output_name: config.folders.output_name.clone(),
-            run_seed: config.training.seed,
-            clip_skip: config.model.clip_skip,
         })
     }
 
@@ -76,20 +89,8 @@ impl SampleRunner {
         let timestamp = compact_timestamp();
         let mut written = Vec::new();
         let mut images = Vec::new();
-        for (p, &sampler) in self.prompts.iter().zip(&self.samplers) {
-            let seed = p.seed.unwrap_or_else(|| self.run_seed.wrapping_mul(1_000_003).wrapping_add(p.index as u64));
-            let request = GenerateRequest {
-                prompt: p.prompt.clone(),
-                negative: p.negative.clone(),
-                steps: p.steps as usize,
-                cfg_scale: p.cfg_scale,
-                seed,
-                width: p.width as usize,
-                height: p.height as usize,
-                sampler,
-                clip_skip: self.clip_skip,
-            };
-            let image = model.sample(&request, sets)?;
+        for (p, request) in self.prompts.iter().zip(&self.requests) {
+            let image = model.sample(request, sets)?;
             let name = sample_file_name(Some(&self.output_name), tag, p.index, &timestamp, p.seed);
             let path = self.dir.join(name);
             write_png(&path, &image)?;

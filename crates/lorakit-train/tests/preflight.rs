@@ -63,6 +63,14 @@ fn sample_settings_the_run_refuses_are_refused_by_the_dry_run() {
     let err = refused(cfg);
     assert!(err.contains("prompts.txt") && err.contains("1.2.3"), "{err}");
 
+    // Sizes and scales the pipeline refuses (it renders up to 4096², with a finite scale).
+    let cfg = config(d, &prompts(d, "chkbrd --w 64 --h 64\nchkbrd --w 8192 --h 64\n"));
+    let err = refused(cfg);
+    assert!(err.contains("prompt 2") && err.contains("width 8192"), "{err}");
+    let cfg = config(d, &prompts(d, "chkbrd --w 64 --h 64 --l nan\n"));
+    let err = refused(cfg);
+    assert!(err.contains("line 1") && err.contains("--l nan"), "{err}");
+
     let cfg = config(d, &prompts(d, "chkbrd --n (bad:1..2) --w 64 --h 64\n"));
     let err = refused(cfg);
     assert!(err.contains("1..2") && err.contains("prompt 1"), "{err}");
