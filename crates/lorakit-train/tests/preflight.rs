@@ -265,8 +265,19 @@ fn tampered_progress_fields_are_refused_naming_the_field() {
         state_value[key] = serde_json::json!(99);
     }
     std::fs::write(&json, serde_json::to_string(&state_value).unwrap()).unwrap();
-    let err = refused(resume);
+    let err = refused(resume.clone());
     assert!(err.contains("step 99") && err.contains("only 2 steps"), "{err}");
+
+    // Within the steps but past the epochs: a state at epoch 3 (step 3), resumed by a run of 2
+    // epochs of 2 batches (batch size 1: 4 steps).
+    for key in ["epoch", "current_epoch", "global_step", "current_step"] {
+        state_value[key] = serde_json::json!(3);
+    }
+    std::fs::write(&json, serde_json::to_string(&state_value).unwrap()).unwrap();
+    let mut cfg = resume;
+    cfg.training.train_batch_size = 1;
+    let err = refused(cfg);
+    assert!(err.contains("epoch 4") && err.contains("only 2 epochs"), "{err}");
 }
 
 #[test]
