@@ -1286,6 +1286,12 @@ pub fn check_output_paths(config: &TrainConfig) -> Result<()> {
         if let Some(c) = name.chars().find(|c| "<>:\"|?*".contains(*c)) {
             return Err(bad(format!("{c:?} is not allowed in a Windows file name")));
         }
+        // `<name>.safetensors` is the final file: Windows reserves device names before any dot.
+        let stem = name.split('.').next().unwrap_or("").trim_end().to_ascii_uppercase();
+        let numbered = |p: &str| stem.strip_prefix(p).is_some_and(|d| d.len() == 1 && d.as_bytes()[0].is_ascii_digit());
+        if ["CON", "PRN", "AUX", "NUL"].contains(&stem.as_str()) || numbered("COM") || numbered("LPT") {
+            return Err(bad(format!("{stem} is a device name Windows reserves")));
+        }
     }
     if name.len() + LONGEST_NAME_SUFFIX > 255 {
         return Err(bad(format!(
