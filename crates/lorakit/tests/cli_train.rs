@@ -111,6 +111,23 @@ fn a_tiny_run_trains_and_bad_configs_are_explained() {
     assert!(!o.status.success() && text(&o).contains("missing.toml"), "{}", text(&o));
 }
 
+/// Starts `lorakit train` on a [`tiny_config`] with saves every step for `epochs` epochs and
+/// returns once its first step save exists (or after two minutes).
+fn train_until_first_save(cfg: &Path, epochs: u32, stderr: Stdio) -> std::process::Child {
+    let child = Command::new(env!("CARGO_BIN_EXE_lorakit"))
+        .args(["train", cfg.to_str().unwrap(), "--set", &format!("training.max_train_epochs={epochs}")])
+        .stdout(Stdio::null())
+        .stderr(stderr)
+        .spawn()
+        .unwrap();
+    let first = cfg.parent().unwrap().join("out/tiny-step00000001.safetensors");
+    let start = Instant::now();
+    while !first.exists() && start.elapsed() < Duration::from_secs(120) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child
+}
+
 /// Every `.safetensors` under `dir` is a complete, readable LoRA.
 fn all_complete(dir: &Path) -> usize {
     let mut n = 0;
@@ -133,17 +150,8 @@ fn kill_9_while_saving_leaves_earlier_files_intact() {
     let cfg = tiny_config(dir.path(), "[save]\nsave_every_n_steps = 1\nsave_state = true\n");
     let out = dir.path().join("out");
     for delay_ms in [700u64, 1100, 1600] {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_lorakit"))
-            .args(["train", cfg.to_str().unwrap(), "--set", "training.max_train_epochs=20"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        // Wait for the first save, then kill at a moment that falls into later saves.
-        let start = Instant::now();
-        while !out.join("tiny-step00000001.safetensors").exists() && start.elapsed() < Duration::from_secs(60) {
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let mut child = train_until_first_save(&cfg, 20, Stdio::null());
+        // Then kill at a moment that falls into later saves.
         std::thread::sleep(Duration::from_millis(delay_ms));
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
@@ -183,16 +191,7 @@ fn sigterm_and_sighup_save_a_state_like_ctrl_c() {
         let dir = tempfile::tempdir().unwrap();
         let cfg = tiny_config(dir.path(), "[save]\nsave_every_n_steps = 1\n");
         let out = dir.path().join("out");
-        let child = Command::new(env!("CARGO_BIN_EXE_lorakit"))
-            .args(["train", cfg.to_str().unwrap(), "--set", "training.max_train_epochs=200"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let start = Instant::now();
-        while !out.join("tiny-step00000001.safetensors").exists() && start.elapsed() < Duration::from_secs(120) {
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let child = train_until_first_save(&cfg, 200, Stdio::piped());
         let kill = Command::new("kill").args([signal, &child.id().to_string()]).status().unwrap();
         assert!(kill.success());
         let o = child.wait_with_output().unwrap();
@@ -250,7 +249,10 @@ fn kohya_gui_configs_import_by_content_with_ranked_notes() {
 
     // The GUI's LoKr preset style (network_dim 100000 = LyCORIS' full matrices) plans as LoKr.
     let lokr = gui_json(dir.path(), "")
-        .replace("\"LoRA_type\": \"Standard\"", "\"LoRA_type\": \"LyCORIS/LoKr\", \"LyCORIS_preset\": \"full\", \"factor\": 4")
+        .replace(
+            "\"LoRA_type\": \"Standard\"",
+            "\"LoRA_type\": \"LyCORIS/LoKr\", \"LyCORIS_preset\": \"full\", \"factor\": 4",
+        )
         .replace("\"network_dim\": 2,", "\"network_dim\": 100000, \"conv_dim\": 100000, \"conv_alpha\": 1,");
     std::fs::write(&file, lokr).unwrap();
     let o = lorakit(&["train", "--from-kohya", file.to_str().unwrap(), "--print-config"]);
