@@ -82,7 +82,8 @@ impl StableDiffusion {
         let unet = build(&ckpt.unet, |w| UNet2DConditionModel::new(w.view(""), &unet_cfg))?;
         let vae = build(&ckpt.vae, |w| AutoencoderKL::new(w.view(""), &vae_cfg))?;
         let text_encoder = build(&ckpt.text_encoder, |w| ClipTextModel::new(w.view(""), &te_cfg))?;
-        let unet_targets = unet.lora_targets();
+        // sd-scripts' targets, then the layers only LyCORIS' presets name (TargetGroup::Named).
+        let unet_targets = [unet.lora_targets(), unet.named_targets()].concat();
         let text_encoder_targets = text_encoder.lora_targets();
         Ok(StableDiffusion {
             unet,

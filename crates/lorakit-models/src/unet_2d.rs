@@ -8,7 +8,7 @@
 
 use candle_core::{DType, Result, Tensor};
 use lorakit_nn::activation::silu;
-use lorakit_nn::lora::LoraTarget;
+use lorakit_nn::lora::{LoraTarget, TargetGroup};
 use lorakit_nn::{Conv2d, ForwardCtx, GroupNorm, Linear};
 use serde::{Deserialize, Serialize};
 
@@ -692,5 +692,17 @@ impl UNet2DConditionModel {
             mid.lora_targets(&mut out);
         }
         out
+    }
+
+    /// The layers LyCORIS' preset `full` names directly (`conv_in`, `time_embedding.linear_1`,
+    /// `time_embedding.linear_2`, `conv_out`), as [`TargetGroup::Named`] targets: sd-scripts'
+    /// `networks.lora` never adapts them.
+    pub fn named_targets(&self) -> Vec<LoraTarget> {
+        vec![
+            self.conv_in.lora_target(TargetGroup::Named),
+            self.time_embedding.linear_1.lora_target(TargetGroup::Named),
+            self.time_embedding.linear_2.lora_target(TargetGroup::Named),
+            self.conv_out.lora_target(TargetGroup::Named),
+        ]
     }
 }
