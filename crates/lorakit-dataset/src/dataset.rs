@@ -143,14 +143,16 @@ impl LoadedDataset {
             per_subset[r.subset].0 += u64::from(r.repeats);
             per_subset[r.subset].1 += 1;
         }
-        let (si, &(largest, images)) =
-            per_subset.iter().enumerate().max_by_key(|(_, (n, _))| *n).expect("a non-empty epoch has a subset");
+        let too_many =
+            format!("one epoch would hold {samples} samples, more than the {MAX_SAMPLES_PER_EPOCH} lorakit supports");
+        let Some((si, &(largest, images))) = per_subset.iter().enumerate().max_by_key(|(_, (n, _))| *n) else {
+            return Err(too_many);
+        };
         let spec = &self.subsets[si].spec;
         let key = if spec.is_reg { "regularisation repeats (balanced to the train samples)" } else { "num_repeats" };
         Err(format!(
-            "one epoch would hold {samples} samples, more than the {MAX_SAMPLES_PER_EPOCH} lorakit supports; most come \
-             from {} ({images} image(s) × {key} {} = {largest} samples): lower its repeat count (the number in the \
-             folder name, or num_repeats in the dataset config)",
+            "{too_many}; most come from {} ({images} image(s) × {key} {} = {largest} samples): lower its repeat count \
+             (the number in the folder name, or num_repeats in the dataset config)",
             spec.image_dir.display(),
             spec.num_repeats,
         ))

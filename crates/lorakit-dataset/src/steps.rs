@@ -107,8 +107,17 @@ impl StepPlan {
     /// the plan has zero steps, which every caller refuses as "nothing to train" — never a
     /// clamped or wrapped length.
     pub fn new(batches_per_epoch: u64, request: StepRequest) -> StepPlan {
-        Self::try_new(batches_per_epoch, request)
-            .unwrap_or_else(|_| Self::try_new(0, request).expect("no epoch of zero steps overflows"))
+        Self::try_new(batches_per_epoch, request).unwrap_or_else(|StepError::Overflow { steps_per_epoch, .. }| {
+            StepPlan {
+                batches_per_epoch,
+                gradient_accumulation_steps: request.gradient_accumulation_steps.max(1),
+                steps_per_epoch,
+                max_train_steps: 0,
+                epochs: 0,
+                last_epoch_steps: 0,
+                source: LengthSource::Epochs,
+            }
+        })
     }
 }
 
