@@ -1155,7 +1155,7 @@ pub fn apply_overrides(table: &mut toml::Table, overrides: &[String]) -> Result<
                 key.to_string(),
             ),
         };
-        let value = parse_value(raw.trim());
+        let value = parse_value(raw.trim()).map_err(|e| format!("--set {key}={}: {e}", raw.trim()))?;
         let entry = table.entry(section.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
         let section_table = entry
             .as_table_mut()
@@ -1166,13 +1166,19 @@ pub fn apply_overrides(table: &mut toml::Table, overrides: &[String]) -> Result<
 }
 
 /// A TOML value from override text: numbers, booleans, arrays and quoted strings as TOML reads
-/// them, anything else as a plain string.
-fn parse_value(raw: &str) -> toml::Value {
+/// them, anything else as a plain string — except a whole number too large for any key, which
+/// would otherwise become a string and fail with a confusing type error.
+fn parse_value(raw: &str) -> Result<toml::Value, String> {
+    let digits = raw.strip_prefix(['-', '+']).unwrap_or(raw).replace('_', "");
+    if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) && raw.replace('_', "").parse::<i64>().is_err()
+    {
+        return Err(format!("{raw} is too large (the largest whole number a key takes is {})", i64::MAX));
+    }
     let doc = format!("v = {raw}");
-    match doc.parse::<toml::Table>() {
+    Ok(match doc.parse::<toml::Table>() {
         Ok(mut t) => t.remove("v").unwrap_or_else(|| toml::Value::String(raw.to_string())),
         Err(_) => toml::Value::String(raw.to_string()),
-    }
+    })
 }
 
 /// Makes serde's messages about the config read well ("unknown field `x`, expected one of …"
@@ -1222,6 +1228,10 @@ mod tests {
         assert!(err.contains("no_such_key"), "{err}");
         let err = TrainConfig::from_toml_str("", &["max_train_epochs".into()]).unwrap_err();
         assert!(err.contains("key=value"), "{err}");
+        let err = TrainConfig::from_toml_str("", &["max_train_epochs=18446744073709551615".into()]).unwrap_err();
+        assert!(err.contains("max_train_epochs") && err.contains("too large"), "{err}");
+        let err = TrainConfig::from_toml_str("", &["max_train_epochs=-1".into()]).unwrap_err();
+        assert!(err.contains("max_train_epochs"), "{err}");
     }
 
     #[test]
