@@ -16,7 +16,7 @@ use lorakit_train::{TrainConfig, TrainEvent, Trainer};
 mod common;
 // Small runs: the 8_chessboard folder only (9 images × 8 repeats would be long), with fewer
 // repeats so an epoch is a handful of steps.
-use common::{chessboard_dataset, repo, small_run_toml, tensors, train};
+use common::{assert_resume_is_exact, chessboard_dataset, repo, small_run_toml, tensors, train};
 
 fn model() -> StableDiffusionModel {
     StableDiffusionModel::load(&repo("examples/quickstart/tiny-sd15"), DType::F32, &Device::Cpu, false).unwrap()
@@ -156,25 +156,9 @@ fn a_resumed_run_continues_exactly() {
     let mut full_cfg = full_cfg;
     full_cfg.training.gradient_accumulation_steps = 2;
     full_cfg.training.cache_latents = false;
-    let full = train(full_cfg.clone(), &model, None);
-    assert_eq!(full.steps, 6);
-
     // Interrupted mid-epoch (Ctrl-C after step 2), then resumed.
-    let mut part_cfg = full_cfg.clone();
-    part_cfg.folders.output_dir = dir.path().join("part");
-    let part = train(part_cfg.clone(), &model, Some(2));
-    let state = part.interrupted_state.clone().expect("stop saves a state");
-    assert_eq!(part.steps, 2);
-    assert_eq!(part.losses, full.losses[..2]);
-    let mut resume_cfg = part_cfg.clone();
-    resume_cfg.save.resume = Some(state);
-    let resumed = train(resume_cfg, &model, None);
-    assert_eq!(resumed.losses, full.losses[2..], "bitwise-identical loss curve after resume");
-    assert_eq!(
-        tensors(&dir.path().join("part/tiny.safetensors")),
-        tensors(&dir.path().join("out/tiny.safetensors")),
-        "identical final weights"
-    );
+    let full = assert_resume_is_exact(&full_cfg, &model, dir.path(), 2).full;
+    assert_eq!(full.steps, 6);
 
     // And from the epoch-end state.
     let mut epoch_cfg = full_cfg.clone();

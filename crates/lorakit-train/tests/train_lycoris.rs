@@ -15,7 +15,7 @@ use lorakit_train::model::{StableDiffusionModel, TrainableModel};
 use lorakit_train::TrainConfig;
 
 mod common;
-use common::{chessboard_dataset, repo, small_run_toml, tensors, train};
+use common::{assert_resume_is_exact, chessboard_dataset, repo, small_run_toml, tensors, train};
 
 fn model() -> StableDiffusionModel {
     StableDiffusionModel::load(&repo("examples/quickstart/tiny-sd15"), DType::F32, &Device::Cpu, false).unwrap()
@@ -158,24 +158,11 @@ fn a_resumed_loha_run_with_max_norm_continues_exactly() {
     let mut full_cfg = config(dir.path(), &data, network);
     full_cfg.save.save_state = true;
     full_cfg.training.gradient_accumulation_steps = 2;
-    let full = train(full_cfg.clone(), &model, None);
-    assert_eq!(full.steps, 6);
-    let mut part_cfg = full_cfg.clone();
-    part_cfg.folders.output_dir = dir.path().join("part");
-    let part = train(part_cfg.clone(), &model, Some(2));
-    let state = part.interrupted_state.clone().expect("stop saves a state");
-    let saved = tensors(&state.join("network.safetensors"));
+    let runs = assert_resume_is_exact(&full_cfg, &model, dir.path(), 2);
+    assert_eq!(runs.full.steps, 6);
+    let saved = tensors(&runs.state.join("network.safetensors"));
     let scalars: Vec<f32> = saved.iter().filter(|(k, _)| k.ends_with(".scalar")).map(|(_, v)| v[0]).collect();
     assert!(!scalars.is_empty() && scalars.iter().any(|s| *s < 1.0), "max-norm scaled some LoHa scalars: {scalars:?}");
-    let mut resume_cfg = part_cfg;
-    resume_cfg.save.resume = Some(state);
-    let resumed = train(resume_cfg, &model, None);
-    assert_eq!(resumed.losses, full.losses[2..], "bitwise-identical loss curve after resume");
-    assert_eq!(
-        tensors(&dir.path().join("part/tiny.safetensors")),
-        tensors(&dir.path().join("out/tiny.safetensors")),
-        "identical final weights"
-    );
 }
 
 #[test]

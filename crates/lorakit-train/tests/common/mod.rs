@@ -96,3 +96,45 @@ pub fn tensors(path: &Path) -> HashMap<String, Vec<f32>> {
     let file = lorakit_lora::safetensors_file::LoraFile::open(path).unwrap();
     file.tensor_names().map(|n| (n.to_string(), file.tensor_f32(n).unwrap())).collect()
 }
+
+/// The runs of [`assert_resume_is_exact`].
+#[allow(dead_code)]
+pub struct ResumeRuns {
+    /// The uninterrupted run.
+    pub full: lorakit_train::RunSummary,
+    /// The run stopped after `stop_after` steps.
+    pub part: lorakit_train::RunSummary,
+    /// The state that stop saved.
+    pub state: PathBuf,
+}
+
+/// Runs `config` (a run that saves states) uninterrupted, then again into `<dir>/part` stopped
+/// after `stop_after` steps as Ctrl-C stops it, resumed from the state that stop saved, and
+/// asserts the resumed run repeats the uninterrupted one bit for bit: losses and final weights
+/// (`<output_name>.safetensors` in both output folders).
+#[allow(dead_code)]
+pub fn assert_resume_is_exact(
+    config: &TrainConfig,
+    model: &StableDiffusionModel,
+    dir: &Path,
+    stop_after: u64,
+) -> ResumeRuns {
+    let full = train(config.clone(), model, None);
+    let mut part_cfg = config.clone();
+    part_cfg.folders.output_dir = dir.join("part");
+    let part = train(part_cfg.clone(), model, Some(stop_after));
+    let state = part.interrupted_state.clone().expect("stop saves a state");
+    assert_eq!(part.steps, stop_after);
+    assert_eq!(part.losses, full.losses[..stop_after as usize]);
+    let mut resume_cfg = part_cfg;
+    resume_cfg.save.resume = Some(state.clone());
+    let resumed = train(resume_cfg, model, None);
+    assert_eq!(resumed.losses, full.losses[stop_after as usize..], "bitwise-identical loss curve after resume");
+    let file = format!("{}.safetensors", config.folders.output_name);
+    assert_eq!(
+        tensors(&dir.join("part").join(&file)),
+        tensors(&config.folders.output_dir.join(&file)),
+        "identical final weights"
+    );
+    ResumeRuns { full, part, state }
+}
