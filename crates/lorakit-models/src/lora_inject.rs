@@ -224,16 +224,8 @@ pub fn create_network(
     device: &Device,
     seed: u64,
 ) -> Result<LoraSet> {
-    let planned: Vec<(&LoraTarget, String, usize, f64)> = targets
-        .iter()
-        .filter_map(|t| {
-            let name = t.kohya_name(prefix);
-            spec.rank_for(t, &name).map(|(rank, alpha)| (t, name, rank, alpha))
-        })
-        .collect();
-    for (target, name, rank, _) in &planned {
-        check_rank(spec, target, name, *rank)?;
-    }
+    let planned = planned_modules(targets, prefix, spec);
+    check_planned_ranks(spec, &planned)?;
     let mut rng = StdRng::seed_from_u64(seed);
     let mut set = LoraSet::new(seed, device)?;
     for (target, name, rank, alpha) in planned {
@@ -251,6 +243,31 @@ pub fn create_network(
         }
     }
     Ok(set)
+}
+
+/// The modules `spec` gives `targets`: (target, kohya name, rank, alpha).
+fn planned_modules<'a>(
+    targets: &'a [LoraTarget],
+    prefix: &str,
+    spec: &NetworkSpec,
+) -> Vec<(&'a LoraTarget, String, usize, f64)> {
+    targets
+        .iter()
+        .filter_map(|t| {
+            let name = t.kohya_name(prefix);
+            spec.rank_for(t, &name).map(|(rank, alpha)| (t, name, rank, alpha))
+        })
+        .collect()
+}
+
+fn check_planned_ranks(spec: &NetworkSpec, planned: &[(&LoraTarget, String, usize, f64)]) -> Result<()> {
+    planned.iter().try_for_each(|(target, name, rank, _)| check_rank(spec, target, name, *rank))
+}
+
+/// [`create_network`]'s rank check alone (nothing allocated): the first module whose rank is
+/// above its layer's dimensions, named with the key to change.
+pub fn check_ranks(targets: &[LoraTarget], prefix: &str, spec: &NetworkSpec) -> Result<()> {
+    check_planned_ranks(spec, &planned_modules(targets, prefix, spec))
 }
 
 /// The rank limit of [`create_network`] for one module.

@@ -273,6 +273,17 @@ impl<'m> Trainer<'m> {
             },
             block_ranks: None,
         };
+        // A rank above a layer's dimensions is refused by module name before any estimate.
+        for c in model.components() {
+            let (trained, spec) = if c.is_text_encoder {
+                (config.trains_text_encoder(), spec.clone())
+            } else {
+                (config.trains_unet(), NetworkSpec { block_ranks: blocks.ranks.clone(), ..spec.clone() })
+            };
+            if trained {
+                lorakit_models::lora_inject::check_ranks(&c.targets, c.prefix, &spec)?;
+            }
+        }
         // The memory estimate from shapes alone, checked before the network, its optimizer state
         // or any activation is allocated.
         let trained = |c: &crate::model::Component| {

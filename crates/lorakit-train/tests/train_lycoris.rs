@@ -11,8 +11,9 @@ use lorakit_models::lora_inject::{create_network, load_lora_file, sets_from_file
 use lorakit_models::lora_inject::{LycorisPreset, NetworkSpec};
 use lorakit_nn::lycoris::{LokrOptions, LycorisAlgo};
 use lorakit_nn::ForwardCtx;
+use lorakit_train::data::TrainData;
 use lorakit_train::model::{StableDiffusionModel, TrainableModel};
-use lorakit_train::TrainConfig;
+use lorakit_train::{TrainConfig, Trainer};
 
 mod common;
 use common::{assert_resume_is_exact, chessboard_dataset, repo, small_run_toml, tensors, train};
@@ -303,4 +304,36 @@ fn a_checkpointed_lokr_run_with_dropouts_equals_the_plain_one_and_fp16_trains() 
     fp16.folders.output_dir = dir.path().join("fp16");
     let d = train(fp16, &model, None);
     assert!(d.losses.iter().all(|l| l.is_finite()) && d.final_lora.is_some(), "{:?}", d.losses);
+}
+
+#[test]
+fn a_rank_above_a_layer_is_refused_by_name_before_the_memory_estimate_but_full_dimension_lokr_trains() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = chessboard_dataset(dir.path(), 1, 1);
+    let model = model();
+    for (network, key) in
+        [("network_dim = 100000\n", "network.network_dim"), ("conv_dim = 100000\n", "network.conv_dim")]
+    {
+        let text = small_run_toml(dir.path(), &data, &repo("examples/quickstart/tiny-sd15"))
+            .replace("network_dim = 4\n", "")
+            .replace("conv_dim = 2\n", "")
+            .replacen("[network]\n", &format!("[network]\n{network}"), 1);
+        let cfg = TrainConfig::from_toml_str(&text, &[]).unwrap();
+        let train_data = TrainData::load(&cfg).unwrap();
+        let err = match Trainer::new(cfg, &model, train_data) {
+            Ok(_) => panic!("{network}: accepted"),
+            Err(e) => e.to_string(),
+        };
+        assert!(err.contains("lora_unet_") && err.contains("is above the dimensions") && err.contains(key), "{err}");
+    }
+    // LyCORIS' full-dimension LoKr (the kohya_ss LoKr presets' network_dim = conv_dim = 100000).
+    let cfg = config(dir.path(), &data, "network_module = \"lycoris.kohya\"\nalgo = \"lokr\"\nfactor = 8\n");
+    let mut cfg = cfg;
+    cfg.network.network_dim = 100_000;
+    cfg.network.conv_dim = Some(100_000);
+    cfg.training.max_train_epochs = 1;
+    let run = train(cfg, &model, None);
+    let file = lorakit_lora::safetensors_file::LoraFile::open(run.final_lora.unwrap()).unwrap();
+    assert!(file.tensor_names().all(|n| n.ends_with(".lokr_w1") || n.ends_with(".lokr_w2") || n.ends_with(".alpha")));
+    assert_eq!(file.tensor_f32("lora_unet_down_blocks_0_resnets_0_conv1.alpha").unwrap(), [100_000.0]);
 }
