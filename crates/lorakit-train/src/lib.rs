@@ -55,8 +55,7 @@ pub fn dry_run(config: TrainConfig, events: &mut dyn FnMut(TrainEvent)) -> Resul
     let (data, model) = load_inputs(&config, events)?;
     let mut trainer = Trainer::new(config, &model, data)?;
     // The same checks the run makes before training (Trainer::run starts with them).
-    trainer.preflight()?;
-    Ok(trainer.run_plan())
+    trainer.dry_run_plan()
 }
 
 fn load_inputs(

@@ -675,7 +675,6 @@ impl<'m> Trainer<'m> {
     /// Where the run starts: the resumed state's position, loss history and loss scale (with
     /// notes on what differs from the interrupted run), or the beginning.
     fn start_position(&self, resumed: Option<&LoadedState>, events: &mut dyn FnMut(TrainEvent)) -> StartPosition {
-        let config = &self.config;
         let mut start = StartPosition {
             global_step: 0,
             start_epoch: 0,
@@ -684,21 +683,11 @@ impl<'m> Trainer<'m> {
             epoch_losses: Vec::new(),
             scaler: (self.model.dtype() == DType::F16).then_some(LossScaler { scale: 65536.0, good_steps: 0 }),
         };
-        let (Some(state), Some(resume)) = (resumed, &config.save.resume) else { return start };
+        let Some(state) = resumed else { return start };
+        for note in self.resume_notes(state) {
+            events(TrainEvent::Note(note));
+        }
         let p = &state.progress;
-        if state.dir != *resume {
-            events(TrainEvent::Note(format!(
-                "{} is missing (a save was interrupted between its renames): resuming from the previous state, {}",
-                resume.display(),
-                state.dir.display()
-            )));
-        }
-        if p.seed != config.training.seed || p.batches_per_epoch != self.plan.batches_per_epoch {
-            events(TrainEvent::Note(format!(
-                "the state was saved with seed {} and {} batches per epoch; this config has seed {} and {}: the data order differs from the interrupted run",
-                p.seed, p.batches_per_epoch, config.training.seed, self.plan.batches_per_epoch
-            )));
-        }
         start.global_step = p.global_step;
         start.start_epoch = p.epoch;
         start.skip_batches = p.next_batch;
@@ -708,14 +697,49 @@ impl<'m> Trainer<'m> {
             s.scale = scale;
             s.good_steps = good;
         }
-        events(TrainEvent::Note(format!(
-            "resuming from {} at step {} (epoch {}, batch {})",
-            resume.display(),
-            start.global_step,
-            start.start_epoch + 1,
-            start.skip_batches
-        )));
         start
+    }
+
+    /// What resuming from `state` means: where it continues, from which folder (the previous
+    /// state when a save was interrupted between its renames), and whether the data order
+    /// differs from the interrupted run's.
+    fn resume_notes(&self, state: &LoadedState) -> Vec<String> {
+        let config = &self.config;
+        let p = &state.progress;
+        let requested = config.save.resume.as_deref().unwrap_or(&state.dir);
+        let mut notes = Vec::new();
+        if state.dir != requested {
+            notes.push(format!(
+                "{} is missing (a save was interrupted between its renames): resuming from the previous state, {}",
+                requested.display(),
+                state.dir.display()
+            ));
+        }
+        if p.seed != config.training.seed || p.batches_per_epoch != self.plan.batches_per_epoch {
+            notes.push(format!(
+                "the state was saved with seed {} and {} batches per epoch; this config has seed {} and {}: the data order differs from the interrupted run",
+                p.seed, p.batches_per_epoch, config.training.seed, self.plan.batches_per_epoch
+            ));
+        }
+        notes.push(format!(
+            "resuming from {} at step {} (epoch {}, batch {})",
+            requested.display(),
+            p.global_step,
+            p.epoch + 1,
+            p.next_batch
+        ));
+        notes
+    }
+
+    /// `--dry-run`: [`Trainer::preflight`] (every check the run makes before training), then
+    /// the plan, with what resuming would do among its notes.
+    pub fn dry_run_plan(&mut self) -> Result<RunPlan> {
+        let preflight = self.preflight()?;
+        let mut plan = self.run_plan();
+        if let Some(state) = &preflight.resumed {
+            plan.notes.extend(self.resume_notes(state));
+        }
+        Ok(plan)
     }
 
     /// The setup notes and the plan (`Planned`), as the run starts at `start_step`.

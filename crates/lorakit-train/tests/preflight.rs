@@ -303,8 +303,13 @@ fn interrupted_state_saves_are_cleaned_and_a_crash_between_renames_resumes_from_
     std::fs::write(&half_latent, "half a latent").unwrap();
     resume.training.cache_latents_to_disk = true;
 
-    // The dry run finds the previous state and changes nothing.
-    lorakit_train::dry_run(resume.clone(), &mut |_| {}).unwrap();
+    // The dry run finds the previous state, says so, and changes nothing.
+    let plan = lorakit_train::dry_run(resume.clone(), &mut |_| {}).unwrap();
+    let notes = plan.notes.join("\n");
+    assert!(
+        notes.contains("interrupted between its renames") && notes.contains("at step 1 (epoch 2, batch 0)"),
+        "{notes}"
+    );
     assert!(!state.exists() && out.join(".tiny-000001-state.old-4294967").is_dir());
 
     resume.folders.output_dir = out.clone();
