@@ -305,7 +305,22 @@ pub fn save_state(
         std::fs::remove_dir_all(&tmp).map_err(|e| TrainError::io(&tmp, e))?;
     }
     std::fs::create_dir_all(&tmp).map_err(|e| TrainError::io(&tmp, e))?;
+    let written = write_state_files(&tmp, sets, optimizer, progress);
+    if written.is_err() {
+        // A failed write (a full disk) leaves nothing behind; the previous state is untouched.
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    written?;
+    replace_dir(&tmp, dir)
+}
 
+/// The three files of a state, written into `tmp` and synced.
+fn write_state_files(
+    tmp: &Path,
+    sets: &[Arc<LoraSet>],
+    optimizer: &dyn Optimizer,
+    progress: &ProgressState,
+) -> Result<()> {
     write_tensors(&tmp.join("network.safetensors"), &network_tensors(sets))?;
     let opt_state = optimizer.state()?;
     write_tensors(&tmp.join("optimizer.safetensors"), &opt_state.tensors)?;
@@ -318,8 +333,7 @@ pub fn save_state(
         let p = tmp.join(f);
         std::fs::File::open(&p).and_then(|f| f.sync_all()).map_err(|e| TrainError::io(&p, e))?;
     }
-
-    replace_dir(&tmp, dir)
+    Ok(())
 }
 
 /// Test hook: [`replace_dir`] of this folder stops right after renaming the old folder away, as
@@ -347,13 +361,23 @@ fn replace_dir(tmp: &Path, dir: &Path) -> Result<()> {
         std::fs::remove_dir_all(&old).map_err(|e| TrainError::io(&old, e))?;
     }
     if dir.exists() {
-        std::fs::rename(dir, &old).map_err(|e| TrainError::io(dir, e))?;
+        if let Err(e) = std::fs::rename(dir, &old) {
+            let _ = std::fs::remove_dir_all(tmp);
+            return Err(TrainError::io(dir, e));
+        }
     }
     #[cfg(test)]
     if CRASH_BETWEEN_RENAMES.lock().unwrap().as_deref() == Some(dir) {
         return Err(TrainError::Other("test hook: stopped between the renames".into()));
     }
-    std::fs::rename(tmp, dir).map_err(|e| TrainError::io(dir, e))?;
+    if let Err(e) = std::fs::rename(tmp, dir) {
+        // An error rather than a crash: put the previous state back under its name.
+        if old.exists() && !dir.exists() {
+            let _ = std::fs::rename(&old, dir);
+        }
+        let _ = std::fs::remove_dir_all(tmp);
+        return Err(TrainError::io(dir, e));
+    }
     if let Ok(d) = std::fs::File::open(parent) {
         let _ = d.sync_all();
     }
@@ -613,6 +637,11 @@ mod tests {
         // Without the crash: replaced, nothing hidden left.
         fake_state(&tmp, "new");
         replace_dir(&tmp, &dir).unwrap();
+        assert_eq!(read(&dir), "new");
+        assert!(hidden(root.path()).is_empty());
+
+        // A rename that fails (here: the new folder is gone) puts the previous state back.
+        assert!(replace_dir(&tmp, &dir).is_err());
         assert_eq!(read(&dir), "new");
         assert!(hidden(root.path()).is_empty());
     }
