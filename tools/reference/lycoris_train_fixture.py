@@ -17,7 +17,7 @@ rebuild mode, module.train(), no dropout) with every factor set to random values
   its state dict (cases.json "fresh");
 * the modules LyCORIS' `kohya.create_network` makes for the tiny SD1.5 model
   (tests/fixtures/reference/sd15_tiny/diffusers) with algo=loha, network_dim 4, for the presets
-  full, full-lin and attn-mlp, with conv_dim 2 and without (network.json: name → dim).
+  full, full-lin and attn-mlp, with conv_dim 2, 0 (conv modules off) and without (network.json: name → dim).
 
 Writes tests/fixtures/reference/lycoris_train/{cases.safetensors, cases.json, network.json}. Run from the
 repository root (seconds, no network; versions in tools/reference/requirements.txt):
@@ -94,7 +94,7 @@ def network_modules():
     te = CLIPTextModel.from_pretrained(tiny, subfolder="text_encoder")
     out = {}
     for preset in ["full", "full-lin", "attn-mlp"]:
-        for conv in [None, 2]:
+        for conv in [None, 2, 0]:
             extra = {} if conv is None else {"conv_dim": str(conv)}
             # As sd-scripts passes network_args: strings; bypass_mode as 3.2's default.
             net = kohya.create_network(1.0, 4, 1.0, None, te, unet, algo="loha", preset=preset, bypass_mode="False", **extra)

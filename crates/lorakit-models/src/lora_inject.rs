@@ -168,18 +168,17 @@ impl NetworkSpec {
     /// conv ranks exist, as sd-scripts adds those modules only then).
     ///
     /// LyCORIS networks follow LyCORIS' `create_single_module`: the preset picks the layers,
-    /// k×k convs take `conv_rank` (default `rank`) and `conv_alpha`, the rest `rank`/`alpha`.
+    /// k×k convs take `conv_rank` (default `rank`; 0: none) and `conv_alpha`, the rest
+    /// `rank`/`alpha`.
     pub fn rank_for(&self, target: &LoraTarget, name: &str) -> Option<(usize, f64)> {
         if let NetworkKind::Lycoris { preset, .. } = self.kind {
             let spatial = target.is_spatial_conv();
             if !preset.covers(target.group, spatial) {
                 return None;
             }
-            let pick = if spatial {
-                (self.conv_rank.filter(|r| *r > 0).unwrap_or(self.rank), self.conv_alpha)
-            } else {
-                (self.rank, self.alpha)
-            };
+            // LyCORIS: an unset conv_dim is network_dim; conv_dim = 0 switches k×k convs off.
+            let pick =
+                if spatial { (self.conv_rank.unwrap_or(self.rank), self.conv_alpha) } else { (self.rank, self.alpha) };
             return Some(pick).filter(|(rank, _)| *rank > 0);
         }
         if target.group == TargetGroup::Named {

@@ -237,7 +237,8 @@ pub struct NetworkSection {
     pub network_dim: usize,
     /// Alpha (scale = alpha / rank).
     pub network_alpha: f64,
-    /// Rank of 3×3 conv modules (LoCon); unset: attention and linear layers only.
+    /// Rank of 3×3 conv modules (LoCon); unset: attention and linear layers only. Under
+    /// `lycoris.kohya`, unset means `network_dim` and 0 means no k×k conv modules (as in LyCORIS).
     pub conv_dim: Option<usize>,
     /// Alpha of the conv modules.
     pub conv_alpha: Option<f64>,

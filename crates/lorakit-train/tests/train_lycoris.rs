@@ -249,7 +249,7 @@ fn lycoris_presets_adapt_the_modules_lycoris_creates_on_the_tiny_model() {
     for (preset, name) in
         [(LycorisPreset::Full, "full"), (LycorisPreset::FullLin, "full-lin"), (LycorisPreset::AttnMlp, "attn-mlp")]
     {
-        for conv in [None, Some(2)] {
+        for conv in [None, Some(2), Some(0)] {
             let key = format!("{name}/conv_dim={}", conv.map_or("None".to_string(), |c| c.to_string()));
             let want: std::collections::BTreeMap<String, usize> = expected[&key]
                 .as_object()

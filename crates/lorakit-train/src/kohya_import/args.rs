@@ -152,37 +152,6 @@ const LORA_LIST_ARGS: &[&str] = &[
     "conv_block_dims",
     "conv_block_alphas",
 ];
-/// LyCORIS `network_args` lorakit maps (to `[network]` keys; `dropout` is `network_dropout`).
-const LYCORIS_ARGS: &[&str] = &[
-    "algo",
-    "preset",
-    "conv_dim",
-    "conv_alpha",
-    "factor",
-    "decompose_both",
-    "full_matrix",
-    "rank_dropout",
-    "module_dropout",
-    "dropout",
-];
-/// LyCORIS options lorakit does not implement: accepted only when off.
-const LYCORIS_UNSUPPORTED: &[&str] = &[
-    "use_tucker",
-    "use_cp",
-    "use_scalar",
-    "dora_wd",
-    "weight_decompose",
-    "train_norm",
-    "rank_dropout_scale",
-    "rs_lora",
-    "unbalanced_factorization",
-    "wd_on_out",
-    "constraint",
-    "constrain",
-    "rescaled",
-    "block_size",
-    "train_on_input",
-];
 
 /// Settings sd-scripts supports that lorakit does not, with what ignoring them means.
 const UNSUPPORTED_WITH_REASON: &[(&str, &str)] = &[
@@ -356,12 +325,6 @@ fn arg_text(v: &str) -> String {
     unquote(v)
 }
 
-/// Whether a network-argument value means "on" (Python's `True`, `true`, a non-zero number).
-fn arg_truthy(v: &str) -> bool {
-    let t = arg_text(v).to_ascii_lowercase();
-    !(t.is_empty() || t == "false" || t == "none" || t.parse::<f64>().is_ok_and(|f| f == 0.0))
-}
-
 /// Maps sd-scripts arguments (later pairs win, as in sd-scripts' namespace) to a lorakit table.
 pub fn import_sd_scripts_args(pairs: Vec<(String, toml::Value)>) -> Result<Imported, String> {
     let mut args: BTreeMap<String, toml::Value> = BTreeMap::new();
@@ -374,6 +337,7 @@ pub fn import_sd_scripts_args(pairs: Vec<(String, toml::Value)>) -> Result<Impor
 
     family_of(&args, &mut t)?;
     network_of(&args, &mut t, &mut notes)?;
+    let lycoris = args.get("network_module").and_then(toml::Value::as_str).is_some_and(|m| m.trim() == "lycoris.kohya");
 
     for (raw_key, value) in &args {
         let key = match raw_key.as_str() {
@@ -383,6 +347,7 @@ pub fn import_sd_scripts_args(pairs: Vec<(String, toml::Value)>) -> Result<Impor
         match key {
             // Handled above.
             "network_module" | "network_args" | "v2" => continue,
+            "network_dropout" if lycoris => continue,
             "text_encoder_lr" => {
                 text_encoder_lr(value, &mut t, &mut notes)?;
                 continue;
@@ -518,7 +483,6 @@ fn network_of(args: &BTreeMap<String, toml::Value>, t: &mut Table, notes: &mut V
             "network_module = \"{module}\": lorakit trains networks.lora (LoRA, LoCon) and lycoris.kohya (LoHa, LoKr)"
         ));
     }
-    let lycoris = module == "lycoris.kohya";
     t.put("network", "network_module", toml::Value::String(module.to_string()));
     let items = match args.get("network_args") {
         None => Vec::new(),
@@ -527,93 +491,167 @@ fn network_of(args: &BTreeMap<String, toml::Value>, t: &mut Table, notes: &mut V
             .map(|a| a.iter().filter_map(|i| i.as_str().map(str::to_string)).collect())
             .unwrap_or_default(),
     };
-    let mut algo = None;
-    let rank_dropout_set =
-        items.iter().any(|i| i.split_once('=').is_some_and(|(k, v)| k.trim() == "rank_dropout" && arg_truthy(v)));
+    // sd-scripts splits each item at its first `=` into a dict of strings (the last one wins).
+    let mut kwargs: Vec<(String, String)> = Vec::new();
     for item in items {
-        let Some((key, raw)) = item.split_once('=') else {
-            notes.push(ImportNote::changes_run(
-                format!("network_args {item}"),
-                "not a key=value network argument; ignored",
-            ));
-            continue;
-        };
-        let key = key.trim();
-        let value = arg_text(raw);
-        let source = format!("network_args {key}={value}");
-        if lycoris {
-            if LYCORIS_UNSUPPORTED.contains(&key) {
-                // rank_dropout_scale only rescales what rank dropout drops: without it, no effect.
-                let inert = key == "rank_dropout_scale" && !rank_dropout_set;
-                if arg_truthy(&value) && !inert {
-                    return Err(format!(
-                        "{source}: this LyCORIS option is not supported by lorakit; turn it off to train without it"
-                    ));
-                }
-                continue;
+        match item.split_once('=') {
+            Some((key, value)) => {
+                let key = key.trim().to_string();
+                kwargs.retain(|(k, _)| *k != key);
+                kwargs.push((key, arg_text(value)));
             }
-            if key == "bypass_mode" {
-                if arg_truthy(&value) {
+            None => notes.push(ImportNote::changes_run(
+                format!("network_args {item}"),
+                "not a key=value network argument (sd-scripts stops at it)",
+            )),
+        }
+    }
+    if module == "lycoris.kohya" {
+        return lycoris_network(&kwargs, args, t, notes);
+    }
+    for (key, value) in kwargs {
+        let key = key.as_str();
+        let source = format!("network_args {key}={value}");
+        if LORA_NUMBER_ARGS.contains(&key) {
+            t.put_typed(key, &toml::Value::String(value.clone()), &source)?;
+        } else if LORA_LIST_ARGS.contains(&key) {
+            t.put("network", key, toml::Value::String(value));
+        } else if key == "algo" || key == "preset" {
+            notes.push(ImportNote::changes_run(
+                source,
+                "a LyCORIS argument with network_module = \"networks.lora\": sd-scripts ignores it too; set network_module = \"lycoris.kohya\" for LyCORIS",
+            ));
+        } else {
+            notes.push(ImportNote::changes_run(source, "not supported by lorakit; ignored"));
+        }
+    }
+    Ok(())
+}
+
+/// LyCORIS 3.2's `kohya.create_network` (the version the kohya_ss GUI pins), read as it reads
+/// its string arguments: booleans are true unless the text is "false" (`str_bool`), but
+/// `decompose_both` is passed on as text, so any non-empty text — "False" included — is true;
+/// `conv_dim = 0` switches k×k conv modules off; `rank_dropout_scale` is never read.
+fn lycoris_network(
+    kwargs: &[(String, String)],
+    args: &BTreeMap<String, toml::Value>,
+    t: &mut Table,
+    notes: &mut Vec<ImportNote>,
+) -> Result<(), String> {
+    let get = |k: &str| kwargs.iter().find(|(key, _)| key == k).map(|(_, v)| v.as_str());
+    let str_bool = |k: &str| get(k).is_some_and(|v| !v.eq_ignore_ascii_case("false"));
+    let algo = get("algo").filter(|a| !a.is_empty()).unwrap_or("lora").to_ascii_lowercase();
+    let algo = match algo.as_str() {
+        "loha" | "lokr" => algo,
+        "lora" | "locon" => "locon".to_string(),
+        other => {
+            return Err(format!(
+                "network_args algo={other}: LyCORIS' {other} is not supported by lorakit (LoHa, LoKr and LoCon are); it will not train it as something else"
+            ))
+        }
+    };
+    if get("algo").is_none() {
+        notes.push(ImportNote::info("network_args", "no algo: LyCORIS' default, its LoCon (\"lora\")"));
+    }
+    t.put("network", "algo", toml::Value::String(algo.clone()));
+    // use_tucker = str_bool(not disable_conv_cp or use_conv_cp or use_cp or use_tucker), with
+    // Python's `or` on the texts: the first non-empty one decides.
+    let tucker_text = [
+        get("disable_conv_cp").map(|v| if v.is_empty() { "True".to_string() } else { "False".to_string() }),
+        get("use_conv_cp").map(str::to_string),
+        get("use_cp").map(str::to_string),
+        get("use_tucker").map(str::to_string),
+    ]
+    .into_iter()
+    .flatten()
+    .find(|v| !v.is_empty());
+    let mut refused: Vec<&str> = Vec::new();
+    if tucker_text.is_some_and(|v| !v.eq_ignore_ascii_case("false")) {
+        refused.push("use_tucker / use_cp (Tucker decomposition)");
+    }
+    for (key, what) in [
+        ("use_scalar", "use_scalar"),
+        ("train_norm", "train_norm"),
+        ("dora_wd", "dora_wd (DoRA)"),
+        ("full_matrix", ""),
+        ("bypass_mode", "bypass_mode (it trains LoKr without the alpha/dim scale and drops out differently)"),
+        ("rs_lora", "rs_lora"),
+        ("unbalanced_factorization", "unbalanced_factorization"),
+    ] {
+        if key == "full_matrix" {
+            t.put("network", "full_matrix", toml::Value::Boolean(str_bool(key)));
+        } else if str_bool(key) {
+            refused.push(what);
+        }
+    }
+    if !refused.is_empty() {
+        return Err(format!(
+            "network_args: LyCORIS option(s) {} switched on, which lorakit does not implement; switch them off to train without them",
+            refused.join(", ")
+        ));
+    }
+    if let Some(text) = get("decompose_both") {
+        let on = !text.is_empty();
+        t.put("network", "decompose_both", toml::Value::Boolean(on));
+        if on && text.eq_ignore_ascii_case("false") && algo == "lokr" {
+            notes.push(ImportNote::info(
+                "network_args decompose_both=False",
+                "LyCORIS 3.2 passes this text on unread and any text counts as true, so kohya's run decomposes LoKr's w1 too (for ranks below half its size); so does lorakit — set network.decompose_both = false to turn it off",
+            ));
+        }
+    }
+    for (key, value) in kwargs {
+        let key = key.as_str();
+        let source = format!("network_args {key}={value}");
+        match key {
+            "algo"
+            | "decompose_both"
+            | "full_matrix"
+            | "disable_conv_cp"
+            | "use_conv_cp"
+            | "use_cp"
+            | "use_tucker"
+            | "use_scalar"
+            | "train_norm"
+            | "dora_wd"
+            | "bypass_mode"
+            | "rs_lora"
+            | "unbalanced_factorization" => {}
+            "preset" => t.put("network", "preset", toml::Value::String(value.clone())),
+            "factor" => {
+                let v = coerce(&toml::Value::String(value.clone()), &toml::Value::Integer(0))
+                    .map_err(|e| format!("{source}: {e}"))?;
+                t.put("network", "factor", v);
+            }
+            "conv_dim" | "conv_alpha" | "rank_dropout" | "module_dropout" => {
+                t.put_typed(key, &toml::Value::String(value.clone()), &source)?
+            }
+            "dropout" => notes.push(ImportNote::info(
+                source,
+                "LyCORIS applies this dropout only in bypass mode: kohya's run ignores it, and so does lorakit",
+            )),
+            "loraplus_lr_ratio" | "loraplus_unet_lr_ratio" | "loraplus_text_encoder_lr_ratio" => {
+                if algo == "locon" {
+                    t.put_typed(key, &toml::Value::String(value.clone()), &source)?;
+                } else {
                     notes.push(ImportNote::info(
                         source,
-                        "bypass mode computes the same weights; lorakit always applies modules in the forward pass",
+                        "LyCORIS applies LoRA+ to lora_up weights, which LoHa/LoKr do not have: no effect in kohya's run, none here",
                     ));
                 }
-                continue;
             }
-            if LYCORIS_ARGS.contains(&key) {
-                let to = if key == "dropout" { "network_dropout" } else { key };
-                if key == "algo" {
-                    algo = Some(value.to_ascii_lowercase());
-                    t.put("network", "algo", toml::Value::String(value.to_ascii_lowercase()));
-                } else if key == "preset" {
-                    t.put("network", "preset", toml::Value::String(value.clone()));
-                } else if key == "factor" {
-                    let v = coerce(&toml::Value::String(value.clone()), &toml::Value::Integer(0))
-                        .map_err(|e| format!("{source}: {e}"))?;
-                    t.put("network", "factor", v);
-                } else if key == "decompose_both" || key == "full_matrix" {
-                    t.put("network", key, toml::Value::Boolean(arg_truthy(&value)));
-                } else if matches!(key, "conv_dim") && value.parse::<f64>().is_ok_and(|v| v == 0.0) {
-                    // LyCORIS: conv_dim 0 leaves conv layers alone, as an unset conv_dim does here.
-                } else {
-                    t.put_typed(to, &toml::Value::String(value.clone()), &source)?;
-                }
-                continue;
-            }
-        } else {
-            if LORA_NUMBER_ARGS.contains(&key) {
-                t.put_typed(key, &toml::Value::String(value.clone()), &source)?;
-                continue;
-            }
-            if LORA_LIST_ARGS.contains(&key) {
-                t.put("network", key, toml::Value::String(value));
-                continue;
-            }
-            if key == "algo" || key == "preset" {
-                notes.push(ImportNote::changes_run(
-                    source,
-                    "a LyCORIS argument with network_module = \"networks.lora\": sd-scripts ignores it too; set network_module = \"lycoris.kohya\" for LyCORIS",
-                ));
-                continue;
-            }
+            _ => notes.push(ImportNote::info(
+                source,
+                "LyCORIS does not read it: kohya's run ignores it, and so does lorakit",
+            )),
         }
-        notes.push(ImportNote::changes_run(source, "not supported by lorakit; ignored"));
     }
-    if lycoris {
-        match algo.as_deref() {
-            Some("loha" | "lokr" | "locon" | "lora") => {}
-            None => {
-                // LyCORIS' default algorithm is its LoCon ("lora").
-                t.put("network", "algo", toml::Value::String("locon".into()));
-                notes.push(ImportNote::info("network_args", "no algo: LyCORIS' default (locon)"));
-            }
-            Some(other) => {
-                return Err(format!(
-                    "network_args algo={other}: LyCORIS' {other} is not supported by lorakit (LoHa, LoKr and LoCon are); it will not train it as something else"
-                ))
-            }
-        }
+    // sd-scripts hands network_dropout to LyCORIS as `dropout` (when network_args has none).
+    if args.get("network_dropout").is_some_and(|v| !is_unset(v)) {
+        notes.push(ImportNote::info(
+            "network_dropout",
+            "LyCORIS applies this dropout only in bypass mode: kohya's run ignores it, and so does lorakit",
+        ));
     }
     Ok(())
 }
@@ -827,7 +865,11 @@ seed = 1
             ("network_module = \"lycoris.kohya\"\nnetwork_args = [\"algo=diag-oft\"]\n", "diag-oft"),
             ("network_module = \"lycoris.kohya\"\nnetwork_args = [\"algo=loha\", \"use_tucker=True\"]\n", "use_tucker"),
             ("network_module = \"lycoris.kohya\"\nnetwork_args = [\"algo=lokr\", \"dora_wd=True\"]\n", "dora_wd"),
-            ("network_module = \"lycoris.kohya\"\nnetwork_args = [\"algo=lokr\", \"rank_dropout=0.1\", \"rank_dropout_scale=True\"]\n", "rank_dropout_scale"),
+            (
+                "network_module = \"lycoris.kohya\"\nnetwork_args = [\"algo=lokr\", \"bypass_mode=True\"]\n",
+                "bypass_mode",
+            ),
+            ("network_module = \"lycoris.kohya\"\nnetwork_args = [\"algo=loha\", \"use_scalar=0\"]\n", "use_scalar"),
             ("network_dim = 4\nlr_scheduler_type = \"CosineAnnealingLR\"\n", "lr_scheduler_type"),
         ] {
             let err = import_toml(toml).unwrap_err();
@@ -846,10 +888,27 @@ seed = 1
         assert_eq!(n["algo"].as_str(), Some("lokr"));
         assert_eq!(n["preset"].as_str(), Some("full"));
         assert_eq!(n["factor"].as_integer(), Some(6));
-        assert_eq!(n["decompose_both"].as_bool(), Some(false));
         assert_eq!(n["conv_dim"].as_integer(), Some(100000));
         assert_eq!(n["network_dim"].as_integer(), Some(100000));
-        assert!(imp.notes.is_empty(), "{:?}", imp.notes);
+        // LyCORIS 3.2 passes decompose_both on as text: "False" is a non-empty string, true.
+        assert_eq!(n["decompose_both"].as_bool(), Some(true));
+        assert_eq!(n["full_matrix"].as_bool(), Some(false));
+        assert_eq!(
+            imp.unmapped_keys(),
+            vec!["network_args decompose_both=False", "network_args rank_dropout_scale=False"]
+        );
+        assert!(imp.notes.iter().all(|n| n.level == NoteLevel::Info), "{:?}", imp.notes);
+        // use_tucker is LyCORIS' `or` over the texts: use_cp's "False" comes first and decides.
+        let imp = import_toml(
+            "network_module = \"lycoris.kohya\"\nnetwork_args = [\"algo=lokr\", \"use_cp=False\", \"use_tucker=True\", \"conv_dim=0\", \"dropout=0.1\"]\nseed = 1\n",
+        )
+        .unwrap();
+        let n = imp.table["network"].as_table().unwrap();
+        assert_eq!(n["conv_dim"].as_integer(), Some(0), "conv_dim 0: LyCORIS switches k×k convs off");
+        assert!(n.get("decompose_both").is_none());
+        assert!(n.get("network_dropout").is_none(), "LyCORIS ignores dropout outside bypass mode");
+        let imp = import_toml("network_module = \"lycoris.kohya\"\nnetwork_dim = 4\nseed = 1\n").unwrap();
+        assert_eq!(imp.table["network"]["algo"].as_str(), Some("locon"));
     }
 
     #[test]
