@@ -140,10 +140,11 @@ impl ProgressState {
 }
 
 /// The network settings a state records and a resume must match, by config key. Values are
-/// shown as written in a config (`none` for an unset key); LoCon's `conv_dim = 0` is `none`.
+/// shown as written in a config (`none` for an unset key). `conv_dim = 0` is not `none`: like
+/// sd-scripts (whose conv block targets come with any conv_dim) and LyCORIS (where unset means
+/// network_dim) it builds another module set.
 pub fn network_settings(config: &TrainConfig) -> BTreeMap<String, String> {
     let n = &config.network;
-    let conv_dim = n.conv_dim.filter(|&d| d > 0);
     let opt = |v: Option<String>| v.unwrap_or_else(|| "none".into());
     let mut out = BTreeMap::new();
     let mut put = |key: &str, value: String| {
@@ -152,10 +153,10 @@ pub fn network_settings(config: &TrainConfig) -> BTreeMap<String, String> {
     put("network_module", n.network_module.clone());
     put("network_dim", n.network_dim.to_string());
     put("network_alpha", n.network_alpha.to_string());
-    put("conv_dim", opt(conv_dim.map(|d| d.to_string())));
+    put("conv_dim", opt(n.conv_dim.map(|d| d.to_string())));
     // conv_alpha only matters with conv modules (its default: 1 for LoCon, network_alpha for LyCORIS).
     let default_conv_alpha = if n.is_lycoris() { n.network_alpha } else { 1.0 };
-    put("conv_alpha", opt(conv_dim.map(|_| n.conv_alpha.unwrap_or(default_conv_alpha).to_string())));
+    put("conv_alpha", opt(n.conv_dim.map(|_| n.conv_alpha.unwrap_or(default_conv_alpha).to_string())));
     if n.is_lycoris() {
         put("algo", opt(n.algo.clone()));
         put("preset", opt(n.preset.clone()));
@@ -192,8 +193,9 @@ pub fn check_network_settings(
         return Ok(());
     }
     let mut hint = String::new();
-    if saved.get("network.conv_dim").is_some_and(|d| d != "none")
-        && current.get("network.conv_dim").is_some_and(|d| d == "none")
+    let no_convs = |d: &String| d == "none" || d == "0";
+    if saved.get("network.conv_dim").is_some_and(|d| !no_convs(d))
+        && current.get("network.conv_dim").is_some_and(no_convs)
     {
         hint = format!(
             "\nthe state is a LoCon (its 3×3 conv modules are trained): set network.conv_dim = {} and network.conv_alpha = {} to continue it",

@@ -185,7 +185,10 @@ fn resuming_with_other_network_settings_is_refused_naming_keys_and_values() {
         (|c| c.network.network_dim = 8, &["network.network_dim: 4 in the state, 8 in this config"]),
         (|c| c.network.conv_dim = Some(3), &["network.conv_dim: 2 in the state, 3 in this config"]),
         (|c| c.network.network_train_unet_only = true, &["network.network_train_unet_only: false in the state"]),
-        (|c| c.network.conv_dim = Some(0), &["network.conv_dim: 2 in the state, none", "LoCon", "conv_dim = 2"]),
+        (
+            |c| c.network.conv_dim = Some(0),
+            &["network.conv_dim: 2 in the state, 0 in this config", "LoCon", "conv_dim = 2"],
+        ),
     ];
     for (change, expected) in cases {
         let mut cfg = resume.clone();
@@ -197,7 +200,8 @@ fn resuming_with_other_network_settings_is_refused_naming_keys_and_values() {
     }
     let mut cfg = resume.clone();
     cfg.network.conv_dim = None;
-    assert!(refused(cfg).contains("LoCon"));
+    let err = refused(cfg);
+    assert!(err.contains("network.conv_dim: 2 in the state, none in this config") && err.contains("LoCon"), "{err}");
 
     // A state from before the settings were recorded: its tensors still tell a LoCon apart.
     let json = state.join("train_state.json");
