@@ -181,7 +181,8 @@ pub fn config_warnings(c: &TrainConfig, steps: u64, warmup_steps: u64) -> Vec<St
         ));
     }
     if let (Some(conv), Some(alpha)) = (n.conv_dim, n.conv_alpha) {
-        if alpha > conv as f64 {
+        // conv_dim = 0 means no k×k modules: their alpha does nothing.
+        if conv > 0 && alpha > conv as f64 {
             w.push(format!("network.conv_alpha = {alpha} is larger than conv_dim = {conv}"));
         }
     }
@@ -358,5 +359,10 @@ mod tests {
         c.optimizer.optimizer_type = "AdamW8bit".into();
         c.optimizer.learning_rate = 5e-3;
         assert!(config_warnings(&c, 100, 0).join("").contains("8-bit"));
+        let mut c = TrainConfig::default();
+        (c.network.conv_dim, c.network.conv_alpha) = (Some(2), Some(4.0));
+        assert!(config_warnings(&c, 100, 0).join("").contains("conv_alpha"));
+        c.network.conv_dim = Some(0);
+        assert!(config_warnings(&c, 100, 0).is_empty(), "no conv modules, no conv alpha warning");
     }
 }

@@ -154,9 +154,11 @@ pub fn network_settings(config: &TrainConfig) -> BTreeMap<String, String> {
     put("network_dim", n.network_dim.to_string());
     put("network_alpha", n.network_alpha.to_string());
     put("conv_dim", opt(n.conv_dim.map(|d| d.to_string())));
-    // conv_alpha only matters with conv modules (its default: 1 for LoCon, network_alpha for LyCORIS).
-    let default_conv_alpha = if n.is_lycoris() { n.network_alpha } else { 1.0 };
-    put("conv_alpha", opt(n.conv_dim.map(|_| n.conv_alpha.unwrap_or(default_conv_alpha).to_string())));
+    // conv_alpha only matters with conv modules (its default: 1 for LoCon, network_alpha for
+    // LyCORIS, whose k×k modules exist unless conv_dim = 0).
+    let (default_conv_alpha, has_conv) =
+        if n.is_lycoris() { (n.network_alpha, n.conv_dim != Some(0)) } else { (1.0, n.conv_dim.is_some()) };
+    put("conv_alpha", opt(has_conv.then(|| n.conv_alpha.unwrap_or(default_conv_alpha).to_string())));
     if n.is_lycoris() {
         put("algo", opt(n.algo.clone()));
         put("preset", opt(n.preset.clone()));
@@ -406,22 +408,6 @@ fn parse_temp_name(file_name: &str) -> Option<(&str, bool, u32)> {
     Some((base, old, pid.parse().ok()?))
 }
 
-/// Whether process `pid` is running (on non-Unix systems: assumed running, so never cleaned).
-fn process_alive(pid: u32) -> bool {
-    #[cfg(unix)]
-    {
-        let Ok(pid) = libc::pid_t::try_from(pid) else { return false };
-        // SAFETY: signal 0 only checks that the process exists; nothing is sent.
-        let r = unsafe { libc::kill(pid, 0) };
-        r == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = pid;
-        true
-    }
-}
-
 /// Cleans the hidden folders interrupted state saves left in `dir` (only ours: named
 /// `.<name>-state.tmp-<pid>` / `.<name>-state.old-<pid>`, folders, written by a process that is
 /// no longer running, or by an earlier process with this one's id). A previous state left under
@@ -443,7 +429,7 @@ pub fn clean_stale_state_folders(dir: &Path) -> Result<Vec<String>> {
         if !entry.file_type().is_ok_and(|t| t.is_dir()) {
             continue;
         }
-        if pid != std::process::id() && process_alive(pid) {
+        if pid != std::process::id() && lorakit_dataset::fs_atomic::process_alive(pid) {
             continue;
         }
         found.push((entry.path(), base.to_string(), old));
@@ -592,6 +578,21 @@ fn not_a_state_folder(path: &Path) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn conv_alpha_is_compared_whenever_conv_modules_exist() {
+        let mut c = TrainConfig::default();
+        let alpha_of = |c: &TrainConfig| network_settings(c)["network.conv_alpha"].clone();
+        assert_eq!(alpha_of(&c), "none", "LoRA without conv_dim: no conv modules");
+        c.network.network_module = "lycoris.kohya".into();
+        c.network.algo = Some("loha".into());
+        let before = network_settings(&c);
+        c.network.conv_alpha = Some(4.0);
+        let err = check_network_settings(&before, &network_settings(&c)).unwrap_err();
+        assert!(err.contains("network.conv_alpha"), "LyCORIS: unset conv_dim still has conv modules: {err}");
+        c.network.conv_dim = Some(0);
+        assert_eq!(alpha_of(&c), "none", "LyCORIS conv_dim = 0: no conv modules");
+    }
 
     /// A folder standing for a state: `train_state.json` holding `text`.
     fn fake_state(dir: &Path, text: &str) {

@@ -421,14 +421,15 @@ impl<'m> Trainer<'m> {
             ));
         }
 
-        let plan = StepPlan::new(
+        let plan = StepPlan::try_new(
             data.batches_per_epoch(),
             StepRequest {
                 max_train_epochs: (config.training.max_train_epochs > 0).then_some(config.training.max_train_epochs),
                 max_train_steps: (config.training.max_train_steps > 0).then_some(config.training.max_train_steps),
                 gradient_accumulation_steps: config.training.gradient_accumulation_steps,
             },
-        );
+        )
+        .map_err(|e| TrainError::Other(format!("training.{e}")))?;
         if plan.max_train_steps == 0 {
             return Err(TrainError::Dataset("the run has zero steps (no batches in an epoch)".into()));
         }
