@@ -1107,6 +1107,17 @@ impl TrainConfig {
         }
     }
 
+    /// The run's length as the step math takes it (`max_train_epochs` wins over
+    /// `max_train_steps`; 0 means unset for both, as in sd-scripts).
+    pub fn step_request(&self) -> lorakit_dataset::steps::StepRequest {
+        let t = &self.training;
+        lorakit_dataset::steps::StepRequest {
+            max_train_epochs: (t.max_train_epochs > 0).then_some(t.max_train_epochs),
+            max_train_steps: (t.max_train_steps > 0).then_some(t.max_train_steps),
+            gradient_accumulation_steps: t.gradient_accumulation_steps,
+        }
+    }
+
     /// Whether the UNet LoRA is trained.
     pub fn trains_unet(&self) -> bool {
         !self.network.network_train_text_encoder_only

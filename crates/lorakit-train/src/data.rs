@@ -14,7 +14,7 @@ use lorakit_dataset::config::{
     plan_from_dirs, plan_from_toml, CaptionOptions, DatasetPlan, OptionLayer, ResolutionValue,
 };
 use lorakit_dataset::dataset::{load_dataset, LoadedDataset, ProbeMode};
-use lorakit_dataset::steps::{StepPlan, StepRequest};
+use lorakit_dataset::steps::StepPlan;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand::{rngs::StdRng, Rng};
@@ -155,15 +155,8 @@ impl TrainData {
         let data = Self::from_loaded(datasets, notes, config.dataset.dataset_config.is_some())?;
         // The run length must be representable before anything is planned from it (the trainer
         // plans with exactly this request).
-        StepPlan::try_new(
-            data.batches_per_epoch(),
-            StepRequest {
-                max_train_epochs: (config.training.max_train_epochs > 0).then_some(config.training.max_train_epochs),
-                max_train_steps: (config.training.max_train_steps > 0).then_some(config.training.max_train_steps),
-                gradient_accumulation_steps: config.training.gradient_accumulation_steps,
-            },
-        )
-        .map_err(|e| TrainError::Other(format!("training.{e}")))?;
+        StepPlan::try_new(data.batches_per_epoch(), config.step_request())
+            .map_err(|e| TrainError::Other(format!("training.{e}")))?;
         if config.loss.masked_loss && !data.images.iter().any(|i| i.alpha_mask) {
             return Err(TrainError::Dataset(
                 "loss.masked_loss is on but no subset uses alpha_mask: set dataset.alpha_mask = true (or alpha_mask in \

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use candle_core::{DType, Device, Tensor};
 use lorakit_dataset::caption_process::{process_caption, CaptionMoment};
 use lorakit_dataset::preprocess::{ColorAug, Crop};
-use lorakit_dataset::steps::{StepPlan, StepRequest};
+use lorakit_dataset::steps::StepPlan;
 use lorakit_lora::blocks::BlockLayout;
 use lorakit_lora::safetensors_file::{write_lora, Precision};
 use lorakit_models::lora_inject::{create_network, NetworkSpec};
@@ -421,15 +421,8 @@ impl<'m> Trainer<'m> {
             ));
         }
 
-        let plan = StepPlan::try_new(
-            data.batches_per_epoch(),
-            StepRequest {
-                max_train_epochs: (config.training.max_train_epochs > 0).then_some(config.training.max_train_epochs),
-                max_train_steps: (config.training.max_train_steps > 0).then_some(config.training.max_train_steps),
-                gradient_accumulation_steps: config.training.gradient_accumulation_steps,
-            },
-        )
-        .map_err(|e| TrainError::Other(format!("training.{e}")))?;
+        let plan = StepPlan::try_new(data.batches_per_epoch(), config.step_request())
+            .map_err(|e| TrainError::Other(format!("training.{e}")))?;
         if plan.max_train_steps == 0 {
             return Err(TrainError::Dataset("the run has zero steps (no batches in an epoch)".into()));
         }

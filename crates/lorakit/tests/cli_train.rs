@@ -2,20 +2,11 @@
 //! a real (tiny) run, and kill -9 in the middle of saving.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn repo(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").join(rel)
-}
-
-fn lorakit<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_lorakit")).args(args).output().expect("run lorakit")
-}
-
-fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
-}
+mod common;
+use common::{lorakit, repo, text};
 
 /// A tiny run's config: 4 chessboard images at 64 px on the bundled tiny model.
 fn tiny_config(dir: &Path, extra: &str) -> PathBuf {

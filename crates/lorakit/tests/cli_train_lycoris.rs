@@ -2,20 +2,8 @@
 //! commands do with the file it writes: `inspect` reads it, `generate` applies it, `resize`
 //! refuses it by name.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-
-fn repo(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").join(rel)
-}
-
-fn lorakit<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_lorakit")).args(args).output().expect("run lorakit")
-}
-
-fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
-}
+mod common;
+use common::{lorakit, repo, text};
 
 #[test]
 fn a_loha_config_trains_from_the_cli_and_the_file_is_inspected_applied_and_not_resized() {
