@@ -426,7 +426,10 @@ pub fn render_text(reports: &[FileReport]) -> String {
         } else {
             let _ = writeln!(s, "  modules     {} ({})", r.modules.len(), counts(&r.modules_per_component));
             let _ = writeln!(s, "  kinds       {}", counts(&r.modules_per_kind));
-            let _ = writeln!(s, "  ranks       {}", counts(&r.ranks));
+            // Rank 0 is a LoKr module whose factors are both whole: no rank, full matrices.
+            let ranks: BTreeMap<String, usize> =
+                r.ranks.iter().map(|(k, n)| (if *k == 0 { "full".to_string() } else { k.to_string() }, *n)).collect();
+            let _ = writeln!(s, "  ranks       {}", counts(&ranks));
             let _ = writeln!(s, "  alphas      {}", counts(&r.alphas));
         }
         if r.non_finite.is_empty() {

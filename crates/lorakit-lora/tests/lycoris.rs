@@ -37,6 +37,11 @@ fn inspect_reports_loha_and_lokr_norms_as_lycoris_computes_them() {
     }
     assert_eq!(report.modules_per_component.get("TE"), Some(&1), "{:?}", report.modules_per_component);
     assert!(report.blocks.iter().any(|b| b.block == "M00"), "mid block labelled");
+    // The LoKr module with both factors whole has no rank: shown as full, not rank 0.
+    let text = lorakit_lora::inspect::render_text(std::slice::from_ref(&report));
+    let ranks = text.lines().find(|l| l.trim_start().starts_with("ranks")).unwrap();
+    assert!(report.ranks.contains_key(&0) && ranks.contains("full ×1"), "{ranks}");
+    assert!(!ranks.contains(" 0 ×") && !ranks.contains(",0 ×"), "{ranks}");
 }
 
 #[test]
