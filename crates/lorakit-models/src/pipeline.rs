@@ -149,6 +149,13 @@ impl StableDiffusion {
         on_step: &mut dyn FnMut(usize, usize),
     ) -> Result<RgbImage> {
         request.validate()?;
+        let factor = self.latent_factor();
+        if request.width % factor != 0 || request.height % factor != 0 {
+            return Err(Error::Invalid(format!(
+                "{}×{} is not usable with this model: width and height must be multiples of {factor} (its VAE's pixels per latent cell)",
+                request.width, request.height
+            )));
+        }
         let device = self.unet_device();
         let dtype = self.unet.dtype();
         let (unet_ctx, te_ctx) = match lora {
@@ -159,9 +166,10 @@ impl StableDiffusion {
         let (text, uncond) = self.encode_prompt_pair(&request.prompt, negative, request.clip_skip, &te_ctx)?;
         let cond = Tensor::cat(&[uncond, text], 0)?.to_dtype(dtype)?;
 
-        let (h, w) = (request.height / 8, request.width / 8);
+        let (h, w) = (request.height / factor, request.width / factor);
         let mut rng = StdRng::seed_from_u64(request.seed);
-        let init = gaussian(&[1, 4, h, w], &mut rng, &device)?.to_dtype(dtype)?;
+        let channels = self.unet.config().in_channels;
+        let init = gaussian(&[1, channels, h, w], &mut rng, &device)?.to_dtype(dtype)?;
         let cfg_scale = request.cfg_scale;
         let unet = &self.unet;
         let mut model = |x: &Tensor, t: f64| -> candle_core::Result<Tensor> {
@@ -178,6 +186,11 @@ impl StableDiffusion {
         let sampler = SamplerConfig { kind: request.sampler, steps: request.steps, prediction: self.prediction };
         let latents = sample(&sampler, &self.schedule, &init, &mut model, &mut noise, on_step)?;
         self.decode_to_rgb(&latents)
+    }
+
+    /// Pixels per latent cell along each side, from the VAE's config (8 for SD 1.x/2.x/SDXL).
+    pub fn latent_factor(&self) -> usize {
+        self.vae.config().downsample_factor()
     }
 
     /// Decodes SD latents (scaled by the VAE's scaling factor) to 8-bit RGB.
@@ -257,6 +270,7 @@ impl GenerateRequest {
     /// Rejects sizes the UNet cannot take and meaningless step counts.
     pub fn validate(&self) -> Result<()> {
         for (what, v) in [("width", self.width), ("height", self.height)] {
+            // The model's own cell size is checked when it generates (8 for SD's VAEs).
             if v == 0 || v % 8 != 0 || v > 4096 {
                 return Err(Error::Invalid(format!(
                     "{what} {v} is not usable: it must be a multiple of 8 between 8 and 4096 (the VAE works on 8×8 pixel cells)"

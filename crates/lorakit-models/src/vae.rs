@@ -99,6 +99,12 @@ impl AutoencoderKLConfig {
         }
     }
 
+    /// Pixels per latent cell along each side: every encoder block but the last halves the
+    /// size, so 2^(levels − 1) (8 for SD's four levels).
+    pub fn downsample_factor(&self) -> usize {
+        1 << self.block_out_channels.len().saturating_sub(1)
+    }
+
     /// Refuses configurations this implementation cannot build.
     pub fn validate(&self) -> Result<()> {
         let n = self.block_out_channels.len();

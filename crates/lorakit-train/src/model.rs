@@ -92,6 +92,8 @@ pub trait TrainableModel {
     fn sample(&self, request: &GenerateRequest, sets: &[Arc<LoraSet>]) -> Result<RgbImage>;
     /// Identifies the VAE weights (latent caches are reused only for the same VAE).
     fn vae_fingerprint(&self) -> String;
+    /// Pixels per latent cell along each side (from the VAE's config).
+    fn latent_factor(&self) -> u32;
     /// Frozen parameters of every component together, and of the denoiser alone (for the
     /// memory estimate).
     fn parameter_counts(&self) -> (usize, usize);
@@ -355,5 +357,9 @@ impl TrainableModel for StableDiffusionModel {
 
     fn vae_fingerprint(&self) -> String {
         self.vae_fingerprint.clone()
+    }
+
+    fn latent_factor(&self) -> u32 {
+        self.sd.latent_factor() as u32
     }
 }

@@ -1269,10 +1269,11 @@ fn memory_estimate(
     trainable: usize,
     optimizer: OptimizerKind,
 ) -> crate::plan::MemoryEstimate {
+    let factor = model.latent_factor().max(1);
     let max_batch_latent_pixels = data
         .epoch_batches(config.training.seed, 0)
         .iter()
-        .map(|b| b.samples.len() as u64 * u64::from(b.bucket.0 / 8) * u64::from(b.bucket.1 / 8))
+        .map(|b| b.samples.len() as u64 * u64::from(b.bucket.0 / factor) * u64::from(b.bucket.1 / factor))
         .max()
         .unwrap_or(0);
     let (frozen_parameters, denoiser_parameters) = model.parameter_counts();
