@@ -320,11 +320,6 @@ pub(super) fn split_args(s: &str) -> Vec<String> {
     s.replace('"', "").split_whitespace().map(str::to_string).collect()
 }
 
-/// The value of a `key=value` network argument as text (quotes removed).
-fn arg_text(v: &str) -> String {
-    unquote(v)
-}
-
 /// Maps sd-scripts arguments (later pairs win, as in sd-scripts' namespace) to a lorakit table.
 pub fn import_sd_scripts_args(pairs: Vec<(String, toml::Value)>) -> Result<Imported, String> {
     let mut args: BTreeMap<String, toml::Value> = BTreeMap::new();
@@ -498,7 +493,7 @@ fn network_of(args: &BTreeMap<String, toml::Value>, t: &mut Table, notes: &mut V
             Some((key, value)) => {
                 let key = key.trim().to_string();
                 kwargs.retain(|(k, _)| *k != key);
-                kwargs.push((key, arg_text(value)));
+                kwargs.push((key, unquote(value)));
             }
             None => notes.push(ImportNote::changes_run(
                 format!("network_args {item}"),
@@ -528,6 +523,10 @@ fn network_of(args: &BTreeMap<String, toml::Value>, t: &mut Table, notes: &mut V
     Ok(())
 }
 
+/// Why a dropout given to LyCORIS is not carried over.
+const LYCORIS_DROPOUT_NOT_APPLIED: &str =
+    "LyCORIS applies this dropout only in bypass mode: kohya's run ignores it, and so does lorakit";
+
 /// LyCORIS 3.2's `kohya.create_network` (the version the kohya_ss GUI pins), read as it reads
 /// its string arguments: booleans are true unless the text is "false" (`str_bool`), but
 /// `decompose_both` is passed on as text, so any non-empty text — "False" included — is true;
@@ -539,7 +538,7 @@ fn lycoris_network(
     notes: &mut Vec<ImportNote>,
 ) -> Result<(), String> {
     let get = |k: &str| kwargs.iter().find(|(key, _)| key == k).map(|(_, v)| v.as_str());
-    let str_bool = |k: &str| get(k).is_some_and(|v| !v.eq_ignore_ascii_case("false"));
+    let str_bool = |k: &str| get(k).is_some_and(|v| PyValue::Text(v).str_bool());
     let algo = get("algo").filter(|a| !a.is_empty()).unwrap_or("lora").to_ascii_lowercase();
     let algo = match algo.as_str() {
         "loha" | "lokr" => algo,
@@ -554,19 +553,19 @@ fn lycoris_network(
         notes.push(ImportNote::info("network_args", "no algo: LyCORIS' default, its LoCon (\"lora\")"));
     }
     t.put("network", "algo", toml::Value::String(algo.clone()));
-    // use_tucker = str_bool(not disable_conv_cp or use_conv_cp or use_cp or use_tucker), with
-    // Python's `or` on the texts: the first non-empty one decides.
-    let tucker_text = [
-        get("disable_conv_cp").map(|v| if v.is_empty() { "True".to_string() } else { "False".to_string() }),
-        get("use_conv_cp").map(str::to_string),
-        get("use_cp").map(str::to_string),
-        get("use_tucker").map(str::to_string),
-    ]
-    .into_iter()
-    .flatten()
-    .find(|v| !v.is_empty());
+    // use_tucker = str_bool(not kwargs.get("disable_conv_cp", True) or kwargs.get("use_conv_cp",
+    // False) or kwargs.get("use_cp", False) or kwargs.get("use_tucker", False)), evaluated as
+    // Python does: `or` returns the first truthy operand (a non-empty text, or True), else the
+    // last one; str_bool of True/False is itself, of a text "not 'false'".
+    let operands = [
+        PyValue::Bool(get("disable_conv_cp").is_some_and(str::is_empty)),
+        get("use_conv_cp").map_or(PyValue::Bool(false), PyValue::Text),
+        get("use_cp").map_or(PyValue::Bool(false), PyValue::Text),
+        get("use_tucker").map_or(PyValue::Bool(false), PyValue::Text),
+    ];
+    let chosen = operands.iter().find(|v| v.truthy()).unwrap_or(&operands[3]);
     let mut refused: Vec<&str> = Vec::new();
-    if tucker_text.is_some_and(|v| !v.eq_ignore_ascii_case("false")) {
+    if chosen.str_bool() {
         refused.push("use_tucker / use_cp (Tucker decomposition)");
     }
     for (key, what) in [
@@ -626,10 +625,7 @@ fn lycoris_network(
             "conv_dim" | "conv_alpha" | "rank_dropout" | "module_dropout" => {
                 t.put_typed(key, &toml::Value::String(value.clone()), &source)?
             }
-            "dropout" => notes.push(ImportNote::info(
-                source,
-                "LyCORIS applies this dropout only in bypass mode: kohya's run ignores it, and so does lorakit",
-            )),
+            "dropout" => notes.push(ImportNote::info(source, LYCORIS_DROPOUT_NOT_APPLIED)),
             "loraplus_lr_ratio" | "loraplus_unet_lr_ratio" | "loraplus_text_encoder_lr_ratio" => {
                 if algo == "locon" {
                     t.put_typed(key, &toml::Value::String(value.clone()), &source)?;
@@ -648,12 +644,33 @@ fn lycoris_network(
     }
     // sd-scripts hands network_dropout to LyCORIS as `dropout` (when network_args has none).
     if args.get("network_dropout").is_some_and(|v| !is_unset(v)) {
-        notes.push(ImportNote::info(
-            "network_dropout",
-            "LyCORIS applies this dropout only in bypass mode: kohya's run ignores it, and so does lorakit",
-        ));
+        notes.push(ImportNote::info("network_dropout", LYCORIS_DROPOUT_NOT_APPLIED));
     }
     Ok(())
+}
+
+/// A value as LyCORIS sees a `network_args` entry: the text sd-scripts passed, or a default.
+enum PyValue<'a> {
+    Bool(bool),
+    Text(&'a str),
+}
+
+impl PyValue<'_> {
+    /// Python truthiness (`or` picks the first truthy operand).
+    fn truthy(&self) -> bool {
+        match self {
+            PyValue::Bool(b) => *b,
+            PyValue::Text(t) => !t.is_empty(),
+        }
+    }
+
+    /// LyCORIS' `str_bool`: `str(val).lower() != "false"`.
+    fn str_bool(&self) -> bool {
+        match self {
+            PyValue::Bool(b) => *b,
+            PyValue::Text(t) => !t.eq_ignore_ascii_case("false"),
+        }
+    }
 }
 
 /// `text_encoder_lr`: one number, or sd-scripts' list (one per text encoder; an empty list is
@@ -870,6 +887,9 @@ seed = 1
                 "bypass_mode",
             ),
             ("network_module = \"lycoris.kohya\"\nnetwork_args = [\"algo=loha\", \"use_scalar=0\"]\n", "use_scalar"),
+            // `not "True"` is False in LyCORIS' or-chain: use_tucker still decides.
+            ("network_module = \"lycoris.kohya\"\nnetwork_args = [\"algo=loha\", \"disable_conv_cp=True\", \"use_tucker=True\"]\n", "use_tucker"),
+            ("network_module = \"lycoris.kohya\"\nnetwork_args = [\"algo=loha\", \"disable_conv_cp=\"]\n", "use_tucker"),
             ("network_dim = 4\nlr_scheduler_type = \"CosineAnnealingLR\"\n", "lr_scheduler_type"),
         ] {
             let err = import_toml(toml).unwrap_err();
