@@ -226,9 +226,9 @@ impl<'m> Trainer<'m> {
             }
         }
         let device = model.device().clone();
+        let components = model.components();
         let layout = BlockLayout::detect(
-            model
-                .components()
+            components
                 .iter()
                 .filter(|c| !c.is_text_encoder)
                 .flat_map(|c| c.targets.iter().map(move |t| t.kohya_name(c.prefix)))
@@ -273,39 +273,26 @@ impl<'m> Trainer<'m> {
             },
             block_ranks: None,
         };
+        // The spec of each component, `None` when it is not trained. Block ranks shape the U-Net
+        // only; text encoders always use network_dim.
+        let component_specs: Vec<Option<NetworkSpec>> = components
+            .iter()
+            .map(|c| {
+                if c.is_text_encoder {
+                    config.trains_text_encoder().then(|| spec.clone())
+                } else {
+                    config.trains_unet().then(|| NetworkSpec { block_ranks: blocks.ranks.clone(), ..spec.clone() })
+                }
+            })
+            .collect();
+        let trained = || components.iter().zip(&component_specs).filter_map(|(c, s)| s.as_ref().map(|s| (c, s)));
         // A rank above a layer's dimensions is refused by module name before any estimate.
-        for c in model.components() {
-            let (trained, spec) = if c.is_text_encoder {
-                (config.trains_text_encoder(), spec.clone())
-            } else {
-                (config.trains_unet(), NetworkSpec { block_ranks: blocks.ranks.clone(), ..spec.clone() })
-            };
-            if trained {
-                lorakit_models::lora_inject::check_ranks(&c.targets, c.prefix, &spec)?;
-            }
+        for (c, spec) in trained() {
+            lorakit_models::lora_inject::check_ranks(&c.targets, c.prefix, spec)?;
         }
         // The memory estimate from shapes alone, checked before the network, its optimizer state
         // or any activation is allocated.
-        let trained = |c: &crate::model::Component| {
-            if c.is_text_encoder {
-                config.trains_text_encoder()
-            } else {
-                config.trains_unet()
-            }
-        };
-        let planned_trainable: usize = model
-            .components()
-            .iter()
-            .filter(|c| trained(c))
-            .map(|c| {
-                let spec = if c.is_text_encoder {
-                    spec.clone()
-                } else {
-                    NetworkSpec { block_ranks: blocks.ranks.clone(), ..spec.clone() }
-                };
-                planned_parameters(&c.targets, c.prefix, &spec)
-            })
-            .sum();
+        let planned_trainable: usize = trained().map(|(c, spec)| planned_parameters(&c.targets, c.prefix, spec)).sum();
         if device.is_cpu() {
             // The optimizer is checked by name further down; the estimate takes AdamW until then.
             let optimizer = OptimizerKind::parse(&config.optimizer.optimizer_type).unwrap_or(OptimizerKind::AdamW);
@@ -313,22 +300,15 @@ impl<'m> Trainer<'m> {
             check_memory(&memory, available_memory()).map_err(TrainError::Other)?;
         }
         let mut sets = Vec::new();
-        for (i, component) in model.components().iter().enumerate() {
-            let trained = if component.is_text_encoder { config.trains_text_encoder() } else { config.trains_unet() };
-            if !trained {
+        for (i, (component, spec)) in components.iter().zip(&component_specs).enumerate() {
+            let Some(spec) = spec else {
                 sets.push(None);
                 continue;
-            }
-            // Block ranks shape the U-Net only; text encoders always use network_dim.
-            let spec = if component.is_text_encoder {
-                spec.clone()
-            } else {
-                NetworkSpec { block_ranks: blocks.ranks.clone(), ..spec.clone() }
             };
             // Each component's modules get their own init stream so adding a component never
             // changes another's initial weights.
             let seed = rng_for(&[config.training.seed, 100 + i as u64]).random::<u64>();
-            let set = create_network(&component.targets, component.prefix, &spec, lora_dtype(&config), &device, seed)?;
+            let set = create_network(&component.targets, component.prefix, spec, lora_dtype(&config), &device, seed)?;
             set.set_multiplier(config.network.network_multiplier);
             sets.push(Some(Arc::new(set)));
         }
@@ -343,7 +323,7 @@ impl<'m> Trainer<'m> {
             .filter_map(|(i, s)| {
                 s.as_ref().map(|set| ComponentNetwork {
                     component: i,
-                    is_text_encoder: model.components()[i].is_text_encoder,
+                    is_text_encoder: components[i].is_text_encoder,
                     set,
                 })
             })
