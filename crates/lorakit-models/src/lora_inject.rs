@@ -263,6 +263,21 @@ fn check_planned_ranks(spec: &NetworkSpec, planned: &[(&LoraTarget, String, usiz
     planned.iter().try_for_each(|(target, name, rank, _)| check_rank(spec, target, name, *rank))
 }
 
+/// The trainable parameters [`create_network`] will make for `targets` (kohya names with
+/// `prefix`), counted from the module shapes without allocating anything.
+pub fn planned_parameters(targets: &[LoraTarget], prefix: &str, spec: &NetworkSpec) -> usize {
+    planned_modules(targets, prefix, spec)
+        .into_iter()
+        .map(|(t, _, rank, _)| match spec.kind {
+            NetworkKind::Lora => rank.saturating_mul(flat_in_features(t) + t.out_dim),
+            NetworkKind::Lycoris { algo, .. } => LycorisModule::factor_names(algo, t, rank)
+                .iter()
+                .map(|(_, shape)| shape.iter().fold(1usize, |n, d| n.saturating_mul(*d)))
+                .fold(0usize, usize::saturating_add),
+        })
+        .fold(0, usize::saturating_add)
+}
+
 /// [`create_network`]'s rank check alone (nothing allocated): the first module whose rank is
 /// above its layer's dimensions, named with the key to change.
 pub fn check_ranks(targets: &[LoraTarget], prefix: &str, spec: &NetworkSpec) -> Result<()> {

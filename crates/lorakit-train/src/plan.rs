@@ -5,9 +5,7 @@
 use std::fmt;
 
 use candle_core::DType;
-use lorakit_models::lora_inject::{NetworkKind, NetworkSpec};
-use lorakit_nn::lora::{LoraKind, LoraTarget};
-use lorakit_nn::lycoris::LycorisModule;
+pub use lorakit_models::lora_inject::planned_parameters;
 use lorakit_nn::optim::OptimizerKind;
 
 use crate::config::TrainConfig;
@@ -113,28 +111,6 @@ pub fn estimate_memory(m: &MemoryInputs) -> MemoryEstimate {
         activations *= CHECKPOINTING_FACTOR;
     }
     MemoryEstimate { weights, network, activations }
-}
-
-/// The trainable parameters `spec` gives `targets` (kohya names with `prefix`), counted from
-/// the module shapes without allocating anything (what `create_network` will make).
-pub fn planned_parameters(targets: &[LoraTarget], prefix: &str, spec: &NetworkSpec) -> usize {
-    targets
-        .iter()
-        .filter_map(|t| spec.rank_for(t, &t.kohya_name(prefix)).map(|(rank, _)| (t, rank)))
-        .map(|(t, rank)| match spec.kind {
-            NetworkKind::Lora => {
-                let flat_in = match t.kind {
-                    LoraKind::Linear => t.in_dim,
-                    LoraKind::Conv { kernel, .. } => t.in_dim * kernel * kernel,
-                };
-                rank.saturating_mul(flat_in + t.out_dim)
-            }
-            NetworkKind::Lycoris { algo, .. } => LycorisModule::factor_names(algo, t, rank)
-                .iter()
-                .map(|(_, shape)| shape.iter().fold(1usize, |n, d| n.saturating_mul(*d)))
-                .fold(0usize, usize::saturating_add),
-        })
-        .fold(0, usize::saturating_add)
 }
 
 /// Bytes the system can still give a run: Linux's `MemAvailable` plus free swap from
@@ -309,7 +285,8 @@ mod tests {
 
     #[test]
     fn planned_parameters_count_lora_locon_and_lycoris_shapes() {
-        use lorakit_nn::lora::TargetGroup;
+        use lorakit_models::lora_inject::{NetworkKind, NetworkSpec};
+        use lorakit_nn::lora::{LoraKind, LoraTarget, TargetGroup};
         let linear = LoraTarget {
             path: "a.to_q".into(),
             kind: LoraKind::Linear,
