@@ -6,17 +6,11 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{lorakit, repo, text};
+use common::{chessboard_data, lorakit, repo, text};
 
 /// A tiny run's config: 4 chessboard images at 64 px on the bundled tiny model.
 fn tiny_config(dir: &Path, extra: &str) -> PathBuf {
-    let data = dir.join("data/2_chessboard");
-    std::fs::create_dir_all(&data).unwrap();
-    for name in ["left01", "left02", "left03", "left04"] {
-        let src = repo(&format!("examples/dataset/img/8_chessboard/{name}"));
-        std::fs::copy(src.with_extension("jpg"), data.join(format!("{name}.jpg"))).unwrap();
-        std::fs::copy(src.with_extension("txt"), data.join(format!("{name}.txt"))).unwrap();
-    }
+    chessboard_data(dir, 4);
     let path = dir.join("run.toml");
     std::fs::write(
         &path,

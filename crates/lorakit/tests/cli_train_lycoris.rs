@@ -3,18 +3,12 @@
 //! refuses it by name.
 
 mod common;
-use common::{lorakit, repo, text};
+use common::{chessboard_data, lorakit, repo, text};
 
 #[test]
 fn a_loha_config_trains_from_the_cli_and_the_file_is_inspected_applied_and_not_resized() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data/2_chessboard");
-    std::fs::create_dir_all(&data).unwrap();
-    for name in ["left01", "left02"] {
-        let src = repo(&format!("examples/dataset/img/8_chessboard/{name}"));
-        std::fs::copy(src.with_extension("jpg"), data.join(format!("{name}.jpg"))).unwrap();
-        std::fs::copy(src.with_extension("txt"), data.join(format!("{name}.txt"))).unwrap();
-    }
+    chessboard_data(dir.path(), 2);
     let model = repo("examples/quickstart/tiny-sd15");
     let config = dir.path().join("loha.toml");
     std::fs::write(

@@ -12,6 +12,20 @@ pub fn repo(rel: &str) -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").join(rel)
 }
 
+/// A `2_chessboard` DreamBooth folder under `dir/data` with the first `n` bundled chessboard
+/// images and their captions; returns `dir/data`.
+pub fn chessboard_data(dir: &Path, n: usize) -> std::path::PathBuf {
+    let data = dir.join("data/2_chessboard");
+    std::fs::create_dir_all(&data).unwrap();
+    for i in 1..=n {
+        let name = format!("left{i:02}");
+        let src = repo(&format!("examples/dataset/img/8_chessboard/{name}"));
+        std::fs::copy(src.with_extension("jpg"), data.join(format!("{name}.jpg"))).unwrap();
+        std::fs::copy(src.with_extension("txt"), data.join(format!("{name}.txt"))).unwrap();
+    }
+    dir.join("data")
+}
+
 /// Runs the lorakit binary with `args` to completion.
 pub fn lorakit<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_lorakit")).args(args).output().expect("run lorakit")
