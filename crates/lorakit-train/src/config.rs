@@ -739,21 +739,24 @@ pub struct TrainConfig {
 /// The values of `model.model_family` lorakit trains.
 pub const MODEL_FAMILIES: &[&str] = &["sd1", "sd2"];
 
-/// Every section name with its keys, from the defaults (used to place bare `--set` keys and
-/// sd-scripts keys).
-pub fn known_keys() -> Vec<(String, Vec<String>)> {
-    // Serialising the defaults drops `None` fields; list them by deserialising an empty table's
-    // field names instead would need a schema — so collect from a config with every option set.
+/// Every section with its keys, each with an example value of the key's type (from a config
+/// with every option set: serialising the defaults would drop the unset `Option` fields).
+pub fn key_examples() -> Vec<(String, Vec<(String, toml::Value)>)> {
     let value = toml::Value::try_from(TrainConfig::every_key_set()).expect("config serialises");
     let mut out = Vec::new();
     if let toml::Value::Table(sections) = value {
         for (name, section) in sections {
             if let toml::Value::Table(keys) = section {
-                out.push((name, keys.keys().cloned().collect()));
+                out.push((name, keys.into_iter().collect()));
             }
         }
     }
     out
+}
+
+/// Every section name with its keys (used to place bare `--set` keys and sd-scripts keys).
+pub fn known_keys() -> Vec<(String, Vec<String>)> {
+    key_examples().into_iter().map(|(section, keys)| (section, keys.into_iter().map(|(k, _)| k).collect())).collect()
 }
 
 /// Finds the section that holds `key` (bare sd-scripts name).

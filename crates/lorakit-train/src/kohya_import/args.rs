@@ -9,7 +9,6 @@ use std::collections::BTreeMap;
 
 use super::key_lists::{is_cosmetic, is_sd_scripts_arg, is_unset};
 use super::{ImportNote, Imported};
-use crate::config::TrainConfig;
 
 /// sd-scripts defaults that differ from lorakit's, applied when the imported file is silent.
 fn sd_scripts_defaults() -> Vec<(&'static str, toml::Value)> {
@@ -220,20 +219,12 @@ impl Table<'_> {
     }
 }
 
-/// What type each lorakit key holds (from a config with every option set).
+/// What type each lorakit key holds: (section, key, example value).
 fn key_types() -> Vec<(String, String, toml::Value)> {
-    let full = toml::Value::try_from(TrainConfig::every_key_set()).expect("config serialises");
-    let mut out = Vec::new();
-    if let toml::Value::Table(sections) = full {
-        for (section, keys) in sections {
-            if let toml::Value::Table(keys) = keys {
-                for (k, v) in keys {
-                    out.push((section.clone(), k, v));
-                }
-            }
-        }
-    }
-    out
+    crate::config::key_examples()
+        .into_iter()
+        .flat_map(|(section, keys)| keys.into_iter().map(move |(k, v)| (section.clone(), k, v)))
+        .collect()
 }
 
 /// Converts `value` to the type of `example`, or explains why not. Whole numbers must fit
@@ -698,6 +689,7 @@ fn text_encoder_lr(value: &toml::Value, t: &mut Table, notes: &mut Vec<ImportNot
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::TrainConfig;
     use crate::kohya_import::detect::{parse, Parsed};
     use crate::kohya_import::NoteLevel;
 
