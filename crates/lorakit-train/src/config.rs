@@ -450,6 +450,12 @@ pub struct TrainingSection {
     pub cache_latents_to_disk: bool,
     /// VAE batch size while caching.
     pub vae_batch_size: usize,
+    /// Run the text encoders once over every caption before training and train from their
+    /// outputs (sd-scripts' `--cache_text_encoder_outputs`; the encoders then leave memory unless
+    /// samples need them). Needs fixed captions and untrained text encoders.
+    pub cache_text_encoder_outputs: bool,
+    /// Keep those outputs on disk next to the images (reused while caption and encoders match).
+    pub cache_text_encoder_outputs_to_disk: bool,
     /// Longest caption in tokens: 75, 150 or 225.
     pub max_token_length: usize,
     /// Read A1111 attention weights in captions: `(word)` ×1.1, `[word]` ÷1.1, `(word:1.5)`,
@@ -476,6 +482,8 @@ impl Default for TrainingSection {
             cache_latents: true,
             cache_latents_to_disk: false,
             vae_batch_size: 1,
+            cache_text_encoder_outputs: false,
+            cache_text_encoder_outputs_to_disk: false,
             max_token_length: 75,
             weighted_captions: false,
             max_grad_norm: 1.0,
@@ -594,8 +602,9 @@ pub struct OptimizerSection {
     pub learning_rate: f64,
     /// UNet LoRA learning rate (unset: `learning_rate`).
     pub unet_lr: Option<f64>,
-    /// Text-encoder LoRA learning rate (unset: `learning_rate`).
-    pub text_encoder_lr: Option<f64>,
+    /// Text-encoder LoRA learning rate (unset: `learning_rate`): one value for every text
+    /// encoder, or a list with one per encoder (SDXL: `[te1, te2]`).
+    pub text_encoder_lr: Option<TextEncoderLr>,
     /// Scheduler name (constant, constant_with_warmup, linear, cosine, …).
     pub lr_scheduler: String,
     /// Warmup: steps (≥ 1) or a fraction of the total steps (< 1).
@@ -736,8 +745,18 @@ pub struct TrainConfig {
     pub logging: LoggingSection,
 }
 
+/// `optimizer.text_encoder_lr`: one rate for every text encoder or one per encoder.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum TextEncoderLr {
+    /// The same rate for every text encoder.
+    All(f64),
+    /// One rate per text encoder, in order (TE1, TE2).
+    PerEncoder(Vec<f64>),
+}
+
 /// The values of `model.model_family` lorakit trains.
-pub const MODEL_FAMILIES: &[&str] = &["sd1", "sd2"];
+pub const MODEL_FAMILIES: &[&str] = &["sd1", "sd2", "sdxl"];
 
 /// Every section with its keys, each with an example value of the key's type (from a config
 /// with every option set: serialising the defaults would drop the unset `Option` fields).
@@ -816,7 +835,7 @@ impl TrainConfig {
         c.network.algo = Some(String::new());
         c.network.preset = Some(String::new());
         c.optimizer.unet_lr = Some(0.0);
-        c.optimizer.text_encoder_lr = Some(0.0);
+        c.optimizer.text_encoder_lr = Some(TextEncoderLr::All(0.0));
         c.save.resume = Some(PathBuf::new());
         c.samples.sample_prompts = Some(PathBuf::new());
         c.logging.log_prefix = Some(String::new());
@@ -1056,10 +1075,13 @@ impl TrainConfig {
         if let Ok(toml::Value::Table(sections)) = toml::Value::try_from(self) {
             for (section, keys) in &sections {
                 for (key, value) in keys.as_table().into_iter().flatten() {
-                    if let toml::Value::Float(f) = value {
-                        if !f.is_finite() {
-                            problems.push(format!("{section}.{key} = {f}: use a finite number"));
-                        }
+                    let floats = match value {
+                        toml::Value::Float(f) => vec![*f],
+                        toml::Value::Array(items) => items.iter().filter_map(toml::Value::as_float).collect(),
+                        _ => Vec::new(),
+                    };
+                    for f in floats.into_iter().filter(|f| !f.is_finite()) {
+                        problems.push(format!("{section}.{key} = {f}: use a finite number"));
                     }
                 }
             }
@@ -1090,9 +1112,24 @@ impl TrainConfig {
         self.optimizer.unet_lr.unwrap_or(self.optimizer.learning_rate)
     }
 
+    /// Whether text-encoder outputs are cached (`_to_disk` implies it, as in sd-scripts).
+    pub fn caches_text_encoder_outputs(&self) -> bool {
+        self.training.cache_text_encoder_outputs || self.training.cache_text_encoder_outputs_to_disk
+    }
+
     /// The learning rate of the text-encoder group.
     pub fn text_encoder_lr(&self) -> f64 {
-        self.optimizer.text_encoder_lr.unwrap_or(self.optimizer.learning_rate)
+        self.text_encoder_lrs()[0]
+    }
+
+    /// The text-encoder learning rate of each encoder in order (one entry when a single rate
+    /// applies to all; `learning_rate` when unset or an empty list).
+    pub fn text_encoder_lrs(&self) -> Vec<f64> {
+        match &self.optimizer.text_encoder_lr {
+            Some(TextEncoderLr::All(lr)) => vec![*lr],
+            Some(TextEncoderLr::PerEncoder(list)) if !list.is_empty() => list.clone(),
+            _ => vec![self.optimizer.learning_rate],
+        }
     }
 
     /// The block-wise network arguments as [`crate::block_weights`] takes them.

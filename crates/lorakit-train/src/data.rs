@@ -86,6 +86,24 @@ pub struct TrainImage {
     pub alpha_mask: bool,
     /// Resize filter.
     pub interpolation: Option<String>,
+    /// The size SDXL's micro-conditioning reports as the original `(W, H)`: the upright image
+    /// size, or the training resolution when bucketing is off (sd-scripts then crops to it).
+    pub original_size: (u32, u32),
+}
+
+impl TrainImage {
+    /// SDXL's size/crop conditioning of this image as sd-scripts computes it for a sample:
+    /// `get_crop_ltrb` of the bucket and the original size, mirrored when `flip` (zero when the
+    /// original size is the bucket, as without bucketing).
+    pub fn size_condition(&self, flip: bool) -> crate::model::SizeCondition {
+        let (bw, bh) = self.choice.bucket;
+        let (left, top, _, _) = lorakit_dataset::preprocess::crop_ltrb(self.choice.bucket, self.original_size, flip);
+        crate::model::SizeCondition {
+            original_hw: (self.original_size.1, self.original_size.0),
+            crop_top_left: (top, left),
+            target_hw: (bh, bw),
+        }
+    }
 }
 
 /// One entry of a batch: an image and whether it is flipped this time.
@@ -203,6 +221,11 @@ impl TrainData {
                 let Some(Ok(choice)) = &record.bucket else { continue };
                 let subset = &ds.subsets[record.subset].spec;
                 let index = images.len();
+                let bucketing = ds.spec.buckets.enable_bucket;
+                let original_size = match &record.probe {
+                    Ok(p) if bucketing => p.size,
+                    _ => choice.bucket,
+                };
                 images.push(TrainImage {
                     path: record.file.path.clone(),
                     caption: record.caption.clone(),
@@ -215,6 +238,7 @@ impl TrainData {
                     color_aug: subset.augment.color_aug,
                     alpha_mask: subset.augment.alpha_mask,
                     interpolation: subset.resize_interpolation.clone(),
+                    original_size,
                 });
                 let slot = match buckets.iter().position(|b| b.bucket == choice.bucket) {
                     Some(i) => i,

@@ -31,6 +31,7 @@ pub mod sample_prompts;
 pub mod samples;
 pub mod state;
 pub mod tensorboard;
+pub mod text_cache;
 pub mod time;
 pub mod trainer;
 

@@ -88,7 +88,17 @@ impl RunMetadata {
         put("ss_training_started_at", started_at.to_string());
         put("ss_output_name", c.folders.output_name.clone());
         put("ss_learning_rate", py_float(c.optimizer.learning_rate));
-        put("ss_text_encoder_lr", py_opt_float(c.optimizer.text_encoder_lr));
+        // A list prints as Python prints sd-scripts' multi-encoder `text_encoder_lr` list.
+        put(
+            "ss_text_encoder_lr",
+            match &c.optimizer.text_encoder_lr {
+                None => "None".into(),
+                Some(crate::config::TextEncoderLr::All(lr)) => py_float(*lr),
+                Some(crate::config::TextEncoderLr::PerEncoder(list)) => {
+                    format!("[{}]", list.iter().map(|v| py_float(*v)).collect::<Vec<_>>().join(", "))
+                }
+            },
+        );
         put("ss_unet_lr", py_opt_float(c.optimizer.unet_lr));
         put("ss_num_train_images", data.num_train_images().to_string());
         put("ss_num_validation_images", "0".into());

@@ -45,6 +45,68 @@ pub struct Component {
     pub targets: Vec<LoraTarget>,
 }
 
+/// What the denoiser is conditioned on besides the noisy latents and the timesteps: the text
+/// encoders' output for a batch of captions.
+#[derive(Debug, Clone)]
+pub struct Conditioning {
+    /// Per-token text context `(B, L, D)` the cross-attention reads.
+    pub context: Tensor,
+    /// A pooled text embedding `(B, P)` for families that use one (SDXL: TE2's projected EOS
+    /// state); `None` for SD 1.x/2.x.
+    pub pooled: Option<Tensor>,
+}
+
+impl Conditioning {
+    /// Rows `i` of the batch (for caches that keep one caption per entry).
+    pub fn row(&self, i: usize) -> Result<Conditioning> {
+        Ok(Conditioning {
+            context: self.context.narrow(0, i, 1)?,
+            pooled: self.pooled.as_ref().map(|p| p.narrow(0, i, 1)).transpose()?,
+        })
+    }
+
+    /// Stacks single-row conditionings into one batch (the inverse of [`Conditioning::row`]).
+    pub fn cat(rows: &[Conditioning]) -> Result<Conditioning> {
+        let contexts: Vec<&Tensor> = rows.iter().map(|r| &r.context).collect();
+        let pooled: Option<Vec<&Tensor>> = rows.iter().map(|r| r.pooled.as_ref()).collect();
+        Ok(Conditioning {
+            context: Tensor::cat(&contexts, 0)?,
+            pooled: match pooled {
+                Some(p) if !p.is_empty() => Some(Tensor::cat(&p, 0)?),
+                _ => None,
+            },
+        })
+    }
+}
+
+/// SDXL's size and crop micro-conditioning of one sample (sd-scripts' `original_sizes_hw`,
+/// `crop_top_lefts`, `target_sizes_hw`); families without it ignore it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SizeCondition {
+    /// The image's size before resizing, `(height, width)`.
+    pub original_hw: (u32, u32),
+    /// sd-scripts' crop top-left `(top, left)` (from `get_crop_ltrb`, mirrored when flipped).
+    pub crop_top_left: (u32, u32),
+    /// The trained size (the bucket), `(height, width)`.
+    pub target_hw: (u32, u32),
+}
+
+impl SizeCondition {
+    /// Generation at `(height, width)`: the original and target sizes are the output size, no
+    /// crop (what sd-scripts' sampler and diffusers' SDXL pipeline pass by default).
+    pub fn for_generation(height: u32, width: u32) -> SizeCondition {
+        SizeCondition { original_hw: (height, width), crop_top_left: (0, 0), target_hw: (height, width) }
+    }
+
+    /// The six values in SDXL's order: original h, w, crop top, left, target h, w.
+    pub fn time_ids(&self) -> [f32; 6] {
+        let (a, b) = self.original_hw;
+        let (c, d) = self.crop_top_left;
+        let (e, f) = self.target_hw;
+        [a, b, c, d, e, f].map(|v| v as f32)
+    }
+}
+
 /// A model the training loop can train a LoRA on.
 pub trait TrainableModel {
     /// The family's metadata.
@@ -70,7 +132,7 @@ pub trait TrainableModel {
         max_token_length: usize,
         clip_skip: Option<usize>,
         ctxs: &[ForwardCtx],
-    ) -> Result<Tensor>;
+    ) -> Result<Conditioning>;
     /// [`Self::encode_text`] for captions with A1111 attention weights (`training.weighted_captions`,
     /// sd-scripts' `--weighted_captions`, spec §6.2). Families that do not support them say so.
     fn encode_text_weighted(
@@ -79,15 +141,23 @@ pub trait TrainableModel {
         max_token_length: usize,
         clip_skip: Option<usize>,
         ctxs: &[ForwardCtx],
-    ) -> Result<Tensor> {
+    ) -> Result<Conditioning> {
         let _ = (captions, max_token_length, clip_skip, ctxs);
         Err(TrainError::Other(format!(
             "training.weighted_captions: not supported for {} models; turn it off",
             self.info().base_model_version
         )))
     }
-    /// The denoiser's prediction for `noisy` at `timesteps` (f32, `[B]`).
-    fn denoise(&self, noisy: &Tensor, timesteps: &Tensor, cond: &Tensor, ctxs: &[ForwardCtx]) -> Result<Tensor>;
+    /// The denoiser's prediction for `noisy` at `timesteps` (f32, `[B]`), with one
+    /// [`SizeCondition`] per sample.
+    fn denoise(
+        &self,
+        noisy: &Tensor,
+        timesteps: &Tensor,
+        cond: &Conditioning,
+        sizes: &[SizeCondition],
+        ctxs: &[ForwardCtx],
+    ) -> Result<Tensor>;
     /// One preview image with the LoRA sets applied (one per component).
     fn sample(&self, request: &GenerateRequest, sets: &[Arc<LoraSet>]) -> Result<RgbImage>;
     /// Identifies the VAE weights (latent caches are reused only for the same VAE).
@@ -287,16 +357,17 @@ impl TrainableModel for StableDiffusionModel {
         max_token_length: usize,
         clip_skip: Option<usize>,
         ctxs: &[ForwardCtx],
-    ) -> Result<Tensor> {
+    ) -> Result<Conditioning> {
         let ctx = ctxs.get(1).cloned().unwrap_or_default();
-        Ok(lorakit_models::clip::encode_prompts(
+        let context = lorakit_models::clip::encode_prompts(
             &self.sd.text_encoder,
             &self.sd.tokenizer,
             captions,
             Some(max_token_length),
             clip_skip,
             &ctx,
-        )?)
+        )?;
+        Ok(Conditioning { context, pooled: None })
     }
 
     fn encode_text_weighted(
@@ -305,7 +376,7 @@ impl TrainableModel for StableDiffusionModel {
         max_token_length: usize,
         clip_skip: Option<usize>,
         ctxs: &[ForwardCtx],
-    ) -> Result<Tensor> {
+    ) -> Result<Conditioning> {
         let ctx = ctxs.get(1).cloned().unwrap_or_default();
         let prompts = captions
             .iter()
@@ -313,20 +384,28 @@ impl TrainableModel for StableDiffusionModel {
                 parse_prompt_attention(c).map_err(|e| TrainError::Other(format!("training.weighted_captions: {e}")))
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok(lorakit_models::clip::encode_weighted_prompts(
+        let context = lorakit_models::clip::encode_weighted_prompts(
             &self.sd.text_encoder,
             &self.sd.tokenizer,
             &prompts,
             Some(max_token_length),
             clip_skip,
             &ctx,
-        )?)
+        )?;
+        Ok(Conditioning { context, pooled: None })
     }
 
-    fn denoise(&self, noisy: &Tensor, timesteps: &Tensor, cond: &Tensor, ctxs: &[ForwardCtx]) -> Result<Tensor> {
+    fn denoise(
+        &self,
+        noisy: &Tensor,
+        timesteps: &Tensor,
+        cond: &Conditioning,
+        _sizes: &[SizeCondition],
+        ctxs: &[ForwardCtx],
+    ) -> Result<Tensor> {
         let ctx = ctxs.first().cloned().unwrap_or_default();
         let dtype = self.dtype();
-        Ok(self.sd.unet.forward(&noisy.to_dtype(dtype)?, timesteps, &cond.to_dtype(dtype)?, &ctx)?)
+        Ok(self.sd.unet.forward(&noisy.to_dtype(dtype)?, timesteps, &cond.context.to_dtype(dtype)?, &ctx)?)
     }
 
     fn sample(&self, request: &GenerateRequest, sets: &[Arc<LoraSet>]) -> Result<RgbImage> {

@@ -22,7 +22,8 @@ pub struct ComponentNetwork<'a> {
 /// Learning rates and ratios the groups are formed with.
 #[derive(Debug, Clone, PartialEq)]
 pub struct GroupRates {
-    pub text_encoder_lr: f64,
+    /// One rate per text encoder, in model order (the last repeats for further encoders).
+    pub text_encoder_lrs: Vec<f64>,
     pub unet_lr: f64,
     /// LoRA+ ratio of the text encoder's `up` matrices (`None`: no plus group).
     pub text_encoder_plus_ratio: Option<f64>,
@@ -39,15 +40,17 @@ pub struct PlannedGroup {
 }
 
 /// Groups for `networks` (in model order) with sd-scripts' names: `textencoder`, `unet`,
-/// `unet_block{slot}`, each optionally followed by a `… plus` group.
+/// `unet_block{slot}`, each optionally followed by a `… plus` group. Text encoders trained at
+/// different rates (SDXL's `text_encoder_lr = [a, b]`) get one group each, `textencoder1`,
+/// `textencoder2`, as sd-scripts' multi-encoder networks name them.
 pub fn plan_groups(networks: &[ComponentNetwork], rates: &GroupRates) -> Vec<PlannedGroup> {
     let mut out = Vec::new();
     // Modules with their component, text encoders first: (component, module name, the
     // parameters of the main group, the LoRA+ `up` matrix).
     type Entry<'a> = (usize, &'a str, Vec<Var>, Option<Var>);
-    let modules = |te: bool| -> Vec<Entry> {
+    let modules = |te: bool, only: Option<usize>| -> Vec<Entry> {
         let mut out = Vec::new();
-        for n in networks.iter().filter(|n| n.is_text_encoder == te) {
+        for n in networks.iter().filter(|n| n.is_text_encoder == te && only.is_none_or(|c| c == n.component)) {
             for m in n.set.modules().iter().filter(|m| m.is_trainable()) {
                 out.push((n.component, m.name(), vec![m.down().clone()], Some(m.up().clone())));
             }
@@ -83,11 +86,22 @@ pub fn plan_groups(networks: &[ComponentNetwork], rates: &GroupRates) -> Vec<Pla
             });
         }
     };
-    let te = modules(true);
-    if !te.is_empty() {
-        assemble("textencoder", &te, rates.text_encoder_lr, rates.text_encoder_plus_ratio);
+    let encoders: Vec<usize> = networks.iter().filter(|n| n.is_text_encoder).map(|n| n.component).collect();
+    let lr_of = |k: usize| rates.text_encoder_lrs.get(k).or(rates.text_encoder_lrs.last()).copied().unwrap_or(0.0);
+    if (0..encoders.len()).all(|k| lr_of(k) == lr_of(0)) {
+        let te = modules(true, None);
+        if !te.is_empty() {
+            assemble("textencoder", &te, lr_of(0), rates.text_encoder_plus_ratio);
+        }
+    } else {
+        for (k, &component) in encoders.iter().enumerate() {
+            let te = modules(true, Some(component));
+            if !te.is_empty() {
+                assemble(&format!("textencoder{}", k + 1), &te, lr_of(k), rates.text_encoder_plus_ratio);
+            }
+        }
     }
-    let unet = modules(false);
+    let unet = modules(false, None);
     if !unet.is_empty() {
         match &rates.block_lr_weights {
             None => assemble("unet", &unet, rates.unet_lr, rates.unet_plus_ratio),

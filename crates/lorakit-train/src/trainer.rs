@@ -29,7 +29,7 @@ use crate::error::{Result, TrainError};
 use crate::latents::{alpha_masks, encode_batch, LatentCache, SampleAugment};
 use crate::loss::{batch_loss, LossOptions};
 use crate::metadata::{RunMetadata, SaveProgress};
-use crate::model::TrainableModel;
+use crate::model::{SizeCondition, TrainableModel};
 use crate::noise::{sample_noise, NoiseOptions};
 use crate::param_groups::{plan_groups, ComponentNetwork, GroupRates};
 use crate::plan::{
@@ -42,6 +42,7 @@ use crate::state::{
     LoadedState, ProgressState, STATE_FORMAT,
 };
 use crate::tensorboard::TensorBoardWriter;
+use crate::text_cache::TextEncoderCache;
 use crate::time::{compact_timestamp, unix_seconds};
 
 /// What the run reports as it goes (the CLI draws progress bars from these).
@@ -332,7 +333,7 @@ impl<'m> Trainer<'m> {
         let planned = plan_groups(
             &networks,
             &GroupRates {
-                text_encoder_lr: config.text_encoder_lr(),
+                text_encoder_lrs: config.text_encoder_lrs(),
                 unet_lr: config.unet_lr(),
                 text_encoder_plus_ratio: n.loraplus_text_encoder_lr_ratio.or(n.loraplus_lr_ratio),
                 unet_plus_ratio: n.loraplus_unet_lr_ratio.or(n.loraplus_lr_ratio),
@@ -612,6 +613,9 @@ impl<'m> Trainer<'m> {
                 TrainError::Other(format!("model.clip_skip = {skip}: {}", reason.lines().next().unwrap_or("")))
             })?;
         }
+        if self.config.caches_text_encoder_outputs() {
+            crate::text_cache::check_cacheable(&self.config, &self.data)?;
+        }
         crate::latents::check_images_decode(&self.data)?;
         Ok(Preflight { resumed, samples })
     }
@@ -769,6 +773,22 @@ impl<'m> Trainer<'m> {
         Ok(Some(cache))
     }
 
+    /// The text-encoder output cache (`training.cache_text_encoder_outputs`), built or reused
+    /// from disk.
+    fn cache_text_encoder_outputs(&self, events: &mut dyn FnMut(TrainEvent)) -> Result<Option<TextEncoderCache>> {
+        if !self.config.caches_text_encoder_outputs() {
+            return Ok(None);
+        }
+        let mut report = |done, total| events(TrainEvent::Caching { done, total });
+        let cache = TextEncoderCache::build(self.model, &self.data, &self.config, &mut report)?;
+        events(TrainEvent::Note(format!(
+            "text-encoder outputs cached for {} distinct captions ({} images' outputs reused from disk)",
+            cache.len(),
+            cache.reused
+        )));
+        Ok(Some(cache))
+    }
+
     /// Runs training to the end, an error, or `stop` (Ctrl-C: saves a state and returns).
     /// Phases: [`Trainer::preflight`] (every check, nothing written) → output folder (stale
     /// temporary state folders cleaned) → resume position → logs → latent cache → samples
@@ -782,7 +802,7 @@ impl<'m> Trainer<'m> {
             self.start_position(preflight.resumed.as_ref(), events);
         self.announce(global_step, events);
         let (log_dir, mut tensorboard, mut run_log) = self.open_logs()?;
-        let cache = self.cache_latents(events)?;
+        let cache = Caches { latents: self.cache_latents(events)?, text: self.cache_text_encoder_outputs(events)? };
 
         let mut samples = preflight.samples;
         if let Some(s) = samples.as_mut() {
@@ -813,16 +833,8 @@ impl<'m> Trainer<'m> {
                 if epoch == start_epoch && bi < skip_batches {
                     continue;
                 }
-                let loss = self.micro_step(
-                    batch,
-                    cache.as_ref(),
-                    epoch,
-                    global_step,
-                    micro_in_step,
-                    ga,
-                    scaler,
-                    &mut accumulated,
-                )?;
+                let loss =
+                    self.micro_step(batch, &cache, epoch, global_step, micro_in_step, ga, scaler, &mut accumulated)?;
                 if !loss.is_finite() {
                     return Err(TrainError::NonFinite(format!(
                         "the loss became {loss} at step {} (epoch {}). Training stopped; the files saved so far are intact. \
@@ -1116,7 +1128,7 @@ impl<'m> Trainer<'m> {
     fn micro_step(
         &self,
         batch: &Batch,
-        cache: Option<&LatentCache>,
+        cache: &Caches,
         epoch: u64,
         global_step: u64,
         micro: u64,
@@ -1141,7 +1153,7 @@ impl<'m> Trainer<'m> {
                 }
             })
             .collect();
-        let latents = match cache {
+        let latents = match &cache.latents {
             Some(c) => c.batch(&batch.samples, device)?,
             None => encode_batch(self.model, &self.data, &batch.samples, &augments)?,
         };
@@ -1189,12 +1201,17 @@ impl<'m> Trainer<'m> {
             .collect();
         let captions: Vec<&str> = captions.iter().map(String::as_str).collect();
         let (max_tokens, clip_skip) = (config.training.max_token_length, config.model.clip_skip);
-        let cond = if config.training.weighted_captions {
+        let cond = if let Some(text) = &cache.text {
+            let images: Vec<usize> = batch.samples.iter().map(|s| s.image).collect();
+            text.batch(&self.data, &images, device)?
+        } else if config.training.weighted_captions {
             self.model.encode_text_weighted(&captions, max_tokens, clip_skip, &ctxs)?
         } else {
             self.model.encode_text(&captions, max_tokens, clip_skip, &ctxs)?
         };
-        let pred = self.model.denoise(&noisy, &t_float, &cond, &ctxs)?.to_dtype(DType::F32)?;
+        let sizes: Vec<SizeCondition> =
+            batch.samples.iter().map(|s| self.data.images[s.image].size_condition(s.flip)).collect();
+        let pred = self.model.denoise(&noisy, &t_float, &cond, &sizes, &ctxs)?.to_dtype(DType::F32)?;
 
         // sd-scripts' loss assembly (§7.2): element-wise loss, per-sample mean, prior weight for
         // regularisation images, SNR weightings, batch mean.
@@ -1239,6 +1256,12 @@ impl<'m> Trainer<'m> {
         }
         Ok(loss_value)
     }
+}
+
+/// What was computed once before the epochs: latents and text-encoder outputs.
+struct Caches {
+    latents: Option<LatentCache>,
+    text: Option<TextEncoderCache>,
 }
 
 /// The run's memory estimate ([`estimate_memory`]) with `trainable` LoRA parameters.

@@ -45,7 +45,7 @@ fn weighted_conditioning_matches_sd_scripts() {
         let name = c["name"].as_str().unwrap();
         let max_tokens = c["max_token_length"].as_u64().unwrap_or(75) as usize;
         let clip_skip = c["clip_skip"].as_u64().map(|s| s as usize);
-        let cond = model.encode_text_weighted(&captions, max_tokens, clip_skip, &[]).unwrap();
+        let cond = model.encode_text_weighted(&captions, max_tokens, clip_skip, &[]).unwrap().context;
         let e = rel_err(&cond, &fixture[&format!("{name}.hidden")]);
         eprintln!("{name}: relative error {e:.2e}");
         assert!(e <= 1e-4, "{name}: {e:e}");
@@ -57,13 +57,13 @@ fn weights_change_the_conditioning_and_plain_captions_do_not() {
     let model = model();
     for (max_tokens, skip) in [(75, None), (150, Some(2))] {
         let plain = ["a photo of a cat sitting on a table, 1girl, solo"];
-        let off = model.encode_text(&plain, max_tokens, skip, &[]).unwrap();
-        let on = model.encode_text_weighted(&plain, max_tokens, skip, &[]).unwrap();
+        let off = model.encode_text(&plain, max_tokens, skip, &[]).unwrap().context;
+        let on = model.encode_text_weighted(&plain, max_tokens, skip, &[]).unwrap().context;
         assert_eq!(rel_err(&on, &off), 0.0, "a caption without weights is unchanged");
 
         // `(cat:1.5)`: the "cat" position (BOS, a, cat) is scaled by 1.5, nothing else moves.
-        let weighted = model.encode_text_weighted(&["a (cat:1.5)"], max_tokens, skip, &[]).unwrap();
-        let unweighted = model.encode_text_weighted(&["a cat"], max_tokens, skip, &[]).unwrap();
+        let weighted = model.encode_text_weighted(&["a (cat:1.5)"], max_tokens, skip, &[]).unwrap().context;
+        let unweighted = model.encode_text_weighted(&["a cat"], max_tokens, skip, &[]).unwrap().context;
         assert!(rel_err(&weighted, &unweighted) > 0.1);
         let len = weighted.dim(1).unwrap();
         let mut factors = vec![1f32; len];

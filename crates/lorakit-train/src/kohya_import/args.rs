@@ -847,14 +847,14 @@ seed = 1
         )
         .unwrap();
         let c = config(&imp);
-        assert_eq!(c.optimizer.text_encoder_lr, Some(5e-5));
+        assert_eq!(c.optimizer.text_encoder_lr, Some(crate::config::TextEncoderLr::All(5e-5)));
         assert_eq!(c.optimizer.optimizer_args, vec!["weight_decay=0.1", "betas=0.9,0.99"]);
         assert!(imp.notes.is_empty(), "{:?}", imp.notes);
         // An empty list is sd-scripts' "not set": the text encoder trains at learning_rate.
         let c = config(&import_toml("network_dim = 4\ntext_encoder_lr = []\nseed = 1\n").unwrap());
         assert_eq!(c.optimizer.text_encoder_lr, None);
         let imp = import_toml("network_dim = 4\ntext_encoder_lr = [1e-5, 2e-5]\nseed = 1\n").unwrap();
-        assert_eq!(config(&imp).optimizer.text_encoder_lr, Some(1e-5));
+        assert_eq!(config(&imp).optimizer.text_encoder_lr, Some(crate::config::TextEncoderLr::All(1e-5)));
         assert_eq!(level_of(&imp, "text_encoder_lr"), Some(NoteLevel::Info));
     }
 

@@ -947,7 +947,7 @@ mod tests {
         assert_eq!(level_of(&imp, "text_encoder_lr"), Some(NoteLevel::Info));
         let c = config(&import(&gui(&[("unet_lr", 0.into()), ("text_encoder_lr", 5e-5.into())])).unwrap());
         assert!(!c.trains_unet() && c.trains_text_encoder());
-        assert_eq!(c.optimizer.text_encoder_lr, Some(5e-5));
+        assert_eq!(c.optimizer.text_encoder_lr, Some(crate::config::TextEncoderLr::All(5e-5)));
         let err = import(&gui(&[("learning_rate", 0.into())])).unwrap_err();
         assert!(err.contains("all 0"), "{err}");
     }
