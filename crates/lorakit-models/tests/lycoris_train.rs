@@ -47,7 +47,8 @@ fn case_setup(case: &Value) -> (LoraTarget, LycorisAlgo, usize, f64) {
     } else {
         (LoraKind::Conv { kernel: n(3), stride: n(4), padding: n(5) }, n(1), n(2))
     };
-    let target = LoraTarget { path: "layer".into(), kind, in_dim, out_dim, group: TargetGroup::Attention };
+    let target =
+        LoraTarget { path: "layer".into(), kohya_path: None, kind, in_dim, out_dim, group: TargetGroup::Attention };
     let args = &case["args"];
     let algo = match case["algo"].as_str().unwrap() {
         "loha" => LycorisAlgo::LoHa,
@@ -121,6 +122,7 @@ fn initialisation_follows_lycoris() {
     let mut rng = StdRng::seed_from_u64(3);
     let target = LoraTarget {
         path: "l".into(),
+        kohya_path: None,
         kind: LoraKind::Linear,
         in_dim: 256,
         out_dim: 128,
@@ -147,6 +149,7 @@ fn initialisation_follows_lycoris() {
     let opts = LokrOptions { factor: 8, decompose_both: true, full_matrix: false };
     let target = LoraTarget {
         path: "l".into(),
+        kohya_path: None,
         kind: LoraKind::Linear,
         in_dim: 512,
         out_dim: 1024,
@@ -272,7 +275,14 @@ fn loha_lokr_and_locon_gradients_pass_f64_gradcheck() {
         (LoraKind::Conv { kernel: 3, stride: 1, padding: 1 }, LycorisAlgo::LoKr(LokrOptions::default()), 1),
     ];
     for (i, (kind, algo, dim)) in cases.into_iter().enumerate() {
-        let target = LoraTarget { path: "l".into(), kind, in_dim: 8, out_dim: 6, group: TargetGroup::Attention };
+        let target = LoraTarget {
+            path: "l".into(),
+            kohya_path: None,
+            kind,
+            in_dim: 8,
+            out_dim: 6,
+            group: TargetGroup::Attention,
+        };
         let shapes = LycorisModule::factor_names(algo, &target, dim);
         let x_shape: Vec<usize> = match kind {
             LoraKind::Linear => vec![2, 3, 8],
@@ -295,8 +305,14 @@ fn loha_lokr_and_locon_gradients_pass_f64_gradcheck() {
 #[test]
 fn rank_dropout_zeroes_whole_output_rows_without_rescaling_and_module_dropout_skips() {
     use lorakit_nn::lora::LoraDropout;
-    let target =
-        LoraTarget { path: "l".into(), kind: LoraKind::Linear, in_dim: 6, out_dim: 40, group: TargetGroup::Attention };
+    let target = LoraTarget {
+        path: "l".into(),
+        kohya_path: None,
+        kind: LoraKind::Linear,
+        in_dim: 6,
+        out_dim: 40,
+        group: TargetGroup::Attention,
+    };
     let shapes = LycorisModule::factor_names(LycorisAlgo::LoHa, &target, 2);
     let factors: Vec<(&'static str, Tensor)> = shapes
         .iter()
@@ -330,7 +346,14 @@ fn rank_dropout_zeroes_whole_output_rows_without_rescaling_and_module_dropout_sk
 }
 
 fn targets() -> Vec<LoraTarget> {
-    let t = |path: &str, kind, in_dim, out_dim, group| LoraTarget { path: path.into(), kind, in_dim, out_dim, group };
+    let t = |path: &str, kind, in_dim, out_dim, group| LoraTarget {
+        path: path.into(),
+        kohya_path: None,
+        kind,
+        in_dim,
+        out_dim,
+        group,
+    };
     let conv3 = LoraKind::Conv { kernel: 3, stride: 1, padding: 1 };
     let conv1 = LoraKind::Conv { kernel: 1, stride: 1, padding: 0 };
     vec![

@@ -95,6 +95,7 @@ impl Linear {
     pub fn lora_target(&self, group: TargetGroup) -> LoraTarget {
         LoraTarget {
             path: self.path.clone(),
+            kohya_path: None,
             kind: LoraKind::Linear,
             in_dim: self.inner.in_features(),
             out_dim: self.inner.out_features(),
@@ -148,6 +149,7 @@ impl Conv2d {
         let w = self.inner.weight().dims();
         LoraTarget {
             path: self.path.clone(),
+            kohya_path: None,
             kind: LoraKind::Conv {
                 kernel: self.inner.kernel_size(),
                 stride: self.inner.stride(),

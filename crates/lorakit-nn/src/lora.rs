@@ -41,8 +41,13 @@ pub enum TargetGroup {
 /// A layer a LoRA module can attach to, as enumerated by a model.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LoraTarget {
-    /// The layer's module path in diffusers naming (`down_blocks.0.attentions.0.proj_in`).
+    /// The layer's module path in diffusers naming (`down_blocks.0.attentions.0.proj_in`): the
+    /// key a [`LoraSet`] holds its modules under and layers look them up by at forward time.
     pub path: String,
+    /// The module path kohya's name is built from when it is not `path`: sd-scripts names SDXL's
+    /// UNet modules by the original SGM layout (`input_blocks.4.1.transformer_blocks.0.attn1.to_q`,
+    /// `output_blocks.2.2.conv`). `None`: kohya names the module by `path` (SD1/SD2, text encoders).
+    pub kohya_path: Option<String>,
     /// Linear or conv, with the conv geometry.
     pub kind: LoraKind,
     /// Input features or channels.
@@ -54,9 +59,15 @@ pub struct LoraTarget {
 }
 
 impl LoraTarget {
-    /// kohya's module name: `prefix` + `_` + the path with every `.` replaced by `_`.
+    /// kohya's module name: `prefix` + `_` + [`LoraTarget::kohya_module_path`] with every `.`
+    /// replaced by `_`.
     pub fn kohya_name(&self, prefix: &str) -> String {
-        format!("{prefix}_{}", self.path.replace('.', "_"))
+        format!("{prefix}_{}", self.kohya_module_path().replace('.', "_"))
+    }
+
+    /// The module path kohya names the layer by: `kohya_path` when set, else `path`.
+    pub fn kohya_module_path(&self) -> &str {
+        self.kohya_path.as_deref().unwrap_or(&self.path)
     }
 
     /// Whether the target is a k×k conv with k > 1 (rank from conv_dim in sd-scripts).

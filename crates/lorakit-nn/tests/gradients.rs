@@ -363,7 +363,14 @@ fn chunked_attention_matches_composed_over_many_chunks() {
 }
 
 fn linear_target(in_dim: usize, out_dim: usize) -> LoraTarget {
-    LoraTarget { path: "blk.proj".into(), kind: LoraKind::Linear, in_dim, out_dim, group: TargetGroup::Attention }
+    LoraTarget {
+        path: "blk.proj".into(),
+        kohya_path: None,
+        kind: LoraKind::Linear,
+        in_dim,
+        out_dim,
+        group: TargetGroup::Attention,
+    }
 }
 
 #[test]

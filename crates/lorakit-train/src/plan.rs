@@ -289,6 +289,7 @@ mod tests {
         use lorakit_nn::lora::{LoraKind, LoraTarget, TargetGroup};
         let linear = LoraTarget {
             path: "a.to_q".into(),
+            kohya_path: None,
             kind: LoraKind::Linear,
             in_dim: 320,
             out_dim: 640,
@@ -296,6 +297,7 @@ mod tests {
         };
         let conv = LoraTarget {
             path: "b.conv1".into(),
+            kohya_path: None,
             kind: LoraKind::Conv { kernel: 3, stride: 1, padding: 1 },
             in_dim: 64,
             out_dim: 32,

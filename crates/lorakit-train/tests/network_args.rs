@@ -88,7 +88,7 @@ fn bad_block_arguments_are_errors_naming_the_key() {
 }
 
 fn target(path: &str, kind: LoraKind, in_dim: usize, out_dim: usize) -> LoraTarget {
-    LoraTarget { path: path.into(), kind, in_dim, out_dim, group: TargetGroup::Attention }
+    LoraTarget { path: path.into(), kohya_path: None, kind, in_dim, out_dim, group: TargetGroup::Attention }
 }
 
 fn set_of(names: &[&str], seed: u64) -> LoraSet {
