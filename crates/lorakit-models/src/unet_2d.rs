@@ -1,10 +1,13 @@
-//! The conditional UNet of Stable Diffusion 1.x/2.x (diffusers `unets/unet_2d_condition.py`,
-//! with the timestep embedding of `embeddings.py`).
+//! The conditional UNet of Stable Diffusion 1.x/2.x and SDXL (diffusers
+//! `unets/unet_2d_condition.py`, with the timestep and SDXL `text_time` embeddings of
+//! `embeddings.py`).
 //!
 //! Built from a diffusers `config.json` ([`UNet2DConditionModelConfig`]) and weights under
 //! diffusers keys; every conv and linear is named by its module path, so
-//! [`UNet2DConditionModel::lora_targets`] yields exactly the layers (and kohya names) that
-//! sd-scripts' `networks/lora.py` creates modules for.
+//! [`UNet2DConditionModel::lora_targets`] yields exactly the layers that sd-scripts'
+//! `networks/lora.py` creates modules for. Their kohya names follow the layout sd-scripts' own
+//! UNet uses ([`KohyaLayout`]): diffusers paths for SD1/SD2, the original SGM layout for SDXL
+//! ([`UNet2DConditionModel::lora_targets_in`]).
 
 use candle_core::{DType, Result, Tensor};
 use lorakit_nn::activation::silu;
@@ -104,9 +107,10 @@ pub struct UNet2DConditionModelConfig {
     pub use_linear_projection: bool,
     /// Unsupported; must be null.
     pub class_embed_type: Option<String>,
-    /// Unsupported (SDXL's `text_time`); must be null.
+    /// `text_time` (SDXL: pooled text embedding and size/crop ids added to the time embedding)
+    /// or null; other types are unsupported.
     pub addition_embed_type: Option<String>,
-    /// Unsupported; ignored without `addition_embed_type`.
+    /// Width of each `text_time` id's sinusoidal features (SDXL: 256).
     pub addition_time_embed_dim: Option<usize>,
     /// Unsupported; must be null.
     pub num_class_embeds: Option<usize>,
@@ -132,7 +136,8 @@ pub struct UNet2DConditionModelConfig {
     pub conv_in_kernel: usize,
     /// Kernel of `conv_out` (odd).
     pub conv_out_kernel: usize,
-    /// Unsupported; ignored without a class embedding.
+    /// Input width of `add_embedding` with `text_time`: pooled text width + ids × addition_time_embed_dim
+    /// (SDXL: 1280 + 6 × 256 = 2816).
     pub projection_class_embeddings_input_dim: Option<usize>,
     /// Only `default` is supported.
     pub attention_type: String,
@@ -213,11 +218,13 @@ struct BlockPlan {
     cfg: BlockConfig,
 }
 
-/// The whole block structure derived from a config (shared by the constructor and
-/// `parameter_shapes`, so the two cannot disagree).
+/// The whole block structure derived from a config (shared by the constructor,
+/// `parameter_shapes` and the SGM names, so they cannot disagree).
 #[derive(Clone, Debug)]
 struct Plan {
     time_embed_dim: usize,
+    /// `text_time`: (features per id, `add_embedding` input width).
+    add_embedding: Option<(usize, usize)>,
     down: Vec<BlockPlan>,
     mid: Option<BlockConfig>,
     up: Vec<BlockPlan>,
@@ -245,6 +252,48 @@ impl UNet2DConditionModelConfig {
             upcast_attention: true,
             ..Default::default()
         }
+    }
+
+    /// SDXL base 1.0's UNet (`stabilityai/stable-diffusion-xl-base-1.0/unet/config.json`, as
+    /// sd-scripts' `DIFFUSERS_SDXL_UNET_CONFIG`): three levels, no attention at the first, 1/2/10
+    /// transformer blocks of 64-wide heads, linear projections, a 2048-wide context and the
+    /// `text_time` addition embedding (2,567,463,684 parameters).
+    pub fn sdxl() -> Self {
+        UNet2DConditionModelConfig {
+            sample_size: Some(128),
+            down_block_types: ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"]
+                .map(String::from)
+                .to_vec(),
+            up_block_types: ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"].map(String::from).to_vec(),
+            block_out_channels: vec![320, 640, 1280],
+            cross_attention_dim: PerBlock::One(2048),
+            attention_head_dim: PerBlock::Many(vec![5, 10, 20]),
+            transformer_layers_per_block: PerBlock::Many(vec![1, 2, 10]),
+            use_linear_projection: true,
+            addition_embed_type: Some("text_time".into()),
+            addition_time_embed_dim: Some(256),
+            projection_class_embeddings_input_dim: Some(2816),
+            ..Default::default()
+        }
+    }
+
+    /// The layout sd-scripts names this UNet's modules by: SGM for an SDXL UNet (a `text_time`
+    /// addition embedding; sd-scripts trains SDXL on its own SGM-layout UNet), diffusers module
+    /// paths otherwise (its SD1/SD2 UNet copies diffusers' attribute names).
+    pub fn kohya_layout(&self) -> KohyaLayout {
+        if self.addition_embed_type.as_deref() == Some("text_time") {
+            KohyaLayout::Sgm
+        } else {
+            KohyaLayout::Diffusers
+        }
+    }
+
+    /// The SGM (original Stability) path of a diffusers module path or parameter key of a model
+    /// of this configuration (`down_blocks.1.attentions.0.proj_in` → `input_blocks.4.1.proj_in`,
+    /// `up_blocks.0.upsamplers.0.conv.weight` → `output_blocks.2.2.conv.weight`, `…resnets.0.conv1`
+    /// → `….0.in_layers.2`). `None` for a path outside the model or an inconsistent configuration.
+    pub fn sgm_path(&self, diffusers_path: &str) -> Option<String> {
+        SgmNames::new(&self.plan().ok()?).map(diffusers_path)
     }
 
     /// Refuses configurations with features this implementation does not have.
@@ -276,8 +325,9 @@ impl UNet2DConditionModelConfig {
         if self.class_embed_type.is_some() || self.num_class_embeds.is_some() {
             return unsupported("a class embedding");
         }
-        if self.addition_embed_type.is_some() {
-            return unsupported("an addition embedding (SDXL)");
+        match self.addition_embed_type.as_deref() {
+            None | Some("text_time") => {}
+            Some(t) => return unsupported(&format!("addition_embed_type {t} (only text_time)")),
         }
         if self.encoder_hid_dim.is_some() || self.encoder_hid_dim_type.is_some() {
             return unsupported("encoder_hid_dim");
@@ -322,6 +372,16 @@ impl UNet2DConditionModelConfig {
         let ch = &self.block_out_channels;
         let groups = self.norm_num_groups.unwrap_or(32);
         let time_embed_dim = self.time_embedding_dim.unwrap_or(ch[0] * 4);
+        let add_embedding = match self.addition_embed_type.as_deref() {
+            Some("text_time") => match (self.addition_time_embed_dim, self.projection_class_embeddings_input_dim) {
+                (Some(d), Some(p)) if d > 0 && p > 0 => Some((d, p)),
+                (d, p) => candle_core::bail!(
+                    "UNet config: addition_embed_type text_time needs positive addition_time_embed_dim and \
+                     projection_class_embeddings_input_dim, got {d:?} and {p:?}"
+                ),
+            },
+            _ => None,
+        };
         let heads =
             self.num_attention_heads.as_ref().unwrap_or(&self.attention_head_dim).expand(n, "attention_head_dim")?;
         let layers = self.layers_per_block.expand(n, "layers_per_block")?;
@@ -394,11 +454,12 @@ impl UNet2DConditionModelConfig {
                 }
             }
         }
-        Ok(Plan { time_embed_dim, down, mid, up, groups })
+        Ok(Plan { time_embed_dim, add_embedding, down, mid, up, groups })
     }
 
     /// Every diffusers key (and its shape) a model of this configuration reads, in diffusers'
-    /// `state_dict` order. For SD1.5: 686 keys, 859,520,964 parameters. An inconsistent
+    /// `state_dict` order. For SD1.5: 686 keys, 859,520,964 parameters; SDXL base: 1680 keys,
+    /// 2,567,463,684 parameters. An inconsistent
     /// configuration (see [`UNet2DConditionModelConfig::validate`]) yields an empty list.
     pub fn parameter_shapes(&self) -> ParamShapes {
         let Ok(plan) = self.plan() else { return Vec::new() };
@@ -407,6 +468,10 @@ impl UNet2DConditionModelConfig {
         push_conv(&mut out, "conv_in", self.in_channels, ch[0], self.conv_in_kernel);
         push_linear(&mut out, "time_embedding.linear_1", ch[0], plan.time_embed_dim, true);
         push_linear(&mut out, "time_embedding.linear_2", plan.time_embed_dim, plan.time_embed_dim, true);
+        if let Some((_, proj)) = plan.add_embedding {
+            push_linear(&mut out, "add_embedding.linear_1", proj, plan.time_embed_dim, true);
+            push_linear(&mut out, "add_embedding.linear_2", plan.time_embed_dim, plan.time_embed_dim, true);
+        }
         for (i, b) in plan.down.iter().enumerate() {
             let prefix = format!("down_blocks.{i}");
             match b.kind.as_str() {
@@ -428,6 +493,148 @@ impl UNet2DConditionModelConfig {
         push_conv(&mut out, "conv_out", ch[0], self.out_channels, self.conv_out_kernel);
         out
     }
+}
+
+/// The module layout kohya's LoRA module names are built from (see
+/// [`UNet2DConditionModelConfig::kohya_layout`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KohyaLayout {
+    /// diffusers module paths, as sd-scripts' SD1/SD2 UNet has them
+    /// (`lora_unet_down_blocks_1_attentions_0_proj_in`).
+    Diffusers,
+    /// The original SGM layout of sd-scripts' SDXL UNet (`lora_unet_input_blocks_4_1_proj_in`,
+    /// `…_in_layers_2`, `…_input_blocks_3_0_op`, `…_output_blocks_2_2_conv`).
+    Sgm,
+}
+
+/// One diffusers → SGM prefix; `resnet` prefixes also rename the block's layers.
+struct SgmPrefix {
+    diffusers: String,
+    sgm: String,
+    resnet: bool,
+}
+
+/// The diffusers → SGM module map of one block plan, in the numbering of the original UNet:
+/// `input_blocks.k` counts conv_in, then each down ResNet (with its transformer as `.1`) and each
+/// downsampler; `middle_block` is ResNet, transformer, ResNet, …; `output_blocks.k` counts each
+/// up ResNet, its transformer at `.1` and, after a level's last ResNet, its upsampler at the next
+/// index (`.1` without attention, `.2` with).
+struct SgmNames {
+    prefixes: Vec<SgmPrefix>,
+}
+
+impl SgmNames {
+    fn new(plan: &Plan) -> Self {
+        let mut prefixes = Vec::new();
+        let mut push =
+            |diffusers: String, sgm: String, resnet: bool| prefixes.push(SgmPrefix { diffusers, sgm, resnet });
+        for (d, g) in [
+            ("conv_in", "input_blocks.0.0"),
+            ("time_embedding.linear_1", "time_embed.0"),
+            ("time_embedding.linear_2", "time_embed.2"),
+            ("add_embedding.linear_1", "label_emb.0.0"),
+            ("add_embedding.linear_2", "label_emb.0.2"),
+            ("conv_norm_out", "out.0"),
+            ("conv_out", "out.2"),
+        ] {
+            push(d.into(), g.into(), false);
+        }
+        let mut k = 1;
+        for (i, b) in plan.down.iter().enumerate() {
+            for j in 0..b.cfg.num_layers {
+                push(format!("down_blocks.{i}.resnets.{j}"), format!("input_blocks.{k}.0"), true);
+                if b.cfg.cross_attention.is_some() {
+                    push(format!("down_blocks.{i}.attentions.{j}"), format!("input_blocks.{k}.1"), false);
+                }
+                k += 1;
+            }
+            if b.cfg.add_resample {
+                push(format!("down_blocks.{i}.downsamplers.0.conv"), format!("input_blocks.{k}.0.op"), false);
+                k += 1;
+            }
+        }
+        if let Some(mid) = &plan.mid {
+            push("mid_block.resnets.0".into(), "middle_block.0".into(), true);
+            for j in 0..mid.num_layers {
+                push(format!("mid_block.attentions.{j}"), format!("middle_block.{}", 2 * j + 1), false);
+                push(format!("mid_block.resnets.{}", j + 1), format!("middle_block.{}", 2 * j + 2), true);
+            }
+        }
+        let mut k = 0;
+        for (i, b) in plan.up.iter().enumerate() {
+            let attention = b.cfg.cross_attention.is_some();
+            for j in 0..b.cfg.num_layers {
+                push(format!("up_blocks.{i}.resnets.{j}"), format!("output_blocks.{k}.0"), true);
+                if attention {
+                    push(format!("up_blocks.{i}.attentions.{j}"), format!("output_blocks.{k}.1"), false);
+                }
+                if b.cfg.add_resample && j + 1 == b.cfg.num_layers {
+                    let index = if attention { 2 } else { 1 };
+                    push(format!("up_blocks.{i}.upsamplers.0"), format!("output_blocks.{k}.{index}"), false);
+                }
+                k += 1;
+            }
+        }
+        SgmNames { prefixes }
+    }
+
+    /// The SGM path of a diffusers module path or key; `None` outside the map.
+    fn map(&self, path: &str) -> Option<String> {
+        self.prefixes.iter().find_map(|p| {
+            let rest = path.strip_prefix(p.diffusers.as_str())?;
+            let rest = match rest {
+                "" => return Some(p.sgm.clone()),
+                r => r.strip_prefix('.')?,
+            };
+            if !p.resnet {
+                return Some(format!("{}.{rest}", p.sgm));
+            }
+            let (layer, tail) = rest.split_once('.').map_or((rest, None), |(l, t)| (l, Some(t)));
+            let layer = match layer {
+                "norm1" => "in_layers.0",
+                "conv1" => "in_layers.2",
+                "time_emb_proj" => "emb_layers.1",
+                "norm2" => "out_layers.0",
+                "conv2" => "out_layers.3",
+                "conv_shortcut" => "skip_connection",
+                _ => return None,
+            };
+            Some(match tail {
+                Some(t) => format!("{}.{layer}.{t}", p.sgm),
+                None => format!("{}.{layer}", p.sgm),
+            })
+        })
+    }
+}
+
+/// Where an SGM path sits in the original UNet's module order: input blocks, the middle block,
+/// output blocks, each by block and layer index (sd-scripts creates SDXL's modules in this order).
+fn sgm_order(path: &str) -> (u8, usize, usize) {
+    let mut parts = path.split('.');
+    let section = match parts.next() {
+        Some("input_blocks") => 0,
+        Some("middle_block") => 1,
+        Some("output_blocks") => 2,
+        _ => 3,
+    };
+    let mut index = || parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+    if section == 1 {
+        (section, 0, index())
+    } else {
+        let block = index();
+        (section, block, index())
+    }
+}
+
+/// SDXL's extra conditioning (diffusers' `added_cond_kwargs` for `addition_embed_type =
+/// "text_time"`).
+#[derive(Clone, Debug)]
+pub struct AddedConditions {
+    /// The pooled text embedding (B, P): SDXL's projected OpenCLIP-bigG pooled output, P = 1280.
+    pub text_embeds: Tensor,
+    /// The micro-conditioning ids (B, N), any numeric dtype: SDXL's original size (h, w), crop
+    /// top-left (top, left) and target size (h, w), N = 6.
+    pub time_ids: Tensor,
 }
 
 /// Sinusoidal timestep features (diffusers `Timesteps` / `get_timestep_embedding`), computed in
@@ -520,6 +727,8 @@ pub struct UNet2DConditionModel {
     conv_in: Conv2d,
     time_proj: Timesteps,
     time_embedding: TimestepEmbedding,
+    /// `text_time`: `add_time_proj` and `add_embedding`.
+    add_embedding: Option<(Timesteps, TimestepEmbedding)>,
     down_blocks: Vec<DownBlock>,
     mid_block: Option<UNetMidBlock2DCrossAttn>,
     up_blocks: Vec<UpBlock>,
@@ -541,6 +750,13 @@ impl UNet2DConditionModel {
             vb.pp("conv_in").conv2d(cfg.in_channels, ch[0], cfg.conv_in_kernel, 1, (cfg.conv_in_kernel - 1) / 2)?;
         let time_proj = Timesteps::new(ch[0], cfg.flip_sin_to_cos, cfg.freq_shift);
         let time_embedding = TimestepEmbedding::new(vb.pp("time_embedding"), ch[0], plan.time_embed_dim)?;
+        let add_embedding = match plan.add_embedding {
+            Some((dim, proj)) => Some((
+                Timesteps::new(dim, cfg.flip_sin_to_cos, cfg.freq_shift),
+                TimestepEmbedding::new(vb.pp("add_embedding"), proj, plan.time_embed_dim)?,
+            )),
+            None => None,
+        };
         let mut down_blocks = Vec::with_capacity(plan.down.len());
         for (i, b) in plan.down.iter().enumerate() {
             let v = vb.pp("down_blocks").pp(i);
@@ -572,6 +788,7 @@ impl UNet2DConditionModel {
             conv_in,
             time_proj,
             time_embedding,
+            add_embedding,
             down_blocks,
             mid_block,
             up_blocks,
@@ -585,6 +802,12 @@ impl UNet2DConditionModel {
     /// The configuration the model was built from.
     pub fn config(&self) -> &UNet2DConditionModelConfig {
         &self.config
+    }
+
+    /// The layout sd-scripts names this UNet's LoRA modules by
+    /// ([`UNet2DConditionModelConfig::kohya_layout`]: SGM for SDXL, diffusers otherwise).
+    pub fn kohya_layout(&self) -> KohyaLayout {
+        self.config.kohya_layout()
     }
 
     /// The device the weights live on.
@@ -601,11 +824,33 @@ impl UNet2DConditionModel {
     /// numeric dtype: sd-scripts passes integer timesteps, samplers pass floats) given
     /// `encoder_hidden_states` (B, L, cross_attention_dim) with any token count L (77, 154,
     /// 231, …). Any h, w work; sizes not divisible by 8 are handled as diffusers does.
+    /// A model with an addition embedding (SDXL) refuses this call: use
+    /// [`UNet2DConditionModel::forward_with`].
     pub fn forward(
         &self,
         sample: &Tensor,
         timesteps: &Tensor,
         encoder_hidden_states: &Tensor,
+        ctx: &ForwardCtx,
+    ) -> Result<Tensor> {
+        self.forward_with(sample, timesteps, encoder_hidden_states, None, ctx)
+    }
+
+    /// Whether the model takes [`AddedConditions`] (SDXL's `text_time` addition embedding).
+    pub fn needs_added_conditions(&self) -> bool {
+        self.add_embedding.is_some()
+    }
+
+    /// [`UNet2DConditionModel::forward`] with SDXL's added conditions, which a `text_time` model
+    /// requires and any other model refuses. The conditions' embedding (diffusers'
+    /// `get_aug_embed`: `add_embedding(text_embeds ⧺ add_time_proj(time_ids))`) is added to the
+    /// time embedding.
+    pub fn forward_with(
+        &self,
+        sample: &Tensor,
+        timesteps: &Tensor,
+        encoder_hidden_states: &Tensor,
+        added: Option<&AddedConditions>,
         ctx: &ForwardCtx,
     ) -> Result<Tensor> {
         let (b, c, h, w) = match sample.dims() {
@@ -634,6 +879,10 @@ impl UNet2DConditionModel {
         };
         let t_emb = self.time_proj.forward(&t)?.to_dtype(sample.dtype())?;
         let emb = self.time_embedding.forward(&t_emb, ctx)?;
+        let emb = match self.aug_embedding(b, added, emb.dtype(), ctx)? {
+            Some(aug) => (emb + aug)?,
+            None => emb,
+        };
         let ehs = encoder_hidden_states;
 
         let mut h = self.conv_in.forward(&sample, ctx)?;
@@ -669,6 +918,48 @@ impl UNet2DConditionModel {
         self.conv_out.forward(&h, ctx)
     }
 
+    /// diffusers' `get_aug_embed` for `text_time`: the ids' sinusoidal features (B, N·dim) after
+    /// the text embedding (B, P), through `add_embedding`; `None` for a model without one.
+    fn aug_embedding(
+        &self,
+        batch: usize,
+        added: Option<&AddedConditions>,
+        dtype: DType,
+        ctx: &ForwardCtx,
+    ) -> Result<Option<Tensor>> {
+        let ((time_proj, add_embedding), added) = match (&self.add_embedding, added) {
+            (None, None) => return Ok(None),
+            (Some(e), Some(a)) => (e, a),
+            (Some(_), None) => candle_core::bail!(
+                "UNet: this model has a text_time addition embedding (SDXL) and needs added conditions \
+                 (text_embeds, time_ids): call forward_with"
+            ),
+            (None, Some(_)) => {
+                candle_core::bail!("UNet: added conditions given to a model without an addition embedding")
+            }
+        };
+        let proj = self.config.projection_class_embeddings_input_dim.unwrap_or(0);
+        let dim = self.config.addition_time_embed_dim.unwrap_or(0);
+        let text_width = match added.text_embeds.dims() {
+            &[tb, p] if tb == batch && p < proj => p,
+            d => candle_core::bail!("UNet: text_embeds must be ({batch}, P) with P < {proj}, got {d:?}"),
+        };
+        let ids = (proj - text_width) / dim;
+        match added.time_ids.dims() {
+            &[tb, n] if tb == batch && text_width + n * dim == proj => {}
+            d => candle_core::bail!(
+                "UNet: time_ids must be ({batch}, {ids}) beside text_embeds of width {text_width} \
+                 ({text_width} + ids × {dim} = projection_class_embeddings_input_dim {proj}), got {d:?}"
+            ),
+        }
+        let n = added.time_ids.dim(1)?;
+        let time_embeds = time_proj.forward(&added.time_ids.flatten_all()?)?.reshape((batch, n * dim))?;
+        // diffusers concatenates (promoting to f32) and then casts to the time embedding's dtype;
+        // casting each part first gives the same values.
+        let add_embeds = Tensor::cat(&[added.text_embeds.to_dtype(dtype)?, time_embeds.to_dtype(dtype)?], 1)?;
+        Ok(Some(add_embedding.forward(&add_embeds, ctx)?))
+    }
+
     /// Every layer sd-scripts' `networks/lora.py` creates a LoRA module for, in its module
     /// order (down blocks, up blocks, mid block; within a block transformers, ResNets,
     /// resamplers): Linear/Conv2d children of `Transformer2DModel` (group `Attention`) and of
@@ -694,9 +985,46 @@ impl UNet2DConditionModel {
         out
     }
 
+    /// [`UNet2DConditionModel::lora_targets`] with kohya names in `layout`: for
+    /// [`KohyaLayout::Sgm`] every target's `kohya_path` is its SGM path and the list is in the SGM
+    /// UNet's block order (input blocks, middle block, output blocks), as sd-scripts creates SDXL's
+    /// modules. `path` stays the diffusers path the layers look their modules up by.
+    pub fn lora_targets_in(&self, layout: KohyaLayout) -> Vec<LoraTarget> {
+        let targets = self.lora_targets();
+        match layout {
+            KohyaLayout::Diffusers => targets,
+            KohyaLayout::Sgm => self.to_sgm(targets),
+        }
+    }
+
+    /// Sets each target's `kohya_path` to its SGM path and sorts by SGM block order (stable, so
+    /// the layers of one block keep their order).
+    fn to_sgm(&self, mut targets: Vec<LoraTarget>) -> Vec<LoraTarget> {
+        let Ok(plan) = self.config.plan() else { return targets };
+        let names = SgmNames::new(&plan);
+        for t in &mut targets {
+            // Every layer of a built model is in the map; keep the diffusers name if not.
+            t.kohya_path = names.map(&t.path);
+        }
+        targets.sort_by_key(|t| sgm_order(t.kohya_module_path()));
+        targets
+    }
+
+    /// [`UNet2DConditionModel::named_targets`] for kohya names in `layout`. With
+    /// [`KohyaLayout::Sgm`] there are none: LyCORIS matches its names (`conv_in`,
+    /// `time_embedding.linear_1`, …) against the module paths of sd-scripts' SGM-layout SDXL
+    /// UNet, where those layers are `input_blocks.0.0`, `time_embed.0`, `out.2` (and
+    /// `add_embedding` is `label_emb.0.*`), so it adapts none of them.
+    pub fn named_targets_in(&self, layout: KohyaLayout) -> Vec<LoraTarget> {
+        match layout {
+            KohyaLayout::Diffusers => self.named_targets(),
+            KohyaLayout::Sgm => Vec::new(),
+        }
+    }
+
     /// The layers LyCORIS' preset `full` names directly (`conv_in`, `time_embedding.linear_1`,
     /// `time_embedding.linear_2`, `conv_out`), as [`TargetGroup::Named`] targets: sd-scripts'
-    /// `networks.lora` never adapts them.
+    /// `networks.lora` never adapts them. (An SDXL `add_embedding` is not among the names.)
     pub fn named_targets(&self) -> Vec<LoraTarget> {
         vec![
             self.conv_in.lora_target(TargetGroup::Named),
