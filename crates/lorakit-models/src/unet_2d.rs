@@ -607,23 +607,32 @@ impl SgmNames {
     }
 }
 
-/// Where an SGM path sits in the original UNet's module order: input blocks, the middle block,
-/// output blocks, each by block and layer index (sd-scripts creates SDXL's modules in this order).
-fn sgm_order(path: &str) -> (u8, usize, usize) {
-    let mut parts = path.split('.');
-    let section = match parts.next() {
-        Some("input_blocks") => 0,
-        Some("middle_block") => 1,
-        Some("output_blocks") => 2,
-        _ => 3,
+/// Where an SGM path sits in sd-scripts' creation order for its SDXL UNet: input blocks, the
+/// middle block, output blocks, each by block and layer index; inside a transformer `proj_in`,
+/// then each transformer block's `attn1`, `ff`, `attn2` (the order its `BasicTransformerBlock`
+/// registers them), then `proj_out`. Other layers keep their relative order (the sort is stable).
+fn sgm_order(path: &str) -> (u8, usize, usize, usize) {
+    let parts: Vec<&str> = path.split('.').collect();
+    let index = |i: usize| parts.get(i).and_then(|p| p.parse::<usize>().ok()).unwrap_or(0);
+    let (section, block, layer, rest) = match parts.first() {
+        Some(&"input_blocks") => (0, index(1), index(2), 3),
+        Some(&"middle_block") => (1, 0, index(1), 2),
+        Some(&"output_blocks") => (2, index(1), index(2), 3),
+        _ => (3, 0, 0, 0),
     };
-    let mut index = || parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
-    if section == 1 {
-        (section, 0, index())
-    } else {
-        let block = index();
-        (section, block, index())
-    }
+    let within = match parts.get(rest..).unwrap_or_default() {
+        ["proj_out", ..] => usize::MAX,
+        ["transformer_blocks", n, sub, ..] => {
+            let sub = match *sub {
+                "attn1" => 0,
+                "ff" => 1,
+                _ => 2,
+            };
+            1 + 3 * n.parse::<usize>().unwrap_or(0) + sub
+        }
+        _ => 0,
+    };
+    (section, block, layer, within)
 }
 
 /// SDXL's extra conditioning (diffusers' `added_cond_kwargs` for `addition_embed_type =
