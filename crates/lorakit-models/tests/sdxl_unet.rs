@@ -286,6 +286,34 @@ fn full_size_lora_modules_match_sd_scripts() -> TestResult {
     Ok(())
 }
 
+/// `UNet2DConditionModelConfig::sdxl()` is diffusers' reading of sd-scripts'
+/// `DIFFUSERS_SDXL_UNET_CONFIG`; its parameter map has every SGM key of the full-size model
+/// (through `sgm_path`) with the same shape, and the parameter count.
+#[test]
+fn full_size_sdxl_config_keys_and_sgm_map_match() -> TestResult {
+    let configs = json("sdxl_full_configs.json")?;
+    let theirs: UNet2DConditionModelConfig = serde_json::from_value(configs["unet"].clone())?;
+    assert_eq!(theirs, UNet2DConditionModelConfig::sdxl());
+    let shapes = json("sdxl_full_shapes.json")?;
+    let cfg = UNet2DConditionModelConfig::sdxl();
+    let ours = cfg.parameter_shapes();
+    assert_eq!(shapes["key_counts"]["unet"].as_u64(), Some(ours.len() as u64));
+    let total: usize = ours.iter().map(|(_, s)| s.iter().product::<usize>()).sum();
+    assert_eq!(shapes["param_counts"]["unet"].as_u64(), Some(total as u64));
+    let sgm_to_diffusers = shapes["sgm_to_diffusers"].as_object().ok_or("sgm_to_diffusers")?;
+    let mut mapped = 0;
+    for (key, shape) in &ours {
+        let sgm =
+            format!("model.diffusion_model.{}", cfg.sgm_path(key).ok_or_else(|| format!("no SGM path for {key}"))?);
+        assert_eq!(sgm_to_diffusers.get(&sgm).and_then(Value::as_str), Some(format!("unet/{key}").as_str()), "{sgm}");
+        let theirs: Vec<usize> = serde_json::from_value(shapes["sgm"][sgm.as_str()].clone())?;
+        assert_eq!(&theirs, shape, "{key}");
+        mapped += 1;
+    }
+    assert_eq!(mapped, sgm_to_diffusers.keys().filter(|k| k.starts_with("model.diffusion_model.")).count());
+    Ok(())
+}
+
 /// The full-size SDXL UNet without weights: every tensor is a zero broadcast (no memory),
 /// enough to enumerate the layers.
 fn full_size_sdxl() -> Result<UNet2DConditionModel, Box<dyn std::error::Error>> {
@@ -603,12 +631,9 @@ fn added_conditions_are_required_checked_and_refused() -> TestResult {
     assert!(e.contains("text_embeds must be (2, P)"), "{e}");
 
     // A model without an addition embedding refuses them.
-    let sd15 = UNet2DConditionModel::new(
-        Weights::new(HashMap::new(), "none").view(""),
-        &UNet2DConditionModelConfig { cross_attention_dim: PerBlock::One(24), ..tiny_sdxl_config_without_text_time() },
-    )?;
-    assert!(!sd15.needs_added_conditions());
-    let e = err(sd15.forward_with(&x.sample, &x.t, &x.ehs, Some(&x.added), &ctx));
+    let plain = UNet2DConditionModel::new(weights.view(""), &tiny_sdxl_config_without_text_time())?;
+    assert!(!plain.needs_added_conditions());
+    let e = err(plain.forward_with(&x.sample, &x.t, &x.ehs, Some(&x.added), &ctx));
     assert!(e.contains("without an addition embedding"), "{e}");
     Ok(())
 }
