@@ -468,6 +468,15 @@ def main():
     io_te["sdxl225_ids1"], io_te["sdxl225_ids2"] = full1, full2
     io_te["sdxl225_input_ids1"], io_te["sdxl225_input_ids2"] = c1, c2
     io_te["sdxl225_hidden_states1"], io_te["sdxl225_hidden_states2"], io_te["sdxl225_pool2"] = h1, h2, p2
+    quirks["sd-scripts_sdxl_chunks"] = (
+        "225 tokens (max_token_length=225, SdxlTokenizeStrategy.max_length 227): each encoder gets (B, 3, 77) ids, "
+        "chunk k = [BOS] + ids[1+75k : 76+75k] + [ids[-1]]. TE1 (pad == eos, strategy_base 'v1' branch): nothing else, "
+        "an empty chunk is [BOS, EOS x 76]. TE2 (pad 0, 'v2' branch): if the chunk's second-to-last id is a real "
+        "token its last id becomes EOS; an empty chunk [BOS, PAD, ...] becomes [BOS, EOS, PAD x 75]. Empty chunks "
+        "are encoded and kept: hidden states = chunk0[0], chunk0[1:76], chunk1[1:76], chunk2[1:76], chunk2[76] "
+        "(B, 227, C). pool2 = the FIRST chunk's pooled output only (pool2[::3]). hidden_states1 = "
+        "TE1 hidden_states[11] and hidden_states2 = TE2 hidden_states[-2], both without the final LayerNorm; pool2 "
+        "is taken from last_hidden_state (after the final LayerNorm) and projected.")
     summary["te_pooled_position"] = (
         "transformers 4.54 CLIPTextTransformer: eos_token_id (999) != 2, so pooled = last_hidden_state at "
         "argmax(input_ids == eos_token_id), the FIRST EOS; sd-scripts' _pool_workaround uses the same rule; both "
@@ -513,7 +522,7 @@ def main():
     emb_k = kohya_sdxl_train_util.get_size_embeddings(ti[:, 0:2], ti[:, 2:4], ti[:, 4:6], "cpu")
     emb_d = Timesteps(256, flip_sin_to_cos=True, downscale_freq_shift=0)(ti.flatten()).reshape(2, -1)
     summary["size_embeddings_256_sd_scripts_vs_diffusers_max_abs_diff"] = float((emb_k - emb_d).abs().max())
-    assert emb_k.shape == (2, 1536) and torch.equal(emb_k, emb_d), summary["size_embeddings_256_sd_scripts_vs_diffusers_max_abs_diff"]
+    assert emb_k.shape == (2, 1536) and torch.equal(emb_k, emb_d), float((emb_k - emb_d).abs().max())
     emb_k8 = torch.cat([kohya_sdxl_train_util.get_timestep_embedding(ti[:, 2 * j: 2 * j + 2], 8) for j in range(3)], 1)
     assert torch.equal(emb_k8, tid)  # the same rule at the tiny dim 8
     io_unet["size_embeddings_256"] = emb_k
@@ -534,7 +543,7 @@ def main():
     skip = ("sample", "timestep", "encoder_hidden", "text_embeds", "time_ids", "image", "posterior_eps", "add_embedding_input",
             "size_embeddings")
     for n, t in list(io_te.items()) + list(io_unet.items()) + list(io_vae.items()):
-        if t.is_floating_point() and t.dim() > 0 and not n.startswith(skip) and n not in ("te2_hidden_states.0", "te1_hidden_states.0"):
+        if t.is_floating_point() and t.dim() > 0 and not n.startswith(skip):
             base.check_output(n, t)
     summary["weakest_param_grad"] = OrderedDict(
         unet=base.check_all_params_influence(unet, lambda: [run_unet(unet)], "unet"),
@@ -754,6 +763,19 @@ def main():
     base.compare_sd("sd-scripts SdxlUNet2DConditionModel keys", {k[len(SGM_UNET):]: v for k, v in sgm_full.items()
                                                                  if k.startswith(SGM_UNET)}, fk.state_dict(), values=False)
     summary["full_unet_keys_equal_sd_scripts_SdxlUNet2DConditionModel"] = True
+    # sd-scripts' own SDXL UNet calls Upsample2D without output_size: a latent side that is not a
+    # multiple of 4 fails at the skip concatenation (diffusers passes the skip's size; io_unet case a)
+    with torch.device("meta"):
+        fk(torch.zeros(1, 4, 8, 12), torch.tensor([5]), torch.zeros(1, 77, 2048), torch.zeros(1, 2816))
+        try:
+            fk(torch.zeros(1, 4, 10, 14), torch.tensor([5]), torch.zeros(1, 77, 2048), torch.zeros(1, 2816))
+            raise AssertionError("sd-scripts' SdxlUNet2DConditionModel accepted a 10x14 latent")
+        except RuntimeError as e:
+            quirks["sd-scripts_sdxl_unet_needs_latent_multiple_of_4"] = (
+                "library/sdxl_original_unet.SdxlUNet2DConditionModel (meta device) runs a 8x12 latent but fails on "
+                f"10x14: {str(e).splitlines()[0]} - it upsamples by scale_factor 2 without output_size. diffusers' "
+                "UNet2DConditionModel forwards the skip connection's size (io_unet case a is 10x14). sd-scripts' "
+                "buckets are multiples of 64 px (latent multiples of 8), so its training never meets this.")
     shp = lambda sd: OrderedDict((k, list(v.shape)) for k, v in sd.items())  # noqa: E731
     sgm_to_diff = OrderedDict()
     for k in fu_sd:
@@ -798,7 +820,9 @@ def main():
         d.pop("_use_default_values", None)
         return d
 
-    te_cfg = lambda d, arch: OrderedDict(sorted(dict(CLIPTextConfig(**d).to_dict(), architectures=[arch]).items()))  # noqa: E731
+    def te_cfg(d, arch):
+        return OrderedDict(sorted(dict(CLIPTextConfig(**d).to_dict(), architectures=[arch]).items()))
+
     dump_json(OrderedDict(
         description="Full-size SDXL base 1.0 configs. unet: sd-scripts' sdxl_model_util.DIFFUSERS_SDXL_UNET_CONFIG as "
                     "the diffusers unet/config.json dict (UNet2DConditionModel(**cfg).to_json_string()); text "
@@ -869,7 +893,8 @@ def main():
                     "bigG, all on the meta device. block_idx = get_block_index(name, is_sdxl=True): 0 time_embed/"
                     "label_emb (no LoRA there), 1-9 input_blocks.0-8, 10-12 middle_block.0-2, 13-21 output_blocks.0-8, "
                     "22 out (no LoRA) - the index into block_dims / block_alphas / conv_block_dims / block lr weights "
-                    "(down_lr_weight 9, mid_lr_weight 3, up_lr_weight 9 values). Text encoder modules have no block (null). modules: every module of the conv_dim=8 network in "
+                    "(down_lr_weight 9, mid_lr_weight 3, up_lr_weight 9 values). Text encoder modules have no block "
+                    "(null). modules: every module of the conv_dim=8 network in "
                     "sd-scripts' creation order (text encoder 1, text encoder 2, UNet), rank/alpha/scale as created "
                     "there (3x3 convs: conv_dim 8 / alpha 1; linears and 1x1 convs: 16 / 8); without_conv_dim: whether "
                     "the network without conv_dim has it too (same rank/alpha then). "
