@@ -489,13 +489,22 @@ pub fn load_lora_file(
     Ok(LoadedLora { components: matched, module_count: set.modules.len() })
 }
 
-/// Every target of the components by its kohya module name, with its component's index.
+/// Every target of the components by its kohya module name, with its component's index. A
+/// target kohya names in another layout than its module path (SDXL's SGM names) is also found
+/// under its diffusers-layout name, which some trainers write and sd-scripts accepts on load.
 fn targets_by_kohya_name<'a>(components: &'a [ComponentTargets<'a>]) -> HashMap<String, (usize, &'a LoraTarget)> {
     let mut by_name = HashMap::new();
+    let mut aliases = Vec::new();
     for (index, component) in components.iter().enumerate() {
         for target in component.targets {
             by_name.insert(target.kohya_name(component.prefix), (index, target));
+            if target.kohya_path.is_some() {
+                aliases.push((format!("{}_{}", component.prefix, target.path.replace('.', "_")), (index, target)));
+            }
         }
+    }
+    for (alias, entry) in aliases {
+        by_name.entry(alias).or_insert(entry);
     }
     by_name
 }

@@ -1,7 +1,9 @@
-//! Text-to-image with SD1.x: prompt → CLIP conditioning → sampler over the UNet with
-//! classifier-free guidance → VAE decode → RGB pixels. LoRAs are applied on the fly through
-//! per-component `LoraSet`s, so one loaded model serves any number of LoRA files (the rows of an
-//! XY grid) without reloading or re-merging weights.
+//! Text-to-image with the UNet families (SD 1.x/2.x, SDXL): prompt → text conditioning
+//! ([`TextEncoders`]: one CLIP, or SDXL's two encoders with a pooled vector and size
+//! conditioning) → sampler over the UNet with classifier-free guidance → VAE decode → RGB
+//! pixels. LoRAs are applied on the fly through per-component `LoraSet`s, so one loaded model
+//! serves any number of LoRA files (the rows of an XY grid) without reloading or re-merging
+//! weights.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -18,33 +20,60 @@ use crate::clip_tokenizer::ClipTokenizer;
 use crate::lora_inject::{ComponentTargets, TEXT_ENCODER_PREFIX, UNET_PREFIX};
 use crate::samplers::{sample, SamplerConfig, SamplerKind};
 use crate::schedule::{NoiseSchedule, Prediction};
-use crate::unet_2d::{UNet2DConditionModel, UNet2DConditionModelConfig};
+use crate::sdxl_text::{SdxlTextEncoders, TE1_LORA_PREFIX, TE2_LORA_PREFIX};
+use crate::unet_2d::{AddedConditions, UNet2DConditionModel, UNet2DConditionModelConfig};
 use crate::vae::{AutoencoderKL, AutoencoderKLConfig};
 use crate::{Error, Result, Weights};
 
-/// A loaded SD1.x/2.x model: the three networks, the tokenizer and the noise schedule.
+/// The text side of a UNet model: what turns prompts into the UNet's conditioning. The one
+/// place the UNet families differ before the denoiser.
+pub enum TextEncoders {
+    /// SD 1.x/2.x: one CLIP text encoder (LoRA prefix `lora_te`).
+    Clip {
+        /// The encoder.
+        encoder: ClipTextModel,
+        /// Its tokenizer (vocabulary built into the binary; SD 2 pads with "!").
+        tokenizer: ClipTokenizer,
+    },
+    /// SDXL: CLIP ViT-L and OpenCLIP ViT-bigG (`lora_te1`, `lora_te2`), context from both
+    /// penultimate layers and a pooled vector from the second.
+    Sdxl(SdxlTextEncoders),
+}
+
+/// A prompt's conditioning for one denoiser call: the cross-attention context and, for SDXL,
+/// the pooled vector its size embedding starts from.
+#[derive(Clone, Debug)]
+pub struct PromptConditioning {
+    /// `(B, L, D)`.
+    pub context: Tensor,
+    /// `(B, P)` (SDXL only).
+    pub pooled: Option<Tensor>,
+}
+
+/// A loaded UNet model (SD 1.x, 2.x, SDXL): the networks, the tokenizers and the noise schedule.
 pub struct StableDiffusion {
     /// The denoiser.
     pub unet: UNet2DConditionModel,
     /// The autoencoder.
     pub vae: AutoencoderKL,
-    /// The CLIP text encoder.
-    pub text_encoder: ClipTextModel,
-    /// The CLIP tokenizer (vocabulary built into the binary).
-    pub tokenizer: ClipTokenizer,
-    /// The DDPM training schedule the samplers derive their steps from.
+    /// The text encoders with their tokenizers.
+    pub text: TextEncoders,
+    /// The DDPM training schedule the samplers derive their steps from (rescaled to zero
+    /// terminal SNR when the checkpoint says it was trained so).
     pub schedule: NoiseSchedule,
     /// What the UNet predicts: what the model declares (see
     /// [`SdCheckpoint::declared_prediction`]), else ε; callers may override it (`--v-prediction`).
     pub prediction: Prediction,
     /// What the checkpoint itself says it predicts, and where it says so.
     pub declared_prediction: Option<(Prediction, String)>,
+    /// The checkpoint declares a zero-terminal-SNR schedule (NoobAI-XL v-pred's `ztsnr` key).
+    pub declared_zero_terminal_snr: bool,
     /// The family the checkpoint was detected as.
     pub family: ModelFamily,
     /// Where it was loaded from.
     pub source: PathBuf,
     unet_targets: Vec<LoraTarget>,
-    text_encoder_targets: Vec<LoraTarget>,
+    text_encoder_targets: Vec<Vec<LoraTarget>>,
 }
 
 /// Builds one network from its weights, failing with every missing or mis-shaped tensor.
@@ -62,38 +91,64 @@ impl StableDiffusion {
     }
 
     /// Builds the networks from loaded weights (configs from the folder's config.json files;
-    /// for single files, SD 1.5's or SD 2.x's by the detected family).
+    /// for single files, the detected family's full-size configs).
     pub fn from_checkpoint(ckpt: SdCheckpoint) -> Result<Self> {
-        let sd2 = ckpt.family == ModelFamily::Sd2;
+        let (sd2, sdxl) = (ckpt.family == ModelFamily::Sd2, ckpt.family == ModelFamily::Sdxl);
         let unet_cfg = match ckpt.unet_config.clone() {
             Some(v) => from_config(v, &ckpt.path, "unet")?,
+            None if sdxl => UNet2DConditionModelConfig::sdxl(),
             None if sd2 => UNet2DConditionModelConfig::sd2(),
             None => UNet2DConditionModelConfig::sd15(),
         };
         let vae_cfg = match ckpt.vae_config.clone() {
             Some(v) => from_config(v, &ckpt.path, "vae")?,
+            None if sdxl => AutoencoderKLConfig::sdxl(),
             None => AutoencoderKLConfig::sd15(),
-        };
-        let te_cfg = match ckpt.text_encoder_config.clone() {
-            Some(v) => from_config(v, &ckpt.path, "text_encoder")?,
-            None if sd2 => ClipTextConfig::sd2(),
-            None => ClipTextConfig::sd15(),
         };
         let unet = build(&ckpt.unet, |w| UNet2DConditionModel::new(w.view(""), &unet_cfg))?;
         let vae = build(&ckpt.vae, |w| AutoencoderKL::new(w.view(""), &vae_cfg))?;
-        let text_encoder = build(&ckpt.text_encoder, |w| ClipTextModel::new(w.view(""), &te_cfg))?;
-        // sd-scripts' targets, then the layers only LyCORIS' presets name (TargetGroup::Named).
-        let unet_targets = [unet.lora_targets(), unet.named_targets()].concat();
-        let text_encoder_targets = text_encoder.lora_targets();
+        let text = if sdxl {
+            TextEncoders::Sdxl(SdxlTextEncoders::from_checkpoint(&ckpt)?)
+        } else {
+            let te_cfg = match ckpt.text_encoder_config.clone() {
+                Some(v) => from_config(v, &ckpt.path, "text_encoder")?,
+                None if sd2 => ClipTextConfig::sd2(),
+                None => ClipTextConfig::sd15(),
+            };
+            let encoder = build(&ckpt.text_encoder, |w| ClipTextModel::new(w.view(""), &te_cfg))?;
+            // SD2's tokenizer pads with "!" (id 0) and treats a literal "!" as that token.
+            let tokenizer = if sd2 { ClipTokenizer::new_sd2()? } else { ClipTokenizer::new()? };
+            TextEncoders::Clip { encoder, tokenizer }
+        };
+        if let TextEncoders::Sdxl(te) = &text {
+            if unet.config().addition_embed_type.as_deref() != Some("text_time") {
+                return Err(Error::Invalid(format!(
+                    "{}: SDXL text encoders with a U-Net that has no size/crop (text_time) embedding",
+                    ckpt.path.display()
+                )));
+            }
+            let _ = te;
+        }
+        // sd-scripts' targets, then the layers only LyCORIS' presets name (TargetGroup::Named);
+        // kohya names them in the layout sd-scripts' own U-Net uses for the family (SGM for SDXL).
+        let layout = unet.kohya_layout();
+        let unet_targets = [unet.lora_targets_in(layout), unet.named_targets_in(layout)].concat();
+        let text_encoder_targets = match &text {
+            TextEncoders::Clip { encoder, .. } => vec![encoder.lora_targets()],
+            TextEncoders::Sdxl(te) => vec![te.te1_lora_targets(), te.te2_lora_targets()],
+        };
+        let mut schedule = NoiseSchedule::sd_default();
+        if ckpt.declared_zero_terminal_snr {
+            schedule = schedule.with_zero_terminal_snr();
+        }
         Ok(StableDiffusion {
             unet,
             vae,
-            text_encoder,
-            // SD2's tokenizer pads with "!" (id 0) and treats a literal "!" as that token.
-            tokenizer: if sd2 { ClipTokenizer::new_sd2()? } else { ClipTokenizer::new()? },
-            schedule: NoiseSchedule::sd_default(),
+            text,
+            schedule,
             prediction: ckpt.declared_prediction.as_ref().map_or(Prediction::Epsilon, |(p, _)| *p),
             declared_prediction: ckpt.declared_prediction,
+            declared_zero_terminal_snr: ckpt.declared_zero_terminal_snr,
             family: ckpt.family,
             source: ckpt.path,
             unet_targets,
@@ -106,42 +161,98 @@ impl StableDiffusion {
         &self.unet_targets
     }
 
-    /// The text encoder's LoRA targets.
-    pub fn text_encoder_targets(&self) -> &[LoraTarget] {
+    /// The first (SD 1.x/2.x: the only) CLIP text encoder.
+    pub fn clip_text_encoder(&self) -> &ClipTextModel {
+        match &self.text {
+            TextEncoders::Clip { encoder, .. } => encoder,
+            TextEncoders::Sdxl(te) => &te.te1,
+        }
+    }
+
+    /// The LoRA targets of each text encoder, in [`StableDiffusion::lora_components`] order.
+    pub fn text_encoder_targets(&self) -> &[Vec<LoraTarget>] {
         &self.text_encoder_targets
     }
 
-    /// The components LoRA files are matched against, in the order [`LoraSets`] holds them.
-    pub fn lora_components(&self) -> [ComponentTargets<'_>; 2] {
-        [
-            ComponentTargets { prefix: UNET_PREFIX, targets: &self.unet_targets },
-            ComponentTargets { prefix: TEXT_ENCODER_PREFIX, targets: &self.text_encoder_targets },
-        ]
+    /// The components LoRA files are matched against, in the order [`LoraSets`] holds them:
+    /// the UNet, then each text encoder (`lora_te`, or SDXL's `lora_te1`, `lora_te2`).
+    pub fn lora_components(&self) -> Vec<ComponentTargets<'_>> {
+        let targets = std::iter::once(&self.unet_targets).chain(&self.text_encoder_targets);
+        self.lora_prefixes().iter().zip(targets).map(|(p, t)| ComponentTargets { prefix: p, targets: t }).collect()
+    }
+
+    /// kohya's module-name prefix of each component, in [`StableDiffusion::lora_components`]
+    /// order: `lora_unet`, then `lora_te` (SD 1.x/2.x) or `lora_te1`, `lora_te2` (SDXL).
+    pub fn lora_prefixes(&self) -> &'static [&'static str] {
+        match &self.text {
+            TextEncoders::Clip { .. } => &[UNET_PREFIX, TEXT_ENCODER_PREFIX],
+            TextEncoders::Sdxl(_) => &[UNET_PREFIX, TE1_LORA_PREFIX, TE2_LORA_PREFIX],
+        }
     }
 
     /// A prompt and its negative as sampling conditions them, A1111 emphasis included
     /// (`(word:1.2)`, `(word)`, `[word]`, `\(` for a literal bracket): see
-    /// [`crate::clip::encode_emphasis_pair`]. Returns (prompt, negative), each (1, 77·n, D).
+    /// [`crate::clip::encode_emphasis_pair`] and [`SdxlTextEncoders::encode_emphasis_pair`].
+    /// `ctxs` are the text encoders' contexts in [`StableDiffusion::lora_components`] order
+    /// (without the UNet's). Returns (prompt, negative), each with batch 1.
     pub fn encode_prompt_pair(
         &self,
         prompt: &str,
         negative: &str,
         clip_skip: Option<usize>,
-        ctx: &ForwardCtx,
-    ) -> Result<(Tensor, Tensor)> {
+        ctxs: &[ForwardCtx],
+    ) -> Result<(PromptConditioning, PromptConditioning)> {
         let parse = |text: &str| {
             lorakit_dataset::prompt_weights::parse_prompt_attention(text)
                 .map_err(|e| Error::Invalid(format!("prompt {text:?}: {e}")))
         };
-        encode_emphasis_pair(&self.text_encoder, &self.tokenizer, &parse(prompt)?, &parse(negative)?, clip_skip, ctx)
+        let ctx = |i: usize| ctxs.get(i).cloned().unwrap_or_default();
+        match &self.text {
+            TextEncoders::Clip { encoder, tokenizer } => {
+                let (p, n) =
+                    encode_emphasis_pair(encoder, tokenizer, &parse(prompt)?, &parse(negative)?, clip_skip, &ctx(0))?;
+                Ok((PromptConditioning { context: p, pooled: None }, PromptConditioning { context: n, pooled: None }))
+            }
+            TextEncoders::Sdxl(te) => {
+                if clip_skip.is_some_and(|s| s != 2) {
+                    return Err(Error::Invalid(format!(
+                        "clip skip {}: SDXL always conditions on the penultimate layer of both encoders (what A1111 calls clip skip 2); leave it unset",
+                        clip_skip.unwrap_or(0)
+                    )));
+                }
+                let (p, n) = sdxl_emphasis_pair(te, &parse(prompt)?, &parse(negative)?, [&ctx(0), &ctx(1)])?;
+                Ok((
+                    PromptConditioning { context: p.context, pooled: Some(p.pooled) },
+                    PromptConditioning { context: n.context, pooled: Some(n.pooled) },
+                ))
+            }
+        }
+    }
+
+    /// One UNet call: the context and, for SDXL, the pooled vector with each sample's size
+    /// conditioning `time_ids` (B, 6) (original h, w, crop top, left, target h, w).
+    pub fn denoise(
+        &self,
+        latents: &Tensor,
+        timesteps: &Tensor,
+        cond: &PromptConditioning,
+        time_ids: Option<&Tensor>,
+        ctx: &ForwardCtx,
+    ) -> candle_core::Result<Tensor> {
+        let added = match (&cond.pooled, time_ids) {
+            (Some(pooled), Some(ids)) => Some(AddedConditions { text_embeds: pooled.clone(), time_ids: ids.clone() }),
+            (Some(_), None) => candle_core::bail!("SDXL's U-Net needs each sample's size conditioning (time_ids)"),
+            (None, _) => None,
+        };
+        self.unet.forward_with(latents, timesteps, &cond.context, added.as_ref(), ctx)
     }
 
     fn unet_device(&self) -> Device {
         self.unet.device().clone()
     }
 
-    /// Generates one image. `lora` holds the UNet and text-encoder sets to apply (none: the
-    /// base model); `on_step(i, n)` reports sampler progress.
+    /// Generates one image. `lora` holds one set per component (none: the base model);
+    /// `on_step(i, n)` reports sampler progress.
     pub fn generate(
         &self,
         request: &GenerateRequest,
@@ -158,24 +269,36 @@ impl StableDiffusion {
         }
         let device = self.unet_device();
         let dtype = self.unet.dtype();
-        let (unet_ctx, te_ctx) = match lora {
-            Some(sets) => (ForwardCtx::with_lora(sets.unet.clone()), ForwardCtx::with_lora(sets.text_encoder.clone())),
-            None => (ForwardCtx::default(), ForwardCtx::default()),
+        let ctxs: Vec<ForwardCtx> = match lora {
+            Some(sets) => sets.sets.iter().map(|s| ForwardCtx::with_lora(s.clone())).collect(),
+            None => Vec::new(),
         };
+        let unet_ctx = ctxs.first().cloned().unwrap_or_default();
         let negative = request.negative.as_deref().unwrap_or("");
-        let (text, uncond) = self.encode_prompt_pair(&request.prompt, negative, request.clip_skip, &te_ctx)?;
-        let cond = Tensor::cat(&[uncond, text], 0)?.to_dtype(dtype)?;
+        let te_ctxs = if ctxs.is_empty() { &[][..] } else { &ctxs[1..] };
+        let (text, uncond) = self.encode_prompt_pair(&request.prompt, negative, request.clip_skip, te_ctxs)?;
+        let cond = PromptConditioning {
+            context: Tensor::cat(&[uncond.context, text.context], 0)?.to_dtype(dtype)?,
+            pooled: match (uncond.pooled, text.pooled) {
+                (Some(u), Some(t)) => Some(Tensor::cat(&[u, t], 0)?.to_dtype(dtype)?),
+                _ => None,
+            },
+        };
+        // sd-scripts' sampler and diffusers' SDXL pipeline: original = target = the output
+        // size, no crop.
+        let (hh, ww) = (request.height as f32, request.width as f32);
+        let time_ids = Tensor::from_vec(vec![hh, ww, 0.0, 0.0, hh, ww, hh, ww, 0.0, 0.0, hh, ww], (2, 6), &device)?
+            .to_dtype(dtype)?;
 
         let (h, w) = (request.height / factor, request.width / factor);
         let mut rng = StdRng::seed_from_u64(request.seed);
         let channels = self.unet.config().in_channels;
         let init = gaussian(&[1, channels, h, w], &mut rng, &device)?.to_dtype(dtype)?;
         let cfg_scale = request.cfg_scale;
-        let unet = &self.unet;
         let mut model = |x: &Tensor, t: f64| -> candle_core::Result<Tensor> {
             let x2 = Tensor::cat(&[x, x], 0)?;
             let ts = Tensor::new(&[t as f32, t as f32], x.device())?;
-            let out = unet.forward(&x2, &ts, &cond, &unet_ctx)?;
+            let out = self.denoise(&x2, &ts, &cond, Some(&time_ids), &unet_ctx)?;
             let uncond = out.narrow(0, 0, 1)?;
             let text = out.narrow(0, 1, 1)?;
             &uncond + ((text - &uncond)? * cfg_scale)?
@@ -204,6 +327,42 @@ impl StableDiffusion {
     }
 }
 
+/// SDXL's prompt and negative with A1111 emphasis, as A1111 conditions SDXL: both prompts cut
+/// into the same number of 75-token chunks (at most 3; longer prompts are truncated with a
+/// warning), each encoder's hidden states multiplied by the tokens' weights and rescaled to
+/// their unweighted mean (each encoder on its own), the pooled vector from the first chunk,
+/// unweighted. Returns (prompt, negative), each with batch 1.
+fn sdxl_emphasis_pair(
+    te: &SdxlTextEncoders,
+    prompt: &[(String, f64)],
+    negative: &[(String, f64)],
+    ctxs: [&ForwardCtx; 2],
+) -> Result<(crate::sdxl_text::TextConditioning, crate::sdxl_text::TextConditioning)> {
+    const CHUNK: usize = 75;
+    let tokens = |pieces: &[(String, f64)]| pieces.iter().map(|(t, _)| te.tokenizer1.encode(t).len()).sum::<usize>();
+    let longest = tokens(prompt).max(tokens(negative));
+    let chunks = longest.div_ceil(CHUNK).clamp(1, 3);
+    let max_token_length = (chunks > 1).then_some(chunks * CHUNK);
+    let weighted = te.tokenize_weighted(&[prompt.to_vec(), negative.to_vec()], max_token_length)?;
+    let out = te.encode_tokens(&weighted.tokens, ctxs)?;
+    let emphasise = |h: &Tensor, w: &Tensor| -> Result<Tensor> {
+        let compute = if h.dtype() == DType::F64 { DType::F64 } else { DType::F32 };
+        let h = h.to_dtype(compute)?;
+        let scaled = crate::clip::apply_chunk_weights(&h, &w.to_dtype(compute)?)?;
+        let before = h.mean_keepdim(2)?.mean_keepdim(1)?;
+        let after = scaled.mean_keepdim(2)?.mean_keepdim(1)?;
+        Ok(scaled.broadcast_mul(&(before / after)?)?)
+    };
+    let h1 = emphasise(&out.hidden_states1, &weighted.weights1)?;
+    let h2 = emphasise(&out.hidden_states2, &weighted.weights2)?;
+    let dtype = out.hidden_states1.dtype();
+    let context = Tensor::cat(&[h1, h2], 2)?.to_dtype(dtype)?;
+    let row = |i: usize| -> Result<crate::sdxl_text::TextConditioning> {
+        Ok(crate::sdxl_text::TextConditioning { context: context.narrow(0, i, 1)?, pooled: out.pool2.narrow(0, i, 1)? })
+    };
+    Ok((row(0)?, row(1)?))
+}
+
 /// Parses a diffusers `config.json` value into a config struct, naming the file on failure.
 fn from_config<T: serde::de::DeserializeOwned>(value: serde_json::Value, path: &Path, component: &str) -> Result<T> {
     serde_json::from_value(value)
@@ -218,13 +377,12 @@ fn gaussian(shape: &[usize], rng: &mut StdRng, device: &Device) -> candle_core::
     Tensor::from_vec(values, shape, &Device::Cpu)?.to_device(device)
 }
 
-/// The LoRA sets applied to the UNet and the text encoder.
+/// The LoRA sets applied to each component, in [`StableDiffusion::lora_components`] order
+/// (the UNet first, then each text encoder).
 #[derive(Clone)]
 pub struct LoraSets {
-    /// Modules on UNet layers.
-    pub unet: Arc<LoraSet>,
-    /// Modules on text-encoder layers.
-    pub text_encoder: Arc<LoraSet>,
+    /// One set per component.
+    pub sets: Vec<Arc<LoraSet>>,
 }
 
 /// One text-to-image request.

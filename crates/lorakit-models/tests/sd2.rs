@@ -76,7 +76,7 @@ fn tiny_sd2_unet_matches_diffusers() -> TestResult {
 fn tiny_sd2_text_encoder_matches_transformers() -> TestResult {
     let model = tiny_model()?;
     let io = io("io_text_encoder.safetensors")?;
-    let out = model.text_encoder.forward(&io["input_ids"], &ForwardCtx::default())?;
+    let out = model.clip_text_encoder().forward(&io["input_ids"], &ForwardCtx::default())?;
     // The cut encoder's output is what SD 2 conditions on (the script checks it equals the full
     // encoder's penultimate layer through the final norm).
     let err = rel_error(&out.last_hidden_state, &io["last_hidden_state"])?;
@@ -145,6 +145,7 @@ fn full_size_sd2_configs_and_key_map_match_diffusers() -> TestResult {
                         Component::Unet => "unet",
                         Component::Vae => "vae",
                         Component::TextEncoder => "text_encoder",
+                        Component::TextEncoder2 => "text_encoder_2",
                     };
                     let shape = target.transform.shape(shape).ok_or_else(|| format!("{key}: transform"))?;
                     let clash = got.insert((component, target.name.clone()), shape);

@@ -65,7 +65,7 @@ fn load_inputs(
 ) -> Result<(data::TrainData, model::StableDiffusionModel)> {
     let model_path = config.model.pretrained_model_name_or_path.clone().ok_or_else(|| {
         TrainError::Other(
-            "no base model: set model.pretrained_model_name_or_path to an SD1.5 checkpoint (.safetensors) or diffusers folder"
+            "no base model: set model.pretrained_model_name_or_path to an SD 1.5, SD 2.x or SDXL checkpoint (.safetensors) or diffusers folder"
                 .into(),
         )
     })?;
@@ -95,5 +95,6 @@ fn load_inputs(
         model::WeightStorage { no_half_vae: config.accelerate.no_half_vae, fp8_base: config.accelerate.fp8_base },
     )?;
     model.check_family(config.model.model_family.as_deref(), &model_path)?;
+    model.check_schedule(config.loss.zero_terminal_snr, &model_path)?;
     Ok((data, model))
 }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use candle_core::{DType, Device, Tensor};
 use lorakit_dataset::prompt_weights::parse_prompt_attention;
 use lorakit_models::checkpoint::ModelFamily;
-use lorakit_models::pipeline::{GenerateRequest, LoraSets, RgbImage, StableDiffusion};
+use lorakit_models::pipeline::{GenerateRequest, LoraSets, RgbImage, StableDiffusion, TextEncoders};
 use lorakit_models::schedule::{NoiseSchedule, Prediction};
 use lorakit_nn::lora::{LoraSet, LoraTarget};
 use lorakit_nn::ForwardCtx;
@@ -169,7 +169,9 @@ pub trait TrainableModel {
     fn parameter_counts(&self) -> (usize, usize);
 }
 
-/// SD1.x / SD2.x: CLIP text encoder, UNet2DConditionModel, AutoencoderKL.
+/// The UNet families — SD 1.x/2.x (one CLIP text encoder) and SDXL (two text encoders, pooled
+/// vector, size conditioning): UNet2DConditionModel, AutoencoderKL and the family's
+/// [`TextEncoders`], which carries every difference between them before the denoiser.
 pub struct StableDiffusionModel {
     sd: StableDiffusion,
     vae_fingerprint: String,
@@ -213,13 +215,16 @@ impl StableDiffusionModel {
             };
             ckpt.unet.cast_where(DType::F8E4M3, fp8)?;
             ckpt.text_encoder.cast_where(DType::F8E4M3, fp8)?;
+            if let Some(te2) = ckpt.text_encoder_2.as_mut() {
+                te2.cast_where(DType::F8E4M3, fp8)?;
+            }
         }
         let mut sd = StableDiffusion::from_checkpoint(ckpt)?;
         match sd.family {
-            ModelFamily::Sd1 | ModelFamily::Sd2 => {}
+            ModelFamily::Sd1 | ModelFamily::Sd2 | ModelFamily::Sdxl => {}
             other => {
                 return Err(TrainError::Other(format!(
-                    "{}: a {other} checkpoint; training supports SD 1.x and SD 2.x so far",
+                    "{}: a {other} checkpoint; training supports SD 1.x, SD 2.x and SDXL so far",
                     path.display()
                 )))
             }
@@ -253,25 +258,54 @@ impl StableDiffusionModel {
     /// Refuses a checkpoint of another family than the config is for (`model.model_family`,
     /// which `--from-kohya` sets from the GUI's checkboxes and `v2`), naming both.
     pub fn check_family(&self, expected: Option<&str>, path: &Path) -> Result<()> {
+        let name = |family: &str| match family {
+            "sd2" => "SD 2.x",
+            "sdxl" => "SDXL",
+            _ => "SD 1.x",
+        };
         let actual = match self.sd.family {
-            ModelFamily::Sd2 => ("sd2", "SD 2.x"),
-            _ => ("sd1", "SD 1.x"),
+            ModelFamily::Sd2 => "sd2",
+            ModelFamily::Sdxl => "sdxl",
+            _ => "sd1",
         };
         match expected {
-            Some(expected) if expected != actual.0 => Err(TrainError::Other(format!(
+            Some(expected) if expected != actual => Err(TrainError::Other(format!(
                 "{}: an {} checkpoint, but the config is for {} (model.model_family = {expected:?}{}); use a checkpoint of that family or fix the config",
                 path.display(),
-                actual.1,
-                if expected == "sd2" { "SD 2.x" } else { "SD 1.x" },
+                name(actual),
+                name(expected),
                 if expected == "sd2" { ", from v2 = true" } else { "" }
             ))),
             _ => Ok(()),
         }
     }
 
+    /// Refuses training a model that declares a zero-terminal-SNR schedule (NoobAI-XL v-pred's
+    /// `ztsnr` key) with the ordinary one: its LoRA would learn the wrong noise levels.
+    pub fn check_schedule(&self, zero_terminal_snr: bool, path: &Path) -> Result<()> {
+        if self.sd.declared_zero_terminal_snr && !zero_terminal_snr {
+            return Err(TrainError::Other(format!(
+                "{}: a zero-terminal-SNR model (it has a `ztsnr` key, as NoobAI-XL v-pred does), but loss.zero_terminal_snr = false; set loss.zero_terminal_snr = true (with model.v_parameterization = true)",
+                path.display()
+            )));
+        }
+        Ok(())
+    }
+
     /// The wrapped pipeline.
     pub fn pipeline(&self) -> &StableDiffusion {
         &self.sd
+    }
+}
+
+/// SDXL conditions on the penultimate layer of both encoders, always: sd-scripts ignores
+/// `clip_skip` for SDXL (with a warning), so a value here would mean nothing.
+fn refuse_sdxl_clip_skip(clip_skip: Option<usize>) -> Result<()> {
+    match clip_skip {
+        None => Ok(()),
+        Some(n) => Err(TrainError::Other(format!(
+            "model.clip_skip = {n}: SDXL always conditions on the penultimate layer of both text encoders (what A1111 and Pony's guides call clip skip 2) and sd-scripts ignores clip_skip for SDXL; remove model.clip_skip"
+        ))),
     }
 }
 
@@ -292,6 +326,17 @@ fn fingerprint_vae(sd: &StableDiffusion) -> Result<String> {
 impl TrainableModel for StableDiffusionModel {
     fn info(&self) -> FamilyInfo {
         let v = self.sd.prediction == Prediction::VPrediction;
+        if self.sd.family == ModelFamily::Sdxl {
+            // sd-scripts writes the same base version for v-prediction SDXL models; modelspec
+            // says "v" in prediction_type.
+            return FamilyInfo {
+                base_model_version: "sdxl_base_v1-0".into(),
+                architecture: "stable-diffusion-xl-v1-base".into(),
+                implementation: "https://github.com/Stability-AI/generative-models".into(),
+                v2: false,
+                default_resolution: (1024, 1024),
+            };
+        }
         let v2 = self.sd.family == ModelFamily::Sd2;
         let (base, arch, res) = match (v2, v) {
             (false, false) => ("sd_v1", "stable-diffusion-v1", (512, 512)),
@@ -325,18 +370,14 @@ impl TrainableModel for StableDiffusionModel {
     }
 
     fn components(&self) -> Vec<Component> {
-        vec![
-            Component {
-                prefix: lorakit_models::lora_inject::UNET_PREFIX,
-                is_text_encoder: false,
-                targets: self.sd.unet_targets().to_vec(),
-            },
-            Component {
-                prefix: lorakit_models::lora_inject::TEXT_ENCODER_PREFIX,
-                is_text_encoder: true,
-                targets: self.sd.text_encoder_targets().to_vec(),
-            },
-        ]
+        let prefixes = self.sd.lora_prefixes();
+        self.sd
+            .lora_components()
+            .iter()
+            .zip(prefixes)
+            .enumerate()
+            .map(|(i, (c, prefix))| Component { prefix, is_text_encoder: i > 0, targets: c.targets.to_vec() })
+            .collect()
     }
 
     fn encode_images(&self, pixels: &Tensor, rng: &mut StdRng) -> Result<Tensor> {
@@ -358,16 +399,25 @@ impl TrainableModel for StableDiffusionModel {
         clip_skip: Option<usize>,
         ctxs: &[ForwardCtx],
     ) -> Result<Conditioning> {
-        let ctx = ctxs.get(1).cloned().unwrap_or_default();
-        let context = lorakit_models::clip::encode_prompts(
-            &self.sd.text_encoder,
-            &self.sd.tokenizer,
-            captions,
-            Some(max_token_length),
-            clip_skip,
-            &ctx,
-        )?;
-        Ok(Conditioning { context, pooled: None })
+        let ctx = |i: usize| ctxs.get(i).cloned().unwrap_or_default();
+        match &self.sd.text {
+            TextEncoders::Clip { encoder, tokenizer } => {
+                let context = lorakit_models::clip::encode_prompts(
+                    encoder,
+                    tokenizer,
+                    captions,
+                    Some(max_token_length),
+                    clip_skip,
+                    &ctx(1),
+                )?;
+                Ok(Conditioning { context, pooled: None })
+            }
+            TextEncoders::Sdxl(te) => {
+                refuse_sdxl_clip_skip(clip_skip)?;
+                let c = te.encode(captions, Some(max_token_length), [&ctx(1), &ctx(2)])?;
+                Ok(Conditioning { context: c.context, pooled: Some(c.pooled) })
+            }
+        }
     }
 
     fn encode_text_weighted(
@@ -377,22 +427,31 @@ impl TrainableModel for StableDiffusionModel {
         clip_skip: Option<usize>,
         ctxs: &[ForwardCtx],
     ) -> Result<Conditioning> {
-        let ctx = ctxs.get(1).cloned().unwrap_or_default();
+        let ctx = |i: usize| ctxs.get(i).cloned().unwrap_or_default();
         let prompts = captions
             .iter()
             .map(|c| {
                 parse_prompt_attention(c).map_err(|e| TrainError::Other(format!("training.weighted_captions: {e}")))
             })
             .collect::<Result<Vec<_>>>()?;
-        let context = lorakit_models::clip::encode_weighted_prompts(
-            &self.sd.text_encoder,
-            &self.sd.tokenizer,
-            &prompts,
-            Some(max_token_length),
-            clip_skip,
-            &ctx,
-        )?;
-        Ok(Conditioning { context, pooled: None })
+        match &self.sd.text {
+            TextEncoders::Clip { encoder, tokenizer } => {
+                let context = lorakit_models::clip::encode_weighted_prompts(
+                    encoder,
+                    tokenizer,
+                    &prompts,
+                    Some(max_token_length),
+                    clip_skip,
+                    &ctx(1),
+                )?;
+                Ok(Conditioning { context, pooled: None })
+            }
+            TextEncoders::Sdxl(te) => {
+                refuse_sdxl_clip_skip(clip_skip)?;
+                let c = te.encode_weighted(&prompts, Some(max_token_length), [&ctx(1), &ctx(2)])?;
+                Ok(Conditioning { context: c.context, pooled: Some(c.pooled) })
+            }
+        }
     }
 
     fn denoise(
@@ -400,34 +459,59 @@ impl TrainableModel for StableDiffusionModel {
         noisy: &Tensor,
         timesteps: &Tensor,
         cond: &Conditioning,
-        _sizes: &[SizeCondition],
+        sizes: &[SizeCondition],
         ctxs: &[ForwardCtx],
     ) -> Result<Tensor> {
         let ctx = ctxs.first().cloned().unwrap_or_default();
         let dtype = self.dtype();
-        Ok(self.sd.unet.forward(&noisy.to_dtype(dtype)?, timesteps, &cond.context.to_dtype(dtype)?, &ctx)?)
+        let b = noisy.dim(0)?;
+        let time_ids = match &cond.pooled {
+            Some(_) => {
+                if sizes.len() != b {
+                    return Err(TrainError::Other(format!(
+                        "internal: {} size conditions for a batch of {b}",
+                        sizes.len()
+                    )));
+                }
+                let ids: Vec<f32> = sizes.iter().flat_map(|s| s.time_ids()).collect();
+                Some(Tensor::from_vec(ids, (b, 6), noisy.device())?.to_dtype(dtype)?)
+            }
+            None => None,
+        };
+        let cond = lorakit_models::pipeline::PromptConditioning {
+            context: cond.context.to_dtype(dtype)?,
+            pooled: cond.pooled.as_ref().map(|p| p.to_dtype(dtype)).transpose()?,
+        };
+        Ok(self.sd.denoise(&noisy.to_dtype(dtype)?, timesteps, &cond, time_ids.as_ref(), &ctx)?)
     }
 
     fn sample(&self, request: &GenerateRequest, sets: &[Arc<LoraSet>]) -> Result<RgbImage> {
-        let empty = || -> Result<Arc<LoraSet>> { Ok(Arc::new(LoraSet::new(0, self.device())?)) };
-        let unet = match sets.first() {
-            Some(s) => s.clone(),
-            None => empty()?,
-        };
-        let text_encoder = match sets.get(1) {
-            Some(s) => s.clone(),
-            None => empty()?,
-        };
-        Ok(self.sd.generate(request, Some(&LoraSets { unet, text_encoder }), &mut |_, _| {})?)
+        let n = self.sd.lora_components().len();
+        let mut all = Vec::with_capacity(n);
+        for i in 0..n {
+            all.push(match sets.get(i) {
+                Some(s) => s.clone(),
+                None => Arc::new(LoraSet::new(0, self.device())?),
+            });
+        }
+        Ok(self.sd.generate(request, Some(&LoraSets { sets: all }), &mut |_, _| {})?)
     }
 
     fn parameter_counts(&self) -> (usize, usize) {
         let unet: usize =
             self.sd.unet.config().parameter_shapes().iter().map(|(_, s)| s.iter().product::<usize>()).sum();
-        let c = self.sd.text_encoder.config();
-        let (h, i) = (c.hidden_size, c.intermediate_size);
-        let layer = 4 * (h * h + h) + 4 * h + (h * i + i) + (i * h + h);
-        let clip = (c.vocab_size + c.max_position_embeddings) * h + c.num_hidden_layers * layer + 2 * h;
+        let clip_params = |c: &lorakit_models::clip::ClipTextConfig| {
+            let (h, i) = (c.hidden_size, c.intermediate_size);
+            let layer = 4 * (h * h + h) + 4 * h + (h * i + i) + (i * h + h);
+            (c.vocab_size + c.max_position_embeddings) * h + c.num_hidden_layers * layer + 2 * h
+        };
+        let clip = match &self.sd.text {
+            TextEncoders::Clip { encoder, .. } => clip_params(encoder.config()),
+            TextEncoders::Sdxl(te) => {
+                let c2 = te.te2.config();
+                clip_params(te.te1.config()) + clip_params(c2) + c2.hidden_size * te.pooled_dim()
+            }
+        };
         // The SD autoencoder has 83,653,863 parameters at 512 channels; other widths scale ~quadratically.
         let width = self.sd.vae.config().block_out_channels.last().copied().unwrap_or(512) as f64;
         let vae = (83_653_863.0 * (width / 512.0).powi(2)) as usize;

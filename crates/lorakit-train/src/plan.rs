@@ -330,7 +330,7 @@ mod tests {
         assert!(config_warnings(&c, 100, 10).is_empty(), "{:?}", config_warnings(&c, 100, 10));
         c.network.network_dim = 8;
         c.network.network_alpha = 16.0;
-        c.optimizer.text_encoder_lr = Some(1e-3);
+        c.optimizer.text_encoder_lr = Some(crate::config::TextEncoderLr::All(1e-3));
         c.optimizer.unet_lr = Some(1e-4);
         let w = config_warnings(&c, 100, 60).join("\n");
         assert!(w.contains("network_alpha") && w.contains("text_encoder_lr") && w.contains("lr_warmup_steps"), "{w}");

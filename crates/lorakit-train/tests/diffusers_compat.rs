@@ -29,14 +29,14 @@ fn lorakit_lora_in_diffusers_matches_lorakit() {
     .unwrap();
     let components = [
         ComponentTargets { prefix: "lora_unet", targets: sd.unet_targets() },
-        ComponentTargets { prefix: "lora_te", targets: sd.text_encoder_targets() },
+        ComponentTargets { prefix: "lora_te", targets: &sd.text_encoder_targets()[0] },
     ];
     let lora = repo("tests/fixtures/reference/trained_lora/tiny_trained.safetensors");
     let loaded = load_lora_file(&lora, 1.0, false, &components, DType::F32, &Device::Cpu).unwrap();
     let sets = sets_from_files(vec![loaded], 2, &Device::Cpu).unwrap();
 
     let ids = io["input_ids"].to_dtype(DType::U32).unwrap();
-    let te = sd.text_encoder.forward(&ids, &ForwardCtx::with_lora(sets[1].clone())).unwrap().last_hidden_state;
+    let te = sd.clip_text_encoder().forward(&ids, &ForwardCtx::with_lora(sets[1].clone())).unwrap().last_hidden_state;
     let te_err = rel_err(&te, &io["text_encoder_out"]);
     assert!(te_err <= 1e-4, "text encoder: relative error {te_err}");
 

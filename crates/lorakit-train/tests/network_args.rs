@@ -138,7 +138,7 @@ fn param_groups_match_sd_scripts_prepare_optimizer_params() {
             (BlockLayout::Sd, block_plan(BlockLayout::Sd, &args, 4, 1.0, None, 1.0).unwrap().lr_weights.unwrap())
         });
         let rates = GroupRates {
-            text_encoder_lr: c["te_lr"].as_f64().unwrap(),
+            text_encoder_lrs: vec![c["te_lr"].as_f64().unwrap()],
             unet_lr: c["unet_lr"].as_f64().unwrap(),
             text_encoder_plus_ratio: c["te_ratio"].as_f64().or(ratio),
             unet_plus_ratio: c["unet_ratio"].as_f64().or(ratio),

@@ -114,7 +114,7 @@ fn two_epochs_write_kohya_files_logs_samples_and_state() {
     let sd = model.pipeline();
     let components = [
         ComponentTargets { prefix: "lora_unet", targets: sd.unet_targets() },
-        ComponentTargets { prefix: "lora_te", targets: sd.text_encoder_targets() },
+        ComponentTargets { prefix: "lora_te", targets: &sd.text_encoder_targets()[0] },
     ];
     let loaded =
         load_lora_file(&out.join("tiny.safetensors"), 1.0, false, &components, DType::F32, &Device::Cpu).unwrap();
@@ -186,7 +186,7 @@ fn denoise_error(model: &StableDiffusionModel, latents: &Tensor, caption: &str, 
         Some(p) => {
             let components = [
                 ComponentTargets { prefix: "lora_unet", targets: sd.unet_targets() },
-                ComponentTargets { prefix: "lora_te", targets: sd.text_encoder_targets() },
+                ComponentTargets { prefix: "lora_te", targets: &sd.text_encoder_targets()[0] },
             ];
             let loaded = load_lora_file(p, 1.0, false, &components, DType::F32, &Device::Cpu).unwrap();
             lorakit_models::lora_inject::sets_from_files(vec![loaded], 2, &Device::Cpu).unwrap()

@@ -78,7 +78,7 @@ fn train_and_check(network: &str, spec: NetworkSpec, factor_keys: &[&str], args:
             .collect(),
     };
     let sd = model.pipeline();
-    let (unet_targets, te_targets) = (sd.unet_targets(), sd.text_encoder_targets());
+    let (unet_targets, te_targets) = (sd.unet_targets(), &sd.text_encoder_targets()[0]);
     let unet = create_network(unet_targets, "lora_unet", &spec, DType::F32, &Device::Cpu, 0).unwrap();
     let te = create_network(te_targets, "lora_te", &spec, DType::F32, &Device::Cpu, 0).unwrap();
     assert_eq!(trained.len(), unet.len() + te.len(), "the file has a module for every planned target");
@@ -206,9 +206,9 @@ fn what_lycoris_does_not_do_is_refused_by_name() {
 fn param_groups_follow_lycoris_with_lora_plus_on_lycoris_locon_up_weights_only() {
     use lorakit_train::param_groups::{plan_groups, ComponentNetwork, GroupRates};
     let model = model();
-    let targets = model.pipeline().text_encoder_targets();
+    let targets = &model.pipeline().text_encoder_targets()[0];
     let rates = GroupRates {
-        text_encoder_lr: 1e-4,
+        text_encoder_lrs: vec![1e-4],
         unet_lr: 1e-3,
         text_encoder_plus_ratio: Some(16.0),
         unet_plus_ratio: None,
@@ -266,7 +266,8 @@ fn lycoris_presets_adapt_the_modules_lycoris_creates_on_the_tiny_model() {
                 ..Default::default()
             };
             let mut ours = std::collections::BTreeMap::new();
-            for (targets, prefix) in [(sd.unet_targets(), "lora_unet"), (sd.text_encoder_targets(), "lora_te")] {
+            for (targets, prefix) in [(sd.unet_targets(), "lora_unet"), (&sd.text_encoder_targets()[0][..], "lora_te")]
+            {
                 let set = create_network(targets, prefix, &spec, DType::F32, &Device::Cpu, 0).unwrap();
                 ours.extend(set.lycoris_modules().iter().map(|m| (m.name().to_string(), m.dim())));
             }

@@ -43,16 +43,18 @@ pub struct GenerateArgs {
     /// Seed of the initial noise (every cell of a grid uses the same seed).
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Width in pixels (multiple of 8).
-    #[arg(long, default_value_t = 512)]
-    width: usize,
-    /// Height in pixels (multiple of 8).
-    #[arg(long, default_value_t = 512)]
-    height: usize,
+    /// Width in pixels (multiple of 8; default: the model's native size, 512 for SD 1.x/2.x,
+    /// 1024 for SDXL).
+    #[arg(long)]
+    width: Option<usize>,
+    /// Height in pixels (multiple of 8; default: the model's native size).
+    #[arg(long)]
+    height: Option<usize>,
     /// Sampler: euler, euler_a, ddim, dpmpp_2m, dpmpp_2m_karras.
     #[arg(long, default_value = "euler", value_parser = parse_sampler)]
     sampler: SamplerKind,
-    /// CLIP skip (2 = penultimate layer, as most anime models expect).
+    /// CLIP skip (2 = penultimate layer, as most anime SD 1.x models expect; SDXL always uses
+    /// the penultimate layer, so leave it unset there).
     #[arg(long)]
     clip_skip: Option<usize>,
     /// The model predicts v (SD 2.x 768-v models) instead of noise.
@@ -124,8 +126,8 @@ pub fn run(args: GenerateArgs) -> Result<ExitCode> {
         steps: args.steps,
         cfg_scale: args.cfg,
         seed: args.seed,
-        width: args.width,
-        height: args.height,
+        width: args.width.unwrap_or(512),
+        height: args.height.unwrap_or(512),
         sampler: args.sampler,
         clip_skip: args.clip_skip,
     };
@@ -141,6 +143,13 @@ pub fn run(args: GenerateArgs) -> Result<ExitCode> {
     let dtype = DType::F32;
     eprintln!("loading {}", args.model.display());
     let mut model = StableDiffusion::load(&args.model, dtype, &device)?;
+    let native = if model.family == lorakit_models::checkpoint::ModelFamily::Sdxl { 1024 } else { 512 };
+    let request =
+        GenerateRequest { width: args.width.unwrap_or(native), height: args.height.unwrap_or(native), ..request };
+    request.validate()?;
+    if model.declared_zero_terminal_snr {
+        eprintln!("zero-terminal-SNR model (it has a `ztsnr` key): sampling with the rescaled schedule");
+    }
     use lorakit_models::schedule::Prediction;
     match (&model.declared_prediction, args.v_prediction) {
         (Some((Prediction::VPrediction, source)), _) => eprintln!("v-prediction model ({source})"),
@@ -160,8 +169,7 @@ pub fn run(args: GenerateArgs) -> Result<ExitCode> {
         Ok(load_lora_file(path, *weight, false, &model.lora_components(), dtype, &device)?)
     };
     let as_sets = |files: Vec<LoadedLora>| -> Result<LoraSets> {
-        let sets = sets_from_files(files, 2, &device)?;
-        Ok(LoraSets { unet: sets[0].clone(), text_encoder: sets[1].clone() })
+        Ok(LoraSets { sets: sets_from_files(files, model.lora_components().len(), &device)? })
     };
     // Rows: LoRA combinations (None = base model) with their labels.
     let mut rows: Vec<(String, Option<LoraSets>)> = Vec::new();

@@ -1,0 +1,168 @@
+//! Training end to end on a tiny SDXL-shaped model: the SDXL fixture's diffusers folder
+//! (tests/fixtures/reference/sdxl_tiny: two text encoders, `text_time` size conditioning, a
+//! 3-level VAE) with both encoders' token embeddings widened to CLIP's full vocabulary, so real
+//! captions tokenise. Checks the run, SGM module names, SDXL metadata, samples, logs, resume,
+//! cached text-encoder outputs, and what SDXL refuses.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+
+use candle_core::{DType, Device, Tensor};
+use lorakit_models::lora_inject::load_lora_file;
+use lorakit_train::data::TrainData;
+use lorakit_train::model::StableDiffusionModel;
+use lorakit_train::{TrainConfig, Trainer};
+
+mod common;
+use common::{assert_resume_is_exact, chessboard_dataset, repo, small_run_toml};
+
+/// The fixture folder with each text encoder's 1,000-row token embedding grown to 49,408 rows
+/// (the new rows deterministic pseudo-random values) and CLIP's real BOS/EOS ids.
+fn sdxl_model_folder(dir: &Path) -> PathBuf {
+    let src = repo("tests/fixtures/reference/sdxl_tiny/diffusers");
+    let dst = dir.join("sdxl-tiny");
+    for sub in ["unet", "vae", "scheduler", "text_encoder", "text_encoder_2"] {
+        std::fs::create_dir_all(dst.join(sub)).unwrap();
+        for entry in std::fs::read_dir(src.join(sub)).unwrap() {
+            let path = entry.unwrap().path();
+            std::fs::copy(&path, dst.join(sub).join(path.file_name().unwrap())).unwrap();
+        }
+    }
+    std::fs::copy(src.join("model_index.json"), dst.join("model_index.json")).unwrap();
+    for (sub, seed) in [("text_encoder", 11), ("text_encoder_2", 12)] {
+        let te = dst.join(sub);
+        let weights = te.join("model.safetensors");
+        let mut tensors = candle_core::safetensors::load(&weights, &Device::Cpu).unwrap();
+        let key = "text_model.embeddings.token_embedding.weight";
+        let small = tensors[key].to_dtype(DType::F32).unwrap();
+        let width = small.dim(1).unwrap();
+        let extra = lorakit_nn::gradcheck::pseudo_random(&[49408 - small.dim(0).unwrap(), width], seed).unwrap();
+        let grown = Tensor::cat(&[small, extra.to_dtype(DType::F32).unwrap()], 0).unwrap();
+        tensors.insert(key.to_string(), grown.to_dtype(DType::F16).unwrap());
+        candle_core::safetensors::save(&tensors, &weights).unwrap();
+        let mut config: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(te.join("config.json")).unwrap()).unwrap();
+        config["vocab_size"] = 49408.into();
+        config["bos_token_id"] = 49406.into();
+        config["eos_token_id"] = 49407.into();
+        std::fs::write(te.join("config.json"), config.to_string()).unwrap();
+    }
+    dst
+}
+
+/// A short SDXL run on `data` (the common small run: 2 epochs, batch 2, rank 4, conv rank 2).
+fn config(dir: &Path, data: &Path, model: &Path, extra: &[&str]) -> TrainConfig {
+    let text = small_run_toml(dir, data, model);
+    let sets: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+    TrainConfig::from_toml_str(&text, &sets).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn load(model_dir: &Path) -> StableDiffusionModel {
+    StableDiffusionModel::load(model_dir, DType::F32, &Device::Cpu, false).unwrap()
+}
+
+fn run(config: TrainConfig, model: &StableDiffusionModel) -> Result<lorakit_train::RunSummary, String> {
+    let data = TrainData::load(&config).map_err(|e| e.to_string())?;
+    let trainer = Trainer::new(config, model, data).map_err(|e| e.to_string())?;
+    trainer.run(&AtomicBool::new(false), &mut |_| {}).map_err(|e| e.to_string())
+}
+
+#[test]
+fn sdxl_trains_with_sgm_names_and_sdxl_metadata_samples_and_logs() {
+    let dir = tempfile::tempdir().unwrap();
+    let model_dir = sdxl_model_folder(dir.path());
+    let model = load(&model_dir);
+    let data = chessboard_dataset(dir.path(), 1, 4);
+    let prompts = dir.path().join("prompts.txt");
+    std::fs::write(&prompts, "chkbrd, (a board:1.3) --n blurry --w 64 --h 64 --s 2 --d 1\n").unwrap();
+    let mut cfg = config(dir.path(), &data, &model_dir, &["model.model_family=sdxl"]);
+    cfg.samples.sample_prompts = Some(prompts);
+    cfg.samples.sample_every_n_epochs = 1;
+    let summary = run(cfg, &model).unwrap();
+    assert_eq!(summary.steps, 4, "4 images, batch 2, 2 epochs");
+    assert!(summary.losses.iter().all(|l| l.is_finite()), "{:?}", summary.losses);
+
+    let out = dir.path().join("out");
+    let file = lorakit_lora::safetensors_file::LoraFile::open(out.join("tiny.safetensors")).unwrap();
+    let names: Vec<&str> = file.tensor_names().collect();
+    for expected in [
+        // SGM names as sd-scripts' SDXL U-Net has them: attention in input block 4 (level 1).
+        "lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q.lora_down.weight",
+        "lora_unet_input_blocks_4_1_proj_in.lora_down.weight",
+        "lora_unet_middle_block_1_transformer_blocks_2_ff_net_2.lora_up.weight",
+        // conv_dim: ResNet convs and the samplers under their SGM names.
+        "lora_unet_input_blocks_1_0_in_layers_2.lora_down.weight",
+        "lora_unet_input_blocks_3_0_op.lora_down.weight",
+        "lora_unet_output_blocks_2_2_conv.lora_down.weight",
+        "lora_te1_text_model_encoder_layers_0_self_attn_q_proj.lora_down.weight",
+        "lora_te2_text_model_encoder_layers_3_mlp_fc2.lora_up.weight",
+    ] {
+        assert!(names.contains(&expected), "{expected} missing; have e.g. {:?}", &names[..names.len().min(8)]);
+    }
+    assert!(!names.iter().any(|n| n.starts_with("lora_unet_down_blocks") || n.starts_with("lora_te_")));
+    let m = file.metadata();
+    for (k, v) in [
+        ("ss_base_model_version", "sdxl_base_v1-0"),
+        ("ss_v2", "False"),
+        ("modelspec.architecture", "stable-diffusion-xl-v1-base/lora"),
+        ("modelspec.implementation", "https://github.com/Stability-AI/generative-models"),
+        ("modelspec.prediction_type", "epsilon"),
+    ] {
+        assert_eq!(m.get(k).map(String::as_str), Some(v), "{k}");
+    }
+
+    // The file loads back onto the model it was trained for (every module matched).
+    let components = model.pipeline().lora_components();
+    let loaded =
+        load_lora_file(&out.join("tiny.safetensors"), 1.0, false, &components, DType::F32, &Device::Cpu).unwrap();
+    assert_eq!(loaded.module_count, names.iter().filter(|n| n.ends_with(".lora_down.weight")).count());
+
+    let samples: Vec<_> = std::fs::read_dir(out.join("sample"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "png"))
+        .collect();
+    assert_eq!(samples.len(), 2, "a sample per epoch: {samples:?}");
+    let logs: Vec<_> = std::fs::read_dir(out.join("logs")).unwrap().collect();
+    assert!(!logs.is_empty(), "logs written");
+}
+
+#[test]
+fn sdxl_resumes_bit_for_bit() {
+    let dir = tempfile::tempdir().unwrap();
+    let model_dir = sdxl_model_folder(dir.path());
+    let model = load(&model_dir);
+    let data = chessboard_dataset(dir.path(), 3, 3);
+    let mut cfg = config(dir.path(), &data, &model_dir, &["save.save_state=true", "training.train_batch_size=1"]);
+    cfg.folders.output_dir = dir.path().join("full");
+    assert_resume_is_exact(&cfg, &model, dir.path(), 5);
+}
+
+#[test]
+fn sdxl_trains_from_cached_text_encoder_outputs_and_refuses_clip_skip() {
+    let dir = tempfile::tempdir().unwrap();
+    let model_dir = sdxl_model_folder(dir.path());
+    let model = load(&model_dir);
+    let data = chessboard_dataset(dir.path(), 1, 2);
+    let live = run(config(&dir.path().join("a"), &data, &model_dir, &["network.network_train_unet_only=true"]), &model)
+        .unwrap();
+    let cached = run(
+        config(
+            &dir.path().join("b"),
+            &data,
+            &model_dir,
+            &["network.network_train_unet_only=true", "training.cache_text_encoder_outputs=true"],
+        ),
+        &model,
+    )
+    .unwrap();
+    for (a, b) in live.losses.iter().zip(&cached.losses) {
+        assert!((a - b).abs() <= 1e-5 * a.abs().max(1e-3), "live {a} vs cached {b}");
+    }
+
+    let err = run(config(&dir.path().join("c"), &data, &model_dir, &["model.clip_skip=2"]), &model).unwrap_err();
+    assert!(err.contains("clip_skip") && err.contains("penultimate"), "{err}");
+    let err = model.check_family(Some("sd1"), &model_dir).unwrap_err().to_string();
+    assert!(err.contains("an SDXL checkpoint") && err.contains("SD 1.x"), "{err}");
+    model.check_family(Some("sdxl"), &model_dir).unwrap();
+}
