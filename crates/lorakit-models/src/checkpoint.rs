@@ -1,13 +1,31 @@
-//! Loading SD 1.x/2.x base models (spec §14): single-file LDM `.safetensors` checkpoints and
-//! diffusers folders, both delivered as three [`Weights`] stores with diffusers tensor names,
-//! so the model constructors never see the LDM layout.
+//! Loading SD 1.x/2.x and SDXL base models (spec §14): single-file LDM / SGM `.safetensors`
+//! checkpoints and diffusers folders, both delivered as [`Weights`] stores with diffusers tensor
+//! names (three, and SDXL's second text encoder), so the model constructors never see the LDM
+//! layout.
 //!
 //! Files are memory-mapped and every tensor is converted on its own, so peak memory is the
 //! converted model plus one tensor. Pickles (`.ckpt`, `.pt`, `.bin`) are refused: unpickling
-//! can run arbitrary code. Families this version cannot train (SDXL, SD3, Flux) are recognised
-//! from their keys or folder layout and refused by name rather than failing on missing tensors.
+//! can run arbitrary code. Families this version cannot train (SD3, Flux, the SDXL refiner,
+//! EDM-style SDXL models) are recognised from their keys or folder layout and refused by name
+//! rather than failing on missing tensors.
+//!
+//! SDXL single files (SGM layout): `model.diffusion_model.*` (the LDM U-Net rules plus
+//! `label_emb.0.{0,2}` → `add_embedding.linear_{1,2}`), `first_stage_model.*`,
+//! `conditioner.embedders.0.transformer.text_model.*` (HF CLIP-L, text encoder 1) and
+//! `conditioner.embedders.1.model.*` (OpenCLIP bigG, text encoder 2: fused q/k/v split, all 32
+//! layers kept — the pooled output needs the last one — `logit_scale` ignored). OpenCLIP's
+//! `text_projection` is stored (width, proj) and used as `x @ P`; it becomes the linear weight
+//! `text_projection.weight` = Pᵀ, as diffusers' and ComfyUI's converters make it, so a single
+//! file and its diffusers conversion hold the same model. (sd-scripts'
+//! `convert_sdxl_text_encoder_2_checkpoint` copies P untransposed, so sd-scripts' pooled vector
+//! for a single file is x·P instead of the model's; its diffusers-folder path is right.)
+//! Their configs come from the weights ([`sdxl::infer_configs`]): sizes the weights show,
+//! SDXL's conventions for the rest. The flags NoobAI-style v-prediction files carry — top-level
+//! `v_pred` and `ztsnr` tensors, which ComfyUI reads as v-prediction and zero-terminal SNR —
+//! become [`SdCheckpoint::declared_prediction`] and [`SdCheckpoint::declared_zero_terminal_snr`].
 
 pub mod ldm_keys;
+pub mod sdxl;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -44,7 +62,7 @@ pub enum ModelFamily {
 impl ModelFamily {
     /// Whether this version can load and train the family.
     pub fn is_supported(self) -> bool {
-        matches!(self, ModelFamily::Sd1 | ModelFamily::Sd2)
+        matches!(self, ModelFamily::Sd1 | ModelFamily::Sd2 | ModelFamily::Sdxl)
     }
 }
 
@@ -82,38 +100,55 @@ pub fn detect_family_at(path: &Path) -> Result<ModelFamily> {
     Ok(detect_family(file.tensor_names()))
 }
 
-/// An SD 1.x/2.x checkpoint split into its three components, every tensor renamed to its
+/// An SD 1.x/2.x or SDXL checkpoint split into its components, every tensor renamed to its
 /// diffusers key (`down_blocks.0.resnets.0.conv1.weight`, `encoder.mid_block.attentions.0.to_q.weight`
 /// as a linear `[C, C]`, `text_model.encoder.layers.0.self_attn.q_proj.weight`) and converted
 /// to the requested dtype and device.
 pub struct SdCheckpoint {
     /// The file or folder loaded.
     pub path: PathBuf,
-    /// SD 1.x or SD 2.x (`Unknown` only for a diffusers folder whose configs and text encoder
-    /// match neither).
+    /// SD 1.x, SD 2.x or SDXL (`Unknown` only for a diffusers folder whose configs and text
+    /// encoder match none).
     pub family: ModelFamily,
     /// U-Net tensors (`UNet2DConditionModel` names).
     pub unet: Weights,
     /// VAE tensors (`AutoencoderKL` names).
     pub vae: Weights,
     /// Text encoder tensors (`CLIPTextModel` names, `position_ids` dropped; SD 2.x: 23 layers,
-    /// the penultimate-layer encoder SD 2.x conditions on, as in diffusers' SD 2 folders).
+    /// the penultimate-layer encoder SD 2.x conditions on, as in diffusers' SD 2 folders; SDXL:
+    /// text encoder 1, CLIP ViT-L).
     pub text_encoder: Weights,
-    /// `unet/config.json` of a diffusers folder; `None` for single files.
+    /// SDXL's text encoder 2 (`CLIPTextModelWithProjection` names: `text_model.*` with every
+    /// layer, `text_projection.weight`); `None` for SD 1.x/2.x.
+    pub text_encoder_2: Option<Weights>,
+    /// `unet/config.json` of a diffusers folder; for SDXL single files the config read from
+    /// the weights ([`sdxl::infer_configs`]); `None` for SD 1.x/2.x single files.
     pub unet_config: Option<Value>,
-    /// `vae/config.json` of a diffusers folder; `None` for single files.
+    /// `vae/config.json` of a diffusers folder; SDXL single files: read from the weights
+    /// (scaling factor 0.13025, `force_upcast`); `None` for SD 1.x/2.x single files.
     pub vae_config: Option<Value>,
-    /// `text_encoder/config.json` of a diffusers folder; `None` for single files.
+    /// `text_encoder/config.json` of a diffusers folder; SDXL single files: read from the
+    /// weights; `None` for SD 1.x/2.x single files.
     pub text_encoder_config: Option<Value>,
+    /// `text_encoder_2/config.json` of an SDXL folder, or an SDXL single file's read from the
+    /// weights; `None` for SD 1.x/2.x.
+    pub text_encoder_2_config: Option<Value>,
     /// What the model says it predicts, with where it says so: a diffusers folder's
-    /// `scheduler/scheduler_config.json` `prediction_type`, or a single file's
-    /// `modelspec.prediction_type` metadata. `None` when it does not say (most single files: SD 2
-    /// 768-v and 512-base files look alike, so v-prediction must then be asked for).
+    /// `scheduler/scheduler_config.json` `prediction_type`, a single file's `v_pred` flag
+    /// tensor (ComfyUI's convention, NoobAI-XL v-pred) or its `modelspec.prediction_type`
+    /// metadata. `None` when it does not say (most single files: SD 2 768-v and 512-base files
+    /// look alike, so v-prediction must then be asked for).
     pub declared_prediction: Option<(Prediction, String)>,
+    /// The model says it was trained with a zero-terminal-SNR schedule (sd-scripts'
+    /// `--zero_terminal_snr`): a single file's `ztsnr` flag tensor (NoobAI-XL v-pred; ComfyUI
+    /// reads it together with `v_pred`) or a folder scheduler's `rescale_betas_zero_snr = true`.
+    pub declared_zero_terminal_snr: bool,
+    /// Where it says so, for messages (`Some` exactly when `declared_zero_terminal_snr`).
+    pub zero_terminal_snr_source: Option<String>,
 }
 
-/// Loads an SD 1.x/2.x base model: a file is read as a single-file LDM `.safetensors`
-/// checkpoint, a directory as a diffusers folder. Tensors stored as F32/F16/BF16 are converted
+/// Loads an SD 1.x/2.x or SDXL base model: a file is read as a single-file LDM/SGM
+/// `.safetensors` checkpoint, a directory as a diffusers folder. Tensors stored as F32/F16/BF16 are converted
 /// to `dtype` (a float type). Errors are one line naming the file and what to do.
 pub fn load_sd_checkpoint(path: &Path, dtype: DType, device: &Device) -> Result<SdCheckpoint> {
     if !matches!(dtype, DType::F32 | DType::F16 | DType::BF16 | DType::F64) {
@@ -183,7 +218,7 @@ fn unsupported(path: &Path, family: ModelFamily, evidence: &str) -> Error {
     Error::UnsupportedFamily {
         path: path.to_path_buf(),
         message: format!(
-            "this is {} {family} model (it has {evidence}); this version of lorakit loads SD 1.x and SD 2.x models only — pick an SD 1.5 or SD 2.x base model",
+            "this is {} {family} model (it has {evidence}); this version of lorakit loads SD 1.x, SD 2.x and SDXL models only — pick an SD 1.5, SD 2.x or SDXL base model",
             if family == ModelFamily::Flux { "a" } else { "an" }
         ),
     }
@@ -371,11 +406,31 @@ impl Assembly {
         }
     }
 
-    /// The three stores; `source` names a component's origin in later errors.
-    fn finish(mut self, source: impl Fn(Component) -> String) -> (Weights, Weights, Weights) {
+    /// The stores; `source` names a component's origin in later errors. Text encoder 2 only
+    /// when it has tensors.
+    fn finish(mut self, source: impl Fn(Component) -> String) -> Stores {
+        let te2 = self.parts.remove(&Component::TextEncoder2).map(|t| Weights::new(t, source(Component::TextEncoder2)));
         let mut take = |c: Component| Weights::new(self.parts.remove(&c).unwrap_or_default(), source(c));
-        (take(Component::Unet), take(Component::Vae), take(Component::TextEncoder))
+        Stores {
+            unet: take(Component::Unet),
+            vae: take(Component::Vae),
+            text_encoder: take(Component::TextEncoder),
+            text_encoder_2: te2,
+        }
     }
+
+    /// Whether any tensor of `component` has been filed.
+    fn has(&self, component: Component) -> bool {
+        self.parts.get(&component).is_some_and(|p| !p.is_empty())
+    }
+}
+
+/// The assembled weight stores.
+struct Stores {
+    unet: Weights,
+    vae: Weights,
+    text_encoder: Weights,
+    text_encoder_2: Option<Weights>,
 }
 
 /// The first few names of a list, for messages.
@@ -393,7 +448,7 @@ fn load_single_file(path: &Path, dtype: DType, device: &Device) -> Result<SdChec
     let checkpoint_error = |message: String| Error::Checkpoint { path: path.to_path_buf(), message };
     if file.is_empty() {
         return Err(checkpoint_error(
-            "the file holds no tensors; it is not a model checkpoint — pass an SD 1.x/2.x .safetensors checkpoint"
+            "the file holds no tensors; it is not a model checkpoint — pass an SD 1.x/2.x or SDXL .safetensors checkpoint"
                 .into(),
         ));
     }
@@ -409,6 +464,10 @@ fn load_single_file(path: &Path, dtype: DType, device: &Device) -> Result<SdChec
             return Err(checkpoint_error(describe_foreign_file(&file)));
         }
     }
+    let flags = sdxl::ModelFlags::from_names(file.tensor_names());
+    if family == ModelFamily::Sdxl {
+        sdxl::refuse_unsupported_variant(&file)?;
+    }
 
     let map = LdmKeyMap::new(file.tensor_names());
     let mut plan: Vec<(&str, Vec<Target>)> = Vec::with_capacity(file.len());
@@ -420,18 +479,34 @@ fn load_single_file(path: &Path, dtype: DType, device: &Device) -> Result<SdChec
             KeyFate::Unmapped(component) => assembly.unmapped.entry(component).or_default().push(name.to_string()),
         }
     }
-    let missing: Vec<&str> = [
-        (Component::Unet, "no U-Net (`model.diffusion_model.*`)"),
-        (Component::Vae, "no VAE (`first_stage_model.*`)"),
-        (Component::TextEncoder, "no text encoder (`cond_stage_model.*`)"),
-    ]
-    .into_iter()
-    .filter(|(c, _)| !plan.iter().any(|(_, targets)| targets.iter().any(|t| t.component == *c)))
-    .map(|(_, what)| what)
-    .collect();
+    let sdxl = family == ModelFamily::Sdxl;
+    let required: &[(Component, &str)] = if sdxl {
+        &[
+            (Component::Unet, "no U-Net (`model.diffusion_model.*`)"),
+            (Component::Vae, "no VAE (`first_stage_model.*`)"),
+            (Component::TextEncoder, "no text encoder 1 (`conditioner.embedders.0.transformer.*`)"),
+            (Component::TextEncoder2, "no text encoder 2 (`conditioner.embedders.1.model.*`)"),
+        ]
+    } else {
+        &[
+            (Component::Unet, "no U-Net (`model.diffusion_model.*`)"),
+            (Component::Vae, "no VAE (`first_stage_model.*`)"),
+            (Component::TextEncoder, "no text encoder (`cond_stage_model.*`)"),
+        ]
+    };
+    let missing: Vec<&str> = required
+        .iter()
+        .filter(|(c, _)| !plan.iter().any(|(_, targets)| targets.iter().any(|t| t.component == *c)))
+        .map(|(_, what)| *what)
+        .collect();
     if !missing.is_empty() {
+        let (what, parts) = if sdxl {
+            ("an SDXL", "U-Net, VAE and both text encoders")
+        } else {
+            ("a full SD 1.x/2.x", "U-Net, VAE and text encoder")
+        };
         return Err(checkpoint_error(format!(
-            "the checkpoint has {}; lorakit needs a full SD 1.x/2.x checkpoint with U-Net, VAE and text encoder (or a diffusers folder)",
+            "the checkpoint has {}; lorakit needs {what} checkpoint with {parts} (or a diffusers folder)",
             missing.join(" and ")
         )));
     }
@@ -440,24 +515,51 @@ fn load_single_file(path: &Path, dtype: DType, device: &Device) -> Result<SdChec
         assembly.add(&file, name, targets, dtype, device)?;
     }
     assembly.log(path);
-    let declared_prediction = match file.metadata().get("modelspec.prediction_type") {
+    let modelspec = match file.metadata().get("modelspec.prediction_type") {
         Some(value) => Some((
             parse_prediction(value).map_err(checkpoint_error)?,
             format!("modelspec.prediction_type = {value:?} in the file's metadata"),
         )),
         None => None,
     };
-    let (unet, vae, text_encoder) = assembly.finish(|c| format!("{} ({c})", path.display()));
+    let declared_prediction = match (flags.v_pred, modelspec) {
+        (true, modelspec) => {
+            if let Some((Prediction::Epsilon, source)) = &modelspec {
+                tracing::warn!(path = %path.display(), "the file has a `v_pred` flag but {source}; taking v-prediction");
+            }
+            Some((
+                Prediction::VPrediction,
+                "a `v_pred` key in the file (the v-prediction flag ComfyUI reads)".to_string(),
+            ))
+        }
+        (false, modelspec) => modelspec,
+    };
+    let zero_terminal_snr =
+        flags.ztsnr.then(|| "a `ztsnr` key in the file (the zero-terminal-SNR flag ComfyUI reads)".to_string());
+    let stores = assembly.finish(|c| format!("{} ({c})", path.display()));
+    let configs = if sdxl {
+        Some(sdxl::infer_configs(&stores.unet, &stores.vae, &stores.text_encoder, stores.text_encoder_2.as_ref()))
+    } else {
+        None
+    };
+    let (unet_config, vae_config, text_encoder_config, text_encoder_2_config) = match configs {
+        Some(c) => (Some(c.unet), Some(c.vae), Some(c.text_encoder), Some(c.text_encoder_2)),
+        None => (None, None, None, None),
+    };
     Ok(SdCheckpoint {
         path: path.to_path_buf(),
         family,
-        unet,
-        vae,
-        text_encoder,
-        unet_config: None,
-        vae_config: None,
-        text_encoder_config: None,
+        unet: stores.unet,
+        vae: stores.vae,
+        text_encoder: stores.text_encoder,
+        text_encoder_2: stores.text_encoder_2,
+        unet_config,
+        vae_config,
+        text_encoder_config,
+        text_encoder_2_config,
         declared_prediction,
+        declared_zero_terminal_snr: zero_terminal_snr.is_some(),
+        zero_terminal_snr_source: zero_terminal_snr,
     })
 }
 
@@ -491,6 +593,10 @@ const DIFFUSERS_PARTS: [(Component, &str, &str); 3] = [
     (Component::TextEncoder, "text_encoder", "model"),
 ];
 
+/// SDXL's second text encoder in a diffusers folder. (The tokenizers' folders are not read:
+/// like sd-scripts, lorakit uses the CLIP-L and bigG tokenizers whatever a folder holds.)
+const DIFFUSERS_TE2: (Component, &str, &str) = (Component::TextEncoder2, "text_encoder_2", "model");
+
 /// What a diffusers folder's JSON files say, read once.
 struct DiffusersFolder {
     dir: PathBuf,
@@ -504,7 +610,7 @@ struct DiffusersFolder {
 impl DiffusersFolder {
     fn read(dir: &Path) -> Result<Self> {
         let mut configs = BTreeMap::new();
-        for (component, sub, _) in DIFFUSERS_PARTS {
+        for (component, sub, _) in DIFFUSERS_PARTS.into_iter().chain([DIFFUSERS_TE2]) {
             if let Some(config) = read_json(&dir.join(sub).join("config.json"))? {
                 configs.insert(component, config);
             }
@@ -596,27 +702,39 @@ fn read_json(path: &Path) -> Result<Option<Value>> {
 fn load_diffusers_folder(dir: &Path, dtype: DType, device: &Device) -> Result<SdCheckpoint> {
     let folder = DiffusersFolder::read(dir)?;
     let (mut family, evidence) = folder.family();
-    if matches!(family, ModelFamily::Sdxl | ModelFamily::Sd3 | ModelFamily::Flux) {
+    if matches!(family, ModelFamily::Sd3 | ModelFamily::Flux) {
         return Err(unsupported(dir, family, evidence));
     }
-    let missing: Vec<&str> =
-        DIFFUSERS_PARTS.iter().filter(|(_, sub, _)| !dir.join(sub).is_dir()).map(|p| p.1).collect();
-    if missing.len() == DIFFUSERS_PARTS.len() {
+    let sdxl = family == ModelFamily::Sdxl;
+    let parts: Vec<(Component, &str, &str)> =
+        if sdxl { DIFFUSERS_PARTS.into_iter().chain([DIFFUSERS_TE2]).collect() } else { DIFFUSERS_PARTS.to_vec() };
+    let missing: Vec<&str> = parts.iter().filter(|(_, sub, _)| !dir.join(sub).is_dir()).map(|p| p.1).collect();
+    if missing.len() >= DIFFUSERS_PARTS.len() && !sdxl {
         return Err(folder.not_a_model_folder());
+    }
+    if sdxl && missing == ["text_encoder"] {
+        return Err(Error::UnsupportedFamily {
+            path: dir.to_path_buf(),
+            message: "this is an SDXL refiner (text_encoder_2/ without text_encoder/); lorakit trains the SDXL base model — pick an SDXL base checkpoint".into(),
+        });
     }
     if !missing.is_empty() {
         let list = missing.iter().map(|m| format!("{m}/")).collect::<Vec<_>>().join(", ");
+        let needs = if sdxl {
+            format!("an SDXL model folder ({evidence}) needs unet/, vae/, text_encoder/ and text_encoder_2/")
+        } else {
+            "an SD model folder needs unet/, vae/ and text_encoder/".to_string()
+        };
         return Err(Error::Checkpoint {
             path: dir.to_path_buf(),
             message: format!(
-                "the diffusers folder lacks {list}; an SD model folder needs unet/, vae/ and text_encoder/ — the download is incomplete, fetch the missing subfolder(s)"
+                "the diffusers folder lacks {list}; {needs} — the download is incomplete, fetch the missing subfolder(s)"
             ),
         });
     }
     // Each part's config.json gives its layer sizes: without it the model would be built with
     // SD 1.5's and fail with a misleading shape error far from the cause.
-    if let Some((_, sub, _)) = DIFFUSERS_PARTS.iter().find(|(component, _, _)| !folder.configs.contains_key(component))
-    {
+    if let Some((_, sub, _)) = parts.iter().find(|(component, _, _)| !folder.configs.contains_key(component)) {
         return Err(Error::Checkpoint {
             path: dir.join(sub).join("config.json"),
             message: format!(
@@ -628,7 +746,7 @@ fn load_diffusers_folder(dir: &Path, dtype: DType, device: &Device) -> Result<Sd
 
     let mut assembly = Assembly::default();
     let mut sources: BTreeMap<Component, String> = BTreeMap::new();
-    for (component, sub, stem) in DIFFUSERS_PARTS {
+    for &(component, sub, stem) in &parts {
         let files = component_files(&dir.join(sub), stem, dtype)?;
         sources.insert(component, files.first().map(|f| f.display().to_string()).unwrap_or_default());
         let before = assembly.parts.get(&component).map_or(0, HashMap::len);
@@ -652,6 +770,12 @@ fn load_diffusers_folder(dir: &Path, dtype: DType, device: &Device) -> Result<Sd
             });
         }
     }
+    if sdxl && !assembly.has(Component::TextEncoder2) {
+        return Err(Error::Checkpoint {
+            path: dir.join("text_encoder_2"),
+            message: "SDXL's second text encoder holds no tensors; fetch text_encoder_2/ again".into(),
+        });
+    }
     if family == ModelFamily::Unknown {
         // No usable config: the text encoder's width tells CLIP-L from OpenCLIP-H.
         let width = assembly
@@ -665,26 +789,35 @@ fn load_diffusers_folder(dir: &Path, dtype: DType, device: &Device) -> Result<Sd
             _ => ModelFamily::Unknown,
         };
     }
-    let (unet, vae, text_encoder) = assembly.finish(|c| sources.get(&c).cloned().unwrap_or_default());
+    let stores = assembly.finish(|c| sources.get(&c).cloned().unwrap_or_default());
     let scheduler_config = dir.join("scheduler").join("scheduler_config.json");
-    let declared_prediction = match folder.scheduler_config.as_ref().and_then(|c| c.get("prediction_type")) {
+    let scheduler = folder.scheduler_config.as_ref();
+    let declared_prediction = match scheduler.and_then(|c| c.get("prediction_type")) {
         Some(Value::String(value)) => Some((
             parse_prediction(value).map_err(|message| Error::Checkpoint { path: scheduler_config.clone(), message })?,
             format!("prediction_type = {value:?} in {}", scheduler_config.display()),
         )),
         _ => None,
     };
+    let zero_terminal_snr = match scheduler.and_then(|c| c.get("rescale_betas_zero_snr")) {
+        Some(Value::Bool(true)) => Some(format!("rescale_betas_zero_snr = true in {}", scheduler_config.display())),
+        _ => None,
+    };
     let mut configs = folder.configs;
     Ok(SdCheckpoint {
         path: dir.to_path_buf(),
         family,
-        unet,
-        vae,
-        text_encoder,
+        unet: stores.unet,
+        vae: stores.vae,
+        text_encoder: stores.text_encoder,
+        text_encoder_2: stores.text_encoder_2,
         unet_config: configs.remove(&Component::Unet),
         vae_config: configs.remove(&Component::Vae),
         text_encoder_config: configs.remove(&Component::TextEncoder),
+        text_encoder_2_config: if sdxl { configs.remove(&Component::TextEncoder2) } else { None },
         declared_prediction,
+        declared_zero_terminal_snr: zero_terminal_snr.is_some(),
+        zero_terminal_snr_source: zero_terminal_snr,
     })
 }
 

@@ -21,7 +21,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use candle_core::{DType, Device, Result, Tensor, D};
+use candle_core::{DType, Device, Result, Tensor};
 use lorakit_nn::activation::{gelu, quick_gelu, softmax_last_dim};
 use lorakit_nn::checkpoint::{checkpoint, BlockFn};
 use lorakit_nn::lora::{LoraTarget, TargetGroup};
@@ -149,6 +149,34 @@ impl ClipTextConfig {
         }
     }
 
+    /// SDXL's first text encoder: OpenAI CLIP ViT-L/14's text tower, as
+    /// `stabilityai/stable-diffusion-xl-base-1.0/text_encoder/config.json` and sd-scripts'
+    /// `load_models_from_sdxl_checkpoint` give it (transformers' placeholder token ids; SDXL
+    /// conditions on a hidden state, so the pooling rule is never used).
+    pub fn sdxl_te1() -> Self {
+        ClipTextConfig { bos_token_id: Some(0), eos_token_id: 2, pad_token_id: Some(1), ..Self::sd15() }
+    }
+
+    /// SDXL's second text encoder: OpenCLIP ViT-bigG/14's text tower with all 32 layers and its
+    /// 1280 → 1280 `text_projection` (transformers' `CLIPTextModelWithProjection`), as
+    /// `text_encoder_2/config.json` of the SDXL base folder and sd-scripts give it.
+    pub fn sdxl_te2() -> Self {
+        ClipTextConfig {
+            vocab_size: 49408,
+            hidden_size: 1280,
+            intermediate_size: 5120,
+            num_hidden_layers: 32,
+            num_attention_heads: 20,
+            max_position_embeddings: 77,
+            hidden_act: ClipActivation::Gelu,
+            layer_norm_eps: 1e-5,
+            bos_token_id: Some(0),
+            eos_token_id: 2,
+            pad_token_id: Some(1),
+            projection_dim: Some(1280),
+        }
+    }
+
     /// Reads a transformers `config.json` (e.g. `text_encoder/config.json` of a diffusers
     /// folder).
     pub fn from_json_file(path: &Path) -> crate::Result<Self> {
@@ -254,6 +282,59 @@ fn stat_dtype(dtype: DType) -> DType {
     } else {
         DType::F32
     }
+}
+
+/// sd-scripts' stitching of chunk outputs (spec §6.1): `h` (B·n, L, D), the n chunks of each
+/// of B prompts in order, becomes (B, 1 + n·(L − 2) + 1, D): position 0 of chunk 0, positions
+/// 1..L−1 of every chunk, then position L − 1 of the last chunk. With n = 1, `h` as is.
+pub(crate) fn stitch_chunks(h: &Tensor, b: usize, n: usize) -> Result<Tensor> {
+    let (rows, l, d) = h.dims3()?;
+    if rows != b * n || l < 2 {
+        candle_core::bail!("cannot stitch {rows} rows of {l} positions as {b} prompts of {n} chunks")
+    }
+    if n == 1 {
+        return Ok(h.clone());
+    }
+    let h = h.reshape((b, n * l, d))?;
+    let mut parts = Vec::with_capacity(n + 2);
+    parts.push(h.narrow(1, 0, 1)?);
+    for i in 0..n {
+        parts.push(h.narrow(1, i * l + 1, l - 2)?);
+    }
+    parts.push(h.narrow(1, n * l - 1, 1)?);
+    Tensor::cat(&parts, 1)
+}
+
+/// sd-scripts' `encode_tokens_with_weights` product (spec §6.2) on stitched states `h`
+/// (B, 2 + n·(L − 2), D) — or (B, L, D) for one chunk — and chunk weights (B, n, L): one chunk,
+/// every position by its weight; n chunks, positions 1..L−1 of chunk k by that chunk's weights
+/// there, the stitched first and last positions unchanged. Computed in f32 (f64 for f64 states)
+/// and rounded once to `h`'s dtype, as PyTorch promotes half states times f32 weights.
+pub(crate) fn apply_chunk_weights(h: &Tensor, weights: &Tensor) -> Result<Tensor> {
+    let (b, n, l) = weights.dims3()?;
+    let expected = if n == 1 { l } else { 2 + n * (l - 2) };
+    if h.dims().len() != 3 || h.dim(0)? != b || h.dim(1)? != expected {
+        candle_core::bail!(
+            "token weights of shape {:?} do not fit hidden states of shape {:?}",
+            weights.dims(),
+            h.dims()
+        )
+    }
+    let compute = stat_dtype(h.dtype());
+    let w = weights.to_device(h.device())?.to_dtype(compute)?;
+    let w = if n == 1 {
+        w.reshape((b, l))?
+    } else {
+        let one = Tensor::ones((b, 1), compute, w.device())?;
+        let mut parts = Vec::with_capacity(n + 2);
+        parts.push(one.clone());
+        for k in 0..n {
+            parts.push(w.narrow(1, k, 1)?.squeeze(1)?.narrow(1, 1, l - 2)?);
+        }
+        parts.push(one);
+        Tensor::cat(&parts, 1)?
+    };
+    h.to_dtype(compute)?.broadcast_mul(&w.unsqueeze(2)?)?.to_dtype(h.dtype())
 }
 
 /// The additive causal mask (L, L): 0 on and below the diagonal, −∞ above (query i sees keys
@@ -432,6 +513,19 @@ impl ClipTextModel {
         self.final_layer_norm.forward(hidden.last().expect("embeddings are always present"))
     }
 
+    /// The embeddings and the outputs of the first `n_layers` layers for `input_ids` (B, L),
+    /// none through `final_layer_norm`: `hidden_states[..=n_layers]` of a full pass, without
+    /// running the layers after (so their LoRA modules see no gradient). SDXL conditions on
+    /// one of these directly.
+    pub fn hidden_states(&self, input_ids: &Tensor, n_layers: usize, ctx: &ForwardCtx) -> Result<Vec<Tensor>> {
+        let n = self.layers.len();
+        if n_layers > n {
+            candle_core::bail!("asked for {n_layers} layers of a {n}-layer text encoder")
+        }
+        let ids = self.read_ids(input_ids)?;
+        self.run(&ids, n_layers, ctx)
+    }
+
     /// sd-scripts' long-prompt encoding (spec §6.1, `SdTextEncodingStrategy.encode_tokens`):
     /// `chunks` (B, n, L) are encoded as B·n separate sequences (with `clip_skip` as in
     /// [`Self::encode_hidden`]) and stitched into (B, 1 + n·(L − 2) + 1, D): position 0 of
@@ -450,15 +544,7 @@ impl ClipTextModel {
             candle_core::bail!("chunked token ids of shape {:?} hold no chunk of at least 2 tokens", chunks.dims())
         }
         let h = self.encode_hidden(&chunks.reshape((b * n, l))?, clip_skip, ctx)?;
-        let d = h.dim(D::Minus1)?;
-        let h = h.reshape((b, n * l, d))?;
-        let mut parts = Vec::with_capacity(n + 2);
-        parts.push(h.narrow(1, 0, 1)?);
-        for i in 0..n {
-            parts.push(h.narrow(1, i * l + 1, l - 2)?);
-        }
-        parts.push(h.narrow(1, n * l - 1, 1)?);
-        Tensor::cat(&parts, 1)
+        stitch_chunks(&h, b, n)
     }
 
     /// sd-scripts' `SdTextEncodingStrategy.encode_tokens_with_weights` (spec §6.2):
@@ -485,22 +571,7 @@ impl ClipTextModel {
             )
         }
         let h = self.encode_chunked(chunks, clip_skip, ctx)?;
-        let (b, n, l) = chunks.dims3()?;
-        let compute = stat_dtype(h.dtype());
-        let w = weights.to_device(h.device())?.to_dtype(compute)?;
-        let w = if n == 1 {
-            w.reshape((b, l))?
-        } else {
-            let one = Tensor::ones((b, 1), compute, w.device())?;
-            let mut parts = Vec::with_capacity(n + 2);
-            parts.push(one.clone());
-            for k in 0..n {
-                parts.push(w.narrow(1, k, 1)?.squeeze(1)?.narrow(1, 1, l - 2)?);
-            }
-            parts.push(one);
-            Tensor::cat(&parts, 1)?
-        };
-        h.to_dtype(compute)?.broadcast_mul(&w.unsqueeze(2)?)?.to_dtype(h.dtype())
+        apply_chunk_weights(&h, weights)
     }
 
     /// Every linear sd-scripts gives a LoRA in this encoder (children of `CLIPAttention` and
@@ -587,6 +658,103 @@ impl ClipTextModel {
             ids.push(id as u32);
         }
         Ok(TokenIds { batch, len, ids })
+    }
+}
+
+/// What [`ClipTextModelWithProjection`] returns: the text model's pass and the projected
+/// pooled vector (transformers' `CLIPTextModelOutput`, hidden states included).
+#[derive(Clone, Debug)]
+pub struct ClipTextProjectionOutput {
+    /// The text model's outputs; `pooler_output` is taken at the position the pass was asked
+    /// to pool at (see [`ClipTextModelWithProjection::forward_pooled_at_eos`]).
+    pub text: ClipTextOutput,
+    /// `text_projection(pooler_output)`, (B, projection_dim).
+    pub text_embeds: Tensor,
+}
+
+/// transformers' `CLIPTextModelWithProjection`: the CLIP text transformer plus the bias-free
+/// `text_projection` linear (`projection_dim × hidden_size`) applied to the pooled vector —
+/// SDXL's second text encoder (OpenCLIP ViT-bigG). Weight keys: `text_model.*` as
+/// [`ClipTextModel`], and `text_projection.weight`.
+pub struct ClipTextModelWithProjection {
+    text_model: ClipTextModel,
+    text_projection: Linear,
+}
+
+impl std::fmt::Debug for ClipTextModelWithProjection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClipTextModelWithProjection").field("config", self.config()).finish_non_exhaustive()
+    }
+}
+
+impl ClipTextModelWithProjection {
+    /// Builds the model from the root of a `CLIPTextModelWithProjection` store (`text_model.*`,
+    /// `text_projection.weight`); `cfg.projection_dim` is the projection's width (`None`:
+    /// `hidden_size`). Problems are recorded in the store, as [`ClipTextModel::new`].
+    pub fn new(vb: WeightsView, cfg: &ClipTextConfig) -> Result<Self> {
+        let text_model = ClipTextModel::new(vb.clone(), cfg)?;
+        let proj = cfg.projection_dim.unwrap_or(cfg.hidden_size);
+        let text_projection = vb.pp("text_projection").linear(cfg.hidden_size, proj, false)?;
+        Ok(ClipTextModelWithProjection { text_model, text_projection })
+    }
+
+    /// The text transformer.
+    pub fn text_model(&self) -> &ClipTextModel {
+        &self.text_model
+    }
+
+    /// `text_projection` (no bias).
+    pub fn text_projection(&self) -> &Linear {
+        &self.text_projection
+    }
+
+    /// The configuration the model was built with.
+    pub fn config(&self) -> &ClipTextConfig {
+        self.text_model.config()
+    }
+
+    /// transformers' forward: [`ClipTextModel::forward`] (pooled by the config's EOS rule) and
+    /// the projected pooled vector.
+    pub fn forward(&self, input_ids: &Tensor, ctx: &ForwardCtx) -> Result<ClipTextProjectionOutput> {
+        let text = self.text_model.forward(input_ids, ctx)?;
+        let text_embeds = self.text_projection.forward(&text.pooler_output, ctx)?;
+        Ok(ClipTextProjectionOutput { text, text_embeds })
+    }
+
+    /// sd-scripts' SDXL pass (`pool_workaround`): like [`Self::forward`], but each row is pooled
+    /// at its first `eos_id` (position 0 when it has none) — not by the config's rule, which for
+    /// SDXL's `eos_token_id = 2` placeholder would take the largest id — then projected.
+    pub fn forward_pooled_at_eos(
+        &self,
+        input_ids: &Tensor,
+        eos_id: u32,
+        ctx: &ForwardCtx,
+    ) -> Result<ClipTextProjectionOutput> {
+        let tm = &self.text_model;
+        let ids = tm.read_ids(input_ids)?;
+        let hidden_states = tm.run(&ids, tm.layers.len(), ctx)?;
+        let last = hidden_states.last().expect("embeddings are always present");
+        let last_hidden_state = tm.final_layer_norm.forward(last)?;
+        let positions: Vec<u32> = (0..ids.batch)
+            .map(|b| {
+                let row = &ids.ids[b * ids.len..(b + 1) * ids.len];
+                (b * ids.len + row.iter().position(|&t| t == eos_id).unwrap_or(0)) as u32
+            })
+            .collect();
+        let index = Tensor::from_vec(positions, ids.batch, tm.device())?;
+        let d = tm.config.hidden_size;
+        let pooler_output = last_hidden_state.reshape((ids.batch * ids.len, d))?.index_select(&index, 0)?;
+        let text_embeds = self.text_projection.forward(&pooler_output, ctx)?;
+        Ok(ClipTextProjectionOutput {
+            text: ClipTextOutput { last_hidden_state, hidden_states, pooler_output },
+            text_embeds,
+        })
+    }
+
+    /// The text transformer's LoRA targets ([`ClipTextModel::lora_targets`]); sd-scripts gives
+    /// `text_projection` none (it searches `CLIPAttention`/`CLIPMLP` children only).
+    pub fn lora_targets(&self) -> Vec<LoraTarget> {
+        self.text_model.lora_targets()
     }
 }
 
@@ -748,13 +916,13 @@ fn emphasis_rows(tokens: &[u32], weights: &[f32], chunks: usize, pad: u32) -> (V
 }
 
 /// What sd-scripts' SD tokenize strategy fixes per run: padded length and pad id.
-struct PromptLayout {
-    max_length: usize,
+pub(crate) struct PromptLayout {
+    pub(crate) max_length: usize,
     pad: u32,
 }
 
 impl PromptLayout {
-    fn new(
+    pub(crate) fn new(
         caller: &str,
         n_prompts: usize,
         tokenizer: &ClipTokenizer,
@@ -767,11 +935,11 @@ impl PromptLayout {
         Ok(PromptLayout { max_length, pad: tokenizer.pad_id() })
     }
 
-    fn chunk(&self, ids: &[u32]) -> Vec<[u32; CLIP_CHUNK_LEN]> {
+    pub(crate) fn chunk(&self, ids: &[u32]) -> Vec<[u32; CLIP_CHUNK_LEN]> {
         chunk_for_clip(ids, self.pad != ClipTokenizer::EOS, self.pad)
     }
 
-    fn warn_truncated(&self, tokenizer: &ClipTokenizer, dropped: usize, prompt: &str) {
+    pub(crate) fn warn_truncated(&self, tokenizer: &ClipTokenizer, dropped: usize, prompt: &str) {
         warn_truncated(tokenizer, dropped, self.max_length - 2, prompt);
     }
 }

@@ -15,6 +15,7 @@ pub mod pipeline;
 pub mod resnet;
 pub mod samplers;
 pub mod schedule;
+pub mod sdxl_text;
 pub mod transformer_2d;
 pub mod unet_2d;
 pub mod unet_2d_blocks;

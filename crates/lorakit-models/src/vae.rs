@@ -99,6 +99,14 @@ impl AutoencoderKLConfig {
         }
     }
 
+    /// SDXL's VAE (`stable-diffusion-xl-base-1.0/vae/config.json`, `madebyollin/sdxl-vae-fp16-fix`
+    /// aside): SD's architecture at 1024 px with scaling factor 0.13025 (sd-scripts'
+    /// `sdxl_model_util.VAE_SCALE_FACTOR`) and `force_upcast` — it overflows in fp16, hence
+    /// sd-scripts' `--no_half_vae`.
+    pub fn sdxl() -> Self {
+        AutoencoderKLConfig { sample_size: 1024, scaling_factor: 0.13025, force_upcast: true, ..Self::sd15() }
+    }
+
     /// Pixels per latent cell along each side: every encoder block but the last halves the
     /// size, so 2^(levels − 1) (8 for SD's four levels).
     pub fn downsample_factor(&self) -> usize {

@@ -135,6 +135,7 @@ fn ldm_map_turns_full_size_sd15_keys_into_diffusers_keys() -> TestResult {
             lorakit_models::checkpoint::Component::Unet => "unet",
             lorakit_models::checkpoint::Component::Vae => "vae",
             lorakit_models::checkpoint::Component::TextEncoder => "text_encoder",
+            lorakit_models::checkpoint::Component::TextEncoder2 => "text_encoder_2",
         };
         assert_eq!(pairs.get(key), Some(&format!("{component}/{}", target.name)), "{key}");
         let shape = target.transform.shape(shape).ok_or("transform does not apply")?;
@@ -348,14 +349,14 @@ fn other_families_and_loras_are_refused_by_name() -> TestResult {
         &sdxl,
         &[
             ("model.diffusion_model.input_blocks.0.0.weight", &[4, 4, 3, 3], F16),
-            ("conditioner.embedders.0.transformer.text_model.final_layer_norm.weight", &[4], F16),
-            ("conditioner.embedders.1.model.ln_final.weight", &[4], F16),
+            // The SDXL refiner: OpenCLIP bigG as embedder 0, no CLIP-L (SDXL base loads).
+            ("conditioner.embedders.0.model.ln_final.weight", &[4], F16),
             ("first_stage_model.encoder.conv_in.weight", &[4, 3, 3, 3], F16),
         ],
     );
     let result = load(&sdxl);
     let text = error_text(result, &sdxl);
-    assert!(text.contains("SDXL") && text.contains("SD 1.x") && text.contains("SD 2.x"), "{text}");
+    assert!(text.contains("SDXL refiner") && text.contains("SDXL base"), "{text}");
     assert!(matches!(load(&sdxl), Err(Error::UnsupportedFamily { .. })));
 
     let flux = tmp.path().join("flux.safetensors");
@@ -540,9 +541,10 @@ fn incomplete_or_foreign_folders_are_explained() -> TestResult {
     let sdxl = tmp.path().join("sdxl");
     write_folder(&sdxl);
     write_json(&sdxl.join("model_index.json"), r#"{"_class_name": "StableDiffusionXLPipeline"}"#);
+    // SDXL loads, so an SDXL folder without its second text encoder is incomplete.
     let text = error_text(load(&sdxl), &sdxl);
-    assert!(text.contains("SDXL"), "{text}");
-    assert!(matches!(load(&sdxl), Err(Error::UnsupportedFamily { .. })));
+    assert!(text.contains("SDXL") && text.contains("text_encoder_2/"), "{text}");
+    assert!(matches!(load(&sdxl), Err(Error::Checkpoint { .. })));
     assert_eq!(detect_family_at(&sdxl)?, ModelFamily::Sdxl);
 
     // A part without its config.json: the error names that file, not a shape far away.

@@ -1,5 +1,5 @@
-//! Tensor names of SD 1.x/2.x checkpoints: the single-file (LDM/CompVis) layout → diffusers
-//! (spec §14.2–14.3), plus the small fix-ups diffusers folders need.
+//! Tensor names of SD 1.x/2.x and SDXL checkpoints: the single-file (LDM/CompVis, SDXL's SGM)
+//! layout → diffusers (spec §14.2–14.3), plus the small fix-ups diffusers folders need.
 //!
 //! The map is rule based rather than an enumerated list, so it covers every tensor (norms,
 //! biases, time embedding, VAE, text encoder) of any SD-shaped configuration: the few
@@ -16,6 +16,12 @@ pub const VAE_PREFIX: &str = "first_stage_model.";
 pub const CLIP_PREFIX: &str = "cond_stage_model.transformer.";
 /// Prefix of the SD 2.x text encoder (OpenCLIP layout) in single-file checkpoints.
 pub const OPEN_CLIP_PREFIX: &str = "cond_stage_model.model.";
+/// Prefix of SDXL's first text encoder (HF CLIP-L layout) in single-file (SGM) checkpoints.
+pub const SDXL_CLIP_PREFIX: &str = "conditioner.embedders.0.transformer.";
+/// Prefix of SDXL's second text encoder (OpenCLIP bigG layout) in single-file checkpoints.
+pub const SDXL_OPEN_CLIP_PREFIX: &str = "conditioner.embedders.1.model.";
+/// Prefix of the SDXL refiner's only text encoder (OpenCLIP bigG as embedder 0).
+pub const SDXL_REFINER_PREFIX: &str = "conditioner.embedders.0.model.";
 
 /// The model component a tensor belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -24,8 +30,10 @@ pub enum Component {
     Unet,
     /// The autoencoder.
     Vae,
-    /// The CLIP text encoder (HF `CLIPTextModel` names).
+    /// The (first) CLIP text encoder (HF `CLIPTextModel` names).
     TextEncoder,
+    /// SDXL's second text encoder (HF `CLIPTextModelWithProjection` names).
+    TextEncoder2,
 }
 
 impl Component {
@@ -35,6 +43,7 @@ impl Component {
             Component::Unet => "U-Net",
             Component::Vae => "VAE",
             Component::TextEncoder => "text encoder",
+            Component::TextEncoder2 => "text encoder 2",
         }
     }
 }
@@ -54,6 +63,9 @@ pub enum Transform {
     /// VAE attention uses 1×1 convs where diffusers uses linears. Other shapes pass unchanged,
     /// so the transform is safe on weights that are already linear.
     ConvToLinear,
+    /// A 2-D tensor transposed: OpenCLIP's `text_projection` parameter (width, proj), used as
+    /// `x @ P`, becomes a linear weight (proj, width).
+    Transpose,
     /// Chunk `index` of `count` equal parts along dim 0: OpenCLIP's fused q/k/v projection.
     Chunk {
         /// Which part (0 = q, 1 = k, 2 = v).
@@ -72,6 +84,10 @@ impl Transform {
                 [o, i, 1, 1] => vec![*o, *i],
                 _ => shape.to_vec(),
             }),
+            Transform::Transpose => match shape {
+                [a, b] => Some(vec![*b, *a]),
+                _ => None,
+            },
             Transform::Chunk { count, .. } => {
                 let (&first, rest) = shape.split_first()?;
                 if count == 0 || first % count != 0 {
@@ -84,10 +100,15 @@ impl Transform {
         }
     }
 
-    /// Applies the transform (a reshape or a narrow: no copy of the data).
+    /// Applies the transform (a reshape or a narrow, no copy of the data; a transpose is made
+    /// contiguous).
     pub fn apply(self, tensor: &Tensor) -> candle_core::Result<Tensor> {
         match self {
             Transform::Keep => Ok(tensor.clone()),
+            Transform::Transpose => match tensor.dims() {
+                &[_, _] => tensor.t()?.contiguous(),
+                dims => candle_core::bail!("cannot transpose a tensor of shape {dims:?} (expected 2-D)"),
+            },
             Transform::ConvToLinear => match tensor.dims() {
                 &[o, i, 1, 1] => tensor.reshape((o, i)),
                 _ => Ok(tensor.clone()),
@@ -150,6 +171,12 @@ const SCHEDULE_BUFFERS: [&str; 14] = [
     "logvar",
     "lvlb_weights",
 ];
+
+/// Top-level keys of SDXL single files that are flags, not weights: `v_pred` / `ztsnr`
+/// (v-prediction and zero-terminal-SNR models such as NoobAI-XL v-pred, read by ComfyUI),
+/// `edm_mean`/`edm_std` (Playground v2.5), `edm_vpred.sigma_max`/`sigma_min`.
+pub const MODEL_FLAG_KEYS: [&str; 6] =
+    ["v_pred", "ztsnr", "edm_mean", "edm_std", "edm_vpred.sigma_max", "edm_vpred.sigma_min"];
 
 /// The LDM → diffusers map for one single-file checkpoint.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -240,7 +267,19 @@ impl LdmKeyMap {
             };
         }
         if let Some(rest) = key.strip_prefix(OPEN_CLIP_PREFIX) {
-            return self.open_clip(rest);
+            return self.open_clip(rest, Component::TextEncoder, Some(self.open_clip_layers));
+        }
+        if let Some(rest) = key.strip_prefix(SDXL_CLIP_PREFIX) {
+            return match clip_name(rest) {
+                Some(name) => KeyFate::Renamed(vec![Target::new(Component::TextEncoder, name)]),
+                None => KeyFate::Unmapped(Component::TextEncoder),
+            };
+        }
+        if let Some(rest) = key.strip_prefix(SDXL_OPEN_CLIP_PREFIX) {
+            return self.open_clip(rest, Component::TextEncoder2, None);
+        }
+        if MODEL_FLAG_KEYS.contains(&key) {
+            return KeyFate::Ignored("model flag (prediction type / noise schedule), read separately");
         }
         if key.starts_with("model_ema.") {
             return KeyFate::Ignored("EMA copy of the U-Net (the live weights are used)");
@@ -248,7 +287,7 @@ impl LdmKeyMap {
         if SCHEDULE_BUFFERS.contains(&key) {
             return KeyFate::Ignored("noise-schedule buffer (recomputed)");
         }
-        KeyFate::Ignored("not part of an SD 1.x/2.x model")
+        KeyFate::Ignored("not part of an SD 1.x/2.x/SDXL model")
     }
 
     /// The diffusers U-Net name of an LDM U-Net key (without `model.diffusion_model.`).
@@ -262,6 +301,16 @@ impl LdmKeyMap {
                 _ => return None,
             };
             return Some(format!("time_embedding.{linear}.{tail}"));
+        }
+        if let Some(r) = rest.strip_prefix("label_emb.0.") {
+            // SDXL's size/crop ("vector") embedding MLP.
+            let (idx, tail) = split_index(r)?;
+            let linear = match idx {
+                0 => "linear_1",
+                2 => "linear_2",
+                _ => return None,
+            };
+            return Some(format!("add_embedding.{linear}.{tail}"));
         }
         if let Some(r) = rest.strip_prefix("out.") {
             let (idx, tail) = split_index(r)?;
@@ -364,12 +413,26 @@ impl LdmKeyMap {
         plain(format!("{side}.{blocks}.{level}.{sampler}rs.0.conv.{t}"))
     }
 
-    /// The SD 2.x OpenCLIP text encoder → HF CLIP (spec §14.2), without `cond_stage_model.model.`.
-    fn open_clip(&self, rest: &str) -> KeyFate {
-        let te = |name: String| KeyFate::Renamed(vec![Target::new(Component::TextEncoder, name)]);
+    /// An OpenCLIP text encoder → HF CLIP (spec §14.2), `rest` without its prefix. SD 2.x
+    /// (`drop_last = Some(depth)`, component `TextEncoder`): the last layer and the projection
+    /// head are left out (SD 2 reads the penultimate layer). SDXL's encoder 2 (`None`,
+    /// `TextEncoder2`): every layer is kept, and `text_projection` (width, proj) becomes the
+    /// linear `text_projection.weight` (proj, width) — transposed, as diffusers and ComfyUI
+    /// convert it (sd-scripts copies it untransposed; see `checkpoint`'s module docs).
+    fn open_clip(&self, rest: &str, component: Component, drop_last: Option<usize>) -> KeyFate {
+        let te = |name: String| KeyFate::Renamed(vec![Target::new(component, name)]);
         match rest {
             "token_embedding.weight" => return te("text_model.embeddings.token_embedding.weight".into()),
             "positional_embedding" => return te("text_model.embeddings.position_embedding.weight".into()),
+            "text_projection" if drop_last.is_none() => {
+                return KeyFate::Renamed(vec![Target {
+                    component,
+                    name: "text_projection.weight".into(),
+                    transform: Transform::Transpose,
+                }])
+            }
+            // Playground-v2-style files store the projection as a linear weight already.
+            "text_projection.weight" if drop_last.is_none() => return te("text_projection.weight".into()),
             "text_projection" | "logit_scale" => {
                 return KeyFate::Ignored("OpenCLIP projection head (SD reads the hidden states)")
             }
@@ -380,9 +443,9 @@ impl LdmKeyMap {
             return te(format!("text_model.final_layer_norm.{t}"));
         }
         let Some((n, tail)) = rest.strip_prefix("transformer.resblocks.").and_then(split_index) else {
-            return KeyFate::Unmapped(Component::TextEncoder);
+            return KeyFate::Unmapped(component);
         };
-        if n + 1 == self.open_clip_layers {
+        if drop_last == Some(n + 1) {
             return KeyFate::Ignored("last OpenCLIP layer (SD 2.x reads the penultimate layer)");
         }
         let layer = format!("text_model.encoder.layers.{n}");
@@ -396,7 +459,7 @@ impl LdmKeyMap {
                 .iter()
                 .enumerate()
                 .map(|(index, proj)| Target {
-                    component: Component::TextEncoder,
+                    component,
                     name: format!("{layer}.self_attn.{proj}.{param}"),
                     transform: Transform::Chunk { index, count: 3 },
                 })
@@ -414,7 +477,7 @@ impl LdmKeyMap {
         .find_map(|(from, to)| tail.strip_prefix(from).map(|t| format!("{layer}.{to}{t}")));
         match renamed {
             Some(name) => te(name),
-            None => KeyFate::Unmapped(Component::TextEncoder),
+            None => KeyFate::Unmapped(component),
         }
     }
 }
