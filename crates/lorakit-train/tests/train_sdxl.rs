@@ -1,13 +1,13 @@
-//! Training end to end on a tiny SDXL-shaped model: the SDXL fixture's diffusers folder
-//! (tests/fixtures/reference/sdxl_tiny: two text encoders, `text_time` size conditioning, a
-//! 3-level VAE) with both encoders' token embeddings widened to CLIP's full vocabulary, so real
-//! captions tokenise. Checks the run, SGM module names, SDXL metadata, samples, logs, resume,
+//! Training end to end on a tiny SDXL-shaped model: examples/quickstart/tiny-sdxl, the SDXL
+//! fixture's diffusers folder (tests/fixtures/reference/sdxl_tiny: two text encoders,
+//! `text_time` size conditioning, a 3-level VAE) with both encoders' token embeddings widened to
+//! CLIP's full vocabulary, so real captions tokenise. Checks the run, SGM module names, SDXL metadata, samples, logs, resume,
 //! cached text-encoder outputs, and what SDXL refuses.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device};
 use lorakit_models::lora_inject::load_lora_file;
 use lorakit_train::data::TrainData;
 use lorakit_train::model::StableDiffusionModel;
@@ -16,38 +16,10 @@ use lorakit_train::{TrainConfig, Trainer};
 mod common;
 use common::{assert_resume_is_exact, chessboard_dataset, repo, small_run_toml};
 
-/// The fixture folder with each text encoder's 1,000-row token embedding grown to 49,408 rows
-/// (the new rows deterministic pseudo-random values) and CLIP's real BOS/EOS ids.
-fn sdxl_model_folder(dir: &Path) -> PathBuf {
-    let src = repo("tests/fixtures/reference/sdxl_tiny/diffusers");
-    let dst = dir.join("sdxl-tiny");
-    for sub in ["unet", "vae", "scheduler", "text_encoder", "text_encoder_2"] {
-        std::fs::create_dir_all(dst.join(sub)).unwrap();
-        for entry in std::fs::read_dir(src.join(sub)).unwrap() {
-            let path = entry.unwrap().path();
-            std::fs::copy(&path, dst.join(sub).join(path.file_name().unwrap())).unwrap();
-        }
-    }
-    std::fs::copy(src.join("model_index.json"), dst.join("model_index.json")).unwrap();
-    for (sub, seed) in [("text_encoder", 11), ("text_encoder_2", 12)] {
-        let te = dst.join(sub);
-        let weights = te.join("model.safetensors");
-        let mut tensors = candle_core::safetensors::load(&weights, &Device::Cpu).unwrap();
-        let key = "text_model.embeddings.token_embedding.weight";
-        let small = tensors[key].to_dtype(DType::F32).unwrap();
-        let width = small.dim(1).unwrap();
-        let extra = lorakit_nn::gradcheck::pseudo_random(&[49408 - small.dim(0).unwrap(), width], seed).unwrap();
-        let grown = Tensor::cat(&[small, extra.to_dtype(DType::F32).unwrap()], 0).unwrap();
-        tensors.insert(key.to_string(), grown.to_dtype(DType::F16).unwrap());
-        candle_core::safetensors::save(&tensors, &weights).unwrap();
-        let mut config: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(te.join("config.json")).unwrap()).unwrap();
-        config["vocab_size"] = 49408.into();
-        config["bos_token_id"] = 49406.into();
-        config["eos_token_id"] = 49407.into();
-        std::fs::write(te.join("config.json"), config.to_string()).unwrap();
-    }
-    dst
+/// The bundled tiny SDXL model (the fixture's weights, vocabularies widened to CLIP's; built by
+/// tools/reference/make_quickstart_model.py).
+fn sdxl_model_folder(_dir: &Path) -> PathBuf {
+    repo("examples/quickstart/tiny-sdxl")
 }
 
 /// A short SDXL run on `data` (the common small run: 2 epochs, batch 2, rank 4, conv rank 2).
