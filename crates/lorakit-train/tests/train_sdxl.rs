@@ -138,3 +138,70 @@ fn sdxl_trains_from_cached_text_encoder_outputs_and_refuses_clip_skip() {
     assert!(err.contains("an SDXL checkpoint") && err.contains("SD 1.x"), "{err}");
     model.check_family(Some("sdxl"), &model_dir).unwrap();
 }
+
+/// The bundled tiny SDXL model declaring itself v-prediction with a zero-terminal-SNR schedule
+/// (what NoobAI-XL v-pred's diffusers folder says in its scheduler config).
+fn vpred_ztsnr_folder(dir: &Path) -> PathBuf {
+    let src = repo("examples/quickstart/tiny-sdxl");
+    let dst = dir.join("tiny-sdxl-vpred");
+    for sub in ["unet", "vae", "scheduler", "text_encoder", "text_encoder_2"] {
+        std::fs::create_dir_all(dst.join(sub)).unwrap();
+        for entry in std::fs::read_dir(src.join(sub)).unwrap() {
+            let path = entry.unwrap().path();
+            std::fs::copy(&path, dst.join(sub).join(path.file_name().unwrap())).unwrap();
+        }
+    }
+    std::fs::copy(src.join("model_index.json"), dst.join("model_index.json")).unwrap();
+    let sched = dst.join("scheduler/scheduler_config.json");
+    let mut config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&sched).unwrap()).unwrap();
+    config["prediction_type"] = "v_prediction".into();
+    config["rescale_betas_zero_snr"] = true.into();
+    std::fs::write(&sched, config.to_string()).unwrap();
+    dst
+}
+
+#[test]
+fn v_prediction_zero_terminal_snr_sdxl_trains_only_as_declared() {
+    let dir = tempfile::tempdir().unwrap();
+    let model_dir = vpred_ztsnr_folder(dir.path());
+    let err = StableDiffusionModel::load(&model_dir, DType::F32, &Device::Cpu, false).err().unwrap().to_string();
+    assert!(err.contains("v-prediction") && err.contains("v_parameterization = true"), "{err}");
+    let model = StableDiffusionModel::load(&model_dir, DType::F32, &Device::Cpu, true).unwrap();
+    let err = model.check_schedule(false, &model_dir).unwrap_err().to_string();
+    assert!(err.contains("zero_terminal_snr = true"), "{err}");
+    model.check_schedule(true, &model_dir).unwrap();
+
+    let data = chessboard_dataset(dir.path(), 1, 2);
+    let cfg = config(
+        dir.path(),
+        &data,
+        &model_dir,
+        &["model.v_parameterization=true", "loss.zero_terminal_snr=true", "training.gradient_checkpointing=true"],
+    );
+    let summary = run(cfg, &model).unwrap();
+    assert!(summary.losses.iter().all(|l| l.is_finite()), "{:?}", summary.losses);
+    let file = lorakit_lora::safetensors_file::LoraFile::open(dir.path().join("out/tiny.safetensors")).unwrap();
+    let m = file.metadata();
+    for (k, v) in [
+        ("ss_base_model_version", "sdxl_base_v1-0"),
+        ("modelspec.prediction_type", "v"),
+        ("ss_zero_terminal_snr", "True"),
+    ] {
+        assert_eq!(m.get(k).map(String::as_str), Some(v), "{k}");
+    }
+}
+
+#[test]
+fn gradient_checkpointing_gives_the_same_sdxl_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let model_dir = sdxl_model_folder(dir.path());
+    let model = load(&model_dir);
+    let data = chessboard_dataset(dir.path(), 1, 2);
+    let plain = run(config(&dir.path().join("a"), &data, &model_dir, &[]), &model).unwrap();
+    let ckpt =
+        run(config(&dir.path().join("b"), &data, &model_dir, &["training.gradient_checkpointing=true"]), &model)
+            .unwrap();
+    for (a, b) in plain.losses.iter().zip(&ckpt.losses) {
+        assert!((a - b).abs() <= 1e-5 * a.abs().max(1e-3), "plain {a} vs checkpointed {b}");
+    }
+}
