@@ -344,7 +344,7 @@ fn refuse_lora<'a>(path: &Path, names: impl IntoIterator<Item = &'a str>) -> Res
         return Err(Error::Checkpoint {
             path: path.to_path_buf(),
             message: format!(
-                "this is a {scheme} file, not a base model; pass an SD 1.x/2.x checkpoint (e.g. v1-5-pruned-emaonly.safetensors) as the model and give the LoRA where LoRA weights are expected"
+                "this is a {scheme} file, not a base model; pass an SD 1.x/2.x or SDXL checkpoint (e.g. v1-5-pruned-emaonly.safetensors) as the model and give the LoRA where LoRA weights are expected"
             ),
         });
     }
@@ -399,7 +399,7 @@ impl Assembly {
         for (component, names) in &self.unmapped {
             tracing::warn!(
                 path = %path.display(),
-                "{} {component} tensor(s) match no known SD 1.x/2.x layout and were skipped: {}",
+                "{} {component} tensor(s) match no known SD 1.x/2.x/SDXL layout and were skipped: {}",
                 names.len(),
                 sample(names)
             );
@@ -567,17 +567,17 @@ fn load_single_file(path: &Path, dtype: DType, device: &Device) -> Result<SdChec
 fn describe_foreign_file(file: &LoraFile) -> String {
     let has = |prefixes: &[&str]| file.tensor_names().any(|n| prefixes.iter().any(|p| n.starts_with(p)));
     if has(&["down_blocks.", "mid_block.", "conv_in."]) {
-        return "this holds a diffusers U-Net alone (`down_blocks.*` keys), not a full checkpoint; pass the diffusers model folder (with unet/, vae/, text_encoder/) or a single-file SD 1.x/2.x checkpoint".into();
+        return "this holds a diffusers U-Net alone (`down_blocks.*` keys), not a full checkpoint; pass the diffusers model folder (with unet/, vae/, text_encoder/) or a single-file SD 1.x/2.x/SDXL checkpoint".into();
     }
     if has(&["encoder.down", "decoder.up", "decoder.mid", "quant_conv."]) {
-        return "this holds a VAE alone, not a full checkpoint; pass a single-file SD 1.x/2.x checkpoint or a diffusers folder".into();
+        return "this holds a VAE alone, not a full checkpoint; pass a single-file SD 1.x/2.x/SDXL checkpoint or a diffusers folder".into();
     }
     if has(&["text_model.", "transformer.resblocks."]) {
-        return "this holds a text encoder alone, not a full checkpoint; pass a single-file SD 1.x/2.x checkpoint or a diffusers folder".into();
+        return "this holds a text encoder alone, not a full checkpoint; pass a single-file SD 1.x/2.x/SDXL checkpoint or a diffusers folder".into();
     }
     let names: Vec<String> = file.tensor_names().take(3).map(str::to_string).collect();
     format!(
-        "no Stable Diffusion weights found ({} tensor(s), e.g. {}); expected a single-file SD 1.x/2.x checkpoint (`model.diffusion_model.*`, `first_stage_model.*`, `cond_stage_model.*`) or a diffusers folder",
+        "no Stable Diffusion weights found ({} tensor(s), e.g. {}); expected a single-file SD 1.x/2.x/SDXL checkpoint (`model.diffusion_model.*`, `first_stage_model.*`, `cond_stage_model.*` or `conditioner.embedders.*`) or a diffusers folder",
         file.len(),
         sample(&names)
     )

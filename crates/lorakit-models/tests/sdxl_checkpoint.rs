@@ -503,3 +503,175 @@ fn sgm_unet_keys_follow_the_sdxl_rules() {
         assert!(matches!(map.map(flag), KeyFate::Ignored(_)));
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// The PyTorch fixture (`tools/reference/make_sdxl_tiny.py`).
+
+fn fixture(rel: &str) -> PathBuf {
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/reference/sdxl_tiny")).join(rel)
+}
+
+fn fixture_json(rel: &str) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(fixture(rel)).unwrap()).unwrap()
+}
+
+#[test]
+fn fixture_single_file_holds_the_folder_model() -> TestResult {
+    let file = load(&fixture("single_file.safetensors"))?;
+    let folder = load(&fixture("diffusers"))?;
+    assert_eq!((file.family, folder.family), (ModelFamily::Sdxl, ModelFamily::Sdxl));
+    assert_same_store("unet", &file.unet, &folder.unet);
+    assert_same_store("vae", &file.vae, &folder.vae);
+    assert_same_store("text encoder 1", &file.text_encoder, &folder.text_encoder);
+    assert_same_store("text encoder 2", file.text_encoder_2.as_ref().unwrap(), folder.text_encoder_2.as_ref().unwrap());
+    assert_eq!(file.text_encoder_2.as_ref().unwrap().len(), 69);
+    // SDXL base's scheduler file says epsilon; nothing says zero-terminal SNR.
+    assert_eq!(folder.declared_prediction.as_ref().map(|p| p.0), Some(Prediction::Epsilon));
+    assert!(file.declared_prediction.is_none());
+    assert!(!file.declared_zero_terminal_snr && !folder.declared_zero_terminal_snr);
+
+    // Every stored key is renamed but the non-model extras the fixture documents.
+    let names: Vec<String> =
+        candle_core::safetensors::load(fixture("single_file.safetensors"), &Device::Cpu)?.into_keys().collect();
+    let map = LdmKeyMap::new(names.iter().map(String::as_str));
+    let mut ignored: Vec<&str> = names
+        .iter()
+        .filter(|n| match map.map(n) {
+            KeyFate::Renamed(_) => false,
+            KeyFate::Ignored(_) => true,
+            KeyFate::Unmapped(c) => panic!("{n} ({c}) is unmapped"),
+        })
+        .map(String::as_str)
+        .collect();
+    ignored.sort_unstable();
+    assert_eq!(
+        ignored,
+        [
+            "conditioner.embedders.0.transformer.text_model.embeddings.position_ids",
+            "conditioner.embedders.1.model.logit_scale",
+            "denoiser.sigmas",
+        ]
+    );
+
+    // The single file's U-Net and VAE configs read from its weights: the folder's, but for
+    // what weights cannot show (heads: SDXL's 64 channels each; sample size; VAE groups).
+    let mut inferred = file.unet_config.clone().unwrap();
+    let mut published = folder.unet_config.clone().unwrap();
+    for key in ["attention_head_dim", "sample_size", "_diffusers_version", "attention_type", "dropout"] {
+        inferred.as_object_mut().unwrap().remove(key);
+        published.as_object_mut().unwrap().remove(key);
+    }
+    published.as_object_mut().unwrap().retain(|_, v| !v.is_null());
+    inferred.as_object_mut().unwrap().retain(|_, v| !v.is_null());
+    assert_eq!(inferred, published);
+    let vae: AutoencoderKLConfig = serde_json::from_value(file.vae_config.clone().unwrap())?;
+    let want: AutoencoderKLConfig = serde_json::from_value(folder.vae_config.clone().unwrap())?;
+    assert_eq!(
+        (&vae.block_out_channels, vae.layers_per_block, vae.latent_channels, vae.scaling_factor, vae.force_upcast),
+        (&want.block_out_channels, want.layers_per_block, want.latent_channels, want.scaling_factor, want.force_upcast)
+    );
+    Ok(())
+}
+
+#[test]
+fn fixture_full_size_sgm_keys_map_to_diffusers_and_give_the_published_configs() -> TestResult {
+    let full = fixture_json("sdxl_full_shapes.json");
+    let sgm: std::collections::BTreeMap<String, Vec<usize>> = serde_json::from_value(full["sgm"].clone())?;
+    let want: std::collections::BTreeMap<String, Option<String>> =
+        serde_json::from_value(full["sgm_to_diffusers"].clone())?;
+    let te2_shapes: std::collections::BTreeMap<String, Vec<usize>> =
+        serde_json::from_value(full["diffusers_text_encoder_2"].clone())?;
+    let map = LdmKeyMap::new(sgm.keys().map(String::as_str));
+    let mut stores: std::collections::BTreeMap<&str, Vec<(String, Vec<usize>)>> = Default::default();
+    for (key, shape) in &sgm {
+        let component_name = |c: lorakit_models::checkpoint::Component| match c {
+            lorakit_models::checkpoint::Component::Unet => "unet",
+            lorakit_models::checkpoint::Component::Vae => "vae",
+            lorakit_models::checkpoint::Component::TextEncoder => "text_encoder",
+            lorakit_models::checkpoint::Component::TextEncoder2 => "text_encoder_2",
+        };
+        match (map.map(key), &want[key]) {
+            (KeyFate::Ignored(_), None) => {}
+            (KeyFate::Renamed(targets), Some(expected)) => {
+                let names: Vec<String> =
+                    targets.iter().map(|t| format!("{}/{}", component_name(t.component), t.name)).collect();
+                if targets.len() == 3 {
+                    // "…{q,k,v}_proj.weight (concatenated on dim 0)"
+                    let pattern = expected.split(' ').next().unwrap();
+                    let expand: Vec<String> = ["q", "k", "v"].iter().map(|p| pattern.replace("{q,k,v}", p)).collect();
+                    assert_eq!(names, expand, "{key}");
+                } else {
+                    assert_eq!(names.len(), 1, "{key}");
+                    assert_eq!(&names[0], expected.split(' ').next().unwrap(), "{key}");
+                }
+                for t in &targets {
+                    let shape = t.transform.shape(shape).ok_or("transform")?;
+                    if t.component == lorakit_models::checkpoint::Component::TextEncoder2 {
+                        assert_eq!(Some(&shape), te2_shapes.get(&t.name), "{key} → {}", t.name);
+                    }
+                    stores.entry(component_name(t.component)).or_default().push((t.name.clone(), shape));
+                }
+            }
+            (fate, expected) => panic!("{key}: {fate:?}, expected {expected:?}"),
+        }
+    }
+    let counts = &full["key_counts"];
+    for c in ["unet", "vae", "text_encoder", "text_encoder_2"] {
+        assert_eq!(stores[c].len() as u64, counts[c].as_u64().unwrap(), "{c} keys");
+    }
+    // The sizes read from those shapes are SDXL base's published configs.
+    let configs = infer_configs(
+        &phantom(&stores["unet"]),
+        &phantom(&stores["vae"]),
+        &phantom(&stores["text_encoder"]),
+        Some(&phantom(&stores["text_encoder_2"])),
+    );
+    let published = fixture_json("sdxl_full_configs.json");
+    let unet: UNet2DConditionModelConfig = serde_json::from_value(configs.unet)?;
+    assert_eq!(unet, serde_json::from_value::<UNet2DConditionModelConfig>(published["unet"].clone())?);
+    assert_eq!(unet, UNet2DConditionModelConfig::sdxl());
+    let vae: AutoencoderKLConfig = serde_json::from_value(configs.vae)?;
+    assert_eq!(vae, serde_json::from_value::<AutoencoderKLConfig>(published["vae"].clone())?);
+    assert_eq!(vae, AutoencoderKLConfig::sdxl());
+    for (ours, key, preset) in [
+        (configs.text_encoder, "text_encoder", ClipTextConfig::sdxl_te1()),
+        (configs.text_encoder_2, "text_encoder_2", ClipTextConfig::sdxl_te2()),
+    ] {
+        let ours: ClipTextConfig = serde_json::from_value(ours)?;
+        assert_eq!(ours, serde_json::from_value::<ClipTextConfig>(published[key].clone())?, "{key}");
+        assert_eq!(ours, preset, "{key}");
+    }
+    assert_eq!(
+        published["sd_scripts_constants"]["VAE_SCALE_FACTOR"].as_f64(),
+        Some(AutoencoderKLConfig::sdxl().scaling_factor)
+    );
+    Ok(())
+}
+
+#[test]
+fn fixture_three_level_vae_matches_diffusers_from_both_layouts() -> TestResult {
+    let io = candle_core::safetensors::load(fixture("io_vae.safetensors"), &Device::Cpu)?;
+    let folder = load(&fixture("diffusers"))?;
+    let file = load(&fixture("single_file.safetensors"))?;
+    let cfg: AutoencoderKLConfig = serde_json::from_value(folder.vae_config.clone().unwrap())?;
+    assert_eq!((cfg.scaling_factor, cfg.force_upcast, cfg.downsample_factor()), (0.13025, true, 4));
+    for (what, ckpt) in [("folder", &folder), ("single file", &file)] {
+        let vae = lorakit_models::vae::AutoencoderKL::new(ckpt.vae.view(""), &cfg)?;
+        ckpt.vae.check_complete()?;
+        assert!(ckpt.vae.unused().is_empty(), "{what}: {:?}", ckpt.vae.unused());
+        let posterior = vae.encode(&io["image"])?;
+        assert_eq!(posterior.mean().dims(), &[1, 4, 6, 10]);
+        let checks = [
+            ("latent_mean", posterior.mean().clone()),
+            ("latent_logvar", posterior.logvar().clone()),
+            ("latent_sample", posterior.sample_with_noise(&io["posterior_eps"])?),
+            ("decoded_mean", vae.decode(&io["latent_mean"])?),
+        ];
+        for (name, ours) in checks {
+            let err = rel_err(&ours, &io[name]);
+            eprintln!("{what} {name}: relative error {err:.3e}");
+            assert!(err <= 1e-4, "{what} {name}: relative error {err:.3e}");
+        }
+    }
+    Ok(())
+}

@@ -496,3 +496,100 @@ fn fixture_single_file_encoders_equal_the_folder_encoders() {
     assert_eq!(rel_err(&a.pool2, &b.pool2), 0.0);
     assert_close("single-file pool2", &a.pool2, get(&io, "sdxl225_pool2"));
 }
+
+/// The fixture's sd-scripts LoRA (`lora/`) on both encoders and the UNet, one training-style
+/// step as sd-scripts takes it: the LoRA'd encoders' context and pooled vector, the UNet's
+/// prediction and loss, and every text-encoder LoRA gradient match PyTorch; encoder 1's last
+/// layer gets none (SDXL reads `hidden_states[11]`), as in sd-scripts. With and without
+/// gradient checkpointing.
+#[test]
+fn fixture_text_encoder_lora_gradients_match_sd_scripts() {
+    use lorakit_models::unet_2d::{AddedConditions, UNet2DConditionModel};
+    use lorakit_nn::lora::{LoraModule, LoraSet, LoraTarget};
+    use std::sync::Arc;
+
+    let (te, ckpt) = fixture_encoders();
+    let unet_cfg = serde_json::from_value(ckpt.unet_config.clone().unwrap()).unwrap();
+    let unet = UNet2DConditionModel::new(ckpt.unet.view(""), &unet_cfg).unwrap();
+    ckpt.unet.check_complete().unwrap();
+    let load = |rel: &str| candle_core::safetensors::load(fixture_dir().join(rel), &Device::Cpu).unwrap();
+    let (file, io, reference) =
+        (load("lora/lora.safetensors"), load("lora/io.safetensors"), load("lora/grads.safetensors"));
+    let mut vars: Vec<(String, candle_core::Var)> = Vec::new();
+    let build = |prefix: &str, targets: Vec<LoraTarget>, vars: &mut Vec<(String, candle_core::Var)>| {
+        let mut set = LoraSet::new(0, &Device::Cpu).unwrap();
+        for t in targets {
+            let name = t.kohya_name(prefix);
+            let get = |s: &str| file.get(&format!("{name}.{s}")).cloned().unwrap_or_else(|| panic!("{name}.{s}"));
+            let alpha = get("alpha").to_dtype(DType::F64).unwrap().to_scalar::<f64>().unwrap();
+            let module = LoraModule::from_weights(
+                name.clone(),
+                t.kind,
+                get("lora_down.weight"),
+                get("lora_up.weight"),
+                Some(alpha),
+                true,
+            )
+            .unwrap();
+            if prefix != "lora_unet" {
+                vars.push((format!("{name}.lora_down.weight"), module.down().clone()));
+                vars.push((format!("{name}.lora_up.weight"), module.up().clone()));
+            }
+            set.insert(t.path.clone(), module);
+        }
+        Arc::new(set)
+    };
+    let set1 = build(lorakit_models::sdxl_text::TE1_LORA_PREFIX, te.te1_lora_targets(), &mut vars);
+    let set2 = build(lorakit_models::sdxl_text::TE2_LORA_PREFIX, te.te2_lora_targets(), &mut vars);
+    let unet_targets = unet.lora_targets();
+    let set_unet = build("lora_unet", unet_targets, &mut vars);
+    assert_eq!(vars.len(), 2 * (72 + 24));
+    let tokens = SdxlTokens {
+        ids1: get(&io, "te1_input_ids").unsqueeze(1).unwrap(),
+        ids2: get(&io, "te2_input_ids").unsqueeze(1).unwrap(),
+    };
+    let added_ids = get(&io, "time_ids").clone();
+    for checkpointing in [false, true] {
+        for set in [&set1, &set2, &set_unet] {
+            set.clear_side_grads();
+        }
+        let ctx = |set: &Arc<LoraSet>| ForwardCtx {
+            lora: Some(set.clone()),
+            train: true,
+            gradient_checkpointing: checkpointing,
+        };
+        let (c1, c2, cu) = (ctx(&set1), ctx(&set2), ctx(&set_unet));
+        let cond = te.encode_tokens(&tokens, [&c1, &c2]).unwrap().conditioning().unwrap();
+        assert_close("LoRA context", &cond.context, get(&io, "context"));
+        assert_close("LoRA pool2", &cond.pooled, get(&io, "pool2"));
+        let added = AddedConditions { text_embeds: cond.pooled.clone(), time_ids: added_ids.clone() };
+        let pred =
+            unet.forward_with(get(&io, "sample"), get(&io, "timestep"), &cond.context, Some(&added), &cu).unwrap();
+        assert_close("LoRA pred", &pred, get(&io, "pred"));
+        let loss = (&pred * get(&io, "loss_weight")).unwrap().mean_all().unwrap();
+        let grads = loss.backward().unwrap();
+        let mut worst = (0.0, String::new());
+        for (key, var) in &vars {
+            let set = if key.starts_with("lora_te1_") { &set1 } else { &set2 };
+            let ours = set.grad(&grads, var).unwrap();
+            match reference.get(key) {
+                Some(want) => {
+                    let ours = ours.unwrap_or_else(|| panic!("no gradient for {key}"));
+                    let err = rel_err(&ours, want);
+                    if err > worst.0 {
+                        worst = (err, key.clone());
+                    }
+                }
+                // sd-scripts: no gradient (encoder 1's last layer is never read).
+                None => {
+                    assert!(key.starts_with("lora_te1_text_model_encoder_layers_11_"), "{key} has no reference");
+                    if let Some(g) = ours {
+                        assert_eq!(g.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap(), 0.0, "{key}");
+                    }
+                }
+            }
+        }
+        eprintln!("checkpointing {checkpointing}: worst of the text-encoder LoRA grads {:.3e} ({})", worst.0, worst.1);
+        assert!(worst.0 <= 1e-3, "{worst:?}");
+    }
+}
