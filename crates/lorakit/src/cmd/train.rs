@@ -50,7 +50,7 @@ pub enum ConfigCommand {
 /// Arguments of `lorakit config new`.
 #[derive(Args, Debug)]
 pub struct NewArgs {
-    /// sd15-character or sd15-style.
+    /// sd15-character, sd15-style, sdxl-character, sdxl-style, pony or illustrious.
     #[arg(long, default_value = "sd15-character")]
     preset: String,
     /// Where to write it (default: `<preset>.toml`); `-` prints it.
