@@ -57,7 +57,19 @@ fn presets_are_written_and_read_back() {
     let printed = String::from_utf8_lossy(&o.stdout);
     assert!(printed.contains("max_train_epochs = 3") && printed.contains("network_dim = 16"), "{printed}");
     let o = lorakit(&["config", "new", "--preset", "sdxl-pony", "-o", "-"]);
-    assert!(!o.status.success() && text(&o).contains("sd15-style"), "{}", text(&o));
+    assert!(!o.status.success() && text(&o).contains("sd15-style") && text(&o).contains("illustrious"), "{}", text(&o));
+    // The SDXL presets: written, read back as SDXL configs.
+    for name in ["sdxl-character", "sdxl-style", "pony", "illustrious"] {
+        let out = dir.path().join(format!("{name}.toml"));
+        let o = lorakit(&["config", "new", "--preset", name, "-o", out.to_str().unwrap()]);
+        assert!(o.status.success(), "{name}: {}", text(&o));
+        let o = lorakit(&["train", out.to_str().unwrap(), "--print-config"]);
+        assert!(o.status.success(), "{name}: {}", text(&o));
+        let printed = String::from_utf8_lossy(&o.stdout);
+        assert!(printed.contains("model_family = \"sdxl\"") && printed.contains("resolution = \"1024\""), "{printed}");
+    }
+    let o = lorakit(&["config", "new", "--preset", "pony", "-o", "-"]);
+    assert!(o.status.success() && String::from_utf8_lossy(&o.stdout).contains("score_9, score_8_up"), "{}", text(&o));
 }
 
 #[test]
@@ -253,9 +265,24 @@ fn kohya_gui_configs_import_by_content_with_ranked_notes() {
     assert!(!o.status.success(), "{}", text(&o));
     assert!(text(&o).contains("SD 1.x checkpoint") && text(&o).contains("SD 2.x"), "{}", text(&o));
 
+    // An SDXL config (the GUI's SDXL checkbox): imported as SDXL, clip_skip dropped with a note,
+    // and planned on the bundled tiny SDXL model.
+    let sdxl = gui_json(dir.path(), ", \"sdxl\": true, \"clip_skip\": 2, \"sdxl_no_half_vae\": true")
+        .replace("tiny-sd15", "tiny-sdxl");
+    std::fs::write(&file, sdxl).unwrap();
+    let o = lorakit(&["train", "--from-kohya", file.to_str().unwrap(), "--print-config"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let printed = String::from_utf8_lossy(&o.stdout);
+    assert!(printed.contains("model_family = \"sdxl\"") && printed.contains("# clip_skip = (unset)"), "{printed}");
+    assert!(printed.contains("no_half_vae = true"), "{printed}");
+    assert!(text(&o).contains("`clip_skip`: 2: SDXL always conditions on the penultimate layer"), "{}", text(&o));
+    let o = lorakit(&["train", "--from-kohya", file.to_str().unwrap(), "--dry-run"]);
+    assert!(o.status.success(), "{}", text(&o));
+
     // Refusals exit non-zero and say why.
     for (content, says) in [
-        (gui_json(dir.path(), ", \"sdxl\": true"), "SDXL"),
+        (gui_json(dir.path(), ", \"flux1_checkbox\": true"), "Flux.1"),
+        (gui_json(dir.path(), ", \"sdxl\": true, \"v2\": true"), "v2 cannot be enabled in SDXL training"),
         (gui_json(dir.path(), ", \"LoRA_type\": \"LyCORIS/iA3\"").replace("\"LoRA_type\": \"Standard\", ", ""), "iA3"),
         ("[general]\nresolution = 512\n[[datasets]]\n".to_string(), "dataset config"),
         (String::new(), "empty"),

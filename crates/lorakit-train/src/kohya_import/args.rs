@@ -67,8 +67,14 @@ impl Family {
         match self {
             Family::Sd1 => Some("sd1"),
             Family::Sd2 => Some("sd2"),
+            Family::Sdxl => Some("sdxl"),
             _ => None,
         }
+    }
+
+    /// The family a `model.model_family` value names.
+    pub fn from_config_value(value: &str) -> Option<Family> {
+        [Family::Sd1, Family::Sd2, Family::Sdxl].into_iter().find(|f| f.config_value() == Some(value))
     }
 }
 
@@ -78,7 +84,7 @@ pub fn refuse_unsupported_family(family: Family, shown_by: &str) -> Result<(), S
         return Ok(());
     }
     Err(format!(
-        "this is a LoRA config for {} ({shown_by}); lorakit trains SD 1.x and SD 2.x LoRAs so far, {} support is planned — it will not train it as another family",
+        "this is a LoRA config for {} ({shown_by}); lorakit trains SD 1.x, SD 2.x and SDXL (Pony, Illustrious, NoobAI) LoRAs so far, {} support is planned — it will not train it as another family",
         family.name(),
         family.name()
     ))
@@ -90,8 +96,8 @@ const UNSUPPORTED_NETWORK_MODULES: &[(&str, &str)] = &[
     ("networks.lora_fa", "LoRA-FA"),
     ("networks.oft", "OFT"),
     ("networks.oft_flux", "Flux OFT"),
-    ("networks.loha", "sd-scripts' native LoHa (SDXL/Anima only; for SD 1.x/2.x use LyCORIS' LoHa: network_module = \"lycoris.kohya\", algo=loha)"),
-    ("networks.lokr", "sd-scripts' native LoKr (SDXL/Anima only; for SD 1.x/2.x use LyCORIS' LoKr: network_module = \"lycoris.kohya\", algo=lokr)"),
+    ("networks.loha", "sd-scripts' native LoHa (for SDXL/Anima); lorakit trains LyCORIS' LoHa instead: network_module = \"lycoris.kohya\", algo=loha"),
+    ("networks.lokr", "sd-scripts' native LoKr (for SDXL/Anima); lorakit trains LyCORIS' LoKr instead: network_module = \"lycoris.kohya\", algo=lokr"),
 ];
 
 /// sd-scripts network modules that mark a model family.
@@ -172,10 +178,22 @@ const UNSUPPORTED_WITH_REASON: &[(&str, &str)] = &[
     ("skip_until_initial_step", "no steps are skipped"),
     ("fp16_master_weights_and_gradients", "LoRA weights keep f32 master copies"),
     ("fp8_base_unet", "fp8_base_unet is a Flux option"),
-    ("cache_text_encoder_outputs", "text encoder outputs are not cached (an SDXL option)"),
-    ("cache_text_encoder_outputs_to_disk", "text encoder outputs are not cached (an SDXL option)"),
     ("enable_wildcard", "enable_wildcard is handled per dataset"),
 ];
+
+/// `sdxl_train.py`'s (SDXL full fine-tuning) own arguments: `sdxl_train_network.py` does not take
+/// them, so sd-scripts ignores them in a LoRA run; with what a LoRA config uses instead.
+const SDXL_FINE_TUNING_ARGS: &[(&str, &str)] = &[
+    ("block_lr", "for block-wise LoRA learning rates use network_args down_lr_weight / mid_lr_weight / up_lr_weight"),
+    ("learning_rate_te1", "a LoRA's text encoders train at text_encoder_lr"),
+    ("learning_rate_te2", "a LoRA's text encoders train at text_encoder_lr"),
+    ("train_text_encoder", "a LoRA trains the text encoders unless network_train_unet_only is set"),
+    ("fused_optimizer_groups", "a memory option of full fine-tuning"),
+    ("diffusers_xformers", "an attention option of full fine-tuning"),
+];
+
+/// Why `clip_skip` is not carried over for SDXL.
+const SDXL_CLIP_SKIP: &str = "SDXL always conditions on the penultimate layer of both text encoders (what A1111's \"clip skip 2\" means for SDXL models such as Pony); sd-scripts ignores clip_skip for SDXL with a warning, and lorakit has no clip_skip for SDXL — dropped";
 
 /// Settings that change which files are kept or how they are labelled, not the weights.
 const INFO_WITH_REASON: &[(&str, &str)] = &[
@@ -300,6 +318,14 @@ fn whole(f: f64) -> Option<i64> {
     (f.is_finite() && f.fract() == 0.0 && f.abs() < 9.007_199_254_740_992e15).then_some(f as i64)
 }
 
+/// A value for a note: whole numbers as the user wrote them (the GUI's numbers arrive as `2.0`).
+fn shown(value: &toml::Value) -> String {
+    match value {
+        toml::Value::Float(f) => whole(*f).map_or_else(|| value.to_string(), |i| i.to_string()),
+        other => other.to_string(),
+    }
+}
+
 /// Strips one pair of surrounding quotes (`"weight_decay=0.1"` as the GUI writes it).
 fn unquote(s: &str) -> String {
     let t = s.trim();
@@ -313,6 +339,15 @@ pub(super) fn split_args(s: &str) -> Vec<String> {
 
 /// Maps sd-scripts arguments (later pairs win, as in sd-scripts' namespace) to a lorakit table.
 pub fn import_sd_scripts_args(pairs: Vec<(String, toml::Value)>) -> Result<Imported, String> {
+    import_args(pairs, None)
+}
+
+/// [`import_sd_scripts_args`] knowing what the base checkpoint's own weights say its family is
+/// (an sd-scripts TOML does not name the script it is for; the checkpoint does), with the path.
+pub(crate) fn import_args(
+    pairs: Vec<(String, toml::Value)>,
+    checkpoint: Option<(Family, String)>,
+) -> Result<Imported, String> {
     let mut args: BTreeMap<String, toml::Value> = BTreeMap::new();
     for (k, v) in pairs {
         args.insert(k, v);
@@ -321,7 +356,8 @@ pub fn import_sd_scripts_args(pairs: Vec<(String, toml::Value)>) -> Result<Impor
     let mut t = Table { table: toml::Table::new(), types: &types, seen: Default::default() };
     let mut notes = Vec::new();
 
-    family_of(&args, &mut t)?;
+    let family = family_of(&args, checkpoint, &mut t, &mut notes)?;
+    let sdxl = family == Some(Family::Sdxl);
     network_of(&args, &mut t, &mut notes)?;
     let lycoris = args.get("network_module").and_then(toml::Value::as_str).is_some_and(|m| m.trim() == "lycoris.kohya");
 
@@ -332,10 +368,40 @@ pub fn import_sd_scripts_args(pairs: Vec<(String, toml::Value)>) -> Result<Impor
         };
         match key {
             // Handled above.
-            "network_module" | "network_args" | "v2" => continue,
+            "network_module" | "network_args" | "v2" | "model_family" => continue,
             "network_dropout" if lycoris => continue,
             "text_encoder_lr" => {
-                text_encoder_lr(value, &mut t, &mut notes)?;
+                text_encoder_lr(value, family, &mut t, &mut notes)?;
+                continue;
+            }
+            "clip_skip" if sdxl => {
+                if !is_unset(value) {
+                    notes.push(ImportNote::info(raw_key.clone(), format!("{}: {SDXL_CLIP_SKIP}", shown(value))));
+                }
+                continue;
+            }
+            "cache_text_encoder_outputs" | "cache_text_encoder_outputs_to_disk"
+                if matches!(family, Some(Family::Sd1 | Family::Sd2)) =>
+            {
+                if !is_unset(value) {
+                    notes.push(ImportNote::info(
+                        raw_key.clone(),
+                        format!("{value}: train_network.py (SD 1.x/2.x) has no such argument, so sd-scripts does not cache, and neither does the import (training.cache_text_encoder_outputs can be set by hand)"),
+                    ));
+                }
+                continue;
+            }
+            "fused_backward_pass" if !is_unset(value) => {
+                fused_backward_pass(&args)?;
+                notes.push(ImportNote::cosmetic(raw_key.clone()));
+                continue;
+            }
+            _ if !is_unset(value) && SDXL_FINE_TUNING_ARGS.iter().any(|(k, _)| *k == key) => {
+                let instead = SDXL_FINE_TUNING_ARGS.iter().find(|(k, _)| *k == key).map_or("", |(_, i)| *i);
+                notes.push(ImportNote::info(
+                    raw_key.clone(),
+                    format!("{value}: an sdxl_train.py (SDXL full fine-tuning) argument that sdxl_train_network.py does not take — sd-scripts ignores it in a LoRA run, and so does lorakit ({instead})"),
+                ));
                 continue;
             }
             "lr_scheduler_type" | "dataset_class" if !is_unset(value) => {
@@ -416,6 +482,9 @@ pub fn import_sd_scripts_args(pairs: Vec<(String, toml::Value)>) -> Result<Impor
             }
         }
     }
+    if sdxl {
+        sdxl_checks(&args)?;
+    }
     if !t.seen.contains("seed") {
         // sd-scripts draws a random seed when none is given; draw one too, but write it down so
         // the run can be repeated.
@@ -429,8 +498,30 @@ pub fn import_sd_scripts_args(pairs: Vec<(String, toml::Value)>) -> Result<Impor
     Ok(Imported { table: t.table, notes, prompt_file: None })
 }
 
-/// The model family the arguments are for: refuses families lorakit cannot train, records SD 2.x.
-fn family_of(args: &BTreeMap<String, toml::Value>, t: &mut Table) -> Result<(), String> {
+/// A boolean argument as sd-scripts reads it (absent: false).
+fn flag(args: &BTreeMap<String, toml::Value>, key: &str) -> Result<bool, String> {
+    match args.get(key) {
+        None => Ok(false),
+        Some(v) => coerce(v, &toml::Value::Boolean(false))
+            .map(|b| b.as_bool() == Some(true))
+            .map_err(|e| format!("{key}: {e}")),
+    }
+}
+
+/// The model family the arguments are for, as far as they (or the checkpoint) tell: refuses
+/// families lorakit cannot train and records `model.model_family` for SD 2.x and SDXL.
+///
+/// sd-scripts does not detect the family: the script does (`sdxl_train_network.py` vs
+/// `train_network.py`, with `--v2` for SD 2.x). What shows it here, in order: the kohya_ss GUI's
+/// model checkbox (passed on as `model_family`), `v2`, the base checkpoint's weights when the file
+/// is there to read, and `cache_text_encoder_outputs(_to_disk)`, which among the SD-family LoRA
+/// scripts only `sdxl_train_network.py` takes. `None`: not known (the checkpoint decides at load).
+fn family_of(
+    args: &BTreeMap<String, toml::Value>,
+    checkpoint: Option<(Family, String)>,
+    t: &mut Table,
+    notes: &mut Vec<ImportNote>,
+) -> Result<Option<Family>, String> {
     if let Some(module) = args.get("network_module").and_then(toml::Value::as_str) {
         if let Some((m, family)) = FAMILY_NETWORK_MODULES.iter().find(|(m, _)| *m == module.trim()) {
             refuse_unsupported_family(*family, &format!("network_module = \"{m}\""))?;
@@ -445,12 +536,108 @@ fn family_of(args: &BTreeMap<String, toml::Value>, t: &mut Table) -> Result<(), 
         };
         refuse_unsupported_family(family, &format!("it sets {key}"))?;
     }
-    if let Some(v2) = args.get("v2") {
-        let v2 = coerce(v2, &toml::Value::Boolean(false)).map_err(|e| format!("v2: {e}"))?;
-        t.put("model", "v2", v2.clone());
-        if v2.as_bool() == Some(true) {
-            t.put("model", "model_family", toml::Value::String("sd2".into()));
+    let v2 = flag(args, "v2")?;
+    if args.contains_key("v2") {
+        t.put("model", "v2", toml::Value::Boolean(v2));
+    }
+    let stated = match args.get("model_family").and_then(toml::Value::as_str).map(str::trim) {
+        None | Some("") => None,
+        Some(name) => Some(
+            Family::from_config_value(name)
+                .ok_or_else(|| format!("model_family = {name:?}: lorakit trains sd1, sd2 and sdxl"))?,
+        ),
+    };
+    let caching = ["cache_text_encoder_outputs", "cache_text_encoder_outputs_to_disk"]
+        .into_iter()
+        .find(|k| args.get(*k).is_some_and(|v| !is_unset(v)));
+    let checkpoint_sdxl = checkpoint.as_ref().filter(|(f, _)| *f == Family::Sdxl).map(|(_, p)| p.clone());
+    let family = if let Some(family) = stated {
+        Some(family)
+    } else if v2 {
+        Some(Family::Sd2)
+    } else if let Some((family, path)) = &checkpoint {
+        if *family == Family::Sdxl {
+            notes.push(ImportNote::info(
+                "pretrained_model_name_or_path",
+                format!("{path} is an SDXL checkpoint: imported as a config for sdxl_train_network.py (model.model_family = \"sdxl\")"),
+            ));
         }
+        Some(*family)
+    } else if let Some(key) = caching {
+        notes.push(ImportNote::info(
+            key,
+            "among sd-scripts' SD LoRA scripts only sdxl_train_network.py takes it, so this is an SDXL config (model.model_family = \"sdxl\"; the checkpoint must be SDXL)",
+        ));
+        Some(Family::Sdxl)
+    } else {
+        None
+    };
+    if v2 && (family == Some(Family::Sdxl) || checkpoint_sdxl.is_some()) {
+        let shown_by =
+            checkpoint_sdxl.map_or_else(|| "an SDXL config".to_string(), |p| format!("{p} is an SDXL checkpoint"));
+        return Err(format!(
+            "v2 = true, but {shown_by}: sd-scripts' sdxl_train_network.py refuses it too (\"v2 cannot be enabled in SDXL training\"); remove v2"
+        ));
+    }
+    // A checkpoint's SD 1.x/2.x reading is not written down: the checkpoint decides then, as before.
+    if let Some(value) = family.filter(|f| stated.is_some() || v2 || *f == Family::Sdxl).and_then(Family::config_value)
+    {
+        t.put("model", "model_family", toml::Value::String(value.into()));
+    }
+    Ok(family)
+}
+
+/// sd-scripts' `fused_backward_pass` has no effect on LoRA training (`train_network.py` never
+/// reads it), but `get_optimizer` still refuses it unless the optimizer is Adafactor and there
+/// is no gradient accumulation.
+fn fused_backward_pass(args: &BTreeMap<String, toml::Value>) -> Result<(), String> {
+    let text = |k: &str| args.get(k).and_then(toml::Value::as_str).map(|s| s.trim().to_ascii_lowercase());
+    let optimizer = match text("optimizer_type").filter(|o| !o.is_empty()) {
+        Some(o) => o,
+        None if flag(args, "use_8bit_adam")? => "adamw8bit".into(),
+        None if flag(args, "use_lion_optimizer")? => "lion".into(),
+        None => "adamw".into(),
+    };
+    if optimizer != "adafactor" {
+        return Err(format!(
+            "fused_backward_pass with optimizer_type {optimizer:?}: sd-scripts refuses this (\"fused_backward_pass currently only works with optimizer_type Adafactor\"); remove fused_backward_pass (a LoRA run does not use it)"
+        ));
+    }
+    let accumulation = match args.get("gradient_accumulation_steps") {
+        None => 1,
+        Some(v) => coerce(v, &toml::Value::Integer(1))?.as_integer().unwrap_or(1),
+    };
+    if accumulation > 1 {
+        return Err(format!(
+            "fused_backward_pass with gradient_accumulation_steps = {accumulation}: sd-scripts refuses this (\"fused_backward_pass does not work with gradient_accumulation_steps > 1\"); remove fused_backward_pass (a LoRA run does not use it)"
+        ));
+    }
+    Ok(())
+}
+
+/// What `sdxl_train_network.py` refuses before training (`assert_extra_args`), as far as the
+/// arguments show it: text-encoder outputs cached while the text encoders' LoRA trains, and
+/// bucket sides that are not multiples of 32. (Captions that change from step to step with
+/// caching, and the bucket step of a dataset config, are checked when the run starts.)
+fn sdxl_checks(args: &BTreeMap<String, toml::Value>) -> Result<(), String> {
+    let caching = flag(args, "cache_text_encoder_outputs")? || flag(args, "cache_text_encoder_outputs_to_disk")?;
+    if caching && !flag(args, "network_train_unet_only")? {
+        return Err(
+            "cache_text_encoder_outputs with the text encoders' LoRA trained: sd-scripts refuses this too (\"network for Text Encoder cannot be trained with caching Text Encoder outputs\"); set network_train_unet_only (kohya_ss GUI: text_encoder_lr 0 with unet_lr set, or --network_train_unet_only in additional_parameters) or turn caching off"
+                .into(),
+        );
+    }
+    let steps = match args.get("bucket_reso_steps") {
+        None => 64,
+        Some(v) => coerce(v, &toml::Value::Integer(0))
+            .map_err(|e| format!("bucket_reso_steps: {e}"))?
+            .as_integer()
+            .unwrap_or(64),
+    };
+    if flag(args, "enable_bucket")? && steps % 32 != 0 {
+        return Err(format!(
+            "bucket_reso_steps = {steps}: SDXL needs a multiple of 32 — sd-scripts' sdxl_train_network.py refuses it too (\"bucket_reso_steps is {steps}. it must be divisible by 32\"); use 32 or 64"
+        ));
     }
     Ok(())
 }
@@ -665,15 +852,31 @@ impl PyValue<'_> {
 }
 
 /// `text_encoder_lr`: one number, or sd-scripts' list (one per text encoder; an empty list is
-/// unset). SD 1.x/2.x have one text encoder: the first value.
-fn text_encoder_lr(value: &toml::Value, t: &mut Table, notes: &mut Vec<ImportNote>) -> Result<(), String> {
+/// unset). `train_network.py` passes a list whole only to networks with per-encoder rates
+/// (`prepare_optimizer_params_with_multiple_te_lrs`: Flux, SD3, Lumina, Anima); `networks.lora`
+/// and LyCORIS get its first value, for every text encoder — SDXL's two included.
+fn text_encoder_lr(
+    value: &toml::Value,
+    family: Option<Family>,
+    t: &mut Table,
+    notes: &mut Vec<ImportNote>,
+) -> Result<(), String> {
     let first = match value {
         toml::Value::Array(items) => {
             if items.len() > 1 && items.iter().any(|i| i != &items[0]) {
-                notes.push(ImportNote::info(
-                    "text_encoder_lr",
-                    format!("{value}: one value per text encoder; SD 1.x/2.x have one, so {} is used", items[0]),
-                ));
+                let first = &items[0];
+                let why = match family {
+                    Some(Family::Sdxl) => format!(
+                        "one value per text encoder, but sd-scripts' train_network.py hands networks.lora (and LyCORIS) only the first: both SDXL text encoders train at {first}, and so they do here — set optimizer.text_encoder_lr = {value} to give each its own rate"
+                    ),
+                    Some(Family::Sd1 | Family::Sd2) => {
+                        format!("one value per text encoder; SD 1.x/2.x have one, so {first} is used")
+                    }
+                    _ => format!(
+                        "one value per text encoder, but sd-scripts' train_network.py hands networks.lora (and LyCORIS) only the first: every text encoder trains at {first} (SD 1.x/2.x have one, SDXL's two both train at it), and so they do here"
+                    ),
+                };
+                notes.push(ImportNote::info("text_encoder_lr", format!("{value}: {why}")));
             }
             match items.first() {
                 None => return Ok(()),
@@ -982,6 +1185,147 @@ seed = 1
         let seed = imp.table["training"]["seed"].as_integer().unwrap();
         let note = imp.notes.iter().find(|n| n.key == "seed").unwrap();
         assert!(note.text.contains(&seed.to_string()), "{note:?}");
+    }
+
+    /// An sd-scripts TOML imported as if its checkpoint's weights said `family`.
+    fn import_for(text: &str, family: Family) -> Result<Imported, String> {
+        match parse(text.as_bytes())? {
+            Parsed::SdScriptsArgs(pairs) => import_args(pairs, Some((family, "/m/base.safetensors".into()))),
+            Parsed::GuiJson(_) => panic!("not TOML"),
+        }
+    }
+
+    #[test]
+    fn sdxl_only_arguments_make_an_sdxl_config() {
+        let imp = import_toml(
+            "network_module = \"networks.lora\"\ncache_text_encoder_outputs = true\nnetwork_train_unet_only = true\nno_half_vae = true\nclip_skip = 2\nv_parameterization = true\nzero_terminal_snr = true\nenable_bucket = true\nbucket_reso_steps = 32\nseed = 1\n",
+        )
+        .unwrap();
+        let c = config(&imp);
+        assert_eq!(c.model.model_family.as_deref(), Some("sdxl"));
+        assert!(c.training.cache_text_encoder_outputs && c.caches_text_encoder_outputs());
+        assert!(c.accelerate.no_half_vae && c.model.v_parameterization && c.loss.zero_terminal_snr);
+        assert_eq!(c.model.clip_skip, None, "SDXL has no clip_skip");
+        assert_eq!(c.dataset.bucket_reso_steps, 32);
+        assert_eq!(level_of(&imp, "clip_skip"), Some(NoteLevel::Info));
+        let why = imp.notes.iter().find(|n| n.key == "cache_text_encoder_outputs").unwrap();
+        assert!(why.text.contains("sdxl_train_network.py"), "{why:?}");
+        // `_to_disk` implies caching, as in sd-scripts.
+        let c = config(
+            &import_toml("network_dim = 4\ncache_text_encoder_outputs_to_disk = true\nnetwork_train_unet_only = true\nseed = 1\n")
+                .unwrap(),
+        );
+        assert_eq!(c.model.model_family.as_deref(), Some("sdxl"));
+        assert!(c.training.cache_text_encoder_outputs_to_disk && c.caches_text_encoder_outputs());
+    }
+
+    #[test]
+    fn sdxl_text_encoder_lr_lists_train_as_sd_scripts_trains_them() {
+        // train_network.py hands networks.lora text_encoder_lr[0]: both encoders at the first.
+        let imp = import_for("network_dim = 4\ntext_encoder_lr = [1e-5, 2e-5]\nseed = 1\n", Family::Sdxl).unwrap();
+        let c = config(&imp);
+        assert_eq!(c.optimizer.text_encoder_lr, Some(crate::config::TextEncoderLr::All(1e-5)));
+        assert_eq!(c.text_encoder_lrs(), vec![1e-5]);
+        let note = imp.notes.iter().find(|n| n.key == "text_encoder_lr").unwrap();
+        assert_eq!(note.level, NoteLevel::Info);
+        assert!(note.text.contains("both SDXL text encoders train at 0.00001"), "{note:?}");
+        assert!(note.text.contains("optimizer.text_encoder_lr = [0.00001, 0.00002]"), "{note:?}");
+        // Unknown family: the note says what happens to either.
+        let imp = import_toml("network_dim = 4\ntext_encoder_lr = [1e-5, 2e-5]\nseed = 1\n").unwrap();
+        let note = imp.notes.iter().find(|n| n.key == "text_encoder_lr").unwrap();
+        assert!(note.text.contains("SDXL's two both train at it"), "{note:?}");
+        // Equal values, a single number or an empty list: nothing to say.
+        let imp = import_for("network_dim = 4\ntext_encoder_lr = [3e-5, 3e-5]\nseed = 1\n", Family::Sdxl).unwrap();
+        assert_eq!(config(&imp).optimizer.text_encoder_lr, Some(crate::config::TextEncoderLr::All(3e-5)));
+        assert_eq!(level_of(&imp, "text_encoder_lr"), None);
+    }
+
+    #[test]
+    fn the_checkpoint_tells_an_sd_scripts_toml_apart() {
+        // An SDXL checkpoint: an sdxl_train_network.py config, clip_skip dropped.
+        let imp = import_for("network_dim = 4\nclip_skip = 2\nseed = 1\n", Family::Sdxl).unwrap();
+        let c = config(&imp);
+        assert_eq!(c.model.model_family.as_deref(), Some("sdxl"));
+        assert_eq!(c.model.clip_skip, None);
+        let note = imp.notes.iter().find(|n| n.key == "pretrained_model_name_or_path").unwrap();
+        assert!(note.text.contains("/m/base.safetensors is an SDXL checkpoint"), "{note:?}");
+        // An SD 1.x checkpoint: clip_skip stays, the family is left to the checkpoint, and the
+        // SDXL-only caching arguments are ignored as train_network.py ignores them.
+        let imp =
+            import_for("network_dim = 4\nclip_skip = 2\ncache_text_encoder_outputs = true\nseed = 1\n", Family::Sd1)
+                .unwrap();
+        let c = config(&imp);
+        assert_eq!((c.model.model_family.as_deref(), c.model.clip_skip), (None, Some(2)));
+        assert!(!c.caches_text_encoder_outputs());
+        assert!(imp.notes.iter().any(|n| n.key == "cache_text_encoder_outputs" && n.text.contains("train_network.py")));
+        // v2 with an SDXL checkpoint: neither script would run it.
+        let err = import_for("network_dim = 4\nv2 = true\nseed = 1\n", Family::Sdxl).unwrap_err();
+        assert!(err.contains("v2 cannot be enabled in SDXL training") && err.contains("/m/base.safetensors"), "{err}");
+        // v2 wins over the caching arguments (train_network.py, which ignores them).
+        let c =
+            config(&import_toml("network_dim = 4\nv2 = true\ncache_text_encoder_outputs = true\nseed = 1\n").unwrap());
+        assert_eq!(c.model.model_family.as_deref(), Some("sd2"));
+        assert!(!c.caches_text_encoder_outputs());
+    }
+
+    #[test]
+    fn sdxl_refusals_follow_sd_scripts_asserts() {
+        for (toml, says) in [
+            // assert_extra_args: no text-encoder LoRA with cached outputs.
+            ("cache_text_encoder_outputs = true\n", "network for Text Encoder cannot be trained"),
+            ("cache_text_encoder_outputs_to_disk = true\nnetwork_train_unet_only = false\n", "network_train_unet_only"),
+            // verify_bucket_reso_steps(32), with buckets on.
+            ("cache_text_encoder_outputs = true\nnetwork_train_unet_only = true\nenable_bucket = true\nbucket_reso_steps = 48\n", "divisible by 32"),
+            // verify_sdxl_training_args.
+            ("cache_text_encoder_outputs = true\nnetwork_train_unet_only = true\nv2 = \"true\"\nmodel_family = \"sdxl\"\n", "v2 cannot be enabled"),
+        ] {
+            let err = import_toml(&format!("network_dim = 4\nseed = 1\n{toml}")).unwrap_err();
+            assert!(err.contains(says), "{toml}: {err}");
+        }
+        // Buckets off: sd-scripts does not check the step.
+        let imp = import_for("network_dim = 4\nbucket_reso_steps = 48\nseed = 1\n", Family::Sdxl).unwrap();
+        assert_eq!(config(&imp).dataset.bucket_reso_steps, 48);
+        let err = import_for("network_dim = 4\nenable_bucket = true\nbucket_reso_steps = 1\nseed = 1\n", Family::Sdxl)
+            .unwrap_err();
+        assert!(err.contains("bucket_reso_steps = 1"), "{err}");
+        // SD 1.x has no such rule (sd-scripts rounds the bucket sizes instead).
+        let imp = import_for("network_dim = 4\nenable_bucket = true\nbucket_reso_steps = 48\nseed = 1\n", Family::Sd1);
+        assert!(imp.is_ok());
+    }
+
+    #[test]
+    fn full_fine_tuning_arguments_and_fused_backward_pass() {
+        // sdxl_train.py's own arguments in a LoRA config: sd-scripts ignores them, said why.
+        let imp = import_for(
+            "network_dim = 4\nblock_lr = \"1e-6,1e-6,1e-6,1e-6,1e-6,1e-6,1e-6,1e-6,1e-6,1e-6,1e-6,1e-6,1e-6,1e-6,1e-6,1e-6,1e-6,1e-6,1e-6,1e-6,1e-6,1e-6,1e-6\"\nlearning_rate_te1 = 1e-6\ntrain_text_encoder = true\nseed = 1\n",
+            Family::Sdxl,
+        )
+        .unwrap();
+        for key in ["block_lr", "learning_rate_te1", "train_text_encoder"] {
+            let note = imp.notes.iter().find(|n| n.key == key).unwrap_or_else(|| panic!("{key}: {:?}", imp.notes));
+            assert_eq!(note.level, NoteLevel::Info);
+            assert!(note.text.contains("sdxl_train.py"), "{note:?}");
+        }
+        assert!(imp.notes.iter().find(|n| n.key == "block_lr").unwrap().text.contains("down_lr_weight"));
+        // fused_backward_pass: unused by LoRA training, but sd-scripts refuses it outside
+        // Adafactor without accumulation.
+        let imp = import_for(
+            "network_dim = 4\nfused_backward_pass = true\noptimizer_type = \"Adafactor\"\nseed = 1\n",
+            Family::Sdxl,
+        )
+        .unwrap();
+        assert_eq!(level_of(&imp, "fused_backward_pass"), Some(NoteLevel::Cosmetic));
+        for (toml, says) in [
+            ("fused_backward_pass = true\n", "\"adamw\""),
+            ("fused_backward_pass = true\nuse_8bit_adam = true\n", "\"adamw8bit\""),
+            (
+                "fused_backward_pass = true\noptimizer_type = \"Adafactor\"\ngradient_accumulation_steps = 2\n",
+                "gradient_accumulation_steps = 2",
+            ),
+        ] {
+            let err = import_for(&format!("network_dim = 4\nseed = 1\n{toml}"), Family::Sdxl).unwrap_err();
+            assert!(err.contains(says) && err.contains("fused_backward_pass"), "{toml}: {err}");
+        }
     }
 
     #[test]

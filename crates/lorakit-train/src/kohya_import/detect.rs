@@ -121,12 +121,21 @@ fn classify_toml(table: toml::Table) -> Result<Parsed, String> {
     Err(not_a_lora_config(has))
 }
 
+/// Arguments only `sdxl_train.py` (SDXL full fine-tuning) takes, and the kohya_ss GUI's fields for
+/// them in its DreamBooth / Finetune tabs.
+const SDXL_FINE_TUNING_KEYS: &[&str] =
+    &["block_lr", "learning_rate_te1", "learning_rate_te2", "fused_optimizer_groups", "diffusers_xformers"];
+
 /// Names what a config without any network key looks like.
 fn not_a_lora_config(has: impl Fn(&str) -> bool) -> String {
     let kind = if has("token_string") || has("init_word") || has("num_vectors_per_token") {
         "a textual-inversion config (token_string / init_word)"
     } else if has("in_json") || has("image_folder") || has("train_dir") || has("caption_metadata_filename") {
         "a fine-tuning config (in_json / image_folder)"
+    } else if let Some(key) = has_any(SDXL_FINE_TUNING_KEYS, &has) {
+        return format!(
+            "this looks like an SDXL DreamBooth / full fine-tuning config for sdxl_train.py (it sets {key}, and no network_* or LoRA_type key) — not a LoRA training config; lorakit trains LoRAs (for sdxl_train_network.py add network_module = \"networks.lora\" and a network_dim)"
+        );
     } else if has("pretrained_model_name_or_path") || has("train_data_dir") {
         "a DreamBooth / full fine-tuning config (no network_* or LoRA_type key)"
     } else {
@@ -199,6 +208,14 @@ mod tests {
         assert!(refusal(br#"{"pretrained_model_name_or_path": "m", "train_data_dir": "img", "epoch": 1}"#)
             .contains("DreamBooth"));
         assert!(refusal(b"pretrained_model_name_or_path = \"m\"\nlearning_rate = 1e-6\n").contains("DreamBooth"));
+        let sdxl_fine_tuning = refusal(
+            br#"{"pretrained_model_name_or_path": "m", "sdxl": true, "learning_rate_te1": 1e-5, "learning_rate_te2": 1e-5}"#,
+        );
+        assert!(
+            sdxl_fine_tuning.contains("sdxl_train.py") && sdxl_fine_tuning.contains("learning_rate_te1"),
+            "{sdxl_fine_tuning}"
+        );
+        assert!(refusal(b"pretrained_model_name_or_path = \"m\"\nblock_lr = \"1e-6\"\n").contains("sdxl_train.py"));
         assert!(refusal(b"{}").contains("empty"));
         assert!(refusal(b"[\"a\"]").contains("no setting"));
     }

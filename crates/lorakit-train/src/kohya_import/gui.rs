@@ -2,7 +2,10 @@
 //! GUI itself would pass to `train_network.py`, following `kohya_gui/lora_gui.py` `train_model`:
 //! - `LoRA_type` → `network_module` + `network_args` (Standard: no conv modules; Kohya LoCon:
 //!   `conv_dim`/`conv_alpha`; LyCORIS types: `lycoris.kohya` with `algo` and its options);
-//! - the model family from `sdxl`, `v2`, `flux1_checkbox`, `sd3_checkbox`, …;
+//! - the model family from `sdxl`, `v2`, `flux1_checkbox`, `sd3_checkbox`, …; with `sdxl` the GUI
+//!   runs `sdxl_train_network.py` and passes its "SDXL Specific Parameters"
+//!   (`sdxl_cache_text_encoder_outputs` → `cache_text_encoder_outputs`, `sdxl_no_half_vae` →
+//!   `no_half_vae`), which it drops for other families;
 //! - `epoch` only when `max_train_steps` is 0/empty: with DreamBooth folders the GUI turns it into
 //!   `max_train_steps` (images × repeats ÷ batch ÷ accumulation × epochs × 2 with regularisation
 //!   images), with a dataset config it passes nothing (sd-scripts then trains 1600 steps);
@@ -226,8 +229,16 @@ pub fn to_sd_scripts_args(object: &Map<String, Value>) -> Result<Converted, Stri
     if g.flag("train_inpainting") {
         return Err("train_inpainting = true: inpainting LoRA training is not supported by lorakit".into());
     }
+    // The "SDXL Specific Parameters" accordion: the GUI passes these only with the SDXL checkbox
+    // (sd-scripts' own --cache_text_encoder_outputs and --no_half_vae). Read either way, so they
+    // are known fields in an SD 1.x config too.
+    let (cache_te, no_half_vae) = (g.flag("sdxl_cache_text_encoder_outputs"), g.flag("sdxl_no_half_vae"));
+    if family == Family::Sdxl {
+        put("cache_text_encoder_outputs", toml::Value::Boolean(cache_te));
+        put("no_half_vae", toml::Value::Boolean(no_half_vae));
+    }
 
-    let (module, network_args) = network(&g)?;
+    let (module, network_args) = network(&g, family)?;
     put("network_module", toml::Value::String(module.into()));
     put("network_args", toml::Value::Array(split_args(&network_args).into_iter().map(toml::Value::String).collect()));
     for key in ["network_dim", "network_alpha", "network_dropout", "scale_weight_norms"] {
@@ -436,6 +447,12 @@ fn family(g: &Gui) -> Result<Family, String> {
     for (set, family, shown_by) in checks {
         if set {
             refuse_unsupported_family(family, shown_by)?;
+            if family == Family::Sdxl && g.flag("v2") {
+                return Err(
+                    "sdxl and v2 are both checked: the kohya_ss GUI runs sdxl_train_network.py, which refuses v2 (\"v2 cannot be enabled in SDXL training\"); uncheck v2"
+                        .into(),
+                );
+            }
             return Ok(family);
         }
     }
@@ -443,7 +460,7 @@ fn family(g: &Gui) -> Result<Family, String> {
 }
 
 /// `LoRA_type` → `network_module` and the `network_args` string, as the GUI builds them.
-fn network(g: &Gui) -> Result<(&'static str, String), String> {
+fn network(g: &Gui, family: Family) -> Result<(&'static str, String), String> {
     let lora_type = g.text("LoRA_type");
     let lora_type = if lora_type.is_empty() { "Standard".to_string() } else { lora_type };
     let num = |k: &str| g.num(k).map(py_num);
@@ -492,6 +509,13 @@ fn network(g: &Gui) -> Result<(&'static str, String), String> {
         "LoCon" | "LyCORIS/LoCon" => ("lycoris.kohya", lycoris("locon")?),
         "LyCORIS/LoHa" => ("lycoris.kohya", lycoris("loha")?),
         "LyCORIS/LoKr" => ("lycoris.kohya", lycoris("lokr")?),
+        "Kohya LoHa" | "Kohya LoKr" if family == Family::Sdxl => {
+            return Err(format!(
+                "LoRA_type = {lora_type:?} is sd-scripts' native networks.{}, which lorakit does not train (it would not train it as a LoRA instead); choose LyCORIS/{}, which lorakit trains",
+                lora_type[6..].to_ascii_lowercase(),
+                &lora_type[6..]
+            ))
+        }
         "Kohya LoHa" | "Kohya LoKr" => {
             return Err(format!(
                 "LoRA_type = {lora_type:?} (sd-scripts' native networks.loha/lokr) needs SDXL or Anima, as the kohya_ss GUI says; for SD 1.x/2.x use LyCORIS/{}",
@@ -863,13 +887,110 @@ mod tests {
 
     #[test]
     fn families_are_refused_at_import_with_the_family_named() {
-        for (key, family) in [("sdxl", "SDXL"), ("flux1_checkbox", "Flux.1"), ("sd3_checkbox", "SD3")] {
-            let err = import(&gui(&[(key, true.into())])).unwrap_err();
-            assert!(err.contains(family) && err.contains("SD 1.x"), "{key}: {err}");
+        for (key, family) in [
+            ("flux1_checkbox", "Flux.1"),
+            ("sd3_checkbox", "SD3"),
+            ("hunyuan_image_checkbox", "HunyuanImage"),
+            ("anima_checkbox", "Anima"),
+            ("lumina_checkbox", "Lumina"),
+        ] {
+            // Even with the SDXL box checked too: the GUI runs the other family's script first.
+            let err = import(&gui(&[(key, true.into()), ("sdxl", true.into())])).unwrap_err();
+            assert!(err.contains(family) && err.contains("SD 1.x, SD 2.x and SDXL"), "{key}: {err}");
         }
         let c = config(&import(&gui(&[("v2", true.into()), ("v_parameterization", true.into())])).unwrap());
         assert_eq!(c.model.model_family.as_deref(), Some("sd2"));
         assert!(c.model.v_parameterization);
+    }
+
+    /// A GUI config with the SDXL checkbox: what `sdxl_train_network.py` would get.
+    fn sdxl(overrides: &[(&str, Value)]) -> Result<Imported, String> {
+        let mut all = vec![("sdxl", Value::from(true)), ("max_resolution", "1024,1024".into())];
+        all.extend(overrides.iter().cloned());
+        import(&gui(&all))
+    }
+
+    #[test]
+    fn sdxl_configs_import_as_sdxl() {
+        let imp = sdxl(&[("text_encoder_lr", 5e-5.into()), ("unet_lr", 1e-4.into())]).unwrap();
+        let c = config(&imp);
+        assert_eq!(c.model.model_family.as_deref(), Some("sdxl"));
+        assert!(!c.model.v2);
+        // The GUI's [te, te] list: both encoders at one rate, nothing to say.
+        assert_eq!(c.optimizer.text_encoder_lr, Some(crate::config::TextEncoderLr::All(5e-5)));
+        assert_eq!(level_of(&imp, "text_encoder_lr"), None);
+        // sdxl_no_half_vae (true in the template) is passed with the SDXL box.
+        assert!(c.accelerate.no_half_vae);
+        assert!(!c.caches_text_encoder_outputs());
+        // clip_skip 2 is what SDXL always does: dropped, with the reason.
+        assert_eq!(c.model.clip_skip, None);
+        let note = imp.notes.iter().find(|n| n.key == "clip_skip").expect("a clip_skip note");
+        assert_eq!(note.level, NoteLevel::Info);
+        assert!(note.text.starts_with("2: ") && note.text.contains("penultimate"), "{note:?}");
+        assert!(imp.notes.iter().all(|n| n.level != NoteLevel::ChangesRun), "{:?}", imp.notes);
+        // The same fields without the SDXL box are not passed (an SD 1.x run keeps a half VAE).
+        let c = config(&import(&gui(&[("sdxl_cache_text_encoder_outputs", true.into())])).unwrap());
+        assert!(!c.accelerate.no_half_vae && !c.caches_text_encoder_outputs());
+        assert_eq!(c.model.clip_skip, Some(2));
+        // v-prediction SDXL (NoobAI-XL v-pred): the GUI's checkbox and zero terminal SNR from
+        // additional_parameters.
+        let c = config(
+            &sdxl(&[
+                ("v_parameterization", true.into()),
+                ("additional_parameters", "--zero_terminal_snr".into()),
+                ("clip_skip", 1.into()),
+            ])
+            .unwrap(),
+        );
+        assert!(c.model.v_parameterization && c.loss.zero_terminal_snr);
+    }
+
+    #[test]
+    fn sdxl_text_encoder_caching_follows_sd_scripts() {
+        // U-Net only (text_encoder_lr 0): cached.
+        let imp = sdxl(&[
+            ("sdxl_cache_text_encoder_outputs", true.into()),
+            ("unet_lr", 1e-4.into()),
+            ("text_encoder_lr", 0.into()),
+        ])
+        .unwrap();
+        let c = config(&imp);
+        assert!(c.training.cache_text_encoder_outputs && c.network.network_train_unet_only);
+        assert!(!c.training.cache_text_encoder_outputs_to_disk, "the GUI has no to-disk box for SDXL");
+        // --network_train_unet_only in additional_parameters does it too.
+        let c = config(
+            &sdxl(&[
+                ("sdxl_cache_text_encoder_outputs", true.into()),
+                ("additional_parameters", "--network_train_unet_only".into()),
+            ])
+            .unwrap(),
+        );
+        assert!(c.caches_text_encoder_outputs() && c.network.network_train_unet_only);
+        // Text encoders trained: sd-scripts refuses to start.
+        let err = sdxl(&[("sdxl_cache_text_encoder_outputs", true.into())]).unwrap_err();
+        assert!(err.contains("network_train_unet_only") && err.contains("sd-scripts refuses"), "{err}");
+    }
+
+    #[test]
+    fn sdxl_refusals_name_the_reason() {
+        let err = sdxl(&[("v2", true.into())]).unwrap_err();
+        assert!(err.contains("v2 cannot be enabled in SDXL training"), "{err}");
+        let err = sdxl(&[("additional_parameters", "--v2".into())]).unwrap_err();
+        assert!(err.contains("v2"), "{err}");
+        // sdxl_train_network.py asserts bucket_reso_steps % 32 == 0 (with buckets on).
+        let err = sdxl(&[("bucket_reso_steps", 48.into())]).unwrap_err();
+        assert!(err.contains("bucket_reso_steps = 48") && err.contains("multiple of 32"), "{err}");
+        let c = config(&sdxl(&[("bucket_reso_steps", 32.into())]).unwrap());
+        assert_eq!(c.dataset.bucket_reso_steps, 32);
+        let c = config(&sdxl(&[("bucket_reso_steps", 48.into()), ("enable_bucket", false.into())]).unwrap());
+        assert!(!c.dataset.enable_bucket, "without buckets sd-scripts does not check the step");
+        // sd-scripts' native LoHa/LoKr (the GUI offers them for SDXL): not trained, LyCORIS' are.
+        for (t, module) in [("Kohya LoHa", "networks.loha"), ("Kohya LoKr", "networks.lokr")] {
+            let err = sdxl(&[("LoRA_type", t.into())]).unwrap_err();
+            assert!(err.contains(module) && err.contains(&format!("LyCORIS/{}", &t[6..])), "{t}: {err}");
+        }
+        let c = config(&sdxl(&[("LoRA_type", "LyCORIS/LoHa".into())]).unwrap());
+        assert_eq!((c.network.network_module.as_str(), c.network.algo.as_deref()), ("lycoris.kohya", Some("loha")));
     }
 
     #[test]

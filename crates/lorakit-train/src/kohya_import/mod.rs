@@ -9,7 +9,9 @@
 //!   (`kohya_gui/lora_gui.py` `train_model`: `LoRA_type` → `network_module` + `network_args`,
 //!   `epoch` vs `max_train_steps`, "0 / empty means not set", noise offset type, LR rules, …).
 //! - [`args`]: sd-scripts arguments → lorakit keys, with sd-scripts' defaults for silent keys and
-//!   a refusal for what lorakit cannot train (network types, model families).
+//!   a refusal for what lorakit cannot train (network types, model families). The family comes
+//!   from the GUI's checkbox, `v2`, SDXL-only arguments, or — for an sd-scripts TOML, which does
+//!   not name its script — the base checkpoint's weights when the file is here to read.
 //!
 //! Everything not carried over becomes an [`ImportNote`], ranked by whether it changes the run.
 
@@ -128,10 +130,44 @@ pub fn import_bytes(bytes: &[u8], base: &Path) -> std::result::Result<Imported, 
             imported.prompt_file = converted.prompt_file;
             imported
         }
-        detect::Parsed::SdScriptsArgs(pairs) => import_sd_scripts_args(pairs)?,
+        detect::Parsed::SdScriptsArgs(pairs) => {
+            let checkpoint = checkpoint_family(&pairs, base);
+            args::import_args(pairs, checkpoint)?
+        }
     };
     resolve_relative(&mut imported, base);
     Ok(imported)
+}
+
+/// What the base checkpoint of an sd-scripts TOML is, from its weights (the header of a
+/// `.safetensors` file or a diffusers folder's configs, no tensor read), when it is here to read:
+/// the TOML itself does not say whether it is for `train_network.py` or `sdxl_train_network.py`.
+/// `None` when the path is missing, unreadable or something else than SD 1.x/2.x/SDXL.
+fn checkpoint_family(pairs: &[(String, toml::Value)], base: &Path) -> Option<(args::Family, String)> {
+    use lorakit_models::checkpoint::{detect_family_at, ModelFamily};
+    let (_, value) = pairs.iter().rev().find(|(k, _)| k == "pretrained_model_name_or_path")?;
+    let text = value.as_str()?.trim();
+    if text.is_empty() {
+        return None;
+    }
+    let path = Path::new(text);
+    let path = if path.is_relative() && !path.exists() && base.join(path).exists() {
+        base.join(path)
+    } else {
+        path.to_path_buf()
+    };
+    // Regular files and folders only: never a device or a pipe.
+    let meta = std::fs::metadata(&path).ok()?;
+    if !(meta.is_file() || meta.is_dir()) {
+        return None;
+    }
+    let family = match detect_family_at(&path).ok()? {
+        ModelFamily::Sd1 => args::Family::Sd1,
+        ModelFamily::Sd2 => args::Family::Sd2,
+        ModelFamily::Sdxl => args::Family::Sdxl,
+        _ => return None,
+    };
+    Some((family, path.display().to_string()))
 }
 
 /// Relative paths in the imported file are taken from the current directory by sd-scripts;
