@@ -38,6 +38,12 @@ pub enum TextEncoders {
     /// SDXL: CLIP ViT-L and OpenCLIP ViT-bigG (`lora_te1`, `lora_te2`), context from both
     /// penultimate layers and a pooled vector from the second.
     Sdxl(SdxlTextEncoders),
+    /// The encoders were dropped from memory after training cached their outputs
+    /// ([`StableDiffusion::release_text_encoders`]); `sdxl` says which pair it was.
+    Released {
+        /// The released encoders were SDXL's two.
+        sdxl: bool,
+    },
 }
 
 /// A prompt's conditioning for one denoiser call: the cross-attention context and, for SDXL,
@@ -107,8 +113,17 @@ impl StableDiffusion {
         };
         let unet = build(&ckpt.unet, |w| UNet2DConditionModel::new(w.view(""), &unet_cfg))?;
         let vae = build(&ckpt.vae, |w| AutoencoderKL::new(w.view(""), &vae_cfg))?;
-        let text = if sdxl {
-            TextEncoders::Sdxl(SdxlTextEncoders::from_checkpoint(&ckpt)?)
+        // Each family's encoders with their LoRA targets, in lora_components order.
+        let (text, text_encoder_targets) = if sdxl {
+            if unet.config().addition_embed_type.as_deref() != Some("text_time") {
+                return Err(Error::Invalid(format!(
+                    "{}: SDXL text encoders with a U-Net that has no size/crop (text_time) embedding",
+                    ckpt.path.display()
+                )));
+            }
+            let te = SdxlTextEncoders::from_checkpoint(&ckpt)?;
+            let targets = vec![te.te1_lora_targets(), te.te2_lora_targets()];
+            (TextEncoders::Sdxl(te), targets)
         } else {
             let te_cfg = match ckpt.text_encoder_config.clone() {
                 Some(v) => from_config(v, &ckpt.path, "text_encoder")?,
@@ -118,25 +133,13 @@ impl StableDiffusion {
             let encoder = build(&ckpt.text_encoder, |w| ClipTextModel::new(w.view(""), &te_cfg))?;
             // SD2's tokenizer pads with "!" (id 0) and treats a literal "!" as that token.
             let tokenizer = if sd2 { ClipTokenizer::new_sd2()? } else { ClipTokenizer::new()? };
-            TextEncoders::Clip { encoder, tokenizer }
+            let targets = vec![encoder.lora_targets()];
+            (TextEncoders::Clip { encoder, tokenizer }, targets)
         };
-        if let TextEncoders::Sdxl(te) = &text {
-            if unet.config().addition_embed_type.as_deref() != Some("text_time") {
-                return Err(Error::Invalid(format!(
-                    "{}: SDXL text encoders with a U-Net that has no size/crop (text_time) embedding",
-                    ckpt.path.display()
-                )));
-            }
-            let _ = te;
-        }
         // sd-scripts' targets, then the layers only LyCORIS' presets name (TargetGroup::Named);
         // kohya names them in the layout sd-scripts' own U-Net uses for the family (SGM for SDXL).
         let layout = unet.kohya_layout();
         let unet_targets = [unet.lora_targets_in(layout), unet.named_targets_in(layout)].concat();
-        let text_encoder_targets = match &text {
-            TextEncoders::Clip { encoder, .. } => vec![encoder.lora_targets()],
-            TextEncoders::Sdxl(te) => vec![te.te1_lora_targets(), te.te2_lora_targets()],
-        };
         let mut schedule = NoiseSchedule::sd_default();
         if ckpt.declared_zero_terminal_snr {
             schedule = schedule.with_zero_terminal_snr();
@@ -161,12 +164,21 @@ impl StableDiffusion {
         &self.unet_targets
     }
 
-    /// The first (SD 1.x/2.x: the only) CLIP text encoder.
-    pub fn clip_text_encoder(&self) -> &ClipTextModel {
+    /// The first (SD 1.x/2.x: the only) CLIP text encoder; `None` once released.
+    pub fn clip_text_encoder(&self) -> Option<&ClipTextModel> {
         match &self.text {
-            TextEncoders::Clip { encoder, .. } => encoder,
-            TextEncoders::Sdxl(te) => &te.te1,
+            TextEncoders::Clip { encoder, .. } => Some(encoder),
+            TextEncoders::Sdxl(te) => Some(&te.te1),
+            TextEncoders::Released { .. } => None,
         }
+    }
+
+    /// Drops the text encoders from memory (training that cached their outputs and samples
+    /// nothing needs them no more). Their LoRA targets stay known; encoding prompts is then an
+    /// error.
+    pub fn release_text_encoders(&mut self) {
+        let sdxl = matches!(self.text, TextEncoders::Sdxl(_) | TextEncoders::Released { sdxl: true });
+        self.text = TextEncoders::Released { sdxl };
     }
 
     /// The LoRA targets of each text encoder, in [`StableDiffusion::lora_components`] order.
@@ -185,8 +197,10 @@ impl StableDiffusion {
     /// order: `lora_unet`, then `lora_te` (SD 1.x/2.x) or `lora_te1`, `lora_te2` (SDXL).
     pub fn lora_prefixes(&self) -> &'static [&'static str] {
         match &self.text {
-            TextEncoders::Clip { .. } => &[UNET_PREFIX, TEXT_ENCODER_PREFIX],
-            TextEncoders::Sdxl(_) => &[UNET_PREFIX, TE1_LORA_PREFIX, TE2_LORA_PREFIX],
+            TextEncoders::Clip { .. } | TextEncoders::Released { sdxl: false } => &[UNET_PREFIX, TEXT_ENCODER_PREFIX],
+            TextEncoders::Sdxl(_) | TextEncoders::Released { sdxl: true } => {
+                &[UNET_PREFIX, TE1_LORA_PREFIX, TE2_LORA_PREFIX]
+            }
         }
     }
 
@@ -226,6 +240,7 @@ impl StableDiffusion {
                     PromptConditioning { context: n.context, pooled: Some(n.pooled) },
                 ))
             }
+            TextEncoders::Released { .. } => Err(released()),
         }
     }
 
@@ -325,6 +340,14 @@ impl StableDiffusion {
         let hwc = (image.squeeze(0)?.permute((1, 2, 0))? * 255.0)?.round()?.to_dtype(DType::U8)?;
         Ok(RgbImage { width, height, pixels: hwc.flatten_all()?.to_vec1::<u8>()? })
     }
+}
+
+/// The error for encoding text after [`StableDiffusion::release_text_encoders`].
+pub fn released() -> Error {
+    Error::Invalid(
+        "the text encoders were released from memory after their outputs were cached; prompts cannot be encoded any more"
+            .into(),
+    )
 }
 
 /// SDXL's prompt and negative with A1111 emphasis, as A1111 conditions SDXL: both prompts cut

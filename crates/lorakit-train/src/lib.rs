@@ -43,7 +43,23 @@ pub use trainer::{RunSummary, TrainEvent, Trainer};
 
 /// Runs a whole training from a config: loads the dataset and the model, trains, saves.
 pub fn train(config: TrainConfig, stop: &AtomicBool, events: &mut dyn FnMut(TrainEvent)) -> Result<RunSummary> {
-    let (data, model) = load_inputs(&config, events)?;
+    let (data, mut model) = load_inputs(&config, events)?;
+    // Cached text-encoder outputs with no sample images to render: the encoders are needed
+    // once, so cache first and drop them from memory before training (sd-scripts moves them
+    // off the GPU instead).
+    if config.caches_text_encoder_outputs() && config.samples.sample_prompts.is_none() {
+        text_cache::check_cacheable(&config, &data)?;
+        let mut report = |done, total| events(TrainEvent::Caching { done, total });
+        let cache = text_cache::TextEncoderCache::build(&model, &data, &config, &mut report)?;
+        model.release_text_encoders();
+        events(TrainEvent::Note(format!(
+            "text-encoder outputs cached for {} distinct captions ({} images' outputs reused from disk); the text encoders left memory",
+            cache.len(),
+            cache.reused
+        )));
+        let trainer = Trainer::new(config, &model, data)?.with_text_cache(cache);
+        return trainer.run(stop, events);
+    }
     let trainer = Trainer::new(config, &model, data)?;
     trainer.run(stop, events)
 }

@@ -292,6 +292,12 @@ impl StableDiffusionModel {
         Ok(())
     }
 
+    /// Drops the text encoders from memory once their outputs are cached (see
+    /// [`StableDiffusion::release_text_encoders`]).
+    pub fn release_text_encoders(&mut self) {
+        self.sd.release_text_encoders();
+    }
+
     /// The wrapped pipeline.
     pub fn pipeline(&self) -> &StableDiffusion {
         &self.sd
@@ -417,6 +423,7 @@ impl TrainableModel for StableDiffusionModel {
                 let c = te.encode(captions, Some(max_token_length), [&ctx(1), &ctx(2)])?;
                 Ok(Conditioning { context: c.context, pooled: Some(c.pooled) })
             }
+            TextEncoders::Released { .. } => Err(lorakit_models::pipeline::released().into()),
         }
     }
 
@@ -451,6 +458,7 @@ impl TrainableModel for StableDiffusionModel {
                 let c = te.encode_weighted(&prompts, Some(max_token_length), [&ctx(1), &ctx(2)])?;
                 Ok(Conditioning { context: c.context, pooled: Some(c.pooled) })
             }
+            TextEncoders::Released { .. } => Err(lorakit_models::pipeline::released().into()),
         }
     }
 
@@ -511,6 +519,7 @@ impl TrainableModel for StableDiffusionModel {
                 let c2 = te.te2.config();
                 clip_params(te.te1.config()) + clip_params(c2) + c2.hidden_size * te.pooled_dim()
             }
+            TextEncoders::Released { .. } => 0,
         };
         // The SD autoencoder has 83,653,863 parameters at 512 channels; other widths scale ~quadratically.
         let width = self.sd.vae.config().block_out_channels.last().copied().unwrap_or(512) as f64;

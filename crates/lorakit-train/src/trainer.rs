@@ -214,6 +214,8 @@ pub struct Trainer<'m> {
     /// Notices about the setup, shown when the run starts.
     setup_notes: Vec<String>,
     optimizer_kind: OptimizerKind,
+    /// Text-encoder outputs cached before the trainer was built (the encoders then released).
+    text_cache: Option<TextEncoderCache>,
 }
 
 impl<'m> Trainer<'m> {
@@ -465,7 +467,15 @@ impl<'m> Trainer<'m> {
             noise_options,
             setup_notes,
             optimizer_kind,
+            text_cache: None,
         })
+    }
+
+    /// Trains from text-encoder outputs cached before the trainer was built (see
+    /// [`crate::train`]: the encoders can then leave memory first).
+    pub fn with_text_cache(mut self, cache: TextEncoderCache) -> Self {
+        self.text_cache = Some(cache);
+        self
     }
 
     /// The planned length.
@@ -604,7 +614,9 @@ impl<'m> Trainer<'m> {
             Some(path) => Some(SampleRunner::new(&self.config, path)?),
             None => None,
         };
-        if let Some(skip) = self.config.model.clip_skip {
+        // With outputs cached up front the encoders may be gone; caching already encoded with
+        // this clip_skip.
+        if let Some(skip) = self.config.model.clip_skip.filter(|_| self.text_cache.is_none()) {
             // The text encoder itself says which values it can take (its layer count).
             let ctxs: Vec<ForwardCtx> = self.model.components().iter().map(|_| ForwardCtx::default()).collect();
             self.model.encode_text(&[""], self.config.training.max_token_length, Some(skip), &ctxs).map_err(|e| {
@@ -775,7 +787,10 @@ impl<'m> Trainer<'m> {
 
     /// The text-encoder output cache (`training.cache_text_encoder_outputs`), built or reused
     /// from disk.
-    fn cache_text_encoder_outputs(&self, events: &mut dyn FnMut(TrainEvent)) -> Result<Option<TextEncoderCache>> {
+    fn cache_text_encoder_outputs(&mut self, events: &mut dyn FnMut(TrainEvent)) -> Result<Option<TextEncoderCache>> {
+        if let Some(cache) = self.text_cache.take() {
+            return Ok(Some(cache));
+        }
         if !self.config.caches_text_encoder_outputs() {
             return Ok(None);
         }

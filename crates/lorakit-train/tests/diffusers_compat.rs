@@ -36,7 +36,12 @@ fn lorakit_lora_in_diffusers_matches_lorakit() {
     let sets = sets_from_files(vec![loaded], 2, &Device::Cpu).unwrap();
 
     let ids = io["input_ids"].to_dtype(DType::U32).unwrap();
-    let te = sd.clip_text_encoder().forward(&ids, &ForwardCtx::with_lora(sets[1].clone())).unwrap().last_hidden_state;
+    let te = sd
+        .clip_text_encoder()
+        .unwrap()
+        .forward(&ids, &ForwardCtx::with_lora(sets[1].clone()))
+        .unwrap()
+        .last_hidden_state;
     let te_err = rel_err(&te, &io["text_encoder_out"]);
     assert!(te_err <= 1e-4, "text encoder: relative error {te_err}");
 

@@ -105,3 +105,22 @@ fn options_that_change_captions_or_train_the_encoders_are_refused() {
         assert!(err.contains("cache_text_encoder_outputs") && err.contains(expected), "{extra}: {err}");
     }
 }
+
+#[test]
+fn a_run_without_samples_releases_the_encoders_after_caching() {
+    let dir = tempfile::tempdir().unwrap();
+    let live = train(config(&dir.path().join("live"), &[]), &model(), None);
+    let cfg = config(&dir.path().join("released"), &["training.cache_text_encoder_outputs=true"]);
+    assert!(cfg.samples.sample_prompts.is_none());
+    let mut notes = Vec::new();
+    let released = lorakit_train::train(cfg, &AtomicBool::new(false), &mut |e| {
+        if let TrainEvent::Note(n) = e {
+            notes.push(n)
+        }
+    })
+    .unwrap();
+    assert!(notes.iter().any(|n| n.contains("the text encoders left memory")), "{notes:?}");
+    for (a, b) in live.losses.iter().zip(&released.losses) {
+        assert!((a - b).abs() <= 1e-5 * a.abs().max(1e-3), "live {a} vs released {b}");
+    }
+}
