@@ -359,6 +359,29 @@ impl SdxlTextEncoders {
         Ok(self.encode_tokens_weighted(&tokens, ctxs)?.conditioning()?)
     }
 
+    /// A prompt and its negative as sd-scripts' SDXL sample images encode them
+    /// (`SdxlStableDiffusionLongPromptWeightingPipeline.__call__`): each parsed for A1111
+    /// emphasis (`(word:1.2)`, `(word)`, `[word]`, `\(`) and encoded on its own with
+    /// [`Self::encode_weighted`] at the training run's `max_token_length` — the training
+    /// layout, longer prompts truncated with a warning, and no mean rescaling (unlike SD 1.x/2.x
+    /// sampling, where sd-scripts' lpw pipeline rescales). An empty negative is encoded as "",
+    /// not zeroed (diffusers' `force_zeros_for_empty_prompt` is not sd-scripts'). Returns
+    /// (prompt, negative), each with batch 1.
+    pub fn encode_emphasis_pair(
+        &self,
+        prompt: &str,
+        negative: &str,
+        max_token_length: Option<usize>,
+        ctxs: [&ForwardCtx; 2],
+    ) -> Result<(TextConditioning, TextConditioning)> {
+        let encode = |text: &str| -> Result<TextConditioning> {
+            let pieces = lorakit_dataset::prompt_weights::parse_prompt_attention(text)
+                .map_err(|e| Error::Invalid(format!("prompt {text:?}: {e}")))?;
+            self.encode_weighted(&[pieces], max_token_length, ctxs)
+        };
+        Ok((encode(prompt)?, encode(negative)?))
+    }
+
     fn layouts(
         &self,
         caller: &str,

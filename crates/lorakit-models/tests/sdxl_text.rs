@@ -593,3 +593,18 @@ fn fixture_text_encoder_lora_gradients_match_sd_scripts() {
         assert!(worst.0 <= 1e-3, "{worst:?}");
     }
 }
+
+#[test]
+fn sample_prompts_are_encoded_as_sd_scripts_sdxl_sampler_does() {
+    let te = tiny_encoders();
+    let [c1, c2] = no_lora();
+    let (p, n) = te.encode_emphasis_pair("a (red:1.5) car", "", None, [&c1, &c2]).unwrap();
+    let weighted = vec![vec![("a ".to_string(), 1.0), ("red".to_string(), 1.5), (" car".to_string(), 1.0)]];
+    let want = te.encode_weighted(&weighted, None, [&c1, &c2]).unwrap();
+    assert_eq!(rel_err(&p.context, &want.context), 0.0, "training's weighted layout, no rescale");
+    assert_eq!(rel_err(&p.pooled, &want.pooled), 0.0);
+    let empty = te.encode(&[""], None, [&c1, &c2]).unwrap();
+    assert_eq!(rel_err(&n.context, &empty.context), 0.0, "an empty negative is encoded, not zeroed");
+    let (long, _) = te.encode_emphasis_pair("x", "", Some(225), [&c1, &c2]).unwrap();
+    assert_eq!(long.context.dims(), &[1, 227, 80]);
+}
