@@ -178,15 +178,18 @@ fn count(w: &Weights, prefix: &str) -> usize {
 }
 
 /// Heads of `width` channels at 64 per head (SDXL's layout), or `preset` when `width` is the
-/// preset's width, or one head when 64 does not divide it.
-fn heads(width: usize, preset_width: usize, preset_heads: usize) -> usize {
+/// preset's width, or one head when 64 does not divide it. A width other than SDXL's is logged:
+/// the head count is a guess the weights cannot confirm.
+fn heads(what: &str, width: usize, preset_width: usize, preset_heads: usize) -> usize {
     if width == preset_width {
-        preset_heads
-    } else if width >= HEAD_DIM && width % HEAD_DIM == 0 {
-        width / HEAD_DIM
-    } else {
-        1
+        return preset_heads;
     }
+    let heads = if width >= HEAD_DIM && width % HEAD_DIM == 0 { width / HEAD_DIM } else { 1 };
+    tracing::warn!(
+        "{what} is {width} wide where SDXL's is {preset_width}: assuming {heads} attention head(s) of {} channels, which the weights cannot confirm (a diffusers folder's config.json says)",
+        width / heads
+    );
+    heads
 }
 
 fn clip_config(w: &Weights, preset: ClipTextConfig, projection: bool) -> ClipTextConfig {
@@ -208,7 +211,8 @@ fn clip_config(w: &Weights, preset: ClipTextConfig, projection: bool) -> ClipTex
     if let Some(i) = dim(w, "text_model.encoder.layers.0.mlp.fc1.weight", 0) {
         cfg.intermediate_size = i;
     }
-    cfg.num_attention_heads = heads(cfg.hidden_size, preset.hidden_size, preset.num_attention_heads);
+    let what = if projection { "text encoder 2" } else { "text encoder 1" };
+    cfg.num_attention_heads = heads(what, cfg.hidden_size, preset.hidden_size, preset.num_attention_heads);
     if projection {
         cfg.projection_dim = Some(dim(w, "text_projection.weight", 0).unwrap_or(cfg.hidden_size));
     }
@@ -287,7 +291,7 @@ fn unet_config(w: &Weights, pooled_dim: usize) -> Value {
         .enumerate()
         .map(|(i, &c)| {
             let (pc, ph) = (preset_channels.get(i).copied().unwrap_or(0), preset_heads.get(i).copied().unwrap_or(0));
-            heads(c, pc, ph)
+            heads(&format!("U-Net level {i}"), c, pc, ph)
         })
         .collect();
     let cross = (0..levels)
