@@ -965,17 +965,33 @@ impl TrainConfig {
         if !self.network.network_multiplier.is_finite() {
             problems.push("network.network_multiplier must be a finite number".into());
         }
-        // Parse the block lists now so a typo is reported before the model loads (the U-Net
-        // layout is not known yet: SD1.x lengths are checked, SDXL ones when it arrives).
-        if let Err(e) = crate::block_weights::block_plan(
-            lorakit_lora::blocks::BlockLayout::Sd,
-            &self.block_args(),
-            self.network.network_dim,
-            self.network.network_alpha,
-            self.network.conv_dim,
-            self.network.conv_alpha.unwrap_or(1.0),
-        ) {
+        // Parse the block lists now so a typo is reported before the model loads: in the
+        // layout of the configured family, or — family unset — in either (the checkpoint
+        // decides, and the trainer checks again with its layout).
+        use lorakit_lora::blocks::BlockLayout;
+        let layouts: &[BlockLayout] = match self.model.model_family.as_deref() {
+            Some("sdxl") => &[BlockLayout::Sdxl],
+            Some(_) => &[BlockLayout::Sd],
+            None => &[BlockLayout::Sd, BlockLayout::Sdxl],
+        };
+        let plans: Vec<Result<_, String>> = layouts
+            .iter()
+            .map(|layout| {
+                crate::block_weights::block_plan(
+                    *layout,
+                    &self.block_args(),
+                    self.network.network_dim,
+                    self.network.network_alpha,
+                    self.network.conv_dim,
+                    self.network.conv_alpha.unwrap_or(1.0),
+                )
+            })
+            .collect();
+        if let Some(Err(e)) = plans.iter().all(Result::is_err).then(|| plans.into_iter().next()).flatten() {
             problems.push(e);
+        }
+        if self.model.v2 && self.model.model_family.as_deref() == Some("sdxl") {
+            problems.push("model.v2 = true with model.model_family = \"sdxl\": SDXL is not SD 2.x; remove v2 (sd-scripts refuses this too)".into());
         }
         if self.network.network_dim == 0 {
             problems.push("network.network_dim must be at least 1".into());
@@ -1311,8 +1327,11 @@ mod tests {
         }
         let err = TrainConfig::from_toml_str("", &["network_multiplier=inf".into()]).unwrap_err();
         assert!(err.contains("network.network_multiplier = inf"), "{err}");
-        let err = TrainConfig::from_toml_str("[model]\nmodel_family = \"sdxl\"\n", &[]).unwrap_err();
-        assert!(err.contains("model_family") && err.contains("sd1, sd2"), "{err}");
+        let err = TrainConfig::from_toml_str("[model]\nmodel_family = \"flux\"\n", &[]).unwrap_err();
+        assert!(err.contains("model_family") && err.contains("sd1, sd2, sdxl"), "{err}");
+        TrainConfig::from_toml_str("[model]\nmodel_family = \"sdxl\"\n", &[]).unwrap();
+        let err = TrainConfig::from_toml_str("[model]\nmodel_family = \"sdxl\"\nv2 = true\n", &[]).unwrap_err();
+        assert!(err.contains("v2") && err.contains("SDXL"), "{err}");
     }
 
     #[test]

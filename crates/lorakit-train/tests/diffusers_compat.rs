@@ -57,3 +57,45 @@ fn lorakit_lora_in_diffusers_matches_lorakit() {
         sd.unet.forward(&io["sample"], &io["timestep"], &io["text_encoder_out"], &ForwardCtx::default()).unwrap();
     assert!(rel_err(&plain, &io["unet_out"]) > 1e-3);
 }
+
+/// The SDXL case (tools/reference/diffusers_lora_compat_sdxl.py): a LoRA lorakit trained on the
+/// tiny SDXL model (SGM U-Net names, lora_te1/lora_te2) loaded by `StableDiffusionXLPipeline`.
+#[test]
+fn lorakit_sdxl_lora_in_diffusers_matches_lorakit() {
+    use lorakit_models::pipeline::TextEncoders;
+    use lorakit_models::sdxl_text::SdxlTokens;
+    use lorakit_models::unet_2d::AddedConditions;
+
+    let sd = StableDiffusion::load(&repo("examples/quickstart/tiny-sdxl"), DType::F32, &Device::Cpu).unwrap();
+    let io = candle_core::safetensors::load(
+        repo("tests/fixtures/reference/trained_lora/diffusers_io_sdxl.safetensors"),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let lora = repo("tests/fixtures/reference/trained_lora/tiny_sdxl_trained.safetensors");
+    let components = sd.lora_components();
+    let loaded = load_lora_file(&lora, 1.0, false, &components, DType::F32, &Device::Cpu).unwrap();
+    let sets = sets_from_files(vec![loaded], components.len(), &Device::Cpu).unwrap();
+
+    let TextEncoders::Sdxl(te) = &sd.text else { panic!("an SDXL model") };
+    let ids = |k: &str| io[k].to_dtype(DType::U32).unwrap().unsqueeze(1).unwrap();
+    let tokens = SdxlTokens { ids1: ids("input_ids1"), ids2: ids("input_ids2") };
+    let (c1, c2) = (ForwardCtx::with_lora(sets[1].clone()), ForwardCtx::with_lora(sets[2].clone()));
+    let out = te.encode_tokens(&tokens, [&c1, &c2]).unwrap();
+    let context = Tensor::cat(&[&out.hidden_states1, &out.hidden_states2], 2).unwrap();
+    let err = rel_err(&context, &io["context"]);
+    assert!(err <= 1e-4, "text encoders: relative error {err}");
+    let err = rel_err(&out.pool2, &io["pooled"]);
+    assert!(err <= 1e-4, "pooled: relative error {err}");
+
+    let added = AddedConditions { text_embeds: io["pooled"].clone(), time_ids: io["time_ids"].clone() };
+    let unet_ctx = ForwardCtx::with_lora(sets[0].clone());
+    let unet = sd.unet.forward_with(&io["sample"], &io["timestep"], &io["context"], Some(&added), &unet_ctx).unwrap();
+    let err = rel_err(&unet, &io["unet_out"]);
+    assert!(err <= 1e-4, "UNet: relative error {err}");
+    let plain = sd
+        .unet
+        .forward_with(&io["sample"], &io["timestep"], &io["context"], Some(&added), &ForwardCtx::default())
+        .unwrap();
+    assert!(rel_err(&plain, &io["unet_out"]) > 1e-3, "the LoRA matters");
+}

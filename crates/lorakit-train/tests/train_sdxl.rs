@@ -198,10 +198,33 @@ fn gradient_checkpointing_gives_the_same_sdxl_run() {
     let model = load(&model_dir);
     let data = chessboard_dataset(dir.path(), 1, 2);
     let plain = run(config(&dir.path().join("a"), &data, &model_dir, &[]), &model).unwrap();
-    let ckpt =
-        run(config(&dir.path().join("b"), &data, &model_dir, &["training.gradient_checkpointing=true"]), &model)
-            .unwrap();
+    let ckpt = run(config(&dir.path().join("b"), &data, &model_dir, &["training.gradient_checkpointing=true"]), &model)
+        .unwrap();
     for (a, b) in plain.losses.iter().zip(&ckpt.losses) {
         assert!((a - b).abs() <= 1e-5 * a.abs().max(1e-3), "plain {a} vs checkpointed {b}");
     }
+}
+
+#[test]
+fn sdxl_block_dims_use_sd_scripts_23_sdxl_slots() {
+    let dir = tempfile::tempdir().unwrap();
+    let model_dir = sdxl_model_folder(dir.path());
+    let model = load(&model_dir);
+    let data = chessboard_dataset(dir.path(), 1, 2);
+    // Slot 5 = input_blocks.4 (rank 2), slot 11 = middle_block.1 (rank 0: no modules), the rest 4.
+    let mut dims = vec!["4"; 23];
+    dims[5] = "2";
+    dims[11] = "0";
+    let dims = format!("network.block_dims={}", dims.join(","));
+    let cfg = config(dir.path(), &data, &model_dir, &["model.model_family=sdxl", "network.conv_dim=0", &dims]);
+    run(cfg, &model).unwrap();
+    let file = lorakit_lora::safetensors_file::LoraFile::open(dir.path().join("out/tiny.safetensors")).unwrap();
+    let rank = |module: &str| file.info(&format!("{module}.lora_down.weight")).map(|i| i.shape[0]);
+    assert_eq!(rank("lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q"), Some(2));
+    assert_eq!(rank("lora_unet_input_blocks_7_1_transformer_blocks_0_attn1_to_q"), Some(4));
+    assert!(!file.tensor_names().any(|n| n.starts_with("lora_unet_middle_block_1_")));
+
+    let err = TrainConfig::from_toml_str("[model]\nmodel_family = \"sdxl\"\n[network]\nblock_dims = \"4,4,4\"\n", &[])
+        .unwrap_err();
+    assert!(err.contains("block_dims") && err.contains("23"), "{err}");
 }
