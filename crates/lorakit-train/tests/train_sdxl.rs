@@ -228,3 +228,43 @@ fn sdxl_block_dims_use_sd_scripts_23_sdxl_slots() {
         .unwrap_err();
     assert!(err.contains("block_dims") && err.contains("23"), "{err}");
 }
+
+#[test]
+fn sdxl_fp8_base_no_half_vae_and_loha_train_on_cpu() {
+    use lorakit_train::model::{TrainableModel, WeightStorage};
+    let dir = tempfile::tempdir().unwrap();
+    let model_dir = sdxl_model_folder(dir.path());
+    let data = chessboard_dataset(dir.path(), 1, 2);
+    let half = |storage: WeightStorage| {
+        StableDiffusionModel::load_with(&model_dir, DType::F16, &Device::Cpu, false, storage).unwrap()
+    };
+    let fp16 = ["accelerate.mixed_precision=fp16", "optimizer.lr_warmup_steps=0"];
+    let plain = run(config(&dir.path().join("f16"), &data, &model_dir, &fp16), &half(WeightStorage::default())).unwrap();
+
+    // fp8_base stores both text encoders' and the U-Net's weights in 1 byte: close, not equal.
+    let fp8 = half(WeightStorage { fp8_base: true, no_half_vae: true });
+    assert_eq!(fp8.pipeline().vae.dtype(), DType::F32, "SDXL's VAE kept in f32 (no_half_vae)");
+    assert_eq!(fp8.dtype(), DType::F16);
+    let mut sets = fp16.to_vec();
+    sets.extend(["accelerate.fp8_base=true", "accelerate.no_half_vae=true"]);
+    let low = run(config(&dir.path().join("fp8"), &data, &model_dir, &sets), &fp8).unwrap();
+    assert_ne!(low.losses, plain.losses);
+    for (a, b) in low.losses.iter().zip(&plain.losses) {
+        assert!((a - b).abs() < 0.1 * b.abs(), "fp8 {a} vs f16 {b}");
+    }
+
+    // A LyCORIS LoHa on SDXL: SGM names, and the file applies back onto the model.
+    let model = load(&model_dir);
+    let cfg = config(
+        &dir.path().join("loha"),
+        &data,
+        &model_dir,
+        &["network.network_module=lycoris.kohya", "network.algo=loha", "network.conv_dim=0"],
+    );
+    run(cfg, &model).unwrap();
+    let path = dir.path().join("loha/out/tiny.safetensors");
+    let file = lorakit_lora::safetensors_file::LoraFile::open(&path).unwrap();
+    assert!(file.tensor_names().any(|n| n == "lora_unet_input_blocks_4_1_proj_in.hada_w1_a"));
+    let components = model.pipeline().lora_components();
+    load_lora_file(&path, 1.0, false, &components, DType::F32, &Device::Cpu).unwrap();
+}
