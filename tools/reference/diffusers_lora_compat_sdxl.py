@@ -13,8 +13,10 @@ tests/fixtures/reference/trained_lora/diffusers_io_sdxl.safetensors, which
 crates/lorakit-train/tests/diffusers_compat.rs compares with lorakit's outputs (<= 1e-4).
 
 Run: /work/bench/venv/bin/python tools/reference/diffusers_lora_compat_sdxl.py
+(`--out PATH` writes elsewhere, e.g. to compare another diffusers release with the committed file.)
 """
 import pathlib
+import sys
 
 import torch
 from diffusers import StableDiffusionXLPipeline
@@ -24,6 +26,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 MODEL = ROOT / "examples/quickstart/tiny-sdxl"
 LORA = ROOT / "tests/fixtures/reference/trained_lora/tiny_sdxl_trained.safetensors"
 OUT = ROOT / "tests/fixtures/reference/trained_lora/diffusers_io_sdxl.safetensors"
+if "--out" in sys.argv:
+    OUT = pathlib.Path(sys.argv[sys.argv.index("--out") + 1])
 
 torch.manual_seed(0)
 pipe = StableDiffusionXLPipeline.from_pretrained(MODEL, torch_dtype=torch.float32, tokenizer=None, tokenizer_2=None)
