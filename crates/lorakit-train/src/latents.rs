@@ -12,7 +12,6 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
 use lorakit_dataset::preprocess::{load_alpha_mask, load_training_image_with_color, ColorAug, Crop};
-use lorakit_models::lora_inject::to_file_tensor;
 
 use crate::data::{rng_for, stream, TrainData, TrainImage};
 use crate::error::{Result, TrainError};
@@ -191,30 +190,20 @@ fn cache_key(image: &TrainImage, hash: u64, vae: &str) -> BTreeMap<String, Strin
 
 /// Reads a cache file if it matches `key` and holds every orientation needed.
 fn read_cache(path: &Path, key: &BTreeMap<String, String>, need_flip: bool) -> Option<(Tensor, Option<Tensor>)> {
-    let file = lorakit_lora::safetensors_file::LoraFile::open(path).ok()?;
-    if key.iter().any(|(k, v)| file.metadata().get(k) != Some(v)) {
+    let mut tensors = crate::cache_file::read(path, key)?;
+    let plain = tensors.remove("latent")?;
+    let flipped = tensors.remove("latent_flipped");
+    if need_flip && flipped.is_none() {
         return None;
     }
-    let read = |name: &str| -> Option<Tensor> {
-        let info = file.info(name)?;
-        let values = file.tensor_f32(name).ok()?;
-        Tensor::from_vec(values, info.shape.as_slice(), &Device::Cpu).ok()
-    };
-    let plain = read("latent")?;
-    let flipped = if need_flip { Some(read("latent_flipped")?) } else { read("latent_flipped") };
     Some((plain, flipped))
 }
 
 /// Writes a cache file atomically.
 fn write_cache(path: &Path, key: &BTreeMap<String, String>, plain: &Tensor, flipped: Option<&Tensor>) -> Result<()> {
-    let mut tensors = BTreeMap::new();
-    tensors.insert("latent".to_string(), to_file_tensor(plain)?);
-    if let Some(f) = flipped {
-        tensors.insert("latent_flipped".to_string(), to_file_tensor(f)?);
-    }
-    let bytes =
-        lorakit_lora::safetensors_file::serialize(&tensors, key, lorakit_lora::safetensors_file::Precision::F32)?;
-    lorakit_dataset::fs_atomic::write_atomic(path, &bytes).map_err(|e| TrainError::io(path, e))
+    let mut tensors = vec![("latent", plain)];
+    tensors.extend(flipped.map(|f| ("latent_flipped", f)));
+    crate::cache_file::write(path, key, &tensors)
 }
 
 /// Latents of every image (both orientations when flip augmentation is on), kept on the CPU.
@@ -234,15 +223,7 @@ impl LatentCache {
     ) -> Result<LatentCache> {
         let vae = model.vae_fingerprint();
         if to_disk {
-            // Cache files are written atomically beside the images: remove the temporary files
-            // that interrupted writes (of processes that have exited) left there.
-            let folders: std::collections::BTreeSet<&Path> =
-                data.images.iter().filter_map(|i| i.path.parent()).collect();
-            for folder in folders {
-                if let Err(e) = lorakit_dataset::fs_atomic::clean_stale_temp_files(folder) {
-                    tracing::warn!("cannot clean stale temporary files in {}: {e}", folder.display());
-                }
-            }
+            crate::cache_file::clean_image_folders(data.images.iter().map(|i| i.path.as_path()));
         }
         let mut latents = HashMap::new();
         let mut reused = 0;

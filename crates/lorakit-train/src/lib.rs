@@ -14,6 +14,7 @@
 //! - [`tensorboard`] and [`run_log`] — logs.
 
 pub mod block_weights;
+pub mod cache_file;
 pub mod config;
 pub mod data;
 pub mod error;

@@ -304,6 +304,42 @@ impl StableDiffusionModel {
     }
 }
 
+impl StableDiffusionModel {
+    /// Training's conditioning of `captions` through the family's text encoders; with
+    /// `weighted`, each caption's (text, weight) pieces (`--weighted_captions`).
+    fn encode_captions(
+        &self,
+        captions: &[&str],
+        weighted: Option<&[Vec<(String, f64)>]>,
+        max_token_length: usize,
+        clip_skip: Option<usize>,
+        ctxs: &[ForwardCtx],
+    ) -> Result<Conditioning> {
+        use lorakit_models::clip::{encode_prompts, encode_weighted_prompts};
+        let ctx = |i: usize| ctxs.get(i).cloned().unwrap_or_default();
+        let max = Some(max_token_length);
+        match &self.sd.text {
+            TextEncoders::Clip { encoder, tokenizer } => {
+                let context = match weighted {
+                    Some(p) => encode_weighted_prompts(encoder, tokenizer, p, max, clip_skip, &ctx(1))?,
+                    None => encode_prompts(encoder, tokenizer, captions, max, clip_skip, &ctx(1))?,
+                };
+                Ok(Conditioning { context, pooled: None })
+            }
+            TextEncoders::Sdxl(te) => {
+                refuse_sdxl_clip_skip(clip_skip)?;
+                let ctxs = [&ctx(1), &ctx(2)];
+                let c = match weighted {
+                    Some(p) => te.encode_weighted(p, max, ctxs)?,
+                    None => te.encode(captions, max, ctxs)?,
+                };
+                Ok(Conditioning { context: c.context, pooled: Some(c.pooled) })
+            }
+            TextEncoders::Released { .. } => Err(lorakit_models::pipeline::released().into()),
+        }
+    }
+}
+
 /// SDXL conditions on the penultimate layer of both encoders, always: sd-scripts ignores
 /// `clip_skip` for SDXL (with a warning), so a value here would mean nothing.
 fn refuse_sdxl_clip_skip(clip_skip: Option<usize>) -> Result<()> {
@@ -405,26 +441,7 @@ impl TrainableModel for StableDiffusionModel {
         clip_skip: Option<usize>,
         ctxs: &[ForwardCtx],
     ) -> Result<Conditioning> {
-        let ctx = |i: usize| ctxs.get(i).cloned().unwrap_or_default();
-        match &self.sd.text {
-            TextEncoders::Clip { encoder, tokenizer } => {
-                let context = lorakit_models::clip::encode_prompts(
-                    encoder,
-                    tokenizer,
-                    captions,
-                    Some(max_token_length),
-                    clip_skip,
-                    &ctx(1),
-                )?;
-                Ok(Conditioning { context, pooled: None })
-            }
-            TextEncoders::Sdxl(te) => {
-                refuse_sdxl_clip_skip(clip_skip)?;
-                let c = te.encode(captions, Some(max_token_length), [&ctx(1), &ctx(2)])?;
-                Ok(Conditioning { context: c.context, pooled: Some(c.pooled) })
-            }
-            TextEncoders::Released { .. } => Err(lorakit_models::pipeline::released().into()),
-        }
+        self.encode_captions(captions, None, max_token_length, clip_skip, ctxs)
     }
 
     fn encode_text_weighted(
@@ -434,32 +451,13 @@ impl TrainableModel for StableDiffusionModel {
         clip_skip: Option<usize>,
         ctxs: &[ForwardCtx],
     ) -> Result<Conditioning> {
-        let ctx = |i: usize| ctxs.get(i).cloned().unwrap_or_default();
         let prompts = captions
             .iter()
             .map(|c| {
                 parse_prompt_attention(c).map_err(|e| TrainError::Other(format!("training.weighted_captions: {e}")))
             })
             .collect::<Result<Vec<_>>>()?;
-        match &self.sd.text {
-            TextEncoders::Clip { encoder, tokenizer } => {
-                let context = lorakit_models::clip::encode_weighted_prompts(
-                    encoder,
-                    tokenizer,
-                    &prompts,
-                    Some(max_token_length),
-                    clip_skip,
-                    &ctx(1),
-                )?;
-                Ok(Conditioning { context, pooled: None })
-            }
-            TextEncoders::Sdxl(te) => {
-                refuse_sdxl_clip_skip(clip_skip)?;
-                let c = te.encode_weighted(&prompts, Some(max_token_length), [&ctx(1), &ctx(2)])?;
-                Ok(Conditioning { context: c.context, pooled: Some(c.pooled) })
-            }
-            TextEncoders::Released { .. } => Err(lorakit_models::pipeline::released().into()),
-        }
+        self.encode_captions(captions, Some(&prompts), max_token_length, clip_skip, ctxs)
     }
 
     fn denoise(

@@ -16,7 +16,6 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 use lorakit_dataset::caption_process::{process_caption, CaptionMoment};
-use lorakit_models::lora_inject::to_file_tensor;
 
 use crate::config::TrainConfig;
 use crate::data::{rng_for, TrainData, TrainImage};
@@ -126,27 +125,14 @@ fn cache_key(caption: &str, fingerprint: &str) -> BTreeMap<String, String> {
 }
 
 fn read_cache(path: &Path, key: &BTreeMap<String, String>) -> Option<Conditioning> {
-    let file = lorakit_lora::safetensors_file::LoraFile::open(path).ok()?;
-    if key.iter().any(|(k, v)| file.metadata().get(k) != Some(v)) {
-        return None;
-    }
-    let read = |name: &str| -> Option<Tensor> {
-        let info = file.info(name)?;
-        let values = file.tensor_f32(name).ok()?;
-        Tensor::from_vec(values, info.shape.as_slice(), &Device::Cpu).ok()
-    };
-    Some(Conditioning { context: read("context")?, pooled: read("pooled") })
+    let mut tensors = crate::cache_file::read(path, key)?;
+    Some(Conditioning { context: tensors.remove("context")?, pooled: tensors.remove("pooled") })
 }
 
 fn write_cache(path: &Path, key: &BTreeMap<String, String>, cond: &Conditioning) -> Result<()> {
-    let mut tensors = BTreeMap::new();
-    tensors.insert("context".to_string(), to_file_tensor(&cond.context)?);
-    if let Some(p) = &cond.pooled {
-        tensors.insert("pooled".to_string(), to_file_tensor(p)?);
-    }
-    let bytes =
-        lorakit_lora::safetensors_file::serialize(&tensors, key, lorakit_lora::safetensors_file::Precision::F32)?;
-    lorakit_dataset::fs_atomic::write_atomic(path, &bytes).map_err(|e| TrainError::io(path, e))
+    let mut tensors = vec![("context", &cond.context)];
+    tensors.extend(cond.pooled.as_ref().map(|p| ("pooled", p)));
+    crate::cache_file::write(path, key, &tensors)
 }
 
 /// Every caption's conditioning, one row each, kept on the CPU.
@@ -173,13 +159,7 @@ impl TextEncoderCache {
         // Images whose disk cache file matched.
         let mut valid = vec![false; data.images.len()];
         if to_disk {
-            let folders: std::collections::BTreeSet<&Path> =
-                data.images.iter().filter_map(|i| i.path.parent()).collect();
-            for folder in folders {
-                if let Err(e) = lorakit_dataset::fs_atomic::clean_stale_temp_files(folder) {
-                    tracing::warn!("cannot clean stale temporary files in {}: {e}", folder.display());
-                }
-            }
+            crate::cache_file::clean_image_folders(data.images.iter().map(|i| i.path.as_path()));
             for (k, (image, caption)) in data.images.iter().zip(&captions).enumerate() {
                 if let Some(found) = read_cache(&cache_path(&image.path), &cache_key(caption, &fingerprint)) {
                     reused += 1;

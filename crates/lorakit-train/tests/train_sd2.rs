@@ -13,21 +13,13 @@ use lorakit_train::model::StableDiffusionModel;
 use lorakit_train::{TrainConfig, Trainer};
 
 mod common;
-use common::{chessboard_dataset, repo, small_run_toml};
+use common::{chessboard_dataset, copy_model_folder, repo, small_run_toml};
 
 /// The fixture folder, its text encoder's 1,000-row token embedding grown to 49,408 rows
 /// (the new rows deterministic pseudo-random values).
 fn sd2_model_folder(dir: &Path) -> PathBuf {
     let src = repo("tests/fixtures/reference/sd2_tiny/diffusers");
-    let dst = dir.join("sd2-tiny");
-    for sub in ["unet", "vae", "scheduler", "text_encoder"] {
-        std::fs::create_dir_all(dst.join(sub)).unwrap();
-        for entry in std::fs::read_dir(src.join(sub)).unwrap() {
-            let path = entry.unwrap().path();
-            std::fs::copy(&path, dst.join(sub).join(path.file_name().unwrap())).unwrap();
-        }
-    }
-    std::fs::copy(src.join("model_index.json"), dst.join("model_index.json")).unwrap();
+    let dst = copy_model_folder(&src, &dir.join("sd2-tiny"), &["unet", "vae", "scheduler", "text_encoder"]);
 
     let te = dst.join("text_encoder");
     let mut tensors = candle_core::safetensors::load(te.join("model.safetensors"), &Device::Cpu).unwrap();

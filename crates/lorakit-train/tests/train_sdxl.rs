@@ -14,11 +14,11 @@ use lorakit_train::model::StableDiffusionModel;
 use lorakit_train::{TrainConfig, Trainer};
 
 mod common;
-use common::{assert_resume_is_exact, chessboard_dataset, repo, small_run_toml};
+use common::{assert_resume_is_exact, chessboard_dataset, copy_model_folder, repo, small_run_toml};
 
 /// The bundled tiny SDXL model (the fixture's weights, vocabularies widened to CLIP's; built by
 /// tools/reference/make_quickstart_model.py).
-fn sdxl_model_folder(_dir: &Path) -> PathBuf {
+fn tiny_sdxl() -> PathBuf {
     repo("examples/quickstart/tiny-sdxl")
 }
 
@@ -42,7 +42,7 @@ fn run(config: TrainConfig, model: &StableDiffusionModel) -> Result<lorakit_trai
 #[test]
 fn sdxl_trains_with_sgm_names_and_sdxl_metadata_samples_and_logs() {
     let dir = tempfile::tempdir().unwrap();
-    let model_dir = sdxl_model_folder(dir.path());
+    let model_dir = tiny_sdxl();
     let model = load(&model_dir);
     let data = chessboard_dataset(dir.path(), 1, 4);
     let prompts = dir.path().join("prompts.txt");
@@ -102,7 +102,7 @@ fn sdxl_trains_with_sgm_names_and_sdxl_metadata_samples_and_logs() {
 #[test]
 fn sdxl_resumes_bit_for_bit() {
     let dir = tempfile::tempdir().unwrap();
-    let model_dir = sdxl_model_folder(dir.path());
+    let model_dir = tiny_sdxl();
     let model = load(&model_dir);
     let data = chessboard_dataset(dir.path(), 3, 3);
     let mut cfg = config(dir.path(), &data, &model_dir, &["save.save_state=true", "training.train_batch_size=1"]);
@@ -113,7 +113,7 @@ fn sdxl_resumes_bit_for_bit() {
 #[test]
 fn sdxl_trains_from_cached_text_encoder_outputs_and_refuses_clip_skip() {
     let dir = tempfile::tempdir().unwrap();
-    let model_dir = sdxl_model_folder(dir.path());
+    let model_dir = tiny_sdxl();
     let model = load(&model_dir);
     let data = chessboard_dataset(dir.path(), 1, 2);
     let live = run(config(&dir.path().join("a"), &data, &model_dir, &["network.network_train_unet_only=true"]), &model)
@@ -142,16 +142,8 @@ fn sdxl_trains_from_cached_text_encoder_outputs_and_refuses_clip_skip() {
 /// The bundled tiny SDXL model declaring itself v-prediction with a zero-terminal-SNR schedule
 /// (what NoobAI-XL v-pred's diffusers folder says in its scheduler config).
 fn vpred_ztsnr_folder(dir: &Path) -> PathBuf {
-    let src = repo("examples/quickstart/tiny-sdxl");
-    let dst = dir.join("tiny-sdxl-vpred");
-    for sub in ["unet", "vae", "scheduler", "text_encoder", "text_encoder_2"] {
-        std::fs::create_dir_all(dst.join(sub)).unwrap();
-        for entry in std::fs::read_dir(src.join(sub)).unwrap() {
-            let path = entry.unwrap().path();
-            std::fs::copy(&path, dst.join(sub).join(path.file_name().unwrap())).unwrap();
-        }
-    }
-    std::fs::copy(src.join("model_index.json"), dst.join("model_index.json")).unwrap();
+    let components = ["unet", "vae", "scheduler", "text_encoder", "text_encoder_2"];
+    let dst = copy_model_folder(&repo("examples/quickstart/tiny-sdxl"), &dir.join("tiny-sdxl-vpred"), &components);
     let sched = dst.join("scheduler/scheduler_config.json");
     let mut config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&sched).unwrap()).unwrap();
     config["prediction_type"] = "v_prediction".into();
@@ -194,7 +186,7 @@ fn v_prediction_zero_terminal_snr_sdxl_trains_only_as_declared() {
 #[test]
 fn gradient_checkpointing_gives_the_same_sdxl_run() {
     let dir = tempfile::tempdir().unwrap();
-    let model_dir = sdxl_model_folder(dir.path());
+    let model_dir = tiny_sdxl();
     let model = load(&model_dir);
     let data = chessboard_dataset(dir.path(), 1, 2);
     let plain = run(config(&dir.path().join("a"), &data, &model_dir, &[]), &model).unwrap();
@@ -208,7 +200,7 @@ fn gradient_checkpointing_gives_the_same_sdxl_run() {
 #[test]
 fn sdxl_block_dims_use_sd_scripts_23_sdxl_slots() {
     let dir = tempfile::tempdir().unwrap();
-    let model_dir = sdxl_model_folder(dir.path());
+    let model_dir = tiny_sdxl();
     let model = load(&model_dir);
     let data = chessboard_dataset(dir.path(), 1, 2);
     // Slot 5 = input_blocks.4 (rank 2), slot 11 = middle_block.1 (rank 0: no modules), the rest 4.
@@ -233,13 +225,14 @@ fn sdxl_block_dims_use_sd_scripts_23_sdxl_slots() {
 fn sdxl_fp8_base_no_half_vae_and_loha_train_on_cpu() {
     use lorakit_train::model::{TrainableModel, WeightStorage};
     let dir = tempfile::tempdir().unwrap();
-    let model_dir = sdxl_model_folder(dir.path());
+    let model_dir = tiny_sdxl();
     let data = chessboard_dataset(dir.path(), 1, 2);
     let half = |storage: WeightStorage| {
         StableDiffusionModel::load_with(&model_dir, DType::F16, &Device::Cpu, false, storage).unwrap()
     };
     let fp16 = ["accelerate.mixed_precision=fp16", "optimizer.lr_warmup_steps=0"];
-    let plain = run(config(&dir.path().join("f16"), &data, &model_dir, &fp16), &half(WeightStorage::default())).unwrap();
+    let plain =
+        run(config(&dir.path().join("f16"), &data, &model_dir, &fp16), &half(WeightStorage::default())).unwrap();
 
     // fp8_base stores both text encoders' and the U-Net's weights in 1 byte: close, not equal.
     let fp8 = half(WeightStorage { fp8_base: true, no_half_vae: true });

@@ -32,6 +32,21 @@ pub fn chessboard_dataset(dir: &Path, repeats: u32, images: usize) -> PathBuf {
     dir.join("data")
 }
 
+/// Copies a diffusers model folder's `model_index.json` and the given component folders to `dst`
+/// (to edit a config or weights in the copy); returns `dst`.
+#[allow(dead_code)] // not every test binary edits a model
+pub fn copy_model_folder(src: &Path, dst: &Path, components: &[&str]) -> PathBuf {
+    for sub in components {
+        std::fs::create_dir_all(dst.join(sub)).unwrap();
+        for entry in std::fs::read_dir(src.join(sub)).unwrap() {
+            let path = entry.unwrap().path();
+            std::fs::copy(&path, dst.join(sub).join(path.file_name().unwrap())).unwrap();
+        }
+    }
+    std::fs::copy(src.join("model_index.json"), dst.join("model_index.json")).unwrap();
+    dst.to_path_buf()
+}
+
 /// The config of a short run (2 epochs, batch 2, rank 4 + conv rank 2, a save per epoch)
 /// of `model` on `data`, writing `<dir>/out/tiny*.safetensors`.
 pub fn small_run_toml(dir: &Path, data: &Path, model: &Path) -> String {
