@@ -204,9 +204,10 @@ impl StableDiffusion {
         }
     }
 
-    /// A prompt and its negative as sampling conditions them, A1111 emphasis included
-    /// (`(word:1.2)`, `(word)`, `[word]`, `\(` for a literal bracket): see
-    /// [`crate::clip::encode_emphasis_pair`] and [`SdxlTextEncoders::encode_emphasis_pair`].
+    /// A prompt and its negative as sd-scripts' sample images condition them, A1111 emphasis
+    /// included (`(word:1.2)`, `(word)`, `[word]`, `\(` for a literal bracket): see
+    /// [`crate::clip::encode_emphasis_pair`] (SD 1.x/2.x: weights, mean rescale) and
+    /// [`SdxlTextEncoders::encode_emphasis_pair`] (SDXL: the training layout, weights, no rescale).
     /// `ctxs` are the text encoders' contexts in [`StableDiffusion::lora_components`] order
     /// (without the UNet's). Returns (prompt, negative), each with batch 1.
     pub fn encode_prompt_pair(
@@ -234,7 +235,15 @@ impl StableDiffusion {
                         clip_skip.unwrap_or(0)
                     )));
                 }
-                let (p, n) = sdxl_emphasis_pair(te, &parse(prompt)?, &parse(negative)?, [&ctx(0), &ctx(1)])?;
+                // sd-scripts' sampler encodes at the run's max_token_length; here the fewest
+                // 75-token chunks (at most 3) that hold the longer prompt, so nothing short is
+                // padded and nothing up to 225 tokens is cut.
+                let tokens = |text: &str| -> Result<usize> {
+                    Ok(parse(text)?.iter().map(|(t, _)| te.tokenizer1.encode(t).len()).sum())
+                };
+                let chunks = tokens(prompt)?.max(tokens(negative)?).div_ceil(75).clamp(1, 3);
+                let max_token_length = (chunks > 1).then_some(chunks * 75);
+                let (p, n) = te.encode_emphasis_pair(prompt, negative, max_token_length, [&ctx(0), &ctx(1)])?;
                 Ok((
                     PromptConditioning { context: p.context, pooled: Some(p.pooled) },
                     PromptConditioning { context: n.context, pooled: Some(n.pooled) },
@@ -348,42 +357,6 @@ pub fn released() -> Error {
         "the text encoders were released from memory after their outputs were cached; prompts cannot be encoded any more"
             .into(),
     )
-}
-
-/// SDXL's prompt and negative with A1111 emphasis, as A1111 conditions SDXL: both prompts cut
-/// into the same number of 75-token chunks (at most 3; longer prompts are truncated with a
-/// warning), each encoder's hidden states multiplied by the tokens' weights and rescaled to
-/// their unweighted mean (each encoder on its own), the pooled vector from the first chunk,
-/// unweighted. Returns (prompt, negative), each with batch 1.
-fn sdxl_emphasis_pair(
-    te: &SdxlTextEncoders,
-    prompt: &[(String, f64)],
-    negative: &[(String, f64)],
-    ctxs: [&ForwardCtx; 2],
-) -> Result<(crate::sdxl_text::TextConditioning, crate::sdxl_text::TextConditioning)> {
-    const CHUNK: usize = 75;
-    let tokens = |pieces: &[(String, f64)]| pieces.iter().map(|(t, _)| te.tokenizer1.encode(t).len()).sum::<usize>();
-    let longest = tokens(prompt).max(tokens(negative));
-    let chunks = longest.div_ceil(CHUNK).clamp(1, 3);
-    let max_token_length = (chunks > 1).then_some(chunks * CHUNK);
-    let weighted = te.tokenize_weighted(&[prompt.to_vec(), negative.to_vec()], max_token_length)?;
-    let out = te.encode_tokens(&weighted.tokens, ctxs)?;
-    let emphasise = |h: &Tensor, w: &Tensor| -> Result<Tensor> {
-        let compute = if h.dtype() == DType::F64 { DType::F64 } else { DType::F32 };
-        let h = h.to_dtype(compute)?;
-        let scaled = crate::clip::apply_chunk_weights(&h, &w.to_dtype(compute)?)?;
-        let before = h.mean_keepdim(2)?.mean_keepdim(1)?;
-        let after = scaled.mean_keepdim(2)?.mean_keepdim(1)?;
-        Ok(scaled.broadcast_mul(&(before / after)?)?)
-    };
-    let h1 = emphasise(&out.hidden_states1, &weighted.weights1)?;
-    let h2 = emphasise(&out.hidden_states2, &weighted.weights2)?;
-    let dtype = out.hidden_states1.dtype();
-    let context = Tensor::cat(&[h1, h2], 2)?.to_dtype(dtype)?;
-    let row = |i: usize| -> Result<crate::sdxl_text::TextConditioning> {
-        Ok(crate::sdxl_text::TextConditioning { context: context.narrow(0, i, 1)?, pooled: out.pool2.narrow(0, i, 1)? })
-    };
-    Ok((row(0)?, row(1)?))
 }
 
 /// Parses a diffusers `config.json` value into a config struct, naming the file on failure.
