@@ -1223,7 +1223,16 @@ pub fn apply_overrides(table: &mut toml::Table, overrides: &[String]) -> Result<
                 key.to_string(),
             ),
         };
-        let value = parse_value(raw.trim()).map_err(|e| format!("--set {key}={}: {e}", raw.trim()))?;
+        let mut value = parse_value(raw.trim()).map_err(|e| format!("--set {key}={}: {e}", raw.trim()))?;
+        // A text key given a number or a boolean (`--set dataset.resolution=1024`) means the text.
+        let text_key = key_examples()
+            .iter()
+            .filter(|(s, _)| *s == section)
+            .flat_map(|(_, keys)| keys.iter())
+            .any(|(k, example)| *k == name && example.is_str());
+        if text_key && matches!(value, toml::Value::Integer(_) | toml::Value::Float(_) | toml::Value::Boolean(_)) {
+            value = toml::Value::String(raw.trim().to_string());
+        }
         let entry = table.entry(section.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
         let section_table = entry
             .as_table_mut()
@@ -1313,6 +1322,17 @@ mod tests {
             err.contains("mixed_precision") && err.contains("max_token_length") && err.contains("pickles"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn set_gives_text_keys_numbers_as_text() {
+        let c =
+            TrainConfig::from_toml_str("", &["dataset.resolution=1024".into(), "resolution=768,1024".into()]).unwrap();
+        assert_eq!(c.dataset.resolution, "768,1024");
+        let c = TrainConfig::from_toml_str("", &["dataset.resolution=1024".into()]).unwrap();
+        assert_eq!(c.dataset.resolution, "1024");
+        let c = TrainConfig::from_toml_str("", &["training.max_train_epochs=3".into()]).unwrap();
+        assert_eq!(c.training.max_train_epochs, 3);
     }
 
     #[test]
