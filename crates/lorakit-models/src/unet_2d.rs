@@ -457,6 +457,42 @@ impl UNet2DConditionModelConfig {
         Ok(Plan { time_embed_dim, add_embedding, down, mid, up, groups })
     }
 
+    /// Activation memory of a training step relative to SD 1.5's UNet at the same latent size,
+    /// from the block structure: per latent pixel, Σ channels / 4^level over the ResNets and over
+    /// the transformer blocks, weighted 37 : 11 (floats a ResNet and a transformer block keep
+    /// per channel and pixel, fitted to the SD1.5 and SDXL step benchmarks in BENCHMARKS.md:
+    /// SDXL keeps about 1.3× SD 1.5's activations, not the 3× its parameter count suggests,
+    /// since its full-resolution level has no attention). An inconsistent config gives 1.0.
+    pub fn activation_scale(&self) -> f64 {
+        fn units(cfg: &UNet2DConditionModelConfig) -> Option<f64> {
+            const RESNET: f64 = 37.0;
+            const TRANSFORMER: f64 = 11.0;
+            let plan = cfg.plan().ok()?;
+            let mut total = 0.0;
+            let mut add = |level: usize, b: &BlockConfig, resnets: usize| {
+                let per_pixel = b.out_channels as f64 / 4f64.powi(level as i32);
+                let depth = b.cross_attention.as_ref().map_or(0, |c| c.transformer_layers_per_block);
+                total += per_pixel * (RESNET * resnets as f64 + TRANSFORMER * (b.num_layers * depth) as f64);
+            };
+            let n = plan.down.len();
+            for (level, b) in plan.down.iter().enumerate() {
+                add(level, &b.cfg, b.cfg.num_layers);
+            }
+            if let Some(mid) = &plan.mid {
+                // One transformer between two ResNets.
+                add(n - 1, mid, mid.num_layers + 1);
+            }
+            for (i, b) in plan.up.iter().enumerate() {
+                add(n - 1 - i, &b.cfg, b.cfg.num_layers);
+            }
+            Some(total)
+        }
+        match (units(self), units(&Self::sd15())) {
+            (Some(u), Some(sd15)) if u > 0.0 => u / sd15,
+            _ => 1.0,
+        }
+    }
+
     /// Every diffusers key (and its shape) a model of this configuration reads, in diffusers'
     /// `state_dict` order. For SD1.5: 686 keys, 859,520,964 parameters; SDXL base: 1680 keys,
     /// 2,567,463,684 parameters. An inconsistent

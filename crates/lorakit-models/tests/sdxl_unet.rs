@@ -667,3 +667,14 @@ fn addition_embedding_config_is_validated() {
         .iter()
         .any(|(k, _)| k.starts_with("add_embedding")));
 }
+
+#[test]
+fn activation_scale_follows_the_block_structure() {
+    use lorakit_models::unet_2d::UNet2DConditionModelConfig;
+    assert_eq!(UNet2DConditionModelConfig::sd15().activation_scale(), 1.0);
+    // Measured on the step benchmarks (BENCHMARKS.md): SDXL keeps ~1.28× SD 1.5's activations
+    // at the same latent size, far from its 3× parameter count.
+    let sdxl = UNet2DConditionModelConfig::sdxl().activation_scale();
+    assert!((1.15..1.45).contains(&sdxl), "{sdxl}");
+    assert!((UNet2DConditionModelConfig::sd2().activation_scale() - 1.0).abs() < 0.05);
+}

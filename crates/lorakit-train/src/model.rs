@@ -167,6 +167,9 @@ pub trait TrainableModel {
     /// Frozen parameters of every component together, and of the denoiser alone (for the
     /// memory estimate).
     fn parameter_counts(&self) -> (usize, usize);
+    /// The denoiser's training activations relative to SD 1.5's UNet at the same latent size
+    /// (for the memory estimate).
+    fn activation_scale(&self) -> f64;
 }
 
 /// The UNet families — SD 1.x/2.x (one CLIP text encoder) and SDXL (two text encoders, pooled
@@ -527,6 +530,10 @@ impl TrainableModel for StableDiffusionModel {
 
     fn vae_fingerprint(&self) -> String {
         self.vae_fingerprint.clone()
+    }
+
+    fn activation_scale(&self) -> f64 {
+        self.sd.unet.config().activation_scale()
     }
 
     fn latent_factor(&self) -> u32 {

@@ -67,8 +67,8 @@ pub fn optimizer_state_bytes(kind: OptimizerKind) -> f64 {
 /// gradient checkpointing: the whole training run (BENCHMARKS.md, "Whole training run": 11.6 GB
 /// peak at 512², batch 1, of which 4.3 GB weights → 7.3 GB) less the 1.2 GB the single-copy
 /// attach op saved on the UNet step benchmark (11.1 → 9.9 GB): 6.1 GB / 4096 latent pixels.
+/// Other denoisers scale it by their structure (`TrainableModel::activation_scale`).
 const SD15_ACTIVATION_BYTES_PER_LATENT_PIXEL: f64 = 1.49e6;
-const SD15_UNET_PARAMETERS: f64 = 859_520_964.0;
 /// Gradient checkpointing as measured on the UNet step benchmark (BENCHMARKS.md, "One SD1.5 LoRA
 /// training step"): peak 5.3 GB against 9.9 GB with 3.35 GB of weights → 1.95 / 6.55 GB of
 /// activations.
@@ -79,8 +79,8 @@ const CHECKPOINTING_FACTOR: f64 = 0.30;
 pub struct MemoryInputs {
     /// Frozen parameters (all components).
     pub frozen_parameters: usize,
-    /// Denoiser parameters (scales the activation size).
-    pub denoiser_parameters: usize,
+    /// The denoiser's activations relative to SD 1.5's UNet at the same latent size.
+    pub activation_scale: f64,
     pub model_dtype: DType,
     /// Linear/conv weights of the denoiser and text encoder stored in fp8.
     pub fp8_base: bool,
@@ -104,9 +104,9 @@ pub fn estimate_memory(m: &MemoryInputs) -> MemoryEstimate {
     let per_param =
         lora + lora + optimizer_state_bytes(m.optimizer) + if m.gradient_accumulation_steps > 1 { lora } else { 0.0 };
     let network = m.trainable_parameters as f64 * per_param;
-    let scale = m.denoiser_parameters as f64 / SD15_UNET_PARAMETERS;
     let mut activations =
-        SD15_ACTIVATION_BYTES_PER_LATENT_PIXEL * m.max_batch_latent_pixels as f64 * scale * dtype_bytes / 4.0;
+        SD15_ACTIVATION_BYTES_PER_LATENT_PIXEL * m.max_batch_latent_pixels as f64 * m.activation_scale * dtype_bytes
+            / 4.0;
     if m.gradient_checkpointing {
         activations *= CHECKPOINTING_FACTOR;
     }
@@ -241,7 +241,7 @@ mod tests {
     fn sd15(dtype: DType, optimizer: OptimizerKind, ga: u64, checkpointing: bool) -> MemoryEstimate {
         estimate_memory(&MemoryInputs {
             frozen_parameters: 1_066_235_307,
-            denoiser_parameters: 859_520_964,
+            activation_scale: 1.0,
             model_dtype: dtype,
             fp8_base: false,
             lora_dtype: DType::F32,

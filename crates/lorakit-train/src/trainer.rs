@@ -1294,10 +1294,10 @@ fn memory_estimate(
         .map(|b| b.samples.len() as u64 * u64::from(b.bucket.0 / factor) * u64::from(b.bucket.1 / factor))
         .max()
         .unwrap_or(0);
-    let (frozen_parameters, denoiser_parameters) = model.parameter_counts();
+    let (frozen_parameters, _) = model.parameter_counts();
     estimate_memory(&MemoryInputs {
         frozen_parameters,
-        denoiser_parameters,
+        activation_scale: model.activation_scale(),
         model_dtype: model.dtype(),
         fp8_base: config.accelerate.fp8_base,
         lora_dtype: lora_dtype(config),
