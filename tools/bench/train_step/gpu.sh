@@ -1,22 +1,27 @@
 #!/usr/bin/env bash
-# The SD1.5 LoRA-step benchmark on a GPU: lorakit (candle, `--features cuda`) against PyTorch +
-# sd-scripts' LoRA network, f32 and bf16, plain and with gradient checkpointing, interleaved on
-# the same card. Two halves, because the GPU machine has no Rust toolchain and the build machine
-# has no GPU:
+# The LoRA-step benchmark on a GPU: lorakit (candle, `--features cuda`) against PyTorch +
+# sd-scripts' LoRA network, interleaved on the same card, plain and with gradient checkpointing:
+# SD1.5 (64×64 latent) in f32 and bf16, then SDXL (full-size UNet, 128×128 latent = 1024 px,
+# attention-group LoRA, see train_step.rs) in bf16. Two halves, because the GPU machine has no
+# Rust toolchain and the build machine has no GPU:
 #
 #   tools/bench/train_step/gpu.sh build
 #       Here (no GPU, no system CUDA): nvcc from PyPI (CUDA 13.0, what the GPU machine's driver
 #       and PyTorch use), link stubs for the CUDA libraries (resolved on the GPU machine at run
 #       time), a release build of the bench, then everything the run needs in
-#       tools/bench/train_step/gpu/ (git-ignored, ~8 MB): the binary (xz), sd-scripts' files the
-#       PyTorch side imports, and the wheels the GPU machine lacks (diffusers). First build ~15 min
-#       on 2 cores. Needs SD_SCRIPTS (default /work/bench/sd-scripts, commit 48d368f).
+#       tools/bench/train_step/gpu/ (git-ignored, ~8 MB): the binary (xz; one binary for both
+#       models, `--model sd15|sdxl`), sd-scripts' files the PyTorch side imports (networks/lora.py
+#       imports library/sdxl_original_unet.py for its SDXL check, so SDXL needs nothing more), and
+#       the wheels the GPU machine lacks (diffusers). First build ~15 min on 2 cores. Needs
+#       SD_SCRIPTS (default /work/bench/sd-scripts, commit 48d368f).
 #
 #   tools/bench/train_step/gpu.sh run [rounds] [steps]
 #       On the GPU machine (device tool: carry ["tools/bench/train_step/gpu"]). Writes JSON lines to
 #       $OUT/train_step_gpu.jsonl (or ./train_step_gpu.jsonl), the peak GPU memory of each
-#       process as nvidia-smi saw it, and a summary. Not yet run on a GPU: 1 round × 3 steps is
-#       8 processes, each mostly start-up and weight setup (estimate: a few minutes on an H100).
+#       process as nvidia-smi saw it, and a summary. MODELS="sd15 sdxl" (default) picks the
+#       cases. Not yet run on a GPU: 1 round × 3 steps is 8 SD1.5 and 4 SDXL processes, each
+#       mostly start-up and weight setup (both sides generate SDXL's 2.57 G random weights on
+#       the card, in bf16 for PyTorch; estimate: 5–8 minutes on an H100).
 #       Smoke-tested here with a stand-in nvidia-smi: a side that fails is recorded as failed and
 #       the rest still runs.
 set -euo pipefail
@@ -102,12 +107,17 @@ run() {
     peak=$(sort -n "$samples" | tail -1)
     echo "{\"impl\":\"$impl\",\"gpu_peak_used_mb\":$((peak - idle)),\"args\":\"$*\"}" | tee -a "$out"
   }
+  # (model, dtype, latent) cases: SD1.5 at 512 px in both dtypes, SDXL at 1024 px in bf16.
+  local cases=()
+  case " ${MODELS:-sd15 sdxl} " in *" sd15 "*) cases+=("sd15 bf16 64" "sd15 f32 64") ;; esac
+  case " ${MODELS:-sd15 sdxl} " in *" sdxl "*) cases+=("sdxl bf16 128") ;; esac
   for round in $(seq "$rounds"); do
-    for dtype in bf16 f32; do
+    for c in "${cases[@]}"; do
+      read -r model dtype latent <<< "$c"
       for mode in "" --checkpointing; do
-        measured lorakit /tmp/train_step "$steps" --device cuda --dtype "$dtype" $mode
+        measured lorakit /tmp/train_step "$steps" --model "$model" --latent "$latent" --device cuda --dtype "$dtype" $mode
         PYTHONPATH="$site:$PACK/sd-scripts" measured pytorch \
-          python3 "$HERE/torch_step.py" "$steps" --device cuda --dtype "$dtype" $mode
+          python3 "$HERE/torch_step.py" "$steps" --model "$model" --latent "$latent" --device cuda --dtype "$dtype" $mode
       done
     done
   done
@@ -115,16 +125,18 @@ run() {
 import json, sys, statistics as st
 rows = [json.loads(l) for l in open(sys.argv[1])]
 steps = [r for r in rows if "seconds" in r]
-for dtype in ("bf16", "f32"):
-    for ck in (False, True):
-        m = {}
-        for impl in ("lorakit", "pytorch"):
-            s = [r["seconds"] for r in steps if r["impl"] == impl and r["dtype"] == dtype and r["checkpointing"] == ck]
-            if s:
-                m[impl] = st.median(s)
-        if len(m) == 2:
-            print(f"{dtype} checkpointing={ck}: lorakit {m['lorakit']:.3f} s/step, pytorch {m['pytorch']:.3f} s/step, "
-                  f"ratio {m['lorakit'] / m['pytorch']:.2f}")
+for model in ("sd15", "sdxl"):
+    for dtype in ("bf16", "f32"):
+        for ck in (False, True):
+            m = {}
+            for impl in ("lorakit", "pytorch"):
+                s = [r["seconds"] for r in steps if r["impl"] == impl and r["dtype"] == dtype and r["checkpointing"] == ck
+                     and r.get("model", "sd15") == model]
+                if s:
+                    m[impl] = st.median(s)
+            if len(m) == 2:
+                print(f"{model} {dtype} checkpointing={ck}: lorakit {m['lorakit']:.3f} s/step, pytorch {m['pytorch']:.3f} s/step, "
+                      f"ratio {m['lorakit'] / m['pytorch']:.2f}")
 for r in rows:
     if "gpu_peak_used_mb" in r:
         print(r["impl"], r["args"], "peak GPU memory", r["gpu_peak_used_mb"], "MB")
