@@ -8,8 +8,8 @@ use std::path::Path;
 
 #[test]
 fn every_full_size_sdxl_module_gets_sd_scripts_block_index() {
-    let path =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/reference/sdxl_tiny/sdxl_full_lora_names.json");
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures/reference/sdxl_tiny/sdxl_full_lora_names.json");
     let doc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     let modules = doc["modules"].as_object().unwrap();
     let unet: Vec<&String> = modules.keys().filter(|n| n.starts_with("lora_unet_")).collect();
