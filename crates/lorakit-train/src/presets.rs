@@ -61,11 +61,7 @@ device = "cpu"              # "cuda" / "metal" with a GPU build
 pretrained_model_name_or_path = "models/v1-5-pruned-emaonly.safetensors"   # your SD1.5 checkpoint
 # clip_skip = 2             # anime models (NAI lineage) are trained with clip skip 2
 
-[folders]
-output_dir = "output"
-output_name = "{name}"
-# logging_dir = "output/logs"
-
+{FOLDERS}
 [metadata]
 # metadata_author = "you"
 # metadata_description = "what this LoRA does"
@@ -110,21 +106,35 @@ text_encoder_lr = {te_lr}     # text encoder LR 25–50% of the UNet LR: it over
 lr_scheduler = "cosine"
 lr_warmup_steps = 0.05      # warmup 5–10% of the steps (a value < 1 is a fraction of all steps)
 
-[save]
-save_every_n_epochs = 1     # one file per epoch: compare them with `lorakit generate --grid`
-save_precision = "fp16"
-save_state = false          # true: also write resumable states (save.resume = "output/<name>-000004-state")
-
+{SAVE}
 [samples]
 # sample_prompts = "prompts.txt"   # one prompt per line: "{trigger_plain}, smiling --n blurry --w 512 --h 512 --d 1 --s 20"
 sample_every_n_epochs = 1
 sample_sampler = "euler_a"
 
-[logging]
-log_with = "tensorboard"    # view with: tensorboard --logdir output/logs
-"#,
+{LOGGING}"#,
         trigger_plain = trigger.trim_matches('"'),
+        FOLDERS = folders_section(name),
+        SAVE = SAVE_SECTION,
+        LOGGING = LOGGING_SECTION,
     ))
+}
+
+/// The `[save]` section every preset writes.
+const SAVE_SECTION: &str = r#"[save]
+save_every_n_epochs = 1     # one file per epoch: compare them with `lorakit generate --grid`
+save_precision = "fp16"
+save_state = false          # true: also write resumable states (save.resume = "output/<name>-000004-state")
+"#;
+
+/// The `[logging]` section every preset writes.
+const LOGGING_SECTION: &str = r#"[logging]
+log_with = "tensorboard"    # view with: tensorboard --logdir output/logs
+"#;
+
+/// The `[folders]` section of preset `name` (its files are named after it).
+fn folders_section(name: &str) -> String {
+    format!("[folders]\noutput_dir = \"output\"\noutput_name = \"{name}\"\n# logging_dir = \"output/logs\"\n")
 }
 
 /// What differs between the SDXL presets.
@@ -276,11 +286,7 @@ device = "cuda"             # SDXL needs a GPU build ("metal" on Apple silicon);
 pretrained_model_name_or_path = {checkpoint}
 model_family = "sdxl"       # a checkpoint of another family (an SD 1.5 file by mistake) is an error
 {model_notes}
-[folders]
-output_dir = "output"
-output_name = "{name}"
-# logging_dir = "output/logs"
-
+{FOLDERS}
 [metadata]
 # metadata_author = "you"
 # metadata_description = "what this LoRA does"
@@ -327,20 +333,14 @@ unet_lr = {lr}
 lr_scheduler = "cosine"
 lr_warmup_steps = 0.05      # warmup 5–10% of the steps (a value < 1 is a fraction of all steps)
 
-[save]
-save_every_n_epochs = 1     # one file per epoch: compare them with `lorakit generate --grid`
-save_precision = "fp16"
-save_state = false          # true: also write resumable states (save.resume = "output/<name>-000004-state")
-
+{SAVE}
 [samples]
 # sample_prompts = "prompts.txt"   # one prompt per line, e.g.:
 #   {prompt}
 {prompt_note}sample_every_n_epochs = 1
 sample_sampler = "euler_a"
 
-[logging]
-log_with = "tensorboard"    # view with: tensorboard --logdir output/logs
-"#,
+{LOGGING}"#,
         checkpoint = p.checkpoint,
         model_notes = p.model_notes,
         trigger = p.trigger,
@@ -357,6 +357,9 @@ log_with = "tensorboard"    # view with: tensorboard --logdir output/logs
         lr = p.lr,
         prompt = p.prompt,
         prompt_note = p.prompt_note,
+        FOLDERS = folders_section(name),
+        SAVE = SAVE_SECTION,
+        LOGGING = LOGGING_SECTION,
     ))
 }
 
