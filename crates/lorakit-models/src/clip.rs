@@ -189,6 +189,33 @@ impl ClipTextConfig {
         Ok(cfg)
     }
 
+    /// Every transformers key (and its shape) of a `CLIPTextModel` of this configuration
+    /// (`position_ids` aside), plus `text_projection.weight` for a
+    /// `CLIPTextModelWithProjection` when `projection` (needs `projection_dim`).
+    pub fn parameter_shapes(&self, projection: bool) -> crate::resnet::ParamShapes {
+        use crate::resnet::{push_linear, push_norm};
+        let (d, i) = (self.hidden_size, self.intermediate_size);
+        let mut out = vec![
+            ("text_model.embeddings.token_embedding.weight".to_string(), vec![self.vocab_size, d]),
+            ("text_model.embeddings.position_embedding.weight".to_string(), vec![self.max_position_embeddings, d]),
+        ];
+        push_norm(&mut out, "text_model.final_layer_norm", d);
+        for l in 0..self.num_hidden_layers {
+            let p = format!("text_model.encoder.layers.{l}");
+            for proj in ["q_proj", "k_proj", "v_proj", "out_proj"] {
+                push_linear(&mut out, &format!("{p}.self_attn.{proj}"), d, d, true);
+            }
+            push_norm(&mut out, &format!("{p}.layer_norm1"), d);
+            push_norm(&mut out, &format!("{p}.layer_norm2"), d);
+            push_linear(&mut out, &format!("{p}.mlp.fc1"), d, i, true);
+            push_linear(&mut out, &format!("{p}.mlp.fc2"), i, d, true);
+        }
+        if let (true, Some(proj)) = (projection, self.projection_dim) {
+            push_linear(&mut out, "text_projection", d, proj, false);
+        }
+        out
+    }
+
     /// Width of one attention head.
     pub fn head_dim(&self) -> usize {
         self.hidden_size / self.num_attention_heads.max(1)

@@ -52,32 +52,7 @@ fn rel_err(a: &Tensor, b: &Tensor) -> f64 {
 
 /// Every (name, shape) of a CLIP text model of `cfg` (and its projection), diffusers names.
 fn clip_shapes(cfg: &ClipTextConfig, projection: bool) -> Vec<(String, Vec<usize>)> {
-    let (d, i) = (cfg.hidden_size, cfg.intermediate_size);
-    let mut shapes: Vec<(String, Vec<usize>)> = vec![
-        ("text_model.embeddings.token_embedding.weight".into(), vec![cfg.vocab_size, d]),
-        ("text_model.embeddings.position_embedding.weight".into(), vec![cfg.max_position_embeddings, d]),
-        ("text_model.final_layer_norm.weight".into(), vec![d]),
-        ("text_model.final_layer_norm.bias".into(), vec![d]),
-    ];
-    for l in 0..cfg.num_hidden_layers {
-        let p = format!("text_model.encoder.layers.{l}");
-        for proj in ["q_proj", "k_proj", "v_proj", "out_proj"] {
-            shapes.push((format!("{p}.self_attn.{proj}.weight"), vec![d, d]));
-            shapes.push((format!("{p}.self_attn.{proj}.bias"), vec![d]));
-        }
-        for ln in ["layer_norm1", "layer_norm2"] {
-            shapes.push((format!("{p}.{ln}.weight"), vec![d]));
-            shapes.push((format!("{p}.{ln}.bias"), vec![d]));
-        }
-        shapes.push((format!("{p}.mlp.fc1.weight"), vec![i, d]));
-        shapes.push((format!("{p}.mlp.fc1.bias"), vec![i]));
-        shapes.push((format!("{p}.mlp.fc2.weight"), vec![d, i]));
-        shapes.push((format!("{p}.mlp.fc2.bias"), vec![d]));
-    }
-    if projection {
-        shapes.push(("text_projection.weight".into(), vec![cfg.projection_dim.unwrap(), d]));
-    }
-    shapes
+    cfg.parameter_shapes(projection)
 }
 
 fn random(shapes: &[(String, Vec<usize>)], seed: u64) -> HashMap<String, Tensor> {

@@ -40,31 +40,7 @@ fn assert_close(name: &str, a: &Tensor, b: &Tensor) {
 
 /// Random weights of a CLIP text model (and its projection) of `cfg`, f32 on the CPU.
 fn clip_weights(cfg: &ClipTextConfig, projection: bool, seed: u64) -> Weights {
-    let (d, i) = (cfg.hidden_size, cfg.intermediate_size);
-    let mut shapes: Vec<(String, Vec<usize>)> = vec![
-        ("text_model.embeddings.token_embedding.weight".into(), vec![cfg.vocab_size, d]),
-        ("text_model.embeddings.position_embedding.weight".into(), vec![cfg.max_position_embeddings, d]),
-        ("text_model.final_layer_norm.weight".into(), vec![d]),
-        ("text_model.final_layer_norm.bias".into(), vec![d]),
-    ];
-    for l in 0..cfg.num_hidden_layers {
-        let p = format!("text_model.encoder.layers.{l}");
-        for proj in ["q_proj", "k_proj", "v_proj", "out_proj"] {
-            shapes.push((format!("{p}.self_attn.{proj}.weight"), vec![d, d]));
-            shapes.push((format!("{p}.self_attn.{proj}.bias"), vec![d]));
-        }
-        for ln in ["layer_norm1", "layer_norm2"] {
-            shapes.push((format!("{p}.{ln}.weight"), vec![d]));
-            shapes.push((format!("{p}.{ln}.bias"), vec![d]));
-        }
-        shapes.push((format!("{p}.mlp.fc1.weight"), vec![i, d]));
-        shapes.push((format!("{p}.mlp.fc1.bias"), vec![i]));
-        shapes.push((format!("{p}.mlp.fc2.weight"), vec![d, i]));
-        shapes.push((format!("{p}.mlp.fc2.bias"), vec![d]));
-    }
-    if projection {
-        shapes.push(("text_projection.weight".into(), vec![cfg.projection_dim.unwrap(), d]));
-    }
+    let shapes = cfg.parameter_shapes(projection);
     let tensors: HashMap<String, Tensor> = shapes
         .into_iter()
         .enumerate()

@@ -509,17 +509,12 @@ impl TrainableModel for StableDiffusionModel {
     fn parameter_counts(&self) -> (usize, usize) {
         let unet: usize =
             self.sd.unet.config().parameter_shapes().iter().map(|(_, s)| s.iter().product::<usize>()).sum();
-        let clip_params = |c: &lorakit_models::clip::ClipTextConfig| {
-            let (h, i) = (c.hidden_size, c.intermediate_size);
-            let layer = 4 * (h * h + h) + 4 * h + (h * i + i) + (i * h + h);
-            (c.vocab_size + c.max_position_embeddings) * h + c.num_hidden_layers * layer + 2 * h
+        let clip_params = |c: &lorakit_models::clip::ClipTextConfig, projection: bool| -> usize {
+            c.parameter_shapes(projection).iter().map(|(_, s)| s.iter().product::<usize>()).sum()
         };
         let clip = match &self.sd.text {
-            TextEncoders::Clip { encoder, .. } => clip_params(encoder.config()),
-            TextEncoders::Sdxl(te) => {
-                let c2 = te.te2.config();
-                clip_params(te.te1.config()) + clip_params(c2) + c2.hidden_size * te.pooled_dim()
-            }
+            TextEncoders::Clip { encoder, .. } => clip_params(encoder.config(), false),
+            TextEncoders::Sdxl(te) => clip_params(te.te1.config(), false) + clip_params(te.te2.config(), true),
             TextEncoders::Released { .. } => 0,
         };
         // The SD autoencoder has 83,653,863 parameters at 512 channels; other widths scale ~quadratically.
