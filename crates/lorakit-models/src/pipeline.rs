@@ -78,6 +78,10 @@ pub struct StableDiffusion {
     pub family: ModelFamily,
     /// Where it was loaded from.
     pub source: PathBuf,
+    /// The image side it was trained at, the default of `generate`: a diffusers folder's UNet
+    /// `sample_size` × the VAE's factor (as diffusers' pipelines default), else the family's
+    /// (512; 1024 for SDXL; an SD 2 file does not say whether it is a 512 or a 768 model).
+    pub native_size: usize,
     unet_targets: Vec<LoraTarget>,
     text_encoder_targets: Vec<Vec<LoraTarget>>,
 }
@@ -110,6 +114,11 @@ impl StableDiffusion {
             Some(v) => from_config(v, &ckpt.path, "vae")?,
             None if sdxl => AutoencoderKLConfig::sdxl(),
             None => AutoencoderKLConfig::sd15(),
+        };
+        let native_size = match (&ckpt.unet_config, unet_cfg.sample_size) {
+            (Some(_), Some(latent)) => latent * vae_cfg.downsample_factor(),
+            _ if sdxl => 1024,
+            _ => 512,
         };
         let unet = build(&ckpt.unet, |w| UNet2DConditionModel::new(w.view(""), &unet_cfg))?;
         let vae = build(&ckpt.vae, |w| AutoencoderKL::new(w.view(""), &vae_cfg))?;
@@ -154,6 +163,7 @@ impl StableDiffusion {
             declared_zero_terminal_snr: ckpt.declared_zero_terminal_snr,
             family: ckpt.family,
             source: ckpt.path,
+            native_size,
             unet_targets,
             text_encoder_targets,
         })

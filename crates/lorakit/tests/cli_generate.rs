@@ -105,6 +105,20 @@ fn generates_deterministic_images_with_and_without_lora() {
 }
 
 #[test]
+fn without_a_size_a_diffusers_folder_is_drawn_at_its_own_size() {
+    // As diffusers' pipelines do: the UNet's sample_size × the VAE's factor, 16 × 8 here (not
+    // SD 1.5's 512, which would take this tiny model 16 times longer to draw).
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model(dir.path());
+    let out = dir.path().join("native.png");
+    let m = model.display().to_string();
+    let o =
+        lorakit(&["generate", "--model", &m, "--prompt", "a cat", "--steps", "2", "-o", &out.display().to_string()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(png_size(&out), (128, 128));
+}
+
+#[test]
 fn grid_has_a_row_per_lora_and_a_column_per_prompt() {
     let dir = tempfile::tempdir().unwrap();
     let model = tiny_model(dir.path());

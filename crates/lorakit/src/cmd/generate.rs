@@ -43,8 +43,8 @@ pub struct GenerateArgs {
     /// Seed of the initial noise (every cell of a grid uses the same seed).
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Width in pixels (multiple of 8; default: the model's native size, 512 for SD 1.x/2.x,
-    /// 1024 for SDXL).
+    /// Width in pixels (a multiple of the VAE's factor, 8 for SD; default: the model's native
+    /// size: a diffusers folder's, else 512 for SD 1.x/2.x and 1024 for SDXL).
     #[arg(long)]
     width: Option<usize>,
     /// Height in pixels (multiple of 8; default: the model's native size).
@@ -143,7 +143,7 @@ pub fn run(args: GenerateArgs) -> Result<ExitCode> {
     let dtype = DType::F32;
     eprintln!("loading {}", args.model.display());
     let mut model = StableDiffusion::load(&args.model, dtype, &device)?;
-    let native = if model.family == lorakit_models::checkpoint::ModelFamily::Sdxl { 1024 } else { 512 };
+    let native = model.native_size;
     let request =
         GenerateRequest { width: args.width.unwrap_or(native), height: args.height.unwrap_or(native), ..request };
     request.validate()?;
