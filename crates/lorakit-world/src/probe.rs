@@ -26,15 +26,16 @@ impl Probe {
 /// The quick start's trigger word (the star of `examples/shapes`).
 pub const TRIGGER: &str = "lkstar";
 
-/// Prompts with the trigger word, in colours, places and backgrounds the quick-start dataset
-/// never shows (its stars are red, blue or yellow, left or centred, on white or black). All
-/// large: the tiny model's VAE rounds the points of small stars off.
+/// Prompts with the trigger word that no training image shows (its stars are red, blue or
+/// yellow, on the left or centred, on white or black): new places, a new colour, and a new
+/// colour, place and background at once. All large: the tiny model's VAE rounds the points of
+/// small stars off.
 pub fn concept_probes() -> Vec<Probe> {
     vec![
+        Probe::new("red lkstar, large, right, white background", Shape::Star, "red"),
+        Probe::new("blue lkstar, large, right, black background", Shape::Star, "blue"),
+        Probe::new("purple lkstar, large, center, white background", Shape::Star, "purple"),
         Probe::new("green lkstar, large, right, gray background", Shape::Star, "green"),
-        Probe::new("purple lkstar, large, right, white background", Shape::Star, "purple"),
-        Probe::new("orange lkstar, large, center, gray background", Shape::Star, "orange"),
-        Probe::new("green lkstar, large, left, black background", Shape::Star, "green"),
     ]
 }
 
