@@ -20,6 +20,7 @@ SD_SCRIPTS=${SD_SCRIPTS:-/work/bench/sd-scripts}
 WORK=${WORK:-/work/bench/tmp/quickstart}
 THREADS=${THREADS:-2}
 SEEDS=${SEEDS:-8}
+IMPLS=${IMPLS:-"lorakit sd-scripts"}
 RESULTS=${RESULTS:-$HERE/results-$(date +%F).jsonl}
 MODEL=$REPO/examples/quickstart/shapes-sd15
 DATA=$REPO/examples/shapes/img
@@ -30,19 +31,22 @@ export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYTHONUNBUFFERED=1
 
 (cd "$REPO" && cargo build --release -p lorakit -p lorakit-world)
 BIN=${CARGO_TARGET_DIR:-$REPO/target}/release
-rm -rf "$WORK"; mkdir -p "$WORK/tokenizer_cache"
+rm -rf "$WORK/tokenizer_cache"; mkdir -p "$WORK/tokenizer_cache"
 # sd-scripts loads SD1's tokenizer by its Hub name from --tokenizer_cache_dir.
 cp -r "$MODEL/tokenizer" "$WORK/tokenizer_cache/openai_clip-vit-large-patch14"
 
 peak_mb() { awk -F': ' '/Maximum resident/ {printf "%d", $2/1024}' "$1"; }
 wall_s() { awk -F': ' '/Elapsed \(wall clock\)/ {n=split($2,a,":"); s=0; for(i=1;i<=n;i++) s=s*60+a[i]; printf "%.1f", s}' "$1"; }
 
-out=$WORK/lorakit; mkdir -p "$out"
+run_lorakit() {
+out=$WORK/lorakit; rm -rf "$out"; mkdir -p "$out"
 /usr/bin/time -v -o "$out/time.txt" "$BIN/lorakit" train "$REPO/examples/quickstart.toml" \
   --set "folders.output_dir=$out" --set samples.sample_every_n_epochs=0 --set save.save_state=false \
   --set "accelerate.cpu_threads=$THREADS" > "$out/stdout.log" 2>&1 || { tail -20 "$out/stdout.log"; exit 1; }
+}
 
-out=$WORK/sd-scripts; mkdir -p "$out"
+run_sd_scripts() {
+out=$WORK/sd-scripts; rm -rf "$out"; mkdir -p "$out"
 /usr/bin/time -v -o "$out/time.txt" "$PYTHON" "$HERE/sd_scripts_tiny.py" "$SD_SCRIPTS" \
   --pretrained_model_name_or_path "$MODEL" --tokenizer_cache_dir "$WORK/tokenizer_cache" \
   --train_data_dir "$DATA" --reg_data_dir "$REG" --resolution 64 --caption_extension .txt \
@@ -53,8 +57,13 @@ out=$WORK/sd-scripts; mkdir -p "$out"
   --save_model_as safetensors --save_precision fp16 --save_every_n_epochs 1 \
   --output_dir "$out" --output_name quickstart --max_data_loader_n_workers 0 \
   > "$out/stdout.log" 2>&1 || { tail -30 "$out/stdout.log"; exit 1; }
+}
 
-for impl in lorakit sd-scripts; do
+for impl in $IMPLS; do
+  case $impl in lorakit) run_lorakit ;; sd-scripts) run_sd_scripts ;; esac
+done
+
+for impl in $IMPLS; do
   out=$WORK/$impl
   rates=$("$BIN/lorakit-world" compare --lorakit "$BIN/lorakit" --model "$MODEL" --lora "$out/quickstart.safetensors" \
     --out "$out/probe" --seeds "$SEEDS")

@@ -4,13 +4,15 @@
 
 sd-scripts loads an SD 1.x diffusers folder into its own U-Net class, whose sizes are module
 constants of library/original_unet.py fixed at full-size SD1.5 (320/640/1280/1280 channels,
-32 norm groups). This sets those constants from the folder's unet/config.json (the block layout
-itself, SD1.5's, is unchanged) and then runs train_network.py as its own `__main__`. Nothing else
-of sd-scripts is touched.
+32 norm groups), and scales latents by SD's 0.18215 whatever the VAE's config says
+(`NetworkTrainer.vae_scale_factor`). This sets those constants from the folder's
+unet/config.json (the block layout itself, SD1.5's, is unchanged) and the latent scale from its
+vae/config.json, then runs what train_network.py's `__main__` runs. Nothing else of sd-scripts
+is touched. (Without the latent scale, sd-scripts trains on latents 2.25× too small for this
+model and its LoRA draws noise.)
 """
 import json
 import os
-import runpy
 import sys
 
 sd_scripts = os.path.abspath(sys.argv[1])
@@ -33,5 +35,24 @@ unet.NORM_GROUPS = cfg["norm_num_groups"]
 unet.TRANSFORMER_NORM_NUM_GROUPS = cfg["norm_num_groups"]
 unet.NORM_EPS = cfg["norm_eps"]
 
+with open(os.path.join(model, "vae", "config.json")) as f:
+    scaling_factor = json.load(f)["scaling_factor"]
+
 sys.argv = [os.path.join(sd_scripts, "train_network.py")] + args
-runpy.run_path(sys.argv[0], run_name="__main__")
+import train_network  # noqa: E402
+from library import train_util  # noqa: E402
+
+original_init = train_network.NetworkTrainer.__init__
+
+
+def init_with_model_scale(self):
+    original_init(self)
+    self.vae_scale_factor = scaling_factor
+
+
+train_network.NetworkTrainer.__init__ = init_with_model_scale
+parser = train_network.setup_parser()
+parsed = parser.parse_args(args)
+train_util.verify_command_line_training_args(parsed)
+parsed = train_util.read_config_from_file(parsed, parser)
+train_network.NetworkTrainer().train(parsed)
