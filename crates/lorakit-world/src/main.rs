@@ -86,14 +86,10 @@ fn run_compare(args: &[String]) -> Result<(), String> {
 }
 
 fn summary(c: &Comparison) -> String {
+    let r = c.rates();
     format!(
         "{{\"images\":{},\"base_shape\":{:.3},\"base_shape_colour\":{:.3},\"lora_shape\":{:.3},\"lora_shape_colour\":{:.3},\"lora_same_as_base\":{:.3}}}",
-        c.base.images,
-        c.base.rate(c.base.shape),
-        c.base.rate(c.base.shape_and_colour),
-        c.lora.rate(c.lora.shape),
-        c.lora.rate(c.lora.shape_and_colour),
-        c.lora.rate(c.lora.same_as_base)
+        c.base.images, r.base_shape, r.base_shape_colour, r.lora_shape, r.lora_shape_colour, r.lora_same_as_base
     )
 }
 

@@ -120,6 +120,34 @@ pub struct Comparison {
     pub readings: Vec<(String, u64, Reading, Reading)>,
 }
 
+/// A comparison's counts as fractions of its images.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Rates {
+    /// Base model: the asked shape.
+    pub base_shape: f64,
+    /// Base model: the asked shape in the asked colour.
+    pub base_shape_colour: f64,
+    /// With the LoRA: the asked shape.
+    pub lora_shape: f64,
+    /// With the LoRA: the asked shape in the asked colour.
+    pub lora_shape_colour: f64,
+    /// With the LoRA: the same reading as the base model's.
+    pub lora_same_as_base: f64,
+}
+
+impl Comparison {
+    /// The counts as fractions of the images.
+    pub fn rates(&self) -> Rates {
+        Rates {
+            base_shape: self.base.rate(self.base.shape),
+            base_shape_colour: self.base.rate(self.base.shape_and_colour),
+            lora_shape: self.lora.rate(self.lora.shape),
+            lora_shape_colour: self.lora.rate(self.lora.shape_and_colour),
+            lora_same_as_base: self.lora.rate(self.lora.same_as_base),
+        }
+    }
+}
+
 /// Draws every probe with every seed, with and without `lora`, and counts.
 pub fn compare(
     generator: &Generator,

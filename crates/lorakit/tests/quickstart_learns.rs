@@ -12,14 +12,10 @@ use common::{output_within, repo, text};
 use lorakit_world::probe::{base_probes, compare, concept_probes, Comparison, Generator};
 
 fn report(name: &str, c: &Comparison) -> String {
+    let r = c.rates();
     format!(
         "{name}: {} images; base: shape {:.2}, shape+colour {:.2}; LoRA: shape {:.2}, shape+colour {:.2}, same as base {:.2}",
-        c.base.images,
-        c.base.rate(c.base.shape),
-        c.base.rate(c.base.shape_and_colour),
-        c.lora.rate(c.lora.shape),
-        c.lora.rate(c.lora.shape_and_colour),
-        c.lora.rate(c.lora.same_as_base)
+        c.base.images, r.base_shape, r.base_shape_colour, r.lora_shape, r.lora_shape_colour, r.lora_same_as_base
     )
 }
 
@@ -54,14 +50,14 @@ fn the_quickstart_lora_draws_the_new_shape_and_leaves_the_rest_alone() {
     eprintln!("{numbers}");
 
     // The base model draws what the world taught it...
-    assert!(plain.base.rate(plain.base.shape_and_colour) >= THRESHOLDS.base_prompted, "{numbers}");
+    assert!(plain.rates().base_shape_colour >= THRESHOLDS.base_prompted, "{numbers}");
     // ...has never seen the star...
-    assert!(concept.base.rate(concept.base.shape) <= THRESHOLDS.base_star, "{numbers}");
+    assert!(concept.rates().base_shape <= THRESHOLDS.base_star, "{numbers}");
     // ...and draws it with the LoRA, in colours and places the dataset never showed.
-    assert!(concept.lora.rate(concept.lora.shape) >= THRESHOLDS.lora_star, "{numbers}");
-    assert!(concept.lora.rate(concept.lora.shape_and_colour) >= THRESHOLDS.lora_star_colour, "{numbers}");
+    assert!(concept.rates().lora_shape >= THRESHOLDS.lora_star, "{numbers}");
+    assert!(concept.rates().lora_shape_colour >= THRESHOLDS.lora_star_colour, "{numbers}");
     // Without the trigger word the LoRA leaves the model's drawings as they were.
-    assert!(plain.lora.rate(plain.lora.same_as_base) >= THRESHOLDS.unchanged, "{numbers}");
+    assert!(plain.rates().lora_same_as_base >= THRESHOLDS.unchanged, "{numbers}");
 }
 
 struct Thresholds {
