@@ -16,6 +16,7 @@ pub mod resnet;
 pub mod samplers;
 pub mod schedule;
 pub mod sdxl_text;
+pub mod t5_tokenizer;
 pub mod transformer_2d;
 pub mod unet_2d;
 pub mod unet_2d_blocks;
