@@ -24,6 +24,7 @@
 //! `v_pred` and `ztsnr` tensors, which ComfyUI reads as v-prediction and zero-terminal SNR —
 //! become [`SdCheckpoint::declared_prediction`] and [`SdCheckpoint::declared_zero_terminal_snr`].
 
+pub mod flux;
 pub mod ldm_keys;
 pub mod sdxl;
 

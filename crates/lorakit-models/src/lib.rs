@@ -8,6 +8,7 @@
 pub mod checkpoint;
 pub mod clip;
 pub mod clip_tokenizer;
+pub mod dit;
 mod error;
 pub mod grid;
 pub mod lora_inject;
@@ -16,6 +17,7 @@ pub mod resnet;
 pub mod samplers;
 pub mod schedule;
 pub mod sdxl_text;
+pub mod t5;
 pub mod t5_tokenizer;
 pub mod transformer_2d;
 pub mod unet_2d;

@@ -163,3 +163,36 @@ pub fn attention_composed(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Res
     let scores = (q.matmul(&k.t()?)? * scale)?;
     crate::activation::softmax_last_dim(&scores)?.matmul(v)
 }
+
+/// [`attention_heads`] with an additive bias on the keys: `key_bias` (B, Lk) is added to every
+/// query's scores of that sample (0 keeps a key, a large negative value masks it), as
+/// `scaled_dot_product_attention` does with a padding mask. Composed from tracked ops (it keeps
+/// the attention matrix for backward); used only where a mask is asked for.
+pub fn attention_heads_key_bias(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    heads: usize,
+    scale: f64,
+    key_bias: &Tensor,
+) -> Result<Tensor> {
+    let ((b, lq, qw), (bk, lk, kw), (bv, lv, vw)) = (q.dims3()?, k.dims3()?, v.dims3()?);
+    if heads == 0 || qw % heads != 0 || vw % heads != 0 || kw != qw || bk != b || bv != b || lv != lk {
+        candle_core::bail!(
+            "attention: q {:?}, k {:?}, v {:?} do not fit together with {heads} heads",
+            q.dims(),
+            k.dims(),
+            v.dims()
+        )
+    }
+    if key_bias.dims() != [b, lk] {
+        candle_core::bail!("attention: key bias {:?} does not fit keys {:?}", key_bias.dims(), k.dims())
+    }
+    let stat = stat_dtype(q.dtype());
+    let split = |t: &Tensor, len: usize, width: usize| t.reshape((b, len, heads, width / heads))?.transpose(1, 2);
+    let (qh, kh, vh) = (split(q, lq, qw)?, split(k, lk, kw)?, split(v, lk, vw)?);
+    let scores = (qh.contiguous()?.matmul(&kh.contiguous()?.t()?)? * scale)?.to_dtype(stat)?;
+    let bias = key_bias.to_dtype(stat)?.reshape((b, 1, 1, lk))?;
+    let p = crate::activation::softmax_last_dim(&scores.broadcast_add(&bias)?)?.to_dtype(v.dtype())?;
+    p.matmul(&vh.contiguous()?)?.transpose(1, 2)?.reshape((b, lq, vw))
+}

@@ -1,0 +1,3 @@
+//! Diffusion transformers: Flux.1 (`flux`); SD3's MMDiT arrives with its issue.
+
+pub mod flux;

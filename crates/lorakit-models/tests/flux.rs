@@ -1,0 +1,293 @@
+//! The Flux.1 transformer and autoencoder against BFL's code as sd-scripts carries it and
+//! against diffusers (fixture: `tools/reference/make_flux_tiny.py` →
+//! `tests/fixtures/reference/flux_tiny/`, where both PyTorch implementations agree first):
+//! dev and schnell outputs, the T5 attention mask, rotary table, modulation vector, every
+//! block's outputs, the BFL single file with and without `model.diffusion_model.`, the diffusers
+//! folder, fp8 storage, an sd-scripts `lora_flux.py` LoRA's output and gradients (with and
+//! without gradient checkpointing), packing and position ids, the autoencoder from BFL's
+//! `ae.safetensors` and from a diffusers folder, and the full-size module list.
+//!
+//! Fidelity: fp32, relative error max |Δ| / max |reference| ≤ 1e-4 (gradients ≤ 1e-3).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use candle_core::{DType, Device, Tensor};
+use lorakit_models::checkpoint::flux::{load_flux_ae, load_flux_transformer, LinearStorage};
+use lorakit_models::dit::flux::{
+    image_ids, pack_latents, unpack_latents, FluxConfig, FluxInputs, FluxTransformer, Rope,
+};
+use lorakit_models::vae::AutoencoderKL;
+use lorakit_nn::lora::{LoraModule, LoraSet};
+use lorakit_nn::ForwardCtx;
+
+type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+const AXES: [usize; 3] = [4, 6, 6];
+
+fn fixture(rel: &str) -> PathBuf {
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/reference/flux_tiny")).join(rel)
+}
+
+fn load(rel: &str) -> Result<HashMap<String, Tensor>, Box<dyn std::error::Error>> {
+    Ok(candle_core::safetensors::load(fixture(rel), &Device::Cpu)?)
+}
+
+/// max |a − b| / max |b|.
+fn rel_error(a: &Tensor, b: &Tensor) -> Result<f64, Box<dyn std::error::Error>> {
+    assert_eq!(a.dims(), b.dims());
+    let diff = (a.to_dtype(DType::F64)? - b.to_dtype(DType::F64)?)?.abs()?.max_all()?.to_scalar::<f64>()?;
+    let scale = b.to_dtype(DType::F64)?.abs()?.max_all()?.to_scalar::<f64>()?;
+    Ok(diff / scale.max(1e-30))
+}
+
+fn model_at(path: &Path, storage: LinearStorage) -> Result<FluxTransformer, Box<dyn std::error::Error>> {
+    let loaded = load_flux_transformer(path, DType::F32, storage, &Device::Cpu, Some(AXES.to_vec()))?;
+    let model = FluxTransformer::new(loaded.weights.view(""), &loaded.config)?;
+    loaded.weights.check_complete()?;
+    assert!(loaded.weights.unused().is_empty(), "unused: {:?}", loaded.weights.unused());
+    Ok(model)
+}
+
+fn predict(
+    model: &FluxTransformer,
+    io: &HashMap<String, Tensor>,
+    guidance: bool,
+    mask: bool,
+    ctx: &ForwardCtx,
+) -> candle_core::Result<Tensor> {
+    model.forward(
+        &FluxInputs {
+            img: &io["img"],
+            img_ids: &io["img_ids"],
+            txt: &io["txt"],
+            txt_ids: &io["txt_ids"],
+            timesteps: &io["timesteps"],
+            y: &io["y"],
+            guidance: guidance.then(|| &io["guidance"]),
+            txt_mask: mask.then(|| &io["txt_mask"]),
+        },
+        ctx,
+    )
+}
+
+fn check(name: &str, ours: &Tensor, reference: &Tensor, tol: f64) -> TestResult {
+    let err = rel_error(ours, reference)?;
+    eprintln!("{name}: {err:.3e}");
+    assert!(err <= tol, "{name}: relative error {err:.3e} > {tol:e}");
+    Ok(())
+}
+
+#[test]
+fn dev_and_schnell_match_bfl_and_diffusers() -> TestResult {
+    let io = load("io_transformer.safetensors")?;
+    let dev = model_at(&fixture("dev_bfl.safetensors"), LinearStorage::Compute)?;
+    assert!(dev.config().guidance_embed);
+    let ctx = ForwardCtx::default();
+    check("dev", &predict(&dev, &io, true, false, &ctx)?, &io["dev.out"], 1e-4)?;
+    check("dev masked", &predict(&dev, &io, true, true, &ctx)?, &io["dev.out_masked"], 1e-4)?;
+    // The mask changes the prediction of the padded sample only.
+    let plain = &io["dev.out"];
+    assert!(rel_error(&io["dev.out_masked"].get(1)?, &plain.get(1)?)? > 1e-3);
+
+    let vec = dev.modulation_vector(&io["timesteps"], Some(&io["guidance"]), &io["y"], &ctx)?;
+    check("modulation vector", &vec, &io["dev.vec"], 1e-5)?;
+    let err = predict(&dev, &io, false, false, &ctx).expect_err("dev needs guidance");
+    assert!(err.to_string().contains("guidance"), "{err}");
+
+    let schnell = model_at(&fixture("schnell_bfl.safetensors"), LinearStorage::Compute)?;
+    assert!(!schnell.config().guidance_embed);
+    check("schnell", &predict(&schnell, &io, false, false, &ctx)?, &io["schnell.out"], 1e-4)?;
+
+    let diffusers = model_at(&fixture("dev_diffusers"), LinearStorage::Compute)?;
+    assert_eq!(diffusers.config(), dev.config());
+    check("dev from diffusers", &predict(&diffusers, &io, true, false, &ctx)?, &io["dev.out"], 1e-4)?;
+    Ok(())
+}
+
+#[test]
+fn rotary_table_and_blocks_match_bfl() -> TestResult {
+    let io = load("io_transformer.safetensors")?;
+    let ids = Tensor::cat(&[&io["txt_ids"], &io["img_ids"]], 0)?;
+    let rope = Rope::new(&ids, &AXES, 10_000.0)?;
+    let pe = &io["dev.pe"]; // (L, D/2, 2, 2): [[cos, −sin], [sin, cos]]
+    check("rope cos", &rope.cos, &pe.narrow(2, 0, 1)?.narrow(3, 0, 1)?.squeeze(3)?.squeeze(2)?, 1e-6)?;
+    check("rope sin", &rope.sin, &pe.narrow(2, 1, 1)?.narrow(3, 0, 1)?.squeeze(3)?.squeeze(2)?, 1e-6)?;
+    assert_eq!(image_ids(8, 6, &Device::Cpu)?.to_vec2::<f32>()?, io["img_ids"].to_vec2::<f32>()?);
+    assert_eq!(pack_latents(&io["latents"])?.to_vec3::<f32>()?, io["img"].to_vec3::<f32>()?);
+    let back = unpack_latents(&io["img"], 8, 6)?;
+    assert_eq!(back.flatten_all()?.to_vec1::<f32>()?, io["latents"].flatten_all()?.to_vec1::<f32>()?);
+    assert!(pack_latents(&Tensor::zeros((1, 16, 5, 6), DType::F32, &Device::Cpu)?).is_err());
+    Ok(())
+}
+
+#[test]
+fn prefixed_single_file_and_fp8_storage_load() -> TestResult {
+    let io = load("io_transformer.safetensors")?;
+    let tensors = load("dev_bfl.safetensors")?;
+    let dir = tempfile::tempdir()?;
+    let prefixed: HashMap<String, Tensor> =
+        tensors.iter().map(|(k, v)| (format!("model.diffusion_model.{k}"), v.clone())).collect();
+    let path = dir.path().join("flux1-dev.safetensors");
+    candle_core::safetensors::save(&prefixed, &path)?;
+    let model = model_at(&path, LinearStorage::Compute)?;
+    check("prefixed", &predict(&model, &io, true, false, &ForwardCtx::default())?, &io["dev.out"], 1e-4)?;
+
+    // fp8 storage: linear weights rounded to e4m3, every layer computing in f32 — the output
+    // equals the f32 model whose linear weights went through the same rounding.
+    let fp8 = model_at(&fixture("dev_bfl.safetensors"), LinearStorage::Fp8)?;
+    let rounded: HashMap<String, Tensor> = tensors
+        .iter()
+        .map(|(k, v)| {
+            let v = if k.ends_with(".weight") && v.rank() == 2 {
+                v.to_dtype(DType::F8E4M3)?.to_dtype(DType::F32)?
+            } else {
+                v.clone()
+            };
+            Ok((k.clone(), v))
+        })
+        .collect::<candle_core::Result<_>>()?;
+    let rounded_path = dir.path().join("rounded.safetensors");
+    candle_core::safetensors::save(&rounded, &rounded_path)?;
+    let reference = model_at(&rounded_path, LinearStorage::Compute)?;
+    let ctx = ForwardCtx::default();
+    let (a, b) = (predict(&fp8, &io, true, false, &ctx)?, predict(&reference, &io, true, false, &ctx)?);
+    check("fp8 storage vs rounded f32", &a, &b, 1e-5)?;
+    // and stays close to the unrounded model
+    check("fp8 storage vs f32", &a, &io["dev.out"], 0.2)?;
+    Ok(())
+}
+
+#[test]
+fn sd_scripts_lora_output_and_gradients_match() -> TestResult {
+    let io = load("io_transformer.safetensors")?;
+    let file = load("lora.safetensors")?;
+    let model = model_at(&fixture("dev_bfl.safetensors"), LinearStorage::Compute)?;
+    let targets = model.lora_targets();
+    assert_eq!(targets, model.config().lora_targets());
+    let mut set = LoraSet::new(0, &Device::Cpu)?;
+    let mut vars = Vec::new();
+    for t in &targets {
+        let name = t.kohya_name("lora_unet");
+        let get = |suffix: &str| {
+            file.get(&format!("{name}.{suffix}")).cloned().ok_or_else(|| format!("{name}.{suffix} missing"))
+        };
+        let alpha = get("alpha")?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+        let module = LoraModule::from_weights(
+            name.clone(),
+            t.kind,
+            get("lora_down.weight")?,
+            get("lora_up.weight")?,
+            Some(alpha),
+            true,
+        )?;
+        vars.push((name.clone(), "lora_down", module.down().clone()));
+        vars.push((name.clone(), "lora_up", module.up().clone()));
+        set.insert(t.path.clone(), module);
+    }
+    assert_eq!(
+        vars.len(),
+        file.keys().filter(|k| k.ends_with(".grad")).count(),
+        "every sd-scripts module has a target"
+    );
+    let lora = Arc::new(set);
+    for checkpointing in [false, true] {
+        lora.clear_side_grads();
+        let ctx = ForwardCtx { lora: Some(lora.clone()), train: true, gradient_checkpointing: checkpointing };
+        let out = predict(&model, &io, true, false, &ctx)?;
+        check("LoRA output", &out, &file["out"], 1e-4)?;
+        let grads = (&out * &file["probe"])?.sum_all()?.backward()?;
+        let mut worst = (0.0, String::new());
+        for (name, part, var) in &vars {
+            let ours = lora.grad(&grads, var)?.ok_or_else(|| format!("no gradient for {name}.{part}"))?;
+            let err = rel_error(&ours, &file[&format!("{name}.{part}.grad")])?;
+            if err > worst.0 {
+                worst = (err, format!("{name}.{part}"));
+            }
+        }
+        eprintln!("checkpointing {checkpointing}: worst of {} LoRA grads {:.3e} ({})", vars.len(), worst.0, worst.1);
+        assert!(worst.0 <= 1e-3, "{worst:?}");
+    }
+    Ok(())
+}
+
+#[test]
+fn full_size_dev_has_sd_scripts_module_count_and_shapes() {
+    let dev = FluxConfig::dev();
+    let targets = dev.lora_targets();
+    assert_eq!(targets.len(), 304, "sd-scripts' lora_flux.py creates 304 modules for FLUX.1");
+    let names: Vec<String> = targets.iter().map(|t| t.kohya_name("lora_unet")).collect();
+    for expected in [
+        "lora_unet_double_blocks_0_img_attn_qkv",
+        "lora_unet_double_blocks_18_txt_mlp_2",
+        "lora_unet_single_blocks_37_linear1",
+        "lora_unet_single_blocks_0_modulation_lin",
+    ] {
+        assert!(names.iter().any(|n| n == expected), "{expected}");
+    }
+    let linear1 = targets.iter().find(|t| t.path == "single_blocks.0.linear1").expect("linear1");
+    assert_eq!((linear1.in_dim, linear1.out_dim), (3072, 3 * 3072 + 12288));
+    let params: usize = dev.parameter_shapes().iter().map(|(_, s)| s.iter().product::<usize>()).sum();
+    // FLUX.1-dev's transformer: 11,901,408,320 parameters.
+    assert_eq!(params, 11_901_408_320);
+    let schnell: usize =
+        FluxConfig::schnell().parameter_shapes().iter().map(|(_, s)| s.iter().product::<usize>()).sum();
+    assert_eq!(params - schnell, 256 * 3072 + 3072 + 3072 * 3072 + 3072);
+}
+
+#[test]
+fn autoencoder_matches_bfl_from_both_layouts() -> TestResult {
+    let io = load("io_ae.safetensors")?;
+    for path in [fixture("ae_bfl.safetensors"), fixture("ae_diffusers")] {
+        let loaded = load_flux_ae(&path, DType::F32, &Device::Cpu)?;
+        let cfg = &loaded.config;
+        assert_eq!((cfg.latent_channels, cfg.scaling_factor, cfg.shift_factor), (16, 0.3611, Some(0.1159)));
+        assert_eq!(cfg.downsample_factor(), 4);
+        let vae = AutoencoderKL::new(loaded.weights.view(""), cfg)?;
+        loaded.weights.check_complete()?;
+        assert!(loaded.weights.unused().is_empty(), "unused: {:?}", loaded.weights.unused());
+        let posterior = vae.encode(&io["image"])?;
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("?").to_string();
+        check(&format!("{name} mean"), posterior.mean(), &io["mean"], 1e-4)?;
+        check(&format!("{name} logvar"), posterior.logvar(), &io["logvar"], 1e-4)?;
+        let latents = ((posterior.mean() - 0.1159)? * 0.3611)?;
+        check(&format!("{name} latents"), &latents, &io["latents"], 1e-4)?;
+        let decoded = vae.decode(&((&io["latents"] / 0.3611)? + 0.1159)?)?;
+        check(&format!("{name} decoded"), &decoded, &io["decoded"], 1e-4)?;
+        check(&format!("{name} packed"), &pack_latents(&io["latents"])?, &io["packed"], 0.0)?;
+    }
+    Ok(())
+}
+
+#[test]
+fn broken_files_are_named() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let mut tensors = load("dev_bfl.safetensors")?;
+    tensors.remove("double_blocks.1.txt_mlp.2.weight");
+    let path = dir.path().join("partial.safetensors");
+    candle_core::safetensors::save(&tensors, &path)?;
+    let loaded = load_flux_transformer(&path, DType::F32, LinearStorage::Compute, &Device::Cpu, Some(AXES.to_vec()))?;
+    let _ = FluxTransformer::new(loaded.weights.view(""), &loaded.config)?;
+    let err = loaded.weights.check_complete().expect_err("a missing weight").to_string();
+    assert!(err.contains("double_blocks.1.txt_mlp.2.weight") && err.contains("partial.safetensors"), "{err}");
+
+    let sd15 = Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../tests/fixtures/reference/sdxl_tiny/single_file.safetensors"
+    ));
+    let err = load_flux_transformer(sd15, DType::F32, LinearStorage::Compute, &Device::Cpu, None)
+        .err()
+        .expect("not a Flux file")
+        .to_string();
+    assert!(err.contains("no Flux transformer weights") && err.contains("single_file.safetensors"), "{err}");
+
+    // A single file whose head width is not 128 needs its rotary axes.
+    let err =
+        load_flux_transformer(&fixture("dev_bfl.safetensors"), DType::F32, LinearStorage::Compute, &Device::Cpu, None)
+            .err()
+            .expect("axes unknown")
+            .to_string();
+    assert!(err.contains("rotary axes"), "{err}");
+    Ok(())
+}
