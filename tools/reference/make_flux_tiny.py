@@ -21,6 +21,9 @@ Writes tests/fixtures/reference/flux_tiny/:
 * lora.safetensors - an sd-scripts `networks/lora_flux.py` LoRA (rank 4, alpha 2, random up
   weights) on the dev model under kohya names, its output and the gradients of
   sum(output * probe) for every lora_down / lora_up;
+* schedules.json - sd-scripts' `get_schedule` noise levels (checked against diffusers'
+  `FlowMatchEulerDiscreteScheduler` with dynamic shifting); sample.safetensors - sd-scripts'
+  Euler `denoise` loop (3 steps, guidance 3.5) on the dev model from given noise;
 * ae_bfl.safetensors, ae_diffusers/vae/ - the autoencoder in BFL's `ae.safetensors` layout and as a
   diffusers folder; io_ae.safetensors - an image, the posterior mean and log-variance, the scaled
   latents `0.3611 * (mean - 0.1159)`, the decoded image of those latents, and the 2x2 packing.
@@ -41,7 +44,8 @@ from safetensors.torch import save_file
 
 from diffusers import AutoencoderKL, FluxTransformer2DModel
 from diffusers.loaders import single_file_utils as sfu
-from library import flux_models
+from diffusers import FlowMatchEulerDiscreteScheduler
+from library import flux_models, flux_train_utils
 from networks import lora_flux
 
 torch.set_num_threads(1)
@@ -244,6 +248,40 @@ def lora_fixture(dev, inputs):
     save_file({k: v.contiguous() for k, v in tensors.items()}, os.path.join(OUT, "lora.safetensors"))
 
 
+def sampler_fixtures(dev, inputs):
+    """sd-scripts' sampling schedule (with diffusers' dynamic-shift scheduler as a cross-check) and
+    its Euler `denoise` loop on the tiny dev model, first sample of the inputs."""
+    schedules = []
+    for steps, seq_len, shift in [(20, 1024, True), (4, 4096, True), (7, 12, True), (28, 256, False), (1, 300, True)]:
+        sigmas = flux_train_utils.get_schedule(steps, seq_len, shift=shift)
+        if shift:
+            sched = FlowMatchEulerDiscreteScheduler(
+                use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15, base_image_seq_len=256, max_image_seq_len=4096
+            )
+            mu = flux_train_utils.get_lin_function(y1=0.5, y2=1.15)(seq_len)
+            sched.set_timesteps(sigmas=[1.0 - i / steps for i in range(steps)], mu=mu)
+            diff = max(abs(a - b) for a, b in zip(sched.sigmas.tolist(), sigmas))
+            assert diff < 1e-6, diff
+        schedules.append({"steps": steps, "image_seq_len": seq_len, "shift": shift, "sigmas": sigmas})
+    with open(os.path.join(OUT, "schedules.json"), "w") as f:
+        json.dump(schedules, f, indent=1)
+    g = torch.Generator().manual_seed(31)
+    noise = torch.randn(1, inputs["img"].shape[1], inputs["img"].shape[2], generator=g)
+    sigmas = flux_train_utils.get_schedule(3, noise.shape[1], shift=True)
+    with torch.no_grad():
+        out = flux_train_utils.denoise(
+            dev,
+            noise,
+            inputs["img_ids"].unsqueeze(0),
+            inputs["txt"][:1],
+            inputs["txt_ids"].unsqueeze(0),
+            inputs["y"][:1],
+            sigmas,
+            guidance=3.5,
+        )
+    save_file({"noise": noise, "out": out, "sigmas": torch.tensor(sigmas)}, os.path.join(OUT, "sample.safetensors"))
+
+
 def ae_fixtures():
     torch.manual_seed(21)
     ae_params = flux_models.AutoEncoderParams(
@@ -319,6 +357,7 @@ def main():
         shutil.rmtree(OUT)
     os.makedirs(OUT)
     dev, inputs = transformer_fixtures()
+    sampler_fixtures(make_flux(True, 1), inputs)
     lora_fixture(dev, inputs)
     ae_fixtures()
     with open(os.path.join(OUT, "README.md"), "w") as f:

@@ -18,6 +18,7 @@ use lorakit_models::checkpoint::flux::{load_flux_ae, load_flux_transformer, Line
 use lorakit_models::dit::flux::{
     image_ids, pack_latents, unpack_latents, FluxConfig, FluxInputs, FluxTransformer, Rope,
 };
+use lorakit_models::samplers::flow::{euler, flux_schedule};
 use lorakit_models::vae::AutoencoderKL;
 use lorakit_nn::lora::{LoraModule, LoraSet};
 use lorakit_nn::ForwardCtx;
@@ -290,4 +291,60 @@ fn broken_files_are_named() -> TestResult {
             .to_string();
     assert!(err.contains("rotary axes"), "{err}");
     Ok(())
+}
+
+#[test]
+fn flow_schedules_match_sd_scripts() -> TestResult {
+    let text = std::fs::read_to_string(fixture("schedules.json"))?;
+    let cases: Vec<serde_json::Value> = serde_json::from_str(&text)?;
+    assert!(cases.len() >= 5);
+    for case in cases {
+        let steps = case["steps"].as_u64().ok_or("steps")? as usize;
+        let seq = case["image_seq_len"].as_u64().ok_or("seq")? as usize;
+        let shift = case["shift"].as_bool().ok_or("shift")?;
+        let expected: Vec<f64> = serde_json::from_value(case["sigmas"].clone())?;
+        let ours = flux_schedule(steps, seq, shift);
+        assert_eq!(ours.len(), expected.len());
+        for (a, b) in ours.iter().zip(&expected) {
+            assert!((a - b).abs() <= 1e-7, "{steps} steps, {seq} tokens, shift {shift}: {ours:?} vs {expected:?}");
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn euler_sampling_matches_sd_scripts_denoise() -> TestResult {
+    let io = load("io_transformer.safetensors")?;
+    let sample = load("sample.safetensors")?;
+    let model = model_at(&fixture("dev_bfl.safetensors"), LinearStorage::Compute)?;
+    let noise = &sample["noise"];
+    let sigmas = flux_schedule(3, noise.dim(1)?, true);
+    let expected: Vec<f32> = sample["sigmas"].to_vec1()?;
+    assert!(sigmas.iter().zip(&expected).all(|(a, b)| (a - f64::from(*b)).abs() < 1e-7));
+    let (txt, y) = (io["txt"].narrow(0, 0, 1)?, io["y"].narrow(0, 0, 1)?);
+    let guidance = Tensor::new(&[3.5f32], &Device::Cpu)?;
+    let mut steps = Vec::new();
+    let out = euler(
+        &sigmas,
+        noise,
+        &mut |x, sigma| {
+            let t = Tensor::new(&[sigma as f32], &Device::Cpu)?;
+            model.forward(
+                &FluxInputs {
+                    img: x,
+                    img_ids: &io["img_ids"],
+                    txt: &txt,
+                    txt_ids: &io["txt_ids"],
+                    timesteps: &t,
+                    y: &y,
+                    guidance: Some(&guidance),
+                    txt_mask: None,
+                },
+                &ForwardCtx::default(),
+            )
+        },
+        &mut |i, n| steps.push((i, n)),
+    )?;
+    assert_eq!(steps, vec![(1, 3), (2, 3), (3, 3)]);
+    check("3-step Euler", &out, &sample["out"], 1e-4)
 }

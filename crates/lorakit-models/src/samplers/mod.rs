@@ -29,6 +29,8 @@ use candle_core::{DType, Tensor};
 use crate::schedule::{NoiseSchedule, Prediction};
 use crate::{Error, Result};
 
+pub mod flow;
+
 /// Most inference steps a sampler accepts (sd-scripts clamps `--s` to 1…1000).
 pub const MAX_STEPS: usize = 1000;
 
