@@ -29,11 +29,13 @@ pub fn time_shift(mu: f64, sigma: f64) -> f64 {
 pub fn flux_schedule(steps: usize, image_seq_len: usize, shift: bool) -> Vec<f64> {
     // PyTorch computes e^μ in double (math.exp), then every tensor op in float32.
     let e_mu = flux_mu(image_seq_len, 0.5, 1.15).exp() as f32;
-    (0..=steps)
+    let points = steps + 1;
+    let halfway = points / 2;
+    (0..points)
         .map(|i| {
             // torch.linspace(1, 0, n + 1) in float32: start + i·step for the first half, end − (n−i)·step after.
             let step = -1.0f32 / steps as f32;
-            let t = if i < (steps + 1) / 2 { 1.0 + i as f32 * step } else { -((steps - i) as f32) * step };
+            let t = if i < halfway { 1.0 + i as f32 * step } else { -((steps - i) as f32) * step };
             let t = if shift && t > 0.0 { e_mu / (e_mu + (1.0 / t - 1.0)) } else { t };
             f64::from(t)
         })
