@@ -13,6 +13,7 @@ tests/fixtures/reference/t5_tiny/
                                    float16 (exact), the references are computed in float32 from the
                                    same values. Only `shared.weight` is stored (as save_pretrained
                                    drops the tied `encoder.embed_tokens.weight`).
+  prompts.json                     the prompts and max_length of io.safetensors.
   io.safetensors                   real T5TokenizerFast ids / attention masks of `prompts` at
                                    max_length 48 (> max distance, so the log buckets and the
                                    saturated bucket are used; one prompt truncated, one empty),
@@ -26,14 +27,14 @@ tests/fixtures/reference/t5_tiny/
   lora/io.safetensors              the masked pass with the LoRA applied (`last_hidden_state`), the
                                    loss weights `loss_weights` (loss = sum(out * w)) and the gradient
                                    of every LoRA factor (`<module>.lora_down.weight.grad`, ...).
-  lora/module_names.json           sd-scripts' module names, in creation order, with in/out dims.
+  lora/module_names.json           sd-scripts' module names in creation order (a list), with in/out dims.
   relu/config.json, relu/model.safetensors, relu/io.safetensors
                                    the original T5's non-gated `relu` FFN (`DenseReluDense.wi/wo`),
                                    vocabulary 64, random ids, with and without a mask.
   t5xxl_full.json                  the full-size google/t5-v1_1-xxl encoder (sd-scripts'
                                    `flux_utils.load_t5xxl` config) built on the meta device: every
                                    state-dict key and shape, the parameter count, and sd-scripts'
-                                   168 LoRA module names with dims; plus transformers'
+                                   168 LoRA module names with dims (a list, in creation order); plus transformers'
                                    `_relative_position_bucket` for relative positions -600..600 with
                                    (32 buckets, 128) and (32, 20).
 
@@ -246,6 +247,8 @@ def model_fixture(tok, out):
     diff = float((masked - unmasked.last_hidden_state).abs().max())
     assert diff > 0.1, f"the mask barely matters ({diff})"
     save_file(io, os.path.join(out, "io.safetensors"))
+    with open(os.path.join(out, "prompts.json"), "w") as f:
+        json.dump(dict(prompts=MODEL_PROMPTS, max_length=MODEL_MAX_LENGTH), f, ensure_ascii=False, indent=1)
 
     # ---- LoRA through sd-scripts' own network class
     lora_dir = os.path.join(out, "lora")
@@ -259,9 +262,8 @@ def model_fixture(tok, out):
         for lora in net.text_encoder_loras:
             lora.lora_up.weight.copy_((0.3 * torch.randn(lora.lora_up.weight.shape, generator=g)).half().float())
             lora.lora_down.weight.copy_(lora.lora_down.weight.half().float())
-    names = OrderedDict(
-        (lora.lora_name, dict(in_dim=lora.lora_down.weight.shape[1], out_dim=lora.lora_up.weight.shape[0]))
-        for lora in net.text_encoder_loras)
+    names = [dict(name=lora.lora_name, in_dim=lora.lora_down.weight.shape[1], out_dim=lora.lora_up.weight.shape[0])
+             for lora in net.text_encoder_loras]
     lora_sd = OrderedDict()
     for lora in net.text_encoder_loras:
         lora_sd[f"{lora.lora_name}.lora_down.weight"] = lora.lora_down.weight.detach().clone()
@@ -321,9 +323,8 @@ def full_size_fixture(out):
     params = sum(p.numel() for p in model.parameters())  # `shared` counted once (tied)
     torch.manual_seed(0)
     net = lora_flux.LoRANetwork([None, model], torch.nn.Module(), lora_dim=4, alpha=1, train_t5xxl=True)
-    names = OrderedDict(
-        (lora.lora_name, dict(in_dim=lora.lora_down.weight.shape[1], out_dim=lora.lora_up.weight.shape[0]))
-        for lora in net.text_encoder_loras)
+    names = [dict(name=lora.lora_name, in_dim=lora.lora_down.weight.shape[1], out_dim=lora.lora_up.weight.shape[0])
+             for lora in net.text_encoder_loras]
     rel = torch.arange(-600, 601)[None, :]
     buckets = OrderedDict(
         relative_positions=[-600, 600],
