@@ -380,9 +380,14 @@ def main():
     os.makedirs(args.out, exist_ok=True)
     expected, manifest = {}, {"layouts": {}}
     for layout, (sd, diffusers_input) in files.items():
-        metadata = {"ss_base_model_version": "flux1", "modelspec.architecture": "flux-1-dev/lora"}
-        if layout == "diffusers":
+        # One metadata key per file (safetensors writes several in a random order): sd-scripts'
+        # base-model key on the kohya-made files, modelspec's dev architecture on others.
+        if layout.startswith(("kohya", "comfy")):
+            metadata = {"ss_base_model_version": "flux1"}
+        elif layout == "diffusers":
             metadata = {}
+        else:
+            metadata = {"modelspec.architecture": "flux-1-dev/lora"}
         save_file({k: v.contiguous() for k, v in sd.items()}, os.path.join(args.out, f"{layout}.safetensors"), metadata)
         view, alphas = diffusers_view(lcu, diffusers_input if diffusers_input is not None else sd)
         view, alphas = peft_names(view), peft_names(alphas)
