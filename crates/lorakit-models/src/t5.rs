@@ -339,7 +339,7 @@ pub struct T5Block {
     ff_norm: T5LayerNorm,
     num_heads: usize,
     d_kv: usize,
-    /// Dtype of the residual stream (f32 for f16 models, else the model's).
+    /// Dtype of the residual stream and of `wo`'s input (f32 for f16 models, else the model's).
     residual: DType,
 }
 
@@ -353,10 +353,11 @@ impl T5Block {
         let norm = |v: WeightsView| -> Result<T5LayerNorm> {
             Ok(T5LayerNorm::new(v.get("weight", &[d])?.to_dtype(compute)?, cfg.layer_norm_epsilon))
         };
-        // transformers' `_keep_in_fp32_modules = ["wo"]`: in f16 the FFN output overflows.
+        // transformers' `_keep_in_fp32_modules = ["wo"]`: in f16 the FFN output overflows. A
+        // stored f16 `wo` is kept as f32; fp8 storage stays fp8 (cast to f32 for each use).
         let wo = |v: WeightsView| -> Result<Linear> {
             let w = v.get("weight", &[d, ff])?;
-            let w = if compute == DType::F16 { w.to_dtype(DType::F32)? } else { w };
+            let w = if compute == DType::F16 && w.dtype() == DType::F16 { w.to_dtype(DType::F32)? } else { w };
             Linear::new(v.path(), w, None)
         };
         let ff = match cfg.feed_forward_proj {
@@ -417,8 +418,8 @@ impl T5Block {
             }
             FeedForward::Relu { wi, wo } => (wi.forward(h, ctx)?.relu()?, wo),
         };
-        // `wo` may be f32 in an f16 model: its input follows it, as transformers casts.
-        wo.forward(&hidden.to_dtype(wo.frozen().weight().dtype())?, ctx)
+        // f16 models run `wo` in f32, as transformers casts its input to the f32 weight.
+        wo.forward(&hidden.to_dtype(self.residual)?, ctx)
     }
 
     /// The block's LoRA targets in sd-scripts' creation order (`named_modules()` of `T5Attention`,
@@ -471,24 +472,38 @@ impl std::fmt::Debug for T5EncoderModel {
 }
 
 impl T5EncoderModel {
-    /// Builds the model from the root of a `T5EncoderModel` state dict (`shared.*`, `encoder.*`).
-    /// The embedding is read from `encoder.embed_tokens.weight`, or `shared.weight` when the
-    /// file has only that one (files differ; both are the same tied tensor). The model computes
-    /// in the dtype of `encoder.final_layer_norm.weight` (f32, f16, bf16 or f64); other weights
-    /// may be stored in another dtype (fp8 linears are cast per use). Missing or mis-shaped
-    /// tensors are recorded in the store (see `Weights::check_complete`), not reported here.
+    /// Builds the model from the root of a `T5EncoderModel` state dict (`shared.*`, `encoder.*`),
+    /// computing in the dtype of `encoder.final_layer_norm.weight` (f32, f16, bf16 or f64); see
+    /// [`Self::new_in`].
     pub fn new(vb: WeightsView, cfg: &T5Config) -> Result<Self> {
-        cfg.validate()?;
-        let d = cfg.d_model;
-        let encoder = vb.pp("encoder");
-        let final_norm_weight = encoder.pp("final_layer_norm").get("weight", &[d])?;
-        let dtype = final_norm_weight.dtype();
+        // Peeked, not read: `new_in` reads it (a missing key is recorded once, there).
+        let key = vb.pp("encoder").pp("final_layer_norm").key("weight");
+        let dtype = vb.weights().tensor(&key).map_or(DType::F32, Tensor::dtype);
         if !matches!(dtype, DType::F32 | DType::F16 | DType::BF16 | DType::F64) {
             candle_core::bail!(
                 "T5: encoder.final_layer_norm.weight is {dtype:?}; the encoder computes in the dtype of its norms, \
-                 which must be f32, f16, bf16 or f64 (load the weights as one of these)"
+                 which must be f32, f16, bf16 or f64 (load the weights as one of these, or choose the compute dtype \
+                 with T5EncoderModel::new_in)"
             )
         }
+        Self::new_in(vb, cfg, dtype)
+    }
+
+    /// Builds the model computing in `dtype` (f32, f16, bf16 or f64) whatever the weights are
+    /// stored in: norms, the embedding and the position-bias table are cast to it once; linears
+    /// stay as stored and are cast for each use (fp8 storage: sd-scripts' `fp8_base` for T5).
+    /// The embedding is read from `encoder.embed_tokens.weight`, or `shared.weight` when the
+    /// file has only that one (files differ; both are the same tied tensor). Missing or
+    /// mis-shaped tensors are recorded in the store (see `Weights::check_complete`), not
+    /// reported here.
+    pub fn new_in(vb: WeightsView, cfg: &T5Config, dtype: DType) -> Result<Self> {
+        cfg.validate()?;
+        if !matches!(dtype, DType::F32 | DType::F16 | DType::BF16 | DType::F64) {
+            candle_core::bail!("T5: cannot compute in {dtype:?}; choose f32, f16, bf16 or f64")
+        }
+        let d = cfg.d_model;
+        let encoder = vb.pp("encoder");
+        let final_norm_weight = encoder.pp("final_layer_norm").get("weight", &[d])?.to_dtype(dtype)?;
         let embed_shape = [cfg.vocab_size, d];
         let (embed_key, other_key) = if encoder.contains("embed_tokens.weight") || !vb.contains("shared.weight") {
             (encoder.pp("embed_tokens"), vb.pp("shared"))
@@ -500,7 +515,9 @@ impl T5EncoderModel {
             // The tied copy: read (so it is not reported unused) and shape-checked.
             other_key.get("weight", &embed_shape)?;
         }
-        let embed_tokens = if embed_tokens.dtype().is_float() && embed_tokens.dtype().size_in_bytes() >= 2 {
+        // Rows are cast after the lookup (an f32 table serves any compute dtype); 8-bit tables
+        // are cast once, as index_select does not take every storage dtype.
+        let embed_tokens = if matches!(embed_tokens.dtype(), DType::F32 | DType::F16 | DType::BF16 | DType::F64) {
             embed_tokens
         } else {
             embed_tokens.to_dtype(dtype)?
@@ -512,7 +529,8 @@ impl T5EncoderModel {
             .pp(0)
             .pp("SelfAttention")
             .pp("relative_attention_bias")
-            .get("weight", &[cfg.relative_attention_num_buckets, cfg.num_heads])?;
+            .get("weight", &[cfg.relative_attention_num_buckets, cfg.num_heads])?
+            .to_dtype(dtype)?;
         let blocks = (0..cfg.num_layers)
             .map(|i| T5Block::new(encoder.pp("block").pp(i), cfg, dtype).map(Arc::new))
             .collect::<Result<Vec<_>>>()?;

@@ -460,6 +460,35 @@ fn half_precision_is_finite_and_close_and_f16_keeps_wo_in_f32() {
 }
 
 #[test]
+fn fp8_storage_computes_like_its_upcast_values() {
+    // sd-scripts' fp8_base: every tensor stored as float8_e4m3fn, computed in f32 / bf16 / f16.
+    // Linears are cast per use, so the result equals an f32 model of the fp8-rounded values.
+    let cfg = tiny_config();
+    let io = io();
+    let (ids, mask) = (get(&io, "input_ids"), get(&io, "attention_mask"));
+    let ctx = ForwardCtx::default();
+    let base = tiny_weights(DType::F32).into_tensors();
+    let fp8: HashMap<String, Tensor> =
+        base.iter().map(|(k, t)| (k.clone(), t.to_dtype(DType::F8E4M3).unwrap())).collect();
+    let rounded: HashMap<String, Tensor> =
+        fp8.iter().map(|(k, t)| (k.clone(), t.to_dtype(DType::F32).unwrap())).collect();
+    let reference = build(&Weights::new(rounded, "fp8 values in f32"), &cfg).forward(ids, Some(mask), &ctx).unwrap();
+    let fp8_weights = Weights::new(fp8, "fp8");
+    // new() computes in the norms' dtype, which fp8 is not: it says what to do instead.
+    let e = T5EncoderModel::new(fp8_weights.view(""), &cfg).unwrap_err().to_string();
+    assert!(e.contains("F8E4M3") && e.contains("new_in"), "{e}");
+    for (dtype, tol) in [(DType::F32, 1e-6), (DType::BF16, 5e-2), (DType::F16, 5e-2)] {
+        let model = T5EncoderModel::new_in(fp8_weights.view(""), &cfg, dtype).unwrap();
+        fp8_weights.check_complete().unwrap();
+        let out = model.forward(ids, Some(mask), &ctx).unwrap();
+        assert_eq!(out.dtype(), dtype);
+        assert!(all_finite(&out), "{dtype:?}");
+        assert_close(&format!("fp8 storage, {dtype:?} compute"), &out, &reference, tol);
+    }
+    assert!(T5EncoderModel::new_in(fp8_weights.view(""), &cfg, DType::U8).is_err());
+}
+
+#[test]
 fn bad_input_is_an_error() {
     let model = tiny_model(DType::F32);
     let ctx = ForwardCtx::default();
