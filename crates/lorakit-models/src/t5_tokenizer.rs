@@ -15,6 +15,7 @@
 //! not a re-implementation.
 
 use std::path::Path;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use candle_core::{Device, Tensor};
 use tokenizers::{
@@ -64,10 +65,14 @@ impl T5Tokens {
     }
 }
 
-/// The T5 tokenizer (see the module docs).
+/// The T5 tokenizer (see the module docs). Clones are cheap and share the vocabulary.
 #[derive(Clone)]
 pub struct T5Tokenizer {
-    inner: Tokenizer,
+    /// Without truncation or padding.
+    inner: Arc<Tokenizer>,
+    /// A copy configured for the last `max_length` asked for: copying the vocabulary costs tens
+    /// of milliseconds, and a run tokenises every caption at one length.
+    configured: Arc<Mutex<Option<(usize, Arc<Tokenizer>)>>>,
     source: String,
 }
 
@@ -85,12 +90,16 @@ impl T5Tokenizer {
     /// `<unk>`: characters the vocabulary cannot spell (emoji, most CJK).
     pub const UNK: u32 = 2;
 
-    /// The embedded `google/t5-v1_1-xxl` tokenizer.
+    /// The embedded `google/t5-v1_1-xxl` tokenizer (parsed once per process, ~80 ms).
     pub fn new() -> Result<Self> {
-        let mut json = Vec::with_capacity(1 << 21);
-        std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(TOKENIZER_JSON_GZ), &mut json)
-            .map_err(|e| Error::Tokenizer(format!("embedded T5 tokenizer.json: {e}")))?;
-        Self::from_bytes(&json, "embedded T5 tokenizer.json (google/t5-v1_1-xxl)")
+        static EMBEDDED: OnceLock<std::result::Result<T5Tokenizer, String>> = OnceLock::new();
+        let parsed = EMBEDDED.get_or_init(|| {
+            let mut json = Vec::with_capacity(1 << 21);
+            std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(TOKENIZER_JSON_GZ), &mut json)
+                .map_err(|e| format!("embedded T5 tokenizer.json: {e}"))?;
+            Self::from_bytes(&json, "embedded T5 tokenizer.json (google/t5-v1_1-xxl)").map_err(|e| e.to_string())
+        });
+        parsed.clone().map_err(Error::Tokenizer)
     }
 
     /// A T5 `tokenizer.json` from disk (e.g. `tokenizer_2/tokenizer.json` of a diffusers Flux
@@ -129,7 +138,7 @@ impl T5Tokenizer {
         // Truncation and padding are set per call; whatever the file configures is dropped.
         inner.with_padding(None);
         inner.with_truncation(None).map_err(|e| fail(e.to_string()))?;
-        let tokenizer = T5Tokenizer { inner, source: source.to_string() };
+        let tokenizer = T5Tokenizer { inner: Arc::new(inner), configured: Arc::default(), source: source.to_string() };
         let probe = tokenizer.encode("a")?;
         if probe.last() != Some(&Self::EOS) {
             return Err(fail(format!(
@@ -163,22 +172,7 @@ impl T5Tokenizer {
         if max_length == 0 {
             return Err(Error::Invalid("T5 tokenizer: max_length must be at least 1 (room for </s>)".into()));
         }
-        let mut tok = self.inner.clone();
-        tok.with_truncation(Some(TruncationParams {
-            direction: TruncationDirection::Right,
-            max_length,
-            strategy: TruncationStrategy::LongestFirst,
-            stride: 0,
-        }))
-        .map_err(|e| self.error(e))?;
-        tok.with_padding(Some(PaddingParams {
-            strategy: PaddingStrategy::Fixed(max_length),
-            direction: PaddingDirection::Right,
-            pad_to_multiple_of: None,
-            pad_id: Self::PAD,
-            pad_type_id: 0,
-            pad_token: "<pad>".into(),
-        }));
+        let tok = self.configured_for(max_length)?;
         let texts: Vec<&str> = prompts.iter().map(AsRef::as_ref).collect();
         let encodings = tok.encode_batch(texts.clone(), true).map_err(|e| self.error(e))?;
         let mut out = T5Tokens {
@@ -218,6 +212,35 @@ impl T5Tokenizer {
     /// left out (transformers' `decode(…, skip_special_tokens=True)`).
     pub fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String> {
         self.inner.decode(ids, skip_special_tokens).map_err(|e| self.error(e))
+    }
+
+    /// The tokenizer with transformers' settings for `padding="max_length", truncation=True`.
+    fn configured_for(&self, max_length: usize) -> Result<Arc<Tokenizer>> {
+        let mut cache = self.configured.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some((len, tok)) = cache.as_ref() {
+            if *len == max_length {
+                return Ok(Arc::clone(tok));
+            }
+        }
+        let mut tok = (*self.inner).clone();
+        tok.with_truncation(Some(TruncationParams {
+            direction: TruncationDirection::Right,
+            max_length,
+            strategy: TruncationStrategy::LongestFirst,
+            stride: 0,
+        }))
+        .map_err(|e| self.error(e))?;
+        tok.with_padding(Some(PaddingParams {
+            strategy: PaddingStrategy::Fixed(max_length),
+            direction: PaddingDirection::Right,
+            pad_to_multiple_of: None,
+            pad_id: Self::PAD,
+            pad_type_id: 0,
+            pad_token: "<pad>".into(),
+        }));
+        let tok = Arc::new(tok);
+        *cache = Some((max_length, Arc::clone(&tok)));
+        Ok(tok)
     }
 
     fn error(&self, e: impl std::fmt::Display) -> Error {
