@@ -65,6 +65,9 @@ impl T5Tokens {
     }
 }
 
+/// A tokenizer set up for one `max_length`, and that length.
+type Configured = (usize, Arc<Tokenizer>);
+
 /// The T5 tokenizer (see the module docs). Clones are cheap and share the vocabulary.
 #[derive(Clone)]
 pub struct T5Tokenizer {
@@ -72,7 +75,7 @@ pub struct T5Tokenizer {
     inner: Arc<Tokenizer>,
     /// A copy configured for the last `max_length` asked for: copying the vocabulary costs tens
     /// of milliseconds, and a run tokenises every caption at one length.
-    configured: Arc<Mutex<Option<(usize, Arc<Tokenizer>)>>>,
+    configured: Arc<Mutex<Option<Configured>>>,
     source: String,
 }
 
