@@ -18,8 +18,9 @@
 //!   most negative finite value on masked keys (finite, so a fully masked row stays finite).
 //! - f16: T5 overflows f16 in its FFN output, so transformers keeps `wo` in f32
 //!   (`_keep_in_fp32_modules = ["wo"]`) and its residual stream becomes f32 from the first FFN on.
-//!   Here a model whose weights are f16 gets `wo` in f32 and an f32 residual stream throughout;
-//!   every other op runs in f16. bf16 and f32 run entirely in their dtype.
+//!   Here a model computing in f16 runs `wo` in f32 (an f16 `wo` is stored as f32, 4 GB instead
+//!   of 2 GB for XXL; an fp8 one stays fp8 and is cast per use) with an f32 residual stream
+//!   throughout; every other op runs in f16. bf16 and f32 run entirely in their dtype.
 //!
 //! Attention is composed from tracked ops (scores, bias, softmax, values): the relative bias is a
 //! full (heads, L, L) matrix, which `lorakit_nn::attention` cannot take. T5 is frozen in most
