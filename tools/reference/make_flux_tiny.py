@@ -24,6 +24,8 @@ Writes tests/fixtures/reference/flux_tiny/:
 * schedules.json - sd-scripts' `get_schedule` noise levels (checked against diffusers'
   `FlowMatchEulerDiscreteScheduler` with dynamic shifting); sample.safetensors - sd-scripts'
   Euler `denoise` loop (3 steps, guidance 3.5) on the dev model from given noise;
+* pipeline/ - a whole tiny FluxPipeline folder in f16 (the dev transformer and autoencoder, a
+  tiny CLIP-L of width 24 and T5 of width 40, random weights) for end-to-end tests;
 * ae_bfl.safetensors, ae_diffusers/vae/ - the autoencoder in BFL's `ae.safetensors` layout and as a
   diffusers folder; io_ae.safetensors - an image, the posterior mean and log-variance, the scaled
   latents `0.3611 * (mean - 0.1159)`, the decoded image of those latents, and the 2x2 packing.
@@ -352,6 +354,91 @@ def ae_fixtures():
     )
 
 
+def pipeline_fixture():
+    """A whole tiny Flux pipeline as a diffusers folder in f16 (random weights; the tiny dev
+    transformer and autoencoder above, a tiny CLIP-L and T5 of the widths they expect), for
+    end-to-end tests of loading, generating and training."""
+    from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
+
+    root = os.path.join(OUT, "pipeline")
+    dev = make_flux(True, 1)
+    dm = diffusers_transformer(True)
+    dm.load_state_dict(to_diffusers(dev.state_dict()), strict=True)
+    dm.half().save_pretrained(os.path.join(root, "transformer"), safe_serialization=True)
+    vae = AutoencoderKL.from_pretrained(os.path.join(OUT, "ae_diffusers", "vae"))
+    vae.half().save_pretrained(os.path.join(root, "vae"), safe_serialization=True)
+
+    torch.manual_seed(41)
+    clip_cfg = CLIPTextConfig(
+        vocab_size=49408,
+        hidden_size=POOLED_DIM,
+        intermediate_size=2 * POOLED_DIM,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        max_position_embeddings=77,
+        hidden_act="quick_gelu",
+        projection_dim=POOLED_DIM,
+        bos_token_id=49406,
+        eos_token_id=49407,
+        pad_token_id=49407,
+    )
+    clip = CLIPTextModel(clip_cfg).eval()
+    clip.half().save_pretrained(os.path.join(root, "text_encoder"), safe_serialization=True)
+
+    torch.manual_seed(42)
+    t5_cfg = T5Config(
+        vocab_size=32128,
+        d_model=T5_DIM,
+        d_kv=12,
+        d_ff=56,
+        num_layers=2,
+        num_decoder_layers=0,
+        num_heads=3,
+        relative_attention_num_buckets=32,
+        relative_attention_max_distance=20,
+        feed_forward_proj="gated-gelu",
+        is_encoder_decoder=False,
+        use_cache=False,
+    )
+    t5 = T5EncoderModel(t5_cfg).eval()
+    with torch.no_grad():
+        for name, p in t5.named_parameters():
+            if name.endswith(".weight") and p.ndim == 2 and "relative_attention_bias" not in name and "shared" not in name:
+                p.copy_(torch.randn_like(p) / (p.shape[1] ** 0.5))
+    t5.half().save_pretrained(os.path.join(root, "text_encoder_2"), safe_serialization=True)
+    os.makedirs(os.path.join(root, "scheduler"), exist_ok=True)
+    with open(os.path.join(root, "scheduler", "scheduler_config.json"), "w") as f:
+        json.dump(
+            {
+                "_class_name": "FlowMatchEulerDiscreteScheduler",
+                "num_train_timesteps": 1000,
+                "shift": 3.0,
+                "use_dynamic_shifting": True,
+                "base_shift": 0.5,
+                "max_shift": 1.15,
+                "base_image_seq_len": 256,
+                "max_image_seq_len": 4096,
+            },
+            f,
+            indent=1,
+        )
+    with open(os.path.join(root, "model_index.json"), "w") as f:
+        json.dump(
+            {
+                "_class_name": "FluxPipeline",
+                "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"],
+                "text_encoder": ["transformers", "CLIPTextModel"],
+                "text_encoder_2": ["transformers", "T5EncoderModel"],
+                "tokenizer": ["transformers", "CLIPTokenizer"],
+                "tokenizer_2": ["transformers", "T5TokenizerFast"],
+                "transformer": ["diffusers", "FluxTransformer2DModel"],
+                "vae": ["diffusers", "AutoencoderKL"],
+            },
+            f,
+            indent=1,
+        )
+
+
 def main():
     if os.path.isdir(OUT):
         shutil.rmtree(OUT)
@@ -360,6 +447,7 @@ def main():
     sampler_fixtures(make_flux(True, 1), inputs)
     lora_fixture(dev, inputs)
     ae_fixtures()
+    pipeline_fixture()
     with open(os.path.join(OUT, "README.md"), "w") as f:
         f.write(
             "Made by tools/reference/make_flux_tiny.py (see its docstring); do not edit by hand.\n\n"

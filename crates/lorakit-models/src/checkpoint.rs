@@ -836,7 +836,7 @@ fn parse_prediction(value: &str) -> std::result::Result<Prediction, String> {
 
 /// The safetensors file(s) of one component folder: `<stem>.safetensors`, the `.fp16` variant
 /// (preferred when loading as f16, else only the fallback), or the shards of an index.
-fn component_files(dir: &Path, stem: &str, dtype: DType) -> Result<Vec<PathBuf>> {
+pub(crate) fn component_files(dir: &Path, stem: &str, dtype: DType) -> Result<Vec<PathBuf>> {
     let variants: [&str; 2] = if dtype == DType::F16 { [".fp16", ""] } else { ["", ".fp16"] };
     for variant in variants {
         let single = dir.join(format!("{stem}{variant}.safetensors"));

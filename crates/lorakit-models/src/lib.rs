@@ -9,6 +9,7 @@ pub mod checkpoint;
 pub mod clip;
 pub mod clip_tokenizer;
 pub mod dit;
+pub mod flux_pipeline;
 mod error;
 pub mod grid;
 pub mod lora_inject;

@@ -377,7 +377,7 @@ fn from_config<T: serde::de::DeserializeOwned>(value: serde_json::Value, path: &
 
 /// Standard normal noise drawn on the CPU from `rng`, so a seed gives the same image on every
 /// device.
-fn gaussian(shape: &[usize], rng: &mut StdRng, device: &Device) -> candle_core::Result<Tensor> {
+pub(crate) fn gaussian(shape: &[usize], rng: &mut StdRng, device: &Device) -> candle_core::Result<Tensor> {
     let n: usize = shape.iter().product();
     let values: Vec<f32> = (0..n).map(|_| StandardNormal.sample(rng)).collect();
     Tensor::from_vec(values, shape, &Device::Cpu)?.to_device(device)
@@ -400,8 +400,11 @@ pub struct GenerateRequest {
     pub negative: Option<String>,
     /// Sampler steps.
     pub steps: usize,
-    /// Classifier-free guidance scale.
+    /// Classifier-free guidance scale (Flux: 1 means none, as in sd-scripts).
     pub cfg_scale: f64,
+    /// The embedded guidance of guidance-distilled models (Flux.1-dev; sd-scripts' `--g`,
+    /// default 3.5); other models ignore it.
+    pub guidance: f64,
     /// Seed of the initial noise (and of ancestral samplers' noise).
     pub seed: u64,
     /// Image width in pixels (multiple of 8).
@@ -421,6 +424,7 @@ impl Default for GenerateRequest {
             negative: None,
             steps: 25,
             cfg_scale: 7.0,
+            guidance: 3.5,
             seed: 0,
             width: 512,
             height: 512,
@@ -444,8 +448,8 @@ impl GenerateRequest {
         if self.steps == 0 || self.steps > 1000 {
             return Err(Error::Invalid(format!("steps {} must be between 1 and 1000", self.steps)));
         }
-        if !self.cfg_scale.is_finite() {
-            return Err(Error::Invalid("cfg scale must be a finite number".into()));
+        if !self.cfg_scale.is_finite() || !self.guidance.is_finite() {
+            return Err(Error::Invalid("cfg scale and guidance must be finite numbers".into()));
         }
         if self.clip_skip == Some(0) {
             return Err(Error::Invalid("clip skip counts from 1 (1 = last layer)".into()));

@@ -68,6 +68,7 @@ impl SampleRunner {
                 height: p.height as usize,
                 sampler: sampler_kind(p.sampler.as_deref().unwrap_or(&defaults.sampler))?,
                 clip_skip: config.model.clip_skip,
+                guidance: 3.5,
             };
             request.validate().map_err(|e| bad(&e))?;
             requests.push(request);

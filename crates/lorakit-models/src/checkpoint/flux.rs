@@ -93,14 +93,25 @@ pub fn load_flux_transformer(
 
 /// Every tensor of a safetensors file: linear weights in f8 e4m3 with [`LinearStorage::Fp8`]
 /// (kept as stored when the file already is e4m3), everything else in `dtype`.
-fn read_all(path: &Path, dtype: DType, storage: LinearStorage, device: &Device) -> Result<HashMap<String, Tensor>> {
+pub(crate) fn read_all(
+    path: &Path,
+    dtype: DType,
+    storage: LinearStorage,
+    device: &Device,
+) -> Result<HashMap<String, Tensor>> {
     refuse_pickle_extension(path)?;
     let file = open_safetensors(path)?;
     file.tensor_names()
         .map(|name| {
             // Linear weights are the 2-D `.weight`s (norm scales and biases are 1-D). An fp8 file
             // loaded without fp8 storage is upcast to the compute dtype, as sd-scripts does.
-            let is_linear_weight = name.ends_with(".weight") && file.info(name).is_some_and(|i| i.shape.len() == 2);
+            // Embedding tables and T5's relative-position table are indexed, not multiplied: they
+            // keep the compute dtype.
+            let is_linear_weight = name.ends_with(".weight")
+                && file.info(name).is_some_and(|i| i.shape.len() == 2)
+                && !name.contains("embed_tokens")
+                && !name.contains("shared.")
+                && !name.contains("relative_attention_bias");
             let target = if storage == LinearStorage::Fp8 && is_linear_weight { DType::F8E4M3 } else { dtype };
             Ok((name.to_string(), load_tensor(&file, name, target, device)?))
         })

@@ -7,8 +7,10 @@ use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device};
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
+use lorakit_models::checkpoint::{detect_family_at, ModelFamily};
+use lorakit_models::flux_pipeline::{FluxOptions, FluxPaths, FluxPipeline};
 use lorakit_models::grid::compose_grid;
-use lorakit_models::lora_inject::{load_lora_file, sets_from_files, LoadedLora};
+use lorakit_models::lora_inject::{load_lora_file, sets_from_files, ComponentTargets, LoadedLora};
 use lorakit_models::pipeline::{GenerateRequest, LoraSets, RgbImage, StableDiffusion};
 use lorakit_models::samplers::SamplerKind;
 
@@ -19,9 +21,29 @@ use lorakit_models::samplers::SamplerKind;
     lorakit generate --model sd15.safetensors --grid --grid-baseline --lora run-000002.safetensors --lora run-000004.safetensors \\\n      \
     --prompt 'mychar, portrait' --prompt 'mychar, full body' -o epochs.png")]
 pub struct GenerateArgs {
-    /// Base model: a single-file .safetensors checkpoint or a diffusers folder (SD 1.x / 2.x).
+    /// Base model: a single-file .safetensors checkpoint or a diffusers folder (SD 1.x / 2.x,
+    /// SDXL; Flux.1: BFL's transformer file with --clip-l, --t5xxl and --ae, or a diffusers folder).
     #[arg(long, value_name = "CKPT")]
     model: PathBuf,
+    /// Flux: the CLIP-L text encoder file (sd-scripts' --clip_l); default: the folder's text_encoder/.
+    #[arg(long, value_name = "FILE")]
+    clip_l: Option<PathBuf>,
+    /// Flux: the T5-XXL text encoder file (sd-scripts' --t5xxl); default: the folder's text_encoder_2/.
+    #[arg(long, value_name = "FILE")]
+    t5xxl: Option<PathBuf>,
+    /// Flux: the autoencoder file, BFL's ae.safetensors (sd-scripts' --ae); default: the folder's vae/.
+    #[arg(long, value_name = "FILE")]
+    ae: Option<PathBuf>,
+    /// Flux.1-dev: the embedded guidance (sd-scripts' sample option --g).
+    #[arg(long, default_value_t = 3.5)]
+    guidance: f64,
+    /// Flux: T5 tokens per prompt (default 512 for dev, 256 for schnell).
+    #[arg(long)]
+    t5xxl_max_token_length: Option<usize>,
+    /// Flux: mask T5's padding tokens in T5 and the transformer (as the LoRA was trained with
+    /// sd-scripts' --apply_t5_attn_mask).
+    #[arg(long)]
+    apply_t5_attn_mask: bool,
     /// A LoRA file (kohya LoRA/LoCon, PEFT/diffusers, LyCORIS LoHa/LoKr), optionally with a
     /// strength (FILE:0.8). Repeat for several; with --grid each one is a row, otherwise they
     /// are applied together. A file holding NaN/Inf weights is refused (the image would be black).
@@ -34,12 +56,13 @@ pub struct GenerateArgs {
     /// Negative prompt.
     #[arg(long)]
     negative: Option<String>,
-    /// Sampler steps.
-    #[arg(long, default_value_t = 25)]
-    steps: usize,
-    /// Classifier-free guidance scale.
-    #[arg(long, default_value_t = 7.0)]
-    cfg: f64,
+    /// Sampler steps (default 25; Flux: 20, as sd-scripts' sampler).
+    #[arg(long)]
+    steps: Option<usize>,
+    /// Classifier-free guidance scale with the negative prompt (default 7; Flux: 1 = none, as
+    /// sd-scripts' sampler).
+    #[arg(long)]
+    cfg: Option<f64>,
     /// Seed of the initial noise (every cell of a grid uses the same seed).
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -50,9 +73,10 @@ pub struct GenerateArgs {
     /// Height in pixels (multiple of 8; default: the model's native size).
     #[arg(long)]
     height: Option<usize>,
-    /// Sampler: euler, euler_a, ddim, dpmpp_2m, dpmpp_2m_karras.
-    #[arg(long, default_value = "euler", value_parser = parse_sampler)]
-    sampler: SamplerKind,
+    /// Sampler: euler (default), euler_a, ddim, dpmpp_2m, dpmpp_2m_karras (SD families; Flux
+    /// always samples with flow-matching Euler).
+    #[arg(long, value_parser = parse_sampler)]
+    sampler: Option<SamplerKind>,
     /// CLIP skip (2 = penultimate layer, as most anime SD 1.x models expect; SDXL always uses
     /// the penultimate layer, so leave it unset there).
     #[arg(long)]
@@ -123,12 +147,13 @@ pub fn run(args: GenerateArgs) -> Result<ExitCode> {
     let request = GenerateRequest {
         prompt: args.prompt[0].clone(),
         negative: args.negative.clone(),
-        steps: args.steps,
-        cfg_scale: args.cfg,
+        steps: args.steps.unwrap_or(25),
+        cfg_scale: args.cfg.unwrap_or(7.0),
+        guidance: args.guidance,
         seed: args.seed,
         width: args.width.unwrap_or(512),
         height: args.height.unwrap_or(512),
-        sampler: args.sampler,
+        sampler: args.sampler.unwrap_or(SamplerKind::Euler),
         clip_skip: args.clip_skip,
     };
     request.validate()?;
@@ -142,28 +167,21 @@ pub fn run(args: GenerateArgs) -> Result<ExitCode> {
     let device = device(args.device)?;
     let dtype = DType::F32;
     eprintln!("loading {}", args.model.display());
-    let mut model = StableDiffusion::load(&args.model, dtype, &device)?;
-    let native = model.native_size;
+    let is_flux = detect_family_at(&args.model)? == ModelFamily::Flux;
+    // sd-scripts' Flux sampler: 20 steps, no CFG (scale 1), flow Euler only.
+    let request = if is_flux {
+        if args.sampler.is_some() {
+            bail!("--sampler does not apply to Flux models: they sample with flow-matching Euler");
+        }
+        GenerateRequest { steps: args.steps.unwrap_or(20), cfg_scale: args.cfg.unwrap_or(1.0), ..request }
+    } else {
+        request
+    };
+    let model = if is_flux { load_flux(&args, &device)? } else { load_sd(&args, dtype, &device)? };
+    let native = model.native_size();
     let request =
         GenerateRequest { width: args.width.unwrap_or(native), height: args.height.unwrap_or(native), ..request };
     request.validate()?;
-    if model.declared_zero_terminal_snr {
-        eprintln!("zero-terminal-SNR model (it has a `ztsnr` key): sampling with the rescaled schedule");
-    }
-    use lorakit_models::schedule::Prediction;
-    match (&model.declared_prediction, args.v_prediction) {
-        (Some((Prediction::VPrediction, source)), _) => eprintln!("v-prediction model ({source})"),
-        (Some((Prediction::Epsilon, source)), true) => {
-            eprintln!("note: the model declares epsilon-prediction ({source}); sampling with v-prediction as --v-prediction asks")
-        }
-        (None, false) if model.family == lorakit_models::checkpoint::ModelFamily::Sd2 => eprintln!(
-            "note: an SD 2.x file that does not say what it predicts; sampling with epsilon-prediction — for a 768-v model add --v-prediction (its images are noise without it)"
-        ),
-        _ => {}
-    }
-    if args.v_prediction {
-        model.prediction = Prediction::VPrediction;
-    }
 
     let load = |(path, weight): &(PathBuf, f64)| -> Result<LoadedLora> {
         Ok(load_lora_file(path, *weight, false, &model.lora_components(), dtype, &device)?)
@@ -188,7 +206,7 @@ pub fn run(args: GenerateArgs) -> Result<ExitCode> {
         rows.push((String::new(), if files.is_empty() { None } else { Some(as_sets(files)?) }));
     }
 
-    let total = (rows.len() * args.prompt.len() * args.steps) as u64;
+    let total = (rows.len() * args.prompt.len() * request.steps) as u64;
     let bar = ProgressBar::new(total);
     bar.set_style(
         ProgressStyle::with_template("{bar:40} {pos}/{len} steps  {elapsed} < {eta}  {msg}").expect("valid template"),
@@ -214,6 +232,97 @@ pub fn run(args: GenerateArgs) -> Result<ExitCode> {
     write_png(&args.output, &image)?;
     eprintln!("wrote {} ({}×{})", args.output.display(), image.width, image.height);
     Ok(ExitCode::SUCCESS)
+}
+
+/// The model `generate` draws with: an SD family's pipeline or Flux's.
+enum Model {
+    Sd(Box<StableDiffusion>),
+    Flux(Box<FluxPipeline>),
+}
+
+impl Model {
+    fn lora_components(&self) -> Vec<ComponentTargets<'_>> {
+        match self {
+            Model::Sd(m) => m.lora_components(),
+            Model::Flux(m) => m.lora_components(),
+        }
+    }
+
+    /// The default image side: an SD folder's native size; Flux's autoencoder `sample_size`.
+    fn native_size(&self) -> usize {
+        match self {
+            Model::Sd(m) => m.native_size,
+            Model::Flux(m) => m.ae().config().sample_size,
+        }
+    }
+
+    fn generate(
+        &self,
+        request: &GenerateRequest,
+        lora: Option<&LoraSets>,
+        on_step: &mut dyn FnMut(usize, usize),
+    ) -> lorakit_models::Result<RgbImage> {
+        match self {
+            Model::Sd(m) => m.generate(request, lora, on_step),
+            Model::Flux(m) => m.generate(request, lora, on_step),
+        }
+    }
+}
+
+/// An SD 1.x/2.x/SDXL model, with what it declares about its prediction reported.
+fn load_sd(args: &GenerateArgs, dtype: DType, device: &Device) -> Result<Model> {
+    for (flag, given) in
+        [("--clip-l", args.clip_l.is_some()), ("--t5xxl", args.t5xxl.is_some()), ("--ae", args.ae.is_some())]
+    {
+        if given {
+            bail!("{flag} is for Flux models; {} is not one", args.model.display());
+        }
+    }
+    let mut model = StableDiffusion::load(&args.model, dtype, device)?;
+    if model.declared_zero_terminal_snr {
+        eprintln!("zero-terminal-SNR model (it has a `ztsnr` key): sampling with the rescaled schedule");
+    }
+    use lorakit_models::schedule::Prediction;
+    match (&model.declared_prediction, args.v_prediction) {
+        (Some((Prediction::VPrediction, source)), _) => eprintln!("v-prediction model ({source})"),
+        (Some((Prediction::Epsilon, source)), true) => {
+            eprintln!("note: the model declares epsilon-prediction ({source}); sampling with v-prediction as --v-prediction asks")
+        }
+        (None, false) if model.family == ModelFamily::Sd2 => eprintln!(
+            "note: an SD 2.x file that does not say what it predicts; sampling with epsilon-prediction — for a 768-v model add --v-prediction (its images are noise without it)"
+        ),
+        _ => {}
+    }
+    if args.v_prediction {
+        model.prediction = Prediction::VPrediction;
+    }
+    Ok(Model::Sd(Box::new(model)))
+}
+
+/// A Flux.1 model from its file(s) or folder.
+fn load_flux(args: &GenerateArgs, device: &Device) -> Result<Model> {
+    if args.v_prediction || args.clip_skip.is_some() {
+        bail!("--v-prediction and --clip-skip do not apply to Flux models");
+    }
+    let paths = FluxPaths {
+        model: args.model.clone(),
+        clip_l: args.clip_l.clone(),
+        t5xxl: args.t5xxl.clone(),
+        ae: args.ae.clone(),
+    };
+    let opts = FluxOptions {
+        t5_max_length: args.t5xxl_max_token_length,
+        apply_t5_attn_mask: args.apply_t5_attn_mask,
+        ..FluxOptions::default()
+    };
+    let model = FluxPipeline::load(&paths, &opts, device)?;
+    let kind = if model.transformer().config().guidance_embed { "dev (guidance-distilled)" } else { "schnell" };
+    eprintln!(
+        "Flux.1 {kind}: {} double + {} single blocks",
+        model.transformer().config().depth,
+        model.transformer().config().depth_single_blocks
+    );
+    Ok(Model::Flux(Box::new(model)))
 }
 
 fn write_png(path: &std::path::Path, image: &RgbImage) -> Result<()> {
