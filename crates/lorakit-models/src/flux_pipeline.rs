@@ -114,6 +114,7 @@ pub struct FluxPipeline {
     transformer_targets: Vec<LoraTarget>,
     clip_targets: Vec<LoraTarget>,
     t5_targets: Vec<LoraTarget>,
+    text_parameters: (usize, usize),
 }
 
 /// Builds a network from a store, then checks the store was complete and fully used.
@@ -204,12 +205,15 @@ impl FluxPipeline {
                 transformer.config().context_in_dim
             )));
         }
+        let count = |shapes: Vec<(String, Vec<usize>)>| shapes.iter().map(|(_, s)| s.iter().product::<usize>()).sum();
+        let text_parameters = (count(clip.config().parameter_shapes(false)), count(t5.config().parameter_shapes()));
         let default_length =
             if transformer.config().guidance_embed { T5_MAX_LENGTH_DEV } else { T5_MAX_LENGTH_SCHNELL };
         Ok(FluxPipeline {
             transformer_targets: transformer.lora_targets(),
             clip_targets: clip.lora_targets(),
             t5_targets: t5.lora_targets(),
+            text_parameters,
             transformer,
             ae,
             text: Some(FluxText { clip, t5 }),
@@ -254,11 +258,18 @@ impl FluxPipeline {
     /// The components LoRA files are matched against, in [`LoraSets`] order: the transformer
     /// (`lora_unet`), CLIP-L (`lora_te1`), T5-XXL (`lora_te3`).
     pub fn lora_components(&self) -> Vec<ComponentTargets<'_>> {
-        vec![
-            ComponentTargets { prefix: UNET_PREFIX, targets: &self.transformer_targets },
-            ComponentTargets { prefix: CLIP_L_LORA_PREFIX, targets: &self.clip_targets },
-            ComponentTargets { prefix: T5_LORA_PREFIX, targets: &self.t5_targets },
-        ]
+        let targets = [&self.transformer_targets, &self.clip_targets, &self.t5_targets];
+        Self::lora_prefixes().iter().zip(targets).map(|(p, t)| ComponentTargets { prefix: p, targets: t }).collect()
+    }
+
+    /// kohya's module-name prefix of each component, in [`Self::lora_components`] order.
+    pub fn lora_prefixes() -> &'static [&'static str] {
+        &[UNET_PREFIX, CLIP_L_LORA_PREFIX, T5_LORA_PREFIX]
+    }
+
+    /// Parameters of CLIP-L and of T5 (known after the encoders are released).
+    pub fn text_encoder_parameter_counts(&self) -> (usize, usize) {
+        self.text_parameters
     }
 
     /// Drops both text encoders (their outputs were cached); encoding prompts is then an error.
