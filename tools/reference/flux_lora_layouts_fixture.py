@@ -35,7 +35,9 @@ names as diffusers' loader ends up with them, see `peft_names`).
 Where diffusers takes a file only in another spelling (the bare / `lora.down` names of
 `diffusers_variants`; the bare BFL names + norm scales its control-LoRA converter requires for
 `bfl`), diffusers is given that spelling of the same tensors. diffusers drops T5 (`lora_te3_`)
-modules, so there is nothing of diffusers' to compare them with. `manifest.json` records versions
+modules, so there is nothing of diffusers' to compare them with. For `bfl`'s final modulation the
+expected value is the kohya converter's (lora_B's halves swapped): the control-LoRA converter also
+swaps the halves of lora_A, i.e. its rank rows, which changes ΔW. `manifest.json` records versions
 and what each layout holds.
 
 Read by crates/lorakit-lora/tests/flux_layouts.rs and crates/lorakit/tests/cli_flux_lora.rs.
@@ -391,6 +393,14 @@ def main():
         save_file({k: v.contiguous() for k, v in sd.items()}, os.path.join(args.out, f"{layout}.safetensors"), metadata)
         view, alphas = diffusers_view(lcu, diffusers_input if diffusers_input is not None else sd)
         view, alphas = peft_names(view), peft_names(alphas)
+        if layout == "bfl":
+            # diffusers' control-LoRA converter swaps the halves of lora_A as well as lora_B for the
+            # final modulation (its kohya converter swaps lora_B only); swapping A's rank rows
+            # changes ΔW, so the expected value is the kohya converter's: B's halves swapped, A kept.
+            a = bfl["diffusion_model.final_layer.adaLN_modulation.1.lora_A.weight"]
+            b = bfl["diffusion_model.final_layer.adaLN_modulation.1.lora_B.weight"]
+            view["transformer.norm_out.linear.lora_A.weight"] = a
+            view["transformer.norm_out.linear.lora_B.weight"] = lcu.swap_scale_shift(b)
         for key, t in view.items():
             expected[f"{layout}:{key}"] = t.float().clone().contiguous()
         for key, t in alphas.items():
@@ -402,6 +412,10 @@ def main():
             "network_alphas": len(alphas),
             "diffusers_given": "this file" if diffusers_input is None else "the same tensors in the spelling diffusers reads",
         }
+        if layout == "bfl":
+            manifest["layouts"][layout]["norm_out.linear"] = (
+                "kohya converter's swap (lora_B only); the control-LoRA converter also swaps lora_A's rank rows"
+            )
     save_file(expected, os.path.join(args.out, "expected.safetensors"))
     manifest.update({
         "config": {"hidden": H, "mlp": MLP, "double": DOUBLE, "single": SINGLE, "in_channels": IN_CH,

@@ -1,6 +1,7 @@
 //! Converting LoRA key names between kohya (`lora_unet_…`, `lora_te…_…`) and
 //! PEFT/diffusers (`unet.<module>.lora_A.weight`) for SD1.5 and SDXL
-//! (`lorakit convert`).
+//! (`lorakit convert`). Flux.1 files, in any of their layouts, go through
+//! [`crate::flux_convert`], which also fuses and splits qkv / linear1.
 //!
 //! kohya names replace every "." of a module path with "_", which is lossy
 //! (`to_q`, `proj_in`, `transformer_blocks` contain underscores), so names are
@@ -15,7 +16,8 @@
 //! each module's effective alpha (its `.alpha` key if the file has one, else
 //! the rank, i.e. scale 1). `scale · up · down` is unchanged either way.
 
-use crate::keys::{guess_family, modules, Family, ModuleError, Scheme};
+use crate::flux_convert::convert_flux;
+use crate::keys::{guess_family, modules, Family, ModuleError, ModuleSet, Scheme};
 use crate::safetensors_file::{serialize, write_lora, Dtype, LoraFile, LoraFileError, Precision, Tensor};
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -68,9 +70,9 @@ pub enum ConvertError {
         /// Its scheme.
         scheme: Scheme,
     },
-    /// A base model other than SD1.5/SDXL.
+    /// A base model other than SD1.5/SDXL/Flux.
     #[error(
-        "{}: this LoRA looks like {family} ({evidence}); convert supports SD1.5 and SDXL only",
+        "{}: this LoRA looks like {family} ({evidence}); convert supports SD1.5, SDXL and Flux only",
         path.display()
     )]
     UnsupportedFamily {
@@ -83,7 +85,7 @@ pub enum ConvertError {
     },
     /// Neither keys nor metadata tell SD1.5 from SDXL.
     #[error(
-        "{}: cannot tell whether this LoRA is for SD1.5 or SDXL ({evidence}); convert supports SD1.5 and SDXL — pass --family sd15 or --family sdxl",
+        "{}: cannot tell which base model this LoRA is for ({evidence}); pass --family sd15, sdxl or flux",
         path.display()
     )]
     UnknownFamily {
@@ -128,6 +130,16 @@ pub enum ConvertError {
         /// Tensor name.
         name: String,
     },
+    /// A Flux module whose shape does not fit the layer it names.
+    #[error("{}: module `{module}` {reason}; the file is not a Flux.1 LoRA of the usual shapes — nothing was written", path.display())]
+    FluxShape {
+        /// Input file.
+        path: PathBuf,
+        /// Module name.
+        module: String,
+        /// What does not fit.
+        reason: String,
+    },
     /// LoCon Tucker modules have no PEFT equivalent.
     #[error(
         "{}: module `{module}` stores a LoCon Tucker `lora_mid` weight, which PEFT/diffusers cannot hold",
@@ -154,8 +166,11 @@ pub struct ConvertOutcome {
     pub precision: Precision,
     /// (input module name, output module name) in input name order.
     pub renamed: Vec<(String, String)>,
-    /// Modules whose `alpha / rank` ≠ 1 was folded into `lora_B` (kohya → PEFT only).
+    /// Modules whose `alpha / rank` ≠ 1 was folded into `lora_B` (to PEFT; Flux parts with
+    /// different scales fused to kohya).
     pub folded: usize,
+    /// What the user should know about the result (Flux: parts padded or cut, T5 modules).
+    pub notes: Vec<String>,
 }
 
 /// The two-way map between kohya module names and PEFT/diffusers module paths
@@ -438,27 +453,45 @@ fn convert(
     let input = file.path();
     let path = || input.to_path_buf();
     let set = modules(file)?;
+    let family = match family {
+        Some(f) => Ok(f),
+        None => detect_family(file),
+    };
+    if matches!(family, Ok(Family::Flux)) {
+        if let Some(name) = set.other_tensors.first() {
+            return Err(ConvertError::StrayTensor { path: path(), name: name.clone() });
+        }
+        let flux = convert_flux(file, &set, to)?;
+        let precision = precision.unwrap_or_else(|| input_precision(file, &set));
+        let metadata = convert_metadata(
+            file,
+            &set,
+            to,
+            Family::Flux,
+            "Flux layers fused/split as sd-scripts' convert_flux_lora.py",
+        );
+        let outcome = ConvertOutcome {
+            family: Family::Flux,
+            from: set.scheme,
+            to,
+            precision,
+            renamed: flux.renamed,
+            folded: flux.folded,
+            notes: flux.notes,
+        };
+        return Ok(Converted { tensors: flux.tensors, metadata, outcome });
+    }
     if set.scheme == to.scheme() {
         return Err(ConvertError::AlreadyTarget { path: path(), scheme: set.scheme });
     }
     if let Some(name) = set.other_tensors.first() {
         return Err(ConvertError::StrayTensor { path: path(), name: name.clone() });
     }
-    let family = match family {
-        Some(f) => f,
-        None => detect_family(file)?,
-    };
+    let family = family?;
     let Some(map) = NameMap::new(family) else {
         return Err(ConvertError::UnsupportedFamily { path: path(), family, evidence: "chosen with --family".into() });
     };
-    let precision = precision.unwrap_or_else(|| {
-        let dtype = set.modules.first().and_then(|m| file.info(&m.down_key)).map(|i| i.dtype);
-        match dtype {
-            Some(Dtype::F16) => Precision::F16,
-            Some(Dtype::BF16) => Precision::BF16,
-            _ => Precision::F32,
-        }
-    });
+    let precision = precision.unwrap_or_else(|| input_precision(file, &set));
 
     let mut tensors: BTreeMap<String, Tensor> = BTreeMap::new();
     let mut renamed = Vec::with_capacity(set.modules.len());
@@ -500,24 +533,46 @@ fn convert(
         renamed.push((m.name.clone(), new_name));
     }
 
-    let mut metadata = file.metadata().clone();
-    let source = input.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let alpha_note = match to {
         Target::Peft => "alpha/rank folded into lora_B (no alpha keys)",
         Target::Kohya => "alpha = PEFT alpha, or rank when absent",
     };
-    metadata.insert(
-        "lorakit_convert".into(),
-        format!("{} -> {to} ({family}) from {source}; {alpha_note}", set.scheme.describe()),
-    );
+    let metadata = convert_metadata(file, &set, to, family, alpha_note);
     Ok(Converted {
         tensors,
         metadata,
-        outcome: ConvertOutcome { family, from: set.scheme, to, precision, renamed, folded },
+        outcome: ConvertOutcome { family, from: set.scheme, to, precision, renamed, folded, notes: Vec::new() },
     })
 }
 
-/// SD1 or SDXL from the keys, falling back to metadata when keys say nothing.
+/// The precision of the input's first down weight (f16/bf16 kept, anything else f32).
+fn input_precision(file: &LoraFile, set: &ModuleSet) -> Precision {
+    let dtype = set.modules.first().and_then(|m| file.info(&m.down_key)).map(|i| i.dtype);
+    match dtype {
+        Some(Dtype::F16) => Precision::F16,
+        Some(Dtype::BF16) => Precision::BF16,
+        _ => Precision::F32,
+    }
+}
+
+/// The input's metadata with a `lorakit_convert` note saying what was done.
+fn convert_metadata(
+    file: &LoraFile,
+    set: &ModuleSet,
+    to: Target,
+    family: Family,
+    note: &str,
+) -> BTreeMap<String, String> {
+    let mut metadata = file.metadata().clone();
+    let source = file.path().file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    metadata.insert(
+        "lorakit_convert".into(),
+        format!("{} -> {to} ({family}) from {source}; {note}", set.scheme.describe()),
+    );
+    metadata
+}
+
+/// SD1, SDXL or Flux from the keys, falling back to metadata when keys say nothing.
 fn detect_family(file: &LoraFile) -> Result<Family, ConvertError> {
     let guess = guess_family(file);
     let path = file.path().to_path_buf();
@@ -526,7 +581,7 @@ fn detect_family(file: &LoraFile) -> Result<Family, ConvertError> {
         f => f,
     };
     match family {
-        Family::Sd1 | Family::Sdxl => Ok(family),
+        Family::Sd1 | Family::Sdxl | Family::Flux => Ok(family),
         Family::Unknown => Err(ConvertError::UnknownFamily { path, evidence: guess.key_evidence }),
         other => {
             let evidence =

@@ -7,7 +7,9 @@
 
 use crate::blocks::{block_of, Block};
 use crate::convert::NameMap;
-use crate::keys::{detect_scheme, guess_family, modules, ModuleError, Scheme};
+use crate::flux::{self, Layout};
+use crate::flux_convert::block_diagonal;
+use crate::keys::{detect_scheme, guess_family, modules, Component, Family, ModuleError, Scheme};
 use crate::lycoris::lycoris_modules;
 use crate::metadata::{DimValue, LoraMetadata};
 use crate::safetensors_file::{LoraFile, LoraFileError};
@@ -197,8 +199,12 @@ pub struct FileReport {
     pub format: String,
     /// Why modules are not listed (formats inspect cannot decompose yet).
     pub unsupported: Option<String>,
-    /// Base model family guess.
+    /// Base model family guess (with the variant when metadata names it: `Flux (dev)`).
     pub base_model: String,
+    /// How a Flux LoRA's modules are named (`kohya/sd-scripts`, `diffusers/PEFT`, `XLabs`, …).
+    pub layout: Option<String>,
+    /// Remarks about the modules (e.g. sd-scripts `split_qkv` layers and their scale).
+    pub notes: Vec<String>,
     /// Disagreement between metadata and keys about the base model.
     pub base_model_conflict: Option<String>,
     /// Tensor count per dtype.
@@ -252,7 +258,9 @@ pub fn inspect_file(path: &Path) -> Result<FileReport, InspectError> {
         file_size: file.file_len() as u64,
         format: scheme.describe().to_owned(),
         unsupported: None,
-        base_model: family.family.to_string(),
+        base_model: family.describe(),
+        layout: None,
+        notes: Vec::new(),
         base_model_conflict: family.conflict.clone(),
         dtypes,
         metadata: LoraMetadata::parse(file.metadata()),
@@ -266,7 +274,7 @@ pub fn inspect_file(path: &Path) -> Result<FileReport, InspectError> {
     };
     if matches!(scheme, Scheme::LoHa | Scheme::LoKr) {
         let lycoris = lycoris_modules(&file)?;
-        let none = None;
+        let none = Naming::Kohya;
         let module_reports: Vec<ModuleReport> = lycoris
             .par_iter()
             .map(|m| ModuleReport {
@@ -297,8 +305,27 @@ pub fn inspect_file(path: &Path) -> Result<FileReport, InspectError> {
         return Ok(report);
     }
     let set = modules(&file)?;
-    // PEFT names are diffusers paths: label their blocks through the kohya name map.
-    let names = if scheme == Scheme::Peft { NameMap::new(family.family) } else { None };
+    // Flux names in every layout, and PEFT names (diffusers paths) through the kohya name map.
+    let names = if family.family == Family::Flux {
+        Naming::Flux
+    } else if scheme == Scheme::Peft {
+        NameMap::new(family.family).map_or(Naming::Kohya, Naming::Peft)
+    } else {
+        Naming::Kohya
+    };
+    if matches!(names, Naming::Flux) {
+        let layouts: std::collections::BTreeSet<Layout> =
+            set.modules.iter().filter_map(|m| flux::parse(&m.name)).map(|n| n.layout).collect();
+        let listed: Vec<String> = layouts.iter().map(|l| l.to_string()).collect();
+        report.layout = (!listed.is_empty()).then(|| listed.join(" + "));
+        let unknown = set.modules.iter().filter(|m| flux::parse(&m.name).is_none()).count();
+        if unknown > 0 {
+            report.notes.push(format!("{unknown} modules name no Flux.1 layer (block OTHER)"));
+        }
+        if let Some(note) = split_qkv_note(&file, &set.modules) {
+            report.notes.push(note);
+        }
+    }
     let module_reports: Vec<ModuleReport> = set
         .modules
         .par_iter()
@@ -311,7 +338,7 @@ pub fn inspect_file(path: &Path) -> Result<FileReport, InspectError> {
             };
             ModuleReport {
                 name: m.name.clone(),
-                component: m.component.label(),
+                component: component_label(&m.name, m.component, &names),
                 block: block_label(&m.name, &names).to_string(),
                 kind: m.kind.to_string(),
                 in_features: m.in_features,
@@ -327,8 +354,18 @@ pub fn inspect_file(path: &Path) -> Result<FileReport, InspectError> {
     Ok(report)
 }
 
+/// How module names are read for their blocks.
+enum Naming {
+    /// kohya names (`block_of` reads them directly).
+    Kohya,
+    /// PEFT names of SD1.5/SDXL, through the kohya name map.
+    Peft(NameMap),
+    /// Flux names in any layout ([`flux::parse`]).
+    Flux,
+}
+
 /// Counts, block statistics and the module list of a report.
-fn finish_report(report: &mut FileReport, module_reports: Vec<ModuleReport>, names: &Option<NameMap>) {
+fn finish_report(report: &mut FileReport, module_reports: Vec<ModuleReport>, names: &Naming) {
     for m in &module_reports {
         *report.modules_per_component.entry(m.component.to_owned()).or_default() += 1;
         *report.modules_per_kind.entry(m.kind.clone()).or_default() += 1;
@@ -340,12 +377,47 @@ fn finish_report(report: &mut FileReport, module_reports: Vec<ModuleReport>, nam
     report.modules = module_reports;
 }
 
-/// The block of a module, via its kohya name when `names` maps PEFT names.
-fn block_label(name: &str, names: &Option<NameMap>) -> Block {
-    match names.as_ref().and_then(|m| m.to_kohya(name)) {
-        Some(kohya) => block_of(kohya),
-        None => block_of(name),
+/// The block of a module: Flux names in any layout, PEFT names via their kohya name.
+fn block_label(name: &str, names: &Naming) -> Block {
+    match names {
+        Naming::Flux => flux::parse(name).map_or_else(|| block_of(name), |n| n.site.block()),
+        Naming::Peft(map) => map.to_kohya(name).map_or_else(|| block_of(name), block_of),
+        Naming::Kohya => block_of(name),
     }
+}
+
+/// The component label; a Flux module's comes from the layer it names (T5 under diffusers'
+/// `text_encoder_2.` is TE3, BFL/XLabs names without a prefix are the denoiser's).
+fn component_label(name: &str, component: Component, names: &Naming) -> &'static str {
+    match (names, flux::parse(name)) {
+        (Naming::Flux, Some(n)) if n.site.component() != Component::Unet => n.site.component().label(),
+        (Naming::Flux, Some(_)) if component == Component::Other => Component::Unet.label(),
+        _ => component.label(),
+    }
+}
+
+/// sd-scripts' `split_qkv` saves a fused layer's parts block-diagonally (rank = parts × the
+/// trained rank) with the trained alpha, so every loader — sd-scripts' own included — applies
+/// alpha/(parts·rank): a note saying how many such layers the file has.
+fn split_qkv_note(file: &LoraFile, modules: &[crate::keys::LoraModule]) -> Option<String> {
+    let fused = modules
+        .iter()
+        .filter(|m| {
+            let Some(n) = flux::parse(&m.name) else { return false };
+            let whole = n.parts == (0..n.site.part_count());
+            let widths = n.site.part_widths(m.in_features, m.out_features);
+            whole
+                && n.site.is_fused()
+                && widths.is_some_and(|w| {
+                    file.tensor_f32(&m.up_key).ok().is_some_and(|up| block_diagonal(&up, m.rank, &w).is_some())
+                })
+        })
+        .count();
+    (fused > 0).then(|| {
+        format!(
+            "{fused} fused qkv/linear1 layers hold sd-scripts split_qkv parts (block-diagonal up): their scale here is alpha/rank of the file, as every loader applies it, i.e. 1/parts of the per-part scale training used"
+        )
+    })
 }
 
 fn human_size(bytes: u64) -> String {
@@ -368,6 +440,9 @@ pub fn render_text(reports: &[FileReport]) -> String {
         let _ = writeln!(s, "{}  ({}, {})", r.path, human_size(r.file_size), counts(&r.dtypes));
         let _ = writeln!(s, "  format      {}", r.format);
         let _ = writeln!(s, "  base model  {}", r.base_model);
+        if let Some(layout) = &r.layout {
+            let _ = writeln!(s, "  layout      {layout}");
+        }
         if let Some(c) = &r.base_model_conflict {
             let _ = writeln!(s, "  warning     {c}");
         }
@@ -431,6 +506,9 @@ pub fn render_text(reports: &[FileReport]) -> String {
                 r.ranks.iter().map(|(k, n)| (if *k == 0 { "full".to_string() } else { k.to_string() }, *n)).collect();
             let _ = writeln!(s, "  ranks       {}", counts(&ranks));
             let _ = writeln!(s, "  alphas      {}", counts(&r.alphas));
+        }
+        for note in &r.notes {
+            let _ = writeln!(s, "  note        {note}");
         }
         if r.non_finite.is_empty() {
             let _ = writeln!(s, "  NaN/Inf     none");

@@ -152,13 +152,25 @@ fn kohya_part(name: &str) -> Option<(&str, Part)> {
     (part != Part::Alpha || KOHYA_PREFIXES.iter().any(|(p, _)| base.starts_with(p))).then_some((base, part))
 }
 
-/// Splits a PEFT key into (module name, part).
+/// Splits a PEFT key into (module name, part): `lora_A`/`lora_B`, the older diffusers
+/// `lora.down`/`lora.up`, and XLabs' `…_lora1.down`/`.up` (the last module component names a LoRA).
 fn peft_part(name: &str) -> Option<(&str, Part)> {
-    if let Some(b) = name.strip_suffix(".lora_A.weight") {
-        Some((b, Part::Down))
-    } else {
-        name.strip_suffix(".lora_B.weight").map(|b| (b, Part::Up))
+    for (suffix, part) in [
+        (".lora_A.weight", Part::Down),
+        (".lora_B.weight", Part::Up),
+        (".lora.down.weight", Part::Down),
+        (".lora.up.weight", Part::Up),
+    ] {
+        if let Some(base) = name.strip_suffix(suffix) {
+            return Some((base, part));
+        }
     }
+    let (base, part) = if let Some(b) = name.strip_suffix(".down.weight") {
+        (b, Part::Down)
+    } else {
+        (name.strip_suffix(".up.weight")?, Part::Up)
+    };
+    base.rsplit('.').next().is_some_and(|last| last.contains("lora")).then_some((base, part))
 }
 
 /// The network a module belongs to.
@@ -402,8 +414,10 @@ struct Parts {
 /// Other schemes are refused with [`ModuleError::Unsupported`].
 pub fn modules(file: &LoraFile) -> Result<ModuleSet, ModuleError> {
     let scheme = detect_scheme(file.tensor_names());
+    // Any `<module>.alpha` belongs to its module (ComfyUI's `diffusion_model.….alpha` too); an
+    // alpha with no up/down beside it is left as an other tensor below.
     let split: fn(&str) -> Option<(&str, Part)> = match scheme {
-        Scheme::Kohya => kohya_part,
+        Scheme::Kohya => |n| kohya_part(n).or_else(|| n.strip_suffix(".alpha").map(|b| (b, Part::Alpha))),
         Scheme::Peft => |n| peft_part(n).or_else(|| n.strip_suffix(".alpha").map(|b| (b, Part::Alpha))),
         other => return Err(ModuleError::Unsupported { path: file.path().to_path_buf(), scheme: other }),
     };
@@ -423,6 +437,14 @@ pub fn modules(file: &LoraFile) -> Result<ModuleSet, ModuleError> {
         };
         *slot = Some(name.to_string());
     }
+    groups.retain(|_, g| {
+        let lone_alpha = g.down.is_none() && g.up.is_none() && g.mid.is_none();
+        if lone_alpha {
+            other_tensors.extend(g.alpha.take());
+        }
+        !lone_alpha
+    });
+    other_tensors.sort();
     let has_second_te = groups.keys().any(|n| component_of(n, false) == Component::TextEncoder2);
     let mut modules = Vec::with_capacity(groups.len());
     for (base, parts) in groups {
@@ -539,6 +561,18 @@ pub struct FamilyGuess {
     pub from_metadata: Option<Family>,
     /// Set when metadata and keys name different families.
     pub conflict: Option<String>,
+    /// The model variant when metadata names it (Flux: `dev`, `schnell`, `chroma`).
+    pub variant: Option<&'static str>,
+}
+
+impl FamilyGuess {
+    /// The family with its variant, e.g. `Flux` or `Flux (dev)`.
+    pub fn describe(&self) -> String {
+        match self.variant {
+            Some(v) => format!("{} ({v})", self.family),
+            None => self.family.to_string(),
+        }
+    }
 }
 
 /// Guesses a LoRA's base model from metadata (preferred) and keys, reporting
@@ -552,7 +586,26 @@ pub fn guess_family(file: &LoraFile) -> FamilyGuess {
         }
         _ => None,
     };
-    FamilyGuess { family: from_metadata.unwrap_or(from_keys), from_keys, key_evidence, from_metadata, conflict }
+    let family = from_metadata.unwrap_or(from_keys);
+    let variant = if family == Family::Flux { flux_variant(file.metadata()) } else { None };
+    FamilyGuess { family, from_keys, key_evidence, from_metadata, conflict, variant }
+}
+
+/// The Flux variant metadata names: sd-scripts' `modelspec.architecture` is `flux-1-dev/lora`,
+/// `flux-1-schnell/lora` or `chroma/lora` (`flux-1/lora` when unknown); its
+/// `ss_base_model_version` is `flux1` (or `chroma`) for every variant.
+pub fn flux_variant(metadata: &BTreeMap<String, String>) -> Option<&'static str> {
+    let arch = metadata.get("modelspec.architecture").map(|a| a.trim().to_ascii_lowercase()).unwrap_or_default();
+    let version = metadata.get("ss_base_model_version").map(|v| v.trim().to_ascii_lowercase()).unwrap_or_default();
+    if arch.starts_with("flux-1-dev") {
+        Some("dev")
+    } else if arch.starts_with("flux-1-schnell") {
+        Some("schnell")
+    } else if arch.starts_with("chroma") || version.starts_with("chroma") {
+        Some("chroma")
+    } else {
+        None
+    }
 }
 
 /// The family named by metadata: `modelspec.architecture`, then
@@ -608,6 +661,17 @@ pub fn family_from_keys(tensors: &BTreeMap<String, TensorInfo>) -> (Family, Stri
 
     if has("double_blocks") || has("single_blocks") || has("single_transformer_blocks") {
         return (Family::Flux, "Flux double/single blocks".into());
+    }
+    // Layers only Flux has: diffusers' x_embedder / guidance embedder / single-block proj_mlp
+    // (SD3's kohya `x_embedder_proj` is a conv), and sd-scripts' `in_dims` input layers.
+    let flux_only = ["transformer_x_embedder", "guidance_embedder", "proj_mlp", "lora_unet_img_in", "lora_unet_txt_in"];
+    if let Some(key) = flux_only.iter().find(|k| has(k)) {
+        return (Family::Flux, format!("Flux-only layer `{key}`"));
+    }
+    for prefix in ["lora_unet_time_in_", "lora_unet_vector_in_", "lora_unet_guidance_in_"] {
+        if has(prefix) {
+            return (Family::Flux, format!("Flux input layer `{prefix}…`"));
+        }
     }
     if has("joint_blocks") {
         return (Family::Sd3, "SD3 joint blocks".into());
@@ -669,6 +733,12 @@ mod tests {
         assert_eq!(detect_scheme(["down_blocks.0.resnets.0.conv1.weight"]), Scheme::FullCheckpoint);
         assert_eq!(detect_scheme(["unet.down_blocks.0.attentions.0.proj_in.lora_A.weight"]), Scheme::Peft);
         assert_eq!(detect_scheme(["weird.alpha"]), Scheme::Unknown);
+        assert_eq!(detect_scheme(["diffusion_model.img_in.lora_down.weight"]), Scheme::Kohya);
+        assert_eq!(detect_scheme(["transformer.x_embedder.lora.down.weight"]), Scheme::Peft);
+        assert_eq!(detect_scheme(["double_blocks.0.processor.qkv_lora1.down.weight"]), Scheme::Peft);
+        assert_eq!(peft_part("a.qkv_lora1.up.weight"), Some(("a.qkv_lora1", Part::Up)));
+        assert_eq!(peft_part("transformer.x.lora.up.weight"), Some(("transformer.x", Part::Up)));
+        assert_eq!(peft_part("decoder.up.weight"), None);
         assert_eq!(detect_scheme(std::iter::empty()), Scheme::Unknown);
     }
 
@@ -703,5 +773,13 @@ mod tests {
             "modelspec.architecture is preferred"
         );
         assert_eq!(family_from_metadata(&m(&[("ss_base_model_version", "what")])), None);
+        assert_eq!(family_from_metadata(&m(&[("ss_base_model_version", "flux1")])), Some(Family::Flux));
+        assert_eq!(flux_variant(&m(&[("modelspec.architecture", "flux-1-dev/lora")])), Some("dev"));
+        assert_eq!(flux_variant(&m(&[("modelspec.architecture", "flux-1-schnell/lora")])), Some("schnell"));
+        assert_eq!(
+            flux_variant(&m(&[("modelspec.architecture", "flux-1/lora"), ("ss_base_model_version", "flux1")])),
+            None
+        );
+        assert_eq!(flux_variant(&m(&[("ss_base_model_version", "flux1")])), None);
     }
 }

@@ -4,6 +4,8 @@
 
 pub mod blocks;
 pub mod convert;
+pub mod flux;
+mod flux_convert;
 pub mod inspect;
 pub mod keys;
 pub mod lycoris;

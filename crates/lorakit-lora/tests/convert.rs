@@ -313,16 +313,16 @@ fn refused_inputs_name_the_problem_and_write_nothing() {
     let sd2 = write(dir.path(), "sd2.safetensors", &t, &[]);
     let e = msg(convert_file(&sd2, &out, Target::Peft, None, None).unwrap_err());
     assert!(
-        e.contains("SD2.x") && e.contains("convert supports SD1.5 and SDXL") && e.contains("sd2.safetensors"),
+        e.contains("SD2.x") && e.contains("convert supports SD1.5, SDXL and Flux") && e.contains("sd2.safetensors"),
         "{e}"
     );
 
-    // Flux.
+    // Flux, with a fused qkv whose 4 outputs are no q/k/v split.
     let mut t = BTreeMap::new();
     add(&mut t, "lora_unet_double_blocks_0_img_attn_qkv", &[2, 8], 4, None);
     let flux = write(dir.path(), "flux.safetensors", &t, &[]);
     let e = msg(convert_file(&flux, &out, Target::Peft, None, None).unwrap_err());
-    assert!(e.contains("Flux") && e.contains("convert supports SD1.5 and SDXL"), "{e}");
+    assert!(e.contains("`lora_unet_double_blocks_0_img_attn_qkv`") && e.contains("do not split"), "{e}");
 
     // Metadata naming SD3 with keys that say nothing.
     let mut t = BTreeMap::new();
@@ -334,11 +334,13 @@ fn refused_inputs_name_the_problem_and_write_nothing() {
     // Unknown family; --family then decides, and the unknown name is refused by name.
     let unknown = write(dir.path(), "unknown.safetensors", &t, &[]);
     let e = msg(convert_file(&unknown, &out, Target::Peft, None, None).unwrap_err());
-    assert!(e.contains("cannot tell whether") && e.contains("--family"), "{e}");
+    assert!(e.contains("cannot tell which base model") && e.contains("--family"), "{e}");
     let e = msg(convert_file(&unknown, &out, Target::Peft, None, Some(Family::Sdxl)).unwrap_err());
     assert!(e.contains("`lora_unet_something`") && e.contains("SDXL"), "{e}");
     let e = msg(convert_file(&unknown, &out, Target::Peft, None, Some(Family::Sd2)).unwrap_err());
-    assert!(e.contains("convert supports SD1.5 and SDXL"), "{e}");
+    assert!(e.contains("convert supports SD1.5, SDXL and Flux"), "{e}");
+    let e = msg(convert_file(&unknown, &out, Target::Peft, None, Some(Family::Flux)).unwrap_err());
+    assert!(e.contains("`lora_unet_something`") && e.contains("Flux"), "{e}");
 
     // An SD1 file with one module that SD1 does not have.
     let mut t = BTreeMap::new();
