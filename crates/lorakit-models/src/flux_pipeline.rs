@@ -210,7 +210,8 @@ impl FluxPipeline {
         let default_length =
             if transformer.config().guidance_embed { T5_MAX_LENGTH_DEV } else { T5_MAX_LENGTH_SCHNELL };
         Ok(FluxPipeline {
-            transformer_targets: transformer.lora_targets(),
+            // sd-scripts' block targets, then the input layers only `in_dims` adapts (Named).
+            transformer_targets: [transformer.lora_targets(), transformer.input_lora_targets().concat()].concat(),
             clip_targets: clip.lora_targets(),
             t5_targets: t5.lora_targets(),
             text_parameters,

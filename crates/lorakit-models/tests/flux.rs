@@ -18,6 +18,7 @@ use lorakit_models::checkpoint::flux::{load_flux_ae, load_flux_transformer, Line
 use lorakit_models::dit::flux::{
     image_ids, pack_latents, unpack_latents, FluxConfig, FluxInputs, FluxTransformer, Rope,
 };
+use lorakit_models::dit::flux_network::{FluxNetworkArgs, FluxTrainBlocks};
 use lorakit_models::samplers::flow::{euler, flux_schedule};
 use lorakit_models::vae::AutoencoderKL;
 use lorakit_nn::lora::{LoraModule, LoraSet};
@@ -167,6 +168,7 @@ fn sd_scripts_lora_output_and_gradients_match() -> TestResult {
     let model = model_at(&fixture("dev_bfl.safetensors"), LinearStorage::Compute)?;
     let targets = model.lora_targets();
     assert_eq!(targets, model.config().lora_targets());
+    assert_eq!(model.input_lora_targets().concat(), model.config().input_lora_targets());
     let mut set = LoraSet::new(0, &Device::Cpu)?;
     let mut vars = Vec::new();
     for t in &targets {
@@ -347,4 +349,85 @@ fn euler_sampling_matches_sd_scripts_denoise() -> TestResult {
     )?;
     assert_eq!(steps, vec![(1, 3), (2, 3), (3, 3)]);
     check("3-step Euler", &out, &sample["out"], 1e-4)
+}
+
+/// A module as (kohya name, in, out, rank).
+type ModuleRow = (String, usize, usize, usize);
+
+/// The transformer modules (kohya name, in, out, rank) sd-scripts' `lora_flux.py` creates for a
+/// variant of `tests/fixtures/reference/flux_lora/module_names.json`.
+fn sd_scripts_unet_modules(variant: &str) -> Result<Vec<ModuleRow>, Box<dyn std::error::Error>> {
+    let path =
+        Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/reference/flux_lora/module_names.json"));
+    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path)?)?;
+    let rows: Vec<ModuleRow> = serde_json::from_value(json["variants"][variant].clone())?;
+    Ok(rows.into_iter().filter(|r| r.0.starts_with("lora_unet_")).collect())
+}
+
+/// What our targets and `FluxNetworkArgs` give, in the same form.
+fn our_unet_modules(cfg: &FluxConfig, args: &FluxNetworkArgs, rank: usize) -> Vec<ModuleRow> {
+    let blocks = cfg.lora_targets().into_iter().map(|t| (t, false));
+    let inputs = cfg.input_lora_targets().into_iter().map(|t| (t, true));
+    blocks
+        .chain(inputs)
+        .filter_map(|(t, input)| {
+            let name = t.kohya_name("lora_unet");
+            args.rank_for(&name, input, rank).map(|r| (name, t.in_dim, t.out_dim, r))
+        })
+        .collect()
+}
+
+#[test]
+fn network_args_select_sd_scripts_modules_on_full_size_flux() -> TestResult {
+    let dev = FluxConfig::dev();
+    let default = FluxNetworkArgs::default();
+    assert_eq!(our_unet_modules(&dev, &default, 4), sd_scripts_unet_modules("default")?);
+    for (variant, blocks) in
+        [("train_blocks_single", FluxTrainBlocks::Single), ("train_blocks_double", FluxTrainBlocks::Double)]
+    {
+        let args = FluxNetworkArgs { train_blocks: blocks, ..Default::default() };
+        assert_eq!(our_unet_modules(&dev, &args, 4), sd_scripts_unet_modules(variant)?, "{variant}");
+    }
+    let in_dims =
+        FluxNetworkArgs { in_dims: Some(FluxNetworkArgs::parse_in_dims("[4,4,4,4,4]")?), ..Default::default() };
+    assert_eq!(our_unet_modules(&dev, &in_dims, 4), sd_scripts_unet_modules("in_dims")?);
+    assert_eq!(our_unet_modules(&FluxConfig::schnell(), &in_dims, 4), sd_scripts_unet_modules("in_dims_schnell")?);
+    Ok(())
+}
+
+#[test]
+fn type_dims_and_block_indices_follow_sd_scripts_rules() -> TestResult {
+    let dev = FluxConfig::dev();
+    // img_attn 8, txt_mlp off, single linear1/linear2 2, single modulation off.
+    let args = FluxNetworkArgs {
+        type_dims: [Some(8), None, None, Some(0), None, None, Some(2), Some(0)],
+        double_blocks: Some(FluxNetworkArgs::parse_block_selection("train_double_block_indices", "0-2,18", 19)?),
+        single_blocks: Some(FluxNetworkArgs::parse_block_selection("train_single_block_indices", "none", 38)?),
+        ..Default::default()
+    };
+    let modules = our_unet_modules(&dev, &args, 4);
+    let rank = |n: &str| modules.iter().find(|m| m.0 == n).map(|m| m.3);
+    assert_eq!(rank("lora_unet_double_blocks_0_img_attn_qkv"), Some(8));
+    assert_eq!(rank("lora_unet_double_blocks_2_img_attn_proj"), Some(8));
+    assert_eq!(rank("lora_unet_double_blocks_18_txt_attn_qkv"), Some(4));
+    assert_eq!(rank("lora_unet_double_blocks_1_txt_mlp_0"), None);
+    assert_eq!(rank("lora_unet_double_blocks_3_img_attn_qkv"), None, "block 3 not selected");
+    assert!(modules.iter().all(|m| !m.0.contains("single_blocks")), "no single block selected");
+    // 4 selected double blocks × (10 − 2 txt_mlp) modules.
+    assert_eq!(modules.len(), 4 * 8);
+    let single =
+        FluxNetworkArgs { type_dims: [None, None, None, None, None, None, Some(2), Some(0)], ..Default::default() };
+    let modules = our_unet_modules(&dev, &single, 4);
+    let rank = |n: &str| modules.iter().find(|m| m.0 == n).map(|m| m.3);
+    assert_eq!(
+        (rank("lora_unet_single_blocks_5_linear1"), rank("lora_unet_single_blocks_5_linear2")),
+        (Some(2), Some(2))
+    );
+    assert_eq!(rank("lora_unet_single_blocks_5_modulation_lin"), None);
+    for bad in ["0-40", "3-1", "x", "1,,2"] {
+        assert!(FluxNetworkArgs::parse_block_selection("train_double_block_indices", bad, 19).is_err(), "{bad}");
+    }
+    assert!(FluxNetworkArgs::parse_in_dims("[4,4,4]").is_err());
+    assert!(FluxNetworkArgs::parse_train_blocks("both").is_err());
+    Ok(())
 }

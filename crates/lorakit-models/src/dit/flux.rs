@@ -248,6 +248,31 @@ impl FluxConfig {
         out
     }
 
+    /// [`FluxTransformer::input_lora_targets`] from the sizes alone, flattened in sd-scripts'
+    /// order (img_in, time_in, vector_in, guidance_in, txt_in).
+    pub fn input_lora_targets(&self) -> Vec<LoraTarget> {
+        let h = self.hidden_size;
+        let target = |path: &str, in_dim: usize, out_dim: usize| LoraTarget {
+            path: path.to_string(),
+            kohya_path: None,
+            kind: lorakit_nn::lora::LoraKind::Linear,
+            in_dim,
+            out_dim,
+            group: TargetGroup::Named,
+        };
+        let mut out = vec![target("img_in", self.in_channels, h)];
+        out.push(target("time_in.in_layer", TIME_EMBED_DIM, h));
+        out.push(target("time_in.out_layer", h, h));
+        out.push(target("vector_in.in_layer", self.vec_in_dim, h));
+        out.push(target("vector_in.out_layer", h, h));
+        if self.guidance_embed {
+            out.push(target("guidance_in.in_layer", TIME_EMBED_DIM, h));
+            out.push(target("guidance_in.out_layer", h, h));
+        }
+        out.push(target("txt_in", self.context_in_dim, h));
+        out
+    }
+
     /// Every weight's BFL key and shape.
     pub fn parameter_shapes(&self) -> Vec<(String, Vec<usize>)> {
         let (h, m, d) = (self.hidden_size, self.mlp_hidden_dim(), self.head_dim());
