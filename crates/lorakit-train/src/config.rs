@@ -590,6 +590,104 @@ impl LossSection {
     }
 }
 
+/// `[flow]`: the rectified-flow objective of Flux.1 (and SD3): how σ is drawn, what the loss
+/// compares and how it is weighted (sd-scripts' names and defaults; spec §7.5, §7.6). DDPM
+/// models (SD 1.x/2.x/XL) refuse any of these set to a non-default value.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FlowSection {
+    /// How σ is drawn (Flux): `sigma` (an index into the FlowMatchEulerDiscrete table shifted by
+    /// `discrete_flow_shift`, drawn from the `weighting_scheme` density), `uniform`, `sigmoid`,
+    /// `shift` or `flux_shift` (resolution-dependent shift).
+    pub timestep_sampling: crate::objective::TimestepSampling,
+    /// Scale of the normal draw of the `sigmoid`, `shift` and `flux_shift` samplings.
+    pub sigmoid_scale: f64,
+    /// Shift of the σ table (`sigma` sampling) and of `shift` sampling (Flux).
+    pub discrete_flow_shift: f64,
+    /// What the loss compares with the target `ε − x₀` (Flux): `raw` (the prediction), `additive`
+    /// (`pred + x_σ`) or `sigma_scaled` (`x_σ − σ·pred`, with the `weighting_scheme` weight).
+    /// Unset: `raw` for Flux — sd-scripts' default is `sigma_scaled`, which compares an x₀
+    /// estimate with the velocity target, while its Flux guide trains with `raw`; set
+    /// `sigma_scaled` to reproduce an sd-scripts run that left it unset. SD3 always uses `sigma_scaled`.
+    pub model_prediction_type: Option<crate::objective::ModelPredictionType>,
+    /// `uniform` (= `none`), `logit_normal`, `mode` (the density of the `sigma` sampling and of
+    /// SD3's draw), `sigma_sqrt` or `cosmap` (loss weights under `sigma_scaled`).
+    pub weighting_scheme: crate::objective::WeightingScheme,
+    /// Mean of the `logit_normal` draw.
+    pub logit_mean: f64,
+    /// Standard deviation of the `logit_normal` draw (> 0).
+    pub logit_std: f64,
+    /// Scale of the `mode` density, within [-1, 2/(π−2)] so the density stays on [0, 1].
+    pub mode_scale: f64,
+    /// The guidance value a guidance-distilled model (Flux.1 dev) is trained at. 1.0, as
+    /// sd-scripts' Flux guide trains; sd-scripts' own default is 3.5 — set it to reproduce a
+    /// run that left it unset.
+    pub guidance_scale: f64,
+    /// SD3: shift of the timestep draw (> 1 favours noisier timesteps).
+    pub training_shift: f64,
+}
+
+impl Default for FlowSection {
+    fn default() -> Self {
+        FlowSection {
+            timestep_sampling: crate::objective::TimestepSampling::Sigma,
+            sigmoid_scale: 1.0,
+            discrete_flow_shift: 3.0,
+            model_prediction_type: None,
+            weighting_scheme: crate::objective::WeightingScheme::Uniform,
+            logit_mean: 0.0,
+            logit_std: 1.0,
+            mode_scale: 1.29,
+            guidance_scale: 1.0,
+            training_shift: 1.0,
+        }
+    }
+}
+
+impl FlowSection {
+    /// The keys whose values differ from `other`'s, in declaration order.
+    pub fn differing_keys(&self, other: &FlowSection) -> Vec<&'static str> {
+        let mut keys = Vec::new();
+        let mut check = |differs: bool, key: &'static str| {
+            if differs {
+                keys.push(key);
+            }
+        };
+        check(self.timestep_sampling != other.timestep_sampling, "timestep_sampling");
+        check(self.sigmoid_scale != other.sigmoid_scale, "sigmoid_scale");
+        check(self.discrete_flow_shift != other.discrete_flow_shift, "discrete_flow_shift");
+        check(self.model_prediction_type != other.model_prediction_type, "model_prediction_type");
+        check(self.weighting_scheme != other.weighting_scheme, "weighting_scheme");
+        check(self.logit_mean != other.logit_mean, "logit_mean");
+        check(self.logit_std != other.logit_std, "logit_std");
+        check(self.mode_scale != other.mode_scale, "mode_scale");
+        check(self.guidance_scale != other.guidance_scale, "guidance_scale");
+        check(self.training_shift != other.training_shift, "training_shift");
+        keys
+    }
+
+    /// Value checks that need no model (finite values are checked for every key elsewhere).
+    fn validate(&self, problems: &mut Vec<String>) {
+        for (key, v) in [
+            ("sigmoid_scale", self.sigmoid_scale),
+            ("discrete_flow_shift", self.discrete_flow_shift),
+            ("logit_std", self.logit_std),
+            ("training_shift", self.training_shift),
+        ] {
+            if v.is_finite() && v <= 0.0 {
+                problems.push(format!("flow.{key} = {v}: use a number > 0"));
+            }
+        }
+        let max_mode = 2.0 / (std::f64::consts::PI - 2.0);
+        if self.mode_scale.is_finite() && !(-1.0..=max_mode).contains(&self.mode_scale) {
+            problems.push(format!(
+                "flow.mode_scale = {}: use a value in [-1, {max_mode:.4}] (outside it the mode density leaves [0, 1] and would index past the timestep table)",
+                self.mode_scale
+            ));
+        }
+    }
+}
+
 /// `[optimizer]`: optimizer, learning rates and schedule.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -739,6 +837,7 @@ pub struct TrainConfig {
     pub network: NetworkSection,
     pub training: TrainingSection,
     pub loss: LossSection,
+    pub flow: FlowSection,
     pub optimizer: OptimizerSection,
     pub save: SaveSection,
     pub samples: SamplesSection,
@@ -817,6 +916,7 @@ impl TrainConfig {
         c.loss.adaptive_noise_scale = Some(0.0);
         c.loss.multires_noise_iterations = Some(0);
         c.loss.ip_noise_gamma = Some(0.0);
+        c.flow.model_prediction_type = Some(crate::objective::ModelPredictionType::Raw);
         c.optimizer.lr_scheduler_timescale = Some(0);
         c.optimizer.lr_scheduler_min_lr_ratio = Some(0.0);
         c.network.rank_dropout = Some(0.0);
@@ -943,6 +1043,7 @@ impl TrainConfig {
                 .push(format!("accelerate.device = {:?}: use \"cpu\", \"cuda\" or \"metal\"", self.accelerate.device));
         }
         self.network.validate_module(&mut problems);
+        self.flow.validate(&mut problems);
         for (name, v) in [
             ("network_dropout", self.network.network_dropout),
             ("rank_dropout", self.network.rank_dropout),
@@ -1387,6 +1488,7 @@ mod tests {
             [
                 "accelerate",
                 "dataset",
+                "flow",
                 "folders",
                 "logging",
                 "loss",

@@ -7,6 +7,8 @@
 //! - [`data`] — dataset → images, captions, buckets, the batches of each epoch.
 //! - [`latents`] — VAE encoding, in memory or cached on disk.
 //! - [`model`] — the trait a model family implements to be trained ([`model::TrainableModel`]).
+//! - [`objective`] — the training objective (DDPM, rectified flow) the family picks: noise
+//!   levels, noisy input, target, preconditioning and loss weighting.
 //! - [`trainer`] — the loop.
 //! - [`mod@state`] — save and resume.
 //! - [`metadata`] — `ss_*` and `modelspec.*` keys.
@@ -24,6 +26,7 @@ pub mod loss;
 pub mod metadata;
 pub mod model;
 pub mod noise;
+pub mod objective;
 pub mod param_groups;
 pub mod plan;
 pub mod presets;

@@ -123,6 +123,31 @@ pub fn huber_thresholds(opts: &LossOptions, timesteps: &[u32], schedule: &NoiseS
     )
 }
 
+/// The Huber threshold c(t) of each sample for objectives without an ᾱ table (rectified flow),
+/// or `None` for l2/l1. `timesteps` are on the 0..`num_train_timesteps` scale sd-scripts hands
+/// `get_huber_threshold_if_needed` (σ·1000 for Flux, the integer t for SD3). The `snr` schedule
+/// needs ᾱ_t: sd-scripts raises NotImplementedError there, and so does this (the objective
+/// refuses it before training starts).
+pub fn huber_thresholds_at(
+    opts: &LossOptions,
+    timesteps: &[f32],
+    num_train_timesteps: f64,
+) -> std::result::Result<Option<Vec<f64>>, String> {
+    if !matches!(opts.loss_type, LossType::Huber | LossType::SmoothL1) {
+        return Ok(None);
+    }
+    let alpha = -opts.huber_c.ln() / num_train_timesteps;
+    timesteps
+        .iter()
+        .map(|&t| match opts.huber_schedule {
+            HuberSchedule::Constant => Ok(opts.huber_c * opts.huber_scale),
+            HuberSchedule::Exponential => Ok((-alpha * f64::from(t)).exp() * opts.huber_scale),
+            HuberSchedule::Snr => Err("loss.huber_schedule = \"snr\" needs a DDPM noise schedule".to_string()),
+        })
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map(Some)
+}
+
 /// The element-wise loss between `pred` and `target` (both `[B, …]`), in f32.
 pub fn elementwise_loss(
     pred: &Tensor,
@@ -187,18 +212,30 @@ pub fn batch_loss(
     mask: Option<&Tensor>,
 ) -> Result<Tensor> {
     let c = huber_thresholds(opts, timesteps, schedule);
-    let per_element = elementwise_loss(pred, target, opts.loss_type, c.as_deref())?;
+    let factors: Vec<f64> =
+        timesteps.iter().zip(sample_weights).map(|(&t, &w)| w * snr_factor(opts, t, schedule, prediction)).collect();
+    weighted_loss(pred, target, opts.loss_type, c.as_deref(), &factors, mask)
+}
+
+/// The loss assembly every objective shares (spec §7.2): element-wise loss (thresholds `huber_c`
+/// per sample for huber / smooth_l1) → × `mask` → mean per sample → × `factors` (one per sample:
+/// prior weight times the objective's weighting, rounded to f32) → mean over the batch.
+pub fn weighted_loss(
+    pred: &Tensor,
+    target: &Tensor,
+    loss_type: LossType,
+    huber_c: Option<&[f64]>,
+    factors: &[f64],
+    mask: Option<&Tensor>,
+) -> Result<Tensor> {
+    let per_element = elementwise_loss(pred, target, loss_type, huber_c)?;
     let per_element = match mask {
         Some(m) => per_element.broadcast_mul(&m.to_dtype(per_element.dtype())?)?,
         None => per_element,
     };
     let per_sample = per_element.flatten_from(1)?.mean(1)?;
-    let weights: Vec<f32> = timesteps
-        .iter()
-        .zip(sample_weights)
-        .map(|(&t, &w)| (w * snr_factor(opts, t, schedule, prediction)) as f32)
-        .collect();
-    let weights = Tensor::from_vec(weights, timesteps.len(), per_sample.device())?;
+    let weights: Vec<f32> = factors.iter().map(|&f| f as f32).collect();
+    let weights = Tensor::from_vec(weights, factors.len(), per_sample.device())?;
     (per_sample * weights)?.mean_all()
 }
 

@@ -1,5 +1,5 @@
 //! The seam between the training loop and a model family. The loop only needs: encode images to
-//! latents, encode captions, predict from noisy latents, the noise schedule, the LoRA targets of
+//! latents, encode captions, predict from noisy latents, the training objective, the LoRA targets of
 //! each component, and sampling for preview images. SD1.x/SD2.x implement it here; SDXL, SD3 and
 //! Flux plug in by implementing the same trait, so there is one training loop for all of them.
 
@@ -10,13 +10,14 @@ use candle_core::{DType, Device, Tensor};
 use lorakit_dataset::prompt_weights::parse_prompt_attention;
 use lorakit_models::checkpoint::ModelFamily;
 use lorakit_models::pipeline::{GenerateRequest, LoraSets, RgbImage, StableDiffusion, TextEncoders};
-use lorakit_models::schedule::{NoiseSchedule, Prediction};
+use lorakit_models::schedule::Prediction;
 use lorakit_nn::lora::{LoraSet, LoraTarget};
 use lorakit_nn::ForwardCtx;
 use rand::rngs::StdRng;
 use rand_distr::{Distribution, StandardNormal};
 
 use crate::error::{Result, TrainError};
+use crate::objective::ObjectiveKind;
 
 /// What a LoRA file for this model says about its base (sd-scripts' `ss_base_model_version`,
 /// modelspec architecture and implementation).
@@ -115,10 +116,11 @@ pub trait TrainableModel {
     fn device(&self) -> &Device;
     /// Dtype of the frozen weights and activations.
     fn dtype(&self) -> DType;
-    /// The training noise schedule.
-    fn schedule(&self) -> &NoiseSchedule;
-    /// What the denoiser predicts.
-    fn prediction(&self) -> Prediction;
+    /// The training objective of the family: DDPM with its noise schedule and prediction type
+    /// (the UNet families), or rectified flow as sd-scripts trains Flux / SD3. The trainer joins
+    /// it with the config's options ([`crate::objective::Objective::new`]); the loop never asks
+    /// which family it trains.
+    fn objective(&self) -> ObjectiveKind;
     /// The components, in the order their LoRA sets are passed around.
     fn components(&self) -> Vec<Component>;
     /// Pixels `(B, 3, H, W)` in [-1, 1] → latents as the denoiser sees them (sampled from the
@@ -150,10 +152,19 @@ pub trait TrainableModel {
     }
     /// The denoiser's prediction for `noisy` at `timesteps` (f32, `[B]`), with one
     /// [`SizeCondition`] per sample.
+    ///
+    /// `timesteps` are on the 0..1000 scale of sd-scripts' `timesteps`: DDPM's integer t as
+    /// f32; for Flux σ·1000 — the implementation divides by 1000 before the transformer (as
+    /// sd-scripts' `call_dit` passes `timesteps / 1000`; Flux's timestep embedding multiplies
+    /// by 1000 again); for SD3 the integer t the MMDiT takes as is. `guidance` is the
+    /// distilled-guidance value per sample (f32 `[B]`, `flow.guidance_scale`) the flow
+    /// objective gives Flux; a model without a guidance embedding (schnell, every UNet) ignores
+    /// it, as sd-scripts does.
     fn denoise(
         &self,
         noisy: &Tensor,
         timesteps: &Tensor,
+        guidance: Option<&Tensor>,
         cond: &Conditioning,
         sizes: &[SizeCondition],
         ctxs: &[ForwardCtx],
@@ -406,12 +417,8 @@ impl TrainableModel for StableDiffusionModel {
         self.sd.unet.dtype()
     }
 
-    fn schedule(&self) -> &NoiseSchedule {
-        &self.sd.schedule
-    }
-
-    fn prediction(&self) -> Prediction {
-        self.sd.prediction
+    fn objective(&self) -> ObjectiveKind {
+        ObjectiveKind::Ddpm { schedule: self.sd.schedule.clone(), prediction: self.sd.prediction }
     }
 
     fn components(&self) -> Vec<Component> {
@@ -467,6 +474,7 @@ impl TrainableModel for StableDiffusionModel {
         &self,
         noisy: &Tensor,
         timesteps: &Tensor,
+        _guidance: Option<&Tensor>,
         cond: &Conditioning,
         sizes: &[SizeCondition],
         ctxs: &[ForwardCtx],

@@ -128,7 +128,9 @@ pub fn upsample_bilinear(x: &Tensor, out_h: usize, out_w: usize) -> Result<Tenso
     Tensor::from_vec(out, (b, c, out_h, out_w), &device)
 }
 
-fn normal(shape: &[usize], rng: &mut StdRng, device: &Device) -> Result<Tensor> {
+/// A standard normal tensor drawn from `rng` (f32, drawn on the host so every device sees the
+/// same numbers).
+pub(crate) fn normal(shape: &[usize], rng: &mut StdRng, device: &Device) -> Result<Tensor> {
     let n: usize = shape.iter().product();
     let v: Vec<f32> = (0..n).map(|_| StandardNormal.sample(rng)).collect();
     Tensor::from_vec(v, shape, &Device::Cpu)?.to_device(device)

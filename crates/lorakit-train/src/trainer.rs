@@ -13,7 +13,6 @@ use lorakit_dataset::steps::StepPlan;
 use lorakit_lora::blocks::BlockLayout;
 use lorakit_lora::safetensors_file::{write_lora, Precision};
 use lorakit_models::lora_inject::{create_network, NetworkSpec};
-use lorakit_models::schedule::NoiseSchedule;
 use lorakit_nn::lora::{apply_max_norm, LoraDropout, LoraSet};
 use lorakit_nn::lr_scheduler::{warmup_steps_from, LrScheduler, SchedulerKind, SchedulerParams};
 use lorakit_nn::optim::{
@@ -27,10 +26,9 @@ use crate::config::TrainConfig;
 use crate::data::{rng_for, stream, Batch, TrainData};
 use crate::error::{Result, TrainError};
 use crate::latents::{alpha_masks, encode_batch, LatentCache, SampleAugment};
-use crate::loss::{batch_loss, LossOptions};
 use crate::metadata::{RunMetadata, SaveProgress};
 use crate::model::{SizeCondition, TrainableModel};
-use crate::noise::{sample_noise, NoiseOptions};
+use crate::objective::Objective;
 use crate::param_groups::{plan_groups, ComponentNetwork, GroupRates};
 use crate::plan::{
     available_memory, check_memory, config_warnings, estimate_memory, planned_parameters, MemoryInputs, RunPlan,
@@ -207,10 +205,8 @@ pub struct Trainer<'m> {
     plan: StepPlan,
     warmup_steps: u64,
     metadata: RunMetadata,
-    /// The training noise schedule (zero-terminal-SNR rescaled when asked).
-    schedule: NoiseSchedule,
-    loss_options: LossOptions,
-    noise_options: NoiseOptions,
+    /// The training objective (DDPM or rectified flow, with the config's options).
+    objective: Objective,
     /// Notices about the setup, shown when the run starts.
     setup_notes: Vec<String>,
     optimizer_kind: OptimizerKind,
@@ -444,13 +440,8 @@ impl<'m> Trainer<'m> {
             warmup_steps,
             &OptimizerKind::description_as_named(&config.optimizer.optimizer_type, &optimizer.description()),
         );
-        let schedule = if config.loss.zero_terminal_snr {
-            model.schedule().clone().with_zero_terminal_snr()
-        } else {
-            model.schedule().clone()
-        };
-        let loss_options = config.loss.loss_options();
-        let noise_options = config.loss.noise_options();
+        let (objective, objective_notes) = Objective::new(model.objective(), &config)?;
+        setup_notes.extend(objective_notes);
         Ok(Trainer {
             config,
             model,
@@ -462,9 +453,7 @@ impl<'m> Trainer<'m> {
             plan,
             warmup_steps,
             metadata,
-            schedule,
-            loss_options,
-            noise_options,
+            objective,
             setup_notes,
             optimizer_kind,
             text_cache: None,
@@ -1172,20 +1161,11 @@ impl<'m> Trainer<'m> {
             Some(c) => c.batch(&batch.samples, device)?,
             None => encode_batch(self.model, &self.data, &batch.samples, &augments)?,
         };
-        let b = batch.samples.len();
         let (lh, lw) = (latents.dims()[2], latents.dims()[3]);
         let mask = alpha_masks(&self.data, &batch.samples, &augments, (lh, lw), device)?;
 
-        let mut rng = rng_for(&[seed, stream::NOISE, global_step, micro]);
-        let (lo, hi) = (config.training.min_timestep as u32, config.training.max_timestep as u32);
-        let timesteps: Vec<u32> = (0..b).map(|_| rng.random_range(lo..hi)).collect();
-        let (noise, input_noise) = sample_noise(&latents, &self.noise_options, &mut rng)?;
-        let t_int = Tensor::from_vec(timesteps.clone(), b, device)?;
-        let t_float = Tensor::from_vec(timesteps.iter().map(|&t| t as f32).collect::<Vec<_>>(), b, device)?;
-
-        let schedule = &self.schedule;
-        let noisy = schedule.add_noise(&latents, &input_noise, &t_int)?;
-        let target = schedule.target(self.model.prediction(), &latents, &noise, &t_int)?;
+        // The objective draws the noise levels and noise, and builds input and target.
+        let noised = self.objective.noise(&latents, &mut rng_for(&[seed, stream::NOISE, global_step, micro]))?;
 
         let ctxs: Vec<ForwardCtx> = self
             .sets
@@ -1226,25 +1206,19 @@ impl<'m> Trainer<'m> {
         };
         let sizes: Vec<SizeCondition> =
             batch.samples.iter().map(|s| self.data.images[s.image].size_condition(s.flip)).collect();
-        let pred = self.model.denoise(&noisy, &t_float, &cond, &sizes, &ctxs)?.to_dtype(DType::F32)?;
+        let pred = self
+            .model
+            .denoise(&noised.noisy, &noised.timesteps, noised.guidance.as_ref(), &cond, &sizes, &ctxs)?
+            .to_dtype(DType::F32)?;
 
-        // sd-scripts' loss assembly (§7.2): element-wise loss, per-sample mean, prior weight for
-        // regularisation images, SNR weightings, batch mean.
+        // sd-scripts' loss assembly (§7.2): preconditioning, element-wise loss, per-sample mean,
+        // prior weight for regularisation images, the objective's weighting, batch mean.
         let weights: Vec<f64> = batch
             .samples
             .iter()
             .map(|s| if self.data.images[s.image].is_reg { config.dataset.prior_loss_weight } else { 1.0 })
             .collect();
-        let loss = batch_loss(
-            &pred,
-            &target,
-            &timesteps,
-            &weights,
-            &self.loss_options,
-            schedule,
-            self.model.prediction(),
-            mask.as_ref(),
-        )?;
+        let loss = self.objective.loss(&pred, &noised, &weights, mask.as_ref())?;
         let loss_value = f64::from(loss.to_scalar::<f32>()?);
         if !loss_value.is_finite() {
             return Ok(loss_value);

@@ -203,8 +203,9 @@ fn denoise_error(model: &StableDiffusionModel, latents: &Tensor, caption: &str, 
             .collect();
         let noise = Tensor::from_vec(values, latents.dims(), &Device::Cpu).unwrap();
         let t_int = Tensor::new(&[t], &Device::Cpu).unwrap();
-        let noisy = model.schedule().add_noise(latents, &noise, &t_int).unwrap();
-        let pred = model.denoise(&noisy, &Tensor::new(&[t as f32], &Device::Cpu).unwrap(), &cond, &[], &ctxs).unwrap();
+        let noisy = model.pipeline().schedule.add_noise(latents, &noise, &t_int).unwrap();
+        let t = Tensor::new(&[t as f32], &Device::Cpu).unwrap();
+        let pred = model.denoise(&noisy, &t, None, &cond, &[], &ctxs).unwrap();
         total += (pred - noise).unwrap().sqr().unwrap().mean_all().unwrap().to_scalar::<f32>().unwrap();
     }
     total / 5.0

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use lorakit_train::data::TrainData;
-use lorakit_train::model::StableDiffusionModel;
+use lorakit_train::model::TrainableModel;
 use lorakit_train::{TrainConfig, TrainEvent, Trainer};
 
 /// A path in the repository.
@@ -90,7 +90,7 @@ save_precision = "float"
 
 /// Runs `config` on `model`; with `stop_after`, stops (as Ctrl-C does) after that step.
 #[allow(dead_code)] // not every test binary trains
-pub fn train(config: TrainConfig, model: &StableDiffusionModel, stop_after: Option<u64>) -> lorakit_train::RunSummary {
+pub fn train(config: TrainConfig, model: &dyn TrainableModel, stop_after: Option<u64>) -> lorakit_train::RunSummary {
     let data = TrainData::load(&config).unwrap();
     let trainer = Trainer::new(config, model, data).unwrap();
     let stop = Arc::new(AtomicBool::new(false));
@@ -130,7 +130,7 @@ pub struct ResumeRuns {
 #[allow(dead_code)]
 pub fn assert_resume_is_exact(
     config: &TrainConfig,
-    model: &StableDiffusionModel,
+    model: &dyn TrainableModel,
     dir: &Path,
     stop_after: u64,
 ) -> ResumeRuns {
