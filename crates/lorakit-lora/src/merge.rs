@@ -7,7 +7,12 @@
 //! The dense `out×in` delta is never formed: the sum equals the product of the concatenated factors
 //! `[c₁·up₁ | c₂·up₂ | …] · [down₁; down₂; …]`, whose exact SVD [`LowRankSvd`] computes in factor
 //! space. `--lbws` block weights are not supported.
+//!
+//! Flux.1 inputs in other layouts (diffusers/ai-toolkit, ComfyUI/BFL, XLabs) are read under their
+//! kohya names first ([`crate::convert::convert_lora`]), so the same layer merges whatever layout
+//! each file uses; fused qkv / linear1 layers are merged whole, like any linear module.
 
+use crate::convert::{convert_lora, ConvertError, Target};
 use crate::keys::{detect_scheme, guess_family, modules, Family, LoraModule, ModuleError, ModuleKind, Scheme};
 use crate::resize::{LowRankSvd, ResizeError};
 use crate::safetensors_file::{write_lora, LoraFile, LoraFileError, Precision, SshsHashes, Tensor};
@@ -47,6 +52,9 @@ pub enum MergeError {
     /// A file's tensors do not form LoRA modules.
     #[error(transparent)]
     Modules(#[from] ModuleError),
+    /// A Flux input could not be read under kohya names.
+    #[error(transparent)]
+    Convert(#[from] ConvertError),
     /// Not a kohya LoRA/LoCon file.
     #[error(
         "{}: this is a {scheme}; merge works on kohya LoRA/LoCon files (lora_down/lora_up pairs) — \
@@ -317,7 +325,7 @@ pub fn merge_files(
         if out_canon.is_some() && std::fs::canonicalize(path).ok() == out_canon {
             return Err(MergeError::OutputIsInput(output.to_path_buf()));
         }
-        let file = LoraFile::open(path)?;
+        let file = flux_as_kohya(LoraFile::open(path)?)?;
         let scheme = detect_scheme(file.tensor_names());
         if scheme != Scheme::Kohya {
             return Err(MergeError::Unsupported { path: path.clone(), scheme });
@@ -415,6 +423,19 @@ pub fn merge_files(
     metadata.insert("sshs_model_hash".into(), hashes.model_hash.clone());
     metadata.insert("sshs_legacy_hash".into(), hashes.legacy_hash.clone());
     Ok(MergeOutcome { modules: report, family, metadata, hashes })
+}
+
+/// A Flux LoRA in another layout, read under its kohya names (in memory); any other file as is.
+fn flux_as_kohya(file: LoraFile) -> Result<LoraFile, MergeError> {
+    let plain = detect_scheme(file.tensor_names()).is_plain_lora();
+    if !plain || guess_family(&file).family != Family::Flux {
+        return Ok(file);
+    }
+    match convert_lora(&file, Target::Kohya, Some(Family::Flux)) {
+        Ok((bytes, _)) => Ok(LoraFile::from_bytes(bytes, file.path())?),
+        Err(ConvertError::AlreadyTarget { .. }) => Ok(file),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// sd-scripts' merge metadata: `build_minimum_network_metadata` (`ss_v2` and

@@ -1,7 +1,15 @@
 //! Resizing a whole LoRA file (`lorakit resize`): read every module through the
 //! format layer, resize them with [`crate::resize`], and write the result with
 //! sd-scripts' metadata updates and freshly computed `sshs_*` hashes.
+//!
+//! Every layout keeps its names (kohya, PEFT, Flux's BFL/ComfyUI/XLabs). Flux's fused qkv / linear1
+//! modules are resized as the one linear layer they are, as sd-scripts' `resize_lora.py` does; a
+//! `split_qkv` file's block-diagonal layers (rank = parts × the trained rank) come out as plain
+//! low-rank pairs, and a new rank below the layer's rank truncates across its parts (the outcome
+//! notes how many such layers there were).
 
+use crate::flux;
+use crate::flux_convert::block_diagonal;
 use crate::keys::{detect_scheme, modules, ModuleError, Scheme};
 use crate::resize::{
     average_fro_line, metadata_updates, resize_modules, verbose_line, ModuleWeights, ResizeError, ResizeSettings,
@@ -47,6 +55,8 @@ pub struct ResizeOutcome {
     pub verbose_lines: Vec<String>,
     /// sd-scripts' closing "Average Frobenius norm retention" line.
     pub average_line: String,
+    /// Remarks for the user (Flux `split_qkv` layers resized whole).
+    pub notes: Vec<String>,
 }
 
 /// Resizes `input` into `output` (written atomically, `precision` for every float tensor).
@@ -116,5 +126,25 @@ pub fn resize_file(
 
     let verbose_lines = resized.iter().map(|r| verbose_line(r, settings.method())).collect();
     let average_line = average_fro_line(&resized);
-    Ok(ResizeOutcome { modules: resized, verbose_lines, average_line })
+    let split: Vec<&str> = ordered
+        .iter()
+        .zip(&loaded)
+        .filter(|(m, (up, ..))| {
+            let Some(n) = flux::parse(&m.name) else { return false };
+            let widths = n.site.part_widths(m.in_features, m.out_features);
+            n.site.is_fused()
+                && n.parts == (0..n.site.part_count())
+                && widths.is_some_and(|w| block_diagonal(up, m.rank, &w).is_some())
+        })
+        .map(|(m, _)| m.name.as_str())
+        .collect();
+    let mut notes = Vec::new();
+    if let Some(first) = split.first() {
+        notes.push(format!(
+            "{} fused layers (first: {first}) held sd-scripts split_qkv parts; each was resized as one linear layer, \
+             as sd-scripts' resize_lora.py does, and is no longer block-diagonal",
+            split.len()
+        ));
+    }
+    Ok(ResizeOutcome { modules: resized, verbose_lines, average_line, notes })
 }

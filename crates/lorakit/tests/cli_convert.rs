@@ -93,14 +93,15 @@ fn bad_inputs_are_refused_in_one_line() {
     );
     let flux = dir.path().join("flux.safetensors");
     write_lora(&flux, &t, &BTreeMap::new(), Precision::F32).unwrap();
-    assert_refused(&convert(&flux, &out_path, &["--to", "peft"]), "convert supports SD1.5 and SDXL");
+    // A Flux qkv whose 4 outputs are no q/k/v split.
+    assert_refused(&convert(&flux, &out_path, &["--to", "peft"]), "do not split into the 3 parts");
     // Forcing a family does not make Flux names mappable.
     assert_refused(
         &convert(&flux, &out_path, &["--to", "peft", "--family", "sdxl"]),
         "lora_unet_double_blocks_0_img_attn_qkv",
     );
 
-    let out = convert(&fixture(), &out_path, &["--to", "diffusers"]);
+    let out = convert(&fixture(), &out_path, &["--to", "comfy"]);
     assert_eq!(out.status.code(), Some(2), "clap rejects an unknown --to");
     assert!(!out_path.exists());
 }

@@ -1,5 +1,6 @@
 //! `lorakit convert`: rename a LoRA's keys between kohya (ComfyUI/A1111/Forge)
-//! and PEFT/diffusers naming for SD1.5 and SDXL.
+//! and PEFT/diffusers naming for SD1.5, SDXL and Flux.1 (Flux files in any layout: kohya,
+//! diffusers/ai-toolkit, ComfyUI/BFL, XLabs).
 
 use clap::{Args, ValueEnum};
 use lorakit_lora::convert::{convert_file, Target};
@@ -13,7 +14,9 @@ use std::process::ExitCode;
 pub enum ToNaming {
     /// kohya / sd-scripts names (`lora_unet_…`, `lora_te…`), for ComfyUI, A1111, Forge.
     Kohya,
-    /// PEFT / diffusers names (`unet.….lora_A.weight`), for diffusers' `load_lora_weights`.
+    /// PEFT / diffusers names (`unet.….lora_A.weight`, Flux `transformer.….lora_A.weight`), for
+    /// diffusers' `load_lora_weights`.
+    #[value(alias = "diffusers")]
     Peft,
 }
 
@@ -33,18 +36,25 @@ pub enum FamilyArg {
     Sd15,
     /// Stable Diffusion XL.
     Sdxl,
+    /// Flux.1 (dev, schnell; Chroma shares its layers).
+    Flux,
 }
 
 /// Arguments of `lorakit convert`.
 #[derive(Args, Debug)]
 #[command(after_help = "Going to PEFT folds each module's alpha/rank into lora_B (diffusers ignores alpha keys); \
 going to kohya writes alpha = the PEFT alpha, or the rank when the file has none. The effective weights are unchanged.\n\n\
+Flux: kohya's fused img_attn_qkv / txt_attn_qkv / linear1 are split into diffusers' to_q, to_k, to_v (add_*_proj) \
+and proj_mlp and fused back, as sd-scripts' convert_flux_lora.py does (split_qkv files are cut into their parts); \
+BFL/ComfyUI (diffusion_model.…), XLabs and ai-toolkit files are read too. diffusers' FluxPipeline does not load \
+T5 (text_encoder_2) modules.\n\n\
 A file holding NaN/Inf weights is converted as it is (a faithful copy), with a warning naming its modules.\n\n\
 Examples:\n  \
     lorakit convert my.safetensors my-diffusers.safetensors --to peft\n  \
-    lorakit convert diffusers.safetensors comfy.safetensors --to kohya --precision fp16")]
+    lorakit convert diffusers.safetensors comfy.safetensors --to kohya --precision fp16\n  \
+    lorakit convert flux-xlabs.safetensors flux-kohya.safetensors --to kohya")]
 pub struct ConvertArgs {
-    /// The LoRA to convert (kohya or PEFT names, SD1.5 or SDXL).
+    /// The LoRA to convert (kohya or PEFT names, SD1.5, SDXL or Flux).
     pub input: PathBuf,
     /// Where to write the converted LoRA (written atomically; never the input).
     pub output: PathBuf,
@@ -73,6 +83,7 @@ pub fn run(args: ConvertArgs) -> anyhow::Result<ExitCode> {
     let family = args.family.map(|f| match f {
         FamilyArg::Sd15 => Family::Sd1,
         FamilyArg::Sdxl => Family::Sdxl,
+        FamilyArg::Flux => Family::Flux,
     });
     if let Some(problem) = lorakit_lora::inspect::non_finite_summary(&args.input)? {
         eprintln!("warning: {problem}; the converted file keeps them (applying it gives NaN/black images)");
@@ -93,5 +104,8 @@ pub fn run(args: ConvertArgs) -> anyhow::Result<ExitCode> {
         outcome.precision.dtype(),
         args.output.display()
     );
+    for note in &outcome.notes {
+        eprintln!("note: {note}");
+    }
     Ok(ExitCode::SUCCESS)
 }

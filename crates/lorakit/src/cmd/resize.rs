@@ -35,6 +35,9 @@ pub enum SavePrecision {
 #[derive(Args, Debug)]
 #[command(after_help = "An input holding NaN/Inf weights is refused, naming its modules: their SVD would be NaN \
 (use an earlier epoch's file instead).\n\n\
+Flux LoRAs keep their layout (kohya, diffusers, ComfyUI/BFL, XLabs). A fused qkv / linear1 module is resized as one \
+layer, as sd-scripts' resize_lora.py does; sd-scripts split_qkv files store those layers block-diagonally at \
+parts × their rank, so a smaller --rank truncates across the parts (--verbose shows what each keeps).\n\n\
 Examples:\n  \
     lorakit resize my.safetensors my-r16.safetensors --rank 16\n  \
     lorakit resize my.safetensors my-dyn.safetensors --rank 32 --dynamic sv-fro --param 0.9 --verbose")]
@@ -101,5 +104,8 @@ pub fn run(args: ResizeArgs) -> anyhow::Result<ExitCode> {
         args.output.display(),
         ranks.join(", ")
     );
+    for note in &outcome.notes {
+        eprintln!("note: {note}");
+    }
     Ok(ExitCode::SUCCESS)
 }
