@@ -438,6 +438,12 @@ impl FlowObjective {
                     "an SD3 option; Flux shifts with flow.discrete_flow_shift",
                 );
                 let prediction = f.model_prediction_type.unwrap_or(ModelPredictionType::Raw);
+                if f.model_prediction_type.is_none() {
+                    notes.push(format!(
+                        "Flux objective: flow.model_prediction_type = \"raw\" and flow.guidance_scale = {} (lorakit's defaults, as sd-scripts' Flux guide trains; sd-scripts' own defaults are \"sigma_scaled\" and 3.5 — set them in [flow] to repeat an sd-scripts run that left them unset)",
+                        f.guidance_scale
+                    ));
+                }
                 if prediction == ModelPredictionType::SigmaScaled {
                     notes.push(
                         "warning: flow.model_prediction_type = \"sigma_scaled\" (sd-scripts' default) compares the x₀ estimate x_σ − σ·pred with the velocity target ε − x₀, as sd-scripts does; sd-scripts' Flux guide trains with \"raw\", lorakit's default".into(),
