@@ -510,7 +510,10 @@ impl FlowObjective {
 
     /// The noise levels for one draw per sample (see [`FlowObjective::draws_normal`]) on latents
     /// of height `h` and width `w` — sd-scripts' `get_noisy_model_input_and_timesteps` of
-    /// flux_train_utils / sd3_train_utils, in f32 as torch computes them.
+    /// flux_train_utils / sd3_train_utils, in f32 as torch computes them. Under bf16/fp16
+    /// sd-scripts also rounds the timesteps it hands the model (and, in `sigma` sampling, the σ
+    /// it noises with) to the weight dtype; lorakit keeps both in f32 and lets the model cast its
+    /// inputs, which only removes that rounding.
     pub fn levels(&self, draws: &[f32], h: usize, w: usize) -> Vec<FlowLevel> {
         let n = FLOW_TRAIN_TIMESTEPS as f32;
         let density = |d: f32| self.weighting_scheme.density(d, self.logit_mean, self.logit_std, self.mode_scale);
