@@ -23,7 +23,11 @@ random LoRA (ranks 2–4, mixed alphas, seed 0) in each layout:
 * `xlabs.safetensors` — XLabs' `double_blocks.0.processor.qkv_lora1.down.weight` (+ single-block
   `qkv_lora` / `proj_lora`);
 * `bfl.safetensors` — BFL names with lora_A/lora_B under `diffusion_model.` (every layer, as
-  BFL's control LoRAs have).
+  BFL's control LoRAs have);
+* `kohya_diffusers_names.safetensors` — kohya-style keys over diffusers paths
+  (`lora_transformer_transformer_blocks_0_attn_to_q.lora_down.weight` + `.alpha`, diffusers'
+  "mixture" form; attention and global layers, which are what its converter maps), with
+  `lora_te1_` CLIP-L modules.
 
 diffusers' own conversion functions (`_convert_kohya_flux_lora_to_diffusers`,
 `_convert_xlabs_flux_lora_to_diffusers`, `_convert_bfl_flux_control_lora_to_diffusers`, dispatched as
@@ -252,6 +256,29 @@ def make_diffusers_variants(rng):
     return bare, prefixed
 
 
+def make_kohya_diffusers_names(rng):
+    """kohya-style keys over diffusers paths (`lora_transformer_transformer_blocks_0_attn_to_q`),
+    with alphas, + `lora_te1_` CLIP-L: what diffusers calls a "mixture" state dict."""
+    sd = {}
+    for i, (path, o, n, parts, ws) in enumerate(layers()):
+        for j, (part, w) in enumerate(zip(parts, ws)):
+            # diffusers' mixture converter maps attention layers and the global ones only.
+            if ".attn." not in part and "blocks." in part:
+                continue
+            rank, alpha = rank_alpha(i + j + 2)
+            down, up = rng.pair(w, n, rank)
+            name = kohya(part, "lora_transformer")
+            sd[f"{name}.lora_down.weight"], sd[f"{name}.lora_up.weight"] = down, up
+            sd[f"{name}.alpha"] = torch.tensor(alpha)
+    clip, _ = text_layers()
+    for i, (path, o, n) in enumerate(clip[:6]):
+        rank, alpha = rank_alpha(i)
+        name = kohya(path, "lora_te1")
+        sd[f"{name}.lora_down.weight"], sd[f"{name}.lora_up.weight"] = rng.pair(o, n, rank)
+        sd[f"{name}.alpha"] = torch.tensor(alpha)
+    return sd
+
+
 def make_xlabs(rng):
     sd = {}
     for i in range(DOUBLE):
@@ -377,6 +404,7 @@ def main():
         "diffusers": (make_diffusers(Rng(3)), None),
         "diffusers_variants": (diffusers_variants, diffusers_variants_prefixed),
         "xlabs": (make_xlabs(Rng(5)), None),
+        "kohya_diffusers_names": (make_kohya_diffusers_names(Rng(7)), None),
         "bfl": (bfl, bfl_bare),
     }
     os.makedirs(args.out, exist_ok=True)

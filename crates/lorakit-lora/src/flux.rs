@@ -235,11 +235,13 @@ pub struct FluxName {
 /// Flux layout; `None` when it names no Flux LoRA target.
 pub fn parse(name: &str) -> Option<FluxName> {
     let name = name.strip_prefix("base_model.model.").unwrap_or(name);
-    if let Some(rest) = name.strip_prefix("lora_unet_") {
-        return dit(rest, "_").map(|(site, parts)| FluxName { site, parts, layout: Layout::Kohya });
-    }
-    if let Some(rest) = name.strip_prefix("lora_transformer_") {
-        return dit(rest, "_").map(|(site, parts)| FluxName { site, parts, layout: Layout::KohyaDiffusers });
+    // kohya names: BFL paths (sd-scripts), or diffusers paths under `lora_unet_` / `lora_transformer_`.
+    for prefix in ["lora_unet_", "lora_transformer_"] {
+        if let Some(rest) = name.strip_prefix(prefix) {
+            let (site, parts, diffusers) = dit(rest, "_")?;
+            let layout = if diffusers { Layout::KohyaDiffusers } else { Layout::Kohya };
+            return Some(FluxName { site, parts, layout });
+        }
     }
     for (prefix, clip) in [("lora_te1_", true), ("lora_te_", true), ("lora_te3_", false)] {
         if let Some(rest) = name.strip_prefix(prefix) {
@@ -266,15 +268,8 @@ pub fn parse(name: &str) -> Option<FluxName> {
     if let Some((site, parts)) = xlabs(rest) {
         return Some(FluxName { site, parts, layout: Layout::XLabs });
     }
-    let (site, parts) = dit(rest, ".")?;
-    let diffusers_names = rest.starts_with("transformer_blocks.")
-        || rest.starts_with("single_transformer_blocks.")
-        || !GLOBAL.iter().any(|(bfl, _)| *bfl == rest);
-    let layout = if diffusers_names && !rest.starts_with("double_blocks.") && !rest.starts_with("single_blocks.") {
-        Layout::Diffusers
-    } else {
-        Layout::Bfl
-    };
+    let (site, parts, diffusers) = dit(rest, ".")?;
+    let layout = if diffusers { Layout::Diffusers } else { Layout::Bfl };
     Some(FluxName { site, parts, layout })
 }
 
@@ -291,36 +286,37 @@ fn same(child: &str, tail: &str, sep: &str) -> bool {
     child.len() == tail.len() && child.replace('.', sep) == tail
 }
 
-/// A child table lookup by BFL name (whole layer) or diffusers name (one part).
-fn child(table: &[(&str, &[&str])], tail: &str, sep: &str) -> Option<(usize, Range<usize>)> {
-    for (k, (bfl, parts)) in table.iter().enumerate() {
-        if same(bfl, tail, sep) {
-            return Some((k, 0..parts.len().max(1)));
+/// A child table lookup by BFL name (the whole layer) or by diffusers name (one part).
+fn child(table: &[(&str, &[&str])], tail: &str, sep: &str, diffusers: bool) -> Option<(usize, Range<usize>)> {
+    table.iter().enumerate().find_map(|(k, (bfl, parts))| {
+        if diffusers {
+            parts.iter().position(|d| same(d, tail, sep)).map(|p| (k, p..p + 1))
+        } else {
+            same(bfl, tail, sep).then(|| (k, 0..parts.len().max(1)))
         }
-    }
-    for (k, (_, parts)) in table.iter().enumerate() {
-        if let Some(p) = parts.iter().position(|d| same(d, tail, sep)) {
-            return Some((k, p..p + 1));
-        }
-    }
-    None
+    })
 }
 
-/// A DiT layer in BFL or diffusers naming, dots or underscores for separators.
-fn dit(rest: &str, sep: &str) -> Option<(Site, Range<usize>)> {
+/// A DiT layer in BFL or diffusers naming (dots or underscores for separators), and whether the
+/// name was diffusers'.
+fn dit(rest: &str, sep: &str) -> Option<(Site, Range<usize>, bool)> {
     // `single_transformer_blocks` first: it ends with `transformer_blocks`.
-    if let Some((i, tail)) =
-        indexed(rest, "single_transformer_blocks", sep).or_else(|| indexed(rest, "single_blocks", sep))
-    {
-        let (k, parts) = child(&SINGLE, tail, sep)?;
-        return Some((Site::Single(i, k), parts));
+    for (container, diffusers, single) in [
+        ("single_transformer_blocks", true, true),
+        ("transformer_blocks", true, false),
+        ("single_blocks", false, true),
+        ("double_blocks", false, false),
+    ] {
+        if let Some((i, tail)) = indexed(rest, container, sep) {
+            let table: &[(&str, &[&str])] = if single { &SINGLE } else { &DOUBLE };
+            let (k, parts) = child(table, tail, sep, diffusers)?;
+            let site = if single { Site::Single(i, k) } else { Site::Double(i, k) };
+            return Some((site, parts, diffusers));
+        }
     }
-    if let Some((i, tail)) = indexed(rest, "transformer_blocks", sep).or_else(|| indexed(rest, "double_blocks", sep)) {
-        let (k, parts) = child(&DOUBLE, tail, sep)?;
-        return Some((Site::Double(i, k), parts));
-    }
-    let (k, parts) = child(&GLOBAL, rest, sep)?;
-    Some((Site::Global(k), parts))
+    [false, true].into_iter().find_map(|diffusers| {
+        child(&GLOBAL, rest, sep, diffusers).map(|(k, parts)| (Site::Global(k), parts, diffusers))
+    })
 }
 
 /// An XLabs processor LoRA (`double_blocks.0.processor.qkv_lora1`).
@@ -381,6 +377,8 @@ mod tests {
         assert_eq!(site("lora_unet_time_in_in_layer").0, Site::Global(1));
         assert_eq!(site("diffusion_model.img_in"), (Site::Global(0), 0..1, Layout::Bfl));
         assert_eq!(site("lora_unet_final_layer_adaLN_modulation_1").0, Site::Global(FINAL_MODULATION));
+        assert_eq!(site("lora_unet_norm_out_linear"), (Site::Global(FINAL_MODULATION), 0..1, Layout::KohyaDiffusers));
+        assert_eq!(site("transformer.proj_out"), (Site::Global(8), 0..1, Layout::Diffusers));
         assert_eq!(site("text_encoder.text_model.encoder.layers.11.self_attn.out_proj").0, Site::Clip(11, 3));
         assert_eq!(site("lora_te1_text_model_encoder_layers_0_mlp_fc1").0, Site::Clip(0, 4));
         assert_eq!(site("lora_te3_encoder_block_23_layer_1_DenseReluDense_wi_0").0, Site::T5(23, 4));
@@ -391,6 +389,8 @@ mod tests {
             "unet.down_blocks.0.attentions.0.proj_in",
             "transformer.transformer_blocks.x.attn.to_q",
             "lora_te2_text_model_encoder_layers_0_mlp_fc1",
+            "transformer.transformer_blocks.0.img_attn.qkv",
+            "double_blocks.0.attn.to_q",
         ] {
             assert!(parse(bad).is_none(), "{bad}");
         }

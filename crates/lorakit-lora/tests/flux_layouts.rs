@@ -12,7 +12,8 @@ use lorakit_lora::inspect::inspect_file;
 use lorakit_lora::keys::{self, guess_family, Family};
 use lorakit_lora::safetensors_file::{LoraFile, Precision};
 
-const LAYOUTS: [&str; 7] = ["kohya", "kohya_split_qkv", "comfy", "diffusers", "diffusers_variants", "xlabs", "bfl"];
+const LAYOUTS: [&str; 8] =
+    ["kohya", "kohya_split_qkv", "comfy", "diffusers", "diffusers_variants", "xlabs", "bfl", "kohya_diffusers_names"];
 
 fn dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/reference/flux_lora")

@@ -14,7 +14,8 @@ use lorakit_lora::resize::{ResizeMethod, ResizeSettings};
 use lorakit_lora::resize_file::resize_file;
 use lorakit_lora::safetensors_file::{LoraFile, Precision};
 
-const LAYOUTS: [&str; 7] = ["kohya", "kohya_split_qkv", "comfy", "diffusers", "diffusers_variants", "xlabs", "bfl"];
+const LAYOUTS: [&str; 8] =
+    ["kohya", "kohya_split_qkv", "comfy", "diffusers", "diffusers_variants", "xlabs", "bfl", "kohya_diffusers_names"];
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/reference/flux_lora").join(name)
