@@ -247,9 +247,10 @@ pub enum Objective {
 }
 
 impl Objective {
-    /// The objective `kind` with `config`'s options. Options of another objective, and those
-    /// sd-scripts ignores silently for this one, are refused with the keys named; the returned
-    /// notes are warnings for the run's start.
+    /// The objective `kind` with `config`'s options. Options of the other objective (which
+    /// sd-scripts would ignore silently) are refused, every key named; options that this
+    /// objective's own choices leave without effect, and defaults that differ from sd-scripts',
+    /// come back as notes for the run's start.
     pub fn new(kind: ObjectiveKind, config: &TrainConfig) -> Result<(Objective, Vec<String>)> {
         let mut problems = Vec::new();
         let mut notes = Vec::new();
