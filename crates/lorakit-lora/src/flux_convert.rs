@@ -246,6 +246,15 @@ fn to_kohya(
             widths[part] = Some(p.out() / k);
         }
     }
+    // q, k and v are equally wide (the model's hidden size).
+    let qkv: Vec<usize> = widths.iter().take(3).flatten().copied().collect();
+    if qkv.iter().any(|w| *w != qkv[0]) {
+        return Err(shape_error(
+            path,
+            &first.module.name,
+            format!("and the other parts of `{}` have q/k/v widths {qkv:?}, which differ", site.path()),
+        ));
+    }
     let missing = widths.iter().any(Option::is_none);
     // linear1's fourth part is the MLP; every other part of a fused layer is hidden wide (= its input).
     let widths: Vec<usize> = widths

@@ -10,7 +10,7 @@ use lorakit_lora::convert::{convert_file, convert_lora, ConvertError, Target};
 use lorakit_lora::flux::{parse, Layout, Site};
 use lorakit_lora::inspect::inspect_file;
 use lorakit_lora::keys::{self, guess_family, Family};
-use lorakit_lora::safetensors_file::{LoraFile, Precision};
+use lorakit_lora::safetensors_file::{write_lora, LoraFile, Precision, Tensor};
 
 const LAYOUTS: [&str; 8] =
     ["kohya", "kohya_split_qkv", "comfy", "diffusers", "diffusers_variants", "xlabs", "bfl", "kohya_diffusers_names"];
@@ -262,6 +262,17 @@ fn refusals_name_the_file_and_the_problem() {
     assert!(matches!(err, ConvertError::AlreadyTarget { .. }), "{err}");
     let err = convert_file(&dir().join("kohya.safetensors"), &out, Target::Kohya, None, None).unwrap_err();
     assert!(err.to_string().contains("kohya.safetensors") && err.to_string().contains("already"), "{err}");
+    // diffusers q/k parts of different widths are not one Flux qkv.
+    let mut t = std::collections::BTreeMap::new();
+    for (part, rows) in [("to_q", 6), ("to_k", 9)] {
+        let name = format!("transformer.transformer_blocks.0.attn.{part}");
+        t.insert(format!("{name}.lora_A.weight"), Tensor::new(vec![2, 6], vec![0.1; 12]));
+        t.insert(format!("{name}.lora_B.weight"), Tensor::new(vec![rows, 2], vec![0.1; rows * 2]));
+    }
+    let odd = tmp.path().join("odd.safetensors");
+    write_lora(&odd, &t, &Default::default(), Precision::F32).unwrap();
+    let err = convert_file(&odd, &out, Target::Kohya, None, Some(Family::Flux)).unwrap_err().to_string();
+    assert!(err.contains("odd.safetensors") && err.contains("q/k/v widths [6, 9]"), "{err}");
     assert!(!out.exists());
 }
 

@@ -672,3 +672,18 @@ fn metadata_is_preferred_and_disagreement_reported() {
     let g = family_of(&t, &[("modelspec.architecture", "flux-1-dev/lora")]);
     assert_eq!((g.family, g.conflict), (Family::Flux, None));
 }
+
+#[test]
+fn alphas_beside_any_module_name_and_lone_alphas() {
+    // ComfyUI writes kohya suffixes under `diffusion_model.`; its alpha belongs to the module.
+    let dir = tempfile::tempdir().unwrap();
+    let mut t = BTreeMap::new();
+    linear(&mut t, "diffusion_model.img_in", 12, 48, 4, Some(2.0));
+    t.insert("diffusion_model.txt_in.alpha".into(), Tensor::scalar(8.0));
+    let file = write_tmp(&dir, "comfy.safetensors", &t);
+    let set = keys::modules(&file).unwrap();
+    assert_eq!(set.scheme, Scheme::Kohya);
+    assert_eq!(set.modules.len(), 1);
+    assert_eq!((set.modules[0].alpha, set.modules[0].scale()), (2.0, 0.5));
+    assert_eq!(set.other_tensors, ["diffusion_model.txt_in.alpha"], "an alpha with no pair is left over");
+}
