@@ -1,11 +1,11 @@
-//! One LoRA training step of a full-size UNet (random weights), the benchmark: batch 1,
-//! forward + MSE loss + backward (no optimizer step). Prints one JSON line per measured step;
+//! One LoRA training step of a full-size UNet or a Flux transformer (random weights), the
+//! issues' benchmark: batch 1, forward + MSE loss + backward (no optimizer step). Prints one JSON line per measured step;
 //! `tools/bench/train_step/run.sh` interleaves it with the PyTorch equivalent
 //! (`tools/bench/train_step/torch_step.py`, same options) and reports both.
 //!
-//! `cargo bench -p lorakit-models --bench train_step -- [steps] [--model sd15|sdxl] [--latent N]
-//!  [--conv-dim N | --attention-only] [--checkpointing] [--live-memory] [--profile]
-//!  [--device cpu|cuda] [--dtype f32|bf16|f16]`
+//! `cargo bench -p lorakit-models --bench train_step -- [steps] [--model sd15|sdxl|flux] [--latent N]
+//!  [--conv-dim N | --attention-only] [--double N] [--single N] [--txt-len N] [--width N] [--fp8]
+//!  [--checkpointing] [--live-memory] [--profile] [--device cpu|cuda] [--dtype f32|bf16|f16]`
 //!
 //! `--model sd15` (default): SD1.5's UNet (859,520,964 parameters), 77×768 context, kohya LoRA
 //! rank 16 / alpha 16 on the attention-group layers plus conv_dim 16 / conv_alpha 16 on the
@@ -14,6 +14,18 @@
 //! 16 on the attention-group layers only (722 modules, SGM-named as sd-scripts names SDXL's);
 //! `--conv-dim N` adds conv modules to either (0: none, as `--attention-only`). `--latent N` is
 //! the latent's side (default 64 = 512 px).
+//!
+//! `--model flux`: FLUX.1-dev's transformer at full width (3072, 24 heads) with `--double N`
+//! double-stream and `--single M` single-stream blocks (default 2 and 4; 19 and 38 is the full
+//! 11.9 G-parameter model), a 16-channel `--latent N` latent packed into (N/2)² tokens of 64,
+//! `--txt-len` T5 tokens of width 4096 (default 512, dev's length), pooled CLIP (1, 768), σ 0.5,
+//! guidance 1.0, no text mask; kohya LoRA rank 16 / alpha 16 on sd-scripts' `lora_flux.py`
+//! default modules (every linear of the double and single blocks: 10 per double block, 3 per
+//! single block, fused qkv / linear1). `--fp8` stores every linear weight as F8E4M3 (as
+//! `fp8_base`; cast to the compute dtype per use), everything else in `--dtype`: each weight is
+//! made in f8 directly (windows of one N(0, 0.02) pool rounded to e4m3 once; generating 12 G
+//! normals would take minutes), so the full-size model never exists in f32. `--width N` (a
+//! multiple of 128) narrows the model for smoke tests only.
 //!
 //! `--profile` prints where the last step's time went, kernel by kernel (`lorakit_nn::profile`).
 //! `--device cuda` needs a `--features cuda` build (`tools/bench/train_step/gpu.sh`); `--dtype`
@@ -25,6 +37,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
+use lorakit_models::dit::flux::{image_ids, pack_latents, FluxConfig, FluxInputs, FluxTransformer};
 use lorakit_models::lora_inject::{create_network, NetworkSpec, UNET_PREFIX};
 use lorakit_models::unet_2d::{AddedConditions, UNet2DConditionModel, UNet2DConditionModelConfig};
 use lorakit_models::Weights;
@@ -89,7 +102,8 @@ fn main() -> anyhow::Result<()> {
     }
     let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench" && a != "--default-allocator").collect();
     // The first bare number that is not an option's value (`--latent 64`, `--conv-dim 16`).
-    const VALUED: [&str; 5] = ["--device", "--dtype", "--model", "--latent", "--conv-dim"];
+    const VALUED: [&str; 9] =
+        ["--device", "--dtype", "--model", "--latent", "--conv-dim", "--double", "--single", "--txt-len", "--width"];
     let steps: usize = args
         .iter()
         .enumerate()
@@ -115,81 +129,144 @@ fn main() -> anyhow::Result<()> {
         "f16" => DType::F16,
         other => anyhow::bail!("--dtype {other}: expected f32, bf16 or f16"),
     };
-    let model = option("--model").unwrap_or("sd15");
-    let (cfg, context_width, default_conv_rank) = match model {
-        "sd15" => (UNet2DConditionModelConfig::sd15(), 768, Some(16)),
-        "sdxl" => (UNet2DConditionModelConfig::sdxl(), 2048, None),
-        other => anyhow::bail!("--model {other}: expected sd15 or sdxl"),
-    };
-    let latent: usize = match option("--latent") {
-        Some(n) => n.parse().map_err(|_| anyhow::anyhow!("--latent {n}: expected a number"))?,
-        None => 64,
-    };
-    let conv_rank = if args.iter().any(|a| a == "--attention-only") {
-        None
-    } else {
-        match option("--conv-dim") {
-            Some(n) => Some(n.parse::<usize>().map_err(|_| anyhow::anyhow!("--conv-dim {n}: expected a number"))?)
-                .filter(|&r| r > 0),
-            None => default_conv_rank,
+    let number = |name: &str, default: usize| -> anyhow::Result<usize> {
+        match option(name) {
+            Some(n) => n.parse().map_err(|_| anyhow::anyhow!("{name} {n}: expected a number")),
+            None => Ok(default),
         }
     };
+    let model = option("--model").unwrap_or("sd15");
+    let latent = number("--latent", 64)?;
+    let fp8 = args.iter().any(|a| a == "--fp8");
     let t0 = Instant::now();
-    let mut tensors = HashMap::new();
-    let mut params = 0usize;
-    for (name, shape) in cfg.parameter_shapes() {
-        params += shape.iter().product::<usize>();
-        let t = if name.contains("norm") && name.ends_with("weight") {
-            Tensor::ones(shape.as_slice(), dtype, &device)?
-        } else {
-            Tensor::randn(0f32, 0.02, shape.as_slice(), &device)?.to_dtype(dtype)?
-        };
-        tensors.insert(name, t);
-    }
-    let weights = Weights::new(tensors, format!("random {model} UNet"));
-    let unet = UNet2DConditionModel::new(weights.view(""), &cfg)?;
-    weights.check_complete()?;
-    drop(weights);
+    let (denoiser, targets, params, conv_rank, extra) = match model {
+        "sd15" | "sdxl" => {
+            if fp8 {
+                anyhow::bail!("--fp8 is only wired for --model flux");
+            }
+            let (cfg, context_width, default_conv_rank) = if model == "sd15" {
+                (UNet2DConditionModelConfig::sd15(), 768, Some(16))
+            } else {
+                (UNet2DConditionModelConfig::sdxl(), 2048, None)
+            };
+            let conv_rank = if args.iter().any(|a| a == "--attention-only") {
+                None
+            } else {
+                match option("--conv-dim") {
+                    Some(n) => {
+                        Some(n.parse::<usize>().map_err(|_| anyhow::anyhow!("--conv-dim {n}: expected a number"))?)
+                            .filter(|&r| r > 0)
+                    }
+                    None => default_conv_rank,
+                }
+            };
+            let mut tensors = HashMap::new();
+            let mut params = 0usize;
+            for (name, shape) in cfg.parameter_shapes() {
+                params += shape.iter().product::<usize>();
+                let t = if name.contains("norm") && name.ends_with("weight") {
+                    Tensor::ones(shape.as_slice(), dtype, &device)?
+                } else {
+                    Tensor::randn(0f32, 0.02, shape.as_slice(), &device)?.to_dtype(dtype)?
+                };
+                tensors.insert(name, t);
+            }
+            let weights = Weights::new(tensors, format!("random {model} UNet"));
+            let unet = UNet2DConditionModel::new(weights.view(""), &cfg)?;
+            weights.check_complete()?;
+            drop(weights);
+            let targets = unet.lora_targets_in(unet.kohya_layout());
+            let context = Tensor::randn(0f32, 1.0, (1, 77, context_width), &device)?.to_dtype(dtype)?;
+            // SDXL's micro-conditioning: original size, crop top-left, target size (the latent's pixels).
+            let added = if unet.needs_added_conditions() {
+                let px = (latent * 8) as f32;
+                Some(AddedConditions {
+                    text_embeds: Tensor::randn(0f32, 1.0, (1, 1280), &device)?.to_dtype(dtype)?,
+                    time_ids: Tensor::new(&[[px, px, 0.0, 0.0, px, px]], &device)?,
+                })
+            } else {
+                None
+            };
+            let denoiser = Denoiser::Unet {
+                latents: Tensor::randn(0f32, 1.0, (1, 4, latent, latent), &device)?.to_dtype(dtype)?,
+                target: Tensor::randn(0f32, 1.0, (1, 4, latent, latent), &device)?,
+                context,
+                timesteps: Tensor::new(&[500u32], &device)?,
+                added,
+                unet: Box::new(unet),
+            };
+            (denoiser, targets, params, conv_rank, String::new())
+        }
+        "flux" => {
+            let mut cfg = FluxConfig::dev();
+            cfg.depth = number("--double", 2)?;
+            cfg.depth_single_blocks = number("--single", 4)?;
+            // --width: a narrower model for smoke tests (heads of 128 as Flux.1's); the
+            // benchmark is at Flux.1's 3072.
+            let width = number("--width", cfg.hidden_size)?;
+            if width == 0 || width % cfg.head_dim() != 0 {
+                anyhow::bail!("--width {width}: expected a multiple of the head width {}", cfg.head_dim());
+            }
+            cfg.num_heads = width / cfg.head_dim();
+            cfg.hidden_size = width;
+            let txt_len = number("--txt-len", 512)?;
+            if latent % 2 != 0 {
+                anyhow::bail!("--latent {latent}: Flux packs 2×2 patches, the latent side must be even");
+            }
+            let (weights, params) = flux_weights(&cfg, dtype, fp8, &device)?;
+            let flux = FluxTransformer::new(weights.view(""), &cfg)?;
+            weights.check_complete()?;
+            drop(weights);
+            let targets = flux.lora_targets();
+            let latents = Tensor::randn(0f32, 1.0, (1, 16, latent, latent), &device)?;
+            let img = pack_latents(&latents)?.to_dtype(dtype)?;
+            let tokens = img.dim(1)?;
+            let extra = format!(
+                ",\"width\":{},\"double\":{},\"single\":{},\"tokens\":{tokens},\"txt_len\":{txt_len}",
+                cfg.hidden_size, cfg.depth, cfg.depth_single_blocks
+            );
+            let denoiser = Denoiser::Flux {
+                target: Tensor::randn(0f32, 1.0, (1, tokens, cfg.in_channels), &device)?,
+                img,
+                img_ids: image_ids(latent, latent, &device)?,
+                txt: Tensor::randn(0f32, 1.0, (1, txt_len, cfg.context_in_dim), &device)?.to_dtype(dtype)?,
+                txt_ids: Tensor::zeros((txt_len, 3), DType::F32, &device)?,
+                timesteps: Tensor::new(&[0.5f32], &device)?,
+                y: Tensor::randn(0f32, 1.0, (1, cfg.vec_in_dim), &device)?.to_dtype(dtype)?,
+                guidance: Tensor::new(&[1.0f32], &device)?,
+                flux: Box::new(flux),
+            };
+            (denoiser, targets, params, None, extra)
+        }
+        other => anyhow::bail!("--model {other}: expected sd15, sdxl or flux"),
+    };
     // --attention-only / --conv-dim 0: no conv LoRA (sd-scripts without conv_dim), e.g. to see
     // what LoCon costs.
     let spec = NetworkSpec { rank: 16, alpha: 16.0, conv_rank, conv_alpha: 16.0, ..Default::default() };
-    let targets = unet.lora_targets_in(unet.kohya_layout());
     let lora = Arc::new(create_network(&targets, UNET_PREFIX, &spec, DType::F32, &device, 0)?);
     // Non-zero up weights so every LoRA branch carries gradient as in a running training.
     for m in lora.modules() {
         m.up().set(&Tensor::randn(0f32, 0.01, m.up().dims(), &device)?)?;
     }
+    let lora_params: usize = lora.trainable_vars().iter().map(|v| v.elem_count()).sum();
     eprintln!(
-        "setup {:.1}s, {params} UNet parameters, {} LoRA modules, peak RSS after setup {:.0} MB",
+        "setup {:.1}s, {params} {model} parameters{}, {} LoRA modules ({lora_params} parameters), peak RSS after setup {:.0} MB",
         t0.elapsed().as_secs_f64(),
+        if fp8 { " (linear weights in f8 e4m3)" } else { "" },
         lora.len(),
         peak_rss_mb()
     );
     let ctx = ForwardCtx { lora: Some(lora.clone()), train: true, gradient_checkpointing: checkpointing };
-    let latents = Tensor::randn(0f32, 1.0, (1, 4, latent, latent), &device)?.to_dtype(dtype)?;
-    let target = Tensor::randn(0f32, 1.0, (1, 4, latent, latent), &device)?;
-    let context = Tensor::randn(0f32, 1.0, (1, 77, context_width), &device)?.to_dtype(dtype)?;
-    let timesteps = Tensor::new(&[500u32], &device)?;
-    // SDXL's micro-conditioning: original size, crop top-left, target size (the latent's pixels).
-    let added = if unet.needs_added_conditions() {
-        let px = (latent * 8) as f32;
-        Some(AddedConditions {
-            text_embeds: Tensor::randn(0f32, 1.0, (1, 1280), &device)?.to_dtype(dtype)?,
-            time_ids: Tensor::new(&[[px, px, 0.0, 0.0, px, px]], &device)?,
-        })
-    } else {
-        None
-    };
     for step in 0..=steps {
         // Only the last step's profile is printed.
         lorakit_nn::profile::take();
         let cpu_before = cpu_seconds();
         let t = Instant::now();
         let forward_scope = lorakit_nn::profile::scope("model forward outside the kernels");
-        let pred = unet.forward_with(&latents, &timesteps, &context, added.as_ref(), &ctx)?;
+        let pred = denoiser.forward(&ctx)?;
         drop(forward_scope);
         // The loss in f32, as training computes it.
-        let loss = (pred.to_dtype(DType::F32)? - &target)?.sqr()?.mean_all()?;
+        let loss = (pred.to_dtype(DType::F32)? - denoiser.target())?.sqr()?.mean_all()?;
         device.synchronize()?;
         let forward_secs = t.elapsed().as_secs_f64();
         // --live-memory: return freed heap pages first so the number is live memory (costs the
@@ -215,7 +292,7 @@ fn main() -> anyhow::Result<()> {
         if step > 0 {
             // Step 0 is warm-up (allocator, page faults).
             println!(
-                "{{\"impl\":\"lorakit\",\"step\":{step},\"seconds\":{secs:.3},\"forward_seconds\":{forward_secs:.3},\"loss\":{:.5},\"grad_norm\":{:.5},\"peak_rss_mb\":{:.0},\"rss_after_forward_mb\":{after_forward:.0},\"checkpointing\":{checkpointing},\"device\":\"{}\",\"dtype\":\"{dtype_name}\",\"model\":\"{model}\",\"latent\":{latent},\"lora_modules\":{},\"conv_dim\":{},\"loadavg_1m\":{},\"other_cpu_s\":{other_cpu:.1}}}",
+                "{{\"impl\":\"lorakit\",\"step\":{step},\"seconds\":{secs:.3},\"forward_seconds\":{forward_secs:.3},\"loss\":{:.5},\"grad_norm\":{:.5},\"peak_rss_mb\":{:.0},\"rss_after_forward_mb\":{after_forward:.0},\"checkpointing\":{checkpointing},\"device\":\"{}\",\"dtype\":\"{dtype_name}\",\"fp8\":{fp8},\"model\":\"{model}\",\"latent\":{latent},\"params\":{params},\"lora_modules\":{},\"lora_params\":{lora_params},\"conv_dim\":{}{extra},\"loadavg_1m\":{},\"other_cpu_s\":{other_cpu:.1}}}",
                 loss.to_scalar::<f32>()?,
                 norm.sqrt(),
                 peak_rss_mb(),
@@ -238,4 +315,89 @@ fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The model under test with its fixed inputs and MSE target.
+enum Denoiser {
+    Unet {
+        unet: Box<UNet2DConditionModel>,
+        latents: Tensor,
+        target: Tensor,
+        context: Tensor,
+        timesteps: Tensor,
+        added: Option<AddedConditions>,
+    },
+    Flux {
+        flux: Box<FluxTransformer>,
+        img: Tensor,
+        target: Tensor,
+        img_ids: Tensor,
+        txt: Tensor,
+        txt_ids: Tensor,
+        timesteps: Tensor,
+        y: Tensor,
+        guidance: Tensor,
+    },
+}
+
+impl Denoiser {
+    fn forward(&self, ctx: &ForwardCtx) -> candle_core::Result<Tensor> {
+        match self {
+            Denoiser::Unet { unet, latents, context, timesteps, added, .. } => {
+                unet.forward_with(latents, timesteps, context, added.as_ref(), ctx)
+            }
+            Denoiser::Flux { flux, img, img_ids, txt, txt_ids, timesteps, y, guidance, .. } => {
+                let inputs =
+                    FluxInputs { img, img_ids, txt, txt_ids, timesteps, y, guidance: Some(guidance), txt_mask: None };
+                flux.forward(&inputs, ctx)
+            }
+        }
+    }
+
+    fn target(&self) -> &Tensor {
+        match self {
+            Denoiser::Unet { target, .. } | Denoiser::Flux { target, .. } => target,
+        }
+    }
+}
+
+/// Random Flux weights for `cfg` (BFL keys) and their parameter count: N(0, 0.02), q/k norm
+/// scales 1. With `fp8` every linear weight (the 2-D `.weight`s) is made as F8E4M3 directly:
+/// a window of one pool of N(0, 0.02) values rounded to e4m3 once (at a different offset per
+/// weight), copied into its own storage — no weight ever exists in f32, and 12 G normals are not
+/// drawn one by one. Biases and norm scales are in `dtype`.
+fn flux_weights(cfg: &FluxConfig, dtype: DType, fp8: bool, device: &Device) -> anyhow::Result<(Weights, usize)> {
+    let shapes = cfg.parameter_shapes();
+    let is_linear = |name: &str, shape: &[usize]| shape.len() == 2 && name.ends_with(".weight");
+    let largest = shapes.iter().map(|(_, s)| s.iter().product::<usize>()).max().unwrap_or(0);
+    let pool_len = largest + (1 << 24);
+    let pool =
+        if fp8 { Some(Tensor::randn(0f32, 0.02, pool_len, &Device::Cpu)?.to_dtype(DType::F8E4M3)?) } else { None };
+    let mut tensors = HashMap::new();
+    let mut params = 0usize;
+    // A fixed, cheap sequence of pool offsets (splitmix64).
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    let mut next_offset = |span: usize| {
+        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        ((z ^ (z >> 31)) % (span as u64 + 1)) as usize
+    };
+    for (name, shape) in shapes {
+        let n = shape.iter().product::<usize>();
+        params += n;
+        let t = match &pool {
+            Some(pool) if is_linear(&name, &shape) => pool
+                .narrow(0, next_offset(pool_len - n), n)?
+                .force_contiguous()?
+                .reshape(shape.as_slice())?
+                .to_device(device)?,
+            _ if name.ends_with("norm.scale") => Tensor::ones(shape.as_slice(), dtype, device)?,
+            _ => Tensor::randn(0f32, 0.02, shape.as_slice(), device)?.to_dtype(dtype)?,
+        };
+        tensors.insert(name, t);
+    }
+    let source = format!("random Flux transformer ({} double, {} single blocks)", cfg.depth, cfg.depth_single_blocks);
+    Ok((Weights::new(tensors, source), params))
 }
