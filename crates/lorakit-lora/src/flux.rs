@@ -100,6 +100,18 @@ pub enum Site {
 }
 
 impl Site {
+    /// Every layer a Flux LoRA can adapt in a model with `double` / `single` blocks, a CLIP-L of
+    /// `clip_layers` layers and a T5 of `t5_blocks` blocks (Flux.1: 19, 38, 12, 24), in model order.
+    pub fn all(double: u32, single: u32, clip_layers: u32, t5_blocks: u32) -> Vec<Site> {
+        let mut out = Vec::new();
+        out.extend((0..clip_layers).flat_map(|i| (0..CLIP.len()).map(move |k| Site::Clip(i, k))));
+        out.extend((0..t5_blocks).flat_map(|i| (0..T5.len()).map(move |k| Site::T5(i, k))));
+        out.extend((0..GLOBAL.len()).map(Site::Global));
+        out.extend((0..double).flat_map(|i| (0..DOUBLE.len()).map(move |k| Site::Double(i, k))));
+        out.extend((0..single).flat_map(|i| (0..SINGLE.len()).map(move |k| Site::Single(i, k))));
+        out
+    }
+
     fn children(self) -> (&'static str, &'static [&'static str]) {
         match self {
             Site::Double(_, k) => DOUBLE[k],

@@ -378,4 +378,15 @@ fn sd_scripts_full_size_names_are_flux_modules_with_their_blocks() {
     assert_eq!(blocks.len(), 19 + 38);
     assert_eq!(count("in_dims", &|n| parse(n).unwrap().site.block().to_string() == "BASE"), 8);
     assert_eq!(count("in_dims_schnell", &|n| n.contains("guidance_in")), 0);
+
+    // The layers lorakit knows for the full-size model are exactly sd-scripts' names, plus the
+    // final layer other trainers adapt (sd-scripts never targets it).
+    let ours: BTreeSet<String> = Site::all(19, 38, 12, 24).into_iter().map(Site::kohya_name).collect();
+    let theirs: BTreeSet<String> = variants
+        .values()
+        .flat_map(|v| v.as_array().unwrap().iter().map(|m| m[0].as_str().unwrap().to_string()))
+        .collect();
+    let only_ours: Vec<&String> = ours.difference(&theirs).collect();
+    assert_eq!(only_ours, ["lora_unet_final_layer_adaLN_modulation_1", "lora_unet_final_layer_linear"]);
+    assert!(theirs.is_subset(&ours));
 }
