@@ -390,3 +390,70 @@ fn sd_scripts_full_size_names_are_flux_modules_with_their_blocks() {
     assert_eq!(only_ours, ["lora_unet_final_layer_adaLN_modulation_1", "lora_unet_final_layer_linear"]);
     assert!(theirs.is_subset(&ours));
 }
+
+/// Flux names with shapes no Flux layer has (odd widths, one-row layers, parts of a fused layer
+/// that do not add up): convert, inspect, resize and merge answer with a result — converted or
+/// refused — never a panic.
+#[test]
+fn odd_shapes_never_panic() {
+    use lorakit_lora::merge::{merge_files, MergeSettings};
+    use lorakit_lora::resize::{ResizeMethod, ResizeSettings};
+    use lorakit_lora::resize_file::resize_file;
+    let tmp = tempfile::tempdir().unwrap();
+    let names = [
+        "lora_unet_double_blocks_0_img_attn_qkv",
+        "lora_unet_single_blocks_0_linear1",
+        "lora_unet_final_layer_adaLN_modulation_1",
+        "transformer.norm_out.linear",
+        "transformer.single_transformer_blocks.0.proj_mlp",
+        "transformer.single_transformer_blocks.0.attn.to_q",
+        "transformer.transformer_blocks.0.attn.add_k_proj",
+        "single_blocks.0.processor.qkv_lora",
+        "double_blocks.0.processor.qkv_lora2",
+    ];
+    let shapes = [(1, 1, 1), (3, 2, 1), (5, 2, 2), (7, 3, 3), (2, 7, 2), (12, 2, 4), (13, 3, 2)];
+    let mut case = 0;
+    for (i, a) in names.iter().enumerate() {
+        for b in names.iter().skip(i) {
+            for &(out, inn, rank) in &shapes {
+                let mut t = std::collections::BTreeMap::new();
+                for (n, (o, r)) in [(a, (out, rank)), (b, (out + 1, rank.max(2) - 1))] {
+                    let (down, up) = if n.starts_with("lora_unet") {
+                        (".lora_down.weight", ".lora_up.weight")
+                    } else if n.contains("processor") {
+                        (".down.weight", ".up.weight")
+                    } else {
+                        (".lora_A.weight", ".lora_B.weight")
+                    };
+                    let vals = |len: usize| (0..len).map(|v| (v % 5) as f32 * 0.1 - 0.2).collect::<Vec<_>>();
+                    t.insert(format!("{n}{down}"), Tensor::new(vec![r, inn], vals(r * inn)));
+                    t.insert(format!("{n}{up}"), Tensor::new(vec![o, r], vals(o * r)));
+                }
+                case += 1;
+                let path = tmp.path().join(format!("case{case}.safetensors"));
+                write_lora(&path, &t, &Default::default(), Precision::F32).unwrap();
+                let file = LoraFile::open(&path).unwrap();
+                for to in [Target::Kohya, Target::Peft] {
+                    if let Err(e) = convert_lora(&file, to, Some(Family::Flux)) {
+                        assert!(e.to_string().contains(&format!("case{case}.safetensors")), "{e}");
+                    }
+                }
+                let _ = inspect_file(&path);
+                let out_path = tmp.path().join("out.safetensors");
+                let _ = resize_file(
+                    &path,
+                    &out_path,
+                    &ResizeSettings::new(ResizeMethod::Fixed, 2, None).unwrap(),
+                    Precision::F32,
+                );
+                let _ = merge_files(
+                    &[(path.clone(), 1.0)],
+                    &out_path,
+                    &MergeSettings::new(2, None).unwrap(),
+                    Precision::F32,
+                );
+            }
+        }
+    }
+    assert!(case > 300);
+}
