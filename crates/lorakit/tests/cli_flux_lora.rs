@@ -97,6 +97,8 @@ fn convert_between_kohya_and_diffusers_for_every_layout() {
         "--to".as_ref(),
         "diffusers".as_ref(),
     ]));
+    // 29 DiT + 10 input/final + 12 CLIP-L + 14 T5 modules; 4 qkv → 12 parts, 3 linear1 → 12 parts.
+    assert!(err.contains("converted 65 modules into 82 (Flux, kohya LoRA/LoCon → PEFT"), "{err}");
     assert!(err.contains("note: 14 T5-XXL modules"), "{err}");
     let names = module_names(&peft);
     assert!(names.contains(&"transformer.single_transformer_blocks.0.proj_mlp".to_string()), "{names:?}");

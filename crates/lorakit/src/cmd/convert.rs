@@ -95,9 +95,16 @@ pub fn run(args: ConvertArgs) -> anyhow::Result<ExitCode> {
     } else {
         String::new()
     };
+    // Flux layers split into parts (or parts fused) turn N modules into M.
+    let inputs: std::collections::BTreeSet<&str> = outcome.renamed.iter().map(|(a, _)| a.as_str()).collect();
+    let outputs: std::collections::BTreeSet<&str> = outcome.renamed.iter().map(|(_, b)| b.as_str()).collect();
+    let count = if inputs.len() == outputs.len() {
+        format!("{} modules", inputs.len())
+    } else {
+        format!("{} modules into {}", inputs.len(), outputs.len())
+    };
     eprintln!(
-        "converted {} modules ({}, {} → {}, {}) → {}{folded}",
-        outcome.renamed.len(),
+        "converted {count} ({}, {} → {}, {}) → {}{folded}",
         outcome.family,
         outcome.from.describe(),
         outcome.to,
