@@ -24,6 +24,12 @@ random LoRA (ranks 2–4, mixed alphas, seed 0) in each layout:
   `qkv_lora` / `proj_lora`);
 * `bfl.safetensors` — BFL names with lora_A/lora_B under `diffusion_model.` (every layer, as
   BFL's control LoRAs have);
+* `diffusers_adapter_metadata.safetensors` — diffusers' own save (≥ 0.34): no alpha keys, the
+  PEFT LoraConfig per component in the `lora_adapter_metadata` JSON (transformer lora_alpha 8 at
+  rank 4 with an `alpha_pattern` entry; text encoder with rsLoRA). diffusers 0.32.1 predates that
+  metadata, so its expected ΔW is PEFT's: the LoraConfig built from the metadata injected into
+  diffusers' FluxTransformer2DModel / transformers' CLIPTextModel in the fixture's shapes, lora_B ×
+  the scaling each PEFT layer computed;
 * `kohya_diffusers_names.safetensors` — kohya-style keys over diffusers paths
   (`lora_transformer_transformer_blocks_0_attn_to_q.lora_down.weight` + `.alpha`, diffusers'
   "mixture" form; attention and global layers, which are what its converter maps), with
@@ -279,6 +285,69 @@ def make_kohya_diffusers_names(rng):
     return sd
 
 
+ADAPTER_METADATA = {
+    "transformer.r": 4, "transformer.lora_alpha": 8, "transformer.use_rslora": False,
+    "transformer.alpha_pattern": {"single_transformer_blocks.0.proj_out": 2},
+    "text_encoder.r": 4, "text_encoder.lora_alpha": 16, "text_encoder.use_rslora": True,
+}
+
+
+def make_diffusers_adapter_metadata(rng):
+    """diffusers' own save (≥ 0.34): PEFT names, no alpha keys, the LoraConfig per component in
+    the `lora_adapter_metadata` JSON (lora_alpha 8 at rank 4, an alpha_pattern entry; rsLoRA on
+    the text encoder)."""
+    sd = {}
+    for path, o, n, parts, ws in layers():
+        if not path.startswith(("double_blocks.1.", "single_blocks.0.", "txt_in")):
+            continue
+        for part, w in zip(parts, ws):
+            down, up = rng.pair(w, n, 4)
+            sd[f"transformer.{part}.lora_A.weight"], sd[f"transformer.{part}.lora_B.weight"] = down, up
+    clip, _ = text_layers()
+    for path, o, n in clip[:6]:
+        down, up = rng.pair(o, n, 4)
+        sd[f"text_encoder.{path}.lora_A.weight"], sd[f"text_encoder.{path}.lora_B.weight"] = down, up
+    return sd
+
+
+def tiny_models():
+    """diffusers' FluxTransformer2DModel and transformers' CLIPTextModel in the fixture's shapes."""
+    from diffusers import FluxTransformer2DModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    transformer = FluxTransformer2DModel(
+        patch_size=1, in_channels=IN_CH, num_layers=DOUBLE, num_single_layers=SINGLE, attention_head_dim=H // 2,
+        num_attention_heads=2, joint_attention_dim=CTX, pooled_projection_dim=VEC, guidance_embeds=True,
+        axes_dims_rope=(4, 10, 10),
+    )
+    clip = CLIPTextModel(CLIPTextConfig(
+        vocab_size=100, hidden_size=CLIP_W, intermediate_size=CLIP_MLP, num_hidden_layers=CLIP_LAYERS,
+        num_attention_heads=2, max_position_embeddings=16, projection_dim=CLIP_W,
+    ))
+    return {"transformer": transformer, "text_encoder": clip}
+
+
+def peft_view(sd, config):
+    """What PEFT makes of a diffusers file with adapter metadata: the LoraConfig built from each
+    component's metadata is injected into the tiny model, and each module's lora_A and
+    lora_B · (the scaling PEFT's layer computed) are returned."""
+    from peft import LoraConfig, inject_adapter_in_model
+
+    out = {}
+    for component, model in tiny_models().items():
+        cfg = {k[len(component) + 1:]: v for k, v in config.items() if k.startswith(f"{component}.")}
+        modules = sorted({k[len(component) + 1:].rsplit(".lora_", 1)[0] for k in sd if k.startswith(f"{component}.")})
+        cfg.pop("r")
+        lora_config = LoraConfig(r=config[f"{component}.r"], target_modules=modules, **cfg)
+        model = inject_adapter_in_model(lora_config, model)
+        layers = dict(model.named_modules())
+        for module in modules:
+            scaling = layers[module].scaling["default"]
+            out[f"{component}.{module}.lora_A.weight"] = sd[f"{component}.{module}.lora_A.weight"]
+            out[f"{component}.{module}.lora_B.weight"] = sd[f"{component}.{module}.lora_B.weight"] * scaling
+    return out
+
+
 def make_xlabs(rng):
     sd = {}
     for i in range(DOUBLE):
@@ -405,6 +474,7 @@ def main():
         "diffusers_variants": (diffusers_variants, diffusers_variants_prefixed),
         "xlabs": (make_xlabs(Rng(5)), None),
         "kohya_diffusers_names": (make_kohya_diffusers_names(Rng(7)), None),
+        "diffusers_adapter_metadata": (make_diffusers_adapter_metadata(Rng(8)), None),
         "bfl": (bfl, bfl_bare),
     }
     os.makedirs(args.out, exist_ok=True)
@@ -412,14 +482,19 @@ def main():
     for layout, (sd, diffusers_input) in files.items():
         # One metadata key per file (safetensors writes several in a random order): sd-scripts'
         # base-model key on the kohya-made files, modelspec's dev architecture on others.
-        if layout.startswith(("kohya", "comfy")):
+        if layout == "diffusers_adapter_metadata":
+            metadata = {"lora_adapter_metadata": json.dumps(ADAPTER_METADATA, indent=2, sort_keys=True)}
+        elif layout.startswith(("kohya", "comfy")):
             metadata = {"ss_base_model_version": "flux1"}
         elif layout == "diffusers":
             metadata = {}
         else:
             metadata = {"modelspec.architecture": "flux-1-dev/lora"}
         save_file({k: v.contiguous() for k, v in sd.items()}, os.path.join(args.out, f"{layout}.safetensors"), metadata)
-        view, alphas = diffusers_view(lcu, diffusers_input if diffusers_input is not None else sd)
+        if layout == "diffusers_adapter_metadata":
+            view, alphas = peft_view(sd, ADAPTER_METADATA), {}
+        else:
+            view, alphas = diffusers_view(lcu, diffusers_input if diffusers_input is not None else sd)
         view, alphas = peft_names(view), peft_names(alphas)
         if layout == "bfl":
             # diffusers' control-LoRA converter swaps the halves of lora_A as well as lora_B for the

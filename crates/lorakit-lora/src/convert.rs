@@ -564,6 +564,9 @@ fn convert_metadata(
     note: &str,
 ) -> BTreeMap<String, String> {
     let mut metadata = file.metadata().clone();
+    // Alphas are now in the tensors (kohya) or folded into lora_B (PEFT): a copied adapter config
+    // would make diffusers apply its lora_alpha a second time.
+    metadata.remove(crate::peft_metadata::KEY);
     let source = file.path().file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     metadata.insert(
         "lorakit_convert".into(),

@@ -289,8 +289,9 @@ pub struct LoraModule {
     pub out_features: usize,
     /// Rank: rows of the down weight.
     pub rank: usize,
-    /// Effective alpha: the stored value (any dtype, int64 included), or the
-    /// rank when the file has no alpha or stores 0 (sd-scripts' rule).
+    /// Effective alpha: the stored value (any dtype, int64 included); for a PEFT file without
+    /// alpha keys, the alpha its diffusers adapter metadata gives (`lora_alpha`, `alpha_pattern`,
+    /// rsLoRA as scale × rank); else the rank (no alpha, or 0 stored: sd-scripts' rule).
     pub alpha: f32,
     /// Tensor name of the down weight (`lora_down` / `lora_A`).
     pub down_key: String,
@@ -448,12 +449,18 @@ pub fn modules(file: &LoraFile) -> Result<ModuleSet, ModuleError> {
     let has_second_te = groups.keys().any(|n| component_of(n, false) == Component::TextEncoder2);
     let mut modules = Vec::with_capacity(groups.len());
     for (base, parts) in groups {
-        modules.push(build_module(file, base, parts, has_second_te)?);
+        modules.push(build_module(file, base, parts, has_second_te, scheme == Scheme::Peft)?);
     }
     Ok(ModuleSet { scheme, modules, other_tensors })
 }
 
-fn build_module(file: &LoraFile, base: &str, parts: Parts, has_second_te: bool) -> Result<LoraModule, ModuleError> {
+fn build_module(
+    file: &LoraFile,
+    base: &str,
+    parts: Parts,
+    has_second_te: bool,
+    peft: bool,
+) -> Result<LoraModule, ModuleError> {
     let path = || file.path().to_path_buf();
     let module = base.to_string();
     let bad = |reason: String| ModuleError::BadShape { path: path(), module: module.clone(), reason };
@@ -499,9 +506,12 @@ fn build_module(file: &LoraFile, base: &str, parts: Parts, has_second_te: bool) 
         Some(key) => Some(file.alpha_f32(key)?),
         None => None,
     };
+    // A PEFT file without alpha keys may record its alphas in diffusers' adapter metadata.
+    let from_config = || if peft { crate::peft_metadata::adapter_alpha(file.metadata(), base, rank) } else { None };
     let alpha = match stored {
         Some(a) if a != 0.0 => a,
-        _ => rank as f32,
+        Some(_) => rank as f32,
+        None => from_config().unwrap_or(rank as f32),
     };
     Ok(LoraModule {
         component: component_of(base, has_second_te),

@@ -11,6 +11,7 @@ pub mod keys;
 pub mod lycoris;
 pub mod merge;
 pub mod metadata;
+pub mod peft_metadata;
 pub mod resize;
 pub mod resize_file;
 pub mod safetensors_file;

@@ -11,6 +11,7 @@
 use crate::flux;
 use crate::flux_convert::block_diagonal;
 use crate::keys::{detect_scheme, modules, ModuleError, Scheme};
+use crate::peft_metadata;
 use crate::resize::{
     average_fro_line, metadata_updates, resize_modules, verbose_line, ModuleWeights, ResizeError, ResizeSettings,
     ResizedModule,
@@ -102,6 +103,9 @@ pub fn resize_file(
         .collect();
     let resized = resize_modules(&weights, settings).map_err(|e| ResizeFileError::Resize(e, input.to_path_buf()))?;
 
+    // A PEFT file whose alphas live in diffusers' adapter metadata gets them as `.alpha` tensors
+    // (diffusers' network alphas) instead: resizing changes them per module.
+    let adapter_config = set.scheme == Scheme::Peft && file.metadata().contains_key(peft_metadata::KEY);
     let mut tensors: BTreeMap<String, Tensor> = BTreeMap::new();
     for name in &set.other_tensors {
         let shape = file.info(name).map(|i| i.shape.clone()).unwrap_or_default();
@@ -112,12 +116,15 @@ pub fn resize_file(
         tensors.insert(m.up_key.clone(), Tensor::new(r.up_shape.clone(), r.up.clone()));
         // A file without alpha means alpha = rank; keep that form only while it still holds.
         let alpha_key = m.alpha_key.clone().unwrap_or_else(|| format!("{}.alpha", m.name));
-        if m.alpha_key.is_some() || (r.alpha - r.rank as f64).abs() > 1e-6 {
+        if m.alpha_key.is_some() || adapter_config || (r.alpha - r.rank as f64).abs() > 1e-6 {
             tensors.insert(alpha_key, Tensor::scalar(r.alpha as f32));
         }
     }
 
     let mut metadata = file.metadata().clone();
+    if adapter_config {
+        metadata.remove(peft_metadata::KEY);
+    }
     let old_comment = metadata.get("ss_training_comment").cloned();
     for (key, value) in metadata_updates(settings, &resized, old_comment.as_deref()) {
         metadata.insert(key, value);

@@ -12,8 +12,17 @@ use lorakit_lora::inspect::inspect_file;
 use lorakit_lora::keys::{self, guess_family, Family};
 use lorakit_lora::safetensors_file::{write_lora, LoraFile, Precision, Tensor};
 
-const LAYOUTS: [&str; 8] =
-    ["kohya", "kohya_split_qkv", "comfy", "diffusers", "diffusers_variants", "xlabs", "bfl", "kohya_diffusers_names"];
+const LAYOUTS: [&str; 9] = [
+    "kohya",
+    "kohya_split_qkv",
+    "comfy",
+    "diffusers",
+    "diffusers_variants",
+    "xlabs",
+    "bfl",
+    "kohya_diffusers_names",
+    "diffusers_adapter_metadata",
+];
 
 fn dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/reference/flux_lora")
@@ -147,7 +156,8 @@ fn every_layout_reads_as_diffusers_reads_it() {
 
 #[test]
 fn every_layout_converts_to_diffusers_as_diffusers_does() {
-    for layout in LAYOUTS.into_iter().filter(|l| *l != "diffusers") {
+    // The diffusers-named files are already diffusers (refused as such below).
+    for layout in LAYOUTS.into_iter().filter(|l| !matches!(*l, "diffusers" | "diffusers_adapter_metadata")) {
         let file = LoraFile::open(dir().join(format!("{layout}.safetensors"))).unwrap();
         let (bytes, outcome) = convert_lora(&file, Target::Peft, None).unwrap();
         assert_eq!(outcome.family, Family::Flux, "{layout}");
@@ -255,11 +265,28 @@ fn round_trips_keep_every_delta_and_rank() {
 }
 
 #[test]
+fn adapter_metadata_alphas_become_kohya_alphas() {
+    let file = LoraFile::open(dir().join("diffusers_adapter_metadata.safetensors")).unwrap();
+    let (bytes, _) = convert_lora(&file, Target::Kohya, None).unwrap();
+    let kohya = LoraFile::from_bytes(bytes, "adapter-kohya").unwrap();
+    assert!(!kohya.metadata().contains_key("lora_adapter_metadata"));
+    let alpha = |name: &str| kohya.scalar_f32(&format!("{name}.alpha")).unwrap().unwrap();
+    // lora_alpha 8 at rank 4; the alpha_pattern's 2; rsLoRA 16/√4 = 8 → alpha 32 at rank 4.
+    assert_eq!(alpha("lora_unet_txt_in"), 8.0);
+    assert_eq!(alpha("lora_unet_single_blocks_0_linear2"), 2.0);
+    assert_eq!(alpha("lora_te1_text_model_encoder_layers_0_mlp_fc1"), 32.0);
+    // The fused qkv of block 1 came from three parts with their own downs: rank 12, alpha 2 × 12.
+    assert_eq!(alpha("lora_unet_double_blocks_1_img_attn_qkv"), 24.0);
+}
+
+#[test]
 fn refusals_name_the_file_and_the_problem() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("x.safetensors");
-    let err = convert_file(&dir().join("diffusers.safetensors"), &out, Target::Peft, None, None).unwrap_err();
-    assert!(matches!(err, ConvertError::AlreadyTarget { .. }), "{err}");
+    for already in ["diffusers", "diffusers_adapter_metadata"] {
+        let err = convert_file(&dir().join(format!("{already}.safetensors")), &out, Target::Peft, None, None);
+        assert!(matches!(err, Err(ConvertError::AlreadyTarget { .. })), "{already}: {err:?}");
+    }
     let err = convert_file(&dir().join("kohya.safetensors"), &out, Target::Kohya, None, None).unwrap_err();
     assert!(err.to_string().contains("kohya.safetensors") && err.to_string().contains("already"), "{err}");
     // diffusers q/k parts of different widths are not one Flux qkv.
@@ -304,8 +331,11 @@ fn inspect_labels_every_layout_and_matches_diffusers_norms() {
             }
         }
         let labels: BTreeSet<&str> = report.blocks.iter().map(|b| b.block.as_str()).collect();
-        let want: &[&str] =
-            if layout == "diffusers_variants" { &["BASE", "D00", "S01"] } else { &["D00", "D01", "S00", "S02"] };
+        let want: &[&str] = match layout {
+            "diffusers_variants" => &["BASE", "D00", "S01"],
+            "diffusers_adapter_metadata" => &["BASE", "D01", "S00", "TE1"],
+            _ => &["D00", "D01", "S00", "S02"],
+        };
         assert!(want.iter().all(|b| labels.contains(b)), "{layout}: {labels:?}");
     }
     let kohya = inspect_file(&dir().join("kohya.safetensors")).unwrap();

@@ -14,8 +14,17 @@ use lorakit_lora::resize::{ResizeMethod, ResizeSettings};
 use lorakit_lora::resize_file::resize_file;
 use lorakit_lora::safetensors_file::{LoraFile, Precision};
 
-const LAYOUTS: [&str; 8] =
-    ["kohya", "kohya_split_qkv", "comfy", "diffusers", "diffusers_variants", "xlabs", "bfl", "kohya_diffusers_names"];
+const LAYOUTS: [&str; 9] = [
+    "kohya",
+    "kohya_split_qkv",
+    "comfy",
+    "diffusers",
+    "diffusers_variants",
+    "xlabs",
+    "bfl",
+    "kohya_diffusers_names",
+    "diffusers_adapter_metadata",
+];
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/reference/flux_lora").join(name)
@@ -74,6 +83,13 @@ fn resize_keeps_every_layout_and_delta_at_a_sufficient_rank() {
         };
         assert_eq!(names(&src), names(&out), "{layout}");
         assert_eq!(outcome.notes.is_empty(), layout != "kohya_split_qkv", "{layout}: {:?}", outcome.notes);
+        // Alphas from diffusers' adapter metadata become `.alpha` tensors; the metadata goes.
+        let written = LoraFile::open(&out).unwrap();
+        if layout == "diffusers_adapter_metadata" {
+            assert!(!written.metadata().contains_key("lora_adapter_metadata"));
+            let alpha = written.scalar_f32("text_encoder.text_model.encoder.layers.0.mlp.fc1.alpha").unwrap();
+            assert_eq!(alpha, Some(8.0 * 16.0), "rsLoRA scale 16/√4 = 8 at rank 16");
+        }
     }
 }
 
