@@ -132,6 +132,9 @@ pub struct NetworkSpec {
     pub dropout: LoraDropout,
     /// Per-block ranks and alphas (sd-scripts' `block_dims` & co.); U-Net networks only.
     pub block_ranks: Option<BlockRanks>,
+    /// Flux's module choice (`lora_flux.py`'s `train_blocks`, type dims, block indices,
+    /// `in_dims`); the Flux transformer's network only.
+    pub flux: Option<crate::dit::flux_network::FluxNetworkArgs>,
 }
 
 /// sd-scripts' per-block ranks (spec §2.5), indexed by [`BlockLayout`] slot: linear and 1×1
@@ -156,6 +159,7 @@ impl Default for NetworkSpec {
             conv_alpha: 1.0,
             dropout: LoraDropout::default(),
             block_ranks: None,
+            flux: None,
         }
     }
 }
@@ -180,6 +184,11 @@ impl NetworkSpec {
             let pick =
                 if spatial { (self.conv_rank.unwrap_or(self.rank), self.conv_alpha) } else { (self.rank, self.alpha) };
             return Some(pick).filter(|(rank, _)| *rank > 0);
+        }
+        if let Some(flux) = &self.flux {
+            // Linear targets only (Flux has no convs): the block linears at `rank` unless the
+            // arguments say otherwise, the input layers only with `in_dims`.
+            return flux.rank_for(name, target.group == TargetGroup::Named, self.rank).map(|rank| (rank, self.alpha));
         }
         if target.group == TargetGroup::Named {
             return None;

@@ -27,6 +27,8 @@ pub struct AccelerateSection {
     /// Store the frozen U-Net and text encoder linear/conv weights in fp8 (e4m3), cast to the
     /// compute dtype layer by layer (needs `mixed_precision` fp16 or bf16).
     pub fp8_base: bool,
+    /// Flux: fp8 for the transformer only, T5 stays in the compute dtype (`--fp8_base_unet`).
+    pub fp8_base_unet: bool,
     /// Keep the VAE in f32 under fp16/bf16 (for VAEs that overflow in half precision).
     pub no_half_vae: bool,
     /// CPU threads (0 = all cores).
@@ -42,6 +44,7 @@ impl Default for AccelerateSection {
             full_fp16: false,
             full_bf16: false,
             fp8_base: false,
+            fp8_base_unet: false,
             no_half_vae: false,
             cpu_threads: 0,
             device: "cpu".into(),
@@ -65,6 +68,20 @@ pub struct ModelSection {
     /// Unset: whatever family the checkpoint is. `--from-kohya` sets it from the GUI's model
     /// checkboxes and `v2`, so a config for one family never trains another.
     pub model_family: Option<String>,
+    /// Flux: the CLIP-L text encoder file (sd-scripts' `--clip_l`); unset: the diffusers
+    /// folder's `text_encoder/`.
+    pub clip_l: Option<PathBuf>,
+    /// Flux: the T5-XXL text encoder file (sd-scripts' `--t5xxl`); unset: the folder's
+    /// `text_encoder_2/`.
+    pub t5xxl: Option<PathBuf>,
+    /// Flux: the autoencoder, BFL's `ae.safetensors` (sd-scripts' `--ae`); unset: the folder's
+    /// `vae/`.
+    pub ae: Option<PathBuf>,
+    /// Flux: T5 tokens per caption (sd-scripts' `--t5xxl_max_token_length`; unset: 512 for dev,
+    /// 256 for schnell).
+    pub t5xxl_max_token_length: Option<usize>,
+    /// Flux: mask T5's padding tokens in T5 and the transformer (`--apply_t5_attn_mask`).
+    pub apply_t5_attn_mask: bool,
 }
 
 /// `[folders]`: where outputs go.
@@ -284,6 +301,38 @@ pub struct NetworkSection {
     /// Max-norm regularisation: scales down every module whose weight change has a Frobenius
     /// norm above this (sd-scripts' `scale_weight_norms`; 1.0 is common).
     pub scale_weight_norms: Option<f64>,
+    /// Flux: which transformer blocks get modules — `all` (default), `single` or `double`
+    /// (`lora_flux.py`'s `train_blocks`).
+    pub train_blocks: Option<String>,
+    /// Flux: rank of the double blocks' image attention (`img_attn_dim`; 0: none).
+    pub img_attn_dim: Option<usize>,
+    /// Flux: rank of the double blocks' text attention (`txt_attn_dim`).
+    pub txt_attn_dim: Option<usize>,
+    /// Flux: rank of the double blocks' image MLP (`img_mlp_dim`).
+    pub img_mlp_dim: Option<usize>,
+    /// Flux: rank of the double blocks' text MLP (`txt_mlp_dim`).
+    pub txt_mlp_dim: Option<usize>,
+    /// Flux: rank of the double blocks' image modulation (`img_mod_dim`).
+    pub img_mod_dim: Option<usize>,
+    /// Flux: rank of the double blocks' text modulation (`txt_mod_dim`).
+    pub txt_mod_dim: Option<usize>,
+    /// Flux: rank of the single blocks' `linear1` / `linear2` (`single_dim`).
+    pub single_dim: Option<usize>,
+    /// Flux: rank of the single blocks' modulation (`single_mod_dim`).
+    pub single_mod_dim: Option<usize>,
+    /// Flux: ranks of the input layers img_in, time_in, vector_in, guidance_in, txt_in, e.g.
+    /// `"[4,0,0,0,4]"` (`in_dims`; unset: none of them).
+    pub in_dims: Option<String>,
+    /// Flux: the double blocks that get modules: `all`, `none` or indices and ranges such as
+    /// `"0-3,7"` (`train_double_block_indices`).
+    pub train_double_block_indices: Option<String>,
+    /// Flux: the single blocks that get modules, as `train_double_block_indices`.
+    pub train_single_block_indices: Option<String>,
+    /// Flux: also train a LoRA on T5-XXL (`lora_te3_…`; `train_t5xxl`).
+    pub train_t5xxl: bool,
+    /// Flux: separate LoRA factors for q, k, v (and the single blocks' MLP input) inside the
+    /// fused layers (`split_qkv`); not supported yet.
+    pub split_qkv: bool,
 }
 
 /// The LyCORIS presets `network.preset` accepts.
@@ -424,7 +473,52 @@ impl Default for NetworkSection {
             loraplus_unet_lr_ratio: None,
             loraplus_text_encoder_lr_ratio: None,
             scale_weight_norms: None,
+            train_blocks: None,
+            img_attn_dim: None,
+            txt_attn_dim: None,
+            img_mlp_dim: None,
+            txt_mlp_dim: None,
+            img_mod_dim: None,
+            txt_mod_dim: None,
+            single_dim: None,
+            single_mod_dim: None,
+            in_dims: None,
+            train_double_block_indices: None,
+            train_single_block_indices: None,
+            train_t5xxl: false,
+            split_qkv: false,
         }
+    }
+}
+
+impl NetworkSection {
+    /// See [`TrainConfig::flux_network_args`].
+    pub fn flux_args(&self) -> std::result::Result<lorakit_models::dit::flux_network::FluxNetworkArgs, String> {
+        use lorakit_models::dit::flux_network::{FluxNetworkArgs, NUM_DOUBLE_BLOCKS, NUM_SINGLE_BLOCKS};
+        let train_blocks = match &self.train_blocks {
+            Some(v) => FluxNetworkArgs::parse_train_blocks(v)?,
+            None => Default::default(),
+        };
+        let in_dims = self.in_dims.as_deref().map(FluxNetworkArgs::parse_in_dims).transpose()?;
+        let blocks = |key: &str, value: &Option<String>, total| {
+            value.as_deref().map(|v| FluxNetworkArgs::parse_block_selection(key, v, total)).transpose()
+        };
+        Ok(FluxNetworkArgs {
+            train_blocks,
+            type_dims: [
+                self.img_attn_dim,
+                self.txt_attn_dim,
+                self.img_mlp_dim,
+                self.txt_mlp_dim,
+                self.img_mod_dim,
+                self.txt_mod_dim,
+                self.single_dim,
+                self.single_mod_dim,
+            ],
+            in_dims,
+            double_blocks: blocks("train_double_block_indices", &self.train_double_block_indices, NUM_DOUBLE_BLOCKS)?,
+            single_blocks: blocks("train_single_block_indices", &self.train_single_block_indices, NUM_SINGLE_BLOCKS)?,
+        })
     }
 }
 
@@ -1020,6 +1114,25 @@ impl TrainConfig {
             problems.push(format!("optimizer.optimizer_type: {e}"));
         }
         let a = &self.accelerate;
+        if a.fp8_base_unet && a.mixed_precision == "no" {
+            problems.push(
+                "accelerate.fp8_base_unet needs accelerate.mixed_precision = \"fp16\" or \"bf16\" (fp8 weights are computed in half precision), as in sd-scripts"
+                    .into(),
+            );
+        }
+        if self.model.t5xxl_max_token_length == Some(0) {
+            problems
+                .push("model.t5xxl_max_token_length = 0: give at least 1 (room for </s>), or leave it unset".into());
+        }
+        if self.network.split_qkv {
+            problems.push(
+                "network.split_qkv: separate q/k/v factors inside Flux's fused layers are not supported yet; remove it (the fused LoRA trains the same layers)"
+                    .into(),
+            );
+        }
+        if let Err(e) = self.network.flux_args() {
+            problems.push(format!("network.{e}"));
+        }
         if a.full_fp16 && a.mixed_precision != "fp16" {
             problems.push(format!(
                 "accelerate.full_fp16 needs accelerate.mixed_precision = \"fp16\" (it is {:?}), as in sd-scripts",
@@ -1273,6 +1386,12 @@ impl TrainConfig {
             max_train_steps: (t.max_train_steps > 0).then_some(t.max_train_steps),
             gradient_accumulation_steps: t.gradient_accumulation_steps,
         }
+    }
+
+    /// The Flux network arguments (`train_blocks`, type dims, block indices, `in_dims`) as
+    /// `lora_flux.py` reads them; an error names the key.
+    pub fn flux_network_args(&self) -> std::result::Result<lorakit_models::dit::flux_network::FluxNetworkArgs, String> {
+        self.network.flux_args()
     }
 
     /// Whether the UNet LoRA is trained.

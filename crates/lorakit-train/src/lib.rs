@@ -20,6 +20,7 @@ pub mod cache_file;
 pub mod config;
 pub mod data;
 pub mod error;
+pub mod flux_model;
 pub mod kohya_import;
 pub mod latents;
 pub mod loss;
@@ -54,17 +55,17 @@ pub fn train(config: TrainConfig, stop: &AtomicBool, events: &mut dyn FnMut(Trai
     if config.caches_text_encoder_outputs() && config.samples.sample_prompts.is_none() {
         text_cache::check_cacheable(&config, &data)?;
         let mut report = |done, total| events(TrainEvent::Caching { done, total });
-        let cache = text_cache::TextEncoderCache::build(&model, &data, &config, &mut report)?;
+        let cache = text_cache::TextEncoderCache::build(model.as_trainable(), &data, &config, &mut report)?;
         model.release_text_encoders();
         events(TrainEvent::Note(format!(
             "text-encoder outputs cached for {} distinct captions ({} images' outputs reused from disk); the text encoders left memory",
             cache.len(),
             cache.reused
         )));
-        let trainer = Trainer::new(config, &model, data)?.with_text_cache(cache);
+        let trainer = Trainer::new(config, model.as_trainable(), data)?.with_text_cache(cache);
         return trainer.run(stop, events);
     }
-    let trainer = Trainer::new(config, &model, data)?;
+    let trainer = Trainer::new(config, model.as_trainable(), data)?;
     trainer.run(stop, events)
 }
 
@@ -74,15 +75,38 @@ pub fn train(config: TrainConfig, stop: &AtomicBool, events: &mut dyn FnMut(Trai
 /// same message.
 pub fn dry_run(config: TrainConfig, events: &mut dyn FnMut(TrainEvent)) -> Result<plan::RunPlan> {
     let (data, model) = load_inputs(&config, events)?;
-    let mut trainer = Trainer::new(config, &model, data)?;
+    let mut trainer = Trainer::new(config, model.as_trainable(), data)?;
     // The same checks the run makes before training (Trainer::run starts with them).
     trainer.dry_run_plan()
 }
 
-fn load_inputs(
-    config: &TrainConfig,
-    events: &mut dyn FnMut(TrainEvent),
-) -> Result<(data::TrainData, model::StableDiffusionModel)> {
+/// The model a run trains: one of the families' [`model::TrainableModel`]s.
+pub enum LoadedModel {
+    /// SD 1.x, SD 2.x or SDXL.
+    StableDiffusion(Box<model::StableDiffusionModel>),
+    /// Flux.1 dev or schnell.
+    Flux(Box<flux_model::FluxModel>),
+}
+
+impl LoadedModel {
+    /// The model behind the training seam.
+    pub fn as_trainable(&self) -> &dyn model::TrainableModel {
+        match self {
+            LoadedModel::StableDiffusion(m) => m.as_ref(),
+            LoadedModel::Flux(m) => m.as_ref(),
+        }
+    }
+
+    /// Drops the text encoders once their outputs are cached.
+    pub fn release_text_encoders(&mut self) {
+        match self {
+            LoadedModel::StableDiffusion(m) => m.release_text_encoders(),
+            LoadedModel::Flux(m) => m.release_text_encoders(),
+        }
+    }
+}
+
+fn load_inputs(config: &TrainConfig, events: &mut dyn FnMut(TrainEvent)) -> Result<(data::TrainData, LoadedModel)> {
     let model_path = config.model.pretrained_model_name_or_path.clone().ok_or_else(|| {
         TrainError::Other(
             "no base model: set model.pretrained_model_name_or_path to an SD 1.5, SD 2.x or SDXL checkpoint (.safetensors) or diffusers folder"
@@ -107,6 +131,25 @@ fn load_inputs(
                 .into(),
         ));
     }
+    let family = lorakit_models::checkpoint::detect_family_at(&model_path)?;
+    if family == lorakit_models::checkpoint::ModelFamily::Flux {
+        return Ok((data, LoadedModel::Flux(Box::new(load_flux(config, &model_path, &device)?))));
+    }
+    for (key, set) in [
+        ("model.clip_l", config.model.clip_l.is_some()),
+        ("model.t5xxl", config.model.t5xxl.is_some()),
+        ("model.ae", config.model.ae.is_some()),
+        ("model.t5xxl_max_token_length", config.model.t5xxl_max_token_length.is_some()),
+        ("model.apply_t5_attn_mask", config.model.apply_t5_attn_mask),
+        ("accelerate.fp8_base_unet", config.accelerate.fp8_base_unet),
+    ] {
+        if set {
+            return Err(TrainError::Other(format!(
+                "{key} is for Flux models; {} is a {family} model — remove it",
+                model_path.display()
+            )));
+        }
+    }
     let model = model::StableDiffusionModel::load_with(
         &model_path,
         trainer::model_dtype(config),
@@ -116,5 +159,47 @@ fn load_inputs(
     )?;
     model.check_family(config.model.model_family.as_deref(), &model_path)?;
     model.check_schedule(config.loss.zero_terminal_snr, &model_path)?;
-    Ok((data, model))
+    Ok((data, LoadedModel::StableDiffusion(Box::new(model))))
+}
+
+/// A Flux.1 model with the parts and storage the config names (sd-scripts' `--clip_l`,
+/// `--t5xxl`, `--ae`, `--fp8_base`, `--fp8_base_unet`).
+fn load_flux(
+    config: &TrainConfig,
+    model_path: &std::path::Path,
+    device: &candle_core::Device,
+) -> Result<flux_model::FluxModel> {
+    if let Some(family) = config.model.model_family.as_deref().filter(|f| *f != "flux") {
+        return Err(TrainError::Other(format!(
+            "{}: a Flux model, but the config is for {family} (model.model_family); use a checkpoint of that family or fix the config",
+            model_path.display()
+        )));
+    }
+    for (key, set) in [
+        ("model.v2", config.model.v2),
+        ("model.v_parameterization", config.model.v_parameterization),
+        ("accelerate.no_half_vae", config.accelerate.no_half_vae),
+    ] {
+        if set {
+            return Err(TrainError::Other(format!(
+                "{key} does not apply to Flux models (the autoencoder always runs in f32); remove it"
+            )));
+        }
+    }
+    let (transformer_storage, t5_storage) =
+        flux_model::FluxModel::storage(config.accelerate.fp8_base, config.accelerate.fp8_base_unet);
+    let paths = lorakit_models::flux_pipeline::FluxPaths {
+        model: model_path.to_path_buf(),
+        clip_l: config.model.clip_l.clone(),
+        t5xxl: config.model.t5xxl.clone(),
+        ae: config.model.ae.clone(),
+    };
+    let opts = lorakit_models::flux_pipeline::FluxOptions {
+        dtype: trainer::model_dtype(config),
+        transformer_storage,
+        t5_storage,
+        t5_max_length: config.model.t5xxl_max_token_length,
+        apply_t5_attn_mask: config.model.apply_t5_attn_mask,
+    };
+    flux_model::FluxModel::load(&paths, &opts, device)
 }

@@ -200,6 +200,26 @@ impl RunMetadata {
                 args.insert(key.into(), json!(v));
             }
         }
+        // Flux's lora_flux.py arguments, as given.
+        for (key, v) in [
+            ("train_blocks", n.train_blocks.clone()),
+            ("img_attn_dim", n.img_attn_dim.map(|d| d.to_string())),
+            ("txt_attn_dim", n.txt_attn_dim.map(|d| d.to_string())),
+            ("img_mlp_dim", n.img_mlp_dim.map(|d| d.to_string())),
+            ("txt_mlp_dim", n.txt_mlp_dim.map(|d| d.to_string())),
+            ("img_mod_dim", n.img_mod_dim.map(|d| d.to_string())),
+            ("txt_mod_dim", n.txt_mod_dim.map(|d| d.to_string())),
+            ("single_dim", n.single_dim.map(|d| d.to_string())),
+            ("single_mod_dim", n.single_mod_dim.map(|d| d.to_string())),
+            ("in_dims", n.in_dims.clone()),
+            ("train_double_block_indices", n.train_double_block_indices.clone()),
+            ("train_single_block_indices", n.train_single_block_indices.clone()),
+            ("train_t5xxl", n.train_t5xxl.then(|| "True".to_string())),
+        ] {
+            if let Some(v) = v {
+                args.insert(key.into(), json!(v));
+            }
+        }
         if n.block_lr_zero_threshold != 0.0 {
             args.insert("block_lr_zero_threshold".into(), json!(py_float(n.block_lr_zero_threshold)));
         }
@@ -214,6 +234,9 @@ impl RunMetadata {
         }
         if !args.is_empty() {
             put("ss_network_args", serde_json::Value::Object(args).to_string());
+        }
+        if info.base_model_version == "flux1" {
+            flux_keys(c, &mut put);
         }
         dataset_keys(c, data, &mut put);
         if let Some(model) = &c.model.pretrained_model_name_or_path {
@@ -410,6 +433,24 @@ fn modelspec_keys(c: &TrainConfig, info: &FamilyInfo, put: &mut impl FnMut(&str,
             put(key, v.clone());
         }
     }
+}
+
+/// sd-scripts' `flux_train_network.py` `update_metadata` keys: the flow objective as trained
+/// (lorakit's `raw` default written as the type it is) and the T5 mask.
+fn flux_keys(c: &TrainConfig, put: &mut impl FnMut(&str, String)) {
+    let name = |v: serde_json::Value| v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string());
+    let f = &c.flow;
+    put("ss_model_type", "flux".into());
+    put("ss_apply_t5_attn_mask", py_bool(c.model.apply_t5_attn_mask));
+    put("ss_weighting_scheme", name(json!(f.weighting_scheme)));
+    put("ss_logit_mean", py_float(f.logit_mean));
+    put("ss_logit_std", py_float(f.logit_std));
+    put("ss_mode_scale", py_float(f.mode_scale));
+    put("ss_guidance_scale", py_float(f.guidance_scale));
+    put("ss_timestep_sampling", name(json!(f.timestep_sampling)));
+    put("ss_sigmoid_scale", py_float(f.sigmoid_scale));
+    put("ss_model_prediction_type", f.model_prediction_type.map_or_else(|| "raw".to_string(), |p| name(json!(p))));
+    put("ss_discrete_flow_shift", py_float(f.discrete_flow_shift));
 }
 
 #[cfg(test)]

@@ -44,6 +44,16 @@ pub struct Component {
     pub is_text_encoder: bool,
     /// Its LoRA targets.
     pub targets: Vec<LoraTarget>,
+    /// A switch that must be on for this component to be trained at all (Flux's T5-XXL:
+    /// `network.train_t5xxl`); `None`: trained with its kind (denoiser / text encoders).
+    pub opt_in: Option<OptIn>,
+}
+
+/// The config switches a component can need (see [`Component::opt_in`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OptIn {
+    /// `network.train_t5xxl` (sd-scripts' `train_t5xxl=True`).
+    TrainT5xxl,
 }
 
 /// What the denoiser is conditioned on besides the noisy latents and the timesteps: the text
@@ -181,6 +191,27 @@ pub trait TrainableModel {
     /// The denoiser's training activations relative to SD 1.5's UNet at the same latent size
     /// (for the memory estimate).
     fn activation_scale(&self) -> f64;
+    /// sd-scripts' sample-image defaults of the family: (steps, CFG scale). SD 1.x/2.x/SDXL:
+    /// 30 steps at CFG 7.5.
+    fn sample_defaults(&self) -> (u32, f64) {
+        (30, 7.5)
+    }
+    /// Image sides must be multiples of this many pixels: the latent factor, and for Flux twice
+    /// that (its 2×2 latent packing).
+    fn pixel_step(&self) -> u32 {
+        self.latent_factor()
+    }
+    /// The default embedded guidance of sample images for guidance-distilled models
+    /// (Flux.1-dev: sd-scripts' 3.5, a prompt's `--g` overrides it); `None`: the model has no
+    /// guidance input and `--g` is ignored with a warning.
+    fn sample_guidance(&self) -> Option<f64> {
+        None
+    }
+    /// Whether `network.*` Flux arguments (`train_blocks`, type dims, …) shape this model's
+    /// denoiser network; other families refuse them.
+    fn takes_flux_network_args(&self) -> bool {
+        false
+    }
 }
 
 /// The UNet families — SD 1.x/2.x (one CLIP text encoder) and SDXL (two text encoders, pooled
@@ -428,7 +459,12 @@ impl TrainableModel for StableDiffusionModel {
             .iter()
             .zip(prefixes)
             .enumerate()
-            .map(|(i, (c, prefix))| Component { prefix, is_text_encoder: i > 0, targets: c.targets.to_vec() })
+            .map(|(i, (c, prefix))| Component {
+                prefix,
+                is_text_encoder: i > 0,
+                targets: c.targets.to_vec(),
+                opt_in: None,
+            })
             .collect()
     }
 

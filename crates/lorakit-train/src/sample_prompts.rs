@@ -64,6 +64,9 @@ pub struct SamplePrompt {
     pub steps: u32,
     /// Classifier-free guidance scale (`--l` / `scale`).
     pub cfg_scale: f64,
+    /// Embedded guidance of guidance-distilled models (`--g` / `guidance_scale`, Flux.1-dev);
+    /// the family's default elsewhere (ignored by models without it).
+    pub guidance: f64,
     /// This prompt's sampler (`--ss` / `sample_sampler`); `None` = the run's sampler
     /// ([`SampleDefaults::sampler`], i.e. `--sample_sampler`).
     pub sampler: Option<String>,
@@ -82,6 +85,9 @@ pub struct SampleDefaults {
     pub steps: u32,
     /// Default CFG scale.
     pub cfg_scale: f64,
+    /// Default embedded guidance for guidance-distilled models (Flux.1: sd-scripts' 3.5);
+    /// `None`: the model has none, and `--g` is ignored with a warning.
+    pub guidance: Option<f64>,
     /// The run's sampler (`--sample_sampler`).
     pub sampler: String,
 }
@@ -89,7 +95,7 @@ pub struct SampleDefaults {
 impl Default for SampleDefaults {
     /// SD1/SD2/SDXL: 512×512, 30 steps, CFG 7.5, `ddim` (spec §10).
     fn default() -> Self {
-        SampleDefaults { width: 512, height: 512, steps: 30, cfg_scale: 7.5, sampler: "ddim".into() }
+        SampleDefaults { width: 512, height: 512, steps: 30, cfg_scale: 7.5, guidance: None, sampler: "ddim".into() }
     }
 }
 
@@ -215,6 +221,7 @@ struct Fields {
     seed: Option<u64>,
     steps: Option<u64>,
     cfg_scale: Option<f64>,
+    guidance: Option<f64>,
     sampler: Option<String>,
 }
 
@@ -239,7 +246,7 @@ fn parse_txt(
                 short(line)
             ));
         }
-        let fields = parse_line(line, file, &at, warnings)?;
+        let fields = parse_line(line, defaults.guidance.is_some(), file, &at, warnings)?;
         let index = prompts.len();
         prompts.push(finish(fields, defaults, index, &at, warnings));
     }
@@ -249,6 +256,7 @@ fn parse_txt(
 /// One `.txt` line (or JSON string): the prompt, then ` --` options.
 fn parse_line(
     line: &str,
+    guides: bool,
     file: Option<&Path>,
     at: &str,
     warnings: &mut Vec<String>,
@@ -280,6 +288,7 @@ fn parse_line(
             "s" => fields.steps = Some(int(value, "30")?),
             "l" => fields.cfg_scale = Some(float(value, "7.5")?),
             "ss" => fields.sampler = Some(need(value)?),
+            "g" if guides => fields.guidance = Some(float(value, "3.5")?),
             "g" | "ctr" | "rcfg" | "fs" => {
                 float(value, "1.0")?;
                 warnings.push(format!("{at}: `--{name}` ({}) is not used for SD models; ignored", unused_name(&opt)));
@@ -346,6 +355,7 @@ fn finish(f: Fields, d: &SampleDefaults, index: usize, at: &str, warnings: &mut 
         seed: f.seed,
         steps: clamped as u32,
         cfg_scale: f.cfg_scale.unwrap_or(d.cfg_scale),
+        guidance: f.guidance.or(d.guidance).unwrap_or(3.5),
         sampler: f.sampler,
         index,
     }
@@ -354,6 +364,7 @@ fn finish(f: Fields, d: &SampleDefaults, index: usize, at: &str, warnings: &mut 
 /// A TOML/JSON table → fields, checking each key's type.
 fn fields_from_table(
     table: &serde_json::Map<String, Value>,
+    guides: bool,
     file: &Path,
     at: &str,
     warnings: &mut Vec<String>,
@@ -382,6 +393,7 @@ fn fields_from_table(
             "sample_steps" => f.steps = Some(whole()?),
             "scale" => f.cfg_scale = Some(number()?),
             "sample_sampler" => f.sampler = Some(text()?),
+            "guidance_scale" if guides => f.guidance = Some(number()?),
             "guidance_scale" | "cfg_trunc_ratio" | "renorm_cfg" | "flow_shift" => {
                 // flow_shift is a string in sd-scripts' .txt parsing; accept both.
                 if value.as_f64().is_none() && value.as_str().and_then(|s| s.trim().parse::<f64>().ok()).is_none() {
@@ -431,7 +443,7 @@ fn parse_toml(
         for (k, v) in subset {
             merged.insert(k.clone(), v.clone());
         }
-        let fields = fields_from_table(&merged, file, &at, warnings)?;
+        let fields = fields_from_table(&merged, defaults.guidance.is_some(), file, &at, warnings)?;
         out.push(finish(fields, defaults, out.len(), &at, warnings));
     }
     Ok(out)
@@ -456,8 +468,8 @@ fn parse_json(
     for (i, item) in items.iter().enumerate() {
         let at = format!("entry {}", i + 1);
         let fields = match item {
-            Value::String(line) => parse_line(line, Some(file), &at, warnings)?,
-            Value::Object(table) => fields_from_table(table, file, &at, warnings)?,
+            Value::String(line) => parse_line(line, defaults.guidance.is_some(), Some(file), &at, warnings)?,
+            Value::Object(table) => fields_from_table(table, defaults.guidance.is_some(), file, &at, warnings)?,
             _ => return Err(invalid(Some(file), &at, "must be a prompt string or a table of prompt settings")),
         };
         out.push(finish(fields, defaults, out.len(), &at, warnings));

@@ -35,12 +35,15 @@ impl SampleRunner {
     /// weights of prompts and negative prompts, sizes, steps and scales the pipeline takes — so a
     /// bad file stops the run before training, not at its first sample (errors name the file and
     /// line or prompt).
-    pub fn new(config: &TrainConfig, prompt_file: &Path) -> Result<Self> {
+    /// `model` gives the family's defaults (steps, CFG scale, embedded guidance).
+    pub fn new(config: &TrainConfig, prompt_file: &Path, model: &dyn TrainableModel) -> Result<Self> {
+        let (steps, cfg_scale) = model.sample_defaults();
         let defaults = SampleDefaults {
             width: 512,
             height: 512,
-            steps: 30,
-            cfg_scale: 7.5,
+            steps,
+            cfg_scale,
+            guidance: model.sample_guidance(),
             sampler: config.samples.sample_sampler.clone(),
         };
         let (prompts, warnings) =
@@ -68,9 +71,16 @@ impl SampleRunner {
                 height: p.height as usize,
                 sampler: sampler_kind(p.sampler.as_deref().unwrap_or(&defaults.sampler))?,
                 clip_skip: config.model.clip_skip,
-                guidance: 3.5,
+                guidance: p.guidance,
             };
             request.validate().map_err(|e| bad(&e))?;
+            let step = model.pixel_step().max(1) as usize;
+            if request.width % step != 0 || request.height % step != 0 {
+                return Err(bad(&format!(
+                    "{}×{} is not a multiple of {step} pixels on each side, which this model needs (--w / --h)",
+                    request.width, request.height
+                )));
+            }
             requests.push(request);
         }
         if prompts.is_empty() {

@@ -27,7 +27,7 @@ use crate::data::{rng_for, stream, Batch, TrainData};
 use crate::error::{Result, TrainError};
 use crate::latents::{alpha_masks, encode_batch, LatentCache, SampleAugment};
 use crate::metadata::{RunMetadata, SaveProgress};
-use crate::model::{SizeCondition, TrainableModel};
+use crate::model::{OptIn, SizeCondition, TrainableModel};
 use crate::objective::Objective;
 use crate::param_groups::{plan_groups, ComponentNetwork, GroupRates};
 use crate::plan::{
@@ -224,8 +224,28 @@ impl<'m> Trainer<'m> {
                     .map_err(|e| TrainError::Other(format!("{}: {e}", image.path.display())))?;
             }
         }
+        // Every bucket must be a whole number of the denoiser's cells (Flux: 16-pixel steps).
+        let step = model.pixel_step().max(1);
+        if let Some(image) = data.images.iter().find(|i| i.choice.bucket.0 % step != 0 || i.choice.bucket.1 % step != 0)
+        {
+            let (w, h) = image.choice.bucket;
+            return Err(TrainError::Other(format!(
+                "{}: bucket {w}×{h} is not a multiple of {step} pixels on each side, which this model needs; use a dataset.resolution and dataset.bucket_reso_steps that are multiples of {step}",
+                image.path.display()
+            )));
+        }
         let device = model.device().clone();
         let components = model.components();
+        let b = config.block_args();
+        let has_block_args = [b.down_lr_weight, b.mid_lr_weight, b.up_lr_weight, b.block_dims, b.block_alphas]
+            .into_iter()
+            .chain([b.conv_block_dims, b.conv_block_alphas])
+            .any(|a| a.is_some());
+        if model.takes_flux_network_args() && has_block_args {
+            return Err(TrainError::Other(
+                "network.block_dims / block_alphas / *_lr_weight are U-Net block arguments; a Flux transformer's modules are chosen with network.train_blocks, the *_dim type ranks and train_double_block_indices / train_single_block_indices — remove them".into(),
+            ));
+        }
         let layout = BlockLayout::detect(
             components
                 .iter()
@@ -271,16 +291,39 @@ impl<'m> Trainer<'m> {
                 module: config.network.module_dropout.unwrap_or(0.0),
             },
             block_ranks: None,
+            flux: None,
+        };
+        // Flux's module choice shapes its transformer's network; other families refuse it.
+        let flux_args = config.flux_network_args().map_err(|e| TrainError::Other(format!("network.{e}")))?;
+        let flux_args = if model.takes_flux_network_args() {
+            Some(flux_args)
+        } else if !flux_args.is_default() || config.network.train_t5xxl {
+            return Err(TrainError::Other(format!(
+                "network.train_blocks / *_dim / in_dims / train_*_block_indices / train_t5xxl are Flux network arguments; this is a {} model — remove them",
+                model.info().base_model_version
+            )));
+        } else {
+            None
         };
         // The spec of each component, `None` when it is not trained. Block ranks shape the U-Net
         // only; text encoders always use network_dim.
         let component_specs: Vec<Option<NetworkSpec>> = components
             .iter()
             .map(|c| {
-                if c.is_text_encoder {
+                let switched_on = match c.opt_in {
+                    Some(OptIn::TrainT5xxl) => config.network.train_t5xxl,
+                    None => true,
+                };
+                if !switched_on {
+                    None
+                } else if c.is_text_encoder {
                     config.trains_text_encoder().then(|| spec.clone())
                 } else {
-                    config.trains_unet().then(|| NetworkSpec { block_ranks: blocks.ranks.clone(), ..spec.clone() })
+                    config.trains_unet().then(|| NetworkSpec {
+                        block_ranks: blocks.ranks.clone(),
+                        flux: flux_args.clone(),
+                        ..spec.clone()
+                    })
                 }
             })
             .collect();
@@ -600,7 +643,7 @@ impl<'m> Trainer<'m> {
             None => None,
         };
         let samples = match &self.config.samples.sample_prompts {
-            Some(path) => Some(SampleRunner::new(&self.config, path)?),
+            Some(path) => Some(SampleRunner::new(&self.config, path, self.model)?),
             None => None,
         };
         // With outputs cached up front the encoders may be gone; caching already encoded with

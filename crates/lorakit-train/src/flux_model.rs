@@ -1,0 +1,245 @@
+//! Flux.1 as a [`TrainableModel`]: the transformer (`lora_unet_…`), CLIP-L (`lora_te1_…`) and
+//! T5-XXL (`lora_te3_…`) as sd-scripts' `flux_train_network.py` trains them, on the rectified-flow
+//! objective. The loop is the same as for the UNet families; what differs lives here and in
+//! [`ObjectiveKind::Flow`].
+
+use std::sync::Arc;
+
+use candle_core::{DType, Device, Tensor};
+use lorakit_models::checkpoint::flux::LinearStorage;
+use lorakit_models::flux_pipeline::{FluxConditioning, FluxOptions, FluxPaths, FluxPipeline};
+use lorakit_models::pipeline::{GenerateRequest, LoraSets, RgbImage};
+use lorakit_nn::lora::LoraSet;
+use lorakit_nn::ForwardCtx;
+use rand::rngs::StdRng;
+use rand_distr::{Distribution, StandardNormal};
+
+use crate::error::{Result, TrainError};
+use crate::model::{Component, Conditioning, FamilyInfo, OptIn, SizeCondition, TrainableModel};
+use crate::objective::{FlowFamily, ObjectiveKind};
+
+/// Float values the Flux transformer keeps per token and hidden feature for backward,
+/// per double block (either stream) and per single block: the modulated input, q/k/v and their
+/// f32 norms and rotations, the attention output, the MLP's input, activation and output, and
+/// the gated residuals, counted from `dit::flux`'s graph (an estimate until the step benchmark
+/// measures it).
+const DOUBLE_BLOCK_FLOATS_PER_FEATURE: f64 = 40.0;
+/// See [`DOUBLE_BLOCK_FLOATS_PER_FEATURE`].
+const SINGLE_BLOCK_FLOATS_PER_FEATURE: f64 = 37.0;
+/// The SD 1.5 UNet's training activations in f32 per latent pixel (`plan.rs`' measured
+/// constant), the unit of [`TrainableModel::activation_scale`].
+const SD15_ACTIVATION_BYTES_PER_LATENT_PIXEL: f64 = 1.49e6;
+
+/// A loaded Flux.1 model for training.
+pub struct FluxModel {
+    pipe: FluxPipeline,
+    vae_fingerprint: String,
+}
+
+impl FluxModel {
+    /// Loads the transformer from `paths.model` and the other parts from `paths` (or the
+    /// folder), computing in `dtype`, with the transformer's (and T5's unless `fp8_base_unet`)
+    /// linear weights in fp8 when `fp8_base` (sd-scripts' `--fp8_base`).
+    pub fn load(paths: &FluxPaths, opts: &FluxOptions, device: &Device) -> Result<Self> {
+        let pipe = FluxPipeline::load(paths, opts, device)?;
+        let vae_fingerprint = fingerprint_ae(&pipe)?;
+        Ok(FluxModel { pipe, vae_fingerprint })
+    }
+
+    /// sd-scripts' storage rule: `fp8_base` puts the transformer in fp8, and T5 too unless
+    /// `fp8_base_unet`.
+    pub fn storage(fp8_base: bool, fp8_base_unet: bool) -> (LinearStorage, LinearStorage) {
+        let fp8 = |on: bool| if on { LinearStorage::Fp8 } else { LinearStorage::Compute };
+        (fp8(fp8_base || fp8_base_unet), fp8(fp8_base && !fp8_base_unet))
+    }
+
+    /// The wrapped pipeline.
+    pub fn pipeline(&self) -> &FluxPipeline {
+        &self.pipe
+    }
+
+    /// Drops CLIP-L and T5 once their outputs are cached.
+    pub fn release_text_encoders(&mut self) {
+        self.pipe.release_text_encoders();
+    }
+
+    /// Whether this is a guidance-distilled (dev) model.
+    pub fn is_dev(&self) -> bool {
+        self.pipe.transformer().config().guidance_embed
+    }
+}
+
+/// A short hash of the autoencoder's response to a fixed image (latent caches are reused only
+/// with the same autoencoder).
+fn fingerprint_ae(pipe: &FluxPipeline) -> Result<String> {
+    use sha2::{Digest, Sha256};
+    let ae = pipe.ae();
+    let probe = Tensor::ones((1, 3, 16, 16), DType::F32, ae.device())?.to_dtype(ae.dtype())?;
+    let values: Vec<f32> = ae.encode(&probe)?.mean().to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+    let mut h = Sha256::new();
+    h.update(b"flux-ae");
+    for v in values {
+        h.update(v.to_le_bytes());
+    }
+    Ok(h.finalize().iter().take(8).map(|b| format!("{b:02x}")).collect())
+}
+
+impl TrainableModel for FluxModel {
+    fn info(&self) -> FamilyInfo {
+        FamilyInfo {
+            base_model_version: "flux1".into(),
+            architecture: if self.is_dev() { "flux-1-dev" } else { "flux-1-schnell" }.into(),
+            implementation: "https://github.com/black-forest-labs/flux".into(),
+            v2: false,
+            default_resolution: (1024, 1024),
+        }
+    }
+
+    fn device(&self) -> &Device {
+        self.pipe.transformer().device()
+    }
+
+    fn dtype(&self) -> DType {
+        self.pipe.transformer().dtype()
+    }
+
+    fn objective(&self) -> ObjectiveKind {
+        ObjectiveKind::Flow(FlowFamily::Flux)
+    }
+
+    fn components(&self) -> Vec<Component> {
+        self.pipe
+            .lora_components()
+            .iter()
+            .zip(FluxPipeline::lora_prefixes())
+            .enumerate()
+            .map(|(i, (c, prefix))| Component {
+                prefix,
+                is_text_encoder: i > 0,
+                targets: c.targets.to_vec(),
+                // sd-scripts trains T5-XXL only when asked (`train_t5xxl=True`).
+                opt_in: (*prefix == lorakit_models::t5::T5_LORA_PREFIX).then_some(OptIn::TrainT5xxl),
+            })
+            .collect()
+    }
+
+    fn encode_images(&self, pixels: &Tensor, rng: &mut StdRng) -> Result<Tensor> {
+        // As for the UNet families: the posterior sampled with noise drawn on the CPU, so a
+        // seed gives the same latents on every device.
+        let ae = self.pipe.ae();
+        let dist = ae.encode(&pixels.to_dtype(ae.dtype())?)?;
+        let shape = dist.mean().dims().to_vec();
+        let n: usize = shape.iter().product();
+        let noise: Vec<f32> = (0..n).map(|_| StandardNormal.sample(rng)).collect();
+        let noise =
+            Tensor::from_vec(noise, shape.as_slice(), &Device::Cpu)?.to_device(ae.device())?.to_dtype(ae.dtype())?;
+        let z = dist.sample_with_noise(&noise)?.to_dtype(DType::F32)?;
+        let cfg = ae.config();
+        Ok(((z - cfg.shift_factor.unwrap_or(0.0))? * cfg.scaling_factor)?)
+    }
+
+    fn encode_text(
+        &self,
+        captions: &[&str],
+        _max_token_length: usize,
+        clip_skip: Option<usize>,
+        ctxs: &[ForwardCtx],
+    ) -> Result<Conditioning> {
+        if let Some(n) = clip_skip {
+            return Err(TrainError::Other(format!(
+                "model.clip_skip = {n}: Flux conditions on CLIP-L's pooled output and T5's last layer; sd-scripts has no clip skip for Flux — remove model.clip_skip"
+            )));
+        }
+        let ctx = |i: usize| ctxs.get(i).cloned().unwrap_or_default();
+        let cond = self.pipe.encode_prompts(captions, &ctx(1), &ctx(2))?;
+        if cond.mask.is_some() {
+            return Err(TrainError::Other(
+                "model.apply_t5_attn_mask: training with T5's attention mask is not supported yet; turn it off".into(),
+            ));
+        }
+        Ok(Conditioning { context: cond.t5, pooled: Some(cond.pooled) })
+    }
+
+    fn denoise(
+        &self,
+        noisy: &Tensor,
+        timesteps: &Tensor,
+        guidance: Option<&Tensor>,
+        cond: &Conditioning,
+        _sizes: &[SizeCondition],
+        ctxs: &[ForwardCtx],
+    ) -> Result<Tensor> {
+        let dtype = self.dtype();
+        let b = noisy.dim(0)?;
+        let pooled = cond
+            .pooled
+            .as_ref()
+            .ok_or_else(|| TrainError::Other("internal: Flux conditioning without CLIP-L's pooled vector".into()))?;
+        let flux_cond =
+            FluxConditioning { t5: cond.context.to_dtype(dtype)?, pooled: pooled.to_dtype(dtype)?, mask: None };
+        // sd-scripts passes `timesteps / 1000` (σ); the guidance vector defaults to its 1.0.
+        let sigmas = (timesteps.to_dtype(DType::F32)? / 1000.0)?;
+        let guidance = match guidance {
+            Some(g) => g.to_dtype(DType::F32)?,
+            None => Tensor::ones(b, DType::F32, noisy.device())?,
+        };
+        let ctx = ctxs.first().cloned().unwrap_or_default();
+        Ok(self.pipe.predict(&noisy.to_dtype(dtype)?, &sigmas, &flux_cond, &guidance, &ctx)?)
+    }
+
+    fn sample(&self, request: &GenerateRequest, sets: &[Arc<LoraSet>]) -> Result<RgbImage> {
+        let n = self.pipe.lora_components().len();
+        let mut all = Vec::with_capacity(n);
+        for i in 0..n {
+            all.push(match sets.get(i) {
+                Some(s) => s.clone(),
+                None => Arc::new(LoraSet::new(0, self.device())?),
+            });
+        }
+        Ok(self.pipe.generate(request, Some(&LoraSets { sets: all }), &mut |_, _| {})?)
+    }
+
+    fn vae_fingerprint(&self) -> String {
+        self.vae_fingerprint.clone()
+    }
+
+    fn latent_factor(&self) -> u32 {
+        self.pipe.ae().config().downsample_factor() as u32
+    }
+
+    fn parameter_counts(&self) -> (usize, usize) {
+        let count = |shapes: &[(String, Vec<usize>)]| shapes.iter().map(|(_, s)| s.iter().product::<usize>()).sum();
+        let dit: usize = count(&self.pipe.transformer().config().parameter_shapes());
+        let ae: usize = count(&self.pipe.ae().config().parameter_shapes());
+        let (clip, t5) = self.pipe.text_encoder_parameter_counts();
+        (dit + ae + clip + t5, dit)
+    }
+
+    fn sample_defaults(&self) -> (u32, f64) {
+        // sd-scripts' Flux sampler: 20 steps, no CFG (its `scale` 1.0).
+        (20, 1.0)
+    }
+
+    fn pixel_step(&self) -> u32 {
+        self.pipe.pixels_per_token() as u32
+    }
+
+    fn sample_guidance(&self) -> Option<f64> {
+        self.is_dev().then_some(3.5)
+    }
+
+    fn takes_flux_network_args(&self) -> bool {
+        true
+    }
+
+    fn activation_scale(&self) -> f64 {
+        let cfg = self.pipe.transformer().config();
+        let floats_per_token = cfg.hidden_size as f64
+            * (DOUBLE_BLOCK_FLOATS_PER_FEATURE * cfg.depth as f64
+                + SINGLE_BLOCK_FLOATS_PER_FEATURE * cfg.depth_single_blocks as f64);
+        // Image tokens: one per 2×2 latent pixels; text tokens: the T5 length, counted against
+        // a 64×64 latent (512 px), the size Flux LoRAs are most often trained at.
+        let tokens_per_latent_pixel = 0.25 + self.pipe.t5_max_length() as f64 / (64.0 * 64.0);
+        floats_per_token * 4.0 * tokens_per_latent_pixel / SD15_ACTIVATION_BYTES_PER_LATENT_PIXEL
+    }
+}
