@@ -54,8 +54,10 @@ Read by crates/lorakit-lora/tests/flux_layouts.rs and crates/lorakit/tests/cli_f
 
 Run:  /work/bench/venv/bin/python tools/reference/flux_lora_layouts_fixture.py \\
         [--diffusers-src PATH/TO/diffusers/src/diffusers/loaders/lora_conversion_utils.py]
-(the installed diffusers' file by default; the checked-in fixture used the current GitHub main,
-commit in manifest.json; a second on the CPU.)
+(the installed diffusers' file by default; the checked-in fixture used GitHub main's, commit
+58eb52c0 (in manifest.json) — 0.32.1's kohya converter raises "Incompatible keys" on the in_dims
+input layers, the final layer and T5 modules, which main converts (T5 dropped with a warning).
+torch 2.6.0, peft 0.14.0, transformers 4.54.1, diffusers 0.32.1 for the models; a few seconds.)
 """
 
 import argparse
