@@ -231,6 +231,16 @@ impl FluxPipeline {
         &self.transformer
     }
 
+    /// CLIP-L; `None` once the text encoders were released.
+    pub fn clip_l(&self) -> Option<&ClipTextModel> {
+        self.text.as_ref().map(|t| &t.clip)
+    }
+
+    /// T5-XXL; `None` once the text encoders were released.
+    pub fn t5(&self) -> Option<&T5EncoderModel> {
+        self.text.as_ref().map(|t| &t.t5)
+    }
+
     /// The autoencoder.
     pub fn ae(&self) -> &AutoencoderKL {
         &self.ae

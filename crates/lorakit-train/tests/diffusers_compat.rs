@@ -99,3 +99,60 @@ fn lorakit_sdxl_lora_in_diffusers_matches_lorakit() {
         .unwrap();
     assert!(rel_err(&plain, &io["unet_out"]) > 1e-3, "the LoRA matters");
 }
+
+/// The Flux case (tools/reference/diffusers_lora_compat_flux.py, diffusers 0.42.1 / peft 0.21.2):
+/// a LoRA lorakit trained on the tiny Flux pipeline (kohya names: fused `img_attn_qkv` and
+/// `single_blocks_N_linear1`, `lora_te1_…` for CLIP-L) loaded by `FluxPipeline.load_lora_weights`
+/// with no key left over; the transformer and CLIP-L with the LoRA compute what lorakit computes.
+#[test]
+fn lorakit_flux_lora_in_diffusers_matches_lorakit() {
+    use lorakit_models::dit::flux::{image_ids, pack_latents, FluxInputs};
+    use lorakit_models::flux_pipeline::{FluxOptions, FluxPaths, FluxPipeline};
+
+    let paths = FluxPaths { model: repo("tests/fixtures/reference/flux_tiny/pipeline"), ..Default::default() };
+    let flux = FluxPipeline::load(&paths, &FluxOptions::default(), &Device::Cpu).unwrap();
+    let io = candle_core::safetensors::load(
+        repo("tests/fixtures/reference/trained_lora/diffusers_io_flux.safetensors"),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let lora = repo("tests/fixtures/reference/trained_lora/tiny_flux_trained.safetensors");
+    let components = flux.lora_components();
+    let loaded = load_lora_file(&lora, 1.0, false, &components, DType::F32, &Device::Cpu).unwrap();
+    let sets = sets_from_files(vec![loaded], components.len(), &Device::Cpu).unwrap();
+
+    let latents = &io["latents"];
+    let (h, w) = (latents.dim(2).unwrap(), latents.dim(3).unwrap());
+    assert_eq!(
+        image_ids(h, w, &Device::Cpu).unwrap().to_vec2::<f32>().unwrap(),
+        io["img_ids"].to_vec2::<f32>().unwrap()
+    );
+    let img = pack_latents(latents).unwrap();
+    let run = |ctx: &ForwardCtx| {
+        flux.transformer()
+            .forward(
+                &FluxInputs {
+                    img: &img,
+                    img_ids: &io["img_ids"],
+                    txt: &io["txt"],
+                    txt_ids: &io["txt_ids"],
+                    timesteps: &io["timesteps"],
+                    y: &io["pooled"],
+                    guidance: Some(&io["guidance"]),
+                    txt_mask: None,
+                },
+                ctx,
+            )
+            .unwrap()
+    };
+    let out = run(&ForwardCtx::with_lora(sets[0].clone()));
+    let err = rel_err(&out, &io["out"]);
+    assert!(err <= 1e-4, "transformer: relative error {err}");
+    assert!(rel_err(&run(&ForwardCtx::default()), &io["out"]) > 1e-3, "the LoRA matters");
+
+    let ids = io["clip_ids"].to_dtype(DType::U32).unwrap();
+    let clip = flux.clip_l().expect("CLIP-L loaded");
+    let pooled = clip.forward(&ids, &ForwardCtx::with_lora(sets[1].clone())).unwrap().pooler_output;
+    let err = rel_err(&pooled, &io["clip_pooled"]);
+    assert!(err <= 1e-4, "CLIP-L pooled: relative error {err}");
+}
