@@ -152,12 +152,7 @@ impl TrainableModel for FluxModel {
         }
         let ctx = |i: usize| ctxs.get(i).cloned().unwrap_or_default();
         let cond = self.pipe.encode_prompts(captions, &ctx(1), &ctx(2))?;
-        if cond.mask.is_some() {
-            return Err(TrainError::Other(
-                "model.apply_t5_attn_mask: training with T5's attention mask is not supported yet; turn it off".into(),
-            ));
-        }
-        Ok(Conditioning { context: cond.t5, pooled: Some(cond.pooled) })
+        Ok(Conditioning { context: cond.t5, pooled: Some(cond.pooled), mask: cond.mask })
     }
 
     fn denoise(
@@ -175,8 +170,12 @@ impl TrainableModel for FluxModel {
             .pooled
             .as_ref()
             .ok_or_else(|| TrainError::Other("internal: Flux conditioning without CLIP-L's pooled vector".into()))?;
-        let flux_cond =
-            FluxConditioning { t5: cond.context.to_dtype(dtype)?, pooled: pooled.to_dtype(dtype)?, mask: None };
+        // With `apply_t5_attn_mask` the padding mask reaches the transformer's attention too.
+        let flux_cond = FluxConditioning {
+            t5: cond.context.to_dtype(dtype)?,
+            pooled: pooled.to_dtype(dtype)?,
+            mask: cond.mask.clone(),
+        };
         // sd-scripts passes `timesteps / 1000` (σ); the guidance vector defaults to its 1.0.
         let sigmas = (timesteps.to_dtype(DType::F32)? / 1000.0)?;
         let guidance = match guidance {

@@ -65,14 +65,32 @@ pub struct Conditioning {
     /// A pooled text embedding `(B, P)` for families that use one (SDXL: TE2's projected EOS
     /// state); `None` for SD 1.x/2.x.
     pub pooled: Option<Tensor>,
+    /// Which context tokens are real (1) or padding (0), `(B, L)`, for families that mask
+    /// padding in the denoiser (Flux with `apply_t5_attn_mask`); `None` elsewhere.
+    pub mask: Option<Tensor>,
 }
 
 impl Conditioning {
+    /// Conditioning without a pooled vector or mask (SD 1.x/2.x).
+    pub fn context_only(context: Tensor) -> Conditioning {
+        Conditioning { context, pooled: None, mask: None }
+    }
+
     /// Rows `i` of the batch (for caches that keep one caption per entry).
     pub fn row(&self, i: usize) -> Result<Conditioning> {
         Ok(Conditioning {
             context: self.context.narrow(0, i, 1)?,
             pooled: self.pooled.as_ref().map(|p| p.narrow(0, i, 1)).transpose()?,
+            mask: self.mask.as_ref().map(|m| m.narrow(0, i, 1)).transpose()?,
+        })
+    }
+
+    /// Every tensor moved to `device`.
+    pub fn to_device(&self, device: &Device) -> Result<Conditioning> {
+        Ok(Conditioning {
+            context: self.context.to_device(device)?,
+            pooled: self.pooled.as_ref().map(|p| p.to_device(device)).transpose()?,
+            mask: self.mask.as_ref().map(|m| m.to_device(device)).transpose()?,
         })
     }
 
@@ -80,13 +98,14 @@ impl Conditioning {
     pub fn cat(rows: &[Conditioning]) -> Result<Conditioning> {
         let contexts: Vec<&Tensor> = rows.iter().map(|r| &r.context).collect();
         let pooled: Option<Vec<&Tensor>> = rows.iter().map(|r| r.pooled.as_ref()).collect();
-        Ok(Conditioning {
-            context: Tensor::cat(&contexts, 0)?,
-            pooled: match pooled {
+        let masks: Option<Vec<&Tensor>> = rows.iter().map(|r| r.mask.as_ref()).collect();
+        let cat = |parts: Option<Vec<&Tensor>>| -> Result<Option<Tensor>> {
+            Ok(match parts {
                 Some(p) if !p.is_empty() => Some(Tensor::cat(&p, 0)?),
                 _ => None,
-            },
-        })
+            })
+        };
+        Ok(Conditioning { context: Tensor::cat(&contexts, 0)?, pooled: cat(pooled)?, mask: cat(masks)? })
     }
 }
 
@@ -369,7 +388,7 @@ impl StableDiffusionModel {
                     Some(p) => encode_weighted_prompts(encoder, tokenizer, p, max, clip_skip, &ctx(1))?,
                     None => encode_prompts(encoder, tokenizer, captions, max, clip_skip, &ctx(1))?,
                 };
-                Ok(Conditioning { context, pooled: None })
+                Ok(Conditioning::context_only(context))
             }
             TextEncoders::Sdxl(te) => {
                 refuse_sdxl_clip_skip(clip_skip)?;
@@ -378,7 +397,7 @@ impl StableDiffusionModel {
                     Some(p) => te.encode_weighted(p, max, ctxs)?,
                     None => te.encode(captions, max, ctxs)?,
                 };
-                Ok(Conditioning { context: c.context, pooled: Some(c.pooled) })
+                Ok(Conditioning { context: c.context, pooled: Some(c.pooled), mask: None })
             }
             TextEncoders::Released { .. } => Err(lorakit_models::pipeline::released().into()),
         }

@@ -82,7 +82,7 @@ fn encoder_fingerprint(model: &dyn TrainableModel, config: &TrainConfig) -> Resu
     use sha2::{Digest, Sha256};
     let probe = encode(model, config, &["lorakit text encoder fingerprint"])?;
     let mut h = Sha256::new();
-    for t in std::iter::once(&probe.context).chain(probe.pooled.as_ref()) {
+    for t in std::iter::once(&probe.context).chain(probe.pooled.as_ref()).chain(probe.mask.as_ref()) {
         for v in t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()? {
             h.update(v.to_le_bytes());
         }
@@ -109,7 +109,11 @@ fn encode(model: &dyn TrainableModel, config: &TrainConfig, captions: &[&str]) -
         model.encode_text(captions, max_tokens, clip_skip, &[])?
     };
     let cpu = |t: &Tensor| -> Result<Tensor> { Ok(t.to_dtype(DType::F32)?.to_device(&Device::Cpu)?) };
-    Ok(Conditioning { context: cpu(&cond.context)?, pooled: cond.pooled.as_ref().map(cpu).transpose()? })
+    Ok(Conditioning {
+        context: cpu(&cond.context)?,
+        pooled: cond.pooled.as_ref().map(cpu).transpose()?,
+        mask: cond.mask.as_ref().map(cpu).transpose()?,
+    })
 }
 
 fn caption_hash(caption: &str) -> String {
@@ -126,12 +130,17 @@ fn cache_key(caption: &str, fingerprint: &str) -> BTreeMap<String, String> {
 
 fn read_cache(path: &Path, key: &BTreeMap<String, String>) -> Option<Conditioning> {
     let mut tensors = crate::cache_file::read(path, key)?;
-    Some(Conditioning { context: tensors.remove("context")?, pooled: tensors.remove("pooled") })
+    Some(Conditioning {
+        context: tensors.remove("context")?,
+        pooled: tensors.remove("pooled"),
+        mask: tensors.remove("mask"),
+    })
 }
 
 fn write_cache(path: &Path, key: &BTreeMap<String, String>, cond: &Conditioning) -> Result<()> {
     let mut tensors = vec![("context", &cond.context)];
     tensors.extend(cond.pooled.as_ref().map(|p| ("pooled", p)));
+    tensors.extend(cond.mask.as_ref().map(|m| ("mask", m)));
     crate::cache_file::write(path, key, &tensors)
 }
 
@@ -206,11 +215,7 @@ impl TextEncoderCache {
             })?;
             rows.push(row.clone());
         }
-        let cond = Conditioning::cat(&rows)?;
-        Ok(Conditioning {
-            context: cond.context.to_device(device)?,
-            pooled: cond.pooled.map(|p| p.to_device(device)).transpose()?,
-        })
+        Conditioning::cat(&rows)?.to_device(device)
     }
 
     /// Number of distinct captions held.

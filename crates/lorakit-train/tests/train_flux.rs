@@ -36,7 +36,11 @@ fn config(dir: &Path, data: &Path, extra: &[&str]) -> TrainConfig {
 }
 
 fn load(config: &TrainConfig) -> FluxModel {
-    let opts = FluxOptions { t5_max_length: config.model.t5xxl_max_token_length, ..FluxOptions::default() };
+    let opts = FluxOptions {
+        t5_max_length: config.model.t5xxl_max_token_length,
+        apply_t5_attn_mask: config.model.apply_t5_attn_mask,
+        ..FluxOptions::default()
+    };
     FluxModel::load(&FluxPaths { model: tiny_flux(), ..Default::default() }, &opts, &Device::Cpu).unwrap()
 }
 
@@ -174,7 +178,10 @@ fn flux_caches_text_encoder_outputs() {
         &data,
         &[
             "training.cache_text_encoder_outputs=true",
+            "training.cache_text_encoder_outputs_to_disk=true",
             "network.network_train_unet_only=true",
+            "model.apply_t5_attn_mask=true",
+            "model.t5xxl_max_token_length=64",
             "training.max_train_epochs=1",
         ],
     );
@@ -190,6 +197,19 @@ fn flux_caches_text_encoder_outputs() {
     assert!(summary.losses.iter().all(|l| l.is_finite()));
     let names = names(&dir.path().join("out").join("tiny.safetensors"));
     assert!(names.iter().all(|n| n.starts_with("lora_unet_")), "UNet-only: {names:?}");
+    // The T5 padding mask is cached with the outputs (apply_t5_attn_mask) and trained with.
+    let cached = std::fs::read_dir(&data)
+        .unwrap()
+        .flat_map(|d| std::fs::read_dir(d.unwrap().path()).unwrap())
+        .map(|e| e.unwrap().path())
+        .find(|p| p.to_string_lossy().ends_with(".lorakit-te.safetensors"))
+        .expect("a cache file on disk");
+    let file = lorakit_lora::safetensors_file::LoraFile::open(&cached).unwrap();
+    let mask = file.tensor_f32("mask").unwrap();
+    assert_eq!(mask.len(), 64);
+    assert!(mask[0] == 1.0 && mask[63] == 0.0, "{mask:?}");
+    let file = lorakit_lora::safetensors_file::LoraFile::open(dir.path().join("out").join("tiny.safetensors")).unwrap();
+    assert_eq!(file.metadata()["ss_apply_t5_attn_mask"], "True");
 }
 
 #[test]
