@@ -427,6 +427,22 @@ pub fn load_lora_file(
         }
         return load_lycoris(&file, multiplier, components, dtype, device).map_err(lora_err);
     }
+    // Flux files in another layout (ComfyUI/BFL `diffusion_model.…`, diffusers/ai-toolkit,
+    // XLabs) are read under kohya's names in memory, as `lorakit convert --to kohya` writes them.
+    let file = if lorakit_lora::keys::detect_scheme(file.tensor_names()).is_plain_lora()
+        && lorakit_lora::keys::guess_family(&file).family == Family::Flux
+    {
+        match convert_lora(&file, ConvertTarget::Kohya, Some(Family::Flux)) {
+            Ok((bytes, outcome)) => {
+                tracing::info!("{}: a Flux {} file, applied under kohya names", path.display(), outcome.from.describe());
+                LoraFile::from_bytes(bytes, path).map_err(|e| lora_err(e.to_string()))?
+            }
+            Err(ConvertError::AlreadyTarget { .. }) => file,
+            Err(e) => return Err(lora_err(e.to_string())),
+        }
+    } else {
+        file
+    };
     let set = lorakit_lora::keys::modules(&file).map_err(|e| lora_err(e.to_string()))?;
     // PEFT/diffusers files (HF's training scripts) get kohya names in memory, exactly as
     // `lorakit convert --to kohya` would write them, and load as one.

@@ -99,3 +99,105 @@ fn refuses_what_does_not_apply_to_flux() {
     assert!(stderr(&out).contains("--clip-l is for Flux"), "{}", stderr(&out));
     assert!(!out_png.exists());
 }
+
+/// The pixels of a PNG.
+fn pixels(path: &Path) -> Vec<u8> {
+    image::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())).to_rgb8().into_raw()
+}
+
+/// kohya's Flux module name → BFL's module path (`lora_unet_double_blocks_0_img_attn_qkv` →
+/// `double_blocks.0.img_attn.qkv`).
+fn bfl_path(module: &str) -> String {
+    let rest = module.strip_prefix("lora_unet_").expect("a transformer module");
+    let mut parts: Vec<&str> = rest.split('_').collect();
+    let mut out = Vec::new();
+    // blocks and index
+    out.push(format!("{}_{}.{}", parts[0], parts[1], parts[2]));
+    parts.drain(..3);
+    let tail = parts.join("_");
+    let tail = match tail.as_str() {
+        "modulation_lin" => "modulation.lin".to_string(),
+        t if t.ends_with("_mod_lin") => t.replace("_mod_lin", "_mod.lin"),
+        t if t.contains("_attn_") => t.replacen("_attn_", "_attn.", 1),
+        t if t.contains("_mlp_") => t.replacen("_mlp_", "_mlp.", 1),
+        t => t.to_string(),
+    };
+    out.push(tail);
+    out.join(".")
+}
+
+#[test]
+fn applies_flux_loras_in_kohya_diffusers_and_comfyui_layouts_alike() {
+    let dir = tempfile::tempdir().unwrap();
+    let folder = pipeline("");
+    let kohya = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures/reference/trained_lora/tiny_flux_trained.safetensors");
+    let draw = |lora: &Path, out: &str| {
+        let png = dir.path().join(out);
+        let out = lorakit(&[
+            "generate",
+            "--model",
+            folder.to_str().unwrap(),
+            "--lora",
+            lora.to_str().unwrap(),
+            "--prompt",
+            "chkbrd",
+            "--width",
+            "32",
+            "--height",
+            "32",
+            "--steps",
+            "2",
+            "-o",
+            png.to_str().unwrap(),
+        ]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        pixels(&png)
+    };
+    let base = {
+        let png = dir.path().join("base.png");
+        let out = lorakit(&[
+            "generate",
+            "--model",
+            folder.to_str().unwrap(),
+            "--prompt",
+            "chkbrd",
+            "--width",
+            "32",
+            "--height",
+            "32",
+            "--steps",
+            "2",
+            "-o",
+            png.to_str().unwrap(),
+        ]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        pixels(&png)
+    };
+    let with_kohya = draw(&kohya, "kohya.png");
+    assert_ne!(with_kohya, base, "the LoRA changes the image");
+
+    // diffusers / PEFT names, as `lorakit convert --to diffusers` writes them (q/k/v split).
+    let diffusers = dir.path().join("diffusers.safetensors");
+    let out = lorakit(&["convert", kohya.to_str().unwrap(), diffusers.to_str().unwrap(), "--to", "diffusers"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let with_diffusers = draw(&diffusers, "diffusers.png");
+    let close = |a: &[u8], b: &[u8]| a.iter().zip(b).all(|(x, y)| x.abs_diff(*y) <= 1);
+    assert!(close(&with_diffusers, &with_kohya), "diffusers layout draws what the kohya file draws");
+
+    // ComfyUI / BFL names (`diffusion_model.<BFL path>.lora_down.weight`), transformer modules only.
+    let tensors = candle_core::safetensors::load(&kohya, &candle_core::Device::Cpu).unwrap();
+    let unet_only: std::collections::HashMap<String, candle_core::Tensor> =
+        tensors.iter().filter(|(k, _)| k.starts_with("lora_unet_")).map(|(k, v)| (k.clone(), v.clone())).collect();
+    let comfy: std::collections::HashMap<String, candle_core::Tensor> = unet_only
+        .iter()
+        .map(|(k, v)| {
+            let (module, suffix) = k.split_once('.').unwrap();
+            (format!("diffusion_model.{}.{suffix}", bfl_path(module)), v.clone())
+        })
+        .collect();
+    let (kohya_unet, comfy_file) = (dir.path().join("kohya_unet.safetensors"), dir.path().join("comfy.safetensors"));
+    candle_core::safetensors::save(&unet_only, &kohya_unet).unwrap();
+    candle_core::safetensors::save(&comfy, &comfy_file).unwrap();
+    assert_eq!(draw(&comfy_file, "comfy.png"), draw(&kohya_unet, "kohya_unet.png"), "ComfyUI layout = kohya");
+}
