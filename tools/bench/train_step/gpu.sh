@@ -2,7 +2,9 @@
 # The LoRA-step benchmark on a GPU: lorakit (candle, `--features cuda`) against PyTorch +
 # sd-scripts' LoRA network, interleaved on the same card, plain and with gradient checkpointing:
 # SD1.5 (64×64 latent) in f32 and bf16, then SDXL (full-size UNet, 128×128 latent = 1024 px,
-# attention-group LoRA, see train_step.rs) in bf16. Two halves, because the GPU machine has no
+# attention-group LoRA, see train_step.rs) in bf16, then Flux (the full-size FLUX.1-dev
+# transformer against sd-scripts' own flux_models.Flux + networks/lora_flux.py; bf16 and fp8 base,
+# 512 and 1024 px, with gradient checkpointing). Two halves, because the GPU machine has no
 # Rust toolchain and the build machine has no GPU:
 #
 #   tools/bench/train_step/gpu.sh build
@@ -10,18 +12,32 @@
 #       and PyTorch use), link stubs for the CUDA libraries (resolved on the GPU machine at run
 #       time), a release build of the bench, then everything the run needs in
 #       tools/bench/train_step/gpu/ (git-ignored, ~8 MB): the binary (xz; one binary for both
-#       models, `--model sd15|sdxl`), sd-scripts' files the PyTorch side imports (networks/lora.py
-#       imports library/sdxl_original_unet.py for its SDXL check, so SDXL needs nothing more), and
-#       the wheels the GPU machine lacks (diffusers). First build ~15 min on 2 cores. Needs
-#       SD_SCRIPTS (default /work/bench/sd-scripts, commit 48d368f).
+#       models, `--model sd15|sdxl|flux`), sd-scripts' files the PyTorch side imports (networks/lora.py
+#       imports library/sdxl_original_unet.py for its SDXL check, so SDXL needs nothing more; Flux
+#       adds networks/lora_flux.py and library/{flux_models,device_utils,custom_offloading_utils}.py
+#       — einops is in the GPU image), and the wheels the GPU machine lacks (diffusers). First
+#       build ~15 min on 2 cores. Needs SD_SCRIPTS (default /work/bench/sd-scripts, commit 48d368f).
 #
 #   tools/bench/train_step/gpu.sh run [rounds] [steps]
 #       On the GPU machine (device tool: carry ["tools/bench/train_step/gpu"]). Writes JSON lines to
 #       $OUT/train_step_gpu.jsonl (or ./train_step_gpu.jsonl), the peak GPU memory of each
-#       process as nvidia-smi saw it, and a summary. MODELS="sd15 sdxl" (default) picks the
-#       cases. Not yet run on a GPU: 1 round × 3 steps is 8 SD1.5 and 4 SDXL processes, each
-#       mostly start-up and weight setup (both sides generate SDXL's 2.57 G random weights on
-#       the card, in bf16 for PyTorch; estimate: 5–8 minutes on an H100).
+#       process as nvidia-smi saw it, and a summary. MODELS="sd15 sdxl flux" (default) picks the
+#       cases. Not yet run on a GPU: 1 round × 3 steps is 8 SD1.5, 4 SDXL and 8 Flux processes,
+#       each mostly start-up and weight setup (both sides generate SDXL's 2.57 G random weights on
+#       the card, in bf16 for PyTorch; estimate: 5–8 minutes on an H100 for SD1.5 + SDXL, ~3–4
+#       more for Flux — over the device tool's 10 minutes a call, run `MODELS="sd15 sdxl"` and
+#       `MODELS=flux` as two calls; results go to $OUT line by line, so a cut run keeps what ran).
+#
+#       Flux (issue 16): FLUX_DEPTH="19 38" (double, single blocks: the full 11.9 G-parameter
+#       model), FLUX_CASES="bf16:64 bf16:128 fp8:64 fp8:128" (frozen storage : latent side; 64 =
+#       512 px, 128 = 1024 px), 512 T5 tokens, compute in bf16, LoRA rank 16 on lora_flux's default
+#       304 modules on both sides, each side in its own process with gradient checkpointing only
+#       (how Flux LoRAs are trained; plain full-size bf16 at 1024 px would not fit an 80 GB card).
+#       fp8 = fp8_base: lorakit stores the linear weights as F8E4M3 (made directly in f8), sd-scripts
+#       casts its whole model to float8_e4m3fn as its fp8_base does; both upcast per layer. Block
+#       swap: lorakit has no blocks_to_swap yet, so there is no with/without comparison of it;
+#       FLUX_BLOCK_SWAP=N adds sd-scripts alone with blocks_to_swap N (fp8, 1024 px) to show its
+#       peak VRAM with swapping (the with-swap column to fill once lorakit streams blocks).
 #       Smoke-tested here with a stand-in nvidia-smi: a side that fails is recorded as failed and
 #       the rest still runs.
 set -euo pipefail
@@ -68,7 +84,9 @@ build() {
   xz -T0 -6 -c "$bin" > "$PACK/train_step.xz"
   local sd=${SD_SCRIPTS:-/work/bench/sd-scripts}
   cp "$sd/networks/lora.py" "$PACK/sd-scripts/networks/"
-  cp "$sd/library/__init__.py" "$sd/library/utils.py" "$sd/library/sdxl_original_unet.py" "$PACK/sd-scripts/library/"
+  cp "$sd/networks/lora_flux.py" "$PACK/sd-scripts/networks/"
+  cp "$sd/library/__init__.py" "$sd/library/utils.py" "$sd/library/sdxl_original_unet.py" "$sd/library/flux_models.py" \
+    "$sd/library/device_utils.py" "$sd/library/custom_offloading_utils.py" "$PACK/sd-scripts/library/"
   # The GPU image has torch 2.11, transformers, huggingface-hub 1.x and safetensors 0.8 but no
   # diffusers (KINDS.md); diffusers 0.42 is the release that works with those.
   pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 -d "$PACK/wheels" \
@@ -109,9 +127,26 @@ run() {
   }
   # (model, dtype, latent) cases: SD1.5 at 512 px in both dtypes, SDXL at 1024 px in bf16.
   local cases=()
-  case " ${MODELS:-sd15 sdxl} " in *" sd15 "*) cases+=("sd15 bf16 64" "sd15 f32 64") ;; esac
-  case " ${MODELS:-sd15 sdxl} " in *" sdxl "*) cases+=("sdxl bf16 128") ;; esac
+  local models=" ${MODELS:-sd15 sdxl flux} "
+  case "$models" in *" sd15 "*) cases+=("sd15 bf16 64" "sd15 f32 64") ;; esac
+  case "$models" in *" sdxl "*) cases+=("sdxl bf16 128") ;; esac
+  # Flux: (storage:latent) cases at FLUX_DEPTH, checkpointed, lorakit vs sd-scripts (see above).
+  local flux_cases=() flux_depth
+  case "$models" in *" flux "*) read -r -a flux_cases <<< "${FLUX_CASES:-bf16:64 bf16:128 fp8:64 fp8:128}" ;; esac
+  read -r -a flux_depth <<< "${FLUX_DEPTH:-19 38}"
+  local flux_args=(--model flux --double "${flux_depth[0]}" --single "${flux_depth[1]}" --device cuda --dtype bf16 --checkpointing)
   for round in $(seq "$rounds"); do
+    for c in "${flux_cases[@]}"; do
+      local storage=${c%%:*} latent=${c#*:} fp8=()
+      [ "$storage" = fp8 ] && fp8=(--fp8)
+      measured lorakit /tmp/train_step "$steps" "${flux_args[@]}" --latent "$latent" "${fp8[@]}"
+      PYTHONPATH="$site:$PACK/sd-scripts" measured pytorch \
+        python3 "$HERE/torch_step.py" "$steps" "${flux_args[@]}" --latent "$latent" "${fp8[@]}" --impl sd-scripts
+    done
+    if [ ${#flux_cases[@]} -gt 0 ] && [ "${FLUX_BLOCK_SWAP:-0}" -gt 0 ]; then
+      PYTHONPATH="$site:$PACK/sd-scripts" measured pytorch \
+        python3 "$HERE/torch_step.py" "$steps" "${flux_args[@]}" --latent 128 --fp8 --impl sd-scripts --block-swap "$FLUX_BLOCK_SWAP"
+    fi
     for c in "${cases[@]}"; do
       read -r model dtype latent <<< "$c"
       for mode in "" --checkpointing; do
@@ -123,20 +158,20 @@ run() {
   done
   python3 - "$out" <<'PY'
 import json, sys, statistics as st
-rows = [json.loads(l) for l in open(sys.argv[1])]
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
 steps = [r for r in rows if "seconds" in r]
-for model in ("sd15", "sdxl"):
-    for dtype in ("bf16", "f32"):
-        for ck in (False, True):
-            m = {}
-            for impl in ("lorakit", "pytorch"):
-                s = [r["seconds"] for r in steps if r["impl"] == impl and r["dtype"] == dtype and r["checkpointing"] == ck
-                     and r.get("model", "sd15") == model]
-                if s:
-                    m[impl] = st.median(s)
-            if len(m) == 2:
-                print(f"{model} {dtype} checkpointing={ck}: lorakit {m['lorakit']:.3f} s/step, pytorch {m['pytorch']:.3f} s/step, "
-                      f"ratio {m['lorakit'] / m['pytorch']:.2f}")
+side = lambda r: "lorakit" if r["impl"] == "lorakit" else f"pytorch/{r.get('lora_impl', 'sd-scripts')}"
+case = lambda r: (r.get("model", "sd15"), r["dtype"], r.get("fp8", False), r["latent"], r.get("block_swap", 0), r["checkpointing"])
+groups = {}
+for r in steps:
+    groups.setdefault(case(r), {}).setdefault(side(r), []).append(r["seconds"])
+for (model, dtype, fp8, latent, swap, ck), g in groups.items():
+    m = {i: st.median(v) for i, v in g.items()}
+    line = f"{model} {dtype}{' fp8 base' if fp8 else ''} latent {latent}{f' block swap {swap}' if swap else ''} checkpointing={ck}: " + \
+        ", ".join(f"{i} {m[i]:.3f} s/step" for i in sorted(m))
+    if "lorakit" in m and len(m) > 1:
+        line += ", ratio " + ", ".join(f"{m['lorakit'] / m[i]:.2f} vs {i}" for i in sorted(m) if i != "lorakit")
+    print(line)
 for r in rows:
     if "gpu_peak_used_mb" in r:
         print(r["impl"], r["args"], "peak GPU memory", r["gpu_peak_used_mb"], "MB")

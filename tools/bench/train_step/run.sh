@@ -4,12 +4,21 @@
 #
 #   tools/bench/train_step/run.sh [rounds] [steps] [bench options...]
 #
-# Bench options go to both sides unchanged: `--model sd15` (default) or `--model sdxl`,
-# `--latent N` (default 64), `--conv-dim N`, `--attention-only` (see
+# Bench options go to both sides unchanged: `--model sd15` (default), `--model sdxl` or
+# `--model flux`, `--latent N` (default 64), `--conv-dim N`, `--attention-only`; for Flux
+# `--double N --single N` (default 2 and 4), `--txt-len N` (see
 # crates/lorakit-models/benches/train_step.rs). Each round runs lorakit, PyTorch, then both with
 # gradient checkpointing (MODES="plain" or MODES="checkpointing" for one of them).
 # Needs: a Python with torch + diffusers (PYTHON, default /work/bench/venv/bin/python) and
-# sd-scripts (SD_SCRIPTS, default /work/bench/sd-scripts).
+# sd-scripts (SD_SCRIPTS, default /work/bench/sd-scripts); for Flux also peft (0.14.0, with
+# diffusers 0.32.1: `$PYTHON -m pip install --no-deps peft==0.14.0`).
+#
+# Flux's PyTorch side is diffusers' FluxTransformer2DModel + PEFT (`--impl peft`, what issue 16
+# names); TORCH_IMPLS="peft sd-scripts" also runs sd-scripts' own Flux + lora_flux.py (kohya's
+# fused modules, as lorakit) after it in each round. The summary keeps the implementations apart.
+#
+#   tools/bench/train_step/run.sh 1 3 --model flux --latent 64              # the CPU comparison
+#   tools/bench/train_step/run.sh 1 1 --model flux --double 1 --single 1 --latent 16   # smoke test
 #
 # Every step's JSON line has `other_cpu_s`, the CPU time other processes took from the machine
 # during that step, and `loadavg_1m`. WAIT_IDLE=S waits up to S seconds before each process
@@ -24,6 +33,18 @@ shift $(( $# < 2 ? $# : 2 ))
 PYTHON=${PYTHON:-/work/bench/venv/bin/python}
 SD_SCRIPTS=${SD_SCRIPTS:-/work/bench/sd-scripts}
 MODES=${MODES:-plain checkpointing}
+TORCH_IMPLS=${TORCH_IMPLS:-peft}
+is_flux=false
+prev=
+for a in "$@"; do [ "$prev" = --model ] && [ "$a" = flux ] && is_flux=true; prev=$a; done
+if $is_flux; then
+  case " $TORCH_IMPLS " in *" peft "*)
+    "$PYTHON" -c 'import peft' 2>/dev/null \
+      || { echo "run.sh: --model flux needs peft in $PYTHON: $PYTHON -m pip install --no-deps peft==0.14.0" >&2; exit 1; } ;;
+  esac
+else
+  TORCH_IMPLS=default
+fi
 WAIT_IDLE=${WAIT_IDLE:-0}
 cargo build --release -p lorakit-models --bench train_step 2>/dev/null
 BIN=$(ls -t "${CARGO_TARGET_DIR:-target}"/release/deps/train_step-* | grep -v "\.d$" | head -1)
@@ -56,25 +77,36 @@ for round in $(seq "$ROUNDS"); do
     flag=$([ "$mode" = checkpointing ] && echo --checkpointing || true)
     [ "$WAIT_IDLE" -gt 0 ] && wait_idle
     "$BIN" "$STEPS" $flag "$@" | tee -a "$OUT"
-    [ "$WAIT_IDLE" -gt 0 ] && wait_idle
-    PYTHONPATH="$SD_SCRIPTS" "$PYTHON" tools/bench/train_step/torch_step.py "$STEPS" $flag --threads "$(nproc)" "$@" | tee -a "$OUT"
+    for impl in $TORCH_IMPLS; do
+      [ "$WAIT_IDLE" -gt 0 ] && wait_idle
+      impl_flag=$([ "$impl" = default ] || echo "--impl $impl")
+      PYTHONPATH="$SD_SCRIPTS" "$PYTHON" tools/bench/train_step/torch_step.py "$STEPS" $flag --threads "$(nproc)" $impl_flag "$@" \
+        | tee -a "$OUT"
+    done
   done
 done
 "$PYTHON" - "$OUT" <<'PY'
 import json, sys, statistics as st
-rows = [r for r in (json.loads(l) for l in open(sys.argv[1])) if "seconds" in r]
+rows = [r for r in (json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")) if "seconds" in r]
+side = lambda x: "lorakit" if x["impl"] == "lorakit" else f"pytorch/{x.get('lora_impl', 'sd-scripts')}"
 for model in sorted({r.get("model", "sd15") for r in rows}):
     for ck in (False, True):
-        r = {i: [x for x in rows if x["impl"] == i and x["checkpointing"] == ck and x.get("model", "sd15") == model]
-             for i in ("lorakit", "pytorch")}
-        if not all(r.values()): continue
+        r = {}
+        for x in rows:
+            if x["checkpointing"] == ck and x.get("model", "sd15") == model:
+                r.setdefault(side(x), []).append(x)
+        if "lorakit" not in r or len(r) < 2: continue
         m = {i: st.median(x["seconds"] for x in v) for i, v in r.items()}
         mem = {i: max(x["peak_rss_mb"] for x in v) for i, v in r.items()}
-        print(f"{model} checkpointing={ck}: lorakit {m['lorakit']:.2f} s/step (peak {mem['lorakit']} MB), "
-              f"pytorch {m['pytorch']:.2f} s/step (peak {mem['pytorch']} MB), ratio {m['lorakit']/m['pytorch']:.2f}")
+        lora = {i: f"{v[0].get('lora_modules')} modules, {v[0].get('lora_params')} LoRA params" for i, v in r.items()}
+        for i in sorted(r):
+            if i == "lorakit": continue
+            print(f"{model} checkpointing={ck}: lorakit {m['lorakit']:.2f} s/step (peak {mem['lorakit']} MB; {lora['lorakit']}), "
+                  f"{i} {m[i]:.2f} s/step (peak {mem[i]} MB; {lora[i]}), ratio {m['lorakit']/m[i]:.2f}")
         quiet = {i: [x["seconds"] for x in v if x.get("other_cpu_s", 0) < 0.05 * x["seconds"]] for i, v in r.items()}
         if all(quiet.values()) and any(len(quiet[i]) < len(r[i]) for i in r):
             q = {i: st.median(v) for i, v in quiet.items()}
-            print(f"  steps without other load: lorakit {q['lorakit']:.2f} s/step ({len(quiet['lorakit'])} of {len(r['lorakit'])}), "
-                  f"pytorch {q['pytorch']:.2f} s/step ({len(quiet['pytorch'])} of {len(r['pytorch'])}), ratio {q['lorakit']/q['pytorch']:.2f}")
+            print("  steps without other load: " + ", ".join(
+                f"{i} {q[i]:.2f} s/step ({len(quiet[i])} of {len(r[i])})" for i in sorted(r)) + "; ratio " + ", ".join(
+                f"{q['lorakit'] / q[i]:.2f} vs {i}" for i in sorted(r) if i != "lorakit"))
 PY

@@ -58,7 +58,7 @@ torch.manual_seed(0)
 
 extra = {}
 if model == "flux":
-    import dataclasses
+    import contextlib, dataclasses
 
     impl = opt("--impl", "peft")
     width, txt_len = opt("--width", 3072), opt("--txt-len", 512)
@@ -114,7 +114,9 @@ if model == "flux":
     if any(b.is_meta for b in flux.buffers()):
         sys.exit("a buffer of the model was left on the meta device")
     if checkpointing:
-        flux.enable_gradient_checkpointing()
+        # sd-scripts' Flux prints its notices to stdout, which holds only JSON lines here.
+        with contextlib.redirect_stdout(sys.stderr):
+            flux.enable_gradient_checkpointing()
     flux.train()
     if impl == "peft":
         from peft import LoraConfig
@@ -149,8 +151,9 @@ if model == "flux":
         params = list(net.parameters())
         n_modules = len(net.unet_loras)
         if block_swap:
-            flux.enable_block_swap(block_swap, torch.device(device))
-            flux.move_to_device_except_swap_blocks(torch.device(device))
+            with contextlib.redirect_stdout(sys.stderr):
+                flux.enable_block_swap(block_swap, torch.device(device))
+                flux.move_to_device_except_swap_blocks(torch.device(device))
     for p in params:
         p.requires_grad_(True)
     lora_impl = impl
