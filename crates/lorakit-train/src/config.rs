@@ -949,7 +949,7 @@ pub enum TextEncoderLr {
 }
 
 /// The values of `model.model_family` lorakit trains.
-pub const MODEL_FAMILIES: &[&str] = &["sd1", "sd2", "sdxl"];
+pub const MODEL_FAMILIES: &[&str] = &["sd1", "sd2", "sdxl", "flux"];
 
 /// Every section with its keys, each with an example value of the key's type (from a config
 /// with every option set: serialising the defaults would drop the unset `Option` fields).

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
 use lorakit_models::checkpoint::flux::LinearStorage;
+use lorakit_models::dit::flux::FluxConfig;
 use lorakit_models::flux_pipeline::{FluxConditioning, FluxOptions, FluxPaths, FluxPipeline};
 use lorakit_models::pipeline::{GenerateRequest, LoraSets, RgbImage};
 use lorakit_nn::lora::LoraSet;
@@ -231,14 +232,38 @@ impl TrainableModel for FluxModel {
         true
     }
 
-    fn activation_scale(&self) -> f64 {
-        let cfg = self.pipe.transformer().config();
-        let floats_per_token = cfg.hidden_size as f64
-            * (DOUBLE_BLOCK_FLOATS_PER_FEATURE * cfg.depth as f64
-                + SINGLE_BLOCK_FLOATS_PER_FEATURE * cfg.depth_single_blocks as f64);
-        // Image tokens: one per 2×2 latent pixels; text tokens: the T5 length, counted against
-        // a 64×64 latent (512 px), the size Flux LoRAs are most often trained at.
-        let tokens_per_latent_pixel = 0.25 + self.pipe.t5_max_length() as f64 / (64.0 * 64.0);
-        floats_per_token * 4.0 * tokens_per_latent_pixel / SD15_ACTIVATION_BYTES_PER_LATENT_PIXEL
+    fn text_encoder_parameter_count(&self) -> usize {
+        let (clip, t5) = self.pipe.text_encoder_parameter_counts();
+        clip + t5
     }
+
+    fn checkpointing_factor(&self) -> f64 {
+        flux_checkpointing_factor(self.pipe.transformer().config())
+    }
+
+    fn activation_scale(&self) -> f64 {
+        flux_activation_scale(self.pipe.transformer().config(), self.pipe.t5_max_length())
+    }
+}
+
+/// The Flux transformer's training activations relative to SD 1.5's UNet per latent pixel
+/// ([`TrainableModel::activation_scale`]) with `t5_tokens` text tokens: image tokens are one per
+/// 2×2 latent pixels, text tokens are counted against a 64×64 latent (512 px), the size Flux
+/// LoRAs are most often trained at.
+pub fn flux_activation_scale(cfg: &FluxConfig, t5_tokens: usize) -> f64 {
+    let floats_per_token = cfg.hidden_size as f64
+        * (DOUBLE_BLOCK_FLOATS_PER_FEATURE * cfg.depth as f64
+            + SINGLE_BLOCK_FLOATS_PER_FEATURE * cfg.depth_single_blocks as f64);
+    let tokens_per_latent_pixel = 0.25 + t5_tokens as f64 / (64.0 * 64.0);
+    floats_per_token * 4.0 * tokens_per_latent_pixel / SD15_ACTIVATION_BYTES_PER_LATENT_PIXEL
+}
+
+/// The share of the activations gradient checkpointing keeps
+/// ([`TrainableModel::checkpointing_factor`]): each block's input (`hidden` floats a token per
+/// stream) plus one block recomputed at a time.
+pub fn flux_checkpointing_factor(cfg: &FluxConfig) -> f64 {
+    let (double, single) = (cfg.depth as f64, cfg.depth_single_blocks as f64);
+    let total = DOUBLE_BLOCK_FLOATS_PER_FEATURE * double + SINGLE_BLOCK_FLOATS_PER_FEATURE * single;
+    let kept = double + single + DOUBLE_BLOCK_FLOATS_PER_FEATURE.max(SINGLE_BLOCK_FLOATS_PER_FEATURE);
+    (kept / total).min(1.0)
 }

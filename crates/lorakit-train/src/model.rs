@@ -207,6 +207,14 @@ pub trait TrainableModel {
     /// Frozen parameters of every component together, and of the denoiser alone (for the
     /// memory estimate).
     fn parameter_counts(&self) -> (usize, usize);
+    /// Frozen parameters of the text encoders (they leave memory when their outputs are cached
+    /// and no sample needs them).
+    fn text_encoder_parameter_count(&self) -> usize;
+    /// The share of the denoiser's activations gradient checkpointing keeps (block inputs plus
+    /// one block's recomputation); the UNets' measured 0.30 by default.
+    fn checkpointing_factor(&self) -> f64 {
+        crate::plan::CHECKPOINTING_FACTOR
+    }
     /// The denoiser's training activations relative to SD 1.5's UNet at the same latent size
     /// (for the memory estimate).
     fn activation_scale(&self) -> f64;
@@ -325,6 +333,7 @@ impl StableDiffusionModel {
         let name = |family: &str| match family {
             "sd2" => "SD 2.x",
             "sdxl" => "SDXL",
+            "flux" => "Flux.1",
             _ => "SD 1.x",
         };
         let actual = match self.sd.family {
@@ -567,6 +576,17 @@ impl TrainableModel for StableDiffusionModel {
             });
         }
         Ok(self.sd.generate(request, Some(&LoraSets { sets: all }), &mut |_, _| {})?)
+    }
+
+    fn text_encoder_parameter_count(&self) -> usize {
+        let clip_params = |c: &lorakit_models::clip::ClipTextConfig, projection: bool| -> usize {
+            c.parameter_shapes(projection).iter().map(|(_, s)| s.iter().product::<usize>()).sum()
+        };
+        match &self.sd.text {
+            TextEncoders::Clip { encoder, .. } => clip_params(encoder.config(), false),
+            TextEncoders::Sdxl(te) => clip_params(te.te1.config(), false) + clip_params(te.te2.config(), true),
+            TextEncoders::Released { .. } => 0,
+        }
     }
 
     fn parameter_counts(&self) -> (usize, usize) {

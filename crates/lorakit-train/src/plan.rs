@@ -72,7 +72,7 @@ const SD15_ACTIVATION_BYTES_PER_LATENT_PIXEL: f64 = 1.49e6;
 /// Gradient checkpointing as measured on the UNet step benchmark (BENCHMARKS.md, "One SD1.5 LoRA
 /// training step"): peak 5.3 GB against 9.9 GB with 3.35 GB of weights → 1.95 / 6.55 GB of
 /// activations.
-const CHECKPOINTING_FACTOR: f64 = 0.30;
+pub const CHECKPOINTING_FACTOR: f64 = 0.30;
 
 /// Inputs of [`estimate_memory`].
 #[derive(Debug, Clone, Copy)]
@@ -92,6 +92,9 @@ pub struct MemoryInputs {
     /// Largest batch in latent pixels (batch size × latent H × latent W).
     pub max_batch_latent_pixels: u64,
     pub gradient_checkpointing: bool,
+    /// The share of the activations gradient checkpointing keeps
+    /// (`TrainableModel::checkpointing_factor`; the UNets' measured [`CHECKPOINTING_FACTOR`]).
+    pub checkpointing_factor: f64,
 }
 
 /// The estimate printed before training ("this run needs about N GB"): weights by dtype, the
@@ -108,7 +111,7 @@ pub fn estimate_memory(m: &MemoryInputs) -> MemoryEstimate {
         SD15_ACTIVATION_BYTES_PER_LATENT_PIXEL * m.max_batch_latent_pixels as f64 * m.activation_scale * dtype_bytes
             / 4.0;
     if m.gradient_checkpointing {
-        activations *= CHECKPOINTING_FACTOR;
+        activations *= m.checkpointing_factor;
     }
     MemoryEstimate { weights, network, activations }
 }
@@ -197,6 +200,23 @@ fn gb(bytes: f64) -> String {
     }
 }
 
+/// What a CUDA context and the allocator's slack take on a card before training does (measured
+/// as ~0.5–1 GB on PyTorch; the conservative end).
+const CARD_OVERHEAD_BYTES: f64 = 1.0e9;
+
+/// Whether a run needing `bytes` fits 8, 12, 16 and 24 GB cards (GiB, as cards are sold), e.g.
+/// `8 GB no · 12 GB no · 16 GB yes · 24 GB yes`.
+pub fn card_fit(bytes: f64) -> String {
+    [8.0, 12.0, 16.0, 24.0]
+        .iter()
+        .map(|gib: &f64| {
+            let fits = bytes + CARD_OVERHEAD_BYTES <= gib * (1u64 << 30) as f64;
+            format!("{gib} GB {}", if fits { "yes" } else { "no" })
+        })
+        .collect::<Vec<_>>()
+        .join(" · ")
+}
+
 impl fmt::Display for RunPlan {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
@@ -223,6 +243,7 @@ impl fmt::Display for RunPlan {
             gb(m.network),
             gb(m.activations)
         )?;
+        writeln!(f, "graphics cards: {}", card_fit(m.total()))?;
         for note in &self.notes {
             if note.starts_with("warning: ") {
                 writeln!(f, "{note}")?;
@@ -250,6 +271,7 @@ mod tests {
             gradient_accumulation_steps: ga,
             max_batch_latent_pixels: 64 * 64,
             gradient_checkpointing: checkpointing,
+            checkpointing_factor: CHECKPOINTING_FACTOR,
         })
     }
 

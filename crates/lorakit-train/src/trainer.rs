@@ -1311,7 +1311,11 @@ fn memory_estimate(
         .map(|b| b.samples.len() as u64 * u64::from(b.bucket.0 / factor) * u64::from(b.bucket.1 / factor))
         .max()
         .unwrap_or(0);
-    let (frozen_parameters, _) = model.parameter_counts();
+    let (mut frozen_parameters, _) = model.parameter_counts();
+    // Cached text-encoder outputs with no samples to draw: the encoders leave memory first.
+    if config.caches_text_encoder_outputs() && config.samples.sample_prompts.is_none() {
+        frozen_parameters = frozen_parameters.saturating_sub(model.text_encoder_parameter_count());
+    }
     estimate_memory(&MemoryInputs {
         frozen_parameters,
         activation_scale: model.activation_scale(),
@@ -1323,6 +1327,7 @@ fn memory_estimate(
         gradient_accumulation_steps: config.training.gradient_accumulation_steps.max(1),
         max_batch_latent_pixels,
         gradient_checkpointing: config.training.gradient_checkpointing,
+        checkpointing_factor: model.checkpointing_factor(),
     })
 }
 

@@ -87,6 +87,9 @@ impl TrainableModel for FlowSd {
     fn parameter_counts(&self) -> (usize, usize) {
         self.inner.parameter_counts()
     }
+    fn text_encoder_parameter_count(&self) -> usize {
+        self.inner.text_encoder_parameter_count()
+    }
     fn activation_scale(&self) -> f64 {
         self.inner.activation_scale()
     }

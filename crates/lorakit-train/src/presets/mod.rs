@@ -9,11 +9,15 @@ pub const PRESETS: &[(&str, &str)] = &[
     ("sdxl-style", "SDXL: an art style at 1024 px, U-Net only with cached text-encoder outputs"),
     ("pony", "Pony Diffusion V6 XL (SDXL): a character, booru tags, score tags in the prompts"),
     ("illustrious", "Illustrious-XL / NoobAI-XL (SDXL): a character, booru tags, quality tags in the prompts"),
+    ("flux-16gb", "FLUX.1-dev on a 16 GB card: a character at 512 px, fp8 base, transformer only"),
+    ("flux-24gb", "FLUX.1-dev on a 24 GB card: a character at 1024 px, fp8 base, transformer only"),
 ];
+
+mod flux;
 
 /// The config text of a preset.
 pub fn preset(name: &str) -> Result<String, String> {
-    if let Some(text) = sdxl_preset(name) {
+    if let Some(text) = sdxl_preset(name).or_else(|| flux::flux_preset(name)) {
         return Ok(text);
     }
     let (rank, alpha, conv, epochs, lr, te_lr, repeats_hint, trigger, flip, shuffle_note) = match name {
