@@ -55,6 +55,9 @@ pub struct FluxOptions {
     pub t5_max_length: Option<usize>,
     /// Pass T5's padding mask to T5 and the transformer (`apply_t5_attn_mask`).
     pub apply_t5_attn_mask: bool,
+    /// sd-scripts' `blocks_to_swap`: this many blocks (N/2 double, (N − N/2)·2 single) stay in
+    /// host memory and are copied to the device when they run.
+    pub blocks_to_swap: usize,
 }
 
 impl Default for FluxOptions {
@@ -65,6 +68,7 @@ impl Default for FluxOptions {
             t5_storage: LinearStorage::Compute,
             t5_max_length: None,
             apply_t5_attn_mask: false,
+            blocks_to_swap: 0,
         }
     }
 }
@@ -164,8 +168,17 @@ impl FluxPipeline {
             .or_else(|| folder_part(&paths.model, "vae"))
             .ok_or_else(|| missing("autoencoder", "ae"))?;
 
-        let loaded = load_flux_transformer(&paths.model, opts.dtype, opts.transformer_storage, device, None)?;
+        // With block swapping the transformer is built in host memory, then all but the swapped
+        // blocks move to the device.
+        let load_device = if opts.blocks_to_swap > 0 { &Device::Cpu } else { device };
+        let loaded = load_flux_transformer(&paths.model, opts.dtype, opts.transformer_storage, load_device, None)?;
         let transformer = build(&loaded.weights, |w| FluxTransformer::new(w.view(""), &loaded.config))?;
+        drop(loaded);
+        let transformer = if opts.blocks_to_swap > 0 {
+            transformer.with_block_swap(opts.blocks_to_swap, device)?
+        } else {
+            transformer
+        };
 
         // The autoencoder runs in f32 (Flux's overflows in f16, as SDXL's does).
         let ae_weights = load_flux_ae(&ae_path, DType::F32, device)?;

@@ -431,3 +431,49 @@ fn type_dims_and_block_indices_follow_sd_scripts_rules() -> TestResult {
     assert!(FluxNetworkArgs::parse_train_blocks("both").is_err());
     Ok(())
 }
+
+#[test]
+fn block_swap_streams_blocks_without_changing_a_number() -> TestResult {
+    let io = load("io_transformer.safetensors")?;
+    let file = load("lora.safetensors")?;
+    let plain = model_at(&fixture("dev_bfl.safetensors"), LinearStorage::Compute)?;
+    // 1 double + 2 single blocks stay "in host memory" (here the CPU streams to itself: the
+    // copies happen, the numbers must not move).
+    let swapped =
+        model_at(&fixture("dev_bfl.safetensors"), LinearStorage::Compute)?.with_block_swap(2, &Device::Cpu)?;
+    assert_eq!(swapped.host_blocks(), (1, 2));
+    let ctx = ForwardCtx::default();
+    let (a, b) = (predict(&plain, &io, true, false, &ctx)?, predict(&swapped, &io, true, false, &ctx)?);
+    assert_eq!(a.flatten_all()?.to_vec1::<f32>()?, b.flatten_all()?.to_vec1::<f32>()?);
+    // LoRA gradients through the streamed blocks' recomputation equal the plain model's.
+    let grads_of = |model: &FluxTransformer| -> Result<Vec<Vec<f32>>, Box<dyn std::error::Error>> {
+        let mut set = LoraSet::new(0, &Device::Cpu)?;
+        let mut vars = Vec::new();
+        for t in model.lora_targets() {
+            let name = t.kohya_name("lora_unet");
+            let get = |s: &str| file.get(&format!("{name}.{s}")).cloned().ok_or("factor");
+            let module = LoraModule::from_weights(
+                name.clone(),
+                t.kind,
+                get("lora_down.weight")?,
+                get("lora_up.weight")?,
+                Some(2.0),
+                true,
+            )?;
+            vars.push(module.down().clone());
+            set.insert(t.path.clone(), module);
+        }
+        let lora = Arc::new(set);
+        let ctx = ForwardCtx { lora: Some(lora.clone()), train: true, gradient_checkpointing: true };
+        let out = predict(model, &io, true, false, &ctx)?;
+        let grads = (&out * &file["probe"])?.sum_all()?.backward()?;
+        vars.iter().map(|v| Ok(lora.grad(&grads, v)?.ok_or("no grad")?.flatten_all()?.to_vec1::<f32>()?)).collect()
+    };
+    assert_eq!(grads_of(&plain)?, grads_of(&swapped)?);
+    let err = model_at(&fixture("dev_bfl.safetensors"), LinearStorage::Compute)?
+        .with_block_swap(5, &Device::Cpu)
+        .expect_err("more blocks than the model has")
+        .to_string();
+    assert!(err.contains("blocks_to_swap = 5"), "{err}");
+    Ok(())
+}

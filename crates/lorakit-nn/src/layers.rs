@@ -91,6 +91,13 @@ impl Linear {
         &self.inner
     }
 
+    /// The same layer with its weights copied to `device` (block swapping streams frozen weights
+    /// to the compute device this way; LoRA modules attach by path, so they follow).
+    pub fn to_device(&self, device: &candle_core::Device) -> Result<Self> {
+        let bias = self.inner.bias().map(|b| b.to_device(device)).transpose()?;
+        Linear::new(self.path.clone(), self.inner.weight().to_device(device)?, bias)
+    }
+
     /// This layer as a LoRA target found by the given sd-scripts search.
     pub fn lora_target(&self, group: TargetGroup) -> LoraTarget {
         LoraTarget {

@@ -29,6 +29,10 @@ pub struct AccelerateSection {
     pub fp8_base: bool,
     /// Flux: fp8 for the transformer only, T5 stays in the compute dtype (`--fp8_base_unet`).
     pub fp8_base_unet: bool,
+    /// Flux: keep this many transformer blocks in host memory and copy each to the card when it
+    /// runs (`--blocks_to_swap`; N/2 double and (N − N/2)·2 single blocks). Needs gradient
+    /// checkpointing.
+    pub blocks_to_swap: Option<usize>,
     /// Keep the VAE in f32 under fp16/bf16 (for VAEs that overflow in half precision).
     pub no_half_vae: bool,
     /// CPU threads (0 = all cores).
@@ -45,6 +49,7 @@ impl Default for AccelerateSection {
             full_bf16: false,
             fp8_base: false,
             fp8_base_unet: false,
+            blocks_to_swap: None,
             no_half_vae: false,
             cpu_threads: 0,
             device: "cpu".into(),
@@ -1118,6 +1123,11 @@ impl TrainConfig {
             problems.push(
                 "accelerate.fp8_base_unet needs accelerate.mixed_precision = \"fp16\" or \"bf16\" (fp8 weights are computed in half precision), as in sd-scripts"
                     .into(),
+            );
+        }
+        if self.accelerate.blocks_to_swap.is_some_and(|n| n > 0) && !self.training.gradient_checkpointing {
+            problems.push(
+                "accelerate.blocks_to_swap needs training.gradient_checkpointing = true: blocks are copied to the card for each block's forward and again for its recomputation in backward; without checkpointing backward keeps every block's weights on the card, which is what swapping avoids".into(),
             );
         }
         if self.model.t5xxl_max_token_length == Some(0) {

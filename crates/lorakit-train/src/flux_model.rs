@@ -209,7 +209,8 @@ impl TrainableModel for FluxModel {
 
     fn parameter_counts(&self) -> (usize, usize) {
         let count = |shapes: &[(String, Vec<usize>)]| shapes.iter().map(|(_, s)| s.iter().product::<usize>()).sum();
-        let dit: usize = count(&self.pipe.transformer().config().parameter_shapes());
+        let transformer = self.pipe.transformer();
+        let dit = device_parameters(transformer.config(), transformer.host_blocks());
         let ae: usize = count(&self.pipe.ae().config().parameter_shapes());
         let (clip, t5) = self.pipe.text_encoder_parameter_counts();
         (dit + ae + clip + t5, dit)
@@ -266,4 +267,25 @@ pub fn flux_checkpointing_factor(cfg: &FluxConfig) -> f64 {
     let total = DOUBLE_BLOCK_FLOATS_PER_FEATURE * double + SINGLE_BLOCK_FLOATS_PER_FEATURE * single;
     let kept = double + single + DOUBLE_BLOCK_FLOATS_PER_FEATURE.max(SINGLE_BLOCK_FLOATS_PER_FEATURE);
     (kept / total).min(1.0)
+}
+
+/// The transformer's parameters on the compute device when the last `host_blocks` (double,
+/// single) blocks live in host memory: the rest, plus the largest swapped block while it runs.
+pub fn device_parameters(cfg: &FluxConfig, host_blocks: (usize, usize)) -> usize {
+    let shapes = cfg.parameter_shapes();
+    let block_size = |prefix: &str| -> usize {
+        shapes.iter().filter(|(k, _)| k.starts_with(prefix)).map(|(_, s)| s.iter().product::<usize>()).sum()
+    };
+    let total: usize = shapes.iter().map(|(_, s)| s.iter().product::<usize>()).sum();
+    let (double, single) = host_blocks;
+    let double_size = block_size("double_blocks.0.");
+    let single_size = block_size("single_blocks.0.");
+    let swapped = double * double_size + single * single_size;
+    let streaming = match (double, single) {
+        (0, 0) => 0,
+        (0, _) => single_size,
+        (_, 0) => double_size,
+        _ => double_size.max(single_size),
+    };
+    total - swapped + streaming
 }

@@ -142,6 +142,7 @@ fn load_inputs(config: &TrainConfig, events: &mut dyn FnMut(TrainEvent)) -> Resu
         ("model.t5xxl_max_token_length", config.model.t5xxl_max_token_length.is_some()),
         ("model.apply_t5_attn_mask", config.model.apply_t5_attn_mask),
         ("accelerate.fp8_base_unet", config.accelerate.fp8_base_unet),
+        ("accelerate.blocks_to_swap", config.accelerate.blocks_to_swap.is_some()),
     ] {
         if set {
             return Err(TrainError::Other(format!(
@@ -200,6 +201,7 @@ fn load_flux(
         t5_storage,
         t5_max_length: config.model.t5xxl_max_token_length,
         apply_t5_attn_mask: config.model.apply_t5_attn_mask,
+        blocks_to_swap: config.accelerate.blocks_to_swap.unwrap_or(0),
     };
     flux_model::FluxModel::load(&paths, &opts, device)
 }

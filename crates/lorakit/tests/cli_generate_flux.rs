@@ -29,6 +29,14 @@ fn draws_from_the_folder_and_from_separate_parts() {
     assert!(stderr(&out).contains("Flux.1 dev"), "{}", stderr(&out));
     let img = image::open(&a).unwrap();
     assert_eq!((img.width(), img.height()), (32, 24));
+    // Block swapping streams blocks to the device: the same image.
+    let swapped = dir.path().join("swapped.png");
+    let mut args = vec!["generate", "--model", folder.to_str().unwrap(), "-o", swapped.to_str().unwrap()];
+    args.extend(common);
+    args.extend(["--blocks-to-swap", "2"]);
+    let out = lorakit(&args);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(image::open(&swapped).unwrap().to_rgb8().into_raw(), img.to_rgb8().into_raw());
 
     // The BFL single file of the same transformer needs the other parts named; the tiny
     // model's rotary axes are not Flux.1's, so only the folder form works for it — the error

@@ -436,6 +436,10 @@ impl MlpEmbedder {
     fn forward(&self, x: &Tensor, ctx: &ForwardCtx) -> Result<Tensor> {
         self.out_layer.forward(&silu(&self.in_layer.forward(x, ctx)?)?, ctx)
     }
+
+    fn to_device(&self, device: &Device) -> Result<Self> {
+        Ok(MlpEmbedder { in_layer: self.in_layer.to_device(device)?, out_layer: self.out_layer.to_device(device)? })
+    }
 }
 
 /// `lin(SiLU(vec))` cut into `parts` (B, 1, width) pieces: shift, scale, gate (× 2 for double
@@ -532,6 +536,22 @@ impl StreamWeights {
     fn linears(&self) -> [&Linear; 5] {
         [&self.modulation.lin, &self.qkv, &self.proj, &self.mlp_in, &self.mlp_out]
     }
+
+    fn to_device(&self, device: &Device) -> Result<Self> {
+        let width = self.proj.frozen().weight().dim(0)?;
+        let dtype = self.query_norm.dtype();
+        Ok(StreamWeights {
+            modulation: Modulation { lin: self.modulation.lin.to_device(device)?, parts: self.modulation.parts },
+            norm1: plain_layer_norm(width, dtype, device)?,
+            qkv: self.qkv.to_device(device)?,
+            query_norm: self.query_norm.to_device(device)?,
+            key_norm: self.key_norm.to_device(device)?,
+            proj: self.proj.to_device(device)?,
+            norm2: plain_layer_norm(width, dtype, device)?,
+            mlp_in: self.mlp_in.to_device(device)?,
+            mlp_out: self.mlp_out.to_device(device)?,
+        })
+    }
 }
 
 /// A double-stream block: image and text tokens keep their own weights and meet in one
@@ -550,6 +570,11 @@ impl DoubleStreamBlock {
             txt: StreamWeights::new(&vb, "txt", cfg)?,
             heads: cfg.num_heads,
         })
+    }
+
+    /// The block with its weights copied to `device` (block swapping).
+    pub fn to_device(&self, device: &Device) -> Result<Self> {
+        Ok(DoubleStreamBlock { img: self.img.to_device(device)?, txt: self.txt.to_device(device)?, heads: self.heads })
     }
 
     /// `(img, txt)` after the block.
@@ -605,6 +630,21 @@ impl SingleStreamBlock {
             hidden: h,
             mlp_hidden: m,
             heads: cfg.num_heads,
+        })
+    }
+
+    /// The block with its weights copied to `device` (block swapping).
+    pub fn to_device(&self, device: &Device) -> Result<Self> {
+        Ok(SingleStreamBlock {
+            modulation: Modulation { lin: self.modulation.lin.to_device(device)?, parts: self.modulation.parts },
+            pre_norm: plain_layer_norm(self.hidden, self.query_norm.dtype(), device)?,
+            linear1: self.linear1.to_device(device)?,
+            linear2: self.linear2.to_device(device)?,
+            query_norm: self.query_norm.to_device(device)?,
+            key_norm: self.key_norm.to_device(device)?,
+            hidden: self.hidden,
+            mlp_hidden: self.mlp_hidden,
+            heads: self.heads,
         })
     }
 
@@ -665,6 +705,8 @@ pub struct FluxTransformer {
     final_norm: LayerNorm,
     final_linear: Linear,
     final_modulation: Linear,
+    /// How many of the last double / single blocks stay in host memory (block swapping).
+    host_blocks: (usize, usize),
     device: Device,
     dtype: DType,
 }
@@ -698,9 +740,62 @@ impl FluxTransformer {
             final_modulation: vb.pp("final_layer.adaLN_modulation.1").linear(h, 2 * h, true)?,
             img_in,
             cfg: cfg.clone(),
+            host_blocks: (0, 0),
             device,
             dtype,
         })
+    }
+
+    /// The model for `device`, with sd-scripts' `blocks_to_swap`: the last N/2 double blocks and
+    /// (N − N/2)·2 single blocks stay where the weights were loaded (host memory) and are copied
+    /// to `device` each time they run — with gradient checkpointing, in the forward pass and again
+    /// in the backward recomputation; a LoRA trains on the compute device, so nothing is copied
+    /// back. Everything else moves to `device` now. Refused when more blocks are asked for than
+    /// the model has.
+    pub fn with_block_swap(self, blocks_to_swap: usize, device: &Device) -> Result<Self> {
+        let double = blocks_to_swap / 2;
+        let single = (blocks_to_swap - double) * 2;
+        if double > self.cfg.depth || single > self.cfg.depth_single_blocks {
+            candle_core::bail!(
+                "blocks_to_swap = {blocks_to_swap} asks for {double} double and {single} single blocks in host memory; this model has {} and {}",
+                self.cfg.depth,
+                self.cfg.depth_single_blocks
+            )
+        }
+        let resident_double = self.cfg.depth - double;
+        let resident_single = self.cfg.depth_single_blocks - single;
+        let h = self.cfg.hidden_size;
+        Ok(FluxTransformer {
+            img_in: self.img_in.to_device(device)?,
+            time_in: self.time_in.to_device(device)?,
+            vector_in: self.vector_in.to_device(device)?,
+            guidance_in: self.guidance_in.as_ref().map(|g| g.to_device(device)).transpose()?,
+            txt_in: self.txt_in.to_device(device)?,
+            double_blocks: self
+                .double_blocks
+                .iter()
+                .enumerate()
+                .map(|(i, b)| if i < resident_double { b.to_device(device).map(Arc::new) } else { Ok(b.clone()) })
+                .collect::<Result<_>>()?,
+            single_blocks: self
+                .single_blocks
+                .iter()
+                .enumerate()
+                .map(|(i, b)| if i < resident_single { b.to_device(device).map(Arc::new) } else { Ok(b.clone()) })
+                .collect::<Result<_>>()?,
+            final_norm: plain_layer_norm(h, self.dtype, device)?,
+            final_linear: self.final_linear.to_device(device)?,
+            final_modulation: self.final_modulation.to_device(device)?,
+            host_blocks: (double, single),
+            cfg: self.cfg,
+            device: device.clone(),
+            dtype: self.dtype,
+        })
+    }
+
+    /// How many of the last double and single blocks live in host memory.
+    pub fn host_blocks(&self) -> (usize, usize) {
+        self.host_blocks
     }
 
     /// The configuration.
@@ -760,9 +855,15 @@ impl FluxTransformer {
         };
 
         let (mut img, mut txt) = (img, txt);
-        for block in &self.double_blocks {
+        let resident_double = self.cfg.depth - self.host_blocks.0;
+        let resident_single = self.cfg.depth_single_blocks - self.host_blocks.1;
+        for (i, block) in self.double_blocks.iter().enumerate() {
             let (block, rope, bias) = (block.clone(), rope.clone(), key_bias.clone());
+            let stream_to = (i >= resident_double).then(|| self.device.clone());
             let f: BlockFn = Arc::new(move |xs: &[Tensor], ctx: &ForwardCtx| {
+                // A swapped block's weights come to the device for this call only.
+                let streamed = stream_to.as_ref().map(|d| block.to_device(d)).transpose()?;
+                let block = streamed.as_ref().unwrap_or(&block);
                 let (img, txt) = block.forward(&xs[0], &xs[1], &xs[2], &rope, bias.as_ref(), ctx)?;
                 Tensor::cat(&[txt, img], 1)
             });
@@ -771,9 +872,12 @@ impl FluxTransformer {
             img = joined.narrow(1, l_txt, l_img)?;
         }
         let mut x = Tensor::cat(&[txt, img], 1)?;
-        for block in &self.single_blocks {
+        for (i, block) in self.single_blocks.iter().enumerate() {
             let (block, rope, bias) = (block.clone(), rope.clone(), key_bias.clone());
+            let stream_to = (i >= resident_single).then(|| self.device.clone());
             let f: BlockFn = Arc::new(move |xs: &[Tensor], ctx: &ForwardCtx| {
+                let streamed = stream_to.as_ref().map(|d| block.to_device(d)).transpose()?;
+                let block = streamed.as_ref().unwrap_or(&block);
                 block.forward(&xs[0], &xs[1], &rope, bias.as_ref(), ctx)
             });
             x = checkpoint(&[&x, &vec], ctx, f)?;

@@ -9,6 +9,7 @@ pub const PRESETS: &[(&str, &str)] = &[
     ("sdxl-style", "SDXL: an art style at 1024 px, U-Net only with cached text-encoder outputs"),
     ("pony", "Pony Diffusion V6 XL (SDXL): a character, booru tags, score tags in the prompts"),
     ("illustrious", "Illustrious-XL / NoobAI-XL (SDXL): a character, booru tags, quality tags in the prompts"),
+    ("flux-12gb", "FLUX.1-dev on a 12 GB card: a character at 512 px, fp8 base, 16 blocks swapped to RAM"),
     ("flux-16gb", "FLUX.1-dev on a 16 GB card: a character at 512 px, fp8 base, transformer only"),
     ("flux-24gb", "FLUX.1-dev on a 24 GB card: a character at 1024 px, fp8 base, transformer only"),
 ];

@@ -44,6 +44,11 @@ pub struct GenerateArgs {
     /// sd-scripts' --apply_t5_attn_mask).
     #[arg(long)]
     apply_t5_attn_mask: bool,
+    /// Flux: keep this many transformer blocks in RAM and copy each to the GPU when it runs
+    /// (sd-scripts' --blocks_to_swap: N/2 double and (N − N/2)·2 single blocks), for cards that
+    /// cannot hold the whole model.
+    #[arg(long)]
+    blocks_to_swap: Option<usize>,
     /// A LoRA file (kohya LoRA/LoCon, PEFT/diffusers, LyCORIS LoHa/LoKr), optionally with a
     /// strength (FILE:0.8). Repeat for several; with --grid each one is a row, otherwise they
     /// are applied together. A file holding NaN/Inf weights is refused (the image would be black).
@@ -313,6 +318,7 @@ fn load_flux(args: &GenerateArgs, device: &Device) -> Result<Model> {
     let opts = FluxOptions {
         t5_max_length: args.t5xxl_max_token_length,
         apply_t5_attn_mask: args.apply_t5_attn_mask,
+        blocks_to_swap: args.blocks_to_swap.unwrap_or(0),
         ..FluxOptions::default()
     };
     let model = FluxPipeline::load(&paths, &opts, device)?;
