@@ -68,13 +68,14 @@ impl Family {
             Family::Sd1 => Some("sd1"),
             Family::Sd2 => Some("sd2"),
             Family::Sdxl => Some("sdxl"),
+            Family::Flux1 => Some("flux"),
             _ => None,
         }
     }
 
     /// The family a `model.model_family` value names.
     pub fn from_config_value(value: &str) -> Option<Family> {
-        [Family::Sd1, Family::Sd2, Family::Sdxl].into_iter().find(|f| f.config_value() == Some(value))
+        [Family::Sd1, Family::Sd2, Family::Sdxl, Family::Flux1].into_iter().find(|f| f.config_value() == Some(value))
     }
 }
 
@@ -84,7 +85,7 @@ pub fn refuse_unsupported_family(family: Family, shown_by: &str) -> Result<(), S
         return Ok(());
     }
     Err(format!(
-        "this is a LoRA config for {} ({shown_by}); lorakit trains SD 1.x, SD 2.x and SDXL (Pony, Illustrious, NoobAI) LoRAs so far, {} support is planned — it will not train it as another family",
+        "this is a LoRA config for {} ({shown_by}); lorakit trains SD 1.x, SD 2.x, SDXL (Pony, Illustrious, NoobAI) and Flux.1 LoRAs so far, {} support is planned — it will not train it as another family",
         family.name(),
         family.name()
     ))
@@ -110,30 +111,67 @@ const FAMILY_NETWORK_MODULES: &[(&str, Family)] = &[
     ("networks.lora_lumina", Family::Lumina),
 ];
 
-/// Arguments only Flux.1 or SD3 training scripts take (a set value marks the family).
-const FAMILY_KEYS: &[(&str, Family)] = &[
-    ("ae", Family::Flux1),
-    ("guidance_scale", Family::Flux1),
-    ("t5xxl_max_token_length", Family::Flux1),
-    ("apply_t5_attn_mask", Family::Flux1),
-    ("model_prediction_type", Family::Flux1),
-    ("discrete_flow_shift", Family::Flux1),
-    ("split_mode", Family::Flux1),
-    ("clip_g", Family::Sd3),
-    ("save_clip", Family::Sd3),
-    ("save_t5xxl", Family::Sd3),
-    ("t5_dropout_rate", Family::Sd3),
-    ("clip_g_dropout_rate", Family::Sd3),
-    ("clip_l_dropout_rate", Family::Sd3),
-    ("weighting_scheme", Family::Sd3),
-    ("enable_scaled_pos_embed", Family::Sd3),
-    ("logit_mean", Family::Sd3),
-    ("logit_std", Family::Sd3),
-    ("mode_scale", Family::Sd3),
-    ("apply_lg_attn_mask", Family::Sd3),
-    ("pos_emb_random_crop_rate", Family::Sd3),
-    ("t5xxl", Family::Flux1),
-    ("clip_l", Family::Flux1),
+/// Arguments only sd-scripts' SD3 scripts take (a set value marks an SD3 config).
+const SD3_KEYS: &[&str] = &[
+    "clip_g",
+    "save_clip",
+    "save_t5xxl",
+    "t5_dropout_rate",
+    "clip_g_dropout_rate",
+    "clip_l_dropout_rate",
+    "enable_scaled_pos_embed",
+    "apply_lg_attn_mask",
+    "pos_emb_random_crop_rate",
+    "training_shift",
+];
+
+/// Arguments of sd-scripts' `flux_train_network.py` that no SD-family script takes (a set value
+/// marks a Flux.1 config; `clip_l`/`t5xxl` with SD3's `clip_g` are SD3's encoders).
+const FLUX_KEYS: &[&str] = &[
+    "ae",
+    "clip_l",
+    "t5xxl",
+    "guidance_scale",
+    "t5xxl_max_token_length",
+    "apply_t5_attn_mask",
+    "model_prediction_type",
+    "discrete_flow_shift",
+    "timestep_sampling",
+    "sigmoid_scale",
+    "split_mode",
+    "model_type",
+];
+
+/// Arguments every sd-scripts DiT script takes (Flux.1, SD3, …): no family on their own.
+const DIT_KEYS: &[&str] = &["weighting_scheme", "logit_mean", "logit_std", "mode_scale"];
+
+/// Arguments of the SD scripts that sd-scripts' `flux_train_network.py` reads but never uses
+/// (its own noise, loss and text encoding replace the SD ones), with why: dropped with a note.
+const FLUX_IGNORES: &[(&str, &str)] = &[
+    ("min_snr_gamma", "its loss has no SNR weighting (post_process_loss returns the loss as is)"),
+    ("scale_v_pred_loss_like_noise_pred", "its loss has no SNR weighting (post_process_loss returns the loss as is)"),
+    ("v_pred_like_loss", "its loss has no SNR weighting (post_process_loss returns the loss as is)"),
+    ("debiased_estimation_loss", "its loss has no SNR weighting (post_process_loss returns the loss as is)"),
+    ("zero_terminal_snr", "Flux has no DDPM noise schedule to rescale"),
+    ("v_parameterization", "the target is always the velocity ε − x₀"),
+    ("v2", "it is an SD 2.x switch"),
+    ("noise_offset", "it draws plain Gaussian noise: no offset or pyramid noise"),
+    ("noise_offset_random_strength", "it draws plain Gaussian noise: no offset or pyramid noise"),
+    ("adaptive_noise_scale", "it draws plain Gaussian noise: no offset or pyramid noise"),
+    ("multires_noise_iterations", "it draws plain Gaussian noise: no offset or pyramid noise"),
+    ("multires_noise_discount", "it draws plain Gaussian noise: no offset or pyramid noise"),
+    ("min_timestep", "σ comes from timestep_sampling"),
+    ("max_timestep", "σ comes from timestep_sampling"),
+    ("clip_skip", "Flux conditions on CLIP-L's pooled output and T5-XXL's last layer"),
+    (
+        "max_token_length",
+        "T5-XXL's length is t5xxl_max_token_length (\"max_token_length is not used in Flux training\")",
+    ),
+    ("no_half_vae", "lorakit runs Flux's autoencoder in f32 anyway, which is what it asks for"),
+    ("controlnet_model_name_or_path", "only flux_train_control_net.py uses a ControlNet"),
+    ("mem_eff_save", "it is flux_train.py's (full fine-tuning) save option; a LoRA file is small"),
+    ("single_blocks_to_swap", "current sd-scripts replaced it with blocks_to_swap"),
+    ("double_blocks_to_swap", "current sd-scripts replaced it with blocks_to_swap"),
 ];
 
 /// `network_args` lorakit maps for kohya's `networks.lora`, to `[network]` keys of the same name.
@@ -358,7 +396,8 @@ pub(crate) fn import_args(
 
     let family = family_of(&args, checkpoint, &mut t, &mut notes)?;
     let sdxl = family == Some(Family::Sdxl);
-    network_of(&args, &mut t, &mut notes)?;
+    let flux = family == Some(Family::Flux1);
+    network_of(&args, family, &mut t, &mut notes)?;
     let lycoris = args.get("network_module").and_then(toml::Value::as_str).is_some_and(|m| m.trim() == "lycoris.kohya");
 
     for (raw_key, value) in &args {
@@ -368,7 +407,9 @@ pub(crate) fn import_args(
         };
         match key {
             // Handled above.
-            "network_module" | "network_args" | "v2" | "model_family" => continue,
+            "network_module" | "network_args" | "model_family" => continue,
+            // Read by family_of; a Flux config lists it as ignored below.
+            "v2" if !flux => continue,
             "network_dropout" if lycoris => continue,
             "text_encoder_lr" => {
                 text_encoder_lr(value, family, &mut t, &mut notes)?;
@@ -434,13 +475,17 @@ pub(crate) fn import_args(
                 }
                 continue;
             }
-            "max_token_length" if matches!(value, toml::Value::String(s) if s.trim() == "75") => {
+            "max_token_length" if !flux && matches!(value, toml::Value::String(s) if s.trim() == "75") => {
                 t.put("training", "max_token_length", toml::Value::Integer(75));
                 continue;
             }
             _ => {}
         }
-        if FAMILY_KEYS.iter().any(|(k, _)| *k == key) {
+        if flux {
+            if flux_arg(key, raw_key, value, &args, &mut t, &mut notes)? {
+                continue;
+            }
+        } else if FLUX_KEYS.contains(&key) || SD3_KEYS.contains(&key) || DIT_KEYS.contains(&key) {
             continue; // checked by family_of: unset here
         }
         if t.types.iter().any(|(_, k, _)| k == key) {
@@ -485,6 +530,9 @@ pub(crate) fn import_args(
     if sdxl {
         sdxl_checks(&args)?;
     }
+    if flux {
+        flux_checks(&args, &mut t, &mut notes)?;
+    }
     if !t.seen.contains("seed") {
         // sd-scripts draws a random seed when none is given; draw one too, but write it down so
         // the run can be repeated.
@@ -498,6 +546,203 @@ pub(crate) fn import_args(
     Ok(Imported { table: t.table, notes, prompt_file: None })
 }
 
+/// One argument of a `flux_train_network.py` config that needs Flux's own handling; `false`
+/// when the general rules apply to it.
+fn flux_arg(
+    key: &str,
+    raw_key: &str,
+    value: &toml::Value,
+    args: &BTreeMap<String, toml::Value>,
+    t: &mut Table,
+    notes: &mut Vec<ImportNote>,
+) -> Result<bool, String> {
+    use toml::Value as V;
+    let text = || match value {
+        V::String(s) => s.trim().to_string(),
+        other => other.to_string(),
+    };
+    match key {
+        "ae" | "clip_l" | "t5xxl" => {
+            if !is_unset(value) {
+                t.put("model", key, V::String(text()));
+            }
+        }
+        "t5xxl_max_token_length" => {
+            if !is_unset(value) {
+                let n = coerce(value, &V::Integer(0)).map_err(|e| format!("{raw_key}: {e}"))?;
+                t.put("model", key, n);
+            }
+        }
+        "apply_t5_attn_mask" => {
+            let b = coerce(value, &V::Boolean(false)).map_err(|e| format!("{raw_key}: {e}"))?;
+            t.put("model", key, b);
+        }
+        "fp8_base_unet" => {
+            let b = coerce(value, &V::Boolean(false)).map_err(|e| format!("{raw_key}: {e}"))?;
+            t.put("accelerate", key, b);
+        }
+        "guidance_scale"
+        | "timestep_sampling"
+        | "sigmoid_scale"
+        | "discrete_flow_shift"
+        | "model_prediction_type"
+        | "weighting_scheme"
+        | "logit_mean"
+        | "logit_std"
+        | "mode_scale" => t.put_typed(key, value, raw_key)?,
+        "model_type" => {
+            let m = text().to_ascii_lowercase();
+            if m == "chroma" {
+                return Err(format!(
+                    "{raw_key} = \"chroma\": Chroma is another model (no CLIP-L, no guidance embedding, its own modulation); lorakit trains Flux.1 (dev, schnell) only — it will not train it as Flux.1"
+                ));
+            }
+            if !m.is_empty() && m != "flux" {
+                return Err(format!(
+                    "{raw_key} = {value}: sd-scripts' flux_train_network.py takes \"flux\" or \"chroma\"; lorakit trains \"flux\""
+                ));
+            }
+        }
+        "blocks_to_swap" => {
+            if !is_unset(value) {
+                notes.push(ImportNote::memory(
+                    raw_key,
+                    format!("{}: lorakit does not swap blocks between the GPU and the host yet, so the whole transformer stays on the device; imported without it", shown(value)),
+                ));
+            }
+        }
+        "split_mode" => {
+            if flag(args, key)? {
+                let what = if args.get("blocks_to_swap").is_some_and(|v| !is_unset(v)) {
+                    "deprecated; sd-scripts ignores it because blocks_to_swap is set"
+                } else {
+                    "deprecated; sd-scripts swaps 18 blocks instead (blocks_to_swap = 18), and lorakit does not swap blocks yet; imported without it"
+                };
+                notes.push(ImportNote::memory(raw_key, format!("true: {what}")));
+            }
+        }
+        "cpu_offload_checkpointing" => {
+            if flag(args, key)? {
+                if flag(args, "gradient_checkpointing")? {
+                    notes.push(ImportNote::memory(
+                        raw_key,
+                        "true: lorakit keeps checkpointed activations on the device (it does not offload them to the host yet); imported without it",
+                    ));
+                } else {
+                    notes.push(ImportNote::info(
+                        raw_key,
+                        "true: without gradient_checkpointing sd-scripts does not use it, and neither does lorakit",
+                    ));
+                }
+            }
+        }
+        "weighted_captions" => {
+            if flag(args, key)? {
+                return Err(
+                    "weighted_captions = true: sd-scripts' Flux tokenizer has no weighted tokenization (it raises NotImplementedError), and lorakit reads caption weights only for SD 1.x/2.x/SDXL; turn it off"
+                        .into(),
+                );
+            }
+            t.put_typed(key, value, raw_key)?;
+        }
+        _ => {
+            if let Some((_, why)) = FLUX_IGNORES.iter().find(|(k, _)| *k == key) {
+                if !is_unset(value) {
+                    notes.push(ImportNote::info(
+                        raw_key,
+                        format!(
+                            "{}: flux_train_network.py does not use it ({why}) — no effect in kohya's run, none here",
+                            shown(value)
+                        ),
+                    ));
+                }
+            } else if SD3_KEYS.contains(&key) {
+                if !is_unset(value) {
+                    notes.push(ImportNote::info(
+                        raw_key,
+                        format!(
+                            "{}: an SD3 argument; flux_train_network.py ignores it, and so does lorakit",
+                            shown(value)
+                        ),
+                    ));
+                }
+            } else {
+                return Ok(false);
+            }
+        }
+    }
+    Ok(true)
+}
+
+/// What `flux_train_network.py` checks or sets before training, and sd-scripts' Flux defaults
+/// that differ from lorakit's, written out so the imported run trains what sd-scripts would.
+fn flux_checks(args: &BTreeMap<String, toml::Value>, t: &mut Table, notes: &mut Vec<ImportNote>) -> Result<(), String> {
+    let set = |k: &str| args.get(k).is_some_and(|v| !is_unset(v));
+    if set("blocks_to_swap") && flag(args, "cpu_offload_checkpointing")? {
+        return Err(
+            "blocks_to_swap with cpu_offload_checkpointing: sd-scripts refuses this (\"blocks_to_swap is not supported with cpu_offload_checkpointing\"); remove one (lorakit does neither yet)"
+                .into(),
+        );
+    }
+    check_bucket_reso_steps(args, "Flux.1", "flux_train_network.py")?;
+    // Huber's "snr" schedule (sd-scripts' default) needs a DDPM schedule.
+    let loss_type = args.get("loss_type").and_then(toml::Value::as_str).map(str::trim).unwrap_or("l2");
+    let schedule = args.get("huber_schedule").and_then(toml::Value::as_str).map(str::trim).unwrap_or("snr");
+    if matches!(loss_type, "huber" | "smooth_l1") && schedule == "snr" {
+        return Err(format!(
+            "loss_type = {loss_type:?} with huber_schedule = \"snr\" (sd-scripts' default): sd-scripts' Flux training stops with \"Huber schedule 'snr' is not supported with the current model\"; set huber_schedule = \"exponential\" or \"constant\""
+        ));
+    }
+    // sd-scripts' argparse defaults that differ from lorakit's: written out, with a note.
+    for (key, value, ours) in [
+        ("model_prediction_type", toml::Value::String("sigma_scaled".into()), "\"raw\""),
+        ("guidance_scale", toml::Value::Float(3.5), "1.0"),
+    ] {
+        if !t.seen.contains(key) {
+            notes.push(ImportNote::info(
+                key,
+                format!("not set: sd-scripts' default {} is written as flow.{key} (lorakit's own default is {ours}), so the run trains what flux_train_network.py would", shown(&value)),
+            ));
+            t.put_typed(key, &value, key)?;
+        }
+    }
+    // Text-encoder outputs: sd-scripts caches T5-XXL's (and CLIP-L's unless it trains).
+    let caching = flag(args, "cache_text_encoder_outputs")? || flag(args, "cache_text_encoder_outputs_to_disk")?;
+    let train_t5xxl =
+        t.table.get("network").and_then(|n| n.get("train_t5xxl")).and_then(toml::Value::as_bool) == Some(true);
+    if caching && train_t5xxl {
+        return Err(
+            "cache_text_encoder_outputs with network_args train_t5xxl=True: sd-scripts refuses this (\"T5XXL is trained, so cache_text_encoder_outputs cannot be used\"); turn caching off or drop train_t5xxl"
+                .into(),
+        );
+    }
+    if caching {
+        for key in ["shuffle_caption", "caption_dropout_rate", "caption_tag_dropout_rate", "token_warmup_step"] {
+            if set(key) {
+                return Err(format!(
+                    "cache_text_encoder_outputs with {key}: sd-scripts' flux_train_network.py refuses this (\"when caching Text Encoder output, either caption_dropout_rate, shuffle_caption, token_warmup_step or caption_tag_dropout_rate cannot be used\"); turn caching off or remove {key}"
+                ));
+            }
+        }
+    }
+    if caching && !flag(args, "network_train_unet_only")? {
+        // sd-scripts caches T5-XXL's outputs and runs CLIP-L, which it trains, at every step;
+        // lorakit caches only when no text encoder trains: the same weights, more memory.
+        for key in ["cache_text_encoder_outputs", "cache_text_encoder_outputs_to_disk"] {
+            if let Some(section) = t.table.get_mut("training").and_then(toml::Value::as_table_mut) {
+                section.remove(key);
+            }
+            if set(key) {
+                notes.push(ImportNote::memory(
+                    key,
+                    "true with CLIP-L's LoRA trained (no network_train_unet_only): sd-scripts then caches only T5-XXL's outputs and runs CLIP-L at every step; lorakit caches only when no text encoder trains, so it is imported without caching — T5-XXL stays loaded and encodes each caption at every step (set network_train_unet_only to cache)",
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// A boolean argument as sd-scripts reads it (absent: false).
 fn flag(args: &BTreeMap<String, toml::Value>, key: &str) -> Result<bool, String> {
     match args.get(key) {
@@ -509,44 +754,85 @@ fn flag(args: &BTreeMap<String, toml::Value>, key: &str) -> Result<bool, String>
 }
 
 /// The model family the arguments are for, as far as they (or the checkpoint) tell: refuses
-/// families lorakit cannot train and records `model.model_family` for SD 2.x and SDXL.
+/// families lorakit cannot train and records `model.model_family` for SD 2.x, SDXL and Flux.1.
 ///
 /// sd-scripts does not detect the family: the script does (`sdxl_train_network.py` vs
-/// `train_network.py`, with `--v2` for SD 2.x). What shows it here, in order: the kohya_ss GUI's
-/// model checkbox (passed on as `model_family`), `v2`, the base checkpoint's weights when the file
-/// is there to read, and `cache_text_encoder_outputs(_to_disk)`, which among the SD-family LoRA
-/// scripts only `sdxl_train_network.py` takes. `None`: not known (the checkpoint decides at load).
+/// `train_network.py`, with `--v2` for SD 2.x; `flux_train_network.py` with
+/// `networks.lora_flux`). What shows it here, in order: the kohya_ss GUI's model checkbox
+/// (passed on as `model_family`), the network module (`networks.lora_flux`, …) and the
+/// arguments only one family's script takes (`ae`, `guidance_scale`, … for Flux.1; `clip_g`, …
+/// for SD3), `v2`, the base checkpoint's weights when the file is there to read, and
+/// `cache_text_encoder_outputs(_to_disk)`, which among the SD-family LoRA scripts only
+/// `sdxl_train_network.py` takes. `None`: not known (the checkpoint decides at load).
 fn family_of(
     args: &BTreeMap<String, toml::Value>,
     checkpoint: Option<(Family, String)>,
     t: &mut Table,
     notes: &mut Vec<ImportNote>,
 ) -> Result<Option<Family>, String> {
-    if let Some(module) = args.get("network_module").and_then(toml::Value::as_str) {
-        if let Some((m, family)) = FAMILY_NETWORK_MODULES.iter().find(|(m, _)| *m == module.trim()) {
-            refuse_unsupported_family(*family, &format!("network_module = \"{m}\""))?;
-        }
-    }
-    if let Some((key, family)) = FAMILY_KEYS.iter().find(|(k, _)| args.get(*k).is_some_and(|v| !is_unset(v))) {
-        // clip_l + t5xxl without Flux's own keys is SD3's text encoders.
-        let family = if *family == Family::Flux1 && args.get("clip_g").is_some_and(|v| !is_unset(v)) {
-            Family::Sd3
-        } else {
-            *family
-        };
-        refuse_unsupported_family(family, &format!("it sets {key}"))?;
-    }
-    let v2 = flag(args, "v2")?;
-    if args.contains_key("v2") {
-        t.put("model", "v2", toml::Value::Boolean(v2));
+    let set = |k: &&&str| args.get(**k).is_some_and(|v| !is_unset(v));
+    let module = args.get("network_module").and_then(toml::Value::as_str).map(str::trim).filter(|m| !m.is_empty());
+    let module_family =
+        module.and_then(|m| FAMILY_NETWORK_MODULES.iter().find(|(n, _)| *n == m)).map(|(n, f)| (*n, *f));
+    if let Some((m, family)) = module_family {
+        refuse_unsupported_family(family, &format!("network_module = \"{m}\""))?;
     }
     let stated = match args.get("model_family").and_then(toml::Value::as_str).map(str::trim) {
         None | Some("") => None,
         Some(name) => Some(
             Family::from_config_value(name)
-                .ok_or_else(|| format!("model_family = {name:?}: lorakit trains sd1, sd2 and sdxl"))?,
+                .ok_or_else(|| format!("model_family = {name:?}: lorakit trains sd1, sd2, sdxl and flux"))?,
         ),
     };
+    let flux_module = module_family.is_some_and(|(_, f)| f == Family::Flux1);
+    if module_family.is_none() && stated.is_none() {
+        if let Some(key) = SD3_KEYS.iter().find(set) {
+            refuse_unsupported_family(Family::Sd3, &format!("it sets {key}"))?;
+        }
+        if let Some(key) = FLUX_KEYS.iter().chain(DIT_KEYS).find(set) {
+            let what = if FLUX_KEYS.contains(key) {
+                "an argument of sd-scripts' flux_train_network.py (Flux.1)"
+            } else {
+                "an argument of sd-scripts' Flux.1 and SD3 scripts"
+            };
+            let module =
+                module.map_or_else(|| "no network_module".to_string(), |m| format!("network_module = \"{m}\""));
+            if module.contains("lycoris.kohya") {
+                return Err(format!("it sets {key}, {what}, with {module}: {FLUX_LYCORIS}"));
+            }
+            return Err(format!(
+                "it sets {key}, {what}, but {module}: sd-scripts trains Flux.1 LoRAs with networks.lora_flux (networks.lora finds no layer of the Flux transformer); set network_module = \"networks.lora_flux\" for a Flux.1 LoRA, or remove {key}"
+            ));
+        }
+    }
+    let checkpoint_flux = checkpoint.as_ref().filter(|(f, _)| *f == Family::Flux1).map(|(_, p)| p.clone());
+    if flux_module || stated == Some(Family::Flux1) {
+        if let Some((family, path)) = checkpoint.as_ref().filter(|(f, _)| *f != Family::Flux1) {
+            return Err(format!(
+                "this is a Flux.1 LoRA config (networks.lora_flux), but {path} is an {} checkpoint: flux_train_network.py cannot load it; name a Flux.1 checkpoint or use the {} config",
+                family.name(),
+                family.name()
+            ));
+        }
+        if stated.is_some_and(|f| f != Family::Flux1) {
+            return Err(format!(
+                "model_family = {:?} with network_module = \"networks.lora_flux\" (Flux.1): they name different families",
+                stated.and_then(Family::config_value).unwrap_or_default()
+            ));
+        }
+        t.put("model", "model_family", toml::Value::String("flux".into()));
+        return Ok(Some(Family::Flux1));
+    }
+    if let Some(path) = checkpoint_flux {
+        let module = module.unwrap_or("networks.lora");
+        return Err(format!(
+            "{path} is a Flux.1 checkpoint, but network_module = \"{module}\": sd-scripts trains Flux.1 LoRAs with flux_train_network.py and networks.lora_flux; set network_module = \"networks.lora_flux\" (with its ae, clip_l and t5xxl when the checkpoint is a single file)"
+        ));
+    }
+    let v2 = flag(args, "v2")?;
+    if args.contains_key("v2") {
+        t.put("model", "v2", toml::Value::Boolean(v2));
+    }
     let caching = ["cache_text_encoder_outputs", "cache_text_encoder_outputs_to_disk"]
         .into_iter()
         .find(|k| args.get(*k).is_some_and(|v| !is_unset(v)));
@@ -586,6 +872,9 @@ fn family_of(
     }
     Ok(family)
 }
+
+/// Why LyCORIS is not imported for Flux.1.
+const FLUX_LYCORIS: &str = "LyCORIS on Flux.1 (lycoris.kohya picks its own Flux layers) is not supported by lorakit yet — it trains Flux.1 LoRAs as sd-scripts' networks.lora_flux does (kohya_ss GUI: LoRA_type Flux1); it will not train LyCORIS' network as that LoRA";
 
 /// sd-scripts' `fused_backward_pass` has no effect on LoRA training (`train_network.py` never
 /// reads it), but `get_optimizer` still refuses it unless the optimizer is Adafactor and there
@@ -627,6 +916,12 @@ fn sdxl_checks(args: &BTreeMap<String, toml::Value>) -> Result<(), String> {
                 .into(),
         );
     }
+    check_bucket_reso_steps(args, "SDXL", "sdxl_train_network.py")
+}
+
+/// `verify_bucket_reso_steps(32)` of the SDXL and Flux.1 scripts: with buckets on, the bucket
+/// step must be a multiple of 32.
+fn check_bucket_reso_steps(args: &BTreeMap<String, toml::Value>, family: &str, script: &str) -> Result<(), String> {
     let steps = match args.get("bucket_reso_steps") {
         None => 64,
         Some(v) => coerce(v, &toml::Value::Integer(0))
@@ -636,14 +931,19 @@ fn sdxl_checks(args: &BTreeMap<String, toml::Value>) -> Result<(), String> {
     };
     if flag(args, "enable_bucket")? && steps % 32 != 0 {
         return Err(format!(
-            "bucket_reso_steps = {steps}: SDXL needs a multiple of 32 — sd-scripts' sdxl_train_network.py refuses it too (\"bucket_reso_steps is {steps}. it must be divisible by 32\"); use 32 or 64"
+            "bucket_reso_steps = {steps}: {family} needs a multiple of 32 — sd-scripts' {script} refuses it too (\"bucket_reso_steps is {steps}. it must be divisible by 32\"); use 32 or 64"
         ));
     }
     Ok(())
 }
 
 /// `network_module` + `network_args` → the network keys; unsupported network types are refused.
-fn network_of(args: &BTreeMap<String, toml::Value>, t: &mut Table, notes: &mut Vec<ImportNote>) -> Result<(), String> {
+fn network_of(
+    args: &BTreeMap<String, toml::Value>,
+    family: Option<Family>,
+    t: &mut Table,
+    notes: &mut Vec<ImportNote>,
+) -> Result<(), String> {
     let module = args.get("network_module").and_then(toml::Value::as_str).map(str::trim).unwrap_or("networks.lora");
     let module = if module.is_empty() { "networks.lora" } else { module };
     if let Some((m, what)) = UNSUPPORTED_NETWORK_MODULES.iter().find(|(m, _)| *m == module) {
@@ -651,34 +951,26 @@ fn network_of(args: &BTreeMap<String, toml::Value>, t: &mut Table, notes: &mut V
             "network_module = \"{m}\" is {what}: lorakit does not train it; it would not train it as a LoRA instead"
         ));
     }
+    if family == Some(Family::Flux1) {
+        if module == "lycoris.kohya" {
+            return Err(format!("network_module = \"lycoris.kohya\" for Flux.1: {FLUX_LYCORIS}"));
+        }
+        if module != "networks.lora_flux" {
+            return Err(format!(
+                "network_module = \"{module}\" in a Flux.1 config: sd-scripts trains Flux.1 LoRAs with networks.lora_flux (networks.lora finds no layer of the Flux transformer); set network_module = \"networks.lora_flux\""
+            ));
+        }
+        // lorakit's networks.lora is sd-scripts' lora_flux on a Flux model (picked by the family).
+        t.put("network", "network_module", toml::Value::String("networks.lora".into()));
+        return flux_network(&network_kwargs(args, notes)?, t, notes);
+    }
     if module != "networks.lora" && module != "lycoris.kohya" {
         return Err(format!(
             "network_module = \"{module}\": lorakit trains networks.lora (LoRA, LoCon) and lycoris.kohya (LoHa, LoKr)"
         ));
     }
     t.put("network", "network_module", toml::Value::String(module.to_string()));
-    let items = match args.get("network_args") {
-        None => Vec::new(),
-        Some(v) => coerce(v, &toml::Value::Array(Vec::new()))?
-            .as_array()
-            .map(|a| a.iter().filter_map(|i| i.as_str().map(str::to_string)).collect())
-            .unwrap_or_default(),
-    };
-    // sd-scripts splits each item at its first `=` into a dict of strings (the last one wins).
-    let mut kwargs: Vec<(String, String)> = Vec::new();
-    for item in items {
-        match item.split_once('=') {
-            Some((key, value)) => {
-                let key = key.trim().to_string();
-                kwargs.retain(|(k, _)| *k != key);
-                kwargs.push((key, unquote(value)));
-            }
-            None => notes.push(ImportNote::changes_run(
-                format!("network_args {item}"),
-                "not a key=value network argument (sd-scripts stops at it)",
-            )),
-        }
-    }
+    let kwargs = network_kwargs(args, notes)?;
     if module == "lycoris.kohya" {
         return lycoris_network(&kwargs, args, t, notes);
     }
@@ -696,6 +988,128 @@ fn network_of(args: &BTreeMap<String, toml::Value>, t: &mut Table, notes: &mut V
             ));
         } else {
             notes.push(ImportNote::changes_run(source, "not supported by lorakit; ignored"));
+        }
+    }
+    Ok(())
+}
+
+/// `network_args` as sd-scripts hands them to the network: each item split at its first `=`
+/// into a dict of strings (the last one wins).
+fn network_kwargs(
+    args: &BTreeMap<String, toml::Value>,
+    notes: &mut Vec<ImportNote>,
+) -> Result<Vec<(String, String)>, String> {
+    let items: Vec<String> = match args.get("network_args") {
+        None => Vec::new(),
+        Some(v) => coerce(v, &toml::Value::Array(Vec::new()))?
+            .as_array()
+            .map(|a| a.iter().filter_map(|i| i.as_str().map(str::to_string)).collect())
+            .unwrap_or_default(),
+    };
+    let mut kwargs: Vec<(String, String)> = Vec::new();
+    for item in items {
+        match item.split_once('=') {
+            Some((key, value)) => {
+                let key = key.trim().to_string();
+                kwargs.retain(|(k, _)| *k != key);
+                kwargs.push((key, unquote(value)));
+            }
+            None => notes.push(ImportNote::changes_run(
+                format!("network_args {item}"),
+                "not a key=value network argument (sd-scripts stops at it)",
+            )),
+        }
+    }
+    Ok(kwargs)
+}
+
+/// The Flux network's ranks per layer type, read as `int(...)` by `lora_flux.create_network`.
+const FLUX_DIM_ARGS: &[&str] = &[
+    "img_attn_dim",
+    "txt_attn_dim",
+    "img_mlp_dim",
+    "txt_mlp_dim",
+    "img_mod_dim",
+    "txt_mod_dim",
+    "single_dim",
+    "single_mod_dim",
+];
+
+/// sd-scripts' `networks.lora_flux` `create_network` kwargs → lorakit's Flux network keys, as
+/// it reads them: `split_qkv` / `train_t5xxl` / `verbose` are on only for the exact text
+/// "True"; GGPO and per-module regex ranks / learning rates are refused (lorakit has neither);
+/// what `lora_flux` does not read (U-Net block weights, conv ranks: Flux has no conv layer) is
+/// listed as ignored, as in kohya's run.
+fn flux_network(kwargs: &[(String, String)], t: &mut Table, notes: &mut Vec<ImportNote>) -> Result<(), String> {
+    let get = |k: &str| kwargs.iter().find(|(key, _)| key == k).map(|(_, v)| v.as_str());
+    if let (Some(beta), Some(sigma)) = (get("ggpo_beta"), get("ggpo_sigma")) {
+        return Err(format!(
+            "network_args ggpo_beta={beta} ggpo_sigma={sigma}: GGPO (gradient-guided perturbation of the LoRA weights, kohya_ss' train_lora_ggpo) changes every step and is not implemented by lorakit; remove both to train without it"
+        ));
+    }
+    for key in ["network_reg_lrs", "network_reg_dims"] {
+        if let Some(v) = get(key) {
+            return Err(format!(
+                "network_args {key}={v}: per-module {} chosen by regular expression are not implemented by lorakit; remove it (use the *_dim type ranks, train_blocks and the block indices)",
+                if key == "network_reg_lrs" { "learning rates" } else { "ranks" }
+            ));
+        }
+    }
+    for (key, value) in kwargs {
+        let key = key.as_str();
+        let source = format!("network_args {key}={value}");
+        let exact_true = |what: &str, notes: &mut Vec<ImportNote>| {
+            let on = value == "True";
+            if !on && !value.eq_ignore_ascii_case("false") && !value.is_empty() {
+                notes.push(ImportNote::info(
+                    source.clone(),
+                    format!("lora_flux reads only the exact text True as on: kohya's run has {what} off, and so does lorakit"),
+                ));
+            }
+            on
+        };
+        match key {
+            k if FLUX_DIM_ARGS.contains(&k) => {
+                let v = coerce(&toml::Value::String(value.clone()), &toml::Value::Integer(0))
+                    .map_err(|e| format!("{source}: {e}"))?;
+                if v.as_integer().is_some_and(|i| i < 0) {
+                    return Err(format!("{source}: a rank is 0 (none) or more"));
+                }
+                t.put("network", key, v);
+            }
+            "train_blocks" | "in_dims" | "train_double_block_indices" | "train_single_block_indices" => {
+                t.put("network", key, toml::Value::String(value.trim().to_string()))
+            }
+            "split_qkv" => {
+                if exact_true("split_qkv", notes) {
+                    return Err(
+                        "network_args split_qkv=True: separate LoRA factors for q, k and v inside Flux's fused layers are not supported by lorakit yet (its fused LoRA adapts the same layers with one factor pair, a different network); remove split_qkv"
+                            .into(),
+                    );
+                }
+            }
+            "train_t5xxl" => {
+                let on = exact_true("train_t5xxl", notes);
+                t.put("network", "train_t5xxl", toml::Value::Boolean(on));
+            }
+            "verbose" => notes.push(ImportNote::cosmetic(source)),
+            "rank_dropout"
+            | "module_dropout"
+            | "loraplus_lr_ratio"
+            | "loraplus_unet_lr_ratio"
+            | "loraplus_text_encoder_lr_ratio" => t.put_typed(key, &toml::Value::String(value.clone()), &source)?,
+            "ggpo_beta" | "ggpo_sigma" => notes.push(ImportNote::info(
+                source,
+                "GGPO needs both ggpo_beta and ggpo_sigma: alone it does nothing in kohya's run, nor here",
+            )),
+            "conv_dim" | "conv_alpha" => notes.push(ImportNote::info(
+                source,
+                "the Flux transformer and its text encoders have no conv layer: no effect in kohya's run, none here",
+            )),
+            _ => notes.push(ImportNote::info(
+                source,
+                "networks.lora_flux does not read it: kohya's run ignores it, and so does lorakit",
+            )),
         }
     }
     Ok(())
@@ -861,6 +1275,9 @@ fn text_encoder_lr(
     t: &mut Table,
     notes: &mut Vec<ImportNote>,
 ) -> Result<(), String> {
+    if family == Some(Family::Flux1) {
+        return flux_text_encoder_lr(value, t, notes);
+    }
     let first = match value {
         toml::Value::Array(items) => {
             if items.len() > 1 && items.iter().any(|i| i != &items[0]) {
@@ -887,6 +1304,49 @@ fn text_encoder_lr(
         other => other.clone(),
     };
     t.put_typed("text_encoder_lr", &first, "text_encoder_lr")
+}
+
+/// Flux.1's `text_encoder_lr`: `train_network.py` hands the value whole to `lora_flux`
+/// (`prepare_optimizer_params_with_multiple_te_lrs`), which reads `[CLIP-L, T5-XXL]` (one value:
+/// both) — lorakit's per-encoder list, in the same order.
+fn flux_text_encoder_lr(value: &toml::Value, t: &mut Table, notes: &mut Vec<ImportNote>) -> Result<(), String> {
+    let number = |v: &toml::Value| {
+        coerce(v, &toml::Value::Float(0.0))
+            .map(|f| f.as_float().unwrap_or(0.0))
+            .map_err(|e| format!("text_encoder_lr: {e}"))
+    };
+    let rates: Vec<f64> = match value {
+        toml::Value::Array(items) => items.iter().map(number).collect::<Result<_, _>>()?,
+        toml::Value::String(s) if s.trim().is_empty() => Vec::new(),
+        other => vec![number(other)?],
+    };
+    let lr = match rates.as_slice() {
+        [] => return Ok(()),
+        [one] => toml::Value::Float(*one),
+        [clip, t5, rest @ ..] => {
+            if !rest.is_empty() {
+                notes.push(ImportNote::info(
+                    "text_encoder_lr",
+                    format!("{value}: lora_flux reads the first two (CLIP-L, T5-XXL); the rest are unused in kohya's run, and here"),
+                ));
+            }
+            let train_t5xxl =
+                t.table.get("network").and_then(|n| n.get("train_t5xxl")).and_then(toml::Value::as_bool) == Some(true);
+            if clip != t5 && !train_t5xxl {
+                notes.push(ImportNote::info(
+                    "text_encoder_lr",
+                    format!("{value}: the second rate is T5-XXL's, which trains only with network_args train_t5xxl=True; CLIP-L trains at {clip}"),
+                ));
+            }
+            if clip == t5 {
+                toml::Value::Float(*clip)
+            } else {
+                toml::Value::Array(vec![toml::Value::Float(*clip), toml::Value::Float(*t5)])
+            }
+        }
+    };
+    t.put("optimizer", "text_encoder_lr", lr);
+    Ok(())
 }
 
 #[cfg(test)]
@@ -1067,7 +1527,7 @@ seed = 1
             ("network_module = \"networks.dylora\"\n", "DyLoRA"),
             ("network_module = \"networks.lora_fa\"\n", "LoRA-FA"),
             ("network_module = \"networks.loha\"\nnetwork_dim = 8\n", "native LoHa"),
-            ("network_module = \"networks.lora_flux\"\n", "Flux.1"),
+            ("network_module = \"networks.oft_flux\"\n", "Flux OFT"),
             ("network_module = \"networks.lora_sd3\"\n", "SD3"),
             ("network_module = \"networks.lora\"\nae = \"ae.safetensors\"\n", "Flux.1"),
             ("network_module = \"networks.lora\"\nclip_l = \"l\"\nclip_g = \"g\"\nt5xxl = \"t\"\n", "SD3"),
@@ -1090,6 +1550,198 @@ seed = 1
             let err = import_toml(toml).unwrap_err();
             assert!(err.contains(says), "{toml}: {err}");
         }
+    }
+
+    /// An sd-scripts `flux_train_network.py` TOML: the command of sd-scripts' Flux guide
+    /// (docs/flux_train_network.md) as a `--config_file`, plus `extra` lines.
+    fn flux_toml(extra: &str) -> String {
+        format!(
+            r#"pretrained_model_name_or_path = "/m/flux1-dev.safetensors"
+clip_l = "/m/clip_l.safetensors"
+t5xxl = "/m/t5xxl_fp16.safetensors"
+ae = "/m/ae.safetensors"
+network_module = "networks.lora_flux"
+network_dim = 4
+network_train_unet_only = true
+optimizer_type = "adamw8bit"
+learning_rate = 1e-4
+mixed_precision = "bf16"
+fp8_base = true
+gradient_checkpointing = true
+cache_latents_to_disk = true
+cache_text_encoder_outputs = true
+cache_text_encoder_outputs_to_disk = true
+sdpa = true
+highvram = true
+max_train_epochs = 4
+save_every_n_epochs = 1
+dataset_config = "/d/dataset_1024_bs2.toml"
+output_dir = "/o"
+output_name = "flux-lora-name"
+seed = 42
+{extra}"#
+        )
+    }
+
+    #[test]
+    fn flux_train_network_tomls_import_as_flux() {
+        let imp = import_toml(&flux_toml(
+            "timestep_sampling = \"shift\"\ndiscrete_flow_shift = 3.1582\nmodel_prediction_type = \"raw\"\nguidance_scale = 1.0\n",
+        ))
+        .unwrap();
+        let c = config(&imp);
+        assert_eq!(c.model.model_family.as_deref(), Some("flux"));
+        assert_eq!(c.network.network_module, "networks.lora", "lorakit's LoRA is lora_flux on a Flux model");
+        assert_eq!(c.model.clip_l.as_deref(), Some(std::path::Path::new("/m/clip_l.safetensors")));
+        assert_eq!(c.model.t5xxl.as_deref(), Some(std::path::Path::new("/m/t5xxl_fp16.safetensors")));
+        assert_eq!(c.model.ae.as_deref(), Some(std::path::Path::new("/m/ae.safetensors")));
+        assert_eq!(c.flow.timestep_sampling, crate::objective::TimestepSampling::Shift);
+        assert_eq!(c.flow.discrete_flow_shift, 3.1582);
+        assert_eq!(c.flow.model_prediction_type, Some(crate::objective::ModelPredictionType::Raw));
+        assert_eq!(c.flow.guidance_scale, 1.0);
+        assert!(c.accelerate.fp8_base && c.training.gradient_checkpointing);
+        assert!(c.caches_text_encoder_outputs() && c.training.cache_text_encoder_outputs_to_disk);
+        assert!(c.network.network_train_unet_only);
+        assert_eq!(c.optimizer.optimizer_type, "adamw8bit");
+        assert!(imp.notes.iter().all(|n| n.level == NoteLevel::Cosmetic), "{:?}", imp.notes);
+
+        // Left unset: sd-scripts' own defaults are written out (lorakit's are raw / 1.0).
+        let imp = import_toml(&flux_toml("")).unwrap();
+        let c = config(&imp);
+        assert_eq!(c.flow.model_prediction_type, Some(crate::objective::ModelPredictionType::SigmaScaled));
+        assert_eq!(c.flow.guidance_scale, 3.5);
+        for key in ["model_prediction_type", "guidance_scale"] {
+            let note = imp.notes.iter().find(|n| n.key == key).unwrap();
+            assert_eq!(note.level, NoteLevel::Info);
+            assert!(
+                note.text.contains("sd-scripts' default") && note.text.contains("lorakit's own default"),
+                "{note:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn flux_network_args_map_to_the_flux_network_keys() {
+        let imp = import_toml(&flux_toml(
+            "network_alpha = 2\nnetwork_dropout = 0.1\nnetwork_args = [\"train_blocks=single\", \"img_attn_dim=8\", \"txt_attn_dim=0\", \"single_dim=4\", \"single_mod_dim=2\", \"img_mlp_dim=3\", \"txt_mlp_dim=3\", \"img_mod_dim=1\", \"txt_mod_dim=1\", \"in_dims=[4,0,0,0,4]\", \"train_double_block_indices=0-3,7\", \"train_single_block_indices=none\", \"rank_dropout=0.1\", \"module_dropout=0.05\", \"loraplus_unet_lr_ratio=4\", \"verbose=True\", \"down_lr_weight=1,1,1\", \"conv_dim=4\"]\n",
+        ))
+        .unwrap();
+        let c = config(&imp);
+        let n = &c.network;
+        assert_eq!(n.train_blocks.as_deref(), Some("single"));
+        assert_eq!(
+            (n.img_attn_dim, n.txt_attn_dim, n.single_dim, n.single_mod_dim),
+            (Some(8), Some(0), Some(4), Some(2))
+        );
+        assert_eq!((n.img_mlp_dim, n.txt_mlp_dim, n.img_mod_dim, n.txt_mod_dim), (Some(3), Some(3), Some(1), Some(1)));
+        assert_eq!(n.in_dims.as_deref(), Some("[4,0,0,0,4]"));
+        assert_eq!(n.train_double_block_indices.as_deref(), Some("0-3,7"));
+        assert_eq!(n.train_single_block_indices.as_deref(), Some("none"));
+        assert_eq!((n.rank_dropout, n.module_dropout, n.network_dropout), (Some(0.1), Some(0.05), Some(0.1)));
+        assert_eq!(n.loraplus_unet_lr_ratio, Some(4.0));
+        assert_eq!((n.conv_dim, n.down_lr_weight.as_deref()), (None, None), "lora_flux reads neither");
+        c.flux_network_args().unwrap();
+        for key in ["network_args down_lr_weight=1,1,1", "network_args conv_dim=4"] {
+            assert_eq!(level_of(&imp, key), Some(NoteLevel::Info), "{key}: {:?}", imp.notes);
+        }
+        assert_eq!(level_of(&imp, "network_args verbose=True"), Some(NoteLevel::Cosmetic));
+
+        // train_t5xxl: only the exact text "True" switches it on (lora_flux's rule); caching is
+        // off with it, as sd-scripts requires; text_encoder_lr is [CLIP-L, T5-XXL].
+        let t5 = flux_toml("network_args = [\"train_t5xxl=True\"]\ntext_encoder_lr = [1e-5, 2e-5]\n")
+            .replace("network_train_unet_only = true\n", "")
+            .replace("cache_text_encoder_outputs = true\ncache_text_encoder_outputs_to_disk = true\n", "");
+        let c = config(&import_toml(&t5).unwrap());
+        assert!(c.network.train_t5xxl && c.trains_text_encoder());
+        assert_eq!(c.text_encoder_lrs(), vec![1e-5, 2e-5]);
+        let imp = import_toml(&t5.replace("train_t5xxl=True", "train_t5xxl=true")).unwrap();
+        assert!(!config(&imp).network.train_t5xxl, "lora_flux: \"true\" is not \"True\"");
+        assert_eq!(level_of(&imp, "network_args train_t5xxl=true"), Some(NoteLevel::Info));
+        assert!(imp.notes.iter().any(|n| n.key == "text_encoder_lr" && n.text.contains("T5-XXL")), "{:?}", imp.notes);
+        // One rate (or two equal ones): both encoders at it.
+        let c = config(&import_toml(&t5.replace("[1e-5, 2e-5]", "[3e-5]")).unwrap());
+        assert_eq!(c.text_encoder_lrs(), vec![3e-5]);
+    }
+
+    #[test]
+    fn flux_memory_options_are_warned_about_and_ignored_sd_options_noted() {
+        let imp = import_toml(&flux_toml(
+            "blocks_to_swap = 18\nmem_eff_save = true\nmin_snr_gamma = 5\nnoise_offset = 0.05\nclip_skip = 2\nmax_timestep = 1000\nno_half_vae = true\nv2 = false\nsplit_mode = true\nfp8_base_unet = true\napply_t5_attn_mask = true\nt5xxl_max_token_length = 256\nweighting_scheme = \"logit_normal\"\nlogit_std = 1.5\nmodel_type = \"flux\"\n",
+        ))
+        .unwrap();
+        let c = config(&imp);
+        assert_eq!(level_of(&imp, "blocks_to_swap"), Some(NoteLevel::Memory));
+        assert_eq!(level_of(&imp, "split_mode"), Some(NoteLevel::Memory));
+        assert!(imp.notes.iter().find(|n| n.key == "split_mode").unwrap().text.contains("blocks_to_swap is set"));
+        for key in ["mem_eff_save", "min_snr_gamma", "noise_offset", "clip_skip", "max_timestep", "no_half_vae"] {
+            let note = imp.notes.iter().find(|n| n.key == key).unwrap_or_else(|| panic!("{key}: {:?}", imp.notes));
+            assert!(
+                note.level == NoteLevel::Info && note.text.contains("flux_train_network.py does not use it"),
+                "{note:?}"
+            );
+        }
+        assert_eq!((c.loss.min_snr_gamma, c.loss.noise_offset, c.model.clip_skip), (None, None, None));
+        assert_eq!(c.training.max_timestep, crate::config::TrainingSection::default().max_timestep);
+        assert!(!c.accelerate.no_half_vae && !c.model.v2);
+        assert!(c.accelerate.fp8_base_unet && c.model.apply_t5_attn_mask);
+        assert_eq!(c.model.t5xxl_max_token_length, Some(256));
+        assert_eq!((c.flow.weighting_scheme, c.flow.logit_std), (crate::objective::WeightingScheme::LogitNormal, 1.5));
+        let report = imp.report(std::path::Path::new("flux.toml"));
+        assert!(
+            report[0].starts_with("warning: flux.toml: `blocks_to_swap`: 18: lorakit does not swap blocks"),
+            "{report:?}"
+        );
+        assert!(report[0].contains("the run needs the memory `lorakit train --dry-run` reports"), "{report:?}");
+        // cpu_offload_checkpointing: a memory option with gradient checkpointing.
+        let imp = import_toml(&flux_toml("cpu_offload_checkpointing = true\n")).unwrap();
+        assert_eq!(level_of(&imp, "cpu_offload_checkpointing"), Some(NoteLevel::Memory));
+        // Cached outputs with CLIP-L trained: sd-scripts caches T5 only; lorakit does not cache.
+        let imp = import_toml(&flux_toml("").replace("network_train_unet_only = true\n", "")).unwrap();
+        let c = config(&imp);
+        assert!(!c.caches_text_encoder_outputs() && c.trains_text_encoder());
+        assert_eq!(level_of(&imp, "cache_text_encoder_outputs"), Some(NoteLevel::Memory));
+    }
+
+    #[test]
+    fn flux_configs_lorakit_or_sd_scripts_would_not_run_are_refused_with_the_reason() {
+        for (extra, says) in [
+            ("network_args = [\"split_qkv=True\"]\n", "split_qkv"),
+            ("network_args = [\"ggpo_beta=0.01\", \"ggpo_sigma=0.03\"]\n", "GGPO"),
+            ("network_args = [\"network_reg_lrs=double_blocks=1e-4\"]\n", "network_reg_lrs"),
+            ("network_args = [\"network_reg_dims=single=8\"]\n", "network_reg_dims"),
+            ("model_type = \"chroma\"\n", "Chroma"),
+            ("weighted_captions = true\n", "weighted_captions"),
+            (
+                "blocks_to_swap = 8\ncpu_offload_checkpointing = true\n",
+                "blocks_to_swap is not supported with cpu_offload_checkpointing",
+            ),
+            ("loss_type = \"huber\"\n", "huber_schedule"),
+            ("enable_bucket = true\nbucket_reso_steps = 16\n", "divisible by 32"),
+            ("shuffle_caption = true\n", "shuffle_caption"),
+            ("network_args = [\"train_t5xxl=True\"]\n", "T5XXL is trained"),
+            ("fused_backward_pass = true\n", "fused_backward_pass"),
+        ] {
+            let err = import_toml(&flux_toml(extra)).unwrap_err();
+            assert!(err.contains(says), "{extra}: {err}");
+        }
+        let err = import_toml(&flux_toml("").replace("networks.lora_flux", "lycoris.kohya")).unwrap_err();
+        assert!(err.contains("LyCORIS on Flux.1") && err.contains("it sets ae"), "{err}");
+        let err = import_toml(&flux_toml("").replace("networks.lora_flux", "networks.lora")).unwrap_err();
+        assert!(err.contains("networks.lora_flux") && err.contains("Flux.1"), "{err}");
+        let err = import_toml("network_dim = 4\nweighting_scheme = \"mode\"\n").unwrap_err();
+        assert!(err.contains("weighting_scheme") && err.contains("networks.lora_flux"), "{err}");
+        // A Flux checkpoint named with networks.lora, or an SDXL one with lora_flux.
+        let pairs = |text: &str| match parse(text.as_bytes()).unwrap() {
+            Parsed::SdScriptsArgs(p) => p,
+            Parsed::GuiJson(_) => unreachable!(),
+        };
+        let err = import_args(pairs("network_module = \"networks.lora\"\n"), Some((Family::Flux1, "/m/f".into())))
+            .unwrap_err();
+        assert!(err.contains("/m/f is a Flux.1 checkpoint") && err.contains("networks.lora_flux"), "{err}");
+        let err = import_args(pairs(&flux_toml("")), Some((Family::Sdxl, "/m/x".into()))).unwrap_err();
+        assert!(err.contains("/m/x is an SDXL checkpoint"), "{err}");
+        let imp = import_args(pairs(&flux_toml("")), Some((Family::Flux1, "/m/f".into()))).unwrap();
+        assert_eq!(config(&imp).model.model_family.as_deref(), Some("flux"));
     }
 
     #[test]

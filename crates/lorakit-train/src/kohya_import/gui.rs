@@ -223,7 +223,9 @@ pub fn to_sd_scripts_args(object: &Map<String, Value>) -> Result<Converted, Stri
     let mut put = |k: &str, v: toml::Value| args.push((k.to_string(), v));
 
     let family = family(&g)?;
-    put("v2", toml::Value::Boolean(family == Family::Sd2));
+    let flux = family == Family::Flux1;
+    // The GUI passes its v2 box to every script; flux_train_network.py ignores it (noted).
+    put("v2", toml::Value::Boolean(family == Family::Sd2 || flux && g.flag("v2")));
     put("model_family", toml::Value::String(family.config_value().unwrap_or_default().into()));
     put("v_parameterization", toml::Value::Boolean(g.flag("v_parameterization")));
     if g.flag("train_inpainting") {
@@ -237,8 +239,18 @@ pub fn to_sd_scripts_args(object: &Map<String, Value>) -> Result<Converted, Stri
         put("cache_text_encoder_outputs", toml::Value::Boolean(cache_te));
         put("no_half_vae", toml::Value::Boolean(no_half_vae));
     }
+    if flux {
+        flux_args(&g, &mut put)?;
+    }
 
     let (module, network_args) = network(&g, family)?;
+    let train_blocks = g.text("train_blocks");
+    if module == "networks.lora_flux" && !g.flag("split_mode") && !matches!(train_blocks.trim(), "" | "all") {
+        out.notes.push(ImportNote::info(
+            "train_blocks",
+            format!("{train_blocks:?}: the kohya_ss GUI does not pass its train_blocks field to sd-scripts (only split_mode forces \"single\"), so kohya's run trains all blocks, and so does lorakit — set network.train_blocks to train only some"),
+        ));
+    }
     put("network_module", toml::Value::String(module.into()));
     put("network_args", toml::Value::Array(split_args(&network_args).into_iter().map(toml::Value::String).collect()));
     for key in ["network_dim", "network_alpha", "network_dropout", "scale_weight_norms"] {
@@ -284,7 +296,11 @@ pub fn to_sd_scripts_args(object: &Map<String, Value>) -> Result<Converted, Stri
         put(key, toml::Value::Float(g.num(key)?));
     }
     for key in ["caption_dropout_every_n_epochs", "keep_tokens", "gradient_accumulation_steps", "max_token_length"] {
-        put(key, toml::Value::Integer(g.int(key)?));
+        let n = g.int(key)?;
+        // The GUI passes no max_token_length to flux_train_network.py (T5 has its own).
+        if !(flux && key == "max_token_length") {
+            put(key, toml::Value::Integer(n));
+        }
     }
     let seed = g.int("seed")?;
     put("seed", toml::Value::Integer(seed));
@@ -431,8 +447,29 @@ pub fn to_sd_scripts_args(object: &Map<String, Value>) -> Result<Converted, Stri
 /// The family the GUI would train, refusing those lorakit does not train yet.
 fn family(g: &Gui) -> Result<Family, String> {
     let lora_type = g.text("LoRA_type");
-    let checks: [(bool, Family, &str); 7] = [
-        (g.flag("flux1_checkbox") || lora_type.starts_with("Flux1"), Family::Flux1, "flux1_checkbox / LoRA_type Flux1"),
+    let flux_box = g.flag("flux1_checkbox");
+    let sdxl_box = g.flag("sdxl") || g.flag("sdxl_checkbox");
+    if flux_box || lora_type.starts_with("Flux1") {
+        if !flux_box {
+            return Err(format!(
+                "LoRA_type = {lora_type:?} but flux1_checkbox is off: the kohya_ss GUI would run {} with networks.lora_flux and no Flux.1 model files, which fails; check flux1_checkbox (Flux.1) or choose another LoRA type",
+                if sdxl_box { "sdxl_train_network.py" } else { "train_network.py" }
+            ));
+        }
+        if sdxl_box {
+            return Err(
+                "sdxl and flux1_checkbox are both checked: the kohya_ss GUI runs sdxl_train_network.py (its sdxl box comes first) with the Flux.1 network networks.lora_flux, which fails; uncheck one of them"
+                    .into(),
+            );
+        }
+        if lora_type != "Flux1" && lora_type != "Flux1 OFT" && !lora_type.contains("LyCORIS") {
+            return Err(format!(
+                "LoRA_type = {lora_type:?} with flux1_checkbox: the kohya_ss GUI refuses this too (\"LoRA type must be set to 'Flux1', 'Flux1 OFT' or 'LyCORIS' if Flux1 checkbox is checked\"); choose Flux1"
+            ));
+        }
+        return Ok(Family::Flux1);
+    }
+    let checks: [(bool, Family, &str); 6] = [
         (g.flag("sd3_checkbox"), Family::Sd3, "sd3_checkbox = true"),
         (
             g.flag("hunyuan_image_checkbox") || lora_type == "HunyuanImage-2.1",
@@ -441,7 +478,7 @@ fn family(g: &Gui) -> Result<Family, String> {
         ),
         (g.flag("anima_checkbox") || lora_type == "Anima", Family::Anima, "anima_checkbox"),
         (g.flag("lumina_checkbox") || lora_type == "Lumina", Family::Lumina, "lumina_checkbox"),
-        (g.flag("sdxl") || g.flag("sdxl_checkbox"), Family::Sdxl, "sdxl = true"),
+        (sdxl_box, Family::Sdxl, "sdxl = true"),
         (g.flag("v2"), Family::Sd2, "v2 = true"),
     ];
     for (set, family, shown_by) in checks {
@@ -457,6 +494,33 @@ fn family(g: &Gui) -> Result<Family, String> {
         }
     }
     Ok(Family::Sd1)
+}
+
+/// The GUI's "Flux.1" accordion, passed only with `flux1_checkbox` (`train_model`'s
+/// `config_toml_data`): model files, T5 length and mask, the objective, memory options and
+/// text-encoder caching (`flux1_cache_text_encoder_outputs(_to_disk)`).
+fn flux_args(g: &Gui, put: &mut impl FnMut(&str, toml::Value)) -> Result<(), String> {
+    use toml::Value as V;
+    // Chroma is the only model_type the GUI passes (flux is sd-scripts' default).
+    if g.text("model_type").trim().eq_ignore_ascii_case("chroma") {
+        put("model_type", V::String("chroma".into()));
+    }
+    for key in ["ae", "clip_l", "t5xxl", "model_prediction_type", "timestep_sampling"] {
+        put(key, V::String(g.text(key)));
+    }
+    put("t5xxl_max_token_length", V::Integer(g.int("t5xxl_max_token_length")?));
+    for key in ["guidance_scale", "discrete_flow_shift"] {
+        put(key, V::Float(g.num(key)?));
+    }
+    for key in ["blocks_to_swap", "single_blocks_to_swap", "double_blocks_to_swap"] {
+        put(key, V::Integer(g.int(key)?));
+    }
+    for key in ["apply_t5_attn_mask", "split_mode", "mem_eff_save", "cpu_offload_checkpointing", "fp8_base_unet"] {
+        put(key, V::Boolean(g.flag(key)));
+    }
+    put("cache_text_encoder_outputs", V::Boolean(g.flag("flux1_cache_text_encoder_outputs")));
+    put("cache_text_encoder_outputs_to_disk", V::Boolean(g.flag("flux1_cache_text_encoder_outputs_to_disk")));
+    Ok(())
 }
 
 /// `LoRA_type` → `network_module` and the `network_args` string, as the GUI builds them.
@@ -506,6 +570,13 @@ fn network(g: &Gui, family: Family) -> Result<(&'static str, String), String> {
             }
             ("networks.lora", s)
         }
+        "Flux1" => ("networks.lora_flux", flux_network_args(g)?),
+        "Flux1 OFT" => ("networks.oft_flux", String::new()),
+        _ if family == Family::Flux1 => {
+            return Err(format!(
+                "LoRA_type = {lora_type:?} with flux1_checkbox: LyCORIS on Flux.1 is not supported by lorakit yet — it trains Flux.1 LoRAs as sd-scripts' networks.lora_flux does (LoRA_type Flux1); it will not train LyCORIS' network as that LoRA"
+            ))
+        }
         "LoCon" | "LyCORIS/LoCon" => ("lycoris.kohya", lycoris("locon")?),
         "LyCORIS/LoHa" => ("lycoris.kohya", lycoris("loha")?),
         "LyCORIS/LoKr" => ("lycoris.kohya", lycoris("lokr")?),
@@ -537,6 +608,64 @@ fn network(g: &Gui, family: Family) -> Result<(&'static str, String), String> {
     Ok((module, network_args))
 }
 
+/// The Flux1 LoRA type's `network_args`, as the GUI builds them: the type ranks, `in_dims` and
+/// block indices whose fields are truthy (Python's truth: a non-empty text, a non-zero
+/// number), `train_blocks=single` only with `split_mode` (the GUI does not pass its
+/// `train_blocks` field otherwise), `split_qkv` / `train_t5xxl`, GGPO with `train_lora_ggpo`,
+/// then `rank_dropout` / `module_dropout` above 0.
+fn flux_network_args(g: &Gui) -> Result<String, String> {
+    let mut keys = vec![
+        "img_attn_dim",
+        "img_mlp_dim",
+        "img_mod_dim",
+        "single_dim",
+        "txt_attn_dim",
+        "txt_mlp_dim",
+        "txt_mod_dim",
+        "single_mod_dim",
+        "in_dims",
+        "train_double_block_indices",
+        "train_single_block_indices",
+    ];
+    if g.flag("train_lora_ggpo") {
+        keys.extend(["ggpo_beta", "ggpo_sigma"]);
+    }
+    let mut s = String::new();
+    for key in keys {
+        let truthy = match g.raw(key) {
+            Some(Value::String(v)) => !v.is_empty(),
+            Some(Value::Number(n)) => n.as_f64().is_some_and(|f| f != 0.0),
+            Some(Value::Bool(b)) => *b,
+            _ => false,
+        };
+        if truthy {
+            let text = match g.raw(key) {
+                Some(Value::Number(n)) => py_num(n.as_f64().unwrap_or(0.0)),
+                Some(Value::Bool(b)) => py_bool(*b).to_string(),
+                _ => g.text(key),
+            };
+            s += &format!(" {key}={text}");
+        }
+    }
+    g.text("train_blocks"); // read: passed only with split_mode
+    if g.flag("split_mode") {
+        s += " train_blocks=single";
+    }
+    if g.flag("split_qkv") {
+        s += " split_qkv=True";
+    }
+    if g.flag("train_t5xxl") {
+        s += " train_t5xxl=True";
+    }
+    for key in ["rank_dropout", "module_dropout"] {
+        let v = g.num(key)?;
+        if v > 0.0 {
+            s += &format!(" {key}={}", py_num(v));
+        }
+    }
+    Ok(s)
+}
+
 /// The learning rates and which networks train (`resolve_network_train_flags`).
 fn learning_rates(g: &Gui, put: &mut impl FnMut(&str, toml::Value), notes: &mut Vec<ImportNote>) -> Result<(), String> {
     let lr = g.num("learning_rate")?;
@@ -548,10 +677,19 @@ fn learning_rates(g: &Gui, put: &mut impl FnMut(&str, toml::Value), notes: &mut 
                 .into(),
         );
     }
+    // T5-XXL's rate (Flux) rides in the second slot of the text_encoder_lr list.
+    let t5 = g.num("t5xxl_lr")?;
+    if te == 0.0 && t5 > 0.0 {
+        return Err(
+            "t5xxl_lr is set but text_encoder_lr is 0: the kohya_ss GUI refuses this too (\"When specifying T5XXL learning rate, text encoder learning rate need to be a value greater than 0\")"
+                .into(),
+        );
+    }
     put("learning_rate", toml::Value::Float(lr));
     put("unet_lr", toml::Value::Float(unet));
     if te > 0.0 {
-        put("text_encoder_lr", toml::Value::Array(vec![toml::Value::Float(te), toml::Value::Float(te)]));
+        let second = if t5 > 0.0 { t5 } else { te };
+        put("text_encoder_lr", toml::Value::Array(vec![toml::Value::Float(te), toml::Value::Float(second)]));
     }
     let unet_only = te == 0.0 && unet != 0.0;
     let te_only = te != 0.0 && unet == 0.0;
@@ -877,8 +1015,9 @@ mod tests {
             let err = import(&gui(&[("LoRA_type", t.into())])).unwrap_err();
             assert!(err.contains(t), "{t}: {err}");
         }
+        // Flux1 without the Flux.1 box: the GUI would run train_network.py with lora_flux.
         let err = import(&gui(&[("LoRA_type", "Flux1".into())])).unwrap_err();
-        assert!(err.contains("Flux.1"), "{err}");
+        assert!(err.contains("flux1_checkbox is off") && err.contains("train_network.py"), "{err}");
         let err = import(&gui(&[("LoRA_type", "Kohya LoHa".into())])).unwrap_err();
         assert!(err.contains("SDXL"), "{err}");
         let err = import(&gui(&[("LoRA_type", "LyCORIS/LoHa".into()), ("use_tucker", true.into())])).unwrap_err();
@@ -888,7 +1027,6 @@ mod tests {
     #[test]
     fn families_are_refused_at_import_with_the_family_named() {
         for (key, family) in [
-            ("flux1_checkbox", "Flux.1"),
             ("sd3_checkbox", "SD3"),
             ("hunyuan_image_checkbox", "HunyuanImage"),
             ("anima_checkbox", "Anima"),
@@ -896,11 +1034,155 @@ mod tests {
         ] {
             // Even with the SDXL box checked too: the GUI runs the other family's script first.
             let err = import(&gui(&[(key, true.into()), ("sdxl", true.into())])).unwrap_err();
-            assert!(err.contains(family) && err.contains("SD 1.x, SD 2.x and SDXL"), "{key}: {err}");
+            assert!(err.contains(family) && err.contains("SD 1.x, SD 2.x, SDXL"), "{key}: {err}");
         }
+        // Flux.1 and SDXL together: the GUI runs sdxl_train_network.py with lora_flux, which fails.
+        let err =
+            import(&gui(&[("flux1_checkbox", true.into()), ("LoRA_type", "Flux1".into()), ("sdxl", true.into())]))
+                .unwrap_err();
+        assert!(err.contains("sdxl and flux1_checkbox are both checked"), "{err}");
         let c = config(&import(&gui(&[("v2", true.into()), ("v_parameterization", true.into())])).unwrap());
         assert_eq!(c.model.model_family.as_deref(), Some("sd2"));
         assert!(c.model.v_parameterization);
+    }
+
+    /// A GUI config with the Flux.1 box and LoRA type, as the GUI saves it (its Flux defaults).
+    fn flux(overrides: &[(&str, Value)]) -> Result<Imported, String> {
+        let mut all = vec![
+            ("flux1_checkbox", Value::from(true)),
+            ("LoRA_type", "Flux1".into()),
+            ("pretrained_model_name_or_path", "/m/flux1-dev.safetensors".into()),
+            ("ae", "/m/ae.safetensors".into()),
+            ("clip_l", "/m/clip_l.safetensors".into()),
+            ("t5xxl", "/m/t5xxl_fp16.safetensors".into()),
+            ("model_prediction_type", "sigma_scaled".into()),
+            ("timestep_sampling", "sigma".into()),
+            ("discrete_flow_shift", 3.0.into()),
+            ("guidance_scale", 3.5.into()),
+            ("t5xxl_max_token_length", 512.into()),
+            ("apply_t5_attn_mask", false.into()),
+            ("train_blocks", "all".into()),
+            ("split_mode", false.into()),
+            ("split_qkv", false.into()),
+            ("train_t5xxl", false.into()),
+            ("cpu_offload_checkpointing", false.into()),
+            ("blocks_to_swap", 0.into()),
+            ("single_blocks_to_swap", 0.into()),
+            ("double_blocks_to_swap", 0.into()),
+            ("mem_eff_save", false.into()),
+            ("flux1_cache_text_encoder_outputs", false.into()),
+            ("flux1_cache_text_encoder_outputs_to_disk", false.into()),
+            ("img_attn_dim", "".into()),
+            ("single_dim", "".into()),
+            ("in_dims", "".into()),
+            ("train_double_block_indices", "all".into()),
+            ("train_single_block_indices", "all".into()),
+            ("max_resolution", "1024,1024".into()),
+            ("clip_skip", 1.into()),
+        ];
+        all.extend(overrides.iter().cloned());
+        import(&gui(&all))
+    }
+
+    #[test]
+    fn flux_gui_configs_import_what_flux_train_network_would_run() {
+        let imp = flux(&[("unet_lr", 1e-4.into()), ("text_encoder_lr", 0.into())]).unwrap();
+        let c = config(&imp);
+        assert_eq!(c.model.model_family.as_deref(), Some("flux"));
+        assert_eq!(c.network.network_module, "networks.lora");
+        assert_eq!(c.model.ae.as_deref(), Some(Path::new("/m/ae.safetensors")));
+        assert_eq!(c.model.t5xxl_max_token_length, Some(512));
+        // The GUI's own Flux defaults are taken as given.
+        assert_eq!(c.flow.model_prediction_type, Some(crate::objective::ModelPredictionType::SigmaScaled));
+        assert_eq!((c.flow.guidance_scale, c.flow.discrete_flow_shift), (3.5, 3.0));
+        assert_eq!(c.flow.timestep_sampling, crate::objective::TimestepSampling::Sigma);
+        assert_eq!(level_of(&imp, "guidance_scale"), None, "set in the file: no default note");
+        // The block indices "all" are passed as the GUI passes them; train_blocks "all" is not.
+        assert_eq!(c.network.train_double_block_indices.as_deref(), Some("all"));
+        assert_eq!(c.network.train_blocks, None);
+        // SD options the GUI passes to flux_train_network.py, which ignores them.
+        assert_eq!(c.model.clip_skip, None);
+        assert_eq!(level_of(&imp, "clip_skip"), Some(NoteLevel::Info));
+        assert_eq!(c.loss.noise_offset, None);
+        assert_eq!(level_of(&imp, "noise_offset"), Some(NoteLevel::Info));
+        assert_eq!(c.training.max_token_length, crate::config::TrainingSection::default().max_token_length);
+        assert!(imp.notes.iter().all(|n| n.level >= NoteLevel::Info), "{:?}", imp.notes);
+        assert!(c.network.network_train_unet_only);
+
+        // Rank fields, T5 training with its own rate, caching, memory options.
+        let imp = flux(&[
+            ("img_attn_dim", "8".into()),
+            ("single_dim", "0".into()),
+            ("in_dims", "[4,0,0,0,4]".into()),
+            ("train_single_block_indices", "0-5,9".into()),
+            ("train_t5xxl", true.into()),
+            ("text_encoder_lr", 1e-5.into()),
+            ("t5xxl_lr", 2e-5.into()),
+            ("unet_lr", 1e-4.into()),
+            ("rank_dropout", 0.1.into()),
+            ("loraplus_lr_ratio", 4.into()),
+            ("blocks_to_swap", 10.into()),
+            ("fp8_base", true.into()),
+            ("fp8_base_unet", true.into()),
+            ("apply_t5_attn_mask", true.into()),
+            ("train_blocks", "double".into()),
+        ])
+        .unwrap();
+        let c = config(&imp);
+        let n = &c.network;
+        assert_eq!((n.img_attn_dim, n.single_dim), (Some(8), Some(0)), "\"0\" is a non-empty text: passed");
+        assert_eq!(n.in_dims.as_deref(), Some("[4,0,0,0,4]"));
+        assert_eq!(n.train_single_block_indices.as_deref(), Some("0-5,9"));
+        assert!(n.train_t5xxl && c.trains_text_encoder());
+        assert_eq!(c.text_encoder_lrs(), vec![1e-5, 2e-5], "[CLIP-L, T5-XXL] as the GUI passes them");
+        assert_eq!((n.rank_dropout, n.loraplus_lr_ratio), (Some(0.1), Some(4.0)));
+        assert!(c.accelerate.fp8_base && c.accelerate.fp8_base_unet && c.model.apply_t5_attn_mask);
+        assert_eq!(level_of(&imp, "blocks_to_swap"), Some(NoteLevel::Memory));
+        // The GUI does not pass train_blocks (only split_mode forces "single"): said so.
+        assert_eq!(n.train_blocks, None);
+        assert_eq!(level_of(&imp, "train_blocks"), Some(NoteLevel::Info));
+        let c = config(&flux(&[("split_mode", true.into())]).unwrap());
+        assert_eq!(c.network.train_blocks.as_deref(), Some("single"));
+
+        // Cached text-encoder outputs (U-Net only, fixed captions) carry over; guidance 0 is
+        // "not set": sd-scripts' 3.5.
+        let err = flux(&[("flux1_cache_text_encoder_outputs", true.into())]).unwrap_err();
+        assert!(err.contains("caption_dropout_rate"), "the template's 0.05 caption dropout: {err}");
+        let imp = flux(&[
+            ("caption_dropout_rate", 0.into()),
+            ("flux1_cache_text_encoder_outputs", true.into()),
+            ("flux1_cache_text_encoder_outputs_to_disk", true.into()),
+            ("text_encoder_lr", 0.into()),
+            ("unet_lr", 1e-4.into()),
+            ("guidance_scale", 0.into()),
+        ])
+        .unwrap();
+        let c = config(&imp);
+        assert!(c.training.cache_text_encoder_outputs && c.training.cache_text_encoder_outputs_to_disk);
+        assert_eq!(c.flow.guidance_scale, 3.5);
+        assert_eq!(level_of(&imp, "guidance_scale"), Some(NoteLevel::Info));
+    }
+
+    #[test]
+    fn flux_gui_configs_are_refused_where_kohya_or_lorakit_would_not_run_them() {
+        for (overrides, says) in [
+            (vec![("LoRA_type", Value::from("Standard"))], "LoRA type must be set to 'Flux1'"),
+            (vec![("LoRA_type", "LyCORIS/LoKr".into())], "LyCORIS on Flux.1"),
+            (vec![("LoRA_type", "Flux1 OFT".into())], "Flux OFT"),
+            (vec![("split_qkv", true.into())], "split_qkv"),
+            (vec![("train_lora_ggpo", true.into()), ("ggpo_beta", 0.01.into()), ("ggpo_sigma", 0.03.into())], "GGPO"),
+            (vec![("model_type", "chroma".into())], "Chroma"),
+            (vec![("t5xxl_lr", 1e-5.into()), ("text_encoder_lr", 0.into())], "T5XXL learning rate"),
+            (vec![("train_t5xxl", true.into()), ("flux1_cache_text_encoder_outputs", true.into())], "T5XXL is trained"),
+            (
+                vec![("blocks_to_swap", 4.into()), ("cpu_offload_checkpointing", true.into())],
+                "cpu_offload_checkpointing",
+            ),
+            (vec![("bucket_reso_steps", 16.into())], "divisible by 32"),
+        ] {
+            let err = flux(&overrides).unwrap_err();
+            assert!(err.contains(says), "{overrides:?}: {err}");
+        }
     }
 
     /// A GUI config with the SDXL checkbox: what `sdxl_train_network.py` would get.

@@ -31,6 +31,9 @@ pub use args::import_sd_scripts_args;
 pub enum NoteLevel {
     /// An ignored or unsupported setting that changes what is trained: shown first, as a warning.
     ChangesRun,
+    /// A memory-saving option lorakit does not have (Flux's `blocks_to_swap`, …): the same weights
+    /// are trained, but the run needs more memory than kohya's — a warning, right after the above.
+    Memory,
     /// A conversion or a setting that does not change the trained weights (file retention,
     /// logging destinations, a value lorakit chose where sd-scripts would draw one).
     Info,
@@ -52,6 +55,9 @@ pub struct ImportNote {
 impl ImportNote {
     pub(crate) fn changes_run(key: impl Into<String>, text: impl Into<String>) -> Self {
         ImportNote { level: NoteLevel::ChangesRun, key: key.into(), text: text.into() }
+    }
+    pub(crate) fn memory(key: impl Into<String>, text: impl Into<String>) -> Self {
+        ImportNote { level: NoteLevel::Memory, key: key.into(), text: text.into() }
     }
     pub(crate) fn info(key: impl Into<String>, text: impl Into<String>) -> Self {
         ImportNote { level: NoteLevel::Info, key: key.into(), text: text.into() }
@@ -83,7 +89,8 @@ impl Imported {
     }
 
     /// The notes as lines to print, most important first: settings that change the run (as
-    /// warnings), then information, then one line listing the cosmetic keys.
+    /// warnings), memory-saving options lorakit does not have (warnings too), then information,
+    /// then one line listing the cosmetic keys.
     pub fn report(&self, source: &Path) -> Vec<String> {
         let mut notes: Vec<&ImportNote> = self.notes.iter().collect();
         notes.sort_by(|a, b| a.level.cmp(&b.level).then_with(|| a.key.cmp(&b.key)));
@@ -95,6 +102,11 @@ impl Imported {
                 NoteLevel::ChangesRun => {
                     lines.push(format!("warning: {}: {about}{} — this changes the run", source.display(), note.text))
                 }
+                NoteLevel::Memory => lines.push(format!(
+                    "warning: {}: {about}{} — the same weights are trained, but the run needs the memory `lorakit train --dry-run` reports",
+                    source.display(),
+                    note.text
+                )),
                 NoteLevel::Info => lines.push(format!("note: {}: {about}{}", source.display(), note.text)),
                 NoteLevel::Cosmetic => cosmetic.push(note.key.as_str()),
             }
@@ -142,7 +154,7 @@ pub fn import_bytes(bytes: &[u8], base: &Path) -> std::result::Result<Imported, 
 /// What the base checkpoint of an sd-scripts TOML is, from its weights (the header of a
 /// `.safetensors` file or a diffusers folder's configs, no tensor read), when it is here to read:
 /// the TOML itself does not say whether it is for `train_network.py` or `sdxl_train_network.py`.
-/// `None` when the path is missing, unreadable or something else than SD 1.x/2.x/SDXL.
+/// `None` when the path is missing, unreadable or something else than SD 1.x/2.x/SDXL/Flux.1.
 fn checkpoint_family(pairs: &[(String, toml::Value)], base: &Path) -> Option<(args::Family, String)> {
     use lorakit_models::checkpoint::{detect_family_at, ModelFamily};
     let (_, value) = pairs.iter().rev().find(|(k, _)| k == "pretrained_model_name_or_path")?;
@@ -165,6 +177,7 @@ fn checkpoint_family(pairs: &[(String, toml::Value)], base: &Path) -> Option<(ar
         ModelFamily::Sd1 => args::Family::Sd1,
         ModelFamily::Sd2 => args::Family::Sd2,
         ModelFamily::Sdxl => args::Family::Sdxl,
+        ModelFamily::Flux => args::Family::Flux1,
         _ => return None,
     };
     Some((family, path.display().to_string()))
@@ -175,6 +188,9 @@ fn checkpoint_family(pairs: &[(String, toml::Value)], base: &Path) -> Option<(ar
 fn resolve_relative(imported: &mut Imported, base: &Path) {
     for (section, key) in [
         ("model", "pretrained_model_name_or_path"),
+        ("model", "clip_l"),
+        ("model", "t5xxl"),
+        ("model", "ae"),
         ("dataset", "train_data_dir"),
         ("dataset", "reg_data_dir"),
         ("dataset", "dataset_config"),
