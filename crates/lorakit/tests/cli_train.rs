@@ -281,7 +281,8 @@ fn kohya_gui_configs_import_by_content_with_ranked_notes() {
 
     // Refusals exit non-zero and say why.
     for (content, says) in [
-        (gui_json(dir.path(), ", \"flux1_checkbox\": true"), "Flux.1"),
+        // Flux.1 imports (tests/cli_kohya_import_flux.rs), but not with a LoRA type the GUI refuses.
+        (gui_json(dir.path(), ", \"flux1_checkbox\": true"), "LoRA type must be set to 'Flux1'"),
         (gui_json(dir.path(), ", \"sdxl\": true, \"v2\": true"), "v2 cannot be enabled in SDXL training"),
         (gui_json(dir.path(), ", \"LoRA_type\": \"LyCORIS/iA3\"").replace("\"LoRA_type\": \"Standard\", ", ""), "iA3"),
         ("[general]\nresolution = 512\n[[datasets]]\n".to_string(), "dataset config"),

@@ -148,10 +148,10 @@ const DIT_KEYS: &[&str] = &["weighting_scheme", "logit_mean", "logit_std", "mode
 /// Arguments of the SD scripts that sd-scripts' `flux_train_network.py` reads but never uses
 /// (its own noise, loss and text encoding replace the SD ones), with why: dropped with a note.
 const FLUX_IGNORES: &[(&str, &str)] = &[
-    ("min_snr_gamma", "its loss has no SNR weighting (post_process_loss returns the loss as is)"),
-    ("scale_v_pred_loss_like_noise_pred", "its loss has no SNR weighting (post_process_loss returns the loss as is)"),
-    ("v_pred_like_loss", "its loss has no SNR weighting (post_process_loss returns the loss as is)"),
-    ("debiased_estimation_loss", "its loss has no SNR weighting (post_process_loss returns the loss as is)"),
+    ("min_snr_gamma", "its loss has no SNR weighting: post_process_loss returns the loss as is"),
+    ("scale_v_pred_loss_like_noise_pred", "its loss has no SNR weighting: post_process_loss returns the loss as is"),
+    ("v_pred_like_loss", "its loss has no SNR weighting: post_process_loss returns the loss as is"),
+    ("debiased_estimation_loss", "its loss has no SNR weighting: post_process_loss returns the loss as is"),
     ("zero_terminal_snr", "Flux has no DDPM noise schedule to rescale"),
     ("v_parameterization", "the target is always the velocity ε − x₀"),
     ("v2", "it is an SD 2.x switch"),
@@ -1552,8 +1552,8 @@ seed = 1
         }
     }
 
-    /// An sd-scripts `flux_train_network.py` TOML: the command of sd-scripts' Flux guide
-    /// (docs/flux_train_network.md) as a `--config_file`, plus `extra` lines.
+    /// An sd-scripts `flux_train_network.py` TOML (fp8 base, cached text-encoder outputs, the
+    /// transformer only, as sd-scripts' README's Flux example trains), plus `extra` lines.
     fn flux_toml(extra: &str) -> String {
         format!(
             r#"pretrained_model_name_or_path = "/m/flux1-dev.safetensors"
