@@ -92,7 +92,7 @@ fn kohya_ss_flux_preset_imports_as_flux() {
 }
 
 #[test]
-fn a_flux_gui_config_takes_the_gui_defaults_and_warns_about_block_swap() {
+fn a_flux_gui_config_takes_the_gui_defaults_and_swaps_blocks() {
     let imp = import("flux-character.json");
     let c = config(&imp);
     assert_eq!(c.model.model_family.as_deref(), Some("flux"));
@@ -106,12 +106,22 @@ fn a_flux_gui_config_takes_the_gui_defaults_and_warns_about_block_swap() {
     assert_eq!(c.optimizer.lr_warmup_steps, 100.0);
     assert!(c.caches_text_encoder_outputs() && c.network.network_train_unet_only && c.accelerate.fp8_base);
     assert_eq!(c.network.train_double_block_indices.as_deref(), Some("all"));
-    // blocks_to_swap 18 (a 12 GB card's setting): imported without it, warned about first.
-    assert_eq!(at_level(&imp, NoteLevel::Memory), vec!["blocks_to_swap"]);
-    assert!(at_level(&imp, NoteLevel::ChangesRun).is_empty(), "{:?}", imp.notes);
+    // blocks_to_swap 18 (a 12 GB card's setting) with gradient checkpointing: swapped as in
+    // sd-scripts (9 double and 18 single blocks in host memory).
+    assert_eq!(c.accelerate.blocks_to_swap, Some(18));
+    assert!(c.training.gradient_checkpointing);
+    assert!(
+        at_level(&imp, NoteLevel::ChangesRun).is_empty() && at_level(&imp, NoteLevel::Memory).is_empty(),
+        "{:?}",
+        imp.notes
+    );
+    // The same config without gradient checkpointing: lorakit cannot swap then — imported
+    // without block swap, warned about first.
+    let imp = import_changed("flux-character.json", &[("gradient_checkpointing", false.into())]).unwrap();
+    assert_eq!(config(&imp).accelerate.blocks_to_swap, None);
     let report = imp.report(Path::new("flux-character.json"));
     assert!(
-        report[0].starts_with("warning: flux-character.json: `blocks_to_swap`: 18: lorakit does not swap blocks")
+        report[0].starts_with("warning: flux-character.json: `blocks_to_swap`: 18: lorakit swaps 18 blocks only with gradient checkpointing")
             && report[0].ends_with("the run needs the memory `lorakit train --dry-run` reports"),
         "{report:?}"
     );
@@ -131,15 +141,14 @@ fn sd_scripts_flux_guide_toml_imports_as_flux_with_memory_warnings() {
     assert!(c.training.gradient_checkpointing && c.training.cache_latents);
     assert_eq!((c.accelerate.mixed_precision.as_str(), c.training.max_train_epochs), ("fp16", 10));
     assert_eq!(c.dataset.dataset_config.as_deref(), Some(Path::new("my_flux_dataset_config.toml")));
+    assert_eq!(c.accelerate.blocks_to_swap, Some(18), "with gradient checkpointing, as the guide has it");
     // CLIP-L trains (no network_train_unet_only): sd-scripts caches only T5-XXL's outputs;
-    // lorakit caches none then — the same weights, more memory, said first with block swap.
+    // lorakit caches none then — the same weights, more memory, said first.
     assert!(c.trains_text_encoder() && !c.caches_text_encoder_outputs());
-    let mut memory = at_level(&imp, NoteLevel::Memory);
-    memory.sort_unstable();
-    assert_eq!(memory, vec!["blocks_to_swap", "cache_text_encoder_outputs"]);
+    assert_eq!(at_level(&imp, NoteLevel::Memory), vec!["cache_text_encoder_outputs"]);
     assert!(at_level(&imp, NoteLevel::ChangesRun).is_empty(), "{:?}", imp.notes);
     let report = imp.report(Path::new("flux_train_network.toml"));
-    assert!(report[..2].iter().all(|l| l.starts_with("warning: ")), "{report:?}");
+    assert!(report[0].starts_with("warning: flux_train_network.toml: `cache_text_encoder_outputs`"), "{report:?}");
     assert!(note(&imp, "cache_text_encoder_outputs").text.contains("caches only T5-XXL's outputs"));
 
     // The same TOML for the transformer only, leaving the objective to sd-scripts' defaults:
@@ -154,7 +163,7 @@ fn sd_scripts_flux_guide_toml_imports_as_flux_with_memory_warnings() {
     assert!(c.caches_text_encoder_outputs() && !c.trains_text_encoder());
     assert_eq!((c.flow.model_prediction_type, c.flow.guidance_scale), (Some(ModelPredictionType::SigmaScaled), 3.5));
     assert!(note(&imp, "guidance_scale").text.contains("sd-scripts' default 3.5"));
-    assert_eq!(at_level(&imp, NoteLevel::Memory), vec!["blocks_to_swap"]);
+    assert!(at_level(&imp, NoteLevel::Memory).is_empty(), "{:?}", imp.notes);
 }
 
 #[test]
@@ -176,14 +185,17 @@ fn flux_configs_kohya_or_lorakit_would_not_run_are_refused_with_the_reason() {
         assert!(err.contains(says), "{changes:?}: {err}");
     }
     // Not refused: CLIP-L trained with cached outputs (sd-scripts then caches T5 only), imported
-    // without caching and warned about; split_mode, the deprecated block swap, likewise.
+    // without caching and warned about; split_mode: the GUI's train_blocks=single and
+    // sd-scripts' 18 swapped blocks.
     let imp = import_changed(base, &[("text_encoder_lr", 1e-5.into()), ("split_mode", true.into())]).unwrap();
     let c = config(&imp);
     assert!(c.trains_text_encoder() && !c.caches_text_encoder_outputs());
     assert_eq!(c.network.train_blocks.as_deref(), Some("single"), "the GUI forces train_blocks=single with split_mode");
+    assert_eq!(c.accelerate.blocks_to_swap, Some(18));
+    assert_eq!(note(&imp, "split_mode").level, NoteLevel::Info);
     let mut memory = at_level(&imp, NoteLevel::Memory);
     memory.sort_unstable();
-    assert_eq!(memory, vec!["cache_text_encoder_outputs", "cache_text_encoder_outputs_to_disk", "split_mode"]);
+    assert_eq!(memory, vec!["cache_text_encoder_outputs", "cache_text_encoder_outputs_to_disk"]);
 }
 
 /// An sd-scripts TOML naming `model` as its checkpoint.

@@ -73,13 +73,28 @@ fn a_kohya_flux_gui_config_imports_and_plans_on_the_tiny_flux_pipeline() {
     assert!(text(&o).contains("memory: this run needs about"), "{}", text(&o));
     assert!(!dir.path().join("out").join("last.safetensors").exists(), "a dry run trains nothing");
 
-    // With block swap (a memory option lorakit lacks): still planned, with the warning first.
-    let swap = std::fs::read_to_string(&file).unwrap().replace("\"split_mode\": false", "\"split_mode\": true");
-    std::fs::write(&file, swap).unwrap();
+    // Block swap: 2 blocks (1 double, 2 single of the tiny model's 2 and 3) with gradient
+    // checkpointing, as the preset has it, is lorakit's accelerate.blocks_to_swap.
+    let preset = std::fs::read_to_string(&file).unwrap();
+    let swap =
+        preset.replace("\"gradient_accumulation_steps\"", "\"blocks_to_swap\": 2,\n  \"gradient_accumulation_steps\"");
+    std::fs::write(&file, &swap).unwrap();
+    let o = lorakit(&["train", "--from-kohya", file.to_str().unwrap(), "--dry-run"]);
+    assert!(o.status.success() && !text(&o).contains("warning: "), "{}", text(&o));
+    // Without gradient checkpointing lorakit cannot swap: planned without it, warned about first.
+    std::fs::write(&file, swap.replace("\"gradient_checkpointing\": true", "\"gradient_checkpointing\": false"))
+        .unwrap();
     let o = lorakit(&["train", "--from-kohya", file.to_str().unwrap(), "--dry-run"]);
     assert!(o.status.success(), "{}", text(&o));
     let first = String::from_utf8_lossy(&o.stderr).lines().next().unwrap_or_default().to_string();
-    assert!(first.starts_with("warning: ") && first.contains("`split_mode`") && first.contains("--dry-run"), "{first}");
+    assert!(
+        first.starts_with("warning: ") && first.contains("`blocks_to_swap`") && first.contains("--dry-run"),
+        "{first}"
+    );
+    // split_mode: sd-scripts' 18 blocks, more than the tiny model has — refused when it loads.
+    std::fs::write(&file, preset.replace("\"split_mode\": false", "\"split_mode\": true")).unwrap();
+    let o = lorakit(&["train", "--from-kohya", file.to_str().unwrap(), "--dry-run"]);
+    assert!(!o.status.success() && text(&o).contains("blocks_to_swap = 18"), "{}", text(&o));
 }
 
 #[test]

@@ -605,20 +605,28 @@ fn flux_arg(
         }
         "blocks_to_swap" => {
             if !is_unset(value) {
-                notes.push(ImportNote::memory(
-                    raw_key,
-                    format!("{}: lorakit does not swap blocks between the GPU and the host yet, so the whole transformer stays on the device; imported without it", shown(value)),
-                ));
+                let n = coerce(value, &V::Integer(0)).map_err(|e| format!("{raw_key}: {e}"))?;
+                block_swap(n, raw_key, &shown(value), args, t, notes)?;
             }
         }
         "split_mode" => {
             if flag(args, key)? {
-                let what = if args.get("blocks_to_swap").is_some_and(|v| !is_unset(v)) {
-                    "deprecated; sd-scripts ignores it because blocks_to_swap is set"
+                if args.get("blocks_to_swap").is_some_and(|v| !is_unset(v)) {
+                    notes.push(ImportNote::info(
+                        raw_key,
+                        "true: deprecated, and ignored by sd-scripts because blocks_to_swap is set",
+                    ));
                 } else {
-                    "deprecated; sd-scripts swaps 18 blocks instead (blocks_to_swap = 18), and lorakit does not swap blocks yet; imported without it"
-                };
-                notes.push(ImportNote::memory(raw_key, format!("true: {what}")));
+                    // flux_train_network.py: "`--blocks_to_swap 18` is automatically set".
+                    block_swap(
+                        V::Integer(18),
+                        raw_key,
+                        "true (deprecated: sd-scripts swaps 18 blocks instead)",
+                        args,
+                        t,
+                        notes,
+                    )?;
+                }
             }
         }
         "cpu_offload_checkpointing" => {
@@ -674,13 +682,42 @@ fn flux_arg(
     Ok(true)
 }
 
+/// sd-scripts' `blocks_to_swap` (or `split_mode`'s 18) → `accelerate.blocks_to_swap`, which
+/// lorakit runs only with gradient checkpointing (sd-scripts also swaps without it): without
+/// checkpointing the config is imported without block swap, and a memory warning says so.
+fn block_swap(
+    n: toml::Value,
+    raw_key: &str,
+    shown_value: &str,
+    args: &BTreeMap<String, toml::Value>,
+    t: &mut Table,
+    notes: &mut Vec<ImportNote>,
+) -> Result<(), String> {
+    let count = n.as_integer().unwrap_or(0);
+    if count < 0 {
+        return Err(format!("{raw_key} = {count}: a number of blocks is 0 or more"));
+    }
+    if flag(args, "gradient_checkpointing")? {
+        if raw_key != "blocks_to_swap" {
+            notes.push(ImportNote::info(raw_key, format!("{shown_value}: accelerate.blocks_to_swap = {count}")));
+        }
+        t.put("accelerate", "blocks_to_swap", n);
+    } else {
+        notes.push(ImportNote::memory(
+            raw_key,
+            format!("{shown_value}: lorakit swaps {count} blocks only with gradient checkpointing (it copies each swapped block to the card again for the backward recomputation), which this config leaves off; imported without block swap — set training.gradient_checkpointing = true and accelerate.blocks_to_swap = {count} to swap"),
+        ));
+    }
+    Ok(())
+}
+
 /// What `flux_train_network.py` checks or sets before training, and sd-scripts' Flux defaults
 /// that differ from lorakit's, written out so the imported run trains what sd-scripts would.
 fn flux_checks(args: &BTreeMap<String, toml::Value>, t: &mut Table, notes: &mut Vec<ImportNote>) -> Result<(), String> {
     let set = |k: &str| args.get(k).is_some_and(|v| !is_unset(v));
     if set("blocks_to_swap") && flag(args, "cpu_offload_checkpointing")? {
         return Err(
-            "blocks_to_swap with cpu_offload_checkpointing: sd-scripts refuses this (\"blocks_to_swap is not supported with cpu_offload_checkpointing\"); remove one (lorakit does neither yet)"
+            "blocks_to_swap with cpu_offload_checkpointing: sd-scripts refuses this (\"blocks_to_swap is not supported with cpu_offload_checkpointing\"); remove one"
                 .into(),
         );
     }
@@ -1670,8 +1707,10 @@ seed = 42
         ))
         .unwrap();
         let c = config(&imp);
-        assert_eq!(level_of(&imp, "blocks_to_swap"), Some(NoteLevel::Memory));
-        assert_eq!(level_of(&imp, "split_mode"), Some(NoteLevel::Memory));
+        // Block swap with gradient checkpointing: lorakit's accelerate.blocks_to_swap.
+        assert_eq!(c.accelerate.blocks_to_swap, Some(18));
+        assert_eq!(level_of(&imp, "blocks_to_swap"), None);
+        assert_eq!(level_of(&imp, "split_mode"), Some(NoteLevel::Info));
         assert!(imp.notes.iter().find(|n| n.key == "split_mode").unwrap().text.contains("blocks_to_swap is set"));
         for key in ["mem_eff_save", "min_snr_gamma", "noise_offset", "clip_skip", "max_timestep", "no_half_vae"] {
             let note = imp.notes.iter().find(|n| n.key == key).unwrap_or_else(|| panic!("{key}: {:?}", imp.notes));
@@ -1686,12 +1725,22 @@ seed = 42
         assert!(c.accelerate.fp8_base_unet && c.model.apply_t5_attn_mask);
         assert_eq!(c.model.t5xxl_max_token_length, Some(256));
         assert_eq!((c.flow.weighting_scheme, c.flow.logit_std), (crate::objective::WeightingScheme::LogitNormal, 1.5));
+        // Without gradient checkpointing lorakit cannot swap: imported without it, warned first.
+        let no_ckpt =
+            flux_toml("blocks_to_swap = 18\nmin_snr_gamma = 5\n").replace("gradient_checkpointing = true\n", "");
+        let imp = import_toml(&no_ckpt).unwrap();
+        assert_eq!(config(&imp).accelerate.blocks_to_swap, None);
         let report = imp.report(std::path::Path::new("flux.toml"));
         assert!(
-            report[0].starts_with("warning: flux.toml: `blocks_to_swap`: 18: lorakit does not swap blocks"),
+            report[0].starts_with(
+                "warning: flux.toml: `blocks_to_swap`: 18: lorakit swaps 18 blocks only with gradient checkpointing"
+            ),
             "{report:?}"
         );
         assert!(report[0].contains("the run needs the memory `lorakit train --dry-run` reports"), "{report:?}");
+        // split_mode alone: sd-scripts' 18 blocks.
+        let c = config(&import_toml(&flux_toml("split_mode = true\n")).unwrap());
+        assert_eq!(c.accelerate.blocks_to_swap, Some(18));
         // cpu_offload_checkpointing: a memory option with gradient checkpointing.
         let imp = import_toml(&flux_toml("cpu_offload_checkpointing = true\n")).unwrap();
         assert_eq!(level_of(&imp, "cpu_offload_checkpointing"), Some(NoteLevel::Memory));

@@ -1137,12 +1137,15 @@ mod tests {
         assert_eq!(c.text_encoder_lrs(), vec![1e-5, 2e-5], "[CLIP-L, T5-XXL] as the GUI passes them");
         assert_eq!((n.rank_dropout, n.loraplus_lr_ratio), (Some(0.1), Some(4.0)));
         assert!(c.accelerate.fp8_base && c.accelerate.fp8_base_unet && c.model.apply_t5_attn_mask);
+        // blocks_to_swap without gradient checkpointing (the template's): lorakit cannot swap.
         assert_eq!(level_of(&imp, "blocks_to_swap"), Some(NoteLevel::Memory));
+        assert_eq!(c.accelerate.blocks_to_swap, None);
         // The GUI does not pass train_blocks (only split_mode forces "single"): said so.
         assert_eq!(n.train_blocks, None);
         assert_eq!(level_of(&imp, "train_blocks"), Some(NoteLevel::Info));
-        let c = config(&flux(&[("split_mode", true.into())]).unwrap());
+        let c = config(&flux(&[("split_mode", true.into()), ("gradient_checkpointing", true.into())]).unwrap());
         assert_eq!(c.network.train_blocks.as_deref(), Some("single"));
+        assert_eq!(c.accelerate.blocks_to_swap, Some(18), "split_mode: sd-scripts swaps 18 blocks");
 
         // Cached text-encoder outputs (U-Net only, fixed captions) carry over; guidance 0 is
         // "not set": sd-scripts' 3.5.

@@ -31,8 +31,9 @@ pub use args::import_sd_scripts_args;
 pub enum NoteLevel {
     /// An ignored or unsupported setting that changes what is trained: shown first, as a warning.
     ChangesRun,
-    /// A memory-saving option lorakit does not have (Flux's `blocks_to_swap`, …): the same weights
-    /// are trained, but the run needs more memory than kohya's — a warning, right after the above.
+    /// A memory-saving option lorakit does not have (Flux's `cpu_offload_checkpointing`,
+    /// `blocks_to_swap` without gradient checkpointing, T5-only caching): the same weights are
+    /// trained, but the run needs more memory than kohya's — a warning, right after the above.
     Memory,
     /// A conversion or a setting that does not change the trained weights (file retention,
     /// logging destinations, a value lorakit chose where sd-scripts would draw one).
