@@ -5,7 +5,9 @@
 //! - the model family from `sdxl`, `v2`, `flux1_checkbox`, `sd3_checkbox`, …; with `sdxl` the GUI
 //!   runs `sdxl_train_network.py` and passes its "SDXL Specific Parameters"
 //!   (`sdxl_cache_text_encoder_outputs` → `cache_text_encoder_outputs`, `sdxl_no_half_vae` →
-//!   `no_half_vae`), which it drops for other families;
+//!   `no_half_vae`), which it drops for other families; with `flux1_checkbox` (and `LoRA_type`
+//!   Flux1) it runs `flux_train_network.py` with `networks.lora_flux`, the Flux accordion's fields
+//!   and the rank / block-index fields as `network_args`;
 //! - `epoch` only when `max_train_steps` is 0/empty: with DreamBooth folders the GUI turns it into
 //!   `max_train_steps` (images × repeats ÷ batch ÷ accumulation × epochs × 2 with regularisation
 //!   images), with a dataset config it passes nothing (sd-scripts then trains 1600 steps);

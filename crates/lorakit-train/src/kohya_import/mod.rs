@@ -10,8 +10,11 @@
 //!   `epoch` vs `max_train_steps`, "0 / empty means not set", noise offset type, LR rules, …).
 //! - [`args`]: sd-scripts arguments → lorakit keys, with sd-scripts' defaults for silent keys and
 //!   a refusal for what lorakit cannot train (network types, model families). The family comes
-//!   from the GUI's checkbox, `v2`, SDXL-only arguments, or — for an sd-scripts TOML, which does
-//!   not name its script — the base checkpoint's weights when the file is here to read.
+//!   from the GUI's checkbox, `networks.lora_flux` and Flux-only arguments, `v2`, SDXL-only
+//!   arguments, or — for an sd-scripts TOML, which does not name its script — the base
+//!   checkpoint's weights when the file is here to read. Flux.1 configs get `flux_train_network.py`'s
+//!   rules: `lora_flux`'s network arguments, the `[flow]` objective with sd-scripts' defaults
+//!   written out, block swap, and the SD options that script ignores dropped with a note.
 //!
 //! Everything not carried over becomes an [`ImportNote`], ranked by whether it changes the run.
 
