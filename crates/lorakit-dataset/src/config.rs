@@ -481,7 +481,7 @@ fn resolve_dataset(
     if buckets.enable_bucket && buckets.bucket_reso_steps % 64 != 0 {
         notes.push(ConfigNote {
             message: format!(
-                "{at}: bucket_reso_steps {} is not a multiple of 64: SD1.x/SD2.x and Flux training require 64 (SDXL and SD3 accept 32)",
+                "{at}: bucket_reso_steps {} is not a multiple of 64: SD1.x/SD2.x training requires 64 (SDXL, SD3 and Flux accept 32)",
                 buckets.bucket_reso_steps
             ),
         });

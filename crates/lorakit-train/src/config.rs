@@ -1038,6 +1038,23 @@ impl TrainConfig {
         c.save.resume = Some(PathBuf::new());
         c.samples.sample_prompts = Some(PathBuf::new());
         c.logging.log_prefix = Some(String::new());
+        c.model.clip_l = Some(PathBuf::new());
+        c.model.t5xxl = Some(PathBuf::new());
+        c.model.ae = Some(PathBuf::new());
+        c.model.t5xxl_max_token_length = Some(0);
+        c.accelerate.blocks_to_swap = Some(0);
+        c.network.train_blocks = Some(String::new());
+        c.network.img_attn_dim = Some(0);
+        c.network.txt_attn_dim = Some(0);
+        c.network.img_mlp_dim = Some(0);
+        c.network.txt_mlp_dim = Some(0);
+        c.network.img_mod_dim = Some(0);
+        c.network.txt_mod_dim = Some(0);
+        c.network.single_dim = Some(0);
+        c.network.single_mod_dim = Some(0);
+        c.network.in_dims = Some(String::new());
+        c.network.train_double_block_indices = Some(String::new());
+        c.network.train_single_block_indices = Some(String::new());
         c
     }
 
@@ -1577,8 +1594,9 @@ mod tests {
         }
         let err = TrainConfig::from_toml_str("", &["network_multiplier=inf".into()]).unwrap_err();
         assert!(err.contains("network.network_multiplier = inf"), "{err}");
-        let err = TrainConfig::from_toml_str("[model]\nmodel_family = \"flux\"\n", &[]).unwrap_err();
-        assert!(err.contains("model_family") && err.contains("sd1, sd2, sdxl"), "{err}");
+        let err = TrainConfig::from_toml_str("[model]\nmodel_family = \"sd3\"\n", &[]).unwrap_err();
+        assert!(err.contains("model_family") && err.contains("sd1, sd2, sdxl, flux"), "{err}");
+        TrainConfig::from_toml_str("[model]\nmodel_family = \"flux\"\n", &[]).unwrap();
         TrainConfig::from_toml_str("[model]\nmodel_family = \"sdxl\"\n", &[]).unwrap();
         let err = TrainConfig::from_toml_str("[model]\nmodel_family = \"sdxl\"\nv2 = true\n", &[]).unwrap_err();
         assert!(err.contains("v2") && err.contains("SDXL"), "{err}");
