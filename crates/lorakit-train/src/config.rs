@@ -1603,6 +1603,28 @@ mod tests {
     }
 
     #[test]
+    fn print_config_lists_the_flux_keys() {
+        // `--print-config` and the docs test list `known_keys()`: a key missing there would be
+        // dropped from a printed (e.g. imported) config.
+        let keys = known_keys();
+        for (section, key) in [
+            ("model", "clip_l"),
+            ("model", "t5xxl"),
+            ("model", "ae"),
+            ("model", "t5xxl_max_token_length"),
+            ("accelerate", "blocks_to_swap"),
+            ("network", "train_blocks"),
+            ("network", "single_mod_dim"),
+            ("network", "in_dims"),
+            ("network", "train_single_block_indices"),
+            ("flow", "model_prediction_type"),
+        ] {
+            let listed = keys.iter().any(|(s, k)| s == section && k.iter().any(|k| k == key));
+            assert!(listed, "{section}.{key} missing from known_keys()");
+        }
+    }
+
+    #[test]
     fn relative_paths_are_taken_from_the_config_folder() {
         let mut c = TrainConfig::from_toml_str(
             "[folders]\noutput_dir = \"../out\"\n[dataset]\ntrain_data_dir = \"./img\"\n",
