@@ -19,14 +19,14 @@ use crate::error::{Result, TrainError};
 use crate::model::{Component, Conditioning, FamilyInfo, OptIn, SizeCondition, TrainableModel};
 use crate::objective::{FlowFamily, ObjectiveKind};
 
-/// Float values the Flux transformer keeps per token and hidden feature for backward,
-/// per double block (either stream) and per single block: the modulated input, q/k/v and their
-/// f32 norms and rotations, the attention output, the MLP's input, activation and output, and
-/// the gated residuals, counted from `dit::flux`'s graph (an estimate until the step benchmark
-/// measures it).
-const DOUBLE_BLOCK_FLOATS_PER_FEATURE: f64 = 40.0;
+/// Float values the Flux transformer keeps per token and hidden feature for backward, per double
+/// block (either stream) and per single block. Fitted to the step benchmark (BENCHMARKS.md, "One
+/// Flux LoRA step": full width, 2 double + 4 single blocks, 1024 + 512 tokens, f32: 7.7 GB of
+/// activations, i.e. 408 floats per token and feature over the six blocks), split between the
+/// block kinds in the proportion counted from `dit::flux`'s graph (40 : 37).
+const DOUBLE_BLOCK_FLOATS_PER_FEATURE: f64 = 72.0;
 /// See [`DOUBLE_BLOCK_FLOATS_PER_FEATURE`].
-const SINGLE_BLOCK_FLOATS_PER_FEATURE: f64 = 37.0;
+const SINGLE_BLOCK_FLOATS_PER_FEATURE: f64 = 66.0;
 /// The SD 1.5 UNet's training activations in f32 per latent pixel (`plan.rs`' measured
 /// constant), the unit of [`TrainableModel::activation_scale`].
 const SD15_ACTIVATION_BYTES_PER_LATENT_PIXEL: f64 = 1.49e6;
@@ -261,11 +261,13 @@ pub fn flux_activation_scale(cfg: &FluxConfig, t5_tokens: usize) -> f64 {
 
 /// The share of the activations gradient checkpointing keeps
 /// ([`TrainableModel::checkpointing_factor`]): each block's input (`hidden` floats a token per
-/// stream) plus one block recomputed at a time.
+/// stream) plus two blocks' worth at the peak (a block's forward while the recomputed one's
+/// gradients are alive) — the step benchmark's checkpointed run kept 0.35 of the plain run's
+/// activations at 6 blocks, as this gives.
 pub fn flux_checkpointing_factor(cfg: &FluxConfig) -> f64 {
     let (double, single) = (cfg.depth as f64, cfg.depth_single_blocks as f64);
     let total = DOUBLE_BLOCK_FLOATS_PER_FEATURE * double + SINGLE_BLOCK_FLOATS_PER_FEATURE * single;
-    let kept = double + single + DOUBLE_BLOCK_FLOATS_PER_FEATURE.max(SINGLE_BLOCK_FLOATS_PER_FEATURE);
+    let kept = double + single + 2.0 * DOUBLE_BLOCK_FLOATS_PER_FEATURE.max(SINGLE_BLOCK_FLOATS_PER_FEATURE);
     (kept / total).min(1.0)
 }
 
