@@ -434,7 +434,11 @@ pub fn load_lora_file(
     {
         match convert_lora(&file, ConvertTarget::Kohya, Some(Family::Flux)) {
             Ok((bytes, outcome)) => {
-                tracing::info!("{}: a Flux {} file, applied under kohya names", path.display(), outcome.from.describe());
+                tracing::info!(
+                    "{}: a Flux {} file, applied under kohya names",
+                    path.display(),
+                    outcome.from.describe()
+                );
                 LoraFile::from_bytes(bytes, path).map_err(|e| lora_err(e.to_string()))?
             }
             Err(ConvertError::AlreadyTarget { .. }) => file,

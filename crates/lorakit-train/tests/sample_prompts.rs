@@ -60,7 +60,8 @@ fn txt_prompts_options_and_comments() {
 
 #[test]
 fn txt_custom_defaults_apply() {
-    let d = SampleDefaults { width: 1024, height: 768, steps: 20, cfg_scale: 4.0, guidance: None, sampler: "euler".into() };
+    let d =
+        SampleDefaults { width: 1024, height: 768, steps: 20, cfg_scale: 4.0, guidance: None, sampler: "euler".into() };
     let (prompts, _) = parse_prompt_text("x\ny --w 512", &d).unwrap();
     assert_eq!((prompts[0].width, prompts[0].height, prompts[0].steps, prompts[0].cfg_scale), (1024, 768, 20, 4.0));
     assert_eq!(prompts[0].sampler_or(&d), "euler");
