@@ -31,6 +31,7 @@ use serde::{Deserialize, Serialize};
 use crate::clip_tokenizer::{
     chunk_for_clip, chunk_weights_for_clip, sd_scripts_max_length, ClipTokenizer, CLIP_CHUNK_LEN,
 };
+use crate::token_ids::{read_token_ids, TokenIds};
 use crate::weights::WeightsView;
 use crate::Error;
 
@@ -433,13 +434,6 @@ impl ClipEncoderLayer {
     }
 }
 
-/// Token ids read back to the host and checked: (batch, length, row-major ids).
-struct TokenIds {
-    batch: usize,
-    len: usize,
-    ids: Vec<u32>,
-}
-
 /// The CLIP text transformer (`CLIPTextModel`); weights are plain tensors, LoRA modules come in
 /// through the [`ForwardCtx`].
 pub struct ClipTextModel {
@@ -650,41 +644,12 @@ impl ClipTextModel {
     /// Reads (B, L) ids of an integer dtype to the host and checks them against the vocabulary
     /// and the position table.
     fn read_ids(&self, input_ids: &Tensor) -> Result<TokenIds> {
-        let (batch, len) = match input_ids.dims() {
-            &[b, l] => (b, l),
-            dims => candle_core::bail!("token ids must be (batch, length), got shape {dims:?}"),
-        };
-        if batch == 0 || len == 0 {
-            candle_core::bail!("token ids of shape {:?} are empty", input_ids.dims())
-        }
-        let max_len = self.config.max_position_embeddings;
-        if len > max_len {
-            candle_core::bail!(
-                "{len} tokens per sequence, the text encoder takes at most {max_len} (longer prompts go through encode_chunked)"
-            )
-        }
-        let flat = input_ids.flatten_all()?;
-        let wide: Vec<i64> = match input_ids.dtype() {
-            DType::U8 => flat.to_vec1::<u8>()?.into_iter().map(i64::from).collect(),
-            DType::U32 => flat.to_vec1::<u32>()?.into_iter().map(i64::from).collect(),
-            DType::I16 => flat.to_vec1::<i16>()?.into_iter().map(i64::from).collect(),
-            DType::I32 => flat.to_vec1::<i32>()?.into_iter().map(i64::from).collect(),
-            DType::I64 => flat.to_vec1::<i64>()?,
-            other => candle_core::bail!("token ids must have an integer dtype, got {other:?}"),
-        };
-        let vocab = self.config.vocab_size;
-        let mut ids = Vec::with_capacity(wide.len());
-        for (i, &id) in wide.iter().enumerate() {
-            if id < 0 || id >= vocab as i64 {
-                candle_core::bail!(
-                    "token id {id} (sequence {}, position {}) is outside the text encoder's vocabulary of {vocab} ids",
-                    i / len,
-                    i % len
-                )
-            }
-            ids.push(id as u32);
-        }
-        Ok(TokenIds { batch, len, ids })
+        read_token_ids(
+            input_ids,
+            self.config.vocab_size,
+            Some(self.config.max_position_embeddings),
+            "CLIP text encoder",
+        )
     }
 }
 

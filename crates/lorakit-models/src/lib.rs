@@ -20,6 +20,7 @@ pub mod schedule;
 pub mod sdxl_text;
 pub mod t5;
 pub mod t5_tokenizer;
+mod token_ids;
 pub mod transformer_2d;
 pub mod unet_2d;
 pub mod unet_2d_blocks;

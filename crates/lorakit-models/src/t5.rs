@@ -38,6 +38,7 @@ use lorakit_nn::{attach, ForwardCtx, Linear};
 use serde::{Deserialize, Serialize};
 
 use crate::t5_tokenizer::T5Tokens;
+use crate::token_ids::{read_token_ids, TokenIds};
 use crate::weights::WeightsView;
 use crate::Error;
 
@@ -444,13 +445,6 @@ fn residual_dtype(compute: DType) -> DType {
     }
 }
 
-/// Token ids read back to the host and checked: (batch, length, row-major ids).
-struct TokenIds {
-    batch: usize,
-    len: usize,
-    ids: Vec<u32>,
-}
-
 /// The T5 encoder (`T5EncoderModel`); weights are plain tensors, LoRA modules come in through
 /// the [`ForwardCtx`].
 pub struct T5EncoderModel {
@@ -672,36 +666,9 @@ impl T5EncoderModel {
             .to_dtype(residual_dtype(self.dtype))
     }
 
-    /// Reads (B, L) ids of an integer dtype to the host and checks them against the vocabulary.
+    /// Reads (B, L) ids of an integer dtype to the host and checks them against the vocabulary
+    /// (T5's relative positions set no length limit).
     fn read_ids(&self, input_ids: &Tensor) -> Result<TokenIds> {
-        let (batch, len) = match input_ids.dims() {
-            &[b, l] => (b, l),
-            dims => candle_core::bail!("T5: token ids must be (batch, length), got shape {dims:?}"),
-        };
-        if batch == 0 || len == 0 {
-            candle_core::bail!("T5: token ids of shape {:?} are empty", input_ids.dims())
-        }
-        let flat = input_ids.flatten_all()?;
-        let wide: Vec<i64> = match input_ids.dtype() {
-            DType::U8 => flat.to_vec1::<u8>()?.into_iter().map(i64::from).collect(),
-            DType::U32 => flat.to_vec1::<u32>()?.into_iter().map(i64::from).collect(),
-            DType::I16 => flat.to_vec1::<i16>()?.into_iter().map(i64::from).collect(),
-            DType::I32 => flat.to_vec1::<i32>()?.into_iter().map(i64::from).collect(),
-            DType::I64 => flat.to_vec1::<i64>()?,
-            other => candle_core::bail!("T5: token ids must have an integer dtype, got {other:?}"),
-        };
-        let vocab = self.config.vocab_size;
-        let mut ids = Vec::with_capacity(wide.len());
-        for (i, &id) in wide.iter().enumerate() {
-            if id < 0 || id >= vocab as i64 {
-                candle_core::bail!(
-                    "T5: token id {id} (sequence {}, position {}) is outside the encoder's vocabulary of {vocab} ids",
-                    i / len,
-                    i % len
-                )
-            }
-            ids.push(id as u32);
-        }
-        Ok(TokenIds { batch, len, ids })
+        read_token_ids(input_ids, self.config.vocab_size, None, "T5 encoder")
     }
 }
