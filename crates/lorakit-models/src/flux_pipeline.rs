@@ -17,7 +17,7 @@ use crate::clip::{ClipTextConfig, ClipTextModel};
 use crate::clip_tokenizer::ClipTokenizer;
 use crate::dit::flux::{image_ids, pack_latents, unpack_latents, FluxInputs, FluxTransformer};
 use crate::lora_inject::{ComponentTargets, UNET_PREFIX};
-use crate::pipeline::{gaussian, released, GenerateRequest, LoraSets, RgbImage};
+use crate::pipeline::{decode_latents_to_rgb, gaussian, released, GenerateRequest, LoraSets, RgbImage};
 use crate::samplers::flow::{euler, flux_schedule};
 use crate::t5::{T5Config, T5EncoderModel, T5_LORA_PREFIX};
 use crate::t5_tokenizer::{T5Tokenizer, T5_MAX_LENGTH_DEV, T5_MAX_LENGTH_SCHNELL};
@@ -334,8 +334,7 @@ impl FluxPipeline {
             Some(rng) => posterior.sample(rng)?,
             None => posterior.mean().clone(),
         };
-        let cfg = self.ae.config();
-        Ok(((z - cfg.shift_factor.unwrap_or(0.0))? * cfg.scaling_factor)?)
+        Ok(self.ae.to_model_space(&z)?)
     }
 
     /// The velocity for latents (B, 16, h, w) at noise levels `sigmas` (B, in [0, 1]) with the
@@ -427,12 +426,6 @@ impl FluxPipeline {
 
     /// Decodes transformer-space latents (B = 1) to 8-bit RGB.
     pub fn decode_to_rgb(&self, latents: &Tensor) -> Result<RgbImage> {
-        let cfg = self.ae.config();
-        let z = ((latents.to_dtype(DType::F32)? / cfg.scaling_factor)? + cfg.shift_factor.unwrap_or(0.0))?;
-        let image = self.ae.decode(&z.to_dtype(self.ae.dtype())?)?;
-        let image = ((image.to_dtype(DType::F32)? / 2.0)? + 0.5)?.clamp(0f32, 1f32)?;
-        let (_, _, height, width) = image.dims4()?;
-        let hwc = (image.squeeze(0)?.permute((1, 2, 0))? * 255.0)?.round()?.to_dtype(DType::U8)?;
-        Ok(RgbImage { width, height, pixels: hwc.flatten_all()?.to_vec1::<u8>()? })
+        decode_latents_to_rgb(&self.ae, latents)
     }
 }

@@ -352,13 +352,18 @@ impl StableDiffusion {
 
     /// Decodes SD latents (scaled by the VAE's scaling factor) to 8-bit RGB.
     pub fn decode_to_rgb(&self, latents: &Tensor) -> Result<RgbImage> {
-        let scaled = (latents.to_dtype(DType::F32)? / self.vae.config().scaling_factor)?;
-        let image = self.vae.decode(&scaled.to_dtype(self.vae.dtype())?)?;
-        let image = ((image.to_dtype(DType::F32)? / 2.0)? + 0.5)?.clamp(0f32, 1f32)?;
-        let (_, _, height, width) = image.dims4()?;
-        let hwc = (image.squeeze(0)?.permute((1, 2, 0))? * 255.0)?.round()?.to_dtype(DType::U8)?;
-        Ok(RgbImage { width, height, pixels: hwc.flatten_all()?.to_vec1::<u8>()? })
+        decode_latents_to_rgb(&self.vae, latents)
     }
+}
+
+/// Decodes denoiser-space latents (batch 1) with `vae` to 8-bit RGB: every family's last step.
+pub(crate) fn decode_latents_to_rgb(vae: &AutoencoderKL, latents: &Tensor) -> Result<RgbImage> {
+    let z = vae.from_model_space(&latents.to_dtype(DType::F32)?)?;
+    let image = vae.decode(&z.to_dtype(vae.dtype())?)?;
+    let image = ((image.to_dtype(DType::F32)? / 2.0)? + 0.5)?.clamp(0f32, 1f32)?;
+    let (_, _, height, width) = image.dims4()?;
+    let hwc = (image.squeeze(0)?.permute((1, 2, 0))? * 255.0)?.round()?.to_dtype(DType::U8)?;
+    Ok(RgbImage { width, height, pixels: hwc.flatten_all()?.to_vec1::<u8>()? })
 }
 
 /// The error for encoding text after [`StableDiffusion::release_text_encoders`].

@@ -430,8 +430,27 @@ impl AutoencoderKL {
         DiagonalGaussianDistribution::new(&moments)
     }
 
-    /// Decodes unscaled latents (divide UNet-space latents by `scaling_factor` first) to images
-    /// in about [-1, 1].
+    /// Unscaled latents (a posterior sample) → the denoiser's latent space:
+    /// `(z − shift_factor) · scaling_factor` (SD 1.x/2.x/XL have no shift, Flux and SD3 do).
+    pub fn to_model_space(&self, z: &Tensor) -> Result<Tensor> {
+        let shifted = match self.config.shift_factor {
+            Some(shift) => (z - shift)?,
+            None => z.clone(),
+        };
+        shifted * self.config.scaling_factor
+    }
+
+    /// The inverse of [`Self::to_model_space`]: what [`Self::decode`] takes.
+    pub fn from_model_space(&self, latents: &Tensor) -> Result<Tensor> {
+        let unscaled = (latents / self.config.scaling_factor)?;
+        match self.config.shift_factor {
+            Some(shift) => unscaled + shift,
+            None => Ok(unscaled),
+        }
+    }
+
+    /// Decodes unscaled latents ([`Self::from_model_space`] of the denoiser's) to images in
+    /// about [-1, 1].
     pub fn decode(&self, latents: &Tensor) -> Result<Tensor> {
         let ctx = ForwardCtx::default();
         let z = latents.detach();

@@ -9,14 +9,16 @@ use candle_core::{DType, Device, Tensor};
 use lorakit_models::checkpoint::flux::LinearStorage;
 use lorakit_models::dit::flux::FluxConfig;
 use lorakit_models::flux_pipeline::{FluxConditioning, FluxOptions, FluxPaths, FluxPipeline};
-use lorakit_models::pipeline::{GenerateRequest, LoraSets, RgbImage};
+use lorakit_models::pipeline::{GenerateRequest, RgbImage};
 use lorakit_nn::lora::LoraSet;
 use lorakit_nn::ForwardCtx;
 use rand::rngs::StdRng;
-use rand_distr::{Distribution, StandardNormal};
 
 use crate::error::{Result, TrainError};
-use crate::model::{Component, Conditioning, FamilyInfo, OptIn, SizeCondition, TrainableModel};
+use crate::model::{
+    fingerprint_vae, sample_latents, sets_for_sampling, Component, Conditioning, FamilyInfo, OptIn, SizeCondition,
+    TrainableModel,
+};
 use crate::objective::{FlowFamily, ObjectiveKind};
 
 /// Float values the Flux transformer keeps per token and hidden feature for backward, per double
@@ -43,7 +45,7 @@ impl FluxModel {
     /// linear weights in fp8 when `fp8_base` (sd-scripts' `--fp8_base`).
     pub fn load(paths: &FluxPaths, opts: &FluxOptions, device: &Device) -> Result<Self> {
         let pipe = FluxPipeline::load(paths, opts, device)?;
-        let vae_fingerprint = fingerprint_ae(&pipe)?;
+        let vae_fingerprint = fingerprint_vae(pipe.ae())?;
         Ok(FluxModel { pipe, vae_fingerprint })
     }
 
@@ -68,21 +70,6 @@ impl FluxModel {
     pub fn is_dev(&self) -> bool {
         self.pipe.transformer().config().guidance_embed
     }
-}
-
-/// A short hash of the autoencoder's response to a fixed image (latent caches are reused only
-/// with the same autoencoder).
-fn fingerprint_ae(pipe: &FluxPipeline) -> Result<String> {
-    use sha2::{Digest, Sha256};
-    let ae = pipe.ae();
-    let probe = Tensor::ones((1, 3, 16, 16), DType::F32, ae.device())?.to_dtype(ae.dtype())?;
-    let values: Vec<f32> = ae.encode(&probe)?.mean().to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
-    let mut h = Sha256::new();
-    h.update(b"flux-ae");
-    for v in values {
-        h.update(v.to_le_bytes());
-    }
-    Ok(h.finalize().iter().take(8).map(|b| format!("{b:02x}")).collect())
 }
 
 impl TrainableModel for FluxModel {
@@ -125,18 +112,7 @@ impl TrainableModel for FluxModel {
     }
 
     fn encode_images(&self, pixels: &Tensor, rng: &mut StdRng) -> Result<Tensor> {
-        // As for the UNet families: the posterior sampled with noise drawn on the CPU, so a
-        // seed gives the same latents on every device.
-        let ae = self.pipe.ae();
-        let dist = ae.encode(&pixels.to_dtype(ae.dtype())?)?;
-        let shape = dist.mean().dims().to_vec();
-        let n: usize = shape.iter().product();
-        let noise: Vec<f32> = (0..n).map(|_| StandardNormal.sample(rng)).collect();
-        let noise =
-            Tensor::from_vec(noise, shape.as_slice(), &Device::Cpu)?.to_device(ae.device())?.to_dtype(ae.dtype())?;
-        let z = dist.sample_with_noise(&noise)?.to_dtype(DType::F32)?;
-        let cfg = ae.config();
-        Ok(((z - cfg.shift_factor.unwrap_or(0.0))? * cfg.scaling_factor)?)
+        sample_latents(self.pipe.ae(), pixels, rng)
     }
 
     fn encode_text(
@@ -188,15 +164,8 @@ impl TrainableModel for FluxModel {
     }
 
     fn sample(&self, request: &GenerateRequest, sets: &[Arc<LoraSet>]) -> Result<RgbImage> {
-        let n = self.pipe.lora_components().len();
-        let mut all = Vec::with_capacity(n);
-        for i in 0..n {
-            all.push(match sets.get(i) {
-                Some(s) => s.clone(),
-                None => Arc::new(LoraSet::new(0, self.device())?),
-            });
-        }
-        Ok(self.pipe.generate(request, Some(&LoraSets { sets: all }), &mut |_, _| {})?)
+        let sets = sets_for_sampling(sets, self.pipe.lora_components().len(), self.device())?;
+        Ok(self.pipe.generate(request, Some(&sets), &mut |_, _| {})?)
     }
 
     fn vae_fingerprint(&self) -> String {

@@ -11,6 +11,7 @@ use lorakit_dataset::prompt_weights::parse_prompt_attention;
 use lorakit_models::checkpoint::ModelFamily;
 use lorakit_models::pipeline::{GenerateRequest, LoraSets, RgbImage, StableDiffusion, TextEncoders};
 use lorakit_models::schedule::Prediction;
+use lorakit_models::vae::AutoencoderKL;
 use lorakit_nn::lora::{LoraSet, LoraTarget};
 use lorakit_nn::ForwardCtx;
 use rand::rngs::StdRng;
@@ -323,7 +324,7 @@ impl StableDiffusionModel {
             _ => {}
         }
         sd.prediction = if v_parameterization { Prediction::VPrediction } else { Prediction::Epsilon };
-        let vae_fingerprint = fingerprint_vae(&sd)?;
+        let vae_fingerprint = fingerprint_vae(&sd.vae)?;
         Ok(StableDiffusionModel { sd, vae_fingerprint })
     }
 
@@ -424,18 +425,43 @@ fn refuse_sdxl_clip_skip(clip_skip: Option<usize>) -> Result<()> {
     }
 }
 
-/// A short hash of a few VAE encoder weights: cheap, and different for any other VAE.
-fn fingerprint_vae(sd: &StableDiffusion) -> Result<String> {
+/// A short hash of a VAE's response to a fixed image: cheap, and different for any other VAE
+/// (latent caches are reused only with the same one).
+pub(crate) fn fingerprint_vae(vae: &AutoencoderKL) -> Result<String> {
     use sha2::{Digest, Sha256};
-    let probe = Tensor::ones((1, 3, 8, 8), DType::F32, sd.vae.device())?.to_dtype(sd.vae.dtype())?;
-    let dist = sd.vae.encode(&probe)?;
+    let probe = Tensor::ones((1, 3, 8, 8), DType::F32, vae.device())?.to_dtype(vae.dtype())?;
+    let dist = vae.encode(&probe)?;
     let values: Vec<f32> = dist.mean().to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
     let mut h = Sha256::new();
     for v in values {
         h.update(v.to_le_bytes());
     }
-    h.update(format!("{:?}", sd.vae.dtype()).as_bytes());
+    h.update(format!("{:?}", vae.dtype()).as_bytes());
     Ok(h.finalize().iter().take(8).map(|b| format!("{b:02x}")).collect())
+}
+
+/// Training latents of `pixels` in the denoiser's space (f32): a posterior sample whose noise is
+/// drawn on the CPU from `rng`, so a seed gives the same latents on every device.
+pub(crate) fn sample_latents(vae: &AutoencoderKL, pixels: &Tensor, rng: &mut StdRng) -> Result<Tensor> {
+    let dist = vae.encode(&pixels.to_dtype(vae.dtype())?)?;
+    let shape = dist.mean().dims().to_vec();
+    let n: usize = shape.iter().product();
+    let noise: Vec<f32> = (0..n).map(|_| StandardNormal.sample(rng)).collect();
+    let noise =
+        Tensor::from_vec(noise, shape.as_slice(), &Device::Cpu)?.to_device(vae.device())?.to_dtype(vae.dtype())?;
+    let latents = dist.sample_with_noise(&noise)?;
+    Ok(vae.to_model_space(&latents.to_dtype(DType::F32)?)?)
+}
+
+/// One LoRA set per component for sampling: the trained ones, empty sets for the rest.
+pub(crate) fn sets_for_sampling(sets: &[Arc<LoraSet>], components: usize, device: &Device) -> Result<LoraSets> {
+    let sets = (0..components)
+        .map(|i| match sets.get(i) {
+            Some(s) => Ok(s.clone()),
+            None => Ok(Arc::new(LoraSet::new(0, device)?)),
+        })
+        .collect::<Result<_>>()?;
+    Ok(LoraSets { sets })
 }
 
 impl TrainableModel for StableDiffusionModel {
@@ -497,15 +523,7 @@ impl TrainableModel for StableDiffusionModel {
     }
 
     fn encode_images(&self, pixels: &Tensor, rng: &mut StdRng) -> Result<Tensor> {
-        let vae = &self.sd.vae;
-        let dist = vae.encode(&pixels.to_dtype(vae.dtype())?)?;
-        let shape = dist.mean().dims().to_vec();
-        let n: usize = shape.iter().product();
-        let noise: Vec<f32> = (0..n).map(|_| StandardNormal.sample(rng)).collect();
-        let noise =
-            Tensor::from_vec(noise, shape.as_slice(), &Device::Cpu)?.to_device(vae.device())?.to_dtype(vae.dtype())?;
-        let latents = dist.sample_with_noise(&noise)?;
-        Ok((latents.to_dtype(DType::F32)? * vae.config().scaling_factor)?)
+        sample_latents(&self.sd.vae, pixels, rng)
     }
 
     fn encode_text(
@@ -567,15 +585,8 @@ impl TrainableModel for StableDiffusionModel {
     }
 
     fn sample(&self, request: &GenerateRequest, sets: &[Arc<LoraSet>]) -> Result<RgbImage> {
-        let n = self.sd.lora_components().len();
-        let mut all = Vec::with_capacity(n);
-        for i in 0..n {
-            all.push(match sets.get(i) {
-                Some(s) => s.clone(),
-                None => Arc::new(LoraSet::new(0, self.device())?),
-            });
-        }
-        Ok(self.sd.generate(request, Some(&LoraSets { sets: all }), &mut |_, _| {})?)
+        let sets = sets_for_sampling(sets, self.sd.lora_components().len(), self.device())?;
+        Ok(self.sd.generate(request, Some(&sets), &mut |_, _| {})?)
     }
 
     fn text_encoder_parameter_count(&self) -> usize {
