@@ -64,6 +64,29 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tenso
 /// them: q (B, Lq, H·d), k (B, Lk, H·d), v (B, Lk, H·dv) → (B, Lq, H·dv). On the CPU in f32
 /// the heads are read in place; elsewhere they are split into (B·H, L, d) for [`attention`].
 pub fn attention_heads(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize, scale: f64) -> Result<Tensor> {
+    let HeadDims { b, lq, qw, lk, kw, vw } = head_dims(q, k, v, heads)?;
+    if cpu::handles(q) && cpu::handles(k) && cpu::handles(v) {
+        return fused_cpu(q, k, v, heads, scale);
+    }
+    let fold = |t: &Tensor, len: usize, width: usize| {
+        t.reshape((b, len, heads, width / heads))?.transpose(1, 2)?.reshape((b * heads, len, width / heads))
+    };
+    let o = attention(&fold(q, lq, qw)?, &fold(k, lk, kw)?, &fold(v, lk, vw)?, scale)?;
+    o.reshape((b, heads, lq, vw / heads))?.transpose(1, 2)?.reshape((b, lq, vw))
+}
+
+/// The sizes of multi-head projections q (B, Lq, H·d), k (B, Lk, H·d), v (B, Lk, H·dv).
+struct HeadDims {
+    b: usize,
+    lq: usize,
+    qw: usize,
+    lk: usize,
+    kw: usize,
+    vw: usize,
+}
+
+/// [`HeadDims`] of q, k, v, or an error when they do not fit together with `heads` heads.
+fn head_dims(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize) -> Result<HeadDims> {
     let ((b, lq, qw), (bk, lk, kw), (bv, lv, vw)) = (q.dims3()?, k.dims3()?, v.dims3()?);
     if heads == 0 || qw % heads != 0 || vw % heads != 0 || kw != qw || bk != b || bv != b || lv != lk {
         candle_core::bail!(
@@ -73,14 +96,7 @@ pub fn attention_heads(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize, scale: 
             v.dims()
         )
     }
-    if cpu::handles(q) && cpu::handles(k) && cpu::handles(v) {
-        return fused_cpu(q, k, v, heads, scale);
-    }
-    let fold = |t: &Tensor, len: usize, width: usize| {
-        t.reshape((b, len, heads, width / heads))?.transpose(1, 2)?.reshape((b * heads, len, width / heads))
-    };
-    let o = attention(&fold(q, lq, qw)?, &fold(k, lk, kw)?, &fold(v, lk, vw)?, scale)?;
-    o.reshape((b, heads, lq, vw / heads))?.transpose(1, 2)?.reshape((b, lq, vw))
+    Ok(HeadDims { b, lq, qw, lk, kw, vw })
 }
 
 /// Attention through the fused f32 CPU kernels, q (B, Lq, H·d), k (B, Lk, H·d), v (B, Lk, H·dv).
@@ -176,15 +192,7 @@ pub fn attention_heads_key_bias(
     scale: f64,
     key_bias: &Tensor,
 ) -> Result<Tensor> {
-    let ((b, lq, qw), (bk, lk, kw), (bv, lv, vw)) = (q.dims3()?, k.dims3()?, v.dims3()?);
-    if heads == 0 || qw % heads != 0 || vw % heads != 0 || kw != qw || bk != b || bv != b || lv != lk {
-        candle_core::bail!(
-            "attention: q {:?}, k {:?}, v {:?} do not fit together with {heads} heads",
-            q.dims(),
-            k.dims(),
-            v.dims()
-        )
-    }
+    let HeadDims { b, lq, qw, lk, kw, vw } = head_dims(q, k, v, heads)?;
     if key_bias.dims() != [b, lk] {
         candle_core::bail!("attention: key bias {:?} does not fit keys {:?}", key_bias.dims(), k.dims())
     }
