@@ -140,56 +140,27 @@ fn applies_flux_loras_in_kohya_diffusers_and_comfyui_layouts_alike() {
     let folder = pipeline("");
     let kohya = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../../tests/fixtures/reference/trained_lora/tiny_flux_trained.safetensors");
-    let draw = |lora: &Path, out: &str| {
+    // The same 2-step 32×32 drawing, with the given LoRA file or none.
+    let draw = |lora: Option<&Path>, out: &str| {
         let png = dir.path().join(out);
-        let out = lorakit(&[
-            "generate",
-            "--model",
-            folder.to_str().unwrap(),
-            "--lora",
-            lora.to_str().unwrap(),
-            "--prompt",
-            "chkbrd",
-            "--width",
-            "32",
-            "--height",
-            "32",
-            "--steps",
-            "2",
-            "-o",
-            png.to_str().unwrap(),
-        ]);
+        let mut args = vec!["generate", "--model", folder.to_str().unwrap(), "--prompt", "chkbrd"];
+        args.extend(["--width", "32", "--height", "32", "--steps", "2", "-o", png.to_str().unwrap()]);
+        if let Some(lora) = lora {
+            args.extend(["--lora", lora.to_str().unwrap()]);
+        }
+        let out = lorakit(&args);
         assert!(out.status.success(), "{}", stderr(&out));
         pixels(&png)
     };
-    let base = {
-        let png = dir.path().join("base.png");
-        let out = lorakit(&[
-            "generate",
-            "--model",
-            folder.to_str().unwrap(),
-            "--prompt",
-            "chkbrd",
-            "--width",
-            "32",
-            "--height",
-            "32",
-            "--steps",
-            "2",
-            "-o",
-            png.to_str().unwrap(),
-        ]);
-        assert!(out.status.success(), "{}", stderr(&out));
-        pixels(&png)
-    };
-    let with_kohya = draw(&kohya, "kohya.png");
+    let base = draw(None, "base.png");
+    let with_kohya = draw(Some(&kohya), "kohya.png");
     assert_ne!(with_kohya, base, "the LoRA changes the image");
 
     // diffusers / PEFT names, as `lorakit convert --to diffusers` writes them (q/k/v split).
     let diffusers = dir.path().join("diffusers.safetensors");
     let out = lorakit(&["convert", kohya.to_str().unwrap(), diffusers.to_str().unwrap(), "--to", "diffusers"]);
     assert!(out.status.success(), "{}", stderr(&out));
-    let with_diffusers = draw(&diffusers, "diffusers.png");
+    let with_diffusers = draw(Some(&diffusers), "diffusers.png");
     let close = |a: &[u8], b: &[u8]| a.iter().zip(b).all(|(x, y)| x.abs_diff(*y) <= 1);
     assert!(close(&with_diffusers, &with_kohya), "diffusers layout draws what the kohya file draws");
 
@@ -207,5 +178,9 @@ fn applies_flux_loras_in_kohya_diffusers_and_comfyui_layouts_alike() {
     let (kohya_unet, comfy_file) = (dir.path().join("kohya_unet.safetensors"), dir.path().join("comfy.safetensors"));
     candle_core::safetensors::save(&unet_only, &kohya_unet).unwrap();
     candle_core::safetensors::save(&comfy, &comfy_file).unwrap();
-    assert_eq!(draw(&comfy_file, "comfy.png"), draw(&kohya_unet, "kohya_unet.png"), "ComfyUI layout = kohya");
+    assert_eq!(
+        draw(Some(&comfy_file), "comfy.png"),
+        draw(Some(&kohya_unet), "kohya_unet.png"),
+        "ComfyUI layout = kohya"
+    );
 }
