@@ -165,9 +165,63 @@ pub fn load_sd_checkpoint(path: &Path, dtype: DType, device: &Device) -> Result<
 
 /// Reads every tensor of a `.safetensors` file, converted to `dtype` on `device`.
 pub fn read_safetensors(path: &Path, dtype: DType, device: &Device) -> Result<HashMap<String, Tensor>, Error> {
+    read_safetensors_as(path, dtype, LinearStorage::Compute, device)
+}
+
+/// How a model's frozen weights are held in memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LinearStorage {
+    /// Every tensor in the compute dtype.
+    Compute,
+    /// Linear weights (2-D `*.weight`, not embedding tables) in f8 e4m3, cast per layer when it
+    /// runs (sd-scripts' `--fp8_base`); files already in e4m3 are kept as they are.
+    Fp8,
+}
+
+/// [`read_safetensors`] with linear weights in f8 e4m3 under [`LinearStorage::Fp8`] (kept as
+/// stored when the file already is e4m3), everything else in `dtype`.
+pub(crate) fn read_safetensors_as(
+    path: &Path,
+    dtype: DType,
+    storage: LinearStorage,
+    device: &Device,
+) -> Result<HashMap<String, Tensor>> {
     refuse_pickle_extension(path)?;
     let file = open_safetensors(path)?;
-    file.tensor_names().map(|name| Ok((name.to_string(), load_tensor(&file, name, dtype, device)?))).collect()
+    file.tensor_names()
+        .map(|name| {
+            // Linear weights are the 2-D `.weight`s (norm scales and biases are 1-D). An fp8 file
+            // loaded without fp8 storage is upcast to the compute dtype, as sd-scripts does.
+            // Embedding tables and T5's relative-position table are indexed, not multiplied: they
+            // keep the compute dtype.
+            let is_linear_weight = name.ends_with(".weight")
+                && file.info(name).is_some_and(|i| i.shape.len() == 2)
+                && !name.contains("embed_tokens")
+                && !name.contains("shared.")
+                && !name.contains("relative_attention_bias");
+            let target = if storage == LinearStorage::Fp8 && is_linear_weight { DType::F8E4M3 } else { dtype };
+            Ok((name.to_string(), load_tensor(&file, name, target, device)?))
+        })
+        .collect()
+}
+
+/// Every tensor of one component: a diffusers component folder (`<stem>.safetensors`, its fp16
+/// variant or shards) or a single file, read as [`read_safetensors_as`].
+pub(crate) fn read_component(
+    path: &Path,
+    stem: &str,
+    dtype: DType,
+    storage: LinearStorage,
+    device: &Device,
+) -> Result<HashMap<String, Tensor>> {
+    if !path.is_dir() {
+        return read_safetensors_as(path, dtype, storage, device);
+    }
+    let mut tensors = HashMap::new();
+    for file in component_files(path, stem, dtype)? {
+        tensors.extend(read_safetensors_as(&file, dtype, storage, device)?);
+    }
+    Ok(tensors)
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -12,7 +12,8 @@ use lorakit_nn::lora::LoraTarget;
 use lorakit_nn::ForwardCtx;
 use rand::{rngs::StdRng, SeedableRng};
 
-use crate::checkpoint::flux::{load_flux_ae, load_flux_transformer, read_all, LinearStorage};
+use crate::checkpoint::flux::{load_flux_ae, load_flux_transformer};
+use crate::checkpoint::{read_component, LinearStorage};
 use crate::clip::{ClipTextConfig, ClipTextModel};
 use crate::clip_tokenizer::ClipTokenizer;
 use crate::dit::flux::{image_ids, pack_latents, unpack_latents, FluxInputs, FluxTransformer};
@@ -134,15 +135,6 @@ fn folder_part(model: &Path, sub: &str) -> Option<PathBuf> {
     (model.is_dir() && dir.is_dir()).then_some(dir)
 }
 
-/// The one weights file of a diffusers component folder, or the file itself.
-fn weights_file(path: &Path, stem: &str, dtype: DType) -> Result<Vec<PathBuf>> {
-    if path.is_dir() {
-        crate::checkpoint::component_files(path, stem, dtype)
-    } else {
-        Ok(vec![path.to_path_buf()])
-    }
-}
-
 impl FluxPipeline {
     /// Loads every part; a missing part is an error naming sd-scripts' flag for it.
     pub fn load(paths: &FluxPaths, opts: &FluxOptions, device: &Device) -> Result<Self> {
@@ -188,10 +180,7 @@ impl FluxPipeline {
             json if json.is_file() => ClipTextConfig::from_json_file(&json)?,
             _ => ClipTextConfig::sd15(),
         };
-        let mut clip_tensors = std::collections::HashMap::new();
-        for file in weights_file(&clip_path, "model", opts.dtype)? {
-            clip_tensors.extend(read_all(&file, opts.dtype, LinearStorage::Compute, device)?);
-        }
+        let clip_tensors = read_component(&clip_path, "model", opts.dtype, LinearStorage::Compute, device)?;
         let clip_weights = Weights::new(clip_tensors, clip_path.display().to_string());
         let clip = build(&clip_weights, |w| ClipTextModel::new(w.view(""), &clip_cfg))?;
 
@@ -199,10 +188,7 @@ impl FluxPipeline {
             json if json.is_file() => T5Config::from_json_file(&json)?,
             _ => T5Config::t5_v1_1_xxl(),
         };
-        let mut t5_tensors = std::collections::HashMap::new();
-        for file in weights_file(&t5_path, "model", opts.dtype)? {
-            t5_tensors.extend(read_all(&file, opts.dtype, opts.t5_storage, device)?);
-        }
+        let t5_tensors = read_component(&t5_path, "model", opts.dtype, opts.t5_storage, device)?;
         let t5_weights = Weights::new(t5_tensors, t5_path.display().to_string());
         let t5 = build(&t5_weights, |w| T5EncoderModel::new(w.view(""), &t5_cfg))?;
 

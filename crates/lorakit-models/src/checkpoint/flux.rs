@@ -10,7 +10,8 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor};
 
 use super::ldm_keys::{Component, KeyFate, LdmKeyMap, UNET_PREFIX, VAE_PREFIX};
-use super::{component_files, load_tensor, open_safetensors, refuse_pickle_extension};
+pub use super::LinearStorage;
+use super::{read_component, read_safetensors_as};
 use crate::dit::flux::FluxConfig;
 use crate::vae::AutoencoderKLConfig;
 use crate::{Error, Result, Weights};
@@ -31,16 +32,6 @@ pub struct FluxTransformerWeights {
     pub weights: Weights,
 }
 
-/// How the transformer's weights are stored in memory.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum LinearStorage {
-    /// Every tensor in the compute dtype.
-    Compute,
-    /// Linear weights (2-D `*.weight` of the blocks and embedders) in f8 e4m3, cast per layer
-    /// when it runs (sd-scripts' `--fp8_base`); files already in e4m3 are kept as they are.
-    Fp8,
-}
-
 /// Loads a Flux transformer from a BFL single file or a diffusers folder (the model folder
 /// with `transformer/`, or the `transformer/` folder itself). `axes_dim`: the rotary axes when
 /// a single file's head width is not Flux.1's 128 (tests with tiny models).
@@ -54,14 +45,10 @@ pub fn load_flux_transformer(
     let meta = std::fs::metadata(path).map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
     let (tensors, config_json, source) = if meta.is_dir() {
         let dir = if path.join("transformer").is_dir() { path.join("transformer") } else { path.to_path_buf() };
-        let files = component_files(&dir, "diffusion_pytorch_model", dtype)?;
-        let mut tensors = HashMap::new();
-        for file in &files {
-            tensors.extend(read_all(file, dtype, storage, device)?);
-        }
+        let tensors = read_component(&dir, "diffusion_pytorch_model", dtype, storage, device)?;
         (tensors, Some(dir.join("config.json")), dir)
     } else {
-        (read_all(path, dtype, storage, device)?, None, path.to_path_buf())
+        (read_safetensors_as(path, dtype, storage, device)?, None, path.to_path_buf())
     };
     let bad = |message: String| Error::Checkpoint { path: source.clone(), message };
     let mut tensors: HashMap<String, Tensor> =
@@ -89,33 +76,6 @@ pub fn load_flux_transformer(
         }
     };
     Ok(FluxTransformerWeights { config, weights: Weights::new(tensors, source.display().to_string()) })
-}
-
-/// Every tensor of a safetensors file: linear weights in f8 e4m3 with [`LinearStorage::Fp8`]
-/// (kept as stored when the file already is e4m3), everything else in `dtype`.
-pub(crate) fn read_all(
-    path: &Path,
-    dtype: DType,
-    storage: LinearStorage,
-    device: &Device,
-) -> Result<HashMap<String, Tensor>> {
-    refuse_pickle_extension(path)?;
-    let file = open_safetensors(path)?;
-    file.tensor_names()
-        .map(|name| {
-            // Linear weights are the 2-D `.weight`s (norm scales and biases are 1-D). An fp8 file
-            // loaded without fp8 storage is upcast to the compute dtype, as sd-scripts does.
-            // Embedding tables and T5's relative-position table are indexed, not multiplied: they
-            // keep the compute dtype.
-            let is_linear_weight = name.ends_with(".weight")
-                && file.info(name).is_some_and(|i| i.shape.len() == 2)
-                && !name.contains("embed_tokens")
-                && !name.contains("shared.")
-                && !name.contains("relative_attention_bias");
-            let target = if storage == LinearStorage::Fp8 && is_linear_weight { DType::F8E4M3 } else { dtype };
-            Ok((name.to_string(), load_tensor(&file, name, target, device)?))
-        })
-        .collect()
 }
 
 /// Renames a diffusers `FluxTransformer2DModel` state dict to BFL's keys — the inverse of
@@ -240,13 +200,10 @@ pub fn load_flux_ae(path: &Path, dtype: DType, device: &Device) -> Result<FluxAe
             path: config_path.clone(),
             message: format!("not an AutoencoderKL config: {e}"),
         })?;
-        let mut tensors = HashMap::new();
-        for file in component_files(&dir, "diffusion_pytorch_model", dtype)? {
-            tensors.extend(read_all(&file, dtype, LinearStorage::Compute, device)?);
-        }
+        let tensors = read_component(&dir, "diffusion_pytorch_model", dtype, LinearStorage::Compute, device)?;
         return Ok(FluxAeWeights { config, weights: Weights::new(tensors, dir.display().to_string()) });
     }
-    let stored = read_all(path, dtype, LinearStorage::Compute, device)?;
+    let stored = read_safetensors_as(path, dtype, LinearStorage::Compute, device)?;
     let bad = |message: String| Error::Checkpoint { path: path.to_path_buf(), message };
     // BFL's keys are the LDM VAE's without the `first_stage_model.` prefix.
     let prefixed: Vec<String> =
