@@ -387,6 +387,12 @@ pub enum LoraFileError {
         /// The directory.
         path: PathBuf,
     },
+    /// The path is a pipe, socket or device: reading it could block forever.
+    #[error("{}: is not a regular file (a pipe, socket or device); pass the .safetensors file itself", path.display())]
+    NotRegularFile {
+        /// The path.
+        path: PathBuf,
+    },
     /// The bytes are not a valid safetensors file.
     #[error("{}: {problem}", path.display())]
     Invalid {
@@ -432,6 +438,7 @@ impl LoraFileError {
             LoraFileError::BadAlpha { path, .. }
             | LoraFileError::Io { path, .. }
             | LoraFileError::IsDirectory { path }
+            | LoraFileError::NotRegularFile { path }
             | LoraFileError::Invalid { path, .. }
             | LoraFileError::NoSuchTensor { path, .. }
             | LoraFileError::UnsupportedDtype { path, .. }
@@ -718,6 +725,9 @@ impl LoraFile {
         let meta = std::fs::metadata(&path).map_err(|e| io("open", e))?;
         if meta.is_dir() {
             return Err(LoraFileError::IsDirectory { path });
+        }
+        if !meta.is_file() {
+            return Err(LoraFileError::NotRegularFile { path });
         }
         if meta.len() == 0 {
             return Err(LoraFileError::Invalid { path, problem: HeaderError::Empty });

@@ -687,3 +687,15 @@ fn alphas_beside_any_module_name_and_lone_alphas() {
     assert_eq!((set.modules[0].alpha, set.modules[0].scale()), (2.0, 0.5));
     assert_eq!(set.other_tensors, ["diffusion_model.txt_in.alpha"], "an alpha with no pair is left over");
 }
+
+#[test]
+fn a_fifo_is_refused_without_reading_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("pipe.safetensors");
+    let status = std::process::Command::new("mkfifo").arg(&fifo).status().expect("run mkfifo");
+    assert!(status.success());
+    // Opening a FIFO to read blocks until a writer comes: the check must come first.
+    let err = LoraFile::open(&fifo).unwrap_err();
+    assert!(matches!(err, LoraFileError::NotRegularFile { .. }), "{err}");
+    assert!(err.to_string().contains("pipe.safetensors") && err.to_string().contains("not a regular file"), "{err}");
+}

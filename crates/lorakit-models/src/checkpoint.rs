@@ -324,8 +324,12 @@ fn open_safetensors(path: &Path) -> Result<LoraFile> {
     })
 }
 
-/// What the first bytes of an unreadable file say it is, when that explains the failure.
+/// What the first bytes of an unreadable file say it is, when that explains the failure (regular
+/// files only: opening a FIFO to read would block).
 fn sniff(path: &Path) -> Option<String> {
+    if !std::fs::metadata(path).ok()?.is_file() {
+        return None;
+    }
     let mut head = [0u8; 4];
     let mut file = std::fs::File::open(path).ok()?;
     file.read_exact(&mut head).ok()?;
