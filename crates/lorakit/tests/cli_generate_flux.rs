@@ -90,6 +90,13 @@ fn refuses_what_does_not_apply_to_flux() {
         assert!(!out.status.success());
         assert!(stderr(&out).contains(expected), "{}", stderr(&out));
     }
+    // A FIFO given as the model is refused at once, not read (reading would block).
+    let fifo = dir.path().join("flux1-dev.safetensors");
+    assert!(Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    let out =
+        lorakit(&["generate", "--model", fifo.to_str().unwrap(), "--prompt", "x", "-o", out_png.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("not a regular file"), "{}", stderr(&out));
     let sd =
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/reference/sd15_tiny/single_file.safetensors");
     let out = lorakit(&[
