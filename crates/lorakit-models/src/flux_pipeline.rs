@@ -138,6 +138,12 @@ fn folder_part(model: &Path, sub: &str) -> Option<PathBuf> {
 impl FluxPipeline {
     /// Loads every part; a missing part is an error naming sd-scripts' flag for it.
     pub fn load(paths: &FluxPaths, opts: &FluxOptions, device: &Device) -> Result<Self> {
+        // Checked before any weight is read: T5's attention bias grows with the length's square.
+        if let Some(n) = opts.t5_max_length.filter(|&n| n == 0 || n > T5_MAX_LENGTH_DEV) {
+            return Err(Error::Invalid(format!(
+                "t5xxl_max_token_length {n}: use 1 to {T5_MAX_LENGTH_DEV} (Flux.1 was trained with at most {T5_MAX_LENGTH_DEV} T5 tokens)"
+            )));
+        }
         let missing = |what: &str, flag: &str| {
             Error::Invalid(format!(
                 "{}: a Flux single file holds only the transformer; give the {what} file too ({flag}, as sd-scripts' --{flag})",

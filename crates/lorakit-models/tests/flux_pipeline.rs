@@ -115,6 +115,14 @@ fn separate_files_and_missing_parts() -> TestResult {
     let only_model = FluxPaths { model: paths.model.clone(), ..Default::default() };
     let err = FluxPipeline::load(&only_model, &FluxOptions::default(), &Device::Cpu).err().expect("clip").to_string();
     assert!(err.contains("clip_l") && err.contains("diffusion_pytorch_model.safetensors"), "{err}");
+    for length in [0, 513, 1 << 30] {
+        let opts = FluxOptions { t5_max_length: Some(length), ..FluxOptions::default() };
+        let err = FluxPipeline::load(&FluxPaths { model: dir.clone(), ..Default::default() }, &opts, &Device::Cpu)
+            .err()
+            .expect("length out of range")
+            .to_string();
+        assert!(err.contains("t5xxl_max_token_length") && err.contains("1 to 512"), "{err}");
+    }
     let with_parts = FluxPaths { model: dir.join("transformer"), ..paths };
     let flux = FluxPipeline::load(&with_parts, &FluxOptions::default(), &Device::Cpu)?;
     assert!(flux.transformer().config().guidance_embed);
