@@ -398,8 +398,12 @@ fn component_label(name: &str, component: Component, names: &Naming) -> &'static
 
 /// sd-scripts' `split_qkv` saves a fused layer's parts block-diagonally (rank = parts × the
 /// trained rank) with the trained alpha, so every loader — sd-scripts' own included — applies
-/// alpha/(parts·rank): a note saying how many such layers the file has.
+/// alpha/(parts·rank): a note saying how many such layers the file has. lorakit saves alpha ×
+/// parts instead (the trained scale in every loader); such files, told apart by an alpha of
+/// parts × `ss_network_alpha`, get a note saying so.
 fn split_qkv_note(file: &LoraFile, modules: &[crate::keys::LoraModule]) -> Option<String> {
+    let network_alpha: Option<f32> = file.metadata().get("ss_network_alpha").and_then(|a| a.parse().ok());
+    let mut folded = 0;
     let fused = modules
         .iter()
         .filter(|m| {
@@ -409,14 +413,25 @@ fn split_qkv_note(file: &LoraFile, modules: &[crate::keys::LoraModule]) -> Optio
             whole
                 && n.site.is_fused()
                 && widths.is_some_and(|w| {
-                    file.tensor_f32(&m.up_key).ok().is_some_and(|up| block_diagonal(&up, m.rank, &w).is_some())
+                    let split =
+                        file.tensor_f32(&m.up_key).ok().is_some_and(|up| block_diagonal(&up, m.rank, &w).is_some());
+                    if split && network_alpha.is_some_and(|a| a > 0.0 && m.alpha == a * w.len() as f32) {
+                        folded += 1;
+                    }
+                    split
                 })
         })
         .count();
     (fused > 0).then(|| {
-        format!(
-            "{fused} fused qkv/linear1 layers hold sd-scripts split_qkv parts (block-diagonal up): their scale here is alpha/rank of the file, as every loader applies it, i.e. 1/parts of the per-part scale training used"
-        )
+        if folded == fused {
+            format!(
+                "{fused} fused qkv/linear1 layers hold split_qkv parts (block-diagonal up) saved with alpha × parts: alpha/rank of the file is the per-part scale training used, as every loader applies it"
+            )
+        } else {
+            format!(
+                "{fused} fused qkv/linear1 layers hold sd-scripts split_qkv parts (block-diagonal up): their scale here is alpha/rank of the file, as every loader applies it, i.e. 1/parts of the per-part scale training used"
+            )
+        }
     })
 }
 

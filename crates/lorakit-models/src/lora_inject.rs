@@ -15,7 +15,7 @@ use lorakit_lora::blocks::BlockLayout;
 use lorakit_lora::convert::{convert_lora, ConvertError, Target as ConvertTarget};
 use lorakit_lora::keys::{Family, Scheme};
 use lorakit_lora::safetensors_file::LoraFile;
-use lorakit_nn::lora::{LoraDropout, LoraKind, LoraModule, LoraSet, LoraTarget, TargetGroup};
+use lorakit_nn::lora::{LoraDropout, LoraKind, LoraModule, LoraPart, LoraSet, LoraTarget, TargetGroup};
 use lorakit_nn::lycoris::{LycorisAlgo, LycorisModule};
 use rand::{rngs::StdRng, SeedableRng};
 
@@ -165,6 +165,15 @@ impl Default for NetworkSpec {
 }
 
 impl NetworkSpec {
+    /// The part widths of `target` (kohya name `name`) when `split_qkv` splits it.
+    fn split_widths(&self, target: &LoraTarget, name: &str) -> Option<Vec<usize>> {
+        let flux = self.flux.as_ref()?;
+        if target.kind != LoraKind::Linear {
+            return None;
+        }
+        flux.split_widths(name, target.in_dim, target.out_dim)
+    }
+
     /// The (rank, alpha) sd-scripts gives `target` (kohya module name `name`), or `None` when it
     /// gets no module: attention targets always use `rank`; conv-block targets only when
     /// `conv_rank` is set, linears and 1×1 convs there with `rank`, k×k convs with `conv_rank`.
@@ -238,11 +247,34 @@ pub fn create_network(
     let mut set = LoraSet::new(seed, device)?;
     for (target, name, rank, alpha) in planned {
         match spec.kind {
-            NetworkKind::Lora => {
-                let module = LoraModule::new_trainable(name, target, rank, alpha, dtype, device, &mut rng)?
-                    .with_dropout(spec.dropout);
-                set.insert(target.path.clone(), module);
-            }
+            NetworkKind::Lora => match spec.split_widths(target, &name) {
+                // split_qkv: one pair per part of the fused layer, initialised in order.
+                Some(widths) => {
+                    let mut offset = 0;
+                    for (index, &width) in widths.iter().enumerate() {
+                        let part_target = LoraTarget { out_dim: width, ..target.clone() };
+                        let part = LoraPart { index, count: widths.len(), offset };
+                        let module = LoraModule::new_trainable(
+                            name.clone(),
+                            &part_target,
+                            rank,
+                            alpha,
+                            dtype,
+                            device,
+                            &mut rng,
+                        )?
+                        .with_dropout(spec.dropout)
+                        .as_part(part)?;
+                        set.insert(target.path.clone(), module);
+                        offset += width;
+                    }
+                }
+                None => {
+                    let module = LoraModule::new_trainable(name, target, rank, alpha, dtype, device, &mut rng)?
+                        .with_dropout(spec.dropout);
+                    set.insert(target.path.clone(), module);
+                }
+            },
             NetworkKind::Lycoris { algo, .. } => {
                 let module = LycorisModule::new_trainable(name, target, algo, rank, alpha, dtype, device, &mut rng)?
                     .with_dropout(spec.dropout);
@@ -269,7 +301,12 @@ fn planned_modules<'a>(
 }
 
 fn check_planned_ranks(spec: &NetworkSpec, planned: &[(&LoraTarget, String, usize, f64)]) -> Result<()> {
-    planned.iter().try_for_each(|(target, name, rank, _)| check_rank(spec, target, name, *rank))
+    planned.iter().try_for_each(|(target, name, rank, _)| {
+        // A split layer's parts are LoRAs of their own rows: the narrowest part bounds the rank.
+        let narrowest = spec.split_widths(target, name).and_then(|w| w.into_iter().min());
+        let target = LoraTarget { out_dim: narrowest.unwrap_or(target.out_dim), ..(*target).clone() };
+        check_rank(spec, &target, name, *rank)
+    })
 }
 
 /// The trainable parameters [`create_network`] will make for `targets` (kohya names with
@@ -277,8 +314,12 @@ fn check_planned_ranks(spec: &NetworkSpec, planned: &[(&LoraTarget, String, usiz
 pub fn planned_parameters(targets: &[LoraTarget], prefix: &str, spec: &NetworkSpec) -> usize {
     planned_modules(targets, prefix, spec)
         .into_iter()
-        .map(|(t, _, rank, _)| match spec.kind {
-            NetworkKind::Lora => rank.saturating_mul(flat_in_features(t) + t.out_dim),
+        .map(|(t, name, rank, _)| match spec.kind {
+            NetworkKind::Lora => {
+                // split_qkv parts each have their own down: parts × in + out per rank.
+                let downs = spec.split_widths(t, &name).map_or(1, |w| w.len());
+                rank.saturating_mul(flat_in_features(t).saturating_mul(downs) + t.out_dim)
+            }
             NetworkKind::Lycoris { algo, .. } => LycorisModule::factor_names(algo, t, rank)
                 .iter()
                 .map(|(_, shape)| shape.iter().fold(1usize, |n, d| n.saturating_mul(*d)))
@@ -344,7 +385,18 @@ pub fn state_dict(sets: &[&LoraSet]) -> Result<BTreeMap<String, lorakit_lora::sa
                 lorakit_lora::safetensors_file::Tensor::scalar(module.alpha() as f32),
             );
         }
-        for module in set.modules() {
+        // split_qkv parts: fused back into one module per layer (see `fuse_parts`).
+        let mut parts: BTreeMap<&str, Vec<&LoraModule>> = BTreeMap::new();
+        for module in set.modules().iter().filter(|m| m.part().is_some()) {
+            parts.entry(module.name()).or_default().push(module);
+        }
+        for (name, group) in parts {
+            let (down, up, alpha) = lorakit_nn::lora::fuse_parts(&group)?;
+            out.insert(format!("{name}.lora_down.weight"), to_file_tensor(&down)?);
+            out.insert(format!("{name}.lora_up.weight"), to_file_tensor(&up)?);
+            out.insert(format!("{name}.alpha"), lorakit_lora::safetensors_file::Tensor::scalar(alpha as f32));
+        }
+        for module in set.modules().iter().filter(|m| m.part().is_none()) {
             out.insert(format!("{}.lora_down.weight", module.name()), to_file_tensor(module.down().as_tensor())?);
             out.insert(format!("{}.lora_up.weight", module.name()), to_file_tensor(module.up().as_tensor())?);
             out.insert(

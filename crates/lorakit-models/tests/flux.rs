@@ -477,3 +477,111 @@ fn block_swap_streams_blocks_without_changing_a_number() -> TestResult {
     assert!(err.contains("blocks_to_swap = 5"), "{err}");
     Ok(())
 }
+
+/// `split_qkv` (sd-scripts' `split_dims`): the network made by `create_network` has sd-scripts'
+/// parts (q, k, v per double-block qkv; q, k, v, MLP per single-block linear1) under its state
+/// names, gives sd-scripts' output and per-part gradients, and saves the parts fused as
+/// sd-scripts' `state_dict()` does — with alpha × parts, so that the saved file, read back as
+/// any loader reads it, reproduces the trained output (sd-scripts' own alpha would not).
+#[test]
+fn split_qkv_parts_match_sd_scripts_and_save_fused_with_the_trained_scale() -> TestResult {
+    use lorakit_models::lora_inject::{create_network, state_dict, NetworkSpec};
+    let io = load("io_transformer.safetensors")?;
+    let file = load("lora_split_qkv.safetensors")?;
+    let model = model_at(&fixture("dev_bfl.safetensors"), LinearStorage::Compute)?;
+    let spec = NetworkSpec {
+        rank: 4,
+        alpha: 2.0,
+        flux: Some(FluxNetworkArgs { split_qkv: true, ..Default::default() }),
+        ..Default::default()
+    };
+    let set = create_network(&model.lora_targets(), "lora_unet", &spec, DType::F32, &Device::Cpu, 5)?;
+    let named = set.named_vars();
+    let expected: Vec<&String> = file.keys().filter(|k| k.ends_with(".weight") && !k.starts_with("saved.")).collect();
+    assert_eq!(named.len(), expected.len(), "sd-scripts' parameter count");
+    for v in &named {
+        let value = file.get(&v.name).ok_or_else(|| format!("{} is not an sd-scripts parameter", v.name))?;
+        assert_eq!(v.var.dims(), value.dims(), "{}", v.name);
+        v.var.set(value)?;
+    }
+    let parts = set.modules().iter().filter(|m| m.part().is_some()).count();
+    assert_eq!(parts, 2 * 2 * 3 + 3 * 4, "2 double blocks × img/txt qkv × 3 + 3 single linear1 × 4");
+    let lora = Arc::new(set);
+    for checkpointing in [false, true] {
+        lora.clear_side_grads();
+        let ctx = ForwardCtx { lora: Some(lora.clone()), train: true, gradient_checkpointing: checkpointing };
+        let out = predict(&model, &io, true, false, &ctx)?;
+        check("split LoRA output", &out, &file["out"], 1e-4)?;
+        let grads = (&out * &file["probe"])?.sum_all()?.backward()?;
+        let mut worst = (0.0, String::new());
+        for v in &named {
+            let ours = lora.grad(&grads, &v.var)?.ok_or_else(|| format!("no gradient for {}", v.name))?;
+            let err = rel_error(&ours, &file[&v.name.replace(".weight", ".grad")])?;
+            if err > worst.0 {
+                worst = (err, v.name.clone());
+            }
+        }
+        eprintln!(
+            "split_qkv, checkpointing {checkpointing}: worst of {} grads {:.3e} ({})",
+            named.len(),
+            worst.0,
+            worst.1
+        );
+        assert!(worst.0 <= 1e-3, "{worst:?}");
+    }
+
+    // Saved fused: the factors equal sd-scripts' state_dict(); alpha is parts × sd-scripts'.
+    let saved = state_dict(&[lora.as_ref()])?;
+    let to_tensor =
+        |t: &lorakit_lora::safetensors_file::Tensor| Tensor::from_vec(t.data.clone(), t.shape.clone(), &Device::Cpu);
+    let mut fused = 0;
+    for (key, ours) in &saved {
+        let theirs = &file[&format!("saved.{key}")];
+        let ours = to_tensor(ours)?;
+        if key.ends_with(".alpha") {
+            let (a, b) = (ours.to_scalar::<f32>()?, theirs.to_scalar::<f32>()?);
+            let parts = if key.contains("_qkv") {
+                3.0
+            } else if key.contains("linear1") {
+                4.0
+            } else {
+                1.0
+            };
+            fused += usize::from(parts > 1.0);
+            assert_eq!(a, b * parts, "{key}");
+        } else {
+            assert!(rel_error(&ours, theirs)? == 0.0, "{key} differs from sd-scripts' fused tensor");
+        }
+    }
+    assert_eq!(fused, 7);
+    assert_eq!(saved.len(), file.keys().filter(|k| k.starts_with("saved.")).count());
+
+    // Read back as a loader reads it (one module per layer, rank = rows of down, the file's
+    // alpha): the trained output, and not with sd-scripts' unchanged alpha.
+    for (alphas, reproduces) in [("lorakit", true), ("sd-scripts", false)] {
+        let mut loaded = LoraSet::new(0, &Device::Cpu)?;
+        for t in model.lora_targets() {
+            let name = t.kohya_name("lora_unet");
+            let get = |s: &str| -> Result<Tensor, Box<dyn std::error::Error>> {
+                Ok(match alphas {
+                    "lorakit" => to_tensor(&saved[&format!("{name}.{s}")])?,
+                    _ => file[&format!("saved.{name}.{s}")].clone(),
+                })
+            };
+            let alpha = get("alpha")?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+            let module = LoraModule::from_weights(
+                name.clone(),
+                t.kind,
+                get("lora_down.weight")?,
+                get("lora_up.weight")?,
+                Some(alpha),
+                false,
+            )?;
+            loaded.insert(t.path.clone(), module);
+        }
+        let out = predict(&model, &io, true, false, &ForwardCtx::with_lora(Arc::new(loaded)))?;
+        let err = rel_error(&out, &file["out"])?;
+        assert_eq!(err <= 1e-4, reproduces, "{alphas} alpha: output error {err:.3e}");
+    }
+    Ok(())
+}

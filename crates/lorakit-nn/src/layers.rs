@@ -44,6 +44,9 @@ impl ForwardCtx {
         }
         let mut modules = set.for_path(path);
         let (Some(module), None) = (modules.next(), modules.next()) else { return Ok(None) };
+        if module.part().is_some() {
+            return Ok(None);
+        }
         let no_dropout = !self.train || module.dropout() == LoraDropout::default();
         if !(no_dropout && fits(module.kind()) && crate::cpu::handles(x)) {
             return Ok(None);
@@ -56,9 +59,25 @@ impl ForwardCtx {
 
     fn add_lora(&self, path: &str, x: &Tensor, mut y: Tensor) -> Result<Tensor> {
         if let Some(set) = &self.lora {
-            let lora = set.for_path(path).map(|m| m.forward(x, self.train, set.rng()));
-            let lycoris = set.lycoris_for_path(path).map(|m| m.forward(x, self.train, set.rng()));
-            for delta in lora.chain(lycoris) {
+            // Parts of a fused layer (split_qkv) add together, grouped by their module name.
+            let mut parts: Vec<(&str, Vec<&crate::lora::LoraModule>)> = Vec::new();
+            for m in set.for_path(path) {
+                if m.part().is_some() {
+                    match parts.iter_mut().find(|(name, _)| *name == m.name()) {
+                        Some((_, group)) => group.push(m),
+                        None => parts.push((m.name(), vec![m])),
+                    }
+                } else if let Some(delta) = m.forward(x, self.train, set.rng())? {
+                    y = (y + delta)?;
+                }
+            }
+            let out = y.dim(candle_core::D::Minus1)?;
+            for (_, group) in parts {
+                if let Some(delta) = crate::lora::parts_delta(&group, x, out, self.train, set.rng())? {
+                    y = (y + delta)?;
+                }
+            }
+            for delta in set.lycoris_for_path(path).map(|m| m.forward(x, self.train, set.rng())) {
                 if let Some(delta) = delta? {
                     y = (y + delta)?;
                 }

@@ -27,7 +27,7 @@ pub mod runtime;
 pub use custom_backward::{attach, attach_many};
 pub use frozen::{FrozenConv2d, FrozenLinear};
 pub use layers::{Conv2d, ForwardCtx, Linear};
-pub use lora::{LoraDropout, LoraKind, LoraModule, LoraSet};
+pub use lora::{LoraDropout, LoraKind, LoraModule, LoraPart, LoraSet};
 pub use lycoris::{LokrOptions, LycorisAlgo, LycorisModule};
 pub use norm::{GroupNorm, LayerNorm};
 

@@ -87,6 +87,21 @@ pub struct LoraDropout {
     pub module: f64,
 }
 
+/// Where a module sits inside a fused linear's output: sd-scripts' `split_dims` (Flux
+/// `split_qkv`) trains one down/up pair per part of a fused layer (q, k, v and the single
+/// blocks' MLP input), each adding to its own rows of the layer's output, and saves the parts
+/// fused again (see [`LoraSet::fused_parts`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LoraPart {
+    /// The part's position (0-based) among its layer's parts; the state names its factors
+    /// `<module>.lora_down.<index>.weight` as sd-scripts does.
+    pub index: usize,
+    /// How many parts the layer has.
+    pub count: usize,
+    /// The first output row of the part (its width is the module's `up` rows).
+    pub offset: usize,
+}
+
 /// One LoRA module: `down`/`up` weights (trainable `Var`s, or plain tensors of a loaded file),
 /// alpha and multiplier.
 pub struct LoraModule {
@@ -99,6 +114,7 @@ pub struct LoraModule {
     trainable: bool,
     multiplier_bits: AtomicU64,
     dropout: LoraDropout,
+    part: Option<LoraPart>,
 }
 
 impl LoraModule {
@@ -168,7 +184,23 @@ impl LoraModule {
             trainable,
             multiplier_bits: AtomicU64::new(1f64.to_bits()),
             dropout: LoraDropout::default(),
+            part: None,
         })
+    }
+
+    /// Makes this (linear) module one part of a fused layer's output, rows `part.offset ..
+    /// part.offset + out` (sd-scripts' `split_dims`).
+    pub fn as_part(mut self, part: LoraPart) -> Result<Self> {
+        if self.kind != LoraKind::Linear || part.index >= part.count {
+            candle_core::bail!("{}: only linear modules can be parts of a fused layer", self.name)
+        }
+        self.part = Some(part);
+        Ok(self)
+    }
+
+    /// The module's place in a fused layer, when it is one part of it.
+    pub fn part(&self) -> Option<LoraPart> {
+        self.part
     }
 
     /// Sets the dropout hooks (used in training only).
@@ -243,7 +275,19 @@ impl LoraModule {
     /// The module's contribution for input `x` (the target layer's input), or `None` when
     /// module dropout skipped it. `train` enables the dropout hooks.
     pub fn forward(&self, x: &Tensor, train: bool, rng: &Mutex<StdRng>) -> Result<Option<Tensor>> {
-        let (down, up, mut scale) = match self.branch(x, train, rng)? {
+        self.forward_with(x, train, rng, true)
+    }
+
+    /// [`Self::forward`]; `module_dropout` false leaves the module-dropout draw to the caller
+    /// (the parts of a fused layer are skipped together, as sd-scripts' one module).
+    fn forward_with(
+        &self,
+        x: &Tensor,
+        train: bool,
+        rng: &Mutex<StdRng>,
+        module_dropout: bool,
+    ) -> Result<Option<Tensor>> {
+        let (down, up, mut scale) = match self.branch_with(x, train, rng, module_dropout)? {
             Branch::Skipped => return Ok(None),
             Branch::Fusable { down, up, scale } => {
                 return match self.kind {
@@ -293,8 +337,12 @@ impl LoraModule {
     /// How this call applies the module: skipped by module dropout (which this draws), as one
     /// fused CPU op (f32 on the CPU, no neuron or rank dropout), or composed from candle ops.
     pub(crate) fn branch(&self, x: &Tensor, train: bool, rng: &Mutex<StdRng>) -> Result<Branch> {
+        self.branch_with(x, train, rng, true)
+    }
+
+    fn branch_with(&self, x: &Tensor, train: bool, rng: &Mutex<StdRng>, module_dropout: bool) -> Result<Branch> {
         let scale = self.multiplier() * self.scale();
-        if train && self.dropout.module > 0.0 && lock(rng).random::<f64>() < self.dropout.module {
+        if module_dropout && self.skips(train, rng) {
             return Ok(Branch::Skipped);
         }
         let (down, up) = self.weights();
@@ -304,6 +352,11 @@ impl LoraModule {
             return Ok(Branch::Fusable { down, up, scale: scale as f32 });
         }
         Ok(Branch::Composed { down, up, scale })
+    }
+
+    /// Draws module dropout: whether this call skips the module.
+    fn skips(&self, train: bool, rng: &Mutex<StdRng>) -> bool {
+        train && self.dropout.module > 0.0 && lock(rng).random::<f64>() < self.dropout.module
     }
 
     /// The dense weight change `multiplier · scale · up·down`, shaped like the target's weight
@@ -324,6 +377,89 @@ impl LoraModule {
             }
         }
     }
+}
+
+/// The contribution of the parts of one fused layer (modules with a [`LoraPart`], same name) to
+/// its `out`-wide output: each part's `up(down(x))` in its rows, zeros where no part is. Module
+/// dropout is drawn once for them all (sd-scripts' split module is one module); `None` when it
+/// skipped them.
+pub(crate) fn parts_delta(
+    parts: &[&LoraModule],
+    x: &Tensor,
+    out: usize,
+    train: bool,
+    rng: &Mutex<StdRng>,
+) -> Result<Option<Tensor>> {
+    let mut parts = parts.to_vec();
+    parts.sort_by_key(|m| m.part.map_or(0, |p| p.offset));
+    let Some(first) = parts.first() else { return Ok(None) };
+    if first.skips(train, rng) {
+        return Ok(None);
+    }
+    let mut pieces = Vec::with_capacity(2 * parts.len() + 1);
+    let mut cursor = 0;
+    let zeros = |like: &Tensor, width: usize| -> Result<Tensor> {
+        let mut shape = like.dims().to_vec();
+        *shape.last_mut().expect("a linear output has a feature axis") = width;
+        Tensor::zeros(shape.as_slice(), like.dtype(), like.device())
+    };
+    for m in &parts {
+        let offset = m.part.map_or(0, |p| p.offset);
+        let delta = m.forward_with(x, train, rng, false)?.expect("module dropout is drawn above");
+        let width = delta.dim(candle_core::D::Minus1)?;
+        if offset < cursor || offset + width > out {
+            candle_core::bail!("{}: its parts overlap or leave the layer's {out} outputs", m.name)
+        }
+        if offset > cursor {
+            pieces.push(zeros(&delta, offset - cursor)?);
+        }
+        pieces.push(delta);
+        cursor = offset + width;
+    }
+    if cursor < out {
+        let tail = zeros(&pieces[0], out - cursor)?;
+        pieces.push(tail);
+    }
+    Tensor::cat(&pieces, candle_core::D::Minus1).map(Some)
+}
+
+/// The parts of one fused layer joined into one kohya module, as sd-scripts' `split_qkv` saves
+/// them: `down` the parts' downs stacked ((parts·r, in)), `up` block-diagonal ((out, parts·r)),
+/// and alpha parts × the trained alpha. sd-scripts keeps alpha, so every loader — which reads
+/// the rank from `down`'s rows, parts·r — applies 1/parts of the scale training used;
+/// multiplying alpha by the parts makes ComfyUI, Forge, diffusers and sd-scripts' own inference
+/// apply exactly the trained function. (sd-scripts re-splitting the file to train on takes its
+/// scale from the config, not the file, so it reads these files right too.)
+pub fn fuse_parts(parts: &[&LoraModule]) -> Result<(Tensor, Tensor, f64)> {
+    let mut parts = parts.to_vec();
+    parts.sort_by_key(|m| m.part.map_or(0, |p| p.index));
+    let Some(first) = parts.first() else { candle_core::bail!("no parts to fuse") };
+    let count = parts.len();
+    let rank = first.rank;
+    // Equal ranks, indices 0..count, and rows that follow each other from 0 (a fused file's up
+    // has exactly the parts' rows).
+    let mut cursor = 0;
+    for (i, m) in parts.iter().enumerate() {
+        let contiguous = m.part.map(|p| (p.index, p.count, p.offset)) == Some((i, count, cursor));
+        if m.rank != rank || !contiguous {
+            candle_core::bail!("{}: its parts do not form one fused layer (ranks, indices or rows differ)", first.name)
+        }
+        cursor += m.up.dim(0)?;
+    }
+    let downs: Vec<Tensor> = parts.iter().map(|m| m.down.as_detached_tensor()).collect();
+    let down = Tensor::cat(&downs, 0)?;
+    let mut rows = Vec::with_capacity(count);
+    for (i, m) in parts.iter().enumerate() {
+        let up = m.up.as_detached_tensor();
+        let (width, dtype, device) = (up.dim(0)?, up.dtype(), up.device().clone());
+        let mut cols = Vec::with_capacity(count);
+        for j in 0..count {
+            cols.push(if i == j { up.clone() } else { Tensor::zeros((width, rank), dtype, &device)? });
+        }
+        rows.push(Tensor::cat(&cols, 1)?);
+    }
+    let up = Tensor::cat(&rows, 0)?;
+    Ok((down, up, first.alpha * count as f64))
 }
 
 /// How one call applies a module (see [`LoraModule::branch`]); factors in the input's dtype.
@@ -414,14 +550,17 @@ impl LoraSet {
     }
 
     /// Every trained tensor by the name a state stores it under: `<module>.lora_down.weight` /
-    /// `.lora_up.weight` for LoRA modules, `<module>.hada_w1_a`, `.lokr_w1`, … for LoHa/LoKr
+    /// `.lora_up.weight` for LoRA modules (`<module>.lora_down.<i>.weight` for the parts of a
+    /// fused layer, as sd-scripts' `split_dims`), `<module>.hada_w1_a`, `.lokr_w1`, … for LoHa/LoKr
     /// ones plus LoHa's/LoCon's max-norm `<module>.scalar` (optional: a LyCORIS file has none, and
     /// LyCORIS then starts it at 1). Trainable modules only.
     pub fn named_vars(&self) -> Vec<NamedVar> {
         let mut out = Vec::new();
         for m in self.modules.iter().filter(|m| m.trainable) {
-            for (suffix, var) in [("lora_down.weight", &m.down), ("lora_up.weight", &m.up)] {
-                out.push(NamedVar { name: format!("{}.{suffix}", m.name), var: var.clone(), optional: false });
+            let part = m.part.map(|p| format!(".{}", p.index)).unwrap_or_default();
+            for (factor, var) in [("lora_down", &m.down), ("lora_up", &m.up)] {
+                let name = format!("{}.{factor}{part}.weight", m.name);
+                out.push(NamedVar { name, var: var.clone(), optional: false });
             }
         }
         for m in self.lycoris.iter().filter(|m| m.is_trainable()) {
@@ -606,6 +745,45 @@ mod tests {
     use super::*;
     use crate::checkpoint::{checkpoint, BlockFn};
     use crate::layers::{Conv2d, ForwardCtx};
+
+    /// The parts of a fused layer (split_qkv) fill their own rows of the output and are
+    /// skipped together by module dropout, as sd-scripts' one split module.
+    #[test]
+    fn parts_fill_their_rows_and_drop_out_together() {
+        let dev = Device::Cpu;
+        let mut set = LoraSet::new(3, &dev).unwrap();
+        // A 3 → 7 linear with parts of widths 2 and 3 at rows 0 and 4 (rows 2 and 3 untouched).
+        for (index, (offset, width)) in [(0usize, 2usize), (4, 3)].into_iter().enumerate() {
+            let down = Tensor::randn(0f32, 1.0, (2, 3), &dev).unwrap();
+            let up = Tensor::randn(0f32, 1.0, (width, 2), &dev).unwrap();
+            let module = LoraModule::from_weights("lora_x", LoraKind::Linear, down, up, Some(2.0), true)
+                .unwrap()
+                .with_dropout(LoraDropout { module: 0.5, ..Default::default() })
+                .as_part(LoraPart { index, count: 2, offset })
+                .unwrap();
+            set.insert("x", module);
+        }
+        let lin = crate::layers::Linear::new("x", Tensor::zeros((7, 3), DType::F32, &dev).unwrap(), None).unwrap();
+        let set = Arc::new(set);
+        let ctx = ForwardCtx { lora: Some(set.clone()), train: true, gradient_checkpointing: false };
+        let x = Tensor::randn(0f32, 1.0, (5, 3), &dev).unwrap();
+        let (mut skipped, mut applied) = (0, 0);
+        for _ in 0..40 {
+            let y = lin.forward(&x, &ctx).unwrap();
+            let col_sums: Vec<f32> = y.abs().unwrap().sum(0).unwrap().to_vec1().unwrap();
+            assert_eq!([col_sums[2], col_sums[3]], [0.0; 2], "{col_sums:?}");
+            let live = [0, 1, 4, 5].iter().filter(|&&c| col_sums[c] > 0.0).count();
+            assert!(live == 0 || live == 4, "parts dropped separately: {col_sums:?}");
+            if live == 0 {
+                skipped += 1
+            } else {
+                applied += 1
+            }
+        }
+        assert!(skipped > 5 && applied > 5, "{skipped} skipped, {applied} applied");
+        let fused = fuse_parts(&set.for_path("x").collect::<Vec<_>>()).unwrap_err();
+        assert!(fused.to_string().contains("do not form one fused layer"), "{fused}");
+    }
 
     /// A checkpointed block's LoRA gradients must not keep its recomputed graph alive (candle's
     /// variable gradients are built from the forward activations): the side store holds

@@ -336,7 +336,8 @@ pub struct NetworkSection {
     /// Flux: also train a LoRA on T5-XXL (`lora_te3_…`; `train_t5xxl`).
     pub train_t5xxl: bool,
     /// Flux: separate LoRA factors for q, k, v (and the single blocks' MLP input) inside the
-    /// fused layers (`split_qkv`); not supported yet.
+    /// fused `qkv` / `linear1` layers (`split_qkv`); saved fused, with alpha × parts so loaders
+    /// apply the trained scale.
     pub split_qkv: bool,
 }
 
@@ -523,6 +524,7 @@ impl NetworkSection {
             in_dims,
             double_blocks: blocks("train_double_block_indices", &self.train_double_block_indices, NUM_DOUBLE_BLOCKS)?,
             single_blocks: blocks("train_single_block_indices", &self.train_single_block_indices, NUM_SINGLE_BLOCKS)?,
+            split_qkv: self.split_qkv,
         })
     }
 }
@@ -1151,9 +1153,9 @@ impl TrainConfig {
             problems
                 .push("model.t5xxl_max_token_length = 0: give at least 1 (room for </s>), or leave it unset".into());
         }
-        if self.network.split_qkv {
+        if self.network.split_qkv && self.network.is_lycoris() {
             problems.push(
-                "network.split_qkv: separate q/k/v factors inside Flux's fused layers are not supported yet; remove it (the fused LoRA trains the same layers)"
+                "network.split_qkv is an argument of sd-scripts' networks.lora_flux (LoRA); LyCORIS networks have no split factors — remove it or use network_module = \"networks.lora_flux\""
                     .into(),
             );
         }

@@ -214,6 +214,7 @@ impl RunMetadata {
             ("in_dims", n.in_dims.clone()),
             ("train_double_block_indices", n.train_double_block_indices.clone()),
             ("train_single_block_indices", n.train_single_block_indices.clone()),
+            ("split_qkv", n.split_qkv.then(|| "True".to_string())),
             ("train_t5xxl", n.train_t5xxl.then(|| "True".to_string())),
         ] {
             if let Some(v) = v {

@@ -172,6 +172,7 @@ pub fn network_settings(config: &TrainConfig) -> BTreeMap<String, String> {
     put("conv_block_alphas", opt(n.conv_block_alphas.clone()));
     put("network_train_unet_only", n.network_train_unet_only.to_string());
     put("network_train_text_encoder_only", n.network_train_text_encoder_only.to_string());
+    put("split_qkv", n.split_qkv.to_string());
     out
 }
 
@@ -287,6 +288,71 @@ pub fn load_network_tensors(
         return Err(TrainError::Resume { path: origin.to_path_buf(), message: msg });
     }
     Ok(missing)
+}
+
+/// Cuts the fused layers of a LoRA file (`network_weights`) into the parts a `split_qkv`
+/// network trains, as sd-scripts' `load_state_dict` does: `down` into equal row blocks, the
+/// block-diagonal `up` into its diagonal blocks. A fused `up` with anything off its diagonal was
+/// not trained with split_qkv — cutting it would drop part of the LoRA, so it is refused. Files
+/// already holding parts (`<module>.lora_down.<i>.weight`) and networks without parts pass
+/// through unchanged. The file's alpha is not read (the config's scale applies, as for every
+/// `network_weights` file).
+pub fn split_fused_parts(
+    sets: &[Arc<LoraSet>],
+    mut tensors: HashMap<String, Tensor>,
+    origin: &Path,
+) -> Result<HashMap<String, Tensor>> {
+    let err = |message: String| TrainError::Other(format!("network.network_weights = {}: {message}", origin.display()));
+    for set in sets {
+        let mut groups: BTreeMap<&str, Vec<&lorakit_nn::LoraModule>> = BTreeMap::new();
+        for m in set.modules().iter().filter(|m| m.part().is_some()) {
+            groups.entry(m.name()).or_default().push(m);
+        }
+        for (name, mut parts) in groups {
+            parts.sort_by_key(|m| m.part().map_or(0, |p| p.index));
+            let (down_key, up_key) = (format!("{name}.lora_down.weight"), format!("{name}.lora_up.weight"));
+            let (Some(down), Some(up)) = (tensors.get(&down_key).cloned(), tensors.get(&up_key).cloned()) else {
+                continue;
+            };
+            let rank = parts[0].rank();
+            let count = parts.len();
+            let (rows, _inputs) = down.dims2().map_err(|e| err(format!("{down_key}: {e}")))?;
+            let (outputs, cols) = up.dims2().map_err(|e| err(format!("{up_key}: {e}")))?;
+            let widths: Vec<usize> = parts.iter().map(|m| m.up().dims()[0]).collect();
+            if rows != rank * count || cols != rows || outputs != widths.iter().sum::<usize>() {
+                let hint = if rows % count == 0 && cols == rows {
+                    format!("set network.network_dim = {} as when it was trained", rows / count)
+                } else {
+                    format!("it was not saved by a split_qkv run (rank {rows} is not {count} equal parts); set network.split_qkv = false to continue it fused")
+                };
+                return Err(err(format!(
+                    "{name}: fused factors down {:?} / up {:?} do not split into {count} parts of rank {rank}: {hint}",
+                    down.dims(),
+                    up.dims(),
+                )));
+            }
+            let up = up.to_dtype(candle_core::DType::F32)?;
+            let mut offset = 0;
+            for (i, (m, width)) in parts.iter().zip(&widths).enumerate() {
+                let rows_of_part = up.narrow(0, offset, *width)?;
+                for j in (0..count).filter(|&j| j != i) {
+                    let off_diagonal = rows_of_part.narrow(1, j * rank, rank)?.abs()?.max_all()?.to_scalar::<f32>()?;
+                    if off_diagonal != 0.0 {
+                        return Err(err(format!(
+                            "{name}: its fused lora_up is not block-diagonal, so it was not trained with split_qkv and cannot be cut into q/k/v parts without losing part of it; set network.split_qkv = false to continue it fused, or start without network_weights"
+                        )));
+                    }
+                }
+                let index = m.part().map_or(i, |p| p.index);
+                tensors.insert(format!("{name}.lora_down.{index}.weight"), down.narrow(0, i * rank, rank)?);
+                tensors.insert(format!("{name}.lora_up.{index}.weight"), rows_of_part.narrow(1, i * rank, rank)?);
+                offset += width;
+            }
+            tensors.remove(&down_key);
+            tensors.remove(&up_key);
+        }
+    }
+    Ok(tensors)
 }
 
 fn set_var(var: &Var, value: &Tensor) -> Result<()> {

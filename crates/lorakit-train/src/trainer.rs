@@ -299,7 +299,7 @@ impl<'m> Trainer<'m> {
             Some(flux_args)
         } else if !flux_args.is_default() || config.network.train_t5xxl {
             return Err(TrainError::Other(format!(
-                "network.train_blocks / *_dim / in_dims / train_*_block_indices / train_t5xxl are Flux network arguments; this is a {} model — remove them",
+                "network.train_blocks / *_dim / in_dims / train_*_block_indices / split_qkv / train_t5xxl are Flux network arguments; this is a {} model — remove them",
                 model.info().base_model_version
             )));
         } else {
@@ -393,6 +393,7 @@ impl<'m> Trainer<'m> {
             let tensors = candle_core::safetensors::load(weights, &device)
                 .map_err(|e| TrainError::Other(format!("network.network_weights = {}: {e}", weights.display())))?;
             let live: Vec<Arc<LoraSet>> = sets.iter().flatten().cloned().collect();
+            let tensors = crate::state::split_fused_parts(&live, tensors, weights)?;
             let missing = load_network_tensors(&live, &tensors, false, weights)?;
             if !missing.is_empty() {
                 tracing::warn!("{} module tensors were not in {}; they start fresh", missing.len(), weights.display());

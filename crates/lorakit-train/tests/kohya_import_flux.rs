@@ -170,7 +170,6 @@ fn sd_scripts_flux_guide_toml_imports_as_flux_with_memory_warnings() {
 fn flux_configs_kohya_or_lorakit_would_not_run_are_refused_with_the_reason() {
     let base = "flux1D - adamw8bit fp8.json";
     for (changes, says) in [
-        (vec![("split_qkv", serde_json::Value::from(true))], "split_qkv"),
         (vec![("LoRA_type", "LyCORIS/LoKr".into())], "LyCORIS on Flux.1"),
         (vec![("LoRA_type", "Flux1 OFT".into())], "Flux OFT"),
         (vec![("LoRA_type", "Standard".into())], "LoRA type must be set to 'Flux1'"),

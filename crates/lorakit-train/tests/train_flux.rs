@@ -268,3 +268,66 @@ fn flux_block_swap_trains_the_same_numbers() {
         TrainConfig::from_toml_str(&text, &["accelerate.blocks_to_swap=2".to_string()]).expect_err("no checkpointing");
     assert!(err.to_string().contains("gradient_checkpointing"), "{err}");
 }
+
+/// `split_qkv`: the run trains one pair per part, resumes bit for bit (the state keeps the parts
+/// under sd-scripts' `lora_down.<i>` names), saves them fused (block-diagonal up, alpha ×
+/// parts, `split_qkv` in ss_network_args), and a later run continues from that file through
+/// `network_weights` (cut back into parts); a fused file that was not trained split is refused.
+#[test]
+fn flux_split_qkv_trains_resumes_saves_fused_and_continues() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = chessboard_dataset(dir.path(), 1, 4);
+    let cfg = config(dir.path(), &data, &["network.split_qkv=true", "save.save_state=true"]);
+    let model = load(&cfg);
+    let runs = assert_resume_is_exact(&cfg, &model, dir.path(), 3);
+    assert!(runs.full.losses.iter().all(|l| l.is_finite()));
+    let saved = dir.path().join("out").join("tiny.safetensors");
+    let file = lorakit_lora::safetensors_file::LoraFile::open(&saved).unwrap();
+    assert!(file.metadata()["ss_network_args"].contains("\"split_qkv\":\"True\""));
+    let rank = 4; // small_run_toml's network_dim
+    let alpha = |m: &str| file.tensor_f32(&format!("{m}.alpha")).unwrap()[0];
+    let plain_alpha = alpha("lora_unet_double_blocks_0_img_attn_proj");
+    for (module, parts, width) in
+        [("lora_unet_double_blocks_0_img_attn_qkv", 3, 48), ("lora_unet_single_blocks_2_linear1", 4, 48)]
+    {
+        let down = file.info(&format!("{module}.lora_down.weight")).unwrap();
+        let up = file.info(&format!("{module}.lora_up.weight")).unwrap();
+        assert_eq!(down.shape[0], parts * rank, "{module}: the parts' downs stacked");
+        assert_eq!(up.shape[1], parts * rank, "{module}");
+        assert_eq!(alpha(module), plain_alpha * parts as f32, "{module}: alpha × parts");
+        // Block-diagonal: the q rows read only the q part's ranks.
+        let values = file.tensor_f32(&format!("{module}.lora_up.weight")).unwrap();
+        let cols = parts * rank;
+        let q_rows_off_block = (0..width).flat_map(|r| (rank..cols).map(move |c| (r, c)));
+        assert!(q_rows_off_block.map(|(r, c)| values[r * cols + c]).all(|v| v == 0.0), "{module}");
+        assert!(values.iter().any(|v| *v != 0.0), "{module} trained");
+    }
+
+    let report = lorakit_lora::inspect::inspect_file(&saved).unwrap();
+    assert!(
+        report.notes.iter().any(|n| n.contains("7 fused qkv/linear1 layers") && n.contains("alpha × parts")),
+        "{:?}",
+        report.notes
+    );
+
+    // Continue from the saved file: its parts are cut back out and trained further.
+    let mut next = config(dir.path(), &data, &["network.split_qkv=true", "training.max_train_epochs=1"]);
+    next.network.network_weights = Some(saved.clone());
+    next.folders.output_dir = dir.path().join("next");
+    run(next, &model).unwrap();
+    // A fused LoRA that was not trained split cannot be cut into parts.
+    let single = ["training.max_train_epochs=1", "network.train_blocks=\"single\""];
+    let mut fused = config(dir.path(), &data, &single);
+    fused.folders.output_dir = dir.path().join("fused");
+    run(fused.clone(), &model).unwrap();
+    let mut cut = config(dir.path(), &data, &[&single[..], &["network.split_qkv=true"]].concat());
+    cut.network.network_weights = Some(dir.path().join("fused").join("tiny.safetensors"));
+    cut.folders.output_dir = dir.path().join("cut");
+    // Rank 4 does not make 4 parts of rank 4: the rank the parts would need is named.
+    let err = run(cut.clone(), &model).expect_err("rank mismatch");
+    assert!(err.contains("set network.network_dim = 1"), "{err}");
+    // At rank 1 the 4 rows fit 4 linear1 parts by shape, but the up is dense: refused.
+    cut.network.network_dim = 1;
+    let err = run(cut, &model).expect_err("a dense fused up is not cut");
+    assert!(err.contains("not block-diagonal") && err.contains("network.split_qkv = false"), "{err}");
+}

@@ -125,11 +125,6 @@ fn an_sd_scripts_flux_toml_plans_and_refusals_exit_with_the_reason() {
             toml("networks.lora_flux", "blocks_to_swap = 4\ncpu_offload_checkpointing = true\n"),
             "blocks_to_swap is not supported with cpu_offload_checkpointing",
         ),
-        (
-            toml("networks.lora_flux", "network_args = [\"split_qkv=True\"]\n")
-                .replace("network_args = [\"train_blocks=single\", \"single_dim=4\"]\n", ""),
-            "split_qkv",
-        ),
         (toml("networks.lora_flux", "model_type = \"chroma\"\n"), "Chroma"),
     ] {
         std::fs::write(&file, content).unwrap();

@@ -50,6 +50,8 @@ pub struct FluxNetworkArgs {
     pub double_blocks: Option<Vec<bool>>,
     /// `train_single_block_indices` as a mask over [`NUM_SINGLE_BLOCKS`].
     pub single_blocks: Option<Vec<bool>>,
+    /// `split_qkv`: one down/up pair per part of the fused layers (see [`Self::split_widths`]).
+    pub split_qkv: bool,
 }
 
 impl FluxNetworkArgs {
@@ -109,6 +111,23 @@ impl FluxNetworkArgs {
             }
         }
         Ok(selected)
+    }
+
+    /// With `split_qkv`, the output widths of the parts of the fused layer `name` (kohya name)
+    /// whose input width is `in_dim` and output `out_dim`, chosen by name as sd-scripts does:
+    /// a double block's `qkv` splits into q, k, v (3 × hidden), a single block's `linear1` into
+    /// q, k, v and the MLP input (3 × hidden + the rest). `None`: not split.
+    pub fn split_widths(&self, name: &str, in_dim: usize, out_dim: usize) -> Option<Vec<usize>> {
+        if !self.split_qkv || out_dim < 3 * in_dim {
+            return None;
+        }
+        if name.contains("double") && name.contains("qkv") && out_dim == 3 * in_dim {
+            Some(vec![in_dim; 3])
+        } else if name.contains("single") && name.contains("linear1") && out_dim > 3 * in_dim {
+            Some(vec![in_dim, in_dim, in_dim, out_dim - 3 * in_dim])
+        } else {
+            None
+        }
     }
 
     /// Whether no argument differs from sd-scripts' defaults.

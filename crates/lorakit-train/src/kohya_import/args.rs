@@ -1118,11 +1118,13 @@ fn flux_network(kwargs: &[(String, String)], t: &mut Table, notes: &mut Vec<Impo
                 t.put("network", key, toml::Value::String(value.trim().to_string()))
             }
             "split_qkv" => {
-                if exact_true("split_qkv", notes) {
-                    return Err(
-                        "network_args split_qkv=True: separate LoRA factors for q, k and v inside Flux's fused layers are not supported by lorakit yet (its fused LoRA adapts the same layers with one factor pair, a different network); remove split_qkv"
-                            .into(),
-                    );
+                let on = exact_true("split_qkv", notes);
+                t.put("network", "split_qkv", toml::Value::Boolean(on));
+                if on {
+                    notes.push(ImportNote::info(
+                        "split_qkv",
+                        "split_qkv: trained as sd-scripts does (a q, k, v [and MLP] pair per fused layer); the saved file's fused layers carry alpha × parts, so ComfyUI/Forge/diffusers apply the trained strength — sd-scripts keeps alpha, and its files load 1/3 (qkv) or 1/4 (linear1) as strong",
+                    ));
                 }
             }
             "train_t5xxl" => {
@@ -1754,7 +1756,6 @@ seed = 42
     #[test]
     fn flux_configs_lorakit_or_sd_scripts_would_not_run_are_refused_with_the_reason() {
         for (extra, says) in [
-            ("network_args = [\"split_qkv=True\"]\n", "split_qkv"),
             ("network_args = [\"ggpo_beta=0.01\", \"ggpo_sigma=0.03\"]\n", "GGPO"),
             ("network_args = [\"network_reg_lrs=double_blocks=1e-4\"]\n", "network_reg_lrs"),
             ("network_args = [\"network_reg_dims=single=8\"]\n", "network_reg_dims"),

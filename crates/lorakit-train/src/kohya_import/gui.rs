@@ -1174,7 +1174,6 @@ mod tests {
             (vec![("LoRA_type", Value::from("Standard"))], "LoRA type must be set to 'Flux1'"),
             (vec![("LoRA_type", "LyCORIS/LoKr".into())], "LyCORIS on Flux.1"),
             (vec![("LoRA_type", "Flux1 OFT".into())], "Flux OFT"),
-            (vec![("split_qkv", true.into())], "split_qkv"),
             (vec![("train_lora_ggpo", true.into()), ("ggpo_beta", 0.01.into()), ("ggpo_sigma", 0.03.into())], "GGPO"),
             (vec![("model_type", "chroma".into())], "Chroma"),
             (vec![("t5xxl_lr", 1e-5.into()), ("text_encoder_lr", 0.into())], "T5XXL learning rate"),
