@@ -100,17 +100,14 @@ impl FluxConditioning {
     }
 }
 
-/// The two text encoders (dropped together once their outputs are cached).
-struct FluxText {
-    clip: ClipTextModel,
-    t5: T5EncoderModel,
-}
-
 /// A loaded Flux.1 model.
 pub struct FluxPipeline {
     transformer: FluxTransformer,
     ae: AutoencoderKL,
-    text: Option<FluxText>,
+    /// `None` once released (outputs cached).
+    clip: Option<ClipTextModel>,
+    /// `None` once released (outputs cached).
+    t5: Option<T5EncoderModel>,
     clip_tokenizer: ClipTokenizer,
     t5_tokenizer: T5Tokenizer,
     t5_max_length: usize,
@@ -222,7 +219,8 @@ impl FluxPipeline {
             text_parameters,
             transformer,
             ae,
-            text: Some(FluxText { clip, t5 }),
+            clip: Some(clip),
+            t5: Some(t5),
             clip_tokenizer: ClipTokenizer::new()?,
             t5_tokenizer: T5Tokenizer::new()?,
             t5_max_length: opts.t5_max_length.unwrap_or(default_length),
@@ -236,14 +234,14 @@ impl FluxPipeline {
         &self.transformer
     }
 
-    /// CLIP-L; `None` once the text encoders were released.
+    /// CLIP-L; `None` once released.
     pub fn clip_l(&self) -> Option<&ClipTextModel> {
-        self.text.as_ref().map(|t| &t.clip)
+        self.clip.as_ref()
     }
 
-    /// T5-XXL; `None` once the text encoders were released.
+    /// T5-XXL; `None` once released.
     pub fn t5(&self) -> Option<&T5EncoderModel> {
-        self.text.as_ref().map(|t| &t.t5)
+        self.t5.as_ref()
     }
 
     /// The autoencoder.
@@ -290,7 +288,27 @@ impl FluxPipeline {
 
     /// Drops both text encoders (their outputs were cached); encoding prompts is then an error.
     pub fn release_text_encoders(&mut self) {
-        self.text = None;
+        self.clip = None;
+        self.t5 = None;
+    }
+
+    /// Drops T5-XXL alone (its outputs were cached while CLIP-L trains, sd-scripts' partial
+    /// caching): [`Self::encode_pooled`] still works, [`Self::encode_prompts`] does not.
+    pub fn release_t5(&mut self) {
+        self.t5 = None;
+    }
+
+    /// CLIP-L's pooled output for `prompts` (77 EOS-padded tokens), as in
+    /// [`Self::encode_prompts`].
+    pub fn encode_pooled<S: AsRef<str>>(&self, prompts: &[S], clip_ctx: &ForwardCtx) -> Result<Tensor> {
+        let clip = self.clip.as_ref().ok_or_else(released)?;
+        let mut clip_ids = Vec::with_capacity(prompts.len() * CLIP_MAX_LENGTH);
+        for p in prompts {
+            let (ids, _) = self.clip_tokenizer.encode_padded(p.as_ref(), CLIP_MAX_LENGTH, ClipTokenizer::EOS);
+            clip_ids.extend(ids);
+        }
+        let clip_ids = Tensor::from_vec(clip_ids, (prompts.len(), CLIP_MAX_LENGTH), self.transformer.device())?;
+        Ok(clip.forward(&clip_ids, clip_ctx)?.pooler_output)
     }
 
     /// Encodes prompts as sd-scripts' `FluxTextEncodingStrategy`: CLIP-L's pooled output of the
@@ -303,17 +321,11 @@ impl FluxPipeline {
         clip_ctx: &ForwardCtx,
         t5_ctx: &ForwardCtx,
     ) -> Result<FluxConditioning> {
-        let text = self.text.as_ref().ok_or_else(released)?;
+        let t5_model = self.t5.as_ref().ok_or_else(released)?;
         let device = self.transformer.device();
-        let mut clip_ids = Vec::with_capacity(prompts.len() * CLIP_MAX_LENGTH);
-        for p in prompts {
-            let (ids, _) = self.clip_tokenizer.encode_padded(p.as_ref(), CLIP_MAX_LENGTH, ClipTokenizer::EOS);
-            clip_ids.extend(ids);
-        }
-        let clip_ids = Tensor::from_vec(clip_ids, (prompts.len(), CLIP_MAX_LENGTH), device)?;
-        let pooled = text.clip.forward(&clip_ids, clip_ctx)?.pooler_output;
+        let pooled = self.encode_pooled(prompts, clip_ctx)?;
         let tokens = self.t5_tokenizer.tokenize(prompts, self.t5_max_length)?;
-        let t5 = text.t5.encode(&tokens, self.apply_t5_attn_mask, t5_ctx)?;
+        let t5 = t5_model.encode(&tokens, self.apply_t5_attn_mask, t5_ctx)?;
         let mask = if self.apply_t5_attn_mask { Some(tokens.mask_tensor(device)?.to_dtype(DType::F32)?) } else { None };
         Ok(FluxConditioning { t5, pooled, mask })
     }

@@ -33,6 +33,11 @@ const SINGLE_BLOCK_FLOATS_PER_FEATURE: f64 = 66.0;
 /// constant), the unit of [`TrainableModel::activation_scale`].
 const SD15_ACTIVATION_BYTES_PER_LATENT_PIXEL: f64 = 1.49e6;
 
+/// CLIP-L's and T5-XXL's places in [`TrainableModel::components`] (after the transformer).
+const CLIP_L: usize = 1;
+/// See [`CLIP_L`].
+const T5XXL: usize = 2;
+
 /// A loaded Flux.1 model for training.
 pub struct FluxModel {
     pipe: FluxPipeline,
@@ -61,9 +66,15 @@ impl FluxModel {
         &self.pipe
     }
 
-    /// Drops CLIP-L and T5 once their outputs are cached.
-    pub fn release_text_encoders(&mut self) {
-        self.pipe.release_text_encoders();
+    /// Drops the text encoders `trained` (one flag per [`TrainableModel::components`] entry)
+    /// does not mark once their outputs are cached: both, or T5-XXL alone while CLIP-L trains.
+    pub fn release_text_encoders(&mut self, trained: &[bool]) {
+        match (trained.get(CLIP_L).copied().unwrap_or(false), trained.get(T5XXL).copied().unwrap_or(false)) {
+            (false, false) => self.pipe.release_text_encoders(),
+            (true, false) => self.pipe.release_t5(),
+            // T5-XXL trains: nothing was cached (check_cacheable refuses it).
+            (_, true) => {}
+        }
     }
 
     /// Whether this is a guidance-distilled (dev) model.
@@ -205,6 +216,41 @@ impl TrainableModel for FluxModel {
     fn text_encoder_parameter_count(&self) -> usize {
         let (clip, t5) = self.pipe.text_encoder_parameter_counts();
         clip + t5
+    }
+
+    /// T5-XXL's outputs are cached unless it trains; CLIP-L may train meanwhile (sd-scripts'
+    /// partial caching: `is_partial` when CLIP-L trains).
+    fn caches_text_with(&self, trained: &[bool]) -> bool {
+        !trained.get(T5XXL).copied().unwrap_or(false)
+    }
+
+    /// CLIP-L's pooled vector recomputed (with its LoRA) over cached T5 outputs and mask, as
+    /// sd-scripts' training step replaces the cached outputs of the encoders it trains.
+    fn encode_text_over_cache(
+        &self,
+        cached: Conditioning,
+        captions: &[&str],
+        ctxs: &[ForwardCtx],
+        trained: &[bool],
+    ) -> Result<Conditioning> {
+        if !trained.get(CLIP_L).copied().unwrap_or(false) {
+            return Ok(cached);
+        }
+        let ctx = ctxs.get(CLIP_L).cloned().unwrap_or_default();
+        let pooled = self.pipe.encode_pooled(captions, &ctx)?;
+        Ok(Conditioning { pooled: Some(pooled), ..cached })
+    }
+
+    fn released_text_encoder_parameters(&self, trained: &[bool]) -> usize {
+        let (clip, t5) = self.pipe.text_encoder_parameter_counts();
+        let flag = |i: usize| trained.get(i).copied().unwrap_or(false);
+        if flag(T5XXL) {
+            0
+        } else if flag(CLIP_L) {
+            t5
+        } else {
+            clip + t5
+        }
     }
 
     fn checkpointing_factor(&self) -> f64 {

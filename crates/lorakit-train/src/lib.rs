@@ -53,14 +53,21 @@ pub fn train(config: TrainConfig, stop: &AtomicBool, events: &mut dyn FnMut(Trai
     // once, so cache first and drop them from memory before training (sd-scripts moves them
     // off the GPU instead).
     if config.caches_text_encoder_outputs() && config.samples.sample_prompts.is_none() {
-        text_cache::check_cacheable(&config, &data)?;
+        text_cache::check_cacheable(&config, &data, model.as_trainable())?;
         let mut report = |done, total| events(TrainEvent::Caching { done, total });
         let cache = text_cache::TextEncoderCache::build(model.as_trainable(), &data, &config, &mut report)?;
-        model.release_text_encoders();
+        let trained = model::trained_components(&config, &model.as_trainable().components());
+        let partial = model::trains_a_text_encoder(&model.as_trainable().components(), &trained);
+        model.release_text_encoders(&trained);
         events(TrainEvent::Note(format!(
-            "text-encoder outputs cached for {} distinct captions ({} images' outputs reused from disk); the text encoders left memory",
+            "text-encoder outputs cached for {} distinct captions ({} images' outputs reused from disk); {}",
             cache.len(),
-            cache.reused
+            cache.reused,
+            if partial {
+                "the frozen text encoders left memory, the trained ones run at every step"
+            } else {
+                "the text encoders left memory"
+            }
         )));
         let trainer = Trainer::new(config, model.as_trainable(), data)?.with_text_cache(cache);
         return trainer.run(stop, events);
@@ -97,11 +104,16 @@ impl LoadedModel {
         }
     }
 
-    /// Drops the text encoders once their outputs are cached.
-    pub fn release_text_encoders(&mut self) {
+    /// Drops the text encoders `trained` (one flag per component) does not mark, once their
+    /// outputs are cached.
+    pub fn release_text_encoders(&mut self, trained: &[bool]) {
         match self {
-            LoadedModel::StableDiffusion(m) => m.release_text_encoders(),
-            LoadedModel::Flux(m) => m.release_text_encoders(),
+            LoadedModel::StableDiffusion(m) => {
+                if !model::trains_a_text_encoder(&model::TrainableModel::components(m.as_ref()), trained) {
+                    m.release_text_encoders()
+                }
+            }
+            LoadedModel::Flux(m) => m.release_text_encoders(trained),
         }
     }
 }

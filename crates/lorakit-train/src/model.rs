@@ -50,6 +50,27 @@ pub struct Component {
     pub opt_in: Option<OptIn>,
 }
 
+/// Which components a run trains, one flag per component: the denoiser unless
+/// `network_train_text_encoder_only`, the text encoders unless `network_train_unet_only`, each
+/// only with its opt-in switch on (Flux's T5-XXL: `network.train_t5xxl`).
+pub fn trained_components(config: &crate::TrainConfig, components: &[Component]) -> Vec<bool> {
+    components
+        .iter()
+        .map(|c| {
+            let switched_on = match c.opt_in {
+                Some(OptIn::TrainT5xxl) => config.network.train_t5xxl,
+                None => true,
+            };
+            switched_on && if c.is_text_encoder { config.trains_text_encoder() } else { config.trains_unet() }
+        })
+        .collect()
+}
+
+/// Whether any text encoder among `components` is marked in `trained`.
+pub fn trains_a_text_encoder(components: &[Component], trained: &[bool]) -> bool {
+    components.iter().zip(trained).any(|(c, t)| c.is_text_encoder && *t)
+}
+
 /// The config switches a component can need (see [`Component::opt_in`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OptIn {
@@ -211,6 +232,35 @@ pub trait TrainableModel {
     /// Frozen parameters of the text encoders (they leave memory when their outputs are cached
     /// and no sample needs them).
     fn text_encoder_parameter_count(&self) -> usize;
+    /// Whether the text conditioning can be cached while the components `trained` marks (one
+    /// flag per [`Self::components`] entry, see [`trained_components`]) train: the frozen
+    /// encoders' outputs come from the cache and [`Self::encode_text_over_cache`] recomputes the
+    /// trained ones each step (sd-scripts' partial caching, `is_partial`). By default only when
+    /// no text encoder trains (SD's encoders all feed one context).
+    fn caches_text_with(&self, trained: &[bool]) -> bool {
+        !trains_a_text_encoder(&self.components(), trained)
+    }
+    /// A cached batch's conditioning with the outputs of the trained text encoders recomputed
+    /// for `captions` under `ctxs` (see [`Self::caches_text_with`]); by default the cache as is.
+    fn encode_text_over_cache(
+        &self,
+        cached: Conditioning,
+        captions: &[&str],
+        ctxs: &[ForwardCtx],
+        trained: &[bool],
+    ) -> Result<Conditioning> {
+        let _ = (captions, ctxs, trained);
+        Ok(cached)
+    }
+    /// Frozen text-encoder parameters that leave memory once the outputs are cached while
+    /// `trained` train (and no sample needs the encoders): every encoder's when none trains.
+    fn released_text_encoder_parameters(&self, trained: &[bool]) -> usize {
+        if trains_a_text_encoder(&self.components(), trained) {
+            0
+        } else {
+            self.text_encoder_parameter_count()
+        }
+    }
     /// The share of the denoiser's activations gradient checkpointing keeps (block inputs plus
     /// one block's recomputation); the UNets' measured 0.30 by default.
     fn checkpointing_factor(&self) -> f64 {

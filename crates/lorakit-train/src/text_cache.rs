@@ -1,8 +1,9 @@
 //! Text-encoder outputs computed once before training (sd-scripts' `--cache_text_encoder_outputs`
 //! and `--cache_text_encoder_outputs_to_disk`).
 //!
-//! Only possible when every sample of an image always gets the same caption and the text
-//! encoders are not trained: the checks in [`check_cacheable`] refuse the options that change a
+//! Only possible when every sample of an image always gets the same caption and the cached
+//! encoders are not trained (Flux: T5-XXL's outputs are cached while CLIP-L trains and is run
+//! at every step, sd-scripts' partial caching — [`TrainableModel::caches_text_with`]): the checks in [`check_cacheable`] refuse the options that change a
 //! caption from step to step (sd-scripts refuses the same ones, and we also refuse the two it
 //! would silently freeze: wildcards and epoch-wise caption dropout).
 //!
@@ -30,15 +31,17 @@ const ENCODE_BATCH: usize = 8;
 
 /// Refuses `cache_text_encoder_outputs` with options that need the text encoders at every
 /// step, naming the option and what to do.
-pub fn check_cacheable(config: &TrainConfig, data: &TrainData) -> Result<()> {
+pub fn check_cacheable(config: &TrainConfig, data: &TrainData, model: &dyn TrainableModel) -> Result<()> {
     let refuse = |why: String| {
         Err(TrainError::Other(format!(
             "training.cache_text_encoder_outputs: {why}; turn caching off or drop that option"
         )))
     };
-    if config.trains_text_encoder() {
+    // Flux caches T5-XXL's outputs while CLIP-L trains (sd-scripts' partial caching); a trained
+    // encoder whose outputs would be cached is refused.
+    if !model.caches_text_with(&crate::model::trained_components(config, &model.components())) {
         return refuse(
-            "the text encoders are trained, so their outputs change every step (set network.network_train_unet_only = true to train the U-Net only, as sd-scripts requires)".into(),
+            "the text encoders are trained, so their outputs change every step (set network.network_train_unet_only = true to train the U-Net only, as sd-scripts requires; Flux caches T5-XXL's outputs while CLIP-L trains, but not while T5-XXL trains)".into(),
         );
     }
     for image in &data.images {

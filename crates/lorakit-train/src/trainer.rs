@@ -27,7 +27,7 @@ use crate::data::{rng_for, stream, Batch, TrainData};
 use crate::error::{Result, TrainError};
 use crate::latents::{alpha_masks, encode_batch, LatentCache, SampleAugment};
 use crate::metadata::{RunMetadata, SaveProgress};
-use crate::model::{OptIn, SizeCondition, TrainableModel};
+use crate::model::{SizeCondition, TrainableModel};
 use crate::objective::Objective;
 use crate::param_groups::{plan_groups, ComponentNetwork, GroupRates};
 use crate::plan::{
@@ -309,21 +309,12 @@ impl<'m> Trainer<'m> {
         // only; text encoders always use network_dim.
         let component_specs: Vec<Option<NetworkSpec>> = components
             .iter()
-            .map(|c| {
-                let switched_on = match c.opt_in {
-                    Some(OptIn::TrainT5xxl) => config.network.train_t5xxl,
-                    None => true,
-                };
-                if !switched_on {
-                    None
-                } else if c.is_text_encoder {
-                    config.trains_text_encoder().then(|| spec.clone())
-                } else {
-                    config.trains_unet().then(|| NetworkSpec {
-                        block_ranks: blocks.ranks.clone(),
-                        flux: flux_args.clone(),
-                        ..spec.clone()
-                    })
+            .zip(crate::model::trained_components(&config, &components))
+            .map(|(c, trained)| match (trained, c.is_text_encoder) {
+                (false, _) => None,
+                (true, true) => Some(spec.clone()),
+                (true, false) => {
+                    Some(NetworkSpec { block_ranks: blocks.ranks.clone(), flux: flux_args.clone(), ..spec.clone() })
                 }
             })
             .collect();
@@ -659,7 +650,7 @@ impl<'m> Trainer<'m> {
             })?;
         }
         if self.config.caches_text_encoder_outputs() {
-            crate::text_cache::check_cacheable(&self.config, &self.data)?;
+            crate::text_cache::check_cacheable(&self.config, &self.data, self.model)?;
         }
         crate::latents::check_images_decode(&self.data)?;
         Ok(Preflight { resumed, samples })
@@ -1242,7 +1233,9 @@ impl<'m> Trainer<'m> {
         let (max_tokens, clip_skip) = (config.training.max_token_length, config.model.clip_skip);
         let cond = if let Some(text) = &cache.text {
             let images: Vec<usize> = batch.samples.iter().map(|s| s.image).collect();
-            text.batch(&self.data, &images, device)?
+            // Partial caching: the trained encoders' outputs are recomputed over the cache.
+            let trained: Vec<bool> = self.sets.iter().map(Option::is_some).collect();
+            self.model.encode_text_over_cache(text.batch(&self.data, &images, device)?, &captions, &ctxs, &trained)?
         } else if config.training.weighted_captions {
             self.model.encode_text_weighted(&captions, max_tokens, clip_skip, &ctxs)?
         } else {
@@ -1313,9 +1306,11 @@ fn memory_estimate(
         .max()
         .unwrap_or(0);
     let (mut frozen_parameters, _) = model.parameter_counts();
-    // Cached text-encoder outputs with no samples to draw: the encoders leave memory first.
+    // Cached text-encoder outputs with no samples to draw: the frozen encoders leave memory
+    // first (all of them, or with partial caching those that do not train).
     if config.caches_text_encoder_outputs() && config.samples.sample_prompts.is_none() {
-        frozen_parameters = frozen_parameters.saturating_sub(model.text_encoder_parameter_count());
+        let trained = crate::model::trained_components(config, &model.components());
+        frozen_parameters = frozen_parameters.saturating_sub(model.released_text_encoder_parameters(&trained));
     }
     estimate_memory(&MemoryInputs {
         frozen_parameters,

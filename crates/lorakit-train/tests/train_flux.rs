@@ -191,7 +191,8 @@ fn flux_caches_text_encoder_outputs() {
     let summary = {
         let data = TrainData::load(&cfg).unwrap();
         let cache = lorakit_train::text_cache::TextEncoderCache::build(&model, &data, &cfg, &mut |_, _| {}).unwrap();
-        model.release_text_encoders();
+        model.release_text_encoders(&[true, false, false]);
+        assert!(model.pipeline().clip_l().is_none() && model.pipeline().t5().is_none());
         let trainer = Trainer::new(cfg, &model, data).unwrap().with_text_cache(cache);
         trainer.run(&AtomicBool::new(false), &mut events).unwrap()
     };
@@ -330,4 +331,50 @@ fn flux_split_qkv_trains_resumes_saves_fused_and_continues() {
     cut.network.network_dim = 1;
     let err = run(cut, &model).expect_err("a dense fused up is not cut");
     assert!(err.contains("not block-diagonal") && err.contains("network.split_qkv = false"), "{err}");
+}
+
+/// sd-scripts' partial caching: with CLIP-L's LoRA trained, T5-XXL's outputs are cached (and T5
+/// leaves memory) while CLIP-L runs at every step with its LoRA; the run trains the same numbers
+/// as encoding every caption at every step. With T5-XXL trained, caching is refused.
+#[test]
+fn flux_caches_t5_outputs_while_clip_l_trains() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = chessboard_dataset(dir.path(), 1, 2);
+    let live_cfg = config(dir.path(), &data, &["training.max_train_epochs=1"]);
+    let live = run(live_cfg.clone(), &load(&live_cfg)).unwrap();
+
+    let mut cfg =
+        config(dir.path(), &data, &["training.max_train_epochs=1", "training.cache_text_encoder_outputs=true"]);
+    cfg.folders.output_dir = dir.path().join("cached");
+    let mut model = load(&cfg);
+    let summary = {
+        let data = TrainData::load(&cfg).unwrap();
+        lorakit_train::text_cache::check_cacheable(&cfg, &data, &model).unwrap();
+        let cache = lorakit_train::text_cache::TextEncoderCache::build(&model, &data, &cfg, &mut |_, _| {}).unwrap();
+        let trained =
+            lorakit_train::model::trained_components(&cfg, &lorakit_train::model::TrainableModel::components(&model));
+        assert_eq!(trained, [true, true, false], "transformer and CLIP-L train, T5-XXL does not");
+        model.release_text_encoders(&trained);
+        assert!(model.pipeline().t5().is_none() && model.pipeline().clip_l().is_some(), "T5-XXL alone left memory");
+        let trainer = Trainer::new(cfg.clone(), &model, data).unwrap().with_text_cache(cache);
+        trainer.run(&AtomicBool::new(false), &mut |_| {}).unwrap()
+    };
+    assert_eq!(summary.losses.len(), live.losses.len());
+    for (a, b) in summary.losses.iter().zip(&live.losses) {
+        assert!((a - b).abs() <= 1e-5 * b.abs().max(1e-3), "cached {a} vs live {b}");
+    }
+    let saved = common::tensors(&dir.path().join("cached").join("tiny.safetensors"));
+    let reference = common::tensors(&dir.path().join("out").join("tiny.safetensors"));
+    let te1: Vec<&String> = saved.keys().filter(|k| k.starts_with("lora_te1_")).collect();
+    assert!(!te1.is_empty(), "CLIP-L's LoRA was trained");
+    for name in te1 {
+        let (a, b) = (&saved[name], &reference[name]);
+        let worst = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+        assert!(worst <= 1e-5, "{name}: CLIP-L's LoRA differs from the live run by {worst}");
+    }
+
+    // T5-XXL trained: its outputs cannot be cached.
+    let t5 = config(dir.path(), &data, &["training.cache_text_encoder_outputs=true", "network.train_t5xxl=true"]);
+    let err = run(t5, &model).expect_err("T5 trained with caching");
+    assert!(err.contains("not while T5-XXL trains"), "{err}");
 }

@@ -743,7 +743,8 @@ fn flux_checks(args: &BTreeMap<String, toml::Value>, t: &mut Table, notes: &mut 
             t.put_typed(key, &value, key)?;
         }
     }
-    // Text-encoder outputs: sd-scripts caches T5-XXL's (and CLIP-L's unless it trains).
+    // Text-encoder outputs: sd-scripts caches T5-XXL's (and CLIP-L's unless it trains: then
+    // CLIP-L runs at every step over the cached T5 outputs — lorakit does the same).
     let caching = flag(args, "cache_text_encoder_outputs")? || flag(args, "cache_text_encoder_outputs_to_disk")?;
     let train_t5xxl =
         t.table.get("network").and_then(|n| n.get("train_t5xxl")).and_then(toml::Value::as_bool) == Some(true);
@@ -758,21 +759,6 @@ fn flux_checks(args: &BTreeMap<String, toml::Value>, t: &mut Table, notes: &mut 
             if set(key) {
                 return Err(format!(
                     "cache_text_encoder_outputs with {key}: sd-scripts' flux_train_network.py refuses this (\"when caching Text Encoder output, either caption_dropout_rate, shuffle_caption, token_warmup_step or caption_tag_dropout_rate cannot be used\"); turn caching off or remove {key}"
-                ));
-            }
-        }
-    }
-    if caching && !flag(args, "network_train_unet_only")? {
-        // sd-scripts caches T5-XXL's outputs and runs CLIP-L, which it trains, at every step;
-        // lorakit caches only when no text encoder trains: the same weights, more memory.
-        for key in ["cache_text_encoder_outputs", "cache_text_encoder_outputs_to_disk"] {
-            if let Some(section) = t.table.get_mut("training").and_then(toml::Value::as_table_mut) {
-                section.remove(key);
-            }
-            if set(key) {
-                notes.push(ImportNote::memory(
-                    key,
-                    "true with CLIP-L's LoRA trained (no network_train_unet_only): sd-scripts then caches only T5-XXL's outputs and runs CLIP-L at every step; lorakit caches only when no text encoder trains, so it is imported without caching — T5-XXL stays loaded and encodes each caption at every step (set network_train_unet_only to cache)",
                 ));
             }
         }
@@ -1746,11 +1732,11 @@ seed = 42
         // cpu_offload_checkpointing: a memory option with gradient checkpointing.
         let imp = import_toml(&flux_toml("cpu_offload_checkpointing = true\n")).unwrap();
         assert_eq!(level_of(&imp, "cpu_offload_checkpointing"), Some(NoteLevel::Memory));
-        // Cached outputs with CLIP-L trained: sd-scripts caches T5 only; lorakit does not cache.
+        // Cached outputs with CLIP-L trained: T5-XXL's outputs are cached, as in sd-scripts.
         let imp = import_toml(&flux_toml("").replace("network_train_unet_only = true\n", "")).unwrap();
         let c = config(&imp);
-        assert!(!c.caches_text_encoder_outputs() && c.trains_text_encoder());
-        assert_eq!(level_of(&imp, "cache_text_encoder_outputs"), Some(NoteLevel::Memory));
+        assert!(c.caches_text_encoder_outputs() && c.trains_text_encoder());
+        assert_eq!(level_of(&imp, "cache_text_encoder_outputs"), None);
     }
 
     #[test]

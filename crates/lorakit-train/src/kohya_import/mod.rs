@@ -35,7 +35,7 @@ pub enum NoteLevel {
     /// An ignored or unsupported setting that changes what is trained: shown first, as a warning.
     ChangesRun,
     /// A memory-saving option lorakit does not have (Flux's `cpu_offload_checkpointing`,
-    /// `blocks_to_swap` without gradient checkpointing, T5-only caching): the same weights are
+    /// `blocks_to_swap` without gradient checkpointing): the same weights are
     /// trained, but the run needs more memory than kohya's — a warning, right after the above.
     Memory,
     /// A conversion or a setting that does not change the trained weights (file retention,
