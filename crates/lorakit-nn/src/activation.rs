@@ -19,6 +19,26 @@ pub fn gelu(x: &Tensor) -> Result<Tensor> {
     x.gelu_erf()
 }
 
+/// GELU with the tanh approximation (PyTorch's `approximate="tanh"`, Flux's MLPs): candle's
+/// `gelu`, or on the CPU in f32 a fused kernel with its own backward (candle's is a dozen
+/// full-size passes).
+pub fn gelu_tanh(x: &Tensor) -> Result<Tensor> {
+    if !cpu::handles(x) {
+        return x.gelu();
+    }
+    let xs = x.detach().contiguous()?;
+    let y = cpu::with_f32(&xs, cpu::dit::gelu_tanh)?;
+    attach_cpu(
+        x,
+        y,
+        x.shape().clone(),
+        Arc::new(move |g: &Tensor| {
+            let dx = cpu::with_f32(&xs, |x| cpu::with_f32(g, |g| cpu::dit::gelu_tanh_backward(x, g)))??;
+            Tensor::from_vec(dx, xs.shape(), xs.device())
+        }),
+    )
+}
+
 /// `x · sigmoid(1.702 x)`: OpenAI CLIP's activation.
 pub fn quick_gelu(x: &Tensor) -> Result<Tensor> {
     let s = ((x * -1.702)?.exp()? + 1.0)?.recip()?;

@@ -314,3 +314,108 @@ pub fn attach_many(inputs: &[&Tensor], y: &Tensor, backward: BackwardManyFn) -> 
     });
     attach(&packed, y, pack_grads)
 }
+
+/// Gradients of one to three inputs (each `None` when not needed, in input order) from the
+/// op's output (first) and the output's gradient.
+pub(crate) type BackwardWithOutputFn = Arc<dyn Fn(&Tensor, &Tensor) -> Result<Vec<Option<Tensor>>> + Send + Sync>;
+
+/// CPU kernel output recorded as a function of one, two or three inputs; its backward is
+/// handed the output too (the graph keeps it anyway, so nothing is saved twice).
+struct AttachN {
+    y: std::sync::Mutex<Option<Output>>,
+    backward: BackwardWithOutputFn,
+}
+
+impl AttachN {
+    fn grads<const N: usize>(&self, res: &Tensor, grad: &Tensor) -> Result<[Option<Tensor>; N]> {
+        let grads = (self.backward)(res, grad)?;
+        grads.try_into().map_err(|g: Vec<_>| {
+            candle_core::Error::Msg(format!("attach: backward returned {} gradients for {N} inputs", g.len()))
+        })
+    }
+}
+
+impl CustomOp1 for AttachN {
+    fn name(&self) -> &'static str {
+        "lorakit-attach-n"
+    }
+
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
+        take(&self.y)?.into_cpu("attach")
+    }
+
+    fn bwd(&self, _: &Tensor, res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let [a] = self.grads::<1>(res, grad)?;
+        Ok(a)
+    }
+}
+
+impl CustomOp2 for AttachN {
+    fn name(&self) -> &'static str {
+        "lorakit-attach-n"
+    }
+
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
+        take(&self.y)?.into_cpu("attach")
+    }
+
+    fn bwd(&self, _: &Tensor, _: &Tensor, res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let [a, b] = self.grads::<2>(res, grad)?;
+        Ok((a, b))
+    }
+}
+
+impl candle_core::CustomOp3 for AttachN {
+    fn name(&self) -> &'static str {
+        "lorakit-attach-n"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        take(&self.y)?.into_cpu("attach")
+    }
+
+    fn bwd(
+        &self,
+        _: &Tensor,
+        _: &Tensor,
+        _: &Tensor,
+        res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let [a, b, c] = self.grads::<3>(res, grad)?;
+        Ok((a, b, c))
+    }
+}
+
+/// Records CPU kernel output `data` (`shape`) as a function of `inputs` (one to three, on the
+/// CPU) whose gradients `backward(y, grad_y)` returns in input order. No packing copy of the
+/// inputs; `y` as a plain tensor when none of them is tracked.
+pub(crate) fn attach_n_cpu(
+    inputs: &[&Tensor],
+    data: Vec<f32>,
+    shape: Shape,
+    backward: BackwardWithOutputFn,
+) -> Result<Tensor> {
+    let Some(first) = inputs.first() else { candle_core::bail!("attach: no inputs") };
+    if !inputs.iter().any(|t| t.track_op()) {
+        return Tensor::from_vec(data, shape, first.device());
+    }
+    if shape.elem_count() != data.len() {
+        candle_core::bail!("attach: {} values for shape {shape:?}", data.len())
+    }
+    let op = AttachN { y: std::sync::Mutex::new(Some(Output::Cpu(CpuStorage::F32(data), shape))), backward };
+    match *inputs {
+        [a] => a.apply_op1_arc(Arc::new(Box::new(op))),
+        [a, b] => a.apply_op2_arc(b, Arc::new(Box::new(op))),
+        [a, b, c] => a.apply_op3_arc(b, c, Arc::new(Box::new(op))),
+        _ => candle_core::bail!("attach: {} inputs (one to three are supported)", inputs.len()),
+    }
+}

@@ -13,6 +13,7 @@ pub mod attention;
 pub mod checkpoint;
 mod cpu;
 pub mod custom_backward;
+pub mod dit;
 pub mod frozen;
 pub mod gradcheck;
 pub mod layers;

@@ -5,6 +5,7 @@
 pub(crate) mod activation;
 pub(crate) mod attention;
 pub(crate) mod conv;
+pub(crate) mod dit;
 mod exp;
 pub(crate) mod gemm;
 pub(crate) mod linear;
