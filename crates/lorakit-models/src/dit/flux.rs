@@ -9,15 +9,16 @@
 //! diffusers folders are renamed to this layout on load (`checkpoint::flux`).
 //!
 //! Everything trainable runs through `lorakit-nn` (frozen linears with LoRA hooks, LayerNorm with
-//! its own backward, chunked attention); q/k RMS norms and the rotary embedding are composed from
-//! candle's tracked ops.
+//! its own backward, chunked attention); the modulation, gated residuals, q/k RMS norms with the
+//! rotary embedding and tanh-GELU are `lorakit_nn::dit`'s ops (fused CPU kernels in f32, candle's
+//! composed ops elsewhere).
 
 use std::sync::Arc;
 
 use candle_core::{DType, Device, Result, Tensor, D};
-use lorakit_nn::activation::silu;
-use lorakit_nn::attention::{attention_heads, attention_heads_key_bias};
+use lorakit_nn::activation::{gelu_tanh, silu};
 use lorakit_nn::checkpoint::{checkpoint, BlockFn};
+use lorakit_nn::dit::{concat_gelu_tail, gated_residual, qk_norm_rope_attention, QkvStream};
 use lorakit_nn::lora::{LoraTarget, TargetGroup};
 use lorakit_nn::{ForwardCtx, LayerNorm, Linear};
 use serde::Deserialize;
@@ -386,26 +387,8 @@ impl Rope {
     /// Rotates each head's consecutive pairs of `x` (B, L, heads·head_dim):
     /// `(x0, x1) → (x0·cos − x1·sin, x0·sin + x1·cos)`, in f32, returned in `x`'s dtype.
     pub fn apply(&self, x: &Tensor, heads: usize) -> Result<Tensor> {
-        let (b, l, width) = x.dims3()?;
-        let half = width / heads / 2;
-        let xs = x.to_dtype(DType::F32)?.reshape((b, l, heads, half, 2))?;
-        let (x0, x1) = (xs.narrow(4, 0, 1)?, xs.narrow(4, 1, 1)?);
-        let cos = self.cos.reshape((1, l, 1, half, 1))?;
-        let sin = self.sin.reshape((1, l, 1, half, 1))?;
-        let r0 = (x0.broadcast_mul(&cos)? - x1.broadcast_mul(&sin)?)?;
-        let r1 = (x0.broadcast_mul(&sin)? + x1.broadcast_mul(&cos)?)?;
-        Tensor::cat(&[r0, r1], 4)?.reshape((b, l, width))?.to_dtype(x.dtype())
+        lorakit_nn::dit::rope(x, &self.cos, &self.sin, heads)
     }
-}
-
-/// BFL's RMSNorm over each head's features of `x` (B, L, heads·d) with weight `scale` (d):
-/// computed in f32, returned in `x`'s dtype.
-fn head_rms_norm(x: &Tensor, scale: &Tensor, heads: usize) -> Result<Tensor> {
-    let (b, l, width) = x.dims3()?;
-    let xs = x.to_dtype(DType::F32)?.reshape((b, l, heads, width / heads))?;
-    let rrms = (xs.sqr()?.mean_keepdim(D::Minus1)? + NORM_EPS)?.sqrt()?.recip()?;
-    let normed = xs.broadcast_mul(&rrms)?.broadcast_mul(&scale.to_dtype(DType::F32)?)?;
-    normed.reshape((b, l, width))?.to_dtype(x.dtype())
 }
 
 /// A LayerNorm without affine weights (BFL's `elementwise_affine=False`).
@@ -415,7 +398,7 @@ fn plain_layer_norm(width: usize, dtype: DType, device: &Device) -> Result<Layer
 
 /// `(1 + scale)·x + shift` with `shift`/`scale` (B, 1, width).
 fn modulate(x: &Tensor, shift: &Tensor, scale: &Tensor) -> Result<Tensor> {
-    x.broadcast_mul(&(scale + 1.0)?)?.broadcast_add(shift)
+    lorakit_nn::dit::modulate(x, shift, scale)
 }
 
 /// `in_layer → SiLU → out_layer` (BFL's `MLPEmbedder`).
@@ -461,22 +444,11 @@ impl Modulation {
     }
 }
 
-/// Joint attention over `q`, `k`, `v` (B, L, heads·d) after rotary embedding; `key_bias` (B, L)
-/// masks padded text tokens when present.
-fn joint_attention(
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    rope: &Rope,
-    heads: usize,
-    key_bias: Option<&Tensor>,
-) -> Result<Tensor> {
-    let (q, k) = (rope.apply(q, heads)?, rope.apply(k, heads)?);
-    let scale = 1.0 / ((q.dim(2)? / heads) as f64).sqrt();
-    match key_bias {
-        Some(bias) => attention_heads_key_bias(&q, &k, v, heads, scale, bias),
-        None => attention_heads(&q.contiguous()?, &k.contiguous()?, &v.contiguous()?, heads, scale),
-    }
+/// Joint attention over the streams' projections (each (B, L_i, ≥ 3·heads·d): q, k, v first),
+/// their tokens joined in order: q and k RMS-normalised per head and rotated, then attention;
+/// `key_bias` (B, ΣL) masks padded text tokens when present. Returns (B, ΣL, heads·d).
+fn joint_attention(streams: &[QkvStream], rope: &Rope, heads: usize, key_bias: Option<&Tensor>) -> Result<Tensor> {
+    qk_norm_rope_attention(streams, &rope.cos, &rope.sin, heads, NORM_EPS, key_bias)
 }
 
 /// One stream's attention and MLP weights in a double block.
@@ -514,23 +486,25 @@ impl StreamWeights {
         })
     }
 
-    /// Modulated q, k (normed) and v of `x`, and the modulation for the rest of the block.
-    fn qkv(&self, x: &Tensor, vec: &Tensor, heads: usize, ctx: &ForwardCtx) -> Result<([Tensor; 3], Vec<Tensor>)> {
+    /// The q/k/v projection of the modulated `x` (B, L, 3·width), and the modulation for the
+    /// rest of the block.
+    fn qkv(&self, x: &Tensor, vec: &Tensor, ctx: &ForwardCtx) -> Result<(Tensor, Vec<Tensor>)> {
         let m = self.modulation.forward(vec, ctx)?;
         let x = modulate(&self.norm1.forward(x)?, &m[0], &m[1])?;
-        let qkv = self.qkv.forward(&x, ctx)?;
-        let h = qkv.dim(2)? / 3;
-        let q = head_rms_norm(&qkv.narrow(2, 0, h)?, &self.query_norm, heads)?;
-        let k = head_rms_norm(&qkv.narrow(2, h, h)?, &self.key_norm, heads)?;
-        Ok(([q, k, qkv.narrow(2, 2 * h, h)?], m))
+        Ok((self.qkv.forward(&x, ctx)?, m))
+    }
+
+    /// This stream's projection and q/k norm weights, for [`joint_attention`].
+    fn stream<'a>(&'a self, qkv: &'a Tensor) -> QkvStream<'a> {
+        QkvStream { qkv, q_scale: &self.query_norm, k_scale: &self.key_norm }
     }
 
     /// The residual updates after attention: `x + gate1·proj(attn)`, then the gated MLP.
     fn finish(&self, x: &Tensor, attn: &Tensor, m: &[Tensor], ctx: &ForwardCtx) -> Result<Tensor> {
-        let x = (x + self.proj.forward(attn, ctx)?.broadcast_mul(&m[2])?)?;
+        let x = gated_residual(x, &self.proj.forward(attn, ctx)?, &m[2])?;
         let h = modulate(&self.norm2.forward(&x)?, &m[3], &m[4])?;
-        let h = self.mlp_out.forward(&self.mlp_in.forward(&h, ctx)?.gelu()?, ctx)?;
-        x + h.broadcast_mul(&m[5])?
+        let h = self.mlp_out.forward(&gelu_tanh(&self.mlp_in.forward(&h, ctx)?)?, ctx)?;
+        gated_residual(&x, &h, &m[5])
     }
 
     fn linears(&self) -> [&Linear; 5] {
@@ -587,12 +561,10 @@ impl DoubleStreamBlock {
         key_bias: Option<&Tensor>,
         ctx: &ForwardCtx,
     ) -> Result<(Tensor, Tensor)> {
-        let ([iq, ik, iv], im) = self.img.qkv(img, vec, self.heads, ctx)?;
-        let ([tq, tk, tv], tm) = self.txt.qkv(txt, vec, self.heads, ctx)?;
-        let q = Tensor::cat(&[tq, iq], 1)?;
-        let k = Tensor::cat(&[tk, ik], 1)?;
-        let v = Tensor::cat(&[tv, iv], 1)?;
-        let attn = joint_attention(&q, &k, &v, rope, self.heads, key_bias)?;
+        let (img_qkv, im) = self.img.qkv(img, vec, ctx)?;
+        let (txt_qkv, tm) = self.txt.qkv(txt, vec, ctx)?;
+        let streams = [self.txt.stream(&txt_qkv), self.img.stream(&img_qkv)];
+        let attn = joint_attention(&streams, rope, self.heads, key_bias)?;
         let lt = txt.dim(1)?;
         let txt_attn = attn.narrow(1, 0, lt)?;
         let img_attn = attn.narrow(1, lt, img.dim(1)?)?;
@@ -659,15 +631,12 @@ impl SingleStreamBlock {
     ) -> Result<Tensor> {
         let m = self.modulation.forward(vec, ctx)?;
         let xm = modulate(&self.pre_norm.forward(x)?, &m[0], &m[1])?;
+        // q, k, v and the MLP input side by side (B, L, 3·hidden + mlp_hidden).
         let fused = self.linear1.forward(&xm, ctx)?;
-        let h = self.hidden;
-        let q = head_rms_norm(&fused.narrow(2, 0, h)?, &self.query_norm, self.heads)?;
-        let k = head_rms_norm(&fused.narrow(2, h, h)?, &self.key_norm, self.heads)?;
-        let v = fused.narrow(2, 2 * h, h)?;
-        let mlp = fused.narrow(2, 3 * h, self.mlp_hidden)?.gelu()?;
-        let attn = joint_attention(&q, &k, &v, rope, self.heads, key_bias)?;
-        let out = self.linear2.forward(&Tensor::cat(&[attn, mlp], 2)?, ctx)?;
-        x + out.broadcast_mul(&m[2])?
+        let stream = QkvStream { qkv: &fused, q_scale: &self.query_norm, k_scale: &self.key_norm };
+        let attn = joint_attention(&[stream], rope, self.heads, key_bias)?;
+        let out = self.linear2.forward(&concat_gelu_tail(&attn, &fused, 3 * self.hidden)?, ctx)?;
+        gated_residual(x, &out, &m[2])
     }
 }
 
