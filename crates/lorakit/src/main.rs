@@ -38,6 +38,8 @@ enum Command {
     /// Write a commented starting training config.
     #[command(subcommand)]
     Config(cmd::train::ConfigCommand),
+    /// Serve the web GUI on this machine (token-protected; files only under --root folders).
+    Gui(cmd::gui::GuiArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -54,6 +56,7 @@ fn main() -> std::process::ExitCode {
         Command::Generate(a) => cmd::generate::run(a),
         Command::Train(a) => cmd::train::run(a),
         Command::Config(c) => cmd::train::run_config(c),
+        Command::Gui(a) => cmd::gui::run(a),
     };
     match result {
         Ok(code) => code,

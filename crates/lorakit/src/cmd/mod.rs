@@ -3,6 +3,7 @@
 pub mod convert;
 pub mod dataset;
 pub mod generate;
+pub mod gui;
 pub mod inspect;
 pub mod merge;
 pub mod resize;

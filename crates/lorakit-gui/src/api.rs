@@ -1,0 +1,208 @@
+//! The JSON API under `/api` (every route behind [`crate::security`]).
+//!
+//! - `GET /api/session`: version and the roots.
+//! - `GET /api/fs?root=N&path=REL`: a folder's entries under a root.
+//! - `GET /api/schema`: every training config key with its type, default, sd-scripts name and
+//!   documentation — the one schema the train form is generated from.
+//! - `POST /api/config/check`: a TOML config checked as `lorakit train` would read it.
+
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+
+use crate::roots::PathError;
+use crate::AppState;
+
+/// The API routes (mounted at `/api`).
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/session", get(session))
+        .route("/fs", get(list_folder))
+        .route("/schema", get(schema))
+        .route("/config/check", post(check_config))
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, Json(serde_json::json!({ "error": message.into() }))).into_response()
+}
+
+/// One root as the browser sees it.
+#[derive(Serialize)]
+struct RootInfo {
+    id: usize,
+    name: String,
+    path: String,
+}
+
+async fn session(State(state): State<AppState>) -> Json<serde_json::Value> {
+    let roots: Vec<RootInfo> = state
+        .roots()
+        .all()
+        .iter()
+        .enumerate()
+        .map(|(id, p)| RootInfo {
+            id,
+            name: p.file_name().map_or_else(|| p.display().to_string(), |n| n.to_string_lossy().into_owned()),
+            path: p.display().to_string(),
+        })
+        .collect();
+    Json(serde_json::json!({ "version": env!("CARGO_PKG_VERSION"), "roots": roots }))
+}
+
+/// `?root=N&path=REL`.
+#[derive(Deserialize)]
+struct FolderQuery {
+    root: usize,
+    #[serde(default)]
+    path: String,
+}
+
+/// A folder entry.
+#[derive(Serialize, Debug, PartialEq, Eq)]
+pub struct Entry {
+    /// The file name.
+    pub name: String,
+    /// `dir`, `file`, or `outside` (a symlink that leaves the root: listed, not followed).
+    pub kind: &'static str,
+    /// Bytes, for files.
+    pub size: Option<u64>,
+}
+
+async fn list_folder(State(state): State<AppState>, Query(q): Query<FolderQuery>) -> Response {
+    let roots = state.roots();
+    let dir = match roots.resolve(q.root, &q.path) {
+        Ok(d) => d,
+        Err(e @ PathError::NoSuchRoot(_)) | Err(e @ PathError::NotFound(_)) => {
+            return error(StatusCode::NOT_FOUND, e.to_string())
+        }
+        Err(e @ PathError::Outside(_)) => return error(StatusCode::FORBIDDEN, e.to_string()),
+    };
+    let root = roots.all()[q.root].clone();
+    let listed = tokio::task::spawn_blocking(move || read_entries(&dir, &root)).await;
+    match listed {
+        Ok(Ok((entries, unlisted))) => Json(serde_json::json!({
+            "root": q.root,
+            "path": q.path,
+            "entries": entries,
+            "unlisted": unlisted,
+        }))
+        .into_response(),
+        Ok(Err(e)) => error(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+/// The entries of `dir` (folders first, then by name), and how many names could not be listed
+/// (not UTF-8).
+fn read_entries(dir: &std::path::Path, root: &std::path::Path) -> std::io::Result<(Vec<Entry>, usize)> {
+    let mut entries = Vec::new();
+    let mut unlisted = 0;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let Some(name) = entry.file_name().to_str().map(str::to_string) else {
+            unlisted += 1;
+            continue;
+        };
+        let path = entry.path();
+        let inside = path.canonicalize().map(|p| p.starts_with(root)).unwrap_or(false);
+        let meta = std::fs::metadata(&path);
+        let (kind, size) = match (&meta, inside) {
+            (_, false) => ("outside", None),
+            (Ok(m), true) if m.is_dir() => ("dir", None),
+            (Ok(m), true) => ("file", Some(m.len())),
+            (Err(_), true) => ("outside", None),
+        };
+        entries.push(Entry { name, kind, size });
+    }
+    entries.sort_by(|a, b| (a.kind != "dir", &a.name).cmp(&(b.kind != "dir", &b.name)));
+    Ok((entries, unlisted))
+}
+
+/// One training config key as the form shows it.
+#[derive(Serialize, Debug, Clone, PartialEq)]
+pub struct SchemaField {
+    /// `[section]` of the config file.
+    pub section: String,
+    /// The key (sd-scripts' name where one exists).
+    pub key: String,
+    /// `bool`, `integer`, `float`, `string`, `array` or `table`.
+    pub kind: &'static str,
+    /// The value of a fresh config (`null`: unset).
+    pub default: serde_json::Value,
+    /// The sd-scripts argument it corresponds to, from docs/training-options.md.
+    pub kohya: String,
+    /// What it does, from docs/training-options.md.
+    pub doc: String,
+}
+
+/// The reference documentation the schema's texts come from (also checked by lorakit-train's
+/// `options_doc` test to list every key).
+const OPTIONS_DOC: &str = include_str!("../../../docs/training-options.md");
+
+/// Every key of [`lorakit_train::TrainConfig`], with its documentation row.
+pub fn config_schema() -> Vec<SchemaField> {
+    let defaults = toml::Value::try_from(lorakit_train::TrainConfig::default()).ok();
+    let mut out = Vec::new();
+    for (section, keys) in lorakit_train::config::key_examples() {
+        let rows = doc_rows(&section);
+        for (key, example) in keys {
+            let default = defaults
+                .as_ref()
+                .and_then(|d| d.get(&section))
+                .and_then(|s| s.get(&key))
+                .and_then(|v| serde_json::to_value(v).ok())
+                .unwrap_or(serde_json::Value::Null);
+            let (kohya, doc) =
+                rows.iter().find(|(k, _, _)| *k == key).map(|(_, s, d)| (s.clone(), d.clone())).unwrap_or_default();
+            out.push(SchemaField { section: section.clone(), key, kind: kind_of(&example), default, kohya, doc });
+        }
+    }
+    out
+}
+
+fn kind_of(v: &toml::Value) -> &'static str {
+    match v {
+        toml::Value::Boolean(_) => "bool",
+        toml::Value::Integer(_) => "integer",
+        toml::Value::Float(_) => "float",
+        toml::Value::String(_) => "string",
+        toml::Value::Array(_) => "array",
+        _ => "table",
+    }
+}
+
+/// The `| \`key\` | type | sd-scripts | doc |` rows of `## [section]`.
+fn doc_rows(section: &str) -> Vec<(String, String, String)> {
+    let heading = format!("## [{section}]");
+    let Some(start) = OPTIONS_DOC.find(&heading) else { return Vec::new() };
+    let body = &OPTIONS_DOC[start + heading.len()..];
+    let body = &body[..body.find("\n## ").unwrap_or(body.len())];
+    body.lines()
+        .filter_map(|line| {
+            let cells: Vec<&str> = line.strip_prefix('|')?.strip_suffix('|')?.split(" | ").collect();
+            let key = cells.first()?.trim().strip_prefix('`')?.strip_suffix('`')?;
+            (cells.len() >= 4)
+                .then(|| (key.to_string(), cells[2].trim().to_string(), cells[3..].join(" | ").trim().to_string()))
+        })
+        .collect()
+}
+
+async fn schema() -> Json<Vec<SchemaField>> {
+    Json(config_schema())
+}
+
+/// `{"toml": "..."}`.
+#[derive(Deserialize)]
+struct ConfigText {
+    toml: String,
+}
+
+async fn check_config(Json(body): Json<ConfigText>) -> Json<serde_json::Value> {
+    match lorakit_train::TrainConfig::from_toml_str(&body.toml, &[]) {
+        Ok(_) => Json(serde_json::json!({ "ok": true })),
+        Err(e) => Json(serde_json::json!({ "ok": false, "error": e })),
+    }
+}
