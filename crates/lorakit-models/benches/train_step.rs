@@ -4,7 +4,7 @@
 //! (`tools/bench/train_step/torch_step.py`, same options) and reports both.
 //!
 //! `cargo bench -p lorakit-models --bench train_step -- [steps] [--model sd15|sdxl|flux] [--latent N]
-//!  [--conv-dim N | --attention-only] [--double N] [--single N] [--txt-len N] [--width N] [--fp8]
+//!  [--conv-dim N | --attention-only] [--double N] [--single N] [--txt-len N] [--width N] [--fp8] [--block-swap N]
 //!  [--checkpointing] [--live-memory] [--profile] [--device cpu|cuda] [--dtype f32|bf16|f16]`
 //!
 //! `--model sd15` (default): SD1.5's UNet (859,520,964 parameters), 77×768 context, kohya LoRA
@@ -28,8 +28,10 @@
 //! `--fp8` with `--checkpointing`: the fused CPU linear+LoRA op keeps each layer's f32 cast of
 //! its weight for the backward, so a plain fp8 step ends up holding the f32 weights of every
 //! LoRA layer (more than the f32 model; measured at width 1536, 2+2 blocks: 1.22 GB plain fp8,
-//! 0.61 GB checkpointed fp8, 1.03 GB f32). `--width N` (a multiple of 128) narrows the model
-//! for smoke tests only.
+//! 0.61 GB checkpointed fp8, 1.03 GB f32). `--block-swap N` (with `--checkpointing`) keeps the
+//! last N/2 double and (N − N/2)·2 single blocks in host memory and streams them in as
+//! `accelerate.blocks_to_swap` does. `--width N` (a multiple of 128) narrows the model for smoke
+//! tests only.
 //!
 //! `--profile` prints where the last step's time went, kernel by kernel (`lorakit_nn::profile`).
 //! `--device cuda` needs a `--features cuda` build (`tools/bench/train_step/gpu.sh`); `--dtype`
@@ -223,16 +225,24 @@ fn main() -> anyhow::Result<()> {
                      backward (lorakit-nn's fused CPU linear+LoRA op), so it saves no memory"
                 );
             }
-            let (weights, params) = flux_weights(&cfg, dtype, fp8, &device)?;
+            // --block-swap N: sd-scripts' blocks_to_swap — the model is made in host memory and
+            // all but the last N/2 double and (N − N/2)·2 single blocks move to the device.
+            let block_swap = number("--block-swap", 0)?;
+            if block_swap > 0 && !checkpointing {
+                anyhow::bail!("--block-swap needs --checkpointing (as accelerate.blocks_to_swap does)");
+            }
+            let build_on = if block_swap > 0 { Device::Cpu } else { device.clone() };
+            let (weights, params) = flux_weights(&cfg, dtype, fp8, &build_on)?;
             let flux = FluxTransformer::new(weights.view(""), &cfg)?;
             weights.check_complete()?;
             drop(weights);
+            let flux = if block_swap > 0 { flux.with_block_swap(block_swap, &device)? } else { flux };
             let targets = flux.lora_targets();
             let latents = Tensor::randn(0f32, 1.0, (1, 16, latent, latent), &device)?;
             let img = pack_latents(&latents)?.to_dtype(dtype)?;
             let tokens = img.dim(1)?;
             let extra = format!(
-                ",\"width\":{},\"double\":{},\"single\":{},\"tokens\":{tokens},\"txt_len\":{txt_len}",
+                ",\"width\":{},\"double\":{},\"single\":{},\"tokens\":{tokens},\"txt_len\":{txt_len},\"block_swap\":{block_swap}",
                 cfg.hidden_size, cfg.depth, cfg.depth_single_blocks
             );
             let denoiser = Denoiser::Flux {

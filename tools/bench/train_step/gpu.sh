@@ -34,10 +34,10 @@
 #       304 modules on both sides, each side in its own process with gradient checkpointing only
 #       (how Flux LoRAs are trained; plain full-size bf16 at 1024 px would not fit an 80 GB card).
 #       fp8 = fp8_base: lorakit stores the linear weights as F8E4M3 (made directly in f8), sd-scripts
-#       casts its whole model to float8_e4m3fn as its fp8_base does; both upcast per layer. Block
-#       swap: lorakit has no blocks_to_swap yet, so there is no with/without comparison of it;
-#       FLUX_BLOCK_SWAP=N adds sd-scripts alone with blocks_to_swap N (fp8, 1024 px) to show its
-#       peak VRAM with swapping (the with-swap column to fill once lorakit streams blocks).
+#       casts its whole model to float8_e4m3fn as its fp8_base does; both upcast per layer.
+#       FLUX_BLOCK_SWAP=N adds both sides with blocks_to_swap N (fp8, 1024 px): peak VRAM with
+#       swapping against the fp8:128 case without it (lorakit copies blocks synchronously;
+#       sd-scripts prefetches on a side stream).
 #       Smoke-tested here with a stand-in nvidia-smi: a side that fails is recorded as failed and
 #       the rest still runs.
 set -euo pipefail
@@ -144,6 +144,7 @@ run() {
         python3 "$HERE/torch_step.py" "$steps" "${flux_args[@]}" --latent "$latent" "${fp8[@]}" --impl sd-scripts
     done
     if [ ${#flux_cases[@]} -gt 0 ] && [ "${FLUX_BLOCK_SWAP:-0}" -gt 0 ]; then
+      measured lorakit /tmp/train_step "$steps" "${flux_args[@]}" --latent 128 --fp8 --block-swap "$FLUX_BLOCK_SWAP"
       PYTHONPATH="$site:$PACK/sd-scripts" measured pytorch \
         python3 "$HERE/torch_step.py" "$steps" "${flux_args[@]}" --latent 128 --fp8 --impl sd-scripts --block-swap "$FLUX_BLOCK_SWAP"
     fi
