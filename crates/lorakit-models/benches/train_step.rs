@@ -4,7 +4,7 @@
 //! (`tools/bench/train_step/torch_step.py`, same options) and reports both.
 //!
 //! `cargo bench -p lorakit-models --bench train_step -- [steps] [--model sd15|sdxl|flux] [--latent N]
-//!  [--conv-dim N | --attention-only] [--double N] [--single N] [--txt-len N] [--width N] [--fp8] [--block-swap N]
+//!  [--conv-dim N | --attention-only] [--double N] [--single N] [--txt-len N] [--width N] [--fp8] [--block-swap N] [--offload]
 //!  [--checkpointing] [--live-memory] [--profile] [--device cpu|cuda] [--dtype f32|bf16|f16]`
 //!
 //! `--model sd15` (default): SD1.5's UNet (859,520,964 parameters), 77×768 context, kohya LoRA
@@ -30,7 +30,8 @@
 //! LoRA layer (more than the f32 model; measured at width 1536, 2+2 blocks: 1.22 GB plain fp8,
 //! 0.61 GB checkpointed fp8, 1.03 GB f32). `--block-swap N` (with `--checkpointing`) keeps the
 //! last N/2 double and (N − N/2)·2 single blocks in host memory and streams them in as
-//! `accelerate.blocks_to_swap` does. `--width N` (a multiple of 128) narrows the model for smoke
+//! `accelerate.blocks_to_swap` does; `--offload` (with `--checkpointing`) keeps the checkpointed
+//! block inputs in host memory (`cpu_offload_checkpointing`). `--width N` (a multiple of 128) narrows the model for smoke
 //! tests only.
 //!
 //! `--profile` prints where the last step's time went, kernel by kernel (`lorakit_nn::profile`).
@@ -237,12 +238,20 @@ fn main() -> anyhow::Result<()> {
             weights.check_complete()?;
             drop(weights);
             let flux = if block_swap > 0 { flux.with_block_swap(block_swap, &device)? } else { flux };
+            // --offload: cpu_offload_checkpointing (the checkpointed block inputs in host memory).
+            let offload = args.iter().any(|a| a == "--offload");
+            if offload && (!checkpointing || block_swap > 0) {
+                anyhow::bail!(
+                    "--offload needs --checkpointing and no --block-swap (as cpu_offload_checkpointing does)"
+                );
+            }
+            let flux = flux.with_checkpoint_offload(offload);
             let targets = flux.lora_targets();
             let latents = Tensor::randn(0f32, 1.0, (1, 16, latent, latent), &device)?;
             let img = pack_latents(&latents)?.to_dtype(dtype)?;
             let tokens = img.dim(1)?;
             let extra = format!(
-                ",\"width\":{},\"double\":{},\"single\":{},\"tokens\":{tokens},\"txt_len\":{txt_len},\"block_swap\":{block_swap}",
+                ",\"width\":{},\"double\":{},\"single\":{},\"tokens\":{tokens},\"txt_len\":{txt_len},\"block_swap\":{block_swap},\"cpu_offload\":{offload}",
                 cfg.hidden_size, cfg.depth, cfg.depth_single_blocks
             );
             let denoiser = Denoiser::Flux {

@@ -59,6 +59,9 @@ pub struct FluxOptions {
     /// sd-scripts' `blocks_to_swap`: this many blocks (N/2 double, (N − N/2)·2 single) stay in
     /// host memory and are copied to the device when they run.
     pub blocks_to_swap: usize,
+    /// sd-scripts' `cpu_offload_checkpointing`: with gradient checkpointing, the block inputs
+    /// kept for backward live in host memory ([`FluxTransformer::with_checkpoint_offload`]).
+    pub offload_checkpoints: bool,
 }
 
 impl Default for FluxOptions {
@@ -70,6 +73,7 @@ impl Default for FluxOptions {
             t5_max_length: None,
             apply_t5_attn_mask: false,
             blocks_to_swap: 0,
+            offload_checkpoints: false,
         }
     }
 }
@@ -173,7 +177,8 @@ impl FluxPipeline {
             transformer.with_block_swap(opts.blocks_to_swap, device)?
         } else {
             transformer
-        };
+        }
+        .with_checkpoint_offload(opts.offload_checkpoints);
 
         // The autoencoder runs in f32 (Flux's overflows in f16, as SDXL's does).
         let ae_weights = load_flux_ae(&ae_path, DType::F32, device)?;

@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 
-use candle_core::{Result, Tensor, Var};
+use candle_core::{Device, Result, Tensor, Var};
 
 use crate::custom_backward::attach_many;
 use crate::layers::ForwardCtx;
@@ -31,8 +31,10 @@ pub fn checkpoint(inputs: &[&Tensor], ctx: &ForwardCtx, block: BlockFn) -> Resul
     let y = block(&detached, ctx)?.detach();
 
     let mut all_inputs: Vec<Tensor> = inputs.iter().map(|t| (*t).clone()).collect();
+    // On the output's device: offloaded blocks (below) return host tensors, and the inputs are
+    // packed into one tensor.
     let anchor = match &ctx.lora {
-        Some(l) => l.anchor().as_tensor().to_dtype(y.dtype())?,
+        Some(l) => l.anchor().as_tensor().to_dtype(y.dtype())?.to_device(y.device())?,
         None => Tensor::zeros((), y.dtype(), y.device())?,
     };
     all_inputs.push(anchor);
@@ -78,4 +80,26 @@ pub fn checkpoint(inputs: &[&Tensor], ctx: &ForwardCtx, block: BlockFn) -> Resul
             Ok(out)
         }),
     )
+}
+
+/// [`checkpoint`] with the block inputs it keeps for backward held in host memory (sd-scripts'
+/// `cpu_offload_checkpointing`): the inputs (all on the host, or all on `compute`) are copied to
+/// `compute` for the block, its output comes back to the host, so between blocks the graph holds
+/// host copies only; backward copies the inputs to `compute` again to recompute. Without
+/// checkpointing, or when `compute` is the CPU, this is [`checkpoint`]. The caller moves the last
+/// block's output back to `compute` (a tracked `to_device`).
+pub fn checkpoint_offloaded(inputs: &[&Tensor], ctx: &ForwardCtx, block: BlockFn, compute: &Device) -> Result<Tensor> {
+    if compute.is_cpu() || !ctx.gradient_checkpointing {
+        let on_compute: Vec<Tensor> = inputs.iter().map(|t| t.to_device(compute)).collect::<Result<_>>()?;
+        let refs: Vec<&Tensor> = on_compute.iter().collect();
+        return checkpoint(&refs, ctx, block);
+    }
+    let on_host: Vec<Tensor> = inputs.iter().map(|t| t.to_device(&Device::Cpu)).collect::<Result<_>>()?;
+    let refs: Vec<&Tensor> = on_host.iter().collect();
+    let compute = compute.clone();
+    let offloaded: BlockFn = Arc::new(move |xs: &[Tensor], ctx: &ForwardCtx| {
+        let on_compute: Vec<Tensor> = xs.iter().map(|t| t.to_device(&compute)).collect::<Result<_>>()?;
+        block(&on_compute, ctx)?.to_device(&Device::Cpu)
+    });
+    checkpoint(&refs, ctx, offloaded)
 }

@@ -33,6 +33,10 @@ pub struct AccelerateSection {
     /// runs (`--blocks_to_swap`; N/2 double and (N − N/2)·2 single blocks). Needs gradient
     /// checkpointing.
     pub blocks_to_swap: Option<usize>,
+    /// Flux: keep the block inputs gradient checkpointing saves in host memory, copied back to
+    /// the card for the recomputation (`--cpu_offload_checkpointing`). Needs gradient
+    /// checkpointing, not with `blocks_to_swap`; no effect on a CPU run.
+    pub cpu_offload_checkpointing: bool,
     /// Keep the VAE in f32 under fp16/bf16 (for VAEs that overflow in half precision).
     pub no_half_vae: bool,
     /// CPU threads (0 = all cores).
@@ -50,6 +54,7 @@ impl Default for AccelerateSection {
             fp8_base: false,
             fp8_base_unet: false,
             blocks_to_swap: None,
+            cpu_offload_checkpointing: false,
             no_half_vae: false,
             cpu_threads: 0,
             device: "cpu".into(),
@@ -1144,6 +1149,16 @@ impl TrainConfig {
                     .into(),
             );
         }
+        if self.accelerate.cpu_offload_checkpointing && !self.training.gradient_checkpointing {
+            problems.push(
+                "accelerate.cpu_offload_checkpointing needs training.gradient_checkpointing = true: it moves the block inputs checkpointing keeps to host memory".into(),
+            );
+        }
+        if self.accelerate.cpu_offload_checkpointing && self.accelerate.blocks_to_swap.is_some_and(|n| n > 0) {
+            problems.push(
+                "accelerate.cpu_offload_checkpointing with accelerate.blocks_to_swap: sd-scripts refuses the pair (\"blocks_to_swap is not supported with cpu_offload_checkpointing\"); keep one".into(),
+            );
+        }
         if self.accelerate.blocks_to_swap.is_some_and(|n| n > 0) && !self.training.gradient_checkpointing {
             problems.push(
                 "accelerate.blocks_to_swap needs training.gradient_checkpointing = true: blocks are copied to the card for each block's forward and again for its recomputation in backward; without checkpointing backward keeps every block's weights on the card, which is what swapping avoids".into(),
@@ -1615,6 +1630,7 @@ mod tests {
             ("model", "ae"),
             ("model", "t5xxl_max_token_length"),
             ("accelerate", "blocks_to_swap"),
+            ("accelerate", "cpu_offload_checkpointing"),
             ("network", "train_blocks"),
             ("network", "single_mod_dim"),
             ("network", "in_dims"),

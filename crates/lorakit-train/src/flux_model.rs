@@ -254,7 +254,10 @@ impl TrainableModel for FluxModel {
     }
 
     fn checkpointing_factor(&self) -> f64 {
-        flux_checkpointing_factor(self.pipe.transformer().config())
+        let transformer = self.pipe.transformer();
+        // cpu_offload_checkpointing keeps the block inputs in host memory (not on a CPU run).
+        let offloaded = transformer.offloads_checkpoints() && !transformer.device().is_cpu();
+        flux_checkpointing_factor(transformer.config(), offloaded)
     }
 
     fn activation_scale(&self) -> f64 {
@@ -278,11 +281,13 @@ pub fn flux_activation_scale(cfg: &FluxConfig, t5_tokens: usize) -> f64 {
 /// ([`TrainableModel::checkpointing_factor`]): each block's input (`hidden` floats a token per
 /// stream) plus two blocks' worth at the peak (a block's forward while the recomputed one's
 /// gradients are alive) — the step benchmark's checkpointed run kept 0.35 of the plain run's
-/// activations at 6 blocks, as this gives.
-pub fn flux_checkpointing_factor(cfg: &FluxConfig) -> f64 {
+/// activations at 6 blocks, as this gives. With the block inputs `offloaded` to host memory
+/// (`cpu_offload_checkpointing`), only the two blocks' worth stays on the device.
+pub fn flux_checkpointing_factor(cfg: &FluxConfig, offloaded: bool) -> f64 {
     let (double, single) = (cfg.depth as f64, cfg.depth_single_blocks as f64);
     let total = DOUBLE_BLOCK_FLOATS_PER_FEATURE * double + SINGLE_BLOCK_FLOATS_PER_FEATURE * single;
-    let kept = double + single + 2.0 * DOUBLE_BLOCK_FLOATS_PER_FEATURE.max(SINGLE_BLOCK_FLOATS_PER_FEATURE);
+    let inputs = if offloaded { 0.0 } else { double + single };
+    let kept = inputs + 2.0 * DOUBLE_BLOCK_FLOATS_PER_FEATURE.max(SINGLE_BLOCK_FLOATS_PER_FEATURE);
     (kept / total).min(1.0)
 }
 

@@ -155,6 +155,7 @@ fn load_inputs(config: &TrainConfig, events: &mut dyn FnMut(TrainEvent)) -> Resu
         ("model.apply_t5_attn_mask", config.model.apply_t5_attn_mask),
         ("accelerate.fp8_base_unet", config.accelerate.fp8_base_unet),
         ("accelerate.blocks_to_swap", config.accelerate.blocks_to_swap.is_some()),
+        ("accelerate.cpu_offload_checkpointing", config.accelerate.cpu_offload_checkpointing),
     ] {
         if set {
             return Err(TrainError::Other(format!(
@@ -214,6 +215,7 @@ fn load_flux(
         t5_max_length: config.model.t5xxl_max_token_length,
         apply_t5_attn_mask: config.model.apply_t5_attn_mask,
         blocks_to_swap: config.accelerate.blocks_to_swap.unwrap_or(0),
+        offload_checkpoints: config.accelerate.cpu_offload_checkpointing,
     };
     flux_model::FluxModel::load(&paths, &opts, device)
 }

@@ -70,6 +70,21 @@ fn sample_settings_the_run_refuses_are_refused_by_the_dry_run() {
 }
 
 #[test]
+fn flux_only_settings_on_an_sd_model_are_refused_by_both() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = chessboard_dataset(dir.path(), 1, 2);
+    let text = small_run_toml(dir.path(), &data, &repo("examples/quickstart/tiny-sd15"));
+    for extra in
+        ["accelerate.blocks_to_swap=2", "accelerate.cpu_offload_checkpointing=true", "model.t5xxl_max_token_length=77"]
+    {
+        let sets = ["training.gradient_checkpointing=true".to_string(), extra.to_string()];
+        let cfg = TrainConfig::from_toml_str(&text, &sets).unwrap_or_else(|e| panic!("{e}"));
+        let err = refused(cfg);
+        assert!(err.contains("is for Flux models") && err.contains("remove it"), "{extra}: {err}");
+    }
+}
+
+#[test]
 fn clip_skip_beyond_the_text_encoder_is_refused_by_both() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config(dir.path(), "");

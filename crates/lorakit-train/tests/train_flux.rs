@@ -378,3 +378,45 @@ fn flux_caches_t5_outputs_while_clip_l_trains() {
     let err = run(t5, &model).expect_err("T5 trained with caching");
     assert!(err.contains("not while T5-XXL trains"), "{err}");
 }
+
+/// `accelerate.cpu_offload_checkpointing` reaches the transformer and trains the same numbers
+/// as plain checkpointing (on the CPU the offload is the identity; the CUDA path is checked by
+/// lorakit-nn's `checkpoint_offload` test under `--features cuda`); sd-scripts' refusals hold.
+#[test]
+fn flux_cpu_offload_checkpointing_trains_the_same_numbers() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = chessboard_dataset(dir.path(), 1, 2);
+    let base = ["training.gradient_checkpointing=true", "training.max_train_epochs=1"];
+    let plain_cfg = config(dir.path(), &data, &base);
+    let plain = run(plain_cfg.clone(), &load(&plain_cfg)).unwrap();
+    let mut cfg = config(dir.path(), &data, &[&base[..], &["accelerate.cpu_offload_checkpointing=true"]].concat());
+    cfg.folders.output_dir = dir.path().join("offload");
+    let opts = FluxOptions {
+        t5_max_length: cfg.model.t5xxl_max_token_length,
+        offload_checkpoints: cfg.accelerate.cpu_offload_checkpointing,
+        ..FluxOptions::default()
+    };
+    let model = FluxModel::load(&FluxPaths { model: tiny_flux(), ..Default::default() }, &opts, &Device::Cpu).unwrap();
+    assert!(model.pipeline().transformer().offloads_checkpoints());
+    let offloaded = run(cfg, &model).unwrap();
+    assert_eq!(plain.losses, offloaded.losses);
+    assert_eq!(
+        common::tensors(&dir.path().join("out").join("tiny.safetensors")),
+        common::tensors(&dir.path().join("offload").join("tiny.safetensors"))
+    );
+    let text = small_run_toml(dir.path(), &data, &tiny_flux());
+    let refuse = |sets: &[&str], says: &str| {
+        let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+        let err = TrainConfig::from_toml_str(&text, &sets).expect_err(says).to_string();
+        assert!(err.contains(says), "{sets:?}: {err}");
+    };
+    refuse(&["accelerate.cpu_offload_checkpointing=true"], "needs training.gradient_checkpointing");
+    refuse(
+        &[
+            "accelerate.cpu_offload_checkpointing=true",
+            "training.gradient_checkpointing=true",
+            "accelerate.blocks_to_swap=2",
+        ],
+        "blocks_to_swap is not supported with cpu_offload_checkpointing",
+    );
+}

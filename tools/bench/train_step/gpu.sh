@@ -20,7 +20,8 @@
 #
 #   tools/bench/train_step/gpu.sh run [rounds] [steps]
 #       On the GPU machine (device tool: carry ["tools/bench/train_step/gpu"]). Writes JSON lines to
-#       $OUT/train_step_gpu.jsonl (or ./train_step_gpu.jsonl), the peak GPU memory of each
+#       $OUT/train_step_gpu.jsonl (or ./train_step_gpu.jsonl) — after the CUDA tests (lorakit-nn's
+#       checkpoint_offload, to $OUT/cuda_tests.txt) — the peak GPU memory of each
 #       process as nvidia-smi saw it, and a summary. MODELS="sd15 sdxl flux" (default) picks the
 #       cases. Not yet run on a GPU: 1 round × 3 steps is 8 SD1.5, 4 SDXL and 8 Flux processes,
 #       each mostly start-up and weight setup (both sides generate SDXL's 2.57 G random weights on
@@ -37,7 +38,8 @@
 #       casts its whole model to float8_e4m3fn as its fp8_base does; both upcast per layer.
 #       FLUX_BLOCK_SWAP=N adds both sides with blocks_to_swap N (fp8, 1024 px): peak VRAM with
 #       swapping against the fp8:128 case without it (lorakit copies blocks synchronously;
-#       sd-scripts prefetches on a side stream).
+#       sd-scripts prefetches on a side stream). FLUX_CPU_OFFLOAD=1 adds both sides with
+#       cpu_offload_checkpointing (fp8, 1024 px).
 #       Smoke-tested here with a stand-in nvidia-smi: a side that fails is recorded as failed and
 #       the rest still runs.
 set -euo pipefail
@@ -82,6 +84,10 @@ build() {
   bin=$(ls -t "$target"/release/deps/train_step-* | grep -v '\.d$' | head -1)
   rm -rf "$PACK" && mkdir -p "$PACK/wheels" "$PACK/sd-scripts/networks" "$PACK/sd-scripts/library"
   xz -T0 -6 -c "$bin" > "$PACK/train_step.xz"
+  # The CUDA tests (run before the benchmark): checkpoint offload on the card.
+  CARGO_TARGET_DIR=$target cargo test --release --locked -p lorakit-nn --features cuda --test checkpoint_offload --no-run
+  bin=$(ls -t "$target"/release/deps/checkpoint_offload-* | grep -v '\.d$' | head -1)
+  xz -T0 -6 -c "$bin" > "$PACK/checkpoint_offload.xz"
   local sd=${SD_SCRIPTS:-/work/bench/sd-scripts}
   cp "$sd/networks/lora.py" "$PACK/sd-scripts/networks/"
   cp "$sd/networks/lora_flux.py" "$PACK/sd-scripts/networks/"
@@ -108,6 +114,9 @@ run() {
   PYTHONPATH=$site python3 -c 'import torch, diffusers; print("torch", torch.__version__, "diffusers", diffusers.__version__)' \
     | tee -a "${OUT:-.}/gpu.txt" || true
   : > "$out"
+  # CUDA tests first (seconds): their result lands in $OUT/cuda_tests.txt whatever the bench does.
+  xz -dc "$PACK/checkpoint_offload.xz" > /tmp/checkpoint_offload && chmod +x /tmp/checkpoint_offload
+  /tmp/checkpoint_offload --nocapture 2>&1 | tee "${OUT:-.}/cuda_tests.txt" || true
   # Peak GPU memory of one process: nvidia-smi's used memory, sampled every 50 ms, minus the idle
   # reading (the same measure for both sides; PyTorch's own counters are in its lines too).
   measured() { # impl command...
@@ -148,6 +157,11 @@ run() {
       PYTHONPATH="$site:$PACK/sd-scripts" measured pytorch \
         python3 "$HERE/torch_step.py" "$steps" "${flux_args[@]}" --latent 128 --fp8 --impl sd-scripts --block-swap "$FLUX_BLOCK_SWAP"
     fi
+    if [ ${#flux_cases[@]} -gt 0 ] && [ "${FLUX_CPU_OFFLOAD:-0}" = 1 ]; then
+      measured lorakit /tmp/train_step "$steps" "${flux_args[@]}" --latent 128 --fp8 --offload
+      PYTHONPATH="$site:$PACK/sd-scripts" measured pytorch \
+        python3 "$HERE/torch_step.py" "$steps" "${flux_args[@]}" --latent 128 --fp8 --impl sd-scripts --cpu-offload
+    fi
     for c in "${cases[@]}"; do
       read -r model dtype latent <<< "$c"
       for mode in "" --checkpointing; do
@@ -162,13 +176,13 @@ import json, sys, statistics as st
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
 steps = [r for r in rows if "seconds" in r]
 side = lambda r: "lorakit" if r["impl"] == "lorakit" else f"pytorch/{r.get('lora_impl', 'sd-scripts')}"
-case = lambda r: (r.get("model", "sd15"), r["dtype"], r.get("fp8", False), r["latent"], r.get("block_swap", 0), r["checkpointing"])
+case = lambda r: (r.get("model", "sd15"), r["dtype"], r.get("fp8", False), r["latent"], r.get("block_swap", 0), r.get("cpu_offload", False), r["checkpointing"])
 groups = {}
 for r in steps:
     groups.setdefault(case(r), {}).setdefault(side(r), []).append(r["seconds"])
-for (model, dtype, fp8, latent, swap, ck), g in groups.items():
+for (model, dtype, fp8, latent, swap, offload, ck), g in groups.items():
     m = {i: st.median(v) for i, v in g.items()}
-    line = f"{model} {dtype}{' fp8 base' if fp8 else ''} latent {latent}{f' block swap {swap}' if swap else ''} checkpointing={ck}: " + \
+    line = f"{model} {dtype}{' fp8 base' if fp8 else ''} latent {latent}{f' block swap {swap}' if swap else ''}{' cpu offload' if offload else ''} checkpointing={ck}: " + \
         ", ".join(f"{i} {m[i]:.3f} s/step" for i in sorted(m))
     if "lorakit" in m and len(m) > 1:
         line += ", ratio " + ", ".join(f"{m['lorakit'] / m[i]:.2f} vs {i}" for i in sorted(m) if i != "lorakit")

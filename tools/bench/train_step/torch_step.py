@@ -5,7 +5,7 @@ sd-scripts' LoRA network, batch 1, f32, forward + MSE + backward. One JSON line 
 usage: PYTHONPATH=/path/to/sd-scripts python torch_step.py [steps] [--model sd15|sdxl|flux] [--latent N]
        [--conv-dim N | --attention-only] [--checkpointing] [--threads N] [--device cpu|cuda]
        [--dtype f32|bf16|f16] [flux: --double N --single N --txt-len N --width N --fp8
-       --impl peft|sd-scripts --block-swap N]
+       --impl peft|sd-scripts --block-swap N --cpu-offload]
 
 --model sd15 (default): SD1.5's UNet, 77x768 context, rank 16 / alpha 16 plus conv_dim 16 /
 conv_alpha 16 (278 modules). --model sdxl: SDXL base 1.0's UNet (diffusers' config, 2,567,463,684
@@ -28,8 +28,10 @@ frozen dtype (no f32 copy of the model; on the CPU in f32). Two implementations:
 --fp8 (CUDA, bf16/f16 autocast): frozen weights in float8_e4m3fn as fp8_base — sd-scripts casts
 the whole model (its norms upcast the scale), PEFT/diffusers only the nn.Linear weights (as
 lorakit). --block-swap N (sd-scripts, CUDA): sd-scripts' blocks_to_swap (enable_block_swap +
-move_to_device_except_swap_blocks + prepare_block_swap_before_forward). --width N: a narrower
-model for smoke tests.
+move_to_device_except_swap_blocks + prepare_block_swap_before_forward). --cpu-offload (sd-scripts,
+CUDA, with --checkpointing): its cpu_offload_checkpointing (enable_gradient_checkpointing(
+cpu_offload=True): each block's saved inputs in host memory). --width N: a narrower model for
+smoke tests.
 
 --dtype is the frozen UNet's dtype with autocast, as sd-scripts' --mixed_precision runs it (the
 LoRA keeps f32 weights; the loss is taken in f32). On CUDA the step is timed after a synchronize
@@ -69,6 +71,9 @@ if model == "flux":
         sys.exit("--fp8 needs --device cuda and --dtype bf16 or f16 (autocast upcasts the fp8 weights per layer)")
     if block_swap and (impl != "sd-scripts" or device != "cuda"):
         sys.exit("--block-swap N is sd-scripts' blocks_to_swap: --impl sd-scripts --device cuda")
+    cpu_offload = "--cpu-offload" in args
+    if cpu_offload and (impl != "sd-scripts" or device != "cuda" or not checkpointing or block_swap):
+        sys.exit("--cpu-offload is sd-scripts' cpu_offload_checkpointing: --impl sd-scripts --device cuda --checkpointing, no --block-swap")
     t0 = time.perf_counter()
     # Built on the meta device, then every parameter made on its device in its storage dtype:
     # no f32 (or bf16, with --fp8) copy of the model ever exists, and no minutes of default init.
@@ -116,7 +121,10 @@ if model == "flux":
     if checkpointing:
         # sd-scripts' Flux prints its notices to stdout, which holds only JSON lines here.
         with contextlib.redirect_stdout(sys.stderr):
-            flux.enable_gradient_checkpointing()
+            if impl == "sd-scripts":
+                flux.enable_gradient_checkpointing(cpu_offload=cpu_offload)
+            else:
+                flux.enable_gradient_checkpointing()
     flux.train()
     if impl == "peft":
         from peft import LoraConfig
@@ -175,7 +183,7 @@ if model == "flux":
     sigma = torch.tensor([0.5], device=device)
     guidance = torch.tensor([1.0], device=device)
     extra = {"fp8": fp8, "width": width, "double": n_double, "single": n_single, "tokens": tokens,
-             "txt_len": txt_len, "block_swap": block_swap}
+             "txt_len": txt_len, "block_swap": block_swap, "cpu_offload": cpu_offload}
 
     def forward():
         if impl == "peft":

@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use candle_core::{DType, Device, Result, Tensor, D};
 use lorakit_nn::activation::{gelu_tanh, silu};
-use lorakit_nn::checkpoint::{checkpoint, BlockFn};
+use lorakit_nn::checkpoint::{checkpoint, checkpoint_offloaded, BlockFn};
 use lorakit_nn::dit::{concat_gelu_tail, gated_residual, qk_norm_rope_attention, QkvStream};
 use lorakit_nn::lora::{LoraTarget, TargetGroup};
 use lorakit_nn::{ForwardCtx, LayerNorm, Linear};
@@ -676,6 +676,8 @@ pub struct FluxTransformer {
     final_modulation: Linear,
     /// How many of the last double / single blocks stay in host memory (block swapping).
     host_blocks: (usize, usize),
+    /// Checkpointed blocks keep their saved inputs in host memory (`cpu_offload_checkpointing`).
+    offload_checkpoints: bool,
     device: Device,
     dtype: DType,
 }
@@ -710,6 +712,7 @@ impl FluxTransformer {
             img_in,
             cfg: cfg.clone(),
             host_blocks: (0, 0),
+            offload_checkpoints: false,
             device,
             dtype,
         })
@@ -756,6 +759,7 @@ impl FluxTransformer {
             final_linear: self.final_linear.to_device(device)?,
             final_modulation: self.final_modulation.to_device(device)?,
             host_blocks: (double, single),
+            offload_checkpoints: self.offload_checkpoints,
             cfg: self.cfg,
             device: device.clone(),
             dtype: self.dtype,
@@ -765,6 +769,30 @@ impl FluxTransformer {
     /// How many of the last double and single blocks live in host memory.
     pub fn host_blocks(&self) -> (usize, usize) {
         self.host_blocks
+    }
+
+    /// The model with sd-scripts' `cpu_offload_checkpointing` on or off: under gradient
+    /// checkpointing each block's output goes to host memory and its input comes back to the
+    /// device for the block and for its recomputation, so between blocks the backward graph holds
+    /// host copies only ([`lorakit_nn::checkpoint::checkpoint_offloaded`]). Nothing changes on a
+    /// CPU device.
+    pub fn with_checkpoint_offload(mut self, offload: bool) -> Self {
+        self.offload_checkpoints = offload;
+        self
+    }
+
+    /// Whether checkpointed block inputs are kept in host memory.
+    pub fn offloads_checkpoints(&self) -> bool {
+        self.offload_checkpoints
+    }
+
+    /// One block through gradient checkpointing, its saved inputs offloaded when asked.
+    fn run_block(&self, inputs: &[&Tensor], ctx: &ForwardCtx, block: BlockFn) -> Result<Tensor> {
+        if self.offload_checkpoints {
+            checkpoint_offloaded(inputs, ctx, block, &self.device)
+        } else {
+            checkpoint(inputs, ctx, block)
+        }
     }
 
     /// The configuration.
@@ -836,7 +864,7 @@ impl FluxTransformer {
                 let (img, txt) = block.forward(&xs[0], &xs[1], &xs[2], &rope, bias.as_ref(), ctx)?;
                 Tensor::cat(&[txt, img], 1)
             });
-            let joined = checkpoint(&[&img, &txt, &vec], ctx, f)?;
+            let joined = self.run_block(&[&img, &txt, &vec], ctx, f)?;
             txt = joined.narrow(1, 0, l_txt)?;
             img = joined.narrow(1, l_txt, l_img)?;
         }
@@ -849,9 +877,10 @@ impl FluxTransformer {
                 let block = streamed.as_ref().unwrap_or(&block);
                 block.forward(&xs[0], &xs[1], &rope, bias.as_ref(), ctx)
             });
-            x = checkpoint(&[&x, &vec], ctx, f)?;
+            x = self.run_block(&[&x, &vec], ctx, f)?;
         }
-        let img = x.narrow(1, l_txt, l_img)?;
+        // Offloaded blocks hand their output over in host memory.
+        let img = x.to_device(&self.device)?.narrow(1, l_txt, l_img)?;
         let m = self.final_modulation.forward(&silu(&vec)?, ctx)?.unsqueeze(1)?.chunk(2, D::Minus1)?;
         let img = modulate(&self.final_norm.forward(&img)?, &m[0], &m[1])?;
         self.final_linear.forward(&img, ctx)

@@ -632,10 +632,7 @@ fn flux_arg(
         "cpu_offload_checkpointing" => {
             if flag(args, key)? {
                 if flag(args, "gradient_checkpointing")? {
-                    notes.push(ImportNote::memory(
-                        raw_key,
-                        "true: lorakit keeps checkpointed activations on the device (it does not offload them to the host yet); imported without it",
-                    ));
+                    t.put("accelerate", "cpu_offload_checkpointing", V::Boolean(true));
                 } else {
                     notes.push(ImportNote::info(
                         raw_key,
@@ -1729,9 +1726,10 @@ seed = 42
         // split_mode alone: sd-scripts' 18 blocks.
         let c = config(&import_toml(&flux_toml("split_mode = true\n")).unwrap());
         assert_eq!(c.accelerate.blocks_to_swap, Some(18));
-        // cpu_offload_checkpointing: a memory option with gradient checkpointing.
+        // cpu_offload_checkpointing: with gradient checkpointing, carried over.
         let imp = import_toml(&flux_toml("cpu_offload_checkpointing = true\n")).unwrap();
-        assert_eq!(level_of(&imp, "cpu_offload_checkpointing"), Some(NoteLevel::Memory));
+        assert_eq!(level_of(&imp, "cpu_offload_checkpointing"), None);
+        assert!(config(&imp).accelerate.cpu_offload_checkpointing);
         // Cached outputs with CLIP-L trained: T5-XXL's outputs are cached, as in sd-scripts.
         let imp = import_toml(&flux_toml("").replace("network_train_unet_only = true\n", "")).unwrap();
         let c = config(&imp);

@@ -186,7 +186,7 @@ mod tests {
             gradient_accumulation_steps: 1,
             max_batch_latent_pixels: side * side,
             gradient_checkpointing: c.training.gradient_checkpointing,
-            checkpointing_factor: flux_checkpointing_factor(&dev),
+            checkpointing_factor: flux_checkpointing_factor(&dev, false),
         })
         .total()
     }
