@@ -5,14 +5,28 @@
 //! - `GET /api/schema`: every training config key with its type, default, sd-scripts name and
 //!   documentation — the one schema the train form is generated from.
 //! - `POST /api/config/check`: a TOML config checked as `lorakit train` would read it.
+//! - Jobs ([`crate::jobs`]): `GET /api/jobs` (`{jobs, skipped}`), `GET /api/jobs/{id}`,
+//!   `GET /api/jobs/{id}/config` (the snapshot, for Clone & edit), `POST /api/jobs` (body: the
+//!   TOML config; 422 with the reason when `lorakit train` would refuse it or a path leaves the
+//!   roots), `POST /api/jobs/{id}/stop` (Stop & save), `/kill` (Stop now), `/resume`, and
+//!   `GET /api/jobs/{id}/events`: the job's output lines as Server-Sent Events whose id is the
+//!   byte offset after the line, so a reconnect's `Last-Event-ID` resumes exactly there; a
+//!   `status` event carries the record when it changes, `end` closes a finished job's stream.
 
-use axum::extract::{Query, State};
-use axum::http::StatusCode;
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
+use crate::jobs::{JobError, Jobs, Status};
 use crate::roots::PathError;
 use crate::AppState;
 
@@ -23,6 +37,13 @@ pub fn routes() -> Router<AppState> {
         .route("/fs", get(list_folder))
         .route("/schema", get(schema))
         .route("/config/check", post(check_config))
+        .route("/jobs", get(list_jobs).post(submit_job))
+        .route("/jobs/{id}", get(get_job))
+        .route("/jobs/{id}/config", get(job_config))
+        .route("/jobs/{id}/stop", post(stop_job))
+        .route("/jobs/{id}/kill", post(kill_job))
+        .route("/jobs/{id}/resume", post(resume_job))
+        .route("/jobs/{id}/events", get(job_events))
 }
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
@@ -204,5 +225,176 @@ async fn check_config(Json(body): Json<ConfigText>) -> Json<serde_json::Value> {
     match lorakit_train::TrainConfig::from_toml_str(&body.toml, &[]) {
         Ok(_) => Json(serde_json::json!({ "ok": true })),
         Err(e) => Json(serde_json::json!({ "ok": false, "error": e })),
+    }
+}
+
+fn job_error(e: JobError) -> Response {
+    let status = match e {
+        JobError::NotFound(_) => StatusCode::NOT_FOUND,
+        JobError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
+        JobError::Conflict(_) => StatusCode::CONFLICT,
+        JobError::Io(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    error(status, e.to_string())
+}
+
+fn job_store(state: &AppState) -> Result<Jobs, Response> {
+    state.jobs().cloned().ok_or_else(|| error(StatusCode::SERVICE_UNAVAILABLE, "this server has no job queue"))
+}
+
+/// Runs file-reading job work off the async threads.
+async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Result<T, Response> {
+    tokio::task::spawn_blocking(work).await.map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+}
+
+fn job_response(result: Result<crate::jobs::JobRecord, JobError>, ok: StatusCode) -> Response {
+    match result {
+        Ok(record) => (ok, Json(record)).into_response(),
+        Err(e) => job_error(e),
+    }
+}
+
+async fn list_jobs(State(state): State<AppState>) -> Response {
+    let jobs = match job_store(&state) {
+        Ok(j) => j,
+        Err(r) => return r,
+    };
+    match blocking(move || jobs.list()).await {
+        Ok((jobs, skipped)) => Json(serde_json::json!({ "jobs": jobs, "skipped": skipped })).into_response(),
+        Err(r) => r,
+    }
+}
+
+async fn get_job(State(state): State<AppState>, Path(id): Path<String>) -> Response {
+    let jobs = match job_store(&state) {
+        Ok(j) => j,
+        Err(r) => return r,
+    };
+    match blocking(move || jobs.get(&id)).await {
+        Ok(result) => job_response(result, StatusCode::OK),
+        Err(r) => r,
+    }
+}
+
+async fn job_config(State(state): State<AppState>, Path(id): Path<String>) -> Response {
+    let jobs = match job_store(&state) {
+        Ok(j) => j,
+        Err(r) => return r,
+    };
+    match jobs.config_text(&id) {
+        Ok(text) => ([(axum::http::header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response(),
+        Err(e) => job_error(e),
+    }
+}
+
+async fn submit_job(State(state): State<AppState>, body: String) -> Response {
+    let jobs = match job_store(&state) {
+        Ok(j) => j,
+        Err(r) => return r,
+    };
+    match blocking(move || jobs.submit(&body)).await {
+        Ok(result) => job_response(result, StatusCode::CREATED),
+        Err(r) => r,
+    }
+}
+
+async fn stop_job(State(state): State<AppState>, Path(id): Path<String>) -> Response {
+    match job_store(&state) {
+        Ok(jobs) => job_response(jobs.stop(&id), StatusCode::OK),
+        Err(r) => r,
+    }
+}
+
+async fn kill_job(State(state): State<AppState>, Path(id): Path<String>) -> Response {
+    match job_store(&state) {
+        Ok(jobs) => job_response(jobs.kill(&id), StatusCode::OK),
+        Err(r) => r,
+    }
+}
+
+async fn resume_job(State(state): State<AppState>, Path(id): Path<String>) -> Response {
+    let jobs = match job_store(&state) {
+        Ok(j) => j,
+        Err(r) => return r,
+    };
+    match blocking(move || jobs.resume(&id)).await {
+        Ok(result) => job_response(result, StatusCode::CREATED),
+        Err(r) => r,
+    }
+}
+
+/// Where one event stream is.
+struct Tail {
+    jobs: Jobs,
+    id: String,
+    path: PathBuf,
+    offset: u64,
+    pending: VecDeque<Event>,
+    status: Option<Status>,
+    ended: bool,
+}
+
+/// Bytes read per look at the output (a longer line arrives in pieces).
+const EVENT_CHUNK: usize = 64 * 1024;
+
+async fn job_events(State(state): State<AppState>, Path(id): Path<String>, headers: HeaderMap) -> Response {
+    let jobs = match job_store(&state) {
+        Ok(j) => j,
+        Err(r) => return r,
+    };
+    let path = match jobs.output_path(&id) {
+        Ok(p) => p,
+        Err(e) => return job_error(e),
+    };
+    // EventSource sends the last id it saw when it reconnects: the offset to go on from.
+    let offset = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .unwrap_or(0);
+    let tail = Tail { jobs, id, path, offset, pending: VecDeque::new(), status: None, ended: false };
+    let stream = futures_util::stream::unfold(tail, next_event);
+    Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))).into_response()
+}
+
+async fn next_event(mut tail: Tail) -> Option<(Result<Event, Infallible>, Tail)> {
+    loop {
+        if let Some(event) = tail.pending.pop_front() {
+            return Some((Ok(event), tail));
+        }
+        if tail.ended {
+            return None;
+        }
+        // The status first: output read after seeing a final status is complete.
+        let (jobs, id) = (tail.jobs.clone(), tail.id.clone());
+        let record = match blocking(move || jobs.get(&id)).await {
+            Ok(Ok(r)) => r,
+            _ => return None,
+        };
+        let finished = record.status.is_final();
+        let (path, offset) = (tail.path.clone(), tail.offset);
+        let lines = blocking(move || crate::jobs::read_lines_from(&path, offset, EVENT_CHUNK, finished))
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or_default();
+        let more = !lines.is_empty();
+        for (end, text) in lines {
+            tail.pending.push_back(Event::default().id(end.to_string()).data(text));
+            tail.offset = end;
+        }
+        if tail.status != Some(record.status) {
+            tail.status = Some(record.status);
+            let json = serde_json::to_string(&record).unwrap_or_default();
+            tail.pending.push_back(Event::default().event("status").data(json));
+        }
+        if finished && !more {
+            let status = serde_json::to_value(record.status).unwrap_or_default();
+            tail.pending.push_back(Event::default().event("end").data(status.as_str().unwrap_or_default()));
+            tail.ended = true;
+        }
+        if tail.pending.is_empty() {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
     }
 }

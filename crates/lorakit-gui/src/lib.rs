@@ -4,11 +4,13 @@
 //! a random token per start exchanged for an HttpOnly cookie, Host checks against DNS
 //! rebinding, Origin checks on every state-changing request, a strict CSP), file access only
 //! under the roots the server was started with ([`roots`]), a JSON API ([`api`]) and the pages,
-//! plain ES modules embedded in the binary ([`assets`]). Nothing is loaded from the network and
-//! nothing here needs Node.
+//! plain ES modules embedded in the binary ([`assets`]), and the job queue ([`jobs`]: training
+//! runs as child processes of this binary, recorded under the state folder). Nothing is loaded
+//! from the network and nothing here needs Node.
 
 pub mod api;
 pub mod assets;
+pub mod jobs;
 pub mod roots;
 pub mod security;
 
@@ -18,6 +20,7 @@ use std::sync::Arc;
 
 use axum::Router;
 
+pub use jobs::{Jobs, JobsOptions};
 pub use roots::Roots;
 
 /// How `lorakit gui` was started.
@@ -34,6 +37,8 @@ pub struct GuiConfig {
     pub token: Option<String>,
     /// Extra host names the browser may use to reach the server (`--allow-host`).
     pub allow_hosts: Vec<String>,
+    /// Where the job queue lives (`--state`; `~/.lorakit/gui` by default).
+    pub state_dir: PathBuf,
 }
 
 /// Errors starting the server.
@@ -67,6 +72,7 @@ pub struct AppState {
 struct StateInner {
     guard: security::Guard,
     roots: Roots,
+    jobs: Option<Jobs>,
 }
 
 impl AppState {
@@ -74,7 +80,20 @@ impl AppState {
     /// (loopback names always; `allow_hosts` besides), its cookie named after `port`.
     pub fn new(roots: Roots, token: String, port: u16, allow_hosts: Vec<String>) -> Result<AppState, GuiError> {
         let guard = security::Guard::new(token, port, allow_hosts).map_err(GuiError::Token)?;
-        Ok(AppState { inner: Arc::new(StateInner { guard, roots }) })
+        Ok(AppState { inner: Arc::new(StateInner { guard, roots, jobs: None }) })
+    }
+
+    /// This state with a job store (without one the job routes answer 503).
+    pub fn with_jobs(self, jobs: Jobs) -> AppState {
+        let inner = &self.inner;
+        AppState {
+            inner: Arc::new(StateInner { guard: inner.guard.clone(), roots: inner.roots.clone(), jobs: Some(jobs) }),
+        }
+    }
+
+    /// The job store, when the server has one.
+    pub fn jobs(&self) -> Option<&Jobs> {
+        self.inner.jobs.as_ref()
     }
 
     /// The roots.
@@ -119,7 +138,13 @@ pub async fn serve(config: GuiConfig) -> Result<(), GuiError> {
             addr
         );
     }
-    let state = AppState::new(roots, token.clone(), addr.port(), allow_hosts)?;
+    let options = jobs::JobsOptions::lorakit()?;
+    let (jobs, notes) = Jobs::open(&config.state_dir, roots.clone(), options)?;
+    for note in notes {
+        eprintln!("note: {note}");
+    }
+    jobs.start();
+    let state = AppState::new(roots, token.clone(), addr.port(), allow_hosts)?.with_jobs(jobs);
     let host = if config.listen.is_loopback() || config.listen.is_unspecified() {
         "127.0.0.1".to_string()
     } else {
@@ -129,6 +154,7 @@ pub async fn serve(config: GuiConfig) -> Result<(), GuiError> {
     for (i, root) in state.roots().all().iter().enumerate() {
         println!("  root {i}: {}", root.display());
     }
+    println!("  jobs: {}", config.state_dir.join("jobs").display());
     axum::serve(listener, router(state))
         .with_graceful_shutdown(async {
             let _ = tokio::signal::ctrl_c().await;

@@ -26,17 +26,29 @@ pub struct GuiArgs {
     /// A host name the browser may use besides localhost (a reverse proxy, the machine's name).
     #[arg(long = "allow-host", value_name = "NAME")]
     allow_hosts: Vec<String>,
+    /// Where the job queue lives: one folder per job with its config snapshot, record and
+    /// output (default: ~/.lorakit/gui).
+    #[arg(long = "state", value_name = "DIR")]
+    state: Option<PathBuf>,
 }
 
 /// Runs the server until Ctrl-C.
 pub fn run(args: GuiArgs) -> anyhow::Result<ExitCode> {
     let roots = if args.roots.is_empty() { vec![std::env::current_dir()?] } else { args.roots };
+    let state_dir = match args.state {
+        Some(dir) => dir,
+        None => std::env::var_os("HOME")
+            .or_else(|| std::env::var_os("USERPROFILE"))
+            .map(|home| PathBuf::from(home).join(".lorakit").join("gui"))
+            .ok_or_else(|| anyhow::anyhow!("no home folder to keep the job queue in: give --state DIR"))?,
+    };
     lorakit_gui::run(lorakit_gui::GuiConfig {
         roots,
         listen: args.listen,
         port: args.port,
         token: args.token,
         allow_hosts: args.allow_hosts,
+        state_dir,
     })?;
     Ok(ExitCode::SUCCESS)
 }
