@@ -362,7 +362,7 @@ async fn next_event(mut tail: Tail) -> Option<(Result<Event, Infallible>, Tail)>
         if let Some(event) = tail.pending.pop_front() {
             return Some((Ok(event), tail));
         }
-        if tail.ended {
+        if tail.ended || tail.jobs.is_closing() {
             return None;
         }
         // The status first: output read after seeing a final status is complete.

@@ -23,6 +23,7 @@
 use std::ffi::OsString;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Component, Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -203,6 +204,7 @@ struct Inner {
     options: JobsOptions,
     live: Mutex<Live>,
     wake: Notify,
+    closing: AtomicBool,
 }
 
 struct Live {
@@ -247,6 +249,8 @@ impl Jobs {
                 format!("cannot create the job folder {}: {e} (give --state DIR)", dir.display()),
             )
         })?;
+        // Absolute: children run inside their job folder and get the snapshot's path.
+        let dir = dir.canonicalize()?;
         let jobs = Jobs {
             inner: Arc::new(Inner {
                 dir,
@@ -254,6 +258,7 @@ impl Jobs {
                 options,
                 live: Mutex::new(Live { next_id: 1, running: None }),
                 wake: Notify::new(),
+                closing: AtomicBool::new(false),
             }),
         };
         let mut notes = Vec::new();
@@ -308,6 +313,19 @@ impl Jobs {
     pub fn start(&self) {
         let jobs = self.clone();
         tokio::spawn(async move { jobs.run_queue().await });
+    }
+
+    /// Marks the server as shutting down: event streams end (so a graceful shutdown does not
+    /// wait for browsers), and returns the id of the job left running, which keeps running in
+    /// its own process group for the next server to adopt.
+    pub fn close(&self) -> Option<String> {
+        self.inner.closing.store(true, Ordering::SeqCst);
+        self.lock().running.as_ref().map(|r| r.id.clone())
+    }
+
+    /// Whether [`Jobs::close`] was called.
+    pub fn is_closing(&self) -> bool {
+        self.inner.closing.load(Ordering::SeqCst)
     }
 
     /// The folder of job folders.
@@ -693,11 +711,7 @@ impl Jobs {
                 (Status::Failed, _) => Some(failure_cause(r.exit_code, r.signal, last)),
                 _ => r.error.take(),
             };
-            let mut progress = compute_progress(r, &dir);
-            progress.phase =
-                serde_json::to_value(r.status).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
-            progress.eta_s = None;
-            r.progress = Some(progress);
+            r.progress = Some(final_progress(r, &dir));
         });
     }
 
@@ -763,9 +777,7 @@ impl Jobs {
                 r.error =
                     Some(last.unwrap_or_else(|| "ended while an earlier server ran it; exit code unknown".into()));
             }
-            let mut progress = compute_progress(r, &dir);
-            progress.eta_s = None;
-            r.progress = Some(progress);
+            r.progress = Some(final_progress(r, &dir));
         });
     }
 }
@@ -862,6 +874,15 @@ fn compute_progress(record: &JobRecord, dir: &Path) -> Progress {
         }
     }
     p
+}
+
+/// The progress a job ended with, its phase the final status.
+fn final_progress(record: &JobRecord, dir: &Path) -> Progress {
+    let mut progress = compute_progress(record, dir);
+    progress.phase =
+        serde_json::to_value(record.status).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
+    progress.eta_s = None;
+    progress
 }
 
 /// One line saying why a job failed.

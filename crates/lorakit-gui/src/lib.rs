@@ -144,6 +144,7 @@ pub async fn serve(config: GuiConfig) -> Result<(), GuiError> {
         eprintln!("note: {note}");
     }
     jobs.start();
+    let closing = jobs.clone();
     let state = AppState::new(roots, token.clone(), addr.port(), allow_hosts)?.with_jobs(jobs);
     let host = if config.listen.is_loopback() || config.listen.is_unspecified() {
         "127.0.0.1".to_string()
@@ -156,8 +157,11 @@ pub async fn serve(config: GuiConfig) -> Result<(), GuiError> {
     }
     println!("  jobs: {}", config.state_dir.join("jobs").display());
     axum::serve(listener, router(state))
-        .with_graceful_shutdown(async {
+        .with_graceful_shutdown(async move {
             let _ = tokio::signal::ctrl_c().await;
+            if let Some(id) = closing.close() {
+                eprintln!("job {id} keeps running (its own process group); the next `lorakit gui` with this --state watches it");
+            }
         })
         .await?;
     Ok(())

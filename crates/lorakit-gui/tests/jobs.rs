@@ -374,6 +374,7 @@ async fn after_a_restart_dead_jobs_are_interrupted_and_live_ones_adopted() {
     assert_eq!(status, StatusCode::OK, "{body}");
     let adopted = s.wait_status("000004", "stopped").await;
     assert_eq!(adopted.exit_code, None, "not our child: its exit code is unknowable");
+    assert_eq!(adopted.progress.map(|p| p.phase).as_deref(), Some("stopped"));
     s.wait_status(&queued, "done").await;
     let _ = live.wait();
     // An interrupted job resumes (here from scratch: it left no state).
@@ -444,4 +445,20 @@ async fn the_event_stream_resumes_at_last_event_id() {
     let past = request("GET", &format!("/api/jobs/{id}/events")).header("last-event-id", "999999");
     let (none, end) = parse_events(&text(s.send(past.body(Body::empty()).unwrap()).await).await);
     assert!(none.is_empty() && end.as_deref() == Some("done"));
+    // A running job's stream ends when the server shuts down (a graceful shutdown would
+    // otherwise wait for every open browser tab); the job itself keeps running.
+    let running = s.submit("stubborn").await;
+    s.wait_status(&running, "running").await;
+    let app = s.app.clone();
+    let uri = format!("/api/jobs/{running}/events");
+    let reader = tokio::spawn(async move {
+        text(app.oneshot(request("GET", &uri).body(Body::empty()).unwrap()).await.unwrap()).await
+    });
+    s.wait_output(&running, "ready").await;
+    assert_eq!(s.jobs.close().as_deref(), Some(running.as_str()), "the job left running");
+    let body = tokio::time::timeout(PATIENCE, reader).await.expect("the stream ends").unwrap();
+    assert!(!body.contains("event: end"), "{body}");
+    assert_eq!(status_name(&s.job(&running).await), "running");
+    s.post(&format!("/api/jobs/{running}/kill"), "").await;
+    s.wait_status(&running, "stopped").await;
 }
