@@ -74,9 +74,113 @@ async function optionsPage() {
   );
 }
 
-const pages = { files: () => filesPage(), options: optionsPage };
+// What the current page left running (timers, event streams), stopped when the page changes.
+let cleanups = [];
+function onLeave(fn) { cleanups.push(fn); }
+
+const fmtSeconds = (s) => {
+  if (s == null || !isFinite(s)) return "";
+  const m = Math.floor(s / 60), h = Math.floor(m / 60);
+  return h ? `${h}h${String(m % 60).padStart(2, "0")}m` : m ? `${m}m${String(Math.round(s % 60)).padStart(2, "0")}s` : `${Math.round(s)}s`;
+};
+
+function progressText(job) {
+  const p = job.progress;
+  if (!p) return "";
+  const parts = [];
+  if (p.step != null) parts.push(p.total != null ? `step ${p.step}/${p.total}` : `step ${p.step}`);
+  else if (p.total != null) parts.push(`${p.total} steps`);
+  if (p.epoch != null) parts.push(`epoch ${p.epoch}`);
+  if (p.loss != null) parts.push(`loss ${p.loss.toFixed(4)}`);
+  if (p.its != null) parts.push(`${p.its.toFixed(2)} it/s`);
+  if (p.eta_s != null) parts.push(`ETA ${fmtSeconds(p.eta_s)}`);
+  return parts.join(" · ");
+}
+
+async function jobsPage() {
+  const editor = el("textarea", { rows: "10", spellcheck: "false", "aria-label": "Training config (TOML)", placeholder: "A lorakit training config (TOML): see Training options" });
+  const message = el("p", { role: "status" });
+  const body = el("tbody");
+  const logTitle = el("h2", { text: "Output" });
+  const log = el("pre", { class: "log", "aria-live": "off" });
+  let stream = null;
+  onLeave(() => stream && stream.close());
+
+  const act = (id, action) => api(`/jobs/${id}/${action}`, { method: "POST" })
+    .then((job) => { message.textContent = action === "resume" ? `queued job ${job.id}${job.resume_state ? ` from ${job.resume_state}` : " (no saved state: it starts over)"}` : ""; })
+    .catch((e) => { message.textContent = e.message; })
+    .then(refresh);
+
+  // The snapshot into the editor: change it, then Add to queue.
+  async function cloneConfig(id) {
+    const response = await fetch(`/api/jobs/${id}/config`, { credentials: "same-origin" });
+    if (!response.ok) { message.textContent = `job ${id}: cannot read its config (${response.status})`; return; }
+    editor.value = await response.text();
+    message.textContent = `the config of job ${id}: edit it, then Add to queue`;
+    editor.focus();
+  }
+
+  function showLog(id) {
+    if (stream) stream.close();
+    logTitle.textContent = `Output of job ${id}`;
+    log.replaceChildren();
+    // EventSource reconnects by itself and sends Last-Event-ID: the server resumes there.
+    stream = new EventSource(`/api/jobs/${id}/events`);
+    stream.onmessage = (e) => { log.append(`${e.data}\n`); log.scrollTop = log.scrollHeight; };
+    stream.addEventListener("status", () => refresh());
+    stream.addEventListener("end", () => { stream.close(); refresh(); });
+  }
+
+  async function refresh() {
+    const { jobs, skipped } = await api("/jobs");
+    const rows = jobs.slice().reverse().map((job) => {
+      const actions = el("td", { class: "actions" });
+      const button = (label, fn) => actions.append(el("button", { type: "button", text: label, onclick: fn }));
+      if (job.status === "running" || job.status === "queued") {
+        button(job.status === "running" ? "Stop & save" : "Cancel", () => act(job.id, "stop"));
+        if (job.status === "running") button("Stop now", () => act(job.id, "kill"));
+      }
+      if (["stopped", "interrupted", "failed"].includes(job.status)) button("Resume", () => act(job.id, "resume"));
+      button("Clone & edit", () => cloneConfig(job.id));
+      button("Output", () => showLog(job.id));
+      return el("tr", {},
+        el("td", { text: job.id }),
+        el("td", { class: `status-${job.status}`, text: job.status }),
+        el("td", { text: progressText(job) }),
+        el("td", { class: job.status === "failed" || job.status === "interrupted" ? "error" : "muted", text: job.error || "" }),
+        actions,
+      );
+    });
+    body.replaceChildren(...rows);
+    if (skipped.length) message.textContent = skipped.map((s) => `job folder ${s.id} skipped: ${s.error}`).join("; ");
+  }
+
+  const submit = el("button", { type: "button", text: "Add to queue", onclick: () => {
+    api("/jobs", { method: "POST", headers: { "Content-Type": "text/plain; charset=utf-8" }, body: editor.value })
+      .then((job) => { message.textContent = `queued job ${job.id}`; })
+      .catch((e) => { message.textContent = e.message; })
+      .then(refresh);
+  } });
+
+  page().replaceChildren(
+    el("h1", { text: "Jobs" }),
+    el("table", {}, el("thead", {}, el("tr", {}, ...["job", "status", "progress", "cause", ""].map((t) => el("th", { text: t })))), body),
+    message,
+    el("h2", { text: "New job" }),
+    editor,
+    el("p", {}, submit),
+    logTitle,
+    log,
+  );
+  await refresh();
+  const timer = setInterval(() => refresh().catch(showError), 2000);
+  onLeave(() => clearInterval(timer));
+}
+
+const pages = { files: () => filesPage(), jobs: jobsPage, options: optionsPage };
 
 function route() {
+  for (const fn of cleanups.splice(0)) fn();
   const name = location.hash.slice(1) || "files";
   for (const a of document.querySelectorAll("nav a")) {
     if (a.dataset.page === name) a.setAttribute("aria-current", "page");
