@@ -1,4 +1,5 @@
-//! Diffusion transformers: Flux.1 (`flux`); SD3's MMDiT arrives with its issue.
+//! Diffusion transformers: Flux.1 (`flux`) and SD3 / SD3.5's MMDiT (`mmdit`).
 
 pub mod flux;
 pub mod flux_network;
+pub mod mmdit;
