@@ -21,6 +21,10 @@ async function api(path, options = {}) {
 
 const page = () => document.getElementById("page");
 
+// Whether `name` is still the page the address names: a page's data can arrive after the user
+// (or a test) moved on, and must not replace the page shown then.
+const current = (name) => (location.hash.slice(1) || "files") === name;
+
 function showError(err) {
   page().replaceChildren(el("p", { class: "error", role: "alert", text: String(err.message || err) }));
 }
@@ -43,6 +47,7 @@ async function filesPage(root = 0, path = "") {
   const up = path
     ? el("button", { class: "link", text: "..", onclick: () => filesPage(root, path.split("/").slice(0, -1).join("/")).catch(showError) })
     : el("span", { class: "muted", text: "(root)" });
+  if (!current("files")) return;
   page().replaceChildren(
     el("h1", { text: "Files" }),
     rootPicker,
@@ -67,6 +72,7 @@ async function optionsPage() {
   };
   search.addEventListener("input", render);
   render();
+  if (!current("options")) return;
   page().replaceChildren(
     el("h1", { text: "Training options" }),
     search,
@@ -162,6 +168,7 @@ async function jobsPage() {
       .then(refresh);
   } });
 
+  if (!current("jobs")) return;
   page().replaceChildren(
     el("h1", { text: "Jobs" }),
     el("table", {}, el("thead", {}, el("tr", {}, ...["job", "status", "progress", "cause", ""].map((t) => el("th", { text: t })))), body),

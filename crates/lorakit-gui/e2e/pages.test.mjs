@@ -1,0 +1,93 @@
+// Layer 2 of gui-peers.md §9: the real pages in a real browser (Debian's chromium driven by
+// playwright-core). Starts `lorakit gui` on a free port with a known token over a temporary
+// root, opens the printed address (the token becomes a cookie), and checks every page at desktop
+// and phone width: it renders, nothing errors in the console, the option search filters, the
+// files page lists the root, and nothing overflows sideways on a phone. Screenshots go to
+// target/e2e/ for a human look.
+//
+// Run: (cd crates/lorakit-gui/e2e && npm ci && node --test); LORAKIT_BIN (default
+// target/debug/lorakit) and CHROMIUM (default /usr/bin/chromium) override the paths.
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import { mkdtempSync, mkdirSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join, resolve } from "node:path";
+import { chromium } from "playwright-core";
+
+const repo = resolve(import.meta.dirname, "../../..");
+const bin = process.env.LORAKIT_BIN ?? join(repo, "target/debug/lorakit");
+const shots = join(repo, "target/e2e");
+mkdirSync(shots, { recursive: true });
+
+let server, url, browser;
+
+before(async () => {
+  const root = mkdtempSync(join(tmpdir(), "lorakit-e2e-"));
+  mkdirSync(join(root, "10_cat"));
+  writeFileSync(join(root, "10_cat", "a.txt"), "<script>alert(1)</script>, cat");
+  writeFileSync(join(root, "10_cat", "แมว.txt"), "a Thai file name");
+  server = spawn(bin, ["gui", "--port", "0", "--token", "e2e-token-0123456789", "--root", root, "--state", join(root, ".state")], {
+    stdio: ["ignore", "pipe", "inherit"],
+  });
+  url = await new Promise((ok, fail) => {
+    let out = "";
+    const timer = setTimeout(() => fail(new Error(`no address printed: ${out}`)), 30000);
+    server.stdout.on("data", (d) => {
+      out += d;
+      const m = out.match(/http:\/\/\S+/);
+      if (m) {
+        clearTimeout(timer);
+        ok(m[0]);
+      }
+    });
+    server.on("exit", (code) => fail(new Error(`lorakit gui exited (${code}): ${out}`)));
+  });
+  browser = await chromium.launch({ executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium", headless: true });
+});
+
+after(async () => {
+  await browser?.close();
+  server?.kill("SIGINT");
+});
+
+for (const [width, height] of [[1280, 800], [390, 844]]) {
+  test(`every page renders without errors at ${width}px`, async () => {
+    const page = await browser.newPage({ viewport: { width, height } });
+    const errors = [];
+    page.on("console", (m) => m.type() === "error" && errors.push(m.text()));
+    page.on("pageerror", (e) => errors.push(e.message));
+    await page.goto(url);
+    assert.ok(!page.url().includes("token="), "the token left the address bar");
+    for (const [hash, heading] of [["files", "Files"], ["options", "Training options"], ["jobs", "Jobs"]]) {
+      await page.goto(new URL(`/#${hash}`, url).href);
+      await page.getByRole("heading", { level: 1, name: heading }).waitFor();
+      await page.waitForLoadState("networkidle");
+      const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+      assert.ok(overflow <= 1, `${hash} at ${width}px overflows sideways by ${overflow}px`);
+      await page.screenshot({ path: join(shots, `${hash}-${width}.png`) });
+    }
+    assert.deepEqual(errors, []);
+    await page.close();
+  });
+}
+
+test("the option search filters and the files page lists the root as text", async () => {
+  const page = await browser.newPage();
+  await page.goto(url);
+  await page.goto(new URL("/#options", url).href);
+  const rows = page.locator("tbody tr");
+  await rows.first().waitFor();
+  const all = await rows.count();
+  await page.getByLabel("Find an option").fill("blocks_to_swap");
+  await page.waitForFunction((n) => document.querySelectorAll("tbody tr").length < n, all);
+  assert.ok((await rows.count()) >= 1 && (await rows.count()) < all);
+  await assert.doesNotReject(page.getByText("accelerate.blocks_to_swap").first().waitFor());
+
+  await page.goto(new URL("/#files", url).href);
+  await page.getByRole("button", { name: "10_cat/" }).click();
+  await page.getByText("แมว.txt").waitFor();
+  // A file named like markup is shown as text, never run.
+  assert.equal(await page.locator("script", { hasText: "alert" }).count(), 0);
+  await page.close();
+});
