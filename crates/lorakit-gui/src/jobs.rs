@@ -791,20 +791,11 @@ fn read_record(dir: &Path) -> Result<JobRecord, String> {
 /// Every path key of the config must lie under a root (symlinks resolved where they exist):
 /// the browser reaches nothing outside the roots, through a job neither.
 fn check_paths(config: &lorakit_train::TrainConfig, roots: &Roots) -> Result<(), JobError> {
-    let paths: [(&str, Option<&Path>); 9] = [
-        ("model.pretrained_model_name_or_path", config.model.pretrained_model_name_or_path.as_deref()),
-        ("folders.output_dir", Some(config.folders.output_dir.as_path())),
-        ("folders.logging_dir", config.folders.logging_dir.as_deref()),
-        ("dataset.train_data_dir", config.dataset.train_data_dir.as_deref()),
-        ("dataset.reg_data_dir", config.dataset.reg_data_dir.as_deref()),
-        ("dataset.dataset_config", config.dataset.dataset_config.as_deref()),
-        ("network.network_weights", config.network.network_weights.as_deref()),
-        ("save.resume", config.save.resume.as_deref()),
-        ("samples.sample_prompts", config.samples.sample_prompts.as_deref()),
-    ];
-    for (key, path) in paths {
-        let Some(path) = path.filter(|p| !p.as_os_str().is_empty()) else { continue };
-        if !inside_roots(path, roots) {
+    for (key, path) in config.paths() {
+        if path.as_os_str().is_empty() {
+            continue;
+        }
+        if !inside_roots(&path, roots) {
             return Err(JobError::Invalid(format!(
                 "{key} = {}: outside the GUI's roots (start lorakit gui with --root for the folder that holds it)",
                 path.display()

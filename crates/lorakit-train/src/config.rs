@@ -1110,15 +1110,37 @@ impl TrainConfig {
                 }
             }
         };
-        fix_opt(&mut self.model.pretrained_model_name_or_path);
         fix(&mut self.folders.output_dir);
-        fix_opt(&mut self.folders.logging_dir);
-        fix_opt(&mut self.dataset.train_data_dir);
-        fix_opt(&mut self.dataset.reg_data_dir);
-        fix_opt(&mut self.dataset.dataset_config);
-        fix_opt(&mut self.network.network_weights);
-        fix_opt(&mut self.save.resume);
-        fix_opt(&mut self.samples.sample_prompts);
+        for (_, p) in self.optional_paths_mut() {
+            fix_opt(p);
+        }
+    }
+
+    /// Every optional path key by its `section.key` name — the one list [`Self::resolve_paths`]
+    /// and [`Self::paths`] read, so a new path key is resolved and checked everywhere.
+    fn optional_paths_mut(&mut self) -> [(&'static str, &mut Option<PathBuf>); 11] {
+        [
+            ("model.pretrained_model_name_or_path", &mut self.model.pretrained_model_name_or_path),
+            ("model.clip_l", &mut self.model.clip_l),
+            ("model.t5xxl", &mut self.model.t5xxl),
+            ("model.ae", &mut self.model.ae),
+            ("folders.logging_dir", &mut self.folders.logging_dir),
+            ("dataset.train_data_dir", &mut self.dataset.train_data_dir),
+            ("dataset.reg_data_dir", &mut self.dataset.reg_data_dir),
+            ("dataset.dataset_config", &mut self.dataset.dataset_config),
+            ("network.network_weights", &mut self.network.network_weights),
+            ("save.resume", &mut self.save.resume),
+            ("samples.sample_prompts", &mut self.samples.sample_prompts),
+        ]
+    }
+
+    /// Every path the config names (`folders.output_dir` and each set optional path), by
+    /// `section.key` — e.g. for the GUI, which keeps jobs inside its roots.
+    pub fn paths(&self) -> Vec<(&'static str, PathBuf)> {
+        let mut copy = self.clone();
+        let mut out = vec![("folders.output_dir", self.folders.output_dir.clone())];
+        out.extend(copy.optional_paths_mut().into_iter().filter_map(|(k, p)| p.clone().map(|p| (k, p))));
+        out
     }
 
     /// Checks values that the types alone do not.
@@ -1536,6 +1558,35 @@ fn describe_toml_error(e: &toml::de::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_path_key_is_resolved_against_the_config_folder() {
+        // Each string key set to a relative value alone: the ones resolve_paths rewrites must be
+        // exactly the ones `paths()` lists (what the GUI keeps inside its roots), Flux's separate
+        // parts included — they were once left relative to the working folder, so a Flux config
+        // found its clip_l/t5xxl/ae only when run from its own folder.
+        let mut resolved = Vec::new();
+        for (section, keys) in key_examples() {
+            for (name, example) in keys {
+                if !example.is_str() {
+                    continue;
+                }
+                let text = format!("[{section}]\n{name} = \"rel/{name}\"\n");
+                let Ok(mut one) = toml::from_str::<TrainConfig>(&text) else { continue };
+                one.resolve_paths(Path::new("/base"));
+                let value = toml::Value::try_from(&one).unwrap();
+                if value[section.as_str()][name.as_str()].as_str() == Some(&format!("/base/rel/{name}")) {
+                    resolved.push(format!("{section}.{name}"));
+                }
+            }
+        }
+        let mut listed: Vec<String> =
+            TrainConfig::every_key_set().paths().into_iter().map(|(k, _)| k.to_string()).collect();
+        resolved.sort();
+        listed.sort();
+        assert_eq!(resolved, listed);
+        assert!(listed.contains(&"model.clip_l".to_string()) && listed.contains(&"model.ae".to_string()));
+    }
 
     #[test]
     fn defaults_validate_and_round_trip_through_toml() {
