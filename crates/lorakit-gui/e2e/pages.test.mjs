@@ -59,7 +59,7 @@ for (const [width, height] of [[1280, 800], [390, 844]]) {
     page.on("pageerror", (e) => errors.push(e.message));
     await page.goto(url);
     assert.ok(!page.url().includes("token="), "the token left the address bar");
-    for (const [hash, heading] of [["files", "Files"], ["options", "Training options"], ["jobs", "Jobs"]]) {
+    for (const [hash, heading] of [["files", "Files"], ["options", "Training options"], ["jobs", "Jobs"], ["train", "Train"]]) {
       await page.goto(new URL(`/#${hash}`, url).href);
       await page.getByRole("heading", { level: 1, name: heading }).waitFor();
       await page.waitForLoadState("networkidle");
@@ -89,5 +89,30 @@ test("the option search filters and the files page lists the root as text", asyn
   await page.getByText("แมว.txt").waitFor();
   // A file named like markup is shown as text, never run.
   assert.equal(await page.locator("script", { hasText: "alert" }).count(), 0);
+  await page.close();
+});
+
+test("the train form starts from a preset, marks changes and renders an accepted config", async () => {
+  const page = await browser.newPage();
+  const errors = [];
+  page.on("pageerror", (e) => errors.push(e.message));
+  await page.goto(url);
+  await page.goto(new URL("/#train", url).href);
+  await page.getByLabel("Preset", { exact: true }).selectOption("sd15-character");
+  await page.getByText("preset sd15-character loaded").waitFor();
+  // The search opens the section holding the field.
+  await page.getByLabel("Find a training option").fill("max_train_epochs");
+  const epochs = page.getByLabel("training.max_train_epochs", { exact: true });
+  await epochs.fill("3");
+  await epochs.press("Tab");
+  const row = page.locator("tr", { has: epochs });
+  assert.equal(await row.locator(".changed").textContent(), "●");
+  await page.getByRole("button", { name: "Show TOML" }).click();
+  await page.getByText("lorakit train accepts this config").waitFor();
+  const toml = await page.getByLabel("Result").textContent();
+  assert.match(toml, /max_train_epochs = 3/);
+  assert.match(toml, /network_dim = 16/, "the preset's values are kept");
+  await page.screenshot({ path: join(shots, "train-1280.png"), fullPage: true });
+  assert.deepEqual(errors, []);
   await page.close();
 });

@@ -44,6 +44,7 @@ pub fn routes() -> Router<AppState> {
         .route("/jobs/{id}/kill", post(kill_job))
         .route("/jobs/{id}/resume", post(resume_job))
         .route("/jobs/{id}/events", get(job_events))
+        .merge(crate::forms::routes())
 }
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {

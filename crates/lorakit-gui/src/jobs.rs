@@ -790,7 +790,7 @@ fn read_record(dir: &Path) -> Result<JobRecord, String> {
 
 /// Every path key of the config must lie under a root (symlinks resolved where they exist):
 /// the browser reaches nothing outside the roots, through a job neither.
-fn check_paths(config: &lorakit_train::TrainConfig, roots: &Roots) -> Result<(), JobError> {
+pub(crate) fn check_paths(config: &lorakit_train::TrainConfig, roots: &Roots) -> Result<(), JobError> {
     for (key, path) in config.paths() {
         if path.as_os_str().is_empty() {
             continue;

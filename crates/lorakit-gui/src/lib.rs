@@ -10,6 +10,7 @@
 
 pub mod api;
 pub mod assets;
+pub mod forms;
 pub mod jobs;
 pub mod roots;
 pub mod security;
