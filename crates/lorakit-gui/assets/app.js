@@ -103,6 +103,54 @@ function progressText(job) {
   return parts.join(" · ");
 }
 
+// The loss chart of a run (uPlot, vendored): the raw loss of every step, its exponential
+// moving average (0.9, as TensorBoard's default smoothing) and each epoch's mean loss.
+function lossChart(container) {
+  const steps = [], raw = [], smooth = [], epochMean = [];
+  let ema = null;
+  const accent = getComputedStyle(document.documentElement).getPropertyValue("--accent").trim() || "#0a66c2";
+  const width = () => Math.max(280, container.clientWidth || 600);
+  const plot = new window.uPlot({
+    width: width(),
+    height: 240,
+    scales: { x: { time: false } },
+    series: [
+      { label: "step" },
+      { label: "loss", stroke: "#9aa0a6", width: 1 },
+      { label: "smoothed", stroke: accent, width: 2 },
+      { label: "epoch mean", stroke: "#e37400", width: 2, points: { show: true } },
+    ],
+    // Whole steps on the x axis (uPlot would otherwise tick 1.25, 1.5, …).
+    axes: [{ label: "step", incrs: [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 20000, 50000] }, { label: "loss" }],
+  }, [steps, raw, smooth, epochMean], container);
+  const resize = () => plot.setSize({ width: width(), height: 240 });
+  window.addEventListener("resize", resize);
+  return {
+    add(row) {
+      const epochAverage = row["loss/epoch_average"];
+      const loss = row["loss/current"];
+      if (loss == null && epochAverage == null) return;
+      if (loss != null) ema = ema === null ? loss : 0.9 * ema + 0.1 * loss;
+      // An epoch's mean lands on the step it was logged at (after that epoch's last step).
+      if (steps.length && steps[steps.length - 1] === row.step) {
+        if (epochAverage != null) epochMean[epochMean.length - 1] = epochAverage;
+      } else {
+        steps.push(row.step);
+        raw.push(loss ?? null);
+        smooth.push(loss != null ? ema : null);
+        epochMean.push(epochAverage ?? null);
+      }
+      plot.setData([steps, raw, smooth, epochMean]);
+      container.dataset.points = String(steps.length);
+    },
+    points: () => steps.length,
+    destroy() {
+      window.removeEventListener("resize", resize);
+      plot.destroy();
+    },
+  };
+}
+
 async function jobsPage() {
   const editor = el("textarea", { rows: "10", spellcheck: "false", "aria-label": "Training config (TOML)", placeholder: "A lorakit training config (TOML): see Training options" });
   const message = el("p", { role: "status" });
@@ -110,7 +158,14 @@ async function jobsPage() {
   const logTitle = el("h2", { text: "Output" });
   const log = el("pre", { class: "log", "aria-live": "off" });
   let stream = null;
-  onLeave(() => stream && stream.close());
+  let metrics = null;
+  let chart = null;
+  const chartBox = el("div", { class: "chart", role: "img", "aria-label": "Loss by step" });
+  onLeave(() => {
+    if (stream) stream.close();
+    if (metrics) metrics.close();
+    if (chart) chart.destroy();
+  });
 
   const act = (id, action) => api(`/jobs/${id}/${action}`, { method: "POST" })
     .then((job) => { message.textContent = action === "resume" ? `queued job ${job.id}${job.resume_state ? ` from ${job.resume_state}` : " (no saved state: it starts over)"}` : ""; })
@@ -128,6 +183,13 @@ async function jobsPage() {
 
   function showLog(id) {
     if (stream) stream.close();
+    if (metrics) metrics.close();
+    if (chart) chart.destroy();
+    chart = lossChart(chartBox);
+    // The run's log.jsonl rows, resumed by Last-Event-ID like the output.
+    metrics = new EventSource(`/api/jobs/${id}/metrics`);
+    metrics.onmessage = (e) => chart.add(JSON.parse(e.data));
+    metrics.addEventListener("end", () => metrics.close());
     logTitle.textContent = `Output of job ${id}`;
     log.replaceChildren();
     // EventSource reconnects by itself and sends Last-Event-ID: the server resumes there.
@@ -177,6 +239,7 @@ async function jobsPage() {
     editor,
     el("p", {}, submit),
     logTitle,
+    chartBox,
     log,
   );
   await refresh();

@@ -20,14 +20,16 @@ const bin = process.env.LORAKIT_BIN ?? join(repo, "target/debug/lorakit");
 const shots = join(repo, "target/e2e");
 mkdirSync(shots, { recursive: true });
 
-let server, url, browser;
+let server, url, browser, dataRoot;
 
 before(async () => {
   const root = mkdtempSync(join(tmpdir(), "lorakit-e2e-"));
   mkdirSync(join(root, "10_cat"));
   writeFileSync(join(root, "10_cat", "a.txt"), "<script>alert(1)</script>, cat");
   writeFileSync(join(root, "10_cat", "แมว.txt"), "a Thai file name");
-  server = spawn(bin, ["gui", "--port", "0", "--token", "e2e-token-0123456789", "--root", root, "--state", join(root, ".state")], {
+  dataRoot = root;
+  // The bundled quick-start model and dataset, a second root the jobs may read.
+  server = spawn(bin, ["gui", "--port", "0", "--token", "e2e-token-0123456789", "--root", root, "--root", join(repo, "examples"), "--state", join(root, ".state")], {
     stdio: ["ignore", "pipe", "inherit"],
   });
   url = await new Promise((ok, fail) => {
@@ -113,6 +115,41 @@ test("the train form starts from a preset, marks changes and renders an accepted
   assert.match(toml, /max_train_epochs = 3/);
   assert.match(toml, /network_dim = 16/, "the preset's values are kept");
   await page.screenshot({ path: join(shots, "train-1280.png"), fullPage: true });
+  assert.deepEqual(errors, []);
+  await page.close();
+});
+
+test("a queued training runs and its loss chart grows from the run's log", async () => {
+  const page = await browser.newPage();
+  const errors = [];
+  page.on("pageerror", (e) => errors.push(e.message));
+  await page.goto(url);
+  const config = [
+    "[model]",
+    `pretrained_model_name_or_path = ${JSON.stringify(join(repo, "examples/quickstart/shapes-sd15"))}`,
+    "[folders]",
+    `output_dir = ${JSON.stringify(join(dataRoot, "out"))}`,
+    'output_name = "e2e"',
+    "[dataset]",
+    `train_data_dir = ${JSON.stringify(join(repo, "examples/shapes/img"))}`,
+    'resolution = "64"',
+    "enable_bucket = false",
+    "[training]",
+    "max_train_steps = 6",
+  ].join("\n");
+  await page.goto(new URL("/#jobs", url).href);
+  await page.getByLabel("Training config (TOML)").fill(config);
+  await page.getByRole("button", { name: "Add to queue" }).click();
+  const queued = page.getByText(/^queued job \d+$/);
+  await queued.waitFor();
+  const id = (await queued.textContent()).split(" ").pop();
+  const row = page.locator("tr", { hasText: id });
+  await row.getByRole("button", { name: "Output" }).click();
+  const chart = page.getByRole("img", { name: "Loss by step" });
+  await page.waitForFunction(() => Number(document.querySelector(".chart")?.dataset.points ?? 0) >= 6, null, { timeout: 120000 });
+  await row.getByText("done").waitFor({ timeout: 120000 });
+  assert.equal(await chart.locator("canvas").count(), 1);
+  await page.screenshot({ path: join(shots, "run-1280.png"), fullPage: true });
   assert.deepEqual(errors, []);
   await page.close();
 });

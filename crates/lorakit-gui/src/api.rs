@@ -11,7 +11,8 @@
 //!   roots), `POST /api/jobs/{id}/stop` (Stop & save), `/kill` (Stop now), `/resume`, and
 //!   `GET /api/jobs/{id}/events`: the job's output lines as Server-Sent Events whose id is the
 //!   byte offset after the line, so a reconnect's `Last-Event-ID` resumes exactly there; a
-//!   `status` event carries the record when it changes, `end` closes a finished job's stream.
+//!   `status` event carries the record when it changes, `end` closes a finished job's stream;
+//!   `GET /api/jobs/{id}/metrics`: the run's `log.jsonl` rows the same way (the loss chart).
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -44,6 +45,7 @@ pub fn routes() -> Router<AppState> {
         .route("/jobs/{id}/kill", post(kill_job))
         .route("/jobs/{id}/resume", post(resume_job))
         .route("/jobs/{id}/events", get(job_events))
+        .route("/jobs/{id}/metrics", get(job_metrics))
         .merge(crate::forms::routes())
 }
 
@@ -328,7 +330,11 @@ async fn resume_job(State(state): State<AppState>, Path(id): Path<String>) -> Re
 struct Tail {
     jobs: Jobs,
     id: String,
-    path: PathBuf,
+    /// The file followed: the job's output, or (`None` until the run has made it) its
+    /// `log.jsonl`.
+    path: Option<PathBuf>,
+    /// Follow the run's `log.jsonl` (metrics) instead of the output.
+    metrics: bool,
     offset: u64,
     pending: VecDeque<Event>,
     status: Option<Status>,
@@ -347,13 +353,31 @@ async fn job_events(State(state): State<AppState>, Path(id): Path<String>, heade
         Ok(p) => p,
         Err(e) => return job_error(e),
     };
-    // EventSource sends the last id it saw when it reconnects: the offset to go on from.
-    let offset = headers
-        .get("last-event-id")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .unwrap_or(0);
-    let tail = Tail { jobs, id, path, offset, pending: VecDeque::new(), status: None, ended: false };
+    let offset = last_event_id(&headers);
+    stream_file(jobs, id, Some(path), false, offset)
+}
+
+/// `GET /api/jobs/{id}/metrics`: the run's `log.jsonl` rows (step, epoch, wall_time, loss,
+/// learning rates, …) as Server-Sent Events, each row's data the JSON line and its id the byte
+/// offset after it, so a reconnecting chart resumes where it left off.
+async fn job_metrics(State(state): State<AppState>, Path(id): Path<String>, headers: HeaderMap) -> Response {
+    let jobs = match job_store(&state) {
+        Ok(j) => j,
+        Err(r) => return r,
+    };
+    if let Err(e) = jobs.get(&id) {
+        return job_error(e);
+    }
+    stream_file(jobs, id, None, true, last_event_id(&headers))
+}
+
+/// The `Last-Event-ID` EventSource sends when it reconnects: the offset to go on from.
+fn last_event_id(headers: &HeaderMap) -> u64 {
+    headers.get("last-event-id").and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<u64>().ok()).unwrap_or(0)
+}
+
+fn stream_file(jobs: Jobs, id: String, path: Option<PathBuf>, metrics: bool, offset: u64) -> Response {
+    let tail = Tail { jobs, id, path, metrics, offset, pending: VecDeque::new(), status: None, ended: false };
     let stream = futures_util::stream::unfold(tail, next_event);
     Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))).into_response()
 }
@@ -373,12 +397,20 @@ async fn next_event(mut tail: Tail) -> Option<(Result<Event, Infallible>, Tail)>
             _ => return None,
         };
         let finished = record.status.is_final();
-        let (path, offset) = (tail.path.clone(), tail.offset);
-        let lines = blocking(move || crate::jobs::read_lines_from(&path, offset, EVENT_CHUNK, finished))
-            .await
-            .ok()
-            .and_then(Result::ok)
-            .unwrap_or_default();
+        if tail.metrics && tail.path.is_none() {
+            tail.path = record.log_dir.as_ref().map(|d| d.join(lorakit_train::run_log::JSONL_FILE));
+        }
+        let lines = match tail.path.clone() {
+            Some(path) => {
+                let offset = tail.offset;
+                blocking(move || crate::jobs::read_lines_from(&path, offset, EVENT_CHUNK, finished))
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+                    .unwrap_or_default()
+            }
+            None => Vec::new(),
+        };
         let more = !lines.is_empty();
         for (end, text) in lines {
             tail.pending.push_back(Event::default().id(end.to_string()).data(text));

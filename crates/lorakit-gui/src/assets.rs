@@ -9,10 +9,18 @@ use axum::Router;
 use crate::AppState;
 
 /// (path, content type, body) of every embedded file.
-const FILES: [(&str, &str, &str); 3] = [
+const FILES: [(&str, &str, &str); 6] = [
     ("/", "text/html; charset=utf-8", include_str!("../assets/index.html")),
     ("/assets/app.js", "text/javascript; charset=utf-8", include_str!("../assets/app.js")),
     ("/assets/style.css", "text/css; charset=utf-8", include_str!("../assets/style.css")),
+    // uPlot 1.6.32 (MIT), as published: see assets/vendor/README.md.
+    (
+        "/assets/vendor/uPlot.iife.min.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../assets/vendor/uPlot.iife.min.js"),
+    ),
+    ("/assets/vendor/uPlot.min.css", "text/css; charset=utf-8", include_str!("../assets/vendor/uPlot.min.css")),
+    ("/assets/vendor/uPlot.LICENSE", "text/plain; charset=utf-8", include_str!("../assets/vendor/uPlot.LICENSE")),
 ];
 
 /// The page and asset routes.

@@ -204,7 +204,10 @@ async fn every_response_carries_the_security_headers() {
     let resp = send(&app, request("GET", "/", true).body(Body::empty()).unwrap()).await;
     let html = String::from_utf8(resp.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap();
     assert!(html.contains(r#"<script type="module" src="/assets/app.js">"#));
-    assert_eq!(html.matches("<script").count(), 1);
+    assert!(
+        html.split("<script").skip(1).all(|tag| tag.trim_start().split('>').next().unwrap().contains("src=")),
+        "{html}"
+    );
 }
 
 #[test]
