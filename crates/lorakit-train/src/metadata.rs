@@ -442,6 +442,10 @@ fn flux_keys(c: &TrainConfig, put: &mut impl FnMut(&str, String)) {
     let name = |v: serde_json::Value| v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string());
     let f = &c.flow;
     put("ss_model_type", "flux".into());
+    // A Flux LoRA is sd-scripts' networks.lora_flux whatever the config's generic name.
+    if c.network.network_module == "networks.lora" {
+        put("ss_network_module", "networks.lora_flux".into());
+    }
     put("ss_apply_t5_attn_mask", py_bool(c.model.apply_t5_attn_mask));
     put("ss_weighting_scheme", name(json!(f.weighting_scheme)));
     put("ss_logit_mean", py_float(f.logit_mean));

@@ -96,6 +96,7 @@ fn flux_trains_with_kohya_names_flux_metadata_samples_and_logs() {
     let m = file.metadata();
     for (k, v) in [
         ("ss_base_model_version", "flux1"),
+        ("ss_network_module", "networks.lora_flux"),
         ("ss_model_type", "flux"),
         ("modelspec.architecture", "flux-1-dev/lora"),
         ("modelspec.implementation", "https://github.com/black-forest-labs/flux"),
