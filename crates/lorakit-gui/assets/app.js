@@ -38,11 +38,16 @@ async function filesPage(root = 0, path = "") {
     if (r.id === root) option.selected = true;
     rootPicker.append(option);
   }
+  const inspector = el("section", { "aria-label": "LoRA file" });
   const rows = listing.entries.map((entry) => {
+    const full = path ? `${path}/${entry.name}` : entry.name;
     const name = entry.kind === "dir"
-      ? el("button", { class: "link", text: `${entry.name}/`, onclick: () => filesPage(root, path ? `${path}/${entry.name}` : entry.name).catch(showError) })
+      ? el("button", { class: "link", text: `${entry.name}/`, onclick: () => filesPage(root, full).catch(showError) })
       : el("span", { text: entry.name });
-    return el("tr", {}, el("td", {}, name), el("td", { class: "muted", text: entry.kind === "file" ? `${entry.size} B` : entry.kind }));
+    const action = entry.kind === "file" && entry.name.endsWith(".safetensors")
+      ? el("button", { type: "button", text: "Inspect", "aria-label": `Inspect ${entry.name}`, onclick: () => inspectLora(inspector, root, full) })
+      : "";
+    return el("tr", {}, el("td", {}, name), el("td", { class: "muted", text: entry.kind === "file" ? `${entry.size} B` : entry.kind }), el("td", {}, action));
   });
   const up = path
     ? el("button", { class: "link", text: "..", onclick: () => filesPage(root, path.split("/").slice(0, -1).join("/")).catch(showError) })
@@ -53,6 +58,54 @@ async function filesPage(root = 0, path = "") {
     rootPicker,
     el("p", {}, el("span", { class: "muted", text: `/${path} ` }), up),
     el("table", {}, el("tbody", {}, ...rows)),
+    inspector,
+  );
+}
+
+// `lorakit inspect` in the page: what CivitAI users look at (base model, network, rank/alpha,
+// training length, top tags) and the block-by-block weight norms as bars.
+async function inspectLora(box, root, path) {
+  box.replaceChildren(el("p", { class: "muted", text: `reading ${path}…` }));
+  let r;
+  try {
+    r = await api(`/lora?root=${root}&path=${encodeURIComponent(path)}`);
+  } catch (e) {
+    box.replaceChildren(el("p", { class: "error", role: "alert", text: e.message }));
+    return;
+  }
+  const m = r.metadata || {};
+  const facts = [
+    ["format", r.format],
+    ["base model", r.base_model + (r.base_model_conflict ? ` (${r.base_model_conflict})` : "")],
+    ["layout", r.layout],
+    ["network", m.network_module],
+    ["rank / alpha", `${Object.keys(r.ranks).join(", ")} / ${Object.keys(r.alphas).join(", ")}`],
+    ["modules", String(r.module_count)],
+    ["resolution", m.resolution ? m.resolution.join("×") : null],
+    ["epochs / steps", m.epoch != null || m.steps != null ? `${m.epoch ?? "?"} of ${m.num_epochs ?? "?"} / ${m.steps ?? "?"}` : null],
+    ["optimizer", m.optimizer],
+    ["learning rate", m.learning_rate != null ? String(m.learning_rate) : null],
+  ].filter(([, v]) => v);
+  const tags = {};
+  for (const folder of Object.values(m.tag_frequency || {})) {
+    for (const [tag, n] of Object.entries(folder)) tags[tag] = (tags[tag] || 0) + n;
+  }
+  const topTags = Object.entries(tags).sort((a, b) => b[1] - a[1]).slice(0, 20);
+  const maxNorm = Math.max(1e-12, ...r.blocks.map((b) => b.mean_norm));
+  const bars = r.blocks.map((b) => el("tr", {},
+    el("td", { text: b.block }),
+    el("td", { class: "bar-cell" }, el("div", { class: "bar" })),
+    el("td", { class: "muted", text: `${b.mean_norm.toFixed(4)} (max ${b.max_norm.toFixed(4)}, ${b.modules} modules)` }),
+  ));
+  // Bar widths through the CSSOM (the CSP allows no style attributes in markup).
+  r.blocks.forEach((b, i) => { bars[i].querySelector(".bar").style.width = `${(100 * b.mean_norm) / maxNorm}%`; });
+  box.replaceChildren(
+    el("h2", { text: path }),
+    el("table", {}, el("tbody", {}, ...facts.map(([k, v]) => el("tr", {}, el("th", { text: k }), el("td", { text: v }))))),
+    ...r.notes.map((n) => el("p", { class: "muted", text: n })),
+    topTags.length ? el("p", { text: `top tags: ${topTags.map(([t, n]) => `${t} (${n})`).join(", ")}` }) : "",
+    el("h3", { text: "Block-by-block weight norms (mean ‖ΔW‖)" }),
+    el("table", { class: "blocks" }, el("tbody", {}, ...bars)),
   );
 }
 

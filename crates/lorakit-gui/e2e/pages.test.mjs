@@ -10,7 +10,7 @@
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
-import { mkdtempSync, mkdirSync, writeFileSync } from "node:fs";
+import { copyFileSync, mkdtempSync, mkdirSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { chromium } from "playwright-core";
@@ -27,6 +27,9 @@ before(async () => {
   mkdirSync(join(root, "10_cat"));
   writeFileSync(join(root, "10_cat", "a.txt"), "<script>alert(1)</script>, cat");
   writeFileSync(join(root, "10_cat", "แมว.txt"), "a Thai file name");
+  // A LoRA trained by lorakit on the tiny Flux fixture, for the inspector.
+  mkdirSync(join(root, "loras"));
+  copyFileSync(join(repo, "tests/fixtures/reference/trained_lora/tiny_flux_trained.safetensors"), join(root, "loras", "tiny flux.safetensors"));
   dataRoot = root;
   // The bundled quick-start model and dataset, a second root the jobs may read.
   server = spawn(bin, ["gui", "--port", "0", "--token", "e2e-token-0123456789", "--root", root, "--root", join(repo, "examples"), "--state", join(root, ".state")], {
@@ -150,6 +153,28 @@ test("a queued training runs and its loss chart grows from the run's log", async
   await row.getByText("done").waitFor({ timeout: 120000 });
   assert.equal(await chart.locator("canvas").count(), 1);
   await page.screenshot({ path: join(shots, "run-1280.png"), fullPage: true });
+  assert.deepEqual(errors, []);
+  await page.close();
+});
+
+test("a LoRA file is inspected in the files page: base model, network, block norms", async () => {
+  const page = await browser.newPage();
+  const errors = [];
+  page.on("console", (m) => m.type() === "error" && errors.push(m.text()));
+  page.on("pageerror", (e) => errors.push(e.message));
+  await page.goto(url);
+  await page.goto(new URL("/#files", url).href);
+  await page.getByRole("button", { name: "loras/" }).click();
+  await page.getByRole("button", { name: "Inspect tiny flux.safetensors" }).click();
+  const report = page.getByRole("region", { name: "LoRA file" });
+  await report.getByRole("heading", { name: "loras/tiny flux.safetensors" }).waitFor();
+  assert.match(await report.locator("tr", { hasText: "base model" }).textContent(), /Flux/);
+  assert.match(await report.locator("tr", { hasText: "network" }).first().textContent(), /networks\.lora/);
+  const bars = report.locator(".blocks tr");
+  assert.ok((await bars.count()) >= 2, "one bar per block");
+  const widths = await report.locator(".bar").evaluateAll((els) => els.map((e) => e.style.width));
+  assert.ok(widths.includes("100%"), `the largest block fills its cell: ${widths}`);
+  await page.screenshot({ path: join(shots, "inspect-1280.png"), fullPage: true });
   assert.deepEqual(errors, []);
   await page.close();
 });

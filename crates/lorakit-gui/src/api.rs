@@ -5,6 +5,8 @@
 //! - `GET /api/schema`: every training config key with its type, default, sd-scripts name and
 //!   documentation — the one schema the train form is generated from.
 //! - `POST /api/config/check`: a TOML config checked as `lorakit train` would read it.
+//! - `GET /api/lora?root=N&path=REL`: `lorakit inspect`'s report of a LoRA file under a root
+//!   (metadata, format, base model, ranks, block-by-block norms; the module list left out).
 //! - Jobs ([`crate::jobs`]): `GET /api/jobs` (`{jobs, skipped}`), `GET /api/jobs/{id}`,
 //!   `GET /api/jobs/{id}/config` (the snapshot, for Clone & edit), `POST /api/jobs` (body: the
 //!   TOML config; 422 with the reason when `lorakit train` would refuse it or a path leaves the
@@ -46,6 +48,7 @@ pub fn routes() -> Router<AppState> {
         .route("/jobs/{id}/resume", post(resume_job))
         .route("/jobs/{id}/events", get(job_events))
         .route("/jobs/{id}/metrics", get(job_metrics))
+        .route("/lora", get(inspect_lora))
         .merge(crate::forms::routes())
 }
 
@@ -429,5 +432,30 @@ async fn next_event(mut tail: Tail) -> Option<(Result<Event, Infallible>, Tail)>
         if tail.pending.is_empty() {
             tokio::time::sleep(Duration::from_millis(300)).await;
         }
+    }
+}
+
+/// `lorakit inspect`'s report of the `.safetensors` file at `?root=N&path=REL`, without the
+/// per-module list (hundreds of rows; the block statistics summarise it).
+async fn inspect_lora(State(state): State<AppState>, Query(q): Query<FolderQuery>) -> Response {
+    let path = match state.roots().resolve(q.root, &q.path) {
+        Ok(p) => p,
+        Err(e @ PathError::Outside(_)) => return error(StatusCode::FORBIDDEN, e.to_string()),
+        Err(e) => return error(StatusCode::NOT_FOUND, e.to_string()),
+    };
+    if !path.is_file() || path.extension().and_then(|e| e.to_str()) != Some("safetensors") {
+        return error(StatusCode::UNPROCESSABLE_ENTITY, format!("{}: not a .safetensors file", q.path));
+    }
+    match tokio::task::spawn_blocking(move || lorakit_lora::inspect::inspect_file(&path)).await {
+        Ok(Ok(mut report)) => {
+            let modules = report.modules.len();
+            report.modules.clear();
+            report.path = q.path.clone();
+            let mut value = serde_json::to_value(&report).unwrap_or_default();
+            value["module_count"] = modules.into();
+            Json(value).into_response()
+        }
+        Ok(Err(e)) => error(StatusCode::UNPROCESSABLE_ENTITY, format!("{}: {e}", q.path)),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }
