@@ -156,6 +156,70 @@ function progressText(job) {
   return parts.join(" · ");
 }
 
+
+// The Datasets page: the dataset doctor over a kohya train folder (subsets, steps, findings)
+// and a grid of its images with their captions; a finding filters the grid to the images it is
+// about. Thumbnails are made by the server (upright, as training sees them).
+async function datasetsPage() {
+  const session = await api("/session");
+  const rootPicker = el("select", { "aria-label": "Dataset root" }, ...session.roots.map((r) => el("option", { value: String(r.id), text: r.path })));
+  const folder = el("input", { type: "text", "aria-label": "Train folder", placeholder: "train folder under the root (holds 10_name subsets)", spellcheck: "false" });
+  const full = el("input", { type: "checkbox", "aria-label": "Decode every image" });
+  const result = el("section", { "aria-label": "Dataset report" });
+  const run = async () => {
+    result.replaceChildren(el("p", { class: "muted", text: "checking…" }));
+    try {
+      const root = rootPicker.value;
+      const report = await api(`/dataset?root=${root}&path=${encodeURIComponent(folder.value.trim())}${full.checked ? "&full=1" : ""}`);
+      showReport(result, report, root, folder.value.trim());
+    } catch (e) {
+      result.replaceChildren(el("p", { class: "error", role: "alert", text: e.message }));
+    }
+  };
+  folder.addEventListener("keydown", (e) => e.key === "Enter" && run());
+  if (!current("datasets")) return;
+  page().replaceChildren(
+    el("h1", { text: "Datasets" }),
+    el("p", {}, rootPicker, " ", folder, " ", el("label", {}, full, " decode every image"), " ",
+      el("button", { type: "button", text: "Check", onclick: run })),
+    result,
+  );
+}
+
+function showReport(box, report, root, base) {
+  const t = report.totals;
+  const images = report.datasets.flatMap((d) => d.images);
+  const grid = el("div", { class: "grid", role: "list", "aria-label": "Images" });
+  const filterNote = el("p", { class: "muted", role: "status" });
+  const drawGrid = (code) => {
+    const shown = code ? images.filter((img) => img.warnings.some((w) => w.code === code)) : images;
+    filterNote.textContent = code ? `${shown.length} images with ${code} (click it again to show all)` : `${shown.length} images`;
+    grid.replaceChildren(...shown.map((img) => el("figure", { role: "listitem" },
+      el("img", { src: `/api/thumb?root=${root}&path=${encodeURIComponent(base ? `${base}/${img.path}` : img.path)}`, alt: img.path, loading: "lazy" }),
+      el("figcaption", {}, el("div", { class: "muted", text: `${img.path}${img.bucket ? ` · ${img.bucket.join("×")}` : ""}` }), el("div", { text: img.caption })),
+    )));
+  };
+  let active = null;
+  const counts = new Map();
+  for (const img of images) for (const w of img.warnings) counts.set(w.code, [(counts.get(w.code)?.[0] ?? 0) + 1, w]);
+  const findingButtons = [...counts.entries()].map(([code, [n, w]]) => el("li", {}, el("button", {
+    type: "button", class: `link severity-${w.severity}`, text: `${code} (${n} images)`, title: w.message,
+    onclick: () => { active = active === code ? null : code; drawGrid(active); },
+  })));
+  box.replaceChildren(
+    el("p", { class: report.usable ? "" : "error", text: `${t.images} images, ${t.used} used, ${t.unusable} unusable · ${t.samples_per_epoch} samples per epoch · ${t.errors} errors, ${t.warnings} warnings` }),
+    el("table", {}, el("tbody", {}, ...report.datasets.flatMap((d) => d.subsets).map((s) => el("tr", {},
+      el("td", { text: s.dir }), el("td", { text: `${s.num_repeats} repeats` }), el("td", { text: `${s.usable}/${s.images} images` }),
+      el("td", { class: "muted", text: s.is_reg ? "regularisation" : s.trigger_word ? `trigger: ${s.trigger_word}` : "" }))))),
+    ...report.findings.map((f) => el("p", { class: `severity-${f.severity}`, text: `${f.code}: ${f.message}` })),
+    findingButtons.length ? el("ul", { class: "findings", "aria-label": "Findings by image" }, ...findingButtons) : "",
+    report.top_tags.length ? el("p", { class: "muted", text: `top tags: ${report.top_tags.slice(0, 20).map(([tag, n]) => `${tag} (${n})`).join(", ")}` }) : "",
+    filterNote,
+    grid,
+  );
+  drawGrid(null);
+}
+
 // The loss chart of a run (uPlot, vendored): the raw loss of every step, its exponential
 // moving average (0.9, as TensorBoard's default smoothing) and each epoch's mean loss.
 function lossChart(container) {
@@ -471,7 +535,7 @@ async function trainPage() {
   );
 }
 
-const pages = { files: () => filesPage(), jobs: jobsPage, train: trainPage, options: optionsPage };
+const pages = { files: () => filesPage(), datasets: datasetsPage, jobs: jobsPage, train: trainPage, options: optionsPage };
 
 function route() {
   for (const fn of cleanups.splice(0)) fn();

@@ -64,7 +64,7 @@ for (const [width, height] of [[1280, 800], [390, 844]]) {
     page.on("pageerror", (e) => errors.push(e.message));
     await page.goto(url);
     assert.ok(!page.url().includes("token="), "the token left the address bar");
-    for (const [hash, heading] of [["files", "Files"], ["options", "Training options"], ["jobs", "Jobs"], ["train", "Train"]]) {
+    for (const [hash, heading] of [["files", "Files"], ["datasets", "Datasets"], ["options", "Training options"], ["jobs", "Jobs"], ["train", "Train"]]) {
       await page.goto(new URL(`/#${hash}`, url).href);
       await page.getByRole("heading", { level: 1, name: heading }).waitFor();
       await page.waitForLoadState("networkidle");
@@ -175,6 +175,36 @@ test("a LoRA file is inspected in the files page: base model, network, block nor
   const widths = await report.locator(".bar").evaluateAll((els) => els.map((e) => e.style.width));
   assert.ok(widths.includes("100%"), `the largest block fills its cell: ${widths}`);
   await page.screenshot({ path: join(shots, "inspect-1280.png"), fullPage: true });
+  assert.deepEqual(errors, []);
+  await page.close();
+});
+
+test("the dataset doctor's findings filter the image grid", async () => {
+  const page = await browser.newPage();
+  const errors = [];
+  page.on("pageerror", (e) => errors.push(e.message));
+  await page.goto(url);
+  await page.goto(new URL("/#datasets", url).href);
+  // The bundled example dataset (examples/dataset/img: 2_misc, 8_chessboard), in the second root.
+  await page.getByLabel("Dataset root").selectOption({ index: 1 });
+  await page.getByLabel("Train folder").fill("dataset/img");
+  await page.getByRole("button", { name: "Check" }).click();
+  const report = page.getByRole("region", { name: "Dataset report" });
+  await report.getByRole("cell", { name: "2_misc" }).waitFor();
+  const items = report.getByRole("listitem").filter({ has: page.locator("img") });
+  const all = await items.count();
+  assert.ok(all >= 5, `the grid shows the images (${all})`);
+  // Thumbnails really load (server-made PNGs through the cookie).
+  await page.waitForFunction(() => [...document.querySelectorAll(".grid img")].every((i) => i.complete));
+  const loaded = await report.locator(".grid img").evaluateAll((imgs) => imgs.filter((i) => i.naturalWidth > 0).length);
+  assert.equal(loaded, all, "every thumbnail decoded");
+  const finding = report.getByRole("list", { name: "Findings by image" }).getByRole("button").first();
+  await finding.click();
+  const filtered = await items.count();
+  assert.ok(filtered >= 1 && filtered < all, `a finding filters the grid (${filtered} of ${all})`);
+  await finding.click();
+  assert.equal(await items.count(), all, "clicking it again shows every image");
+  await page.screenshot({ path: join(shots, "datasets-1280.png"), fullPage: true });
   assert.deepEqual(errors, []);
   await page.close();
 });

@@ -50,6 +50,7 @@ pub fn routes() -> Router<AppState> {
         .route("/jobs/{id}/metrics", get(job_metrics))
         .route("/lora", get(inspect_lora))
         .merge(crate::forms::routes())
+        .merge(crate::datasets::routes())
 }
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {

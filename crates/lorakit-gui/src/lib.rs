@@ -10,6 +10,7 @@
 
 pub mod api;
 pub mod assets;
+pub mod datasets;
 pub mod forms;
 pub mod jobs;
 pub mod roots;
