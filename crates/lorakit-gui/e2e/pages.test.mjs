@@ -10,7 +10,7 @@
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
-import { copyFileSync, mkdtempSync, mkdirSync, writeFileSync } from "node:fs";
+import { copyFileSync, cpSync, mkdtempSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { chromium } from "playwright-core";
@@ -27,6 +27,8 @@ before(async () => {
   mkdirSync(join(root, "10_cat"));
   writeFileSync(join(root, "10_cat", "a.txt"), "<script>alert(1)</script>, cat");
   writeFileSync(join(root, "10_cat", "แมว.txt"), "a Thai file name");
+  // A train folder the tag editor may change: the example dataset's chessboard subset.
+  cpSync(join(repo, "examples/dataset/img/8_chessboard"), join(root, "train", "5_chk"), { recursive: true });
   // A LoRA trained by lorakit on the tiny Flux fixture, for the inspector.
   mkdirSync(join(root, "loras"));
   copyFileSync(join(repo, "tests/fixtures/reference/trained_lora/tiny_flux_trained.safetensors"), join(root, "loras", "tiny flux.safetensors"));
@@ -205,6 +207,39 @@ test("the dataset doctor's findings filter the image grid", async () => {
   await finding.click();
   assert.equal(await items.count(), all, "clicking it again shows every image");
   await page.screenshot({ path: join(shots, "datasets-1280.png"), fullPage: true });
+  assert.deepEqual(errors, []);
+  await page.close();
+});
+
+test("a bulk tag edit shows the files that will change, applies, and undoes", async () => {
+  const page = await browser.newPage();
+  const errors = [];
+  page.on("pageerror", (e) => errors.push(e.message));
+  const caption = () => readFileSync(join(dataRoot, "train", "5_chk", "left01.txt"), "utf8");
+  const before = caption();
+  await page.goto(url);
+  await page.goto(new URL("/#datasets", url).href);
+  await page.getByLabel("Train folder").fill("train");
+  await page.getByRole("button", { name: "Check" }).click();
+  const editor = page.getByRole("region", { name: "Tag editor" });
+  await editor.waitFor();
+  await editor.getByLabel("Tag edit").selectOption("add_front");
+  await editor.getByLabel("Tags", { exact: true }).fill("mytrigger");
+  await editor.getByRole("button", { name: "Preview" }).click();
+  await editor.getByText(/^\d+ files will change/).waitFor();
+  const planned = Number((await editor.getByText(/files will change/).textContent()).split(" ")[0]);
+  assert.ok(planned >= 5, `${planned} files`);
+  assert.equal(caption(), before, "a preview writes nothing");
+  assert.ok((await editor.locator("table.diff tr", { hasText: "mytrigger" }).count()) >= 1, "the diff shows the new caption");
+  await editor.getByRole("button", { name: "Apply" }).click();
+  await editor.getByText(`${planned} files written`).waitFor();
+  assert.ok(caption().startsWith("mytrigger, "), caption());
+  // The grid shows the new captions.
+  await page.getByText(/^mytrigger, /).first().waitFor();
+  await editor.getByRole("button", { name: "Undo last edit" }).click();
+  await editor.getByText(`undone: add_front mytrigger (${planned} files restored)`).waitFor();
+  assert.equal(caption(), before, "undo puts the caption back byte for byte");
+  await page.screenshot({ path: join(shots, "tags-1280.png"), fullPage: true });
   assert.deepEqual(errors, []);
   await page.close();
 });

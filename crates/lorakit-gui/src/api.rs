@@ -51,6 +51,7 @@ pub fn routes() -> Router<AppState> {
         .route("/lora", get(inspect_lora))
         .merge(crate::forms::routes())
         .merge(crate::datasets::routes())
+        .merge(crate::tags::routes())
 }
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {

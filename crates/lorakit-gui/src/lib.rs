@@ -15,6 +15,7 @@ pub mod forms;
 pub mod jobs;
 pub mod roots;
 pub mod security;
+pub mod tags;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -75,6 +76,8 @@ struct StateInner {
     guard: security::Guard,
     roots: Roots,
     jobs: Option<Jobs>,
+    /// Bulk tag edits that can be undone, newest last (this server's session).
+    tag_undo: std::sync::Mutex<Vec<tags::UndoRecord>>,
 }
 
 impl AppState {
@@ -82,14 +85,19 @@ impl AppState {
     /// (loopback names always; `allow_hosts` besides), its cookie named after `port`.
     pub fn new(roots: Roots, token: String, port: u16, allow_hosts: Vec<String>) -> Result<AppState, GuiError> {
         let guard = security::Guard::new(token, port, allow_hosts).map_err(GuiError::Token)?;
-        Ok(AppState { inner: Arc::new(StateInner { guard, roots, jobs: None }) })
+        Ok(AppState { inner: Arc::new(StateInner { guard, roots, jobs: None, tag_undo: Default::default() }) })
     }
 
     /// This state with a job store (without one the job routes answer 503).
     pub fn with_jobs(self, jobs: Jobs) -> AppState {
         let inner = &self.inner;
         AppState {
-            inner: Arc::new(StateInner { guard: inner.guard.clone(), roots: inner.roots.clone(), jobs: Some(jobs) }),
+            inner: Arc::new(StateInner {
+                guard: inner.guard.clone(),
+                roots: inner.roots.clone(),
+                jobs: Some(jobs),
+                tag_undo: Default::default(),
+            }),
         }
     }
 
@@ -106,6 +114,11 @@ impl AppState {
     /// The security guard.
     pub fn guard(&self) -> &security::Guard {
         &self.inner.guard
+    }
+
+    /// The undo history of bulk tag edits.
+    pub(crate) fn tag_undo(&self) -> &std::sync::Mutex<Vec<tags::UndoRecord>> {
+        &self.inner.tag_undo
     }
 }
 

@@ -54,6 +54,13 @@ pub struct CaptionChange {
     original_bytes: Vec<u8>,
 }
 
+impl CaptionChange {
+    /// The file's bytes when it was read (what an undo writes back).
+    pub fn original_bytes(&self) -> &[u8] {
+        &self.original_bytes
+    }
+}
+
 /// Tally of a plan, for the summary line.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct EditCounts {

@@ -1,0 +1,267 @@
+//! The tag editor's server side (`lorakit tags`' edits on a folder of captions under a root):
+//! tag frequencies, a preview of a bulk edit ("N files will change", before and after), the edit
+//! written atomically, and undo.
+//!
+//! - `GET /api/tags?root=N&path=REL`: the tag frequency table of the captions under `REL`.
+//! - `POST /api/tags/preview` and `POST /api/tags/apply`: body `{root, path, op, tags, old,
+//!   new}` with `op` one of `add_front`, `add_back`, `remove`, `replace`, `move_to_front`,
+//!   `dedupe`, `sort`; natural-language captions are left alone, as `lorakit tags` does.
+//! - `POST /api/tags/undo`: puts back the files of the latest applied edit — each only if it
+//!   still holds what the edit wrote (a file changed since is left and named). The history is
+//!   this server's session (it does not survive a restart).
+
+use std::path::PathBuf;
+
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use lorakit_dataset::tags::edit::{AddPosition, EditOptions, SortOrder, TagEdit};
+use lorakit_dataset::tags::matching::TagMatching;
+use lorakit_dataset::tags::plan::{plan_edit, EditPlan, FileOutcome};
+use lorakit_dataset::tags::select::select_caption_files;
+use serde::Deserialize;
+
+use crate::roots::PathError;
+use crate::AppState;
+
+/// Changes listed in a preview (the count covers all of them).
+const PREVIEW_ROWS: usize = 200;
+
+/// The tag editor's routes (mounted at `/api`).
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/tags", get(stats))
+        .route("/tags/preview", post(preview))
+        .route("/tags/apply", post(apply))
+        .route("/tags/undo", post(undo))
+}
+
+/// One applied edit: per file, the bytes it had and the bytes the edit wrote.
+pub struct UndoRecord {
+    /// What the edit was (for the message).
+    summary: String,
+    files: Vec<(PathBuf, Vec<u8>, Vec<u8>)>,
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, Json(serde_json::json!({ "error": message.into() }))).into_response()
+}
+
+fn folder(state: &AppState, root: usize, path: &str) -> Result<PathBuf, Response> {
+    match state.roots().resolve(root, path) {
+        Ok(p) if p.is_dir() => Ok(p),
+        Ok(_) => Err(error(StatusCode::UNPROCESSABLE_ENTITY, format!("{path}: not a folder"))),
+        Err(e @ PathError::Outside(_)) => Err(error(StatusCode::FORBIDDEN, e.to_string())),
+        Err(e) => Err(error(StatusCode::NOT_FOUND, e.to_string())),
+    }
+}
+
+/// The caption files (`.txt`) under `dir`, as `lorakit tags` selects them.
+fn captions(dir: PathBuf) -> Result<Vec<PathBuf>, Response> {
+    select_caption_files(&[dir], ".txt").map_err(|e| error(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))
+}
+
+/// `?root=N&path=REL`.
+#[derive(Deserialize)]
+struct FolderQuery {
+    root: usize,
+    #[serde(default)]
+    path: String,
+}
+
+async fn stats(State(state): State<AppState>, Query(q): Query<FolderQuery>) -> Response {
+    let dir = match folder(&state, q.root, &q.path) {
+        Ok(d) => d,
+        Err(r) => return r,
+    };
+    let counted = tokio::task::spawn_blocking(move || {
+        captions(dir).map(|files| lorakit_dataset::tags::stats::tag_stats(&files, &TagMatching::default()))
+    })
+    .await;
+    match counted {
+        Ok(Ok(stats)) => Json(stats).into_response(),
+        Ok(Err(r)) => r,
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+/// A bulk edit as the page sends it.
+#[derive(Deserialize, Clone)]
+struct EditRequest {
+    root: usize,
+    #[serde(default)]
+    path: String,
+    op: String,
+    #[serde(default)]
+    tags: Vec<String>,
+    #[serde(default)]
+    old: String,
+    #[serde(default)]
+    new: String,
+}
+
+impl EditRequest {
+    fn edit(&self) -> Result<TagEdit, String> {
+        let tags: Vec<String> = self.tags.iter().map(|t| t.trim().to_string()).filter(|t| !t.is_empty()).collect();
+        let need_tags = || if tags.is_empty() { Err(format!("{}: give at least one tag", self.op)) } else { Ok(()) };
+        Ok(match self.op.as_str() {
+            "add_front" => {
+                need_tags()?;
+                TagEdit::add(tags, AddPosition::Start, false)
+            }
+            "add_back" => {
+                need_tags()?;
+                TagEdit::add(tags, AddPosition::End, false)
+            }
+            "remove" => {
+                need_tags()?;
+                TagEdit::remove(tags)
+            }
+            "move_to_front" => {
+                need_tags()?;
+                TagEdit::move_to_front(tags, false)
+            }
+            "replace" => {
+                if self.old.trim().is_empty() {
+                    return Err("replace: give the tag to replace".into());
+                }
+                TagEdit::replace(self.old.trim(), self.new.trim(), false).map_err(|e| e.to_string())?
+            }
+            "dedupe" => TagEdit::dedupe(),
+            "sort" => TagEdit::sort(SortOrder::Alphabetical, 0),
+            other => {
+                return Err(format!(
+                    "op {other:?}: use add_front, add_back, remove, replace, move_to_front, dedupe or sort"
+                ))
+            }
+        })
+    }
+
+    fn summary(&self) -> String {
+        match self.op.as_str() {
+            "replace" => format!("replace {:?} with {:?}", self.old.trim(), self.new.trim()),
+            "dedupe" | "sort" => self.op.clone(),
+            op => format!("{op} {}", self.tags.join(", ")),
+        }
+    }
+}
+
+/// The plan of `request` (folder resolved, captions read; nothing written).
+async fn plan(state: &AppState, request: &EditRequest) -> Result<EditPlan, Response> {
+    let dir = folder(state, request.root, &request.path)?;
+    let edit = request.edit().map_err(|e| error(StatusCode::UNPROCESSABLE_ENTITY, e))?;
+    tokio::task::spawn_blocking(move || captions(dir).map(|files| plan_edit(&files, &edit, &EditOptions::default())))
+        .await
+        .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+}
+
+/// Counts and the first changes of a plan, file names relative to the root.
+fn describe(state: &AppState, root: usize, plan: &EditPlan) -> serde_json::Value {
+    let counts = plan.counts();
+    let name = |p: &std::path::Path| {
+        let canonical = p.canonicalize().unwrap_or_else(|_| p.to_path_buf());
+        state.roots().relative(root, &canonical).unwrap_or_else(|| p.display().to_string())
+    };
+    let changes: Vec<serde_json::Value> = plan
+        .files
+        .iter()
+        .filter_map(|f| match &f.outcome {
+            FileOutcome::Change(c) => {
+                Some(serde_json::json!({ "file": name(&f.path), "before": c.old_line, "after": c.new_line }))
+            }
+            _ => None,
+        })
+        .take(PREVIEW_ROWS)
+        .collect();
+    let failed: Vec<serde_json::Value> = plan
+        .files
+        .iter()
+        .filter_map(|f| match &f.outcome {
+            FileOutcome::Failed(m) => Some(serde_json::json!({ "file": name(&f.path), "error": m })),
+            _ => None,
+        })
+        .collect();
+    serde_json::json!({
+        "changed": counts.changed,
+        "unchanged": counts.unchanged,
+        "skipped_natural_language": counts.skipped_natural_language,
+        "failed": failed,
+        "changes": changes,
+    })
+}
+
+async fn preview(State(state): State<AppState>, Json(request): Json<EditRequest>) -> Response {
+    match plan(&state, &request).await {
+        Ok(plan) => Json(describe(&state, request.root, &plan)).into_response(),
+        Err(r) => r,
+    }
+}
+
+async fn apply(State(state): State<AppState>, Json(request): Json<EditRequest>) -> Response {
+    let plan = match plan(&state, &request).await {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    let mut described = describe(&state, request.root, &plan);
+    let (plan, failures) = match tokio::task::spawn_blocking(move || {
+        let failures = plan.write();
+        (plan, failures)
+    })
+    .await
+    {
+        Ok(done) => done,
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    };
+    let failed: std::collections::HashSet<&PathBuf> = failures.iter().map(|f| &f.path).collect();
+    let files: Vec<(PathBuf, Vec<u8>, Vec<u8>)> = plan
+        .files
+        .iter()
+        .filter(|f| !failed.contains(&f.path))
+        .filter_map(|f| match &f.outcome {
+            FileOutcome::Change(c) => Some((f.path.clone(), c.original_bytes().to_vec(), c.new_bytes.clone())),
+            _ => None,
+        })
+        .collect();
+    described["written"] = files.len().into();
+    described["write_failures"] = failures
+        .iter()
+        .map(|f| serde_json::json!({ "file": f.path.display().to_string(), "error": f.message }))
+        .collect();
+    if !files.is_empty() {
+        let mut history = state.tag_undo().lock().unwrap_or_else(|p| p.into_inner());
+        history.push(UndoRecord { summary: request.summary(), files });
+    }
+    Json(described).into_response()
+}
+
+async fn undo(State(state): State<AppState>) -> Response {
+    let record = state.tag_undo().lock().unwrap_or_else(|p| p.into_inner()).pop();
+    let Some(record) = record else {
+        return error(StatusCode::CONFLICT, "nothing to undo");
+    };
+    let summary = record.summary.clone();
+    let restored = tokio::task::spawn_blocking(move || {
+        let (mut restored, mut kept) = (0usize, Vec::new());
+        for (path, original, written) in &record.files {
+            match std::fs::read(path) {
+                // Only what this edit wrote is put back; a later change wins.
+                Ok(now) if now == *written => match lorakit_dataset::fs_atomic::write_atomic(path, original) {
+                    Ok(()) => restored += 1,
+                    Err(e) => kept.push(format!("{}: {e}", path.display())),
+                },
+                Ok(_) => kept.push(format!("{}: changed since the edit; left as it is", path.display())),
+                Err(e) => kept.push(format!("{}: {e}", path.display())),
+            }
+        }
+        (restored, kept)
+    })
+    .await;
+    match restored {
+        Ok((restored, kept)) => {
+            Json(serde_json::json!({ "undone": summary, "restored": restored, "kept": kept })).into_response()
+        }
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
