@@ -25,7 +25,9 @@ use crate::objective::{FlowFamily, ObjectiveKind};
 /// block (either stream) and per single block. Fitted to the step benchmark (BENCHMARKS.md, "One
 /// Flux LoRA step": full width, 2 double + 4 single blocks, 1024 + 512 tokens, f32: 7.7 GB of
 /// activations, i.e. 408 floats per token and feature over the six blocks), split between the
-/// block kinds in the proportion counted from `dit::flux`'s graph (40 : 37).
+/// block kinds in the proportion counted from `dit::flux`'s graph (40 : 37). That graph is the
+/// composed one every GPU runs; on the CPU in f32 `lorakit_nn::dit`'s fused ops keep about 40% of
+/// it (3.1 GB in the same benchmark), so CPU estimates err high.
 const DOUBLE_BLOCK_FLOATS_PER_FEATURE: f64 = 72.0;
 /// See [`DOUBLE_BLOCK_FLOATS_PER_FEATURE`].
 const SINGLE_BLOCK_FLOATS_PER_FEATURE: f64 = 66.0;
