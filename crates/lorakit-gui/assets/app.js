@@ -338,6 +338,53 @@ function lossChart(container) {
   };
 }
 
+// A run's sample images as save points × prompts; a click opens the image at full size, where
+// ←/→ change the prompt, ↑/↓ the save point and Esc closes.
+async function showSamples(box, id) {
+  const samples = await api(`/jobs/${id}/samples`);
+  if (!samples.length) { box.replaceChildren(); return; }
+  const tags = [...new Set(samples.map((s) => s.tag))];
+  const prompts = [...new Set(samples.map((s) => s.prompt))].sort((a, b) => a - b);
+  const at = (t, p) => samples.find((s) => s.tag === tags[t] && s.prompt === prompts[p]);
+  const label = (tag) => tag.startsWith("e") ? `epoch ${Number(tag.slice(1))}` : `step ${Number(tag)}`;
+  const open = (t, p) => {
+    const overlay = el("div", { class: "lightbox", role: "dialog", "aria-label": "Sample image", tabindex: "-1" });
+    const show = () => {
+      const s = at(t, p);
+      overlay.replaceChildren(
+        s ? el("img", { src: `/api/image?root=${s.root}&path=${encodeURIComponent(s.path)}`, alt: `${label(tags[t])}, prompt ${prompts[p]}` }) : el("p", { text: "no image" }),
+        el("p", { text: `${label(tags[t])} · prompt ${prompts[p]} — ←/→ prompt, ↑/↓ save point, Esc closes` }),
+      );
+    };
+    overlay.addEventListener("keydown", (e) => {
+      const moves = { ArrowLeft: [0, -1], ArrowRight: [0, 1], ArrowUp: [-1, 0], ArrowDown: [1, 0] };
+      if (e.key === "Escape") { overlay.remove(); return; }
+      const m = moves[e.key];
+      if (!m) return;
+      e.preventDefault();
+      t = Math.min(tags.length - 1, Math.max(0, t + m[0]));
+      p = Math.min(prompts.length - 1, Math.max(0, p + m[1]));
+      show();
+    });
+    overlay.addEventListener("click", () => overlay.remove());
+    show();
+    document.body.append(overlay);
+    overlay.focus();
+  };
+  box.replaceChildren(
+    el("h3", { text: "Samples" }),
+    el("table", { class: "samples" }, el("tbody", {}, ...tags.map((tag, t) => el("tr", {},
+      el("th", { text: label(tag) }),
+      ...prompts.map((prompt, p) => {
+        const s = at(t, p);
+        return el("td", {}, s ? el("img", {
+          src: `/api/thumb?root=${s.root}&path=${encodeURIComponent(s.path)}`, alt: `${label(tag)}, prompt ${prompt}`,
+          loading: "lazy", tabindex: "0", onclick: () => open(t, p), onkeydown: (e) => e.key === "Enter" && open(t, p),
+        }) : "");
+      }))))),
+  );
+}
+
 async function jobsPage() {
   const editor = el("textarea", { rows: "10", spellcheck: "false", "aria-label": "Training config (TOML)", placeholder: "A lorakit training config (TOML): see Training options" });
   const message = el("p", { role: "status" });
@@ -348,6 +395,8 @@ async function jobsPage() {
   let metrics = null;
   let chart = null;
   const chartBox = el("div", { class: "chart", role: "img", "aria-label": "Loss by step" });
+  const samplesBox = el("section", { "aria-label": "Samples" });
+  let samplesFor = null;
   onLeave(() => {
     if (stream) stream.close();
     if (metrics) metrics.close();
@@ -377,6 +426,8 @@ async function jobsPage() {
     metrics = new EventSource(`/api/jobs/${id}/metrics`);
     metrics.onmessage = (e) => chart.add(JSON.parse(e.data));
     metrics.addEventListener("end", () => metrics.close());
+    samplesFor = id;
+    showSamples(samplesBox, id).catch(() => {});
     logTitle.textContent = `Output of job ${id}`;
     log.replaceChildren();
     // EventSource reconnects by itself and sends Last-Event-ID: the server resumes there.
@@ -427,10 +478,14 @@ async function jobsPage() {
     el("p", {}, submit),
     logTitle,
     chartBox,
+    samplesBox,
     log,
   );
   await refresh();
   const timer = setInterval(() => refresh().catch(showError), 2000);
+  // New samples appear at save points: look again now and then while a job is shown.
+  const sampleTimer = setInterval(() => samplesFor && !document.querySelector(".lightbox") && showSamples(samplesBox, samplesFor).catch(() => {}), 5000);
+  onLeave(() => clearInterval(sampleTimer));
   onLeave(() => clearInterval(timer));
 }
 

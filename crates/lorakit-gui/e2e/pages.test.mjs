@@ -141,7 +141,11 @@ test("a queued training runs and its loss chart grows from the run's log", async
     "enable_bucket = false",
     "[training]",
     "max_train_steps = 6",
+    "[samples]",
+    `sample_prompts = ${JSON.stringify(join(dataRoot, "prompts.txt"))}`,
+    "sample_every_n_steps = 3",
   ].join("\n");
+  writeFileSync(join(dataRoot, "prompts.txt"), "red lkstar, large --w 64 --h 64 --s 3 --d 1\nblue lkstar --w 64 --h 64 --s 3 --d 2\n");
   await page.goto(new URL("/#jobs", url).href);
   await page.getByLabel("Training config (TOML)").fill(config);
   await page.getByRole("button", { name: "Add to queue" }).click();
@@ -154,6 +158,21 @@ test("a queued training runs and its loss chart grows from the run's log", async
   await page.waitForFunction(() => Number(document.querySelector(".chart")?.dataset.points ?? 0) >= 6, null, { timeout: 120000 });
   await row.getByText("done").waitFor({ timeout: 120000 });
   assert.equal(await chart.locator("canvas").count(), 1);
+  // Samples at steps 3 and 6 for both prompts, in a save points × prompts table.
+  const samples = page.getByRole("region", { name: "Samples" });
+  await samples.getByRole("img", { name: "step 6, prompt 1" }).waitFor({ timeout: 30000 });
+  assert.equal(await samples.getByRole("img").count(), 4);
+  await samples.getByRole("img", { name: "step 3, prompt 0" }).click();
+  const lightbox = page.getByRole("dialog", { name: "Sample image" });
+  await lightbox.getByText("step 3 · prompt 0", { exact: false }).waitFor();
+  await page.keyboard.press("ArrowDown");
+  await lightbox.getByText("step 6 · prompt 0", { exact: false }).waitFor();
+  await page.keyboard.press("ArrowRight");
+  await lightbox.getByText("step 6 · prompt 1", { exact: false }).waitFor();
+  await page.waitForFunction(() => document.querySelector(".lightbox img")?.naturalWidth === 64);
+  await page.screenshot({ path: join(shots, "lightbox-1280.png") });
+  await page.keyboard.press("Escape");
+  assert.equal(await lightbox.count(), 0);
   await page.screenshot({ path: join(shots, "run-1280.png"), fullPage: true });
   assert.deepEqual(errors, []);
   await page.close();

@@ -14,7 +14,8 @@
 //!   `GET /api/jobs/{id}/events`: the job's output lines as Server-Sent Events whose id is the
 //!   byte offset after the line, so a reconnect's `Last-Event-ID` resumes exactly there; a
 //!   `status` event carries the record when it changes, `end` closes a finished job's stream;
-//!   `GET /api/jobs/{id}/metrics`: the run's `log.jsonl` rows the same way (the loss chart).
+//!   `GET /api/jobs/{id}/metrics`: the run's `log.jsonl` rows the same way (the loss chart);
+//!   `GET /api/jobs/{id}/samples`: the run's sample images so far, by save point and prompt.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -48,6 +49,7 @@ pub fn routes() -> Router<AppState> {
         .route("/jobs/{id}/resume", post(resume_job))
         .route("/jobs/{id}/events", get(job_events))
         .route("/jobs/{id}/metrics", get(job_metrics))
+        .route("/jobs/{id}/samples", get(job_samples))
         .route("/lora", get(inspect_lora))
         .merge(crate::forms::routes())
         .merge(crate::datasets::routes())
@@ -459,5 +461,96 @@ async fn inspect_lora(State(state): State<AppState>, Query(q): Query<FolderQuery
         }
         Ok(Err(e)) => error(StatusCode::UNPROCESSABLE_ENTITY, format!("{}: {e}", q.path)),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+/// One sample image of a run, addressed under a root for `/api/thumb` and `/api/image`.
+#[derive(Serialize, Debug, PartialEq, Eq)]
+pub struct SampleImage {
+    /// `e000002` (end of epoch 2) or `000100` (after step 100), sd-scripts' tag.
+    pub tag: String,
+    /// The prompt's place in the prompt file (0-based).
+    pub prompt: usize,
+    /// The root holding it.
+    pub root: usize,
+    /// Its path under that root.
+    pub path: String,
+}
+
+/// Reads sd-scripts' sample name `<output_name>_<tag>_<idx:02>_<timestamp:14>[_<seed>].png`
+/// back into (tag, prompt index); grids and other files give `None`.
+pub fn parse_sample_name(file: &str, output_name: &str) -> Option<(String, usize)> {
+    let stem = file.strip_suffix(".png")?;
+    let rest = if output_name.is_empty() { stem } else { stem.strip_prefix(output_name)?.strip_prefix('_')? };
+    let mut parts = rest.split('_');
+    let tag = parts.next()?;
+    let index = parts.next()?;
+    let timestamp = parts.next()?;
+    let seed = parts.next();
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    let tag_ok = digits(tag.strip_prefix('e').unwrap_or(tag)) && tag.len() >= 6;
+    let ok = tag_ok && index.len() >= 2 && digits(index) && timestamp.len() == 14 && digits(timestamp);
+    if !(ok && seed.is_none_or(digits) && parts.next().is_none()) {
+        return None;
+    }
+    Some((tag.to_string(), index.parse().ok()?))
+}
+
+async fn job_samples(State(state): State<AppState>, Path(id): Path<String>) -> Response {
+    let jobs = match job_store(&state) {
+        Ok(j) => j,
+        Err(r) => return r,
+    };
+    let config = match jobs.config_text(&id) {
+        Ok(text) => match lorakit_train::TrainConfig::from_toml_str(&text, &[]) {
+            Ok(c) => c,
+            Err(e) => return error(StatusCode::UNPROCESSABLE_ENTITY, format!("job {id}'s config: {e}")),
+        },
+        Err(e) => return job_error(e),
+    };
+    let dir = config.folders.output_dir.join("sample");
+    let name = config.folders.output_name.clone();
+    let roots = state.roots().clone();
+    let found = blocking(move || {
+        let mut out = Vec::new();
+        let Ok(entries) = std::fs::read_dir(&dir) else { return out };
+        for entry in entries.flatten() {
+            let Some(file) = entry.file_name().to_str().map(str::to_string) else { continue };
+            let Some((tag, prompt)) = parse_sample_name(&file, &name) else { continue };
+            let Ok(path) = entry.path().canonicalize() else { continue };
+            let place = (0..roots.all().len()).find_map(|r| roots.relative(r, &path).map(|p| (r, p)));
+            if let Some((root, path)) = place {
+                out.push(SampleImage { tag, prompt, root, path });
+            }
+        }
+        out.sort_by(|a, b| (a.tag.starts_with('e'), &a.tag, a.prompt).cmp(&(b.tag.starts_with('e'), &b.tag, b.prompt)));
+        out
+    })
+    .await;
+    match found {
+        Ok(images) => Json(images).into_response(),
+        Err(r) => r,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_sample_name;
+
+    #[test]
+    fn sample_names_are_read_back_as_sd_scripts_writes_them() {
+        let parse = |f: &str, n: &str| parse_sample_name(f, n);
+        assert_eq!(parse("my_lora_e000002_01_20261206223000.png", "my_lora"), Some(("e000002".into(), 1)));
+        assert_eq!(parse("my_lora_000100_00_20261206223000_42.png", "my_lora"), Some(("000100".into(), 0)));
+        assert_eq!(parse("000100_03_20261206223000.png", ""), Some(("000100".into(), 3)));
+        for not_a_sample in [
+            "my_lora_e000002_grid.png",
+            "other_e000002_01_20261206223000.png",
+            "my_lora_e000002_01_2026.png",
+            "my_lora_e000002_01_20261206223000.jpg",
+            "my_lora_e000002_01_20261206223000_x.png",
+        ] {
+            assert_eq!(parse(not_a_sample, "my_lora"), None, "{not_a_sample}");
+        }
     }
 }

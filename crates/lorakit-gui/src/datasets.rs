@@ -7,6 +7,8 @@
 //!   decodes every image, as `lorakit dataset check` does, to find corrupt files and duplicates.
 //! - `GET /api/thumb?root=N&path=REL`: the image at `REL` (upright, as training sees it), at most
 //!   256 px a side, as PNG. Image files only; the path goes through the roots like any other.
+//! - `GET /api/image?root=N&path=REL`: a PNG, JPEG or WebP file under a root as it is (sample
+//!   images at full size).
 
 use std::io::Cursor;
 
@@ -31,7 +33,7 @@ const IMAGE_EXTENSIONS: [&str; 6] = ["png", "jpg", "jpeg", "webp", "bmp", "gif"]
 
 /// The Datasets page's routes (mounted at `/api`).
 pub fn routes() -> Router<AppState> {
-    Router::new().route("/dataset", get(dataset)).route("/thumb", get(thumb))
+    Router::new().route("/dataset", get(dataset)).route("/thumb", get(thumb)).route("/image", get(full_image))
 }
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
@@ -108,6 +110,27 @@ async fn thumb(State(state): State<AppState>, Query(q): Query<ThumbQuery>) -> Re
     match encoded {
         Ok(Ok(png)) => {
             (StatusCode::OK, [(header::CONTENT_TYPE, "image/png"), (header::CACHE_CONTROL, "private, max-age=60")], png)
+                .into_response()
+        }
+        Ok(Err(e)) => error(StatusCode::UNPROCESSABLE_ENTITY, format!("{}: {e}", q.path)),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+async fn full_image(State(state): State<AppState>, Query(q): Query<ThumbQuery>) -> Response {
+    let path = match state.roots().resolve(q.root, &q.path) {
+        Ok(p) => p,
+        Err(e) => return path_error(e),
+    };
+    let kind = match path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).as_deref() {
+        Some("png") => "image/png",
+        Some("jpg" | "jpeg") => "image/jpeg",
+        Some("webp") => "image/webp",
+        _ => return error(StatusCode::UNPROCESSABLE_ENTITY, format!("{}: not a PNG, JPEG or WebP file", q.path)),
+    };
+    match tokio::task::spawn_blocking(move || lorakit_dataset::regular_file::read_regular(&path)).await {
+        Ok(Ok(bytes)) => {
+            (StatusCode::OK, [(header::CONTENT_TYPE, kind), (header::CACHE_CONTROL, "private, max-age=60")], bytes)
                 .into_response()
         }
         Ok(Err(e)) => error(StatusCode::UNPROCESSABLE_ENTITY, format!("{}: {e}", q.path)),
