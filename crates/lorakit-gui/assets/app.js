@@ -444,7 +444,12 @@ async function jobsPage() {
       const button = (label, fn) => actions.append(el("button", { type: "button", text: label, onclick: fn }));
       if (job.status === "running" || job.status === "queued") {
         button(job.status === "running" ? "Stop & save" : "Cancel", () => act(job.id, "stop"));
-        if (job.status === "running") button("Stop now", () => act(job.id, "kill"));
+        if (job.status === "running") {
+          button("Stop now", () => act(job.id, "kill"));
+          // Taken by the run after its current step (lorakit train --requests).
+          button("Save now", () => act(job.id, "save-now"));
+          button("Sample now", () => act(job.id, "sample-now"));
+        }
       }
       if (["stopped", "interrupted", "failed"].includes(job.status)) button("Resume", () => act(job.id, "resume"));
       button("Clone & edit", () => cloneConfig(job.id));

@@ -262,3 +262,38 @@ test("a bulk tag edit shows the files that will change, applies, and undoes", as
   assert.deepEqual(errors, []);
   await page.close();
 });
+
+test("Save now saves a running job's LoRA at its current step, Stop now ends it", async () => {
+  const page = await browser.newPage();
+  const errors = [];
+  page.on("pageerror", (e) => errors.push(e.message));
+  await page.goto(url);
+  const config = [
+    "[model]",
+    `pretrained_model_name_or_path = ${JSON.stringify(join(repo, "examples/quickstart/shapes-sd15"))}`,
+    "[folders]",
+    `output_dir = ${JSON.stringify(join(dataRoot, "long"))}`,
+    'output_name = "long"',
+    "[dataset]",
+    `train_data_dir = ${JSON.stringify(join(repo, "examples/shapes/img"))}`,
+    'resolution = "64"',
+    "enable_bucket = false",
+    "[training]",
+    "max_train_steps = 100000",
+  ].join("\n");
+  await page.goto(new URL("/#jobs", url).href);
+  await page.getByLabel("Training config (TOML)").fill(config);
+  await page.getByRole("button", { name: "Add to queue" }).click();
+  const queued = page.getByText(/^queued job \d+$/);
+  await queued.waitFor();
+  const id = (await queued.textContent()).split(" ").pop();
+  const row = page.locator("tr", { hasText: id });
+  await row.getByRole("button", { name: "Output" }).click();
+  await row.getByText(/step [1-9]\d*\/100000/).waitFor({ timeout: 120000 });
+  await row.getByRole("button", { name: "Save now" }).click();
+  await page.locator("pre.log").getByText(/saved .*long-step\d{8}\.safetensors/).waitFor({ timeout: 60000 });
+  await row.getByRole("button", { name: "Stop now" }).click();
+  await row.getByRole("cell", { name: "stopped", exact: true }).waitFor({ timeout: 60000 });
+  assert.deepEqual(errors, []);
+  await page.close();
+});

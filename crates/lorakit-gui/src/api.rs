@@ -15,7 +15,9 @@
 //!   byte offset after the line, so a reconnect's `Last-Event-ID` resumes exactly there; a
 //!   `status` event carries the record when it changes, `end` closes a finished job's stream;
 //!   `GET /api/jobs/{id}/metrics`: the run's `log.jsonl` rows the same way (the loss chart);
-//!   `GET /api/jobs/{id}/samples`: the run's sample images so far, by save point and prompt.
+//!   `GET /api/jobs/{id}/samples`: the run's sample images so far, by save point and prompt;
+//!   `POST /api/jobs/{id}/save-now` and `/sample-now` ask a running job to save or sample after
+//!   its current step.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -50,6 +52,8 @@ pub fn routes() -> Router<AppState> {
         .route("/jobs/{id}/events", get(job_events))
         .route("/jobs/{id}/metrics", get(job_metrics))
         .route("/jobs/{id}/samples", get(job_samples))
+        .route("/jobs/{id}/save-now", post(save_now))
+        .route("/jobs/{id}/sample-now", post(sample_now))
         .route("/lora", get(inspect_lora))
         .merge(crate::forms::routes())
         .merge(crate::datasets::routes())
@@ -552,5 +556,19 @@ mod tests {
         ] {
             assert_eq!(parse(not_a_sample, "my_lora"), None, "{not_a_sample}");
         }
+    }
+}
+
+async fn save_now(State(state): State<AppState>, Path(id): Path<String>) -> Response {
+    match job_store(&state) {
+        Ok(jobs) => job_response(jobs.request(&id, lorakit_train::trainer::SAVE_NOW_REQUEST), StatusCode::OK),
+        Err(r) => r,
+    }
+}
+
+async fn sample_now(State(state): State<AppState>, Path(id): Path<String>) -> Response {
+    match job_store(&state) {
+        Ok(jobs) => job_response(jobs.request(&id, lorakit_train::trainer::SAMPLE_NOW_REQUEST), StatusCode::OK),
+        Err(r) => r,
     }
 }

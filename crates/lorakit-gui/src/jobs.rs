@@ -34,6 +34,8 @@ use crate::Roots;
 
 /// The record's file name in a job folder.
 pub const JOB_FILE: &str = "job.json";
+/// The folder of a job's Save now / Sample now request files (`lorakit train --requests`).
+const REQUESTS_DIR: &str = "requests";
 /// The config snapshot's file name in a job folder.
 pub const CONFIG_FILE: &str = "config.toml";
 /// The captured stdout + stderr's file name in a job folder.
@@ -178,6 +180,9 @@ pub struct JobsOptions {
     pub args: Vec<OsString>,
     /// How long Stop & save waits before SIGKILL.
     pub stop_timeout: Duration,
+    /// Pass `--requests <job>/requests` before the config (lorakit train's Save now / Sample
+    /// now channel; a fake trainer in tests may not take the flag).
+    pub requests: bool,
 }
 
 impl JobsOptions {
@@ -188,6 +193,7 @@ impl JobsOptions {
             program: std::env::current_exe()?,
             args: vec!["train".into()],
             stop_timeout: Duration::from_secs(300),
+            requests: true,
         })
     }
 }
@@ -484,6 +490,21 @@ impl Jobs {
         self.request_stop(id, StopRequest::Graceful)
     }
 
+    /// Save now / Sample now: leaves lorakit train's request file (`save-now` / `sample-now`) in
+    /// the running job's requests folder; the run takes it after its current step.
+    pub fn request(&self, id: &str, what: &str) -> Result<JobRecord, JobError> {
+        let _live = self.lock();
+        let dir = self.job_dir(id)?;
+        let record = read_record(&dir).map_err(JobError::Io)?;
+        if record.status != Status::Running {
+            return Err(JobError::Conflict(format!("job {id} is {:?}, not running", record.status).to_lowercase()));
+        }
+        let requests = dir.join(REQUESTS_DIR);
+        std::fs::create_dir_all(&requests).map_err(|e| io_err(&requests, e))?;
+        std::fs::write(requests.join(what), b"").map_err(|e| io_err(&requests.join(what), e))?;
+        Ok(record)
+    }
+
     /// Stop now: SIGKILL to a running job; a queued job is cancelled.
     pub fn kill(&self, id: &str) -> Result<JobRecord, JobError> {
         self.request_stop(id, StopRequest::Kill)
@@ -729,8 +750,13 @@ impl Jobs {
         let err_log = log.try_clone().map_err(|e| io_err(&log_path, e))?;
         let options = &self.inner.options;
         let mut command = tokio::process::Command::new(&options.program);
+        command.args(&options.args);
+        if options.requests {
+            let requests = dir.join(REQUESTS_DIR);
+            std::fs::create_dir_all(&requests).map_err(|e| io_err(&requests, e))?;
+            command.arg("--requests").arg(requests);
+        }
         command
-            .args(&options.args)
             .arg(dir.join(CONFIG_FILE))
             .current_dir(&dir)
             .stdin(std::process::Stdio::null())

@@ -67,7 +67,12 @@ struct Setup {
 }
 
 fn fake_options(stop_timeout: Duration) -> JobsOptions {
-    JobsOptions { program: "sh".into(), args: vec!["-c".into(), FAKE.into(), "fake".into()], stop_timeout }
+    JobsOptions {
+        program: "sh".into(),
+        args: vec!["-c".into(), FAKE.into(), "fake".into()],
+        stop_timeout,
+        requests: false,
+    }
 }
 
 /// A root with an `output` folder, a state folder and a running queue.
@@ -247,6 +252,12 @@ async fn stop_and_save_interrupts_and_resume_continues_from_the_state() {
     assert_eq!(status, StatusCode::CONFLICT, "{body}");
     let (status, _) = s.post(&format!("/api/jobs/{next}/stop"), "").await;
     assert_eq!(status, StatusCode::CONFLICT);
+    // Save now / Sample now only reach a running job.
+    for request in ["save-now", "sample-now"] {
+        let (status, body) = s.post(&format!("/api/jobs/{next}/{request}"), "").await;
+        assert_eq!(status, StatusCode::CONFLICT, "{request}: {body}");
+        assert!(body.to_string().contains("not running"), "{body}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

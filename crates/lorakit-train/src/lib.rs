@@ -48,6 +48,17 @@ pub use trainer::{RunSummary, TrainEvent, Trainer};
 
 /// Runs a whole training from a config: loads the dataset and the model, trains, saves.
 pub fn train(config: TrainConfig, stop: &AtomicBool, events: &mut dyn FnMut(TrainEvent)) -> Result<RunSummary> {
+    train_with_requests(config, stop, None, events)
+}
+
+/// [`train`], looking in `requests` after every step for `save-now` / `sample-now` files
+/// ([`Trainer::with_requests`]; `lorakit train --requests DIR`).
+pub fn train_with_requests(
+    config: TrainConfig,
+    stop: &AtomicBool,
+    requests: Option<std::path::PathBuf>,
+    events: &mut dyn FnMut(TrainEvent),
+) -> Result<RunSummary> {
     let (data, mut model) = load_inputs(&config, events)?;
     // Cached text-encoder outputs with no sample images to render: the encoders are needed
     // once, so cache first and drop them from memory before training (sd-scripts moves them
@@ -70,10 +81,17 @@ pub fn train(config: TrainConfig, stop: &AtomicBool, events: &mut dyn FnMut(Trai
             }
         )));
         let trainer = Trainer::new(config, model.as_trainable(), data)?.with_text_cache(cache);
-        return trainer.run(stop, events);
+        return requests_to(trainer, requests).run(stop, events);
     }
     let trainer = Trainer::new(config, model.as_trainable(), data)?;
-    trainer.run(stop, events)
+    requests_to(trainer, requests).run(stop, events)
+}
+
+fn requests_to(trainer: Trainer<'_>, requests: Option<std::path::PathBuf>) -> Trainer<'_> {
+    match requests {
+        Some(dir) => trainer.with_requests(dir),
+        None => trainer,
+    }
 }
 
 /// Loads the dataset and the model, sets the run up and makes every check the run makes before

@@ -212,7 +212,15 @@ pub struct Trainer<'m> {
     optimizer_kind: OptimizerKind,
     /// Text-encoder outputs cached before the trainer was built (the encoders then released).
     text_cache: Option<TextEncoderCache>,
+    /// A folder looked at after every step for `save-now` / `sample-now` request files
+    /// (`lorakit train --requests`, what `lorakit gui`'s Save now / Sample now write).
+    requests: Option<PathBuf>,
 }
+
+/// The request files [`Trainer::with_requests`]' folder may hold.
+pub const SAVE_NOW_REQUEST: &str = "save-now";
+/// See [`SAVE_NOW_REQUEST`].
+pub const SAMPLE_NOW_REQUEST: &str = "sample-now";
 
 impl<'m> Trainer<'m> {
     /// Builds the network, optimizer, scheduler and metadata for `config` on `model`.
@@ -492,7 +500,22 @@ impl<'m> Trainer<'m> {
             setup_notes,
             optimizer_kind,
             text_cache: None,
+            requests: None,
         })
+    }
+
+    /// Looks in `dir` after every step for a `save-now` file (save the LoRA — and the state
+    /// with `save.save_state` — as a step save does) and a `sample-now` file (render the sample
+    /// prompts), each removed when taken. How a running job is asked from outside (the GUI).
+    pub fn with_requests(mut self, dir: PathBuf) -> Self {
+        self.requests = Some(dir);
+        self
+    }
+
+    /// Whether the request file `name` was there (it is removed: one request, one action).
+    fn take_request(&self, name: &str) -> bool {
+        let Some(dir) = &self.requests else { return false };
+        std::fs::remove_file(dir.join(name)).is_ok()
     }
 
     /// Trains from text-encoder outputs cached before the trainer was built (see
@@ -977,7 +1000,9 @@ impl<'m> Trainer<'m> {
                 let (next_epoch, next_batch) = if bi == last_batch { (epoch + 1, 0) } else { (epoch, bi + 1) };
 
                 let n = config.save.save_every_n_steps;
-                if n > 0 && global_step % n == 0 && global_step < total_steps {
+                let save_requested = self.take_request(SAVE_NOW_REQUEST);
+                let sample_requested = self.take_request(SAMPLE_NOW_REQUEST);
+                if (save_requested || (n > 0 && global_step % n == 0)) && global_step < total_steps {
                     let suffix = format!("-step{global_step:08}");
                     let path = self.lora_path(&suffix);
                     self.save_lora(&path, SaveProgress { steps: global_step, epoch })?;
@@ -1001,10 +1026,13 @@ impl<'m> Trainer<'m> {
                         events(TrainEvent::Saved(dir));
                     }
                 }
-                if config.samples.sample_every_n_epochs == 0
+                let sample_due = config.samples.sample_every_n_epochs == 0
                     && config.samples.sample_every_n_steps > 0
-                    && global_step % config.samples.sample_every_n_steps == 0
-                {
+                    && global_step % config.samples.sample_every_n_steps == 0;
+                if sample_requested && samples.is_none() {
+                    events(TrainEvent::Note("sample-now: no samples.sample_prompts in this run's config".into()));
+                }
+                if sample_due || sample_requested {
                     if let Some(s) = samples.as_mut() {
                         for path in self.render_samples(s, crate::samples::SampleTag::Step(global_step))? {
                             events(TrainEvent::Sampled(path));

@@ -680,3 +680,39 @@ fn full_fp16_fp8_base_and_no_half_vae_train_on_cpu() {
     let err = bad.validate().unwrap_err();
     assert!(err.contains("full_fp16") && err.contains("fp8_base"), "{err}");
 }
+
+/// `--requests DIR` (lorakit gui's Save now / Sample now): a `save-now` file makes the next step
+/// save the LoRA (and the state with save_state) as a step save does, and is removed; a
+/// `sample-now` file without sample prompts is taken and said to have nothing to render.
+#[test]
+fn request_files_save_now_and_are_taken_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = chessboard_dataset(dir.path(), 1, 4);
+    let cfg = {
+        let mut c = config(dir.path(), &data, "");
+        c.save.save_state = true;
+        c
+    };
+    let requests = dir.path().join("requests");
+    std::fs::create_dir(&requests).unwrap();
+    std::fs::write(requests.join(lorakit_train::trainer::SAVE_NOW_REQUEST), "").unwrap();
+    std::fs::write(requests.join(lorakit_train::trainer::SAMPLE_NOW_REQUEST), "").unwrap();
+    let model = model();
+    let data_set = TrainData::load(&cfg).unwrap();
+    let mut notes = Vec::new();
+    let summary = Trainer::new(cfg, &model, data_set)
+        .unwrap()
+        .with_requests(requests.clone())
+        .run(&AtomicBool::new(false), &mut |e| {
+            if let TrainEvent::Note(n) = e {
+                notes.push(n);
+            }
+        })
+        .unwrap();
+    let out = dir.path().join("out");
+    assert!(out.join("tiny-step00000001.safetensors").is_file(), "saved at the first step: {:?}", summary.saved);
+    assert!(out.join("tiny-step00000001-state").is_dir(), "with its state (save_state)");
+    assert!(!out.join("tiny-step00000002.safetensors").exists(), "one request, one save");
+    assert_eq!(std::fs::read_dir(&requests).unwrap().count(), 0, "both requests were taken");
+    assert!(notes.iter().any(|n| n.contains("sample-now") && n.contains("sample_prompts")), "{notes:?}");
+}

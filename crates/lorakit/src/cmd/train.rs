@@ -38,6 +38,11 @@ pub struct TrainArgs {
     /// Read an sd-scripts `--config_file` TOML or a kohya_ss GUI JSON instead of a lorakit config.
     #[arg(long, value_name = "FILE", conflicts_with = "config")]
     from_kohya: Option<PathBuf>,
+    /// A folder looked at after every step: a file named `save-now` there saves the LoRA (and
+    /// the state with save.save_state) at that step, `sample-now` renders the sample prompts;
+    /// each is removed when taken. `lorakit gui` uses it for Save now / Sample now.
+    #[arg(long, value_name = "DIR")]
+    requests: Option<PathBuf>,
 }
 
 /// `lorakit config …`.
@@ -174,7 +179,7 @@ pub fn run(args: TrainArgs) -> Result<ExitCode> {
         TrainEvent::Sampled(path) => say(&bar, format!("sample {}", path.display())),
         TrainEvent::Note(text) => say(&bar, note_line(&text)),
     };
-    let result = lorakit_train::train(config, &stop, &mut events);
+    let result = lorakit_train::train_with_requests(config, &stop, args.requests.clone(), &mut events);
     bar.finish_and_clear();
     match result {
         Ok(summary) => {
