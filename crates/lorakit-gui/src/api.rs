@@ -537,6 +537,20 @@ async fn job_samples(State(state): State<AppState>, Path(id): Path<String>) -> R
     }
 }
 
+async fn save_now(State(state): State<AppState>, Path(id): Path<String>) -> Response {
+    match job_store(&state) {
+        Ok(jobs) => job_response(jobs.request(&id, lorakit_train::trainer::SAVE_NOW_REQUEST), StatusCode::OK),
+        Err(r) => r,
+    }
+}
+
+async fn sample_now(State(state): State<AppState>, Path(id): Path<String>) -> Response {
+    match job_store(&state) {
+        Ok(jobs) => job_response(jobs.request(&id, lorakit_train::trainer::SAMPLE_NOW_REQUEST), StatusCode::OK),
+        Err(r) => r,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::parse_sample_name;
@@ -556,19 +570,5 @@ mod tests {
         ] {
             assert_eq!(parse(not_a_sample, "my_lora"), None, "{not_a_sample}");
         }
-    }
-}
-
-async fn save_now(State(state): State<AppState>, Path(id): Path<String>) -> Response {
-    match job_store(&state) {
-        Ok(jobs) => job_response(jobs.request(&id, lorakit_train::trainer::SAVE_NOW_REQUEST), StatusCode::OK),
-        Err(r) => r,
-    }
-}
-
-async fn sample_now(State(state): State<AppState>, Path(id): Path<String>) -> Response {
-    match job_store(&state) {
-        Ok(jobs) => job_response(jobs.request(&id, lorakit_train::trainer::SAMPLE_NOW_REQUEST), StatusCode::OK),
-        Err(r) => r,
     }
 }
