@@ -650,6 +650,25 @@ async function trainPage() {
     location.hash = "jobs";
     return job;
   };
+  // Save as TOML under a root, then show the command that runs it (kohya's "Print training
+  // command").
+  const session = await api("/session");
+  const saveRoot = el("select", { "aria-label": "Save in root" }, ...session.roots.map((r) => el("option", { value: String(r.id), text: r.path })));
+  const saveFolder = el("input", { type: "text", "aria-label": "Save in folder", placeholder: "folder under the root" });
+  const saveName = el("input", { type: "text", "aria-label": "Config file name", placeholder: "name.toml" });
+  const save = async (overwrite = false) => {
+    const r = await render();
+    if (!r.ok) { message.textContent = r.error; return; }
+    const response = await fetch("/api/config/save", {
+      method: "POST", credentials: "same-origin", headers: { "content-type": "application/json" },
+      body: JSON.stringify({ root: Number(saveRoot.value), folder: saveFolder.value.trim(), name: saveName.value.trim(), toml: r.toml, overwrite }),
+    });
+    const body = await response.json();
+    if (response.status === 409 && confirm(`${body.error}\nReplace it?`)) return save(true);
+    if (!response.ok) { message.textContent = body.error; return; }
+    message.textContent = `saved ${body.path}`;
+    output.textContent = body.command;
+  };
   const button = (text, action) => el("button", { type: "button", onclick: () => action().catch((e) => { message.textContent = e.message; }) , text });
 
   showAll();
@@ -660,6 +679,7 @@ async function trainPage() {
     search,
     ...[...sections.values()].map((s) => s.details),
     el("p", {}, button("Show TOML", showToml), " ", button("Plan", plan), " ", button("Add to queue", queue)),
+    el("p", {}, saveRoot, " ", saveFolder, " ", saveName, " ", button("Save as TOML", () => save(false))),
     message,
     output,
   );

@@ -119,6 +119,12 @@ test("the train form starts from a preset, marks changes and renders an accepted
   const toml = await page.getByLabel("Result").textContent();
   assert.match(toml, /max_train_epochs = 3/);
   assert.match(toml, /network_dim = 16/, "the preset's values are kept");
+  // Save as TOML under the root: the file is what Show TOML showed, and the command runs it.
+  await page.getByLabel("Config file name").fill("from-the-form");
+  await page.getByRole("button", { name: "Save as TOML" }).click();
+  await page.getByText(/^saved .*from-the-form\.toml$/).waitFor();
+  assert.equal(readFileSync(join(dataRoot, "from-the-form.toml"), "utf8"), toml);
+  assert.match(await page.getByLabel("Result").textContent(), /^lorakit train .*from-the-form\.toml$/);
   await page.screenshot({ path: join(shots, "train-1280.png"), fullPage: true });
   assert.deepEqual(errors, []);
   await page.close();

@@ -7,6 +7,8 @@
 //! - `POST /api/config/import`: a kohya config's text → form values and the import's notes.
 //! - `POST /api/config/render`: form values (`{section: {key: value}}`, `null` = unset) → the
 //!   TOML text and whether `lorakit train` accepts it.
+//! - `POST /api/config/save`: `{root, folder, name, toml, overwrite}` → the config written
+//!   (atomically) as `folder/name.toml` under a root, and the `lorakit train` command that runs it.
 //! - `POST /api/plan`: a TOML config → the dry run's plan (data, steps, groups, LR curve, memory
 //!   estimate, warnings), or the reason the run would be refused. Paths resolve against the
 //!   first root and must stay inside the roots, as for jobs.
@@ -28,6 +30,7 @@ pub fn routes() -> Router<AppState> {
         .route("/config/import", post(import))
         .route("/config/render", post(render))
         .route("/plan", post(plan))
+        .route("/config/save", post(save))
 }
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
@@ -153,5 +156,59 @@ async fn plan(State(state): State<AppState>, text: String) -> Response {
         .into_response(),
         Ok((Err(e), _)) => Json(serde_json::json!({ "ok": false, "error": e.to_string() })).into_response(),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+/// `{root, folder, name, toml, overwrite}`.
+#[derive(Deserialize)]
+struct SaveRequest {
+    root: usize,
+    #[serde(default)]
+    folder: String,
+    name: String,
+    toml: String,
+    #[serde(default)]
+    overwrite: bool,
+}
+
+async fn save(State(state): State<AppState>, Json(req): Json<SaveRequest>) -> Response {
+    if let Err(e) = lorakit_train::TrainConfig::from_toml_str(&req.toml, &[]) {
+        return error(StatusCode::UNPROCESSABLE_ENTITY, format!("not saved: {e}"));
+    }
+    let name = req.name.trim();
+    let stem = name.strip_suffix(".toml").unwrap_or(name);
+    let plain = !stem.is_empty() && !stem.starts_with('.') && !stem.contains(['/', '\\', '\0']);
+    if !plain {
+        return error(StatusCode::UNPROCESSABLE_ENTITY, format!("{name:?}: give a file name without folders"));
+    }
+    let folder = match state.roots().resolve(req.root, &req.folder) {
+        Ok(f) if f.is_dir() => f,
+        Ok(_) => return error(StatusCode::UNPROCESSABLE_ENTITY, format!("{}: not a folder", req.folder)),
+        Err(e @ crate::roots::PathError::Outside(_)) => return error(StatusCode::FORBIDDEN, e.to_string()),
+        Err(e) => return error(StatusCode::NOT_FOUND, e.to_string()),
+    };
+    let path = folder.join(format!("{stem}.toml"));
+    if path.exists() && !req.overwrite {
+        return error(StatusCode::CONFLICT, format!("{} exists; save with overwrite to replace it", path.display()));
+    }
+    if path.is_symlink() {
+        return error(StatusCode::FORBIDDEN, format!("{}: a symlink; not written through", path.display()));
+    }
+    match lorakit_dataset::fs_atomic::write_atomic(&path, req.toml.as_bytes()) {
+        Ok(()) => Json(serde_json::json!({
+            "path": path.display().to_string(),
+            "command": format!("lorakit train {}", shell_quote(&path.display().to_string())),
+        }))
+        .into_response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("{}: {e}", path.display())),
+    }
+}
+
+/// `text` as one POSIX shell word.
+fn shell_quote(text: &str) -> String {
+    if text.bytes().all(|b| b.is_ascii_alphanumeric() || b"/._-+:,=@".contains(&b)) {
+        text.to_string()
+    } else {
+        format!("'{}'", text.replace('\'', "'\\''"))
     }
 }

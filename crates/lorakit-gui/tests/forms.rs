@@ -110,3 +110,36 @@ async fn the_plan_is_the_dry_run_and_paths_stay_inside_the_roots() {
     assert!(r["text"].as_str().unwrap().contains("steps in"), "{r}");
     assert!(!repo("examples/gui-test-output").exists(), "the plan writes nothing");
 }
+
+#[tokio::test]
+async fn save_writes_an_accepted_config_under_a_root_and_says_how_to_run_it() {
+    let root = tempfile::tempdir().unwrap();
+    std::fs::create_dir(root.path().join("configs")).unwrap();
+    let app = app(root.path());
+    let toml = "[training]\nmax_train_epochs = 3\n";
+    let body = |name: &str, folder: &str, toml: &str, overwrite: bool| {
+        serde_json::json!({ "root": 0, "folder": folder, "name": name, "toml": toml, "overwrite": overwrite })
+            .to_string()
+    };
+    let (status, r) = call(&app, "POST", "/api/config/save", body("my run", "configs", toml, false), true).await;
+    assert_eq!(status, StatusCode::OK, "{r}");
+    let saved = root.path().canonicalize().unwrap().join("configs").join("my run.toml");
+    assert_eq!(std::fs::read_to_string(&saved).unwrap(), toml);
+    assert_eq!(r["command"], format!("lorakit train '{}'", saved.display()), "quoted for the shell");
+    // Not over an existing file unless asked; not a config lorakit train refuses; nowhere else.
+    let (status, _) = call(&app, "POST", "/api/config/save", body("my run", "configs", toml, false), true).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    let (status, _) = call(&app, "POST", "/api/config/save", body("my run.toml", "configs", toml, true), true).await;
+    assert_eq!(status, StatusCode::OK);
+    for (name, folder, text, expected) in [
+        ("bad", "configs", "[training]\nmax_train_epochs = -1\n", StatusCode::UNPROCESSABLE_ENTITY),
+        ("../escape", "configs", toml, StatusCode::UNPROCESSABLE_ENTITY),
+        (".hidden", "configs", toml, StatusCode::UNPROCESSABLE_ENTITY),
+        ("x", "..", toml, StatusCode::FORBIDDEN),
+        ("x", "missing", toml, StatusCode::NOT_FOUND),
+    ] {
+        let (status, r) = call(&app, "POST", "/api/config/save", body(name, folder, text, false), true).await;
+        assert_eq!(status, expected, "{name} in {folder}: {r}");
+    }
+    assert!(!root.path().join("escape.toml").exists());
+}
