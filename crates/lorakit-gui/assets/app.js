@@ -52,13 +52,53 @@ async function filesPage(root = 0, path = "") {
   const up = path
     ? el("button", { class: "link", text: "..", onclick: () => filesPage(root, path.split("/").slice(0, -1).join("/")).catch(showError) })
     : el("span", { class: "muted", text: "(root)" });
+  const loras = listing.entries.filter((e) => e.kind === "file" && e.name.endsWith(".safetensors")).map((e) => (path ? `${path}/${e.name}` : e.name));
+  const compare = loras.length >= 2
+    ? el("button", { type: "button", text: `Compare ${loras.length} LoRA files`, onclick: () => compareLoras(inspector, root, loras) })
+    : "";
   if (!current("files")) return;
   page().replaceChildren(
     el("h1", { text: "Files" }),
     rootPicker,
-    el("p", {}, el("span", { class: "muted", text: `/${path} ` }), up),
+    el("p", {}, el("span", { class: "muted", text: `/${path} ` }), up, " ", compare),
     el("table", {}, el("tbody", {}, ...rows)),
     inspector,
+  );
+}
+
+// Several LoRA files side by side (e.g. a run's epochs): a blocks × files heat map of the mean
+// weight norm, each cell shaded by its share of the largest, the value in the cell.
+async function compareLoras(box, root, paths) {
+  box.replaceChildren(el("p", { class: "muted", text: `reading ${paths.length} files…` }));
+  const reports = [];
+  for (const path of paths) {
+    try {
+      reports.push({ path, report: await api(`/lora?root=${root}&path=${encodeURIComponent(path)}`) });
+    } catch (e) {
+      reports.push({ path, error: e.message });
+    }
+  }
+  const blocks = [];
+  for (const r of reports) for (const b of r.report?.blocks ?? []) if (!blocks.includes(b.block)) blocks.push(b.block);
+  const value = (r, block) => r.report?.blocks.find((b) => b.block === block)?.mean_norm;
+  const max = Math.max(1e-12, ...reports.flatMap((r) => blocks.map((b) => value(r, b) ?? 0)));
+  const name = (p) => p.split("/").pop();
+  const cells = [];
+  const table = el("table", { class: "heatmap", "aria-label": "Block norms by file" },
+    el("thead", {}, el("tr", {}, el("th", { text: "block" }), ...reports.map((r) => el("th", { text: name(r.path), title: r.error ?? r.path })))),
+    el("tbody", {}, ...blocks.map((block) => el("tr", {}, el("th", { text: block }), ...reports.map((r) => {
+      const v = value(r, block);
+      const cell = el("td", { text: v == null ? "–" : v.toFixed(3) });
+      if (v != null) cells.push([cell, v / max]);
+      return cell;
+    })))),
+  );
+  // Shading through the CSSOM (no style attributes in markup under the CSP).
+  for (const [cell, share] of cells) cell.style.backgroundColor = `rgba(10, 102, 194, ${(0.08 + 0.72 * share).toFixed(3)})`;
+  box.replaceChildren(
+    el("h2", { text: `${paths.length} LoRA files, block by block (mean ‖ΔW‖)` }),
+    ...reports.filter((r) => r.error).map((r) => el("p", { class: "error", text: `${r.path}: ${r.error}` })),
+    table,
   );
 }
 

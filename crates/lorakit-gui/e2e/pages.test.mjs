@@ -32,6 +32,7 @@ before(async () => {
   // A LoRA trained by lorakit on the tiny Flux fixture, for the inspector.
   mkdirSync(join(root, "loras"));
   copyFileSync(join(repo, "tests/fixtures/reference/trained_lora/tiny_flux_trained.safetensors"), join(root, "loras", "tiny flux.safetensors"));
+  copyFileSync(join(repo, "tests/fixtures/reference/trained_lora/tiny_sdxl_trained.safetensors"), join(root, "loras", "tiny sdxl.safetensors"));
   dataRoot = root;
   // The bundled quick-start model and dataset, a second root the jobs may read.
   server = spawn(bin, ["gui", "--port", "0", "--token", "e2e-token-0123456789", "--root", root, "--root", join(repo, "examples"), "--state", join(root, ".state")], {
@@ -202,6 +203,14 @@ test("a LoRA file is inspected in the files page: base model, network, block nor
   const widths = await report.locator(".bar").evaluateAll((els) => els.map((e) => e.style.width));
   assert.ok(widths.includes("100%"), `the largest block fills its cell: ${widths}`);
   await page.screenshot({ path: join(shots, "inspect-1280.png"), fullPage: true });
+  // Both files side by side: one heat-map column per file, shaded cells.
+  await page.getByRole("button", { name: "Compare 2 LoRA files" }).click();
+  const heat = page.getByRole("table", { name: "Block norms by file" });
+  await heat.waitFor();
+  assert.deepEqual(await heat.locator("thead th").allTextContents(), ["block", "tiny flux.safetensors", "tiny sdxl.safetensors"]);
+  const shaded = await heat.locator("td").evaluateAll((tds) => tds.filter((td) => td.style.backgroundColor).length);
+  assert.ok(shaded >= 4, `${shaded} shaded cells`);
+  await page.screenshot({ path: join(shots, "compare-1280.png"), fullPage: true });
   assert.deepEqual(errors, []);
   await page.close();
 });
