@@ -60,8 +60,26 @@ pub fn routes() -> Router<AppState> {
         .merge(crate::tags::routes())
 }
 
-fn error(status: StatusCode, message: impl Into<String>) -> Response {
+/// The API's error answer: `{"error": message}` with `status`.
+pub(crate) fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, Json(serde_json::json!({ "error": message.into() }))).into_response()
+}
+
+/// A refused browser path: 403 when it leaves the root, 404 when there is no such root or file.
+pub(crate) fn path_error(e: PathError) -> Response {
+    match e {
+        PathError::Outside(_) => error(StatusCode::FORBIDDEN, e.to_string()),
+        PathError::NoSuchRoot(_) | PathError::NotFound(_) => error(StatusCode::NOT_FOUND, e.to_string()),
+    }
+}
+
+/// The existing folder `path` names under root `root` (422 when it is a file).
+pub(crate) fn resolve_folder(state: &AppState, root: usize, path: &str) -> Result<std::path::PathBuf, Response> {
+    match state.roots().resolve(root, path) {
+        Ok(p) if p.is_dir() => Ok(p),
+        Ok(_) => Err(error(StatusCode::UNPROCESSABLE_ENTITY, format!("{path}: not a folder"))),
+        Err(e) => Err(path_error(e)),
+    }
 }
 
 /// One root as the browser sees it.
@@ -110,10 +128,7 @@ async fn list_folder(State(state): State<AppState>, Query(q): Query<FolderQuery>
     let roots = state.roots();
     let dir = match roots.resolve(q.root, &q.path) {
         Ok(d) => d,
-        Err(e @ PathError::NoSuchRoot(_)) | Err(e @ PathError::NotFound(_)) => {
-            return error(StatusCode::NOT_FOUND, e.to_string())
-        }
-        Err(e @ PathError::Outside(_)) => return error(StatusCode::FORBIDDEN, e.to_string()),
+        Err(e) => return path_error(e),
     };
     let root = roots.all()[q.root].clone();
     let listed = tokio::task::spawn_blocking(move || read_entries(&dir, &root)).await;
@@ -448,8 +463,7 @@ async fn next_event(mut tail: Tail) -> Option<(Result<Event, Infallible>, Tail)>
 async fn inspect_lora(State(state): State<AppState>, Query(q): Query<FolderQuery>) -> Response {
     let path = match state.roots().resolve(q.root, &q.path) {
         Ok(p) => p,
-        Err(e @ PathError::Outside(_)) => return error(StatusCode::FORBIDDEN, e.to_string()),
-        Err(e) => return error(StatusCode::NOT_FOUND, e.to_string()),
+        Err(e) => return path_error(e),
     };
     if !path.is_file() || path.extension().and_then(|e| e.to_str()) != Some("safetensors") {
         return error(StatusCode::UNPROCESSABLE_ENTITY, format!("{}: not a .safetensors file", q.path));

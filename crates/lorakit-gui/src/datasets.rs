@@ -23,7 +23,7 @@ use lorakit_dataset::doctor::{check_with, CheckOptions};
 use lorakit_dataset::fingerprint_cache::FingerprintCache;
 use serde::Deserialize;
 
-use crate::roots::PathError;
+use crate::api::{error, path_error, resolve_folder};
 use crate::AppState;
 
 /// Longest side of a thumbnail.
@@ -34,17 +34,6 @@ const IMAGE_EXTENSIONS: [&str; 6] = ["png", "jpg", "jpeg", "webp", "bmp", "gif"]
 /// The Datasets page's routes (mounted at `/api`).
 pub fn routes() -> Router<AppState> {
     Router::new().route("/dataset", get(dataset)).route("/thumb", get(thumb)).route("/image", get(full_image))
-}
-
-fn error(status: StatusCode, message: impl Into<String>) -> Response {
-    (status, Json(serde_json::json!({ "error": message.into() }))).into_response()
-}
-
-fn path_error(e: PathError) -> Response {
-    match e {
-        PathError::Outside(_) => error(StatusCode::FORBIDDEN, e.to_string()),
-        _ => error(StatusCode::NOT_FOUND, e.to_string()),
-    }
 }
 
 /// `?root=N&path=REL[&full=1]`.
@@ -58,13 +47,10 @@ struct DatasetQuery {
 }
 
 async fn dataset(State(state): State<AppState>, Query(q): Query<DatasetQuery>) -> Response {
-    let dir = match state.roots().resolve(q.root, &q.path) {
+    let dir = match resolve_folder(&state, q.root, &q.path) {
         Ok(d) => d,
-        Err(e) => return path_error(e),
+        Err(r) => return r,
     };
-    if !dir.is_dir() {
-        return error(StatusCode::UNPROCESSABLE_ENTITY, format!("{}: not a folder", q.path));
-    }
     let full = q.full == Some(1);
     let checked = tokio::task::spawn_blocking(move || {
         let plan = plan_from_dirs(&dir, None, &OptionLayer::default()).map_err(|e| e.to_string())?;

@@ -20,6 +20,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 
+use crate::api::{error, resolve_folder};
 use crate::AppState;
 
 /// The Train page's routes (mounted at `/api`).
@@ -31,10 +32,6 @@ pub fn routes() -> Router<AppState> {
         .route("/config/render", post(render))
         .route("/plan", post(plan))
         .route("/config/save", post(save))
-}
-
-fn error(status: StatusCode, message: impl Into<String>) -> Response {
-    (status, Json(serde_json::json!({ "error": message.into() }))).into_response()
 }
 
 async fn presets() -> Json<serde_json::Value> {
@@ -181,11 +178,9 @@ async fn save(State(state): State<AppState>, Json(req): Json<SaveRequest>) -> Re
     if !plain {
         return error(StatusCode::UNPROCESSABLE_ENTITY, format!("{name:?}: give a file name without folders"));
     }
-    let folder = match state.roots().resolve(req.root, &req.folder) {
-        Ok(f) if f.is_dir() => f,
-        Ok(_) => return error(StatusCode::UNPROCESSABLE_ENTITY, format!("{}: not a folder", req.folder)),
-        Err(e @ crate::roots::PathError::Outside(_)) => return error(StatusCode::FORBIDDEN, e.to_string()),
-        Err(e) => return error(StatusCode::NOT_FOUND, e.to_string()),
+    let folder = match resolve_folder(&state, req.root, &req.folder) {
+        Ok(f) => f,
+        Err(r) => return r,
     };
     let path = folder.join(format!("{stem}.toml"));
     if path.exists() && !req.overwrite {

@@ -20,9 +20,10 @@ use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use rand::Rng;
 
+use crate::api::error;
 use crate::AppState;
 
 /// The Content-Security-Policy of every response.
@@ -118,10 +119,6 @@ fn split_token(uri: &Uri) -> (Option<String>, Option<String>) {
     (token, (!rest.is_empty()).then(|| rest.join("&")))
 }
 
-fn refuse(status: StatusCode, message: &str) -> Response {
-    (status, axum::Json(serde_json::json!({ "error": message }))).into_response()
-}
-
 /// The middleware: Host, Origin and token checks, then security headers on the response.
 pub async fn guard(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let guard = state.guard();
@@ -138,7 +135,7 @@ async fn check(guard: &Guard, request: Request, next: Next) -> Response {
     let headers = request.headers();
     let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("");
     if !guard.host_allowed(host) {
-        return refuse(
+        return error(
             StatusCode::FORBIDDEN,
             "this host name is not allowed (start lorakit gui with --allow-host NAME to use it)",
         );
@@ -152,7 +149,7 @@ async fn check(guard: &Guard, request: Request, next: Next) -> Response {
             None => headers.get("sec-fetch-site").is_some_and(|v| v == "same-origin"),
         };
         if !origin_ok {
-            return refuse(StatusCode::FORBIDDEN, "cross-site request refused");
+            return error(StatusCode::FORBIDDEN, "cross-site request refused");
         }
     }
     if guard.presented(headers) {
@@ -173,9 +170,9 @@ async fn check(guard: &Guard, request: Request, next: Next) -> Response {
                 .header(header::SET_COOKIE, cookie)
                 .header(header::CACHE_CONTROL, "no-store")
                 .body(Body::empty())
-                .unwrap_or_else(|_| refuse(StatusCode::INTERNAL_SERVER_ERROR, "redirect"))
+                .unwrap_or_else(|_| error(StatusCode::INTERNAL_SERVER_ERROR, "redirect"))
         }
-        _ => refuse(
+        _ => error(
             StatusCode::UNAUTHORIZED,
             "not signed in: open the address `lorakit gui` printed (it carries the token)",
         ),

@@ -23,7 +23,7 @@ use lorakit_dataset::tags::plan::{plan_edit, EditPlan, FileOutcome};
 use lorakit_dataset::tags::select::select_caption_files;
 use serde::Deserialize;
 
-use crate::roots::PathError;
+use crate::api::{error, resolve_folder};
 use crate::AppState;
 
 /// Changes listed in a preview (the count covers all of them).
@@ -45,19 +45,6 @@ pub struct UndoRecord {
     files: Vec<(PathBuf, Vec<u8>, Vec<u8>)>,
 }
 
-fn error(status: StatusCode, message: impl Into<String>) -> Response {
-    (status, Json(serde_json::json!({ "error": message.into() }))).into_response()
-}
-
-fn folder(state: &AppState, root: usize, path: &str) -> Result<PathBuf, Response> {
-    match state.roots().resolve(root, path) {
-        Ok(p) if p.is_dir() => Ok(p),
-        Ok(_) => Err(error(StatusCode::UNPROCESSABLE_ENTITY, format!("{path}: not a folder"))),
-        Err(e @ PathError::Outside(_)) => Err(error(StatusCode::FORBIDDEN, e.to_string())),
-        Err(e) => Err(error(StatusCode::NOT_FOUND, e.to_string())),
-    }
-}
-
 /// The caption files (`.txt`) under `dir`, as `lorakit tags` selects them.
 fn captions(dir: PathBuf) -> Result<Vec<PathBuf>, Response> {
     select_caption_files(&[dir], ".txt").map_err(|e| error(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))
@@ -72,7 +59,7 @@ struct FolderQuery {
 }
 
 async fn stats(State(state): State<AppState>, Query(q): Query<FolderQuery>) -> Response {
-    let dir = match folder(&state, q.root, &q.path) {
+    let dir = match resolve_folder(&state, q.root, &q.path) {
         Ok(d) => d,
         Err(r) => return r,
     };
@@ -150,7 +137,7 @@ impl EditRequest {
 
 /// The plan of `request` (folder resolved, captions read; nothing written).
 async fn plan(state: &AppState, request: &EditRequest) -> Result<EditPlan, Response> {
-    let dir = folder(state, request.root, &request.path)?;
+    let dir = resolve_folder(state, request.root, &request.path)?;
     let edit = request.edit().map_err(|e| error(StatusCode::UNPROCESSABLE_ENTITY, e))?;
     tokio::task::spawn_blocking(move || captions(dir).map(|files| plan_edit(&files, &edit, &EditOptions::default())))
         .await
