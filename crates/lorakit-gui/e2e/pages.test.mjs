@@ -59,6 +59,38 @@ after(async () => {
   server?.kill("SIGINT");
 });
 
+// A training of the bundled quick-start model on the shapes dataset, writing to
+// `<dataRoot>/<name>`, for `steps` steps; `extra` lines are appended (more sections).
+function quickstartRun(name, steps, extra = []) {
+  return [
+    "[model]",
+    `pretrained_model_name_or_path = ${JSON.stringify(join(repo, "examples/quickstart/shapes-sd15"))}`,
+    "[folders]",
+    `output_dir = ${JSON.stringify(join(dataRoot, name))}`,
+    `output_name = ${JSON.stringify(name)}`,
+    "[dataset]",
+    `train_data_dir = ${JSON.stringify(join(repo, "examples/shapes/img"))}`,
+    'resolution = "64"',
+    "enable_bucket = false",
+    "[training]",
+    `max_train_steps = ${steps}`,
+    ...extra,
+  ].join("\n");
+}
+
+// Queues `config` through the Jobs page's editor and opens its output; returns its table row.
+async function queueAndShow(page, config) {
+  await page.goto(new URL("/#jobs", url).href);
+  await page.getByLabel("Training config (TOML)").fill(config);
+  await page.getByRole("button", { name: "Add to queue" }).click();
+  const queued = page.getByText(/^queued job \d+$/);
+  await queued.waitFor();
+  const id = (await queued.textContent()).split(" ").pop();
+  const row = page.locator("tr", { hasText: id });
+  await row.getByRole("button", { name: "Output" }).click();
+  return row;
+}
+
 for (const [width, height] of [[1280, 800], [390, 844]]) {
   test(`every page renders without errors at ${width}px`, async () => {
     const page = await browser.newPage({ viewport: { width, height } });
@@ -136,31 +168,13 @@ test("a queued training runs and its loss chart grows from the run's log", async
   const errors = [];
   page.on("pageerror", (e) => errors.push(e.message));
   await page.goto(url);
-  const config = [
-    "[model]",
-    `pretrained_model_name_or_path = ${JSON.stringify(join(repo, "examples/quickstart/shapes-sd15"))}`,
-    "[folders]",
-    `output_dir = ${JSON.stringify(join(dataRoot, "out"))}`,
-    'output_name = "e2e"',
-    "[dataset]",
-    `train_data_dir = ${JSON.stringify(join(repo, "examples/shapes/img"))}`,
-    'resolution = "64"',
-    "enable_bucket = false",
-    "[training]",
-    "max_train_steps = 6",
+  const config = quickstartRun("e2e", 6, [
     "[samples]",
     `sample_prompts = ${JSON.stringify(join(dataRoot, "prompts.txt"))}`,
     "sample_every_n_steps = 3",
-  ].join("\n");
+  ]);
   writeFileSync(join(dataRoot, "prompts.txt"), "red lkstar, large --w 64 --h 64 --s 3 --d 1\nblue lkstar --w 64 --h 64 --s 3 --d 2\n");
-  await page.goto(new URL("/#jobs", url).href);
-  await page.getByLabel("Training config (TOML)").fill(config);
-  await page.getByRole("button", { name: "Add to queue" }).click();
-  const queued = page.getByText(/^queued job \d+$/);
-  await queued.waitFor();
-  const id = (await queued.textContent()).split(" ").pop();
-  const row = page.locator("tr", { hasText: id });
-  await row.getByRole("button", { name: "Output" }).click();
+  const row = await queueAndShow(page, config);
   const chart = page.getByRole("img", { name: "Loss by step" });
   await page.waitForFunction(() => Number(document.querySelector(".chart")?.dataset.points ?? 0) >= 6, null, { timeout: 120000 });
   await row.getByText("done").waitFor({ timeout: 120000 });
@@ -283,27 +297,8 @@ test("Save now saves a running job's LoRA at its current step, Stop now ends it"
   const errors = [];
   page.on("pageerror", (e) => errors.push(e.message));
   await page.goto(url);
-  const config = [
-    "[model]",
-    `pretrained_model_name_or_path = ${JSON.stringify(join(repo, "examples/quickstart/shapes-sd15"))}`,
-    "[folders]",
-    `output_dir = ${JSON.stringify(join(dataRoot, "long"))}`,
-    'output_name = "long"',
-    "[dataset]",
-    `train_data_dir = ${JSON.stringify(join(repo, "examples/shapes/img"))}`,
-    'resolution = "64"',
-    "enable_bucket = false",
-    "[training]",
-    "max_train_steps = 100000",
-  ].join("\n");
-  await page.goto(new URL("/#jobs", url).href);
-  await page.getByLabel("Training config (TOML)").fill(config);
-  await page.getByRole("button", { name: "Add to queue" }).click();
-  const queued = page.getByText(/^queued job \d+$/);
-  await queued.waitFor();
-  const id = (await queued.textContent()).split(" ").pop();
-  const row = page.locator("tr", { hasText: id });
-  await row.getByRole("button", { name: "Output" }).click();
+  const config = quickstartRun("long", 100000);
+  const row = await queueAndShow(page, config);
   await row.getByText(/step [1-9]\d*\/100000/).waitFor({ timeout: 120000 });
   await row.getByRole("button", { name: "Save now" }).click();
   await page.locator("pre.log").getByText(/saved .*long-step\d{8}\.safetensors/).waitFor({ timeout: 60000 });
