@@ -228,59 +228,15 @@ pub(crate) fn attach2_cpu(
     a.apply_op2_arc(b, Arc::new(Box::new(Attach2 { y: std::sync::Mutex::new(Some(y)), backward })))
 }
 
-/// Three-input CPU kernel output (attention's q, k, v): gradients for each from
-/// `backward(grad_y)`, no packing copy of the inputs.
-struct Attach3Cpu {
-    y: std::sync::Mutex<Option<Output>>,
-    backward: Backward3Fn,
-}
-
 /// Gradients of three inputs (each `None` when not needed) from the op's output (first) and
 /// the output's gradient.
 pub(crate) type Backward3Fn = Arc<dyn Fn(&Tensor, &Tensor) -> Result<[Option<Tensor>; 3]> + Send + Sync>;
 
-impl candle_core::CustomOp3 for Attach3Cpu {
-    fn name(&self) -> &'static str {
-        "lorakit-attach3"
-    }
-
-    fn cpu_fwd(
-        &self,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        take(&self.y)?.into_cpu("attach3")
-    }
-
-    fn bwd(
-        &self,
-        _: &Tensor,
-        _: &Tensor,
-        _: &Tensor,
-        res: &Tensor,
-        grad: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let [a, b, c] = (self.backward)(res, grad)?;
-        Ok((a, b, c))
-    }
-}
-
 /// Records CPU kernel output `data` (`shape`) as a function of `a`, `b` and `c` whose gradients
-/// `backward(y, grad_y)` returns in that order (the graph keeps `y`; no copy is needed for it).
+/// `backward(y, grad_y)` returns in that order (the graph keeps `y`; no copy is needed for it):
+/// [`attach_n_cpu`] with three inputs and an array of gradients.
 pub(crate) fn attach3_cpu(inputs: [&Tensor; 3], data: Vec<f32>, shape: Shape, backward: Backward3Fn) -> Result<Tensor> {
-    let [a, b, c] = inputs;
-    if !(a.track_op() || b.track_op() || c.track_op()) {
-        return Tensor::from_vec(data, shape, a.device());
-    }
-    if shape.elem_count() != data.len() {
-        candle_core::bail!("attach3: {} values for shape {shape:?}", data.len())
-    }
-    let y = Output::Cpu(CpuStorage::F32(data), shape);
-    a.apply_op3_arc(b, c, Arc::new(Box::new(Attach3Cpu { y: std::sync::Mutex::new(Some(y)), backward })))
+    attach_n_cpu(&inputs, data, shape, Arc::new(move |y: &Tensor, grad: &Tensor| Ok(Vec::from(backward(y, grad)?))))
 }
 
 /// [`attach`] for an output that depends on several inputs: `backward(grad_y)` returns one
