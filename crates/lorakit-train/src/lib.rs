@@ -67,8 +67,9 @@ pub fn train_with_requests(
         text_cache::check_cacheable(&config, &data, model.as_trainable())?;
         let mut report = |done, total| events(TrainEvent::Caching { done, total });
         let cache = text_cache::TextEncoderCache::build(model.as_trainable(), &data, &config, &mut report)?;
-        let trained = model::trained_components(&config, &model.as_trainable().components());
-        let partial = model::trains_a_text_encoder(&model.as_trainable().components(), &trained);
+        let components = model.as_trainable().components();
+        let trained = model::trained_components(&config, &components);
+        let partial = model::trains_a_text_encoder(&components, &trained);
         model.release_text_encoders(&trained);
         events(TrainEvent::Note(format!(
             "text-encoder outputs cached for {} distinct captions ({} images' outputs reused from disk); {}",
