@@ -226,3 +226,17 @@ fn the_schema_documents_every_config_key() {
     let lr = schema.iter().find(|f| f.key == "learning_rate").unwrap();
     assert_eq!(lr.default, serde_json::json!(1e-4));
 }
+
+/// Every text a page passes to `t("…")` has a Thai entry, and every dictionary parses.
+#[test]
+fn every_translated_text_has_a_thai_entry() {
+    let thai = lorakit_gui::assets::thai_dictionary().unwrap();
+    let texts = lorakit_gui::assets::translated_texts();
+    assert!(texts.len() > 20, "the scan found only {} texts", texts.len());
+    let missing: Vec<String> = texts
+        .iter()
+        .filter(|(_, text)| !thai.contains_key(text))
+        .map(|(file, text)| format!("{file}: {text:?}"))
+        .collect();
+    assert!(missing.is_empty(), "no Thai for {} texts:\n{}", missing.len(), missing.join("\n"));
+}
