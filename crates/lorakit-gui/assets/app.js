@@ -1,5 +1,5 @@
 // lorakit gui: the router. Each page is a module under pages/; ui.js holds what they share.
-import { el, leavePage, showError, setLanguage, savedLanguage, currentLanguage, t } from "./ui.js";
+import { el, leavePage, showError, setLanguage, savedLanguage, currentLanguage, route as currentRoute, t } from "./ui.js";
 import { filesPage } from "./pages/files.js";
 import { datasetsPage } from "./pages/datasets.js";
 import { jobsPage } from "./pages/jobs.js";
@@ -7,8 +7,9 @@ import { trainPage } from "./pages/train.js";
 import { optionsPage } from "./pages/options.js";
 import { toolsPage } from "./pages/tools.js";
 
+// Each page's show(params) gets the address's parameters (ui.js route()).
 const pages = {
-  files: { title: "Files", show: () => filesPage() },
+  files: { title: "Files", show: (params) => filesPage(Number(params.get("root") ?? 0), params.get("path") ?? "") },
   datasets: { title: "Datasets", show: datasetsPage },
   train: { title: "Train", show: trainPage },
   jobs: { title: "Jobs", show: jobsPage },
@@ -45,12 +46,12 @@ function header() {
 
 function route() {
   leavePage();
-  const name = location.hash.slice(1) || "files";
+  const { name, params } = currentRoute();
   for (const a of document.querySelectorAll("nav a")) {
     if (a.dataset.page === name) a.setAttribute("aria-current", "page");
     else a.removeAttribute("aria-current");
   }
-  (pages[name] || pages.files).show().catch(showError);
+  (pages[name] || pages.files).show(params).catch(showError);
 }
 
 window.addEventListener("hashchange", route);

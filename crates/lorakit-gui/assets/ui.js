@@ -24,7 +24,22 @@ export const page = () => document.getElementById("page");
 
 // Whether `name` is still the page the address names: a page's data can arrive after the user
 // (or a test) moved on, and must not replace the page shown then.
-export const current = (name) => (location.hash.slice(1) || "files") === name;
+export const current = (name) => route().name === name;
+
+/**
+ * The page the address names and its parameters: `#tools?op=resize&root=0&path=a.safetensors`
+ * is page `tools` with `params.get("op") === "resize"`. Pages link to each other this way.
+ */
+export function route() {
+  const [name, query = ""] = location.hash.slice(1).split("?");
+  return { name: name || "files", params: new URLSearchParams(query) };
+}
+
+/** The address of `name` with `params` (an object), for links between pages. */
+export const pageLink = (name, params = {}) => {
+  const query = new URLSearchParams(params).toString();
+  return `#${name}${query ? `?${query}` : ""}`;
+};
 
 export function showError(err) {
   page().replaceChildren(el("p", { class: "error", role: "alert", text: String(err.message || err) }));

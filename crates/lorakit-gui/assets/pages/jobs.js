@@ -1,24 +1,14 @@
 // The Jobs page: the queue, each job's actions, its output, loss chart and samples.
 import { el, api, page, current, showError, onLeave, progressText } from "../ui.js";
-import { lossChart, showSamples } from "./run.js";
+import { runView } from "./run.js";
 
 export async function jobsPage() {
   const editor = el("textarea", { rows: "10", spellcheck: "false", "aria-label": "Training config (TOML)", placeholder: "A lorakit training config (TOML): see Training options" });
   const message = el("p", { role: "status" });
   const body = el("tbody");
-  const logTitle = el("h2", { text: "Output" });
-  const log = el("pre", { class: "log", "aria-live": "off" });
-  let stream = null;
-  let metrics = null;
-  let chart = null;
-  const chartBox = el("div", { class: "chart", role: "img", "aria-label": "Loss by step" });
-  const samplesBox = el("section", { "aria-label": "Samples" });
-  let samplesFor = null;
-  onLeave(() => {
-    if (stream) stream.close();
-    if (metrics) metrics.close();
-    if (chart) chart.destroy();
-  });
+  // The chosen job's run: output, charts, samples (pages/run.js).
+  const run = runView({ onStatus: () => refresh() });
+  onLeave(() => run.close());
 
   const act = (id, action) => api(`/jobs/${id}/${action}`, { method: "POST" })
     .then((job) => { message.textContent = action === "resume" ? `queued job ${job.id}${job.resume_state ? ` from ${job.resume_state}` : " (no saved state: it starts over)"}` : ""; })
@@ -34,25 +24,7 @@ export async function jobsPage() {
     editor.focus();
   }
 
-  function showLog(id) {
-    if (stream) stream.close();
-    if (metrics) metrics.close();
-    if (chart) chart.destroy();
-    chart = lossChart(chartBox);
-    // The run's log.jsonl rows, resumed by Last-Event-ID like the output.
-    metrics = new EventSource(`/api/jobs/${id}/metrics`);
-    metrics.onmessage = (e) => chart.add(JSON.parse(e.data));
-    metrics.addEventListener("end", () => metrics.close());
-    samplesFor = id;
-    showSamples(samplesBox, id).catch(() => {});
-    logTitle.textContent = `Output of job ${id}`;
-    log.replaceChildren();
-    // EventSource reconnects by itself and sends Last-Event-ID: the server resumes there.
-    stream = new EventSource(`/api/jobs/${id}/events`);
-    stream.onmessage = (e) => { log.append(`${e.data}\n`); log.scrollTop = log.scrollHeight; };
-    stream.addEventListener("status", () => refresh());
-    stream.addEventListener("end", () => { stream.close(); refresh(); });
-  }
+  const showLog = (id) => run.show(id);
 
   async function refresh() {
     const { jobs, skipped } = await api("/jobs");
@@ -98,16 +70,10 @@ export async function jobsPage() {
     el("h2", { text: "New job" }),
     editor,
     el("p", {}, submit),
-    logTitle,
-    chartBox,
-    samplesBox,
-    log,
+    run.node,
   );
   await refresh();
   const timer = setInterval(() => refresh().catch(showError), 2000);
-  // New samples appear at save points: look again now and then while a job is shown.
-  const sampleTimer = setInterval(() => samplesFor && !document.querySelector(".lightbox") && showSamples(samplesBox, samplesFor).catch(() => {}), 5000);
-  onLeave(() => clearInterval(sampleTimer));
   onLeave(() => clearInterval(timer));
 }
 

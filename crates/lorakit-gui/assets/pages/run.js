@@ -1,9 +1,55 @@
-// One run's view: the loss chart and the sample gallery (used by the Jobs page).
+// One run's view (shown under the Jobs page's queue): its output, the loss chart and the
+// sample gallery, all following the job live.
 import { el, api } from "../ui.js";
+
+/**
+ * The view of one job's run. `show(id)` follows job `id` (its output and metrics as SSE that
+ * resume where they left off, its samples polled); `close()` stops everything;
+ * `onStatus()` is called when the job's status changes.
+ */
+export function runView({ onStatus }) {
+  const logTitle = el("h2", { text: "Output" });
+  const log = el("pre", { class: "log", "aria-live": "off" });
+  const chartBox = el("div", { class: "chart", role: "img", "aria-label": "Loss by step" });
+  const samplesBox = el("section", { "aria-label": "Samples" });
+  let stream = null, metrics = null, chart = null, samplesFor = null;
+  const stop = () => {
+    if (stream) stream.close();
+    if (metrics) metrics.close();
+    if (chart) chart.destroy();
+    stream = metrics = chart = null;
+  };
+  // New samples appear at save points: look again now and then while a job is shown.
+  const sampleTimer = setInterval(() => samplesFor && !document.querySelector(".lightbox") && showSamples(samplesBox, samplesFor).catch(() => {}), 5000);
+  return {
+    node: el("section", { "aria-label": "Run" }, logTitle, chartBox, samplesBox, log),
+    show(id) {
+      stop();
+      chart = lossChart(chartBox);
+      // The run's log.jsonl rows, resumed by Last-Event-ID like the output.
+      metrics = new EventSource(`/api/jobs/${id}/metrics`);
+      metrics.onmessage = (e) => chart.add(JSON.parse(e.data));
+      metrics.addEventListener("end", () => metrics.close());
+      samplesFor = id;
+      showSamples(samplesBox, id).catch(() => {});
+      logTitle.textContent = `Output of job ${id}`;
+      log.replaceChildren();
+      // EventSource reconnects by itself and sends Last-Event-ID: the server resumes there.
+      stream = new EventSource(`/api/jobs/${id}/events`);
+      stream.onmessage = (e) => { log.append(`${e.data}\n`); log.scrollTop = log.scrollHeight; };
+      stream.addEventListener("status", () => onStatus());
+      stream.addEventListener("end", () => { stream.close(); onStatus(); });
+    },
+    close() {
+      stop();
+      clearInterval(sampleTimer);
+    },
+  };
+}
 
 // The loss chart of a run (uPlot, vendored): the raw loss of every step, its exponential
 // moving average (0.9, as TensorBoard's default smoothing) and each epoch's mean loss.
-export function lossChart(container) {
+function lossChart(container) {
   const steps = [], raw = [], smooth = [], epochMean = [];
   let ema = null;
   const accent = getComputedStyle(document.documentElement).getPropertyValue("--accent").trim() || "#0a66c2";
@@ -51,7 +97,7 @@ export function lossChart(container) {
 
 // A run's sample images as save points × prompts; a click opens the image at full size, where
 // ←/→ change the prompt, ↑/↓ the save point and Esc closes.
-export async function showSamples(box, id) {
+async function showSamples(box, id) {
   const samples = await api(`/jobs/${id}/samples`);
   if (!samples.length) { box.replaceChildren(); return; }
   const tags = [...new Set(samples.map((s) => s.tag))];
