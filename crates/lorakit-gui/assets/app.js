@@ -6,6 +6,7 @@ import { jobsPage } from "./pages/jobs.js";
 import { trainPage } from "./pages/train.js";
 import { optionsPage } from "./pages/options.js";
 import { toolsPage } from "./pages/tools.js";
+import { lorasPage } from "./pages/loras.js";
 
 // Each page's show(params) gets the address's parameters (ui.js route()).
 const pages = {
@@ -13,6 +14,7 @@ const pages = {
   datasets: { title: "Datasets", show: datasetsPage },
   train: { title: "Train", show: trainPage },
   jobs: { title: "Jobs", show: jobsPage },
+  loras: { title: "LoRAs", show: lorasPage },
   tools: { title: "Resize · Merge · Convert", show: toolsPage },
   options: { title: "Training options", show: optionsPage },
 };

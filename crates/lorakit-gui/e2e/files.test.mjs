@@ -35,3 +35,43 @@ test("a LoRA file is inspected in the files page: base model, network, block nor
   assert.deepEqual(errors, []);
   await page.close();
 });
+
+test("the LoRAs page lists the root's LoRA files with their metadata, filters, inspects and compares", async () => {
+  const page = await gui.browser.newPage();
+  const errors = [];
+  page.on("console", (m) => m.type() === "error" && errors.push(m.text()));
+  page.on("pageerror", (e) => errors.push(e.message));
+  await page.goto(gui.url);
+  await page.goto(at("loras"));
+  const list = page.getByRole("list", { name: "LoRA files" });
+  const cards = list.getByRole("listitem");
+  await cards.first().waitFor();
+  // The two trained LoRAs of the data root; the bundled model's U-Net and text encoder are not
+  // LoRAs and are only counted.
+  assert.equal(await cards.count(), 2);
+  const sdxl = cards.filter({ hasText: "loras/tiny sdxl.safetensors" });
+  assert.match(await sdxl.textContent(), /SDXL · networks\.lora · rank 2\/4, alpha 4\.0 · 64×64 · epoch 2 of \S+ · 8 steps/);
+  await page.getByText(/2 of 2 LoRA files; \d+ other \.safetensors files/).waitFor();
+  // The base-model filter.
+  await page.getByLabel("Base model").selectOption("SDXL");
+  assert.equal(await cards.count(), 1);
+  await page.getByLabel("Base model").selectOption("");
+  await page.getByLabel("Filter LoRA files").fill("flux");
+  assert.equal(await cards.count(), 1);
+  await page.getByLabel("Filter LoRA files").fill("");
+  // Inspect in place, then the heat map of both.
+  await sdxl.getByRole("button", { name: "Inspect loras/tiny sdxl.safetensors" }).click();
+  await page.getByRole("region", { name: "LoRA file" }).getByRole("heading", { name: "loras/tiny sdxl.safetensors" }).waitFor();
+  for (const card of await cards.all()) await card.getByRole("checkbox").check();
+  await page.getByRole("button", { name: "Compare 2 selected" }).click();
+  await page.getByRole("table", { name: "Block norms by file" }).waitFor();
+  // Resize links to the tools page with the file.
+  assert.match(await sdxl.getByRole("link", { name: "Resize" }).getAttribute("href"), /^#tools\?op=resize&root=0&path=loras%2Ftiny\+sdxl\.safetensors$/);
+  await page.screenshot({ path: join(shots, "loras-1280.png"), fullPage: true });
+  await page.setViewportSize({ width: 390, height: 844 });
+  const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+  assert.ok(overflow <= 1, `the LoRAs page overflows sideways by ${overflow}px at 390px`);
+  await page.screenshot({ path: join(shots, "loras-390.png") });
+  assert.deepEqual(errors, []);
+  await page.close();
+});

@@ -14,7 +14,7 @@ for (const [width, height] of [[1280, 800], [390, 844]]) {
     page.on("pageerror", (e) => errors.push(e.message));
     await page.goto(gui.url);
     assert.ok(!page.url().includes("token="), "the token left the address bar");
-    for (const [hash, heading] of [["files", "Files"], ["datasets", "Datasets"], ["options", "Training options"], ["jobs", "Jobs"], ["train", "Train"], ["tools", "Resize · Merge · Convert"]]) {
+    for (const [hash, heading] of [["files", "Files"], ["datasets", "Datasets"], ["options", "Training options"], ["jobs", "Jobs"], ["train", "Train"], ["loras", "LoRAs"], ["tools", "Resize · Merge · Convert"]]) {
       await page.goto(at(hash));
       await page.getByRole("heading", { level: 1, name: heading }).waitFor();
       await page.waitForLoadState("networkidle");
@@ -44,5 +44,32 @@ test("the option search filters and the files page lists the root as text", asyn
   await page.getByText("แมว.txt").waitFor();
   // A file named like markup is shown as text, never run.
   assert.equal(await page.locator("script", { hasText: "alert" }).count(), 0);
+  await page.close();
+});
+
+test("the header switches to Thai and to the dark theme, and both are kept after a reload", async () => {
+  const page = await gui.browser.newPage();
+  const errors = [];
+  page.on("pageerror", (e) => errors.push(e.message));
+  await page.goto(gui.url);
+  await page.goto(at("options"));
+  await page.getByRole("heading", { level: 1, name: "Training options" }).waitFor();
+  await page.getByLabel("Language / ภาษา").selectOption("th");
+  // The page and the navigation are redrawn in Thai from the merged dictionary.
+  await page.getByRole("heading", { level: 1, name: "ตัวเลือกการเทรน" }).waitFor();
+  await page.getByRole("link", { name: "ชุดข้อมูล" }).waitFor();
+  assert.equal(await page.evaluate(() => document.documentElement.lang), "th");
+  await page.getByLabel("ธีม").selectOption("dark");
+  const background = () => page.evaluate(() => getComputedStyle(document.body).backgroundColor);
+  assert.equal(await background(), "rgb(22, 22, 24)");
+  await page.reload();
+  await page.getByRole("heading", { level: 1, name: "ตัวเลือกการเทรน" }).waitFor();
+  assert.equal(await background(), "rgb(22, 22, 24)");
+  await page.screenshot({ path: join(shots, "options-th-dark-1280.png") });
+  // Back to English and the system theme for the other tests of this browser.
+  await page.getByLabel("Language / ภาษา").selectOption("en");
+  await page.getByLabel("Theme").selectOption("");
+  await page.getByRole("heading", { level: 1, name: "Training options" }).waitFor();
+  assert.deepEqual(errors, []);
   await page.close();
 });

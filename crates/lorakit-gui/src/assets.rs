@@ -40,6 +40,8 @@ pub const FILES: &[(&str, &str, &str)] = &[
     asset!("pages/tools.js", JS),
     asset!("pages/tools.css", CSS),
     asset!("pages/options.js", JS),
+    asset!("pages/loras.js", JS),
+    asset!("pages/loras.css", CSS),
     // uPlot 1.6.32 (MIT), as published: see assets/vendor/README.md.
     asset!("vendor/uPlot.iife.min.js", JS),
     asset!("vendor/uPlot.min.css", CSS),
@@ -56,6 +58,7 @@ pub const THAI: &[(&str, &str)] = &[
     ("train", include_str!("../assets/i18n/th/train.json")),
     ("tools", include_str!("../assets/i18n/th/tools.json")),
     ("options", include_str!("../assets/i18n/th/options.json")),
+    ("loras", include_str!("../assets/i18n/th/loras.json")),
 ];
 
 /// The page and asset routes.
