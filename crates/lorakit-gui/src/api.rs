@@ -56,6 +56,7 @@ pub fn routes() -> Router<AppState> {
         .route("/jobs/{id}/sample-now", post(sample_now))
         .route("/lora", get(inspect_lora))
         .merge(crate::forms::routes())
+        .merge(crate::library::routes())
         .merge(crate::datasets::routes())
         .merge(crate::tags::routes())
 }

@@ -13,6 +13,7 @@ pub mod assets;
 pub mod datasets;
 pub mod forms;
 pub mod jobs;
+pub mod library;
 pub mod roots;
 pub mod security;
 pub mod tags;
