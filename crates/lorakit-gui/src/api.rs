@@ -59,6 +59,7 @@ pub fn routes() -> Router<AppState> {
         .merge(crate::library::routes())
         .merge(crate::datasets::routes())
         .merge(crate::tags::routes())
+        .merge(crate::runs::routes())
 }
 
 /// The API's error answer: `{"error": message}` with `status`.

@@ -15,6 +15,7 @@ pub mod forms;
 pub mod jobs;
 pub mod library;
 pub mod roots;
+pub mod runs;
 pub mod security;
 pub mod tags;
 
