@@ -17,7 +17,9 @@
 //!   `GET /api/jobs/{id}/metrics`: the run's `log.jsonl` rows the same way (the loss chart);
 //!   `GET /api/jobs/{id}/samples`: the run's sample images so far, by save point and prompt;
 //!   `POST /api/jobs/{id}/save-now` and `/sample-now` ask a running job to save or sample after
-//!   its current step.
+//!   its current step; `POST /api/jobs/{id}/move` (`{"by": -1|1}`) reorders a queued job,
+//!   `POST /api/jobs/{id}/delete` removes a finished job's folder (never its outputs),
+//!   `GET /api/jobs/{id}/command` is a command job's request ([`crate::tools`] queues them).
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -54,8 +56,12 @@ pub fn routes() -> Router<AppState> {
         .route("/jobs/{id}/samples", get(job_samples))
         .route("/jobs/{id}/save-now", post(save_now))
         .route("/jobs/{id}/sample-now", post(sample_now))
+        .route("/jobs/{id}/move", post(move_job))
+        .route("/jobs/{id}/delete", post(delete_job))
+        .route("/jobs/{id}/command", get(job_command))
         .route("/lora", get(inspect_lora))
         .merge(crate::forms::routes())
+        .merge(crate::tools::routes())
         .merge(crate::library::routes())
         .merge(crate::datasets::routes())
         .merge(crate::tags::routes())
@@ -343,6 +349,50 @@ async fn kill_job(State(state): State<AppState>, Path(id): Path<String>) -> Resp
     }
 }
 
+/// `{"by": -1}` (earlier) or `{"by": 1}` (later).
+#[derive(Deserialize)]
+struct MoveBy {
+    by: i64,
+}
+
+async fn move_job(State(state): State<AppState>, Path(id): Path<String>, body: String) -> Response {
+    let jobs = match job_store(&state) {
+        Ok(j) => j,
+        Err(r) => return r,
+    };
+    let Ok(body) = serde_json::from_str::<MoveBy>(&body) else {
+        return error(StatusCode::UNPROCESSABLE_ENTITY, r#"give {"by": -1} or {"by": 1}"#);
+    };
+    match blocking(move || jobs.move_job(&id, body.by)).await {
+        Ok(result) => job_response(result, StatusCode::OK),
+        Err(r) => r,
+    }
+}
+
+/// Removes a finished job's folder; answers `{"deleted": id}`.
+async fn delete_job(State(state): State<AppState>, Path(id): Path<String>) -> Response {
+    let jobs = match job_store(&state) {
+        Ok(j) => j,
+        Err(r) => return r,
+    };
+    match blocking(move || jobs.delete(&id)).await {
+        Ok(Ok(record)) => Json(serde_json::json!({ "deleted": record.id })).into_response(),
+        Ok(Err(e)) => job_error(e),
+        Err(r) => r,
+    }
+}
+
+/// A command job's kind and request (the tools page refills its form from it).
+async fn job_command(State(state): State<AppState>, Path(id): Path<String>) -> Response {
+    match job_store(&state) {
+        Ok(jobs) => match jobs.command_request(&id) {
+            Ok(value) => Json(value).into_response(),
+            Err(e) => job_error(e),
+        },
+        Err(r) => r,
+    }
+}
+
 async fn resume_job(State(state): State<AppState>, Path(id): Path<String>) -> Response {
     let jobs = match job_store(&state) {
         Ok(j) => j,
@@ -521,6 +571,10 @@ async fn job_samples(State(state): State<AppState>, Path(id): Path<String>) -> R
         Ok(j) => j,
         Err(r) => return r,
     };
+    // A command job makes no samples.
+    if jobs.get(&id).is_ok_and(|r| r.kind != "train") {
+        return Json(Vec::<SampleImage>::new()).into_response();
+    }
     let config = match jobs.config_text(&id) {
         Ok(text) => match lorakit_train::TrainConfig::from_toml_str(&text, &[]) {
             Ok(c) => c,

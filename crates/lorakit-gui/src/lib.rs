@@ -18,6 +18,7 @@ pub mod roots;
 pub mod runs;
 pub mod security;
 pub mod tags;
+pub mod tools;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;

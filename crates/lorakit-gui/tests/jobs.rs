@@ -1,8 +1,10 @@
 //! The job queue against a fake trainer (gui-peers.md §9, layer 1): queue order, progress from
 //! the run log, Stop & save, the kill after the timeout, a failure's cause with the queue going
-//! on, stale pids after a restart, configs refused with the reason, and the output's event
-//! stream resuming at `Last-Event-ID`. No model, no GPU: the "trainer" is a shell script that
-//! reads its behaviour from `folders.output_name` in the config snapshot it is given.
+//! on, stale pids after a restart, configs refused with the reason, the output's event stream
+//! resuming at `Last-Event-ID`; command jobs (resize, merge, …) in the same queue; reordering
+//! kept across a restart; deleting finished jobs. No model, no GPU: the "trainer" is a shell
+//! script that reads its behaviour from `folders.output_name` in the config snapshot it is
+//! given, the "lorakit" of command jobs another that reads it from the output's file name.
 #![cfg(unix)]
 
 use std::path::{Path, PathBuf};
@@ -11,7 +13,7 @@ use std::time::{Duration, Instant};
 use axum::body::Body;
 use axum::http::{header, Request, Response, StatusCode};
 use http_body_util::BodyExt;
-use lorakit_gui::jobs::{JobRecord, Jobs, JobsOptions};
+use lorakit_gui::jobs::{CommandArg, CommandJob, CommandKind, JobRecord, Jobs, JobsOptions};
 use lorakit_gui::{router, AppState, Roots};
 use serde_json::Value;
 use tower::ServiceExt;
@@ -59,6 +61,22 @@ esac
 echo "end $name" >> "$out/order.txt"
 "#;
 
+/// The fake `lorakit <subcommand> …` of command jobs: `resize IN OUT …` copies IN to OUT (an
+/// OUT named `slow…` waits to be stopped, `fail…` fails); every call appends its arguments to
+/// `<OUT's folder>/calls.txt`.
+const FAKE_COMMAND: &str = r#"
+kind="$1"; shift
+in="$1"; out="$2"
+echo "$kind $*" >> "$(dirname "$out")/calls.txt"
+echo "fake lorakit $kind"
+case "$(basename "$out")" in
+  slow*) echo ready; while :; do sleep 0.1; done ;;
+  fail*) echo "error: $in: not a LoRA file (no lora_down/lora_up pairs)" >&2; exit 1 ;;
+esac
+cp "$in" "$out"
+echo "resized 2 modules → $out"
+"#;
+
 struct Setup {
     root: tempfile::TempDir,
     state: tempfile::TempDir,
@@ -72,6 +90,8 @@ fn fake_options(stop_timeout: Duration) -> JobsOptions {
         args: vec!["-c".into(), FAKE.into(), "fake".into()],
         stop_timeout,
         requests: false,
+        command_program: "sh".into(),
+        command_args: vec!["-c".into(), FAKE_COMMAND.into(), "fake".into()],
     }
 }
 
@@ -472,4 +492,171 @@ async fn the_event_stream_resumes_at_last_event_id() {
     assert_eq!(status_name(&s.job(&running).await), "running");
     s.post(&format!("/api/jobs/{running}/kill"), "").await;
     s.wait_status(&running, "stopped").await;
+}
+
+/// A resize job from `input` to `output` (absolute), built as the tools page's routes build it.
+fn resize_job(input: &Path, output: &Path) -> CommandJob {
+    CommandJob {
+        kind: CommandKind::Resize,
+        args: vec![
+            CommandArg::Input { flag: None, path: input.to_path_buf(), weight: None },
+            CommandArg::Output { flag: None, path: output.to_path_buf() },
+            CommandArg::Text("--rank".into()),
+            CommandArg::Text("4".into()),
+        ],
+        summary: "resize".into(),
+        request: serde_json::json!({ "rank": 4 }),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn command_jobs_share_the_queue_and_show_their_last_line() {
+    let s = setup(Duration::from_secs(60));
+    let input = s.output().join("in.safetensors");
+    std::fs::write(&input, "weights").unwrap();
+    let training = s.submit("first").await;
+    let job = s.jobs.submit_command(resize_job(&input, &s.output().join("small.safetensors"))).unwrap();
+    assert_eq!((job.kind.as_str(), job.status), ("resize", lorakit_gui::jobs::Status::Queued));
+    let done = s.wait_status(&job.id, "done").await;
+    assert_eq!(s.order()[..2], ["start first", "end first"], "after the training before it");
+    s.wait_status(&training, "done").await;
+    assert_eq!(std::fs::read_to_string(s.output().join("small.safetensors")).unwrap(), "weights");
+    let calls = std::fs::read_to_string(s.output().join("calls.txt")).unwrap();
+    let expected = format!("resize {} {} --rank 4\n", input.display(), s.output().join("small.safetensors").display());
+    assert_eq!(calls, expected);
+    let p = done.progress.expect("final progress");
+    assert_eq!(p.phase, "done");
+    assert!(p.line.as_deref().unwrap().starts_with("resized 2 modules"), "{p:?}");
+    // The output, as the browser addresses it.
+    let (_, body) = s.get(&format!("/api/jobs/{}", job.id)).await;
+    assert_eq!(body["files"], serde_json::json!([{ "root": 0, "path": "output/small.safetensors" }]), "{body}");
+    let (_, request) = s.get(&format!("/api/jobs/{}/command", job.id)).await;
+    assert_eq!(request, serde_json::json!({ "kind": "resize", "request": { "rank": 4 } }));
+    // Training-only actions are refused with the reason; a command job has no samples.
+    let (status, body) = s.post(&format!("/api/jobs/{}/resume", job.id), "").await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert!(body["error"].as_str().unwrap().contains("only trainings resume"), "{body}");
+    let (status, body) = s.get(&format!("/api/jobs/{}/samples", job.id)).await;
+    assert_eq!((status, body), (StatusCode::OK, serde_json::json!([])));
+    let (status, _) = s.get(&format!("/api/jobs/{}/config", job.id)).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_job_fails_with_its_cause_and_stops_on_request() {
+    let s = setup(Duration::from_secs(60));
+    let input = s.output().join("in.safetensors");
+    std::fs::write(&input, "weights").unwrap();
+    let failing = s.jobs.submit_command(resize_job(&input, &s.output().join("fail.safetensors"))).unwrap();
+    let slow = s.jobs.submit_command(resize_job(&input, &s.output().join("slow.safetensors"))).unwrap();
+    let failed = s.wait_status(&failing.id, "failed").await;
+    assert_eq!(failed.exit_code, Some(1));
+    assert_eq!(
+        failed.error.as_deref(),
+        Some(format!("error: {}: not a LoRA file (no lora_down/lora_up pairs)", input.display()).as_str())
+    );
+    s.wait_status(&slow.id, "running").await;
+    s.wait_output(&slow.id, "ready").await;
+    let running = s.job(&slow.id).await;
+    let p = running.progress.unwrap();
+    assert_eq!((p.phase.as_str(), p.line.as_deref()), ("resizing", Some("ready")));
+    let (status, body) = s.post(&format!("/api/jobs/{}/kill", slow.id), "").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let stopped = s.wait_status(&slow.id, "stopped").await;
+    assert_eq!(stopped.signal, Some(libc::SIGKILL));
+    assert!(!s.output().join("slow.safetensors").exists());
+}
+
+#[test]
+fn command_jobs_are_refused_outside_the_roots_or_onto_an_input() {
+    let root = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    let roots = Roots::new(&[root.path().to_path_buf()]).unwrap();
+    let (jobs, _) = Jobs::open(state.path(), roots, fake_options(Duration::from_secs(1))).unwrap();
+    let base = root.path().canonicalize().unwrap();
+    let input = base.join("in.safetensors");
+    std::fs::write(&input, "weights").unwrap();
+    let foreign = outside.path().join("x.safetensors");
+    std::fs::write(&foreign, "weights").unwrap();
+    for (job, reason) in [
+        (resize_job(&foreign, &base.join("out.safetensors")), "outside the GUI's roots"),
+        (resize_job(&input, &outside.path().join("out.safetensors")), "outside the GUI's roots"),
+        (resize_job(&input, &base.join("..").join("out.safetensors")), "outside the GUI's roots"),
+        (resize_job(&input, &input), "this is also an input"),
+        (resize_job(&input, &base), "a folder"),
+        (resize_job(&base.join("missing.safetensors"), &base.join("out.safetensors")), "cannot be read"),
+    ] {
+        let e = jobs.submit_command(job.clone()).unwrap_err().to_string();
+        assert!(e.contains(reason), "{job:?}: {e}");
+    }
+    assert!(jobs.list().0.is_empty(), "nothing queued");
+}
+
+fn ids(list: &Value) -> Vec<String> {
+    list["jobs"].as_array().unwrap().iter().map(|j| j["id"].as_str().unwrap().to_string()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queued_jobs_move_and_the_order_survives_a_restart() {
+    let root = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(root.path().join("output")).unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let roots = Roots::new(&[root.path().to_path_buf()]).unwrap();
+    // No runner: the jobs stay queued while they are moved.
+    let (jobs, _) = Jobs::open(state.path(), roots.clone(), fake_options(Duration::from_secs(60))).unwrap();
+    let app = router(AppState::new(roots, TOKEN.into(), PORT, vec![]).unwrap().with_jobs(jobs.clone()));
+    let s = Setup { root, state, jobs, app };
+    let a = s.submit("a").await;
+    let b = s.submit("b").await;
+    let c = s.submit("c").await;
+    let (status, body) = s.post(&format!("/api/jobs/{c}/move"), r#"{"by": -1}"#).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (_, list) = s.get("/api/jobs").await;
+    assert_eq!(ids(&list), [a.clone(), c.clone(), b.clone()]);
+    s.post(&format!("/api/jobs/{c}/move"), r#"{"by": -1}"#).await;
+    for (id, by, reason) in [(&c, -1, "already first"), (&b, 1, "already last"), (&a, 2, "one place at a time")] {
+        let (status, body) = s.post(&format!("/api/jobs/{id}/move"), &format!(r#"{{"by": {by}}}"#)).await;
+        assert!(status.is_client_error(), "{id} by {by}: {body}");
+        assert!(body["error"].as_str().unwrap().contains(reason), "{body}");
+    }
+    // A restart reads the stored positions back, and runs the jobs in that order.
+    let Setup { root, state, .. } = s;
+    let (s, _) = start(root, state, Duration::from_secs(60));
+    let (_, list) = s.get("/api/jobs").await;
+    assert_eq!(ids(&list), [c.clone(), a.clone(), b.clone()]);
+    s.wait_status(&b, "done").await;
+    assert_eq!(s.order(), ["start c", "end c", "start a", "end a", "start b", "end b"]);
+    // Finished jobs do not move.
+    let (status, body) = s.post(&format!("/api/jobs/{a}/move"), r#"{"by": 1}"#).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert!(body["error"].as_str().unwrap().contains("only queued jobs move"), "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finished_jobs_are_deleted_with_their_folder_but_not_their_outputs() {
+    let s = setup(Duration::from_secs(60));
+    let input = s.output().join("in.safetensors");
+    std::fs::write(&input, "weights").unwrap();
+    let resize = s.jobs.submit_command(resize_job(&input, &s.output().join("kept.safetensors"))).unwrap();
+    s.wait_status(&resize.id, "done").await;
+    let blocker = s.submit("stubborn").await;
+    let waiting = s.submit("waiting").await;
+    s.wait_status(&blocker, "running").await;
+    for (id, reason) in [(&blocker, "is running: stop it first"), (&waiting, "is queued: cancel it first")] {
+        let (status, body) = s.post(&format!("/api/jobs/{id}/delete"), "").await;
+        assert_eq!(status, StatusCode::CONFLICT, "{body}");
+        assert!(body["error"].as_str().unwrap().contains(reason), "{body}");
+        assert!(s.jobs.dir().join(id.as_str()).is_dir());
+    }
+    let (status, body) = s.post(&format!("/api/jobs/{}/delete", resize.id), "").await;
+    assert_eq!((status, &body["deleted"]), (StatusCode::OK, &Value::from(resize.id.clone())), "{body}");
+    assert!(!s.jobs.dir().join(&resize.id).exists(), "the job folder is gone");
+    assert!(s.output().join("kept.safetensors").is_file(), "what it wrote stays");
+    assert!(input.is_file());
+    assert_eq!(s.get(&format!("/api/jobs/{}", resize.id)).await.0, StatusCode::NOT_FOUND);
+    let (status, _) = s.post("/api/jobs/999999/delete", "").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    s.post(&format!("/api/jobs/{blocker}/kill"), "").await;
+    s.wait_status(&waiting, "done").await;
 }

@@ -1,27 +1,41 @@
 //! The job queue (gui-peers.md §8, "Process model").
 //!
-//! The server never trains in its own process: each job is a **child process** (production:
-//! this binary's `lorakit train <job>/config.toml`) in a process group of its own, so a crash,
-//! an OOM kill or a CUDA abort takes down the job, never the server, and a job keeps running when
-//! the browser closes (or the server stops: the next server adopts it).
+//! The server never trains (or resizes, merges, converts, generates) in its own process: each
+//! job is a **child process** in a process group of its own — a training is this binary's
+//! `lorakit train <job>/config.toml`, a command job (`resize`, `merge`, `convert`, `generate`)
+//! this binary's subcommand with the argument list the server built from a checked request —
+//! so a crash, an OOM kill or a CUDA abort takes down the job, never the server, and a job keeps
+//! running when the browser closes (or the server stops: the next server adopts it).
 //!
 //! On disk, under the state folder (`~/.lorakit/gui` by default):
 //!
 //! ```text
-//! jobs/<id>/job.json     the record (JobRecord), replaced atomically on every change
-//! jobs/<id>/config.toml  the config snapshot: every key, paths absolute
-//! jobs/<id>/output.log   the child's stdout and stderr
+//! jobs/<id>/job.json      the record (JobRecord), replaced atomically on every change
+//! jobs/<id>/config.toml   a training's config snapshot: every key, paths absolute
+//! jobs/<id>/command.json  a command job's argument list (after the program) and its request
+//! jobs/<id>/output.log    the child's stdout and stderr
 //! ```
 //!
-//! Ids are zero-padded counters, so the queue order is the id order. One job runs at a time.
+//! Ids are zero-padded counters; the queue order is each record's `position` (its id number
+//! until the job is moved), so a reorder survives a restart. One job runs at a time.
 //! Stop & save sends SIGINT to the job's group (`lorakit train` finishes the step, saves a
 //! resumable `<name>-stepNNNNNNNN-state` folder and exits), then SIGKILL when it is still alive
 //! after [`JobsOptions::stop_timeout`]; Stop now sends SIGKILL. At start a job recorded as running
 //! whose process is gone (or whose pid now belongs to another process: the start time from
 //! `/proc/<pid>/stat` differs) becomes `interrupted`; one still alive is adopted and watched.
 
+mod command;
+mod progress;
+mod runner;
+
+pub use command::{CommandArg, CommandJob, CommandKind};
+pub use progress::read_lines_from;
+pub use runner::{process_matches, process_start_time};
+
+use progress::{compute_progress, read_tail};
+use runner::{signal_group, Signal};
+
 use std::ffi::OsString;
-use std::io::{Read, Seek, SeekFrom};
 use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -40,6 +54,8 @@ const REQUESTS_DIR: &str = "requests";
 pub const CONFIG_FILE: &str = "config.toml";
 /// The captured stdout + stderr's file name in a job folder.
 pub const OUTPUT_FILE: &str = "output.log";
+/// A command job's argument list and request in its folder.
+pub const COMMAND_FILE: &str = "command.json";
 
 /// Where a job is in its life.
 #[derive(Serialize, Deserialize, Clone, Copy, PartialEq, Eq, Debug)]
@@ -79,7 +95,8 @@ pub enum StopRequest {
 /// Training progress as far as it is known.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 pub struct Progress {
-    /// `queued`, `starting`, `training`, or the final status.
+    /// `queued`, `starting`, `training` (a command job: `resizing`, `merging`, `converting`,
+    /// `generating`), or the final status.
     pub phase: String,
     /// Last logged optimizer step.
     pub step: Option<u64>,
@@ -93,6 +110,9 @@ pub struct Progress {
     pub its: Option<f64>,
     /// Seconds left at that speed (running jobs only).
     pub eta_s: Option<f64>,
+    /// A command job's last output line.
+    #[serde(default)]
+    pub line: Option<String>,
 }
 
 /// `jobs/<id>/job.json`.
@@ -100,8 +120,21 @@ pub struct Progress {
 pub struct JobRecord {
     /// The folder name: a zero-padded counter (queue order).
     pub id: String,
-    /// `train` (captioning, resizing and generating will share the queue).
+    /// `train`, or a command job's subcommand: `resize`, `merge`, `convert`, `generate`.
     pub kind: String,
+    /// Place in the queue (lower runs first; the id number until the job is moved).
+    #[serde(default)]
+    pub position: Option<u64>,
+    /// A command job in a few words (`resize a.safetensors → b.safetensors`).
+    #[serde(default)]
+    pub summary: Option<String>,
+    /// The files a command job writes (absolute).
+    #[serde(default)]
+    pub outputs: Vec<PathBuf>,
+    /// Those files as the browser addresses them (root and path), when they exist; filled when
+    /// the record is read, never stored.
+    #[serde(default, skip_deserializing)]
+    pub files: Vec<FileRef>,
     /// Unix seconds when queued.
     pub created: u64,
     /// Where it is.
@@ -145,6 +178,15 @@ pub struct JobRecord {
     pub progress: Option<Progress>,
 }
 
+/// A file under a root, as the browser addresses it (`/api/image?root=…&path=…`).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct FileRef {
+    /// The root's id.
+    pub root: usize,
+    /// The path under it, `/`-separated.
+    pub path: String,
+}
+
 /// A job folder whose record could not be read.
 #[derive(Serialize, Clone, Debug, PartialEq)]
 pub struct Skipped {
@@ -183,10 +225,14 @@ pub struct JobsOptions {
     /// Pass `--requests <job>/requests` before the config (lorakit train's Save now / Sample
     /// now channel; a fake trainer in tests may not take the flag).
     pub requests: bool,
+    /// The program started for command jobs (resize, merge, convert, generate).
+    pub command_program: PathBuf,
+    /// Its arguments before the job's own (`resize IN OUT --rank 8 …`).
+    pub command_args: Vec<OsString>,
 }
 
 impl JobsOptions {
-    /// `<this binary> train <job>/config.toml`, killed 5 minutes after Stop & save when still
+    /// `<this binary> train <job>/config.toml` (command jobs: `<this binary> <subcommand> …`), killed 5 minutes after Stop & save when still
     /// alive (a slow step on a CPU can take minutes; Stop now is there for the impatient).
     pub fn lorakit() -> std::io::Result<JobsOptions> {
         Ok(JobsOptions {
@@ -194,6 +240,8 @@ impl JobsOptions {
             args: vec!["train".into()],
             stop_timeout: Duration::from_secs(300),
             requests: true,
+            command_program: std::env::current_exe()?,
+            command_args: Vec::new(),
         })
     }
 }
@@ -233,6 +281,11 @@ struct Running {
 
 fn now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// A status as the API writes it (`queued`, `running`, …).
+fn status_name(status: Status) -> String {
+    serde_json::to_value(status).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()
 }
 
 fn valid_id(id: &str) -> bool {
@@ -378,7 +431,7 @@ impl Jobs {
                 Err(error) => skipped.push(Skipped { id, error }),
             }
         }
-        records.sort_by_key(|r| r.id.parse::<u64>().unwrap_or(u64::MAX));
+        records.sort_by_key(queue_key);
         skipped.sort_by(|a, b| a.id.cmp(&b.id));
         (records, skipped)
     }
@@ -404,6 +457,7 @@ impl Jobs {
         let (mut records, skipped) = self.scan();
         for r in &mut records {
             self.fill_progress(r);
+            self.fill_files(r);
         }
         (records, skipped)
     }
@@ -413,13 +467,30 @@ impl Jobs {
         let dir = self.job_dir(id)?;
         let mut record = read_record(&dir).map_err(JobError::Io)?;
         self.fill_progress(&mut record);
+        self.fill_files(&mut record);
         Ok(record)
     }
 
-    /// The job's config snapshot (for Clone & edit).
+    /// The job's config snapshot (for Clone & edit); a command job has none.
     pub fn config_text(&self, id: &str) -> Result<String, JobError> {
         let path = self.job_dir(id)?.join(CONFIG_FILE);
+        if !path.exists() && path.with_file_name(COMMAND_FILE).exists() {
+            return Err(JobError::Conflict(format!("job {id} is a command job: it has no training config")));
+        }
         std::fs::read_to_string(&path).map_err(|e| io_err(&path, e))
+    }
+
+    /// The command job's outputs that exist, addressed under a root.
+    fn fill_files(&self, record: &mut JobRecord) {
+        let roots = &self.inner.roots;
+        record.files = record
+            .outputs
+            .iter()
+            .filter_map(|p| p.canonicalize().ok().filter(|c| c.is_file()))
+            .filter_map(|p| {
+                (0..roots.all().len()).find_map(|r| roots.relative(r, &p).map(|path| FileRef { root: r, path }))
+            })
+            .collect();
     }
 
     /// Path of the job's captured output.
@@ -445,23 +516,52 @@ impl Jobs {
     ) -> Result<JobRecord, JobError> {
         check_paths(&config, &self.inner.roots)?;
         let snapshot = config.to_toml_string();
+        self.create(CONFIG_FILE, snapshot.into_bytes(), |record| {
+            record.resumed_from = resumed_from;
+            record.resume_state = resume_state;
+        })
+    }
+
+    /// Queues a command job (resize, merge, convert, generate): every path it names must lie
+    /// inside the roots, its inputs must be existing files, and no output may be one of its
+    /// inputs or an existing folder.
+    pub fn submit_command(&self, job: CommandJob) -> Result<JobRecord, JobError> {
+        let argv = job.check(&self.inner.roots)?;
+        let file = serde_json::json!({ "kind": job.kind.name(), "argv": argv, "request": job.request });
+        let bytes = serde_json::to_vec_pretty(&file).map_err(|e| JobError::Io(e.to_string()))?;
+        let outputs = job.outputs();
+        self.create(COMMAND_FILE, bytes, |record| {
+            record.kind = job.kind.name().into();
+            record.summary = Some(job.summary.clone());
+            record.outputs = outputs;
+        })
+    }
+
+    /// Makes the next job folder with `file` in it, then its record (`fill` sets the
+    /// kind-specific fields), and wakes the runner.
+    fn create(&self, file: &str, bytes: Vec<u8>, fill: impl FnOnce(&mut JobRecord)) -> Result<JobRecord, JobError> {
         let mut live = self.lock();
-        let (id, dir) = loop {
-            let id = format!("{:06}", live.next_id);
+        let (id, dir, number) = loop {
+            let number = live.next_id;
+            let id = format!("{number:06}");
             live.next_id += 1;
             let dir = self.inner.dir.join(&id);
             match std::fs::create_dir(&dir) {
-                Ok(()) => break (id, dir),
+                Ok(()) => break (id, dir, number),
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
                 Err(e) => return Err(io_err(&dir, e)),
             }
         };
-        let config_path = dir.join(CONFIG_FILE);
-        lorakit_dataset::fs_atomic::write_atomic(&config_path, snapshot.as_bytes())
-            .map_err(|e| io_err(&config_path, e))?;
-        let record = JobRecord {
+        let path = dir.join(file);
+        lorakit_dataset::fs_atomic::write_atomic(&path, &bytes).map_err(|e| io_err(&path, e))?;
+        let mut record = JobRecord {
             id,
             kind: "train".into(),
+            // New ids are above every position in use (positions are only ever swapped).
+            position: Some(number),
+            summary: None,
+            outputs: Vec::new(),
+            files: Vec::new(),
             created: now(),
             status: Status::Queued,
             started: None,
@@ -472,16 +572,75 @@ impl Jobs {
             signal: None,
             error: None,
             stop: None,
-            resumed_from,
-            resume_state,
+            resumed_from: None,
+            resume_state: None,
             log_dir: None,
             progress: None,
         };
+        fill(&mut record);
         // The record comes last: a folder without one is an unfinished submission, skipped.
         self.write_record(&record)?;
         drop(live);
         self.inner.wake.notify_one();
         Ok(record)
+    }
+
+    /// Moves a queued job `by` places (-1: earlier, 1: later) among the queued jobs, by swapping
+    /// its position with its neighbour's; the positions are stored, so a restart keeps the order.
+    pub fn move_job(&self, id: &str, by: i64) -> Result<JobRecord, JobError> {
+        if by != -1 && by != 1 {
+            return Err(JobError::Invalid(format!("move by {by}: a job moves one place at a time (-1 or 1)")));
+        }
+        let mut live = self.lock();
+        let dir = self.job_dir(id)?;
+        let record = read_record(&dir).map_err(JobError::Io)?;
+        if record.status != Status::Queued {
+            return Err(JobError::Conflict(format!(
+                "job {id} is {}: only queued jobs move",
+                status_name(record.status)
+            )));
+        }
+        let (records, _) = self.scan();
+        let queued: Vec<&JobRecord> = records.iter().filter(|r| r.status == Status::Queued).collect();
+        let at = queued.iter().position(|r| r.id == id).ok_or_else(|| JobError::NotFound(id.to_string()))?;
+        let other = at.checked_add_signed(by as isize).and_then(|i| queued.get(i)).ok_or_else(|| {
+            JobError::Conflict(format!("job {id} is already {} in the queue", if by < 0 { "first" } else { "last" }))
+        })?;
+        let (mine, theirs) = (queue_key(queued[at]).0, queue_key(other).0);
+        // Equal positions (a crash between the two writes below) are told apart by id.
+        let (mine, theirs) = if mine == theirs { (theirs + by.signum() as u64, theirs) } else { (mine, theirs) };
+        let other_id = other.id.clone();
+        self.update(&mut live, &other_id, |r| r.position = Some(mine))?;
+        self.update(&mut live, id, |r| r.position = Some(theirs))
+    }
+
+    /// Deletes a finished job's folder (record, snapshot, output); what the job wrote elsewhere
+    /// (its LoRA files, images) stays. Queued and running jobs are refused.
+    pub fn delete(&self, id: &str) -> Result<JobRecord, JobError> {
+        let live = self.lock();
+        let dir = self.job_dir(id)?;
+        let record = read_record(&dir).map_err(JobError::Io)?;
+        let running_here = live.running.as_ref().is_some_and(|r| r.id == id);
+        if !record.status.is_final() || running_here {
+            let what = if record.status == Status::Queued { "cancel it first" } else { "stop it first" };
+            return Err(JobError::Conflict(format!(
+                "job {id} is {}: {what}; only finished jobs are deleted",
+                status_name(record.status)
+            )));
+        }
+        std::fs::remove_dir_all(&dir).map_err(|e| io_err(&dir, e))?;
+        Ok(record)
+    }
+
+    /// A command job's request as the page sent it (for Clone & edit on the tools page).
+    pub fn command_request(&self, id: &str) -> Result<serde_json::Value, JobError> {
+        let path = self.job_dir(id)?.join(COMMAND_FILE);
+        if !path.is_file() {
+            return Err(JobError::Conflict(format!("job {id} is a training: it has no command request")));
+        }
+        let text = std::fs::read(&path).map_err(|e| io_err(&path, e))?;
+        let value: serde_json::Value = serde_json::from_slice(&text).map_err(|e| io_err(&path, e))?;
+        Ok(serde_json::json!({ "kind": value["kind"], "request": value["request"] }))
     }
 
     /// Stop & save: SIGINT to a running job (SIGKILL after the timeout); a queued job is
@@ -498,6 +657,12 @@ impl Jobs {
         let record = read_record(&dir).map_err(JobError::Io)?;
         if record.status != Status::Running {
             return Err(JobError::Conflict(format!("job {id} is {:?}, not running", record.status).to_lowercase()));
+        }
+        if record.kind != "train" {
+            return Err(JobError::Conflict(format!(
+                "job {id} is a {} job: only trainings save or sample now",
+                record.kind
+            )));
         }
         let requests = dir.join(REQUESTS_DIR);
         std::fs::create_dir_all(&requests).map_err(|e| io_err(&requests, e))?;
@@ -579,6 +744,13 @@ impl Jobs {
     pub fn resume(&self, id: &str) -> Result<JobRecord, JobError> {
         let dir = self.job_dir(id)?;
         let record = read_record(&dir).map_err(JobError::Io)?;
+        if record.kind != "train" {
+            // A command has no saved state to go on from: queue it again from the tools page.
+            return Err(JobError::Conflict(format!(
+                "job {id} is a {} job: only trainings resume (Clone & edit queues the command again)",
+                record.kind
+            )));
+        }
         if !matches!(record.status, Status::Stopped | Status::Interrupted | Status::Failed) {
             return Err(JobError::Conflict(format!(
                 "job {id} is {}: only stopped, interrupted or failed jobs resume",
@@ -630,6 +802,11 @@ impl Jobs {
     fn fill_progress(&self, record: &mut JobRecord) {
         match record.status {
             Status::Queued => record.progress = Some(Progress { phase: "queued".into(), ..Progress::default() }),
+            Status::Running if record.kind != "train" => {
+                let line = progress::last_line(&self.inner.dir.join(&record.id).join(OUTPUT_FILE));
+                record.progress =
+                    Some(Progress { phase: command::phase(&record.kind).into(), line, ..Progress::default() })
+            }
             Status::Running => {
                 if record.log_dir.is_none() {
                     if let Some(found) = self.find_log_dir(record) {
@@ -665,147 +842,12 @@ impl Jobs {
             .min()
             .map(|(_, p)| p)
     }
+}
 
-    async fn run_queue(self) {
-        let adopted = self.lock().running.clone().filter(|r| r.adopted);
-        if let Some(running) = adopted {
-            self.watch_adopted(running).await;
-        }
-        loop {
-            let next = {
-                let (records, _) = self.scan();
-                records.into_iter().find(|r| r.status == Status::Queued).map(|r| r.id)
-            };
-            match next {
-                Some(id) => self.run_one(&id).await,
-                None => self.inner.wake.notified().await,
-            }
-        }
-    }
-
-    /// Starts job `id` (when it is still queued), waits for it and records how it ended.
-    async fn run_one(&self, id: &str) {
-        let child = {
-            let mut live = self.lock();
-            match self.spawn(&mut live, id) {
-                Ok(Some(child)) => child,
-                Ok(None) => return,
-                Err(e) => {
-                    let error = e.to_string();
-                    let _ = self.update(&mut live, id, |r| {
-                        r.status = Status::Failed;
-                        r.finished = Some(now());
-                        r.error = Some(error);
-                    });
-                    return;
-                }
-            }
-        };
-        let mut child = child;
-        let waited = child.wait().await;
-        let mut live = self.lock();
-        let running = live.running.take().filter(|r| r.id == id);
-        let dir = self.inner.dir.join(id);
-        let (stop, escalated) = running.map_or((None, false), |r| (r.stop, r.escalated));
-        let _ = self.update(&mut live, id, |r| {
-            r.finished = Some(now());
-            r.stop = stop;
-            match waited {
-                Ok(status) => {
-                    r.exit_code = status.code();
-                    r.signal = exit_signal(&status);
-                }
-                Err(e) => r.error = Some(format!("lost track of the process: {e}")),
-            }
-            let last = last_line(&dir.join(OUTPUT_FILE));
-            r.status = match (stop, r.exit_code) {
-                (Some(_), _) => Status::Stopped,
-                (None, Some(0)) => Status::Done,
-                _ => Status::Failed,
-            };
-            r.error = match (r.status, stop) {
-                (Status::Stopped, _) if escalated => Some(format!(
-                    "did not stop within {} s of Stop & save: killed (no state saved)",
-                    self.inner.options.stop_timeout.as_secs()
-                )),
-                (Status::Stopped, Some(StopRequest::Kill)) => Some("stopped now (killed; no state saved)".into()),
-                (Status::Failed, _) => Some(failure_cause(r.exit_code, r.signal, last)),
-                _ => r.error.take(),
-            };
-            r.progress = Some(final_progress(r, &dir));
-        });
-    }
-
-    /// Spawns the child for `id` under the lock, so a stop cannot slip between the check that it
-    /// is still queued and the record saying it runs.
-    fn spawn(&self, live: &mut Live, id: &str) -> Result<Option<tokio::process::Child>, JobError> {
-        let dir = self.job_dir(id)?;
-        let record = read_record(&dir).map_err(JobError::Io)?;
-        if record.status != Status::Queued {
-            return Ok(None);
-        }
-        let log_path = dir.join(OUTPUT_FILE);
-        let log =
-            std::fs::OpenOptions::new().create(true).append(true).open(&log_path).map_err(|e| io_err(&log_path, e))?;
-        let err_log = log.try_clone().map_err(|e| io_err(&log_path, e))?;
-        let options = &self.inner.options;
-        let mut command = tokio::process::Command::new(&options.program);
-        command.args(&options.args);
-        if options.requests {
-            let requests = dir.join(REQUESTS_DIR);
-            std::fs::create_dir_all(&requests).map_err(|e| io_err(&requests, e))?;
-            command.arg("--requests").arg(requests);
-        }
-        command
-            .arg(dir.join(CONFIG_FILE))
-            .current_dir(&dir)
-            .stdin(std::process::Stdio::null())
-            .stdout(log)
-            .stderr(err_log)
-            .kill_on_drop(false);
-        own_process_group(&mut command)?;
-        let child =
-            command.spawn().map_err(|e| JobError::Io(format!("cannot start {}: {e}", options.program.display())))?;
-        let pid = child.id().unwrap_or_default();
-        let process_start = process_start_time(pid);
-        live.running =
-            Some(Running { id: id.to_string(), pid, process_start, adopted: false, stop: None, escalated: false });
-        self.update(live, id, |r| {
-            r.status = Status::Running;
-            r.started = Some(now());
-            r.pid = Some(pid);
-            r.process_start = process_start;
-        })?;
-        Ok(Some(child))
-    }
-
-    /// Waits for a job an earlier server started (not our child: polled), then records its end
-    /// from its output, since its exit code is unknowable.
-    async fn watch_adopted(&self, running: Running) {
-        while process_matches(running.pid, running.process_start) {
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
-        let mut live = self.lock();
-        let now_running = live.running.take();
-        let stop = now_running.as_ref().and_then(|r| r.stop);
-        let dir = self.inner.dir.join(&running.id);
-        let last = last_line(&dir.join(OUTPUT_FILE));
-        let _ = self.update(&mut live, &running.id, |r| {
-            r.finished = Some(now());
-            r.stop = stop;
-            let done = last.as_deref().is_some_and(|l| l.starts_with("done:"));
-            r.status = match (stop, done) {
-                (Some(_), _) => Status::Stopped,
-                (None, true) => Status::Done,
-                (None, false) => Status::Failed,
-            };
-            if r.status == Status::Failed {
-                r.error =
-                    Some(last.unwrap_or_else(|| "ended while an earlier server ran it; exit code unknown".into()));
-            }
-            r.progress = Some(final_progress(r, &dir));
-        });
-    }
+/// Where a record sorts in the queue: its position, then its id.
+fn queue_key(record: &JobRecord) -> (u64, u64) {
+    let id = record.id.parse::<u64>().unwrap_or(u64::MAX);
+    (record.position.unwrap_or(id), id)
 }
 
 fn read_record(dir: &Path) -> Result<JobRecord, String> {
@@ -859,251 +901,4 @@ fn inside_roots(path: &Path, roots: &Roots) -> bool {
         full.push(part);
     }
     roots.all().iter().any(|r| full.starts_with(r))
-}
-
-/// Progress from the output (total steps) and the run's `log.jsonl` (step, epoch, loss, speed).
-fn compute_progress(record: &JobRecord, dir: &Path) -> Progress {
-    let head = read_head(&dir.join(OUTPUT_FILE), 64 * 1024);
-    let total = head.lines().find_map(|l| {
-        let rest = l.split_once("LoRA parameters: ")?.1;
-        rest.split_once(" steps")?.0.trim().parse::<u64>().ok()
-    });
-    let mut p = Progress { phase: "starting".into(), total, ..Progress::default() };
-    let Some(log_dir) = &record.log_dir else { return p };
-    let path = log_dir.join(lorakit_train::run_log::JSONL_FILE);
-    let rows = |text: &str| -> Vec<serde_json::Value> {
-        text.lines().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()).collect()
-    };
-    let first = rows(&read_head(&path, 4096)).into_iter().next();
-    let last_rows = rows(&read_tail(&path, 16 * 1024));
-    let Some(last) = last_rows.last() else { return p };
-    p.phase = "training".into();
-    p.step = last["step"].as_u64();
-    p.epoch = last["epoch"].as_u64();
-    p.loss = last_rows.iter().rev().find_map(|r| r["loss/current"].as_f64());
-    if let (Some(first), Some(step)) = (first, p.step) {
-        let steps = step.saturating_sub(first["step"].as_u64().unwrap_or(step)) as f64;
-        let secs = last["wall_time"].as_f64().unwrap_or(0.0) - first["wall_time"].as_f64().unwrap_or(0.0);
-        if steps > 0.0 && secs > 0.0 {
-            let its = steps / secs;
-            p.its = Some(its);
-            p.eta_s = p.total.map(|t| t.saturating_sub(step) as f64 / its);
-        }
-    }
-    p
-}
-
-/// The progress a job ended with, its phase the final status.
-fn final_progress(record: &JobRecord, dir: &Path) -> Progress {
-    let mut progress = compute_progress(record, dir);
-    progress.phase =
-        serde_json::to_value(record.status).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
-    progress.eta_s = None;
-    progress
-}
-
-/// One line saying why a job failed.
-fn failure_cause(code: Option<i32>, signal: Option<i32>, last: Option<String>) -> String {
-    if let Some(sig) = signal {
-        #[cfg(unix)]
-        if sig == libc::SIGKILL {
-            return "killed (SIGKILL) without a stop request: often the system ran out of memory".into();
-        }
-        return last.unwrap_or_else(|| format!("ended by signal {sig}"));
-    }
-    last.unwrap_or_else(|| match code {
-        Some(c) => format!("exited with code {c} and printed nothing"),
-        None => "ended without an exit code".into(),
-    })
-}
-
-/// Up to `max` bytes from the start of `path` (lossy UTF-8; empty when unreadable).
-fn read_head(path: &Path, max: u64) -> String {
-    let mut buf = Vec::new();
-    if let Ok(f) = std::fs::File::open(path) {
-        let _ = f.take(max).read_to_end(&mut buf);
-    }
-    String::from_utf8_lossy(&buf).into_owned()
-}
-
-/// The last `max` bytes of `path`, from the first whole line on.
-fn read_tail(path: &Path, max: u64) -> String {
-    let Ok(mut f) = std::fs::File::open(path) else { return String::new() };
-    let len = f.metadata().map_or(0, |m| m.len());
-    let start = len.saturating_sub(max);
-    if f.seek(SeekFrom::Start(start)).is_err() {
-        return String::new();
-    }
-    let mut buf = Vec::new();
-    let _ = f.read_to_end(&mut buf);
-    let text = String::from_utf8_lossy(&buf).into_owned();
-    if start > 0 {
-        text.split_once('\n').map(|(_, rest)| rest.to_string()).unwrap_or_default()
-    } else {
-        text
-    }
-}
-
-/// The last non-empty line of `path`, at most 500 characters.
-fn last_line(path: &Path) -> Option<String> {
-    let tail = read_tail(path, 16 * 1024);
-    let line = tail.lines().rev().map(str::trim).find(|l| !l.is_empty())?;
-    Some(line.chars().take(500).collect())
-}
-
-/// Complete lines of `path` from byte `offset` (at most about `max` bytes): each with the offset
-/// just after it (what a reader passes back to continue there). A last line without its newline
-/// is returned only when `finished` (the writer is gone); a line longer than `max` comes in
-/// pieces.
-pub fn read_lines_from(path: &Path, offset: u64, max: usize, finished: bool) -> std::io::Result<Vec<(u64, String)>> {
-    let mut f = match std::fs::File::open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(e),
-    };
-    let len = f.metadata()?.len();
-    if offset >= len {
-        return Ok(Vec::new());
-    }
-    f.seek(SeekFrom::Start(offset))?;
-    let mut buf = Vec::new();
-    f.take(max as u64).read_to_end(&mut buf)?;
-    let mut out = Vec::new();
-    let mut pos = 0usize;
-    while let Some(nl) = buf[pos..].iter().position(|&b| b == b'\n') {
-        let line = &buf[pos..pos + nl];
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        pos += nl + 1;
-        out.push((offset + pos as u64, String::from_utf8_lossy(line).into_owned()));
-    }
-    let rest_is_all = offset + buf.len() as u64 >= len;
-    if pos < buf.len() && (buf.len() >= max || (finished && rest_is_all)) {
-        out.push((offset + buf.len() as u64, String::from_utf8_lossy(&buf[pos..]).into_owned()));
-    }
-    Ok(out)
-}
-
-enum Signal {
-    Interrupt,
-    Kill,
-}
-
-/// Sends `signal` to the process group `pid` leads (the job and anything it started).
-#[cfg(unix)]
-fn signal_group(pid: u32, signal: Signal) -> std::io::Result<()> {
-    // pid 0 or 1 would signal our own group or every process: never.
-    let pid =
-        libc::pid_t::try_from(pid).ok().filter(|&p| p > 1).ok_or_else(|| std::io::Error::other("no valid pid"))?;
-    let sig = match signal {
-        Signal::Interrupt => libc::SIGINT,
-        Signal::Kill => libc::SIGKILL,
-    };
-    // SAFETY: kill(2) with a negative pid signals that process group; no memory is involved.
-    if unsafe { libc::kill(-pid, sig) } == 0 {
-        return Ok(());
-    }
-    let e = std::io::Error::last_os_error();
-    // Already gone: nothing to stop.
-    if e.raw_os_error() == Some(libc::ESRCH) {
-        Ok(())
-    } else {
-        Err(e)
-    }
-}
-
-#[cfg(not(unix))]
-fn signal_group(_pid: u32, _signal: Signal) -> std::io::Result<()> {
-    Err(std::io::Error::other("stopping jobs needs a Unix system (Linux, macOS) for now"))
-}
-
-#[cfg(unix)]
-fn own_process_group(command: &mut tokio::process::Command) -> Result<(), JobError> {
-    command.process_group(0);
-    Ok(())
-}
-
-#[cfg(not(unix))]
-fn own_process_group(_command: &mut tokio::process::Command) -> Result<(), JobError> {
-    Err(JobError::Io("jobs need a Unix system (Linux, macOS) for now".into()))
-}
-
-#[cfg(unix)]
-fn exit_signal(status: &std::process::ExitStatus) -> Option<i32> {
-    std::os::unix::process::ExitStatusExt::signal(status)
-}
-
-#[cfg(not(unix))]
-fn exit_signal(_status: &std::process::ExitStatus) -> Option<i32> {
-    None
-}
-
-/// `(state, start time)` from `/proc/<pid>/stat` (fields 3 and 22), on Linux.
-fn proc_stat(pid: u32) -> Option<(char, u64)> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name (field 2) is in parentheses and may hold spaces or ')'.
-    let rest = &text[text.rfind(')')? + 1..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let state = fields.first()?.chars().next()?;
-    let start = fields.get(19)?.parse().ok()?;
-    Some((state, start))
-}
-
-/// The process start time that tells a reused pid apart (Linux; `None` elsewhere).
-pub fn process_start_time(pid: u32) -> Option<u64> {
-    proc_stat(pid).map(|(_, start)| start)
-}
-
-/// Whether `pid` runs and (when known) started at `start`; zombies count as gone.
-pub fn process_matches(pid: u32, start: Option<u64>) -> bool {
-    if pid <= 1 {
-        return false;
-    }
-    if cfg!(target_os = "linux") {
-        return match proc_stat(pid) {
-            Some((state, started)) => !matches!(state, 'Z' | 'X') && start.is_none_or(|s| s == started),
-            None => false,
-        };
-    }
-    #[cfg(unix)]
-    {
-        let Ok(pid) = libc::pid_t::try_from(pid) else { return false };
-        // SAFETY: signal 0 checks existence only.
-        let r = unsafe { libc::kill(pid, 0) };
-        r == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
-    }
-    #[cfg(not(unix))]
-    {
-        false
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn lines_resume_at_the_offset_they_report() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("out.log");
-        std::fs::write(&path, "one\ntwo\r\nthr").unwrap();
-        let lines = read_lines_from(&path, 0, 1024, false).unwrap();
-        assert_eq!(lines, vec![(4, "one".to_string()), (9, "two".to_string())]);
-        assert_eq!(read_lines_from(&path, 4, 1024, false).unwrap(), vec![(9, "two".to_string())]);
-        assert!(read_lines_from(&path, 9, 1024, false).unwrap().is_empty(), "an unfinished line waits");
-        assert_eq!(read_lines_from(&path, 9, 1024, true).unwrap(), vec![(12, "thr".to_string())]);
-        assert_eq!(read_lines_from(&path, 0, 2, false).unwrap(), vec![(2, "on".to_string())], "long lines in pieces");
-        assert!(read_lines_from(&dir.path().join("missing"), 0, 10, true).unwrap().is_empty());
-    }
-
-    #[test]
-    fn our_own_process_matches_and_a_wrong_start_time_does_not() {
-        let me = std::process::id();
-        assert!(process_matches(me, None));
-        if cfg!(target_os = "linux") {
-            let start = process_start_time(me).expect("Linux has /proc");
-            assert!(process_matches(me, Some(start)));
-            assert!(!process_matches(me, Some(start + 1)), "a reused pid");
-        }
-        assert!(!process_matches(0, None) && !process_matches(1, None), "never init or our group");
-    }
 }
