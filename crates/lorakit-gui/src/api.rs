@@ -65,6 +65,7 @@ pub fn routes() -> Router<AppState> {
         .merge(crate::library::routes())
         .merge(crate::datasets::routes())
         .merge(crate::tags::routes())
+        .merge(crate::captions::routes())
         .merge(crate::runs::routes())
 }
 

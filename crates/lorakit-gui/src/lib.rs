@@ -10,14 +10,17 @@
 
 pub mod api;
 pub mod assets;
+pub mod captions;
 pub mod datasets;
 pub mod forms;
 pub mod jobs;
 pub mod library;
+pub mod repeats;
 pub mod roots;
 pub mod runs;
 pub mod security;
 pub mod tags;
+pub mod undo;
 pub mod tools;
 
 use std::net::{IpAddr, SocketAddr};
@@ -75,12 +78,14 @@ pub struct AppState {
     inner: Arc<StateInner>,
 }
 
+#[derive(Clone)]
 struct StateInner {
     guard: security::Guard,
     roots: Roots,
     jobs: Option<Jobs>,
-    /// Bulk tag edits that can be undone, newest last (this server's session).
-    tag_undo: std::sync::Mutex<Vec<tags::UndoRecord>>,
+    /// Caption edits (tag editor, find/replace, one caption) that can be undone: in memory, or
+    /// on disk under the state folder ([`AppState::with_state_dir`]) so it survives a restart.
+    tag_undo: Arc<undo::UndoHistory>,
 }
 
 impl AppState {
@@ -88,20 +93,23 @@ impl AppState {
     /// (loopback names always; `allow_hosts` besides), its cookie named after `port`.
     pub fn new(roots: Roots, token: String, port: u16, allow_hosts: Vec<String>) -> Result<AppState, GuiError> {
         let guard = security::Guard::new(token, port, allow_hosts).map_err(GuiError::Token)?;
-        Ok(AppState { inner: Arc::new(StateInner { guard, roots, jobs: None, tag_undo: Default::default() }) })
+        let tag_undo = Arc::new(undo::UndoHistory::in_memory());
+        Ok(AppState { inner: Arc::new(StateInner { guard, roots, jobs: None, tag_undo }) })
     }
 
     /// This state with a job store (without one the job routes answer 503).
     pub fn with_jobs(self, jobs: Jobs) -> AppState {
-        let inner = &self.inner;
-        AppState {
-            inner: Arc::new(StateInner {
-                guard: inner.guard.clone(),
-                roots: inner.roots.clone(),
-                jobs: Some(jobs),
-                tag_undo: Default::default(),
-            }),
-        }
+        let mut inner = (*self.inner).clone();
+        inner.jobs = Some(jobs);
+        AppState { inner: Arc::new(inner) }
+    }
+
+    /// This state with the GUI's state folder: the caption undo history is kept in
+    /// `<state_dir>/tag-undo/` (it survives a restart) instead of in memory.
+    pub fn with_state_dir(self, state_dir: &std::path::Path) -> AppState {
+        let mut inner = (*self.inner).clone();
+        inner.tag_undo = Arc::new(undo::UndoHistory::on_disk(state_dir.join("tag-undo")));
+        AppState { inner: Arc::new(inner) }
     }
 
     /// The job store, when the server has one.
@@ -119,8 +127,8 @@ impl AppState {
         &self.inner.guard
     }
 
-    /// The undo history of bulk tag edits.
-    pub(crate) fn tag_undo(&self) -> &std::sync::Mutex<Vec<tags::UndoRecord>> {
+    /// The undo history of caption edits.
+    pub(crate) fn tag_undo(&self) -> &undo::UndoHistory {
         &self.inner.tag_undo
     }
 }
@@ -163,7 +171,9 @@ pub async fn serve(config: GuiConfig) -> Result<(), GuiError> {
     }
     jobs.start();
     let closing = jobs.clone();
-    let state = AppState::new(roots, token.clone(), addr.port(), allow_hosts)?.with_jobs(jobs);
+    let state = AppState::new(roots, token.clone(), addr.port(), allow_hosts)?
+        .with_jobs(jobs)
+        .with_state_dir(&config.state_dir);
     let host = if config.listen.is_loopback() || config.listen.is_unspecified() {
         "127.0.0.1".to_string()
     } else {

@@ -6,9 +6,11 @@
 //! - `POST /api/tags/preview` and `POST /api/tags/apply`: body `{root, path, op, tags, old,
 //!   new}` with `op` one of `add_front`, `add_back`, `remove`, `replace`, `move_to_front`,
 //!   `dedupe`, `sort`; natural-language captions are left alone, as `lorakit tags` does.
-//! - `POST /api/tags/undo`: puts back the files of the latest applied edit — each only if it
-//!   still holds what the edit wrote (a file changed since is left and named). The history is
-//!   this server's session (it does not survive a restart).
+//! - `POST /api/tags/undo`: puts back the files of the latest applied caption edit (this
+//!   editor's, the find/replace's or one caption's: [`crate::captions`]) — each only if it still
+//!   holds what the edit wrote (a file changed since is left and named). `GET /api/tags/undo`:
+//!   what the next undo would undo. The history is kept under the state folder
+//!   ([`crate::undo`]), so it survives a restart.
 
 use std::path::PathBuf;
 
@@ -24,6 +26,7 @@ use lorakit_dataset::tags::select::select_caption_files;
 use serde::Deserialize;
 
 use crate::api::{error, resolve_folder};
+use crate::undo::{UndoFile, UndoRecord};
 use crate::AppState;
 
 /// Changes listed in a preview (the count covers all of them).
@@ -35,14 +38,7 @@ pub fn routes() -> Router<AppState> {
         .route("/tags", get(stats))
         .route("/tags/preview", post(preview))
         .route("/tags/apply", post(apply))
-        .route("/tags/undo", post(undo))
-}
-
-/// One applied edit: per file, the bytes it had and the bytes the edit wrote.
-pub struct UndoRecord {
-    /// What the edit was (for the message).
-    summary: String,
-    files: Vec<(PathBuf, Vec<u8>, Vec<u8>)>,
+        .route("/tags/undo", post(undo).get(next_undo))
 }
 
 /// The caption files (`.txt`) under `dir`, as `lorakit tags` selects them.
@@ -202,12 +198,16 @@ async fn apply(State(state): State<AppState>, Json(request): Json<EditRequest>) 
         Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     };
     let failed: std::collections::HashSet<&PathBuf> = failures.iter().map(|f| &f.path).collect();
-    let files: Vec<(PathBuf, Vec<u8>, Vec<u8>)> = plan
+    let files: Vec<UndoFile> = plan
         .files
         .iter()
         .filter(|f| !failed.contains(&f.path))
         .filter_map(|f| match &f.outcome {
-            FileOutcome::Change(c) => Some((f.path.clone(), c.original_bytes().to_vec(), c.new_bytes.clone())),
+            FileOutcome::Change(c) => Some(UndoFile {
+                path: f.path.clone(),
+                before: Some(c.original_bytes().to_vec()),
+                after: c.new_bytes.clone(),
+            }),
             _ => None,
         })
         .collect();
@@ -216,39 +216,40 @@ async fn apply(State(state): State<AppState>, Json(request): Json<EditRequest>) 
         .iter()
         .map(|f| serde_json::json!({ "file": f.path.display().to_string(), "error": f.message }))
         .collect();
-    if !files.is_empty() {
-        let mut history = state.tag_undo().lock().unwrap_or_else(|p| p.into_inner());
-        history.push(UndoRecord { summary: request.summary(), files });
+    if let Err(e) = record_undo(&state, UndoRecord { summary: request.summary(), files }).await {
+        described["undo_error"] = e.into();
     }
     Json(described).into_response()
 }
 
+/// Adds an applied edit to the undo history (off the async threads: it may write a file).
+pub(crate) async fn record_undo(state: &AppState, record: UndoRecord) -> Result<(), String> {
+    let state = state.clone();
+    tokio::task::spawn_blocking(move || state.tag_undo().push(record)).await.map_err(|e| e.to_string())?
+}
+
+async fn next_undo(State(state): State<AppState>) -> Response {
+    match tokio::task::spawn_blocking(move || state.tag_undo().peek()).await {
+        Ok(Ok(next)) => Json(serde_json::json!({
+            "summary": next.as_ref().map(|(s, _)| s.clone()),
+            "files": next.map_or(0, |(_, n)| n),
+        }))
+        .into_response(),
+        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
 async fn undo(State(state): State<AppState>) -> Response {
-    let record = state.tag_undo().lock().unwrap_or_else(|p| p.into_inner()).pop();
-    let Some(record) = record else {
-        return error(StatusCode::CONFLICT, "nothing to undo");
-    };
-    let summary = record.summary.clone();
-    let restored = tokio::task::spawn_blocking(move || {
-        let (mut restored, mut kept) = (0usize, Vec::new());
-        for (path, original, written) in &record.files {
-            match std::fs::read(path) {
-                // Only what this edit wrote is put back; a later change wins.
-                Ok(now) if now == *written => match lorakit_dataset::fs_atomic::write_atomic(path, original) {
-                    Ok(()) => restored += 1,
-                    Err(e) => kept.push(format!("{}: {e}", path.display())),
-                },
-                Ok(_) => kept.push(format!("{}: changed since the edit; left as it is", path.display())),
-                Err(e) => kept.push(format!("{}: {e}", path.display())),
-            }
-        }
-        (restored, kept)
+    let undone = tokio::task::spawn_blocking(move || {
+        let record = state.tag_undo().pop()?;
+        Ok::<_, String>(record.map(|r| crate::undo::restore(&r)))
     })
     .await;
-    match restored {
-        Ok((restored, kept)) => {
-            Json(serde_json::json!({ "undone": summary, "restored": restored, "kept": kept })).into_response()
-        }
+    match undone {
+        Ok(Ok(Some(done))) => Json(done).into_response(),
+        Ok(Ok(None)) => error(StatusCode::CONFLICT, "nothing to undo"),
+        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }
