@@ -988,6 +988,115 @@ pub fn section_of(key: &str) -> Option<String> {
     known_keys().into_iter().find(|(_, keys)| keys.iter().any(|k| k == key)).map(|(s, _)| s)
 }
 
+/// The model families a config key applies to, and what to tell a user it is hidden from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyFamilies {
+    /// The families (values of [`MODEL_FAMILIES`], and `sd3` for SD3-only keys) whose training
+    /// reads the key.
+    pub families: &'static [&'static str],
+    /// Why it applies to those only ("" for keys every family reads).
+    pub reason: &'static str,
+}
+
+const EVERY_FAMILY: KeyFamilies = KeyFamilies { families: MODEL_FAMILIES, reason: "" };
+const FLUX_ONLY: KeyFamilies = KeyFamilies { families: &["flux"], reason: "Flux only" };
+const DDPM_ONLY: KeyFamilies = KeyFamilies {
+    families: &["sd1", "sd2", "sdxl"],
+    reason: "SD 1.x, SD 2.x and SDXL only (DDPM models; Flux trains with rectified flow)",
+};
+const SD_CLIP_SKIP: KeyFamilies =
+    KeyFamilies { families: &["sd1", "sd2"], reason: "SD 1.x and SD 2.x only (SDXL and Flux have no clip skip)" };
+const SD2_ONLY: KeyFamilies = KeyFamilies { families: &["sd2"], reason: "SD 2.x only" };
+const SD3_ONLY: KeyFamilies = KeyFamilies { families: &["sd3"], reason: "SD3 only (lorakit does not train SD3 yet)" };
+
+/// The keys that apply to some families only, by section; every other key applies to all.
+pub const FAMILY_KEYS: &[(&str, &[&str], KeyFamilies)] = &[
+    ("model", &["clip_l", "t5xxl", "ae", "t5xxl_max_token_length", "apply_t5_attn_mask"], FLUX_ONLY),
+    ("accelerate", &["fp8_base_unet", "blocks_to_swap", "cpu_offload_checkpointing"], FLUX_ONLY),
+    (
+        "network",
+        &[
+            "train_blocks",
+            "img_attn_dim",
+            "txt_attn_dim",
+            "img_mlp_dim",
+            "txt_mlp_dim",
+            "img_mod_dim",
+            "txt_mod_dim",
+            "single_dim",
+            "single_mod_dim",
+            "in_dims",
+            "train_double_block_indices",
+            "train_single_block_indices",
+            "train_t5xxl",
+            "split_qkv",
+        ],
+        FLUX_ONLY,
+    ),
+    (
+        "flow",
+        &[
+            "timestep_sampling",
+            "sigmoid_scale",
+            "discrete_flow_shift",
+            "model_prediction_type",
+            "weighting_scheme",
+            "logit_mean",
+            "logit_std",
+            "mode_scale",
+            "guidance_scale",
+        ],
+        FLUX_ONLY,
+    ),
+    ("flow", &["training_shift"], SD3_ONLY),
+    ("model", &["v2"], SD2_ONLY),
+    ("model", &["clip_skip"], SD_CLIP_SKIP),
+    ("model", &["v_parameterization"], DDPM_ONLY),
+    ("accelerate", &["no_half_vae"], DDPM_ONLY),
+    ("training", &["min_timestep", "max_timestep"], DDPM_ONLY),
+    (
+        "loss",
+        &[
+            "min_snr_gamma",
+            "scale_v_pred_loss_like_noise_pred",
+            "v_pred_like_loss",
+            "debiased_estimation_loss",
+            "zero_terminal_snr",
+            "noise_offset",
+            "noise_offset_random_strength",
+            "adaptive_noise_scale",
+            "multires_noise_iterations",
+            "multires_noise_discount",
+        ],
+        DDPM_ONLY,
+    ),
+    (
+        "network",
+        &[
+            "down_lr_weight",
+            "mid_lr_weight",
+            "up_lr_weight",
+            "block_lr_zero_threshold",
+            "block_dims",
+            "block_alphas",
+            "conv_block_dims",
+            "conv_block_alphas",
+        ],
+        DDPM_ONLY,
+    ),
+];
+
+/// Which model families read `section.key` ([`FAMILY_KEYS`], else every family) — the one place
+/// the GUI's form (fields hidden with the reason) takes it from. The trainer refuses a key set
+/// for a family it does not apply to where sd-scripts would ignore it silently;
+/// `tests/key_families.rs` checks on the tiny models that it refuses exactly those.
+pub fn key_families(section: &str, key: &str) -> KeyFamilies {
+    FAMILY_KEYS
+        .iter()
+        .find(|(s, keys, _)| *s == section && keys.contains(&key))
+        .map_or(EVERY_FAMILY, |(_, _, families)| *families)
+}
+
 impl TrainConfig {
     /// Every optional field set, so serialisation lists every key.
     pub(crate) fn every_key_set() -> TrainConfig {

@@ -16,6 +16,18 @@ pub const PRESETS: &[(&str, &str)] = &[
 
 mod flux;
 
+/// The model family a preset is written for (`model.model_family` where the preset sets it; the
+/// SD 1.5 presets leave it unset and are for `sd1`) — the GUI shows that family's fields until a
+/// base model is picked.
+pub fn preset_family(name: &str) -> Option<&'static str> {
+    match name {
+        "sd15-character" | "sd15-style" => Some("sd1"),
+        "sdxl-character" | "sdxl-style" | "pony" | "illustrious" => Some("sdxl"),
+        "flux-12gb" | "flux-16gb" | "flux-24gb" => Some("flux"),
+        _ => None,
+    }
+}
+
 /// The config text of a preset.
 pub fn preset(name: &str) -> Result<String, String> {
     if let Some(text) = sdxl_preset(name).or_else(|| flux::flux_preset(name)) {
@@ -391,6 +403,25 @@ mod tests {
         for (name, _) in PRESETS {
             assert!(err.contains(name), "{err}");
         }
+    }
+
+    #[test]
+    fn every_preset_has_a_family_that_its_config_agrees_with() {
+        for (name, _) in PRESETS {
+            let family = preset_family(name).unwrap_or_else(|| panic!("{name}: no family"));
+            let c = TrainConfig::from_toml_str(&preset(name).unwrap(), &[]).unwrap();
+            assert_eq!(c.model.model_family.as_deref().unwrap_or("sd1"), family, "{name}");
+            // No key of another family set to a non-default value.
+            let set = toml::Value::try_from(&c).unwrap();
+            let defaults = toml::Value::try_from(TrainConfig::default()).unwrap();
+            for (section, keys) in set.as_table().unwrap() {
+                for (key, value) in keys.as_table().unwrap() {
+                    let applies = crate::config::key_families(section, key).families.contains(&family);
+                    assert!(applies || defaults[section].get(key) == Some(value), "{name}: {section}.{key}");
+                }
+            }
+        }
+        assert_eq!(preset_family("no-such-preset"), None);
     }
 
     #[test]
