@@ -62,9 +62,22 @@ struct OutputArg {
     overwrite: bool,
 }
 
-/// The body as `T`, or a 422 naming the field that does not fit.
+/// The fields that hold numbers (top level, and in each merge input or XY plot row).
+const NUMBERS: [&str; 10] =
+    ["rank", "conv_rank", "param", "steps", "cfg", "seed", "width", "height", "ratio", "weight"];
+
+/// The body as `T`, or a 422 naming the field that does not fit (serde's own message does not
+/// name a field inside a flattened struct).
 fn parse<T: DeserializeOwned>(body: Value) -> Result<T, Response> {
-    serde_json::from_value(body).map_err(|e| error(StatusCode::UNPROCESSABLE_ENTITY, format!("the request: {e}")))
+    let rows = ["inputs", "loras"].into_iter().filter_map(|k| body[k].as_array()).flatten();
+    for object in std::iter::once(&body).chain(rows) {
+        for key in NUMBERS {
+            if let Some(v) = object.get(key).filter(|v| !v.is_number() && !v.is_null()) {
+                return Err(invalid(format!("{key} must be a number (got {v})")));
+            }
+        }
+    }
+    serde_json::from_value(body).map_err(|e| invalid(format!("the request: {e}")))
 }
 
 fn invalid(message: impl Into<String>) -> Response {
