@@ -195,6 +195,11 @@ pub struct SchemaField {
     pub kohya: String,
     /// What it does, from docs/training-options.md.
     pub doc: String,
+    /// The model families the key applies to, and why only those (lorakit-train's
+    /// `config::key_families`: the form hides the others' fields with this reason).
+    pub families: &'static [&'static str],
+    /// Empty when every family reads the key.
+    pub family_reason: &'static str,
 }
 
 /// The reference documentation the schema's texts come from (also checked by lorakit-train's
@@ -216,7 +221,18 @@ pub fn config_schema() -> Vec<SchemaField> {
                 .unwrap_or(serde_json::Value::Null);
             let (kohya, doc) =
                 rows.iter().find(|(k, _, _)| *k == key).map(|(_, s, d)| (s.clone(), d.clone())).unwrap_or_default();
-            out.push(SchemaField { section: section.clone(), key, kind: kind_of(&example), default, kohya, doc });
+            let applies = lorakit_train::config::key_families(&section, &key);
+            let (families, family_reason) = (applies.families, applies.reason);
+            out.push(SchemaField {
+                section: section.clone(),
+                key,
+                kind: kind_of(&example),
+                default,
+                kohya,
+                doc,
+                families,
+                family_reason,
+            });
         }
     }
     out

@@ -143,3 +143,196 @@ async fn save_writes_an_accepted_config_under_a_root_and_says_how_to_run_it() {
     }
     assert!(!root.path().join("escape.toml").exists());
 }
+
+#[tokio::test]
+async fn the_schema_says_which_families_each_key_applies_to_as_lorakit_train_does() {
+    let app = app(&repo("examples"));
+    let (_, schema) = call(&app, "GET", "/api/schema", Body::empty(), false).await;
+    let fields = schema.as_array().unwrap();
+    for f in fields {
+        let (section, key) = (f["section"].as_str().unwrap(), f["key"].as_str().unwrap());
+        let expected = lorakit_train::config::key_families(section, key);
+        let families: Vec<&str> = f["families"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+        assert_eq!(families, expected.families, "{section}.{key}");
+        assert_eq!(f["family_reason"], expected.reason, "{section}.{key}");
+    }
+    let field = |s: &str, k: &str| fields.iter().find(|f| f["section"] == s && f["key"] == k).unwrap().clone();
+    assert_eq!(field("accelerate", "blocks_to_swap")["families"], serde_json::json!(["flux"]));
+    assert_eq!(field("accelerate", "blocks_to_swap")["family_reason"], "Flux only");
+    assert_eq!(field("model", "clip_skip")["families"], serde_json::json!(["sd1", "sd2"]));
+    assert_eq!(field("optimizer", "learning_rate")["family_reason"], "");
+}
+
+#[tokio::test]
+async fn a_base_model_under_a_root_shows_the_family_lorakit_train_detects() {
+    let app = app(&repo("examples"));
+    for (path, family, variant) in
+        [("quickstart/shapes-sd15", "sd1", "diffusers folder"), ("quickstart/tiny-sdxl", "sdxl", "diffusers folder")]
+    {
+        let (status, m) = call(&app, "GET", &format!("/api/model?root=0&path={path}"), Body::empty(), false).await;
+        assert_eq!(status, StatusCode::OK, "{m}");
+        assert_eq!((m["family"].as_str(), m["variant"].as_str()), (Some(family), Some(variant)), "{m}");
+        assert_eq!(m["trainable"], true);
+        assert!(Path::new(m["path"].as_str().unwrap()).is_absolute(), "{m}");
+    }
+    let (status, m) = call(&app, "GET", "/api/model?root=0&path=quickstart/prompts.txt", Body::empty(), false).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{m}");
+    assert!(m["error"].as_str().unwrap().contains("prompts.txt"), "{m}");
+    let (status, _) = call(&app, "GET", "/api/model?root=0&path=../Cargo.toml", Body::empty(), false).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let reference = crate::app(&repo("tests/fixtures/reference"));
+    let (status, m) = call(&reference, "GET", "/api/model?root=0&path=flux_tiny/pipeline", Body::empty(), false).await;
+    assert_eq!(status, StatusCode::OK, "{m}");
+    assert_eq!(m["family"], "flux");
+    let (_, m) =
+        call(&reference, "GET", "/api/model?root=0&path=sd2_tiny/single_file.safetensors", Body::empty(), false).await;
+    assert_eq!((m["family"].as_str(), m["variant"].as_str()), (Some("sd2"), Some("single file")), "{m}");
+    assert!(m["notes"][0].as_str().unwrap().contains("v_parameterization"), "{m}");
+}
+
+#[tokio::test]
+async fn the_plan_lists_warmup_save_and_sample_points_and_the_device() {
+    let app = app(&repo("examples"));
+    let quickstart = std::fs::read_to_string(repo("examples/quickstart.toml"))
+        .unwrap()
+        .replace("output_dir = \"../output/quickstart\"", "output_dir = \"gui-test-output\"")
+        + "\n";
+    let (_, r) = call(&app, "POST", "/api/plan", quickstart, false).await;
+    assert_eq!(r["ok"], true, "{r}");
+    let text = r["text"].as_str().unwrap();
+    let length = format!("length: {} steps in {} epochs, {} warmup steps", r["steps"], r["epochs"], r["warmup_steps"]);
+    assert!(text.contains(&length), "{length} / {text}");
+    let epochs = r["epochs"].as_u64().unwrap();
+    let samples: Vec<String> = (1..=epochs).map(|e| format!("epoch {e}")).collect();
+    assert_eq!(r["sample_points"], serde_json::json!(samples), "sample_every_n_epochs = 1");
+    assert_eq!(r["save_points"].as_array().unwrap().last().unwrap(), "end");
+    assert_eq!(r["device"], "cpu");
+    assert!(r["available_gb"].as_f64().unwrap() > 0.0 && r["cards"].as_str().unwrap().contains("24 GB"), "{r}");
+}
+
+#[test]
+fn save_and_sample_points_follow_the_trainers_schedule() {
+    let config = |text: &str| lorakit_train::TrainConfig::from_toml_str(text, &[]).unwrap();
+    let c = config("[save]\nsave_every_n_epochs = 2\nsave_every_n_steps = 40\n");
+    // Steps before the last; epochs before the last; the final save.
+    assert_eq!(
+        lorakit_gui::forms::save_points(&c, 100, 5),
+        ["step 40", "step 80", "epoch 2", "epoch 4", "end"].map(String::from)
+    );
+    let c = config("[samples]\nsample_prompts = \"p.txt\"\nsample_every_n_steps = 50\nsample_at_first = true\n");
+    assert_eq!(lorakit_gui::forms::sample_points(&c, 100, 5), ["start", "step 50", "step 100"].map(String::from));
+    let c = config("[samples]\nsample_every_n_steps = 50\n");
+    assert!(lorakit_gui::forms::sample_points(&c, 100, 5).is_empty(), "no prompts, no samples");
+}
+
+#[test]
+fn prompt_rows_round_trip_through_sd_scripts_prompt_lines() {
+    use lorakit_gui::forms::{parse_prompt_rows, render_prompt_rows, PromptRow};
+    let rows = vec![
+        PromptRow {
+            prompt: "red lkstar, (large:1.2), white background".into(),
+            negative: Some("blurry, lowres".into()),
+            width: Some(512),
+            height: Some(768),
+            steps: Some(20),
+            cfg: Some(7.5),
+            seed: Some(42),
+            sampler: Some("euler_a".into()),
+        },
+        // Unset values stay unset: the run's defaults (which depend on the model) fill them.
+        PromptRow { prompt: "a plain prompt".into(), ..Default::default() },
+        PromptRow { prompt: "only a seed".into(), seed: Some(0), cfg: Some(7.0), ..Default::default() },
+    ];
+    let text = render_prompt_rows(&rows).unwrap();
+    assert_eq!(
+        text,
+        "red lkstar, (large:1.2), white background --n blurry, lowres --w 512 --h 768 --s 20 --l 7.5 --d 42 --ss euler_a\na plain prompt\nonly a seed --l 7 --d 0\n"
+    );
+    let (back, warnings) = parse_prompt_rows(&text).unwrap();
+    assert_eq!(back, rows);
+    assert!(warnings.is_empty(), "{warnings:?}");
+    // A file written by hand (comments, option order, case) reads to rows that write it again
+    // in the same meaning.
+    let bundled = std::fs::read_to_string(repo("examples/quickstart/prompts.txt")).unwrap();
+    let (rows, _) = parse_prompt_rows(&bundled).unwrap();
+    assert_eq!(rows.len(), 5);
+    assert_eq!((rows[0].width, rows[0].seed, rows[0].cfg, rows[0].steps), (Some(64), Some(1), Some(7.0), Some(20)));
+    assert_eq!(rows[0].negative, None);
+    assert_eq!(parse_prompt_rows(&render_prompt_rows(&rows).unwrap()).unwrap().0, rows);
+    let (rows, _) = parse_prompt_rows("x --S 3 --W 128 --N no\n").unwrap();
+    assert_eq!((rows[0].steps, rows[0].width, rows[0].negative.as_deref()), (Some(3), Some(128), Some("no")));
+    // What a prompt line cannot say is refused, naming the row.
+    for (row, expected) in [
+        (PromptRow { prompt: "a --w 5".into(), ..Default::default() }, "row 1"),
+        (PromptRow { prompt: "two\nlines".into(), ..Default::default() }, "line break"),
+        (PromptRow { prompt: "# not a prompt".into(), ..Default::default() }, "comment"),
+        (PromptRow { prompt: " ".into(), ..Default::default() }, "give a prompt"),
+        (PromptRow { prompt: "ok".into(), negative: Some("x --d 1".into()), ..Default::default() }, "negative"),
+    ] {
+        let err = render_prompt_rows(&[row]).unwrap_err();
+        assert!(err.contains(expected), "{expected}: {err}");
+    }
+}
+
+#[tokio::test]
+async fn prompts_are_saved_as_a_prompt_file_and_read_back_from_any_format() {
+    let root = tempfile::tempdir().unwrap();
+    let app = app(root.path());
+    let rows = serde_json::json!([
+        { "prompt": "chkbrd, a board", "negative": "blurry", "width": 64, "height": 64, "steps": 4, "cfg": 7, "seed": 1 },
+        { "prompt": "chkbrd" },
+    ]);
+    let body = |name: &str, rows: &serde_json::Value, overwrite: bool| {
+        serde_json::json!({ "root": 0, "folder": "", "name": name, "rows": rows, "overwrite": overwrite }).to_string()
+    };
+    let (status, r) = call(&app, "POST", "/api/prompts/save", body("run-prompts", &rows, false), true).await;
+    assert_eq!(status, StatusCode::OK, "{r}");
+    let written = std::fs::read_to_string(root.path().join("run-prompts.txt")).unwrap();
+    assert_eq!(written, "chkbrd, a board --n blurry --w 64 --h 64 --s 4 --l 7 --d 1\nchkbrd\n");
+    let (status, _) = call(&app, "POST", "/api/prompts/save", body("run-prompts", &rows, false), true).await;
+    assert_eq!(status, StatusCode::CONFLICT, "not over an existing file unless asked");
+    let (_, back) = call(&app, "GET", "/api/prompts?root=0&path=run-prompts.txt", Body::empty(), false).await;
+    assert_eq!(back["rows"][0]["negative"], "blurry");
+    assert_eq!(back["rows"][0]["cfg"], 7.0);
+    assert_eq!(
+        back["rows"][1],
+        serde_json::json!({ "prompt": "chkbrd", "negative": null, "width": null, "height": null, "steps": null, "cfg": null, "seed": null, "sampler": null })
+    );
+    // The trainer's other formats read into the same table.
+    std::fs::write(
+        root.path().join("p.toml"),
+        "[prompt]\nwidth = 128\n[[prompt.subset]]\nprompt = \"from toml\"\nseed = 5\n",
+    )
+    .unwrap();
+    let (status, t) = call(&app, "GET", "/api/prompts?root=0&path=p.toml", Body::empty(), false).await;
+    assert_eq!(status, StatusCode::OK, "{t}");
+    assert_eq!((t["rows"][0]["prompt"].as_str(), t["rows"][0]["width"].as_u64()), (Some("from toml"), Some(128)));
+    assert_eq!(t["rows"][0]["height"], serde_json::Value::Null);
+    // Refused: a row the format cannot hold, a name with folders, a path outside the root.
+    let bad = serde_json::json!([{ "prompt": "a --b" }]);
+    let (status, r) = call(&app, "POST", "/api/prompts/save", body("x", &bad, false), true).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(r["error"].as_str().unwrap().contains("row 1"), "{r}");
+    let (status, _) = call(&app, "POST", "/api/prompts/save", body("../x", &rows, false), true).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    let (status, _) = call(&app, "GET", "/api/prompts?root=0&path=../x.txt", Body::empty(), false).await;
+    assert!(status == StatusCode::FORBIDDEN || status == StatusCode::NOT_FOUND, "{status}");
+    let (_, p) =
+        call(&app, "POST", "/api/prompts/parse", serde_json::json!({ "text": "a --w 96\n" }).to_string(), true).await;
+    assert_eq!(p["rows"][0]["width"], 96);
+}
+
+#[tokio::test]
+async fn show_cli_gives_the_commands_for_a_config_file_under_a_root() {
+    let root = tempfile::tempdir().unwrap();
+    let app = app(root.path());
+    let body = serde_json::json!({ "root": 0, "folder": "", "name": "my run" }).to_string();
+    let (status, r) = call(&app, "POST", "/api/config/command", body, true).await;
+    assert_eq!(status, StatusCode::OK, "{r}");
+    let path = root.path().canonicalize().unwrap().join("my run.toml");
+    assert_eq!(r["command"], format!("lorakit train '{}'", path.display()));
+    assert_eq!(r["dry_run"], format!("lorakit train '{}' --dry-run", path.display()));
+    let body = serde_json::json!({ "root": 0, "folder": "", "name": "a/b" }).to_string();
+    let (status, _) = call(&app, "POST", "/api/config/command", body, true).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+}

@@ -1086,6 +1086,24 @@ pub const FAMILY_KEYS: &[(&str, &[&str], KeyFamilies)] = &[
     ),
 ];
 
+/// The family of the base model at `path` as `lorakit train` detects it
+/// (`lorakit_models::checkpoint::detect_family_at`): the `model.model_family` value (`sd1`, `sd2`,
+/// `sdxl`, `flux`; `sd3` or `unknown` for what lorakit does not train) and the family's name as
+/// people say it (`SD 1.x`).
+pub fn detect_model_family(path: &Path) -> Result<(&'static str, String), String> {
+    use lorakit_models::checkpoint::ModelFamily;
+    let detected = lorakit_models::checkpoint::detect_family_at(path).map_err(|e| e.to_string())?;
+    let value = match detected {
+        ModelFamily::Sd1 => "sd1",
+        ModelFamily::Sd2 => "sd2",
+        ModelFamily::Sdxl => "sdxl",
+        ModelFamily::Flux => "flux",
+        ModelFamily::Sd3 => "sd3",
+        ModelFamily::Unknown => "unknown",
+    };
+    Ok((value, detected.to_string()))
+}
+
 /// Which model families read `section.key` ([`FAMILY_KEYS`], else every family) — the one place
 /// the GUI's form (fields hidden with the reason) takes it from. The trainer refuses a key set
 /// for a family it does not apply to where sd-scripts would ignore it silently;
