@@ -939,9 +939,11 @@ impl<'m> Trainer<'m> {
                     overflow = !grads_finite(&grads)?;
                     s.update(overflow);
                 }
+                // The total gradient norm before clipping, measured only where clipping needs it.
+                let mut grad_norm = None;
                 if !overflow {
                     if config.training.max_grad_norm > 0.0 {
-                        clip_grad_norm(&mut grads, config.training.max_grad_norm)?;
+                        grad_norm = Some(clip_grad_norm(&mut grads, config.training.max_grad_norm)?);
                     }
                     self.optimizer.step(&grads, &lrs)?;
                 } else {
@@ -976,6 +978,10 @@ impl<'m> Trainer<'m> {
                 };
                 for (g, lr) in self.optimizer.groups().iter().zip(&logged) {
                     scalars.push((format!("lr/{}", g.name), *lr));
+                }
+                // Not one of sd-scripts' names: lorakit's own, for the GUI's run view.
+                if let Some(n) = grad_norm {
+                    scalars.push(("norm/grad_norm".into(), n));
                 }
                 if let Some(m) = max_norm {
                     scalars.push(("max_norm/keys_scaled".into(), m.keys_scaled as f64));

@@ -136,6 +136,13 @@ fn two_epochs_write_kohya_files_logs_samples_and_state() {
     );
     let jsonl = std::fs::read_to_string(summary.log_dir.join("log.jsonl")).unwrap();
     assert!(jsonl.lines().count() >= 8);
+    // The gradient norm clipping measured (max_grad_norm 1.0), logged every step.
+    let norms: Vec<f64> = jsonl
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["norm/grad_norm"].as_f64())
+        .collect();
+    assert!(norms.len() == 8 && norms.iter().all(|n| n.is_finite() && *n > 0.0), "grad norms: {norms:?}");
+    assert_eq!(scalars.iter().filter(|s| s.tag == "norm/grad_norm").count(), 8);
 
     // Samples: two prompts per epoch, plus a grid each epoch.
     let samples: Vec<String> = std::fs::read_dir(out.join("sample"))
