@@ -2,7 +2,7 @@
 //! TOML), the form's values rendered to a lorakit TOML config and checked exactly as
 //! `lorakit train` reads it, and the run plan of `lorakit train --dry-run`.
 //!
-//! - `GET /api/presets`: the presets of `lorakit config new`.
+//! - `GET /api/presets`: the presets of `lorakit config new`, each with the family it is for.
 //! - `GET /api/presets/{name}`: one preset as its commented TOML and as form values.
 //! - `POST /api/config/import`: a kohya config's text → form values and the import's notes.
 //! - `POST /api/config/render`: form values (`{section: {key: value}}`, `null` = unset) → the
@@ -51,7 +51,9 @@ pub fn routes() -> Router<AppState> {
 async fn presets() -> Json<serde_json::Value> {
     let list: Vec<serde_json::Value> = lorakit_train::presets::PRESETS
         .iter()
-        .map(|(name, about)| serde_json::json!({ "name": name, "about": about }))
+        .map(|(name, about)| {
+            serde_json::json!({ "name": name, "about": about, "family": lorakit_train::presets::preset_family(name) })
+        })
         .collect();
     Json(serde_json::Value::Array(list))
 }

@@ -51,6 +51,11 @@ async fn presets_load_as_form_values_and_render_back_to_an_accepted_config() {
     assert_eq!(status, StatusCode::OK);
     let names: Vec<&str> = list.as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
     assert!(names.contains(&"sd15-character") && names.contains(&"flux-16gb"), "{names:?}");
+    let family = |n: &str| list.as_array().unwrap().iter().find(|p| p["name"] == n).unwrap()["family"].clone();
+    assert_eq!(
+        (family("sd15-character"), family("pony"), family("flux-16gb")),
+        ("sd1".into(), "sdxl".into(), "flux".into())
+    );
     for name in names {
         let (status, preset) = call(&app, "GET", &format!("/api/presets/{name}"), Body::empty(), false).await;
         assert_eq!(status, StatusCode::OK, "{name}");
