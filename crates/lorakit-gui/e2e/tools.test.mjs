@@ -72,6 +72,19 @@ test("the resize preview equals lorakit resize, and Resize writes the file", asy
   // Writing it again needs "Replace an existing file".
   await resize.getByRole("button", { name: "Resize", exact: true }).click();
   await status.getByText(/exists; choose overwrite/).waitFor();
+  // The queue shows it as a resize with its output; no training actions.
+  await page.goto(at("jobs"));
+  const job = page.locator("table.queue tbody tr").first();
+  await job.getByText("resize", { exact: true }).waitFor();
+  await job.getByRole("link", { name: "tiny-r8.safetensors" }).waitFor();
+  for (const action of ["Resume", "Save now", "Sample now", "Stop & save"]) assert.equal(await job.getByRole("button", { name: action }).count(), 0, action);
+  await job.getByRole("button", { name: /^Delete job/ }).waitFor();
+  await page.screenshot({ path: join(shots, "queue-command-1280.png") });
+  // Clone & edit refills the resize form from the job.
+  await job.getByRole("link", { name: "Clone & edit" }).click();
+  await page.getByText(/The settings of job \d+/).waitFor();
+  assert.equal(await region(page, "Resize").getByLabel("Parameter").inputValue(), "0.9");
+  assert.equal(await region(page, "Resize").getByLabel("Output file name").inputValue(), "tiny-r8");
   // The browser logs the refusal (409) it was meant to get; nothing else.
   assert.deepEqual(errors.filter((e) => !e.includes("status of 409")), []);
   await page.close();
