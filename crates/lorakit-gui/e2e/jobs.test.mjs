@@ -1,11 +1,15 @@
-// The Jobs page: a queued training, its loss chart and samples; Save now and Stop now.
+// The Jobs page and its run view: a queued training, its loss, learning-rate and norm charts,
+// samples (lightbox, two save points side by side), saved LoRA files with Inspect; Save now /
+// Stop now; another run's loss drawn over the chart.
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { gui, useGui, at, shots, quickstartRun, queueAndShow } from "./harness.mjs";
+import { gui, useGui, shots, quickstartRun, queueAndShow } from "./harness.mjs";
 
 useGui();
+
+const points = (page, label) => page.evaluate((l) => Number(document.querySelector(`[aria-label="${l}"]`)?.dataset.points ?? 0), label);
 
 test("a queued training runs and its loss chart grows from the run's log", async () => {
   const page = await gui.browser.newPage();
@@ -16,6 +20,8 @@ test("a queued training runs and its loss chart grows from the run's log", async
     "[samples]",
     `sample_prompts = ${JSON.stringify(join(gui.dataRoot, "prompts.txt"))}`,
     "sample_every_n_steps = 3",
+    "[save]",
+    "save_every_n_steps = 3",
   ]);
   writeFileSync(join(gui.dataRoot, "prompts.txt"), "red lkstar, large --w 64 --h 64 --s 3 --d 1\nblue lkstar --w 64 --h 64 --s 3 --d 2\n");
   const row = await queueAndShow(page, config);
@@ -23,6 +29,18 @@ test("a queued training runs and its loss chart grows from the run's log", async
   await page.waitForFunction(() => Number(document.querySelector(".chart")?.dataset.points ?? 0) >= 6, null, { timeout: 120000 });
   await row.getByText("done").waitFor({ timeout: 120000 });
   assert.equal(await chart.locator("canvas").count(), 1);
+  // The learning rate of each parameter group has a point per step (the quick-start trains the
+  // U-Net only: one group).
+  await page.waitForFunction(() => Number(document.querySelector('[aria-label="Learning rate by step"]')?.dataset.points ?? 0) >= 6);
+  const lrChart = page.getByRole("img", { name: "Learning rate by step" });
+  assert.equal(await lrChart.locator("canvas").count(), 1);
+  assert.match(await lrChart.locator(".u-legend").textContent(), /unet/);
+  // The gradient norm lorakit train measures for clipping (max_grad_norm 1.0), every step.
+  await page.waitForFunction(() => Number(document.querySelector('[aria-label="Gradient norm by step"]')?.dataset.points ?? 0) >= 6);
+  assert.match(await page.getByRole("img", { name: "Gradient norm by step" }).locator(".u-legend").textContent(), /gradient norm \(before clipping\)/);
+  // Smoothing 0 draws the raw loss itself; the slider redraws at once.
+  await page.getByLabel("Smoothing").fill("0");
+  assert.equal(await page.locator(".run output").textContent(), "0.00");
   // Samples at steps 3 and 6 for both prompts, in a save points × prompts table.
   const samples = page.getByRole("region", { name: "Samples" });
   await samples.getByRole("img", { name: "step 6, prompt 1" }).waitFor({ timeout: 30000 });
@@ -38,7 +56,50 @@ test("a queued training runs and its loss chart grows from the run's log", async
   await page.screenshot({ path: join(shots, "lightbox-1280.png") });
   await page.keyboard.press("Escape");
   assert.equal(await lightbox.count(), 0);
+
+  // Compare two save points: each prompt's image at step 3 beside the one at step 6.
+  await samples.getByRole("button", { name: "Compare two save points" }).click();
+  const compare = page.getByRole("region", { name: "Compare save points" });
+  await compare.waitFor();
+  const rows = compare.locator("tbody tr");
+  assert.equal(await rows.count(), 2, "one row per prompt");
+  for (const [i, prompt] of [[0, 0], [1, 1]]) {
+    const names = await rows.nth(i).getByRole("img").evaluateAll((imgs) => imgs.map((img) => img.alt));
+    assert.deepEqual(names, [`step 3, prompt ${prompt}`, `step 6, prompt ${prompt}`]);
+  }
+  await page.waitForFunction(() => [...document.querySelectorAll(".compare img")].every((img) => img.naturalWidth === 64));
+  // Keyboard: the right-hand save point changes from its select, Swap exchanges the two.
+  await compare.getByLabel("Right save point").focus();
+  await compare.getByLabel("Right save point").selectOption({ label: "step 3" });
+  assert.deepEqual(await rows.nth(0).getByRole("img").evaluateAll((imgs) => imgs.map((img) => img.alt)), ["step 3, prompt 0", "step 3, prompt 0"]);
+  await compare.getByLabel("Left save point").selectOption({ label: "step 6" });
+  await compare.getByRole("button", { name: "Swap" }).press("Enter");
+  assert.deepEqual(await rows.nth(1).getByRole("img").evaluateAll((imgs) => imgs.map((img) => img.alt)), ["step 3, prompt 1", "step 6, prompt 1"]);
+
+  // The LoRA files the run saved: the step-3 save and the final file, each inspectable here.
+  const saved = page.getByRole("region", { name: "Saved LoRA files" });
+  await saved.getByText("e2e.safetensors", { exact: true }).waitFor({ timeout: 30000 });
+  const savedRows = saved.locator("tbody tr");
+  assert.deepEqual(await savedRows.locator("td:first-child").allTextContents(), ["e2e-step00000003.safetensors", "e2e.safetensors"]);
+  assert.deepEqual(await savedRows.locator("td:nth-child(2)").allTextContents(), ["step 3", "final"]);
+  const resize = saved.getByRole("link", { name: "Resize e2e.safetensors" });
+  assert.equal(await resize.getAttribute("href"), "#tools?op=resize&root=0&path=e2e%2Fe2e.safetensors");
+  assert.equal(await saved.getByRole("link", { name: "XY plot of e2e.safetensors" }).getAttribute("href"), "#tools?op=xy&root=0&path=e2e%2Fe2e.safetensors");
+  await saved.getByRole("button", { name: "Inspect e2e.safetensors" }).click();
+  const report = saved.getByRole("region", { name: "LoRA file" });
+  await report.getByRole("heading", { name: "e2e/e2e.safetensors" }).waitFor();
+  assert.match(await report.locator("tr", { hasText: "epochs / steps" }).textContent(), /\/ 6/);
+  assert.ok((await report.locator(".blocks tr").count()) >= 1, "block norms drawn");
   await page.screenshot({ path: join(shots, "run-1280.png"), fullPage: true });
+
+  // Phone width: the charts shrink to the screen and stay drawn.
+  await page.setViewportSize({ width: 390, height: 844 });
+  await page.waitForFunction(() => [...document.querySelectorAll(".run .chart canvas")].every((c) => c.getBoundingClientRect().right <= 390));
+  const box = await chart.locator("canvas").boundingBox();
+  assert.ok(box.width >= 300 && box.x >= 0, `loss chart at 390 px: ${JSON.stringify(box)}`);
+  await page.screenshot({ path: join(shots, "run-390.png"), fullPage: true });
+  await page.emulateMedia({ colorScheme: "dark" });
+  await page.screenshot({ path: join(shots, "run-390-dark.png"), fullPage: true });
   assert.deepEqual(errors, []);
   await page.close();
 });
@@ -53,8 +114,42 @@ test("Save now saves a running job's LoRA at its current step, Stop now ends it"
   await row.getByText(/step [1-9]\d*\/100000/).waitFor({ timeout: 120000 });
   await row.getByRole("button", { name: "Save now" }).click();
   await page.locator("pre.log").getByText(/saved .*long-step\d{8}\.safetensors/).waitFor({ timeout: 60000 });
+  // The save shows in the run's saved files, named by its step.
+  await page.getByRole("region", { name: "Saved LoRA files" }).getByText(/^long-step\d{8}\.safetensors$/).waitFor({ timeout: 30000 });
   await row.getByRole("button", { name: "Stop now" }).click();
   await row.getByRole("cell", { name: "stopped", exact: true }).waitFor({ timeout: 60000 });
+  assert.deepEqual(errors, []);
+  await page.close();
+});
+
+test("another finished run's smoothed loss is drawn over the chart, in its own colour, and removed again", async () => {
+  const page = await gui.browser.newPage();
+  const errors = [];
+  page.on("pageerror", (e) => errors.push(e.message));
+  await page.goto(gui.url);
+  const { jobs } = await page.evaluate(() => fetch("/api/jobs").then((r) => r.json()));
+  const first = jobs.find((j) => j.status === "done"), second = jobs.find((j) => j.status === "stopped");
+  assert.ok(first && second, JSON.stringify(jobs.map((j) => [j.id, j.status])));
+  await page.goto(new URL("/#jobs", gui.url).href);
+  await page.locator("tr", { hasText: first.id }).getByRole("button", { name: "Output" }).click();
+  await page.waitForFunction(() => Number(document.querySelector(".chart")?.dataset.points ?? 0) >= 6);
+  const chart = page.getByRole("img", { name: "Loss by step" });
+  assert.equal(await chart.getAttribute("data-series"), "3", "loss, smoothed, epoch mean");
+  const other = page.getByLabel("Other run");
+  await page.waitForFunction((id) => [...document.querySelectorAll("select[aria-label='Other run'] option")].some((o) => o.value === id), second.id);
+  await other.selectOption(second.id);
+  await page.getByRole("button", { name: "Add to chart" }).click();
+  // Every loss row the stopped run logged becomes a point of the fourth series.
+  const logged = await page.evaluate((id) => fetch(`/api/runs/${id}/series?key=loss/current`).then((r) => r.json()), second.id);
+  assert.ok(logged.steps.length >= 1, JSON.stringify(logged));
+  await page.waitForFunction((n) => document.querySelector(".chart")?.dataset.overlayPoints === String(n), logged.steps.length);
+  assert.equal(await chart.getAttribute("data-series"), "4");
+  assert.match(await chart.locator(".u-legend").textContent(), new RegExp(`job ${second.id} \\(smoothed\\)`));
+  const stroke = await page.evaluate(() => getComputedStyle(document.querySelector(".run .chip .swatch")).backgroundColor);
+  assert.notEqual(stroke, "", "the legend chip shows the run's colour");
+  await page.locator(".run-charts").screenshot({ path: join(shots, "run-overlay-1280.png") });
+  await page.getByRole("button", { name: `Remove job ${second.id} from the chart` }).click();
+  await page.waitForFunction(() => document.querySelector(".chart")?.dataset.series === "3");
   assert.deepEqual(errors, []);
   await page.close();
 });
