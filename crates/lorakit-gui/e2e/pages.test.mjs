@@ -73,3 +73,21 @@ test("the header switches to Thai and to the dark theme, and both are kept after
   assert.deepEqual(errors, []);
   await page.close();
 });
+
+test("the options page lists one family's options and marks family-only keys", async () => {
+  const page = await gui.browser.newPage();
+  await page.goto(gui.url);
+  await page.goto(at("options"));
+  const rows = page.locator("tbody tr");
+  await rows.first().waitFor();
+  const all = await rows.count();
+  const flux = page.locator("tr", { hasText: "accelerate.blocks_to_swap" });
+  assert.match(await flux.textContent(), /Flux only/);
+  await page.getByLabel("Model family").selectOption("sd1");
+  await page.waitForFunction((n) => document.querySelectorAll("tbody tr").length < n, all);
+  assert.equal(await flux.count(), 0, "a Flux-only key is not listed for SD 1.x");
+  assert.equal(await page.locator("tr", { hasText: "model.clip_skip" }).count(), 1);
+  await page.getByLabel("Model family").selectOption("flux");
+  assert.equal(await page.locator("tr", { hasText: "model.clip_skip" }).count(), 0);
+  await page.close();
+});
