@@ -1,5 +1,6 @@
-// The queue: jobs move up and down while queued (the order they then run in), and a finished
-// job is deleted (its record and output, not what it wrote).
+// The queue: jobs move up and down while queued (the order they then run in), a finished job is
+// deleted (its record and output, not what it wrote), and the two LoRAs trained here are drawn
+// as an XY plot (a generate job) whose image the tools page and the queue show.
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { join } from "node:path";
@@ -64,5 +65,32 @@ test("queued trainings move, the order holds, and a finished job is deleted", as
   // The 404 asked for above is logged by the browser; nothing else.
   assert.deepEqual([...errors.filter((e) => !e.includes("status of 404")), ...phone.errors], []);
   await phone.page.close();
+
+  // XY plot: the two LoRAs (rows, after a row without LoRA) × two prompts on the model they
+  // were trained from (the second root holds examples/).
+  await page.goto(at(`tools?${new URLSearchParams({ op: "xy", root: 0, path: "a/a.safetensors" })}`));
+  const xy = page.getByRole("region", { name: "XY plot", exact: true });
+  await xy.getByLabel("Base model: root").selectOption("1");
+  await xy.getByLabel("Base model", { exact: true }).fill("quickstart/shapes-sd15");
+  await xy.getByRole("button", { name: "Add a row" }).click();
+  await xy.getByLabel("Row 2: LoRA", { exact: true }).fill("b/b.safetensors");
+  await xy.getByLabel("First row without a LoRA").check();
+  await xy.getByLabel("Prompts, one per line (the columns)").fill("red lkstar, large\nblue lkstar");
+  await xy.getByLabel("Steps").fill("3");
+  await xy.getByLabel("Width").fill("64");
+  await xy.getByLabel("Height").fill("64");
+  await xy.getByLabel("Output file name").fill("epochs");
+  await xy.getByRole("button", { name: "Queue XY plot" }).click();
+  const plot = xy.getByRole("img", { name: /^XY plot of job \d+$/ });
+  await plot.waitFor({ timeout: 120000 });
+  await page.waitForFunction(() => document.querySelector("img.plot")?.naturalWidth > 0);
+  // Three rows (no LoRA, a, b) of 64 px cells under the labels: taller than wide per column.
+  const size = await plot.evaluate((img) => [img.naturalWidth, img.naturalHeight]);
+  assert.ok(size[1] > 3 * 64 && size[0] > 2 * 64, `grid ${size}`);
+  await page.screenshot({ path: join(shots, "tools-xy-1280.png"), fullPage: true });
+  await page.goto(at("jobs"));
+  await page.locator("table.queue .results img").first().waitFor();
+  await page.waitForFunction(() => document.querySelector("table.queue .results img")?.naturalWidth > 0);
+  await page.screenshot({ path: join(shots, "queue-xy-1280.png") });
   await page.close();
 });
