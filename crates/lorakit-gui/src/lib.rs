@@ -20,8 +20,8 @@ pub mod roots;
 pub mod runs;
 pub mod security;
 pub mod tags;
-pub mod undo;
 pub mod tools;
+pub mod undo;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
