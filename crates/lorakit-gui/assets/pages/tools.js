@@ -138,6 +138,10 @@ function resizeSection(roots, statusFor) {
         el("p", { class: "summary" },
           t("{n} modules · ranks {low}–{high} · size {before} → about {after}", { n: p.modules.length, low: Math.min(...ranks), high: Math.max(...ranks), before: fmtBytes(p.bytes_before), after: fmtBytes(p.bytes_after) })),
         el("p", { class: "muted", text: p.average }),
+        // SVD pads a module up to the new rank with near-zero directions: bigger, no better.
+        p.params_after > p.params_before
+          ? el("p", { class: "warning", text: t("The result is larger than the file: rank {rank} is above its modules' ranks (up to {old}).", { rank: rank.value, old: Math.max(...p.modules.map((m) => m.old_rank)) }) })
+          : "",
         el("div", { class: "scroll" }, el("table", { class: "preview-table", "aria-label": t("Resize preview") },
           el("thead", {}, el("tr", {}, ...[t("module"), t("rank"), t("new rank"), t("norm retained"), t("sum retained")].map((h) => el("th", { text: h })))),
           el("tbody", {}, ...p.modules.map((m) => el("tr", {},
