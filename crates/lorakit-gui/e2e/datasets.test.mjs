@@ -193,6 +193,8 @@ test("find and replace in sentence captions shows the diff, applies, undoes; one
 for (const [width, height] of [[1280, 800], [390, 844]]) {
   test(`how training sees one image: bucket, resize, crop and the sample (${width} px)`, async () => {
     const { page, errors } = await openPage({ width, height });
+    // The phone shot in the dark theme (both themes looked at).
+    if (width < 640) await page.emulateMedia({ colorScheme: "dark" });
     const report = await openDataset(page, "train");
     await report.locator(".vgrid button.thumb").first().click();
     const panel = page.getByRole("dialog", { name: "How training sees this image" });

@@ -168,17 +168,23 @@ async fn a_dataset_toml_is_read_when_its_image_dirs_are_inside_the_roots() {
     assert_eq!(report["source"], "toml");
     assert_eq!(report["datasets"][0]["batch_size"], 2);
     let images = report["datasets"][0]["images"].as_array().unwrap();
-    assert!(images
-        .iter()
-        .any(|i| i["file"]
-            == "dataset/reg/1_texture/".to_string() + i["file"].as_str().unwrap().rsplit('/').next().unwrap()));
+    let in_reg = |i: &serde_json::Value| i["file"].as_str().unwrap().starts_with("dataset/reg/1_texture/");
+    assert!(images.iter().any(in_reg), "the regularisation subset's images too");
     assert!(
         images.iter().all(|i| i["root"] == 0 && repo("examples").join(i["file"].as_str().unwrap()).is_file()),
         "{images:?}"
     );
+    // How training sees one of its images follows the TOML's subset (its bucket settings).
+    let uri = "/api/dataset/as-trained?root=0&path=dataset/dataset.toml&image_root=0&image=dataset/img/2_misc/wide.jpg";
+    let (status, body) = send(&app, "GET", uri, None).await;
+    let seen = json_of(&body);
+    assert_eq!(status, StatusCode::OK, "{seen}");
+    let row = images.iter().find(|i| i["file"] == "dataset/img/2_misc/wide.jpg").unwrap();
+    assert_eq!((seen["bucket"].clone(), seen["resized"].clone()), (row["bucket"].clone(), row["resized"].clone()));
+    assert_eq!(seen["subset"], "dataset/img/2_misc");
 
-    // The same TOML with only the dataset folder as a root: its image_dirs are inside; then a
-    // TOML under a root pointing outside it is refused, naming the image_dir.
+    // A TOML under a root whose image_dir lies outside every root is refused, naming the
+    // image_dir; one whose image_dir does not exist says so.
     let root = tempfile::tempdir().unwrap();
     let outside = tempfile::tempdir().unwrap();
     std::fs::create_dir(outside.path().join("4_x")).unwrap();
