@@ -91,6 +91,13 @@ test("a queued training runs and its loss chart grows from the run's log", async
   assert.match(await report.locator("tr", { hasText: "epochs / steps" }).textContent(), /\/ 6/);
   assert.ok((await report.locator(".blocks tr").count()) >= 1, "block norms drawn");
   await page.screenshot({ path: join(shots, "run-1280.png"), fullPage: true });
+  // The output: the whole file downloads; scrolling up stops following the end.
+  const download = page.getByRole("link", { name: "Download output.log" });
+  const text = await page.evaluate((href) => fetch(href).then((r) => r.text()), await download.getAttribute("href"));
+  assert.match(text, /done: 6 steps/);
+  assert.equal(await download.getAttribute("download"), "");
+  const follow = page.getByRole("checkbox", { name: "Follow" });
+  assert.equal(await follow.isChecked(), true);
 
   // Phone width: the charts shrink to the screen and stay drawn.
   await page.setViewportSize({ width: 390, height: 844 });

@@ -53,13 +53,17 @@ export function runView({ onStatus }) {
   themeWatch.observe(document.documentElement, { attributes: true, attributeFilter: ["data-theme"] });
   const scheme = matchMedia("(prefers-color-scheme: dark)");
   scheme.addEventListener("change", redraw);
+  // Nothing is shown until a job is chosen.
+  const node = el("section", { class: "run", "aria-label": t("Run") },
+    title,
+    el("div", { class: "run-charts" }, loss.node, lr.node, norms.node),
+    gallery.node, saved.node, output.node);
+  node.hidden = true;
   return {
-    node: el("section", { class: "run", "aria-label": t("Run") },
-      title,
-      el("div", { class: "run-charts" }, loss.node, lr.node, norms.node),
-      gallery.node, saved.node, output.node),
+    node,
     show(id) {
       stop();
+      node.hidden = false;
       jobId = id;
       title.textContent = t("Run of job {id}", { id });
       loss.reset(id);
@@ -471,12 +475,13 @@ function savedPanel() {
   const inspector = el("section", { class: "inspector", "aria-label": t("LoRA file") });
   const note = el("p", { class: "muted" });
   const folderLink = el("a", { text: t("Open the output folder") });
+  folderLink.hidden = true;
+  const table = el("table", { class: "saved" },
+    el("thead", {}, el("tr", {}, ...[t("file"), t("save"), t("size"), t("written"), ""].map((h) => el("th", { text: h })))),
+    body);
+  table.hidden = true;
   const box = el("section", { class: "panel", "aria-label": t("Saved LoRA files") },
-    el("h3", { text: t("Saved LoRA files") }), note,
-    el("table", { class: "saved" },
-      el("thead", {}, el("tr", {}, ...[t("file"), t("save"), t("size"), t("written"), ""].map((h) => el("th", { text: h })))),
-      body),
-    el("p", {}, folderLink), inspector);
+    el("h3", { text: t("Saved LoRA files") }), note, table, el("p", {}, folderLink), inspector);
   let shownFor = "";
   const kindLabel = (f) => f.kind === "final" ? t("final") : f.kind === "epoch" ? t("epoch {n}", { n: f.n }) : t("step {n}", { n: f.n });
   return {
@@ -490,6 +495,7 @@ function savedPanel() {
       const { files, outside, folder } = listed;
       note.textContent = !files.length ? t("No LoRA file saved yet.") : outside ? t("{n} more outside the roots (not shown)", { n: outside }) : "";
       folderLink.hidden = !folder;
+      table.hidden = !files.length;
       if (folder) folderLink.href = pageLink("files", { root: folder.root, path: folder.path });
       body.replaceChildren(...files.map((f) => {
         const folderPath = f.path.split("/").slice(0, -1).join("/");
