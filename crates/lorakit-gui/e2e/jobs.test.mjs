@@ -155,6 +155,13 @@ test("another finished run's smoothed loss is drawn over the chart, in its own c
   const stroke = await page.evaluate(() => getComputedStyle(document.querySelector(".run .chip .swatch")).backgroundColor);
   assert.notEqual(stroke, "", "the legend chip shows the run's colour");
   await page.locator(".run-charts").screenshot({ path: join(shots, "run-overlay-1280.png") });
+  // The theme picker redraws the charts in the dark colours, overlay included.
+  await page.getByLabel("Theme").selectOption("dark");
+  await page.waitForFunction(() => document.querySelectorAll(".run .chart canvas").length === 3);
+  assert.equal(await chart.getAttribute("data-series"), "4");
+  assert.equal(await chart.locator("canvas").count(), 1);
+  await page.locator(".run-charts").screenshot({ path: join(shots, "run-overlay-1280-dark.png") });
+  await page.getByLabel("Theme").selectOption("");
   await page.getByRole("button", { name: `Remove job ${second.id} from the chart` }).click();
   await page.waitForFunction(() => document.querySelector(".chart")?.dataset.series === "3");
   assert.deepEqual(errors, []);

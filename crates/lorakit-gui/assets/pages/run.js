@@ -144,7 +144,6 @@ function lineChart(container, axisLabel) {
         plot.setData(data);
       }
     },
-    redraw() { if (plot && lastData) build(); },
     clear() { plot?.destroy(); plot = null; shape = ""; lastData = null; },
     destroy() { watch.disconnect(); plot?.destroy(); plot = null; },
   };
@@ -308,7 +307,8 @@ function lossPanel() {
     async refreshOverlays() {
       for (const [other, o] of overlays) if (!o.final) await loadOverlay(other);
     },
-    redraw() { chart.redraw(); },
+    // Line colours come from the theme too: draw afresh.
+    redraw() { chart.clear(); draw(); },
     destroy() { chart.destroy(); },
   };
 }
@@ -352,7 +352,8 @@ function seriesPanel({ title, label, keys, name, axis, empty }) {
       }
       draw();
     },
-    redraw() { chart.redraw(); },
+    // Line colours come from the theme too: draw afresh.
+    redraw() { chart.clear(); draw(); },
     destroy() { chart.destroy(); },
   };
 }
