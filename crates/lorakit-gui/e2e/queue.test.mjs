@@ -94,3 +94,15 @@ test("queued trainings move, the order holds, and a finished job is deleted", as
   await page.screenshot({ path: join(shots, "queue-xy-1280.png") });
   await page.close();
 });
+
+test("an address naming a job (the Train page's Start) opens that job's run", async () => {
+  const { page, errors } = await openPage({ width: 1280, height: 900 });
+  await page.goto(at("jobs"));
+  const id = await queue(page, quickstartRun("named", 2));
+  await page.goto(gui.url);
+  await page.goto(at(`jobs?job=${id}`));
+  await page.getByRole("heading", { level: 2, name: `Run of job ${id}` }).waitFor();
+  await row(page, id).getByRole("cell", { name: "done", exact: true }).waitFor({ timeout: 180000 });
+  assert.deepEqual(errors, []);
+  await page.close();
+});

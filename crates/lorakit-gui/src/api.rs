@@ -63,6 +63,7 @@ pub fn routes() -> Router<AppState> {
         .merge(crate::forms::routes())
         .merge(crate::tools::routes())
         .merge(crate::library::routes())
+        .merge(crate::images::routes())
         .merge(crate::datasets::routes())
         .merge(crate::tags::routes())
         .merge(crate::captions::routes())
@@ -308,13 +309,28 @@ fn job_response(result: Result<crate::jobs::JobRecord, JobError>, ok: StatusCode
     }
 }
 
+/// A job record as the pages get it: each image file it wrote (an XY plot) carries the `image`
+/// id its address uses ([`crate::images`]).
+fn addressed_record(state: &AppState, record: &crate::jobs::JobRecord) -> serde_json::Value {
+    let mut value = serde_json::to_value(record).unwrap_or_default();
+    for (file, shown) in record.files.iter().zip(value["files"].as_array_mut().into_iter().flatten()) {
+        if file.path.to_ascii_lowercase().ends_with(".png") {
+            shown["image"] = state.images().id(file.root, &file.path).into();
+        }
+    }
+    value
+}
+
 async fn list_jobs(State(state): State<AppState>) -> Response {
     let jobs = match job_store(&state) {
         Ok(j) => j,
         Err(r) => return r,
     };
     match blocking(move || jobs.list()).await {
-        Ok((jobs, skipped)) => Json(serde_json::json!({ "jobs": jobs, "skipped": skipped })).into_response(),
+        Ok((jobs, skipped)) => {
+            let jobs: Vec<serde_json::Value> = jobs.iter().map(|r| addressed_record(&state, r)).collect();
+            Json(serde_json::json!({ "jobs": jobs, "skipped": skipped })).into_response()
+        }
         Err(r) => r,
     }
 }
@@ -325,7 +341,8 @@ async fn get_job(State(state): State<AppState>, Path(id): Path<String>) -> Respo
         Err(r) => return r,
     };
     match blocking(move || jobs.get(&id)).await {
-        Ok(result) => job_response(result, StatusCode::OK),
+        Ok(Ok(record)) => Json(addressed_record(&state, &record)).into_response(),
+        Ok(Err(e)) => job_error(e),
         Err(r) => r,
     }
 }
@@ -551,9 +568,11 @@ async fn inspect_lora(State(state): State<AppState>, Query(q): Query<FolderQuery
     }
 }
 
-/// One sample image of a run, addressed under a root for `/api/thumb` and `/api/image`.
+/// One sample image of a run.
 #[derive(Serialize, Debug, PartialEq, Eq)]
 pub struct SampleImage {
+    /// Its id for `/api/thumb/{id}` and `/api/image/{id}` ([`crate::images`]).
+    pub id: String,
     /// `e000002` (end of epoch 2) or `000100` (after step 100), sd-scripts' tag.
     pub tag: String,
     /// The prompt's place in the prompt file (0-based).
@@ -601,8 +620,8 @@ async fn job_samples(State(state): State<AppState>, Path(id): Path<String>) -> R
     };
     let dir = config.folders.output_dir.join("sample");
     let name = config.folders.output_name.clone();
-    let roots = state.roots().clone();
     let found = blocking(move || {
+        let roots = state.roots();
         let mut out = Vec::new();
         let Ok(entries) = std::fs::read_dir(&dir) else { return out };
         for entry in entries.flatten() {
@@ -611,7 +630,7 @@ async fn job_samples(State(state): State<AppState>, Path(id): Path<String>) -> R
             let Ok(path) = entry.path().canonicalize() else { continue };
             let place = (0..roots.all().len()).find_map(|r| roots.relative(r, &path).map(|p| (r, p)));
             if let Some((root, path)) = place {
-                out.push(SampleImage { tag, prompt, root, path });
+                out.push(SampleImage { id: state.images().id(root, &path), tag, prompt, root, path });
             }
         }
         out.sort_by(|a, b| (a.tag.starts_with('e'), &a.tag, a.prompt).cmp(&(b.tag.starts_with('e'), &b.tag, b.prompt)));

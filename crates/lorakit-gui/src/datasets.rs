@@ -7,16 +7,13 @@
 //!   parent of `N_name` subsets) or a dataset TOML (`[[datasets]]` with `image_dir`s; refused
 //!   when an `image_dir` is not inside the roots). Headers only by default (fast on large
 //!   datasets); `full=1` decodes every image, as `lorakit dataset check` does, to find corrupt
-//!   files and duplicates. Each image carries `root` and `file`, its address for the other routes.
-//! - `GET /api/dataset/as-trained?root=N&path=REL&image_root=M&image=IMG[&flip=1]`: how training
-//!   sees image `IMG` of the dataset `REL` — its size, the size it is resized to, the crop offsets,
+//!   files and duplicates. Each image carries `root` and `file` (for the caption routes) and `id`
+//!   (its thumbnail, `/api/thumb/{id}`, and the as-trained view).
+//! - `GET /api/dataset/as-trained?root=N&path=REL&image=ID[&flip=1]`: how training
+//!   sees the image `ID` names (its id in the report) in the dataset `REL` — its size, the size it is resized to, the crop offsets,
 //!   its bucket, the resize filter, flip and random crop — computed by the dataset code training
 //!   uses (`BucketManager::select`, `crop_offsets`); `/api/dataset/as-trained.png` with the same
 //!   query: the pixels of that sample as a PNG (`load_training_image`, the trainer's loader).
-//! - `GET /api/thumb?root=N&path=REL`: the image at `REL` (upright, as training sees it), at most
-//!   256 px a side, as PNG. Image files only; the path goes through the roots like any other.
-//! - `GET /api/image?root=N&path=REL`: a PNG, JPEG or WebP file under a root as it is (sample
-//!   images at full size).
 
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
@@ -38,19 +35,12 @@ use crate::api::{error, path_error};
 use crate::roots::Roots;
 use crate::AppState;
 
-/// Longest side of a thumbnail.
-const THUMB_SIDE: u32 = 256;
-/// The extensions the dataset loader reads as images.
-const IMAGE_EXTENSIONS: [&str; 6] = ["png", "jpg", "jpeg", "webp", "bmp", "gif"];
-
 /// The Datasets page's routes (mounted at `/api`).
 pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/dataset", get(dataset))
         .route("/dataset/as-trained", get(as_trained))
         .route("/dataset/as-trained.png", get(as_trained_png))
-        .route("/thumb", get(thumb))
-        .route("/image", get(full_image))
         .merge(crate::repeats::routes())
 }
 
@@ -135,6 +125,7 @@ async fn dataset(State(state): State<AppState>, Query(q): Query<DatasetQuery>) -
     };
     let full = q.full == Some(1);
     let roots = state.roots().clone();
+    let ids = state.clone();
     let (root, base) = (q.root, q.path.clone());
     let checked = tokio::task::spawn_blocking(move || {
         let plan = load_plan(&source, &roots, &base)?;
@@ -148,7 +139,7 @@ async fn dataset(State(state): State<AppState>, Query(q): Query<DatasetQuery>) -
         let report = check_with(&plan, &shown_from, &options, &FingerprintCache::disabled(), &|_| {});
         let mut value =
             serde_json::to_value(&report).map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-        address_images(&mut value, &source, &roots, root, &base);
+        address_images(&mut value, &source, &roots, root, &base, ids.images());
         value["source"] = if matches!(source, Source::Folder(_)) { "folder" } else { "toml" }.into();
         Ok::<_, Refusal>(value)
     })
@@ -162,7 +153,14 @@ async fn dataset(State(state): State<AppState>, Query(q): Query<DatasetQuery>) -
 
 /// Adds `root` and `file` (its path under that root) to every image of a report, so the page
 /// addresses thumbnails, captions and the as-trained view the same way for folders and TOMLs.
-fn address_images(report: &mut serde_json::Value, source: &Source, roots: &Roots, root: usize, base: &str) {
+fn address_images(
+    report: &mut serde_json::Value,
+    source: &Source,
+    roots: &Roots,
+    root: usize,
+    base: &str,
+    images: &crate::images::ImageIds,
+) {
     let Some(datasets) = report["datasets"].as_array_mut() else { return };
     for image in datasets.iter_mut().filter_map(|d| d["images"].as_array_mut()).flatten() {
         let shown = image["path"].as_str().unwrap_or_default().to_string();
@@ -181,18 +179,19 @@ fn address_images(report: &mut serde_json::Value, source: &Source, roots: &Roots
                 (deepest, shown)
             }
         };
+        // The thumbnail's address: an opaque id (crate::images), never the path.
+        image["id"] = r.map(|r| images.id(r, &file)).into();
         image["root"] = r.into();
         image["file"] = file.into();
     }
 }
 
-/// `?root=N&path=REL&image_root=M&image=IMG[&flip=1]`.
+/// `?root=N&path=REL&image=ID[&flip=1]` (`ID`: the image's id from the report).
 #[derive(Deserialize)]
 struct AsTrainedQuery {
     root: usize,
     #[serde(default)]
     path: String,
-    image_root: usize,
     image: String,
     #[serde(default)]
     flip: Option<u8>,
@@ -287,9 +286,13 @@ fn interpolation_name(i: Interpolation) -> &'static str {
 /// Resolves the query's dataset and image and plans the image (blocking: reads files).
 fn plan_query(state: &AppState, q: &AsTrainedQuery) -> Result<(PathBuf, BucketChoice, AsTrainedParts), Response> {
     let source = resolve_source(state, q.root, &q.path)?;
-    let image = state.roots().resolve(q.image_root, &q.image).map_err(path_error)?;
+    let (image_root, shown) = state
+        .images()
+        .get(&q.image)
+        .ok_or_else(|| error(StatusCode::NOT_FOUND, "no such image (the page is older than the server: reload it)"))?;
+    let image = state.roots().resolve(image_root, &shown).map_err(path_error)?;
     let plan = load_plan(&source, state.roots(), &q.path).map_err(|(s, m)| error(s, m))?;
-    let (choice, parts) = plan_image(&plan, &image, &q.image).map_err(|(s, m)| error(s, m))?;
+    let (choice, parts) = plan_image(&plan, &image, &shown).map_err(|(s, m)| error(s, m))?;
     Ok((image, choice, parts))
 }
 
@@ -360,64 +363,6 @@ async fn as_trained_png(State(state): State<AppState>, Query(q): Query<AsTrained
                 .into_response()
         }
         Ok(Err(r)) => r,
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-    }
-}
-
-/// `?root=N&path=REL`.
-#[derive(Deserialize)]
-struct ThumbQuery {
-    root: usize,
-    path: String,
-}
-
-async fn thumb(State(state): State<AppState>, Query(q): Query<ThumbQuery>) -> Response {
-    let path = match state.roots().resolve(q.root, &q.path) {
-        Ok(p) => p,
-        Err(e) => return path_error(e),
-    };
-    let is_image = path
-        .extension()
-        .and_then(|e| e.to_str())
-        .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()));
-    if !path.is_file() || !is_image {
-        return error(StatusCode::UNPROCESSABLE_ENTITY, format!("{}: not an image file", q.path));
-    }
-    let encoded = tokio::task::spawn_blocking(move || {
-        let rgb = lorakit_dataset::preprocess::decode_upright_rgb(&path).map_err(|e| e.to_string())?;
-        let small = image::DynamicImage::ImageRgb8(rgb).thumbnail(THUMB_SIDE, THUMB_SIDE);
-        let mut png = Vec::new();
-        small.write_to(&mut Cursor::new(&mut png), image::ImageFormat::Png).map_err(|e| e.to_string())?;
-        Ok::<_, String>(png)
-    })
-    .await;
-    match encoded {
-        Ok(Ok(png)) => {
-            (StatusCode::OK, [(header::CONTENT_TYPE, "image/png"), (header::CACHE_CONTROL, "private, max-age=60")], png)
-                .into_response()
-        }
-        Ok(Err(e)) => error(StatusCode::UNPROCESSABLE_ENTITY, format!("{}: {e}", q.path)),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-    }
-}
-
-async fn full_image(State(state): State<AppState>, Query(q): Query<ThumbQuery>) -> Response {
-    let path = match state.roots().resolve(q.root, &q.path) {
-        Ok(p) => p,
-        Err(e) => return path_error(e),
-    };
-    let kind = match path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).as_deref() {
-        Some("png") => "image/png",
-        Some("jpg" | "jpeg") => "image/jpeg",
-        Some("webp") => "image/webp",
-        _ => return error(StatusCode::UNPROCESSABLE_ENTITY, format!("{}: not a PNG, JPEG or WebP file", q.path)),
-    };
-    match tokio::task::spawn_blocking(move || lorakit_dataset::regular_file::read_regular(&path)).await {
-        Ok(Ok(bytes)) => {
-            (StatusCode::OK, [(header::CONTENT_TYPE, kind), (header::CACHE_CONTROL, "private, max-age=60")], bytes)
-                .into_response()
-        }
-        Ok(Err(e)) => error(StatusCode::UNPROCESSABLE_ENTITY, format!("{}: {e}", q.path)),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }

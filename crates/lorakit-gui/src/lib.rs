@@ -13,6 +13,7 @@ pub mod assets;
 pub mod captions;
 pub mod datasets;
 pub mod forms;
+pub mod images;
 pub mod jobs;
 pub mod library;
 pub mod repeats;
@@ -86,6 +87,8 @@ struct StateInner {
     /// Caption edits (tag editor, find/replace, one caption) that can be undone: in memory, or
     /// on disk under the state folder ([`AppState::with_state_dir`]) so it survives a restart.
     tag_undo: Arc<undo::UndoHistory>,
+    /// The ids image addresses use ([`images`]).
+    images: Arc<images::ImageIds>,
 }
 
 impl AppState {
@@ -94,7 +97,8 @@ impl AppState {
     pub fn new(roots: Roots, token: String, port: u16, allow_hosts: Vec<String>) -> Result<AppState, GuiError> {
         let guard = security::Guard::new(token, port, allow_hosts).map_err(GuiError::Token)?;
         let tag_undo = Arc::new(undo::UndoHistory::in_memory());
-        Ok(AppState { inner: Arc::new(StateInner { guard, roots, jobs: None, tag_undo }) })
+        let images = Arc::new(images::ImageIds::default());
+        Ok(AppState { inner: Arc::new(StateInner { guard, roots, jobs: None, tag_undo, images }) })
     }
 
     /// This state with a job store (without one the job routes answer 503).
@@ -130,6 +134,11 @@ impl AppState {
     /// The undo history of caption edits.
     pub(crate) fn tag_undo(&self) -> &undo::UndoHistory {
         &self.inner.tag_undo
+    }
+
+    /// The image ids handed out to pages.
+    pub fn images(&self) -> &images::ImageIds {
+        &self.inner.images
     }
 }
 

@@ -58,19 +58,39 @@ async fn the_doctor_reports_the_example_dataset() {
 }
 
 #[tokio::test]
-async fn thumbnails_are_small_upright_pngs_of_image_files_only() {
-    let (status, kind, body) = get("/api/thumb?root=0&path=dataset/img/2_misc/wide.jpg").await;
-    assert_eq!((status, kind.as_deref()), (StatusCode::OK, Some("image/png")));
+async fn thumbnails_are_small_upright_pngs_addressed_by_the_reports_ids() {
+    let state = AppState::new(Roots::new(&[repo("examples")]).unwrap(), TOKEN.into(), 7997, vec![]).unwrap();
+    let app = router(state.clone());
+    let (_, body) = send(&app, "GET", "/api/dataset?root=0&path=dataset/img", None).await;
+    let report = json_of(&body);
+    let images = report["datasets"][0]["images"].as_array().unwrap();
+    let wide = images.iter().find(|i| i["file"] == "dataset/img/2_misc/wide.jpg").unwrap();
+    let id = wide["id"].as_str().unwrap();
+    assert!(id.len() >= 32 && !id.contains("wide"), "an opaque id, not a path: {id}");
+    let (status, body) = send(&app, "GET", &format!("/api/thumb/{id}"), None).await;
+    assert_eq!(status, StatusCode::OK);
     let thumb = image::load_from_memory(&body).unwrap();
     assert_eq!((thumb.width(), thumb.height()), (256, 64), "1024×256 fitted into 256 px, aspect kept");
-    for (path, expected) in [
-        ("dataset/img/2_misc/wide.txt", StatusCode::UNPROCESSABLE_ENTITY),
-        ("../Cargo.toml", StatusCode::FORBIDDEN),
-        ("dataset/img/2_misc/none.png", StatusCode::NOT_FOUND),
-    ] {
-        let (status, _, _) = get(&format!("/api/thumb?root=0&path={path}")).await;
-        assert_eq!(status, expected, "{path}");
+    // Every image of the report has its own id, the same one each time it is listed.
+    let ids: std::collections::BTreeSet<&str> = images.iter().map(|i| i["id"].as_str().unwrap()).collect();
+    assert_eq!(ids.len(), images.len());
+    let (_, again) = send(&app, "GET", "/api/dataset?root=0&path=dataset/img", None).await;
+    assert!(json_of(&again)["datasets"][0]["images"].as_array().unwrap().iter().any(|i| i["id"] == id));
+    // A made-up id, and a path in place of an id, reach nothing.
+    for uri in ["/api/thumb/0123456789abcdef0123456789abcdef", "/api/thumb/dataset%2Fimg%2F2_misc%2Fwide.jpg"] {
+        let (status, _) = send(&app, "GET", uri, None).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{uri}");
     }
+    let (status, _) = send(&app, "GET", "/api/thumb?root=0&path=dataset/img/2_misc/wide.jpg", None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "the path-addressed route is gone");
+    // Only image files: an id handed out for a caption file is refused; one whose file has gone
+    // says so.
+    let caption = state.images().id(0, "dataset/img/2_misc/wide.txt");
+    let (status, _) = send(&app, "GET", &format!("/api/thumb/{caption}"), None).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    let gone = state.images().id(0, "dataset/img/2_misc/none.png");
+    let (status, _) = send(&app, "GET", &format!("/api/image/{gone}"), None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
 }
 
 async fn send(app: &axum::Router, method: &str, uri: &str, body: Option<serde_json::Value>) -> (StatusCode, Vec<u8>) {
@@ -175,11 +195,11 @@ async fn a_dataset_toml_is_read_when_its_image_dirs_are_inside_the_roots() {
         "{images:?}"
     );
     // How training sees one of its images follows the TOML's subset (its bucket settings).
-    let uri = "/api/dataset/as-trained?root=0&path=dataset/dataset.toml&image_root=0&image=dataset/img/2_misc/wide.jpg";
-    let (status, body) = send(&app, "GET", uri, None).await;
+    let row = images.iter().find(|i| i["file"] == "dataset/img/2_misc/wide.jpg").unwrap();
+    let uri = format!("/api/dataset/as-trained?root=0&path=dataset/dataset.toml&image={}", row["id"].as_str().unwrap());
+    let (status, body) = send(&app, "GET", &uri, None).await;
     let seen = json_of(&body);
     assert_eq!(status, StatusCode::OK, "{seen}");
-    let row = images.iter().find(|i| i["file"] == "dataset/img/2_misc/wide.jpg").unwrap();
     assert_eq!((seen["bucket"].clone(), seen["resized"].clone()), (row["bucket"].clone(), row["resized"].clone()));
     assert_eq!(seen["subset"], "dataset/img/2_misc");
 
@@ -221,8 +241,11 @@ async fn how_training_sees_one_image() {
     // 512×512 is a bucket itself: nothing is resized or cropped.
     let square = image::RgbImage::from_fn(512, 512, |x, y| image::Rgb([(x % 256) as u8, (y / 2) as u8, (x ^ y) as u8]));
     square.save(sub.join("square.png")).unwrap();
-    let app = app_over(&[root.path().to_path_buf()]);
-    let query = |img: &str| format!("root=0&path=train&image_root=0&image=train/3_x/{img}");
+    let state = AppState::new(Roots::new(&[root.path().to_path_buf()]).unwrap(), TOKEN.into(), 7997, vec![]).unwrap();
+    let app = router(state.clone());
+    // Images are named by the ids the report hands out.
+    let id = |file: &str| state.images().id(0, file);
+    let query = |img: &str| format!("root=0&path=train&image={}", id(&format!("train/3_x/{img}")));
 
     let (status, body) = send(&app, "GET", &format!("/api/dataset/as-trained?{}", query("wide.png")), None).await;
     let seen = json_of(&body);
@@ -234,9 +257,10 @@ async fn how_training_sees_one_image() {
     assert_eq!(seen["trim"], json!([0, 43]));
     assert_eq!(seen["interpolation"], "area", "shrinking picks area");
     assert_eq!((seen["flip_aug"].as_bool(), seen["subset"].as_str()), (Some(false), Some("train/3_x")));
-    // The doctor's report says the same for this image.
+    // The doctor's report says the same for this image, under the same id.
     let (_, body) = send(&app, "GET", "/api/dataset?root=0&path=train", None).await;
     let report = json_of(&body);
+    assert!(report["datasets"][0]["images"].as_array().unwrap().iter().any(|i| i["id"] == id("train/3_x/wide.png")));
     let row = report["datasets"][0]["images"]
         .as_array()
         .unwrap()
@@ -265,9 +289,10 @@ async fn how_training_sees_one_image() {
 
     std::fs::write(root.path().join("loose.png"), std::fs::read(sub.join("square.png")).unwrap()).unwrap();
     for (q, expected) in [
-        ("root=0&path=train&image_root=0&image=loose.png".to_string(), StatusCode::UNPROCESSABLE_ENTITY),
-        ("root=0&path=train&image_root=0&image=../x.png".to_string(), StatusCode::FORBIDDEN),
-        ("root=0&path=nope&image_root=0&image=loose.png".to_string(), StatusCode::NOT_FOUND),
+        (format!("root=0&path=train&image={}", id("loose.png")), StatusCode::UNPROCESSABLE_ENTITY),
+        (format!("root=0&path=train&image={}", id("../x.png")), StatusCode::FORBIDDEN),
+        ("root=0&path=train&image=loose.png".to_string(), StatusCode::NOT_FOUND),
+        (format!("root=0&path=nope&image={}", id("loose.png")), StatusCode::NOT_FOUND),
         (query("none.png"), StatusCode::NOT_FOUND),
     ] {
         let (status, body) = send(&app, "GET", &format!("/api/dataset/as-trained?{q}"), None).await;

@@ -314,7 +314,7 @@ function captionBox(img, onSaved) {
 // resize and crop), the crop drawn over the thumbnail, and the sample itself as training gets
 // it (flipped too when flip_aug is on).
 async function showAsTrained(panel, shown, img) {
-  const q = { root: shown.root, path: shown.base, image_root: img.root, image: img.file };
+  const q = { root: shown.root, path: shown.base, image: img.id };
   const close = el("button", { type: "button", class: "close", text: t("Close"), onclick: () => panel.replaceChildren() });
   panel.replaceChildren(el("div", { class: "as-trained", role: "dialog", "aria-label": t("How training sees this image") },
     el("p", { class: "muted", text: t("reading…") }), close));
@@ -333,7 +333,7 @@ async function showAsTrained(panel, shown, img) {
   crop.style.width = `${(100 * seen.bucket[0]) / seen.resized[0]}%`;
   crop.style.height = `${(100 * seen.bucket[1]) / seen.resized[1]}%`;
   const original = el("figure", { class: "original" },
-    el("div", { class: "framed" }, el("img", { src: `/api/thumb?${query({ root: img.root, path: img.file })}`, alt: t("{name} with the crop marked", { name: img.file }) }), crop),
+    el("div", { class: "framed" }, el("img", { src: `/api/thumb/${encodeURIComponent(img.id)}`, alt: t("{name} with the crop marked", { name: img.file }) }), crop),
     el("figcaption", { class: "muted", text: t("original, crop marked") }));
   const sample = el("img", { src: `/api/dataset/as-trained.png?${query(q)}`, alt: t("{name} as training sees it", { name: img.file }) });
   const flip = el("input", { type: "checkbox", "aria-label": t("Show flipped") });
@@ -370,7 +370,7 @@ function showReport(box, report, shown) {
   const panel = el("div", { class: "as-trained-slot" });
   const grid = virtualGrid((img) => el("figure", { role: "listitem" },
     el("button", { type: "button", class: "thumb", title: t("How training sees it"), onclick: () => showAsTrained(panel, shown, img) },
-      el("img", { src: `/api/thumb?${query({ root: img.root, path: img.file })}`, alt: img.path, loading: "lazy" })),
+      el("img", { src: `/api/thumb/${encodeURIComponent(img.id)}`, alt: img.path, loading: "lazy" })),
     el("figcaption", {},
       el("div", { class: "muted meta", text: `${img.path}${img.bucket ? ` · ${size(img.bucket)}` : ""}` }),
       captionBox(img, () => {})),

@@ -1,6 +1,6 @@
 // The Jobs page: the queue (trainings and command jobs: resize, merge, convert, XY plots) in the
 // order it runs, each job's actions, and the chosen job's run (pages/run.js) below.
-import { el, api, page, current, showError, onLeave, progressText, pageLink, t } from "../ui.js";
+import { el, api, page, current, route, showError, onLeave, progressText, pageLink, t } from "../ui.js";
 import { runView } from "./run.js";
 
 // The tools page's tab for each command job (Clone & edit refills that form).
@@ -48,7 +48,7 @@ export async function jobsPage() {
     return el("div", { class: "results" }, ...job.files.map((f) => {
       const name = f.path.split("/").pop();
       if (job.kind === "generate") {
-        const src = `/api/image?root=${f.root}&path=${encodeURIComponent(f.path)}`;
+        const src = `/api/image/${encodeURIComponent(f.image)}`;
         return el("a", { href: src, target: "_blank", rel: "noopener" }, el("img", { src, alt: t("XY plot of job {id}", { id: job.id }), loading: "lazy" }));
       }
       const folder = f.path.split("/").slice(0, -1).join("/");
@@ -119,6 +119,12 @@ export async function jobsPage() {
     run.node,
   );
   await refresh();
+  // `#jobs?job=ID` (the Train page's Start): that job's run is shown at once.
+  const asked = route().params.get("job");
+  if (asked && /^\d+$/.test(asked)) {
+    run.show(asked);
+    run.node.scrollIntoView({ block: "start" });
+  }
   const timer = setInterval(() => refresh().catch(showError), 2000);
   onLeave(() => clearInterval(timer));
 }

@@ -359,7 +359,7 @@ function seriesPanel({ title, label, keys, name, axis, empty }) {
 }
 
 const saveLabel = (tag) => tag.startsWith("e") ? t("epoch {n}", { n: Number(tag.slice(1)) }) : t("step {n}", { n: Number(tag) });
-const imageUrl = (s, full) => `/api/${full ? "image" : "thumb"}?root=${s.root}&path=${encodeURIComponent(s.path)}`;
+const imageUrl = (s, full) => `/api/${full ? "image" : "thumb"}/${encodeURIComponent(s.id)}`;
 
 // A run's sample images as save points × prompts; a click opens the image at full size, where
 // ←/→ change the prompt, ↑/↓ the save point and Esc closes. "Compare two save points" puts two

@@ -105,7 +105,7 @@ function jobStatus() {
         if (j.error) parts.push(el("p", { class: "error", text: j.error }));
         if (j.status === "done") {
           for (const f of j.files ?? []) {
-            if (j.kind === "generate") parts.push(el("img", { class: "plot", src: `/api/image?root=${f.root}&path=${encodeURIComponent(f.path)}`, alt: t("XY plot of job {id}", { id: j.id }) }));
+            if (j.kind === "generate") parts.push(el("img", { class: "plot", src: `/api/image/${encodeURIComponent(f.image)}`, alt: t("XY plot of job {id}", { id: j.id }) }));
             else parts.push(el("p", {}, t("written: "), el("a", { href: pageLink("files", { root: f.root, path: folderOf(f.path) }), text: f.path })));
           }
         }
