@@ -21,11 +21,8 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
-use lorakit_lora::keys::{detect_scheme, modules, Scheme};
-use lorakit_lora::resize::{
-    average_fro_line, resize_modules, verbose_line, ModuleWeights, ResizeMethod, ResizeSettings,
-};
-use lorakit_lora::safetensors_file::LoraFile;
+use lorakit_lora::resize::{average_fro_line, verbose_line, ResizeMethod, ResizeSettings};
+use lorakit_lora::resize_file::plan_resize;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -251,57 +248,20 @@ pub struct Preview {
 }
 
 /// The resize `lorakit resize` would do on `input` with `settings`, without writing anything:
-/// the same module list, order and refusals as `lorakit_lora::resize_file::resize_file`.
+/// `lorakit_lora::resize_file::plan_resize`, the code `lorakit resize` runs before it writes.
 pub fn preview_resize(input: &Path, settings: &ResizeSettings, bytes_per_weight: u64) -> Result<Preview, String> {
     lorakit_lora::inspect::ensure_finite(input, "The resized LoRA would be NaN in those modules")?;
-    let file = LoraFile::open(input).map_err(|e| e.to_string())?;
-    let scheme = detect_scheme(file.tensor_names());
-    if matches!(scheme, Scheme::LoHa | Scheme::LoKr) {
-        return Err(format!(
-            "{}: this is a {} file, which resize does not support (resize LoRA/LoCon files)",
-            input.display(),
-            scheme.describe()
-        ));
-    }
-    let set = modules(&file).map_err(|e| e.to_string())?;
-    let mut ordered = set.modules.clone();
-    ordered.sort_by(|a, b| a.name.cmp(&b.name));
-    let mut loaded = Vec::with_capacity(ordered.len());
-    let mut params_before = 0u64;
-    for m in &ordered {
-        if m.mid_key.is_some() {
-            return Err(format!(
-                "{}: module {} stores a LoCon Tucker `lora_mid` weight, which resize does not support yet",
-                input.display(),
-                m.name
-            ));
-        }
-        let shape = |key: &str| file.info(key).map(|i| i.shape.clone()).unwrap_or_default();
-        let (up, down) = (
-            file.tensor_f32(&m.up_key).map_err(|e| e.to_string())?,
-            file.tensor_f32(&m.down_key).map_err(|e| e.to_string())?,
-        );
-        params_before += (up.len() + down.len()) as u64;
-        loaded.push((up, shape(&m.up_key), down, shape(&m.down_key)));
-    }
-    let weights: Vec<ModuleWeights<'_>> = ordered
+    let plan = plan_resize(input, settings).map_err(|e| e.to_string())?;
+    let others: u64 = plan
+        .set
+        .other_tensors
         .iter()
-        .zip(&loaded)
-        .map(|(m, (up, up_shape, down, down_shape))| ModuleWeights {
-            name: &m.name,
-            up,
-            up_shape,
-            down,
-            down_shape,
-            alpha: Some(m.alpha),
-        })
-        .collect();
-    let resized = resize_modules(&weights, settings).map_err(|e| format!("{}: {e}", input.display()))?;
-    let others: u64 =
-        set.other_tensors.iter().map(|n| file.info(n).map_or(0, |i| i.shape.iter().product::<usize>() as u64)).sum();
-    let params_after = resized.iter().map(|r| (r.up.len() + r.down.len()) as u64).sum::<u64>() + others;
-    let alphas = resized.len() as u64;
-    let modules = resized
+        .map(|n| plan.file.info(n).map_or(0, |i| i.shape.iter().product::<usize>() as u64))
+        .sum();
+    let params_after = plan.resized.iter().map(|r| (r.up.len() + r.down.len()) as u64).sum::<u64>() + others;
+    let alphas = plan.resized.len() as u64;
+    let modules = plan
+        .resized
         .iter()
         .map(|r| PreviewModule {
             name: r.name.clone(),
@@ -316,8 +276,8 @@ pub fn preview_resize(input: &Path, settings: &ResizeSettings, bytes_per_weight:
         .collect();
     Ok(Preview {
         modules,
-        average: average_fro_line(&resized),
-        params_before: params_before + others,
+        average: average_fro_line(&plan.resized),
+        params_before: plan.module_params_before + others,
         params_after,
         bytes_before: std::fs::metadata(input).map_or(0, |m| m.len()),
         bytes_after: (params_after + alphas) * bytes_per_weight,

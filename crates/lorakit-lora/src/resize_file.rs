@@ -10,7 +10,7 @@
 
 use crate::flux;
 use crate::flux_convert::block_diagonal;
-use crate::keys::{detect_scheme, modules, ModuleError, Scheme};
+use crate::keys::{detect_scheme, modules, LoraModule, ModuleError, ModuleSet, Scheme};
 use crate::peft_metadata;
 use crate::resize::{
     average_fro_line, metadata_updates, resize_modules, verbose_line, ModuleWeights, ResizeError, ResizeSettings,
@@ -60,16 +60,23 @@ pub struct ResizeOutcome {
     pub notes: Vec<String>,
 }
 
-/// Resizes `input` into `output` (written atomically, `precision` for every float tensor).
-pub fn resize_file(
-    input: &Path,
-    output: &Path,
-    settings: &ResizeSettings,
-    precision: Precision,
-) -> Result<ResizeOutcome, ResizeFileError> {
-    if std::fs::canonicalize(input).ok().is_some_and(|a| std::fs::canonicalize(output).ok() == Some(a)) {
-        return Err(ResizeFileError::SameFile(output.to_path_buf()));
-    }
+/// A file's modules resized in memory: what [`resize_file`] writes, and what the GUI's preview
+/// shows, from the same code.
+pub struct PlannedResize {
+    /// The input, open.
+    pub file: LoraFile,
+    /// Its modules and the tensors that are not module weights.
+    pub set: ModuleSet,
+    /// The modules in sd-scripts' order (by name, as it walks a loaded state dict).
+    pub ordered: Vec<LoraModule>,
+    /// Each of `ordered`, resized.
+    pub resized: Vec<ResizedModule>,
+    /// Weight values of the modules before resizing.
+    pub module_params_before: u64,
+}
+
+/// Reads `input` and resizes every module with `settings`, writing nothing.
+pub fn plan_resize(input: &Path, settings: &ResizeSettings) -> Result<PlannedResize, ResizeFileError> {
     let file = LoraFile::open(input)?;
     let scheme = detect_scheme(file.tensor_names());
     if matches!(scheme, Scheme::LoHa | Scheme::LoKr) {
@@ -89,6 +96,7 @@ pub fn resize_file(
         let shape = |key: &str| file.info(key).map(|i| i.shape.clone()).unwrap_or_default();
         loaded.push((file.tensor_f32(&m.up_key)?, shape(&m.up_key), file.tensor_f32(&m.down_key)?, shape(&m.down_key)));
     }
+    let module_params_before = loaded.iter().map(|(up, _, down, _)| (up.len() + down.len()) as u64).sum();
     let weights: Vec<ModuleWeights<'_>> = ordered
         .iter()
         .zip(&loaded)
@@ -102,6 +110,20 @@ pub fn resize_file(
         })
         .collect();
     let resized = resize_modules(&weights, settings).map_err(|e| ResizeFileError::Resize(e, input.to_path_buf()))?;
+    Ok(PlannedResize { file, set, ordered, resized, module_params_before })
+}
+
+/// Resizes `input` into `output` (written atomically, `precision` for every float tensor).
+pub fn resize_file(
+    input: &Path,
+    output: &Path,
+    settings: &ResizeSettings,
+    precision: Precision,
+) -> Result<ResizeOutcome, ResizeFileError> {
+    if std::fs::canonicalize(input).ok().is_some_and(|a| std::fs::canonicalize(output).ok() == Some(a)) {
+        return Err(ResizeFileError::SameFile(output.to_path_buf()));
+    }
+    let PlannedResize { file, set, ordered, resized, .. } = plan_resize(input, settings)?;
 
     // A PEFT file whose alphas live in diffusers' adapter metadata gets them as `.alpha` tensors
     // (diffusers' network alphas) instead: resizing changes them per module.
@@ -135,15 +157,16 @@ pub fn resize_file(
     let average_line = average_fro_line(&resized);
     let split: Vec<&str> = ordered
         .iter()
-        .zip(&loaded)
-        .filter(|(m, (up, ..))| {
+        .filter(|m| {
             let Some(n) = flux::parse(&m.name) else { return false };
             let widths = n.site.part_widths(m.in_features, m.out_features);
             n.site.is_fused()
                 && n.parts == (0..n.site.part_count())
-                && widths.is_some_and(|w| block_diagonal(up, m.rank, &w).is_some())
+                && widths.is_some_and(|w| {
+                    file.tensor_f32(&m.up_key).is_ok_and(|up| block_diagonal(&up, m.rank, &w).is_some())
+                })
         })
-        .map(|(m, _)| m.name.as_str())
+        .map(|m| m.name.as_str())
         .collect();
     let mut notes = Vec::new();
     if let Some(first) = split.first() {
