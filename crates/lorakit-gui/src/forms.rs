@@ -178,8 +178,8 @@ async fn plan(State(state): State<AppState>, text: String) -> Response {
                 "epochs": plan.epochs,
                 "warmup_steps": plan.warmup_steps,
                 "optimizer": plan.optimizer,
-                "save_points": save_points(&schedule, plan.steps, plan.epochs),
-                "sample_points": sample_points(&schedule, plan.steps, plan.epochs),
+                "save_points": lorakit_train::schedule::save_points(&schedule, plan.steps, plan.epochs),
+                "sample_points": lorakit_train::schedule::sample_points(&schedule, plan.steps, plan.epochs),
                 "memory_gb": m.total() / 1e9,
                 "memory": { "weights_gb": m.weights / 1e9, "network_gb": m.network / 1e9, "activations_gb": m.activations / 1e9 },
                 "device": device,
@@ -194,43 +194,6 @@ async fn plan(State(state): State<AppState>, text: String) -> Response {
         Ok((Err(e), _, _)) => Json(serde_json::json!({ "ok": false, "error": e.to_string() })).into_response(),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
-}
-
-/// Where the run saves a LoRA, as the trainer schedules it (trainer.rs: a step save every
-/// `save_every_n_steps` before the last step, an epoch save every `save_every_n_epochs` before
-/// the last epoch, the final save): `step 100`, `epoch 2`, `end`.
-pub fn save_points(config: &lorakit_train::TrainConfig, steps: u64, epochs: u64) -> Vec<String> {
-    let mut out = Vec::new();
-    let n = config.save.save_every_n_steps;
-    if n > 0 {
-        out.extend((1..).map(|k| k * n).take_while(|s| *s < steps).map(|s| format!("step {s}")));
-    }
-    let every = config.save.save_every_n_epochs;
-    if every > 0 {
-        out.extend((1..epochs).filter(|e| e % every == 0).map(|e| format!("epoch {e}")));
-    }
-    out.push("end".into());
-    out
-}
-
-/// When the run renders its sample prompts, as the trainer schedules it (nothing without
-/// `samples.sample_prompts`; epochs win over steps): `start`, `epoch 2`, `step 100`.
-pub fn sample_points(config: &lorakit_train::TrainConfig, steps: u64, epochs: u64) -> Vec<String> {
-    let s = &config.samples;
-    let mut out = Vec::new();
-    if s.sample_prompts.is_none() {
-        return out;
-    }
-    if s.sample_at_first {
-        out.push("start".into());
-    }
-    if s.sample_every_n_epochs > 0 {
-        out.extend((1..=epochs).filter(|e| e % s.sample_every_n_epochs == 0).map(|e| format!("epoch {e}")));
-    } else if s.sample_every_n_steps > 0 {
-        let n = s.sample_every_n_steps;
-        out.extend((1..).map(|k| k * n).take_while(|x| *x <= steps).map(|x| format!("step {x}")));
-    }
-    out
 }
 
 /// `{root, folder, name, toml, overwrite}`.

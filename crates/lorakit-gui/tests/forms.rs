@@ -216,21 +216,6 @@ async fn the_plan_lists_warmup_save_and_sample_points_and_the_device() {
 }
 
 #[test]
-fn save_and_sample_points_follow_the_trainers_schedule() {
-    let config = |text: &str| lorakit_train::TrainConfig::from_toml_str(text, &[]).unwrap();
-    let c = config("[save]\nsave_every_n_epochs = 2\nsave_every_n_steps = 40\n");
-    // Steps before the last; epochs before the last; the final save.
-    assert_eq!(
-        lorakit_gui::forms::save_points(&c, 100, 5),
-        ["step 40", "step 80", "epoch 2", "epoch 4", "end"].map(String::from)
-    );
-    let c = config("[samples]\nsample_prompts = \"p.txt\"\nsample_every_n_steps = 50\nsample_at_first = true\n");
-    assert_eq!(lorakit_gui::forms::sample_points(&c, 100, 5), ["start", "step 50", "step 100"].map(String::from));
-    let c = config("[samples]\nsample_every_n_steps = 50\n");
-    assert!(lorakit_gui::forms::sample_points(&c, 100, 5).is_empty(), "no prompts, no samples");
-}
-
-#[test]
 fn prompt_rows_round_trip_through_sd_scripts_prompt_lines() {
     use lorakit_gui::forms::{parse_prompt_rows, render_prompt_rows, PromptRow};
     let rows = vec![

@@ -34,6 +34,7 @@ pub mod presets;
 pub mod run_log;
 pub mod sample_prompts;
 pub mod samples;
+pub mod schedule;
 pub mod state;
 pub mod tensorboard;
 pub mod text_cache;

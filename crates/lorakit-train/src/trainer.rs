@@ -1005,10 +1005,10 @@ impl<'m> Trainer<'m> {
 
                 let (next_epoch, next_batch) = if bi == last_batch { (epoch + 1, 0) } else { (epoch, bi + 1) };
 
-                let n = config.save.save_every_n_steps;
                 let save_requested = self.take_request(SAVE_NOW_REQUEST);
                 let sample_requested = self.take_request(SAMPLE_NOW_REQUEST);
-                if (save_requested || (n > 0 && global_step % n == 0)) && global_step < total_steps {
+                let save_due = crate::schedule::saves_after_step(&config, global_step, total_steps);
+                if (save_requested && global_step < total_steps) || save_due {
                     let suffix = format!("-step{global_step:08}");
                     let path = self.lora_path(&suffix);
                     self.save_lora(&path, SaveProgress { steps: global_step, epoch })?;
@@ -1032,9 +1032,7 @@ impl<'m> Trainer<'m> {
                         events(TrainEvent::Saved(dir));
                     }
                 }
-                let sample_due = config.samples.sample_every_n_epochs == 0
-                    && config.samples.sample_every_n_steps > 0
-                    && global_step % config.samples.sample_every_n_steps == 0;
+                let sample_due = crate::schedule::samples_after_step(&config, global_step);
                 if sample_requested && samples.is_none() {
                     events(TrainEvent::Note("sample-now: no samples.sample_prompts in this run's config".into()));
                 }
@@ -1083,9 +1081,8 @@ impl<'m> Trainer<'m> {
             run_log
                 .log(global_step, epoch + 1, &[("loss/epoch_average", epoch_avg)])
                 .map_err(|e| TrainError::Other(format!("run log: {e}")))?;
-            let is_last = epoch + 1 >= self.plan.epochs;
             let every = config.save.save_every_n_epochs;
-            if every > 0 && (epoch + 1) % every == 0 && !is_last {
+            if crate::schedule::saves_after_epoch(&config, epoch + 1, self.plan.epochs) {
                 let suffix = format!("-{:06}", epoch + 1);
                 let path = self.lora_path(&suffix);
                 self.save_lora(&path, SaveProgress { steps: global_step, epoch: epoch + 1 })?;
@@ -1110,7 +1107,7 @@ impl<'m> Trainer<'m> {
                     }
                 }
             }
-            if config.samples.sample_every_n_epochs > 0 && (epoch + 1) % config.samples.sample_every_n_epochs == 0 {
+            if crate::schedule::samples_after_epoch(&config, epoch + 1) {
                 if let Some(s) = samples.as_mut() {
                     for path in self.render_samples(s, crate::samples::SampleTag::Epoch(epoch + 1))? {
                         events(TrainEvent::Sampled(path));
