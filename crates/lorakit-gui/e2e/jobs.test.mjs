@@ -3,7 +3,7 @@
 // Stop now; another run's loss drawn over the chart.
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { writeFileSync } from "node:fs";
+import { readdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { gui, useGui, shots, quickstartRun, queueAndShow } from "./harness.mjs";
 
@@ -164,6 +164,45 @@ test("another finished run's smoothed loss is drawn over the chart, in its own c
   await page.getByLabel("Theme").selectOption("");
   await page.getByRole("button", { name: `Remove job ${second.id} from the chart` }).click();
   await page.waitForFunction(() => document.querySelector(".chart")?.dataset.series === "3");
+  assert.deepEqual(errors, []);
+  await page.close();
+});
+
+test("Stop & save ends the first of two queued jobs with a resumable state, the second starts, and the chart survives a reload", async () => {
+  const page = await gui.browser.newPage();
+  const errors = [];
+  page.on("pageerror", (e) => errors.push(e.message));
+  await page.goto(gui.url);
+  const first = await queueAndShow(page, quickstartRun("first", 100000));
+  const firstId = (await first.getByRole("cell").first().textContent()).trim();
+  // The second is queued behind it.
+  await page.getByLabel("Training config (TOML)").fill(quickstartRun("second", 3));
+  await page.getByRole("button", { name: "Add to queue" }).click();
+  const queued = page.getByText(/^queued job \d+$/);
+  await queued.waitFor();
+  const secondId = (await queued.textContent()).split(" ").pop();
+  const second = page.locator(`tr[data-job="${secondId}"]`);
+  await second.getByRole("cell", { name: "queued", exact: true }).waitFor();
+  await page.waitForFunction(() => Number(document.querySelector(".chart")?.dataset.points ?? 0) >= 3, null, { timeout: 120000 });
+  // A reload (or a closed browser) loses nothing: the run's log is read again from its start.
+  const before = await points(page, "Loss by step");
+  await page.reload();
+  await page.goto(new URL(`/#jobs?job=${firstId}`, gui.url).href);
+  await page.waitForFunction((n) => Number(document.querySelector(".chart")?.dataset.points ?? 0) >= n, before, { timeout: 60000 });
+
+  await page.locator(`tr[data-job="${firstId}"]`).getByRole("button", { name: "Stop & save" }).click();
+  await page.locator(`tr[data-job="${firstId}"]`).getByRole("cell", { name: "stopped", exact: true }).waitFor({ timeout: 120000 });
+  // lorakit train saved its state at the step it stopped after, and the next job started.
+  const states = readdirSync(join(gui.dataRoot, "first")).filter((n) => /^first-step\d{8}-state$/.test(n));
+  assert.equal(states.length, 1, `one resumable state: ${readdirSync(join(gui.dataRoot, "first"))}`);
+  await page.locator(`tr[data-job="${secondId}"]`).getByRole("cell", { name: "done", exact: true }).waitFor({ timeout: 180000 });
+  // Resume queues the first again from that state.
+  await page.locator(`tr[data-job="${firstId}"]`).getByRole("button", { name: "Resume" }).click();
+  await page.getByText(new RegExp(`^queued job \\d+ from .*${states[0]}$`)).waitFor();
+  const resumed = (await page.getByText(/^queued job \d+ from /).textContent()).split(" ")[2];
+  await page.locator(`tr[data-job="${resumed}"]`).getByRole("cell", { name: "running", exact: true }).waitFor({ timeout: 60000 });
+  await page.locator(`tr[data-job="${resumed}"]`).getByRole("button", { name: "Stop now" }).click();
+  await page.locator(`tr[data-job="${resumed}"]`).getByRole("cell", { name: "stopped", exact: true }).waitFor({ timeout: 60000 });
   assert.deepEqual(errors, []);
   await page.close();
 });
