@@ -283,7 +283,8 @@ async fn check_config(Json(body): Json<ConfigText>) -> Json<serde_json::Value> {
     }
 }
 
-fn job_error(e: JobError) -> Response {
+/// A job request's refusal as an answer (404, 422, 409 or 500).
+pub(crate) fn job_error(e: JobError) -> Response {
     let status = match e {
         JobError::NotFound(_) => StatusCode::NOT_FOUND,
         JobError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
@@ -293,12 +294,13 @@ fn job_error(e: JobError) -> Response {
     error(status, e.to_string())
 }
 
-fn job_store(state: &AppState) -> Result<Jobs, Response> {
+/// The server's job store (503 when it has none).
+pub(crate) fn job_store(state: &AppState) -> Result<Jobs, Response> {
     state.jobs().cloned().ok_or_else(|| error(StatusCode::SERVICE_UNAVAILABLE, "this server has no job queue"))
 }
 
 /// Runs file-reading job work off the async threads.
-async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Result<T, Response> {
+pub(crate) async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Result<T, Response> {
     tokio::task::spawn_blocking(work).await.map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
 }
 

@@ -20,8 +20,8 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
-use crate::api::error;
-use crate::jobs::{JobError, Jobs};
+use crate::api::{blocking, error, job_error, job_store};
+use crate::jobs::Jobs;
 use crate::{AppState, Roots};
 
 /// The run routes (mounted under `/api`).
@@ -108,25 +108,6 @@ pub fn saved_loras(dir: &Path, output_name: &str, roots: &Roots) -> (Vec<SavedLo
     };
     found.sort_by_key(|f| (matches!(f.kind, SaveKind::Final), f.modified, number(f.kind)));
     (found, outside)
-}
-
-fn job_error(e: JobError) -> Response {
-    let status = match e {
-        JobError::NotFound(_) => StatusCode::NOT_FOUND,
-        JobError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
-        JobError::Conflict(_) => StatusCode::CONFLICT,
-        JobError::Io(_) => StatusCode::INTERNAL_SERVER_ERROR,
-    };
-    error(status, e.to_string())
-}
-
-fn job_store(state: &AppState) -> Result<Jobs, Response> {
-    state.jobs().cloned().ok_or_else(|| error(StatusCode::SERVICE_UNAVAILABLE, "this server has no job queue"))
-}
-
-/// Runs file reading off the async threads.
-async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Result<T, Response> {
-    tokio::task::spawn_blocking(work).await.map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
 }
 
 /// The job's config snapshot as `lorakit train` reads it.

@@ -27,8 +27,8 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::api::{error, path_error, resolve_folder};
-use crate::jobs::{CommandArg, CommandJob, CommandKind, JobError};
+use crate::api::{error, job_error, job_store, path_error, resolve_folder};
+use crate::jobs::{CommandArg, CommandJob, CommandKind};
 use crate::AppState;
 
 /// The tools' routes (mounted at `/api`).
@@ -147,14 +147,13 @@ fn file_name(path: &Path) -> String {
 }
 
 fn queued(state: &AppState, job: CommandJob) -> Response {
-    let Some(jobs) = state.jobs().cloned() else {
-        return error(StatusCode::SERVICE_UNAVAILABLE, "this server has no job queue");
+    let jobs = match job_store(state) {
+        Ok(jobs) => jobs,
+        Err(r) => return r,
     };
     match jobs.submit_command(job) {
         Ok(record) => (StatusCode::CREATED, Json(record)).into_response(),
-        Err(e @ JobError::Invalid(_)) => invalid(e.to_string()),
-        Err(e @ JobError::Conflict(_)) => error(StatusCode::CONFLICT, e.to_string()),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Err(e) => job_error(e),
     }
 }
 
