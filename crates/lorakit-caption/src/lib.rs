@@ -1,0 +1,13 @@
+//! Captions for LoRA training data, written next to the images the way kohya's tools write them.
+//!
+//! - [`targets`]: which images a run captions and where each caption goes (`<stem>.txt`).
+//! - [`output`]: writing a caption — skip / overwrite / append an existing one, the trigger word
+//!   first, `--dry-run`, atomic writes — and the run's summary (written, skipped, failed with
+//!   the reason). Every captioner goes through it, so they all keep the same promises.
+//!
+//! The captioners themselves: `wd14` (SmilingWolf's WD v3 taggers on the timm weights, with
+//! kohya's `tag_images_by_wd14_tagger.py` post-processing) and `api` (any OpenAI-compatible
+//! vision chat endpoint).
+
+pub mod output;
+pub mod targets;
