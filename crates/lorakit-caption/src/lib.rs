@@ -5,9 +5,15 @@
 //!   first, `--dry-run`, atomic writes — and the run's summary (written, skipped, failed with
 //!   the reason). Every captioner goes through it, so they all keep the same promises.
 //!
+//! - [`wd14`]: the WD v3 taggers (timm weights on candle) with kohya's options.
+//!
+//! - [`api`]: captions from any OpenAI-compatible vision chat API, with retries and resumable runs.
+//!
 //! The captioners themselves: `wd14` (SmilingWolf's WD v3 taggers on the timm weights, with
 //! kohya's `tag_images_by_wd14_tagger.py` post-processing) and `api` (any OpenAI-compatible
 //! vision chat endpoint).
 
+pub mod api;
 pub mod output;
 pub mod targets;
+pub mod wd14;

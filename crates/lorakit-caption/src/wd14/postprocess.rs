@@ -1,0 +1,1 @@
+//! kohya's tag selection (filled in next).
