@@ -19,6 +19,10 @@ pub enum Architecture {
     Vit(VitConfig),
     /// timm `convnext_*` (wd-convnext-tagger-v3).
     ConvNext(ConvNextConfig),
+    /// timm `swinv2_*` (wd-swinv2-tagger-v3).
+    SwinV2(super::swinv2::SwinV2Config),
+    /// timm `eva02_*` (wd-eva02-large-tagger-v3).
+    Eva02(super::eva02::Eva02Config),
 }
 
 impl Architecture {
@@ -29,6 +33,8 @@ impl Architecture {
         match family(name) {
             "vit" => Ok(Architecture::Vit(VitConfig::from_timm(config)?)),
             "convnext" => Ok(Architecture::ConvNext(ConvNextConfig::from_timm(config)?)),
+            "swinv2" => Ok(Architecture::SwinV2(super::swinv2::SwinV2Config::from_timm(config)?)),
+            "eva02" => Ok(Architecture::Eva02(super::eva02::Eva02Config::from_timm(config)?)),
             _ => Err(Wd14Error::Config(format!(
                 "architecture `{name}` is not supported (lorakit builds the WD v3 taggers: vit_*, convnext_*, \
                  swinv2_*, eva02_*)"

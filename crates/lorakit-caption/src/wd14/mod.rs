@@ -22,8 +22,10 @@
 
 pub mod config;
 pub mod convnext;
+pub mod eva02;
 pub mod postprocess;
 pub mod preprocess;
+pub mod swinv2;
 pub mod tags;
 pub mod vit;
 
@@ -115,6 +117,10 @@ pub enum Model {
     Vit(vit::Vit),
     /// [`convnext::ConvNext`].
     ConvNext(convnext::ConvNext),
+    /// [`swinv2::SwinV2`].
+    SwinV2(swinv2::SwinV2),
+    /// [`eva02::Eva02`].
+    Eva02(eva02::Eva02),
 }
 
 impl Model {
@@ -123,6 +129,8 @@ impl Model {
         Ok(match architecture {
             Architecture::Vit(c) => Model::Vit(vit::Vit::load(tensors, c)?),
             Architecture::ConvNext(c) => Model::ConvNext(convnext::ConvNext::load(tensors, c)?),
+            Architecture::SwinV2(c) => Model::SwinV2(swinv2::SwinV2::load(tensors, c)?),
+            Architecture::Eva02(c) => Model::Eva02(eva02::Eva02::load(tensors, c)?),
         })
     }
 
@@ -131,6 +139,8 @@ impl Model {
         match self {
             Model::Vit(m) => m.forward(x),
             Model::ConvNext(m) => m.forward(x),
+            Model::SwinV2(m) => m.forward(x),
+            Model::Eva02(m) => m.forward(x),
         }
     }
 }
