@@ -9,7 +9,9 @@ per model, under tests/fixtures/reference/wd14_swinv2_eva02/<name>/:
 
 * `config.json`: the WD layout (`architecture`, `num_classes`, `model_args`, `pretrained_cfg`);
 * `model.safetensors`: the state dict with timm's key names (float32);
-* `reference.safetensors`: inputs `x` (2, 3, S, S) and timm's logits `logits` (2, num_classes).
+* `reference.safetensors`: inputs `x` (2, 3, S, S) and timm's logits `logits` (2, num_classes);
+  `bgr_u8` (2, S, S, 3) byte images and `probs`, their sigmoid probabilities through the WD
+  interface (`x/127.5 − 1`, channels first), for the whole-tagger test.
 
 Models:
 
@@ -118,6 +120,15 @@ def write(name: str, model: torch.nn.Module, cfg: dict, tensors: dict, extra_con
     print(f"{name}: {n} params, {len(state)} tensors, logits std {tensors['logits'].std():.3f}")
 
 
+def wd_interface(model: torch.nn.Module, size: int, gen: torch.Generator) -> dict:
+    """The WD pipeline's model step on two byte images (N, S, S, 3, BGR, 0..255): `x/127.5 − 1`,
+    channels first, model, sigmoid (wdv3-timm; the ONNX files have the same steps inside)."""
+    bgr = torch.randint(0, 256, (2, size, size, 3), generator=gen, dtype=torch.uint8)
+    with torch.no_grad():
+        probs = torch.sigmoid(model(bgr.permute(0, 3, 1, 2).float() / 127.5 - 1.0))
+    return {"bgr_u8": bgr, "probs": probs}
+
+
 def check(logits: torch.Tensor) -> None:
     assert torch.isfinite(logits).all()
     s = logits.std().item()
@@ -150,7 +161,7 @@ def main() -> None:
     for t in (logits, logits80):
         check(t)
     write("swinv2", model, config_json("swinv2_base_window8_256", 10, args, 64),
-          {"x": x, "logits": logits, "x_80": x80, "logits_80": logits80},
+          {"x": x, "logits": logits, "x_80": x80, "logits_80": logits80, **wd_interface(model, 64, gen)},
           {"config_dynamic.json": config_json("swinv2_base_window8_256", 10, dyn_args, 64)})
 
     # EVA02
@@ -163,7 +174,7 @@ def main() -> None:
     with torch.no_grad():
         logits = model(x)
     check(logits)
-    write("eva02", model, config_json("eva02_large_patch14_448", 10, args, 56), {"x": x, "logits": logits}, {})
+    write("eva02", model, config_json("eva02_large_patch14_448", 10, args, 56), {"x": x, "logits": logits, **wd_interface(model, 56, gen)}, {})
 
 
 if __name__ == "__main__":

@@ -154,3 +154,44 @@ fn wd_v3_configs_resolve_to_timm_defaults() {
         .to_string();
     assert!(err.contains("swinv2_huge_window8_256"), "{err}");
 }
+
+/// The whole tagger on a WD model folder (config.json, model.safetensors, selected_tags.csv):
+/// byte images in, sigmoid probabilities out, against timm through the WD interface.
+#[test]
+fn tagger_runs_swinv2_and_eva02_folders() {
+    use lorakit_caption::wd14::preprocess::Prepared;
+    use lorakit_caption::wd14::Tagger;
+    for (model, architecture, size) in
+        [("swinv2", "swinv2_base_window8_256", 64), ("eva02", "eva02_large_patch14_448", 56)]
+    {
+        let dir = tempfile::tempdir().unwrap();
+        for file in ["config.json", "model.safetensors"] {
+            std::fs::copy(fixture(model, file), dir.path().join(file)).unwrap();
+        }
+        let mut csv = String::from("tag_id,name,category,count\n");
+        for (i, name) in ["general", "sensitive", "questionable", "explicit"].iter().enumerate() {
+            csv += &format!("{i},{name},9,100\n");
+        }
+        for i in 4..10 {
+            csv += &format!("{i},tag_{i},0,10\n");
+        }
+        std::fs::write(dir.path().join("selected_tags.csv"), csv).unwrap();
+        let tagger = Tagger::load(dir.path(), &Device::Cpu).unwrap();
+        assert_eq!((tagger.architecture(), tagger.size()), (architecture, size));
+
+        let r = tensors(model, "reference.safetensors");
+        let images: Vec<Prepared> = (0..2)
+            .map(|i| Prepared {
+                size,
+                bgr: r["bgr_u8"].get(i).unwrap().flatten_all().unwrap().to_vec1::<u8>().unwrap(),
+            })
+            .collect();
+        let probs = tagger.probabilities(&images).unwrap();
+        let want = r["probs"].to_vec2::<f32>().unwrap();
+        for (got, want) in probs.iter().zip(&want) {
+            for (g, w) in got.iter().zip(want) {
+                assert!((g - w).abs() <= 1e-4, "{model}: probability {g} vs timm {w}");
+            }
+        }
+    }
+}
