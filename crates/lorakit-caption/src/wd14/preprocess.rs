@@ -108,6 +108,9 @@ fn area_resize(src: &[u8], from: usize, to: usize) -> Vec<u8> {
     if from == to {
         return src.to_vec();
     }
+    if from % to == 0 {
+        return area_resize_integer(src, from, to);
+    }
     let scale = from as f64 / to as f64;
     // (first source index, weights) per output index.
     let taps: Vec<(usize, Vec<f64>)> = (0..to)
@@ -139,6 +142,29 @@ fn area_resize(src: &[u8], from: usize, to: usize) -> Vec<u8> {
         for x in 0..to * 3 {
             let v: f64 = weights.iter().enumerate().map(|(k, w)| w * rows[(first + k) * to * 3 + x]).sum();
             out[y * to * 3 + x] = v.round_ties_even().clamp(0.0, 255.0) as u8;
+        }
+    }
+    out
+}
+
+/// OpenCV's `resizeAreaFast` for an integer factor k: the k×k block mean — `(Σ + 2) >> 2` in
+/// its 2× vector path, `saturate_cast(Σ·(1/k²))` (f32, ties to even) otherwise.
+fn area_resize_integer(src: &[u8], from: usize, to: usize) -> Vec<u8> {
+    let k = from / to;
+    let inv = 1.0f32 / (k * k) as f32;
+    let mut out = vec![0u8; to * to * 3];
+    for y in 0..to {
+        for x in 0..to {
+            for c in 0..3 {
+                let mut sum = 0u32;
+                for dy in 0..k {
+                    for dx in 0..k {
+                        sum += src[((y * k + dy) * from + x * k + dx) * 3 + c] as u32;
+                    }
+                }
+                out[(y * to + x) * 3 + c] =
+                    if k == 2 { ((sum + 2) >> 2) as u8 } else { (sum as f32 * inv).round_ties_even().min(255.0) as u8 };
+            }
         }
     }
     out
