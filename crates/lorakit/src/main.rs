@@ -23,6 +23,9 @@ enum Command {
     /// Edit and count the tags of tag-style captions (like TagGUI, for a whole folder).
     #[command(subcommand)]
     Tags(cmd::tags::TagsCommand),
+    /// Caption a folder of images: WD14 tags, or any OpenAI-compatible vision model.
+    #[command(subcommand)]
+    Caption(cmd::caption::CaptionCommand),
     /// Show what a LoRA file holds: metadata, modules, ranks, block-by-block weight norms.
     Inspect(cmd::inspect::InspectArgs),
     /// Shrink a LoRA by SVD (fixed rank or sd-scripts' dynamic methods).
@@ -49,6 +52,7 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Dataset(c) => cmd::dataset::run(c),
         Command::Tags(c) => cmd::tags::run(c),
+        Command::Caption(c) => cmd::caption::run(c),
         Command::Inspect(a) => cmd::inspect::run(a),
         Command::Resize(a) => cmd::resize::run(a),
         Command::Merge(a) => cmd::merge::run(a),

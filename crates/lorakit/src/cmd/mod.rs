@@ -1,5 +1,6 @@
 //! One module per subcommand group.
 
+pub mod caption;
 pub mod convert;
 pub mod dataset;
 pub mod generate;
