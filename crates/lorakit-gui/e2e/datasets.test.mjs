@@ -4,10 +4,11 @@
 // virtualised grid over hundreds of images.
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from "node:fs";
+import { cpSync, existsSync, mkdirSync, readdirSync, readFileSync, renameSync, writeFileSync } from "node:fs";
+import { execFileSync } from "node:child_process";
 import { join } from "node:path";
 import { deflateSync } from "node:zlib";
-import { gui, useGui, at, shots, openPage } from "./harness.mjs";
+import { gui, useGui, at, shots, openPage, repo, bin } from "./harness.mjs";
 
 useGui();
 
@@ -245,4 +246,57 @@ test("the grid of a 300-image folder makes far fewer <img> than images until scr
     assert.deepEqual(errors, []);
     await page.close();
   }
+});
+
+test("captioning a folder with a WD14 tagger runs as a job and writes what lorakit caption writes", async () => {
+  // The tiny WD v3 ViT tagger of the caption tests, and two copies of a subset: one captioned
+  // from the page, one by the command line with the same options.
+  const models = join(gui.dataRoot, "models", "wd-vit");
+  cpSync(join(repo, "tests/fixtures/reference/wd14/vit"), models, { recursive: true });
+  for (const name of ["tagged", "tagged-cli"]) {
+    cpSync(join(repo, "examples/dataset/img/8_chessboard"), join(gui.dataRoot, name, "3_chk"), { recursive: true });
+  }
+  const { page, errors } = await openPage({ width: 1280, height: 900 });
+  await page.goto(at("datasets"));
+  await page.getByLabel("Train folder").fill("tagged");
+  await page.getByRole("button", { name: "Check" }).click();
+  await page.getByRole("region", { name: "Dataset report" }).getByRole("cell", { name: "3_chk" }).waitFor();
+  await page.getByText("Caption the images (WD14 tagger or a vision model)").click();
+  const form = page.getByRole("region", { name: "Caption images" });
+  await form.getByLabel("Tagger folder", { exact: true }).fill("models/wd-vit");
+  await form.getByLabel("Existing captions").selectOption("overwrite");
+  await form.getByLabel("Trigger word").fill("chk");
+  // The API fields are not shown for the tagger.
+  assert.equal(await form.getByLabel("API address").isVisible(), false);
+  await page.screenshot({ path: join(shots, "datasets-caption-1280.png"), fullPage: true });
+  await form.getByRole("button", { name: "Caption (queue a job)" }).click();
+  const queued = form.getByText(/^queued job \d+/);
+  await queued.waitFor();
+  const id = (await queued.textContent()).match(/\d+/)[0];
+  await form.getByRole("link", { name: "follow it on the Jobs page" }).click();
+  const row = page.locator(`tr[data-job="${id}"]`);
+  await row.getByRole("cell", { name: "done", exact: true }).waitFor({ timeout: 120000 });
+  assert.match(await row.textContent(), /captioning/);
+
+  execFileSync(bin, ["caption", "wd14", join(gui.dataRoot, "tagged-cli"), "--model", models, "--recursive", "--overwrite",
+    "--trigger", "chk", "--general-threshold", "0.35", "--character-threshold", "0.35", "--remove-underscore"], { stdio: "pipe" });
+  const captions = (folder) => readdirSync(join(gui.dataRoot, folder, "3_chk")).filter((n) => n.endsWith(".txt")).sort()
+    .map((n) => [n, readFileSync(join(gui.dataRoot, folder, "3_chk", n), "utf8")]);
+  const fromPage = captions("tagged");
+  assert.ok(fromPage.length >= 5 && fromPage.every(([, text]) => text.startsWith("chk")), JSON.stringify(fromPage));
+  assert.deepEqual(fromPage, captions("tagged-cli"));
+
+  // Clone & edit brings the form back filled in, on the same folder.
+  await row.getByRole("link", { name: "Clone & edit" }).click();
+  const again = page.getByRole("region", { name: "Caption images" });
+  await again.waitFor();
+  assert.equal(await again.getByLabel("Tagger folder", { exact: true }).inputValue(), "models/wd-vit");
+  assert.equal(await again.getByLabel("Trigger word").inputValue(), "chk");
+  assert.equal(await again.getByLabel("Existing captions").inputValue(), "overwrite");
+  await page.setViewportSize({ width: 390, height: 844 });
+  const overflow = await page.evaluate(() => document.getElementById("page").scrollWidth - window.innerWidth);
+  assert.ok(overflow <= 1, `the caption form overflows sideways by ${overflow}px at 390px`);
+  await page.screenshot({ path: join(shots, "datasets-caption-390.png"), fullPage: true });
+  assert.deepEqual(errors, []);
+  await page.close();
 });

@@ -64,6 +64,7 @@ pub fn routes() -> Router<AppState> {
         .merge(crate::tools::routes())
         .merge(crate::library::routes())
         .merge(crate::images::routes())
+        .merge(crate::autocaption::routes())
         .merge(crate::datasets::routes())
         .merge(crate::tags::routes())
         .merge(crate::captions::routes())

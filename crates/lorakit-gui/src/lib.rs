@@ -10,6 +10,7 @@
 
 pub mod api;
 pub mod assets;
+pub mod autocaption;
 pub mod captions;
 pub mod datasets;
 pub mod forms;

@@ -122,6 +122,10 @@ async fn run_loras(State(state): State<AppState>, UrlPath(id): UrlPath<String>) 
         Ok(j) => j,
         Err(r) => return r,
     };
+    // A command job (resize, captioning, …) saves no LoRA of a run: nothing to list.
+    if jobs.get(&id).is_ok_and(|r| r.kind != "train") {
+        return Json(serde_json::json!({ "folder": null, "output_name": "", "files": [], "outside": 0 })).into_response();
+    }
     let config = match job_config(&jobs, &id) {
         Ok(c) => c,
         Err(r) => return r,

@@ -77,7 +77,8 @@ fn parse<T: DeserializeOwned>(body: Value) -> Result<T, Response> {
     serde_json::from_value(body).map_err(|e| invalid(format!("the request: {e}")))
 }
 
-fn invalid(message: impl Into<String>) -> Response {
+/// A 422 with `message`.
+pub(crate) fn invalid(message: impl Into<String>) -> Response {
     error(StatusCode::UNPROCESSABLE_ENTITY, message)
 }
 
@@ -146,7 +147,8 @@ fn file_name(path: &Path) -> String {
     path.file_name().map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned())
 }
 
-fn queued(state: &AppState, job: CommandJob) -> Response {
+/// Queues a command job: 201 with its record, or the refusal.
+pub(crate) fn queued(state: &AppState, job: CommandJob) -> Response {
     let jobs = match job_store(state) {
         Ok(jobs) => jobs,
         Err(r) => return r,

@@ -326,3 +326,99 @@ async fn submissions_queue_the_command_the_server_builds() {
     assert!(body["error"].as_str().unwrap().contains("this is also an input"), "{body}");
     assert_eq!(s.jobs.list().0.len(), 5);
 }
+
+/// Captioning jobs: the argument list `lorakit caption` gets from the Datasets page's form, and
+/// the requests refused before anything is queued.
+#[tokio::test]
+async fn caption_requests_queue_lorakit_caption_with_checked_arguments() {
+    let s = setup();
+    std::fs::create_dir_all(s.root.path().join("img/5_x")).unwrap();
+    std::fs::create_dir_all(s.root.path().join("models/wd")).unwrap();
+    let base = s.base();
+    let (status, job) = s
+        .post(
+            "/api/caption",
+            json!({
+                "root": 0, "path": "img", "captioner": "wd14", "recursive": true, "existing": "append", "trigger": "-lk",
+                "wd14": {"model": {"root": 0, "path": "models/wd"}, "general_threshold": 0.4, "remove_underscore": true,
+                         "undesired_tags": "watermark, text"}
+            }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{job}");
+    assert_eq!(job["kind"], "caption");
+    let folder = base.join("img").display().to_string();
+    let model = format!("--model={}", base.join("models/wd").display());
+    assert_eq!(
+        s.argv(job["id"].as_str().unwrap()),
+        [
+            "caption",
+            "wd14",
+            &folder,
+            "--recursive",
+            "--append",
+            "--trigger=-lk",
+            &model,
+            "--general-threshold=0.4",
+            "--remove-underscore",
+            "--undesired-tags=watermark, text",
+        ]
+    );
+    let (status, job) = s
+        .post(
+            "/api/caption",
+            json!({
+                "root": 0, "path": "img/5_x", "captioner": "api",
+                "api": {"url": "http://127.0.0.1:11434/v1", "model": "llava", "key_env": "MY_KEY", "prompt": "Describe {name}.", "concurrency": 2}
+            }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{job}");
+    let argv = s.argv(job["id"].as_str().unwrap());
+    assert_eq!(
+        argv[1..],
+        [
+            "api",
+            &base.join("img/5_x").display().to_string(),
+            "--api=http://127.0.0.1:11434/v1",
+            "--api-model=llava",
+            "--api-key-env=MY_KEY",
+            "--prompt=Describe {name}.",
+            "--concurrency=2",
+        ]
+    );
+    assert!(!argv.iter().any(|a| a.contains("sk-")), "no key in a job's arguments");
+
+    let wd14 = |extra: Value| {
+        let mut body =
+            json!({"root": 0, "path": "img", "captioner": "wd14", "wd14": {"model": {"root": 0, "path": "models/wd"}}});
+        for (k, v) in extra.as_object().unwrap() {
+            body[k] = v.clone();
+        }
+        body
+    };
+    let api = |api: Value| json!({"root": 0, "path": "img", "captioner": "api", "api": api});
+    for (body, expected) in [
+        (wd14(json!({"path": ".."})), StatusCode::FORBIDDEN),
+        (wd14(json!({"path": "nowhere"})), StatusCode::NOT_FOUND),
+        (wd14(json!({"wd14": {"model": {"root": 0, "path": "models/none"}}})), StatusCode::NOT_FOUND),
+        (
+            wd14(json!({"wd14": {"model": {"root": 0, "path": "loras/sd15.safetensors"}}})),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            wd14(json!({"wd14": {"model": {"root": 0, "path": "models/wd"}, "general_threshold": 1.5}})),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (wd14(json!({"existing": "erase"})), StatusCode::UNPROCESSABLE_ENTITY),
+        (wd14(json!({"captioner": "blip"})), StatusCode::UNPROCESSABLE_ENTITY),
+        (api(json!({"url": "file:///etc/passwd", "model": "m"})), StatusCode::UNPROCESSABLE_ENTITY),
+        (api(json!({"url": "http://x/v1", "model": " "})), StatusCode::UNPROCESSABLE_ENTITY),
+        (api(json!({"url": "http://x/v1", "model": "m", "key_env": "sk-123"})), StatusCode::UNPROCESSABLE_ENTITY),
+        (api(json!({"url": "http://x/v1", "model": "m", "concurrency": 0})), StatusCode::UNPROCESSABLE_ENTITY),
+    ] {
+        let (status, answer) = s.post("/api/caption", body.clone()).await;
+        assert_eq!(status, expected, "{body} → {answer}");
+        assert!(answer["error"].as_str().is_some_and(|e| !e.is_empty()), "{answer}");
+    }
+}

@@ -1,4 +1,5 @@
 import { el, api, page, current, t, onLeave } from "../ui.js";
+import { captionForm } from "./autocaption.js";
 
 // The Datasets page: the dataset doctor over a kohya train folder (or a dataset TOML) — subsets
 // and their repeats (changed by renaming the folder, previewed first), steps, findings — and a
@@ -20,6 +21,15 @@ export async function datasetsPage(params = new URLSearchParams()) {
   const result = el("section", { "aria-label": t("Dataset report") });
   if (params.has("root")) rootPicker.value = params.get("root");
   if (params.has("path")) folder.value = params.get("path");
+  // A captioning job's Clone & edit (#datasets?job=ID): its folder and its form, filled in.
+  let cloned = null;
+  if (/^\d+$/.test(params.get("job") ?? "")) {
+    cloned = (await api(`/jobs/${params.get("job")}/command`)).request;
+    rootPicker.value = String(cloned.root);
+    folder.value = cloned.path ?? "";
+  }
+  // Captioning the folder shown (a job), above its report.
+  const captionSlot = el("div");
   // The editors of the folder shown; kept across report refreshes so their messages stay.
   let shown = null;
   const load = async (root, base) => {
@@ -27,6 +37,8 @@ export async function datasetsPage(params = new URLSearchParams()) {
     if (!shown || shown.root !== root || shown.base !== base) {
       const refresh = () => load(root, base).catch((e) => result.prepend(el("p", { class: "error", role: "alert", text: e.message })));
       shown = { root, base, refresh, tags: tagEditor(root, base, refresh), captions: captionEditor(root, base, refresh) };
+      const request = cloned && String(cloned.root) === root && (cloned.path ?? "") === base ? cloned : null;
+      captionSlot.replaceChildren(captionForm(root, base, session.roots, request).node);
     }
     showReport(result, report, shown);
   };
@@ -44,6 +56,7 @@ export async function datasetsPage(params = new URLSearchParams()) {
     el("h1", { text: t("Datasets") }),
     el("p", { class: "dataset-form" }, rootPicker, " ", folder, " ", el("label", {}, full, " ", t("decode every image")), " ",
       el("button", { type: "button", text: t("Check"), onclick: run })),
+    captionSlot,
     result,
   );
   if (folder.value) run();

@@ -1,11 +1,12 @@
-// The Jobs page: the queue (trainings and command jobs: resize, merge, convert, XY plots) in the
+// The Jobs page: the queue (trainings and command jobs: resize, merge, convert, XY plots,
+// captioning) in the
 // order it runs, each job's actions, and the chosen job's run (pages/run.js) below.
 import { el, api, page, current, route, showError, onLeave, progressText, pageLink, t } from "../ui.js";
 import { runView } from "./run.js";
 
 // The tools page's tab for each command job (Clone & edit refills that form).
 const TOOL_OF = { resize: "resize", merge: "merge", convert: "convert", generate: "xy" };
-const kindName = (kind) => ({ train: t("training"), resize: t("resize"), merge: t("merge"), convert: t("convert"), generate: t("XY plot") })[kind] ?? kind;
+const kindName = (kind) => ({ train: t("training"), resize: t("resize"), merge: t("merge"), convert: t("convert"), generate: t("XY plot"), caption: t("captioning") })[kind] ?? kind;
 const statusName = (status) => ({ queued: t("queued"), running: t("running"), done: t("done"), failed: t("failed"), stopped: t("stopped"), interrupted: t("interrupted") })[status] ?? status;
 
 export async function jobsPage() {
@@ -82,6 +83,7 @@ export async function jobsPage() {
       }
       if (training && ["stopped", "interrupted", "failed"].includes(job.status)) button(t("Resume"), () => act(job.id, "resume"));
       if (training) button(t("Clone & edit"), () => cloneConfig(job.id));
+      else if (job.kind === "caption") actions.append(el("a", { class: "button", href: pageLink("datasets", { job: job.id }), text: t("Clone & edit") }));
       else actions.append(el("a", { class: "button", href: pageLink("tools", { op: TOOL_OF[job.kind] ?? "resize", job: job.id }), text: t("Clone & edit") }));
       button(t("Output"), () => run.show(job.id));
       if (!["queued", "running"].includes(job.status)) button(t("Delete"), () => act(job.id, "delete"), t("Delete job {id}", { id: job.id }));

@@ -1,5 +1,5 @@
 //! Command jobs: one of this binary's file subcommands (`resize`, `merge`, `convert`,
-//! `generate`) with an argument list the server builds from a checked request — never an argv
+//! `generate`, `caption`) with an argument list the server builds from a checked request — never an argv
 //! from the browser. Every path in it is a typed [`CommandArg`], checked against the roots
 //! before the job is queued.
 
@@ -19,6 +19,8 @@ pub enum CommandKind {
     Convert,
     /// `lorakit generate` (the XY plot: `--grid`).
     Generate,
+    /// `lorakit caption` (`wd14` or `api` over a folder of images).
+    Caption,
 }
 
 impl CommandKind {
@@ -29,6 +31,7 @@ impl CommandKind {
             CommandKind::Merge => "merge",
             CommandKind::Convert => "convert",
             CommandKind::Generate => "generate",
+            CommandKind::Caption => "caption",
         }
     }
 }
@@ -40,6 +43,7 @@ pub(super) fn phase(kind: &str) -> &'static str {
         "merge" => "merging",
         "convert" => "converting",
         "generate" => "generating",
+        "caption" => "captioning",
         _ => "running",
     }
 }

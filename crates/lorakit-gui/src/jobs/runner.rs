@@ -3,7 +3,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use super::progress::{failure_cause, final_progress, last_line};
+use super::progress::{failure_cause, final_progress, last_line, read_tail};
 use super::{
     io_err, now, read_record, JobError, Live, Running, Status, StopRequest, COMMAND_FILE, CONFIG_FILE, OUTPUT_FILE,
     REQUESTS_DIR,
@@ -139,6 +139,12 @@ impl super::Jobs {
             // A command job's success shows in its outputs, written (atomically) since it started.
             let done = if r.kind == "train" {
                 last.as_deref().is_some_and(|l| l.starts_with("done:"))
+            } else if r.kind == "caption" {
+                // Captions go to many files: the closing summary says it finished, and with no
+                // failed image ("N captions written, M skipped, 0 failed").
+                read_tail(&dir.join(OUTPUT_FILE), 64 * 1024)
+                    .lines()
+                    .any(|l| l.contains(" captions ") && l.ends_with(" 0 failed"))
             } else {
                 let since = r.started.unwrap_or(r.created).saturating_sub(2);
                 !r.outputs.is_empty() && r.outputs.iter().all(|p| written_since(p, since))
