@@ -178,7 +178,8 @@ test("Stop & save ends the first of two queued jobs with a resumable state, the 
   // The second is queued behind it.
   await page.getByLabel("Training config (TOML)").fill(quickstartRun("second", 3));
   await page.getByRole("button", { name: "Add to queue" }).click();
-  const queued = page.getByText(/^queued job \d+$/);
+  // The message still names the first job until the second is queued.
+  const queued = page.getByText(new RegExp(`^queued job (?!${firstId}$)\\d+$`));
   await queued.waitFor();
   const secondId = (await queued.textContent()).split(" ").pop();
   const second = page.locator(`tr[data-job="${secondId}"]`);
