@@ -7,6 +7,9 @@
 //!
 //! - [`wd14`]: the WD v3 taggers (timm weights on candle) with kohya's options.
 //!
+//! - [`florence2`]: Florence-2 natural-language captions (DaViT + BART, beam search) on the
+//!   florence-community weights.
+//!
 //! - [`api`]: captions from any OpenAI-compatible vision chat API, with retries and resumable runs.
 //!
 //! The captioners themselves: `wd14` (SmilingWolf's WD v3 taggers on the timm weights, with
@@ -14,6 +17,7 @@
 //! vision chat endpoint).
 
 pub mod api;
+pub mod florence2;
 pub mod output;
 pub mod targets;
 pub mod wd14;
