@@ -14,7 +14,7 @@ use lorakit_nn::{FrozenConv2d, FrozenLinear};
 use serde_json::Value;
 
 use super::config::{self, Activation};
-use super::{linear, weight, Wd14Error};
+use super::{layer_norm, linear, weight, Wd14Error};
 
 /// timm's ConvNeXt norm epsilon.
 const LN_EPS: f64 = 1e-6;
@@ -92,15 +92,6 @@ impl LayerNorm2d {
         self.0.forward(&x.permute((0, 2, 3, 1))?.contiguous()?)?.permute((0, 3, 1, 2))?.contiguous()
     }
 }
-
-fn layer_norm(t: &HashMap<String, Tensor>, path: &str, dim: usize) -> std::result::Result<LayerNorm, Wd14Error> {
-    Ok(LayerNorm::new(
-        weight(t, &format!("{path}.weight"), &[dim])?,
-        Some(weight(t, &format!("{path}.bias"), &[dim])?),
-        LN_EPS,
-    ))
-}
-
 /// Depthwise k×k convolution, stride 1, "same" padding: the sum of k² shifted copies scaled by
 /// each tap (one conv call per channel group is far slower in candle on the CPU).
 struct DepthwiseConv {
@@ -162,7 +153,7 @@ impl ConvNext {
                 p,
                 0,
             )?,
-            LayerNorm2d(layer_norm(t, "stem.1", c.dims[0])?),
+            LayerNorm2d(layer_norm(t, "stem.1", c.dims[0], LN_EPS)?),
         );
         let mut stages = Vec::new();
         for (i, (&depth, &dim)) in c.depths.iter().zip(&c.dims).enumerate() {
@@ -172,7 +163,7 @@ impl ConvNext {
             } else {
                 let prev = c.dims[i - 1];
                 Some((
-                    LayerNorm2d(layer_norm(t, &format!("{s}.downsample.0"), prev)?),
+                    LayerNorm2d(layer_norm(t, &format!("{s}.downsample.0"), prev, LN_EPS)?),
                     FrozenConv2d::new(
                         weight(t, &format!("{s}.downsample.1.weight"), &[dim, prev, 2, 2])?,
                         Some(weight(t, &format!("{s}.downsample.1.bias"), &[dim])?),
@@ -195,7 +186,7 @@ impl ConvNext {
                             bias: weight(t, &format!("{b}.conv_dw.bias"), &[dim])?,
                             kernel: k,
                         },
-                        norm: layer_norm(t, &format!("{b}.norm"), dim)?,
+                        norm: layer_norm(t, &format!("{b}.norm"), dim, LN_EPS)?,
                         fc1: linear(t, &format!("{b}.mlp.fc1"), dim, hidden, true)?,
                         fc2: linear(t, &format!("{b}.mlp.fc2"), hidden, dim, true)?,
                         gamma: if c.layer_scale { Some(weight(t, &format!("{b}.gamma"), &[dim])?) } else { None },
@@ -209,7 +200,7 @@ impl ConvNext {
             config: c.clone(),
             stem,
             stages,
-            head_norm: layer_norm(t, "head.norm", last)?,
+            head_norm: layer_norm(t, "head.norm", last, LN_EPS)?,
             head: linear(t, "head.fc", last, c.num_classes, true)?,
         })
     }

@@ -17,7 +17,7 @@ use lorakit_nn::{FrozenConv2d, FrozenLinear};
 use serde_json::Value;
 
 use super::config;
-use super::{linear, weight, Wd14Error};
+use super::{layer_norm, linear, weight, Wd14Error};
 
 /// timm's `LayerNorm` epsilon (the `Eva` default norm layer).
 const LN_EPS: f64 = 1e-6;
@@ -207,15 +207,6 @@ pub struct Eva02 {
     fc_norm: Option<LayerNorm>,
     head: FrozenLinear,
 }
-
-fn layer_norm(t: &HashMap<String, Tensor>, path: &str, dim: usize) -> std::result::Result<LayerNorm, Wd14Error> {
-    Ok(LayerNorm::new(
-        weight(t, &format!("{path}.weight"), &[dim])?,
-        Some(weight(t, &format!("{path}.bias"), &[dim])?),
-        LN_EPS,
-    ))
-}
-
 /// timm `RotaryEmbeddingCat` (`in_pixels=False`, "ij" grid, interleaved layout) for a
 /// `grid × grid` map: per head dimension `d`, `d/4` inverse frequencies `temperature^(−k/(d/4))`
 /// applied to the row and then the column coordinate, each coordinate `i / grid · ref`, every
@@ -351,12 +342,12 @@ impl Eva02 {
                     }
                 };
                 let attn_norm =
-                    if c.scale_attn_inner { Some(layer_norm(t, &format!("{p}.attn.norm"), d)?) } else { None };
+                    if c.scale_attn_inner { Some(layer_norm(t, &format!("{p}.attn.norm"), d, LN_EPS)?) } else { None };
                 let mlp = if c.swiglu_mlp && c.scale_mlp {
                     Mlp::SwiGlu {
                         fc1_g: linear(t, &format!("{p}.mlp.fc1_g"), d, hidden, true)?,
                         fc1_x: linear(t, &format!("{p}.mlp.fc1_x"), d, hidden, true)?,
-                        norm: Some(layer_norm(t, &format!("{p}.mlp.norm"), hidden)?),
+                        norm: Some(layer_norm(t, &format!("{p}.mlp.norm"), hidden, LN_EPS)?),
                         fc2: linear(t, &format!("{p}.mlp.fc2"), hidden, d, true)?,
                     }
                 } else if c.swiglu_mlp {
@@ -368,24 +359,28 @@ impl Eva02 {
                 } else {
                     Mlp::Gelu {
                         fc1: linear(t, &format!("{p}.mlp.fc1"), d, hidden, true)?,
-                        norm: if c.scale_mlp { Some(layer_norm(t, &format!("{p}.mlp.norm"), hidden)?) } else { None },
+                        norm: if c.scale_mlp {
+                            Some(layer_norm(t, &format!("{p}.mlp.norm"), hidden, LN_EPS)?)
+                        } else {
+                            None
+                        },
                         fc2: linear(t, &format!("{p}.mlp.fc2"), hidden, d, true)?,
                     }
                 };
                 Ok(Block {
-                    norm1: layer_norm(t, &format!("{p}.norm1"), d)?,
+                    norm1: layer_norm(t, &format!("{p}.norm1"), d, LN_EPS)?,
                     qkv,
                     attn_norm,
                     proj: linear(t, &format!("{p}.attn.proj"), d, d, true)?,
-                    norm2: layer_norm(t, &format!("{p}.norm2"), d)?,
+                    norm2: layer_norm(t, &format!("{p}.norm2"), d, LN_EPS)?,
                     mlp,
                 })
             })
             .collect::<std::result::Result<Vec<_>, Wd14Error>>()?;
         let (norm, fc_norm) = if c.fc_norm {
-            (None, Some(layer_norm(t, "fc_norm", d)?))
+            (None, Some(layer_norm(t, "fc_norm", d, LN_EPS)?))
         } else {
-            (Some(layer_norm(t, "norm", d)?), None)
+            (Some(layer_norm(t, "norm", d, LN_EPS)?), None)
         };
         let head = linear(t, "head", d, c.num_classes, true)?;
         Ok(Eva02 { config: c.clone(), patch_embed, cls_token, pos_embed, rope, blocks, norm, fc_norm, head })

@@ -111,6 +111,20 @@ pub fn linear(
     Ok(FrozenLinear::new(w, b)?)
 }
 
+/// The layer norm `{path}.weight` / `{path}.bias` of width `dim`, with timm's `eps` for it.
+pub fn layer_norm(
+    tensors: &HashMap<String, Tensor>,
+    path: &str,
+    dim: usize,
+    eps: f64,
+) -> Result<lorakit_nn::norm::LayerNorm, Wd14Error> {
+    Ok(lorakit_nn::norm::LayerNorm::new(
+        weight(tensors, &format!("{path}.weight"), &[dim])?,
+        Some(weight(tensors, &format!("{path}.bias"), &[dim])?),
+        eps,
+    ))
+}
+
 /// A built tagger network.
 pub enum Model {
     /// [`vit::Vit`].

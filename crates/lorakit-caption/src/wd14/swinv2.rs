@@ -16,7 +16,7 @@ use lorakit_nn::{FrozenConv2d, FrozenLinear};
 use serde_json::Value;
 
 use super::config::{self, Activation};
-use super::{linear, weight, Wd14Error};
+use super::{layer_norm, linear, weight, Wd14Error};
 
 /// `nn.LayerNorm`'s default epsilon (SwinV2 uses plain `nn.LayerNorm`).
 const LN_EPS: f64 = 1e-5;
@@ -202,15 +202,6 @@ pub struct SwinV2 {
     norm: LayerNorm,
     head: FrozenLinear,
 }
-
-fn layer_norm(t: &HashMap<String, Tensor>, path: &str, dim: usize) -> std::result::Result<LayerNorm, Wd14Error> {
-    Ok(LayerNorm::new(
-        weight(t, &format!("{path}.weight"), &[dim])?,
-        Some(weight(t, &format!("{path}.bias"), &[dim])?),
-        LN_EPS,
-    ))
-}
-
 /// timm `_calc_window_shift`: the window is clamped to the grid and the shift dropped where the
 /// grid fits in one window (unless `always_partition`).
 fn window_shift(res: usize, target: usize, shifted: bool, always_partition: bool) -> (usize, usize) {
@@ -432,7 +423,7 @@ impl SwinV2 {
             c.patch_size,
             0,
         )?;
-        let patch_norm = layer_norm(t, "patch_embed.norm", d0)?;
+        let patch_norm = layer_norm(t, "patch_embed.norm", d0, LN_EPS)?;
         let mut res = c.img_size / c.patch_size;
         let mut stages = Vec::with_capacity(c.depths.len());
         for (i, &depth) in c.depths.iter().enumerate() {
@@ -442,7 +433,7 @@ impl SwinV2 {
                 let p = format!("layers.{i}.downsample");
                 Some(PatchMerging {
                     reduction: linear(t, &format!("{p}.reduction"), 4 * dims[i - 1], d, false)?,
-                    norm: layer_norm(t, &format!("{p}.norm"), d)?,
+                    norm: layer_norm(t, &format!("{p}.norm"), d, LN_EPS)?,
                 })
             } else {
                 None
@@ -463,10 +454,10 @@ impl SwinV2 {
                             c.pretrained_window_sizes[i],
                             c.qkv_bias,
                         )?,
-                        norm1: layer_norm(t, &format!("{p}.norm1"), d)?,
+                        norm1: layer_norm(t, &format!("{p}.norm1"), d, LN_EPS)?,
                         fc1: linear(t, &format!("{p}.mlp.fc1"), d, hidden, true)?,
                         fc2: linear(t, &format!("{p}.mlp.fc2"), hidden, d, true)?,
-                        norm2: layer_norm(t, &format!("{p}.norm2"), d)?,
+                        norm2: layer_norm(t, &format!("{p}.norm2"), d, LN_EPS)?,
                         window,
                         shift: (shift, shift),
                     })
@@ -475,7 +466,7 @@ impl SwinV2 {
             stages.push(Stage { downsample, blocks });
         }
         let last = *dims.last().expect("at least one stage");
-        let norm = layer_norm(t, "norm", last)?;
+        let norm = layer_norm(t, "norm", last, LN_EPS)?;
         let head = linear(t, "head.fc", last, c.num_classes, true)?;
         Ok(SwinV2 { config: c.clone(), patch_embed, patch_norm, stages, norm, head })
     }

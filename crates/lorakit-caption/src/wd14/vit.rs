@@ -12,7 +12,7 @@ use lorakit_nn::{FrozenConv2d, FrozenLinear};
 use serde_json::Value;
 
 use super::config::{self, Activation};
-use super::{linear, weight, Wd14Error};
+use super::{layer_norm, linear, weight, Wd14Error};
 
 /// timm's ViT LayerNorm epsilon (`partial(nn.LayerNorm, eps=1e-6)`).
 const LN_EPS: f64 = 1e-6;
@@ -134,15 +134,6 @@ pub struct Vit {
     fc_norm: Option<LayerNorm>,
     head: FrozenLinear,
 }
-
-fn layer_norm(t: &HashMap<String, Tensor>, path: &str, dim: usize) -> std::result::Result<LayerNorm, Wd14Error> {
-    Ok(LayerNorm::new(
-        weight(t, &format!("{path}.weight"), &[dim])?,
-        Some(weight(t, &format!("{path}.bias"), &[dim])?),
-        LN_EPS,
-    ))
-}
-
 impl Vit {
     /// Builds the model from the checkpoint's tensors, checking every shape.
     pub fn load(t: &HashMap<String, Tensor>, config: &VitConfig) -> std::result::Result<Self, Wd14Error> {
@@ -172,19 +163,19 @@ impl Vit {
             .map(|i| {
                 let p = format!("blocks.{i}");
                 Ok(Block {
-                    norm1: layer_norm(t, &format!("{p}.norm1"), d)?,
+                    norm1: layer_norm(t, &format!("{p}.norm1"), d, LN_EPS)?,
                     qkv: linear(t, &format!("{p}.attn.qkv"), d, 3 * d, c.qkv_bias)?,
                     proj: linear(t, &format!("{p}.attn.proj"), d, d, true)?,
-                    norm2: layer_norm(t, &format!("{p}.norm2"), d)?,
+                    norm2: layer_norm(t, &format!("{p}.norm2"), d, LN_EPS)?,
                     fc1: linear(t, &format!("{p}.mlp.fc1"), d, hidden, true)?,
                     fc2: linear(t, &format!("{p}.mlp.fc2"), hidden, d, true)?,
                 })
             })
             .collect::<std::result::Result<Vec<_>, Wd14Error>>()?;
         let (norm, fc_norm) = if c.fc_norm {
-            (None, Some(layer_norm(t, "fc_norm", d)?))
+            (None, Some(layer_norm(t, "fc_norm", d, LN_EPS)?))
         } else {
-            (Some(layer_norm(t, "norm", d)?), None)
+            (Some(layer_norm(t, "norm", d, LN_EPS)?), None)
         };
         let head = linear(t, "head", d, c.num_classes, true)?;
         Ok(Vit { config: c.clone(), patch_embed, cls_token, pos_embed, blocks, norm, fc_norm, head })
