@@ -180,3 +180,17 @@ fn a_folder_missing_a_file_is_named() {
     let e = Captioner::load(dir.path(), &Device::Cpu).err().expect("garbage weights loaded");
     assert!(e.to_string().contains("model.safetensors"), "{e}");
 }
+
+#[test]
+fn caption_file_gives_the_processor_text_and_names_a_bad_image() {
+    let c = load();
+    let m = meta();
+    let max_new = m["max_new_tokens"].as_u64().unwrap() as usize;
+    let text = c.caption_file(&root().join("images/photo.png"), Task::Detailed, 3, max_new).unwrap();
+    assert_eq!(text, m["tasks"]["<DETAILED_CAPTION>"]["beam"].as_str().unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("broken.png");
+    std::fs::write(&bad, b"\x89PNG not really").unwrap();
+    let e = c.caption_file(&bad, Task::Caption, 3, max_new).unwrap_err();
+    assert!(matches!(e, Florence2Error::Image { .. }) && e.to_string().contains("broken.png"), "{e}");
+}

@@ -298,3 +298,31 @@ impl Captioner {
         &self.device
     }
 }
+
+impl Captioner {
+    /// The caption of the image at `path` for `task`: preprocess, encode, generate with
+    /// `num_beams` (the generation config's other settings), post-process. A file that is
+    /// not a readable image is an [`Florence2Error::Image`] naming it.
+    pub fn caption_file(
+        &self,
+        path: &Path,
+        task: processor::Task,
+        num_beams: usize,
+        max_new_tokens: usize,
+    ) -> Result<String> {
+        let image = image::ImageReader::open(path)
+            .and_then(|r| r.with_guessed_format())
+            .map_err(|e| Florence2Error::Image { path: path.to_path_buf(), message: e.to_string() })?
+            .decode()
+            .map_err(|e| Florence2Error::Image { path: path.to_path_buf(), message: format!("cannot decode: {e}") })?;
+        let cfg = &self.processor.image;
+        let pixels = Tensor::from_vec(cfg.pixel_values(&image), (1, 3, cfg.height, cfg.width), &self.device)?;
+        let ids = self.processor.input_ids(task)?;
+        let feats = self.model.image_features(&pixels)?;
+        let encoded = self.model.language.encode(&self.model.merged_embeddings(&ids, &feats)?)?;
+        let mut gen = self.generation.clone();
+        gen.num_beams = num_beams.max(1);
+        let out = generate::generate(&self.model.language, &encoded, &gen, max_new_tokens)?;
+        self.processor.caption(&out)
+    }
+}
