@@ -1,9 +1,11 @@
 //! `lorakit caption`: write captions for a folder of training images — `wd14` (booru tags from
-//! a WD v3 tagger) or `api` (natural language from any OpenAI-compatible vision model). Every
+//! a WD v3 tagger), `florence` (natural language from a local Florence-2) or `api` (natural
+//! language from any OpenAI-compatible vision model). Every
 //! captioner shares [`OutputArgs`]: which images, where their captions go, what happens to
 //! captions that exist, the trigger word and the dry run.
 
 pub mod api;
+pub mod florence;
 pub mod wd14;
 
 use std::path::PathBuf;
@@ -21,6 +23,9 @@ pub enum CaptionCommand {
     /// Captions from an OpenAI-compatible vision chat API (OpenAI, or a local llama.cpp,
     /// Ollama, LM Studio or vLLM server running JoyCaption, Qwen-VL, …).
     Api(api::ApiArgs),
+    /// Natural-language captions from a local Florence-2 folder (base, large or a fine-tune such
+    /// as PromptGen), for Flux and SD3 datasets.
+    Florence(florence::FlorenceArgs),
 }
 
 /// Runs a `lorakit caption` subcommand.
@@ -28,6 +33,7 @@ pub fn run(command: CaptionCommand) -> anyhow::Result<std::process::ExitCode> {
     match command {
         CaptionCommand::Wd14(args) => wd14::run(args),
         CaptionCommand::Api(args) => api::run(args),
+        CaptionCommand::Florence(args) => florence::run(args),
     }
 }
 
