@@ -300,3 +300,35 @@ test("captioning a folder with a WD14 tagger runs as a job and writes what lorak
   assert.deepEqual(errors, []);
   await page.close();
 });
+
+test("captioning with a Florence-2 folder from the page writes what lorakit caption florence writes", async () => {
+  const model = join(gui.dataRoot, "models", "florence");
+  cpSync(join(repo, "tests/fixtures/reference/florence2/model"), model, { recursive: true });
+  for (const name of ["described", "described-cli"]) {
+    mkdirSync(join(gui.dataRoot, name, "2_photo"), { recursive: true });
+    cpSync(join(repo, "tests/fixtures/reference/florence2/images/photo.png"), join(gui.dataRoot, name, "2_photo", "a.png"));
+  }
+  const { page, errors } = await openPage({ width: 1280, height: 900 });
+  await page.goto(at("datasets"));
+  await page.getByLabel("Train folder").fill("described");
+  await page.getByRole("button", { name: "Check" }).click();
+  await page.getByRole("region", { name: "Dataset report" }).getByRole("cell", { name: "2_photo" }).waitFor();
+  await page.getByText("Caption the images (WD14 tagger or a vision model)").click();
+  const form = page.getByRole("region", { name: "Caption images" });
+  await form.getByLabel("Captioner").selectOption("florence");
+  assert.equal(await form.getByLabel("Tagger folder", { exact: true }).isVisible(), false);
+  await form.getByLabel("Florence-2 folder", { exact: true }).fill("models/florence");
+  await form.getByLabel("Caption length").selectOption("caption");
+  await form.getByRole("button", { name: "Caption (queue a job)" }).click();
+  const queued = form.getByText(/^queued job \d+/);
+  await queued.waitFor();
+  const id = (await queued.textContent()).match(/\d+/)[0];
+  await page.goto(at(`jobs?job=${id}`));
+  await page.locator(`tr[data-job="${id}"]`).getByRole("cell", { name: "done", exact: true }).waitFor({ timeout: 120000 });
+  execFileSync(bin, ["caption", "florence", join(gui.dataRoot, "described-cli"), "--model", model, "--recursive", "--task", "caption"], { stdio: "pipe" });
+  const caption = (folder) => readFileSync(join(gui.dataRoot, folder, "2_photo", "a.txt"), "utf8");
+  assert.ok(caption("described").length > 1);
+  assert.equal(caption("described"), caption("described-cli"));
+  assert.deepEqual(errors, []);
+  await page.close();
+});

@@ -1,9 +1,10 @@
-//! Captioning a folder from the GUI: `lorakit caption wd14|api` queued as a command job.
+//! Captioning a folder from the GUI: `lorakit caption wd14|florence|api` queued as a command job.
 //!
-//! `POST /api/caption` `{root, path, captioner: "wd14"|"api", recursive, caption_extension,
+//! `POST /api/caption` `{root, path, captioner: "wd14"|"florence"|"api", recursive, caption_extension,
 //! existing: "skip"|"overwrite"|"append", trigger, wd14: {model: {root, path}, general_threshold,
 //! character_threshold, remove_underscore, undesired_tags, character_tags_first,
-//! use_rating_tags, max_tags}, api: {url, model, key_env, prompt, concurrency, max_tokens}}`.
+//! use_rating_tags, max_tags}, florence: {model: {root, path}, task, num_beams}, api: {url, model,
+//! key_env, prompt, concurrency, max_tokens}}`.
 //! The folder and the model folder must lie under the roots; the API key is never sent by the
 //! browser: the job reads it from the server's environment variable `key_env` names.
 
@@ -48,7 +49,18 @@ struct Request {
     #[serde(default)]
     wd14: Option<Wd14>,
     #[serde(default)]
+    florence: Option<Florence>,
+    #[serde(default)]
     api: Option<Api>,
+}
+
+#[derive(Deserialize)]
+struct Florence {
+    model: Place,
+    #[serde(default)]
+    task: Option<String>,
+    #[serde(default)]
+    num_beams: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -128,13 +140,11 @@ fn build(state: &AppState, body: Value) -> Result<CommandJob, Response> {
     let summary = match req.captioner.as_str() {
         "wd14" => {
             let w = req.wd14.ok_or_else(|| invalid("wd14: choose the tagger's model folder"))?;
-            let model = state.roots().resolve(w.model.root, &w.model.path).map_err(path_error)?;
-            if !model.is_dir() {
-                return Err(invalid(format!(
-                    "{}: not a folder (the tagger's folder holds model.safetensors, config.json and selected_tags.csv)",
-                    w.model.path
-                )));
-            }
+            let model = model_folder(
+                state,
+                &w.model,
+                "the tagger's folder holds model.safetensors, config.json and selected_tags.csv",
+            )?;
             args.push(CommandArg::Input { flag: Some("--model"), path: model, weight: None });
             if let Some(t) = threshold("general_threshold", w.general_threshold)? {
                 args.push(flag("--general-threshold", t));
@@ -158,6 +168,27 @@ fn build(state: &AppState, body: Value) -> Result<CommandJob, Response> {
                 args.push(flag("--max-tags", n));
             }
             format!("WD14 tags for {shown}")
+        }
+        "florence" => {
+            let f = req.florence.ok_or_else(|| invalid("florence: choose the Florence-2 model folder"))?;
+            let model = model_folder(
+                state,
+                &f.model,
+                "a Florence-2 folder holds config.json, model.safetensors, tokenizer.json and preprocessor_config.json",
+            )?;
+            args.push(CommandArg::Input { flag: Some("--model"), path: model, weight: None });
+            let task = f.task.as_deref().unwrap_or("more-detailed");
+            if !["caption", "detailed", "more-detailed"].contains(&task) {
+                return Err(invalid(format!("task {task:?}: expected caption, detailed or more-detailed")));
+            }
+            args.push(flag("--task", task));
+            if let Some(n) = f.num_beams {
+                if n == 0 || n > 16 {
+                    return Err(invalid(format!("num_beams must be 1 to 16 (got {n})")));
+                }
+                args.push(flag("--num-beams", n));
+            }
+            format!("Florence-2 captions for {shown}")
         }
         "api" => {
             let a = req.api.ok_or_else(|| invalid("api: give the server's URL and model"))?;
@@ -192,9 +223,18 @@ fn build(state: &AppState, body: Value) -> Result<CommandJob, Response> {
             }
             format!("{} captions for {shown}", a.model.trim())
         }
-        other => return Err(invalid(format!("captioner {other:?}: expected wd14 or api"))),
+        other => return Err(invalid(format!("captioner {other:?}: expected wd14, florence or api"))),
     };
     Ok(CommandJob { kind: CommandKind::Caption, args, summary, request: body })
+}
+
+/// The model folder `place` names, which must be a folder (`holds` says what it should hold).
+fn model_folder(state: &AppState, place: &Place, holds: &str) -> Result<std::path::PathBuf, Response> {
+    let model = state.roots().resolve(place.root, &place.path).map_err(path_error)?;
+    if !model.is_dir() {
+        return Err(invalid(format!("{}: not a folder ({holds})", place.path)));
+    }
+    Ok(model)
 }
 
 async fn caption(State(state): State<AppState>, Json(body): Json<Value>) -> Response {

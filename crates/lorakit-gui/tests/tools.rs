@@ -389,6 +389,27 @@ async fn caption_requests_queue_lorakit_caption_with_checked_arguments() {
     );
     assert!(!argv.iter().any(|a| a.contains("sk-")), "no key in a job's arguments");
 
+    std::fs::create_dir_all(s.root.path().join("models/florence")).unwrap();
+    let (status, job) = s
+        .post(
+            "/api/caption",
+            json!({"root": 0, "path": "img", "captioner": "florence",
+                   "florence": {"model": {"root": 0, "path": "models/florence"}, "task": "detailed", "num_beams": 2}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{job}");
+    assert_eq!(
+        s.argv(job["id"].as_str().unwrap())[1..],
+        [
+            "florence",
+            &folder,
+            &format!("--model={}", base.join("models/florence").display()),
+            "--task=detailed",
+            "--num-beams=2",
+        ]
+    );
+    let florence = |f: Value| json!({"root": 0, "path": "img", "captioner": "florence", "florence": f});
+
     let wd14 = |extra: Value| {
         let mut body =
             json!({"root": 0, "path": "img", "captioner": "wd14", "wd14": {"model": {"root": 0, "path": "models/wd"}}});
@@ -412,6 +433,15 @@ async fn caption_requests_queue_lorakit_caption_with_checked_arguments() {
         ),
         (wd14(json!({"existing": "erase"})), StatusCode::UNPROCESSABLE_ENTITY),
         (wd14(json!({"captioner": "blip"})), StatusCode::UNPROCESSABLE_ENTITY),
+        (
+            florence(json!({"model": {"root": 0, "path": "models/florence"}, "task": "long"})),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            florence(json!({"model": {"root": 0, "path": "models/florence"}, "num_beams": 0})),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (florence(json!({"model": {"root": 0, "path": "models/nothing"}})), StatusCode::NOT_FOUND),
         (api(json!({"url": "file:///etc/passwd", "model": "m"})), StatusCode::UNPROCESSABLE_ENTITY),
         (api(json!({"url": "http://x/v1", "model": " "})), StatusCode::UNPROCESSABLE_ENTITY),
         (api(json!({"url": "http://x/v1", "model": "m", "key_env": "sk-123"})), StatusCode::UNPROCESSABLE_ENTITY),

@@ -1,6 +1,6 @@
 // Captioning a dataset from the Datasets page: `lorakit caption wd14` (a WD v3 tagger folder
-// under the roots) or `lorakit caption api` (any OpenAI-compatible vision server), queued as a
-// job. The API key never passes through the page: the job reads it from the environment
+// under the roots), `lorakit caption florence` (a Florence-2 folder) or `lorakit caption api`
+// (any OpenAI-compatible vision server), queued as a job. The API key never passes through the page: the job reads it from the environment
 // variable of the server that the form names.
 import { el, api, pageLink, t } from "../ui.js";
 
@@ -13,6 +13,7 @@ const post = (path, body) => api(path, { method: "POST", headers: { "content-typ
 export function captionForm(root, base, roots, request = null) {
   const captioner = el("select", { "aria-label": t("Captioner") },
     el("option", { value: "wd14", text: t("WD14 tagger (booru tags: SD 1.5, SDXL, Pony, Illustrious)") }),
+    el("option", { value: "florence", text: t("Florence-2 on this machine (sentences: Flux, SD3)") }),
     el("option", { value: "api", text: t("Vision model over an OpenAI-compatible API (sentences: Flux, SD3)") }));
   const recursive = el("input", { type: "checkbox", "aria-label": t("Include subfolders") });
   recursive.checked = true;
@@ -35,6 +36,19 @@ export function captionForm(root, base, roots, request = null) {
     el("label", {}, t("Character tag threshold"), " ", character),
     el("label", {}, underscore, " ", t("Replace underscores with spaces")),
     el("label", {}, t("Undesired tags"), " ", undesired));
+  // Florence-2.
+  const florenceRoot = el("select", { "aria-label": t("Florence-2 folder: root") }, ...roots.map((r) => el("option", { value: String(r.id), text: r.name })));
+  const florencePath = el("input", { type: "text", "aria-label": t("Florence-2 folder"), placeholder: t("e.g. models/Florence-2-base (config.json, model.safetensors, tokenizer.json)"), spellcheck: "false" });
+  const task = el("select", { "aria-label": t("Caption length") },
+    el("option", { value: "caption", text: t("short (<CAPTION>)") }),
+    el("option", { value: "detailed", text: t("detailed (<DETAILED_CAPTION>)") }),
+    el("option", { value: "more-detailed", text: t("a paragraph (<MORE_DETAILED_CAPTION>)") }));
+  task.value = "more-detailed";
+  const beams = el("input", { type: "number", min: "1", max: "16", value: "3", "aria-label": t("Beams") });
+  const florence = el("fieldset", { class: "captioner" }, el("legend", { text: t("Florence-2") }),
+    el("label", {}, t("Florence-2 folder"), " ", florenceRoot, " ", florencePath),
+    el("label", {}, t("Caption length"), " ", task),
+    el("label", {}, t("Beams"), " ", beams));
   // API.
   const url = el("input", { type: "url", value: "http://127.0.0.1:11434/v1", "aria-label": t("API address"), spellcheck: "false" });
   const model = el("input", { type: "text", "aria-label": t("Model name"), placeholder: t("e.g. gpt-4o-mini, llava, joycaption"), spellcheck: "false" });
@@ -48,7 +62,11 @@ export function captionForm(root, base, roots, request = null) {
     el("p", { class: "muted", text: t("The key is read from this environment variable of the lorakit gui process (set it before starting the server; local servers need none). It is never sent to this page.") }),
     el("label", {}, t("Prompt"), " ", prompt),
     el("label", {}, t("Requests at once"), " ", concurrency));
-  const show = () => { wd14.hidden = captioner.value !== "wd14"; apiBox.hidden = captioner.value !== "api"; };
+  const show = () => {
+    wd14.hidden = captioner.value !== "wd14";
+    florence.hidden = captioner.value !== "florence";
+    apiBox.hidden = captioner.value !== "api";
+  };
   captioner.addEventListener("change", show);
   if (request) {
     captioner.value = request.captioner ?? "wd14";
@@ -61,6 +79,10 @@ export function captionForm(root, base, roots, request = null) {
     if (w.character_threshold != null) character.value = String(w.character_threshold);
     if (w.remove_underscore != null) underscore.checked = Boolean(w.remove_underscore);
     undesired.value = w.undesired_tags ?? "";
+    const f = request.florence ?? {};
+    if (f.model) { florenceRoot.value = String(f.model.root); florencePath.value = f.model.path ?? ""; }
+    if (f.task) task.value = f.task;
+    if (f.num_beams) beams.value = String(f.num_beams);
     const a = request.api ?? {};
     if (a.url) url.value = a.url;
     model.value = a.model ?? "";
@@ -81,6 +103,9 @@ export function captionForm(root, base, roots, request = null) {
         general_threshold: number(general), character_threshold: number(character),
         remove_underscore: underscore.checked, undesired_tags: undesired.value,
       } : undefined,
+      florence: captioner.value === "florence" ? {
+        model: { root: Number(florenceRoot.value), path: florencePath.value.trim() }, task: task.value, num_beams: number(beams),
+      } : undefined,
       api: captioner.value === "api" ? {
         url: url.value.trim(), model: model.value.trim(), key_env: keyEnv.value.trim(),
         prompt: prompt.value, concurrency: number(concurrency),
@@ -97,7 +122,7 @@ export function captionForm(root, base, roots, request = null) {
     el("section", { "aria-label": t("Caption images") },
       el("p", { class: "captioner-row" }, captioner),
       el("p", { class: "captioner-row" }, el("label", {}, recursive, " ", t("Include subfolders")), " ", existing, " ", trigger),
-      wd14, apiBox,
+      wd14, florence, apiBox,
       el("p", {}, submit), message));
   node.open = Boolean(request);
   return { node };
