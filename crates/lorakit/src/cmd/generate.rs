@@ -1,11 +1,12 @@
 //! `lorakit generate`: text-to-image with LoRAs, and XY grids of LoRA files × prompts.
 
+use super::device::{device, DeviceArg};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device};
-use clap::{Args, ValueEnum};
+use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use lorakit_models::checkpoint::{detect_family_at, ModelFamily};
 use lorakit_models::flux_pipeline::{FluxOptions, FluxPaths, FluxPipeline};
@@ -103,25 +104,8 @@ pub struct GenerateArgs {
     output: PathBuf,
 }
 
-#[derive(Copy, Clone, Debug, ValueEnum)]
-enum DeviceArg {
-    Cpu,
-    Cuda,
-    Metal,
-}
-
 fn parse_sampler(s: &str) -> Result<SamplerKind, String> {
     s.parse::<SamplerKind>().map_err(|e| e.to_string())
-}
-
-fn device(arg: DeviceArg) -> Result<Device> {
-    Ok(match arg {
-        DeviceArg::Cpu => Device::Cpu,
-        DeviceArg::Cuda => {
-            Device::new_cuda(0).context("CUDA device (this build needs the `cuda` feature and an NVIDIA driver)")?
-        }
-        DeviceArg::Metal => Device::new_metal(0).context("Metal device (this build needs the `metal` feature)")?,
-    })
 }
 
 /// `FILE[:WEIGHT]`; a colon followed by something that is not a number is part of the path

@@ -3,6 +3,7 @@
 pub mod caption;
 pub mod convert;
 pub mod dataset;
+pub mod device;
 pub mod generate;
 pub mod gui;
 pub mod inspect;

@@ -5,7 +5,6 @@
 use std::process::ExitCode;
 
 use anyhow::Context;
-use candle_core::Device;
 use clap::ValueEnum;
 use indicatif::{ProgressBar, ProgressStyle};
 use lorakit_caption::florence2::processor::Task;
@@ -13,6 +12,7 @@ use lorakit_caption::florence2::{Captioner, Florence2Error};
 use lorakit_caption::output::{self, Outcome, Plan, Style, Summary};
 
 use super::OutputArgs;
+use crate::cmd::device::{device, DeviceArg};
 
 /// Arguments of `lorakit caption florence`.
 #[derive(clap::Args, Debug)]
@@ -33,6 +33,9 @@ pub struct FlorenceArgs {
     /// Most tokens per caption.
     #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=4096))]
     pub max_new_tokens: u32,
+    /// Where the model runs (cuda: a build with the `cuda` feature; not yet run on a GPU).
+    #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
+    pub device: DeviceArg,
 }
 
 /// `--task`.
@@ -54,7 +57,7 @@ pub fn run(args: FlorenceArgs) -> anyhow::Result<ExitCode> {
         TaskArg::MoreDetailed => Task::MoreDetailed,
     };
     let (targets, write) = args.output.prepare(Style::Text)?;
-    let captioner = Captioner::load(&args.model, &Device::Cpu).context("cannot load Florence-2")?;
+    let captioner = Captioner::load(&args.model, &device(args.device)?).context("cannot load Florence-2")?;
     for (path, why) in &targets.passed_over {
         eprintln!("passed over: {}: {why}", path.display());
     }

@@ -9,7 +9,6 @@
 use std::process::ExitCode;
 
 use anyhow::{bail, Context};
-use candle_core::Device;
 use clap::ValueEnum;
 use indicatif::{ProgressBar, ProgressStyle};
 use lorakit_caption::output::{self, Outcome, Plan, Style, Summary};
@@ -17,6 +16,7 @@ use lorakit_caption::wd14::postprocess::{Frequency, Options, Selector};
 use lorakit_caption::wd14::{Resize, Tagger, Wd14Error};
 
 use super::OutputArgs;
+use crate::cmd::device::{device, DeviceArg};
 
 /// Arguments of `lorakit caption wd14`.
 #[derive(clap::Args, Debug)]
@@ -86,6 +86,9 @@ pub struct Wd14Args {
     /// Images per forward pass.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub batch_size: u32,
+    /// Where the model runs (cuda: a build with the `cuda` feature; not yet run on a GPU).
+    #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
+    pub device: DeviceArg,
 }
 
 /// `--mcut` categories.
@@ -137,7 +140,7 @@ pub fn run(args: Wd14Args) -> anyhow::Result<ExitCode> {
         max_tags: args.max_tags,
     };
     let (targets, write) = args.output.prepare(Style::Tags { separator: args.caption_separator.clone() })?;
-    let tagger = Tagger::load(&args.model, &Device::Cpu).context("cannot load the WD tagger")?;
+    let tagger = Tagger::load(&args.model, &device(args.device)?).context("cannot load the WD tagger")?;
     let selector = Selector::new(tagger.tags(), options).map_err(anyhow::Error::msg)?;
     let resize = match args.resize {
         ResizeArg::Kohya => Resize::Kohya,
