@@ -124,7 +124,8 @@ async fn run_loras(State(state): State<AppState>, UrlPath(id): UrlPath<String>) 
     };
     // A command job (resize, captioning, …) saves no LoRA of a run: nothing to list.
     if jobs.get(&id).is_ok_and(|r| r.kind != "train") {
-        return Json(serde_json::json!({ "folder": null, "output_name": "", "files": [], "outside": 0 })).into_response();
+        return Json(serde_json::json!({ "folder": null, "output_name": "", "files": [], "outside": 0 }))
+            .into_response();
     }
     let config = match job_config(&jobs, &id) {
         Ok(c) => c,
