@@ -4,20 +4,15 @@
 //! - [`output`]: writing a caption — skip / overwrite / append an existing one, the trigger word
 //!   first, `--dry-run`, atomic writes — and the run's summary (written, skipped, failed with
 //!   the reason). Every captioner goes through it, so they all keep the same promises.
-//!
 //! - [`wd14`]: the WD v3 taggers (timm weights on candle) with kohya's options.
-//!
 //! - [`florence2`]: Florence-2 natural-language captions (DaViT + BART, beam search) on the
 //!   florence-community weights.
-//!
 //! - [`api`]: captions from any OpenAI-compatible vision chat API, with retries and resumable runs.
-//!
-//! The captioners themselves: `wd14` (SmilingWolf's WD v3 taggers on the timm weights, with
-//! kohya's `tag_images_by_wd14_tagger.py` post-processing) and `api` (any OpenAI-compatible
-//! vision chat endpoint).
+//! - [`pil_resize`]: PIL's resize, bit for bit, which the captioners' references use.
 
 pub mod api;
 pub mod florence2;
 pub mod output;
+pub mod pil_resize;
 pub mod targets;
 pub mod wd14;

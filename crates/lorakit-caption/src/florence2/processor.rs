@@ -44,41 +44,8 @@ impl Task {
     }
 }
 
-/// PIL resampling filters the CLIP processor may name (`resample`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Resample {
-    /// PIL `BILINEAR` (2).
-    Bilinear,
-    /// PIL `BICUBIC` (3), Florence-2's.
-    Bicubic,
-}
-
-impl Resample {
-    fn support(self) -> f64 {
-        match self {
-            Resample::Bilinear => 1.0,
-            Resample::Bicubic => 2.0,
-        }
-    }
-
-    /// PIL `Resample.c` `bilinear_filter` / `bicubic_filter` (a = −0.5).
-    fn weight(self, x: f64) -> f64 {
-        let x = x.abs();
-        match self {
-            Resample::Bilinear => (1.0 - x).max(0.0),
-            Resample::Bicubic => {
-                let a = -0.5;
-                if x < 1.0 {
-                    ((a + 2.0) * x - (a + 3.0)) * x * x + 1.0
-                } else if x < 2.0 {
-                    (((x - 5.0) * x + 8.0) * x - 4.0) * a
-                } else {
-                    0.0
-                }
-            }
-        }
-    }
-}
+/// PIL resampling filters the CLIP processor may name (`resample`: 2 bilinear, 3 bicubic).
+pub use crate::pil_resize::PilFilter as Resample;
 
 /// What `preprocessor_config.json` states.
 #[derive(Debug, Clone, PartialEq)]
@@ -160,7 +127,11 @@ impl ImageConfig {
         let rgb = image.to_rgb8();
         let (w, h) = (rgb.width() as usize, rgb.height() as usize);
         let (bytes, w, h) = if self.do_resize {
-            (pil_resize(rgb.as_raw(), w, h, self.width, self.height, self.resample), self.width, self.height)
+            (
+                crate::pil_resize::resize(rgb.as_raw(), w, h, self.width, self.height, self.resample),
+                self.width,
+                self.height,
+            )
         } else {
             (rgb.into_raw(), w, h)
         };
@@ -179,76 +150,6 @@ impl ImageConfig {
         }
         out
     }
-}
-
-/// PIL's fixed-point precision for 8-bit images (`PRECISION_BITS = 32 − 8 − 2`).
-const PRECISION_BITS: u32 = 22;
-
-/// PIL `precompute_coeffs` + `normalize_coeffs_8bpc`: (first source index, integer weights)
-/// per output index.
-fn coeffs(in_size: usize, out_size: usize, filter: Resample) -> Vec<(usize, Vec<i64>)> {
-    let scale = in_size as f64 / out_size as f64;
-    let filterscale = scale.max(1.0);
-    let support = filter.support() * filterscale;
-    let one = (1i64 << PRECISION_BITS) as f64;
-    (0..out_size)
-        .map(|xx| {
-            let center = (xx as f64 + 0.5) * scale;
-            // C's (int) truncates toward zero before the clamp.
-            let xmin = ((center - support + 0.5) as i64).max(0) as usize;
-            let xmax = ((center + support + 0.5) as i64).min(in_size as i64) as usize;
-            let k: Vec<f64> = (xmin..xmax).map(|x| filter.weight((x as f64 - center + 0.5) / filterscale)).collect();
-            let ww: f64 = k.iter().sum();
-            let ints = k
-                .iter()
-                .map(|&w| {
-                    let w = if ww != 0.0 { w / ww } else { w };
-                    if w < 0.0 {
-                        (-0.5 + w * one) as i64
-                    } else {
-                        (0.5 + w * one) as i64
-                    }
-                })
-                .collect();
-            (xmin, ints)
-        })
-        .collect()
-}
-
-fn clip8(sum: i64) -> u8 {
-    ((sum + (1 << (PRECISION_BITS - 1))) >> PRECISION_BITS).clamp(0, 255) as u8
-}
-
-/// PIL `Image.resize` of packed RGB `w×h` → `ow×oh`: the horizontal pass, then the vertical
-/// one, each rounded to 8 bits; a pass whose size does not change is skipped, as PIL does.
-fn pil_resize(src: &[u8], w: usize, h: usize, ow: usize, oh: usize, filter: Resample) -> Vec<u8> {
-    let horizontal = if ow == w {
-        src.to_vec()
-    } else {
-        let cx = coeffs(w, ow, filter);
-        let mut out = vec![0u8; h * ow * 3];
-        for y in 0..h {
-            for (x, (first, k)) in cx.iter().enumerate() {
-                for c in 0..3 {
-                    let s: i64 = k.iter().enumerate().map(|(i, wt)| wt * src[(y * w + first + i) * 3 + c] as i64).sum();
-                    out[(y * ow + x) * 3 + c] = clip8(s);
-                }
-            }
-        }
-        out
-    };
-    if oh == h {
-        return horizontal;
-    }
-    let cy = coeffs(h, oh, filter);
-    let mut out = vec![0u8; oh * ow * 3];
-    for (y, (first, k)) in cy.iter().enumerate() {
-        for x in 0..ow * 3 {
-            let s: i64 = k.iter().enumerate().map(|(i, wt)| wt * horizontal[(first + i) * ow * 3 + x] as i64).sum();
-            out[y * ow * 3 + x] = clip8(s);
-        }
-    }
-    out
 }
 
 /// Tokenizer + image config + the special tokens the prompt layout needs.

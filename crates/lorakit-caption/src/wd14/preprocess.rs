@@ -17,6 +17,7 @@ use std::path::Path;
 use image::{DynamicImage, RgbImage};
 
 use super::Wd14Error;
+use crate::pil_resize::{self, PilFilter};
 
 /// How the padded square is brought to the model's side.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -76,9 +77,9 @@ pub fn prepare(image: &DynamicImage, size: usize, resize: Resize) -> Prepared {
     }
     let bgr = match resize {
         Resize::Kohya if side >= size => area_resize(&square, side, size),
-        Resize::Kohya => pil_resize(&square, side, size, Filter::Lanczos),
+        Resize::Kohya => pil_resize::resize(&square, side, side, size, size, PilFilter::Lanczos),
         Resize::Bicubic if side == size => square,
-        Resize::Bicubic => pil_resize(&square, side, size, Filter::Bicubic),
+        Resize::Bicubic => pil_resize::resize(&square, side, side, size, size, PilFilter::Bicubic),
     };
     Prepared { size, bgr }
 }
@@ -165,117 +166,6 @@ fn area_resize_integer(src: &[u8], from: usize, to: usize) -> Vec<u8> {
                 out[(y * to + x) * 3 + c] =
                     if k == 2 { ((sum + 2) >> 2) as u8 } else { (sum as f32 * inv).round_ties_even().min(255.0) as u8 };
             }
-        }
-    }
-    out
-}
-
-/// A PIL resampling filter.
-#[derive(Clone, Copy)]
-enum Filter {
-    Lanczos,
-    Bicubic,
-}
-
-impl Filter {
-    fn support(self) -> f64 {
-        match self {
-            Filter::Lanczos => 3.0,
-            Filter::Bicubic => 2.0,
-        }
-    }
-
-    /// PIL `Resample.c`: `lanczos_filter` and `bicubic_filter` (a = −0.5).
-    fn weight(self, x: f64) -> f64 {
-        fn sinc(x: f64) -> f64 {
-            if x == 0.0 {
-                1.0
-            } else {
-                let x = x * std::f64::consts::PI;
-                x.sin() / x
-            }
-        }
-        match self {
-            Filter::Lanczos => {
-                if (-3.0..3.0).contains(&x) {
-                    sinc(x) * sinc(x / 3.0)
-                } else {
-                    0.0
-                }
-            }
-            Filter::Bicubic => {
-                let a = -0.5;
-                let x = x.abs();
-                if x < 1.0 {
-                    ((a + 2.0) * x - (a + 3.0)) * x * x + 1.0
-                } else if x < 2.0 {
-                    (((x - 5.0) * x + 8.0) * x - 4.0) * a
-                } else {
-                    0.0
-                }
-            }
-        }
-    }
-}
-
-/// PIL's fixed-point precision for 8-bit images (`PRECISION_BITS = 32 − 8 − 2`).
-const PRECISION_BITS: u32 = 22;
-
-/// PIL `precompute_coeffs` + `normalize_coeffs_8bpc`: (first source index, integer weights)
-/// per output index.
-fn pil_coeffs(in_size: usize, out_size: usize, filter: Filter) -> Vec<(usize, Vec<i64>)> {
-    let scale = in_size as f64 / out_size as f64;
-    let filterscale = scale.max(1.0);
-    let support = filter.support() * filterscale;
-    (0..out_size)
-        .map(|xx| {
-            let center = (xx as f64 + 0.5) * scale;
-            let ss = 1.0 / filterscale;
-            // C's (int) truncates toward zero before the clamp.
-            let xmin = ((center - support + 0.5) as i64).max(0) as usize;
-            let xmax = ((center + support + 0.5) as i64).min(in_size as i64) as usize;
-            let k: Vec<f64> = (xmin..xmax).map(|x| filter.weight((x as f64 - center + 0.5) * ss)).collect();
-            let ww: f64 = k.iter().sum();
-            let one = (1i64 << PRECISION_BITS) as f64;
-            let ints = k
-                .iter()
-                .map(|&w| {
-                    let w = if ww != 0.0 { w / ww } else { w };
-                    if w < 0.0 {
-                        (-0.5 + w * one) as i64
-                    } else {
-                        (0.5 + w * one) as i64
-                    }
-                })
-                .collect();
-            (xmin, ints)
-        })
-        .collect()
-}
-
-/// One 8-bit PIL pass: `ss = 2^(P−1) + Σ in·k`, `clip8(ss >> P)`.
-fn pil_pass(sum: i64) -> u8 {
-    ((sum + (1 << (PRECISION_BITS - 1))) >> PRECISION_BITS).clamp(0, 255) as u8
-}
-
-/// PIL `Image.resize` of a square 3-channel image `from`² → `to`²: the horizontal pass, then the
-/// vertical one, each rounded to 8 bits (`ImagingResample`).
-fn pil_resize(src: &[u8], from: usize, to: usize, filter: Filter) -> Vec<u8> {
-    let coeffs = pil_coeffs(from, to, filter);
-    let mut horizontal = vec![0u8; from * to * 3];
-    for y in 0..from {
-        for (x, (first, k)) in coeffs.iter().enumerate() {
-            for c in 0..3 {
-                let s: i64 = k.iter().enumerate().map(|(i, w)| w * src[(y * from + first + i) * 3 + c] as i64).sum();
-                horizontal[(y * to + x) * 3 + c] = pil_pass(s);
-            }
-        }
-    }
-    let mut out = vec![0u8; to * to * 3];
-    for (y, (first, k)) in coeffs.iter().enumerate() {
-        for x in 0..to * 3 {
-            let s: i64 = k.iter().enumerate().map(|(i, w)| w * horizontal[(first + i) * to * 3 + x] as i64).sum();
-            out[y * to * 3 + x] = pil_pass(s);
         }
     }
     out
