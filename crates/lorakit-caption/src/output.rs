@@ -94,6 +94,20 @@ pub fn plan(target: &Target, options: &WriteOptions) -> Plan {
     }
 }
 
+/// Which of `targets` are captioned (each with the caption to append to), and a summary that
+/// already counts the ones left alone.
+pub fn plan_all<'a>(targets: &'a [Target], options: &WriteOptions) -> (Vec<(&'a Target, Option<String>)>, Summary) {
+    let mut summary = Summary::default();
+    let mut todo = Vec::new();
+    for target in targets {
+        match plan(target, options) {
+            Plan::Caption { existing } => todo.push((target, existing)),
+            Plan::Skip(why) => summary.add(target.image.clone(), &Outcome::Skipped(why)),
+        }
+    }
+    (todo, summary)
+}
+
 /// The caption to write: `new` after `existing` (when appending) with the trigger word first.
 pub fn compose(new: &str, existing: Option<&str>, options: &WriteOptions) -> String {
     let new = new.trim();

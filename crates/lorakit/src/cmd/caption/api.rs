@@ -130,9 +130,7 @@ pub fn run(args: ApiArgs) -> anyhow::Result<ExitCode> {
     }
 
     let (targets, write) = output.prepare(Style::Text)?;
-    for (path, why) in &targets.passed_over {
-        eprintln!("passed over: {}: {why}", path.display());
-    }
+    super::report_passed_over(&targets);
     if !write.dry_run {
         // Temporary files a killed run left beside its captions (ours, by dead processes).
         let folders: BTreeSet<_> = targets.targets.iter().filter_map(|t| t.caption.parent()).collect();

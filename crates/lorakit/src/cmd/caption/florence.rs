@@ -6,10 +6,9 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::ValueEnum;
-use indicatif::{ProgressBar, ProgressStyle};
 use lorakit_caption::florence2::processor::Task;
 use lorakit_caption::florence2::{Captioner, Florence2Error};
-use lorakit_caption::output::{self, Outcome, Plan, Style, Summary};
+use lorakit_caption::output::{self, Outcome, Style};
 
 use super::OutputArgs;
 use crate::cmd::device::{device, DeviceArg};
@@ -58,17 +57,8 @@ pub fn run(args: FlorenceArgs) -> anyhow::Result<ExitCode> {
     };
     let (targets, write) = args.output.prepare(Style::Text)?;
     let captioner = Captioner::load(&args.model, &device(args.device)?).context("cannot load Florence-2")?;
-    for (path, why) in &targets.passed_over {
-        eprintln!("passed over: {}: {why}", path.display());
-    }
-    let mut summary = Summary::default();
-    let mut todo = Vec::new();
-    for target in &targets.targets {
-        match output::plan(target, &write) {
-            Plan::Caption { existing } => todo.push((target, existing)),
-            Plan::Skip(why) => summary.add(target.image.clone(), &Outcome::Skipped(why)),
-        }
-    }
+    super::report_passed_over(&targets);
+    let (todo, mut summary) = output::plan_all(&targets.targets, &write);
     eprintln!(
         "captioning {} images with Florence-2 ({}, {} beams){}",
         todo.len(),
@@ -76,11 +66,7 @@ pub fn run(args: FlorenceArgs) -> anyhow::Result<ExitCode> {
         args.num_beams,
         if summary.skipped.is_empty() { String::new() } else { format!("; {} skipped", summary.skipped.len()) }
     );
-    let bar = ProgressBar::new(todo.len() as u64);
-    bar.set_style(
-        ProgressStyle::with_template("{bar:30} {pos}/{len} images [{elapsed_precise} < {eta_precise}]")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
+    let bar = super::progress_bar(todo.len());
     for (target, existing) in todo {
         let path = &target.image;
         let outcome = match captioner.caption_file(path, task, args.num_beams as usize, args.max_new_tokens as usize) {

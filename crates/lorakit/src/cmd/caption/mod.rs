@@ -14,6 +14,23 @@ use clap::{Args, Subcommand};
 use lorakit_caption::output::{Existing, Style, WriteOptions};
 use lorakit_caption::targets::{find_targets, Targets};
 
+/// Names the files a run passes over (not images lorakit reads), on stderr.
+pub fn report_passed_over(targets: &Targets) {
+    for (path, why) in &targets.passed_over {
+        eprintln!("passed over: {}: {why}", path.display());
+    }
+}
+
+/// The progress bar of a run over `images`.
+pub fn progress_bar(images: usize) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(images as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} images [{elapsed_precise} < {eta_precise}]")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar
+}
+
 /// `lorakit caption <captioner>`.
 #[derive(Subcommand, Debug)]
 pub enum CaptionCommand {

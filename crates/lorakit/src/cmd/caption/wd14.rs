@@ -10,8 +10,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context};
 use clap::ValueEnum;
-use indicatif::{ProgressBar, ProgressStyle};
-use lorakit_caption::output::{self, Outcome, Plan, Style, Summary};
+use lorakit_caption::output::{self, Outcome, Style};
 use lorakit_caption::wd14::postprocess::{Frequency, Options, Selector};
 use lorakit_caption::wd14::{Resize, Tagger, Wd14Error};
 
@@ -146,18 +145,8 @@ pub fn run(args: Wd14Args) -> anyhow::Result<ExitCode> {
         ResizeArg::Kohya => Resize::Kohya,
         ResizeArg::Bicubic => Resize::Bicubic,
     };
-    for (path, why) in &targets.passed_over {
-        eprintln!("passed over: {}: {why}", path.display());
-    }
-
-    let mut summary = Summary::default();
-    let mut todo = Vec::new();
-    for target in &targets.targets {
-        match output::plan(target, &write) {
-            Plan::Caption { existing } => todo.push((target, existing)),
-            Plan::Skip(why) => summary.add(target.image.clone(), &Outcome::Skipped(why)),
-        }
-    }
+    super::report_passed_over(&targets);
+    let (todo, mut summary) = output::plan_all(&targets.targets, &write);
     eprintln!(
         "tagging {} images with {} ({}², {} tags){}",
         todo.len(),
@@ -166,11 +155,7 @@ pub fn run(args: Wd14Args) -> anyhow::Result<ExitCode> {
         tagger.tags().len(),
         if summary.skipped.is_empty() { String::new() } else { format!("; {} skipped", summary.skipped.len()) }
     );
-    let bar = ProgressBar::new(todo.len() as u64);
-    bar.set_style(
-        ProgressStyle::with_template("{bar:30} {pos}/{len} images [{elapsed_precise} < {eta_precise}]")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
+    let bar = super::progress_bar(todo.len());
     let mut frequency = Frequency::default();
     let paths: Vec<_> = todo.iter().map(|(t, _)| t.image.clone()).collect();
     let mut next = todo.iter();
