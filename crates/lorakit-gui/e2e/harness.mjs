@@ -7,7 +7,7 @@
 // target/debug/lorakit) and CHROMIUM (default /usr/bin/chromium) override the paths.
 import { before, after } from "node:test";
 import { spawn } from "node:child_process";
-import { copyFileSync, cpSync, mkdtempSync, mkdirSync, writeFileSync } from "node:fs";
+import { copyFileSync, cpSync, existsSync, mkdtempSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { chromium } from "playwright-core";
@@ -58,6 +58,15 @@ export function useGui() {
   after(async () => {
     await gui.browser?.close();
     gui.server?.kill("SIGINT");
+    // A job a failed test left running keeps going in its own process group after the server
+    // stops (as it should for a user): end it, or a 100000-step training outlives the tests.
+    const jobs = join(gui.dataRoot ?? "", ".state", "jobs");
+    for (const id of existsSync(jobs) ? readdirSync(jobs) : []) {
+      try {
+        const record = JSON.parse(readFileSync(join(jobs, id, "job.json"), "utf8"));
+        if (record.pid && ["running", "queued"].includes(record.status)) process.kill(-record.pid, "SIGKILL");
+      } catch { /* no record, or the process is gone */ }
+    }
   });
 }
 
