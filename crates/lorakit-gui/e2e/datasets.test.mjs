@@ -52,10 +52,7 @@ async function openDataset(page, path) {
 }
 
 test("the dataset doctor's findings filter the image grid", async () => {
-  const page = await gui.browser.newPage();
-  const errors = [];
-  page.on("pageerror", (e) => errors.push(e.message));
-  await page.goto(gui.url);
+  const { page, errors } = await openPage();
   await page.goto(at("datasets"));
   // The bundled example dataset (examples/dataset/img: 2_misc, 8_chessboard), in the second root.
   await page.getByLabel("Dataset root").selectOption({ index: 1 });
@@ -82,12 +79,9 @@ test("the dataset doctor's findings filter the image grid", async () => {
 });
 
 test("a bulk tag edit shows the files that will change, applies, and undoes", async () => {
-  const page = await gui.browser.newPage();
-  const errors = [];
-  page.on("pageerror", (e) => errors.push(e.message));
   const caption = () => readFileSync(join(gui.dataRoot, "train", "5_chk", "left01.txt"), "utf8");
   const before = caption();
-  await page.goto(gui.url);
+  const { page, errors } = await openPage();
   await page.goto(at("datasets"));
   await page.getByLabel("Train folder").fill("train");
   await page.getByRole("button", { name: "Check" }).click();

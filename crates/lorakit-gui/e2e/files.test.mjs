@@ -2,16 +2,12 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { join } from "node:path";
-import { gui, useGui, at, shots } from "./harness.mjs";
+import { useGui, at, shots, openPage } from "./harness.mjs";
 
 useGui();
 
 test("a LoRA file is inspected in the files page: base model, network, block norms", async () => {
-  const page = await gui.browser.newPage();
-  const errors = [];
-  page.on("console", (m) => m.type() === "error" && errors.push(m.text()));
-  page.on("pageerror", (e) => errors.push(e.message));
-  await page.goto(gui.url);
+  const { page, errors } = await openPage();
   await page.goto(at("files"));
   await page.getByRole("button", { name: "loras/" }).click();
   await page.getByRole("button", { name: "Inspect tiny flux.safetensors" }).click();
@@ -37,11 +33,7 @@ test("a LoRA file is inspected in the files page: base model, network, block nor
 });
 
 test("the LoRAs page lists the root's LoRA files with their metadata, filters, inspects and compares", async () => {
-  const page = await gui.browser.newPage();
-  const errors = [];
-  page.on("console", (m) => m.type() === "error" && errors.push(m.text()));
-  page.on("pageerror", (e) => errors.push(e.message));
-  await page.goto(gui.url);
+  const { page, errors } = await openPage();
   await page.goto(at("loras"));
   const list = page.getByRole("list", { name: "LoRA files" });
   const cards = list.getByRole("listitem");

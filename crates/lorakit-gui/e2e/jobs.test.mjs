@@ -5,17 +5,14 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { readdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { gui, useGui, shots, quickstartRun, queueAndShow } from "./harness.mjs";
+import { gui, useGui, shots, quickstartRun, queueAndShow, openPage } from "./harness.mjs";
 
 useGui();
 
 const points = (page, label) => page.evaluate((l) => Number(document.querySelector(`[aria-label="${l}"]`)?.dataset.points ?? 0), label);
 
 test("a queued training runs and its loss chart grows from the run's log", async () => {
-  const page = await gui.browser.newPage();
-  const errors = [];
-  page.on("pageerror", (e) => errors.push(e.message));
-  await page.goto(gui.url);
+  const { page, errors } = await openPage();
   const config = quickstartRun("e2e", 6, [
     "[samples]",
     `sample_prompts = ${JSON.stringify(join(gui.dataRoot, "prompts.txt"))}`,
@@ -112,10 +109,7 @@ test("a queued training runs and its loss chart grows from the run's log", async
 });
 
 test("Save now saves a running job's LoRA at its current step, Stop now ends it", async () => {
-  const page = await gui.browser.newPage();
-  const errors = [];
-  page.on("pageerror", (e) => errors.push(e.message));
-  await page.goto(gui.url);
+  const { page, errors } = await openPage();
   const config = quickstartRun("long", 100000);
   const row = await queueAndShow(page, config);
   await row.getByText(/step [1-9]\d*\/100000/).waitFor({ timeout: 120000 });
@@ -130,10 +124,7 @@ test("Save now saves a running job's LoRA at its current step, Stop now ends it"
 });
 
 test("another finished run's smoothed loss is drawn over the chart, in its own colour, and removed again", async () => {
-  const page = await gui.browser.newPage();
-  const errors = [];
-  page.on("pageerror", (e) => errors.push(e.message));
-  await page.goto(gui.url);
+  const { page, errors } = await openPage();
   const { jobs } = await page.evaluate(() => fetch("/api/jobs").then((r) => r.json()));
   const first = jobs.find((j) => j.status === "done"), second = jobs.find((j) => j.status === "stopped");
   assert.ok(first && second, JSON.stringify(jobs.map((j) => [j.id, j.status])));
@@ -169,10 +160,7 @@ test("another finished run's smoothed loss is drawn over the chart, in its own c
 });
 
 test("Stop & save ends the first of two queued jobs with a resumable state, the second starts, and the chart survives a reload", async () => {
-  const page = await gui.browser.newPage();
-  const errors = [];
-  page.on("pageerror", (e) => errors.push(e.message));
-  await page.goto(gui.url);
+  const { page, errors } = await openPage();
   const first = await queueAndShow(page, quickstartRun("first", 100000));
   const firstId = (await first.getByRole("cell").first().textContent()).trim();
   // The second is queued behind it.

@@ -2,17 +2,13 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { join } from "node:path";
-import { gui, useGui, at, shots } from "./harness.mjs";
+import { useGui, at, shots, openPage } from "./harness.mjs";
 
 useGui();
 
 for (const [width, height] of [[1280, 800], [390, 844]]) {
   test(`every page renders without errors at ${width}px`, async () => {
-    const page = await gui.browser.newPage({ viewport: { width, height } });
-    const errors = [];
-    page.on("console", (m) => m.type() === "error" && errors.push(m.text()));
-    page.on("pageerror", (e) => errors.push(e.message));
-    await page.goto(gui.url);
+    const { page, errors } = await openPage({ width, height });
     assert.ok(!page.url().includes("token="), "the token left the address bar");
     for (const [hash, heading] of [["files", "Files"], ["datasets", "Datasets"], ["options", "Training options"], ["jobs", "Jobs"], ["train", "Train"], ["loras", "LoRAs"], ["tools", "Resize · Merge · Convert"]]) {
       await page.goto(at(hash));
@@ -28,8 +24,7 @@ for (const [width, height] of [[1280, 800], [390, 844]]) {
 }
 
 test("the option search filters and the files page lists the root as text", async () => {
-  const page = await gui.browser.newPage();
-  await page.goto(gui.url);
+  const { page } = await openPage();
   await page.goto(at("options"));
   const rows = page.locator("tbody tr");
   await rows.first().waitFor();
@@ -48,10 +43,7 @@ test("the option search filters and the files page lists the root as text", asyn
 });
 
 test("the header switches to Thai and to the dark theme, and both are kept after a reload", async () => {
-  const page = await gui.browser.newPage();
-  const errors = [];
-  page.on("pageerror", (e) => errors.push(e.message));
-  await page.goto(gui.url);
+  const { page, errors } = await openPage();
   await page.goto(at("options"));
   await page.getByRole("heading", { level: 1, name: "Training options" }).waitFor();
   await page.getByLabel("Language / ภาษา").selectOption("th");
@@ -75,8 +67,7 @@ test("the header switches to Thai and to the dark theme, and both are kept after
 });
 
 test("the options page lists one family's options and marks family-only keys", async () => {
-  const page = await gui.browser.newPage();
-  await page.goto(gui.url);
+  const { page } = await openPage();
   await page.goto(at("options"));
   const rows = page.locator("tbody tr");
   await rows.first().waitFor();
