@@ -117,6 +117,37 @@ pub fn arg_usizes(config: &Value, key: &str, default: &[usize]) -> Result<Vec<us
     }
 }
 
+/// How a transformer's tokens become one vector (timm's `global_pool`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pool {
+    /// Mean over the patch (non-prefix) tokens.
+    Avg,
+    /// The class token.
+    Token,
+}
+
+impl Pool {
+    /// `model_args.global_pool`, or `default`, for an `arch` (`ViT`, `EVA02`) with or without a
+    /// class token.
+    pub fn from_timm(config: &Value, default: &str, class_token: bool, arch: &str) -> Result<Self, Wd14Error> {
+        match arg_str(config, "global_pool", default)? {
+            "avg" => Ok(Pool::Avg),
+            "token" if class_token => Ok(Pool::Token),
+            "token" => Err(Wd14Error::Config(format!("{arch} global_pool `token` needs class_token"))),
+            other => Err(Wd14Error::Config(format!("{arch} global_pool `{other}` is not supported (avg, token)"))),
+        }
+    }
+
+    /// The pooled (N, D) of tokens `x` (N, prefix + patches, D) whose first `prefix` are not
+    /// patches.
+    pub fn apply(self, x: &candle_core::Tensor, prefix: usize) -> candle_core::Result<candle_core::Tensor> {
+        match self {
+            Pool::Avg => x.narrow(1, prefix, x.dim(1)? - prefix)?.mean(1),
+            Pool::Token => x.narrow(1, 0, 1)?.squeeze(1),
+        }
+    }
+}
+
 /// The activation named by `act_layer` (timm's names); only the GELUs the WD models use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Activation {

@@ -63,14 +63,7 @@ pub struct Eva02Config {
     pub num_classes: usize,
 }
 
-/// How the tokens become one vector.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Pool {
-    /// Mean over the patch tokens.
-    Avg,
-    /// The class token.
-    Token,
-}
+pub use super::config::Pool;
 
 impl Eva02Config {
     /// Reads a timm hub `config.json` whose architecture is `eva02_{tiny,small,base,large}
@@ -125,13 +118,7 @@ impl Eva02Config {
         off("use_abs_pos_emb", &|v| v.as_bool() == Some(true))?;
 
         let class_token = config::arg_bool(config, "class_token", true)?;
-        let global_pool = match config::arg_str(config, "global_pool", "avg")? {
-            "avg" => Pool::Avg,
-            "token" if class_token => Pool::Token,
-            other => {
-                return Err(Wd14Error::Config(format!("EVA02 global_pool `{other}` is not supported (avg, token)")))
-            }
-        };
+        let global_pool = Pool::from_timm(config, "avg", class_token, "EVA02")?;
         // timm: fc_norm defaults on with avg pooling; the final norm defaults to its opposite.
         let fc_norm = config::arg_bool(config, "use_fc_norm", global_pool == Pool::Avg)?;
         if config::arg_bool(config, "use_post_transformer_norm", !fc_norm)? == fc_norm {
@@ -440,10 +427,7 @@ impl Eva02 {
         if let Some(norm) = &self.norm {
             x = norm.forward(&x)?;
         }
-        let pooled = match c.global_pool {
-            Pool::Avg => x.narrow(1, prefix, len - prefix)?.mean(1)?,
-            Pool::Token => x.narrow(1, 0, 1)?.squeeze(1)?,
-        };
+        let pooled = c.global_pool.apply(&x, prefix)?;
         let pooled = match &self.fc_norm {
             Some(norm) => norm.forward(&pooled)?,
             None => pooled,

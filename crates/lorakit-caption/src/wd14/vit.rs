@@ -46,14 +46,7 @@ pub struct VitConfig {
     pub num_classes: usize,
 }
 
-/// How the tokens become one vector.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Pool {
-    /// Mean over the patch (non-prefix) tokens.
-    Avg,
-    /// The class token.
-    Token,
-}
+pub use super::config::Pool;
 
 impl VitConfig {
     /// Reads a timm hub `config.json` whose architecture is `vit_{tiny,small,base,large,huge}
@@ -75,14 +68,7 @@ impl VitConfig {
         let patch: usize = patch.strip_prefix("patch").and_then(|p| p.parse().ok()).ok_or_else(unsupported)?;
         let res: usize = res.parse().map_err(|_| unsupported())?;
         let class_token = config::arg_bool(config, "class_token", true)?;
-        let global_pool = match config::arg_str(config, "global_pool", "token")? {
-            "avg" => Pool::Avg,
-            "token" => Pool::Token,
-            other => return Err(Wd14Error::Config(format!("ViT global_pool `{other}` is not supported (avg, token)"))),
-        };
-        if global_pool == Pool::Token && !class_token {
-            return Err(Wd14Error::Config("ViT global_pool `token` needs class_token".into()));
-        }
+        let global_pool = Pool::from_timm(config, "token", class_token, "ViT")?;
         // timm: `use_fc_norm = global_pool in ('avg', 'avgmax', 'max') if fc_norm is None`.
         let fc_norm = match config::model_arg(config, "fc_norm") {
             None => global_pool == Pool::Avg,
@@ -212,10 +198,7 @@ impl Vit {
             x = norm.forward(&x)?;
         }
         let prefix = usize::from(c.class_token);
-        let pooled = match c.global_pool {
-            Pool::Avg => x.narrow(1, prefix, x.dim(1)? - prefix)?.mean(1)?,
-            Pool::Token => x.narrow(1, 0, 1)?.squeeze(1)?,
-        };
+        let pooled = c.global_pool.apply(&x, prefix)?;
         let pooled = match &self.fc_norm {
             Some(norm) => norm.forward(&pooled)?,
             None => pooled,
