@@ -2,7 +2,9 @@
 preprocessing on real image files, and kohya's tag selection on saved probabilities.
 
 Environment: /work/bench/venv — torch 2.6.0 (CPU), timm 1.0.31, numpy 2.4, Pillow 13.0,
-opencv-python-headless 5.1; kohya-ss/sd-scripts at /work/bench/sd-scripts (@48d368f).
+opencv-python-headless 4.10.0.84 (kohya's pin; `pip install --no-deps --target
+/work/bench/cv2-4.10 opencv-python-headless==4.10.0.84`, put first on sys.path below — its
+INTER_AREA output equals 5.1's); kohya-ss/sd-scripts at /work/bench/sd-scripts (@48d368f).
 
 Writes tests/fixtures/reference/wd14/:
 - vit/ and convnext/: model.safetensors + config.json (the HF timm hub layout of the WD v3
@@ -14,7 +16,10 @@ Writes tests/fixtures/reference/wd14/:
   `preprocess_image` output (uint8 HWC BGR, kohya's own function with IMAGE_SIZE set to the
   model's 64) and the Space rule (PIL BICUBIC), and both models' logits on kohya's input;
 - postprocess.json: captions kohya's tag selection writes for saved probability vectors under
-  option sets covering its quirks.
+  option sets covering its quirks;
+- area.safetensors: `cv2.resize(…, INTER_AREA)` of generated images (`pattern`: hash noise,
+  a gradient and flat blocks, reproducible in Rust) at non-integer, mixed and integer factors,
+  1/3/4 channels, and kohya's `preprocess_image` at 448 on a 997×613 pattern (uint8).
 
 Every parameter is re-initialised (norm weights 1 + 0.1·randn, weights randn/sqrt(fan_in),
 biases 0.1·randn, ConvNeXt gamma 0.5 + 0.1·randn) so no branch is dead (timm zero-inits
@@ -36,6 +41,10 @@ from safetensors.numpy import save_file as save_np
 from safetensors.torch import save_file
 
 SD_SCRIPTS = "/work/bench/sd-scripts"
+sys.path.insert(0, "/work/bench/cv2-4.10")
+import cv2  # noqa: E402
+
+assert cv2.__version__ == "4.10.0", cv2.__version__
 sys.path.insert(0, SD_SCRIPTS)
 import finetune.tag_images_by_wd14_tagger as kohya  # noqa: E402
 
@@ -230,7 +239,43 @@ CASES = {
 }
 
 
+def pattern(h, w, c):
+    """uint8 (h, w, c) test image: hash noise in the top half, a gradient bottom-left, 7×5
+    blocks bottom-right (flat areas are where float sums land next to .5). Rust: same formula."""
+    y, x, ch = [a.astype(np.uint64) for a in np.mgrid[0:h, 0:w, 0:c]]
+    i = (y * w + x) * c + ch
+    noise = ((i * 2654435761) % 2**32) >> 24
+    grad = (x + 2 * y + 50 * ch) % 256
+    blocks = np.where((x // 7 + y // 5) % 2 == 0, 255, 17 + 40 * ch)
+    return np.where(y < h // 2, noise, np.where(x < w // 2, grad, blocks)).astype(np.uint8)
+
+
+# (name, height, width, channels, to_height, to_width)
+AREA_CASES = [
+    ("square_1024_448", 1024, 1024, 3, 448, 448),
+    ("odd_613x997_c1", 613, 997, 1, 150, 250),
+    ("odd_203x301_c4", 203, 301, 4, 64, 97),
+    ("mixed_150x200", 150, 200, 3, 64, 100),
+    ("triple_192", 192, 192, 3, 64, 64),
+    ("half_odd_c3", 130, 66, 3, 65, 33),
+]
+
+
+def area_fixtures():
+    out = {}
+    for name, h, w, c, th, tw in AREA_CASES:
+        img = pattern(h, w, c)
+        src = img[:, :, 0] if c == 1 else img
+        out[name] = np.ascontiguousarray(cv2.resize(src, (tw, th), interpolation=cv2.INTER_AREA).reshape(th, tw, c))
+    saved = kohya.IMAGE_SIZE
+    kohya.IMAGE_SIZE = 448
+    out["kohya_997x613_448"] = kohya.preprocess_image(Image.fromarray(pattern(613, 997, 3), "RGB")).astype(np.uint8)
+    kohya.IMAGE_SIZE = saved
+    save_np(out, os.path.join(OUT, "area.safetensors"))
+
+
 def main():
+    area_fixtures()
     torch.manual_seed(0)
     gen = torch.Generator().manual_seed(1234)
     os.makedirs(OUT, exist_ok=True)

@@ -22,6 +22,7 @@
 
 pub mod config;
 pub mod convnext;
+pub mod cv_area;
 pub mod eva02;
 pub mod postprocess;
 pub mod preprocess;

@@ -8,15 +8,15 @@
 //!    PIL `BICUBIC` skipped at the exact size (the official WD Space's rule);
 //! 4. for the timm weights: NCHW and `x/127.5 − 1` ([`Prepared::nchw_normalised`]).
 //!
-//! Both resamplers are re-implemented here: PIL's `ImagingResample` with its 22-bit fixed-point
-//! coefficients (exact), and OpenCV's area average in floating point (within one level of
-//! OpenCV's float rounding).
+//! Both resamplers are re-implemented, bit for bit: PIL's `ImagingResample` with its 22-bit
+//! fixed-point coefficients ([`crate::pil_resize`]) and OpenCV's `INTER_AREA` with its f32
+//! accumulation order ([`super::cv_area`]).
 
 use std::path::Path;
 
 use image::{DynamicImage, RgbImage};
 
-use super::Wd14Error;
+use super::{cv_area, Wd14Error};
 use crate::pil_resize::{self, PilFilter};
 
 /// How the padded square is brought to the model's side.
@@ -76,7 +76,7 @@ pub fn prepare(image: &DynamicImage, size: usize, resize: Resize) -> Prepared {
         }
     }
     let bgr = match resize {
-        Resize::Kohya if side >= size => area_resize(&square, side, size),
+        Resize::Kohya if side >= size => cv_area::resize(&square, side, side, 3, size, size),
         Resize::Kohya => pil_resize::resize(&square, side, side, size, size, PilFilter::Lanczos),
         Resize::Bicubic if side == size => square,
         Resize::Bicubic => pil_resize::resize(&square, side, side, size, size, PilFilter::Bicubic),
@@ -97,75 +97,6 @@ fn on_white(image: &DynamicImage) -> RgbImage {
         for c in 0..3 {
             let t = 255 * (255 - a) + p[c] as u32 * a + 128;
             o[c] = (((t >> 8) + t) >> 8) as u8;
-        }
-    }
-    out
-}
-
-/// OpenCV `INTER_AREA` downscale of a square BGR image `from`² → `to`²: each output pixel is the
-/// area-weighted mean of the source pixels its footprint covers (separable), rounded half to
-/// even like `saturate_cast<uchar>`.
-fn area_resize(src: &[u8], from: usize, to: usize) -> Vec<u8> {
-    if from == to {
-        return src.to_vec();
-    }
-    if from % to == 0 {
-        return area_resize_integer(src, from, to);
-    }
-    let scale = from as f64 / to as f64;
-    // (first source index, weights) per output index.
-    let taps: Vec<(usize, Vec<f64>)> = (0..to)
-        .map(|d| {
-            let (start, end) = (d as f64 * scale, ((d + 1) as f64 * scale).min(from as f64));
-            let first = start.floor() as usize;
-            let mut weights = Vec::new();
-            let mut i = first;
-            while (i as f64) < end {
-                let overlap = (end.min((i + 1) as f64) - start.max(i as f64)).max(0.0);
-                weights.push(overlap / scale);
-                i += 1;
-            }
-            (first, weights)
-        })
-        .collect();
-    // Horizontal pass in f64, then vertical, rounding once at the end like OpenCV.
-    let mut rows = vec![0f64; from * to * 3];
-    for y in 0..from {
-        for (x, (first, weights)) in taps.iter().enumerate() {
-            for c in 0..3 {
-                rows[(y * to + x) * 3 + c] =
-                    weights.iter().enumerate().map(|(k, w)| w * src[(y * from + first + k) * 3 + c] as f64).sum();
-            }
-        }
-    }
-    let mut out = vec![0u8; to * to * 3];
-    for (y, (first, weights)) in taps.iter().enumerate() {
-        for x in 0..to * 3 {
-            let v: f64 = weights.iter().enumerate().map(|(k, w)| w * rows[(first + k) * to * 3 + x]).sum();
-            out[y * to * 3 + x] = v.round_ties_even().clamp(0.0, 255.0) as u8;
-        }
-    }
-    out
-}
-
-/// OpenCV's `resizeAreaFast` for an integer factor k: the k×k block mean — `(Σ + 2) >> 2` in
-/// its 2× vector path, `saturate_cast(Σ·(1/k²))` (f32, ties to even) otherwise.
-fn area_resize_integer(src: &[u8], from: usize, to: usize) -> Vec<u8> {
-    let k = from / to;
-    let inv = 1.0f32 / (k * k) as f32;
-    let mut out = vec![0u8; to * to * 3];
-    for y in 0..to {
-        for x in 0..to {
-            for c in 0..3 {
-                let mut sum = 0u32;
-                for dy in 0..k {
-                    for dx in 0..k {
-                        sum += src[((y * k + dy) * from + x * k + dx) * 3 + c] as u32;
-                    }
-                }
-                out[(y * to + x) * 3 + c] =
-                    if k == 2 { ((sum + 2) >> 2) as u8 } else { (sum as f32 * inv).round_ties_even().min(255.0) as u8 };
-            }
         }
     }
     out
