@@ -132,9 +132,28 @@ pub struct NetworkSpec {
     pub dropout: LoraDropout,
     /// Per-block ranks and alphas (sd-scripts' `block_dims` & co.); U-Net networks only.
     pub block_ranks: Option<BlockRanks>,
-    /// Flux's module choice (`lora_flux.py`'s `train_blocks`, type dims, block indices,
-    /// `in_dims`); the Flux transformer's network only.
-    pub flux: Option<crate::dit::flux_network::FluxNetworkArgs>,
+    /// A diffusion transformer's module choice (`lora_flux.py`'s / `lora_sd3.py`'s type dims,
+    /// block indices, input layers, `split_qkv`); that transformer's network only.
+    pub dit: Option<DitNetworkArgs>,
+}
+
+/// The network arguments of sd-scripts' DiT LoRA modules, one variant per family.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DitNetworkArgs {
+    /// `networks.lora_flux`.
+    Flux(crate::dit::flux_network::FluxNetworkArgs),
+    /// `networks.lora_sd3`.
+    Sd3(crate::dit::sd3_network::Sd3NetworkArgs),
+}
+
+impl DitNetworkArgs {
+    /// The output widths of the parts `split_qkv` cuts the linear `name` (kohya name) into.
+    fn split_widths(&self, name: &str, in_dim: usize, out_dim: usize) -> Option<Vec<usize>> {
+        match self {
+            DitNetworkArgs::Flux(f) => f.split_widths(name, in_dim, out_dim),
+            DitNetworkArgs::Sd3(s) => s.split_widths(name, in_dim, out_dim),
+        }
+    }
 }
 
 /// sd-scripts' per-block ranks (spec §2.5), indexed by [`BlockLayout`] slot: linear and 1×1
@@ -159,7 +178,7 @@ impl Default for NetworkSpec {
             conv_alpha: 1.0,
             dropout: LoraDropout::default(),
             block_ranks: None,
-            flux: None,
+            dit: None,
         }
     }
 }
@@ -167,11 +186,11 @@ impl Default for NetworkSpec {
 impl NetworkSpec {
     /// The part widths of `target` (kohya name `name`) when `split_qkv` splits it.
     fn split_widths(&self, target: &LoraTarget, name: &str) -> Option<Vec<usize>> {
-        let flux = self.flux.as_ref()?;
+        let dit = self.dit.as_ref()?;
         if target.kind != LoraKind::Linear {
             return None;
         }
-        flux.split_widths(name, target.in_dim, target.out_dim)
+        dit.split_widths(name, target.in_dim, target.out_dim)
     }
 
     /// The (rank, alpha) sd-scripts gives `target` (kohya module name `name`), or `None` when it
@@ -194,10 +213,26 @@ impl NetworkSpec {
                 if spatial { (self.conv_rank.unwrap_or(self.rank), self.conv_alpha) } else { (self.rank, self.alpha) };
             return Some(pick).filter(|(rank, _)| *rank > 0);
         }
-        if let Some(flux) = &self.flux {
+        match &self.dit {
             // Linear targets only (Flux has no convs): the block linears at `rank` unless the
             // arguments say otherwise, the input layers only with `in_dims`.
-            return flux.rank_for(name, target.group == TargetGroup::Named, self.rank).map(|rank| (rank, self.alpha));
+            Some(DitNetworkArgs::Flux(flux)) => {
+                return flux
+                    .rank_for(name, target.group == TargetGroup::Named, self.rank)
+                    .map(|rank| (rank, self.alpha))
+            }
+            // The joint blocks' linears, and the embedders only with `emb_dims` (the patch
+            // embedding's conv takes `conv_dim` when set, as sd-scripts).
+            Some(DitNetworkArgs::Sd3(sd3)) => {
+                return sd3.module_for(
+                    name,
+                    target.group == TargetGroup::Named,
+                    target.is_spatial_conv(),
+                    (self.rank, self.alpha),
+                    self.conv_rank.map(|r| (r, self.conv_alpha)),
+                )
+            }
+            None => {}
         }
         if target.group == TargetGroup::Named {
             return None;

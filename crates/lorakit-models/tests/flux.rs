@@ -485,14 +485,14 @@ fn block_swap_streams_blocks_without_changing_a_number() -> TestResult {
 /// any loader reads it, reproduces the trained output (sd-scripts' own alpha would not).
 #[test]
 fn split_qkv_parts_match_sd_scripts_and_save_fused_with_the_trained_scale() -> TestResult {
-    use lorakit_models::lora_inject::{create_network, state_dict, NetworkSpec};
+    use lorakit_models::lora_inject::{create_network, state_dict, DitNetworkArgs, NetworkSpec};
     let io = load("io_transformer.safetensors")?;
     let file = load("lora_split_qkv.safetensors")?;
     let model = model_at(&fixture("dev_bfl.safetensors"), LinearStorage::Compute)?;
     let spec = NetworkSpec {
         rank: 4,
         alpha: 2.0,
-        flux: Some(FluxNetworkArgs { split_qkv: true, ..Default::default() }),
+        dit: Some(DitNetworkArgs::Flux(FluxNetworkArgs { split_qkv: true, ..Default::default() })),
         ..Default::default()
     };
     let set = create_network(&model.lora_targets(), "lora_unet", &spec, DType::F32, &Device::Cpu, 5)?;

@@ -78,20 +78,38 @@ pub struct ModelSection {
     /// Unset: whatever family the checkpoint is. `--from-kohya` sets it from the GUI's model
     /// checkboxes and `v2`, so a config for one family never trains another.
     pub model_family: Option<String>,
-    /// Flux: the CLIP-L text encoder file (sd-scripts' `--clip_l`); unset: the diffusers
-    /// folder's `text_encoder/`.
+    /// Flux, SD3: the CLIP-L text encoder file (sd-scripts' `--clip_l`); unset: the diffusers
+    /// folder's `text_encoder/` (SD3: or the one inside the single file).
     pub clip_l: Option<PathBuf>,
-    /// Flux: the T5-XXL text encoder file (sd-scripts' `--t5xxl`); unset: the folder's
-    /// `text_encoder_2/`.
+    /// SD3: the CLIP-G (OpenCLIP bigG) text encoder file (sd-scripts' `--clip_g`); unset: the
+    /// one inside the single file, or the folder's `text_encoder_2/`.
+    pub clip_g: Option<PathBuf>,
+    /// Flux, SD3: the T5-XXL text encoder file (sd-scripts' `--t5xxl`); unset: the folder's
+    /// `text_encoder_2/` (Flux) / `text_encoder_3/` or the single file's own (SD3).
     pub t5xxl: Option<PathBuf>,
     /// Flux: the autoencoder, BFL's `ae.safetensors` (sd-scripts' `--ae`); unset: the folder's
     /// `vae/`.
     pub ae: Option<PathBuf>,
-    /// Flux: T5 tokens per caption (sd-scripts' `--t5xxl_max_token_length`; unset: 512 for dev,
-    /// 256 for schnell).
+    /// Flux, SD3: T5 tokens per caption (sd-scripts' `--t5xxl_max_token_length`; unset: 512 for
+    /// Flux dev, 256 for schnell and SD3).
     pub t5xxl_max_token_length: Option<usize>,
-    /// Flux: mask T5's padding tokens in T5 and the transformer (`--apply_t5_attn_mask`).
+    /// Flux: mask T5's padding tokens in T5 and the transformer; SD3: in T5 only
+    /// (`--apply_t5_attn_mask`).
     pub apply_t5_attn_mask: bool,
+    /// SD3: mask CLIP-L's and CLIP-G's padding tokens in their attention (`--apply_lg_attn_mask`).
+    pub apply_lg_attn_mask: bool,
+    /// SD3: probability that a caption's CLIP-L output is zeroed (`--clip_l_dropout_rate`).
+    pub clip_l_dropout_rate: f64,
+    /// SD3: probability that a caption's CLIP-G output is zeroed (`--clip_g_dropout_rate`).
+    pub clip_g_dropout_rate: f64,
+    /// SD3: probability that a caption's T5 output is zeroed (`--t5_dropout_rate`).
+    pub t5_dropout_rate: f64,
+    /// SD3: probability that a step crops the position table at a random place instead of the
+    /// centre (`--pos_emb_random_crop_rate`; SD3.5 Medium's training recipe).
+    pub pos_emb_random_crop_rate: f64,
+    /// SD3.5 Medium: position tables scaled to each training resolution
+    /// (`--enable_scaled_pos_embed`).
+    pub enable_scaled_pos_embed: bool,
 }
 
 /// `[folders]`: where outputs go.
@@ -338,12 +356,30 @@ pub struct NetworkSection {
     pub train_double_block_indices: Option<String>,
     /// Flux: the single blocks that get modules, as `train_double_block_indices`.
     pub train_single_block_indices: Option<String>,
-    /// Flux: also train a LoRA on T5-XXL (`lora_te3_…`; `train_t5xxl`).
+    /// Flux, SD3: also train a LoRA on T5-XXL (`lora_te3_…`; `train_t5xxl`).
     pub train_t5xxl: bool,
-    /// Flux: separate LoRA factors for q, k, v (and the single blocks' MLP input) inside the
-    /// fused `qkv` / `linear1` layers (`split_qkv`); saved fused, with alpha × parts so loaders
-    /// apply the trained scale.
+    /// Flux, SD3: separate LoRA factors for q, k, v (and Flux's single blocks' MLP input)
+    /// inside the fused `qkv` / `linear1` layers (`split_qkv`); saved fused, with alpha × parts
+    /// so loaders apply the trained scale.
     pub split_qkv: bool,
+    /// SD3: rank of the joint blocks' context-side attention (`context_attn_dim`; 0: none).
+    pub context_attn_dim: Option<usize>,
+    /// SD3: rank of the context-side MLP (`context_mlp_dim`).
+    pub context_mlp_dim: Option<usize>,
+    /// SD3: rank of the context-side modulation (`context_mod_dim`).
+    pub context_mod_dim: Option<usize>,
+    /// SD3: rank of the x-side (image) attention, both attentions on SD3.5 Medium (`x_attn_dim`).
+    pub x_attn_dim: Option<usize>,
+    /// SD3: rank of the x-side MLP (`x_mlp_dim`).
+    pub x_mlp_dim: Option<usize>,
+    /// SD3: rank of the x-side modulation (`x_mod_dim`).
+    pub x_mod_dim: Option<usize>,
+    /// SD3: ranks of context_embedder, t_embedder, x_embedder, y_embedder, the final layer's
+    /// modulation and its linear, e.g. `"[4,0,0,0,4,4]"` (`emb_dims`; unset: none of them).
+    pub emb_dims: Option<String>,
+    /// SD3: the joint blocks that get modules: `all`, `none` or indices and ranges such as
+    /// `"0-3,7"` (`train_block_indices`).
+    pub train_block_indices: Option<String>,
 }
 
 /// The LyCORIS presets `network.preset` accepts.
@@ -498,11 +534,42 @@ impl Default for NetworkSection {
             train_single_block_indices: None,
             train_t5xxl: false,
             split_qkv: false,
+            context_attn_dim: None,
+            context_mlp_dim: None,
+            context_mod_dim: None,
+            x_attn_dim: None,
+            x_mlp_dim: None,
+            x_mod_dim: None,
+            emb_dims: None,
+            train_block_indices: None,
         }
     }
 }
 
 impl NetworkSection {
+    /// sd-scripts' `networks.lora_sd3` arguments from `context_*_dim` / `x_*_dim`, `emb_dims`,
+    /// `train_block_indices` and `split_qkv`.
+    pub fn sd3_args(&self) -> std::result::Result<lorakit_models::dit::sd3_network::Sd3NetworkArgs, String> {
+        use lorakit_models::dit::sd3_network::Sd3NetworkArgs;
+        Ok(Sd3NetworkArgs {
+            type_dims: [
+                self.context_attn_dim,
+                self.context_mlp_dim,
+                self.context_mod_dim,
+                self.x_attn_dim,
+                self.x_mlp_dim,
+                self.x_mod_dim,
+            ],
+            emb_dims: self.emb_dims.as_deref().map(Sd3NetworkArgs::parse_emb_dims).transpose()?,
+            train_block_indices: self
+                .train_block_indices
+                .as_deref()
+                .map(Sd3NetworkArgs::parse_train_block_indices)
+                .transpose()?,
+            split_qkv: self.split_qkv,
+        })
+    }
+
     /// See [`TrainConfig::flux_network_args`].
     pub fn flux_args(&self) -> std::result::Result<lorakit_models::dit::flux_network::FluxNetworkArgs, String> {
         use lorakit_models::dit::flux_network::{FluxNetworkArgs, NUM_DOUBLE_BLOCKS, NUM_SINGLE_BLOCKS};
@@ -961,7 +1028,7 @@ pub enum TextEncoderLr {
 }
 
 /// The values of `model.model_family` lorakit trains.
-pub const MODEL_FAMILIES: &[&str] = &["sd1", "sd2", "sdxl", "flux"];
+pub const MODEL_FAMILIES: &[&str] = &["sd1", "sd2", "sdxl", "flux", "sd3"];
 
 /// Every section with its keys, each with an example value of the key's type (from a config
 /// with every option set: serialising the defaults would drop the unset `Option` fields).
@@ -1002,16 +1069,35 @@ const EVERY_FAMILY: KeyFamilies = KeyFamilies { families: MODEL_FAMILIES, reason
 const FLUX_ONLY: KeyFamilies = KeyFamilies { families: &["flux"], reason: "Flux only" };
 const DDPM_ONLY: KeyFamilies = KeyFamilies {
     families: &["sd1", "sd2", "sdxl"],
-    reason: "SD 1.x, SD 2.x and SDXL only (DDPM models; Flux trains with rectified flow)",
+    reason: "SD 1.x, SD 2.x and SDXL only (DDPM models; Flux and SD3 train with rectified flow)",
+};
+const FLOW_ONLY: KeyFamilies = KeyFamilies { families: &["flux", "sd3"], reason: "Flux and SD3 only" };
+const DDPM_AND_SD3: KeyFamilies = KeyFamilies {
+    families: &["sd1", "sd2", "sdxl", "sd3"],
+    reason: "SD 1.x, SD 2.x, SDXL and SD3 (Flux draws σ with flow.timestep_sampling)",
 };
 const SD_CLIP_SKIP: KeyFamilies =
-    KeyFamilies { families: &["sd1", "sd2"], reason: "SD 1.x and SD 2.x only (SDXL and Flux have no clip skip)" };
+    KeyFamilies { families: &["sd1", "sd2"], reason: "SD 1.x and SD 2.x only (SDXL, Flux and SD3 have no clip skip)" };
 const SD2_ONLY: KeyFamilies = KeyFamilies { families: &["sd2"], reason: "SD 2.x only" };
-const SD3_ONLY: KeyFamilies = KeyFamilies { families: &["sd3"], reason: "SD3 only (lorakit does not train SD3 yet)" };
+const SD3_ONLY: KeyFamilies = KeyFamilies { families: &["sd3"], reason: "SD3 only" };
 
 /// The keys that apply to some families only, by section; every other key applies to all.
 pub const FAMILY_KEYS: &[(&str, &[&str], KeyFamilies)] = &[
-    ("model", &["clip_l", "t5xxl", "ae", "t5xxl_max_token_length", "apply_t5_attn_mask"], FLUX_ONLY),
+    ("model", &["clip_l", "t5xxl", "t5xxl_max_token_length", "apply_t5_attn_mask"], FLOW_ONLY),
+    ("model", &["ae"], FLUX_ONLY),
+    (
+        "model",
+        &[
+            "clip_g",
+            "apply_lg_attn_mask",
+            "clip_l_dropout_rate",
+            "clip_g_dropout_rate",
+            "t5_dropout_rate",
+            "pos_emb_random_crop_rate",
+            "enable_scaled_pos_embed",
+        ],
+        SD3_ONLY,
+    ),
     ("accelerate", &["fp8_base_unet", "blocks_to_swap", "cpu_offload_checkpointing"], FLUX_ONLY),
     (
         "network",
@@ -1028,32 +1114,36 @@ pub const FAMILY_KEYS: &[(&str, &[&str], KeyFamilies)] = &[
             "in_dims",
             "train_double_block_indices",
             "train_single_block_indices",
-            "train_t5xxl",
-            "split_qkv",
         ],
         FLUX_ONLY,
+    ),
+    ("network", &["train_t5xxl", "split_qkv"], FLOW_ONLY),
+    (
+        "network",
+        &[
+            "context_attn_dim",
+            "context_mlp_dim",
+            "context_mod_dim",
+            "x_attn_dim",
+            "x_mlp_dim",
+            "x_mod_dim",
+            "emb_dims",
+            "train_block_indices",
+        ],
+        SD3_ONLY,
     ),
     (
         "flow",
-        &[
-            "timestep_sampling",
-            "sigmoid_scale",
-            "discrete_flow_shift",
-            "model_prediction_type",
-            "weighting_scheme",
-            "logit_mean",
-            "logit_std",
-            "mode_scale",
-            "guidance_scale",
-        ],
+        &["timestep_sampling", "sigmoid_scale", "discrete_flow_shift", "model_prediction_type", "guidance_scale"],
         FLUX_ONLY,
     ),
+    ("flow", &["weighting_scheme", "logit_mean", "logit_std", "mode_scale"], FLOW_ONLY),
     ("flow", &["training_shift"], SD3_ONLY),
     ("model", &["v2"], SD2_ONLY),
     ("model", &["clip_skip"], SD_CLIP_SKIP),
     ("model", &["v_parameterization"], DDPM_ONLY),
     ("accelerate", &["no_half_vae"], DDPM_ONLY),
-    ("training", &["min_timestep", "max_timestep"], DDPM_ONLY),
+    ("training", &["min_timestep", "max_timestep"], DDPM_AND_SD3),
     (
         "loss",
         &[
@@ -1115,7 +1205,36 @@ pub fn key_families(section: &str, key: &str) -> KeyFamilies {
         .map_or(EVERY_FAMILY, |(_, _, families)| *families)
 }
 
+/// The families rectified-flow DiTs (Flux, SD3) belong to; keys read only by these are refused
+/// by table on other families ([`TrainConfig::foreign_dit_keys`]).
+const DIT_FAMILIES: &[&str] = &["flux", "sd3"];
+
 impl TrainConfig {
+    /// The keys read only by DiT families (Flux and/or SD3, per [`FAMILY_KEYS`]) that are set to
+    /// a non-default value although `family` does not read them, each with the families it is
+    /// for — what the loader refuses before training something the user did not ask for. (Keys
+    /// of the DDPM families are refused by the objective and the network builder, with their
+    /// own reasons.)
+    pub fn foreign_dit_keys(&self, family: &str) -> Vec<(String, &'static str)> {
+        let (Ok(set), Ok(default)) = (toml::Value::try_from(self), toml::Value::try_from(TrainConfig::default()))
+        else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for (section, names, families) in FAMILY_KEYS {
+            if families.families.contains(&family) || !families.families.iter().all(|f| DIT_FAMILIES.contains(f)) {
+                continue;
+            }
+            for name in *names {
+                let value = |v: &toml::Value| v.get(section).and_then(|s| s.get(name)).cloned();
+                if value(&set) != value(&default) {
+                    out.push((format!("{section}.{name}"), families.reason));
+                }
+            }
+        }
+        out
+    }
+
     /// Every optional field set, so serialisation lists every key.
     pub(crate) fn every_key_set() -> TrainConfig {
         let mut c = TrainConfig::default();
@@ -1189,6 +1308,15 @@ impl TrainConfig {
         c.network.in_dims = Some(String::new());
         c.network.train_double_block_indices = Some(String::new());
         c.network.train_single_block_indices = Some(String::new());
+        c.model.clip_g = Some(PathBuf::new());
+        c.network.context_attn_dim = Some(0);
+        c.network.context_mlp_dim = Some(0);
+        c.network.context_mod_dim = Some(0);
+        c.network.x_attn_dim = Some(0);
+        c.network.x_mlp_dim = Some(0);
+        c.network.x_mod_dim = Some(0);
+        c.network.emb_dims = Some(String::new());
+        c.network.train_block_indices = Some(String::new());
         c
     }
 
@@ -1324,6 +1452,9 @@ impl TrainConfig {
             );
         }
         if let Err(e) = self.network.flux_args() {
+            problems.push(format!("network.{e}"));
+        }
+        if let Err(e) = self.network.sd3_args() {
             problems.push(format!("network.{e}"));
         }
         if a.full_fp16 && a.mixed_precision != "fp16" {

@@ -211,8 +211,8 @@ impl TrainableModel for FluxModel {
         self.is_dev().then_some(3.5)
     }
 
-    fn takes_flux_network_args(&self) -> bool {
-        true
+    fn dit_network(&self) -> Option<FlowFamily> {
+        Some(FlowFamily::Flux)
     }
 
     fn text_encoder_parameter_count(&self) -> usize {

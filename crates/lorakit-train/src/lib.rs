@@ -164,25 +164,21 @@ fn load_inputs(config: &TrainConfig, events: &mut dyn FnMut(TrainEvent)) -> Resu
         ));
     }
     let family = lorakit_models::checkpoint::detect_family_at(&model_path)?;
+    // Keys only another family reads would change nothing here: refused, not ignored.
+    if let Some((key, reason)) = config.foreign_dit_keys(family.config_name()).into_iter().next() {
+        return Err(TrainError::Other(format!(
+            "{key} is for {reason}; {} is a {family} model — remove it",
+            model_path.display()
+        )));
+    }
     if family == lorakit_models::checkpoint::ModelFamily::Flux {
         return Ok((data, LoadedModel::Flux(Box::new(load_flux(config, &model_path, &device)?))));
     }
-    for (key, set) in [
-        ("model.clip_l", config.model.clip_l.is_some()),
-        ("model.t5xxl", config.model.t5xxl.is_some()),
-        ("model.ae", config.model.ae.is_some()),
-        ("model.t5xxl_max_token_length", config.model.t5xxl_max_token_length.is_some()),
-        ("model.apply_t5_attn_mask", config.model.apply_t5_attn_mask),
-        ("accelerate.fp8_base_unet", config.accelerate.fp8_base_unet),
-        ("accelerate.blocks_to_swap", config.accelerate.blocks_to_swap.is_some()),
-        ("accelerate.cpu_offload_checkpointing", config.accelerate.cpu_offload_checkpointing),
-    ] {
-        if set {
-            return Err(TrainError::Other(format!(
-                "{key} is for Flux models; {} is a {family} model — remove it",
-                model_path.display()
-            )));
-        }
+    if family == lorakit_models::checkpoint::ModelFamily::Sd3 {
+        return Err(TrainError::Other(format!(
+            "{}: an SD3 model; lorakit cannot train SD3 LoRAs yet",
+            model_path.display()
+        )));
     }
     let model = model::StableDiffusionModel::load_with(
         &model_path,

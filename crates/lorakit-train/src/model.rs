@@ -18,7 +18,7 @@ use rand::rngs::StdRng;
 use rand_distr::{Distribution, StandardNormal};
 
 use crate::error::{Result, TrainError};
-use crate::objective::ObjectiveKind;
+use crate::objective::{FlowFamily, ObjectiveKind};
 
 /// What a LoRA file for this model says about its base (sd-scripts' `ss_base_model_version`,
 /// modelspec architecture and implementation).
@@ -285,10 +285,11 @@ pub trait TrainableModel {
     fn sample_guidance(&self) -> Option<f64> {
         None
     }
-    /// Whether `network.*` Flux arguments (`train_blocks`, type dims, …) shape this model's
-    /// denoiser network; other families refuse them.
-    fn takes_flux_network_args(&self) -> bool {
-        false
+    /// Which family's DiT network arguments (`network.train_blocks`, type dims, … for Flux;
+    /// `context_*_dim`, `emb_dims`, … for SD3) shape this model's denoiser network; `None`
+    /// (U-Nets) refuses them.
+    fn dit_network(&self) -> Option<FlowFamily> {
+        None
     }
 }
 

@@ -12,7 +12,7 @@ use lorakit_dataset::preprocess::{ColorAug, Crop};
 use lorakit_dataset::steps::StepPlan;
 use lorakit_lora::blocks::BlockLayout;
 use lorakit_lora::safetensors_file::{write_lora, Precision};
-use lorakit_models::lora_inject::{create_network, NetworkSpec};
+use lorakit_models::lora_inject::{create_network, DitNetworkArgs, NetworkSpec};
 use lorakit_nn::lora::{apply_max_norm, LoraDropout, LoraSet};
 use lorakit_nn::lr_scheduler::{warmup_steps_from, LrScheduler, SchedulerKind, SchedulerParams};
 use lorakit_nn::optim::{
@@ -28,7 +28,7 @@ use crate::error::{Result, TrainError};
 use crate::latents::{alpha_masks, encode_batch, LatentCache, SampleAugment};
 use crate::metadata::{RunMetadata, SaveProgress};
 use crate::model::{SizeCondition, TrainableModel};
-use crate::objective::Objective;
+use crate::objective::{FlowFamily, Objective};
 use crate::param_groups::{plan_groups, ComponentNetwork, GroupRates};
 use crate::plan::{
     available_memory, check_memory, config_warnings, estimate_memory, planned_parameters, MemoryInputs, RunPlan,
@@ -249,10 +249,14 @@ impl<'m> Trainer<'m> {
             .into_iter()
             .chain([b.conv_block_dims, b.conv_block_alphas])
             .any(|a| a.is_some());
-        if model.takes_flux_network_args() && has_block_args {
-            return Err(TrainError::Other(
+        match model.dit_network() {
+            Some(FlowFamily::Flux) if has_block_args => return Err(TrainError::Other(
                 "network.block_dims / block_alphas / *_lr_weight are U-Net block arguments; a Flux transformer's modules are chosen with network.train_blocks, the *_dim type ranks and train_double_block_indices / train_single_block_indices — remove them".into(),
-            ));
+            )),
+            Some(FlowFamily::Sd3) if has_block_args => return Err(TrainError::Other(
+                "network.block_dims / block_alphas / *_lr_weight are U-Net block arguments; an SD3 transformer's modules are chosen with the context_*_dim / x_*_dim type ranks, emb_dims and train_block_indices — remove them".into(),
+            )),
+            _ => {}
         }
         let layout = BlockLayout::detect(
             components
@@ -299,19 +303,22 @@ impl<'m> Trainer<'m> {
                 module: config.network.module_dropout.unwrap_or(0.0),
             },
             block_ranks: None,
-            flux: None,
+            dit: None,
         };
-        // Flux's module choice shapes its transformer's network; other families refuse it.
-        let flux_args = config.flux_network_args().map_err(|e| TrainError::Other(format!("network.{e}")))?;
-        let flux_args = if model.takes_flux_network_args() {
-            Some(flux_args)
-        } else if !flux_args.is_default() || config.network.train_t5xxl {
-            return Err(TrainError::Other(format!(
-                "network.train_blocks / *_dim / in_dims / train_*_block_indices / split_qkv / train_t5xxl are Flux network arguments; this is a {} model — remove them",
-                model.info().base_model_version
-            )));
-        } else {
-            None
+        // A DiT's module choice shapes its transformer's network; other families refuse it.
+        let network_error = |e: String| TrainError::Other(format!("network.{e}"));
+        let flux_args = config.flux_network_args().map_err(network_error)?;
+        let sd3_args = config.network.sd3_args().map_err(network_error)?;
+        let dit_args = match model.dit_network() {
+            Some(FlowFamily::Flux) => Some(DitNetworkArgs::Flux(flux_args)),
+            Some(FlowFamily::Sd3) => Some(DitNetworkArgs::Sd3(sd3_args)),
+            None if !flux_args.is_default() || !sd3_args.is_default() || config.network.train_t5xxl => {
+                return Err(TrainError::Other(format!(
+                    "network.train_blocks / *_dim / in_dims / emb_dims / train_*block_indices / split_qkv / train_t5xxl are Flux and SD3 network arguments; this is a {} model — remove them",
+                    model.info().base_model_version
+                )))
+            }
+            None => None,
         };
         // The spec of each component, `None` when it is not trained. Block ranks shape the U-Net
         // only; text encoders always use network_dim.
@@ -322,7 +329,7 @@ impl<'m> Trainer<'m> {
                 (false, _) => None,
                 (true, true) => Some(spec.clone()),
                 (true, false) => {
-                    Some(NetworkSpec { block_ranks: blocks.ranks.clone(), flux: flux_args.clone(), ..spec.clone() })
+                    Some(NetworkSpec { block_ranks: blocks.ranks.clone(), dit: dit_args.clone(), ..spec.clone() })
                 }
             })
             .collect();

@@ -47,7 +47,10 @@ fn candidates(section: &str, key: &str, example: &toml::Value, default: Option<&
     let special: Option<&[&str]> = match (section, key) {
         ("network", "train_blocks") => Some(&["\"single\""]),
         ("network", "in_dims") => Some(&["\"[2,0,0,0,2]\""]),
-        ("network", "train_double_block_indices" | "train_single_block_indices") => Some(&["\"0\""]),
+        ("network", "train_double_block_indices" | "train_single_block_indices" | "train_block_indices") => {
+            Some(&["\"0\""])
+        }
+        ("network", "emb_dims") => Some(&["\"[2,0,0,0,2,2]\""]),
         ("network", "down_lr_weight" | "up_lr_weight") => Some(&["\"sine\""]),
         ("network", "mid_lr_weight") => Some(&["\"0.5\""]),
         ("network", "block_lr_zero_threshold") => Some(&["0.1"]),
@@ -64,7 +67,7 @@ fn candidates(section: &str, key: &str, example: &toml::Value, default: Option<&
     }
     let path = |rel: &str| vec![format!("{:?}", flux.join(rel).display().to_string())];
     match (section, key) {
-        ("model", "clip_l") => return path("text_encoder/model.safetensors"),
+        ("model", "clip_l" | "clip_g") => return path("text_encoder/model.safetensors"),
         ("model", "t5xxl") => return path("text_encoder_2/model.safetensors"),
         ("model", "ae") => return path("vae/diffusion_pytorch_model.safetensors"),
         _ => {}

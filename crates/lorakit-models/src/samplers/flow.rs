@@ -1,4 +1,4 @@
-//! Samplers for rectified-flow models (Flux now, SD3 next): the model predicts the velocity
+//! Samplers for rectified-flow models (Flux, SD3): the model predicts the velocity
 //! `ε − x₀` at noise level σ ∈ [0, 1] and the Euler step moves `x ← x + (σ_next − σ)·v` from σ = 1
 //! (pure noise) to 0.
 //!
@@ -6,6 +6,11 @@
 //! equal intervals of [0, 1], shifted towards high noise by `σ' = e^μ / (e^μ + 1/σ − 1)` with
 //! μ linear in the packed image's token count (0.5 at 256 tokens, 1.15 at 4096) — diffusers'
 //! `FlowMatchEulerDiscreteScheduler` with `use_dynamic_shifting` gives the same σs.
+//!
+//! SD3's is SAI's `ModelSamplingDiscreteFlow` with a fixed shift (3.0 for every SD3 model):
+//! `steps` timesteps evenly from the shifted σ of t = 1000 down to that of t = 1, each shifted
+//! again, then 0 (sd-scripts' `get_all_sigmas`; diffusers' `FlowMatchEulerDiscreteScheduler` with
+//! `shift` gives the same σs).
 
 use candle_core::{Result, Tensor};
 
@@ -40,6 +45,44 @@ pub fn flux_schedule(steps: usize, image_seq_len: usize, shift: bool) -> Vec<f64
             f64::from(t)
         })
         .collect()
+}
+
+/// SAI's σ for timestep `t` ∈ [0, 1000] with `shift` (`ModelSamplingDiscreteFlow.sigma`), in f32
+/// as PyTorch computes it.
+fn sd3_sigma(t: f32, shift: f32) -> f32 {
+    let t = t / 1000.0;
+    if shift == 1.0 {
+        t
+    } else {
+        shift * t / (1.0 + (shift - 1.0) * t)
+    }
+}
+
+/// The `steps + 1` noise levels from 1 to 0 of SD3's sampler with `shift` (sd-scripts'
+/// `get_all_sigmas`; computed in f32 as PyTorch's `linspace` does).
+pub fn sd3_schedule(steps: usize, shift: f64) -> Vec<f64> {
+    let shift = shift as f32;
+    let start = sd3_sigma(1000.0, shift) * 1000.0;
+    let end = sd3_sigma(1.0, shift) * 1000.0;
+    let mut sigmas: Vec<f64> = if steps == 1 {
+        vec![f64::from(sd3_sigma(start, shift))]
+    } else {
+        let step = (end - start) / (steps - 1) as f32;
+        let halfway = steps / 2;
+        (0..steps)
+            .map(|i| {
+                // PyTorch's vectorised CPU linspace fuses the multiply-add (one rounding).
+                let t = if i < halfway {
+                    step.mul_add(i as f32, start)
+                } else {
+                    (-step).mul_add((steps - 1 - i) as f32, end)
+                };
+                f64::from(sd3_sigma(t, shift))
+            })
+            .collect()
+    };
+    sigmas.push(0.0);
+    sigmas
 }
 
 /// Euler over `sigmas` (descending to 0): `x ← x + (σ_next − σ)·velocity(x, σ)`, reporting

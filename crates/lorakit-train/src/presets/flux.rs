@@ -156,7 +156,7 @@ mod tests {
     use candle_core::DType;
     use lorakit_models::dit::flux::FluxConfig;
     use lorakit_models::dit::flux_network::FluxNetworkArgs;
-    use lorakit_models::lora_inject::{planned_parameters, NetworkSpec};
+    use lorakit_models::lora_inject::{planned_parameters, DitNetworkArgs, NetworkSpec};
     use lorakit_nn::optim::OptimizerKind;
 
     /// The dry run's estimate for a preset on the full-size FLUX.1-dev: the transformer and the
@@ -168,7 +168,7 @@ mod tests {
         let spec = NetworkSpec {
             rank: c.network.network_dim,
             alpha: c.network.network_alpha,
-            flux: Some(FluxNetworkArgs::default()),
+            dit: Some(DitNetworkArgs::Flux(FluxNetworkArgs::default())),
             ..Default::default()
         };
         let trainable = planned_parameters(&dev.lora_targets(), "lora_unet", &spec);
