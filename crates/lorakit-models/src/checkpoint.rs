@@ -65,6 +65,19 @@ impl ModelFamily {
     pub fn is_supported(self) -> bool {
         matches!(self, ModelFamily::Sd1 | ModelFamily::Sd2 | ModelFamily::Sdxl)
     }
+
+    /// The family's name in configs (`model.model_family`): `sd1`, `sd2`, `sdxl`, `sd3`,
+    /// `flux`; `unknown` for [`ModelFamily::Unknown`].
+    pub fn config_name(self) -> &'static str {
+        match self {
+            ModelFamily::Sd1 => "sd1",
+            ModelFamily::Sd2 => "sd2",
+            ModelFamily::Sdxl => "sdxl",
+            ModelFamily::Sd3 => "sd3",
+            ModelFamily::Flux => "flux",
+            ModelFamily::Unknown => "unknown",
+        }
+    }
 }
 
 impl fmt::Display for ModelFamily {
