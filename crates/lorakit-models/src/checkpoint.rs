@@ -25,6 +25,7 @@
 //! become [`SdCheckpoint::declared_prediction`] and [`SdCheckpoint::declared_zero_terminal_snr`].
 
 pub mod flux;
+pub mod sd3;
 pub mod ldm_keys;
 pub mod sdxl;
 
@@ -316,7 +317,7 @@ fn refuse_pickle_extension(path: &Path) -> Result<()> {
 }
 
 /// Opens and validates a safetensors file, turning format errors into one-line advice.
-fn open_safetensors(path: &Path) -> Result<LoraFile> {
+pub(crate) fn open_safetensors(path: &Path) -> Result<LoraFile> {
     LoraFile::open(path).map_err(|e| match e {
         LoraFileError::Io { path, source, .. } => Error::Io { path, source },
         LoraFileError::Invalid { path, problem } => {
@@ -392,7 +393,7 @@ fn candle_dtype(dtype: Dtype) -> Option<DType> {
 }
 
 /// One tensor from the mapped file, converted to `dtype` on `device`.
-fn load_tensor(file: &LoraFile, name: &str, dtype: DType, device: &Device) -> Result<Tensor> {
+pub(crate) fn load_tensor(file: &LoraFile, name: &str, dtype: DType, device: &Device) -> Result<Tensor> {
     let info = file.info(name).ok_or_else(|| Error::Checkpoint {
         path: file.path().to_path_buf(),
         message: format!("tensor `{name}` vanished from the header"),

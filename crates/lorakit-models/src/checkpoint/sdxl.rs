@@ -219,7 +219,7 @@ fn clip_config(w: &Weights, preset: ClipTextConfig, projection: bool) -> ClipTex
     cfg
 }
 
-fn vae_config(w: &Weights) -> AutoencoderKLConfig {
+pub(crate) fn vae_config(w: &Weights) -> AutoencoderKLConfig {
     let mut cfg = AutoencoderKLConfig::sdxl();
     let levels = count(w, "encoder.down_blocks");
     let channels: Vec<usize> =
