@@ -1,7 +1,8 @@
 //! Converting LoRA key names between kohya (`lora_unet_…`, `lora_te…_…`) and
 //! PEFT/diffusers (`unet.<module>.lora_A.weight`) for SD1.5 and SDXL
 //! (`lorakit convert`). Flux.1 files, in any of their layouts, go through
-//! [`crate::flux_convert`], which also fuses and splits qkv / linear1.
+//! [`crate::flux_convert`], which also fuses and splits qkv / linear1; SD3 / SD3.5 files through
+//! [`crate::sd3_convert`].
 //!
 //! kohya names replace every "." of a module path with "_", which is lossy
 //! (`to_q`, `proj_in`, `transformer_blocks` contain underscores), so names are
@@ -19,6 +20,7 @@
 use crate::flux_convert::convert_flux;
 use crate::keys::{guess_family, modules, Family, ModuleError, ModuleSet, Scheme};
 use crate::safetensors_file::{serialize, write_lora, Dtype, LoraFile, LoraFileError, Precision, Tensor};
+use crate::sd3_convert::convert_sd3;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -70,9 +72,9 @@ pub enum ConvertError {
         /// Its scheme.
         scheme: Scheme,
     },
-    /// A base model other than SD1.5/SDXL/Flux.
+    /// A base model other than SD1.5/SDXL/Flux/SD3.
     #[error(
-        "{}: this LoRA looks like {family} ({evidence}); convert supports SD1.5, SDXL and Flux only",
+        "{}: this LoRA looks like {family} ({evidence}); convert supports SD1.5, SDXL, SD3 and Flux only",
         path.display()
     )]
     UnsupportedFamily {
@@ -85,7 +87,7 @@ pub enum ConvertError {
     },
     /// Neither keys nor metadata tell SD1.5 from SDXL.
     #[error(
-        "{}: cannot tell which base model this LoRA is for ({evidence}); pass --family sd15, sdxl or flux",
+        "{}: cannot tell which base model this LoRA is for ({evidence}); pass --family sd15, sdxl, sd3 or flux",
         path.display()
     )]
     UnknownFamily {
@@ -133,6 +135,16 @@ pub enum ConvertError {
     /// A Flux module whose shape does not fit the layer it names.
     #[error("{}: module `{module}` {reason}; the file is not a Flux.1 LoRA of the usual shapes — nothing was written", path.display())]
     FluxShape {
+        /// Input file.
+        path: PathBuf,
+        /// Module name.
+        module: String,
+        /// What does not fit.
+        reason: String,
+    },
+    /// An SD3 module whose shape does not fit the layer it names.
+    #[error("{}: module `{module}` {reason}; the file is not an SD3 LoRA of the usual shapes — nothing was written", path.display())]
+    Sd3Shape {
         /// Input file.
         path: PathBuf,
         /// Module name.
@@ -481,6 +493,25 @@ fn convert(
         };
         return Ok(Converted { tensors: flux.tensors, metadata, outcome });
     }
+    if matches!(family, Ok(Family::Sd3)) {
+        if let Some(name) = set.other_tensors.first() {
+            return Err(ConvertError::StrayTensor { path: path(), name: name.clone() });
+        }
+        let sd3 = convert_sd3(file, &set, to)?;
+        let precision = precision.unwrap_or_else(|| input_precision(file, &set));
+        let note = "SD3 qkv layers fused/split and modulation halves swapped as diffusers' SD3 checkpoint conversion";
+        let metadata = convert_metadata(file, &set, to, Family::Sd3, note);
+        let outcome = ConvertOutcome {
+            family: Family::Sd3,
+            from: set.scheme,
+            to,
+            precision,
+            renamed: sd3.renamed,
+            folded: sd3.folded,
+            notes: sd3.notes,
+        };
+        return Ok(Converted { tensors: sd3.tensors, metadata, outcome });
+    }
     if set.scheme == to.scheme() {
         return Err(ConvertError::AlreadyTarget { path: path(), scheme: set.scheme });
     }
@@ -575,7 +606,7 @@ fn convert_metadata(
     metadata
 }
 
-/// SD1, SDXL or Flux from the keys, falling back to metadata when keys say nothing.
+/// SD1, SDXL, SD3 or Flux from the keys, falling back to metadata when keys say nothing.
 fn detect_family(file: &LoraFile) -> Result<Family, ConvertError> {
     let guess = guess_family(file);
     let path = file.path().to_path_buf();
@@ -584,7 +615,7 @@ fn detect_family(file: &LoraFile) -> Result<Family, ConvertError> {
         f => f,
     };
     match family {
-        Family::Sd1 | Family::Sdxl | Family::Flux => Ok(family),
+        Family::Sd1 | Family::Sdxl | Family::Sd3 | Family::Flux => Ok(family),
         Family::Unknown => Err(ConvertError::UnknownFamily { path, evidence: guess.key_evidence }),
         other => {
             let evidence =

@@ -9,10 +9,11 @@ use crate::blocks::{block_of, Block};
 use crate::convert::NameMap;
 use crate::flux::{self, Layout};
 use crate::flux_convert::block_diagonal;
-use crate::keys::{detect_scheme, guess_family, modules, Component, Family, ModuleError, Scheme};
+use crate::keys::{detect_scheme, guess_family, modules, Component, Family, FamilyGuess, ModuleError, Scheme};
 use crate::lycoris::lycoris_modules;
 use crate::metadata::{DimValue, LoraMetadata};
 use crate::safetensors_file::{LoraFile, LoraFileError};
+use crate::sd3;
 use rayon::prelude::*;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -308,6 +309,8 @@ pub fn inspect_file(path: &Path) -> Result<FileReport, InspectError> {
     // Flux names in every layout, and PEFT names (diffusers paths) through the kohya name map.
     let names = if family.family == Family::Flux {
         Naming::Flux
+    } else if family.family == Family::Sd3 {
+        Naming::Sd3
     } else if scheme == Scheme::Peft {
         NameMap::new(family.family).map_or(Naming::Kohya, Naming::Peft)
     } else {
@@ -325,6 +328,9 @@ pub fn inspect_file(path: &Path) -> Result<FileReport, InspectError> {
         if let Some(note) = split_qkv_note(&file, &set.modules) {
             report.notes.push(note);
         }
+    }
+    if matches!(names, Naming::Sd3) {
+        sd3_report(&mut report, &file, &set.modules, &family);
     }
     let module_reports: Vec<ModuleReport> = set
         .modules
@@ -362,6 +368,8 @@ enum Naming {
     Peft(NameMap),
     /// Flux names in any layout ([`flux::parse`]).
     Flux,
+    /// SD3 names in any layout ([`sd3::parse`]).
+    Sd3,
 }
 
 /// Counts, block statistics and the module list of a report.
@@ -381,6 +389,7 @@ fn finish_report(report: &mut FileReport, module_reports: Vec<ModuleReport>, nam
 fn block_label(name: &str, names: &Naming) -> Block {
     match names {
         Naming::Flux => flux::parse(name).map_or_else(|| block_of(name), |n| n.site.block()),
+        Naming::Sd3 => sd3::parse(name).map_or_else(|| block_of(name), |n| n.site.block()),
         Naming::Peft(map) => map.to_kohya(name).map_or_else(|| block_of(name), block_of),
         Naming::Kohya => block_of(name),
     }
@@ -389,10 +398,52 @@ fn block_label(name: &str, names: &Naming) -> Block {
 /// The component label; a Flux module's comes from the layer it names (T5 under diffusers'
 /// `text_encoder_2.` is TE3, BFL/XLabs names without a prefix are the denoiser's).
 fn component_label(name: &str, component: Component, names: &Naming) -> &'static str {
+    if let (Naming::Sd3, Some(n)) = (names, sd3::parse(name)) {
+        return n.site.component().label();
+    }
     match (names, flux::parse(name)) {
         (Naming::Flux, Some(n)) if n.site.component() != Component::Unet => n.site.component().label(),
         (Naming::Flux, Some(_)) if component == Component::Other => Component::Unet.label(),
         _ => component.label(),
+    }
+}
+
+/// An SD3 file's layout, variant (3.5 Medium / 3.5 Large when its modules show it), modules that
+/// name no SD3 layer, and sd-scripts `split_qkv` layers (block-diagonal `up`, scale alpha/rank of
+/// the file as every loader applies it).
+fn sd3_report(report: &mut FileReport, file: &LoraFile, modules: &[crate::keys::LoraModule], family: &FamilyGuess) {
+    let layouts: std::collections::BTreeSet<sd3::Layout> =
+        modules.iter().filter_map(|m| sd3::parse(&m.name)).map(|n| n.layout).collect();
+    let listed: Vec<String> = layouts.iter().map(|l| l.to_string()).collect();
+    report.layout = (!listed.is_empty()).then(|| listed.join(" + "));
+    if let Some(v) = sd3::variant(modules.iter().map(|m| (m.name.as_str(), m.in_features))) {
+        report.base_model = format!("{} ({v})", family.family);
+    }
+    let unknown = modules.iter().filter(|m| sd3::parse(&m.name).is_none()).count();
+    if unknown > 0 {
+        report.notes.push(format!("{unknown} modules name no SD3 layer (block OTHER)"));
+    }
+    // lorakit saves split_qkv layers with alpha × 3 (the trained scale in every loader),
+    // sd-scripts with the trained alpha (a third of it).
+    let network_alpha: Option<f32> = file.metadata().get("ss_network_alpha").and_then(|a| a.parse().ok());
+    let (mut split, mut folded) = (0, 0);
+    for m in modules {
+        let Some(n) = sd3::parse(&m.name) else { continue };
+        let whole = n.site.is_fused() && n.parts == (0..n.site.part_count()) && m.out_features % 3 == 0;
+        let widths = [m.out_features / 3; 3];
+        if whole && file.tensor_f32(&m.up_key).is_ok_and(|up| block_diagonal(&up, m.rank, &widths).is_some()) {
+            split += 1;
+            folded += usize::from(network_alpha.is_some_and(|a| a > 0.0 && m.alpha == 3.0 * a));
+        }
+    }
+    if split > 0 && folded == split {
+        report.notes.push(format!(
+            "{split} fused qkv layers hold split_qkv parts (block-diagonal up) saved with alpha × 3: alpha/rank of the file is the per-part scale training used, as every loader applies it"
+        ));
+    } else if split > 0 {
+        report.notes.push(format!(
+            "{split} fused qkv layers hold sd-scripts split_qkv parts (block-diagonal up): their scale here is alpha/rank of the file, as every loader applies it, i.e. 1/3 of the per-part scale training used"
+        ));
     }
 }
 

@@ -686,9 +686,19 @@ pub fn family_from_keys(tensors: &BTreeMap<String, TensorInfo>) -> (Family, Stri
     if has("joint_blocks") {
         return (Family::Sd3, "SD3 joint blocks".into());
     }
-    if has("transformer_transformer_blocks") && has("add_q_proj") {
+    // SD3-only layers: sd-scripts' `emb_dims` inputs, diffusers' patch embedding and SD3.5
+    // Medium's second attention.
+    let sd3_only =
+        ["lora_unet_t_embedder_", "lora_unet_y_embedder_", "lora_unet_x_embedder_proj", "transformer_pos_embed_proj"];
+    if let Some(key) = sd3_only.iter().find(|k| has(k)) {
+        return (Family::Sd3, format!("SD3-only layer `{key}…`"));
+    }
+    if has("transformer_transformer_blocks") && has("_attn2_to_") {
+        return (Family::Sd3, "diffusers joint transformer blocks with a second attention (SD3.5 Medium)".into());
+    }
+    if has("transformer_transformer_blocks") && (has("add_q_proj") || has("attn_to_q")) {
         // Diffusers Flux and SD3 share these names; Flux's width is 3072.
-        return match in_dim("add_q_proj") {
+        return match in_dim("add_q_proj").or_else(|| in_dim("attn_to_q")) {
             Some(3072) => (Family::Flux, "diffusers transformer blocks of width 3072".into()),
             Some(w) => (Family::Sd3, format!("diffusers joint transformer blocks of width {w}")),
             None => (Family::Unknown, "diffusers transformer blocks of unknown width".into()),

@@ -15,3 +15,5 @@ pub mod peft_metadata;
 pub mod resize;
 pub mod resize_file;
 pub mod safetensors_file;
+pub mod sd3;
+mod sd3_convert;

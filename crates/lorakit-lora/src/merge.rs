@@ -8,8 +8,8 @@
 //! `[c₁·up₁ | c₂·up₂ | …] · [down₁; down₂; …]`, whose exact SVD [`LowRankSvd`] computes in factor
 //! space. `--lbws` block weights are not supported.
 //!
-//! Flux.1 inputs in other layouts (diffusers/ai-toolkit, ComfyUI/BFL, XLabs) are read under their
-//! kohya names first ([`crate::convert::convert_lora`]), so the same layer merges whatever layout
+//! Flux.1 and SD3 inputs in other layouts (diffusers/ai-toolkit, ComfyUI/BFL/SAI, XLabs) are read under
+//! their kohya names first ([`crate::convert::convert_lora`]), so the same layer merges whatever layout
 //! each file uses; fused qkv / linear1 layers are merged whole, like any linear module.
 
 use crate::convert::{convert_lora, ConvertError, Target};
@@ -425,13 +425,15 @@ pub fn merge_files(
     Ok(MergeOutcome { modules: report, family, metadata, hashes })
 }
 
-/// A Flux LoRA in another layout, read under its kohya names (in memory); any other file as is.
+/// A Flux or SD3 LoRA in another layout, read under its kohya names (in memory); any other file
+/// as is.
 fn flux_as_kohya(file: LoraFile) -> Result<LoraFile, MergeError> {
     let plain = detect_scheme(file.tensor_names()).is_plain_lora();
-    if !plain || guess_family(&file).family != Family::Flux {
+    let family = guess_family(&file).family;
+    if !plain || !matches!(family, Family::Flux | Family::Sd3) {
         return Ok(file);
     }
-    match convert_lora(&file, Target::Kohya, Some(Family::Flux)) {
+    match convert_lora(&file, Target::Kohya, Some(family)) {
         Ok((bytes, _)) => Ok(LoraFile::from_bytes(bytes, file.path())?),
         Err(ConvertError::AlreadyTarget { .. }) => Ok(file),
         Err(e) => Err(e.into()),

@@ -2,11 +2,11 @@
 //! format layer, resize them with [`crate::resize`], and write the result with
 //! sd-scripts' metadata updates and freshly computed `sshs_*` hashes.
 //!
-//! Every layout keeps its names (kohya, PEFT, Flux's BFL/ComfyUI/XLabs). Flux's fused qkv / linear1
-//! modules are resized as the one linear layer they are, as sd-scripts' `resize_lora.py` does; a
-//! `split_qkv` file's block-diagonal layers (rank = parts × the trained rank) come out as plain
-//! low-rank pairs, and a new rank below the layer's rank truncates across its parts (the outcome
-//! notes how many such layers there were).
+//! Every layout keeps its names (kohya, PEFT, Flux's BFL/ComfyUI/XLabs, SD3's SAI/ComfyUI). Flux's
+//! fused qkv / linear1 and SD3's fused qkv modules are resized as the one linear layer they are, as
+//! sd-scripts' `resize_lora.py` does; a `split_qkv` file's block-diagonal layers (rank = parts × the
+//! trained rank) come out as plain low-rank pairs, and a new rank below the layer's rank truncates
+//! across its parts (the outcome notes how many such layers there were).
 
 use crate::flux;
 use crate::flux_convert::block_diagonal;
@@ -158,6 +158,12 @@ pub fn resize_file(
     let split: Vec<&str> = ordered
         .iter()
         .filter(|m| {
+            if let Some(n) = crate::sd3::parse(&m.name).filter(|n| n.site.is_fused()) {
+                let whole = n.parts == (0..3) && m.out_features % 3 == 0;
+                let widths = [m.out_features / 3; 3];
+                return whole
+                    && file.tensor_f32(&m.up_key).is_ok_and(|up| block_diagonal(&up, m.rank, &widths).is_some());
+            }
             let Some(n) = flux::parse(&m.name) else { return false };
             let widths = n.site.part_widths(m.in_features, m.out_features);
             n.site.is_fused()

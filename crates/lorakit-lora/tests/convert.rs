@@ -313,7 +313,9 @@ fn refused_inputs_name_the_problem_and_write_nothing() {
     let sd2 = write(dir.path(), "sd2.safetensors", &t, &[]);
     let e = msg(convert_file(&sd2, &out, Target::Peft, None, None).unwrap_err());
     assert!(
-        e.contains("SD2.x") && e.contains("convert supports SD1.5, SDXL and Flux") && e.contains("sd2.safetensors"),
+        e.contains("SD2.x")
+            && e.contains("convert supports SD1.5, SDXL, SD3 and Flux")
+            && e.contains("sd2.safetensors"),
         "{e}"
     );
 
@@ -324,12 +326,16 @@ fn refused_inputs_name_the_problem_and_write_nothing() {
     let e = msg(convert_file(&flux, &out, Target::Peft, None, None).unwrap_err());
     assert!(e.contains("`lora_unet_double_blocks_0_img_attn_qkv`") && e.contains("do not split"), "{e}");
 
-    // Metadata naming SD3 with keys that say nothing.
+    // Metadata naming SD2 with keys that say nothing.
     let mut t = BTreeMap::new();
     add(&mut t, "lora_unet_something", &[2, 8], 4, None);
+    let sd2 = write(dir.path(), "sd2-meta.safetensors", &t, &[("ss_base_model_version", "sd_v2")]);
+    let e = msg(convert_file(&sd2, &out, Target::Peft, None, None).unwrap_err());
+    assert!(e.contains("SD2.x") && e.contains("metadata"), "{e}");
+    // Metadata naming SD3: the names are read as SD3's, and the unknown one is refused by name.
     let sd3 = write(dir.path(), "sd3.safetensors", &t, &[("ss_base_model_version", "sd3")]);
     let e = msg(convert_file(&sd3, &out, Target::Peft, None, None).unwrap_err());
-    assert!(e.contains("SD3") && e.contains("metadata"), "{e}");
+    assert!(e.contains("`lora_unet_something`") && e.contains("SD3"), "{e}");
 
     // Unknown family; --family then decides, and the unknown name is refused by name.
     let unknown = write(dir.path(), "unknown.safetensors", &t, &[]);
@@ -338,7 +344,7 @@ fn refused_inputs_name_the_problem_and_write_nothing() {
     let e = msg(convert_file(&unknown, &out, Target::Peft, None, Some(Family::Sdxl)).unwrap_err());
     assert!(e.contains("`lora_unet_something`") && e.contains("SDXL"), "{e}");
     let e = msg(convert_file(&unknown, &out, Target::Peft, None, Some(Family::Sd2)).unwrap_err());
-    assert!(e.contains("convert supports SD1.5, SDXL and Flux"), "{e}");
+    assert!(e.contains("convert supports SD1.5, SDXL, SD3 and Flux"), "{e}");
     let e = msg(convert_file(&unknown, &out, Target::Peft, None, Some(Family::Flux)).unwrap_err());
     assert!(e.contains("`lora_unet_something`") && e.contains("Flux"), "{e}");
 
