@@ -7,7 +7,9 @@
 //!   `t5xxl_max_token_length` (256) padded with `<pad>`. Attention masks: 1 on BOS, the text and
 //!   EOS, 0 on padding. sd-scripts loads laion's tokenizer (pad token `<|endoftext|>`) and only
 //!   then sets the pad id, so a `!` in the text stays an ordinary BPE character for CLIP-G — no
-//!   splitting at `!` as diffusers' SD3 `tokenizer_2` does (see the differences below).
+//!   splitting at `!` as diffusers' SD3 `tokenizer_2` does (see the differences below). (laion's
+//!   own pad token is not `!`: diffusers' `convert_from_ckpt` loads that tokenizer with an
+//!   explicit `pad_token="!"`.)
 //! - CLIP-L and CLIP-G are both `CLIPTextModelWithProjection`s (sd-scripts gives CLIP-L an
 //!   identity `text_projection` when its file has none: [`clip_l_from_weights`]). Each gives its
 //!   penultimate hidden state (`hidden_states[-2]`, no final LayerNorm) and its projected EOS
@@ -198,9 +200,11 @@ pub struct Sd3TextOutput {
     /// T5's attention mask (B, L), zero on dropped rows.
     pub t5_attn_mask: Option<Tensor>,
     /// CLIP-L's share of `lg_out`'s features (its hidden size, 768 for SD3): where
-    /// [`Self::drop_cached`] splits CLIP-L from CLIP-G (sd-scripts' constant 768).
+    /// [`Self::drop_cached`] splits CLIP-L from CLIP-G (sd-scripts' constant 768). Set by the
+    /// encoders (kept after [`Sd3TextEncoders::release_clips`]); 0 when they never held the
+    /// CLIPs — set it when filling `lg_out` from a cache.
     pub l_width: usize,
-    /// CLIP-L's share of `lg_pooled` (its projection width, 768 for SD3).
+    /// CLIP-L's share of `lg_pooled` (its projection width, 768 for SD3); as `l_width`.
     pub l_pooled_width: usize,
 }
 
@@ -226,9 +230,10 @@ impl Sd3TextOutput {
             let Some(t) = t else { return Ok(None) };
             let last = t.rank() - 1;
             let d = t.dim(last)?;
-            if width > d {
+            if width == 0 || width > d {
                 return Err(Error::Invalid(format!(
-                    "SD3 text output: CLIP-L width {width} is larger than the CLIP features ({d})"
+                    "SD3 text output: CLIP-L's width {width} does not split the {d} CLIP features (set l_width / \
+                     l_pooled_width to CLIP-L's hidden size / projection width, 768 for SD3)"
                 )));
             }
             let l = zero_rows(&t.narrow(last, 0, width)?, &drops.clip_l)?;

@@ -339,6 +339,10 @@ fn cached_output_dropout_matches_sd_scripts() {
     }
     let err = cached.drop_cached(&Sd3Drops::none(4)).unwrap_err().to_string();
     assert!(err.contains("batch has 5"), "{err}");
+    // Outputs from a cache without CLIP-L's width cannot be split.
+    let unknown = Sd3TextOutput { l_width: 0, ..cached.clone() };
+    let err = unknown.drop_cached(&drops).unwrap_err().to_string();
+    assert!(err.contains("l_width"), "{err}");
 }
 
 #[test]
