@@ -21,8 +21,9 @@ the rows that are read are random).
 Tokenizers are built as sd-scripts' `Sd3TokenizeStrategy` loads them, without the hub:
 CLIP-L = `CLIPTokenizer` on the vocabulary lorakit embeds (openai/clip-vit-large-patch14: pad
 `<|endoftext|>`); CLIP-G = the same, then `pad_token_id = 0` exactly as sd-scripts does after
-loading laion/CLIP-ViT-bigG-14-laion2B-39B-b160k (whose pad token is `<|endoftext|>`, so `!` in
-the text stays an ordinary character and only the padding is id 0); T5 = `T5TokenizerFast` on
+loading laion/CLIP-ViT-bigG-14-laion2B-39B-b160k (whose pad token is not `!` — diffusers'
+convert_from_ckpt loads it with an explicit pad_token="!" — so `!` in the text stays an ordinary
+character and only the padding is id 0); T5 = `T5TokenizerFast` on
 lorakit's embedded google/t5-v1_1-xxl tokenizer.json. diffusers' SD3 folders ship a
 `tokenizer_2` whose pad token is `!`, which also splits the text at every `!`: built here the
 same way (`pad_token="!"`) for diffusers' encode_prompt.
