@@ -67,9 +67,10 @@ const FINAL_MODULATION: usize = 6;
 /// Index of `x_embedder.proj` (the conv) in [`GLOBAL`].
 const PATCH_EMBED: usize = 3;
 
-/// CLIP layer children (HF `CLIPTextModelWithProjection`, under `text_model.encoder.layers.N.`).
+/// CLIP layer children (HF `CLIPTextModelWithProjection`, under `text_model.encoder.layers.N.`),
+/// in the order HF's `CLIPAttention` defines them (sd-scripts' creation order).
 const CLIP: [&str; 6] =
-    ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.out_proj", "mlp.fc1", "mlp.fc2"];
+    ["self_attn.k_proj", "self_attn.v_proj", "self_attn.q_proj", "self_attn.out_proj", "mlp.fc1", "mlp.fc2"];
 
 /// T5 block children (HF `T5EncoderModel`, under `encoder.block.N.`), as sd-scripts targets them.
 const T5: [&str; 7] = [
@@ -413,7 +414,7 @@ mod tests {
         assert_eq!(site("lora_unet_final_layer_adaLN_modulation_1").0, Site::Global(FINAL_MODULATION));
         assert_eq!(site("transformer.norm_out.linear").0, Site::Global(FINAL_MODULATION));
         assert_eq!(site("lora_te2_text_model_encoder_layers_31_mlp_fc2").0, Site::ClipG(31, 5));
-        assert_eq!(site("text_encoder_2.text_model.encoder.layers.0.self_attn.q_proj").0, Site::ClipG(0, 0));
+        assert_eq!(site("text_encoder_2.text_model.encoder.layers.0.self_attn.q_proj").0, Site::ClipG(0, 2));
         assert_eq!(site("text_encoder.text_model.encoder.layers.11.self_attn.out_proj").0, Site::ClipL(11, 3));
         assert_eq!(site("lora_te3_encoder_block_23_layer_1_DenseReluDense_wi_0").0, Site::T5(23, 4));
         assert_eq!(site("text_encoder_3.encoder.block.0.layer.0.SelfAttention.o").0, Site::T5(0, 3));

@@ -378,7 +378,7 @@ fn odd_shapes_never_panic() {
     assert!(case > 250);
 }
 
-/// Keeps `Arch` in use here until the full-size names test reads it.
+/// The tiny fixture's layers (manifest.json's config) are exactly the kohya file's modules.
 #[test]
 fn tiny_fixture_arch_is_every_layer_of_the_kohya_file() {
     let manifest: serde_json::Value =
@@ -388,13 +388,84 @@ fn tiny_fixture_arch_is_every_layer_of_the_kohya_file() {
         depth: config["depth"].as_u64().unwrap() as u32,
         attn2_blocks: config["attn2_blocks"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect(),
     };
-    let layers = |key: &str| config[key][2].as_u64().unwrap() as u32;
-    let ours: BTreeSet<String> =
-        Site::all(&arch, layers("clip_l"), layers("clip_g"), config["t5"][3].as_u64().unwrap() as u32)
-            .into_iter()
-            .map(Site::kohya_name)
-            .collect();
+    let layers = |key: &str, i: usize| config[key][i].as_u64().unwrap() as u32;
+    let ours: Vec<String> = Site::all(&arch, layers("clip_l", 2), layers("clip_g", 2), layers("t5", 3))
+        .into_iter()
+        .map(Site::kohya_name)
+        .collect();
     let file = LoraFile::open(dir().join("kohya.safetensors")).unwrap();
     let theirs: BTreeSet<String> = keys::modules(&file).unwrap().modules.into_iter().map(|m| m.name).collect();
-    assert_eq!(ours, theirs);
+    assert_eq!(ours.iter().cloned().collect::<BTreeSet<_>>(), theirs);
+    assert_eq!(ours.len(), theirs.len());
+}
+
+/// sd-scripts' module names for the full-size SD3 Medium, SD3.5 Medium and SD3.5 Large
+/// (module_names.json, from lora_sd3.create_network): lorakit's layers of each architecture are
+/// exactly these, in sd-scripts' order, with the widths and block labels of the layers they name.
+#[test]
+fn sd_scripts_full_size_names_are_sd3_modules_in_order() {
+    let text = std::fs::read_to_string(dir().join("module_names.json")).unwrap();
+    let doc: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let list = |v: &serde_json::Value| -> Vec<(String, usize, usize)> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|m| {
+                (m[0].as_str().unwrap().to_string(), m[1].as_u64().unwrap() as usize, m[2].as_u64().unwrap() as usize)
+            })
+            .collect()
+    };
+    let te = list(&doc["text_encoders"]);
+    let count = |p: &str| te.iter().filter(|m| m.0.starts_with(p)).count();
+    assert_eq!((count("lora_te1_"), count("lora_te2_"), count("lora_te3_")), (72, 192, 168));
+    let archs = doc["architectures"].as_object().unwrap();
+    assert_eq!(archs.len(), 3);
+    for (name, a) in archs {
+        let config = &a["config"];
+        let arch = Arch {
+            depth: config["depth"].as_u64().unwrap() as u32,
+            attn2_blocks: config["attn2_blocks"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_u64().unwrap() as u32)
+                .collect(),
+        };
+        let hidden = config["hidden"].as_u64().unwrap() as usize;
+        let theirs: Vec<(String, usize, usize)> =
+            te.iter().cloned().chain(list(&a["unet"])).chain(list(&a["emb_dims"])).collect();
+        let ours: Vec<String> = Site::all(&arch, 12, 32, 24).into_iter().map(Site::kohya_name).collect();
+        let names: Vec<&String> = theirs.iter().map(|m| &m.0).collect();
+        assert_eq!(ours.iter().collect::<Vec<_>>(), names, "{name}: names and order");
+        for (module, inn, out) in &theirs {
+            let n = parse(module).unwrap_or_else(|| panic!("{name}: {module} not recognised"));
+            assert_eq!((n.layout, n.parts.clone()), (Layout::Kohya, 0..n.site.part_count()), "{module}");
+            if let Site::Joint(i, _) = n.site {
+                assert_eq!(n.site.block().to_string(), format!("J{i:02}"), "{module}");
+                if n.site.is_fused() {
+                    assert_eq!((*inn, *out), (hidden, 3 * hidden), "{name}: {module}");
+                }
+                // Only the last block's context modulation (pre-only: shift, scale) swaps halves.
+                let last_context = i + 1 == arch.depth && module.ends_with("context_block_adaLN_modulation_1");
+                assert_eq!(n.site.swaps_halves(*inn, *out), last_context, "{name}: {module}");
+            }
+            assert_eq!(n.site.is_conv(), module == "lora_unet_x_embedder_proj", "{module}");
+        }
+        let want = match name.as_str() {
+            "sd35_medium" => Some("3.5 Medium"),
+            "sd35_large" => Some("3.5 Large"),
+            _ => None,
+        };
+        assert_eq!(lorakit_lora::sd3::variant(theirs.iter().map(|m| (m.0.as_str(), m.1))), want, "{name}");
+        let blocks: BTreeSet<String> = ours.iter().map(|n| parse(n).unwrap().site.block().to_string()).collect();
+        assert_eq!(blocks.len(), arch.depth as usize + 5, "{name}: J00.., BASE, FINAL, TE1–TE3");
+    }
+    // split_qkv saves keep the fused names with 3 × rank.
+    let shapes = doc["split_qkv_saved_shapes"].as_object().unwrap();
+    for qkv in ["context_block_attn_qkv", "x_block_attn_qkv", "x_block_attn2_qkv"] {
+        let key = format!("lora_unet_joint_blocks_0_{qkv}");
+        assert!(parse(&key).unwrap().site.is_fused());
+        assert_eq!(shapes[&format!("{key}.lora_down.weight")], serde_json::json!([12, 1536]));
+        assert_eq!(shapes[&format!("{key}.lora_up.weight")], serde_json::json!([4608, 12]));
+    }
 }
