@@ -84,33 +84,9 @@ impl FluxNetworkArgs {
     }
 
     /// Parses a block selection (`all`, `none`, or indices and ranges such as `0-3,7`) over
-    /// `total` blocks, as sd-scripts' `parse_block_selection`.
+    /// `total` blocks: [`super::block_selection::parse_block_selection`].
     pub fn parse_block_selection(key: &str, value: &str, total: usize) -> Result<Vec<bool>, String> {
-        match value {
-            "all" => return Ok(vec![true; total]),
-            "none" | "" => return Ok(vec![false; total]),
-            _ => {}
-        }
-        let mut selected = vec![false; total];
-        let index =
-            |s: &str| {
-                s.trim().parse::<usize>().ok().filter(|&i| i < total).ok_or_else(|| {
-                    format!("{key} = {value:?}: `{}` is not a block index (0 to {})", s.trim(), total - 1)
-                })
-            };
-        for part in value.split(',') {
-            match part.split_once('-') {
-                Some((a, b)) => {
-                    let (a, b) = (index(a)?, index(b)?);
-                    if a > b {
-                        return Err(format!("{key} = {value:?}: range {a}-{b} runs backwards"));
-                    }
-                    selected[a..=b].iter_mut().for_each(|s| *s = true);
-                }
-                None => selected[index(part)?] = true,
-            }
-        }
-        Ok(selected)
+        super::block_selection::parse_block_selection(key, value, total)
     }
 
     /// With `split_qkv`, the output widths of the parts of the fused layer `name` (kohya name)
