@@ -9,10 +9,12 @@
 //!   florence-community weights.
 //! - [`api`]: captions from any OpenAI-compatible vision chat API, with retries and resumable runs.
 //! - [`pil_resize`]: PIL's resize, bit for bit, which the captioners' references use.
+//! - [`pil_decode`]: image files decoded as PIL decodes them (JPEGs through libjpeg-turbo).
 
 pub mod api;
 pub mod florence2;
 pub mod output;
+pub mod pil_decode;
 pub mod pil_resize;
 pub mod targets;
 pub mod wd14;

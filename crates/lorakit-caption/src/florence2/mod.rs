@@ -310,11 +310,8 @@ impl Captioner {
         num_beams: usize,
         max_new_tokens: usize,
     ) -> Result<String> {
-        let image = image::ImageReader::open(path)
-            .and_then(|r| r.with_guessed_format())
-            .map_err(|e| Florence2Error::Image { path: path.to_path_buf(), message: e.to_string() })?
-            .decode()
-            .map_err(|e| Florence2Error::Image { path: path.to_path_buf(), message: format!("cannot decode: {e}") })?;
+        let image = crate::pil_decode::open(path)
+            .map_err(|e| Florence2Error::Image { path: path.to_path_buf(), message: e.to_string() })?;
         let cfg = &self.processor.image;
         let pixels = Tensor::from_vec(cfg.pixel_values(&image), (1, 3, cfg.height, cfg.width), &self.device)?;
         let ids = self.processor.input_ids(task)?;

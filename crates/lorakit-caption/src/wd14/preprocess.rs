@@ -52,13 +52,11 @@ impl Prepared {
     }
 }
 
-/// Decodes `path` and prepares it (a decoding failure names the file).
+/// Decodes `path` as PIL does ([`crate::pil_decode`]) and prepares it (a decoding failure
+/// names the file).
 pub fn load(path: &Path, size: usize, resize: Resize) -> Result<Prepared, Wd14Error> {
-    let image = image::ImageReader::open(path)
-        .and_then(|r| r.with_guessed_format())
-        .map_err(|e| Wd14Error::Image { path: path.to_path_buf(), message: e.to_string() })?
-        .decode()
-        .map_err(|e| Wd14Error::Image { path: path.to_path_buf(), message: format!("cannot decode: {e}") })?;
+    let image = crate::pil_decode::open(path)
+        .map_err(|e| Wd14Error::Image { path: path.to_path_buf(), message: e.to_string() })?;
     Ok(prepare(&image, size, resize))
 }
 
