@@ -109,13 +109,13 @@ fn sd3_medium_single_file_and_diffusers_folder_load_the_same_model() -> TestResu
     assert_eq!(sai_scaling, dir_scaling);
     assert_eq!((sai_scaling.scale, sai_scaling.shift), (1.5305, 0.0609));
     // What the shapes show matches the folder's config.
-    for (a, b) in [(&sai_vae_cfg, &dir_vae_cfg)] {
-        assert_eq!(a.block_out_channels, b.block_out_channels);
-        assert_eq!((a.layers_per_block, a.latent_channels, a.norm_num_groups), (1, 16, 8));
-        assert_eq!((b.layers_per_block, b.latent_channels, b.norm_num_groups), (1, 16, 8));
-        assert_eq!((a.use_quant_conv, a.use_post_quant_conv), (b.use_quant_conv, b.use_post_quant_conv));
-        assert_eq!((a.in_channels, a.out_channels, a.mid_block_add_attention), (3, 3, true));
-    }
+    let (a, b) = (&sai_vae_cfg, &dir_vae_cfg);
+    assert_eq!(a.block_out_channels, b.block_out_channels);
+    assert_eq!((a.layers_per_block, a.latent_channels, a.norm_num_groups), (1, 16, 8));
+    assert_eq!((b.layers_per_block, b.latent_channels, b.norm_num_groups), (1, 16, 8));
+    assert_eq!((a.use_quant_conv, a.use_post_quant_conv), (b.use_quant_conv, b.use_post_quant_conv));
+    assert_eq!((a.in_channels, a.out_channels, a.mid_block_add_attention), (3, 3, true));
+    assert_eq!((a.scaling_factor, a.shift_factor), (b.scaling_factor, b.shift_factor));
 
     for which in ENCODERS {
         let (sai_cfg, sai_w) = encoder(&sai, which)?;

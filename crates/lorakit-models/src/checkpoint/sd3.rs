@@ -366,7 +366,8 @@ pub fn load_sd3_vae(paths: &Sd3Paths, device: &Device) -> Result<(AutoencoderKLC
 fn read_ldm_vae(path: &Path, names: &[String], separate: bool, device: &Device) -> Result<HashMap<String, Tensor>> {
     let prefixed = names.iter().any(|n| n.starts_with(VAE_PREFIX));
     // Bare LDM keys only in a file given as the VAE (a model file's bare keys are the MMDiT's).
-    if !prefixed && !(separate && names.iter().any(|n| n.starts_with("encoder.down."))) {
+    let bare = separate && names.iter().any(|n| n.starts_with("encoder.down."));
+    if !prefixed && !bare {
         return Err(Error::Checkpoint {
             path: path.to_path_buf(),
             message: "no VAE weights (`first_stage_model.*`) in this checkpoint; give SD3's VAE file (vae, as sd-scripts' --vae)".into(),
