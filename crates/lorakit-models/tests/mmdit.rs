@@ -74,7 +74,7 @@ fn predictions_match_diffusers_and_blocks_match_sd_scripts() -> TestResult {
         let ctx = ForwardCtx::default();
         let c = model.conditioning(&io["t"], &io["y"], &ctx)?;
         check(&format!("{variant} conditioning"), &c, &io[&format!("{variant}.c")])?;
-        let inputs = MmditInputs { x: &io["x"], timesteps: &io["t"], pooled: &io["y"], context: &io["context"] };
+        let inputs = MmditInputs::new(&io["x"], &io["t"], &io["y"], &io["context"]);
         let mut blocks = Vec::new();
         let out = model.forward_observed(&inputs, &ctx, &mut |i, context, x| {
             blocks.push((i, context.cloned(), x.clone()));
@@ -119,9 +119,7 @@ fn the_position_table_is_the_centre_crop_and_oversized_latents_are_refused() -> 
         Tensor::zeros((1, 40), DType::F32, &Device::Cpu)?,
         Tensor::zeros((1, 3, 36), DType::F32, &Device::Cpu)?,
     );
-    let err = model
-        .forward(&MmditInputs { x: &x, timesteps: &t, pooled: &y, context: &context }, &ForwardCtx::default())
-        .unwrap_err();
+    let err = model.forward(&MmditInputs::new(&x, &t, &y, &context), &ForwardCtx::default()).unwrap_err();
     assert!(err.to_string().contains("multiples of 2"), "{err}");
     Ok(())
 }

@@ -16,12 +16,16 @@
 //! `attention()` takes the head width); this follows SAI's `mmditx.py` and diffusers, the model
 //! as published.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
 use candle_core::{DType, Device, Result, Tensor, D};
 use lorakit_nn::activation::{gelu_tanh, silu};
 use lorakit_nn::attention::attention_heads;
 use lorakit_nn::dit::{gated_residual, head_rms_norm, modulate};
-use lorakit_nn::lora::{LoraTarget, TargetGroup};
+use lorakit_nn::lora::{LoraKind, LoraTarget, TargetGroup};
 use lorakit_nn::{Conv2d, ForwardCtx, LayerNorm, Linear};
+use rand::Rng;
 
 use crate::weights::WeightsView;
 
@@ -136,6 +140,138 @@ impl MmditConfig {
             (false, true) => "sd3m",
         }
     }
+
+    /// SAI's SD3 Medium (`sd3_medium.safetensors`): 24 blocks, 192² positions.
+    pub fn sd3_medium() -> Self {
+        Self::released(24, 192, false, vec![])
+    }
+
+    /// SAI's SD3.5 Medium (MMDiT-X): 24 blocks, 384² positions, q/k norms, a second attention
+    /// in blocks 0–12.
+    pub fn sd35_medium() -> Self {
+        Self::released(24, 384, true, (0..13).collect())
+    }
+
+    /// SAI's SD3.5 Large: 38 blocks, 192² positions, q/k norms.
+    pub fn sd35_large() -> Self {
+        Self::released(38, 192, true, vec![])
+    }
+
+    /// A released model's shape: width 64 per block (sd-scripts' and SAI's rule), heads of 64,
+    /// MLP ratio 4, CLIP-L+G pooled (2048) and T5-XXL context (4096), 16 latent channels.
+    fn released(depth: usize, pos_embed_max_size: usize, qk_norm: bool, x_self_attn_layers: Vec<usize>) -> Self {
+        let hidden_size = SD3_HEAD_DIM * depth;
+        MmditConfig {
+            in_channels: 16,
+            patch_size: 2,
+            depth,
+            hidden_size,
+            num_heads: depth,
+            mlp_hidden: 4 * hidden_size,
+            pos_embed_max_size,
+            pooled_dim: 2048,
+            context_dim: 4096,
+            qk_norm,
+            x_self_attn_layers,
+        }
+    }
+
+    /// [`MmditTransformer::lora_targets`] from the sizes alone (no weights): what a full-size
+    /// model's LoRA will hold, for plans and name checks.
+    pub fn lora_targets(&self) -> Vec<LoraTarget> {
+        let (h, m) = (self.hidden_size, self.mlp_hidden);
+        let mut out = Vec::new();
+        for b in 0..self.depth {
+            for side in ["context_block", "x_block"] {
+                let p = format!("joint_blocks.{b}.{side}");
+                let pre_only = side == "context_block" && b + 1 == self.depth;
+                let attn2 = side == "x_block" && self.x_self_attn_layers.contains(&b);
+                out.push(linear_target(format!("{p}.attn.qkv"), h, 3 * h, TargetGroup::Attention));
+                if !pre_only {
+                    out.push(linear_target(format!("{p}.attn.proj"), h, h, TargetGroup::Attention));
+                }
+                if attn2 {
+                    out.push(linear_target(format!("{p}.attn2.qkv"), h, 3 * h, TargetGroup::Attention));
+                    out.push(linear_target(format!("{p}.attn2.proj"), h, h, TargetGroup::Attention));
+                }
+                if !pre_only {
+                    out.push(linear_target(format!("{p}.mlp.fc1"), h, m, TargetGroup::Attention));
+                    out.push(linear_target(format!("{p}.mlp.fc2"), m, h, TargetGroup::Attention));
+                }
+                let mods = if pre_only {
+                    2
+                } else if attn2 {
+                    9
+                } else {
+                    6
+                };
+                out.push(linear_target(format!("{p}.adaLN_modulation.1"), h, mods * h, TargetGroup::Attention));
+            }
+        }
+        out
+    }
+
+    /// [`MmditTransformer::input_lora_targets`] from the sizes alone, flattened in `emb_dims`
+    /// order (context_embedder, t_embedder, x_embedder, y_embedder, final adaLN, final linear).
+    pub fn input_lora_targets(&self) -> Vec<LoraTarget> {
+        let (h, p) = (self.hidden_size, self.patch_size);
+        let named = |path: &str, i: usize, o: usize| linear_target(path.to_string(), i, o, TargetGroup::Named);
+        vec![
+            named("context_embedder", self.context_dim, h),
+            named("t_embedder.mlp.0", TIME_EMBED_DIM, h),
+            named("t_embedder.mlp.2", h, h),
+            LoraTarget {
+                kind: LoraKind::Conv { kernel: p, stride: p, padding: 0 },
+                ..named("x_embedder.proj", self.in_channels, h)
+            },
+            named("y_embedder.mlp.0", self.pooled_dim, h),
+            named("y_embedder.mlp.2", h, h),
+            named("final_layer.adaLN_modulation.1", h, 2 * h),
+            named("final_layer.linear", h, p * p * self.in_channels),
+        ]
+    }
+
+    /// Every weight's SAI key and shape (the keys [`MmditTransformer::new`] reads).
+    pub fn parameter_shapes(&self) -> Vec<(String, Vec<usize>)> {
+        let (h, p, d) = (self.hidden_size, self.patch_size, self.head_dim());
+        let mut out = vec![
+            ("pos_embed".to_string(), vec![1, self.pos_embed_max_size * self.pos_embed_max_size, h]),
+            ("x_embedder.proj.weight".to_string(), vec![h, self.in_channels, p, p]),
+            ("x_embedder.proj.bias".to_string(), vec![h]),
+        ];
+        let mut linear = |name: String, i: usize, o: usize| {
+            out.push((format!("{name}.weight"), vec![o, i]));
+            out.push((format!("{name}.bias"), vec![o]));
+        };
+        linear("t_embedder.mlp.0".into(), TIME_EMBED_DIM, h);
+        linear("t_embedder.mlp.2".into(), h, h);
+        linear("y_embedder.mlp.0".into(), self.pooled_dim, h);
+        linear("y_embedder.mlp.2".into(), h, h);
+        linear("context_embedder".into(), self.context_dim, h);
+        for t in self.lora_targets() {
+            linear(t.path, t.in_dim, t.out_dim);
+        }
+        linear("final_layer.linear".into(), h, p * p * self.in_channels);
+        linear("final_layer.adaLN_modulation.1".into(), h, 2 * h);
+        if self.qk_norm {
+            for b in 0..self.depth {
+                for side in ["context_block", "x_block"] {
+                    let attn2 = side == "x_block" && self.x_self_attn_layers.contains(&b);
+                    for a in std::iter::once("attn").chain(attn2.then_some("attn2")) {
+                        for n in ["ln_q", "ln_k"] {
+                            out.push((format!("joint_blocks.{b}.{side}.{a}.{n}.weight"), vec![d]));
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+/// A linear LoRA target at `path`.
+fn linear_target(path: String, in_dim: usize, out_dim: usize, group: TargetGroup) -> LoraTarget {
+    LoraTarget { path, kohya_path: None, kind: LoraKind::Linear, in_dim, out_dim, group }
 }
 
 /// SAI's sinusoidal embedding of timesteps `t` (0..1000, not scaled):
@@ -146,6 +282,141 @@ pub fn timestep_embedding(t: &Tensor, dim: usize, dtype: DType) -> Result<Tensor
     let freqs = Tensor::from_vec(freqs, (1, half), t.device())?;
     let args = t.to_dtype(DType::F32)?.unsqueeze(1)?.broadcast_mul(&freqs)?;
     Tensor::cat(&[args.cos()?, args.sin()?], 1)?.to_dtype(dtype)
+}
+
+/// How much larger than its latent size sd-scripts makes each scaled position grid
+/// (`MMDiT.POS_EMBED_MAX_RATIO`).
+const POS_EMBED_MAX_RATIO: f64 = 1.5;
+/// `get_scaled_2d_sincos_pos_embed`'s `base_size`: the grid the released model was trained on
+/// (in patches) spans 16 units of position.
+const SCALED_POS_BASE_SIZE: f64 = 16.0;
+/// The latent stride sd-scripts divides resolutions by for the scaled tables (the SD3 VAE's 8,
+/// hard-coded in `sd3_train_network.py`).
+const SCALED_POS_LATENT_STRIDE: usize = 8;
+
+/// sd-scripts' `get_scaled_2d_sincos_pos_embed(dim, grid, sample_size=sample_size)`: a
+/// `grid`×`grid` sinusoidal position table (grid², `dim`) whose central `sample_size`² patches
+/// span the 16 position units of the model's training grid, f32. Computed as numpy does: the
+/// grid coordinates in f32, the sines and cosines in f64. Each position is
+/// `[sin(x·ω), cos(x·ω), sin(y·ω), cos(y·ω)]` (x the column) with `ω_i = 10000^(−i/(dim/4))`.
+pub fn scaled_sincos_pos_embed(dim: usize, grid: usize, sample_size: usize, device: &Device) -> Result<Tensor> {
+    if dim % 4 != 0 || grid == 0 || sample_size == 0 {
+        candle_core::bail!(
+            "scaled position table: width {dim} must be a multiple of 4, grid {grid} and size {sample_size} positive"
+        )
+    }
+    let g = grid as f64;
+    let scale = SCALED_POS_BASE_SIZE * g / sample_size as f64;
+    let shift = scale * (g - sample_size as f64) / (2.0 * g);
+    // numpy: (arange(f32) / grid) * scale − shift, all in f32 (the Python floats are cast).
+    let coords: Vec<f32> = (0..grid).map(|i| (i as f32 / grid as f32) * scale as f32 - shift as f32).collect();
+    let quarter = dim / 4;
+    let omega: Vec<f64> = (0..quarter).map(|i| 1.0 / 10_000f64.powf(i as f64 / quarter as f64)).collect();
+    let encode = |pos: f32, out: &mut Vec<f32>| {
+        let pos = pos as f64;
+        out.extend(omega.iter().map(|w| (pos * w).sin() as f32));
+        out.extend(omega.iter().map(|w| (pos * w).cos() as f32));
+    };
+    let mut data = Vec::with_capacity(grid * grid * dim);
+    for &y in &coords {
+        for &x in &coords {
+            encode(x, &mut data);
+            encode(y, &mut data);
+        }
+    }
+    Tensor::from_vec(data, (grid * grid, dim), device)
+}
+
+/// sd-scripts' `resolution_area_to_latent_size` for `latent_sizes` (latent pixels, any order,
+/// duplicates dropped): `(largest area in patches, patched size)` sorted by size — an image of
+/// `h·w` patches takes the first size whose area bound it does not exceed. Bounds lie halfway
+/// (in area) between neighbouring sizes; the last is `⌊(1.5·size)²⌋`.
+pub fn resolution_area_to_latent_size(latent_sizes: &[usize], patch_size: usize) -> Vec<(usize, usize)> {
+    let mut sizes = latent_sizes.to_vec();
+    sizes.sort_unstable();
+    sizes.dedup();
+    // Latent sizes in one patch step share a patched size; sd-scripts keeps the repeats.
+    let patched: Vec<usize> = sizes.iter().map(|s| s / patch_size).collect();
+    (0..patched.len())
+        .map(|i| {
+            let bound = match patched.get(i + 1) {
+                Some(next) => (patched[i] * patched[i] + next * next) / 2,
+                None => (patched[i] as f64 * POS_EMBED_MAX_RATIO).powi(2) as usize,
+            };
+            (bound, patched[i])
+        })
+        .collect()
+}
+
+/// The latent sizes sd-scripts' `load_target_model` prepares scaled tables for, from the
+/// datasets' `(width, height)` resolutions: `round(√(w·h)) // 8`, duplicates dropped.
+pub fn scaled_pos_embed_latent_sizes(resolutions: &[(usize, usize)]) -> Vec<usize> {
+    let mut sizes: Vec<usize> = resolutions
+        .iter()
+        .map(|&(w, h)| ((w as f64 * h as f64).sqrt().round() as usize) / SCALED_POS_LATENT_STRIDE)
+        .collect();
+    sizes.sort_unstable();
+    sizes.dedup();
+    sizes
+}
+
+/// Where an image's position table is cut from the grid.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub enum PosCrop {
+    /// The centre, `((N − h) // 2, (N − w) // 2)` (sd-scripts without random cropping).
+    #[default]
+    Centre,
+    /// sd-scripts' random crop, from two draws in [0, 1): top `⌊u_top·(N − h + 1)⌋`, left
+    /// likewise — resolved once the table side N is known (scaled tables differ per size).
+    Random { u_top: f64, u_left: f64 },
+    /// A given top-left corner (an error when the image does not fit there).
+    At { top: usize, left: usize },
+}
+
+impl PosCrop {
+    /// sd-scripts' `pos_emb_random_crop_rate` draw: once per forward call for the whole batch,
+    /// a random crop with probability `rate`, else the centre. A rate of 0 draws nothing (as
+    /// sd-scripts). sd-scripts draws this in every forward, sampling included.
+    pub fn draw(rate: f64, rng: &mut impl Rng) -> Self {
+        if rate == 0.0 || rng.random::<f64>() >= rate {
+            return PosCrop::Centre;
+        }
+        PosCrop::Random { u_top: rng.random(), u_left: rng.random() }
+    }
+
+    /// The top-left corner of an `h`×`w` crop of an `n`×`n` grid (`h`, `w` ≤ `n`).
+    fn corner(self, n: usize, h: usize, w: usize) -> Result<(usize, usize)> {
+        if h > n || w > n {
+            candle_core::bail!("{h}×{w} patches do not fit the {n}×{n} position grid")
+        }
+        let pick = |u: f64, len: usize| ((u * (n - len + 1) as f64) as usize).min(n - len);
+        match self {
+            PosCrop::Centre => Ok(((n - h) / 2, (n - w) / 2)),
+            PosCrop::Random { u_top, u_left } => Ok((pick(u_top, h), pick(u_left, w))),
+            PosCrop::At { top, left } if top + h <= n && left + w <= n => Ok((top, left)),
+            PosCrop::At { top, left } => {
+                candle_core::bail!("position crop at ({top}, {left}) of {h}×{w} patches leaves the {n}×{n} grid")
+            }
+        }
+    }
+}
+
+/// sd-scripts' scaled position tables (`enable_scaled_pos_embed`): one per patched size, grown
+/// by [`MmditTransformer::pos_embed`] when an image is too tall or wide for its table.
+#[derive(Debug)]
+struct ScaledPosEmbed {
+    /// `(largest area, patched size)`, sorted ([`resolution_area_to_latent_size`]).
+    area_to_size: Vec<(usize, usize)>,
+    /// Patched size → its (grid², W) f32 table.
+    tables: HashMap<usize, Tensor>,
+}
+
+/// An `h`×`w` crop of the square (n², W) table `table` at `crop`, (h·w, W).
+fn crop_grid(table: &Tensor, h: usize, w: usize, crop: PosCrop) -> Result<Tensor> {
+    let (positions, width) = table.dims2()?;
+    let n = (positions as f64).sqrt().round() as usize;
+    let (top, left) = crop.corner(n, h, w)?;
+    table.reshape((n, n, width))?.narrow(0, top, h)?.narrow(1, left, w)?.reshape((h * w, width))
 }
 
 /// A LayerNorm without affine weights.
@@ -379,6 +650,15 @@ pub struct MmditInputs<'a> {
     pub pooled: &'a Tensor,
     /// Text context (B, L, context_dim).
     pub context: &'a Tensor,
+    /// Where the position table is cut ([`PosCrop::draw`] for `pos_emb_random_crop_rate`).
+    pub pos_crop: PosCrop,
+}
+
+impl<'a> MmditInputs<'a> {
+    /// Inputs with the centred position table.
+    pub fn new(x: &'a Tensor, timesteps: &'a Tensor, pooled: &'a Tensor, context: &'a Tensor) -> Self {
+        MmditInputs { x, timesteps, pooled, context, pos_crop: PosCrop::Centre }
+    }
 }
 
 /// The SD3 / SD3.5 transformer.
@@ -387,6 +667,9 @@ pub struct MmditTransformer {
     cfg: MmditConfig,
     x_embedder: Conv2d,
     pos_embed: Tensor,
+    /// Scaled position tables instead of `pos_embed` (shared by clones: sd-scripts' one model
+    /// grows its tables as images arrive).
+    scaled_pos_embed: Option<Arc<Mutex<ScaledPosEmbed>>>,
     t_embedder: Embedder,
     y_embedder: Embedder,
     context_embedder: Linear,
@@ -418,9 +701,41 @@ impl MmditTransformer {
             final_modulation: vb.pp("final_layer.adaLN_modulation.1").linear(h, 2 * h, true)?,
             final_linear: vb.pp("final_layer.linear").linear(h, p * p * cfg.in_channels, true)?,
             pos_embed,
+            scaled_pos_embed: None,
             cfg: cfg.clone(),
             dtype,
         })
+    }
+
+    /// sd-scripts' `enable_scaled_pos_embed` (`--enable_scaled_pos_embed`, meant for SD3.5
+    /// Medium): position tables computed per image size instead of cut from the learned grid.
+    /// `latent_sizes` (latent pixels; [`scaled_pos_embed_latent_sizes`] makes them from the
+    /// datasets' resolutions as sd-scripts' trainer does) each get a sinusoidal table 1.5× their
+    /// patched size ([`scaled_sincos_pos_embed`]); an image takes the table its patch area
+    /// selects ([`resolution_area_to_latent_size`]). sd-scripts' model keeps these for sampling
+    /// too, so sample images see the same tables.
+    pub fn with_scaled_pos_embed(mut self, latent_sizes: &[usize]) -> Result<Self> {
+        let p = self.cfg.patch_size;
+        if latent_sizes.is_empty() || latent_sizes.iter().any(|&s| s < p) {
+            candle_core::bail!(
+                "scaled position embeddings need the datasets' latent sizes, each at least the patch size {p} (got {latent_sizes:?})"
+            )
+        }
+        let area_to_size = resolution_area_to_latent_size(latent_sizes, p);
+        let mut tables = HashMap::new();
+        for &(_, size) in &area_to_size {
+            let grid = (size as f64 * POS_EMBED_MAX_RATIO) as usize;
+            tables.insert(size, scaled_sincos_pos_embed(self.cfg.hidden_size, grid, size, self.pos_embed.device())?);
+        }
+        self.scaled_pos_embed = Some(Arc::new(Mutex::new(ScaledPosEmbed { area_to_size, tables })));
+        Ok(self)
+    }
+
+    /// The scaled tables' `(largest area, patched size)` list, as it stands (it grows when an
+    /// image needed a larger table); `None` without scaled position embeddings.
+    pub fn scaled_pos_embed_sizes(&self) -> Option<Vec<(usize, usize)>> {
+        let state = self.scaled_pos_embed.as_ref()?;
+        Some(state.lock().unwrap_or_else(|p| p.into_inner()).area_to_size.clone())
     }
 
     /// The configuration.
@@ -428,9 +743,24 @@ impl MmditTransformer {
         &self.cfg
     }
 
+    /// The compute dtype (of the position table, never stored in fp8).
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// The device the weights live on.
+    pub fn device(&self) -> &Device {
+        self.pos_embed.device()
+    }
+
     /// The position table of an `h`×`w`-patch image: the centre crop of the learned grid
     /// (SAI's `cropped_pos_embed` without random cropping), (h·w, W).
     pub fn cropped_pos_embed(&self, h: usize, w: usize) -> Result<Tensor> {
+        self.learned_pos_embed(h, w, PosCrop::Centre)
+    }
+
+    /// An `h`×`w` crop of the learned grid at `crop`; an image larger than the grid is refused.
+    fn learned_pos_embed(&self, h: usize, w: usize, crop: PosCrop) -> Result<Tensor> {
         let max = self.cfg.pos_embed_max_size;
         if h > max || w > max {
             candle_core::bail!(
@@ -438,9 +768,39 @@ impl MmditTransformer {
                 max * self.cfg.patch_size * 8
             )
         }
-        let (top, left) = ((max - h) / 2, (max - w) / 2);
-        let grid = self.pos_embed.reshape((max, max, self.cfg.hidden_size))?;
-        grid.narrow(0, top, h)?.narrow(1, left, w)?.reshape((h * w, self.cfg.hidden_size))
+        crop_grid(&self.pos_embed.reshape((max * max, self.cfg.hidden_size))?, h, w, crop)
+    }
+
+    /// The position table of an `h`×`w`-patch image (h·w, W) in the model's dtype: cut at
+    /// `crop` from the learned grid, or, with [`Self::with_scaled_pos_embed`], from the scaled
+    /// table sd-scripts' `cropped_scaled_pos_embed` picks: the first whose area bound `h·w` does
+    /// not exceed (else the largest); when `h` or `w` exceeds that table's side, a new table of
+    /// size max(h, w) is made and kept, its area bound (its grid²) joining the list — so later
+    /// images may pick it, as in sd-scripts.
+    ///
+    /// sd-scripts computes the patched size as `(H + 1) // p`; [`Self::forward`] takes only
+    /// sides that are multiples of p, where that is `H / p` (odd sides fail in sd-scripts too,
+    /// the patch embedding giving ⌊H / p⌋ tokens).
+    pub fn pos_embed(&self, h: usize, w: usize, crop: PosCrop) -> Result<Tensor> {
+        let Some(state) = &self.scaled_pos_embed else { return self.learned_pos_embed(h, w, crop) };
+        let mut state = state.lock().unwrap_or_else(|p| p.into_inner());
+        let area = h * w;
+        let last = state.area_to_size.last().map(|&(_, s)| s);
+        let Some(mut size) = state.area_to_size.iter().find(|&&(a, _)| area <= a).map(|&(_, s)| s).or(last) else {
+            candle_core::bail!("internal: no scaled position table")
+        };
+        let table_side = |size: usize| (size as f64 * POS_EMBED_MAX_RATIO) as usize;
+        if h > table_side(size) || w > table_side(size) {
+            size = h.max(w);
+            let grid = table_side(size);
+            tracing::warn!("adding a {grid}×{grid} scaled position table for a {h}×{w}-patch image (too tall or wide)");
+            let table = scaled_sincos_pos_embed(self.cfg.hidden_size, grid, size, self.pos_embed.device())?;
+            state.tables.insert(size, table);
+            state.area_to_size.push((grid * grid, size));
+            state.area_to_size.sort_unstable();
+        }
+        let Some(table) = state.tables.get(&size) else { candle_core::bail!("internal: no scaled table for {size}") };
+        crop_grid(table, h, w, crop)?.to_dtype(self.dtype)
     }
 
     /// The conditioning vector `t_embedder(t) + y_embedder(pooled)` (B, W).
@@ -473,7 +833,8 @@ impl MmditTransformer {
         }
         let (h, w) = (height / p, width / p);
         let patches = self.x_embedder.forward(&inputs.x.to_dtype(self.dtype)?, ctx)?;
-        let mut x = patches.flatten_from(2)?.transpose(1, 2)?.broadcast_add(&self.cropped_pos_embed(h, w)?)?;
+        let mut x =
+            patches.flatten_from(2)?.transpose(1, 2)?.broadcast_add(&self.pos_embed(h, w, inputs.pos_crop)?)?;
         let cond = self.conditioning(inputs.timesteps, inputs.pooled, ctx)?;
         let mut context = Some(self.context_embedder.forward(&inputs.context.to_dtype(self.dtype)?, ctx)?);
         for (i, block) in self.blocks.iter().enumerate() {
@@ -499,5 +860,22 @@ impl MmditTransformer {
             .flat_map(|side| side.linears())
             .map(|l| l.lora_target(TargetGroup::Attention))
             .collect()
+    }
+
+    /// The layers sd-scripts adapts with `emb_dims`, in its order: `context_embedder`,
+    /// `t_embedder.mlp.0/2`, `x_embedder.proj` (the p×p stride-p patch conv: a LoCon module,
+    /// down p×p stride p, up 1×1, as sd-scripts' `LoRAModule` makes for a Conv2d),
+    /// `y_embedder.mlp.0/2`, `final_layer.adaLN_modulation.1`, `final_layer.linear`.
+    pub fn input_lora_targets(&self) -> [Vec<LoraTarget>; 6] {
+        let named = |l: &Linear| l.lora_target(TargetGroup::Named);
+        let embedder = |e: &Embedder| vec![named(&e.fc1), named(&e.fc2)];
+        [
+            vec![named(&self.context_embedder)],
+            embedder(&self.t_embedder),
+            vec![self.x_embedder.lora_target(TargetGroup::Named)],
+            embedder(&self.y_embedder),
+            vec![named(&self.final_modulation)],
+            vec![named(&self.final_linear)],
+        ]
     }
 }
