@@ -307,6 +307,8 @@ fn checkpoints_of_other_families_are_named() -> TestResult {
         ("flux_tiny/dev_diffusers", "Flux"),
         ("sdxl_tiny/single_file.safetensors", "SDXL"),
         ("sdxl_tiny/diffusers", "SDXL"),
+        ("sd15_tiny/single_file.safetensors", "SD 1.x"),
+        ("sd15_tiny/diffusers", "SD 1.x"),
     ] {
         let path = reference(rel);
         let err = load_sd3_transformer(&path, DType::F32, LinearStorage::Compute, &Device::Cpu)
@@ -315,6 +317,10 @@ fn checkpoints_of_other_families_are_named() -> TestResult {
         let text = message(err);
         assert!(text.contains(family) && text.contains("not SD3"), "{rel}: {text}");
     }
+    // SDXL's 4-channel VAE is not SD3's.
+    let paths = Sd3Paths { vae: Some(reference("sdxl_tiny/single_file.safetensors")), ..model("sd3m_sai.safetensors") };
+    let text = message(load_sd3_vae(&paths, &Device::Cpu).err().expect("a 4-channel VAE"));
+    assert!(text.contains("4 latent channels") && text.contains("single_file.safetensors"), "{text}");
     Ok(())
 }
 
