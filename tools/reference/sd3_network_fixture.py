@@ -27,7 +27,8 @@ Makes tests/fixtures/reference/sd3_network/ for crates/lorakit-models/tests/sd3_
   of size 2), and both (latent sizes [6, 10]: the 4x4 table of size 3, room to crop; seeds
   whose crop is off-centre); and with a LoRA on every default module plus every `emb_dims`
   layer (incl. the x_embedder conv: down p x p stride p, up 1x1), up weights random so it
-  matters (`lora_sd3m.safetensors`: the factors in f16, exact, and the alphas).
+  matters (`lora_sd3m.safetensors`: the factors in f16, exact, and the alphas), with the
+  gradients of the emb_dims modules' factors for sum(out * probe).
   sd35m runs with sd-scripts' second-attention head split corrected (`attn2.num_heads` set to
   the head width, which is what its `attention()` call passes as head width; see
   make_sd3_tiny.py), so only the option under test differs from the published model.
@@ -324,6 +325,14 @@ def forward():
                 lora[f"{m.lora_name}.{part}.weight"] = w.clone()
             lora[f"{m.lora_name}.alpha"] = m.alpha.clone().float()
         tensors["lora.sd3m"] = model(*inputs, **kw)
+    # Gradients of the emb_dims modules for sum(out * probe) (the training path).
+    probe = torch.randn(tensors["lora.sd3m"].shape, generator=g)
+    (model(*inputs, **kw) * probe).sum().backward()
+    tensors["lora.probe"] = probe
+    for m in network.unet_loras:
+        if "joint_blocks" not in m.lora_name:
+            for part in ("lora_down", "lora_up"):
+                tensors[f"grad.{m.lora_name}.{part}"] = getattr(m, part).weight.grad.clone()
     # f16 holds the (f16-rounded) factors exactly; the alphas stay f32.
     save_file(
         {k: v.contiguous() if k.endswith("alpha") else v.contiguous().half() for k, v in lora.items()},

@@ -5,7 +5,8 @@
 //! layouts under many argument sets and on the full-size SD3 Medium, SD3.5 Medium and SD3.5
 //! Large; every full-size weight key and shape; the scaled position tables, their area list and
 //! its growth; random crops; and the forward pass with each option, and with a LoRA on every
-//! `emb_dims` layer, on the sd3_tiny weights.
+//! `emb_dims` layer (the x_embedder's a p×p stride-p LoCon; output and factor gradients), on
+//! the sd3_tiny weights.
 //!
 //! Fidelity: tables ≤ 1e-5 absolute, predictions max |Δ| / max |reference| ≤ 1e-4 (f32).
 
@@ -312,34 +313,47 @@ fn a_lora_on_every_emb_dims_layer_matches_sd_scripts() -> TestResult {
     let model = MmditTransformer::new(weights.view(""), &cfg)?;
     let targets: Vec<LoraTarget> =
         model.lora_targets().into_iter().chain(model.input_lora_targets().concat()).collect();
-    let mut set = LoraSet::new(0, &Device::Cpu)?;
-    let mut names = Vec::new();
-    for t in &targets {
-        let name = t.kohya_name("lora_unet");
-        let get = |part: &str| {
-            file.get(&format!("{name}.{part}"))
-                .ok_or_else(|| format!("{name}.{part} missing"))?
-                .to_dtype(DType::F32)
-                .map_err(|e| e.to_string())
-        };
-        let alpha = get("alpha")?.to_scalar::<f32>()? as f64;
-        let module = LoraModule::from_weights(
-            name.clone(),
-            t.kind,
-            get("lora_down.weight")?,
-            get("lora_up.weight")?,
-            Some(alpha),
-            false,
-        )?;
-        set.insert(t.path.clone(), module);
-        names.push(name);
-    }
     let expected: Vec<String> = serde_json::from_value(doc["lora_modules"].clone())?;
-    assert_eq!(names, expected, "sd-scripts' modules, in its order");
-    assert!(names.contains(&"lora_unet_x_embedder_proj".to_string()));
     let inputs = MmditInputs::new(&io["x"], &io["t"], &io["y"], &io["context"]);
-    let out = model.forward(&inputs, &ForwardCtx::with_lora(Arc::new(set)))?;
-    check("LoRA on blocks and emb layers", &out, &reference["lora.sd3m"])?;
+    // Inference (frozen modules, fused where the CPU allows) and training (trainable factors,
+    // composed ops, gradients of the emb_dims modules for sum(out · probe)).
+    for train in [false, true] {
+        let mut set = LoraSet::new(0, &Device::Cpu)?;
+        let mut names = Vec::new();
+        let mut vars = Vec::new();
+        for t in &targets {
+            let name = t.kohya_name("lora_unet");
+            let get = |part: &str| {
+                file.get(&format!("{name}.{part}"))
+                    .ok_or_else(|| format!("{name}.{part} missing"))?
+                    .to_dtype(DType::F32)
+                    .map_err(|e| e.to_string())
+            };
+            let alpha = get("alpha")?.to_scalar::<f32>()? as f64;
+            let (down, up) = (get("lora_down.weight")?, get("lora_up.weight")?);
+            let module = LoraModule::from_weights(name.clone(), t.kind, down, up, Some(alpha), train)?;
+            if train && !name.contains("joint_blocks") {
+                vars.push((format!("{name}.lora_down"), module.down().clone()));
+                vars.push((format!("{name}.lora_up"), module.up().clone()));
+            }
+            set.insert(t.path.clone(), module);
+            names.push(name);
+        }
+        assert_eq!(names, expected, "sd-scripts' modules, in its order");
+        assert!(names.contains(&"lora_unet_x_embedder_proj".to_string()));
+        let lora = Arc::new(set);
+        let ctx = ForwardCtx { lora: Some(lora.clone()), train, gradient_checkpointing: false };
+        let out = model.forward(&inputs, &ctx)?;
+        check(&format!("LoRA on blocks and emb layers (train {train})"), &out, &reference["lora.sd3m"])?;
+        if train {
+            assert_eq!(vars.len(), 16, "8 emb_dims layers, down and up");
+            let grads = (&out * &reference["lora.probe"])?.sum_all()?.backward()?;
+            for (name, var) in &vars {
+                let ours = lora.grad(&grads, var)?.ok_or_else(|| format!("no gradient for {name}"))?;
+                check(&format!("grad {name}"), &ours, &reference[&format!("grad.{name}")])?;
+            }
+        }
+    }
     Ok(())
 }
 
