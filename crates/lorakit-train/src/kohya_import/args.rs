@@ -3,10 +3,12 @@
 //! mapped and converted to the type lorakit expects; arguments that are absent get sd-scripts'
 //! default rather than lorakit's (so the imported run trains what the original would have);
 //! network types and model families lorakit cannot train are refused with the reason; everything
-//! else is listed as an [`ImportNote`], ranked by whether it changes the run.
+//! else is listed as an [`ImportNote`], ranked by whether it changes the run. The flow scripts'
+//! (Flux.1, SD3) own arguments and rules are in [`super::flow`].
 
 use std::collections::BTreeMap;
 
+use super::flow::{self, FlowScript};
 use super::key_lists::{is_cosmetic, is_sd_scripts_arg, is_unset};
 use super::{ImportNote, Imported};
 
@@ -69,13 +71,16 @@ impl Family {
             Family::Sd2 => Some("sd2"),
             Family::Sdxl => Some("sdxl"),
             Family::Flux1 => Some("flux"),
+            Family::Sd3 => Some("sd3"),
             _ => None,
         }
     }
 
     /// The family a `model.model_family` value names.
     pub fn from_config_value(value: &str) -> Option<Family> {
-        [Family::Sd1, Family::Sd2, Family::Sdxl, Family::Flux1].into_iter().find(|f| f.config_value() == Some(value))
+        [Family::Sd1, Family::Sd2, Family::Sdxl, Family::Flux1, Family::Sd3]
+            .into_iter()
+            .find(|f| f.config_value() == Some(value))
     }
 }
 
@@ -85,7 +90,7 @@ pub fn refuse_unsupported_family(family: Family, shown_by: &str) -> Result<(), S
         return Ok(());
     }
     Err(format!(
-        "this is a LoRA config for {} ({shown_by}); lorakit trains SD 1.x, SD 2.x, SDXL (Pony, Illustrious, NoobAI) and Flux.1 LoRAs so far, {} support is planned — it will not train it as another family",
+        "this is a LoRA config for {} ({shown_by}); lorakit trains SD 1.x, SD 2.x, SDXL (Pony, Illustrious, NoobAI), Flux.1 and SD3 LoRAs so far, {} support is planned — it will not train it as another family",
         family.name(),
         family.name()
     ))
@@ -109,69 +114,6 @@ const FAMILY_NETWORK_MODULES: &[(&str, Family)] = &[
     ("networks.lora_hunyuan_image", Family::HunyuanImage),
     ("networks.lora_anima", Family::Anima),
     ("networks.lora_lumina", Family::Lumina),
-];
-
-/// Arguments only sd-scripts' SD3 scripts take (a set value marks an SD3 config).
-const SD3_KEYS: &[&str] = &[
-    "clip_g",
-    "save_clip",
-    "save_t5xxl",
-    "t5_dropout_rate",
-    "clip_g_dropout_rate",
-    "clip_l_dropout_rate",
-    "enable_scaled_pos_embed",
-    "apply_lg_attn_mask",
-    "pos_emb_random_crop_rate",
-    "training_shift",
-];
-
-/// Arguments of sd-scripts' `flux_train_network.py` that no SD-family script takes (a set value
-/// marks a Flux.1 config; `clip_l`/`t5xxl` with SD3's `clip_g` are SD3's encoders).
-const FLUX_KEYS: &[&str] = &[
-    "ae",
-    "clip_l",
-    "t5xxl",
-    "guidance_scale",
-    "t5xxl_max_token_length",
-    "apply_t5_attn_mask",
-    "model_prediction_type",
-    "discrete_flow_shift",
-    "timestep_sampling",
-    "sigmoid_scale",
-    "split_mode",
-    "model_type",
-];
-
-/// Arguments every sd-scripts DiT script takes (Flux.1, SD3, …): no family on their own.
-const DIT_KEYS: &[&str] = &["weighting_scheme", "logit_mean", "logit_std", "mode_scale"];
-
-/// Arguments of the SD scripts that sd-scripts' `flux_train_network.py` reads but never uses
-/// (its own noise, loss and text encoding replace the SD ones), with why: dropped with a note.
-const FLUX_IGNORES: &[(&str, &str)] = &[
-    ("min_snr_gamma", "its loss has no SNR weighting: post_process_loss returns the loss as is"),
-    ("scale_v_pred_loss_like_noise_pred", "its loss has no SNR weighting: post_process_loss returns the loss as is"),
-    ("v_pred_like_loss", "its loss has no SNR weighting: post_process_loss returns the loss as is"),
-    ("debiased_estimation_loss", "its loss has no SNR weighting: post_process_loss returns the loss as is"),
-    ("zero_terminal_snr", "Flux has no DDPM noise schedule to rescale"),
-    ("v_parameterization", "the target is always the velocity ε − x₀"),
-    ("v2", "it is an SD 2.x switch"),
-    ("noise_offset", "it draws plain Gaussian noise: no offset or pyramid noise"),
-    ("noise_offset_random_strength", "it draws plain Gaussian noise: no offset or pyramid noise"),
-    ("adaptive_noise_scale", "it draws plain Gaussian noise: no offset or pyramid noise"),
-    ("multires_noise_iterations", "it draws plain Gaussian noise: no offset or pyramid noise"),
-    ("multires_noise_discount", "it draws plain Gaussian noise: no offset or pyramid noise"),
-    ("min_timestep", "σ comes from timestep_sampling"),
-    ("max_timestep", "σ comes from timestep_sampling"),
-    ("clip_skip", "Flux conditions on CLIP-L's pooled output and T5-XXL's last layer"),
-    (
-        "max_token_length",
-        "T5-XXL's length is t5xxl_max_token_length (\"max_token_length is not used in Flux training\")",
-    ),
-    ("no_half_vae", "lorakit runs Flux's autoencoder in f32 anyway, which is what it asks for"),
-    ("controlnet_model_name_or_path", "only flux_train_control_net.py uses a ControlNet"),
-    ("mem_eff_save", "it is flux_train.py's (full fine-tuning) save option; a LoRA file is small"),
-    ("single_blocks_to_swap", "current sd-scripts replaced it with blocks_to_swap"),
-    ("double_blocks_to_swap", "current sd-scripts replaced it with blocks_to_swap"),
 ];
 
 /// `network_args` lorakit maps for kohya's `networks.lora`, to `[network]` keys of the same name.
@@ -245,14 +187,14 @@ const INFO_WITH_REASON: &[(&str, &str)] = &[
 ];
 
 /// What `put` needs to place a key.
-struct Table<'t> {
-    table: toml::Table,
+pub(super) struct Table<'t> {
+    pub(super) table: toml::Table,
     types: &'t [(String, String, toml::Value)],
-    seen: std::collections::BTreeSet<String>,
+    pub(super) seen: std::collections::BTreeSet<String>,
 }
 
 impl Table<'_> {
-    fn put(&mut self, section: &str, key: &str, value: toml::Value) {
+    pub(super) fn put(&mut self, section: &str, key: &str, value: toml::Value) {
         self.table
             .entry(section.to_string())
             .or_insert_with(|| toml::Value::Table(toml::Table::new()))
@@ -264,7 +206,7 @@ impl Table<'_> {
 
     /// Puts `value` under lorakit key `key` (its section found from the config), converted to
     /// the key's type; `source` names it in errors.
-    fn put_typed(&mut self, key: &str, value: &toml::Value, source: &str) -> Result<(), String> {
+    pub(super) fn put_typed(&mut self, key: &str, value: &toml::Value, source: &str) -> Result<(), String> {
         let (section, example) = match self.types.iter().find(|(_, k, _)| k == key) {
             Some((s, _, e)) => (s.clone(), e.clone()),
             None => return Err(format!("{source}: internal: lorakit has no key {key}")),
@@ -357,7 +299,7 @@ fn whole(f: f64) -> Option<i64> {
 }
 
 /// A value for a note: whole numbers as the user wrote them (the GUI's numbers arrive as `2.0`).
-fn shown(value: &toml::Value) -> String {
+pub(super) fn shown(value: &toml::Value) -> String {
     match value {
         toml::Value::Float(f) => whole(*f).map_or_else(|| value.to_string(), |i| i.to_string()),
         other => other.to_string(),
@@ -396,7 +338,7 @@ pub(crate) fn import_args(
 
     let family = family_of(&args, checkpoint, &mut t, &mut notes)?;
     let sdxl = family == Some(Family::Sdxl);
-    let flux = family == Some(Family::Flux1);
+    let flow = FlowScript::of(family);
     network_of(&args, family, &mut t, &mut notes)?;
     let lycoris = args.get("network_module").and_then(toml::Value::as_str).is_some_and(|m| m.trim() == "lycoris.kohya");
 
@@ -408,8 +350,8 @@ pub(crate) fn import_args(
         match key {
             // Handled above.
             "network_module" | "network_args" | "model_family" => continue,
-            // Read by family_of; a Flux config lists it as ignored below.
-            "v2" if !flux => continue,
+            // Read by family_of; a Flux.1 or SD3 config lists it as ignored below.
+            "v2" if flow.is_none() => continue,
             "network_dropout" if lycoris => continue,
             "text_encoder_lr" => {
                 text_encoder_lr(value, family, &mut t, &mut notes)?;
@@ -475,17 +417,17 @@ pub(crate) fn import_args(
                 }
                 continue;
             }
-            "max_token_length" if !flux && matches!(value, toml::Value::String(s) if s.trim() == "75") => {
+            "max_token_length" if flow.is_none() && matches!(value, toml::Value::String(s) if s.trim() == "75") => {
                 t.put("training", "max_token_length", toml::Value::Integer(75));
                 continue;
             }
             _ => {}
         }
-        if flux {
-            if flux_arg(key, raw_key, value, &args, &mut t, &mut notes)? {
+        if let Some(script) = flow {
+            if flow::flow_arg(script, key, raw_key, value, &args, &mut t, &mut notes)? {
                 continue;
             }
-        } else if FLUX_KEYS.contains(&key) || SD3_KEYS.contains(&key) || DIT_KEYS.contains(&key) {
+        } else if flow::is_flow_key(key) {
             continue; // checked by family_of: unset here
         }
         if t.types.iter().any(|(_, k, _)| k == key) {
@@ -530,8 +472,8 @@ pub(crate) fn import_args(
     if sdxl {
         sdxl_checks(&args)?;
     }
-    if flux {
-        flux_checks(&args, &mut t, &mut notes)?;
+    if let Some(script) = flow {
+        flow::flow_checks(script, &args, &mut t, &mut notes)?;
     }
     if !t.seen.contains("seed") {
         // sd-scripts draws a random seed when none is given; draw one too, but write it down so
@@ -546,225 +488,8 @@ pub(crate) fn import_args(
     Ok(Imported { table: t.table, notes, prompt_file: None })
 }
 
-/// One argument of a `flux_train_network.py` config that needs Flux's own handling; `false`
-/// when the general rules apply to it.
-fn flux_arg(
-    key: &str,
-    raw_key: &str,
-    value: &toml::Value,
-    args: &BTreeMap<String, toml::Value>,
-    t: &mut Table,
-    notes: &mut Vec<ImportNote>,
-) -> Result<bool, String> {
-    use toml::Value as V;
-    let text = || match value {
-        V::String(s) => s.trim().to_string(),
-        other => other.to_string(),
-    };
-    match key {
-        "ae" | "clip_l" | "t5xxl" => {
-            if !is_unset(value) {
-                t.put("model", key, V::String(text()));
-            }
-        }
-        "t5xxl_max_token_length" => {
-            if !is_unset(value) {
-                let n = coerce(value, &V::Integer(0)).map_err(|e| format!("{raw_key}: {e}"))?;
-                t.put("model", key, n);
-            }
-        }
-        "apply_t5_attn_mask" => {
-            let b = coerce(value, &V::Boolean(false)).map_err(|e| format!("{raw_key}: {e}"))?;
-            t.put("model", key, b);
-        }
-        "fp8_base_unet" => {
-            let b = coerce(value, &V::Boolean(false)).map_err(|e| format!("{raw_key}: {e}"))?;
-            t.put("accelerate", key, b);
-        }
-        "guidance_scale"
-        | "timestep_sampling"
-        | "sigmoid_scale"
-        | "discrete_flow_shift"
-        | "model_prediction_type"
-        | "weighting_scheme"
-        | "logit_mean"
-        | "logit_std"
-        | "mode_scale" => t.put_typed(key, value, raw_key)?,
-        "model_type" => {
-            let m = text().to_ascii_lowercase();
-            if m == "chroma" {
-                return Err(format!(
-                    "{raw_key} = \"chroma\": Chroma is another model (no CLIP-L, no guidance embedding, its own modulation); lorakit trains Flux.1 (dev, schnell) only — it will not train it as Flux.1"
-                ));
-            }
-            if !m.is_empty() && m != "flux" {
-                return Err(format!(
-                    "{raw_key} = {value}: sd-scripts' flux_train_network.py takes \"flux\" or \"chroma\"; lorakit trains \"flux\""
-                ));
-            }
-        }
-        "blocks_to_swap" => {
-            if !is_unset(value) {
-                let n = coerce(value, &V::Integer(0)).map_err(|e| format!("{raw_key}: {e}"))?;
-                block_swap(n, raw_key, &shown(value), args, t, notes)?;
-            }
-        }
-        "split_mode" => {
-            if flag(args, key)? {
-                if args.get("blocks_to_swap").is_some_and(|v| !is_unset(v)) {
-                    notes.push(ImportNote::info(
-                        raw_key,
-                        "true: deprecated, and ignored by sd-scripts because blocks_to_swap is set",
-                    ));
-                } else {
-                    // flux_train_network.py: "`--blocks_to_swap 18` is automatically set".
-                    block_swap(
-                        V::Integer(18),
-                        raw_key,
-                        "true (deprecated: sd-scripts swaps 18 blocks instead)",
-                        args,
-                        t,
-                        notes,
-                    )?;
-                }
-            }
-        }
-        "cpu_offload_checkpointing" => {
-            if flag(args, key)? {
-                if flag(args, "gradient_checkpointing")? {
-                    t.put("accelerate", "cpu_offload_checkpointing", V::Boolean(true));
-                } else {
-                    notes.push(ImportNote::info(
-                        raw_key,
-                        "true: without gradient_checkpointing sd-scripts does not use it, and neither does lorakit",
-                    ));
-                }
-            }
-        }
-        "weighted_captions" => {
-            if flag(args, key)? {
-                return Err(
-                    "weighted_captions = true: sd-scripts' Flux tokenizer has no weighted tokenization (it raises NotImplementedError), and lorakit reads caption weights only for SD 1.x/2.x/SDXL; turn it off"
-                        .into(),
-                );
-            }
-            t.put_typed(key, value, raw_key)?;
-        }
-        _ => {
-            if let Some((_, why)) = FLUX_IGNORES.iter().find(|(k, _)| *k == key) {
-                if !is_unset(value) {
-                    notes.push(ImportNote::info(
-                        raw_key,
-                        format!(
-                            "{}: flux_train_network.py does not use it ({why}) — no effect in kohya's run, none here",
-                            shown(value)
-                        ),
-                    ));
-                }
-            } else if SD3_KEYS.contains(&key) {
-                if !is_unset(value) {
-                    notes.push(ImportNote::info(
-                        raw_key,
-                        format!(
-                            "{}: an SD3 argument; flux_train_network.py ignores it, and so does lorakit",
-                            shown(value)
-                        ),
-                    ));
-                }
-            } else {
-                return Ok(false);
-            }
-        }
-    }
-    Ok(true)
-}
-
-/// sd-scripts' `blocks_to_swap` (or `split_mode`'s 18) → `accelerate.blocks_to_swap`, which
-/// lorakit runs only with gradient checkpointing (sd-scripts also swaps without it): without
-/// checkpointing the config is imported without block swap, and a memory warning says so.
-fn block_swap(
-    n: toml::Value,
-    raw_key: &str,
-    shown_value: &str,
-    args: &BTreeMap<String, toml::Value>,
-    t: &mut Table,
-    notes: &mut Vec<ImportNote>,
-) -> Result<(), String> {
-    let count = n.as_integer().unwrap_or(0);
-    if count < 0 {
-        return Err(format!("{raw_key} = {count}: a number of blocks is 0 or more"));
-    }
-    if flag(args, "gradient_checkpointing")? {
-        if raw_key != "blocks_to_swap" {
-            notes.push(ImportNote::info(raw_key, format!("{shown_value}: accelerate.blocks_to_swap = {count}")));
-        }
-        t.put("accelerate", "blocks_to_swap", n);
-    } else {
-        notes.push(ImportNote::memory(
-            raw_key,
-            format!("{shown_value}: lorakit swaps {count} blocks only with gradient checkpointing (it copies each swapped block to the card again for the backward recomputation), which this config leaves off; imported without block swap — set training.gradient_checkpointing = true and accelerate.blocks_to_swap = {count} to swap"),
-        ));
-    }
-    Ok(())
-}
-
-/// What `flux_train_network.py` checks or sets before training, and sd-scripts' Flux defaults
-/// that differ from lorakit's, written out so the imported run trains what sd-scripts would.
-fn flux_checks(args: &BTreeMap<String, toml::Value>, t: &mut Table, notes: &mut Vec<ImportNote>) -> Result<(), String> {
-    let set = |k: &str| args.get(k).is_some_and(|v| !is_unset(v));
-    if set("blocks_to_swap") && flag(args, "cpu_offload_checkpointing")? {
-        return Err(
-            "blocks_to_swap with cpu_offload_checkpointing: sd-scripts refuses this (\"blocks_to_swap is not supported with cpu_offload_checkpointing\"); remove one"
-                .into(),
-        );
-    }
-    check_bucket_reso_steps(args, "Flux.1", "flux_train_network.py")?;
-    // Huber's "snr" schedule (sd-scripts' default) needs a DDPM schedule.
-    let loss_type = args.get("loss_type").and_then(toml::Value::as_str).map(str::trim).unwrap_or("l2");
-    let schedule = args.get("huber_schedule").and_then(toml::Value::as_str).map(str::trim).unwrap_or("snr");
-    if matches!(loss_type, "huber" | "smooth_l1") && schedule == "snr" {
-        return Err(format!(
-            "loss_type = {loss_type:?} with huber_schedule = \"snr\" (sd-scripts' default): sd-scripts' Flux training stops with \"Huber schedule 'snr' is not supported with the current model\"; set huber_schedule = \"exponential\" or \"constant\""
-        ));
-    }
-    // sd-scripts' argparse defaults that differ from lorakit's: written out, with a note.
-    for (key, value, ours) in [
-        ("model_prediction_type", toml::Value::String("sigma_scaled".into()), "\"raw\""),
-        ("guidance_scale", toml::Value::Float(3.5), "1.0"),
-    ] {
-        if !t.seen.contains(key) {
-            notes.push(ImportNote::info(
-                key,
-                format!("not set: sd-scripts' default {} is written as flow.{key} (lorakit's own default is {ours}), so the run trains what flux_train_network.py would", shown(&value)),
-            ));
-            t.put_typed(key, &value, key)?;
-        }
-    }
-    // Text-encoder outputs: sd-scripts caches T5-XXL's (and CLIP-L's unless it trains: then
-    // CLIP-L runs at every step over the cached T5 outputs — lorakit does the same).
-    let caching = flag(args, "cache_text_encoder_outputs")? || flag(args, "cache_text_encoder_outputs_to_disk")?;
-    let train_t5xxl =
-        t.table.get("network").and_then(|n| n.get("train_t5xxl")).and_then(toml::Value::as_bool) == Some(true);
-    if caching && train_t5xxl {
-        return Err(
-            "cache_text_encoder_outputs with network_args train_t5xxl=True: sd-scripts refuses this (\"T5XXL is trained, so cache_text_encoder_outputs cannot be used\"); turn caching off or drop train_t5xxl"
-                .into(),
-        );
-    }
-    if caching {
-        for key in ["shuffle_caption", "caption_dropout_rate", "caption_tag_dropout_rate", "token_warmup_step"] {
-            if set(key) {
-                return Err(format!(
-                    "cache_text_encoder_outputs with {key}: sd-scripts' flux_train_network.py refuses this (\"when caching Text Encoder output, either caption_dropout_rate, shuffle_caption, token_warmup_step or caption_tag_dropout_rate cannot be used\"); turn caching off or remove {key}"
-                ));
-            }
-        }
-    }
-    Ok(())
-}
-
 /// A boolean argument as sd-scripts reads it (absent: false).
-fn flag(args: &BTreeMap<String, toml::Value>, key: &str) -> Result<bool, String> {
+pub(super) fn flag(args: &BTreeMap<String, toml::Value>, key: &str) -> Result<bool, String> {
     match args.get(key) {
         None => Ok(false),
         Some(v) => coerce(v, &toml::Value::Boolean(false))
@@ -774,14 +499,16 @@ fn flag(args: &BTreeMap<String, toml::Value>, key: &str) -> Result<bool, String>
 }
 
 /// The model family the arguments are for, as far as they (or the checkpoint) tell: refuses
-/// families lorakit cannot train and records `model.model_family` for SD 2.x, SDXL and Flux.1.
+/// families lorakit cannot train and records `model.model_family` for SD 2.x, SDXL, Flux.1 and
+/// SD3.
 ///
 /// sd-scripts does not detect the family: the script does (`sdxl_train_network.py` vs
 /// `train_network.py`, with `--v2` for SD 2.x; `flux_train_network.py` with
-/// `networks.lora_flux`). What shows it here, in order: the kohya_ss GUI's model checkbox
-/// (passed on as `model_family`), the network module (`networks.lora_flux`, …) and the
-/// arguments only one family's script takes (`ae`, `guidance_scale`, … for Flux.1; `clip_g`, …
-/// for SD3), `v2`, the base checkpoint's weights when the file is there to read, and
+/// `networks.lora_flux`; `sd3_train_network.py` with `networks.lora_sd3`). What shows it here,
+/// in order: the kohya_ss GUI's model checkbox (passed on as `model_family`), the network module
+/// (`networks.lora_flux`, `networks.lora_sd3`, …) and the arguments only one family's script
+/// takes (`ae`, `guidance_scale`, … for Flux.1; `clip_g`, … for SD3; either's with another
+/// module are refused), `v2`, the base checkpoint's weights when the file is there to read, and
 /// `cache_text_encoder_outputs(_to_disk)`, which among the SD-family LoRA scripts only
 /// `sdxl_train_network.py` takes. `None`: not known (the checkpoint decides at load).
 fn family_of(
@@ -801,53 +528,72 @@ fn family_of(
         None | Some("") => None,
         Some(name) => Some(
             Family::from_config_value(name)
-                .ok_or_else(|| format!("model_family = {name:?}: lorakit trains sd1, sd2, sdxl and flux"))?,
+                .ok_or_else(|| format!("model_family = {name:?}: lorakit trains sd1, sd2, sdxl, flux and sd3"))?,
         ),
     };
-    let flux_module = module_family.is_some_and(|(_, f)| f == Family::Flux1);
     if module_family.is_none() && stated.is_none() {
-        if let Some(key) = SD3_KEYS.iter().find(set) {
-            refuse_unsupported_family(Family::Sd3, &format!("it sets {key}"))?;
-        }
-        if let Some(key) = FLUX_KEYS.iter().chain(DIT_KEYS).find(set) {
-            let what = if FLUX_KEYS.contains(key) {
-                "an argument of sd-scripts' flux_train_network.py (Flux.1)"
-            } else {
-                "an argument of sd-scripts' Flux.1 and SD3 scripts"
-            };
-            let module =
-                module.map_or_else(|| "no network_module".to_string(), |m| format!("network_module = \"{m}\""));
-            if module.contains("lycoris.kohya") {
-                return Err(format!("it sets {key}, {what}, with {module}: {FLUX_LYCORIS}"));
+        let module = module.map_or_else(|| "no network_module".to_string(), |m| format!("network_module = \"{m}\""));
+        let lycoris = module.contains("lycoris.kohya");
+        for script in [&flow::SD3, &flow::FLUX] {
+            if let Some(key) = script.own_keys.iter().find(set) {
+                let what = format!("an argument of sd-scripts' {} ({})", script.script, script.name());
+                if lycoris {
+                    return Err(format!("it sets {key}, {what}, with {module}: {}", script.lycoris_refusal()));
+                }
+                return Err(format!(
+                    "it sets {key}, {what}, but {module}: {}; set network_module = \"{}\" for {} {} LoRA, or remove {key}",
+                    script.wrong_module(),
+                    script.module,
+                    article(script.name()),
+                    script.name()
+                ));
             }
+        }
+        if let Some(key) = flow::SHARED_KEYS.iter().find(set) {
             return Err(format!(
-                "it sets {key}, {what}, but {module}: sd-scripts trains Flux.1 LoRAs with networks.lora_flux (networks.lora finds no layer of the Flux transformer); set network_module = \"networks.lora_flux\" for a Flux.1 LoRA, or remove {key}"
+                "it sets {key}, an argument of sd-scripts' Flux.1 and SD3 scripts, but {module}: sd-scripts trains their LoRAs with networks.lora_flux and networks.lora_sd3 (networks.lora finds no layer of their transformers); set network_module = \"networks.lora_flux\" (Flux.1) or \"networks.lora_sd3\" (SD3), or remove {key}"
             ));
         }
     }
-    let checkpoint_flux = checkpoint.as_ref().filter(|(f, _)| *f == Family::Flux1).map(|(_, p)| p.clone());
-    if flux_module || stated == Some(Family::Flux1) {
-        if let Some((family, path)) = checkpoint.as_ref().filter(|(f, _)| *f != Family::Flux1) {
+    let module_flow = module_family.and_then(|(_, f)| FlowScript::of(Some(f)));
+    if let Some(script) = module_flow.or_else(|| FlowScript::of(stated)) {
+        let name = script.name();
+        if let Some((family, path)) = checkpoint.as_ref().filter(|(f, _)| *f != script.family) {
             return Err(format!(
-                "this is a Flux.1 LoRA config (networks.lora_flux), but {path} is an {} checkpoint: flux_train_network.py cannot load it; name a Flux.1 checkpoint or use the {} config",
+                "this is {} {name} LoRA config ({}), but {path} is {} {} checkpoint: {} cannot load it; name {} {name} checkpoint or use the {} config",
+                article(name),
+                script.module,
+                article(family.name()),
                 family.name(),
+                script.script,
+                article(name),
                 family.name()
             ));
         }
-        if stated.is_some_and(|f| f != Family::Flux1) {
+        if stated.is_some_and(|f| f != script.family) {
             return Err(format!(
-                "model_family = {:?} with network_module = \"networks.lora_flux\" (Flux.1): they name different families",
-                stated.and_then(Family::config_value).unwrap_or_default()
+                "model_family = {:?} with network_module = \"{}\" ({name}): they name different families",
+                stated.and_then(Family::config_value).unwrap_or_default(),
+                script.module
             ));
         }
-        t.put("model", "model_family", toml::Value::String("flux".into()));
-        return Ok(Some(Family::Flux1));
+        t.put("model", "model_family", toml::Value::String(script.family.config_value().unwrap_or_default().into()));
+        return Ok(Some(script.family));
     }
-    if let Some(path) = checkpoint_flux {
-        let module = module.unwrap_or("networks.lora");
-        return Err(format!(
-            "{path} is a Flux.1 checkpoint, but network_module = \"{module}\": sd-scripts trains Flux.1 LoRAs with flux_train_network.py and networks.lora_flux; set network_module = \"networks.lora_flux\" (with its ae, clip_l and t5xxl when the checkpoint is a single file)"
-        ));
+    if let Some((family, path)) = &checkpoint {
+        if let Some(script) = FlowScript::of(Some(*family)) {
+            let module = module.unwrap_or("networks.lora");
+            return Err(format!(
+                "{path} is {} {} checkpoint, but network_module = \"{module}\": sd-scripts trains {} LoRAs with {} and {}; set network_module = \"{}\" (with {})",
+                article(script.name()),
+                script.name(),
+                script.name(),
+                script.script,
+                script.module,
+                script.module,
+                script.parts
+            ));
+        }
     }
     let v2 = flag(args, "v2")?;
     if args.contains_key("v2") {
@@ -893,8 +639,14 @@ fn family_of(
     Ok(family)
 }
 
-/// Why LyCORIS is not imported for Flux.1.
-const FLUX_LYCORIS: &str = "LyCORIS on Flux.1 (lycoris.kohya picks its own Flux layers) is not supported by lorakit yet — it trains Flux.1 LoRAs as sd-scripts' networks.lora_flux does (kohya_ss GUI: LoRA_type Flux1); it will not train LyCORIS' network as that LoRA";
+/// "a" or "an" before a family's name as it is said ("an SDXL", "a Flux.1").
+fn article(name: &str) -> &'static str {
+    if name.starts_with('S') || name.starts_with('A') {
+        "an"
+    } else {
+        "a"
+    }
+}
 
 /// sd-scripts' `fused_backward_pass` has no effect on LoRA training (`train_network.py` never
 /// reads it), but `get_optimizer` still refuses it unless the optimizer is Adafactor and there
@@ -941,7 +693,11 @@ fn sdxl_checks(args: &BTreeMap<String, toml::Value>) -> Result<(), String> {
 
 /// `verify_bucket_reso_steps(32)` of the SDXL and Flux.1 scripts: with buckets on, the bucket
 /// step must be a multiple of 32.
-fn check_bucket_reso_steps(args: &BTreeMap<String, toml::Value>, family: &str, script: &str) -> Result<(), String> {
+pub(super) fn check_bucket_reso_steps(
+    args: &BTreeMap<String, toml::Value>,
+    family: &str,
+    script: &str,
+) -> Result<(), String> {
     let steps = match args.get("bucket_reso_steps") {
         None => 64,
         Some(v) => coerce(v, &toml::Value::Integer(0))
@@ -971,18 +727,22 @@ fn network_of(
             "network_module = \"{m}\" is {what}: lorakit does not train it; it would not train it as a LoRA instead"
         ));
     }
-    if family == Some(Family::Flux1) {
+    if let Some(script) = FlowScript::of(family) {
+        let name = script.name();
         if module == "lycoris.kohya" {
-            return Err(format!("network_module = \"lycoris.kohya\" for Flux.1: {FLUX_LYCORIS}"));
+            return Err(format!("network_module = \"lycoris.kohya\" for {name}: {}", script.lycoris_refusal()));
         }
-        if module != "networks.lora_flux" {
+        if module != script.module {
             return Err(format!(
-                "network_module = \"{module}\" in a Flux.1 config: sd-scripts trains Flux.1 LoRAs with networks.lora_flux (networks.lora finds no layer of the Flux transformer); set network_module = \"networks.lora_flux\""
+                "network_module = \"{module}\" in {} {name} config: {}; set network_module = \"{}\"",
+                article(name),
+                script.wrong_module(),
+                script.module
             ));
         }
-        // lorakit's networks.lora is sd-scripts' lora_flux on a Flux model (picked by the family).
+        // lorakit's networks.lora is sd-scripts' lora_flux / lora_sd3 on that family's model.
         t.put("network", "network_module", toml::Value::String("networks.lora".into()));
-        return flux_network(&network_kwargs(args, notes)?, t, notes);
+        return flow::flow_network(script, &network_kwargs(args, notes)?, t, notes);
     }
     if module != "networks.lora" && module != "lycoris.kohya" {
         return Err(format!(
@@ -1041,100 +801,6 @@ fn network_kwargs(
         }
     }
     Ok(kwargs)
-}
-
-/// The Flux network's ranks per layer type, read as `int(...)` by `lora_flux.create_network`.
-const FLUX_DIM_ARGS: &[&str] = &[
-    "img_attn_dim",
-    "txt_attn_dim",
-    "img_mlp_dim",
-    "txt_mlp_dim",
-    "img_mod_dim",
-    "txt_mod_dim",
-    "single_dim",
-    "single_mod_dim",
-];
-
-/// sd-scripts' `networks.lora_flux` `create_network` kwargs → lorakit's Flux network keys, as
-/// it reads them: `split_qkv` / `train_t5xxl` / `verbose` are on only for the exact text
-/// "True"; GGPO and per-module regex ranks / learning rates are refused (lorakit has neither);
-/// what `lora_flux` does not read (U-Net block weights, conv ranks: Flux has no conv layer) is
-/// listed as ignored, as in kohya's run.
-fn flux_network(kwargs: &[(String, String)], t: &mut Table, notes: &mut Vec<ImportNote>) -> Result<(), String> {
-    let get = |k: &str| kwargs.iter().find(|(key, _)| key == k).map(|(_, v)| v.as_str());
-    if let (Some(beta), Some(sigma)) = (get("ggpo_beta"), get("ggpo_sigma")) {
-        return Err(format!(
-            "network_args ggpo_beta={beta} ggpo_sigma={sigma}: GGPO (gradient-guided perturbation of the LoRA weights, kohya_ss' train_lora_ggpo) changes every step and is not implemented by lorakit; remove both to train without it"
-        ));
-    }
-    for key in ["network_reg_lrs", "network_reg_dims"] {
-        if let Some(v) = get(key) {
-            return Err(format!(
-                "network_args {key}={v}: per-module {} chosen by regular expression are not implemented by lorakit; remove it (use the *_dim type ranks, train_blocks and the block indices)",
-                if key == "network_reg_lrs" { "learning rates" } else { "ranks" }
-            ));
-        }
-    }
-    for (key, value) in kwargs {
-        let key = key.as_str();
-        let source = format!("network_args {key}={value}");
-        let exact_true = |what: &str, notes: &mut Vec<ImportNote>| {
-            let on = value == "True";
-            if !on && !value.eq_ignore_ascii_case("false") && !value.is_empty() {
-                notes.push(ImportNote::info(
-                    source.clone(),
-                    format!("lora_flux reads only the exact text True as on: kohya's run has {what} off, and so does lorakit"),
-                ));
-            }
-            on
-        };
-        match key {
-            k if FLUX_DIM_ARGS.contains(&k) => {
-                let v = coerce(&toml::Value::String(value.clone()), &toml::Value::Integer(0))
-                    .map_err(|e| format!("{source}: {e}"))?;
-                if v.as_integer().is_some_and(|i| i < 0) {
-                    return Err(format!("{source}: a rank is 0 (none) or more"));
-                }
-                t.put("network", key, v);
-            }
-            "train_blocks" | "in_dims" | "train_double_block_indices" | "train_single_block_indices" => {
-                t.put("network", key, toml::Value::String(value.trim().to_string()))
-            }
-            "split_qkv" => {
-                let on = exact_true("split_qkv", notes);
-                t.put("network", "split_qkv", toml::Value::Boolean(on));
-                if on {
-                    notes.push(ImportNote::info(
-                        "split_qkv",
-                        "split_qkv: trained as sd-scripts does (a q, k, v [and MLP] pair per fused layer); the saved file's fused layers carry alpha × parts, so ComfyUI/Forge/diffusers apply the trained strength — sd-scripts keeps alpha, and its files load 1/3 (qkv) or 1/4 (linear1) as strong",
-                    ));
-                }
-            }
-            "train_t5xxl" => {
-                let on = exact_true("train_t5xxl", notes);
-                t.put("network", "train_t5xxl", toml::Value::Boolean(on));
-            }
-            "verbose" => notes.push(ImportNote::cosmetic(source)),
-            "rank_dropout"
-            | "module_dropout"
-            | "loraplus_lr_ratio"
-            | "loraplus_unet_lr_ratio"
-            | "loraplus_text_encoder_lr_ratio" => t.put_typed(key, &toml::Value::String(value.clone()), &source)?,
-            "ggpo_beta" | "ggpo_sigma" => notes.push(ImportNote::info(
-                source,
-                "GGPO needs both ggpo_beta and ggpo_sigma: alone it does nothing in kohya's run, nor here",
-            )),
-            "conv_dim" | "conv_alpha" => notes.push(ImportNote::info(
-                source,
-                "the Flux transformer and its text encoders have no conv layer: no effect in kohya's run, none here",
-            )),
-            _ => notes.push(ImportNote::info(
-                source,
-                "networks.lora_flux does not read it: kohya's run ignores it, and so does lorakit",
-            )),
-        }
-    }
-    Ok(())
 }
 
 /// Why a dropout given to LyCORIS is not carried over.
@@ -1297,8 +963,8 @@ fn text_encoder_lr(
     t: &mut Table,
     notes: &mut Vec<ImportNote>,
 ) -> Result<(), String> {
-    if family == Some(Family::Flux1) {
-        return flux_text_encoder_lr(value, t, notes);
+    if let Some(script) = FlowScript::of(family) {
+        return flow::text_encoder_lr(script, value, t, notes);
     }
     let first = match value {
         toml::Value::Array(items) => {
@@ -1326,49 +992,6 @@ fn text_encoder_lr(
         other => other.clone(),
     };
     t.put_typed("text_encoder_lr", &first, "text_encoder_lr")
-}
-
-/// Flux.1's `text_encoder_lr`: `train_network.py` hands the value whole to `lora_flux`
-/// (`prepare_optimizer_params_with_multiple_te_lrs`), which reads `[CLIP-L, T5-XXL]` (one value:
-/// both) — lorakit's per-encoder list, in the same order.
-fn flux_text_encoder_lr(value: &toml::Value, t: &mut Table, notes: &mut Vec<ImportNote>) -> Result<(), String> {
-    let number = |v: &toml::Value| {
-        coerce(v, &toml::Value::Float(0.0))
-            .map(|f| f.as_float().unwrap_or(0.0))
-            .map_err(|e| format!("text_encoder_lr: {e}"))
-    };
-    let rates: Vec<f64> = match value {
-        toml::Value::Array(items) => items.iter().map(number).collect::<Result<_, _>>()?,
-        toml::Value::String(s) if s.trim().is_empty() => Vec::new(),
-        other => vec![number(other)?],
-    };
-    let lr = match rates.as_slice() {
-        [] => return Ok(()),
-        [one] => toml::Value::Float(*one),
-        [clip, t5, rest @ ..] => {
-            if !rest.is_empty() {
-                notes.push(ImportNote::info(
-                    "text_encoder_lr",
-                    format!("{value}: lora_flux reads the first two (CLIP-L, T5-XXL); the rest are unused in kohya's run, and here"),
-                ));
-            }
-            let train_t5xxl =
-                t.table.get("network").and_then(|n| n.get("train_t5xxl")).and_then(toml::Value::as_bool) == Some(true);
-            if clip != t5 && !train_t5xxl {
-                notes.push(ImportNote::info(
-                    "text_encoder_lr",
-                    format!("{value}: the second rate is T5-XXL's, which trains only with network_args train_t5xxl=True; CLIP-L trains at {clip}"),
-                ));
-            }
-            if clip == t5 {
-                toml::Value::Float(*clip)
-            } else {
-                toml::Value::Array(vec![toml::Value::Float(*clip), toml::Value::Float(*t5)])
-            }
-        }
-    };
-    t.put("optimizer", "text_encoder_lr", lr);
-    Ok(())
 }
 
 #[cfg(test)]
@@ -1550,9 +1173,10 @@ seed = 1
             ("network_module = \"networks.lora_fa\"\n", "LoRA-FA"),
             ("network_module = \"networks.loha\"\nnetwork_dim = 8\n", "native LoHa"),
             ("network_module = \"networks.oft_flux\"\n", "Flux OFT"),
-            ("network_module = \"networks.lora_sd3\"\n", "SD3"),
+            ("network_module = \"networks.lora_lumina\"\n", "Lumina"),
             ("network_module = \"networks.lora\"\nae = \"ae.safetensors\"\n", "Flux.1"),
-            ("network_module = \"networks.lora\"\nclip_l = \"l\"\nclip_g = \"g\"\nt5xxl = \"t\"\n", "SD3"),
+            // SD3's own argument with another network: sd-scripts' SD3 LoRAs need lora_sd3.
+            ("network_module = \"networks.lora\"\nclip_l = \"l\"\nclip_g = \"g\"\nt5xxl = \"t\"\n", "networks.lora_sd3"),
             ("network_module = \"networks.lora_anima\"\n", "Anima"),
             ("network_module = \"my.own.module\"\n", "my.own.module"),
             ("network_module = \"lycoris.kohya\"\nnetwork_args = [\"algo=ia3\"]\n", "ia3"),

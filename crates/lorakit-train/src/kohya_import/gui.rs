@@ -7,7 +7,10 @@
 //!   (`sdxl_cache_text_encoder_outputs` → `cache_text_encoder_outputs`, `sdxl_no_half_vae` →
 //!   `no_half_vae`), which it drops for other families; with `flux1_checkbox` (and `LoRA_type`
 //!   Flux1) it runs `flux_train_network.py` with `networks.lora_flux`, the Flux accordion's fields
-//!   and the rank / block-index fields as `network_args`;
+//!   and the rank / block-index fields as `network_args`; with `sd3_checkbox` it runs
+//!   `sd3_train_network.py` with `networks.lora_sd3` (LoRA types Standard and Kohya LoCon) and
+//!   the SD3 accordion's fields (`sd3_clip_l` → `clip_l`, `sd3_t5_dropout_rate` →
+//!   `t5_dropout_rate`, …);
 //! - `epoch` only when `max_train_steps` is 0/empty: with DreamBooth folders the GUI turns it into
 //!   `max_train_steps` (images × repeats ÷ batch ÷ accumulation × epochs × 2 with regularisation
 //!   images), with a dataset config it passes nothing (sd-scripts then trains 1600 steps);
@@ -226,8 +229,9 @@ pub fn to_sd_scripts_args(object: &Map<String, Value>) -> Result<Converted, Stri
 
     let family = family(&g)?;
     let flux = family == Family::Flux1;
-    // The GUI passes its v2 box to every script; flux_train_network.py ignores it (noted).
-    put("v2", toml::Value::Boolean(family == Family::Sd2 || flux && g.flag("v2")));
+    // The GUI passes its v2 box to every script; the flow scripts ignore it (noted).
+    let flow = flux || family == Family::Sd3;
+    put("v2", toml::Value::Boolean(family == Family::Sd2 || flow && g.flag("v2")));
     put("model_family", toml::Value::String(family.config_value().unwrap_or_default().into()));
     put("v_parameterization", toml::Value::Boolean(g.flag("v_parameterization")));
     if g.flag("train_inpainting") {
@@ -243,6 +247,9 @@ pub fn to_sd_scripts_args(object: &Map<String, Value>) -> Result<Converted, Stri
     }
     if flux {
         flux_args(&g, &mut put)?;
+    }
+    if family == Family::Sd3 {
+        sd3_args(&g, &mut put)?;
     }
 
     let (module, network_args) = network(&g, family)?;
@@ -464,6 +471,12 @@ fn family(g: &Gui) -> Result<Family, String> {
                     .into(),
             );
         }
+        if g.flag("sd3_checkbox") {
+            return Err(
+                "flux1_checkbox and sd3_checkbox are both checked: the kohya_ss GUI runs flux_train_network.py (its Flux.1 box comes first) with SD3's CLIP-L file, which is not what either model needs; uncheck one of them"
+                    .into(),
+            );
+        }
         if lora_type != "Flux1" && lora_type != "Flux1 OFT" && !lora_type.contains("LyCORIS") {
             return Err(format!(
                 "LoRA_type = {lora_type:?} with flux1_checkbox: the kohya_ss GUI refuses this too (\"LoRA type must be set to 'Flux1', 'Flux1 OFT' or 'LyCORIS' if Flux1 checkbox is checked\"); choose Flux1"
@@ -471,8 +484,16 @@ fn family(g: &Gui) -> Result<Family, String> {
         }
         return Ok(Family::Flux1);
     }
-    let checks: [(bool, Family, &str); 6] = [
-        (g.flag("sd3_checkbox"), Family::Sd3, "sd3_checkbox = true"),
+    if g.flag("sd3_checkbox") {
+        if sdxl_box {
+            return Err(
+                "sdxl and sd3_checkbox are both checked: the kohya_ss GUI runs sdxl_train_network.py (its sdxl box comes first) with the SD3 network networks.lora_sd3, which fails; uncheck one of them"
+                    .into(),
+            );
+        }
+        return Ok(Family::Sd3);
+    }
+    let checks: [(bool, Family, &str); 5] = [
         (
             g.flag("hunyuan_image_checkbox") || lora_type == "HunyuanImage-2.1",
             Family::HunyuanImage,
@@ -525,6 +546,54 @@ fn flux_args(g: &Gui, put: &mut impl FnMut(&str, toml::Value)) -> Result<(), Str
     Ok(())
 }
 
+/// The GUI's "SD3" accordion, passed only with `sd3_checkbox` (`train_model`'s
+/// `config_toml_data`): model files, the text encoders' dropout and masks, the SD3.5 Medium
+/// position options, the objective's density, the text-encoder caching boxes, `blocks_to_swap`
+/// and the "does not work" fields, under the names sd-scripts takes. (The GUI passes no
+/// `t5xxl_max_token_length`, `apply_t5_attn_mask`, `apply_lg_attn_mask` or `training_shift` for
+/// SD3: sd-scripts' defaults apply unless `additional_parameters` sets them.)
+fn sd3_args(g: &Gui, put: &mut impl FnMut(&str, toml::Value)) -> Result<(), String> {
+    use toml::Value as V;
+    for (arg, field) in [
+        ("clip_l", "sd3_clip_l"),
+        ("clip_g", "clip_g"),
+        ("t5xxl", "sd3_t5xxl"),
+        ("weighting_scheme", "weighting_scheme"),
+        ("t5xxl_device", "t5xxl_device"),
+        ("t5xxl_dtype", "t5xxl_dtype"),
+    ] {
+        put(arg, V::String(g.text(field)));
+    }
+    for (arg, field) in [
+        ("clip_l_dropout_rate", "sd3_clip_l_dropout_rate"),
+        ("clip_g_dropout_rate", "clip_g_dropout_rate"),
+        ("t5_dropout_rate", "sd3_t5_dropout_rate"),
+        ("pos_emb_random_crop_rate", "pos_emb_random_crop_rate"),
+        ("logit_mean", "logit_mean"),
+        ("logit_std", "logit_std"),
+        ("mode_scale", "mode_scale"),
+    ] {
+        put(arg, V::Float(g.num(field)?));
+    }
+    for (arg, field) in
+        [("text_encoder_batch_size", "sd3_text_encoder_batch_size"), ("blocks_to_swap", "blocks_to_swap")]
+    {
+        put(arg, V::Integer(g.int(field)?));
+    }
+    for (arg, field) in [
+        ("enable_scaled_pos_embed", "sd3_enable_scaled_pos_embed"),
+        ("save_clip", "save_clip"),
+        ("save_t5xxl", "save_t5xxl"),
+        ("disable_mmap_load_safetensors", "sd3_disable_mmap_load_safetensors"),
+        ("cache_text_encoder_outputs", "sd3_cache_text_encoder_outputs"),
+        ("cache_text_encoder_outputs_to_disk", "sd3_cache_text_encoder_outputs_to_disk"),
+        ("fused_backward_pass", "sd3_fused_backward_pass"),
+    ] {
+        put(arg, V::Boolean(g.flag(field)));
+    }
+    Ok(())
+}
+
 /// `LoRA_type` → `network_module` and the `network_args` string, as the GUI builds them.
 fn network(g: &Gui, family: Family) -> Result<(&'static str, String), String> {
     let lora_type = g.text("LoRA_type");
@@ -570,13 +639,19 @@ fn network(g: &Gui, family: Family) -> Result<(&'static str, String), String> {
                     s += &format!(" {key}={value}");
                 }
             }
-            ("networks.lora", s)
+            // train_model: `networks.lora_sd3 if sd3_checkbox else networks.lora`.
+            (if family == Family::Sd3 { "networks.lora_sd3" } else { "networks.lora" }, s)
         }
         "Flux1" => ("networks.lora_flux", flux_network_args(g)?),
         "Flux1 OFT" => ("networks.oft_flux", String::new()),
         _ if family == Family::Flux1 => {
             return Err(format!(
                 "LoRA_type = {lora_type:?} with flux1_checkbox: LyCORIS on Flux.1 is not supported by lorakit yet — it trains Flux.1 LoRAs as sd-scripts' networks.lora_flux does (LoRA_type Flux1); it will not train LyCORIS' network as that LoRA"
+            ))
+        }
+        _ if family == Family::Sd3 => {
+            return Err(format!(
+                "LoRA_type = {lora_type:?} with sd3_checkbox: lorakit trains SD3 LoRAs as sd-scripts' networks.lora_sd3 does (LoRA_type Standard); it will not train {lora_type} as that LoRA"
             ))
         }
         "LoCon" | "LyCORIS/LoCon" => ("lycoris.kohya", lycoris("locon")?),
@@ -1028,16 +1103,23 @@ mod tests {
 
     #[test]
     fn families_are_refused_at_import_with_the_family_named() {
-        for (key, family) in [
-            ("sd3_checkbox", "SD3"),
-            ("hunyuan_image_checkbox", "HunyuanImage"),
-            ("anima_checkbox", "Anima"),
-            ("lumina_checkbox", "Lumina"),
-        ] {
+        for (key, family) in
+            [("hunyuan_image_checkbox", "HunyuanImage"), ("anima_checkbox", "Anima"), ("lumina_checkbox", "Lumina")]
+        {
             // Even with the SDXL box checked too: the GUI runs the other family's script first.
             let err = import(&gui(&[(key, true.into()), ("sdxl", true.into())])).unwrap_err();
             assert!(err.contains(family) && err.contains("SD 1.x, SD 2.x, SDXL"), "{key}: {err}");
         }
+        // SD3 with SDXL or Flux.1: the GUI runs the other script with SD3's network or files.
+        let err = import(&gui(&[("sd3_checkbox", true.into()), ("sdxl", true.into())])).unwrap_err();
+        assert!(err.contains("sdxl and sd3_checkbox are both checked"), "{err}");
+        let err = import(&gui(&[
+            ("sd3_checkbox", true.into()),
+            ("flux1_checkbox", true.into()),
+            ("LoRA_type", "Flux1".into()),
+        ]))
+        .unwrap_err();
+        assert!(err.contains("flux1_checkbox and sd3_checkbox are both checked"), "{err}");
         // Flux.1 and SDXL together: the GUI runs sdxl_train_network.py with lora_flux, which fails.
         let err =
             import(&gui(&[("flux1_checkbox", true.into()), ("LoRA_type", "Flux1".into()), ("sdxl", true.into())]))

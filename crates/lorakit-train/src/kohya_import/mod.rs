@@ -10,16 +10,19 @@
 //!   `epoch` vs `max_train_steps`, "0 / empty means not set", noise offset type, LR rules, …).
 //! - [`args`]: sd-scripts arguments → lorakit keys, with sd-scripts' defaults for silent keys and
 //!   a refusal for what lorakit cannot train (network types, model families). The family comes
-//!   from the GUI's checkbox, `networks.lora_flux` and Flux-only arguments, `v2`, SDXL-only
-//!   arguments, or — for an sd-scripts TOML, which does not name its script — the base
-//!   checkpoint's weights when the file is here to read. Flux.1 configs get `flux_train_network.py`'s
-//!   rules: `lora_flux`'s network arguments, the `[flow]` objective with sd-scripts' defaults
-//!   written out, block swap, and the SD options that script ignores dropped with a note.
+//!   from the GUI's checkbox, `networks.lora_flux` / `networks.lora_sd3` and Flux- or SD3-only
+//!   arguments, `v2`, SDXL-only arguments, or — for an sd-scripts TOML, which does not name its
+//!   script — the base checkpoint's weights when the file is here to read.
+//! - [`flow`]: Flux.1 and SD3 configs get `flux_train_network.py`'s / `sd3_train_network.py`'s
+//!   rules: `lora_flux`'s / `lora_sd3`'s network arguments, per-encoder text-encoder rates, the
+//!   `[flow]` objective (with sd-scripts' Flux defaults written out), the SD3 text-encoder
+//!   options, block swap, and the SD options those scripts ignore dropped with a note.
 //!
 //! Everything not carried over becomes an [`ImportNote`], ranked by whether it changes the run.
 
 pub mod args;
 pub mod detect;
+mod flow;
 pub mod gui;
 mod key_lists;
 
@@ -34,8 +37,8 @@ pub use args::import_sd_scripts_args;
 pub enum NoteLevel {
     /// An ignored or unsupported setting that changes what is trained: shown first, as a warning.
     ChangesRun,
-    /// A memory-saving option lorakit does not have (Flux's `cpu_offload_checkpointing`,
-    /// `blocks_to_swap` without gradient checkpointing): the same weights are
+    /// A memory-saving option lorakit does not have (Flux's `blocks_to_swap` without gradient
+    /// checkpointing, SD3's `blocks_to_swap`): the same weights are
     /// trained, but the run needs more memory than kohya's — a warning, right after the above.
     Memory,
     /// A conversion or a setting that does not change the trained weights (file retention,
@@ -158,7 +161,7 @@ pub fn import_bytes(bytes: &[u8], base: &Path) -> std::result::Result<Imported, 
 /// What the base checkpoint of an sd-scripts TOML is, from its weights (the header of a
 /// `.safetensors` file or a diffusers folder's configs, no tensor read), when it is here to read:
 /// the TOML itself does not say whether it is for `train_network.py` or `sdxl_train_network.py`.
-/// `None` when the path is missing, unreadable or something else than SD 1.x/2.x/SDXL/Flux.1.
+/// `None` when the path is missing, unreadable or something else than SD 1.x/2.x/SDXL/Flux.1/SD3.
 fn checkpoint_family(pairs: &[(String, toml::Value)], base: &Path) -> Option<(args::Family, String)> {
     use lorakit_models::checkpoint::{detect_family_at, ModelFamily};
     let (_, value) = pairs.iter().rev().find(|(k, _)| k == "pretrained_model_name_or_path")?;
@@ -182,6 +185,7 @@ fn checkpoint_family(pairs: &[(String, toml::Value)], base: &Path) -> Option<(ar
         ModelFamily::Sd2 => args::Family::Sd2,
         ModelFamily::Sdxl => args::Family::Sdxl,
         ModelFamily::Flux => args::Family::Flux1,
+        ModelFamily::Sd3 => args::Family::Sd3,
         _ => return None,
     };
     Some((family, path.display().to_string()))
@@ -193,6 +197,7 @@ fn resolve_relative(imported: &mut Imported, base: &Path) {
     for (section, key) in [
         ("model", "pretrained_model_name_or_path"),
         ("model", "clip_l"),
+        ("model", "clip_g"),
         ("model", "t5xxl"),
         ("model", "ae"),
         ("dataset", "train_data_dir"),
