@@ -469,3 +469,41 @@ fn sd_scripts_full_size_names_are_sd3_modules_in_order() {
         assert_eq!(shapes[&format!("{key}.lora_up.weight")], serde_json::json!([4608, 12]));
     }
 }
+
+/// tools/reference/sd3_lora_diffusers_load.py converted every fixture with `lorakit convert --to
+/// diffusers` and loaded the results with diffusers' `StableDiffusion3Pipeline.load_lora_weights`
+/// (no warning, every module a PEFT layer, ΔW equal to diffusers' view): lorakit still writes
+/// exactly those files (sha256), and the record says they loaded cleanly.
+#[test]
+fn converted_files_are_the_ones_diffusers_loaded() {
+    use sha2::{Digest, Sha256};
+    let record: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir().join("diffusers_load.json")).unwrap()).unwrap();
+    assert!(record["diffusers"].as_str().unwrap().starts_with("0.42"), "{}", record["diffusers"]);
+    let tmp = tempfile::tempdir().unwrap();
+    let converted = record["converted"].as_object().unwrap();
+    assert_eq!(converted.len(), LAYOUTS.len());
+    for layout in LAYOUTS {
+        let r = &converted[layout];
+        assert_eq!(r["problems"], serde_json::json!([]), "{layout}");
+        let src = dir().join(format!("{layout}.safetensors"));
+        let path = if layout == "diffusers" {
+            src
+        } else {
+            let out = tmp.path().join(format!("{layout}.safetensors"));
+            convert_file(&src, &out, Target::Peft, None, None).unwrap();
+            out
+        };
+        let digest = Sha256::digest(std::fs::read(&path).unwrap());
+        let sha: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(sha, r["sha256"].as_str().unwrap(), "{layout}: not the file diffusers loaded; rerun the script");
+        // Every module but T5's became a PEFT layer.
+        let file = LoraFile::open(&path).unwrap();
+        let modules = keys::modules(&file).unwrap().modules;
+        let t5 = modules.iter().filter(|m| m.name.starts_with("text_encoder_3.")).count();
+        assert_eq!(r["lora_layers"].as_u64().unwrap() as usize, modules.len() - t5, "{layout}");
+        assert_eq!(r["t5_modules_not_loaded"].as_u64().unwrap() as usize, t5, "{layout}");
+    }
+    // diffusers takes a kohya SD3 file as published without loading anything: converting is needed.
+    assert_eq!(record["kohya_as_published"]["outcome"], "loaded 0 LoRA layers");
+}
