@@ -1,6 +1,7 @@
 //! `lorakit convert`: rename a LoRA's keys between kohya (ComfyUI/A1111/Forge)
-//! and PEFT/diffusers naming for SD1.5, SDXL and Flux.1 (Flux files in any layout: kohya,
-//! diffusers/ai-toolkit, ComfyUI/BFL, XLabs).
+//! and PEFT/diffusers naming for SD1.5, SDXL, SD3/SD3.5 and Flux.1 (Flux files in any layout:
+//! kohya, diffusers/ai-toolkit, ComfyUI/BFL, XLabs; SD3 files: kohya, SAI/ComfyUI, diffusers,
+//! OneTrainer).
 
 use clap::{Args, ValueEnum};
 use lorakit_lora::convert::{convert_file, Target};
@@ -38,6 +39,8 @@ pub enum FamilyArg {
     Sdxl,
     /// Flux.1 (dev, schnell; Chroma shares its layers).
     Flux,
+    /// Stable Diffusion 3 / 3.5 (Medium, Large).
+    Sd3,
 }
 
 /// Arguments of `lorakit convert`.
@@ -48,13 +51,17 @@ Flux: kohya's fused img_attn_qkv / txt_attn_qkv / linear1 are split into diffuse
 and proj_mlp and fused back, as sd-scripts' convert_flux_lora.py does (split_qkv files are cut into their parts); \
 BFL/ComfyUI (diffusion_model.…), XLabs and ai-toolkit files are read too. diffusers' FluxPipeline does not load \
 T5 (text_encoder_2) modules.\n\n\
+SD3/SD3.5: kohya's fused attn_qkv / attn2_qkv are split into diffusers' to_q, to_k, to_v (add_*_proj, attn2.*) and fused \
+back; the final and the last block's context modulations swap their halves as diffusers' SD3 checkpoint conversion does. \
+SAI/ComfyUI (diffusion_model.joint_blocks.…) and OneTrainer (lora_transformer_…) files are read too. diffusers' \
+StableDiffusion3Pipeline does not load T5 (text_encoder_3) modules.\n\n\
 A file holding NaN/Inf weights is converted as it is (a faithful copy), with a warning naming its modules.\n\n\
 Examples:\n  \
     lorakit convert my.safetensors my-diffusers.safetensors --to peft\n  \
     lorakit convert diffusers.safetensors comfy.safetensors --to kohya --precision fp16\n  \
     lorakit convert flux-xlabs.safetensors flux-kohya.safetensors --to kohya")]
 pub struct ConvertArgs {
-    /// The LoRA to convert (kohya or PEFT names, SD1.5, SDXL or Flux).
+    /// The LoRA to convert (kohya or PEFT names, SD1.5, SDXL, SD3 or Flux).
     pub input: PathBuf,
     /// Where to write the converted LoRA (written atomically; never the input).
     pub output: PathBuf,
@@ -84,6 +91,7 @@ pub fn run(args: ConvertArgs) -> anyhow::Result<ExitCode> {
         FamilyArg::Sd15 => Family::Sd1,
         FamilyArg::Sdxl => Family::Sdxl,
         FamilyArg::Flux => Family::Flux,
+        FamilyArg::Sd3 => Family::Sd3,
     });
     if let Some(problem) = lorakit_lora::inspect::non_finite_summary(&args.input)? {
         eprintln!("warning: {problem}; the converted file keeps them (applying it gives NaN/black images)");
@@ -95,7 +103,7 @@ pub fn run(args: ConvertArgs) -> anyhow::Result<ExitCode> {
     } else {
         String::new()
     };
-    // Flux layers split into parts (or parts fused) turn N modules into M.
+    // Flux / SD3 layers split into parts (or parts fused) turn N modules into M.
     let inputs: std::collections::BTreeSet<&str> = outcome.renamed.iter().map(|(a, _)| a.as_str()).collect();
     let outputs: std::collections::BTreeSet<&str> = outcome.renamed.iter().map(|(_, b)| b.as_str()).collect();
     let count = if inputs.len() == outputs.len() {

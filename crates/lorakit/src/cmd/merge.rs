@@ -48,8 +48,9 @@ pub fn parse_weighted(text: &str) -> Result<WeightedInput, String> {
 #[derive(Args, Debug)]
 #[command(after_help = "An input holding NaN/Inf weights is refused, naming its modules: the merged modules would be \
 NaN (use an earlier epoch's file instead).\n\n\
-Flux LoRAs of any layout (kohya, diffusers/ai-toolkit, ComfyUI/BFL, XLabs) are read under their kohya names, so a \
-layer merges across files of different layouts; the merged file has kohya names.\n\n\
+Flux LoRAs of any layout (kohya, diffusers/ai-toolkit, ComfyUI/BFL, XLabs) and SD3 LoRAs of any layout (kohya, \
+diffusers, SAI/ComfyUI, OneTrainer) are read under their kohya names, so a layer merges across files of different \
+layouts; the merged file has kohya names.\n\n\
 Examples:\n  \
     lorakit merge style.safetensors:0.7 character.safetensors:0.5 -o merged.safetensors --rank 32\n  \
     lorakit merge a.safetensors b.safetensors:-1 -o diff.safetensors --rank 8 --precision fp16")]

@@ -35,7 +35,8 @@ pub enum SavePrecision {
 #[derive(Args, Debug)]
 #[command(after_help = "An input holding NaN/Inf weights is refused, naming its modules: their SVD would be NaN \
 (use an earlier epoch's file instead).\n\n\
-Flux LoRAs keep their layout (kohya, diffusers, ComfyUI/BFL, XLabs). A fused qkv / linear1 module is resized as one \
+Flux and SD3 LoRAs keep their layout (kohya, diffusers, ComfyUI/BFL/SAI, XLabs, OneTrainer). A fused qkv / linear1 \
+module is resized as one \
 layer, as sd-scripts' resize_lora.py does; sd-scripts split_qkv files store those layers block-diagonally at \
 parts × their rank, so a smaller --rank truncates across the parts (--verbose shows what each keeps).\n\n\
 Examples:\n  \
