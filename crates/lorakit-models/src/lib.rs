@@ -17,6 +17,7 @@ pub mod pipeline;
 pub mod resnet;
 pub mod samplers;
 pub mod schedule;
+pub mod sd3_pipeline;
 pub mod sd3_text;
 pub mod sdxl_text;
 pub mod t5;

@@ -1920,8 +1920,9 @@ mod tests {
         }
         let err = TrainConfig::from_toml_str("", &["network_multiplier=inf".into()]).unwrap_err();
         assert!(err.contains("network.network_multiplier = inf"), "{err}");
-        let err = TrainConfig::from_toml_str("[model]\nmodel_family = \"sd3\"\n", &[]).unwrap_err();
-        assert!(err.contains("model_family") && err.contains("sd1, sd2, sdxl, flux"), "{err}");
+        let err = TrainConfig::from_toml_str("[model]\nmodel_family = \"sd35\"\n", &[]).unwrap_err();
+        assert!(err.contains("model_family") && err.contains("sd1, sd2, sdxl, flux, sd3"), "{err}");
+        TrainConfig::from_toml_str("[model]\nmodel_family = \"sd3\"\n", &[]).unwrap();
         TrainConfig::from_toml_str("[model]\nmodel_family = \"flux\"\n", &[]).unwrap();
         TrainConfig::from_toml_str("[model]\nmodel_family = \"sdxl\"\n", &[]).unwrap();
         let err = TrainConfig::from_toml_str("[model]\nmodel_family = \"sdxl\"\nv2 = true\n", &[]).unwrap_err();

@@ -59,6 +59,9 @@ pub mod stream {
     pub const CAPTION: u64 = 7;
     /// Random crop and colour augmentation of one sample.
     pub const AUGMENT: u64 = 8;
+    /// The model family's own training draws of one micro-step (SD3: text-encoder dropout,
+    /// position-table crop).
+    pub const MODEL: u64 = 9;
 }
 
 /// One image as training uses it.

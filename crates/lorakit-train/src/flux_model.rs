@@ -33,7 +33,7 @@ const DOUBLE_BLOCK_FLOATS_PER_FEATURE: f64 = 72.0;
 const SINGLE_BLOCK_FLOATS_PER_FEATURE: f64 = 66.0;
 /// The SD 1.5 UNet's training activations in f32 per latent pixel (`plan.rs`' measured
 /// constant), the unit of [`TrainableModel::activation_scale`].
-const SD15_ACTIVATION_BYTES_PER_LATENT_PIXEL: f64 = 1.49e6;
+pub(crate) const SD15_ACTIVATION_BYTES_PER_LATENT_PIXEL: f64 = 1.49e6;
 
 /// CLIP-L's and T5-XXL's places in [`TrainableModel::components`] (after the transformer).
 const CLIP_L: usize = 1;
@@ -153,6 +153,7 @@ impl TrainableModel for FluxModel {
         cond: &Conditioning,
         _sizes: &[SizeCondition],
         ctxs: &[ForwardCtx],
+        _rng: &mut StdRng,
     ) -> Result<Tensor> {
         let dtype = self.dtype();
         let b = noisy.dim(0)?;

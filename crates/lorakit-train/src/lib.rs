@@ -35,6 +35,7 @@ pub mod run_log;
 pub mod sample_prompts;
 pub mod samples;
 pub mod schedule;
+pub mod sd3_model;
 pub mod state;
 pub mod tensorboard;
 pub mod text_cache;
@@ -113,6 +114,8 @@ pub enum LoadedModel {
     StableDiffusion(Box<model::StableDiffusionModel>),
     /// Flux.1 dev or schnell.
     Flux(Box<flux_model::FluxModel>),
+    /// SD3 Medium, SD3.5 Medium or SD3.5 Large.
+    Sd3(Box<sd3_model::Sd3Model>),
 }
 
 impl LoadedModel {
@@ -121,6 +124,7 @@ impl LoadedModel {
         match self {
             LoadedModel::StableDiffusion(m) => m.as_ref(),
             LoadedModel::Flux(m) => m.as_ref(),
+            LoadedModel::Sd3(m) => m.as_ref(),
         }
     }
 
@@ -134,6 +138,7 @@ impl LoadedModel {
                 }
             }
             LoadedModel::Flux(m) => m.release_text_encoders(trained),
+            LoadedModel::Sd3(m) => m.release_text_encoders(trained),
         }
     }
 }
@@ -175,10 +180,8 @@ fn load_inputs(config: &TrainConfig, events: &mut dyn FnMut(TrainEvent)) -> Resu
         return Ok((data, LoadedModel::Flux(Box::new(load_flux(config, &model_path, &device)?))));
     }
     if family == lorakit_models::checkpoint::ModelFamily::Sd3 {
-        return Err(TrainError::Other(format!(
-            "{}: an SD3 model; lorakit cannot train SD3 LoRAs yet",
-            model_path.display()
-        )));
+        let model = load_sd3(config, &data, &model_path, &device)?;
+        return Ok((data, LoadedModel::Sd3(Box::new(model))));
     }
     let model = model::StableDiffusionModel::load_with(
         &model_path,
@@ -234,4 +237,74 @@ fn load_flux(
         offload_checkpoints: config.accelerate.cpu_offload_checkpointing,
     };
     flux_model::FluxModel::load(&paths, &opts, device)
+}
+
+/// An SD3 / SD3.5 model with the parts, storage and options the config names (sd-scripts'
+/// `--clip_l`, `--clip_g`, `--t5xxl`, `--fp8_base`, `--t5xxl_max_token_length`, the mask,
+/// dropout and position-embedding options).
+fn load_sd3(
+    config: &TrainConfig,
+    data: &data::TrainData,
+    model_path: &std::path::Path,
+    device: &candle_core::Device,
+) -> Result<sd3_model::Sd3Model> {
+    if let Some(family) = config.model.model_family.as_deref().filter(|f| *f != "sd3") {
+        return Err(TrainError::Other(format!(
+            "{}: an SD3 model, but the config is for {family} (model.model_family); use a checkpoint of that family or fix the config",
+            model_path.display()
+        )));
+    }
+    for (key, set) in [
+        ("model.v2", config.model.v2),
+        ("model.v_parameterization", config.model.v_parameterization),
+        ("accelerate.no_half_vae", config.accelerate.no_half_vae),
+    ] {
+        if set {
+            return Err(TrainError::Other(format!(
+                "{key} does not apply to SD3 models (a rectified-flow model whose VAE runs in f32 anyway); remove it"
+            )));
+        }
+    }
+    let m = &config.model;
+    // sd-scripts builds the scaled tables from every dataset's resolution.
+    let scaled_pos_embed_sizes = m.enable_scaled_pos_embed.then(|| {
+        let resolutions: Vec<(usize, usize)> = data
+            .datasets
+            .iter()
+            .map(|d| (d.spec.buckets.resolution.0 as usize, d.spec.buckets.resolution.1 as usize))
+            .collect();
+        lorakit_models::dit::mmdit::scaled_pos_embed_latent_sizes(&resolutions)
+    });
+    let fp8 = |on: bool| {
+        if on {
+            lorakit_models::checkpoint::LinearStorage::Fp8
+        } else {
+            lorakit_models::checkpoint::LinearStorage::Compute
+        }
+    };
+    let paths = lorakit_models::checkpoint::sd3::Sd3Paths {
+        model: model_path.to_path_buf(),
+        clip_l: m.clip_l.clone(),
+        clip_g: m.clip_g.clone(),
+        t5xxl: m.t5xxl.clone(),
+        vae: None,
+    };
+    let opts = lorakit_models::sd3_pipeline::Sd3Options {
+        dtype: trainer::model_dtype(config),
+        transformer_storage: fp8(config.accelerate.fp8_base),
+        t5_storage: fp8(config.accelerate.fp8_base),
+        t5_max_length: m.t5xxl_max_token_length,
+        apply_lg_attn_mask: m.apply_lg_attn_mask,
+        apply_t5_attn_mask: m.apply_t5_attn_mask,
+        scaled_pos_embed_sizes,
+    };
+    let train = sd3_model::Sd3TrainOptions {
+        dropout: lorakit_models::sd3_text::Sd3DropoutRates {
+            clip_l: m.clip_l_dropout_rate,
+            clip_g: m.clip_g_dropout_rate,
+            t5: m.t5_dropout_rate,
+        },
+        pos_emb_random_crop_rate: m.pos_emb_random_crop_rate,
+    };
+    sd3_model::Sd3Model::load(&paths, &opts, train, device)
 }

@@ -216,6 +216,15 @@ impl RunMetadata {
             ("train_single_block_indices", n.train_single_block_indices.clone()),
             ("split_qkv", n.split_qkv.then(|| "True".to_string())),
             ("train_t5xxl", n.train_t5xxl.then(|| "True".to_string())),
+            // SD3's lora_sd3.py arguments, as given.
+            ("context_attn_dim", n.context_attn_dim.map(|d| d.to_string())),
+            ("context_mlp_dim", n.context_mlp_dim.map(|d| d.to_string())),
+            ("context_mod_dim", n.context_mod_dim.map(|d| d.to_string())),
+            ("x_attn_dim", n.x_attn_dim.map(|d| d.to_string())),
+            ("x_mlp_dim", n.x_mlp_dim.map(|d| d.to_string())),
+            ("x_mod_dim", n.x_mod_dim.map(|d| d.to_string())),
+            ("emb_dims", n.emb_dims.clone()),
+            ("train_block_indices", n.train_block_indices.clone()),
         ] {
             if let Some(v) = v {
                 args.insert(key.into(), json!(v));
@@ -238,6 +247,8 @@ impl RunMetadata {
         }
         if info.base_model_version == "flux1" {
             flux_keys(c, &mut put);
+        } else if info.architecture.starts_with("stable-diffusion-3") {
+            sd3_keys(c, &mut put);
         }
         dataset_keys(c, data, &mut put);
         if let Some(model) = &c.model.pretrained_model_name_or_path {
@@ -456,6 +467,22 @@ fn flux_keys(c: &TrainConfig, put: &mut impl FnMut(&str, String)) {
     put("ss_sigmoid_scale", py_float(f.sigmoid_scale));
     put("ss_model_prediction_type", f.model_prediction_type.map_or_else(|| "raw".to_string(), |p| name(json!(p))));
     put("ss_discrete_flow_shift", py_float(f.discrete_flow_shift));
+}
+
+/// sd-scripts' `sd3_train_network.py` `update_metadata` keys: the masks and the timestep draw.
+fn sd3_keys(c: &TrainConfig, put: &mut impl FnMut(&str, String)) {
+    let name = |v: serde_json::Value| v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string());
+    let f = &c.flow;
+    // An SD3 LoRA is sd-scripts' networks.lora_sd3 whatever the config's generic name.
+    if c.network.network_module == "networks.lora" {
+        put("ss_network_module", "networks.lora_sd3".into());
+    }
+    put("ss_apply_lg_attn_mask", py_bool(c.model.apply_lg_attn_mask));
+    put("ss_apply_t5_attn_mask", py_bool(c.model.apply_t5_attn_mask));
+    put("ss_weighting_scheme", name(json!(f.weighting_scheme)));
+    put("ss_logit_mean", py_float(f.logit_mean));
+    put("ss_logit_std", py_float(f.logit_std));
+    put("ss_mode_scale", py_float(f.mode_scale));
 }
 
 #[cfg(test)]

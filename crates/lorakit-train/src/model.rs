@@ -210,7 +210,10 @@ pub trait TrainableModel {
     /// by 1000 again); for SD3 the integer t the MMDiT takes as is. `guidance` is the
     /// distilled-guidance value per sample (f32 `[B]`, `flow.guidance_scale`) the flow
     /// objective gives Flux; a model without a guidance embedding (schnell, every UNet) ignores
-    /// it, as sd-scripts does.
+    /// it, as sd-scripts does. `rng` (the micro-step's own stream) draws the randomness of the
+    /// family's own training options — SD3's per-encoder text dropout and position-table crop;
+    /// the others ignore it.
+    #[allow(clippy::too_many_arguments)]
     fn denoise(
         &self,
         noisy: &Tensor,
@@ -219,6 +222,7 @@ pub trait TrainableModel {
         cond: &Conditioning,
         sizes: &[SizeCondition],
         ctxs: &[ForwardCtx],
+        rng: &mut StdRng,
     ) -> Result<Tensor>;
     /// One preview image with the LoRA sets applied (one per component).
     fn sample(&self, request: &GenerateRequest, sets: &[Arc<LoraSet>]) -> Result<RgbImage>;
@@ -611,6 +615,7 @@ impl TrainableModel for StableDiffusionModel {
         cond: &Conditioning,
         sizes: &[SizeCondition],
         ctxs: &[ForwardCtx],
+        _rng: &mut StdRng,
     ) -> Result<Tensor> {
         let ctx = ctxs.first().cloned().unwrap_or_default();
         let dtype = self.dtype();

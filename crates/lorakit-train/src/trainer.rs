@@ -1283,7 +1283,15 @@ impl<'m> Trainer<'m> {
             batch.samples.iter().map(|s| self.data.images[s.image].size_condition(s.flip)).collect();
         let pred = self
             .model
-            .denoise(&noised.noisy, &noised.timesteps, noised.guidance.as_ref(), &cond, &sizes, &ctxs)?
+            .denoise(
+                &noised.noisy,
+                &noised.timesteps,
+                noised.guidance.as_ref(),
+                &cond,
+                &sizes,
+                &ctxs,
+                &mut rng_for(&[seed, stream::MODEL, global_step, micro]),
+            )?
             .to_dtype(DType::F32)?;
 
         // sd-scripts' loss assembly (§7.2): preconditioning, element-wise loss, per-sample mean,

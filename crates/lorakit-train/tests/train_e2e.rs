@@ -212,7 +212,7 @@ fn denoise_error(model: &StableDiffusionModel, latents: &Tensor, caption: &str, 
         let t_int = Tensor::new(&[t], &Device::Cpu).unwrap();
         let noisy = model.pipeline().schedule.add_noise(latents, &noise, &t_int).unwrap();
         let t = Tensor::new(&[t as f32], &Device::Cpu).unwrap();
-        let pred = model.denoise(&noisy, &t, None, &cond, &[], &ctxs).unwrap();
+        let pred = model.denoise(&noisy, &t, None, &cond, &[], &ctxs, &mut rng).unwrap();
         total += (pred - noise).unwrap().sqr().unwrap().mean_all().unwrap().to_scalar::<f32>().unwrap();
     }
     total / 5.0

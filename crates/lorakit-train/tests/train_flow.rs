@@ -67,13 +67,14 @@ impl TrainableModel for FlowSd {
         cond: &Conditioning,
         sizes: &[SizeCondition],
         ctxs: &[ForwardCtx],
+        rng: &mut rand::rngs::StdRng,
     ) -> Result<Tensor> {
         self.calls.lock().unwrap().push(Call {
             dims: noisy.dims().to_vec(),
             timesteps: timesteps.to_vec1()?,
             guidance: guidance.map(|g| g.to_vec1()).transpose()?,
         });
-        self.inner.denoise(noisy, timesteps, guidance, cond, sizes, ctxs)
+        self.inner.denoise(noisy, timesteps, guidance, cond, sizes, ctxs, rng)
     }
     fn sample(&self, request: &GenerateRequest, sets: &[Arc<LoraSet>]) -> Result<RgbImage> {
         self.inner.sample(request, sets)

@@ -38,7 +38,8 @@ fn prediction(model: &StableDiffusionModel, sets: &[Arc<lorakit_nn::LoraSet>]) -
     let cond = model.encode_text(&["chkbrd, a chessboard"], 75, None, &ctxs).unwrap();
     let latents = lorakit_nn::gradcheck::pseudo_random(&[1, 4, 8, 8], 3).unwrap().to_dtype(DType::F32).unwrap();
     let t = Tensor::new(&[500f32], &Device::Cpu).unwrap();
-    model.denoise(&latents, &t, None, &cond, &[], &ctxs).unwrap()
+    let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(0);
+    model.denoise(&latents, &t, None, &cond, &[], &ctxs, &mut rng).unwrap()
 }
 
 /// Trains `network`, then checks the final file: LyCORIS keys only, metadata, every module

@@ -12,9 +12,12 @@ pub const PRESETS: &[(&str, &str)] = &[
     ("flux-12gb", "FLUX.1-dev on a 12 GB card: a character at 512 px, fp8 base, 16 blocks swapped to RAM"),
     ("flux-16gb", "FLUX.1-dev on a 16 GB card: a character at 512 px, fp8 base, transformer only"),
     ("flux-24gb", "FLUX.1-dev on a 24 GB card: a character at 1024 px, fp8 base, transformer only"),
+    ("sd35-medium", "SD3.5 Medium on a 12 GB card: a character at 1024 px, transformer only"),
+    ("sd35-large", "SD3.5 Large on a 16 GB card: a character at 1024 px, fp8 base, transformer only"),
 ];
 
 mod flux;
+mod sd3;
 
 /// The model family a preset is written for (`model.model_family` where the preset sets it; the
 /// SD 1.5 presets leave it unset and are for `sd1`) — the GUI shows that family's fields until a
@@ -24,13 +27,14 @@ pub fn preset_family(name: &str) -> Option<&'static str> {
         "sd15-character" | "sd15-style" => Some("sd1"),
         "sdxl-character" | "sdxl-style" | "pony" | "illustrious" => Some("sdxl"),
         "flux-12gb" | "flux-16gb" | "flux-24gb" => Some("flux"),
+        "sd35-medium" | "sd35-large" => Some("sd3"),
         _ => None,
     }
 }
 
 /// The config text of a preset.
 pub fn preset(name: &str) -> Result<String, String> {
-    if let Some(text) = sdxl_preset(name).or_else(|| flux::flux_preset(name)) {
+    if let Some(text) = sdxl_preset(name).or_else(|| flux::flux_preset(name)).or_else(|| sd3::sd3_preset(name)) {
         return Ok(text);
     }
     let (rank, alpha, conv, epochs, lr, te_lr, repeats_hint, trigger, flip, shuffle_note) = match name {
