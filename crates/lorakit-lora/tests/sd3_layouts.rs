@@ -507,3 +507,29 @@ fn converted_files_are_the_ones_diffusers_loaded() {
     // diffusers takes a kohya SD3 file as published without loading anything: converting is needed.
     assert_eq!(record["kohya_as_published"]["outcome"], "loaded 0 LoRA layers");
 }
+
+/// Keys alone tell SD3 from Flux: SD3-only layers, attn2, and the width of diffusers' shared
+/// joint-block names (Flux's is 3072).
+#[test]
+fn family_from_keys_tells_sd3_from_flux() {
+    let tmp = tempfile::tempdir().unwrap();
+    let family = |modules: &[(&str, usize)]| {
+        let mut t = BTreeMap::new();
+        for (name, width) in modules {
+            t.insert(format!("{name}.lora_A.weight"), Tensor::new(vec![1, *width], vec![0.1; *width]));
+            t.insert(format!("{name}.lora_B.weight"), Tensor::new(vec![*width, 1], vec![0.1; *width]));
+        }
+        let path = tmp.path().join("f.safetensors");
+        write_lora(&path, &t, &Default::default(), Precision::F32).unwrap();
+        guess_family(&LoraFile::open(&path).unwrap()).from_keys
+    };
+    assert_eq!(family(&[("transformer.transformer_blocks.0.attn.to_q", 1536)]), Family::Sd3);
+    assert_eq!(family(&[("transformer.transformer_blocks.0.attn.to_q", 2432)]), Family::Sd3);
+    assert_eq!(family(&[("transformer.transformer_blocks.0.attn.to_q", 3072)]), Family::Flux);
+    assert_eq!(family(&[("transformer.transformer_blocks.0.attn2.to_q", 3072)]), Family::Sd3);
+    assert_eq!(family(&[("transformer.pos_embed.proj", 16)]), Family::Sd3);
+    assert_eq!(family(&[("lora_unet_t_embedder_mlp_0", 16)]), Family::Sd3);
+    assert_eq!(family(&[("transformer.proj_out", 16)]), Family::Unknown);
+    // SDXL's diffusers names have attn2 under `unet.` only.
+    assert_ne!(family(&[("unet.down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_q", 640)]), Family::Sd3);
+}
