@@ -111,7 +111,7 @@ fn refuses_what_does_not_apply_to_flux() {
         out_png.to_str().unwrap(),
     ]);
     assert!(!out.status.success());
-    assert!(stderr(&out).contains("--clip-l is for Flux"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("--clip-l is for Flux and SD3"), "{}", stderr(&out));
     assert!(!out_png.exists());
 }
 

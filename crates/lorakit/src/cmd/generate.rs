@@ -8,12 +8,14 @@ use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
+use lorakit_models::checkpoint::sd3::Sd3Paths;
 use lorakit_models::checkpoint::{detect_family_at, ModelFamily};
 use lorakit_models::flux_pipeline::{FluxOptions, FluxPaths, FluxPipeline};
 use lorakit_models::grid::compose_grid;
 use lorakit_models::lora_inject::{load_lora_file, sets_from_files, ComponentTargets, LoadedLora};
 use lorakit_models::pipeline::{GenerateRequest, LoraSets, RgbImage, StableDiffusion};
 use lorakit_models::samplers::SamplerKind;
+use lorakit_models::sd3_pipeline::{Sd3Options, Sd3Pipeline};
 
 /// Arguments of `lorakit generate`.
 #[derive(Args, Debug)]
@@ -23,13 +25,21 @@ use lorakit_models::samplers::SamplerKind;
     --prompt 'mychar, portrait' --prompt 'mychar, full body' -o epochs.png")]
 pub struct GenerateArgs {
     /// Base model: a single-file .safetensors checkpoint or a diffusers folder (SD 1.x / 2.x,
-    /// SDXL; Flux.1: BFL's transformer file with --clip-l, --t5xxl and --ae, or a diffusers folder).
+    /// SDXL; Flux.1: BFL's transformer file with --clip-l, --t5xxl and --ae, or a diffusers folder;
+    /// SD3 / SD3.5: Stability AI's file, with --clip-l, --clip-g, --t5xxl when it holds no text
+    /// encoders, or a diffusers folder).
     #[arg(long, value_name = "CKPT")]
     model: PathBuf,
-    /// Flux: the CLIP-L text encoder file (sd-scripts' --clip_l); default: the folder's text_encoder/.
+    /// Flux, SD3: the CLIP-L text encoder file (sd-scripts' --clip_l); default: the folder's
+    /// text_encoder/ (SD3: or the one inside the file).
     #[arg(long, value_name = "FILE")]
     clip_l: Option<PathBuf>,
-    /// Flux: the T5-XXL text encoder file (sd-scripts' --t5xxl); default: the folder's text_encoder_2/.
+    /// SD3: the CLIP-G text encoder file (sd-scripts' --clip_g); default: the one inside the
+    /// file, or the folder's text_encoder_2/.
+    #[arg(long, value_name = "FILE")]
+    clip_g: Option<PathBuf>,
+    /// Flux, SD3: the T5-XXL text encoder file (sd-scripts' --t5xxl); default: the folder's
+    /// text_encoder_2/ (Flux) or text_encoder_3/ / the one inside the file (SD3).
     #[arg(long, value_name = "FILE")]
     t5xxl: Option<PathBuf>,
     /// Flux: the autoencoder file, BFL's ae.safetensors (sd-scripts' --ae); default: the folder's vae/.
@@ -38,11 +48,11 @@ pub struct GenerateArgs {
     /// Flux.1-dev: the embedded guidance (sd-scripts' sample option --g).
     #[arg(long, default_value_t = 3.5)]
     guidance: f64,
-    /// Flux: T5 tokens per prompt (default 512 for dev, 256 for schnell).
+    /// Flux, SD3: T5 tokens per prompt (default 512 for Flux dev, 256 for schnell and SD3).
     #[arg(long)]
     t5xxl_max_token_length: Option<usize>,
-    /// Flux: mask T5's padding tokens in T5 and the transformer (as the LoRA was trained with
-    /// sd-scripts' --apply_t5_attn_mask).
+    /// Flux: mask T5's padding tokens in T5 and the transformer; SD3: in T5 (as the LoRA was
+    /// trained with sd-scripts' --apply_t5_attn_mask).
     #[arg(long)]
     apply_t5_attn_mask: bool,
     /// Flux: keep this many transformer blocks in RAM and copy each to the GPU when it runs
@@ -62,11 +72,11 @@ pub struct GenerateArgs {
     /// Negative prompt.
     #[arg(long)]
     negative: Option<String>,
-    /// Sampler steps (default 25; Flux: 20, as sd-scripts' sampler).
+    /// Sampler steps (default 25; Flux: 20, SD3: 30, as sd-scripts' samplers).
     #[arg(long)]
     steps: Option<usize>,
-    /// Classifier-free guidance scale with the negative prompt (default 7; Flux: 1 = none, as
-    /// sd-scripts' sampler).
+    /// Classifier-free guidance scale with the negative prompt (default 7; Flux: 1 = none; SD3:
+    /// 7.5, as sd-scripts' samplers).
     #[arg(long)]
     cfg: Option<f64>,
     /// Seed of the initial noise (every cell of a grid uses the same seed).
@@ -156,17 +166,24 @@ pub fn run(args: GenerateArgs) -> Result<ExitCode> {
     let device = device(args.device)?;
     let dtype = DType::F32;
     eprintln!("loading {}", args.model.display());
-    let is_flux = detect_family_at(&args.model)? == ModelFamily::Flux;
-    // sd-scripts' Flux sampler: 20 steps, no CFG (scale 1), flow Euler only.
-    let request = if is_flux {
-        if args.sampler.is_some() {
-            bail!("--sampler does not apply to Flux models: they sample with flow-matching Euler");
+    let family = detect_family_at(&args.model)?;
+    // sd-scripts' Flux sampler: 20 steps, no CFG (scale 1); its SD3 sampler: 30 steps, CFG 7.5;
+    // both flow Euler only.
+    let request = match family {
+        ModelFamily::Flux | ModelFamily::Sd3 => {
+            if args.sampler.is_some() {
+                bail!("--sampler does not apply to {family} models: they sample with flow-matching Euler");
+            }
+            let (steps, cfg) = if family == ModelFamily::Flux { (20, 1.0) } else { (30, 7.5) };
+            GenerateRequest { steps: args.steps.unwrap_or(steps), cfg_scale: args.cfg.unwrap_or(cfg), ..request }
         }
-        GenerateRequest { steps: args.steps.unwrap_or(20), cfg_scale: args.cfg.unwrap_or(1.0), ..request }
-    } else {
-        request
+        _ => request,
     };
-    let model = if is_flux { load_flux(&args, &device)? } else { load_sd(&args, dtype, &device)? };
+    let model = match family {
+        ModelFamily::Flux => load_flux(&args, &device)?,
+        ModelFamily::Sd3 => load_sd3(&args, &device)?,
+        _ => load_sd(&args, dtype, &device)?,
+    };
     let native = model.native_size();
     let request =
         GenerateRequest { width: args.width.unwrap_or(native), height: args.height.unwrap_or(native), ..request };
@@ -223,10 +240,11 @@ pub fn run(args: GenerateArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The model `generate` draws with: an SD family's pipeline or Flux's.
+/// The model `generate` draws with: an SD family's pipeline, Flux's or SD3's.
 enum Model {
     Sd(Box<StableDiffusion>),
     Flux(Box<FluxPipeline>),
+    Sd3(Box<Sd3Pipeline>),
 }
 
 impl Model {
@@ -234,14 +252,16 @@ impl Model {
         match self {
             Model::Sd(m) => m.lora_components(),
             Model::Flux(m) => m.lora_components(),
+            Model::Sd3(m) => m.lora_components(),
         }
     }
 
-    /// The default image side: an SD folder's native size; Flux's autoencoder `sample_size`.
+    /// The default image side: an SD folder's native size; Flux's and SD3's VAE `sample_size`.
     fn native_size(&self) -> usize {
         match self {
             Model::Sd(m) => m.native_size,
             Model::Flux(m) => m.ae().config().sample_size,
+            Model::Sd3(m) => m.vae().config().sample_size,
         }
     }
 
@@ -254,17 +274,21 @@ impl Model {
         match self {
             Model::Sd(m) => m.generate(request, lora, on_step),
             Model::Flux(m) => m.generate(request, lora, on_step),
+            Model::Sd3(m) => m.generate(request, lora, on_step),
         }
     }
 }
 
 /// An SD 1.x/2.x/SDXL model, with what it declares about its prediction reported.
 fn load_sd(args: &GenerateArgs, dtype: DType, device: &Device) -> Result<Model> {
-    for (flag, given) in
-        [("--clip-l", args.clip_l.is_some()), ("--t5xxl", args.t5xxl.is_some()), ("--ae", args.ae.is_some())]
-    {
+    for (flag, given) in [
+        ("--clip-l", args.clip_l.is_some()),
+        ("--clip-g", args.clip_g.is_some()),
+        ("--t5xxl", args.t5xxl.is_some()),
+        ("--ae", args.ae.is_some()),
+    ] {
         if given {
-            bail!("{flag} is for Flux models; {} is not one", args.model.display());
+            bail!("{flag} is for Flux and SD3 models; {} is not one", args.model.display());
         }
     }
     let mut model = StableDiffusion::load(&args.model, dtype, device)?;
@@ -293,6 +317,9 @@ fn load_flux(args: &GenerateArgs, device: &Device) -> Result<Model> {
     if args.v_prediction || args.clip_skip.is_some() {
         bail!("--v-prediction and --clip-skip do not apply to Flux models");
     }
+    if args.clip_g.is_some() {
+        bail!("--clip-g is for SD3 models; {} is a Flux model", args.model.display());
+    }
     let paths = FluxPaths {
         model: args.model.clone(),
         clip_l: args.clip_l.clone(),
@@ -313,6 +340,41 @@ fn load_flux(args: &GenerateArgs, device: &Device) -> Result<Model> {
         model.transformer().config().depth_single_blocks
     );
     Ok(Model::Flux(Box::new(model)))
+}
+
+/// An SD3 / SD3.5 model from its file(s) or folder.
+fn load_sd3(args: &GenerateArgs, device: &Device) -> Result<Model> {
+    for (flag, given) in [
+        ("--v-prediction", args.v_prediction),
+        ("--clip-skip", args.clip_skip.is_some()),
+        ("--ae", args.ae.is_some()),
+        ("--blocks-to-swap", args.blocks_to_swap.is_some()),
+    ] {
+        if given {
+            bail!("{flag} does not apply to SD3 models");
+        }
+    }
+    let paths = Sd3Paths {
+        model: args.model.clone(),
+        clip_l: args.clip_l.clone(),
+        clip_g: args.clip_g.clone(),
+        t5xxl: args.t5xxl.clone(),
+        vae: None,
+    };
+    let opts = Sd3Options {
+        t5_max_length: args.t5xxl_max_token_length,
+        apply_t5_attn_mask: args.apply_t5_attn_mask,
+        ..Sd3Options::default()
+    };
+    let model = Sd3Pipeline::load(&paths, &opts, device)?;
+    let cfg = model.transformer().config();
+    let kind = match cfg.model_type() {
+        "sd35l" => "SD3.5 Large",
+        "sd35m" => "SD3.5 Medium",
+        _ => "SD3 Medium",
+    };
+    eprintln!("{kind}-shaped MMDiT: {} joint blocks of width {}", cfg.depth, cfg.hidden_size);
+    Ok(Model::Sd3(Box::new(model)))
 }
 
 fn write_png(path: &std::path::Path, image: &RgbImage) -> Result<()> {
