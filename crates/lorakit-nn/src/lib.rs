@@ -16,6 +16,7 @@ pub mod custom_backward;
 pub mod dit;
 pub mod frozen;
 pub mod gradcheck;
+pub mod infer;
 pub mod layers;
 pub mod lora;
 pub mod lr_scheduler;
