@@ -11,13 +11,14 @@
 
 use std::collections::HashMap;
 
-use candle_core::{DType, Device, Result, Tensor, D};
+use candle_core::{DType, Device, Result, Tensor};
+use lorakit_nn::infer::{self, InferLinear};
 use lorakit_nn::norm::LayerNorm;
-use lorakit_nn::{FrozenConv2d, FrozenLinear};
+use lorakit_nn::FrozenConv2d;
 use serde_json::Value;
 
 use super::config;
-use super::{layer_norm, linear, weight, Wd14Error};
+use super::{infer_linear, layer_norm, split_linear, weight, Wd14Error};
 
 /// timm's `LayerNorm` epsilon (the `Eva` default norm layer).
 const LN_EPS: f64 = 1e-6;
@@ -157,26 +158,20 @@ impl Eva02Config {
     }
 }
 
-/// q, k, v projections: separate (EVA02 base/large) or fused.
-enum Qkv {
-    Split { q: FrozenLinear, k: FrozenLinear, v: FrozenLinear },
-    Fused(FrozenLinear),
-}
-
 enum Mlp {
-    /// timm `SwiGLU`: `fc2(norm(silu(fc1_g x) · fc1_x x))`.
-    SwiGlu { fc1_g: FrozenLinear, fc1_x: FrozenLinear, norm: Option<LayerNorm>, fc2: FrozenLinear },
-    /// timm `GluMlp` (SwiGLU packed in one `fc1`, gate first): `fc2(norm(silu(a) · b))`.
-    Packed { fc1: FrozenLinear, norm: Option<LayerNorm>, fc2: FrozenLinear },
+    /// timm `SwiGLU`: `fc2(norm(silu(fc1_g x) · fc1_x x))`; timm `GluMlp` (SwiGLU packed in
+    /// one `fc1`, gate first) is loaded as this with `fc1` split in its two halves.
+    SwiGlu { fc1_g: InferLinear, fc1_x: InferLinear, norm: Option<LayerNorm>, fc2: InferLinear },
     /// timm `Mlp`: `fc2(norm(gelu(fc1 x)))`.
-    Gelu { fc1: FrozenLinear, norm: Option<LayerNorm>, fc2: FrozenLinear },
+    Gelu { fc1: InferLinear, norm: Option<LayerNorm>, fc2: InferLinear },
 }
 
 struct Block {
     norm1: LayerNorm,
-    qkv: Qkv,
+    /// The q, k and v projections (`q_proj`/`k_proj`/`v_proj`, or the rows of a fused `qkv`).
+    qkv: [InferLinear; 3],
     attn_norm: Option<LayerNorm>,
-    proj: FrozenLinear,
+    proj: InferLinear,
     norm2: LayerNorm,
     mlp: Mlp,
 }
@@ -192,7 +187,7 @@ pub struct Eva02 {
     blocks: Vec<Block>,
     norm: Option<LayerNorm>,
     fc_norm: Option<LayerNorm>,
-    head: FrozenLinear,
+    head: InferLinear,
 }
 /// timm `RotaryEmbeddingCat` (`in_pixels=False`, "ij" grid, interleaved layout) for a
 /// `grid × grid` map: per head dimension `d`, `d/4` inverse frequencies `temperature^(−k/(d/4))`
@@ -233,39 +228,21 @@ fn rope_tables(
     Ok((Tensor::from_vec(sin, (n, width), device)?, Tensor::from_vec(cos, (n, width), device)?))
 }
 
-/// `x·cos + rot(x)·sin` with timm's interleaved `rot`: `[x0, x1, x2, x3] → [−x1, x0, −x3, x2]`.
-fn apply_rope(x: &Tensor, sin: &Tensor, cos: &Tensor) -> Result<Tensor> {
-    let dims = x.dims().to_vec();
-    let d = *dims.last().expect("rope input has a last dimension");
-    let mut pairs = dims.clone();
-    *pairs.last_mut().expect("non-empty") = d / 2;
-    pairs.push(2);
-    let p = x.reshape(pairs)?;
-    let even = p.narrow(D::Minus1, 0, 1)?;
-    let odd = p.narrow(D::Minus1, 1, 1)?;
-    let rot = Tensor::cat(&[&odd.neg()?, &even], D::Minus1)?.reshape(dims)?;
-    x.broadcast_mul(cos)?.add(&rot.broadcast_mul(sin)?)
-}
-
 impl Mlp {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    /// `residual + mlp(x)`.
+    fn forward_add(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
         let norm = |n: &Option<LayerNorm>, h: Tensor| match n {
             Some(n) => n.forward(&h),
             None => Ok(h),
         };
         match self {
             Mlp::SwiGlu { fc1_g, fc1_x, norm: n, fc2 } => {
-                let h = (lorakit_nn::activation::silu(&fc1_g.forward(x)?)? * fc1_x.forward(x)?)?;
-                fc2.forward(&norm(n, h)?)
+                let h = infer::swiglu(&fc1_g.forward(x)?, &fc1_x.forward(x)?)?;
+                fc2.forward_add(&norm(n, h)?, residual)
             }
-            Mlp::Packed { fc1, norm: n, fc2 } => {
-                let h = fc1.forward(x)?;
-                let half = h.dim(D::Minus1)? / 2;
-                let h = (lorakit_nn::activation::silu(&h.narrow(D::Minus1, 0, half)?)?
-                    * h.narrow(D::Minus1, half, half)?)?;
-                fc2.forward(&norm(n, h)?)
+            Mlp::Gelu { fc1, norm: n, fc2 } => {
+                fc2.forward_add(&norm(n, lorakit_nn::activation::gelu(&fc1.forward(x)?)?)?, residual)
             }
-            Mlp::Gelu { fc1, norm: n, fc2 } => fc2.forward(&norm(n, lorakit_nn::activation::gelu(&fc1.forward(x)?)?)?),
         }
     }
 }
@@ -313,52 +290,57 @@ impl Eva02 {
                 let qkv = if c.qkv_fused {
                     // timm: `F.linear(x, qkv.weight, cat(q_bias, zeros (k_bias buffer), v_bias))`.
                     let w = weight(t, &format!("{p}.attn.qkv.weight"), &[3 * d, d])?;
-                    let bias = if c.qkv_bias {
-                        let q = weight(t, &format!("{p}.attn.q_bias"), &[d])?;
-                        let v = weight(t, &format!("{p}.attn.v_bias"), &[d])?;
-                        Some(Tensor::cat(&[&q, &q.zeros_like()?, &v], 0)?)
-                    } else {
-                        None
+                    let bias = |name: &str| -> std::result::Result<Option<Tensor>, Wd14Error> {
+                        Ok(if c.qkv_bias { Some(weight(t, &format!("{p}.attn.{name}"), &[d])?) } else { None })
                     };
-                    Qkv::Fused(FrozenLinear::new(w, bias)?)
+                    [
+                        InferLinear::new(w.narrow(0, 0, d)?, bias("q_bias")?)?,
+                        InferLinear::new(w.narrow(0, d, d)?, None)?,
+                        InferLinear::new(w.narrow(0, 2 * d, d)?, bias("v_bias")?)?,
+                    ]
                 } else {
-                    Qkv::Split {
-                        q: linear(t, &format!("{p}.attn.q_proj"), d, d, c.qkv_bias)?,
-                        k: linear(t, &format!("{p}.attn.k_proj"), d, d, false)?,
-                        v: linear(t, &format!("{p}.attn.v_proj"), d, d, c.qkv_bias)?,
-                    }
+                    [
+                        infer_linear(t, &format!("{p}.attn.q_proj"), d, d, c.qkv_bias)?,
+                        infer_linear(t, &format!("{p}.attn.k_proj"), d, d, false)?,
+                        infer_linear(t, &format!("{p}.attn.v_proj"), d, d, c.qkv_bias)?,
+                    ]
                 };
                 let attn_norm =
                     if c.scale_attn_inner { Some(layer_norm(t, &format!("{p}.attn.norm"), d, LN_EPS)?) } else { None };
                 let mlp = if c.swiglu_mlp && c.scale_mlp {
                     Mlp::SwiGlu {
-                        fc1_g: linear(t, &format!("{p}.mlp.fc1_g"), d, hidden, true)?,
-                        fc1_x: linear(t, &format!("{p}.mlp.fc1_x"), d, hidden, true)?,
+                        fc1_g: infer_linear(t, &format!("{p}.mlp.fc1_g"), d, hidden, true)?,
+                        fc1_x: infer_linear(t, &format!("{p}.mlp.fc1_x"), d, hidden, true)?,
                         norm: Some(layer_norm(t, &format!("{p}.mlp.norm"), hidden, LN_EPS)?),
-                        fc2: linear(t, &format!("{p}.mlp.fc2"), hidden, d, true)?,
+                        fc2: infer_linear(t, &format!("{p}.mlp.fc2"), hidden, d, true)?,
                     }
                 } else if c.swiglu_mlp {
-                    Mlp::Packed {
-                        fc1: linear(t, &format!("{p}.mlp.fc1"), d, 2 * hidden, true)?,
+                    let [fc1_g, fc1_x]: [InferLinear; 2] =
+                        split_linear(t, &format!("{p}.mlp.fc1"), d, hidden, 2, true)?
+                            .try_into()
+                            .expect("split_linear returns the 2 parts asked for");
+                    Mlp::SwiGlu {
+                        fc1_g,
+                        fc1_x,
                         norm: None,
-                        fc2: linear(t, &format!("{p}.mlp.fc2"), hidden, d, true)?,
+                        fc2: infer_linear(t, &format!("{p}.mlp.fc2"), hidden, d, true)?,
                     }
                 } else {
                     Mlp::Gelu {
-                        fc1: linear(t, &format!("{p}.mlp.fc1"), d, hidden, true)?,
+                        fc1: infer_linear(t, &format!("{p}.mlp.fc1"), d, hidden, true)?,
                         norm: if c.scale_mlp {
                             Some(layer_norm(t, &format!("{p}.mlp.norm"), hidden, LN_EPS)?)
                         } else {
                             None
                         },
-                        fc2: linear(t, &format!("{p}.mlp.fc2"), hidden, d, true)?,
+                        fc2: infer_linear(t, &format!("{p}.mlp.fc2"), hidden, d, true)?,
                     }
                 };
                 Ok(Block {
                     norm1: layer_norm(t, &format!("{p}.norm1"), d, LN_EPS)?,
                     qkv,
                     attn_norm,
-                    proj: linear(t, &format!("{p}.attn.proj"), d, d, true)?,
+                    proj: infer_linear(t, &format!("{p}.attn.proj"), d, d, true)?,
                     norm2: layer_norm(t, &format!("{p}.norm2"), d, LN_EPS)?,
                     mlp,
                 })
@@ -369,7 +351,7 @@ impl Eva02 {
         } else {
             (Some(layer_norm(t, "norm", d, LN_EPS)?), None)
         };
-        let head = linear(t, "head", d, c.num_classes, true)?;
+        let head = infer_linear(t, "head", d, c.num_classes, true)?;
         Ok(Eva02 { config: c.clone(), patch_embed, cls_token, pos_embed, rope, blocks, norm, fc_norm, head })
     }
 
@@ -390,39 +372,25 @@ impl Eva02 {
             x = Tensor::cat(&[&cls.broadcast_as((n, 1, d))?, &x], 1)?;
         }
         x = x.broadcast_add(&self.pos_embed)?.contiguous()?;
-        let len = x.dim(1)?;
         let prefix = usize::from(c.class_token);
         let scale = 1.0 / (hd as f64).sqrt();
-        // (N, L, D) → (N, heads, L, hd)
-        let split = |t: Tensor| t.reshape((n, len, heads, hd))?.transpose(1, 2);
+        // RoPE on every head of the (N, L, heads·hd) projections, the class token left as is.
         let rope = |t: Tensor| -> Result<Tensor> {
-            let Some((sin, cos)) = &self.rope else { return Ok(t) };
-            let rest = apply_rope(&t.narrow(2, prefix, len - prefix)?, sin, cos)?;
-            if prefix == 0 {
-                return Ok(rest);
+            match &self.rope {
+                Some((sin, cos)) => infer::rope_interleaved(&t, heads, prefix, sin, cos),
+                None => Ok(t),
             }
-            Tensor::cat(&[&t.narrow(2, 0, prefix)?, &rest], 2)
         };
-        let fold = |t: Tensor| t.contiguous()?.reshape((n * heads, len, hd));
         for b in &self.blocks {
             let y = b.norm1.forward(&x)?;
-            let (q, k, v) = match &b.qkv {
-                Qkv::Split { q, k, v } => (q.forward(&y)?, k.forward(&y)?, v.forward(&y)?),
-                Qkv::Fused(qkv) => {
-                    let t = qkv.forward(&y)?;
-                    (t.narrow(D::Minus1, 0, d)?, t.narrow(D::Minus1, d, d)?, t.narrow(D::Minus1, 2 * d, d)?)
-                }
-            };
-            let q = fold(rope(split(q)?)?)?;
-            let k = fold(rope(split(k)?)?)?;
-            let v = fold(split(v)?)?;
-            let a = lorakit_nn::attention::attention(&q, &k, &v, scale)?;
-            let mut a = a.reshape((n, heads, len, hd))?.transpose(1, 2)?.reshape((n, len, d))?;
+            let [q, k, v] = &b.qkv;
+            let (q, k, v) = (rope(q.forward(&y)?)?, rope(k.forward(&y)?)?, v.forward(&y)?);
+            let mut a = lorakit_nn::attention::attention_heads(&q, &k, &v, heads, scale)?;
             if let Some(norm) = &b.attn_norm {
                 a = norm.forward(&a)?;
             }
-            x = (x + b.proj.forward(&a)?)?;
-            x = (&x + b.mlp.forward(&b.norm2.forward(&x)?)?)?;
+            x = b.proj.forward_add(&a, &x)?;
+            x = b.mlp.forward_add(&b.norm2.forward(&x)?, &x)?;
         }
         if let Some(norm) = &self.norm {
             x = norm.forward(&x)?;

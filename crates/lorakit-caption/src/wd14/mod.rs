@@ -34,6 +34,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
+use lorakit_nn::infer::InferLinear;
 use lorakit_nn::FrozenLinear;
 use rayon::prelude::*;
 
@@ -110,6 +111,41 @@ pub fn linear(
     let w = weight(tensors, &format!("{path}.weight"), &[out, inp])?;
     let b = if bias { Some(weight(tensors, &format!("{path}.bias"), &[out])?) } else { None };
     Ok(FrozenLinear::new(w, b)?)
+}
+
+/// The linear layer `{path}.weight` (out, in) and, with `bias`, `{path}.bias`, for inference
+/// ([`InferLinear`]: on the CPU its weight is transposed once here for the GEMM).
+pub fn infer_linear(
+    tensors: &HashMap<String, Tensor>,
+    path: &str,
+    inp: usize,
+    out: usize,
+    bias: bool,
+) -> Result<InferLinear, Wd14Error> {
+    let w = weight(tensors, &format!("{path}.weight"), &[out, inp])?;
+    let b = if bias { Some(weight(tensors, &format!("{path}.bias"), &[out])?) } else { None };
+    Ok(InferLinear::new(w, b)?)
+}
+
+/// A fused projection `{path}` of `parts · out` outputs (timm's `qkv`) as `parts` layers of
+/// `out` outputs each, in order: each product then writes its own contiguous tensor, where
+/// slicing one output would copy every part.
+pub fn split_linear(
+    tensors: &HashMap<String, Tensor>,
+    path: &str,
+    inp: usize,
+    out: usize,
+    parts: usize,
+    bias: bool,
+) -> Result<Vec<InferLinear>, Wd14Error> {
+    let w = weight(tensors, &format!("{path}.weight"), &[parts * out, inp])?;
+    let b = if bias { Some(weight(tensors, &format!("{path}.bias"), &[parts * out])?) } else { None };
+    (0..parts)
+        .map(|i| {
+            let b = b.as_ref().map(|b| b.narrow(0, i * out, out)).transpose()?;
+            Ok(InferLinear::new(w.narrow(0, i * out, out)?, b)?)
+        })
+        .collect()
 }
 
 /// The layer norm `{path}.weight` / `{path}.bias` of width `dim`, with timm's `eps` for it.

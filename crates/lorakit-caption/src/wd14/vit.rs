@@ -6,13 +6,14 @@
 
 use std::collections::HashMap;
 
-use candle_core::{Result, Tensor, D};
+use candle_core::{Result, Tensor};
+use lorakit_nn::infer::InferLinear;
 use lorakit_nn::norm::LayerNorm;
-use lorakit_nn::{FrozenConv2d, FrozenLinear};
+use lorakit_nn::FrozenConv2d;
 use serde_json::Value;
 
 use super::config::{self, Activation};
-use super::{layer_norm, linear, weight, Wd14Error};
+use super::{infer_linear, layer_norm, split_linear, weight, Wd14Error};
 
 /// timm's ViT LayerNorm epsilon (`partial(nn.LayerNorm, eps=1e-6)`).
 const LN_EPS: f64 = 1e-6;
@@ -102,11 +103,12 @@ impl VitConfig {
 
 struct Block {
     norm1: LayerNorm,
-    qkv: FrozenLinear,
-    proj: FrozenLinear,
+    /// `attn.qkv` split into its q, k and v rows.
+    qkv: [InferLinear; 3],
+    proj: InferLinear,
     norm2: LayerNorm,
-    fc1: FrozenLinear,
-    fc2: FrozenLinear,
+    fc1: InferLinear,
+    fc2: InferLinear,
 }
 
 /// The ViT classifier: NCHW normalised BGR → logits.
@@ -118,7 +120,7 @@ pub struct Vit {
     blocks: Vec<Block>,
     norm: Option<LayerNorm>,
     fc_norm: Option<LayerNorm>,
-    head: FrozenLinear,
+    head: InferLinear,
 }
 impl Vit {
     /// Builds the model from the checkpoint's tensors, checking every shape.
@@ -148,13 +150,16 @@ impl Vit {
         let blocks = (0..c.depth)
             .map(|i| {
                 let p = format!("blocks.{i}");
+                let [q, k, v]: [InferLinear; 3] = split_linear(t, &format!("{p}.attn.qkv"), d, d, 3, c.qkv_bias)?
+                    .try_into()
+                    .expect("split_linear returns the 3 parts asked for");
                 Ok(Block {
                     norm1: layer_norm(t, &format!("{p}.norm1"), d, LN_EPS)?,
-                    qkv: linear(t, &format!("{p}.attn.qkv"), d, 3 * d, c.qkv_bias)?,
-                    proj: linear(t, &format!("{p}.attn.proj"), d, d, true)?,
+                    qkv: [q, k, v],
+                    proj: infer_linear(t, &format!("{p}.attn.proj"), d, d, true)?,
                     norm2: layer_norm(t, &format!("{p}.norm2"), d, LN_EPS)?,
-                    fc1: linear(t, &format!("{p}.mlp.fc1"), d, hidden, true)?,
-                    fc2: linear(t, &format!("{p}.mlp.fc2"), hidden, d, true)?,
+                    fc1: infer_linear(t, &format!("{p}.mlp.fc1"), d, hidden, true)?,
+                    fc2: infer_linear(t, &format!("{p}.mlp.fc2"), hidden, d, true)?,
                 })
             })
             .collect::<std::result::Result<Vec<_>, Wd14Error>>()?;
@@ -163,7 +168,7 @@ impl Vit {
         } else {
             (Some(layer_norm(t, "norm", d, LN_EPS)?), None)
         };
-        let head = linear(t, "head", d, c.num_classes, true)?;
+        let head = infer_linear(t, "head", d, c.num_classes, true)?;
         Ok(Vit { config: c.clone(), patch_embed, cls_token, pos_embed, blocks, norm, fc_norm, head })
     }
 
@@ -185,14 +190,12 @@ impl Vit {
         let scale = 1.0 / ((d / heads) as f64).sqrt();
         for b in &self.blocks {
             let y = b.norm1.forward(&x)?;
-            let qkv = b.qkv.forward(&y)?;
-            let q = qkv.narrow(D::Minus1, 0, d)?.contiguous()?;
-            let k = qkv.narrow(D::Minus1, d, d)?.contiguous()?;
-            let v = qkv.narrow(D::Minus1, 2 * d, d)?.contiguous()?;
+            let [q, k, v] = &b.qkv;
+            let (q, k, v) = (q.forward(&y)?, k.forward(&y)?, v.forward(&y)?);
             let a = lorakit_nn::attention::attention_heads(&q, &k, &v, heads, scale)?;
-            x = (x + b.proj.forward(&a)?)?;
+            x = b.proj.forward_add(&a, &x)?;
             let y = b.fc1.forward(&b.norm2.forward(&x)?)?;
-            x = (&x + b.fc2.forward(&c.act.forward(&y)?)?)?;
+            x = b.fc2.forward_add(&c.act.forward(&y)?, &x)?;
         }
         if let Some(norm) = &self.norm {
             x = norm.forward(&x)?;
