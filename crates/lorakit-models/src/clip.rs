@@ -14,6 +14,15 @@
 //! would buy nothing here. Scores and softmax run in f32 (f64 for f64 models), as transformers'
 //! eager attention does (`softmax(…, dtype=float32)`).
 //!
+//! An optional key-padding mask ([`ClipTextModel::forward_with_mask`], sd-scripts' SD3
+//! `--apply_lg_attn_mask`) adds −∞ on the padded keys of every query, on top of the causal
+//! mask, as transformers' `CLIPTextTransformer` does with an `attention_mask` (4.5x:
+//! `_prepare_4d_attention_mask` plus the causal mask, `finfo.min` each; 5.x: `create_causal_mask`
+//! and-ing both). Padded *queries* still attend to the unpadded keys before them. The two
+//! releases (and 5.x's eager and SDPA paths) disagree only on a query that sees no key at all,
+//! which needs a row whose first token is masked: such masks are refused (a tokenizer's mask is
+//! 1 on BOS). Unmasked passes and masks of all ones take the plain causal path unchanged.
+//!
 //! On top of the model: sd-scripts' SD1 text conditioning with `clip_skip` and its long-prompt
 //! path (spec §6.1: 75-token chunks encoded separately and stitched back together), and its
 //! weighted captions (spec §6.2: each position's output times its token's weight).
@@ -296,8 +305,8 @@ impl ClipAttention {
     }
 }
 
-/// `softmax(q·kᵀ·scale + mask)·v` on (N, L, d) tensors, all tracked ops; `mask` (L, L) is
-/// additive in the statistics dtype (0 or −∞).
+/// `softmax(q·kᵀ·scale + mask)·v` on (N, L, d) tensors, all tracked ops; `mask` (L, L) or
+/// (N, L, L) is additive in the statistics dtype (0 or −∞; every row keeps at least key 0).
 fn masked_attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, scale: f64) -> Result<Tensor> {
     let scores = (q.matmul(&k.t()?)? * scale)?.to_dtype(mask.dtype())?.broadcast_add(mask)?;
     softmax_last_dim(&scores)?.to_dtype(v.dtype())?.matmul(v)
@@ -506,8 +515,23 @@ impl ClipTextModel {
     /// pooled EOS vector (transformers' rule: first position equal to `eos_token_id`, position
     /// 0 when a row has none; largest id when `eos_token_id` is 2).
     pub fn forward(&self, input_ids: &Tensor, ctx: &ForwardCtx) -> Result<ClipTextOutput> {
+        self.forward_with_mask(input_ids, None, ctx)
+    }
+
+    /// [`Self::forward`] with transformers' `attention_mask` (B, L) of 1 (token) / 0 (padding),
+    /// any dtype: padded keys are hidden from every query besides the causal mask (see the
+    /// module docs). Refuses a mask of another shape, values other than 0 and 1, and rows whose
+    /// first token is masked (no query there would see any key; transformers' releases disagree
+    /// on what such a row gives). Pooling ignores the mask, as in transformers.
+    pub fn forward_with_mask(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: Option<&Tensor>,
+        ctx: &ForwardCtx,
+    ) -> Result<ClipTextOutput> {
         let ids = self.read_ids(input_ids)?;
-        let hidden_states = self.run(&ids, self.layers.len(), ctx)?;
+        let mask = self.attention_mask(&ids, attention_mask)?;
+        let hidden_states = self.run_masked(&ids, self.layers.len(), &mask, ctx)?;
         let last = hidden_states.last().expect("embeddings are always present");
         let last_hidden_state = self.final_layer_norm.forward(last)?;
         let positions: Vec<u32> = (0..ids.batch)
@@ -604,8 +628,56 @@ impl ClipTextModel {
 
     /// Embeddings then the first `n_layers` layers; returns every hidden state.
     fn run(&self, ids: &TokenIds, n_layers: usize, ctx: &ForwardCtx) -> Result<Vec<Tensor>> {
+        self.run_masked(ids, n_layers, &self.attention_mask(ids, None)?, ctx)
+    }
+
+    /// The additive attention mask of a pass: the causal (L, L) one without padding (or when
+    /// nothing is padded), else causal plus −∞ on each row's padded keys, (B·heads, L, L).
+    fn attention_mask(&self, ids: &TokenIds, attention_mask: Option<&Tensor>) -> Result<Tensor> {
+        let (b, l) = (ids.batch, ids.len);
+        let (dtype, device) = (self.dtype(), self.device());
+        let Some(mask) = attention_mask else { return causal_mask(l, dtype, device) };
+        if mask.dims() != [b, l] {
+            candle_core::bail!(
+                "CLIP text encoder: attention mask of shape {:?} does not fit token ids of shape ({b}, {l})",
+                mask.dims()
+            )
+        }
+        let keep: Vec<f64> = mask.flatten_all()?.to_dtype(DType::F64)?.to_vec1()?;
+        if let Some(i) = keep.iter().position(|&m| m != 0.0 && m != 1.0) {
+            candle_core::bail!(
+                "CLIP text encoder: attention mask value {} (sequence {}, position {}) is neither 0 nor 1",
+                keep[i],
+                i / l,
+                i % l
+            )
+        }
+        if let Some(row) = (0..b).find(|&r| keep[r * l] == 0.0) {
+            candle_core::bail!(
+                "CLIP text encoder: attention mask row {row} masks its first token, so its first query would see no \
+                 key at all (a tokenizer's mask keeps BOS); encode such rows without them instead"
+            )
+        }
+        if keep.iter().all(|&m| m == 1.0) {
+            return causal_mask(l, dtype, device);
+        }
+        let h = self.config.num_attention_heads;
+        let mut values = Vec::with_capacity(b * h * l * l);
+        for r in 0..b {
+            let row = &keep[r * l..(r + 1) * l];
+            let one: Vec<f32> = (0..l)
+                .flat_map(|i| (0..l).map(move |j| if j > i || row[j] == 0.0 { f32::NEG_INFINITY } else { 0.0 }))
+                .collect();
+            for _ in 0..h {
+                values.extend_from_slice(&one);
+            }
+        }
+        Tensor::from_vec(values, (b * h, l, l), device)?.to_dtype(stat_dtype(dtype))
+    }
+
+    /// [`Self::run`] with the mask from [`Self::attention_mask`].
+    fn run_masked(&self, ids: &TokenIds, n_layers: usize, mask: &Tensor, ctx: &ForwardCtx) -> Result<Vec<Tensor>> {
         let mut h = self.embed_ids(ids)?;
-        let mask = causal_mask(ids.len, h.dtype(), h.device())?;
         let mut hidden = Vec::with_capacity(n_layers + 1);
         hidden.push(h.clone());
         for layer in &self.layers[..n_layers] {
@@ -708,7 +780,18 @@ impl ClipTextModelWithProjection {
     /// transformers' forward: [`ClipTextModel::forward`] (pooled by the config's EOS rule) and
     /// the projected pooled vector.
     pub fn forward(&self, input_ids: &Tensor, ctx: &ForwardCtx) -> Result<ClipTextProjectionOutput> {
-        let text = self.text_model.forward(input_ids, ctx)?;
+        self.forward_with_mask(input_ids, None, ctx)
+    }
+
+    /// [`Self::forward`] with an `attention_mask` (B, L) as [`ClipTextModel::forward_with_mask`]
+    /// takes it (sd-scripts' SD3 `apply_lg_attn_mask`).
+    pub fn forward_with_mask(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: Option<&Tensor>,
+        ctx: &ForwardCtx,
+    ) -> Result<ClipTextProjectionOutput> {
+        let text = self.text_model.forward_with_mask(input_ids, attention_mask, ctx)?;
         let text_embeds = self.text_projection.forward(&text.pooler_output, ctx)?;
         Ok(ClipTextProjectionOutput { text, text_embeds })
     }

@@ -21,7 +21,9 @@
 //!   attention mask"). sd-scripts passes the options only when caching outputs; its training
 //!   step and its sampler call `encode_tokens` with both False (the method's defaults, not the
 //!   strategy's), which [`Sd3TextEncoders::encode_tokens`] reproduces with explicit flags.
-//!   `apply_lg_attn_mask` is refused for now: lorakit's CLIP encoder has no padding mask yet.
+//!   With `apply_lg_attn_mask` each CLIP hides its padded keys from every query
+//!   ([`ClipTextModelWithProjection::forward_with_mask`]); the padded positions of `lg_out` then
+//!   change (they no longer see the padding before them), the text positions do not.
 //! - Dropout (`clip_l_dropout_rate`, `clip_g_dropout_rate`, `t5_dropout_rate`): a dropped row's
 //!   encoder output, pooled vector and attention mask are zeros; the encoder does not run on
 //!   dropped rows. Draw order (Python `random.random()`, a draw only where the rate is > 0):
@@ -77,7 +79,7 @@ pub const NO_T5_LENGTH: usize = 77;
 pub struct Sd3TextOptions {
     /// T5 tokens per prompt (default 256).
     pub t5_max_length: usize,
-    /// Pass the CLIPs' padding masks into CLIP-L and CLIP-G (not supported yet: refused).
+    /// Pass the CLIPs' padding masks into CLIP-L and CLIP-G.
     pub apply_lg_attn_mask: bool,
     /// Pass T5's padding mask into T5.
     pub apply_t5_attn_mask: bool,
@@ -479,8 +481,7 @@ impl Sd3TextEncoders {
     /// all (sd-scripts encodes both or neither); T5 may be absent (its outputs then come from
     /// a cache, or zeros take their place in [`Sd3TextOutput::context_and_pooled_for`]).
     /// Refuses encoders of fewer than two layers, vocabularies smaller than the tokenizers',
-    /// CLIP features wider than T5's (the context could not hold them), a T5 length of 0 and
-    /// `apply_lg_attn_mask`.
+    /// CLIP features wider than T5's (the context could not hold them) and a T5 length of 0.
     pub fn new(
         clip_l: Option<ClipTextModelWithProjection>,
         clip_g: Option<ClipTextModelWithProjection>,
@@ -499,13 +500,6 @@ impl Sd3TextEncoders {
         }
         if opts.t5_max_length == 0 {
             return Err(Error::Invalid("t5xxl_max_token_length must be at least 1".into()));
-        }
-        if opts.apply_lg_attn_mask && clip_l.is_some() {
-            return Err(Error::Invalid(
-                "apply_lg_attn_mask is not supported yet: lorakit's CLIP text encoder has no padding mask; train \
-                 without --apply_lg_attn_mask (sd-scripts' default)"
-                    .into(),
-            ));
         }
         let mut widths = (0, 0, 0);
         for (name, m) in [("CLIP-L", &clip_l), ("CLIP-G", &clip_g)] {
@@ -688,13 +682,11 @@ impl Sd3TextEncoders {
             l_pooled_width: self.l_pooled_width,
         };
         if let (Some(cl), Some(cg)) = (&self.clip_l, &self.clip_g) {
-            if apply_lg_attn_mask {
-                return Err(Error::Invalid(
-                    "apply_lg_attn_mask is not supported yet: lorakit's CLIP text encoder has no padding mask".into(),
-                ));
-            }
-            let (l_out, l_pooled, l_mask) = clip_pass(cl, &tokens.l_ids, &tokens.l_attn_mask, &drops.clip_l, ctxs[0])?;
-            let (g_out, g_pooled, g_mask) = clip_pass(cg, &tokens.g_ids, &tokens.g_attn_mask, &drops.clip_g, ctxs[1])?;
+            let apply = apply_lg_attn_mask;
+            let (l_out, l_pooled, l_mask) =
+                clip_pass(cl, &tokens.l_ids, &tokens.l_attn_mask, apply, &drops.clip_l, ctxs[0])?;
+            let (g_out, g_pooled, g_mask) =
+                clip_pass(cg, &tokens.g_ids, &tokens.g_attn_mask, apply, &drops.clip_g, ctxs[1])?;
             let dtype = l_out.dtype();
             out.lg_out = Some(Tensor::cat(&[&l_out, &g_out.to_dtype(dtype)?], 2)?);
             out.lg_pooled = Some(Tensor::cat(&[&l_pooled, &g_pooled.to_dtype(dtype)?], 1)?);
@@ -744,12 +736,14 @@ fn select_rows(ids: &Tensor, kept_rows: &[u32], batch: usize) -> Result<Tensor> 
     Ok(ids.index_select(&Tensor::new(kept_rows, ids.device())?, 0)?)
 }
 
-/// One CLIP over the rows not dropped: (penultimate hidden state (B, 77, D), projected pooled
-/// vector (B, P), mask with dropped rows zeroed), zeros in the dropped rows.
+/// One CLIP over the rows not dropped (with their padding mask when `apply_mask`):
+/// (penultimate hidden state (B, 77, D), projected pooled vector (B, P), mask with dropped rows
+/// zeroed), zeros in the dropped rows.
 fn clip_pass(
     model: &ClipTextModelWithProjection,
     ids: &Tensor,
     mask: &Tensor,
+    apply_mask: bool,
     drops: &[bool],
     ctx: &ForwardCtx,
 ) -> Result<(Tensor, Tensor, Tensor)> {
@@ -760,7 +754,9 @@ fn clip_pass(
     let (h, p) = if kept_rows.is_empty() {
         (None, None)
     } else {
-        let out = model.forward(&select_rows(&ids.to_device(device)?, &kept_rows, b)?, ctx)?;
+        let kept_mask = if apply_mask { Some(select_rows(&mask.to_device(device)?, &kept_rows, b)?) } else { None };
+        let out =
+            model.forward_with_mask(&select_rows(&ids.to_device(device)?, &kept_rows, b)?, kept_mask.as_ref(), ctx)?;
         let states = &out.text.hidden_states;
         (Some(states[states.len() - 2].clone()), Some(out.text_embeds))
     };

@@ -1,7 +1,7 @@
 //! The CLIP text encoder against transformers 4.54.1 and sd-scripts (fixture:
 //! `tools/reference/make_sd15_tiny.py` → `tests/fixtures/reference/sd15_tiny/`, a tiny
 //! CLIPTextModel: vocab 1000, width 32, 3 layers, 4 heads, quick_gelu, eos 999), plus gradient
-//! checks of the causal attention and of gradient checkpointing.
+//! checks of the causal attention (with and without a padding mask) and of gradient checkpointing.
 //!
 //! Fidelity: fp32, relative error max |Δ| / max |reference| ≤ 1e-4.
 
@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use candle_core::{DType, Device, Tensor, Var};
+use candle_core::{DType, Device, IndexOp, Tensor, Var};
 use lorakit_models::clip::{encode_prompts, ClipActivation, ClipTextConfig, ClipTextModel};
 use lorakit_models::clip_tokenizer::{chunk_for_clip, ClipTokenizer};
 use lorakit_models::Weights;
@@ -443,4 +443,121 @@ fn half_precision_runs_close_to_f32() {
         eprintln!("{dtype:?}: relative error {e:.2e}");
         assert!(e < 5e-2, "{dtype:?}: {e}");
     }
+}
+
+/// Two rows of 8 ids (BOS, text, EOS, padding) and their padding masks (4 and 3 tokens).
+fn padded_batch() -> (Tensor, Tensor) {
+    let dev = Device::Cpu;
+    let ids = Tensor::new(&[[998u32, 5, 17, 999, 7, 7, 7, 7], [998, 40, 999, 3, 3, 3, 3, 3]], &dev).unwrap();
+    let mask = Tensor::new(&[[1i64, 1, 1, 1, 0, 0, 0, 0], [1, 1, 1, 0, 0, 0, 0, 0]], &dev).unwrap();
+    (ids, mask)
+}
+
+#[test]
+fn padding_mask_gradients_reach_lora_exactly() {
+    // f64 weights (fp16-exact values), trainable LoRAs on layer 0's q/k projections (they shape
+    // the masked attention weights) and layer 1's v projection: the factors' gradients through
+    // the causal + padding mask against central differences, at every position.
+    let weights = tiny_weights(DType::F64);
+    let model = ClipTextModel::new(weights.view(""), &tiny_config()).unwrap();
+    let targets: Vec<_> = model
+        .lora_targets()
+        .into_iter()
+        .filter(|t| {
+            ["layers.0.self_attn.q_proj", "layers.0.self_attn.k_proj", "layers.1.self_attn.v_proj"]
+                .iter()
+                .any(|p| t.path.ends_with(p))
+        })
+        .collect();
+    assert_eq!(targets.len(), 3);
+    let mut factors = Vec::new();
+    for (i, t) in targets.iter().enumerate() {
+        factors.push((pseudo_random(&[2, t.in_dim], 500 + i as u64).unwrap() * 0.3).unwrap());
+        factors.push((pseudo_random(&[t.out_dim, 2], 600 + i as u64).unwrap() * 0.3).unwrap());
+    }
+    let (ids, mask) = padded_batch();
+    let run = |xs: &[Tensor], mask: Option<&Tensor>| -> candle_core::Result<Tensor> {
+        let mut set = LoraSet::new(0, &Device::Cpu)?;
+        for (i, t) in targets.iter().enumerate() {
+            let (down, up) = (xs[2 * i].clone(), xs[2 * i + 1].clone());
+            set.insert(
+                t.path.clone(),
+                LoraModule::from_weights(t.kohya_name("lora_te"), t.kind, down, up, Some(1.0), true)?,
+            );
+        }
+        let ctx = ForwardCtx::with_lora(Arc::new(set));
+        Ok(model.forward_with_mask(&ids, mask, &ctx)?.last_hidden_state)
+    };
+    let report = check(|xs| run(xs, Some(&mask)), &factors, 1e-6).unwrap();
+    eprintln!("masked CLIP LoRA gradcheck: {report:?}, relative {:.2e}", report.relative_error());
+    assert!(report.max_magnitude > 1e-2, "{report:?}");
+    assert!(report.relative_error() < 1e-6, "{report:?}");
+
+    // The mask is in that graph: the LoRA gradients differ from the unmasked pass's.
+    let grads = |mask: Option<&Tensor>| {
+        let vars: Vec<Var> = factors.iter().map(|f| Var::from_tensor(f).unwrap()).collect();
+        let xs: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
+        let out = run(&xs, mask).unwrap();
+        let g = (out * pseudo_random(&[2, 8, 32], 9).unwrap()).unwrap().sum_all().unwrap().backward().unwrap();
+        Tensor::cat(&vars.iter().map(|v| g.get(v).unwrap().flatten_all().unwrap()).collect::<Vec<_>>(), 0).unwrap()
+    };
+    assert!(rel_err(&grads(Some(&mask)), &grads(None)) > 1e-3);
+}
+
+#[test]
+fn padding_mask_hides_padded_keys_from_every_query() {
+    let model = tiny_model(DType::F32);
+    let ctx = ForwardCtx::default();
+    let (ids, mask) = padded_batch();
+    let masked = model.forward_with_mask(&ids, Some(&mask), &ctx).unwrap();
+    let plain = model.forward(&ids, &ctx).unwrap();
+    // Text positions see no padding either way (causality); padded positions do without the
+    // mask; the pooled vector (at EOS) is the same.
+    for (b, n) in [(0, 4), (1, 3)] {
+        let (m, p) = (masked.last_hidden_state.i(b).unwrap(), plain.last_hidden_state.i(b).unwrap());
+        assert_eq!(rel_err(&m.narrow(0, 0, n).unwrap(), &p.narrow(0, 0, n).unwrap()), 0.0);
+        assert!(rel_err(&m.narrow(0, n, 8 - n).unwrap(), &p.narrow(0, n, 8 - n).unwrap()) > 1e-3);
+    }
+    assert_eq!(rel_err(&masked.pooler_output, &plain.pooler_output), 0.0);
+    // A padded token's id reaches no other position through attention with the mask (only its
+    // own, through the residual stream); without it, the positions after it see it.
+    let mut changed: Vec<Vec<u32>> = ids.to_vec2().unwrap();
+    changed[0][5] = 123;
+    let changed = Tensor::new(changed, &Device::Cpu).unwrap();
+    let masked2 = model.forward_with_mask(&changed, Some(&mask), &ctx).unwrap();
+    let plain2 = model.forward(&changed, &ctx).unwrap();
+    let at = |o: &lorakit_models::clip::ClipTextOutput, p: usize| o.last_hidden_state.i((0, p)).unwrap();
+    for p in [4, 6, 7] {
+        assert_eq!(rel_err(&at(&masked2, p), &at(&masked, p)), 0.0, "position {p}");
+    }
+    assert!(rel_err(&at(&masked2, 5), &at(&masked, 5)) > 1e-3);
+    assert!(rel_err(&at(&plain2, 6), &at(&plain, 6)) > 1e-3);
+    // Every hidden state, not just the last, is masked (SD3 conditions on hidden_states[-2]).
+    assert!(rel_err(&masked.hidden_states[2].i((0, 6)).unwrap(), &plain.hidden_states[2].i((0, 6)).unwrap()) > 1e-3);
+    // A mask of all ones is the unmasked pass, bit for bit; so is each mask dtype.
+    let ones = Tensor::ones((2, 8), DType::U8, &Device::Cpu).unwrap();
+    let all = model.forward_with_mask(&ids, Some(&ones), &ctx).unwrap();
+    assert_eq!(rel_err(&all.last_hidden_state, &plain.last_hidden_state), 0.0);
+    let as_f32 = model.forward_with_mask(&ids, Some(&mask.to_dtype(DType::F32).unwrap()), &ctx).unwrap();
+    assert_eq!(rel_err(&as_f32.last_hidden_state, &masked.last_hidden_state), 0.0);
+    // Gradient checkpointing replays the same mask.
+    let ckpt = ForwardCtx { gradient_checkpointing: true, ..ForwardCtx::default() };
+    let replayed = model.forward_with_mask(&ids, Some(&mask), &ckpt).unwrap();
+    assert_eq!(rel_err(&replayed.last_hidden_state, &masked.last_hidden_state), 0.0);
+}
+
+#[test]
+fn bad_padding_masks_are_refused() {
+    let model = tiny_model(DType::F32);
+    let ctx = ForwardCtx::default();
+    let (ids, _) = padded_batch();
+    let err = |mask: Tensor| model.forward_with_mask(&ids, Some(&mask), &ctx).unwrap_err().to_string();
+    let e = err(Tensor::ones((2, 7), DType::U32, &Device::Cpu).unwrap());
+    assert!(e.contains("[2, 7]") && e.contains("(2, 8)"), "{e}");
+    let e = err(Tensor::new(&[[1u32, 1, 2, 0, 0, 0, 0, 0], [1, 1, 1, 0, 0, 0, 0, 0]], &Device::Cpu).unwrap());
+    assert!(e.contains("value 2") && e.contains("sequence 0, position 2"), "{e}");
+    // A row whose BOS is masked would leave its first query no key: transformers 4.5x and 5.x
+    // (eager vs SDPA) disagree there, so it is refused rather than guessed.
+    let e = err(Tensor::new(&[[1u32, 1, 1, 1, 0, 0, 0, 0], [0, 1, 1, 0, 0, 0, 0, 0]], &Device::Cpu).unwrap());
+    assert!(e.contains("row 1") && e.contains("first token"), "{e}");
 }

@@ -2,7 +2,8 @@
 //! `StableDiffusion3Pipeline.encode_prompt` (fixtures: `tests/fixtures/reference/sd3_text/`, made
 //! by `tools/reference/sd3_text_fixture.py`): tiny random CLIP-L (16 wide), CLIP-G (24) and T5
 //! (48) on the real vocabularies, fed by lorakit's own tokenizers. f32, max |Δ| / max |ref| ≤ 1e-4;
-//! dropped rows exactly zero.
+//! dropped rows exactly zero. The CLIP padding masks (`apply_lg_attn_mask`) also against
+//! transformers 4.54 (`tests/fixtures/reference/clip_attn_mask/`, `clip_attn_mask_fixture.py`).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -173,13 +174,13 @@ fn tokenize_keeps_bang_as_text_for_clip_g_as_sd_scripts() {
     assert!(g[n..].iter().all(|&x| x == 0) && l[n..].iter().all(|&x| x == 49407));
 }
 
-fn check_encoding(t5_mask: bool) {
+fn check_encoding(lg_mask: bool, t5_mask: bool) {
     let io = io();
-    let te = encoders(opts(t5_mask));
+    let te = encoders(Sd3TextOptions { apply_lg_attn_mask: lg_mask, ..opts(t5_mask) });
     let prompts = strings(&cases()["prompts"]);
     let ctx = no_lora();
     let out = te.encode(&prompts, refs(&ctx), None).unwrap();
-    let key = format!("lg0t5{}", u8::from(t5_mask));
+    let key = format!("lg{}t5{}", u8::from(lg_mask), u8::from(t5_mask));
     assert_close(out.lg_out.as_ref().unwrap(), get(&io, &format!("{key}.lg_out")), "lg_out");
     assert_close(out.t5_out.as_ref().unwrap(), get(&io, &format!("{key}.t5_out")), "t5_out");
     assert_close(out.lg_pooled.as_ref().unwrap(), get(&io, &format!("{key}.lg_pooled")), "lg_pooled");
@@ -187,7 +188,11 @@ fn check_encoding(t5_mask: bool) {
     assert_eq!(as_i64(out.g_attn_mask.as_ref().unwrap()), as_i64(get(&io, "g_mask")));
     assert_eq!(as_i64(out.t5_attn_mask.as_ref().unwrap()), as_i64(get(&io, "t5_mask")));
     let (context, pooled) = out.context_and_pooled().unwrap();
-    assert_close(&context, get(&io, &format!("{key}.context")), "context");
+    // The fixture keeps the context of the unmasked-CLIP runs only (the same function of the
+    // parts for every combination).
+    if !lg_mask {
+        assert_close(&context, get(&io, &format!("{key}.context")), "context");
+    }
     assert_close(&pooled, get(&io, &format!("{key}.lg_pooled")), "pooled");
     // The padding is exact zeros between CLIP's 40 features and T5's 48.
     assert_eq!(max_abs(&context.i((.., ..77, 40..)).unwrap()), 0.0);
@@ -195,12 +200,22 @@ fn check_encoding(t5_mask: bool) {
 
 #[test]
 fn encode_matches_sd_scripts_without_masks() {
-    check_encoding(false);
+    check_encoding(false, false);
 }
 
 #[test]
 fn encode_matches_sd_scripts_with_t5_mask() {
-    check_encoding(true);
+    check_encoding(false, true);
+}
+
+#[test]
+fn encode_matches_sd_scripts_with_lg_mask() {
+    check_encoding(true, false);
+}
+
+#[test]
+fn encode_matches_sd_scripts_with_both_masks() {
+    check_encoding(true, true);
 }
 
 #[test]
@@ -212,19 +227,81 @@ fn the_t5_mask_changes_t5_only() {
 }
 
 #[test]
-fn apply_lg_attn_mask_is_refused_until_clip_has_padding_masks() {
+fn lg_mask_matches_transformers_4_54_as_sd_scripts_pins_it() {
+    // The fixture above was made with transformers 5.25; sd-scripts 48d368f pins 4.54.1, which
+    // builds the padding mask differently (tools/reference/clip_attn_mask_fixture.py: both
+    // releases and both attention paths agree on tokenizer masks; its 4.54 outputs here).
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/reference/clip_attn_mask");
+    let t4 = candle_core::safetensors::load(dir.join("io.safetensors"), &Device::Cpu).unwrap();
+    let te = encoders(Sd3TextOptions { apply_lg_attn_mask: true, ..opts(false) });
+    let ctx = no_lora();
+    let out = te.encode(&strings(&cases()["prompts"]), refs(&ctx), None).unwrap();
+    assert_close(out.lg_out.as_ref().unwrap(), get(&t4, "t4_54.lg_out"), "lg_out (4.54)");
+    assert_close(out.lg_pooled.as_ref().unwrap(), get(&t4, "t4_54.lg_pooled"), "lg_pooled (4.54)");
+}
+
+#[test]
+fn the_lg_mask_changes_the_clip_padding_positions_only() {
+    // Guards the lg-mask tests: in sd-scripts' outputs the masked CLIP states differ from the
+    // unmasked ones at padded positions only (the text positions see no padding either way,
+    // causality), the pooled vectors (taken at EOS, before any padding) and T5 not at all.
     let io = io();
-    // sd-scripts' masked CLIP states differ from the unmasked ones at the padding positions.
-    assert!(rel_err(get(&io, "lg1t50.lg_out"), get(&io, "lg0t50.lg_out")) > 1e-2);
-    let (l, g, t5) = models();
-    let opts = Sd3TextOptions { apply_lg_attn_mask: true, ..opts(false) };
-    let err = Sd3TextEncoders::new(Some(l), Some(g), Some(t5), opts).unwrap_err().to_string();
-    assert!(err.contains("apply_lg_attn_mask"), "{err}");
-    let te = encoders(self::opts(false));
+    let (masked, plain) = (get(&io, "lg1t50.lg_out"), get(&io, "lg0t50.lg_out"));
+    assert!(rel_err(masked, plain) > 1e-2);
+    assert_eq!(rel_err(get(&io, "lg1t50.t5_out"), get(&io, "lg0t50.t5_out")), 0.0);
+    assert!(rel_err(get(&io, "lg1t50.lg_pooled"), get(&io, "lg0t50.lg_pooled")) <= 1e-6);
+    let mask = as_i64(get(&io, "l_mask"));
+    for (b, row) in mask.iter().enumerate() {
+        let n = row.iter().sum::<i64>() as usize;
+        assert_eq!(row[..n].iter().sum::<i64>() as usize, n, "mask of prompt {b} is not a prefix");
+        let (m, p) = (masked.i(b).unwrap(), plain.i(b).unwrap());
+        assert!(rel_err(&m.narrow(0, 0, n).unwrap(), &p.narrow(0, 0, n).unwrap()) <= 1e-6, "prompt {b}");
+        if n < 77 {
+            assert!(rel_err(&m.narrow(0, n, 77 - n).unwrap(), &p.narrow(0, n, 77 - n).unwrap()) > 1e-2, "prompt {b}");
+        }
+    }
+    // The same through lorakit: encode_tokens' explicit flag (sd-scripts' training step passes
+    // False whatever the options say) against the options.
+    let te = encoders(opts(false));
     let tokens = tokens_from(&io, "", "");
     let ctx = no_lora();
-    let err = te.encode_tokens(&tokens, refs(&ctx), true, false, None).unwrap_err().to_string();
-    assert!(err.contains("apply_lg_attn_mask"), "{err}");
+    let out = te.encode_tokens(&tokens, refs(&ctx), true, false, None).unwrap();
+    assert_close(out.lg_out.as_ref().unwrap(), masked, "lg_out (explicit flag)");
+    let out = te.encode_tokens(&tokens, refs(&ctx), false, false, None).unwrap();
+    assert_close(out.lg_out.as_ref().unwrap(), plain, "lg_out (flag off)");
+}
+
+#[test]
+fn lg_mask_with_dropped_rows_masks_the_kept_rows_by_their_own_masks() {
+    // Dropped rows are not encoded; the kept rows go through with their own mask rows, so they
+    // equal the full masked pass there (rows are independent), and dropped rows are zeros.
+    let io = io();
+    let te = encoders(opts(false));
+    let tokens = tokens_from(&io, "", "");
+    let ctx = no_lora();
+    let drops = Sd3Drops { clip_l: vec![true, false, false], clip_g: vec![false, true, false], t5: vec![false; 3] };
+    let out = te.encode_tokens(&tokens, refs(&ctx), true, false, Some(&drops)).unwrap();
+    let (got, want) = (out.lg_out.as_ref().unwrap(), get(&io, "lg1t50.lg_out"));
+    for b in 0..3 {
+        let (l, g) = (got.i((b, .., ..16)).unwrap(), got.i((b, .., 16..)).unwrap());
+        if drops.clip_l[b] {
+            assert_eq!(max_abs(&l), 0.0);
+        } else {
+            assert_close(&l, &want.i((b, .., ..16)).unwrap(), &format!("CLIP-L row {b}"));
+        }
+        if drops.clip_g[b] {
+            assert_eq!(max_abs(&g), 0.0);
+        } else {
+            assert_close(&g, &want.i((b, .., 16..)).unwrap(), &format!("CLIP-G row {b}"));
+        }
+    }
+    // A caller's mask that hides a row's BOS is refused, naming the row.
+    let mut bad = tokens.clone();
+    let mut m = as_i64(&tokens.g_attn_mask);
+    m[1][0] = 0;
+    bad.g_attn_mask = Tensor::new(m, &Device::Cpu).unwrap().to_dtype(DType::U32).unwrap();
+    let err = te.encode_tokens(&bad, refs(&ctx), true, false, None).unwrap_err().to_string();
+    assert!(err.contains("row 1") && err.contains("first token"), "{err}");
 }
 
 #[test]
