@@ -10,7 +10,7 @@
 //!
 //! What one text goes through (as in `CLIPTokenizer.tokenize` / `_tokenize`):
 //! 1. split at the tokenizer's added tokens (`<|startoftext|>`, `<|endoftext|>`, and `!` for the
-//!    SD2 / SDXL `tokenizer_2` configuration whose pad token is `!`), case-sensitively;
+//!    SD2 configuration whose pad token is `!`), case-sensitively;
 //! 2. per piece: ftfy's `fix_text` (ported below: HTML entities, mojibake repair, C1 controls,
 //!    Latin ligatures, full/half width, curly quotes, line breaks, terminal escapes, control
 //!    characters, NFC), whitespace runs to one space and trimmed, lowercased;
@@ -63,8 +63,9 @@ const CACHE_SHARDS: usize = 16;
 const CACHE_SHARD_LIMIT: usize = 1 << 14;
 
 /// CLIP's BPE tokenizer with the embedded OpenAI vocabulary; behaves like HF's slow
-/// `CLIPTokenizer` loaded from `openai/clip-vit-large-patch14` (SD1, SDXL text encoder 1) or,
-/// from [`ClipTokenizer::new_sd2`], like the SD2 / SDXL `tokenizer_2` configuration.
+/// `CLIPTokenizer` loaded from `openai/clip-vit-large-patch14` (SD1, SDXL text encoder 1),
+/// from [`ClipTokenizer::new_sd2`] like SD2's `tokenizer/` configuration, and from
+/// [`ClipTokenizer::new_sdxl_te2`] like sd-scripts' SDXL tokenizer 2 / SD3 CLIP-G tokenizer.
 ///
 /// `Copy` and `Send + Sync`: the vocabulary and the word cache live in a process-wide static,
 /// so copies are free and every thread shares one cache.
@@ -73,6 +74,8 @@ pub struct ClipTokenizer {
     shared: &'static Shared,
     /// Split the text at `!` and encode each as id 0, as HF does when `!` is the pad token.
     split_on_bang: bool,
+    /// The id HF pads with in this configuration.
+    pad_id: u32,
 }
 
 impl std::fmt::Debug for ClipTokenizer {
@@ -86,31 +89,43 @@ impl ClipTokenizer {
     pub const BOS: u32 = 49406;
     /// `<|endoftext|>`: ends the text; also the pad id of SD1 and of SDXL's text encoder 1.
     pub const EOS: u32 = 49407;
-    /// Pad id of the SD2 tokenizer and SDXL's `tokenizer_2` (token `!`).
+    /// Pad id of the SD2 tokenizer, of sd-scripts' SDXL tokenizer 2 and SD3 CLIP-G tokenizer,
+    /// and of diffusers' SDXL/SD3 `tokenizer_2` (token `!`).
     pub const PAD_SD2: u32 = 0;
 
     /// The tokenizer of SD1.x and of SDXL's first text encoder (`openai/clip-vit-large-patch14`,
     /// pad = EOS), on the embedded vocabulary. The first call decompresses and indexes the
     /// vocabulary (tens of milliseconds); later calls are free.
     pub fn new() -> Result<Self> {
-        Ok(Self { shared: shared()?, split_on_bang: false })
+        Ok(Self { shared: shared()?, split_on_bang: false, pad_id: Self::EOS })
     }
 
-    /// The tokenizer configuration of SD2 (`stabilityai/stable-diffusion-2`, `tokenizer/`) and
-    /// of SDXL's second text encoder: same vocabulary, but the pad token is `!` (id 0), and HF
+    /// The tokenizer configuration of SD2 (`stabilityai/stable-diffusion-2`, `tokenizer/`, what
+    /// sd-scripts loads for v2): same vocabulary, but the pad token is `!` (id 0), and HF
     /// splits the text at every literal `!` and encodes it as id 0 instead of `!</w>` (256).
     /// Use with pad id [`Self::PAD_SD2`].
     pub fn new_sd2() -> Result<Self> {
-        Ok(Self { shared: shared()?, split_on_bang: true })
+        Ok(Self { shared: shared()?, split_on_bang: true, pad_id: Self::PAD_SD2 })
+    }
+
+    /// sd-scripts' SDXL tokenizer 2 (`strategy_sdxl.py`; SD3's CLIP-G tokenizer is the same):
+    /// `laion/CLIP-ViT-bigG-14-laion2B-39B-b160k`'s tokenizer, whose pad token is
+    /// `<|endoftext|>`, with `pad_token_id = 0` set after loading. Setting the id changes only
+    /// the padding (id 0), not the text: a `!` stays an ordinary BPE character (`a!b` →
+    /// `a</w> !</w> b</w>`, `!!!` → `!!!</w>`), in transformers 4.54 and 5.x alike
+    /// (`tools/reference/sdxl_tokenizer2_fixture.py`).
+    ///
+    /// diffusers' SDXL `tokenizer_2` folders declare `pad_token = "!"` instead, which also
+    /// makes every `!` in the text its own id 0 ([`Self::new_sd2`]'s behaviour), so diffusers'
+    /// `StableDiffusionXLPipeline` encodes prompts containing `!` differently from sd-scripts'
+    /// training and sampling; lorakit follows sd-scripts.
+    pub fn new_sdxl_te2() -> Result<Self> {
+        Ok(Self { shared: shared()?, split_on_bang: false, pad_id: Self::PAD_SD2 })
     }
 
     /// The pad id this configuration pads with in HF ([`Self::EOS`] or [`Self::PAD_SD2`]).
     pub fn pad_id(&self) -> u32 {
-        if self.split_on_bang {
-            Self::PAD_SD2
-        } else {
-            Self::EOS
-        }
+        self.pad_id
     }
 
     /// Number of ids (49,408), the text encoder's embedding rows.

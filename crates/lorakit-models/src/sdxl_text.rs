@@ -9,6 +9,13 @@
 //!   no final LayerNorm; pooled = `text_projection(final_layer_norm(last layer))` at each row's
 //!   first EOS (`pool_workaround`).
 //! - Context = concat on features: (B, 77 | 152 | 227, 768 + 1280); pooled (B, 1280).
+//! - Tokenizers: encoder 1 `openai/clip-vit-large-patch14`'s (pads with EOS); encoder 2
+//!   laion bigG's with `pad_token_id = 0` ([`ClipTokenizer::new_sdxl_te2`]): pads with id 0
+//!   (`!`) but keeps a `!` in the text an ordinary BPE character. diffusers'
+//!   `StableDiffusionXLPipeline` differs there: its `tokenizer_2` has the pad token `!`, which
+//!   also turns every `!` of a prompt into its own id 0 (`a!b` → `a</w>`, 0, `b</w>` instead of
+//!   `a</w> !</w> b</w>`), so generation with diffusers conditions differently on prompts with
+//!   `!`; lorakit follows sd-scripts in training and sampling alike.
 //! - Long prompts (`max_token_length` 150/225): each tokenizer pads to 152/227 (encoder 1 with
 //!   EOS, encoder 2 with `!` = id 0), the ids are cut into 77-id chunks
 //!   ([`crate::clip_tokenizer::chunk_for_clip`], with sd-scripts' pad ≠ EOS fix-ups for encoder 2),
@@ -108,7 +115,7 @@ pub struct SdxlTextEncoders {
     /// `openai/clip-vit-large-patch14`'s tokenizer (pads with EOS).
     pub tokenizer1: ClipTokenizer,
     /// `laion/CLIP-ViT-bigG-14-laion2B-39B-b160k`'s tokenizer as sd-scripts sets it up (pads
-    /// with `!`, id 0).
+    /// with `!`, id 0; a `!` in the text is not split off: [`ClipTokenizer::new_sdxl_te2`]).
     pub tokenizer2: ClipTokenizer,
 }
 
@@ -133,7 +140,7 @@ impl SdxlTextEncoders {
             te1,
             te2: Box::new(te2),
             tokenizer1: ClipTokenizer::new()?,
-            tokenizer2: ClipTokenizer::new_sd2()?,
+            tokenizer2: ClipTokenizer::new_sdxl_te2()?,
         })
     }
 
@@ -394,8 +401,8 @@ impl SdxlTextEncoders {
         ))
     }
 
-    /// One warning per truncated prompt (encoder 1's count; encoder 2's when only it cut,
-    /// which a `!` can cause: tokenizer 2 reads it as its own token).
+    /// One warning per truncated prompt (encoder 1's count, else encoder 2's: both tokenise
+    /// the text alike, so this is a safeguard).
     fn warn_truncated(&self, l1: &PromptLayout, dropped1: usize, l2: &PromptLayout, dropped2: usize, prompt: &str) {
         if dropped1 > 0 {
             l1.warn_truncated(&self.tokenizer1, dropped1, prompt);

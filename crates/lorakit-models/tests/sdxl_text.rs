@@ -6,7 +6,9 @@
 //! projection, chunking and stitching of 225-token prompts, the first chunk's pooled vector,
 //! weighted captions, LoRA targets. With the fixture (`tests/fixtures/reference/sdxl_tiny/`,
 //! `tools/reference/make_sdxl_tiny.py`) every output is compared with transformers and
-//! sd-scripts (fp32, max |Δ| / max |reference| ≤ 1e-4).
+//! sd-scripts (fp32, max |Δ| / max |reference| ≤ 1e-4). Tokenizer 2 on prompts with `!` against
+//! sd-scripts and diffusers: `tests/fixtures/reference/sdxl_tokenizer2/`
+//! (`tools/reference/sdxl_tokenizer2_fixture.py`, real CLIP vocabulary).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -155,8 +157,10 @@ fn one_chunk_conditioning_is_both_penultimate_states_and_the_projected_eos_vecto
         assert_eq!(ids2[b][0][n2 + 1], ClipTokenizer::EOS);
         assert!(ids2[b][0][n2 + 2..].iter().all(|&t| t == 0));
     }
-    // "solo!" — tokenizer 2 reads "!" as its pad token (id 0) inside the text, as HF does.
-    assert!(ids2[1][0][1..].contains(&0) && !ids1[1][0][1..].contains(&0));
+    // "solo!" — tokenizer 2 keeps "!" as text (sd-scripts: laion's tokenizer with only its pad
+    // id set to 0), so both encoders read the same ids up to EOS.
+    let n = te.tokenizer1.encode(prompts[1]).len();
+    assert_eq!(ids1[1][0][..n + 2], ids2[1][0][..n + 2]);
 
     let out = te.encode_tokens(&tokens, [&ForwardCtx::default(), &ForwardCtx::default()]).unwrap();
     let flat1 = tokens.ids1.squeeze(1).unwrap();
@@ -583,4 +587,62 @@ fn sample_prompts_are_encoded_as_sd_scripts_sdxl_sampler_does() {
     assert_eq!(rel_err(&n.context, &empty.context), 0.0, "an empty negative is encoded, not zeroed");
     let (long, _) = te.encode_emphasis_pair("x", "", Some(225), [&c1, &c2]).unwrap();
     assert_eq!(long.context.dims(), &[1, 227, 80]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tokenizer 2 and `!` (sd-scripts 48d368f and diffusers 0.42 with transformers 4.54 and 5.25).
+
+fn bang_cases() -> serde_json::Value {
+    let path =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/reference/sdxl_tokenizer2/cases.json");
+    serde_json::from_str(&std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))).unwrap()
+}
+
+fn id_rows(v: &serde_json::Value) -> Vec<Vec<u32>> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect())
+        .collect()
+}
+
+#[test]
+fn tokenizer_2_keeps_bang_as_text_as_sd_scripts() {
+    let c = bang_cases();
+    let prompts: Vec<&str> = c["prompts"].as_array().unwrap().iter().map(|p| p.as_str().unwrap()).collect();
+    let te = tiny_encoders();
+    for (mtl, n) in [(None, 77), (Some(225), 225)] {
+        let tokens = te.tokenize(&prompts, mtl).unwrap();
+        let (ids1, ids2) = (ids_of(&tokens.ids1), ids_of(&tokens.ids2));
+        for (b, prompt) in prompts.iter().enumerate() {
+            let want1 = id_rows(&c["sd_scripts"][format!("ids1_{n}")][b]);
+            let want2 = id_rows(&c["sd_scripts"][format!("ids2_{n}")][b]);
+            assert_eq!(ids1[b], want1, "encoder 1, {n}, {prompt:?}");
+            assert_eq!(ids2[b], want2, "encoder 2, {n}, {prompt:?}");
+        }
+    }
+    // `a!b`: `a</w> !</w> b</w>` (320 256 321), not diffusers' `a</w>`, 0, `b</w>`.
+    let ids = te.tokenizer2.encode_padded("a!b", 77, te.tokenizer2.pad_id()).0;
+    assert_eq!(ids[..6], [ClipTokenizer::BOS, 320, 256, 321, ClipTokenizer::EOS, 0]);
+    // The 225-token prompt with `!` opening its second chunk: that chunk starts `BOS !</w>`;
+    // with a split `!` (id 0 = pad) sd-scripts' fix-up would have made it `BOS EOS`.
+    let tokens = te.tokenize(&prompts[4..5], Some(225)).unwrap();
+    assert_eq!(ids_of(&tokens.ids2)[0][1][..2], [ClipTokenizer::BOS, 256]);
+}
+
+#[test]
+fn diffusers_tokenizer_2_splits_at_bang_like_the_sd2_tokenizer() {
+    // diffusers' SDXL `tokenizer_2` (pad token `!`) gives every `!` its own id 0: what
+    // `ClipTokenizer::new_sd2` does, and where it differs from sd-scripts' (and lorakit's) SDXL
+    // tokenizer 2 — on every prompt with a `!`, and only there.
+    let c = bang_cases();
+    let sd2 = ClipTokenizer::new_sd2().unwrap();
+    let te2 = ClipTokenizer::new_sdxl_te2().unwrap();
+    let want = id_rows(&c["diffusers"]["ids2_77"]);
+    for (b, prompt) in c["prompts"].as_array().unwrap().iter().map(|p| p.as_str().unwrap()).enumerate() {
+        assert_eq!(sd2.encode_padded(prompt, 77, sd2.pad_id()).0, want[b], "{prompt:?}");
+        let ours = te2.encode_padded(prompt, 77, te2.pad_id()).0;
+        assert_eq!(ours == want[b], !prompt.contains('!'), "{prompt:?}");
+    }
+    assert_eq!((sd2.pad_id(), te2.pad_id()), (0, 0));
 }
