@@ -50,6 +50,10 @@ pub struct Sd3Options {
     /// `enable_scaled_pos_embed`: the latent sizes (`round(√(w·h)) / 8` of each training
     /// resolution) to build scaled position tables for; `None`: the checkpoint's table.
     pub scaled_pos_embed_sizes: Option<Vec<usize>>,
+    /// sd-scripts' `blocks_to_swap`: the last this many joint blocks stay in host memory and
+    /// are copied to the device when they run ([`MmditTransformer::with_block_swap`]; at most
+    /// depth − 2).
+    pub blocks_to_swap: usize,
 }
 
 impl Default for Sd3Options {
@@ -62,6 +66,7 @@ impl Default for Sd3Options {
             apply_lg_attn_mask: false,
             apply_t5_attn_mask: false,
             scaled_pos_embed_sizes: None,
+            blocks_to_swap: 0,
         }
     }
 }
@@ -103,9 +108,19 @@ fn count(shapes: &[(String, Vec<usize>)]) -> usize {
 impl Sd3Pipeline {
     /// Loads every part; a missing part is an error naming sd-scripts' flag for it.
     pub fn load(paths: &Sd3Paths, opts: &Sd3Options, device: &Device) -> Result<Self> {
-        let (config, weights) = load_sd3_transformer(&paths.model, opts.dtype, opts.transformer_storage, device)?;
+        // With block swapping the transformer is built in host memory, then all but the swapped
+        // blocks move to the device.
+        let load_device = if opts.blocks_to_swap > 0 { &Device::Cpu } else { device };
+        let (config, weights) = load_sd3_transformer(&paths.model, opts.dtype, opts.transformer_storage, load_device)?;
         let transformer = build(&weights, |w| Ok(MmditTransformer::new(w.view(""), &config)?))?;
         drop(weights);
+        let transformer = if opts.blocks_to_swap > 0 {
+            transformer
+                .with_block_swap(opts.blocks_to_swap, device)
+                .map_err(|e| Error::Invalid(format!("{}: {e}", paths.model.display())))?
+        } else {
+            transformer
+        };
         let transformer = match &opts.scaled_pos_embed_sizes {
             Some(sizes) => transformer.with_scaled_pos_embed(sizes)?,
             None => transformer,

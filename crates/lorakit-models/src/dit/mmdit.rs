@@ -22,6 +22,7 @@ use std::sync::{Arc, Mutex};
 use candle_core::{DType, Device, Result, Tensor, D};
 use lorakit_nn::activation::{gelu_tanh, silu};
 use lorakit_nn::attention::attention_heads;
+use lorakit_nn::checkpoint::{checkpoint, BlockFn};
 use lorakit_nn::dit::{gated_residual, head_rms_norm, modulate};
 use lorakit_nn::lora::{LoraKind, LoraTarget, TargetGroup};
 use lorakit_nn::{Conv2d, ForwardCtx, LayerNorm, Linear};
@@ -442,6 +443,10 @@ impl Embedder {
     fn forward(&self, x: &Tensor, ctx: &ForwardCtx) -> Result<Tensor> {
         self.fc2.forward(&silu(&self.fc1.forward(x, ctx)?)?, ctx)
     }
+
+    fn to_device(&self, device: &Device) -> Result<Self> {
+        Ok(Embedder { fc1: self.fc1.to_device(device)?, fc2: self.fc2.to_device(device)? })
+    }
 }
 
 /// q/k/v projection (and output projection unless pre-only) with optional RMS q/k norms.
@@ -494,6 +499,18 @@ impl Attention {
     fn linears(&self) -> Vec<&Linear> {
         std::iter::once(&self.qkv).chain(self.proj.as_ref()).collect()
     }
+
+    fn to_device(&self, device: &Device) -> Result<Self> {
+        Ok(Attention {
+            qkv: self.qkv.to_device(device)?,
+            proj: self.proj.as_ref().map(|p| p.to_device(device)).transpose()?,
+            norms: match &self.norms {
+                Some((q, k)) => Some((q.to_device(device)?, k.to_device(device)?)),
+                None => None,
+            },
+            heads: self.heads,
+        })
+    }
 }
 
 /// `fc1 → tanh-GELU → fc2`.
@@ -506,6 +523,10 @@ struct Mlp {
 impl Mlp {
     fn forward(&self, x: &Tensor, ctx: &ForwardCtx) -> Result<Tensor> {
         self.fc2.forward(&gelu_tanh(&self.fc1.forward(x, ctx)?)?, ctx)
+    }
+
+    fn to_device(&self, device: &Device) -> Result<Self> {
+        Ok(Mlp { fc1: self.fc1.to_device(device)?, fc2: self.fc2.to_device(device)? })
     }
 }
 
@@ -584,6 +605,21 @@ impl DitSide {
         out.push(&self.modulation);
         out
     }
+
+    /// The side with its weights copied to `device`; its affine-free norms (of `width` features
+    /// in `dtype`) are made there.
+    fn to_device(&self, device: &Device, width: usize, dtype: DType) -> Result<Self> {
+        Ok(DitSide {
+            norm1: plain_layer_norm(width, dtype, device)?,
+            attn: self.attn.to_device(device)?,
+            attn2: self.attn2.as_ref().map(|a| a.to_device(device)).transpose()?,
+            mlp: match &self.mlp {
+                Some((_, mlp)) => Some((plain_layer_norm(width, dtype, device)?, mlp.to_device(device)?)),
+                None => None,
+            },
+            modulation: self.modulation.to_device(device)?,
+        })
+    }
 }
 
 /// One joint block: text (`context_block`) and image (`x_block`) sides attending together.
@@ -592,6 +628,9 @@ pub struct JointBlock {
     context: DitSide,
     x: DitSide,
     heads: usize,
+    /// Token width and compute dtype (the norms are rebuilt from them on a device move).
+    width: usize,
+    dtype: DType,
 }
 
 impl JointBlock {
@@ -601,7 +640,25 @@ impl JointBlock {
             context: DitSide::new(vb.pp("context_block"), cfg, pre_only, false, like)?,
             x: DitSide::new(vb.pp("x_block"), cfg, false, cfg.x_self_attn_layers.contains(&index), like)?,
             heads: cfg.num_heads,
+            width: cfg.hidden_size,
+            dtype: like.dtype(),
         })
+    }
+
+    /// The block with its weights copied to `device` (block swapping).
+    pub fn to_device(&self, device: &Device) -> Result<Self> {
+        Ok(JointBlock {
+            context: self.context.to_device(device, self.width, self.dtype)?,
+            x: self.x.to_device(device, self.width, self.dtype)?,
+            heads: self.heads,
+            width: self.width,
+            dtype: self.dtype,
+        })
+    }
+
+    /// Whether this is the last block, whose context side stops after attention.
+    fn pre_only(&self) -> bool {
+        self.context.mlp.is_none()
     }
 
     /// `(context, x)` after the block; the context is `None` after the last (pre-only) block.
@@ -673,10 +730,13 @@ pub struct MmditTransformer {
     t_embedder: Embedder,
     y_embedder: Embedder,
     context_embedder: Linear,
-    blocks: Vec<JointBlock>,
+    /// Shared with clones and with the checkpointed block closures.
+    blocks: Vec<Arc<JointBlock>>,
     final_norm: LayerNorm,
     final_modulation: Linear,
     final_linear: Linear,
+    /// How many of the last joint blocks stay in host memory (block swapping).
+    host_blocks: usize,
     dtype: DType,
 }
 
@@ -695,7 +755,7 @@ impl MmditTransformer {
             y_embedder: Embedder::new(vb.pp("y_embedder"), cfg.pooled_dim, h)?,
             context_embedder: vb.pp("context_embedder").linear(cfg.context_dim, h, true)?,
             blocks: (0..cfg.depth)
-                .map(|i| JointBlock::new(vb.pp("joint_blocks").pp(i), cfg, i, &pos_embed))
+                .map(|i| JointBlock::new(vb.pp("joint_blocks").pp(i), cfg, i, &pos_embed).map(Arc::new))
                 .collect::<Result<_>>()?,
             final_norm: plain_layer_norm(h, dtype, &device)?,
             final_modulation: vb.pp("final_layer.adaLN_modulation.1").linear(h, 2 * h, true)?,
@@ -703,8 +763,68 @@ impl MmditTransformer {
             pos_embed,
             scaled_pos_embed: None,
             cfg: cfg.clone(),
+            host_blocks: 0,
             dtype,
         })
+    }
+
+    /// The model for `device`, with sd-scripts' `blocks_to_swap` (`MMDiT.enable_block_swap`):
+    /// the last `blocks_to_swap` joint blocks stay where the weights were loaded (host memory)
+    /// and are copied to `device` each time they run — with gradient checkpointing, in the
+    /// forward pass and again in the backward recomputation; a LoRA trains on the compute
+    /// device, so nothing is copied back. Everything else moves to `device` now. As in
+    /// sd-scripts, at most depth − 2 blocks may be swapped.
+    pub fn with_block_swap(self, blocks_to_swap: usize, device: &Device) -> Result<Self> {
+        let depth = self.cfg.depth;
+        let max = depth.saturating_sub(2);
+        if blocks_to_swap > max {
+            candle_core::bail!(
+                "blocks_to_swap = {blocks_to_swap}: this MMDiT has {depth} joint blocks, and sd-scripts swaps at most depth − 2 — \"Cannot swap more than {max} blocks. Requested: {blocks_to_swap} blocks.\"; lower accelerate.blocks_to_swap (--blocks-to-swap) to {max} or less"
+            )
+        }
+        let resident = depth - blocks_to_swap;
+        let h = self.cfg.hidden_size;
+        let conv = self.x_embedder.frozen();
+        let x_embedder = Conv2d::new(
+            self.x_embedder.path(),
+            conv.weight().to_device(device)?,
+            conv.bias().map(|b| b.to_device(device)).transpose()?,
+            conv.stride(),
+            conv.padding(),
+        )?;
+        let scaled_pos_embed = match &self.scaled_pos_embed {
+            Some(state) => {
+                let state = state.lock().unwrap_or_else(|e| e.into_inner());
+                let tables = state.tables.iter().map(|(&k, t)| Ok((k, t.to_device(device)?))).collect::<Result<_>>()?;
+                Some(Arc::new(Mutex::new(ScaledPosEmbed { area_to_size: state.area_to_size.clone(), tables })))
+            }
+            None => None,
+        };
+        Ok(MmditTransformer {
+            x_embedder,
+            pos_embed: self.pos_embed.to_device(device)?,
+            scaled_pos_embed,
+            t_embedder: self.t_embedder.to_device(device)?,
+            y_embedder: self.y_embedder.to_device(device)?,
+            context_embedder: self.context_embedder.to_device(device)?,
+            blocks: self
+                .blocks
+                .iter()
+                .enumerate()
+                .map(|(i, b)| if i < resident { b.to_device(device).map(Arc::new) } else { Ok(b.clone()) })
+                .collect::<Result<_>>()?,
+            final_norm: plain_layer_norm(h, self.dtype, device)?,
+            final_modulation: self.final_modulation.to_device(device)?,
+            final_linear: self.final_linear.to_device(device)?,
+            host_blocks: blocks_to_swap,
+            cfg: self.cfg,
+            dtype: self.dtype,
+        })
+    }
+
+    /// How many of the last joint blocks live in host memory ([`Self::with_block_swap`]).
+    pub fn host_blocks(&self) -> usize {
+        self.host_blocks
     }
 
     /// sd-scripts' `enable_scaled_pos_embed` (`--enable_scaled_pos_embed`, meant for SD3.5
@@ -809,7 +929,8 @@ impl MmditTransformer {
         t + self.y_embedder.forward(&pooled.to_dtype(self.dtype)?, ctx)?
     }
 
-    /// The prediction for latents (B, C, H, W), same shape.
+    /// The prediction for latents (B, C, H, W), same shape. Each joint block runs through
+    /// gradient checkpointing when `ctx` asks for it (sd-scripts' `JointBlock.forward`).
     pub fn forward(&self, inputs: &MmditInputs, ctx: &ForwardCtx) -> Result<Tensor> {
         self.forward_observed(inputs, ctx, &mut |_, _, _| {})
     }
@@ -837,9 +958,27 @@ impl MmditTransformer {
             patches.flatten_from(2)?.transpose(1, 2)?.broadcast_add(&self.pos_embed(h, w, inputs.pos_crop)?)?;
         let cond = self.conditioning(inputs.timesteps, inputs.pooled, ctx)?;
         let mut context = Some(self.context_embedder.forward(&inputs.context.to_dtype(self.dtype)?, ctx)?);
+        let resident = self.cfg.depth - self.host_blocks;
         for (i, block) in self.blocks.iter().enumerate() {
             let Some(text) = context.as_ref() else { candle_core::bail!("internal: a block after the pre-only one") };
-            let (next, xs) = block.forward(text, &x, &cond, ctx)?;
+            let (l_ctx, l_x, pre_only) = (text.dim(1)?, x.dim(1)?, block.pre_only());
+            let block = block.clone();
+            let stream_to = (i >= resident).then(|| self.device().clone());
+            // One tensor out for gradient checkpointing: [context, x] along the tokens, or x alone
+            // after the pre-only block.
+            let f: BlockFn = Arc::new(move |xs: &[Tensor], ctx: &ForwardCtx| {
+                // A swapped block's weights come to the device for this call only (and again for
+                // the backward recomputation, which calls this closure once more).
+                let streamed = stream_to.as_ref().map(|d| block.to_device(d)).transpose()?;
+                let block = streamed.as_ref().unwrap_or(&block);
+                match block.forward(&xs[0], &xs[1], &xs[2], ctx)? {
+                    (Some(context), x) => Tensor::cat(&[context, x], 1),
+                    (None, x) => Ok(x),
+                }
+            });
+            let out = checkpoint(&[text, &x, &cond], ctx, f)?;
+            let (next, xs) =
+                if pre_only { (None, out) } else { (Some(out.narrow(1, 0, l_ctx)?), out.narrow(1, l_ctx, l_x)?) };
             observe(i, next.as_ref(), &xs);
             context = next;
             x = xs;
