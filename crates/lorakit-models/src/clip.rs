@@ -687,7 +687,7 @@ impl ClipTextModel {
                     Arc::new(move |xs: &[Tensor], ctx: &ForwardCtx| layer.forward_masked(&xs[0], &mask, ctx));
                 checkpoint(&[&h], ctx, block)?
             } else {
-                layer.forward_masked(&h, &mask, ctx)?
+                layer.forward_masked(&h, mask, ctx)?
             };
             hidden.push(h.clone());
         }

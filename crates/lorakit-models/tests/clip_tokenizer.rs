@@ -55,9 +55,12 @@ fn vocabulary_and_configuration() {
     assert_eq!(b.vocab_size(), 49408);
     assert_eq!((ClipTokenizer::BOS, ClipTokenizer::EOS, ClipTokenizer::PAD_SD2), (49406, 49407, 0));
     assert_eq!((a.pad_id(), b.pad_id()), (49407, 0));
-    // "!" is "!</w>" (256) for SD1 and the pad token (0) for SD2 / SDXL tokenizer_2.
+    // "!" is "!</w>" (256) for SD1 and the pad token (0) for SD2 (and diffusers' SDXL
+    // tokenizer_2); sd-scripts' SDXL tokenizer 2 pads with 0 but keeps "!" as text.
     assert_eq!(a.encode("hello!world"), [3306, 256, 1002]);
     assert_eq!(b.encode("hello!world"), [3306, 0, 1002]);
+    let c = ClipTokenizer::new_sdxl_te2().unwrap();
+    assert_eq!((c.encode("hello!world"), c.pad_id()), (vec![3306, 256, 1002], 0));
     fn send_sync<T: Send + Sync + Copy>() {}
     send_sync::<ClipTokenizer>();
 }
