@@ -156,3 +156,69 @@ fn lorakit_flux_lora_in_diffusers_matches_lorakit() {
     let err = rel_err(&pooled, &io["clip_pooled"]);
     assert!(err <= 1e-4, "CLIP-L pooled: relative error {err}");
 }
+
+/// The SD3 case (tools/reference/diffusers_lora_compat_sd3.py, diffusers 0.42.1 / peft 0.21.2): a
+/// LoRA lorakit trained on the tiny SD3 pipeline (kohya names: the MMDiT's fused `attn_qkv`,
+/// `lora_te1_…` CLIP-L, `lora_te2_…` CLIP-G; alpha 2 ≠ rank 4). diffusers loads nothing from the
+/// kohya file; `lorakit convert --to diffusers` makes the file it loads with no key left over, and
+/// the transformer and both CLIPs with that file compute what lorakit computes with the kohya one.
+#[test]
+fn lorakit_sd3_lora_in_diffusers_matches_lorakit() {
+    use lorakit_lora::convert::{convert_file, Target};
+    use lorakit_models::checkpoint::sd3::Sd3Paths;
+    use lorakit_models::dit::mmdit::MmditInputs;
+    use lorakit_models::sd3_pipeline::{Sd3Options, Sd3Pipeline};
+    use sha2::{Digest, Sha256};
+
+    let dir = repo("tests/fixtures/reference/trained_lora");
+    let io_path = dir.join("diffusers_io_sd3.safetensors");
+    let io = candle_core::safetensors::load(&io_path, &Device::Cpu).unwrap();
+    let meta = lorakit_lora::safetensors_file::LoraFile::open(&io_path).unwrap().metadata().clone();
+    assert!(meta["diffusers"].starts_with("0.42"), "{}", meta["diffusers"]);
+    // What users of diffusers get from the kohya file as lorakit writes it: nothing.
+    assert_eq!(meta["kohya_as_written"], "loaded 0 LoRA layers");
+
+    let lora = dir.join("tiny_sd3_trained.safetensors");
+    // The file diffusers loaded is the one lorakit's conversion writes.
+    let tmp = tempfile::tempdir().unwrap();
+    let converted = tmp.path().join("diffusers.safetensors");
+    convert_file(&lora, &converted, Target::Peft, None, None).unwrap();
+    let sha: String = Sha256::digest(std::fs::read(&converted).unwrap()).iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(sha, meta["converted_sha256"], "not the file diffusers loaded; rerun the script");
+
+    let paths = Sd3Paths { model: repo("tests/fixtures/reference/sd3_tiny/pipeline"), ..Default::default() };
+    let sd3 = Sd3Pipeline::load(&paths, &Sd3Options::default(), &Device::Cpu).unwrap();
+    let components = sd3.lora_components();
+    let loaded = load_lora_file(&lora, 1.0, false, &components, DType::F32, &Device::Cpu).unwrap();
+    let sets = sets_from_files(vec![loaded], components.len(), &Device::Cpu).unwrap();
+
+    let run = |ctx: &ForwardCtx| {
+        let inputs = MmditInputs::new(&io["latents"], &io["timesteps"], &io["pooled"], &io["context"]);
+        sd3.transformer().forward(&inputs, ctx).unwrap()
+    };
+    let out = run(&ForwardCtx::with_lora(sets[0].clone()));
+    let err = rel_err(&out, &io["out"]);
+    eprintln!("transformer: relative error {err:.2e}");
+    assert!(err <= 1e-4, "transformer: relative error {err}");
+    assert!(rel_err(&run(&ForwardCtx::default()), &io["out"]) > 1e-3, "the LoRA matters");
+
+    let ids = io["clip_ids"].to_dtype(DType::U32).unwrap();
+    let te = sd3.text_encoders();
+    for (name, clip, set) in [("clip_l", te.clip_l(), &sets[1]), ("clip_g", te.clip_g(), &sets[2])] {
+        let clip = clip.expect("CLIP loaded");
+        let forward = |ctx: &ForwardCtx| {
+            let o = clip.forward(&ids, ctx).unwrap();
+            let penultimate = o.text.hidden_states[o.text.hidden_states.len() - 2].clone();
+            (penultimate, o.text_embeds)
+        };
+        let (penultimate, embeds) = forward(&ForwardCtx::with_lora(set.clone()));
+        let err = rel_err(&penultimate, &io[&format!("{name}_penultimate")]);
+        eprintln!("{name} penultimate layer: relative error {err:.2e}");
+        assert!(err <= 1e-4, "{name} penultimate layer: relative error {err}");
+        let err = rel_err(&embeds, &io[&format!("{name}_text_embeds")]);
+        eprintln!("{name} text_embeds: relative error {err:.2e}");
+        assert!(err <= 1e-4, "{name} text_embeds: relative error {err}");
+        let (_, plain) = forward(&ForwardCtx::default());
+        assert!(rel_err(&plain, &io[&format!("{name}_text_embeds")]) > 1e-3, "{name}: the LoRA matters");
+    }
+}
