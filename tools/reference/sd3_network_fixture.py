@@ -29,6 +29,13 @@ Makes tests/fixtures/reference/sd3_network/ for crates/lorakit-models/tests/sd3_
   layer (incl. the x_embedder conv: down p x p stride p, up 1x1), up weights random so it
   matters (`lora_sd3m.safetensors`: the factors in f16, exact, and the alphas), with the
   gradients of the emb_dims modules' factors for sum(out * probe).
+* `block_grads.safetensors` + `block_grads.json`: sd-scripts' LoRA on the joint blocks' modules
+  (attn qkv / proj, mlp fc1 / fc2, adaLN modulation; SD3.5 Medium's attn2; the last block's
+  pre-only context side) of the tiny models, for several argument sets (`split_qkv` on and
+  off), rank 2 so the fixture stays small: the factors (`<run>:<module>.lora_down[.i].weight`,
+  f16 values, exact), alphas, the output and the gradient of every factor for sum(out * probe)
+  (`<run>:grad:<factor key>`). The JSON lists each run's variant, dim, alpha, kwargs and
+  modules in sd-scripts' order.
   sd35m runs with sd-scripts' second-attention head split corrected (`attn2.num_heads` set to
   the head width, which is what its `attention()` call passes as head width; see
   make_sd3_tiny.py), so only the option under test differs from the published model.
@@ -345,12 +352,68 @@ def forward():
         f.write("\n")
 
 
+# (run, variant, network_dim, network_alpha, kwargs): the joint blocks' LoRA whose factor
+# gradients are checked: every block module of SD3.5 Medium's layout (q/k norms, attn2), and
+# split_qkv (attn / attn2 qkv as q, k, v pairs) on it and on SD3 Medium's (no norms). The
+# split_qkv runs keep the attention modules only (the others are those of the first run), which
+# keeps the file small.
+ATTN_ONLY = {"context_mlp_dim": "0", "context_mod_dim": "0", "x_mlp_dim": "0", "x_mod_dim": "0"}
+GRAD_RUNS = [
+    ("sd35m", "sd35m", 2, 1.0, {}),
+    ("sd35m.split_qkv", "sd35m", 2, 3.0, {"split_qkv": "True", **ATTN_ONLY}),
+    ("sd3m.split_qkv", "sd3m", 2, 1.0, {"split_qkv": "True", **ATTN_ONLY}),
+]
+
+
+def block_gradients():
+    io = load_file(os.path.join(TINY, "io.safetensors"))
+    inputs = (io["x"], io["t"])
+    kw = {"y": io["y"], "context": io["context"]}
+    tensors, doc = {}, {"source": "sd-scripts networks/lora_sd3 on MMDiT.forward; gradients of sum(out * probe)",
+                        "runs": []}
+    for run, variant, dim, alpha, kwargs in GRAD_RUNS:
+        model = tiny_model(variant)
+        network = create(model, dim, alpha, kwargs)
+        network.apply_to([], model, apply_text_encoder=False, apply_unet=True)
+        assert all("joint_blocks" in m.lora_name for m in network.unet_loras)
+        g = torch.Generator().manual_seed(41)
+        params = {}
+        with torch.no_grad():
+            for m in network.unet_loras:
+                for key, p in m.named_parameters():
+                    # lora_down.weight, or lora_down.<i>.weight for split_qkv's parts.
+                    p.copy_((torch.randn(p.shape, generator=g) * 0.3).half().float())
+                    params[f"{m.lora_name}.{key}"] = p
+                tensors[f"{run}:{m.lora_name}.alpha"] = m.alpha.clone().float()
+        out = model(*inputs, **kw)
+        probe = torch.randn(out.shape, generator=g)
+        (out * probe).sum().backward()
+        tensors[f"{run}:out"] = out.detach()
+        tensors[f"{run}:probe"] = probe
+        for key, p in params.items():
+            tensors[f"{run}:{key}"] = p.detach().clone().half()
+            grad = p.grad if p.grad is not None else torch.zeros_like(p)
+            # The last block's context side is pre-only: its outputs are dropped after the joint
+            # attention, so the context queries (split_qkv's part 0) get no gradient at all.
+            last_q = f"joint_blocks_{len(model.joint_blocks) - 1}_context_block_attn_qkv.lora_"
+            assert (grad.abs().max() > 0) != (last_q in key and key.endswith(".0.weight")), (run, key)
+            tensors[f"{run}:grad:{key}"] = grad.clone()
+        if kwargs.get("split_qkv") == "True":
+            assert any(m.split_dims for m in network.unet_loras), run
+        doc["runs"].append([run, variant, dim, alpha, kwargs, [m.lora_name for m in network.unet_loras]])
+    save_file({k: v.contiguous() for k, v in tensors.items()}, os.path.join(OUT, "block_grads.safetensors"))
+    with open(os.path.join(OUT, "block_grads.json"), "w") as f:
+        json.dump(doc, f, indent=1)
+        f.write("\n")
+
+
 def main():
     os.makedirs(OUT, exist_ok=True)
     np.seterr(all="raise")
     modules()
     pos_embed()
     forward()
+    block_gradients()
     print("wrote", OUT, sorted(os.listdir(OUT)))
 
 

@@ -6,7 +6,8 @@
 //! Large; every full-size weight key and shape; the scaled position tables, their area list and
 //! its growth; random crops; and the forward pass with each option, and with a LoRA on every
 //! `emb_dims` layer (the x_embedder's a p×p stride-p LoCon; output and factor gradients), on
-//! the sd3_tiny weights.
+//! the sd3_tiny weights; and every joint-block module's LoRA factor gradients (`split_qkv` on
+//! and off, gradient checkpointing off and on).
 //!
 //! Fidelity: tables ≤ 1e-5 absolute, predictions max |Δ| / max |reference| ≤ 1e-4 (f32).
 
@@ -354,6 +355,86 @@ fn a_lora_on_every_emb_dims_layer_matches_sd_scripts() -> TestResult {
             }
         }
     }
+    Ok(())
+}
+
+/// Every joint-block module's LoRA factor gradients (attn qkv / proj, mlp, modulation, SD3.5
+/// Medium's attn2, the last block's pre-only context side; `split_qkv` on and off) equal
+/// sd-scripts' `lora_sd3` ones (fixture `block_grads.*`), for a network made the way training
+/// makes it ([`create_network`] with the run's `network_args`) and the fixture's factors, with
+/// gradient checkpointing off and on.
+#[test]
+fn block_lora_gradients_match_sd_scripts() -> TestResult {
+    use lorakit_models::lora_inject::{create_network, DitNetworkArgs, NetworkSpec};
+
+    let doc = json("block_grads.json")?;
+    let reference = tensors("sd3_network", "block_grads.safetensors")?;
+    let io = tensors("sd3_tiny", "io.safetensors")?;
+    let runs = doc["runs"].as_array().ok_or("runs")?;
+    assert_eq!(runs.len(), 3);
+    let mut seen = (false, false);
+    for run in runs {
+        let name = run[0].as_str().ok_or("run name")?;
+        let variant = run[1].as_str().ok_or("variant")?;
+        let set = arg_set(&serde_json::json!([name, run[2], run[3], run[4]]))?;
+        let modules: Vec<String> = serde_json::from_value(run[5].clone())?;
+        seen.0 |= modules.iter().any(|m| m.contains("attn2"));
+        seen.1 |= set.args.split_qkv;
+        let (weights, cfg) = load(variant)?;
+        let model = MmditTransformer::new(weights.view(""), &cfg)?;
+        let targets: Vec<LoraTarget> =
+            model.lora_targets().into_iter().chain(model.input_lora_targets().concat()).collect();
+        let spec = NetworkSpec {
+            rank: set.network.0,
+            alpha: set.network.1,
+            dit: Some(DitNetworkArgs::Sd3(set.args.clone())),
+            ..Default::default()
+        };
+        let inputs = MmditInputs::new(&io["x"], &io["t"], &io["y"], &io["context"]);
+        for gradient_checkpointing in [false, true] {
+            let what = format!("{name} (checkpointing {gradient_checkpointing})");
+            let lora = create_network(&targets, "lora_unet", &spec, DType::F32, &Device::Cpu, 0)?;
+            let mut ours: Vec<String> = Vec::new();
+            for m in lora.modules() {
+                if ours.last().map(String::as_str) != Some(m.name()) {
+                    ours.push(m.name().to_string());
+                }
+            }
+            assert_eq!(ours, modules, "{what}: sd-scripts' modules, in its order");
+            // The fixture's factors in place of the random start (every factor of the network
+            // has one, and no other is left).
+            let vars = lora.named_vars();
+            let factors = reference.keys().filter(|k| k.starts_with(&format!("{name}:lora_unet_"))).count();
+            assert_eq!(vars.len() + modules.len(), factors, "{what}: factors and alphas");
+            for v in &vars {
+                v.var.set(&reference[&format!("{name}:{}", v.name)].to_dtype(DType::F32)?)?;
+            }
+            for m in lora.modules() {
+                let alpha = reference[&format!("{name}:{}.alpha", m.name())].to_scalar::<f32>()?;
+                assert_eq!(m.alpha(), alpha as f64, "{what}: {}", m.name());
+            }
+            let lora = Arc::new(lora);
+            let ctx = ForwardCtx { lora: Some(lora.clone()), train: true, gradient_checkpointing };
+            let out = model.forward(&inputs, &ctx)?;
+            check(&format!("{what}: output"), &out, &reference[&format!("{name}:out")])?;
+            let grads = (&out * &reference[&format!("{name}:probe")])?.sum_all()?.backward()?;
+            for v in &vars {
+                let expected = &reference[&format!("{name}:grad:{}", v.name)];
+                let got = lora.grad(&grads, &v.var)?;
+                if expected.abs()?.max_all()?.to_scalar::<f32>()? == 0.0 {
+                    // The pre-only context side's queries: their output is never used.
+                    assert!(v.name.contains("_context_block_attn_qkv.lora_"), "{what}: {} has no gradient", v.name);
+                    if let Some(g) = got {
+                        assert_eq!(g.abs()?.max_all()?.to_scalar::<f32>()?, 0.0, "{what}: {}", v.name);
+                    }
+                    continue;
+                }
+                let got = got.ok_or_else(|| format!("{what}: no gradient for {}", v.name))?;
+                check(&format!("{what}: grad {}", v.name), &got, expected)?;
+            }
+        }
+    }
+    assert_eq!(seen, (true, true), "the runs cover attn2 and split_qkv");
     Ok(())
 }
 
