@@ -142,7 +142,7 @@ async fn plan(State(state): State<AppState>, text: String) -> Response {
         Ok(c) => c,
         Err(e) => return Json(serde_json::json!({ "ok": false, "error": e })).into_response(),
     };
-    config.resolve_paths(&state.roots().all()[0]);
+    crate::jobs::resolve_paths(&mut config, &state.roots().all()[0]);
     if let Err(e) = crate::jobs::check_paths(&config, state.roots()) {
         return Json(serde_json::json!({ "ok": false, "error": e.to_string() })).into_response();
     }
@@ -297,9 +297,9 @@ struct Place {
 pub struct ModelInfo {
     /// The absolute path, for `model.pretrained_model_name_or_path`.
     pub path: String,
-    /// `sd1`, `sd2`, `sdxl`, `flux` (the values of `model.model_family`), `sd3` or `unknown`.
+    /// `sd1`, `sd2`, `sdxl`, `flux`, `sd3` (the values of `model.model_family`) or `unknown`.
     pub family: &'static str,
-    /// The family as people say it (`SD 1.x`, `SDXL`, `Flux`).
+    /// The family as people say it (`SD 1.x`, `SDXL`, `Flux`, `SD 3`).
     pub family_name: String,
     /// `diffusers folder` or `single file`.
     pub variant: &'static str,
@@ -322,9 +322,9 @@ pub fn model_info(path: &std::path::Path) -> Result<ModelInfo, String> {
             "a single Flux transformer file: set model.clip_l, model.t5xxl and model.ae to the text encoders' and autoencoder's files".into(),
         ),
         "sd2" => notes.push("SD 2.x: a 768-v model needs model.v_parameterization = true".into()),
-        "sd3" => notes.push("lorakit does not train SD3 models yet".into()),
+        "sd3" => notes.extend(sd3_notes(path)?),
         "unknown" => notes.push(
-            "lorakit does not recognise this model (no SD 1.x/2.x, SDXL or Flux weights found); a U-Net-only file cannot tell SD 1.x from 2.x".into(),
+            "lorakit does not recognise this model (no SD 1.x/2.x, SDXL, SD3 or Flux weights found); a U-Net-only file cannot tell SD 1.x from 2.x".into(),
         ),
         _ => {}
     }
@@ -336,6 +336,28 @@ pub fn model_info(path: &std::path::Path) -> Result<ModelInfo, String> {
         trainable,
         notes,
     })
+}
+
+/// What an SD3 model lacks for training: the text encoders neither inside the single file nor in
+/// the diffusers folder, each with the key that names its file (all three are needed).
+fn sd3_notes(path: &std::path::Path) -> Result<Vec<String>, String> {
+    use lorakit_models::checkpoint::sd3::{sd3_text_encoder_available, Sd3Paths, Sd3TextEncoder};
+    let paths = Sd3Paths { model: path.to_path_buf(), ..Sd3Paths::default() };
+    let mut missing = Vec::new();
+    for (which, name) in
+        [(Sd3TextEncoder::ClipL, "CLIP-L"), (Sd3TextEncoder::ClipG, "CLIP-G"), (Sd3TextEncoder::T5xxl, "T5-XXL")]
+    {
+        if !sd3_text_encoder_available(&paths, which).map_err(|e| e.to_string())? {
+            missing.push((name, which.flag()));
+        }
+    }
+    if missing.is_empty() {
+        return Ok(Vec::new());
+    }
+    let names: Vec<&str> = missing.iter().map(|(name, _)| *name).collect();
+    let keys: Vec<String> = missing.iter().map(|(_, key)| format!("model.{key}")).collect();
+    let place = if path.is_dir() { "this diffusers folder" } else { "this SD3 file" };
+    Ok(vec![format!("{place} holds no {}: set {} to the text encoders' files", names.join(", "), keys.join(", "))])
 }
 
 async fn model(State(state): State<AppState>, Query(q): Query<Place>) -> Response {

@@ -14,7 +14,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use lorakit_lora::keys::{detect_scheme, guess_family, Scheme};
+use lorakit_lora::keys::{detect_scheme, guess_family, modules, Family, Scheme};
 use lorakit_lora::metadata::LoraMetadata;
 use lorakit_lora::safetensors_file::LoraFile;
 use serde::Serialize;
@@ -150,6 +150,21 @@ fn collect(root: &Path, dir: &Path, depth: usize, out: &mut Vec<PathBuf>, seen: 
     }
 }
 
+/// The base model as `lorakit inspect` names it: the family (with Flux's variant from the
+/// metadata), and SD3's model (`SD3 (3.5 Medium)`) where the modules show it — header only.
+fn base_model(file: &LoraFile) -> String {
+    let family = guess_family(file);
+    if family.family == Family::Sd3 {
+        let variant = modules(file)
+            .ok()
+            .and_then(|set| lorakit_lora::sd3::variant(set.modules.iter().map(|m| (m.name.as_str(), m.in_features))));
+        if let Some(v) = variant {
+            return format!("{} ({v})", family.family);
+        }
+    }
+    family.describe()
+}
+
 /// `Ok(None)`: a readable safetensors file that is not a LoRA.
 fn read_entry(root: usize, rel: String, path: &Path) -> Result<Option<LibraryEntry>, String> {
     let file = LoraFile::open(path).map_err(|e| e.to_string())?;
@@ -175,7 +190,7 @@ fn read_entry(root: usize, rel: String, path: &Path) -> Result<Option<LibraryEnt
         size: stat.len(),
         modified,
         format: scheme.describe().to_string(),
-        base_model: guess_family(&file).describe(),
+        base_model: base_model(&file),
         network: meta.network_module.clone(),
         ranks,
         alpha: file.metadata().get("ss_network_alpha").cloned(),

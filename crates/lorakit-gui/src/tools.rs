@@ -410,7 +410,7 @@ async fn merge(State(state): State<AppState>, Json(body): Json<Value>) -> Respon
     }
 }
 
-/// `{input, output, to: kohya|peft, family?: sd15|sdxl|flux, precision?}`.
+/// `{input, output, to: kohya|peft, family?: sd15|sdxl|flux|sd3, precision?}`.
 #[derive(Deserialize, Serialize)]
 struct ConvertRequest {
     input: FileArg,
@@ -438,7 +438,8 @@ async fn convert(State(state): State<AppState>, Json(body): Json<Value>) -> Resp
             Some("sd15") | Some("sd1") => Some("sd15"),
             Some("sdxl") => Some("sdxl"),
             Some("flux") => Some("flux"),
-            Some(other) => return Err(invalid(format!("family {other:?}: expected sd15, sdxl or flux"))),
+            Some("sd3") => Some("sd3"),
+            Some(other) => return Err(invalid(format!("family {other:?}: expected sd15, sdxl, flux or sd3"))),
         };
         let input = input_file(&state, &req.input, "safetensors")?;
         let output = output_file(&state, &req.output, "safetensors")?;
@@ -472,13 +473,17 @@ struct WeightedLora {
     weight: f64,
 }
 
-/// `{model, clip_l?, t5xxl?, ae?, loras, prompts, negative?, steps?, cfg?, seed?, width?,
-/// height?, baseline?, device?, output}`.
+/// `{model, clip_l?, clip_g?, t5xxl?, ae?, loras, prompts, negative?, steps?, cfg?, seed?,
+/// width?, height?, baseline?, device?, output}`: the text encoder and autoencoder files are
+/// Flux's and SD3's (`clip_g` SD3's only, `ae` Flux's only; `lorakit generate` refuses the
+/// others' with the reason).
 #[derive(Deserialize, Serialize)]
 struct GenerateRequest {
     model: FileArg,
     #[serde(default)]
     clip_l: Option<FileArg>,
+    #[serde(default)]
+    clip_g: Option<FileArg>,
     #[serde(default)]
     t5xxl: Option<FileArg>,
     #[serde(default)]
@@ -553,7 +558,9 @@ async fn generate(State(state): State<AppState>, Json(body): Json<Value>) -> Res
         };
         let model = state.roots().resolve(req.model.root, &req.model.path).map_err(path_error)?;
         let mut args = vec![CommandArg::Input { flag: Some("--model"), path: model.clone(), weight: None }];
-        for (flag, file) in [("--clip-l", &req.clip_l), ("--t5xxl", &req.t5xxl), ("--ae", &req.ae)] {
+        for (flag, file) in
+            [("--clip-l", &req.clip_l), ("--clip-g", &req.clip_g), ("--t5xxl", &req.t5xxl), ("--ae", &req.ae)]
+        {
             if let Some(f) = file.as_ref().filter(|f| !f.path.is_empty()) {
                 let path = input_file(&state, f, "safetensors")?;
                 args.push(CommandArg::Input { flag: Some(flag), path, weight: None });

@@ -162,8 +162,16 @@ async fn the_schema_says_which_families_each_key_applies_to_as_lorakit_train_doe
         assert_eq!(f["family_reason"], expected.reason, "{section}.{key}");
     }
     let field = |s: &str, k: &str| fields.iter().find(|f| f["section"] == s && f["key"] == k).unwrap().clone();
-    assert_eq!(field("accelerate", "blocks_to_swap")["families"], serde_json::json!(["flux"]));
-    assert_eq!(field("accelerate", "blocks_to_swap")["family_reason"], "Flux only");
+    assert_eq!(field("accelerate", "fp8_base_unet")["families"], serde_json::json!(["flux"]));
+    assert_eq!(field("accelerate", "fp8_base_unet")["family_reason"], "Flux only");
+    // SD3's own keys, and those it shares with Flux.
+    for key in ["clip_g", "clip_g_dropout_rate", "clip_l_dropout_rate", "t5_dropout_rate", "pos_emb_random_crop_rate"] {
+        assert_eq!(field("model", key)["families"], serde_json::json!(["sd3"]), "model.{key}");
+        assert_eq!(field("model", key)["family_reason"], "SD3 only", "model.{key}");
+    }
+    assert_eq!(field("network", "emb_dims")["families"], serde_json::json!(["sd3"]));
+    assert_eq!(field("model", "clip_l")["families"], serde_json::json!(["flux", "sd3"]));
+    assert_eq!(field("model", "ae")["families"], serde_json::json!(["flux"]));
     assert_eq!(field("model", "clip_skip")["families"], serde_json::json!(["sd1", "sd2"]));
     assert_eq!(field("optimizer", "learning_rate")["family_reason"], "");
 }
@@ -325,4 +333,146 @@ async fn show_cli_gives_the_commands_for_a_config_file_under_a_root() {
     let body = serde_json::json!({ "root": 0, "folder": "", "name": "a/b" }).to_string();
     let (status, _) = call(&app, "POST", "/api/config/command", body, true).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+}
+
+/// Copies the folder `from` to `to` (the SD3 pipeline must lie under the test's root: a symlink
+/// would resolve outside it).
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_sd3_model_shows_its_family_and_the_text_encoders_it_lacks() {
+    let reference = app(&repo("tests/fixtures/reference"));
+    let (status, m) = call(&reference, "GET", "/api/model?root=0&path=sd3_tiny/pipeline", Body::empty(), false).await;
+    assert_eq!(status, StatusCode::OK, "{m}");
+    assert_eq!(
+        (m["family"].as_str(), m["family_name"].as_str(), m["variant"].as_str(), &m["trainable"]),
+        (Some("sd3"), Some("SD 3"), Some("diffusers folder"), &serde_json::json!(true)),
+        "{m}"
+    );
+    assert_eq!(m["notes"], serde_json::json!([]), "a folder with text_encoder, _2 and _3 needs nothing more");
+    // SAI's single files: what each lacks is what lorakit train would ask for.
+    use lorakit_models::checkpoint::sd3::{sd3_text_encoder_available, Sd3Paths, Sd3TextEncoder};
+    let mut lacking = 0;
+    for file in ["sd3_checkpoint/sd35m_sai.safetensors", "sd3_checkpoint/sd3m_sai.safetensors"] {
+        let (status, m) =
+            call(&reference, "GET", &format!("/api/model?root=0&path={file}"), Body::empty(), false).await;
+        assert_eq!(status, StatusCode::OK, "{m}");
+        assert_eq!((m["family"].as_str(), m["variant"].as_str()), (Some("sd3"), Some("single file")), "{m}");
+        let paths = Sd3Paths { model: repo("tests/fixtures/reference").join(file), ..Sd3Paths::default() };
+        let missing: Vec<&str> = [Sd3TextEncoder::ClipL, Sd3TextEncoder::ClipG, Sd3TextEncoder::T5xxl]
+            .into_iter()
+            .filter(|w| !sd3_text_encoder_available(&paths, *w).unwrap())
+            .map(|w| w.flag())
+            .collect();
+        if missing.is_empty() {
+            assert_eq!(m["notes"], serde_json::json!([]), "{file}: every encoder is inside");
+            continue;
+        }
+        lacking += 1;
+        let note = m["notes"][0].as_str().unwrap_or_else(|| panic!("{m}"));
+        for key in ["clip_l", "clip_g", "t5xxl"] {
+            assert_eq!(note.contains(&format!("model.{key}")), missing.contains(&key), "{file}: {note}");
+        }
+        assert!(note.starts_with("this SD3 file holds no "), "{note}");
+    }
+    assert_eq!(lacking, 1, "one file with its encoders inside, one without");
+    let (_, m) =
+        call(&reference, "GET", "/api/model?root=0&path=sd3_checkpoint/sd35m_sai.safetensors", Body::empty(), false)
+            .await;
+    assert_eq!(
+        m["notes"],
+        serde_json::json!([
+            "this SD3 file holds no CLIP-L, CLIP-G, T5-XXL: set model.clip_l, model.clip_g, model.t5xxl to the text encoders' files"
+        ])
+    );
+}
+
+#[tokio::test]
+async fn the_plan_of_an_sd3_run_is_lorakit_trains_dry_run() {
+    let root = tempfile::tempdir().unwrap();
+    let base = root.path().canonicalize().unwrap();
+    copy_dir(&repo("tests/fixtures/reference/sd3_tiny/pipeline"), &base.join("sd3"));
+    copy_dir(&repo("examples/dataset/img/8_chessboard"), &base.join("img/2_chk"));
+    // The run of crates/lorakit/tests/cli_sd3.rs, with SD3's own keys set.
+    let toml = format!(
+        r#"[model]
+pretrained_model_name_or_path = "{model}"
+t5xxl_max_token_length = 16
+clip_g_dropout_rate = 0.1
+[folders]
+output_dir = "out"
+output_name = "tiny"
+[dataset]
+train_data_dir = "{data}"
+resolution = "32"
+min_bucket_reso = 32
+max_bucket_reso = 64
+bucket_reso_steps = 16
+[network]
+network_dim = 4
+network_alpha = 4
+network_train_unet_only = true
+context_attn_dim = 2
+[training]
+train_batch_size = 2
+max_train_epochs = 2
+[flow]
+training_shift = 3.0
+"#,
+        model = base.join("sd3").display(),
+        data = base.join("img").display()
+    );
+    let app = app(&base);
+    let (status, m) = call(&app, "GET", "/api/model?root=0&path=sd3", Body::empty(), false).await;
+    assert_eq!((status, m["family"].as_str()), (StatusCode::OK, Some("sd3")), "{m}");
+    let (status, r) = call(&app, "POST", "/api/plan", toml.clone(), false).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(r["ok"], true, "{r}");
+    let mut config = lorakit_train::TrainConfig::from_toml_str(&toml, &[]).unwrap();
+    config.resolve_paths(&base);
+    let plan = lorakit_train::dry_run(config, &mut |_| {}).unwrap();
+    assert_eq!(r["text"], plan.to_string());
+    assert_eq!((r["steps"].as_u64(), r["epochs"].as_u64()), (Some(plan.steps as u64), Some(plan.epochs as u64)));
+    assert!(!base.join("out").exists(), "the plan writes nothing");
+    // A Flux-only key is refused for this SD3 model, as lorakit train refuses it.
+    let (_, r) =
+        call(&app, "POST", "/api/plan", toml.replace("[flow]\n", "[flow]\ntimestep_sampling = \"shift\"\n"), false)
+            .await;
+    assert_eq!(r["ok"], false, "{r}");
+    assert!(r["error"].as_str().unwrap().contains("flow.timestep_sampling is for Flux only"), "{r}");
+}
+
+#[tokio::test]
+async fn a_kohya_gui_json_for_sd3_imports_with_sd3s_keys() {
+    let app = app(&repo("examples"));
+    let mut json: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(&std::fs::read(repo("tests/fixtures/kohya_ss/flux-character.json")).unwrap()).unwrap();
+    for (k, v) in [
+        ("flux1_checkbox", serde_json::json!(false)),
+        ("sd3_checkbox", serde_json::json!(true)),
+        ("LoRA_type", serde_json::json!("Standard")),
+        ("clip_g", serde_json::json!("/models/clip_g.safetensors")),
+        ("clip_g_dropout_rate", serde_json::json!(0.25)),
+    ] {
+        json.insert(k.into(), v);
+    }
+    let (status, imported) = call(&app, "POST", "/api/config/import", serde_json::to_vec(&json).unwrap(), false).await;
+    assert_eq!(status, StatusCode::OK, "{imported}");
+    let model = &imported["values"]["model"];
+    assert_eq!(
+        (&model["model_family"], &model["clip_g"], &model["clip_g_dropout_rate"]),
+        (&serde_json::json!("sd3"), &serde_json::json!("/models/clip_g.safetensors"), &serde_json::json!(0.25)),
+        "{imported}"
+    );
 }

@@ -345,6 +345,28 @@ async fn configs_are_refused_with_the_reason() {
     assert_eq!(resp.status(), StatusCode::FORBIDDEN);
 }
 
+/// SD3's CLIP-G file (`model.clip_g`) is a path like the others: outside the roots it is refused,
+/// relative it is taken from the first root, and the job's snapshot names the absolute file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sd3_text_encoder_files_stay_inside_the_roots() {
+    let s = setup(Duration::from_secs(60));
+    for clip_g in ["/etc/clip_g.safetensors", "../clip_g.safetensors"] {
+        let body = format!("{}[model]\nclip_g = \"{clip_g}\"\n", config("sd3"));
+        let (status, resp) = s.post("/api/jobs", &body).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}: {resp}");
+        let message = resp["error"].as_str().unwrap();
+        assert!(message.starts_with("model.clip_g = ") && message.contains("outside the GUI's roots"), "{message}");
+    }
+    assert!(s.jobs.list().0.is_empty(), "nothing queued");
+    let body = format!("{}[model]\nclip_g = \"te/clip_g.safetensors\"\n", config("sd3"));
+    let (status, job) = s.post("/api/jobs", &body).await;
+    assert_eq!(status, StatusCode::CREATED, "{job}");
+    let snapshot = std::fs::read_to_string(s.jobs.dir().join(job["id"].as_str().unwrap()).join("config.toml")).unwrap();
+    let written = lorakit_train::TrainConfig::from_toml_str(&snapshot, &[]).unwrap();
+    let root = s.root.path().canonicalize().unwrap();
+    assert_eq!(written.model.clip_g, Some(root.join("te/clip_g.safetensors")), "{snapshot}");
+}
+
 /// A job folder as an earlier server left it (snapshots hold absolute paths).
 fn write_record(state: &Path, output: &Path, id: &str, json: &str) {
     let dir = state.join("jobs").join(id);

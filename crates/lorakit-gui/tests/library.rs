@@ -58,3 +58,31 @@ fn scan_lists_loras_with_metadata_and_counts_the_rest() {
     assert_ne!(broken.2, "not a LoRA", "an unreadable file says why");
     assert!(!library.truncated);
 }
+
+/// SD3 LoRAs in every published layout are listed with SD3 as their base model (the Loras page's
+/// base-model filter offers what these say); an SD3 checkpoint is not a LoRA.
+#[test]
+fn sd3_loras_are_listed_with_their_base_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().canonicalize().unwrap();
+    let sd3 = repo().join("tests/fixtures/reference/sd3_lora");
+    let layouts = ["kohya", "kohya_split_qkv", "diffusers", "comfy", "onetrainer"];
+    for layout in layouts {
+        std::fs::copy(sd3.join(format!("{layout}.safetensors")), root.join(format!("{layout}.safetensors"))).unwrap();
+    }
+    std::fs::copy(
+        repo().join("tests/fixtures/reference/sd3_checkpoint/sd35m_sai.safetensors"),
+        root.join("checkpoint.safetensors"),
+    )
+    .unwrap();
+    let library = scan(std::slice::from_ref(&root));
+    assert_eq!(library.loras.len(), layouts.len(), "{:?}", library.loras.iter().map(|l| &l.path).collect::<Vec<_>>());
+    for lora in &library.loras {
+        // What `lorakit inspect` says, read from the header alone.
+        let inspected = lorakit_lora::inspect::inspect_file(&root.join(&lora.path)).unwrap();
+        assert_eq!(lora.base_model, inspected.base_model, "{}", lora.path);
+        assert_eq!(lora.base_model, "SD3 (3.5 Medium)", "{}", lora.path);
+    }
+    let other: Vec<&str> = library.other.iter().map(|(_, p, _)| p.as_str()).collect();
+    assert_eq!(other, ["checkpoint.safetensors"]);
+}

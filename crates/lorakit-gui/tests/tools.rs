@@ -214,8 +214,8 @@ async fn bad_numbers_are_refused_with_the_reason() {
         ("/api/convert", json!({ "input": lora, "output": out, "to": "comfy" }), "expected kohya or peft"),
         (
             "/api/convert",
-            json!({ "input": lora, "output": out, "to": "peft", "family": "sd3" }),
-            "expected sd15, sdxl or flux",
+            json!({ "input": lora, "output": out, "to": "peft", "family": "sd35" }),
+            "family \"sd35\": expected sd15, sdxl, flux or sd3",
         ),
         ("/api/generate", json!({ "model": lora, "prompts": ["a"], "width": 100, "output": out }), "multiple of 8"),
         (
@@ -325,6 +325,89 @@ async fn submissions_queue_the_command_the_server_builds() {
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
     assert!(body["error"].as_str().unwrap().contains("this is also an input"), "{body}");
     assert_eq!(s.jobs.list().0.len(), 5);
+}
+
+/// SD3: a LoRA converted with `--family sd3`, and an XY plot of an SD3 single file with its text
+/// encoders given as files (`--clip-l`, `--clip-g`, `--t5xxl`, as `lorakit generate` takes them).
+#[tokio::test]
+async fn sd3_conversions_and_xy_plots_queue_sd3s_arguments() {
+    let s = setup();
+    let base = s.base();
+    let reference = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/reference");
+    std::fs::create_dir_all(base.join("sd3")).unwrap();
+    for (from, to) in [
+        ("sd3_lora/kohya.safetensors", "loras/sd3.safetensors"),
+        ("sd3_checkpoint/sd35m_sai.safetensors", "sd3/sd35m.safetensors"),
+        ("sd3_tiny/pipeline/text_encoder/model.safetensors", "sd3/clip_l.safetensors"),
+        ("sd3_tiny/pipeline/text_encoder_2/model.safetensors", "sd3/clip_g.safetensors"),
+        ("sd3_tiny/pipeline/text_encoder_3/model.safetensors", "sd3/t5xxl.safetensors"),
+    ] {
+        std::fs::copy(reference.join(from), base.join(to)).unwrap();
+    }
+    let file = |path: &str| json!({ "root": 0, "path": path });
+    let out = |name: &str| json!({ "root": 0, "path": "out", "name": name });
+    let (status, job) = s
+        .post(
+            "/api/convert",
+            json!({ "input": file("loras/sd3.safetensors"), "output": out("sd3-peft"), "to": "peft", "family": "sd3" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{job}");
+    let lora = base.join("loras/sd3.safetensors");
+    assert_eq!(
+        s.argv(job["id"].as_str().unwrap()),
+        [
+            "convert".to_string(),
+            lora.display().to_string(),
+            base.join("out/sd3-peft.safetensors").display().to_string(),
+            "--to".into(),
+            "peft".into(),
+            "--family".into(),
+            "sd3".into()
+        ]
+    );
+
+    let body = json!({
+        "model": file("sd3/sd35m.safetensors"),
+        "clip_l": file("sd3/clip_l.safetensors"),
+        "clip_g": file("sd3/clip_g.safetensors"),
+        "t5xxl": file("sd3/t5xxl.safetensors"),
+        "loras": [{ "root": 0, "path": "loras/sd3.safetensors", "weight": 0.5 }],
+        "prompts": ["a board"],
+        "baseline": true,
+        "output": out("sd3-grid"),
+    });
+    let (status, job) = s.post("/api/generate", body.clone()).await;
+    assert_eq!(status, StatusCode::CREATED, "{job}");
+    let part = |flag: &str, name: &str| format!("--{flag}={}", base.join("sd3").join(name).display());
+    assert_eq!(
+        s.argv(job["id"].as_str().unwrap()),
+        [
+            "generate".to_string(),
+            part("model", "sd35m.safetensors"),
+            part("clip-l", "clip_l.safetensors"),
+            part("clip-g", "clip_g.safetensors"),
+            part("t5xxl", "t5xxl.safetensors"),
+            format!("--lora={}:0.5", lora.display()),
+            "--prompt=a board".into(),
+            "--grid".into(),
+            "--grid-baseline".into(),
+            "--device=cpu".into(),
+            format!("--output={}", base.join("out/sd3-grid.png").display()),
+        ]
+    );
+    // A CLIP-G file outside the roots, or one that is not a .safetensors file, is refused.
+    for (clip_g, expected, reason) in [
+        (json!({ "root": 0, "path": "../clip_g.safetensors" }), StatusCode::FORBIDDEN, "not inside the root"),
+        (file("sd3"), StatusCode::UNPROCESSABLE_ENTITY, "sd3: not a .safetensors file"),
+    ] {
+        let mut bad = body.clone();
+        bad["clip_g"] = clip_g.clone();
+        let (status, resp) = s.post("/api/generate", bad).await;
+        assert_eq!(status, expected, "{clip_g}: {resp}");
+        assert!(resp["error"].as_str().unwrap().contains(reason), "{clip_g}: {resp}");
+    }
+    assert_eq!(s.jobs.list().0.len(), 2);
 }
 
 /// Captioning jobs: the argument list `lorakit caption` gets from the Datasets page's form, and
