@@ -72,13 +72,22 @@ test("the options page lists one family's options and marks family-only keys", a
   const rows = page.locator("tbody tr");
   await rows.first().waitFor();
   const all = await rows.count();
-  const flux = page.locator("tr", { hasText: "accelerate.blocks_to_swap" });
+  const flux = page.locator("tr", { hasText: "accelerate.fp8_base_unet" });
   assert.match(await flux.textContent(), /Flux only/);
   await page.getByLabel("Model family").selectOption("sd1");
   await page.waitForFunction((n) => document.querySelectorAll("tbody tr").length < n, all);
   assert.equal(await flux.count(), 0, "a Flux-only key is not listed for SD 1.x");
   assert.equal(await page.locator("tr", { hasText: "model.clip_skip" }).count(), 1);
   await page.getByLabel("Model family").selectOption("flux");
+  assert.equal(await page.locator("tr", { hasText: "model.clip_skip" }).count(), 0);
+  // SD3: its own keys listed and marked, Flux's and SD 1.x's not.
+  const clipG = page.locator("tr", { hasText: "model.clip_g_dropout_rate" });
+  assert.equal(await clipG.count(), 0, "an SD3-only key is not listed for Flux");
+  await page.getByLabel("Model family").selectOption({ label: "SD3 / SD3.5" });
+  await clipG.waitFor();
+  assert.match(await clipG.textContent(), /SD3 only/);
+  assert.equal(await page.locator("tr", { hasText: "model.clip_l_dropout_rate" }).count(), 1);
+  assert.equal(await flux.count(), 0, "a Flux-only key is not listed for SD3");
   assert.equal(await page.locator("tr", { hasText: "model.clip_skip" }).count(), 0);
   await page.close();
 });

@@ -69,19 +69,19 @@ test("the bundled model's family shows and Flux-only fields are hidden with the 
   await page.goto(at("train"));
   await pick(page, "Choose base model…", "quickstart/shapes-sd15", true);
   await page.getByText("SD 1.x · diffusers folder").waitFor();
-  // Flux's options are not shown, and each section says so.
-  const swap = page.getByLabel("accelerate.blocks_to_swap", { exact: true });
-  assert.equal(await swap.isVisible(), false);
+  // Flux's (and SD3's) options are not shown, and each section says so.
+  const fp8Unet = page.getByLabel("accelerate.fp8_base_unet", { exact: true });
+  assert.equal(await fp8Unet.isVisible(), false);
   const accelerate = page.locator("details[data-section=accelerate]");
   await accelerate.locator("summary").click();
   const note = accelerate.locator(".hidden-note");
-  assert.match(await note.textContent(), /^\d+ options hidden: they apply to Flux only \(show them\)$/);
+  assert.match(await note.textContent(), /^\d+ options hidden: they apply to (Flux and SD3 only; )?Flux only \(show them\)$/);
   const flow = page.locator("details[data-section=flow]");
   assert.equal(await flow.isVisible(), true, "the section stays, to say what it hides");
-  assert.match(await flow.locator(".hidden-note").textContent(), /options hidden: they apply to Flux only/);
+  assert.match(await flow.locator(".hidden-note").textContent(), /options hidden: they apply to Flux only; Flux and SD3 only; SD3 only/);
   await note.getByRole("button", { name: "(show them)" }).click();
-  await swap.waitFor();
-  assert.equal(await page.locator("tr", { has: swap }).locator(".only").textContent(), "Flux only");
+  await fp8Unet.waitFor();
+  assert.equal(await page.locator("tr", { has: fp8Unet }).locator(".only").textContent(), "Flux only");
   // SD 1.x reads clip_skip: it shows.
   await setField(page, "model.clip_skip", "1");
 

@@ -5,7 +5,7 @@ export async function optionsPage() {
   const fields = await api("/schema");
   const search = el("input", { type: "search", placeholder: t("Find an option (name, sd-scripts argument, words from its description)"), "aria-label": t("Find an option") });
   // Which family's options to list (the schema says where each key applies).
-  const FAMILY_NAMES = { sd1: "SD 1.x", sd2: "SD 2.x", sdxl: "SDXL", flux: "Flux", sd3: "SD3" };
+  const FAMILY_NAMES = { sd1: "SD 1.x", sd2: "SD 2.x", sdxl: "SDXL", flux: "Flux", sd3: "SD3 / SD3.5" };
   const families = [...new Set(fields.flatMap((f) => f.families))];
   const family = el("select", { "aria-label": t("Model family") },
     el("option", { value: "", text: t("every family") }), ...families.map((f) => el("option", { value: f, text: FAMILY_NAMES[f] ?? f })));

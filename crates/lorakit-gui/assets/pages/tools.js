@@ -28,9 +28,10 @@ const select = (options, value) => {
 
 /**
  * A file (or folder) under a root: the root, the path as text, and Browse to pick it from a
- * listing (GET /api/fs). `ext`: the file type picked (".safetensors"); `folders`: pick a folder.
+ * listing (GET /api/fs). `ext`: the file type picked (".safetensors"); `folders`: pick a folder;
+ * `orFolder`: a file or a folder (a base model: a single file or a diffusers folder).
  */
-function picker(roots, { label, ext = ".safetensors", folders = false, initial = null, onchange = () => {} }) {
+function picker(roots, { label, ext = ".safetensors", folders = false, orFolder = false, initial = null, onchange = () => {} }) {
   const rootSelect = select(roots.map((r) => [String(r.id), r.name]), String(initial?.root ?? 0));
   rootSelect.setAttribute("aria-label", t("{label}: root", { label }));
   const path = el("input", { type: "text", value: initial?.path ?? "", "aria-label": label, placeholder: folders ? t("folder under the root") : t("file under the root"), spellcheck: "false" });
@@ -42,7 +43,7 @@ function picker(roots, { label, ext = ".safetensors", folders = false, initial =
     const join = (name) => (folder ? `${folder}/${name}` : name);
     const items = [];
     if (folder) items.push(el("button", { type: "button", class: "link", text: "../", onclick: () => browse(folderOf(folder)).catch(shown) }));
-    if (folders) items.push(el("button", { type: "button", text: t("Use this folder"), onclick: () => choose(folder) }));
+    if (folders || (orFolder && folder)) items.push(el("button", { type: "button", text: t("Use this folder"), onclick: () => choose(folder) }));
     for (const e of entries) {
       if (e.kind === "dir") items.push(el("button", { type: "button", class: "link", text: `${e.name}/`, onclick: () => browse(join(e.name)).catch(shown) }));
       else if (!folders && e.kind === "file" && e.name.endsWith(ext)) items.push(el("button", { type: "button", class: "link file", text: e.name, onclick: () => choose(join(e.name)) }));
@@ -222,7 +223,7 @@ function mergeSection(roots, statusFor) {
 function convertSection(roots, statusFor) {
   const status = statusFor();
   const to = select([["kohya", t("kohya (ComfyUI, A1111, Forge)")], ["peft", t("PEFT / diffusers")]]);
-  const family = select([["", t("detect from the file")], ["sd15", "SD 1.5"], ["sdxl", "SDXL"], ["flux", "Flux.1"]]);
+  const family = select([["", t("detect from the file")], ["sd15", "SD 1.5"], ["sdxl", "SDXL"], ["flux", "Flux.1"], ["sd3", "SD3 / SD3.5"]]);
   const precision = select([["", t("the input's")], ["fp32", "fp32"], ["fp16", "fp16"], ["bf16", "bf16"]]);
   const output = outputFields(roots, { ext: ".safetensors" });
   const input = picker(roots, { label: t("LoRA file"), onchange: () => { const v = input.value(); if (v.path) output.suggest(v.root, v.path, `-${to.value}`); } });
@@ -244,8 +245,10 @@ function convertSection(roots, statusFor) {
 
 function xySection(roots, statusFor) {
   const status = statusFor();
-  const model = picker(roots, { label: t("Base model") });
-  const flux = ["clip_l", "t5xxl", "ae"].map((key) => [key, picker(roots, { label: { clip_l: t("CLIP-L"), t5xxl: t("T5-XXL"), ae: t("Autoencoder (ae)") }[key] })]);
+  const model = picker(roots, { label: t("Base model"), orFolder: true });
+  // Flux's and SD3's separate parts (lorakit generate --clip-l --clip-g --t5xxl --ae).
+  const labels = { clip_l: t("CLIP-L"), clip_g: t("CLIP-G (SD3)"), t5xxl: t("T5-XXL"), ae: t("Autoencoder (ae, Flux)") };
+  const parts = Object.entries(labels).map(([key, label]) => [key, picker(roots, { label })]);
   const list = el("div", { class: "inputs" });
   const rows = [];
   function addRow(value, weight = 1) {
@@ -262,8 +265,8 @@ function xySection(roots, statusFor) {
   }
   const prompts = el("textarea", { rows: "3", "aria-label": t("Prompts, one per line (the columns)"), spellcheck: "false" });
   const negative = el("input", { type: "text", "aria-label": t("Negative prompt") });
-  const steps = numberInput("", { min: "1", step: "1", placeholder: "25" });
-  const cfg = numberInput("", { step: "any", placeholder: "7" });
+  const steps = numberInput("", { min: "1", step: "1", placeholder: t("model's") });
+  const cfg = numberInput("", { step: "any", placeholder: t("model's") });
   const seed = numberInput(0, { min: "0", step: "1" });
   const width = numberInput("", { min: "8", step: "8", placeholder: t("model's") });
   const height = numberInput("", { min: "8", step: "8", placeholder: t("model's") });
@@ -279,7 +282,7 @@ function xySection(roots, statusFor) {
       steps: num(steps), cfg: num(cfg), seed: num(seed), width: num(width), height: num(height),
       baseline: baseline.checked, device: device.value, output: output.value(),
     };
-    for (const [key, p] of flux) if (p.value().path) body[key] = p.value();
+    for (const [key, p] of parts) if (p.value().path) body[key] = p.value();
     api("/generate", { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) })
       .then((job) => status.follow(job), (e) => status.error(e));
   } });
@@ -287,12 +290,14 @@ function xySection(roots, statusFor) {
     node: el("section", { class: "tool", "aria-label": t("XY plot") },
       el("p", { class: "muted", text: t("LoRA files as rows × prompts as columns, one labelled image (lorakit generate --grid), every cell with the same seed.") }),
       model.node,
-      el("details", {}, el("summary", { text: t("Flux: text encoders and autoencoder") }), ...flux.map(([, p]) => p.node)),
+      el("details", {}, el("summary", { text: t("Flux and SD3: text encoder and autoencoder files") }),
+        el("p", { class: "muted", text: t("Only for a model file that does not hold them; a diffusers folder has its own.") }),
+        ...parts.map(([, p]) => p.node)),
       list,
       el("p", {}, el("button", { type: "button", text: t("Add a row"), onclick: () => addRow() }), " ", el("label", { class: "check" }, baseline, t("First row without a LoRA"))),
       field(t("Prompts, one per line (the columns)"), prompts),
       field(t("Negative prompt"), negative),
-      el("div", { class: "row" }, field(t("Steps"), steps), field(t("CFG scale"), cfg), field(t("Seed"), seed), field(t("Width"), width), field(t("Height"), height), field(t("Device"), device)),
+      el("div", { class: "row" }, field(t("Steps"), steps, t("SD 25 · Flux 20 · SD3 30")), field(t("CFG scale"), cfg, t("SD 7 · Flux 1 · SD3 7.5")), field(t("Seed"), seed), field(t("Width"), width), field(t("Height"), height), field(t("Device"), device)),
       output.node,
       el("p", { class: "buttons" }, go),
       status.node),
@@ -300,7 +305,7 @@ function xySection(roots, statusFor) {
     init() { if (!rows.length) addRow(); },
     fill(r) {
       model.set(r.model);
-      for (const [key, p] of flux) p.set(r[key]);
+      for (const [key, p] of parts) p.set(r[key]);
       rows.length = 0; list.replaceChildren();
       for (const l of r.loras ?? []) addRow(l, l.weight ?? 1);
       prompts.value = (r.prompts ?? []).join("\n"); negative.value = r.negative ?? "";

@@ -15,14 +15,14 @@ const SECTIONS = [
   ["training", "3.6 Training length and batches"],
   ["optimizer", "3.6 Optimizer and learning rate"],
   ["loss", "3.6 Loss and noise"],
-  ["flow", "3.6 Flow matching (Flux)"],
+  ["flow", "3.6 Flow matching (Flux, SD3)"],
   ["save", "Saving and resuming"],
   ["samples", "Sample images"],
   ["logging", "Logging"],
 ];
 const OPEN_KEY = "lorakit-train-open";
 const DEFAULT_OPEN = ["model", "folders", "dataset", "training"];
-const FAMILY_NAMES = { sd1: "SD 1.x", sd2: "SD 2.x", sdxl: "SDXL", flux: "Flux", sd3: "SD 3" };
+const FAMILY_NAMES = { sd1: "SD 1.x", sd2: "SD 2.x", sdxl: "SDXL", flux: "Flux", sd3: "SD3 / SD3.5" };
 
 function savedOpen() {
   try { return JSON.parse(localStorage.getItem(OPEN_KEY)) ?? {}; } catch { return {}; }
