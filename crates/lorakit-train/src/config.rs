@@ -29,9 +29,9 @@ pub struct AccelerateSection {
     pub fp8_base: bool,
     /// Flux: fp8 for the transformer only, T5 stays in the compute dtype (`--fp8_base_unet`).
     pub fp8_base_unet: bool,
-    /// Flux: keep this many transformer blocks in host memory and copy each to the card when it
-    /// runs (`--blocks_to_swap`; N/2 double and (N − N/2)·2 single blocks). Needs gradient
-    /// checkpointing.
+    /// Flux and SD3: keep this many transformer blocks in host memory and copy each to the card
+    /// when it runs (`--blocks_to_swap`; Flux: N/2 double and (N − N/2)·2 single blocks, SD3:
+    /// the last N joint blocks, at most depth − 2). Needs gradient checkpointing.
     pub blocks_to_swap: Option<usize>,
     /// Flux: keep the block inputs gradient checkpointing saves in host memory, copied back to
     /// the card for the recomputation (`--cpu_offload_checkpointing`). Needs gradient
@@ -1098,7 +1098,8 @@ pub const FAMILY_KEYS: &[(&str, &[&str], KeyFamilies)] = &[
         ],
         SD3_ONLY,
     ),
-    ("accelerate", &["fp8_base_unet", "blocks_to_swap", "cpu_offload_checkpointing"], FLUX_ONLY),
+    ("accelerate", &["fp8_base_unet", "cpu_offload_checkpointing"], FLUX_ONLY),
+    ("accelerate", &["blocks_to_swap"], FLOW_ONLY),
     (
         "network",
         &[

@@ -240,8 +240,8 @@ fn load_flux(
 }
 
 /// An SD3 / SD3.5 model with the parts, storage and options the config names (sd-scripts'
-/// `--clip_l`, `--clip_g`, `--t5xxl`, `--fp8_base`, `--t5xxl_max_token_length`, the mask,
-/// dropout and position-embedding options).
+/// `--clip_l`, `--clip_g`, `--t5xxl`, `--fp8_base`, `--t5xxl_max_token_length`,
+/// `--blocks_to_swap`, the mask, dropout and position-embedding options).
 fn load_sd3(
     config: &TrainConfig,
     data: &data::TrainData,
@@ -297,6 +297,7 @@ fn load_sd3(
         apply_lg_attn_mask: m.apply_lg_attn_mask,
         apply_t5_attn_mask: m.apply_t5_attn_mask,
         scaled_pos_embed_sizes,
+        blocks_to_swap: config.accelerate.blocks_to_swap.unwrap_or(0),
     };
     let train = sd3_model::Sd3TrainOptions {
         dropout: lorakit_models::sd3_text::Sd3DropoutRates {

@@ -260,7 +260,8 @@ impl TrainableModel for Sd3Model {
 
     fn parameter_counts(&self) -> (usize, usize) {
         let count = |shapes: &[(String, Vec<usize>)]| shapes.iter().map(|(_, s)| s.iter().product::<usize>()).sum();
-        let dit: usize = count(&self.pipe.transformer().config().parameter_shapes());
+        let transformer = self.pipe.transformer();
+        let dit = sd3_device_parameters(transformer.config(), transformer.host_blocks());
         let vae: usize = count(&self.pipe.vae().config().parameter_shapes());
         let text: usize = self.pipe.text_encoder_parameter_counts().iter().sum();
         (dit + vae + text, dit)
@@ -355,4 +356,54 @@ pub fn sd3_activation_scale(cfg: &MmditConfig, t5_tokens: usize) -> f64 {
     let patch_area = (cfg.patch_size * cfg.patch_size) as f64;
     let tokens_per_latent_pixel = 1.0 / patch_area + (CLIP_LENGTH + t5_tokens) as f64 / (128.0 * 128.0);
     floats_per_token * 4.0 * tokens_per_latent_pixel / SD15_ACTIVATION_BYTES_PER_LATENT_PIXEL
+}
+
+/// The MMDiT's parameters on the compute device when its last `host_blocks` joint blocks live in
+/// host memory (`blocks_to_swap`): the rest, plus the largest swapped block while it runs (as
+/// [`crate::flux_model::device_parameters`] for Flux). Blocks differ in size: SD3.5 Medium's
+/// first ones have a second attention, the last one's context side is pre-only.
+pub fn sd3_device_parameters(cfg: &MmditConfig, host_blocks: usize) -> usize {
+    let shapes = cfg.parameter_shapes();
+    let size = |(_, s): &(String, Vec<usize>)| s.iter().product::<usize>();
+    let total: usize = shapes.iter().map(size).sum();
+    let swapped: Vec<usize> = (cfg.depth.saturating_sub(host_blocks)..cfg.depth)
+        .map(|i| {
+            let prefix = format!("joint_blocks.{i}.");
+            shapes.iter().filter(|(k, _)| k.starts_with(&prefix)).map(size).sum()
+        })
+        .collect();
+    total - swapped.iter().sum::<usize>() + swapped.iter().copied().max().unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn swapped_blocks_leave_the_device_but_the_largest_one_streams_in() {
+        let cfg = MmditConfig::sd35_large();
+        let count = |shapes: &[(String, Vec<usize>)]| shapes.iter().map(|(_, s)| s.iter().product::<usize>()).sum();
+        let total: usize = count(&cfg.parameter_shapes());
+        assert_eq!(sd3_device_parameters(&cfg, 0), total);
+        let block = |cfg: &MmditConfig, i: usize| -> usize {
+            let prefix = format!("joint_blocks.{i}.");
+            cfg.parameter_shapes()
+                .iter()
+                .filter(|(k, _)| k.starts_with(&prefix))
+                .map(|(_, s)| s.iter().product::<usize>())
+                .sum()
+        };
+        // SD3.5 Large's blocks are alike but for the last (pre-only): 10 swapped take 9 full
+        // blocks and the last one off the device, and one full block streams back in.
+        assert!(block(&cfg, 37) < block(&cfg, 36) && block(&cfg, 0) == block(&cfg, 36));
+        assert_eq!(sd3_device_parameters(&cfg, 10), total - 8 * block(&cfg, 0) - block(&cfg, 37));
+        assert_eq!(sd3_device_parameters(&cfg, 1), total);
+        // SD3.5 Medium: blocks 0–12 carry a second attention; with 22 swapped (sd-scripts' most),
+        // blocks 2–23 leave and one with the second attention streams in.
+        let medium = MmditConfig::sd35_medium();
+        let all: usize = count(&medium.parameter_shapes());
+        assert!(block(&medium, 12) > block(&medium, 13));
+        let away: usize = (2..24).map(|i| block(&medium, i)).sum();
+        assert_eq!(sd3_device_parameters(&medium, 22), all - away + block(&medium, 2));
+    }
 }

@@ -141,7 +141,7 @@ fn every_family_key_names_a_config_key_and_known_families() {
             assert!(!key_families(section, name).families.is_empty(), "{section}.{name}");
         }
     }
-    assert_eq!(key_families("accelerate", "blocks_to_swap").families, ["flux"]);
+    assert_eq!(key_families("accelerate", "blocks_to_swap").families, ["flux", "sd3"]);
     assert_eq!(key_families("optimizer", "learning_rate").families, MODEL_FAMILIES);
 }
 

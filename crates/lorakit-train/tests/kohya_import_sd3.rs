@@ -239,10 +239,11 @@ fn an_sd35_medium_toml_maps_lora_sd3_and_notes_what_sd3_ignores() {
     // SD3 draws its timesteps between min_timestep and max_timestep (Flux.1 ignores them).
     assert_eq!((c.training.min_timestep, c.training.max_timestep), (100, 900));
     assert!(c.accelerate.fp8_base && c.training.gradient_checkpointing);
-    // Block swap is lorakit's for Flux.1 only so far: imported without it, warned about.
-    assert_eq!(c.accelerate.blocks_to_swap, None);
-    assert_eq!(note(&imp, "blocks_to_swap").level, NoteLevel::Memory);
-    assert_eq!(at_level(&imp, NoteLevel::Memory), vec!["blocks_to_swap"]);
+    // Block swap with gradient checkpointing: imported as it is (sd-scripts' MMDiT swaps the
+    // last N joint blocks, as lorakit's does), nothing to warn about.
+    assert_eq!(c.accelerate.blocks_to_swap, Some(10));
+    assert!(imp.notes.iter().all(|n| n.key != "blocks_to_swap"), "{:?}", imp.notes);
+    assert!(at_level(&imp, NoteLevel::Memory).is_empty(), "{:?}", imp.notes);
     assert!(at_level(&imp, NoteLevel::ChangesRun).is_empty(), "{:?}", imp.notes);
 
     // SD options sd3_train_network.py reads but never uses: dropped, with the reason.
@@ -384,9 +385,10 @@ fn a_gui_config_with_sd3_checkbox_imports_what_sd3_train_network_would_run() {
     }
     // sd3_fused_backward_pass with Adafactor: sd-scripts accepts it, a LoRA run does not use it.
     assert_eq!(note(&imp, "fused_backward_pass").level, NoteLevel::Cosmetic);
-    // blocks_to_swap 18: not for SD3 in lorakit yet.
-    assert_eq!(c.accelerate.blocks_to_swap, None);
-    assert_eq!(at_level(&imp, NoteLevel::Memory), vec!["blocks_to_swap"]);
+    // The GUI's blocks_to_swap 18, with its gradient checkpointing: swapped as in kohya's run.
+    assert!(c.training.gradient_checkpointing);
+    assert_eq!(c.accelerate.blocks_to_swap, Some(18));
+    assert!(at_level(&imp, NoteLevel::Memory).is_empty(), "{:?}", imp.notes);
     assert!(at_level(&imp, NoteLevel::ChangesRun).is_empty(), "{:?}", imp.notes);
     assert!(note(&imp, "t5xxl_dtype").text.contains("DOES NOT WORK"));
 

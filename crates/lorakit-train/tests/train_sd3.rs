@@ -3,8 +3,8 @@
 //! channels, scale and shift, CLIP-L and CLIP-G of width 32 and T5 of width 64 with the real
 //! vocabularies; f16 weights computed in f32): the run on SD3's flow objective, kohya's
 //! `lora_sd3` module names and sd-scripts' metadata, samples, exact resume, the lora_sd3 network
-//! arguments, per-encoder dropout, the position-table options, cached text-encoder outputs, and
-//! what SD3 refuses.
+//! arguments, per-encoder dropout, the position-table options, cached text-encoder outputs,
+//! block swap (on a 4-block copy), and what SD3 refuses.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -27,7 +27,12 @@ fn tiny_sd3() -> PathBuf {
 /// A short SD3 run on `data`: the common small run (2 epochs, batch 2, rank 4) at 32 px (the
 /// tiny VAE's 2× cells in 2×2 patches: 4-pixel steps), without conv modules, 16 T5 tokens.
 fn config(dir: &Path, data: &Path, extra: &[&str]) -> TrainConfig {
-    let text = small_run_toml(dir, data, &tiny_sd3())
+    config_for(&tiny_sd3(), dir, data, extra)
+}
+
+/// [`config`] for the model at `model`.
+fn config_for(model: &Path, dir: &Path, data: &Path, extra: &[&str]) -> TrainConfig {
+    let text = small_run_toml(dir, data, model)
         .replace("resolution = \"64\"", "resolution = \"32\"")
         .replace("min_bucket_reso = 64", "min_bucket_reso = 32")
         .replace("max_bucket_reso = 128", "max_bucket_reso = 64")
@@ -41,7 +46,11 @@ fn config(dir: &Path, data: &Path, extra: &[&str]) -> TrainConfig {
 /// The model as `lorakit train` loads it for `config` (through the dry run's loader).
 fn load(config: &TrainConfig) -> Sd3Model {
     let m = &config.model;
-    let opts = Sd3Options { t5_max_length: m.t5xxl_max_token_length, ..Sd3Options::default() };
+    let opts = Sd3Options {
+        t5_max_length: m.t5xxl_max_token_length,
+        blocks_to_swap: config.accelerate.blocks_to_swap.unwrap_or(0),
+        ..Sd3Options::default()
+    };
     let train = Sd3TrainOptions {
         dropout: lorakit_models::sd3_text::Sd3DropoutRates {
             clip_l: m.clip_l_dropout_rate,
@@ -50,7 +59,8 @@ fn load(config: &TrainConfig) -> Sd3Model {
         },
         pos_emb_random_crop_rate: m.pos_emb_random_crop_rate,
     };
-    Sd3Model::load(&Sd3Paths { model: tiny_sd3(), ..Default::default() }, &opts, train, &Device::Cpu).unwrap()
+    let model = m.pretrained_model_name_or_path.clone().unwrap_or_else(tiny_sd3);
+    Sd3Model::load(&Sd3Paths { model, ..Default::default() }, &opts, train, &Device::Cpu).unwrap()
 }
 
 fn run(
@@ -258,4 +268,101 @@ fn sd3_refuses_what_it_cannot_train() {
         };
         assert!(err.contains(expected), "{extra}: {err}");
     }
+}
+
+/// The tiny pipeline with a 4-block transformer (sd-scripts swaps at most depth − 2 blocks, none
+/// of the fixture's 2): blocks 0, 1, 2 are its block 0, block 3 its last (pre-only) one; the
+/// other parts copied as they are. Returns the folder made under `dir`.
+fn four_block_pipeline(dir: &Path) -> PathBuf {
+    let out = dir.join("sd3_4_blocks");
+    for part in ["scheduler", "text_encoder", "text_encoder_2", "text_encoder_3", "transformer", "vae"] {
+        std::fs::create_dir_all(out.join(part)).unwrap();
+        for entry in std::fs::read_dir(tiny_sd3().join(part)).unwrap() {
+            let path = entry.unwrap().path();
+            std::fs::copy(&path, out.join(part).join(path.file_name().unwrap())).unwrap();
+        }
+    }
+    std::fs::copy(tiny_sd3().join("model_index.json"), out.join("model_index.json")).unwrap();
+    let weights = out.join("transformer").join("diffusion_pytorch_model.safetensors");
+    let mut deep = std::collections::HashMap::new();
+    for (name, t) in candle_core::safetensors::load(&weights, &Device::Cpu).unwrap() {
+        match name.strip_prefix("transformer_blocks.") {
+            Some(rest) if rest.starts_with("0.") => {
+                for i in 0..3 {
+                    deep.insert(format!("transformer_blocks.{i}.{}", &rest[2..]), t.clone());
+                }
+            }
+            Some(rest) if rest.starts_with("1.") => {
+                deep.insert(format!("transformer_blocks.3.{}", &rest[2..]), t);
+            }
+            Some(_) => panic!("{name}: the fixture was expected to have 2 blocks"),
+            None => {
+                deep.insert(name, t);
+            }
+        }
+    }
+    candle_core::safetensors::save(&deep, &weights).unwrap();
+    let config = out.join("transformer").join("config.json");
+    let text = std::fs::read_to_string(&config).unwrap();
+    assert!(text.contains("\"num_layers\": 2"), "{text}");
+    std::fs::write(&config, text.replace("\"num_layers\": 2", "\"num_layers\": 4")).unwrap();
+    out
+}
+
+/// `accelerate.blocks_to_swap` (sd-scripts' `--blocks_to_swap`): the last N joint blocks stay
+/// in host memory and are copied to the device for each forward and recomputation — on the CPU
+/// an identity copy, so the run trains the same numbers bit for bit; the device memory estimate
+/// leaves the swapped blocks out; sd-scripts' depth − 2 limit and the checkpointing it needs.
+#[test]
+fn sd3_block_swap_trains_the_same_numbers() {
+    let dir = tempfile::tempdir().unwrap();
+    let model_dir = four_block_pipeline(dir.path());
+    let data = chessboard_dataset(dir.path(), 1, 2);
+    let base = ["training.gradient_checkpointing=true", "training.max_train_epochs=1"];
+    let plain_cfg = config_for(&model_dir, dir.path(), &data, &base);
+    let plain_model = load(&plain_cfg);
+    assert_eq!(plain_model.pipeline().transformer().config().depth, 4);
+    let plain = run(plain_cfg, &plain_model).unwrap();
+    drop(plain_model);
+
+    let mut swap_cfg =
+        config_for(&model_dir, dir.path(), &data, &[&base[..], &["accelerate.blocks_to_swap=2"]].concat());
+    swap_cfg.folders.output_dir = dir.path().join("swap");
+    let model = load(&swap_cfg);
+    assert_eq!(model.pipeline().transformer().host_blocks(), 2);
+    // The estimate's transformer: without blocks 2 and 3, with the larger of them streaming in.
+    use lorakit_train::model::TrainableModel;
+    let cfg = model.pipeline().transformer().config().clone();
+    let block = |i: usize| -> usize {
+        let prefix = format!("joint_blocks.{i}.");
+        cfg.parameter_shapes()
+            .iter()
+            .filter(|(k, _)| k.starts_with(&prefix))
+            .map(|(_, s)| s.iter().product::<usize>())
+            .sum()
+    };
+    let all: usize = cfg.parameter_shapes().iter().map(|(_, s)| s.iter().product::<usize>()).sum();
+    assert_eq!(model.parameter_counts().1, all - block(3));
+    drop(model);
+    // The run as `lorakit train` loads it (the config's blocks_to_swap reaches the model).
+    let swapped = lorakit_train::train(swap_cfg, &AtomicBool::new(false), &mut |_| {}).unwrap();
+    assert_eq!(plain.losses, swapped.losses, "streaming blocks changes no number");
+    assert_eq!(
+        common::tensors(&dir.path().join("out").join("tiny.safetensors")),
+        common::tensors(&dir.path().join("swap").join("tiny.safetensors"))
+    );
+
+    // sd-scripts' limit: depth − 2 blocks, its message, the model file named.
+    let mut too_many =
+        config_for(&model_dir, dir.path(), &data, &[&base[..], &["accelerate.blocks_to_swap=3"]].concat());
+    too_many.folders.output_dir = dir.path().join("too_many");
+    let err = lorakit_train::train(too_many, &AtomicBool::new(false), &mut |_| {}).expect_err("3 of 4 blocks");
+    let err = err.to_string();
+    assert!(err.contains("Cannot swap more than 2 blocks. Requested: 3 blocks."), "{err}");
+    assert!(err.contains("sd3_4_blocks"), "names the model: {err}");
+    // Without checkpointing the swap would save nothing: refused with the reason.
+    let text = small_run_toml(dir.path(), &data, &model_dir);
+    let err =
+        TrainConfig::from_toml_str(&text, &["accelerate.blocks_to_swap=2".to_string()]).expect_err("no checkpointing");
+    assert!(err.to_string().contains("gradient_checkpointing"), "{err}");
 }

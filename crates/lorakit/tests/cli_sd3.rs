@@ -1,6 +1,7 @@
 //! SD3 from the command line as a user runs it, on the tiny SD3.5-shaped pipeline
 //! (tests/fixtures/reference/sd3_tiny/pipeline): `lorakit train` a LoRA, `lorakit inspect` it,
-//! `lorakit generate` with and without it (and a grid), and what SD3 refuses.
+//! `lorakit generate` with and without it (and a grid), with `--blocks-to-swap` (on a 4-block
+//! copy), and what SD3 refuses.
 
 use std::path::{Path, PathBuf};
 
@@ -119,7 +120,8 @@ fn generate_refuses_what_does_not_apply_to_sd3() {
     for (extra, expected) in [
         (&["--sampler", "ddim"][..], "--sampler does not apply"),
         (&["--clip-skip", "2"][..], "--clip-skip does not apply to SD3"),
-        (&["--blocks-to-swap", "1"][..], "--blocks-to-swap does not apply to SD3"),
+        // sd-scripts swaps at most depth − 2 joint blocks: none of this model's 2.
+        (&["--blocks-to-swap", "1"][..], "Cannot swap more than 0 blocks. Requested: 1 blocks."),
     ] {
         let mut args =
             vec!["generate", "--model", model.to_str().unwrap(), "--prompt", "x", "-o", out.to_str().unwrap()];
@@ -128,5 +130,74 @@ fn generate_refuses_what_does_not_apply_to_sd3() {
         assert!(!o.status.success());
         assert!(text(&o).contains(expected), "{extra:?}: {}", text(&o));
     }
+    assert!(!out.exists());
+}
+
+/// The tiny pipeline with a 4-block transformer (sd-scripts swaps at most depth − 2 blocks, none
+/// of the fixture's 2): blocks 0, 1, 2 are its block 0, block 3 its last (pre-only) one; the
+/// other parts copied as they are. Returns the folder made under `dir`.
+fn four_block_pipeline(dir: &Path) -> PathBuf {
+    let out = dir.join("sd3_4_blocks");
+    for part in ["scheduler", "text_encoder", "text_encoder_2", "text_encoder_3", "transformer", "vae"] {
+        std::fs::create_dir_all(out.join(part)).unwrap();
+        for entry in std::fs::read_dir(pipeline().join(part)).unwrap() {
+            let path = entry.unwrap().path();
+            std::fs::copy(&path, out.join(part).join(path.file_name().unwrap())).unwrap();
+        }
+    }
+    std::fs::copy(pipeline().join("model_index.json"), out.join("model_index.json")).unwrap();
+    let weights = out.join("transformer").join("diffusion_pytorch_model.safetensors");
+    let mut deep = std::collections::HashMap::new();
+    for (name, t) in candle_core::safetensors::load(&weights, &candle_core::Device::Cpu).unwrap() {
+        match name.strip_prefix("transformer_blocks.") {
+            Some(rest) if rest.starts_with("0.") => {
+                for i in 0..3 {
+                    deep.insert(format!("transformer_blocks.{i}.{}", &rest[2..]), t.clone());
+                }
+            }
+            Some(rest) if rest.starts_with("1.") => {
+                deep.insert(format!("transformer_blocks.3.{}", &rest[2..]), t);
+            }
+            Some(_) => panic!("{name}: the fixture was expected to have 2 blocks"),
+            None => {
+                deep.insert(name, t);
+            }
+        }
+    }
+    candle_core::safetensors::save(&deep, &weights).unwrap();
+    let config = out.join("transformer").join("config.json");
+    let text = std::fs::read_to_string(&config).unwrap();
+    assert!(text.contains("\"num_layers\": 2"), "{text}");
+    std::fs::write(&config, text.replace("\"num_layers\": 2", "\"num_layers\": 4")).unwrap();
+    out
+}
+
+/// `--blocks-to-swap` (sd-scripts' `--blocks_to_swap`): the last N joint blocks stay in RAM and
+/// are copied to the device when they run — on the CPU an identity copy, so the same image; more
+/// than depth − 2 is refused with sd-scripts' message.
+#[test]
+fn generate_with_blocks_to_swap_gives_the_same_image() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = four_block_pipeline(dir.path());
+    let common = ["--prompt", "chkbrd, a board", "--width", "32", "--height", "32", "--steps", "2", "--seed", "5"];
+    let image = |name: &str, extra: &[&str]| {
+        let out = dir.path().join(name);
+        let mut args = vec!["generate", "--model", model.to_str().unwrap(), "-o", out.to_str().unwrap()];
+        args.extend(common);
+        args.extend(extra);
+        let o = lorakit(&args);
+        assert!(o.status.success(), "{extra:?}: {}", text(&o));
+        assert!(text(&o).contains("4 joint blocks"), "{}", text(&o));
+        pixels(&out)
+    };
+    let plain = image("plain.png", &[]);
+    assert_eq!(image("swapped.png", &["--blocks-to-swap", "2"]), plain, "streaming blocks changes no pixel");
+    let out = dir.path().join("too_many.png");
+    let mut args = vec!["generate", "--model", model.to_str().unwrap(), "-o", out.to_str().unwrap()];
+    args.extend(common);
+    args.extend(["--blocks-to-swap", "3"]);
+    let o = lorakit(&args);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("Cannot swap more than 2 blocks. Requested: 3 blocks."), "{}", text(&o));
     assert!(!out.exists());
 }

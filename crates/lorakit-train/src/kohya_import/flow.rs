@@ -305,17 +305,7 @@ pub(super) fn flow_arg(
         "blocks_to_swap" => {
             if !is_unset(value) {
                 let n = coerce(value, &V::Integer(0)).map_err(|e| format!("{raw_key}: {e}"))?;
-                if flux {
-                    block_swap(n, raw_key, &shown(value), args, t, notes)?;
-                } else {
-                    notes.push(ImportNote::memory(
-                        raw_key,
-                        format!(
-                            "{}: lorakit swaps blocks for Flux.1 only so far; imported without block swap",
-                            shown(value)
-                        ),
-                    ));
-                }
+                block_swap(n, raw_key, &shown(value), args, t, notes)?;
             }
         }
         "split_mode" if flux => {
@@ -408,9 +398,11 @@ pub(super) fn flow_arg(
     Ok(true)
 }
 
-/// sd-scripts' `blocks_to_swap` (or `split_mode`'s 18) → `accelerate.blocks_to_swap`, which
-/// lorakit runs only with gradient checkpointing (sd-scripts also swaps without it): without
-/// checkpointing the config is imported without block swap, and a memory warning says so.
+/// sd-scripts' `blocks_to_swap` (Flux and SD3; for Flux also `split_mode`'s 18) →
+/// `accelerate.blocks_to_swap`, which lorakit runs only with gradient checkpointing (sd-scripts
+/// also swaps without it): without checkpointing the config is imported without block swap, and
+/// a memory warning says so. The model's own limits (SD3: depth − 2, as sd-scripts asserts) are
+/// checked when it loads.
 fn block_swap(
     n: toml::Value,
     raw_key: &str,

@@ -55,9 +55,9 @@ pub struct GenerateArgs {
     /// trained with sd-scripts' --apply_t5_attn_mask).
     #[arg(long)]
     apply_t5_attn_mask: bool,
-    /// Flux: keep this many transformer blocks in RAM and copy each to the GPU when it runs
-    /// (sd-scripts' --blocks_to_swap: N/2 double and (N − N/2)·2 single blocks), for cards that
-    /// cannot hold the whole model.
+    /// Flux, SD3: keep this many transformer blocks in RAM and copy each to the GPU when it runs
+    /// (sd-scripts' --blocks_to_swap; Flux: N/2 double and (N − N/2)·2 single blocks, SD3: the
+    /// last N joint blocks, at most depth − 2), for cards that cannot hold the whole model.
     #[arg(long)]
     blocks_to_swap: Option<usize>,
     /// A LoRA file (kohya LoRA/LoCon, PEFT/diffusers, LyCORIS LoHa/LoKr), optionally with a
@@ -344,12 +344,9 @@ fn load_flux(args: &GenerateArgs, device: &Device) -> Result<Model> {
 
 /// An SD3 / SD3.5 model from its file(s) or folder.
 fn load_sd3(args: &GenerateArgs, device: &Device) -> Result<Model> {
-    for (flag, given) in [
-        ("--v-prediction", args.v_prediction),
-        ("--clip-skip", args.clip_skip.is_some()),
-        ("--ae", args.ae.is_some()),
-        ("--blocks-to-swap", args.blocks_to_swap.is_some()),
-    ] {
+    for (flag, given) in
+        [("--v-prediction", args.v_prediction), ("--clip-skip", args.clip_skip.is_some()), ("--ae", args.ae.is_some())]
+    {
         if given {
             bail!("{flag} does not apply to SD3 models");
         }
@@ -364,6 +361,7 @@ fn load_sd3(args: &GenerateArgs, device: &Device) -> Result<Model> {
     let opts = Sd3Options {
         t5_max_length: args.t5xxl_max_token_length,
         apply_t5_attn_mask: args.apply_t5_attn_mask,
+        blocks_to_swap: args.blocks_to_swap.unwrap_or(0),
         ..Sd3Options::default()
     };
     let model = Sd3Pipeline::load(&paths, &opts, device)?;
