@@ -25,8 +25,8 @@
 //! become [`SdCheckpoint::declared_prediction`] and [`SdCheckpoint::declared_zero_terminal_snr`].
 
 pub mod flux;
-pub mod sd3;
 pub mod ldm_keys;
+pub mod sd3;
 pub mod sdxl;
 
 use std::collections::{BTreeMap, HashMap};

@@ -74,7 +74,8 @@ pub struct ModelSection {
     pub v_parameterization: bool,
     /// Use the n-th last CLIP layer (1 = last; anime models use 2).
     pub clip_skip: Option<usize>,
-    /// The family this config is written for (`sd1`, `sd2`); the checkpoint must be of it.
+    /// The family this config is written for (`sd1`, `sd2`, `sdxl`, `flux`, `sd3`); the
+    /// checkpoint must be of it.
     /// Unset: whatever family the checkpoint is. `--from-kohya` sets it from the GUI's model
     /// checkboxes and `v2`, so a config for one family never trains another.
     pub model_family: Option<String>,
@@ -1374,10 +1375,11 @@ impl TrainConfig {
 
     /// Every optional path key by its `section.key` name — the one list [`Self::resolve_paths`]
     /// and [`Self::paths`] read, so a new path key is resolved and checked everywhere.
-    fn optional_paths_mut(&mut self) -> [(&'static str, &mut Option<PathBuf>); 11] {
+    fn optional_paths_mut(&mut self) -> [(&'static str, &mut Option<PathBuf>); 12] {
         [
             ("model.pretrained_model_name_or_path", &mut self.model.pretrained_model_name_or_path),
             ("model.clip_l", &mut self.model.clip_l),
+            ("model.clip_g", &mut self.model.clip_g),
             ("model.t5xxl", &mut self.model.t5xxl),
             ("model.ae", &mut self.model.ae),
             ("folders.logging_dir", &mut self.folders.logging_dir),

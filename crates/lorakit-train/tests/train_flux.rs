@@ -241,7 +241,7 @@ fn flux_refuses_what_it_cannot_train() {
     let mut cfg = config(dir.path(), &data, &["network.train_blocks=\"single\""]);
     cfg.model.t5xxl_max_token_length = None;
     let err = run(cfg, &sd).expect_err("Flux args on SD");
-    assert!(err.contains("Flux network arguments"), "{err}");
+    assert!(err.contains("Flux and SD3 network arguments"), "{err}");
 }
 
 #[test]
