@@ -366,3 +366,37 @@ fn sd3_block_swap_trains_the_same_numbers() {
         TrainConfig::from_toml_str(&text, &["accelerate.blocks_to_swap=2".to_string()]).expect_err("no checkpointing");
     assert!(err.to_string().contains("gradient_checkpointing"), "{err}");
 }
+
+/// `apply_lg_attn_mask` and `apply_t5_attn_mask` as `lorakit train` runs them: the masks shape the
+/// cached encoder outputs (sd-scripts passes them only when caching), the run trains, and the
+/// metadata says so.
+#[test]
+fn sd3_trains_with_the_text_encoder_masks() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = chessboard_dataset(dir.path(), 1, 2);
+    let mut runs = Vec::new();
+    for (name, masks) in [("plain", "false"), ("masked", "true")] {
+        let mut cfg = config(
+            dir.path(),
+            &data,
+            &[
+                "training.cache_text_encoder_outputs=true",
+                "network.network_train_unet_only=true",
+                "training.max_train_epochs=1",
+                &format!("model.apply_lg_attn_mask={masks}"),
+                &format!("model.apply_t5_attn_mask={masks}"),
+            ],
+        );
+        cfg.folders.output_dir = dir.path().join(name);
+        let summary = lorakit_train::train(cfg, &AtomicBool::new(false), &mut |_| {}).unwrap();
+        assert!(summary.losses.iter().all(|l| l.is_finite()), "{name}: {:?}", summary.losses);
+        let file =
+            lorakit_lora::safetensors_file::LoraFile::open(dir.path().join(name).join("tiny.safetensors")).unwrap();
+        let m = file.metadata();
+        let flag = if masks == "true" { "True" } else { "False" };
+        assert_eq!(m["ss_apply_lg_attn_mask"], flag);
+        assert_eq!(m["ss_apply_t5_attn_mask"], flag);
+        runs.push(summary.losses);
+    }
+    assert_ne!(runs[0], runs[1], "the masks change what the transformer is conditioned on");
+}
