@@ -338,12 +338,7 @@ impl FluxPipeline {
     /// Images in [-1, 1] (B, 3, H, W) → the transformer's latent space (B, 16, H/8, W/8):
     /// a posterior sample (or its mean without `rng`), `scale·(z − shift)`.
     pub fn encode_images(&self, pixels: &Tensor, rng: Option<&mut StdRng>) -> Result<Tensor> {
-        let posterior = self.ae.encode(&pixels.to_dtype(self.ae.dtype())?)?;
-        let z = match rng {
-            Some(rng) => posterior.sample(rng)?,
-            None => posterior.mean().clone(),
-        };
-        Ok(self.ae.to_model_space(&z)?)
+        Ok(self.ae.encode_to_model_space(pixels, rng)?)
     }
 
     /// The velocity for latents (B, 16, h, w) at noise levels `sigmas` (B, in [0, 1]) with the

@@ -263,12 +263,7 @@ impl Sd3Pipeline {
     /// Images in [-1, 1] (B, 3, H, W) → the transformer's latent space (B, 16, H/8, W/8):
     /// a posterior sample (or its mean without `rng`), `(z − shift)·scale`.
     pub fn encode_images(&self, pixels: &Tensor, rng: Option<&mut StdRng>) -> Result<Tensor> {
-        let posterior = self.vae.encode(&pixels.to_dtype(self.vae.dtype())?)?;
-        let z = match rng {
-            Some(rng) => posterior.sample(rng)?,
-            None => posterior.mean().clone(),
-        };
-        Ok(self.vae.to_model_space(&z)?)
+        Ok(self.vae.encode_to_model_space(pixels, rng)?)
     }
 
     /// The transformer's output for latents (B, 16, h, w) at `timesteps` (B, 0..1000) — the

@@ -430,6 +430,17 @@ impl AutoencoderKL {
         DiagonalGaussianDistribution::new(&moments)
     }
 
+    /// Images in [-1, 1] (B, 3, H, W) → the denoiser's latent space: a posterior sample drawn
+    /// with `rng` (or the posterior's mean without one), then [`Self::to_model_space`].
+    pub fn encode_to_model_space(&self, pixels: &Tensor, rng: Option<&mut impl Rng>) -> Result<Tensor> {
+        let posterior = self.encode(&pixels.to_dtype(self.dtype())?)?;
+        let z = match rng {
+            Some(rng) => posterior.sample(rng)?,
+            None => posterior.mean().clone(),
+        };
+        self.to_model_space(&z)
+    }
+
     /// Unscaled latents (a posterior sample) → the denoiser's latent space:
     /// `(z − shift_factor) · scaling_factor` (SD 1.x/2.x/XL have no shift, Flux and SD3 do).
     pub fn to_model_space(&self, z: &Tensor) -> Result<Tensor> {

@@ -195,16 +195,12 @@ fn load_inputs(config: &TrainConfig, events: &mut dyn FnMut(TrainEvent)) -> Resu
     Ok((data, LoadedModel::StableDiffusion(Box::new(model))))
 }
 
-/// A Flux.1 model with the parts and storage the config names (sd-scripts' `--clip_l`,
-/// `--t5xxl`, `--ae`, `--fp8_base`, `--fp8_base_unet`).
-fn load_flux(
-    config: &TrainConfig,
-    model_path: &std::path::Path,
-    device: &candle_core::Device,
-) -> Result<flux_model::FluxModel> {
-    if let Some(family) = config.model.model_family.as_deref().filter(|f| *f != "flux") {
+/// Refuses a config written for another family (`model.model_family` ≠ `family`) and the SD
+/// switches a rectified-flow model has no use for; `what` names the model ("a Flux model").
+fn check_flow_family(config: &TrainConfig, model_path: &std::path::Path, family: &str, what: &str) -> Result<()> {
+    if let Some(stated) = config.model.model_family.as_deref().filter(|f| *f != family) {
         return Err(TrainError::Other(format!(
-            "{}: a Flux model, but the config is for {family} (model.model_family); use a checkpoint of that family or fix the config",
+            "{}: {what}, but the config is for {stated} (model.model_family); use a checkpoint of that family or fix the config",
             model_path.display()
         )));
     }
@@ -215,10 +211,21 @@ fn load_flux(
     ] {
         if set {
             return Err(TrainError::Other(format!(
-                "{key} does not apply to Flux models (the autoencoder always runs in f32); remove it"
+                "{key} does not apply to {what} (a rectified-flow model whose autoencoder always runs in f32); remove it"
             )));
         }
     }
+    Ok(())
+}
+
+/// A Flux.1 model with the parts and storage the config names (sd-scripts' `--clip_l`,
+/// `--t5xxl`, `--ae`, `--fp8_base`, `--fp8_base_unet`).
+fn load_flux(
+    config: &TrainConfig,
+    model_path: &std::path::Path,
+    device: &candle_core::Device,
+) -> Result<flux_model::FluxModel> {
+    check_flow_family(config, model_path, "flux", "a Flux model")?;
     let (transformer_storage, t5_storage) =
         flux_model::FluxModel::storage(config.accelerate.fp8_base, config.accelerate.fp8_base_unet);
     let paths = lorakit_models::flux_pipeline::FluxPaths {
@@ -248,23 +255,7 @@ fn load_sd3(
     model_path: &std::path::Path,
     device: &candle_core::Device,
 ) -> Result<sd3_model::Sd3Model> {
-    if let Some(family) = config.model.model_family.as_deref().filter(|f| *f != "sd3") {
-        return Err(TrainError::Other(format!(
-            "{}: an SD3 model, but the config is for {family} (model.model_family); use a checkpoint of that family or fix the config",
-            model_path.display()
-        )));
-    }
-    for (key, set) in [
-        ("model.v2", config.model.v2),
-        ("model.v_parameterization", config.model.v_parameterization),
-        ("accelerate.no_half_vae", config.accelerate.no_half_vae),
-    ] {
-        if set {
-            return Err(TrainError::Other(format!(
-                "{key} does not apply to SD3 models (a rectified-flow model whose VAE runs in f32 anyway); remove it"
-            )));
-        }
-    }
+    check_flow_family(config, model_path, "sd3", "an SD3 model")?;
     let m = &config.model;
     // sd-scripts builds the scaled tables from every dataset's resolution.
     let scaled_pos_embed_sizes = m.enable_scaled_pos_embed.then(|| {

@@ -26,7 +26,8 @@ use rand::Rng;
 use crate::error::{Result, TrainError};
 use crate::flux_model::SD15_ACTIVATION_BYTES_PER_LATENT_PIXEL;
 use crate::model::{
-    fingerprint_vae, sets_for_sampling, Component, Conditioning, FamilyInfo, OptIn, SizeCondition, TrainableModel,
+    fingerprint_vae, sample_latents, sets_for_sampling, Component, Conditioning, FamilyInfo, OptIn, SizeCondition,
+    TrainableModel,
 };
 use crate::objective::{FlowFamily, ObjectiveKind};
 
@@ -202,7 +203,8 @@ impl TrainableModel for Sd3Model {
     }
 
     fn encode_images(&self, pixels: &Tensor, rng: &mut StdRng) -> Result<Tensor> {
-        Ok(self.pipe.encode_images(pixels, Some(rng))?)
+        // Noise drawn on the host, as for every family: the same latents on any device.
+        sample_latents(self.pipe.vae(), pixels, rng)
     }
 
     fn encode_text(
