@@ -11,7 +11,8 @@ does per image at its defaults, without writing the caption files.
   `np.stack`, `session.run`, then kohya's tag loop (general/character threshold 0.35, CSV
   order).
 
-Prints one JSON object: import_s, load_s, prep_s, run_s, select_s, per_image_s, total_s.
+Prints one JSON object: import_s, load_s, prep_s, run_s, select_s, per_image_s, total_s, and
+images_cpu_s (the process's user + system CPU time over the image loop, all threads).
 With --probs OUT.npz also saves each image's probabilities (for run.py --check).
 
 Run: /work/bench/venv/bin/python tools/bench/caption/ort_kohya.py MODEL_DIR IMAGE_DIR [--probs OUT.npz]
@@ -30,6 +31,13 @@ import sys  # noqa: E402
 
 SD_SCRIPTS = os.environ.get("SD_SCRIPTS", "/work/bench/sd-scripts")
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+
+
+def process_cpu():
+    import resource
+
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
 
 
 def main():
@@ -63,6 +71,7 @@ def main():
     character_tags = [r[1] for r in rows if r[2] == "4"]
     t_load = time.perf_counter()
 
+    cpu_start = process_cpu()
     paths = sorted(os.path.join(args.image_dir, n) for n in os.listdir(args.image_dir) if n.lower().endswith(EXTENSIONS))
     prep = run = select = 0.0
     per_image = []
@@ -91,10 +100,11 @@ def main():
             probs_out[os.path.basename(path)] = probs[0]
     if args.probs:
         np.savez(args.probs, **probs_out)
+    images_cpu = process_cpu() - cpu_start
     end = time.perf_counter()
     print(json.dumps(dict(images=len(paths), import_s=round(t_import - T0, 3), load_s=round(t_load - t_import, 3),
                           prep_s=round(prep, 3), run_s=round(run, 3), select_s=round(select, 3),
-                          per_image_s=per_image, total_s=round(end - T0, 3), threads=os.cpu_count(),
+                          per_image_s=per_image, total_s=round(end - T0, 3), images_cpu_s=round(images_cpu, 3), threads=os.cpu_count(),
                           onnxruntime=ort.__version__)))
 
 

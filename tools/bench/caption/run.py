@@ -11,7 +11,12 @@ process under /usr/bin/time -v (wall time and peak RSS):
            selection, captions printed instead of written); its load time is a second run on
            an empty folder (process start + model load), so
            s/image = (wall − empty-folder wall) / images.
-Each line of RESULTS (jsonl) is one process run, with the 1-minute load average before it.
+- lorakit-base (with --baseline BIN): the same command with another lorakit binary (an earlier
+           commit's build), interleaved with the others, for before/after numbers under the same load.
+Each line of RESULTS (jsonl) is one process run, with the 1-minute load average before it and its
+user + system CPU time (cpu_s, from /usr/bin/time; ort also reports images_cpu_s, the image
+loop's CPU time in process). CPU time is the steadier measure when other work shares the cores:
+wall time then depends on how each side's threads compete (onnxruntime's spin, lorakit's park).
 
 --check: once per model, lorakit's probabilities (examples/wd14_probs.rs, the same library
 code path) against onnxruntime's on the same images: max |Δp|.
@@ -89,15 +94,17 @@ def loadavg():
 
 
 def timed(cmd):
-    """Runs cmd under /usr/bin/time -v; returns (wall s, peak RSS MB, stdout)."""
+    """Runs cmd under /usr/bin/time -v; returns (wall s, peak RSS MB, stdout, user + system CPU s)."""
     with tempfile.NamedTemporaryFile("r", suffix=".time") as tf:
         t = time.perf_counter()
         p = subprocess.run(["/usr/bin/time", "-v", "-o", tf.name] + cmd, capture_output=True, text=True)
         wall = time.perf_counter() - t
         if p.returncode != 0:
             sys.exit(f"failed ({p.returncode}): {' '.join(cmd)}\n{p.stdout[-2000:]}\n{p.stderr[-3000:]}")
-        rss = next(int(line.split(":")[1]) for line in tf.read().splitlines() if "Maximum resident" in line)
-    return wall, rss / 1024, p.stdout
+        report = tf.read().splitlines()
+    field = lambda name: next(float(line.split(":")[1]) for line in report if name in line)
+    cpu = field("User time (seconds)") + field("System time (seconds)")
+    return wall, field("Maximum resident") / 1024, p.stdout, cpu
 
 
 def check(model_dir, image_dir, names, lorakit_probs_bin):
@@ -124,8 +131,11 @@ def main():
     ap.add_argument("--which", nargs="+", default=["vit", "eva02"])
     ap.add_argument("--sides", nargs="+", default=["ort", "lorakit"])
     ap.add_argument("--check", action="store_true")
+    ap.add_argument("--baseline", help="another lorakit binary, run as side lorakit-base")
     ap.add_argument("--results", default=os.path.join(HERE, f"results-{datetime.date.today()}.jsonl"))
     args = ap.parse_args()
+    if args.baseline and "lorakit-base" not in args.sides:
+        args.sides.append("lorakit-base")
 
     lorakit = os.path.join(TARGET, "release", "lorakit")
     probs_bin = os.path.join(TARGET, "release", "examples", "wd14_probs")
@@ -150,20 +160,22 @@ def main():
             for side in sides:
                 la = loadavg()
                 if side == "ort":
-                    wall, rss, out = timed([PYTHON, os.path.join(HERE, "ort_kohya.py"), model_dir, args.images])
+                    wall, rss, out, cpu = timed([PYTHON, os.path.join(HERE, "ort_kohya.py"), model_dir, args.images])
                     phases = json.loads(out.strip().splitlines()[-1])
                     record(dict(model=key, side="ort", round=r, wall_s=round(wall, 3), peak_rss_mb=round(rss),
-                                loadavg_1m=la, **phases))
+                                cpu_s=round(cpu, 3), loadavg_1m=la, **phases))
                 else:
-                    cmd = [lorakit, "caption", "wd14", "--model", model_dir, "--dry-run", "--overwrite"]
-                    e_wall, e_rss, _ = timed(cmd[:3] + [empty] + cmd[3:])
+                    binary = args.baseline if side == "lorakit-base" else lorakit
+                    cmd = [binary, "caption", "wd14", "--model", model_dir, "--dry-run", "--overwrite"]
+                    e_wall, e_rss, _, e_cpu = timed(cmd[:3] + [empty] + cmd[3:])
                     la2 = loadavg()
-                    wall, rss, out = timed(cmd[:3] + [args.images] + cmd[3:])
+                    wall, rss, out, cpu = timed(cmd[:3] + [args.images] + cmd[3:])
                     captions = sum(1 for line in out.splitlines() if line.startswith(args.images))
                     assert captions == len(names), out[-2000:]
-                    record(dict(model=key, side="lorakit", round=r, wall_s=round(wall, 3), peak_rss_mb=round(rss),
-                                load_s=round(e_wall, 3), load_peak_rss_mb=round(e_rss), loadavg_1m=la2,
-                                loadavg_1m_empty=la, batch_size=4))
+                    record(dict(model=key, side=side, round=r, wall_s=round(wall, 3), peak_rss_mb=round(rss),
+                                cpu_s=round(cpu, 3), load_s=round(e_wall, 3), load_cpu_s=round(e_cpu, 3),
+                                load_peak_rss_mb=round(e_rss), loadavg_1m=la2, loadavg_1m_empty=la, batch_size=4,
+                                binary=binary))
 
     # Summary of this invocation's runs.
     with open(args.results) as f:
@@ -177,9 +189,13 @@ def main():
             wall = [x["wall_s"] for x in rows]
             load = [x["load_s"] + (x.get("import_s", 0)) for x in rows]
             per = [(x["wall_s"] - (x["load_s"] + x.get("import_s", 0))) / x["images"] for x in rows]
+            # CPU per image after load: ort's image loop in process; lorakit's run less its empty-folder run.
+            cpu = [(x["images_cpu_s"] if "images_cpu_s" in x else x["cpu_s"] - x["load_cpu_s"]) / x["images"]
+                   for x in rows if "cpu_s" in x]
             print(f"{key:6} {side:8} wall {statistics.median(wall):7.2f} s ({min(wall):.2f}–{max(wall):.2f})  "
                   f"start+load {statistics.median(load):6.2f} s  s/image {statistics.median(per):6.3f} "
-                  f"({min(per):.3f}–{max(per):.3f})  images/s {len(names) / statistics.median(wall):.3f}  "
+                  f"({min(per):.3f}–{max(per):.3f})  CPU s/image "
+                  f"{statistics.median(cpu) if cpu else float('nan'):6.3f}  images/s {len(names) / statistics.median(wall):.3f}  "
                   f"peak RSS {statistics.median([x['peak_rss_mb'] for x in rows]):.0f} MB  "
                   f"load avg {min(x['loadavg_1m'] for x in rows):.1f}–{max(x['loadavg_1m'] for x in rows):.1f}")
 
