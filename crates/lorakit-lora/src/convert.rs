@@ -1,8 +1,7 @@
 //! Converting LoRA key names between kohya (`lora_unet_…`, `lora_te…_…`) and
 //! PEFT/diffusers (`unet.<module>.lora_A.weight`) for SD1.5 and SDXL
-//! (`lorakit convert`). Flux.1 files, in any of their layouts, go through
-//! [`crate::flux_convert`], which also fuses and splits qkv / linear1; SD3 / SD3.5 files through
-//! [`crate::sd3_convert`].
+//! (`lorakit convert`). Flux.1 and SD3 / SD3.5 files, in any of their layouts, go through
+//! [`crate::dit_convert`], which also fuses and splits their qkv (and Flux's linear1) layers.
 //!
 //! kohya names replace every "." of a module path with "_", which is lossy
 //! (`to_q`, `proj_in`, `transformer_blocks` contain underscores), so names are
@@ -17,10 +16,9 @@
 //! each module's effective alpha (its `.alpha` key if the file has one, else
 //! the rank, i.e. scale 1). `scale · up · down` is unchanged either way.
 
-use crate::flux_convert::convert_flux;
+use crate::dit_convert::{convert_dit, DitSite};
 use crate::keys::{guess_family, modules, Family, ModuleError, ModuleSet, Scheme};
 use crate::safetensors_file::{serialize, write_lora, Dtype, LoraFile, LoraFileError, Precision, Tensor};
-use crate::sd3_convert::convert_sd3;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -469,48 +467,10 @@ fn convert(
         Some(f) => Ok(f),
         None => detect_family(file),
     };
-    if matches!(family, Ok(Family::Flux)) {
-        if let Some(name) = set.other_tensors.first() {
-            return Err(ConvertError::StrayTensor { path: path(), name: name.clone() });
-        }
-        let flux = convert_flux(file, &set, to)?;
-        let precision = precision.unwrap_or_else(|| input_precision(file, &set));
-        let metadata = convert_metadata(
-            file,
-            &set,
-            to,
-            Family::Flux,
-            "Flux layers fused/split as sd-scripts' convert_flux_lora.py",
-        );
-        let outcome = ConvertOutcome {
-            family: Family::Flux,
-            from: set.scheme,
-            to,
-            precision,
-            renamed: flux.renamed,
-            folded: flux.folded,
-            notes: flux.notes,
-        };
-        return Ok(Converted { tensors: flux.tensors, metadata, outcome });
-    }
-    if matches!(family, Ok(Family::Sd3)) {
-        if let Some(name) = set.other_tensors.first() {
-            return Err(ConvertError::StrayTensor { path: path(), name: name.clone() });
-        }
-        let sd3 = convert_sd3(file, &set, to)?;
-        let precision = precision.unwrap_or_else(|| input_precision(file, &set));
-        let note = "SD3 qkv layers fused/split and modulation halves swapped as diffusers' SD3 checkpoint conversion";
-        let metadata = convert_metadata(file, &set, to, Family::Sd3, note);
-        let outcome = ConvertOutcome {
-            family: Family::Sd3,
-            from: set.scheme,
-            to,
-            precision,
-            renamed: sd3.renamed,
-            folded: sd3.folded,
-            notes: sd3.notes,
-        };
-        return Ok(Converted { tensors: sd3.tensors, metadata, outcome });
+    match family {
+        Ok(Family::Flux) => return convert_dit_file::<crate::flux::Site>(file, &set, to, precision),
+        Ok(Family::Sd3) => return convert_dit_file::<crate::sd3::Site>(file, &set, to, precision),
+        _ => {}
     }
     if set.scheme == to.scheme() {
         return Err(ConvertError::AlreadyTarget { path: path(), scheme: set.scheme });
@@ -574,6 +534,31 @@ fn convert(
         metadata,
         outcome: ConvertOutcome { family, from: set.scheme, to, precision, renamed, folded, notes: Vec::new() },
     })
+}
+
+/// [`convert`] for a DiT family (Flux, SD3), whose layers are fused and split by [`convert_dit`].
+fn convert_dit_file<S: DitSite>(
+    file: &LoraFile,
+    set: &ModuleSet,
+    to: Target,
+    precision: Option<Precision>,
+) -> Result<Converted, ConvertError> {
+    if let Some(name) = set.other_tensors.first() {
+        return Err(ConvertError::StrayTensor { path: file.path().to_path_buf(), name: name.clone() });
+    }
+    let dit = convert_dit::<S>(file, set, to)?;
+    let precision = precision.unwrap_or_else(|| input_precision(file, set));
+    let metadata = convert_metadata(file, set, to, S::FAMILY, S::METADATA_NOTE);
+    let outcome = ConvertOutcome {
+        family: S::FAMILY,
+        from: set.scheme,
+        to,
+        precision,
+        renamed: dit.renamed,
+        folded: dit.folded,
+        notes: dit.notes,
+    };
+    Ok(Converted { tensors: dit.tensors, metadata, outcome })
 }
 
 /// The precision of the input's first down weight (f16/bf16 kept, anything else f32).

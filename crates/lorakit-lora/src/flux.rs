@@ -17,6 +17,7 @@
 //! kohya names are sd-scripts' `networks/lora_flux.py` ones (spec §13.1).
 
 use crate::blocks::{block_of, Block};
+use crate::dit_names::{child, clip_layer, indexed, t5_layer, T5};
 use crate::keys::Component;
 use std::fmt;
 use std::ops::Range;
@@ -64,17 +65,6 @@ const FINAL_MODULATION: usize = 9;
 /// CLIP-L layer children (HF `CLIPTextModel`, under `text_model.encoder.layers.N.`).
 const CLIP: [&str; 6] =
     ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.out_proj", "mlp.fc1", "mlp.fc2"];
-
-/// T5 block children (HF `T5EncoderModel`, under `encoder.block.N.`), as sd-scripts targets them.
-const T5: [&str; 7] = [
-    "layer.0.SelfAttention.q",
-    "layer.0.SelfAttention.k",
-    "layer.0.SelfAttention.v",
-    "layer.0.SelfAttention.o",
-    "layer.1.DenseReluDense.wi_0",
-    "layer.1.DenseReluDense.wi_1",
-    "layer.1.DenseReluDense.wo",
-];
 
 /// XLabs processor LoRAs of a double block: name, index in [`DOUBLE`], parts covered.
 const XLABS_DOUBLE: [(&str, usize, Range<usize>); 4] =
@@ -285,30 +275,6 @@ pub fn parse(name: &str) -> Option<FluxName> {
     Some(FluxName { site, parts, layout })
 }
 
-/// `"<prefix><sep><index><sep><tail>"` → (index, tail).
-fn indexed<'a>(name: &'a str, prefix: &str, sep: &str) -> Option<(u32, &'a str)> {
-    let rest = name.strip_prefix(prefix)?.strip_prefix(sep)?;
-    let end = rest.find(|c: char| !c.is_ascii_digit())?;
-    let index = rest[..end].parse().ok()?;
-    Some((index, rest[end..].strip_prefix(sep)?))
-}
-
-/// `child` written with `sep` for its dots equals `tail`.
-fn same(child: &str, tail: &str, sep: &str) -> bool {
-    child.len() == tail.len() && child.replace('.', sep) == tail
-}
-
-/// A child table lookup by BFL name (the whole layer) or by diffusers name (one part).
-fn child(table: &[(&str, &[&str])], tail: &str, sep: &str, diffusers: bool) -> Option<(usize, Range<usize>)> {
-    table.iter().enumerate().find_map(|(k, (bfl, parts))| {
-        if diffusers {
-            parts.iter().position(|d| same(d, tail, sep)).map(|p| (k, p..p + 1))
-        } else {
-            same(bfl, tail, sep).then(|| (k, 0..parts.len().max(1)))
-        }
-    })
-}
-
 /// A DiT layer in BFL or diffusers naming (dots or underscores for separators), and whether the
 /// name was diffusers'.
 fn dit(rest: &str, sep: &str) -> Option<(Site, Range<usize>, bool)> {
@@ -345,15 +311,11 @@ fn xlabs(rest: &str) -> Option<(Site, Range<usize>)> {
 }
 
 fn clip_site(rest: &str, sep: &str) -> Option<Site> {
-    let prefix = ["text_model", "encoder", "layers"].join(sep);
-    let (i, tail) = indexed(rest, &prefix, sep)?;
-    CLIP.iter().position(|c| same(c, tail, sep)).map(|k| Site::Clip(i, k))
+    clip_layer(rest, sep, &CLIP).map(|(i, k)| Site::Clip(i, k))
 }
 
 fn t5_site(rest: &str, sep: &str) -> Option<Site> {
-    let prefix = ["encoder", "block"].join(sep);
-    let (i, tail) = indexed(rest, &prefix, sep)?;
-    T5.iter().position(|c| same(c, tail, sep)).map(|k| Site::T5(i, k))
+    t5_layer(rest, sep).map(|(i, k)| Site::T5(i, k))
 }
 
 #[cfg(test)]
@@ -410,13 +372,8 @@ mod tests {
 
     #[test]
     fn names_round_trip() {
-        for site in [Site::Double(18, 6), Site::Single(37, 0), Site::Global(7), Site::Clip(2, 1), Site::T5(5, 6)] {
-            assert_eq!(parse(&site.kohya_name()).unwrap().site, site);
-            for (p, name) in site.diffusers_names().iter().enumerate() {
-                let n = parse(name).unwrap();
-                assert_eq!((n.site, n.parts), (site, p..p + 1), "{name}");
-            }
-        }
+        let sites = [Site::Double(18, 6), Site::Single(37, 0), Site::Global(7), Site::Clip(2, 1), Site::T5(5, 6)];
+        crate::dit_convert::assert_names_round_trip(&sites);
         assert_eq!(Site::Single(2, 0).part_widths(48, 336), Some(vec![48, 48, 48, 192]));
         assert_eq!(Site::Double(0, 1).part_widths(48, 144), Some(vec![48; 3]));
         assert_eq!(Site::Double(0, 1).part_widths(48, 100), None);

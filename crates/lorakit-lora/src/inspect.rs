@@ -7,8 +7,8 @@
 
 use crate::blocks::{block_of, Block};
 use crate::convert::NameMap;
+use crate::dit_convert::block_diagonal;
 use crate::flux::{self, Layout};
-use crate::flux_convert::block_diagonal;
 use crate::keys::{detect_scheme, guess_family, modules, Component, Family, FamilyGuess, ModuleError, Scheme};
 use crate::lycoris::lycoris_modules;
 use crate::metadata::{DimValue, LoraMetadata};

@@ -4,6 +4,8 @@
 
 pub mod blocks;
 pub mod convert;
+mod dit_convert;
+mod dit_names;
 pub mod flux;
 mod flux_convert;
 pub mod inspect;

@@ -8,8 +8,8 @@
 //! trained rank) come out as plain low-rank pairs, and a new rank below the layer's rank truncates
 //! across its parts (the outcome notes how many such layers there were).
 
+use crate::dit_convert::block_diagonal;
 use crate::flux;
-use crate::flux_convert::block_diagonal;
 use crate::keys::{detect_scheme, modules, LoraModule, ModuleError, ModuleSet, Scheme};
 use crate::peft_metadata;
 use crate::resize::{

@@ -18,6 +18,7 @@
 //! `mmdit_to_diffusers`; the kohya names are sd-scripts' `networks/lora_sd3.py` ones (spec §13.4).
 
 use crate::blocks::{block_of, Block};
+use crate::dit_names::{child, clip_layer, indexed, t5_layer, T5};
 use crate::keys::Component;
 use std::fmt;
 use std::ops::Range;
@@ -71,17 +72,6 @@ const PATCH_EMBED: usize = 3;
 /// in the order HF's `CLIPAttention` defines them (sd-scripts' creation order).
 const CLIP: [&str; 6] =
     ["self_attn.k_proj", "self_attn.v_proj", "self_attn.q_proj", "self_attn.out_proj", "mlp.fc1", "mlp.fc2"];
-
-/// T5 block children (HF `T5EncoderModel`, under `encoder.block.N.`), as sd-scripts targets them.
-const T5: [&str; 7] = [
-    "layer.0.SelfAttention.q",
-    "layer.0.SelfAttention.k",
-    "layer.0.SelfAttention.v",
-    "layer.0.SelfAttention.o",
-    "layer.1.DenseReluDense.wi_0",
-    "layer.1.DenseReluDense.wi_1",
-    "layer.1.DenseReluDense.wo",
-];
 
 /// The layer of an SD3 MMDiT (or of its text encoders) a LoRA module adapts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -292,9 +282,9 @@ pub fn parse(name: &str) -> Option<Sd3Name> {
     for (n, (prefix, sep, layout)) in text.iter().enumerate() {
         if let Some(rest) = name.strip_prefix(prefix) {
             let site = match n % 3 {
-                0 => clip(rest, sep).map(|(i, k)| Site::ClipL(i, k)),
-                1 => clip(rest, sep).map(|(i, k)| Site::ClipG(i, k)),
-                _ => t5(rest, sep),
+                0 => clip_layer(rest, sep, &CLIP).map(|(i, k)| Site::ClipL(i, k)),
+                1 => clip_layer(rest, sep, &CLIP).map(|(i, k)| Site::ClipG(i, k)),
+                _ => t5_layer(rest, sep).map(|(i, k)| Site::T5(i, k)),
             }?;
             return Some(Sd3Name { site, parts: 0..1, layout: *layout });
         }
@@ -306,30 +296,6 @@ pub fn parse(name: &str) -> Option<Sd3Name> {
     let (site, parts, diffusers) = mmdit(rest, ".", name.starts_with("transformer."))?;
     let layout = if diffusers { Layout::Diffusers } else { Layout::Sai };
     Some(Sd3Name { site, parts, layout })
-}
-
-/// `"<prefix><sep><index><sep><tail>"` → (index, tail).
-fn indexed<'a>(name: &'a str, prefix: &str, sep: &str) -> Option<(u32, &'a str)> {
-    let rest = name.strip_prefix(prefix)?.strip_prefix(sep)?;
-    let end = rest.find(|c: char| !c.is_ascii_digit())?;
-    let index = rest[..end].parse().ok()?;
-    Some((index, rest[end..].strip_prefix(sep)?))
-}
-
-/// `child` written with `sep` for its dots equals `tail`.
-fn same(child: &str, tail: &str, sep: &str) -> bool {
-    child.len() == tail.len() && child.replace('.', sep) == tail
-}
-
-/// A child table lookup by SAI name (the whole layer) or by diffusers name (one part).
-fn child(table: &[(&str, &[&str])], tail: &str, sep: &str, diffusers: bool) -> Option<(usize, Range<usize>)> {
-    table.iter().enumerate().find_map(|(k, (sai, parts))| {
-        if diffusers {
-            parts.iter().position(|d| same(d, tail, sep)).map(|p| (k, p..p + 1))
-        } else {
-            same(sai, tail, sep).then(|| (k, 0..parts.len().max(1)))
-        }
-    })
 }
 
 /// An MMDiT layer in SAI or diffusers naming (dots or underscores for separators), and whether
@@ -345,18 +311,6 @@ fn mmdit(rest: &str, sep: &str, diffusers_prefix: bool) -> Option<(Site, Range<u
     [diffusers_prefix, !diffusers_prefix].into_iter().find_map(|diffusers| {
         child(&GLOBAL, rest, sep, diffusers).map(|(k, parts)| (Site::Global(k), parts, diffusers))
     })
-}
-
-fn clip(rest: &str, sep: &str) -> Option<(u32, usize)> {
-    let prefix = ["text_model", "encoder", "layers"].join(sep);
-    let (i, tail) = indexed(rest, &prefix, sep)?;
-    CLIP.iter().position(|c| same(c, tail, sep)).map(|k| (i, k))
-}
-
-fn t5(rest: &str, sep: &str) -> Option<Site> {
-    let prefix = ["encoder", "block"].join(sep);
-    let (i, tail) = indexed(rest, &prefix, sep)?;
-    T5.iter().position(|c| same(c, tail, sep)).map(|k| Site::T5(i, k))
 }
 
 /// The SD3 model a file's modules (name, input width) show, where they tell: `3.5 Medium` when
@@ -434,13 +388,8 @@ mod tests {
 
     #[test]
     fn names_round_trip_and_halves() {
-        for site in [Site::Joint(23, 4), Site::Joint(0, 7), Site::Global(3), Site::ClipG(2, 1), Site::T5(5, 6)] {
-            assert_eq!(parse(&site.kohya_name()).unwrap().site, site);
-            for (p, name) in site.diffusers_names().iter().enumerate() {
-                let n = parse(name).unwrap();
-                assert_eq!((n.site, n.parts), (site, p..p + 1), "{name}");
-            }
-        }
+        let sites = [Site::Joint(23, 4), Site::Joint(0, 7), Site::Global(3), Site::ClipG(2, 1), Site::T5(5, 6)];
+        crate::dit_convert::assert_names_round_trip(&sites);
         assert!(Site::Joint(23, 4).swaps_halves(1536, 3072));
         assert!(!Site::Joint(22, 4).swaps_halves(1536, 6 * 1536));
         assert!(Site::Global(FINAL_MODULATION).swaps_halves(1536, 3072));
