@@ -23,7 +23,7 @@ use candle_core::{DType, Device, Result, Tensor, D};
 use lorakit_nn::activation::{gelu_tanh, silu};
 use lorakit_nn::attention::attention_heads;
 use lorakit_nn::checkpoint::{checkpoint, BlockFn};
-use lorakit_nn::dit::{gated_residual, head_rms_norm, modulate};
+use lorakit_nn::dit::{gated_residual, head_rms_norm, modulate, qk_norm_rope_attention, QkvStream};
 use lorakit_nn::lora::{LoraKind, LoraTarget, TargetGroup};
 use lorakit_nn::{Conv2d, ForwardCtx, LayerNorm, Linear};
 use rand::Rng;
@@ -671,15 +671,36 @@ impl JointBlock {
     ) -> Result<(Option<Tensor>, Tensor)> {
         let cm = self.context.modulation(c, ctx)?;
         let xm = self.x.modulation(c, ctx)?;
-        let [cq, ck, cv] =
-            self.context.attn.pre(&modulate(&self.context.norm1.forward(context)?, &cm[0], &cm[1])?, ctx)?;
+        let context_in = modulate(&self.context.norm1.forward(context)?, &cm[0], &cm[1])?;
         let x_norm = self.x.norm1.forward(x)?;
-        let [xq, xk, xv] = self.x.attn.pre(&modulate(&x_norm, &xm[0], &xm[1])?, ctx)?;
+        let x_in = modulate(&x_norm, &xm[0], &xm[1])?;
         let l_ctx = context.dim(1)?;
         let l_x = x.dim(1)?;
-        let scale = 1.0 / ((cq.dim(2)? / self.heads) as f64).sqrt();
-        let joined = |a: &Tensor, b: &Tensor| Tensor::cat(&[a, b], 1)?.contiguous();
-        let attn = attention_heads(&joined(&cq, &xq)?, &joined(&ck, &xk)?, &joined(&cv, &xv)?, self.heads, scale)?;
+        let scale = 1.0 / ((self.width / self.heads) as f64).sqrt();
+        let attn = match (&self.context.attn.norms, &self.x.attn.norms) {
+            // SD3.5's q/k norms on the CPU in f32: norms and joint attention in lorakit-nn's one
+            // op (Flux's, with the identity rotation, exact: x·1 − y·0), which keeps no composed
+            // norm intermediates and no joined q/k/v copies (a 2-block SD3.5 Large LoRA step at
+            // 1024 px: peak 6.1 → 4.9 GB, BENCHMARKS.md).
+            (Some((cnq, cnk)), Some((xnq, xnk))) if x.device().is_cpu() && x.dtype() == DType::F32 => {
+                let c_qkv = self.context.attn.qkv.forward(&context_in, ctx)?;
+                let x_qkv = self.x.attn.qkv.forward(&x_in, ctx)?;
+                let half = self.width / self.heads / 2;
+                let cos = Tensor::ones((l_ctx + l_x, half), DType::F32, x.device())?;
+                let sin = cos.zeros_like()?;
+                let streams = [
+                    QkvStream { qkv: &c_qkv, q_scale: cnq, k_scale: cnk },
+                    QkvStream { qkv: &x_qkv, q_scale: xnq, k_scale: xnk },
+                ];
+                qk_norm_rope_attention(&streams, &cos, &sin, self.heads, NORM_EPS, None)?
+            }
+            _ => {
+                let [cq, ck, cv] = self.context.attn.pre(&context_in, ctx)?;
+                let [xq, xk, xv] = self.x.attn.pre(&x_in, ctx)?;
+                let joined = |a: &Tensor, b: &Tensor| Tensor::cat(&[a, b], 1)?.contiguous();
+                attention_heads(&joined(&cq, &xq)?, &joined(&ck, &xk)?, &joined(&cv, &xv)?, self.heads, scale)?
+            }
+        };
         let (ctx_attn, x_attn) = (attn.narrow(1, 0, l_ctx)?, attn.narrow(1, l_ctx, l_x)?);
         let attn2 = match &self.x.attn2 {
             Some(a2) => {
