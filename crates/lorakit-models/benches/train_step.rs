@@ -1,10 +1,12 @@
-//! One LoRA training step of a full-size UNet or a Flux transformer (random weights), the
-//! issues' benchmark: batch 1, forward + MSE loss + backward (no optimizer step). Prints one JSON line per measured step;
-//! `tools/bench/train_step/run.sh` interleaves it with the PyTorch equivalent
-//! (`tools/bench/train_step/torch_step.py`, same options) and reports both.
+//! One LoRA training step of a full-size UNet, a Flux transformer or SD3's MMDiT (random or
+//! shared weights), the issues' benchmark: batch 1, forward + MSE loss + backward (+ an AdamW
+//! step with `--adamw`). Prints one JSON line per measured step; `tools/bench/train_step/run.sh`
+//! interleaves it with the PyTorch equivalent (`tools/bench/train_step/torch_step.py`, same
+//! options) and reports both.
 //!
-//! `cargo bench -p lorakit-models --bench train_step -- [steps] [--model sd15|sdxl|flux] [--latent N]
-//!  [--conv-dim N | --attention-only] [--double N] [--single N] [--txt-len N] [--width N] [--fp8] [--block-swap N] [--offload]
+//! `cargo bench -p lorakit-models --bench train_step -- [steps] [--model sd15|sdxl|flux|sd3]
+//!  [--latent N] [--conv-dim N | --attention-only] [--double N] [--single N] [--txt-len N] [--width N] [--fp8] [--block-swap N] [--offload]
+//!  [--mmdit sd35l|sd3m] [--depth N] [--weights DIR] [--adamw]
 //!  [--checkpointing] [--live-memory] [--profile] [--device cpu|cuda] [--dtype f32|bf16|f16]`
 //!
 //! `--model sd15` (default): SD1.5's UNet (859,520,964 parameters), 77×768 context, kohya LoRA
@@ -34,6 +36,19 @@
 //! block inputs in host memory (`cpu_offload_checkpointing`). `--width N` (a multiple of 128) narrows the model for smoke
 //! tests only.
 //!
+//! `--model sd3`: SD3's MMDiT (`MmditTransformer`) at a released model's full width — `--mmdit
+//! sd35l` (default: SD3.5 Large, hidden 2432, 38 heads of 64, RMS q/k norms) or `sd3m` (SD3
+//! Medium, 1536, 24 heads) — with `--depth N` joint blocks (default 2; 38 / 24 are the full
+//! models), a 16-channel `--latent N` latent (2×2 patches), timestep 500, pooled (1, 2048) and
+//! `--txt-len` text tokens of 4096 (default 333 = 77 CLIP + 256 T5); kohya LoRA rank 16 / alpha
+//! 16 on `lora_sd3.py`'s default modules (every linear of the joint blocks). `--weights DIR` loads
+//! the model, LoRA and inputs `torch_step.py --make-weights DIR` wrote (so both sides compute
+//! the same loss); otherwise the weights are random as Flux's (`--fp8` and `--block-swap N`
+//! with `--checkpointing` likewise: the last N joint blocks in host memory).
+//!
+//! `--adamw` ends each step with an AdamW update of the LoRA weights (lr 1e-4, torch's other
+//! defaults). Each line has `cpu_s`, the process's own user + system CPU seconds in the step.
+//!
 //! `--profile` prints where the last step's time went, kernel by kernel (`lorakit_nn::profile`).
 //! `--device cuda` needs a `--features cuda` build (`tools/bench/train_step/gpu.sh`); `--dtype`
 //! is the frozen UNet's dtype (as `mixed_precision`), the LoRA keeps f32 master weights as in
@@ -45,9 +60,11 @@ use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
 use lorakit_models::dit::flux::{image_ids, pack_latents, FluxConfig, FluxInputs, FluxTransformer};
+use lorakit_models::dit::mmdit::{MmditConfig, MmditInputs, MmditTransformer};
 use lorakit_models::lora_inject::{create_network, NetworkSpec, UNET_PREFIX};
 use lorakit_models::unet_2d::{AddedConditions, UNet2DConditionModel, UNet2DConditionModelConfig};
 use lorakit_models::Weights;
+use lorakit_nn::optim::{AdamW, AdamWConfig, Optimizer, ParamGroup};
 use lorakit_nn::ForwardCtx;
 
 fn peak_rss_mb() -> f64 {
@@ -109,8 +126,21 @@ fn main() -> anyhow::Result<()> {
     }
     let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench" && a != "--default-allocator").collect();
     // The first bare number that is not an option's value (`--latent 64`, `--conv-dim 16`).
-    const VALUED: [&str; 9] =
-        ["--device", "--dtype", "--model", "--latent", "--conv-dim", "--double", "--single", "--txt-len", "--width"];
+    const VALUED: [&str; 13] = [
+        "--device",
+        "--dtype",
+        "--model",
+        "--latent",
+        "--conv-dim",
+        "--double",
+        "--single",
+        "--txt-len",
+        "--width",
+        "--mmdit",
+        "--depth",
+        "--weights",
+        "--block-swap",
+    ];
     let steps: usize = args
         .iter()
         .enumerate()
@@ -233,7 +263,16 @@ fn main() -> anyhow::Result<()> {
                 anyhow::bail!("--block-swap needs --checkpointing (as accelerate.blocks_to_swap does)");
             }
             let build_on = if block_swap > 0 { Device::Cpu } else { device.clone() };
-            let (weights, params) = flux_weights(&cfg, dtype, fp8, &build_on)?;
+            let source =
+                format!("random Flux transformer ({} double, {} single blocks)", cfg.depth, cfg.depth_single_blocks);
+            let (weights, params) = random_weights(
+                cfg.parameter_shapes(),
+                |name| name.ends_with("norm.scale"),
+                dtype,
+                fp8,
+                &build_on,
+                source,
+            )?;
             let flux = FluxTransformer::new(weights.view(""), &cfg)?;
             weights.check_complete()?;
             drop(weights);
@@ -267,7 +306,97 @@ fn main() -> anyhow::Result<()> {
             };
             (denoiser, targets, params, None, extra)
         }
-        other => anyhow::bail!("--model {other}: expected sd15, sdxl or flux"),
+        "sd3" => {
+            // SD3's MMDiT at a released model's full width with --depth joint blocks (the last one's
+            // context side pre-only, as in every MMDiT).
+            let mut cfg = match option("--mmdit").unwrap_or("sd35l") {
+                "sd35l" => MmditConfig::sd35_large(),
+                "sd3m" => MmditConfig::sd3_medium(),
+                other => anyhow::bail!("--mmdit {other}: expected sd35l (SD3.5 Large) or sd3m (SD3 Medium)"),
+            };
+            cfg.depth = number("--depth", 2)?;
+            cfg.validate().map_err(anyhow::Error::msg)?;
+            // --block-swap N: sd-scripts' blocks_to_swap — the model is made in host memory and
+            // all but the last N joint blocks move to the device.
+            let block_swap = number("--block-swap", 0)?;
+            if block_swap > 0 && !checkpointing {
+                anyhow::bail!("--block-swap needs --checkpointing (as accelerate.blocks_to_swap does)");
+            }
+            let build_on = if block_swap > 0 { Device::Cpu } else { device.clone() };
+            let txt_len = number("--txt-len", 333)?;
+            // --weights DIR: the model, LoRA and inputs torch_step.py --make-weights wrote, so both
+            // sides compute the same loss; otherwise random weights made here.
+            let shared = option("--weights").map(std::path::PathBuf::from);
+            if shared.is_some() && fp8 {
+                anyhow::bail!("--weights loads the shared f32 model as it is; --fp8 makes random weights only");
+            }
+            let (weights, params) = match &shared {
+                Some(dir) => {
+                    let path = dir.join("mmdit.safetensors");
+                    let tensors = candle_core::safetensors::load(&path, &build_on).map_err(|e| {
+                        anyhow::anyhow!("{}: {e} (make it with torch_step.py --make-weights)", path.display())
+                    })?;
+                    let params = tensors.values().map(|t| t.elem_count()).sum();
+                    let tensors = tensors
+                        .into_iter()
+                        .map(|(k, t)| Ok((k, t.to_dtype(dtype)?)))
+                        .collect::<candle_core::Result<HashMap<_, _>>>()?;
+                    (Weights::new(tensors, path.display().to_string()), params)
+                }
+                None => random_weights(
+                    cfg.parameter_shapes(),
+                    |name| name.ends_with("ln_q.weight") || name.ends_with("ln_k.weight"),
+                    dtype,
+                    fp8,
+                    &build_on,
+                    format!("random MMDiT ({} blocks)", cfg.depth),
+                )?,
+            };
+            let mmdit = MmditTransformer::new(weights.view(""), &cfg)?;
+            weights.check_complete()?;
+            drop(weights);
+            let mmdit = if block_swap > 0 { mmdit.with_block_swap(block_swap, &device)? } else { mmdit };
+            let targets = mmdit.lora_targets();
+            let inputs = match &shared {
+                Some(dir) => {
+                    let path = dir.join("inputs.safetensors");
+                    let mut t = candle_core::safetensors::load(&path, &device)
+                        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+                    let mut take = |k: &str| t.remove(k).ok_or_else(|| anyhow::anyhow!("{}: no `{k}`", path.display()));
+                    [take("x")?, take("t")?, take("y")?, take("context")?, take("target")?]
+                }
+                None => [
+                    Tensor::randn(0f32, 1.0, (1, cfg.in_channels, latent, latent), &device)?,
+                    Tensor::new(&[500f32], &device)?,
+                    Tensor::randn(0f32, 1.0, (1, cfg.pooled_dim), &device)?,
+                    Tensor::randn(0f32, 1.0, (1, txt_len, cfg.context_dim), &device)?,
+                    Tensor::randn(0f32, 1.0, (1, cfg.in_channels, latent, latent), &device)?,
+                ],
+            };
+            let [x, timesteps, pooled, context, target] = inputs;
+            let (txt_len, latent_side) = (context.dim(1)?, x.dim(3)?);
+            if latent_side != latent {
+                anyhow::bail!("--latent {latent}, but the shared inputs' latent is {latent_side} wide");
+            }
+            let extra = format!(
+                ",\"mmdit\":\"{}\",\"width\":{},\"depth\":{},\"tokens\":{},\"txt_len\":{txt_len},\"shared_weights\":{},\"block_swap\":{block_swap}",
+                cfg.model_type(),
+                cfg.hidden_size,
+                cfg.depth,
+                (latent / cfg.patch_size).pow(2),
+                shared.is_some()
+            );
+            let denoiser = Denoiser::Mmdit {
+                x: x.to_dtype(dtype)?,
+                timesteps,
+                pooled: pooled.to_dtype(dtype)?,
+                context: context.to_dtype(dtype)?,
+                target,
+                mmdit: Box::new(mmdit),
+            };
+            (denoiser, targets, params, None, extra)
+        }
+        other => anyhow::bail!("--model {other}: expected sd15, sdxl, flux or sd3"),
     };
     // --attention-only / --conv-dim 0: no conv LoRA (sd-scripts without conv_dim), e.g. to see
     // what LoCon costs.
@@ -277,6 +406,36 @@ fn main() -> anyhow::Result<()> {
     for m in lora.modules() {
         m.up().set(&Tensor::randn(0f32, 0.01, m.up().dims(), &device)?)?;
     }
+    // The shared LoRA (sd3 with --weights): lora_sd3's own down/up, by kohya name.
+    if let (Some(dir), "sd3") = (option("--weights"), model) {
+        let path = std::path::Path::new(dir).join("lora.safetensors");
+        let file =
+            candle_core::safetensors::load(&path, &device).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        for m in lora.modules() {
+            for (part, var) in [("lora_down", m.down()), ("lora_up", m.up())] {
+                let key = format!("{}.{part}.weight", m.name());
+                let t = file.get(&key).ok_or_else(|| anyhow::anyhow!("{}: no `{key}`", path.display()))?;
+                var.set(t)?;
+            }
+        }
+        if file.len() != 3 * lora.len() {
+            anyhow::bail!(
+                "{}: {} tensors for {} LoRA modules (down, up, alpha each)",
+                path.display(),
+                file.len(),
+                lora.len()
+            );
+        }
+    }
+    // --adamw: the step ends with an AdamW update of the LoRA weights (torch's defaults, lr 1e-4, as
+    // torch_step.py's torch.optim.AdamW).
+    const ADAMW_LR: f64 = 1e-4;
+    let mut optimizer = if args.iter().any(|a| a == "--adamw") {
+        let group = ParamGroup { name: "unet".into(), vars: lora.trainable_vars(), lr: ADAMW_LR };
+        Some(AdamW::new(vec![group], AdamWConfig::default())?)
+    } else {
+        None
+    };
     let lora_params: usize = lora.trainable_vars().iter().map(|v| v.elem_count()).sum();
     eprintln!(
         "setup {:.1}s, {params} {model} parameters{}, {} LoRA modules ({lora_params} parameters), peak RSS after setup {:.0} MB",
@@ -308,26 +467,36 @@ fn main() -> anyhow::Result<()> {
         let grads = loss.backward()?;
         drop(backward_scope);
         let mut norm = 0f32;
+        let mut step_grads = Vec::new();
         for var in lora.trainable_vars() {
-            if let Some(g) = lora.grad(&grads, &var)? {
+            let g = lora.grad(&grads, &var)?;
+            if let Some(g) = &g {
                 norm += g.sqr()?.sum_all()?.to_scalar::<f32>()?;
             }
+            step_grads.push(g);
+        }
+        drop(grads);
+        if let Some(opt) = optimizer.as_mut() {
+            opt.step(&[step_grads], &[ADAMW_LR])?;
         }
         lora.clear_side_grads();
         device.synchronize()?;
         let secs = t.elapsed().as_secs_f64();
         let cpu_after = cpu_seconds();
         let other_cpu = ((cpu_after.0 - cpu_before.0) - (cpu_after.1 - cpu_before.1)).max(0.0);
+        // This process's own user + system CPU seconds in the step.
+        let own_cpu = cpu_after.1 - cpu_before.1;
         if step > 0 {
             // Step 0 is warm-up (allocator, page faults).
             println!(
-                "{{\"impl\":\"lorakit\",\"step\":{step},\"seconds\":{secs:.3},\"forward_seconds\":{forward_secs:.3},\"loss\":{:.5},\"grad_norm\":{:.5},\"peak_rss_mb\":{:.0},\"rss_after_forward_mb\":{after_forward:.0},\"checkpointing\":{checkpointing},\"device\":\"{}\",\"dtype\":\"{dtype_name}\",\"fp8\":{fp8},\"model\":\"{model}\",\"latent\":{latent},\"params\":{params},\"lora_modules\":{},\"lora_params\":{lora_params},\"conv_dim\":{}{extra},\"loadavg_1m\":{},\"other_cpu_s\":{other_cpu:.1}}}",
+                "{{\"impl\":\"lorakit\",\"step\":{step},\"seconds\":{secs:.3},\"forward_seconds\":{forward_secs:.3},\"loss\":{:.7},\"grad_norm\":{:.7},\"peak_rss_mb\":{:.0},\"rss_after_forward_mb\":{after_forward:.0},\"checkpointing\":{checkpointing},\"device\":\"{}\",\"dtype\":\"{dtype_name}\",\"fp8\":{fp8},\"model\":\"{model}\",\"latent\":{latent},\"params\":{params},\"lora_modules\":{},\"lora_params\":{lora_params},\"conv_dim\":{}{extra},\"cpu_s\":{own_cpu:.2},\"optimizer\":\"{}\",\"loadavg_1m\":{},\"other_cpu_s\":{other_cpu:.1}}}",
                 loss.to_scalar::<f32>()?,
                 norm.sqrt(),
                 peak_rss_mb(),
                 if device.is_cpu() { "cpu" } else { "cuda" },
                 lora.len(),
                 conv_rank.unwrap_or(0),
+                if optimizer.is_some() { "adamw" } else { "none" },
                 loadavg_1m()
             );
         }
@@ -356,6 +525,14 @@ enum Denoiser {
         timesteps: Tensor,
         added: Option<AddedConditions>,
     },
+    Mmdit {
+        mmdit: Box<MmditTransformer>,
+        x: Tensor,
+        timesteps: Tensor,
+        pooled: Tensor,
+        context: Tensor,
+        target: Tensor,
+    },
     Flux {
         flux: Box<FluxTransformer>,
         img: Tensor,
@@ -380,23 +557,32 @@ impl Denoiser {
                     FluxInputs { img, img_ids, txt, txt_ids, timesteps, y, guidance: Some(guidance), txt_mask: None };
                 flux.forward(&inputs, ctx)
             }
+            Denoiser::Mmdit { mmdit, x, timesteps, pooled, context, .. } => {
+                mmdit.forward(&MmditInputs::new(x, timesteps, pooled, context), ctx)
+            }
         }
     }
 
     fn target(&self) -> &Tensor {
         match self {
-            Denoiser::Unet { target, .. } | Denoiser::Flux { target, .. } => target,
+            Denoiser::Unet { target, .. } | Denoiser::Flux { target, .. } | Denoiser::Mmdit { target, .. } => target,
         }
     }
 }
 
-/// Random Flux weights for `cfg` (BFL keys) and their parameter count: N(0, 0.02), q/k norm
-/// scales 1. With `fp8` every linear weight (the 2-D `.weight`s) is made as F8E4M3 directly:
+/// Random weights of `shapes` and their parameter count: N(0, 0.02), the norm scales `is_norm`
+/// names 1. With `fp8` every linear weight (the 2-D `.weight`s) is made as F8E4M3 directly:
 /// a window of one pool of N(0, 0.02) values rounded to e4m3 once (at a different offset per
 /// weight), copied into its own storage — no weight ever exists in f32, and 12 G normals are not
 /// drawn one by one. Biases and norm scales are in `dtype`.
-fn flux_weights(cfg: &FluxConfig, dtype: DType, fp8: bool, device: &Device) -> anyhow::Result<(Weights, usize)> {
-    let shapes = cfg.parameter_shapes();
+fn random_weights(
+    shapes: Vec<(String, Vec<usize>)>,
+    is_norm: impl Fn(&str) -> bool,
+    dtype: DType,
+    fp8: bool,
+    device: &Device,
+    source: String,
+) -> anyhow::Result<(Weights, usize)> {
     let is_linear = |name: &str, shape: &[usize]| shape.len() == 2 && name.ends_with(".weight");
     let largest = shapes.iter().map(|(_, s)| s.iter().product::<usize>()).max().unwrap_or(0);
     let pool_len = largest + (1 << 24);
@@ -422,11 +608,10 @@ fn flux_weights(cfg: &FluxConfig, dtype: DType, fp8: bool, device: &Device) -> a
                 .force_contiguous()?
                 .reshape(shape.as_slice())?
                 .to_device(device)?,
-            _ if name.ends_with("norm.scale") => Tensor::ones(shape.as_slice(), dtype, device)?,
+            _ if is_norm(&name) => Tensor::ones(shape.as_slice(), dtype, device)?,
             _ => Tensor::randn(0f32, 0.02, shape.as_slice(), device)?.to_dtype(dtype)?,
         };
         tensors.insert(name, t);
     }
-    let source = format!("random Flux transformer ({} double, {} single blocks)", cfg.depth, cfg.depth_single_blocks);
     Ok((Weights::new(tensors, source), params))
 }

@@ -4,25 +4,27 @@
 # SD1.5 (64×64 latent) in f32 and bf16, then SDXL (full-size UNet, 128×128 latent = 1024 px,
 # attention-group LoRA, see train_step.rs) in bf16, then Flux (the full-size FLUX.1-dev
 # transformer against sd-scripts' own flux_models.Flux + networks/lora_flux.py; bf16 and fp8 base,
-# 512 and 1024 px, with gradient checkpointing). Two halves, because the GPU machine has no
-# Rust toolchain and the build machine has no GPU:
+# 512 and 1024 px, with gradient checkpointing), then SD3 (SD3.5 Large's MMDiT at full width
+# against sd-scripts' own sd3_models.MMDiT + networks/lora_sd3.py; bf16 and fp8 base, 1024 px).
+# Two halves, because the GPU machine has no Rust toolchain and the build machine has no GPU:
 #
 #   tools/bench/train_step/gpu.sh build
 #       Here (no GPU, no system CUDA): nvcc from PyPI (CUDA 13.0, what the GPU machine's driver
 #       and PyTorch use), link stubs for the CUDA libraries (resolved on the GPU machine at run
 #       time), a release build of the bench, then everything the run needs in
 #       tools/bench/train_step/gpu/ (git-ignored, ~8 MB): the binary (xz; one binary for both
-#       models, `--model sd15|sdxl|flux`), sd-scripts' files the PyTorch side imports (networks/lora.py
+#       models, `--model sd15|sdxl|flux|sd3`), sd-scripts' files the PyTorch side imports (networks/lora.py
 #       imports library/sdxl_original_unet.py for its SDXL check, so SDXL needs nothing more; Flux
 #       adds networks/lora_flux.py and library/{flux_models,device_utils,custom_offloading_utils}.py
-#       — einops is in the GPU image), and the wheels the GPU machine lacks (diffusers). First
+#       — einops is in the GPU image; SD3 adds networks/lora_sd3.py and library/sd3_models.py, which
+#       imports transformers' tokenizers, also in the image), and the wheels the GPU machine lacks (diffusers). First
 #       build ~15 min on 2 cores. Needs SD_SCRIPTS (default /work/bench/sd-scripts, commit 48d368f).
 #
 #   tools/bench/train_step/gpu.sh run [rounds] [steps]
 #       On the GPU machine (device tool: carry ["tools/bench/train_step/gpu"]). Writes JSON lines to
 #       $OUT/train_step_gpu.jsonl (or ./train_step_gpu.jsonl) — after the CUDA tests (lorakit-nn's
 #       checkpoint_offload, to $OUT/cuda_tests.txt) — the peak GPU memory of each
-#       process as nvidia-smi saw it, and a summary. MODELS="sd15 sdxl flux" (default) picks the
+#       process as nvidia-smi saw it, and a summary. MODELS="sd15 sdxl flux sd3" (default) picks the
 #       cases. Not yet run on a GPU: 1 round × 3 steps is 8 SD1.5, 4 SDXL and 8 Flux processes,
 #       each mostly start-up and weight setup (both sides generate SDXL's 2.57 G random weights on
 #       the card, in bf16 for PyTorch; estimate: 5–8 minutes on an H100 for SD1.5 + SDXL, ~3–4
@@ -40,6 +42,16 @@
 #       swapping against the fp8:128 case without it (lorakit copies blocks synchronously;
 #       sd-scripts prefetches on a side stream). FLUX_CPU_OFFLOAD=1 adds both sides with
 #       cpu_offload_checkpointing (fp8, 1024 px).
+#       SD3 (issue 19): SD3_MMDIT=sd35l (SD3.5 Large: width 2432, 38 heads, RMS q/k norms; sd3m =
+#       SD3 Medium, 1536) at SD3_DEPTH joint blocks (default 38: the full 8.1 G-parameter model),
+#       SD3_CASES="bf16 fp8" (frozen storage; compute in bf16), a 128×128 latent (1024 px, 4096
+#       image tokens) + 333 text tokens (77 CLIP + 256 T5), LoRA rank 16 on lora_sd3's default
+#       modules (377 for SD3.5 Large), forward + backward + AdamW step, gradient checkpointing on
+#       both sides (SD3_CHECKPOINTING=0 for plain steps, which at full depth and 1024 px need more
+#       than an 80 GB card: lower SD3_DEPTH). fp8 = fp8_base: lorakit stores the linear weights as
+#       F8E4M3, sd-scripts casts the whole model as sd3_train_network.py does. SD3_BLOCK_SWAP=N
+#       adds both sides with blocks_to_swap N (fp8). `MODELS=sd3` alone: 4 processes, each mostly
+#       making 8 G random weights on the card; estimate 3–5 minutes on an H100.
 #       Smoke-tested here with a stand-in nvidia-smi: a side that fails is recorded as failed and
 #       the rest still runs.
 set -euo pipefail
@@ -90,9 +102,10 @@ build() {
   xz -T0 -6 -c "$bin" > "$PACK/checkpoint_offload.xz"
   local sd=${SD_SCRIPTS:-/work/bench/sd-scripts}
   cp "$sd/networks/lora.py" "$PACK/sd-scripts/networks/"
-  cp "$sd/networks/lora_flux.py" "$PACK/sd-scripts/networks/"
+  cp "$sd/networks/lora_flux.py" "$sd/networks/lora_sd3.py" "$PACK/sd-scripts/networks/"
   cp "$sd/library/__init__.py" "$sd/library/utils.py" "$sd/library/sdxl_original_unet.py" "$sd/library/flux_models.py" \
-    "$sd/library/device_utils.py" "$sd/library/custom_offloading_utils.py" "$PACK/sd-scripts/library/"
+    "$sd/library/sd3_models.py" "$sd/library/device_utils.py" "$sd/library/custom_offloading_utils.py" \
+    "$PACK/sd-scripts/library/"
   # The GPU image has torch 2.11, transformers, huggingface-hub 1.x and safetensors 0.8 but no
   # diffusers (KINDS.md); diffusers 0.42 is the release that works with those.
   pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 -d "$PACK/wheels" \
@@ -136,7 +149,7 @@ run() {
   }
   # (model, dtype, latent) cases: SD1.5 at 512 px in both dtypes, SDXL at 1024 px in bf16.
   local cases=()
-  local models=" ${MODELS:-sd15 sdxl flux} "
+  local models=" ${MODELS:-sd15 sdxl flux sd3} "
   case "$models" in *" sd15 "*) cases+=("sd15 bf16 64" "sd15 f32 64") ;; esac
   case "$models" in *" sdxl "*) cases+=("sdxl bf16 128") ;; esac
   # Flux: (storage:latent) cases at FLUX_DEPTH, checkpointed, lorakit vs sd-scripts (see above).
@@ -144,6 +157,12 @@ run() {
   case "$models" in *" flux "*) read -r -a flux_cases <<< "${FLUX_CASES:-bf16:64 bf16:128 fp8:64 fp8:128}" ;; esac
   read -r -a flux_depth <<< "${FLUX_DEPTH:-19 38}"
   local flux_args=(--model flux --double "${flux_depth[0]}" --single "${flux_depth[1]}" --device cuda --dtype bf16 --checkpointing)
+  # SD3: (storage) cases at SD3_DEPTH, 1024 px, lorakit vs sd-scripts (see above).
+  local sd3_cases=()
+  case "$models" in *" sd3 "*) read -r -a sd3_cases <<< "${SD3_CASES:-bf16 fp8}" ;; esac
+  local sd3_args=(--model sd3 --mmdit "${SD3_MMDIT:-sd35l}" --depth "${SD3_DEPTH:-38}" --latent 128 --device cuda
+    --dtype bf16 --adamw)
+  [ "${SD3_CHECKPOINTING:-1}" = 1 ] && sd3_args+=(--checkpointing)
   for round in $(seq "$rounds"); do
     for c in "${flux_cases[@]}"; do
       local storage=${c%%:*} latent=${c#*:} fp8=()
@@ -162,6 +181,18 @@ run() {
       PYTHONPATH="$site:$PACK/sd-scripts" measured pytorch \
         python3 "$HERE/torch_step.py" "$steps" "${flux_args[@]}" --latent 128 --fp8 --impl sd-scripts --cpu-offload
     fi
+    for storage in "${sd3_cases[@]}"; do
+      local fp8=()
+      [ "$storage" = fp8 ] && fp8=(--fp8)
+      measured lorakit /tmp/train_step "$steps" "${sd3_args[@]}" "${fp8[@]}"
+      PYTHONPATH="$site:$PACK/sd-scripts" measured pytorch \
+        python3 "$HERE/torch_step.py" "$steps" "${sd3_args[@]}" "${fp8[@]}"
+    done
+    if [ ${#sd3_cases[@]} -gt 0 ] && [ "${SD3_BLOCK_SWAP:-0}" -gt 0 ]; then
+      measured lorakit /tmp/train_step "$steps" "${sd3_args[@]}" --fp8 --block-swap "$SD3_BLOCK_SWAP"
+      PYTHONPATH="$site:$PACK/sd-scripts" measured pytorch \
+        python3 "$HERE/torch_step.py" "$steps" "${sd3_args[@]}" --fp8 --block-swap "$SD3_BLOCK_SWAP"
+    fi
     for c in "${cases[@]}"; do
       read -r model dtype latent <<< "$c"
       for mode in "" --checkpointing; do
@@ -176,7 +207,7 @@ import json, sys, statistics as st
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
 steps = [r for r in rows if "seconds" in r]
 side = lambda r: "lorakit" if r["impl"] == "lorakit" else f"pytorch/{r.get('lora_impl', 'sd-scripts')}"
-case = lambda r: (r.get("model", "sd15"), r["dtype"], r.get("fp8", False), r["latent"], r.get("block_swap", 0), r.get("cpu_offload", False), r["checkpointing"])
+case = lambda r: (r.get("model", "sd15") + (f" {r['mmdit']} depth {r['depth']}" if "mmdit" in r else ""), r["dtype"], r.get("fp8", False), r["latent"], r.get("block_swap", 0), r.get("cpu_offload", False), r["checkpointing"])
 groups = {}
 for r in steps:
     groups.setdefault(case(r), {}).setdefault(side(r), []).append(r["seconds"])

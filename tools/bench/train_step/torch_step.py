@@ -2,10 +2,11 @@
 crates/lorakit-models/benches/train_step.rs — a full-size UNet (diffusers, random weights),
 sd-scripts' LoRA network, batch 1, f32, forward + MSE + backward. One JSON line per measured step.
 
-usage: PYTHONPATH=/path/to/sd-scripts python torch_step.py [steps] [--model sd15|sdxl|flux] [--latent N]
+usage: PYTHONPATH=/path/to/sd-scripts python torch_step.py [steps] [--model sd15|sdxl|flux|sd3] [--latent N]
        [--conv-dim N | --attention-only] [--checkpointing] [--threads N] [--device cpu|cuda]
        [--dtype f32|bf16|f16] [flux: --double N --single N --txt-len N --width N --fp8
-       --impl peft|sd-scripts --block-swap N --cpu-offload]
+       --impl peft|sd-scripts --block-swap N --cpu-offload] [sd3: --mmdit sd35l|sd3m --depth N --txt-len N --fp8
+       --weights DIR | --make-weights DIR] [--adamw]
 
 --model sd15 (default): SD1.5's UNet, 77x768 context, rank 16 / alpha 16 plus conv_dim 16 /
 conv_alpha 16 (278 modules). --model sdxl: SDXL base 1.0's UNet (diffusers' config, 2,567,463,684
@@ -33,6 +34,24 @@ CUDA, with --checkpointing): its cpu_offload_checkpointing (enable_gradient_chec
 cpu_offload=True): each block's saved inputs in host memory). --width N: a narrower model for
 smoke tests.
 
+--model sd3: sd-scripts' own library/sd3_models.MMDiT + networks/lora_sd3.py (the training
+reference) at full width — --mmdit sd35l (default: SD3.5 Large, hidden 2432, 38 heads of 64, RMS
+q/k norms) or sd3m (SD3 Medium, 1536, 24 heads) — with --depth N joint blocks (default 2; the last
+one's context side pre-only). sd-scripts ties the width to the depth (64·depth), so the model is
+built for the full depth on the meta device and its block list replaced by N blocks of that width.
+Inputs: a 16-channel --latent N latent, timestep 500, pooled (1, 2048), --txt-len text tokens of
+4096 (default 333 = 77 CLIP + 256 T5, sd-scripts' SD3 default). LoRA: lora_sd3's default modules
+(every linear of the joint blocks), rank 16 / alpha 16. --make-weights DIR writes one random model
+(N(0, 0.02), q/k norm scales 1; SAI keys), its LoRA (lora_sd3's init, up N(0, 0.01)) and the
+inputs to DIR and exits; --weights DIR loads them (lorakit's bench takes the same option), so both
+sides compute the same loss. --fp8 (CUDA): the whole model in float8_e4m3fn, as sd3_train_network.py's
+fp8_base casts it (lorakit: the linear weights, as for Flux). --block-swap N (CUDA, --checkpointing):
+sd-scripts' blocks_to_swap for the MMDiT (the last N joint blocks in host memory).
+
+--adamw ends each measured step with an AdamW update (torch.optim.AdamW, lr 1e-4, torch's other
+defaults) of the LoRA weights. Every line has cpu_s, the process's own user + system CPU seconds
+in the step (wall time hides how much of the cores a side used on a shared machine).
+
 --dtype is the frozen UNet's dtype with autocast, as sd-scripts' --mixed_precision runs it (the
 LoRA keeps f32 weights; the loss is taken in f32). On CUDA the step is timed after a synchronize
 and the JSON line adds torch's peak allocated/reserved GPU memory.
@@ -44,7 +63,7 @@ from diffusers import UNet2DConditionModel
 
 args = sys.argv[1:]
 VALUED = ("--threads", "--device", "--dtype", "--model", "--latent", "--conv-dim", "--double", "--single", "--txt-len",
-          "--width", "--impl", "--block-swap")
+          "--width", "--impl", "--block-swap", "--mmdit", "--depth", "--weights", "--make-weights")
 steps = next((int(a) for i, a in enumerate(args) if a.isdigit() and (i == 0 or args[i - 1] not in VALUED)), 3)
 checkpointing = "--checkpointing" in args
 threads = int(args[args.index("--threads") + 1]) if "--threads" in args else torch.get_num_threads()
@@ -191,6 +210,112 @@ if model == "flux":
                         txt_ids=txt_ids, guidance=guidance, return_dict=False)[0]
         flux.prepare_block_swap_before_forward()
         return flux(img=img, img_ids=img_ids[None], txt=txt, txt_ids=txt_ids[None], timesteps=sigma, y=y, guidance=guidance)
+elif model == "sd3":
+    import contextlib
+    from safetensors.torch import load_file, save_file
+
+    from library import sd3_models  # sd-scripts
+    from networks import lora_sd3  # sd-scripts
+
+    # sd-scripts ties the width to the depth (hidden 64·depth, heads = depth): a full-width model
+    # of fewer blocks is the full model's first blocks, the last made pre-only as every MMDiT's is.
+    mmdit_name = opt("--mmdit", "sd35l")
+    full_depth, pos_max, qk_norm = {"sd35l": (38, 192, "rms"), "sd3m": (24, 192, None)}.get(mmdit_name, (0, 0, None))
+    if not full_depth:
+        sys.exit(f"--mmdit {mmdit_name}: expected sd35l (SD3.5 Large) or sd3m (SD3 Medium)")
+    depth, txt_len = opt("--depth", 2), opt("--txt-len", 333)
+    weights_dir, make_weights = opt("--weights", ""), opt("--make-weights", "")
+    if fp8 and (device != "cuda" or dtype == torch.float32):
+        sys.exit("--fp8 needs --device cuda and --dtype bf16 or f16 (autocast upcasts the fp8 weights per layer)")
+    block_swap = opt("--block-swap", 0)
+    if block_swap and (device != "cuda" or not checkpointing):
+        sys.exit("--block-swap N is sd-scripts' blocks_to_swap: --device cuda --checkpointing")
+    # The swapped blocks' weights live on the CPU, as move_to_device_except_swap_blocks leaves them.
+    on_cpu = tuple(f"joint_blocks.{i}." for i in range(depth - block_swap, depth)) if block_swap else ()
+    t0 = time.perf_counter()
+    with torch.device("meta"):
+        mmdit = sd3_models.create_sd3_mmdit(sd3_models.SD3Params(
+            patch_size=2, depth=full_depth, num_patches=pos_max * pos_max, pos_embed_max_size=pos_max, adm_in_channels=2048,
+            qk_norm=qk_norm, x_block_self_attn_layers=[], context_embedder_in_features=4096,
+            context_embedder_out_features=64 * full_depth, model_type=mmdit_name), attn_mode="torch")
+        mmdit.joint_blocks = torch.nn.ModuleList([
+            sd3_models.MMDiTBlock(mmdit.hidden_size, mmdit.num_heads, mlp_ratio=4, attn_mode="torch", qkv_bias=True,
+                                  pre_only=i == depth - 1, rmsnorm=False, scale_mod_only=False, swiglu=False,
+                                  qk_norm=qk_norm, x_block_self_attn=False) for i in range(depth)])
+        mmdit.num_blocks = depth
+    width = mmdit.hidden_size
+    # The shared weights (--weights DIR, made once by --make-weights DIR): both sides load the same
+    # model, LoRA and inputs, so their losses must agree.
+    shared = load_file(os.path.join(weights_dir, "mmdit.safetensors")) if weights_dir else None
+    gen = torch.Generator().manual_seed(0)
+    model_params = 0
+    for mod_name, mod in mmdit.named_modules():
+        tensors = [(n, p, True) for n, p in mod.named_parameters(recurse=False)] + \
+                  [(n, b, False) for n, b in mod.named_buffers(recurse=False)]
+        for name, p, is_param in tensors:
+            full = f"{mod_name}.{name}" if mod_name else name
+            model_params += p.numel()
+            # fp8_base: sd3_train_network.py casts the whole MMDiT (`mmdit.to(float8_e4m3fn)`); its
+            # RMS norms and position table upcast, autocast upcasts the linears' and conv's weights.
+            store = torch.float8_e4m3fn if fp8 else dtype
+            dev = "cpu" if full.startswith(on_cpu) and on_cpu else device
+            if shared is not None:
+                t = shared[full].to(dev, dtype)
+            elif full.endswith(("ln_q.weight", "ln_k.weight")):
+                t = torch.ones(p.shape, device=dev, dtype=dtype)
+            elif make_weights:
+                t = torch.randn(p.shape, generator=gen).mul_(0.02)
+            else:
+                t = torch.randn(p.shape, device=dev, dtype=dtype).mul_(0.02)
+            if is_param:
+                mod._parameters[name] = torch.nn.Parameter(t.to(store), requires_grad=False)
+            else:
+                mod._buffers[name] = t.to(store)
+    del shared
+    if checkpointing:
+        mmdit.enable_gradient_checkpointing()
+    mmdit.train()
+    with contextlib.redirect_stdout(sys.stderr):
+        net = lora_sd3.create_network(1.0, 16, 16.0, None, [], mmdit)
+        net.apply_to([], mmdit, apply_text_encoder=False, apply_unet=True)
+    for m in net.unet_loras:
+        torch.nn.init.normal_(m.lora_up.weight, std=0.01)
+    if weights_dir:
+        net.load_weights(os.path.join(weights_dir, "lora.safetensors"))
+    net.to(device, dtype=torch.float32)
+    params = list(net.parameters())
+    n_modules, lora_impl, conv_dim = len(net.unet_loras), "sd-scripts", None
+    if block_swap:
+        with contextlib.redirect_stdout(sys.stderr):
+            mmdit.enable_block_swap(block_swap, torch.device(device))
+            mmdit.move_to_device_except_swap_blocks(torch.device(device))
+    for p in params:
+        p.requires_grad_(True)
+    if weights_dir:
+        inputs = load_file(os.path.join(weights_dir, "inputs.safetensors"))
+    else:
+        inputs = {"x": torch.randn(1, 16, latent, latent), "t": torch.tensor([500.0]), "y": torch.randn(1, 2048),
+                  "context": torch.randn(1, txt_len, 4096), "target": torch.randn(1, 16, latent, latent)}
+    if make_weights:
+        os.makedirs(make_weights, exist_ok=True)
+        save_file({k: v.contiguous() for k, v in mmdit.state_dict().items()}, os.path.join(make_weights, "mmdit.safetensors"))
+        save_file({k: v.detach().float().contiguous() for k, v in net.state_dict().items()},
+                  os.path.join(make_weights, "lora.safetensors"))
+        save_file(inputs, os.path.join(make_weights, "inputs.safetensors"))
+        print(f"wrote {make_weights}: {model_params} MMDiT parameters, {n_modules} LoRA modules", file=sys.stderr)
+        sys.exit(0)
+    print(f"setup {time.perf_counter() - t0:.1f}s, {model_params} MMDiT parameters ({mmdit_name}, width {width}, "
+          f"{depth} blocks), {n_modules} LoRA modules ({sum(p.numel() for p in params)} parameters), {threads} threads",
+          file=sys.stderr)
+    sd3_x, sd3_y, sd3_context = (inputs[k].to(device, dtype) for k in ("x", "y", "context"))
+    sd3_t = inputs["t"].to(device)  # the timesteps stay f32, as sd-scripts passes them
+    target = inputs["target"].to(device)
+    extra = {"fp8": fp8, "mmdit": mmdit_name, "width": width, "depth": depth, "tokens": (latent // 2) ** 2,
+             "txt_len": sd3_context.shape[1], "shared_weights": bool(weights_dir), "block_swap": block_swap}
+
+    def forward():
+        mmdit.prepare_block_swap_before_forward()
+        return mmdit(sd3_x, sd3_t, y=sd3_y, context=sd3_context)
 else:
     if model == "sd15":
         cfg = dict(sample_size=64, in_channels=4, out_channels=4, down_block_types=["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"],
@@ -206,7 +331,7 @@ else:
                    addition_time_embed_dim=256, projection_class_embeddings_input_dim=2816, norm_num_groups=32)
         context_width, default_conv_dim = 2048, None
     else:
-        sys.exit(f"--model {model}: expected sd15, sdxl or flux")
+        sys.exit(f"--model {model}: expected sd15, sdxl, flux or sd3")
     t0 = time.perf_counter()
     if device == "cuda":
         # Built on the card in its dtype: no f32 copy of the weights in GPU memory (or minutes of
@@ -261,6 +386,9 @@ else:
 
     n_modules, lora_impl = len(net.unet_loras), "sd-scripts"
 autocast = torch.autocast(device_type=device, dtype=dtype, enabled=dtype != torch.float32)
+# --adamw: the step ends with torch's AdamW update of the LoRA weights (sd-scripts' default
+# optimizer; lr 1e-4, torch's betas / eps / weight decay 0.01, as lorakit's AdamWConfig default).
+optimizer = torch.optim.AdamW(params, lr=1e-4) if "--adamw" in args else None
 
 
 def cpu_seconds():
@@ -288,15 +416,19 @@ for step in range(steps + 1):
     forward_secs = time.perf_counter() - t
     loss.backward()
     norm = sum(float(p.grad.pow(2).sum()) for p in params if p.grad is not None) ** 0.5
+    if optimizer is not None:
+        optimizer.step()
     for p in params:
         p.grad = None
     sync()
     secs = time.perf_counter() - t
     cpu_after = cpu_seconds()
     other_cpu = max(0.0, (cpu_after[0] - cpu_before[0]) - (cpu_after[1] - cpu_before[1]))
+    extra["cpu_s"] = round(cpu_after[1] - cpu_before[1], 2)  # this process's user + system time in the step
+    extra["optimizer"] = "adamw" if optimizer is not None else "none"
     if step > 0:
-        row = {"impl": "pytorch", "step": step, "seconds": round(secs, 3), "forward_seconds": round(forward_secs, 3), "loss": round(float(loss), 5),
-               "grad_norm": round(norm, 5), "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+        row = {"impl": "pytorch", "step": step, "seconds": round(secs, 3), "forward_seconds": round(forward_secs, 3), "loss": round(float(loss), 7),
+               "grad_norm": round(norm, 7), "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
                "checkpointing": checkpointing, "device": device, "dtype": dtype_name, "model": model, "latent": latent,
                "params": model_params, "lora_modules": n_modules,
                "lora_params": sum(p.numel() for p in params), "lora_impl": lora_impl, "conv_dim": conv_dim or 0, **extra, "loadavg_1m": round(os.getloadavg()[0], 2),
