@@ -263,7 +263,8 @@ fn broken_model_folders_are_named() {
         std::fs::read_to_string(dir.path().join("config.json")).unwrap().replace("\"depth\": 2", "\"depth\": 3");
     std::fs::write(dir.path().join("config.json"), config).unwrap();
     let err = Tagger::load(dir.path(), &Device::Cpu).err().unwrap().to_string();
-    assert!(err.contains("blocks.2.norm1.weight") && err.contains("model.safetensors"), "{err}");
+    // (Which of block 2's tensors is named first depends on the load order.)
+    assert!(err.contains("no tensor `blocks.2.") && err.contains("model.safetensors"), "{err}");
 }
 
 #[test]
