@@ -192,6 +192,16 @@ pub enum LinearStorage {
     Fp8,
 }
 
+impl LinearStorage {
+    /// sd-scripts' storage rule for a DiT and its T5 (Flux's and SD3's scripts alike):
+    /// `fp8_base` puts the transformer in fp8, and T5 too unless `fp8_base_unet` (which alone
+    /// also puts the transformer in fp8). Returns (transformer, T5).
+    pub fn for_fp8_base(fp8_base: bool, fp8_base_unet: bool) -> (LinearStorage, LinearStorage) {
+        let fp8 = |on: bool| if on { LinearStorage::Fp8 } else { LinearStorage::Compute };
+        (fp8(fp8_base || fp8_base_unet), fp8(fp8_base && !fp8_base_unet))
+    }
+}
+
 /// [`read_safetensors`] with linear weights in f8 e4m3 under [`LinearStorage::Fp8`] (kept as
 /// stored when the file already is e4m3), everything else in `dtype`.
 pub(crate) fn read_safetensors_as(

@@ -6,7 +6,6 @@
 use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
-use lorakit_models::checkpoint::flux::LinearStorage;
 use lorakit_models::dit::flux::FluxConfig;
 use lorakit_models::flux_pipeline::{FluxConditioning, FluxOptions, FluxPaths, FluxPipeline};
 use lorakit_models::pipeline::{GenerateRequest, RgbImage};
@@ -54,13 +53,6 @@ impl FluxModel {
         let pipe = FluxPipeline::load(paths, opts, device)?;
         let vae_fingerprint = fingerprint_vae(pipe.ae())?;
         Ok(FluxModel { pipe, vae_fingerprint })
-    }
-
-    /// sd-scripts' storage rule: `fp8_base` puts the transformer in fp8, and T5 too unless
-    /// `fp8_base_unet`.
-    pub fn storage(fp8_base: bool, fp8_base_unet: bool) -> (LinearStorage, LinearStorage) {
-        let fp8 = |on: bool| if on { LinearStorage::Fp8 } else { LinearStorage::Compute };
-        (fp8(fp8_base || fp8_base_unet), fp8(fp8_base && !fp8_base_unet))
     }
 
     /// The wrapped pipeline.

@@ -42,6 +42,7 @@ pub mod text_cache;
 pub mod time;
 pub mod trainer;
 
+use lorakit_models::checkpoint::LinearStorage;
 use std::sync::atomic::AtomicBool;
 
 pub use config::TrainConfig;
@@ -227,7 +228,7 @@ fn load_flux(
 ) -> Result<flux_model::FluxModel> {
     check_flow_family(config, model_path, "flux", "a Flux model")?;
     let (transformer_storage, t5_storage) =
-        flux_model::FluxModel::storage(config.accelerate.fp8_base, config.accelerate.fp8_base_unet);
+        LinearStorage::for_fp8_base(config.accelerate.fp8_base, config.accelerate.fp8_base_unet);
     let paths = lorakit_models::flux_pipeline::FluxPaths {
         model: model_path.to_path_buf(),
         clip_l: config.model.clip_l.clone(),
@@ -266,13 +267,9 @@ fn load_sd3(
             .collect();
         lorakit_models::dit::mmdit::scaled_pos_embed_latent_sizes(&resolutions)
     });
-    let fp8 = |on: bool| {
-        if on {
-            lorakit_models::checkpoint::LinearStorage::Fp8
-        } else {
-            lorakit_models::checkpoint::LinearStorage::Compute
-        }
-    };
+    // fp8_base_unet is Flux-only (refused for SD3 by the key table), so T5 follows fp8_base.
+    let (transformer_storage, t5_storage) =
+        LinearStorage::for_fp8_base(config.accelerate.fp8_base, config.accelerate.fp8_base_unet);
     let paths = lorakit_models::checkpoint::sd3::Sd3Paths {
         model: model_path.to_path_buf(),
         clip_l: m.clip_l.clone(),
@@ -282,8 +279,8 @@ fn load_sd3(
     };
     let opts = lorakit_models::sd3_pipeline::Sd3Options {
         dtype: trainer::model_dtype(config),
-        transformer_storage: fp8(config.accelerate.fp8_base),
-        t5_storage: fp8(config.accelerate.fp8_base),
+        transformer_storage,
+        t5_storage,
         t5_max_length: m.t5xxl_max_token_length,
         apply_lg_attn_mask: m.apply_lg_attn_mask,
         apply_t5_attn_mask: m.apply_t5_attn_mask,
