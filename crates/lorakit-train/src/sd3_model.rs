@@ -17,7 +17,7 @@ use lorakit_models::checkpoint::sd3::Sd3Paths;
 use lorakit_models::dit::mmdit::{MmditConfig, PosCrop};
 use lorakit_models::pipeline::{GenerateRequest, RgbImage};
 use lorakit_models::sd3_pipeline::{Sd3Conditioning, Sd3Options, Sd3Pipeline};
-use lorakit_models::sd3_text::{Sd3DropoutRates, CLIP_LENGTH};
+use lorakit_models::sd3_text::{Sd3DropoutRates, Sd3TextOutput, CLIP_LENGTH};
 use lorakit_nn::lora::LoraSet;
 use lorakit_nn::ForwardCtx;
 use rand::rngs::StdRng;
@@ -58,6 +58,17 @@ pub struct Sd3Model {
     pipe: Sd3Pipeline,
     train: Sd3TrainOptions,
     vae_fingerprint: String,
+    /// The CLIPs' widths, read at load (the encoders may be released once their outputs are
+    /// cached): CLIP-L's features and pooled vector, and CLIP-L + CLIP-G's features.
+    clip_widths: ClipWidths,
+}
+
+/// Where the CLIPs' parts lie in the context and the pooled vector.
+#[derive(Clone, Copy, Debug)]
+struct ClipWidths {
+    l: usize,
+    l_pooled: usize,
+    lg: usize,
 }
 
 impl Sd3Model {
@@ -72,7 +83,15 @@ impl Sd3Model {
         }
         let pipe = Sd3Pipeline::load(paths, opts, device)?;
         let vae_fingerprint = fingerprint_vae(pipe.vae())?;
-        Ok(Sd3Model { pipe, train, vae_fingerprint })
+        let text = pipe.text_encoders();
+        let hidden =
+            |m: Option<&lorakit_models::clip::ClipTextModelWithProjection>| m.map_or(0, |m| m.config().hidden_size);
+        let clip_widths = ClipWidths {
+            l: hidden(text.clip_l()),
+            l_pooled: text.clip_l().map_or(0, |m| m.text_projection().frozen().out_features()),
+            lg: hidden(text.clip_l()) + hidden(text.clip_g()),
+        };
+        Ok(Sd3Model { pipe, train, vae_fingerprint, clip_widths })
     }
 
     /// The wrapped pipeline.
@@ -92,16 +111,9 @@ impl Sd3Model {
         }
     }
 
-    /// The widths of CLIP-L's features and pooled vector (the start of each part of the
-    /// context and the pooled vector; CLIP-G's follow).
-    fn clip_l_widths(&self) -> (usize, usize) {
-        let text = self.pipe.text_encoders();
-        let l = text.clip_l().map(|m| m.config().hidden_size);
-        let pooled = text.clip_l().map(|m| m.text_projection().frozen().out_features());
-        (l.unwrap_or(0), pooled.unwrap_or(0))
-    }
-
-    /// Zeroes each sample's dropped encoders' parts of `cond` (see the module docs).
+    /// Zeroes each sample's dropped encoders' parts of `cond` (see the module docs): the
+    /// conditioning is taken apart into the encoder outputs it was made of and goes through
+    /// [`Sd3TextOutput::drop_cached`], sd-scripts' dropout of cached outputs.
     fn drop_text(&self, cond: &Conditioning, rng: &mut StdRng) -> Result<Conditioning> {
         let b = cond.context.dim(0)?;
         let drops = self.train.dropout.draw(b, true, true, &mut || rng.random::<f64>());
@@ -112,47 +124,21 @@ impl Sd3Model {
             .pooled
             .as_ref()
             .ok_or_else(|| TrainError::Other("internal: SD3 conditioning without pooled".into()))?;
-        let (l_width, l_pooled) = self.clip_l_widths();
         let (_, len, width) = cond.context.dims3()?;
-        let pooled_width = pooled.dim(1)?;
-        // Per-sample keep masks over (sequence, feature) and pooled features.
-        let mut context_keep = vec![1f32; b * len * width];
-        let mut pooled_keep = vec![1f32; b * pooled_width];
-        let clip_rows = CLIP_LENGTH.min(len);
-        for i in 0..b {
-            let mut zero = |rows: std::ops::Range<usize>, cols: std::ops::Range<usize>| {
-                for r in rows {
-                    let start = (i * len + r) * width;
-                    context_keep[start + cols.start..start + cols.end].iter_mut().for_each(|v| *v = 0.0);
-                }
-            };
-            if drops.clip_l[i] {
-                zero(0..clip_rows, 0..l_width.min(width));
-            }
-            if drops.clip_g[i] {
-                // CLIP-G's features follow CLIP-L's up to their combined width; the padding
-                // beyond is zeros already.
-                zero(0..clip_rows, l_width.min(width)..width);
-            }
-            if drops.t5[i] {
-                zero(clip_rows..len, 0..width);
-            }
-            let row = &mut pooled_keep[i * pooled_width..(i + 1) * pooled_width];
-            if drops.clip_l[i] {
-                row[..l_pooled.min(pooled_width)].iter_mut().for_each(|v| *v = 0.0);
-            }
-            if drops.clip_g[i] {
-                row[l_pooled.min(pooled_width)..].iter_mut().for_each(|v| *v = 0.0);
-            }
-        }
-        let device = cond.context.device();
-        let context_keep = Tensor::from_vec(context_keep, (b, len, width), device)?.to_dtype(cond.context.dtype())?;
-        let pooled_keep = Tensor::from_vec(pooled_keep, (b, pooled_width), device)?.to_dtype(pooled.dtype())?;
-        Ok(Conditioning {
-            context: (&cond.context * context_keep)?,
-            pooled: Some((pooled * pooled_keep)?),
-            mask: cond.mask.clone(),
-        })
+        let w = self.clip_widths;
+        // Context = [CLIP-L ‖ CLIP-G padded with zeros to T5's width ; T5] (concat_encodings).
+        let out = Sd3TextOutput {
+            lg_out: Some(cond.context.narrow(1, 0, CLIP_LENGTH)?.narrow(2, 0, w.lg)?),
+            t5_out: Some(cond.context.narrow(1, CLIP_LENGTH, len - CLIP_LENGTH)?),
+            lg_pooled: Some(pooled.clone()),
+            l_attn_mask: None,
+            g_attn_mask: None,
+            t5_attn_mask: None,
+            l_width: w.l,
+            l_pooled_width: w.l_pooled,
+        };
+        let (context, pooled) = out.drop_cached(&drops)?.context_and_pooled_for(width)?;
+        Ok(Conditioning { context, pooled: Some(pooled), mask: cond.mask.clone() })
     }
 }
 
@@ -380,6 +366,44 @@ pub fn sd3_device_parameters(cfg: &MmditConfig, host_blocks: usize) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Per-encoder dropout zeroes exactly the dropped encoder's part of the context and the
+    /// pooled vector — also after the encoders were released (cached outputs), when only the
+    /// widths read at load say where the parts lie.
+    #[test]
+    fn dropout_zeroes_each_encoders_part_after_the_encoders_are_released() {
+        use rand::SeedableRng;
+        let model_dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/reference/sd3_tiny/pipeline");
+        let train = |l: f64, g: f64, t5: f64| Sd3TrainOptions {
+            dropout: Sd3DropoutRates { clip_l: l, clip_g: g, t5 },
+            pos_emb_random_crop_rate: 0.0,
+        };
+        let paths = Sd3Paths { model: model_dir, ..Default::default() };
+        // The tiny pipeline: CLIP-L and CLIP-G 32 wide with 32-wide projections, T5 64 wide.
+        for (rates, l_kept, g_kept, t5_kept) in
+            [((1.0, 0.0, 0.0), 0.0, 1.0, 1.0), ((0.0, 1.0, 0.0), 1.0, 0.0, 1.0), ((0.0, 0.0, 1.0), 1.0, 1.0, 0.0)]
+        {
+            let mut model =
+                Sd3Model::load(&paths, &Sd3Options::default(), train(rates.0, rates.1, rates.2), &Device::Cpu).unwrap();
+            model.release_text_encoders(&[true, false, false, false]);
+            assert!(model.pipeline().text_encoders().clip_l().is_none());
+            let cond = Conditioning {
+                context: Tensor::ones((1, CLIP_LENGTH + 16, 64), DType::F32, &Device::Cpu).unwrap(),
+                pooled: Some(Tensor::ones((1, 64), DType::F32, &Device::Cpu).unwrap()),
+                mask: None,
+            };
+            let out = model.drop_text(&cond, &mut StdRng::seed_from_u64(0)).unwrap();
+            let c = out.context.squeeze(0).unwrap();
+            let mean = |t: Tensor| t.mean_all().unwrap().to_scalar::<f32>().unwrap() as f64;
+            assert_eq!(mean(c.narrow(0, 0, CLIP_LENGTH).unwrap().narrow(1, 0, 32).unwrap()), l_kept, "{rates:?}");
+            assert_eq!(mean(c.narrow(0, 0, CLIP_LENGTH).unwrap().narrow(1, 32, 32).unwrap()), g_kept, "{rates:?}");
+            assert_eq!(mean(c.narrow(0, CLIP_LENGTH, 16).unwrap()), t5_kept, "{rates:?}");
+            let p = out.pooled.unwrap().squeeze(0).unwrap();
+            assert_eq!(mean(p.narrow(0, 0, 32).unwrap()), l_kept, "{rates:?}");
+            assert_eq!(mean(p.narrow(0, 32, 32).unwrap()), g_kept, "{rates:?}");
+        }
+    }
 
     #[test]
     fn swapped_blocks_leave_the_device_but_the_largest_one_streams_in() {
