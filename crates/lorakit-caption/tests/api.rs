@@ -2,7 +2,7 @@
 //! (path, auth, JSON shape, the image as an upright downscaled JPEG data URL), retries with
 //! `Retry-After`, 5xx, timeouts, garbage answers, and errors that stop the run.
 
-mod mock_openai;
+use crate::mock_openai;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};

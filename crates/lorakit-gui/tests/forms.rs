@@ -193,7 +193,7 @@ async fn a_base_model_under_a_root_shows_the_family_lorakit_train_detects() {
     assert!(m["error"].as_str().unwrap().contains("prompts.txt"), "{m}");
     let (status, _) = call(&app, "GET", "/api/model?root=0&path=../Cargo.toml", Body::empty(), false).await;
     assert_eq!(status, StatusCode::FORBIDDEN);
-    let reference = crate::app(&repo("tests/fixtures/reference"));
+    let reference = self::app(&repo("tests/fixtures/reference"));
     let (status, m) = call(&reference, "GET", "/api/model?root=0&path=flux_tiny/pipeline", Body::empty(), false).await;
     assert_eq!(status, StatusCode::OK, "{m}");
     assert_eq!(m["family"], "flux");

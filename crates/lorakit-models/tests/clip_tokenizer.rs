@@ -309,7 +309,7 @@ fn ten_thousand_captions_quickly() {
 }
 
 /// A larger random differential corpus (`clip_tokenizer_fixture.py --big N PATH`), not committed:
-/// `CLIP_TOKENIZER_BIG_FIXTURE=PATH cargo test -p lorakit-models --test clip_tokenizer -- --ignored`.
+/// `CLIP_TOKENIZER_BIG_FIXTURE=PATH cargo test -p lorakit-models --test integration clip_tokenizer:: -- --ignored`.
 #[test]
 #[ignore = "needs CLIP_TOKENIZER_BIG_FIXTURE"]
 fn differential_big_fixture() {

@@ -13,7 +13,7 @@ use lorakit_nn::optim::{
 };
 use serde_json::Value;
 
-mod common;
+use crate::common;
 use common::{f32s, fresh_copy, shapes, strings, tensor};
 
 fn fixture(name: &str) -> Value {

@@ -14,7 +14,7 @@ use lorakit_nn::optim::{
 };
 use serde_json::Value;
 
-mod common;
+use crate::common;
 use common::{args, f32s, shapes, strings};
 
 fn fixture(name: &str) -> Value {

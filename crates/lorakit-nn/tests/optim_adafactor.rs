@@ -12,7 +12,7 @@ use lorakit_nn::optim::{
 };
 use serde_json::Value;
 
-mod common;
+use crate::common;
 use common::{args, f32s, fresh_copy, strings, tensor};
 
 fn fixture() -> Value {

@@ -10,7 +10,7 @@ use candle_core::{DType, Device, Tensor, Var};
 use lorakit_nn::optim::{Optimizer, OptimizerArgs, OptimizerKind, OptimizerState, ParamGroup};
 use serde_json::Value;
 
-mod common;
+use crate::common;
 use common::{args, shapes, strings};
 
 fn fixture(name: &str) -> Value {

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use lorakit_train::config::{key_examples, key_families, FAMILY_KEYS, MODEL_FAMILIES};
 use lorakit_train::TrainConfig;
 
-mod common;
+use crate::common;
 use common::{chessboard_dataset, repo, small_run_toml};
 
 /// The families checked, with their tiny models (SD 2.x needs a rebuilt text encoder: see

@@ -10,7 +10,7 @@ use std::sync::atomic::AtomicBool;
 
 use lorakit_train::{TrainConfig, TrainEvent};
 
-mod common;
+use crate::common;
 use common::{chessboard_dataset, repo, small_run_toml};
 
 /// A plain prompt, an emphasis-weighted one and one with a negative prompt, each with its own

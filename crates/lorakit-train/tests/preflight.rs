@@ -7,7 +7,7 @@ use std::sync::atomic::AtomicBool;
 
 use lorakit_train::{TrainConfig, TrainEvent};
 
-mod common;
+use crate::common;
 use common::{chessboard_dataset, repo, small_run_toml};
 
 /// The tiny model's run on two chessboard images, with `extra` TOML appended (it lands in the

@@ -2,7 +2,7 @@
 //! matches training with live encoders, the disk cache is reused only while caption and model
 //! match, and options that change captions per step (or train the encoders) are refused.
 
-mod common;
+use crate::common;
 
 use std::sync::atomic::AtomicBool;
 

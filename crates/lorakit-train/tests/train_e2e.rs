@@ -13,7 +13,7 @@ use lorakit_train::data::TrainData;
 use lorakit_train::model::{StableDiffusionModel, TrainableModel};
 use lorakit_train::{TrainConfig, TrainEvent, Trainer};
 
-mod common;
+use crate::common;
 // Small runs: the 8_chessboard folder only (9 images × 8 repeats would be long), with fewer
 // repeats so an epoch is a handful of steps.
 use common::{assert_resume_is_exact, chessboard_dataset, repo, small_run_toml, tensors, train};

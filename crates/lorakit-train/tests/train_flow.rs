@@ -14,7 +14,7 @@ use lorakit_train::objective::{FlowFamily, NoiseLevels, Objective, ObjectiveKind
 use lorakit_train::{Result, TrainConfig, Trainer};
 use rand::rngs::StdRng;
 
-mod common;
+use crate::common;
 use common::{assert_resume_is_exact, chessboard_dataset, repo, small_run_toml, train};
 
 /// What the denoiser was given in one call.

@@ -14,7 +14,7 @@ use lorakit_train::data::TrainData;
 use lorakit_train::flux_model::FluxModel;
 use lorakit_train::{TrainConfig, Trainer};
 
-mod common;
+use crate::common;
 use common::{assert_resume_is_exact, chessboard_dataset, repo, small_run_toml};
 
 fn tiny_flux() -> PathBuf {

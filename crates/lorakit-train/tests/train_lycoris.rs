@@ -15,7 +15,7 @@ use lorakit_train::data::TrainData;
 use lorakit_train::model::{StableDiffusionModel, TrainableModel};
 use lorakit_train::{TrainConfig, Trainer};
 
-mod common;
+use crate::common;
 use common::{assert_resume_is_exact, chessboard_dataset, repo, small_run_toml, tensors, train};
 
 fn model() -> StableDiffusionModel {

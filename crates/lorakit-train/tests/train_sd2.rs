@@ -12,7 +12,7 @@ use lorakit_train::data::TrainData;
 use lorakit_train::model::StableDiffusionModel;
 use lorakit_train::{TrainConfig, Trainer};
 
-mod common;
+use crate::common;
 use common::{chessboard_dataset, copy_model_folder, repo, small_run_toml};
 
 /// The fixture folder, its text encoder's 1,000-row token embedding grown to 49,408 rows

@@ -17,7 +17,7 @@ use lorakit_train::data::TrainData;
 use lorakit_train::sd3_model::{Sd3Model, Sd3TrainOptions};
 use lorakit_train::{TrainConfig, Trainer};
 
-mod common;
+use crate::common;
 use common::{assert_resume_is_exact, chessboard_dataset, repo, small_run_toml};
 
 fn tiny_sd3() -> PathBuf {

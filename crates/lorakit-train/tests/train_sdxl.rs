@@ -13,7 +13,7 @@ use lorakit_train::data::TrainData;
 use lorakit_train::model::StableDiffusionModel;
 use lorakit_train::{TrainConfig, Trainer};
 
-mod common;
+use crate::common;
 use common::{assert_resume_is_exact, chessboard_dataset, copy_model_folder, repo, small_run_toml};
 
 /// The bundled tiny SDXL model (the fixture's weights, vocabularies widened to CLIP's; built by

@@ -2,7 +2,7 @@
 //! written, the key never printed (even on errors), dry runs, and a run killed with SIGKILL
 //! that the next run finishes — every image captioned exactly once, no partial file.
 
-mod common;
+use crate::common;
 #[path = "../../lorakit-caption/tests/mock_openai/mod.rs"]
 mod mock_openai;
 

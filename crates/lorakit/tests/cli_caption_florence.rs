@@ -4,7 +4,7 @@
 //! existing captions are kept, the trigger word comes first, and a folder that is not a
 //! Florence-2 model is refused by the file it lacks.
 
-mod common;
+use crate::common;
 
 use std::path::PathBuf;
 

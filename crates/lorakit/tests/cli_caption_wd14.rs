@@ -4,7 +4,7 @@
 //! corrupt image is named and skipped while the others are written, and a model folder without
 //! selected_tags.csv is refused by name.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -379,7 +379,7 @@ fn decode_cache_is_reused_and_follows_file_changes() {
     assert!(std::fs::read_to_string(&cache_file).unwrap().starts_with('{'));
 }
 
-mod common;
+use crate::common;
 
 /// `dataset check ARGS` with a deadline: exit code (never killed by a signal), stdout, stderr.
 fn check_within<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> (i32, String, String) {

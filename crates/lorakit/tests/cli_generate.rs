@@ -200,7 +200,7 @@ fn overlong_prompt_warns_and_still_generates() {
     assert_eq!(png_size(&out), (64, 48));
 }
 
-mod common;
+use crate::common;
 
 /// A LoRA with NaN/Inf weights would make a black image: generate refuses it before sampling,
 /// naming the modules, exit ≠ 0, no PNG.

@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-mod common;
+use crate::common;
 use common::{chessboard_data, lorakit, repo, text};
 
 /// kohya_ss' `flux1D - adamw8bit fp8.json` preset with its placeholders filled in for the tiny

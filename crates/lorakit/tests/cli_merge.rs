@@ -103,7 +103,7 @@ fn bad_inputs_fail_with_one_line() {
     assert!(!out.exists());
 }
 
-mod common;
+use crate::common;
 
 /// A LoRA holding NaN/Inf is refused by merge and resize (their output would be NaN), naming
 /// the first modules and the count, and converted with a warning naming them.

@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-mod common;
+use crate::common;
 use common::{chessboard_data, lorakit, repo, text};
 
 fn pipeline() -> PathBuf {

@@ -295,7 +295,7 @@ fn stats_table() {
     assert!(text.lines().any(|l| l.split_whitespace().collect::<Vec<_>>() == ["2", "100.0%", "sks"]), "{text}");
 }
 
-mod common;
+use crate::common;
 
 /// A failed write (here: the file-size limit, as a full disk would fail it) is reported as
 /// not written, with the reason; only the files really written count as changed; exit 1.

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-mod common;
+use crate::common;
 use common::{chessboard_data, lorakit, repo, text};
 
 /// A tiny run's config: 4 chessboard images at 64 px on the bundled tiny model.

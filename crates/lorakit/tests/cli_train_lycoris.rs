@@ -2,7 +2,7 @@
 //! commands do with the file it writes: `inspect` reads it, `generate` applies it, `resize`
 //! refuses it by name.
 
-mod common;
+use crate::common;
 use common::{chessboard_data, lorakit, repo, text};
 
 #[test]

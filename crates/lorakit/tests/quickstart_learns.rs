@@ -3,7 +3,7 @@
 //! examples/shapes), then the probe prompts drawn with and without its LoRA through `lorakit
 //! generate`, each image read by lorakit-world's measure, which knows nothing of any model.
 
-mod common;
+use crate::common;
 
 use std::path::PathBuf;
 use std::process::Command;

@@ -97,8 +97,11 @@ build() {
   rm -rf "$PACK" && mkdir -p "$PACK/wheels" "$PACK/sd-scripts/networks" "$PACK/sd-scripts/library"
   xz -T0 -6 -c "$bin" > "$PACK/train_step.xz"
   # The CUDA tests (run before the benchmark): checkpoint offload on the card.
-  CARGO_TARGET_DIR=$target cargo test --release --locked -p lorakit-nn --features cuda --test checkpoint_offload --no-run
-  bin=$(ls -t "$target"/release/deps/checkpoint_offload-* | grep -v '\.d$' | head -1)
+  # lorakit-nn's one integration-test binary; run below filtered to its checkpoint_offload module.
+  bin=$(CARGO_TARGET_DIR=$target cargo test --release --locked -p lorakit-nn --features cuda --test integration \
+    --no-run --message-format=json | python3 -c 'import json, sys
+print([m["executable"] for m in map(json.loads, sys.stdin)
+       if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "integration"][-1])')
   xz -T0 -6 -c "$bin" > "$PACK/checkpoint_offload.xz"
   local sd=${SD_SCRIPTS:-/work/bench/sd-scripts}
   cp "$sd/networks/lora.py" "$PACK/sd-scripts/networks/"
@@ -129,7 +132,7 @@ run() {
   : > "$out"
   # CUDA tests first (seconds): their result lands in $OUT/cuda_tests.txt whatever the bench does.
   xz -dc "$PACK/checkpoint_offload.xz" > /tmp/checkpoint_offload && chmod +x /tmp/checkpoint_offload
-  /tmp/checkpoint_offload --nocapture 2>&1 | tee "${OUT:-.}/cuda_tests.txt" || true
+  /tmp/checkpoint_offload checkpoint_offload:: --nocapture 2>&1 | tee "${OUT:-.}/cuda_tests.txt" || true
   # Peak GPU memory of one process: nvidia-smi's used memory, sampled every 50 ms, minus the idle
   # reading (the same measure for both sides; PyTorch's own counters are in its lines too).
   measured() { # impl command...
