@@ -473,10 +473,10 @@ struct WeightedLora {
     weight: f64,
 }
 
-/// `{model, clip_l?, clip_g?, t5xxl?, ae?, loras, prompts, negative?, steps?, cfg?, seed?,
+/// `{model, clip_l?, clip_g?, t5xxl?, ae?, vae?, loras, prompts, negative?, steps?, cfg?, seed?,
 /// width?, height?, baseline?, device?, output}`: the text encoder and autoencoder files are
-/// Flux's and SD3's (`clip_g` SD3's only, `ae` Flux's only; `lorakit generate` refuses the
-/// others' with the reason).
+/// Flux's and SD3's (`clip_g` SD3's only, `ae` Flux's only), `vae` every family's but Flux's;
+/// `lorakit generate` refuses the others' with the reason.
 #[derive(Deserialize, Serialize)]
 struct GenerateRequest {
     model: FileArg,
@@ -488,6 +488,8 @@ struct GenerateRequest {
     t5xxl: Option<FileArg>,
     #[serde(default)]
     ae: Option<FileArg>,
+    #[serde(default)]
+    vae: Option<FileArg>,
     #[serde(default)]
     loras: Vec<WeightedLora>,
     prompts: Vec<String>,
@@ -558,9 +560,13 @@ async fn generate(State(state): State<AppState>, Json(body): Json<Value>) -> Res
         };
         let model = state.roots().resolve(req.model.root, &req.model.path).map_err(path_error)?;
         let mut args = vec![CommandArg::Input { flag: Some("--model"), path: model.clone(), weight: None }];
-        for (flag, file) in
-            [("--clip-l", &req.clip_l), ("--clip-g", &req.clip_g), ("--t5xxl", &req.t5xxl), ("--ae", &req.ae)]
-        {
+        for (flag, file) in [
+            ("--clip-l", &req.clip_l),
+            ("--clip-g", &req.clip_g),
+            ("--t5xxl", &req.t5xxl),
+            ("--ae", &req.ae),
+            ("--vae", &req.vae),
+        ] {
             if let Some(f) = file.as_ref().filter(|f| !f.path.is_empty()) {
                 let path = input_file(&state, f, "safetensors")?;
                 args.push(CommandArg::Input { flag: Some(flag), path, weight: None });

@@ -328,7 +328,8 @@ async fn submissions_queue_the_command_the_server_builds() {
 }
 
 /// SD3: a LoRA converted with `--family sd3`, and an XY plot of an SD3 single file with its text
-/// encoders given as files (`--clip-l`, `--clip-g`, `--t5xxl`, as `lorakit generate` takes them).
+/// encoders and VAE given as files (`--clip-l`, `--clip-g`, `--t5xxl`, `--vae`, as `lorakit
+/// generate` takes them).
 #[tokio::test]
 async fn sd3_conversions_and_xy_plots_queue_sd3s_arguments() {
     let s = setup();
@@ -341,6 +342,7 @@ async fn sd3_conversions_and_xy_plots_queue_sd3s_arguments() {
         ("sd3_tiny/pipeline/text_encoder/model.safetensors", "sd3/clip_l.safetensors"),
         ("sd3_tiny/pipeline/text_encoder_2/model.safetensors", "sd3/clip_g.safetensors"),
         ("sd3_tiny/pipeline/text_encoder_3/model.safetensors", "sd3/t5xxl.safetensors"),
+        ("sd3_tiny/pipeline/vae/diffusion_pytorch_model.safetensors", "sd3/vae.safetensors"),
     ] {
         std::fs::copy(reference.join(from), base.join(to)).unwrap();
     }
@@ -372,6 +374,7 @@ async fn sd3_conversions_and_xy_plots_queue_sd3s_arguments() {
         "clip_l": file("sd3/clip_l.safetensors"),
         "clip_g": file("sd3/clip_g.safetensors"),
         "t5xxl": file("sd3/t5xxl.safetensors"),
+        "vae": file("sd3/vae.safetensors"),
         "loras": [{ "root": 0, "path": "loras/sd3.safetensors", "weight": 0.5 }],
         "prompts": ["a board"],
         "baseline": true,
@@ -388,6 +391,7 @@ async fn sd3_conversions_and_xy_plots_queue_sd3s_arguments() {
             part("clip-l", "clip_l.safetensors"),
             part("clip-g", "clip_g.safetensors"),
             part("t5xxl", "t5xxl.safetensors"),
+            part("vae", "vae.safetensors"),
             format!("--lora={}:0.5", lora.display()),
             "--prompt=a board".into(),
             "--grid".into(),

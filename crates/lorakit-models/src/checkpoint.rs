@@ -28,6 +28,7 @@ pub mod flux;
 pub mod ldm_keys;
 pub mod sd3;
 pub mod sdxl;
+pub mod vae_file;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -162,6 +163,57 @@ pub struct SdCheckpoint {
     pub zero_terminal_snr_source: Option<String>,
 }
 
+impl SdCheckpoint {
+    /// Swaps in a VAE read from its own file or folder (sd-scripts' `--vae`; any layout
+    /// [`vae_file::load_vae_file`] reads), in the dtype the model's own VAE was loaded in. It
+    /// must be this model's VAE architecture, tensor for tensor (SDXL's fp16-fix VAE for SDXL,
+    /// `vae-ft-mse` for SD 1.x, …); the latent scale stays the family's, as in sd-scripts.
+    pub fn replace_vae(&mut self, vae_path: &Path, device: &Device) -> Result<()> {
+        let dtype = self.vae.tensor("encoder.conv_in.weight").map_or(DType::F32, Tensor::dtype);
+        let file = vae_file::load_vae_file(vae_path, dtype, device)?;
+        let mismatch = |message: String| Error::Checkpoint { path: vae_path.to_path_buf(), message };
+        let latent_channels = |shape: &[usize]| shape.first().map_or(0, |c| c / 2);
+        if let (Some(own), Some(given)) =
+            (self.vae.tensor("encoder.conv_out.weight"), file.tensors.get("encoder.conv_out.weight"))
+        {
+            let (own, given) = (latent_channels(own.dims()), latent_channels(given.dims()));
+            if own != given {
+                return Err(mismatch(format!(
+                    "this VAE makes {given} latent channels; {}'s makes {own} — it is a VAE for another model family (SD3's and Flux's make 16); give a VAE for {}",
+                    self.family, self.family
+                )));
+            }
+        }
+        let mut own_names: Vec<&str> = self.vae.names().collect();
+        own_names.sort_unstable();
+        let missing: Vec<&str> = own_names.iter().copied().filter(|n| !file.tensors.contains_key(*n)).collect();
+        if let Some(first) = missing.first() {
+            return Err(mismatch(format!(
+                "`{first}` (and {} more of the model's VAE tensors) missing: not a VAE of {}'s architecture — give a VAE made for it",
+                missing.len() - 1,
+                self.family
+            )));
+        }
+        for name in own_names {
+            let (own, given) = (self.vae.tensor(name).map(Tensor::dims), file.tensors[name].dims());
+            if own != Some(given) {
+                return Err(mismatch(format!(
+                    "`{name}` is {given:?} here but {:?} in {}'s VAE: not a VAE of this architecture",
+                    own.unwrap_or_default(),
+                    self.family
+                )));
+            }
+        }
+        let extra = file.tensors.len() - self.vae.len();
+        if extra > 0 {
+            tracing::warn!("{}: {extra} tensor(s) the model's VAE does not have, ignored", vae_path.display());
+        }
+        let tensors = file.tensors.into_iter().filter(|(n, _)| self.vae.contains(n)).collect();
+        self.vae = Weights::new(tensors, file.path.display().to_string());
+        Ok(())
+    }
+}
+
 /// Loads an SD 1.x/2.x or SDXL base model: a file is read as a single-file LDM/SGM
 /// `.safetensors` checkpoint, a directory as a diffusers folder. Tensors stored as F32/F16/BF16 are converted
 /// to `dtype` (a float type). Errors are one line naming the file and what to do.
@@ -248,6 +300,37 @@ pub(crate) fn read_component(
     Ok(tensors)
 }
 
+/// The tensor names of a `.safetensors` file (header only).
+pub(crate) fn tensor_names(path: &Path) -> Result<Vec<String>> {
+    Ok(open_safetensors(path)?.tensor_names().map(str::to_string).collect())
+}
+
+/// The tensors of a single file that `rename` keeps, under the names it gives — only those are
+/// read. Stored as `read_safetensors_as` does: linear weights in f8 e4m3 under
+/// [`LinearStorage::Fp8`], everything else (and the indexed embedding tables) in `dtype`.
+pub(crate) fn read_where(
+    path: &Path,
+    rename: impl Fn(&str) -> Option<String>,
+    dtype: DType,
+    storage: LinearStorage,
+    device: &Device,
+) -> Result<HashMap<String, Tensor>> {
+    let file = open_safetensors(path)?;
+    let mut out = HashMap::new();
+    for name in file.tensor_names() {
+        let Some(renamed) = rename(name) else { continue };
+        let is_linear_weight = name.ends_with(".weight")
+            && file.info(name).is_some_and(|i| i.shape.len() == 2)
+            && !name.contains("embed_tokens")
+            && !name.contains("shared.")
+            && !name.contains("relative_attention_bias")
+            && !name.contains("embedding.");
+        let target = if storage == LinearStorage::Fp8 && is_linear_weight { DType::F8E4M3 } else { dtype };
+        out.insert(renamed, load_tensor(&file, name, target, device)?);
+    }
+    Ok(out)
+}
+
 // ---------------------------------------------------------------------------------------------
 // Family detection
 
@@ -315,7 +398,7 @@ fn pickle_advice(what: &str) -> String {
     )
 }
 
-fn refuse_pickle_extension(path: &Path) -> Result<()> {
+pub(crate) fn refuse_pickle_extension(path: &Path) -> Result<()> {
     let ext = path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).unwrap_or_default();
     if PICKLE_EXTENSIONS.contains(&ext.as_str()) {
         return Err(Error::Checkpoint {

@@ -96,7 +96,16 @@ fn build<T>(weights: &Weights, f: impl FnOnce(&Weights) -> candle_core::Result<T
 impl StableDiffusion {
     /// Loads a single-file checkpoint or a diffusers folder.
     pub fn load(path: &Path, dtype: DType, device: &Device) -> Result<Self> {
-        let checkpoint = load_sd_checkpoint(path, dtype, device)?;
+        Self::load_with_vae(path, None, dtype, device)
+    }
+
+    /// [`StableDiffusion::load`] with the VAE taken from `vae` when given (sd-scripts' `--vae`;
+    /// see [`SdCheckpoint::replace_vae`]).
+    pub fn load_with_vae(path: &Path, vae: Option<&Path>, dtype: DType, device: &Device) -> Result<Self> {
+        let mut checkpoint = load_sd_checkpoint(path, dtype, device)?;
+        if let Some(vae) = vae {
+            checkpoint.replace_vae(vae, device)?;
+        }
         Self::from_checkpoint(checkpoint)
     }
 

@@ -27,4 +27,5 @@ mod t5;
 mod t5_tokenizer;
 mod unet;
 mod vae;
+mod vae_file;
 mod weighted_captions;

@@ -91,6 +91,10 @@ pub struct ModelSection {
     /// Flux: the autoencoder, BFL's `ae.safetensors` (sd-scripts' `--ae`); unset: the folder's
     /// `vae/`.
     pub ae: Option<PathBuf>,
+    /// SD 1.x/2.x, SDXL, SD3: a VAE to use instead of the checkpoint's (sd-scripts' `--vae`,
+    /// e.g. SDXL's fp16-fix VAE): an LDM or diffusers `.safetensors` file or a diffusers VAE
+    /// folder, of the model's own VAE architecture. Unset: the checkpoint's VAE.
+    pub vae: Option<PathBuf>,
     /// Flux, SD3: T5 tokens per caption (sd-scripts' `--t5xxl_max_token_length`; unset: 512 for
     /// Flux dev, 256 for schnell and SD3).
     pub t5xxl_max_token_length: Option<usize>,
@@ -1081,11 +1085,16 @@ const SD_CLIP_SKIP: KeyFamilies =
     KeyFamilies { families: &["sd1", "sd2"], reason: "SD 1.x and SD 2.x only (SDXL, Flux and SD3 have no clip skip)" };
 const SD2_ONLY: KeyFamilies = KeyFamilies { families: &["sd2"], reason: "SD 2.x only" };
 const SD3_ONLY: KeyFamilies = KeyFamilies { families: &["sd3"], reason: "SD3 only" };
+const NOT_FLUX: KeyFamilies = KeyFamilies {
+    families: &["sd1", "sd2", "sdxl", "sd3"],
+    reason: "SD 1.x, SD 2.x, SDXL and SD3 (Flux's autoencoder is model.ae)",
+};
 
 /// The keys that apply to some families only, by section; every other key applies to all.
 pub const FAMILY_KEYS: &[(&str, &[&str], KeyFamilies)] = &[
     ("model", &["clip_l", "t5xxl", "t5xxl_max_token_length", "apply_t5_attn_mask"], FLOW_ONLY),
     ("model", &["ae"], FLUX_ONLY),
+    ("model", &["vae"], NOT_FLUX),
     (
         "model",
         &[
@@ -1296,6 +1305,7 @@ impl TrainConfig {
         c.model.clip_l = Some(PathBuf::new());
         c.model.t5xxl = Some(PathBuf::new());
         c.model.ae = Some(PathBuf::new());
+        c.model.vae = Some(PathBuf::new());
         c.model.t5xxl_max_token_length = Some(0);
         c.accelerate.blocks_to_swap = Some(0);
         c.network.train_blocks = Some(String::new());
@@ -1375,13 +1385,14 @@ impl TrainConfig {
 
     /// Every optional path key by its `section.key` name — the one list [`Self::resolve_paths`]
     /// and [`Self::paths`] read, so a new path key is resolved and checked everywhere.
-    fn optional_paths_mut(&mut self) -> [(&'static str, &mut Option<PathBuf>); 12] {
+    fn optional_paths_mut(&mut self) -> [(&'static str, &mut Option<PathBuf>); 13] {
         [
             ("model.pretrained_model_name_or_path", &mut self.model.pretrained_model_name_or_path),
             ("model.clip_l", &mut self.model.clip_l),
             ("model.clip_g", &mut self.model.clip_g),
             ("model.t5xxl", &mut self.model.t5xxl),
             ("model.ae", &mut self.model.ae),
+            ("model.vae", &mut self.model.vae),
             ("folders.logging_dir", &mut self.folders.logging_dir),
             ("dataset.train_data_dir", &mut self.dataset.train_data_dir),
             ("dataset.reg_data_dir", &mut self.dataset.reg_data_dir),

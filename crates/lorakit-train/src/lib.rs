@@ -184,8 +184,9 @@ fn load_inputs(config: &TrainConfig, events: &mut dyn FnMut(TrainEvent)) -> Resu
         let model = load_sd3(config, &data, &model_path, &device)?;
         return Ok((data, LoadedModel::Sd3(Box::new(model))));
     }
-    let model = model::StableDiffusionModel::load_with(
+    let model = model::StableDiffusionModel::load_with_vae(
         &model_path,
+        config.model.vae.as_deref(),
         trainer::model_dtype(config),
         &device,
         config.model.v_parameterization,
@@ -227,6 +228,12 @@ fn load_flux(
     device: &candle_core::Device,
 ) -> Result<flux_model::FluxModel> {
     check_flow_family(config, model_path, "flux", "a Flux model")?;
+    if let Some(vae) = &config.model.vae {
+        return Err(TrainError::Other(format!(
+            "model.vae = {}: a Flux model's autoencoder is model.ae (BFL's ae.safetensors); model.vae is for SD 1.x, SD 2.x, SDXL and SD3 — use model.ae",
+            vae.display()
+        )));
+    }
     let (transformer_storage, t5_storage) =
         LinearStorage::for_fp8_base(config.accelerate.fp8_base, config.accelerate.fp8_base_unet);
     let paths = lorakit_models::flux_pipeline::FluxPaths {
@@ -275,7 +282,7 @@ fn load_sd3(
         clip_l: m.clip_l.clone(),
         clip_g: m.clip_g.clone(),
         t5xxl: m.t5xxl.clone(),
-        vae: None,
+        vae: m.vae.clone(),
     };
     let opts = lorakit_models::sd3_pipeline::Sd3Options {
         dtype: trainer::model_dtype(config),

@@ -254,6 +254,9 @@ impl RunMetadata {
         if let Some(model) = &c.model.pretrained_model_name_or_path {
             model_keys(model, &mut put);
         }
+        if let Some(vae) = &c.model.vae {
+            vae_keys(vae, &mut put);
+        }
         modelspec_keys(c, info, &mut put);
         RunMetadata { base: m }
     }
@@ -377,6 +380,18 @@ fn model_keys(model: &Path, put: &mut impl FnMut(&str, String)) {
         if let Ok((old, new)) = model_hashes(model) {
             put("ss_sd_model_hash", old);
             put("ss_new_sd_model_hash", new);
+        }
+    }
+}
+
+/// `ss_vae_name` and, for a file, `ss_vae_hash` / `ss_new_vae_hash`, as `train_network.py`
+/// writes them for `--vae`.
+fn vae_keys(vae: &Path, put: &mut impl FnMut(&str, String)) {
+    put("ss_vae_name", vae.file_name().map_or_else(|| vae.display().to_string(), |n| n.to_string_lossy().into_owned()));
+    if vae.is_file() {
+        if let Ok((old, new)) = model_hashes(vae) {
+            put("ss_vae_hash", old);
+            put("ss_new_vae_hash", new);
         }
     }
 }

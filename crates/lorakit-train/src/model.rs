@@ -330,7 +330,23 @@ impl StableDiffusionModel {
         v_parameterization: bool,
         storage: WeightStorage,
     ) -> Result<Self> {
+        Self::load_with_vae(path, None, dtype, device, v_parameterization, storage)
+    }
+
+    /// [`StableDiffusionModel::load_with`] with the VAE read from `vae` when given (`model.vae`,
+    /// sd-scripts' `--vae`).
+    pub fn load_with_vae(
+        path: &Path,
+        vae: Option<&Path>,
+        dtype: DType,
+        device: &Device,
+        v_parameterization: bool,
+        storage: WeightStorage,
+    ) -> Result<Self> {
         let mut ckpt = lorakit_models::checkpoint::load_sd_checkpoint(path, dtype, device)?;
+        if let Some(vae) = vae {
+            ckpt.replace_vae(vae, device)?;
+        }
         if storage.no_half_vae {
             ckpt.vae.cast_where(DType::F32, |_, _| true)?;
         }

@@ -70,6 +70,10 @@ fn candidates(section: &str, key: &str, example: &toml::Value, default: Option<&
         ("model", "clip_l" | "clip_g") => return path("text_encoder/model.safetensors"),
         ("model", "t5xxl") => return path("text_encoder_2/model.safetensors"),
         ("model", "ae") => return path("vae/diffusion_pytorch_model.safetensors"),
+        // The tiny SD 1.5 model's VAE architecture (see `fits_another_model`).
+        ("model", "vae") => {
+            return vec![format!("{:?}", repo("tests/fixtures/reference/vae_swap/ldm_bare.safetensors"))]
+        }
         _ => {}
     }
     match (example, default) {
@@ -117,9 +121,21 @@ fn refusal(family: &str, section: &str, key: &str, value: &str, dir: &Path, data
     }
 }
 
+/// A refusal of the value, not the key: a VAE file fits one tiny model's VAE architecture only
+/// (the tiny SDXL model's has a level fewer), so refusing it there shows the key is read.
+fn fits_another_model(section: &str, key: &str, refusal: &str) -> bool {
+    (section, key) == ("model", "vae") && refusal.contains("not a VAE of")
+}
+
 /// Families (of [`TESTED`]) whose dry run accepts `section.key = value`.
 fn accepted(section: &str, key: &str, value: &str, dir: &Path, data: &Path) -> Vec<&'static str> {
-    TESTED.into_iter().filter(|family| refusal(family, section, key, value, dir, data).is_none()).collect()
+    TESTED
+        .into_iter()
+        .filter(|family| match refusal(family, section, key, value, dir, data) {
+            None => true,
+            Some(e) => fits_another_model(section, key, &e),
+        })
+        .collect()
 }
 
 #[test]

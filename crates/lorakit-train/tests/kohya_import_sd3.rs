@@ -35,7 +35,7 @@ fn at_level(imp: &Imported, level: NoteLevel) -> Vec<&str> {
 }
 
 /// An SD3 Medium LoRA as an sd-scripts `--config_file` (sectioned, as the kohya_ss GUI writes
-/// it): separate text-encoder files, the transformer only with cached text-encoder outputs,
+/// it): separate text-encoder and VAE files, the transformer only with cached text-encoder outputs,
 /// SD3's logit-normal draw with a shift, masked CLIP and T5 padding.
 const SD3_MEDIUM: &str = r#"
 [model_arguments]
@@ -43,6 +43,7 @@ pretrained_model_name_or_path = "/models/sd3_medium.safetensors"
 clip_l = "/models/clip_l.safetensors"
 clip_g = "/models/clip_g.safetensors"
 t5xxl = "/models/t5xxl_fp16.safetensors"
+vae = "/models/sd3_vae.safetensors"
 
 [additional_network_arguments]
 network_module = "networks.lora_sd3"
@@ -110,6 +111,7 @@ model_family = "sd3"
 pretrained_model_name_or_path = "/models/sd3_medium.safetensors"
 t5xxl = "/models/t5xxl_fp16.safetensors"
 t5xxl_max_token_length = 256
+vae = "/models/sd3_vae.safetensors"
 [network]
 network_alpha = 8.0
 network_dim = 16

@@ -221,3 +221,29 @@ fn non_finite_lora_is_refused_naming_its_modules() {
     assert!(err.contains("black image"), "{err}");
     assert!(!out.exists(), "no PNG is written");
 }
+
+#[test]
+fn vae_flag_swaps_the_decoder_and_refuses_other_families_vaes() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model(dir.path());
+    let swap = |rel: &str| {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/reference").join(rel).display().to_string()
+    };
+    let run = |extra: &[&str], name: &str| {
+        let out = dir.path().join(name);
+        let o = generate(&model, &[&["--prompt", "a cat", "--seed", "3"], extra].concat(), &out);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        image::open(&out).unwrap().to_rgb8().into_raw()
+    };
+    let own = run(&[], "own.png");
+    let ldm = run(&["--vae", &swap("vae_swap/ldm_bare.safetensors")], "ldm.png");
+    let folder = run(&["--vae", &swap("vae_swap/diffusers")], "folder.png");
+    assert_ne!(own, ldm, "the given VAE decodes the image");
+    assert_eq!(ldm, folder, "the same VAE in either layout draws the same image");
+
+    let o =
+        generate(&model, &["--prompt", "a cat", "--vae", &swap("sd3_tiny/pipeline/vae")], &dir.path().join("x.png"));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("16 latent channels"), "{err}");
+    assert!(!dir.path().join("x.png").exists());
+}

@@ -80,9 +80,11 @@ fn refuses_what_does_not_apply_to_flux() {
     let dir = tempfile::tempdir().unwrap();
     let folder = pipeline("");
     let out_png = dir.path().join("x.png");
-    for (extra, expected) in
-        [(&["--sampler", "ddim"][..], "--sampler does not apply"), (&["--clip-skip", "2"][..], "do not apply to Flux")]
-    {
+    for (extra, expected) in [
+        (&["--sampler", "ddim"][..], "--sampler does not apply"),
+        (&["--clip-skip", "2"][..], "do not apply to Flux"),
+        (&["--vae", "sdxl_vae.safetensors"][..], "give a Flux model's autoencoder with --ae"),
+    ] {
         let mut args =
             vec!["generate", "--model", folder.to_str().unwrap(), "--prompt", "x", "-o", out_png.to_str().unwrap()];
         args.extend(extra);

@@ -246,8 +246,9 @@ function convertSection(roots, statusFor) {
 function xySection(roots, statusFor) {
   const status = statusFor();
   const model = picker(roots, { label: t("Base model"), orFolder: true });
-  // Flux's and SD3's separate parts (lorakit generate --clip-l --clip-g --t5xxl --ae).
-  const labels = { clip_l: t("CLIP-L"), clip_g: t("CLIP-G (SD3)"), t5xxl: t("T5-XXL"), ae: t("Autoencoder (ae, Flux)") };
+  // Flux's and SD3's separate parts (lorakit generate --clip-l --clip-g --t5xxl --ae), and a VAE
+  // in place of the model's (--vae; not Flux).
+  const labels = { clip_l: t("CLIP-L"), clip_g: t("CLIP-G (SD3)"), t5xxl: t("T5-XXL"), ae: t("Autoencoder (ae, Flux)"), vae: t("VAE (instead of the model's; not Flux)") };
   const parts = Object.entries(labels).map(([key, label]) => [key, picker(roots, { label })]);
   const list = el("div", { class: "inputs" });
   const rows = [];

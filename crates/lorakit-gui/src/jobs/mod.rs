@@ -856,29 +856,15 @@ fn read_record(dir: &Path) -> Result<JobRecord, String> {
     serde_json::from_slice(&text).map_err(|e| format!("{} is not a job record: {e}", path.display()))
 }
 
-/// The path keys `TrainConfig::paths` and `resolve_paths` may not list: SD3's `model.clip_g`
-/// (lorakit-train's list lacks it so far). Checked and resolved here as the listed ones are.
-fn unlisted_paths(config: &lorakit_train::TrainConfig) -> Vec<(&'static str, PathBuf)> {
-    let listed = config.paths();
-    let mut out = Vec::new();
-    if let Some(p) = config.model.clip_g.clone().filter(|_| !listed.iter().any(|(k, _)| *k == "model.clip_g")) {
-        out.push(("model.clip_g", p));
-    }
-    out
-}
-
 /// The config's relative paths made relative to `base` (the first root), every path key included.
 pub(crate) fn resolve_paths(config: &mut lorakit_train::TrainConfig, base: &Path) {
     config.resolve_paths(base);
-    if let Some(p) = config.model.clip_g.as_mut().filter(|p| p.is_relative() && !p.as_os_str().is_empty()) {
-        *p = base.join(&*p);
-    }
 }
 
 /// Every path key of the config must lie under a root (symlinks resolved where they exist):
 /// the browser reaches nothing outside the roots, through a job neither.
 pub(crate) fn check_paths(config: &lorakit_train::TrainConfig, roots: &Roots) -> Result<(), JobError> {
-    for (key, path) in config.paths().into_iter().chain(unlisted_paths(config)) {
+    for (key, path) in config.paths() {
         if path.as_os_str().is_empty() {
             continue;
         }

@@ -26,9 +26,10 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 
-use super::ldm_keys::{Component, KeyFate, LdmKeyMap, UNET_PREFIX, VAE_PREFIX};
+use super::ldm_keys::{UNET_PREFIX, VAE_PREFIX};
+use super::vae_file::{load_vae_file, read_ldm_vae};
 pub use super::LinearStorage;
-use super::{detect_family, detect_family_at, load_tensor, open_safetensors, read_component, ModelFamily};
+use super::{detect_family, detect_family_at, open_safetensors, read_component, read_where, tensor_names, ModelFamily};
 use crate::clip::ClipTextConfig;
 use crate::dit::mmdit::MmditConfig;
 use crate::t5::{T5Config, T5FeedForward};
@@ -320,20 +321,12 @@ pub fn load_sd3_vae(paths: &Sd3Paths, device: &Device) -> Result<(AutoencoderKLC
             Error::Io { path: path.clone(), source }
         }
     })?;
-    let (config, tensors) = if meta.is_dir() {
-        let dir = if path.join("vae").is_dir() { path.join("vae") } else { path.clone() };
-        let tensors = read_component(&dir, "diffusion_pytorch_model", DType::F32, LinearStorage::Compute, device)?;
-        (Some(read_vae_config(&dir.join("config.json"))?), tensors)
+    let (config, tensors) = if paths.vae.is_none() && !meta.is_dir() {
+        // The model's single file: its `first_stage_model.*`.
+        (None, read_ldm_vae(&path, &tensor_names(&path)?, false, DType::F32, device)?)
     } else {
-        let names = tensor_names(&path)?;
-        if names.iter().any(|n| n.starts_with("encoder.down_blocks.")) {
-            // A diffusers VAE file given on its own; its config.json, when beside it, says more.
-            let json = path.with_file_name("config.json");
-            let config = if json.is_file() { Some(read_vae_config(&json)?) } else { None };
-            (config, read_where(&path, |n| Some(n.to_string()), DType::F32, LinearStorage::Compute, device)?)
-        } else {
-            (None, read_ldm_vae(&path, &names, paths.vae.is_some(), device)?)
-        }
+        let file = load_vae_file(&path, DType::F32, device)?;
+        (file.config, file.tensors)
     };
     let weights = Weights::new(tensors, path.display().to_string());
     let mut config = match config {
@@ -360,54 +353,6 @@ pub fn load_sd3_vae(paths: &Sd3Paths, device: &Device) -> Result<(AutoencoderKLC
     }
     let scaling = VaeScaling { scale: config.scaling_factor, shift: config.shift_factor.unwrap_or(SD3_VAE_SHIFT) };
     Ok((config, weights, scaling))
-}
-
-/// An LDM-keyed VAE (`first_stage_model.*`, or bare as in a separate VAE file) → diffusers keys.
-fn read_ldm_vae(path: &Path, names: &[String], separate: bool, device: &Device) -> Result<HashMap<String, Tensor>> {
-    let prefixed = names.iter().any(|n| n.starts_with(VAE_PREFIX));
-    // Bare LDM keys only in a file given as the VAE (a model file's bare keys are the MMDiT's).
-    let bare = separate && names.iter().any(|n| n.starts_with("encoder.down."));
-    if !prefixed && !bare {
-        return Err(Error::Checkpoint {
-            path: path.to_path_buf(),
-            message: "no VAE weights (`first_stage_model.*`) in this checkpoint; give SD3's VAE file (vae, as sd-scripts' --vae)".into(),
-        });
-    }
-    let full = |n: &str| if prefixed { n.to_string() } else { format!("{VAE_PREFIX}{n}") };
-    let stored = read_where(
-        path,
-        |n| (!prefixed || n.starts_with(VAE_PREFIX)).then(|| full(n)),
-        DType::F32,
-        LinearStorage::Compute,
-        device,
-    )?;
-    let map = LdmKeyMap::new(stored.keys().map(String::as_str));
-    let mut tensors = HashMap::new();
-    for (key, tensor) in stored {
-        match map.map(&key) {
-            KeyFate::Renamed(targets) => {
-                for target in targets.into_iter().filter(|t| t.component == Component::Vae) {
-                    tensors.insert(target.name.clone(), target.transform.apply(&tensor)?);
-                }
-            }
-            KeyFate::Ignored(_) => {}
-            KeyFate::Unmapped(_) => {
-                return Err(Error::Checkpoint {
-                    path: path.to_path_buf(),
-                    message: format!("`{key}` is not a VAE weight of the LDM layout"),
-                })
-            }
-        }
-    }
-    Ok(tensors)
-}
-
-fn read_vae_config(json: &Path) -> Result<AutoencoderKLConfig> {
-    let text = std::fs::read_to_string(json).map_err(|source| Error::Io { path: json.to_path_buf(), source })?;
-    serde_json::from_str(&text).map_err(|e| Error::Checkpoint {
-        path: json.to_path_buf(),
-        message: format!("not an AutoencoderKL config: {e}"),
-    })
 }
 
 /// Where a text encoder comes from.
@@ -612,37 +557,6 @@ pub fn t5_config_from_shapes<'a>(
 /// 1 + the largest `N` of keys `prefix N.…`.
 fn count_indices<'a>(keys: impl Iterator<Item = &'a str>, prefix: &str) -> usize {
     keys.filter_map(|k| k.strip_prefix(prefix)?.split('.').next()?.parse::<usize>().ok()).max().map_or(0, |m| m + 1)
-}
-
-/// The tensor names of a `.safetensors` file (header only).
-fn tensor_names(path: &Path) -> Result<Vec<String>> {
-    Ok(open_safetensors(path)?.tensor_names().map(str::to_string).collect())
-}
-
-/// The tensors of a single file that `rename` keeps, under the names it gives — only those are
-/// read. Stored as `read_safetensors_as` does: linear weights in f8 e4m3 under
-/// [`LinearStorage::Fp8`], everything else (and the indexed embedding tables) in `dtype`.
-fn read_where(
-    path: &Path,
-    rename: impl Fn(&str) -> Option<String>,
-    dtype: DType,
-    storage: LinearStorage,
-    device: &Device,
-) -> Result<HashMap<String, Tensor>> {
-    let file = open_safetensors(path)?;
-    let mut out = HashMap::new();
-    for name in file.tensor_names() {
-        let Some(renamed) = rename(name) else { continue };
-        let is_linear_weight = name.ends_with(".weight")
-            && file.info(name).is_some_and(|i| i.shape.len() == 2)
-            && !name.contains("embed_tokens")
-            && !name.contains("shared.")
-            && !name.contains("relative_attention_bias")
-            && !name.contains("embedding.");
-        let target = if storage == LinearStorage::Fp8 && is_linear_weight { DType::F8E4M3 } else { dtype };
-        out.insert(renamed, load_tensor(&file, name, target, device)?);
-    }
-    Ok(out)
 }
 
 /// The error for a file whose keys are not an SD3 transformer's, naming the family it is.

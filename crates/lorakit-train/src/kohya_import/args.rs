@@ -140,7 +140,6 @@ const LORA_LIST_ARGS: &[&str] = &[
 
 /// Settings sd-scripts supports that lorakit does not, with what ignoring them means.
 const UNSUPPORTED_WITH_REASON: &[(&str, &str)] = &[
-    ("vae", "the checkpoint's own VAE is used instead of this external VAE (latents differ)"),
     ("face_crop_aug_range", "face-centred random crops are not applied"),
     ("conditioning_data_dir", "loss masks from a conditioning folder are not applied"),
     ("base_weights", "these LoRAs are not merged into the base model before training"),
@@ -1312,7 +1311,7 @@ seed = 42
     #[test]
     fn flux_memory_options_are_warned_about_and_ignored_sd_options_noted() {
         let imp = import_toml(&flux_toml(
-            "blocks_to_swap = 18\nmem_eff_save = true\nmin_snr_gamma = 5\nnoise_offset = 0.05\nclip_skip = 2\nmax_timestep = 1000\nno_half_vae = true\nv2 = false\nsplit_mode = true\nfp8_base_unet = true\napply_t5_attn_mask = true\nt5xxl_max_token_length = 256\nweighting_scheme = \"logit_normal\"\nlogit_std = 1.5\nmodel_type = \"flux\"\n",
+            "blocks_to_swap = 18\nmem_eff_save = true\nmin_snr_gamma = 5\nnoise_offset = 0.05\nclip_skip = 2\nmax_timestep = 1000\nno_half_vae = true\nvae = \"/m/sdxl_vae.safetensors\"\nv2 = false\nsplit_mode = true\nfp8_base_unet = true\napply_t5_attn_mask = true\nt5xxl_max_token_length = 256\nweighting_scheme = \"logit_normal\"\nlogit_std = 1.5\nmodel_type = \"flux\"\n",
         ))
         .unwrap();
         let c = config(&imp);
@@ -1321,7 +1320,8 @@ seed = 42
         assert_eq!(level_of(&imp, "blocks_to_swap"), None);
         assert_eq!(level_of(&imp, "split_mode"), Some(NoteLevel::Info));
         assert!(imp.notes.iter().find(|n| n.key == "split_mode").unwrap().text.contains("blocks_to_swap is set"));
-        for key in ["mem_eff_save", "min_snr_gamma", "noise_offset", "clip_skip", "max_timestep", "no_half_vae"] {
+        for key in ["mem_eff_save", "min_snr_gamma", "noise_offset", "clip_skip", "max_timestep", "no_half_vae", "vae"]
+        {
             let note = imp.notes.iter().find(|n| n.key == key).unwrap_or_else(|| panic!("{key}: {:?}", imp.notes));
             assert!(
                 note.level == NoteLevel::Info && note.text.contains("flux_train_network.py does not use it"),
@@ -1330,7 +1330,7 @@ seed = 42
         }
         assert_eq!((c.loss.min_snr_gamma, c.loss.noise_offset, c.model.clip_skip), (None, None, None));
         assert_eq!(c.training.max_timestep, crate::config::TrainingSection::default().max_timestep);
-        assert!(!c.accelerate.no_half_vae && !c.model.v2);
+        assert!(!c.accelerate.no_half_vae && !c.model.v2 && c.model.vae.is_none());
         assert!(c.accelerate.fp8_base_unet && c.model.apply_t5_attn_mask);
         assert_eq!(c.model.t5xxl_max_token_length, Some(256));
         assert_eq!((c.flow.weighting_scheme, c.flow.logit_std), (crate::objective::WeightingScheme::LogitNormal, 1.5));
@@ -1463,10 +1463,11 @@ seed = 42
     #[test]
     fn unsupported_settings_are_ranked_by_whether_they_change_the_run() {
         let imp = import_toml(
-            "network_dim = 4\nvae = \"/m/vae.safetensors\"\nface_crop_aug_range = \"2.0,4.0\"\nsdpa = true\nsave_last_n_steps = 3\nnoise_offset_type = \"Original\"\nlog_with = \"wandb\"\nvae_batch_size = 4\nseed = 1\nxformers = false\nlogging_dir = \"logs\"\n",
+            "network_dim = 4\nvae = \"/m/vae.safetensors\"\nbase_weights = \"/m/b.safetensors\"\nface_crop_aug_range = \"2.0,4.0\"\nsdpa = true\nsave_last_n_steps = 3\nnoise_offset_type = \"Original\"\nlog_with = \"wandb\"\nvae_batch_size = 4\nseed = 1\nxformers = false\nlogging_dir = \"logs\"\n",
         )
         .unwrap();
-        assert_eq!(level_of(&imp, "vae"), Some(NoteLevel::ChangesRun));
+        assert_eq!(level_of(&imp, "vae"), None, "carried over as model.vae");
+        assert_eq!(imp.table["model"]["vae"].as_str(), Some("/m/vae.safetensors"));
         assert_eq!(level_of(&imp, "face_crop_aug_range"), Some(NoteLevel::ChangesRun));
         assert_eq!(level_of(&imp, "sdpa"), Some(NoteLevel::Cosmetic));
         assert_eq!(level_of(&imp, "save_last_n_steps"), Some(NoteLevel::Info));
@@ -1475,8 +1476,8 @@ seed = 42
         assert_eq!(level_of(&imp, "xformers"), None, "an option that is off is not worth a note");
         assert_eq!(config(&imp).logging.log_with, "tensorboard");
         let report = imp.report(std::path::Path::new("cfg.toml"));
-        assert!(report[0].starts_with("warning: cfg.toml: `face_crop_aug_range`"), "{report:?}");
-        assert!(report[1].starts_with("warning: cfg.toml: `vae`"), "{report:?}");
+        assert!(report[0].starts_with("warning: cfg.toml: `base_weights`"), "{report:?}");
+        assert!(report[1].starts_with("warning: cfg.toml: `face_crop_aug_range`"), "{report:?}");
         assert!(report.last().unwrap().ends_with("ignored: sdpa"), "{report:?}");
         assert_eq!(report.iter().filter(|l| l.starts_with("warning")).count(), 2, "{report:?}");
     }

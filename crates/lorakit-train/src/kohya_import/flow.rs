@@ -202,6 +202,7 @@ const FLOW_IGNORES: &[(&str, Option<&str>, Option<&str>)] = &[
         Some("CLIP-L and CLIP-G take 77 tokens and T5-XXL t5xxl_max_token_length (it warns \"max_token_length is not used in Flux training\")"),
     ),
     ("no_half_vae", Some("lorakit runs Flux's autoencoder in f32 anyway, which is what it asks for"), None),
+    ("vae", Some("its autoencoder is ae; flux_train_network.py never reads vae"), None),
     ("controlnet_model_name_or_path", Some("only flux_train_control_net.py uses a ControlNet"), Some(FLUX_ONLY)),
     ("mem_eff_save", Some("it is flux_train.py's (full fine-tuning) save option; a LoRA file is small"), Some(FLUX_ONLY)),
     ("single_blocks_to_swap", Some("current sd-scripts replaced it with blocks_to_swap"), Some(FLUX_ONLY)),

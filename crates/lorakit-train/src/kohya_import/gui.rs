@@ -1477,9 +1477,9 @@ mod tests {
 
     #[test]
     fn unknown_fields_and_bad_values_are_reported() {
-        let imp = import(&gui(&[("my_new_field", 3.into()), ("vae", "/m/vae.pt".into())])).unwrap();
+        let imp = import(&gui(&[("my_new_field", 3.into()), ("vae", "/m/sdxl_vae.safetensors".into())])).unwrap();
         assert_eq!(level_of(&imp, "my_new_field"), Some(NoteLevel::Info));
-        assert_eq!(level_of(&imp, "vae"), Some(NoteLevel::ChangesRun));
+        assert_eq!(imp.table["model"]["vae"].as_str(), Some("/m/sdxl_vae.safetensors"));
         let err = import(&gui(&[("network_dim", "lots".into())])).unwrap_err();
         assert!(err.contains("network_dim"), "{err}");
         let err = import(&gui(&[("train_inpainting", true.into())])).unwrap_err();

@@ -200,6 +200,7 @@ fn resolve_relative(imported: &mut Imported, base: &Path) {
         ("model", "clip_g"),
         ("model", "t5xxl"),
         ("model", "ae"),
+        ("model", "vae"),
         ("dataset", "train_data_dir"),
         ("dataset", "reg_data_dir"),
         ("dataset", "dataset_config"),

@@ -45,6 +45,10 @@ pub struct GenerateArgs {
     /// Flux: the autoencoder file, BFL's ae.safetensors (sd-scripts' --ae); default: the folder's vae/.
     #[arg(long, value_name = "FILE")]
     ae: Option<PathBuf>,
+    /// SD 1.x/2.x, SDXL, SD3: a VAE to use instead of the model's (sd-scripts' --vae, e.g.
+    /// SDXL's fp16-fix VAE): an LDM or diffusers .safetensors file or a diffusers VAE folder.
+    #[arg(long, value_name = "FILE")]
+    vae: Option<PathBuf>,
     /// Flux.1-dev: the embedded guidance (sd-scripts' sample option --g).
     #[arg(long, default_value_t = 3.5)]
     guidance: f64,
@@ -291,7 +295,7 @@ fn load_sd(args: &GenerateArgs, dtype: DType, device: &Device) -> Result<Model> 
             bail!("{flag} is for Flux and SD3 models; {} is not one", args.model.display());
         }
     }
-    let mut model = StableDiffusion::load(&args.model, dtype, device)?;
+    let mut model = StableDiffusion::load_with_vae(&args.model, args.vae.as_deref(), dtype, device)?;
     if model.declared_zero_terminal_snr {
         eprintln!("zero-terminal-SNR model (it has a `ztsnr` key): sampling with the rescaled schedule");
     }
@@ -319,6 +323,9 @@ fn load_flux(args: &GenerateArgs, device: &Device) -> Result<Model> {
     }
     if args.clip_g.is_some() {
         bail!("--clip-g is for SD3 models; {} is a Flux model", args.model.display());
+    }
+    if args.vae.is_some() {
+        bail!("--vae is for SD 1.x/2.x, SDXL and SD3 models; give a Flux model's autoencoder with --ae");
     }
     let paths = FluxPaths {
         model: args.model.clone(),
@@ -356,7 +363,7 @@ fn load_sd3(args: &GenerateArgs, device: &Device) -> Result<Model> {
         clip_l: args.clip_l.clone(),
         clip_g: args.clip_g.clone(),
         t5xxl: args.t5xxl.clone(),
-        vae: None,
+        vae: args.vae.clone(),
     };
     let opts = Sd3Options {
         t5_max_length: args.t5xxl_max_token_length,
