@@ -5,11 +5,11 @@
 //! keys without `quant_conv`) or a diffusers `vae/` folder.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 
-use super::ldm_keys::{Component, KeyFate, LdmKeyMap, UNET_PREFIX, VAE_PREFIX};
+use super::ldm_keys::UNET_PREFIX;
 pub use super::LinearStorage;
 use super::{read_component, read_safetensors_as};
 use crate::dit::flux::FluxConfig;
@@ -190,40 +190,13 @@ pub struct FluxAeWeights {
 /// Loads the Flux autoencoder from BFL's `ae.safetensors` or a diffusers folder (the model
 /// folder with `vae/`, or the `vae/` folder itself).
 pub fn load_flux_ae(path: &Path, dtype: DType, device: &Device) -> Result<FluxAeWeights> {
-    let meta = std::fs::metadata(path).map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
-    if meta.is_dir() {
-        let dir: PathBuf = if path.join("vae").is_dir() { path.join("vae") } else { path.to_path_buf() };
-        let config_path = dir.join("config.json");
-        let text =
-            std::fs::read_to_string(&config_path).map_err(|source| Error::Io { path: config_path.clone(), source })?;
-        let config: AutoencoderKLConfig = serde_json::from_str(&text).map_err(|e| Error::Checkpoint {
-            path: config_path.clone(),
-            message: format!("not an AutoencoderKL config: {e}"),
-        })?;
-        let tensors = read_component(&dir, "diffusion_pytorch_model", dtype, LinearStorage::Compute, device)?;
-        return Ok(FluxAeWeights { config, weights: Weights::new(tensors, dir.display().to_string()) });
+    // BFL's keys are the LDM VAE's without the `first_stage_model.` prefix: a VAE file's layout.
+    let file = super::vae_file::load_vae_file(path, dtype, device)?;
+    if let Some(config) = file.config {
+        return Ok(FluxAeWeights { config, weights: Weights::new(file.tensors, file.path.display().to_string()) });
     }
-    let stored = read_safetensors_as(path, dtype, LinearStorage::Compute, device)?;
+    let tensors = file.tensors;
     let bad = |message: String| Error::Checkpoint { path: path.to_path_buf(), message };
-    // BFL's keys are the LDM VAE's without the `first_stage_model.` prefix.
-    let prefixed: Vec<String> =
-        stored.keys().map(|k| if k.starts_with(VAE_PREFIX) { k.clone() } else { format!("{VAE_PREFIX}{k}") }).collect();
-    let map = LdmKeyMap::new(prefixed.iter().map(String::as_str));
-    let mut tensors = HashMap::new();
-    for (key, tensor) in stored {
-        let full = if key.starts_with(VAE_PREFIX) { key.clone() } else { format!("{VAE_PREFIX}{key}") };
-        match map.map(&full) {
-            KeyFate::Renamed(targets) => {
-                for target in targets.into_iter().filter(|t| t.component == Component::Vae) {
-                    tensors.insert(target.name.clone(), target.transform.apply(&tensor)?);
-                }
-            }
-            KeyFate::Ignored(_) => {}
-            KeyFate::Unmapped(_) => {
-                return Err(bad(format!("`{key}` is not an autoencoder weight; is this Flux's ae.safetensors?")))
-            }
-        }
-    }
     let dims = |k: &str| {
         tensors
             .get(k)

@@ -89,7 +89,7 @@ pub(crate) fn read_ldm_vae(
     if !prefixed && !bare {
         let message = if separate {
             format!(
-                "no VAE weights here (neither LDM keys `encoder.down.*` / `first_stage_model.*` nor diffusers keys `encoder.down_blocks.*`); found e.g. {} — give a VAE file such as sdxl_vae.safetensors",
+                "no VAE weights here (neither LDM keys `encoder.down.*` / `first_stage_model.*` nor diffusers keys `encoder.down_blocks.*`); found e.g. {} — give a VAE file (such as sdxl_vae.safetensors, or Flux's ae.safetensors)",
                 names.iter().take(3).cloned().collect::<Vec<_>>().join(", ")
             )
         } else {
