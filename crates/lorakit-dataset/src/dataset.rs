@@ -63,6 +63,10 @@ pub struct ImageRecord {
     pub fingerprint: Option<(u128, u64)>,
     /// Its bucket (None when the image cannot be read).
     pub bucket: Option<Result<BucketChoice, BucketError>>,
+    /// Left out of the training split (`validation_split`; see [`apply_validation_split`]).
+    pub held_out: bool,
+    /// In the validation split: its loss is measured, never trained on.
+    pub validation: bool,
 }
 
 impl ImageRecord {
@@ -71,9 +75,10 @@ impl ImageRecord {
         matches!(self.bucket, Some(Ok(_)))
     }
 
-    /// The image is part of training (usable, and not a surplus regularisation image).
+    /// The image is part of training (usable, in the training split, and not a surplus
+    /// regularisation image).
     pub fn trained(&self) -> bool {
-        self.usable() && self.repeats > 0
+        self.usable() && !self.held_out && self.repeats > 0
     }
 }
 
@@ -115,7 +120,35 @@ pub struct LoadedDataset {
     pub mean_ar_error: Option<f64>,
 }
 
+/// What [`LoadedDataset::recount`] derives from the images.
+struct Counts {
+    histogram: BucketHistogram,
+    num_train_images: u64,
+    num_reg_images: u64,
+    tag_frequency: BTreeMap<String, BTreeMap<String, u64>>,
+    mean_ar_error: Option<f64>,
+}
+
 impl LoadedDataset {
+    /// Recomputes every count from the images (after the validation split changed which are
+    /// trained): regularisation repeats are balanced again from their folders' repeats.
+    pub fn recount(&mut self) {
+        for r in self.images.iter_mut().filter(|r| r.is_reg) {
+            r.repeats = self.subsets[r.subset].spec.num_repeats;
+        }
+        let counts = count(&mut self.images, &self.subsets, &self.spec);
+        self.histogram = counts.histogram;
+        self.num_train_images = counts.num_train_images;
+        self.num_reg_images = counts.num_reg_images;
+        self.tag_frequency = counts.tag_frequency;
+        self.mean_ar_error = counts.mean_ar_error;
+    }
+
+    /// The images of the validation split, in dataset order.
+    pub fn validation_images(&self) -> impl Iterator<Item = &ImageRecord> {
+        self.images.iter().filter(|r| r.validation && r.usable())
+    }
+
     /// Batches per epoch: Σ over buckets of ceil(samples / batch size).
     pub fn batches_per_epoch(&self) -> u64 {
         self.histogram.batches(self.spec.batch_size)
@@ -269,6 +302,8 @@ pub fn load_dataset_with(
                 probe,
                 fingerprint,
                 bucket,
+                held_out: false,
+                validation: false,
             }
         })
         .collect();
@@ -280,9 +315,27 @@ pub fn load_dataset_with(
         }
     }
 
-    let num_train_images: u64 = images.iter().filter(|r| !r.is_reg && r.usable()).map(|r| u64::from(r.repeats)).sum();
+    let counts = count(&mut images, &subsets, spec);
+    LoadedDataset {
+        spec: spec.clone(),
+        predefined_buckets: manager.predefined().to_vec(),
+        subsets,
+        images,
+        histogram: counts.histogram,
+        num_train_images: counts.num_train_images,
+        num_reg_images: counts.num_reg_images,
+        tag_frequency: counts.tag_frequency,
+        mean_ar_error: counts.mean_ar_error,
+    }
+}
+
+/// Balances the regularisation repeats (from their folder repeats) and counts what training
+/// sees: train images in the training split, buckets, tags, aspect error.
+fn count(images: &mut [ImageRecord], subsets: &[LoadedSubset], spec: &DatasetSpec) -> Counts {
+    let num_train_images: u64 =
+        images.iter().filter(|r| !r.is_reg && !r.held_out && r.usable()).map(|r| u64::from(r.repeats)).sum();
     let num_reg_images: u64 = images.iter().filter(|r| r.is_reg && r.usable()).map(|r| u64::from(r.repeats)).sum();
-    balance_reg_repeats(&mut images, num_train_images);
+    balance_reg_repeats(images, num_train_images);
 
     let mut histogram = BucketHistogram::default();
     let mut tag_frequency: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
@@ -297,18 +350,92 @@ pub fn load_dataset_with(
     }
     let mean_ar_error = (spec.buckets.enable_bucket && !ar_errors.is_empty())
         .then(|| ar_errors.iter().sum::<f64>() / ar_errors.len() as f64);
+    Counts { histogram, num_train_images, num_reg_images, tag_frequency, mean_ar_error }
+}
 
-    LoadedDataset {
-        spec: spec.clone(),
-        predefined_buckets: manager.predefined().to_vec(),
-        subsets,
-        images,
-        histogram,
-        num_train_images,
-        num_reg_images,
-        tag_frequency,
-        mean_ar_error,
+/// sd-scripts' validation split over every dataset of a run (`validation_split`,
+/// `validation_seed`; see [`crate::validation_split`] for how sd-scripts cuts): every image not in
+/// the training split is marked `held_out` and every image of the validation split `validation`,
+/// and the split datasets are counted again (regularisation balanced against the remaining train
+/// images). `run_seed` is the run's seed, which sd-scripts' shuffles draw from when a dataset
+/// has no `validation_seed`. Returns notes for the user: what is held out, and images that
+/// sd-scripts' cut puts in both splits.
+pub fn apply_validation_split(datasets: &mut [LoadedDataset], run_seed: u64) -> Vec<String> {
+    use crate::validation_split::{SplitSettings, ValidationSplitter};
+    let settings: Vec<SplitSettings> = datasets
+        .iter()
+        .map(|d| SplitSettings::new(d.spec.validation_split, d.spec.validation_seed).unwrap_or(SplitSettings::NONE))
+        .collect();
+    if !settings.iter().any(SplitSettings::is_split) {
+        return Vec::new();
     }
+    // Each subset's records in its sorted file order: the list sd-scripts shuffles.
+    let members: Vec<Vec<Vec<usize>>> = datasets
+        .iter()
+        .map(|ds| {
+            let mut per_subset = vec![Vec::new(); ds.subsets.len()];
+            for (i, r) in ds.images.iter().enumerate() {
+                per_subset[r.subset].push(i);
+            }
+            per_subset
+        })
+        .collect();
+    let mut splitter = ValidationSplitter::new(run_seed);
+    let mut training: Vec<Vec<bool>> = datasets.iter().map(|ds| vec![true; ds.images.len()]).collect();
+    for (d, ds) in datasets.iter().enumerate() {
+        for (si, subset) in ds.subsets.iter().enumerate() {
+            let list = &members[d][si];
+            // sd-scripts skips subsets without repeats before its training shuffle.
+            let draws_nothing = subset.spec.is_reg || subset.spec.num_repeats < 1;
+            if !settings[d].is_split() || draws_nothing {
+                splitter.training_indices(list.len(), true, settings[d]);
+                continue;
+            }
+            for &i in list {
+                training[d][i] = false;
+            }
+            for k in splitter.training_indices(list.len(), false, settings[d]) {
+                training[d][list[k]] = true;
+            }
+        }
+    }
+    let mut pass = splitter.validation_pass();
+    let mut notes = Vec::new();
+    for (d, ds) in datasets.iter_mut().enumerate() {
+        if !settings[d].is_split() {
+            continue;
+        }
+        for (si, subset) in ds.subsets.iter().enumerate() {
+            let list = &members[d][si];
+            for k in pass.validation_indices(list.len(), subset.spec.is_reg, settings[d]) {
+                ds.images[list[k]].validation = true;
+            }
+        }
+        for (r, trained) in ds.images.iter_mut().zip(&training[d]) {
+            r.held_out = !trained;
+        }
+        ds.recount();
+        let held_out = ds.images.iter().filter(|r| r.held_out && r.usable()).count();
+        let validation = ds.validation_images().count();
+        let both = ds.validation_images().filter(|r| !r.held_out && !r.is_reg).count();
+        notes.push(format!(
+            "dataset {}: validation_split {} holds {held_out} image(s) out of training; the validation loss is measured on {validation}",
+            d + 1,
+            ds.spec.validation_split
+        ));
+        if both > 0 {
+            notes.push(format!(
+                "dataset {}: {both} image(s) are both trained and validated on, as sd-scripts splits them ({})",
+                d + 1,
+                if ds.spec.validation_seed.is_some() {
+                    "its training cut rounds up and its validation cut rounds to nearest"
+                } else {
+                    "without validation_seed its validation images come from a second shuffle; set validation_seed to cut both from one"
+                }
+            ));
+        }
+    }
+    notes
 }
 
 /// sd-scripts' regularisation balancing (§5.2): take reg images in order, each
@@ -361,6 +488,8 @@ mod tests {
             probe: Err(ProbeError::Empty),
             fingerprint: None,
             bucket: Some(Ok(BucketChoice { bucket: (512, 512), resized: (512, 512), ar_error: 0.0 })),
+            held_out: false,
+            validation: false,
         }
     }
 

@@ -31,3 +31,4 @@ pub mod prompt_weights;
 pub mod regular_file;
 pub mod steps;
 pub mod tags;
+pub mod validation_split;

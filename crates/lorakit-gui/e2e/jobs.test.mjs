@@ -195,3 +195,18 @@ test("Stop & save ends the first of two queued jobs with a resumable state, the 
   assert.deepEqual(errors, []);
   await page.close();
 });
+
+test("a run with a validation split draws its validation loss", async () => {
+  const { page, errors } = await openPage();
+  const config = quickstartRun("validation", 4, ["validate_every_n_steps = 2"])
+    .replace("enable_bucket = false", "enable_bucket = false\nvalidation_split = 0.25\nvalidation_seed = 1");
+  const row = await queueAndShow(page, config);
+  await row.getByText("done").waitFor({ timeout: 120000 });
+  // Measured after steps 2 and 4 (and at the end of the epoch), one line per kind.
+  await page.waitForFunction(() => Number(document.querySelector('[aria-label="Validation loss over the run"]')?.dataset.points ?? 0) >= 2);
+  const chart = page.getByRole("img", { name: "Validation loss over the run" });
+  assert.equal(await chart.locator("canvas").count(), 1);
+  assert.match(await chart.locator(".u-legend").textContent(), /every N steps/);
+  assert.deepEqual(errors, []);
+  await page.close();
+});

@@ -219,6 +219,14 @@ pub struct DatasetSection {
     pub caption_dropout_every_n_epochs: u32,
     /// Probability of dropping each (non-fixed) tag.
     pub caption_tag_dropout_rate: f64,
+    /// Fraction of each (non-regularisation) subset's images held out of training to measure a
+    /// validation loss on (sd-scripts' `--validation_split`, 0 ≤ split < 1): the subset's sorted
+    /// file list is shuffled and cut as sd-scripts cuts it, so the same images are trained.
+    pub validation_split: f64,
+    /// Seed of the validation split's shuffle (`--validation_seed`; also seeds the validation
+    /// loss' noise). Unset: the run seed, with sd-scripts' quirk that the validation images are
+    /// then cut from a second shuffle — some images can be in both splits (a note says so).
+    pub validation_seed: Option<u64>,
 }
 
 impl Default for DatasetSection {
@@ -253,6 +261,8 @@ impl Default for DatasetSection {
             caption_dropout_rate: 0.0,
             caption_dropout_every_n_epochs: 0,
             caption_tag_dropout_rate: 0.0,
+            validation_split: 0.0,
+            validation_seed: None,
         }
     }
 }
@@ -646,6 +656,15 @@ pub struct TrainingSection {
     pub min_timestep: usize,
     /// One past the largest timestep sampled.
     pub max_timestep: usize,
+    /// Measure the validation loss every N optimizer steps too (`--validate_every_n_steps`;
+    /// needs `dataset.validation_split`). Unset: at epoch ends only.
+    pub validate_every_n_steps: Option<u64>,
+    /// Measure the validation loss at the end of every N-th epoch (`--validate_every_n_epochs`).
+    /// Unset: every epoch, as sd-scripts does.
+    pub validate_every_n_epochs: Option<u64>,
+    /// At most this many validation batches per measurement (`--max_validation_steps`). Unset:
+    /// all of them.
+    pub max_validation_steps: Option<u64>,
 }
 
 impl Default for TrainingSection {
@@ -667,6 +686,9 @@ impl Default for TrainingSection {
             max_grad_norm: 1.0,
             min_timestep: 0,
             max_timestep: 1000,
+            validate_every_n_steps: None,
+            validate_every_n_epochs: None,
+            max_validation_steps: None,
         }
     }
 }
@@ -1306,6 +1328,10 @@ impl TrainConfig {
         c.model.t5xxl = Some(PathBuf::new());
         c.model.ae = Some(PathBuf::new());
         c.model.vae = Some(PathBuf::new());
+        c.dataset.validation_seed = Some(0);
+        c.training.validate_every_n_steps = Some(0);
+        c.training.validate_every_n_epochs = Some(0);
+        c.training.max_validation_steps = Some(0);
         c.model.t5xxl_max_token_length = Some(0);
         c.accelerate.blocks_to_swap = Some(0);
         c.network.train_blocks = Some(String::new());
@@ -1454,6 +1480,21 @@ impl TrainConfig {
             problems.push(
                 "accelerate.blocks_to_swap needs training.gradient_checkpointing = true: blocks are copied to the card for each block's forward and again for its recomputation in backward; without checkpointing backward keeps every block's weights on the card, which is what swapping avoids".into(),
             );
+        }
+        if !(0.0..1.0).contains(&self.dataset.validation_split) {
+            problems.push(format!(
+                "dataset.validation_split = {}: give the fraction of images to hold out, 0 ≤ split < 1",
+                self.dataset.validation_split
+            ));
+        }
+        for (key, value) in [
+            ("training.validate_every_n_steps", self.training.validate_every_n_steps),
+            ("training.validate_every_n_epochs", self.training.validate_every_n_epochs),
+            ("training.max_validation_steps", self.training.max_validation_steps),
+        ] {
+            if value == Some(0) {
+                problems.push(format!("{key} = 0: give at least 1, or leave it unset"));
+            }
         }
         if self.model.t5xxl_max_token_length == Some(0) {
             problems

@@ -13,7 +13,7 @@ use lorakit_dataset::bucket::{BucketChoice, Reso};
 use lorakit_dataset::config::{
     plan_from_dirs, plan_from_toml, CaptionOptions, DatasetPlan, OptionLayer, ResolutionValue,
 };
-use lorakit_dataset::dataset::{load_dataset, LoadedDataset, ProbeMode};
+use lorakit_dataset::dataset::{apply_validation_split, load_dataset, ImageRecord, LoadedDataset, ProbeMode};
 use lorakit_dataset::steps::StepPlan;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -62,6 +62,10 @@ pub mod stream {
     /// The model family's own training draws of one micro-step (SD3: text-encoder dropout,
     /// position-table crop).
     pub const MODEL: u64 = 9;
+    /// The noise of one validation batch at one validation timestep.
+    pub const VALIDATION: u64 = 10;
+    /// The model family's own draws in one validation forward.
+    pub const VALIDATION_MODEL: u64 = 11;
 }
 
 /// One image as training uses it.
@@ -165,15 +169,34 @@ pub struct TrainData {
     pub notes: Vec<String>,
     /// Whether the dataset came from a dataset TOML.
     pub from_dataset_config: bool,
+    /// The validation split's batches (`dataset.validation_split`): per dataset, its held-out
+    /// images by bucket (buckets by size, files in path order), cut into batches of its batch
+    /// size, never flipped. Their images are in [`TrainData::images`] with 0 repeats unless
+    /// they are trained too (sd-scripts' split without a `validation_seed` can do that).
+    pub validation: Vec<Batch>,
 }
 
 impl TrainData {
     /// Loads the dataset the config describes.
     pub fn load(config: &TrainConfig) -> Result<TrainData> {
         let plan = plan_for(config)?;
-        let notes: Vec<String> = plan.notes.iter().map(|n| n.message.clone()).collect();
-        let datasets: Vec<LoadedDataset> = plan.datasets.iter().map(|d| load_dataset(d, ProbeMode::Header)).collect();
-        let data = Self::from_loaded(datasets, notes, config.dataset.dataset_config.is_some())?;
+        let mut notes: Vec<String> = plan.notes.iter().map(|n| n.message.clone()).collect();
+        let mut datasets: Vec<LoadedDataset> =
+            plan.datasets.iter().map(|d| load_dataset(d, ProbeMode::Header)).collect();
+        // sd-scripts' shuffles draw from the run seed (its `set_seed`) unless a validation_seed is given.
+        notes.extend(apply_validation_split(&mut datasets, config.training.seed));
+        let mut data = Self::from_loaded(datasets, notes, config.dataset.dataset_config.is_some())?;
+        let t = &config.training;
+        if data.validation.is_empty()
+            && (t.validate_every_n_steps.is_some()
+                || t.validate_every_n_epochs.is_some()
+                || t.max_validation_steps.is_some())
+        {
+            data.notes.push(
+                "training.validate_every_n_steps / validate_every_n_epochs / max_validation_steps have no effect: no                  images are held out for validation (set dataset.validation_split, or validation_split in the dataset TOML)"
+                    .into(),
+            );
+        }
         // The run length must be representable before anything is planned from it (the trainer
         // plans with exactly this request).
         StepPlan::try_new(data.batches_per_epoch(), config.step_request())
@@ -208,10 +231,13 @@ impl TrainData {
         let mut images = Vec::new();
         let mut groups = Vec::new();
         let mut problems = Vec::new();
+        let mut validation = Vec::new();
         for ds in &datasets {
             ds.check_epoch_size().map_err(TrainError::Dataset)?;
             let mut buckets: Vec<BucketMembers> = Vec::new();
-            for record in &ds.images {
+            // Index in `images` of each record trained (by record position), for the validation split.
+            let mut trained_index = vec![None; ds.images.len()];
+            for (position, record) in ds.images.iter().enumerate() {
                 if let Some(Err(e)) = &record.bucket {
                     problems.push(format!("{}: {e}", record.file.path.display()));
                 }
@@ -221,28 +247,11 @@ impl TrainData {
                 if !record.trained() {
                     continue;
                 }
-                let Some(Ok(choice)) = &record.bucket else { continue };
-                let subset = &ds.subsets[record.subset].spec;
+                let Some(image) = train_image(ds, record, record.repeats) else { continue };
+                let choice = image.choice;
                 let index = images.len();
-                let bucketing = ds.spec.buckets.enable_bucket;
-                let original_size = match &record.probe {
-                    Ok(p) if bucketing => p.size,
-                    _ => choice.bucket,
-                };
-                images.push(TrainImage {
-                    path: record.file.path.clone(),
-                    caption: record.caption.clone(),
-                    caption_options: subset.caption.clone(),
-                    choice: *choice,
-                    repeats: record.repeats,
-                    is_reg: record.is_reg,
-                    flip_aug: subset.augment.flip_aug,
-                    random_crop: subset.augment.random_crop,
-                    color_aug: subset.augment.color_aug,
-                    alpha_mask: subset.augment.alpha_mask,
-                    interpolation: subset.resize_interpolation.clone(),
-                    original_size,
-                });
+                trained_index[position] = Some(index);
+                images.push(image);
                 let slot = match buckets.iter().position(|b| b.bucket == choice.bucket) {
                     Some(i) => i,
                     None => {
@@ -257,8 +266,27 @@ impl TrainData {
             // quirks beyond what the shuffles decide.
             buckets.sort_by_key(|b| b.bucket);
             groups.push(BatchGroup { batch_size: ds.spec.batch_size, buckets });
+
+            let mut held_out: std::collections::BTreeMap<Reso, Vec<usize>> = Default::default();
+            for (position, record) in ds.images.iter().enumerate().filter(|(_, r)| r.validation) {
+                let index = match trained_index[position] {
+                    Some(index) => index,
+                    None => {
+                        let Some(image) = train_image(ds, record, 0) else { continue };
+                        images.push(image);
+                        images.len() - 1
+                    }
+                };
+                held_out.entry(images[index].choice.bucket).or_default().push(index);
+            }
+            for (bucket, members) in held_out {
+                for chunk in members.chunks(ds.spec.batch_size.max(1) as usize) {
+                    let samples = chunk.iter().map(|&image| SampleRef { image, flip: false }).collect();
+                    validation.push(Batch { bucket, samples });
+                }
+            }
         }
-        if images.iter().all(|i| i.is_reg) {
+        if images.iter().all(|i| i.is_reg || i.repeats == 0) {
             let mut msg = String::from(
                 "no trainable images found. Put images (png, jpg, webp) in folders named like `10_mychar` \
                  inside the train folder (10 = repeats per epoch); `lorakit dataset check <folder>` shows what was found",
@@ -275,7 +303,7 @@ impl TrainData {
         let mut notes = notes;
         notes.extend(not_yet_applied(&datasets));
         notes.extend(skipped_files(&datasets));
-        Ok(TrainData { images, groups, datasets, notes, from_dataset_config })
+        Ok(TrainData { images, groups, datasets, notes, from_dataset_config, validation })
     }
 
     /// Batches per epoch (Σ over datasets and buckets of ceil(samples / batch size)).
@@ -289,6 +317,11 @@ impl TrainData {
     /// Σ train images × repeats.
     pub fn num_train_images(&self) -> u64 {
         self.images.iter().filter(|i| !i.is_reg).map(|i| u64::from(i.repeats)).sum()
+    }
+
+    /// Images in the validation split.
+    pub fn num_validation_images(&self) -> usize {
+        self.validation.iter().map(|b| b.samples.len()).sum()
     }
 
     /// Σ regularisation images × repeats used.
@@ -327,6 +360,30 @@ impl TrainData {
     pub fn any_flip(&self) -> bool {
         self.images.iter().any(|i| i.flip_aug)
     }
+}
+
+/// The training view of a usable image of `ds` (`None`: no bucket), seen `repeats` times per epoch.
+fn train_image(ds: &LoadedDataset, record: &ImageRecord, repeats: u32) -> Option<TrainImage> {
+    let Some(Ok(choice)) = &record.bucket else { return None };
+    let subset = &ds.subsets[record.subset].spec;
+    let original_size = match &record.probe {
+        Ok(p) if ds.spec.buckets.enable_bucket => p.size,
+        _ => choice.bucket,
+    };
+    Some(TrainImage {
+        path: record.file.path.clone(),
+        caption: record.caption.clone(),
+        caption_options: subset.caption.clone(),
+        choice: *choice,
+        repeats,
+        is_reg: record.is_reg,
+        flip_aug: subset.augment.flip_aug,
+        random_crop: subset.augment.random_crop,
+        color_aug: subset.augment.color_aug,
+        alpha_mask: subset.augment.alpha_mask,
+        interpolation: subset.resize_interpolation.clone(),
+        original_size,
+    })
 }
 
 /// Files training leaves out or reads differently without it being an error, each named:
@@ -406,6 +463,8 @@ fn plan_for(config: &TrainConfig) -> Result<DatasetPlan> {
         caption_dropout_rate: Some(d.caption_dropout_rate),
         caption_dropout_every_n_epochs: Some(d.caption_dropout_every_n_epochs),
         caption_tag_dropout_rate: Some(d.caption_tag_dropout_rate),
+        validation_split: Some(d.validation_split),
+        validation_seed: d.validation_seed,
         ..Default::default()
     };
     if let Some(toml_path) = &d.dataset_config {

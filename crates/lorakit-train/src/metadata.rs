@@ -101,7 +101,8 @@ impl RunMetadata {
         );
         put("ss_unet_lr", py_opt_float(c.optimizer.unet_lr));
         put("ss_num_train_images", data.num_train_images().to_string());
-        put("ss_num_validation_images", "0".into());
+        // The validation split's images (each once: validation datasets have no repeats).
+        put("ss_num_validation_images", data.num_validation_images().to_string());
         put("ss_num_reg_images", data.num_reg_images().to_string());
         put("ss_num_batches_per_epoch", data.batches_per_epoch().to_string());
         put("ss_num_epochs", epochs.to_string());
@@ -152,11 +153,11 @@ impl RunMetadata {
         put("ss_huber_c", py_float(c.loss.huber_c));
         put("ss_fp8_base", py_bool(c.accelerate.fp8_base));
         put("ss_fp8_base_unet", py_bool(false));
-        put("ss_validation_seed", "None".into());
-        put("ss_validation_split", py_float(0.0));
-        put("ss_max_validation_steps", "None".into());
-        put("ss_validate_every_n_epochs", "None".into());
-        put("ss_validate_every_n_steps", "None".into());
+        put("ss_validation_seed", py_opt(&c.dataset.validation_seed));
+        put("ss_validation_split", py_float(c.dataset.validation_split));
+        put("ss_max_validation_steps", py_opt(&c.training.max_validation_steps));
+        put("ss_validate_every_n_epochs", py_opt(&c.training.validate_every_n_epochs));
+        put("ss_validate_every_n_steps", py_opt(&c.training.validate_every_n_steps));
         put("ss_resize_interpolation", py_opt(&c.dataset.resize_interpolation));
         // sd-scripts writes the network_args it was given, values as strings.
         let mut args = serde_json::Map::new();

@@ -292,6 +292,35 @@ impl Objective {
         }
     }
 
+    /// The timesteps a validation loss is measured at, as sd-scripts picks them: the four inner
+    /// points of `linspace(min_timestep, max_timestep, 6)` cast to integers (0..1000: 200, 400,
+    /// 600, 800). Flux, which has no timestep range, uses 0..1000.
+    pub fn validation_timesteps(&self) -> Vec<u32> {
+        let (lo, hi) = match self {
+            Objective::Ddpm(d) => (d.min_timestep, d.max_timestep),
+            Objective::Flow(f) if f.family == FlowFamily::Sd3 => f.timestep_range,
+            Objective::Flow(_) => (0, 1000),
+        };
+        // numpy computes lo + i·(hi − lo)/5 in f64 and truncates toward zero.
+        (1..5).map(|i| (f64::from(lo) + f64::from(i) * (f64::from(hi) - f64::from(lo)) / 5.0) as u32).collect()
+    }
+
+    /// Noises `latents` at timestep `t` for every sample, the rest drawn from `rng` as in
+    /// training (noise offsets and pyramid noise included): sd-scripts' validation sets
+    /// min = max = t. Rectified flow: σ = t/1000 (sd-scripts' Flux validation keeps drawing σ
+    /// from `timestep_sampling`; a fixed σ makes the measurements comparable).
+    pub fn noise_at(&self, latents: &Tensor, t: u32, rng: &mut StdRng) -> Result<NoisedBatch> {
+        match self {
+            Objective::Ddpm(d) => d.noise_with(latents, vec![t; latents.dim(0)?], rng),
+            Objective::Flow(f) => {
+                let dims = latents.dims().to_vec();
+                let noise = normal(&dims, rng, latents.device())?;
+                let level = FlowLevel { sigma: t as f32 / 1000.0, timestep: t as f32 };
+                f.noised(latents, &noise, vec![level; dims[0]], None)
+            }
+        }
+    }
+
     /// The batch loss of the denoiser's `pred` (f32) for `batch`: preconditioning, element-wise
     /// loss, `mask`, per-sample `sample_weights` (prior loss weight) and the objective's weighting.
     pub fn loss(
@@ -330,10 +359,16 @@ pub struct DdpmObjective {
 
 impl DdpmObjective {
     fn noise(&self, latents: &Tensor, rng: &mut StdRng) -> Result<NoisedBatch> {
-        let device = latents.device();
         let b = latents.dim(0)?;
         // Draw order (timesteps, then the noise) is part of the resume contract: keep it.
         let timesteps: Vec<u32> = (0..b).map(|_| rng.random_range(self.min_timestep..self.max_timestep)).collect();
+        self.noise_with(latents, timesteps, rng)
+    }
+
+    /// [`DdpmObjective::noise`] at the given per-sample timesteps.
+    fn noise_with(&self, latents: &Tensor, timesteps: Vec<u32>, rng: &mut StdRng) -> Result<NoisedBatch> {
+        let device = latents.device();
+        let b = timesteps.len();
         let (noise, input_noise) = sample_noise(latents, &self.noise, rng)?;
         let t_int = Tensor::from_vec(timesteps.clone(), b, device)?;
         let t_float = Tensor::from_vec(timesteps.iter().map(|&t| t as f32).collect::<Vec<_>>(), b, device)?;

@@ -69,7 +69,7 @@ pub fn check_cacheable(config: &TrainConfig, data: &TrainData, model: &dyn Train
 }
 
 /// The caption an image trains with when captions are fixed (prefix/suffix applied).
-fn fixed_caption(image: &TrainImage) -> String {
+pub(crate) fn fixed_caption(image: &TrainImage) -> String {
     let moment = CaptionMoment { epoch: 1, step: 0, max_train_steps: 1 };
     process_caption(&image.caption, &image.caption_options, moment, &mut rng_for(&[0]))
 }

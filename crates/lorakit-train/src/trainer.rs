@@ -1000,6 +1000,16 @@ impl<'m> Trainer<'m> {
                         scalars.push((format!("lr/d*lr/{}", g.name), lr));
                     }
                 }
+                // sd-scripts' step validation: after the optimizer steps that are multiples of N.
+                if config.training.validate_every_n_steps.is_some_and(|n| global_step % n == 0) {
+                    if let Some(validation) = self.validation_loss(&cache)? {
+                        scalars.push(("loss/validation/step_average".into(), validation));
+                        scalars.push(("loss/validation/step_divergence".into(), validation - average));
+                        events(TrainEvent::Note(format!(
+                            "validation loss after step {global_step}: {validation:.6} (training's moving average {average:.6})"
+                        )));
+                    }
+                }
                 self.log(&mut tensorboard, &mut run_log, global_step, epoch + 1, &scalars)?;
                 events(TrainEvent::Step {
                     step: global_step,
@@ -1088,6 +1098,28 @@ impl<'m> Trainer<'m> {
             run_log
                 .log(global_step, epoch + 1, &[("loss/epoch_average", epoch_avg)])
                 .map_err(|e| TrainError::Other(format!("run log: {e}")))?;
+            // sd-scripts' epoch validation: every epoch, or every N-th with validate_every_n_epochs.
+            if config.training.validate_every_n_epochs.is_none_or(|n| (epoch + 1) % n == 0) {
+                if let Some(validation) = self.validation_loss(&cache)? {
+                    let average = loss_window.iter().sum::<f64>() / loss_window.len().max(1) as f64;
+                    let values = [
+                        ("loss/validation/epoch_average", validation),
+                        ("loss/validation/epoch_divergence", validation - average),
+                    ];
+                    if let Some(tb) = tensorboard.as_mut() {
+                        let values: Vec<(&str, f32)> = values.iter().map(|(k, v)| (*k, *v as f32)).collect();
+                        tb.add_scalars((epoch + 1) as i64, &values)
+                            .map_err(|e| TrainError::Other(format!("TensorBoard log: {e}")))?;
+                    }
+                    run_log
+                        .log(global_step, epoch + 1, &values)
+                        .map_err(|e| TrainError::Other(format!("run log: {e}")))?;
+                    events(TrainEvent::Note(format!(
+                        "validation loss after epoch {}: {validation:.6} (training's moving average {average:.6})",
+                        epoch + 1
+                    )));
+                }
+            }
             let every = config.save.save_every_n_epochs;
             if crate::schedule::saves_after_epoch(&config, epoch + 1, self.plan.epochs) {
                 let suffix = format!("-{:06}", epoch + 1);
@@ -1268,17 +1300,7 @@ impl<'m> Trainer<'m> {
             })
             .collect();
         let captions: Vec<&str> = captions.iter().map(String::as_str).collect();
-        let (max_tokens, clip_skip) = (config.training.max_token_length, config.model.clip_skip);
-        let cond = if let Some(text) = &cache.text {
-            let images: Vec<usize> = batch.samples.iter().map(|s| s.image).collect();
-            // Partial caching: the trained encoders' outputs are recomputed over the cache.
-            let trained: Vec<bool> = self.sets.iter().map(Option::is_some).collect();
-            self.model.encode_text_over_cache(text.batch(&self.data, &images, device)?, &captions, &ctxs, &trained)?
-        } else if config.training.weighted_captions {
-            self.model.encode_text_weighted(&captions, max_tokens, clip_skip, &ctxs)?
-        } else {
-            self.model.encode_text(&captions, max_tokens, clip_skip, &ctxs)?
-        };
+        let cond = self.conditioning(cache, batch, &captions, &ctxs)?;
         let sizes: Vec<SizeCondition> =
             batch.samples.iter().map(|s| self.data.images[s.image].size_condition(s.flip)).collect();
         let pred = self
@@ -1327,6 +1349,97 @@ impl<'m> Trainer<'m> {
             set.clear_side_grads();
         }
         Ok(loss_value)
+    }
+}
+
+impl Trainer<'_> {
+    /// The text conditioning of `batch` with `captions`: from the text-encoder cache when there
+    /// is one (the trained encoders' outputs recomputed over it), else encoded now.
+    fn conditioning(
+        &self,
+        cache: &Caches,
+        batch: &Batch,
+        captions: &[&str],
+        ctxs: &[ForwardCtx],
+    ) -> Result<crate::model::Conditioning> {
+        let config = &self.config;
+        let (max_tokens, clip_skip) = (config.training.max_token_length, config.model.clip_skip);
+        Ok(if let Some(text) = &cache.text {
+            let images: Vec<usize> = batch.samples.iter().map(|s| s.image).collect();
+            let trained: Vec<bool> = self.sets.iter().map(Option::is_some).collect();
+            let cached = text.batch(&self.data, &images, self.model.device())?;
+            self.model.encode_text_over_cache(cached, captions, ctxs, &trained)?
+        } else if config.training.weighted_captions {
+            self.model.encode_text_weighted(captions, max_tokens, clip_skip, ctxs)?
+        } else {
+            self.model.encode_text(captions, max_tokens, clip_skip, ctxs)?
+        })
+    }
+
+    /// The validation loss now (sd-scripts' validation): the mean loss over the validation
+    /// batches (at most `training.max_validation_steps`) at each of the objective's validation
+    /// timesteps, computed as in training but never trained on — LoRA dropout off, no backward,
+    /// captions without shuffling or dropout. Its noise is drawn from `dataset.validation_seed`
+    /// (else the run seed) the same way every time, so the measurements compare across the run;
+    /// nothing of training's random streams is touched, so resuming stays exact. `None` without
+    /// validation images.
+    fn validation_loss(&self, cache: &Caches) -> Result<Option<f64>> {
+        let config = &self.config;
+        let limit =
+            config.training.max_validation_steps.map_or(usize::MAX, |n| usize::try_from(n).unwrap_or(usize::MAX));
+        let batches = &self.data.validation[..self.data.validation.len().min(limit)];
+        if batches.is_empty() {
+            return Ok(None);
+        }
+        let seed = config.dataset.validation_seed.unwrap_or(config.training.seed);
+        let device = self.model.device();
+        let timesteps = self.objective.validation_timesteps();
+        let ctxs: Vec<ForwardCtx> = self
+            .sets
+            .iter()
+            .map(|s| ForwardCtx {
+                lora: s.clone(),
+                train: false,
+                gradient_checkpointing: config.training.gradient_checkpointing,
+            })
+            .collect();
+        let (mut sum, mut count) = (0.0, 0usize);
+        for (b, batch) in batches.iter().enumerate() {
+            let augments = vec![SampleAugment::NONE; batch.samples.len()];
+            let latents = match &cache.latents {
+                Some(c) => c.batch(&batch.samples, device)?,
+                None => encode_batch(self.model, &self.data, &batch.samples, &augments)?,
+            };
+            let (lh, lw) = (latents.dims()[2], latents.dims()[3]);
+            let mask = alpha_masks(&self.data, &batch.samples, &augments, (lh, lw), device)?;
+            let captions: Vec<String> =
+                batch.samples.iter().map(|s| crate::text_cache::fixed_caption(&self.data.images[s.image])).collect();
+            let captions: Vec<&str> = captions.iter().map(String::as_str).collect();
+            let cond = self.conditioning(cache, batch, &captions, &ctxs)?;
+            let sizes: Vec<SizeCondition> =
+                batch.samples.iter().map(|s| self.data.images[s.image].size_condition(s.flip)).collect();
+            let weights = vec![1.0; batch.samples.len()];
+            for (ti, &t) in timesteps.iter().enumerate() {
+                let (b, ti) = (b as u64, ti as u64);
+                let noised = self.objective.noise_at(&latents, t, &mut rng_for(&[seed, stream::VALIDATION, b, ti]))?;
+                let pred = self
+                    .model
+                    .denoise(
+                        &noised.noisy,
+                        &noised.timesteps,
+                        noised.guidance.as_ref(),
+                        &cond,
+                        &sizes,
+                        &ctxs,
+                        &mut rng_for(&[seed, stream::VALIDATION_MODEL, b, ti]),
+                    )?
+                    .to_dtype(DType::F32)?;
+                let loss = self.objective.loss(&pred, &noised, &weights, mask.as_ref())?;
+                sum += f64::from(loss.to_scalar::<f32>()?);
+                count += 1;
+            }
+        }
+        Ok(Some(sum / count as f64))
     }
 }
 

@@ -29,4 +29,5 @@ mod train_lycoris;
 mod train_sd2;
 mod train_sd3;
 mod train_sdxl;
+mod validation;
 mod weighted_captions;

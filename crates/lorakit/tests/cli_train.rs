@@ -214,7 +214,7 @@ fn gui_json(dir: &Path, extra: &str) -> String {
   "optimizer_args": "", "lr_warmup": 0, "seed": 5, "xformers": "xformers", "num_cpu_threads_per_process": 2,
   "mixed_precision": "no", "save_precision": "fp16", "caption_extension": ".txt", "enable_bucket": true,
   "noise_offset_type": "Original", "noise_offset": 0, "sample_prompts": "chessboard --w 64 --h 64 --s 2",
-  "sample_every_n_epochs": 0, "vae": "/somewhere/vae.safetensors", "flux1_checkbox": false,
+  "sample_every_n_epochs": 0, "vae": "", "flux1_checkbox": false,
   "guidance_scale": 3.5{extra}}}"#,
         model = repo("examples/quickstart/tiny-sd15").display(),
         data = dir.join("data").display(),
@@ -229,7 +229,9 @@ fn kohya_gui_configs_import_by_content_with_ranked_notes() {
     // A .txt name and a BOM: JSON is told by its content.
     let file = dir.path().join("saved config.txt");
     let mut bytes = vec![0xEF, 0xBB, 0xBF];
-    bytes.extend_from_slice(gui_json(dir.path(), "").as_bytes());
+    // A setting lorakit does not apply, passed as the GUI passes extra arguments.
+    let extra = ", \"additional_parameters\": \"--face_crop_aug_range 2.0,4.0\"";
+    bytes.extend_from_slice(gui_json(dir.path(), extra).as_bytes());
     std::fs::write(&file, bytes).unwrap();
     let o = lorakit(&["train", "--from-kohya", file.to_str().unwrap(), "--print-config"]);
     assert!(o.status.success(), "{}", text(&o));
@@ -238,7 +240,7 @@ fn kohya_gui_configs_import_by_content_with_ranked_notes() {
     assert!(stdout.contains("# conv_dim = (unset)"), "Standard has no conv modules: {stdout}");
     let stderr = String::from_utf8_lossy(&o.stderr);
     let lines: Vec<&str> = stderr.lines().collect();
-    assert!(lines[0].starts_with("warning: ") && lines[0].contains("`vae`"), "loud first: {stderr}");
+    assert!(lines[0].starts_with("warning: ") && lines[0].contains("`face_crop_aug_range`"), "loud first: {stderr}");
     assert!(stderr.contains("ignored: num_cpu_threads_per_process, xformers"), "{stderr}");
     // The GUI's prompt text becomes the file the GUI would write.
     let prompts = dir.path().join("out/sample/prompt.txt");

@@ -30,6 +30,13 @@ export function runView({ onStatus }) {
     name: (k) => ({ "norm/grad_norm": t("gradient norm (before clipping)"), "norm/avg_key_norm": t("mean key norm"), "max_norm/max_key_norm": t("max key norm") })[k] ?? k,
     empty: t("This run logs no gradient norm: lorakit train measures it only when max_grad_norm is above 0."),
   });
+  // sd-scripts' validation loss (dataset.validation_split): measured every N steps and at epoch ends.
+  const validation = seriesPanel({
+    title: t("Validation loss"), label: t("Validation loss over the run"), axis: t("loss"),
+    keys: (k) => k === "loss/validation/step_average" || k === "loss/validation/epoch_average",
+    name: (k) => ({ "loss/validation/step_average": t("every N steps"), "loss/validation/epoch_average": t("at epoch ends") })[k] ?? k,
+    empty: t("This run measures no validation loss: set dataset.validation_split to hold images out of training."),
+  });
   const gallery = samplesPanel();
   const saved = savedPanel();
   const output = logPanel();
@@ -48,7 +55,7 @@ export function runView({ onStatus }) {
   }, 5000);
   // uPlot draws with the colours it was given: the theme picker or the system changing the
   // theme redraws the charts in the new colours.
-  const redraw = () => { loss.redraw(); lr.redraw(); norms.redraw(); };
+  const redraw = () => { loss.redraw(); lr.redraw(); norms.redraw(); validation.redraw(); };
   const themeWatch = new MutationObserver(redraw);
   themeWatch.observe(document.documentElement, { attributes: true, attributeFilter: ["data-theme"] });
   const scheme = matchMedia("(prefers-color-scheme: dark)");
@@ -56,7 +63,7 @@ export function runView({ onStatus }) {
   // Nothing is shown until a job is chosen.
   const node = el("section", { class: "run", "aria-label": t("Run") },
     title,
-    el("div", { class: "run-charts" }, loss.node, lr.node, norms.node),
+    el("div", { class: "run-charts" }, loss.node, lr.node, norms.node, validation.node),
     gallery.node, saved.node, output.node);
   node.hidden = true;
   return {
@@ -69,6 +76,7 @@ export function runView({ onStatus }) {
       loss.reset(id);
       lr.reset();
       norms.reset();
+      validation.reset();
       // The run's log.jsonl rows; EventSource reconnects by itself with Last-Event-ID and the
       // server resumes after the last row it sent.
       metrics = new EventSource(`/api/jobs/${id}/metrics`);
@@ -77,6 +85,7 @@ export function runView({ onStatus }) {
         loss.add(row);
         lr.add(row);
         norms.add(row);
+        validation.add(row);
       };
       metrics.addEventListener("end", () => metrics?.close());
       gallery.refresh(id).catch(() => {});
@@ -92,6 +101,7 @@ export function runView({ onStatus }) {
       loss.destroy();
       lr.destroy();
       norms.destroy();
+      validation.destroy();
     },
   };
 }

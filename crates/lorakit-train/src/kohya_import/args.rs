@@ -147,11 +147,6 @@ const UNSUPPORTED_WITH_REASON: &[(&str, &str)] = &[
     ("dim_from_weights", "the rank is not taken from network_weights: network_dim is used"),
     ("in_json", "fine-tuning metadata is not read: use DreamBooth folders or a dataset config"),
     ("dataset_repeats", "fine-tuning repeats are not used"),
-    ("validation_split", "no validation split is held out: every image is trained on"),
-    ("validate_every_n_steps", "no validation loss is computed"),
-    ("validate_every_n_epochs", "no validation loss is computed"),
-    ("max_validation_steps", "no validation loss is computed"),
-    ("validation_seed", "no validation loss is computed"),
     ("initial_epoch", "training starts at epoch 1"),
     ("initial_step", "training starts at step 0"),
     ("skip_until_initial_step", "no steps are skipped"),
@@ -1457,6 +1452,24 @@ seed = 42
             };
             let key = toml.split(' ').next().unwrap();
             assert!(err.contains(key), "{toml}: {err}");
+        }
+    }
+
+    #[test]
+    fn validation_arguments_are_carried_over() {
+        let imp = import_toml(
+            "network_dim = 4\nvalidation_split = 0.1\nvalidation_seed = 7\nvalidate_every_n_steps = 50\nvalidate_every_n_epochs = 2\nmax_validation_steps = 10\n",
+        )
+        .unwrap();
+        let c = config(&imp);
+        assert_eq!((c.dataset.validation_split, c.dataset.validation_seed), (0.1, Some(7)));
+        let t = &c.training;
+        assert_eq!(
+            (t.validate_every_n_steps, t.validate_every_n_epochs, t.max_validation_steps),
+            (Some(50), Some(2), Some(10))
+        );
+        for key in ["validation_split", "validation_seed", "validate_every_n_steps", "validate_every_n_epochs"] {
+            assert_eq!(level_of(&imp, key), None, "{key}: {:?}", imp.notes);
         }
     }
 
