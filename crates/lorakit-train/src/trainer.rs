@@ -1303,18 +1303,8 @@ impl<'m> Trainer<'m> {
         let cond = self.conditioning(cache, batch, &captions, &ctxs)?;
         let sizes: Vec<SizeCondition> =
             batch.samples.iter().map(|s| self.data.images[s.image].size_condition(s.flip)).collect();
-        let pred = self
-            .model
-            .denoise(
-                &noised.noisy,
-                &noised.timesteps,
-                noised.guidance.as_ref(),
-                &cond,
-                &sizes,
-                &ctxs,
-                &mut rng_for(&[seed, stream::MODEL, global_step, micro]),
-            )?
-            .to_dtype(DType::F32)?;
+        let pred =
+            self.predict(&noised, &cond, &sizes, &ctxs, &mut rng_for(&[seed, stream::MODEL, global_step, micro]))?;
 
         // sd-scripts' loss assembly (§7.2): preconditioning, element-wise loss, per-sample mean,
         // prior weight for regularisation images, the objective's weighting, batch mean.
@@ -1376,6 +1366,20 @@ impl Trainer<'_> {
         })
     }
 
+    /// The denoiser's prediction (f32) for a noised batch.
+    fn predict(
+        &self,
+        noised: &crate::objective::NoisedBatch,
+        cond: &crate::model::Conditioning,
+        sizes: &[SizeCondition],
+        ctxs: &[ForwardCtx],
+        rng: &mut rand::rngs::StdRng,
+    ) -> Result<Tensor> {
+        let pred =
+            self.model.denoise(&noised.noisy, &noised.timesteps, noised.guidance.as_ref(), cond, sizes, ctxs, rng)?;
+        Ok(pred.to_dtype(DType::F32)?)
+    }
+
     /// The validation loss now (sd-scripts' validation): the mean loss over the validation
     /// batches (at most `training.max_validation_steps`) at each of the objective's validation
     /// timesteps, computed as in training but never trained on — LoRA dropout off, no backward,
@@ -1422,18 +1426,8 @@ impl Trainer<'_> {
             for (ti, &t) in timesteps.iter().enumerate() {
                 let (b, ti) = (b as u64, ti as u64);
                 let noised = self.objective.noise_at(&latents, t, &mut rng_for(&[seed, stream::VALIDATION, b, ti]))?;
-                let pred = self
-                    .model
-                    .denoise(
-                        &noised.noisy,
-                        &noised.timesteps,
-                        noised.guidance.as_ref(),
-                        &cond,
-                        &sizes,
-                        &ctxs,
-                        &mut rng_for(&[seed, stream::VALIDATION_MODEL, b, ti]),
-                    )?
-                    .to_dtype(DType::F32)?;
+                let model_rng = &mut rng_for(&[seed, stream::VALIDATION_MODEL, b, ti]);
+                let pred = self.predict(&noised, &cond, &sizes, &ctxs, model_rng)?;
                 let loss = self.objective.loss(&pred, &noised, &weights, mask.as_ref())?;
                 sum += f64::from(loss.to_scalar::<f32>()?);
                 count += 1;
