@@ -15,6 +15,8 @@ use crate::config::TrainConfig;
 pub struct RunPlan {
     pub images: u64,
     pub reg_images: u64,
+    /// Images the validation loss is measured on (`dataset.validation_split`).
+    pub validation_images: usize,
     pub batches_per_epoch: u64,
     pub gradient_accumulation_steps: u64,
     pub steps: u64,
@@ -221,9 +223,14 @@ impl fmt::Display for RunPlan {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "data: {} training images{}, {} batches per epoch, gradient accumulation {}",
+            "data: {} training images{}{}, {} batches per epoch, gradient accumulation {}",
             self.images,
             if self.reg_images > 0 { format!(" + {} regularisation", self.reg_images) } else { String::new() },
+            if self.validation_images > 0 {
+                format!(" (validation loss on {} images)", self.validation_images)
+            } else {
+                String::new()
+            },
             self.batches_per_epoch,
             self.gradient_accumulation_steps
         )?;

@@ -564,6 +564,7 @@ impl<'m> Trainer<'m> {
         RunPlan {
             images: self.data.num_train_images(),
             reg_images: self.data.num_reg_images(),
+            validation_images: self.data.num_validation_images(),
             batches_per_epoch: self.plan.batches_per_epoch,
             gradient_accumulation_steps: self.plan.gradient_accumulation_steps,
             steps: total,
