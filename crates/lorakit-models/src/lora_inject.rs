@@ -135,7 +135,14 @@ pub struct NetworkSpec {
     /// A diffusion transformer's module choice (`lora_flux.py`'s / `lora_sd3.py`'s type dims,
     /// block indices, input layers, `split_qkv`); that transformer's network only.
     pub dit: Option<DitNetworkArgs>,
+    /// The modules, ranks and alphas of a LoRA file, by kohya module name (sd-scripts'
+    /// `dim_from_weights`, `create_network_from_weights`): when set, exactly these modules are
+    /// made, each with its own rank and alpha, and every other rule above is bypassed.
+    pub module_dims: Option<std::sync::Arc<ModuleDims>>,
 }
+
+/// (rank, alpha) by kohya module name: a network's shape as a LoRA file gives it.
+pub type ModuleDims = HashMap<String, (usize, f64)>;
 
 /// The network arguments of sd-scripts' DiT LoRA modules, one variant per family.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -179,6 +186,7 @@ impl Default for NetworkSpec {
             dropout: LoraDropout::default(),
             block_ranks: None,
             dit: None,
+            module_dims: None,
         }
     }
 }
@@ -203,6 +211,9 @@ impl NetworkSpec {
     /// k×k convs take `conv_rank` (default `rank`; 0: none) and `conv_alpha`, the rest
     /// `rank`/`alpha`.
     pub fn rank_for(&self, target: &LoraTarget, name: &str) -> Option<(usize, f64)> {
+        if let Some(dims) = &self.module_dims {
+            return dims.get(name).copied();
+        }
         if let NetworkKind::Lycoris { preset, .. } = self.kind {
             let spatial = target.is_spatial_conv();
             if !preset.covers(target.group, spatial) {

@@ -314,6 +314,12 @@ pub struct NetworkSection {
     pub network_train_text_encoder_only: bool,
     /// Start from these LoRA weights.
     pub network_weights: Option<PathBuf>,
+    /// Take the network's modules, ranks and alphas from `network_weights` (sd-scripts'
+    /// `--dim_from_weights`): exactly the file's modules are trained, each at its own rank (a
+    /// resized LoRA keeps its per-module ranks); `network_dim`, `network_alpha`, `conv_dim` and
+    /// block ranks are not used. LoRA / LoCon files with kohya names (convert others with
+    /// `lorakit convert --to kohya`); not with LyCORIS or `split_qkv`.
+    pub dim_from_weights: bool,
     /// Strength of the LoRA while training (the multiplier sd-scripts' `create_network` takes;
     /// its trainer always passes 1.0). Saved files are unaffected.
     pub network_multiplier: f64,
@@ -522,6 +528,7 @@ impl Default for NetworkSection {
             network_train_unet_only: false,
             network_train_text_encoder_only: false,
             network_weights: None,
+            dim_from_weights: false,
             network_multiplier: 1.0,
             down_lr_weight: None,
             mid_lr_weight: None,

@@ -112,8 +112,12 @@ impl RunMetadata {
         put("ss_lr_warmup_steps", warmup_steps.to_string());
         put("ss_lr_scheduler", c.optimizer.lr_scheduler.clone());
         put("ss_network_module", c.network.network_module.clone());
-        put("ss_network_dim", c.network.network_dim.to_string());
-        put("ss_network_alpha", py_float(c.network.network_alpha));
+        let (dim, alpha) = match file_network_shape(c) {
+            Some(shape) => shape,
+            None => (c.network.network_dim.to_string(), py_float(c.network.network_alpha)),
+        };
+        put("ss_network_dim", dim);
+        put("ss_network_alpha", alpha);
         put("ss_network_dropout", py_opt_float(c.network.network_dropout));
         put("ss_mixed_precision", c.accelerate.mixed_precision.clone());
         put("ss_full_fp16", py_bool(c.accelerate.full_fp16));
@@ -383,6 +387,20 @@ fn model_keys(model: &Path, put: &mut impl FnMut(&str, String)) {
             put("ss_new_sd_model_hash", new);
         }
     }
+}
+
+/// With `dim_from_weights`, the rank and alpha the network really has, from the file it was
+/// taken from: the common value, or "Dynamic" when they differ per module (what sd-scripts'
+/// `resize_lora.py` writes for such files), rather than an unused `network_dim`.
+fn file_network_shape(c: &TrainConfig) -> Option<(String, String)> {
+    let path = c.network.network_weights.as_ref().filter(|_| c.network.dim_from_weights)?;
+    let file = lorakit_lora::safetensors_file::LoraFile::open(path).ok()?;
+    let set = lorakit_lora::keys::modules(&file).ok()?;
+    let first = set.modules.first()?;
+    let same = |f: &dyn Fn(&lorakit_lora::keys::LoraModule) -> bool| set.modules.iter().all(f);
+    let dim = if same(&|m| m.rank == first.rank) { first.rank.to_string() } else { "Dynamic".into() };
+    let alpha = if same(&|m| m.alpha == first.alpha) { py_float(f64::from(first.alpha)) } else { "Dynamic".into() };
+    Some((dim, alpha))
 }
 
 /// `ss_vae_name` and, for a file, `ss_vae_hash` / `ss_new_vae_hash`, as `train_network.py`

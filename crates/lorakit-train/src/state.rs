@@ -280,6 +280,10 @@ pub fn load_network_tensors(
         if counted > 8 {
             msg.push_str(&format!("\n  … {} more", counted - 8));
         }
+        if !strict && !problems.is_empty() {
+            // network_weights: a file of other ranks (resized, trained with another dim).
+            msg.push_str("\nto train the file's own modules at their ranks, set network.dim_from_weights = true");
+        }
         if extra.iter().any(|k| tensors.get(*k).is_some_and(|t| t.rank() == 4 && t.dims()[2..] != [1, 1])) {
             msg.push_str(
                 "\nthe saved network has 3×3 conv modules (LoCon): set network.conv_dim (and conv_alpha) as when it was saved",

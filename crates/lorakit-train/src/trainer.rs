@@ -12,7 +12,7 @@ use lorakit_dataset::preprocess::{ColorAug, Crop};
 use lorakit_dataset::steps::StepPlan;
 use lorakit_lora::blocks::BlockLayout;
 use lorakit_lora::safetensors_file::{write_lora, Precision};
-use lorakit_models::lora_inject::{create_network, DitNetworkArgs, NetworkSpec};
+use lorakit_models::lora_inject::{create_network, DitNetworkArgs, ModuleDims, NetworkSpec};
 use lorakit_nn::lora::{apply_max_norm, LoraDropout, LoraSet};
 use lorakit_nn::lr_scheduler::{warmup_steps_from, LrScheduler, SchedulerKind, SchedulerParams};
 use lorakit_nn::optim::{
@@ -304,6 +304,7 @@ impl<'m> Trainer<'m> {
             },
             block_ranks: None,
             dit: None,
+            module_dims: module_dims_from_weights(&config)?,
         };
         // A DiT's module choice shapes its transformer's network; other families refuse it.
         let network_error = |e: String| TrainError::Other(format!("network.{e}"));
@@ -333,6 +334,10 @@ impl<'m> Trainer<'m> {
                 }
             })
             .collect();
+        let component_specs = match &spec.module_dims {
+            Some(dims) => only_components_in_file(&components, component_specs, dims, &config)?,
+            None => component_specs,
+        };
         let trained = || components.iter().zip(&component_specs).filter_map(|(c, s)| s.as_ref().map(|s| (c, s)));
         // A rank above a layer's dimensions is refused by module name before any estimate.
         for (c, spec) in trained() {
@@ -1442,6 +1447,70 @@ impl Trainer<'_> {
 struct Caches {
     latents: Option<LatentCache>,
     text: Option<TextEncoderCache>,
+}
+
+/// `network.dim_from_weights`: the modules of `network.network_weights` with their ranks and
+/// alphas, by kohya name (sd-scripts' `create_network_from_weights`; a missing alpha is the rank).
+fn module_dims_from_weights(config: &TrainConfig) -> Result<Option<Arc<ModuleDims>>> {
+    let n = &config.network;
+    if !n.dim_from_weights {
+        return Ok(None);
+    }
+    let Some(path) = &n.network_weights else {
+        return Err(TrainError::Other(
+            "network.dim_from_weights takes the network's shape from network.network_weights; set that file too".into(),
+        ));
+    };
+    if n.is_lycoris() || n.split_qkv {
+        return Err(TrainError::Other(
+            "network.dim_from_weights reads LoRA / LoCon files; it does not apply to LyCORIS networks or split_qkv — remove it"
+                .into(),
+        ));
+    }
+    let err = |message: String| TrainError::Other(format!("network.network_weights = {}: {message}", path.display()));
+    let file = lorakit_lora::safetensors_file::LoraFile::open(path).map_err(|e| err(e.to_string()))?;
+    let set = lorakit_lora::keys::modules(&file).map_err(|e| err(e.to_string()))?;
+    if set.scheme != lorakit_lora::keys::Scheme::Kohya || set.modules.is_empty() {
+        return Err(err(
+            "dim_from_weights needs a LoRA file with kohya module names (lora_unet_…); convert it with `lorakit convert --to kohya`"
+                .into(),
+        ));
+    }
+    Ok(Some(Arc::new(set.modules.iter().map(|m| (m.name.clone(), (m.rank, f64::from(m.alpha)))).collect())))
+}
+
+/// With `dim_from_weights`, the components the file has modules for (sd-scripts trains the text
+/// encoders only when the file adapts them); a file module that matches no layer of this model
+/// is refused by name.
+fn only_components_in_file(
+    components: &[crate::model::Component],
+    specs: Vec<Option<NetworkSpec>>,
+    dims: &ModuleDims,
+    config: &TrainConfig,
+) -> Result<Vec<Option<NetworkSpec>>> {
+    let mut matched = std::collections::HashSet::new();
+    for c in components {
+        for t in &c.targets {
+            let name = t.kohya_name(c.prefix);
+            if dims.contains_key(&name) {
+                matched.insert(name);
+            }
+        }
+    }
+    let mut unmatched: Vec<&String> = dims.keys().filter(|k| !matched.contains(*k)).collect();
+    unmatched.sort();
+    if let Some(first) = unmatched.first() {
+        return Err(TrainError::Other(format!(
+            "network.dim_from_weights: {} module(s) of {} match no layer of this model, e.g. {first} — is the file for another base model?",
+            unmatched.len(),
+            config.network.network_weights.as_deref().unwrap_or(Path::new("")).display()
+        )));
+    }
+    Ok(components
+        .iter()
+        .zip(specs)
+        .map(|(c, spec)| spec.filter(|_| c.targets.iter().any(|t| matched.contains(&t.kohya_name(c.prefix)))))
+        .collect())
 }
 
 /// The run's memory estimate ([`estimate_memory`]) with `trainable` LoRA parameters.

@@ -7,6 +7,7 @@
 mod common;
 
 mod diffusers_compat;
+mod dim_from_weights;
 mod external_vae;
 mod key_families;
 mod kohya_import_flux;

@@ -144,7 +144,6 @@ const UNSUPPORTED_WITH_REASON: &[(&str, &str)] = &[
     ("conditioning_data_dir", "loss masks from a conditioning folder are not applied"),
     ("base_weights", "these LoRAs are not merged into the base model before training"),
     ("base_weights_multiplier", "base weights are not merged"),
-    ("dim_from_weights", "the rank is not taken from network_weights: network_dim is used"),
     ("in_json", "fine-tuning metadata is not read: use DreamBooth folders or a dataset config"),
     ("dataset_repeats", "fine-tuning repeats are not used"),
     ("initial_epoch", "training starts at epoch 1"),
@@ -1453,6 +1452,15 @@ seed = 42
             let key = toml.split(' ').next().unwrap();
             assert!(err.contains(key), "{toml}: {err}");
         }
+    }
+
+    #[test]
+    fn dim_from_weights_is_carried_over() {
+        let imp = import_toml("network_weights = \"/m/resized.safetensors\"\ndim_from_weights = true\n").unwrap();
+        let c = config(&imp);
+        assert!(c.network.dim_from_weights);
+        assert_eq!(c.network.network_weights.as_deref(), Some(std::path::Path::new("/m/resized.safetensors")));
+        assert_eq!(level_of(&imp, "dim_from_weights"), None, "{:?}", imp.notes);
     }
 
     #[test]
