@@ -289,7 +289,12 @@ pub fn load_network_tensors(
                 "\nthe saved network has 3×3 conv modules (LoCon): set network.conv_dim (and conv_alpha) as when it was saved",
             );
         }
-        return Err(TrainError::Resume { path: origin.to_path_buf(), message: msg });
+        // A state resumes; a LoRA file (network_weights) only starts the network.
+        return Err(if strict {
+            TrainError::Resume { path: origin.to_path_buf(), message: msg }
+        } else {
+            TrainError::Other(format!("network.network_weights = {}: {msg}", origin.display()))
+        });
     }
     Ok(missing)
 }

@@ -70,7 +70,11 @@ fn the_network_is_the_files_modules_at_their_ranks() {
 
     // Without dim_from_weights the file does not fit the configured network: refused, not reshaped.
     let err = run(config(dir.path(), &data, "c", &[weights.clone(), "network.network_dim=8".into()])).unwrap_err();
-    assert!(err.to_string().contains("set network.dim_from_weights = true"), "{err}");
+    let err = err.to_string();
+    assert!(
+        err.starts_with("network.network_weights = ") && err.contains("set network.dim_from_weights = true"),
+        "{err}"
+    );
 
     // Refusals: no file; a file of another model.
     let err = run(config(dir.path(), &data, "d", &["network.dim_from_weights=true".into()])).unwrap_err();
