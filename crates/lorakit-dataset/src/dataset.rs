@@ -385,10 +385,9 @@ pub fn apply_validation_split(datasets: &mut [LoadedDataset], run_seed: u64) -> 
     for (d, ds) in datasets.iter().enumerate() {
         for (si, subset) in ds.subsets.iter().enumerate() {
             let list = &members[d][si];
-            // sd-scripts skips subsets without repeats before its training shuffle.
-            let draws_nothing = subset.spec.is_reg || subset.spec.num_repeats < 1;
-            if !settings[d].is_split() || draws_nothing {
-                splitter.training_indices(list.len(), true, settings[d]);
+            // These draw nothing from sd-scripts' random state and keep every image; it skips
+            // subsets without repeats before its training shuffle.
+            if !settings[d].is_split() || subset.spec.is_reg || subset.spec.num_repeats < 1 {
                 continue;
             }
             for &i in list {

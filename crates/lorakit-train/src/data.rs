@@ -193,7 +193,8 @@ impl TrainData {
                 || t.max_validation_steps.is_some())
         {
             data.notes.push(
-                "training.validate_every_n_steps / validate_every_n_epochs / max_validation_steps have no effect: no                  images are held out for validation (set dataset.validation_split, or validation_split in the dataset TOML)"
+                "training.validate_every_n_steps / validate_every_n_epochs / max_validation_steps have no effect: no \
+                 images are held out for validation (set dataset.validation_split, or validation_split in the dataset TOML)"
                     .into(),
             );
         }

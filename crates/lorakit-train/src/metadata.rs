@@ -7,6 +7,8 @@ use std::path::Path;
 
 use serde_json::json;
 
+use lorakit_models::lora_inject::ModuleDims;
+
 use crate::config::TrainConfig;
 use crate::data::TrainData;
 use crate::model::FamilyInfo;
@@ -78,6 +80,7 @@ impl RunMetadata {
         epochs: u64,
         warmup_steps: u64,
         optimizer_description: &str,
+        module_dims: Option<&ModuleDims>,
     ) -> RunMetadata {
         let c = config;
         let mut m = BTreeMap::new();
@@ -112,8 +115,8 @@ impl RunMetadata {
         put("ss_lr_warmup_steps", warmup_steps.to_string());
         put("ss_lr_scheduler", c.optimizer.lr_scheduler.clone());
         put("ss_network_module", c.network.network_module.clone());
-        let (dim, alpha) = match file_network_shape(c) {
-            Some(shape) => shape,
+        let (dim, alpha) = match module_dims {
+            Some(dims) => network_shape(dims),
             None => (c.network.network_dim.to_string(), py_float(c.network.network_alpha)),
         };
         put("ss_network_dim", dim);
@@ -389,18 +392,23 @@ fn model_keys(model: &Path, put: &mut impl FnMut(&str, String)) {
     }
 }
 
-/// With `dim_from_weights`, the rank and alpha the network really has, from the file it was
-/// taken from: the common value, or "Dynamic" when they differ per module (what sd-scripts'
+/// With `dim_from_weights`, the rank and alpha the network really has (the file's modules):
+/// the common value, or "Dynamic" when they differ per module (what sd-scripts'
 /// `resize_lora.py` writes for such files), rather than an unused `network_dim`.
-fn file_network_shape(c: &TrainConfig) -> Option<(String, String)> {
-    let path = c.network.network_weights.as_ref().filter(|_| c.network.dim_from_weights)?;
-    let file = lorakit_lora::safetensors_file::LoraFile::open(path).ok()?;
-    let set = lorakit_lora::keys::modules(&file).ok()?;
-    let first = set.modules.first()?;
-    let same = |f: &dyn Fn(&lorakit_lora::keys::LoraModule) -> bool| set.modules.iter().all(f);
-    let dim = if same(&|m| m.rank == first.rank) { first.rank.to_string() } else { "Dynamic".into() };
-    let alpha = if same(&|m| m.alpha == first.alpha) { py_float(f64::from(first.alpha)) } else { "Dynamic".into() };
-    Some((dim, alpha))
+fn network_shape(dims: &ModuleDims) -> (String, String) {
+    let mut ranks = dims.values().map(|&(rank, _)| rank);
+    let mut alphas = dims.values().map(|&(_, alpha)| alpha);
+    let first_rank = ranks.next();
+    let first_alpha = alphas.next();
+    let dim = match first_rank {
+        Some(r) if ranks.all(|x| x == r) => r.to_string(),
+        _ => "Dynamic".into(),
+    };
+    let alpha = match first_alpha {
+        Some(a) if alphas.all(|x| x == a) => py_float(a),
+        _ => "Dynamic".into(),
+    };
+    (dim, alpha)
 }
 
 /// `ss_vae_name` and, for a file, `ss_vae_hash` / `ss_new_vae_hash`, as `train_network.py`

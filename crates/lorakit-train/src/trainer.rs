@@ -494,6 +494,7 @@ impl<'m> Trainer<'m> {
             plan.epochs,
             warmup_steps,
             &OptimizerKind::description_as_named(&config.optimizer.optimizer_type, &optimizer.description()),
+            spec.module_dims.as_deref(),
         );
         let (objective, objective_notes) = Objective::new(model.objective(), &config)?;
         setup_notes.extend(objective_notes);
@@ -1095,36 +1096,32 @@ impl<'m> Trainer<'m> {
 
             // End of epoch.
             let epoch_avg = epoch_losses.iter().sum::<f64>() / epoch_losses.len().max(1) as f64;
-            // TensorBoard plots it against the epoch number, as sd-scripts does; the plain log keeps
-            // its step axis (the value lands in the JSONL; the CSV columns are fixed by step rows).
-            if let Some(tb) = tensorboard.as_mut() {
-                tb.add_scalars((epoch + 1) as i64, &[("loss/epoch_average", epoch_avg as f32)])
-                    .map_err(|e| TrainError::Other(format!("TensorBoard log: {e}")))?;
-            }
-            run_log
-                .log(global_step, epoch + 1, &[("loss/epoch_average", epoch_avg)])
-                .map_err(|e| TrainError::Other(format!("run log: {e}")))?;
+            let mut epoch_values = vec![("loss/epoch_average", epoch_avg)];
             // sd-scripts' epoch validation: every epoch, or every N-th with validate_every_n_epochs.
+            let mut validated = None;
             if config.training.validate_every_n_epochs.is_none_or(|n| (epoch + 1) % n == 0) {
                 if let Some(validation) = self.validation_loss(&cache)? {
                     let average = loss_window.iter().sum::<f64>() / loss_window.len().max(1) as f64;
-                    let values = [
-                        ("loss/validation/epoch_average", validation),
-                        ("loss/validation/epoch_divergence", validation - average),
-                    ];
-                    if let Some(tb) = tensorboard.as_mut() {
-                        let values: Vec<(&str, f32)> = values.iter().map(|(k, v)| (*k, *v as f32)).collect();
-                        tb.add_scalars((epoch + 1) as i64, &values)
-                            .map_err(|e| TrainError::Other(format!("TensorBoard log: {e}")))?;
-                    }
-                    run_log
-                        .log(global_step, epoch + 1, &values)
-                        .map_err(|e| TrainError::Other(format!("run log: {e}")))?;
-                    events(TrainEvent::Note(format!(
-                        "validation loss after epoch {}: {validation:.6} (training's moving average {average:.6})",
-                        epoch + 1
-                    )));
+                    epoch_values.push(("loss/validation/epoch_average", validation));
+                    epoch_values.push(("loss/validation/epoch_divergence", validation - average));
+                    validated = Some((validation, average));
                 }
+            }
+            // TensorBoard plots them against the epoch number, as sd-scripts does; the plain log keeps
+            // its step axis (the values land in the JSONL; the CSV columns are fixed by step rows).
+            if let Some(tb) = tensorboard.as_mut() {
+                let values: Vec<(&str, f32)> = epoch_values.iter().map(|(k, v)| (*k, *v as f32)).collect();
+                tb.add_scalars((epoch + 1) as i64, &values)
+                    .map_err(|e| TrainError::Other(format!("TensorBoard log: {e}")))?;
+            }
+            run_log
+                .log(global_step, epoch + 1, &epoch_values)
+                .map_err(|e| TrainError::Other(format!("run log: {e}")))?;
+            if let Some((validation, average)) = validated {
+                events(TrainEvent::Note(format!(
+                    "validation loss after epoch {}: {validation:.6} (training's moving average {average:.6})",
+                    epoch + 1
+                )));
             }
             let every = config.save.save_every_n_epochs;
             if crate::schedule::saves_after_epoch(&config, epoch + 1, self.plan.epochs) {
@@ -1489,11 +1486,13 @@ fn only_components_in_file(
     config: &TrainConfig,
 ) -> Result<Vec<Option<NetworkSpec>>> {
     let mut matched = std::collections::HashSet::new();
-    for c in components {
+    let mut adapted = vec![false; components.len()];
+    for (c, adapted) in components.iter().zip(adapted.iter_mut()) {
         for t in &c.targets {
             let name = t.kohya_name(c.prefix);
             if dims.contains_key(&name) {
                 matched.insert(name);
+                *adapted = true;
             }
         }
     }
@@ -1506,11 +1505,7 @@ fn only_components_in_file(
             config.network.network_weights.as_deref().unwrap_or(Path::new("")).display()
         )));
     }
-    Ok(components
-        .iter()
-        .zip(specs)
-        .map(|(c, spec)| spec.filter(|_| c.targets.iter().any(|t| matched.contains(&t.kohya_name(c.prefix)))))
-        .collect())
+    Ok(specs.into_iter().zip(adapted).map(|(spec, adapted)| spec.filter(|_| adapted)).collect())
 }
 
 /// The run's memory estimate ([`estimate_memory`]) with `trainable` LoRA parameters.

@@ -144,6 +144,7 @@ fn validation_settings_without_a_split_or_out_of_range_are_reported() {
     let loaded = TrainData::load(&config(dir.path(), &data, "out", &["training.validate_every_n_steps=5"])).unwrap();
     assert!(loaded.validation.is_empty());
     assert!(loaded.notes.iter().any(|n| n.contains("have no effect") && n.contains("dataset.validation_split")));
+    assert!(loaded.notes.iter().any(|n| n.contains("have no effect: no images are held out")), "{:?}", loaded.notes);
     for (set, says) in [
         ("dataset.validation_split=1.0", "dataset.validation_split = 1"),
         ("dataset.validation_split=-0.1", "dataset.validation_split = -0.1"),
